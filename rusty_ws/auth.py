@@ -1,0 +1,208 @@
+"""Token and credential rules: who may log in, and what a token says.
+
+Pure: PyJWT and werkzeug's password hashing, an injectable clock, no Flask,
+no sockets. The views turn these exceptions into HTTP answers.
+
+Tokens are HS256 JWTs with the claims ``sub`` (the username), ``sid`` (the
+session the token is bound to), ``iat`` and ``exp``. Only HS256 is accepted,
+so ``alg: none`` and algorithm-confusion tokens are refused.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import jwt
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from .exceptions import TokenExpired, TokenInvalid
+
+__all__ = [
+    "ALGORITHM",
+    "Claims",
+    "IssuedToken",
+    "TokenService",
+    "CredentialChecker",
+    "UsersFile",
+    "DemoUsers",
+    "default_session_for",
+    "hash_password",
+]
+
+ALGORITHM = "HS256"
+REQUIRED_CLAIMS = ("sub", "sid", "iat", "exp")
+
+#: ``check(username, password) -> bool``: the one thing an app plugs in to own logins.
+CredentialChecker = Callable[[str, str], bool]
+
+
+def default_session_for(username: str) -> str:
+    """The session a token is bound to when the login names none, as in the seed."""
+    return f"session-{username}"
+
+
+@dataclass(frozen=True)
+class Claims:
+    """What a verified token says."""
+
+    sub: str
+    sid: str
+    iat: int
+    exp: int
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """A freshly signed token and its lifetime in seconds (the body of ``/auth/token``)."""
+
+    token: str
+    expires_in: int
+    claims: Claims
+
+
+class TokenService:
+    """Issues, verifies and refreshes tokens with one secret.
+
+    Args:
+        secret: the HMAC key (``JWT_SECRET_KEY``).
+        lifetime: seconds a token lives (``JWT_EXPIRATION_SECONDS``).
+        clock: returns the current UNIX time; tests inject their own.
+    """
+
+    def __init__(self, secret: str, lifetime: int = 3600, clock: Callable[[], float] = time.time):
+        if not secret:
+            raise ValueError("a token secret must not be empty")
+        if lifetime <= 0:
+            raise ValueError("a token lifetime must be positive")
+        self._secret = secret
+        self.lifetime = int(lifetime)
+        self._clock = clock
+
+    def issue(self, username: str, session_id: str | None = None) -> IssuedToken:
+        """Sign a token for ``username`` bound to ``session_id`` (default ``session-{username}``)."""
+        now = int(self._clock())
+        claims = Claims(
+            sub=username,
+            sid=session_id or default_session_for(username),
+            iat=now,
+            exp=now + self.lifetime,
+        )
+        token = jwt.encode(
+            {"sub": claims.sub, "sid": claims.sid, "iat": claims.iat, "exp": claims.exp},
+            self._secret,
+            algorithm=ALGORITHM,
+        )
+        return IssuedToken(token=token, expires_in=self.lifetime, claims=claims)
+
+    def verify(self, token: str) -> Claims:
+        """Check the signature, the algorithm, the claims and the expiry.
+
+        Raises:
+            TokenExpired: the token is ours but ``exp`` has passed.
+            TokenInvalid: anything else wrong with it.
+        """
+        try:
+            payload = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                # Time is checked below against the injected clock, not PyJWT's.
+                options={
+                    "require": list(REQUIRED_CLAIMS),
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                },
+            )
+        except jwt.InvalidTokenError as exc:
+            raise TokenInvalid(f"invalid token: {exc}") from None
+        claims = _claims_from(payload)
+        if claims.exp <= self._clock():
+            raise TokenExpired("token expired")
+        return claims
+
+    def refresh(self, token: str) -> IssuedToken:
+        """A new token with the same ``sub`` and ``sid`` as a still-valid one.
+
+        Raises:
+            TokenExpired, TokenInvalid: as ``verify``.
+        """
+        claims = self.verify(token)
+        return self.issue(claims.sub, claims.sid)
+
+
+def _claims_from(payload: Mapping[str, object]) -> Claims:
+    sub, sid, iat, exp = (payload.get(name) for name in REQUIRED_CLAIMS)
+    if not isinstance(sub, str) or not sub or not isinstance(sid, str) or not sid:
+        raise TokenInvalid("invalid token: 'sub' and 'sid' must be non-empty strings")
+    if not _is_number(iat) or not _is_number(exp):
+        raise TokenInvalid("invalid token: 'iat' and 'exp' must be numbers")
+    return Claims(sub=sub, sid=sid, iat=int(iat), exp=int(exp))  # type: ignore[arg-type]
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def hash_password(password: str) -> str:
+    """A salted hash for a users file (werkzeug's default method)."""
+    return generate_password_hash(password)
+
+
+class UsersFile:
+    """Credentials from a JSON file mapping usernames to werkzeug password hashes.
+
+    The file looks like ``{"alice": "scrypt:32768:8:1$...", "bob": "..."}``;
+    ``rusty-ws hash-password`` prints a hash to put in it.
+    """
+
+    def __init__(self, hashes: Mapping[str, str]):
+        self._hashes = dict(hashes)
+        # Unknown users are checked against a real hash too, so a wrong username
+        # takes as long as a wrong password and usernames cannot be probed by timing.
+        self._decoy = generate_password_hash("not a password")
+
+    @classmethod
+    def load(cls, path: str) -> "UsersFile":
+        """Read a users file.
+
+        Raises:
+            ValueError: the file is not a JSON object of string to string.
+        """
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+        ):
+            raise ValueError(f"{path}: a users file is a JSON object of username to hash")
+        return cls(data)
+
+    def __call__(self, username: str, password: str) -> bool:
+        stored = self._hashes.get(username)
+        if stored is None:
+            check_password_hash(self._decoy, password)
+            return False
+        return check_password_hash(stored, password)
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+
+class DemoUsers:
+    """The development-mode login: the seed's ``testuser`` / ``password``, in clear text.
+
+    Only used when no users file and no app hook is configured, and the server
+    says so loudly in its log.
+    """
+
+    USERS = {"testuser": "password"}
+
+    def __call__(self, username: str, password: str) -> bool:
+        expected = self.USERS.get(username)
+        return expected is not None and hmac.compare_digest(
+            expected.encode("utf-8"), password.encode("utf-8")
+        )

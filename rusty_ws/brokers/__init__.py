@@ -1,0 +1,20 @@
+"""Brokers carry publishes between hub processes; see ``base.Broker``."""
+
+from __future__ import annotations
+
+from .base import Broker
+from .memory import MemoryBroker
+
+__all__ = ["Broker", "MemoryBroker", "broker_from_url"]
+
+
+def broker_from_url(url: str) -> Broker:
+    """The broker a ``RUSTY_WS_BROKER_URL`` names.
+
+    Raises:
+        ValueError: the URL's scheme is not one we know.
+    """
+    scheme = url.partition("://")[0].lower()
+    if scheme in ("", "memory"):
+        return MemoryBroker()
+    raise ValueError(f"unknown broker URL {url!r}: use memory://")

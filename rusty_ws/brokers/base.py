@@ -1,0 +1,58 @@
+"""What a broker is: the road a publish takes to every node with subscribers for it.
+
+The hub hands every publish to its broker and receives back, through the
+``deliver`` callback given to ``start``, every delivery its own subscribers
+should get. The in-memory broker calls back at once; a distributed broker
+(Redis) calls back from its own thread for publishes made on any node.
+
+The hub also tells the broker when a (topic, session) gains its first local
+subscriber or loses its last one, so a distributed broker listens only to
+what this node needs.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Callable
+
+from ..protocol import Delivery
+
+__all__ = ["Broker", "Deliver"]
+
+Key = tuple[str, str]
+#: Called with each delivery for this node's subscribers.
+Deliver = Callable[[Delivery], None]
+
+
+class Broker(abc.ABC):
+    """A road for publishes. Implementations must be safe to call from any thread."""
+
+    #: Short name shown by ``/healthz``.
+    name = "broker"
+
+    @abc.abstractmethod
+    def start(self, deliver: Deliver, keys: Callable[[], list[Key]]) -> None:
+        """Begin carrying publishes.
+
+        Args:
+            deliver: hands a delivery to this node's subscribers.
+            keys: returns every (topic, session) with local subscribers, for brokers
+                that must (re)subscribe upstream.
+        """
+
+    @abc.abstractmethod
+    def publish(self, delivery: Delivery) -> None:
+        """Carry ``delivery`` to every node's subscribers of its (topic, session)."""
+
+    def interest_added(self, key: Key) -> None:
+        """(topic, session) got its first local subscriber."""
+
+    def interest_removed(self, key: Key) -> None:
+        """(topic, session) lost its last local subscriber."""
+
+    def stop(self) -> None:
+        """Stop carrying publishes and end any thread. Idempotent."""
+
+    def status(self) -> dict[str, Any]:
+        """What ``/healthz`` reports about the broker."""
+        return {"name": self.name, "connected": True}

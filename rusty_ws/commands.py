@@ -1,0 +1,59 @@
+"""Click commands, shared by the ``rusty-ws`` script and ``flask rusty-ws``.
+
+They act on the current app (``create_app()`` for ``rusty-ws``, the user's
+app under ``flask --app ... rusty-ws``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from .auth import hash_password
+
+__all__ = ["group"]
+
+group = AppGroup("rusty-ws", help="The rusty_ws pub/sub hub.")
+
+
+def _state():
+    from .extension import EXTENSION_KEY
+
+    state = current_app.extensions.get(EXTENSION_KEY)
+    if state is None:
+        raise click.ClickException("rusty_ws is not set up on this app (PubSub(app) or init_app)")
+    return state
+
+
+@group.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8081, show_default=True, type=int, help="Port to listen on.")
+def serve_command(host: str, port: int) -> None:
+    """Run the hub until Ctrl-C or SIGTERM, then close connections cleanly."""
+    from .serving import serve
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    _state()
+    serve(current_app._get_current_object(), host, port)  # type: ignore[attr-defined]
+
+
+@group.command("token")
+@click.argument("username")
+@click.option("--session", "session_id", default=None, help="Session to bind (default session-USERNAME).")
+def token_command(username: str, session_id: str | None) -> None:
+    """Print a token for USERNAME, signed with the app's JWT_SECRET_KEY."""
+    state = _state()
+    if not state.settings.jwt_secret_key:
+        raise click.ClickException("set JWT_SECRET_KEY: a token signed with a random key is useless")
+    click.echo(state.tokens.issue(username, session_id).token)
+
+
+@group.command("hash-password")
+@click.password_option()
+def hash_password_command(password: str) -> None:
+    """Print a password hash for a RUSTY_WS_USERS_FILE entry."""
+    click.echo(hash_password(password))

@@ -1,0 +1,180 @@
+"""Every setting rusty_ws reads, its default, and the one place it is read.
+
+Settings live in the Flask config under the ``RUSTY_WS_`` prefix. ``init_app``
+fills in the defaults below with ``setdefault`` and builds one ``Settings``
+object; nothing else reads the config. ``docs/configuration.md`` lists them.
+
+The seed's ``JWT_SECRET_KEY`` and ``JWT_EXPIRATION_SECONDS`` are accepted as
+aliases of ``RUSTY_WS_JWT_SECRET_KEY`` and ``RUSTY_WS_JWT_EXPIRATION_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping, MutableMapping
+
+__all__ = ["PREFIX", "DEFAULTS", "ALIASES", "Settings", "config_from_environ"]
+
+PREFIX = "RUSTY_WS_"
+
+#: HMAC key that signs tokens. None: a random key is made at start (tokens die with the process).
+JWT_SECRET_KEY: str | None = None
+#: Seconds a token lives.
+JWT_EXPIRATION_SECONDS = 3600
+#: Path of a JSON users file (username -> password hash). None: see CREDENTIAL_CHECKER.
+USERS_FILE: str | None = None
+#: Refuse WebSocket upgrades that carry no token (HTTP 401).
+REQUIRE_AUTH = False
+#: Origins allowed to call the HTTP endpoints and to open WebSockets: "*" or a list.
+CORS_ORIGINS: str | list[str] = "*"
+#: Largest incoming message, in bytes; bigger ones close the connection with 1009.
+MAX_MESSAGE_SIZE = 1024 * 1024
+#: Subscriptions one connection may hold.
+MAX_SUBSCRIPTIONS = 1000
+#: Open WebSocket connections the hub accepts; more get HTTP 503.
+MAX_CONNECTIONS = 1000
+#: Bytes that may wait to be sent to one connection; past it the connection is closed (4100).
+MAX_QUEUED_BYTES = 4 * 1024 * 1024
+#: Seconds of silence from a client before the server pings it; 0 turns keepalive off.
+PING_INTERVAL = 20.0
+#: Seconds to wait for the pong before the connection is dropped (4102).
+PING_TIMEOUT = 20.0
+#: Seconds to wait for the client's half of a closing handshake.
+CLOSE_TIMEOUT = 2.0
+#: Where publishes go: "memory://" (this process only) or "redis://host:port/db".
+BROKER_URL = "memory://"
+
+DEFAULTS: dict[str, Any] = {
+    PREFIX + name: value
+    for name, value in dict(
+        JWT_SECRET_KEY=JWT_SECRET_KEY,
+        JWT_EXPIRATION_SECONDS=JWT_EXPIRATION_SECONDS,
+        USERS_FILE=USERS_FILE,
+        REQUIRE_AUTH=REQUIRE_AUTH,
+        CORS_ORIGINS=CORS_ORIGINS,
+        MAX_MESSAGE_SIZE=MAX_MESSAGE_SIZE,
+        MAX_SUBSCRIPTIONS=MAX_SUBSCRIPTIONS,
+        MAX_CONNECTIONS=MAX_CONNECTIONS,
+        MAX_QUEUED_BYTES=MAX_QUEUED_BYTES,
+        PING_INTERVAL=PING_INTERVAL,
+        PING_TIMEOUT=PING_TIMEOUT,
+        CLOSE_TIMEOUT=CLOSE_TIMEOUT,
+        BROKER_URL=BROKER_URL,
+    ).items()
+}
+
+#: The seed's names, read when the prefixed key is not set.
+ALIASES = {
+    "JWT_SECRET_KEY": PREFIX + "JWT_SECRET_KEY",
+    "JWT_EXPIRATION_SECONDS": PREFIX + "JWT_EXPIRATION_SECONDS",
+}
+
+
+_STRING_KEYS = {PREFIX + "JWT_SECRET_KEY", PREFIX + "USERS_FILE", PREFIX + "BROKER_URL"}
+
+
+def _parse_env_value(value: str) -> Any:
+    """Like Flask's ``from_prefixed_env``: JSON if it parses, else the string."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def config_from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The settings found in environment variables (``RUSTY_WS_*`` and the seed's aliases).
+
+    Values are parsed as JSON when they parse (``true``, ``5000``), like Flask's
+    ``from_prefixed_env``; secrets, paths and URLs are always kept as strings.
+    """
+    found: dict[str, str] = {}
+    for alias, key in ALIASES.items():  # aliases first, so the prefixed names win
+        if alias in environ:
+            found[key] = environ[alias]
+    for key in DEFAULTS:
+        if key in environ:
+            found[key] = environ[key]
+    return {
+        key: value if key in _STRING_KEYS else _parse_env_value(value)
+        for key, value in found.items()
+    }
+
+
+def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{PREFIX}{name} must be a number, not {value!r}") from None
+    if number < 0 or (number == 0 and not allow_zero):
+        raise ValueError(f"{PREFIX}{name} must be {'>= 0' if allow_zero else '> 0'}")
+    return number
+
+
+def _origins(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",")]
+    origins = tuple(str(origin).rstrip("/") for origin in value if str(origin).strip())
+    return origins or ("*",)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The hub's settings, checked once when the extension is set up."""
+
+    jwt_secret_key: str | None
+    jwt_expiration_seconds: int
+    users_file: str | None
+    require_auth: bool
+    cors_origins: tuple[str, ...]
+    max_message_size: int
+    max_subscriptions: int
+    max_connections: int
+    max_queued_bytes: int
+    ping_interval: float
+    ping_timeout: float
+    close_timeout: float
+    broker_url: str
+
+    @classmethod
+    def from_config(cls, config: MutableMapping[str, Any]) -> "Settings":
+        """Fill in defaults in ``config`` (``setdefault``) and check every value.
+
+        Raises:
+            ValueError: a setting has a value that cannot work.
+        """
+        for alias, key in ALIASES.items():
+            if config.get(key) is None and config.get(alias) is not None:
+                config[key] = config[alias]
+        for key, value in DEFAULTS.items():
+            config.setdefault(key, value)
+
+        def get(name: str) -> Any:
+            return config[PREFIX + name]
+
+        secret = get("JWT_SECRET_KEY")
+        return cls(
+            jwt_secret_key=str(secret) if secret else None,
+            jwt_expiration_seconds=int(_positive("JWT_EXPIRATION_SECONDS", get("JWT_EXPIRATION_SECONDS"))),
+            users_file=get("USERS_FILE") or None,
+            require_auth=_flag(get("REQUIRE_AUTH")),
+            cors_origins=_origins(get("CORS_ORIGINS")),
+            max_message_size=int(_positive("MAX_MESSAGE_SIZE", get("MAX_MESSAGE_SIZE"))),
+            max_subscriptions=int(_positive("MAX_SUBSCRIPTIONS", get("MAX_SUBSCRIPTIONS"))),
+            max_connections=int(_positive("MAX_CONNECTIONS", get("MAX_CONNECTIONS"))),
+            max_queued_bytes=int(_positive("MAX_QUEUED_BYTES", get("MAX_QUEUED_BYTES"))),
+            ping_interval=_positive("PING_INTERVAL", get("PING_INTERVAL"), allow_zero=True),
+            ping_timeout=_positive("PING_TIMEOUT", get("PING_TIMEOUT")),
+            close_timeout=_positive("CLOSE_TIMEOUT", get("CLOSE_TIMEOUT")),
+            broker_url=str(get("BROKER_URL") or BROKER_URL),
+        )
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        """True if a request from ``origin`` may use the hub (no Origin header: not a browser)."""
+        return origin is None or "*" in self.cors_origins or origin.rstrip("/") in self.cors_origins
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    return bool(value)

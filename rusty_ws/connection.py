@@ -1,0 +1,248 @@
+"""One WebSocket connection: the command loop that runs on its request thread.
+
+Each connection costs exactly one thread, the one the WSGI server gave its
+request. That thread reads the socket (blocking ``recv``, decoded by wsproto),
+carries out commands in order, and replies through the hub's writer thread,
+which is the only thread that writes to the socket. Whatever ends the
+connection (a close frame, EOF, a reset, a server-side close, keepalive),
+``serve`` unregisters it and releases its socket in ``finally``.
+
+Session rules: an anonymous connection may use any session and starts in
+``default``. A connection opened with a token is bound to the token's
+``sid``: naming another session is refused with ``forbidden_session``.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Callable
+
+from wsproto.events import BytesMessage, CloseConnection, Ping as WsPing, TextMessage
+
+from .auth import Claims
+from .exceptions import ProtocolError
+from .frames import OP_PONG, encode_frame, text_frame
+from .protocol import (
+    CLOSE_CODE_EXPLANATIONS,
+    DEFAULT_SESSION,
+    PONG,
+    CloseCode,
+    Command,
+    Delivery,
+    ErrorCode,
+    Ping,
+    Publish,
+    RegisterName,
+    RegisterSession,
+    Subscribe,
+    Unsubscribe,
+    command_verb,
+    encode_error,
+    parse_command,
+    rfc3339_now,
+)
+
+if TYPE_CHECKING:
+    from wsproto import WSConnection
+
+    from .hub import Hub
+
+__all__ = ["Connection"]
+
+logger = logging.getLogger("rusty_ws.server")
+
+RECV_BYTES = 65536
+_PONG_FRAME = text_frame(PONG)
+#: Codes a peer may not put in a close frame (RFC 6455 7.4.1); we answer those with 1000.
+_UNSENDABLE_CLOSE_CODES = {1005, 1006, 1015}
+
+
+class Connection:
+    """A client's WebSocket, from the upgrade to the last byte.
+
+    Args:
+        hub: the hub this connection belongs to.
+        sock: the connected socket; the writer thread writes, this thread reads.
+        protocol: wsproto's connection, past the handshake (it only decodes here).
+        claims: the verified token's claims, or None for an anonymous connection.
+        remote: the peer's address, for logs.
+    """
+
+    def __init__(
+        self,
+        hub: "Hub",
+        sock: socket.socket,
+        protocol: "WSConnection",
+        claims: Claims | None,
+        remote: str = "?",
+    ) -> None:
+        self.hub = hub
+        self.id = hub.next_id()
+        self.sock = sock
+        self.protocol = protocol
+        self.claims = claims
+        self.remote = remote
+        self.name: str | None = None
+        self.session_id = claims.sid if claims else DEFAULT_SESSION
+        self.label = f"conn-{self.id}"
+        self.outbox = hub.writer.attach(sock, self.label)
+        self._closing = False  # we sent a close frame; only the peer's close is awaited now
+        self._parts: list[str] = []
+        self._incoming_bytes = 0
+        self._incoming_is_text = True
+
+    def __repr__(self) -> str:
+        who = self.claims.sub if self.claims else "anonymous"
+        return f"<Connection {self.id} {who} in {self.session_id!r} from {self.remote}>"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def serve(self) -> None:
+        """Run the command loop until the connection ends, then clean up. Blocks."""
+        thread = threading.current_thread()
+        request_thread_name, thread.name = thread.name, f"rusty_ws-{self.label}"
+        self.hub.add(self)
+        logger.info("= %s connected from %s as %s", self.label, self.remote, self._who())
+        try:
+            self._read_until_closed()
+        except Exception:
+            logger.exception("! %s failed; closing it", self.label)
+            self.close(CloseCode.INTERNAL_ERROR, CLOSE_CODE_EXPLANATIONS[1011])
+        finally:
+            self.hub.discard(self)
+            self.hub.writer.release(self.outbox, self.hub.settings.close_timeout + 1.0)
+            self.sock.close()
+            logger.info("= %s disconnected", self.label)
+            thread.name = request_thread_name
+
+    def close(self, code: int, reason: str = "", *, discard_pending: bool = False) -> None:
+        """Start the closing handshake from the server side. Safe from any thread."""
+        self._closing = True
+        self.hub.writer.close(self.outbox, code, reason, discard_pending=discard_pending)
+
+    def _read_until_closed(self) -> None:
+        recv, outbox, protocol = self.sock.recv, self.outbox, self.protocol
+        while True:
+            try:
+                data = recv(RECV_BYTES)
+            except OSError:
+                return
+            if not data:
+                return
+            outbox.last_seen = time.monotonic()
+            protocol.receive_data(data)
+            for event in protocol.events():
+                if not self._on_event(event):
+                    return
+
+    def _on_event(self, event: object) -> bool:
+        """Handle one wsproto event; False once the connection is done reading."""
+        if isinstance(event, TextMessage):
+            self._on_message_part(event.data, event.message_finished, is_text=True)
+        elif isinstance(event, BytesMessage):
+            self._on_message_part(event.data, event.message_finished, is_text=False)
+        elif isinstance(event, WsPing):
+            self.hub.writer.send_to(self.outbox, encode_frame(OP_PONG, bytes(event.payload)))
+        elif isinstance(event, CloseConnection):
+            if not self._closing:  # the peer started it (or sent garbage): answer, then stop
+                code = 1000 if event.code in _UNSENDABLE_CLOSE_CODES else int(event.code)
+                self.close(code, "" if code == 1000 else (event.reason or ""))
+            logger.debug("< %s close %s %s", self.label, event.code, event.reason or "")
+            return False
+        return True
+
+    def _on_message_part(self, data: str | bytes, finished: bool, *, is_text: bool) -> None:
+        if self._closing:
+            return
+        self._incoming_is_text = is_text
+        self._incoming_bytes += _utf8_length(data) if is_text else len(data)
+        if self._incoming_bytes > self.hub.settings.max_message_size:
+            logger.info("! %s sent a message over %d bytes", self.label, self.hub.settings.max_message_size)
+            self._parts.clear()
+            self.close(CloseCode.MESSAGE_TOO_BIG, CLOSE_CODE_EXPLANATIONS[1009])
+            return
+        if is_text:
+            self._parts.append(data)  # type: ignore[arg-type]
+        if not finished:
+            return
+        text = "".join(self._parts)
+        self._parts.clear()
+        self._incoming_bytes = 0
+        if is_text:
+            self.handle_text(text)
+        else:
+            self._reply_error(ErrorCode.BINARY_NOT_SUPPORTED, "send commands as text frames", None)
+
+    # ------------------------------------------------------------------ commands
+
+    def handle_text(self, text: str) -> None:
+        """Carry out one command; a bad one gets an ``error:`` reply and nothing else changes."""
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("< %s %s", self.label, text[:200])
+        try:
+            command = parse_command(text)
+            self._HANDLERS[type(command)](self, command)
+        except ProtocolError as exc:
+            self._reply_error(exc.code, exc.message, command_verb(text))
+
+    def _reply_error(self, code: str, message: str, verb: str | None) -> None:
+        logger.debug("> %s error %s: %s", self.label, code, message)
+        self.hub.writer.send_to(self.outbox, text_frame(encode_error(code, message, verb)))
+
+    def _who(self) -> str:
+        return f"user {self.claims.sub!r}" if self.claims else "anonymous"
+
+    def _allowed_session(self, session_id: str | None) -> str:
+        """The session a command acts on; raises for a session this connection may not use."""
+        session_id = session_id or self.session_id
+        if self.claims is not None and session_id != self.claims.sid:
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN_SESSION,
+                f"this connection's token is bound to session {self.claims.sid!r}",
+            )
+        return session_id
+
+    def _on_ping(self, command: Ping) -> None:
+        self.hub.writer.send_to(self.outbox, _PONG_FRAME)
+
+    def _on_register_name(self, command: RegisterName) -> None:
+        self.name = command.name
+
+    def _on_register_session(self, command: RegisterSession) -> None:
+        self.session_id = self._allowed_session(command.session_id)
+
+    def _on_subscribe(self, command: Subscribe) -> None:
+        self.hub.subscribe(self.outbox, command.topic, self._allowed_session(command.session_id))
+
+    def _on_unsubscribe(self, command: Unsubscribe) -> None:
+        self.hub.unsubscribe(self.outbox, command.topic, self._allowed_session(command.session_id))
+
+    def _on_publish(self, command: Publish) -> None:
+        user = self.claims.sub if self.claims else None
+        self.hub.publish(
+            Delivery(
+                publisher_name=command.publisher_name or self.name or user or "anonymous",
+                topic=command.topic,
+                payload=command.payload,
+                timestamp=command.timestamp or rfc3339_now(),
+                session_id=self._allowed_session(command.session_id),
+                user=user,
+            )
+        )
+
+    _HANDLERS: dict[type, Callable[["Connection", Command], None]] = {
+        Ping: _on_ping,
+        RegisterName: _on_register_name,
+        RegisterSession: _on_register_session,
+        Subscribe: _on_subscribe,
+        Unsubscribe: _on_unsubscribe,
+        Publish: _on_publish,
+    }  # type: ignore[dict-item]
+
+
+def _utf8_length(text: str) -> int:
+    """Bytes ``text`` takes in UTF-8, without encoding it when it is plainly ASCII."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))

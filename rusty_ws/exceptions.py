@@ -1,0 +1,131 @@
+"""Every error rusty_ws raises, under one base class.
+
+The tree::
+
+    RustyWsError
+    ├── ProtocolError        a command or frame broke the wire protocol (carries ``code``)
+    ├── AuthError            login or token trouble (carries ``status``)
+    │   ├── BadCredentials   wrong username or password
+    │   ├── TokenExpired     the token's ``exp`` has passed
+    │   ├── TokenInvalid     bad signature, wrong algorithm, missing claims, garbage
+    │   └── Forbidden        a valid identity asked for something it may not have
+    ├── ConnectionClosed     the WebSocket is gone (carries ``code`` and ``reason``)
+    │   ├── ConnectionClosedOK     it closed normally (1000, 1001)
+    │   └── ConnectionClosedError  it closed with an error code, or dropped
+    └── ServerError          the server answered a command with an ``error:`` reply
+
+Waits that run out of time raise the builtin ``TimeoutError``.
+
+Exceptions carry their data as attributes so callers never parse messages.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "RustyWsError",
+    "ProtocolError",
+    "AuthError",
+    "BadCredentials",
+    "TokenExpired",
+    "TokenInvalid",
+    "Forbidden",
+    "ConnectionClosed",
+    "ConnectionClosedOK",
+    "ConnectionClosedError",
+    "ServerError",
+]
+
+
+class RustyWsError(Exception):
+    """Base class of every rusty_ws exception."""
+
+
+class ProtocolError(RustyWsError):
+    """A command could not be understood or carried out.
+
+    Attributes:
+        code: the stable machine-readable error code (a ``protocol.ErrorCode`` value).
+        message: a sentence for humans.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = str(code)
+        self.message = message
+
+
+class AuthError(RustyWsError):
+    """Authentication failed.
+
+    Attributes:
+        code: a short stable code (``bad_credentials``, ``token_expired``, ...).
+        status: the HTTP status the server answers with.
+    """
+
+    code = "unauthorized"
+    status = 401
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or self.code)
+        self.message = message or self.code
+
+
+class BadCredentials(AuthError):
+    """The username or password is wrong."""
+
+    code = "bad_credentials"
+
+
+class TokenExpired(AuthError):
+    """The token was valid once, but its ``exp`` claim has passed."""
+
+    code = "token_expired"
+
+
+class TokenInvalid(AuthError):
+    """The token is not one we issued: bad signature or algorithm, missing claims, garbage."""
+
+    code = "token_invalid"
+
+
+class Forbidden(AuthError):
+    """A valid identity asked for something it may not have (another session, another origin)."""
+
+    code = "forbidden"
+    status = 403
+
+
+class ConnectionClosed(RustyWsError):
+    """The WebSocket connection is closed.
+
+    Attributes:
+        code: the close code received (1006 when the connection dropped without one).
+        reason: the close reason received, possibly empty.
+    """
+
+    def __init__(self, code: int = 1006, reason: str = "") -> None:
+        super().__init__(f"connection closed: {code} {reason}".rstrip())
+        self.code = code
+        self.reason = reason
+
+
+class ConnectionClosedOK(ConnectionClosed):
+    """The connection closed normally (1000 or 1001)."""
+
+
+class ConnectionClosedError(ConnectionClosed):
+    """The connection closed with an error code, or dropped without a close frame."""
+
+
+class ServerError(RustyWsError):
+    """The server answered a command with an ``error:`` reply.
+
+    Attributes:
+        code: the reply's stable error code, e.g. ``forbidden_session``.
+        message: the reply's human-readable message.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message

@@ -1,0 +1,188 @@
+"""``PubSub``: the Flask extension that gives an app the hub.
+
+::
+
+    pubsub = PubSub()
+
+    def create_app():
+        app = Flask(__name__)
+        pubsub.init_app(app, url_prefix="/realtime")
+        return app
+
+    @app.post("/orders")
+    def new_order():
+        pubsub.publish("session-shop", "OrderPlaced", {"id": 42})
+
+The app's settings (``RUSTY_WS_*``, see ``config.py``) are read once, in
+``init_app``. The hub's state lives in ``app.extensions["rusty_ws"]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, current_app, has_app_context
+
+from . import commands
+from .auth import CredentialChecker, DemoUsers, TokenService, UsersFile
+from .brokers import broker_from_url
+from .config import Settings
+from .hub import Hub
+from .protocol import Delivery, check_session, check_topic, rfc3339_now
+from .views import make_blueprint, reader_thread_class
+
+__all__ = ["PubSub", "State", "EXTENSION_KEY"]
+
+logger = logging.getLogger("rusty_ws.server")
+
+EXTENSION_KEY = "rusty_ws"
+
+
+@dataclass
+class State:
+    """Everything the hub of one app needs, kept in ``app.extensions["rusty_ws"]``."""
+
+    pubsub: "PubSub"
+    settings: Settings
+    hub: Hub
+    tokens: TokenService
+    users: CredentialChecker | None
+
+    @property
+    def development_mode(self) -> bool:
+        """True while logins fall back to the demo user."""
+        return self.users is None and self.pubsub.credential_checker is None
+
+    def check_credentials(self, username: str, password: str) -> bool:
+        """The app's hook if it has one, else the users file, else the demo user."""
+        checker = self.pubsub.credential_checker or self.users or DemoUsers()
+        try:
+            return bool(checker(username, password))
+        except Exception:
+            logger.exception("! the credential check raised; refusing the login")
+            return False
+
+
+class PubSub:
+    """The rusty_ws hub as a Flask extension.
+
+    Args:
+        app: an app to set up now; or call ``init_app`` later (app factories).
+        url_prefix: where the routes go (``/ws``, ``/auth/token``, ...); default the root.
+        check_credentials: ``(username, password) -> bool``; see ``credential_checker``.
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        url_prefix: str | None = None,
+        check_credentials: CredentialChecker | None = None,
+    ) -> None:
+        self.url_prefix = url_prefix
+        #: The app's own login check; overrides ``RUSTY_WS_USERS_FILE`` and the demo user.
+        self.credential_checker = check_credentials
+        self._apps: list[Flask] = []
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask, url_prefix: str | None = None) -> None:
+        """Read the app's settings, start its hub, register the routes and ``flask rusty-ws``.
+
+        Raises:
+            RuntimeError: rusty_ws is already registered on ``app``.
+            ValueError: a setting has a value that cannot work.
+        """
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError("rusty_ws is already registered on this app")
+        settings = Settings.from_config(app.config)
+        secret = settings.jwt_secret_key
+        if not secret:
+            secret = secrets.token_urlsafe(32)
+            logger.warning(
+                "! no JWT_SECRET_KEY set: generated a random one; tokens will not survive "
+                "a restart nor work on another process"
+            )
+        users = UsersFile.load(settings.users_file) if settings.users_file else None
+        if users is None and self.credential_checker is None:
+            logger.warning(
+                "! DEVELOPMENT MODE: no users file and no credential hook; the demo login "
+                "testuser/password works. Set RUSTY_WS_USERS_FILE for real users."
+            )
+        state = State(
+            pubsub=self,
+            settings=settings,
+            hub=Hub(settings, broker_from_url(settings.broker_url)),
+            tokens=TokenService(secret, settings.jwt_expiration_seconds),
+            users=users,
+        )
+        app.extensions[EXTENSION_KEY] = state
+        sock_options = app.config.setdefault("SOCK_SERVER_OPTIONS", {})
+        sock_options["thread_class"] = reader_thread_class(sock_options.get("thread_class"))
+        app.register_blueprint(make_blueprint(state), url_prefix=url_prefix or self.url_prefix)
+        app.cli.add_command(commands.group)
+        self._apps.append(app)
+
+    def check_credentials(self, checker: CredentialChecker) -> CredentialChecker:
+        """Decorator: use ``checker(username, password) -> bool`` for ``/auth/token`` logins."""
+        self.credential_checker = checker
+        return checker
+
+    def state(self, app: Flask | None = None) -> State:
+        """The hub state of ``app``, the current app, or the only app set up.
+
+        Raises:
+            RuntimeError: no app can be found, or it was never set up with ``init_app``.
+        """
+        if app is None:
+            if has_app_context():
+                app = current_app._get_current_object()  # type: ignore[attr-defined]
+            elif len(self._apps) == 1:
+                app = self._apps[0]
+            else:
+                raise RuntimeError(
+                    "no app: call this inside an app context, or pass app=, "
+                    "when one PubSub serves several apps"
+                )
+        try:
+            return app.extensions[EXTENSION_KEY]
+        except KeyError:
+            raise RuntimeError("rusty_ws is not set up on this app; did you forget init_app?") from None
+
+    def hub(self, app: Flask | None = None) -> Hub:
+        """The ``Hub`` of ``app`` (see ``state`` for how the app is found)."""
+        return self.state(app).hub
+
+    def publish(
+        self,
+        session_id: str,
+        topic: str,
+        payload: Any,
+        *,
+        publisher_name: str = "server",
+        timestamp: str | None = None,
+        app: Flask | None = None,
+    ) -> None:
+        """Publish from server code, delivered exactly like a client's publish.
+
+        Safe from any thread; never blocks on a slow subscriber.
+
+        Raises:
+            ProtocolError: the topic or session is not valid.
+        """
+        self.hub(app).publish(
+            Delivery(
+                publisher_name=publisher_name,
+                topic=check_topic(topic),
+                payload=payload,
+                timestamp=timestamp or rfc3339_now(),
+                session_id=check_session(session_id),
+            )
+        )
+
+    def shutdown(self, app: Flask | None = None, timeout: float = 5.0) -> None:
+        """Close every connection (4200: reconnect now) and stop the hub's threads. Idempotent."""
+        self.hub(app).shutdown(timeout)

@@ -1,0 +1,156 @@
+"""The hub: the connections of one app, their subscriptions, and the road publishes take.
+
+A publish goes ``Hub.publish`` -> broker -> ``Hub.deliver_local`` -> one frame
+encoded once -> the writer thread, which copies it to every subscriber's
+outbox. Connections (``connection.py``) call in from their own threads; the
+hub's state is the registry (its own lock) and the set of connections
+(``_connections_lock``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from .brokers import Broker
+from .config import Settings
+from .frames import text_frame
+from .protocol import CLOSE_CODE_EXPLANATIONS, CloseCode, Delivery
+from .registry import Key, Registry
+from .writer import Outbox, Writer
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+__all__ = ["Hub"]
+
+logger = logging.getLogger("rusty_ws.server")
+
+
+class Hub:
+    """Connections, subscriptions and publishing for one Flask app.
+
+    Args:
+        settings: the checked settings.
+        broker: where publishes go; the hub starts it now and stops it in ``shutdown``.
+    """
+
+    def __init__(self, settings: Settings, broker: Broker) -> None:
+        self.settings = settings
+        self.registry = Registry(settings.max_subscriptions)
+        self.writer = Writer(
+            max_queued_bytes=settings.max_queued_bytes,
+            close_timeout=settings.close_timeout,
+            ping_interval=settings.ping_interval,
+            ping_timeout=settings.ping_timeout,
+        )
+        self.broker = broker
+        # _connections_lock guards _connections, _slots_taken and _accepting.
+        self._connections_lock = threading.Lock()
+        self._connections: set[Connection] = set()
+        self._slots_taken = 0
+        self._accepting = True
+        # Signalled whenever a connection ends (shutdown and tests wait on it).
+        self._connections_changed = threading.Condition(self._connections_lock)
+        self._ids = itertools.count(1)
+        broker.start(self.deliver_local, self.registry.keys)
+
+    # ------------------------------------------------------------------ admission
+
+    def take_slot(self) -> bool:
+        """Reserve room for one more connection; False when full or shutting down."""
+        with self._connections_lock:
+            if not self._accepting or self._slots_taken >= self.settings.max_connections:
+                return False
+            self._slots_taken += 1
+            return True
+
+    def give_back_slot(self) -> None:
+        """Undo ``take_slot`` once the request that took it has ended."""
+        with self._connections_lock:
+            self._slots_taken -= 1
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def add(self, connection: "Connection") -> None:
+        with self._connections_lock:
+            self._connections.add(connection)
+
+    def discard(self, connection: "Connection") -> None:
+        """Forget a connection that ended, and every subscription it held."""
+        for key in self.registry.remove(connection.outbox):
+            self.broker.interest_removed(key)
+        with self._connections_lock:
+            self._connections.discard(connection)
+            self._connections_changed.notify_all()
+
+    # ------------------------------------------------------------------ subscriptions
+
+    def subscribe(self, outbox: Outbox, topic: str, session_id: str) -> None:
+        """Subscribe; raises ``ProtocolError`` (too_many_subscriptions) at the limit."""
+        if self.registry.subscribe(outbox, topic, session_id):
+            self.broker.interest_added((topic, session_id))
+
+    def unsubscribe(self, outbox: Outbox, topic: str, session_id: str) -> None:
+        if self.registry.unsubscribe(outbox, topic, session_id):
+            self.broker.interest_removed((topic, session_id))
+
+    # ------------------------------------------------------------------ publishing
+
+    def publish(self, delivery: Delivery) -> None:
+        """Send ``delivery`` to every subscriber of its (topic, session), on every node."""
+        self.broker.publish(delivery)
+
+    def deliver_local(self, delivery: Delivery) -> None:
+        """Hand ``delivery`` to this process's subscribers: one frame, encoded once."""
+        subscribers = self.registry.subscribers(delivery.topic, delivery.session_id)
+        if subscribers:
+            self.writer.send(text_frame(delivery.encode()), subscribers)
+
+    def wait_connections(self, at_most: int, timeout: float) -> bool:
+        """Block until at most ``at_most`` connections are open; False if ``timeout`` passed first."""
+        with self._connections_lock:
+            return self._connections_changed.wait_for(lambda: len(self._connections) <= at_most, timeout)
+
+    # ------------------------------------------------------------------ reporting and shutdown
+
+    def counts(self) -> dict[str, Any]:
+        """What ``/healthz`` shows: connections, sessions, topics, subscriptions, broker."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        registry = self.registry.counts()
+        sessions = {conn.session_id for conn in connections}
+        sessions.update(session for _, session in self.registry.keys())
+        return {
+            "status": "ok" if self._accepting else "stopping",
+            "connections": len(connections),
+            "sessions": len(sessions),
+            "topics": registry.topics,
+            "subscriptions": registry.subscriptions,
+            "broker": self.broker.status(),
+        }
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Close every connection (4200, reconnect now), stop the broker and the writer.
+
+        Blocks until the connections have ended or ``timeout`` has passed. Idempotent.
+        """
+        with self._connections_lock:
+            self._accepting = False
+            connections = list(self._connections)
+        for connection in connections:
+            connection.close(CloseCode.SERVER_RESTARTING, CLOSE_CODE_EXPLANATIONS[4200])
+        deadline = time.monotonic() + timeout
+        if not self.wait_connections(0, timeout):
+            left = len(self._connections)
+            logger.warning("! %d connections still open after %.1fs; dropping them", left, timeout)
+        self.broker.stop()
+        self.writer.stop(max(0.1, deadline - time.monotonic()))

@@ -1,0 +1,58 @@
+"""Running the hub: a threaded werkzeug server sized for many WebSockets, stopped cleanly.
+
+``flask run`` works too; this adds a deeper listen backlog (thousands of
+clients reconnect at once after a restart) and a shutdown that tells every
+client to reconnect (close code 4200) before the process exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any
+
+from flask import Flask
+from werkzeug.serving import ThreadedWSGIServer
+
+__all__ = ["HubServer", "make_server", "serve"]
+
+logger = logging.getLogger("rusty_ws.server")
+
+
+class HubServer(ThreadedWSGIServer):
+    """werkzeug's threaded server with a listen backlog fit for reconnect storms."""
+
+    request_queue_size = 4096
+
+
+def make_server(app: Flask, host: str = "127.0.0.1", port: int = 8081) -> HubServer:
+    """A server bound to ``host:port`` (port 0: any free port; see ``server.port``)."""
+    return HubServer(host, port, app)
+
+
+def stop(app: Flask, server: HubServer, timeout: float = 5.0) -> None:
+    """Close the hub's connections (4200), then stop accepting. Call from another thread than serve_forever."""
+    state = app.extensions.get("rusty_ws")
+    if state is not None:
+        state.hub.shutdown(timeout)
+    server.shutdown()
+
+
+def serve(app: Flask, host: str = "127.0.0.1", port: int = 8081) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down cleanly. Blocks; call from the main thread."""
+    server = make_server(app, host, port)
+
+    def on_signal(signum: int, _: Any) -> None:
+        logger.info("= signal %d: closing connections and stopping", signum)
+        # server.shutdown() waits for serve_forever, which runs on this very thread.
+        threading.Thread(target=stop, args=(app, server), name="rusty_ws-shutdown").start()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    logger.info("= rusty_ws hub on ws://%s:%d/ws", host, server.port)
+    try:
+        server.serve_forever()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.server_close()

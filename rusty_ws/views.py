@@ -1,0 +1,217 @@
+"""The HTTP side: ``/ws``, ``/auth/token``, ``/auth/refresh``, ``/healthz``, and CORS.
+
+The WebSocket route is flask-sock's, but a request reaches the upgrade only
+after ``_admit`` has checked it (origin, token, connection limit), because
+flask-sock completes the handshake before its view runs. A refused request
+gets a JSON answer with 401, 403 or 503 and never becomes a WebSocket.
+
+simple-websocket starts a reader thread per connection; on our route it gets
+a stand-in (``_RequestThreadReads``) and the request thread reads instead,
+so a connection costs one thread. Other flask-sock routes of the app keep
+their usual reader thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from flask import Blueprint, Response, has_request_context, jsonify, request
+from flask_sock import Sock
+
+from .auth import Claims
+from .connection import Connection
+from .exceptions import AuthError, ProtocolError, TokenInvalid
+from .protocol import check_session, loads_strict
+
+if TYPE_CHECKING:
+    from .extension import State
+
+__all__ = ["make_blueprint", "reader_thread_class", "MAX_AUTH_BODY"]
+
+logger = logging.getLogger("rusty_ws.server")
+
+#: Largest body ``/auth/*`` reads; a login is a few hundred bytes.
+MAX_AUTH_BODY = 64 * 1024
+#: Where ``_admit`` leaves its verdict for the WebSocket view and for teardown.
+ADMISSION_KEY = "rusty_ws.admission"
+_WS_ENDPOINT = "websocket"
+
+
+@dataclass
+class Admission:
+    """A request that passed ``_admit`` and holds a connection slot."""
+
+    claims: Claims | None
+    holds_slot: bool = True
+
+
+class _RequestThreadReads:
+    """Given to simple-websocket instead of a reader thread: our request thread reads."""
+
+    name = "rusty_ws-request-thread-reads"
+
+    def __init__(self, target: Callable[[], None] | None = None) -> None:
+        self.target = target
+
+    def start(self) -> None:
+        """Nothing to start: ``Connection.serve`` runs the read loop on the request thread."""
+
+
+def reader_thread_class(fallback: Callable[..., Any] | None) -> Callable[..., Any]:
+    """A ``thread_class`` for flask-sock's ``SOCK_SERVER_OPTIONS`` that is ours only on our route."""
+    fallback = fallback or threading.Thread
+
+    def make_reader(target: Callable[[], None], **kwargs: Any) -> Any:
+        if has_request_context() and ADMISSION_KEY in request.environ:
+            return _RequestThreadReads(target)
+        return fallback(target=target, **kwargs)
+
+    return make_reader
+
+
+def _error(status: int, code: str, message: str) -> tuple[Response, int]:
+    return jsonify({"error": message, "code": code}), status
+
+
+def _bearer_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+def _json_body() -> dict[str, Any]:
+    """The request's JSON object, read with a size limit whatever the Content-Type says."""
+    if (request.content_length or 0) > MAX_AUTH_BODY:
+        raise _BadRequest(413, "body_too_large", f"the body is larger than {MAX_AUTH_BODY} bytes")
+    raw = request.stream.read(MAX_AUTH_BODY + 1)
+    if len(raw) > MAX_AUTH_BODY:
+        raise _BadRequest(413, "body_too_large", f"the body is larger than {MAX_AUTH_BODY} bytes")
+    try:
+        body = loads_strict(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise _BadRequest(400, "invalid_json", "the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise _BadRequest(400, "invalid_json", "the body must be a JSON object")
+    return body
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
+    """The hub's routes, bound to ``state``."""
+    bp = Blueprint(name, __name__)
+    sock = Sock()
+    settings, hub = state.settings, state.hub
+
+    @bp.before_request
+    def _admit() -> Any:
+        if request.endpoint != f"{bp.name}.{_WS_ENDPOINT}":
+            return None
+        if not settings.origin_allowed(request.headers.get("Origin")):
+            return _error(403, "forbidden_origin", "this origin may not open WebSockets here")
+        raw_socket = request.environ.get("werkzeug.socket") or request.environ.get("gunicorn.socket")
+        if isinstance(raw_socket, ssl.SSLSocket):
+            logger.error("! a TLS WebSocket reached the hub: terminate TLS in a reverse proxy")
+            return _error(501, "tls_not_supported", "terminate TLS in a reverse proxy")
+        token = request.args.get("token") or _bearer_token()
+        claims = None
+        if token:
+            try:
+                claims = state.tokens.verify(token)
+            except AuthError as exc:
+                logger.info("! refused a WebSocket from %s: %s", request.remote_addr, exc.code)
+                return _error(exc.status, exc.code, exc.message)
+        elif settings.require_auth:
+            return _error(401, "token_required", "this hub requires a token (?token=...)")
+        if not hub.take_slot():
+            response, status = _error(503, "server_full", "the hub is at its connection limit")
+            response.headers["Retry-After"] = "5"
+            return response, status
+        request.environ[ADMISSION_KEY] = Admission(claims)
+        # rusty_ws never compresses (frames are encoded once for all subscribers),
+        # so permessage-deflate is not offered to simple-websocket's handshake.
+        request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
+        return None
+
+    @bp.teardown_request
+    def _give_back_slot(_: BaseException | None) -> None:
+        admission = request.environ.pop(ADMISSION_KEY, None)
+        if admission is not None and admission.holds_slot:
+            hub.give_back_slot()
+
+    @bp.after_request
+    def _cors(response: Response) -> Response:
+        origin = request.headers.get("Origin")
+        if origin and settings.origin_allowed(origin):
+            if "*" in settings.cors_origins:
+                response.headers["Access-Control-Allow-Origin"] = "*"
+            else:
+                response.headers["Access-Control-Allow-Origin"] = origin
+                response.vary.add("Origin")
+            response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization"
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            response.headers["Access-Control-Max-Age"] = "600"
+        return response
+
+    @sock.route("/ws", bp=bp, endpoint=_WS_ENDPOINT)
+    def websocket(ws: Any) -> None:
+        admission: Admission = request.environ[ADMISSION_KEY]
+        ws.sock.settimeout(None)  # a blocking reader; the writer sends with MSG_DONTWAIT
+        connection = Connection(hub, ws.sock, ws.ws, admission.claims, request.remote_addr or "?")
+        try:
+            connection.serve()
+        finally:
+            ws.connected = False  # flask-sock's ws.close() after us must not write again
+
+    @bp.route("/auth/token", methods=["POST"])
+    def issue_token() -> Any:
+        try:
+            body = _json_body()
+            username, password = body.get("username"), body.get("password")
+            if not isinstance(username, str) or not username or not isinstance(password, str):
+                raise _BadRequest(400, "missing_fields", "'username' and 'password' are required strings")
+            session_id = body.get("session_id")
+            if session_id is not None and session_id != "":
+                if not isinstance(session_id, str):
+                    raise _BadRequest(400, "invalid_session", "'session_id' must be a string")
+                check_session(session_id)
+        except _BadRequest as exc:
+            return _error(exc.status, exc.code, exc.message)
+        except ProtocolError as exc:
+            return _error(400, exc.code, exc.message)
+        if not state.check_credentials(username, password):
+            logger.info("! failed login for %r from %s", username[:64], request.remote_addr)
+            return _error(401, "bad_credentials", "wrong username or password")
+        issued = state.tokens.issue(username, session_id or None)
+        logger.info("= issued a token for %r in %r", username, issued.claims.sid)
+        return jsonify({"token": issued.token, "expires_in": issued.expires_in,
+                        "session_id": issued.claims.sid})
+
+    @bp.route("/auth/refresh", methods=["POST"])
+    def refresh_token() -> Any:
+        token = _bearer_token()
+        if token is None:
+            error = TokenInvalid("send the token as 'Authorization: Bearer <token>'")
+            return _error(error.status, "token_required", error.message)
+        try:
+            issued = state.tokens.refresh(token)
+        except AuthError as exc:
+            return _error(exc.status, exc.code, exc.message)
+        return jsonify({"token": issued.token, "expires_in": issued.expires_in,
+                        "session_id": issued.claims.sid})
+
+    @bp.route("/healthz")
+    def healthz() -> Any:
+        return jsonify(hub.counts())
+
+    return bp

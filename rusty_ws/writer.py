@@ -1,0 +1,419 @@
+"""The one thread that writes to every WebSocket of a hub.
+
+Why one thread for all sockets, not one per connection: a publish to 1,000
+subscribers must not wake 1,000 threads (under the GIL each wake-up is a
+hand-off), and 10,000 idle connections must not cost 10,000 extra threads.
+So publishers only append ``(frame, subscribers)`` to a queue; this thread
+copies each frame reference into per-connection outboxes, and then writes
+every outbox that has data with one non-blocking ``send`` (all the frames
+that piled up for a socket go out in one write). A socket whose kernel
+buffer is full is watched with a selector and written when it drains; past
+``max_queued_bytes`` its connection is closed as a slow consumer (4100), and
+the others never wait for it.
+
+This thread is the only caller of ``send`` on a hub's sockets, so frames
+never interleave (simple-websocket's own ``send()`` writes from whichever
+thread calls it). It also runs the keepalive: pings idle clients and drops
+the ones that stop answering.
+
+Ownership: every field of an ``Outbox`` belongs to this thread, except
+``last_seen``, which the connection's reader thread stores after each read.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import selectors
+import socket
+import threading
+import time
+from typing import Any, Callable, Iterable
+
+from .frames import OP_PING, close_frame, encode_frame
+from .protocol import CLOSE_CODE_EXPLANATIONS, CloseCode
+
+__all__ = ["Outbox", "Writer"]
+
+logger = logging.getLogger("rusty_ws.server")
+
+#: Non-blocking send on a blocking socket (Linux, macOS); the reader thread keeps its blocking recv.
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+
+_OPEN, _CLOSING, _CLOSED = "open", "closing", "closed"
+
+
+class Outbox:
+    """What waits to be written to one socket, and the socket's keepalive clock."""
+
+    __slots__ = (
+        "sock", "label", "chunks", "size", "partial", "queued", "watched", "state",
+        "close_deadline", "last_seen", "ping_sent_at", "released",
+    )
+
+    def __init__(self, sock: socket.socket, label: str) -> None:
+        self.sock = sock
+        self.label = label
+        self.chunks: list[Any] = []   # frames (bytes) waiting; the first may be a memoryview remainder
+        self.size = 0                 # bytes in chunks
+        self.partial = False          # chunks[0] is the unsent rest of a frame already begun
+        self.queued = False           # in the writer's list of outboxes to flush
+        self.watched = False          # registered with the selector, waiting for room in the socket
+        self.state = _OPEN
+        self.close_deadline = 0.0
+        self.last_seen = time.monotonic()  # written by the reader thread after each read
+        self.ping_sent_at = 0.0
+        self.released: threading.Event | None = None
+
+    def __repr__(self) -> str:
+        return f"<Outbox {self.label} {self.state} {self.size}B>"
+
+
+class Writer:
+    """Owns the writes of a set of sockets, on one thread named ``name``.
+
+    Args:
+        max_queued_bytes: bytes one outbox may hold before its connection is closed (4100).
+        close_timeout: seconds a closing connection has to finish the handshake.
+        ping_interval: seconds of client silence before a ping; 0 disables keepalive.
+        ping_timeout: seconds to wait for any reply to that ping before dropping (4102).
+        max_jobs: queued publishes past which publishers wait (the whole hub is saturated).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_queued_bytes: int,
+        close_timeout: float,
+        ping_interval: float = 0.0,
+        ping_timeout: float = 20.0,
+        max_jobs: int = 10_000,
+        name: str = "rusty_ws-writer",
+    ) -> None:
+        self.max_queued_bytes = max_queued_bytes
+        self.close_timeout = close_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.max_jobs = max_jobs
+        self.name = name
+        # Jobs from any thread to this one: (method, arg, arg). deque.append and
+        # popleft are atomic, and this thread is the only consumer.
+        self._jobs: collections.deque[tuple[Callable[[Any, Any], None], Any, Any]] = collections.deque()
+        # _wake_lock guards _asleep; a sender that finds it set writes one byte to _wake_w.
+        self._wake_lock = threading.Lock()
+        self._asleep = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        # _room is signalled when a saturated job queue has drained; it guards _throttled.
+        self._room = threading.Condition(threading.Lock())
+        self._throttled = False
+        # _state_lock guards _thread and _stopping (start once, stop once).
+        self._state_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._stopped = threading.Event()
+        # Owned by the writer thread:
+        self._boxes: set[Outbox] = set()
+        self._flush_list: list[Outbox] = []
+        self._selector: selectors.BaseSelector | None = None
+        self._ping_frame = encode_frame(OP_PING, b"")
+
+    # ------------------------------------------------------------------ any thread
+
+    def attach(self, sock: socket.socket, label: str) -> Outbox:
+        """Start writing for ``sock``; starts the writer thread on first use."""
+        box = Outbox(sock, label)
+        self._ensure_started()
+        self._submit(self._do_attach, box, None)
+        return box
+
+    def send(self, frame: bytes, targets: Iterable[Outbox]) -> None:
+        """Queue ``frame`` for every outbox in ``targets``. Never blocks on a socket.
+
+        Blocks only while the whole hub is saturated (``max_jobs`` publishes
+        queued), which slows the publishing connection down to what the hub delivers.
+        """
+        if len(self._jobs) >= self.max_jobs:
+            self._wait_for_room()
+        self._submit(self._do_send_many, frame, targets)
+
+    def send_to(self, box: Outbox, frame: bytes) -> None:
+        """Queue ``frame`` for one outbox (replies, pongs)."""
+        self._submit(self._do_send_one, box, frame)
+
+    def close(self, box: Outbox, code: int, reason: str = "", *, discard_pending: bool = False) -> None:
+        """Send a close frame after what is queued (or instead of it), then end the socket.
+
+        The socket is shut down when the reader releases it or ``close_timeout`` passes.
+        """
+        self._submit(self._do_close, box, (code, reason, discard_pending))
+
+    def release(self, box: Outbox, timeout: float) -> None:
+        """The reader is done with ``box``: flush what fits, shut the socket down, forget it.
+
+        Blocks until the writer has let go of the socket (at most ``timeout``),
+        so the caller may close it afterwards. Idempotent.
+        """
+        released = threading.Event()
+        if self._stopped.is_set() or self._thread is None:
+            _shutdown(box.sock)
+            return
+        self._submit(self._do_release, box, released)
+        if not released.wait(timeout) and not self._stopped.is_set():
+            logger.warning("! writer did not release %s within %.1fs", box.label, timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Shut down every socket still attached and end the thread. Idempotent; blocks up to ``timeout``."""
+        with self._state_lock:
+            self._stopping = True
+            thread = self._thread
+        if thread is None:
+            self._stopped.set()
+            self._close_wakeup()
+            return
+        self._wake()
+        thread.join(timeout)
+        if thread.is_alive():
+            logger.error("! %s did not stop within %.1fs", self.name, timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _ensure_started(self) -> None:
+        with self._state_lock:
+            if self._thread is not None:
+                return
+            if self._stopping:
+                raise RuntimeError("the writer has been stopped")
+            # Daemon: a hub nobody shut down must not keep the process alive.
+            # Hub.shutdown() stops and joins it.
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
+
+    def _submit(self, method: Callable[[Any, Any], None], a: Any, b: Any) -> None:
+        self._jobs.append((method, a, b))
+        self._wake()
+
+    def _wake(self) -> None:
+        with self._wake_lock:
+            if not self._asleep:
+                return
+            self._asleep = False
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass  # stopped: the wake-up pair is closed
+
+    def _wait_for_room(self) -> None:
+        with self._room:
+            self._throttled = True
+            if not self._room.wait_for(
+                lambda: len(self._jobs) < self.max_jobs // 2 or self._stopping, timeout=5.0
+            ):
+                logger.warning("! %s is saturated: a publisher waited 5s for room", self.name)
+
+    # ------------------------------------------------------------------ writer thread
+
+    def _run(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        tick = self._tick_seconds()
+        next_tick = time.monotonic() + tick
+        try:
+            while not self._stopping:
+                self._drain_jobs()
+                self._flush_queued()
+                now = time.monotonic()
+                if now >= next_tick:
+                    self._housekeeping(now)
+                    next_tick = now + tick
+                    continue
+                with self._wake_lock:
+                    self._asleep = True
+                if self._jobs:  # a job arrived between the drain and the flag
+                    with self._wake_lock:
+                        self._asleep = False
+                    continue
+                for key, _ in self._selector.select(next_tick - now):
+                    if key.data is None:
+                        self._drain_wakeup()
+                    else:
+                        self._queue_flush(key.data)
+                with self._wake_lock:
+                    self._asleep = False
+        except Exception:
+            logger.exception("! %s crashed; dropping every connection it wrote for", self.name)
+        finally:
+            self._finish()
+
+    def _tick_seconds(self) -> float:
+        candidates = [self.close_timeout / 2, 1.0]
+        if self.ping_interval:
+            candidates.append(self.ping_interval / 2)
+        return max(0.05, min(candidates))
+
+    def _drain_jobs(self) -> None:
+        jobs = self._jobs
+        for _ in range(len(jobs)):  # only what is there now, so flushing is never starved
+            method, a, b = jobs.popleft()
+            method(a, b)
+        if self._throttled and len(jobs) < self.max_jobs // 2:
+            with self._room:
+                self._throttled = False
+                self._room.notify_all()
+
+    def _drain_wakeup(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _do_attach(self, box: Outbox, _: Any) -> None:
+        self._boxes.add(box)
+
+    def _do_send_many(self, frame: bytes, targets: Iterable[Outbox]) -> None:
+        size = len(frame)
+        limit = self.max_queued_bytes
+        flush_list = self._flush_list
+        for box in targets:
+            if box.state is not _OPEN:
+                continue
+            box.chunks.append(frame)
+            box.size += size
+            if box.size > limit:
+                self._overflow(box)
+            elif not box.queued and not box.watched:
+                box.queued = True
+                flush_list.append(box)
+
+    def _do_send_one(self, box: Outbox, frame: bytes) -> None:
+        self._do_send_many(frame, (box,))
+
+    def _overflow(self, box: Outbox) -> None:
+        logger.warning("! %s is too slow: %d bytes queued, closing it", box.label, box.size)
+        self._do_close(box, (CloseCode.SLOW_CONSUMER, CLOSE_CODE_EXPLANATIONS[4100], True))
+
+    def _do_close(self, box: Outbox, args: tuple[int, str, bool]) -> None:
+        code, reason, discard_pending = args
+        if box.state is not _OPEN:
+            return
+        if discard_pending:
+            # Keep only the unsent rest of a frame already begun: cutting it would corrupt the stream.
+            box.chunks = box.chunks[:1] if box.partial else []
+            box.size = sum(len(chunk) for chunk in box.chunks)
+        frame = close_frame(code, reason)
+        box.chunks.append(frame)
+        box.size += len(frame)
+        box.state = _CLOSING
+        box.close_deadline = time.monotonic() + self.close_timeout
+        self._queue_flush(box)
+
+    def _do_release(self, box: Outbox, released: threading.Event) -> None:
+        if box.state is not _CLOSED:
+            if box.chunks:
+                self._write(box)  # one last try for a close reply; never wait for it
+            self._forget(box)
+        released.set()
+
+    def _queue_flush(self, box: Outbox) -> None:
+        if not box.queued:
+            box.queued = True
+            self._flush_list.append(box)
+
+    def _flush_queued(self) -> None:
+        flush_list, self._flush_list = self._flush_list, []
+        for box in flush_list:
+            box.queued = False
+            if box.state is not _CLOSED and box.chunks:
+                self._write(box)
+
+    def _write(self, box: Outbox) -> None:
+        chunks = box.chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        try:
+            sent = box.sock.send(data, _DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            logger.debug("- %s write failed: %s", box.label, exc)
+            self._forget(box)
+            return
+        if sent == len(data):
+            box.chunks = []
+            box.size = 0
+            box.partial = False
+            if box.watched:
+                self._selector.unregister(box.sock)  # type: ignore[union-attr]
+                box.watched = False
+            return
+        box.chunks = [memoryview(data)[sent:]]
+        box.size = len(data) - sent
+        box.partial = True
+        if not box.watched:
+            self._selector.register(box.sock, selectors.EVENT_WRITE, box)  # type: ignore[union-attr]
+            box.watched = True
+
+    def _forget(self, box: Outbox) -> None:
+        """Stop writing to ``box`` for good and shut its socket down (wakes its reader)."""
+        if box.watched:
+            try:
+                self._selector.unregister(box.sock)  # type: ignore[union-attr]
+            except (KeyError, ValueError):
+                pass
+            box.watched = False
+        box.state = _CLOSED
+        box.chunks = []
+        box.size = 0
+        self._boxes.discard(box)
+        _shutdown(box.sock)
+
+    def _housekeeping(self, now: float) -> None:
+        for box in list(self._boxes):
+            if box.state is _CLOSING:
+                if now >= box.close_deadline:
+                    logger.debug("- %s closing handshake timed out", box.label)
+                    self._forget(box)
+            elif self.ping_interval:
+                self._keepalive(box, now)
+
+    def _keepalive(self, box: Outbox, now: float) -> None:
+        if box.ping_sent_at:
+            if box.last_seen >= box.ping_sent_at:
+                box.ping_sent_at = 0.0
+            elif now - box.ping_sent_at > self.ping_timeout:
+                logger.info("- %s missed its pong, dropping it", box.label)
+                self._do_close(box, (CloseCode.KEEPALIVE_TIMEOUT, "keepalive timeout", True))
+                return
+        if not box.ping_sent_at and now - box.last_seen >= self.ping_interval:
+            box.ping_sent_at = now
+            self._do_send_one(box, self._ping_frame)
+
+    def _finish(self) -> None:
+        """Let go of every socket, then of the selector and the wake-up pair."""
+        with self._state_lock:
+            self._stopping = True
+        for method, a, b in list(self._jobs):
+            if method == self._do_release:
+                b.set()
+        self._jobs.clear()
+        for box in list(self._boxes):
+            self._forget(box)
+        if self._selector is not None:
+            self._selector.close()
+        self._stopped.set()
+        with self._room:
+            self._room.notify_all()
+        self._close_wakeup()
+
+    def _close_wakeup(self) -> None:
+        for sock in (self._wake_r, self._wake_w):
+            sock.close()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already shut down or closed

@@ -1,0 +1,229 @@
+"""Test support: a real hub on a free loopback port, and small clients that never sleep.
+
+Every wait here blocks on something observable (a frame, EOF, a condition)
+with a timeout in units of ``MS``, scaled by ``RUSTY_WS_TESTS_TIMEOUT_FACTOR``
+for slow machines.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import socket
+import struct
+import threading
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import websocket
+from flask import Flask
+
+from rusty_ws import create_app
+from rusty_ws.hub import Hub
+from rusty_ws.serving import HubServer, make_server, stop
+
+MS = 0.001 * float(os.environ.get("RUSTY_WS_TESTS_TIMEOUT_FACTOR", "1"))
+#: The usual wait for something that should happen at once.
+WAIT = 3000 * MS
+SECRET = "test-secret-" + "x" * 32
+
+
+@dataclass
+class RunningServer:
+    app: Flask
+    server: HubServer
+    prefix: str = ""
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{self.prefix}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}{self.prefix}/ws"
+
+    @property
+    def hub(self) -> Hub:
+        return self.app.extensions["rusty_ws"].hub
+
+    def token(self, username: str, session_id: str | None = None) -> str:
+        return self.app.extensions["rusty_ws"].tokens.issue(username, session_id).token
+
+    def connect(self, token: str | None = None, **kwargs: Any) -> "Client":
+        url = self.ws_url + (f"?token={token}" if token else "")
+        return Client(url, **kwargs)
+
+    def wait_connections(self, at_most: int) -> None:
+        assert self.hub.wait_connections(at_most, WAIT), (
+            f"still {self.hub.counts()['connections']} connections, wanted at most {at_most}"
+        )
+
+
+def hub_config(**overrides: Any) -> dict[str, Any]:
+    """Settings for a test hub: a known secret, then ``overrides`` (names without the prefix)."""
+    config: dict[str, Any] = {"RUSTY_WS_JWT_SECRET_KEY": SECRET}
+    config.update({f"RUSTY_WS_{key.upper()}": value for key, value in overrides.items()})
+    return config
+
+
+@contextlib.contextmanager
+def running_server(app: Flask | None = None, prefix: str = "", **overrides: Any) -> Iterator[RunningServer]:
+    """Serve ``app`` (default: ``create_app`` with ``overrides``) on 127.0.0.1, port 0.
+
+    Always shuts the hub and the server down and joins the serving thread.
+    """
+    app = app or create_app(hub_config(**overrides))
+    server = make_server(app, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, name="test-server", daemon=True)
+    thread.start()
+    try:
+        yield RunningServer(app, server, prefix)
+    finally:
+        stop(app, server, timeout=WAIT)
+        thread.join(WAIT)
+        server.server_close()
+        assert not thread.is_alive(), "the server thread did not stop"
+
+
+class Client:
+    """A raw WebSocket client (websocket-client) with waits that never sleep."""
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        self.ws = websocket.create_connection(url, timeout=WAIT, **kwargs)
+
+    def send(self, text: str) -> None:
+        self.ws.send(text)
+
+    def recv(self, timeout: float = WAIT) -> str:
+        self.ws.settimeout(timeout)
+        return self.ws.recv()
+
+    def recv_json(self) -> dict[str, Any]:
+        return json.loads(self.recv())
+
+    def sync(self) -> list[str]:
+        """Send ``ping`` and return every frame that arrived before its ``pong``.
+
+        The server handles a connection's commands in order, so once the pong is
+        here, everything sent before the ping has been carried out.
+        """
+        self.send("ping")
+        before = []
+        for _ in range(10_000):
+            message = self.recv()
+            if message == "pong":
+                return before
+            before.append(message)
+        raise AssertionError("no pong among 10,000 frames")
+
+    def command(self, text: str) -> list[str]:
+        """Send one command and return what the server answered to it (before a sync pong)."""
+        self.send(text)
+        return self.sync()
+
+    def recv_close(self, timeout: float = WAIT) -> tuple[int, str]:
+        """Read until the server's close frame; return its code and reason (1006 on EOF)."""
+        self.ws.settimeout(timeout)
+        for _ in range(100_000):
+            try:
+                opcode, frame = self.ws.recv_data_frame(control_frame=True)
+            except websocket.WebSocketConnectionClosedException:
+                return 1006, ""
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                data = frame.data
+                code = struct.unpack("!H", data[:2])[0] if len(data) >= 2 else 1005
+                return code, data[2:].decode("utf-8", "replace")
+        raise AssertionError("no close frame among 100,000 frames")
+
+    def close(self) -> None:
+        self.ws.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.ws.close()
+
+
+def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
+         raw: bytes | None = None) -> tuple[int, dict[str, str], Any]:
+    """One HTTP request; returns (status, headers, JSON body or text)."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if body is not None and "Content-Type" not in (headers or {}):
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=WAIT) as response:
+            status, head, text = response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        status, head, text = exc.code, dict(exc.headers), exc.read()
+    try:
+        return status, head, json.loads(text)
+    except ValueError:
+        return status, head, text.decode("utf-8", "replace")
+
+
+def login(server: RunningServer, username: str = "testuser", password: str = "password",
+          session_id: str | None = None) -> str:
+    body: dict[str, Any] = {"username": username, "password": password}
+    if session_id:
+        body["session_id"] = session_id
+    status, _, reply = http("POST", server.http_url + "/auth/token", body)
+    assert status == 200, reply
+    return reply["token"]
+
+
+class RawSocket:
+    """A hand-made WebSocket client, for what websocket-client will not send (or answer)."""
+
+    def __init__(self, port: int, path: str = "/ws") -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(1)
+            assert chunk, f"handshake refused: {head!r}"
+            head += chunk
+        self.status = int(head.split()[1])
+
+    def send_frame(self, opcode: int, payload: bytes, fin: bool = True, mask: bytes = b"abcd") -> None:
+        first = (0x80 if fin else 0) | opcode
+        length = len(payload)
+        if length < 126:
+            header = struct.pack("!BB", first, 0x80 | length)
+        elif length < 65536:
+            header = struct.pack("!BBH", first, 0x80 | 126, length)
+        else:
+            header = struct.pack("!BBQ", first, 0x80 | 127, length)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.sock.sendall(header + mask + masked)
+
+    def read_until_eof(self, timeout: float = WAIT) -> bytes:
+        """Everything the server sends until it ends the connection."""
+        self.sock.settimeout(timeout)
+        data = b""
+        for _ in range(100_000):
+            try:
+                chunk = self.sock.recv(65536)
+            except ConnectionResetError:
+                return data
+            if not chunk:
+                return data
+            data += chunk
+        raise AssertionError("the server never ended the connection")
+
+    def close(self) -> None:
+        self.sock.close()
