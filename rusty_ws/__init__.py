@@ -2,10 +2,18 @@
 
 - ``create_app()``: the stand-alone hub (``flask --app rusty_ws run --port 8081``).
 - ``PubSub``: the Flask extension, to embed the hub in an existing app.
+- ``WsClient``: the blocking client.
 - The exceptions, all under ``RustyWsError``.
+
+The server and client halves load on first use, so ``from rusty_ws import
+WsClient`` does not import Flask, and the pure modules stay pure.
 """
 
-from .app import create_app
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from .exceptions import (
     AuthError,
     BadCredentials,
@@ -19,14 +27,16 @@ from .exceptions import (
     TokenExpired,
     TokenInvalid,
 )
-from .extension import PubSub
 from .protocol import CloseCode, Delivery, ErrorCode
 
 __version__ = "0.1.0"
 
+_LAZY = {"create_app": ".app", "PubSub": ".extension", "WsClient": ".client"}
+
 __all__ = [
     "create_app",
     "PubSub",
+    "WsClient",
     "Delivery",
     "CloseCode",
     "ErrorCode",
@@ -42,3 +52,11 @@ __all__ = [
     "ConnectionClosedError",
     "ServerError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'rusty_ws' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value

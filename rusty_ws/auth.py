@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import jwt
-from werkzeug.security import check_password_hash, generate_password_hash
 
 from .exceptions import TokenExpired, TokenInvalid
 
@@ -150,7 +149,17 @@ def _is_number(value: object) -> bool:
 
 def hash_password(password: str) -> str:
     """A salted hash for a users file (werkzeug's default method)."""
+    # Imported here: werkzeug's package import also loads its dev server (sockets),
+    # which the pure core must not pull in just to be imported.
+    from werkzeug.security import generate_password_hash
+
     return generate_password_hash(password)
+
+
+def _check_password(stored_hash: str, password: str) -> bool:
+    from werkzeug.security import check_password_hash
+
+    return check_password_hash(stored_hash, password)
 
 
 class UsersFile:
@@ -164,7 +173,7 @@ class UsersFile:
         self._hashes = dict(hashes)
         # Unknown users are checked against a real hash too, so a wrong username
         # takes as long as a wrong password and usernames cannot be probed by timing.
-        self._decoy = generate_password_hash("not a password")
+        self._decoy = hash_password("not a password")
 
     @classmethod
     def load(cls, path: str) -> "UsersFile":
@@ -184,9 +193,9 @@ class UsersFile:
     def __call__(self, username: str, password: str) -> bool:
         stored = self._hashes.get(username)
         if stored is None:
-            check_password_hash(self._decoy, password)
+            _check_password(self._decoy, password)
             return False
-        return check_password_hash(stored, password)
+        return _check_password(stored, password)
 
     def __len__(self) -> int:
         return len(self._hashes)

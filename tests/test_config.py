@@ -1,0 +1,67 @@
+"""Settings: defaults, the seed's aliases, environment variables, and refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from rusty_ws.config import DEFAULTS, Settings, config_from_environ
+
+
+def test_defaults_are_filled_in() -> None:
+    config: dict = {}
+    settings = Settings.from_config(config)
+    assert set(DEFAULTS) <= set(config)
+    assert settings.jwt_expiration_seconds == 3600
+    assert settings.cors_origins == ("*",)
+    assert settings.broker_url == "memory://"
+    assert not settings.require_auth
+
+
+def test_seed_aliases() -> None:
+    settings = Settings.from_config({"JWT_SECRET_KEY": "k", "JWT_EXPIRATION_SECONDS": 60})
+    assert (settings.jwt_secret_key, settings.jwt_expiration_seconds) == ("k", 60)
+
+
+def test_prefixed_name_wins_over_alias() -> None:
+    settings = Settings.from_config({"JWT_SECRET_KEY": "old", "RUSTY_WS_JWT_SECRET_KEY": "new"})
+    assert settings.jwt_secret_key == "new"
+
+
+def test_environment() -> None:
+    found = config_from_environ({
+        "JWT_SECRET_KEY": "12345",
+        "RUSTY_WS_JWT_SECRET_KEY": "67890",
+        "RUSTY_WS_MAX_CONNECTIONS": "5",
+        "RUSTY_WS_REQUIRE_AUTH": "true",
+        "RUSTY_WS_CORS_ORIGINS": "http://a.example, http://b.example",
+        "UNRELATED": "x",
+    })
+    assert found == {
+        "RUSTY_WS_JWT_SECRET_KEY": "67890",
+        "RUSTY_WS_MAX_CONNECTIONS": 5,
+        "RUSTY_WS_REQUIRE_AUTH": True,
+        "RUSTY_WS_CORS_ORIGINS": "http://a.example, http://b.example",
+    }
+    settings = Settings.from_config(dict(found))
+    assert settings.cors_origins == ("http://a.example", "http://b.example")
+    assert settings.origin_allowed("http://a.example/")
+    assert not settings.origin_allowed("http://evil.example")
+    assert settings.origin_allowed(None)
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("RUSTY_WS_MAX_CONNECTIONS", 0),
+        ("RUSTY_WS_MAX_MESSAGE_SIZE", -1),
+        ("RUSTY_WS_PING_TIMEOUT", "soon"),
+        ("RUSTY_WS_JWT_EXPIRATION_SECONDS", 0),
+    ],
+)
+def test_refuses_values_that_cannot_work(key: str, value: object) -> None:
+    with pytest.raises(ValueError, match=key):
+        Settings.from_config({key: value})
+
+
+def test_ping_interval_zero_turns_keepalive_off() -> None:
+    assert Settings.from_config({"RUSTY_WS_PING_INTERVAL": 0}).ping_interval == 0

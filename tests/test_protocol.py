@@ -1,0 +1,225 @@
+"""The wire grammar, with literal strings only."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rusty_ws.exceptions import ProtocolError
+from rusty_ws.protocol import (
+    CloseCode,
+    ClosePolicy,
+    CLOSE_CODE_EXPLANATIONS,
+    Delivery,
+    ErrorCode,
+    Ping,
+    Publish,
+    RegisterName,
+    RegisterSession,
+    Subscribe,
+    Unsubscribe,
+    close_policy,
+    command_verb,
+    encode_error,
+    is_error_reply,
+    parse_command,
+    parse_error,
+)
+
+
+class TestCommands:
+    @pytest.mark.parametrize(
+        "text, command",
+        [
+            ("ping", Ping()),
+            (" ping\n", Ping()),
+            ("register-name:Client1", RegisterName("Client1")),
+            ("register-name:Ünïcode name", RegisterName("Ünïcode name")),
+            ("register-session:session-A", RegisterSession("session-A")),
+            ("subscribe:DetectCustomerEvent|session-A", Subscribe("DetectCustomerEvent", "session-A")),
+            ("subscribe:DetectCustomerEvent", Subscribe("DetectCustomerEvent", None)),
+            ("subscribe:DetectCustomerEvent|", Subscribe("DetectCustomerEvent", None)),
+            ("unsubscribe:T|s", Unsubscribe("T", "s")),
+            ("unsubscribe:T", Unsubscribe("T", None)),
+            ("subscribe:a:b|s", Subscribe("a:b", "s")),
+        ],
+    )
+    def test_valid(self, text: str, command: object) -> None:
+        assert parse_command(text) == command
+
+    @pytest.mark.parametrize(
+        "text, code",
+        [
+            ("", ErrorCode.UNKNOWN_COMMAND),
+            ("pong", ErrorCode.UNKNOWN_COMMAND),
+            ("PING", ErrorCode.UNKNOWN_COMMAND),
+            ("subscribe", ErrorCode.UNKNOWN_COMMAND),
+            ("hello:world", ErrorCode.UNKNOWN_COMMAND),
+            ("subscribe:", ErrorCode.INVALID_TOPIC),
+            ("subscribe:|s", ErrorCode.INVALID_TOPIC),
+            ("subscribe:T|s|extra", ErrorCode.INVALID_SESSION),
+            ("subscribe:T\x00|s", ErrorCode.INVALID_TOPIC),
+            ("subscribe:" + "t" * 257, ErrorCode.INVALID_TOPIC),
+            ("subscribe:T|" + "s" * 257, ErrorCode.INVALID_SESSION),
+            ("register-name:", ErrorCode.INVALID_NAME),
+            ("register-name:a\nb", ErrorCode.INVALID_NAME),
+            ("register-session:", ErrorCode.INVALID_SESSION),
+            ("register-session:a|b", ErrorCode.INVALID_SESSION),
+        ],
+    )
+    def test_invalid(self, text: str, code: ErrorCode) -> None:
+        with pytest.raises(ProtocolError) as caught:
+            parse_command(text)
+        assert caught.value.code == code
+
+    def test_unknown_command_message_is_cut_short(self) -> None:
+        with pytest.raises(ProtocolError) as caught:
+            parse_command("x" * 10_000)
+        assert len(caught.value.message) < 100
+
+    @pytest.mark.parametrize(
+        "text, verb",
+        [("ping", "ping"), ("subscribe:x", "subscribe"), ("publish-json:{", "publish-json"), ("nope", None)],
+    )
+    def test_command_verb(self, text: str, verb: str | None) -> None:
+        assert command_verb(text) == verb
+
+
+class TestPublish:
+    def test_all_fields(self) -> None:
+        text = 'publish-json:' + json.dumps({
+            "publisher_name": "Client1", "topic": "T", "payload": "Network connected",
+            "timestamp": "2024-01-24T10:25:37Z", "session_id": "session-A",
+        })
+        assert parse_command(text) == Publish(
+            topic="T", payload="Network connected", session_id="session-A",
+            publisher_name="Client1", timestamp="2024-01-24T10:25:37Z",
+        )
+
+    def test_only_topic(self) -> None:
+        assert parse_command('publish-json:{"topic":"T"}') == Publish(topic="T")
+
+    def test_empty_session_means_none(self) -> None:
+        assert parse_command('publish-json:{"topic":"T","session_id":""}').session_id is None
+
+    @pytest.mark.parametrize(
+        "payload", [{"nested": [1, 2, {"x": None}]}, 42, 3.5, True, None, "text", [1, "a"]]
+    )
+    def test_payload_passes_through(self, payload: object) -> None:
+        command = parse_command("publish-json:" + json.dumps({"topic": "T", "payload": payload}))
+        assert command.payload == payload  # type: ignore[union-attr]
+
+    def test_client_user_field_is_dropped(self) -> None:
+        command = parse_command('publish-json:{"topic":"T","user":"admin"}')
+        assert not hasattr(command, "user")
+
+    @pytest.mark.parametrize(
+        "body, code",
+        [
+            ("", ErrorCode.INVALID_JSON),
+            ("{", ErrorCode.INVALID_JSON),
+            ("not json", ErrorCode.INVALID_JSON),
+            ('{"topic": NaN}', ErrorCode.INVALID_JSON),
+            ('{"topic": "T", "payload": Infinity}', ErrorCode.INVALID_JSON),
+            ('{"topic": "T", "payload": 1e400}', ErrorCode.INVALID_JSON),
+            ("[" * 100_000 + "]" * 100_000, ErrorCode.INVALID_JSON),
+            ("[1, 2]", ErrorCode.INVALID_MESSAGE),
+            ('"T"', ErrorCode.INVALID_MESSAGE),
+            ("{}", ErrorCode.MISSING_TOPIC),
+            ('{"topic": ""}', ErrorCode.MISSING_TOPIC),
+            ('{"topic": null}', ErrorCode.MISSING_TOPIC),
+            ('{"topic": 5}', ErrorCode.INVALID_MESSAGE),
+            ('{"topic": "a|b"}', ErrorCode.INVALID_TOPIC),
+            ('{"topic": "T", "session_id": 7}', ErrorCode.INVALID_MESSAGE),
+            ('{"topic": "T", "session_id": "a|b"}', ErrorCode.INVALID_SESSION),
+            ('{"topic": "T", "publisher_name": []}', ErrorCode.INVALID_MESSAGE),
+            ('{"topic": "T", "timestamp": 1706091937}', ErrorCode.INVALID_MESSAGE),
+        ],
+    )
+    def test_invalid(self, body: str, code: ErrorCode) -> None:
+        with pytest.raises(ProtocolError) as caught:
+            parse_command("publish-json:" + body)
+        assert caught.value.code == code
+
+
+class TestDelivery:
+    def test_seed_field_order_and_compact_json(self) -> None:
+        delivery = Delivery("Client1", "T", "hi", "2024-01-24T10:25:37Z", "session-A")
+        assert delivery.encode() == (
+            b'{"publisher_name":"Client1","topic":"T","payload":"hi",'
+            b'"timestamp":"2024-01-24T10:25:37Z","session_id":"session-A"}'
+        )
+
+    def test_user_is_added_when_known(self) -> None:
+        delivery = Delivery("c", "T", None, "t", "s", user="alice")
+        assert json.loads(delivery.encode())["user"] == "alice"
+
+    def test_lone_surrogate_falls_back_to_escapes(self) -> None:
+        delivery = Delivery("c", "T", "\ud800", "t", "s")
+        encoded = delivery.encode()
+        encoded.decode("utf-8")  # valid UTF-8
+        assert json.loads(encoded)["payload"] == "\ud800"
+
+    def test_non_ascii_stays_readable(self) -> None:
+        assert "héllo".encode() in Delivery("c", "T", "héllo", "t", "s").encode()
+
+    def test_round_trip(self) -> None:
+        delivery = Delivery("c", "T", {"a": 1}, "t", "s", user="u")
+        assert Delivery.parse(delivery.encode().decode()) == delivery
+
+    def test_parse_keeps_unknown_fields_apart(self) -> None:
+        parsed = Delivery.parse('{"topic":"T","payload":1,"extra":true}')
+        assert parsed.extra == {"extra": True} and parsed.payload == 1
+
+    @pytest.mark.parametrize("text", ["pong", "[1]", '{"payload":1}', "error:{}"])
+    def test_parse_rejects_non_deliveries(self, text: str) -> None:
+        with pytest.raises(ProtocolError):
+            Delivery.parse(text)
+
+
+class TestErrors:
+    def test_encode_and_parse(self) -> None:
+        text = encode_error(ErrorCode.FORBIDDEN_SESSION, "nope", "subscribe")
+        assert text.startswith("error:") and is_error_reply(text)
+        assert json.loads(text[6:]) == {"code": "forbidden_session", "message": "nope", "command": "subscribe"}
+        error = parse_error(text)
+        assert (error.code, error.message) == ("forbidden_session", "nope")
+
+    def test_command_is_optional(self) -> None:
+        assert json.loads(encode_error("unknown_command", "x")[6:]) == {"code": "unknown_command", "message": "x"}
+
+    def test_delivery_never_looks_like_an_error(self) -> None:
+        assert not is_error_reply(Delivery("error:", "error:x", "error:", "t", "s").encode().decode())
+
+    def test_garbled_error_still_parses(self) -> None:
+        assert parse_error("error:oops").code == "unknown"
+
+
+class TestCloseCodes:
+    @pytest.mark.parametrize(
+        "code, policy",
+        [
+            (CloseCode.SLOW_CONSUMER, ClosePolicy.BACK_OFF),
+            (CloseCode.OVERLOADED, ClosePolicy.BACK_OFF),
+            (CloseCode.SERVER_RESTARTING, ClosePolicy.RECONNECT_NOW),
+            (CloseCode.UNAUTHORIZED, ClosePolicy.DO_NOT_RECONNECT),
+            (CloseCode.FORBIDDEN, ClosePolicy.DO_NOT_RECONNECT),
+            (4050, ClosePolicy.DO_NOT_RECONNECT),
+            (4150, ClosePolicy.BACK_OFF),
+            (4250, ClosePolicy.RECONNECT_NOW),
+            (1001, ClosePolicy.RECONNECT_NOW),
+            (1012, ClosePolicy.RECONNECT_NOW),
+            (1002, ClosePolicy.DO_NOT_RECONNECT),
+            (1008, ClosePolicy.DO_NOT_RECONNECT),
+            (1006, ClosePolicy.BACK_OFF),
+            (1009, ClosePolicy.BACK_OFF),
+            (1011, ClosePolicy.BACK_OFF),
+            (3999, ClosePolicy.BACK_OFF),
+        ],
+    )
+    def test_policy(self, code: int, policy: ClosePolicy) -> None:
+        assert close_policy(code) is policy
+
+    def test_every_code_is_explained(self) -> None:
+        assert set(CLOSE_CODE_EXPLANATIONS) == {int(code) for code in CloseCode}
