@@ -142,9 +142,12 @@ class Writer:
         self._submit(self._do_send_one, box, frame)
 
     def close(self, box: Outbox, code: int, reason: str = "", *, discard_pending: bool = False) -> None:
-        """Send a close frame after what is queued (or instead of it), then end the socket.
+        """Send a close frame after what is queued, then end the socket.
 
-        The socket is shut down when the reader releases it or ``close_timeout`` passes.
+        The socket is shut down when the reader releases it or ``close_timeout``
+        passes. With ``discard_pending`` (a peer that does not read), queued
+        frames are dropped and the socket is shut down right after one try to
+        send the close frame.
         """
         self._submit(self._do_close, box, (code, reason, discard_pending))
 
@@ -231,7 +234,9 @@ class Writer:
                     continue
                 with self._wake_lock:
                     self._asleep = True
-                if self._jobs:  # a job arrived between the drain and the flag
+                # Senders append first and then look at _asleep; so look at the jobs
+                # (and the stop flag) after setting it, or a wake-up could be lost.
+                if self._jobs or self._stopping:
                     with self._wake_lock:
                         self._asleep = False
                     continue
@@ -308,7 +313,13 @@ class Writer:
         box.size += len(frame)
         box.state = _CLOSING
         box.close_deadline = time.monotonic() + self.close_timeout
-        self._queue_flush(box)
+        if discard_pending:
+            # The peer is not reading (stalled or dead): no handshake to wait for.
+            # One try to get the close frame out, then end the socket.
+            self._write(box)
+            self._forget(box)
+        else:
+            self._queue_flush(box)
 
     def _do_release(self, box: Outbox, released: threading.Event) -> None:
         if box.state is not _CLOSED:

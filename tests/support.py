@@ -82,7 +82,8 @@ def running_server(app: Flask | None = None, prefix: str = "", **overrides: Any)
     """
     app = app or create_app(hub_config(**overrides))
     server = make_server(app, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, name="test-server", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              name="test-server", daemon=True)
     thread.start()
     try:
         yield RunningServer(app, server, prefix)

@@ -1,0 +1,212 @@
+"""Every command and every documented error reply, against a real hub."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from support import Client, RawSocket, RunningServer, running_server
+
+
+def error_of(replies: list[str]) -> dict:
+    assert len(replies) == 1 and replies[0].startswith("error:"), replies
+    return json.loads(replies[0][len("error:"):])
+
+
+def test_ping_pong(server: RunningServer) -> None:
+    with server.connect() as client:
+        client.send("ping")
+        assert client.recv() == "pong"
+
+
+def test_anonymous_connection_is_in_the_default_session(server: RunningServer) -> None:
+    with server.connect() as subscriber, server.connect() as publisher:
+        subscriber.command("subscribe:T")
+        publisher.command('publish-json:{"topic": "T", "payload": 1}')
+        [message] = subscriber.sync()
+        assert json.loads(message)["session_id"] == "default"
+
+
+def test_register_session_changes_the_default(server: RunningServer) -> None:
+    with server.connect() as subscriber, server.connect() as publisher:
+        assert subscriber.command("register-session:s1") == []
+        subscriber.command("subscribe:T")  # in s1
+        publisher.command("register-session:s1")
+        publisher.command('publish-json:{"topic": "T"}')
+        publisher.command('publish-json:{"topic": "T", "session_id": "default"}')
+        [message] = subscriber.sync()
+        assert json.loads(message)["session_id"] == "s1"
+
+
+def test_defaults_filled_by_the_server(server: RunningServer) -> None:
+    with server.connect() as client:
+        client.command("register-name:Kiosk")
+        client.command("subscribe:T|s")
+        [raw] = client.command('publish-json:{"topic": "T", "session_id": "s", "payload": {"n": [1, 2.5, null]}}')
+    message = json.loads(raw)
+    assert list(message) == ["publisher_name", "topic", "payload", "timestamp", "session_id"]
+    assert message["publisher_name"] == "Kiosk"
+    assert message["payload"] == {"n": [1, 2.5, None]}
+    assert message["timestamp"].endswith("+00:00") and "T" in message["timestamp"]
+
+
+def test_publisher_without_a_name_is_anonymous(server: RunningServer) -> None:
+    with server.connect() as client:
+        client.command("subscribe:T")
+        client.send('publish-json:{"topic": "T"}')
+        assert client.recv_json()["publisher_name"] == "anonymous"
+
+
+@pytest.mark.parametrize("payload", ["a string", 12, 1.5, {"deep": {"er": [True]}}, [], None])
+def test_payload_forwarded_as_given(server: RunningServer, payload: object) -> None:
+    with server.connect() as client:
+        client.command("subscribe:T")
+        client.send("publish-json:" + json.dumps({"topic": "T", "payload": payload}))
+        assert client.recv_json()["payload"] == payload
+
+
+def test_subscribing_twice_delivers_once(server: RunningServer) -> None:
+    with server.connect() as client:
+        assert client.command("subscribe:T|s") == []
+        assert client.command("subscribe:T|s") == []
+        client.send('publish-json:{"topic": "T", "session_id": "s"}')
+        assert len(client.sync()) == 1
+
+
+def test_unsubscribe(server: RunningServer) -> None:
+    with server.connect() as client:
+        client.command("subscribe:T|s")
+        client.command("subscribe:T")
+        assert client.command("unsubscribe:T|s") == []
+        assert client.command("unsubscribe:T|s") == []  # again: harmless
+        client.send('publish-json:{"topic": "T", "session_id": "s"}')
+        client.send('publish-json:{"topic": "T"}')
+        replies = client.sync()
+        assert [json.loads(r)["session_id"] for r in replies] == ["default"]
+        client.command("unsubscribe:T")
+        client.send('publish-json:{"topic": "T"}')
+        assert client.sync() == []
+
+
+def test_topics_are_exact(server: RunningServer) -> None:
+    with server.connect() as client:
+        client.command("subscribe:Event|s")
+        for topic in ["event", "Event2", "Even", "Event "]:
+            client.send(json.dumps({"topic": topic, "session_id": "s"}).join(["publish-json:", ""]))
+        assert client.sync() == []
+
+
+@pytest.mark.parametrize(
+    "command, code",
+    [
+        ("hello", "unknown_command"),
+        ("subscribe", "unknown_command"),
+        ("PING", "unknown_command"),
+        ("subscribe:", "invalid_topic"),
+        ("subscribe:a|b|c", "invalid_session"),
+        ("register-name:", "invalid_name"),
+        ("register-session:", "invalid_session"),
+        ("publish-json:{oops", "invalid_json"),
+        ("publish-json:[1]", "invalid_message"),
+        ("publish-json:{}", "missing_topic"),
+        ('publish-json:{"topic": 1}', "invalid_message"),
+        ('publish-json:{"topic": "T", "payload": NaN}', "invalid_json"),
+        ("publish-json:" + "[" * 50_000 + "]" * 50_000, "invalid_json"),
+    ],
+)
+def test_error_replies(server: RunningServer, command: str, code: str) -> None:
+    with server.connect() as client:
+        error = error_of(client.command(command))
+        assert error["code"] == code and error["message"]
+        assert client.command("ping") == []  # still open, still in order
+
+
+def test_error_names_the_command_it_answers(server: RunningServer) -> None:
+    with server.connect() as client:
+        assert error_of(client.command("subscribe:"))["command"] == "subscribe"
+        assert "command" not in error_of(client.command("nonsense"))
+
+
+def test_binary_frames_are_refused_politely(server: RunningServer) -> None:
+    with server.connect() as client:
+        client.ws.send_binary(b"subscribe:T")
+        assert error_of(client.sync())["code"] == "binary_not_supported"
+
+
+def test_lone_surrogate_payload_is_delivered_as_valid_utf8(server: RunningServer) -> None:
+    with server.connect() as client:
+        client.command("subscribe:T")
+        client.send('publish-json:{"topic": "T", "payload": "\\ud800"}')
+        assert client.recv_json()["payload"] == "\ud800"
+
+
+def test_fragmented_message_is_one_command(server: RunningServer) -> None:
+    raw = RawSocket(server.port)
+    try:
+        raw.send_frame(0x1, b"subscr", fin=False)
+        raw.send_frame(0x9, b"mid-message ping")  # control frames may interleave
+        raw.send_frame(0x0, b"ibe:T|s", fin=False)
+        raw.send_frame(0x0, b"", fin=True)
+        raw.send_frame(0x1, b"ping")
+        raw.sock.settimeout(3)
+        data = b""
+        for _ in range(100):
+            data += raw.sock.recv(4096)
+            if data.endswith(b"pong"):
+                break
+        assert data == b"\x8a\x10mid-message ping" + b"\x81\x04pong"
+    finally:
+        raw.close()
+    server.wait_connections(0)
+    assert server.hub.counts()["subscriptions"] == 0
+
+
+def test_invalid_utf8_closes_with_1007_and_others_carry_on(server: RunningServer) -> None:
+    with server.connect() as bystander:
+        raw = RawSocket(server.port)
+        raw.send_frame(0x1, b"\xff\xfe")
+        data = raw.read_until_eof()
+        assert data[:4] == b"\x88" + bytes([len(data) - 2]) + b"\x03\xef"  # close, 1007
+        raw.close()
+        assert bystander.command("ping") == []
+
+
+def test_unmasked_client_frame_is_a_protocol_error(server: RunningServer) -> None:
+    raw = RawSocket(server.port)
+    raw.sock.sendall(b"\x81\x04ping")  # clients must mask
+    data = raw.read_until_eof()
+    assert data[:2] == b"\x88" + bytes([len(data) - 2]) and data[2:4] == b"\x03\xea"  # 1002
+    raw.close()
+    server.wait_connections(0)
+
+
+def test_client_close_code_is_echoed(server: RunningServer) -> None:
+    with server.connect() as client:
+        client.ws.send_close(status=4321, reason=b"bye")
+        assert client.recv_close() == (4321, "bye")
+    server.wait_connections(0)
+
+
+def test_close_handshake_and_cleanup(server: RunningServer) -> None:
+    with server.connect() as client:
+        client.command("subscribe:T|s")
+        assert server.hub.counts()["subscriptions"] == 1
+    server.wait_connections(0)
+    assert server.hub.counts() | {"broker": None} == {
+        "status": "ok", "connections": 0, "sessions": 0, "topics": 0, "subscriptions": 0, "broker": None,
+    }
+
+
+def test_many_hostile_frames_leave_the_server_up(server: RunningServer) -> None:
+    with server.connect() as bystander:
+        bystander.command("subscribe:T")
+        with server.connect() as attacker:
+            for text in ["\x00" * 1000, "subscribe:" + "|" * 10_000, "publish-json:" + "{" * 10_000,
+                         "register-name:" + "n" * 100_000, "publish-json:" + json.dumps({"topic": "T" * 1000})]:
+                attacker.send(text)
+            replies = attacker.sync()
+            assert len(replies) == 5 and all(r.startswith("error:") for r in replies)
+        with server.connect() as publisher:
+            publisher.command('publish-json:{"topic": "T", "payload": "still here"}')
+        assert bystander.recv_json()["payload"] == "still here"
