@@ -17,6 +17,7 @@ from typing import Any
 from .exceptions import (
     AuthError,
     BadCredentials,
+    ConnectFailed,
     ConnectionClosed,
     ConnectionClosedError,
     ConnectionClosedOK,
@@ -47,6 +48,7 @@ __all__ = [
     "TokenExpired",
     "TokenInvalid",
     "Forbidden",
+    "ConnectFailed",
     "ConnectionClosed",
     "ConnectionClosedOK",
     "ConnectionClosedError",

@@ -9,6 +9,7 @@ The tree::
     │   ├── TokenExpired     the token's ``exp`` has passed
     │   ├── TokenInvalid     bad signature, wrong algorithm, missing claims, garbage
     │   └── Forbidden        a valid identity asked for something it may not have
+    ├── ConnectFailed        the WebSocket could not be opened (refused, unreachable, TLS, HTTP error)
     ├── ConnectionClosed     the WebSocket is gone (carries ``code`` and ``reason``)
     │   ├── ConnectionClosedOK     it closed normally (1000, 1001)
     │   └── ConnectionClosedError  it closed with an error code, or dropped
@@ -29,6 +30,7 @@ __all__ = [
     "TokenExpired",
     "TokenInvalid",
     "Forbidden",
+    "ConnectFailed",
     "ConnectionClosed",
     "ConnectionClosedOK",
     "ConnectionClosedError",
@@ -93,6 +95,18 @@ class Forbidden(AuthError):
 
     code = "forbidden"
     status = 403
+
+
+class ConnectFailed(RustyWsError):
+    """The WebSocket could not be opened: refused, unreachable, TLS failure, or an HTTP error.
+
+    Attributes:
+        status: the HTTP status the server answered the handshake with, if it answered.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ConnectionClosed(RustyWsError):

@@ -19,7 +19,7 @@ from .brokers import Broker
 from .config import Settings
 from .frames import text_frame
 from .protocol import CLOSE_CODE_EXPLANATIONS, CloseCode, Delivery
-from .registry import Key, Registry
+from .registry import Registry
 from .writer import Outbox, Writer
 
 if TYPE_CHECKING:

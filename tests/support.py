@@ -75,13 +75,14 @@ def hub_config(**overrides: Any) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def running_server(app: Flask | None = None, prefix: str = "", **overrides: Any) -> Iterator[RunningServer]:
-    """Serve ``app`` (default: ``create_app`` with ``overrides``) on 127.0.0.1, port 0.
+def running_server(app: Flask | None = None, prefix: str = "", port: int = 0,
+                   **overrides: Any) -> Iterator[RunningServer]:
+    """Serve ``app`` (default: ``create_app`` with ``overrides``) on 127.0.0.1, on ``port`` (0: a free one).
 
     Always shuts the hub and the server down and joins the serving thread.
     """
     app = app or create_app(hub_config(**overrides))
-    server = make_server(app, "127.0.0.1", 0)
+    server = make_server(app, "127.0.0.1", port)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               name="test-server", daemon=True)
     thread.start()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from support import Client, RawSocket, RunningServer, running_server
+from support import RawSocket, RunningServer
 
 
 def error_of(replies: list[str]) -> dict:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from support import Client, RunningServer
+from support import RunningServer
 
 SUBSCRIPTIONS = {
     "Client1": ("session-A", ["DetectCustomerEvent", "NetworkConnectedEvent"]),

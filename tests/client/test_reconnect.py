@@ -1,0 +1,133 @@
+"""Reconnection, close-code policies, and keepalive of WsClient."""
+
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+
+import pytest
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Request, TextMessage
+
+from rusty_ws import ConnectionClosed, WsClient
+from rusty_ws.protocol import CloseCode
+from support import WAIT, running_server
+
+FAST = {"backoff_initial": 0.05, "backoff_cap": 0.2, "timeout": WAIT}
+
+
+class Hooks:
+    """Connection-state callbacks turned into queues the test can wait on."""
+
+    def __init__(self, client: WsClient) -> None:
+        self.connected: queue.Queue = queue.Queue()
+        self.disconnected: queue.Queue = queue.Queue()
+        self.reconnecting: queue.Queue = queue.Queue()
+        client.on_connect = lambda c: self.connected.put(c)
+        client.on_disconnect = lambda c, code, reason: self.disconnected.put((code, reason))
+        client.on_reconnecting = lambda c, attempt, delay: self.reconnecting.put((attempt, delay))
+
+
+def test_reconnects_after_a_restart_and_keeps_its_subscriptions() -> None:
+    received: queue.Queue = queue.Queue()
+    with running_server() as first:
+        port = first.port
+        client = WsClient.connect_with_session("Client1", "session-A", first.ws_url, **FAST)
+        hooks = Hooks(client)
+        client.on_message("NetworkConnectedEvent", received.put)
+        client.subscribe("Client1", "NetworkConnectedEvent")
+    assert hooks.disconnected.get(timeout=WAIT) == (4200, "server restarting")
+    assert hooks.reconnecting.get(timeout=WAIT) == (1, 0.0)  # 4200 means: reconnect now
+    with running_server(port=port) as second:
+        assert hooks.connected.get(timeout=WAIT) is client  # name, session, subscription restored
+        assert client.is_connected()
+        with second.connect() as publisher:
+            publisher.command('publish-json:{"topic": "NetworkConnectedEvent", "session_id": "session-A", '
+                              '"payload": "back again"}')
+        assert received.get(timeout=WAIT) == "back again"
+        client.publish("Client1", "NetworkConnectedEvent", "and from me")
+        assert received.get(timeout=WAIT) == "and from me"
+        client.close()
+    assert hooks.disconnected.get(timeout=WAIT)[0] == 1000
+
+
+def test_calls_during_an_outage_fail_clearly() -> None:
+    with running_server() as server:
+        client = WsClient.connect("c", server.ws_url, reconnect=False, timeout=WAIT)
+        hooks = Hooks(client)
+    assert hooks.disconnected.get(timeout=WAIT)[0] == 4200
+    assert not client.is_connected()
+    with pytest.raises(ConnectionClosed) as caught:
+        client.publish("c", "T", 1)
+    assert caught.value.code == 4200
+    assert hooks.reconnecting.empty()
+    client.close()
+
+
+def test_do_not_reconnect_codes_are_honoured() -> None:
+    with running_server() as server:
+        client = WsClient.connect("c", server.ws_url, **FAST)
+        hooks = Hooks(client)
+        [connection] = list(server.hub._connections)
+        connection.close(CloseCode.FORBIDDEN, "go away")
+        assert hooks.disconnected.get(timeout=WAIT) == (4003, "go away")
+        client._reader.join(WAIT)
+        assert not client._reader.is_alive() and not client.is_connected()
+        assert hooks.reconnecting.empty()
+        client.close()
+
+
+def test_back_off_codes_wait_before_the_first_attempt() -> None:
+    with running_server() as server:
+        client = WsClient.connect("c", server.ws_url, **FAST)
+        hooks = Hooks(client)
+        [connection] = list(server.hub._connections)
+        connection.close(CloseCode.SLOW_CONSUMER, "slow")
+        assert hooks.disconnected.get(timeout=WAIT)[0] == 4100
+        attempt, delay = hooks.reconnecting.get(timeout=WAIT)
+        assert attempt == 1 and 0 <= delay <= 0.05
+        assert hooks.connected.get(timeout=WAIT) is client
+        client.close()
+
+
+def dead_server(listener: socket.socket, stop: threading.Event) -> None:
+    """Accepts one WebSocket, answers the client's first ``ping`` command, then never answers again."""
+    listener.settimeout(WAIT)
+    conn, _ = listener.accept()
+    protocol = WSConnection(ConnectionType.SERVER)
+    answered = False
+    conn.settimeout(0.05)
+    while not stop.is_set():
+        try:
+            data = conn.recv(65536)
+        except socket.timeout:
+            continue
+        if not data:
+            break
+        protocol.receive_data(data)
+        for event in protocol.events():
+            if isinstance(event, Request):
+                conn.sendall(protocol.send(AcceptConnection()))
+            elif isinstance(event, TextMessage) and event.data == "ping" and not answered:
+                conn.sendall(protocol.send(TextMessage(data="pong")))
+                answered = True
+            # WebSocket pings are never answered: the server looks alive to TCP, dead to us.
+    conn.close()
+
+
+def test_keepalive_notices_a_dead_server() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+    server = threading.Thread(target=dead_server, args=(listener, stop), daemon=True)
+    server.start()
+    try:
+        client = WsClient.connect("c", f"ws://127.0.0.1:{listener.getsockname()[1]}/ws",
+                                  ping_interval=0.1, ping_timeout=0.2, reconnect=False, timeout=WAIT)
+        hooks = Hooks(client)
+        assert hooks.disconnected.get(timeout=WAIT) == (1006, "keepalive timeout")
+        client.close()
+    finally:
+        stop.set()
+        server.join(WAIT)
+        listener.close()
