@@ -59,6 +59,7 @@ class TestTokens:
         with pytest.raises(TokenInvalid):
             TokenService(SECRET).verify(forged)
 
+    @pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
     def test_hs512_with_same_key_is_refused(self) -> None:
         token = jwt.encode({"sub": "a", "sid": "s", "iat": 1, "exp": 9_999_999_999}, SECRET, algorithm="HS512")
         with pytest.raises(TokenInvalid):
