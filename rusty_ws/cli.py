@@ -13,7 +13,14 @@ from .commands import group
 
 __all__ = ["cli", "main"]
 
-cli = FlaskGroup(create_app=create_app, help="The rusty_ws pub/sub hub.")
+class _HubCli(FlaskGroup):
+    """Flask's CLI, without the nested ``rusty-ws`` group that ``init_app`` adds for ``flask rusty-ws``."""
+
+    def list_commands(self, ctx):  # type: ignore[no-untyped-def]
+        return [name for name in super().list_commands(ctx) if name != group.name]
+
+
+cli = _HubCli(create_app=create_app, help="The rusty_ws pub/sub hub.")
 for name, command in group.commands.items():
     cli.add_command(command, name)
 

@@ -12,7 +12,9 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from .auth import hash_password
+from .auth import default_session_for, hash_password
+from .exceptions import ProtocolError
+from .protocol import check_session
 
 __all__ = ["group"]
 
@@ -49,10 +51,14 @@ def token_command(username: str, session_id: str | None) -> None:
     state = _state()
     if not state.settings.jwt_secret_key:
         raise click.ClickException("set JWT_SECRET_KEY: a token signed with a random key is useless")
+    try:
+        check_session(session_id or default_session_for(username))
+    except ProtocolError as exc:
+        raise click.ClickException(exc.message) from None
     click.echo(state.tokens.issue(username, session_id).token)
 
 
-@group.command("hash-password")
+@group.command("hash-password", with_appcontext=False)
 @click.password_option()
 def hash_password_command(password: str) -> None:
     """Print a password hash for a RUSTY_WS_USERS_FILE entry."""

@@ -26,7 +26,8 @@ JWT_EXPIRATION_SECONDS = 3600
 USERS_FILE: str | None = None
 #: Refuse WebSocket upgrades that carry no token (HTTP 401).
 REQUIRE_AUTH = False
-#: Origins allowed to call the HTTP endpoints and to open WebSockets: "*" or a list.
+#: Other origins allowed to call the HTTP endpoints and to open WebSockets: "*" (any) or a
+#: list; an empty list allows only the hub's own origin (and non-browser clients).
 CORS_ORIGINS: str | list[str] = "*"
 #: Largest incoming message, in bytes; bigger ones close the connection with 1009.
 MAX_MESSAGE_SIZE = 1024 * 1024
@@ -89,12 +90,10 @@ def config_from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
     ``from_prefixed_env``; secrets, paths and URLs are always kept as strings.
     """
     found: dict[str, str] = {}
-    for alias, key in ALIASES.items():  # aliases first, so the prefixed names win
-        if alias in environ:
-            found[key] = environ[alias]
-    for key in DEFAULTS:
-        if key in environ:
-            found[key] = environ[key]
+    # Aliases first, so the prefixed names win; a variable set but empty counts as unset.
+    for name, key in [*ALIASES.items(), *((key, key) for key in DEFAULTS)]:
+        if environ.get(name, "").strip():
+            found[key] = environ[name]
     return {
         key: value if key in _STRING_KEYS else _parse_env_value(value)
         for key, value in found.items()
@@ -111,11 +110,17 @@ def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
     return number
 
 
+def _whole(name: str, value: Any) -> int:
+    number = _positive(name, value)
+    if number != int(number):
+        raise ValueError(f"{PREFIX}{name} must be a whole number, not {value!r}")
+    return int(number)
+
+
 def _origins(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [part.strip() for part in value.split(",")]
-    origins = tuple(str(origin).rstrip("/") for origin in value if str(origin).strip())
-    return origins or ("*",)
+    return tuple(str(origin).strip().rstrip("/") for origin in value if str(origin).strip())
 
 
 @dataclass(frozen=True)
@@ -155,23 +160,32 @@ class Settings:
         secret = get("JWT_SECRET_KEY")
         return cls(
             jwt_secret_key=str(secret) if secret else None,
-            jwt_expiration_seconds=int(_positive("JWT_EXPIRATION_SECONDS", get("JWT_EXPIRATION_SECONDS"))),
+            jwt_expiration_seconds=_whole("JWT_EXPIRATION_SECONDS", get("JWT_EXPIRATION_SECONDS")),
             users_file=get("USERS_FILE") or None,
             require_auth=_flag(get("REQUIRE_AUTH")),
             cors_origins=_origins(get("CORS_ORIGINS")),
-            max_message_size=int(_positive("MAX_MESSAGE_SIZE", get("MAX_MESSAGE_SIZE"))),
-            max_subscriptions=int(_positive("MAX_SUBSCRIPTIONS", get("MAX_SUBSCRIPTIONS"))),
-            max_connections=int(_positive("MAX_CONNECTIONS", get("MAX_CONNECTIONS"))),
-            max_queued_bytes=int(_positive("MAX_QUEUED_BYTES", get("MAX_QUEUED_BYTES"))),
+            max_message_size=_whole("MAX_MESSAGE_SIZE", get("MAX_MESSAGE_SIZE")),
+            max_subscriptions=_whole("MAX_SUBSCRIPTIONS", get("MAX_SUBSCRIPTIONS")),
+            max_connections=_whole("MAX_CONNECTIONS", get("MAX_CONNECTIONS")),
+            max_queued_bytes=_whole("MAX_QUEUED_BYTES", get("MAX_QUEUED_BYTES")),
             ping_interval=_positive("PING_INTERVAL", get("PING_INTERVAL"), allow_zero=True),
             ping_timeout=_positive("PING_TIMEOUT", get("PING_TIMEOUT")),
             close_timeout=_positive("CLOSE_TIMEOUT", get("CLOSE_TIMEOUT")),
             broker_url=str(get("BROKER_URL") or BROKER_URL),
         )
 
-    def origin_allowed(self, origin: str | None) -> bool:
-        """True if a request from ``origin`` may use the hub (no Origin header: not a browser)."""
-        return origin is None or "*" in self.cors_origins or origin.rstrip("/") in self.cors_origins
+    def origin_allowed(self, origin: str | None, host: str | None = None) -> bool:
+        """May a request from ``origin`` to the hub at ``host`` use it?
+
+        No Origin header (not a browser) and the hub's own origin are always
+        allowed; other origins when listed in ``cors_origins`` or when it holds "*".
+        """
+        if origin is None or "*" in self.cors_origins:
+            return True
+        origin = origin.rstrip("/")
+        if host and origin.partition("://")[2] == host:
+            return True
+        return origin in self.cors_origins
 
 
 def _flag(value: Any) -> bool:

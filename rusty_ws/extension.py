@@ -31,7 +31,8 @@ from .auth import CredentialChecker, DemoUsers, TokenService, UsersFile
 from .brokers import broker_from_url
 from .config import Settings
 from .hub import Hub
-from .protocol import Delivery, check_session, check_topic, rfc3339_now
+from .exceptions import ProtocolError
+from .protocol import Delivery, ErrorCode, check_session, check_topic, rfc3339_now
 from .views import make_blueprint, reader_thread_class
 
 __all__ = ["PubSub", "State", "EXTENSION_KEY"]
@@ -50,11 +51,6 @@ class State:
     hub: Hub
     tokens: TokenService
     users: CredentialChecker | None
-
-    @property
-    def development_mode(self) -> bool:
-        """True while logins fall back to the demo user."""
-        return self.users is None and self.pubsub.credential_checker is None
 
     def check_credentials(self, username: str, password: str) -> bool:
         """The app's hook if it has one, else the users file, else the demo user."""
@@ -129,6 +125,8 @@ class PubSub:
     def check_credentials(self, checker: CredentialChecker) -> CredentialChecker:
         """Decorator: use ``checker(username, password) -> bool`` for ``/auth/token`` logins."""
         self.credential_checker = checker
+        logger.info("= credential hook %s registered: the demo login is off",
+                    getattr(checker, "__qualname__", checker))
         return checker
 
     def state(self, app: Flask | None = None) -> State:
@@ -171,17 +169,21 @@ class PubSub:
         Safe from any thread; never blocks on a slow subscriber.
 
         Raises:
-            ProtocolError: the topic or session is not valid.
+            ProtocolError: the topic or session is not valid, or the payload is not JSON
+                (``invalid_message``: NaN, sets, arbitrary objects).
         """
-        self.hub(app).publish(
-            Delivery(
-                publisher_name=publisher_name,
-                topic=check_topic(topic),
-                payload=payload,
-                timestamp=timestamp or rfc3339_now(),
-                session_id=check_session(session_id),
-            )
+        delivery = Delivery(
+            publisher_name=publisher_name,
+            topic=check_topic(topic),
+            payload=payload,
+            timestamp=timestamp or rfc3339_now(),
+            session_id=check_session(session_id),
         )
+        try:
+            delivery.encode()  # fail here, in the caller, not later on the writer's path
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"the payload is not JSON: {exc}") from None
+        self.hub(app).publish(delivery)
 
     def shutdown(self, app: Flask | None = None, timeout: float = 5.0) -> None:
         """Close every connection (4200: reconnect now) and stop the hub's threads. Idempotent."""

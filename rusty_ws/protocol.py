@@ -312,9 +312,9 @@ def _parse_publish(argument: str) -> Publish:
     session_id = _optional_string(message, "session_id")
     if session_id:
         check_session(session_id)
-    publisher_name = _optional_string(message, "publisher_name")
-    if publisher_name is not None and len(publisher_name) > MAX_NAME_LENGTH:
-        raise ProtocolError(ErrorCode.INVALID_NAME, "'publisher_name' is too long")
+    publisher_name = _optional_string(message, "publisher_name") or None
+    if publisher_name is not None:
+        check_name(publisher_name)
     return Publish(
         topic=topic,
         payload=message.get("payload"),
@@ -353,11 +353,11 @@ def parse_command(text: str) -> Command:
 
 def rfc3339_now(now: datetime | None = None) -> str:
     """An RFC 3339 UTC timestamp, e.g. ``2024-01-24T10:25:37.123456+00:00``."""
-    return (now or datetime.now(timezone.utc)).astimezone(timezone.utc).isoformat()
+    return (now or datetime.now(timezone.utc)).astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def dumps_utf8(value: Any) -> bytes:
@@ -369,7 +369,7 @@ def dumps_utf8(value: Any) -> bytes:
     try:
         return _dumps(value).encode("utf-8")
     except UnicodeEncodeError:
-        return json.dumps(value, separators=(",", ":")).encode("ascii")
+        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode("ascii")
 
 
 @dataclass(frozen=True)
@@ -402,7 +402,11 @@ class Delivery:
         return message
 
     def encode(self) -> bytes:
-        """The UTF-8 JSON text of this delivery, ready to be framed."""
+        """The UTF-8 JSON text of this delivery, ready to be framed.
+
+        Raises:
+            ValueError, TypeError: the payload is not JSON (NaN, a set, an object...).
+        """
         return dumps_utf8(self.to_dict())
 
     @classmethod

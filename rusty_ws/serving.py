@@ -49,7 +49,8 @@ def serve(app: Flask, host: str = "127.0.0.1", port: int = 8081) -> None:
         threading.Thread(target=stop, args=(app, server), name="rusty_ws-shutdown").start()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    logger.info("= rusty_ws hub on ws://%s:%d/ws", host, server.port)
+    paths = [rule.rule for rule in app.url_map.iter_rules() if rule.endpoint.endswith(".websocket")]
+    logger.info("= rusty_ws hub on ws://%s:%d%s", host, server.port, paths[0] if paths else "/ws")
     try:
         server.serve_forever()
     finally:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from flask import Blueprint, Response, has_request_context, jsonify, request
 from flask_sock import Sock
 
-from .auth import Claims
+from .auth import Claims, default_session_for
 from .connection import Connection
 from .exceptions import AuthError, ProtocolError, TokenInvalid
 from .protocol import check_session, loads_strict
@@ -117,7 +117,7 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
     def _admit() -> Any:
         if request.endpoint != f"{bp.name}.{_WS_ENDPOINT}":
             return None
-        if not settings.origin_allowed(request.headers.get("Origin")):
+        if not settings.origin_allowed(request.headers.get("Origin"), request.host):
             return _error(403, "forbidden_origin", "this origin may not open WebSockets here")
         raw_socket = request.environ.get("werkzeug.socket") or request.environ.get("gunicorn.socket")
         if isinstance(raw_socket, ssl.SSLSocket):
@@ -134,7 +134,10 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
         elif settings.require_auth:
             return _error(401, "token_required", "this hub requires a token (?token=...)")
         if not hub.take_slot():
-            response, status = _error(503, "server_full", "the hub is at its connection limit")
+            if hub.accepting:
+                response, status = _error(503, "server_full", "the hub is at its connection limit")
+            else:
+                response, status = _error(503, "shutting_down", "the hub is shutting down")
             response.headers["Retry-After"] = "5"
             return response, status
         request.environ[ADMISSION_KEY] = Admission(claims)
@@ -152,7 +155,7 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
     @bp.after_request
     def _cors(response: Response) -> Response:
         origin = request.headers.get("Origin")
-        if origin and settings.origin_allowed(origin):
+        if origin and settings.origin_allowed(origin, request.host):
             if "*" in settings.cors_origins:
                 response.headers["Access-Control-Allow-Origin"] = "*"
             else:
@@ -166,6 +169,11 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
     @sock.route("/ws", bp=bp, endpoint=_WS_ENDPOINT)
     def websocket(ws: Any) -> None:
         admission: Admission = request.environ[ADMISSION_KEY]
+        if not isinstance(ws.thread, _RequestThreadReads):
+            # Someone replaced SOCK_SERVER_OPTIONS after init_app: simple-websocket's own
+            # reader thread is reading this socket, and two readers would split the stream.
+            logger.error("! SOCK_SERVER_OPTIONS['thread_class'] was replaced after init_app; refusing")
+            return
         ws.sock.settimeout(None)  # a blocking reader; the writer sends with MSG_DONTWAIT
         connection = Connection(hub, ws.sock, ws.ws, admission.claims, request.remote_addr or "?")
         try:
@@ -180,11 +188,10 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
             username, password = body.get("username"), body.get("password")
             if not isinstance(username, str) or not username or not isinstance(password, str):
                 raise _BadRequest(400, "missing_fields", "'username' and 'password' are required strings")
-            session_id = body.get("session_id")
-            if session_id is not None and session_id != "":
-                if not isinstance(session_id, str):
-                    raise _BadRequest(400, "invalid_session", "'session_id' must be a string")
-                check_session(session_id)
+            session_id = body.get("session_id") or None
+            if session_id is not None and not isinstance(session_id, str):
+                raise _BadRequest(400, "invalid_session", "'session_id' must be a string")
+            check_session(session_id or default_session_for(username))
         except _BadRequest as exc:
             return _error(exc.status, exc.code, exc.message)
         except ProtocolError as exc:
@@ -192,7 +199,7 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
         if not state.check_credentials(username, password):
             logger.info("! failed login for %r from %s", username[:64], request.remote_addr)
             return _error(401, "bad_credentials", "wrong username or password")
-        issued = state.tokens.issue(username, session_id or None)
+        issued = state.tokens.issue(username, session_id)
         logger.info("= issued a token for %r in %r", username, issued.claims.sid)
         return jsonify({"token": issued.token, "expires_in": issued.expires_in,
                         "session_id": issued.claims.sid})

@@ -395,7 +395,7 @@ class Writer:
                 box.ping_sent_at = 0.0
             elif now - box.ping_sent_at > self.ping_timeout:
                 logger.info("- %s missed its pong, dropping it", box.label)
-                self._do_close(box, (CloseCode.KEEPALIVE_TIMEOUT, "keepalive timeout", True))
+                self._do_close(box, (CloseCode.KEEPALIVE_TIMEOUT, CLOSE_CODE_EXPLANATIONS[4102], True))
                 return
         if not box.ping_sent_at and now - box.last_seen >= self.ping_interval:
             box.ping_sent_at = now

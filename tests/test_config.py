@@ -65,3 +65,22 @@ def test_refuses_values_that_cannot_work(key: str, value: object) -> None:
 
 def test_ping_interval_zero_turns_keepalive_off() -> None:
     assert Settings.from_config({"RUSTY_WS_PING_INTERVAL": 0}).ping_interval == 0
+
+
+@pytest.mark.parametrize("key", ["RUSTY_WS_MAX_CONNECTIONS", "RUSTY_WS_MAX_SUBSCRIPTIONS", "RUSTY_WS_MAX_MESSAGE_SIZE"])
+def test_counts_must_be_whole_numbers(key: str) -> None:
+    with pytest.raises(ValueError, match="whole number"):
+        Settings.from_config({key: 0.5})
+
+
+def test_empty_origin_list_allows_only_the_hubs_own_origin() -> None:
+    settings = Settings.from_config({"RUSTY_WS_CORS_ORIGINS": ""})
+    assert settings.cors_origins == ()
+    assert settings.origin_allowed("http://127.0.0.1:8081", host="127.0.0.1:8081")
+    assert not settings.origin_allowed("http://127.0.0.1:8080", host="127.0.0.1:8081")
+    assert settings.origin_allowed(None, host="127.0.0.1:8081")
+
+
+def test_empty_environment_values_count_as_unset() -> None:
+    found = config_from_environ({"RUSTY_WS_JWT_SECRET_KEY": "", "JWT_SECRET_KEY": "seed-secret"})
+    assert found == {"RUSTY_WS_JWT_SECRET_KEY": "seed-secret"}

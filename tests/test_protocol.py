@@ -134,6 +134,7 @@ class TestPublish:
             ('{"topic": "T", "session_id": 7}', ErrorCode.INVALID_MESSAGE),
             ('{"topic": "T", "session_id": "a|b"}', ErrorCode.INVALID_SESSION),
             ('{"topic": "T", "publisher_name": []}', ErrorCode.INVALID_MESSAGE),
+            ('{"topic": "T", "publisher_name": "a\\u0000b"}', ErrorCode.INVALID_NAME),
             ('{"topic": "T", "timestamp": 1706091937}', ErrorCode.INVALID_MESSAGE),
         ],
     )
@@ -160,6 +161,12 @@ class TestDelivery:
         encoded = delivery.encode()
         encoded.decode("utf-8")  # valid UTF-8
         assert json.loads(encoded)["payload"] == "\ud800"
+
+    def test_not_json_payloads_are_refused(self) -> None:
+        with pytest.raises(ValueError):
+            Delivery("c", "T", float("nan"), "t", "s").encode()
+        with pytest.raises(TypeError):
+            Delivery("c", "T", {1, 2}, "t", "s").encode()
 
     def test_non_ascii_stays_readable(self) -> None:
         assert "héllo".encode() in Delivery("c", "T", "héllo", "t", "s").encode()

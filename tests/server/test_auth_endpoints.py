@@ -59,6 +59,7 @@ class TestLogin:
         (b'{"username": 5, "password": "password"}', "missing_fields"),
         (b'{"username": "testuser", "password": "password", "session_id": 7}', "invalid_session"),
         (b'{"username": "testuser", "password": "password", "session_id": "a|b"}', "invalid_session"),
+        (b'{"username": "test|user", "password": "password"}', "invalid_session"),
         (b"[" * 100_000, "body_too_large"),
         (b"[" * 60_000 + b"]" * 60_000, "body_too_large"),
         (b"[" * 30_000 + b"]" * 30_000, "invalid_json"),
@@ -156,6 +157,14 @@ class TestCors:
             assert "Access-Control-Allow-Origin" not in headers
             assert handshake_status(server.ws_url, origin="http://evil.example") == 403
             assert handshake_status(server.ws_url, origin="http://localhost:8080") == 101
+
+    def test_the_hubs_own_origin_is_always_allowed(self) -> None:
+        with running_server(cors_origins=[]) as server:
+            own = f"http://127.0.0.1:{server.port}"
+            assert handshake_status(server.ws_url, origin=own) == 101
+            assert handshake_status(server.ws_url, origin="http://localhost:8080") == 403
+            _, headers, _ = http("GET", server.http_url + "/healthz", headers={"Origin": own})
+            assert headers["Access-Control-Allow-Origin"] == own
 
 
 def forged(header: dict, claims: dict) -> str:

@@ -83,6 +83,11 @@ def test_publish_validates_topic_and_session() -> None:
         pubsub.publish("s", "bad|topic", 1)
     with pytest.raises(ProtocolError):
         pubsub.publish("", "T", 1)
+    with pytest.raises(ProtocolError) as caught:
+        pubsub.publish("s", "T", float("nan"))
+    assert caught.value.code == "invalid_message"
+    with pytest.raises(ProtocolError):
+        pubsub.publish("s", "T", object())
     pubsub.shutdown()
 
 
@@ -147,6 +152,14 @@ class TestCommands:
         assert result.exit_code == 0
         assert UsersFile({"u": result.output.strip().splitlines()[-1]})("u", "pw")
         app.extensions["rusty_ws"].hub.shutdown()
+
+    def test_console_script_lists_the_commands_once(self) -> None:
+        from click.testing import CliRunner
+
+        result = CliRunner().invoke(cli, ["--help"])
+        assert result.exit_code == 0
+        listed = [line.split()[0] for line in result.output.split("Commands:")[1].splitlines() if line.strip()]
+        assert {"serve", "token", "hash-password"} <= set(listed) and "rusty-ws" not in listed
 
     def test_console_script_group_reads_the_environment(self, monkeypatch) -> None:
         from click.testing import CliRunner

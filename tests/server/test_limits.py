@@ -10,6 +10,7 @@ import threading
 import pytest
 import websocket
 
+from rusty_ws.protocol import CLOSE_CODE_EXPLANATIONS
 from support import WAIT, Client, RawSocket, RunningServer, http, running_server
 
 
@@ -104,7 +105,8 @@ def test_dead_peer_is_dropped_by_keepalive() -> None:
         dead.send_frame(0x1, b"subscribe:T")
         data = dead.read_until_eof()
         assert b"\x89\x00" in data  # it was pinged
-        assert b"\x88" + bytes([2 + len(b"keepalive timeout")]) + struct.pack("!H", 4102) in data
+        reason = CLOSE_CODE_EXPLANATIONS[4102].encode()
+        assert b"\x88" + bytes([2 + len(reason)]) + struct.pack("!H", 4102) + reason in data
         dead.close()
         server.wait_connections(0)
         assert server.hub.counts()["subscriptions"] == 0
@@ -161,5 +163,9 @@ def test_shutdown_tells_clients_to_reconnect() -> None:
         stopping.join(WAIT)
         assert not stopping.is_alive()
         client.close()
-        status, _, _ = http("GET", server.http_url + "/healthz")
-        assert status == 200
+        status, _, health = http("GET", server.http_url + "/healthz")
+        assert status == 200 and health["status"] == "stopping"
+        with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+            server.connect()
+        assert refused.value.status_code == 503
+        assert json.loads(refused.value.resp_body)["code"] == "shutting_down"

@@ -1,0 +1,1 @@
+"""The benchmark's parts: wire framing, the load generator, the peer servers, and how to run each."""
