@@ -1,7 +1,7 @@
 """One WebSocket connection: the command loop that runs on its request thread.
 
 Each connection costs exactly one thread, the one the WSGI server gave its
-request. That thread reads the socket (blocking ``recv``, decoded by wsproto),
+request. That thread reads the socket (blocking ``recv``, decoded by ``frames.FrameParser``),
 carries out commands in order, and replies through the hub's writer thread,
 which is the only thread that writes to the socket. Whatever ends the
 connection (a close frame, EOF, a reset, a server-side close, keepalive),
@@ -20,11 +20,9 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable
 
-from wsproto.events import BytesMessage, CloseConnection, Ping as WsPing, TextMessage
-
 from .auth import Claims
 from .exceptions import ProtocolError
-from .frames import OP_PONG, encode_frame, text_frame
+from .frames import BINARY, CLOSE, FAILED, OP_PONG, PING, TEXT, TOO_BIG, FrameParser, encode_frame, text_frame
 from .protocol import (
     CLOSE_CODE_EXPLANATIONS,
     DEFAULT_SESSION,
@@ -46,18 +44,17 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:
-    from wsproto import WSConnection
-
     from .hub import Hub
 
 __all__ = ["Connection"]
 
 logger = logging.getLogger("rusty_ws.server")
 
-RECV_BYTES = 65536
+#: recv(n) allocates n bytes before it blocks, so an idle connection reads with a small
+#: buffer; a read that fills it means more is waiting, and the next read takes a big one.
+IDLE_RECV_BYTES = 1024
+BUSY_RECV_BYTES = 65536
 _PONG_FRAME = text_frame(PONG)
-#: Codes a peer may not put in a close frame (RFC 6455 7.4.1); we answer those with 1000.
-_UNSENDABLE_CLOSE_CODES = {1005, 1006, 1015}
 
 
 class Connection:
@@ -65,8 +62,7 @@ class Connection:
 
     Args:
         hub: the hub this connection belongs to.
-        sock: the connected socket; the writer thread writes, this thread reads.
-        protocol: wsproto's connection, past the handshake (it only decodes here).
+        sock: the connected socket, past the handshake; the writer thread writes, this thread reads.
         claims: the verified token's claims, or None for an anonymous connection.
         remote: the peer's address, for logs.
     """
@@ -75,14 +71,13 @@ class Connection:
         self,
         hub: "Hub",
         sock: socket.socket,
-        protocol: "WSConnection",
         claims: Claims | None,
         remote: str = "?",
     ) -> None:
         self.hub = hub
         self.id = hub.next_id()
         self.sock = sock
-        self.protocol = protocol
+        self.parser = FrameParser(hub.settings.max_message_size)
         self.claims = claims
         self.remote = remote
         self.name: str | None = None
@@ -90,9 +85,6 @@ class Connection:
         self.label = f"conn-{self.id}"
         self.outbox = hub.writer.attach(sock, self.label)
         self._closing = False  # we sent a close frame; only the peer's close is awaited now
-        self._parts: list[str] = []
-        self._incoming_bytes = 0
-        self._incoming_is_text = True
 
     def __repr__(self) -> str:
         who = self.claims.sub if self.claims else "anonymous"
@@ -124,57 +116,46 @@ class Connection:
         self.hub.writer.close(self.outbox, code, reason, discard_pending=discard_pending)
 
     def _read_until_closed(self) -> None:
-        recv, outbox, protocol = self.sock.recv, self.outbox, self.protocol
+        recv, outbox, parser, batch = self.sock.recv, self.outbox, self.parser, self.hub.writer.batch
+        size = IDLE_RECV_BYTES
         while True:
             try:
-                data = recv(RECV_BYTES)
+                data = recv(size)
             except OSError:
                 return
             if not data:
                 return
+            size = BUSY_RECV_BYTES if len(data) == size else IDLE_RECV_BYTES
             outbox.last_seen = time.monotonic()
-            protocol.receive_data(data)
-            for event in protocol.events():
-                if not self._on_event(event):
-                    return
+            with batch():  # one wake-up of the writer per read, however many commands it carried
+                for event in parser.feed(data):
+                    if not self._on_event(event):
+                        return
 
-    def _on_event(self, event: object) -> bool:
-        """Handle one wsproto event; False once the connection is done reading."""
-        if isinstance(event, TextMessage):
-            self._on_message_part(event.data, event.message_finished, is_text=True)
-        elif isinstance(event, BytesMessage):
-            self._on_message_part(event.data, event.message_finished, is_text=False)
-        elif isinstance(event, WsPing):
-            self.hub.writer.send_to(self.outbox, encode_frame(OP_PONG, bytes(event.payload)))
-        elif isinstance(event, CloseConnection):
-            if not self._closing:  # the peer started it (or sent garbage): answer, then stop
-                code = 1000 if event.code in _UNSENDABLE_CLOSE_CODES else int(event.code)
-                self.close(code, "" if code == 1000 else (event.reason or ""))
-            logger.debug("< %s close %s %s", self.label, event.code, event.reason or "")
+    def _on_event(self, event: tuple) -> bool:
+        """Handle one parser event; False once the connection is done reading."""
+        kind = event[0]
+        if kind is TEXT:
+            if not self._closing:
+                self.handle_text(event[1])
+        elif kind is BINARY:
+            if not self._closing:
+                self._reply_error(ErrorCode.BINARY_NOT_SUPPORTED, "send commands as text frames", None)
+        elif kind is PING:
+            self.hub.writer.send_to(self.outbox, encode_frame(OP_PONG, event[1]))
+        elif kind is CLOSE:
+            code, reason = event[1], event[2]
+            logger.debug("< %s close %s %s", self.label, code, reason)
+            if not self._closing:  # the peer started it: answer with its code, then stop
+                self.close(1000 if code == 1005 else code, "" if code == 1005 else reason)
             return False
-        return True
-
-    def _on_message_part(self, data: str | bytes, finished: bool, *, is_text: bool) -> None:
-        if self._closing:
-            return
-        self._incoming_is_text = is_text
-        self._incoming_bytes += _utf8_length(data) if is_text else len(data)
-        if self._incoming_bytes > self.hub.settings.max_message_size:
+        elif kind is TOO_BIG:
             logger.info("! %s sent a message over %d bytes", self.label, self.hub.settings.max_message_size)
-            self._parts.clear()
             self.close(CloseCode.MESSAGE_TOO_BIG, CLOSE_CODE_EXPLANATIONS[1009])
-            return
-        if is_text:
-            self._parts.append(data)  # type: ignore[arg-type]
-        if not finished:
-            return
-        text = "".join(self._parts)
-        self._parts.clear()
-        self._incoming_bytes = 0
-        if is_text:
-            self.handle_text(text)
-        else:
-            self._reply_error(ErrorCode.BINARY_NOT_SUPPORTED, "send commands as text frames", None)
+        elif kind is FAILED:
+            logger.info("! %s broke the protocol: %s", self.label, event[2])
+            self.close(event[1], event[2])
+        return True
 
     # ------------------------------------------------------------------ commands
 
@@ -241,8 +222,3 @@ class Connection:
         Unsubscribe: _on_unsubscribe,
         Publish: _on_publish,
     }  # type: ignore[dict-item]
-
-
-def _utf8_length(text: str) -> int:
-    """Bytes ``text`` takes in UTF-8, without encoding it when it is plainly ASCII."""
-    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))

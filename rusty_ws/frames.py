@@ -1,15 +1,22 @@
-"""Server-to-client WebSocket frames, built once and shared (RFC 6455 section 5.2).
+"""WebSocket frames (RFC 6455 section 5), both ways, as pure functions: no sockets, no threads.
 
-Frames a server sends are never masked, so one publish becomes one bytes
-object that is written, as is, to every subscriber. This module is pure: no
-sockets, no threads. Incoming frames are decoded by wsproto in the hub.
+Out: frames a server sends are never masked, so one publish becomes one bytes
+object written, as is, to every subscriber.
+
+In: ``FrameParser`` decodes client frames. It replaces wsproto on the read
+path because it is several times cheaper per frame and checks the message
+size limit from frame headers, before a payload is buffered. (wsproto, via
+simple-websocket, still does the HTTP handshake.)
 """
 
 from __future__ import annotations
 
 import struct
 
-__all__ = ["OP_TEXT", "OP_CLOSE", "OP_PING", "OP_PONG", "encode_frame", "text_frame", "close_frame"]
+__all__ = [
+    "OP_TEXT", "OP_CLOSE", "OP_PING", "OP_PONG", "encode_frame", "text_frame", "close_frame",
+    "FrameParser", "TEXT", "BINARY", "PING", "PONG", "CLOSE", "TOO_BIG", "FAILED",
+]
 
 OP_TEXT = 0x1
 OP_CLOSE = 0x8
@@ -45,3 +52,151 @@ def close_frame(code: int, reason: str = "") -> bytes:
     encoded = reason.encode("utf-8")[:MAX_CLOSE_REASON_BYTES]
     encoded = encoded.decode("utf-8", "ignore").encode("utf-8")
     return encode_frame(OP_CLOSE, struct.pack("!H", code) + encoded)
+
+
+# --------------------------------------------------------------------------- client frames
+
+#: Events ``FrameParser.feed`` returns, as tuples whose first item is one of these.
+TEXT, BINARY, PING, PONG, CLOSE, TOO_BIG, FAILED = "text", "binary", "ping", "pong", "close", "too_big", "failed"
+
+_OP_CONTINUATION, _OP_BINARY = 0x0, 0x2
+_CONTROL = (OP_CLOSE, OP_PING, OP_PONG)
+_ZERO_MASK = b"\0\0\0\0"
+#: Close codes a peer may send (RFC 6455 7.4): 1000-1003, 1007-1011, 3000-4999.
+_VALID_CLOSE = set(range(1000, 1004)) | set(range(1007, 1012)) | set(range(3000, 5000))
+
+
+def _unmask(payload: bytes, mask: bytes) -> bytes:
+    if mask == _ZERO_MASK or not payload:
+        return payload
+    length = len(payload)
+    key = int.from_bytes((mask * (length // 4 + 1))[:length], "big")
+    return (int.from_bytes(payload, "big") ^ key).to_bytes(length, "big")
+
+
+class FrameParser:
+    """Client-to-server frames in, whole messages and control frames out (RFC 6455 section 5).
+
+    ``feed(data)`` returns a list of events:
+
+    - ``(TEXT, str)`` and ``(BINARY, bytes)``: a complete message, fragments joined;
+    - ``(PING, bytes)``, ``(PONG, bytes)``: control frames;
+    - ``(CLOSE, code, reason)``: the peer's close frame (code 1005 when it had none);
+    - ``(TOO_BIG,)``: a message would exceed ``max_message_size``; checked from the
+      frame headers, before the payload is buffered;
+    - ``(FAILED, code, reason)``: the peer broke the protocol (1002) or sent text
+      that is not UTF-8 (1007).
+
+    After CLOSE, TOO_BIG or FAILED the parser ignores everything else.
+    """
+
+    def __init__(self, max_message_size: int) -> None:
+        self.max_message_size = max_message_size
+        self._buffer = bytearray()
+        self._fragments: list[bytes] = []
+        self._fragment_opcode: int | None = None
+        self._message_size = 0
+        self._done = False
+
+    def feed(self, data: bytes) -> list[tuple]:
+        if self._done:
+            return []
+        buffer = self._buffer
+        buffer += data
+        events: list[tuple] = []
+        position, end = 0, len(buffer)
+        while end - position >= 2:
+            first, second = buffer[position], buffer[position + 1]
+            length, start = second & 0x7F, position + 2
+            if length == 126:
+                if end - start < 2:
+                    break
+                length = (buffer[start] << 8) | buffer[start + 1]
+                start += 2
+            elif length == 127:
+                if end - start < 8:
+                    break
+                length = int.from_bytes(buffer[start:start + 8], "big")
+                start += 8
+            error = self._check_header(first, second, length)
+            if error is not None:
+                events.append(error)
+                break
+            if end - start < 4 + length:
+                break  # the rest of the frame has not arrived yet
+            mask = bytes(buffer[start:start + 4])
+            payload = _unmask(bytes(buffer[start + 4:start + 4 + length]), mask)
+            position = start + 4 + length
+            event = self._frame(first & 0x80, first & 0x0F, payload)
+            if event is not None:
+                events.append(event)
+                if event[0] in (CLOSE, FAILED):
+                    break
+        del buffer[:position]
+        if events and events[-1][0] in (CLOSE, TOO_BIG, FAILED):
+            self._done = True
+            buffer.clear()
+        return events
+
+    def _check_header(self, first: int, second: int, length: int) -> tuple | None:
+        """Refuse a frame from its header alone: before its payload is waited for."""
+        opcode = first & 0x0F
+        if first & 0x70:
+            return (FAILED, 1002, "reserved bits set (no extension was negotiated)")
+        if not second & 0x80:
+            return (FAILED, 1002, "client frames must be masked")
+        if opcode in _CONTROL:
+            if not first & 0x80 or length > 125:
+                return (FAILED, 1002, "control frames must be whole and at most 125 bytes")
+            return None
+        if opcode not in (_OP_CONTINUATION, OP_TEXT, _OP_BINARY):
+            return (FAILED, 1002, f"unknown opcode {opcode}")
+        if length >> 63:
+            return (FAILED, 1002, "frame length out of range")
+        if self._message_size + length > self.max_message_size:
+            return (TOO_BIG,)
+        return None
+
+    def _frame(self, fin: int, opcode: int, payload: bytes) -> tuple | None:
+        if opcode == OP_PING:
+            return (PING, payload)
+        if opcode == OP_PONG:
+            return (PONG, payload)
+        if opcode == OP_CLOSE:
+            return self._close(payload)
+        if opcode == _OP_CONTINUATION:
+            if self._fragment_opcode is None:
+                return (FAILED, 1002, "continuation frame without a message to continue")
+        elif self._fragment_opcode is not None:
+            return (FAILED, 1002, "new message before the previous one was finished")
+        else:
+            self._fragment_opcode = opcode
+        if not fin:
+            self._fragments.append(payload)
+            self._message_size += len(payload)
+            return None
+        if self._fragments:
+            self._fragments.append(payload)
+            payload = b"".join(self._fragments)
+            self._fragments = []
+        opcode, self._fragment_opcode, self._message_size = self._fragment_opcode, None, 0
+        if opcode == _OP_BINARY:
+            return (BINARY, payload)
+        try:
+            return (TEXT, payload.decode("utf-8"))
+        except UnicodeDecodeError:
+            return (FAILED, 1007, "text message is not valid UTF-8")
+
+    @staticmethod
+    def _close(payload: bytes) -> tuple:
+        if not payload:
+            return (CLOSE, 1005, "")
+        if len(payload) < 2:
+            return (FAILED, 1002, "close frame with a one-byte payload")
+        code = int.from_bytes(payload[:2], "big")
+        if code not in _VALID_CLOSE:
+            return (FAILED, 1002, f"invalid close code {code}")
+        try:
+            return (CLOSE, code, payload[2:].decode("utf-8"))
+        except UnicodeDecodeError:
+            return (FAILED, 1007, "close reason is not valid UTF-8")

@@ -21,6 +21,8 @@ from __future__ import annotations
 import enum
 import json
 import math
+import re
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Union
@@ -218,8 +220,11 @@ class Publish:
 Command = Union[Ping, RegisterName, RegisterSession, Subscribe, Unsubscribe, Publish]
 
 
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _has_control_chars(text: str) -> bool:
-    return any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text)
+    return _CONTROL_CHARS.search(text) is not None
 
 
 def check_name(name: str) -> str:
@@ -351,9 +356,23 @@ def parse_command(text: str) -> Command:
 # --------------------------------------------------------------------------- replies
 
 
-def rfc3339_now(now: datetime | None = None) -> str:
-    """An RFC 3339 UTC timestamp, e.g. ``2024-01-24T10:25:37.123456+00:00``."""
-    return (now or datetime.now(timezone.utc)).astimezone(timezone.utc).isoformat(timespec="microseconds")
+_second_cache: tuple[int, str] = (0, "")
+
+
+def rfc3339_now(now: float | None = None) -> str:
+    """An RFC 3339 UTC timestamp with microseconds, e.g. ``2024-01-24T10:25:37.123456+00:00``.
+
+    Args:
+        now: seconds since the epoch (default: the current time).
+    """
+    global _second_cache
+    now = time.time() if now is None else now
+    second, micros = divmod(round(now * 1_000_000), 1_000_000)
+    cached_second, prefix = _second_cache
+    if second != cached_second:  # formatting a datetime costs more than the rest of a publish
+        prefix = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        _second_cache = (second, prefix)
+    return f"{prefix}.{micros:06d}+00:00"
 
 
 def _dumps(value: Any) -> str:

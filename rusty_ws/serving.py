@@ -13,11 +13,21 @@ import threading
 from typing import Any
 
 from flask import Flask
-from werkzeug.serving import ThreadedWSGIServer
+from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
 __all__ = ["HubServer", "make_server", "serve"]
 
 logger = logging.getLogger("rusty_ws.server")
+
+
+class HubRequestHandler(WSGIRequestHandler):
+    """werkzeug's handler with a smaller read buffer.
+
+    The buffer lives as long as the request, which for a WebSocket is the whole
+    connection, yet it only ever holds the HTTP request head: 2 KiB instead of 8.
+    """
+
+    rbufsize = 2048
 
 
 class HubServer(ThreadedWSGIServer):
@@ -28,7 +38,7 @@ class HubServer(ThreadedWSGIServer):
 
 def make_server(app: Flask, host: str = "127.0.0.1", port: int = 8081) -> HubServer:
     """A server bound to ``host:port`` (port 0: any free port; see ``server.port``)."""
-    return HubServer(host, port, app)
+    return HubServer(host, port, app, handler=HubRequestHandler)
 
 
 def stop(app: Flask, server: HubServer, timeout: float = 5.0) -> None:

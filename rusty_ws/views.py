@@ -174,8 +174,9 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
             # reader thread is reading this socket, and two readers would split the stream.
             logger.error("! SOCK_SERVER_OPTIONS['thread_class'] was replaced after init_app; refusing")
             return
-        ws.sock.settimeout(None)  # a blocking reader; the writer sends with MSG_DONTWAIT
-        connection = Connection(hub, ws.sock, ws.ws, admission.claims, request.remote_addr or "?")
+        ws.sock.settimeout(None)  # a blocking reader; writes use MSG_DONTWAIT
+        ws.ws = None  # wsproto's handshake state: never used again, ~3 KiB per connection
+        connection = Connection(hub, ws.sock, admission.claims, request.remote_addr or "?")
         try:
             connection.serve()
         finally:

@@ -1,34 +1,39 @@
-"""The one thread that writes to every WebSocket of a hub.
+"""Every write to a hub's sockets: done by one thread at a time, usually the publisher's own.
 
-Why one thread for all sockets, not one per connection: a publish to 1,000
-subscribers must not wake 1,000 threads (under the GIL each wake-up is a
-hand-off), and 10,000 idle connections must not cost 10,000 extra threads.
-So publishers only append ``(frame, subscribers)`` to a queue; this thread
-copies each frame reference into per-connection outboxes, and then writes
-every outbox that has data with one non-blocking ``send`` (all the frames
-that piled up for a socket go out in one write). A socket whose kernel
-buffer is full is watched with a selector and written when it drains; past
-``max_queued_bytes`` its connection is closed as a slow consumer (4100), and
-the others never wait for it.
+How a publish reaches 1,000 subscribers cheaply: the hub encodes the frame
+once and queues ``(frame, subscribers)`` as one job. Then the publishing
+thread, if no other thread is writing, drains the queue itself: it copies the
+frame reference into each subscriber's outbox and writes every outbox that
+has data with one non-blocking ``send`` (frames that piled up for a socket go
+out in one write). If another thread is writing, the job is left to it: that
+thread drains the queue again before it lets go ("flat combining"). No thread
+is woken per publish, let alone per subscriber.
 
-This thread is the only caller of ``send`` on a hub's sockets, so frames
-never interleave (simple-websocket's own ``send()`` writes from whichever
-thread calls it). It also runs the keepalive: pings idle clients and drops
-the ones that stop answering.
+One writer at a time: only the thread holding ``_flush_lock`` writes to a
+socket or touches an outbox, so frames never interleave (simple-websocket's
+own ``send()`` writes from whichever thread calls it, with no lock).
 
-Ownership: every field of an ``Outbox`` belongs to this thread, except
-``last_seen``, which the connection's reader thread stores after each read.
+The writer thread (``rusty_ws-writer``) does what cannot be done on the spot:
+it waits with a selector for room in sockets whose kernel buffer was full and
+writes them when they drain; it pings idle clients and drops those that stop
+answering; it ends closing handshakes that time out. A socket whose outbox
+passes ``max_queued_bytes`` is closed as a slow consumer (4100); nobody else
+ever waits for it.
+
+Ownership: every field of an ``Outbox`` belongs to the ``_flush_lock`` holder,
+except ``last_seen``, which the connection's reader thread stores after each read.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import selectors
 import socket
 import threading
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from .frames import OP_PING, close_frame, encode_frame
 from .protocol import CLOSE_CODE_EXPLANATIONS, CloseCode
@@ -70,14 +75,14 @@ class Outbox:
 
 
 class Writer:
-    """Owns the writes of a set of sockets, on one thread named ``name``.
+    """The writes of a set of sockets, and the thread named ``name`` that waits on the slow ones.
 
     Args:
         max_queued_bytes: bytes one outbox may hold before its connection is closed (4100).
         close_timeout: seconds a closing connection has to finish the handshake.
         ping_interval: seconds of client silence before a ping; 0 disables keepalive.
         ping_timeout: seconds to wait for any reply to that ping before dropping (4102).
-        max_jobs: queued publishes past which publishers wait (the whole hub is saturated).
+        max_jobs: queued jobs past which a publisher must help drain before adding more.
     """
 
     def __init__(
@@ -96,26 +101,26 @@ class Writer:
         self.ping_timeout = ping_timeout
         self.max_jobs = max_jobs
         self.name = name
-        # Jobs from any thread to this one: (method, arg, arg). deque.append and
-        # popleft are atomic, and this thread is the only consumer.
+        # Work from any thread: (method, arg, arg). deque.append and popleft are atomic;
+        # only the _flush_lock holder pops.
         self._jobs: collections.deque[tuple[Callable[[Any, Any], None], Any, Any]] = collections.deque()
-        # _wake_lock guards _asleep; a sender that finds it set writes one byte to _wake_w.
-        self._wake_lock = threading.Lock()
-        self._asleep = False
+        # _flush_lock: held by the one thread that drains _jobs and writes. It owns the
+        # outboxes, _boxes and _flush_list. Held only for non-blocking work, never while waiting.
+        self._flush_lock = threading.Lock()
+        self._batching = threading.local()  # .active: this thread is inside batch()
+        # The writer thread waits in this selector for the wake-up socket and for
+        # room in watched sockets; the _flush_lock holder registers the latter.
+        self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
-        # _room is signalled when a saturated job queue has drained; it guards _throttled.
-        self._room = threading.Condition(threading.Lock())
-        self._throttled = False
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         # _state_lock guards _thread and _stopping (start once, stop once).
         self._state_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._stopped = threading.Event()
-        # Owned by the writer thread:
         self._boxes: set[Outbox] = set()
         self._flush_list: list[Outbox] = []
-        self._selector: selectors.BaseSelector | None = None
         self._ping_frame = encode_frame(OP_PING, b"")
 
     # ------------------------------------------------------------------ any thread
@@ -128,18 +133,46 @@ class Writer:
         return box
 
     def send(self, frame: bytes, targets: Iterable[Outbox]) -> None:
-        """Queue ``frame`` for every outbox in ``targets``. Never blocks on a socket.
+        """Queue ``frame`` for every outbox in ``targets`` and write what can be written now.
 
-        Blocks only while the whole hub is saturated (``max_jobs`` publishes
-        queued), which slows the publishing connection down to what the hub delivers.
+        Never blocks on a socket. Inside ``batch()`` the writing waits for the
+        end of the batch. When ``max_jobs`` jobs are queued (the whole hub is
+        saturated) this publisher first helps drain them, which slows it down
+        to what the hub delivers.
         """
         if len(self._jobs) >= self.max_jobs:
-            self._wait_for_room()
+            with self._flush_lock:
+                self._work_locked()
         self._submit(self._do_send_many, frame, targets)
 
     def send_to(self, box: Outbox, frame: bytes) -> None:
-        """Queue ``frame`` for one outbox (replies, pongs)."""
+        """Queue ``frame`` for one outbox (replies, pongs) and write it if nobody else is writing."""
         self._submit(self._do_send_one, box, frame)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Sends made by this thread inside the block are written together when it ends.
+
+        A connection thread wraps the commands of one read in it, so a burst of
+        publishes to the same subscribers is coalesced into one write per socket.
+        """
+        self._batching.active = True
+        try:
+            yield
+        finally:
+            self._batching.active = False
+            self.flush()
+
+    def flush(self) -> None:
+        """Do the queued work on this thread now, unless another thread is at it (it does ours too)."""
+        jobs, lock = self._jobs, self._flush_lock
+        # Check the queue again after letting go: a job queued while we held the lock
+        # by a thread that could not take it would otherwise wait for the next writer.
+        while jobs and lock.acquire(blocking=False):
+            try:
+                self._work_locked()
+            finally:
+                lock.release()
 
     def close(self, box: Outbox, code: int, reason: str = "", *, discard_pending: bool = False) -> None:
         """Send a close frame after what is queued, then end the socket.
@@ -154,16 +187,13 @@ class Writer:
     def release(self, box: Outbox, timeout: float) -> None:
         """The reader is done with ``box``: flush what fits, shut the socket down, forget it.
 
-        Blocks until the writer has let go of the socket (at most ``timeout``),
-        so the caller may close it afterwards. Idempotent.
+        Blocks until the writing side has let go of the socket (at most
+        ``timeout``), so the caller may close it afterwards. Idempotent.
         """
         released = threading.Event()
-        if self._stopped.is_set() or self._thread is None:
-            _shutdown(box.sock)
-            return
         self._submit(self._do_release, box, released)
-        if not released.wait(timeout) and not self._stopped.is_set():
-            logger.warning("! writer did not release %s within %.1fs", box.label, timeout)
+        if not released.wait(timeout):
+            logger.warning("! %s was not released within %.1fs", box.label, timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Shut down every socket still attached and end the thread. Idempotent; blocks up to ``timeout``."""
@@ -171,10 +201,10 @@ class Writer:
             self._stopping = True
             thread = self._thread
         if thread is None:
-            self._stopped.set()
-            self._close_wakeup()
+            with self._flush_lock:
+                self._finish_locked()
             return
-        self._wake()
+        self._interrupt()
         thread.join(timeout)
         if thread.is_alive():
             logger.error("! %s did not stop within %.1fs", self.name, timeout)
@@ -196,61 +226,41 @@ class Writer:
 
     def _submit(self, method: Callable[[Any, Any], None], a: Any, b: Any) -> None:
         self._jobs.append((method, a, b))
-        self._wake()
+        if not getattr(self._batching, "active", False):
+            self.flush()
 
-    def _wake(self) -> None:
-        with self._wake_lock:
-            if not self._asleep:
-                return
-            self._asleep = False
+    def _interrupt(self) -> None:
+        """End the writer thread's wait in the selector (to stop it)."""
         try:
             self._wake_w.send(b"\0")
         except OSError:
-            pass  # stopped: the wake-up pair is closed
+            pass  # already stopped: the pair is closed
 
-    def _wait_for_room(self) -> None:
-        with self._room:
-            self._throttled = True
-            if not self._room.wait_for(
-                lambda: len(self._jobs) < self.max_jobs // 2 or self._stopping, timeout=5.0
-            ):
-                logger.warning("! %s is saturated: a publisher waited 5s for room", self.name)
-
-    # ------------------------------------------------------------------ writer thread
+    # ------------------------------------------------------------------ the writer thread
 
     def _run(self) -> None:
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         tick = self._tick_seconds()
         next_tick = time.monotonic() + tick
         try:
             while not self._stopping:
-                self._drain_jobs()
-                self._flush_queued()
-                now = time.monotonic()
-                if now >= next_tick:
-                    self._housekeeping(now)
-                    next_tick = now + tick
-                    continue
-                with self._wake_lock:
-                    self._asleep = True
-                # Senders append first and then look at _asleep; so look at the jobs
-                # (and the stop flag) after setting it, or a wake-up could be lost.
-                if self._jobs or self._stopping:
-                    with self._wake_lock:
-                        self._asleep = False
-                    continue
-                for key, _ in self._selector.select(next_tick - now):
-                    if key.data is None:
-                        self._drain_wakeup()
-                    else:
-                        self._queue_flush(key.data)
-                with self._wake_lock:
-                    self._asleep = False
+                ready = self._selector.select(max(0.0, next_tick - time.monotonic()))
+                with self._flush_lock:
+                    for key, _ in ready:
+                        if key.data is None:
+                            self._drain_wakeup()
+                        elif key.data.watched:
+                            self._queue_flush(key.data)  # its socket has room again
+                    self._work_locked()  # also anything a batch left behind
+                    now = time.monotonic()
+                    if now >= next_tick:
+                        self._housekeeping(now)
+                        self._flush_queued()  # the pings and closes it queued
+                        next_tick = now + tick
         except Exception:
             logger.exception("! %s crashed; dropping every connection it wrote for", self.name)
         finally:
-            self._finish()
+            with self._flush_lock:
+                self._finish_locked()
 
     def _tick_seconds(self) -> float:
         candidates = [self.close_timeout / 2, 1.0]
@@ -258,15 +268,17 @@ class Writer:
             candidates.append(self.ping_interval / 2)
         return max(0.05, min(candidates))
 
+    # ------------------------------------------------------------------ with _flush_lock held
+
+    def _work_locked(self) -> None:
+        self._drain_jobs()
+        self._flush_queued()
+
     def _drain_jobs(self) -> None:
         jobs = self._jobs
         for _ in range(len(jobs)):  # only what is there now, so flushing is never starved
             method, a, b = jobs.popleft()
             method(a, b)
-        if self._throttled and len(jobs) < self.max_jobs // 2:
-            with self._room:
-                self._throttled = False
-                self._room.notify_all()
 
     def _drain_wakeup(self) -> None:
         try:
@@ -356,21 +368,24 @@ class Writer:
             box.size = 0
             box.partial = False
             if box.watched:
-                self._selector.unregister(box.sock)  # type: ignore[union-attr]
+                self._selector.unregister(box.sock)
                 box.watched = False
             return
         box.chunks = [memoryview(data)[sent:]]
         box.size = len(data) - sent
         box.partial = True
         if not box.watched:
-            self._selector.register(box.sock, selectors.EVENT_WRITE, box)  # type: ignore[union-attr]
+            if self._stopped.is_set():  # no thread left to wait for room
+                self._forget(box)
+                return
+            self._selector.register(box.sock, selectors.EVENT_WRITE, box)
             box.watched = True
 
     def _forget(self, box: Outbox) -> None:
         """Stop writing to ``box`` for good and shut its socket down (wakes its reader)."""
         if box.watched:
             try:
-                self._selector.unregister(box.sock)  # type: ignore[union-attr]
+                self._selector.unregister(box.sock)
             except (KeyError, ValueError):
                 pass
             box.watched = False
@@ -401,24 +416,17 @@ class Writer:
             box.ping_sent_at = now
             self._do_send_one(box, self._ping_frame)
 
-    def _finish(self) -> None:
-        """Let go of every socket, then of the selector and the wake-up pair."""
+    def _finish_locked(self) -> None:
+        """Let go of every socket, then of the selector and the wake-up pair. Idempotent."""
         with self._state_lock:
             self._stopping = True
-        for method, a, b in list(self._jobs):
-            if method == self._do_release:
-                b.set()
-        self._jobs.clear()
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self._work_locked()  # releases and closes still queued
         for box in list(self._boxes):
             self._forget(box)
-        if self._selector is not None:
-            self._selector.close()
-        self._stopped.set()
-        with self._room:
-            self._room.notify_all()
-        self._close_wakeup()
-
-    def _close_wakeup(self) -> None:
+        self._selector.close()
         for sock in (self._wake_r, self._wake_w):
             sock.close()
 

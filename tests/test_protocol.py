@@ -230,3 +230,16 @@ class TestCloseCodes:
 
     def test_every_code_is_explained(self) -> None:
         assert set(CLOSE_CODE_EXPLANATIONS) == {int(code) for code in CloseCode}
+
+
+class TestTimestamps:
+    def test_format(self) -> None:
+        from datetime import datetime
+
+        from rusty_ws.protocol import rfc3339_now
+
+        assert rfc3339_now(1706091937.5) == "2024-01-24T10:25:37.500000+00:00"
+        assert rfc3339_now(1706091937.0) == "2024-01-24T10:25:37.000000+00:00"
+        assert rfc3339_now(1706091938.999_999_9) == "2024-01-24T10:25:39.000000+00:00"  # rounds up a second
+        parsed = datetime.fromisoformat(rfc3339_now())
+        assert parsed.utcoffset().total_seconds() == 0

@@ -18,6 +18,7 @@ spoken by the websockets and ceiling peers) and ``socketio`` (Engine.IO 4).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import selectors
@@ -256,7 +257,9 @@ class LoadGen:
         self.wait_for_go()
         topic, session, count, rate = spec["topic"], spec["session"], spec["count"], spec.get("rate")
         started = time.monotonic()
-        if rate:
+        if spec.get("blast"):  # the ceiling peer sends `count` deliveries to every subscriber at once
+            conn.send(client_frame(f"blast:{count}|{topic}|{session}".encode()))
+        elif rate:
             interval = 1.0 / rate
             for seq in range(count):
                 due = started + seq * interval
@@ -320,6 +323,7 @@ class LoadGen:
 
 
 def main() -> None:
+    gc.disable()  # a collector pause here would be charged to the server's latency
     spec = json.loads(sys.stdin.readline())
     generator = LoadGen(spec)
     try:

@@ -1,0 +1,407 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark of rusty_ws and its peers, on this machine, in one run.
+
+Servers (each its own process on a free loopback port): rusty_ws;
+Flask-SocketIO in threading mode; an asyncio server on `websockets` with
+broadcast; and a single-threaded pure-Python `selectors` server that encodes
+each frame once, with coalesced writes (the ceiling) and with one send() per
+delivery. Load comes from separate load-generator processes
+(benchlib/loadgen.py); their own ceiling is measured first.
+
+Scenarios (every run checks that nothing was lost, reordered or crossed sessions):
+  fanout     1 publisher, S subscribers of one topic in one session
+  latency    100 subscribers, a fixed publish rate: p50, p99, max
+  sessions   500 sessions of 2 clients publishing to each other
+  capacity   idle subscribed connections at 1,000 / 5,000 / 10,000, then one publish to all
+
+Usage:
+  scripts/bench.py            full run (medians of 3; takes a while)
+  scripts/bench.py --quick    small sizes, one run each, under two minutes
+  scripts/bench.py --only rusty_ws,websockets --scenarios fanout
+
+Writes bench-results/results.json and, for the full run, a plot PNG. Exits
+non-zero if any rusty_ws run lost, reordered or crossed a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from benchlib.servers import SERVERS, ServerKind, RunningServer  # noqa: E402
+
+LOADGEN = os.path.join(HERE, "benchlib", "loadgen.py")
+ORDER = ["rusty_ws", "websockets", "flask-socketio", "per-send", "ceiling"]
+
+
+# ------------------------------------------------------------------ load generators
+
+
+class Generator:
+    """A load-generator process fed one JSON spec."""
+
+    def __init__(self, spec: dict) -> None:
+        self.process = subprocess.Popen([sys.executable, LOADGEN], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True)
+        self.process.stdin.write(json.dumps(spec) + "\n")
+        self.process.stdin.flush()
+        self.result: dict | None = None
+
+    def wait_ready(self) -> bool:
+        line = self.process.stdout.readline().strip()
+        if line == "ready":
+            return True
+        self.result = json.loads(line) if line.startswith("{") else {"failed": line or "exited"}
+        return False
+
+    def go(self) -> None:
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+
+    def finish(self, timeout: float) -> dict:
+        if self.result is None:
+            try:
+                out, _ = self.process.communicate(timeout=timeout)
+                self.result = json.loads(out.strip().splitlines()[-1])
+            except (subprocess.TimeoutExpired, ValueError, IndexError):
+                self.process.kill()
+                self.process.wait()
+                self.result = {"failed": "load generator did not finish"}
+        elif self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        return self.result
+
+
+def split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def merge(results: list[dict]) -> dict:
+    keys = ("delivered", "expected", "disorder", "foreign", "errors", "closed", "connections")
+    merged = {key: sum(r.get(key, 0) for r in results) for key in keys}
+    firsts = [r["first"] for r in results if r.get("first")]
+    merged["first"] = min(firsts, default=0.0)
+    merged["last"] = max((r.get("last", 0.0) for r in results), default=0.0)
+    merged["failed"] = "; ".join(r["failed"] for r in results if r.get("failed"))
+    merged["latencies_us"] = [v for r in results for v in r.get("latencies_us", [])]
+    return merged
+
+
+def clean(result: dict) -> bool:
+    return (not result.get("failed") and result["delivered"] == result["expected"]
+            and not result["disorder"] and not result["foreign"] and not result["errors"])
+
+
+# ------------------------------------------------------------------ scenarios
+
+
+def run_fanout(kind: ServerKind, subscribers: int, messages: int, deadline: float, blast: bool = False) -> dict:
+    server = RunningServer(kind)
+    generators: list[Generator] = []
+    try:
+        common = {"dialect": kind.dialect, "port": server.port, "deadline": deadline, "session": "s1", "topic": "T"}
+        subs = [Generator({**common, "role": "subscribe", "connections": n, "expect": messages})
+                for n in split(subscribers, min(4, max(1, subscribers // 50)))]
+        generators += subs
+        if not all(g.wait_ready() for g in subs):
+            return {"failed": merge([g.finish(deadline) for g in subs])["failed"]}
+        publisher = Generator({**common, "role": "publish", "count": messages, "blast": blast})
+        generators.append(publisher)
+        if not publisher.wait_ready():
+            return {"failed": publisher.finish(deadline).get("failed")}
+        publisher.go()
+        sent = publisher.finish(deadline + 10)
+        got = merge([g.finish(deadline + 10) for g in subs])
+        elapsed = (got["last"] - sent.get("started", got["first"])) or float("nan")
+        return {**got, "latencies_us": None, "elapsed": elapsed, "rate": got["delivered"] / elapsed,
+                "ok": clean(got), "failed": got["failed"] or sent.get("failed", "")}
+    finally:
+        for generator in generators:
+            generator.finish(1)
+        server.stop()
+
+
+def run_latency(kind: ServerKind, subscribers: int, rate: int, seconds: float, deadline: float) -> dict:
+    server = RunningServer(kind)
+    generators: list[Generator] = []
+    count = int(rate * seconds)
+    try:
+        common = {"dialect": kind.dialect, "port": server.port, "deadline": deadline, "session": "s1", "topic": "T"}
+        subs = [Generator({**common, "role": "subscribe", "connections": n, "expect": count, "latency": True})
+                for n in split(subscribers, 2)]
+        generators += subs
+        if not all(g.wait_ready() for g in subs):
+            return {"failed": merge([g.finish(deadline) for g in subs])["failed"]}
+        publisher = Generator({**common, "role": "publish", "count": count, "rate": rate})
+        generators.append(publisher)
+        if not publisher.wait_ready():
+            return {"failed": publisher.finish(deadline).get("failed")}
+        publisher.go()
+        publisher.finish(deadline + 10)
+        got = merge([g.finish(deadline + 10) for g in subs])
+        latencies = sorted(got.pop("latencies_us"))
+        if latencies:
+            got["p50_ms"] = latencies[len(latencies) // 2] / 1000
+            got["p99_ms"] = latencies[int(len(latencies) * 0.99)] / 1000
+            got["max_ms"] = latencies[-1] / 1000
+        return {**got, "ok": clean(got)}
+    finally:
+        for generator in generators:
+            generator.finish(1)
+        server.stop()
+
+
+def run_sessions(kind: ServerKind, pairs: int, messages: int, deadline: float) -> dict:
+    server = RunningServer(kind)
+    generators: list[Generator] = []
+    try:
+        first = 0
+        for n in split(pairs, 2):
+            generators.append(Generator({"dialect": kind.dialect, "port": server.port, "deadline": deadline,
+                                         "role": "pairs", "pairs": n, "first_pair": first, "count": messages}))
+            first += n
+        if not all(g.wait_ready() for g in generators):
+            return {"failed": merge([g.finish(deadline) for g in generators])["failed"]}
+        for generator in generators:
+            generator.go()
+        results = [g.finish(deadline + 10) for g in generators]
+        got = merge(results)
+        got.pop("latencies_us")
+        started = min(r.get("started", got["first"]) for r in results)
+        elapsed = (got["last"] - started) or float("nan")
+        return {**got, "elapsed": elapsed, "rate": got["delivered"] / elapsed, "ok": clean(got)}
+    finally:
+        for generator in generators:
+            generator.finish(1)
+        server.stop()
+
+
+def run_capacity(kind: ServerKind, size: int, deadline: float) -> dict:
+    """``size`` idle subscribed connections on a fresh server, then one publish that must reach them all."""
+    server = RunningServer(kind)
+    baseline = server.stats()
+    generators: list[Generator] = []
+    try:
+        common = {"dialect": kind.dialect, "port": server.port, "deadline": deadline, "session": "s1",
+                  "topic": "T", "role": "subscribe", "expect": 1, "batch": 250}
+        started = time.monotonic()
+        generators = [Generator({**common, "connections": n}) for n in split(size, 4)]
+        ready = all(g.wait_ready() for g in generators)
+        connect_s = time.monotonic() - started
+        if not ready or not server.alive():
+            got = merge([g.finish(5) for g in generators])
+            return {"connections": size, "ok": False, "failed": got["failed"] or "the server died",
+                    "connected": got["connections"]}
+        stats = server.stats()
+        publisher = Generator({**common, "role": "publish", "count": 1})
+        publisher.wait_ready()
+        publisher.go()
+        publisher.finish(deadline)
+        got = merge([g.finish(deadline) for g in generators])
+        return {
+            "connections": size, "connect_s": connect_s, "rss_kib": stats["rss_kib"], "threads": stats["threads"],
+            "kib_per_connection": (stats["rss_kib"] - baseline["rss_kib"]) / size,
+            "reached": got["delivered"], "ok": got["delivered"] == size and not got["failed"],
+            "failed": got["failed"],
+        }
+    finally:
+        for generator in generators:
+            generator.finish(1)
+        server.stop()
+
+
+# ------------------------------------------------------------------ running and reporting
+
+
+def median_of(runs: list[dict], key: str) -> float | None:
+    values = [run[key] for run in runs if run.get(key) is not None and run.get("ok")]
+    return statistics.median(values) if values else None
+
+
+def repeat(times: int, fn: Callable[[], dict]) -> list[dict]:
+    return [fn() for _ in range(times)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes, one run each (< 2 minutes)")
+    parser.add_argument("--only", default=",".join(ORDER), help="comma-separated servers")
+    parser.add_argument("--scenarios", default="loadgen,fanout,latency,sessions,capacity")
+    parser.add_argument("--runs", type=int, default=None, help="runs per measurement (default 3, quick 1)")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "bench-results"))
+    args = parser.parse_args()
+
+    quick = args.quick
+    runs = args.runs or (1 if quick else 3)
+    servers = [SERVERS[name] for name in ORDER if name in args.only.split(",")]
+    scenarios = args.scenarios.split(",")
+    deadline = 20.0 if quick else 60.0
+    sizes = [100] if quick else [10, 100, 1000]
+    results: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "quick": quick, "runs": runs,
+    }
+    started = time.monotonic()
+
+    if "loadgen" in scenarios:
+        subscribers = 100 if quick else 1000
+        rows = repeat(runs, lambda: run_fanout(SERVERS["ceiling"], subscribers, 200 if quick else 1000, deadline,
+                                               blast=True))
+        results["loadgen_ceiling"] = {"subscribers": subscribers, "runs": rows, "rate": median_of(rows, "rate")}
+        print(f"load generator ceiling ({subscribers} subscribers): {fmt(results['loadgen_ceiling']['rate'])} deliveries/s",
+              flush=True)
+
+    if "fanout" in scenarios:
+        results["fanout"] = {}
+        for size in sizes:
+            target = 100_000 if quick else 1_000_000  # deliveries per run for the fastest servers
+            for kind in servers:
+                messages = max(10, int(target * kind.load) // size)
+                rows = repeat(runs, lambda: run_fanout(kind, size, messages, deadline))
+                results["fanout"].setdefault(str(size), {})[kind.name] = {
+                    "messages": messages, "runs": rows, "rate": median_of(rows, "rate"),
+                    "ok": all(r.get("ok") for r in rows)}
+                report("fanout", f"S={size}", kind.name, rows, "rate", "deliveries/s")
+
+    if "latency" in scenarios:
+        results["latency"] = {}
+        seconds = 2.0 if quick else 10.0
+        for kind in servers:
+            rows = repeat(runs, lambda: run_latency(kind, 100, 500, seconds, deadline))
+            results["latency"][kind.name] = {
+                key: median_of(rows, key) for key in ("p50_ms", "p99_ms", "max_ms")}
+            results["latency"][kind.name].update(runs=rows, ok=all(r.get("ok") for r in rows))
+            report("latency", "100 subs @ 500/s", kind.name, rows, "p99_ms", "ms p99")
+
+    if "sessions" in scenarios:
+        results["sessions"] = {}
+        pairs = 100 if quick else 500
+        for kind in servers:
+            rows = repeat(runs, lambda: run_sessions(kind, pairs, 20 if quick else 100, deadline))
+            results["sessions"][kind.name] = {"pairs": pairs, "runs": rows, "rate": median_of(rows, "rate"),
+                                              "ok": all(r.get("ok") for r in rows)}
+            report("sessions", f"{pairs} pairs", kind.name, rows, "rate", "deliveries/s")
+
+    if "capacity" in scenarios:
+        results["capacity"] = {}
+        for kind in servers:
+            rows = results["capacity"][kind.name] = []
+            for size in [1000] if quick else [1000, 5000, 10000]:
+                rows.append(run_capacity(kind, size, deadline * 3))
+                row = rows[-1]
+                print(f"capacity  {kind.name:15} {row['connections']:>6} conns: " + (
+                    f"connect {row['connect_s']:.1f}s, RSS {row['rss_kib'] / 1024:.0f} MiB "
+                    f"({row['kib_per_connection']:.1f} KiB/conn), {row['threads']} threads, "
+                    f"publish reached {row['reached']}" if row.get("rss_kib") else f"FAILED {row.get('failed')}"),
+                    flush=True)
+                if not row["ok"]:
+                    break  # stop at the first failure
+
+    results["seconds"] = time.monotonic() - started
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w") as handle:
+        json.dump(strip_samples(results), handle, indent=1)
+    print_table(results)
+    if not quick and "fanout" in results:
+        plot(results, os.path.join(args.out, "fanout.png"))
+    print(f"done in {results['seconds']:.0f}s; results in {args.out}/results.json")
+    return 0 if ours_clean(results) else 1
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
+
+
+def report(scenario: str, label: str, name: str, rows: list[dict], key: str, unit: str) -> None:
+    values = ", ".join(fmt(r.get(key)) if r.get("ok") else f"FAILED({describe(r)})" for r in rows)
+    print(f"{scenario:9} {label:18} {name:15} {values} {unit}", flush=True)
+
+
+def describe(row: dict) -> str:
+    if row.get("failed"):
+        return str(row["failed"])[:80]
+    return (f"{row.get('delivered')}/{row.get('expected')} delivered, {row.get('disorder')} out of order, "
+            f"{row.get('foreign')} foreign")
+
+
+def strip_samples(results: Any) -> Any:
+    if isinstance(results, dict):
+        return {k: strip_samples(v) for k, v in results.items() if k != "latencies_us"}
+    if isinstance(results, list):
+        return [strip_samples(v) for v in results]
+    return results
+
+
+def ours_clean(results: dict) -> bool:
+    fine = True
+    for size in results.get("fanout", {}).values():
+        fine &= size.get("rusty_ws", {}).get("ok", True)
+    for scenario in ("latency", "sessions"):
+        fine &= results.get(scenario, {}).get("rusty_ws", {}).get("ok", True)
+    fine &= all(row.get("ok") for row in results.get("capacity", {}).get("rusty_ws", []))
+    return fine
+
+
+def ratio(ours: float | None, theirs: float | None) -> str:
+    return "-" if not ours or not theirs else f"{ours / theirs:.2f}x"
+
+
+def print_table(results: dict) -> None:
+    print("\nratios are rusty_ws / peer, medians of the same run")
+    if "fanout" in results:
+        print(f"\n{'fan-out deliveries/s':24}" + "".join(f"{n:>16}" for n in ORDER))
+        for size, by_server in results["fanout"].items():
+            cells = [fmt(by_server.get(n, {}).get("rate")) for n in ORDER]
+            print(f"{'S=' + size:24}" + "".join(f"{c:>16}" for c in cells))
+            ours = by_server.get("rusty_ws", {}).get("rate")
+            print(f"{'  ratio':24}" + "".join(f"{ratio(ours, by_server.get(n, {}).get('rate')):>16}" for n in ORDER))
+    if "latency" in results:
+        print(f"\n{'latency @500/s, 100 subs':24}" + "".join(f"{n:>16}" for n in ORDER))
+        for key in ("p50_ms", "p99_ms", "max_ms"):
+            print(f"{key:24}" + "".join(f"{fmt(results['latency'].get(n, {}).get(key)):>16}" for n in ORDER))
+    if "sessions" in results:
+        print(f"\n{'sessions deliveries/s':24}" + "".join(f"{n:>16}" for n in ORDER))
+        rates = {n: results["sessions"].get(n, {}).get("rate") for n in ORDER}
+        print(f"{'rate':24}" + "".join(f"{fmt(rates[n]):>16}" for n in ORDER))
+        print(f"{'  ratio':24}" + "".join(f"{ratio(rates['rusty_ws'], rates[n]):>16}" for n in ORDER))
+
+
+def plot(results: dict, path: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+        return
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    sizes = sorted(int(s) for s in results["fanout"])
+    for name in ORDER:
+        points = [(s, results["fanout"][str(s)].get(name, {}).get("rate")) for s in sizes]
+        points = [(s, r) for s, r in points if r]
+        if points:
+            axes.plot(*zip(*points), marker="o", label=name)
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("subscribers of one topic")
+    axes.set_ylabel("deliveries per second")
+    axes.set_title("Fan-out, 1 publisher, ~100-byte payloads (medians)")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Starting, watching and stopping the servers under test, each in its own process on a free port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+@dataclass(frozen=True)
+class ServerKind:
+    name: str      # as shown in tables
+    dialect: str   # the load generator's dialect
+    script: str    # run as: python SCRIPT PORT [MODE]
+    mode: str = ""
+    load: float = 1.0  # share of the fan-out message count it gets, so slow servers finish in time
+
+    def command(self, port: int) -> list[str]:
+        return [sys.executable, os.path.join(HERE, self.script), str(port), *([self.mode] if self.mode else [])]
+
+
+SERVERS = {
+    "rusty_ws": ServerKind("rusty_ws", "rusty", "run_rusty.py"),
+    "flask-socketio": ServerKind("flask-socketio", "socketio", "peer_socketio.py", load=0.01),
+    "websockets": ServerKind("websockets", "rusty", "peer_websockets.py", load=0.1),
+    "ceiling": ServerKind("ceiling", "rusty", "peer_ceiling.py", "coalesce"),
+    "per-send": ServerKind("per-send", "rusty", "peer_ceiling.py", "per-send", load=0.2),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class RunningServer:
+    """One server process. ``stop()`` ends it (SIGTERM, then SIGKILL) and is idempotent."""
+
+    def __init__(self, kind: ServerKind) -> None:
+        self.kind = kind
+        self.port = free_port()
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        # The log goes to a file: a pipe nobody reads would stall a chatty server.
+        self.log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(kind.command(self.port), env=env, stdout=subprocess.DEVNULL, stderr=self.log)
+        self._wait_listening(20.0)
+
+    def log_tail(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode("utf-8", "replace")[-2000:]
+
+    def _wait_listening(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.kind.name} exited: {self.log_tail()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.02)  # polling a port that is not open yet: nothing to wait on
+        raise RuntimeError(f"{self.kind.name} did not listen within {seconds}s")
+
+    def stats(self) -> dict:
+        """Resident memory (KiB) and thread count of the server process, from /proc."""
+        values = {}
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "Threads"):
+                    values[key] = int(value.split()[0])
+        return {"rss_kib": values.get("VmRSS", 0), "threads": values.get("Threads", 0)}
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.log.close()
