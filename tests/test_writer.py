@@ -1,0 +1,185 @@
+"""The writer over real socket pairs: coalescing, partial writes, slow consumers, concurrency."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+
+from rusty_ws.frames import FrameParser, text_frame
+from rusty_ws.writer import Writer
+from support import WAIT
+
+
+class ServerFrames:
+    """Decodes server frames with the same rules a client uses (no masking)."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        self.buffer += data
+        frames = []
+        while len(self.buffer) >= 2:
+            length, start = self.buffer[1] & 0x7F, 2
+            if length == 126:
+                length, start = int.from_bytes(self.buffer[2:4], "big"), 4
+            elif length == 127:
+                length, start = int.from_bytes(self.buffer[2:10], "big"), 10
+            if len(self.buffer) < start + length:
+                break
+            assert self.buffer[1] & 0x80 == 0 and self.buffer[0] & 0x70 == 0, "corrupt header"
+            frames.append((self.buffer[0] & 0x0F, self.buffer[start:start + length]))
+            self.buffer = self.buffer[start + length:]
+        return frames
+
+
+@pytest.fixture
+def writer():
+    w = Writer(max_queued_bytes=1 << 20, close_timeout=1.0)
+    yield w
+    w.stop(WAIT)
+
+
+def pair(rcvbuf: int | None = None) -> tuple[socket.socket, socket.socket]:
+    ours, theirs = socket.socketpair()
+    if rcvbuf:
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, rcvbuf)
+    theirs.settimeout(WAIT)
+    return ours, theirs
+
+
+def read_frames(sock: socket.socket, count: int) -> list[bytes]:
+    frames, decoder = [], ServerFrames()
+    for _ in range(1_000_000):
+        if len(frames) >= count:
+            return frames
+        data = sock.recv(65536)
+        assert data, "closed early"
+        frames += [payload for _, payload in decoder.feed(data)]
+    raise AssertionError("too many reads")
+
+
+def test_a_batch_leaves_in_one_write(writer: Writer) -> None:
+    ours, theirs = pair()
+    box = writer.attach(ours, "t")
+    frames = [text_frame(f"message {i}") for i in range(50)]
+    with writer.batch():
+        for frame in frames:
+            writer.send(frame, [box])
+    assert theirs.recv(65536) == b"".join(frames)  # all 50 frames in one read: one send
+    writer.release(box, WAIT)
+    theirs.close()
+    ours.close()
+
+
+def test_partial_writes_continue_where_they_stopped(writer: Writer) -> None:
+    ours, theirs = pair(rcvbuf=4096)
+    box = writer.attach(ours, "t")
+    big = [text_frame(bytes([65 + i % 26]) * 50_000) for i in range(20)]  # 1 MB, far past the buffers
+    for frame in big:
+        writer.send(frame, [box])
+    received = read_frames(theirs, 20)
+    assert received == [frame[4:] if len(frame) < 65540 else frame[10:] for frame in big]
+    writer.release(box, WAIT)
+    theirs.close()
+    ours.close()
+
+
+def test_slow_consumer_is_cut_off_and_others_go_on() -> None:
+    writer = Writer(max_queued_bytes=100_000, close_timeout=1.0)
+    slow_ours, slow_theirs = pair(rcvbuf=4096)
+    fast_ours, fast_theirs = pair()
+    slow, fast = writer.attach(slow_ours, "slow"), writer.attach(fast_ours, "fast")
+    frame = text_frame(b"x" * 10_000)
+    for i in range(100):  # 1 MB to each; the slow one never reads
+        writer.send(frame, [slow, fast])
+        assert len(read_frames(fast_theirs, 1)) == 1
+    assert slow.state == "closed"
+    slow_theirs.settimeout(WAIT)
+    data = b""
+    for _ in range(10_000):
+        chunk = slow_theirs.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    assert len(data) < 300_000  # what the socket buffers held, then EOF: the rest was dropped
+    writer.stop(WAIT)
+    for sock in (slow_ours, slow_theirs, fast_ours, fast_theirs):
+        sock.close()
+
+
+def test_many_threads_sending_to_one_socket_never_interleave() -> None:
+    writer = Writer(max_queued_bytes=256 << 20, close_timeout=1.0)  # this reader never falls that far behind
+    ours, theirs = pair(rcvbuf=8192)
+    box = writer.attach(ours, "t")
+    threads, per_thread = 8, 300
+
+    def publish(worker: int) -> None:
+        for i in range(per_thread):
+            size = 10 if i % 3 else 70_000  # some frames need several writes
+            writer.send(text_frame(f"{worker}:{i}:".encode() + b"p" * size), [box])
+
+    workers = [threading.Thread(target=publish, args=(w,)) for w in range(threads)]
+    for worker in workers:
+        worker.start()
+    received = read_frames(theirs, threads * per_thread)
+    for worker in workers:
+        worker.join(WAIT)
+    seen: dict[int, list[int]] = {}
+    for payload in received:
+        worker, i, rest = payload.split(b":", 2)
+        assert rest == b"p" * (10 if int(i) % 3 else 70_000)
+        seen.setdefault(int(worker), []).append(int(i))
+    assert seen == {w: list(range(per_thread)) for w in range(threads)}  # each in order, none lost
+    writer.stop(WAIT)
+    theirs.close()
+    ours.close()
+
+
+def test_release_then_writes_are_dropped(writer: Writer) -> None:
+    ours, theirs = pair()
+    box = writer.attach(ours, "t")
+    writer.release(box, WAIT)
+    writer.release(box, WAIT)  # idempotent
+    writer.send(text_frame("late"), [box])
+    assert theirs.recv(100) == b""  # shut down, nothing after
+    theirs.close()
+    ours.close()
+
+
+def test_close_frame_follows_what_was_queued(writer: Writer) -> None:
+    ours, theirs = pair()
+    box = writer.attach(ours, "t")
+    writer.send(text_frame("last words"), [box])
+    writer.close(box, 4200, "server restarting")
+    writer.send(text_frame("after close"), [box])  # dropped: nothing follows a close frame
+    parser_view = ServerFrames()
+    frames = parser_view.feed(theirs.recv(65536))
+    assert frames == [(0x1, b"last words"), (0x8, b"\x10\x68server restarting")]
+    writer.release(box, WAIT)
+    theirs.close()
+    ours.close()
+
+
+def test_stop_lets_go_of_every_socket() -> None:
+    writer = Writer(max_queued_bytes=1 << 20, close_timeout=1.0)
+    pairs = [pair() for _ in range(3)]
+    for ours, _ in pairs:
+        writer.attach(ours, "t")
+    writer.stop(WAIT)
+    writer.stop(WAIT)
+    for ours, theirs in pairs:
+        assert theirs.recv(10) == b""
+        ours.close()
+        theirs.close()
+    assert not writer.running
+
+
+def test_frame_parser_reads_what_the_writer_writes_when_masked() -> None:
+    """Sanity of the two halves together: a server frame, masked as a client would, parses back."""
+    frame = text_frame("héllo")
+    masked = bytes([frame[0], frame[1] | 0x80]) + b"\0\0\0\0" + frame[2:]
+    assert FrameParser(100).feed(masked) == [("text", "héllo")]
