@@ -127,7 +127,7 @@ class Connection:
                 return
             size = BUSY_RECV_BYTES if len(data) == size else IDLE_RECV_BYTES
             outbox.last_seen = time.monotonic()
-            with batch():  # one wake-up of the writer per read, however many commands it carried
+            with batch():  # what the commands of one read send leaves together, at its end
                 for event in parser.feed(data):
                     if not self._on_event(event):
                         return
