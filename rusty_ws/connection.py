@@ -110,10 +110,10 @@ class Connection:
             logger.info("= %s disconnected", self.label)
             thread.name = request_thread_name
 
-    def close(self, code: int, reason: str = "", *, discard_pending: bool = False) -> None:
-        """Start the closing handshake from the server side. Safe from any thread."""
+    def close(self, code: int, reason: str = "") -> None:
+        """Start the closing handshake from the server side, after what is queued. Safe from any thread."""
         self._closing = True
-        self.hub.writer.close(self.outbox, code, reason, discard_pending=discard_pending)
+        self.hub.writer.close(self.outbox, code, reason)
 
     def _read_until_closed(self) -> None:
         recv, outbox, parser, batch = self.sock.recv, self.outbox, self.parser, self.hub.writer.batch
