@@ -21,7 +21,9 @@ from typing import Any, Iterator
 
 import redis
 
-from support import WAIT, Client, RunningServer
+from rusty_ws.brokers.redis import channel_name, encode_envelope
+from rusty_ws.protocol import Delivery
+from support import WAIT, Client
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -133,5 +135,14 @@ def read_until_sentinel(client: Client, limit: int = 10_000) -> list[dict[str, A
     raise AssertionError(f"no sentinel among {limit} frames")
 
 
-def publish_sentinel(node: RunningServer, session: str) -> None:
-    node.app.extensions["rusty_ws"].pubsub.publish(session, SENTINEL, "end", app=node.app)
+def publish_sentinel(redis_server: RedisServer, session: str, prefix: str = "rusty_ws") -> None:
+    """Publish the sentinel straight into Redis, as a node named ``test-sentinel`` would.
+
+    Not through a hub: a hub delivers to its own clients at once, which could
+    overtake messages from other nodes still on their way to it through Redis.
+    Through Redis, every node gets the sentinel after everything Redis took before it.
+    """
+    sentinel = Delivery(publisher_name="test", topic=SENTINEL, payload="end",
+                        timestamp="2024-01-24T10:25:37Z", session_id=session)
+    with contextlib.closing(redis_server.client()) as client:
+        client.publish(channel_name(prefix, SENTINEL, session), encode_envelope("test-sentinel", sentinel))

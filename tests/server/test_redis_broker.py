@@ -87,7 +87,7 @@ def test_seed_scenario_spread_over_three_nodes(redis: RedisServer, login_on: int
                 received[name] += [json.loads(reply) for reply in replies]
             # Published after every real message: each client's sentinel comes after all of them.
             for session in ("session-A", "session-B"):
-                publish_sentinel(hubs[1], session)
+                publish_sentinel(redis, session)
             for name, client in clients.items():
                 received[name] += read_until_sentinel(client)
             check_deliveries(received)
@@ -111,7 +111,7 @@ def test_order_of_one_publisher_is_kept_on_every_node(redis: RedisServer) -> Non
         publisher.sync()
         for client in (far, near):
             assert [json.loads(client.recv())["payload"] for _ in range(300)] == list(range(300))
-        publish_sentinel(a, "s")
+        publish_sentinel(redis, "s")
         assert [read_until_sentinel(client) for client in (far, near)] == [[], []]  # and no duplicate
 
 
@@ -176,7 +176,7 @@ def test_channel_prefix_keeps_deployments_apart(redis: RedisServer) -> None:
         assert redis.channels("shop:[0-9]*") == {b"shop:1:T:s"}
         publish(publisher, "T", "s", "other deployment")
         listener.command(f"subscribe:{SENTINEL}|s")
-        publish_sentinel(shop, "s")
+        publish_sentinel(redis, "s", prefix="shop")
         assert read_until_sentinel(listener) == []
 
 
@@ -260,9 +260,8 @@ def test_garbage_on_a_channel_is_logged_and_dropped(redis: RedisServer, caplog: 
                 assert intruder.publish(channel_name("rusty_ws", "T", "s"), data) == 1
             # Also on the node's control channel: it only wakes the listener up.
             intruder.publish(f"rusty_ws:node:{broker(node).node_id}", b"\x00garbage")
-        publish_sentinel(node, "s")  # after the garbage: the listener got through all of it
         client.command(f"subscribe:{SENTINEL}|s")
-        publish_sentinel(node, "s")
+        publish_sentinel(redis, "s")  # after the garbage: the listener got through all of it
         assert read_until_sentinel(client) == []
         status = broker(node).status()
         assert status["dropped"] == len(GARBAGE) and status["connected"] is True
