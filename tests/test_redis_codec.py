@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 
 import pytest
 
@@ -101,3 +103,29 @@ class TestUrl:
     def test_bad_prefix(self, prefix: str) -> None:
         with pytest.raises(ValueError):
             split_url(f"redis://h:1/0?channel_prefix={prefix}")
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+class TestLazyImport:
+    def test_the_hub_does_not_load_redis_until_a_redis_broker_is_asked_for(self) -> None:
+        code = ("import sys; from rusty_ws import create_app; from rusty_ws.brokers import broker_from_url; "
+                "broker_from_url('memory://'); create_app(); print('redis' in sys.modules)")
+        assert run_python(code).stdout.split()[-1] == "False"
+
+    def test_a_redis_url_without_the_package_says_which_extra_to_install(self) -> None:
+        code = ("import sys; sys.modules['redis'] = None\n"
+                "from rusty_ws.brokers import broker_from_url\n"
+                "try:\n    broker_from_url('redis://127.0.0.1:1/0')\n"
+                "except RuntimeError as exc:\n    print(exc)")
+        assert "pip install 'rusty_ws[redis]'" in run_python(code).stdout
+
+    def test_a_bad_url_fails_when_the_app_is_made(self) -> None:
+        from rusty_ws.brokers import broker_from_url
+
+        with pytest.raises(ValueError):
+            broker_from_url("redis://127.0.0.1:1/0?channel_prefix=a:b")
+        with pytest.raises(ValueError):
+            broker_from_url("kafka://127.0.0.1:1")
