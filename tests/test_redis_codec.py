@@ -1,4 +1,4 @@
-"""The Redis broker's pure parts: channel names, the envelope, the URL option."""
+"""The Redis broker's pure parts (redis_codec): channel names, the envelope, the URL option."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from rusty_ws.brokers.redis import (
+from rusty_ws.brokers.redis_codec import (
     channel_name,
     control_channel,
     decode_envelope,
