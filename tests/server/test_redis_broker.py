@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import signal
 import threading
 from typing import Iterator
 
@@ -302,3 +303,59 @@ def test_tokens_of_one_node_work_on_the_others(redis: RedisServer) -> None:
         assert status == 200 and reply["session_id"] == "session-A"
         with b.connect(token) as client:
             assert client.command("subscribe:T|session-A") == []
+
+
+def test_a_redis_that_stops_answering_is_noticed_by_the_keepalive(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGSTOP keeps Redis' sockets open but silent: only the listener's own PING can tell."""
+    import rusty_ws.brokers.redis as module
+
+    for name, value in dict(POLL_INTERVAL=0.05, KEEPALIVE_INTERVAL=0.2, KEEPALIVE_TIMEOUT=0.2).items():
+        monkeypatch.setattr(module, name, value)
+    with nodes(1, redis.url) as (node,), node.connect() as client:
+        client.command("subscribe:T|s")
+        assert redis.process is not None
+        redis.process.send_signal(signal.SIGSTOP)
+        try:
+            assert broker(node).wait_connected(False, WAIT)
+            assert http("GET", node.http_url + "/healthz")[2]["broker"]["connected"] is False
+            with node.connect() as publisher:  # not connected: publishing does not wait for Redis
+                publish(publisher, "T", "s", "local")
+            assert client.recv_json()["payload"] == "local"
+        finally:
+            redis.process.send_signal(signal.SIGCONT)
+        assert broker(node).wait_connected(True, WAIT * 3)
+        assert redis.numsub(channel_name("rusty_ws", "T", "s")) == 1
+        assert len(redis_threads()) == 1
+
+
+def test_racing_subscribes_and_unsubscribes_leave_redis_matching_the_registry(redis: RedisServer) -> None:
+    """First-subscriber and last-unsubscriber calls can reach the broker out of order; it must not care."""
+    topics = [f"T{i}" for i in range(4)]
+    with nodes(1, redis.url) as (node,):
+        clients = [node.connect() for _ in range(6)]
+        try:
+            def churn(client: Client, seed: int) -> None:
+                for round_ in range(60):
+                    topic = topics[(seed + round_) % len(topics)]
+                    verb = "subscribe" if (seed * 7 + round_) % 3 else "unsubscribe"
+                    client.send(f"{verb}:{topic}|s")
+                client.sync()
+
+            threads = [threading.Thread(target=churn, args=(client, seed), name=f"test-churn-{seed}")
+                       for seed, client in enumerate(clients)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(WAIT * 3)
+                assert not thread.is_alive()
+            held = set(node.hub.registry.keys())
+            for topic in topics:
+                assert redis.numsub(channel_name("rusty_ws", topic, "s")) == int((topic, "s") in held), topic
+            assert broker(node).status()["channels"] == len(held)
+        finally:
+            for client in clients:
+                client.close()
+        node.wait_connections(0)
+        assert all(redis.numsub(channel_name("rusty_ws", topic, "s")) == 0 for topic in topics)
