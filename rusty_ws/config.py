@@ -43,7 +43,7 @@ PING_INTERVAL = 20.0
 PING_TIMEOUT = 20.0
 #: Seconds to wait for the client's half of a closing handshake.
 CLOSE_TIMEOUT = 2.0
-#: Where publishes go: "memory://" (this process only) or "redis://host:port/db".
+#: Where publishes go: "memory://" (this process only) or "redis://host:port/db" (docs/scaling.md).
 BROKER_URL = "memory://"
 
 DEFAULTS: dict[str, Any] = {

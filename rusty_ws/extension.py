@@ -95,13 +95,22 @@ class PubSub:
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError("rusty_ws is already registered on this app")
         settings = Settings.from_config(app.config)
+        broker = broker_from_url(settings.broker_url)
         secret = settings.jwt_secret_key
         if not secret:
             secret = secrets.token_urlsafe(32)
-            logger.warning(
-                "! no JWT_SECRET_KEY set: generated a random one; tokens will not survive "
-                "a restart nor work on another process"
-            )
+            if broker.distributed:
+                logger.error(
+                    "! no JWT_SECRET_KEY set while the %s broker spans several nodes: this node "
+                    "generated its own secret, so tokens issued here are REFUSED by every other "
+                    "node (and by this one after a restart). Give every node the same "
+                    "JWT_SECRET_KEY.", broker.name
+                )
+            else:
+                logger.warning(
+                    "! no JWT_SECRET_KEY set: generated a random one; tokens will not survive "
+                    "a restart nor work on another process"
+                )
         users = UsersFile.load(settings.users_file) if settings.users_file else None
         if users is None and self.credential_checker is None:
             logger.warning(
@@ -111,7 +120,7 @@ class PubSub:
         state = State(
             pubsub=self,
             settings=settings,
-            hub=Hub(settings, broker_from_url(settings.broker_url)),
+            hub=Hub(settings, broker),
             tokens=TokenService(secret, settings.jwt_expiration_seconds),
             users=users,
         )

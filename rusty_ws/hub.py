@@ -72,6 +72,7 @@ class Hub:
         """Undo ``take_slot`` once the request that took it has ended."""
         with self._connections_lock:
             self._slots_taken -= 1
+            self._connections_changed.notify_all()
 
     @property
     def accepting(self) -> bool:
@@ -116,9 +117,15 @@ class Hub:
             self.writer.send(text_frame(delivery.encode()), subscribers)
 
     def wait_connections(self, at_most: int, timeout: float) -> bool:
-        """Block until at most ``at_most`` connections are open; False if ``timeout`` passed first."""
+        """Block until at most ``at_most`` connections are open and hold a slot; False on timeout.
+
+        A connection leaves ``_connections`` before its request gives its slot
+        back, so both are waited for: once this returns, that many can connect.
+        """
         with self._connections_lock:
-            return self._connections_changed.wait_for(lambda: len(self._connections) <= at_most, timeout)
+            return self._connections_changed.wait_for(
+                lambda: len(self._connections) <= at_most and self._slots_taken <= at_most, timeout
+            )
 
     # ------------------------------------------------------------------ reporting and shutdown
 

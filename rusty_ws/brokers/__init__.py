@@ -11,10 +11,17 @@ __all__ = ["Broker", "MemoryBroker", "broker_from_url"]
 def broker_from_url(url: str) -> Broker:
     """The broker a ``RUSTY_WS_BROKER_URL`` names.
 
+    ``redis://`` (``rediss://``, ``unix://``) needs the ``redis`` extra.
+
     Raises:
         ValueError: the URL's scheme is not one we know.
+        RuntimeError: the URL names Redis and the ``redis`` package is missing.
     """
     scheme = url.partition("://")[0].lower()
     if scheme in ("", "memory"):
         return MemoryBroker()
-    raise ValueError(f"unknown broker URL {url!r}: use memory://")
+    if scheme in ("redis", "rediss", "unix"):
+        from .redis import RedisBroker  # lazily: the redis package is an extra
+
+        return RedisBroker(url)
+    raise ValueError(f"unknown broker URL {url!r}: use memory:// or redis://host:port/db")

@@ -29,6 +29,8 @@ class Broker(abc.ABC):
 
     #: Short name shown by ``/healthz``.
     name = "broker"
+    #: True when publishes cross processes: every node then needs the same JWT secret.
+    distributed = False
 
     @abc.abstractmethod
     def start(self, deliver: Deliver, keys: Callable[[], list[Key]]) -> None:

@@ -1,0 +1,129 @@
+"""The Redis broker's wire formats, as pure functions: channel names, the envelope, the URL option.
+
+No Redis, no sockets, no threads: ``redis.py`` does the I/O, and the tests
+check these with literal values. ``docs/scaling.md`` explains the choices.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ..protocol import Delivery, dumps_utf8, loads_strict
+from .base import Key
+
+__all__ = [
+    "DEFAULT_CHANNEL_PREFIX",
+    "ENVELOPE_VERSION",
+    "channel_name",
+    "key_of_channel",
+    "control_channel",
+    "encode_envelope",
+    "decode_envelope",
+    "split_url",
+]
+
+#: The first part of every channel name; ``?channel_prefix=`` in the URL changes it.
+DEFAULT_CHANNEL_PREFIX = "rusty_ws"
+#: Version of the envelope published on Redis; a node drops envelopes of other versions.
+ENVELOPE_VERSION = 1
+
+
+def channel_name(prefix: str, topic: str, session_id: str) -> bytes:
+    """The Redis channel of (topic, session): ``{prefix}:{len(topic)}:{topic}:{session}``.
+
+    The topic's length (in UTF-8 bytes) says where the topic ends, so the name
+    is unambiguous for any topic and session, whatever characters they hold
+    (``:`` included). Lone surrogates are kept (``surrogatepass``) rather than
+    refused, so every string the hub accepts has exactly one channel.
+    """
+    topic_bytes = topic.encode("utf-8", "surrogatepass")
+    session_bytes = session_id.encode("utf-8", "surrogatepass")
+    return b"%s:%d:%s:%s" % (prefix.encode("utf-8"), len(topic_bytes), topic_bytes, session_bytes)
+
+
+def key_of_channel(prefix: str, channel: bytes) -> Key | None:
+    """The (topic, session) of a channel made by ``channel_name``, or None for any other channel."""
+    head = prefix.encode("utf-8") + b":"
+    if not channel.startswith(head):
+        return None
+    length_text, colon, rest = channel[len(head):].partition(b":")
+    if not colon or not length_text.isdigit() or length_text != b"%d" % int(length_text):
+        return None
+    length = int(length_text)
+    if len(rest) < length + 1 or rest[length:length + 1] != b":":
+        return None
+    try:
+        return (rest[:length].decode("utf-8", "surrogatepass"),
+                rest[length + 1:].decode("utf-8", "surrogatepass"))
+    except UnicodeDecodeError:
+        return None
+
+
+def control_channel(prefix: str, node_id: str) -> bytes:
+    """The node's own channel, used only to wake its listener.
+
+    ``{prefix}:node:{node_id}`` can never be a (topic, session) channel: those
+    have digits where this has ``node``.
+    """
+    return f"{prefix}:node:{node_id}".encode("utf-8")
+
+
+def encode_envelope(node_id: str, delivery: Delivery) -> bytes:
+    """What a node PUBLISHes: the delivery, and which node sent it."""
+    return dumps_utf8({"v": ENVELOPE_VERSION, "node": node_id, "delivery": delivery.to_dict()})
+
+
+def decode_envelope(data: bytes, key: Key) -> tuple[str, Delivery]:
+    """The sending node and the delivery of an envelope read from ``key``'s channel.
+
+    Raises:
+        ValueError: ``data`` is not an envelope a rusty_ws node would send on that channel.
+    """
+    try:
+        envelope = loads_strict(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8") from None
+    if not isinstance(envelope, dict):
+        raise ValueError("not a JSON object")
+    if envelope.get("v") != ENVELOPE_VERSION:
+        raise ValueError(f"envelope version {envelope.get('v')!r}, expected {ENVELOPE_VERSION}")
+    node, message = envelope.get("node"), envelope.get("delivery")
+    if not isinstance(node, str) or not isinstance(message, dict):
+        raise ValueError("an envelope needs a 'node' string and a 'delivery' object")
+    topic, session_id = message.get("topic"), message.get("session_id")
+    if (topic, session_id) != key:
+        raise ValueError(f"a delivery for {(topic, session_id)!r} on the channel of {key!r}")
+    publisher_name, timestamp, user = (message.get(k) for k in ("publisher_name", "timestamp", "user"))
+    if not isinstance(publisher_name, str) or not isinstance(timestamp, str):
+        raise ValueError("'publisher_name' and 'timestamp' must be strings")
+    if user is not None and not isinstance(user, str):
+        raise ValueError("'user' must be a string or absent")
+    if "payload" not in message:
+        raise ValueError("no 'payload'")
+    return node, Delivery(
+        publisher_name=publisher_name,
+        topic=topic,
+        payload=message["payload"],
+        timestamp=timestamp,
+        session_id=session_id,
+        user=user,
+    )
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """Split our own ``channel_prefix`` query option off a Redis URL (redis-py refuses it).
+
+    Returns:
+        The URL for redis-py, and the channel prefix.
+
+    Raises:
+        ValueError: the prefix is empty or holds a ``:``.
+    """
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefixes = [value for name, value in query if name == "channel_prefix"]
+    prefix = prefixes[-1] if prefixes else DEFAULT_CHANNEL_PREFIX
+    if not prefix or ":" in prefix:
+        raise ValueError("channel_prefix must be non-empty and without ':'")
+    rest = urlencode([(name, value) for name, value in query if name != "channel_prefix"])
+    return urlunsplit(parts._replace(query=rest)), prefix

@@ -1,0 +1,148 @@
+"""Test support for the Redis broker: a private redis-server on a free loopback port.
+
+Never the machine's shared Redis on 6379: each ``RedisServer`` is its own
+process, started and killed by the test, and it can be killed and started
+again on the same port to make an outage. Readiness is read from the
+server's own log ("Ready to accept connections"), never waited for by sleeping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import selectors
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from typing import Any, Iterator
+
+import redis
+
+from rusty_ws.brokers.redis import channel_name, encode_envelope
+from rusty_ws.protocol import Delivery
+from support import WAIT, Client
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class RedisServer:
+    """One redis-server process on 127.0.0.1, without persistence."""
+
+    def __init__(self, port: int | None = None) -> None:
+        assert REDIS_SERVER, "redis-server is missing: scripts/test.sh installs it"
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix="rusty_ws-redis-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start the server; return once it accepts connections."""
+        assert self.process is None, "already running"
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir, "--loglevel", "notice"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        self._wait_for_line(b"Ready to accept connections")
+
+    def _wait_for_line(self, wanted: bytes) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        seen = b""
+        deadline = time.monotonic() + WAIT
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            while wanted not in seen:
+                left = deadline - time.monotonic()
+                if left <= 0 or not selector.select(left):
+                    self.kill()
+                    raise AssertionError(f"redis-server did not get ready: {seen[-2000:]!r}")
+                chunk = os.read(self.process.stdout.fileno(), 65536)
+                if not chunk:
+                    raise AssertionError(f"redis-server exited: {seen[-2000:]!r}")
+                seen += chunk
+        # Nothing reads the log from now on: stop redis from blocking on a full pipe.
+        self.process.stdout.close()
+
+    def kill(self) -> None:
+        """SIGKILL the server (no goodbye to its clients) and reap it."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(WAIT)
+            if self.process.stdout and not self.process.stdout.closed:
+                self.process.stdout.close()
+            self.process = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=WAIT)
+
+    def numsub(self, channel: bytes) -> int:
+        with contextlib.closing(self.client()) as client:
+            return dict(client.pubsub_numsub(channel))[channel]
+
+    def channels(self, pattern: str = "*") -> set[bytes]:
+        with contextlib.closing(self.client()) as client:
+            return set(client.pubsub_channels(pattern))
+
+    def subscriber_channels(self) -> dict[str, int]:
+        """Channels each rusty_ws node subscribes to, from CLIENT LIST (name -> sub count)."""
+        with contextlib.closing(self.client()) as client:
+            return {entry["name"]: int(entry["sub"]) for entry in client.client_list()
+                    if entry["name"].startswith("rusty_ws-") and int(entry["sub"])}
+
+    def close(self) -> None:
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+SENTINEL = "Sentinel"
+
+
+def read_until_sentinel(client: Client, limit: int = 10_000) -> list[dict[str, Any]]:
+    """Every delivery before the next sentinel, which marks the end of what was published before it.
+
+    Redis hands a node the messages of all channels in the order it took the
+    PUBLISHes, so a sentinel published after the real messages arrives after
+    every one of them that was meant for this client, from whichever node.
+    """
+    got = []
+    for _ in range(limit):
+        message = json.loads(client.recv())
+        if message["topic"] == SENTINEL:
+            return got
+        got.append(message)
+    raise AssertionError(f"no sentinel among {limit} frames")
+
+
+def publish_sentinel(redis_server: RedisServer, session: str, prefix: str = "rusty_ws") -> None:
+    """Publish the sentinel straight into Redis, as a node named ``test-sentinel`` would.
+
+    Not through a hub: a hub delivers to its own clients at once, which could
+    overtake messages from other nodes still on their way to it through Redis.
+    Through Redis, every node gets the sentinel after everything Redis took before it.
+    """
+    sentinel = Delivery(publisher_name="test", topic=SENTINEL, payload="end",
+                        timestamp="2024-01-24T10:25:37Z", session_id=session)
+    with contextlib.closing(redis_server.client()) as client:
+        client.publish(channel_name(prefix, SENTINEL, session), encode_envelope("test-sentinel", sentinel))

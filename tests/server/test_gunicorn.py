@@ -1,0 +1,188 @@
+"""The hub under real gunicorn masters (gthread: several processes, several threads each) on one Redis.
+
+The command is the one ``docs/scaling.md`` gives. Clients cannot choose the
+worker that accepts them, so the seed's scenario runs over two masters of two
+workers each (one with --preload, whose workers are forked after the app, and
+its broker, were made): whichever worker each client lands on, every delivery
+must arrive exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from types import SimpleNamespace
+from typing import Iterator
+
+import pytest
+import websocket
+from gunicorn.config import KNOWN_SETTINGS
+
+from rusty_ws import create_app
+from rusty_ws import gunicorn_conf
+from redis_support import SENTINEL, RedisServer, free_port, publish_sentinel, read_until_sentinel, redis_server
+from support import SECRET, WAIT, Client, http
+from test_seed_scenario import PUBLISHES, SUBSCRIPTIONS, check_deliveries
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_SETTINGS = {setting.name for setting in KNOWN_SETTINGS}
+
+
+class Gunicorn:
+    """One gunicorn master and its workers, on a free loopback port; its log is kept in ``lines``."""
+
+    def __init__(self, redis_url: str, *, workers: int, threads: int, max_connections: int,
+                 preload: bool = False) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="rusty_ws-gunicorn-")
+        command = [sys.executable, "-m", "gunicorn", "-c", "python:rusty_ws.gunicorn_conf",
+                   "--workers", str(workers), "--threads", str(threads),
+                   "--bind", f"127.0.0.1:{self.port}", "--graceful-timeout", "10"]
+        if preload:
+            command.append("--preload")
+        if "control_socket" in _SETTINGS:  # newer gunicorns open one in $HOME unless told otherwise
+            command += ["--control-socket", os.path.join(self.dir, "gunicorn.ctl")]
+        command.append("rusty_ws:create_app()")
+        env = dict(os.environ, RUSTY_WS_BROKER_URL=redis_url, JWT_SECRET_KEY=SECRET,
+                   RUSTY_WS_MAX_CONNECTIONS=str(max_connections))
+        self.lines: list[str] = []
+        self._lines_lock = threading.Lock()
+        self._listening = threading.Event()
+        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self._reader = threading.Thread(target=self._read_log, name="test-gunicorn-log", daemon=True)
+        self._reader.start()
+        if not self._listening.wait(WAIT * 3):
+            self.stop()
+            raise AssertionError("gunicorn did not start:\n" + self.log)
+
+    def _read_log(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:  # ends at EOF, when the master has exited
+            with self._lines_lock:
+                self.lines.append(line)
+            if "Listening at:" in line:
+                self._listening.set()
+
+    @property
+    def log(self) -> str:
+        with self._lines_lock:
+            return "".join(self.lines)
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def connect(self) -> Client:
+        return Client(self.ws_url)
+
+    def terminate(self) -> int:
+        """SIGTERM the master (a graceful stop) and return its exit status."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(WAIT * 3)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self.terminate()
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(WAIT)
+        self._reader.join(WAIT)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def gunicorn(redis_url: str, **options: object) -> Iterator[Gunicorn]:
+    master = Gunicorn(redis_url, **options)  # type: ignore[arg-type]
+    try:
+        yield master
+    finally:
+        master.stop()
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    with redis_server() as server:
+        yield server
+
+
+def test_seed_scenario_over_two_gunicorn_masters(redis: RedisServer) -> None:
+    with gunicorn(redis.url, workers=2, threads=8, max_connections=6) as plain, \
+            gunicorn(redis.url, workers=2, threads=8, max_connections=6, preload=True) as preloaded:
+        masters = [plain, preloaded]
+        clients = {name: masters[i % 2].connect() for i, name in enumerate(SUBSCRIPTIONS)}
+        try:
+            for name, (session, topics) in SUBSCRIPTIONS.items():
+                client = clients[name]
+                client.send(f"register-name:{name}")
+                for topic in [*topics, SENTINEL]:
+                    client.send(f"subscribe:{topic}|{session}")
+                assert client.sync() == [], f"{name} got replies to its set-up"
+            received: dict[str, list[dict]] = {name: [] for name in SUBSCRIPTIONS}
+            for name, topic in PUBLISHES:
+                message = {"publisher_name": name, "topic": topic, "payload": f"{topic} from {name}",
+                           "timestamp": "2024-01-24T10:25:37Z", "session_id": SUBSCRIPTIONS[name][0]}
+                replies = clients[name].command("publish-json:" + json.dumps(message))
+                received[name] += [json.loads(reply) for reply in replies]
+            for session in ("session-A", "session-B"):
+                publish_sentinel(redis, session)
+            for name, client in clients.items():
+                received[name] += read_until_sentinel(client)
+            check_deliveries(received)
+            for client in clients.values():
+                assert client.sync() == []
+            # Every worker that serves has its own node id (the preloaded ones too).
+            nodes = set(redis.subscriber_channels())
+            assert len(nodes) >= 2, nodes
+        finally:
+            for client in clients.values():
+                client.close()
+        for master in masters:
+            assert master.terminate() == 0, master.log
+        assert "Traceback" not in plain.log + preloaded.log, plain.log + preloaded.log
+
+
+def test_connection_limit_below_threads_and_sigterm_closes_with_4200(redis: RedisServer) -> None:
+    with gunicorn(redis.url, workers=1, threads=4, max_connections=3) as master:
+        clients = [master.connect() for _ in range(3)]
+        try:
+            for client in clients:
+                assert client.command("subscribe:T|s") == []
+            # The fourth WebSocket is refused, and the thread left over still answers HTTP.
+            with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+                master.connect()
+            assert refused.value.status_code == 503
+            status, _, health = http("GET", f"http://127.0.0.1:{master.port}/healthz")
+            assert status == 200 and health["connections"] == 3
+            assert health["broker"]["name"] == "redis" and health["broker"]["connected"] is True
+
+            master.process.send_signal(signal.SIGTERM)
+            # Told to reconnect now, long before gunicorn's graceful timeout (10 s).
+            assert [client.recv_close()[0] for client in clients] == [4200, 4200, 4200]
+            assert master.process.wait(WAIT) == 0, master.log
+        finally:
+            for client in clients:
+                client.close()
+
+
+def test_worker_hook_reports_a_connection_limit_that_starves_http(
+    redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app({"RUSTY_WS_JWT_SECRET_KEY": SECRET, "RUSTY_WS_BROKER_URL": redis.url,
+                      "RUSTY_WS_MAX_CONNECTIONS": 8})
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        gunicorn_conf.post_worker_init(SimpleNamespace(wsgi=app, cfg=SimpleNamespace(threads=8),
+                                                       handle_exit=lambda *_: None))
+        assert "RUSTY_WS_MAX_CONNECTIONS=8 is not below --threads=8" in caplog.text
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        app.extensions["rusty_ws"].hub.shutdown(WAIT)

@@ -1,0 +1,145 @@
+"""Three hubs on one Redis behind nginx, configured with the snippet of ``docs/scaling.md``.
+
+The test takes the ``nginx`` block from the docs as it is, puts loopback ports
+where the docs say ``nodeN.internal:8081`` and ``listen 80``, and runs the
+seed's scenario through it: so the documented configuration is the tested one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+from typing import Iterator
+
+import pytest
+
+from redis_support import SENTINEL, RedisServer, free_port, publish_sentinel, read_until_sentinel, redis_server
+from support import WAIT, Client, http, running_server
+from test_seed_scenario import PUBLISHES, SUBSCRIPTIONS, check_deliveries
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+
+
+def documented_snippet() -> str:
+    with open(os.path.join(ROOT, "docs", "scaling.md"), encoding="utf-8") as handle:
+        text = handle.read()
+    [block] = re.findall(r"```nginx\n(.*?)```", text, re.S)
+    return block
+
+
+def nginx_conf(snippet: str, node_ports: list[int], port: int, work_dir: str) -> str:
+    body = snippet.replace("listen 80;", f"listen 127.0.0.1:{port};")
+    for number, node_port in enumerate(node_ports, 1):
+        body = body.replace(f"node{number}.internal:8081", f"127.0.0.1:{node_port}")
+    assert ".internal" not in body and "listen 80;" not in body, body
+    temp = "\n".join(f"    {kind}_temp_path {work_dir}/{kind};"
+                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return (f"daemon off;\nmaster_process on;\nworker_processes 1;\npid {work_dir}/nginx.pid;\n"
+            f"error_log stderr notice;\nevents {{ worker_connections 256; }}\n"
+            f"http {{\n    access_log off;\n{temp}\n{body}\n}}\n")
+
+
+class Nginx:
+    """nginx in the foreground, on a free loopback port; ready once its master has forked a worker."""
+
+    def __init__(self, conf: str, port: int, work_dir: str) -> None:
+        assert NGINX, "nginx is missing: scripts/test.sh installs it"
+        self.port = port
+        path = os.path.join(work_dir, "nginx.conf")
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(conf)
+        command = [NGINX, "-p", work_dir, "-c", path, "-e", "stderr"]
+        checked = subprocess.run([*command, "-t"], capture_output=True, text=True, timeout=WAIT * 3)
+        assert checked.returncode == 0, checked.stderr
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE, text=True)
+        self._reader = threading.Thread(target=self._read_log, name="test-nginx-log", daemon=True)
+        self._reader.start()
+        if not self._ready.wait(WAIT * 3):
+            self.stop()
+            raise AssertionError("nginx did not start:\n" + "".join(self.lines))
+
+    def _read_log(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+            if "start worker process" in line:  # the master listens before it forks workers
+                self._ready.set()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(WAIT * 3)
+        self._reader.join(WAIT)
+
+
+@contextlib.contextmanager
+def nginx_in_front_of(node_ports: list[int]) -> Iterator[Nginx]:
+    work_dir = tempfile.mkdtemp(prefix="rusty_ws-nginx-")
+    port = free_port()
+    proxy = Nginx(nginx_conf(documented_snippet(), node_ports, port, work_dir), port, work_dir)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    with redis_server() as server:
+        yield server
+
+
+def test_the_documented_snippet_names_three_nodes() -> None:
+    snippet = documented_snippet()
+    assert [f"node{n}.internal:8081" in snippet for n in (1, 2, 3)] == [True] * 3
+    assert "proxy_set_header Upgrade $http_upgrade;" in snippet and "proxy_read_timeout" in snippet
+
+
+def test_seed_scenario_through_nginx_in_front_of_three_nodes(redis: RedisServer) -> None:
+    with contextlib.ExitStack() as stack:
+        hubs = [stack.enter_context(running_server(broker_url=redis.url)) for _ in range(3)]
+        proxy = stack.enter_context(nginx_in_front_of([hub.port for hub in hubs]))
+        base = f"127.0.0.1:{proxy.port}"
+        assert http("GET", f"http://{base}/healthz")[2]["broker"]["connected"] is True
+        clients: dict[str, Client] = {}
+        try:
+            for name, (session, topics) in SUBSCRIPTIONS.items():
+                # Log in through nginx (any node), then connect through nginx (any node).
+                status, _, reply = http("POST", f"http://{base}/auth/token",
+                                        {"username": "testuser", "password": "password", "session_id": session})
+                assert status == 200, reply
+                client = clients[name] = Client(f"ws://{base}/ws?token={reply['token']}")
+                client.send(f"register-name:{name}")
+                for topic in [*topics, SENTINEL]:
+                    client.send(f"subscribe:{topic}|{session}")
+                assert client.sync() == [], f"{name} got replies to its set-up"
+            # least_conn spread the four long-lived connections over the nodes.
+            per_hub = [hub.hub.counts()["connections"] for hub in hubs]
+            assert sum(per_hub) == 4 and sorted(per_hub) == [1, 1, 2], per_hub
+
+            received: dict[str, list[dict]] = {name: [] for name in SUBSCRIPTIONS}
+            for name, topic in PUBLISHES:
+                message = {"publisher_name": name, "topic": topic, "payload": f"{topic} from {name}",
+                           "timestamp": "2024-01-24T10:25:37Z", "session_id": SUBSCRIPTIONS[name][0]}
+                replies = clients[name].command("publish-json:" + json.dumps(message))
+                received[name] += [json.loads(reply) for reply in replies]
+            for session in ("session-A", "session-B"):
+                publish_sentinel(redis, session)
+            for name, client in clients.items():
+                received[name] += read_until_sentinel(client)
+            check_deliveries(received)
+        finally:
+            for client in clients.values():
+                client.close()

@@ -1,0 +1,361 @@
+"""Several hubs on one private Redis: cross-node delivery, interest tracking, outages, hostile data.
+
+Each node is a real hub on its own loopback port, with its own ``RedisBroker``
+(its own node id, listener thread and Redis connections), all sharing one
+redis-server that the test starts on a free port. Delivery to other nodes is
+asynchronous, so a ping/pong barrier proves nothing about them; the tests wait
+for a sentinel published after the real messages (Redis keeps the order in
+which it took the PUBLISHes), or for a known message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import threading
+from typing import Iterator
+
+import pytest
+
+from rusty_ws import create_app
+from rusty_ws.brokers.redis import RedisBroker, channel_name
+from redis_support import (
+    SENTINEL,
+    RedisServer,
+    free_port,
+    publish_sentinel,
+    read_until_sentinel,
+    redis_server,
+)
+from support import WAIT, Client, RunningServer, http, login, running_server
+from test_seed_scenario import EXPECTED, PUBLISHES, SUBSCRIPTIONS, check_deliveries
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    with redis_server() as server:
+        yield server
+
+
+@contextlib.contextmanager
+def nodes(count: int, url: str, **overrides: object) -> Iterator[list[RunningServer]]:
+    """``count`` hubs on their own ports, all on the Redis at ``url``."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(running_server(broker_url=url, **overrides)) for _ in range(count)]
+
+
+def broker(node: RunningServer) -> RedisBroker:
+    found = node.hub.broker
+    assert isinstance(found, RedisBroker)
+    return found
+
+
+def publish(client: Client, topic: str, session: str, payload: object) -> list[str]:
+    """Publish through ``client``; return what it received before the server finished the publish."""
+    return client.command("publish-json:" + json.dumps({"topic": topic, "session_id": session,
+                                                        "payload": payload}))
+
+
+def redis_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("rusty_ws-redis-")]
+
+
+# --------------------------------------------------------------------------- the seed's scenario
+
+
+@pytest.mark.parametrize("login_on", [None, 0], ids=["anonymous", "tokens-from-node-0"])
+def test_seed_scenario_spread_over_three_nodes(redis: RedisServer, login_on: int | None) -> None:
+    with nodes(3, redis.url) as hubs:
+        where = {name: hubs[i % 3] for i, name in enumerate(SUBSCRIPTIONS)}  # Client4 shares node 0
+        clients = {}
+        for name, (session, topics) in SUBSCRIPTIONS.items():
+            token = login(hubs[login_on], session_id=session) if login_on is not None else None
+            client = clients[name] = where[name].connect(token)
+            client.send(f"register-name:{name}")
+            client.send(f"register-session:{session}")
+            for topic in [*topics, SENTINEL]:
+                client.send(f"subscribe:{topic}|{session}")
+            assert client.sync() == [], f"{name} got replies to its set-up"
+        try:
+            received: dict[str, list[dict]] = {name: [] for name in SUBSCRIPTIONS}
+            for name, topic in PUBLISHES:
+                session = SUBSCRIPTIONS[name][0]
+                message = {"publisher_name": name, "topic": topic, "payload": f"{topic} from {name}",
+                           "timestamp": "2024-01-24T10:25:37Z", "session_id": session}
+                replies = clients[name].command("publish-json:" + json.dumps(message))
+                received[name] += [json.loads(reply) for reply in replies]
+            # Published after every real message: each client's sentinel comes after all of them.
+            for session in ("session-A", "session-B"):
+                publish_sentinel(redis, session)
+            for name, client in clients.items():
+                received[name] += read_until_sentinel(client)
+            check_deliveries(received)
+            for name, messages in received.items():
+                if login_on is not None:
+                    assert [m["user"] for m in messages] == ["testuser"] * len(EXPECTED[name])
+                # Nothing more: no late duplicate, nothing from the other session.
+                assert clients[name].sync() == []
+        finally:
+            for client in clients.values():
+                client.close()
+
+
+def test_order_of_one_publisher_is_kept_on_every_node(redis: RedisServer) -> None:
+    with nodes(2, redis.url) as (a, b), a.connect() as publisher, b.connect() as far, a.connect() as near:
+        for client in (far, near):
+            client.command("subscribe:Ordered|s")
+            client.command(f"subscribe:{SENTINEL}|s")
+        for i in range(300):
+            publisher.send('publish-json:{"topic": "Ordered", "session_id": "s", "payload": %d}' % i)
+        publisher.sync()
+        for client in (far, near):
+            assert [json.loads(client.recv())["payload"] for _ in range(300)] == list(range(300))
+        publish_sentinel(redis, "s")
+        assert [read_until_sentinel(client) for client in (far, near)] == [[], []]  # and no duplicate
+
+
+def test_server_side_publish_reaches_other_nodes(redis: RedisServer) -> None:
+    with nodes(2, redis.url) as (a, b), b.connect() as client:
+        client.command("subscribe:OrderPlaced|session-shop")
+        a.app.extensions["rusty_ws"].pubsub.publish("session-shop", "OrderPlaced", {"id": 42}, app=a.app)
+        message = client.recv_json()
+        assert message["payload"] == {"id": 42} and message["publisher_name"] == "server"
+
+
+# --------------------------------------------------------------------------- interest tracking
+
+
+def test_a_node_subscribes_in_redis_only_to_what_its_clients_want(redis: RedisServer) -> None:
+    with nodes(2, redis.url) as (a, b):
+        node_a, node_b = f"rusty_ws-{broker(a).node_id}", f"rusty_ws-{broker(b).node_id}"
+        wanted = channel_name("rusty_ws", "T", "s1")
+        # Each node listens on its control channel only.
+        assert redis.subscriber_channels() == {node_a: 1, node_b: 1}
+        assert redis.channels("rusty_ws:[0-9]*") == set()
+        with a.connect() as first, a.connect() as second, b.connect() as publisher:
+            first.command("subscribe:T|s1")  # answered: Redis has it already
+            assert redis.numsub(wanted) == 1
+            second.command("subscribe:T|s1")  # a second local subscriber costs Redis nothing
+            assert redis.numsub(wanted) == 1
+            assert redis.subscriber_channels() == {node_a: 2, node_b: 1}
+            assert broker(a).status()["channels"] == 1 and broker(b).status()["channels"] == 0
+
+            # Sessions that live on node b only add nothing on node a.
+            with b.connect() as other:
+                for i in range(20):
+                    other.send(f"subscribe:T|elsewhere-{i}")
+                other.sync()
+                assert redis.subscriber_channels() == {node_a: 2, node_b: 21}
+                publish(publisher, "T", "elsewhere-3", "not for a")
+                assert json.loads(other.recv())["payload"] == "not for a"
+            b.wait_connections(1)
+            assert redis.subscriber_channels() == {node_a: 2, node_b: 1}
+
+            publish(publisher, "T", "s1", "hello")
+            assert first.recv_json()["payload"] == "hello" and second.recv_json()["payload"] == "hello"
+
+            first.command("unsubscribe:T|s1")
+            assert redis.numsub(wanted) == 1  # second still wants it
+            second.command("unsubscribe:T|s1")
+            assert redis.numsub(wanted) == 0
+            assert redis.subscriber_channels() == {node_a: 1, node_b: 1}
+
+            second.command("subscribe:Gone|s2")
+            assert redis.numsub(channel_name("rusty_ws", "Gone", "s2")) == 1
+        a.wait_connections(0)  # a connection that ends takes its subscriptions out of Redis too
+        assert redis.numsub(channel_name("rusty_ws", "Gone", "s2")) == 0
+        assert redis.channels("rusty_ws:[0-9]*") == set()
+
+
+def test_channel_prefix_keeps_deployments_apart(redis: RedisServer) -> None:
+    with running_server(broker_url=redis.url + "?channel_prefix=shop") as shop, \
+            running_server(broker_url=redis.url) as other, \
+            shop.connect() as listener, other.connect() as publisher:
+        listener.command("subscribe:T|s")
+        assert redis.channels("shop:[0-9]*") == {b"shop:1:T:s"}
+        publish(publisher, "T", "s", "other deployment")
+        listener.command(f"subscribe:{SENTINEL}|s")
+        publish_sentinel(redis, "s", prefix="shop")
+        assert read_until_sentinel(listener) == []
+
+
+# --------------------------------------------------------------------------- outages
+
+
+def test_redis_outage_local_delivery_goes_on_and_remote_resumes(redis: RedisServer) -> None:
+    with nodes(2, redis.url) as (a, b), a.connect() as publisher, a.connect() as near, \
+            b.connect() as far, b.connect() as late:
+        for client in (near, far):
+            client.command("subscribe:T|s")
+        publish(publisher, "T", "s", "before")
+        assert near.recv_json()["payload"] == "before" and far.recv_json()["payload"] == "before"
+        assert len(redis_threads()) == 2
+
+        for round_ in range(2):  # twice: nothing piles up from one outage to the next
+            redis.kill()
+            assert broker(a).wait_connected(False, WAIT) and broker(b).wait_connected(False, WAIT)
+            health = http("GET", a.http_url + "/healthz")[2]["broker"]
+            assert health["name"] == "redis" and health["connected"] is False
+
+            # Local delivery goes on; the other node cannot get it, and it is counted.
+            publish(publisher, "T", "s", f"during-{round_}")
+            assert near.recv_json()["payload"] == f"during-{round_}"
+            assert broker(a).status()["unsent"] == round_ + 1
+            # Interest that changes during the outage is taken into account on reconnect.
+            late.command(f"subscribe:Late{round_}|s")
+
+            redis.start()  # same port, empty server: the nodes must subscribe again by themselves
+            assert broker(a).wait_connected(True, WAIT) and broker(b).wait_connected(True, WAIT)
+            assert http("GET", b.http_url + "/healthz")[2]["broker"]["connected"] is True
+
+            publish(publisher, "T", "s", f"after-{round_}")
+            assert near.recv_json()["payload"] == f"after-{round_}"
+            # The outage's publish was lost for node b, not delayed: "after" is next.
+            assert far.recv_json()["payload"] == f"after-{round_}"
+            publish(publisher, f"Late{round_}", "s", "late")
+            assert late.recv_json()["payload"] == "late"
+            assert redis_threads() and len(redis_threads()) == 2
+            assert broker(b).status()["reconnects"] == round_ + 1
+        for client in (near, far, late):
+            assert client.sync() == []
+
+
+def test_a_node_starts_while_redis_is_down(caplog: pytest.LogCaptureFixture) -> None:
+    later = RedisServer(free_port())
+    try:
+        with running_server(broker_url=later.url) as node, node.connect() as sub, node.connect() as pub:
+            assert http("GET", node.http_url + "/healthz")[2]["broker"]["connected"] is False
+            sub.command("subscribe:T|s")
+            publish(pub, "T", "s", "local")
+            assert sub.recv_json()["payload"] == "local"
+            later.start()
+            assert broker(node).wait_connected(True, WAIT)
+            assert later.numsub(channel_name("rusty_ws", "T", "s")) == 1
+        assert "Redis connection lost or refused" in caplog.text
+    finally:
+        later.close()
+
+
+# --------------------------------------------------------------------------- hostile data
+
+
+GARBAGE = [
+    b"", b"not json", b"\xff\xfe\xfd", b"[1, 2]", b'{"v": 1}', b"[" * 50_000,
+    b'{"v": 1, "node": "intruder", "delivery": {"topic": "T", "session_id": "other-session",'
+    b' "publisher_name": "x", "timestamp": "t", "payload": "cross-session"}}',
+    b'{"v": 1, "node": "intruder", "delivery": {"topic": "T", "session_id": "s",'
+    b' "publisher_name": 5, "timestamp": "t", "payload": 1}}',
+    b'{"v": 1, "node": "n", "delivery": {"topic": "T", "session_id": "s", "publisher_name": "p",'
+    b' "timestamp": "t", "payload": 1e999}}',
+    b"x" * 1_000_000,
+]
+
+
+def test_garbage_on_a_channel_is_logged_and_dropped(redis: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    with nodes(1, redis.url) as (node,), node.connect() as client:
+        client.command("subscribe:T|s")
+        with redis.client() as intruder:
+            for data in GARBAGE:
+                assert intruder.publish(channel_name("rusty_ws", "T", "s"), data) == 1
+            # Also on the node's control channel: it only wakes the listener up.
+            intruder.publish(f"rusty_ws:node:{broker(node).node_id}", b"\x00garbage")
+        client.command(f"subscribe:{SENTINEL}|s")
+        publish_sentinel(redis, "s")  # after the garbage: the listener got through all of it
+        assert read_until_sentinel(client) == []
+        status = broker(node).status()
+        assert status["dropped"] == len(GARBAGE) and status["connected"] is True
+        assert caplog.text.count("no rusty_ws envelope") == len(GARBAGE)
+        # The listener is alive and well.
+        with node.connect() as publisher:
+            publish(publisher, "T", "s", "still here")
+        assert client.recv_json()["payload"] == "still here"
+
+
+# --------------------------------------------------------------------------- settings and health
+
+
+def test_healthz_names_the_broker_and_its_state(redis: RedisServer) -> None:
+    with nodes(1, redis.url) as (node,):
+        health = http("GET", node.http_url + "/healthz")[2]["broker"]
+        assert health == {"name": "redis", "connected": True, "node": broker(node).node_id,
+                          "channels": 0, "unsent": 0, "dropped": 0, "reconnects": 0}
+
+
+def test_a_generated_secret_with_redis_is_an_error_in_the_log(
+    redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app({"RUSTY_WS_BROKER_URL": redis.url, "RUSTY_WS_JWT_SECRET_KEY": None})
+    try:
+        [record] = [r for r in caplog.records if "JWT_SECRET_KEY" in r.getMessage()]
+        assert record.levelno == logging.ERROR
+        assert "REFUSED by every other node" in record.getMessage()
+    finally:
+        app.extensions["rusty_ws"].hub.shutdown(WAIT)
+
+
+def test_tokens_of_one_node_work_on_the_others(redis: RedisServer) -> None:
+    with nodes(2, redis.url) as (a, b):
+        token = login(a, session_id="session-A")
+        status, _, reply = http("POST", b.http_url + "/auth/refresh",
+                                headers={"Authorization": f"Bearer {token}"})
+        assert status == 200 and reply["session_id"] == "session-A"
+        with b.connect(token) as client:
+            assert client.command("subscribe:T|session-A") == []
+
+
+def test_a_redis_that_stops_answering_is_noticed_by_the_keepalive(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGSTOP keeps Redis' sockets open but silent: only the listener's own PING can tell."""
+    import rusty_ws.brokers.redis as module
+
+    for name, value in dict(POLL_INTERVAL=0.05, KEEPALIVE_INTERVAL=0.2, KEEPALIVE_TIMEOUT=0.2).items():
+        monkeypatch.setattr(module, name, value)
+    with nodes(1, redis.url) as (node,), node.connect() as client:
+        client.command("subscribe:T|s")
+        assert redis.process is not None
+        redis.process.send_signal(signal.SIGSTOP)
+        try:
+            assert broker(node).wait_connected(False, WAIT)
+            assert http("GET", node.http_url + "/healthz")[2]["broker"]["connected"] is False
+            with node.connect() as publisher:  # not connected: publishing does not wait for Redis
+                publish(publisher, "T", "s", "local")
+            assert client.recv_json()["payload"] == "local"
+        finally:
+            redis.process.send_signal(signal.SIGCONT)
+        assert broker(node).wait_connected(True, WAIT * 3)
+        assert redis.numsub(channel_name("rusty_ws", "T", "s")) == 1
+        assert len(redis_threads()) == 1
+
+
+def test_racing_subscribes_and_unsubscribes_leave_redis_matching_the_registry(redis: RedisServer) -> None:
+    """First-subscriber and last-unsubscriber calls can reach the broker out of order; it must not care."""
+    topics = [f"T{i}" for i in range(4)]
+    with nodes(1, redis.url) as (node,):
+        clients = [node.connect() for _ in range(6)]
+        try:
+            def churn(client: Client, seed: int) -> None:
+                for round_ in range(60):
+                    topic = topics[(seed + round_) % len(topics)]
+                    verb = "subscribe" if (seed * 7 + round_) % 3 else "unsubscribe"
+                    client.send(f"{verb}:{topic}|s")
+                client.sync()
+
+            threads = [threading.Thread(target=churn, args=(client, seed), name=f"test-churn-{seed}")
+                       for seed, client in enumerate(clients)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(WAIT * 3)
+                assert not thread.is_alive()
+            held = set(node.hub.registry.keys())
+            for topic in topics:
+                assert redis.numsub(channel_name("rusty_ws", topic, "s")) == int((topic, "s") in held), topic
+            assert broker(node).status()["channels"] == len(held)
+        finally:
+            for client in clients:
+                client.close()
+        node.wait_connections(0)
+        assert all(redis.numsub(channel_name("rusty_ws", topic, "s")) == 0 for topic in topics)

@@ -1,0 +1,131 @@
+"""The Redis broker's pure parts (redis_codec): channel names, the envelope, the URL option."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+
+import pytest
+
+from rusty_ws.brokers.redis_codec import (
+    channel_name,
+    control_channel,
+    decode_envelope,
+    encode_envelope,
+    key_of_channel,
+    split_url,
+)
+from rusty_ws.protocol import Delivery
+
+AWKWARD = ["a", "a:b", ":", "::", "1:a", "a:1", "é", "日本", "\ud800", "x" * 300, "rusty_ws:3:a:b", " ", "*?[]"]
+
+
+class TestChannelNames:
+    def test_readable(self) -> None:
+        assert channel_name("rusty_ws", "DetectCustomerEvent", "session-A") == \
+            b"rusty_ws:19:DetectCustomerEvent:session-A"
+
+    def test_length_is_in_utf8_bytes(self) -> None:
+        assert channel_name("p", "é", "s") == "p:2:é:s".encode()
+
+    @pytest.mark.parametrize("topic,session", list(itertools.product(AWKWARD, repeat=2)))
+    def test_round_trip(self, topic: str, session: str) -> None:
+        assert key_of_channel("rusty_ws", channel_name("rusty_ws", topic, session)) == (topic, session)
+
+    def test_unambiguous_for_every_pair(self) -> None:
+        pairs = list(itertools.product(AWKWARD, repeat=2))
+        names = {channel_name("rusty_ws", topic, session) for topic, session in pairs}
+        assert len(names) == len(pairs)
+
+    def test_colons_cannot_shift_the_split(self) -> None:
+        # Plain "topic:session" would give both of these "a:b:c".
+        assert channel_name("p", "a:b", "c") != channel_name("p", "a", "b:c")
+
+    @pytest.mark.parametrize("channel", [
+        b"other:1:a:b", b"rusty_ws:node:abc", b"rusty_ws:x:a:b", b"rusty_ws:5:a:b", b"rusty_ws:01:a:b",
+        b"rusty_ws:1:ab", b"rusty_ws:", b"rusty_ws:2:\xff\xfe:s",
+    ])
+    def test_other_channels_are_no_key(self, channel: bytes) -> None:
+        assert key_of_channel("rusty_ws", channel) is None
+
+    def test_control_channel_is_never_a_pair(self) -> None:
+        assert key_of_channel("rusty_ws", control_channel("rusty_ws", "node-1")) is None
+
+
+def delivery(**fields: object) -> Delivery:
+    base = dict(publisher_name="Client1", topic="T", payload={"n": [1, 2.5, None]},
+                timestamp="2024-01-24T10:25:37Z", session_id="s")
+    base.update(fields)
+    return Delivery(**base)  # type: ignore[arg-type]
+
+
+class TestEnvelope:
+    @pytest.mark.parametrize("sent", [
+        delivery(), delivery(user="alice"), delivery(payload=None), delivery(payload="日本 \ud800"),
+        delivery(topic="a:b", session_id="c:d"),
+    ])
+    def test_round_trip(self, sent: Delivery) -> None:
+        node, received = decode_envelope(encode_envelope("node-1", sent), (sent.topic, sent.session_id))
+        assert node == "node-1"
+        assert received == sent and received.to_dict() == sent.to_dict()
+
+    @pytest.mark.parametrize("data", [
+        b"", b"garbage", b"\xff\xfe", b"[]", b"null", b"{}", b'{"v": 2, "node": "n", "delivery": {}}',
+        b'{"v": 1, "node": 5, "delivery": {}}',
+        b'{"v": 1, "node": "n", "delivery": []}',
+        b'{"v": 1, "node": "n", "delivery": {"topic": "T", "session_id": "other", "publisher_name": "p",'
+        b' "timestamp": "t", "payload": 1}}',
+        b'{"v": 1, "node": "n", "delivery": {"topic": "T", "session_id": "s", "publisher_name": 1,'
+        b' "timestamp": "t", "payload": 1}}',
+        b'{"v": 1, "node": "n", "delivery": {"topic": "T", "session_id": "s", "publisher_name": "p",'
+        b' "timestamp": "t", "payload": 1, "user": []}}',
+        b'{"v": 1, "node": "n", "delivery": {"topic": "T", "session_id": "s", "publisher_name": "p",'
+        b' "timestamp": "t"}}',
+        b'{"v": 1, "node": "n", "delivery": {"topic": "T", "session_id": "s", "publisher_name": "p",'
+        b' "timestamp": "t", "payload": NaN}}',
+        b"[" * 100_000,
+    ])
+    def test_refuses_what_no_node_sends(self, data: bytes) -> None:
+        with pytest.raises(ValueError):
+            decode_envelope(data, ("T", "s"))
+
+
+class TestUrl:
+    def test_default_prefix(self) -> None:
+        assert split_url("redis://h:1/0") == ("redis://h:1/0", "rusty_ws")
+
+    def test_prefix_option_is_removed_others_kept(self) -> None:
+        assert split_url("redis://h:1/2?channel_prefix=shop&socket_timeout=3") == \
+            ("redis://h:1/2?socket_timeout=3", "shop")
+
+    @pytest.mark.parametrize("prefix", ["", "a:b"])
+    def test_bad_prefix(self, prefix: str) -> None:
+        with pytest.raises(ValueError):
+            split_url(f"redis://h:1/0?channel_prefix={prefix}")
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+class TestLazyImport:
+    def test_the_hub_does_not_load_redis_until_a_redis_broker_is_asked_for(self) -> None:
+        code = ("import sys; from rusty_ws import create_app; from rusty_ws.brokers import broker_from_url; "
+                "broker_from_url('memory://'); create_app(); print('redis' in sys.modules)")
+        assert run_python(code).stdout.split()[-1] == "False"
+
+    def test_a_redis_url_without_the_package_says_which_extra_to_install(self) -> None:
+        code = ("import sys; sys.modules['redis'] = None\n"
+                "from rusty_ws.brokers import broker_from_url\n"
+                "try:\n    broker_from_url('redis://127.0.0.1:1/0')\n"
+                "except RuntimeError as exc:\n    print(exc)")
+        assert "pip install 'rusty_ws[redis]'" in run_python(code).stdout
+
+    def test_a_bad_url_fails_when_the_app_is_made(self) -> None:
+        from rusty_ws.brokers import broker_from_url
+
+        with pytest.raises(ValueError):
+            broker_from_url("redis://127.0.0.1:1/0?channel_prefix=a:b")
+        with pytest.raises(ValueError):
+            broker_from_url("kafka://127.0.0.1:1")
