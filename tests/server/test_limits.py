@@ -17,6 +17,8 @@ from support import WAIT, Client, RawSocket, RunningServer, http, running_server
 def test_connection_limit_refuses_before_the_upgrade_and_http_still_answers() -> None:
     with running_server(max_connections=3) as server:
         clients = [server.connect() for _ in range(3)]
+        for client in clients:
+            client.sync()  # the server has registered it once it answers
         with pytest.raises(websocket.WebSocketBadStatusException) as refused:
             server.connect()
         assert refused.value.status_code == 503
