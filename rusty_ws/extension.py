@@ -124,10 +124,14 @@ class PubSub:
             tokens=TokenService(secret, settings.jwt_expiration_seconds),
             users=users,
         )
+        try:
+            app.register_blueprint(make_blueprint(state), url_prefix=url_prefix or self.url_prefix)
+        except BaseException:
+            state.hub.shutdown(0)  # the broker may have started a thread already
+            raise
         app.extensions[EXTENSION_KEY] = state
         sock_options = app.config.setdefault("SOCK_SERVER_OPTIONS", {})
         sock_options["thread_class"] = reader_thread_class(sock_options.get("thread_class"))
-        app.register_blueprint(make_blueprint(state), url_prefix=url_prefix or self.url_prefix)
         app.cli.add_command(commands.group)
         self._apps.append(app)
 

@@ -157,7 +157,8 @@ class Hub:
             connection.close(CloseCode.SERVER_RESTARTING, CLOSE_CODE_EXPLANATIONS[4200])
         deadline = time.monotonic() + timeout
         if not self.wait_connections(0, timeout):
-            left = len(self._connections)
+            with self._connections_lock:
+                left = len(self._connections)
             logger.warning("! %d connections still open after %.1fs; dropping them", left, timeout)
         self.broker.stop()
         self.writer.stop(max(0.1, deadline - time.monotonic()))

@@ -220,3 +220,14 @@ def test_command_line_servers(how: str) -> None:
             process.terminate()
             process.wait(WAIT)
         process.stdout.close()
+
+
+def test_a_failed_init_app_leaves_no_thread() -> None:
+    app = Flask("clash")
+    app.config.update(hub_config())
+    from flask import Blueprint
+
+    app.register_blueprint(Blueprint("rusty_ws", __name__))  # the app already uses our blueprint name
+    with pytest.raises(ValueError):
+        PubSub(app)
+    assert "rusty_ws" not in app.extensions
