@@ -62,6 +62,8 @@ TEXT, BINARY, PING, PONG, CLOSE, TOO_BIG, FAILED = "text", "binary", "ping", "po
 _OP_CONTINUATION, _OP_BINARY = 0x0, 0x2
 _CONTROL = (OP_CLOSE, OP_PING, OP_PONG)
 _ZERO_MASK = b"\0\0\0\0"
+#: A continuation frame of a refused message: dropped, never reported.
+_SKIPPED = ("skipped",)
 #: Close codes a peer may send (RFC 6455 7.4): 1000-1003, 1007-1011, 3000-4999.
 _VALID_CLOSE = set(range(1000, 1004)) | set(range(1007, 1012)) | set(range(3000, 5000))
 
@@ -83,11 +85,12 @@ class FrameParser:
     - ``(PING, bytes)``, ``(PONG, bytes)``: control frames;
     - ``(CLOSE, code, reason)``: the peer's close frame (code 1005 when it had none);
     - ``(TOO_BIG,)``: a message would exceed ``max_message_size``; checked from the
-      frame headers, before the payload is buffered;
+      frame headers. The refused message's bytes are then skipped unread, so the
+      peer's answer to the close that follows is still seen;
     - ``(FAILED, code, reason)``: the peer broke the protocol (1002) or sent text
       that is not UTF-8 (1007).
 
-    After CLOSE, TOO_BIG or FAILED the parser ignores everything else.
+    After CLOSE or FAILED the parser ignores everything else.
     """
 
     def __init__(self, max_message_size: int) -> None:
@@ -96,11 +99,18 @@ class FrameParser:
         self._fragments: list[bytes] = []
         self._fragment_opcode: int | None = None
         self._message_size = 0
+        self._skip = 0              # bytes of a refused message still to drop as they arrive
+        self._discarding = False    # continuation frames belong to a refused message
         self._done = False
 
     def feed(self, data: bytes) -> list[tuple]:
         if self._done:
             return []
+        if self._skip:
+            if len(data) <= self._skip:
+                self._skip -= len(data)
+                return []
+            data, self._skip = data[self._skip:], 0
         buffer = self._buffer
         buffer += data
         events: list[tuple] = []
@@ -118,25 +128,34 @@ class FrameParser:
                     break
                 length = int.from_bytes(buffer[start:start + 8], "big")
                 start += 8
+            frame_end = start + 4 + length
             error = self._check_header(first, second, length)
             if error is not None:
                 events.append(error)
-                break
-            if end - start < 4 + length:
+                if error[0] is FAILED:
+                    break
+                # TOO_BIG, or the rest of a message refused as too big: drop it unread.
+                if frame_end > end:
+                    self._skip = frame_end - end
+                    position = end
+                    break
+                position = frame_end
+                continue
+            if end < frame_end:
                 break  # the rest of the frame has not arrived yet
             mask = bytes(buffer[start:start + 4])
-            payload = _unmask(bytes(buffer[start + 4:start + 4 + length]), mask)
-            position = start + 4 + length
+            payload = _unmask(bytes(buffer[start + 4:frame_end]), mask)
+            position = frame_end
             event = self._frame(first & 0x80, first & 0x0F, payload)
             if event is not None:
                 events.append(event)
                 if event[0] in (CLOSE, FAILED):
                     break
         del buffer[:position]
-        if events and events[-1][0] in (CLOSE, TOO_BIG, FAILED):
+        if events and events[-1][0] in (CLOSE, FAILED):
             self._done = True
             buffer.clear()
-        return events
+        return [event for event in events if event is not _SKIPPED]
 
     def _check_header(self, first: int, second: int, length: int) -> tuple | None:
         """Refuse a frame from its header alone: before its payload is waited for."""
@@ -153,7 +172,12 @@ class FrameParser:
             return (FAILED, 1002, f"unknown opcode {opcode}")
         if length >> 63:
             return (FAILED, 1002, "frame length out of range")
+        if self._discarding and opcode == _OP_CONTINUATION:
+            self._discarding = not first & 0x80
+            return _SKIPPED
         if self._message_size + length > self.max_message_size:
+            self._discarding = not first & 0x80
+            self._fragments, self._fragment_opcode, self._message_size = [], None, 0
             return (TOO_BIG,)
         return None
 

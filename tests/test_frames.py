@@ -124,14 +124,30 @@ class TestFrameParser:
 
     def test_too_big_is_caught_from_the_header(self) -> None:
         parser = FrameParser(100)
-        header_only = client(b"x" * 101)[:8]  # header and mask, no payload yet
+        header_only = client(b"x" * 101)[:6]  # header and mask, no payload yet
         assert parser.feed(header_only) == [(TOO_BIG,)]
-        assert parser.feed(b"x" * 1000) == []
+        assert parser.feed(b"x" * 101) == []  # the payload, dropped unread
+        assert parser.feed(client(b"next")) == [(TEXT, "next")]
 
     def test_too_big_across_fragments(self) -> None:
         parser = FrameParser(100)
         assert parser.feed(client(b"x" * 60, fin=False)) == []
         assert parser.feed(client(b"x" * 41, opcode=0x0)) == [(TOO_BIG,)]
+
+    def test_a_refused_message_is_skipped_and_the_close_after_it_is_seen(self) -> None:
+        parser = FrameParser(100)
+        big = client(b"x" * 5000)
+        close = client(struct.pack("!H", 1009), opcode=0x8)
+        events = []
+        for start in range(0, len(big + close), 700):  # in pieces, like reads from a socket
+            events += parser.feed((big + close)[start:start + 700])
+        assert events == [(TOO_BIG,), (CLOSE, 1009, "")]
+
+    def test_the_continuations_of_a_refused_message_are_skipped(self) -> None:
+        parser = FrameParser(100)
+        data = (client(b"x" * 101, fin=False) + client(b"y" * 50, opcode=0x0, fin=False)
+                + client(b"z" * 50, opcode=0x0) + client(b"ok"))
+        assert parser.feed(data) == [(TOO_BIG,), (TEXT, "ok")]
 
     def test_exactly_at_the_limit(self) -> None:
         assert FrameParser(100).feed(client(b"x" * 50, fin=False) + client(b"y" * 50, opcode=0x0)) == [
