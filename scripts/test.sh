@@ -15,5 +15,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# The JavaScript client's tests run under Node's own test runner; Debian's nodejs (18) is too old.
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if [ "$node_major" -lt 20 ]; then
+  echo "Node.js 20 or newer is needed for tests/js (found: $(node --version 2>/dev/null || echo none))" >&2
+  exit 1
+fi
+(cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
+
 scripts/setup-env.sh test
 exec .venv/bin/python -m pytest "$@"
