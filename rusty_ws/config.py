@@ -28,6 +28,8 @@ USERS_FILE: str | None = None
 REQUIRE_AUTH = False
 #: Origins allowed to call the HTTP endpoints and to open WebSockets: "*" or a list.
 CORS_ORIGINS: str | list[str] = "*"
+#: Serve the hub's web page at the hub's root (``<url_prefix>/``); the JS modules are always served.
+SERVE_PAGE = True
 #: Largest incoming message, in bytes; bigger ones close the connection with 1009.
 MAX_MESSAGE_SIZE = 1024 * 1024
 #: Subscriptions one connection may hold.
@@ -53,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
         USERS_FILE=USERS_FILE,
         REQUIRE_AUTH=REQUIRE_AUTH,
         CORS_ORIGINS=CORS_ORIGINS,
+        SERVE_PAGE=SERVE_PAGE,
         MAX_MESSAGE_SIZE=MAX_MESSAGE_SIZE,
         MAX_SUBSCRIPTIONS=MAX_SUBSCRIPTIONS,
         MAX_CONNECTIONS=MAX_CONNECTIONS,
@@ -127,6 +130,7 @@ class Settings:
     users_file: str | None
     require_auth: bool
     cors_origins: tuple[str, ...]
+    serve_page: bool
     max_message_size: int
     max_subscriptions: int
     max_connections: int
@@ -159,6 +163,7 @@ class Settings:
             users_file=get("USERS_FILE") or None,
             require_auth=_flag(get("REQUIRE_AUTH")),
             cors_origins=_origins(get("CORS_ORIGINS")),
+            serve_page=_flag(get("SERVE_PAGE")),
             max_message_size=int(_positive("MAX_MESSAGE_SIZE", get("MAX_MESSAGE_SIZE"))),
             max_subscriptions=int(_positive("MAX_SUBSCRIPTIONS", get("MAX_SUBSCRIPTIONS"))),
             max_connections=int(_positive("MAX_CONNECTIONS", get("MAX_CONNECTIONS"))),

@@ -1,4 +1,9 @@
-"""The HTTP side: ``/ws``, ``/auth/token``, ``/auth/refresh``, ``/healthz``, and CORS.
+"""The HTTP side: ``/ws``, ``/auth/token``, ``/auth/refresh``, ``/healthz``, CORS, and the web page.
+
+The JavaScript modules in ``static/`` are served at ``<prefix>/rusty_ws/`` (not
+``/static/``, which belongs to the app that embeds the hub), with the same CORS
+headers as the API, so pages on other origins can ``import`` them. The page
+is ``<prefix>/`` unless ``RUSTY_WS_SERVE_PAGE`` is off.
 
 The WebSocket route is flask-sock's, but a request reaches the upgrade only
 after ``_admit`` has checked it (origin, token, connection limit), because
@@ -18,6 +23,7 @@ import ssl
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, has_request_context, jsonify, request
 from flask_sock import Sock
@@ -39,6 +45,11 @@ MAX_AUTH_BODY = 64 * 1024
 #: Where ``_admit`` leaves its verdict for the WebSocket view and for teardown.
 ADMISSION_KEY = "rusty_ws.admission"
 _WS_ENDPOINT = "websocket"
+#: The page loads only its own files and talks only to its own hub, so injected markup can do nothing.
+PAGE_CSP = (
+    "default-src 'self'; connect-src 'self'; img-src 'self' data:; object-src 'none'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 @dataclass
@@ -71,6 +82,11 @@ def reader_thread_class(fallback: Callable[..., Any] | None) -> Callable[..., An
         return fallback(target=target, **kwargs)
 
     return make_reader
+
+
+def _same_origin(origin: str | None) -> bool:
+    """True when ``origin`` is the hub's own (its page), whatever ``RUSTY_WS_CORS_ORIGINS`` lists."""
+    return origin is not None and urlsplit(origin).netloc.lower() == request.host.lower()
 
 
 def _error(status: int, code: str, message: str) -> tuple[Response, int]:
@@ -109,7 +125,7 @@ class _BadRequest(Exception):
 
 def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
     """The hub's routes, bound to ``state``."""
-    bp = Blueprint(name, __name__)
+    bp = Blueprint(name, __name__, static_folder="static", static_url_path="/rusty_ws")
     sock = Sock()
     settings, hub = state.settings, state.hub
 
@@ -117,7 +133,8 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
     def _admit() -> Any:
         if request.endpoint != f"{bp.name}.{_WS_ENDPOINT}":
             return None
-        if not settings.origin_allowed(request.headers.get("Origin")):
+        origin = request.headers.get("Origin")
+        if not settings.origin_allowed(origin) and not _same_origin(origin):
             return _error(403, "forbidden_origin", "this origin may not open WebSockets here")
         raw_socket = request.environ.get("werkzeug.socket") or request.environ.get("gunicorn.socket")
         if isinstance(raw_socket, ssl.SSLSocket):
@@ -213,5 +230,12 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
     @bp.route("/healthz")
     def healthz() -> Any:
         return jsonify(hub.counts())
+
+    if settings.serve_page:
+        @bp.route("/")
+        def page() -> Response:
+            response = bp.send_static_file("index.html")
+            response.headers["Content-Security-Policy"] = PAGE_CSP
+            return response
 
     return bp
