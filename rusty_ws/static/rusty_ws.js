@@ -103,6 +103,7 @@ export class RustyWsClient extends EventTarget {
     this._sessionId = this._explicitSession;
     this._auth = options.auth ?? null;
     this._tokens = options.jwtManager ?? (this._auth ? new JwtManager({ fetch: options.fetch }) : null);
+    this._ownsTokens = this._tokens !== null && options.jwtManager === undefined; // ours to log out on close()
     this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
     this.reconnect = options.reconnect ?? true;
     this._backoffOptions = options.backoff ?? {};
@@ -172,6 +173,7 @@ export class RustyWsClient extends EventTarget {
 
   /**
    * Close the connection and stop reconnecting. Idempotent. Pending calls reject.
+   * A client that logged in itself (options.auth) forgets its token; a shared jwtManager keeps it.
    * @param {number} [code=1000]
    * @param {string} [reason=""]
    * @returns {Promise<void>} resolves when the socket has closed (or after `timeout`)
@@ -180,6 +182,7 @@ export class RustyWsClient extends EventTarget {
     this._closedByUser = true;
     clearTimeout(this._reconnectTimer);
     this._stopKeepalive();
+    if (this._ownsTokens) this._tokens.clearToken(); // stops its refresh timer; connect() logs in again
     const socket = this._socket;
     if (socket === null) {
       if (this._state !== State.IDLE && this._state !== State.CLOSED) {

@@ -174,6 +174,25 @@ describe("logged-in clients", () => {
     assert.equal(c.sessionId, "js-chosen");
   });
 
+  test("close() logs out a client that logged in itself; connect() logs in again", async () => {
+    const c = await connected(HUB.ws, { auth: { username: "testuser", password: "password" } });
+    await c.close();
+    assert.ok(!c.isAuthenticated());
+    await c.connect();
+    assert.ok(c.isAuthenticated());
+    await c.close();
+  });
+
+  test("a shared jwtManager keeps its token when a client closes", async () => {
+    const tokens = new JwtManager();
+    await tokens.authenticate(HUB.authUrl, "testuser", "password");
+    const c = await connected(HUB.ws, { jwtManager: tokens });
+    assert.equal(c.sessionId, "session-testuser");
+    await c.close();
+    assert.ok(tokens.isAuthenticated());
+    tokens.clearToken();
+  });
+
   test("wrong credentials reject connect() with the hub's code", async () => {
     const c = new RustyWsClient(HUB.ws, { WebSocket, auth: { username: "testuser", password: "nope" } });
     const refused = await c.connect().then(() => null, (error) => error);
