@@ -19,6 +19,7 @@ their usual reader thread.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
 from dataclasses import dataclass
@@ -87,6 +88,13 @@ def reader_thread_class(fallback: Callable[..., Any] | None) -> Callable[..., An
 def _same_origin(origin: str | None) -> bool:
     """True when ``origin`` is the hub's own (its page), whatever ``RUSTY_WS_CORS_ORIGINS`` lists."""
     return origin is not None and urlsplit(origin).netloc.lower() == request.host.lower()
+
+
+def _shut_down(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already shut down, or really closed
 
 
 def _error(status: int, code: str, message: str) -> tuple[Response, int]:
@@ -189,6 +197,10 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
             connection.serve()
         finally:
             ws.connected = False  # flask-sock's ws.close() after us must not write again
+            # Under werkzeug, flask-sock lets the server write an HTTP response once this view
+            # returns; on a socket still open, that text would follow the close frame and
+            # browsers would report 1006. Shut it down here, whatever raced before.
+            _shut_down(ws.sock)
 
     @bp.route("/auth/token", methods=["POST"])
     def issue_token() -> Any:
