@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import queue
 
+import pytest
 from flask import Flask
 from playwright.sync_api import BrowserContext, expect
 
@@ -140,19 +141,25 @@ def test_bad_input_is_refused_with_a_reason(context: BrowserContext) -> None:
         page.close()
 
 
-def test_reconnects_after_a_server_restart(context: BrowserContext, problems: PageProblems) -> None:
+@pytest.mark.parametrize("login, new_secret", [(False, False), (True, False), (True, True)],
+                         ids=["anonymous", "logged-in", "logged-in-and-the-hub-has-a-new-secret"])
+def test_reconnects_after_a_server_restart(context: BrowserContext, problems: PageProblems,
+                                           login: bool, new_secret: bool) -> None:
     # While the hub is down, Chromium logs the refused connections: that is the point here.
-    problems.allow("ERR_CONNECTION_REFUSED", "WebSocket connection to")
+    problems.allow("ERR_CONNECTION_REFUSED", "ERR_CONNECTION_RESET", "WebSocket connection to")
+    credentials = {"username": "testuser", "password": "password"} if login else {}
     with running_server() as first:
         port = first.port
         page = HubPage.open(context, first.http_url + "/")
-        page.connect("Phoenix", "session-R")
+        page.connect("Phoenix", "session-R", **credentials)
         page.subscribe("Restarts")
     expect(page.state).to_have_text("reconnecting", timeout=RECONNECT_WAIT)
     closed = page.events.filter(has_text="connection closed (")
     expect(closed).to_have_count(1)
     assert "connection closed (4200 server restarting)" in closed.text_content(), page.events.all_text_contents()
-    with running_server(port=port) as second:
+    # A new secret refuses the old token: the page must log in again by itself.
+    overrides = {"jwt_secret_key": "another-secret-" + "y" * 32} if new_secret else {}
+    with running_server(port=port, **overrides) as second:
         expect(page.state).to_have_text("connected", timeout=RECONNECT_WAIT)
         expect(page.events.filter(has_text="reconnected; 1 subscription(s) restored")).to_have_count(1)
         with second.connect() as publisher:  # the restored subscription delivers
@@ -160,7 +167,9 @@ def test_reconnects_after_a_server_restart(context: BrowserContext, problems: Pa
         page.expect_payload("back")
         page.publish("Restarts", "me too")
         page.expect_payload("me too")
-        page.screenshot("page-after-restart")
+        publisher_shown = "Phoenix (testuser)" if login else "Phoenix"
+        expect(page.payload("me too").locator(".publisher")).to_have_text(publisher_shown)
+        page.screenshot(f"page-after-restart-{'login' if login else 'anonymous'}")
         page.close()
 
 
