@@ -13,6 +13,10 @@ import { ConnectionClosedError, RustyWsError } from "./protocol.js";
 export const REFRESH_THRESHOLD_MS = 300_000;
 /** Give up on a refresh that failed once less than this remains: the token is as good as gone. */
 const MIN_RETRY_MS = 1_000;
+/** At most one background refresh a second, however short-lived the tokens. */
+const MIN_REFRESH_DELAY_MS = 1_000;
+/** `exp` counts whole seconds, so a token may expire up to a second before `expires_in` says. */
+const EXPIRY_PRECISION_MS = 1_000;
 
 /** A login or refresh the hub refused; `status` is the HTTP status, `code` the hub's error code. */
 export class AuthError extends RustyWsError {
@@ -192,7 +196,7 @@ export class JwtManager extends EventTarget {
     const expiresIn = Number(reply.expires_in) > 0 ? Number(reply.expires_in) : 3600;
     this._token = reply.token;
     this._lifetimeMs = expiresIn * 1000;
-    this._expiresAt = this._now() + this._lifetimeMs;
+    this._expiresAt = this._now() + Math.max(0, this._lifetimeMs - EXPIRY_PRECISION_MS);
     this._sessionId = typeof reply.session_id === "string" ? reply.session_id : null;
     this._refreshUrl = refreshUrl;
     this.dispatchEvent(new CustomEvent("token", {
@@ -208,7 +212,7 @@ export class JwtManager extends EventTarget {
   _schedule(delay) {
     this._cancelTimer();
     if (!this.autoRefresh) return;
-    this._timer = setTimeout(() => this._refreshInBackground(), Math.max(0, delay));
+    this._timer = setTimeout(() => this._refreshInBackground(), Math.max(MIN_REFRESH_DELAY_MS, delay));
     this._timer?.unref?.(); // in Node, a pending refresh must not keep the process alive
   }
 

@@ -1,5 +1,5 @@
 // RustyWsClient and jwt_utils.js in Node, against a real hub started by tests/js/test_node.py.
-// That hub allows 8 subscriptions per connection; a second one issues 2-second tokens.
+// That hub allows 8 subscriptions per connection; a second one issues 4-second tokens.
 
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
@@ -248,6 +248,7 @@ describe("jwt_utils.js", () => {
     let now = 1_000_000;
     const tokens = new JwtManager({ now: () => now, autoRefresh: false });
     await tokens.authenticate(HUB.authUrl, "testuser", "password", "js-refresh");
+    assert.equal(tokens.msLeft(), 3599 * 1000); // expires_in less a second: exp counts whole seconds
     assert.equal(await tokens.refreshIfNeeded(), false);
     now += 3400 * 1000; // 200 s left: under the seed's 5 minutes
     assert.equal(await tokens.refreshIfNeeded(), true);
@@ -259,7 +260,8 @@ describe("jwt_utils.js", () => {
   });
 
   test("tokens are refreshed in the background before they expire", async () => {
-    const short = hub("RUSTY_WS_SHORT_TOKEN_HTTP_URL"); // its tokens live 2 s: refreshed after 1 s
+    // Its tokens live 4 s, counted as 3 (exp has whole seconds): refreshed with 2 s left, after 1 s.
+    const short = hub("RUSTY_WS_SHORT_TOKEN_HTTP_URL");
     const tokens = new JwtManager();
     const first = await tokens.authenticate(short.authUrl, "testuser", "password", "js-auto");
     const refreshed = await nextEvent(tokens, "token", () => true, 2 * WAIT);

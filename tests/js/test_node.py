@@ -34,7 +34,7 @@ def test_node_test_runner_against_the_hub() -> None:
     assert (JS_DIR / "node_modules" / "ws").is_dir(), "run scripts/test.sh: it runs `npm ci` in tests/js"
     files = sorted(path.name for path in JS_DIR.glob("*.test.mjs"))
     assert len(files) >= 3, files
-    with running_server(max_subscriptions=8) as hub, running_server(jwt_expiration_seconds=2) as short:
+    with running_server(max_subscriptions=8) as hub, running_server(jwt_expiration_seconds=4) as short:
         result = run_node("--test", "--test-reporter=spec", *files, env={
             "RUSTY_WS_HTTP_URL": hub.http_url,
             "RUSTY_WS_SHORT_TOKEN_HTTP_URL": short.http_url,
