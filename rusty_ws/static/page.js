@@ -146,7 +146,7 @@ function watch(newClient) {
   newClient.addEventListener("close", (event) => {
     const { code, reason, willReconnect } = event.detail;
     logEvent(`connection closed (${code}${reason ? ` ${reason}` : ""})${willReconnect ? "" : "; not reconnecting"}`,
-      willReconnect ? "info" : "warning");
+      willReconnect || code === 1000 ? "info" : "warning");
   });
   newClient.addEventListener("reconnecting", (event) => {
     const { attempt, delay } = event.detail;
