@@ -20,7 +20,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     ``JWT_SECRET_KEY``, ``JWT_EXPIRATION_SECONDS``, and Flask's ``FLASK_*``),
     then ``config``.
     """
-    app = Flask("rusty_ws")
+    # No app-wide /static/: the hub's blueprint serves rusty_ws/static at /rusty_ws/,
+    # with CORS, at the same URL as in an embedding app.
+    app = Flask("rusty_ws", static_folder=None)
     app.config.update(config_from_environ(os.environ))
     app.config.from_prefixed_env()
     if config:

@@ -29,6 +29,8 @@ REQUIRE_AUTH = False
 #: Other origins allowed to call the HTTP endpoints and to open WebSockets: "*" (any) or a
 #: list; an empty list allows only the hub's own origin (and non-browser clients).
 CORS_ORIGINS: str | list[str] = "*"
+#: Serve the hub's web page at the hub's root (``<url_prefix>/``); the JS modules are always served.
+SERVE_PAGE = True
 #: Largest incoming message, in bytes; bigger ones close the connection with 1009.
 MAX_MESSAGE_SIZE = 1024 * 1024
 #: Subscriptions one connection may hold.
@@ -54,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
         USERS_FILE=USERS_FILE,
         REQUIRE_AUTH=REQUIRE_AUTH,
         CORS_ORIGINS=CORS_ORIGINS,
+        SERVE_PAGE=SERVE_PAGE,
         MAX_MESSAGE_SIZE=MAX_MESSAGE_SIZE,
         MAX_SUBSCRIPTIONS=MAX_SUBSCRIPTIONS,
         MAX_CONNECTIONS=MAX_CONNECTIONS,
@@ -132,6 +135,7 @@ class Settings:
     users_file: str | None
     require_auth: bool
     cors_origins: tuple[str, ...]
+    serve_page: bool
     max_message_size: int
     max_subscriptions: int
     max_connections: int
@@ -164,6 +168,7 @@ class Settings:
             users_file=get("USERS_FILE") or None,
             require_auth=_flag(get("REQUIRE_AUTH")),
             cors_origins=_origins(get("CORS_ORIGINS")),
+            serve_page=_flag(get("SERVE_PAGE")),
             max_message_size=_whole("MAX_MESSAGE_SIZE", get("MAX_MESSAGE_SIZE")),
             max_subscriptions=_whole("MAX_SUBSCRIPTIONS", get("MAX_SUBSCRIPTIONS")),
             max_connections=_whole("MAX_CONNECTIONS", get("MAX_CONNECTIONS")),
@@ -183,7 +188,7 @@ class Settings:
         if origin is None or "*" in self.cors_origins:
             return True
         origin = origin.rstrip("/")
-        if host and origin.partition("://")[2] == host:
+        if host and origin.partition("://")[2].lower() == host.lower():
             return True
         return origin in self.cors_origins
 

@@ -5,7 +5,8 @@ request. That thread reads the socket (blocking ``recv``, decoded by ``frames.Fr
 carries out commands in order, and replies through the hub's writer thread,
 which is the only thread that writes to the socket. Whatever ends the
 connection (a close frame, EOF, a reset, a server-side close, keepalive),
-``serve`` unregisters it and releases its socket in ``finally``.
+``serve`` unregisters it and releases its socket (shut down) in ``finally``;
+the view that called it closes the socket.
 
 Session rules: an anonymous connection may use any session and starts in
 ``default``. A connection opened with a token is bound to the token's
@@ -106,7 +107,6 @@ class Connection:
         finally:
             self.hub.discard(self)
             self.hub.writer.release(self.outbox, self.hub.settings.close_timeout + 1.0)
-            self.sock.close()
             logger.info("= %s disconnected", self.label)
             thread.name = request_thread_name
 

@@ -1,4 +1,9 @@
-"""The HTTP side: ``/ws``, ``/auth/token``, ``/auth/refresh``, ``/healthz``, and CORS.
+"""The HTTP side: ``/ws``, ``/auth/token``, ``/auth/refresh``, ``/healthz``, CORS, and the web page.
+
+The JavaScript modules in ``static/`` are served at ``<prefix>/rusty_ws/`` (not
+``/static/``, which belongs to the app that embeds the hub), with the same CORS
+headers as the API, so pages on other origins can ``import`` them. The page
+is ``<prefix>/`` unless ``RUSTY_WS_SERVE_PAGE`` is off.
 
 The WebSocket route is flask-sock's, but a request reaches the upgrade only
 after ``_admit`` has checked it (origin, token, connection limit), because
@@ -14,6 +19,7 @@ their usual reader thread.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
 from dataclasses import dataclass
@@ -39,6 +45,11 @@ MAX_AUTH_BODY = 64 * 1024
 #: Where ``_admit`` leaves its verdict for the WebSocket view and for teardown.
 ADMISSION_KEY = "rusty_ws.admission"
 _WS_ENDPOINT = "websocket"
+#: The page loads only its own files and talks only to its own hub, so injected markup can do nothing.
+PAGE_CSP = (
+    "default-src 'self'; connect-src 'self'; img-src 'self' data:; object-src 'none'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 @dataclass
@@ -109,7 +120,7 @@ class _BadRequest(Exception):
 
 def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
     """The hub's routes, bound to ``state``."""
-    bp = Blueprint(name, __name__)
+    bp = Blueprint(name, __name__, static_folder="static", static_url_path="/rusty_ws")
     sock = Sock()
     settings, hub = state.settings, state.hub
 
@@ -169,18 +180,21 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
     @sock.route("/ws", bp=bp, endpoint=_WS_ENDPOINT)
     def websocket(ws: Any) -> None:
         admission: Admission = request.environ[ADMISSION_KEY]
-        if not isinstance(ws.thread, _RequestThreadReads):
-            # Someone replaced SOCK_SERVER_OPTIONS after init_app: simple-websocket's own
-            # reader thread is reading this socket, and two readers would split the stream.
-            logger.error("! SOCK_SERVER_OPTIONS['thread_class'] was replaced after init_app; refusing")
-            return
-        ws.sock.settimeout(None)  # a blocking reader; writes use MSG_DONTWAIT
-        ws.ws = None  # wsproto's handshake state: never used again, ~3 KiB per connection
-        connection = Connection(hub, ws.sock, admission.claims, request.remote_addr or "?")
         try:
-            connection.serve()
+            if not isinstance(ws.thread, _RequestThreadReads):
+                # Someone replaced SOCK_SERVER_OPTIONS after init_app: simple-websocket's own
+                # reader thread is reading this socket, and two readers would split the stream.
+                logger.error("! SOCK_SERVER_OPTIONS['thread_class'] was replaced after init_app; refusing")
+                return
+            ws.sock.settimeout(None)  # a blocking reader; writes use MSG_DONTWAIT
+            ws.ws = None  # wsproto's handshake state: never used again, ~3 KiB per connection
+            Connection(hub, ws.sock, admission.claims, request.remote_addr or "?").serve()
         finally:
             ws.connected = False  # flask-sock's ws.close() after us must not write again
+            # Under werkzeug, flask-sock lets the server write an HTTP response once this
+            # view returns: on a socket still open, that text would follow the close frame
+            # (browsers then report 1006). So the socket is closed here, on every path.
+            ws.sock.close()
 
     @bp.route("/auth/token", methods=["POST"])
     def issue_token() -> Any:
@@ -221,5 +235,12 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
     @bp.route("/healthz")
     def healthz() -> Any:
         return jsonify(hub.counts())
+
+    if settings.serve_page:
+        @bp.route("/")
+        def page() -> Response:
+            response = bp.send_static_file("index.html")
+            response.headers["Content-Security-Policy"] = PAGE_CSP
+            return response
 
     return bp

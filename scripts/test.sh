@@ -9,6 +9,8 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 # nginx: the scaling tests run docs/scaling.md's proxy configuration (in the foreground, as
 # the test user, on a free port); Debian's package is only the binary for them.
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+# The browser tests drive Debian's Chromium (never a browser downloaded by Playwright).
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -17,6 +19,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
 fi
+
+# The JavaScript client's tests run under Node's own test runner; Debian's nodejs (18) is too old.
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if [ "$node_major" -lt 20 ]; then
+  echo "Node.js 20 or newer is needed for tests/js (found: $(node --version 2>/dev/null || echo none))" >&2
+  exit 1
+fi
+(cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
 
 scripts/setup-env.sh test
 exec .venv/bin/python -m pytest "$@"

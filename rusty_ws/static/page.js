@@ -1,0 +1,265 @@
+// The hub's web page: wires the form controls to one RustyWsClient and shows what arrives.
+//
+// Every piece of text that came from the network or from a form goes into the page with
+// textContent, never innerHTML: a payload like <img src=x onerror=...> shows as those characters.
+
+import { RustyWsClient, State } from "./rusty_ws.js";
+
+/** The log keeps this many entries; older ones are dropped so a busy topic cannot eat the tab's memory. */
+const MAX_LOG_ENTRIES = 500;
+/** How often the counts from /healthz are refreshed. */
+const COUNTS_INTERVAL_MS = 2000;
+
+// This module is <prefix>/rusty_ws/page.js, so the hub's routes are one level up.
+const hubBase = new URL("../", import.meta.url);
+const healthzUrl = new URL("healthz", hubBase);
+const wsUrl = new URL("ws", hubBase);
+wsUrl.protocol = hubBase.protocol === "https:" ? "wss:" : "ws:";
+
+const $ = (id) => document.getElementById(id);
+
+/** @type {?RustyWsClient} */
+let client = null;
+
+// ------------------------------------------------------------------ showing things
+
+function setStatus(text, { error = false } = {}) {
+  const status = $("status");
+  status.textContent = text;
+  status.classList.toggle("error", error);
+}
+
+function describeError(error) {
+  return error?.code ? `${error.code}: ${error.message}` : String(error?.message ?? error);
+}
+
+function addLogEntry(entry) {
+  const log = $("messages");
+  log.append(entry);
+  while (log.childElementCount > MAX_LOG_ENTRIES) log.firstElementChild.remove();
+  entry.scrollIntoView({ block: "nearest" });
+}
+
+function span(className, text) {
+  const element = document.createElement("span");
+  element.className = className;
+  element.textContent = text;
+  return element;
+}
+
+function clockTime(timestamp) {
+  const date = new Date(timestamp);
+  return Number.isNaN(date.getTime()) ? String(timestamp ?? "") : date.toLocaleTimeString();
+}
+
+function logMessage(message) {
+  const entry = document.createElement("li");
+  entry.className = "message";
+  entry.dataset.topic = message.topic;
+  const publisher = String(message.publisher_name ?? "") + (message.user ? ` (${message.user})` : "");
+  const payload = typeof message.payload === "string" ? message.payload : JSON.stringify(message.payload);
+  entry.append(
+    span("time", clockTime(message.timestamp)),
+    span("topic", message.topic),
+    span("publisher", publisher),
+    span("payload", payload ?? "null"),
+  );
+  addLogEntry(entry);
+}
+
+function logEvent(text, kind = "info") {
+  const entry = document.createElement("li");
+  entry.className = `event ${kind}`;
+  entry.append(span("time", new Date().toLocaleTimeString()), span("text", text));
+  addLogEntry(entry);
+}
+
+const STATE_LABELS = {
+  [State.IDLE]: "disconnected",
+  [State.CONNECTING]: "connecting",
+  [State.OPEN]: "connected",
+  [State.RECONNECTING]: "reconnecting",
+  [State.CLOSED]: "disconnected",
+};
+
+function renderState(state) {
+  const badge = $("state");
+  badge.dataset.state = state;
+  badge.textContent = STATE_LABELS[state] ?? state;
+  const live = state === State.OPEN || state === State.RECONNECTING || state === State.CONNECTING;
+  $("connect-fields").disabled = live;
+  $("connect").disabled = live;
+  $("disconnect").disabled = !live;
+  for (const fieldset of document.querySelectorAll(".needs-connection")) fieldset.disabled = !live;
+}
+
+function renderSubscriptions() {
+  const list = $("subscriptions");
+  list.replaceChildren(...(client?.subscriptions ?? []).map((topic) => {
+    const item = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = "Unsubscribe";
+    button.setAttribute("aria-label", `Unsubscribe ${topic}`);
+    button.addEventListener("click", () => unsubscribe(topic));
+    item.append(span("topic", topic), button);
+    return item;
+  }));
+}
+
+// ------------------------------------------------------------------ the counts
+
+async function refreshCounts() {
+  try {
+    const response = await fetch(healthzUrl, { cache: "no-store" });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    const counts = await response.json();
+    for (const name of ["connections", "sessions", "topics", "subscriptions"]) {
+      $(`count-${name}`).textContent = String(counts[name] ?? "–");
+    }
+    $("counts").classList.remove("offline");
+  } catch {
+    $("counts").classList.add("offline"); // the hub is down or restarting: keep polling
+  }
+}
+
+function pollCounts() {
+  refreshCounts().finally(() => setTimeout(pollCounts, COUNTS_INTERVAL_MS));
+}
+
+// ------------------------------------------------------------------ actions
+
+function watch(newClient) {
+  // A client that was disconnected (and replaced) must no longer drive the controls.
+  newClient.addEventListener("statechange", (event) => {
+    if (client === newClient) renderState(event.detail.state);
+  });
+  newClient.addEventListener("open", (event) => {
+    if (client !== newClient) return;
+    $("session").value = newClient.sessionId;
+    const how = newClient.isAuthenticated() ? "logged in" : "anonymous";
+    logEvent(event.detail.reconnected
+      ? `reconnected; ${newClient.subscriptions.length} subscription(s) restored`
+      : `connected as ${newClient.name} in ${newClient.sessionId} (${how})`);
+    refreshCounts();
+  });
+  newClient.addEventListener("close", (event) => {
+    const { code, reason, willReconnect } = event.detail;
+    logEvent(`connection closed (${code}${reason ? ` ${reason}` : ""})${willReconnect ? "" : "; not reconnecting"}`,
+      willReconnect || code === 1000 ? "info" : "warning");
+  });
+  newClient.addEventListener("reconnecting", (event) => {
+    const { attempt, delay } = event.detail;
+    logEvent(`reconnecting (attempt ${attempt}) in ${(delay / 1000).toFixed(1)} s`);
+  });
+  newClient.addEventListener("message", (event) => logMessage(event.detail.message));
+  newClient.addEventListener("error", (event) => logEvent(`error: ${describeError(event.detail.error)}`, "error"));
+}
+
+async function connect() {
+  const login = $("mode-login").checked;
+  const session = $("session").value.trim();
+  let newClient;
+  try {
+    newClient = new RustyWsClient(wsUrl.href, {
+      name: $("name").value.trim(),
+      sessionId: session === "" ? undefined : session,
+      auth: login ? { username: $("username").value, password: $("password").value } : undefined,
+    });
+  } catch (error) {
+    setStatus(`Cannot connect: ${describeError(error)}`, { error: true });
+    return;
+  }
+  client = newClient;
+  watch(newClient);
+  setStatus("Connecting…");
+  try {
+    await newClient.connect();
+    $("password").value = "";
+    setStatus(`Connected to ${wsUrl.href}`);
+  } catch (error) {
+    if (client === newClient) client = null;
+    renderState(State.CLOSED);
+    const refused = error.code === "bad_credentials" ? "Login refused" : "Connection failed";
+    setStatus(`${refused}: ${describeError(error)}`, { error: true });
+  }
+}
+
+async function disconnect() {
+  const closing = client;
+  client = null;
+  renderSubscriptions();
+  await closing?.close();
+  renderState(State.CLOSED);
+  setStatus("Disconnected");
+  refreshCounts();
+}
+
+async function subscribe() {
+  const topic = $("subscribe-topic").value;
+  setStatus(`Subscribing to ${topic}…`);
+  try {
+    await client.subscribe(topic);
+    $("subscribe-topic").value = "";
+    setStatus(`Subscribed to ${topic}`);
+  } catch (error) {
+    setStatus(`Subscribe failed: ${describeError(error)}`, { error: true });
+  }
+  renderSubscriptions();
+  refreshCounts();
+}
+
+async function unsubscribe(topic) {
+  setStatus(`Unsubscribing from ${topic}…`);
+  try {
+    await client.unsubscribe(topic);
+    setStatus(`Unsubscribed from ${topic}`);
+  } catch (error) {
+    setStatus(`Unsubscribe failed: ${describeError(error)}`, { error: true });
+  }
+  renderSubscriptions();
+  refreshCounts();
+}
+
+async function publish() {
+  const topic = $("publish-topic").value;
+  let payload = $("payload").value;
+  if ($("payload-json").checked) {
+    try {
+      payload = JSON.parse(payload);
+    } catch (error) {
+      setStatus(`Not published: the payload is not valid JSON (${error.message})`, { error: true });
+      return;
+    }
+  }
+  setStatus(`Publishing to ${topic}…`);
+  try {
+    await client.publish(topic, payload);
+    setStatus(`Published to ${topic}`);
+  } catch (error) {
+    setStatus(`Publish failed: ${describeError(error)}`, { error: true });
+  }
+}
+
+function onSubmit(formId, action) {
+  $(formId).addEventListener("submit", (event) => {
+    event.preventDefault();
+    action();
+  });
+}
+
+// ------------------------------------------------------------------ start
+
+$("name").value = `web-${Math.random().toString(36).slice(2, 6)}`;
+$("session").value = "session-A";
+for (const radio of document.querySelectorAll('input[name="mode"]')) {
+  radio.addEventListener("change", () => { $("credentials").hidden = !$("mode-login").checked; });
+}
+onSubmit("connect-form", connect);
+onSubmit("subscribe-form", subscribe);
+onSubmit("publish-form", publish);
+$("disconnect").addEventListener("click", disconnect);
+$("clear").addEventListener("click", () => $("messages").replaceChildren());
+renderState(State.IDLE);
+pollCounts();
+document.body.dataset.ready = "true"; // tests wait for this before they click

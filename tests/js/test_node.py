@@ -1,0 +1,59 @@
+"""The JavaScript modules under Node's test runner, against real hubs started here.
+
+``scripts/test.sh`` runs ``npm ci`` in this folder first (it brings the ``ws``
+package, the WebSocket implementation Node 20 lacks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from rusty_ws.protocol import MAX_NAME_LENGTH, MAX_SESSION_LENGTH, MAX_TOPIC_LENGTH, CloseCode, close_policy
+from support import WAIT, running_server
+
+JS_DIR = Path(__file__).resolve().parent
+PROTOCOL_JS = JS_DIR.parent.parent / "rusty_ws" / "static" / "protocol.js"
+
+
+def node() -> str:
+    found = shutil.which("node")
+    assert found, "Node.js 20+ is needed for these tests (Debian: apt-get install nodejs)"
+    return found
+
+
+def run_node(*args: str, env: dict[str, str] | None = None, timeout: float = 60 * WAIT) -> subprocess.CompletedProcess:
+    return subprocess.run([node(), *args], cwd=JS_DIR, env={**os.environ, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_node_test_runner_against_the_hub() -> None:
+    assert (JS_DIR / "node_modules" / "ws").is_dir(), "run scripts/test.sh: it runs `npm ci` in tests/js"
+    files = sorted(path.name for path in JS_DIR.glob("*.test.mjs"))
+    assert len(files) >= 3, files
+    with running_server(max_subscriptions=8) as hub, running_server(jwt_expiration_seconds=4) as short:
+        result = run_node("--test", "--test-reporter=spec", *files, env={
+            "RUSTY_WS_HTTP_URL": hub.http_url,
+            "RUSTY_WS_SHORT_TOKEN_HTTP_URL": short.http_url,
+        })
+    assert result.returncode == 0, result.stdout[-20_000:] + result.stderr[-5_000:]
+    assert "\u2139 fail 0" in result.stdout, result.stdout[-5_000:]
+
+
+def test_javascript_mirrors_the_python_protocol() -> None:
+    codes = sorted({*range(999, 1016), *range(2999, 3002), *range(3999, 4301), 4999, 5000, *CloseCode})
+    script = (
+        f"import * as p from {json.dumps(PROTOCOL_JS.as_uri())};\n"
+        f"const codes = {json.dumps(codes)};\n"
+        "console.log(JSON.stringify({policies: codes.map(p.closePolicy), closeCodes: p.CloseCode,\n"
+        "  limits: [p.MAX_TOPIC_LENGTH, p.MAX_SESSION_LENGTH, p.MAX_NAME_LENGTH]}));\n"
+    )
+    result = run_node("--input-type=module", "-e", script, timeout=10 * WAIT)
+    assert result.returncode == 0, result.stderr
+    mirrored = json.loads(result.stdout)
+    assert mirrored["policies"] == [close_policy(code).value for code in codes]
+    assert mirrored["closeCodes"] == {code.name: code.value for code in CloseCode}
+    assert mirrored["limits"] == [MAX_TOPIC_LENGTH, MAX_SESSION_LENGTH, MAX_NAME_LENGTH]
