@@ -10,7 +10,10 @@ from flask import Flask
 from .config import config_from_environ
 from .extension import PubSub
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "STANDALONE_SWITCH_INTERVAL"]
+
+#: The stand-alone hub's GIL switch interval, in seconds (Python's default is 0.005).
+STANDALONE_SWITCH_INTERVAL = 0.05
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -18,11 +21,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     Settings come from, in rising order: environment variables (``RUSTY_WS_*``,
     ``JWT_SECRET_KEY``, ``JWT_EXPIRATION_SECONDS``, and Flask's ``FLASK_*``),
-    then ``config``.
+    then ``config``. The stand-alone hub owns its process, so it also sets the
+    GIL switch interval (``RUSTY_WS_SWITCH_INTERVAL``, 0.05 s here).
     """
     # No app-wide /static/: the hub's blueprint serves rusty_ws/static at /rusty_ws/,
     # with CORS, at the same URL as in an embedding app.
     app = Flask("rusty_ws", static_folder=None)
+    app.config["RUSTY_WS_SWITCH_INTERVAL"] = STANDALONE_SWITCH_INTERVAL
     app.config.update(config_from_environ(os.environ))
     app.config.from_prefixed_env()
     if config:

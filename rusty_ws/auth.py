@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -83,12 +84,12 @@ class TokenService:
 
     def issue(self, username: str, session_id: str | None = None) -> IssuedToken:
         """Sign a token for ``username`` bound to ``session_id`` (default ``session-{username}``)."""
-        now = int(self._clock())
+        now = self._clock()
         claims = Claims(
             sub=username,
             sid=session_id or default_session_for(username),
-            iat=now,
-            exp=now + self.lifetime,
+            iat=int(now),
+            exp=math.ceil(now + self.lifetime),  # never shorter than the expires_in we announce
         )
         token = jwt.encode(
             {"sub": claims.sub, "sid": claims.sid, "iat": claims.iat, "exp": claims.exp},

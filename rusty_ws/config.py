@@ -47,6 +47,10 @@ PING_TIMEOUT = 20.0
 CLOSE_TIMEOUT = 2.0
 #: Where publishes go: "memory://" (this process only) or "redis://host:port/db" (docs/scaling.md).
 BROKER_URL = "memory://"
+#: sys.setswitchinterval() for the process, in seconds; None leaves it alone. The stand-alone
+#: hub (create_app) uses 0.05: with a thread per connection, the default 5 ms makes every
+#: thread waiting for the GIL wake 200 times a second (see docs/performance.md).
+SWITCH_INTERVAL: float | None = None
 
 DEFAULTS: dict[str, Any] = {
     PREFIX + name: value
@@ -65,6 +69,7 @@ DEFAULTS: dict[str, Any] = {
         PING_TIMEOUT=PING_TIMEOUT,
         CLOSE_TIMEOUT=CLOSE_TIMEOUT,
         BROKER_URL=BROKER_URL,
+        SWITCH_INTERVAL=SWITCH_INTERVAL,
     ).items()
 }
 
@@ -144,6 +149,7 @@ class Settings:
     ping_timeout: float
     close_timeout: float
     broker_url: str
+    switch_interval: float | None
 
     @classmethod
     def from_config(cls, config: MutableMapping[str, Any]) -> "Settings":
@@ -177,6 +183,8 @@ class Settings:
             ping_timeout=_positive("PING_TIMEOUT", get("PING_TIMEOUT")),
             close_timeout=_positive("CLOSE_TIMEOUT", get("CLOSE_TIMEOUT")),
             broker_url=str(get("BROKER_URL") or BROKER_URL),
+            switch_interval=(None if get("SWITCH_INTERVAL") is None
+                             else _positive("SWITCH_INTERVAL", get("SWITCH_INTERVAL"))),
         )
 
     def origin_allowed(self, origin: str | None, host: str | None = None) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,6 +135,9 @@ class PubSub:
         sock_options["thread_class"] = reader_thread_class(sock_options.get("thread_class"))
         app.cli.add_command(commands.group)
         self._apps.append(app)
+        if settings.switch_interval is not None:
+            sys.setswitchinterval(settings.switch_interval)
+            logger.info("= GIL switch interval set to %.3fs", settings.switch_interval)
 
     def check_credentials(self, checker: CredentialChecker) -> CredentialChecker:
         """Decorator: use ``checker(username, password) -> bool`` for ``/auth/token`` logins."""

@@ -131,3 +131,9 @@ class TestCredentials:
         assert demo("testuser", "password")
         assert not demo("testuser", "passwor")
         assert not demo("admin", "password")
+
+
+def test_a_token_lives_at_least_its_announced_lifetime() -> None:
+    service = TokenService(SECRET, 60, Clock(1_700_000_000.7))
+    claims = service.issue("alice").claims
+    assert claims.exp - 1_700_000_000.7 >= 60 and claims.iat == 1_700_000_000

@@ -231,3 +231,20 @@ def test_a_failed_init_app_leaves_no_thread() -> None:
     with pytest.raises(ValueError):
         PubSub(app)
     assert "rusty_ws" not in app.extensions
+
+
+def test_only_the_stand_alone_hub_sets_the_gil_switch_interval(monkeypatch) -> None:
+    import sys
+
+    calls: list[float] = []
+    monkeypatch.setattr(sys, "setswitchinterval", calls.append)
+    embedded = Flask("embedded")
+    embedded.config.update(hub_config())
+    PubSub(embedded).shutdown(embedded)
+    assert calls == []  # a process-wide setting: an embedding app keeps its own
+    create_app(hub_config()).extensions["rusty_ws"].hub.shutdown()
+    assert calls == [0.05]
+    tuned = Flask("tuned")
+    tuned.config.update(hub_config(switch_interval=0.01))
+    PubSub(tuned).shutdown(tuned)
+    assert calls == [0.05, 0.01]
