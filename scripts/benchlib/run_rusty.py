@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 from rusty_ws import create_app
@@ -11,8 +10,6 @@ from rusty_ws.serving import serve
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
-    if os.environ.get("SWITCH"):
-        sys.setswitchinterval(float(os.environ["SWITCH"]))
     app = create_app({
         "RUSTY_WS_JWT_SECRET_KEY": "benchmark-" + "x" * 32,
         "RUSTY_WS_MAX_CONNECTIONS": 20_000,

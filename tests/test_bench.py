@@ -1,0 +1,30 @@
+"""The benchmark's quick mode runs here too: it must finish and rusty_ws must lose nothing.
+
+It asserts no loss, no reordering and no crossed session for rusty_ws; it
+asserts no speed (speed is measured by scripts/bench.py, not in a test).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_quick_benchmark_runs_and_rusty_ws_loses_nothing(tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["seconds"] < 120
+    assert results["fanout"]["100"]["rusty_ws"]["ok"]
+    assert results["latency"]["rusty_ws"]["ok"]
+    assert results["sessions"]["rusty_ws"]["ok"]
+    assert all(row["ok"] for row in results["capacity"]["rusty_ws"])
+    for name in ("websockets", "flask-socketio", "ceiling", "per-send"):
+        assert name in results["fanout"]["100"], f"peer {name} did not run"
