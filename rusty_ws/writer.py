@@ -46,6 +46,8 @@ logger = logging.getLogger("rusty_ws.server")
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 _OPEN, _CLOSING, _CLOSED = "open", "closing", "closed"
+#: Most bytes joined for one send: enough to fill a socket buffer, little to copy.
+WRITE_BYTES = 256 * 1024
 
 
 class Outbox:
@@ -353,33 +355,45 @@ class Writer:
                 self._write(box)
 
     def _write(self, box: Outbox) -> None:
+        """Write as much of ``box`` as the socket takes now, without blocking."""
         chunks = box.chunks
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        try:
-            sent = box.sock.send(data, _DONTWAIT)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            logger.debug("- %s write failed: %s", box.label, exc)
-            self._forget(box)
-            return
-        if sent == len(data):
-            box.chunks = []
-            box.size = 0
-            box.partial = False
-            if box.watched:
-                self._selector.unregister(box.sock)
-                box.watched = False
-            return
-        box.chunks = [memoryview(data)[sent:]]
-        box.size = len(data) - sent
-        box.partial = True
-        if not box.watched:
-            if self._stopped.is_set():  # no thread left to wait for room
+        while chunks:
+            # Join at most WRITE_BYTES at a time: joining a whole backlog (megabytes) to
+            # send what one socket takes made a lagging subscriber cost quadratic time.
+            count, size = 1, len(chunks[0])
+            while count < len(chunks) and size < WRITE_BYTES:
+                size += len(chunks[count])
+                count += 1
+            data = chunks[0] if count == 1 else b"".join(chunks[:count])
+            try:
+                sent = box.sock.send(data, _DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                logger.debug("- %s write failed: %s", box.label, exc)
                 self._forget(box)
                 return
-            self._selector.register(box.sock, selectors.EVENT_WRITE, box)
-            box.watched = True
+            box.size -= sent
+            if sent < len(data):
+                chunks[:count] = [memoryview(data)[sent:]]
+                box.partial = True
+                self._watch(box)
+                return
+            del chunks[:count]
+            box.partial = False
+        if box.watched:
+            self._selector.unregister(box.sock)
+            box.watched = False
+
+    def _watch(self, box: Outbox) -> None:
+        """Have the writer thread write ``box`` when its socket has room again."""
+        if box.watched:
+            return
+        if self._stopped.is_set():  # no thread left to wait for room
+            self._forget(box)
+            return
+        self._selector.register(box.sock, selectors.EVENT_WRITE, box)
+        box.watched = True
 
     def _forget(self, box: Outbox) -> None:
         """Stop writing to ``box`` for good and shut its socket down (wakes its reader)."""

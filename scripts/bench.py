@@ -112,7 +112,7 @@ def run_fanout(kind: ServerKind, subscribers: int, messages: int, deadline: floa
     try:
         common = {"dialect": kind.dialect, "port": server.port, "deadline": deadline, "session": "s1", "topic": "T"}
         subs = [Generator({**common, "role": "subscribe", "connections": n, "expect": messages})
-                for n in split(subscribers, min(4, max(1, subscribers // 50)))]
+                for n in split(subscribers, min(4, subscribers))]
         generators += subs
         if not all(g.wait_ready() for g in subs):
             return {"failed": merge([g.finish(deadline) for g in subs])["failed"]}

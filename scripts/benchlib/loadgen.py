@@ -103,12 +103,14 @@ DIALECTS = {"rusty": Rusty(), "socketio": SocketIO()}
 
 
 class Conn:
-    __slots__ = ("sock", "reader", "session", "topic", "ready", "upgraded", "head", "out", "count",
+    __slots__ = ("sock", "selector", "reader", "session", "topic", "ready", "upgraded", "head", "out", "count",
                  "expect", "last_seq", "disorder", "foreign", "errors", "session_marker", "first", "last",
                  "closed")
 
-    def __init__(self, sock: socket.socket, session: str, topic: str | None, expect: int) -> None:
+    def __init__(self, sock: socket.socket, selector: selectors.BaseSelector, session: str, topic: str | None,
+                 expect: int) -> None:
         self.sock = sock
+        self.selector = selector
         self.reader = FrameReader()
         self.session, self.topic, self.expect = session, topic, expect
         self.ready = self.upgraded = self.closed = False
@@ -120,6 +122,8 @@ class Conn:
         self.first = self.last = 0.0
 
     def send(self, data: bytes) -> None:
+        if self.closed:
+            return
         if self.out:
             self.out += data
             return
@@ -129,14 +133,18 @@ class Conn:
             sent = 0
         if sent < len(data):
             self.out = data[sent:]
+            # The server is not reading as fast as we write: flush when the socket has room.
+            self.selector.modify(self.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, self)
 
     def flush(self) -> None:
-        if self.out:
+        if self.out and not self.closed:
             try:
                 sent = self.sock.send(self.out)
             except BlockingIOError:
                 return
             self.out = self.out[sent:]
+            if not self.out:
+                self.selector.modify(self.sock, selectors.EVENT_READ, self)
 
 
 class LoadGen:
@@ -156,7 +164,7 @@ class LoadGen:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.sendall(handshake("127.0.0.1", self.spec["port"], self.dialect.path))
         sock.setblocking(False)
-        conn = Conn(sock, session, topic, expect)
+        conn = Conn(sock, self.selector, session, topic, expect)
         self.selector.register(sock, selectors.EVENT_READ, conn)
         self.conns.append(conn)
         return conn
@@ -178,8 +186,11 @@ class LoadGen:
                 return
             if time.monotonic() > self.deadline:
                 raise TimeoutError(f"deadline passed during {stage}")
-            for key, _ in select(0.05):
-                self.on_readable(key.data)
+            for key, mask in select(0.05):
+                if mask & selectors.EVENT_WRITE:
+                    key.data.flush()
+                if mask & selectors.EVENT_READ:
+                    self.on_readable(key.data)
 
     def on_readable(self, conn: Conn) -> None:
         try:
@@ -267,8 +278,11 @@ class LoadGen:
                     now = time.monotonic()
                     if now >= due or now > self.deadline:
                         break
-                    for key, _ in self.selector.select(due - now):
-                        self.on_readable(key.data)
+                    for key, mask in self.selector.select(due - now):
+                        if mask & selectors.EVENT_WRITE:
+                            key.data.flush()
+                        if mask & selectors.EVENT_READ:
+                            self.on_readable(key.data)
                 conn.send(self.dialect.publish(topic, session, f"{seq:08d}|{time.time():.6f}|{PAD}"))
         else:
             frames = [self.dialect.publish(topic, session, f"{seq:08d}|{0:.6f}|{PAD}") for seq in range(count)]

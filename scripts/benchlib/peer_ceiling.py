@@ -219,18 +219,27 @@ class Server:
             self.watch(client, True)
 
     def flush(self, client: Client) -> None:
-        if not client.out:
-            return
-        data = client.out[0] if len(client.out) == 1 else b"".join(client.out)
-        try:
-            sent = client.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            client.out = []
-            return
-        client.out = [data[sent:]] if sent < len(data) else []
-        self.watch(client, bool(client.out))
+        out = client.out
+        while out:
+            # Join at most 256 KiB per send: joining a whole backlog to send what fits is quadratic.
+            count, size = 1, len(out[0])
+            while count < len(out) and size < 262144:
+                size += len(out[count])
+                count += 1
+            data = out[0] if count == 1 else b"".join(out[:count])
+            try:
+                sent = client.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                client.out = []
+                return
+            if sent < len(data):
+                out[:count] = [memoryview(data)[sent:]]
+                self.watch(client, True)
+                return
+            del out[:count]
+        self.watch(client, False)
 
     def watch(self, client: Client, writable: bool) -> None:
         if writable != client.watched:
