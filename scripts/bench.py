@@ -229,8 +229,16 @@ def median_of(runs: list[dict], key: str) -> float | None:
     return statistics.median(values) if values else None
 
 
+def attempt(fn: Callable[[], dict]) -> dict:
+    """One run; a server that would not start is a failed run, not the end of the benchmark."""
+    try:
+        return fn()
+    except RuntimeError as exc:
+        return {"failed": str(exc)[:300], "ok": False}
+
+
 def repeat(times: int, fn: Callable[[], dict]) -> list[dict]:
-    return [fn() for _ in range(times)]
+    return [attempt(fn) for _ in range(times)]
 
 
 def main() -> int:
@@ -298,7 +306,7 @@ def main() -> int:
         for kind in servers:
             rows = results["capacity"][kind.name] = []
             for size in [1000] if quick else [1000, 5000, 10000]:
-                rows.append(run_capacity(kind, size, deadline * 3))
+                rows.append({"connections": size, **attempt(lambda: run_capacity(kind, size, deadline * 3))})
                 row = rows[-1]
                 print(f"capacity  {kind.name:15} {row['connections']:>6} conns: " + (
                     f"connect {row['connect_s']:.1f}s, RSS {row['rss_kib'] / 1024:.0f} MiB "

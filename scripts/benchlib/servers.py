@@ -48,6 +48,7 @@ class RunningServer:
         self.kind = kind
         self.port = free_port()
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env.pop("FLASK_RUN_FROM_CLI", None)  # set by Flask's CLI; it turns app.run() into a no-op
         # The log goes to a file: a pipe nobody reads would stall a chatty server.
         self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(kind.command(self.port), env=env, stdout=subprocess.DEVNULL, stderr=self.log)
@@ -61,7 +62,7 @@ class RunningServer:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.kind.name} exited: {self.log_tail()}")
+                raise RuntimeError(f"{self.kind.name} exited with {self.process.returncode}: {self.log_tail()}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
                 return

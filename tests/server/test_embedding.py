@@ -153,8 +153,12 @@ class TestCommands:
         assert UsersFile({"u": result.output.strip().splitlines()[-1]})("u", "pw")
         app.extensions["rusty_ws"].hub.shutdown()
 
-    def test_console_script_lists_the_commands_once(self) -> None:
+    def test_console_script_lists_the_commands_once(self, monkeypatch) -> None:
         from click.testing import CliRunner
+
+        # FlaskGroup sets FLASK_RUN_FROM_CLI in os.environ; left behind, it makes every
+        # later app.run() in a child process return at once. monkeypatch restores it.
+        monkeypatch.setenv("FLASK_RUN_FROM_CLI", "")
 
         result = CliRunner().invoke(cli, ["--help"])
         assert result.exit_code == 0
@@ -165,6 +169,7 @@ class TestCommands:
         from click.testing import CliRunner
 
         monkeypatch.setenv("JWT_SECRET_KEY", SECRET)
+        monkeypatch.setenv("FLASK_RUN_FROM_CLI", "")  # see above
         result = CliRunner().invoke(cli, ["token", "bob"])
         assert result.exit_code == 0, result.output
         assert jwt.decode(result.output.strip(), SECRET, algorithms=["HS256"])["sub"] == "bob"
