@@ -28,15 +28,14 @@ import collections
 import itertools
 import json
 import logging
-import queue
-import ssl
 import threading
-import urllib.parse
 from typing import Any, Callable, Iterator, TypeVar
 
 import websocket
 
 from . import backoff
+from .client_connector import REFRESH_THRESHOLD, Connector
+from .client_dispatch import CallbackDispatcher, DeliveryCallback, MessageCallback
 from .exceptions import (
     AuthError,
     ConnectFailed,
@@ -59,20 +58,15 @@ from .protocol import (
     parse_error,
     rfc3339_now,
 )
-from .token_client import Credentials, fetch_token, refresh_token, refresh_url_for, seconds_left
+from .token_client import Credentials, seconds_left
 
-__all__ = ["WsClient"]
+__all__ = ["WsClient", "REFRESH_THRESHOLD"]
 
 logger = logging.getLogger("rusty_ws.client")
 
-#: Refresh a token when fewer seconds than this remain (the seed's threshold: 5 minutes).
-REFRESH_THRESHOLD = 300.0
 _CONNECTING, _CONNECTED, _RECONNECTING, _CLOSED = "connecting", "connected", "reconnecting", "closed"
-_STOP = object()
 
 F = TypeVar("F", bound=Callable[..., Any])
-MessageCallback = Callable[[Any], Any]
-DeliveryCallback = Callable[[Delivery], Any]
 
 
 class _Ack:
@@ -154,17 +148,14 @@ class WsClient:
         self.ping_timeout = ping_timeout
         self.backoff_initial = backoff_initial
         self.backoff_cap = backoff_cap
-        self._sslopt = dict(sslopt or {})
-        self._credentials = credentials
-        # _state_lock guards _state, _token, _subscriptions, the callback tables and
-        # the on_* hooks; _state_changed (on the same lock) signals state changes.
+        self._connector = Connector(ws_url, credentials, sslopt, timeout)
+        self._dispatch = CallbackDispatcher(client_name, put_timeout=timeout)
+        # _state_lock guards _state, _subscriptions and the on_* hooks;
+        # _state_changed (on the same lock) signals state changes.
         self._state_lock = threading.Lock()
         self._state_changed = threading.Condition(self._state_lock)
         self._state = _CONNECTING
-        self._token: str | None = None
         self._subscriptions: dict[str, None] = {}
-        self._message_callbacks: dict[str, list[MessageCallback]] = collections.defaultdict(list)
-        self._delivery_callbacks: dict[str, list[DeliveryCallback]] = collections.defaultdict(list)
         self._on_connect: Callable[[WsClient], Any] | None = None
         self._on_disconnect: Callable[[WsClient, int, str], Any] | None = None
         self._on_reconnecting: Callable[[WsClient, int, float], Any] | None = None
@@ -175,9 +166,7 @@ class WsClient:
         self._ws: websocket.WebSocket | None = None
         self._waiters: collections.deque[_Ack] = collections.deque()
         self._stop = threading.Event()  # set by close(): ends reconnect waits and both threads
-        self._callbacks: queue.Queue[Any] = queue.Queue(maxsize=10_000)
         self._reader: threading.Thread | None = None
-        self._dispatcher: threading.Thread | None = None
 
     # ------------------------------------------------------------------ constructors
 
@@ -213,7 +202,7 @@ class WsClient:
         """
         credentials = Credentials(auth_url, username, password, session_id)
         client = cls(client_name, ws_url, session_id or f"session-{username}", credentials=credentials, **options)
-        client._token = fetch_token(credentials, client._ssl_context(), client.timeout)
+        client._connector.log_in()
         return client.open()
 
     def open(self) -> "WsClient":
@@ -226,7 +215,7 @@ class WsClient:
         with self._state_lock:
             if self._reader is not None:
                 raise RuntimeError("this client was opened already")
-        ws = self._open_socket()
+        ws = self._connector.open_socket()
         try:
             ack = self._register(ws, replay=False)
         except (websocket.WebSocketException, OSError) as exc:
@@ -235,9 +224,7 @@ class WsClient:
         # Daemon threads: a script that forgets close() can still exit. close() ends and joins them.
         self._reader = threading.Thread(target=self._run_reader, args=(ws,), daemon=True,
                                         name=f"rusty_ws-client-reader-{self.name}")
-        self._dispatcher = threading.Thread(target=self._run_dispatcher, daemon=True,
-                                            name=f"rusty_ws-client-dispatch-{self.name}")
-        self._dispatcher.start()
+        self._dispatch.start()
         self._reader.start()
         try:
             ack.wait(self.timeout)
@@ -296,14 +283,12 @@ class WsClient:
 
     def on_message(self, topic: str, callback: MessageCallback) -> MessageCallback:
         """Call ``callback(payload)`` for each message on ``topic`` (on the dispatcher thread)."""
-        with self._state_lock:
-            self._message_callbacks[topic].append(callback)
+        self._dispatch.add_message_callback(topic, callback)
         return callback
 
     def on_delivery(self, topic: str, callback: DeliveryCallback) -> DeliveryCallback:
         """Call ``callback(delivery)`` with the whole message (publisher, timestamp, session, user)."""
-        with self._state_lock:
-            self._delivery_callbacks[topic].append(callback)
+        self._dispatch.add_delivery_callback(topic, callback)
         return callback
 
     def topic_callback(self, topic: str) -> Callable[[F], F]:
@@ -315,9 +300,7 @@ class WsClient:
 
     def remove_callbacks(self, topic: str) -> None:
         """Forget every callback registered for ``topic``."""
-        with self._state_lock:
-            self._message_callbacks.pop(topic, None)
-            self._delivery_callbacks.pop(topic, None)
+        self._dispatch.remove(topic)
 
     def is_connected(self) -> bool:
         with self._state_lock:
@@ -332,8 +315,7 @@ class WsClient:
             return False
 
     def get_token(self) -> str | None:
-        with self._state_lock:
-            return self._token
+        return self._connector.token
 
     def refresh_token_if_needed(self) -> bool:
         """Refresh the token when less than 5 minutes remain; returns whether it did.
@@ -346,12 +328,8 @@ class WsClient:
             TokenExpired: it expired and there are no credentials to log in again.
             AuthError, ConnectFailed: the auth server refused or could not be reached.
         """
-        token = self.get_token()
-        if token is None or seconds_left(token) > REFRESH_THRESHOLD:
+        if not self._connector.refresh_if_needed():
             return False
-        fresh = self._fresh_token(token)
-        with self._state_lock:
-            self._token = fresh
         logger.info("= %s refreshed its token", self.name)
         return True
 
@@ -395,10 +373,7 @@ class WsClient:
             reader.join(timeout)
         elif ws is not None:
             ws.abort()
-        if self._dispatcher is not None and self._dispatcher.is_alive():
-            self._put_callback(_STOP)
-            if self._dispatcher is not current:
-                self._dispatcher.join(timeout)
+        self._dispatch.stop(join_timeout=timeout)
         with self._send_lock:
             if self._ws is not None:
                 self._ws.close()
@@ -483,7 +458,7 @@ class WsClient:
             logger.exception("! %s: reader thread failed", self.name)
         finally:
             self._set_state(_CLOSED)
-            self._put_callback(_STOP)
+            self._dispatch.stop()
 
     def _read_until_dropped(self, ws: websocket.WebSocket) -> tuple[int, str]:
         """Read and handle frames until the connection ends; returns its close code and reason."""
@@ -542,13 +517,7 @@ class WsClient:
             except ProtocolError:
                 logger.warning("! %s: not a message: %.100r", self.name, text)
                 return
-            with self._state_lock:
-                by_payload = list(self._message_callbacks.get(delivery.topic, ()))
-                whole = list(self._delivery_callbacks.get(delivery.topic, ()))
-            for callback in by_payload:
-                self._put_callback((callback, (delivery.payload,)))
-            for callback in whole:
-                self._put_callback((callback, (delivery,)))
+            self._dispatch.deliver(delivery)
 
     def _connection_lost(self, ws: websocket.WebSocket, code: int, reason: str) -> None:
         closed = ConnectionClosedOK(code, reason) if code in (1000, 1001) else ConnectionClosedError(code, reason)
@@ -574,15 +543,14 @@ class WsClient:
             if self._stop.wait(delay):
                 return None
             try:
-                self._ensure_usable_token()
-                ws = self._open_socket()
+                self._connector.ensure_usable_token()
+                ws = self._connector.open_socket()
             except (TokenExpired, TokenInvalid, Forbidden) as exc:
-                if self._credentials is None:
+                if self._connector.credentials is None:
                     logger.error("! %s: cannot reconnect: %s", self.name, exc)
                     return None
                 logger.warning("! %s: %s; logging in again", self.name, exc)
-                with self._state_lock:
-                    self._token = None
+                self._connector.token = None
                 continue
             except (ConnectFailed, AuthError) as exc:
                 logger.info("- %s: reconnect attempt %d failed: %s", self.name, attempt, exc)
@@ -600,60 +568,7 @@ class WsClient:
             return ws
         return None  # not reached: itertools.count never ends
 
-    # ------------------------------------------------------------------ tokens and sockets
-
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        context = ssl.create_default_context(cafile=self._sslopt.get("ca_certs"))
-        if self._sslopt.get("cert_reqs") == ssl.CERT_NONE:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return context
-
-    def _fresh_token(self, token: str | None) -> str:
-        credentials = self._credentials
-        if token is not None and seconds_left(token) > 0:
-            refresh_url = refresh_url_for(credentials.auth_url if credentials else self._auth_base())
-            return refresh_token(refresh_url, token, self._ssl_context(), self.timeout)
-        if credentials is None:
-            raise TokenExpired("the token expired and there are no credentials to log in again")
-        return fetch_token(credentials, self._ssl_context(), self.timeout)
-
-    def _auth_base(self) -> str:
-        parts = urllib.parse.urlsplit(self.ws_url)
-        scheme = "https" if parts.scheme == "wss" else "http"
-        return f"{scheme}://{parts.netloc}/auth/token"
-
-    def _ensure_usable_token(self) -> None:
-        with self._state_lock:
-            token = self._token
-        if token is None and self._credentials is None:
-            return  # anonymous
-        if token is None or seconds_left(token) < REFRESH_THRESHOLD / 10:
-            fresh = self._fresh_token(token)
-            with self._state_lock:
-                self._token = fresh
-
-    def _open_socket(self) -> websocket.WebSocket:
-        url = self.ws_url
-        token = self.get_token()
-        if token:
-            parts = urllib.parse.urlsplit(url)
-            query = urllib.parse.urlencode([*urllib.parse.parse_qsl(parts.query), ("token", token)])
-            url = urllib.parse.urlunsplit(parts._replace(query=query))
-        try:
-            return websocket.create_connection(url, timeout=self.timeout, sslopt=self._sslopt or None,
-                                               enable_multithread=True)
-        except websocket.WebSocketBadStatusException as exc:
-            message = _handshake_refusal(exc)
-            if exc.status_code == 401:
-                raise (TokenExpired if "token_expired" in message else TokenInvalid)(message) from None
-            if exc.status_code == 403:
-                raise Forbidden(message) from None
-            raise ConnectFailed(message, status=exc.status_code) from None
-        except (websocket.WebSocketException, OSError, ValueError) as exc:
-            raise ConnectFailed(f"cannot connect to {self.ws_url}: {exc}") from None
-
-    # ------------------------------------------------------------------ callbacks
+    # ------------------------------------------------------------------ state and hooks
 
     def _set_state(self, state: str) -> None:
         with self._state_lock:
@@ -664,33 +579,4 @@ class WsClient:
 
     def _emit_hook(self, hook: Callable[..., Any] | None, *args: Any) -> None:
         if hook is not None:
-            self._put_callback((hook, (self, *args)))
-
-    def _put_callback(self, item: Any) -> None:
-        try:
-            # Blocks while 10,000 callbacks wait: a client too slow for its traffic
-            # stops reading, and the server drops it as a slow consumer.
-            self._callbacks.put(item, timeout=self.timeout)
-        except queue.Full:
-            logger.error("! %s: callbacks are %d behind; dropping one", self.name, self._callbacks.qsize())
-
-    def _run_dispatcher(self) -> None:
-        while True:
-            item = self._callbacks.get()
-            if item is _STOP:
-                return
-            callback, args = item
-            try:
-                callback(*args)
-            except Exception:
-                logger.exception("! %s: callback %r raised", self.name, getattr(callback, "__qualname__", callback))
-
-
-def _handshake_refusal(exc: websocket.WebSocketBadStatusException) -> str:
-    body = exc.resp_body or b""
-    try:
-        reply = json.loads(body)
-        return f"HTTP {exc.status_code}: {reply.get('code', '')}: {reply.get('error', '')}"
-    except (ValueError, AttributeError, TypeError):
-        return f"HTTP {exc.status_code}"
-
+            self._dispatch.call(hook, self, *args)

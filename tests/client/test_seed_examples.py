@@ -61,7 +61,7 @@ def test_wrong_password(server: RunningServer) -> None:
 def test_foreign_session_is_refused(server: RunningServer) -> None:
     credentials = Credentials(server.http_url + "/auth/token", "testuser", "password", "session-A")
     client = WsClient("Client1", server.ws_url, "session-B", credentials=credentials)
-    client._token = server.token("testuser", "session-A")
+    client._connector.token = server.token("testuser", "session-A")
     with pytest.raises(ServerError) as refused:
         client.open()
     assert refused.value.code == "forbidden_session"
@@ -100,7 +100,7 @@ def test_four_clients_two_sessions(server: RunningServer, authenticated: bool) -
     for name, client in clients.items():
         client.ping()
         ran = threading.Event()
-        client._put_callback((ran.set, ()))
+        client._dispatch.call(ran.set)
         assert ran.wait(WAIT)
         got = [(d.publisher_name, d.topic) for d in received[name]]
         assert got == EXPECTED[name], name

@@ -69,15 +69,15 @@ def test_close_from_a_callback(server: RunningServer) -> None:
     client.subscribe("c", "Stop")
     client.publish("c", "Stop", None)
     assert done.wait(WAIT)
-    client._dispatcher.join(WAIT)
+    client._dispatch.thread.join(WAIT)
     client._reader.join(WAIT)
-    assert not client._dispatcher.is_alive() and not client._reader.is_alive()
+    assert not client._dispatch.thread.is_alive() and not client._reader.is_alive()
     assert not client.is_connected()
 
 
 def test_close_is_idempotent_and_leaves_no_thread(server: RunningServer) -> None:
     client = WsClient.connect("c", server.ws_url)
-    threads = [client._reader, client._dispatcher]
+    threads = [client._reader, client._dispatch.thread]
     client.close()
     client.close()
     assert not any(thread.is_alive() for thread in threads)
@@ -102,7 +102,7 @@ def test_many_threads_publish_at_once(server: RunningServer) -> None:
             worker.join(WAIT * 5)
         subscriber.ping()
         ran = threading.Event()
-        subscriber._put_callback((ran.set, ()))
+        subscriber._dispatch.call(ran.set)
         assert ran.wait(WAIT)
     assert len(received) == 200
     for worker in range(4):

@@ -82,6 +82,6 @@ def test_reconnect_uses_a_usable_token() -> None:
 def test_without_credentials_an_expired_token_cannot_be_renewed() -> None:
     with running_server() as server:
         client = WsClient("c", server.ws_url)
-        client._token = jwt.encode({"sub": "a", "sid": "s", "iat": 1, "exp": 2}, SECRET, algorithm="HS256")
+        client._connector.token = jwt.encode({"sub": "a", "sid": "s", "iat": 1, "exp": 2}, SECRET, algorithm="HS256")
         with pytest.raises(TokenExpired):
             client.refresh_token_if_needed()

@@ -1,0 +1,134 @@
+"""How ``WsClient`` opens a socket to the hub: the URL, TLS options, and the token it carries.
+
+One job: turn (URL, credentials, current token) into an open websocket-client
+socket, or into one clear exception. Keeps the token (logging in again or
+refreshing it when needed) so the client's reconnect loop stays short.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import threading
+import urllib.parse
+from typing import Any
+
+import websocket
+
+from .exceptions import ConnectFailed, Forbidden, TokenExpired, TokenInvalid
+from .token_client import Credentials, fetch_token, refresh_token, refresh_url_for, seconds_left
+
+__all__ = ["Connector", "REFRESH_THRESHOLD"]
+
+logger = logging.getLogger("rusty_ws.client")
+
+#: Refresh a token when fewer seconds than this remain (the seed's threshold: 5 minutes).
+REFRESH_THRESHOLD = 300.0
+
+
+class Connector:
+    """Opens sockets to ``ws_url``, with the current token in the query when there is one.
+
+    Args:
+        ws_url: ``ws://`` or ``wss://`` URL of the hub's ``/ws``.
+        credentials: how to log in (again), or None for an anonymous client.
+        sslopt: websocket-client's TLS options (certificates are verified by default).
+        timeout: seconds for the handshake and for each auth request.
+    """
+
+    def __init__(self, ws_url: str, credentials: Credentials | None, sslopt: dict[str, Any] | None,
+                 timeout: float) -> None:
+        self.ws_url = ws_url
+        self.credentials = credentials
+        self.timeout = timeout
+        self._sslopt = dict(sslopt or {})
+        # _token_lock guards _token: read by callers' threads, replaced by the reader
+        # thread when it reconnects and by whoever calls refresh_if_needed().
+        self._token_lock = threading.Lock()
+        self._token: str | None = None
+
+    @property
+    def token(self) -> str | None:
+        with self._token_lock:
+            return self._token
+
+    @token.setter
+    def token(self, token: str | None) -> None:
+        with self._token_lock:
+            self._token = token
+
+    def log_in(self) -> None:
+        """Get a first token with the credentials (``connect_with_auth``)."""
+        if self.credentials is None:
+            raise TokenExpired("there are no credentials to log in with")
+        self.token = fetch_token(self.credentials, self.ssl_context(), self.timeout)
+
+    def refresh_if_needed(self, threshold: float = REFRESH_THRESHOLD) -> bool:
+        """Replace the token when fewer than ``threshold`` seconds remain; returns whether it did."""
+        token = self.token
+        if token is None or seconds_left(token) > threshold:
+            return False
+        self.token = self._fresh_token(token)
+        return True
+
+    def ensure_usable_token(self) -> None:
+        """Before a reconnection: make sure the token (if any) will outlive the handshake."""
+        if self.token is None and self.credentials is None:
+            return  # anonymous
+        if self.token is None:
+            self.token = self._fresh_token(None)
+        else:
+            self.refresh_if_needed(REFRESH_THRESHOLD / 10)
+
+    def open_socket(self) -> websocket.WebSocket:
+        """Open a socket, or raise ConnectFailed, TokenExpired, TokenInvalid or Forbidden."""
+        url = self.ws_url
+        token = self.token
+        if token:
+            parts = urllib.parse.urlsplit(url)
+            query = urllib.parse.urlencode([*urllib.parse.parse_qsl(parts.query), ("token", token)])
+            url = urllib.parse.urlunsplit(parts._replace(query=query))
+        try:
+            return websocket.create_connection(url, timeout=self.timeout, sslopt=self._sslopt or None,
+                                               enable_multithread=True)
+        except websocket.WebSocketBadStatusException as exc:
+            message = _handshake_refusal(exc)
+            if exc.status_code == 401:
+                raise (TokenExpired if "token_expired" in message else TokenInvalid)(message) from None
+            if exc.status_code == 403:
+                raise Forbidden(message) from None
+            raise ConnectFailed(message, status=exc.status_code) from None
+        except (websocket.WebSocketException, OSError, ValueError) as exc:
+            raise ConnectFailed(f"cannot connect to {self.ws_url}: {exc}") from None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The TLS context for the auth endpoints, matching the socket's ``sslopt``."""
+        context = ssl.create_default_context(cafile=self._sslopt.get("ca_certs"))
+        if self._sslopt.get("cert_reqs") == ssl.CERT_NONE:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    def _fresh_token(self, token: str | None) -> str:
+        """Trade a still-valid token at ``/auth/refresh``; log in again when it expired."""
+        if token is not None and seconds_left(token) > 0:
+            auth_url = self.credentials.auth_url if self.credentials else self._auth_url_from_ws_url()
+            return refresh_token(refresh_url_for(auth_url), token, self.ssl_context(), self.timeout)
+        if self.credentials is None:
+            raise TokenExpired("the token expired and there are no credentials to log in again")
+        return fetch_token(self.credentials, self.ssl_context(), self.timeout)
+
+    def _auth_url_from_ws_url(self) -> str:
+        parts = urllib.parse.urlsplit(self.ws_url)
+        scheme = "https" if parts.scheme == "wss" else "http"
+        return f"{scheme}://{parts.netloc}/auth/token"
+
+
+def _handshake_refusal(exc: websocket.WebSocketBadStatusException) -> str:
+    body = exc.resp_body or b""
+    try:
+        reply = json.loads(body)
+        return f"HTTP {exc.status_code}: {reply.get('code', '')}: {reply.get('error', '')}"
+    except (ValueError, AttributeError, TypeError):
+        return f"HTTP {exc.status_code}"
