@@ -14,7 +14,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .exceptions import (
+from . import exceptions as _exceptions
+from .exceptions import (  # noqa: F401 (exported through __all__)
     AuthError,
     BadCredentials,
     ConnectFailed,
@@ -34,26 +35,7 @@ __version__ = "0.1.0"
 
 _LAZY = {"create_app": ".app", "PubSub": ".extension", "WsClient": ".client"}
 
-__all__ = [
-    "create_app",
-    "PubSub",
-    "WsClient",
-    "Delivery",
-    "CloseCode",
-    "ErrorCode",
-    "RustyWsError",
-    "ProtocolError",
-    "AuthError",
-    "BadCredentials",
-    "TokenExpired",
-    "TokenInvalid",
-    "Forbidden",
-    "ConnectFailed",
-    "ConnectionClosed",
-    "ConnectionClosedOK",
-    "ConnectionClosedError",
-    "ServerError",
-]
+__all__ = ["create_app", "PubSub", "WsClient", "Delivery", "CloseCode", "ErrorCode", *_exceptions.__all__]
 
 
 def __getattr__(name: str) -> Any:

@@ -146,3 +146,23 @@ def publish_sentinel(redis_server: RedisServer, session: str, prefix: str = "rus
                         timestamp="2024-01-24T10:25:37Z", session_id=session)
     with contextlib.closing(redis_server.client()) as client:
         client.publish(channel_name(prefix, SENTINEL, session), encode_envelope("test-sentinel", sentinel))
+
+
+def publish_across_nodes(redis_server: RedisServer, clients: dict[str, Client], publishes: list[tuple[str, str]],
+                         session_of: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
+    """Each (name, topic) publish goes out from that client; returns every client's deliveries.
+
+    Replies to the publisher come with its ``pong``; the rest are read up to the
+    sentinels published into Redis after every real message.
+    """
+    received: dict[str, list[dict[str, Any]]] = {name: [] for name in clients}
+    for name, topic in publishes:
+        message = {"publisher_name": name, "topic": topic, "payload": f"{topic} from {name}",
+                   "timestamp": "2024-01-24T10:25:37Z", "session_id": session_of[name]}
+        replies = clients[name].command("publish-json:" + json.dumps(message))
+        received[name] += [json.loads(reply) for reply in replies]
+    for session in sorted(set(session_of.values())):
+        publish_sentinel(redis_server, session)
+    for name, client in clients.items():
+        received[name] += read_until_sentinel(client)
+    return received

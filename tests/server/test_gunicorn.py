@@ -10,7 +10,6 @@ must arrive exactly once.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -27,9 +26,9 @@ from gunicorn.config import KNOWN_SETTINGS
 
 from rusty_ws import create_app
 from rusty_ws import gunicorn_conf
-from redis_support import SENTINEL, RedisServer, free_port, publish_sentinel, read_until_sentinel, redis_server
+from redis_support import SENTINEL, RedisServer, free_port, publish_across_nodes, redis_server
 from support import SECRET, WAIT, Client, http
-from test_seed_scenario import PUBLISHES, SUBSCRIPTIONS, check_deliveries
+from test_seed_scenario import PUBLISHES, SESSION_OF, SUBSCRIPTIONS, check_deliveries
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _SETTINGS = {setting.name for setting in KNOWN_SETTINGS}
@@ -126,17 +125,7 @@ def test_seed_scenario_over_two_gunicorn_masters(redis: RedisServer) -> None:
                 for topic in [*topics, SENTINEL]:
                     client.send(f"subscribe:{topic}|{session}")
                 assert client.sync() == [], f"{name} got replies to its set-up"
-            received: dict[str, list[dict]] = {name: [] for name in SUBSCRIPTIONS}
-            for name, topic in PUBLISHES:
-                message = {"publisher_name": name, "topic": topic, "payload": f"{topic} from {name}",
-                           "timestamp": "2024-01-24T10:25:37Z", "session_id": SUBSCRIPTIONS[name][0]}
-                replies = clients[name].command("publish-json:" + json.dumps(message))
-                received[name] += [json.loads(reply) for reply in replies]
-            for session in ("session-A", "session-B"):
-                publish_sentinel(redis, session)
-            for name, client in clients.items():
-                received[name] += read_until_sentinel(client)
-            check_deliveries(received)
+            check_deliveries(publish_across_nodes(redis, clients, PUBLISHES, SESSION_OF))
             for client in clients.values():
                 assert client.sync() == []
             # Every worker that serves has its own node id (the preloaded ones too).

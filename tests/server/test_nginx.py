@@ -8,7 +8,6 @@ seed's scenario through it: so the documented configuration is the tested one.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -20,9 +19,9 @@ from typing import Iterator
 
 import pytest
 
-from redis_support import SENTINEL, RedisServer, free_port, publish_sentinel, read_until_sentinel, redis_server
+from redis_support import SENTINEL, RedisServer, free_port, publish_across_nodes, redis_server
 from support import WAIT, Client, http, running_server
-from test_seed_scenario import PUBLISHES, SUBSCRIPTIONS, check_deliveries
+from test_seed_scenario import PUBLISHES, SESSION_OF, SUBSCRIPTIONS, check_deliveries
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
@@ -129,17 +128,7 @@ def test_seed_scenario_through_nginx_in_front_of_three_nodes(redis: RedisServer)
             per_hub = [hub.hub.counts()["connections"] for hub in hubs]
             assert sum(per_hub) == 4 and sorted(per_hub) == [1, 1, 2], per_hub
 
-            received: dict[str, list[dict]] = {name: [] for name in SUBSCRIPTIONS}
-            for name, topic in PUBLISHES:
-                message = {"publisher_name": name, "topic": topic, "payload": f"{topic} from {name}",
-                           "timestamp": "2024-01-24T10:25:37Z", "session_id": SUBSCRIPTIONS[name][0]}
-                replies = clients[name].command("publish-json:" + json.dumps(message))
-                received[name] += [json.loads(reply) for reply in replies]
-            for session in ("session-A", "session-B"):
-                publish_sentinel(redis, session)
-            for name, client in clients.items():
-                received[name] += read_until_sentinel(client)
-            check_deliveries(received)
+            check_deliveries(publish_across_nodes(redis, clients, PUBLISHES, SESSION_OF))
         finally:
             for client in clients.values():
                 client.close()

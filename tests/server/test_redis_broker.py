@@ -25,12 +25,13 @@ from redis_support import (
     SENTINEL,
     RedisServer,
     free_port,
+    publish_across_nodes,
     publish_sentinel,
     read_until_sentinel,
     redis_server,
 )
 from support import WAIT, Client, RunningServer, http, login, running_server
-from test_seed_scenario import EXPECTED, PUBLISHES, SUBSCRIPTIONS, check_deliveries
+from test_seed_scenario import EXPECTED, PUBLISHES, SESSION_OF, SUBSCRIPTIONS, check_deliveries
 
 
 @pytest.fixture
@@ -79,18 +80,7 @@ def test_seed_scenario_spread_over_three_nodes(redis: RedisServer, login_on: int
                 client.send(f"subscribe:{topic}|{session}")
             assert client.sync() == [], f"{name} got replies to its set-up"
         try:
-            received: dict[str, list[dict]] = {name: [] for name in SUBSCRIPTIONS}
-            for name, topic in PUBLISHES:
-                session = SUBSCRIPTIONS[name][0]
-                message = {"publisher_name": name, "topic": topic, "payload": f"{topic} from {name}",
-                           "timestamp": "2024-01-24T10:25:37Z", "session_id": session}
-                replies = clients[name].command("publish-json:" + json.dumps(message))
-                received[name] += [json.loads(reply) for reply in replies]
-            # Published after every real message: each client's sentinel comes after all of them.
-            for session in ("session-A", "session-B"):
-                publish_sentinel(redis, session)
-            for name, client in clients.items():
-                received[name] += read_until_sentinel(client)
+            received = publish_across_nodes(redis, clients, PUBLISHES, SESSION_OF)
             check_deliveries(received)
             for name, messages in received.items():
                 if login_on is not None:

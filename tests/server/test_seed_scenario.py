@@ -14,6 +14,7 @@ SUBSCRIPTIONS = {
     "Client3": ("session-B", ["DetectCustomerEvent", "NetworkConnectedEvent"]),
     "Client4": ("session-B", ["RegistrationCompleteEvent", "NetworkConnectedEvent"]),
 }
+SESSION_OF = {name: session for name, (session, _) in SUBSCRIPTIONS.items()}
 PUBLISHES = [
     ("Client1", "RegistrationCompleteEvent"),
     ("Client2", "NetworkConnectedEvent"),
