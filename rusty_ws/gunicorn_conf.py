@@ -42,7 +42,10 @@ def _hub_state(worker: Any) -> Any:
 
 
 def post_worker_init(worker: Any) -> None:
-    """gunicorn hook: check the thread budget, and close WebSockets with 4200 on SIGTERM."""
+    """gunicorn hook: check the thread budget, close WebSockets with 4200 on SIGTERM, freeze start-up objects."""
+    from .serving import freeze_startup_objects  # imported here: this module loads without Flask
+
+    freeze_startup_objects()
     state = _hub_state(worker)
     if state is None:
         logger.warning("! rusty_ws.gunicorn_conf: no rusty_ws hub on %r; SIGTERM is left as it is",

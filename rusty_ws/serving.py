@@ -7,6 +7,7 @@ client to reconnect (close code 4200) before the process exits.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -15,7 +16,7 @@ from typing import Any
 from flask import Flask
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
-__all__ = ["HubServer", "make_server", "serve"]
+__all__ = ["HubServer", "freeze_startup_objects", "make_server", "serve"]
 
 logger = logging.getLogger("rusty_ws.server")
 
@@ -41,6 +42,23 @@ def make_server(app: Flask, host: str = "127.0.0.1", port: int = 8081) -> HubSer
     return HubServer(host, port, app, handler=HubRequestHandler)
 
 
+def freeze_startup_objects() -> int:
+    """Hide what start-up built from the cyclic garbage collector (``gc.freeze``); returns how many.
+
+    Flask, werkzeug, PyJWT and the hub leave ~100,000 objects that live as long
+    as the process. Every full collection walks all of them: ~10 ms measured
+    here, and a publish that arrives meanwhile waits that long. Frozen, they are
+    never walked again, and a full collection takes ~1 ms. Called by ``serve``
+    and by the gunicorn settings, which own their process; an embedding service
+    decides for itself.
+    """
+    gc.collect()
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    logger.info("= froze %d start-up objects out of the cyclic garbage collector", frozen)
+    return frozen
+
+
 def stop(app: Flask, server: HubServer, timeout: float = 5.0) -> None:
     """Close the hub's connections (4200), then stop accepting. Call from another thread than serve_forever."""
     state = app.extensions.get("rusty_ws")
@@ -60,6 +78,7 @@ def serve(app: Flask, host: str = "127.0.0.1", port: int = 8081) -> None:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     paths = [rule.rule for rule in app.url_map.iter_rules() if rule.endpoint.endswith(".websocket")]
+    freeze_startup_objects()
     logger.info("= rusty_ws hub on ws://%s:%d%s", host, server.port, paths[0] if paths else "/ws")
     try:
         server.serve_forever()

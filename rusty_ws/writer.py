@@ -128,7 +128,14 @@ class Writer:
     # ------------------------------------------------------------------ any thread
 
     def attach(self, sock: socket.socket, label: str) -> Outbox:
-        """Start writing for ``sock``; starts the writer thread on first use."""
+        """Start writing for ``sock``; starts the writer thread on first use.
+
+        Turns Nagle's algorithm off: the writer already joins what waits for a
+        socket into one send, so holding a small frame back for an ACK would
+        only add delay (asyncio servers such as ``websockets`` do the same).
+        """
+        with contextlib.suppress(OSError):  # not a TCP socket (a Unix socket behind a proxy)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         box = Outbox(sock, label)
         self._ensure_started()
         self._submit(self._do_attach, box, None)

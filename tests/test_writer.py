@@ -183,3 +183,28 @@ def test_frame_parser_reads_what_the_writer_writes_when_masked() -> None:
     frame = text_frame("héllo")
     masked = bytes([frame[0], frame[1] | 0x80]) + b"\0\0\0\0" + frame[2:]
     assert FrameParser(100).feed(masked) == [("text", "héllo")]
+
+
+def test_tcp_sockets_go_out_without_nagle_delay(writer: Writer) -> None:
+    """The writer coalesces by itself; Nagle's algorithm would only hold small frames back."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        theirs = socket.create_connection(listener.getsockname(), timeout=WAIT)
+        ours, _ = listener.accept()
+    assert ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+    box = writer.attach(ours, "tcp")
+    assert ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    writer.send(text_frame("hi"), [box])
+    assert ServerFrames().feed(theirs.recv(100)) == [(0x1, b"hi")]
+    writer.release(box, WAIT)
+    theirs.close()
+    ours.close()
+
+
+def test_a_unix_socket_is_attached_all_the_same(writer: Writer) -> None:
+    ours, theirs = pair()  # AF_UNIX: no TCP options to set
+    box = writer.attach(ours, "unix")
+    writer.send(text_frame("hi"), [box])
+    assert ServerFrames().feed(theirs.recv(100)) == [(0x1, b"hi")]
+    writer.release(box, WAIT)
+    theirs.close()
+    ours.close()
