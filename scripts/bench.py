@@ -18,6 +18,7 @@ Usage:
   scripts/bench.py            full run (medians of 3; takes a while)
   scripts/bench.py --quick    small sizes, one run each, under two minutes
   scripts/bench.py --only rusty_ws,websockets --scenarios fanout
+  scripts/bench.py --replot bench-results/results.json   table and plot again
 
 Writes bench-results/results.json and, for the full run, a plot PNG. Exits
 non-zero if any rusty_ws run lost, reordered or crossed a message.
@@ -248,7 +249,16 @@ def main() -> int:
     parser.add_argument("--scenarios", default="loadgen,fanout,latency,sessions,capacity")
     parser.add_argument("--runs", type=int, default=None, help="runs per measurement (default 3, quick 1)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "bench-results"))
+    parser.add_argument("--replot", metavar="RESULTS_JSON",
+                        help="print the table and draw the plot of an earlier run's results.json; run nothing")
     args = parser.parse_args()
+    if args.replot:
+        with open(args.replot) as handle:
+            earlier = json.load(handle)
+        print_table(earlier)
+        if "fanout" in earlier:
+            plot(earlier, os.path.join(args.out, "fanout.png"))
+        return 0
 
     quick = args.quick
     runs = args.runs or (1 if quick else 3)
