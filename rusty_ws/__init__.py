@@ -14,8 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import exceptions as _exceptions
-from .exceptions import (  # noqa: F401 (exported through __all__)
+from .exceptions import (
     AuthError,
     BadCredentials,
     ConnectFailed,
@@ -35,7 +34,26 @@ __version__ = "0.1.0"
 
 _LAZY = {"create_app": ".app", "PubSub": ".extension", "WsClient": ".client"}
 
-__all__ = ["create_app", "PubSub", "WsClient", "Delivery", "CloseCode", "ErrorCode", *_exceptions.__all__]
+__all__ = [
+    "create_app",
+    "PubSub",
+    "WsClient",
+    "Delivery",
+    "CloseCode",
+    "ErrorCode",
+    "RustyWsError",
+    "ProtocolError",
+    "AuthError",
+    "BadCredentials",
+    "TokenExpired",
+    "TokenInvalid",
+    "Forbidden",
+    "ConnectFailed",
+    "ConnectionClosed",
+    "ConnectionClosedOK",
+    "ConnectionClosedError",
+    "ServerError",
+]
 
 
 def __getattr__(name: str) -> Any:

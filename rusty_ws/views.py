@@ -19,7 +19,6 @@ their usual reader thread.
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
 import threading
 from dataclasses import dataclass

@@ -253,6 +253,7 @@ def main() -> int:
                         help="print the table and draw the plot of an earlier run's results.json; run nothing")
     args = parser.parse_args()
     if args.replot:
+        os.makedirs(args.out, exist_ok=True)
         with open(args.replot) as handle:
             earlier = json.load(handle)
         print_table(earlier)
@@ -410,6 +411,9 @@ def plot(results: dict, path: str) -> None:
         points = [(s, r) for s, r in points if r]
         if points:
             axes.plot(*zip(*points), marker="o", label=name)
+    ceiling = results.get("loadgen_ceiling", {}).get("rate")
+    if ceiling:
+        axes.axhline(ceiling, color="grey", linestyle="--", linewidth=1, label="load generator's own ceiling")
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xlabel("subscribers of one topic")
