@@ -51,6 +51,10 @@ BROKER_URL = "memory://"
 #: hub (create_app) uses 0.05: with a thread per connection, the default 5 ms makes every
 #: thread waiting for the GIL wake 200 times a second (see docs/performance.md).
 SWITCH_INTERVAL: float | None = None
+#: zlib level (1-9) of permessage-deflate for clients that offer it; 0 never compresses.
+#: Off by default: it costs CPU per delivery and helps only large, compressible messages
+#: (docs/performance.md#compression).
+COMPRESSION = 0
 
 DEFAULTS: dict[str, Any] = {
     PREFIX + name: value
@@ -70,6 +74,7 @@ DEFAULTS: dict[str, Any] = {
         CLOSE_TIMEOUT=CLOSE_TIMEOUT,
         BROKER_URL=BROKER_URL,
         SWITCH_INTERVAL=SWITCH_INTERVAL,
+        COMPRESSION=COMPRESSION,
     ).items()
 }
 
@@ -125,6 +130,15 @@ def _whole(name: str, value: Any) -> int:
     return int(number)
 
 
+def _level(name: str, value: Any) -> int:
+    if value is False or value is None:
+        return 0
+    number = _positive(name, value, allow_zero=True)
+    if number != int(number) or number > 9:
+        raise ValueError(f"{PREFIX}{name} must be a zlib level from 1 to 9, or 0 for off, not {value!r}")
+    return int(number)
+
+
 def _origins(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [part.strip() for part in value.split(",")]
@@ -150,6 +164,7 @@ class Settings:
     close_timeout: float
     broker_url: str
     switch_interval: float | None
+    compression: int
 
     @classmethod
     def from_config(cls, config: MutableMapping[str, Any]) -> "Settings":
@@ -185,6 +200,7 @@ class Settings:
             broker_url=str(get("BROKER_URL") or BROKER_URL),
             switch_interval=(None if get("SWITCH_INTERVAL") is None
                              else _positive("SWITCH_INTERVAL", get("SWITCH_INTERVAL"))),
+            compression=_level("COMPRESSION", get("COMPRESSION")),
         )
 
     def origin_allowed(self, origin: str | None, host: str | None = None) -> bool:

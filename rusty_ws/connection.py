@@ -66,6 +66,7 @@ class Connection:
         sock: the connected socket, past the handshake; the writer thread writes, this thread reads.
         claims: the verified token's claims, or None for an anonymous connection.
         remote: the peer's address, for logs.
+        deflate: permessage-deflate was negotiated: compressed messages in, compressed deliveries out.
     """
 
     def __init__(
@@ -74,17 +75,18 @@ class Connection:
         sock: socket.socket,
         claims: Claims | None,
         remote: str = "?",
+        deflate: bool = False,
     ) -> None:
         self.hub = hub
         self.id = hub.next_id()
         self.sock = sock
-        self.parser = FrameParser(hub.settings.max_message_size)
+        self.parser = FrameParser(hub.settings.max_message_size, inflate=deflate)
         self.claims = claims
         self.remote = remote
         self.name: str | None = None
         self.session_id = claims.sid if claims else DEFAULT_SESSION
         self.label = f"conn-{self.id}"
-        self.outbox = hub.writer.attach(sock, self.label)
+        self.outbox = hub.writer.attach(sock, self.label, deflate=deflate)
         self._closing = False  # we sent a close frame; only the peer's close is awaited now
 
     def __repr__(self) -> str:

@@ -7,15 +7,22 @@ In: ``FrameParser`` decodes client frames. It replaces wsproto on the read
 path because it is several times cheaper per frame and checks the message
 size limit from frame headers, before a payload is buffered. (wsproto, via
 simple-websocket, still does the HTTP handshake.)
+
+Compression (permessage-deflate, RFC 7692), when ``RUSTY_WS_COMPRESSION``
+enables it, is negotiated with ``server_no_context_takeover``: every server
+message is compressed on its own, so one compressed frame still serves every
+compressing subscriber of a publish. Client messages keep the client's
+context, inflated by that connection's parser.
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
 
 __all__ = [
     "OP_TEXT", "OP_CLOSE", "OP_PING", "OP_PONG", "encode_frame", "text_frame", "close_frame",
-    "FrameParser", "TEXT", "BINARY", "PING", "PONG", "CLOSE", "TOO_BIG", "FAILED",
+    "deflate_text_frame", "deflate_offer_to_accept", "ACCEPTED_DEFLATE", "FrameParser", "TEXT", "BINARY", "PING", "PONG", "CLOSE", "TOO_BIG", "FAILED",
 ]
 
 OP_TEXT = 0x1
@@ -24,19 +31,25 @@ OP_PING = 0x9
 OP_PONG = 0xA
 
 _FIN = 0x80
+_RSV1 = 0x40  # permessage-deflate: this message is compressed
+#: RFC 7692 7.2.1: a compressed message ends without the 00 00 ff ff of a sync flush.
+_DEFLATE_TAIL = b"\x00\x00\xff\xff"
+#: What rusty_ws answers to an acceptable permessage-deflate offer.
+ACCEPTED_DEFLATE = "permessage-deflate; server_no_context_takeover"
 #: A close frame's reason is at most 123 bytes, so the control frame fits in 125.
 MAX_CLOSE_REASON_BYTES = 123
 
 
-def encode_frame(opcode: int, payload: bytes) -> bytes:
+def encode_frame(opcode: int, payload: bytes, rsv: int = 0) -> bytes:
     """One unmasked, unfragmented frame carrying ``payload``."""
     length = len(payload)
+    first = _FIN | rsv | opcode
     if length < 126:
-        header = struct.pack("!BB", _FIN | opcode, length)
+        header = struct.pack("!BB", first, length)
     elif length < 65536:
-        header = struct.pack("!BBH", _FIN | opcode, 126, length)
+        header = struct.pack("!BBH", first, 126, length)
     else:
-        header = struct.pack("!BBQ", _FIN | opcode, 127, length)
+        header = struct.pack("!BBQ", first, 127, length)
     return header + payload
 
 
@@ -45,6 +58,44 @@ def text_frame(data: bytes | str) -> bytes:
     if isinstance(data, str):
         data = data.encode("utf-8")
     return encode_frame(OP_TEXT, data)
+
+
+def deflate_text_frame(data: bytes, level: int) -> bytes:
+    """A compressed text frame (RSV1) that any permessage-deflate peer can read.
+
+    Compressed with a fresh context, as ``server_no_context_takeover`` promises:
+    the same bytes are valid on every compressing connection.
+    """
+    compressor = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+    body = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    return encode_frame(OP_TEXT, body[:-4] if body.endswith(_DEFLATE_TAIL) else body, _RSV1)
+
+
+def deflate_offer_to_accept(header: str | None) -> bool:
+    """Whether a ``Sec-WebSocket-Extensions`` offer lets us answer ``ACCEPTED_DEFLATE``.
+
+    Yes when some permessage-deflate offer in it has only parameters that
+    answer is compatible with; no when every offer would hold the server to
+    a smaller window (``server_max_window_bits`` below 15) or names a
+    parameter RFC 7692 does not define.
+    """
+    for offer in (header or "").split(","):
+        name, *params = [part.strip() for part in offer.split(";")]
+        if name.lower() != "permessage-deflate":
+            continue
+        acceptable = True
+        for param in params:
+            key, _, value = (part.strip().strip('"') for part in param.partition("="))
+            key = key.lower()
+            if key == "server_max_window_bits":
+                acceptable &= value == "15"
+            elif key == "client_max_window_bits":
+                acceptable &= value == "" or (value.isdigit() and 8 <= int(value) <= 15)
+            elif key not in ("server_no_context_takeover", "client_no_context_takeover"):
+                acceptable = False
+        if acceptable:
+            return True
+    return False
 
 
 def close_frame(code: int, reason: str = "") -> bytes:
@@ -88,13 +139,20 @@ class FrameParser:
       frame headers. The refused message's bytes are then skipped unread, so the
       peer's answer to the close that follows is still seen;
     - ``(FAILED, code, reason)``: the peer broke the protocol (1002) or sent text
-      that is not UTF-8 (1007).
+      that is not UTF-8 or compressed data that does not inflate (1007).
+
+    With ``inflate`` (permessage-deflate was negotiated) a message whose first
+    frame has RSV1 set is inflated, with the context kept from message to
+    message; the size limit then also applies to the inflated message, which
+    is never inflated past it.
 
     After CLOSE or FAILED the parser ignores everything else.
     """
 
-    def __init__(self, max_message_size: int) -> None:
+    def __init__(self, max_message_size: int, inflate: bool = False) -> None:
         self.max_message_size = max_message_size
+        self._inflater = zlib.decompressobj(-zlib.MAX_WBITS) if inflate else None
+        self._compressed = False    # the message being assembled is compressed
         self._buffer = bytearray()
         self._fragments: list[bytes] = []
         self._fragment_opcode: int | None = None
@@ -146,7 +204,7 @@ class FrameParser:
             mask = bytes(buffer[start:start + 4])
             payload = _unmask(bytes(buffer[start + 4:frame_end]), mask)
             position = frame_end
-            event = self._frame(first & 0x80, first & 0x0F, payload)
+            event = self._frame(first & 0x80, first & 0x0F, payload, first & _RSV1)
             if event is not None:
                 events.append(event)
                 if event[0] in (CLOSE, FAILED):
@@ -160,8 +218,9 @@ class FrameParser:
     def _check_header(self, first: int, second: int, length: int) -> tuple | None:
         """Refuse a frame from its header alone: before its payload is waited for."""
         opcode = first & 0x0F
-        if first & 0x70:
-            return (FAILED, 1002, "reserved bits set (no extension was negotiated)")
+        if first & 0x70 and not (first & 0x70 == _RSV1 and self._inflater is not None
+                                 and opcode in (OP_TEXT, _OP_BINARY)):
+            return (FAILED, 1002, "reserved bits set where no extension allows them")
         if not second & 0x80:
             return (FAILED, 1002, "client frames must be masked")
         if opcode in _CONTROL:
@@ -181,7 +240,7 @@ class FrameParser:
             return (TOO_BIG,)
         return None
 
-    def _frame(self, fin: int, opcode: int, payload: bytes) -> tuple | None:
+    def _frame(self, fin: int, opcode: int, payload: bytes, compressed: int = 0) -> tuple | None:
         if opcode == OP_PING:
             return (PING, payload)
         if opcode == OP_PONG:
@@ -194,7 +253,7 @@ class FrameParser:
         elif self._fragment_opcode is not None:
             return (FAILED, 1002, "new message before the previous one was finished")
         else:
-            self._fragment_opcode = opcode
+            self._fragment_opcode, self._compressed = opcode, bool(compressed)
         if not fin:
             self._fragments.append(payload)
             self._message_size += len(payload)
@@ -204,12 +263,29 @@ class FrameParser:
             payload = b"".join(self._fragments)
             self._fragments = []
         opcode, self._fragment_opcode, self._message_size = self._fragment_opcode, None, 0
+        if self._compressed:
+            payload = self._inflate(payload)
+            if isinstance(payload, tuple):
+                return payload
         if opcode == _OP_BINARY:
             return (BINARY, payload)
         try:
             return (TEXT, payload.decode("utf-8"))
         except UnicodeDecodeError:
             return (FAILED, 1007, "text message is not valid UTF-8")
+
+    def _inflate(self, payload: bytes) -> bytes | tuple:
+        """The inflated message, or the event that refuses it; never inflates past the limit."""
+        assert self._inflater is not None  # RSV1 is refused from the header otherwise
+        try:
+            data = self._inflater.decompress(payload + _DEFLATE_TAIL, self.max_message_size + 1)
+        except zlib.error:
+            return (FAILED, 1007, "compressed message does not inflate")
+        if len(data) > self.max_message_size or self._inflater.unconsumed_tail:
+            # The context cannot go on from here; the connection closes (1009) anyway.
+            self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            return (TOO_BIG,)
+        return data
 
     @staticmethod
     def _close(payload: bytes) -> tuple:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .brokers import Broker
 from .config import Settings
-from .frames import text_frame
+from .frames import deflate_text_frame, text_frame
 from .protocol import CLOSE_CODE_EXPLANATIONS, CloseCode, Delivery
 from .registry import Registry
 from .writer import Outbox, Writer
@@ -48,9 +48,11 @@ class Hub:
             ping_timeout=settings.ping_timeout,
         )
         self.broker = broker
-        # _connections_lock guards _connections, _slots_taken and _accepting.
+        # _connections_lock guards _connections, _slots_taken, _accepting and the
+        # writes of _compressing (read without it: an int, and only a shortcut).
         self._connections_lock = threading.Lock()
         self._connections: set[Connection] = set()
+        self._compressing = 0  # open connections that negotiated permessage-deflate
         self._slots_taken = 0
         self._accepting = True
         # Signalled whenever a connection ends (shutdown and tests wait on it).
@@ -84,13 +86,16 @@ class Hub:
     def add(self, connection: "Connection") -> None:
         with self._connections_lock:
             self._connections.add(connection)
+            self._compressing += connection.outbox.deflate
 
     def discard(self, connection: "Connection") -> None:
         """Forget a connection that ended, and every subscription it held."""
         for key in self.registry.remove(connection.outbox):
             self.broker.interest_removed(key)
         with self._connections_lock:
-            self._connections.discard(connection)
+            if connection in self._connections:
+                self._connections.remove(connection)
+                self._compressing -= connection.outbox.deflate
             self._connections_changed.notify_all()
 
     # ------------------------------------------------------------------ subscriptions
@@ -111,10 +116,23 @@ class Hub:
         self.broker.publish(delivery)
 
     def deliver_local(self, delivery: Delivery) -> None:
-        """Hand ``delivery`` to this process's subscribers: one frame, encoded once."""
+        """Hand ``delivery`` to this process's subscribers: one frame, encoded once.
+
+        With compressing connections open, at most two: one plain, one compressed
+        (without context takeover, so the same bytes suit every such subscriber).
+        """
         subscribers = self.registry.subscribers(delivery.topic, delivery.session_id)
-        if subscribers:
-            self.writer.send(text_frame(delivery.encode()), subscribers)
+        if not subscribers:
+            return
+        data = delivery.encode()
+        if self._compressing:
+            compressing = [box for box in subscribers if box.deflate]
+            if compressing:
+                self.writer.send(deflate_text_frame(data, self.settings.compression), compressing)
+                subscribers = [box for box in subscribers if not box.deflate]
+                if not subscribers:
+                    return
+        self.writer.send(text_frame(data), subscribers)
 
     def wait_connections(self, at_most: int, timeout: float) -> bool:
         """Block until at most ``at_most`` connections are open and hold a slot; False on timeout.

@@ -30,6 +30,7 @@ from flask_sock import Sock
 from .auth import Claims, default_session_for
 from .connection import Connection
 from .exceptions import AuthError, ProtocolError, TokenInvalid
+from .frames import ACCEPTED_DEFLATE, deflate_offer_to_accept
 from .protocol import check_session, loads_strict
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ class Admission:
     """A request that passed ``_admit`` and holds a connection slot."""
 
     claims: Claims | None
+    deflate: bool = False  # permessage-deflate was negotiated (RUSTY_WS_COMPRESSION)
     holds_slot: bool = True
 
 
@@ -150,10 +152,15 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
                 response, status = _error(503, "shutting_down", "the hub is shutting down")
             response.headers["Retry-After"] = "5"
             return response, status
-        request.environ[ADMISSION_KEY] = Admission(claims)
-        # rusty_ws never compresses (frames are encoded once for all subscribers),
-        # so permessage-deflate is not offered to simple-websocket's handshake.
-        request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
+        # simple-websocket's handshake (wsproto) accepts permessage-deflate with the
+        # parameters it is offered. It sees an offer only when compression is on and
+        # the client's offer allows our one answer, server_no_context_takeover: every
+        # delivery is then compressed once for all compressing subscribers.
+        offer = request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
+        deflate = bool(settings.compression) and deflate_offer_to_accept(offer)
+        if deflate:
+            request.environ["HTTP_SEC_WEBSOCKET_EXTENSIONS"] = ACCEPTED_DEFLATE
+        request.environ[ADMISSION_KEY] = Admission(claims, deflate)
         return None
 
     @bp.teardown_request
@@ -187,7 +194,8 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
                 return
             ws.sock.settimeout(None)  # a blocking reader; writes use MSG_DONTWAIT
             ws.ws = None  # wsproto's handshake state: never used again, ~3 KiB per connection
-            Connection(hub, ws.sock, admission.claims, request.remote_addr or "?").serve()
+            Connection(hub, ws.sock, admission.claims, request.remote_addr or "?",
+                       deflate=admission.deflate).serve()
         finally:
             ws.connected = False  # flask-sock's ws.close() after us must not write again
             # Under werkzeug, flask-sock lets the server write an HTTP response once this

@@ -55,12 +55,13 @@ class Outbox:
 
     __slots__ = (
         "sock", "label", "chunks", "size", "partial", "queued", "watched", "state",
-        "close_deadline", "last_seen", "ping_sent_at", "released",
+        "close_deadline", "last_seen", "ping_sent_at", "released", "deflate",
     )
 
-    def __init__(self, sock: socket.socket, label: str) -> None:
+    def __init__(self, sock: socket.socket, label: str, deflate: bool = False) -> None:
         self.sock = sock
         self.label = label
+        self.deflate = deflate        # takes compressed deliveries (permessage-deflate); never changes
         self.chunks: list[Any] = []   # frames (bytes) waiting; the first may be a memoryview remainder
         self.size = 0                 # bytes in chunks
         self.partial = False          # chunks[0] is the unsent rest of a frame already begun
@@ -127,7 +128,7 @@ class Writer:
 
     # ------------------------------------------------------------------ any thread
 
-    def attach(self, sock: socket.socket, label: str) -> Outbox:
+    def attach(self, sock: socket.socket, label: str, deflate: bool = False) -> Outbox:
         """Start writing for ``sock``; starts the writer thread on first use.
 
         Turns Nagle's algorithm off: the writer already joins what waits for a
@@ -136,7 +137,7 @@ class Writer:
         """
         with contextlib.suppress(OSError):  # not a TCP socket (a Unix socket behind a proxy)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        box = Outbox(sock, label)
+        box = Outbox(sock, label, deflate)
         self._ensure_started()
         self._submit(self._do_attach, box, None)
         return box

@@ -1,15 +1,22 @@
 #!/usr/bin/env python3
-"""What permessage-deflate would cost a fan-out, per delivery, against encoding a frame once.
+"""What permessage-deflate costs a fan-out, per delivery, against a plain frame encoded once.
 
-rusty_ws never negotiates permessage-deflate (RFC 7692). With it, every
-connection keeps its own compression context (context takeover is the
-default a browser asks for), so one publish to S subscribers is S
-compressions of the same bytes instead of one frame encoded once. This
-measures both on this machine, with a delivery of the benchmark's size:
+Three ways to send one publish to S subscribers:
+
+- plain: one frame, encoded once, the same bytes for everyone (the default);
+- compressed once: what rusty_ws does with ``RUSTY_WS_COMPRESSION``. It
+  negotiates ``server_no_context_takeover``, so each message is compressed
+  on its own and one compressed frame serves every compressing subscriber;
+- compressed per connection: each connection keeps its own context (context
+  takeover, what a browser gets by default from servers that compress, such
+  as simple-websocket/wsproto), so one publish is S compressions.
+
+Measured on this machine with a delivery of the benchmark's size:
 
     .venv/bin/python scripts/deflate_cost.py [--subscribers 1000] [--publishes 200]
 
 Pure CPU, one thread, no sockets: the numbers are per delivery, before any write.
+(The benchmark's load generator does not inflate, so scripts/bench.py runs uncompressed.)
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import json
 import time
 import zlib
 
-from rusty_ws.frames import text_frame
+from rusty_ws.frames import deflate_text_frame, text_frame
 from rusty_ws.protocol import Delivery
 
 
@@ -34,6 +41,17 @@ def encode_once(subscribers: int, publishes: int) -> float:
     started = time.perf_counter()
     for i in range(publishes):
         frame = text_frame(delivery_bytes(i))
+        for box in outboxes:
+            box.append(frame)
+    return time.perf_counter() - started
+
+
+def deflate_once(subscribers: int, publishes: int, level: int) -> float:
+    """Seconds for the same, one compressed frame per publish shared by every subscriber."""
+    outboxes: list[list[bytes]] = [[] for _ in range(subscribers)]
+    started = time.perf_counter()
+    for i in range(publishes):
+        frame = deflate_text_frame(delivery_bytes(i), level)
         for box in outboxes:
             box.append(frame)
     return time.perf_counter() - started
@@ -66,12 +84,17 @@ def main() -> None:
     args = parser.parse_args()
     deliveries = args.subscribers * args.publishes
     once = min(encode_once(args.subscribers, args.publishes) for _ in range(3))
-    rows = {"encode once": once}
+    rows = {"plain, encoded once": once}
+    for level in (1, 6):
+        rows[f"deflate level {level}, compressed once"] = min(
+            deflate_once(args.subscribers, args.publishes, level) for _ in range(3))
     for level in (1, 6):
         rows[f"deflate level {level}, per connection"] = min(
             deflate_per_connection(args.subscribers, args.publishes, level) for _ in range(3))
     size = len(text_frame(delivery_bytes(0)))
-    print(f"{args.publishes} publishes to {args.subscribers} subscribers, {size}-byte frames (best of 3)")
+    packed = len(deflate_text_frame(delivery_bytes(0), 6))
+    print(f"{args.publishes} publishes to {args.subscribers} subscribers, {size}-byte frames "
+          f"({packed} bytes compressed at level 6; best of 3)")
     for name, seconds in rows.items():
         print(f"  {name:34} {seconds / deliveries * 1e6:8.3f} us per delivery  "
               f"({deliveries / seconds:>12,.0f} deliveries/s of CPU)")

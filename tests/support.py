@@ -186,12 +186,13 @@ def login(server: RunningServer, username: str = "testuser", password: str = "pa
 class RawSocket:
     """A hand-made WebSocket client, for what websocket-client will not send (or answer)."""
 
-    def __init__(self, port: int, path: str = "/ws") -> None:
+    def __init__(self, port: int, path: str = "/ws", extensions: str | None = None) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
         key = base64.b64encode(os.urandom(16)).decode()
+        offer = f"Sec-WebSocket-Extensions: {extensions}\r\n" if extensions else ""
         self.sock.sendall(
             f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n{offer}"
             "Sec-WebSocket-Version: 13\r\n\r\n".encode()
         )
         head = b""
@@ -200,9 +201,13 @@ class RawSocket:
             assert chunk, f"handshake refused: {head!r}"
             head += chunk
         self.status = int(head.split()[1])
+        lines = head.decode("latin-1").split("\r\n")[1:]
+        self.headers = {name.strip().lower(): value.strip()
+                        for name, _, value in (line.partition(":") for line in lines if line)}
 
-    def send_frame(self, opcode: int, payload: bytes, fin: bool = True, mask: bytes = b"abcd") -> None:
-        first = (0x80 if fin else 0) | opcode
+    def send_frame(self, opcode: int, payload: bytes, fin: bool = True, mask: bytes = b"abcd",
+                   rsv: int = 0) -> None:
+        first = (0x80 if fin else 0) | rsv | opcode
         length = len(payload)
         if length < 126:
             header = struct.pack("!BB", first, 0x80 | length)
@@ -212,6 +217,26 @@ class RawSocket:
             header = struct.pack("!BBQ", first, 0x80 | 127, length)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
         self.sock.sendall(header + mask + masked)
+
+    def _read_exactly(self, count: int) -> bytes:
+        data = b""
+        while len(data) < count:
+            chunk = self.sock.recv(count - len(data))
+            assert chunk, "the connection ended inside a frame"
+            data += chunk
+        return data
+
+    def recv_frame(self, timeout: float = WAIT) -> tuple[int, bytes]:
+        """One server frame: its first byte (FIN, RSV bits, opcode) and its payload."""
+        self.sock.settimeout(timeout)
+        first, length = self._read_exactly(2)
+        assert not length & 0x80, "server frames are never masked"
+        length &= 0x7F
+        if length == 126:
+            length = struct.unpack("!H", self._read_exactly(2))[0]
+        elif length == 127:
+            length = struct.unpack("!Q", self._read_exactly(8))[0]
+        return first, self._read_exactly(length)
 
     def read_until_eof(self, timeout: float = WAIT) -> bytes:
         """Everything the server sends until it ends the connection."""

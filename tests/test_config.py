@@ -15,6 +15,7 @@ def test_defaults_are_filled_in() -> None:
     assert settings.cors_origins == ("*",)
     assert settings.broker_url == "memory://"
     assert not settings.require_auth
+    assert settings.compression == 0
 
 
 def test_seed_aliases() -> None:
@@ -56,6 +57,9 @@ def test_environment() -> None:
         ("RUSTY_WS_MAX_MESSAGE_SIZE", -1),
         ("RUSTY_WS_PING_TIMEOUT", "soon"),
         ("RUSTY_WS_JWT_EXPIRATION_SECONDS", 0),
+        ("RUSTY_WS_COMPRESSION", 10),
+        ("RUSTY_WS_COMPRESSION", 2.5),
+        ("RUSTY_WS_COMPRESSION", "fast"),
     ],
 )
 def test_refuses_values_that_cannot_work(key: str, value: object) -> None:
@@ -84,3 +88,8 @@ def test_empty_origin_list_allows_only_the_hubs_own_origin() -> None:
 def test_empty_environment_values_count_as_unset() -> None:
     found = config_from_environ({"RUSTY_WS_JWT_SECRET_KEY": "", "JWT_SECRET_KEY": "seed-secret"})
     assert found == {"RUSTY_WS_JWT_SECRET_KEY": "seed-secret"}
+
+
+@pytest.mark.parametrize("value, level", [(0, 0), (False, 0), (1, 1), (9, 9), ("6", 6), (True, 1)])
+def test_compression_is_a_zlib_level_or_off(value: object, level: int) -> None:
+    assert Settings.from_config({"RUSTY_WS_COMPRESSION": value}).compression == level

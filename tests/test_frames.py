@@ -160,3 +160,107 @@ class TestFrameParser:
         parser = FrameParser(100)
         assert parser.feed(client(b"\xff") + client(b"late"))[-1][0] == FAILED
         assert parser.feed(client(b"later")) == []
+
+
+# --------------------------------------------------------------------------- permessage-deflate (RFC 7692)
+
+import zlib  # noqa: E402
+
+from rusty_ws.frames import deflate_offer_to_accept, deflate_text_frame  # noqa: E402
+
+RSV1 = 0x40
+
+
+class ClientDeflater:
+    """A client's compressor with context takeover, as browsers use it."""
+
+    def __init__(self) -> None:
+        self.compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+
+    def __call__(self, data: bytes) -> bytes:
+        body = self.compressor.compress(data) + self.compressor.flush(zlib.Z_SYNC_FLUSH)
+        assert body.endswith(b"\x00\x00\xff\xff")
+        return body[:-4]
+
+
+class TestDeflate:
+    def test_a_compressed_delivery_inflates_on_its_own(self) -> None:
+        data = b'{"topic": "T", "payload": "' + b"abc" * 200 + b'"}'
+        frame = deflate_text_frame(data, 6)
+        assert frame[0] == 0x80 | RSV1 | 0x1 and frame[1] < 126 and len(frame) < len(data)
+        payload = frame[2:]
+        assert len(payload) == frame[1]
+        # A fresh decompressor, as a client that was promised server_no_context_takeover may use.
+        assert zlib.decompressobj(-zlib.MAX_WBITS).decompress(payload + b"\x00\x00\xff\xff") == data
+        assert deflate_text_frame(data, 6) == frame  # the same bytes for every subscriber
+
+    def test_compressed_messages_keep_the_clients_context(self) -> None:
+        deflate, parser = ClientDeflater(), FrameParser(1 << 20, inflate=True)
+        first = "héllo " * 50
+        assert parser.feed(client(deflate(first.encode()), rsv=RSV1)) == [(TEXT, first)]
+        # The second message refers back to the first: only a kept context inflates it.
+        second = deflate(first.encode())
+        assert len(second) < 20
+        assert parser.feed(client(second, rsv=RSV1)) == [(TEXT, first)]
+
+    def test_a_fragmented_compressed_message(self) -> None:
+        body = ClientDeflater()(b"x" * 5000 + b"end")
+        half = len(body) // 2
+        parser = FrameParser(1 << 20, inflate=True)
+        data = client(body[:half], fin=False, rsv=RSV1) + client(body[half:], opcode=0x0)
+        assert parser.feed(data) == [(TEXT, "x" * 5000 + "end")]
+
+    def test_plain_messages_pass_on_a_compressing_connection(self) -> None:
+        assert FrameParser(100, inflate=True).feed(client(b"ping")) == [(TEXT, "ping")]
+
+    @pytest.mark.parametrize("inflate, rsv, opcode, fin", [
+        (False, RSV1, 0x1, True),    # not negotiated
+        (True, 0x20, 0x1, True),     # RSV2: no extension defines it
+        (True, RSV1, 0x9, True),     # a control frame is never compressed
+    ])
+    def test_reserved_bits_where_nothing_allows_them(self, inflate: bool, rsv: int, opcode: int,
+                                                     fin: bool) -> None:
+        events = FrameParser(1000, inflate=inflate).feed(client(b"x", opcode=opcode, rsv=rsv, fin=fin))
+        assert events[0][:2] == (FAILED, 1002)
+
+    def test_rsv1_on_a_continuation_frame(self) -> None:
+        parser = FrameParser(1000, inflate=True)
+        events = parser.feed(client(b"a", fin=False) + client(b"b", opcode=0x0, rsv=RSV1))
+        assert events[0][:2] == (FAILED, 1002)
+
+    def test_a_deflate_bomb_is_refused_without_inflating_it(self) -> None:
+        bomb = ClientDeflater()(b"\0" * (50 << 20))  # 50 MiB of zeros in ~50 KiB
+        assert len(bomb) < 100_000
+        parser = FrameParser(1 << 20, inflate=True)
+        assert parser.feed(client(bomb, rsv=RSV1)) == [(TOO_BIG,)]
+
+    def test_a_message_just_at_the_limit_inflates(self) -> None:
+        parser = FrameParser(1000, inflate=True)
+        assert parser.feed(client(ClientDeflater()(b"a" * 1000), rsv=RSV1)) == [(TEXT, "a" * 1000)]
+        assert FrameParser(1000, inflate=True).feed(client(ClientDeflater()(b"a" * 1001), rsv=RSV1)) == [(TOO_BIG,)]
+
+    def test_garbage_that_does_not_inflate(self) -> None:
+        events = FrameParser(1000, inflate=True).feed(client(b"\xff\xff\xff\xff garbage", rsv=RSV1))
+        assert events[0][:2] == (FAILED, 1007)
+
+    def test_inflated_text_must_be_utf8(self) -> None:
+        events = FrameParser(1000, inflate=True).feed(client(ClientDeflater()(b"\xff\xfe"), rsv=RSV1))
+        assert events[0][:2] == (FAILED, 1007)
+
+
+@pytest.mark.parametrize("offer, accepted", [
+    ("permessage-deflate; client_max_window_bits", True),                 # Chromium, Firefox
+    ("permessage-deflate", True),
+    ("permessage-deflate; server_no_context_takeover; client_no_context_takeover", True),
+    ("permessage-deflate; client_max_window_bits=12", True),
+    ("permessage-deflate; server_max_window_bits=15", True),
+    ("permessage-deflate; server_max_window_bits=10", False),             # we compress with 15
+    ("permessage-deflate; server_max_window_bits=10, permessage-deflate", True),  # the fallback offer
+    ("x-webkit-deflate-frame", False),
+    ("permessage-deflate; bogus", False),
+    ("permessage-deflate; client_max_window_bits=99", False),
+    ("", False),
+    (None, False),
+])
+def test_which_offers_are_accepted(offer: str | None, accepted: bool) -> None:
+    assert deflate_offer_to_accept(offer) is accepted

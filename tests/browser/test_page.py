@@ -212,3 +212,27 @@ def test_own_page_connects_when_cors_origins_are_restricted(context: BrowserCont
         page.connect("Local", "session-A")
         page.subscribe("T")
         page.close()
+
+
+def test_compressing_pages_and_a_plain_python_client_share_a_topic(context: BrowserContext) -> None:
+    # Chromium offers permessage-deflate on every WebSocket; with RUSTY_WS_COMPRESSION on, it gets it.
+    with running_server(compression=6) as server, \
+            WsClient.connect_with_session("PyClient", "session-Z", server.ws_url, timeout=WAIT) as python:
+        received: queue.Queue = queue.Queue()
+        python.on_message("Zip", received.put)
+        python.subscribe("PyClient", "Zip")
+        pages = [HubPage.open(context, server.http_url + "/") for _ in range(2)]
+        for name, page in zip(("One", "Two"), pages):
+            page.connect(name, "session-Z")
+            page.subscribe("Zip")
+        compressing = [conn for conn in server.hub._connections if conn.outbox.deflate]
+        assert len(compressing) == 2  # the two pages; websocket-client never offers compression
+        long_text = ("a long, compressible message " * 30).strip()
+        pages[0].publish("Zip", long_text)
+        for page in pages:
+            page.expect_payload(long_text)
+        assert received.get(timeout=WAIT) == long_text
+        python.publish("PyClient", "Zip", ("back from python " * 20).strip())
+        pages[1].expect_payload(("back from python " * 20).strip())
+        for page in pages:
+            page.close()
