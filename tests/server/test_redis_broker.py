@@ -299,7 +299,7 @@ def test_a_redis_that_stops_answering_is_noticed_by_the_keepalive(
     redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SIGSTOP keeps Redis' sockets open but silent: only the listener's own PING can tell."""
-    import rusty_ws.brokers.redis as module
+    import rusty_ws.brokers.redis_listener as module
 
     for name, value in dict(POLL_INTERVAL=0.05, KEEPALIVE_INTERVAL=0.2, KEEPALIVE_TIMEOUT=0.2).items():
         monkeypatch.setattr(module, name, value)

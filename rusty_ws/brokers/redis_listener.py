@@ -1,0 +1,301 @@
+"""The Redis broker's listener thread: the one owner of a node's subscriber connection.
+
+``RedisBroker`` (``redis.py``) is what the hub calls; it hands this class the
+work that needs the subscriber connection. The thread ``rusty_ws-redis-{node}``
+subscribes to the channels of the (topic, session) pairs the hub's registry
+holds, delivers what arrives on them, keeps the connection alive (PING), and
+reconnects with backoff. Other threads mark pairs whose interest changed and
+wake it through the node's control channel; it reconciles them against the
+registry and confirms with a PING barrier (see ``redis.py`` for the whole story).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+from .. import backoff
+from ..protocol import Delivery
+from .base import Deliver, Key
+from .redis_codec import channel_name, control_channel, decode_envelope, encode_envelope
+
+__all__ = ["Listener"]
+
+logger = logging.getLogger("rusty_ws.server")
+
+#: Seconds the listener blocks for a message before it looks at its other duties.
+POLL_INTERVAL = 1.0
+#: Seconds of silence on the subscriber connection before the listener PINGs Redis...
+KEEPALIVE_INTERVAL = 5.0
+#: ...and seconds it waits for the PONG before it takes Redis for gone and reconnects.
+KEEPALIVE_TIMEOUT = 5.0
+#: Channels per SUBSCRIBE command when a node subscribes to everything again.
+SUBSCRIBE_CHUNK = 1000
+
+_BARRIER = b"rusty_ws-barrier:"
+_READY = b"rusty_ws-ready"
+_KEEPALIVE = b"rusty_ws-keepalive"
+
+
+class Listener:
+    """The listener thread of one broker, in one process: the worker object with ``stop()``.
+
+    The thread owns the subscriber connection (``pubsub``), ``_channels`` and
+    ``_batches``; other threads touch only what ``_lock`` guards.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: Any,
+        errors: tuple[type[BaseException], ...],
+        prefix: str,
+        node_id: str,
+        deliver: Deliver,
+        keys: Callable[[], list[Key]],
+        subscribe_timeout: float,
+        backoff_delays: Callable[[], Iterator[float]] = lambda: backoff.delays(initial=0.1, cap=5.0),
+    ) -> None:
+        self.client = client
+        self.errors = errors
+        self.prefix = prefix
+        self.node_id = node_id
+        self.control = control_channel(prefix, node_id)
+        self.deliver = deliver
+        self.keys = keys
+        self.subscribe_timeout = subscribe_timeout
+        self.backoff_delays = backoff_delays
+        # _lock guards _connected, _dirty, _waiters and _counts. Never held across I/O.
+        self._lock = threading.Lock()
+        # Signalled whenever _connected changes (wait_connected).
+        self._connected_changed = threading.Condition(self._lock)
+        self._connected = False
+        self._dirty: set[Key] = set()             # pairs whose interest changed since the last reconcile
+        self._waiters: list[threading.Event] = []  # set once a reconcile that saw their marks is confirmed
+        self._counts = {"unsent": 0, "dropped": 0, "reconnects": 0}
+        self._warned_unsent = False
+        self._ever_connected = False
+        self._stop = threading.Event()
+        self._first_attempt = threading.Event()
+        # Owned by the listener thread:
+        self._channels: dict[bytes, Key] = {}
+        self._batches: dict[int, list[threading.Event]] = {}
+        self._batch_ids = itertools.count(1)
+        # Daemon: a hub nobody shut down must not keep the process alive; stop() joins it.
+        self._thread = threading.Thread(target=self._run, name=f"rusty_ws-redis-{node_id}", daemon=True)
+
+    # ------------------------------------------------------------------ any thread
+
+    def start(self, timeout: float) -> None:
+        """Start the thread (last, once everything above exists); wait for its first connection attempt."""
+        self._thread.start()
+        if not self._first_attempt.wait(timeout):
+            logger.warning("! Redis did not answer within %.1fs; going on without it for now", timeout)
+
+    def stop(self, timeout: float) -> None:
+        """Ask the thread to end, wake it, and join it. Idempotent."""
+        self._stop.set()
+        self._wake()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.error("! %s did not stop within %.1fs", self._thread.name, timeout)
+        try:
+            self.client.close()
+        except self.errors:
+            pass
+
+    def forward(self, delivery: Delivery) -> None:
+        """PUBLISH ``delivery`` for the other nodes, or count it as unsent while disconnected."""
+        if self._connected:
+            try:
+                self.client.publish(channel_name(self.prefix, delivery.topic, delivery.session_id),
+                                    encode_envelope(self.node_id, delivery))
+                return
+            except self.errors as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+        else:
+            reason = "Redis is unreachable"
+        with self._lock:
+            self._counts["unsent"] += 1
+            warn, self._warned_unsent = not self._warned_unsent, True
+        if warn:
+            logger.warning("! publishes reach this node's subscribers only (%s)", reason)
+
+    def interest_changed(self, key: Key) -> None:
+        """Mark ``key`` for the listener to reconcile; while connected, wait until Redis has it."""
+        done = threading.Event()
+        with self._lock:
+            self._dirty.add(key)
+            if not self._connected:
+                return  # the reconnect subscribes to whatever the registry holds then
+            self._waiters.append(done)
+        if self._wake() and not done.wait(self.subscribe_timeout):
+            logger.warning("! Redis did not confirm the (un)subscription of %r within %.1fs",
+                           key, self.subscribe_timeout)
+
+    def wait_connected(self, connected: bool, timeout: float) -> bool:
+        with self._lock:
+            return self._connected_changed.wait_for(lambda: self._connected == connected, timeout)
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {"connected": self._connected, "node": self.node_id,
+                    "channels": len(self._channels), **self._counts}
+
+    def _wake(self) -> bool:
+        """Wake the thread with an empty message on the control channel; False if Redis refused."""
+        if not self._connected:
+            return False
+        try:
+            self.client.publish(self.control, b"")
+            return True
+        except self.errors:
+            return False
+
+    def _set_connected(self, connected: bool) -> None:
+        with self._lock:
+            self._connected = connected
+            if connected:
+                self._warned_unsent = False
+            else:
+                waiters, self._waiters = self._waiters, []
+            self._connected_changed.notify_all()
+        if not connected:
+            for batch in [*self._batches.values(), waiters]:
+                for done in batch:
+                    done.set()  # nobody waits for a confirmation that cannot come
+            self._batches.clear()
+
+    # ------------------------------------------------------------------ the thread
+
+    def _run(self) -> None:
+        delays = self.backoff_delays()
+        warned = False  # the first failure of an outage is a warning; its retries are debug
+        while not self._stop.is_set():
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                self._subscribe_all(pubsub)
+                self._listen(pubsub)
+            except self.errors as exc:
+                if self._connected or not warned:
+                    logger.warning("! Redis connection lost or refused (%s); reconnecting with backoff", exc)
+                else:
+                    logger.debug("- Redis still unreachable: %s", exc)
+                warned = True
+            except Exception:
+                logger.exception("! the Redis listener failed; reconnecting")
+            finally:
+                if self._connected:
+                    delays = self.backoff_delays()  # a good connection starts the backoff over
+                self._set_connected(False)
+                self._channels.clear()
+                self._first_attempt.set()
+                try:
+                    pubsub.close()
+                except Exception:
+                    pass
+            self._stop.wait(next(delays))
+        logger.debug("- %s stopped", threading.current_thread().name)
+
+    def _subscribe_all(self, pubsub: Any) -> None:
+        """Subscribe to the control channel and every pair the registry holds; PING when sent."""
+        with self._lock:
+            self._dirty.clear()  # the keys() read below sees every mark made so far
+        self._channels = {channel_name(self.prefix, *key): key for key in self.keys()}
+        pubsub.subscribe(self.control)
+        channels = list(self._channels)
+        for start in range(0, len(channels), SUBSCRIBE_CHUNK):
+            pubsub.subscribe(*channels[start:start + SUBSCRIBE_CHUNK])
+        pubsub.ping(_READY)  # its PONG says Redis has every subscription: then we are connected
+
+    def _listen(self, pubsub: Any) -> None:
+        last_heard = time.monotonic()
+        ping_sent_at = 0.0
+        while not self._stop.is_set():
+            message = pubsub.get_message(timeout=POLL_INTERVAL)
+            now = time.monotonic()
+            if message is not None:
+                last_heard, ping_sent_at = now, 0.0
+                self._dispatch(pubsub, message)
+            if self._connected and (self._dirty or self._waiters):
+                self._reconcile(pubsub)
+            if ping_sent_at and now - ping_sent_at > KEEPALIVE_TIMEOUT:
+                raise self.errors[0](f"no PONG from Redis within {KEEPALIVE_TIMEOUT:.0f}s")
+            if not ping_sent_at and now - last_heard > KEEPALIVE_INTERVAL:
+                pubsub.ping(_KEEPALIVE)
+                ping_sent_at = now
+
+    def _dispatch(self, pubsub: Any, message: dict[str, Any]) -> None:
+        kind, channel, data = message.get("type"), message.get("channel"), message.get("data")
+        if kind == "pong":
+            self._on_pong(pubsub, data)
+        elif kind != "message":
+            return
+        elif channel == self.control:
+            self._reconcile(pubsub)
+        else:
+            self._on_delivery(channel, data)
+
+    def _on_pong(self, pubsub: Any, data: bytes) -> None:
+        if data == _READY:
+            with self._lock:
+                if self._ever_connected:
+                    self._counts["reconnects"] += 1
+                self._ever_connected = True
+            logger.info("= Redis connected (node %s, %d channels)", self.node_id, len(self._channels))
+            self._set_connected(True)
+            self._first_attempt.set()
+            self._reconcile(pubsub)  # pairs marked while we were connecting
+        elif data.startswith(_BARRIER):
+            batch = int(data[len(_BARRIER):])
+            for number in [n for n in self._batches if n <= batch]:  # PONGs come back in order
+                for done in self._batches.pop(number):
+                    done.set()
+
+    def _reconcile(self, pubsub: Any) -> None:
+        """Bring the subscriptions of every marked pair in line with the registry; PING a barrier."""
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+            waiters, self._waiters = self._waiters, []
+        if dirty:
+            wanted = set(self.keys())  # read after the marks were taken: at least as new as they are
+            subscribe, unsubscribe = [], []
+            for key in dirty:
+                channel = channel_name(self.prefix, *key)
+                if key in wanted and channel not in self._channels:
+                    self._channels[channel] = key
+                    subscribe.append(channel)
+                elif key not in wanted and channel in self._channels:
+                    del self._channels[channel]
+                    unsubscribe.append(channel)
+            if subscribe:
+                pubsub.subscribe(*subscribe)
+            if unsubscribe:
+                pubsub.unsubscribe(*unsubscribe)
+        if waiters:
+            batch = next(self._batch_ids)
+            self._batches[batch] = waiters
+            pubsub.ping(_BARRIER + b"%d" % batch)
+
+    def _on_delivery(self, channel: bytes, data: Any) -> None:
+        key = self._channels.get(channel)
+        if key is None:
+            return  # a message sent before Redis had our UNSUBSCRIBE
+        try:
+            node, delivery = decode_envelope(data, key)
+        except (ValueError, TypeError, AttributeError) as exc:
+            with self._lock:
+                self._counts["dropped"] += 1
+            shown = data[:100] if isinstance(data, bytes) else type(data).__name__
+            logger.warning("! dropped a message on %r that is no rusty_ws envelope (%s): %r",
+                           channel[:200], exc, shown)
+            return
+        if node == self.node_id:
+            return  # ours: delivered locally when it was published
+        try:
+            self.deliver(delivery)
+        except Exception:
+            logger.exception("! delivering %s from node %s failed", delivery, node)
