@@ -13,6 +13,8 @@ Scenarios (every run checks that nothing was lost, reordered or crossed sessions
   latency    100 subscribers, a fixed publish rate: p50, p99, max
   sessions   500 sessions of 2 clients publishing to each other
   capacity   idle subscribed connections at 1,000 / 5,000 / 10,000, then one publish to all
+  compression  fan-out again, every subscriber offering permessage-deflate as browsers do,
+             to rusty_ws and websockets with compression on (RUSTY_WS_COMPRESSION=6)
 
 Usage:
   scripts/bench.py            full run (medians of 3; takes a while)
@@ -39,7 +41,7 @@ from typing import Any, Callable
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from benchlib.servers import SERVERS, ServerKind, RunningServer  # noqa: E402
+from benchlib.servers import COMPRESSING, SERVERS, ServerKind, RunningServer  # noqa: E402
 
 LOADGEN = os.path.join(HERE, "benchlib", "loadgen.py")
 ORDER = ["rusty_ws", "websockets", "flask-socketio", "per-send", "ceiling"]
@@ -89,7 +91,7 @@ def split(total: int, parts: int) -> list[int]:
 
 
 def merge(results: list[dict]) -> dict:
-    keys = ("delivered", "expected", "disorder", "foreign", "errors", "closed", "connections")
+    keys = ("delivered", "expected", "disorder", "foreign", "errors", "closed", "connections", "compressed")
     merged = {key: sum(r.get(key, 0) for r in results) for key in keys}
     firsts = [r["first"] for r in results if r.get("first")]
     merged["first"] = min(firsts, default=0.0)
@@ -107,12 +109,13 @@ def clean(result: dict) -> bool:
 # ------------------------------------------------------------------ scenarios
 
 
-def run_fanout(kind: ServerKind, subscribers: int, messages: int, deadline: float, blast: bool = False) -> dict:
+def run_fanout(kind: ServerKind, subscribers: int, messages: int, deadline: float, blast: bool = False,
+               deflate: bool = False) -> dict:
     server = RunningServer(kind)
     generators: list[Generator] = []
     try:
         common = {"dialect": kind.dialect, "port": server.port, "deadline": deadline, "session": "s1", "topic": "T"}
-        subs = [Generator({**common, "role": "subscribe", "connections": n, "expect": messages})
+        subs = [Generator({**common, "role": "subscribe", "connections": n, "expect": messages, "deflate": deflate})
                 for n in split(subscribers, min(4, subscribers))]
         generators += subs
         if not all(g.wait_ready() for g in subs):
@@ -125,8 +128,11 @@ def run_fanout(kind: ServerKind, subscribers: int, messages: int, deadline: floa
         sent = publisher.finish(deadline + 10)
         got = merge([g.finish(deadline + 10) for g in subs])
         elapsed = (got["last"] - sent.get("started", got["first"])) or float("nan")
+        # With deflate, every delivery must have come compressed: proof that it was negotiated.
+        compressed = not deflate or got["compressed"] >= got["delivered"]  # replies may be compressed too
         return {**got, "latencies_us": None, "elapsed": elapsed, "rate": got["delivered"] / elapsed,
-                "ok": clean(got), "failed": got["failed"] or sent.get("failed", "")}
+                "ok": clean(got) and compressed,
+                "failed": got["failed"] or sent.get("failed", "") or ("" if compressed else "not compressed")}
     finally:
         for generator in generators:
             generator.finish(1)
@@ -246,7 +252,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, one run each (< 2 minutes)")
     parser.add_argument("--only", default=",".join(ORDER), help="comma-separated servers")
-    parser.add_argument("--scenarios", default="loadgen,fanout,latency,sessions,capacity")
+    parser.add_argument("--scenarios", default="loadgen,fanout,latency,sessions,capacity,compression")
     parser.add_argument("--runs", type=int, default=None, help="runs per measurement (default 3, quick 1)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "bench-results"))
     parser.add_argument("--replot", metavar="RESULTS_JSON",
@@ -327,6 +333,20 @@ def main() -> int:
                 if not row["ok"]:
                     break  # stop at the first failure
 
+    if "compression" in scenarios:
+        results["compression"] = {}
+        for size in [100] if quick else [100, 1000]:
+            target = 50_000 if quick else 500_000
+            for name, kind in COMPRESSING.items():
+                if name not in args.only.split(","):
+                    continue
+                messages = max(10, int(target * kind.load) // size)
+                rows = repeat(runs, lambda: run_fanout(kind, size, messages, deadline, deflate=True))
+                results["compression"].setdefault(str(size), {})[name] = {
+                    "messages": messages, "runs": rows, "rate": median_of(rows, "rate"),
+                    "ok": all(r.get("ok") for r in rows)}
+                report("deflate", f"S={size}", name, rows, "rate", "deliveries/s")
+
     results["seconds"] = time.monotonic() - started
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as handle:
@@ -368,6 +388,8 @@ def ours_clean(results: dict) -> bool:
         fine &= size.get("rusty_ws", {}).get("ok", True)
     for scenario in ("latency", "sessions"):
         fine &= results.get(scenario, {}).get("rusty_ws", {}).get("ok", True)
+    for size in results.get("compression", {}).values():
+        fine &= size.get("rusty_ws", {}).get("ok", True)
     fine &= all(row.get("ok") for row in results.get("capacity", {}).get("rusty_ws", []))
     return fine
 
@@ -394,6 +416,12 @@ def print_table(results: dict) -> None:
         rates = {n: results["sessions"].get(n, {}).get("rate") for n in ORDER}
         print(f"{'rate':24}" + "".join(f"{fmt(rates[n]):>16}" for n in ORDER))
         print(f"{'  ratio':24}" + "".join(f"{ratio(rates['rusty_ws'], rates[n]):>16}" for n in ORDER))
+    if "compression" in results:
+        print(f"\n{'deflate fan-out, del./s':24}" + "".join(f"{n:>16}" for n in COMPRESSING))
+        for size, by_server in results["compression"].items():
+            rates = {n: by_server.get(n, {}).get("rate") for n in COMPRESSING}
+            print(f"{'S=' + size:24}" + "".join(f"{fmt(rates[n]):>16}" for n in COMPRESSING))
+            print(f"{'  ratio':24}" + "".join(f"{ratio(rates['rusty_ws'], rates[n]):>16}" for n in COMPRESSING))
 
 
 def plot(results: dict, path: str) -> None:

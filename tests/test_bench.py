@@ -26,5 +26,6 @@ def test_quick_benchmark_runs_and_rusty_ws_loses_nothing(tmp_path) -> None:
     assert results["latency"]["rusty_ws"]["ok"]
     assert results["sessions"]["rusty_ws"]["ok"]
     assert all(row["ok"] for row in results["capacity"]["rusty_ws"])
+    assert results["compression"]["100"]["rusty_ws"]["ok"]  # every subscriber inflated every message
     for name in ("websockets", "flask-socketio", "ceiling", "per-send"):
         assert name in results["fanout"]["100"], f"peer {name} did not run"

@@ -11,6 +11,9 @@ stdin. Each opens its connections, sets them up (session, subscription), says
 - ``pairs`` role: connections in pairs sharing a session, each publishing
   ``count`` messages to the other after ``go``.
 
+With ``"deflate": true`` in the spec, connections offer permessage-deflate and
+inflate what arrives compressed (publishes go out uncompressed).
+
 It ends by printing one JSON line of results. Every loop is bounded by
 ``deadline`` seconds. Two wire dialects: ``rusty`` (our text protocol, also
 spoken by the websockets and ceiling peers) and ``socketio`` (Engine.IO 4).
@@ -25,10 +28,11 @@ import selectors
 import socket
 import sys
 import time
+import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchlib.wire import FrameReader, client_frame, handshake, pong_frame  # noqa: E402
+from benchlib.wire import COMPRESSED_TEXT, DEFLATE_TAIL, FrameReader, client_frame, handshake, pong_frame  # noqa: E402
 
 PAD = "x" * 80  # payloads are ~100 bytes: an 8-digit sequence number, a send time, padding
 
@@ -105,7 +109,7 @@ DIALECTS = {"rusty": Rusty(), "socketio": SocketIO()}
 class Conn:
     __slots__ = ("sock", "selector", "reader", "session", "topic", "ready", "upgraded", "head", "out", "count",
                  "expect", "last_seq", "disorder", "foreign", "errors", "session_marker", "first", "last",
-                 "closed")
+                 "closed", "inflater", "compressed")
 
     def __init__(self, sock: socket.socket, selector: selectors.BaseSelector, session: str, topic: str | None,
                  expect: int) -> None:
@@ -116,10 +120,11 @@ class Conn:
         self.ready = self.upgraded = self.closed = False
         self.head = b""
         self.out = b""
-        self.count = self.disorder = self.foreign = self.errors = 0
+        self.count = self.disorder = self.foreign = self.errors = self.compressed = 0
         self.last_seq = -1
         self.session_marker = b'"session_id":"%s"' % session.encode()
         self.first = self.last = 0.0
+        self.inflater: "zlib._Decompress | None" = None  # set when the spec offers permessage-deflate
 
     def send(self, data: bytes) -> None:
         if self.closed:
@@ -162,9 +167,13 @@ class LoadGen:
     def open(self, session: str, topic: str | None, expect: int) -> Conn:
         sock = socket.create_connection(("127.0.0.1", self.spec["port"]), timeout=30)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(handshake("127.0.0.1", self.spec["port"], self.dialect.path))
+        deflate = self.spec.get("deflate", False)
+        sock.sendall(handshake("127.0.0.1", self.spec["port"], self.dialect.path, offer_deflate=deflate))
         sock.setblocking(False)
         conn = Conn(sock, self.selector, session, topic, expect)
+        if deflate:
+            # One context for the connection's life: right with or without server context takeover.
+            conn.inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         self.selector.register(sock, selectors.EVENT_READ, conn)
         self.conns.append(conn)
         return conn
@@ -219,6 +228,9 @@ class LoadGen:
         now = time.monotonic()
         on_text = self.dialect.on_text
         for opcode, payload in conn.reader.feed(data):
+            if opcode == COMPRESSED_TEXT and conn.inflater is not None:
+                opcode, payload = 0x1, conn.inflater.decompress(payload + DEFLATE_TAIL)
+                conn.compressed += 1
             if opcode == 0x1:
                 body = on_text(conn, payload) if payload[:1] != b"{" else payload
                 if body is not None:
@@ -330,6 +342,7 @@ class LoadGen:
             "foreign": sum(c.foreign for c in conns),
             "errors": sum(c.errors for c in conns),
             "closed": sum(1 for c in conns if c.closed),
+            "compressed": sum(c.compressed for c in conns),
             "first": min((c.first for c in received), default=0.0),
             "last": max((c.last for c in received), default=0.0),
             "latencies_us": self.latencies,

@@ -1,7 +1,9 @@
 """Peer: a minimal asyncio server on the `websockets` package, speaking rusty_ws's text protocol.
 
 Fan-out uses ``websockets.broadcast`` (encode once, write to every subscriber).
-Compression is off, as in rusty_ws. Run: ``python peer_websockets.py PORT``.
+Compression is off, as in rusty_ws by default; ``deflate`` turns on the
+package's default permessage-deflate (per-connection contexts, so broadcast
+compresses once per subscriber). Run: ``python peer_websockets.py PORT [deflate]``.
 """
 
 from __future__ import annotations
@@ -55,11 +57,11 @@ async def handler(ws) -> None:
             subscribers.get(key, set()).discard(ws)
 
 
-async def main(port: int) -> None:
-    async with serve(handler, "127.0.0.1", port, compression=None, backlog=4096):
+async def main(port: int, compression: str | None) -> None:
+    async with serve(handler, "127.0.0.1", port, compression=compression, backlog=4096):
         print("ready", flush=True)
         await asyncio.Future()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1])))
+    asyncio.run(main(int(sys.argv[1]), "deflate" if sys.argv[2:] == ["deflate"] else None))

@@ -33,6 +33,11 @@ SERVERS = {
     "ceiling": ServerKind("ceiling", "rusty", "peer_ceiling.py", "coalesce"),
     "per-send": ServerKind("per-send", "rusty", "peer_ceiling.py", "per-send", load=0.2),
 }
+#: The compression scenario's servers: the same two with permessage-deflate on.
+COMPRESSING = {
+    "rusty_ws": ServerKind("rusty_ws", "rusty", "run_rusty.py", "deflate"),
+    "websockets": ServerKind("websockets", "rusty", "peer_websockets.py", "deflate", load=0.1),
+}
 
 
 def free_port() -> int:

@@ -13,10 +13,19 @@ import struct
 ZERO_MASK = b"\0\0\0\0"
 
 
-def handshake(host: str, port: int, path: str) -> bytes:
+#: What a browser offers; with it, a server that compresses may set RSV1 on its frames.
+DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
+#: RFC 7692: appended to a compressed message before inflating it.
+DEFLATE_TAIL = b"\x00\x00\xff\xff"
+#: FrameReader's opcode for a compressed text frame (RSV1 kept next to the opcode).
+COMPRESSED_TEXT = 0x41
+
+
+def handshake(host: str, port: int, path: str, offer_deflate: bool = False) -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
+    offer = f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n" if offer_deflate else ""
     return (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n").encode()
 
 
 def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
@@ -36,7 +45,10 @@ def pong_frame(payload: bytes) -> bytes:
 
 
 class FrameReader:
-    """Splits a server's byte stream into (opcode, payload) frames; unmasked, unfragmented."""
+    """Splits a server's byte stream into (opcode, payload) frames; unmasked, unfragmented.
+
+    The opcode keeps RSV1: a compressed text frame comes out as ``COMPRESSED_TEXT``.
+    """
 
     __slots__ = ("buffer",)
 
@@ -65,7 +77,7 @@ class FrameReader:
             stop = start + length
             if stop > end:
                 break
-            append((first & 0x0F, buffer[start:stop]))
+            append((first & 0x4F, buffer[start:stop]))
             position = stop
         self.buffer = buffer[position:]
         return frames
