@@ -155,8 +155,11 @@ class Connection:
             logger.info("! %s sent a message over %d bytes", self.label, self.hub.settings.max_message_size)
             self.close(CloseCode.MESSAGE_TOO_BIG, CLOSE_CODE_EXPLANATIONS[1009])
         elif kind is FAILED:
+            # RFC 6455 7.1.7: after failing the connection, read nothing more (not even the
+            # peer's close); the close frame goes out, then the socket is shut down.
             logger.info("! %s broke the protocol: %s", self.label, event[2])
             self.close(event[1], event[2])
+            return False
         return True
 
     # ------------------------------------------------------------------ commands

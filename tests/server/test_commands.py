@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from support import RawSocket, RunningServer
+from support import WAIT, RawSocket, RunningServer, running_server
 
 
 def error_of(replies: list[str]) -> dict:
@@ -210,3 +210,14 @@ def test_many_hostile_frames_leave_the_server_up(server: RunningServer) -> None:
         with server.connect() as publisher:
             publisher.command('publish-json:{"topic": "T", "payload": "still here"}')
         assert bystander.recv_json()["payload"] == "still here"
+
+
+def test_a_failed_connection_is_ended_at_once_not_after_the_close_timeout() -> None:
+    # RFC 6455 7.1.7: after failing a connection, read nothing more, not even a close.
+    with running_server(close_timeout=60) as server:
+        raw = RawSocket(server.port)
+        raw.sock.sendall(b"\x81\x04ping")  # unmasked: fails the connection
+        data = raw.read_until_eof(timeout=WAIT)  # EOF within WAIT, not after 60 s
+        assert data[2:4] == b"\x03\xea"
+        raw.close()
+        server.wait_connections(0)
