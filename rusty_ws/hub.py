@@ -125,14 +125,16 @@ class Hub:
         if not subscribers:
             return
         data = delivery.encode()
-        if self._compressing:
-            compressing = [box for box in subscribers if box.deflate]
+        if self._compressing:  # the usual case, 0, costs no pass over the subscribers
+            plain: list[Outbox] = []
+            compressing: list[Outbox] = []
+            for box in subscribers:
+                (compressing if box.deflate else plain).append(box)
             if compressing:
                 self.writer.send(deflate_text_frame(data, self.settings.compression), compressing)
-                subscribers = [box for box in subscribers if not box.deflate]
-                if not subscribers:
-                    return
-        self.writer.send(text_frame(data), subscribers)
+            subscribers = plain
+        if subscribers:
+            self.writer.send(text_frame(data), subscribers)
 
     def wait_connections(self, at_most: int, timeout: float) -> bool:
         """Block until at most ``at_most`` connections are open and hold a slot; False on timeout.

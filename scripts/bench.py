@@ -109,24 +109,37 @@ def clean(result: dict) -> bool:
 # ------------------------------------------------------------------ scenarios
 
 
+def start_one_topic(server: RunningServer, kind: ServerKind, parts: int, subscriber: dict, publisher: dict,
+                    deadline: float, generators: list[Generator]) -> tuple[dict, dict]:
+    """Subscribers of topic T in session s1 (``subscriber["connections"]`` of them, over
+    ``parts`` processes), then one publisher; go. Returns (publisher's result, subscribers' merged).
+
+    Raises RuntimeError (a failed run, see ``attempt``) when a generator does not get ready.
+    """
+    common = {"dialect": kind.dialect, "port": server.port, "deadline": deadline, "session": "s1", "topic": "T"}
+    subs = [Generator({**common, "role": "subscribe", **subscriber, "connections": n})
+            for n in split(subscriber["connections"], parts)]
+    generators += subs
+    if not all(g.wait_ready() for g in subs):
+        raise RuntimeError(merge([g.finish(deadline) for g in subs])["failed"] or "a subscriber did not start")
+    sender = Generator({**common, "role": "publish", **publisher})
+    generators.append(sender)
+    if not sender.wait_ready():
+        raise RuntimeError(sender.finish(deadline).get("failed") or "the publisher did not start")
+    sender.go()
+    sent = sender.finish(deadline + 10)
+    return sent, merge([g.finish(deadline + 10) for g in subs])
+
+
 def run_fanout(kind: ServerKind, subscribers: int, messages: int, deadline: float, blast: bool = False,
                deflate: bool = False) -> dict:
     server = RunningServer(kind)
     generators: list[Generator] = []
     try:
-        common = {"dialect": kind.dialect, "port": server.port, "deadline": deadline, "session": "s1", "topic": "T"}
-        subs = [Generator({**common, "role": "subscribe", "connections": n, "expect": messages, "deflate": deflate})
-                for n in split(subscribers, min(4, subscribers))]
-        generators += subs
-        if not all(g.wait_ready() for g in subs):
-            return {"failed": merge([g.finish(deadline) for g in subs])["failed"]}
-        publisher = Generator({**common, "role": "publish", "count": messages, "blast": blast})
-        generators.append(publisher)
-        if not publisher.wait_ready():
-            return {"failed": publisher.finish(deadline).get("failed")}
-        publisher.go()
-        sent = publisher.finish(deadline + 10)
-        got = merge([g.finish(deadline + 10) for g in subs])
+        sent, got = start_one_topic(
+            server, kind, min(4, subscribers),
+            {"connections": subscribers, "expect": messages, "deflate": deflate},
+            {"count": messages, "blast": blast}, deadline, generators)
         elapsed = (got["last"] - sent.get("started", got["first"])) or float("nan")
         # With deflate, every delivery must have come compressed: proof that it was negotiated.
         compressed = not deflate or got["compressed"] >= got["delivered"]  # replies may be compressed too
@@ -144,19 +157,8 @@ def run_latency(kind: ServerKind, subscribers: int, rate: int, seconds: float, d
     generators: list[Generator] = []
     count = int(rate * seconds)
     try:
-        common = {"dialect": kind.dialect, "port": server.port, "deadline": deadline, "session": "s1", "topic": "T"}
-        subs = [Generator({**common, "role": "subscribe", "connections": n, "expect": count, "latency": True})
-                for n in split(subscribers, 2)]
-        generators += subs
-        if not all(g.wait_ready() for g in subs):
-            return {"failed": merge([g.finish(deadline) for g in subs])["failed"]}
-        publisher = Generator({**common, "role": "publish", "count": count, "rate": rate})
-        generators.append(publisher)
-        if not publisher.wait_ready():
-            return {"failed": publisher.finish(deadline).get("failed")}
-        publisher.go()
-        publisher.finish(deadline + 10)
-        got = merge([g.finish(deadline + 10) for g in subs])
+        _, got = start_one_topic(server, kind, 2, {"connections": subscribers, "expect": count, "latency": True},
+                                 {"count": count, "rate": rate}, deadline, generators)
         latencies = sorted(got.pop("latencies_us"))
         if latencies:
             got["p50_ms"] = latencies[len(latencies) // 2] / 1000

@@ -183,6 +183,21 @@ def login(server: RunningServer, username: str = "testuser", password: str = "pa
     return reply["token"]
 
 
+def client_frame(payload: bytes, opcode: int = 0x1, fin: bool = True, mask: bytes | None = None, rsv: int = 0,
+                 length: int | None = None) -> bytes:
+    """A client frame, masked with ``mask`` (random by default); ``length`` may lie in the header."""
+    mask = os.urandom(4) if mask is None else mask
+    n = len(payload) if length is None else length
+    first = (0x80 if fin else 0) | rsv | opcode
+    if n < 126:
+        header = struct.pack("!BB", first, 0x80 | n)
+    elif n < 65536:
+        header = struct.pack("!BBH", first, 0x80 | 126, n)
+    else:
+        header = struct.pack("!BBQ", first, 0x80 | 127, n)
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
 class RawSocket:
     """A hand-made WebSocket client, for what websocket-client will not send (or answer)."""
 
@@ -207,16 +222,7 @@ class RawSocket:
 
     def send_frame(self, opcode: int, payload: bytes, fin: bool = True, mask: bytes = b"abcd",
                    rsv: int = 0) -> None:
-        first = (0x80 if fin else 0) | rsv | opcode
-        length = len(payload)
-        if length < 126:
-            header = struct.pack("!BB", first, 0x80 | length)
-        elif length < 65536:
-            header = struct.pack("!BBH", first, 0x80 | 126, length)
-        else:
-            header = struct.pack("!BBQ", first, 0x80 | 127, length)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.sock.sendall(header + mask + masked)
+        self.sock.sendall(client_frame(payload, opcode, fin, mask, rsv))
 
     def _read_exactly(self, count: int) -> bytes:
         data = b""
