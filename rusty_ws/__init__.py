@@ -32,7 +32,7 @@ from .protocol import CloseCode, Delivery, ErrorCode
 
 __version__ = "0.1.0"
 
-_LAZY = {"create_app": ".app", "PubSub": ".extension", "WsClient": ".client"}
+_LAZY = {"create_app": ".server.app", "PubSub": ".server.extension", "WsClient": ".client"}
 
 __all__ = [
     "create_app",

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from flask.cli import FlaskGroup
 
-from .app import create_app
-from .commands import group
+from .server.app import create_app
+from .server.cli import group
 
 __all__ = ["cli", "main"]
 

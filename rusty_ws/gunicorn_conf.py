@@ -28,6 +28,8 @@ import signal
 import threading
 from typing import Any
 
+from .server.state import state_of
+
 #: The threaded worker: flask-sock/simple-websocket take over gunicorn's socket on it.
 worker_class = "gthread"
 #: Threads per worker, shared by WebSockets and HTTP requests (see the module's docstring).
@@ -36,17 +38,12 @@ threads = 64
 logger = logging.getLogger("rusty_ws.server")
 
 
-def _hub_state(worker: Any) -> Any:
-    extensions = getattr(worker.wsgi, "extensions", None)  # the Flask app, if it is not wrapped
-    return extensions.get("rusty_ws") if isinstance(extensions, dict) else None
-
-
 def post_worker_init(worker: Any) -> None:
     """gunicorn hook: check the thread budget, close WebSockets with 4200 on SIGTERM, freeze start-up objects."""
-    from .serving import freeze_startup_objects  # imported here: this module loads without Flask
+    from .server.serving import freeze_startup_objects  # imported here: this module loads without Flask
 
     freeze_startup_objects()
-    state = _hub_state(worker)
+    state = state_of(worker.wsgi)  # None when the app is wrapped (or not a rusty_ws hub)
     if state is None:
         logger.warning("! rusty_ws.gunicorn_conf: no rusty_ws hub on %r; SIGTERM is left as it is",
                        worker.wsgi)

@@ -47,6 +47,12 @@ __all__ = [
     "Publish",
     "Command",
     "parse_command",
+    "encode_ping",
+    "encode_register_name",
+    "encode_register_session",
+    "encode_subscribe",
+    "encode_unsubscribe",
+    "encode_publish",
     "Delivery",
     "encode_error",
     "parse_error",
@@ -351,6 +357,74 @@ def parse_command(text: str) -> Command:
             return RegisterSession(check_session(argument))
     shown = text[:40] + ("..." if len(text) > 40 else "")
     raise ProtocolError(ErrorCode.UNKNOWN_COMMAND, f"unknown command {shown!r}")
+
+
+# --------------------------------------------------------------------------- command encoders
+# The other direction of ``parse_command``: what clients send. Each checks its
+# arguments as the server will, so a bad one fails in the caller, not on the wire.
+
+
+def encode_ping() -> str:
+    """``ping``."""
+    return "ping"
+
+
+def encode_register_name(name: str) -> str:
+    """``register-name:{name}``."""
+    return f"register-name:{check_name(name)}"
+
+
+def encode_register_session(session_id: str) -> str:
+    """``register-session:{session_id}``."""
+    return f"register-session:{check_session(session_id)}"
+
+
+def _topic_and_session(topic: str, session_id: str | None) -> str:
+    check_topic(topic)
+    return f"{topic}|{check_session(session_id)}" if session_id else topic
+
+
+def encode_subscribe(topic: str, session_id: str | None = None) -> str:
+    """``subscribe:{topic}|{session_id}`` (``subscribe:{topic}`` without a session)."""
+    return f"subscribe:{_topic_and_session(topic, session_id)}"
+
+
+def encode_unsubscribe(topic: str, session_id: str | None = None) -> str:
+    """``unsubscribe:{topic}|{session_id}`` (``unsubscribe:{topic}`` without a session)."""
+    return f"unsubscribe:{_topic_and_session(topic, session_id)}"
+
+
+def encode_publish(
+    topic: str,
+    payload: Any = None,
+    *,
+    session_id: str | None = None,
+    publisher_name: str | None = None,
+    timestamp: str | None = None,
+    **extra: Any,
+) -> str:
+    """``publish-json:{...}`` with the seed's fields (those left None are left out).
+
+    ``extra`` adds further keys as they are (the server ignores those it does not know).
+
+    Raises:
+        ProtocolError: a bad topic, session or name; ``invalid_message`` for a payload
+            that is not JSON.
+    """
+    message: dict[str, Any] = {}
+    if publisher_name is not None:
+        message["publisher_name"] = check_name(publisher_name) if publisher_name else publisher_name
+    message["topic"] = check_topic(topic)
+    message["payload"] = payload
+    if timestamp is not None:
+        message["timestamp"] = timestamp
+    if session_id is not None:
+        message["session_id"] = check_session(session_id)
+    message.update(extra)
+    try:
+        return "publish-json:" + _dumps(message)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"the payload is not JSON: {exc}") from None
 
 
 # --------------------------------------------------------------------------- replies

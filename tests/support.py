@@ -23,8 +23,9 @@ import websocket
 from flask import Flask
 
 from rusty_ws import create_app
-from rusty_ws.hub import Hub
-from rusty_ws.serving import HubServer, make_server, stop
+from rusty_ws.server.hub import Hub
+from rusty_ws.server.serving import HubServer, make_server, stop
+from rusty_ws.server.state import state_of
 
 MS = 0.001 * float(os.environ.get("RUSTY_WS_TESTS_TIMEOUT_FACTOR", "1"))
 #: The usual wait for something that should happen at once.
@@ -52,10 +53,10 @@ class RunningServer:
 
     @property
     def hub(self) -> Hub:
-        return self.app.extensions["rusty_ws"].hub
+        return state_of(self.app).hub
 
     def token(self, username: str, session_id: str | None = None) -> str:
-        return self.app.extensions["rusty_ws"].tokens.issue(username, session_id).token
+        return state_of(self.app).tokens.issue(username, session_id).token
 
     def connect(self, token: str | None = None, **kwargs: Any) -> "Client":
         url = self.ws_url + (f"?token={token}" if token else "")

@@ -9,7 +9,7 @@ import logging
 import sys
 
 from rusty_ws import create_app
-from rusty_ws.serving import serve
+from rusty_ws.server.serving import serve
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)

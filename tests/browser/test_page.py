@@ -225,7 +225,7 @@ def test_compressing_pages_and_a_plain_python_client_share_a_topic(context: Brow
         for name, page in zip(("One", "Two"), pages):
             page.connect(name, "session-Z")
             page.subscribe("Zip")
-        compressing = [conn for conn in server.hub._connections if conn.outbox.deflate]
+        compressing = [conn for conn in server.hub.connections() if conn.outbox.deflate]
         assert len(compressing) == 2  # the two pages; websocket-client never offers compression
         long_text = ("a long, compressible message " * 30).strip()
         pages[0].publish("Zip", long_text)

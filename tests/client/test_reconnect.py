@@ -69,7 +69,7 @@ def test_do_not_reconnect_codes_are_honoured() -> None:
     with running_server() as server:
         client = WsClient.connect("c", server.ws_url, **FAST)
         hooks = Hooks(client)
-        [connection] = list(server.hub._connections)
+        [connection] = server.hub.connections()
         connection.close(CloseCode.FORBIDDEN, "go away")
         assert hooks.disconnected.get(timeout=WAIT) == (4003, "go away")
         client._reader.join(WAIT)
@@ -82,7 +82,7 @@ def test_back_off_codes_wait_before_the_first_attempt() -> None:
     with running_server() as server:
         client = WsClient.connect("c", server.ws_url, **FAST)
         hooks = Hooks(client)
-        [connection] = list(server.hub._connections)
+        [connection] = server.hub.connections()
         connection.close(CloseCode.SLOW_CONSUMER, "slow")
         assert hooks.disconnected.get(timeout=WAIT)[0] == 4100
         attempt, delay = hooks.reconnecting.get(timeout=WAIT)

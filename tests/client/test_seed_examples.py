@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import pytest
 
 from rusty_ws import BadCredentials, Delivery, ServerError, WsClient
-from rusty_ws.token_client import Credentials
+from rusty_ws.client.tokens import Credentials
 from support import WAIT, RunningServer, running_server
 
 

@@ -122,10 +122,10 @@ def test_a_slow_callback_does_not_stop_keepalive() -> None:
             client.on_message("Fast", received.put)
             client.subscribe("c", "Slow")
             client.subscribe("c", "Fast")
-            [connection] = list(server.hub._connections)
+            [connection] = server.hub.connections()
             client.publish("c", "Slow", None)
             client.publish("c", "Fast", "after")
             assert received.get(timeout=WAIT) == "after"
             client.ping()
-            assert list(server.hub._connections) == [connection]  # never dropped, never replaced
+            assert server.hub.connections() == [connection]  # never dropped, never replaced
             assert disconnects.empty() and client.is_connected()

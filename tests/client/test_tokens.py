@@ -11,13 +11,14 @@ import pytest
 from rusty_ws import TokenExpired, WsClient
 from rusty_ws.auth import TokenService
 from support import SECRET, WAIT, RunningServer, running_server
+from rusty_ws.server.state import state_of
 
 FAST = {"backoff_initial": 0.05, "backoff_cap": 0.2, "timeout": WAIT}
 
 
 def counting(server: RunningServer, method: str) -> list:
     """Count calls to the server's TokenService ``method``."""
-    tokens = server.app.extensions["rusty_ws"].tokens
+    tokens = state_of(server.app).tokens
     calls: list = []
     original = getattr(tokens, method)
 
@@ -44,7 +45,7 @@ def test_refresh_when_less_than_five_minutes_remain() -> None:
 
 def expired_issuer(server: RunningServer) -> None:
     """Make the server issue tokens that expired an hour ago by the real clock (its own clock agrees they are fine)."""
-    state = server.app.extensions["rusty_ws"]
+    state = state_of(server.app)
     state.tokens = TokenService(SECRET, 3600, clock=lambda: time.time() - 7200)
 
 
@@ -70,7 +71,7 @@ def test_reconnect_uses_a_usable_token() -> None:
         client.on_connect = connected.put
         client.on_message("T", received.put)
         client.subscribe("c", "T")
-        [connection] = list(server.hub._connections)
+        [connection] = server.hub.connections()
         connection.close(4200, "restart")
         assert connected.get(timeout=WAIT) is client
         assert len(logins) == 2  # the expired token was not reused: the client logged in again

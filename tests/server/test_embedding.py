@@ -16,6 +16,7 @@ from flask_sock import Sock
 from rusty_ws import PubSub, create_app
 from rusty_ws.cli import cli
 from support import SECRET, WAIT, Client, hub_config, http, running_server
+from rusty_ws.server.state import state_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -100,8 +101,8 @@ def test_two_apps_need_an_app_context_or_app_argument() -> None:
     with pytest.raises(RuntimeError, match="app context"):
         pubsub.hub()
     with second.app_context():
-        assert pubsub.hub() is second.extensions["rusty_ws"].hub
-    assert pubsub.hub(first) is first.extensions["rusty_ws"].hub
+        assert pubsub.hub() is state_of(second).hub
+    assert pubsub.hub(first) is state_of(first).hub
     for app in (first, second):
         pubsub.shutdown(app)
 
@@ -136,13 +137,13 @@ class TestCommands:
         assert result.exit_code == 0, result.output
         claims = jwt.decode(result.output.strip(), SECRET, algorithms=["HS256"])
         assert (claims["sub"], claims["sid"]) == ("alice", "s-1")
-        app.extensions["rusty_ws"].hub.shutdown()
+        state_of(app).hub.shutdown()
 
     def test_token_command_refuses_a_random_secret(self) -> None:
         app = create_app({})
         result = app.test_cli_runner().invoke(args=["rusty-ws", "token", "alice"])
         assert result.exit_code != 0 and "JWT_SECRET_KEY" in result.output
-        app.extensions["rusty_ws"].hub.shutdown()
+        state_of(app).hub.shutdown()
 
     def test_hash_password_command(self) -> None:
         from rusty_ws.auth import UsersFile
@@ -151,7 +152,7 @@ class TestCommands:
         result = app.test_cli_runner().invoke(args=["rusty-ws", "hash-password"], input="pw\npw\n")
         assert result.exit_code == 0
         assert UsersFile({"u": result.output.strip().splitlines()[-1]})("u", "pw")
-        app.extensions["rusty_ws"].hub.shutdown()
+        state_of(app).hub.shutdown()
 
     def test_console_script_lists_the_commands_once(self, monkeypatch) -> None:
         from click.testing import CliRunner
@@ -249,7 +250,7 @@ def test_only_the_stand_alone_hub_sets_the_gil_switch_interval(monkeypatch) -> N
     embedded.config.update(hub_config())
     PubSub(embedded).shutdown(embedded)
     assert calls == []  # a process-wide setting: an embedding app keeps its own
-    create_app(hub_config()).extensions["rusty_ws"].hub.shutdown()
+    state_of(create_app(hub_config())).hub.shutdown()
     assert calls == [0.05]
     tuned = Flask("tuned")
     tuned.config.update(hub_config(switch_interval=0.01))

@@ -29,6 +29,7 @@ from rusty_ws import gunicorn_conf
 from redis_support import SENTINEL, RedisServer, free_port, publish_across_nodes, redis_server
 from support import SECRET, WAIT, Client, http
 from test_seed_scenario import PUBLISHES, SESSION_OF, SUBSCRIPTIONS, check_deliveries
+from rusty_ws.server.state import state_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _SETTINGS = {setting.name for setting in KNOWN_SETTINGS}
@@ -174,4 +175,4 @@ def test_worker_hook_reports_a_connection_limit_that_starves_http(
         assert "RUSTY_WS_MAX_CONNECTIONS=8 is not below --threads=8" in caplog.text
     finally:
         signal.signal(signal.SIGTERM, previous)
-        app.extensions["rusty_ws"].hub.shutdown(WAIT)
+        state_of(app).hub.shutdown(WAIT)

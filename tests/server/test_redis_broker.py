@@ -32,6 +32,7 @@ from redis_support import (
 )
 from support import WAIT, Client, RunningServer, http, login, running_server
 from test_seed_scenario import EXPECTED, PUBLISHES, SESSION_OF, SUBSCRIPTIONS, check_deliveries
+from rusty_ws.server.state import state_of
 
 
 @pytest.fixture
@@ -109,7 +110,7 @@ def test_order_of_one_publisher_is_kept_on_every_node(redis: RedisServer) -> Non
 def test_server_side_publish_reaches_other_nodes(redis: RedisServer) -> None:
     with nodes(2, redis.url) as (a, b), b.connect() as client:
         client.command("subscribe:OrderPlaced|session-shop")
-        a.app.extensions["rusty_ws"].pubsub.publish("session-shop", "OrderPlaced", {"id": 42}, app=a.app)
+        state_of(a.app).pubsub.publish("session-shop", "OrderPlaced", {"id": 42}, app=a.app)
         message = client.recv_json()
         assert message["payload"] == {"id": 42} and message["publisher_name"] == "server"
 
@@ -282,7 +283,7 @@ def test_a_generated_secret_with_redis_is_an_error_in_the_log(
         assert record.levelno == logging.ERROR
         assert "REFUSED by every other node" in record.getMessage()
     finally:
-        app.extensions["rusty_ws"].hub.shutdown(WAIT)
+        state_of(app).hub.shutdown(WAIT)
 
 
 def test_tokens_of_one_node_work_on_the_others(redis: RedisServer) -> None:

@@ -19,6 +19,7 @@ their usual reader thread.
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 import threading
 from dataclasses import dataclass
@@ -27,11 +28,10 @@ from typing import TYPE_CHECKING, Any, Callable
 from flask import Blueprint, Response, has_request_context, jsonify, request
 from flask_sock import Sock
 
-from .auth import Claims, default_session_for
-from .connection import Connection
-from .exceptions import AuthError, ProtocolError, TokenInvalid
-from .frames import ACCEPTED_DEFLATE, deflate_offer_to_accept
-from .protocol import check_session, loads_strict
+from ..auth import Claims, default_session_for
+from ..exceptions import AuthError, ProtocolError, TokenInvalid
+from ..frames import ACCEPTED_DEFLATE, deflate_offer_to_accept
+from ..protocol import check_session, loads_strict
 
 if TYPE_CHECKING:
     from .extension import State
@@ -40,6 +40,8 @@ __all__ = ["make_blueprint", "reader_thread_class", "MAX_AUTH_BODY"]
 
 logger = logging.getLogger("rusty_ws.server")
 
+#: The JS modules and the page: ``rusty_ws/static``, beside the pure core (the package's data).
+STATIC_FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "static")
 #: Largest body ``/auth/*`` reads; a login is a few hundred bytes.
 MAX_AUTH_BODY = 64 * 1024
 #: Where ``_admit`` leaves its verdict for the WebSocket view and for teardown.
@@ -121,7 +123,7 @@ class _BadRequest(Exception):
 
 def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
     """The hub's routes, bound to ``state``."""
-    bp = Blueprint(name, __name__, static_folder="static", static_url_path="/rusty_ws")
+    bp = Blueprint(name, __name__, static_folder=STATIC_FOLDER, static_url_path="/rusty_ws")
     sock = Sock()
     settings, hub = state.settings, state.hub
 
@@ -194,8 +196,7 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
                 return
             ws.sock.settimeout(None)  # a blocking reader; writes use MSG_DONTWAIT
             ws.ws = None  # wsproto's handshake state: never used again, ~3 KiB per connection
-            Connection(hub, ws.sock, admission.claims, request.remote_addr or "?",
-                       deflate=admission.deflate).serve()
+            hub.serve(ws.sock, admission.claims, request.remote_addr or "?", deflate=admission.deflate)
         finally:
             ws.connected = False  # flask-sock's ws.close() after us must not write again
             # Under werkzeug, flask-sock lets the server write an HTTP response once this

@@ -15,7 +15,7 @@ from typing import Any
 
 import jwt
 
-from .exceptions import AuthError, BadCredentials, ConnectFailed, TokenExpired, TokenInvalid
+from ..exceptions import AuthError, BadCredentials, ConnectFailed, TokenExpired, TokenInvalid
 
 __all__ = ["Credentials", "fetch_token", "refresh_token", "refresh_url_for", "seconds_left"]
 

@@ -21,10 +21,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable
 
-from .auth import Claims
-from .exceptions import ProtocolError
-from .frames import BINARY, CLOSE, FAILED, OP_PONG, PING, TEXT, TOO_BIG, FrameParser, encode_frame, text_frame
-from .protocol import (
+from ..auth import Claims
+from ..exceptions import ProtocolError
+from ..frames import BINARY, CLOSE, FAILED, OP_PONG, PING, TEXT, TOO_BIG, FrameParser, encode_frame, text_frame
+from ..protocol import (
     CLOSE_CODE_EXPLANATIONS,
     DEFAULT_SESSION,
     PONG,
@@ -96,10 +96,9 @@ class Connection:
     # ------------------------------------------------------------------ lifecycle
 
     def serve(self) -> None:
-        """Run the command loop until the connection ends, then clean up. Blocks."""
+        """Run the command loop until the connection ends. Blocks; ``Hub.serve`` calls it and cleans up."""
         thread = threading.current_thread()
         request_thread_name, thread.name = thread.name, f"rusty_ws-{self.label}"
-        self.hub.add(self)
         logger.info("= %s connected from %s as %s", self.label, self.remote, self._who())
         try:
             self._read_until_closed()
@@ -107,9 +106,6 @@ class Connection:
             logger.exception("! %s failed; closing it", self.label)
             self.close(CloseCode.INTERNAL_ERROR, CLOSE_CODE_EXPLANATIONS[1011])
         finally:
-            self.hub.discard(self)
-            self.hub.writer.release(self.outbox, self.hub.settings.close_timeout + 1.0)
-            logger.info("= %s disconnected", self.label)
             thread.name = request_thread_name
 
     def close(self, code: int, reason: str = "") -> None:

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 from flask import Flask
 
-from .config import config_from_environ
+from ..config import config_from_environ
 from .extension import PubSub
 
 __all__ = ["create_app", "STANDALONE_SWITCH_INTERVAL"]

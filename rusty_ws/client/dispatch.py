@@ -13,7 +13,7 @@ import queue
 import threading
 from typing import Any, Callable
 
-from .protocol import Delivery
+from ..protocol import Delivery
 
 __all__ = ["CallbackDispatcher", "DeliveryCallback", "MessageCallback"]
 

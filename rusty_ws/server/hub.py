@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import itertools
 import logging
+import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .brokers import Broker
-from .config import Settings
-from .frames import deflate_text_frame, text_frame
-from .protocol import CLOSE_CODE_EXPLANATIONS, CloseCode, Delivery
+from ..auth import Claims
+from ..brokers import Broker
+from ..config import Settings
+from ..frames import deflate_text_frame, text_frame
+from ..protocol import CLOSE_CODE_EXPLANATIONS, CloseCode, Delivery
+from .connection import Connection
 from .registry import Registry
 from .writer import Outbox, Writer
 
-if TYPE_CHECKING:
-    from .connection import Connection
 
 __all__ = ["Hub"]
 
@@ -83,12 +84,35 @@ class Hub:
     def next_id(self) -> int:
         return next(self._ids)
 
-    def add(self, connection: "Connection") -> None:
+    def serve(self, sock: socket.socket, claims: Claims | None, remote: str = "?",
+              deflate: bool = False) -> None:
+        """Run one WebSocket from its upgrade to its end on the calling (request) thread. Blocks.
+
+        The hub owns the connection's life, as websockets' ``sock_handler`` does:
+        it registers the connection, runs its command loop, and on every path
+        forgets it (and its subscriptions) and releases its outbox. The caller
+        closes the socket afterwards.
+        """
+        connection = Connection(self, sock, claims, remote, deflate=deflate)
+        self._add(connection)
+        try:
+            connection.serve()
+        finally:
+            self._discard(connection)
+            self.writer.release(connection.outbox, self.settings.close_timeout + 1.0)
+            logger.info("= %s disconnected", connection.label)
+
+    def connections(self) -> list["Connection"]:
+        """A snapshot of the open connections (for reports, shutdown and tests)."""
+        with self._connections_lock:
+            return list(self._connections)
+
+    def _add(self, connection: "Connection") -> None:
         with self._connections_lock:
             self._connections.add(connection)
             self._compressing += connection.outbox.deflate
 
-    def discard(self, connection: "Connection") -> None:
+    def _discard(self, connection: "Connection") -> None:
         """Forget a connection that ended, and every subscription it held."""
         for key in self.registry.remove(connection.outbox):
             self.broker.interest_removed(key)
@@ -151,8 +175,7 @@ class Hub:
 
     def counts(self) -> dict[str, Any]:
         """What ``/healthz`` shows: connections, sessions, topics, subscriptions, broker."""
-        with self._connections_lock:
-            connections = list(self._connections)
+        connections = self.connections()
         registry = self.registry.counts()
         sessions = {conn.session_id for conn in connections}
         sessions.update(session for _, session in self.registry.keys())

@@ -14,7 +14,7 @@
         pubsub.publish("session-shop", "OrderPlaced", {"id": 42})
 
 The app's settings (``RUSTY_WS_*``, see ``config.py``) are read once, in
-``init_app``. The hub's state lives in ``app.extensions["rusty_ws"]``.
+``init_app``. The hub's state lives in ``app.extensions`` (see ``state.py``).
 """
 
 from __future__ import annotations
@@ -22,46 +22,23 @@ from __future__ import annotations
 import logging
 import secrets
 import sys
-from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, current_app, has_app_context
 
-from . import commands
-from .auth import CredentialChecker, DemoUsers, TokenService, UsersFile
-from .brokers import broker_from_url
-from .config import Settings
+from . import cli
+from ..auth import CredentialChecker, TokenService, UsersFile
+from ..brokers import broker_from_url
+from ..config import Settings
 from .hub import Hub
-from .exceptions import ProtocolError
-from .protocol import Delivery, ErrorCode, check_session, check_topic, rfc3339_now
+from ..exceptions import ProtocolError
+from ..protocol import Delivery, ErrorCode, check_session, check_topic, rfc3339_now
+from .state import EXTENSION_KEY, State, state_of
 from .views import make_blueprint, reader_thread_class
 
-__all__ = ["PubSub", "State", "EXTENSION_KEY"]
+__all__ = ["PubSub"]
 
 logger = logging.getLogger("rusty_ws.server")
-
-EXTENSION_KEY = "rusty_ws"
-
-
-@dataclass
-class State:
-    """Everything the hub of one app needs, kept in ``app.extensions["rusty_ws"]``."""
-
-    pubsub: "PubSub"
-    settings: Settings
-    hub: Hub
-    tokens: TokenService
-    users: CredentialChecker | None
-
-    def check_credentials(self, username: str, password: str) -> bool:
-        """The app's hook if it has one, else the users file, else the demo user."""
-        checker = self.pubsub.credential_checker or self.users or DemoUsers()
-        try:
-            return bool(checker(username, password))
-        except Exception:
-            logger.exception("! the credential check raised; refusing the login")
-            return False
-
 
 class PubSub:
     """The rusty_ws hub as a Flask extension.
@@ -133,7 +110,7 @@ class PubSub:
         app.extensions[EXTENSION_KEY] = state
         sock_options = app.config.setdefault("SOCK_SERVER_OPTIONS", {})
         sock_options["thread_class"] = reader_thread_class(sock_options.get("thread_class"))
-        app.cli.add_command(commands.group)
+        app.cli.add_command(cli.group)
         self._apps.append(app)
         if settings.switch_interval is not None:
             sys.setswitchinterval(settings.switch_interval)
@@ -162,10 +139,10 @@ class PubSub:
                     "no app: call this inside an app context, or pass app=, "
                     "when one PubSub serves several apps"
                 )
-        try:
-            return app.extensions[EXTENSION_KEY]
-        except KeyError:
-            raise RuntimeError("rusty_ws is not set up on this app; did you forget init_app?") from None
+        state = state_of(app)
+        if state is None:
+            raise RuntimeError("rusty_ws is not set up on this app; did you forget init_app?")
+        return state
 
     def hub(self, app: Flask | None = None) -> Hub:
         """The ``Hub`` of ``app`` (see ``state`` for how the app is found)."""

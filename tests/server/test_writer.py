@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from rusty_ws.frames import FrameParser, text_frame
-from rusty_ws.writer import Writer
+from rusty_ws.server.writer import Writer
 from support import WAIT
 
 

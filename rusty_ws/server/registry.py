@@ -15,8 +15,8 @@ import threading
 from dataclasses import dataclass
 from typing import Hashable
 
-from .exceptions import ProtocolError
-from .protocol import ErrorCode
+from ..exceptions import ProtocolError
+from ..protocol import ErrorCode
 
 __all__ = ["Key", "Registry", "RegistryCounts"]
 

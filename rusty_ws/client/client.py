@@ -33,10 +33,10 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import websocket
 
-from . import backoff
-from .client_connector import REFRESH_THRESHOLD, Connector
-from .client_dispatch import CallbackDispatcher, DeliveryCallback, MessageCallback
-from .exceptions import (
+from .. import backoff
+from .connector import REFRESH_THRESHOLD, Connector
+from .dispatch import CallbackDispatcher, DeliveryCallback, MessageCallback
+from ..exceptions import (
     AuthError,
     ConnectFailed,
     ConnectionClosedError,
@@ -47,7 +47,7 @@ from .exceptions import (
     TokenExpired,
     TokenInvalid,
 )
-from .protocol import (
+from ..protocol import (
     PONG,
     ClosePolicy,
     Delivery,
@@ -58,7 +58,7 @@ from .protocol import (
     parse_error,
     rfc3339_now,
 )
-from .token_client import Credentials, seconds_left
+from .tokens import Credentials, seconds_left
 
 __all__ = ["WsClient", "REFRESH_THRESHOLD"]
 

@@ -35,8 +35,8 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Iterator
 
-from .frames import OP_PING, close_frame, encode_frame
-from .protocol import CLOSE_CODE_EXPLANATIONS, CloseCode
+from ..frames import OP_PING, close_frame, encode_frame
+from ..protocol import CLOSE_CODE_EXPLANATIONS, CloseCode
 
 __all__ = ["Outbox", "Writer"]
 

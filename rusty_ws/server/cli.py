@@ -12,19 +12,18 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from .auth import default_session_for, hash_password
-from .exceptions import ProtocolError
-from .protocol import check_session
+from ..auth import default_session_for, hash_password
+from ..exceptions import ProtocolError
+from ..protocol import check_session
+from .state import State, state_of
 
 __all__ = ["group"]
 
 group = AppGroup("rusty-ws", help="The rusty_ws pub/sub hub.")
 
 
-def _state():
-    from .extension import EXTENSION_KEY
-
-    state = current_app.extensions.get(EXTENSION_KEY)
+def _state() -> State:
+    state = state_of(current_app)
     if state is None:
         raise click.ClickException("rusty_ws is not set up on this app (PubSub(app) or init_app)")
     return state

@@ -16,6 +16,8 @@ from typing import Any
 from flask import Flask
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
+from .state import state_of
+
 __all__ = ["HubServer", "freeze_startup_objects", "make_server", "serve"]
 
 logger = logging.getLogger("rusty_ws.server")
@@ -61,7 +63,7 @@ def freeze_startup_objects() -> int:
 
 def stop(app: Flask, server: HubServer, timeout: float = 5.0) -> None:
     """Close the hub's connections (4200), then stop accepting. Call from another thread than serve_forever."""
-    state = app.extensions.get("rusty_ws")
+    state = state_of(app)
     if state is not None:
         state.hub.shutdown(timeout)
     server.shutdown()

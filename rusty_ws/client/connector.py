@@ -16,8 +16,8 @@ from typing import Any
 
 import websocket
 
-from .exceptions import ConnectFailed, Forbidden, TokenExpired, TokenInvalid
-from .token_client import Credentials, fetch_token, refresh_token, refresh_url_for, seconds_left
+from ..exceptions import ConnectFailed, Forbidden, TokenExpired, TokenInvalid
+from .tokens import Credentials, fetch_token, refresh_token, refresh_url_for, seconds_left
 
 __all__ = ["Connector", "REFRESH_THRESHOLD"]
 

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from rusty_ws.exceptions import ProtocolError
-from rusty_ws.registry import Registry
+from rusty_ws.server.registry import Registry
 
 
 class Sub:

@@ -1,0 +1,15 @@
+"""The Flask hub: the I/O layer over the pure core and the brokers, never the client.
+
+- ``app``: ``create_app``, the stand-alone hub.
+- ``extension``: ``PubSub``, the hub inside an existing Flask app.
+- ``state``: the hub state of one app and ``state_of(app)`` (a leaf).
+- ``views``: the HTTP routes and the WebSocket upgrade.
+- ``hub``: the connections of one app and the road publishes take.
+- ``connection``: one WebSocket's command loop, on its request thread.
+- ``registry``: who is subscribed to what.
+- ``writer``: every write to the hub's sockets.
+- ``serving``: the threaded werkzeug server behind ``rusty-ws serve``.
+- ``cli``: the click commands of ``rusty-ws`` and ``flask rusty-ws``.
+
+Importing this package loads nothing; each module loads Flask only if it needs it.
+"""
