@@ -55,6 +55,17 @@ SWITCH_INTERVAL: float | None = None
 #: Off by default: it costs CPU per delivery and helps only large, compressible messages
 #: (docs/performance.md#compression).
 COMPRESSION = 0
+#: Messages kept per (topic, session) stream for recovery and ``history:``; 0 turns history
+#: off (deliveries then carry no offset/epoch). See docs/protocol.md, "History and recovery".
+HISTORY_SIZE = 100
+#: Seconds a message is kept; also how long a stream without subscribers or messages lives.
+HISTORY_TTL = 300.0
+#: Encoded bytes kept over all streams; past it the oldest messages go first.
+HISTORY_MAX_BYTES = 64 * 1024 * 1024
+#: Seconds a publish ``id`` is remembered in its session: a repeat within it is acknowledged, not delivered.
+IDEMPOTENCY_WINDOW = 300.0
+#: Publish ids remembered in all (every session); past it the oldest are forgotten first.
+IDEMPOTENCY_MAX_IDS = 100_000
 
 DEFAULTS: dict[str, Any] = {
     PREFIX + name: value
@@ -75,6 +86,11 @@ DEFAULTS: dict[str, Any] = {
         BROKER_URL=BROKER_URL,
         SWITCH_INTERVAL=SWITCH_INTERVAL,
         COMPRESSION=COMPRESSION,
+        HISTORY_SIZE=HISTORY_SIZE,
+        HISTORY_TTL=HISTORY_TTL,
+        HISTORY_MAX_BYTES=HISTORY_MAX_BYTES,
+        IDEMPOTENCY_WINDOW=IDEMPOTENCY_WINDOW,
+        IDEMPOTENCY_MAX_IDS=IDEMPOTENCY_MAX_IDS,
     ).items()
 }
 
@@ -130,6 +146,14 @@ def _whole(name: str, value: Any) -> int:
     return int(number)
 
 
+def _count(name: str, value: Any) -> int:
+    """A whole number, 0 allowed (0 turns the feature off)."""
+    number = _positive(name, value, allow_zero=True)
+    if number != int(number):
+        raise ValueError(f"{PREFIX}{name} must be a whole number, not {value!r}")
+    return int(number)
+
+
 def _level(name: str, value: Any) -> int:
     if value is False or value is None:
         return 0
@@ -165,6 +189,11 @@ class Settings:
     broker_url: str
     switch_interval: float | None
     compression: int
+    history_size: int = HISTORY_SIZE
+    history_ttl: float = HISTORY_TTL
+    history_max_bytes: int = HISTORY_MAX_BYTES
+    idempotency_window: float = IDEMPOTENCY_WINDOW
+    idempotency_max_ids: int = IDEMPOTENCY_MAX_IDS
 
     @classmethod
     def from_config(cls, config: MutableMapping[str, Any]) -> "Settings":
@@ -201,6 +230,11 @@ class Settings:
             switch_interval=(None if get("SWITCH_INTERVAL") is None
                              else _positive("SWITCH_INTERVAL", get("SWITCH_INTERVAL"))),
             compression=_level("COMPRESSION", get("COMPRESSION")),
+            history_size=_count("HISTORY_SIZE", get("HISTORY_SIZE")),
+            history_ttl=_positive("HISTORY_TTL", get("HISTORY_TTL")),
+            history_max_bytes=_whole("HISTORY_MAX_BYTES", get("HISTORY_MAX_BYTES")),
+            idempotency_window=_positive("IDEMPOTENCY_WINDOW", get("IDEMPOTENCY_WINDOW")),
+            idempotency_max_ids=_whole("IDEMPOTENCY_MAX_IDS", get("IDEMPOTENCY_MAX_IDS")),
         )
 
     def origin_allowed(self, origin: str | None, host: str | None = None) -> bool:

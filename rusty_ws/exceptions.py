@@ -48,12 +48,14 @@ class ProtocolError(RustyWsError):
     Attributes:
         code: the stable machine-readable error code (a ``protocol.ErrorCode`` value).
         message: a sentence for humans.
+        publish_id: the ``id`` of the publish that failed, when it had one.
     """
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, publish_id: str | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = str(code)
         self.message = message
+        self.publish_id = publish_id
 
 
 class AuthError(RustyWsError):
@@ -137,9 +139,11 @@ class ServerError(RustyWsError):
     Attributes:
         code: the reply's stable error code, e.g. ``forbidden_session``.
         message: the reply's human-readable message.
+        publish_id: the ``id`` of the publish the reply answers, if it had one.
     """
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, publish_id: str | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.publish_id = publish_id

@@ -53,6 +53,18 @@ __all__ = [
     "encode_subscribe",
     "encode_unsubscribe",
     "encode_publish",
+    "encode_subscribe_json",
+    "encode_history",
+    "Since",
+    "SubscribeJson",
+    "HistoryQuery",
+    "with_position",
+    "encode_subscribed",
+    "encode_history_reply",
+    "encode_ack",
+    "Subscribed",
+    "HistoryReply",
+    "Ack",
     "Delivery",
     "encode_error",
     "parse_error",
@@ -88,6 +100,9 @@ class ErrorCode(str, enum.Enum):
     TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
     BINARY_NOT_SUPPORTED = "binary_not_supported"
     UNAVAILABLE = "unavailable"
+    INVALID_SINCE = "invalid_since"
+    INVALID_LIMIT = "invalid_limit"
+    INVALID_ID = "invalid_id"
 
     def __str__(self) -> str:
         return self.value
@@ -214,16 +229,56 @@ class Unsubscribe:
 
 @dataclass(frozen=True)
 class Publish:
-    """``publish-json:{...}``; fields left out are None and filled in by the server."""
+    """``publish-json:{...}``; fields left out are None and filled in by the server.
+
+    ``id`` (optional, 1 to 128 characters) asks for an ``ack:`` and makes the
+    publish idempotent within its session.
+    """
 
     topic: str
     payload: Any = None
     session_id: str | None = None
     publisher_name: str | None = None
     timestamp: str | None = None
+    id: str | None = None
 
 
-Command = Union[Ping, RegisterName, RegisterSession, Subscribe, Unsubscribe, Publish]
+@dataclass(frozen=True)
+class Since:
+    """A client's last known place in a stream: ``{"offset": N, "epoch": E}``."""
+
+    offset: int
+    epoch: str
+
+
+@dataclass(frozen=True)
+class SubscribeJson:
+    """``subscribe-json:{"topic", "session_id"?, "since"?}``: answered by ``subscribed:``."""
+
+    topic: str
+    session_id: str | None = None
+    since: Since | None = None
+
+
+@dataclass(frozen=True)
+class HistoryQuery:
+    """``history:{"topic", "session_id"?, "limit"?, "since"?}``: answered by ``history:``."""
+
+    topic: str
+    session_id: str | None = None
+    limit: int | None = None
+    since: Since | None = None
+
+
+Command = Union[Ping, RegisterName, RegisterSession, Subscribe, Unsubscribe, Publish, SubscribeJson,
+                HistoryQuery]
+
+#: Longest publish id, in characters.
+MAX_PUBLISH_ID_LENGTH = 128
+#: Longest epoch a client may send back, in characters (the hub's own are ~12).
+MAX_EPOCH_LENGTH = 256
+#: Largest offset: the largest integer a JavaScript number holds exactly (2^53 - 1).
+MAX_OFFSET = 2**53 - 1
 
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
@@ -307,13 +362,38 @@ def _optional_string(message: dict[str, Any], key: str) -> str | None:
     raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"'{key}' must be a string")
 
 
-def _parse_publish(argument: str) -> Publish:
+def _json_object(verb: str, argument: str) -> dict[str, Any]:
     try:
         message = loads_strict(argument)
     except ValueError as exc:
-        raise ProtocolError(ErrorCode.INVALID_JSON, f"publish-json needs valid JSON: {exc}")
+        raise ProtocolError(ErrorCode.INVALID_JSON, f"{verb} needs valid JSON: {exc}") from None
     if not isinstance(message, dict):
-        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "publish-json needs a JSON object")
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"{verb} needs a JSON object")
+    return message
+
+
+def _publish_id(message: dict[str, Any]) -> str | None:
+    publish_id = message.get("id")
+    if publish_id is None:
+        return None
+    if not isinstance(publish_id, str) or not 1 <= len(publish_id) <= MAX_PUBLISH_ID_LENGTH:
+        raise ProtocolError(
+            ErrorCode.INVALID_ID, f"'id' must be a string of 1 to {MAX_PUBLISH_ID_LENGTH} characters"
+        )
+    return publish_id
+
+
+def _parse_publish(argument: str) -> Publish:
+    message = _json_object("publish-json", argument)
+    publish_id = _publish_id(message)
+    try:
+        return _publish_fields(message, publish_id)
+    except ProtocolError as exc:
+        exc.publish_id = publish_id  # the error reply for this publish names its id
+        raise
+
+
+def _publish_fields(message: dict[str, Any], publish_id: str | None) -> Publish:
     topic = message.get("topic")
     if topic is None or topic == "":
         raise ProtocolError(ErrorCode.MISSING_TOPIC, "a published message needs a 'topic'")
@@ -332,7 +412,52 @@ def _parse_publish(argument: str) -> Publish:
         session_id=session_id or None,
         publisher_name=publisher_name,
         timestamp=_optional_string(message, "timestamp"),
+        id=publish_id,
     )
+
+
+def _stream_fields(verb: str, message: dict[str, Any]) -> tuple[str, str | None, Since | None]:
+    """The topic, session and since of ``subscribe-json`` and ``history``."""
+    topic = message.get("topic")
+    if topic is None or topic == "":
+        raise ProtocolError(ErrorCode.MISSING_TOPIC, f"{verb} needs a 'topic'")
+    if not isinstance(topic, str):
+        raise ProtocolError(ErrorCode.INVALID_TOPIC, "'topic' must be a string")
+    check_topic(topic)
+    session_id = message.get("session_id")
+    if session_id is not None and not isinstance(session_id, str):
+        raise ProtocolError(ErrorCode.INVALID_SESSION, "'session_id' must be a string")
+    if session_id:
+        check_session(session_id)
+    return topic, session_id or None, _parse_since(message.get("since"))
+
+
+def _parse_since(since: Any) -> Since | None:
+    if since is None:
+        return None
+    if not isinstance(since, dict) or set(since) != {"offset", "epoch"}:
+        raise ProtocolError(ErrorCode.INVALID_SINCE, '\'since\' must be {"offset": N, "epoch": E}')
+    offset, epoch = since["offset"], since["epoch"]
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
+        raise ProtocolError(ErrorCode.INVALID_SINCE, f"'since.offset' must be an integer from 0 to {MAX_OFFSET}")
+    if not isinstance(epoch, str) or not 1 <= len(epoch) <= MAX_EPOCH_LENGTH:
+        raise ProtocolError(
+            ErrorCode.INVALID_SINCE, f"'since.epoch' must be a string of 1 to {MAX_EPOCH_LENGTH} characters"
+        )
+    return Since(offset, epoch)
+
+
+def _parse_subscribe_json(argument: str) -> SubscribeJson:
+    return SubscribeJson(*_stream_fields("subscribe-json", _json_object("subscribe-json", argument)))
+
+
+def _parse_history(argument: str) -> HistoryQuery:
+    message = _json_object("history", argument)
+    topic, session_id, since = _stream_fields("history", message)
+    limit = message.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ProtocolError(ErrorCode.INVALID_LIMIT, "'limit' must be an integer of at least 1")
+    return HistoryQuery(topic, session_id, limit, since)
 
 
 def parse_command(text: str) -> Command:
@@ -355,6 +480,10 @@ def parse_command(text: str) -> Command:
             return RegisterName(check_name(argument))
         if verb == "register-session":
             return RegisterSession(check_session(argument))
+        if verb == "subscribe-json":
+            return _parse_subscribe_json(argument)
+        if verb == "history":
+            return _parse_history(argument)
     shown = text[:40] + ("..." if len(text) > 40 else "")
     raise ProtocolError(ErrorCode.UNKNOWN_COMMAND, f"unknown command {shown!r}")
 
@@ -427,6 +556,31 @@ def encode_publish(
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"the payload is not JSON: {exc}") from None
 
 
+def _since_body(since: "Since | None") -> dict[str, Any]:
+    return {} if since is None else {"since": {"offset": since.offset, "epoch": since.epoch}}
+
+
+def encode_subscribe_json(topic: str, session_id: str | None = None, since: "Since | None" = None) -> str:
+    """``subscribe-json:{"topic", "session_id"?, "since"?}``."""
+    body: dict[str, Any] = {"topic": check_topic(topic)}
+    if session_id:
+        body["session_id"] = check_session(session_id)
+    body.update(_since_body(since))
+    return "subscribe-json:" + _dumps(body)
+
+
+def encode_history(topic: str, session_id: str | None = None, limit: int | None = None,
+                   since: "Since | None" = None) -> str:
+    """``history:{"topic", "session_id"?, "limit"?, "since"?}``."""
+    body: dict[str, Any] = {"topic": check_topic(topic)}
+    if session_id:
+        body["session_id"] = check_session(session_id)
+    if limit is not None:
+        body["limit"] = limit
+    body.update(_since_body(since))
+    return "history:" + _dumps(body)
+
+
 # --------------------------------------------------------------------------- replies
 
 
@@ -479,10 +633,12 @@ class Delivery:
     timestamp: str
     session_id: str
     user: str | None = None
+    offset: int | None = None
+    epoch: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object sent on the wire, in the seed's field order."""
+        """The JSON object sent on the wire: the seed's fields in its order, then ours."""
         message = {
             "publisher_name": self.publisher_name,
             "topic": self.topic,
@@ -492,6 +648,9 @@ class Delivery:
         }
         if self.user is not None:
             message["user"] = self.user
+        if self.offset is not None:
+            message["offset"] = self.offset
+            message["epoch"] = self.epoch
         return message
 
     def encode(self) -> bytes:
@@ -515,7 +674,14 @@ class Delivery:
             raise ProtocolError(ErrorCode.INVALID_JSON, "a delivery must be a JSON object")
         if not isinstance(message, dict) or not isinstance(message.get("topic"), str):
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, "a delivery must have a 'topic'")
-        known = ("publisher_name", "topic", "payload", "timestamp", "session_id", "user")
+        return cls.from_dict(message)
+
+    @classmethod
+    def from_dict(cls, message: dict[str, Any]) -> "Delivery":
+        """A delivery from its decoded JSON object (``topic`` already checked to be a string)."""
+        known = ("publisher_name", "topic", "payload", "timestamp", "session_id", "user", "offset", "epoch")
+        offset, epoch = message.get("offset"), message.get("epoch")
+        has_position = isinstance(offset, int) and not isinstance(offset, bool) and isinstance(epoch, str)
         return cls(
             publisher_name=str(message.get("publisher_name") or ""),
             topic=message["topic"],
@@ -523,6 +689,8 @@ class Delivery:
             timestamp=str(message.get("timestamp") or ""),
             session_id=str(message.get("session_id") or ""),
             user=message.get("user"),
+            offset=offset if has_position else None,
+            epoch=epoch if has_position else None,
             extra={k: v for k, v in message.items() if k not in known},
         )
 
@@ -531,11 +699,130 @@ class Delivery:
         return f"{self.topic}@{self.session_id} from {who}: {self.payload!r}"
 
 
-def encode_error(code: ErrorCode | str, message: str, command: str | None = None) -> str:
-    """The text of an ``error:`` reply. ``command`` names the verb that failed, if known."""
+def with_position(encoded: bytes, offset: int, epoch: str) -> bytes:
+    """An encoded delivery (``Delivery.encode``) with ``"offset"`` and ``"epoch"`` as its last keys.
+
+    Spliced in, not re-encoded: the hub encodes each publish once. ``epoch`` is
+    one of the hub's own (``history.EPOCH_ALPHABET``), which needs no escaping.
+    """
+    return b"%s,\"offset\":%d,\"epoch\":\"%s\"}" % (encoded[:-1], offset, epoch.encode("ascii"))
+
+
+# --------------------------------------------------------------------------- history replies
+
+SUBSCRIBED_PREFIX = "subscribed:"
+HISTORY_PREFIX = "history:"
+ACK_PREFIX = "ack:"
+
+
+def _position_fields(body: dict[str, Any], offset: int | None, epoch: str | None) -> dict[str, Any]:
+    if offset is not None:
+        body["offset"] = offset
+        body["epoch"] = epoch
+    return body
+
+
+def encode_subscribed(topic: str, session_id: str, offset: int | None = None, epoch: str | None = None,
+                      recovered: bool | None = None) -> str:
+    """``subscribed:{"topic", "session_id", "offset", "epoch", "recovered"?}``.
+
+    ``offset``/``epoch`` are None when history is off; ``recovered`` when the subscribe had no ``since``.
+    """
+    body = _position_fields({"topic": topic, "session_id": session_id}, offset, epoch)
+    if recovered is not None:
+        body["recovered"] = recovered
+    return SUBSCRIBED_PREFIX + _dumps(body)
+
+
+def encode_history_reply(topic: str, session_id: str, offset: int | None, epoch: str | None,
+                         messages: list[bytes]) -> bytes:
+    """``history:{"topic", "session_id", "offset", "epoch", "messages": [...]}`` as UTF-8 bytes.
+
+    ``messages`` are encoded deliveries, joined as they are (never decoded again).
+    """
+    head = _dumps(_position_fields({"topic": topic, "session_id": session_id}, offset, epoch))
+    return b"".join([HISTORY_PREFIX.encode(), head[:-1].encode("utf-8"), b',"messages":[',
+                     b",".join(messages), b"]}"])
+
+
+def encode_ack(publish_id: str, offset: int | None = None, epoch: str | None = None) -> str:
+    """``ack:{"id", "offset", "epoch"}`` (only ``id`` when history is off)."""
+    return ACK_PREFIX + _dumps(_position_fields({"id": publish_id}, offset, epoch))
+
+
+def _reply_body(prefix: str, text: str) -> dict[str, Any]:
+    try:
+        body = json.loads(text[len(prefix):])
+    except (ValueError, RecursionError):
+        body = None
+    if not isinstance(body, dict):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"a {prefix} reply must be a JSON object")
+    return body
+
+
+@dataclass(frozen=True)
+class Subscribed:
+    """The ``subscribed:`` reply: the subscription is active from ``offset`` on."""
+
+    topic: str
+    session_id: str
+    offset: int | None = None
+    epoch: str | None = None
+    recovered: bool | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "Subscribed":
+        body = _reply_body(SUBSCRIBED_PREFIX, text)
+        return cls(str(body.get("topic", "")), str(body.get("session_id", "")), body.get("offset"),
+                   body.get("epoch"), body.get("recovered"))
+
+
+@dataclass(frozen=True)
+class HistoryReply:
+    """The ``history:`` reply: a stream's top and retained messages, oldest first."""
+
+    topic: str
+    session_id: str
+    offset: int | None
+    epoch: str | None
+    messages: list[Delivery]
+
+    @classmethod
+    def parse(cls, text: str) -> "HistoryReply":
+        body = _reply_body(HISTORY_PREFIX, text)
+        raw = body.get("messages")
+        messages = [Delivery.from_dict(item) for item in raw if isinstance(item, dict)
+                    and isinstance(item.get("topic"), str)] if isinstance(raw, list) else []
+        return cls(str(body.get("topic", "")), str(body.get("session_id", "")), body.get("offset"),
+                   body.get("epoch"), messages)
+
+
+@dataclass(frozen=True)
+class Ack:
+    """The ``ack:`` reply: the publish with ``id`` is in its stream at ``offset``."""
+
+    id: str
+    offset: int | None = None
+    epoch: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "Ack":
+        body = _reply_body(ACK_PREFIX, text)
+        return cls(str(body.get("id", "")), body.get("offset"), body.get("epoch"))
+
+
+def encode_error(code: ErrorCode | str, message: str, command: str | None = None,
+                 publish_id: str | None = None) -> str:
+    """The text of an ``error:`` reply.
+
+    ``command`` names the verb that failed, if known; ``publish_id`` the id of
+    the publish it answers, if it had one.
+    """
     body: dict[str, str] = {"code": str(code), "message": message}
     if command:
         body["command"] = command
+    if publish_id is not None:
+        body["id"] = publish_id
     return ERROR_PREFIX + _dumps(body)
 
 
@@ -548,7 +835,9 @@ def parse_error(text: str) -> ServerError:
     """Turn an ``error:`` reply into a ``ServerError`` (to raise or to report)."""
     try:
         body = json.loads(text[len(ERROR_PREFIX):])
-        return ServerError(str(body["code"]), str(body.get("message", "")))
+        publish_id = body.get("id")
+        return ServerError(str(body["code"]), str(body.get("message", "")),
+                           publish_id if isinstance(publish_id, str) else None)
     except (ValueError, KeyError, TypeError):
         return ServerError("unknown", text[len(ERROR_PREFIX):])
 
@@ -559,4 +848,5 @@ def command_verb(text: str) -> str | None:
     return verb if verb in _VERBS else None
 
 
-_VERBS = {"ping", "register-name", "register-session", "subscribe", "unsubscribe", "publish-json"}
+_VERBS = {"ping", "register-name", "register-session", "subscribe", "unsubscribe", "publish-json",
+          "subscribe-json", "history"}

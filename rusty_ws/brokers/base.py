@@ -13,15 +13,17 @@ what this node needs.
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
+from ..history import Position
 from ..protocol import Delivery
 
 __all__ = ["Broker", "Deliver"]
 
 Key = tuple[str, str]
-#: Called with each delivery for this node's subscribers.
-Deliver = Callable[[Delivery], None]
+#: Called with each delivery for this node's subscribers; returns where it landed in this
+#: node's stream (None with history off).
+Deliver = Callable[[Delivery], Optional[Position]]
 
 
 class Broker(abc.ABC):
@@ -43,8 +45,12 @@ class Broker(abc.ABC):
         """
 
     @abc.abstractmethod
-    def publish(self, delivery: Delivery) -> None:
-        """Carry ``delivery`` to every node's subscribers of its (topic, session)."""
+    def publish(self, delivery: Delivery) -> Position | None:
+        """Carry ``delivery`` to every node's subscribers of its (topic, session).
+
+        Returns:
+            What ``deliver`` returned for this node (its position in this node's stream).
+        """
 
     def interest_added(self, key: Key) -> None:
         """(topic, session) got its first local subscriber."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ..history import Position
 from ..protocol import Delivery
 from .base import Broker, Deliver, Key
 
@@ -21,7 +22,7 @@ class MemoryBroker(Broker):
     def start(self, deliver: Deliver, keys: Callable[[], list[Key]]) -> None:
         self._deliver = deliver
 
-    def publish(self, delivery: Delivery) -> None:
+    def publish(self, delivery: Delivery) -> Position | None:
         if self._deliver is None:
             raise RuntimeError("the broker was not started")
-        self._deliver(delivery)
+        return self._deliver(delivery)

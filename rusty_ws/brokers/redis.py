@@ -44,6 +44,7 @@ import socket
 import threading
 from typing import Any, Callable
 
+from ..history import Position
 from ..protocol import Delivery
 from .base import Broker, Deliver, Key
 from .redis_codec import (
@@ -190,7 +191,7 @@ class RedisBroker(Broker):
                 self._launch_locked()
             return self._listener  # type: ignore[return-value]
 
-    def publish(self, delivery: Delivery) -> None:
+    def publish(self, delivery: Delivery) -> Position | None:
         """Deliver here at once, then to the other nodes through Redis.
 
         Blocks for one Redis round trip. Never raises for Redis trouble: while
@@ -199,8 +200,9 @@ class RedisBroker(Broker):
         """
         listener = self._current()
         assert self._deliver is not None
-        self._deliver(delivery)
+        position = self._deliver(delivery)
         listener.forward(delivery)
+        return position
 
     def interest_added(self, key: Key) -> None:
         """Subscribe to ``key``'s channel; blocks until Redis confirms (while connected)."""

@@ -32,13 +32,16 @@ from ..protocol import (
     Command,
     Delivery,
     ErrorCode,
+    HistoryQuery,
     Ping,
     Publish,
     RegisterName,
     RegisterSession,
     Subscribe,
+    SubscribeJson,
     Unsubscribe,
     command_verb,
+    encode_ack,
     encode_error,
     parse_command,
     rfc3339_now,
@@ -168,11 +171,11 @@ class Connection:
             command = parse_command(text)
             self._HANDLERS[type(command)](self, command)
         except ProtocolError as exc:
-            self._reply_error(exc.code, exc.message, command_verb(text))
+            self._reply_error(exc.code, exc.message, command_verb(text), exc.publish_id)
 
-    def _reply_error(self, code: str, message: str, verb: str | None) -> None:
+    def _reply_error(self, code: str, message: str, verb: str | None, publish_id: str | None = None) -> None:
         logger.debug("> %s error %s: %s", self.label, code, message)
-        self.hub.writer.send_to(self.outbox, text_frame(encode_error(code, message, verb)))
+        self.hub.writer.send_to(self.outbox, text_frame(encode_error(code, message, verb, publish_id)))
 
     def _who(self) -> str:
         return f"user {self.claims.sub!r}" if self.claims else "anonymous"
@@ -202,10 +205,19 @@ class Connection:
     def _on_unsubscribe(self, command: Unsubscribe) -> None:
         self.hub.unsubscribe(self.outbox, command.topic, self._allowed_session(command.session_id))
 
+    def _on_subscribe_json(self, command: SubscribeJson) -> None:
+        self.hub.subscribe_json(self.outbox, command.topic, self._allowed_session(command.session_id),
+                                command.since)
+
+    def _on_history(self, command: HistoryQuery) -> None:
+        reply = self.hub.history_of(command.topic, self._allowed_session(command.session_id),
+                                    command.limit, command.since)
+        self.hub.writer.send_to(self.outbox, text_frame(reply))
+
     def _on_publish(self, command: Publish) -> None:
         user = self.claims.sub if self.claims else None
-        self.hub.publish(
-            Delivery(
+        try:
+            delivery = Delivery(
                 publisher_name=command.publisher_name or self.name or user or "anonymous",
                 topic=command.topic,
                 payload=command.payload,
@@ -213,7 +225,13 @@ class Connection:
                 session_id=self._allowed_session(command.session_id),
                 user=user,
             )
-        )
+            position, _ = self.hub.publish(delivery, command.id)
+        except ProtocolError as exc:
+            exc.publish_id = command.id
+            raise
+        if command.id is not None:
+            offset, epoch = (position.offset, position.epoch) if position else (None, None)
+            self.hub.writer.send_to(self.outbox, text_frame(encode_ack(command.id, offset, epoch)))
 
     _HANDLERS: dict[type, Callable[["Connection", Command], None]] = {
         Ping: _on_ping,
@@ -222,4 +240,6 @@ class Connection:
         Subscribe: _on_subscribe,
         Unsubscribe: _on_unsubscribe,
         Publish: _on_publish,
+        SubscribeJson: _on_subscribe_json,
+        HistoryQuery: _on_history,
     }  # type: ignore[dict-item]

@@ -19,8 +19,19 @@ from typing import Any
 from ..auth import Claims
 from ..brokers import Broker
 from ..config import Settings
+from ..exceptions import ProtocolError
 from ..frames import deflate_text_frame, text_frame
-from ..protocol import CLOSE_CODE_EXPLANATIONS, CloseCode, Delivery
+from ..history import History, IdempotencyTable, Position
+from ..protocol import (
+    CLOSE_CODE_EXPLANATIONS,
+    CloseCode,
+    Delivery,
+    ErrorCode,
+    Since,
+    encode_history_reply,
+    encode_subscribed,
+    with_position,
+)
 from .connection import Connection
 from .registry import Registry
 from .writer import Outbox, Writer
@@ -59,6 +70,18 @@ class Hub:
         # Signalled whenever a connection ends (shutdown and tests wait on it).
         self._connections_changed = threading.Condition(self._connections_lock)
         self._ids = itertools.count(1)
+        # _history_lock guards history and publish_ids. A publish holds it from taking
+        # its offset to queueing its frames, and a subscribe-json from subscribing to
+        # queueing its replay and reply, so the two never interleave on a stream
+        # (only queueing: frames are written after it is let go, see Writer.batch).
+        self._history_lock = threading.Lock()
+        # Signalled when a pending publish id settles (a repeat waits for the first).
+        self._ids_settled = threading.Condition(self._history_lock)
+        self.history = History(
+            settings.history_size, settings.history_ttl, settings.history_max_bytes,
+            is_subscribed=lambda key: bool(self.registry.subscribers(*key)),
+        )
+        self.publish_ids = IdempotencyTable(settings.idempotency_window, settings.idempotency_max_ids)
         broker.start(self.deliver_local, self.registry.keys)
 
     # ------------------------------------------------------------------ admission
@@ -115,7 +138,7 @@ class Hub:
     def _discard(self, connection: "Connection") -> None:
         """Forget a connection that ended, and every subscription it held."""
         for key in self.registry.remove(connection.outbox):
-            self.broker.interest_removed(key)
+            self._interest_gone(key)
         with self._connections_lock:
             if connection in self._connections:
                 self._connections.remove(connection)
@@ -126,29 +149,147 @@ class Hub:
 
     def subscribe(self, outbox: Outbox, topic: str, session_id: str) -> None:
         """Subscribe; raises ``ProtocolError`` (too_many_subscriptions) at the limit."""
+        if self.history.enabled:
+            with self._history_lock:
+                self.history.touch((topic, session_id))  # a stream exists from its first subscription
         if self.registry.subscribe(outbox, topic, session_id):
             self.broker.interest_added((topic, session_id))
 
+    def subscribe_json(self, outbox: Outbox, topic: str, session_id: str, since: Since | None) -> None:
+        """Subscribe, replay what ``since`` missed, then answer ``subscribed:``; all queued in that order.
+
+        Under the history lock, so a publish to the same stream lands either in
+        the replay (offset <= the reply's) or live after the reply, never both.
+        A replay that would not fit in the outbox is cut short (``recovered: false``).
+
+        Raises:
+            ProtocolError: ``invalid_since`` (the stream's epoch, an offset past its top),
+                ``too_many_subscriptions``.
+        """
+        key = (topic, session_id)
+        with self.writer.batch(), self._history_lock:
+            if not self.history.enabled:
+                appeared = self.registry.subscribe(outbox, topic, session_id)
+                reply = encode_subscribed(topic, session_id, recovered=False if since else None)
+                self.writer.send_to(outbox, text_frame(reply))
+            else:
+                top = self.history.touch(key)
+                if since is not None and since.epoch == top.epoch and since.offset > top.offset:
+                    raise ProtocolError(ErrorCode.INVALID_SINCE,
+                                        f"offset {since.offset} is past this stream's {top.offset}")
+                appeared = self.registry.subscribe(outbox, topic, session_id)
+                recovered = None
+                if since is not None:
+                    replay = self.history.read(key, Position(since.offset, since.epoch),
+                                               budget=self._replay_budget(outbox))
+                    for data in replay.messages:
+                        self.writer.send_to(outbox, self._frame_for(outbox, data))
+                    recovered = replay.recovered
+                reply = encode_subscribed(topic, session_id, top.offset, top.epoch, recovered)
+                self.writer.send_to(outbox, text_frame(reply))
+        if appeared:
+            self.broker.interest_added(key)
+
+    def history_of(self, topic: str, session_id: str, limit: int | None, since: Since | None) -> bytes:
+        """The ``history:`` reply for a stream: its last ``limit`` messages, or those after ``since``.
+
+        Raises:
+            ProtocolError: ``invalid_since`` (the stream's epoch, an offset past its top).
+        """
+        if not self.history.enabled:
+            return encode_history_reply(topic, session_id, None, None, [])
+        limit = min(limit or self.history.size, self.history.size)
+        key = (topic, session_id)
+        with self._history_lock:
+            self.history.touch(key)  # the reply names a real epoch to recover from later
+            try:
+                replay = self.history.read(
+                    key, Position(since.offset, since.epoch) if since else None, limit=limit
+                )
+            except ValueError as exc:
+                raise ProtocolError(ErrorCode.INVALID_SINCE, str(exc)) from None
+        return encode_history_reply(topic, session_id, replay.top.offset, replay.top.epoch, replay.messages)
+
     def unsubscribe(self, outbox: Outbox, topic: str, session_id: str) -> None:
         if self.registry.unsubscribe(outbox, topic, session_id):
-            self.broker.interest_removed((topic, session_id))
+            self._interest_gone((topic, session_id))
+
+    def _interest_gone(self, key: tuple[str, str]) -> None:
+        if self.history.enabled:
+            with self._history_lock:
+                self.history.unsubscribed(key)
+        self.broker.interest_removed(key)
+
+    def _replay_budget(self, outbox: Outbox) -> int:
+        """Bytes a replay may add to ``outbox``: what its bound leaves, less a quarter for live traffic."""
+        bound = self.settings.max_queued_bytes
+        return max(0, bound - bound // 4 - outbox.size)
+
+    def _frame_for(self, outbox: Outbox, data: bytes) -> bytes:
+        return deflate_text_frame(data, self.settings.compression) if outbox.deflate else text_frame(data)
 
     # ------------------------------------------------------------------ publishing
 
-    def publish(self, delivery: Delivery) -> None:
-        """Send ``delivery`` to every subscriber of its (topic, session), on every node."""
-        self.broker.publish(delivery)
+    def publish(self, delivery: Delivery, publish_id: str | None = None) -> tuple[Position | None, bool]:
+        """Send ``delivery`` to every subscriber of its (topic, session), on every node.
 
-    def deliver_local(self, delivery: Delivery) -> None:
+        With ``publish_id``, a repeat of an id its session used within the
+        idempotency window is not delivered again.
+
+        Returns:
+            Where the message landed in this node's stream (None with history off),
+            and whether it was a repeat (then: where the first one landed).
+        """
+        if publish_id is None:
+            return self.broker.publish(delivery), False
+        session_id = delivery.session_id
+        with self._history_lock:
+            seen = self.publish_ids.claim(session_id, publish_id)
+            if seen is not None:  # a repeat: answer as the first was (wait while it is in flight)
+                self._ids_settled.wait_for(lambda: seen.done, self.settings.close_timeout)
+                return seen.position, True
+        try:
+            position = self.broker.publish(delivery)
+        except BaseException:
+            with self._history_lock:
+                self.publish_ids.release(session_id, publish_id)
+                self._ids_settled.notify_all()
+            raise
+        with self._history_lock:
+            self.publish_ids.settle(session_id, publish_id, position)
+            self._ids_settled.notify_all()
+        return position, False
+
+    def deliver_local(self, delivery: Delivery) -> Position | None:
         """Hand ``delivery`` to this process's subscribers: one frame, encoded once.
 
-        With compressing connections open, at most two: one plain, one compressed
-        (without context takeover, so the same bytes suit every such subscriber).
+        With history on, the message first takes the next offset of its stream
+        (this node's) and is kept there; the frame carries offset and epoch.
+
+        Returns:
+            The message's position in its stream, or None with history off.
         """
-        subscribers = self.registry.subscribers(delivery.topic, delivery.session_id)
-        if not subscribers:
-            return
-        data = delivery.encode()
+        if not self.history.enabled:
+            subscribers = self.registry.subscribers(delivery.topic, delivery.session_id)
+            if subscribers:
+                self._send_delivery(delivery.encode(), subscribers)
+            return None
+        encoded = delivery.encode()  # raises for a payload that is not JSON, before an offset is taken
+        key = (delivery.topic, delivery.session_id)
+        with self.writer.batch(), self._history_lock:
+            position, data = self.history.append(
+                key, lambda place: with_position(encoded, place.offset, place.epoch)
+            )
+            subscribers = self.registry.subscribers(*key)
+            if subscribers:
+                self._send_delivery(data, subscribers)
+        return position
+
+    def _send_delivery(self, data: bytes, subscribers: tuple[Any, ...]) -> None:
+        """Queue one encoded delivery for ``subscribers``: one frame, or one plain and one compressed.
+
+        Compressed without context takeover, so the same bytes suit every compressing subscriber.
+        """
         if self._compressing:  # the usual case, 0, costs no pass over the subscribers
             plain: list[Outbox] = []
             compressing: list[Outbox] = []
@@ -156,9 +297,10 @@ class Hub:
                 (compressing if box.deflate else plain).append(box)
             if compressing:
                 self.writer.send(deflate_text_frame(data, self.settings.compression), compressing)
-            subscribers = plain
-        if subscribers:
-            self.writer.send(text_frame(data), subscribers)
+            if not plain:
+                return
+            subscribers = tuple(plain)
+        self.writer.send(text_frame(data), subscribers)
 
     def wait_connections(self, at_most: int, timeout: float) -> bool:
         """Block until at most ``at_most`` connections are open and hold a slot; False on timeout.
@@ -185,8 +327,13 @@ class Hub:
             "sessions": len(sessions),
             "topics": registry.topics,
             "subscriptions": registry.subscriptions,
+            **self._history_counts(),
             "broker": self.broker.status(),
         }
+
+    def _history_counts(self) -> dict[str, int]:
+        with self._history_lock:
+            return self.history.counts()
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Close every connection (4200, reconnect now), stop the broker and the writer.

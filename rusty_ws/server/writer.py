@@ -165,13 +165,17 @@ class Writer:
 
         A connection thread wraps the commands of one read in it, so a burst of
         publishes to the same subscribers is coalesced into one write per socket.
+        The hub also queues under its history lock inside one, so that lock is
+        never held while writing. Nested blocks write at the end of the outermost.
         """
+        outer = not getattr(self._batching, "active", False)
         self._batching.active = True
         try:
             yield
         finally:
-            self._batching.active = False
-            self.flush()
+            if outer:
+                self._batching.active = False
+                self.flush()
 
     def flush(self) -> None:
         """Do the queued work on this thread now, unless another thread is at it (it does ours too)."""

@@ -65,7 +65,7 @@ def test_off_by_default_the_offer_is_declined() -> None:
         assert raw.status == 101 and "sec-websocket-extensions" not in raw.headers
         raw.send_frame(0x1, b"subscribe:T")
         raw.send_frame(0x1, json_publish("T", "plain").encode())
-        assert sync(raw) == [(0x81, delivery_bytes(raw, "T", "plain"))]
+        assert sync(raw) == [(0x81, delivery_bytes(server, "T", "plain", offset=1))]
         raw.close()
 
 
@@ -74,9 +74,12 @@ def json_publish(topic: str, payload: object) -> str:
                                          "timestamp": "2026-11-27T00:00:00Z", "session_id": "default"})
 
 
-def delivery_bytes(_: RawSocket, topic: str, payload: object) -> bytes:
+def delivery_bytes(server: RunningServer, topic: str, payload: object, offset: int) -> bytes:
+    """The exact delivery of ``json_publish(topic, payload)``, the stream's ``offset``-th message."""
+    epoch = server.hub.history.top((topic, "default")).epoch
     return json.dumps({"publisher_name": "p", "topic": topic, "payload": payload,
-                       "timestamp": "2026-11-27T00:00:00Z", "session_id": "default"},
+                       "timestamp": "2026-11-27T00:00:00Z", "session_id": "default",
+                       "offset": offset, "epoch": epoch},
                       separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -103,7 +106,7 @@ def test_one_compressed_frame_for_compressing_subscribers_plain_for_the_others(s
 
         payload = {"text": "compress me " * 40}
         library.send(json_publish("T", payload))  # the websockets client compresses it
-        expected = delivery_bytes(first, "T", payload)
+        expected = delivery_bytes(server, "T", payload, offset=1)
         frames = [raw.recv_frame() for raw in (first, second)]
         assert frames[0] == frames[1]  # the same bytes on every compressing connection
         head, body = frames[0]
@@ -116,7 +119,8 @@ def test_one_compressed_frame_for_compressing_subscribers_plain_for_the_others(s
         compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
         for _ in range(2):
             first.send_frame(0x1, compress(json_publish("T", payload).encode(), compressor), rsv=RSV1)
-        for _ in range(2):
+        for offset in (2, 3):
+            expected = delivery_bytes(server, "T", payload, offset)
             assert inflate_alone(second.recv_frame()[1]) == expected
             assert plain.recv().encode() == expected
     for raw in (first, second):

@@ -45,7 +45,9 @@ def test_defaults_filled_by_the_server(server: RunningServer) -> None:
         client.command("subscribe:T|s")
         [raw] = client.command('publish-json:{"topic": "T", "session_id": "s", "payload": {"n": [1, 2.5, null]}}')
     message = json.loads(raw)
-    assert list(message) == ["publisher_name", "topic", "payload", "timestamp", "session_id"]
+    # The seed's fields in its order, then the stream position (history is on by default).
+    assert list(message) == ["publisher_name", "topic", "payload", "timestamp", "session_id", "offset", "epoch"]
+    assert message["offset"] == 1 and message["epoch"] == server.hub.history.top(("T", "s")).epoch
     assert message["publisher_name"] == "Kiosk"
     assert message["payload"] == {"n": [1, 2.5, None]}
     assert message["timestamp"].endswith("+00:00") and "T" in message["timestamp"]
@@ -195,6 +197,8 @@ def test_close_handshake_and_cleanup(server: RunningServer) -> None:
     server.wait_connections(0)
     assert server.hub.counts() | {"broker": None} == {
         "status": "ok", "connections": 0, "sessions": 0, "topics": 0, "subscriptions": 0, "broker": None,
+        # the stream outlives its last subscriber by RUSTY_WS_HISTORY_TTL (empty, it holds nothing)
+        "history_streams": 1, "history_messages": 0, "history_bytes": 0,
     }
 
 

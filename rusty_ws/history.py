@@ -1,0 +1,359 @@
+"""Message history: each (topic, session) stream's offsets, epoch and retained messages.
+
+Pure: no sockets, no threads, no locks. The hub holds one lock around every
+call (``server/hub.py``), so a publish (offset, append, fan-out) and a
+subscribe with replay (subscribe, replay, reply) never interleave: a message
+lands exactly once, in the replay or live, never both, never neither.
+
+What is kept (docs/protocol.md, "History and recovery"):
+
+- Every message published to a stream gets the next offset (1, 2, 3, ...).
+  The stream's epoch names its past: it is made when the stream is, differs
+  in every process, and a stream that disappeared comes back under a new one.
+- A stream keeps its last ``size`` messages for ``ttl`` seconds; all streams
+  together keep at most ``max_bytes`` of encoded deliveries, the oldest
+  messages (of any stream) going first.
+- A stream exists from its first subscription or message. While it has
+  subscribers it lives on, offsets going on even once every message expired;
+  without subscribers and without a message for ``ttl`` it disappears.
+
+Expiry is lazy: it runs, bounded and amortised, on the calls below (every
+``append``, ``touch``, ``read`` and ``counts``), so no thread is needed.
+
+The encoded messages are stored as they go out (the delivery's JSON with
+``"offset"`` and ``"epoch"`` last), so a replay sends the very same bytes.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+__all__ = ["Key", "Position", "Replay", "History", "IdempotencyTable", "EPOCH_ALPHABET"]
+
+#: (topic, session_id)
+Key = tuple[str, str]
+#: The characters of the epochs this module makes: none needs escaping in JSON.
+EPOCH_ALPHABET = "0123456789abcdef-"
+#: Dead entries tolerated in the global order before it is compacted (see ``History._compact``).
+_COMPACT_AFTER = 1024
+
+
+@dataclass(frozen=True)
+class Position:
+    """A place in a stream: the offset of a message (or the top) and the stream's epoch."""
+
+    offset: int
+    epoch: str
+
+
+@dataclass(frozen=True)
+class Replay:
+    """What a stream holds after a position.
+
+    Attributes:
+        messages: encoded deliveries, oldest first.
+        top: the stream's current offset and epoch (the boundary between replay and live).
+        recovered: every message after the position was still retained (and fitted).
+    """
+
+    messages: list[bytes]
+    top: Position
+    recovered: bool
+
+
+class _Entry:
+    """One retained message; ``data`` is None once it was dropped (the global order skips it)."""
+
+    __slots__ = ("stream", "offset", "data", "at")
+
+    def __init__(self, stream: "_Stream", offset: int, data: bytes, at: float) -> None:
+        self.stream = stream
+        self.offset = offset
+        self.data: bytes | None = data
+        self.at = at
+
+
+class _Stream:
+    __slots__ = ("key", "epoch", "offset", "entries", "idle_since")
+
+    def __init__(self, key: Key, epoch: str, now: float) -> None:
+        self.key = key
+        self.epoch = epoch
+        self.offset = 0                  # the last offset given out
+        self.entries: collections.deque[_Entry] = collections.deque()
+        self.idle_since = now            # made, last message, or last subscriber gone
+
+
+class History:
+    """The streams of one hub. Not thread-safe: the caller serialises every call.
+
+    Args:
+        size: messages kept per stream; 0 turns history off (``enabled`` is False).
+        ttl: seconds a message is kept, and an unsubscribed stream without messages lives.
+        max_bytes: encoded bytes kept over all streams.
+        is_subscribed: whether a stream has subscribers now (asked before one disappears).
+        clock: monotonic seconds (tests pass their own).
+        epoch_prefix: the part of every epoch that names this process (default random).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        ttl: float,
+        max_bytes: int,
+        *,
+        is_subscribed: Callable[[Key], bool] = lambda key: False,
+        clock: Callable[[], float] = time.monotonic,
+        epoch_prefix: str | None = None,
+    ) -> None:
+        self.size = size
+        self.ttl = ttl
+        self.max_bytes = max_bytes
+        self._is_subscribed = is_subscribed
+        self._clock = clock
+        self._epoch_prefix = epoch_prefix if epoch_prefix is not None else secrets.token_hex(4) + "-"
+        self._epoch_numbers = itertools.count(1)
+        self._streams: dict[Key, _Stream] = {}
+        # Streams that may have no subscribers, least recently active first: the ones that
+        # may disappear. The sweep asks is_subscribed before it removes one.
+        self._idle: collections.OrderedDict[Key, _Stream] = collections.OrderedDict()
+        # Every retained message in append order (so also in time order): the oldest first.
+        self._order: collections.deque[_Entry] = collections.deque()
+        self._dead = 0   # entries in _order that were dropped already
+        self._bytes = 0
+        self._next_sweep = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 0
+
+    # ------------------------------------------------------------------ streams
+
+    def touch(self, key: Key) -> Position:
+        """Make sure ``key``'s stream exists (a subscription starts it); returns its top."""
+        now = self._clock()
+        self._sweep(now)
+        return self._top(self._stream(key, now))
+
+    def unsubscribed(self, key: Key) -> None:
+        """``key`` lost its last subscriber on this node: it may disappear after ``ttl``."""
+        stream = self._streams.get(key)
+        if stream is not None:
+            stream.idle_since = self._clock()
+            self._idle[key] = stream
+            self._idle.move_to_end(key)
+
+    def top(self, key: Key) -> Position | None:
+        """The stream's current offset and epoch, or None if it does not exist."""
+        stream = self._streams.get(key)
+        return self._top(stream) if stream is not None else None
+
+    # ------------------------------------------------------------------ messages
+
+    def append(self, key: Key, encode: Callable[[Position], bytes]) -> tuple[Position, bytes]:
+        """Give the next offset of ``key``'s stream to a message and keep it.
+
+        Args:
+            encode: the message's encoded delivery for its position (called once).
+
+        Returns:
+            The message's position and its encoded bytes.
+        """
+        now = self._clock()
+        self._sweep(now)
+        stream = self._stream(key, now)
+        stream.offset += 1
+        position = Position(stream.offset, stream.epoch)
+        data = encode(position)
+        entry = _Entry(stream, stream.offset, data, now)
+        stream.entries.append(entry)
+        self._order.append(entry)
+        self._bytes += len(data)
+        if key in self._idle:
+            stream.idle_since = now
+            self._idle.move_to_end(key)
+        while len(stream.entries) > self.size:
+            self._drop(stream.entries.popleft())
+        while self._bytes > self.max_bytes and self._order:
+            self._drop_oldest()
+        return position, data
+
+    def read(
+        self,
+        key: Key,
+        since: Position | None = None,
+        *,
+        limit: int | None = None,
+        budget: int | None = None,
+    ) -> Replay:
+        """The messages of ``key``'s stream after ``since`` (or its last ``limit``), oldest first.
+
+        With ``since`` in the stream's own epoch: the messages after its offset, at
+        most ``limit`` (the first ones) and at most ``budget`` encoded bytes;
+        ``recovered`` is True when none was missing or cut. With another epoch:
+        none, ``recovered`` False. Without ``since``: the last ``limit``.
+
+        Raises:
+            ValueError: ``since`` is in the stream's epoch but past its top.
+        """
+        now = self._clock()
+        self._sweep(now)
+        stream = self._streams.get(key)
+        if stream is None:
+            return Replay([], Position(0, ""), False)
+        top = self._top(stream)
+        fresh = [entry for entry in stream.entries if entry.at + self.ttl > now]
+        if since is None:
+            chosen = fresh[-limit:] if limit else fresh
+            return Replay([entry.data for entry in chosen if entry.data is not None], top, True)
+        if since.epoch != stream.epoch:
+            return Replay([], top, False)
+        if since.offset > stream.offset:
+            raise ValueError(f"offset {since.offset} is past the stream's top {stream.offset}")
+        after = [entry for entry in fresh if entry.offset > since.offset]
+        recovered = since.offset == stream.offset or (bool(after) and after[0].offset == since.offset + 1)
+        if limit is not None and len(after) > limit:
+            after = after[:limit]
+        messages: list[bytes] = []
+        spent = 0
+        for entry in after:
+            data = entry.data
+            assert data is not None
+            spent += len(data)
+            if budget is not None and spent > budget:
+                recovered = False
+                break
+            messages.append(data)
+        return Replay(messages, top, recovered)
+
+    def counts(self) -> dict[str, int]:
+        """``/healthz``'s view: streams, retained messages, their encoded bytes."""
+        self._sweep(self._clock())
+        return {
+            "history_streams": len(self._streams),
+            "history_messages": len(self._order) - self._dead,
+            "history_bytes": self._bytes,
+        }
+
+    # ------------------------------------------------------------------ inside
+
+    def _stream(self, key: Key, now: float) -> _Stream:
+        stream = self._streams.get(key)
+        if stream is None:
+            stream = self._streams[key] = _Stream(key, self._new_epoch(), now)
+            self._idle[key] = stream
+        return stream
+
+    def _new_epoch(self) -> str:
+        return f"{self._epoch_prefix}{next(self._epoch_numbers):x}"
+
+    @staticmethod
+    def _top(stream: _Stream) -> Position:
+        return Position(stream.offset, stream.epoch)
+
+    def _drop(self, entry: _Entry) -> None:
+        """Forget a message still in its stream's deque (the caller removed it from there)."""
+        if entry.data is not None:
+            self._bytes -= len(entry.data)
+            entry.data = None
+            self._dead += 1
+            if self._dead > _COMPACT_AFTER and self._dead * 2 > len(self._order):
+                self._compact()
+
+    def _drop_oldest(self) -> None:
+        """Drop the oldest retained message of all streams."""
+        entry = self._order.popleft()
+        if entry.data is None:
+            self._dead -= 1
+            return
+        popped = entry.stream.entries.popleft()
+        assert popped is entry, "a stream's oldest message is the oldest of it in the global order"
+        self._bytes -= len(entry.data)
+        entry.data = None
+
+    def _compact(self) -> None:
+        """Rebuild the global order without dropped entries: amortised O(1) per drop."""
+        self._order = collections.deque(entry for entry in self._order if entry.data is not None)
+        self._dead = 0
+
+    def _sweep(self, now: float) -> None:
+        """Expire old messages and idle streams; at most every tenth of the TTL (and 1 s)."""
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + min(1.0, self.ttl / 10)
+        horizon = now - self.ttl
+        while self._order and (self._order[0].data is None or self._order[0].at <= horizon):
+            self._drop_oldest()
+        while self._idle:
+            key, stream = next(iter(self._idle.items()))
+            if stream.idle_since > horizon:
+                break
+            del self._idle[key]
+            if self._is_subscribed(key):
+                continue  # back in _idle when its last subscriber goes
+            del self._streams[key]
+            for entry in stream.entries:
+                self._drop(entry)
+            stream.entries.clear()
+
+
+@dataclass
+class _Seen:
+    position: Position | None
+    expires: float
+    done: bool = False
+
+
+class IdempotencyTable:
+    """The publish ids each session used within ``window`` seconds, and where they landed.
+
+    Not thread-safe: the caller serialises every call. At most ``max_ids`` are
+    remembered in all; past that the oldest are forgotten first.
+    """
+
+    def __init__(self, window: float, max_ids: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window = window
+        self.max_ids = max_ids
+        self._clock = clock
+        self._seen: collections.OrderedDict[tuple[str, str], _Seen] = collections.OrderedDict()
+
+    def claim(self, session_id: str, publish_id: str) -> _Seen | None:
+        """Claim ``publish_id`` in ``session_id``: None if it is new (now pending), else what it was."""
+        now = self._clock()
+        self._expire(now)
+        key = (session_id, publish_id)
+        seen = self._seen.get(key)
+        if seen is not None:
+            return seen
+        self._seen[key] = _Seen(None, now + self.window)
+        while len(self._seen) > self.max_ids:
+            self._seen.popitem(last=False)
+        return None
+
+    def settle(self, session_id: str, publish_id: str, position: Position | None) -> None:
+        """The claimed publish landed at ``position`` (None: history is off)."""
+        seen = self._seen.get((session_id, publish_id))
+        if seen is not None:
+            seen.position, seen.done = position, True
+
+    def release(self, session_id: str, publish_id: str) -> None:
+        """The claimed publish failed: the id is free again."""
+        self._seen.pop((session_id, publish_id), None)
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(list(self._seen))
+
+    def _expire(self, now: float) -> None:
+        while self._seen:
+            key, seen = next(iter(self._seen.items()))
+            if seen.expires > now:
+                return
+            del self._seen[key]
