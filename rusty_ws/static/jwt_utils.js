@@ -7,7 +7,13 @@
 // could read it there long after the tab closed). It is refreshed through
 // /auth/refresh before it expires, so reconnections always have a valid one.
 
-import { ConnectionClosedError, RustyWsError } from "./protocol.js";
+import { AuthError } from "./errors.js";
+import { absoluteUrl, openWebSocket, withToken } from "./transport.js";
+
+// The seed's pages import everything from this one file: what moved to errors.js and
+// transport.js is still exported here.
+export { AuthError } from "./errors.js";
+export { authUrlFor, openWebSocket, withToken } from "./transport.js";
 
 /** Refresh when fewer than this many ms remain (the seed's 5 minutes), or half the lifetime if shorter. */
 export const REFRESH_THRESHOLD_MS = 300_000;
@@ -18,53 +24,14 @@ const MIN_REFRESH_DELAY_MS = 1_000;
 /** `exp` counts whole seconds, so a token may expire up to a second before `expires_in` says. */
 const EXPIRY_PRECISION_MS = 1_000;
 
-/** A login or refresh the hub refused; `status` is the HTTP status, `code` the hub's error code. */
-export class AuthError extends RustyWsError {
-  constructor(code, message, status = 0) {
-    super(code, message);
-    this.name = "AuthError";
-    this.status = status;
-  }
-}
-
-/** `url` resolved against the page's address (in Node, it must be absolute already). */
-function absoluteUrl(url) {
-  return new URL(url, globalThis.location?.href);
-}
-
 /**
- * `.../auth/token` -> `.../auth/refresh` (token_client.py's refresh_url_for).
+ * `.../auth/token` -> `.../auth/refresh` (client/tokens.py's refresh_url_for).
  * @param {string} authUrl
  * @returns {string}
  */
 export function refreshUrlFor(authUrl) {
   const url = absoluteUrl(authUrl);
   url.pathname = url.pathname.replace(/\/+$/, "").replace(/\/token$/, "") + "/refresh";
-  return url.href;
-}
-
-/**
- * The hub's login URL for its WebSocket URL: `ws://h/p/ws` -> `http://h/p/auth/token`.
- * @param {string} wsUrl
- * @returns {string}
- */
-export function authUrlFor(wsUrl) {
-  const url = absoluteUrl(wsUrl);
-  url.protocol = url.protocol === "wss:" ? "https:" : "http:";
-  url.pathname = url.pathname.replace(/\/ws\/?$/, "") + "/auth/token";
-  url.search = "";
-  return url.href;
-}
-
-/**
- * `wsUrl` with `?token=` set (an existing query is kept, an old token replaced).
- * @param {string} wsUrl
- * @param {string} token
- * @returns {string}
- */
-export function withToken(wsUrl, token) {
-  const url = absoluteUrl(wsUrl);
-  url.searchParams.set("token", token);
   return url.href;
 }
 
@@ -253,46 +220,4 @@ export async function createAuthenticatedWebSocket(wsUrl, authUrl, username, pas
   const { WebSocket: WebSocketImpl = globalThis.WebSocket, manager = jwtManager, timeout = 10_000 } = options;
   const token = await manager.authenticate(authUrl, username, password, sessionId);
   return openWebSocket(WebSocketImpl, withToken(wsUrl, token), timeout);
-}
-
-/**
- * Open `url` and resolve with the socket once it is open; reject if it closes or times out first.
- * @param {Function} WebSocketImpl
- * @param {string} url
- * @param {number} timeout ms
- * @returns {Promise<WebSocket>}
- */
-export function openWebSocket(WebSocketImpl, url, timeout) {
-  if (typeof WebSocketImpl !== "function") {
-    return Promise.reject(new RustyWsError("no_websocket", "no WebSocket implementation: pass one in the options"));
-  }
-  return new Promise((resolve, reject) => {
-    let socket;
-    try {
-      socket = new WebSocketImpl(url);
-    } catch (error) {
-      reject(new RustyWsError("invalid_url", `cannot open ${url}: ${error.message}`));
-      return;
-    }
-    const done = (error) => {
-      clearTimeout(timer);
-      socket.removeEventListener("open", onOpen);
-      socket.removeEventListener("close", onClose);
-      if (error) reject(error);
-      else resolve(socket);
-    };
-    const onOpen = () => done(null);
-    // A refused handshake (bad token, wrong origin, hub down) shows as close code 1006:
-    // browsers hide the HTTP status from scripts.
-    const onClose = (event) => done(new ConnectionClosedError(event.code ?? 1006, event.reason || "could not connect"));
-    const timer = setTimeout(() => {
-      done(new ConnectionClosedError(1006, `no connection within ${timeout} ms`));
-      socket.close();
-    }, timeout);
-    socket.addEventListener("open", onOpen);
-    socket.addEventListener("close", onClose);
-    // A close event follows every error event. Node's `ws` throws an error event that nobody
-    // listens to, so one listener stays for the socket's whole life.
-    socket.addEventListener("error", () => {});
-  });
 }

@@ -1,104 +1,26 @@
-// The wire protocol, as pure functions: the JavaScript mirror of rusty_ws/protocol.py
-// and rusty_ws/backoff.py. No sockets, no timers, no DOM: the same file runs in
-// browsers and in Node, and its tests use literal strings.
+// The wire grammar, as pure functions: the JavaScript mirror of rusty_ws/protocol.py's
+// limits, checks, command encoders and replies. No sockets, no timers, no DOM: the same
+// file runs in browsers and in Node, and its tests use literal strings.
+//
+// It also re-exports what lived here before it got a module of its own (the errors of the
+// wire from errors.js, the close policy and backoff from backoff.js), so imports such as
+// `import { closePolicy } from "./protocol.js"` keep working.
+
+import { RustyWsError, ServerError } from "./errors.js";
+
+export { ConnectionClosedError, RustyWsError, ServerError } from "./errors.js";
+export { CloseCode, ClosePolicy, backoffDelays, closePolicy } from "./backoff.js";
 
 /** Longest topic, session id and client name, in characters (protocol.py's limits). */
 export const MAX_TOPIC_LENGTH = 256;
 export const MAX_SESSION_LENGTH = 256;
 export const MAX_NAME_LENGTH = 256;
 
+/** The hub's answer to `ping`, once every earlier command of the connection is done. */
 export const PONG = "pong";
+/** The command whose `pong` acknowledges the commands sent before it. */
+export const PING = "ping";
 const ERROR_PREFIX = "error:";
-
-/** What a client does after the server closed with a given code (protocol.py's ClosePolicy). */
-export const ClosePolicy = Object.freeze({
-  DO_NOT_RECONNECT: "do_not_reconnect",
-  BACK_OFF: "back_off",
-  RECONNECT_NOW: "reconnect_now",
-});
-
-/** Close codes the hub sends: standard ones, then rusty_ws's three ranges. */
-export const CloseCode = Object.freeze({
-  NORMAL_CLOSURE: 1000,
-  GOING_AWAY: 1001,
-  PROTOCOL_ERROR: 1002,
-  UNSUPPORTED_DATA: 1003,
-  ABNORMAL_CLOSURE: 1006,
-  INVALID_DATA: 1007,
-  POLICY_VIOLATION: 1008,
-  MESSAGE_TOO_BIG: 1009,
-  INTERNAL_ERROR: 1011,
-  SERVICE_RESTART: 1012,
-  TRY_AGAIN_LATER: 1013,
-  UNAUTHORIZED: 4001,
-  FORBIDDEN: 4003,
-  SLOW_CONSUMER: 4100,
-  OVERLOADED: 4101,
-  KEEPALIVE_TIMEOUT: 4102,
-  SERVER_RESTARTING: 4200,
-});
-
-const STANDARD_POLICIES = new Map([
-  [1000, ClosePolicy.BACK_OFF],
-  [1001, ClosePolicy.RECONNECT_NOW],
-  [1002, ClosePolicy.DO_NOT_RECONNECT],
-  [1003, ClosePolicy.DO_NOT_RECONNECT],
-  [1007, ClosePolicy.DO_NOT_RECONNECT],
-  [1008, ClosePolicy.DO_NOT_RECONNECT],
-  [1012, ClosePolicy.RECONNECT_NOW],
-]);
-
-/**
- * What a client should do after the server closed with `code`.
- * 4000-4099: do not reconnect; 4100-4199: back off; 4200-4299: reconnect now.
- * Unknown and abnormal codes (1006, 1011, ...) back off: retrying slowly is the safe default.
- * @param {number} code
- * @returns {string} one of ClosePolicy's values
- */
-export function closePolicy(code) {
-  if (code >= 4000 && code <= 4099) return ClosePolicy.DO_NOT_RECONNECT;
-  if (code >= 4100 && code <= 4199) return ClosePolicy.BACK_OFF;
-  if (code >= 4200 && code <= 4299) return ClosePolicy.RECONNECT_NOW;
-  return STANDARD_POLICIES.get(code) ?? ClosePolicy.BACK_OFF;
-}
-
-// ------------------------------------------------------------------ errors
-
-/** The base of every error this package throws; `code` is a stable string to branch on. */
-export class RustyWsError extends Error {
-  /**
-   * @param {string} code e.g. "invalid_topic", "timeout", "not_connected"
-   * @param {string} message
-   */
-  constructor(code, message) {
-    super(message);
-    this.name = "RustyWsError";
-    this.code = code;
-  }
-}
-
-/** The server answered a command with an `error:` reply (`code` is protocol.py's ErrorCode). */
-export class ServerError extends RustyWsError {
-  constructor(code, message, command = null) {
-    super(code, message);
-    this.name = "ServerError";
-    this.command = command;
-  }
-}
-
-/** The connection closed (or never opened) before the call could finish. */
-export class ConnectionClosedError extends RustyWsError {
-  /**
-   * @param {number} closeCode the WebSocket close code (1006 when the connection dropped)
-   * @param {string} reason
-   */
-  constructor(closeCode, reason) {
-    super("connection_closed", `connection closed (${closeCode}${reason ? ` ${reason}` : ""})`);
-    this.name = "ConnectionClosedError";
-    this.closeCode = closeCode;
-    this.reason = reason;
-  }
-}
 
 // ------------------------------------------------------------------ checks
 
@@ -137,6 +59,16 @@ export function checkName(name) {
 }
 
 // ------------------------------------------------------------------ frames
+
+/** The text of a `register-name` command (the default publisher name of the connection). */
+export function registerNameCommand(name) {
+  return `register-name:${checkName(name)}`;
+}
+
+/** The text of a `register-session` command (the session of later commands without one). */
+export function registerSessionCommand(sessionId) {
+  return `register-session:${checkSession(sessionId)}`;
+}
 
 /** The text of a `subscribe` command. */
 export function subscribeCommand(topic, sessionId) {
@@ -197,26 +129,4 @@ export function parseDelivery(text) {
     return null;
   }
   return message;
-}
-
-// ------------------------------------------------------------------ backoff
-
-/**
- * Milliseconds to wait before each reconnection attempt, forever (backoff.py's delays()).
- * The first delay is random in [0, initial], so clients dropped together do not come back
- * together; then initial * factor**n, at most cap, each shortened by up to `jitter` at random.
- * A fresh generator starts over: make a new one after every good connection.
- * @param {{initial?: number, factor?: number, cap?: number, jitter?: number, random?: () => number}} [options]
- * @returns {Generator<number>}
- */
-export function* backoffDelays({ initial = 500, factor = 2, cap = 30000, jitter = 0.5, random = Math.random } = {}) {
-  if (!(initial >= 0 && factor >= 1 && cap >= 0 && jitter >= 0 && jitter <= 1)) {
-    throw new RangeError("need initial >= 0, factor >= 1, cap >= 0 and 0 <= jitter <= 1");
-  }
-  yield initial * random();
-  let delay = initial;
-  for (;;) {
-    yield Math.min(cap, delay) * (1 - jitter * random());
-    delay = Math.min(cap, delay * factor);
-  }
 }

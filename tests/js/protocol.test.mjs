@@ -16,6 +16,8 @@ import {
   parseDelivery,
   parseError,
   publishCommand,
+  registerNameCommand,
+  registerSessionCommand,
   subscribeCommand,
 } from "../../rusty_ws/static/protocol.js";
 import { authUrlFor, refreshUrlFor, withToken } from "../../rusty_ws/static/jwt_utils.js";
@@ -49,6 +51,14 @@ describe("checks", () => {
     const message = { publisher_name: "c", topic: "T", payload: { "</script>": [1] }, timestamp: "t", session_id: "s" };
     assert.equal(publishCommand(message), `publish-json:${JSON.stringify(message)}`);
     assert.throws(() => publishCommand({ ...message, session_id: "a|b" }), { code: "invalid_session" });
+  });
+
+  test("registrations are checked as the hub checks them (protocol.py's encoders)", () => {
+    assert.equal(registerNameCommand("a|b"), "register-name:a|b");
+    assert.equal(registerSessionCommand("session-A"), "register-session:session-A");
+    assert.throws(() => registerNameCommand("a\nb"), { code: "invalid_name" });
+    assert.throws(() => registerSessionCommand("session-a|b"), { code: "invalid_session" });
+    assert.throws(() => registerSessionCommand(null), { code: "invalid_session" });
   });
 });
 

@@ -177,6 +177,14 @@ describe("close codes", () => {
   });
 });
 
+describe("registration", () => {
+  test("a default session the hub would refuse (a name with '|') fails connect() before any command", async () => {
+    await assert.rejects(connected(hub.url, { name: "a|b", keepaliveInterval: 0 }),
+      { name: "RustyWsError", code: "invalid_session" });
+    assert.deepEqual(hub.commands, []);
+  });
+});
+
 describe("waiting for the hub", () => {
   test("a call the hub never answers times out", async () => {
     const c = await client({ timeout: 100 });

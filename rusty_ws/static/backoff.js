@@ -1,0 +1,75 @@
+// When to reconnect, as pure functions: the JavaScript mirror of rusty_ws/backoff.py and of
+// protocol.py's close policy (ClosePolicy, CloseCode, close_policy). No sockets and no
+// timers: the caller waits, so the same file runs in browsers and in Node.
+
+/** What a client does after the server closed with a given code (protocol.py's ClosePolicy). */
+export const ClosePolicy = Object.freeze({
+  DO_NOT_RECONNECT: "do_not_reconnect",
+  BACK_OFF: "back_off",
+  RECONNECT_NOW: "reconnect_now",
+});
+
+/** Close codes the hub sends: standard ones, then rusty_ws's three ranges. */
+export const CloseCode = Object.freeze({
+  NORMAL_CLOSURE: 1000,
+  GOING_AWAY: 1001,
+  PROTOCOL_ERROR: 1002,
+  UNSUPPORTED_DATA: 1003,
+  ABNORMAL_CLOSURE: 1006,
+  INVALID_DATA: 1007,
+  POLICY_VIOLATION: 1008,
+  MESSAGE_TOO_BIG: 1009,
+  INTERNAL_ERROR: 1011,
+  SERVICE_RESTART: 1012,
+  TRY_AGAIN_LATER: 1013,
+  UNAUTHORIZED: 4001,
+  FORBIDDEN: 4003,
+  SLOW_CONSUMER: 4100,
+  OVERLOADED: 4101,
+  KEEPALIVE_TIMEOUT: 4102,
+  SERVER_RESTARTING: 4200,
+});
+
+const STANDARD_POLICIES = new Map([
+  [1000, ClosePolicy.BACK_OFF],
+  [1001, ClosePolicy.RECONNECT_NOW],
+  [1002, ClosePolicy.DO_NOT_RECONNECT],
+  [1003, ClosePolicy.DO_NOT_RECONNECT],
+  [1007, ClosePolicy.DO_NOT_RECONNECT],
+  [1008, ClosePolicy.DO_NOT_RECONNECT],
+  [1012, ClosePolicy.RECONNECT_NOW],
+]);
+
+/**
+ * What a client should do after the server closed with `code`.
+ * 4000-4099: do not reconnect; 4100-4199: back off; 4200-4299: reconnect now.
+ * Unknown and abnormal codes (1006, 1011, ...) back off: retrying slowly is the safe default.
+ * @param {number} code
+ * @returns {string} one of ClosePolicy's values
+ */
+export function closePolicy(code) {
+  if (code >= 4000 && code <= 4099) return ClosePolicy.DO_NOT_RECONNECT;
+  if (code >= 4100 && code <= 4199) return ClosePolicy.BACK_OFF;
+  if (code >= 4200 && code <= 4299) return ClosePolicy.RECONNECT_NOW;
+  return STANDARD_POLICIES.get(code) ?? ClosePolicy.BACK_OFF;
+}
+
+/**
+ * Milliseconds to wait before each reconnection attempt, forever (backoff.py's delays()).
+ * The first delay is random in [0, initial], so clients dropped together do not come back
+ * together; then initial * factor**n, at most cap, each shortened by up to `jitter` at random.
+ * A fresh generator starts over: make a new one after every good connection.
+ * @param {{initial?: number, factor?: number, cap?: number, jitter?: number, random?: () => number}} [options]
+ * @returns {Generator<number>}
+ */
+export function* backoffDelays({ initial = 500, factor = 2, cap = 30000, jitter = 0.5, random = Math.random } = {}) {
+  if (!(initial >= 0 && factor >= 1 && cap >= 0 && jitter >= 0 && jitter <= 1)) {
+    throw new RangeError("need initial >= 0, factor >= 1, cap >= 0 and 0 <= jitter <= 1");
+  }
+  yield initial * random();
+  let delay = initial;
+  for (;;) {
+    yield Math.min(cap, delay) * (1 - jitter * random());
+    delay = Math.min(cap, delay * factor);
+  }
+}

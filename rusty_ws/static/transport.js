@@ -1,0 +1,81 @@
+// Opening a WebSocket to the hub, and the URLs around it: the JavaScript mirror of
+// rusty_ws/client/connector.py. It knows sockets and URLs, not the wire grammar and not tokens'
+// lifetimes: the token is just a query parameter here.
+
+import { ConnectionClosedError, RustyWsError } from "./errors.js";
+
+/**
+ * `url` resolved against the page's address (in Node, it must be absolute already).
+ * @param {string|URL} url
+ * @returns {URL}
+ */
+export function absoluteUrl(url) {
+  return new URL(url, globalThis.location?.href);
+}
+
+/**
+ * The hub's login URL for its WebSocket URL: `ws://h/p/ws` -> `http://h/p/auth/token`.
+ * @param {string} wsUrl
+ * @returns {string}
+ */
+export function authUrlFor(wsUrl) {
+  const url = absoluteUrl(wsUrl);
+  url.protocol = url.protocol === "wss:" ? "https:" : "http:";
+  url.pathname = url.pathname.replace(/\/ws\/?$/, "") + "/auth/token";
+  url.search = "";
+  return url.href;
+}
+
+/**
+ * `wsUrl` with `?token=` set (an existing query is kept, an old token replaced).
+ * @param {string} wsUrl
+ * @param {string} token
+ * @returns {string}
+ */
+export function withToken(wsUrl, token) {
+  const url = absoluteUrl(wsUrl);
+  url.searchParams.set("token", token);
+  return url.href;
+}
+
+/**
+ * Open `url` and resolve with the socket once it is open; reject if it closes or times out first.
+ * @param {Function} WebSocketImpl
+ * @param {string} url
+ * @param {number} timeout ms
+ * @returns {Promise<WebSocket>}
+ */
+export function openWebSocket(WebSocketImpl, url, timeout) {
+  if (typeof WebSocketImpl !== "function") {
+    return Promise.reject(new RustyWsError("no_websocket", "no WebSocket implementation: pass one in the options"));
+  }
+  return new Promise((resolve, reject) => {
+    let socket;
+    try {
+      socket = new WebSocketImpl(url);
+    } catch (error) {
+      reject(new RustyWsError("invalid_url", `cannot open ${url}: ${error.message}`));
+      return;
+    }
+    const done = (error) => {
+      clearTimeout(timer);
+      socket.removeEventListener("open", onOpen);
+      socket.removeEventListener("close", onClose);
+      if (error) reject(error);
+      else resolve(socket);
+    };
+    const onOpen = () => done(null);
+    // A refused handshake (bad token, wrong origin, hub down) shows as close code 1006:
+    // browsers hide the HTTP status from scripts.
+    const onClose = (event) => done(new ConnectionClosedError(event.code ?? 1006, event.reason || "could not connect"));
+    const timer = setTimeout(() => {
+      done(new ConnectionClosedError(1006, `no connection within ${timeout} ms`));
+      socket.close();
+    }, timeout);
+    socket.addEventListener("open", onOpen);
+    socket.addEventListener("close", onClose);
+    // A close event follows every error event. Node's `ws` throws an error event that nobody
+    // listens to, so one listener stays for the socket's whole life.
+    socket.addEventListener("error", () => {});
+  });
+}
