@@ -232,8 +232,8 @@ class History:
         return Replay(messages, top, recovered)
 
     def counts(self) -> dict[str, int]:
-        """``/healthz``'s view: streams, retained messages, their encoded bytes."""
-        self._sweep(self._clock())
+        """``/healthz``'s view: streams, retained messages, their encoded bytes (swept first)."""
+        self._sweep(self._clock(), force=True)
         return {
             "history_streams": len(self._streams),
             "history_messages": len(self._order) - self._dead,
@@ -281,9 +281,9 @@ class History:
         self._order = collections.deque(entry for entry in self._order if entry.data is not None)
         self._dead = 0
 
-    def _sweep(self, now: float) -> None:
-        """Expire old messages and idle streams; at most every tenth of the TTL (and 1 s)."""
-        if now < self._next_sweep:
+    def _sweep(self, now: float, force: bool = False) -> None:
+        """Expire old messages and idle streams; unless forced, at most every tenth of the TTL (and 1 s)."""
+        if now < self._next_sweep and not force:
             return
         self._next_sweep = now + min(1.0, self.ttl / 10)
         horizon = now - self.ttl
