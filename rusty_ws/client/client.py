@@ -7,14 +7,20 @@
         client.subscribe("Client1", "NetworkConnectedEvent")   # registered when it returns
         client.publish("Client1", "NetworkConnectedEvent", "Network connected")
 
+This module is the call API: the constructors, the calls, the callbacks'
+registration, ``close()``, and the ``_Ack``/``_Wire`` machinery that tells a
+call when the server is done with it. What keeps the connection alive is the
+``Supervisor`` (``supervisor.py``), which the client owns and starts.
+
 Threads, each named and each ended by ``close()``:
 
-- ``rusty_ws-client-reader-{name}``: the only reader of the socket. Answers
-  pings, sends keepalive pings, matches ``pong``/``error:`` replies to the calls
-  waiting for them, and reconnects (with backoff) when the connection drops.
-- ``rusty_ws-client-dispatch-{name}``: runs every callback, in arrival order,
-  so a slow callback never stops the reader, and a callback may call
-  ``publish``/``subscribe`` without deadlock.
+- ``rusty_ws-client-reader-{name}`` (the supervisor's): the only reader of the
+  socket. Answers pings, sends keepalive pings, matches ``pong``/``error:``
+  replies to the calls waiting for them, and reconnects (with backoff) when the
+  connection drops.
+- ``rusty_ws-client-dispatch-{name}`` (``dispatch.py``): runs every callback, in
+  arrival order, so a slow callback never stops the reader, and a callback may
+  call ``publish``/``subscribe`` without deadlock.
 
 How a call knows the server is done with it: every command is sent together
 with a ``ping``, and the server handles a connection's commands in order. An
@@ -25,59 +31,52 @@ with a ``ping``, and the server handles a connection's commands in order. An
 from __future__ import annotations
 
 import collections
-import itertools
-import json
 import logging
 import threading
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import websocket
 
-from .. import backoff
 from .connector import REFRESH_THRESHOLD, Connector
+from .deadline import Deadline
 from .dispatch import CallbackDispatcher, DeliveryCallback, MessageCallback
-from ..exceptions import (
-    AuthError,
-    ConnectFailed,
-    ConnectionClosedError,
-    ConnectionClosedOK,
-    Forbidden,
-    ProtocolError,
-    RustyWsError,
-    TokenExpired,
-    TokenInvalid,
-)
+from ..exceptions import ConnectFailed, ConnectionClosedError, RustyWsError, ServerError, TokenInvalid
 from ..protocol import (
-    PONG,
-    ClosePolicy,
-    Delivery,
+    check_name,
     check_session,
-    check_topic,
-    close_policy,
-    is_error_reply,
-    parse_error,
+    encode_ping,
+    encode_publish,
+    encode_subscribe,
+    encode_unsubscribe,
     rfc3339_now,
 )
+from .supervisor import State, Supervisor
 from .tokens import Credentials, seconds_left
 
 __all__ = ["WsClient", "REFRESH_THRESHOLD"]
 
 logger = logging.getLogger("rusty_ws.client")
 
-_CONNECTING, _CONNECTED, _RECONNECTING, _CLOSED = "connecting", "connected", "reconnecting", "closed"
-
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _Ack:
-    """One call waiting for the ``pong`` that follows its command."""
+    """One call waiting for the ``pong`` that follows its command.
 
-    __slots__ = ("done", "error", "label")
+    ``on_answer(ack)``, if given, runs on the reader thread when that pong arrives.
+    """
 
-    def __init__(self, label: str) -> None:
+    __slots__ = ("done", "error", "label", "on_answer")
+
+    def __init__(self, label: str, on_answer: Callable[["_Ack"], Any] | None = None) -> None:
         self.done = threading.Event()
         self.error: RustyWsError | None = None
         self.label = label
+        self.on_answer = on_answer
+
+    def refuse(self, error: ServerError) -> None:
+        """An ``error:`` reply came before the pong: the answer to the command (the first one counts)."""
+        self.error = self.error or error
 
     def fail(self, error: RustyWsError) -> None:
         self.error = self.error or error
@@ -90,16 +89,109 @@ class _Ack:
             raise self.error
 
 
+class _Wire:
+    """The live socket and the calls waiting for its pongs, which answer them in order.
+
+    Commands are written by the callers' threads and by the reader thread (the
+    registration after a (re)connection); only the reader thread reads.
+    """
+
+    def __init__(self) -> None:
+        # _wire_lock guards _ws (the live socket) and _acks: a command and its ping are
+        # written, and its _Ack queued, as one step, so the n-th pong answers the n-th ack.
+        # Never held while user code runs, nor while waiting for an answer.
+        self._wire_lock = threading.Lock()
+        self._ws: websocket.WebSocket | None = None
+        self._acks: collections.deque[_Ack] = collections.deque()
+
+    @property
+    def socket(self) -> websocket.WebSocket | None:
+        """The live socket, or None between connections."""
+        with self._wire_lock:
+            return self._ws
+
+    def attach(self, ws: websocket.WebSocket, texts: Sequence[str], label: str,
+               on_answer: Callable[[_Ack], Any] | None = None) -> _Ack:
+        """Make ``ws`` the live socket and send ``texts`` and a ping; returns the ping's ack.
+
+        Raises:
+            websocket.WebSocketException, OSError: the socket failed while sending.
+        """
+        ack = _Ack(label, on_answer)
+        with self._wire_lock:
+            self._ws = ws
+            self._send_with_ping(ws, texts, ack)
+        return ack
+
+    def send(self, ws: websocket.WebSocket, texts: Sequence[str], ack: _Ack) -> bool:
+        """Send ``texts`` and a ping on ``ws``, and queue ``ack``; False if ``ws`` is no longer live.
+
+        Raises:
+            ConnectionClosedError: the socket failed while sending.
+        """
+        with self._wire_lock:
+            if self._ws is not ws:
+                return False
+            try:
+                self._send_with_ping(ws, texts, ack)
+            except (websocket.WebSocketException, OSError) as exc:
+                raise ConnectionClosedError(1006, f"send failed: {exc}") from None
+            return True
+
+    def _send_with_ping(self, ws: websocket.WebSocket, texts: Sequence[str], ack: _Ack) -> None:
+        """Requires holding ``_wire_lock``."""
+        assert self._wire_lock.locked()
+        for text in texts:
+            ws.send(text)
+        ws.send(encode_ping())
+        self._acks.append(ack)
+
+    def answered(self) -> bool:
+        """A ``pong``: the oldest call is done. False when no call was waiting."""
+        with self._wire_lock:
+            ack = self._acks.popleft() if self._acks else None
+        if ack is None:
+            return False
+        ack.done.set()
+        if ack.on_answer is not None:
+            ack.on_answer(ack)
+        return True
+
+    def refused(self, error: ServerError) -> bool:
+        """An ``error:`` reply: the answer to the oldest call. False when no call was waiting."""
+        with self._wire_lock:
+            ack = self._acks[0] if self._acks else None
+        if ack is None:
+            return False
+        ack.refuse(error)
+        return True
+
+    def drop(self, ws: websocket.WebSocket, error: RustyWsError) -> None:
+        """``ws`` is gone: forget it (if still live) and fail every waiting call with ``error``."""
+        with self._wire_lock:
+            if self._ws is ws:
+                self._ws = None
+            acks, self._acks = self._acks, collections.deque()
+        for ack in acks:
+            ack.fail(error)
+
+    def take(self) -> websocket.WebSocket | None:
+        """Forget the live socket and return it (for ``close()``)."""
+        with self._wire_lock:
+            ws, self._ws = self._ws, None
+            return ws
+
+
 def _locked_hook(name: str, doc: str) -> property:
-    """A callback property read and written under the client's ``_state_lock``."""
+    """A callback property read and written under the client's ``_hooks_lock``."""
     attribute = "_" + name
 
     def get(self: "WsClient") -> Any:
-        with self._state_lock:
+        with self._hooks_lock:
             return getattr(self, attribute)
 
     def set_(self: "WsClient", callback: Any) -> None:
-        with self._state_lock:
+        with self._hooks_lock:
             setattr(self, attribute, callback)
 
     return property(get, set_, doc=doc)
@@ -122,6 +214,9 @@ class WsClient:
         ping_timeout: seconds to wait for any answer to that ping before reconnecting.
         sslopt: websocket-client's TLS options for ``wss://`` (certificates are verified by default).
         backoff_initial, backoff_cap: reconnect delays (see ``backoff.delays``).
+
+    Raises:
+        ProtocolError: a name or session id the server would refuse (checked before any I/O).
     """
 
     def __init__(
@@ -139,7 +234,7 @@ class WsClient:
         backoff_initial: float = 0.5,
         backoff_cap: float = 30.0,
     ) -> None:
-        self.name = client_name
+        self.name = check_name(client_name)
         self.session_id = check_session(session_id or f"session-{client_name}")
         self.ws_url = ws_url
         self.reconnect = reconnect
@@ -150,23 +245,14 @@ class WsClient:
         self.backoff_cap = backoff_cap
         self._connector = Connector(ws_url, credentials, sslopt, timeout)
         self._dispatch = CallbackDispatcher(client_name, put_timeout=timeout)
-        # _state_lock guards _state, _subscriptions and the on_* hooks;
-        # _state_changed (on the same lock) signals state changes.
-        self._state_lock = threading.Lock()
-        self._state_changed = threading.Condition(self._state_lock)
-        self._state = _CONNECTING
-        self._subscriptions: dict[str, None] = {}
+        # _hooks_lock guards the three on_* hooks: set by the user's threads, read by the
+        # reader thread (and open()) when it queues them on the dispatcher.
+        self._hooks_lock = threading.Lock()
         self._on_connect: Callable[[WsClient], Any] | None = None
         self._on_disconnect: Callable[[WsClient, int, str], Any] | None = None
         self._on_reconnecting: Callable[[WsClient, int, float], Any] | None = None
-        self._last_close = (1006, "not connected yet")
-        # _send_lock guards _ws (the live socket) and _waiters: a command and its
-        # ping are written, and its _Ack queued, as one step, so acks match pongs.
-        self._send_lock = threading.Lock()
-        self._ws: websocket.WebSocket | None = None
-        self._waiters: collections.deque[_Ack] = collections.deque()
-        self._stop = threading.Event()  # set by close(): ends reconnect waits and both threads
-        self._reader: threading.Thread | None = None
+        self._wire = _Wire()
+        self._supervisor = Supervisor(self, self._wire, self._connector, self._dispatch)
 
     # ------------------------------------------------------------------ constructors
 
@@ -212,27 +298,22 @@ class WsClient:
             ConnectFailed, AuthError: the connection could not be opened.
             ServerError: the server refused the name or the session.
         """
-        with self._state_lock:
-            if self._reader is not None:
-                raise RuntimeError("this client was opened already")
+        if self._supervisor.thread is not None:
+            raise RuntimeError("this client was opened already")
         ws = self._connector.open_socket()
         try:
-            ack = self._register(ws, replay=False)
+            ack = self._supervisor.register(ws, replay=False)
         except (websocket.WebSocketException, OSError) as exc:
             ws.abort()
             raise ConnectFailed(f"{self.ws_url}: the connection dropped while registering: {exc}") from None
-        # Daemon threads: a script that forgets close() can still exit. close() ends and joins them.
-        self._reader = threading.Thread(target=self._run_reader, args=(ws,), daemon=True,
-                                        name=f"rusty_ws-client-reader-{self.name}")
         self._dispatch.start()
-        self._reader.start()
+        self._supervisor.start(ws)
         try:
             ack.wait(self.timeout)
         except BaseException:
             self.close()
             raise
-        self._set_state(_CONNECTED)
-        self._emit_hook(self.on_connect)
+        self._supervisor.opened()
         return self
 
     # ------------------------------------------------------------------ the seed's API
@@ -245,19 +326,18 @@ class WsClient:
         restored after every reconnection.
 
         Raises:
+            ProtocolError: a topic the server would refuse (nothing is sent).
             ServerError: the server refused (e.g. ``forbidden_session``, ``too_many_subscriptions``).
             ConnectionClosed: the connection is gone and did not come back within ``timeout``.
         """
-        check_topic(topic)
-        self._command(f"subscribe:{topic}|{self.session_id}", label=f"subscribe {topic}")
-        with self._state_lock:
-            self._subscriptions[topic] = None
+        self._command(encode_subscribe(topic, self.session_id), label=f"subscribe {topic}")
+        self._supervisor.record_subscription(topic)
 
     def unsubscribe(self, topic: str) -> None:
         """Stop receiving ``topic``. Blocks until the server has done it."""
-        with self._state_lock:
-            self._subscriptions.pop(topic, None)
-        self._command(f"unsubscribe:{topic}|{self.session_id}", label=f"unsubscribe {topic}")
+        command = encode_unsubscribe(topic, self.session_id)
+        self._supervisor.forget_subscription(topic)
+        self._command(command, label=f"unsubscribe {topic}")
 
     def publish(self, publisher_name: str, topic: str, payload: Any, timestamp: str | None = None) -> None:
         """Publish to ``topic`` in this client's session. Blocks until the server has fanned it out.
@@ -265,17 +345,13 @@ class WsClient:
         ``timestamp`` defaults to now (RFC 3339, UTC). ``payload`` is any JSON value.
 
         Raises:
+            ProtocolError: a topic, publisher name or payload the server would refuse (nothing is sent).
             ServerError: the server refused the message.
             ConnectionClosed: the connection is gone and did not come back within ``timeout``.
         """
-        message = {
-            "publisher_name": publisher_name,
-            "topic": check_topic(topic),
-            "payload": payload,
-            "timestamp": timestamp or rfc3339_now(),
-            "session_id": self.session_id,
-        }
-        self._command("publish-json:" + json.dumps(message, ensure_ascii=False), label=f"publish {topic}")
+        command = encode_publish(topic, payload, session_id=self.session_id, publisher_name=publisher_name,
+                                 timestamp=timestamp or rfc3339_now())
+        self._command(command, label=f"publish {topic}")
 
     def ping(self) -> None:
         """Round trip to the server; returns once every earlier call of this client is done."""
@@ -303,8 +379,7 @@ class WsClient:
         self._dispatch.remove(topic)
 
     def is_connected(self) -> bool:
-        with self._state_lock:
-            return self._state == _CONNECTED
+        return self._supervisor.state is State.CONNECTED
 
     def is_authenticated(self) -> bool:
         """True when the client holds a token that has not expired."""
@@ -336,8 +411,7 @@ class WsClient:
     @property
     def subscriptions(self) -> list[str]:
         """The topics this client is subscribed to (and will resubscribe after a reconnect)."""
-        with self._state_lock:
-            return list(self._subscriptions)
+        return self._supervisor.subscriptions()
 
     # ------------------------------------------------------------------ connection-state hooks
 
@@ -351,34 +425,25 @@ class WsClient:
 
     # ------------------------------------------------------------------ closing
 
-    def close(self, timeout: float = 5.0) -> None:
+    def close(self, timeout: float | None = 5.0) -> None:
         """Close the connection and end both threads. Idempotent; blocks at most about ``timeout``.
+
+        One deadline covers every step (the closing handshake, then joining the
+        reader thread, then the dispatcher thread), so the whole call, not each
+        step, is bounded by ``timeout``; ``None`` waits as long as they take. A
+        thread still busy at the deadline (a callback that does not return) is
+        left to end by itself: both are daemon threads.
 
         May be called from a callback (the dispatcher thread then ends after it returns).
         """
-        self._stop.set()
-        with self._send_lock:
-            ws = self._ws
+        deadline = Deadline(timeout)
+        self._supervisor.stop(deadline)
+        self._dispatch.stop()
+        self._dispatch.join(deadline.timeout())
+        ws = self._wire.take()  # still there only when the reader did not get to drop it
         if ws is not None:
-            try:
-                ws.send_close()
-            except (websocket.WebSocketException, OSError):
-                pass
-        current = threading.current_thread()
-        reader = self._reader
-        if reader is not None and reader is not current:
-            reader.join(min(timeout, 1.0))  # the reader ends when the server answers the close
-            if reader.is_alive() and ws is not None:
-                ws.abort()  # no answer: wake the reader by shutting the socket down
-            reader.join(timeout)
-        elif ws is not None:
-            ws.abort()
-        self._dispatch.stop(join_timeout=timeout)
-        with self._send_lock:
-            if self._ws is not None:
-                self._ws.close()
-                self._ws = None
-        self._set_state(_CLOSED)
+            ws.shutdown()  # the closing handshake was stop()'s: close the socket now
+        self._supervisor.closed()
 
     def __enter__(self) -> "WsClient":
         return self
@@ -387,196 +452,31 @@ class WsClient:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<WsClient {self.name!r} {self.session_id!r} {self._state}>"
+        return f"<WsClient {self.name!r} {self.session_id!r} {self._supervisor.state.value}>"
+
+    @property
+    def _reader(self) -> threading.Thread | None:
+        """The supervisor's reader thread (None before ``open()``), for tests and debugging."""
+        return self._supervisor.thread
 
     # ------------------------------------------------------------------ sending
 
     def _command(self, *texts: str, label: str) -> None:
         ack = _Ack(label)
         for _ in range(2):  # once more if the connection changed between the wait and the send
-            ws = self._wait_connected()
-            with self._send_lock:
-                if self._ws is not ws:
-                    continue
-                try:
-                    for text in texts:
-                        ws.send(text)
-                    ws.send("ping")
-                except (websocket.WebSocketException, OSError) as exc:
-                    raise ConnectionClosedError(1006, f"send failed: {exc}") from None
-                self._waiters.append(ack)
+            if self._wire.send(self._wait_connected(), texts, ack):
                 break
         else:
-            raise ConnectionClosedError(*self._last_close)
+            raise ConnectionClosedError(*self._supervisor.last_close)
         ack.wait(self.timeout)
 
     def _wait_connected(self) -> websocket.WebSocket:
-        with self._state_lock:
-            self._state_changed.wait_for(lambda: self._state in (_CONNECTED, _CLOSED), self.timeout)
-            state, last_close = self._state, self._last_close
-        if state == _CLOSED:
+        state, last_close = self._supervisor.wait_settled(self.timeout)
+        if state is State.CLOSED:
             raise ConnectionClosedError(*last_close)
-        if state != _CONNECTED:
+        if state is not State.CONNECTED:
             raise ConnectionClosedError(last_close[0], f"not connected (reconnecting): {last_close[1]}")
-        with self._send_lock:
-            if self._ws is None:
-                raise ConnectionClosedError(*last_close)
-            return self._ws
-
-    def _register(self, ws: websocket.WebSocket, *, replay: bool) -> _Ack:
-        """Make ``ws`` the live socket and send name, session (and subscriptions) with one ping."""
-        with self._state_lock:
-            topics = list(self._subscriptions) if replay else []
-        ack = _Ack("resubscribe" if replay else "register")
-        with self._send_lock:
-            self._ws = ws
-            ws.send(f"register-name:{self.name}")
-            ws.send(f"register-session:{self.session_id}")
-            for topic in topics:
-                ws.send(f"subscribe:{topic}|{self.session_id}")
-            ws.send("ping")
-            self._waiters.append(ack)
-        return ack
-
-    # ------------------------------------------------------------------ the reader thread
-
-    def _run_reader(self, ws: websocket.WebSocket) -> None:
-        try:
-            while True:
-                code, reason = self._read_until_dropped(ws)
-                self._connection_lost(ws, code, reason)
-                if self._stop.is_set() or not self.reconnect:
-                    return
-                if close_policy(code) is ClosePolicy.DO_NOT_RECONNECT:
-                    logger.warning("! %s: server closed with %d (%s): not reconnecting", self.name, code, reason)
-                    return
-                next_ws = self._reconnect(close_policy(code))
-                if next_ws is None:
-                    return
-                ws = next_ws
-        except Exception:
-            logger.exception("! %s: reader thread failed", self.name)
-        finally:
-            self._set_state(_CLOSED)
-            self._dispatch.stop()
-
-    def _read_until_dropped(self, ws: websocket.WebSocket) -> tuple[int, str]:
-        """Read and handle frames until the connection ends; returns its close code and reason."""
-        awaiting_pong = False
-        ws.settimeout(self.ping_interval or None)
-        while True:
-            try:
-                opcode, frame = ws.recv_data_frame(control_frame=True)
-            except websocket.WebSocketTimeoutException:
-                if awaiting_pong:
-                    logger.warning("! %s: no answer to keepalive ping; reconnecting", self.name)
-                    ws.abort()
-                    return 1006, "keepalive timeout"
-                try:
-                    ws.ping()
-                except (websocket.WebSocketException, OSError):
-                    return 1006, "ping failed"
-                awaiting_pong = True
-                ws.settimeout(self.ping_timeout)
-                continue
-            except (websocket.WebSocketException, OSError, ValueError) as exc:
-                return 1006, str(exc) or type(exc).__name__
-            if awaiting_pong:
-                awaiting_pong = False
-                ws.settimeout(self.ping_interval or None)
-            if opcode == websocket.ABNF.OPCODE_TEXT:
-                self._on_text(frame.data.decode("utf-8") if isinstance(frame.data, bytes) else frame.data)
-            elif opcode == websocket.ABNF.OPCODE_CLOSE:
-                data = frame.data or b""
-                code = int.from_bytes(data[:2], "big") if len(data) >= 2 else 1005
-                return code, data[2:].decode("utf-8", "replace")
-
-    def _on_text(self, text: str) -> None:
-        if text == PONG:
-            with self._send_lock:
-                ack = self._waiters.popleft() if self._waiters else None
-            if ack is None:
-                logger.debug("- %s: a pong nobody waited for", self.name)
-            else:
-                ack.done.set()
-                if ack.label == "resubscribe":  # the reconnection is complete only now
-                    if ack.error is not None:
-                        logger.error("! %s: restoring subscriptions failed: %s", self.name, ack.error)
-                    self._emit_hook(self.on_connect)
-        elif is_error_reply(text):
-            error = parse_error(text)
-            with self._send_lock:
-                ack = self._waiters[0] if self._waiters else None
-            if ack is None:
-                logger.warning("! %s: server error: %s", self.name, error)
-            elif ack.error is None:
-                ack.error = error
-        else:
-            try:
-                delivery = Delivery.parse(text)
-            except ProtocolError:
-                logger.warning("! %s: not a message: %.100r", self.name, text)
-                return
-            self._dispatch.deliver(delivery)
-
-    def _connection_lost(self, ws: websocket.WebSocket, code: int, reason: str) -> None:
-        closed = ConnectionClosedOK(code, reason) if code in (1000, 1001) else ConnectionClosedError(code, reason)
-        with self._send_lock:
-            if self._ws is ws:
-                self._ws = None
-            waiters, self._waiters = self._waiters, collections.deque()
-        for ack in waiters:
-            ack.fail(closed)
-        ws.close()
-        with self._state_lock:
-            self._last_close = (code, reason)
-        self._set_state(_CLOSED if self._stop.is_set() or not self.reconnect else _RECONNECTING)
-        logger.info("= %s disconnected: %d %s", self.name, code, reason)
-        self._emit_hook(self.on_disconnect, code, reason)
-
-    def _reconnect(self, policy: ClosePolicy) -> websocket.WebSocket | None:
-        """Try until connected (returns the socket) or closed or refused for good (returns None)."""
-        delays: Iterator[float] = backoff.delays(self.backoff_initial, cap=self.backoff_cap)
-        for attempt in itertools.count(1):
-            delay = 0.0 if attempt == 1 and policy is ClosePolicy.RECONNECT_NOW else next(delays)
-            self._emit_hook(self.on_reconnecting, attempt, delay)
-            if self._stop.wait(delay):
-                return None
-            try:
-                self._connector.ensure_usable_token()
-                ws = self._connector.open_socket()
-            except (TokenExpired, TokenInvalid, Forbidden) as exc:
-                if self._connector.credentials is None:
-                    logger.error("! %s: cannot reconnect: %s", self.name, exc)
-                    return None
-                logger.warning("! %s: %s; logging in again", self.name, exc)
-                self._connector.token = None
-                continue
-            except (ConnectFailed, AuthError) as exc:
-                logger.info("- %s: reconnect attempt %d failed: %s", self.name, attempt, exc)
-                continue
-            if self._stop.is_set():
-                ws.close()
-                return None
-            try:
-                self._register(ws, replay=True)
-            except (websocket.WebSocketException, OSError):
-                ws.abort()
-                continue
-            self._set_state(_CONNECTED)
-            logger.info("= %s reconnected after %d attempt(s)", self.name, attempt)
-            return ws
-        return None  # not reached: itertools.count never ends
-
-    # ------------------------------------------------------------------ state and hooks
-
-    def _set_state(self, state: str) -> None:
-        with self._state_lock:
-            if self._state == _CLOSED:
-                return
-            self._state = state
-            self._state_changed.notify_all()
-
-    def _emit_hook(self, hook: Callable[..., Any] | None, *args: Any) -> None:
-        if hook is not None:
-            self._dispatch.call(hook, self, *args)
+        ws = self._wire.socket
+        if ws is None:
+            raise ConnectionClosedError(*last_close)
+        return ws

@@ -30,7 +30,7 @@ _STOP = object()
 class CallbackDispatcher:
     """Topic callbacks plus the thread ``rusty_ws-client-dispatch-{name}`` that runs them.
 
-    ``stop()`` ends the thread after the calls queued before it.
+    ``stop()`` ends the thread after the calls queued before it; ``join()`` waits for that.
     """
 
     def __init__(self, name: str, put_timeout: float) -> None:
@@ -42,6 +42,10 @@ class CallbackDispatcher:
         self._by_payload: dict[str, list[MessageCallback]] = collections.defaultdict(list)
         self._by_delivery: dict[str, list[DeliveryCallback]] = collections.defaultdict(list)
         self._calls: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_BOUND)
+        # Set by stop() when the queue is too full to take the stop marker: the thread
+        # then ends after the call it is running, instead of after the whole backlog.
+        self._abandon = threading.Event()
+        # Daemon: a script that forgets close() can still exit. close() stops and joins it.
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"rusty_ws-client-dispatch-{name}")
 
     def add_message_callback(self, topic: str, callback: MessageCallback) -> None:
@@ -74,13 +78,29 @@ class CallbackDispatcher:
     def start(self) -> None:
         self.thread.start()
 
-    def stop(self, join_timeout: float | None = None) -> None:
-        """End the thread after what is queued; with ``join_timeout``, wait for it (not from a callback)."""
+    def stop(self) -> None:
+        """Ask the thread to end after the calls queued so far. Never blocks; idempotent.
+
+        With ``QUEUE_BOUND`` calls waiting, the thread ends after the call it is
+        running instead, and the backlog is dropped (with a warning).
+        """
         if not self.thread.is_alive():
             return
-        self._put(_STOP)
-        if join_timeout is not None and self.thread is not threading.current_thread():
-            self.thread.join(join_timeout)
+        try:
+            self._calls.put_nowait(_STOP)
+        except queue.Full:
+            logger.warning("! %s: closing with %d callbacks queued; dropping them",
+                           self.name, self._calls.qsize())
+            self._abandon.set()
+
+    def join(self, timeout: float | None) -> None:
+        """Wait up to ``timeout`` seconds (None: no limit) for the thread to end.
+
+        Returns at once from the dispatcher thread itself (a callback that closes
+        the client), where waiting would wait for itself, and before ``start()``.
+        """
+        if self.thread.ident is not None and self.thread is not threading.current_thread():
+            self.thread.join(timeout)
 
     def _put(self, item: Any) -> None:
         try:
@@ -100,3 +120,5 @@ class CallbackDispatcher:
                 callback(*args)
             except Exception:
                 logger.exception("! %s: callback %r raised", self.name, getattr(callback, "__qualname__", callback))
+            if self._abandon.is_set():
+                return
