@@ -551,7 +551,7 @@ def encode_publish(
         message["session_id"] = check_session(session_id)
     message.update(extra)
     try:
-        return "publish-json:" + _dumps(message)
+        return "publish-json:" + dumps_utf8(message).decode("utf-8")  # escapes a lone surrogate
     except (TypeError, ValueError) as exc:
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"the payload is not JSON: {exc}") from None
 
