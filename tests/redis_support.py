@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import redis
 
 from rusty_ws.brokers.redis import channel_name, encode_envelope
-from rusty_ws.protocol import Delivery
+from rusty_ws.protocol import Delivery, encode_publish
 from support import WAIT, Client
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -157,9 +157,9 @@ def publish_across_nodes(redis_server: RedisServer, clients: dict[str, Client], 
     """
     received: dict[str, list[dict[str, Any]]] = {name: [] for name in clients}
     for name, topic in publishes:
-        message = {"publisher_name": name, "topic": topic, "payload": f"{topic} from {name}",
-                   "timestamp": "2024-01-24T10:25:37Z", "session_id": session_of[name]}
-        replies = clients[name].command("publish-json:" + json.dumps(message))
+        replies = clients[name].command(encode_publish(topic, f"{topic} from {name}", publisher_name=name,
+                                                       timestamp="2024-01-24T10:25:37Z",
+                                                       session_id=session_of[name]))
         received[name] += [json.loads(reply) for reply in replies]
     for session in sorted(set(session_of.values())):
         publish_sentinel(redis_server, session)

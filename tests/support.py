@@ -2,7 +2,12 @@
 
 Every wait here blocks on something observable (a frame, EOF, a condition)
 with a timeout in units of ``MS``, scaled by ``RUSTY_WS_TESTS_TIMEOUT_FACTOR``
-for slow machines.
+for slow machines. Every timing knob a test sets (server deadlines, client
+backoff, keepalive) is a multiple of ``MS`` too, so the factor stretches them
+all alike.
+
+The one home of the tests' helpers: the running hub, raw clients, the
+WsClient hook queues, the error-reply reader and the decoder of server frames.
 """
 
 from __future__ import annotations
@@ -11,18 +16,20 @@ import base64
 import contextlib
 import json
 import os
+import queue
 import socket
 import struct
 import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import websocket
 from flask import Flask
 
-from rusty_ws import create_app
+from rusty_ws import WsClient, create_app
+from rusty_ws.protocol import encode_ping
 from rusty_ws.server.hub import Hub
 from rusty_ws.server.serving import HubServer, make_server, stop
 from rusty_ws.server.state import state_of
@@ -30,6 +37,10 @@ from rusty_ws.server.state import state_of
 MS = 0.001 * float(os.environ.get("RUSTY_WS_TESTS_TIMEOUT_FACTOR", "1"))
 #: The usual wait for something that should happen at once.
 WAIT = 3000 * MS
+#: How often a polling loop of the tests' own (a serving thread, a fake peer) looks up.
+POLL = 50 * MS
+#: WsClient options for tests that reconnect: a quick backoff, and the usual wait for replies.
+FAST_CLIENT: dict[str, float] = {"backoff_initial": 50 * MS, "backoff_cap": 200 * MS, "timeout": WAIT}
 SECRET = "test-secret-" + "x" * 32
 
 
@@ -84,7 +95,7 @@ def running_server(app: Flask | None = None, prefix: str = "", port: int = 0,
     """
     app = app or create_app(hub_config(**overrides))
     server = make_server(app, "127.0.0.1", port)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": POLL},
                               name="test-server", daemon=True)
     thread.start()
     try:
@@ -118,7 +129,7 @@ class Client:
         The server handles a connection's commands in order, so once the pong is
         here, everything sent before the ping has been carried out.
         """
-        self.send("ping")
+        self.send(encode_ping())
         before = []
         for _ in range(10_000):
             message = self.recv()
@@ -141,9 +152,7 @@ class Client:
             except websocket.WebSocketConnectionClosedException:
                 return 1006, ""
             if opcode == websocket.ABNF.OPCODE_CLOSE:
-                data = frame.data
-                code = struct.unpack("!H", data[:2])[0] if len(data) >= 2 else 1005
-                return code, data[2:].decode("utf-8", "replace")
+                return parse_close(frame.data)
         raise AssertionError("no close frame among 100,000 frames")
 
     def close(self) -> None:
@@ -184,6 +193,49 @@ def login(server: RunningServer, username: str = "testuser", password: str = "pa
     return reply["token"]
 
 
+def error_of(replies: list[str]) -> dict[str, Any]:
+    """The body of the one ``error:`` reply that ``replies`` must be (fails on anything else)."""
+    assert len(replies) == 1 and replies[0].startswith("error:"), replies
+    return json.loads(replies[0][len("error:"):])
+
+
+# --------------------------------------------------------------------------- WsClient callbacks as queues
+
+
+class Hooks:
+    """A WsClient's connection-state callbacks, turned into queues a test can wait on.
+
+    ``connected`` receives the client, ``disconnected`` ``(code, reason)`` and
+    ``reconnecting`` ``(attempt, delay)``. This replaces the client's own
+    ``on_connect``, ``on_disconnect`` and ``on_reconnecting``.
+    """
+
+    def __init__(self, client: WsClient) -> None:
+        self.connected: queue.Queue = queue.Queue()
+        self.disconnected: queue.Queue = queue.Queue()
+        self.reconnecting: queue.Queue = queue.Queue()
+        client.on_connect = lambda c: self.connected.put(c)
+        client.on_disconnect = lambda c, code, reason: self.disconnected.put((code, reason))
+        client.on_reconnecting = lambda c, attempt, delay: self.reconnecting.put((attempt, delay))
+
+
+def messages(client: WsClient, topic: str) -> queue.Queue:
+    """The payloads ``client`` receives on ``topic``, in a queue (``client.on_message``)."""
+    received: queue.Queue = queue.Queue()
+    client.on_message(topic, received.put)
+    return received
+
+
+def deliveries(client: WsClient, topic: str) -> queue.Queue:
+    """The whole ``Delivery`` objects ``client`` receives on ``topic``, in a queue (``client.on_delivery``)."""
+    received: queue.Queue = queue.Queue()
+    client.on_delivery(topic, received.put)
+    return received
+
+
+# --------------------------------------------------------------------------- frames on the wire
+
+
 def client_frame(payload: bytes, opcode: int = 0x1, fin: bool = True, mask: bytes | None = None, rsv: int = 0,
                  length: int | None = None) -> bytes:
     """A client frame, masked with ``mask`` (random by default); ``length`` may lie in the header."""
@@ -197,6 +249,107 @@ def client_frame(payload: bytes, opcode: int = 0x1, fin: bool = True, mask: byte
     else:
         header = struct.pack("!BBQ", first, 0x80 | 127, n)
     return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+#: The RSV1 bit: set on the first frame of a message compressed with permessage-deflate.
+RSV1 = 0x40
+
+
+def parse_close(payload: bytes) -> tuple[int, str]:
+    """A close frame's code and reason; 1005 when it carries none (RFC 6455 7.1.5). The reason must be UTF-8."""
+    if not payload:
+        return 1005, ""
+    assert len(payload) >= 2, f"a close payload of one byte: {payload!r}"
+    return struct.unpack("!H", payload[:2])[0], payload[2:].decode("utf-8")
+
+
+class Frame(NamedTuple):
+    """One server frame: its first byte (FIN, RSV1-3, opcode) and its payload."""
+
+    first: int
+    payload: bytes
+
+    @property
+    def opcode(self) -> int:
+        return self.first & 0x0F
+
+    @property
+    def rsv(self) -> int:
+        return self.first & 0x70
+
+    def text(self) -> str:
+        """The payload as text (it must be UTF-8)."""
+        return self.payload.decode("utf-8")
+
+    def close(self) -> tuple[int, str]:
+        """The code and reason of a close frame."""
+        assert self.opcode == 0x8, f"not a close frame: {self}"
+        return parse_close(self.payload)
+
+
+class FrameReader:
+    """Server frames out of a byte stream: the tests' one decoder.
+
+    Written here, apart from ``rusty_ws.frames``, so that it checks that module
+    instead of agreeing with it. It insists on what RFC 6455 5.2 asks of every
+    server frame: no mask, the length in its shortest form, control frames
+    whole and at most 125 bytes, and no RSV bit beyond ``allowed_rsv`` (``RSV1``
+    where permessage-deflate was negotiated).
+    """
+
+    def __init__(self, allowed_rsv: int = 0) -> None:
+        self.allowed_rsv = allowed_rsv
+        #: Bytes fed in and not yet part of a whole frame.
+        self.buffer = b""
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """Add ``data``; return the frames it completed."""
+        self.buffer += data
+        frames = []
+        while True:
+            frame, _ = self._split()
+            if frame is None:
+                return frames
+            frames.append(frame)
+
+    def needed(self) -> int:
+        """How many more bytes the next frame needs at least (never reads past a frame)."""
+        return self._split(consume=False)[1]
+
+    def _split(self, consume: bool = True) -> tuple[Frame | None, int]:
+        buffer = self.buffer
+        if len(buffer) < 2:
+            return None, 2 - len(buffer)
+        first, second = buffer[0], buffer[1]
+        assert not second & 0x80, "server frames are never masked"
+        assert not first & 0x70 & ~self.allowed_rsv, f"RSV bits that nothing negotiated: {first:#04x}"
+        length, start = second & 0x7F, 2
+        if length == 126:
+            if len(buffer) < 4:
+                return None, 4 - len(buffer)
+            length, start = struct.unpack("!H", buffer[2:4])[0], 4
+            assert length >= 126, f"a length of {length} in the 16-bit form"
+        elif length == 127:
+            if len(buffer) < 10:
+                return None, 10 - len(buffer)
+            length, start = struct.unpack("!Q", buffer[2:10])[0], 10
+            assert 65536 <= length < 1 << 63, f"a length of {length} in the 64-bit form"
+        if first & 0x08:
+            assert first & 0x80 and length <= 125, f"a fragmented or long control frame: {first:#04x}, {length}"
+        end = start + length
+        if len(buffer) < end:
+            return None, end - len(buffer)
+        if consume:
+            self.buffer = buffer[end:]
+        return Frame(first, buffer[start:end]), 0
+
+
+def decode_frame(data: bytes) -> Frame:
+    """The one whole server frame that ``data`` is, nothing more, nothing less."""
+    reader = FrameReader(allowed_rsv=RSV1)
+    frames = reader.feed(data)
+    assert len(frames) == 1 and not reader.buffer, (frames, reader.buffer)
+    return frames[0]
 
 
 class RawSocket:
@@ -220,6 +373,8 @@ class RawSocket:
         lines = head.decode("latin-1").split("\r\n")[1:]
         self.headers = {name.strip().lower(): value.strip()
                         for name, _, value in (line.partition(":") for line in lines if line)}
+        deflate = "permessage-deflate" in self.headers.get("sec-websocket-extensions", "")
+        self.frames = FrameReader(allowed_rsv=RSV1 if deflate else 0)
 
     def send_frame(self, opcode: int, payload: bytes, fin: bool = True, mask: bytes = b"abcd",
                    rsv: int = 0) -> None:
@@ -233,17 +388,25 @@ class RawSocket:
             data += chunk
         return data
 
-    def recv_frame(self, timeout: float = WAIT) -> tuple[int, bytes]:
-        """One server frame: its first byte (FIN, RSV bits, opcode) and its payload."""
+    def recv_frame(self, timeout: float = WAIT) -> Frame:
+        """The next server frame; reads no byte past it."""
         self.sock.settimeout(timeout)
-        first, length = self._read_exactly(2)
-        assert not length & 0x80, "server frames are never masked"
-        length &= 0x7F
-        if length == 126:
-            length = struct.unpack("!H", self._read_exactly(2))[0]
-        elif length == 127:
-            length = struct.unpack("!Q", self._read_exactly(8))[0]
-        return first, self._read_exactly(length)
+        for _ in range(100):  # the first two bytes, the extended length, the payload
+            frames = self.frames.feed(self._read_exactly(self.frames.needed()))
+            if frames:
+                return frames[0]
+        raise AssertionError("no whole frame after 100 reads")
+
+    def sync(self) -> list[Frame]:
+        """Send ``ping`` and return the frames that arrived before its ``pong``."""
+        self.send_frame(0x1, encode_ping().encode())
+        frames = []
+        for _ in range(1000):
+            frame = self.recv_frame()
+            if frame == (0x81, b"pong"):  # replies are never compressed
+                return frames
+            frames.append(frame)
+        raise AssertionError("no pong among 1,000 frames")
 
     def read_until_eof(self, timeout: float = WAIT) -> bytes:
         """Everything the server sends until it ends the connection."""

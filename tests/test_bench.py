@@ -11,17 +11,19 @@ import os
 import subprocess
 import sys
 
+from support import MS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_quick_benchmark_runs_and_rusty_ws_loses_nothing(tmp_path) -> None:
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "--quick", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        capture_output=True, text=True, timeout=300_000 * MS, cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["seconds"] < 120
+    assert results["seconds"] < 120_000 * MS
     assert results["fanout"]["100"]["rusty_ws"]["ok"]
     assert results["latency"]["rusty_ws"]["ok"]
     assert results["sessions"]["rusty_ws"]["ok"]

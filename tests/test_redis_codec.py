@@ -17,6 +17,7 @@ from rusty_ws.brokers.redis_codec import (
     split_url,
 )
 from rusty_ws.protocol import Delivery
+from support import MS
 
 AWKWARD = ["a", "a:b", ":", "::", "1:a", "a:1", "é", "日本", "\ud800", "x" * 300, "rusty_ws:3:a:b", " ", "*?[]"]
 
@@ -106,7 +107,7 @@ class TestUrl:
 
 
 def run_python(code: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60_000 * MS)
 
 
 class TestLazyImport:

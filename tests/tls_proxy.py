@@ -16,6 +16,8 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+from support import POLL, WAIT
+
 
 def make_certificate(folder: Path) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 and localhost (the test's own CA)."""
@@ -41,7 +43,7 @@ class TlsProxy:
         self.accepter.start()
 
     def _accept(self) -> None:
-        self.listener.settimeout(0.05)
+        self.listener.settimeout(POLL)
         while not self.stopping.is_set():
             try:
                 client, _ = self.listener.accept()
@@ -53,7 +55,7 @@ class TlsProxy:
 
     def _pump(self, raw_client: socket.socket) -> None:
         try:
-            raw_client.settimeout(3)
+            raw_client.settimeout(WAIT)
             client = self.context.wrap_socket(raw_client, server_side=True)
         except (ssl.SSLError, OSError):
             raw_client.close()  # e.g. a client that refused our certificate
@@ -66,7 +68,7 @@ class TlsProxy:
             for sock in peers:
                 selector.register(sock, selectors.EVENT_READ)
             while not self.stopping.is_set():
-                for key, _ in selector.select(0.05):
+                for key, _ in selector.select(POLL):
                     try:
                         data = key.fileobj.recv(65536)
                     except (ssl.SSLWantReadError, BlockingIOError):
@@ -88,9 +90,9 @@ class TlsProxy:
 
     def stop(self) -> None:
         self.stopping.set()
-        self.accepter.join(3)
+        self.accepter.join(WAIT)
         for thread in self.threads:
-            thread.join(3)
+            thread.join(WAIT)
         self.listener.close()
 
 

@@ -17,7 +17,7 @@ from typing import Iterator
 
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, Playwright, expect
 
-from support import WAIT
+from support import POLL, WAIT
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -192,7 +192,7 @@ def static_server(directory: Path) -> Iterator[int]:
     """Serve ``directory`` over HTTP on a free loopback port (yields the port): the seed's port-8080 site."""
     handler = functools.partial(_QuietHandler, directory=str(directory))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": POLL},
                               name="test-static-server", daemon=True)
     thread.start()
     try:

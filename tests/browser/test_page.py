@@ -8,7 +8,6 @@ later message has arrived, an earlier one that was going to arrive has too.
 from __future__ import annotations
 
 import json
-import queue
 
 import pytest
 from flask import Flask
@@ -16,7 +15,8 @@ from playwright.sync_api import BrowserContext, expect
 
 from browser_support import RECONNECT_WAIT, HubPage, PageProblems
 from rusty_ws import PubSub, WsClient
-from support import WAIT, RunningServer, hub_config, running_server
+from rusty_ws.protocol import encode_publish
+from support import WAIT, RunningServer, deliveries, hub_config, messages, running_server
 
 
 def test_two_pages_in_one_session_exchange_messages_and_another_session_sees_nothing(
@@ -95,10 +95,10 @@ def test_hostile_text_is_shown_as_text(server: RunningServer, context: BrowserCo
     page.subscribe(topic)
     hostile = '<img src=x onerror="window.pwned = 1">'
     with server.connect() as attacker:
-        message = {"topic": topic, "session_id": "session-X", "payload": hostile,
-                   "publisher_name": "<b onmouseover=alert(1)>boss</b>", "user": "<script>x()</script>"}
-        attacker.command("publish-json:" + json.dumps(message))
-        attacker.command("publish-json:" + json.dumps({**message, "payload": {"html": hostile}}))
+        fields = {"session_id": "session-X", "publisher_name": "<b onmouseover=alert(1)>boss</b>",
+                  "user": "<script>x()</script>"}
+        attacker.command(encode_publish(topic, hostile, **fields))
+        attacker.command(encode_publish(topic, {"html": hostile}, **fields))
     page.expect_payload(hostile)
     page.expect_payload(json.dumps({"html": hostile}, separators=(",", ":")))
     entry = page.messages.first
@@ -163,7 +163,7 @@ def test_reconnects_after_a_server_restart(context: BrowserContext, problems: Pa
         expect(page.state).to_have_text("connected", timeout=RECONNECT_WAIT)
         expect(page.events.filter(has_text="reconnected; 1 subscription(s) restored")).to_have_count(1)
         with second.connect() as publisher:  # the restored subscription delivers
-            publisher.command('publish-json:{"topic": "Restarts", "session_id": "session-R", "payload": "back"}')
+            publisher.command(encode_publish("Restarts", "back", session_id="session-R"))
         page.expect_payload("back")
         page.publish("Restarts", "me too")
         page.expect_payload("me too")
@@ -174,9 +174,8 @@ def test_reconnects_after_a_server_restart(context: BrowserContext, problems: Pa
 
 
 def test_page_and_python_client_exchange_messages(server: RunningServer, context: BrowserContext) -> None:
-    received: queue.Queue = queue.Queue()
     with WsClient.connect_with_session("PyClient", "session-P", server.ws_url, timeout=WAIT) as python:
-        python.on_delivery("Chat", received.put)
+        received = deliveries(python, "Chat")
         python.subscribe("PyClient", "Chat")
         page = HubPage.open(context, server.http_url + "/")
         page.connect("Browser", "session-P")
@@ -218,8 +217,7 @@ def test_compressing_pages_and_a_plain_python_client_share_a_topic(context: Brow
     # Chromium offers permessage-deflate on every WebSocket; with RUSTY_WS_COMPRESSION on, it gets it.
     with running_server(compression=6) as server, \
             WsClient.connect_with_session("PyClient", "session-Z", server.ws_url, timeout=WAIT) as python:
-        received: queue.Queue = queue.Queue()
-        python.on_message("Zip", received.put)
+        received = messages(python, "Zip")
         python.subscribe("PyClient", "Zip")
         pages = [HubPage.open(context, server.http_url + "/") for _ in range(2)]
         for name, page in zip(("One", "Two"), pages):

@@ -10,7 +10,6 @@ so nothing in the code changes and nothing leaves 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
-import queue
 import re
 from pathlib import Path
 from typing import Iterator
@@ -20,7 +19,7 @@ from playwright.sync_api import Page, Playwright
 
 from browser_support import PAGE_WAIT, ROOT, PageProblems, launch_chromium, static_server
 from rusty_ws import WsClient
-from support import WAIT, running_server
+from support import WAIT, deliveries, running_server
 
 SEED_COPY = Path(__file__).parent / "seed" / "rusty_websocket.md"
 SHARED_SEEDS = [ROOT.parent / "shared" / "seed" / "rusty_websocket.md", Path("/work/shared/seed/rusty_websocket.md")]
@@ -80,11 +79,10 @@ def test_the_seed_copy_is_the_seed() -> None:
 
 def test_complete_javascript_example_runs_unmodified(playwright: Playwright, tmp_path: Path) -> None:
     [example] = javascript_blocks("Complete JavaScript Example")
-    received: queue.Queue = queue.Queue()
     # The hub lists only the seed's page origin, as a real deployment would.
     with running_server(cors_origins=["http://localhost:8080"]) as hub, \
             WsClient.connect_with_session("Watcher", "session-A", hub.ws_url, timeout=WAIT) as watcher:
-        watcher.on_delivery("NetworkConnectedEvent", received.put)
+        received = deliveries(watcher, "NetworkConnectedEvent")
         watcher.subscribe("Watcher", "NetworkConnectedEvent")
         script = seed_import_line() + "\n" + example
         with seed_site(tmp_path, script, hub.port, playwright, PageProblems()) as page:
@@ -104,10 +102,9 @@ def test_complete_javascript_example_runs_unmodified(playwright: Playwright, tmp
 def test_javascript_client_usage_snippets_run_unmodified(playwright: Playwright, tmp_path: Path) -> None:
     # The section's four blocks, one after the other, make one program.
     program = "\n".join(javascript_blocks("JavaScript Client Usage"))
-    received: queue.Queue = queue.Queue()
     with running_server() as hub, \
             WsClient.connect_with_session("PyClient", "user-session-456", hub.ws_url, timeout=WAIT) as python:
-        python.on_delivery("NetworkConnectedEvent", received.put)
+        received = deliveries(python, "NetworkConnectedEvent")
         python.subscribe("PyClient", "NetworkConnectedEvent")
         with seed_site(tmp_path, program, hub.port, playwright, PageProblems()) as page:
             logs: list[str] = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import queue
 import socket
 import threading
 
@@ -11,31 +10,16 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 
 from rusty_ws import ConnectionClosed, WsClient
-from rusty_ws.protocol import CloseCode
-from support import WAIT, running_server
-
-FAST = {"backoff_initial": 0.05, "backoff_cap": 0.2, "timeout": WAIT}
-
-
-class Hooks:
-    """Connection-state callbacks turned into queues the test can wait on."""
-
-    def __init__(self, client: WsClient) -> None:
-        self.connected: queue.Queue = queue.Queue()
-        self.disconnected: queue.Queue = queue.Queue()
-        self.reconnecting: queue.Queue = queue.Queue()
-        client.on_connect = lambda c: self.connected.put(c)
-        client.on_disconnect = lambda c, code, reason: self.disconnected.put((code, reason))
-        client.on_reconnecting = lambda c, attempt, delay: self.reconnecting.put((attempt, delay))
+from rusty_ws.protocol import CloseCode, encode_ping, encode_publish
+from support import FAST_CLIENT, MS, POLL, WAIT, Hooks, messages, running_server
 
 
 def test_reconnects_after_a_restart_and_keeps_its_subscriptions() -> None:
-    received: queue.Queue = queue.Queue()
     with running_server() as first:
         port = first.port
-        client = WsClient.connect_with_session("Client1", "session-A", first.ws_url, **FAST)
+        client = WsClient.connect_with_session("Client1", "session-A", first.ws_url, **FAST_CLIENT)
         hooks = Hooks(client)
-        client.on_message("NetworkConnectedEvent", received.put)
+        received = messages(client, "NetworkConnectedEvent")
         client.subscribe("Client1", "NetworkConnectedEvent")
     assert hooks.disconnected.get(timeout=WAIT) == (4200, "server restarting")
     assert hooks.reconnecting.get(timeout=WAIT) == (1, 0.0)  # 4200 means: reconnect now
@@ -43,8 +27,7 @@ def test_reconnects_after_a_restart_and_keeps_its_subscriptions() -> None:
         assert hooks.connected.get(timeout=WAIT) is client  # name, session, subscription restored
         assert client.is_connected()
         with second.connect() as publisher:
-            publisher.command('publish-json:{"topic": "NetworkConnectedEvent", "session_id": "session-A", '
-                              '"payload": "back again"}')
+            publisher.command(encode_publish("NetworkConnectedEvent", "back again", session_id="session-A"))
         assert received.get(timeout=WAIT) == "back again"
         client.publish("Client1", "NetworkConnectedEvent", "and from me")
         assert received.get(timeout=WAIT) == "and from me"
@@ -67,7 +50,7 @@ def test_calls_during_an_outage_fail_clearly() -> None:
 
 def test_do_not_reconnect_codes_are_honoured() -> None:
     with running_server() as server:
-        client = WsClient.connect("c", server.ws_url, **FAST)
+        client = WsClient.connect("c", server.ws_url, **FAST_CLIENT)
         hooks = Hooks(client)
         [connection] = server.hub.connections()
         connection.close(CloseCode.FORBIDDEN, "go away")
@@ -80,13 +63,13 @@ def test_do_not_reconnect_codes_are_honoured() -> None:
 
 def test_back_off_codes_wait_before_the_first_attempt() -> None:
     with running_server() as server:
-        client = WsClient.connect("c", server.ws_url, **FAST)
+        client = WsClient.connect("c", server.ws_url, **FAST_CLIENT)
         hooks = Hooks(client)
         [connection] = server.hub.connections()
         connection.close(CloseCode.SLOW_CONSUMER, "slow")
         assert hooks.disconnected.get(timeout=WAIT)[0] == 4100
         attempt, delay = hooks.reconnecting.get(timeout=WAIT)
-        assert attempt == 1 and 0 <= delay <= 0.05
+        assert attempt == 1 and 0 <= delay <= FAST_CLIENT["backoff_initial"]
         assert hooks.connected.get(timeout=WAIT) is client
         client.close()
 
@@ -97,7 +80,7 @@ def dead_server(listener: socket.socket, stop: threading.Event) -> None:
     conn, _ = listener.accept()
     protocol = WSConnection(ConnectionType.SERVER)
     answered = False
-    conn.settimeout(0.05)
+    conn.settimeout(POLL)
     while not stop.is_set():
         try:
             data = conn.recv(65536)
@@ -109,7 +92,7 @@ def dead_server(listener: socket.socket, stop: threading.Event) -> None:
         for event in protocol.events():
             if isinstance(event, Request):
                 conn.sendall(protocol.send(AcceptConnection()))
-            elif isinstance(event, TextMessage) and event.data == "ping" and not answered:
+            elif isinstance(event, TextMessage) and event.data == encode_ping() and not answered:
                 conn.sendall(protocol.send(TextMessage(data="pong")))
                 answered = True
             # WebSocket pings are never answered: the server looks alive to TCP, dead to us.
@@ -123,7 +106,7 @@ def test_keepalive_notices_a_dead_server() -> None:
     server.start()
     try:
         client = WsClient.connect("c", f"ws://127.0.0.1:{listener.getsockname()[1]}/ws",
-                                  ping_interval=0.1, ping_timeout=0.2, reconnect=False, timeout=WAIT)
+                                  ping_interval=100 * MS, ping_timeout=200 * MS, reconnect=False, timeout=WAIT)
         hooks = Hooks(client)
         assert hooks.disconnected.get(timeout=WAIT) == (1006, "keepalive timeout")
         client.close()

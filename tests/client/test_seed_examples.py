@@ -17,6 +17,8 @@ def test_complete_rust_example(server: RunningServer) -> None:
     url = server.ws_url
     session_id = "session-A"
     client_name = "Client1"
+    # Its own queue, not support.messages(): the seed's on_message lines are mirrored one for one,
+    # and one queue for both topics shows which callback ran, in order.
     received: queue.Queue = queue.Queue()
 
     # let mut client = WsClient::connect_with_session(client_name, session_id, url).await.unwrap();

@@ -7,14 +7,13 @@ import queue
 import threading
 
 from rusty_ws import WsClient
-from support import WAIT, RunningServer, running_server
+from support import MS, WAIT, Hooks, RunningServer, deliveries, messages, running_server
 
 
 def test_publish_from_inside_a_callback(server: RunningServer) -> None:
-    echoes: queue.Queue = queue.Queue()
     with WsClient.connect("c", server.ws_url) as client:
         client.on_message("Ask", lambda payload: client.publish("c", "Answer", payload * 2))
-        client.on_message("Answer", echoes.put)
+        echoes = messages(client, "Answer")
         client.subscribe("c", "Ask")
         client.subscribe("c", "Answer")
         client.publish("c", "Ask", 21)
@@ -22,34 +21,31 @@ def test_publish_from_inside_a_callback(server: RunningServer) -> None:
 
 
 def test_decorator_and_whole_delivery(server: RunningServer) -> None:
-    payloads: queue.Queue = queue.Queue()
-    deliveries: queue.Queue = queue.Queue()
+    payloads: queue.Queue = queue.Queue()  # filled by the decorated callback under test
     with WsClient.connect_with_auth("Kiosk", server.ws_url, server.http_url + "/auth/token",
                                     "testuser", "password") as client:
         @client.topic_callback("T")
         def on_t(payload):
             payloads.put(payload)
 
-        client.on_delivery("T", deliveries.put)
+        whole = deliveries(client, "T")
         client.subscribe("Kiosk", "T")
         client.publish("Kiosk", "T", {"x": 1}, "2024-01-24T10:25:37Z")
         assert payloads.get(timeout=WAIT) == {"x": 1}
-        delivery = deliveries.get(timeout=WAIT)
+        delivery = whole.get(timeout=WAIT)
     assert (delivery.publisher_name, delivery.user, delivery.session_id, delivery.timestamp) == (
         "Kiosk", "testuser", "session-testuser", "2024-01-24T10:25:37Z")
     assert on_t.__name__ == "on_t"
 
 
 def test_a_raising_callback_is_logged_and_the_next_one_runs(server: RunningServer, caplog) -> None:
-    received: queue.Queue = queue.Queue()
-
     def broken(payload):
         raise ValueError("boom")
 
     with caplog.at_level(logging.ERROR, logger="rusty_ws.client"):
         with WsClient.connect("c", server.ws_url) as client:
             client.on_message("T", broken)
-            client.on_message("T", received.put)
+            received = messages(client, "T")
             client.subscribe("c", "T")
             client.publish("c", "T", 1)
             client.publish("c", "T", 2)
@@ -110,16 +106,14 @@ def test_many_threads_publish_at_once(server: RunningServer) -> None:
 
 
 def test_a_slow_callback_does_not_stop_keepalive() -> None:
-    with running_server(ping_interval=0.1, ping_timeout=0.2) as server:
-        received: queue.Queue = queue.Queue()
+    with running_server(ping_interval=100 * MS, ping_timeout=200 * MS) as server:
         release = threading.Event()
         with WsClient.connect("c", server.ws_url) as client:
-            disconnects: queue.Queue = queue.Queue()
-            client.on_disconnect = lambda c, code, reason: disconnects.put(code)
+            hooks = Hooks(client)
             # The first message's callback holds the dispatcher for several of the server's
-            # keepalive rounds (0.1 s + 0.2 s); only the reader thread can answer the pings.
-            client.on_message("Slow", lambda payload: release.wait(1.0))
-            client.on_message("Fast", received.put)
+            # keepalive rounds (100 + 200 MS); only the reader thread can answer the pings.
+            client.on_message("Slow", lambda payload: release.wait(1000 * MS))
+            received = messages(client, "Fast")
             client.subscribe("c", "Slow")
             client.subscribe("c", "Fast")
             [connection] = server.hub.connections()
@@ -128,4 +122,4 @@ def test_a_slow_callback_does_not_stop_keepalive() -> None:
             assert received.get(timeout=WAIT) == "after"
             client.ping()
             assert server.hub.connections() == [connection]  # never dropped, never replaced
-            assert disconnects.empty() and client.is_connected()
+            assert hooks.disconnected.empty() and client.is_connected()

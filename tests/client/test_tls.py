@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import queue
-
 import pytest
 
 from rusty_ws import ConnectFailed, WsClient
-from support import WAIT, RunningServer
+from support import WAIT, RunningServer, messages
 from tls_proxy import tls_proxy
 
 
 def test_wss_with_a_trusted_certificate(server: RunningServer, tmp_path) -> None:
     with tls_proxy(server.port, tmp_path) as (port, cert):
-        received: queue.Queue = queue.Queue()
         with WsClient.connect_with_auth("c", f"wss://127.0.0.1:{port}/ws", f"https://127.0.0.1:{port}/auth/token",
                                         "testuser", "password", sslopt={"ca_certs": str(cert)}) as client:
-            client.on_message("T", received.put)
+            received = messages(client, "T")
             client.subscribe("c", "T")
             client.publish("c", "T", "secret")
             assert received.get(timeout=WAIT) == "secret"

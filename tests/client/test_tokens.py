@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import queue
 import time
 
 import jwt
@@ -10,10 +9,8 @@ import pytest
 
 from rusty_ws import TokenExpired, WsClient
 from rusty_ws.auth import TokenService
-from support import SECRET, WAIT, RunningServer, running_server
+from support import FAST_CLIENT, SECRET, WAIT, Hooks, RunningServer, messages, running_server
 from rusty_ws.server.state import state_of
-
-FAST = {"backoff_initial": 0.05, "backoff_cap": 0.2, "timeout": WAIT}
 
 
 def counting(server: RunningServer, method: str) -> list:
@@ -34,7 +31,7 @@ def test_refresh_when_less_than_five_minutes_remain() -> None:
     with running_server(jwt_expiration_seconds=200) as server:
         refreshes = counting(server, "refresh")
         with WsClient.connect_with_auth("c", server.ws_url, server.http_url + "/auth/token",
-                                        "testuser", "password", "s-1", **FAST) as client:
+                                        "testuser", "password", "s-1", **FAST_CLIENT) as client:
             before = jwt.decode(client.get_token(), SECRET, algorithms=["HS256"])
             assert client.refresh_token_if_needed() is True
             after = jwt.decode(client.get_token(), SECRET, algorithms=["HS256"])
@@ -54,26 +51,24 @@ def test_expired_token_means_logging_in_again() -> None:
         expired_issuer(server)
         logins = counting(server, "issue")
         with WsClient.connect_with_auth("c", server.ws_url, server.http_url + "/auth/token",
-                                        "testuser", "password", **FAST) as client:
+                                        "testuser", "password", **FAST_CLIENT) as client:
             assert not client.is_authenticated()
             assert client.refresh_token_if_needed() is True
             assert len(logins) == 2
 
 
 def test_reconnect_uses_a_usable_token() -> None:
-    received: queue.Queue = queue.Queue()
     with running_server() as server:
         expired_issuer(server)
         logins = counting(server, "issue")
         client = WsClient.connect_with_auth("c", server.ws_url, server.http_url + "/auth/token",
-                                            "testuser", "password", **FAST)
-        connected: queue.Queue = queue.Queue()
-        client.on_connect = connected.put
-        client.on_message("T", received.put)
+                                            "testuser", "password", **FAST_CLIENT)
+        hooks = Hooks(client)
+        received = messages(client, "T")
         client.subscribe("c", "T")
         [connection] = server.hub.connections()
         connection.close(4200, "restart")
-        assert connected.get(timeout=WAIT) is client
+        assert hooks.connected.get(timeout=WAIT) is client
         assert len(logins) == 2  # the expired token was not reused: the client logged in again
         client.publish("c", "T", "after")
         assert received.get(timeout=WAIT) == "after"

@@ -4,8 +4,10 @@ import WebSocket from "ws";
 
 import { RustyWsClient } from "../../rusty_ws/static/rusty_ws.js";
 
+/** One millisecond, scaled like the Python tests' MS: every timing a test sets is a multiple of it. */
+export const MS = Number(process.env.RUSTY_WS_TESTS_TIMEOUT_FACTOR ?? "1");
 /** The usual wait, in ms, scaled like the Python tests' WAIT. */
-export const WAIT = 3000 * Number(process.env.RUSTY_WS_TESTS_TIMEOUT_FACTOR ?? "1");
+export const WAIT = 3000 * MS;
 
 /**
  * The hub that tests/js/test_node.py started: {http, ws} base URLs.

@@ -9,10 +9,10 @@ import { afterEach, beforeEach, describe, test } from "node:test";
 import { WebSocketServer } from "ws";
 
 import { ConnectionClosedError, State } from "../../rusty_ws/static/rusty_ws.js";
-import { Inbox, WAIT, connected, nextEvent, within } from "./helpers.mjs";
+import { Inbox, MS, WAIT, connected, nextEvent, within } from "./helpers.mjs";
 
-/** Fast backoff for tests: 0-20 ms first, at most 80 ms. */
-const FAST = { backoff: { initial: 20, cap: 80 } };
+/** Fast backoff for tests: 0-20 MS first, at most 80 MS. */
+const FAST = { backoff: { initial: 20 * MS, cap: 80 * MS } };
 
 class ScriptedHub {
   constructor() {
@@ -100,7 +100,7 @@ describe("close codes", () => {
     hub.sockets[0].close(4100, "slow");
     const { attempt, delay } = await reconnecting;
     assert.equal(attempt, 1);
-    assert.ok(delay >= 0 && delay <= 20, String(delay));
+    assert.ok(delay >= 0 && delay <= FAST.backoff.initial, String(delay));
     await reopened;
   });
 
@@ -132,7 +132,7 @@ describe("close codes", () => {
     hub.sockets[0].terminate();
     await within(third, WAIT, "three attempts");
     assert.equal(c.state, State.RECONNECTING);
-    assert.ok(attempts.every(({ delay }) => delay <= 80), JSON.stringify(attempts));
+    assert.ok(attempts.every(({ delay }) => delay <= FAST.backoff.cap), JSON.stringify(attempts));
     const reopened = nextEvent(c, "open");
     hub.refuse = false;
     await reopened;
@@ -187,13 +187,13 @@ describe("registration", () => {
 
 describe("waiting for the hub", () => {
   test("a call the hub never answers times out", async () => {
-    const c = await client({ timeout: 100 });
+    const c = await client({ timeout: 100 * MS });
     hub.silent = true;
     await assert.rejects(c.ping(), { code: "timeout" });
   });
 
   test("keepalive notices a hub that stopped answering, and reconnects", async () => {
-    const c = await client({ keepaliveInterval: 50, timeout: 200 });
+    const c = await client({ keepaliveInterval: 50 * MS, timeout: 200 * MS });
     const closed = nextEvent(c, "close");
     hub.silent = true;
     assert.deepEqual(await closed, { code: 1006, reason: "keepalive timeout", willReconnect: true });

@@ -9,12 +9,20 @@ import jwt
 import pytest
 import websocket
 
-from support import SECRET, Client, RunningServer, hub_config, http, login, running_server
+from rusty_ws.protocol import (
+    encode_ping,
+    encode_publish,
+    encode_register_name,
+    encode_register_session,
+    encode_subscribe,
+    encode_unsubscribe,
+)
+from support import SECRET, WAIT, Client, RunningServer, error_of, hub_config, http, login, running_server
 
 
 def handshake_status(url: str, **kwargs) -> int:
     try:
-        websocket.create_connection(url, timeout=3, **kwargs).close()
+        websocket.create_connection(url, timeout=WAIT, **kwargs).close()
     except websocket.WebSocketBadStatusException as exc:
         return exc.status_code
     return 101
@@ -194,56 +202,55 @@ class TestHandshake:
     def test_good_token_in_header(self, server: RunningServer) -> None:
         token = server.token("alice", "s")
         with Client(server.ws_url, header=[f"Authorization: Bearer {token}"]) as client:
-            client.command("subscribe:T")
-            client.send('publish-json:{"topic": "T"}')
+            client.command(encode_subscribe("T"))
+            client.send(encode_publish("T"))
             assert client.recv_json()["user"] == "alice"
 
     def test_require_auth(self) -> None:
         with running_server(require_auth=True) as server:
             assert handshake_status(server.ws_url) == 401
             with server.connect(server.token("alice")) as client:
-                assert client.command("ping") == []
+                assert client.command(encode_ping()) == []
 
     def test_refused_handshakes_hold_no_slot(self) -> None:
         with running_server(max_connections=1) as server:
             for _ in range(5):
                 assert handshake_status(f"{server.ws_url}?token=bad") == 401
             with server.connect() as client:
-                assert client.command("ping") == []
+                assert client.command(encode_ping()) == []
 
 
 class TestSessionBinding:
     def test_own_session_is_accepted_silently(self, server: RunningServer) -> None:
         with server.connect(server.token("alice", "session-A")) as client:
-            assert client.command("register-name:Client1") == []
-            assert client.command("register-session:session-A") == []
-            assert client.command("subscribe:T|session-A") == []
-            assert client.command("subscribe:U") == []  # the token's session
+            assert client.command(encode_register_name("Client1")) == []
+            assert client.command(encode_register_session("session-A")) == []
+            assert client.command(encode_subscribe("T", "session-A")) == []
+            assert client.command(encode_subscribe("U")) == []  # the token's session
 
     @pytest.mark.parametrize("command", [
-        "register-session:session-B",
-        "subscribe:T|session-B",
-        "unsubscribe:T|session-B",
-        'publish-json:{"topic": "T", "session_id": "session-B"}',
+        encode_register_session("session-B"),
+        encode_subscribe("T", "session-B"),
+        encode_unsubscribe("T", "session-B"),
+        encode_publish("T", session_id="session-B"),
     ])
     def test_other_sessions_are_forbidden(self, server: RunningServer, command: str) -> None:
         with server.connect() as victim, server.connect(server.token("alice", "session-A")) as client:
-            victim.command("subscribe:T|session-B")
-            [reply] = client.command(command)
-            assert json.loads(reply[len("error:"):])["code"] == "forbidden_session"
+            victim.command(encode_subscribe("T", "session-B"))
+            assert error_of(client.command(command))["code"] == "forbidden_session"
             assert victim.sync() == []
-            assert client.command("subscribe:T") == []  # still open, still bound
+            assert client.command(encode_subscribe("T")) == []  # still open, still bound
 
     def test_register_name_does_not_change_identity(self, server: RunningServer) -> None:
         with server.connect(server.token("alice", "s")) as client:
-            client.command("register-name:Mallory")
-            client.command("subscribe:T")
-            client.send('publish-json:{"topic": "T", "user": "root"}')
+            client.command(encode_register_name("Mallory"))
+            client.command(encode_subscribe("T"))
+            client.send(encode_publish("T", user="root"))  # a field only the server may set
             message = client.recv_json()
             assert (message["publisher_name"], message["user"]) == ("Mallory", "alice")
 
     def test_anonymous_user_field_is_stripped(self, server: RunningServer) -> None:
         with server.connect() as client:
-            client.command("subscribe:T")
-            client.send('publish-json:{"topic": "T", "user": "root"}')
+            client.command(encode_subscribe("T"))
+            client.send(encode_publish("T", user="root"))
             assert "user" not in client.recv_json()

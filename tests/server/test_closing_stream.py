@@ -12,22 +12,10 @@ from __future__ import annotations
 import struct
 import threading
 
+from rusty_ws.protocol import encode_ping
 from support import WAIT, RawSocket, running_server
 
 ROUNDS = 20
-
-
-def read_close_frame(raw: RawSocket) -> int:
-    """Read the server's close frame (it is the only frame in flight); return its code."""
-    data = b""
-    for _ in range(100):
-        if len(data) >= 2 and len(data) >= 2 + (data[1] & 0x7F):
-            break
-        chunk = raw.sock.recv(128)
-        assert chunk, f"EOF before a whole close frame: {data!r}"
-        data += chunk
-    assert data[0] == 0x88, data
-    return struct.unpack("!H", data[2:4])[0]
 
 
 def test_only_eof_follows_the_close_handshake_at_shutdown() -> None:
@@ -36,11 +24,11 @@ def test_only_eof_follows_the_close_handshake_at_shutdown() -> None:
         with running_server() as server:
             raw = RawSocket(server.port)
             raw.sock.settimeout(WAIT)
-            raw.send_frame(0x1, b"ping")
+            raw.send_frame(0x1, encode_ping().encode())
             assert raw.sock.recv(64) == b"\x81\x04pong"
             shutdown = threading.Thread(target=server.hub.shutdown, args=(WAIT,), name="test-shutdown")
             shutdown.start()
-            code = read_close_frame(raw)
+            code, _reason = raw.recv_frame().close()  # the only frame in flight; reads no byte past it
             raw.send_frame(0x8, struct.pack("!H", code))  # the browser's reply
             seen.append((code, raw.read_until_eof()))
             shutdown.join(WAIT)

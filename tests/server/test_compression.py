@@ -14,11 +14,10 @@ import zlib
 import pytest
 from websockets.sync.client import connect
 
-from rusty_ws.protocol import Delivery
-from support import WAIT, Client, RawSocket, RunningServer, running_server
+from rusty_ws.protocol import Delivery, encode_ping, encode_publish, encode_subscribe
+from support import MS, RSV1, WAIT, Client, RawSocket, RunningServer, running_server
 
 BROWSER_OFFER = "permessage-deflate; client_max_window_bits"
-RSV1 = 0x40
 TAIL = b"\x00\x00\xff\xff"
 
 
@@ -32,30 +31,19 @@ def inflate_alone(payload: bytes) -> bytes:
     return zlib.decompressobj(-zlib.MAX_WBITS).decompress(payload + TAIL)
 
 
-def sync(raw: RawSocket) -> list[tuple[int, bytes]]:
-    """Send ``ping`` and return the frames before the ``pong``."""
-    raw.send_frame(0x1, b"ping")
-    frames = []
-    for _ in range(1000):
-        first, payload = raw.recv_frame()
-        if first == 0x81 and payload == b"pong":  # replies are never compressed
-            return frames
-        frames.append((first, payload))
-    raise AssertionError("no pong")
-
-
 def close_code(raw: RawSocket) -> int:
     """Read the server's close frame, answer it (so the server need not wait), return its code."""
-    head, body = raw.recv_frame()
-    assert head == 0x88, (head, body[:50])
-    raw.send_frame(0x8, body[:2])
+    frame = raw.recv_frame()
+    assert frame.first == 0x88, (frame.first, frame.payload[:50])
+    code, _reason = frame.close()
+    raw.send_frame(0x8, frame.payload[:2])
     assert raw.read_until_eof() == b""
-    return int.from_bytes(body[:2], "big")
+    return code
 
 
 @pytest.fixture
 def server():
-    with running_server(compression=6, close_timeout=0.2) as running:  # failed connections end fast
+    with running_server(compression=6, close_timeout=200 * MS) as running:  # failed connections end fast
         yield running
 
 
@@ -63,15 +51,15 @@ def test_off_by_default_the_offer_is_declined() -> None:
     with running_server() as server:
         raw = RawSocket(server.port, extensions=BROWSER_OFFER)
         assert raw.status == 101 and "sec-websocket-extensions" not in raw.headers
-        raw.send_frame(0x1, b"subscribe:T")
+        raw.send_frame(0x1, encode_subscribe("T").encode())
         raw.send_frame(0x1, json_publish("T", "plain").encode())
-        assert sync(raw) == [(0x81, delivery_bytes(server, "T", "plain", offset=1))]
+        assert raw.sync() == [(0x81, delivery_bytes(server, "T", "plain", offset=1))]
         raw.close()
 
 
 def json_publish(topic: str, payload: object) -> str:
-    return "publish-json:" + json.dumps({"topic": topic, "payload": payload, "publisher_name": "p",
-                                         "timestamp": "2026-11-27T00:00:00Z", "session_id": "default"})
+    return encode_publish(topic, payload, publisher_name="p", timestamp="2026-11-27T00:00:00Z",
+                          session_id="default")
 
 
 def delivery_bytes(server: RunningServer, topic: str, payload: object, offset: int) -> bytes:
@@ -97,11 +85,11 @@ def test_one_compressed_frame_for_compressing_subscribers_plain_for_the_others(s
     with Client(server.ws_url) as plain, \
             connect(server.ws_url, compression="deflate", open_timeout=WAIT) as library:
         for raw in (first, second):
-            raw.send_frame(0x1, b"subscribe:T")
-            assert sync(raw) == []
-        plain.command("subscribe:T")
-        library.send("subscribe:T")
-        library.send("ping")
+            raw.send_frame(0x1, encode_subscribe("T").encode())
+            assert raw.sync() == []
+        plain.command(encode_subscribe("T"))
+        library.send(encode_subscribe("T"))
+        library.send(encode_ping())
         assert library.recv(timeout=WAIT) == "pong"
 
         payload = {"text": "compress me " * 40}
@@ -129,8 +117,8 @@ def test_one_compressed_frame_for_compressing_subscribers_plain_for_the_others(s
 
 def test_server_side_publishes_reach_compressing_subscribers(server: RunningServer) -> None:
     raw = RawSocket(server.port, extensions=BROWSER_OFFER)
-    raw.send_frame(0x1, b"subscribe:Server|default")
-    assert sync(raw) == []
+    raw.send_frame(0x1, encode_subscribe("Server", "default").encode())
+    assert raw.sync() == []
     server.hub.publish(Delivery(publisher_name="app", topic="Server", payload="from a view " * 20,
                                 timestamp="2026-11-27T00:00:00Z", session_id="default"))
     head, body = raw.recv_frame()
@@ -146,7 +134,7 @@ def test_server_side_publishes_reach_compressing_subscribers(server: RunningServ
 def test_hostile_compressed_input_closes_only_that_connection(server: RunningServer, frame: bytes,
                                                               code: int) -> None:
     with Client(server.ws_url) as bystander:
-        bystander.command("subscribe:T")
+        bystander.command(encode_subscribe("T"))
         attacker = RawSocket(server.port, extensions=BROWSER_OFFER)
         attacker.send_frame(0x1, frame, rsv=RSV1)
         assert close_code(attacker) == code
@@ -159,7 +147,7 @@ def test_hostile_compressed_input_closes_only_that_connection(server: RunningSer
 def test_compressed_frames_where_nothing_was_negotiated_are_a_protocol_error(server: RunningServer) -> None:
     raw = RawSocket(server.port)  # no offer: no compression on this connection
     assert "sec-websocket-extensions" not in raw.headers
-    raw.send_frame(0x1, compress(b"ping"), rsv=RSV1)
+    raw.send_frame(0x1, compress(encode_ping().encode()), rsv=RSV1)
     assert close_code(raw) == 1002
     raw.close()
 
@@ -167,6 +155,6 @@ def test_compressed_frames_where_nothing_was_negotiated_are_a_protocol_error(ser
 def test_an_offer_we_cannot_honour_is_declined_not_refused(server: RunningServer) -> None:
     raw = RawSocket(server.port, extensions="permessage-deflate; server_max_window_bits=9")
     assert raw.status == 101 and "sec-websocket-extensions" not in raw.headers
-    raw.send_frame(0x1, b"subscribe:T")
-    assert sync(raw) == []
+    raw.send_frame(0x1, encode_subscribe("T").encode())
+    assert raw.sync() == []
     raw.close()

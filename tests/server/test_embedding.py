@@ -15,6 +15,7 @@ from flask_sock import Sock
 
 from rusty_ws import PubSub, create_app
 from rusty_ws.cli import cli
+from rusty_ws.protocol import encode_publish, encode_subscribe
 from support import SECRET, WAIT, Client, hub_config, http, running_server
 from rusty_ws.server.state import state_of
 
@@ -52,7 +53,7 @@ def test_embedded_under_a_prefix_with_the_apps_own_routes() -> None:
         assert http("GET", server.http_url + "/healthz")[0] == 200
         assert http("GET", f"http://127.0.0.1:{server.port}/healthz")[0] == 404
         with server.connect() as client:
-            client.command("subscribe:OrderPlaced|session-shop")
+            client.command(encode_subscribe("OrderPlaced", "session-shop"))
             assert http("POST", f"http://127.0.0.1:{server.port}/orders/42")[0] == 200
             message = client.recv_json()
         assert message["payload"] == {"id": 42} and message["publisher_name"] == "shop"
@@ -68,7 +69,7 @@ def test_publish_outside_a_request_with_one_app() -> None:
     app = shop_app(pubsub)
     with running_server(app, prefix="/realtime") as server:
         with server.connect() as client:
-            client.command("subscribe:Tick|s")
+            client.command(encode_subscribe("Tick", "s"))
             pubsub.publish("s", "Tick", 1)  # no app context: the only app is used
             assert client.recv_json()["payload"] == 1
 
@@ -215,8 +216,8 @@ def test_command_line_servers(how: str) -> None:
         token = http("POST", f"http://127.0.0.1:{port}/auth/token",
                      {"username": "testuser", "password": "password"})[2]["token"]
         with Client(f"ws://127.0.0.1:{port}/ws?token={token}") as client:
-            client.command("subscribe:T")
-            client.send('publish-json:{"topic": "T", "payload": "hi"}')
+            client.command(encode_subscribe("T"))
+            client.send(encode_publish("T", "hi"))
             assert client.recv_json()["user"] == "testuser"
             if how == "rusty-ws serve":
                 process.send_signal(signal.SIGTERM)

@@ -6,6 +6,7 @@ import json
 import socket
 import threading
 
+from rusty_ws.protocol import encode_publish, encode_subscribe
 from support import WAIT, Client, RunningServer, running_server
 
 
@@ -13,14 +14,13 @@ def test_several_publishers_to_one_subscriber_never_corrupt_a_frame() -> None:
     publishers, per_publisher = 6, 200
     with running_server(max_queued_bytes=64 << 20) as server:
         subscriber = Client(server.ws_url, sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 8192),))
-        subscriber.command("subscribe:T|s")
+        subscriber.command(encode_subscribe("T", "s"))
         clients = [server.connect() for _ in range(publishers)]
 
         def publish(index: int) -> None:
             for i in range(per_publisher):
                 payload = f"{index}:{i}:" + ("x" * 100_000 if i % 10 == 0 else "y" * 20)
-                clients[index].send(json.dumps({"topic": "T", "session_id": "s", "payload": payload}).join(
-                    ["publish-json:", ""]))
+                clients[index].send(encode_publish("T", payload, session_id="s"))
 
         threads = [threading.Thread(target=publish, args=(p,)) for p in range(publishers)]
         for thread in threads:
@@ -42,10 +42,10 @@ def test_several_publishers_to_one_subscriber_never_corrupt_a_frame() -> None:
 def test_one_publish_reaches_every_subscriber_once(server: RunningServer) -> None:
     subscribers = [server.connect() for _ in range(50)]
     for client in subscribers:
-        client.command("subscribe:T")
+        client.command(encode_subscribe("T"))
     with server.connect() as publisher:
         for i in range(20):
-            publisher.send('publish-json:{"topic": "T", "payload": %d}' % i)
+            publisher.send(encode_publish("T", i))
         publisher.sync()
     for client in subscribers:
         assert [json.loads(m)["payload"] for m in client.sync()] == list(range(20))

@@ -27,12 +27,15 @@ from gunicorn.config import KNOWN_SETTINGS
 from rusty_ws import create_app
 from rusty_ws import gunicorn_conf
 from redis_support import SENTINEL, RedisServer, free_port, publish_across_nodes, redis_server
-from support import SECRET, WAIT, Client, http
+from rusty_ws.protocol import encode_register_name, encode_subscribe
+from support import MS, SECRET, WAIT, Client, http
 from test_seed_scenario import PUBLISHES, SESSION_OF, SUBSCRIPTIONS, check_deliveries
 from rusty_ws.server.state import state_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _SETTINGS = {setting.name for setting in KNOWN_SETTINGS}
+#: gunicorn's --graceful-timeout (whole seconds on its command line): far longer than a 4200 close takes.
+GRACEFUL_TIMEOUT = 10_000 * MS
 
 
 class Gunicorn:
@@ -44,7 +47,7 @@ class Gunicorn:
         self.dir = tempfile.mkdtemp(prefix="rusty_ws-gunicorn-")
         command = [sys.executable, "-m", "gunicorn", "-c", "python:rusty_ws.gunicorn_conf",
                    "--workers", str(workers), "--threads", str(threads),
-                   "--bind", f"127.0.0.1:{self.port}", "--graceful-timeout", "10"]
+                   "--bind", f"127.0.0.1:{self.port}", "--graceful-timeout", str(round(GRACEFUL_TIMEOUT))]
         if preload:
             command.append("--preload")
         if "control_socket" in _SETTINGS:  # newer gunicorns open one in $HOME unless told otherwise
@@ -122,9 +125,9 @@ def test_seed_scenario_over_two_gunicorn_masters(redis: RedisServer) -> None:
         try:
             for name, (session, topics) in SUBSCRIPTIONS.items():
                 client = clients[name]
-                client.send(f"register-name:{name}")
+                client.send(encode_register_name(name))
                 for topic in [*topics, SENTINEL]:
-                    client.send(f"subscribe:{topic}|{session}")
+                    client.send(encode_subscribe(topic, session))
                 assert client.sync() == [], f"{name} got replies to its set-up"
             check_deliveries(publish_across_nodes(redis, clients, PUBLISHES, SESSION_OF))
             for client in clients.values():
@@ -145,7 +148,7 @@ def test_connection_limit_below_threads_and_sigterm_closes_with_4200(redis: Redi
         clients = [master.connect() for _ in range(3)]
         try:
             for client in clients:
-                assert client.command("subscribe:T|s") == []
+                assert client.command(encode_subscribe("T", "s")) == []
             # The fourth WebSocket is refused, and the thread left over still answers HTTP.
             with pytest.raises(websocket.WebSocketBadStatusException) as refused:
                 master.connect()
@@ -155,7 +158,7 @@ def test_connection_limit_below_threads_and_sigterm_closes_with_4200(redis: Redi
             assert health["broker"]["name"] == "redis" and health["broker"]["connected"] is True
 
             master.process.send_signal(signal.SIGTERM)
-            # Told to reconnect now, long before gunicorn's graceful timeout (10 s).
+            # Told to reconnect now, long before gunicorn's graceful timeout.
             assert [client.recv_close()[0] for client in clients] == [4200, 4200, 4200]
             assert master.process.wait(WAIT) == 0, master.log
         finally:

@@ -10,8 +10,15 @@ import threading
 import pytest
 import websocket
 
-from rusty_ws.protocol import CLOSE_CODE_EXPLANATIONS
-from support import WAIT, Client, RawSocket, RunningServer, http, running_server
+from rusty_ws.protocol import (
+    CLOSE_CODE_EXPLANATIONS,
+    encode_ping,
+    encode_publish,
+    encode_register_session,
+    encode_subscribe,
+    encode_unsubscribe,
+)
+from support import MS, WAIT, Client, RawSocket, RunningServer, error_of, http, running_server
 
 
 def test_connection_limit_refuses_before_the_upgrade_and_http_still_answers() -> None:
@@ -29,7 +36,7 @@ def test_connection_limit_refuses_before_the_upgrade_and_http_still_answers() ->
         clients.pop().close()
         server.wait_connections(2)
         clients.append(server.connect())
-        assert clients[-1].command("ping") == []
+        assert clients[-1].command(encode_ping()) == []
         for client in clients:
             client.close()
 
@@ -37,15 +44,15 @@ def test_connection_limit_refuses_before_the_upgrade_and_http_still_answers() ->
 def test_oversized_message_closes_1009_and_frees_the_connection() -> None:
     with running_server(max_message_size=1024) as server:
         with server.connect() as bystander:
-            bystander.command("subscribe:T")
+            bystander.command(encode_subscribe("T"))
             big = server.connect()
-            big.command("subscribe:T")
-            big.send('publish-json:{"topic": "T", "payload": "%s"}' % ("x" * 2000))
+            big.command(encode_subscribe("T"))
+            big.send(encode_publish("T", "x" * 2000))
             assert big.recv_close() == (1009, "message too big")
             big.close()
             server.wait_connections(1)
             assert server.hub.counts()["subscriptions"] == 1
-            assert bystander.command('publish-json:{"topic": "T", "payload": "%s"}' % ("y" * 900))
+            assert bystander.command(encode_publish("T", "y" * 900))
 
 
 def test_oversized_message_in_fragments_is_caught_before_it_is_buffered() -> None:
@@ -64,6 +71,7 @@ def test_oversized_message_in_fragments_is_caught_before_it_is_buffered() -> Non
 def test_message_at_the_limit_is_fine() -> None:
     with running_server(max_message_size=64) as server:
         with server.connect() as client:
+            # Literal: its exact size, two-byte characters and all, is the point.
             text = 'publish-json:{"topic": "T", "payload": "%s"}' % ("é" * 8)
             assert len(text.encode()) <= 64
             assert client.command(text) == []
@@ -72,13 +80,12 @@ def test_message_at_the_limit_is_fine() -> None:
 def test_subscription_limit() -> None:
     with running_server(max_subscriptions=2) as server:
         with server.connect() as client:
-            assert client.command("subscribe:A") == []
-            assert client.command("subscribe:B") == []
-            assert client.command("subscribe:B") == []
-            [reply] = client.command("subscribe:C")
-            assert json.loads(reply[6:])["code"] == "too_many_subscriptions"
-            assert client.command("unsubscribe:A") == []
-            assert client.command("subscribe:C") == []
+            assert client.command(encode_subscribe("A")) == []
+            assert client.command(encode_subscribe("B")) == []
+            assert client.command(encode_subscribe("B")) == []
+            assert error_of(client.command(encode_subscribe("C")))["code"] == "too_many_subscriptions"
+            assert client.command(encode_unsubscribe("A")) == []
+            assert client.command(encode_subscribe("C")) == []
 
 
 def test_slow_subscriber_is_dropped_at_the_bound_and_never_delays_a_fast_one() -> None:
@@ -86,12 +93,12 @@ def test_slow_subscriber_is_dropped_at_the_bound_and_never_delays_a_fast_one() -
     with running_server(max_queued_bytes=200_000) as server:
         # A small receive buffer so the stall shows quickly; this client never reads.
         slow = Client(server.ws_url, sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),))
-        slow.command("subscribe:T")
+        slow.command(encode_subscribe("T"))
         with server.connect() as fast, server.connect() as publisher:
-            fast.command("subscribe:T")
+            fast.command(encode_subscribe("T"))
             dropped_after = None
             for i in range(2000):  # at most 20 MB, far past the bound and any socket buffers
-                publisher.send('publish-json:{"topic": "T", "payload": "%s", "timestamp": "%d"}' % (payload, i))
+                publisher.send(encode_publish("T", payload, timestamp=str(i)))
                 assert fast.recv_json()["timestamp"] == str(i)  # each arrives at once, in order
                 if server.hub.counts()["connections"] == 2:
                     dropped_after = i
@@ -102,9 +109,9 @@ def test_slow_subscriber_is_dropped_at_the_bound_and_never_delays_a_fast_one() -
 
 
 def test_dead_peer_is_dropped_by_keepalive() -> None:
-    with running_server(ping_interval=0.1, ping_timeout=0.2) as server:
+    with running_server(ping_interval=100 * MS, ping_timeout=200 * MS) as server:
         dead = RawSocket(server.port)  # never answers pings, never closes
-        dead.send_frame(0x1, b"subscribe:T")
+        dead.send_frame(0x1, encode_subscribe("T").encode())
         data = dead.read_until_eof()
         assert b"\x89\x00" in data  # it was pinged
         reason = CLOSE_CODE_EXPLANATIONS[4102].encode()
@@ -115,14 +122,14 @@ def test_dead_peer_is_dropped_by_keepalive() -> None:
 
 
 def test_live_peer_survives_keepalive() -> None:
-    with running_server(ping_interval=0.1, ping_timeout=0.2) as server:
+    with running_server(ping_interval=100 * MS, ping_timeout=200 * MS) as server:
         with server.connect() as alive:
-            alive.command("subscribe:T")
+            alive.command(encode_subscribe("T"))
             alive.ws.settimeout(WAIT)
             for _ in range(5):  # five ping rounds; websocket-client answers each as it reads it
                 opcode, _frame = alive.ws.recv_data_frame(control_frame=True)
                 assert opcode == websocket.ABNF.OPCODE_PING
-            assert alive.command("ping") == []
+            assert alive.command(encode_ping()) == []
             assert server.hub.counts()["subscriptions"] == 1
 
 
@@ -130,7 +137,7 @@ def test_live_peer_survives_keepalive() -> None:
 def test_clients_that_vanish_without_a_close_frame_leave_nothing(server: RunningServer, how: str) -> None:
     clients = [server.connect() for _ in range(5)]
     for i, client in enumerate(clients):
-        client.command(f"subscribe:T{i}|s{i}")
+        client.command(encode_subscribe(f"T{i}", f"s{i}"))
     assert server.hub.counts()["subscriptions"] == 5
     for client in clients:
         if how == "reset":
@@ -143,10 +150,10 @@ def test_clients_that_vanish_without_a_close_frame_leave_nothing(server: Running
 
 def test_healthz_counts(server: RunningServer) -> None:
     with server.connect() as a, server.connect() as b:
-        a.command("register-session:s1")
-        a.command("subscribe:T|s1")
-        a.command("subscribe:U|s1")
-        b.command("subscribe:T|s2")
+        a.command(encode_register_session("s1"))
+        a.command(encode_subscribe("T", "s1"))
+        a.command(encode_subscribe("U", "s1"))
+        b.command(encode_subscribe("T", "s2"))
         status, _, health = http("GET", server.http_url + "/healthz")
     assert status == 200
     assert health["status"] == "ok"
@@ -158,7 +165,7 @@ def test_healthz_counts(server: RunningServer) -> None:
 def test_shutdown_tells_clients_to_reconnect() -> None:
     with running_server() as server:
         client = server.connect()
-        client.command("subscribe:T")
+        client.command(encode_subscribe("T"))
         stopping = threading.Thread(target=server.hub.shutdown, args=(WAIT,))
         stopping.start()
         assert client.recv_close() == (4200, "server restarting")  # websocket-client answers it

@@ -20,6 +20,7 @@ from typing import Iterator
 import pytest
 
 from redis_support import SENTINEL, RedisServer, free_port, publish_across_nodes, redis_server
+from rusty_ws.protocol import encode_register_name, encode_subscribe
 from support import WAIT, Client, http, running_server
 from test_seed_scenario import PUBLISHES, SESSION_OF, SUBSCRIPTIONS, check_deliveries
 
@@ -120,9 +121,9 @@ def test_seed_scenario_through_nginx_in_front_of_three_nodes(redis: RedisServer)
                                         {"username": "testuser", "password": "password", "session_id": session})
                 assert status == 200, reply
                 client = clients[name] = Client(f"ws://{base}/ws?token={reply['token']}")
-                client.send(f"register-name:{name}")
+                client.send(encode_register_name(name))
                 for topic in [*topics, SENTINEL]:
-                    client.send(f"subscribe:{topic}|{session}")
+                    client.send(encode_subscribe(topic, session))
                 assert client.sync() == [], f"{name} got replies to its set-up"
             # least_conn spread the four long-lived connections over the nodes.
             per_hub = [hub.hub.counts()["connections"] for hub in hubs]

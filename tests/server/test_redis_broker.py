@@ -21,6 +21,13 @@ import pytest
 
 from rusty_ws import create_app
 from rusty_ws.brokers.redis import RedisBroker, channel_name
+from rusty_ws.protocol import (
+    encode_publish,
+    encode_register_name,
+    encode_register_session,
+    encode_subscribe,
+    encode_unsubscribe,
+)
 from redis_support import (
     SENTINEL,
     RedisServer,
@@ -30,7 +37,7 @@ from redis_support import (
     read_until_sentinel,
     redis_server,
 )
-from support import WAIT, Client, RunningServer, http, login, running_server
+from support import MS, WAIT, Client, RunningServer, http, login, running_server
 from test_seed_scenario import EXPECTED, PUBLISHES, SESSION_OF, SUBSCRIPTIONS, check_deliveries
 from rusty_ws.server.state import state_of
 
@@ -56,8 +63,7 @@ def broker(node: RunningServer) -> RedisBroker:
 
 def publish(client: Client, topic: str, session: str, payload: object) -> list[str]:
     """Publish through ``client``; return what it received before the server finished the publish."""
-    return client.command("publish-json:" + json.dumps({"topic": topic, "session_id": session,
-                                                        "payload": payload}))
+    return client.command(encode_publish(topic, payload, session_id=session))
 
 
 def redis_threads() -> list[str]:
@@ -75,10 +81,10 @@ def test_seed_scenario_spread_over_three_nodes(redis: RedisServer, login_on: int
         for name, (session, topics) in SUBSCRIPTIONS.items():
             token = login(hubs[login_on], session_id=session) if login_on is not None else None
             client = clients[name] = where[name].connect(token)
-            client.send(f"register-name:{name}")
-            client.send(f"register-session:{session}")
+            client.send(encode_register_name(name))
+            client.send(encode_register_session(session))
             for topic in [*topics, SENTINEL]:
-                client.send(f"subscribe:{topic}|{session}")
+                client.send(encode_subscribe(topic, session))
             assert client.sync() == [], f"{name} got replies to its set-up"
         try:
             received = publish_across_nodes(redis, clients, PUBLISHES, SESSION_OF)
@@ -96,10 +102,10 @@ def test_seed_scenario_spread_over_three_nodes(redis: RedisServer, login_on: int
 def test_order_of_one_publisher_is_kept_on_every_node(redis: RedisServer) -> None:
     with nodes(2, redis.url) as (a, b), a.connect() as publisher, b.connect() as far, a.connect() as near:
         for client in (far, near):
-            client.command("subscribe:Ordered|s")
-            client.command(f"subscribe:{SENTINEL}|s")
+            client.command(encode_subscribe("Ordered", "s"))
+            client.command(encode_subscribe(SENTINEL, "s"))
         for i in range(300):
-            publisher.send('publish-json:{"topic": "Ordered", "session_id": "s", "payload": %d}' % i)
+            publisher.send(encode_publish("Ordered", i, session_id="s"))
         publisher.sync()
         for client in (far, near):
             assert [json.loads(client.recv())["payload"] for _ in range(300)] == list(range(300))
@@ -109,7 +115,7 @@ def test_order_of_one_publisher_is_kept_on_every_node(redis: RedisServer) -> Non
 
 def test_server_side_publish_reaches_other_nodes(redis: RedisServer) -> None:
     with nodes(2, redis.url) as (a, b), b.connect() as client:
-        client.command("subscribe:OrderPlaced|session-shop")
+        client.command(encode_subscribe("OrderPlaced", "session-shop"))
         state_of(a.app).pubsub.publish("session-shop", "OrderPlaced", {"id": 42}, app=a.app)
         message = client.recv_json()
         assert message["payload"] == {"id": 42} and message["publisher_name"] == "server"
@@ -126,9 +132,9 @@ def test_a_node_subscribes_in_redis_only_to_what_its_clients_want(redis: RedisSe
         assert redis.subscriber_channels() == {node_a: 1, node_b: 1}
         assert redis.channels("rusty_ws:[0-9]*") == set()
         with a.connect() as first, a.connect() as second, b.connect() as publisher:
-            first.command("subscribe:T|s1")  # answered: Redis has it already
+            first.command(encode_subscribe("T", "s1"))  # answered: Redis has it already
             assert redis.numsub(wanted) == 1
-            second.command("subscribe:T|s1")  # a second local subscriber costs Redis nothing
+            second.command(encode_subscribe("T", "s1"))  # a second local subscriber costs Redis nothing
             assert redis.numsub(wanted) == 1
             assert redis.subscriber_channels() == {node_a: 2, node_b: 1}
             assert broker(a).status()["channels"] == 1 and broker(b).status()["channels"] == 0
@@ -136,7 +142,7 @@ def test_a_node_subscribes_in_redis_only_to_what_its_clients_want(redis: RedisSe
             # Sessions that live on node b only add nothing on node a.
             with b.connect() as other:
                 for i in range(20):
-                    other.send(f"subscribe:T|elsewhere-{i}")
+                    other.send(encode_subscribe("T", f"elsewhere-{i}"))
                 other.sync()
                 assert redis.subscriber_channels() == {node_a: 2, node_b: 21}
                 publish(publisher, "T", "elsewhere-3", "not for a")
@@ -147,13 +153,13 @@ def test_a_node_subscribes_in_redis_only_to_what_its_clients_want(redis: RedisSe
             publish(publisher, "T", "s1", "hello")
             assert first.recv_json()["payload"] == "hello" and second.recv_json()["payload"] == "hello"
 
-            first.command("unsubscribe:T|s1")
+            first.command(encode_unsubscribe("T", "s1"))
             assert redis.numsub(wanted) == 1  # second still wants it
-            second.command("unsubscribe:T|s1")
+            second.command(encode_unsubscribe("T", "s1"))
             assert redis.numsub(wanted) == 0
             assert redis.subscriber_channels() == {node_a: 1, node_b: 1}
 
-            second.command("subscribe:Gone|s2")
+            second.command(encode_subscribe("Gone", "s2"))
             assert redis.numsub(channel_name("rusty_ws", "Gone", "s2")) == 1
         a.wait_connections(0)  # a connection that ends takes its subscriptions out of Redis too
         assert redis.numsub(channel_name("rusty_ws", "Gone", "s2")) == 0
@@ -164,10 +170,10 @@ def test_channel_prefix_keeps_deployments_apart(redis: RedisServer) -> None:
     with running_server(broker_url=redis.url + "?channel_prefix=shop") as shop, \
             running_server(broker_url=redis.url) as other, \
             shop.connect() as listener, other.connect() as publisher:
-        listener.command("subscribe:T|s")
+        listener.command(encode_subscribe("T", "s"))
         assert redis.channels("shop:[0-9]*") == {b"shop:1:T:s"}
         publish(publisher, "T", "s", "other deployment")
-        listener.command(f"subscribe:{SENTINEL}|s")
+        listener.command(encode_subscribe(SENTINEL, "s"))
         publish_sentinel(redis, "s", prefix="shop")
         assert read_until_sentinel(listener) == []
 
@@ -179,7 +185,7 @@ def test_redis_outage_local_delivery_goes_on_and_remote_resumes(redis: RedisServ
     with nodes(2, redis.url) as (a, b), a.connect() as publisher, a.connect() as near, \
             b.connect() as far, b.connect() as late:
         for client in (near, far):
-            client.command("subscribe:T|s")
+            client.command(encode_subscribe("T", "s"))
         publish(publisher, "T", "s", "before")
         assert near.recv_json()["payload"] == "before" and far.recv_json()["payload"] == "before"
         assert len(redis_threads()) == 2
@@ -195,7 +201,7 @@ def test_redis_outage_local_delivery_goes_on_and_remote_resumes(redis: RedisServ
             assert near.recv_json()["payload"] == f"during-{round_}"
             assert broker(a).status()["unsent"] == round_ + 1
             # Interest that changes during the outage is taken into account on reconnect.
-            late.command(f"subscribe:Late{round_}|s")
+            late.command(encode_subscribe(f"Late{round_}", "s"))
 
             redis.start()  # same port, empty server: the nodes must subscribe again by themselves
             assert broker(a).wait_connected(True, WAIT) and broker(b).wait_connected(True, WAIT)
@@ -218,7 +224,7 @@ def test_a_node_starts_while_redis_is_down(caplog: pytest.LogCaptureFixture) -> 
     try:
         with running_server(broker_url=later.url) as node, node.connect() as sub, node.connect() as pub:
             assert http("GET", node.http_url + "/healthz")[2]["broker"]["connected"] is False
-            sub.command("subscribe:T|s")
+            sub.command(encode_subscribe("T", "s"))
             publish(pub, "T", "s", "local")
             assert sub.recv_json()["payload"] == "local"
             later.start()
@@ -246,13 +252,13 @@ GARBAGE = [
 
 def test_garbage_on_a_channel_is_logged_and_dropped(redis: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
     with nodes(1, redis.url) as (node,), node.connect() as client:
-        client.command("subscribe:T|s")
+        client.command(encode_subscribe("T", "s"))
         with redis.client() as intruder:
             for data in GARBAGE:
                 assert intruder.publish(channel_name("rusty_ws", "T", "s"), data) == 1
             # Also on the node's control channel: it only wakes the listener up.
             intruder.publish(f"rusty_ws:node:{broker(node).node_id}", b"\x00garbage")
-        client.command(f"subscribe:{SENTINEL}|s")
+        client.command(encode_subscribe(SENTINEL, "s"))
         publish_sentinel(redis, "s")  # after the garbage: the listener got through all of it
         assert read_until_sentinel(client) == []
         status = broker(node).status()
@@ -293,7 +299,7 @@ def test_tokens_of_one_node_work_on_the_others(redis: RedisServer) -> None:
                                 headers={"Authorization": f"Bearer {token}"})
         assert status == 200 and reply["session_id"] == "session-A"
         with b.connect(token) as client:
-            assert client.command("subscribe:T|session-A") == []
+            assert client.command(encode_subscribe("T", "session-A")) == []
 
 
 def test_a_redis_that_stops_answering_is_noticed_by_the_keepalive(
@@ -302,10 +308,10 @@ def test_a_redis_that_stops_answering_is_noticed_by_the_keepalive(
     """SIGSTOP keeps Redis' sockets open but silent: only the listener's own PING can tell."""
     import rusty_ws.brokers.redis_listener as module
 
-    for name, value in dict(POLL_INTERVAL=0.05, KEEPALIVE_INTERVAL=0.2, KEEPALIVE_TIMEOUT=0.2).items():
+    for name, value in dict(POLL_INTERVAL=50 * MS, KEEPALIVE_INTERVAL=200 * MS, KEEPALIVE_TIMEOUT=200 * MS).items():
         monkeypatch.setattr(module, name, value)
     with nodes(1, redis.url) as (node,), node.connect() as client:
-        client.command("subscribe:T|s")
+        client.command(encode_subscribe("T", "s"))
         assert redis.process is not None
         redis.process.send_signal(signal.SIGSTOP)
         try:
@@ -330,8 +336,8 @@ def test_racing_subscribes_and_unsubscribes_leave_redis_matching_the_registry(re
             def churn(client: Client, seed: int) -> None:
                 for round_ in range(60):
                     topic = topics[(seed + round_) % len(topics)]
-                    verb = "subscribe" if (seed * 7 + round_) % 3 else "unsubscribe"
-                    client.send(f"{verb}:{topic}|s")
+                    encode = encode_subscribe if (seed * 7 + round_) % 3 else encode_unsubscribe
+                    client.send(encode(topic, "s"))
                 client.sync()
 
             threads = [threading.Thread(target=churn, args=(client, seed), name=f"test-churn-{seed}")

@@ -8,6 +8,7 @@ import pytest
 
 from rusty_ws.exceptions import ProtocolError
 from rusty_ws.server.registry import Registry
+from support import MS
 
 
 class Sub:
@@ -108,5 +109,5 @@ def test_concurrent_subscribers_all_land() -> None:
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(10)
+        thread.join(10_000 * MS)
     assert all(len(registry.subscribers(f"T{i}", "s")) == 8 for i in range(50))

@@ -9,35 +9,15 @@ import pytest
 
 from rusty_ws.frames import FrameParser, text_frame
 from rusty_ws.server.writer import Writer
-from support import WAIT
+from support import MS, WAIT, FrameReader
 
-
-class ServerFrames:
-    """Decodes server frames with the same rules a client uses (no masking)."""
-
-    def __init__(self) -> None:
-        self.buffer = b""
-
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        self.buffer += data
-        frames = []
-        while len(self.buffer) >= 2:
-            length, start = self.buffer[1] & 0x7F, 2
-            if length == 126:
-                length, start = int.from_bytes(self.buffer[2:4], "big"), 4
-            elif length == 127:
-                length, start = int.from_bytes(self.buffer[2:10], "big"), 10
-            if len(self.buffer) < start + length:
-                break
-            assert self.buffer[1] & 0x80 == 0 and self.buffer[0] & 0x70 == 0, "corrupt header"
-            frames.append((self.buffer[0] & 0x0F, self.buffer[start:start + length]))
-            self.buffer = self.buffer[start + length:]
-        return frames
+#: How long a closing connection has to finish the close handshake.
+CLOSE_TIMEOUT = 1000 * MS
 
 
 @pytest.fixture
 def writer():
-    w = Writer(max_queued_bytes=1 << 20, close_timeout=1.0)
+    w = Writer(max_queued_bytes=1 << 20, close_timeout=CLOSE_TIMEOUT)
     yield w
     w.stop(WAIT)
 
@@ -52,13 +32,13 @@ def pair(rcvbuf: int | None = None) -> tuple[socket.socket, socket.socket]:
 
 
 def read_frames(sock: socket.socket, count: int) -> list[bytes]:
-    frames, decoder = [], ServerFrames()
+    frames, decoder = [], FrameReader()
     for _ in range(1_000_000):
         if len(frames) >= count:
             return frames
         data = sock.recv(65536)
         assert data, "closed early"
-        frames += [payload for _, payload in decoder.feed(data)]
+        frames += [frame.payload for frame in decoder.feed(data)]
     raise AssertionError("too many reads")
 
 
@@ -89,7 +69,7 @@ def test_partial_writes_continue_where_they_stopped(writer: Writer) -> None:
 
 
 def test_slow_consumer_is_cut_off_and_others_go_on() -> None:
-    writer = Writer(max_queued_bytes=100_000, close_timeout=1.0)
+    writer = Writer(max_queued_bytes=100_000, close_timeout=CLOSE_TIMEOUT)
     slow_ours, slow_theirs = pair(rcvbuf=4096)
     fast_ours, fast_theirs = pair()
     slow, fast = writer.attach(slow_ours, "slow"), writer.attach(fast_ours, "fast")
@@ -112,7 +92,7 @@ def test_slow_consumer_is_cut_off_and_others_go_on() -> None:
 
 
 def test_many_threads_sending_to_one_socket_never_interleave() -> None:
-    writer = Writer(max_queued_bytes=256 << 20, close_timeout=1.0)  # this reader never falls that far behind
+    writer = Writer(max_queued_bytes=256 << 20, close_timeout=CLOSE_TIMEOUT)  # this reader never falls that far behind
     ours, theirs = pair(rcvbuf=8192)
     box = writer.attach(ours, "t")
     threads, per_thread = 8, 300
@@ -156,16 +136,15 @@ def test_close_frame_follows_what_was_queued(writer: Writer) -> None:
     writer.send(text_frame("last words"), [box])
     writer.close(box, 4200, "server restarting")
     writer.send(text_frame("after close"), [box])  # dropped: nothing follows a close frame
-    parser_view = ServerFrames()
-    frames = parser_view.feed(theirs.recv(65536))
-    assert frames == [(0x1, b"last words"), (0x8, b"\x10\x68server restarting")]
+    frames = FrameReader().feed(theirs.recv(65536))
+    assert frames == [(0x81, b"last words"), (0x88, b"\x10\x68server restarting")]
     writer.release(box, WAIT)
     theirs.close()
     ours.close()
 
 
 def test_stop_lets_go_of_every_socket() -> None:
-    writer = Writer(max_queued_bytes=1 << 20, close_timeout=1.0)
+    writer = Writer(max_queued_bytes=1 << 20, close_timeout=CLOSE_TIMEOUT)
     pairs = [pair() for _ in range(3)]
     for ours, _ in pairs:
         writer.attach(ours, "t")
@@ -194,7 +173,7 @@ def test_tcp_sockets_go_out_without_nagle_delay(writer: Writer) -> None:
     box = writer.attach(ours, "tcp")
     assert ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     writer.send(text_frame("hi"), [box])
-    assert ServerFrames().feed(theirs.recv(100)) == [(0x1, b"hi")]
+    assert FrameReader().feed(theirs.recv(100)) == [(0x81, b"hi")]
     writer.release(box, WAIT)
     theirs.close()
     ours.close()
@@ -204,7 +183,7 @@ def test_a_unix_socket_is_attached_all_the_same(writer: Writer) -> None:
     ours, theirs = pair()  # AF_UNIX: no TCP options to set
     box = writer.attach(ours, "unix")
     writer.send(text_frame("hi"), [box])
-    assert ServerFrames().feed(theirs.recv(100)) == [(0x1, b"hi")]
+    assert FrameReader().feed(theirs.recv(100)) == [(0x81, b"hi")]
     writer.release(box, WAIT)
     theirs.close()
     ours.close()
