@@ -48,7 +48,7 @@ from ..exceptions import (
     TokenInvalid,
 )
 from ..protocol import (
-    PONG,
+    PONG_REPLY,
     ClosePolicy,
     Delivery,
     check_session,
@@ -492,7 +492,7 @@ class WsClient:
                 return code, data[2:].decode("utf-8", "replace")
 
     def _on_text(self, text: str) -> None:
-        if text == PONG:
+        if text == PONG_REPLY:
             with self._send_lock:
                 ack = self._waiters.popleft() if self._waiters else None
             if ack is None:

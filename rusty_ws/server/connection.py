@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Callable
 
 from ..auth import Claims
 from ..exceptions import ProtocolError
-from ..frames import BINARY, CLOSE, FAILED, OP_PONG, PING, TEXT, TOO_BIG, FrameParser, encode_frame, text_frame
+from ..frames import OP_PONG, FrameEvent, FrameParser, encode_frame, text_frame
 from ..protocol import (
     CLOSE_CODE_EXPLANATIONS,
     DEFAULT_SESSION,
-    PONG,
+    PONG_REPLY,
     CloseCode,
     Command,
     Delivery,
@@ -55,7 +55,10 @@ logger = logging.getLogger("rusty_ws.server")
 #: buffer; a read that fills it means more is waiting, and the next read takes a big one.
 IDLE_RECV_BYTES = 1024
 BUSY_RECV_BYTES = 65536
-_PONG_FRAME = text_frame(PONG)
+_PONG_REPLY_FRAME = text_frame(PONG_REPLY)  # the text reply to the ``ping`` command
+# _on_event runs per message: module globals, not ``FrameEvent.X`` lookups (~0.1 us each on 3.11).
+_TEXT, _BINARY, _PING = FrameEvent.TEXT, FrameEvent.BINARY, FrameEvent.PING
+_CLOSE, _TOO_BIG, _FAILED = FrameEvent.CLOSE, FrameEvent.TOO_BIG, FrameEvent.FAILED
 
 
 class Connection:
@@ -133,24 +136,24 @@ class Connection:
     def _on_event(self, event: tuple) -> bool:
         """Handle one parser event; False once the connection is done reading."""
         kind = event[0]
-        if kind is TEXT:
+        if kind is _TEXT:
             if not self._closing:
                 self.handle_text(event[1])
-        elif kind is BINARY:
+        elif kind is _BINARY:
             if not self._closing:
                 self._reply_error(ErrorCode.BINARY_NOT_SUPPORTED, "send commands as text frames", None)
-        elif kind is PING:
+        elif kind is _PING:
             self.hub.writer.send_to(self.outbox, encode_frame(OP_PONG, event[1]))
-        elif kind is CLOSE:
+        elif kind is _CLOSE:
             code, reason = event[1], event[2]
             logger.debug("< %s close %s %s", self.label, code, reason)
             if not self._closing:  # the peer started it: answer with its code, then stop
                 self.close(1000 if code == 1005 else code, "" if code == 1005 else reason)
             return False
-        elif kind is TOO_BIG:
+        elif kind is _TOO_BIG:
             logger.info("! %s sent a message over %d bytes", self.label, self.hub.settings.max_message_size)
             self.close(CloseCode.MESSAGE_TOO_BIG, CLOSE_CODE_EXPLANATIONS[1009])
-        elif kind is FAILED:
+        elif kind is _FAILED:
             # RFC 6455 7.1.7: after failing the connection, read nothing more (not even the
             # peer's close); the close frame goes out, then the socket is shut down.
             logger.info("! %s broke the protocol: %s", self.label, event[2])
@@ -188,7 +191,7 @@ class Connection:
         return session_id
 
     def _on_ping(self, command: Ping) -> None:
-        self.hub.writer.send_to(self.outbox, _PONG_FRAME)
+        self.hub.writer.send_to(self.outbox, _PONG_REPLY_FRAME)
 
     def _on_register_name(self, command: RegisterName) -> None:
         self.name = command.name

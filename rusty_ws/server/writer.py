@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import enum
 import logging
 import selectors
 import socket
@@ -38,16 +39,26 @@ from typing import Any, Callable, Iterable, Iterator
 from ..frames import OP_PING, close_frame, encode_frame
 from ..protocol import CLOSE_CODE_EXPLANATIONS, CloseCode
 
-__all__ = ["Outbox", "Writer"]
+__all__ = ["Outbox", "OutboxState", "Writer"]
 
 logger = logging.getLogger("rusty_ws.server")
 
 #: Non-blocking send on a blocking socket (Linux, macOS); the reader thread keeps its blocking recv.
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
-
-_OPEN, _CLOSING, _CLOSED = "open", "closing", "closed"
 #: Most bytes joined for one send: enough to fill a socket buffer, little to copy.
 WRITE_BYTES = 256 * 1024
+
+
+class OutboxState(enum.Enum):
+    """Where an outbox is in its life; it only ever moves forward. Compare with ``is``."""
+
+    OPEN = "open"          #: takes frames
+    CLOSING = "closing"    #: its close frame is queued; takes nothing more, ends at ``close_deadline``
+    CLOSED = "closed"      #: forgotten: its socket is shut down and nothing is written again
+
+
+# Read once per delivery: module globals, not ``OutboxState.X`` lookups (~0.1 us each on 3.11).
+_OPEN, _CLOSING, _CLOSED = OutboxState.OPEN, OutboxState.CLOSING, OutboxState.CLOSED
 
 
 class Outbox:
@@ -74,7 +85,7 @@ class Outbox:
         self.released: threading.Event | None = None
 
     def __repr__(self) -> str:
-        return f"<Outbox {self.label} {self.state} {self.size}B>"
+        return f"<Outbox {self.label} {self.state.value} {self.size}B>"
 
 
 class Writer:
