@@ -1,12 +1,23 @@
 """One WebSocket connection: the command loop that runs on its request thread.
 
 Each connection costs exactly one thread, the one the WSGI server gave its
-request. That thread reads the socket (blocking ``recv``, decoded by ``frames.FrameParser``),
-carries out commands in order, and replies through the hub's writer thread,
-which is the only thread that writes to the socket. Whatever ends the
-connection (a close frame, EOF, a reset, a server-side close, keepalive),
-``serve`` unregisters it and releases its socket (shut down) in ``finally``;
-the view that called it closes the socket.
+request. That thread reads the socket (blocking ``recv``, decoded by
+``frames.FrameParser``) and carries out commands in order.
+
+Writes (replies, pongs, publishes, the close frame) all go through the hub's
+``Writer``, which is flat-combining: whichever thread holds its
+``_flush_lock`` writes, one at a time, with non-blocking sends, usually the
+thread that queued the frame, so often this one at the end of each read's
+``Writer.batch()``. What a full socket does not take waits in its bounded
+outbox; the ``rusty_ws-writer`` thread only waits for room in such sockets,
+pings idle clients and ends closing handshakes that time out. So neither this
+thread nor a publisher ever blocks on a subscriber (see ``writer.py``).
+
+``Hub.serve`` owns the connection's life: it creates and registers it, runs
+``Connection.serve`` on the request thread, and whatever ends it (a close
+frame, EOF, a reset, a server-side close, keepalive) forgets it and its
+subscriptions and releases its outbox (the writer shuts the socket down) in
+its ``finally``; the view that called ``Hub.serve`` then closes the socket.
 
 Session rules: an anonymous connection may use any session and starts in
 ``default``. A connection opened with a token is bound to the token's
@@ -66,7 +77,8 @@ class Connection:
 
     Args:
         hub: the hub this connection belongs to.
-        sock: the connected socket, past the handshake; the writer thread writes, this thread reads.
+        sock: the connected socket, past the handshake. This thread reads it; writes go
+            through ``hub.writer``, done by whichever thread holds its ``_flush_lock``.
         claims: the verified token's claims, or None for an anonymous connection.
         remote: the peer's address, for logs.
         deflate: permessage-deflate was negotiated: compressed messages in, compressed deliveries out.
@@ -112,7 +124,10 @@ class Connection:
             thread.name = request_thread_name
 
     def close(self, code: int, reason: str = "") -> None:
-        """Start the closing handshake from the server side, after what is queued. Safe from any thread."""
+        """Start the closing handshake from the server side, after what is queued. Safe from any thread.
+
+        Queues the close frame on the hub's writer and returns; never blocks on the socket.
+        """
         self._closing = True
         self.hub.writer.close(self.outbox, code, reason)
 
