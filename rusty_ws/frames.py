@@ -17,12 +17,13 @@ context, inflated by that connection's parser.
 
 from __future__ import annotations
 
+import enum
 import struct
 import zlib
 
 __all__ = [
     "OP_TEXT", "OP_CLOSE", "OP_PING", "OP_PONG", "encode_frame", "text_frame", "close_frame",
-    "deflate_text_frame", "deflate_offer_to_accept", "ACCEPTED_DEFLATE", "FrameParser", "TEXT", "BINARY", "PING", "PONG", "CLOSE", "TOO_BIG", "FAILED",
+    "deflate_text_frame", "deflate_offer_to_accept", "ACCEPTED_DEFLATE", "FrameParser", "FrameEvent",
 ]
 
 OP_TEXT = 0x1
@@ -107,8 +108,23 @@ def close_frame(code: int, reason: str = "") -> bytes:
 
 # --------------------------------------------------------------------------- client frames
 
-#: Events ``FrameParser.feed`` returns, as tuples whose first item is one of these.
-TEXT, BINARY, PING, PONG, CLOSE, TOO_BIG, FAILED = "text", "binary", "ping", "pong", "close", "too_big", "failed"
+class FrameEvent(enum.Enum):
+    """What a ``FrameParser.feed`` event is: the first item of its tuple. Compare with ``is``."""
+
+    TEXT = "text"          #: ``(TEXT, str)``: a whole text message
+    BINARY = "binary"      #: ``(BINARY, bytes)``: a whole binary message
+    PING = "ping"          #: ``(PING, bytes)``: a ping control frame
+    PONG = "pong"          #: ``(PONG, bytes)``: a pong control frame
+    CLOSE = "close"        #: ``(CLOSE, code, reason)``: the peer's close frame
+    TOO_BIG = "too_big"    #: ``(TOO_BIG,)``: a message over ``max_message_size``
+    FAILED = "failed"      #: ``(FAILED, code, reason)``: the peer broke the protocol
+
+
+# The parser's hot path reads these as module globals: on Python 3.11 every
+# ``FrameEvent.TEXT`` is a metaclass attribute lookup, ~0.1 us each.
+_TEXT, _BINARY, _PING, _PONG = FrameEvent.TEXT, FrameEvent.BINARY, FrameEvent.PING, FrameEvent.PONG
+_CLOSE, _TOO_BIG, _FAILED = FrameEvent.CLOSE, FrameEvent.TOO_BIG, FrameEvent.FAILED
+_ENDS = (_CLOSE, _FAILED)  # events after which the parser reads nothing more
 
 _OP_CONTINUATION, _OP_BINARY = 0x0, 0x2
 _CONTROL = (OP_CLOSE, OP_PING, OP_PONG)
@@ -130,7 +146,7 @@ def _unmask(payload: bytes, mask: bytes) -> bytes:
 class FrameParser:
     """Client-to-server frames in, whole messages and control frames out (RFC 6455 section 5).
 
-    ``feed(data)`` returns a list of events:
+    ``feed(data)`` returns a list of events, tuples tagged with a ``FrameEvent``:
 
     - ``(TEXT, str)`` and ``(BINARY, bytes)``: a complete message, fragments joined;
     - ``(PING, bytes)``, ``(PONG, bytes)``: control frames;
@@ -190,7 +206,7 @@ class FrameParser:
             error = self._check_header(first, second, length)
             if error is not None:
                 events.append(error)
-                if error[0] is FAILED:
+                if error[0] is _FAILED:
                     break
                 # TOO_BIG, or the rest of a message refused as too big: drop it unread.
                 if frame_end > end:
@@ -207,10 +223,10 @@ class FrameParser:
             event = self._frame(first & 0x80, first & 0x0F, payload, first & _RSV1)
             if event is not None:
                 events.append(event)
-                if event[0] in (CLOSE, FAILED):
+                if event[0] in _ENDS:
                     break
         del buffer[:position]
-        if events and events[-1][0] in (CLOSE, FAILED):
+        if events and events[-1][0] in _ENDS:
             self._done = True
             buffer.clear()
         return [event for event in events if event is not _SKIPPED]
@@ -220,38 +236,38 @@ class FrameParser:
         opcode = first & 0x0F
         if first & 0x70 and not (first & 0x70 == _RSV1 and self._inflater is not None
                                  and opcode in (OP_TEXT, _OP_BINARY)):
-            return (FAILED, 1002, "reserved bits set where no extension allows them")
+            return (_FAILED, 1002, "reserved bits set where no extension allows them")
         if not second & 0x80:
-            return (FAILED, 1002, "client frames must be masked")
+            return (_FAILED, 1002, "client frames must be masked")
         if opcode in _CONTROL:
             if not first & 0x80 or length > 125:
-                return (FAILED, 1002, "control frames must be whole and at most 125 bytes")
+                return (_FAILED, 1002, "control frames must be whole and at most 125 bytes")
             return None
         if opcode not in (_OP_CONTINUATION, OP_TEXT, _OP_BINARY):
-            return (FAILED, 1002, f"unknown opcode {opcode}")
+            return (_FAILED, 1002, f"unknown opcode {opcode}")
         if length >> 63:
-            return (FAILED, 1002, "frame length out of range")
+            return (_FAILED, 1002, "frame length out of range")
         if self._discarding and opcode == _OP_CONTINUATION:
             self._discarding = not first & 0x80
             return _SKIPPED
         if self._message_size + length > self.max_message_size:
             self._discarding = not first & 0x80
             self._fragments, self._fragment_opcode, self._message_size = [], None, 0
-            return (TOO_BIG,)
+            return (_TOO_BIG,)
         return None
 
     def _frame(self, fin: int, opcode: int, payload: bytes, compressed: int = 0) -> tuple | None:
         if opcode == OP_PING:
-            return (PING, payload)
+            return (_PING, payload)
         if opcode == OP_PONG:
-            return (PONG, payload)
+            return (_PONG, payload)
         if opcode == OP_CLOSE:
             return self._close(payload)
         if opcode == _OP_CONTINUATION:
             if self._fragment_opcode is None:
-                return (FAILED, 1002, "continuation frame without a message to continue")
+                return (_FAILED, 1002, "continuation frame without a message to continue")
         elif self._fragment_opcode is not None:
-            return (FAILED, 1002, "new message before the previous one was finished")
+            return (_FAILED, 1002, "new message before the previous one was finished")
         else:
             self._fragment_opcode, self._compressed = opcode, bool(compressed)
         if not fin:
@@ -268,11 +284,11 @@ class FrameParser:
             if isinstance(payload, tuple):
                 return payload
         if opcode == _OP_BINARY:
-            return (BINARY, payload)
+            return (_BINARY, payload)
         try:
-            return (TEXT, payload.decode("utf-8"))
+            return (_TEXT, payload.decode("utf-8"))
         except UnicodeDecodeError:
-            return (FAILED, 1007, "text message is not valid UTF-8")
+            return (_FAILED, 1007, "text message is not valid UTF-8")
 
     def _inflate(self, payload: bytes) -> bytes | tuple:
         """The inflated message, or the event that refuses it; never inflates past the limit."""
@@ -280,23 +296,23 @@ class FrameParser:
         try:
             data = self._inflater.decompress(payload + _DEFLATE_TAIL, self.max_message_size + 1)
         except zlib.error:
-            return (FAILED, 1007, "compressed message does not inflate")
+            return (_FAILED, 1007, "compressed message does not inflate")
         if len(data) > self.max_message_size or self._inflater.unconsumed_tail:
             # The context cannot go on from here; the connection closes (1009) anyway.
             self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-            return (TOO_BIG,)
+            return (_TOO_BIG,)
         return data
 
     @staticmethod
     def _close(payload: bytes) -> tuple:
         if not payload:
-            return (CLOSE, 1005, "")
+            return (_CLOSE, 1005, "")
         if len(payload) < 2:
-            return (FAILED, 1002, "close frame with a one-byte payload")
+            return (_FAILED, 1002, "close frame with a one-byte payload")
         code = int.from_bytes(payload[:2], "big")
         if code not in _VALID_CLOSE:
-            return (FAILED, 1002, f"invalid close code {code}")
+            return (_FAILED, 1002, f"invalid close code {code}")
         try:
-            return (CLOSE, code, payload[2:].decode("utf-8"))
+            return (_CLOSE, code, payload[2:].decode("utf-8"))
         except UnicodeDecodeError:
-            return (FAILED, 1007, "close reason is not valid UTF-8")
+            return (_FAILED, 1007, "close reason is not valid UTF-8")

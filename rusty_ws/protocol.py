@@ -69,7 +69,7 @@ __all__ = [
     "encode_error",
     "parse_error",
     "is_error_reply",
-    "PONG",
+    "PONG_REPLY",
     "rfc3339_now",
 ]
 
@@ -82,7 +82,8 @@ MAX_TOPIC_LENGTH = 256
 #: Longest session id, in characters.
 MAX_SESSION_LENGTH = 256
 
-PONG = "pong"
+#: The text reply to the ``ping`` command (not a pong control frame: that is ``frames.OP_PONG``).
+PONG_REPLY = "pong"
 ERROR_PREFIX = "error:"
 
 

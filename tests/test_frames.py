@@ -42,43 +42,44 @@ def test_ping_frame() -> None:
 import os  # noqa: E402
 import struct  # noqa: E402
 
-from rusty_ws.frames import BINARY, CLOSE, FAILED, PING, PONG, TEXT, TOO_BIG, FrameParser  # noqa: E402
+from rusty_ws.frames import FrameEvent, FrameParser  # noqa: E402
 from support import RSV1, client_frame  # noqa: E402
 
 
 class TestFrameParser:
     def test_text_with_any_mask(self) -> None:
         for mask in (b"\0\0\0\0", b"abcd", os.urandom(4)):
-            assert FrameParser(1000).feed(client_frame("héllo".encode(), mask=mask)) == [(TEXT, "héllo")]
+            assert FrameParser(1000).feed(client_frame("héllo".encode(), mask=mask)) == [(FrameEvent.TEXT, "héllo")]
 
     @pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 100_000])
     def test_lengths(self, size: int) -> None:
-        assert FrameParser(1 << 20).feed(client_frame(b"a" * size)) == [(TEXT, "a" * size)]
+        assert FrameParser(1 << 20).feed(client_frame(b"a" * size)) == [(FrameEvent.TEXT, "a" * size)]
 
     def test_byte_by_byte(self) -> None:
         parser, events = FrameParser(1000), []
         for byte in client_frame(b"subscribe:T|s") + client_frame(b"ping"):
             events += parser.feed(bytes([byte]))
-        assert events == [(TEXT, "subscribe:T|s"), (TEXT, "ping")]
+        assert events == [(FrameEvent.TEXT, "subscribe:T|s"), (FrameEvent.TEXT, "ping")]
 
     def test_many_frames_in_one_feed(self) -> None:
         data = client_frame(b"a") + client_frame(b"b", opcode=0x2) + client_frame(b"!", opcode=0x9) + client_frame(b"?", opcode=0xA)
-        assert FrameParser(1000).feed(data) == [(TEXT, "a"), (BINARY, b"b"), (PING, b"!"), (PONG, b"?")]
+        assert FrameParser(1000).feed(data) == [
+            (FrameEvent.TEXT, "a"), (FrameEvent.BINARY, b"b"), (FrameEvent.PING, b"!"), (FrameEvent.PONG, b"?")]
 
     def test_fragments_with_a_ping_between(self) -> None:
         snowman = "☃".encode()  # split across fragments: only the whole message must be UTF-8
         data = (client_frame(b"sub" + snowman[:1], fin=False) + client_frame(b"x", opcode=0x9)
                 + client_frame(snowman[1:], opcode=0x0, fin=False) + client_frame(b"", opcode=0x0))
-        assert FrameParser(1000).feed(data) == [(PING, b"x"), (TEXT, "sub☃")]
+        assert FrameParser(1000).feed(data) == [(FrameEvent.PING, b"x"), (FrameEvent.TEXT, "sub☃")]
 
     @pytest.mark.parametrize("payload, event", [
-        (b"", (CLOSE, 1005, "")),
-        (struct.pack("!H", 1000), (CLOSE, 1000, "")),
-        (struct.pack("!H", 4321) + b"bye", (CLOSE, 4321, "bye")),
-        (b"\x03", (FAILED, 1002, "close frame with a one-byte payload")),
-        (struct.pack("!H", 1005), (FAILED, 1002, "invalid close code 1005")),
-        (struct.pack("!H", 999), (FAILED, 1002, "invalid close code 999")),
-        (struct.pack("!H", 1000) + b"\xff", (FAILED, 1007, "close reason is not valid UTF-8")),
+        (b"", (FrameEvent.CLOSE, 1005, "")),
+        (struct.pack("!H", 1000), (FrameEvent.CLOSE, 1000, "")),
+        (struct.pack("!H", 4321) + b"bye", (FrameEvent.CLOSE, 4321, "bye")),
+        (b"\x03", (FrameEvent.FAILED, 1002, "close frame with a one-byte payload")),
+        (struct.pack("!H", 1005), (FrameEvent.FAILED, 1002, "invalid close code 1005")),
+        (struct.pack("!H", 999), (FrameEvent.FAILED, 1002, "invalid close code 999")),
+        (struct.pack("!H", 1000) + b"\xff", (FrameEvent.FAILED, 1007, "close reason is not valid UTF-8")),
     ])
     def test_close(self, payload: bytes, event: tuple) -> None:
         assert FrameParser(1000).feed(client_frame(payload, opcode=0x8)) == [event]
@@ -97,19 +98,19 @@ class TestFrameParser:
     ])
     def test_protocol_errors(self, data: bytes, code: int) -> None:
         events = FrameParser(1 << 20).feed(data)
-        assert events[-1][:2] == (FAILED, code)
+        assert events[-1][:2] == (FrameEvent.FAILED, code)
 
     def test_too_big_is_caught_from_the_header(self) -> None:
         parser = FrameParser(100)
         header_only = client_frame(b"x" * 101)[:6]  # header and mask, no payload yet
-        assert parser.feed(header_only) == [(TOO_BIG,)]
+        assert parser.feed(header_only) == [(FrameEvent.TOO_BIG,)]
         assert parser.feed(b"x" * 101) == []  # the payload, dropped unread
-        assert parser.feed(client_frame(b"next")) == [(TEXT, "next")]
+        assert parser.feed(client_frame(b"next")) == [(FrameEvent.TEXT, "next")]
 
     def test_too_big_across_fragments(self) -> None:
         parser = FrameParser(100)
         assert parser.feed(client_frame(b"x" * 60, fin=False)) == []
-        assert parser.feed(client_frame(b"x" * 41, opcode=0x0)) == [(TOO_BIG,)]
+        assert parser.feed(client_frame(b"x" * 41, opcode=0x0)) == [(FrameEvent.TOO_BIG,)]
 
     def test_a_refused_message_is_skipped_and_the_close_after_it_is_seen(self) -> None:
         parser = FrameParser(100)
@@ -118,24 +119,24 @@ class TestFrameParser:
         events = []
         for start in range(0, len(big + close), 700):  # in pieces, like reads from a socket
             events += parser.feed((big + close)[start:start + 700])
-        assert events == [(TOO_BIG,), (CLOSE, 1009, "")]
+        assert events == [(FrameEvent.TOO_BIG,), (FrameEvent.CLOSE, 1009, "")]
 
     def test_the_continuations_of_a_refused_message_are_skipped(self) -> None:
         parser = FrameParser(100)
         data = (client_frame(b"x" * 101, fin=False) + client_frame(b"y" * 50, opcode=0x0, fin=False)
                 + client_frame(b"z" * 50, opcode=0x0) + client_frame(b"ok"))
-        assert parser.feed(data) == [(TOO_BIG,), (TEXT, "ok")]
+        assert parser.feed(data) == [(FrameEvent.TOO_BIG,), (FrameEvent.TEXT, "ok")]
 
     def test_exactly_at_the_limit(self) -> None:
         assert FrameParser(100).feed(client_frame(b"x" * 50, fin=False) + client_frame(b"y" * 50, opcode=0x0)) == [
-            (TEXT, "x" * 50 + "y" * 50)]
+            (FrameEvent.TEXT, "x" * 50 + "y" * 50)]
 
     def test_nothing_after_close_or_failure(self) -> None:
         parser = FrameParser(100)
-        assert parser.feed(client_frame(b"", opcode=0x8) + client_frame(b"late")) == [(CLOSE, 1005, "")]
+        assert parser.feed(client_frame(b"", opcode=0x8) + client_frame(b"late")) == [(FrameEvent.CLOSE, 1005, "")]
         assert parser.feed(client_frame(b"later")) == []
         parser = FrameParser(100)
-        assert parser.feed(client_frame(b"\xff") + client_frame(b"late"))[-1][0] == FAILED
+        assert parser.feed(client_frame(b"\xff") + client_frame(b"late"))[-1][0] is FrameEvent.FAILED
         assert parser.feed(client_frame(b"later")) == []
 
 
@@ -171,21 +172,21 @@ class TestDeflate:
     def test_compressed_messages_keep_the_clients_context(self) -> None:
         deflate, parser = ClientDeflater(), FrameParser(1 << 20, inflate=True)
         first = "héllo " * 50
-        assert parser.feed(client_frame(deflate(first.encode()), rsv=RSV1)) == [(TEXT, first)]
+        assert parser.feed(client_frame(deflate(first.encode()), rsv=RSV1)) == [(FrameEvent.TEXT, first)]
         # The second message refers back to the first: only a kept context inflates it.
         second = deflate(first.encode())
         assert len(second) < 20
-        assert parser.feed(client_frame(second, rsv=RSV1)) == [(TEXT, first)]
+        assert parser.feed(client_frame(second, rsv=RSV1)) == [(FrameEvent.TEXT, first)]
 
     def test_a_fragmented_compressed_message(self) -> None:
         body = ClientDeflater()(b"x" * 5000 + b"end")
         half = len(body) // 2
         parser = FrameParser(1 << 20, inflate=True)
         data = client_frame(body[:half], fin=False, rsv=RSV1) + client_frame(body[half:], opcode=0x0)
-        assert parser.feed(data) == [(TEXT, "x" * 5000 + "end")]
+        assert parser.feed(data) == [(FrameEvent.TEXT, "x" * 5000 + "end")]
 
     def test_plain_messages_pass_on_a_compressing_connection(self) -> None:
-        assert FrameParser(100, inflate=True).feed(client_frame(b"ping")) == [(TEXT, "ping")]
+        assert FrameParser(100, inflate=True).feed(client_frame(b"ping")) == [(FrameEvent.TEXT, "ping")]
 
     @pytest.mark.parametrize("inflate, rsv, opcode, fin", [
         (False, RSV1, 0x1, True),    # not negotiated
@@ -195,31 +196,32 @@ class TestDeflate:
     def test_reserved_bits_where_nothing_allows_them(self, inflate: bool, rsv: int, opcode: int,
                                                      fin: bool) -> None:
         events = FrameParser(1000, inflate=inflate).feed(client_frame(b"x", opcode=opcode, rsv=rsv, fin=fin))
-        assert events[0][:2] == (FAILED, 1002)
+        assert events[0][:2] == (FrameEvent.FAILED, 1002)
 
     def test_rsv1_on_a_continuation_frame(self) -> None:
         parser = FrameParser(1000, inflate=True)
         events = parser.feed(client_frame(b"a", fin=False) + client_frame(b"b", opcode=0x0, rsv=RSV1))
-        assert events[0][:2] == (FAILED, 1002)
+        assert events[0][:2] == (FrameEvent.FAILED, 1002)
 
     def test_a_deflate_bomb_is_refused_without_inflating_it(self) -> None:
         bomb = ClientDeflater()(b"\0" * (50 << 20))  # 50 MiB of zeros in ~50 KiB
         assert len(bomb) < 100_000
         parser = FrameParser(1 << 20, inflate=True)
-        assert parser.feed(client_frame(bomb, rsv=RSV1)) == [(TOO_BIG,)]
+        assert parser.feed(client_frame(bomb, rsv=RSV1)) == [(FrameEvent.TOO_BIG,)]
 
     def test_a_message_just_at_the_limit_inflates(self) -> None:
         parser = FrameParser(1000, inflate=True)
-        assert parser.feed(client_frame(ClientDeflater()(b"a" * 1000), rsv=RSV1)) == [(TEXT, "a" * 1000)]
-        assert FrameParser(1000, inflate=True).feed(client_frame(ClientDeflater()(b"a" * 1001), rsv=RSV1)) == [(TOO_BIG,)]
+        assert parser.feed(client_frame(ClientDeflater()(b"a" * 1000), rsv=RSV1)) == [(FrameEvent.TEXT, "a" * 1000)]
+        too_big = client_frame(ClientDeflater()(b"a" * 1001), rsv=RSV1)
+        assert FrameParser(1000, inflate=True).feed(too_big) == [(FrameEvent.TOO_BIG,)]
 
     def test_garbage_that_does_not_inflate(self) -> None:
         events = FrameParser(1000, inflate=True).feed(client_frame(b"\xff\xff\xff\xff garbage", rsv=RSV1))
-        assert events[0][:2] == (FAILED, 1007)
+        assert events[0][:2] == (FrameEvent.FAILED, 1007)
 
     def test_inflated_text_must_be_utf8(self) -> None:
         events = FrameParser(1000, inflate=True).feed(client_frame(ClientDeflater()(b"\xff\xfe"), rsv=RSV1))
-        assert events[0][:2] == (FAILED, 1007)
+        assert events[0][:2] == (FrameEvent.FAILED, 1007)
 
 
 @pytest.mark.parametrize("offer, accepted", [

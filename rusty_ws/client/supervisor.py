@@ -43,7 +43,7 @@ from ..exceptions import (
     TokenInvalid,
 )
 from ..protocol import (
-    PONG,
+    PONG_REPLY,
     ClosePolicy,
     Delivery,
     close_policy,
@@ -260,7 +260,7 @@ class Supervisor:
                 return code, data[2:].decode("utf-8", "replace")
 
     def _on_text(self, text: str) -> None:
-        if text == PONG:
+        if text == PONG_REPLY:
             if not self._wire.answered():
                 logger.debug("- %s: a pong nobody waited for", self._client.name)
         elif is_error_reply(text):

@@ -1,10 +1,19 @@
 """The hub: the connections of one app, their subscriptions, and the road publishes take.
 
 A publish goes ``Hub.publish`` -> broker -> ``Hub.deliver_local`` -> one frame
-encoded once -> the writer thread, which copies it to every subscriber's
-outbox. Connections (``connection.py``) call in from their own threads; the
-hub's state is the registry (its own lock) and the set of connections
-(``_connections_lock``).
+encoded once -> ``Writer.send``, one job for all its subscribers. The writer
+is flat-combining: whichever thread holds its ``_flush_lock`` (usually the one
+that called ``deliver_local``: the publisher's own, or the Redis listener's
+for a publish from another node) copies the frame into every subscriber's
+outbox and writes each with one non-blocking send. The ``rusty_ws-writer``
+thread only waits for room in full sockets, pings idle clients and ends
+closing handshakes that time out (see ``writer.py``).
+
+``Hub.serve`` owns a connection's life: it registers it, runs its command loop
+(``connection.py``) on the request thread, then forgets it and its
+subscriptions and releases its outbox. Connections call in from their own
+threads; the hub's state is the registry (its own lock) and the set of
+connections (``_connections_lock``).
 """
 
 from __future__ import annotations
@@ -265,6 +274,9 @@ class Hub:
 
         With history on, the message first takes the next offset of its stream
         (this node's) and is kept there; the frame carries offset and epoch.
+        The frame goes to ``Writer.send``: the calling thread writes it unless another
+        thread holds the writer's ``_flush_lock`` (that one writes it too), after
+        the history lock is let go. Never blocks on a subscriber.
 
         Returns:
             The message's position in its stream, or None with history off.

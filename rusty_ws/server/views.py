@@ -14,6 +14,10 @@ simple-websocket starts a reader thread per connection; on our route it gets
 a stand-in (``_RequestThreadReads``) and the request thread reads instead,
 so a connection costs one thread. Other flask-sock routes of the app keep
 their usual reader thread.
+
+This leans on internals (simple-websocket's ``ws.thread``, ``ws.sock``,
+``ws.ws``, ``ws.connected``; the order in which flask-sock's route handshakes,
+calls the view and closes), so ``setup.cfg`` bounds both versions.
 """
 
 from __future__ import annotations

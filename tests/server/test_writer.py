@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from rusty_ws.frames import FrameParser, text_frame
-from rusty_ws.server.writer import Writer
+from rusty_ws.frames import FrameEvent, FrameParser, text_frame
+from rusty_ws.server.writer import OutboxState, Writer
 from support import MS, WAIT, FrameReader
 
 #: How long a closing connection has to finish the close handshake.
@@ -77,7 +77,7 @@ def test_slow_consumer_is_cut_off_and_others_go_on() -> None:
     for i in range(100):  # 1 MB to each; the slow one never reads
         writer.send(frame, [slow, fast])
         assert len(read_frames(fast_theirs, 1)) == 1
-    assert slow.state == "closed"
+    assert slow.state is OutboxState.CLOSED
     slow_theirs.settimeout(WAIT)
     data = b""
     for _ in range(10_000):
@@ -161,7 +161,7 @@ def test_frame_parser_reads_what_the_writer_writes_when_masked() -> None:
     """Sanity of the two halves together: a server frame, masked as a client would, parses back."""
     frame = text_frame("héllo")
     masked = bytes([frame[0], frame[1] | 0x80]) + b"\0\0\0\0" + frame[2:]
-    assert FrameParser(100).feed(masked) == [("text", "héllo")]
+    assert FrameParser(100).feed(masked) == [(FrameEvent.TEXT, "héllo")]
 
 
 def test_tcp_sockets_go_out_without_nagle_delay(writer: Writer) -> None:
