@@ -315,7 +315,7 @@ class Supervisor:
         except ProtocolError:
             logger.warning("! %s: not a message: %.100r", self._client.name, text)
             return
-        if not self.subscriptions.admit(delivery):
+        if not self._client.seed_protocol and not self.subscriptions.admit(delivery):
             logger.debug("- %s: %s offset %s seen already; dropped", self._client.name, delivery.topic,
                          delivery.offset)
             return
