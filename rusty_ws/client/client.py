@@ -88,7 +88,7 @@ def _locked_hook(name: str, doc: str) -> property:
 
 
 class WsClient:
-    """A connection to a rusty_ws hub (or any server speaking the seed's protocol).
+    """A connection to a rusty_ws hub (or, with ``seed_protocol``, any server speaking the seed's protocol).
 
     Build one with ``connect``, ``connect_with_session`` or ``connect_with_auth``;
     they block until the client is connected and registered.

@@ -164,7 +164,8 @@ class Supervisor:
         if replay:
             if client.seed_protocol:
                 texts = [encode_subscribe(topic, session_id) for topic in self.subscriptions.topics()]
-                calls.append((texts, Waiter("resubscribe", on_answer=log)))
+                if texts:
+                    calls.append((texts, Waiter("resubscribe", on_answer=log)))
             else:
                 for topic, since in self.subscriptions.items():
                     calls.append(([encode_subscribe_json(topic, session_id, since)],

@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 
 import websocket
 
-from ..exceptions import ConnectionClosedError, RustyWsError, ServerError
+from ..exceptions import ConnectionClosed, ConnectionClosedError, RustyWsError, ServerError
 from ..protocol import Ack, encode_ping
 from .publishing import OutgoingPublish
 
@@ -118,8 +118,8 @@ class Wire:
         self._waiters: collections.deque[Waiter] = collections.deque()
         # Unacknowledged publishes, in first-send order (a dict as an ordered set).
         self._publishes: dict[OutgoingPublish, None] = {}
-        # Set by close_publishes(): the error every later publish gets.
-        self._refusal: RustyWsError | None = None
+        # Set by close_publishes(): how the connection ended, what every later publish gets.
+        self._refusal: ConnectionClosed | None = None
 
     @property
     def socket(self) -> websocket.WebSocket | None:
@@ -133,14 +133,20 @@ class Wire:
         """Make ``ws`` the live socket, send ``calls`` in order, then every unacknowledged publish.
 
         Raises:
-            websocket.WebSocketException, OSError: the socket failed while sending.
+            websocket.WebSocketException, OSError: the socket failed while sending; then
+                ``ws`` is not live and no waiter of it is left queued (the caller aborts it).
         """
         with self._wire_lock:
             self._ws = ws
-            for texts, waiter in calls:
-                self._send(ws, texts, waiter)
-            for item in self._publishes:
-                self._send_publish(ws, item)
+            try:
+                for texts, waiter in calls:
+                    self._send(ws, texts, waiter)
+                for item in self._publishes:
+                    self._send_publish(ws, item)
+            except BaseException:
+                self._ws = None
+                self._waiters.clear()  # never answered: the next socket starts in step
+                raise
 
     def send(self, ws: websocket.WebSocket, texts: Sequence[str], waiter: Waiter) -> bool:
         """Send ``texts`` (and a ping, for a seed command) on ``ws``, and queue ``waiter``.
@@ -149,7 +155,8 @@ class Wire:
             False if ``ws`` is no longer the live socket (nothing was sent).
 
         Raises:
-            ConnectionClosedError: the socket failed while sending.
+            ConnectionClosedError: the socket failed while sending (it is shut down, and
+                the reader reconnects).
         """
         with self._wire_lock:
             if self._ws is not ws:
@@ -157,6 +164,7 @@ class Wire:
             try:
                 self._send(ws, texts, waiter)
             except (websocket.WebSocketException, OSError) as exc:
+                shut_down(ws)  # half a frame may have gone: the reader reconnects
                 raise ConnectionClosedError(1006, f"send failed: {exc}") from None
             return True
 
@@ -171,7 +179,7 @@ class Wire:
         """
         with self._wire_lock:
             if self._refusal is not None:
-                raise self._refusal
+                raise _copy(self._refusal)
             self._publishes[item] = None
             ws = self._ws
             if ws is None:
@@ -183,13 +191,18 @@ class Wire:
                 shut_down(ws)
 
     def _send(self, ws: websocket.WebSocket, texts: Sequence[str], waiter: Waiter) -> None:
-        """Requires holding ``_wire_lock``."""
+        """Requires holding ``_wire_lock``.
+
+        ``waiter`` is queued first: if the socket fails halfway, the server may still
+        answer what it got, and a socket that failed while sending is shut down, so
+        ``drop()`` fails the waiter instead of letting it take another call's answer.
+        """
         assert self._wire_lock.locked()
+        self._waiters.append(waiter)
         for text in texts:
             ws.send(text)
         if waiter.needs_ping:
             ws.send(encode_ping())
-        self._waiters.append(waiter)
 
     def _send_publish(self, ws: websocket.WebSocket, item: OutgoingPublish) -> None:
         """Requires holding ``_wire_lock``."""
@@ -286,19 +299,24 @@ class Wire:
             del self._publishes[item]
             return True
 
-    def close_publishes(self, error: RustyWsError) -> None:
+    def close_publishes(self, error: ConnectionClosed) -> None:
         """The client is closed for good: fail every unacknowledged publish and refuse new ones. Idempotent."""
         with self._wire_lock:
             self._refusal = self._refusal or error
             items, self._publishes = list(self._publishes), {}
         for item in items:
-            item.future.set_exception(error)
+            item.future.set_exception(_copy(error))
 
     def take(self) -> websocket.WebSocket | None:
         """Forget the live socket and return it (for ``close()``)."""
         with self._wire_lock:
             ws, self._ws = self._ws, None
             return ws
+
+
+def _copy(error: ConnectionClosed) -> ConnectionClosed:
+    """A fresh exception each time it is raised (a raised exception collects its traceback)."""
+    return type(error)(error.code, error.reason)
 
 
 def shut_down(ws: websocket.WebSocket) -> None:
