@@ -32,12 +32,14 @@ from .protocol import CloseCode, Delivery, ErrorCode
 
 __version__ = "0.1.0"
 
-_LAZY = {"create_app": ".server.app", "PubSub": ".server.extension", "WsClient": ".client"}
+_LAZY = {"create_app": ".server.app", "PubSub": ".server.extension", "WsClient": ".client",
+         "RecoveryFailure": ".client"}
 
 __all__ = [
     "create_app",
     "PubSub",
     "WsClient",
+    "RecoveryFailure",
     "Delivery",
     "CloseCode",
     "ErrorCode",

@@ -23,7 +23,7 @@ import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import websocket
 from flask import Flask
@@ -424,3 +424,49 @@ class RawSocket:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class ClientEvents:
+    """What a ``WsClient``'s callbacks saw, in one ordered log, with waits that never sleep.
+
+    Entries: ``("message", delivery)`` for each delivery of ``topics``,
+    ``("connect",)``, ``("disconnect", code)``, ``("recovery_failed", topic, session_id, reason)``.
+    Every entry is added on the client's dispatcher thread, in the order it runs them.
+    """
+
+    def __init__(self, client: WsClient, *topics: str) -> None:
+        self._changed = threading.Condition()
+        self.log: list[tuple[Any, ...]] = []
+        for topic in topics:
+            client.on_delivery(topic, lambda delivery: self._add("message", delivery))
+        client.on_connect = lambda c: self._add("connect")
+        client.on_disconnect = lambda c, code, reason: self._add("disconnect", code)
+        client.on_recovery_failed = lambda c, topic, session_id, reason: self._add(
+            "recovery_failed", topic, session_id, reason)
+
+    def _add(self, *entry: Any) -> None:
+        with self._changed:
+            self.log.append(entry)
+            self._changed.notify_all()
+
+    def entries(self, kind: str) -> list[tuple[Any, ...]]:
+        with self._changed:
+            return [entry[1:] for entry in self.log if entry[0] == kind]
+
+    def payloads(self) -> list[Any]:
+        return [delivery.payload for (delivery,) in self.entries("message")]
+
+    def wait(self, condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+        with self._changed:
+            assert self._changed.wait_for(condition, timeout), f"waited in vain for {what}; log: {self.log[-5:]}"
+
+    def wait_count(self, kind: str, count: int, timeout: float = WAIT) -> list[tuple[Any, ...]]:
+        """Block until ``count`` entries of ``kind`` arrived; return them all."""
+        self.wait(lambda: sum(entry[0] == kind for entry in self.log) >= count, f"{count} x {kind}", timeout)
+        return self.entries(kind)
+
+    def wait_payload(self, payload: Any, timeout: float = WAIT) -> list[Any]:
+        """Block until a message with ``payload`` arrived; return every payload so far."""
+        self.wait(lambda: any(entry[0] == "message" and entry[1].payload == payload for entry in self.log),
+                  f"payload {payload!r}", timeout)
+        return self.payloads()

@@ -5,181 +5,71 @@
     with WsClient.connect_with_session("Client1", "session-A", "ws://127.0.0.1:8081/ws") as client:
         client.on_message("NetworkConnectedEvent", print)
         client.subscribe("Client1", "NetworkConnectedEvent")   # registered when it returns
-        client.publish("Client1", "NetworkConnectedEvent", "Network connected")
+        client.publish("Client1", "NetworkConnectedEvent", "Network connected")   # acknowledged
 
 This module is the call API: the constructors, the calls, the callbacks'
-registration, ``close()``, and the ``_Ack``/``_Wire`` machinery that tells a
-call when the server is done with it. What keeps the connection alive is the
-``Supervisor`` (``supervisor.py``), which the client owns and starts.
+registration, and ``close()``. How a call learns that the server is done with
+it, and how unacknowledged publishes outlive a socket, is ``wire.py``; what
+keeps the connection alive (and resubscribes from the last position seen) is
+the ``Supervisor`` (``supervisor.py``), which the client owns and starts.
 
 Threads, each named and each ended by ``close()``:
 
 - ``rusty_ws-client-reader-{name}`` (the supervisor's): the only reader of the
-  socket. Answers pings, sends keepalive pings, matches ``pong``/``error:``
-  replies to the calls waiting for them, and reconnects (with backoff) when the
-  connection drops.
+  socket. Answers pings, sends keepalive pings, matches replies to the calls
+  waiting for them, drops deliveries seen already, and reconnects (with
+  backoff) when the connection drops.
 - ``rusty_ws-client-dispatch-{name}`` (``dispatch.py``): runs every callback, in
   arrival order, so a slow callback never stops the reader, and a callback may
   call ``publish``/``subscribe`` without deadlock.
 
-How a call knows the server is done with it: every command is sent together
-with a ``ping``, and the server handles a connection's commands in order. An
-``error:`` arriving before that ``pong`` is the answer to the command; the
-``pong`` alone means success.
+How a call knows the server is done with it: the server handles a
+connection's commands in order and answers in that order. The history
+commands (``subscribe-json``, ``history``, ``publish-json`` with an ``id``)
+always get a reply of their own; the seed's commands are sent with a
+``ping``, and its ``pong`` means success (an ``error:`` before it is the answer).
 """
 
 from __future__ import annotations
 
-import collections
+import concurrent.futures
 import logging
 import threading
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, TypeVar
 
 import websocket
 
 from .connector import REFRESH_THRESHOLD, Connector
 from .deadline import Deadline
 from .dispatch import CallbackDispatcher, DeliveryCallback, MessageCallback
-from ..exceptions import ConnectFailed, ConnectionClosedError, RustyWsError, ServerError, TokenInvalid
+from ..exceptions import ConnectFailed, ConnectionClosedError, ProtocolError, TokenInvalid
 from ..protocol import (
+    MAX_PUBLISH_ID_LENGTH,
+    Ack,
+    ErrorCode,
+    HistoryReply,
+    Since,
+    Subscribed,
     check_name,
     check_session,
-    encode_ping,
+    encode_history,
     encode_publish,
     encode_subscribe,
+    encode_subscribe_json,
     encode_unsubscribe,
     rfc3339_now,
 )
+from .publishing import OutgoingPublish, PublishFuture, PublishIds
+from .subscriptions import RecoveryFailure
 from .supervisor import State, Supervisor
 from .tokens import Credentials, seconds_left
+from .wire import Waiter, Wire
 
 __all__ = ["WsClient", "REFRESH_THRESHOLD"]
 
 logger = logging.getLogger("rusty_ws.client")
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class _Ack:
-    """One call waiting for the ``pong`` that follows its command.
-
-    ``on_answer(ack)``, if given, runs on the reader thread when that pong arrives.
-    """
-
-    __slots__ = ("done", "error", "label", "on_answer")
-
-    def __init__(self, label: str, on_answer: Callable[["_Ack"], Any] | None = None) -> None:
-        self.done = threading.Event()
-        self.error: RustyWsError | None = None
-        self.label = label
-        self.on_answer = on_answer
-
-    def refuse(self, error: ServerError) -> None:
-        """An ``error:`` reply came before the pong: the answer to the command (the first one counts)."""
-        self.error = self.error or error
-
-    def fail(self, error: RustyWsError) -> None:
-        self.error = self.error or error
-        self.done.set()
-
-    def wait(self, timeout: float) -> None:
-        if not self.done.wait(timeout):
-            raise TimeoutError(f"no answer to {self.label} within {timeout}s")
-        if self.error is not None:
-            raise self.error
-
-
-class _Wire:
-    """The live socket and the calls waiting for its pongs, which answer them in order.
-
-    Commands are written by the callers' threads and by the reader thread (the
-    registration after a (re)connection); only the reader thread reads.
-    """
-
-    def __init__(self) -> None:
-        # _wire_lock guards _ws (the live socket) and _acks: a command and its ping are
-        # written, and its _Ack queued, as one step, so the n-th pong answers the n-th ack.
-        # Never held while user code runs, nor while waiting for an answer.
-        self._wire_lock = threading.Lock()
-        self._ws: websocket.WebSocket | None = None
-        self._acks: collections.deque[_Ack] = collections.deque()
-
-    @property
-    def socket(self) -> websocket.WebSocket | None:
-        """The live socket, or None between connections."""
-        with self._wire_lock:
-            return self._ws
-
-    def attach(self, ws: websocket.WebSocket, texts: Sequence[str], label: str,
-               on_answer: Callable[[_Ack], Any] | None = None) -> _Ack:
-        """Make ``ws`` the live socket and send ``texts`` and a ping; returns the ping's ack.
-
-        Raises:
-            websocket.WebSocketException, OSError: the socket failed while sending.
-        """
-        ack = _Ack(label, on_answer)
-        with self._wire_lock:
-            self._ws = ws
-            self._send_with_ping(ws, texts, ack)
-        return ack
-
-    def send(self, ws: websocket.WebSocket, texts: Sequence[str], ack: _Ack) -> bool:
-        """Send ``texts`` and a ping on ``ws``, and queue ``ack``; False if ``ws`` is no longer live.
-
-        Raises:
-            ConnectionClosedError: the socket failed while sending.
-        """
-        with self._wire_lock:
-            if self._ws is not ws:
-                return False
-            try:
-                self._send_with_ping(ws, texts, ack)
-            except (websocket.WebSocketException, OSError) as exc:
-                raise ConnectionClosedError(1006, f"send failed: {exc}") from None
-            return True
-
-    def _send_with_ping(self, ws: websocket.WebSocket, texts: Sequence[str], ack: _Ack) -> None:
-        """Requires holding ``_wire_lock``."""
-        assert self._wire_lock.locked()
-        for text in texts:
-            ws.send(text)
-        ws.send(encode_ping())
-        self._acks.append(ack)
-
-    def answered(self) -> bool:
-        """A ``pong``: the oldest call is done. False when no call was waiting."""
-        with self._wire_lock:
-            ack = self._acks.popleft() if self._acks else None
-        if ack is None:
-            return False
-        ack.done.set()
-        if ack.on_answer is not None:
-            ack.on_answer(ack)
-        return True
-
-    def refused(self, error: ServerError) -> bool:
-        """An ``error:`` reply: the answer to the oldest call. False when no call was waiting."""
-        with self._wire_lock:
-            ack = self._acks[0] if self._acks else None
-        if ack is None:
-            return False
-        ack.refuse(error)
-        return True
-
-    def drop(self, ws: websocket.WebSocket, error: RustyWsError) -> None:
-        """``ws`` is gone: forget it (if still live) and fail every waiting call with ``error``."""
-        with self._wire_lock:
-            if self._ws is ws:
-                self._ws = None
-            acks, self._acks = self._acks, collections.deque()
-        for ack in acks:
-            ack.fail(error)
-
-    def take(self) -> websocket.WebSocket | None:
-        """Forget the live socket and return it (for ``close()``)."""
-        with self._wire_lock:
-            ws, self._ws = self._ws, None
-            return ws
 
 
 def _locked_hook(name: str, doc: str) -> property:
@@ -198,7 +88,7 @@ def _locked_hook(name: str, doc: str) -> property:
 
 
 class WsClient:
-    """A connection to a rusty_ws hub (or any server speaking the seed's protocol).
+    """A connection to a rusty_ws hub (or, with ``seed_protocol``, any server speaking the seed's protocol).
 
     Build one with ``connect``, ``connect_with_session`` or ``connect_with_auth``;
     they block until the client is connected and registered.
@@ -214,6 +104,10 @@ class WsClient:
         ping_timeout: seconds to wait for any answer to that ping before reconnecting.
         sslopt: websocket-client's TLS options for ``wss://`` (certificates are verified by default).
         backoff_initial, backoff_cap: reconnect delays (see ``backoff.delays``).
+        seed_protocol: speak only the seed's commands, for servers other than rusty_ws:
+            plain ``subscribe:`` (no recovery after a reconnect), publishes without ids
+            (no acknowledgement, no retry; ``publish`` returns None), no
+            ``publish_async`` or ``history``.
 
     Raises:
         ProtocolError: a name or session id the server would refuse (checked before any I/O).
@@ -233,6 +127,7 @@ class WsClient:
         sslopt: dict[str, Any] | None = None,
         backoff_initial: float = 0.5,
         backoff_cap: float = 30.0,
+        seed_protocol: bool = False,
     ) -> None:
         self.name = check_name(client_name)
         self.session_id = check_session(session_id or f"session-{client_name}")
@@ -243,15 +138,18 @@ class WsClient:
         self.ping_timeout = ping_timeout
         self.backoff_initial = backoff_initial
         self.backoff_cap = backoff_cap
+        self.seed_protocol = seed_protocol
         self._connector = Connector(ws_url, credentials, sslopt, timeout)
         self._dispatch = CallbackDispatcher(client_name, put_timeout=timeout)
-        # _hooks_lock guards the three on_* hooks: set by the user's threads, read by the
+        # _hooks_lock guards the four on_* hooks: set by the user's threads, read by the
         # reader thread (and open()) when it queues them on the dispatcher.
         self._hooks_lock = threading.Lock()
         self._on_connect: Callable[[WsClient], Any] | None = None
         self._on_disconnect: Callable[[WsClient, int, str], Any] | None = None
         self._on_reconnecting: Callable[[WsClient, int, float], Any] | None = None
-        self._wire = _Wire()
+        self._on_recovery_failed: Callable[[WsClient, str, str, RecoveryFailure], Any] | None = None
+        self._publish_ids = PublishIds()
+        self._wire = Wire()
         self._supervisor = Supervisor(self, self._wire, self._connector, self._dispatch)
 
     # ------------------------------------------------------------------ constructors
@@ -318,44 +216,132 @@ class WsClient:
 
     # ------------------------------------------------------------------ the seed's API
 
-    def subscribe(self, subscriber_name: str, topic: str, payload: str = "no-payload") -> None:
+    def subscribe(self, subscriber_name: str, topic: str, payload: str = "no-payload") -> Subscribed | None:
         """Subscribe to ``topic`` in this client's session. Blocks until the server has it.
 
         ``subscriber_name`` and ``payload`` are the seed's arguments, kept for
         compatibility; the wire command carries neither. The subscription is
-        restored after every reconnection.
+        restored after every reconnection, from the last message seen: what was
+        published meanwhile is delivered first, in order, once each (see
+        ``on_recovery_failed`` for when the hub no longer has all of it).
+
+        Returns:
+            The hub's ``subscribed:`` reply (the stream's current offset and epoch;
+            None for both with history off); None with ``seed_protocol``.
 
         Raises:
             ProtocolError: a topic the server would refuse (nothing is sent).
             ServerError: the server refused (e.g. ``forbidden_session``, ``too_many_subscriptions``).
             ConnectionClosed: the connection is gone and did not come back within ``timeout``.
+            TimeoutError: no answer within ``timeout``.
         """
-        self._command(encode_subscribe(topic, self.session_id), label=f"subscribe {topic}")
-        self._supervisor.record_subscription(topic)
+        if self.seed_protocol:
+            self._call([encode_subscribe(topic, self.session_id)], Waiter(f"subscribe {topic}"))
+            self._supervisor.subscriptions.record(topic)
+            return None
+        text = encode_subscribe_json(topic, self.session_id)
+        on_answer = self._supervisor.on_subscribed(topic, None, replay=False)
+        return self._call([text], Waiter(f"subscribe {topic}", Subscribed, on_answer))
 
     def unsubscribe(self, topic: str) -> None:
         """Stop receiving ``topic``. Blocks until the server has done it."""
         command = encode_unsubscribe(topic, self.session_id)
-        self._supervisor.forget_subscription(topic)
-        self._command(command, label=f"unsubscribe {topic}")
+        self._supervisor.subscriptions.forget(topic)
+        self._call([command], Waiter(f"unsubscribe {topic}"))
 
-    def publish(self, publisher_name: str, topic: str, payload: Any, timestamp: str | None = None) -> None:
-        """Publish to ``topic`` in this client's session. Blocks until the server has fanned it out.
+    def publish(self, publisher_name: str, topic: str, payload: Any, timestamp: str | None = None, *,
+                publish_id: str | None = None) -> Ack | None:
+        """Publish to ``topic`` in this client's session. Blocks until the hub acknowledges it.
 
+        The message carries an ``id`` (``publish_id``, or one made for it, unique
+        to this client); the hub acknowledges it once the message is in its
+        stream. If the connection drops first, the client sends it again, with
+        the same id, as soon as it has reconnected, and the hub delivers it once.
         ``timestamp`` defaults to now (RFC 3339, UTC). ``payload`` is any JSON value.
+
+        Returns:
+            The hub's ``Ack``: ``id``, and the message's ``offset`` and ``epoch`` in
+            its stream (None with history off). None with ``seed_protocol``, where
+            it returns once the server has fanned the message out.
 
         Raises:
             ProtocolError: a topic, publisher name or payload the server would refuse (nothing is sent).
-            ServerError: the server refused the message.
-            ConnectionClosed: the connection is gone and did not come back within ``timeout``.
+            ServerError: the server refused the message (``.publish_id`` names it).
+            TimeoutError: not acknowledged within ``timeout`` (it is not sent again after
+                that, but may have been published: publishing again with the same
+                ``publish_id`` is safe).
+            ConnectionClosed: the client closed (or stopped reconnecting) before the ack, or
+                (with ``seed_protocol``) the connection is gone and did not come back within ``timeout``.
         """
-        command = encode_publish(topic, payload, session_id=self.session_id, publisher_name=publisher_name,
-                                 timestamp=timestamp or rfc3339_now())
-        self._command(command, label=f"publish {topic}")
+        if self.seed_protocol:
+            command = encode_publish(topic, payload, session_id=self.session_id, publisher_name=publisher_name,
+                                     timestamp=timestamp or rfc3339_now())
+            self._call([command], Waiter(f"publish {topic}"))
+            return None
+        item = self._outgoing(publisher_name, topic, payload, timestamp, publish_id)
+        self._wire.publish(item)
+        try:
+            return item.future.result(self.timeout)
+        except concurrent.futures.TimeoutError:
+            state, (code, reason) = self._supervisor.state, self._supervisor.last_close
+            error: Exception = (TimeoutError(f"no ack for {item.label} within {self.timeout}s")
+                                if state is State.CONNECTED else
+                                ConnectionClosedError(code, f"{item.label} not acknowledged within "
+                                                            f"{self.timeout}s: not connected (reconnecting): {reason}"))
+            if self._wire.abandon(item, error):  # type: ignore[arg-type]
+                raise error from None
+            return item.future.result(0)  # acknowledged just now
+
+    def publish_async(self, publisher_name: str, topic: str, payload: Any, timestamp: str | None = None, *,
+                      publish_id: str | None = None) -> PublishFuture:
+        """Publish without waiting for the ack; returns a future that resolves to it.
+
+        For scripts that publish many messages: the publishes go out at once, one
+        after the other, and the hub handles them in that order (also across a
+        reconnection: unacknowledged ones are sent again first, in order, with
+        their ids). Blocks only while the socket takes the frame. Between
+        connections the message waits for the next one; the future has no
+        deadline of its own (``future.result(timeout)`` sets one).
+
+        Returns:
+            A ``PublishFuture`` (a ``concurrent.futures.Future``) resolving to the
+            hub's ``Ack``, or failing with ``ServerError`` or ``ConnectionClosedError``.
+
+        Raises:
+            ProtocolError: a topic, publisher name or payload the server would refuse (nothing is sent).
+            ConnectionClosedError: the client is closed.
+        """
+        if self.seed_protocol:
+            raise RuntimeError("publish_async() needs rusty_ws's acknowledgements, and seed_protocol is on")
+        item = self._outgoing(publisher_name, topic, payload, timestamp, publish_id)
+        self._wire.publish(item)
+        return item.future
+
+    def history(self, topic: str, limit: int | None = None, since: Since | None = None) -> HistoryReply:
+        """Read ``topic``'s stream in this client's session, without subscribing. Blocks.
+
+        Args:
+            limit: at most this many messages (default and cap: the hub's history size).
+            since: only messages after this position (``Since(offset, epoch)``), the
+                oldest first, so a caller can page forward; none if the epoch is not
+                the stream's. Without it: the last ``limit`` messages.
+
+        Returns:
+            The ``history:`` reply: the stream's current ``offset``/``epoch`` and
+            ``messages``, a list of ``Delivery``, oldest first (empty with history off).
+
+        Raises:
+            ServerError: e.g. ``invalid_limit``, ``invalid_since``.
+            ConnectionClosed, TimeoutError: as for ``subscribe``.
+        """
+        if self.seed_protocol:
+            raise RuntimeError("history() needs rusty_ws's history commands, and seed_protocol is on")
+        text = encode_history(topic, self.session_id, limit, since)
+        return self._call([text], Waiter(f"history {topic}", HistoryReply))
 
     def ping(self) -> None:
         """Round trip to the server; returns once every earlier call of this client is done."""
-        self._command(label="ping")
+        self._call([], Waiter("ping"))
 
     def on_message(self, topic: str, callback: MessageCallback) -> MessageCallback:
         """Call ``callback(payload)`` for each message on ``topic`` (on the dispatcher thread)."""
@@ -411,7 +397,14 @@ class WsClient:
     @property
     def subscriptions(self) -> list[str]:
         """The topics this client is subscribed to (and will resubscribe after a reconnect)."""
-        return self._supervisor.subscriptions()
+        return self._supervisor.subscriptions.topics()
+
+    def position(self, topic: str) -> Since | None:
+        """The last place seen in ``topic``'s stream (what a reconnection resumes from).
+
+        None when not subscribed, or when the hub gives no offsets (history off).
+        """
+        return self._supervisor.subscriptions.position(topic)
 
     # ------------------------------------------------------------------ connection-state hooks
 
@@ -422,6 +415,12 @@ class WsClient:
     )
     on_disconnect = _locked_hook("on_disconnect", "``callback(client, code, reason)`` when the connection drops or closes.")
     on_reconnecting = _locked_hook("on_reconnecting", "``callback(client, attempt, delay)`` before each reconnection attempt.")
+    on_recovery_failed = _locked_hook(
+        "on_recovery_failed",
+        "``callback(client, topic, session_id, reason)`` when a resubscription after a reconnection "
+        "could not replay every missed message of ``topic`` (``reason``: a ``RecoveryFailure``); "
+        "after what could be replayed, before new messages; on the dispatcher thread.",
+    )
 
     # ------------------------------------------------------------------ closing
 
@@ -461,14 +460,24 @@ class WsClient:
 
     # ------------------------------------------------------------------ sending
 
-    def _command(self, *texts: str, label: str) -> None:
-        ack = _Ack(label)
+    def _call(self, texts: list[str], waiter: Waiter) -> Any:
+        """Send ``texts`` on the live socket and wait for ``waiter``'s answer; return its reply."""
         for _ in range(2):  # once more if the connection changed between the wait and the send
-            if self._wire.send(self._wait_connected(), texts, ack):
+            if self._wire.send(self._wait_connected(), texts, waiter):
                 break
         else:
             raise ConnectionClosedError(*self._supervisor.last_close)
-        ack.wait(self.timeout)
+        return waiter.wait(self.timeout)
+
+    def _outgoing(self, publisher_name: str, topic: str, payload: Any, timestamp: str | None,
+                  publish_id: str | None) -> OutgoingPublish:
+        if publish_id is None:
+            publish_id = self._publish_ids.next()
+        elif not isinstance(publish_id, str) or not 1 <= len(publish_id) <= MAX_PUBLISH_ID_LENGTH:
+            raise ProtocolError(ErrorCode.INVALID_ID, f"a publish id is 1 to {MAX_PUBLISH_ID_LENGTH} characters")
+        text = encode_publish(topic, payload, session_id=self.session_id, publisher_name=publisher_name,
+                              timestamp=timestamp or rfc3339_now(), id=publish_id)
+        return OutgoingPublish(publish_id, text, topic, self._dispatch.call)
 
     def _wait_connected(self) -> websocket.WebSocket:
         state, last_close = self._supervisor.wait_settled(self.timeout)

@@ -7,13 +7,18 @@ socket, which
 - reads every frame, answers the server's pings, and pings after
   ``ping_interval`` seconds of silence (dropping the socket when ``ping_timeout``
   passes without an answer);
-- routes text frames: ``pong`` and ``error:`` to the calls waiting on the
-  client's wire (``client._Wire``), deliveries to the dispatcher;
+- routes text frames: ``pong``, ``error:`` and the history replies
+  (``subscribed:``, ``history:``, ``ack:``) to the calls waiting on the
+  client's wire (``wire.Wire``), deliveries to the dispatcher, less those
+  seen already (``subscriptions.Subscriptions``);
 - when the connection drops: fails the waiting calls, reads the close code's
   policy, waits out the backoff on the stop event (so ``close()`` cuts it
-  short), opens a new socket, and replays register-name, register-session
-  and every recorded subscription, with one ping for all, before it lets
-  calls use the socket again; ``on_connect`` fires on that ping's pong;
+  short), opens a new socket, and sends register-name, register-session,
+  every recorded subscription (``subscribe-json`` from the last position
+  seen, so the hub replays what was missed) and every unacknowledged publish
+  (same ids) before it lets calls use the socket again; ``on_connect`` fires
+  once those subscriptions are answered, ``on_recovery_failed`` for each
+  that could not recover everything;
 - moves the state (``State``) that calls wait on.
 
 It never runs user code: hooks are queued on the dispatcher thread.
@@ -21,11 +26,9 @@ It never runs user code: hooks are queued on the dispatcher thread.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import itertools
 import logging
-import socket
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -43,22 +46,32 @@ from ..exceptions import (
     TokenInvalid,
 )
 from ..protocol import (
+    ACK_PREFIX,
+    HISTORY_PREFIX,
     PONG_REPLY,
+    SUBSCRIBED_PREFIX,
+    Ack,
     ClosePolicy,
     Delivery,
+    HistoryReply,
+    Since,
+    Subscribed,
     close_policy,
     encode_register_name,
     encode_register_session,
     encode_subscribe,
+    encode_subscribe_json,
     is_error_reply,
     parse_error,
 )
 from .connector import Connector
 from .deadline import Deadline
 from .dispatch import CallbackDispatcher
+from .subscriptions import Subscriptions, recovery_failure
+from .wire import Call, Waiter, Wire, shut_down
 
 if TYPE_CHECKING:
-    from .client import WsClient, _Ack, _Wire
+    from .client import WsClient
 
 __all__ = ["Supervisor", "State", "CLOSE_ANSWER_WAIT"]
 
@@ -90,7 +103,7 @@ class Supervisor:
         dispatch: runs the hooks and the message callbacks.
     """
 
-    def __init__(self, client: "WsClient", wire: "_Wire", connector: Connector,
+    def __init__(self, client: "WsClient", wire: Wire, connector: Connector,
                  dispatch: CallbackDispatcher) -> None:
         self._client = client
         self._wire = wire
@@ -103,10 +116,8 @@ class Supervisor:
         self._state_changed = threading.Condition(self._state_lock)
         self._state = State.CONNECTING
         self._last_close = (1006, "not connected yet")
-        # _subscriptions_lock guards _subscriptions, what a reconnection replays (in
-        # subscription order): written by the callers' threads, read by the reader.
-        self._subscriptions_lock = threading.Lock()
-        self._subscriptions: dict[str, None] = {}
+        # What a reconnection resubscribes to, and from where (its own lock).
+        self.subscriptions = Subscriptions()
         # Set once, by stop(): cuts backoff waits short and tells the reader not to reconnect.
         self._stop = threading.Event()
         # The reader thread, made and started by start() once open() has a registered socket.
@@ -131,32 +142,58 @@ class Supervisor:
             self._state_changed.wait_for(lambda: self._state in (State.CONNECTED, State.CLOSED), timeout)
             return self._state, self._last_close
 
-    def subscriptions(self) -> list[str]:
-        with self._subscriptions_lock:
-            return list(self._subscriptions)
-
-    def record_subscription(self, topic: str) -> None:
-        """Replay ``topic`` after every reconnection from now on."""
-        with self._subscriptions_lock:
-            self._subscriptions[topic] = None
-
-    def forget_subscription(self, topic: str) -> None:
-        with self._subscriptions_lock:
-            self._subscriptions.pop(topic, None)
-
     def register(self, ws: websocket.WebSocket, *, replay: bool,
-                 on_answer: Callable[["_Ack"], Any] | None = None) -> "_Ack":
-        """Make ``ws`` the live socket and send register-name, register-session (and, to
-        ``replay``, every recorded subscription), then one ping. Returns that ping's ack.
+                 on_restored: Callable[[Waiter], Any] | None = None) -> Waiter:
+        """Make ``ws`` the live socket and send register-name and register-session (one ping).
+
+        To ``replay``, then every recorded subscription (``subscribe-json`` from its
+        last position; the seed's ``subscribe:`` with ``seed_protocol``) and one more
+        ping, whose answer runs ``on_restored``; then every unacknowledged publish.
+
+        Returns:
+            The registration's waiter (without ``replay``) or the last ping's.
 
         Raises:
             websocket.WebSocketException, OSError: the socket failed while sending.
         """
-        session_id = self._client.session_id
-        texts = [encode_register_name(self._client.name), encode_register_session(session_id)]
+        client = self._client
+        session_id = client.session_id
+        log = self._log_failure if replay else None
+        calls: list[Call] = [([encode_register_name(client.name), encode_register_session(session_id)],
+                              Waiter("register", on_answer=log))]
         if replay:
-            texts += [encode_subscribe(topic, session_id) for topic in self.subscriptions()]
-        return self._wire.attach(ws, texts, "resubscribe" if replay else "register", on_answer)
+            if client.seed_protocol:
+                texts = [encode_subscribe(topic, session_id) for topic in self.subscriptions.topics()]
+                if texts:
+                    calls.append((texts, Waiter("resubscribe", on_answer=log)))
+            else:
+                for topic, since in self.subscriptions.items():
+                    calls.append(([encode_subscribe_json(topic, session_id, since)],
+                                  Waiter(f"resubscribe {topic}", Subscribed,
+                                         self.on_subscribed(topic, since, replay=True))))
+            calls.append(((), Waiter("restored", on_answer=on_restored)))
+        self._wire.attach(ws, calls)
+        return calls[-1][1]
+
+    def on_subscribed(self, topic: str, since: Since | None, *, replay: bool) -> Callable[[Waiter], None]:
+        """The ``on_answer`` of a ``subscribe-json`` from ``since``: keep the position, report a loss."""
+        def answered(waiter: Waiter) -> None:
+            client = self._client
+            if waiter.error is not None:
+                if replay:
+                    logger.error("! %s: resubscribing to %s failed: %s", client.name, topic, waiter.error)
+                return
+            reply: Subscribed = waiter.reply
+            self.subscriptions.subscribed(topic, reply, add=not replay)
+            failure = recovery_failure(since, reply) if since is not None else None
+            if failure is not None:
+                logger.warning("! %s: %s: messages may be missing (%s)", client.name, topic, failure)
+                self._emit(client.on_recovery_failed, topic, reply.session_id or client.session_id, failure)
+        return answered
+
+    def _log_failure(self, waiter: Waiter) -> None:
+        if waiter.error is not None:
+            logger.error("! %s: %s failed after reconnecting: %s", self._client.name, waiter.label, waiter.error)
 
     def start(self, ws: websocket.WebSocket) -> None:
         """Start the reader thread on ``ws``, the socket ``open()`` registered. Once only."""
@@ -188,7 +225,7 @@ class Supervisor:
         thread = self.thread
         if thread is None or thread is threading.current_thread():
             if ws is not None:
-                _shut_down(ws)
+                shut_down(ws)
             return
         left = deadline.timeout()
         thread.join(CLOSE_ANSWER_WAIT if left is None else min(CLOSE_ANSWER_WAIT, left / 2))
@@ -196,12 +233,13 @@ class Supervisor:
             # No answer. The reader may have reconnected since: wake it on the socket live now.
             live = self._wire.socket or ws
             if live is not None:
-                _shut_down(live)
+                shut_down(live)
         thread.join(deadline.timeout())
 
     def closed(self) -> None:
-        """Enter CLOSED for good (waking the calls that wait)."""
+        """Enter CLOSED for good: wake the calls that wait, fail the unacknowledged publishes. Idempotent."""
         self._set_state(State.CLOSED)
+        self._wire.close_publishes(ConnectionClosedError(*self.last_close))
 
     # ------------------------------------------------------------------ the reader thread
 
@@ -224,7 +262,7 @@ class Supervisor:
         except Exception:
             logger.exception("! %s: reader thread failed", name)
         finally:
-            self._set_state(State.CLOSED)
+            self.closed()  # before the dispatcher stops, so the publishes' done-callbacks still run
             self._dispatch.stop()
 
     def _read_until_dropped(self, ws: websocket.WebSocket) -> tuple[int, str]:
@@ -267,13 +305,35 @@ class Supervisor:
             error = parse_error(text)
             if not self._wire.refused(error):
                 logger.warning("! %s: server error: %s", self._client.name, error)
+        elif text.startswith("{"):
+            self._on_delivery(text)
         else:
-            try:
-                delivery = Delivery.parse(text)
-            except ProtocolError:
-                logger.warning("! %s: not a message: %.100r", self._client.name, text)
+            self._on_reply(text)
+
+    def _on_delivery(self, text: str) -> None:
+        try:
+            delivery = Delivery.parse(text)
+        except ProtocolError:
+            logger.warning("! %s: not a message: %.100r", self._client.name, text)
+            return
+        if not self._client.seed_protocol and not self.subscriptions.admit(delivery):
+            logger.debug("- %s: %s offset %s seen already; dropped", self._client.name, delivery.topic,
+                         delivery.offset)
+            return
+        self._dispatch.deliver(delivery)
+
+    def _on_reply(self, text: str) -> None:
+        """A history command's reply: ``subscribed:``, ``history:`` or ``ack:``."""
+        for prefix, kind in _REPLIES:
+            if text.startswith(prefix):
+                try:
+                    reply = kind.parse(text)
+                except ProtocolError:
+                    break
+                if not self._wire.replied(reply):
+                    logger.warning("! %s: a reply nobody waited for: %.100r", self._client.name, text)
                 return
-            self._dispatch.deliver(delivery)
+        logger.warning("! %s: not a message: %.100r", self._client.name, text)
 
     def _connection_lost(self, ws: websocket.WebSocket, code: int, reason: str) -> None:
         closed = ConnectionClosedOK(code, reason) if code in (1000, 1001) else ConnectionClosedError(code, reason)
@@ -311,7 +371,7 @@ class Supervisor:
                 ws.close()
                 return None
             try:
-                self.register(ws, replay=True, on_answer=self._restored)
+                self.register(ws, replay=True, on_restored=self._restored)
             except (websocket.WebSocketException, OSError):
                 ws.abort()
                 continue
@@ -325,10 +385,8 @@ class Supervisor:
             return ws
         return None  # not reached: itertools.count never ends
 
-    def _restored(self, ack: "_Ack") -> None:
-        """The replay's pong (on the reader thread): the reconnection is complete only now."""
-        if ack.error is not None:
-            logger.error("! %s: restoring subscriptions failed: %s", self._client.name, ack.error)
+    def _restored(self, waiter: Waiter) -> None:
+        """The replay's last pong (on the reader thread): the reconnection is complete only now."""
         self._emit(self._client.on_connect)
 
     # ------------------------------------------------------------------ state and hooks
@@ -346,13 +404,6 @@ class Supervisor:
             self._dispatch.call(hook, self._client, *args)
 
 
-def _shut_down(ws: websocket.WebSocket) -> None:
-    """Wake the thread blocked reading ``ws`` (its next read sees the end of the stream).
-
-    websocket-client's ``abort()`` does this only while ``ws.connected``, which
-    ``send_close()`` has already cleared, so shut the raw socket down here.
-    """
-    sock = ws.sock
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+_REPLIES: tuple[tuple[str, Any], ...] = (
+    (ACK_PREFIX, Ack), (SUBSCRIBED_PREFIX, Subscribed), (HISTORY_PREFIX, HistoryReply),
+)
