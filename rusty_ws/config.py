@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 from typing import Any, Mapping, MutableMapping
 
 __all__ = ["PREFIX", "DEFAULTS", "ALIASES", "Settings", "config_from_environ"]
@@ -207,8 +206,8 @@ def _allowed_hosts(value: Any, origins: tuple[str, ...]) -> tuple[str, ...]:
     if value is None:
         if "*" in origins:
             return ("*",)
-        derived = [urlsplit(origin).hostname for origin in origins]
-        value = [*LOOPBACK_HOSTS, *(f"[{h}]" if ":" in h else h for h in derived if h)]
+        derived = (split_host(origin.partition("://")[2].partition("/")[0])[0] for origin in origins)
+        value = [*LOOPBACK_HOSTS, *derived]
     if isinstance(value, str):
         value = value.split(",")
     if not isinstance(value, (list, tuple)):
