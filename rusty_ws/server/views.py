@@ -9,6 +9,10 @@ The WebSocket route is flask-sock's, but a request reaches the upgrade only
 after ``_admit`` has checked it (origin, token, connection limit), because
 flask-sock completes the handshake before its view runs. A refused request
 gets a JSON answer with 401, 403 or 503 and never becomes a WebSocket.
+Before that, ``_check_host`` refuses (403) any request of the hub's routes
+whose ``Host`` is not allowed (``RUSTY_WS_ALLOWED_HOSTS``, against DNS
+rebinding), and ``/auth/token`` runs at most ``RUSTY_WS_MAX_CONCURRENT_LOGINS``
+credential checks at once.
 
 simple-websocket starts a reader thread per connection; on our route it gets
 a stand-in (``_RequestThreadReads``) and the request thread reads instead,
