@@ -55,6 +55,20 @@ SWITCH_INTERVAL: float | None = None
 #: Off by default: it costs CPU per delivery and helps only large, compressible messages
 #: (docs/performance.md#compression).
 COMPRESSION = 0
+#: Seconds a refresh chain lives, from the login that began it (the token's ``auth_time``):
+#: no token's ``exp`` goes past it and ``/auth/refresh`` refuses after it. 0: no limit.
+JWT_MAX_LIFETIME = 86400
+#: Password checks (``/auth/token``) that run at once; a users-file check costs ~32 MiB.
+MAX_CONCURRENT_LOGINS = 4
+#: Seconds a login waits for a free check before it gets HTTP 503 with Retry-After.
+LOGIN_QUEUE_TIMEOUT = 5.0
+#: What ``/healthz`` tells anyone who asks: "full" (every count, the broker's node id),
+#: "minimal" (just ``status``), or "off" (404).
+HEALTHZ = "full"
+#: Host names (``Host`` header) the hub answers to: "*" (any) or a list; an entry with a
+#: port must match it, one without matches any port. None: any while CORS_ORIGINS is "*",
+#: else the loopback names and the hosts of CORS_ORIGINS (against DNS rebinding).
+ALLOWED_HOSTS: str | list[str] | None = None
 #: Messages kept per (topic, session) stream for recovery and ``history:``; 0 turns history
 #: off (deliveries then carry no offset/epoch). See docs/protocol.md, "History and recovery".
 HISTORY_SIZE = 100
@@ -86,6 +100,11 @@ DEFAULTS: dict[str, Any] = {
         BROKER_URL=BROKER_URL,
         SWITCH_INTERVAL=SWITCH_INTERVAL,
         COMPRESSION=COMPRESSION,
+        JWT_MAX_LIFETIME=JWT_MAX_LIFETIME,
+        MAX_CONCURRENT_LOGINS=MAX_CONCURRENT_LOGINS,
+        LOGIN_QUEUE_TIMEOUT=LOGIN_QUEUE_TIMEOUT,
+        HEALTHZ=HEALTHZ,
+        ALLOWED_HOSTS=ALLOWED_HOSTS,
         HISTORY_SIZE=HISTORY_SIZE,
         HISTORY_TTL=HISTORY_TTL,
         HISTORY_MAX_BYTES=HISTORY_MAX_BYTES,
@@ -169,6 +188,42 @@ def _origins(value: Any) -> tuple[str, ...]:
     return tuple(str(origin).strip().rstrip("/") for origin in value if str(origin).strip())
 
 
+#: The values of HEALTHZ.
+HEALTHZ_MODES = ("full", "minimal", "off")
+#: Names of this machine that DNS rebinding cannot point elsewhere.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    word = str(value).strip().lower()
+    if word not in choices:
+        raise ValueError(f"{PREFIX}{name} must be one of {', '.join(choices)}, not {value!r}")
+    return word
+
+
+def _allowed_hosts(value: Any, origins: tuple[str, ...]) -> tuple[str, ...]:
+    """ALLOWED_HOSTS as lowercase names (``host`` or ``host:port``), derived when it is None."""
+    if value is None:
+        if "*" in origins:
+            return ("*",)
+        derived = (split_host(origin.partition("://")[2].partition("/")[0])[0] for origin in origins)
+        value = [*LOOPBACK_HOSTS, *derived]
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{PREFIX}ALLOWED_HOSTS must be '*' or a list of host names, not {value!r}")
+    return tuple(dict.fromkeys(str(host).strip().lower() for host in value if str(host).strip()))
+
+
+def split_host(host: str) -> tuple[str, str | None]:
+    """``"Hub.example:8081"`` -> ``("hub.example", "8081")``; ``"[::1]"`` -> ``("[::1]", None)``."""
+    host = host.strip().lower()
+    name, colon, port = host.rpartition(":")
+    if colon and port.isdigit() and (not name.startswith("[") or name.endswith("]")):
+        return name, port
+    return host, None
+
+
 @dataclass(frozen=True)
 class Settings:
     """The hub's settings, checked once when the extension is set up."""
@@ -189,6 +244,11 @@ class Settings:
     broker_url: str
     switch_interval: float | None
     compression: int
+    jwt_max_lifetime: int = JWT_MAX_LIFETIME
+    max_concurrent_logins: int = MAX_CONCURRENT_LOGINS
+    login_queue_timeout: float = LOGIN_QUEUE_TIMEOUT
+    healthz: str = HEALTHZ
+    allowed_hosts: tuple[str, ...] = ("*",)
     history_size: int = HISTORY_SIZE
     history_ttl: float = HISTORY_TTL
     history_max_bytes: int = HISTORY_MAX_BYTES
@@ -230,12 +290,26 @@ class Settings:
             switch_interval=(None if get("SWITCH_INTERVAL") is None
                              else _positive("SWITCH_INTERVAL", get("SWITCH_INTERVAL"))),
             compression=_level("COMPRESSION", get("COMPRESSION")),
+            jwt_max_lifetime=_count("JWT_MAX_LIFETIME", get("JWT_MAX_LIFETIME")),
+            max_concurrent_logins=_whole("MAX_CONCURRENT_LOGINS", get("MAX_CONCURRENT_LOGINS")),
+            login_queue_timeout=_positive("LOGIN_QUEUE_TIMEOUT", get("LOGIN_QUEUE_TIMEOUT"), allow_zero=True),
+            healthz=_choice("HEALTHZ", get("HEALTHZ"), HEALTHZ_MODES),
+            allowed_hosts=_allowed_hosts(get("ALLOWED_HOSTS"), _origins(get("CORS_ORIGINS"))),
             history_size=_count("HISTORY_SIZE", get("HISTORY_SIZE")),
             history_ttl=_positive("HISTORY_TTL", get("HISTORY_TTL")),
             history_max_bytes=_whole("HISTORY_MAX_BYTES", get("HISTORY_MAX_BYTES")),
             idempotency_window=_positive("IDEMPOTENCY_WINDOW", get("IDEMPOTENCY_WINDOW")),
             idempotency_max_ids=_whole("IDEMPOTENCY_MAX_IDS", get("IDEMPOTENCY_MAX_IDS")),
         )
+
+    def host_allowed(self, host: str | None) -> bool:
+        """May a request sent to ``host`` (its ``Host`` header) use the hub? See ALLOWED_HOSTS."""
+        if "*" in self.allowed_hosts:
+            return True
+        if not host:
+            return False
+        name, port = split_host(host)
+        return name in self.allowed_hosts or (port is not None and f"{name}:{port}" in self.allowed_hosts)
 
     def origin_allowed(self, origin: str | None, host: str | None = None) -> bool:
         """May a request from ``origin`` to the hub at ``host`` use it?

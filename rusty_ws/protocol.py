@@ -34,6 +34,8 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "MAX_TOPIC_LENGTH",
     "MAX_SESSION_LENGTH",
+    "MAX_JSON_DEPTH",
+    "SERVER_PUBLISHER",
     "ErrorCode",
     "CloseCode",
     "ClosePolicy",
@@ -71,6 +73,8 @@ __all__ = [
     "is_error_reply",
     "PONG_REPLY",
     "rfc3339_now",
+    "loads_strict",
+    "nested_deeper_than",
 ]
 
 #: The session of an anonymous connection that registered none (as the seed's server does).
@@ -81,6 +85,15 @@ MAX_NAME_LENGTH = 256
 MAX_TOPIC_LENGTH = 256
 #: Longest session id, in characters.
 MAX_SESSION_LENGTH = 256
+#: Deepest nesting of arrays and objects in the JSON of a command, its own object counting as
+#: level 1: a publish's payload nests at most 63 deep. Far below what Python's JSON encoder
+#: manages (about 990 levels), so whatever the hub accepts it can also encode, for its
+#: subscribers and in a Redis envelope (one level more): delivered everywhere or nowhere.
+MAX_JSON_DEPTH = 64
+#: The ``publisher_name`` of the hub's own messages (``PubSub.publish``). Reserved: no client
+#: may register or publish under it (``reserved_name``), so a delivery from ``server`` that
+#: has no ``user`` comes from the hub itself.
+SERVER_PUBLISHER = "server"
 
 #: The text reply to the ``ping`` command (not a pong control frame: that is ``frames.OP_PONG``).
 PONG_REPLY = "pong"
@@ -104,6 +117,7 @@ class ErrorCode(str, enum.Enum):
     INVALID_SINCE = "invalid_since"
     INVALID_LIMIT = "invalid_limit"
     INVALID_ID = "invalid_id"
+    RESERVED_NAME = "reserved_name"
 
     def __str__(self) -> str:
         return self.value
@@ -290,12 +304,20 @@ def _has_control_chars(text: str) -> bool:
 
 
 def check_name(name: str) -> str:
-    """Return ``name`` if it is a usable client name, else raise ``ProtocolError``."""
+    """Return ``name`` if it is a usable client name, else raise ``ProtocolError``.
+
+    ``invalid_name`` for an empty or long name or one with control characters;
+    ``reserved_name`` for ``server`` in any case and with any spaces around it
+    (``SERVER_PUBLISHER``: only the hub's own messages carry it).
+    """
     if not name or len(name) > MAX_NAME_LENGTH or _has_control_chars(name):
         raise ProtocolError(
             ErrorCode.INVALID_NAME,
             f"a name is 1 to {MAX_NAME_LENGTH} characters without control characters",
         )
+    if name.strip().casefold() == SERVER_PUBLISHER:
+        raise ProtocolError(ErrorCode.RESERVED_NAME,
+                            f"{SERVER_PUBLISHER!r} is reserved for the hub's own messages")
     return name
 
 
@@ -344,16 +366,46 @@ def _finite_float(text: str) -> float:
     return number
 
 
-def loads_strict(text: str) -> Any:
-    """``json.loads`` that refuses NaN, Infinity and numbers that overflow to them.
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """True when arrays and objects nest more than ``limit`` deep in ``value`` (a container is level 1).
+
+    Level by level, so no recursion; it stops at ``limit + 1`` levels, so a
+    cyclic value cannot keep it going (a wide one can: encode it first).
+    """
+    level = [value] if type(value) is dict or type(value) is list else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        below: list[Any] = []
+        for container in level:
+            below.extend(container.values() if type(container) is dict else container)
+        level = [item for item in below if type(item) is dict or type(item) is list]
+    return False
+
+
+def loads_strict(text: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` that refuses NaN, Infinity, numbers that overflow to them, and deep nesting.
+
+    Args:
+        max_depth: the deepest nesting of arrays and objects allowed, the outer one
+            being level 1 (``MAX_JSON_DEPTH``).
 
     Raises:
         ValueError: the text is not JSON we could send on unchanged.
     """
     try:
-        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
+        value, deep = None, True
+    else:
+        # Counting brackets costs next to nothing and settles almost every message:
+        # fewer openings than the limit cannot nest deeper than it.
+        deep = text.count("[") + text.count("{") > max_depth and nested_deeper_than(value, max_depth)
+    if deep:
+        raise ValueError(f"JSON nested deeper than {max_depth} levels")
+    return value
 
 
 def _optional_string(message: dict[str, Any], key: str) -> str | None:

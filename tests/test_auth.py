@@ -137,3 +137,77 @@ def test_a_token_lives_at_least_its_announced_lifetime() -> None:
     service = TokenService(SECRET, 60, Clock(1_700_000_000.7))
     claims = service.issue("alice").claims
     assert claims.exp - 1_700_000_000.7 >= 60 and claims.iat == 1_700_000_000
+
+
+class TestHostileClaims:
+    """Tokens signed with the right key whose claims are still wrong (the key may have leaked to a tool)."""
+
+    NOW = 1_700_000_000
+
+    def sign(self, **claims: object) -> str:
+        base: dict[str, object] = {"sub": "a", "sid": "s", "iat": self.NOW, "exp": self.NOW + 60}
+        base.update(claims)
+        return jwt.encode({k: v for k, v in base.items() if v is not None}, SECRET, algorithm="HS256")
+
+    @pytest.mark.parametrize("claims", [
+        {"exp": float("inf")}, {"exp": float("-inf")}, {"exp": float("nan")}, {"iat": float("nan")},
+        {"exp": True}, {"auth_time": float("inf")}, {"auth_time": "yesterday"},
+        {"sid": "a|b"}, {"sid": "tab\there"}, {"sid": "x" * 257},
+        {"nbf": NOW + 1}, {"nbf": float("nan")}, {"nbf": "now"},
+    ], ids=repr)
+    def test_refused_as_invalid(self, claims: dict) -> None:
+        with pytest.raises(TokenInvalid):
+            TokenService(SECRET, 60, Clock(self.NOW)).verify(self.sign(**claims))
+
+    def test_nbf_now_or_before_is_valid(self) -> None:
+        service = TokenService(SECRET, 60, Clock(self.NOW))
+        assert service.verify(self.sign(nbf=self.NOW)).sub == "a"
+        assert service.verify(self.sign(nbf=self.NOW - 30.5)).sub == "a"
+
+    def test_a_huge_finite_exp_is_just_far_away(self) -> None:
+        assert TokenService(SECRET, 60, Clock(self.NOW)).verify(self.sign(exp=1e300)).exp == int(1e300)
+
+
+class TestMaxLifetime:
+    def test_a_login_records_its_time_and_the_chain_keeps_it(self) -> None:
+        clock = Clock()
+        service = TokenService(SECRET, 60, clock, max_lifetime=150)
+        first = service.issue("alice", "s")
+        assert first.claims.auth_time == 1_700_000_000
+        assert jwt.decode(first.token, SECRET, algorithms=["HS256"],
+                          options={"verify_exp": False})["auth_time"] == 1_700_000_000
+        clock.now += 50
+        second = service.refresh(first.token)
+        assert (second.claims.auth_time, second.claims.exp, second.expires_in) == (1_700_000_000, clock.now + 60, 60)
+        clock.now += 50  # 100 s into the chain: 50 s left, less than a lifetime
+        third = service.refresh(second.token)
+        assert (third.claims.exp, third.expires_in) == (1_700_000_150, 50)
+        clock.now += 49.5
+        with pytest.raises(TokenExpired, match="log in again"):
+            service.refresh(third.token)  # half a second left: no token worth issuing
+        assert service.verify(third.token).sub == "alice"  # the token itself lives to its exp
+
+    def test_the_first_token_is_capped_too(self) -> None:
+        issued = TokenService(SECRET, 3600, Clock(), max_lifetime=600).issue("alice")
+        assert (issued.claims.exp - issued.claims.iat, issued.expires_in) == (600, 600)
+
+    def test_a_token_without_auth_time_starts_its_chain_at_iat(self) -> None:
+        clock = Clock()
+        service = TokenService(SECRET, 60, clock, max_lifetime=100)
+        old = jwt.encode({"sub": "a", "sid": "s", "iat": clock.now - 90, "exp": clock.now + 30}, SECRET,
+                         algorithm="HS256")
+        refreshed = service.refresh(old)
+        assert (refreshed.claims.auth_time, refreshed.claims.exp) == (clock.now - 90, clock.now + 10)
+
+    def test_zero_means_no_limit(self) -> None:
+        clock = Clock()
+        service = TokenService(SECRET, 60, clock, max_lifetime=0)
+        token = service.issue("alice").token
+        for _ in range(100):
+            clock.now += 50
+            token = service.refresh(token).token
+        assert service.verify(token).auth_time == 1_700_000_000
+
+    def test_negative_is_refused(self) -> None:
+        with pytest.raises(ValueError):
+            TokenService(SECRET, 60, max_lifetime=-1)

@@ -8,6 +8,8 @@ import pytest
 
 from rusty_ws.exceptions import ProtocolError
 from rusty_ws.protocol import (
+    MAX_JSON_DEPTH,
+    SERVER_PUBLISHER,
     CloseCode,
     ClosePolicy,
     CLOSE_CODE_EXPLANATIONS,
@@ -22,7 +24,10 @@ from rusty_ws.protocol import (
     close_policy,
     command_verb,
     encode_error,
+    encode_register_name,
     is_error_reply,
+    loads_strict,
+    nested_deeper_than,
     parse_command,
     parse_error,
 )
@@ -243,3 +248,58 @@ class TestTimestamps:
         assert rfc3339_now(1706091938.999_999_9) == "2024-01-24T10:25:39.000000+00:00"  # rounds up a second
         parsed = datetime.fromisoformat(rfc3339_now())
         assert parsed.utcoffset().total_seconds() == 0
+
+
+class TestLimits:
+    """MAX_JSON_DEPTH and the reserved name: what a hostile client tries first."""
+
+    @pytest.mark.parametrize("depth, refused", [(1, False), (63, False), (64, True), (966, True), (100_000, True)])
+    def test_payload_depth(self, depth: int, refused: bool) -> None:
+        text = 'publish-json:{"topic":"T","payload":' + "[" * depth + "]" * depth + "}"
+        if refused:
+            with pytest.raises(ProtocolError) as caught:
+                parse_command(text)
+            assert caught.value.code == ErrorCode.INVALID_JSON
+        else:
+            assert isinstance(parse_command(text), Publish)
+
+    def test_brackets_in_strings_do_not_count(self) -> None:
+        payload = json.dumps({"text": "[" * 500, "list": [[[{"a": "{" * 500}]]]})
+        assert parse_command('publish-json:{"topic":"T","payload":' + payload + "}").payload == json.loads(payload)
+
+    def test_wide_is_not_deep(self) -> None:
+        payload = json.dumps([[[{"a": [1]}]] for _ in range(10_000)])
+        assert len(parse_command('publish-json:{"topic":"T","payload":' + payload + "}").payload) == 10_000
+
+    @pytest.mark.parametrize("value, limit, deeper", [
+        (1, 0, False), ([], 0, True), ([], 1, False), ({"a": [{}]}, 3, False), ({"a": [{}]}, 2, True),
+        ([1, [2, [3]], {"x": "[[[["}], 3, False),
+    ])
+    def test_nested_deeper_than(self, value: object, limit: int, deeper: bool) -> None:
+        assert nested_deeper_than(value, limit) is deeper
+
+    def test_a_cyclic_value_ends(self) -> None:
+        cycle: list = []
+        cycle.append(cycle)
+        assert nested_deeper_than(cycle, MAX_JSON_DEPTH)
+
+    def test_loads_strict_takes_a_limit(self) -> None:
+        assert loads_strict("[[1]]", max_depth=2) == [[1]]
+        with pytest.raises(ValueError, match="deeper than 1"):
+            loads_strict("[[1]]", max_depth=1)
+
+    @pytest.mark.parametrize("name", ["server", "Server", "SERVER", " server\u00a0", "ſerver"])
+    def test_server_is_reserved(self, name: str) -> None:
+        for text in (f"register-name:{name}", "publish-json:" + json.dumps({"topic": "T", "publisher_name": name})):
+            with pytest.raises(ProtocolError) as caught:
+                parse_command(text)
+            assert caught.value.code == ErrorCode.RESERVED_NAME
+        with pytest.raises(ProtocolError):
+            encode_register_name(name)  # the clients refuse it before sending
+
+    @pytest.mark.parametrize("name", ["servers", "my server", "server-1", "serve"])
+    def test_names_like_it_are_fine(self, name: str) -> None:
+        assert parse_command(f"register-name:{name}") == RegisterName(name)
+
+    def test_the_hub_publishes_as_the_reserved_name(self) -> None:
+        assert SERVER_PUBLISHER == "server"

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from rusty_ws.brokers.redis_codec import (
+    MAX_ENVELOPE_DEPTH,
     channel_name,
     control_channel,
     decode_envelope,
@@ -16,7 +17,7 @@ from rusty_ws.brokers.redis_codec import (
     key_of_channel,
     split_url,
 )
-from rusty_ws.protocol import Delivery
+from rusty_ws.protocol import MAX_JSON_DEPTH, Delivery
 from support import MS
 
 AWKWARD = ["a", "a:b", ":", "::", "1:a", "a:1", "é", "日本", "\ud800", "x" * 300, "rusty_ws:3:a:b", " ", "*?[]"]
@@ -130,3 +131,27 @@ class TestLazyImport:
             broker_from_url("redis://127.0.0.1:1/0?channel_prefix=a:b")
         with pytest.raises(ValueError):
             broker_from_url("kafka://127.0.0.1:1")
+
+
+class TestEnvelopeLimits:
+    """What a node sends always decodes; what a forger sends past the limits never does."""
+
+    def test_size_is_checked_before_anything_is_decoded(self) -> None:
+        data = encode_envelope("n", delivery(payload="x" * 1000))
+        assert decode_envelope(data, ("T", "s"), max_size=len(data))[1].payload == "x" * 1000
+        with pytest.raises(ValueError, match="more than the"):
+            decode_envelope(data, ("T", "s"), max_size=len(data) - 1)
+        with pytest.raises(ValueError, match="more than the"):
+            decode_envelope(b"\xff" * 100, ("T", "s"), max_size=99)  # not even looked at
+
+    def test_the_deepest_publish_round_trips(self) -> None:
+        payload: list = []
+        for _ in range(MAX_JSON_DEPTH - 2):
+            payload = [payload]  # MAX_JSON_DEPTH - 1 levels: the deepest payload a publish may carry
+        sent = delivery(payload=payload)
+        assert decode_envelope(encode_envelope("n", sent), ("T", "s"))[1] == sent
+        with pytest.raises(ValueError, match="deeper than"):
+            decode_envelope(encode_envelope("n", delivery(payload=[payload])), ("T", "s"))
+
+    def test_envelope_depth_is_one_more_than_a_command(self) -> None:
+        assert MAX_ENVELOPE_DEPTH == MAX_JSON_DEPTH + 1

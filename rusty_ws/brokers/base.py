@@ -41,7 +41,8 @@ class Broker(abc.ABC):
         Args:
             deliver: hands a delivery to this node's subscribers.
             keys: returns every (topic, session) with local subscribers, for brokers
-                that must (re)subscribe upstream.
+                that must (re)subscribe upstream; ``keys(among)`` only those of the
+                keys ``among`` (cheap for a few keys, whatever the registry's size).
         """
 
     @abc.abstractmethod

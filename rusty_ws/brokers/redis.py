@@ -12,9 +12,11 @@ subscriber, and ``interest_added`` returns once Redis has the subscription, so
 a client whose ``subscribe`` was answered receives every later publish, from
 any node.
 
-Publishing. ``publish`` hands the delivery to this node's subscribers at once
-(local delivery does not depend on Redis), then PUBLISHes it, wrapped in an
-envelope that names this node. Every node's listener drops its own envelopes
+Publishing. ``publish`` wraps the delivery in an envelope that names this
+node, hands the delivery to this node's subscribers at once (local delivery
+does not depend on Redis), then PUBLISHes the envelope. The envelope comes
+first so that a delivery no node would take (larger than ``max_envelope_size``,
+which listeners also enforce) is refused before it reaches anyone. Every node's listener drops its own envelopes
 coming back, so each subscriber gets each message exactly once. A PUBLISH is a
 synchronous round trip on the publishing thread, so one connection's publishes
 reach Redis, and therefore every node, in the order it made them.
@@ -44,8 +46,9 @@ import socket
 import threading
 from typing import Any, Callable
 
+from ..exceptions import ProtocolError
 from ..history import Position
-from ..protocol import Delivery
+from ..protocol import Delivery, ErrorCode
 from .base import Broker, Deliver, Key
 from .redis_codec import (
     DEFAULT_CHANNEL_PREFIX,
@@ -109,6 +112,9 @@ class RedisBroker(Broker):
             (pub/sub ignores the database number).
         subscribe_timeout: seconds a subscribe or unsubscribe waits for Redis to confirm.
         start_timeout: seconds ``start`` waits for the first connection.
+        max_envelope_size: the largest envelope this node sends or accepts, in bytes (None:
+            no limit). The hub gives ``RUSTY_WS_MAX_QUEUED_BYTES``: a bigger delivery fits in
+            no subscriber's outbox, so it could only close every subscriber as a slow consumer.
 
     Raises:
         RuntimeError: the ``redis`` package is not installed.
@@ -119,12 +125,13 @@ class RedisBroker(Broker):
     distributed = True
 
     def __init__(self, url: str, *, subscribe_timeout: float = SUBSCRIBE_TIMEOUT,
-                 start_timeout: float = START_TIMEOUT) -> None:
+                 start_timeout: float = START_TIMEOUT, max_envelope_size: int | None = None) -> None:
         self._redis = _import_redis()
         self._url, self.channel_prefix = split_url(url)
         self._redis.connection.ConnectionPool.from_url(self._url)  # raises ValueError early for a bad URL
         self.subscribe_timeout = subscribe_timeout
         self.start_timeout = start_timeout
+        self.max_envelope_size = max_envelope_size
         self._deliver: Deliver | None = None
         self._keys: Callable[[], list[Key]] | None = None
         # _launch_lock guards _listener, _pid and _stopped: one listener per process, started once.
@@ -171,6 +178,7 @@ class RedisBroker(Broker):
             deliver=self._deliver,
             keys=self._keys,
             subscribe_timeout=self.subscribe_timeout,
+            max_envelope_size=self.max_envelope_size,
         )
         self._listener, self._pid = listener, os.getpid()
         listener.start(self.start_timeout)
@@ -194,14 +202,27 @@ class RedisBroker(Broker):
     def publish(self, delivery: Delivery) -> Position | None:
         """Deliver here at once, then to the other nodes through Redis.
 
-        Blocks for one Redis round trip. Never raises for Redis trouble: while
-        Redis is unreachable the publish reaches this node's subscribers only,
-        and is counted as ``unsent`` in ``status()``.
+        The envelope is made first: a delivery that no node could take is
+        delivered nowhere, not here only. Blocks for one Redis round trip. Never
+        raises for Redis trouble: while Redis is unreachable the publish reaches
+        this node's subscribers only, and is counted as ``unsent`` in ``status()``.
+
+        Raises:
+            ProtocolError: ``invalid_message``: the envelope would be larger than
+                ``max_envelope_size``, or the payload cannot be encoded.
         """
         listener = self._current()
         assert self._deliver is not None
+        try:
+            envelope = encode_envelope(listener.node_id, delivery)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"the payload is not JSON: {exc}") from None
+        if self.max_envelope_size is not None and len(envelope) > self.max_envelope_size:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE,
+                                f"the message would be {len(envelope)} bytes on Redis, more than the "
+                                f"{self.max_envelope_size} any node accepts")
         position = self._deliver(delivery)
-        listener.forward(delivery)
+        listener.forward(delivery, envelope)
         return position
 
     def interest_added(self, key: Key) -> None:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from ..protocol import Delivery, dumps_utf8, loads_strict
+from ..protocol import MAX_JSON_DEPTH, Delivery, dumps_utf8, loads_strict
 from .base import Key
 
 __all__ = [
     "DEFAULT_CHANNEL_PREFIX",
     "ENVELOPE_VERSION",
+    "MAX_ENVELOPE_DEPTH",
     "channel_name",
     "key_of_channel",
     "control_channel",
@@ -26,6 +27,9 @@ __all__ = [
 DEFAULT_CHANNEL_PREFIX = "rusty_ws"
 #: Version of the envelope published on Redis; a node drops envelopes of other versions.
 ENVELOPE_VERSION = 1
+#: Deepest nesting in an envelope: a delivery's (``protocol.MAX_JSON_DEPTH``, the limit of
+#: every publish) inside the envelope's own object.
+MAX_ENVELOPE_DEPTH = MAX_JSON_DEPTH + 1
 
 
 def channel_name(prefix: str, topic: str, session_id: str) -> bytes:
@@ -73,14 +77,22 @@ def encode_envelope(node_id: str, delivery: Delivery) -> bytes:
     return dumps_utf8({"v": ENVELOPE_VERSION, "node": node_id, "delivery": delivery.to_dict()})
 
 
-def decode_envelope(data: bytes, key: Key) -> tuple[str, Delivery]:
+def decode_envelope(data: bytes, key: Key, max_size: int | None = None) -> tuple[str, Delivery]:
     """The sending node and the delivery of an envelope read from ``key``'s channel.
 
+    Args:
+        max_size: the largest envelope a node sends, in bytes (None: no limit). Checked
+            first, before anything is decoded.
+
     Raises:
-        ValueError: ``data`` is not an envelope a rusty_ws node would send on that channel.
+        ValueError: ``data`` is not an envelope a rusty_ws node would send on that channel:
+            larger than ``max_size``, not UTF-8 JSON, nested deeper than
+            ``MAX_ENVELOPE_DEPTH``, or not shaped like one.
     """
+    if max_size is not None and len(data) > max_size:
+        raise ValueError(f"{len(data)} bytes, more than the {max_size} an envelope may have")
     try:
-        envelope = loads_strict(data.decode("utf-8"))
+        envelope = loads_strict(data.decode("utf-8"), MAX_ENVELOPE_DEPTH)
     except UnicodeDecodeError:
         raise ValueError("not UTF-8") from None
     if not isinstance(envelope, dict):

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 from .. import backoff
 from ..protocol import Delivery
 from .base import Deliver, Key
-from .redis_codec import channel_name, control_channel, decode_envelope, encode_envelope
+from .redis_codec import channel_name, control_channel, decode_envelope
 
 __all__ = ["Listener"]
 
@@ -57,6 +57,7 @@ class Listener:
         deliver: Deliver,
         keys: Callable[[], list[Key]],
         subscribe_timeout: float,
+        max_envelope_size: int | None = None,
         backoff_delays: Callable[[], Iterator[float]] = lambda: backoff.delays(initial=0.1, cap=5.0),
     ) -> None:
         self.client = client
@@ -67,6 +68,8 @@ class Listener:
         self.deliver = deliver
         self.keys = keys
         self.subscribe_timeout = subscribe_timeout
+        #: Larger envelopes are dropped unread (None: no limit); see ``RedisBroker``.
+        self.max_envelope_size = max_envelope_size
         self.backoff_delays = backoff_delays
         # _lock guards _connected, _dirty, _waiters and _counts. Never held across I/O.
         self._lock = threading.Lock()
@@ -107,12 +110,11 @@ class Listener:
         except self.errors:
             pass
 
-    def forward(self, delivery: Delivery) -> None:
-        """PUBLISH ``delivery`` for the other nodes, or count it as unsent while disconnected."""
+    def forward(self, delivery: Delivery, envelope: bytes) -> None:
+        """PUBLISH ``envelope`` (``delivery``'s) for the other nodes, or count it as unsent while disconnected."""
         if self._connected:
             try:
-                self.client.publish(channel_name(self.prefix, delivery.topic, delivery.session_id),
-                                    encode_envelope(self.node_id, delivery))
+                self.client.publish(channel_name(self.prefix, delivery.topic, delivery.session_id), envelope)
                 return
             except self.errors as exc:
                 reason = f"{type(exc).__name__}: {exc}"
@@ -261,7 +263,9 @@ class Listener:
             dirty, self._dirty = self._dirty, set()
             waiters, self._waiters = self._waiters, []
         if dirty:
-            wanted = set(self.keys())  # read after the marks were taken: at least as new as they are
+            # Read after the marks were taken: at least as new as they are. Only the marked
+            # keys: the registry's lock is never held for work that grows with its size.
+            wanted = set(self.keys(dirty))
             subscribe, unsubscribe = [], []
             for key in dirty:
                 channel = channel_name(self.prefix, *key)
@@ -285,7 +289,7 @@ class Listener:
         if key is None:
             return  # a message sent before Redis had our UNSUBSCRIBE
         try:
-            node, delivery = decode_envelope(data, key)
+            node, delivery = decode_envelope(data, key, self.max_envelope_size)
         except (ValueError, TypeError, AttributeError) as exc:
             with self._lock:
                 self._counts["dropped"] += 1

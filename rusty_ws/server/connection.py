@@ -215,7 +215,9 @@ class Connection:
         self.name = command.name
 
     def _on_register_session(self, command: RegisterSession) -> None:
-        self.session_id = self._allowed_session(command.session_id)
+        old, self.session_id = self.session_id, self._allowed_session(command.session_id)
+        self.hub.registry.enter_session(self.session_id)  # /healthz counts sessions as they change
+        self.hub.registry.leave_session(old)
 
     def _on_subscribe(self, command: Subscribe) -> None:
         self.hub.subscribe(self.outbox, command.topic, self._allowed_session(command.session_id))

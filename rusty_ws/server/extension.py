@@ -32,7 +32,16 @@ from ..brokers import broker_from_url
 from ..config import Settings
 from .hub import Hub
 from ..exceptions import ProtocolError
-from ..protocol import Delivery, ErrorCode, check_session, check_topic, rfc3339_now
+from ..protocol import (
+    MAX_JSON_DEPTH,
+    SERVER_PUBLISHER,
+    Delivery,
+    ErrorCode,
+    check_session,
+    check_topic,
+    nested_deeper_than,
+    rfc3339_now,
+)
 from .state import EXTENSION_KEY, State, state_of
 from .views import make_blueprint, reader_thread_class
 
@@ -73,7 +82,8 @@ class PubSub:
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError("rusty_ws is already registered on this app")
         settings = Settings.from_config(app.config)
-        broker = broker_from_url(settings.broker_url)
+        # A delivery bigger than an outbox holds could only close every subscriber (4100).
+        broker = broker_from_url(settings.broker_url, max_envelope_size=settings.max_queued_bytes)
         secret = settings.jwt_secret_key
         if not secret:
             secret = secrets.token_urlsafe(32)
@@ -89,6 +99,9 @@ class PubSub:
                     "! no JWT_SECRET_KEY set: generated a random one; tokens will not survive "
                     "a restart nor work on another process"
                 )
+        if "*" not in settings.allowed_hosts and app.config.get("RUSTY_WS_ALLOWED_HOSTS") is None:
+            logger.info("= RUSTY_WS_ALLOWED_HOSTS not set while origins are restricted: answering "
+                        "only requests for %s", ", ".join(settings.allowed_hosts))
         users = UsersFile.load(settings.users_file) if settings.users_file else None
         if users is None and self.credential_checker is None:
             logger.warning(
@@ -99,7 +112,8 @@ class PubSub:
             pubsub=self,
             settings=settings,
             hub=Hub(settings, broker),
-            tokens=TokenService(secret, settings.jwt_expiration_seconds),
+            tokens=TokenService(secret, settings.jwt_expiration_seconds,
+                                max_lifetime=settings.jwt_max_lifetime),
             users=users,
         )
         try:
@@ -154,17 +168,21 @@ class PubSub:
         topic: str,
         payload: Any,
         *,
-        publisher_name: str = "server",
+        publisher_name: str = SERVER_PUBLISHER,
         timestamp: str | None = None,
         app: Flask | None = None,
     ) -> None:
         """Publish from server code, delivered exactly like a client's publish.
 
-        Safe from any thread; never blocks on a slow subscriber.
+        Safe from any thread; never blocks on a slow subscriber. The payload obeys
+        the clients' limit: it may nest at most ``MAX_JSON_DEPTH - 1`` (63) deep.
+        ``publisher_name`` defaults to ``"server"``, which no client may use, and the
+        delivery has no ``user``: that is how receivers tell the hub's messages apart.
 
         Raises:
             ProtocolError: the topic or session is not valid, or the payload is not JSON
-                (``invalid_message``: NaN, sets, arbitrary objects).
+                (``invalid_message``: NaN, sets, arbitrary objects, nested too deeply, or
+                larger than ``RUSTY_WS_MAX_QUEUED_BYTES`` encoded).
         """
         delivery = Delivery(
             publisher_name=publisher_name,
@@ -174,10 +192,20 @@ class PubSub:
             session_id=check_session(session_id),
         )
         try:
-            delivery.encode()  # fail here, in the caller, not later on the writer's path
-        except (TypeError, ValueError) as exc:
+            encoded = delivery.encode()  # fail here, in the caller, not later on the writer's path
+        except (TypeError, ValueError, RecursionError) as exc:
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"the payload is not JSON: {exc}") from None
-        self.hub(app).publish(delivery)
+        # The clients' limit (protocol.loads_strict), so that every node can encode it again.
+        if (encoded.count(b"[") + encoded.count(b"{") > MAX_JSON_DEPTH
+                and nested_deeper_than(delivery.to_dict(), MAX_JSON_DEPTH)):
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE,
+                                f"the payload nests deeper than {MAX_JSON_DEPTH - 1} levels")
+        hub = self.hub(app)
+        if len(encoded) > hub.settings.max_queued_bytes:  # it would close every subscriber (4100)
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE,
+                                f"the message is {len(encoded)} bytes, more than a subscriber's outbox "
+                                f"holds (RUSTY_WS_MAX_QUEUED_BYTES, {hub.settings.max_queued_bytes})")
+        hub.publish(delivery)
 
     def shutdown(self, app: Flask | None = None, timeout: float = 5.0) -> None:
         """Close every connection (4200: reconnect now) and stop the hub's threads. Idempotent."""

@@ -143,16 +143,20 @@ class Hub:
         with self._connections_lock:
             self._connections.add(connection)
             self._compressing += connection.outbox.deflate
+        self.registry.enter_session(connection.session_id)  # counted by /healthz's "sessions"
 
     def _discard(self, connection: "Connection") -> None:
         """Forget a connection that ended, and every subscription it held."""
         for key in self.registry.remove(connection.outbox):
             self._interest_gone(key)
         with self._connections_lock:
-            if connection in self._connections:
+            present = connection in self._connections
+            if present:
                 self._connections.remove(connection)
                 self._compressing -= connection.outbox.deflate
             self._connections_changed.notify_all()
+        if present:
+            self.registry.leave_session(connection.session_id)
 
     # ------------------------------------------------------------------ subscriptions
 
@@ -328,15 +332,18 @@ class Hub:
     # ------------------------------------------------------------------ reporting and shutdown
 
     def counts(self) -> dict[str, Any]:
-        """What ``/healthz`` shows: connections, sessions, topics, subscriptions, broker."""
-        connections = self.connections()
+        """What ``/healthz`` shows: connections, sessions, topics, subscriptions, broker.
+
+        Constant time: every count is kept up to date as it changes (``Registry.counts``),
+        so polling it never holds a lock that publishes and subscribes wait for.
+        """
+        with self._connections_lock:
+            connections = len(self._connections)
         registry = self.registry.counts()
-        sessions = {conn.session_id for conn in connections}
-        sessions.update(session for _, session in self.registry.keys())
         return {
             "status": "ok" if self._accepting else "stopping",
-            "connections": len(connections),
-            "sessions": len(sessions),
+            "connections": connections,
+            "sessions": registry.sessions_in_use,
             "topics": registry.topics,
             "subscriptions": registry.subscriptions,
             **self._history_counts(),

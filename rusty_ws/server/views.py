@@ -9,6 +9,10 @@ The WebSocket route is flask-sock's, but a request reaches the upgrade only
 after ``_admit`` has checked it (origin, token, connection limit), because
 flask-sock completes the handshake before its view runs. A refused request
 gets a JSON answer with 401, 403 or 503 and never becomes a WebSocket.
+Before that, ``_check_host`` refuses (403) any request of the hub's routes
+whose ``Host`` is not allowed (``RUSTY_WS_ALLOWED_HOSTS``, against DNS
+rebinding), and ``/auth/token`` runs at most ``RUSTY_WS_MAX_CONCURRENT_LOGINS``
+credential checks at once.
 
 simple-websocket starts a reader thread per connection; on our route it gets
 a stand-in (``_RequestThreadReads``) and the request thread reads instead,
@@ -23,6 +27,7 @@ calls the view and closes), so ``setup.cfg`` bounds both versions.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import ssl
 import threading
@@ -130,6 +135,18 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
     bp = Blueprint(name, __name__, static_folder=STATIC_FOLDER, static_url_path="/rusty_ws")
     sock = Sock()
     settings, hub = state.settings, state.hub
+    # Bounds the password checks that run at once: a users-file check (scrypt) takes
+    # ~32 MiB for its duration, so 64 logins at once would take 2 GiB.
+    logins = threading.BoundedSemaphore(settings.max_concurrent_logins)
+
+    @bp.before_request
+    def _check_host() -> Any:
+        # First of all: against DNS rebinding, a page that points its own name at this hub
+        # is same-origin with it, so only the Host it names gives it away (RUSTY_WS_ALLOWED_HOSTS).
+        if not settings.host_allowed(request.host):
+            logger.info("! refused a request for host %r from %s", request.host[:200], request.remote_addr)
+            return _error(403, "forbidden_host", "this hub does not answer to that host name")
+        return None
 
     @bp.before_request
     def _admit() -> Any:
@@ -223,13 +240,29 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
             return _error(exc.status, exc.code, exc.message)
         except ProtocolError as exc:
             return _error(400, exc.code, exc.message)
-        if not state.check_credentials(username, password):
+        accepted = _check_login(username, password)
+        if accepted is None:
+            response, status = _error(503, "too_many_logins", "too many logins at once; try again shortly")
+            response.headers["Retry-After"] = str(max(1, math.ceil(settings.login_queue_timeout)))
+            return response, status
+        if not accepted:
             logger.info("! failed login for %r from %s", username[:64], request.remote_addr)
             return _error(401, "bad_credentials", "wrong username or password")
         issued = state.tokens.issue(username, session_id)
         logger.info("= issued a token for %r in %r", username, issued.claims.sid)
         return jsonify({"token": issued.token, "expires_in": issued.expires_in,
                         "session_id": issued.claims.sid})
+
+    def _check_login(username: str, password: str) -> bool | None:
+        """The credential check, at most ``max_concurrent_logins`` at once; None if none was free in time."""
+        if not logins.acquire(timeout=settings.login_queue_timeout):
+            logger.info("! %d logins running: refused one from %s", settings.max_concurrent_logins,
+                        request.remote_addr)
+            return None
+        try:
+            return state.check_credentials(username, password)
+        finally:
+            logins.release()
 
     @bp.route("/auth/refresh", methods=["POST"])
     def refresh_token() -> Any:
@@ -244,9 +277,14 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
         return jsonify({"token": issued.token, "expires_in": issued.expires_in,
                         "session_id": issued.claims.sid})
 
-    @bp.route("/healthz")
-    def healthz() -> Any:
-        return jsonify(hub.counts())
+    if settings.healthz == "full":
+        @bp.route("/healthz")
+        def healthz() -> Any:
+            return jsonify(hub.counts())
+    elif settings.healthz == "minimal":
+        @bp.route("/healthz")
+        def healthz() -> Any:
+            return jsonify({"status": "ok" if hub.accepting else "stopping"})
 
     if settings.serve_page:
         @bp.route("/")
