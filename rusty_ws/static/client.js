@@ -1,11 +1,10 @@
 // RustyWsClient: a rusty_ws connection for pages (and Node), with promises instead of raw strings.
 // The mirror of rusty_ws/client/client.py's WsClient. The hub handles one connection's commands
-// in order and answers them in order, so each call waits for the reply its command earns:
-// `subscribed:` for subscribe-json, `ack:` for a publish with an id, `history:` for history, and
-// for the silent commands (register-*, unsubscribe) a `ping` sent after them, whose `pong` means
-// they are done. An `error:` in place of a reply is that command's answer; one that comes before
-// a `pong` belongs to the silent commands before the `ping`. Silent commands are always followed
-// by their `ping` before anything else goes out, so an `error:` is never mistaken for another's.
+// in order and answers them in order, so each call waits for the reply its command earns
+// (replies.js): `subscribed:` for subscribe-json, `ack:` for a publish with an id, `history:` for
+// history, and for the silent commands (register-*, unsubscribe) a `ping` sent after them, whose
+// `pong` means they are done. Silent commands are always followed by their `ping` before
+// anything else goes out, so an `error:` is never mistaken for another command's.
 //
 // Recovery (docs/protocol.md, "History and recovery"): the client remembers the last offset and
 // epoch it saw in each subscription (recovery.js), resubscribes after a reconnection with that
@@ -38,6 +37,7 @@ import {
   unsubscribeCommand,
 } from "./protocol.js";
 import { RecoveryFailure, StreamPositions } from "./recovery.js";
+import { Call, ReplyQueue } from "./replies.js";
 import { authUrlFor, openWebSocket, withToken } from "./transport.js";
 
 /** The states a client goes through; "statechange" events report each change. */
@@ -49,66 +49,13 @@ export const State = Object.freeze({
   CLOSED: "closed",
 });
 
-/** One call of the API: a promise that settles once, and rejects with "timeout" after `timeout` ms. */
-class Call {
-  constructor(label, timeout) {
-    this.label = label;
-    this.done = false;
-    this.promise = new Promise((resolve, reject) => {
-      this._resolve = resolve;
-      this._reject = reject;
-    });
-    this._timer = setTimeout(() => this.fail(new RustyWsError("timeout", `no answer to ${label} within ${timeout} ms`)), timeout);
-  }
-
-  resolve(value) {
-    if (this.done) return;
-    this.done = true;
-    clearTimeout(this._timer);
-    this._resolve(value);
-  }
-
-  fail(error) {
-    if (this.done) return;
-    this.done = true;
-    clearTimeout(this._timer);
-    this._reject(error);
-  }
-}
-
-/**
- * A reply the hub owes on one socket, queued in the order the hub will send it. A PONG answers
- * the silent commands before its `ping` (an `error:` that comes first is theirs, kept until the
- * pong); every other kind answers one command, and an `error:` in its place is that answer.
- * It stays queued after its call timed out: the reply that comes late must still be matched to it.
- */
-class Expected {
-  /**
-   * @param {string} kind a ReplyKind
-   * @param {Call} call settled by the reply
-   * @param {object} [hooks]
-   * @param {?string} [hooks.id] the publish id an ACK answers
-   * @param {?Function} [hooks.onAnswer] (reply) => the call's value; runs as the reply is read, before later frames
-   * @param {?Function} [hooks.onError] (error) => true when it handled the error itself (the call goes on)
-   */
-  constructor(kind, call, { id = null, onAnswer = null, onError = null } = {}) {
-    this.kind = kind;
-    this.call = call;
-    this.id = id;
-    this.error = null;
-    this._onAnswer = onAnswer;
-    this._onError = onError;
-  }
-
-  answer(reply) {
-    if (this.kind === ReplyKind.PONG && this.error !== null) this.call.fail(this.error);
-    else this.call.resolve(this._onAnswer === null ? reply : this._onAnswer(reply));
-  }
-
-  refuse(error) {
-    if (this._onError === null || !this._onError(error)) this.call.fail(error);
-  }
-}
+/** How each reply is parsed (to null when malformed). */
+const PARSERS = {
+  [ReplyKind.PONG]: () => null,
+  [ReplyKind.SUBSCRIBED]: parseSubscribed,
+  [ReplyKind.HISTORY]: parseHistory,
+  [ReplyKind.ACK]: parseAck,
+};
 
 /** A random string for the client's publish ids: unique per client, so ids never meet in a session. */
 function randomHex(bytes) {
@@ -166,7 +113,7 @@ export class RustyWsClient extends EventTarget {
 
     this._state = State.IDLE;
     this._socket = null; // the live socket; frames and closes of any other are stale
-    this._waiters = []; // Expected replies of the live socket, in the order the hub will send them
+    this._replies = new ReplyQueue(); // the replies the live socket owes, in the order the hub will send them
     this._subscriptions = new Set(); // topics to restore after a reconnect
     this._positions = new StreamPositions(); // the last offset and epoch seen per subscription
     this._unacked = new Map(); // publish id -> {text, call}: sent again after a reconnect until acked
@@ -407,7 +354,7 @@ export class RustyWsClient extends EventTarget {
       call.fail(new ConnectionClosedError(1006, `send failed: ${error.message}`));
       return call.promise;
     }
-    this._waiters.push(new Expected(kind, call, hooks));
+    this._replies.expect(kind, call, hooks);
     return call.promise;
   }
 
@@ -418,10 +365,10 @@ export class RustyWsClient extends EventTarget {
     } catch {
       return; // the socket is going: its close event brings the reconnection that sends it again
     }
-    this._waiters.push(new Expected(ReplyKind.ACK, pending.call, {
+    this._replies.expect(ReplyKind.ACK, pending.call, {
       id: pending.id,
       onAnswer: (ack) => ({ id: ack.id, offset: ack.offset ?? null, epoch: ack.epoch ?? null }),
-    }));
+    });
   }
 
   _nextPublishId() {
@@ -496,9 +443,11 @@ export class RustyWsClient extends EventTarget {
     this._socket = socket;
     const registered = new Call(replay ? "re-register" : "register", this.timeout);
     for (const frame of frames) socket.send(frame);
-    this._waiters.push(new Expected(ReplyKind.PONG, registered));
+    this._replies.expect(ReplyKind.PONG, registered);
     const restored = resubscriptions.map(({ topic, since, text }) => this._resubscribe(socket, topic, since, text));
-    if (replay) for (const pending of this._unacked.values()) this._sendPublish(socket, pending);
+    if (replay) {
+      for (const pending of this._unacked.values()) if (!pending.call.done) this._sendPublish(socket, pending);
+    }
     return Promise.all([registered.promise, ...restored]);
   }
 
@@ -516,12 +465,12 @@ export class RustyWsClient extends EventTarget {
         count: 0,
       });
       socket.send(subscribeJsonCommand(topic, this._sessionId));
-      this._waiters.push(new Expected(ReplyKind.SUBSCRIBED, call, this._subscribeHooks(topic, null)));
+      this._replies.expect(ReplyKind.SUBSCRIBED, call, this._subscribeHooks(topic, null));
       return true;
     };
     hooks.beforeSend();
     socket.send(text);
-    this._waiters.push(new Expected(ReplyKind.SUBSCRIBED, call, hooks));
+    this._replies.expect(ReplyKind.SUBSCRIBED, call, hooks);
     return call.promise.catch((error) => {
       if (!(error instanceof ServerError)) throw error;
       // The hub refused a restored subscription (its limit may have changed): say so, carry on.
@@ -537,62 +486,14 @@ export class RustyWsClient extends EventTarget {
       this._emit("error", { error: new RustyWsError("invalid_message", "the hub sent a binary frame") });
       return;
     }
-    switch (replyKind(data)) {
-      case ReplyKind.PONG:
-        this._answer(ReplyKind.PONG, data, null);
-        break;
-      case ReplyKind.ERROR:
-        this._refuse(parseError(data));
-        break;
-      case ReplyKind.SUBSCRIBED:
-        this._answer(ReplyKind.SUBSCRIBED, data, parseSubscribed(data));
-        break;
-      case ReplyKind.HISTORY:
-        this._answer(ReplyKind.HISTORY, data, parseHistory(data));
-        break;
-      case ReplyKind.ACK:
-        this._answer(ReplyKind.ACK, data, parseAck(data));
-        break;
-      default:
-        this._deliver(data);
-    }
-  }
-
-  /** A reply of `kind` came (`reply` parsed; null when it is malformed): it answers the first expected one. */
-  _answer(kind, text, reply) {
-    if (kind === ReplyKind.PONG) {
-      // The hub answers in order, so a pong means every command before its ping was answered:
-      // a reply still expected ahead of it is one this hub will never send (the hub broke the protocol).
-      while (this._waiters.length > 0 && this._waiters[0].kind !== ReplyKind.PONG) {
-        const skipped = this._waiters.shift();
-        skipped.refuse(new RustyWsError("unanswered", `the hub answered a later ping but not ${skipped.call.label}`));
-      }
-    }
-    const expected = this._waiters[0];
-    const matches = expected !== undefined && expected.kind === kind
-      && (kind !== ReplyKind.ACK || reply === null || reply.id === expected.id);
-    if (!matches) {
-      this._emit("error", { error: new RustyWsError("invalid_message", `a reply nothing waited for: ${text.slice(0, 100)}`) });
-      return;
-    }
-    this._waiters.shift();
-    if (reply === null && kind !== ReplyKind.PONG) {
-      expected.refuse(new RustyWsError("invalid_message", `a malformed reply: ${text.slice(0, 100)}`));
-    } else {
-      expected.answer(reply);
-    }
-  }
-
-  /** An `error:` came: the answer of the first expected reply (kept until the pong, for a PONG). */
-  _refuse(error) {
-    const expected = this._waiters[0];
-    if (expected === undefined) {
-      this._emit("error", { error });
-    } else if (expected.kind === ReplyKind.PONG) {
-      expected.error ??= error;
-    } else {
-      this._waiters.shift();
-      expected.refuse(error);
+    const kind = replyKind(data);
+    if (kind === ReplyKind.DELIVERY) {
+      this._deliver(data);
+    } else if (kind === ReplyKind.ERROR) {
+      const error = parseError(data);
+      if (!this._replies.refuse(error)) this._emit("error", { error });
+    } else if (!this._replies.answer(kind, PARSERS[kind](data), data)) {
+      this._emit("error", { error: new RustyWsError("invalid_message", `a reply nothing waited for: ${data.slice(0, 100)}`) });
     }
   }
 
@@ -643,9 +544,9 @@ export class RustyWsClient extends EventTarget {
     this._stopKeepalive();
     this._lastClose = { code, reason };
     this._positions.connectionLost();
-    const waiters = this._waiters;
-    this._waiters = [];
-    for (const expected of waiters) {
+    const owed = this._replies;
+    this._replies = new ReplyQueue();
+    for (const expected of owed.drain()) {
       if (expected.kind !== ReplyKind.ACK) expected.call.fail(new ConnectionClosedError(code, reason));
     }
     if (this._closedByUser && this._state !== State.CLOSED) {

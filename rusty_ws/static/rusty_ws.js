@@ -21,6 +21,7 @@
 //   transport.js  openWebSocket and the hub's URLs (client/connector.py)
 //   jwt_utils.js  JwtManager and the seed's jwtManager, createAuthenticatedWebSocket (client/tokens.py)
 //   recovery.js   RecoveryFailure, and what a client remembers of each stream to resubscribe from
+//   replies.js    the replies a socket owes, matched to the calls waiting for them
 //   client.js     RustyWsClient and State (client/client.py)
 
 export * from "./protocol.js";

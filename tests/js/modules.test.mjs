@@ -15,7 +15,8 @@ const LAYERS = {
   "transport.js": ["errors.js"],
   "jwt_utils.js": ["errors.js", "transport.js"],
   "recovery.js": ["protocol.js"],
-  "client.js": ["backoff.js", "errors.js", "jwt_utils.js", "protocol.js", "recovery.js", "transport.js"],
+  "replies.js": ["errors.js", "protocol.js"],
+  "client.js": ["backoff.js", "errors.js", "jwt_utils.js", "protocol.js", "recovery.js", "replies.js", "transport.js"],
   "rusty_ws.js": ["client.js", "jwt_utils.js", "protocol.js", "recovery.js", "transport.js"],
   "page.js": ["rusty_ws.js"],
 };

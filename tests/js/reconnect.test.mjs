@@ -25,6 +25,7 @@ class ScriptedHub {
     this.refuse = false; // refuse upgrades (a hub that is down)
     this.answer = historyOff; // (socket, text, connection number) => void
     this._connected = [];
+    this._awaited = []; // {accept, resolve}: tests waiting for a command
     this.server.on("connection", (socket) => {
       if (this.refuse) {
         socket.terminate();
@@ -34,6 +35,10 @@ class ScriptedHub {
       socket.on("message", (data) => {
         const text = data.toString();
         this.commands.push([number, text]);
+        for (const waiter of this._awaited.filter(({ accept }) => accept(text, number))) {
+          this._awaited.splice(this._awaited.indexOf(waiter), 1);
+          waiter.resolve(text);
+        }
         if (!this.silent) this.answer(socket, text, number);
       });
       for (const resolve of this._connected.splice(0)) resolve(socket);
@@ -48,6 +53,13 @@ class ScriptedHub {
   connection(count) {
     if (this.sockets.length > count) return Promise.resolve(this.sockets[count]);
     return within(new Promise((resolve) => this._connected.push(resolve)), WAIT, "a connection");
+  }
+
+  /** The first command, come or to come, that passes `accept(text, connection number)`. */
+  command(accept) {
+    const found = this.commands.find(([number, text]) => accept(text, number));
+    if (found) return Promise.resolve(found[1]);
+    return within(new Promise((resolve) => this._awaited.push({ accept, resolve })), WAIT, "a command");
   }
 
   commandsOf(number) {
@@ -349,10 +361,7 @@ describe("recovery and acknowledgements, scripted", () => {
     };
     const c = await client();
     const publishing = c.publish("A", "once");
-    await within(new Promise((resolve) => {
-      const check = () => (hub.commandsOf(1).some((t) => t.startsWith("publish-json:")) ? resolve() : setImmediate(check));
-      check();
-    }), WAIT, "the first publish");
+    await hub.command((text) => text.startsWith("publish-json:"));
     hub.sockets[0].terminate();
     const ack = await publishing;
     const [first] = hub.commandsOf(1).filter((t) => t.startsWith("publish-json:"));
@@ -366,6 +375,7 @@ describe("recovery and acknowledgements, scripted", () => {
     hub.silent = true;
     await assert.rejects(c.publish("A", 1), { code: "timeout" });
     const rejected = assert.rejects(c.publish("A", 2), ConnectionClosedError);
+    await hub.command((text) => text.includes('"payload":2'));
     await c.close();
     await rejected;
   });
