@@ -1,7 +1,15 @@
 // RustyWsClient: a rusty_ws connection for pages (and Node), with promises instead of raw strings.
-// The mirror of rusty_ws/client/client.py's WsClient: every command goes out followed by a
-// `ping`, and the hub handles one connection's commands in order, so the `pong` means the
-// command is done, and an `error:` arriving before that pong is the command's answer.
+// The mirror of rusty_ws/client/client.py's WsClient. The hub handles one connection's commands
+// in order and answers them in order, so each call waits for the reply its command earns
+// (replies.js): `subscribed:` for subscribe-json, `ack:` for a publish with an id, `history:` for
+// history, and for the silent commands (register-*, unsubscribe) a `ping` sent after them, whose
+// `pong` means they are done. Silent commands are always followed by their `ping` before
+// anything else goes out, so an `error:` is never mistaken for another command's.
+//
+// Recovery (docs/protocol.md, "History and recovery"): the client remembers the last offset and
+// epoch it saw in each subscription (recovery.js), resubscribes after a reconnection with that
+// `since`, and the hub replays what was missed before its `subscribed:` reply. Publishes carry an
+// id and are sent again with it after a reconnection until acknowledged: the hub delivers an id once.
 //
 // Users import rusty_ws.js, which re-exports this class with the rest of the public API.
 
@@ -10,19 +18,26 @@ import { AuthError, ConnectionClosedError, RustyWsError, ServerError } from "./e
 import { JwtManager } from "./jwt_utils.js";
 import {
   PING,
-  PONG,
+  ReplyKind,
   checkName,
+  checkPublishId,
   checkSession,
   checkTopic,
-  isErrorReply,
+  historyCommand,
+  parseAck,
   parseDelivery,
   parseError,
+  parseHistory,
+  parseSubscribed,
   publishCommand,
   registerNameCommand,
   registerSessionCommand,
-  subscribeCommand,
+  replyKind,
+  subscribeJsonCommand,
   unsubscribeCommand,
 } from "./protocol.js";
+import { RecoveryFailure, StreamPositions } from "./recovery.js";
+import { Call, ReplyQueue } from "./replies.js";
 import { authUrlFor, openWebSocket, withToken } from "./transport.js";
 
 /** The states a client goes through; "statechange" events report each change. */
@@ -34,30 +49,20 @@ export const State = Object.freeze({
   CLOSED: "closed",
 });
 
-/** One call waiting for the `pong` that follows its command. */
-class Ack {
-  constructor(label, timeout) {
-    this.label = label;
-    this.error = null; // the first `error:` that arrived before the pong
-    this.promise = new Promise((resolve, reject) => {
-      this._resolve = resolve;
-      this._reject = reject;
-    });
-    // Stays queued after a timeout: the pong that comes late must still be matched to it.
-    this._timer = setTimeout(() => this.fail(new RustyWsError("timeout", `no answer to ${label} within ${timeout} ms`)), timeout);
-  }
+/** How each reply is parsed (to null when malformed). */
+const PARSERS = {
+  [ReplyKind.PONG]: () => null,
+  [ReplyKind.SUBSCRIBED]: parseSubscribed,
+  [ReplyKind.HISTORY]: parseHistory,
+  [ReplyKind.ACK]: parseAck,
+};
 
-  /** The pong came: resolve, or reject with the error that came first. */
-  settle() {
-    clearTimeout(this._timer);
-    if (this.error) this._reject(this.error);
-    else this._resolve();
-  }
-
-  fail(error) {
-    clearTimeout(this._timer);
-    this._reject(error);
-  }
+/** A random string for the client's publish ids: unique per client, so ids never meet in a session. */
+function randomHex(bytes) {
+  const values = new Uint8Array(bytes);
+  if (globalThis.crypto?.getRandomValues) globalThis.crypto.getRandomValues(values);
+  else for (let i = 0; i < bytes; i += 1) values[i] = Math.floor(Math.random() * 256);
+  return Array.from(values, (value) => value.toString(16).padStart(2, "0")).join("");
 }
 
 /**
@@ -65,10 +70,15 @@ class Ack {
  *
  * Events (it is an EventTarget; each event's `detail` carries the data):
  * - "statechange" {state, previous}: idle -> connecting -> open <-> reconnecting -> closed
- * - "open" {reconnected}: connected and registered (after a reconnect: subscriptions restored)
+ * - "open" {reconnected}: connected and registered (after a reconnect: subscriptions restored,
+ *   missed messages delivered)
  * - "close" {code, reason, willReconnect}: the connection ended
  * - "reconnecting" {attempt, delay}: before each reconnection attempt (delay in ms)
- * - "message" {message}: every delivery, whatever its topic
+ * - "message" {message, replayed}: every delivery, whatever its topic; `replayed` when it was
+ *   missed during an outage and replayed by the hub on resubscription
+ * - "recovered" {topic, sessionId, count}: a resubscription got every missed message (`count` of them)
+ * - "recoveryfailed" {topic, sessionId, reason, since, offset, epoch, count}: a resubscription could
+ *   not get every missed message (`reason` is a RecoveryFailure); the subscription goes on from `offset`
  * - "error" {error}: an `error:` reply no call was waiting for, a handler that threw, a bad frame
  */
 export class RustyWsClient extends EventTarget {
@@ -103,8 +113,11 @@ export class RustyWsClient extends EventTarget {
 
     this._state = State.IDLE;
     this._socket = null; // the live socket; frames and closes of any other are stale
-    this._waiters = []; // Acks, in the order their pongs will come
+    this._replies = new ReplyQueue(); // the replies the live socket owes, in the order the hub will send them
     this._subscriptions = new Set(); // topics to restore after a reconnect
+    this._positions = new StreamPositions(); // the last offset and epoch seen per subscription
+    this._unacked = new Map(); // publish id -> {text, call}: sent again after a reconnect until acked
+    this._publishIds = { prefix: `js-${randomHex(9)}`, count: 0 };
     this._handlers = new Map(); // topic -> Set of handlers (a Map: "__proto__" is just a topic)
     this._lastClose = { code: 1006, reason: "not connected yet" };
     this._closedByUser = false;
@@ -128,6 +141,15 @@ export class RustyWsClient extends EventTarget {
   /** The topics this client is subscribed to, and will resubscribe after a reconnect. */
   get subscriptions() {
     return [...this._subscriptions];
+  }
+
+  /**
+   * The last place seen in `topic`'s stream: what a resubscription asks the hub to continue from.
+   * @param {string} topic
+   * @returns {?{offset: number, epoch: string}} null when not subscribed, or the hub keeps no history
+   */
+  position(topic) {
+    return this._positions.positionOf(topic);
   }
 
   /** True while a token is held and valid (logged-in clients only). */
@@ -201,15 +223,20 @@ export class RustyWsClient extends EventTarget {
   // ------------------------------------------------------------------ the seed's commands
 
   /**
-   * Subscribe to `topic` in this client's session; restored after every reconnect.
+   * Subscribe to `topic` in this client's session with `subscribe-json`; restored after every
+   * reconnect, from the last message seen (missed ones are delivered first, once each).
    * @param {string} topic
-   * @returns {Promise<void>} resolves once the hub has registered it
+   * @returns {Promise<{topic: string, session_id: string, offset?: number, epoch?: string}>} the hub's
+   *   `subscribed:` reply, once the subscription is active (`offset`/`epoch`: the stream's top; absent
+   *   with history off)
    * @throws {RustyWsError} "invalid_topic" before anything is sent; {ServerError} e.g. "too_many_subscriptions"
    */
   async subscribe(topic) {
     checkTopic(topic);
-    await this._command(() => subscribeCommand(topic, this._sessionId), `subscribe ${topic}`);
+    const reply = await this._request(() => subscribeJsonCommand(topic, this._sessionId), ReplyKind.SUBSCRIBED,
+      `subscribe ${topic}`, this._subscribeHooks(topic, null));
     this._subscriptions.add(topic);
+    return reply;
   }
 
   /**
@@ -220,25 +247,69 @@ export class RustyWsClient extends EventTarget {
   async unsubscribe(topic) {
     checkTopic(topic);
     this._subscriptions.delete(topic);
-    await this._command(() => unsubscribeCommand(topic, this._sessionId), `unsubscribe ${topic}`);
+    this._positions.forget(topic);
+    await this._request(() => unsubscribeCommand(topic, this._sessionId), ReplyKind.PONG, `unsubscribe ${topic}`);
   }
 
   /**
-   * Publish `payload` (any JSON value) to `topic` in this client's session.
+   * Publish `payload` (any JSON value) to `topic` in this client's session, with a publish id.
+   * If the connection drops before the hub's `ack:`, the same frame (same id) goes out again after
+   * the reconnection, and the hub, which remembers ids per session, delivers it once.
    * @param {string} topic
    * @param {*} payload
-   * @param {{publisherName?: string, timestamp?: string}} [options] defaults: this client's name, now
-   * @returns {Promise<void>} resolves once the hub has handed it to every subscriber
+   * @param {{publisherName?: string, timestamp?: string, id?: string}} [options] defaults: this
+   *   client's name, now, and a new id unique to this client (give your own to retry a publish
+   *   whose promise rejected: the hub delivers an id once within its idempotency window)
+   * @returns {Promise<{id: string, offset: ?number, epoch: ?string}>} the `ack:`: the message is in
+   *   its stream at `offset` (null with history off) and was handed to every subscriber
+   * @throws {RustyWsError} "invalid_topic", "invalid_id" before anything is sent; "timeout" when no
+   *   ack came within `timeout` ms (the message may or may not have been published); {ServerError}
+   *   the hub refused it (`error.id` is the publish's id); {ConnectionClosedError} the client closed
+   *   or will not reconnect
    */
-  async publish(topic, payload, { publisherName = this.name, timestamp = new Date().toISOString() } = {}) {
+  async publish(topic, payload, { publisherName = this.name, timestamp = new Date().toISOString(), id } = {}) {
     checkTopic(topic);
-    await this._command(() => publishCommand({
+    const publishId = id === undefined ? this._nextPublishId() : checkPublishId(id);
+    const makeText = () => publishCommand({
       publisher_name: publisherName,
       topic,
       payload: payload === undefined ? null : payload,
       timestamp,
       session_id: this._sessionId,
-    }), `publish ${topic}`);
+      id: publishId,
+    });
+    makeText(); // throws on a bad message before any wait
+    if (this._state !== State.OPEN) await this._whenOpen();
+    const socket = this._socket;
+    if (socket === null) throw new ConnectionClosedError(this._lastClose.code, this._lastClose.reason);
+    if (this._unacked.has(publishId)) {
+      throw new RustyWsError("invalid_id", `a publish with id ${publishId} is still waiting for its ack`);
+    }
+    const pending = { id: publishId, text: makeText(), call: new Call(`publish ${topic}`, this.timeout) };
+    this._unacked.set(publishId, pending);
+    const settled = () => { // acked, refused, timed out or closed: not sent again
+      if (this._unacked.get(publishId) === pending) this._unacked.delete(publishId);
+    };
+    pending.call.promise.then(settled, settled);
+    this._sendPublish(socket, pending);
+    return pending.call.promise;
+  }
+
+  /**
+   * Read `topic`'s stream in this client's session without subscribing (`history`).
+   * @param {string} topic
+   * @param {{limit?: number, since?: {offset: number, epoch: string}}} [options] at most `limit`
+   *   messages (default and at most the hub's RUSTY_WS_HISTORY_SIZE): the last ones, or the first
+   *   ones after `since` (to page forward)
+   * @returns {Promise<{topic: string, session_id: string, offset?: number, epoch?: string, messages: object[]}>}
+   *   the stream's top (absent with history off) and messages, oldest first, as parsed deliveries
+   * @throws {RustyWsError} "invalid_topic", "invalid_limit", "invalid_since" before anything is sent;
+   *   {ServerError} e.g. "invalid_since" (an offset past the stream's top in its epoch)
+   */
+  async history(topic, { limit = null, since = null } = {}) {
+    checkTopic(topic);
+    return this._request(() => historyCommand(topic, this._sessionId, { limit, since }), ReplyKind.HISTORY,
+      `history ${topic}`);
   }
 
   /**
@@ -246,13 +317,14 @@ export class RustyWsClient extends EventTarget {
    * @returns {Promise<void>}
    */
   async ping() {
-    await this._command(null, "ping");
+    await this._request(null, ReplyKind.PONG, "ping");
   }
 
   /**
-   * Call `handler(payload, message)` for each delivery on `topic` (`message` is the whole JSON object).
+   * Call `handler(payload, message, {replayed})` for each delivery on `topic` (`message` is the
+   * whole JSON object; `replayed` when the hub replayed it after a reconnection).
    * @param {string} topic
-   * @param {(payload: *, message: object) => void} handler
+   * @param {(payload: *, message: object, info: {replayed: boolean}) => void} handler
    * @returns {() => void} a function that removes the handler
    */
   onMessage(topic, handler) {
@@ -264,21 +336,73 @@ export class RustyWsClient extends EventTarget {
 
   // ------------------------------------------------------------------ sending
 
-  async _command(makeText, label) {
+  /**
+   * Send one command (none: a bare `ping`) and resolve with the reply of `kind` it earns. A silent
+   * command (kind PONG) goes out with a `ping` after it.
+   */
+  async _request(makeText, kind, label, hooks = {}) {
     const text = makeText === null ? null : makeText(); // throws on a bad topic before any wait
     if (this._state !== State.OPEN) await this._whenOpen();
     const socket = this._socket;
     if (socket === null) throw new ConnectionClosedError(this._lastClose.code, this._lastClose.reason);
-    const ack = new Ack(label, this.timeout);
+    const call = new Call(label, this.timeout);
+    const frames = text === null ? [PING] : kind === ReplyKind.PONG ? [text, PING] : [text];
+    hooks.beforeSend?.();
     try {
-      if (text !== null) socket.send(text);
-      socket.send(PING);
+      for (const frame of frames) socket.send(frame);
     } catch (error) {
-      ack.fail(new ConnectionClosedError(1006, `send failed: ${error.message}`));
-      return ack.promise;
+      call.fail(new ConnectionClosedError(1006, `send failed: ${error.message}`));
+      return call.promise;
     }
-    this._waiters.push(ack);
-    return ack.promise;
+    this._replies.expect(kind, call, hooks);
+    return call.promise;
+  }
+
+  /** Send (again) a publish that waits for its ack; a send that fails waits for the next connection. */
+  _sendPublish(socket, pending) {
+    try {
+      socket.send(pending.text);
+    } catch {
+      return; // the socket is going: its close event brings the reconnection that sends it again
+    }
+    this._replies.expect(ReplyKind.ACK, pending.call, {
+      id: pending.id,
+      onAnswer: (ack) => ({ id: ack.id, offset: ack.offset ?? null, epoch: ack.epoch ?? null }),
+    });
+  }
+
+  _nextPublishId() {
+    this._publishIds.count += 1;
+    return `${this._publishIds.prefix}-${this._publishIds.count}`;
+  }
+
+  /** The hooks of a subscribe-json for `topic` (with `since`, or null): replay bookkeeping, recovery events. */
+  _subscribeHooks(topic, since) {
+    return {
+      beforeSend: () => this._positions.subscribing(topic, since),
+      onAnswer: (reply) => {
+        this._subscribed(topic, reply);
+        return reply;
+      },
+      onError: () => {
+        this._positions.abandoned(topic);
+        return false;
+      },
+    };
+  }
+
+  _subscribed(topic, reply) {
+    const outcome = this._positions.subscribed(topic, this._sessionId, reply);
+    if (outcome.recovered === null) return;
+    const about = { topic, sessionId: this._sessionId };
+    if (outcome.recovered) {
+      this._emit("recovered", { ...about, count: outcome.count });
+    } else {
+      this._emit("recoveryfailed", {
+        ...about, reason: outcome.reason, since: outcome.since, offset: reply.offset ?? null, epoch: reply.epoch ?? null,
+        count: outcome.count,
+      });
+    }
   }
 
   _whenOpen() {
@@ -302,20 +426,56 @@ export class RustyWsClient extends EventTarget {
     });
   }
 
-  /** Make `socket` the live one and send name, session (and subscriptions) with one ping. */
+  /**
+   * Make `socket` the live one and send name and session with a ping; after a reconnection also
+   * every subscription (from its last place seen) and every publish still waiting for its ack.
+   * Resolves once the hub answered them all (missed messages delivered); a resubscription the
+   * hub refuses is an "error" event, not a failure.
+   */
   _register(socket, { replay }) {
     // Every frame is made first: a session the hub would refuse (`session-{name}` from a
-    // name with a '|') throws here, before the socket is live or an Ack waits.
-    const frames = [registerNameCommand(this.name), registerSessionCommand(this._sessionId)];
-    if (replay) {
-      for (const topic of this._subscriptions) frames.push(subscribeCommand(topic, this._sessionId));
-    }
+    // name with a '|') throws here, before the socket is live or a reply is expected.
+    const frames = [registerNameCommand(this.name), registerSessionCommand(this._sessionId), PING];
+    const resubscriptions = (replay ? [...this._subscriptions] : []).map((topic) => {
+      const since = this._positions.sinceFor(topic, this._sessionId);
+      return { topic, since, text: subscribeJsonCommand(topic, this._sessionId, since) };
+    });
     this._socket = socket;
-    const ack = new Ack(replay ? "resubscribe" : "register", this.timeout);
+    const registered = new Call(replay ? "re-register" : "register", this.timeout);
     for (const frame of frames) socket.send(frame);
-    socket.send(PING);
-    this._waiters.push(ack);
-    return ack.promise;
+    this._replies.expect(ReplyKind.PONG, registered);
+    const restored = resubscriptions.map(({ topic, since, text }) => this._resubscribe(socket, topic, since, text));
+    if (replay) {
+      for (const pending of this._unacked.values()) if (!pending.call.done) this._sendPublish(socket, pending);
+    }
+    return Promise.all([registered.promise, ...restored]);
+  }
+
+  _resubscribe(socket, topic, since, text) {
+    const call = new Call(`resubscribe ${topic}`, this.timeout);
+    const hooks = this._subscribeHooks(topic, since);
+    const refused = hooks.onError;
+    hooks.onError = (error) => {
+      refused(error);
+      if (error.code !== "invalid_since" || socket !== this._socket) return false;
+      // The hub does not know the place we came back with: start again from its top, and say so.
+      this._positions.forget(topic);
+      this._emit("recoveryfailed", {
+        topic, sessionId: this._sessionId, reason: RecoveryFailure.UNKNOWN_POSITION, since, offset: null, epoch: null,
+        count: 0,
+      });
+      socket.send(subscribeJsonCommand(topic, this._sessionId));
+      this._replies.expect(ReplyKind.SUBSCRIBED, call, this._subscribeHooks(topic, null));
+      return true;
+    };
+    hooks.beforeSend();
+    socket.send(text);
+    this._replies.expect(ReplyKind.SUBSCRIBED, call, hooks);
+    return call.promise.catch((error) => {
+      if (!(error instanceof ServerError)) throw error;
+      // The hub refused a restored subscription (its limit may have changed): say so, carry on.
+      this._emit("error", { error });
+    });
   }
 
   // ------------------------------------------------------------------ receiving
@@ -326,15 +486,14 @@ export class RustyWsClient extends EventTarget {
       this._emit("error", { error: new RustyWsError("invalid_message", "the hub sent a binary frame") });
       return;
     }
-    if (data === PONG) {
-      this._waiters.shift()?.settle();
-    } else if (isErrorReply(data)) {
-      const error = parseError(data);
-      const ack = this._waiters[0];
-      if (ack === undefined) this._emit("error", { error });
-      else ack.error ??= error;
-    } else {
+    const kind = replyKind(data);
+    if (kind === ReplyKind.DELIVERY) {
       this._deliver(data);
+    } else if (kind === ReplyKind.ERROR) {
+      const error = parseError(data);
+      if (!this._replies.refuse(error)) this._emit("error", { error });
+    } else if (!this._replies.answer(kind, PARSERS[kind](data), data)) {
+      this._emit("error", { error: new RustyWsError("invalid_message", `a reply nothing waited for: ${data.slice(0, 100)}`) });
     }
   }
 
@@ -344,10 +503,13 @@ export class RustyWsClient extends EventTarget {
       this._emit("error", { error: new RustyWsError("invalid_message", `not a delivery: ${text.slice(0, 100)}`) });
       return;
     }
-    this._emit("message", { message });
+    const { duplicate, replayed } = this._positions.see(message);
+    if (duplicate) return; // already delivered: its offset is at most the last one seen in its epoch
+    this._emit("message", { message, replayed });
+    const info = { replayed };
     for (const handler of [...(this._handlers.get(message.topic) ?? [])]) {
       try {
-        handler(message.payload, message);
+        handler(message.payload, message, info);
       } catch (error) {
         this._emit("error", { error, handler }); // one handler's bug must not stop the others
       }
@@ -372,15 +534,21 @@ export class RustyWsClient extends EventTarget {
     }
   }
 
-  /** Forget `socket`: fail every call waiting on it. Its later frames and close event are ignored. */
+  /**
+   * Forget `socket`: fail every call waiting on it but the publishes, which go out again after a
+   * reconnection (or fail when the client closes). Its later frames and close event are ignored.
+   */
   _connectionLost(socket, code, reason) {
     if (socket !== this._socket) return;
     this._socket = null;
     this._stopKeepalive();
     this._lastClose = { code, reason };
-    const waiters = this._waiters;
-    this._waiters = [];
-    for (const ack of waiters) ack.fail(new ConnectionClosedError(code, reason));
+    this._positions.connectionLost();
+    const owed = this._replies;
+    this._replies = new ReplyQueue();
+    for (const expected of owed.drain()) {
+      if (expected.kind !== ReplyKind.ACK) expected.call.fail(new ConnectionClosedError(code, reason));
+    }
     if (this._closedByUser && this._state !== State.CLOSED) {
       this._setState(State.CLOSED);
       this._emit("close", { code, reason, willReconnect: false });
@@ -417,7 +585,7 @@ export class RustyWsClient extends EventTarget {
       }
       await this._register(socket, { replay: true }).catch((error) => {
         if (!(error instanceof ServerError)) throw error;
-        // The hub refused a restored subscription (its limit may have changed): say so, carry on.
+        // The hub refused the name or session it took before (its rules may have changed): say so, carry on.
         this._emit("error", { error });
       });
     } catch (error) {
@@ -513,6 +681,11 @@ export class RustyWsClient extends EventTarget {
     const previous = this._state;
     if (state === previous) return;
     this._state = state;
+    if (state === State.CLOSED) {
+      // No connection is coming to send them again: the publishes still waiting for an ack fail.
+      const { code, reason } = this._lastClose;
+      for (const { call } of [...this._unacked.values()]) call.fail(new ConnectionClosedError(code, reason));
+    }
     this._emit("statechange", { state, previous });
   }
 

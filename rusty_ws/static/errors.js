@@ -19,12 +19,16 @@ export class RustyWsError extends Error {
   }
 }
 
-/** The server answered a command with an `error:` reply (`code` is protocol.py's ErrorCode). */
+/**
+ * The server answered a command with an `error:` reply (`code` is protocol.py's ErrorCode).
+ * `command` is the verb that failed, if the hub named it; `id` the publish id it answers, if any.
+ */
 export class ServerError extends RustyWsError {
-  constructor(code, message, command = null) {
+  constructor(code, message, command = null, id = null) {
     super(code, message);
     this.name = "ServerError";
     this.command = command;
+    this.id = id;
   }
 }
 

@@ -3,7 +3,7 @@
 // Every piece of text that came from the network or from a form goes into the page with
 // textContent, never innerHTML: a payload like <img src=x onerror=...> shows as those characters.
 
-import { RustyWsClient, State } from "./rusty_ws.js";
+import { RecoveryFailure, RustyWsClient, State } from "./rusty_ws.js";
 
 /** The log keeps this many entries; older ones are dropped so a busy topic cannot eat the tab's memory. */
 const MAX_LOG_ENTRIES = 500;
@@ -52,9 +52,17 @@ function clockTime(timestamp) {
   return Number.isNaN(date.getTime()) ? String(timestamp ?? "") : date.toLocaleTimeString();
 }
 
-function logMessage(message) {
+/** What the log says when a resubscription could not recover every missed message. */
+const RECOVERY_FAILURES = {
+  [RecoveryFailure.NEW_EPOCH]: "the hub restarted or the stream expired, so its history is gone",
+  [RecoveryFailure.MESSAGES_DROPPED]: "some missed messages were no longer kept",
+  [RecoveryFailure.HISTORY_OFF]: "the hub keeps no history",
+  [RecoveryFailure.UNKNOWN_POSITION]: "the hub did not know the last message seen",
+};
+
+function logMessage(message, { replayed = false } = {}) {
   const entry = document.createElement("li");
-  entry.className = "message";
+  entry.className = replayed ? "message replayed" : "message";
   entry.dataset.topic = message.topic;
   const publisher = String(message.publisher_name ?? "") + (message.user ? ` (${message.user})` : "");
   const payload = typeof message.payload === "string" ? message.payload : JSON.stringify(message.payload);
@@ -64,6 +72,11 @@ function logMessage(message) {
     span("publisher", publisher),
     span("payload", payload ?? "null"),
   );
+  if (replayed) {
+    const marker = span("recovered", "recovered");
+    marker.title = "missed while disconnected, replayed by the hub";
+    entry.append(marker);
+  }
   addLogEntry(entry);
 }
 
@@ -152,7 +165,16 @@ function watch(newClient) {
     const { attempt, delay } = event.detail;
     logEvent(`reconnecting (attempt ${attempt}) in ${(delay / 1000).toFixed(1)} s`);
   });
-  newClient.addEventListener("message", (event) => logMessage(event.detail.message));
+  newClient.addEventListener("message", (event) => logMessage(event.detail.message, event.detail));
+  newClient.addEventListener("recovered", (event) => {
+    const { topic, count } = event.detail;
+    if (count > 0) logEvent(`${topic}: ${count} missed message(s) recovered`);
+  });
+  newClient.addEventListener("recoveryfailed", (event) => {
+    const { topic, reason } = event.detail;
+    const why = RECOVERY_FAILURES[reason] ?? reason;
+    logEvent(`${topic}: recovery failed (${why}); messages may have been missed`, "warning");
+  });
   newClient.addEventListener("error", (event) => logEvent(`error: ${describeError(event.detail.error)}`, "error"));
 }
 

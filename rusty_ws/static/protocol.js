@@ -16,11 +16,30 @@ export const MAX_TOPIC_LENGTH = 256;
 export const MAX_SESSION_LENGTH = 256;
 export const MAX_NAME_LENGTH = 256;
 
+/** Longest publish `id`, and longest epoch a client may send back, in characters (protocol.py's). */
+export const MAX_PUBLISH_ID_LENGTH = 128;
+export const MAX_EPOCH_LENGTH = 256;
+/** Largest offset: the largest integer a JavaScript number holds exactly (2^53 - 1). */
+export const MAX_OFFSET = Number.MAX_SAFE_INTEGER;
+
 /** The hub's answer to `ping`, once every earlier command of the connection is done. */
 export const PONG = "pong";
 /** The command whose `pong` acknowledges the commands sent before it. */
 export const PING = "ping";
 const ERROR_PREFIX = "error:";
+const SUBSCRIBED_PREFIX = "subscribed:";
+const HISTORY_PREFIX = "history:";
+const ACK_PREFIX = "ack:";
+
+/** What a frame from the hub is (see replyKind). */
+export const ReplyKind = Object.freeze({
+  PONG: "pong",
+  ERROR: "error",
+  SUBSCRIBED: "subscribed",
+  HISTORY: "history",
+  ACK: "ack",
+  DELIVERY: "delivery",
+});
 
 // ------------------------------------------------------------------ checks
 
@@ -58,6 +77,55 @@ export function checkName(name) {
   return checkToken("name", "invalid_name", name, MAX_NAME_LENGTH, true);
 }
 
+/**
+ * `id` if the hub would accept it as a publish id; throws RustyWsError("invalid_id") otherwise.
+ * @param {string} id
+ * @returns {string}
+ */
+export function checkPublishId(id) {
+  if (typeof id !== "string" || id.length === 0 || Array.from(id).length > MAX_PUBLISH_ID_LENGTH) {
+    throw new RustyWsError("invalid_id", `a publish id is a string of 1 to ${MAX_PUBLISH_ID_LENGTH} characters`);
+  }
+  return id;
+}
+
+/**
+ * A place in a stream, `{offset, epoch}`, if the hub would accept it as `since`;
+ * throws RustyWsError("invalid_since") otherwise. Returns a copy with only those two keys.
+ * @param {{offset: number, epoch: string}} since
+ * @returns {{offset: number, epoch: string}}
+ */
+export function checkSince(since) {
+  const offset = since?.offset;
+  const epoch = since?.epoch;
+  if (!Number.isInteger(offset) || offset < 0 || offset > MAX_OFFSET) {
+    throw new RustyWsError("invalid_since", `'since.offset' must be an integer from 0 to ${MAX_OFFSET}`);
+  }
+  if (typeof epoch !== "string" || epoch.length === 0 || Array.from(epoch).length > MAX_EPOCH_LENGTH) {
+    throw new RustyWsError("invalid_since", `'since.epoch' must be a string of 1 to ${MAX_EPOCH_LENGTH} characters`);
+  }
+  return { offset, epoch };
+}
+
+/** `limit` if the hub would accept it in `history`; throws RustyWsError("invalid_limit") otherwise. */
+export function checkLimit(limit) {
+  if (!Number.isInteger(limit) || limit < 1) {
+    throw new RustyWsError("invalid_limit", "'limit' must be an integer of at least 1");
+  }
+  return limit;
+}
+
+/**
+ * The `{offset, epoch}` a delivery or reply carries, or null when it has none (history off).
+ * @param {?object} message
+ * @returns {?{offset: number, epoch: string}}
+ */
+export function positionOf(message) {
+  const offset = message?.offset;
+  const epoch = message?.epoch;
+  return Number.isInteger(offset) && typeof epoch === "string" ? { offset, epoch } : null;
+}
+
 // ------------------------------------------------------------------ frames
 
 /** The text of a `register-name` command (the default publisher name of the connection). */
@@ -81,13 +149,117 @@ export function unsubscribeCommand(topic, sessionId) {
 }
 
 /**
- * The text of a `publish-json` command, in the seed's field order.
- * @param {{publisher_name: string, topic: string, payload: *, timestamp: string, session_id: string}} message
+ * The text of a `publish-json` command, in the seed's field order (then `id`, if the message has one).
+ * @param {{publisher_name: string, topic: string, payload: *, timestamp: string, session_id: string, id?: string}} message
  */
 export function publishCommand(message) {
   checkTopic(message.topic);
   checkSession(message.session_id);
+  if (message.id !== undefined && message.id !== null) checkPublishId(message.id);
   return `publish-json:${JSON.stringify(message)}`;
+}
+
+function streamBody(topic, sessionId, since) {
+  const body = { topic: checkTopic(topic) };
+  if (sessionId) body.session_id = checkSession(sessionId);
+  return { body, since: since === undefined || since === null ? null : checkSince(since) };
+}
+
+/**
+ * The text of a `subscribe-json` command: `{"topic", "session_id"?, "since"?}` (encode_subscribe_json).
+ * @param {string} topic
+ * @param {?string} [sessionId] left out when empty: the connection's session
+ * @param {?{offset: number, epoch: string}} [since] the last place seen in the stream
+ */
+export function subscribeJsonCommand(topic, sessionId = null, since = null) {
+  const { body, since: checked } = streamBody(topic, sessionId, since);
+  if (checked) body.since = checked;
+  return `subscribe-json:${JSON.stringify(body)}`;
+}
+
+/**
+ * The text of a `history` command: `{"topic", "session_id"?, "limit"?, "since"?}` (encode_history).
+ * @param {string} topic
+ * @param {?string} [sessionId]
+ * @param {{limit?: number, since?: {offset: number, epoch: string}}} [options]
+ */
+export function historyCommand(topic, sessionId = null, { limit = null, since = null } = {}) {
+  const { body, since: checked } = streamBody(topic, sessionId, since);
+  if (limit !== undefined && limit !== null) body.limit = checkLimit(limit);
+  if (checked) body.since = checked;
+  return `history:${JSON.stringify(body)}`;
+}
+
+// ------------------------------------------------------------------ replies
+
+/**
+ * What a frame from the hub is: `pong`, `error:`, `subscribed:`, `history:`, `ack:`, or else a
+ * delivery (a JSON object; parseDelivery says whether it really is one).
+ * @param {string} text
+ * @returns {string} a ReplyKind
+ */
+export function replyKind(text) {
+  if (text === PONG) return ReplyKind.PONG;
+  if (text.startsWith(ERROR_PREFIX)) return ReplyKind.ERROR;
+  if (text.startsWith(SUBSCRIBED_PREFIX)) return ReplyKind.SUBSCRIBED;
+  if (text.startsWith(HISTORY_PREFIX)) return ReplyKind.HISTORY;
+  if (text.startsWith(ACK_PREFIX)) return ReplyKind.ACK;
+  return ReplyKind.DELIVERY;
+}
+
+function replyBody(prefix, text) {
+  if (!text.startsWith(prefix)) return null;
+  try {
+    const body = JSON.parse(text.slice(prefix.length));
+    return body && typeof body === "object" && !Array.isArray(body) ? body : null;
+  } catch {
+    return null;
+  }
+}
+
+/** offset and epoch when the body has both (history on), nothing otherwise. */
+function positionFields(body) {
+  const position = positionOf(body);
+  return position === null ? {} : position;
+}
+
+/**
+ * Parse a `subscribed:` reply (protocol.py's Subscribed): the subscription is active from `offset` on.
+ * `offset`/`epoch` are absent with history off; `recovered` only answers a subscribe with `since`.
+ * @param {string} text
+ * @returns {?{topic: string, session_id: string, offset?: number, epoch?: string, recovered?: boolean}}
+ *   null when it is not a `subscribed:` object
+ */
+export function parseSubscribed(text) {
+  const body = replyBody(SUBSCRIBED_PREFIX, text);
+  if (body === null) return null;
+  const reply = { topic: String(body.topic ?? ""), session_id: String(body.session_id ?? ""), ...positionFields(body) };
+  if (typeof body.recovered === "boolean") reply.recovered = body.recovered;
+  return reply;
+}
+
+/**
+ * Parse a `history:` reply (protocol.py's HistoryReply): the stream's top and messages, oldest first.
+ * @param {string} text
+ * @returns {?{topic: string, session_id: string, offset?: number, epoch?: string, messages: object[]}}
+ *   `messages` are deliveries as parseDelivery makes them; null when it is not a `history:` object
+ */
+export function parseHistory(text) {
+  const body = replyBody(HISTORY_PREFIX, text);
+  if (body === null) return null;
+  const messages = Array.isArray(body.messages) ? body.messages.filter(isDeliveryObject) : [];
+  return { topic: String(body.topic ?? ""), session_id: String(body.session_id ?? ""), ...positionFields(body), messages };
+}
+
+/**
+ * Parse an `ack:` reply (protocol.py's Ack): the publish with `id` is in its stream at `offset`.
+ * @param {string} text
+ * @returns {?{id: string, offset?: number, epoch?: string}} null when it is not an `ack:` object
+ */
+export function parseAck(text) {
+  const body = replyBody(ACK_PREFIX, text);
+  if (body === null || typeof body.id !== "string") return null;
+  return { id: body.id, ...positionFields(body) };
 }
 
 /** True for an `error:` reply; a delivery is a JSON object and never starts so. */
@@ -105,7 +277,8 @@ export function parseError(text) {
   try {
     const reply = JSON.parse(body);
     if (reply && typeof reply === "object" && reply.code !== undefined) {
-      return new ServerError(String(reply.code), String(reply.message ?? ""), reply.command ?? null);
+      const id = typeof reply.id === "string" ? reply.id : null; // the publish it answers, if it had an id
+      return new ServerError(String(reply.code), String(reply.message ?? ""), reply.command ?? null, id);
     }
   } catch {
     // fall through: not JSON
@@ -113,10 +286,16 @@ export function parseError(text) {
   return new ServerError("unknown", body);
 }
 
+function isDeliveryObject(message) {
+  return Boolean(message) && typeof message === "object" && !Array.isArray(message) && typeof message.topic === "string";
+}
+
 /**
  * Parse a delivery: a JSON object with a string `topic`. Returns null for anything else.
+ * With history on it ends with `offset` and `epoch` (see positionOf).
  * @param {string} text
- * @returns {?{publisher_name: string, topic: string, payload: *, timestamp: string, session_id: string, user?: string}}
+ * @returns {?{publisher_name: string, topic: string, payload: *, timestamp: string, session_id: string,
+ *   user?: string, offset?: number, epoch?: string}}
  */
 export function parseDelivery(text) {
   let message;
@@ -125,8 +304,5 @@ export function parseDelivery(text) {
   } catch {
     return null;
   }
-  if (!message || typeof message !== "object" || Array.isArray(message) || typeof message.topic !== "string") {
-    return null;
-  }
-  return message;
+  return isDeliveryObject(message) ? message : null;
 }

@@ -90,7 +90,7 @@ describe("anonymous clients", () => {
     const refused = await c.subscribe("T8").then(() => null, (error) => error);
     assert.ok(refused instanceof ServerError);
     assert.equal(refused.code, "too_many_subscriptions");
-    assert.equal(refused.command, "subscribe");
+    assert.equal(refused.command, "subscribe-json");
     assert.equal(c.subscriptions.length, 8);
     await c.publish("T0", "still fine");
   });

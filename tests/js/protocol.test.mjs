@@ -5,6 +5,8 @@ import { describe, test } from "node:test";
 
 import {
   ClosePolicy,
+  MAX_OFFSET,
+  ReplyKind,
   RustyWsError,
   ServerError,
   backoffDelays,
@@ -12,13 +14,20 @@ import {
   checkSession,
   checkTopic,
   closePolicy,
+  historyCommand,
   isErrorReply,
+  parseAck,
   parseDelivery,
   parseError,
+  parseHistory,
+  parseSubscribed,
+  positionOf,
   publishCommand,
   registerNameCommand,
   registerSessionCommand,
+  replyKind,
   subscribeCommand,
+  subscribeJsonCommand,
 } from "../../rusty_ws/static/protocol.js";
 import { authUrlFor, refreshUrlFor, withToken } from "../../rusty_ws/static/jwt_utils.js";
 
@@ -62,11 +71,71 @@ describe("checks", () => {
   });
 });
 
+describe("history commands", () => {
+  test("subscribe-json and history, with and without since (protocol.py's encoders)", () => {
+    assert.equal(subscribeJsonCommand("T", "s"), 'subscribe-json:{"topic":"T","session_id":"s"}');
+    assert.equal(subscribeJsonCommand("T"), 'subscribe-json:{"topic":"T"}');
+    assert.equal(subscribeJsonCommand("T", "s", { offset: 41, epoch: "3f-4", extra: 1 }),
+      'subscribe-json:{"topic":"T","session_id":"s","since":{"offset":41,"epoch":"3f-4"}}');
+    assert.equal(historyCommand("T", "s", { limit: 2 }), 'history:{"topic":"T","session_id":"s","limit":2}');
+    assert.equal(historyCommand("T", "s", { since: { offset: 0, epoch: "e" }, limit: 5 }),
+      'history:{"topic":"T","session_id":"s","limit":5,"since":{"offset":0,"epoch":"e"}}');
+    assert.equal(historyCommand("T"), 'history:{"topic":"T"}');
+  });
+
+  test("since, limit and publish ids are checked as the hub checks them", () => {
+    for (const since of [{ offset: -1, epoch: "e" }, { offset: 1.5, epoch: "e" }, { offset: MAX_OFFSET + 1, epoch: "e" },
+      { offset: "1", epoch: "e" }, { offset: 1, epoch: "" }, { offset: 1, epoch: "x".repeat(257) }, { offset: 1 }, 5]) {
+      assert.throws(() => subscribeJsonCommand("T", "s", since), { code: "invalid_since" }, JSON.stringify(since));
+    }
+    assert.ok(subscribeJsonCommand("T", "s", { offset: MAX_OFFSET, epoch: "🦀".repeat(256) }));
+    for (const limit of [0, -1, 1.5, "2", true]) {
+      assert.throws(() => historyCommand("T", "s", { limit }), { code: "invalid_limit" }, String(limit));
+    }
+    assert.throws(() => subscribeJsonCommand("a|b", "s"), { code: "invalid_topic" });
+    const message = { publisher_name: "c", topic: "T", payload: 1, timestamp: "t", session_id: "s" };
+    assert.equal(publishCommand({ ...message, id: "i-1" }), `publish-json:${JSON.stringify({ ...message, id: "i-1" })}`);
+    for (const id of ["", "x".repeat(129), 7]) {
+      assert.throws(() => publishCommand({ ...message, id }), { code: "invalid_id" }, String(id));
+    }
+    assert.ok(publishCommand({ ...message, id: "🦀".repeat(128) }));
+  });
+});
+
 describe("replies", () => {
+  test("every frame of the hub has its kind", () => {
+    const kinds = ["pong", "error:{}", "subscribed:{}", "history:{}", "ack:{}", '{"topic":"T"}', "garbage"].map(replyKind);
+    assert.deepEqual(kinds, [ReplyKind.PONG, ReplyKind.ERROR, ReplyKind.SUBSCRIBED, ReplyKind.HISTORY, ReplyKind.ACK,
+      ReplyKind.DELIVERY, ReplyKind.DELIVERY]);
+  });
+
+  test("subscribed:, history: and ack: replies, with history on and off", () => {
+    assert.deepEqual(parseSubscribed('subscribed:{"topic":"T","session_id":"s","offset":43,"epoch":"E","recovered":true}'),
+      { topic: "T", session_id: "s", offset: 43, epoch: "E", recovered: true });
+    assert.deepEqual(parseSubscribed('subscribed:{"topic":"T","session_id":"s","recovered":false}'),
+      { topic: "T", session_id: "s", recovered: false });
+    const history = parseHistory('history:{"topic":"T","session_id":"s","offset":2,"epoch":"E","messages":'
+      + '[{"topic":"T","payload":1,"offset":1,"epoch":"E"},5,{"payload":2},{"topic":"T","payload":3,"offset":2,"epoch":"E"}]}');
+    assert.deepEqual(history.messages.map((m) => [m.payload, positionOf(m)]), [[1, { offset: 1, epoch: "E" }],
+      [3, { offset: 2, epoch: "E" }]]);
+    assert.deepEqual([history.offset, history.epoch], [2, "E"]);
+    assert.deepEqual(parseHistory('history:{"topic":"T","session_id":"s","messages":[]}'),
+      { topic: "T", session_id: "s", messages: [] });
+    assert.deepEqual(parseAck('ack:{"id":"reg-7","offset":12,"epoch":"E"}'), { id: "reg-7", offset: 12, epoch: "E" });
+    assert.deepEqual(parseAck('ack:{"id":"reg-7"}'), { id: "reg-7" });
+    for (const [parse, text] of [[parseSubscribed, "subscribed:[1]"], [parseSubscribed, "subscribed:"],
+      [parseHistory, "history:null"], [parseAck, 'ack:{"offset":1}'], [parseAck, "pong"]]) {
+      assert.equal(parse(text), null, text);
+    }
+    assert.equal(positionOf({ offset: 1 }), null);
+    assert.equal(positionOf({ offset: "1", epoch: "E" }), null);
+  });
+
   test("error replies become ServerErrors, even malformed ones", () => {
     const error = parseError('error:{"code":"forbidden_session","message":"no","command":"subscribe"}');
     assert.ok(error instanceof ServerError);
-    assert.deepEqual([error.code, error.message, error.command], ["forbidden_session", "no", "subscribe"]);
+    assert.deepEqual([error.code, error.message, error.command, error.id], ["forbidden_session", "no", "subscribe", null]);
+    assert.equal(parseError('error:{"code":"invalid_name","message":"no","command":"publish-json","id":"p-1"}').id, "p-1");
     for (const text of ["error:", "error:not json", "error:[1]", "error:null", 'error:{"message":"x"}']) {
       assert.equal(parseError(text).code, "unknown", text);
     }

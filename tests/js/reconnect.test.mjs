@@ -1,14 +1,16 @@
 // Reconnection, close-code policies, keepalive and hostile frames, against a scripted hub.
 //
-// The scripted hub (ws's server on 127.0.0.1) answers `ping` with `pong` and records every
-// command, so a test can close a connection with any code, stay silent, or send garbage.
+// The scripted hub (ws's server on 127.0.0.1) answers as a hub with history off does (`ping`
+// with `pong`, `subscribe-json` with `subscribed:`, a publish's id with `ack:`) and records every
+// command, so a test can close a connection with any code, stay silent, or send garbage; a test
+// may script the answers itself (`answer`) to send offsets, replays and duplicates.
 
 import assert from "node:assert/strict";
 import { afterEach, beforeEach, describe, test } from "node:test";
 
 import { WebSocketServer } from "ws";
 
-import { ConnectionClosedError, State } from "../../rusty_ws/static/rusty_ws.js";
+import { ConnectionClosedError, RecoveryFailure, State } from "../../rusty_ws/static/rusty_ws.js";
 import { Inbox, MS, WAIT, connected, nextEvent, within } from "./helpers.mjs";
 
 /** Fast backoff for tests: 0-20 MS first, at most 80 MS. */
@@ -19,9 +21,11 @@ class ScriptedHub {
     this.server = new WebSocketServer({ host: "127.0.0.1", port: 0 });
     this.sockets = [];
     this.commands = []; // [connection number, text]
-    this.silent = false; // stop answering pings (a hub that hangs)
+    this.silent = false; // stop answering (a hub that hangs)
     this.refuse = false; // refuse upgrades (a hub that is down)
+    this.answer = historyOff; // (socket, text, connection number) => void
     this._connected = [];
+    this._awaited = []; // {accept, resolve}: tests waiting for a command
     this.server.on("connection", (socket) => {
       if (this.refuse) {
         socket.terminate();
@@ -31,7 +35,11 @@ class ScriptedHub {
       socket.on("message", (data) => {
         const text = data.toString();
         this.commands.push([number, text]);
-        if (text === "ping" && !this.silent) socket.send("pong");
+        for (const waiter of this._awaited.filter(({ accept }) => accept(text, number))) {
+          this._awaited.splice(this._awaited.indexOf(waiter), 1);
+          waiter.resolve(text);
+        }
+        if (!this.silent) this.answer(socket, text, number);
       });
       for (const resolve of this._connected.splice(0)) resolve(socket);
     });
@@ -47,6 +55,13 @@ class ScriptedHub {
     return within(new Promise((resolve) => this._connected.push(resolve)), WAIT, "a connection");
   }
 
+  /** The first command, come or to come, that passes `accept(text, connection number)`. */
+  command(accept) {
+    const found = this.commands.find(([number, text]) => accept(text, number));
+    if (found) return Promise.resolve(found[1]);
+    return within(new Promise((resolve) => this._awaited.push({ accept, resolve })), WAIT, "a command");
+  }
+
   commandsOf(number) {
     return this.commands.filter(([n]) => n === number).map(([, text]) => text);
   }
@@ -56,6 +71,22 @@ class ScriptedHub {
     return new Promise((resolve) => this.server.close(resolve));
   }
 }
+
+/** The answers of a hub with RUSTY_WS_HISTORY_SIZE=0. */
+function historyOff(socket, text) {
+  if (text === "ping") socket.send("pong");
+  const [verb, argument] = [text.slice(0, text.indexOf(":")), text.slice(text.indexOf(":") + 1)];
+  if (verb === "subscribe-json") {
+    const { topic, session_id: session, since } = JSON.parse(argument);
+    socket.send(`subscribed:${JSON.stringify({ topic, session_id: session, ...(since ? { recovered: false } : {}) })}`);
+  } else if (verb === "publish-json") {
+    const { id } = JSON.parse(argument);
+    if (id !== undefined) socket.send(`ack:${JSON.stringify({ id })}`);
+  }
+}
+
+/** The JSON body of a recorded command (`verb:{...}`). */
+const body = (command) => JSON.parse(command.slice(command.indexOf(":") + 1));
 
 let hub;
 let clients;
@@ -89,7 +120,8 @@ describe("close codes", () => {
     assert.deepEqual(await closed, { code: 4200, reason: "server restarting", willReconnect: true });
     assert.deepEqual(await reconnecting, { attempt: 1, delay: 0 });
     assert.deepEqual(await reopened, { reconnected: true });
-    assert.deepEqual(hub.commandsOf(2), ["register-name:c", "register-session:s", "subscribe:A|s", "subscribe:B|s", "ping"]);
+    assert.deepEqual(hub.commandsOf(2), ["register-name:c", "register-session:s", "ping",
+      'subscribe-json:{"topic":"A","session_id":"s"}', 'subscribe-json:{"topic":"B","session_id":"s"}']);
     assert.equal(c.state, State.OPEN);
   });
 
@@ -151,7 +183,8 @@ describe("close codes", () => {
     await published;
     const second = hub.sockets.length;
     const commands = hub.commandsOf(second);
-    assert.deepEqual(commands.slice(0, 4), ["register-name:c", "register-session:s", "subscribe:A|s", "ping"]);
+    assert.deepEqual(commands.slice(0, 4), ["register-name:c", "register-session:s", "ping",
+      'subscribe-json:{"topic":"A","session_id":"s"}']);
     assert.match(commands[4], /^publish-json:\{"publisher_name":"c","topic":"A","payload":"queued",/);
   });
 
@@ -208,7 +241,7 @@ describe("waiting for the hub", () => {
     socket.removeAllListeners("message");
     socket.on("message", (data) => {
       if (data.toString() === "ping") socket.send("pong");
-      else socket.send('error:{"code":"invalid_topic","message":"no","command":"subscribe"}');
+      else socket.send('error:{"code":"invalid_topic","message":"no","command":"subscribe-json"}');
     });
     await assert.rejects(c.subscribe("A"), { name: "ServerError", code: "invalid_topic" });
     assert.deepEqual(c.subscriptions, []);
@@ -237,5 +270,133 @@ describe("hostile frames from the hub", () => {
     assert.deepEqual(errors, ["invalid_message", "invalid_message", "invalid_message", "invalid_message", "unknown",
       "invalid_message", "invalid_message"]);
     await c.ping();
+  });
+});
+
+describe("recovery and acknowledgements, scripted", () => {
+  /** A delivery of `topic` in session "s" at `offset` of epoch "E". */
+  const delivery = (topic, offset) => JSON.stringify({
+    publisher_name: "p", topic, payload: offset, timestamp: "t", session_id: "s", offset, epoch: "E",
+  });
+
+  test("resubscribes from the last offset seen; drops duplicates; marks replayed messages", async () => {
+    hub.answer = (socket, text, number) => {
+      if (text === "ping") socket.send("pong");
+      if (!text.startsWith("subscribe-json:")) return;
+      const reply = { topic: "A", session_id: "s" };
+      if (number === 1) {
+        socket.send(`subscribed:${JSON.stringify({ ...reply, offset: 5, epoch: "E" })}`);
+        for (const offset of [6, 7, 5]) socket.send(delivery("A", offset)); // 5: already before the top
+      } else {
+        for (const offset of [6, 7, 8]) socket.send(delivery("A", offset)); // 6 and 7 again: duplicates
+        socket.send(`subscribed:${JSON.stringify({ ...reply, offset: 8, epoch: "E", recovered: true })}`);
+        for (const offset of [8, 9]) socket.send(delivery("A", offset)); // 8 again
+      }
+    };
+    const c = await client();
+    const seen = [];
+    c.onMessage("A", (payload, message, { replayed }) => seen.push([payload, replayed]));
+    const nine = nextEvent(c, "message", ({ message }) => message.payload === 9);
+    const seven = nextEvent(c, "message", ({ message }) => message.payload === 7);
+    await c.subscribe("A");
+    await seven;
+    assert.deepEqual(c.position("A"), { offset: 7, epoch: "E" });
+    const recovered = nextEvent(c, "recovered");
+    hub.sockets[0].terminate();
+    assert.deepEqual(await recovered, { topic: "A", sessionId: "s", count: 1 });
+    await nine;
+    assert.deepEqual(body(hub.commandsOf(2)[3]), { topic: "A", session_id: "s", since: { offset: 7, epoch: "E" } });
+    assert.deepEqual(seen, [[6, false], [7, false], [8, true], [9, false]]);
+  });
+
+  test("recovered: false with the same epoch is messages_dropped; the subscription goes on", async () => {
+    hub.answer = (socket, text, number) => {
+      if (text === "ping") socket.send("pong");
+      if (!text.startsWith("subscribe-json:")) return;
+      const top = number === 1 ? 3 : 250;
+      socket.send(`subscribed:${JSON.stringify({ topic: "A", session_id: "s", offset: top, epoch: "E",
+        ...(number === 1 ? {} : { recovered: false }) })}`);
+      if (number > 1) socket.send(delivery("A", 251));
+    };
+    const c = await client();
+    await c.subscribe("A");
+    const failed = nextEvent(c, "recoveryfailed");
+    const live = nextEvent(c, "message");
+    hub.sockets[0].terminate();
+    assert.deepEqual(await failed, {
+      topic: "A", sessionId: "s", reason: RecoveryFailure.MESSAGES_DROPPED, since: { offset: 3, epoch: "E" },
+      offset: 250, epoch: "E", count: 0,
+    });
+    assert.equal((await live).message.offset, 251);
+  });
+
+  test("invalid_since on a resubscription: told, and subscribed again from the hub's top", async () => {
+    hub.answer = (socket, text, number) => {
+      if (text === "ping") socket.send("pong");
+      if (!text.startsWith("subscribe-json:")) return;
+      if (number > 1 && body(text).since) {
+        socket.send('error:{"code":"invalid_since","message":"past the top","command":"subscribe-json"}');
+      } else {
+        socket.send(`subscribed:${JSON.stringify({ topic: "A", session_id: "s", offset: number === 1 ? 9 : 2, epoch: "E" })}`);
+      }
+    };
+    const c = await client();
+    await c.subscribe("A");
+    const failed = nextEvent(c, "recoveryfailed");
+    const reopened = nextEvent(c, "open");
+    hub.sockets[0].terminate();
+    assert.equal((await failed).reason, RecoveryFailure.UNKNOWN_POSITION);
+    await reopened;
+    assert.deepEqual(hub.commandsOf(2).slice(3).map(body), [
+      { topic: "A", session_id: "s", since: { offset: 9, epoch: "E" } }, { topic: "A", session_id: "s" }]);
+    assert.deepEqual(c.position("A"), { offset: 2, epoch: "E" });
+  });
+
+  test("a publish without its ack goes out again, the same frame, after the reconnection", async () => {
+    hub.answer = (socket, text, number) => {
+      if (text === "ping") socket.send("pong");
+      if (text.startsWith("publish-json:") && number > 1) {
+        socket.send(`ack:${JSON.stringify({ id: body(text).id, offset: 4, epoch: "E" })}`);
+      }
+    };
+    const c = await client();
+    const publishing = c.publish("A", "once");
+    await hub.command((text) => text.startsWith("publish-json:"));
+    hub.sockets[0].terminate();
+    const ack = await publishing;
+    const [first] = hub.commandsOf(1).filter((t) => t.startsWith("publish-json:"));
+    const again = hub.commandsOf(2).filter((t) => t.startsWith("publish-json:"));
+    assert.deepEqual(again, [first]);
+    assert.deepEqual(ack, { id: body(first).id, offset: 4, epoch: "E" });
+  });
+
+  test("publishes waiting for acks reject when the client closes, or after the timeout", async () => {
+    const c = await client({ timeout: 200 });
+    hub.silent = true;
+    await assert.rejects(c.publish("A", 1), { code: "timeout" });
+    const rejected = assert.rejects(c.publish("A", 2), ConnectionClosedError);
+    await hub.command((text) => text.includes('"payload":2'));
+    await c.close();
+    await rejected;
+  });
+
+  test("a pong proves the replies before it will not come: they reject, and the calls stay in step", async () => {
+    hub.answer = (socket, text) => {
+      if (text === "ping") socket.send("pong"); // a hub that never acknowledges a publish
+    };
+    const c = await client();
+    const unacked = c.publish("A", 1);
+    await c.ping();
+    await assert.rejects(unacked, { code: "unanswered" });
+    await c.ping();
+  });
+
+  test("a reply nothing waits for is reported, and the replies stay in step", async () => {
+    const c = await client();
+    const reported = nextEvent(c, "error");
+    (await hub.connection(0)).send('ack:{"id":"nobody"}');
+    assert.equal((await reported).error.code, "invalid_message");
+    await c.ping();
+    assert.deepEqual(await c.publish("A", 1, { id: "mine" }), { id: "mine", offset: null, epoch: null });
   });
 });

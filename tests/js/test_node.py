@@ -12,7 +12,19 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from rusty_ws.protocol import MAX_NAME_LENGTH, MAX_SESSION_LENGTH, MAX_TOPIC_LENGTH, CloseCode, close_policy
+from rusty_ws.protocol import (
+    MAX_EPOCH_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_OFFSET,
+    MAX_PUBLISH_ID_LENGTH,
+    MAX_SESSION_LENGTH,
+    MAX_TOPIC_LENGTH,
+    CloseCode,
+    Since,
+    close_policy,
+    encode_history,
+    encode_subscribe_json,
+)
 from support import WAIT, running_server
 
 JS_DIR = Path(__file__).resolve().parent
@@ -34,10 +46,13 @@ def test_node_test_runner_against_the_hub() -> None:
     assert (JS_DIR / "node_modules" / "ws").is_dir(), "run scripts/test.sh: it runs `npm ci` in tests/js"
     files = sorted(path.name for path in JS_DIR.glob("*.test.mjs"))
     assert len(files) >= 3, files
-    with running_server(max_subscriptions=8) as hub, running_server(jwt_expiration_seconds=4) as short:
+    with running_server(max_subscriptions=8) as hub, running_server(jwt_expiration_seconds=4) as short, \
+            running_server(history_size=2000) as history, running_server(history_size=0) as no_history:
         result = run_node("--test", "--test-reporter=spec", *files, env={
             "RUSTY_WS_HTTP_URL": hub.http_url,
             "RUSTY_WS_SHORT_TOKEN_HTTP_URL": short.http_url,
+            "RUSTY_WS_HISTORY_HTTP_URL": history.http_url,
+            "RUSTY_WS_NO_HISTORY_HTTP_URL": no_history.http_url,
         })
     assert result.returncode == 0, result.stdout[-20_000:] + result.stderr[-5_000:]
     assert "\u2139 fail 0" in result.stdout, result.stdout[-5_000:]
@@ -45,15 +60,26 @@ def test_node_test_runner_against_the_hub() -> None:
 
 def test_javascript_mirrors_the_python_protocol() -> None:
     codes = sorted({*range(999, 1016), *range(2999, 3002), *range(3999, 4301), 4999, 5000, *CloseCode})
+    streams = [["T", None, None, None], ["Tópico:x", "session-A", None, None],
+               ["T", "s", {"offset": 41, "epoch": "3f-4"}, None], ["T", "s", {"offset": 0, "epoch": "é"}, 5],
+               ["T", None, None, 1]]
     script = (
         f"import * as p from {json.dumps(PROTOCOL_JS.as_uri())};\n"
         f"const codes = {json.dumps(codes)};\n"
+        f"const streams = {json.dumps(streams)};\n"
         "console.log(JSON.stringify({policies: codes.map(p.closePolicy), closeCodes: p.CloseCode,\n"
-        "  limits: [p.MAX_TOPIC_LENGTH, p.MAX_SESSION_LENGTH, p.MAX_NAME_LENGTH]}));\n"
+        "  limits: [p.MAX_TOPIC_LENGTH, p.MAX_SESSION_LENGTH, p.MAX_NAME_LENGTH, p.MAX_PUBLISH_ID_LENGTH,\n"
+        "           p.MAX_EPOCH_LENGTH, p.MAX_OFFSET],\n"
+        "  subscribes: streams.map(([t, s, since]) => p.subscribeJsonCommand(t, s, since)),\n"
+        "  histories: streams.map(([t, s, since, limit]) => p.historyCommand(t, s, {since, limit}))}));\n"
     )
     result = run_node("--input-type=module", "-e", script, timeout=10 * WAIT)
     assert result.returncode == 0, result.stderr
     mirrored = json.loads(result.stdout)
     assert mirrored["policies"] == [close_policy(code).value for code in codes]
     assert mirrored["closeCodes"] == {code.name: code.value for code in CloseCode}
-    assert mirrored["limits"] == [MAX_TOPIC_LENGTH, MAX_SESSION_LENGTH, MAX_NAME_LENGTH]
+    assert mirrored["limits"] == [MAX_TOPIC_LENGTH, MAX_SESSION_LENGTH, MAX_NAME_LENGTH, MAX_PUBLISH_ID_LENGTH,
+                                  MAX_EPOCH_LENGTH, MAX_OFFSET]
+    python = [(topic, session, Since(**since) if since else None, limit) for topic, session, since, limit in streams]
+    assert mirrored["subscribes"] == [encode_subscribe_json(t, s, since) for t, s, since, _ in python]
+    assert mirrored["histories"] == [encode_history(t, s, limit, since) for t, s, since, limit in python]

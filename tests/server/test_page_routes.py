@@ -14,7 +14,8 @@ from rusty_ws import PubSub
 from support import WAIT, RunningServer, hub_config, http, running_server
 
 STATIC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "rusty_ws", "static")
-MODULES = ["rusty_ws.js", "client.js", "jwt_utils.js", "transport.js", "protocol.js", "backoff.js", "errors.js", "page.js"]
+MODULES = ["rusty_ws.js", "client.js", "recovery.js", "replies.js", "jwt_utils.js", "transport.js", "protocol.js",
+           "backoff.js", "errors.js", "page.js"]
 
 
 def raw_get(port: int, path: str, follow: bool = False) -> int:
