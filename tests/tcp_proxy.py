@@ -119,14 +119,15 @@ class TcpProxy:
             assert self._accepted.wait_for(lambda: self.accepted >= count, WAIT), \
                 f"{self.accepted} connections through the proxy, wanted {count}"
 
-    def cut(self) -> None:
-        """Reset every current connection (both sides), and return once they are gone."""
+    def cut(self) -> int:
+        """Reset every current connection (both sides); return how many, once they are gone."""
         with self._pipes_lock:
             pipes, self._pipes = self._pipes, []
         for pipe in pipes:
             pipe.cut.set()
         for pipe in pipes:
             pipe.thread.join(WAIT)
+        return len(pipes)
 
     def mute(self) -> None:
         """From now on, drop what the server sends on the current connections."""

@@ -1,6 +1,6 @@
 """Recovery in Chromium: a page whose connection is cut gets what it missed, and says when it cannot.
 
-The page is loaded through a ``CutProxy``, so its modules, its WebSocket and its
+The page is loaded through a ``TcpProxy``, so its modules, its WebSocket and its
 ``/healthz`` polls all go through it; cutting the proxy resets them without a close
 frame, as a network failure does. Every wait is Playwright's (``expect``,
 ``wait_for_function``) with a timeout.
@@ -13,7 +13,7 @@ import json
 from playwright.sync_api import BrowserContext, expect
 
 from browser_support import PAGE_WAIT, RECONNECT_WAIT, HubPage, PageProblems
-from cut_proxy import cut_proxy
+from tcp_proxy import tcp_proxy
 from support import Client, running_server
 
 #: What Chromium logs about connections that were reset or refused on purpose.
@@ -52,7 +52,7 @@ def test_a_cut_connection_recovers_1000_messages_and_the_page_marks_replayed_one
         context: BrowserContext, problems: PageProblems) -> None:
     problems.allow(*CUT_ERRORS)
     session = "session-N"
-    with running_server(history_size=2000) as server, cut_proxy(server.port) as proxy, \
+    with running_server(history_size=2000) as server, tcp_proxy(server.port) as proxy, \
             server.connect() as publisher:
         page = HubPage.open(context, f"http://127.0.0.1:{proxy.port}/")
         page.connect("Watcher", session)
@@ -63,11 +63,11 @@ def test_a_cut_connection_recovers_1000_messages_and_the_page_marks_replayed_one
 
         publish_all(publisher, "Numbers", session, list(range(1, 301)))
         page.page.wait_for_function("() => window.numbers.length >= 200", timeout=PAGE_WAIT)
-        proxy.refuse = True  # the network stays down while 301-600 are published
+        proxy.hold()  # the network stays down while 301-600 are published
         assert proxy.cut() >= 2  # both WebSockets (and any polling connection), without close frames
         publish_all(publisher, "Numbers", session, list(range(301, 601)))
         publish_all(publisher, "Blip", session, ["missed 1", "missed 2"])
-        proxy.refuse = False
+        proxy.release()
         publish_all(publisher, "Numbers", session, list(range(601, 1001)) + ["end"])
 
         page.page.wait_for_function("() => window.numbers.at(-1) === 'end'", timeout=RECONNECT_WAIT)
