@@ -33,6 +33,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from .protocol import Position
+
 __all__ = ["Key", "Position", "Replay", "History", "IdempotencyTable", "EPOCH_ALPHABET"]
 
 #: (topic, session_id)
@@ -41,14 +43,6 @@ Key = tuple[str, str]
 EPOCH_ALPHABET = "0123456789abcdef-"
 #: Dead entries tolerated in the global order before it is compacted (see ``History._compact``).
 _COMPACT_AFTER = 1024
-
-
-@dataclass(frozen=True)
-class Position:
-    """A place in a stream: the offset of a message (or the top) and the stream's epoch."""
-
-    offset: int
-    epoch: str
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ __all__ = [
     "encode_publish",
     "encode_subscribe_json",
     "encode_history",
+    "Position",
     "Since",
     "SubscribeJson",
     "HistoryQuery",
@@ -259,11 +260,19 @@ class Publish:
 
 
 @dataclass(frozen=True)
-class Since:
-    """A client's last known place in a stream: ``{"offset": N, "epoch": E}``."""
+class Position:
+    """A place in a stream: the offset of a message (or the stream's top) and the stream's epoch.
+
+    On the wire it is ``{"offset": N, "epoch": E}``: a delivery's last two keys,
+    and a client's ``since``.
+    """
 
     offset: int
     epoch: str
+
+
+#: A client's last known place in a stream (``since``): a ``Position``.
+Since = Position
 
 
 @dataclass(frozen=True)

@@ -193,7 +193,7 @@ class Hub:
                 appeared = self.registry.subscribe(outbox, topic, session_id)
                 recovered = None
                 if since is not None:
-                    replay = self.history.read(key, Position(since.offset, since.epoch),
+                    replay = self.history.read(key, since,
                                                budget=self._replay_budget(outbox))
                     for data in replay.messages:
                         self.writer.send_to(outbox, self._frame_for(outbox, data))
@@ -217,7 +217,7 @@ class Hub:
             self.history.touch(key)  # the reply names a real epoch to recover from later
             try:
                 replay = self.history.read(
-                    key, Position(since.offset, since.epoch) if since else None, limit=limit
+                    key, since, limit=limit
                 )
             except ValueError as exc:
                 raise ProtocolError(ErrorCode.INVALID_SINCE, str(exc)) from None
