@@ -55,6 +55,16 @@ SWITCH_INTERVAL: float | None = None
 #: Off by default: it costs CPU per delivery and helps only large, compressible messages
 #: (docs/performance.md#compression).
 COMPRESSION = 0
+#: Seconds a client has to send a whole request head (request line and headers), counted from
+#: when its socket is accepted or, on a kept-alive connection, from the end of the request
+#: before; past it the socket is closed. Applied by the hub's own server (``rusty-ws serve``).
+REQUEST_HEAD_TIMEOUT = 10.0
+#: Largest request head (request line and headers), in bytes; a bigger one gets 431 (414 when
+#: the request line alone is bigger). Applied by the hub's own server.
+MAX_REQUEST_HEAD_SIZE = 32 * 1024
+#: Sockets that may wait for their request head at once (each holds a thread); one more is
+#: answered 503 and closed at once, without a thread. Applied by the hub's own server.
+MAX_PENDING_REQUESTS = 256
 #: Messages kept per (topic, session) stream for recovery and ``history:``; 0 turns history
 #: off (deliveries then carry no offset/epoch). See docs/protocol.md, "History and recovery".
 HISTORY_SIZE = 100
@@ -86,6 +96,9 @@ DEFAULTS: dict[str, Any] = {
         BROKER_URL=BROKER_URL,
         SWITCH_INTERVAL=SWITCH_INTERVAL,
         COMPRESSION=COMPRESSION,
+        REQUEST_HEAD_TIMEOUT=REQUEST_HEAD_TIMEOUT,
+        MAX_REQUEST_HEAD_SIZE=MAX_REQUEST_HEAD_SIZE,
+        MAX_PENDING_REQUESTS=MAX_PENDING_REQUESTS,
         HISTORY_SIZE=HISTORY_SIZE,
         HISTORY_TTL=HISTORY_TTL,
         HISTORY_MAX_BYTES=HISTORY_MAX_BYTES,
@@ -189,6 +202,9 @@ class Settings:
     broker_url: str
     switch_interval: float | None
     compression: int
+    request_head_timeout: float = REQUEST_HEAD_TIMEOUT
+    max_request_head_size: int = MAX_REQUEST_HEAD_SIZE
+    max_pending_requests: int = MAX_PENDING_REQUESTS
     history_size: int = HISTORY_SIZE
     history_ttl: float = HISTORY_TTL
     history_max_bytes: int = HISTORY_MAX_BYTES
@@ -230,6 +246,9 @@ class Settings:
             switch_interval=(None if get("SWITCH_INTERVAL") is None
                              else _positive("SWITCH_INTERVAL", get("SWITCH_INTERVAL"))),
             compression=_level("COMPRESSION", get("COMPRESSION")),
+            request_head_timeout=_positive("REQUEST_HEAD_TIMEOUT", get("REQUEST_HEAD_TIMEOUT")),
+            max_request_head_size=_whole("MAX_REQUEST_HEAD_SIZE", get("MAX_REQUEST_HEAD_SIZE")),
+            max_pending_requests=_whole("MAX_PENDING_REQUESTS", get("MAX_PENDING_REQUESTS")),
             history_size=_count("HISTORY_SIZE", get("HISTORY_SIZE")),
             history_ttl=_positive("HISTORY_TTL", get("HISTORY_TTL")),
             history_max_bytes=_whole("HISTORY_MAX_BYTES", get("HISTORY_MAX_BYTES")),

@@ -46,9 +46,52 @@ from .registry import Registry
 from .writer import Outbox, Writer
 
 
-__all__ = ["Hub"]
+__all__ = ["Hub", "PendingRequests"]
 
 logger = logging.getLogger("rusty_ws.server")
+
+
+class PendingRequests:
+    """Sockets accepted whose request head has not arrived yet: counted, and bounded.
+
+    The hub's own server (``serving.HubServer``) takes one when it accepts a
+    socket, on its accept thread, and its handler gives it back once the head
+    is read, so a socket past the bound gets no thread at all. Other WSGI
+    servers never take one, and ``/healthz`` then shows 0.
+
+    Args:
+        limit: how many may be taken at once (``RUSTY_WS_MAX_PENDING_REQUESTS``).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._count_lock = threading.Lock()  # guards _count
+        self._count_changed = threading.Condition(self._count_lock)  # tests wait on it
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def take(self) -> bool:
+        """Count one more socket waiting for its head; False (nothing counted) at the limit."""
+        with self._count_lock:
+            if self._count >= self.limit:
+                return False
+            self._count += 1
+            self._count_changed.notify_all()
+            return True
+
+    def give_back(self) -> None:
+        """Undo one ``take``: that socket's head arrived, or the socket ended without one."""
+        with self._count_lock:
+            self._count -= 1
+            self._count_changed.notify_all()
+
+    def wait_for(self, count: int, timeout: float) -> bool:
+        """Block until exactly ``count`` are taken; False on timeout."""
+        with self._count_lock:
+            return self._count_changed.wait_for(lambda: self._count == count, timeout)
 
 
 class Hub:
@@ -69,6 +112,8 @@ class Hub:
             ping_timeout=settings.ping_timeout,
         )
         self.broker = broker
+        #: Sockets of the hub's own server still waiting for their request head (``/healthz``).
+        self.pending_requests = PendingRequests(settings.max_pending_requests)
         # _connections_lock guards _connections, _slots_taken, _accepting and the
         # writes of _compressing (read without it: an int, and only a shortcut).
         self._connections_lock = threading.Lock()
@@ -328,7 +373,7 @@ class Hub:
     # ------------------------------------------------------------------ reporting and shutdown
 
     def counts(self) -> dict[str, Any]:
-        """What ``/healthz`` shows: connections, sessions, topics, subscriptions, broker."""
+        """What ``/healthz`` shows: connections, pending requests, sessions, topics, history, broker."""
         connections = self.connections()
         registry = self.registry.counts()
         sessions = {conn.session_id for conn in connections}
@@ -336,6 +381,7 @@ class Hub:
         return {
             "status": "ok" if self._accepting else "stopping",
             "connections": len(connections),
+            "pending_requests": self.pending_requests.count,
             "sessions": len(sessions),
             "topics": registry.topics,
             "subscriptions": registry.subscriptions,
