@@ -162,18 +162,19 @@ class Hub:
         return next(self._ids)
 
     def serve(self, sock: socket.socket, claims: Claims | None, remote: str = "?",
-              deflate: bool = False) -> None:
+              deflate: bool = False, read_ahead: bytes = b"") -> None:
         """Run one WebSocket from its upgrade to its end on the calling (request) thread. Blocks.
 
         The hub owns the connection's life, as websockets' ``sock_handler`` does:
         it registers the connection, runs its command loop, and on every path
         forgets it (and its subscriptions) and releases its outbox. The caller
-        closes the socket afterwards.
+        closes the socket afterwards. ``read_ahead``: what the WSGI server read
+        past the request head, the first bytes of the connection's stream.
         """
         connection = Connection(self, sock, claims, remote, deflate=deflate)
         self._add(connection)
         try:
-            connection.serve()
+            connection.serve(read_ahead)
         finally:
             self._discard(connection)
             self.writer.release(connection.outbox, self.settings.close_timeout + 1.0)

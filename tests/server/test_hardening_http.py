@@ -237,6 +237,84 @@ class TestRequestHeadSize:
             assert http("GET", hub.http_url + "/healthz")[2]["pending_requests"] == 0
 
 
+# --------------------------------------------------------------------------- finding 3: bad handshakes
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (handshake(key="abc"), 400),
+    (handshake(key=base64.b64encode(b"fifteen bytes!!").decode()), 400),
+    (handshake(key="!" * 22 + "=="), 400),
+    (handshake(key=None), 400),
+    (handshake(version=None), 400),
+    (handshake(version="8"), 426),
+    (handshake(version="13, 8"), 426),
+    (handshake(extra="Content-Length: 5\r\n") + b"hello", 400),
+], ids=["short-key", "15-byte-key", "not-base64", "no-key", "no-version", "version-8", "two-versions", "body"])
+def test_a_bad_handshake_is_refused_without_a_traceback(
+    request_bytes: bytes, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    with running_server() as server:
+        caplog.set_level(logging.INFO)
+        caplog.clear()
+        got, headers, body = raw_http(server.port, request_bytes)
+        assert got == status, body
+        if status == 426:
+            assert headers["sec-websocket-version"] == "13"
+        assert server.hub.counts()["connections"] == 0
+        lines = [r for r in caplog.records if r.levelno >= logging.INFO]
+        assert len(lines) <= 1 and not any(r.exc_info for r in lines), [r.getMessage() for r in lines]
+
+
+def test_a_good_handshake_still_upgrades() -> None:
+    with running_server() as server:
+        raw = RawSocket(server.port)
+        try:
+            assert raw.status == 101
+            assert raw.sync() == []
+        finally:
+            raw.close()
+
+
+# --------------------------------------------------------------------------- finding 4: frames before the 101
+
+
+class TestFramesWithTheUpgradeRequest:
+    def test_a_ping_in_the_same_write_is_answered(self) -> None:
+        with running_server() as server:
+            raw = RawSocket(server.port, early=client_frame(encode_ping().encode()))
+            try:
+                assert raw.status == 101
+                assert raw.recv_frame() == (0x81, b"pong")
+            finally:
+                raw.close()
+
+    def test_more_than_the_read_buffer_arrives_in_order(self) -> None:
+        """werkzeug's buffer holds 2 KiB: the commands past it come from the socket, after those in it."""
+        with running_server() as server:
+            early = b"".join(client_frame(text.encode()) for text in [
+                encode_subscribe("T"), encode_publish("T", "x" * 5000), encode_ping(),
+            ])
+            raw = RawSocket(server.port, early=early)
+            try:
+                delivery = raw.recv_frame()
+                assert delivery.opcode == 0x1 and '"x' in delivery.text() and len(delivery.payload) > 5000
+                assert raw.recv_frame() == (0x81, b"pong")
+            finally:
+                raw.close()
+
+    def test_under_gunicorn_too(self) -> None:
+        from test_gunicorn import gunicorn
+
+        with gunicorn("memory://", workers=1, threads=4, max_connections=2) as master:
+            raw = RawSocket(master.port, early=client_frame(encode_ping().encode()))
+            try:
+                assert raw.status == 101
+                assert raw.recv_frame() == (0x81, b"pong")
+            finally:
+                raw.close()
+        assert "Traceback" not in master.log and "out of reach" not in master.log, master.log
+
+
 # --------------------------------------------------------------------------- the settings
 
 
