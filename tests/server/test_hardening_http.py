@@ -136,7 +136,7 @@ class TestPendingRequestLimit:
             threads = request_threads()
             status, headers, body = raw_http(server.port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             assert (status, headers["retry-after"]) == (503, "5") and b'"server_busy"' in body
-            assert request_threads() == threads, "the refused socket got a thread"
+            assert request_threads() <= threads, "the refused socket got a thread"
             assert server.hub.pending_requests.count == 3
 
             closing.pop().close()  # one waiting socket goes: there is room again
