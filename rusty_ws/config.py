@@ -69,6 +69,16 @@ HEALTHZ = "full"
 #: port must match it, one without matches any port. None: any while CORS_ORIGINS is "*",
 #: else the loopback names and the hosts of CORS_ORIGINS (against DNS rebinding).
 ALLOWED_HOSTS: str | list[str] | None = None
+#: Seconds a client has to send a whole request head (request line and headers), counted from
+#: when its socket is accepted or, on a kept-alive connection, from the end of the request
+#: before; past it the socket is closed. Applied by the hub's own server (``rusty-ws serve``).
+REQUEST_HEAD_TIMEOUT = 10.0
+#: Largest request head (request line and headers), in bytes; a bigger one gets 431 (414 when
+#: the request line alone is bigger). Applied by the hub's own server.
+MAX_REQUEST_HEAD_SIZE = 32 * 1024
+#: Sockets that may wait for their request head at once (each holds a thread); one more is
+#: answered 503 and closed at once, without a thread. Applied by the hub's own server.
+MAX_PENDING_REQUESTS = 256
 #: Messages kept per (topic, session) stream for recovery and ``history:``; 0 turns history
 #: off (deliveries then carry no offset/epoch). See docs/protocol.md, "History and recovery".
 HISTORY_SIZE = 100
@@ -105,6 +115,9 @@ DEFAULTS: dict[str, Any] = {
         LOGIN_QUEUE_TIMEOUT=LOGIN_QUEUE_TIMEOUT,
         HEALTHZ=HEALTHZ,
         ALLOWED_HOSTS=ALLOWED_HOSTS,
+        REQUEST_HEAD_TIMEOUT=REQUEST_HEAD_TIMEOUT,
+        MAX_REQUEST_HEAD_SIZE=MAX_REQUEST_HEAD_SIZE,
+        MAX_PENDING_REQUESTS=MAX_PENDING_REQUESTS,
         HISTORY_SIZE=HISTORY_SIZE,
         HISTORY_TTL=HISTORY_TTL,
         HISTORY_MAX_BYTES=HISTORY_MAX_BYTES,
@@ -249,6 +262,9 @@ class Settings:
     login_queue_timeout: float = LOGIN_QUEUE_TIMEOUT
     healthz: str = HEALTHZ
     allowed_hosts: tuple[str, ...] = ("*",)
+    request_head_timeout: float = REQUEST_HEAD_TIMEOUT
+    max_request_head_size: int = MAX_REQUEST_HEAD_SIZE
+    max_pending_requests: int = MAX_PENDING_REQUESTS
     history_size: int = HISTORY_SIZE
     history_ttl: float = HISTORY_TTL
     history_max_bytes: int = HISTORY_MAX_BYTES
@@ -295,6 +311,9 @@ class Settings:
             login_queue_timeout=_positive("LOGIN_QUEUE_TIMEOUT", get("LOGIN_QUEUE_TIMEOUT"), allow_zero=True),
             healthz=_choice("HEALTHZ", get("HEALTHZ"), HEALTHZ_MODES),
             allowed_hosts=_allowed_hosts(get("ALLOWED_HOSTS"), _origins(get("CORS_ORIGINS"))),
+            request_head_timeout=_positive("REQUEST_HEAD_TIMEOUT", get("REQUEST_HEAD_TIMEOUT")),
+            max_request_head_size=_whole("MAX_REQUEST_HEAD_SIZE", get("MAX_REQUEST_HEAD_SIZE")),
+            max_pending_requests=_whole("MAX_PENDING_REQUESTS", get("MAX_PENDING_REQUESTS")),
             history_size=_count("HISTORY_SIZE", get("HISTORY_SIZE")),
             history_ttl=_positive("HISTORY_TTL", get("HISTORY_TTL")),
             history_max_bytes=_whole("HISTORY_MAX_BYTES", get("HISTORY_MAX_BYTES")),

@@ -17,8 +17,12 @@ import contextlib
 import json
 import os
 import queue
+import resource
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -34,6 +38,7 @@ from rusty_ws.server.hub import Hub
 from rusty_ws.server.serving import HubServer, make_server, stop
 from rusty_ws.server.state import state_of
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MS = 0.001 * float(os.environ.get("RUSTY_WS_TESTS_TIMEOUT_FACTOR", "1"))
 #: The usual wait for something that should happen at once.
 WAIT = 3000 * MS
@@ -181,6 +186,136 @@ def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None
         return status, head, json.loads(text)
     except ValueError:
         return status, head, text.decode("utf-8", "replace")
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP answer from ``sock``: status, headers (lower-case names) and the body its Content-Length gives.
+
+    Raises:
+        ConnectionError: the server hung up (or reset) before a whole head.
+    """
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"the server hung up without an answer: {data!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    fields = (line.partition(":") for line in lines[1:])
+    headers = {name.strip().lower(): value.strip() for name, _, value in fields}
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+def raw_http(port: int, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``data`` as it is on a new connection and read the answer (see ``read_response``).
+
+    The server may answer, and hang up, before it has read all of ``data``.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+        try:
+            sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        return read_response(sock)
+
+
+class HubProcess:
+    """``rusty-ws serve`` in a process of its own on a free port, for what is measured from outside.
+
+    Memory (``VmRSS``), CPU time and descriptor limits are the process's, so
+    they are read from ``/proc/<pid>``. ``settings`` are ``RUSTY_WS_*`` names
+    without the prefix, passed as environment variables; ``nofile`` sets the
+    process's ``RLIMIT_NOFILE`` before it starts. Its log is kept in ``lines``.
+    """
+
+    def __init__(self, nofile: int | None = None, **settings: Any) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1", JWT_SECRET_KEY=SECRET)
+        env.update({f"RUSTY_WS_{name.upper()}": json.dumps(value) for name, value in settings.items()})
+
+        def limit_descriptors() -> None:  # runs in the child, before the hub starts
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+        self.lines: list[str] = []
+        self._lines_changed = threading.Condition()  # guards lines
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from rusty_ws.cli import main; main()", "serve", "--port", "0"],
+            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True, preexec_fn=limit_descriptors,
+        )
+        self._reader = threading.Thread(target=self._read_log, name="test-hub-log", daemon=True)
+        self._reader.start()
+        try:
+            ready = self.wait_for_line("rusty_ws hub on ws://", 3 * WAIT)
+        except AssertionError:
+            self.stop()
+            raise
+        self.port = int(ready.split("ws://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+
+    def _read_log(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:  # ends at EOF, when the process has exited
+            with self._lines_changed:
+                self.lines.append(line)
+                self._lines_changed.notify_all()
+
+    @property
+    def log(self) -> str:
+        with self._lines_changed:
+            return "".join(self.lines)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_for_line(self, text: str, timeout: float = WAIT) -> str:
+        """The first log line that holds ``text``, waiting up to ``timeout`` for it."""
+        def found() -> str | None:
+            return next((line for line in self.lines if text in line), None)
+
+        with self._lines_changed:
+            if not self._lines_changed.wait_for(lambda: found() is not None or self.process.poll() is not None,
+                                                timeout) or found() is None:
+                raise AssertionError(f"no log line with {text!r}:\n" + "".join(self.lines))
+            return found()  # type: ignore[return-value]
+
+    def rss(self) -> int:
+        """The process's resident memory, in bytes (``VmRSS``)."""
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the process has used so far, in seconds."""
+        with open(f"/proc/{self.process.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()  # after "pid (comm)"
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+    def stop(self) -> None:
+        """SIGTERM (the hub's clean stop), or SIGKILL if it does not end in time; then join the log reader."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(3 * WAIT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(WAIT)
+        self._reader.join(WAIT)
+
+    def __enter__(self) -> "HubProcess":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
 
 
 def login(server: RunningServer, username: str = "testuser", password: str = "password",
@@ -355,14 +490,16 @@ def decode_frame(data: bytes) -> Frame:
 class RawSocket:
     """A hand-made WebSocket client, for what websocket-client will not send (or answer)."""
 
-    def __init__(self, port: int, path: str = "/ws", extensions: str | None = None) -> None:
+    def __init__(self, port: int, path: str = "/ws", extensions: str | None = None,
+                 early: bytes = b"") -> None:
+        """Open the WebSocket; ``early``: bytes sent in the same write as the request, before the 101."""
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
         key = base64.b64encode(os.urandom(16)).decode()
         offer = f"Sec-WebSocket-Extensions: {extensions}\r\n" if extensions else ""
         self.sock.sendall(
             f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n{offer}"
-            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode() + early
         )
         head = b""
         while b"\r\n\r\n" not in head:

@@ -8,7 +8,7 @@
 - ``connection``: one WebSocket's command loop, on its request thread.
 - ``registry``: who is subscribed to what.
 - ``writer``: every write to the hub's sockets.
-- ``serving``: the threaded werkzeug server behind ``rusty-ws serve``.
+- ``serving``: the threaded werkzeug server behind ``rusty-ws serve``, and its bounds before the upgrade.
 - ``cli``: the click commands of ``rusty-ws`` and ``flask rusty-ws``.
 
 Importing this package loads nothing; each module loads Flask only if it needs it.

@@ -113,13 +113,18 @@ class Connection:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def serve(self) -> None:
-        """Run the command loop until the connection ends. Blocks; ``Hub.serve`` calls it and cleans up."""
+    def serve(self, read_ahead: bytes = b"") -> None:
+        """Run the command loop until the connection ends. Blocks; ``Hub.serve`` calls it and cleans up.
+
+        Args:
+            read_ahead: bytes of the stream that the WSGI server read past the request
+                head (a client that did not wait for the 101); parsed before the socket is read.
+        """
         thread = threading.current_thread()
         request_thread_name, thread.name = thread.name, f"rusty_ws-{self.label}"
         logger.info("= %s connected from %s as %s", self.label, self.remote, self._who())
         try:
-            self._read_until_closed()
+            self._read_until_closed(read_ahead)
         except Exception:
             logger.exception("! %s failed; closing it", self.label)
             self.close(CloseCode.INTERNAL_ERROR, CLOSE_CODE_EXPLANATIONS[1011])
@@ -134,8 +139,14 @@ class Connection:
         self._closing = True
         self.hub.writer.close(self.outbox, code, reason)
 
-    def _read_until_closed(self) -> None:
+    def _read_until_closed(self, read_ahead: bytes) -> None:
         recv, outbox, parser, batch = self.sock.recv, self.outbox, self.parser, self.hub.writer.batch
+        if read_ahead:  # before the loop, so the loop itself is unchanged
+            logger.debug("< %s %d bytes came with the request head", self.label, len(read_ahead))
+            with batch():
+                for event in parser.feed(read_ahead):
+                    if not self._on_event(event):
+                        return
         size = IDLE_RECV_BYTES
         while True:
             try:

@@ -46,9 +46,52 @@ from .registry import Registry
 from .writer import Outbox, Writer
 
 
-__all__ = ["Hub"]
+__all__ = ["Hub", "PendingRequests"]
 
 logger = logging.getLogger("rusty_ws.server")
+
+
+class PendingRequests:
+    """Sockets accepted whose request head has not arrived yet: counted, and bounded.
+
+    The hub's own server (``serving.HubServer``) takes one when it accepts a
+    socket, on its accept thread, and its handler gives it back once the head
+    is read, so a socket past the bound gets no thread at all. Other WSGI
+    servers never take one, and ``/healthz`` then shows 0.
+
+    Args:
+        limit: how many may be taken at once (``RUSTY_WS_MAX_PENDING_REQUESTS``).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._count_lock = threading.Lock()  # guards _count
+        self._count_changed = threading.Condition(self._count_lock)  # tests wait on it
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def take(self) -> bool:
+        """Count one more socket waiting for its head; False (nothing counted) at the limit."""
+        with self._count_lock:
+            if self._count >= self.limit:
+                return False
+            self._count += 1
+            self._count_changed.notify_all()
+            return True
+
+    def give_back(self) -> None:
+        """Undo one ``take``: that socket's head arrived, or the socket ended without one."""
+        with self._count_lock:
+            self._count -= 1
+            self._count_changed.notify_all()
+
+    def wait_for(self, count: int, timeout: float) -> bool:
+        """Block until exactly ``count`` are taken; False on timeout."""
+        with self._count_lock:
+            return self._count_changed.wait_for(lambda: self._count == count, timeout)
 
 
 class Hub:
@@ -69,6 +112,8 @@ class Hub:
             ping_timeout=settings.ping_timeout,
         )
         self.broker = broker
+        #: Sockets of the hub's own server still waiting for their request head (``/healthz``).
+        self.pending_requests = PendingRequests(settings.max_pending_requests)
         # _connections_lock guards _connections, _slots_taken, _accepting and the
         # writes of _compressing (read without it: an int, and only a shortcut).
         self._connections_lock = threading.Lock()
@@ -117,18 +162,19 @@ class Hub:
         return next(self._ids)
 
     def serve(self, sock: socket.socket, claims: Claims | None, remote: str = "?",
-              deflate: bool = False) -> None:
+              deflate: bool = False, read_ahead: bytes = b"") -> None:
         """Run one WebSocket from its upgrade to its end on the calling (request) thread. Blocks.
 
         The hub owns the connection's life, as websockets' ``sock_handler`` does:
         it registers the connection, runs its command loop, and on every path
         forgets it (and its subscriptions) and releases its outbox. The caller
-        closes the socket afterwards.
+        closes the socket afterwards. ``read_ahead``: what the WSGI server read
+        past the request head, the first bytes of the connection's stream.
         """
         connection = Connection(self, sock, claims, remote, deflate=deflate)
         self._add(connection)
         try:
-            connection.serve()
+            connection.serve(read_ahead)
         finally:
             self._discard(connection)
             self.writer.release(connection.outbox, self.settings.close_timeout + 1.0)
@@ -332,7 +378,7 @@ class Hub:
     # ------------------------------------------------------------------ reporting and shutdown
 
     def counts(self) -> dict[str, Any]:
-        """What ``/healthz`` shows: connections, sessions, topics, subscriptions, broker.
+        """What ``/healthz`` shows: connections, pending requests, sessions, topics, history, broker.
 
         Constant time: every count is kept up to date as it changes (``Registry.counts``),
         so polling it never holds a lock that publishes and subscribes wait for.
@@ -343,6 +389,7 @@ class Hub:
         return {
             "status": "ok" if self._accepting else "stopping",
             "connections": connections,
+            "pending_requests": self.pending_requests.count,
             "sessions": registry.sessions_in_use,
             "topics": registry.topics,
             "subscriptions": registry.subscriptions,

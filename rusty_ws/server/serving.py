@@ -3,40 +3,320 @@
 ``flask run`` works too; this adds a deeper listen backlog (thousands of
 clients reconnect at once after a restart) and a shutdown that tells every
 client to reconnect (close code 4200) before the process exits.
+
+It also bounds what a peer can hold before its request reaches Flask
+(``docs/security.md``, "Before the upgrade"). werkzeug's server gives every
+accepted socket a thread that waits for the request head as long as it
+takes, unseen by ``RUSTY_WS_MAX_CONNECTIONS``. Here:
+
+- the whole head (request line and headers) must arrive within
+  ``RUSTY_WS_REQUEST_HEAD_TIMEOUT`` seconds, however slowly it trickles in,
+  or the socket is closed;
+- it may be at most ``RUSTY_WS_MAX_REQUEST_HEAD_SIZE`` bytes (431, or 414
+  for the request line), so a head that never ends is not kept in memory;
+- at most ``RUSTY_WS_MAX_PENDING_REQUESTS`` sockets wait for their head at
+  once (``/healthz`` shows ``pending_requests``); one more is answered 503 on
+  the accept thread and closed, without a thread;
+- when ``accept()`` fails for want of file descriptors, the accept loop logs
+  one line (at most every ``LOG_EVERY`` seconds) and waits ``ACCEPT_BACKOFF``
+  instead of trying again at once, which spun a core.
 """
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import signal
+import socket
 import threading
-from typing import Any
+import time
+from http import HTTPStatus
+from typing import Any, BinaryIO
 
 from flask import Flask
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
+from ..config import Settings
+from .hub import PendingRequests
 from .state import state_of
 
-__all__ = ["HubServer", "freeze_startup_objects", "make_server", "serve"]
+__all__ = ["HubServer", "HubRequestHandler", "freeze_startup_objects", "make_server", "serve"]
 
 logger = logging.getLogger("rusty_ws.server")
 
+#: Seconds the accept loop waits after ``accept()`` failed for want of descriptors or memory.
+ACCEPT_BACKOFF = 0.1
+#: Seconds between two log lines about the same trouble on the accept thread.
+LOG_EVERY = 10.0
+#: ``accept()`` errors that mean "out of a resource": the socket stays readable, so trying again at once spins.
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_BUSY_BODY = b'{"code": "server_busy", "error": "too many connections are waiting for their request head"}'
+#: The answer, written without blocking by the accept thread, to a socket past RUSTY_WS_MAX_PENDING_REQUESTS.
+_BUSY_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 5\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
+)
+_TIMEOUT_RESPONSE = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+
+class _HeadTooLarge(Exception):
+    """The request head is larger than ``RUSTY_WS_MAX_REQUEST_HEAD_SIZE``."""
+
+    def __init__(self, in_request_line: bool) -> None:
+        super().__init__("request line" if in_request_line else "request headers")
+        self.in_request_line = in_request_line
+
+
+class _HeadTimedOut(Exception):
+    """The request head did not arrive within ``RUSTY_WS_REQUEST_HEAD_TIMEOUT``."""
+
+
+class _HeadReader:
+    """What the handler reads a request head through: its ``rfile``, with a deadline and a byte budget.
+
+    http.server reads the head with ``readline`` only, so that is all this
+    offers. Every wait on the socket gets only what is left of the deadline, so
+    the deadline bounds the whole head, not each read; and a line is never read
+    further than the budget allows, so what a head can hold in memory is bounded.
+    """
+
+    def __init__(self, rfile: BinaryIO, sock: socket.socket, budget: int, timeout: float) -> None:
+        self.rfile = rfile
+        self.sock = sock
+        self.left = budget
+        self.deadline = time.monotonic() + timeout
+        self.lines = 0  # lines read: 0 while the request line is awaited
+        self.started = False  # some byte of a head arrived
+
+    def readline(self, limit: int = -1) -> bytes:
+        """One line, at most ``limit`` bytes; raises ``_HeadTooLarge`` or ``_HeadTimedOut``."""
+        if limit < 0 or limit > self.left + 1:
+            limit = self.left + 1
+        parts = []
+        while limit > 0:
+            chunk = self._peek()
+            if not chunk:  # EOF
+                break
+            end = chunk.find(b"\n", 0, limit)
+            take = end + 1 if end >= 0 else min(len(chunk), limit)
+            parts.append(self.rfile.read(take))  # buffered already: no read on the socket
+            limit -= take
+            if end >= 0:
+                break
+        line = b"".join(parts)
+        self.left -= len(line)
+        if self.left < 0:
+            raise _HeadTooLarge(in_request_line=self.lines == 0)
+        self.lines += 1
+        return line
+
+    def _peek(self) -> bytes:
+        """What is buffered, or else what one read brings within the deadline (b"" at EOF)."""
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise _HeadTimedOut()
+        self.sock.settimeout(remaining)
+        try:
+            chunk = self.rfile.peek(1)  # type: ignore[attr-defined]
+        except TimeoutError:
+            raise _HeadTimedOut() from None
+        self.started = self.started or bool(chunk)
+        return chunk
+
 
 class HubRequestHandler(WSGIRequestHandler):
-    """werkzeug's handler with a smaller read buffer.
+    """werkzeug's handler with a smaller read buffer and a bounded request head. For ``HubServer`` only.
 
     The buffer lives as long as the request, which for a WebSocket is the whole
     connection, yet it only ever holds the HTTP request head: 2 KiB instead of 8.
+
+    The head is read through a ``_HeadReader`` (deadline and size), while the
+    socket is counted in the server's ``pending``: ``HubServer`` counted it when
+    it accepted it, and the handler gives the count back once the head is read
+    (or the socket ends without one). A kept-alive connection waiting for its
+    next request is counted again, and closed when the count is full.
     """
 
     rbufsize = 2048
+    server: "HubServer"
+
+    def __init__(self, request: Any, client_address: Any, server: "HubServer") -> None:
+        self._pending = True  # HubServer.process_request counted this socket when it accepted it
+        try:
+            super().__init__(request, client_address, server)  # setup, handle (every request), finish
+        finally:
+            self._head_done()
+
+    def handle_one_request(self) -> None:
+        """Read one request head within the bounds; werkzeug then serves the request (a WebSocket: all of it)."""
+        server = self.server
+        if not self._pending:  # a kept-alive connection, waiting for its next request (werkzeug 3
+            # answers every request with "Connection: close", but http.server would go on)
+            if not server.pending.take():
+                self.close_connection = True
+                return
+            self._pending = True
+        rfile = self.rfile
+        head = _HeadReader(rfile, self.connection, server.max_head_size, server.head_timeout)
+        self.rfile = head  # type: ignore[assignment]
+        try:
+            super().handle_one_request()
+        except _HeadTooLarge as exc:
+            self.rfile = rfile
+            self._refuse_head(exc)
+        except _HeadTimedOut:
+            self.close_connection = True
+            if head.started:  # some of a head came: say why we hang up (an idle socket just goes)
+                try:
+                    self.connection.send(_TIMEOUT_RESPONSE, socket.MSG_DONTWAIT)
+                except OSError:
+                    pass
+            logger.debug("! %s sent no whole request head within %.1fs; closed",
+                         self.client_address[0], server.head_timeout)
+        finally:
+            self.rfile = rfile
+            self._head_done()
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()  # reads the headers through the _HeadReader
+        if ok:
+            self.rfile = self.rfile.rfile  # type: ignore[attr-defined]  # werkzeug's environ gets the real one
+            self._head_done()
+            # A WebSocket then blocks on its reads for as long as it lives (views.py clears
+            # the timeout too); any other request keeps one per read and write, for its body
+            # and its answer. werkzeug routes a request that would pass this test to WebSocket
+            # routes only (any other route answers it 400), so no body or answer escapes it.
+            self.connection.settimeout(None if self._is_websocket_upgrade() else self.server.head_timeout)
+        return ok
+
+    def _is_websocket_upgrade(self) -> bool:
+        """A bodiless GET that werkzeug's routing takes for a WebSocket (``werkzeug.routing.map``)."""
+        headers = self.headers
+        connection = {token.strip(" \t") for token in headers.get("Connection", "").lower().split(",")}
+        return (self.command == "GET" and "upgrade" in connection
+                and headers.get("Upgrade", "").lower() == "websocket"
+                and "Content-Length" not in headers and "Transfer-Encoding" not in headers)
+
+    def _head_done(self) -> None:
+        """Give back this socket's count in ``server.pending``, once. Idempotent."""
+        if self._pending:
+            self._pending = False
+            self.server.pending.give_back()
+
+    def _refuse_head(self, exc: _HeadTooLarge) -> None:
+        self.close_connection = True
+        if exc.in_request_line:
+            self.requestline, self.request_version, self.command = "", "", ""
+            code = HTTPStatus.REQUEST_URI_TOO_LONG
+        else:
+            code = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+        try:
+            self.send_error(code, explain=f"The request head is larger than {self.server.max_head_size} bytes.")
+        except OSError:
+            pass
+
+
+class _Throttle:
+    """Lets a log line through at most once per ``seconds``, counting the occurrences it held back.
+
+    Used by the accept thread only, so it needs no lock.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._next = 0.0
+        self._held = 0
+
+    def __call__(self) -> int:
+        """Count one occurrence; how many the line to log now stands for, or 0 to stay quiet."""
+        self._held += 1
+        now = time.monotonic()
+        if now < self._next:
+            return 0
+        self._next = now + self.seconds
+        count, self._held = self._held, 0
+        return count
 
 
 class HubServer(ThreadedWSGIServer):
-    """werkzeug's threaded server with a listen backlog fit for reconnect storms."""
+    """werkzeug's threaded server with a listen backlog fit for reconnect storms, guarded before the upgrade.
+
+    The bounds come from the hub's settings (the defaults for an app without a
+    hub): see the module's docstring. Its handler must be a ``HubRequestHandler``.
+    """
 
     request_queue_size = 4096
+
+    def __init__(self, host: str, port: int, app: Flask, handler: type[HubRequestHandler] | None = None,
+                 **options: Any) -> None:
+        super().__init__(host, port, app, handler or HubRequestHandler, **options)
+        state = state_of(app)
+        settings = state.settings if state is not None else Settings.from_config({})
+        self.head_timeout = settings.request_head_timeout
+        self.max_head_size = settings.max_request_head_size
+        #: Sockets waiting for their request head: the hub's own count (``/healthz``) when there is a hub.
+        self.pending = state.hub.pending_requests if state is not None else PendingRequests(
+            settings.max_pending_requests)
+        self._hub = state.hub if state is not None else None
+        self._stopping = threading.Event()  # set by shutdown(): ends a wait of the accept loop at once
+        self._log_no_descriptors = _Throttle(LOG_EVERY)
+        self._log_refused = _Throttle(LOG_EVERY)
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        self._stopping.clear()
+        super().serve_forever(poll_interval)
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+        super().shutdown()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        try:
+            return super().get_request()
+        except OSError as exc:
+            if exc.errno in _OUT_OF_RESOURCES:
+                self._accept_failed(exc)
+            raise  # socketserver drops it; the loop selects again
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Start the socket's thread, or refuse it at once (503, no thread) when too many wait for a head."""
+        if not self.pending.take():
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.pending.give_back()  # no thread: no handler to give it back
+            raise
+
+    def _refuse(self, request: socket.socket) -> None:
+        try:
+            request.send(_BUSY_RESPONSE, socket.MSG_DONTWAIT)
+        except OSError:
+            pass
+        self.shutdown_request(request)
+        refused = self._log_refused()
+        if refused:
+            logger.warning(
+                "! refused a connection with 503 (%d time(s) since this line last showed): %d sockets "
+                "are waiting for their request head (RUSTY_WS_MAX_PENDING_REQUESTS=%d)",
+                refused, self.pending.count, self.pending.limit,
+            )
+
+    def _accept_failed(self, exc: OSError) -> None:
+        """Say that accept() has run out of a resource (rate-limited), then wait a little instead of spinning."""
+        failures = self._log_no_descriptors()
+        if failures:
+            connections = len(self._hub.connections()) if self._hub is not None else 0
+            logger.error(
+                "! accept() failed: %s (%d time(s) since this line last showed); new connections wait "
+                "in the backlog meanwhile (%d sockets waiting for their request head, %d WebSockets "
+                "open). Raise the limit (ulimit -n) or lower RUSTY_WS_MAX_PENDING_REQUESTS and "
+                "RUSTY_WS_MAX_CONNECTIONS",
+                exc.strerror or exc, failures, self.pending.count, connections,
+            )
+        self._stopping.wait(ACCEPT_BACKOFF)
 
 
 def make_server(app: Flask, host: str = "127.0.0.1", port: int = 8081) -> HubServer:

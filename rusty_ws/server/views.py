@@ -6,13 +6,21 @@ headers as the API, so pages on other origins can ``import`` them. The page
 is ``<prefix>/`` unless ``RUSTY_WS_SERVE_PAGE`` is off.
 
 The WebSocket route is flask-sock's, but a request reaches the upgrade only
-after ``_admit`` has checked it (origin, token, connection limit), because
-flask-sock completes the handshake before its view runs. A refused request
-gets a JSON answer with 401, 403 or 503 and never becomes a WebSocket.
+after ``_admit`` has checked it (the handshake's own headers, origin, token,
+connection limit), because flask-sock completes the handshake before its view
+runs. A refused request gets a JSON answer with 400, 401, 403, 426 or 503 and
+never becomes a WebSocket. wsproto, under simple-websocket, would take a key
+that is not base64 of 16 bytes and answer 101, and raise (a 500 and a
+traceback) for a missing or unknown version: ``_handshake_error`` sees them first.
 Before that, ``_check_host`` refuses (403) any request of the hub's routes
 whose ``Host`` is not allowed (``RUSTY_WS_ALLOWED_HOSTS``, against DNS
 rebinding), and ``/auth/token`` runs at most ``RUSTY_WS_MAX_CONCURRENT_LOGINS``
 credential checks at once.
+
+A client that sends frames without waiting for the 101 (RFC 6455 asks it to
+wait) has them read by the WSGI server together with the request head; the
+view hands those bytes (``_read_ahead``) to the connection, which parses them
+before it reads the socket, so they are not lost.
 
 simple-websocket starts a reader thread per connection; on our route it gets
 a stand-in (``_RequestThreadReads``) and the request thread reads instead,
@@ -26,9 +34,13 @@ calls the view and closes), so ``setup.cfg`` bounds both versions.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import logging
 import math
 import os
+import socket
 import ssl
 import threading
 from dataclasses import dataclass
@@ -100,6 +112,81 @@ def _error(status: int, code: str, message: str) -> tuple[Response, int]:
     return jsonify({"error": message, "code": code}), status
 
 
+def _header_tokens(name: str) -> set[str]:
+    return {token.strip().lower() for token in request.headers.get(name, "").split(",")}
+
+
+def _handshake_error() -> tuple[Response, int] | None:
+    """What makes this request no WebSocket opening handshake (RFC 6455 4.2.1), or None."""
+    headers = request.headers
+    if (request.method != "GET" or "websocket" not in _header_tokens("Upgrade")
+            or "upgrade" not in _header_tokens("Connection")):
+        return _error(400, "bad_handshake", "a WebSocket handshake is a GET with 'Upgrade: websocket' "
+                                            "and 'Connection: Upgrade'")
+    version = headers.get("Sec-WebSocket-Version")
+    if version is None:
+        return _error(400, "bad_handshake", "a WebSocket handshake needs 'Sec-WebSocket-Version: 13'")
+    if version.strip() != "13":
+        response, status = _error(426, "unsupported_version", "this hub speaks WebSocket version 13 only")
+        response.headers["Sec-WebSocket-Version"] = "13"
+        return response, status
+    key = headers.get("Sec-WebSocket-Key", "").strip()
+    try:
+        valid_key = len(key) == 24 and len(base64.b64decode(key, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        valid_key = False
+    if not valid_key:
+        return _error(400, "bad_handshake", "'Sec-WebSocket-Key' must be 16 bytes in base64")
+    if request.content_length or "Transfer-Encoding" in headers:
+        return _error(400, "bad_handshake", "a WebSocket handshake has no body")
+    return None
+
+
+#: Most bytes taken from what the WSGI server read past the head (werkzeug's buffer is 2 KiB).
+_READ_AHEAD_LIMIT = 65536
+
+
+def _read_ahead(environ: dict[str, Any], sock: socket.socket) -> bytes | None:
+    """Bytes the WSGI server read past the request head: frames sent before the 101 came.
+
+    werkzeug reads the head through the handler's buffered ``rfile``, which is
+    ``wsgi.input``; gunicorn through its parser's unreader, behind ``wsgi.input``.
+    What they read past the head is still there; the socket does not have it
+    any more. Taken without waiting for more. None: a server this does not know.
+    """
+    stream = environ.get("wsgi.input")
+    if isinstance(stream, io.BufferedReader):  # werkzeug (HubRequestHandler or its own)
+        timeout = sock.gettimeout()
+        sock.setblocking(False)  # read1 returns what is buffered, or what one read finds; never waits
+        try:
+            return stream.read1(_READ_AHEAD_LIMIT) or b""
+        except OSError:
+            return b""
+        finally:
+            sock.settimeout(timeout)
+    unreader = getattr(getattr(stream, "reader", None), "unreader", None)  # gunicorn: Body -> reader
+    take_buffered = getattr(unreader, "take_buffered", None)
+    if callable(take_buffered):
+        return bytes(take_buffered())
+    buffer = getattr(unreader, "buf", None)  # gunicorn before take_buffered
+    if isinstance(buffer, io.BytesIO):
+        data = buffer.getvalue()
+        unreader.buf = io.BytesIO()  # type: ignore[union-attr]
+        return data
+    return None
+
+
+_warned_servers: set[str] = set()  # SERVER_SOFTWARE already warned about (two threads may both warn)
+
+
+def _warn_unknown_server(environ: dict[str, Any]) -> None:
+    server = str(environ.get("SERVER_SOFTWARE") or "this WSGI server")
+    if server not in _warned_servers:
+        _warned_servers.add(server)
+        logger.warning("! %s: the bytes it read past a WebSocket's request head are out of reach; "
+                       "frames a client sends before the 101 may be lost", server)
+
+
 def _bearer_token() -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -152,6 +239,9 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
     def _admit() -> Any:
         if request.endpoint != f"{bp.name}.{_WS_ENDPOINT}":
             return None
+        refused = _handshake_error()
+        if refused is not None:
+            return refused
         if not settings.origin_allowed(request.headers.get("Origin"), request.host):
             return _error(403, "forbidden_origin", "this origin may not open WebSockets here")
         raw_socket = request.environ.get("werkzeug.socket") or request.environ.get("gunicorn.socket")
@@ -215,9 +305,13 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
                 # reader thread is reading this socket, and two readers would split the stream.
                 logger.error("! SOCK_SERVER_OPTIONS['thread_class'] was replaced after init_app; refusing")
                 return
+            read_ahead = _read_ahead(request.environ, ws.sock)
+            if read_ahead is None:
+                _warn_unknown_server(request.environ)
             ws.sock.settimeout(None)  # a blocking reader; writes use MSG_DONTWAIT
             ws.ws = None  # wsproto's handshake state: never used again, ~3 KiB per connection
-            hub.serve(ws.sock, admission.claims, request.remote_addr or "?", deflate=admission.deflate)
+            hub.serve(ws.sock, admission.claims, request.remote_addr or "?", deflate=admission.deflate,
+                      read_ahead=read_ahead or b"")
         finally:
             ws.connected = False  # flask-sock's ws.close() after us must not write again
             # Under werkzeug, flask-sock lets the server write an HTTP response once this

@@ -202,6 +202,7 @@ def test_close_handshake_and_cleanup(server: RunningServer) -> None:
     server.wait_connections(0)
     assert server.hub.counts() | {"broker": None} == {
         "status": "ok", "connections": 0, "sessions": 0, "topics": 0, "subscriptions": 0, "broker": None,
+        "pending_requests": 0,  # no socket is waiting for its request head
         # the stream outlives its last subscriber by RUSTY_WS_HISTORY_TTL (empty, it holds nothing)
         "history_streams": 1, "history_messages": 0, "history_bytes": 0,
     }
