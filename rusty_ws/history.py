@@ -300,7 +300,8 @@ class History:
 class _Seen:
     position: Position | None
     expires: float
-    done: bool = False
+    done: bool = False     # the publish landed (at ``position``)
+    failed: bool = False   # the publish failed and the id was released
 
 
 class IdempotencyTable:
@@ -337,7 +338,9 @@ class IdempotencyTable:
 
     def release(self, session_id: str, publish_id: str) -> None:
         """The claimed publish failed: the id is free again."""
-        self._seen.pop((session_id, publish_id), None)
+        seen = self._seen.pop((session_id, publish_id), None)
+        if seen is not None:
+            seen.failed = True
 
     def __len__(self) -> int:
         return len(self._seen)

@@ -303,10 +303,17 @@ class Hub:
             return self.broker.publish(delivery), False
         session_id = delivery.session_id
         with self._history_lock:
-            seen = self.publish_ids.claim(session_id, publish_id)
-            if seen is not None:  # a repeat: answer as the first was (wait while it is in flight)
-                self._ids_settled.wait_for(lambda: seen.done, self.settings.close_timeout)
-                return seen.position, True
+            for _ in range(3):  # claimed, or answered as the first one; a failed first frees the id
+                seen = self.publish_ids.claim(session_id, publish_id)
+                if seen is None:
+                    break
+                if not self._ids_settled.wait_for(lambda seen=seen: seen.done or seen.failed,
+                                                  self.settings.close_timeout):
+                    raise ProtocolError(ErrorCode.UNAVAILABLE, "a publish with this id is still in flight; retry")
+                if seen.done:  # a repeat: answered as the first one was, not delivered again
+                    return seen.position, True
+            else:
+                raise ProtocolError(ErrorCode.UNAVAILABLE, "publishes with this id keep failing; retry")
         try:
             position = self.broker.publish(delivery)
         except BaseException:

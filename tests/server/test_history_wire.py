@@ -227,6 +227,34 @@ class TestAcknowledgements:
             assert len(deliveries(sub.sync())) == 1
 
 
+def test_a_repeat_waits_for_the_first_and_takes_over_when_it_fails(server: RunningServer) -> None:
+    """The first publish of an id fails in the broker while a repeat waits: the repeat is delivered."""
+    real_publish = server.hub.broker.publish
+    entered, fail = threading.Event(), threading.Event()
+
+    def failing_once(delivery):
+        if delivery.payload == "first":
+            entered.set()
+            assert fail.wait(WAIT)
+            raise RuntimeError("the broker lost it")
+        return real_publish(delivery)
+
+    server.hub.broker.publish = failing_once  # type: ignore[method-assign]
+    with server.connect() as sub, server.connect() as first, server.connect() as repeat:
+        sub.command(encode_subscribe("T", "s"))
+        first.send(encode_publish("T", "first", session_id="s", id="same"))
+        assert entered.wait(WAIT)
+        repeat.send(encode_publish("T", "repeat", session_id="s", id="same"))
+        answers: list[str] = []
+        waiter = threading.Thread(target=lambda: answers.extend(repeat.sync()))
+        waiter.start()
+        fail.set()
+        waiter.join(WAIT)
+        assert [Ack.parse(text).offset for text in answers] == [1]
+        assert [m["payload"] for m in deliveries(sub.sync())] == ["repeat"]
+        assert first.recv_close()[0] == 1011  # the failure was the hub's: that connection is ended
+
+
 BAD_INPUT = [
     ("subscribe-json:not json", "invalid_json"),
     ("subscribe-json:[1]", "invalid_message"),
