@@ -67,6 +67,7 @@ class Hub:
             close_timeout=settings.close_timeout,
             ping_interval=settings.ping_interval,
             ping_timeout=settings.ping_timeout,
+            max_total_queued_bytes=settings.max_total_queued_bytes,
         )
         self.broker = broker
         # _connections_lock guards _connections, _slots_taken, _accepting and the
