@@ -171,9 +171,9 @@ class FrameParser:
     ``feed(data)`` returns a list of events, tuples tagged with a ``FrameEvent``:
 
     - ``(TEXT, str)`` and ``(BINARY, bytes)``: a complete message, fragments joined;
-    - ``(PING, bytes)``: the last ping frame of the data fed, after its other events:
-      a pong may answer only the most recent ping (RFC 6455 5.5.3), so a flood of
-      pings in one read costs one event and one pong, not one each;
+    - ``(PING, bytes)``: a ping frame; only the last of those in the data fed, as a
+      pong may answer only the most recent ping (RFC 6455 5.5.3): a flood of pings
+      in one read costs one event and one pong, not one each;
     - ``(PONG, bytes)``: a pong frame;
     - ``(CLOSE, code, reason)``: the peer's close frame (code 1005 when it had none);
     - ``(TOO_BIG,)``: a message would exceed ``max_message_size``; checked from the
@@ -211,7 +211,7 @@ class FrameParser:
         self._message_wire = 0      # its frames' bytes on the wire so far, headers included
         self._skip = 0              # bytes of a refused message still to drop as they arrive
         self._discarding = False    # continuation frames belong to a refused message
-        self._ping: bytes | None = None  # the payload of this feed's last ping, reported at its end
+        self._pings = 0             # ping frames in this feed; past one, only the last is reported
         self._done = False
 
     def feed(self, data: bytes) -> list[tuple]:
@@ -272,11 +272,11 @@ class FrameParser:
         del buffer[:position]
         if events and events[-1][0] in _ENDS:
             self._done = True
-            self._ping = None  # no pong after a close
             buffer.clear()
-        elif self._ping is not None:
-            events.append((_PING, self._ping))
-            self._ping = None
+        if self._pings > 1:
+            last = max(index for index, event in enumerate(events) if event[0] is _PING)
+            events = [event for index, event in enumerate(events) if event[0] is not _PING or index == last]
+        self._pings = 0
         return [event for event in events if event is not _SKIPPED]
 
     def _check_header(self, first: int, second: int, length: int) -> tuple | None:
@@ -311,8 +311,8 @@ class FrameParser:
 
     def _frame(self, fin: int, opcode: int, payload: bytes, compressed: int = 0, wire: int = 0) -> tuple | None:
         if opcode == OP_PING:
-            self._ping = payload  # reported once, at the end of the feed
-            return None
+            self._pings += 1
+            return (_PING, payload)
         if opcode == OP_PONG:
             return (_PONG, payload)
         if opcode == OP_CLOSE:
