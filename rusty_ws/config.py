@@ -68,7 +68,8 @@ IDEMPOTENCY_WINDOW = 300.0
 #: Publish ids remembered in all (every session); past it the oldest are forgotten first.
 IDEMPOTENCY_MAX_IDS = 100_000
 #: What all connections' queues may hold together (frames' bytes plus 64 per frame, as
-#: MAX_QUEUED_BYTES counts); past it the connections holding the most are closed first (4100).
+#: MAX_QUEUED_BYTES counts, but a frame queued for many connections once); past it the
+#: connections holding the most are closed first (4100).
 #: None: an eighth of the memory this process may use (see ``total_queued_bytes_default``).
 MAX_TOTAL_QUEUED_BYTES: int | None = None
 #: Not a setting but a rule between two: ``MAX_QUEUED_BYTES`` must hold one message of

@@ -26,7 +26,10 @@ a flood of tiny pongs costs what it holds. Two exceptions and one backstop:
 a single frame is always let into an otherwise empty outbox (one delivery
 bigger than the bound goes to a subscriber that keeps up); and past
 ``max_total_queued_bytes`` over all outboxes together, the outboxes holding
-the most are closed (4100) first until the total is back under it.
+the most are closed (4100) first until the total is back under it. That
+total counts a frame shared by many outboxes (a publish's) once: the sum of
+the outboxes' sizes is only a bound of it, cheap to keep; when it passes the
+budget the writer counts what is really held before it closes anything.
 
 Ownership: every field of an ``Outbox`` belongs to the ``_flush_lock`` holder,
 except ``last_seen``, which the connection's reader thread stores on each
@@ -60,6 +63,8 @@ WRITE_BYTES = 256 * 1024
 #: object's header (33) and allocator rounding (up to 15), its list slot and the list's
 #: spare room (~9). Measured: 2 million 2-byte pongs held 115 MiB, 57 bytes each.
 ITEM_COST = 64
+#: What one more outbox holding a frame already counted costs: its list slot.
+_SLOT_COST = 8
 
 
 class OutboxState(enum.Enum):
@@ -154,7 +159,9 @@ class Writer:
         self._stopped = threading.Event()
         self._boxes: set[Outbox] = set()
         self._flush_list: list[Outbox] = []
-        self._queued_total = 0  # the sum of every outbox's size
+        self._queued_total = 0  # the sum of every outbox's size: at least what they hold together
+        # Past this sum the frames really held are counted (max_total_queued_bytes); see _over_budget_locked.
+        self._recheck_total = max_total_queued_bytes
         self._ping_frame = encode_frame(OP_PING, b"")
 
     # ------------------------------------------------------------------ any thread
@@ -260,8 +267,20 @@ class Writer:
 
     @property
     def queued_bytes(self) -> int:
-        """What every outbox together holds now, as the bounds count it (for reports and tests)."""
+        """The sum of every outbox's size, as the per-outbox bound counts them (for reports and tests).
+
+        A frame queued for several outboxes counts in each: this is at least what
+        they hold together (``held_bytes``), and more when frames are shared.
+        """
         return self._queued_total
+
+    def held_bytes(self) -> int:
+        """What every outbox together holds now, a frame shared by several counted once.
+
+        Walks every queued frame: for reports and tests, not for a hot path.
+        """
+        with self._flush_lock:
+            return self._held_locked()[0]
 
     def _ensure_started(self) -> None:
         with self._state_lock:
@@ -325,9 +344,8 @@ class Writer:
         assert self._flush_lock.locked(), "must hold _flush_lock"
         self._drain_jobs_locked()
         self._flush_queued_locked()
-        budget = self.max_total_queued_bytes
-        if budget is not None and self._queued_total > budget:
-            self._over_budget_locked(budget)
+        if self._recheck_total is not None and self._queued_total > self._recheck_total:
+            self._over_budget_locked(self.max_total_queued_bytes)
 
     def _drain_jobs_locked(self) -> None:
         assert self._flush_lock.locked(), "must hold _flush_lock"
@@ -375,18 +393,48 @@ class Writer:
         logger.warning("! %s is too slow: %d bytes queued, closing it", box.label, box.size)
         self._close_locked(box, (CloseCode.SLOW_CONSUMER, CLOSE_CODE_EXPLANATIONS[4100], True))
 
-    def _over_budget_locked(self, budget: int) -> None:
-        """Close the outboxes that hold the most (4100) until all of them hold at most ``budget``."""
+    def _held_locked(self) -> tuple[int, dict[int, list[int]]]:
+        """What the outboxes hold, each frame counted once, and per frame ``[holders, cost]``."""
         assert self._flush_lock.locked(), "must hold _flush_lock"
-        logger.warning("! %d bytes queued over all connections, more than %d: closing the slowest",
-                       self._queued_total, budget)
-        for box in sorted((box for box in self._boxes if box.size), key=lambda box: box.size, reverse=True):
-            if self._queued_total <= budget:
-                return
-            if box.state is _OPEN:
-                self._overflow_locked(box)  # keeps what is needed for its close frame, if anything
-            else:
-                self._forget_locked(box)  # already closing: end it now
+        held, frames = 0, {}
+        for box in self._boxes:
+            for chunk in box.chunks:
+                data = chunk.obj if isinstance(chunk, memoryview) else chunk  # a view keeps all of it
+                entry = frames.get(id(data))  # every one is alive while we look: ids are unique
+                if entry is None:
+                    frames[id(data)] = [1, len(data) + ITEM_COST]
+                    held += len(data) + ITEM_COST
+                else:
+                    entry[0] += 1
+                    held += _SLOT_COST
+        return held, frames
+
+    def _over_budget_locked(self, budget: int) -> None:
+        """The sum of sizes passed ``budget``: if what is held did too, close the biggest outboxes (4100).
+
+        Biggest first, until what is held is back under ``budget``. Costs a walk over
+        every queued frame, so the next walk waits until the sum has grown by what
+        was left of the budget (what is held cannot grow faster than the sum), but
+        at least by a sixteenth of it (so what is held may pass the budget by that
+        much), or for the writer thread's next tick.
+        """
+        assert self._flush_lock.locked(), "must hold _flush_lock"
+        held, frames = self._held_locked()
+        if held > budget:
+            logger.warning("! %d bytes queued over all connections, more than %d: closing the slowest",
+                           held, budget)
+            for box in sorted((box for box in self._boxes if box.size), key=lambda box: box.size, reverse=True):
+                if held <= budget:
+                    break
+                for chunk in box.chunks:
+                    entry = frames[id(chunk.obj if isinstance(chunk, memoryview) else chunk)]
+                    entry[0] -= 1
+                    held -= entry[1] if entry[0] == 0 else _SLOT_COST
+                if box.state is _OPEN:
+                    self._overflow_locked(box)  # keeps what is needed for its close frame, if anything
+                else:
+                    self._forget_locked(box)  # already closing: end it now
+        self._recheck_total = self._queued_total + max(budget - held, budget // 16)
 
     def _close_locked(self, box: Outbox, args: tuple[int, str, bool]) -> None:
         assert self._flush_lock.locked(), "must hold _flush_lock"
@@ -503,6 +551,11 @@ class Writer:
 
     def _housekeeping_locked(self, now: float) -> None:
         assert self._flush_lock.locked(), "must hold _flush_lock"
+        budget = self.max_total_queued_bytes
+        if budget is not None:  # sent frames lowered the sum: look again from the budget itself
+            self._recheck_total = budget
+            if self._queued_total > budget:
+                self._over_budget_locked(budget)
         for box in list(self._boxes):
             if box.state is _CLOSING:
                 if now >= box.close_deadline:

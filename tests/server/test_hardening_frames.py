@@ -233,14 +233,15 @@ def test_past_the_hub_wide_budget_the_slowest_consumer_is_cut_first() -> None:
     """100 slow consumers held 3.9 MiB each and nothing bounded their sum."""
     bound = 512 * 1024
     payload = "p" * 8000
+    topics = {"big": ("B1", "B2"), "small1": ("S1",), "small2": ("S2",)}  # frames of their own: no sharing
     with running_server(max_queued_bytes=bound, max_total_queued_bytes=bound, max_message_size=64 * 1024) as server, \
             server.connect() as publisher:
         small_buffers = ((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),)
-        slow = {name: Client(server.ws_url, sockopt=small_buffers) for name in ("big", "small1", "small2")}
+        slow = {name: Client(server.ws_url, sockopt=small_buffers) for name in topics}
         for name, client in slow.items():
             client.command(encode_register_name(name))
-            client.command(encode_subscribe("T"))
-        slow["big"].command(encode_subscribe("U"))  # twice the traffic of the others
+            for topic in topics[name]:
+                client.command(encode_subscribe(topic))
         outboxes = {}
         for connection in server.hub.connections():
             if connection.name in slow:
@@ -248,12 +249,12 @@ def test_past_the_hub_wide_budget_the_slowest_consumer_is_cut_first() -> None:
                 connection.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
                 outboxes[connection.name] = connection.outbox
         for rounds in range(1, 41):
-            publisher.command(encode_publish("T", payload, timestamp=str(rounds)))  # delivered once it answers
-            publisher.command(encode_publish("U", payload))
-            assert server.hub.writer.queued_bytes <= bound
+            for topic in ("B1", "B2", "S1", "S2"):  # "big" gets twice what each of the others gets
+                publisher.command(encode_publish(topic, payload, timestamp=str(rounds)))  # queued once answered
+            assert server.hub.writer.held_bytes() <= bound + bound // 16  # counted again every 1/16th
             if outboxes["big"].state is not OutboxState.OPEN:
                 break
-        # Alone, "big" would reach its own bound after ~31 rounds; the sum of all three passes it at ~16.
+        # Alone, "big" would reach its own bound after ~31 rounds; the three together pass it at ~16.
         assert rounds < 24, f"the biggest consumer was cut after {rounds} rounds"
         assert outboxes["small1"].state is outboxes["small2"].state is OutboxState.OPEN
         received = [json.loads(text) for text in slow["small1"].sync()]  # a survivor loses nothing
@@ -261,6 +262,23 @@ def test_past_the_hub_wide_budget_the_slowest_consumer_is_cut_first() -> None:
         assert slow["big"].recv_close() in ((4100, CLOSE_CODE_EXPLANATIONS[4100]), (1006, ""))
         for client in slow.values():
             client.close()
+
+
+def test_the_hub_wide_budget_counts_a_publish_to_many_subscribers_once() -> None:
+    """20 subscribers each waiting for most of one 250 KB frame is one frame held, not 20."""
+    with running_server(max_message_size=256 * 1024, max_queued_bytes=300 * 1024,
+                        max_total_queued_bytes=1024 * 1024) as server, server.connect() as publisher:
+        subscribers = [RawSocket(server.port) for _ in range(20)]
+        for raw in subscribers:
+            raw.send_frame(0x1, encode_subscribe("T").encode())
+            assert raw.sync() == []
+        for connection in server.hub.connections():
+            connection.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # most of it stays queued
+        payload = "q" * (250 * 1000)
+        publisher.send(encode_publish("T", payload))
+        for raw in subscribers:  # the sum of their outboxes passed the budget; what they held did not
+            assert json.loads(raw.recv_frame().payload)["payload"] == payload
+            raw.close()
 
 
 # --------------------------------------------------------------------------- 5. one big delivery

@@ -245,22 +245,48 @@ def test_a_lone_frame_bigger_than_the_bound_goes_into_an_empty_outbox() -> None:
 
 
 def test_past_the_total_the_outboxes_holding_the_most_are_cut_first() -> None:
-    frame = text_frame(b"x" * 10_000)
-    cost = len(frame) + ITEM_COST
+    cost = len(text_frame(b"x" * 10_000)) + ITEM_COST
     writer = Writer(max_queued_bytes=100 * cost, max_total_queued_bytes=9 * cost, close_timeout=CLOSE_TIMEOUT)
     pairs = [stalled_pair() for _ in range(3)]
     big, middle, small = (writer.attach(ours, name) for (ours, _), name in zip(pairs, ("big", "middle", "small")))
-    writer.send(frame, [big, middle, small])
-    writer.send(frame, [big, middle])
-    writer.send(frame, [big])
-    assert writer.queued_bytes == 6 * cost  # 3 + 2 + 1 frames: under every bound
-    writer.send(frame, [big, middle, small])  # 4 + 3 + 2 = 9: at the total, not past it
+
+    def send(*boxes: object) -> None:
+        for box in boxes:
+            writer.send_to(box, text_frame(b"x" * 10_000))  # a frame of its own for each: replies, replays
+
+    send(big, middle, small)
+    send(big, middle)
+    send(big)
+    assert writer.queued_bytes == writer.held_bytes() == 6 * cost  # 3 + 2 + 1 frames: under every bound
+    send(big, middle, small)  # 4 + 3 + 2 = 9: at the total, not past it
     assert [box.state for box in (big, middle, small)] == [OutboxState.OPEN] * 3
-    writer.send(frame, [small])  # 10 frames: past the total; the biggest outbox goes
+    send(small)  # 10 frames: past the total; the biggest outbox goes
     assert [box.state for box in (big, middle, small)] == [OutboxState.CLOSED, OutboxState.OPEN, OutboxState.OPEN]
-    assert writer.queued_bytes == middle.size + small.size == 6 * cost
+    assert writer.queued_bytes == writer.held_bytes() == middle.size + small.size == 6 * cost
     writer.stop(WAIT)
     assert writer.queued_bytes == 0
+    for ours, theirs in pairs:
+        ours.close()
+        theirs.close()
+
+
+def test_a_frame_shared_by_many_outboxes_counts_once_in_the_total() -> None:
+    """One publish to many subscribers is one object: the budget must not cut them for it."""
+    frame = text_frame(b"x" * 10_000)
+    cost = len(frame) + ITEM_COST
+    writer = Writer(max_queued_bytes=100 * cost, max_total_queued_bytes=12 * cost, close_timeout=CLOSE_TIMEOUT)
+    pairs = [stalled_pair() for _ in range(3)]
+    boxes = [writer.attach(ours, f"subscriber-{i}") for i, (ours, _) in enumerate(pairs)]
+    published = [text_frame(b"x" * 10_000) for _ in range(10)]
+    for frame in published:
+        writer.send(frame, boxes)
+    assert writer.queued_bytes == 30 * cost  # past the budget, as the sum of the outboxes
+    assert writer.held_bytes() == 10 * cost + 20 * 8  # what is held: 10 frames, and two more list slots each
+    assert all(box.state is OutboxState.OPEN for box in boxes)
+    writer.send_to(boxes[0], text_frame(b"y" * 30_000))  # of its own: 13 frames' worth held, past 12
+    assert [box.state for box in boxes] == [OutboxState.CLOSED, OutboxState.OPEN, OutboxState.OPEN]
+    assert writer.held_bytes() == 10 * cost + 10 * 8
+    writer.stop(WAIT)
     for ours, theirs in pairs:
         ours.close()
         theirs.close()
