@@ -255,16 +255,16 @@ class FrameParser:
             if end < frame_end:
                 break  # the rest of the frame has not arrived yet
             mask = bytes(buffer[start:start + 4])
-            wire = frame_end - position
             if length <= _UNMASK_STEP:
                 payload = _unmask(bytes(buffer[start + 4:frame_end]), mask)
+                event = self._frame(first & 0x80, first & 0x0F, payload, first & _RSV1, frame_end - position)
                 position = frame_end
             else:
                 # A big frame: let go of its raw bytes before its payload is decoded.
                 payload = _unmask_large(buffer, start + 4, frame_end, mask)
                 del buffer[:frame_end]
+                event = self._frame(first & 0x80, first & 0x0F, payload, first & _RSV1, frame_end - position)
                 position, end = 0, len(buffer)
-            event = self._frame(first & 0x80, first & 0x0F, payload, first & _RSV1, wire)
             if event is not None:
                 events.append(event)
                 if event[0] in _ENDS:
@@ -273,10 +273,11 @@ class FrameParser:
         if events and events[-1][0] in _ENDS:
             self._done = True
             buffer.clear()
-        if self._pings > 1:
-            last = max(index for index, event in enumerate(events) if event[0] is _PING)
-            events = [event for index, event in enumerate(events) if event[0] is not _PING or index == last]
-        self._pings = 0
+        if self._pings:
+            if self._pings > 1:
+                last = max(index for index, event in enumerate(events) if event[0] is _PING)
+                events = [event for index, event in enumerate(events) if event[0] is not _PING or index == last]
+            self._pings = 0
         return [event for event in events if event is not _SKIPPED]
 
     def _check_header(self, first: int, second: int, length: int) -> tuple | None:
@@ -332,11 +333,11 @@ class FrameParser:
             self._message += payload
             self._message_size += len(payload)
             return None
-        if self._message_size:
+        opcode, self._fragment_opcode = self._fragment_opcode, None
+        if self._message_wire:  # it came in fragments (each adds at least 6)
             self._message += payload
             payload, self._message = self._message, bytearray()
-        opcode, self._fragment_opcode = self._fragment_opcode, None
-        self._message_size = self._message_wire = 0
+            self._message_size = self._message_wire = 0
         if self._compressed:
             payload = self._inflate(payload)
             if isinstance(payload, tuple):
