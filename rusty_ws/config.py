@@ -11,6 +11,7 @@ aliases of ``RUSTY_WS_JWT_SECRET_KEY`` and ``RUSTY_WS_JWT_EXPIRATION_SECONDS``.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping, MutableMapping
 
@@ -90,6 +91,15 @@ HISTORY_MAX_BYTES = 64 * 1024 * 1024
 IDEMPOTENCY_WINDOW = 300.0
 #: Publish ids remembered in all (every session); past it the oldest are forgotten first.
 IDEMPOTENCY_MAX_IDS = 100_000
+#: What all connections' queues may hold together (frames' bytes plus 64 per frame, as
+#: MAX_QUEUED_BYTES counts, but a frame queued for many connections once); past it the
+#: connections holding the most are closed first (4100).
+#: None: an eighth of the memory this process may use (see ``total_queued_bytes_default``).
+MAX_TOTAL_QUEUED_BYTES: int | None = None
+#: Not a setting but a rule between two: ``MAX_QUEUED_BYTES`` must hold one message of
+#: ``MAX_MESSAGE_SIZE`` plus this much, room for the fields the hub adds to a delivery
+#: (names, session, timestamp, offset) and its frame header.
+QUEUED_BYTES_MARGIN = 16 * 1024
 
 DEFAULTS: dict[str, Any] = {
     PREFIX + name: value
@@ -123,6 +133,7 @@ DEFAULTS: dict[str, Any] = {
         HISTORY_MAX_BYTES=HISTORY_MAX_BYTES,
         IDEMPOTENCY_WINDOW=IDEMPOTENCY_WINDOW,
         IDEMPOTENCY_MAX_IDS=IDEMPOTENCY_MAX_IDS,
+        MAX_TOTAL_QUEUED_BYTES=MAX_TOTAL_QUEUED_BYTES,
     ).items()
 }
 
@@ -193,6 +204,44 @@ def _level(name: str, value: Any) -> int:
     if number != int(number) or number > 9:
         raise ValueError(f"{PREFIX}{name} must be a zlib level from 1 to 9, or 0 for off, not {value!r}")
     return int(number)
+
+
+def total_queued_bytes_default() -> int:
+    """The default of ``MAX_TOTAL_QUEUED_BYTES``: an eighth of the memory this process may use.
+
+    That is the machine's physical memory, or the cgroup's memory limit (a container) when
+    it is lower; at least 64 MiB; 1 GiB where neither can be read.
+    """
+    sizes = []
+    try:
+        sizes.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        pass  # not a POSIX system that tells
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path, encoding="ascii") as handle:
+                sizes.append(int(handle.read()))  # cgroup v1's "no limit" is a huge number: min() skips it
+        except (OSError, ValueError):
+            continue  # no cgroup limit ("max"), or not Linux
+    sizes = [size for size in sizes if size > 0]
+    return max(64 << 20, min(sizes) // 8) if sizes else 1 << 30
+
+
+def _queue_bounds(message_size: int, queued: int, total: Any) -> int:
+    """Check that one message fits in a queue and one queue in the total; return the total."""
+    if queued < message_size + QUEUED_BYTES_MARGIN:
+        raise ValueError(
+            f"{PREFIX}MAX_QUEUED_BYTES ({queued}) cannot hold one message of {PREFIX}MAX_MESSAGE_SIZE "
+            f"({message_size}): it must be at least {PREFIX}MAX_MESSAGE_SIZE + {QUEUED_BYTES_MARGIN} "
+            f"({message_size + QUEUED_BYTES_MARGIN}); raise it or lower {PREFIX}MAX_MESSAGE_SIZE"
+        )
+    total = total_queued_bytes_default() if total is None else _whole("MAX_TOTAL_QUEUED_BYTES", total)
+    if total < queued:
+        raise ValueError(
+            f"{PREFIX}MAX_TOTAL_QUEUED_BYTES ({total}) is less than {PREFIX}MAX_QUEUED_BYTES ({queued}): "
+            "one connection's queue must fit in the total"
+        )
+    return total
 
 
 def _origins(value: Any) -> tuple[str, ...]:
@@ -270,6 +319,7 @@ class Settings:
     history_max_bytes: int = HISTORY_MAX_BYTES
     idempotency_window: float = IDEMPOTENCY_WINDOW
     idempotency_max_ids: int = IDEMPOTENCY_MAX_IDS
+    max_total_queued_bytes: int = 1 << 30
 
     @classmethod
     def from_config(cls, config: MutableMapping[str, Any]) -> "Settings":
@@ -319,6 +369,11 @@ class Settings:
             history_max_bytes=_whole("HISTORY_MAX_BYTES", get("HISTORY_MAX_BYTES")),
             idempotency_window=_positive("IDEMPOTENCY_WINDOW", get("IDEMPOTENCY_WINDOW")),
             idempotency_max_ids=_whole("IDEMPOTENCY_MAX_IDS", get("IDEMPOTENCY_MAX_IDS")),
+            max_total_queued_bytes=_queue_bounds(
+                _whole("MAX_MESSAGE_SIZE", get("MAX_MESSAGE_SIZE")),
+                _whole("MAX_QUEUED_BYTES", get("MAX_QUEUED_BYTES")),
+                get("MAX_TOTAL_QUEUED_BYTES"),
+            ),
         )
 
     def host_allowed(self, host: str | None) -> bool:

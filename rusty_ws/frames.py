@@ -143,13 +143,38 @@ def _unmask(payload: bytes, mask: bytes) -> bytes:
     return (int.from_bytes(payload, "big") ^ key).to_bytes(length, "big")
 
 
+#: Payloads longer than this are unmasked a step at a time (a multiple of 4: each step
+#: starts on the mask's first byte). In one go, a 1 MiB frame made five 1 MiB temporaries.
+_UNMASK_STEP = 64 * 1024
+
+
+def _unmask_large(buffer: bytearray, start: int, end: int, mask: bytes) -> bytearray:
+    """``buffer[start:end]`` unmasked into a new bytearray, with temporaries of one step each."""
+    out = bytearray(end - start)
+    with memoryview(buffer) as source, memoryview(out) as target:
+        if mask == _ZERO_MASK:
+            target[:] = source[start:end]
+            return out
+        key = int.from_bytes(mask * (_UNMASK_STEP // 4), "big")
+        for offset in range(0, end - start, _UNMASK_STEP):
+            piece = source[start + offset:min(start + offset + _UNMASK_STEP, end)]
+            count = len(piece)
+            step_key = key if count == _UNMASK_STEP else key >> (8 * (_UNMASK_STEP - count))
+            target[offset:offset + count] = (int.from_bytes(piece, "big") ^ step_key).to_bytes(count, "big")
+            piece.release()
+    return out
+
+
 class FrameParser:
     """Client-to-server frames in, whole messages and control frames out (RFC 6455 section 5).
 
     ``feed(data)`` returns a list of events, tuples tagged with a ``FrameEvent``:
 
     - ``(TEXT, str)`` and ``(BINARY, bytes)``: a complete message, fragments joined;
-    - ``(PING, bytes)``, ``(PONG, bytes)``: control frames;
+    - ``(PING, bytes)``: a ping frame; only the last of those in the data fed, as a
+      pong may answer only the most recent ping (RFC 6455 5.5.3): a flood of pings
+      in one read costs one event and one pong, not one each;
+    - ``(PONG, bytes)``: a pong frame;
     - ``(CLOSE, code, reason)``: the peer's close frame (code 1005 when it had none);
     - ``(TOO_BIG,)``: a message would exceed ``max_message_size``; checked from the
       frame headers. The refused message's bytes are then skipped unread, so the
@@ -157,10 +182,18 @@ class FrameParser:
     - ``(FAILED, code, reason)``: the peer broke the protocol (1002) or sent text
       that is not UTF-8 or compressed data that does not inflate (1007).
 
+    What one message may cost: its payload, summed over its fragments, at most
+    ``max_message_size``; and the frames of a fragmented message, headers
+    included, at most twice that on the wire (``max_wire_bytes``), so that a
+    message of endless empty or one-byte fragments is refused (TOO_BIG) like
+    a big one. Fragments are assembled in one ``bytearray``: what a message
+    holds while it arrives is its payload, not an object per fragment.
+
     With ``inflate`` (permessage-deflate was negotiated) a message whose first
     frame has RSV1 set is inflated, with the context kept from message to
-    message; the size limit then also applies to the inflated message, which
-    is never inflated past it.
+    message until the client ends its deflate stream (a block with BFINAL
+    set); the next message then starts a new one. The size limit also applies
+    to the inflated message, which is never inflated past it.
 
     After CLOSE or FAILED the parser ignores everything else.
     """
@@ -170,11 +203,15 @@ class FrameParser:
         self._inflater = zlib.decompressobj(-zlib.MAX_WBITS) if inflate else None
         self._compressed = False    # the message being assembled is compressed
         self._buffer = bytearray()
-        self._fragments: list[bytes] = []
+        #: The wire bytes (headers included) the frames of one fragmented message may take.
+        self.max_wire_bytes = 2 * max_message_size
+        self._message = bytearray()  # the fragments of the message being assembled
         self._fragment_opcode: int | None = None
-        self._message_size = 0
+        self._message_size = 0      # its payload bytes so far
+        self._message_wire = 0      # its frames' bytes on the wire so far, headers included
         self._skip = 0              # bytes of a refused message still to drop as they arrive
         self._discarding = False    # continuation frames belong to a refused message
+        self._pings = 0             # ping frames in this feed; past one, only the last is reported
         self._done = False
 
     def feed(self, data: bytes) -> list[tuple]:
@@ -218,9 +255,16 @@ class FrameParser:
             if end < frame_end:
                 break  # the rest of the frame has not arrived yet
             mask = bytes(buffer[start:start + 4])
-            payload = _unmask(bytes(buffer[start + 4:frame_end]), mask)
-            position = frame_end
-            event = self._frame(first & 0x80, first & 0x0F, payload, first & _RSV1)
+            if length <= _UNMASK_STEP:
+                payload = _unmask(bytes(buffer[start + 4:frame_end]), mask)
+                event = self._frame(first & 0x80, first & 0x0F, payload, first & _RSV1, frame_end - position)
+                position = frame_end
+            else:
+                # A big frame: let go of its raw bytes before its payload is decoded.
+                payload = _unmask_large(buffer, start + 4, frame_end, mask)
+                del buffer[:frame_end]
+                event = self._frame(first & 0x80, first & 0x0F, payload, first & _RSV1, frame_end - position)
+                position, end = 0, len(buffer)
             if event is not None:
                 events.append(event)
                 if event[0] in _ENDS:
@@ -229,6 +273,11 @@ class FrameParser:
         if events and events[-1][0] in _ENDS:
             self._done = True
             buffer.clear()
+        if self._pings:
+            if self._pings > 1:
+                last = max(index for index, event in enumerate(events) if event[0] is _PING)
+                events = [event for index, event in enumerate(events) if event[0] is not _PING or index == last]
+            self._pings = 0
         return [event for event in events if event is not _SKIPPED]
 
     def _check_header(self, first: int, second: int, length: int) -> tuple | None:
@@ -251,13 +300,19 @@ class FrameParser:
             self._discarding = not first & 0x80
             return _SKIPPED
         if self._message_size + length > self.max_message_size:
-            self._discarding = not first & 0x80
-            self._fragments, self._fragment_opcode, self._message_size = [], None, 0
-            return (_TOO_BIG,)
+            return self._refuse_message(first & 0x80)
         return None
 
-    def _frame(self, fin: int, opcode: int, payload: bytes, compressed: int = 0) -> tuple | None:
+    def _refuse_message(self, fin: int) -> tuple:
+        """Drop the message being assembled (its continuation frames too, unless ``fin``): TOO_BIG."""
+        self._discarding = not fin
+        self._message, self._fragment_opcode = bytearray(), None
+        self._message_size = self._message_wire = 0
+        return (_TOO_BIG,)
+
+    def _frame(self, fin: int, opcode: int, payload: bytes, compressed: int = 0, wire: int = 0) -> tuple | None:
         if opcode == OP_PING:
+            self._pings += 1
             return (_PING, payload)
         if opcode == OP_PONG:
             return (_PONG, payload)
@@ -271,36 +326,47 @@ class FrameParser:
         else:
             self._fragment_opcode, self._compressed = opcode, bool(compressed)
         if not fin:
-            self._fragments.append(payload)
+            # A fragment costs its header too: endless empty fragments end in TOO_BIG.
+            self._message_wire += wire
+            if self._message_wire > self.max_wire_bytes:
+                return self._refuse_message(fin)
+            self._message += payload
             self._message_size += len(payload)
             return None
-        if self._fragments:
-            self._fragments.append(payload)
-            payload = b"".join(self._fragments)
-            self._fragments = []
-        opcode, self._fragment_opcode, self._message_size = self._fragment_opcode, None, 0
+        opcode, self._fragment_opcode = self._fragment_opcode, None
+        if self._message_wire:  # it came in fragments (each adds at least 6)
+            self._message += payload
+            payload, self._message = self._message, bytearray()
+            self._message_size = self._message_wire = 0
         if self._compressed:
             payload = self._inflate(payload)
             if isinstance(payload, tuple):
                 return payload
         if opcode == _OP_BINARY:
-            return (_BINARY, payload)
+            return (_BINARY, bytes(payload))
         try:
             return (_TEXT, payload.decode("utf-8"))
         except UnicodeDecodeError:
             return (_FAILED, 1007, "text message is not valid UTF-8")
 
-    def _inflate(self, payload: bytes) -> bytes | tuple:
+    def _inflate(self, payload: bytes | bytearray) -> bytes | tuple:
         """The inflated message, or the event that refuses it; never inflates past the limit."""
-        assert self._inflater is not None  # RSV1 is refused from the header otherwise
+        inflater = self._inflater
+        assert inflater is not None  # RSV1 is refused from the header otherwise
         try:
-            data = self._inflater.decompress(payload + _DEFLATE_TAIL, self.max_message_size + 1)
+            data = inflater.decompress(payload + _DEFLATE_TAIL, self.max_message_size + 1)
         except zlib.error:
             return (_FAILED, 1007, "compressed message does not inflate")
-        if len(data) > self.max_message_size or self._inflater.unconsumed_tail:
+        if len(data) > self.max_message_size or inflater.unconsumed_tail:
             # The context cannot go on from here; the connection closes (1009) anyway.
             self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
             return (_TOO_BIG,)
+        if inflater.eof:
+            # The client ended its deflate stream (a block with BFINAL set, as zlib's
+            # Z_FINISH makes): what follows it (our tail, any padding) is not data, and
+            # the client's next message starts a new stream. The old inflater would read
+            # every later message as empty.
+            self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         return data
 
     @staticmethod

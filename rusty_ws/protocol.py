@@ -669,16 +669,28 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
+#: A UTF-16 surrogate on its own: valid in a Python str and in JSON as an escape, never in UTF-8.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _surrogate_escape(match: "re.Match[str]") -> str:
+    return "\\u%04x" % ord(match.group())
+
+
 def dumps_utf8(value: Any) -> bytes:
-    """Compact JSON as UTF-8 bytes; falls back to ASCII escapes for lone surrogates.
+    """Compact JSON as UTF-8 bytes; a lone surrogate is written as an escape, nothing else is.
 
     A client can smuggle a lone surrogate in through a ``\\ud800`` escape; it
-    cannot be encoded as UTF-8, so such a message is sent with escapes instead.
+    cannot be encoded as UTF-8, so it goes out as the same ``\\ud800`` escape,
+    and the rest of the message as it is (ASCII escapes for all of it would make
+    non-ASCII text up to three times bigger). Surrogates only ever appear inside
+    JSON strings, so escaping them in the encoded text is exact.
     """
+    text = _dumps(value)
     try:
-        return _dumps(value).encode("utf-8")
+        return text.encode("utf-8")
     except UnicodeEncodeError:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode("ascii")
+        return _LONE_SURROGATE.sub(_surrogate_escape, text).encode("utf-8")
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ def test_ping_frame() -> None:
 
 import os  # noqa: E402
 import struct  # noqa: E402
+import tracemalloc  # noqa: E402
 
 from rusty_ws.frames import FrameEvent, FrameParser  # noqa: E402
 from support import RSV1, client_frame  # noqa: E402
@@ -139,6 +140,84 @@ class TestFrameParser:
         assert parser.feed(client_frame(b"\xff") + client_frame(b"late"))[-1][0] is FrameEvent.FAILED
         assert parser.feed(client_frame(b"later")) == []
 
+    def test_one_ping_event_per_feed(self) -> None:
+        """RFC 6455 5.5.3: a pong may answer only the most recent ping; a flood costs one event."""
+        flood = b"".join(client_frame(str(i).encode(), opcode=0x9) for i in range(10_000))
+        parser = FrameParser(1000)
+        assert parser.feed(flood + client_frame(b"ping") + client_frame(b"last", opcode=0x9) + client_frame(b"x")) == [
+            (FrameEvent.TEXT, "ping"), (FrameEvent.PING, b"last"), (FrameEvent.TEXT, "x")]  # where the last one was
+        assert parser.feed(client_frame(b"next feed", opcode=0x9)) == [(FrameEvent.PING, b"next feed")]
+
+    @pytest.mark.parametrize("size", [65537, 131072, 200_003])
+    @pytest.mark.parametrize("mask", [b"\0\0\0\0", b"\x01\x80\xfe\x7f"])
+    def test_large_payloads_are_unmasked_in_steps(self, size: int, mask: bytes) -> None:
+        payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+        data = client_frame(payload, opcode=0x2, mask=mask) + client_frame(payload[:10], opcode=0x2, mask=mask)
+        parser, events = FrameParser(1 << 20), []
+        for start in range(0, len(data), 4096):
+            events += parser.feed(data[start:start + 4096])
+        assert events == [(FrameEvent.BINARY, payload), (FrameEvent.BINARY, payload[:10])]
+        fragmented = (client_frame(payload[:70_001], opcode=0x2, fin=False, mask=mask)
+                      + client_frame(payload[70_001:], opcode=0x0, mask=mask))
+        assert FrameParser(1 << 20).feed(fragmented) == [(FrameEvent.BINARY, payload)]
+
+    def test_endless_empty_fragments_are_refused(self) -> None:
+        """Each frame costs its header: a message of empty fragments ends in TOO_BIG, not never."""
+        parser = FrameParser(1000)  # its fragments may take 2,000 bytes on the wire
+        assert parser.feed(client_frame(b"x", fin=False)) == []
+        events, refused_at = [], None
+        for count in range(1, 1001):
+            events += parser.feed(client_frame(b"", opcode=0x0, fin=False))
+            if events and refused_at is None:
+                refused_at = count
+        assert events == [(FrameEvent.TOO_BIG,)]
+        assert refused_at == (2000 - 7) // 6 + 1  # 6 bytes each, after the first frame's 7
+        assert parser.feed(client_frame(b"", opcode=0x0) + client_frame(b"next")) == [(FrameEvent.TEXT, "next")]
+
+    def test_one_byte_fragments_are_refused_before_the_payload_limit(self) -> None:
+        """500 bytes in 500 frames: 3,500 bytes on the wire, past twice the limit of 1,000."""
+        parser = FrameParser(1000)
+        data = client_frame(b"x", fin=False) + client_frame(b"x", opcode=0x0, fin=False) * 498
+        events = parser.feed(data + client_frame(b"x", opcode=0x0) + client_frame(b"next"))
+        assert events == [(FrameEvent.TOO_BIG,), (FrameEvent.TEXT, "next")]
+        parser = FrameParser(1000)  # the same message in 50 frames of 10 bytes is fine
+        data = client_frame(b"x" * 10, fin=False) + client_frame(b"x" * 10, opcode=0x0, fin=False) * 48
+        assert parser.feed(data + client_frame(b"x" * 10, opcode=0x0)) == [(FrameEvent.TEXT, "x" * 500)]
+
+    def test_a_fragmented_message_holds_about_its_own_size(self) -> None:
+        """A bytearray, not a list of bytes objects: 8-byte fragments held 6x the message."""
+        size = 256 * 1024
+        frames = [client_frame(b"x" * 8, fin=False)]
+        frames += [client_frame(b"x" * 8, opcode=0x0, fin=False) for _ in range(size // 8 - 1)]
+        data = b"".join(frames)  # 1.75 times the message on the wire: under the 2x that is refused
+        reads = [data[start:start + 65536] for start in range(0, len(data), 65536)]
+        parser = FrameParser(1 << 20)
+        tracemalloc.start()
+        try:
+            for read in reads:
+                assert parser.feed(read) == []
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 2 * size, f"{peak} bytes at the peak for a message of {size}"
+        assert parser.feed(client_frame(b"!", opcode=0x0)) == [(FrameEvent.TEXT, "x" * size + "!")]
+
+    def test_a_big_frame_is_unmasked_without_copies_of_it(self) -> None:
+        """What a 1 MiB frame costs while it is read: its bytes, the payload, its text (was 5x)."""
+        size = 1 << 20
+        data = client_frame(b"a" * size)
+        reads = [data[start:start + 65536] for start in range(0, len(data), 65536)]
+        parser = FrameParser(size)
+        tracemalloc.start()
+        try:
+            for read in reads:
+                events = parser.feed(read)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert events == [(FrameEvent.TEXT, "a" * size)]
+        assert peak < 3 * size, f"{peak} bytes at the peak for a frame of {size}"
+
 
 # --------------------------------------------------------------------------- permessage-deflate (RFC 7692)
 
@@ -157,6 +236,12 @@ class ClientDeflater:
         body = self.compressor.compress(data) + self.compressor.flush(zlib.Z_SYNC_FLUSH)
         assert body.endswith(b"\x00\x00\xff\xff")
         return body[:-4]
+
+
+def finished(data: bytes) -> bytes:
+    """``data`` compressed as a whole deflate stream, ended by a final block (BFINAL)."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush(zlib.Z_FINISH)
 
 
 class TestDeflate:
@@ -222,6 +307,33 @@ class TestDeflate:
     def test_inflated_text_must_be_utf8(self) -> None:
         events = FrameParser(1000, inflate=True).feed(client_frame(ClientDeflater()(b"\xff\xfe"), rsv=RSV1))
         assert events[0][:2] == (FrameEvent.FAILED, 1007)
+
+    def test_messages_that_each_end_their_deflate_stream(self) -> None:
+        """A client that compresses each message to its end (zlib's Z_FINISH: BFINAL set).
+
+        The inflater ends with that stream; each later message starts a new one. Before,
+        every message after the first inflated to nothing.
+        """
+        parser = FrameParser(1 << 20, inflate=True)
+        for text in ("first", "second " * 20, "third"):
+            body = finished(text.encode())
+            assert parser.feed(client_frame(body, rsv=RSV1)) == [(FrameEvent.TEXT, text)]
+
+    def test_context_takeover_again_after_a_final_block(self) -> None:
+        deflate, parser = ClientDeflater(), FrameParser(1 << 20, inflate=True)
+        assert parser.feed(client_frame(finished(b"one stream"), rsv=RSV1)) == [(FrameEvent.TEXT, "one stream")]
+        text = "héllo " * 50
+        assert parser.feed(client_frame(deflate(text.encode()), rsv=RSV1)) == [(FrameEvent.TEXT, text)]
+        again = deflate(text.encode())  # refers back to the message before: a kept context
+        assert len(again) < 20
+        assert parser.feed(client_frame(again, rsv=RSV1)) == [(FrameEvent.TEXT, text)]
+
+    def test_padding_after_a_final_block_is_not_data(self) -> None:
+        parser = FrameParser(1000, inflate=True)
+        body = finished(b"padded") + b"\x00"
+        fragments = client_frame(body[:3], fin=False, rsv=RSV1) + client_frame(body[3:], opcode=0x0)
+        assert parser.feed(fragments) == [(FrameEvent.TEXT, "padded")]
+        assert parser.feed(client_frame(finished(b"next"), rsv=RSV1)) == [(FrameEvent.TEXT, "next")]
 
 
 @pytest.mark.parametrize("offer, accepted", [

@@ -113,8 +113,8 @@ class RedisBroker(Broker):
         subscribe_timeout: seconds a subscribe or unsubscribe waits for Redis to confirm.
         start_timeout: seconds ``start`` waits for the first connection.
         max_envelope_size: the largest envelope this node sends or accepts, in bytes (None:
-            no limit). The hub gives ``RUSTY_WS_MAX_QUEUED_BYTES``: a bigger delivery fits in
-            no subscriber's outbox, so it could only close every subscriber as a slow consumer.
+            no limit). The hub gives ``RUSTY_WS_MAX_QUEUED_BYTES``, the bound on what one
+            publish may make each subscriber queue: a forged giant envelope is dropped unread.
 
     Raises:
         RuntimeError: the ``redis`` package is not installed.

@@ -71,7 +71,7 @@ IDLE_RECV_BYTES = 1024
 BUSY_RECV_BYTES = 65536
 _PONG_REPLY_FRAME = text_frame(PONG_REPLY)  # the text reply to the ``ping`` command
 # _on_event runs per message: module globals, not ``FrameEvent.X`` lookups (~0.1 us each on 3.11).
-_TEXT, _BINARY, _PING = FrameEvent.TEXT, FrameEvent.BINARY, FrameEvent.PING
+_TEXT, _BINARY, _PING, _PONG = FrameEvent.TEXT, FrameEvent.BINARY, FrameEvent.PING, FrameEvent.PONG
 _CLOSE, _TOO_BIG, _FAILED = FrameEvent.CLOSE, FrameEvent.TOO_BIG, FrameEvent.FAILED
 
 
@@ -140,7 +140,7 @@ class Connection:
         self.hub.writer.close(self.outbox, code, reason)
 
     def _read_until_closed(self, read_ahead: bytes) -> None:
-        recv, outbox, parser, batch = self.sock.recv, self.outbox, self.parser, self.hub.writer.batch
+        recv, parser, batch = self.sock.recv, self.parser, self.hub.writer.batch
         if read_ahead:  # before the loop, so the loop itself is unchanged
             logger.debug("< %s %d bytes came with the request head", self.label, len(read_ahead))
             with batch():
@@ -156,19 +156,26 @@ class Connection:
             if not data:
                 return
             size = BUSY_RECV_BYTES if len(data) == size else IDLE_RECV_BYTES
-            outbox.last_seen = time.monotonic()
             with batch():  # what the commands of one read send leaves together, at its end
                 for event in parser.feed(data):
                     if not self._on_event(event):
                         return
 
     def _on_event(self, event: tuple) -> bool:
-        """Handle one parser event; False once the connection is done reading."""
+        """Handle one parser event; False once the connection is done reading.
+
+        Only a whole message or a pong is a sign of life for keepalive (``last_seen``):
+        bytes of a frame that never ends, or pings, keep no dead peer's slot.
+        """
         kind = event[0]
         if kind is _TEXT:
+            self.outbox.last_seen = time.monotonic()
             if not self._closing:
                 self.handle_text(event[1])
+        elif kind is _PONG:
+            self.outbox.last_seen = time.monotonic()
         elif kind is _BINARY:
+            self.outbox.last_seen = time.monotonic()
             if not self._closing:
                 self._reply_error(ErrorCode.BINARY_NOT_SUPPORTED, "send commands as text frames", None)
         elif kind is _PING:

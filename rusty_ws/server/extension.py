@@ -82,7 +82,7 @@ class PubSub:
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError("rusty_ws is already registered on this app")
         settings = Settings.from_config(app.config)
-        # A delivery bigger than an outbox holds could only close every subscriber (4100).
+        # The bound on what one publish may make each subscriber queue (docs/configuration.md).
         broker = broker_from_url(settings.broker_url, max_envelope_size=settings.max_queued_bytes)
         secret = settings.jwt_secret_key
         if not secret:
@@ -201,7 +201,7 @@ class PubSub:
             raise ProtocolError(ErrorCode.INVALID_MESSAGE,
                                 f"the payload nests deeper than {MAX_JSON_DEPTH - 1} levels")
         hub = self.hub(app)
-        if len(encoded) > hub.settings.max_queued_bytes:  # it would close every subscriber (4100)
+        if len(encoded) > hub.settings.max_queued_bytes:  # more than any subscriber is meant to queue
             raise ProtocolError(ErrorCode.INVALID_MESSAGE,
                                 f"the message is {len(encoded)} bytes, more than a subscriber's outbox "
                                 f"holds (RUSTY_WS_MAX_QUEUED_BYTES, {hub.settings.max_queued_bytes})")

@@ -110,6 +110,7 @@ class Hub:
             close_timeout=settings.close_timeout,
             ping_interval=settings.ping_interval,
             ping_timeout=settings.ping_timeout,
+            max_total_queued_bytes=settings.max_total_queued_bytes,
         )
         self.broker = broker
         #: Sockets of the hub's own server still waiting for their request head (``/healthz``).

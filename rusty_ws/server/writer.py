@@ -20,8 +20,20 @@ answering; it ends closing handshakes that time out. A socket whose outbox
 passes ``max_queued_bytes`` is closed as a slow consumer (4100); nobody else
 ever waits for it.
 
+What the bounds count is memory, not wire bytes: a queued frame costs its
+length plus ``ITEM_COST`` (its object's header and its slot in the list), so
+a flood of tiny pongs costs what it holds. Two exceptions and one backstop:
+a single frame is always let into an otherwise empty outbox (one delivery
+bigger than the bound goes to a subscriber that keeps up); and past
+``max_total_queued_bytes`` over all outboxes together, the outboxes holding
+the most are closed (4100) first until the total is back under it. That
+total counts a frame shared by many outboxes (a publish's) once: the sum of
+the outboxes' sizes is only a bound of it, cheap to keep; when it passes the
+budget the writer counts what is really held before it closes anything.
+
 Ownership: every field of an ``Outbox`` belongs to the ``_flush_lock`` holder,
-except ``last_seen``, which the connection's reader thread stores after each read.
+except ``last_seen``, which the connection's reader thread stores on each
+whole message or pong (its signs of life).
 """
 
 from __future__ import annotations
@@ -34,7 +46,7 @@ import selectors
 import socket
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Collection, Iterator
 
 from ..frames import OP_PING, close_frame, encode_frame
 from ..protocol import CLOSE_CODE_EXPLANATIONS, CloseCode
@@ -47,6 +59,12 @@ logger = logging.getLogger("rusty_ws.server")
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 #: Most bytes joined for one send: enough to fill a socket buffer, little to copy.
 WRITE_BYTES = 256 * 1024
+#: What a queued frame costs in memory beyond its bytes, as the bounds count it: a bytes
+#: object's header (33) and allocator rounding (up to 15), its list slot and the list's
+#: spare room (~9). Measured: 2 million 2-byte pongs held 115 MiB, 57 bytes each.
+ITEM_COST = 64
+#: What one more outbox holding a frame already counted costs: its list slot.
+_SLOT_COST = 8
 
 
 class OutboxState(enum.Enum):
@@ -74,13 +92,13 @@ class Outbox:
         self.label = label
         self.deflate = deflate        # takes compressed deliveries (permessage-deflate); never changes
         self.chunks: list[Any] = []   # frames (bytes) waiting; the first may be a memoryview remainder
-        self.size = 0                 # bytes in chunks
+        self.size = 0                 # what chunks cost: their bytes plus ITEM_COST each
         self.partial = False          # chunks[0] is the unsent rest of a frame already begun
         self.queued = False           # in the writer's list of outboxes to flush
         self.watched = False          # registered with the selector, waiting for room in the socket
         self.state = _OPEN
         self.close_deadline = 0.0
-        self.last_seen = time.monotonic()  # written by the reader thread after each read
+        self.last_seen = time.monotonic()  # written by the reader thread on each whole message or pong
         self.ping_sent_at = 0.0
         self.released: threading.Event | None = None
 
@@ -92,11 +110,15 @@ class Writer:
     """The writes of a set of sockets, and the thread named ``name`` that waits on the slow ones.
 
     Args:
-        max_queued_bytes: bytes one outbox may hold before its connection is closed (4100).
+        max_queued_bytes: what one outbox may hold (its frames' bytes plus ``ITEM_COST`` each)
+            before its connection is closed (4100); a lone frame in an empty outbox is let through.
         close_timeout: seconds a closing connection has to finish the handshake.
-        ping_interval: seconds of client silence before a ping; 0 disables keepalive.
-        ping_timeout: seconds to wait for any reply to that ping before dropping (4102).
+        ping_interval: seconds without a message or pong from the client before a ping;
+            0 disables keepalive.
+        ping_timeout: seconds to wait for a pong (or a message) after that ping before dropping (4102).
         max_jobs: queued jobs past which a publisher must help drain before adding more.
+        max_total_queued_bytes: what all outboxes together may hold, counted the same way;
+            past it the largest are closed (4100) first. None: no bound over all.
     """
 
     def __init__(
@@ -108,8 +130,10 @@ class Writer:
         ping_timeout: float = 20.0,
         max_jobs: int = 10_000,
         name: str = "rusty_ws-writer",
+        max_total_queued_bytes: int | None = None,
     ) -> None:
         self.max_queued_bytes = max_queued_bytes
+        self.max_total_queued_bytes = max_total_queued_bytes
         self.close_timeout = close_timeout
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
@@ -135,6 +159,9 @@ class Writer:
         self._stopped = threading.Event()
         self._boxes: set[Outbox] = set()
         self._flush_list: list[Outbox] = []
+        self._queued_total = 0  # the sum of every outbox's size: at least what they hold together
+        # Past this sum the frames really held are counted (max_total_queued_bytes); see _over_budget_locked.
+        self._recheck_total = max_total_queued_bytes
         self._ping_frame = encode_frame(OP_PING, b"")
 
     # ------------------------------------------------------------------ any thread
@@ -153,7 +180,7 @@ class Writer:
         self._submit(self._attach_locked, box, None)
         return box
 
-    def send(self, frame: bytes, targets: Iterable[Outbox]) -> None:
+    def send(self, frame: bytes, targets: Collection[Outbox]) -> None:
         """Queue ``frame`` for every outbox in ``targets`` and write what can be written now.
 
         Never blocks on a socket. Inside ``batch()`` the writing waits for the
@@ -238,6 +265,23 @@ class Writer:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def queued_bytes(self) -> int:
+        """The sum of every outbox's size, as the per-outbox bound counts them (for reports and tests).
+
+        A frame queued for several outboxes counts in each: this is at least what
+        they hold together (``held_bytes``), and more when frames are shared.
+        """
+        return self._queued_total
+
+    def held_bytes(self) -> int:
+        """What every outbox together holds now, a frame shared by several counted once.
+
+        Walks every queued frame: for reports and tests, not for a hot path.
+        """
+        with self._flush_lock:
+            return self._held_locked()[0]
+
     def _ensure_started(self) -> None:
         with self._state_lock:
             if self._thread is not None:
@@ -300,6 +344,8 @@ class Writer:
         assert self._flush_lock.locked(), "must hold _flush_lock"
         self._drain_jobs_locked()
         self._flush_queued_locked()
+        if self._recheck_total is not None and self._queued_total > self._recheck_total:
+            self._over_budget_locked(self.max_total_queued_bytes)
 
     def _drain_jobs_locked(self) -> None:
         assert self._flush_lock.locked(), "must hold _flush_lock"
@@ -320,17 +366,19 @@ class Writer:
         assert self._flush_lock.locked(), "must hold _flush_lock"
         self._boxes.add(box)
 
-    def _send_many_locked(self, frame: bytes, targets: Iterable[Outbox]) -> None:
+    def _send_many_locked(self, frame: bytes, targets: Collection[Outbox]) -> None:
         assert self._flush_lock.locked(), "must hold _flush_lock"
-        size = len(frame)
+        size = len(frame) + ITEM_COST
         limit = self.max_queued_bytes
         flush_list = self._flush_list
+        self._queued_total += size * len(targets)  # taken back below for boxes that take nothing
         for box in targets:
             if box.state is not _OPEN:
+                self._queued_total -= size
                 continue
             box.chunks.append(frame)
             box.size += size
-            if box.size > limit:
+            if box.size > limit and len(box.chunks) > 1:  # a lone frame always goes in
                 self._overflow_locked(box)
             elif not box.queued and not box.watched:
                 box.queued = True
@@ -345,6 +393,49 @@ class Writer:
         logger.warning("! %s is too slow: %d bytes queued, closing it", box.label, box.size)
         self._close_locked(box, (CloseCode.SLOW_CONSUMER, CLOSE_CODE_EXPLANATIONS[4100], True))
 
+    def _held_locked(self) -> tuple[int, dict[int, list[int]]]:
+        """What the outboxes hold, each frame counted once, and per frame ``[holders, cost]``."""
+        assert self._flush_lock.locked(), "must hold _flush_lock"
+        held, frames = 0, {}
+        for box in self._boxes:
+            for chunk in box.chunks:
+                data = chunk.obj if isinstance(chunk, memoryview) else chunk  # a view keeps all of it
+                entry = frames.get(id(data))  # every one is alive while we look: ids are unique
+                if entry is None:
+                    frames[id(data)] = [1, len(data) + ITEM_COST]
+                    held += len(data) + ITEM_COST
+                else:
+                    entry[0] += 1
+                    held += _SLOT_COST
+        return held, frames
+
+    def _over_budget_locked(self, budget: int) -> None:
+        """The sum of sizes passed ``budget``: if what is held did too, close the biggest outboxes (4100).
+
+        Biggest first, until what is held is back under ``budget``. Costs a walk over
+        every queued frame, so the next walk waits until the sum has grown by what
+        was left of the budget (what is held cannot grow faster than the sum), but
+        at least by a sixteenth of it (so what is held may pass the budget by that
+        much), or for the writer thread's next tick.
+        """
+        assert self._flush_lock.locked(), "must hold _flush_lock"
+        held, frames = self._held_locked()
+        if held > budget:
+            logger.warning("! %d bytes queued over all connections, more than %d: closing the slowest",
+                           held, budget)
+            for box in sorted((box for box in self._boxes if box.size), key=lambda box: box.size, reverse=True):
+                if held <= budget:
+                    break
+                for chunk in box.chunks:
+                    entry = frames[id(chunk.obj if isinstance(chunk, memoryview) else chunk)]
+                    entry[0] -= 1
+                    held -= entry[1] if entry[0] == 0 else _SLOT_COST
+                if box.state is _OPEN:
+                    self._overflow_locked(box)  # keeps what is needed for its close frame, if anything
+                else:
+                    self._forget_locked(box)  # already closing: end it now
+        self._recheck_total = self._queued_total + max(budget - held, budget // 16)
+
     def _close_locked(self, box: Outbox, args: tuple[int, str, bool]) -> None:
         assert self._flush_lock.locked(), "must hold _flush_lock"
         code, reason, discard_pending = args
@@ -353,10 +444,13 @@ class Writer:
         if discard_pending:
             # Keep only the unsent rest of a frame already begun: cutting it would corrupt the stream.
             box.chunks = box.chunks[:1] if box.partial else []
-            box.size = sum(len(chunk) for chunk in box.chunks)
+            kept = sum(len(chunk) + ITEM_COST for chunk in box.chunks)
+            self._queued_total -= box.size - kept
+            box.size = kept
         frame = close_frame(code, reason)
         box.chunks.append(frame)
-        box.size += len(frame)
+        box.size += len(frame) + ITEM_COST
+        self._queued_total += len(frame) + ITEM_COST
         box.state = _CLOSING
         box.close_deadline = time.monotonic() + self.close_timeout
         if discard_pending:
@@ -409,13 +503,20 @@ class Writer:
                 logger.debug("- %s write failed: %s", box.label, exc)
                 self._forget_locked(box)
                 return
-            box.size -= sent
-            if sent < len(data):
-                chunks[:count] = [memoryview(data)[sent:]]
+            if sent < size:
+                # The rest of a joined write is copied: a view would keep all of it alive.
+                rest = memoryview(data)[sent:] if count == 1 else data[sent:]
+                chunks[:count] = [rest]
+                freed = sent + (count - 1) * ITEM_COST  # count frames became one
+                box.size -= freed
+                self._queued_total -= freed
                 box.partial = True
                 self._watch_locked(box)
                 return
             del chunks[:count]
+            freed = size + count * ITEM_COST
+            box.size -= freed
+            self._queued_total -= freed
             box.partial = False
         if box.watched:
             self._selector.unregister(box.sock)
@@ -443,12 +544,18 @@ class Writer:
             box.watched = False
         box.state = _CLOSED
         box.chunks = []
+        self._queued_total -= box.size
         box.size = 0
         self._boxes.discard(box)
         _shutdown(box.sock)
 
     def _housekeeping_locked(self, now: float) -> None:
         assert self._flush_lock.locked(), "must hold _flush_lock"
+        budget = self.max_total_queued_bytes
+        if budget is not None:  # sent frames lowered the sum: look again from the budget itself
+            self._recheck_total = budget
+            if self._queued_total > budget:
+                self._over_budget_locked(budget)
         for box in list(self._boxes):
             if box.state is _CLOSING:
                 if now >= box.close_deadline:

@@ -194,13 +194,17 @@ class TestRedisEnvelopeSize:
             assert client.command(encode_publish("T", "still here", session_id="s"))
 
     def test_a_node_refuses_to_send_what_no_node_would_take(self, redis: RedisServer) -> None:
-        with running_server(broker_url=redis.url, max_queued_bytes=64 * 1024) as a, \
-                running_server(broker_url=redis.url, max_queued_bytes=64 * 1024) as b, \
+        # A publish within the message limit whose delivery is far bigger: 1e15 re-encodes as
+        # 1000000000000000.0, so 30 KB of text become a 110 KB envelope, past the 48 KiB bound.
+        limits = {"max_message_size": 32 * 1024, "max_queued_bytes": 48 * 1024}
+        with running_server(broker_url=redis.url, **limits) as a, \
+                running_server(broker_url=redis.url, **limits) as b, \
                 a.connect() as here, b.connect() as there:
             for client in (here, there):
                 client.command(encode_subscribe("T", "s"))
                 client.command(encode_subscribe(SENTINEL, "s"))
-            error = error_of(here.command(encode_publish("T", "x" * 100_000, session_id="s", id="big")))
+            text = '{"topic": "T", "session_id": "s", "id": "big", "payload": [' + ",".join(["1e15"] * 6000) + "]}"
+            error = error_of(here.command("publish-json:" + text))
             assert (error["code"], error["id"]) == ("invalid_message", "big")
             publish_sentinel(redis, "s")
             assert read_until_sentinel(here) == [] and read_until_sentinel(there) == []
@@ -444,6 +448,6 @@ class TestSettings:
 
 
 def test_redis_broker_gets_the_outbox_bound(redis: RedisServer) -> None:
-    with running_server(broker_url=redis.url, max_queued_bytes=12345) as node:
+    with running_server(broker_url=redis.url, max_message_size=1000, max_queued_bytes=17_500) as node:
         broker = node.hub.broker
-        assert isinstance(broker, RedisBroker) and broker.max_envelope_size == 12345
+        assert isinstance(broker, RedisBroker) and broker.max_envelope_size == 17_500

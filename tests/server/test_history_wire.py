@@ -115,7 +115,7 @@ class TestSubscribeJson:
             assert server.hub.counts()["subscriptions"] == 1
 
     def test_a_replay_too_big_for_the_outbox_is_cut_short_not_a_slow_consumer(self) -> None:
-        with running_server(history_size=100, max_queued_bytes=64 * 1024) as server, \
+        with running_server(history_size=100, max_queued_bytes=64 * 1024, max_message_size=32 * 1024) as server, \
                 server.connect() as pub, server.connect() as sub:
             _, reply = subscribe_json(sub, topic="Other")
             for n in range(30):

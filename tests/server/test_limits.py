@@ -90,7 +90,7 @@ def test_subscription_limit() -> None:
 
 def test_slow_subscriber_is_dropped_at_the_bound_and_never_delays_a_fast_one() -> None:
     payload = "p" * 10_000
-    with running_server(max_queued_bytes=200_000) as server:
+    with running_server(max_queued_bytes=200_000, max_message_size=100_000) as server:
         # A small receive buffer so the stall shows quickly; this client never reads.
         slow = Client(server.ws_url, sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),))
         slow.command(encode_subscribe("T"))

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from rusty_ws.frames import FrameEvent, FrameParser, text_frame
-from rusty_ws.server.writer import OutboxState, Writer
+from rusty_ws.frames import FrameEvent, FrameParser, encode_frame, text_frame
+from rusty_ws.server.writer import ITEM_COST, OutboxState, Writer
 from support import MS, WAIT, FrameReader
 
 #: How long a closing connection has to finish the close handshake.
@@ -187,3 +187,106 @@ def test_a_unix_socket_is_attached_all_the_same(writer: Writer) -> None:
     writer.release(box, WAIT)
     theirs.close()
     ours.close()
+
+
+# --------------------------------------------------------------------------- what the bounds count
+
+
+def stalled_pair() -> tuple[socket.socket, socket.socket]:
+    """A pair whose writing end is already full: every frame the writer gets stays in the outbox."""
+    ours, theirs = pair(rcvbuf=4096)
+    ours.setblocking(False)
+    for size in (65536, 4096, 1):
+        try:
+            while True:
+                ours.send(b"\0" * size)
+        except BlockingIOError:
+            pass
+    ours.setblocking(True)
+    return ours, theirs
+
+
+def test_the_bound_counts_what_a_frame_costs_in_memory() -> None:
+    """A 2-byte pong holds ~57 bytes of memory: counted as its length plus ITEM_COST, not 2."""
+    pong = encode_frame(0xA, b"")
+    cost = len(pong) + ITEM_COST
+    writer = Writer(max_queued_bytes=100 * cost, close_timeout=CLOSE_TIMEOUT)
+    ours, theirs = stalled_pair()
+    box = writer.attach(ours, "t")
+    for count in range(1, 1000):
+        writer.send_to(box, pong)
+        if box.state is not OutboxState.OPEN:
+            break
+        assert writer.queued_bytes == box.size == count * cost
+    assert count == 101  # not 100 * cost / 2 = 3,300 pongs
+    assert box.state is OutboxState.CLOSED and writer.queued_bytes == 0
+    writer.stop(WAIT)
+    theirs.close()
+    ours.close()
+
+
+def test_a_lone_frame_bigger_than_the_bound_goes_into_an_empty_outbox() -> None:
+    writer = Writer(max_queued_bytes=10_000, close_timeout=CLOSE_TIMEOUT)
+    ours, theirs = pair()
+    box = writer.attach(ours, "reader")
+    big = text_frame(b"b" * 100_000)
+    writer.send(big, [box])  # one delivery over the bound, to a subscriber that keeps up
+    assert read_frames(theirs, 1) == [b"b" * 100_000]
+    assert box.state is OutboxState.OPEN
+    stalled_ours, stalled_theirs = stalled_pair()
+    stalled = writer.attach(stalled_ours, "stalled")
+    writer.send(big, [stalled])
+    assert stalled.state is OutboxState.OPEN  # alone in its outbox: let in
+    writer.send(text_frame(b"more"), [stalled])
+    assert stalled.state is OutboxState.CLOSED  # a second frame behind it is over the bound: 4100
+    writer.stop(WAIT)
+    for sock in (ours, theirs, stalled_ours, stalled_theirs):
+        sock.close()
+
+
+def test_past_the_total_the_outboxes_holding_the_most_are_cut_first() -> None:
+    cost = len(text_frame(b"x" * 10_000)) + ITEM_COST
+    writer = Writer(max_queued_bytes=100 * cost, max_total_queued_bytes=9 * cost, close_timeout=CLOSE_TIMEOUT)
+    pairs = [stalled_pair() for _ in range(3)]
+    big, middle, small = (writer.attach(ours, name) for (ours, _), name in zip(pairs, ("big", "middle", "small")))
+
+    def send(*boxes: object) -> None:
+        for box in boxes:
+            writer.send_to(box, text_frame(b"x" * 10_000))  # a frame of its own for each: replies, replays
+
+    send(big, middle, small)
+    send(big, middle)
+    send(big)
+    assert writer.queued_bytes == writer.held_bytes() == 6 * cost  # 3 + 2 + 1 frames: under every bound
+    send(big, middle, small)  # 4 + 3 + 2 = 9: at the total, not past it
+    assert [box.state for box in (big, middle, small)] == [OutboxState.OPEN] * 3
+    send(small)  # 10 frames: past the total; the biggest outbox goes
+    assert [box.state for box in (big, middle, small)] == [OutboxState.CLOSED, OutboxState.OPEN, OutboxState.OPEN]
+    assert writer.queued_bytes == writer.held_bytes() == middle.size + small.size == 6 * cost
+    writer.stop(WAIT)
+    assert writer.queued_bytes == 0
+    for ours, theirs in pairs:
+        ours.close()
+        theirs.close()
+
+
+def test_a_frame_shared_by_many_outboxes_counts_once_in_the_total() -> None:
+    """One publish to many subscribers is one object: the budget must not cut them for it."""
+    frame = text_frame(b"x" * 10_000)
+    cost = len(frame) + ITEM_COST
+    writer = Writer(max_queued_bytes=100 * cost, max_total_queued_bytes=12 * cost, close_timeout=CLOSE_TIMEOUT)
+    pairs = [stalled_pair() for _ in range(3)]
+    boxes = [writer.attach(ours, f"subscriber-{i}") for i, (ours, _) in enumerate(pairs)]
+    published = [text_frame(b"x" * 10_000) for _ in range(10)]
+    for frame in published:
+        writer.send(frame, boxes)
+    assert writer.queued_bytes == 30 * cost  # past the budget, as the sum of the outboxes
+    assert writer.held_bytes() == 10 * cost + 20 * 8  # what is held: 10 frames, and two more list slots each
+    assert all(box.state is OutboxState.OPEN for box in boxes)
+    writer.send_to(boxes[0], text_frame(b"y" * 30_000))  # of its own: 13 frames' worth held, past 12
+    assert [box.state for box in boxes] == [OutboxState.CLOSED, OutboxState.OPEN, OutboxState.OPEN]
+    assert writer.held_bytes() == 10 * cost + 10 * 8
+    writer.stop(WAIT)
+    for ours, theirs in pairs:
+        ours.close()
+        theirs.close()
