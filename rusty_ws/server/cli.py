@@ -13,13 +13,31 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from ..auth import default_session_for, hash_password
-from ..exceptions import ProtocolError
+from ..exceptions import ConfigError, ProtocolError
 from ..protocol import check_session
 from .state import State, state_of
 
-__all__ = ["group"]
+__all__ = ["group", "CommandLineConfigError", "loading_an_app"]
 
 group = AppGroup("rusty-ws", help="The rusty_ws pub/sub hub.")
+
+
+class CommandLineConfigError(ConfigError, click.ClickException):
+    """A ``ConfigError`` met while a command line loads the app: click prints ``Error: <the line>``, exit 1.
+
+    Still a ``ConfigError`` (and a ``ValueError``) for code that catches those.
+    """
+
+    exit_code = 1
+
+    def __init__(self, error: ConfigError) -> None:
+        click.ClickException.__init__(self, str(error))
+        self.setting, self.value, self.expected = error.setting, error.value, error.expected
+
+
+def loading_an_app() -> bool:
+    """True inside a click command (``flask run``, ``rusty-ws serve``, ...), which loads the app it serves."""
+    return click.get_current_context(silent=True) is not None
 
 
 def _state() -> State:

@@ -31,7 +31,7 @@ from ..auth import CredentialChecker, TokenService, UsersFile
 from ..brokers import broker_from_url
 from ..config import Settings
 from .hub import Hub
-from ..exceptions import ProtocolError
+from ..exceptions import ConfigError, ProtocolError
 from ..protocol import (
     MAX_JSON_DEPTH,
     SERVER_PUBLISHER,
@@ -77,11 +77,23 @@ class PubSub:
 
         Raises:
             RuntimeError: rusty_ws is already registered on ``app``.
-            ValueError: a setting has a value that cannot work.
+            ConfigError: a setting has a value that cannot work (a ``ValueError``), the
+                users file among them; the message is one line naming the setting, its
+                value and what is expected. Raised while a command line (``flask run``,
+                ``rusty-ws serve``) loads the app, click prints just that line and exits 1.
         """
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError("rusty_ws is already registered on this app")
+        try:
+            self._set_up(app, url_prefix)
+        except ConfigError as exc:
+            if cli.loading_an_app():
+                raise cli.CommandLineConfigError(exc) from None
+            raise
+
+    def _set_up(self, app: Flask, url_prefix: str | None) -> None:
         settings = Settings.from_config(app.config)
+        users = _load_users(settings.users_file) if settings.users_file else None  # before any log line
         # A delivery bigger than an outbox holds could only close every subscriber (4100).
         broker = broker_from_url(settings.broker_url, max_envelope_size=settings.max_queued_bytes)
         secret = settings.jwt_secret_key
@@ -102,7 +114,6 @@ class PubSub:
         if "*" not in settings.allowed_hosts and app.config.get("RUSTY_WS_ALLOWED_HOSTS") is None:
             logger.info("= RUSTY_WS_ALLOWED_HOSTS not set while origins are restricted: answering "
                         "only requests for %s", ", ".join(settings.allowed_hosts))
-        users = UsersFile.load(settings.users_file) if settings.users_file else None
         if users is None and self.credential_checker is None:
             logger.warning(
                 "! DEVELOPMENT MODE: no users file and no credential hook; the demo login "
@@ -210,3 +221,14 @@ class PubSub:
     def shutdown(self, app: Flask | None = None, timeout: float = 5.0) -> None:
         """Close every connection (4200: reconnect now) and stop the hub's threads. Idempotent."""
         self.hub(app).shutdown(timeout)
+
+
+def _load_users(path: str) -> UsersFile:
+    """``RUSTY_WS_USERS_FILE``'s users; a file that cannot be used is a ``ConfigError`` naming the setting."""
+    try:
+        return UsersFile.load(path)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # UsersFile.load's messages start with the path: said once, as the value
+        problem = str(exc)
+        raise ConfigError("RUSTY_WS_USERS_FILE", path, problem.removeprefix(f"{path}: ")) from None
