@@ -195,7 +195,7 @@ class RedisBroker(Broker):
             if self._pid != os.getpid() and not self._stopped:
                 # Threads do not survive fork(): the parent's listener is not ours, and
                 # neither is its node id (two workers must not drop each other's messages).
-                logger.info("= process forked: starting this process's own Redis listener")
+                logger.info("process forked: starting this process's own Redis listener")
                 self._launch_locked()
             return self._listener  # type: ignore[return-value]
 

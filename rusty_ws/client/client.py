@@ -391,7 +391,7 @@ class WsClient:
         """
         if not self._connector.refresh_if_needed():
             return False
-        logger.info("= %s refreshed its token", self.name)
+        logger.info("%s refreshed its token", self.name)
         return True
 
     @property

@@ -101,22 +101,22 @@ class PubSub:
             secret = secrets.token_urlsafe(32)
             if broker.distributed:
                 logger.error(
-                    "! no JWT_SECRET_KEY set while the %s broker spans several nodes: this node "
+                    "no JWT_SECRET_KEY set while the %s broker spans several nodes: this node "
                     "generated its own secret, so tokens issued here are REFUSED by every other "
                     "node (and by this one after a restart). Give every node the same "
                     "JWT_SECRET_KEY.", broker.name
                 )
             else:
                 logger.warning(
-                    "! no JWT_SECRET_KEY set: generated a random one; tokens will not survive "
+                    "no JWT_SECRET_KEY set: generated a random one; tokens will not survive "
                     "a restart nor work on another process"
                 )
         if "*" not in settings.allowed_hosts and app.config.get("RUSTY_WS_ALLOWED_HOSTS") is None:
-            logger.info("= RUSTY_WS_ALLOWED_HOSTS not set while origins are restricted: answering "
+            logger.info("RUSTY_WS_ALLOWED_HOSTS not set while origins are restricted: answering "
                         "only requests for %s", ", ".join(settings.allowed_hosts))
         if users is None and self.credential_checker is None:
             logger.warning(
-                "! DEVELOPMENT MODE: no users file and no credential hook; the demo login "
+                "DEVELOPMENT MODE: no users file and no credential hook; the demo login "
                 "testuser/password works. Set RUSTY_WS_USERS_FILE for real users."
             )
         state = State(
@@ -139,12 +139,12 @@ class PubSub:
         self._apps.append(app)
         if settings.switch_interval is not None:
             sys.setswitchinterval(settings.switch_interval)
-            logger.info("= GIL switch interval set to %.3fs", settings.switch_interval)
+            logger.debug("= GIL switch interval set to %.3fs", settings.switch_interval)
 
     def check_credentials(self, checker: CredentialChecker) -> CredentialChecker:
         """Decorator: use ``checker(username, password) -> bool`` for ``/auth/token`` logins."""
         self.credential_checker = checker
-        logger.info("= credential hook %s registered: the demo login is off",
+        logger.info("credential hook %s registered: the demo login is off",
                     getattr(checker, "__qualname__", checker))
         return checker
 

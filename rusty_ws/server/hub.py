@@ -178,7 +178,8 @@ class Hub:
         finally:
             self._discard(connection)
             self.writer.release(connection.outbox, self.settings.close_timeout + 1.0)
-            logger.info("= %s disconnected", connection.label)
+            logger.info("%s disconnected after %.1fs: %s; %s", connection.label,
+                        time.monotonic() - connection.started, connection.describe(), connection.ending())
 
     def connections(self) -> list["Connection"]:
         """A snapshot of the open connections (for reports, shutdown and tests)."""
@@ -415,6 +416,6 @@ class Hub:
         if not self.wait_connections(0, timeout):
             with self._connections_lock:
                 left = len(self._connections)
-            logger.warning("! %d connections still open after %.1fs; dropping them", left, timeout)
+            logger.warning("%d connections still open after %.1fs; dropping them", left, timeout)
         self.broker.stop()
         self.writer.stop(max(0.1, deadline - time.monotonic()))
