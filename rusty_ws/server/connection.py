@@ -292,13 +292,13 @@ class Connection:
                 session_id=self._allowed_session(command.session_id),
                 user=user,
             )
-            position, _ = self.hub.publish(delivery, command.id)
+            (position, delivered), _ = self.hub.publish(delivery, command.id)
         except ProtocolError as exc:
             exc.publish_id = command.id
             raise
         if command.id is not None:
             offset, epoch = (position.offset, position.epoch) if position else (None, None)
-            self.hub.writer.send_to(self.outbox, text_frame(encode_ack(command.id, offset, epoch)))
+            self.hub.writer.send_to(self.outbox, text_frame(encode_ack(command.id, offset, epoch, delivered)))
 
     _HANDLERS: dict[type, Callable[["Connection", Command], None]] = {
         Ping: _on_ping,
