@@ -1,4 +1,4 @@
-"""The HTTP side: ``/ws``, ``/auth/token``, ``/auth/refresh``, ``/healthz``, CORS, and the web page.
+"""The HTTP side: ``/ws``, ``/auth/token``, ``/auth/refresh``, ``/auth/info``, ``/healthz``, CORS, the web page.
 
 The JavaScript modules in ``static/`` are served at ``<prefix>/rusty_ws/`` (not
 ``/static/``, which belongs to the app that embeds the hub), with the same CORS
@@ -370,6 +370,12 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
             return _error(exc.status, exc.code, exc.message)
         return jsonify({"token": issued.token, "expires_in": issued.expires_in,
                         "session_id": issued.claims.sid})
+
+    @bp.route("/auth/info")
+    def auth_info() -> Any:
+        # What a client must know before it connects, and cannot learn from a refused handshake
+        # (browsers hide its HTTP status: a refusal is just close code 1006 to a page).
+        return jsonify({"require_auth": settings.require_auth})
 
     if settings.healthz == "full":
         @bp.route("/healthz")

@@ -368,7 +368,10 @@ export class RustyWsClient extends EventTarget {
     }
     this._replies.expect(ReplyKind.ACK, pending.call, {
       id: pending.id,
-      onAnswer: (ack) => ({ id: ack.id, offset: ack.offset ?? null, epoch: ack.epoch ?? null }),
+      onAnswer: (ack) => ({
+        id: ack.id, offset: ack.offset ?? null, epoch: ack.epoch ?? null,
+        ...(ack.delivered === undefined ? {} : { delivered: ack.delivered }),
+      }),
     });
   }
 
