@@ -234,9 +234,10 @@ class Connection:
             code, reason = self._peer_close
             if code == 1005:
                 return "closed by the client without a code"
-            explained = f" {reason!r}" if reason else f" ({CLOSE_CODE_EXPLANATIONS[code]})" \
-                if code in CLOSE_CODE_EXPLANATIONS else ""
-            return f"closed by the client with {code}{explained}"
+            if reason:  # the client's own words: quoted, so they cannot pass for the log's
+                return f"closed by the client with {code} {reason!r}"
+            known = CLOSE_CODE_EXPLANATIONS.get(code)
+            return f"closed by the client with {code}" + (f" ({known})" if known else "")
         if sent is not None:
             code, reason = sent
             ended = f"closed by the hub with {code} {reason}".rstrip()

@@ -31,7 +31,7 @@ from ..brokers.base import Landed
 from ..config import Settings
 from ..exceptions import ProtocolError
 from ..frames import deflate_text_frame, text_frame
-from ..history import History, IdempotencyTable, Position
+from ..history import History, IdempotencyTable
 from ..protocol import (
     CLOSE_CODE_EXPLANATIONS,
     CloseCode,

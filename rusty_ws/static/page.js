@@ -7,6 +7,7 @@
 // that action, so an error shows next to the field that caused it.
 
 import {
+  CloseCode,
   MAX_NAME_LENGTH,
   MAX_SESSION_LENGTH,
   MAX_TOPIC_LENGTH,
@@ -24,8 +25,8 @@ const COUNTS_INTERVAL_MS = 2000;
 const hubBase = new URL("../", import.meta.url);
 const healthzUrl = new URL("healthz", hubBase);
 const authInfoUrl = new URL("auth/info", hubBase);
-/** The close code of a hub that wants a (valid) token: see CloseCode.UNAUTHORIZED in protocol.py. */
-const UNAUTHORIZED = 4001;
+/** The close code of a hub that wants a (valid) token. */
+const { UNAUTHORIZED } = CloseCode;
 const LOGIN_REQUIRED = "this hub requires a login: choose \u201cLog in\u201d and enter a username and password";
 const wsUrl = new URL("ws", hubBase);
 wsUrl.protocol = hubBase.protocol === "https:" ? "wss:" : "ws:";
