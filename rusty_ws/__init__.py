@@ -17,6 +17,7 @@ from typing import Any
 from .exceptions import (
     AuthError,
     BadCredentials,
+    ConfigError,
     ConnectFailed,
     ConnectionClosed,
     ConnectionClosedError,
@@ -44,6 +45,7 @@ __all__ = [
     "CloseCode",
     "ErrorCode",
     "RustyWsError",
+    "ConfigError",
     "ProtocolError",
     "AuthError",
     "BadCredentials",

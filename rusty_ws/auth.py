@@ -234,10 +234,18 @@ class UsersFile:
         """Read a users file.
 
         Raises:
-            ValueError: the file is not a JSON object of string to string.
+            ValueError: the file cannot be read, is not JSON (the message says where), or
+                is not a JSON object of string to string. Every message starts with the path.
         """
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot be read: {exc.strerror or exc}") from None
         if not isinstance(data, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in data.items()
         ):

@@ -11,9 +11,12 @@ aliases of ``RUSTY_WS_JWT_SECRET_KEY`` and ``RUSTY_WS_JWT_EXPIRATION_SECONDS``.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping, MutableMapping
+from typing import Any, Callable, Mapping, MutableMapping
+
+from .exceptions import ConfigError
 
 __all__ = ["PREFIX", "DEFAULTS", "ALIASES", "Settings", "config_from_environ"]
 
@@ -172,37 +175,49 @@ def config_from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
-def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
+def _number(setting: str, value: Any, *, allow_zero: bool = False, whole: bool = False,
+            unit: str = "") -> float:
+    """``value`` as a finite number, > 0 (or >= 0 with ``allow_zero``); raises ``ConfigError``."""
+    kind = f"a whole number{unit}" if whole else f"a number{unit}"
+    expected = f"must be {kind} {'>= 0' if allow_zero else '> 0'}"
+    if isinstance(value, bool):  # float(True) is 1.0: a flag given where a number belongs
+        raise ConfigError(setting, value, expected)
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{PREFIX}{name} must be a number, not {value!r}") from None
-    if number < 0 or (number == 0 and not allow_zero):
-        raise ValueError(f"{PREFIX}{name} must be {'>= 0' if allow_zero else '> 0'}")
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(setting, value, expected) from None
+    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
+        raise ConfigError(setting, value, expected)
+    if whole and number != int(number):
+        raise ConfigError(setting, value, expected)
     return number
 
 
-def _whole(name: str, value: Any) -> int:
-    number = _positive(name, value)
-    if number != int(number):
-        raise ValueError(f"{PREFIX}{name} must be a whole number, not {value!r}")
-    return int(number)
+def _positive(setting: str, value: Any, *, allow_zero: bool = False) -> float:
+    """Seconds: a finite number > 0 (>= 0 with ``allow_zero``)."""
+    return _number(setting, value, allow_zero=allow_zero, unit=" of seconds")
 
 
-def _count(name: str, value: Any) -> int:
+def _whole(setting: str, value: Any) -> int:
+    return int(_number(setting, value, whole=True))
+
+
+def _count(setting: str, value: Any) -> int:
     """A whole number, 0 allowed (0 turns the feature off)."""
-    number = _positive(name, value, allow_zero=True)
-    if number != int(number):
-        raise ValueError(f"{PREFIX}{name} must be a whole number, not {value!r}")
-    return int(number)
+    return int(_number(setting, value, allow_zero=True, whole=True))
 
 
-def _level(name: str, value: Any) -> int:
+def _level(setting: str, value: Any) -> int:
     if value is False or value is None:
         return 0
-    number = _positive(name, value, allow_zero=True)
-    if number != int(number) or number > 9:
-        raise ValueError(f"{PREFIX}{name} must be a zlib level from 1 to 9, or 0 for off, not {value!r}")
+    if value is True:
+        return 1
+    try:
+        number = _number(setting, value, allow_zero=True, whole=True)
+    except ConfigError:
+        number = -1
+    if not 0 <= number <= 9:
+        raise ConfigError(setting, value, "must be a zlib level from 1 to 9, or 0 for off")
     return int(number)
 
 
@@ -230,23 +245,24 @@ def total_queued_bytes_default() -> int:
 def _queue_bounds(message_size: int, queued: int, total: Any) -> int:
     """Check that one message fits in a queue and one queue in the total; return the total."""
     if queued < message_size + QUEUED_BYTES_MARGIN:
-        raise ValueError(
-            f"{PREFIX}MAX_QUEUED_BYTES ({queued}) cannot hold one message of {PREFIX}MAX_MESSAGE_SIZE "
-            f"({message_size}): it must be at least {PREFIX}MAX_MESSAGE_SIZE + {QUEUED_BYTES_MARGIN} "
-            f"({message_size + QUEUED_BYTES_MARGIN}); raise it or lower {PREFIX}MAX_MESSAGE_SIZE"
+        raise ConfigError(
+            PREFIX + "MAX_QUEUED_BYTES", queued,
+            f"must hold one message of {PREFIX}MAX_MESSAGE_SIZE ({message_size}): at least "
+            f"{message_size + QUEUED_BYTES_MARGIN} ({PREFIX}MAX_MESSAGE_SIZE + {QUEUED_BYTES_MARGIN}); "
+            f"raise it or lower {PREFIX}MAX_MESSAGE_SIZE",
         )
-    total = total_queued_bytes_default() if total is None else _whole("MAX_TOTAL_QUEUED_BYTES", total)
+    total = total_queued_bytes_default() if total is None else _whole(PREFIX + "MAX_TOTAL_QUEUED_BYTES", total)
     if total < queued:
-        raise ValueError(
-            f"{PREFIX}MAX_TOTAL_QUEUED_BYTES ({total}) is less than {PREFIX}MAX_QUEUED_BYTES ({queued}): "
-            "one connection's queue must fit in the total"
-        )
+        raise ConfigError(PREFIX + "MAX_TOTAL_QUEUED_BYTES", total,
+                          f"must be at least {PREFIX}MAX_QUEUED_BYTES ({queued}): one queue must fit in the total")
     return total
 
 
-def _origins(value: Any) -> tuple[str, ...]:
+def _origins(setting: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [part.strip() for part in value.split(",")]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(setting, value, "must be '*' or a list of origins such as 'https://shop.example'")
     return tuple(str(origin).strip().rstrip("/") for origin in value if str(origin).strip())
 
 
@@ -256,14 +272,14 @@ HEALTHZ_MODES = ("full", "minimal", "off")
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
 
-def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+def _choice(setting: str, value: Any, choices: tuple[str, ...]) -> str:
     word = str(value).strip().lower()
     if word not in choices:
-        raise ValueError(f"{PREFIX}{name} must be one of {', '.join(choices)}, not {value!r}")
+        raise ConfigError(setting, value, f"must be one of {', '.join(choices)}")
     return word
 
 
-def _allowed_hosts(value: Any, origins: tuple[str, ...]) -> tuple[str, ...]:
+def _allowed_hosts(setting: str, value: Any, origins: tuple[str, ...]) -> tuple[str, ...]:
     """ALLOWED_HOSTS as lowercase names (``host`` or ``host:port``), derived when it is None."""
     if value is None:
         if "*" in origins:
@@ -273,7 +289,7 @@ def _allowed_hosts(value: Any, origins: tuple[str, ...]) -> tuple[str, ...]:
     if isinstance(value, str):
         value = value.split(",")
     if not isinstance(value, (list, tuple)):
-        raise ValueError(f"{PREFIX}ALLOWED_HOSTS must be '*' or a list of host names, not {value!r}")
+        raise ConfigError(setting, value, "must be '*' or a list of host names")
     return tuple(dict.fromkeys(str(host).strip().lower() for host in value if str(host).strip()))
 
 
@@ -326,53 +342,59 @@ class Settings:
         """Fill in defaults in ``config`` (``setdefault``) and check every value.
 
         Raises:
-            ValueError: a setting has a value that cannot work.
+            ConfigError: a setting has a value that cannot work (a ``ValueError``); its
+                message names the setting (as given: an alias by its own name), the
+                value and what is expected.
         """
+        given = {}  # key -> the name the value was given under, for error messages
         for alias, key in ALIASES.items():
             if config.get(key) is None and config.get(alias) is not None:
                 config[key] = config[alias]
+                given[key] = alias
         for key, value in DEFAULTS.items():
             config.setdefault(key, value)
 
         def get(name: str) -> Any:
             return config[PREFIX + name]
 
+        def check(check: Callable[..., Any], name: str, *args: Any, **options: Any) -> Any:
+            key = PREFIX + name
+            return check(given.get(key, key), config[key], *args, **options)
+
         secret = get("JWT_SECRET_KEY")
+        origins = check(_origins, "CORS_ORIGINS")
         return cls(
             jwt_secret_key=str(secret) if secret else None,
-            jwt_expiration_seconds=_whole("JWT_EXPIRATION_SECONDS", get("JWT_EXPIRATION_SECONDS")),
-            users_file=get("USERS_FILE") or None,
-            require_auth=_flag(get("REQUIRE_AUTH")),
-            cors_origins=_origins(get("CORS_ORIGINS")),
-            serve_page=_flag(get("SERVE_PAGE")),
-            max_message_size=_whole("MAX_MESSAGE_SIZE", get("MAX_MESSAGE_SIZE")),
-            max_subscriptions=_whole("MAX_SUBSCRIPTIONS", get("MAX_SUBSCRIPTIONS")),
-            max_connections=_whole("MAX_CONNECTIONS", get("MAX_CONNECTIONS")),
-            max_queued_bytes=_whole("MAX_QUEUED_BYTES", get("MAX_QUEUED_BYTES")),
-            ping_interval=_positive("PING_INTERVAL", get("PING_INTERVAL"), allow_zero=True),
-            ping_timeout=_positive("PING_TIMEOUT", get("PING_TIMEOUT")),
-            close_timeout=_positive("CLOSE_TIMEOUT", get("CLOSE_TIMEOUT")),
+            jwt_expiration_seconds=check(_whole, "JWT_EXPIRATION_SECONDS"),
+            users_file=check(_path, "USERS_FILE"),
+            require_auth=check(_flag, "REQUIRE_AUTH"),
+            cors_origins=origins,
+            serve_page=check(_flag, "SERVE_PAGE"),
+            max_message_size=check(_whole, "MAX_MESSAGE_SIZE"),
+            max_subscriptions=check(_whole, "MAX_SUBSCRIPTIONS"),
+            max_connections=check(_whole, "MAX_CONNECTIONS"),
+            max_queued_bytes=check(_whole, "MAX_QUEUED_BYTES"),
+            ping_interval=check(_positive, "PING_INTERVAL", allow_zero=True),
+            ping_timeout=check(_positive, "PING_TIMEOUT"),
+            close_timeout=check(_positive, "CLOSE_TIMEOUT"),
             broker_url=str(get("BROKER_URL") or BROKER_URL),
-            switch_interval=(None if get("SWITCH_INTERVAL") is None
-                             else _positive("SWITCH_INTERVAL", get("SWITCH_INTERVAL"))),
-            compression=_level("COMPRESSION", get("COMPRESSION")),
-            jwt_max_lifetime=_count("JWT_MAX_LIFETIME", get("JWT_MAX_LIFETIME")),
-            max_concurrent_logins=_whole("MAX_CONCURRENT_LOGINS", get("MAX_CONCURRENT_LOGINS")),
-            login_queue_timeout=_positive("LOGIN_QUEUE_TIMEOUT", get("LOGIN_QUEUE_TIMEOUT"), allow_zero=True),
-            healthz=_choice("HEALTHZ", get("HEALTHZ"), HEALTHZ_MODES),
-            allowed_hosts=_allowed_hosts(get("ALLOWED_HOSTS"), _origins(get("CORS_ORIGINS"))),
-            request_head_timeout=_positive("REQUEST_HEAD_TIMEOUT", get("REQUEST_HEAD_TIMEOUT")),
-            max_request_head_size=_whole("MAX_REQUEST_HEAD_SIZE", get("MAX_REQUEST_HEAD_SIZE")),
-            max_pending_requests=_whole("MAX_PENDING_REQUESTS", get("MAX_PENDING_REQUESTS")),
-            history_size=_count("HISTORY_SIZE", get("HISTORY_SIZE")),
-            history_ttl=_positive("HISTORY_TTL", get("HISTORY_TTL")),
-            history_max_bytes=_whole("HISTORY_MAX_BYTES", get("HISTORY_MAX_BYTES")),
-            idempotency_window=_positive("IDEMPOTENCY_WINDOW", get("IDEMPOTENCY_WINDOW")),
-            idempotency_max_ids=_whole("IDEMPOTENCY_MAX_IDS", get("IDEMPOTENCY_MAX_IDS")),
+            switch_interval=None if get("SWITCH_INTERVAL") is None else check(_positive, "SWITCH_INTERVAL"),
+            compression=check(_level, "COMPRESSION"),
+            jwt_max_lifetime=check(_count, "JWT_MAX_LIFETIME"),
+            max_concurrent_logins=check(_whole, "MAX_CONCURRENT_LOGINS"),
+            login_queue_timeout=check(_positive, "LOGIN_QUEUE_TIMEOUT", allow_zero=True),
+            healthz=check(_choice, "HEALTHZ", HEALTHZ_MODES),
+            allowed_hosts=check(_allowed_hosts, "ALLOWED_HOSTS", origins),
+            request_head_timeout=check(_positive, "REQUEST_HEAD_TIMEOUT"),
+            max_request_head_size=check(_whole, "MAX_REQUEST_HEAD_SIZE"),
+            max_pending_requests=check(_whole, "MAX_PENDING_REQUESTS"),
+            history_size=check(_count, "HISTORY_SIZE"),
+            history_ttl=check(_positive, "HISTORY_TTL"),
+            history_max_bytes=check(_whole, "HISTORY_MAX_BYTES"),
+            idempotency_window=check(_positive, "IDEMPOTENCY_WINDOW"),
+            idempotency_max_ids=check(_whole, "IDEMPOTENCY_MAX_IDS"),
             max_total_queued_bytes=_queue_bounds(
-                _whole("MAX_MESSAGE_SIZE", get("MAX_MESSAGE_SIZE")),
-                _whole("MAX_QUEUED_BYTES", get("MAX_QUEUED_BYTES")),
-                get("MAX_TOTAL_QUEUED_BYTES"),
+                check(_whole, "MAX_MESSAGE_SIZE"), check(_whole, "MAX_QUEUED_BYTES"), get("MAX_TOTAL_QUEUED_BYTES"),
             ),
         )
 
@@ -399,7 +421,23 @@ class Settings:
         return origin in self.cors_origins
 
 
-def _flag(value: Any) -> bool:
+_TRUE_WORDS = {"1", "true", "yes", "on"}
+_FALSE_WORDS = {"", "0", "false", "no", "off"}
+
+
+def _flag(setting: str, value: Any) -> bool:
     if isinstance(value, str):
-        return value.strip().lower() in {"1", "true", "yes", "on"}
-    return bool(value)
+        word = value.strip().lower()
+        if word in _TRUE_WORDS | _FALSE_WORDS:
+            return word in _TRUE_WORDS
+    elif value is None or isinstance(value, (bool, int)) and value in (0, 1):
+        return bool(value)
+    raise ConfigError(setting, value, "must be true or false (also 1/0, yes/no, on/off)")
+
+
+def _path(setting: str, value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise ConfigError(setting, value, "must be the path of a file")
+    return os.fspath(value)

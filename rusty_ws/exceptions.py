@@ -3,6 +3,7 @@
 The tree::
 
     RustyWsError
+    ├── ConfigError          a setting has a value that cannot work (also a ``ValueError``)
     ├── ProtocolError        a command or frame broke the wire protocol (carries ``code``)
     ├── AuthError            login or token trouble (carries ``status``)
     │   ├── BadCredentials   wrong username or password
@@ -22,8 +23,11 @@ Exceptions carry their data as attributes so callers never parse messages.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "RustyWsError",
+    "ConfigError",
     "ProtocolError",
     "AuthError",
     "BadCredentials",
@@ -40,6 +44,28 @@ __all__ = [
 
 class RustyWsError(Exception):
     """Base class of every rusty_ws exception."""
+
+
+class ConfigError(RustyWsError, ValueError):
+    """A setting has a value that cannot work; raised when the hub is set up (``init_app``).
+
+    The message is one line that names the setting, its value and what is
+    expected, e.g. ``RUSTY_WS_MAX_CONNECTIONS=0: must be a whole number > 0``;
+    the command line prints just that line. A ``ValueError`` too, as the hub
+    raised before this class existed.
+
+    Attributes:
+        setting: the setting's name as it was given (``RUSTY_WS_...``, or an alias
+            such as ``JWT_EXPIRATION_SECONDS``).
+        value: the value it has (a broker URL's password is masked).
+        expected: what it must be, or what is wrong with it.
+    """
+
+    def __init__(self, setting: str, value: Any, expected: str) -> None:
+        super().__init__(f"{setting}={value!r}: {expected}")
+        self.setting = setting
+        self.value = value
+        self.expected = expected
 
 
 class ProtocolError(RustyWsError):

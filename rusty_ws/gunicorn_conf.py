@@ -45,12 +45,12 @@ def post_worker_init(worker: Any) -> None:
     freeze_startup_objects()
     state = state_of(worker.wsgi)  # None when the app is wrapped (or not a rusty_ws hub)
     if state is None:
-        logger.warning("! rusty_ws.gunicorn_conf: no rusty_ws hub on %r; SIGTERM is left as it is",
+        logger.warning("rusty_ws.gunicorn_conf: no rusty_ws hub on %r; SIGTERM is left as it is",
                        worker.wsgi)
         return
     if state.settings.max_connections >= worker.cfg.threads:
         logger.error(
-            "! RUSTY_WS_MAX_CONNECTIONS=%d is not below --threads=%d: open WebSockets can take "
+            "RUSTY_WS_MAX_CONNECTIONS=%d is not below --threads=%d: open WebSockets can take "
             "every thread of this worker and starve its HTTP routes",
             state.settings.max_connections, worker.cfg.threads,
         )

@@ -302,6 +302,7 @@ class _Seen:
     expires: float
     done: bool = False     # the publish landed (at ``position``)
     failed: bool = False   # the publish failed and the id was released
+    delivered: int | None = None  # local subscribers the first publish was handed to
 
 
 class IdempotencyTable:
@@ -330,11 +331,12 @@ class IdempotencyTable:
             self._seen.popitem(last=False)
         return None
 
-    def settle(self, session_id: str, publish_id: str, position: Position | None) -> None:
-        """The claimed publish landed at ``position`` (None: history is off)."""
+    def settle(self, session_id: str, publish_id: str, position: Position | None,
+               delivered: int | None = None) -> None:
+        """The claimed publish landed at ``position`` (None: history is off), handed to ``delivered`` subscribers."""
         seen = self._seen.get((session_id, publish_id))
         if seen is not None:
-            seen.position, seen.done = position, True
+            seen.position, seen.delivered, seen.done = position, delivered, True
 
     def release(self, session_id: str, publish_id: str) -> None:
         """The claimed publish failed: the id is free again."""

@@ -819,9 +819,17 @@ def encode_history_reply(topic: str, session_id: str, offset: int | None, epoch:
                      b",".join(messages), b"]}"])
 
 
-def encode_ack(publish_id: str, offset: int | None = None, epoch: str | None = None) -> str:
-    """``ack:{"id", "offset", "epoch"}`` (only ``id`` when history is off)."""
-    return ACK_PREFIX + _dumps(_position_fields({"id": publish_id}, offset, epoch))
+def encode_ack(publish_id: str, offset: int | None = None, epoch: str | None = None,
+               delivered: int | None = None) -> str:
+    """``ack:{"id", "offset", "epoch", "delivered"}`` (no ``offset``/``epoch`` when history is off).
+
+    ``delivered``: how many subscribers of the hub that took the publish it was handed to
+    (left out when None).
+    """
+    body = _position_fields({"id": publish_id}, offset, epoch)
+    if delivered is not None:
+        body["delivered"] = delivered
+    return ACK_PREFIX + _dumps(body)
 
 
 def _reply_body(prefix: str, text: str) -> dict[str, Any]:
@@ -873,16 +881,23 @@ class HistoryReply:
 
 @dataclass(frozen=True)
 class Ack:
-    """The ``ack:`` reply: the publish with ``id`` is in its stream at ``offset``."""
+    """The ``ack:`` reply: the publish with ``id`` is in its stream at ``offset``.
+
+    ``delivered``: how many subscribers of the hub that took the publish it was handed
+    to (with a distributed broker, that hub's only); None from a hub that does not say.
+    """
 
     id: str
     offset: int | None = None
     epoch: str | None = None
+    delivered: int | None = None
 
     @classmethod
     def parse(cls, text: str) -> "Ack":
         body = _reply_body(ACK_PREFIX, text)
-        return cls(str(body.get("id", "")), body.get("offset"), body.get("epoch"))
+        delivered = body.get("delivered")
+        return cls(str(body.get("id", "")), body.get("offset"), body.get("epoch"),
+                   delivered if isinstance(delivered, int) and not isinstance(delivered, bool) else None)
 
 
 def encode_error(code: ErrorCode | str, message: str, command: str | None = None,

@@ -232,10 +232,11 @@ class HubProcess:
     Memory (``VmRSS``), CPU time and descriptor limits are the process's, so
     they are read from ``/proc/<pid>``. ``settings`` are ``RUSTY_WS_*`` names
     without the prefix, passed as environment variables; ``nofile`` sets the
-    process's ``RLIMIT_NOFILE`` before it starts. Its log is kept in ``lines``.
+    process's ``RLIMIT_NOFILE`` before it starts; ``args`` go to ``rusty-ws serve``
+    (e.g. ``["--log-level", "debug"]``). Its log is kept in ``lines``.
     """
 
-    def __init__(self, nofile: int | None = None, **settings: Any) -> None:
+    def __init__(self, nofile: int | None = None, args: tuple[str, ...] = (), **settings: Any) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1", JWT_SECRET_KEY=SECRET)
         env.update({f"RUSTY_WS_{name.upper()}": json.dumps(value) for name, value in settings.items()})
 
@@ -246,7 +247,7 @@ class HubProcess:
         self.lines: list[str] = []
         self._lines_changed = threading.Condition()  # guards lines
         self.process = subprocess.Popen(
-            [sys.executable, "-c", "from rusty_ws.cli import main; main()", "serve", "--port", "0"],
+            [sys.executable, "-c", "from rusty_ws.cli import main; main()", "serve", "--port", "0", *args],
             cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True, preexec_fn=limit_descriptors,
         )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from rusty_ws import ConfigError
+from rusty_ws.brokers import broker_from_url
 from rusty_ws.config import DEFAULTS, Settings, config_from_environ
 
 
@@ -65,6 +67,53 @@ def test_environment() -> None:
 def test_refuses_values_that_cannot_work(key: str, value: object) -> None:
     with pytest.raises(ValueError, match=key):
         Settings.from_config({key: value})
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("RUSTY_WS_MAX_CONNECTIONS", 0, "must be a whole number > 0"),
+    ("RUSTY_WS_MAX_CONNECTIONS", float("inf"), "must be a whole number > 0"),
+    ("RUSTY_WS_MAX_CONNECTIONS", True, "must be a whole number > 0"),
+    ("RUSTY_WS_MAX_SUBSCRIPTIONS", 0.5, "must be a whole number > 0"),
+    ("RUSTY_WS_PING_TIMEOUT", "soon", "must be a number of seconds > 0"),
+    ("RUSTY_WS_PING_INTERVAL", -1, "must be a number of seconds >= 0"),
+    ("RUSTY_WS_HISTORY_SIZE", float("nan"), "must be a whole number >= 0"),
+    ("RUSTY_WS_COMPRESSION", "fast", "must be a zlib level from 1 to 9, or 0 for off"),
+    ("RUSTY_WS_HEALTHZ", "lots", "must be one of full, minimal, off"),
+    ("RUSTY_WS_REQUIRE_AUTH", "maybe", "must be true or false"),
+    ("RUSTY_WS_SERVE_PAGE", 2, "must be true or false"),
+    ("RUSTY_WS_CORS_ORIGINS", 5, "must be '*' or a list of origins"),
+    ("RUSTY_WS_ALLOWED_HOSTS", 5, "must be '*' or a list of host names"),
+    ("RUSTY_WS_USERS_FILE", 5, "must be the path of a file"),
+    ("JWT_EXPIRATION_SECONDS", "soon", "must be a whole number > 0"),  # an alias is named as given
+])
+def test_a_bad_setting_is_one_line_naming_it_its_value_and_what_is_expected(
+        key: str, value: object, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_config({key: value})
+    error = caught.value
+    assert str(error).startswith(f"{key}={value!r}: {expected}"), str(error)
+    assert "\n" not in str(error)
+    assert (error.setting, error.expected) == (key, str(error).split(": ", 1)[1])
+    assert error.value == value or value != value  # NaN is not equal to itself
+    assert isinstance(error, ValueError)  # what init_app raised before ConfigError existed
+
+
+@pytest.mark.parametrize("value, flag", [
+    (True, True), (False, False), (1, True), (0, False), ("yes", True), ("Off", False), ("", False), (None, False),
+])
+def test_flags_take_the_usual_words(value: object, flag: bool) -> None:
+    assert Settings.from_config({"RUSTY_WS_REQUIRE_AUTH": value}).require_auth is flag
+
+
+def test_a_bad_broker_url_names_the_setting_and_masks_the_password() -> None:
+    with pytest.raises(ConfigError) as caught:
+        broker_from_url("carrier-pigeon://:hunter2@coop")
+    assert str(caught.value) == ("RUSTY_WS_BROKER_URL='carrier-pigeon://:***@coop': names no broker rusty_ws "
+                                 "knows: use memory:// or redis://host:port/db")
+    with pytest.raises(ConfigError) as caught:
+        broker_from_url("redis://:hunter2@localhost:port/0")
+    assert "hunter2" not in str(caught.value) and str(caught.value).startswith(
+        "RUSTY_WS_BROKER_URL='redis://:***@localhost:port/0': is no Redis URL that works")
 
 
 def test_ping_interval_zero_turns_keepalive_off() -> None:

@@ -8,6 +8,8 @@ import pytest
 
 from rusty_ws.exceptions import ProtocolError
 from rusty_ws.protocol import (
+    Ack,
+    encode_ack,
     MAX_JSON_DEPTH,
     SERVER_PUBLISHER,
     CloseCode,
@@ -303,3 +305,19 @@ class TestLimits:
 
     def test_the_hub_publishes_as_the_reserved_name(self) -> None:
         assert SERVER_PUBLISHER == "server"
+
+
+class TestAck:
+    @pytest.mark.parametrize("args, text", [
+        (("m-1",), 'ack:{"id":"m-1"}'),
+        (("m-1", 3, "e"), 'ack:{"id":"m-1","offset":3,"epoch":"e"}'),
+        (("m-1", 3, "e", 2), 'ack:{"id":"m-1","offset":3,"epoch":"e","delivered":2}'),
+        (("m-1", None, None, 0), 'ack:{"id":"m-1","delivered":0}'),
+    ])
+    def test_round_trip(self, args: tuple, text: str) -> None:
+        assert encode_ack(*args) == text
+        assert Ack.parse(text) == Ack(*args)
+
+    @pytest.mark.parametrize("delivered", ['"2"', "true", "null", "1.5"])
+    def test_a_delivered_that_is_no_count_is_none(self, delivered: str) -> None:
+        assert Ack.parse(f'ack:{{"id":"m","delivered":{delivered}}}').delivered is None

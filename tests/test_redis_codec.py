@@ -121,7 +121,7 @@ class TestLazyImport:
         code = ("import sys; sys.modules['redis'] = None\n"
                 "from rusty_ws.brokers import broker_from_url\n"
                 "try:\n    broker_from_url('redis://127.0.0.1:1/0')\n"
-                "except RuntimeError as exc:\n    print(exc)")
+                "except ValueError as exc:\n    print(exc)")  # a ConfigError
         assert "pip install 'rusty_ws[redis]'" in run_python(code).stdout
 
     def test_a_bad_url_fails_when_the_app_is_made(self) -> None:

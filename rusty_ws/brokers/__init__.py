@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
+from ..exceptions import ConfigError
 from .base import Broker
 from .memory import MemoryBroker
 
-__all__ = ["Broker", "MemoryBroker", "broker_from_url"]
+__all__ = ["Broker", "MemoryBroker", "broker_from_url", "masked_url"]
 
 
 def broker_from_url(url: str, max_envelope_size: int | None = None) -> Broker:
@@ -15,14 +18,28 @@ def broker_from_url(url: str, max_envelope_size: int | None = None) -> Broker:
     ``max_envelope_size`` bounds what a distributed broker sends and accepts, in bytes.
 
     Raises:
-        ValueError: the URL's scheme is not one we know.
-        RuntimeError: the URL names Redis and the ``redis`` package is missing.
+        ConfigError: the URL's scheme is not one we know, Redis refuses the URL, or it
+            names Redis and the ``redis`` package is missing. The message shows the URL
+            with its password masked.
     """
+    setting = "RUSTY_WS_BROKER_URL"
     scheme = url.partition("://")[0].lower()
     if scheme in ("", "memory"):
         return MemoryBroker()
     if scheme in ("redis", "rediss", "unix"):
         from .redis import RedisBroker  # lazily: the redis package is an extra
 
-        return RedisBroker(url, max_envelope_size=max_envelope_size)
-    raise ValueError(f"unknown broker URL {url!r}: use memory:// or redis://host:port/db")
+        try:
+            return RedisBroker(url, max_envelope_size=max_envelope_size)
+        except RuntimeError as exc:  # the redis package is missing
+            problem = str(exc)
+            raise ConfigError(setting, masked_url(url), problem.partition(" but ")[2] or problem) from None
+        except ValueError as exc:
+            raise ConfigError(setting, masked_url(url), f"is no Redis URL that works ({exc})") from None
+    raise ConfigError(setting, masked_url(url), "names no broker rusty_ws knows: "
+                                                "use memory:// or redis://host:port/db")
+
+
+def masked_url(url: str) -> str:
+    """``url`` with the password of its user part masked: ``redis://:***@host:6379/0``."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@:]*:)[^/@]*@", r"\1***@", url)

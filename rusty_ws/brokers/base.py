@@ -13,17 +13,28 @@ what this node needs.
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple
 
 from ..history import Position
 from ..protocol import Delivery
 
-__all__ = ["Broker", "Deliver"]
+__all__ = ["Broker", "Deliver", "Landed"]
 
 Key = tuple[str, str]
-#: Called with each delivery for this node's subscribers; returns where it landed in this
-#: node's stream (None with history off).
-Deliver = Callable[[Delivery], Optional[Position]]
+
+
+class Landed(NamedTuple):
+    """Where a delivery landed on this node: what ``Deliver`` returns."""
+
+    #: Its place in this node's stream; None with history off.
+    position: Position | None
+    #: How many of this node's subscribers it was handed to (None: not known, e.g. a repeat
+    #: whose first publish is still in flight).
+    delivered: int | None
+
+
+#: Called with each delivery for this node's subscribers; returns where it landed on this node.
+Deliver = Callable[[Delivery], Landed]
 
 
 class Broker(abc.ABC):
@@ -46,11 +57,12 @@ class Broker(abc.ABC):
         """
 
     @abc.abstractmethod
-    def publish(self, delivery: Delivery) -> Position | None:
+    def publish(self, delivery: Delivery) -> Landed:
         """Carry ``delivery`` to every node's subscribers of its (topic, session).
 
         Returns:
-            What ``deliver`` returned for this node (its position in this node's stream).
+            What ``deliver`` returned for this node (its position in this node's stream,
+            and how many of this node's subscribers it was handed to).
         """
 
     def interest_added(self, key: Key) -> None:

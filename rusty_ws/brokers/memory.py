@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..history import Position
 from ..protocol import Delivery
-from .base import Broker, Deliver, Key
+from .base import Broker, Deliver, Key, Landed
 
 __all__ = ["MemoryBroker"]
 
@@ -22,7 +21,7 @@ class MemoryBroker(Broker):
     def start(self, deliver: Deliver, keys: Callable[[], list[Key]]) -> None:
         self._deliver = deliver
 
-    def publish(self, delivery: Delivery) -> Position | None:
+    def publish(self, delivery: Delivery) -> Landed:
         if self._deliver is None:
             raise RuntimeError("the broker was not started")
         return self._deliver(delivery)

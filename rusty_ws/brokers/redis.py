@@ -47,9 +47,8 @@ import threading
 from typing import Any, Callable
 
 from ..exceptions import ProtocolError
-from ..history import Position
 from ..protocol import Delivery, ErrorCode
-from .base import Broker, Deliver, Key
+from .base import Broker, Deliver, Key, Landed
 from .redis_codec import (
     DEFAULT_CHANNEL_PREFIX,
     channel_name,
@@ -195,11 +194,11 @@ class RedisBroker(Broker):
             if self._pid != os.getpid() and not self._stopped:
                 # Threads do not survive fork(): the parent's listener is not ours, and
                 # neither is its node id (two workers must not drop each other's messages).
-                logger.info("= process forked: starting this process's own Redis listener")
+                logger.info("process forked: starting this process's own Redis listener")
                 self._launch_locked()
             return self._listener  # type: ignore[return-value]
 
-    def publish(self, delivery: Delivery) -> Position | None:
+    def publish(self, delivery: Delivery) -> Landed:
         """Deliver here at once, then to the other nodes through Redis.
 
         The envelope is made first: a delivery that no node could take is
@@ -221,9 +220,9 @@ class RedisBroker(Broker):
             raise ProtocolError(ErrorCode.INVALID_MESSAGE,
                                 f"the message would be {len(envelope)} bytes on Redis, more than the "
                                 f"{self.max_envelope_size} any node accepts")
-        position = self._deliver(delivery)
+        landed = self._deliver(delivery)
         listener.forward(delivery, envelope)
-        return position
+        return landed
 
     def interest_added(self, key: Key) -> None:
         """Subscribe to ``key``'s channel; blocks until Redis confirms (while connected)."""

@@ -96,7 +96,7 @@ class Listener:
         """Start the thread (last, once everything above exists); wait for its first connection attempt."""
         self._thread.start()
         if not self._first_attempt.wait(timeout):
-            logger.warning("! Redis did not answer within %.1fs; going on without it for now", timeout)
+            logger.warning("Redis did not answer within %.1fs; going on without it for now", timeout)
 
     def stop(self, timeout: float) -> None:
         """Ask the thread to end, wake it, and join it. Idempotent."""
@@ -104,7 +104,7 @@ class Listener:
         self._wake()
         self._thread.join(timeout)
         if self._thread.is_alive():
-            logger.error("! %s did not stop within %.1fs", self._thread.name, timeout)
+            logger.error("%s did not stop within %.1fs", self._thread.name, timeout)
         try:
             self.client.close()
         except self.errors:
@@ -124,7 +124,7 @@ class Listener:
             self._counts["unsent"] += 1
             warn, self._warned_unsent = not self._warned_unsent, True
         if warn:
-            logger.warning("! publishes reach this node's subscribers only (%s)", reason)
+            logger.warning("publishes reach this node's subscribers only (%s)", reason)
 
     def interest_changed(self, key: Key) -> None:
         """Mark ``key`` for the listener to reconcile; while connected, wait until Redis has it."""
@@ -135,7 +135,7 @@ class Listener:
                 return  # the reconnect subscribes to whatever the registry holds then
             self._waiters.append(done)
         if self._wake() and not done.wait(self.subscribe_timeout):
-            logger.warning("! Redis did not confirm the (un)subscription of %r within %.1fs",
+            logger.warning("Redis did not confirm the (un)subscription of %r within %.1fs",
                            key, self.subscribe_timeout)
 
     def wait_connected(self, connected: bool, timeout: float) -> bool:
@@ -183,12 +183,12 @@ class Listener:
                 self._listen(pubsub)
             except self.errors as exc:
                 if self._connected or not warned:
-                    logger.warning("! Redis connection lost or refused (%s); reconnecting with backoff", exc)
+                    logger.warning("Redis connection lost or refused (%s); reconnecting with backoff", exc)
                 else:
                     logger.debug("- Redis still unreachable: %s", exc)
                 warned = True
             except Exception:
-                logger.exception("! the Redis listener failed; reconnecting")
+                logger.exception("the Redis listener failed; reconnecting")
             finally:
                 if self._connected:
                     delays = self.backoff_delays()  # a good connection starts the backoff over
@@ -247,7 +247,7 @@ class Listener:
                 if self._ever_connected:
                     self._counts["reconnects"] += 1
                 self._ever_connected = True
-            logger.info("= Redis connected (node %s, %d channels)", self.node_id, len(self._channels))
+            logger.info("Redis connected (node %s, %d channels)", self.node_id, len(self._channels))
             self._set_connected(True)
             self._first_attempt.set()
             self._reconcile(pubsub)  # pairs marked while we were connecting
@@ -294,7 +294,7 @@ class Listener:
             with self._lock:
                 self._counts["dropped"] += 1
             shown = data[:100] if isinstance(data, bytes) else type(data).__name__
-            logger.warning("! dropped a message on %r that is no rusty_ws envelope (%s): %r",
+            logger.warning("dropped a message on %r that is no rusty_ws envelope (%s): %r",
                            channel[:200], exc, shown)
             return
         if node == self.node_id:
@@ -302,4 +302,4 @@ class Listener:
         try:
             self.deliver(delivery)
         except Exception:
-            logger.exception("! delivering %s from node %s failed", delivery, node)
+            logger.exception("delivering %s from node %s failed", delivery, node)

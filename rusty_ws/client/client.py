@@ -260,8 +260,9 @@ class WsClient:
         ``timestamp`` defaults to now (RFC 3339, UTC). ``payload`` is any JSON value.
 
         Returns:
-            The hub's ``Ack``: ``id``, and the message's ``offset`` and ``epoch`` in
-            its stream (None with history off). None with ``seed_protocol``, where
+            The hub's ``Ack``: ``id``, the message's ``offset`` and ``epoch`` in its
+            stream (None with history off), and ``delivered``, how many of the hub's
+            subscribers it was handed to (None from a hub that does not say). None with ``seed_protocol``, where
             it returns once the server has fanned the message out.
 
         Raises:
@@ -391,7 +392,7 @@ class WsClient:
         """
         if not self._connector.refresh_if_needed():
             return False
-        logger.info("= %s refreshed its token", self.name)
+        logger.info("%s refreshed its token", self.name)
         return True
 
     @property

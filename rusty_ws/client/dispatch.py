@@ -89,7 +89,7 @@ class CallbackDispatcher:
         try:
             self._calls.put_nowait(_STOP)
         except queue.Full:
-            logger.warning("! %s: closing with %d callbacks queued; dropping them",
+            logger.warning("%s: closing with %d callbacks queued; dropping them",
                            self.name, self._calls.qsize())
             self._abandon.set()
 
@@ -108,7 +108,7 @@ class CallbackDispatcher:
             # stops reading, and the server drops it as a slow consumer.
             self._calls.put(item, timeout=self.put_timeout)
         except queue.Full:
-            logger.error("! %s: callbacks are %d behind; dropping one", self.name, self._calls.qsize())
+            logger.error("%s: callbacks are %d behind; dropping one", self.name, self._calls.qsize())
 
     def _run(self) -> None:
         while True:
@@ -119,6 +119,6 @@ class CallbackDispatcher:
             try:
                 callback(*args)
             except Exception:
-                logger.exception("! %s: callback %r raised", self.name, getattr(callback, "__qualname__", callback))
+                logger.exception("%s: callback %r raised", self.name, getattr(callback, "__qualname__", callback))
             if self._abandon.is_set():
                 return

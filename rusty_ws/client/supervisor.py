@@ -181,19 +181,19 @@ class Supervisor:
             client = self._client
             if waiter.error is not None:
                 if replay:
-                    logger.error("! %s: resubscribing to %s failed: %s", client.name, topic, waiter.error)
+                    logger.error("%s: resubscribing to %s failed: %s", client.name, topic, waiter.error)
                 return
             reply: Subscribed = waiter.reply
             self.subscriptions.subscribed(topic, reply, add=not replay)
             failure = recovery_failure(since, reply) if since is not None else None
             if failure is not None:
-                logger.warning("! %s: %s: messages may be missing (%s)", client.name, topic, failure)
+                logger.warning("%s: %s: messages may be missing (%s)", client.name, topic, failure)
                 self._emit(client.on_recovery_failed, topic, reply.session_id or client.session_id, failure)
         return answered
 
     def _log_failure(self, waiter: Waiter) -> None:
         if waiter.error is not None:
-            logger.error("! %s: %s failed after reconnecting: %s", self._client.name, waiter.label, waiter.error)
+            logger.error("%s: %s failed after reconnecting: %s", self._client.name, waiter.label, waiter.error)
 
     def start(self, ws: websocket.WebSocket) -> None:
         """Start the reader thread on ``ws``, the socket ``open()`` registered. Once only."""
@@ -253,14 +253,14 @@ class Supervisor:
                     return
                 policy = close_policy(code)
                 if policy is ClosePolicy.DO_NOT_RECONNECT:
-                    logger.warning("! %s: server closed with %d (%s): not reconnecting", name, code, reason)
+                    logger.warning("%s: server closed with %d (%s): not reconnecting", name, code, reason)
                     return
                 next_ws = self._reconnect(policy)
                 if next_ws is None:
                     return
                 ws = next_ws
         except Exception:
-            logger.exception("! %s: reader thread failed", name)
+            logger.exception("%s: reader thread failed", name)
         finally:
             self.closed()  # before the dispatcher stops, so the publishes' done-callbacks still run
             self._dispatch.stop()
@@ -275,7 +275,7 @@ class Supervisor:
                 opcode, frame = ws.recv_data_frame(control_frame=True)
             except websocket.WebSocketTimeoutException:
                 if awaiting_pong:
-                    logger.warning("! %s: no answer to keepalive ping; reconnecting", client.name)
+                    logger.warning("%s: no answer to keepalive ping; reconnecting", client.name)
                     ws.abort()
                     return 1006, "keepalive timeout"
                 try:
@@ -304,7 +304,7 @@ class Supervisor:
         elif is_error_reply(text):
             error = parse_error(text)
             if not self._wire.refused(error):
-                logger.warning("! %s: server error: %s", self._client.name, error)
+                logger.warning("%s: server error: %s", self._client.name, error)
         elif text.startswith("{"):
             self._on_delivery(text)
         else:
@@ -314,7 +314,7 @@ class Supervisor:
         try:
             delivery = Delivery.parse(text)
         except ProtocolError:
-            logger.warning("! %s: not a message: %.100r", self._client.name, text)
+            logger.warning("%s: not a message: %.100r", self._client.name, text)
             return
         if not self._client.seed_protocol and not self.subscriptions.admit(delivery):
             logger.debug("- %s: %s offset %s seen already; dropped", self._client.name, delivery.topic,
@@ -331,9 +331,9 @@ class Supervisor:
                 except ProtocolError:
                     break
                 if not self._wire.replied(reply):
-                    logger.warning("! %s: a reply nobody waited for: %.100r", self._client.name, text)
+                    logger.warning("%s: a reply nobody waited for: %.100r", self._client.name, text)
                 return
-        logger.warning("! %s: not a message: %.100r", self._client.name, text)
+        logger.warning("%s: not a message: %.100r", self._client.name, text)
 
     def _connection_lost(self, ws: websocket.WebSocket, code: int, reason: str) -> None:
         closed = ConnectionClosedOK(code, reason) if code in (1000, 1001) else ConnectionClosedError(code, reason)
@@ -342,7 +342,7 @@ class Supervisor:
         with self._state_lock:
             self._last_close = (code, reason)
         self._set_state(State.CLOSED if self._stop.is_set() or not self._client.reconnect else State.RECONNECTING)
-        logger.info("= %s disconnected: %d %s", self._client.name, code, reason)
+        logger.info("%s disconnected: %d %s", self._client.name, code, reason)
         self._emit(self._client.on_disconnect, code, reason)
 
     def _reconnect(self, policy: ClosePolicy) -> websocket.WebSocket | None:
@@ -359,13 +359,13 @@ class Supervisor:
                 ws = connector.open_socket()
             except (TokenExpired, TokenInvalid, Forbidden) as exc:
                 if connector.credentials is None:
-                    logger.error("! %s: cannot reconnect: %s", client.name, exc)
+                    logger.error("%s: cannot reconnect: %s", client.name, exc)
                     return None
-                logger.warning("! %s: %s; logging in again", client.name, exc)
+                logger.warning("%s: %s; logging in again", client.name, exc)
                 connector.token = None
                 continue
             except (ConnectFailed, AuthError) as exc:
-                logger.info("- %s: reconnect attempt %d failed: %s", client.name, attempt, exc)
+                logger.info("%s: reconnect attempt %d failed: %s", client.name, attempt, exc)
                 continue
             if self._stop.is_set():
                 ws.close()
@@ -381,7 +381,7 @@ class Supervisor:
                 ws.close(timeout=0)
                 return None
             self._set_state(State.CONNECTED)
-            logger.info("= %s reconnected after %d attempt(s)", client.name, attempt)
+            logger.info("%s reconnected after %d attempt(s)", client.name, attempt)
             return ws
         return None  # not reached: itertools.count never ends
 

@@ -187,7 +187,7 @@ class Wire:
             try:
                 self._send_publish(ws, item)
             except (websocket.WebSocketException, OSError) as exc:
-                logger.info("- sending %s failed (%s); it goes again on the next connection", item.label, exc)
+                logger.info("sending %s failed (%s); it goes again on the next connection", item.label, exc)
                 shut_down(ws)
 
     def _send(self, ws: websocket.WebSocket, texts: Sequence[str], waiter: Waiter) -> None:
@@ -267,7 +267,7 @@ class Wire:
             return
         ack = waiter.reply
         if ack.id != item.id:
-            logger.warning("! %s was answered with the ack of %r", item.label, ack.id)
+            logger.warning("%s was answered with the ack of %r", item.label, ack.id)
         item.future.set_result(ack)
 
     # ------------------------------------------------------------------ endings

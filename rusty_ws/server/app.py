@@ -9,6 +9,7 @@ from flask import Flask
 
 from ..config import config_from_environ
 from .extension import PubSub
+from .logs import quiet_access_log
 
 __all__ = ["create_app", "STANDALONE_SWITCH_INTERVAL"]
 
@@ -22,7 +23,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     Settings come from, in rising order: environment variables (``RUSTY_WS_*``,
     ``JWT_SECRET_KEY``, ``JWT_EXPIRATION_SECONDS``, and Flask's ``FLASK_*``),
     then ``config``. The stand-alone hub owns its process, so it also sets the
-    GIL switch interval (``RUSTY_WS_SWITCH_INTERVAL``, 0.05 s here).
+    GIL switch interval (``RUSTY_WS_SWITCH_INTERVAL``, 0.05 s here), and quiets the
+    access log of what its page polls (``logs.AccessLogFilter``, which also masks tokens).
     """
     # No app-wide /static/: the hub's blueprint serves rusty_ws/static at /rusty_ws/,
     # with CORS, at the same URL as in an embedding app.
@@ -33,4 +35,5 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if config:
         app.config.update(config)
     PubSub(app)
+    quiet_access_log()
     return app

@@ -106,6 +106,11 @@ class Connection:
         self.label = f"conn-{self.id}"
         self.outbox = hub.writer.attach(sock, self.label, deflate=deflate)
         self._closing = False  # we sent a close frame; only the peer's close is awaited now
+        self.started = time.monotonic()
+        # How the connection ended, for the log (``ending``); written by the reading thread only.
+        self._peer_close: tuple[int, str] | None = None  # the peer's close frame: code and reason
+        self._peer_answered = False  # that close frame answered one of the hub's
+        self._lost: str | None = None  # EOF or a reset, when the socket ended without a close frame
 
     def __repr__(self) -> str:
         who = self.claims.sub if self.claims else "anonymous"
@@ -122,11 +127,12 @@ class Connection:
         """
         thread = threading.current_thread()
         request_thread_name, thread.name = thread.name, f"rusty_ws-{self.label}"
-        logger.info("= %s connected from %s as %s", self.label, self.remote, self._who())
+        logger.info("%s connected from %s as %s in session %r", self.label, self.remote, self._who(),
+                    self.session_id)
         try:
             self._read_until_closed(read_ahead)
         except Exception:
-            logger.exception("! %s failed; closing it", self.label)
+            logger.exception("%s failed; closing it", self.label)
             self.close(CloseCode.INTERNAL_ERROR, CLOSE_CODE_EXPLANATIONS[1011])
         finally:
             thread.name = request_thread_name
@@ -151,9 +157,11 @@ class Connection:
         while True:
             try:
                 data = recv(size)
-            except OSError:
+            except OSError as exc:
+                self._lost = f"connection reset ({exc.strerror or exc})"
                 return
             if not data:
+                self._lost = "EOF"
                 return
             size = BUSY_RECV_BYTES if len(data) == size else IDLE_RECV_BYTES
             with batch():  # what the commands of one read send leaves together, at its end
@@ -183,16 +191,18 @@ class Connection:
         elif kind is _CLOSE:
             code, reason = event[1], event[2]
             logger.debug("< %s close %s %s", self.label, code, reason)
+            self._peer_close = (code, reason)
+            self._peer_answered = self._closing or self.outbox.close_sent is not None
             if not self._closing:  # the peer started it: answer with its code, then stop
                 self.close(1000 if code == 1005 else code, "" if code == 1005 else reason)
             return False
         elif kind is _TOO_BIG:
-            logger.info("! %s sent a message over %d bytes", self.label, self.hub.settings.max_message_size)
+            logger.info("%s sent a message over %d bytes", self.label, self.hub.settings.max_message_size)
             self.close(CloseCode.MESSAGE_TOO_BIG, CLOSE_CODE_EXPLANATIONS[1009])
         elif kind is _FAILED:
             # RFC 6455 7.1.7: after failing the connection, read nothing more (not even the
             # peer's close); the close frame goes out, then the socket is shut down.
-            logger.info("! %s broke the protocol: %s", self.label, event[2])
+            logger.info("%s broke the protocol: %s", self.label, event[2])
             self.close(event[1], event[2])
             return False
         return True
@@ -215,6 +225,33 @@ class Connection:
 
     def _who(self) -> str:
         return f"user {self.claims.sub!r}" if self.claims else "anonymous"
+
+    def describe(self) -> str:
+        """Who this is, for logs: ``'web-ab12' (user 'alice') in session 'session-alice' from 127.0.0.1``."""
+        name = repr(self.name) if self.name is not None else "unnamed"
+        return f"{name} ({self._who()}) in session {self.session_id!r} from {self.remote}"
+
+    def ending(self) -> str:
+        """How the connection ended, for logs: who closed it, with which code and reason, or EOF or a reset.
+
+        Call once ``serve`` has returned.
+        """
+        sent = self.outbox.close_sent
+        if self._peer_close is not None and not self._peer_answered:
+            code, reason = self._peer_close
+            if code == 1005:
+                return "closed by the client without a code"
+            if reason:  # the client's own words: quoted, so they cannot pass for the log's
+                return f"closed by the client with {code} {reason!r}"
+            known = CLOSE_CODE_EXPLANATIONS.get(code)
+            return f"closed by the client with {code}" + (f" ({known})" if known else "")
+        if sent is not None:
+            code, reason = sent
+            ended = f"closed by the hub with {code} {reason}".rstrip()
+            if self._peer_close is None:
+                ended += f"; the client did not answer ({self._lost or 'EOF'})"
+            return ended
+        return f"{self._lost or 'ended'} without a close frame"
 
     def _allowed_session(self, session_id: str | None) -> str:
         """The session a command acts on; raises for a session this connection may not use."""
@@ -263,13 +300,13 @@ class Connection:
                 session_id=self._allowed_session(command.session_id),
                 user=user,
             )
-            position, _ = self.hub.publish(delivery, command.id)
+            (position, delivered), _ = self.hub.publish(delivery, command.id)
         except ProtocolError as exc:
             exc.publish_id = command.id
             raise
         if command.id is not None:
             offset, epoch = (position.offset, position.epoch) if position else (None, None)
-            self.hub.writer.send_to(self.outbox, text_frame(encode_ack(command.id, offset, epoch)))
+            self.hub.writer.send_to(self.outbox, text_frame(encode_ack(command.id, offset, epoch, delivered)))
 
     _HANDLERS: dict[type, Callable[["Connection", Command], None]] = {
         Ping: _on_ping,

@@ -31,7 +31,7 @@ from ..auth import CredentialChecker, TokenService, UsersFile
 from ..brokers import broker_from_url
 from ..config import Settings
 from .hub import Hub
-from ..exceptions import ProtocolError
+from ..exceptions import ConfigError, ProtocolError
 from ..protocol import (
     MAX_JSON_DEPTH,
     SERVER_PUBLISHER,
@@ -77,11 +77,23 @@ class PubSub:
 
         Raises:
             RuntimeError: rusty_ws is already registered on ``app``.
-            ValueError: a setting has a value that cannot work.
+            ConfigError: a setting has a value that cannot work (a ``ValueError``), the
+                users file among them; the message is one line naming the setting, its
+                value and what is expected. Raised while a command line (``flask run``,
+                ``rusty-ws serve``) loads the app, click prints just that line and exits 1.
         """
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError("rusty_ws is already registered on this app")
+        try:
+            self._set_up(app, url_prefix)
+        except ConfigError as exc:
+            if cli.loading_an_app():
+                raise cli.CommandLineConfigError(exc) from None
+            raise
+
+    def _set_up(self, app: Flask, url_prefix: str | None) -> None:
         settings = Settings.from_config(app.config)
+        users = _load_users(settings.users_file) if settings.users_file else None  # before any log line
         # The bound on what one publish may make each subscriber queue (docs/configuration.md).
         broker = broker_from_url(settings.broker_url, max_envelope_size=settings.max_queued_bytes)
         secret = settings.jwt_secret_key
@@ -89,23 +101,22 @@ class PubSub:
             secret = secrets.token_urlsafe(32)
             if broker.distributed:
                 logger.error(
-                    "! no JWT_SECRET_KEY set while the %s broker spans several nodes: this node "
+                    "no JWT_SECRET_KEY set while the %s broker spans several nodes: this node "
                     "generated its own secret, so tokens issued here are REFUSED by every other "
                     "node (and by this one after a restart). Give every node the same "
                     "JWT_SECRET_KEY.", broker.name
                 )
             else:
                 logger.warning(
-                    "! no JWT_SECRET_KEY set: generated a random one; tokens will not survive "
+                    "no JWT_SECRET_KEY set: generated a random one; tokens will not survive "
                     "a restart nor work on another process"
                 )
         if "*" not in settings.allowed_hosts and app.config.get("RUSTY_WS_ALLOWED_HOSTS") is None:
-            logger.info("= RUSTY_WS_ALLOWED_HOSTS not set while origins are restricted: answering "
+            logger.info("RUSTY_WS_ALLOWED_HOSTS not set while origins are restricted: answering "
                         "only requests for %s", ", ".join(settings.allowed_hosts))
-        users = UsersFile.load(settings.users_file) if settings.users_file else None
         if users is None and self.credential_checker is None:
             logger.warning(
-                "! DEVELOPMENT MODE: no users file and no credential hook; the demo login "
+                "DEVELOPMENT MODE: no users file and no credential hook; the demo login "
                 "testuser/password works. Set RUSTY_WS_USERS_FILE for real users."
             )
         state = State(
@@ -128,12 +139,12 @@ class PubSub:
         self._apps.append(app)
         if settings.switch_interval is not None:
             sys.setswitchinterval(settings.switch_interval)
-            logger.info("= GIL switch interval set to %.3fs", settings.switch_interval)
+            logger.debug("= GIL switch interval set to %.3fs", settings.switch_interval)
 
     def check_credentials(self, checker: CredentialChecker) -> CredentialChecker:
         """Decorator: use ``checker(username, password) -> bool`` for ``/auth/token`` logins."""
         self.credential_checker = checker
-        logger.info("= credential hook %s registered: the demo login is off",
+        logger.info("credential hook %s registered: the demo login is off",
                     getattr(checker, "__qualname__", checker))
         return checker
 
@@ -210,3 +221,14 @@ class PubSub:
     def shutdown(self, app: Flask | None = None, timeout: float = 5.0) -> None:
         """Close every connection (4200: reconnect now) and stop the hub's threads. Idempotent."""
         self.hub(app).shutdown(timeout)
+
+
+def _load_users(path: str) -> UsersFile:
+    """``RUSTY_WS_USERS_FILE``'s users; a file that cannot be used is a ``ConfigError`` naming the setting."""
+    try:
+        return UsersFile.load(path)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # UsersFile.load's messages start with the path: said once, as the value
+        problem = str(exc)
+        raise ConfigError("RUSTY_WS_USERS_FILE", path, problem.removeprefix(f"{path}: ")) from None

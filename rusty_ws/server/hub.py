@@ -27,10 +27,11 @@ from typing import Any
 
 from ..auth import Claims
 from ..brokers import Broker
+from ..brokers.base import Landed
 from ..config import Settings
 from ..exceptions import ProtocolError
 from ..frames import deflate_text_frame, text_frame
-from ..history import History, IdempotencyTable, Position
+from ..history import History, IdempotencyTable
 from ..protocol import (
     CLOSE_CODE_EXPLANATIONS,
     CloseCode,
@@ -179,7 +180,8 @@ class Hub:
         finally:
             self._discard(connection)
             self.writer.release(connection.outbox, self.settings.close_timeout + 1.0)
-            logger.info("= %s disconnected", connection.label)
+            logger.info("%s disconnected after %.1fs: %s; %s", connection.label,
+                        time.monotonic() - connection.started, connection.describe(), connection.ending())
 
     def connections(self) -> list["Connection"]:
         """A snapshot of the open connections (for reports, shutdown and tests)."""
@@ -290,15 +292,16 @@ class Hub:
 
     # ------------------------------------------------------------------ publishing
 
-    def publish(self, delivery: Delivery, publish_id: str | None = None) -> tuple[Position | None, bool]:
+    def publish(self, delivery: Delivery, publish_id: str | None = None) -> tuple[Landed, bool]:
         """Send ``delivery`` to every subscriber of its (topic, session), on every node.
 
         With ``publish_id``, a repeat of an id its session used within the
         idempotency window is not delivered again.
 
         Returns:
-            Where the message landed in this node's stream (None with history off),
-            and whether it was a repeat (then: where the first one landed).
+            Where the message landed on this node (its place in this node's stream,
+            None with history off, and how many of this node's subscribers it was
+            handed to), and whether it was a repeat (then: where the first one landed).
         """
         if publish_id is None:
             return self.broker.publish(delivery), False
@@ -312,22 +315,22 @@ class Hub:
                                                   self.settings.close_timeout):
                     raise ProtocolError(ErrorCode.UNAVAILABLE, "a publish with this id is still in flight; retry")
                 if seen.done:  # a repeat: answered as the first one was, not delivered again
-                    return seen.position, True
+                    return Landed(seen.position, seen.delivered), True
             else:
                 raise ProtocolError(ErrorCode.UNAVAILABLE, "publishes with this id keep failing; retry")
         try:
-            position = self.broker.publish(delivery)
+            landed = self.broker.publish(delivery)
         except BaseException:
             with self._history_lock:
                 self.publish_ids.release(session_id, publish_id)
                 self._ids_settled.notify_all()
             raise
         with self._history_lock:
-            self.publish_ids.settle(session_id, publish_id, position)
+            self.publish_ids.settle(session_id, publish_id, landed.position, landed.delivered)
             self._ids_settled.notify_all()
-        return position, False
+        return landed, False
 
-    def deliver_local(self, delivery: Delivery) -> Position | None:
+    def deliver_local(self, delivery: Delivery) -> Landed:
         """Hand ``delivery`` to this process's subscribers: one frame, encoded once.
 
         With history on, the message first takes the next offset of its stream
@@ -337,13 +340,14 @@ class Hub:
         the history lock is let go. Never blocks on a subscriber.
 
         Returns:
-            The message's position in its stream, or None with history off.
+            The message's position in its stream (None with history off), and how many
+            subscribers it was handed to.
         """
         if not self.history.enabled:
             subscribers = self.registry.subscribers(delivery.topic, delivery.session_id)
             if subscribers:
                 self._send_delivery(delivery.encode(), subscribers)
-            return None
+            return Landed(None, len(subscribers))
         encoded = delivery.encode()  # raises for a payload that is not JSON, before an offset is taken
         key = (delivery.topic, delivery.session_id)
         with self.writer.batch(), self._history_lock:
@@ -353,7 +357,7 @@ class Hub:
             subscribers = self.registry.subscribers(*key)
             if subscribers:
                 self._send_delivery(data, subscribers)
-        return position
+        return Landed(position, len(subscribers))
 
     def _send_delivery(self, data: bytes, subscribers: tuple[Any, ...]) -> None:
         """Queue one encoded delivery for ``subscribers``: one frame, or one plain and one compressed.
@@ -423,6 +427,6 @@ class Hub:
         if not self.wait_connections(0, timeout):
             with self._connections_lock:
                 left = len(self._connections)
-            logger.warning("! %d connections still open after %.1fs; dropping them", left, timeout)
+            logger.warning("%d connections still open after %.1fs; dropping them", left, timeout)
         self.broker.stop()
         self.writer.stop(max(0.1, deadline - time.monotonic()))

@@ -39,6 +39,7 @@ from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
 from ..config import Settings
 from .hub import PendingRequests
+from .logs import ACCESS_LOGGER, without_colours
 from .state import state_of
 
 __all__ = ["HubServer", "HubRequestHandler", "freeze_startup_objects", "make_server", "serve"]
@@ -198,6 +199,12 @@ class HubRequestHandler(WSGIRequestHandler):
                 and headers.get("Upgrade", "").lower() == "websocket"
                 and "Content-Length" not in headers and "Transfer-Encoding" not in headers)
 
+    def log(self, type: str, message: str, *args: Any) -> None:
+        """werkzeug's line, without its timestamp (the log's format has one, ``logs.LOG_FORMAT``) and colours."""
+        address = self.address_string().replace("%", "%%")  # an IPv6 scope id holds "%"
+        args = tuple(without_colours(arg) if isinstance(arg, str) else arg for arg in args)
+        getattr(logging.getLogger(ACCESS_LOGGER), type)(f"{address} {message}".rstrip(), *args)
+
     def _head_done(self) -> None:
         """Give back this socket's count in ``server.pending``, once. Idempotent."""
         if self._pending:
@@ -299,7 +306,7 @@ class HubServer(ThreadedWSGIServer):
         refused = self._log_refused()
         if refused:
             logger.warning(
-                "! refused a connection with 503 (%d time(s) since this line last showed): %d sockets "
+                "refused a connection with 503 (%d time(s) since this line last showed): %d sockets "
                 "are waiting for their request head (RUSTY_WS_MAX_PENDING_REQUESTS=%d)",
                 refused, self.pending.count, self.pending.limit,
             )
@@ -310,7 +317,7 @@ class HubServer(ThreadedWSGIServer):
         if failures:
             connections = len(self._hub.connections()) if self._hub is not None else 0
             logger.error(
-                "! accept() failed: %s (%d time(s) since this line last showed); new connections wait "
+                "accept() failed: %s (%d time(s) since this line last showed); new connections wait "
                 "in the backlog meanwhile (%d sockets waiting for their request head, %d WebSockets "
                 "open). Raise the limit (ulimit -n) or lower RUSTY_WS_MAX_PENDING_REQUESTS and "
                 "RUSTY_WS_MAX_CONNECTIONS",
@@ -337,7 +344,7 @@ def freeze_startup_objects() -> int:
     gc.collect()
     gc.freeze()
     frozen = gc.get_freeze_count()
-    logger.info("= froze %d start-up objects out of the cyclic garbage collector", frozen)
+    logger.debug("= froze %d start-up objects out of the cyclic garbage collector", frozen)
     return frozen
 
 
@@ -349,19 +356,35 @@ def stop(app: Flask, server: HubServer, timeout: float = 5.0) -> None:
     server.shutdown()
 
 
+def _route(app: Flask, endpoint_suffix: str) -> str | None:
+    """The path of the app's first route whose endpoint ends with ``endpoint_suffix`` (the hub's blueprint's)."""
+    return next((rule.rule for rule in app.url_map.iter_rules() if rule.endpoint.endswith(endpoint_suffix)), None)
+
+
+def _browsable(host: str) -> str:
+    """A name a browser on this machine can open for ``host``: a wildcard address becomes loopback."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
 def serve(app: Flask, host: str = "127.0.0.1", port: int = 8081) -> None:
     """Serve until SIGINT or SIGTERM, then shut down cleanly. Blocks; call from the main thread."""
     server = make_server(app, host, port)
 
     def on_signal(signum: int, _: Any) -> None:
-        logger.info("= signal %d: closing connections and stopping", signum)
+        logger.info("%s: closing connections and stopping", signal.Signals(signum).name)
         # server.shutdown() waits for serve_forever, which runs on this very thread.
         threading.Thread(target=stop, args=(app, server), name="rusty_ws-shutdown").start()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    paths = [rule.rule for rule in app.url_map.iter_rules() if rule.endpoint.endswith(".websocket")]
     freeze_startup_objects()
-    logger.info("= rusty_ws hub on ws://%s:%d%s", host, server.port, paths[0] if paths else "/ws")
+    websocket, page = _route(app, ".websocket") or "/ws", _route(app, ".page")
+    logger.info("rusty_ws hub on ws://%s:%d%s", host, server.port, websocket)
+    if page is not None:
+        logger.info("the hub's page: open http://%s:%d%s in a browser", _browsable(host), server.port, page)
     try:
         server.serve_forever()
     finally:

@@ -43,7 +43,7 @@ class State:
         try:
             return bool(checker(username, password))
         except Exception:
-            logger.exception("! the credential check raised; refusing the login")
+            logger.exception("the credential check raised; refusing the login")
             return False
 
 

@@ -1,4 +1,4 @@
-"""The HTTP side: ``/ws``, ``/auth/token``, ``/auth/refresh``, ``/healthz``, CORS, and the web page.
+"""The HTTP side: ``/ws``, ``/auth/token``, ``/auth/refresh``, ``/auth/info``, ``/healthz``, CORS, the web page.
 
 The JavaScript modules in ``static/`` are served at ``<prefix>/rusty_ws/`` (not
 ``/static/``, which belongs to the app that embeds the hub), with the same CORS
@@ -183,7 +183,7 @@ def _warn_unknown_server(environ: dict[str, Any]) -> None:
     server = str(environ.get("SERVER_SOFTWARE") or "this WSGI server")
     if server not in _warned_servers:
         _warned_servers.add(server)
-        logger.warning("! %s: the bytes it read past a WebSocket's request head are out of reach; "
+        logger.warning("%s: the bytes it read past a WebSocket's request head are out of reach; "
                        "frames a client sends before the 101 may be lost", server)
 
 
@@ -231,7 +231,7 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
         # First of all: against DNS rebinding, a page that points its own name at this hub
         # is same-origin with it, so only the Host it names gives it away (RUSTY_WS_ALLOWED_HOSTS).
         if not settings.host_allowed(request.host):
-            logger.info("! refused a request for host %r from %s", request.host[:200], request.remote_addr)
+            logger.info("refused a request for host %r from %s", request.host[:200], request.remote_addr)
             return _error(403, "forbidden_host", "this hub does not answer to that host name")
         return None
 
@@ -246,7 +246,7 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
             return _error(403, "forbidden_origin", "this origin may not open WebSockets here")
         raw_socket = request.environ.get("werkzeug.socket") or request.environ.get("gunicorn.socket")
         if isinstance(raw_socket, ssl.SSLSocket):
-            logger.error("! a TLS WebSocket reached the hub: terminate TLS in a reverse proxy")
+            logger.error("a TLS WebSocket reached the hub: terminate TLS in a reverse proxy")
             return _error(501, "tls_not_supported", "terminate TLS in a reverse proxy")
         token = request.args.get("token") or _bearer_token()
         claims = None
@@ -254,7 +254,7 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
             try:
                 claims = state.tokens.verify(token)
             except AuthError as exc:
-                logger.info("! refused a WebSocket from %s: %s", request.remote_addr, exc.code)
+                logger.info("refused a WebSocket from %s: %s", request.remote_addr, exc.code)
                 return _error(exc.status, exc.code, exc.message)
         elif settings.require_auth:
             return _error(401, "token_required", "this hub requires a token (?token=...)")
@@ -303,7 +303,7 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
             if not isinstance(ws.thread, _RequestThreadReads):
                 # Someone replaced SOCK_SERVER_OPTIONS after init_app: simple-websocket's own
                 # reader thread is reading this socket, and two readers would split the stream.
-                logger.error("! SOCK_SERVER_OPTIONS['thread_class'] was replaced after init_app; refusing")
+                logger.error("SOCK_SERVER_OPTIONS['thread_class'] was replaced after init_app; refusing")
                 return
             read_ahead = _read_ahead(request.environ, ws.sock)
             if read_ahead is None:
@@ -340,17 +340,17 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
             response.headers["Retry-After"] = str(max(1, math.ceil(settings.login_queue_timeout)))
             return response, status
         if not accepted:
-            logger.info("! failed login for %r from %s", username[:64], request.remote_addr)
+            logger.info("failed login for %r from %s", username[:64], request.remote_addr)
             return _error(401, "bad_credentials", "wrong username or password")
         issued = state.tokens.issue(username, session_id)
-        logger.info("= issued a token for %r in %r", username, issued.claims.sid)
+        logger.info("issued a token for %r in %r", username, issued.claims.sid)
         return jsonify({"token": issued.token, "expires_in": issued.expires_in,
                         "session_id": issued.claims.sid})
 
     def _check_login(username: str, password: str) -> bool | None:
         """The credential check, at most ``max_concurrent_logins`` at once; None if none was free in time."""
         if not logins.acquire(timeout=settings.login_queue_timeout):
-            logger.info("! %d logins running: refused one from %s", settings.max_concurrent_logins,
+            logger.info("%d logins running: refused one from %s", settings.max_concurrent_logins,
                         request.remote_addr)
             return None
         try:
@@ -370,6 +370,12 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
             return _error(exc.status, exc.code, exc.message)
         return jsonify({"token": issued.token, "expires_in": issued.expires_in,
                         "session_id": issued.claims.sid})
+
+    @bp.route("/auth/info")
+    def auth_info() -> Any:
+        # What a client must know before it connects, and cannot learn from a refused handshake
+        # (browsers hide its HTTP status: a refusal is just close code 1006 to a page).
+        return jsonify({"require_auth": settings.require_auth})
 
     if settings.healthz == "full":
         @bp.route("/healthz")

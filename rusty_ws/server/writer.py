@@ -84,7 +84,7 @@ class Outbox:
 
     __slots__ = (
         "sock", "label", "chunks", "size", "partial", "queued", "watched", "state",
-        "close_deadline", "last_seen", "ping_sent_at", "released", "deflate",
+        "close_deadline", "last_seen", "ping_sent_at", "released", "deflate", "close_sent",
     )
 
     def __init__(self, sock: socket.socket, label: str, deflate: bool = False) -> None:
@@ -98,6 +98,7 @@ class Outbox:
         self.watched = False          # registered with the selector, waiting for room in the socket
         self.state = _OPEN
         self.close_deadline = 0.0
+        self.close_sent: tuple[int, str] | None = None  # code and reason of the close frame queued, for logs
         self.last_seen = time.monotonic()  # written by the reader thread on each whole message or pong
         self.ping_sent_at = 0.0
         self.released: threading.Event | None = None
@@ -245,7 +246,7 @@ class Writer:
         released = threading.Event()
         self._submit(self._release_locked, box, released)
         if not released.wait(timeout):
-            logger.warning("! %s was not released within %.1fs", box.label, timeout)
+            logger.warning("%s was not released within %.1fs", box.label, timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Shut down every socket still attached and end the thread. Idempotent; blocks up to ``timeout``."""
@@ -259,7 +260,7 @@ class Writer:
         self._interrupt()
         thread.join(timeout)
         if thread.is_alive():
-            logger.error("! %s did not stop within %.1fs", self.name, timeout)
+            logger.error("%s did not stop within %.1fs", self.name, timeout)
 
     @property
     def running(self) -> bool:
@@ -326,7 +327,7 @@ class Writer:
                         self._flush_queued_locked()  # the pings and closes it queued
                         next_tick = now + tick
         except Exception:
-            logger.exception("! %s crashed; dropping every connection it wrote for", self.name)
+            logger.exception("%s crashed; dropping every connection it wrote for", self.name)
         finally:
             with self._flush_lock:
                 self._finish_locked()
@@ -390,7 +391,7 @@ class Writer:
 
     def _overflow_locked(self, box: Outbox) -> None:
         assert self._flush_lock.locked(), "must hold _flush_lock"
-        logger.warning("! %s is too slow: %d bytes queued, closing it", box.label, box.size)
+        logger.warning("%s is too slow: %d bytes queued, closing it", box.label, box.size)
         self._close_locked(box, (CloseCode.SLOW_CONSUMER, CLOSE_CODE_EXPLANATIONS[4100], True))
 
     def _held_locked(self) -> tuple[int, dict[int, list[int]]]:
@@ -448,6 +449,7 @@ class Writer:
             self._queued_total -= box.size - kept
             box.size = kept
         frame = close_frame(code, reason)
+        box.close_sent = (code, reason)
         box.chunks.append(frame)
         box.size += len(frame) + ITEM_COST
         self._queued_total += len(frame) + ITEM_COST
@@ -570,7 +572,7 @@ class Writer:
             if box.last_seen >= box.ping_sent_at:
                 box.ping_sent_at = 0.0
             elif now - box.ping_sent_at > self.ping_timeout:
-                logger.info("- %s missed its pong, dropping it", box.label)
+                logger.info("%s missed its pong, dropping it", box.label)
                 self._close_locked(box, (CloseCode.KEEPALIVE_TIMEOUT, CLOSE_CODE_EXPLANATIONS[4102], True))
                 return
         if not box.ping_sent_at and now - box.last_seen >= self.ping_interval:

@@ -260,8 +260,9 @@ export class RustyWsClient extends EventTarget {
    * @param {{publisherName?: string, timestamp?: string, id?: string}} [options] defaults: this
    *   client's name, now, and a new id unique to this client (give your own to retry a publish
    *   whose promise rejected: the hub delivers an id once within its idempotency window)
-   * @returns {Promise<{id: string, offset: ?number, epoch: ?string}>} the `ack:`: the message is in
-   *   its stream at `offset` (null with history off) and was handed to every subscriber
+   * @returns {Promise<{id: string, offset: ?number, epoch: ?string, delivered?: number}>} the `ack:`:
+   *   the message is in its stream at `offset` (null with history off) and was handed to every
+   *   subscriber, `delivered` of them on the hub that took it (absent from a hub that does not say)
    * @throws {RustyWsError} "invalid_topic", "invalid_id" before anything is sent; "timeout" when no
    *   ack came within `timeout` ms (the message may or may not have been published); {ServerError}
    *   the hub refused it (`error.id` is the publish's id); {ConnectionClosedError} the client closed
@@ -367,7 +368,10 @@ export class RustyWsClient extends EventTarget {
     }
     this._replies.expect(ReplyKind.ACK, pending.call, {
       id: pending.id,
-      onAnswer: (ack) => ({ id: ack.id, offset: ack.offset ?? null, epoch: ack.epoch ?? null }),
+      onAnswer: (ack) => ({
+        id: ack.id, offset: ack.offset ?? null, epoch: ack.epoch ?? null,
+        ...(ack.delivered === undefined ? {} : { delivered: ack.delivered }),
+      }),
     });
   }
 

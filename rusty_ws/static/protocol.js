@@ -252,14 +252,17 @@ export function parseHistory(text) {
 }
 
 /**
- * Parse an `ack:` reply (protocol.py's Ack): the publish with `id` is in its stream at `offset`.
+ * Parse an `ack:` reply (protocol.py's Ack): the publish with `id` is in its stream at `offset`,
+ * and was handed to `delivered` subscribers of the hub that took it (absent from hubs that do not say).
  * @param {string} text
- * @returns {?{id: string, offset?: number, epoch?: string}} null when it is not an `ack:` object
+ * @returns {?{id: string, offset?: number, epoch?: string, delivered?: number}} null when it is not
+ *   an `ack:` object
  */
 export function parseAck(text) {
   const body = replyBody(ACK_PREFIX, text);
   if (body === null || typeof body.id !== "string") return null;
-  return { id: body.id, ...positionFields(body) };
+  const delivered = Number.isSafeInteger(body.delivered) && body.delivered >= 0 ? { delivered: body.delivered } : {};
+  return { id: body.id, ...positionFields(body), ...delivered };
 }
 
 /** True for an `error:` reply; a delivery is a JSON object and never starts so. */

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
+import json
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -27,6 +29,11 @@ SCREENSHOTS = ROOT / "test-output"
 PAGE_WAIT = 2 * WAIT * 1000
 #: Long enough for a reconnection's backoff (first delays: 0-0.5 s, then 0.25-1 s, 0.5-2 s, ...).
 RECONNECT_WAIT = 5 * WAIT * 1000
+
+def pretty(payload: object) -> str:
+    """How the page shows a JSON object or array: indented by two spaces, as JSON.stringify(p, null, 2)."""
+    return json.dumps(payload, indent=2, ensure_ascii=False)
+
 
 #: The flags of this machine's Chromium recipe: no network of its own, no GPU, no first-run UI.
 #: Playwright adds --headless and a fresh, temporary --user-data-dir to every launch.
@@ -163,8 +170,9 @@ class HubPage:
         self.page.fill("#payload", payload)
         self.page.set_checked("#payload-json", as_json)
         self.page.click("#publish")
-        if expect_ok:
-            self.expect_status(f"Published to {topic}")
+        if expect_ok:  # then, in parentheses, the ack's offset and how many subscribers got it
+            expect(self.status).to_have_text(re.compile(rf"^Published to {re.escape(topic)}( \(.*\))?$"),
+                                             timeout=PAGE_WAIT)
 
     def disconnect(self) -> None:
         self.front()

@@ -35,7 +35,8 @@ describe("anonymous clients", () => {
     const writer = await client({ name: "Writer", sessionId: "js-session-1" });
     const inbox = new Inbox(reader, "NetworkConnectedEvent");
     await reader.subscribe("NetworkConnectedEvent");
-    await writer.publish("NetworkConnectedEvent", { up: true });
+    const ack = await writer.publish("NetworkConnectedEvent", { up: true });
+    assert.equal(ack.delivered, 1); // the reader: the hub says how many subscribers it was handed to
     const { payload, message } = await inbox.next();
     assert.deepEqual(payload, { up: true });
     assert.equal(message.publisher_name, "Writer");

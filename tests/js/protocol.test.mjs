@@ -123,6 +123,9 @@ describe("replies", () => {
       { topic: "T", session_id: "s", messages: [] });
     assert.deepEqual(parseAck('ack:{"id":"reg-7","offset":12,"epoch":"E"}'), { id: "reg-7", offset: 12, epoch: "E" });
     assert.deepEqual(parseAck('ack:{"id":"reg-7"}'), { id: "reg-7" });
+    assert.deepEqual(parseAck('ack:{"id":"reg-7","offset":12,"epoch":"E","delivered":3}'),
+      { id: "reg-7", offset: 12, epoch: "E", delivered: 3 });
+    assert.deepEqual(parseAck('ack:{"id":"reg-7","delivered":"3"}'), { id: "reg-7" }); // not a count: left out
     for (const [parse, text] of [[parseSubscribed, "subscribed:[1]"], [parseSubscribed, "subscribed:"],
       [parseHistory, "history:null"], [parseAck, 'ack:{"offset":1}'], [parseAck, "pong"]]) {
       assert.equal(parse(text), null, text);

@@ -136,7 +136,8 @@ describe("recovery after a cut connection", () => {
     const events = [];
     for (const type of ["recovered", "recoveryfailed"]) subscriber.addEventListener(type, () => events.push(type));
     const publisher = await client(NO_HISTORY.ws, { sessionId: "rec-off" });
-    assert.deepEqual(await publisher.publish("Off", 1, { id: "off-1" }), { id: "off-1", offset: null, epoch: null });
+    assert.deepEqual(await publisher.publish("Off", 1, { id: "off-1" }),
+      { id: "off-1", offset: null, epoch: null, delivered: 1 });
     const { message } = await inbox.next();
     assert.equal("offset" in message, false);
     assert.equal(subscriber.position("Off"), null);

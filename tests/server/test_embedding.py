@@ -206,10 +206,11 @@ def test_command_line_servers(how: str) -> None:
         args = [sys.executable, "-m", "flask", "--app", "rusty_ws", "run", "--port", str(port)]
         ready = "Running on"
     else:
-        args = [sys.executable, "-c", "from rusty_ws.cli import main; main()", "serve", "--port", str(port)]
+        args = [sys.executable, "-c", "from rusty_ws.cli import main; main()", "serve", "--port", str(port),
+                "--log-level", "debug"]
         ready = "rusty_ws hub on"
     process, seen = start(args, ready)
-    if how == "rusty-ws serve":  # the stand-alone server hides its start-up objects from the GC
+    if how == "rusty-ws serve":  # the stand-alone server hides its start-up objects from the GC (said at DEBUG)
         assert any("start-up objects out of the cyclic garbage collector" in line for line in seen), seen
     try:
         assert http("GET", f"http://127.0.0.1:{port}/healthz")[2]["status"] == "ok"

@@ -165,8 +165,24 @@ class TestAcknowledgements:
     def test_an_id_is_acknowledged_with_its_offset(self, server: RunningServer) -> None:
         with server.connect() as client:
             [ack] = client.command(encode_publish("T", 1, session_id="s", id="m-1"))
-            assert Ack.parse(ack) == Ack("m-1", 1, server.hub.history.top(("T", "s")).epoch)
+            assert Ack.parse(ack) == Ack("m-1", 1, server.hub.history.top(("T", "s")).epoch, delivered=0)
             assert client.command(encode_publish("T", 2, session_id="s")) == []  # no id, no ack
+
+    def test_the_ack_says_how_many_subscribers_it_was_handed_to(self, server: RunningServer) -> None:
+        with server.connect() as one, server.connect() as two, server.connect() as elsewhere, \
+                server.connect() as pub:
+            for client, session in ((one, "s"), (two, "s"), (elsewhere, "other")):
+                client.command(encode_subscribe("T", session))
+            [raw] = pub.command(encode_publish("T", "hi", session_id="s", id="m-1"))
+            assert json.loads(raw[len("ack:"):]) == {"id": "m-1", "offset": 1,
+                                                     "epoch": server.hub.history.top(("T", "s")).epoch,
+                                                     "delivered": 2}
+            assert pub.command(encode_publish("T", "hi", session_id="s", id="m-1")) == [raw]  # a repeat: the same
+            two.close()
+            server.wait_connections(3)
+            assert Ack.parse(pub.command(encode_publish("T", "again", session_id="s", id="m-2"))[0]).delivered == 1
+            # a hub that does not say (an older one) parses to None
+            assert Ack.parse('ack:{"id":"m-3","offset":3,"epoch":"e"}') == Ack("m-3", 3, "e", None)
 
     def test_the_same_id_twice_is_delivered_once_with_one_offset(self, server: RunningServer) -> None:
         with server.connect() as sub, server.connect() as pub:
@@ -380,7 +396,7 @@ def test_history_off_is_the_seeds_protocol_plus_answers() -> None:
         reply = sub.recv()
         assert json.loads(reply[len("subscribed:"):]) == {"topic": "T", "session_id": "s", "recovered": False}
         [raw] = pub.command(encode_publish("T", 1, session_id="s", id="k"))
-        assert json.loads(raw[len("ack:"):]) == {"id": "k"}
+        assert json.loads(raw[len("ack:"):]) == {"id": "k", "delivered": 1}
         assert pub.command(encode_publish("T", 2, session_id="s", id="k")) == [raw]  # a repeat: not delivered
         got = deliveries(sub.sync())
         assert len(got) == 1 and "offset" not in got[0] and "epoch" not in got[0]

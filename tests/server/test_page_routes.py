@@ -134,3 +134,12 @@ def test_own_page_may_open_websockets_whatever_the_configured_origins() -> None:
         for foreign in [f"http://127.0.0.1:{server.port}.evil.example", f"http://evil.example:{server.port}",
                         f"http://127.0.0.1:{server.port + 1}", "null", f"{own}@evil.example"]:
             assert handshake_status(server.ws_url, foreign) == 403, foreign
+
+
+@pytest.mark.parametrize("require_auth", [False, True])
+def test_auth_info_tells_a_page_whether_it_must_log_in(require_auth: bool) -> None:
+    # A browser cannot read the 401 of a refused handshake (it sees 1006): the page asks here.
+    with running_server(require_auth=require_auth) as server:
+        status, headers, body = http("GET", server.http_url + "/auth/info", headers={"Origin": "http://elsewhere.example"})
+        assert (status, body) == (200, {"require_auth": require_auth})
+        assert headers["Access-Control-Allow-Origin"] == "*"
