@@ -19,26 +19,41 @@ frame, EOF, a reset, a server-side close, keepalive) forgets it and its
 subscriptions and releases its outbox (the writer shuts the socket down) in
 its ``finally``; the view that called ``Hub.serve`` then closes the socket.
 
-Session rules: an anonymous connection may use any session and starts in
-``default``. A connection opened with a token is bound to the token's
-``sid``: naming another session is refused with ``forbidden_session``.
+Who may do what (``access.py``): an anonymous connection starts in
+``default`` and may use the sessions ``RUSTY_WS_ANONYMOUS_SESSIONS`` (and the
+app's session policy) allow. A connection with a token starts in the token's
+``sid``, which it may always use, and may use any other session the policy
+grants its ``sub``; every command that names or implies a session is checked
+(``forbidden_session``), and subscribes and publishes also per topic
+(``forbidden_topic``).
+
+Tokens on a live connection: a connection opened without one may send
+``auth:{token}`` as its very first frame and then is exactly a token
+connection; under ``RUSTY_WS_REQUIRE_AUTH`` it must, within
+``RUSTY_WS_AUTH_TIMEOUT``, or it is closed with 4001. A token connection is
+closed with 4002 once its token's ``exp`` (plus ``RUSTY_WS_TOKEN_EXPIRY_GRACE``)
+has passed, unless ``refresh:{token}`` replaced it first. Both deadlines are
+timers run by the writer's thread (``timers.py``), never a thread of their own.
+A token is never logged, nor echoed in a reply.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Callable
 
-from ..auth import Claims
-from ..exceptions import ProtocolError
+from ..auth import REDACTED, Claims, redact_tokens
+from ..exceptions import AuthError, ProtocolError, TokenExpired
 from ..frames import OP_PONG, FrameEvent, FrameParser, encode_frame, text_frame
 from ..protocol import (
     CLOSE_CODE_EXPLANATIONS,
     DEFAULT_SESSION,
     PONG_REPLY,
+    Auth,
     CloseCode,
     Command,
     Delivery,
@@ -46,6 +61,7 @@ from ..protocol import (
     HistoryQuery,
     Ping,
     Publish,
+    Refresh,
     RegisterName,
     RegisterSession,
     Subscribe,
@@ -53,13 +69,17 @@ from ..protocol import (
     Unsubscribe,
     command_verb,
     encode_ack,
+    encode_authenticated,
     encode_error,
+    encode_refreshed,
     parse_command,
     rfc3339_now,
 )
+from .access import TopicAction
 
 if TYPE_CHECKING:
     from .hub import Hub
+    from .timers import Timer
 
 __all__ = ["Connection"]
 
@@ -73,6 +93,9 @@ _PONG_REPLY_FRAME = text_frame(PONG_REPLY)  # the text reply to the ``ping`` com
 # _on_event runs per message: module globals, not ``FrameEvent.X`` lookups (~0.1 us each on 3.11).
 _TEXT, _BINARY, _PING = FrameEvent.TEXT, FrameEvent.BINARY, FrameEvent.PING
 _CLOSE, _TOO_BIG, _FAILED = FrameEvent.CLOSE, FrameEvent.TOO_BIG, FrameEvent.FAILED
+_SUBSCRIBE, _PUBLISH = TopicAction.SUBSCRIBE, TopicAction.PUBLISH
+#: Verbs whose argument is a token: logged as the verb alone.
+_TOKEN_VERBS = ("auth:", "refresh:")
 
 
 class Connection:
@@ -106,6 +129,17 @@ class Connection:
         self.label = f"conn-{self.id}"
         self.outbox = hub.writer.attach(sock, self.label, deflate=deflate)
         self._closing = False  # we sent a close frame; only the peer's close is awaited now
+        self._fresh = True  # no message has arrived yet: the one moment auth: is taken
+        # Deadlines on the writer's timers: the token's expiry, or the wait for auth:.
+        # Set by this thread; the writer's thread only reads them (and self.claims).
+        self._expiry: Timer | None = None
+        self._auth_wait: Timer | None = None
+        self._awaiting_auth = claims is None and hub.settings.require_auth
+        if claims is not None:
+            self._watch_expiry(claims)
+        elif self._awaiting_auth:
+            self._auth_wait = hub.writer.timers.call_at(time.monotonic() + hub.settings.auth_timeout,
+                                                        self._auth_timed_out)
 
     def __repr__(self) -> str:
         who = self.claims.sub if self.claims else "anonymous"
@@ -159,7 +193,7 @@ class Connection:
                 self.handle_text(event[1])
         elif kind is _BINARY:
             if not self._closing:
-                self._reply_error(ErrorCode.BINARY_NOT_SUPPORTED, "send commands as text frames", None)
+                self.handle_binary()
         elif kind is _PING:
             self.hub.writer.send_to(self.outbox, encode_frame(OP_PONG, event[1]))
         elif kind is _CLOSE:
@@ -184,14 +218,24 @@ class Connection:
     def handle_text(self, text: str) -> None:
         """Carry out one command; a bad one gets an ``error:`` reply and nothing else changes."""
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("< %s %s", self.label, text[:200])
+            shown = text.partition(":")[0] + ":" + REDACTED if text.startswith(_TOKEN_VERBS) else text[:200]
+            logger.debug("< %s %s", self.label, shown)
+        if self._fresh and self._first_message(text):
+            return
         try:
             command = parse_command(text)
             self._HANDLERS[type(command)](self, command)
         except ProtocolError as exc:
             self._reply_error(exc.code, exc.message, command_verb(text), exc.publish_id)
 
+    def handle_binary(self) -> None:
+        """A binary message: not a command (an error reply), or, first under REQUIRE_AUTH, the end."""
+        if self._fresh and self._first_message(None):
+            return
+        self._reply_error(ErrorCode.BINARY_NOT_SUPPORTED, "send commands as text frames", None)
+
     def _reply_error(self, code: str, message: str, verb: str | None, publish_id: str | None = None) -> None:
+        message = redact_tokens(message)  # an unknown frame is echoed: never a token in it
         logger.debug("> %s error %s: %s", self.label, code, message)
         self.hub.writer.send_to(self.outbox, text_frame(encode_error(code, message, verb, publish_id)))
 
@@ -199,14 +243,125 @@ class Connection:
         return f"user {self.claims.sub!r}" if self.claims else "anonymous"
 
     def _allowed_session(self, session_id: str | None) -> str:
-        """The session a command acts on; raises for a session this connection may not use."""
+        """The session a command acts on; raises ``forbidden_session`` for one this connection may not use."""
         session_id = session_id or self.session_id
-        if self.claims is not None and session_id != self.claims.sid:
-            raise ProtocolError(
-                ErrorCode.FORBIDDEN_SESSION,
-                f"this connection's token is bound to session {self.claims.sid!r}",
-            )
+        claims = self.claims
+        if claims is not None and session_id == claims.sid:
+            return session_id
+        username = claims.sub if claims is not None else None
+        access = self.hub.access
+        if not access.may_use_session(username, session_id):
+            raise ProtocolError(ErrorCode.FORBIDDEN_SESSION, access.session_refusal(username, session_id))
         return session_id
+
+    def _allowed_topic(self, topic: str, session_id: str, action: TopicAction) -> None:
+        """Raises ``forbidden_topic`` when this connection may not ``action`` ``topic`` in ``session_id``."""
+        claims = self.claims
+        refusal = self.hub.access.topic_refusal(claims.sub if claims else None, session_id, topic, action)
+        if refusal is not None:
+            raise ProtocolError(ErrorCode.FORBIDDEN_TOPIC, refusal)
+
+    def _stream(self, topic: str, session_id: str | None, action: TopicAction) -> str:
+        """The session of a command on ``topic``, once both checks passed."""
+        session_id = self._allowed_session(session_id)
+        self._allowed_topic(topic, session_id, action)
+        return session_id
+
+    # ------------------------------------------------------------------ tokens
+
+    def _first_message(self, text: str | None) -> bool:
+        """The connection's first message (``text`` None: binary); True when it was dealt with here.
+
+        ``auth:`` is taken only now, on a connection opened without a token; under
+        REQUIRE_AUTH anything else first is not carried out and closes with 4001.
+        """
+        self._fresh = False
+        if self.claims is None and text is not None and text.startswith("auth:"):
+            self._authenticate(Auth(text[len("auth:"):].strip()))
+            return True
+        if self._awaiting_auth:
+            self._awaiting_auth = False
+            self.hub.writer.timers.cancel(self._auth_wait)
+            self._reply_error(ErrorCode.TOKEN_REQUIRED, "this hub requires auth:{token} as the first frame",
+                              command_verb(text) if text is not None else None)
+            self.close(CloseCode.UNAUTHORIZED, "unauthorized: auth:{token} must be the first frame")
+            return True
+        return False
+
+    def _authenticate(self, command: Auth) -> None:
+        """``auth:`` as the first frame: become a token connection, or close with 4001."""
+        self._awaiting_auth = False
+        self.hub.writer.timers.cancel(self._auth_wait)
+        try:
+            claims = self.hub.access.tokens.verify(command.token)
+        except AuthError as exc:
+            logger.info("! %s sent a bad auth: token (%s); closing it", self.label, exc.code)
+            self._reply_error(exc.code, redact_tokens(exc.message), "auth")
+            self.close(CloseCode.UNAUTHORIZED, CLOSE_CODE_EXPLANATIONS[4001])
+            return
+        old, self.claims, self.session_id = self.session_id, claims, claims.sid
+        self.hub.registry.enter_session(claims.sid)  # /healthz counts sessions as they change
+        self.hub.registry.leave_session(old)
+        self._watch_expiry(claims)
+        logger.info("= %s authenticated as %s in %r", self.label, self._who(), claims.sid)
+        reply = encode_authenticated(claims.sub, claims.sid, _seconds_left(claims))
+        self.hub.writer.send_to(self.outbox, text_frame(reply))
+
+    def _on_auth(self, command: Auth) -> None:
+        # Only an auth: that is not the first frame gets here (_first_message takes that one).
+        if self.claims is not None:
+            raise ProtocolError(ErrorCode.ALREADY_AUTHENTICATED, "this connection already has a token; "
+                                                                 "use refresh:{token} to replace it")
+        raise ProtocolError(ErrorCode.AUTH_NOT_FIRST, "auth:{token} is taken only as a connection's first frame")
+
+    def _on_refresh(self, command: Refresh) -> None:
+        claims = self.claims
+        if claims is None:
+            raise ProtocolError(ErrorCode.NOT_AUTHENTICATED, "refresh: needs a connection that has a token")
+        try:
+            fresh = self.hub.access.tokens.verify(command.token)
+        except TokenExpired:
+            raise ProtocolError(ErrorCode.TOKEN_EXPIRED, "that token has expired; log in again") from None
+        except AuthError:
+            raise ProtocolError(ErrorCode.TOKEN_INVALID, "that is not a valid token") from None
+        if (fresh.sub, fresh.sid) != (claims.sub, claims.sid):
+            raise ProtocolError(ErrorCode.TOKEN_MISMATCH,
+                                "a refresh token must have this connection's 'sub' and 'sid'")
+        self.claims = fresh
+        self._watch_expiry(fresh)
+        logger.debug("= %s refreshed its token: %ds left", self.label, _seconds_left(fresh))
+        self.hub.writer.send_to(self.outbox, text_frame(encode_refreshed(_seconds_left(fresh))))
+
+    def _watch_expiry(self, claims: Claims) -> None:
+        """(Re)arm the close at ``claims.exp`` + grace on the writer's timers."""
+        timers = self.hub.writer.timers
+        timers.cancel(self._expiry)
+        delay = claims.exp + self.hub.access.expiry_grace - time.time()
+        self._expiry = timers.call_at(time.monotonic() + max(0.0, delay), lambda: self._token_timer(claims))
+
+    def _token_timer(self, claims: Claims) -> None:
+        """On the writer's thread: close with 4002 if ``claims`` is still the token and has expired."""
+        if self.claims is not claims or self._closing:
+            return  # refreshed meanwhile (that armed its own timer), or closing anyway
+        if claims.exp + self.hub.access.expiry_grace > time.time():  # the clocks drifted: not yet
+            self._watch_expiry(claims)
+            return
+        logger.info("= %s: the token of %s expired; closing it", self.label, self._who())
+        self.close(CloseCode.TOKEN_EXPIRED, CLOSE_CODE_EXPLANATIONS[4002])
+
+    def _auth_timed_out(self) -> None:
+        """On the writer's thread: no ``auth:`` within RUSTY_WS_AUTH_TIMEOUT under REQUIRE_AUTH."""
+        if self.claims is None and self._awaiting_auth and not self._closing:
+            logger.info("! %s sent no auth: within %.1fs; closing it", self.label, self.hub.settings.auth_timeout)
+            self.close(CloseCode.UNAUTHORIZED, "unauthorized: no auth:{token} in time")
+
+    def cancel_timers(self) -> None:
+        """Forget this connection's deadlines (it ended). Idempotent."""
+        timers = self.hub.writer.timers
+        timers.cancel(self._expiry)
+        timers.cancel(self._auth_wait)
+
+    # ------------------------------------------------------------------ commands
 
     def _on_ping(self, command: Ping) -> None:
         self.hub.writer.send_to(self.outbox, _PONG_REPLY_FRAME)
@@ -220,17 +375,17 @@ class Connection:
         self.hub.registry.leave_session(old)
 
     def _on_subscribe(self, command: Subscribe) -> None:
-        self.hub.subscribe(self.outbox, command.topic, self._allowed_session(command.session_id))
+        self.hub.subscribe(self.outbox, command.topic, self._stream(command.topic, command.session_id, _SUBSCRIBE))
 
     def _on_unsubscribe(self, command: Unsubscribe) -> None:
         self.hub.unsubscribe(self.outbox, command.topic, self._allowed_session(command.session_id))
 
     def _on_subscribe_json(self, command: SubscribeJson) -> None:
-        self.hub.subscribe_json(self.outbox, command.topic, self._allowed_session(command.session_id),
-                                command.since)
+        self.hub.subscribe_json(self.outbox, command.topic,
+                                self._stream(command.topic, command.session_id, _SUBSCRIBE), command.since)
 
     def _on_history(self, command: HistoryQuery) -> None:
-        reply = self.hub.history_of(command.topic, self._allowed_session(command.session_id),
+        reply = self.hub.history_of(command.topic, self._stream(command.topic, command.session_id, _SUBSCRIBE),
                                     command.limit, command.since)
         self.hub.writer.send_to(self.outbox, text_frame(reply))
 
@@ -242,7 +397,7 @@ class Connection:
                 topic=command.topic,
                 payload=command.payload,
                 timestamp=command.timestamp or rfc3339_now(),
-                session_id=self._allowed_session(command.session_id),
+                session_id=self._stream(command.topic, command.session_id, _PUBLISH),
                 user=user,
             )
             position, _ = self.hub.publish(delivery, command.id)
@@ -262,4 +417,11 @@ class Connection:
         Publish: _on_publish,
         SubscribeJson: _on_subscribe_json,
         HistoryQuery: _on_history,
+        Auth: _on_auth,
+        Refresh: _on_refresh,
     }  # type: ignore[dict-item]
+
+
+def _seconds_left(claims: Claims) -> int:
+    """Whole seconds until ``claims.exp`` (the ``expires_in`` of a reply), never negative."""
+    return max(0, math.floor(claims.exp - time.time()))
