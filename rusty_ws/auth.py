@@ -139,6 +139,10 @@ class TokenService:
         self.max_lifetime = int(max_lifetime)
         self._clock = clock
 
+    def now(self) -> float:
+        """The current UNIX time by this service's clock: what ``exp`` is compared with."""
+        return self._clock()
+
     def issue(self, username: str, session_id: str | None = None, auth_time: int | None = None) -> IssuedToken:
         """Sign a token for ``username`` bound to ``session_id`` (default ``session-{username}``).
 

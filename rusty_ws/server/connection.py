@@ -304,7 +304,7 @@ class Connection:
         self.hub.registry.leave_session(old)
         self._watch_expiry(claims)
         logger.info("= %s authenticated as %s in %r", self.label, self._who(), claims.sid)
-        reply = encode_authenticated(claims.sub, claims.sid, _seconds_left(claims))
+        reply = encode_authenticated(claims.sub, claims.sid, self._seconds_left(claims))
         self.hub.writer.send_to(self.outbox, text_frame(reply))
 
     def _on_auth(self, command: Auth) -> None:
@@ -329,21 +329,26 @@ class Connection:
                                 "a refresh token must have this connection's 'sub' and 'sid'")
         self.claims = fresh
         self._watch_expiry(fresh)
-        logger.debug("= %s refreshed its token: %ds left", self.label, _seconds_left(fresh))
-        self.hub.writer.send_to(self.outbox, text_frame(encode_refreshed(_seconds_left(fresh))))
+        left = self._seconds_left(fresh)
+        logger.debug("= %s refreshed its token: %ds left", self.label, left)
+        self.hub.writer.send_to(self.outbox, text_frame(encode_refreshed(left)))
+
+    def _seconds_left(self, claims: Claims) -> int:
+        """Whole seconds until ``claims.exp`` by the hub's token clock (a reply's ``expires_in``), at least 0."""
+        return max(0, math.floor(claims.exp - self.hub.access.tokens.now()))
 
     def _watch_expiry(self, claims: Claims) -> None:
-        """(Re)arm the close at ``claims.exp`` + grace on the writer's timers."""
+        """(Re)arm the close at ``claims.exp`` + grace (by the hub's token clock) on the writer's timers."""
         timers = self.hub.writer.timers
         timers.cancel(self._expiry)
-        delay = claims.exp + self.hub.access.expiry_grace - time.time()
+        delay = claims.exp + self.hub.access.expiry_grace - self.hub.access.tokens.now()
         self._expiry = timers.call_at(time.monotonic() + max(0.0, delay), lambda: self._token_timer(claims))
 
     def _token_timer(self, claims: Claims) -> None:
         """On the writer's thread: close with 4002 if ``claims`` is still the token and has expired."""
         if self.claims is not claims or self._closing:
             return  # refreshed meanwhile (that armed its own timer), or closing anyway
-        if claims.exp + self.hub.access.expiry_grace > time.time():  # the clocks drifted: not yet
+        if claims.exp + self.hub.access.expiry_grace > self.hub.access.tokens.now():  # clocks drifted: not yet
             self._watch_expiry(claims)
             return
         logger.info("= %s: the token of %s expired; closing it", self.label, self._who())
@@ -421,7 +426,3 @@ class Connection:
         Refresh: _on_refresh,
     }  # type: ignore[dict-item]
 
-
-def _seconds_left(claims: Claims) -> int:
-    """Whole seconds until ``claims.exp`` (the ``expires_in`` of a reply), never negative."""
-    return max(0, math.floor(claims.exp - time.time()))
