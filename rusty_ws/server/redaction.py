@@ -43,8 +43,10 @@ class TokenRedactor(logging.Filter):
         args = record.args
         if isinstance(args, tuple):
             record.args = tuple(_redacted(arg) for arg in args)
-        elif isinstance(args, dict):  # gunicorn's access log formats with a dict
-            record.args = {key: _redacted(value) for key, value in args.items()}
+        elif isinstance(args, dict):  # gunicorn's access log formats with a dict of its own type:
+            for key, value in list(args.items()):  # kept, changed in place
+                if isinstance(value, str):
+                    args[key] = redact_tokens(value)
         if record.exc_info and not record.exc_text:
             record.exc_text = redact_tokens(logging.Formatter().formatException(record.exc_info))
         elif record.exc_text:

@@ -164,7 +164,7 @@ class TestUsersFile:
             assert [json.loads(m)["session_id"] for m in client.sync()] == ["team-7-blue"]  # its own
             assert [json.loads(m)["session_id"] for m in watcher.sync()] == ["team-7-blue"]
             refused(client, encode_register_session("team-8"))
-            client.send(encode_publish("T", "still"))
+            client.command(encode_publish("T", "still"))  # its pong: the publish is done
             assert [json.loads(m)["payload"] for m in watcher.sync()] == ["still"]  # still in team-7-blue
 
     def test_a_refused_command_changes_nothing(self, server: RunningServer) -> None:
@@ -303,7 +303,7 @@ class TestDevelopmentMode:
             watcher.command(encode_subscribe("Hello", "session-Client1"))
             allowed(client, encode_register_session("session-Client1"))
             allowed(client, encode_subscribe("Hello", "session-Client1"))
-            client.send(encode_publish("Hello", "hi"))
+            client.command(encode_publish("Hello", "hi"))
             [message] = [json.loads(m) for m in watcher.sync()]
             assert (message["session_id"], message["user"]) == ("session-Client1", "testuser")
 
