@@ -130,6 +130,7 @@ class Writer:
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)  # a full pair means a wake-up is pending already (timers wake often)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         # _state_lock guards _thread and _stopping (start once, stop once).
         self._state_lock = threading.Lock()
