@@ -9,16 +9,23 @@ login that began its refresh chain happened; OpenID Connect's name). Only
 HS256 is accepted, so ``alg: none`` and algorithm-confusion tokens are
 refused. Times must be finite numbers; ``nbf``, when present, is honoured; a
 refresh chain ends ``max_lifetime`` seconds after its login.
+
+Who may have which session: a users file entry lists its user's sessions as
+``fnmatch`` patterns (case-sensitive); a user with none may have only
+``session-{username}`` (``UserEntry.may_use``).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hmac
 import json
 import math
+import re
 import time
+from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import jwt
 
@@ -31,10 +38,15 @@ __all__ = [
     "IssuedToken",
     "TokenService",
     "CredentialChecker",
+    "SessionPolicy",
+    "UserEntry",
     "UsersFile",
+    "matches_any",
     "DemoUsers",
     "default_session_for",
     "hash_password",
+    "redact_tokens",
+    "REDACTED",
 ]
 
 ALGORITHM = "HS256"
@@ -42,6 +54,34 @@ REQUIRED_CLAIMS = ("sub", "sid", "iat", "exp")
 
 #: ``check(username, password) -> bool``: the one thing an app plugs in to own logins.
 CredentialChecker = Callable[[str, str], bool]
+#: ``policy(username, session_id) -> bool``: may this identity (None: anonymous) use this session?
+SessionPolicy = Callable[["str | None", str], bool]
+
+
+def matches_any(patterns: Iterable[str], name: str) -> bool:
+    """Does ``name`` match one of the ``fnmatch`` ``patterns`` (case-sensitive, on every platform)?"""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+#: What ``redact_tokens`` puts where a token was.
+REDACTED = "[redacted]"
+_QUERY_TOKEN = re.compile(r"(?i)(token=)[^&;\s\"'#]*")
+_BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',;]+")
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}(?:\.[A-Za-z0-9_-]*){0,2}")
+_CLUES = ("oken=", "OKEN=", "eyJ", "earer", "EARER")
+
+
+def redact_tokens(text: str) -> str:
+    """``text`` with every token-like part replaced by ``[redacted]``, for logs and error replies.
+
+    Replaced: the value of any ``token=`` parameter (``?token=``, ``refresh_token=``),
+    what follows ``Bearer``, and anything shaped like a JWT (``eyJ...``).
+    """
+    if not any(clue in text for clue in _CLUES):
+        return text
+    text = _QUERY_TOKEN.sub(r"\1" + REDACTED, text)
+    text = _BEARER.sub(r"\1" + REDACTED, text)
+    return _JWT.sub(REDACTED, text)
 
 
 def default_session_for(username: str) -> str:
@@ -98,6 +138,10 @@ class TokenService:
         self.lifetime = int(lifetime)
         self.max_lifetime = int(max_lifetime)
         self._clock = clock
+
+    def now(self) -> float:
+        """The current UNIX time by this service's clock: what ``exp`` is compared with."""
+        return self._clock()
 
     def issue(self, username: str, session_id: str | None = None, auth_time: int | None = None) -> IssuedToken:
         """Sign a token for ``username`` bound to ``session_id`` (default ``session-{username}``).
@@ -216,26 +260,93 @@ def _check_password(stored_hash: str, password: str) -> bool:
     return check_password_hash(stored_hash, password)
 
 
-class UsersFile:
-    """Credentials from a JSON file mapping usernames to werkzeug password hashes.
+@dataclass(frozen=True)
+class UserEntry:
+    """One user of a users file.
 
-    The file looks like ``{"alice": "scrypt:32768:8:1$...", "bob": "..."}``;
-    ``rusty-ws hash-password`` prints a hash to put in it.
+    Attributes:
+        password_hash: werkzeug's hash of the password (never logged, never in ``repr``).
+        sessions: ``fnmatch`` patterns of the sessions the user may have; none: only
+            ``session-{username}``.
+        admin: marks the users who will administer the hub (read and checked; nothing uses it yet).
     """
 
-    def __init__(self, hashes: Mapping[str, str]):
-        self._hashes = dict(hashes)
-        # Unknown users are checked against a real hash too, so a wrong username
-        # takes as long as a wrong password and usernames cannot be probed by timing.
-        self._decoy = hash_password("not a password")
+    password_hash: str
+    sessions: tuple[str, ...] = ()
+    admin: bool = False
+
+    def __repr__(self) -> str:
+        return f"UserEntry(sessions={self.sessions!r}, admin={self.admin!r})"
+
+    def may_use(self, username: str, session_id: str) -> bool:
+        """May this user have ``session_id``? Its patterns, or only ``session-{username}`` without any."""
+        if not self.sessions:
+            return session_id == default_session_for(username)
+        return matches_any(self.sessions, session_id)
+
+
+_ENTRY_FIELDS = {"password_hash", "sessions", "admin"}
+
+
+def _entry_from(path: str, username: Any, value: Any) -> UserEntry:
+    """A users file's entry: a hash (the seed's form), or ``{"password_hash", "sessions"?, "admin"?}``."""
+    where = f"{path}: user {str(username)[:64]!r}"
+    if not isinstance(username, str) or not username:
+        raise ValueError(f"{path}: a username is a non-empty string")
+    if isinstance(value, str):
+        value = {"password_hash": value}
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: an entry is a password hash or an object with 'password_hash'")
+    unknown = set(value) - _ENTRY_FIELDS
+    if unknown:
+        raise ValueError(f"{where}: unknown fields {sorted(unknown)} (known: {sorted(_ENTRY_FIELDS)})")
+    password_hash = value.get("password_hash")
+    if not isinstance(password_hash, str) or password_hash.count("$") < 2:
+        # werkzeug's hashes are "method$salt$hash"; the hash itself is never shown.
+        raise ValueError(f"{where}: 'password_hash' must be a werkzeug password hash "
+                         "(rusty-ws hash-password prints one)")
+    sessions = value.get("sessions")
+    if sessions is None:
+        sessions = []
+    if not isinstance(sessions, list) or not all(isinstance(p, str) and p for p in sessions):
+        raise ValueError(f"{where}: 'sessions' must be a list of non-empty glob patterns")
+    admin = value.get("admin", False)
+    if not isinstance(admin, bool):
+        raise ValueError(f"{where}: 'admin' must be true or false")
+    return UserEntry(password_hash, tuple(sessions), admin)
+
+
+class UsersFile:
+    """Credentials, and who may have which session, from a JSON users file.
+
+    Each entry is a werkzeug password hash (the seed's form: a user who may have
+    only ``session-{username}``) or an object::
+
+        {"alice": "scrypt:32768:8:1$...",
+         "bob": {"password_hash": "scrypt:...", "sessions": ["session-bob", "team-7-*"], "admin": true}}
+
+    ``rusty-ws hash-password`` prints a hash to put in it.
+
+    Args:
+        entries: username to ``UserEntry``, or to a bare password hash.
+    """
+
+    def __init__(self, entries: Mapping[str, "UserEntry | str"]):
+        self._entries = {name: entry if isinstance(entry, UserEntry) else UserEntry(entry)
+                         for name, entry in entries.items()}
+        # Unknown users are checked against a real hash too, made with the method most
+        # entries use (scrypt or pbkdf2, and their cost), so a wrong username takes as
+        # long as a wrong password and usernames cannot be probed by timing.
+        self._decoy = _decoy_hash(entry.password_hash for entry in self._entries.values())
 
     @classmethod
     def load(cls, path: str) -> "UsersFile":
         """Read a users file.
 
         Raises:
-            ValueError: the file cannot be read, is not JSON (the message says where), or
-                is not a JSON object of string to string. Every message starts with the path.
+            ValueError: the file cannot be read, is not JSON (the message says where), is not a
+                JSON object of usernames to entries, or an entry is malformed (the message names
+                the user and the field, never the hash). Every message starts with the path.
         """
         try:
             with open(path, encoding="utf-8") as handle:
@@ -246,21 +357,45 @@ class UsersFile:
             raise ValueError(f"{path}: not UTF-8 text (byte {exc.start})") from None
         except OSError as exc:
             raise ValueError(f"{path}: cannot be read: {exc.strerror or exc}") from None
-        if not isinstance(data, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in data.items()
-        ):
-            raise ValueError(f"{path}: a users file is a JSON object of username to hash")
-        return cls(data)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a users file is a JSON object of username to entry")
+        return cls({name: _entry_from(path, name, value) for name, value in data.items()})
 
     def __call__(self, username: str, password: str) -> bool:
-        stored = self._hashes.get(username)
-        if stored is None:
+        entry = self._entries.get(username)
+        if entry is None:
             _check_password(self._decoy, password)
             return False
-        return _check_password(stored, password)
+        return _check_password(entry.password_hash, password)
+
+    def entry(self, username: str) -> UserEntry | None:
+        """The entry of ``username``, or None."""
+        return self._entries.get(username)
+
+    def may_use(self, username: str, session_id: str) -> bool:
+        """May ``username`` have ``session_id``? False for a user the file does not have."""
+        entry = self._entries.get(username)
+        return entry is not None and entry.may_use(username, session_id)
+
+    def admins(self) -> list[str]:
+        """The users marked ``admin``."""
+        return sorted(name for name, entry in self._entries.items() if entry.admin)
 
     def __len__(self) -> int:
-        return len(self._hashes)
+        return len(self._entries)
+
+
+def _decoy_hash(hashes: Iterable[str]) -> str:
+    """A hash of nothing, made with the method (and cost) most of ``hashes`` use."""
+    methods = Counter(stored.partition("$")[0] for stored in hashes)
+    if methods:
+        from werkzeug.security import generate_password_hash
+
+        try:
+            return generate_password_hash("not a password", method=methods.most_common(1)[0][0])
+        except (ValueError, TypeError, AttributeError):
+            pass  # a method this werkzeug does not make: the default's cost is the next best
+    return hash_password("not a password")
 
 
 class DemoUsers:
@@ -274,6 +409,6 @@ class DemoUsers:
 
     def __call__(self, username: str, password: str) -> bool:
         expected = self.USERS.get(username)
-        return expected is not None and hmac.compare_digest(
-            expected.encode("utf-8"), password.encode("utf-8")
-        )
+        # Compared whether the user exists or not, so both take the same time.
+        same = hmac.compare_digest((expected or "\0").encode("utf-8"), password.encode("utf-8"))
+        return expected is not None and same

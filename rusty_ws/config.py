@@ -10,6 +10,7 @@ aliases of ``RUSTY_WS_JWT_SECRET_KEY`` and ``RUSTY_WS_JWT_EXPIRATION_SECONDS``.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import os
@@ -28,8 +29,33 @@ JWT_SECRET_KEY: str | None = None
 JWT_EXPIRATION_SECONDS = 3600
 #: Path of a JSON users file (username -> password hash). None: see CREDENTIAL_CHECKER.
 USERS_FILE: str | None = None
-#: Refuse WebSocket upgrades that carry no token (HTTP 401).
+#: Every connection must authenticate: one opened without a token is upgraded only to wait
+#: AUTH_TIMEOUT seconds for ``auth:{token}`` as its first frame, else it is closed with 4001.
 REQUIRE_AUTH = False
+#: Seconds a connection opened without a token has to send ``auth:`` under REQUIRE_AUTH.
+AUTH_TIMEOUT = 5.0
+#: Seconds a connection may stay open past its token's ``exp`` before it is closed (4002).
+TOKEN_EXPIRY_GRACE = 0.0
+#: ``fnmatch`` patterns of the sessions anonymous connections may use (their ``default``
+#: session included): a list, or one string of comma-separated patterns. "*": any (the seed's).
+ANONYMOUS_SESSIONS: str | list[str] = "*"
+#: ``fnmatch`` patterns of topics only the server's own code may publish to (clients may
+#: subscribe, not publish: ``forbidden_topic``). Same forms as ANONYMOUS_SESSIONS.
+SERVER_ONLY_TOPICS: str | list[str] = ()  # type: ignore[assignment]
+#: Failed logins (``/auth/token``) from one client address within LOGIN_WINDOW past which
+#: every login from it is answered 429 until the window passes; 0: no limit.
+LOGIN_MAX_FAILURES_PER_ADDRESS = 20
+#: Failed logins for one username from one client address within LOGIN_WINDOW past which
+#: that username's logins from it are answered 429; 0: no limit.
+LOGIN_MAX_FAILURES_PER_USER_ADDRESS = 5
+#: Seconds the failures above are counted over; 0 turns both limits off.
+LOGIN_WINDOW = 60.0
+#: Client addresses (and username-address pairs) whose failures are remembered at once; past
+#: it the oldest are forgotten first (the counters' memory bound: ~200 bytes each).
+LOGIN_MAX_TRACKED = 50_000
+#: Addresses or networks (``10.0.0.0/8``) of the reverse proxies whose ``X-Forwarded-For``
+#: names the client; empty: the client is the socket's peer, and the header is ignored.
+TRUSTED_PROXIES: str | list[str] = ()  # type: ignore[assignment]
 #: Other origins allowed to call the HTTP endpoints and to open WebSockets: "*" (any) or a
 #: list; an empty list allows only the hub's own origin (and non-browser clients).
 CORS_ORIGINS: str | list[str] = "*"
@@ -111,6 +137,15 @@ DEFAULTS: dict[str, Any] = {
         JWT_EXPIRATION_SECONDS=JWT_EXPIRATION_SECONDS,
         USERS_FILE=USERS_FILE,
         REQUIRE_AUTH=REQUIRE_AUTH,
+        AUTH_TIMEOUT=AUTH_TIMEOUT,
+        TOKEN_EXPIRY_GRACE=TOKEN_EXPIRY_GRACE,
+        ANONYMOUS_SESSIONS=ANONYMOUS_SESSIONS,
+        SERVER_ONLY_TOPICS=list(SERVER_ONLY_TOPICS),
+        LOGIN_MAX_FAILURES_PER_ADDRESS=LOGIN_MAX_FAILURES_PER_ADDRESS,
+        LOGIN_MAX_FAILURES_PER_USER_ADDRESS=LOGIN_MAX_FAILURES_PER_USER_ADDRESS,
+        LOGIN_WINDOW=LOGIN_WINDOW,
+        LOGIN_MAX_TRACKED=LOGIN_MAX_TRACKED,
+        TRUSTED_PROXIES=list(TRUSTED_PROXIES),
         CORS_ORIGINS=CORS_ORIGINS,
         SERVE_PAGE=SERVE_PAGE,
         MAX_MESSAGE_SIZE=MAX_MESSAGE_SIZE,
@@ -147,7 +182,9 @@ ALIASES = {
 }
 
 
-_STRING_KEYS = {PREFIX + "JWT_SECRET_KEY", PREFIX + "USERS_FILE", PREFIX + "BROKER_URL"}
+#: Kept as strings from the environment (pattern lists parse their own JSON: ``_patterns``).
+_STRING_KEYS = {PREFIX + name for name in ("JWT_SECRET_KEY", "USERS_FILE", "BROKER_URL", "ANONYMOUS_SESSIONS",
+                                           "SERVER_ONLY_TOPICS", "TRUSTED_PROXIES")}
 
 
 def _parse_env_value(value: str) -> Any:
@@ -266,6 +303,36 @@ def _origins(setting: str, value: Any) -> tuple[str, ...]:
     return tuple(str(origin).strip().rstrip("/") for origin in value if str(origin).strip())
 
 
+def _patterns(setting: str, value: Any) -> tuple[str, ...]:
+    """A pattern setting: a list, a JSON list in a string, or a comma-separated string."""
+    given = value
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except ValueError:
+                raise ConfigError(setting, given, "must be a JSON list of glob patterns") from None
+        else:
+            value = text.split(",")
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(setting, given, "must be a list of glob patterns or a comma-separated string")
+    return tuple(dict.fromkeys(item.strip() for item in value if item.strip()))
+
+
+def _networks(setting: str, value: Any) -> tuple[Any, ...]:
+    """TRUSTED_PROXIES: addresses and networks, as ``ipaddress`` networks."""
+    networks = []
+    for item in _patterns(setting, value):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(setting, value, f"{item!r} is no IP address or network") from None
+    return tuple(networks)
+
+
 #: The values of HEALTHZ.
 HEALTHZ_MODES = ("full", "minimal", "off")
 #: Names of this machine that DNS rebinding cannot point elsewhere.
@@ -336,6 +403,15 @@ class Settings:
     idempotency_window: float = IDEMPOTENCY_WINDOW
     idempotency_max_ids: int = IDEMPOTENCY_MAX_IDS
     max_total_queued_bytes: int = 1 << 30
+    auth_timeout: float = AUTH_TIMEOUT
+    token_expiry_grace: float = TOKEN_EXPIRY_GRACE
+    anonymous_sessions: tuple[str, ...] = ("*",)
+    server_only_topics: tuple[str, ...] = ()
+    login_max_failures_per_address: int = LOGIN_MAX_FAILURES_PER_ADDRESS
+    login_max_failures_per_user_address: int = LOGIN_MAX_FAILURES_PER_USER_ADDRESS
+    login_window: float = LOGIN_WINDOW
+    login_max_tracked: int = LOGIN_MAX_TRACKED
+    trusted_proxies: tuple[Any, ...] = ()
 
     @classmethod
     def from_config(cls, config: MutableMapping[str, Any]) -> "Settings":
@@ -396,6 +472,15 @@ class Settings:
             max_total_queued_bytes=_queue_bounds(
                 check(_whole, "MAX_MESSAGE_SIZE"), check(_whole, "MAX_QUEUED_BYTES"), get("MAX_TOTAL_QUEUED_BYTES"),
             ),
+            auth_timeout=check(_positive, "AUTH_TIMEOUT"),
+            token_expiry_grace=check(_positive, "TOKEN_EXPIRY_GRACE", allow_zero=True),
+            anonymous_sessions=check(_patterns, "ANONYMOUS_SESSIONS"),
+            server_only_topics=check(_patterns, "SERVER_ONLY_TOPICS"),
+            login_max_failures_per_address=check(_count, "LOGIN_MAX_FAILURES_PER_ADDRESS"),
+            login_max_failures_per_user_address=check(_count, "LOGIN_MAX_FAILURES_PER_USER_ADDRESS"),
+            login_window=check(_positive, "LOGIN_WINDOW", allow_zero=True),
+            login_max_tracked=check(_whole, "LOGIN_MAX_TRACKED"),
+            trusted_proxies=check(_networks, "TRUSTED_PROXIES"),
         )
 
     def host_allowed(self, host: str | None) -> bool:

@@ -10,10 +10,15 @@ Client -> server text frames (see ``docs/protocol.md``)::
     subscribe:{topic}|{session_id}      ("|{session_id}" optional)
     unsubscribe:{topic}|{session_id}    ("|{session_id}" optional)
     publish-json:{json object}
+    subscribe-json:{json object}
+    history:{json object}
+    auth:{token}                        (only as a connection's first frame)
+    refresh:{token}
     ping
 
-Server -> client text frames: a delivery (a JSON object), ``pong``, or
-``error:{"code": ..., "message": ...}``.
+Server -> client text frames: a delivery (a JSON object), ``pong``,
+``subscribed:``, ``history:``, ``ack:``, ``authenticated:``, ``refreshed:``
+(each followed by a JSON object), or ``error:{"code": ..., "message": ...}``.
 """
 
 from __future__ import annotations
@@ -61,6 +66,14 @@ __all__ = [
     "Since",
     "SubscribeJson",
     "HistoryQuery",
+    "Auth",
+    "Refresh",
+    "encode_auth",
+    "encode_refresh",
+    "encode_authenticated",
+    "encode_refreshed",
+    "Authenticated",
+    "Refreshed",
     "with_position",
     "encode_subscribed",
     "encode_history_reply",
@@ -119,6 +132,14 @@ class ErrorCode(str, enum.Enum):
     INVALID_LIMIT = "invalid_limit"
     INVALID_ID = "invalid_id"
     RESERVED_NAME = "reserved_name"
+    FORBIDDEN_TOPIC = "forbidden_topic"
+    TOKEN_INVALID = "token_invalid"
+    TOKEN_EXPIRED = "token_expired"
+    TOKEN_MISMATCH = "token_mismatch"
+    TOKEN_REQUIRED = "token_required"
+    NOT_AUTHENTICATED = "not_authenticated"
+    ALREADY_AUTHENTICATED = "already_authenticated"
+    AUTH_NOT_FIRST = "auth_not_first"
 
     def __str__(self) -> str:
         return self.value
@@ -151,6 +172,7 @@ class CloseCode(enum.IntEnum):
     SERVICE_RESTART = 1012
     TRY_AGAIN_LATER = 1013
     UNAUTHORIZED = 4001
+    TOKEN_EXPIRED = 4002
     FORBIDDEN = 4003
     SLOW_CONSUMER = 4100
     OVERLOADED = 4101
@@ -172,6 +194,7 @@ CLOSE_CODE_EXPLANATIONS: dict[int, str] = {
     1012: "service restart",
     1013: "try again later",
     4001: "unauthorized: the token is missing, invalid or expired",
+    4002: "token expired: reconnect with a new token",
     4003: "forbidden",
     4100: "slow consumer: too many messages queued for this connection",
     4101: "server overloaded",
@@ -294,8 +317,28 @@ class HistoryQuery:
     since: Since | None = None
 
 
+@dataclass(frozen=True)
+class Auth:
+    """``auth:{token}``: the token of a connection opened without one, as its very first frame.
+
+    The token never shows in ``repr`` (logs).
+    """
+
+    token: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """``refresh:{token}``: a fresh token for the same ``sub`` and ``sid``; answered by ``refreshed:``.
+
+    The token never shows in ``repr`` (logs).
+    """
+
+    token: str = field(repr=False)
+
+
 Command = Union[Ping, RegisterName, RegisterSession, Subscribe, Unsubscribe, Publish, SubscribeJson,
-                HistoryQuery]
+                HistoryQuery, Auth, Refresh]
 
 #: Longest publish id, in characters.
 MAX_PUBLISH_ID_LENGTH = 128
@@ -546,6 +589,10 @@ def parse_command(text: str) -> Command:
             return _parse_subscribe_json(argument)
         if verb == "history":
             return _parse_history(argument)
+        if verb == "auth":
+            return Auth(argument.strip())
+        if verb == "refresh":
+            return Refresh(argument.strip())
     shown = text[:40] + ("..." if len(text) > 40 else "")
     raise ProtocolError(ErrorCode.UNKNOWN_COMMAND, f"unknown command {shown!r}")
 
@@ -641,6 +688,22 @@ def encode_history(topic: str, session_id: str | None = None, limit: int | None 
         body["limit"] = limit
     body.update(_since_body(since))
     return "history:" + _dumps(body)
+
+
+def encode_auth(token: str) -> str:
+    """``auth:{token}``: send it as the first frame of a connection opened without a token."""
+    return f"auth:{_check_token_text(token)}"
+
+
+def encode_refresh(token: str) -> str:
+    """``refresh:{token}``: replace the connection's token by a fresh one of the same ``sub`` and ``sid``."""
+    return f"refresh:{_check_token_text(token)}"
+
+
+def _check_token_text(token: str) -> str:
+    if not isinstance(token, str) or not token.strip() or _has_control_chars(token):
+        raise ProtocolError(ErrorCode.TOKEN_INVALID, "a token is a non-empty string without control characters")
+    return token.strip()
 
 
 # --------------------------------------------------------------------------- replies
@@ -787,6 +850,8 @@ def with_position(encoded: bytes, offset: int, epoch: str) -> bytes:
 SUBSCRIBED_PREFIX = "subscribed:"
 HISTORY_PREFIX = "history:"
 ACK_PREFIX = "ack:"
+AUTHENTICATED_PREFIX = "authenticated:"
+REFRESHED_PREFIX = "refreshed:"
 
 
 def _position_fields(body: dict[str, Any], offset: int | None, epoch: str | None) -> dict[str, Any]:
@@ -830,6 +895,16 @@ def encode_ack(publish_id: str, offset: int | None = None, epoch: str | None = N
     if delivered is not None:
         body["delivered"] = delivered
     return ACK_PREFIX + _dumps(body)
+
+
+def encode_authenticated(sub: str, sid: str, expires_in: int) -> str:
+    """``authenticated:{"sub", "sid", "expires_in"}``: the answer to a good ``auth:``."""
+    return AUTHENTICATED_PREFIX + _dumps({"sub": sub, "sid": sid, "expires_in": expires_in})
+
+
+def encode_refreshed(expires_in: int) -> str:
+    """``refreshed:{"expires_in"}``: the answer to a good ``refresh:``."""
+    return REFRESHED_PREFIX + _dumps({"expires_in": expires_in})
 
 
 def _reply_body(prefix: str, text: str) -> dict[str, Any]:
@@ -900,6 +975,37 @@ class Ack:
                    delivered if isinstance(delivered, int) and not isinstance(delivered, bool) else None)
 
 
+@dataclass(frozen=True)
+class Authenticated:
+    """The ``authenticated:`` reply: the connection now acts as ``sub``, starting in ``sid``."""
+
+    sub: str
+    sid: str
+    expires_in: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Authenticated":
+        body = _reply_body(AUTHENTICATED_PREFIX, text)
+        return cls(str(body.get("sub", "")), str(body.get("sid", "")), _whole_seconds(body.get("expires_in")))
+
+
+@dataclass(frozen=True)
+class Refreshed:
+    """The ``refreshed:`` reply: the connection's token was replaced; it lives ``expires_in`` more seconds."""
+
+    expires_in: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Refreshed":
+        return cls(_whole_seconds(_reply_body(REFRESHED_PREFIX, text).get("expires_in")))
+
+
+def _whole_seconds(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "'expires_in' must be a whole number of seconds")
+    return value
+
+
 def encode_error(code: ErrorCode | str, message: str, command: str | None = None,
                  publish_id: str | None = None) -> str:
     """The text of an ``error:`` reply.
@@ -938,4 +1044,4 @@ def command_verb(text: str) -> str | None:
 
 
 _VERBS = {"ping", "register-name", "register-session", "subscribe", "unsubscribe", "publish-json",
-          "subscribe-json", "history"}
+          "subscribe-json", "history", "auth", "refresh"}

@@ -1,13 +1,16 @@
-"""Shared fixtures: a running hub per test, and a check that no rusty_ws thread outlives its test."""
+"""Shared fixtures: a running hub per test, and checks that no rusty_ws thread outlives its test
+and that no token reaches a log line."""
 
 from __future__ import annotations
 
+import logging
 import threading
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
-from support import WAIT, RunningServer, running_server
+from rusty_ws.auth import TokenService
+from support import WAIT, RunningServer, running_server, tokens_in
 
 
 @pytest.fixture
@@ -30,3 +33,31 @@ def no_thread_left_behind() -> Iterator[None]:
         thread.join(WAIT)
     alive = [thread.name for thread in leftovers if thread.is_alive()]
     assert not alive, f"threads left running: {alive}"
+
+
+@pytest.fixture(autouse=True)
+def hidden_tokens(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> Iterator[set[str]]:
+    """Fail a test whose captured log lines hold a token: every one the hubs issued, and any it adds.
+
+    Issue 13: no token, issued or merely received, valid or not, appears in a log
+    line. Every token ``TokenService.issue`` signs during the test (logins,
+    refreshes, ``server.token``) is collected here; a test adds the forged or
+    garbage tokens it sends (``hidden_tokens.add``). werkzeug logs its request
+    lines at INFO, and the hub's own logger is captured at INFO too (a test may
+    lower it to DEBUG). Tokens the hub issues in a subprocess (gunicorn) are not seen.
+    """
+    tokens: set[str] = set()
+    original = TokenService.issue
+
+    def issue(self: TokenService, *args: Any, **kwargs: Any) -> Any:
+        issued = original(self, *args, **kwargs)
+        tokens.add(issued.token)
+        return issued
+
+    monkeypatch.setattr(TokenService, "issue", issue)
+    if logging.getLogger("rusty_ws.server").getEffectiveLevel() > logging.INFO:
+        caplog.set_level(logging.INFO, logger="rusty_ws.server")
+    yield tokens
+    records = [*caplog.get_records("setup"), *caplog.get_records("call"), *caplog.records]
+    leaked = tokens_in(records, tokens)
+    assert not leaked, f"tokens in log lines: {leaked[:3]}"

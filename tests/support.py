@@ -329,6 +329,20 @@ def login(server: RunningServer, username: str = "testuser", password: str = "pa
     return reply["token"]
 
 
+def tokens_in(records: list[Any], tokens: set[str]) -> list[str]:
+    """The log lines among ``records`` that hold one of ``tokens``, or any token's signature or claims part."""
+    parts = set()
+    for token in tokens:
+        parts.add(token)
+        parts.update(part for part in token.split(".") if len(part) >= 16)  # a JWT's claims and signature
+    leaked = []
+    for record in records:
+        line = record.getMessage() + (record.exc_text or "")
+        if any(part in line for part in parts):
+            leaked.append(f"{record.name}: {line[:300]}")
+    return leaked
+
+
 def error_of(replies: list[str]) -> dict[str, Any]:
     """The body of the one ``error:`` reply that ``replies`` must be (fails on anything else)."""
     assert len(replies) == 1 and replies[0].startswith("error:"), replies

@@ -126,6 +126,52 @@ class TestCredentials:
         with pytest.raises(ValueError):
             UsersFile.load(str(path))
 
+    def test_entries_with_sessions_and_admin(self, tmp_path) -> None:
+        path = tmp_path / "users.json"
+        path.write_text(json.dumps({
+            "plain": hash_password("p"),
+            "alice": {"password_hash": hash_password("w"), "sessions": ["team-7-*", "exact"], "admin": True},
+            "bob": {"password_hash": hash_password("b")},
+        }))
+        users = UsersFile.load(str(path))
+        assert users("alice", "w") and users("bob", "b") and users("plain", "p")
+        assert users.admins() == ["alice"]
+        assert users.may_use("plain", "session-plain") and not users.may_use("plain", "session-alice")
+        assert users.may_use("bob", "session-bob") and not users.may_use("bob", "team-7-x")
+        assert users.may_use("alice", "team-7-x") and users.may_use("alice", "exact")
+        assert not users.may_use("alice", "session-alice")  # listed sessions replace the default
+        assert not users.may_use("alice", "TEAM-7-x")  # case-sensitive
+        assert not users.may_use("nobody", "session-nobody")
+        assert "scrypt" not in repr(users.entry("alice"))  # the hash is never shown
+
+    @pytest.mark.parametrize("entry, field", [
+        ({"sessions": []}, "password_hash"),
+        ({"password_hash": "plain-text"}, "password_hash"),
+        ({"password_hash": "m$s$h", "sessions": "team-*"}, "sessions"),
+        ({"password_hash": "m$s$h", "sessions": [""]}, "sessions"),
+        ({"password_hash": "m$s$h", "admin": "yes"}, "admin"),
+        ({"password_hash": "m$s$h", "session": ["typo"]}, "unknown fields"),
+        (["a list"], "password_hash"),
+    ])
+    def test_bad_entries_name_the_user_and_field(self, tmp_path, entry, field: str) -> None:
+        path = tmp_path / "users.json"
+        path.write_text(json.dumps({"alice": entry}))
+        with pytest.raises(ValueError, match="alice") as refused:
+            UsersFile.load(str(path))
+        assert field in str(refused.value)
+
+    def test_unknown_users_cost_a_check_with_the_files_own_method(self, monkeypatch) -> None:
+        from werkzeug.security import generate_password_hash
+
+        import rusty_ws.auth as auth
+
+        users = UsersFile({"alice": generate_password_hash("w", method="pbkdf2:sha256:1000")})
+        checked = []
+        monkeypatch.setattr(auth, "_check_password", lambda stored, password: checked.append(stored) or False)
+        assert not users("nobody", "w")
+        [decoy] = checked
+        assert decoy.startswith("pbkdf2:sha256:1000$")  # as slow as alice's own check
+
     def test_demo_users(self) -> None:
         demo = DemoUsers()
         assert demo("testuser", "password")

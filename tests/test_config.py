@@ -142,3 +142,39 @@ def test_empty_environment_values_count_as_unset() -> None:
 @pytest.mark.parametrize("value, level", [(0, 0), (False, 0), (1, 1), (9, 9), ("6", 6), (True, 1)])
 def test_compression_is_a_zlib_level_or_off(value: object, level: int) -> None:
     assert Settings.from_config({"RUSTY_WS_COMPRESSION": value}).compression == level
+
+
+class TestAuthorizationSettings:
+    def test_defaults(self) -> None:
+        settings = Settings.from_config({})
+        assert settings.anonymous_sessions == ("*",)
+        assert settings.server_only_topics == ()
+        assert settings.trusted_proxies == ()
+        assert (settings.auth_timeout, settings.token_expiry_grace) == (5.0, 0.0)
+        assert (settings.login_max_failures_per_address, settings.login_max_failures_per_user_address,
+                settings.login_window) == (20, 5, 60.0)
+
+    @pytest.mark.parametrize("value", ["public-*, lobby", '["public-*", "lobby"]', ["public-*", "lobby"],
+                                       ("public-*", " lobby ", "")])
+    def test_pattern_settings_take_a_list_or_a_comma_separated_string(self, value) -> None:
+        for key in ("ANONYMOUS_SESSIONS", "SERVER_ONLY_TOPICS"):
+            settings = Settings.from_config({f"RUSTY_WS_{key}": value})
+            assert getattr(settings, key.lower()) == ("public-*", "lobby")
+
+    def test_pattern_settings_from_the_environment(self) -> None:
+        config = config_from_environ({"RUSTY_WS_ANONYMOUS_SESSIONS": "public-*,lobby",
+                                      "RUSTY_WS_SERVER_ONLY_TOPICS": '["system.*"]',
+                                      "RUSTY_WS_TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.1"})
+        settings = Settings.from_config(config)
+        assert settings.anonymous_sessions == ("public-*", "lobby")
+        assert settings.server_only_topics == ("system.*",)
+        assert [str(network) for network in settings.trusted_proxies] == ["10.0.0.0/8", "192.0.2.1/32"]
+
+    @pytest.mark.parametrize("key, value", [
+        ("ANONYMOUS_SESSIONS", 5), ("ANONYMOUS_SESSIONS", "[not json"), ("SERVER_ONLY_TOPICS", [1]),
+        ("TRUSTED_PROXIES", "proxy.example"), ("AUTH_TIMEOUT", 0), ("TOKEN_EXPIRY_GRACE", -1),
+        ("LOGIN_WINDOW", -1), ("LOGIN_MAX_FAILURES_PER_ADDRESS", 1.5), ("LOGIN_MAX_TRACKED", 0),
+    ])
+    def test_refusals_name_the_key(self, key: str, value) -> None:
+        with pytest.raises(ValueError, match=key):
+            Settings.from_config({f"RUSTY_WS_{key}": value})

@@ -218,6 +218,7 @@ class TestCloseCodes:
             (CloseCode.OVERLOADED, ClosePolicy.BACK_OFF),
             (CloseCode.SERVER_RESTARTING, ClosePolicy.RECONNECT_NOW),
             (CloseCode.UNAUTHORIZED, ClosePolicy.DO_NOT_RECONNECT),
+            (CloseCode.TOKEN_EXPIRED, ClosePolicy.DO_NOT_RECONNECT),
             (CloseCode.FORBIDDEN, ClosePolicy.DO_NOT_RECONNECT),
             (4050, ClosePolicy.DO_NOT_RECONNECT),
             (4150, ClosePolicy.BACK_OFF),
@@ -321,3 +322,47 @@ class TestAck:
     @pytest.mark.parametrize("delivered", ['"2"', "true", "null", "1.5"])
     def test_a_delivered_that_is_no_count_is_none(self, delivered: str) -> None:
         assert Ack.parse(f'ack:{{"id":"m","delivered":{delivered}}}').delivered is None
+
+
+class TestTokenCommands:
+    """``auth:{token}``, ``refresh:{token}`` and their replies (issue 13)."""
+
+    def test_parse(self) -> None:
+        from rusty_ws.protocol import Auth, Refresh
+
+        assert parse_command("auth:abc.def.ghi") == Auth("abc.def.ghi")
+        assert parse_command("refresh: abc.def.ghi ") == Refresh("abc.def.ghi")
+        assert parse_command("auth:") == Auth("")  # refused by the hub as token_invalid, not here
+        assert command_verb("auth:x") == "auth" and command_verb("refresh:x") == "refresh"
+
+    def test_the_token_never_shows_in_repr(self) -> None:
+        from rusty_ws.protocol import Auth, Refresh
+
+        assert "secret" not in repr(Auth("secret")) + repr(Refresh("secret")) + str(Auth("secret"))
+
+    def test_encoders(self) -> None:
+        from rusty_ws.protocol import encode_auth, encode_refresh
+
+        assert encode_auth(" t.o.k ") == "auth:t.o.k"
+        assert encode_refresh("t.o.k") == "refresh:t.o.k"
+        for bad in ["", "  ", "a\nb"]:
+            with pytest.raises(ProtocolError) as refused:
+                encode_auth(bad)
+            assert refused.value.code == ErrorCode.TOKEN_INVALID
+
+    def test_replies(self) -> None:
+        from rusty_ws.protocol import Authenticated, Refreshed, encode_authenticated, encode_refreshed
+
+        text = encode_authenticated("alice", "session-A", 3600)
+        assert text == 'authenticated:{"sub":"alice","sid":"session-A","expires_in":3600}'
+        assert Authenticated.parse(text) == Authenticated("alice", "session-A", 3600)
+        assert encode_refreshed(59) == 'refreshed:{"expires_in":59}'
+        assert Refreshed.parse('refreshed:{"expires_in":59}') == Refreshed(59)
+        for bad in ['refreshed:{"expires_in":"59"}', "refreshed:[]", 'refreshed:{"expires_in":true}']:
+            with pytest.raises(ProtocolError):
+                Refreshed.parse(bad)
+
+    def test_the_new_error_codes(self) -> None:
+        assert {code.value for code in ErrorCode} >= {
+            "forbidden_topic", "token_invalid", "token_expired", "token_mismatch", "token_required",
+            "not_authenticated", "already_authenticated", "auth_not_first"}

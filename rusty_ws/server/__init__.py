@@ -6,6 +6,11 @@
 - ``views``: the HTTP routes and the WebSocket upgrade.
 - ``hub``: the connections of one app and the road publishes take.
 - ``connection``: one WebSocket's command loop, on its request thread.
+- ``token_life``: a connection's token: first-frame ``auth:``, ``refresh:``, expiry (4002).
+- ``access``: who may use which session and topic (``Access``, ``TopicAction``).
+- ``throttle``: failed-login counters of ``/auth/token``, and the client's address.
+- ``timers``: deadlines the writer's thread runs (token expiry, the wait for ``auth:``).
+- ``redaction``: the logging filter that keeps tokens out of log lines.
 - ``registry``: who is subscribed to what.
 - ``writer``: every write to the hub's sockets.
 - ``serving``: the threaded werkzeug server behind ``rusty-ws serve``, and its bounds before the upgrade.

@@ -19,9 +19,23 @@ frame, EOF, a reset, a server-side close, keepalive) forgets it and its
 subscriptions and releases its outbox (the writer shuts the socket down) in
 its ``finally``; the view that called ``Hub.serve`` then closes the socket.
 
-Session rules: an anonymous connection may use any session and starts in
-``default``. A connection opened with a token is bound to the token's
-``sid``: naming another session is refused with ``forbidden_session``.
+Who may do what (``access.py``): an anonymous connection starts in
+``default`` and may use the sessions ``RUSTY_WS_ANONYMOUS_SESSIONS`` (and the
+app's session policy) allow. A connection with a token starts in the token's
+``sid``, which it may always use, and may use any other session the policy
+grants its ``sub``; every command that names or implies a session is checked
+(``forbidden_session``), and subscribes and publishes also per topic
+(``forbidden_topic``).
+
+Tokens on a live connection: a connection opened without one may send
+``auth:{token}`` as its very first frame and then is exactly a token
+connection; under ``RUSTY_WS_REQUIRE_AUTH`` it must, within
+``RUSTY_WS_AUTH_TIMEOUT``, or it is closed with 4001. A token connection is
+closed with 4002 once its token's ``exp`` (plus ``RUSTY_WS_TOKEN_EXPIRY_GRACE``)
+has passed, unless ``refresh:{token}`` replaced it first. Both deadlines are
+timers run by the writer's thread (``timers.py``), never a thread of their own.
+That half lives in ``token_life.py`` (the ``TokenLife`` mixin). A token is
+never logged, nor echoed in a reply.
 """
 
 from __future__ import annotations
@@ -32,13 +46,14 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable
 
-from ..auth import Claims
+from ..auth import REDACTED, Claims, redact_tokens
 from ..exceptions import ProtocolError
 from ..frames import OP_PONG, FrameEvent, FrameParser, encode_frame, text_frame
 from ..protocol import (
     CLOSE_CODE_EXPLANATIONS,
     DEFAULT_SESSION,
     PONG_REPLY,
+    Auth,
     CloseCode,
     Command,
     Delivery,
@@ -46,6 +61,7 @@ from ..protocol import (
     HistoryQuery,
     Ping,
     Publish,
+    Refresh,
     RegisterName,
     RegisterSession,
     Subscribe,
@@ -57,6 +73,8 @@ from ..protocol import (
     parse_command,
     rfc3339_now,
 )
+from .access import TopicAction
+from .token_life import TokenLife
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -73,9 +91,12 @@ _PONG_REPLY_FRAME = text_frame(PONG_REPLY)  # the text reply to the ``ping`` com
 # _on_event runs per message: module globals, not ``FrameEvent.X`` lookups (~0.1 us each on 3.11).
 _TEXT, _BINARY, _PING, _PONG = FrameEvent.TEXT, FrameEvent.BINARY, FrameEvent.PING, FrameEvent.PONG
 _CLOSE, _TOO_BIG, _FAILED = FrameEvent.CLOSE, FrameEvent.TOO_BIG, FrameEvent.FAILED
+_SUBSCRIBE, _PUBLISH = TopicAction.SUBSCRIBE, TopicAction.PUBLISH
+#: Verbs whose argument is a token: logged as the verb alone.
+_TOKEN_VERBS = ("auth:", "refresh:")
 
 
-class Connection:
+class Connection(TokenLife):
     """A client's WebSocket, from the upgrade to the last byte.
 
     Args:
@@ -111,6 +132,7 @@ class Connection:
         self._peer_close: tuple[int, str] | None = None  # the peer's close frame: code and reason
         self._peer_answered = False  # that close frame answered one of the hub's
         self._lost: str | None = None  # EOF or a reset, when the socket ended without a close frame
+        self._start_token_life()  # token_life.py: the expiry, or the wait for auth:
 
     def __repr__(self) -> str:
         who = self.claims.sub if self.claims else "anonymous"
@@ -185,7 +207,7 @@ class Connection:
         elif kind is _BINARY:
             self.outbox.last_seen = time.monotonic()
             if not self._closing:
-                self._reply_error(ErrorCode.BINARY_NOT_SUPPORTED, "send commands as text frames", None)
+                self.handle_binary()
         elif kind is _PING:
             self.hub.writer.send_to(self.outbox, encode_frame(OP_PONG, event[1]))
         elif kind is _CLOSE:
@@ -212,14 +234,24 @@ class Connection:
     def handle_text(self, text: str) -> None:
         """Carry out one command; a bad one gets an ``error:`` reply and nothing else changes."""
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("< %s %s", self.label, text[:200])
+            shown = text.partition(":")[0] + ":" + REDACTED if text.startswith(_TOKEN_VERBS) else text[:200]
+            logger.debug("< %s %s", self.label, shown)
+        if self._fresh and self._first_message(text):
+            return
         try:
             command = parse_command(text)
             self._HANDLERS[type(command)](self, command)
         except ProtocolError as exc:
             self._reply_error(exc.code, exc.message, command_verb(text), exc.publish_id)
 
+    def handle_binary(self) -> None:
+        """A binary message: not a command (an error reply), or, first under REQUIRE_AUTH, the end."""
+        if self._fresh and self._first_message(None):
+            return
+        self._reply_error(ErrorCode.BINARY_NOT_SUPPORTED, "send commands as text frames", None)
+
     def _reply_error(self, code: str, message: str, verb: str | None, publish_id: str | None = None) -> None:
+        message = redact_tokens(message)  # an unknown frame is echoed: never a token in it
         logger.debug("> %s error %s: %s", self.label, code, message)
         self.hub.writer.send_to(self.outbox, text_frame(encode_error(code, message, verb, publish_id)))
 
@@ -254,14 +286,30 @@ class Connection:
         return f"{self._lost or 'ended'} without a close frame"
 
     def _allowed_session(self, session_id: str | None) -> str:
-        """The session a command acts on; raises for a session this connection may not use."""
+        """The session a command acts on; raises ``forbidden_session`` for one this connection may not use."""
         session_id = session_id or self.session_id
-        if self.claims is not None and session_id != self.claims.sid:
-            raise ProtocolError(
-                ErrorCode.FORBIDDEN_SESSION,
-                f"this connection's token is bound to session {self.claims.sid!r}",
-            )
+        claims = self.claims
+        if claims is not None and session_id == claims.sid:
+            return session_id
+        username = claims.sub if claims is not None else None
+        access = self.hub.access
+        if not access.may_use_session(username, session_id):
+            raise ProtocolError(ErrorCode.FORBIDDEN_SESSION, access.session_refusal(username, session_id))
         return session_id
+
+    def _allowed_topic(self, topic: str, session_id: str, action: TopicAction) -> None:
+        """Raises ``forbidden_topic`` when this connection may not ``action`` ``topic`` in ``session_id``."""
+        claims = self.claims
+        refusal = self.hub.access.topic_refusal(claims.sub if claims else None, session_id, topic, action)
+        if refusal is not None:
+            raise ProtocolError(ErrorCode.FORBIDDEN_TOPIC, refusal)
+
+    def _stream(self, topic: str, session_id: str | None, action: TopicAction) -> str:
+        """The session of a command on ``topic``, once both checks passed."""
+        session_id = self._allowed_session(session_id)
+        self._allowed_topic(topic, session_id, action)
+        return session_id
+
 
     def _on_ping(self, command: Ping) -> None:
         self.hub.writer.send_to(self.outbox, _PONG_REPLY_FRAME)
@@ -275,17 +323,17 @@ class Connection:
         self.hub.registry.leave_session(old)
 
     def _on_subscribe(self, command: Subscribe) -> None:
-        self.hub.subscribe(self.outbox, command.topic, self._allowed_session(command.session_id))
+        self.hub.subscribe(self.outbox, command.topic, self._stream(command.topic, command.session_id, _SUBSCRIBE))
 
     def _on_unsubscribe(self, command: Unsubscribe) -> None:
         self.hub.unsubscribe(self.outbox, command.topic, self._allowed_session(command.session_id))
 
     def _on_subscribe_json(self, command: SubscribeJson) -> None:
-        self.hub.subscribe_json(self.outbox, command.topic, self._allowed_session(command.session_id),
-                                command.since)
+        self.hub.subscribe_json(self.outbox, command.topic,
+                                self._stream(command.topic, command.session_id, _SUBSCRIBE), command.since)
 
     def _on_history(self, command: HistoryQuery) -> None:
-        reply = self.hub.history_of(command.topic, self._allowed_session(command.session_id),
+        reply = self.hub.history_of(command.topic, self._stream(command.topic, command.session_id, _SUBSCRIBE),
                                     command.limit, command.since)
         self.hub.writer.send_to(self.outbox, text_frame(reply))
 
@@ -297,7 +345,7 @@ class Connection:
                 topic=command.topic,
                 payload=command.payload,
                 timestamp=command.timestamp or rfc3339_now(),
-                session_id=self._allowed_session(command.session_id),
+                session_id=self._stream(command.topic, command.session_id, _PUBLISH),
                 user=user,
             )
             (position, delivered), _ = self.hub.publish(delivery, command.id)
@@ -317,4 +365,7 @@ class Connection:
         Publish: _on_publish,
         SubscribeJson: _on_subscribe_json,
         HistoryQuery: _on_history,
+        Auth: TokenLife._on_auth,
+        Refresh: TokenLife._on_refresh,
     }  # type: ignore[dict-item]
+

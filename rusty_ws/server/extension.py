@@ -13,6 +13,14 @@
     def new_order():
         pubsub.publish("session-shop", "OrderPlaced", {"id": 42})
 
+    @pubsub.session_policy
+    def may_use(username, session_id):        # username None: an anonymous connection
+        return username is not None and session_id in sessions_of(username)
+
+    @pubsub.permissions
+    def may(username, session_id, topic, action):   # action: TopicAction.SUBSCRIBE or PUBLISH
+        return action == "subscribe" or username is not None
+
 The app's settings (``RUSTY_WS_*``, see ``config.py``) are read once, in
 ``init_app``. The hub's state lives in ``app.extensions`` (see ``state.py``).
 """
@@ -26,8 +34,8 @@ from typing import Any
 
 from flask import Flask, current_app, has_app_context
 
-from . import cli
-from ..auth import CredentialChecker, TokenService, UsersFile
+from . import cli, redaction
+from ..auth import CredentialChecker, SessionPolicy, TokenService, UsersFile
 from ..brokers import broker_from_url
 from ..config import Settings
 from .hub import Hub
@@ -42,7 +50,9 @@ from ..protocol import (
     nested_deeper_than,
     rfc3339_now,
 )
+from .access import Access, TopicPermissions
 from .state import EXTENSION_KEY, State, state_of
+from .throttle import LoginThrottle
 from .views import make_blueprint, reader_thread_class
 
 __all__ = ["PubSub"]
@@ -56,6 +66,8 @@ class PubSub:
         app: an app to set up now; or call ``init_app`` later (app factories).
         url_prefix: where the routes go (``/ws``, ``/auth/token``, ...); default the root.
         check_credentials: ``(username, password) -> bool``; see ``credential_checker``.
+        session_policy: ``(username or None, session_id) -> bool``; see ``session_policy_hook``.
+        permissions: ``(username or None, session_id, topic, action) -> bool``; see ``permissions_hook``.
     """
 
     def __init__(
@@ -64,10 +76,20 @@ class PubSub:
         *,
         url_prefix: str | None = None,
         check_credentials: CredentialChecker | None = None,
+        session_policy: SessionPolicy | None = None,
+        permissions: TopicPermissions | None = None,
     ) -> None:
         self.url_prefix = url_prefix
         #: The app's own login check; overrides ``RUSTY_WS_USERS_FILE`` and the demo user.
         self.credential_checker = check_credentials
+        #: The app's own session policy: may this user (None: anonymous) use this session?
+        #: Replaces the users file's ``sessions`` and development mode's "anywhere"; for
+        #: anonymous connections it is asked after ``RUSTY_WS_ANONYMOUS_SESSIONS`` allowed.
+        self.session_policy_hook = session_policy
+        #: The app's per-topic check: may this identity subscribe to (``history:`` too) or
+        #: publish on this topic in this session? Asked after the session is allowed and,
+        #: for publishes, after ``RUSTY_WS_SERVER_ONLY_TOPICS``.
+        self.permissions_hook = permissions
         self._apps: list[Flask] = []
         if app is not None:
             self.init_app(app)
@@ -117,15 +139,23 @@ class PubSub:
         if users is None and self.credential_checker is None:
             logger.warning(
                 "DEVELOPMENT MODE: no users file and no credential hook; the demo login "
-                "testuser/password works. Set RUSTY_WS_USERS_FILE for real users."
+                "testuser/password works and may have any session. Set RUSTY_WS_USERS_FILE for real users."
             )
+        elif users is not None:
+            logger.info("users file: %d users, %d of them admins", len(users), len(users.admins()))
+        redaction.install()  # before the first request line is logged
+        tokens = TokenService(secret, settings.jwt_expiration_seconds, max_lifetime=settings.jwt_max_lifetime)
+        access = Access(settings, tokens, users, self)
         state = State(
             pubsub=self,
             settings=settings,
-            hub=Hub(settings, broker),
-            tokens=TokenService(secret, settings.jwt_expiration_seconds,
-                                max_lifetime=settings.jwt_max_lifetime),
+            hub=Hub(settings, broker, access),
+            tokens=tokens,
             users=users,
+            access=access,
+            throttle=LoginThrottle(settings.login_max_failures_per_address,
+                                   settings.login_max_failures_per_user_address,
+                                   settings.login_window, settings.login_max_tracked),
         )
         try:
             app.register_blueprint(make_blueprint(state), url_prefix=url_prefix or self.url_prefix)
@@ -147,6 +177,29 @@ class PubSub:
         logger.info("credential hook %s registered: the demo login is off",
                     getattr(checker, "__qualname__", checker))
         return checker
+
+    def session_policy(self, policy: SessionPolicy) -> SessionPolicy:
+        """Decorator: use ``policy(username, session_id) -> bool`` to decide who may use which session.
+
+        ``username`` is None for an anonymous connection. Asked at ``/auth/token``
+        (after the password) and for every command that names or implies a session
+        other than the token's ``sid``. Runs on the request's or the connection's
+        thread; one that raises refuses (and is logged). Returns ``policy``.
+        """
+        self.session_policy_hook = policy
+        logger.info("session policy %s registered", getattr(policy, "__qualname__", policy))
+        return policy
+
+    def permissions(self, check: TopicPermissions) -> TopicPermissions:
+        """Decorator: use ``check(username, session_id, topic, action) -> bool`` for every subscribe and publish.
+
+        ``action`` is a ``TopicAction`` (``"subscribe"``, which ``history:`` asks too, or
+        ``"publish"``); ``username`` is None for an anonymous connection. A refusal is
+        ``forbidden_topic``. The hub's own ``publish`` is never checked. Returns ``check``.
+        """
+        self.permissions_hook = check
+        logger.info("topic permissions %s registered", getattr(check, "__qualname__", check))
+        return check
 
     def state(self, app: Flask | None = None) -> State:
         """The hub state of ``app``, the current app, or the only app set up.

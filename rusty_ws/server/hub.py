@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import itertools
 import logging
+import secrets
 import socket
 import threading
 import time
 from typing import Any
 
-from ..auth import Claims
+from ..auth import Claims, TokenService
 from ..brokers import Broker
 from ..brokers.base import Landed
 from ..config import Settings
@@ -42,6 +43,7 @@ from ..protocol import (
     encode_subscribed,
     with_position,
 )
+from .access import Access
 from .connection import Connection
 from .registry import Registry
 from .writer import Outbox, Writer
@@ -101,10 +103,13 @@ class Hub:
     Args:
         settings: the checked settings.
         broker: where publishes go; the hub starts it now and stops it in ``shutdown``.
+        access: who may do what (tokens, sessions, topics); default: the settings' rules
+            alone, with a token key of its own.
     """
 
-    def __init__(self, settings: Settings, broker: Broker) -> None:
+    def __init__(self, settings: Settings, broker: Broker, access: Access | None = None) -> None:
         self.settings = settings
+        self.access = access or Access(settings, TokenService(secrets.token_urlsafe(32)))
         self.registry = Registry(settings.max_subscriptions)
         self.writer = Writer(
             max_queued_bytes=settings.max_queued_bytes,
@@ -195,7 +200,8 @@ class Hub:
         self.registry.enter_session(connection.session_id)  # counted by /healthz's "sessions"
 
     def _discard(self, connection: "Connection") -> None:
-        """Forget a connection that ended, and every subscription it held."""
+        """Forget a connection that ended, every subscription it held, and its deadlines."""
+        connection.cancel_timers()
         for key in self.registry.remove(connection.outbox):
             self._interest_gone(key)
         with self._connections_lock:

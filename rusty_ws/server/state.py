@@ -16,8 +16,10 @@ from ..auth import CredentialChecker, DemoUsers, TokenService
 from ..config import Settings
 
 if TYPE_CHECKING:
+    from .access import Access
     from .extension import PubSub
     from .hub import Hub
+    from .throttle import LoginThrottle
 
 __all__ = ["EXTENSION_KEY", "State", "state_of"]
 
@@ -36,6 +38,8 @@ class State:
     hub: "Hub"
     tokens: TokenService
     users: CredentialChecker | None
+    access: "Access"
+    throttle: "LoginThrottle"
 
     def check_credentials(self, username: str, password: str) -> bool:
         """The app's hook if it has one, else the users file, else the demo user."""

@@ -22,6 +22,14 @@ wait) has them read by the WSGI server together with the request head; the
 view hands those bytes (``_read_ahead``) to the connection, which parses them
 before it reads the socket, so they are not lost.
 
+``/auth/token`` checks, in this order: the body (400), the failure counters of
+the client's address (429 with ``Retry-After``, no password checked: see
+``throttle.py``), the password (401), then the session policy (403
+``forbidden_session``), so the policy is never revealed to someone without
+the password. Without ``RUSTY_WS_REQUIRE_AUTH`` a handshake without a token
+is anonymous; with it, it is upgraded all the same, and the connection must
+send ``auth:{token}`` first (``connection.py``).
+
 simple-websocket starts a reader thread per connection; on our route it gets
 a stand-in (``_RequestThreadReads``) and the request thread reads instead,
 so a connection costs one thread. Other flask-sock routes of the app keep
@@ -53,6 +61,7 @@ from ..auth import Claims, default_session_for
 from ..exceptions import AuthError, ProtocolError, TokenInvalid
 from ..frames import ACCEPTED_DEFLATE, deflate_offer_to_accept
 from ..protocol import check_session, loads_strict
+from .throttle import client_address
 
 if TYPE_CHECKING:
     from .extension import State
@@ -211,6 +220,10 @@ def _json_body() -> dict[str, Any]:
     return body
 
 
+#: ``_check_login``'s answer for a login refused by the failure counters while it waited.
+_THROTTLED = object()
+
+
 class _BadRequest(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
@@ -256,8 +269,7 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
             except AuthError as exc:
                 logger.info("refused a WebSocket from %s: %s", request.remote_addr, exc.code)
                 return _error(exc.status, exc.code, exc.message)
-        elif settings.require_auth:
-            return _error(401, "token_required", "this hub requires a token (?token=...)")
+        # No token: anonymous, or under REQUIRE_AUTH upgraded to wait for auth:{token}.
         if not hub.take_slot():
             if hub.accepting:
                 response, status = _error(503, "server_full", "the hub is at its connection limit")
@@ -329,31 +341,57 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
             session_id = body.get("session_id") or None
             if session_id is not None and not isinstance(session_id, str):
                 raise _BadRequest(400, "invalid_session", "'session_id' must be a string")
-            check_session(session_id or default_session_for(username))
+            session_id = check_session(session_id or default_session_for(username))
         except _BadRequest as exc:
             return _error(exc.status, exc.code, exc.message)
         except ProtocolError as exc:
             return _error(400, exc.code, exc.message)
-        accepted = _check_login(username, password)
+        address = _client_address()
+        # Asked before waiting for a free check (no wait, no hashing) and again inside it.
+        retry_after = state.throttle.refusal(address, username)
+        accepted = _check_login(username, password, address) if retry_after is None else _THROTTLED
+        if accepted is _THROTTLED:
+            retry_after = retry_after or state.throttle.refusal(address, username) or 1
+            logger.info("login for %r from %s refused: too many failures", username[:64], address)
+            response, status = _error(429, "too_many_attempts",
+                                      f"too many failed logins; try again in {retry_after} s")
+            response.headers["Retry-After"] = str(retry_after)
+            return response, status
         if accepted is None:
             response, status = _error(503, "too_many_logins", "too many logins at once; try again shortly")
             response.headers["Retry-After"] = str(max(1, math.ceil(settings.login_queue_timeout)))
             return response, status
         if not accepted:
-            logger.info("failed login for %r from %s", username[:64], request.remote_addr)
+            state.throttle.failed(address, username)
+            logger.info("failed login for %r from %s", username[:64], address)
             return _error(401, "bad_credentials", "wrong username or password")
+        state.throttle.succeeded(address, username)
+        if not state.access.may_use_session(username, session_id):
+            logger.info("%r may not have session %r", username[:64], session_id[:64])
+            return _error(403, "forbidden_session", state.access.session_refusal(username, session_id))
         issued = state.tokens.issue(username, session_id)
         logger.info("issued a token for %r in %r", username, issued.claims.sid)
         return jsonify({"token": issued.token, "expires_in": issued.expires_in,
                         "session_id": issued.claims.sid})
 
-    def _check_login(username: str, password: str) -> bool | None:
-        """The credential check, at most ``max_concurrent_logins`` at once; None if none was free in time."""
+    def _client_address() -> str:
+        """Who is logging in: the peer, or behind RUSTY_WS_TRUSTED_PROXIES the client they name."""
+        return client_address(request.remote_addr, request.headers.getlist("X-Forwarded-For"),
+                              settings.trusted_proxies)
+
+    def _check_login(username: str, password: str, address: str) -> Any:
+        """The credential check, at most ``max_concurrent_logins`` at once.
+
+        Returns:
+            True or False; None if no check was free in time; ``_THROTTLED`` if the
+            address reached a failure limit while this login waited.
+        """
         if not logins.acquire(timeout=settings.login_queue_timeout):
-            logger.info("%d logins running: refused one from %s", settings.max_concurrent_logins,
-                        request.remote_addr)
+            logger.info("%d logins running: refused one from %s", settings.max_concurrent_logins, address)
             return None
         try:
+            if state.throttle.refusal(address, username) is not None:
+                return _THROTTLED
             return state.check_credentials(username, password)
         finally:
             logins.release()

@@ -16,7 +16,9 @@ own ``send()`` writes from whichever thread calls it, with no lock).
 The writer thread (``rusty_ws-writer``) does what cannot be done on the spot:
 it waits with a selector for room in sockets whose kernel buffer was full and
 writes them when they drain; it pings idle clients and drops those that stop
-answering; it ends closing handshakes that time out. A socket whose outbox
+answering; it ends closing handshakes that time out; and it runs the
+connections' deadlines (``timers``: token expiry, the wait for ``auth:``),
+waking for the earliest one. A socket whose outbox
 passes ``max_queued_bytes`` is closed as a slow consumer (4100); nobody else
 ever waits for it.
 
@@ -50,6 +52,7 @@ from typing import Any, Callable, Collection, Iterator
 
 from ..frames import OP_PING, close_frame, encode_frame
 from ..protocol import CLOSE_CODE_EXPLANATIONS, CloseCode
+from .timers import Timers
 
 __all__ = ["Outbox", "OutboxState", "Writer"]
 
@@ -152,6 +155,7 @@ class Writer:
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)  # a full pair means a wake-up is pending already (timers wake often)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         # _state_lock guards _thread and _stopping (start once, stop once).
         self._state_lock = threading.Lock()
@@ -164,6 +168,8 @@ class Writer:
         # Past this sum the frames really held are counted (max_total_queued_bytes); see _over_budget_locked.
         self._recheck_total = max_total_queued_bytes
         self._ping_frame = encode_frame(OP_PING, b"")
+        #: Deadlines this writer's thread runs (outside ``_flush_lock``), waking for the earliest.
+        self.timers = Timers(wake=self._interrupt)
 
     # ------------------------------------------------------------------ any thread
 
@@ -313,7 +319,8 @@ class Writer:
         next_tick = time.monotonic() + tick
         try:
             while not self._stopping:
-                ready = self._selector.select(max(0.0, next_tick - time.monotonic()))
+                wake_at = min(next_tick, self.timers.next_due())
+                ready = self._selector.select(max(0.0, wake_at - time.monotonic()))
                 with self._flush_lock:
                     for key, _ in ready:
                         if key.data is None:
@@ -326,6 +333,7 @@ class Writer:
                         self._housekeeping_locked(now)
                         self._flush_queued_locked()  # the pings and closes it queued
                         next_tick = now + tick
+                self.timers.run_due(time.monotonic())  # outside the lock: they may close connections
         except Exception:
             logger.exception("%s crashed; dropping every connection it wrote for", self.name)
         finally:
@@ -422,7 +430,7 @@ class Writer:
         assert self._flush_lock.locked(), "must hold _flush_lock"
         held, frames = self._held_locked()
         if held > budget:
-            logger.warning("! %d bytes queued over all connections, more than %d: closing the slowest",
+            logger.warning("%d bytes queued over all connections, more than %d: closing the slowest",
                            held, budget)
             for box in sorted((box for box in self._boxes if box.size), key=lambda box: box.size, reverse=True):
                 if held <= budget:

@@ -61,9 +61,11 @@ def test_wrong_password(server: RunningServer) -> None:
 
 
 def test_foreign_session_is_refused(server: RunningServer) -> None:
-    credentials = Credentials(server.http_url + "/auth/token", "testuser", "password", "session-A")
+    # Not the demo user: in development mode it may have any session (issue 13). alice's
+    # token (made by the app) grants its sid and session-alice only.
+    credentials = Credentials(server.http_url + "/auth/token", "alice", "unused", "session-A")
     client = WsClient("Client1", server.ws_url, "session-B", credentials=credentials)
-    client._connector.token = server.token("testuser", "session-A")
+    client._connector.token = server.token("alice", "session-A")
     with pytest.raises(ServerError) as refused:
         client.open()
     assert refused.value.code == "forbidden_session"

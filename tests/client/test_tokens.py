@@ -41,9 +41,12 @@ def test_refresh_when_less_than_five_minutes_remain() -> None:
 
 
 def expired_issuer(server: RunningServer) -> None:
-    """Make the server issue tokens that expired an hour ago by the real clock (its own clock agrees they are fine)."""
+    """Make the server issue tokens that expired an hour ago by the real clock (its own clock agrees they are fine).
+
+    The hub's connections keep time by the same service (expiry, 4002), so it is replaced there too.
+    """
     state = state_of(server.app)
-    state.tokens = TokenService(SECRET, 3600, clock=lambda: time.time() - 7200)
+    state.tokens = state.access.tokens = TokenService(SECRET, 3600, clock=lambda: time.time() - 7200)
 
 
 def test_expired_token_means_logging_in_again() -> None:

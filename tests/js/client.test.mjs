@@ -203,9 +203,10 @@ describe("logged-in clients", () => {
   });
 
   test("a session the token does not allow is refused by the hub: forbidden_session", async () => {
+    const policy = hub("RUSTY_WS_POLICY_HTTP_URL"); // its users file grants testuser js-mine only
     const tokens = new JwtManager();
-    await tokens.authenticate(HUB.authUrl, "testuser", "password", "js-mine");
-    const c = new RustyWsClient(HUB.ws, { WebSocket, jwtManager: tokens, sessionId: "js-not-mine" });
+    await tokens.authenticate(policy.authUrl, "testuser", "password", "js-mine");
+    const c = new RustyWsClient(policy.ws, { WebSocket, jwtManager: tokens, sessionId: "js-not-mine" });
     await assert.rejects(c.connect(), { name: "ServerError", code: "forbidden_session" });
     assert.equal(c.state, State.CLOSED);
     tokens.clearToken();

@@ -12,6 +12,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from werkzeug.security import generate_password_hash
+
 from rusty_ws.protocol import (
     MAX_EPOCH_LENGTH,
     MAX_NAME_LENGTH,
@@ -42,15 +44,22 @@ def run_node(*args: str, env: dict[str, str] | None = None, timeout: float = 60 
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_node_test_runner_against_the_hub() -> None:
+def test_node_test_runner_against_the_hub(tmp_path: Path) -> None:
     assert (JS_DIR / "node_modules" / "ws").is_dir(), "run scripts/test.sh: it runs `npm ci` in tests/js"
     files = sorted(path.name for path in JS_DIR.glob("*.test.mjs"))
     assert len(files) >= 3, files
+    # A hub with a session policy: testuser/password may have js-mine only (in development
+    # mode the demo user may have any session, so forbidden_session needs a users file).
+    users = tmp_path / "users.json"
+    users.write_text(json.dumps({"testuser": {
+        "password_hash": generate_password_hash("password", method="pbkdf2:sha256:1000"), "sessions": ["js-mine"]}}))
     with running_server(max_subscriptions=8) as hub, running_server(jwt_expiration_seconds=4) as short, \
+            running_server(users_file=str(users)) as policy, \
             running_server(history_size=2000) as history, running_server(history_size=0) as no_history:
         result = run_node("--test", "--test-reporter=spec", *files, env={
             "RUSTY_WS_HTTP_URL": hub.http_url,
             "RUSTY_WS_SHORT_TOKEN_HTTP_URL": short.http_url,
+            "RUSTY_WS_POLICY_HTTP_URL": policy.http_url,
             "RUSTY_WS_HISTORY_HTTP_URL": history.http_url,
             "RUSTY_WS_NO_HISTORY_HTTP_URL": no_history.http_url,
         })

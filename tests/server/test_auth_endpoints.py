@@ -207,8 +207,13 @@ class TestHandshake:
             assert client.recv_json()["user"] == "alice"
 
     def test_require_auth(self) -> None:
+        # Issue 13: no 401 any more; the handshake is upgraded to wait for auth:{token}
+        # (tests/server/test_token_lifetime.py has the rest of that rule).
         with running_server(require_auth=True) as server:
-            assert handshake_status(server.ws_url) == 401
+            with server.connect() as client:
+                client.send(encode_ping())
+                assert json.loads(client.recv()[len("error:"):])["code"] == "token_required"
+                assert client.recv_close()[0] == 4001
             with server.connect(server.token("alice")) as client:
                 assert client.command(encode_ping()) == []
 
