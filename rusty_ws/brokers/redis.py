@@ -1,6 +1,7 @@
 """The Redis broker: publishes cross processes and machines through Redis pub/sub.
 
-Install with ``pip install rusty_ws[redis]`` and set
+Needs the ``redis`` package (the ``redis`` extra: ``pip install '.[redis]'``
+from a checkout, ``pip install 'redis>=5'`` beside an installed rusty_ws) and
 ``RUSTY_WS_BROKER_URL=redis://host:6379/0``. ``docs/scaling.md`` is the
 operator's view; this is the implementer's.
 
@@ -95,7 +96,7 @@ def _import_redis() -> Any:
     except ImportError:
         raise RuntimeError(
             "RUSTY_WS_BROKER_URL names Redis but the redis package is missing: "
-            "pip install 'rusty_ws[redis]'"
+            "pip install 'redis>=5' (the redis extra; from a checkout: pip install '.[redis]')"
         ) from None
     return redis
 
