@@ -1,7 +1,8 @@
 """The documentation stands on its own and names what exists.
 
-- Links between pages point at files and headings that exist; nothing points
-  outside the repository's tree (the protocol's origin is a public URL).
+- Links between pages point at files and headings that exist, and so do the
+  paths the pages name (``rusty_ws/server/views.py``); nothing points outside
+  the repository's tree (the protocol's origin is a public URL).
 - "seed" (the original protocol's old name here) appears only in code names.
 - Every install command works today: from a checkout or a built wheel; the
   index form only where the text says it is for after a release, and never in
@@ -48,6 +49,18 @@ def test_seed_is_only_a_code_name(page) -> None:
     outside_code = re.sub(r"`[^`\n]*`", "", prose(page))
     assert not re.search(r"\bseed", outside_code, re.I), \
         f"{page.name}: say 'Rusty WebSocket' or 'the original protocol' in prose"
+
+
+REPO_PATH = re.compile(r"(?<![\w/.<>~-])((?:rusty_ws|tests|scripts|docs)/[\w./-]*\w)")
+
+
+@pytest.mark.parametrize("page", [*PAGES, ROOT / "CHANGELOG.md"], ids=[*PAGE_IDS, "CHANGELOG.md"])
+def test_paths_into_the_repository_exist(page) -> None:
+    # A path such as rusty_ws/server/views.py or tests/server/test_writer.py, not a URL path (/rusty_ws/...).
+    for path in REPO_PATH.findall(page.read_text(encoding="utf-8")):
+        if any(ch in path for ch in "*{"):
+            continue
+        assert (ROOT / path).exists() or (ROOT / path.rstrip(".")).exists(), f"{page.name} names {path}: not there"
 
 
 def test_the_origin_is_described_with_its_public_url() -> None:
