@@ -149,6 +149,25 @@ class TestInstalledWheel:
         output = run([str(venv / "bin" / "rusty-ws"), "--version"], WAIT * 10, outside).stdout
         assert output.splitlines()[0] == f"rusty_ws {rusty_ws.__version__}"
 
+    def test_a_clone_folder_beside_a_script(self, venv: Path, tmp_path: Path) -> None:
+        """The README's trap, as it says: the checkout's .venv (setup-env.sh: pip install -e) is fooled, the wheel is not."""
+        clone = tmp_path / "rusty_ws"  # what `git clone` makes, holding the package folder
+        (clone / "rusty_ws").mkdir(parents=True)
+        (clone / "rusty_ws" / "__init__.py").write_text("raise AssertionError('imported the clone')\n")
+        script = tmp_path / "script.py"
+        script.write_text("from rusty_ws import WsClient\nimport rusty_ws\nprint(rusty_ws.__file__)\n")
+
+        installed = subprocess.run([str(venv / "bin" / "python"), str(script)], cwd=tmp_path, env=clean_env(),
+                                   capture_output=True, text=True, timeout=WAIT * 10)
+        assert installed.returncode == 0, installed.stderr
+        assert Path(installed.stdout.strip()).is_relative_to(venv), installed.stdout
+
+        editable = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=clean_env(),
+                                  capture_output=True, text=True, timeout=WAIT * 10)
+        assert "ImportError: cannot import name 'WsClient' from 'rusty_ws' (unknown location)" in editable.stderr
+        assert "ImportError: cannot import name 'WsClient' from 'rusty_ws' (unknown location)" in \
+            (ROOT / "README.md").read_text()
+
     def test_serves_the_page_healthz_and_every_module(self, venv: Path, outside: Path) -> None:
         port = free_port()
         command = [str(venv / "bin" / "rusty-ws"), "serve", "--host", "127.0.0.1", "--port", str(port)]
