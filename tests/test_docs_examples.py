@@ -4,7 +4,8 @@ Each fenced ``sh``, ``console`` or ``python`` block is one test, named by its pa
 and line. What a block needs beyond its own text is declared in ``EXAMPLES``
 below, keyed by page and first line, each with the reason; a block not listed
 there runs as it is written. So a new example runs by default, and one that
-cannot run here is skipped only by an entry that says why.
+cannot run here (a whole block, or one command of it) is skipped only by an
+entry that says why, and shows in pytest's summary as a skip with that reason.
 
 - **Python** blocks run in a subprocess of this venv, in a temporary folder
   (holding embedding.md's ``shop`` package and a users file), against a hub on
@@ -50,7 +51,6 @@ LANGUAGES = {"sh", "console", "python"}
 VENV_BIN = str(Path(sys.executable).parent)
 RUN_TIMEOUT = WAIT * 20
 SERVER = re.compile(r"\b(rusty-ws|flask)\b.*\b(serve|run)\b|\bgunicorn\b|scripts/serve\.sh")
-SHOP = "shop:create_app()"
 
 
 @dataclass(frozen=True)
@@ -287,6 +287,20 @@ def rewritten(block: Block, spec: Run) -> str:
     return text
 
 
+#: Commands that a block's entry skips while the rest of the block runs: reported as skips of their own.
+SKIPPED_COMMANDS = [(block, command, skip.reason) for block in ALL
+                    for spec in [EXAMPLES.get(key(block))] if isinstance(spec, Run)
+                    for command, skip in spec.commands.items() if isinstance(skip, Skip)]
+
+
+@pytest.mark.parametrize("block, command, reason", SKIPPED_COMMANDS,
+                         ids=[f"{block.page}:{block.line}:{command}" for block, command, _ in SKIPPED_COMMANDS])
+def test_skipped_command(block: Block, command: str, reason: str) -> None:
+    assert any(without_comment(c.text).strip().startswith(command) for c in commands_of(block, block.text)), \
+        f"{block}: no command {command!r} to skip"
+    pytest.skip(reason)
+
+
 @pytest.mark.parametrize("block", ALL, ids=[f"{block.page}:{block.line}" for block in ALL])
 def test_example(block: Block, server: RunningServer, work: Path) -> None:
     spec = EXAMPLES.get(key(block), Run())
@@ -385,7 +399,7 @@ def run_shell(block: Block, spec: Run, server: RunningServer, work: Path) -> Non
         text = without_comment(command.text).strip()
         what = spec_for(spec, text)
         if isinstance(what, Skip):
-            continue
+            continue  # reported by test_skipped_command
         if text.startswith("export "):
             exports.append(text)
             continue
