@@ -212,7 +212,7 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """A server command in a process group of its own, logging to a file; a context manager.
+    """A server command in a process group of its own, logging to a file in ``log_dir`` (default ``cwd``).
 
     ``__enter__`` starts it and returns once ``http://127.0.0.1:{port}{ready_path}``
     gives any HTTP answer (polled every ``POLL``, for at most ``ready_timeout``),
@@ -225,7 +225,8 @@ class ServerProcess:
 
     def __init__(self, command: list[str], *, port: int, cwd: str, env: dict[str, str] | None = None,
                  ready_path: str = "/healthz", ready_timeout: float = 10 * WAIT,
-                 stop_signal: int = signal.SIGTERM, expect_returncode: int | None = 0) -> None:
+                 stop_signal: int = signal.SIGTERM, expect_returncode: int | None = 0,
+                 log_dir: str | None = None) -> None:
         self.command = command
         self.port = port
         self.cwd = cwd
@@ -234,7 +235,7 @@ class ServerProcess:
         self.ready_timeout = ready_timeout
         self.stop_signal = stop_signal
         self.expect_returncode = expect_returncode
-        self.log_path = os.path.join(cwd, f"server-{port}.log")
+        self.log_path = os.path.join(log_dir or cwd, f"server-{port}.log")
         self.returncode: int | None = None
 
     @property

@@ -455,7 +455,7 @@ def run_server(block: Block, text: str, exports: list[str], how: Server, cwd: Pa
     script = "\n".join(["set -euo pipefail", *exports, f"{assignments}exec {rest}"])
     with ServerProcess(["bash", "-c", script], port=port, cwd=str(cwd), env=environment(),
                        ready_path=how.prefix + "/healthz", ready_timeout=RUN_TIMEOUT,
-                       expect_returncode=how.returncode) as process:
+                       expect_returncode=how.returncode, log_dir=str(work)) as process:
         headers = {"Host": how.host} if how.host else {}
         request = urllib.request.Request(f"{process.base}{how.prefix}/healthz", headers=headers)
         try:
