@@ -63,6 +63,19 @@ def test_paths_into_the_repository_exist(page) -> None:
         assert (ROOT / path).exists() or (ROOT / path.rstrip(".")).exists(), f"{page.name} names {path}: not there"
 
 
+def test_configuration_names_every_broker_the_code_accepts() -> None:
+    from rusty_ws.brokers import broker_from_url
+
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    paragraph = text.split("**`RUSTY_WS_BROKER_URL`.**", 1)[1].split("\n#", 1)[0]
+    named = re.findall(r"`([a-z]+)://", paragraph)
+    assert set(named) == {"memory", "redis", "rediss", "unix"}, named
+    for scheme in named:  # each is accepted (made, not started: nothing connects)
+        broker_from_url({"memory": "memory://", "unix": "unix:///run/redis.sock"}.get(scheme, f"{scheme}://h:1/0"))
+    with pytest.raises(ValueError, match="unknown broker URL"):
+        broker_from_url("carrier-pigeon://coop")
+
+
 def test_the_origin_is_described_with_its_public_url() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     first_paragraphs = readme.split("## Quick start")[0]

@@ -108,7 +108,7 @@ class RedisBroker(Broker):
     """Carries publishes between nodes through Redis pub/sub. Safe to call from any thread.
 
     Args:
-        url: ``redis://`` or ``rediss://`` URL, with an optional ``channel_prefix=`` query
+        url: ``redis://``, ``rediss://`` or ``unix://`` URL, with an optional ``channel_prefix=`` query
             option (default ``rusty_ws``) to keep deployments that share a Redis apart
             (pub/sub ignores the database number).
         subscribe_timeout: seconds a subscribe or unsubscribe waits for Redis to confirm.
