@@ -9,6 +9,10 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 # nginx: the scaling tests run docs/scaling.md's proxy configuration (in the foreground, as
 # the test user, on a free port); Debian's package is only the binary for them.
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+# systemd-analyze: tests/test_deployment.py verifies docs/deployment.md's unit (no systemd needs to run).
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# curl: tests/test_docs_examples.py runs the docs' curl examples.
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 # The browser tests drive Debian's Chromium (never a browser downloaded by Playwright).
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -13,7 +13,6 @@ import json
 import os
 import selectors
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -23,15 +22,9 @@ import redis
 
 from rusty_ws.brokers.redis import channel_name, encode_envelope
 from rusty_ws.protocol import Delivery, encode_publish
-from support import WAIT, Client
+from support import WAIT, Client, free_port  # noqa: F401 (free_port: imported from here by other tests)
 
 REDIS_SERVER = shutil.which("redis-server")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class RedisServer:

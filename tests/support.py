@@ -349,6 +349,93 @@ def error_of(replies: list[str]) -> dict[str, Any]:
     return json.loads(replies[0][len("error:"):])
 
 
+# --------------------------------------------------------------------------- servers in their own processes
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (the caller binds it soon after)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class ServerProcess:
+    """A server command in a process group of its own, logging to a file in ``log_dir`` (default ``cwd``).
+
+    ``__enter__`` starts it and returns once ``http://127.0.0.1:{port}{ready_path}``
+    gives any HTTP answer (polled every ``POLL``, for at most ``ready_timeout``),
+    failing early, with the log, if the process exits. ``stop()`` (and
+    ``__exit__``) sends ``stop_signal`` to the whole group (a shell, gunicorn's
+    workers) and waits for the leader, at most ``WAIT * 3``; ``returncode`` is
+    then its exit status. ``__exit__`` asserts it is ``expect_returncode``
+    unless that is ``None``.
+    """
+
+    def __init__(self, command: list[str], *, port: int, cwd: str, env: dict[str, str] | None = None,
+                 ready_path: str = "/healthz", ready_timeout: float = 10 * WAIT,
+                 stop_signal: int = signal.SIGTERM, expect_returncode: int | None = 0,
+                 log_dir: str | None = None) -> None:
+        self.command = command
+        self.port = port
+        self.cwd = cwd
+        self.env = env
+        self.ready_path = ready_path
+        self.ready_timeout = ready_timeout
+        self.stop_signal = stop_signal
+        self.expect_returncode = expect_returncode
+        self.log_path = os.path.join(log_dir or cwd, f"server-{port}.log")
+        self.returncode: int | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+
+    def __enter__(self) -> "ServerProcess":
+        with open(self.log_path, "w", encoding="utf-8") as log:
+            self.process = subprocess.Popen(self.command, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        pause = threading.Event()
+        for _ in range(max(1, int(self.ready_timeout / POLL))):
+            if self.process.poll() is not None:
+                self.stop()
+                raise AssertionError(f"{self.command} exited ({self.returncode}) before answering:\n{self.output()}")
+            try:
+                with urllib.request.urlopen(self.base + self.ready_path, timeout=WAIT):
+                    return self
+            except urllib.error.HTTPError:
+                return self  # an answer all the same
+            except OSError:
+                pause.wait(POLL)
+        self.stop()
+        raise AssertionError(f"{self.command} did not answer within {self.ready_timeout:.0f} s:\n{self.output()}")
+
+    def stop(self) -> int:
+        """Signal the group and wait for the leader (bounded; killed past it). Idempotent; returns the status."""
+        if self.returncode is None:
+            if self.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, self.stop_signal)
+            try:
+                self.returncode = self.process.wait(WAIT * 3)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(WAIT)
+                raise AssertionError(f"{self.command} did not stop on {self.stop_signal!r}:\n{self.output()}") from None
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)  # what the leader left behind
+        return self.returncode
+
+    def __exit__(self, *exc: object) -> None:
+        code = self.stop()
+        if exc[0] is None and self.expect_returncode is not None:
+            assert code == self.expect_returncode, f"{self.command} exited with {code}:\n{self.output()}"
+
+
 # --------------------------------------------------------------------------- WsClient callbacks as queues
 
 

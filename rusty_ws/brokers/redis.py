@@ -1,6 +1,7 @@
 """The Redis broker: publishes cross processes and machines through Redis pub/sub.
 
-Install with ``pip install rusty_ws[redis]`` and set
+Needs the ``redis`` package (the ``redis`` extra: ``pip install '.[redis]'``
+from a checkout, ``pip install 'redis>=5'`` beside an installed rusty_ws) and
 ``RUSTY_WS_BROKER_URL=redis://host:6379/0``. ``docs/scaling.md`` is the
 operator's view; this is the implementer's.
 
@@ -94,7 +95,7 @@ def _import_redis() -> Any:
     except ImportError:
         raise RuntimeError(
             "RUSTY_WS_BROKER_URL names Redis but the redis package is missing: "
-            "pip install 'rusty_ws[redis]'"
+            "pip install 'redis>=5' (the redis extra; from a checkout: pip install '.[redis]')"
         ) from None
     return redis
 
@@ -106,7 +107,7 @@ class RedisBroker(Broker):
     """Carries publishes between nodes through Redis pub/sub. Safe to call from any thread.
 
     Args:
-        url: ``redis://`` or ``rediss://`` URL, with an optional ``channel_prefix=`` query
+        url: ``redis://``, ``rediss://`` or ``unix://`` URL, with an optional ``channel_prefix=`` query
             option (default ``rusty_ws``) to keep deployments that share a Redis apart
             (pub/sub ignores the database number).
         subscribe_timeout: seconds a subscribe or unsubscribe waits for Redis to confirm.

@@ -6,7 +6,7 @@ check these with literal values. ``docs/scaling.md`` explains the choices.
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from ..protocol import MAX_JSON_DEPTH, Delivery, dumps_utf8, loads_strict
 from .base import Key
@@ -138,4 +138,6 @@ def split_url(url: str) -> tuple[str, str]:
     if not prefix or ":" in prefix:
         raise ValueError("channel_prefix must be non-empty and without ':'")
     rest = urlencode([(name, value) for name, value in query if name != "channel_prefix"])
-    return urlunsplit(parts._replace(query=rest)), prefix
+    # Everything before the query as given: urlunsplit would turn unix:///path into unix:/path.
+    head = url.split("#", 1)[0].split("?", 1)[0]
+    return head + (f"?{rest}" if rest else "") + (f"#{parts.fragment}" if parts.fragment else ""), prefix

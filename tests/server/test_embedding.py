@@ -167,6 +167,18 @@ class TestCommands:
         listed = [line.split()[0] for line in result.output.split("Commands:")[1].splitlines() if line.strip()]
         assert {"serve", "token", "hash-password"} <= set(listed) and "rusty-ws" not in listed
 
+    def test_console_script_prints_rusty_ws_version_first(self, monkeypatch) -> None:
+        from click.testing import CliRunner
+
+        import rusty_ws
+
+        monkeypatch.setenv("FLASK_RUN_FROM_CLI", "")  # see above
+        result = CliRunner().invoke(cli, ["--version"])
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        assert lines[0] == f"rusty_ws {rusty_ws.__version__}"
+        assert [line.split()[0] for line in lines[1:]] == ["Python", "Flask", "Werkzeug"]
+
     def test_console_script_group_reads_the_environment(self, monkeypatch) -> None:
         from click.testing import CliRunner
 

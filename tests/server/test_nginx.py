@@ -11,21 +11,18 @@ import contextlib
 import os
 import re
 import shutil
-import signal
-import subprocess
 import tempfile
-import threading
 from typing import Iterator
 
 import pytest
 
+from nginx_support import Nginx, http_conf
 from redis_support import SENTINEL, RedisServer, free_port, publish_across_nodes, redis_server
 from rusty_ws.protocol import encode_register_name, encode_subscribe
-from support import WAIT, Client, http, running_server
+from support import Client, http, running_server
 from test_seed_scenario import PUBLISHES, SESSION_OF, SUBSCRIPTIONS, check_deliveries
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 
 
 def documented_snippet() -> str:
@@ -40,47 +37,7 @@ def nginx_conf(snippet: str, node_ports: list[int], port: int, work_dir: str) ->
     for number, node_port in enumerate(node_ports, 1):
         body = body.replace(f"node{number}.internal:8081", f"127.0.0.1:{node_port}")
     assert ".internal" not in body and "listen 80;" not in body, body
-    temp = "\n".join(f"    {kind}_temp_path {work_dir}/{kind};"
-                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    return (f"daemon off;\nmaster_process on;\nworker_processes 1;\npid {work_dir}/nginx.pid;\n"
-            f"error_log stderr notice;\nevents {{ worker_connections 256; }}\n"
-            f"http {{\n    access_log off;\n{temp}\n{body}\n}}\n")
-
-
-class Nginx:
-    """nginx in the foreground, on a free loopback port; ready once its master has forked a worker."""
-
-    def __init__(self, conf: str, port: int, work_dir: str) -> None:
-        assert NGINX, "nginx is missing: scripts/test.sh installs it"
-        self.port = port
-        path = os.path.join(work_dir, "nginx.conf")
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(conf)
-        command = [NGINX, "-p", work_dir, "-c", path, "-e", "stderr"]
-        checked = subprocess.run([*command, "-t"], capture_output=True, text=True, timeout=WAIT * 3)
-        assert checked.returncode == 0, checked.stderr
-        self.lines: list[str] = []
-        self._ready = threading.Event()
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE, text=True)
-        self._reader = threading.Thread(target=self._read_log, name="test-nginx-log", daemon=True)
-        self._reader.start()
-        if not self._ready.wait(WAIT * 3):
-            self.stop()
-            raise AssertionError("nginx did not start:\n" + "".join(self.lines))
-
-    def _read_log(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line)
-            if "start worker process" in line:  # the master listens before it forks workers
-                self._ready.set()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(WAIT * 3)
-        self._reader.join(WAIT)
+    return http_conf(body, work_dir)
 
 
 @contextlib.contextmanager
