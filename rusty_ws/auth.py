@@ -24,8 +24,9 @@ import math
 import re
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, ClassVar
 
 import jwt
 
@@ -202,7 +203,7 @@ class TokenService:
         if nbf is not None:
             if not _is_time(nbf):
                 raise TokenInvalid("invalid token: 'nbf' must be a finite number")
-            if nbf > now:  # type: ignore[operator]
+            if nbf > now:
                 raise TokenInvalid("invalid token: not valid before its 'nbf'")
         if claims.exp <= now:
             raise TokenExpired("token expired")
@@ -236,8 +237,10 @@ def _claims_from(payload: Mapping[str, object]) -> Claims:
     auth_time = payload.get("auth_time")
     if not _is_time(iat) or not _is_time(exp) or not (auth_time is None or _is_time(auth_time)):
         raise TokenInvalid("invalid token: 'iat', 'exp' and 'auth_time' must be finite numbers")
-    return Claims(sub=sub, sid=sid, iat=int(iat), exp=int(exp),  # type: ignore[arg-type]
-                  auth_time=None if auth_time is None else int(auth_time))  # type: ignore[arg-type]
+    assert isinstance(iat, (int, float)) and isinstance(exp, (int, float))  # _is_time said so
+    assert auth_time is None or isinstance(auth_time, (int, float))
+    return Claims(sub=sub, sid=sid, iat=int(iat), exp=int(exp),
+                  auth_time=None if auth_time is None else int(auth_time))
 
 
 def _is_time(value: object) -> bool:
@@ -405,7 +408,7 @@ class DemoUsers:
     says so loudly in its log.
     """
 
-    USERS = {"testuser": "password"}
+    USERS: ClassVar[dict[str, str]] = {"testuser": "password"}
 
     def __call__(self, username: str, password: str) -> bool:
         expected = self.USERS.get(username)

@@ -7,7 +7,7 @@ every good connection (the reset).
 from __future__ import annotations
 
 import random
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 __all__ = ["delays"]
 

@@ -24,7 +24,7 @@ __all__ = ["cli", "main", "version_text"]
 class _HubCli(FlaskGroup):
     """Flask's CLI, without the nested ``rusty-ws`` group that ``init_app`` adds for ``flask rusty-ws``."""
 
-    def list_commands(self, ctx):  # type: ignore[no-untyped-def]
+    def list_commands(self, ctx):
         return [name for name in super().list_commands(ctx) if name != group.name]
 
 

@@ -14,8 +14,9 @@ import ipaddress
 import json
 import math
 import os
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, MutableMapping
+from typing import Any
 
 from .exceptions import ConfigError
 
@@ -515,7 +516,7 @@ def _flag(setting: str, value: Any) -> bool:
         word = value.strip().lower()
         if word in _TRUE_WORDS | _FALSE_WORDS:
             return word in _TRUE_WORDS
-    elif value is None or isinstance(value, (bool, int)) and value in (0, 1):
+    elif value is None or (isinstance(value, (bool, int)) and value in (0, 1)):
         return bool(value)
     raise ConfigError(setting, value, "must be true or false (also 1/0, yes/no, on/off)")
 

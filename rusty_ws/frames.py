@@ -261,7 +261,7 @@ class FrameParser:
                 position = frame_end
             else:
                 # A big frame: let go of its raw bytes before its payload is decoded.
-                payload = _unmask_large(buffer, start + 4, frame_end, mask)
+                payload = _unmask_large(buffer, start + 4, frame_end, mask)  # type: ignore[assignment]
                 del buffer[:frame_end]
                 event = self._frame(first & 0x80, first & 0x0F, payload, first & _RSV1, frame_end - position)
                 position, end = 0, len(buffer)
@@ -310,7 +310,7 @@ class FrameParser:
         self._message_size = self._message_wire = 0
         return (_TOO_BIG,)
 
-    def _frame(self, fin: int, opcode: int, payload: bytes, compressed: int = 0, wire: int = 0) -> tuple | None:
+    def _frame(self, fin: int, opcode: int, payload: bytes | bytearray, compressed: int = 0, wire: int = 0) -> tuple | None:
         if opcode == OP_PING:
             self._pings += 1
             return (_PING, payload)
@@ -339,9 +339,10 @@ class FrameParser:
             payload, self._message = self._message, bytearray()
             self._message_size = self._message_wire = 0
         if self._compressed:
-            payload = self._inflate(payload)
-            if isinstance(payload, tuple):
-                return payload
+            inflated = self._inflate(payload)
+            if isinstance(inflated, tuple):
+                return inflated
+            payload = inflated
         if opcode == _OP_BINARY:
             return (_BINARY, bytes(payload))
         try:
@@ -370,7 +371,7 @@ class FrameParser:
         return data
 
     @staticmethod
-    def _close(payload: bytes) -> tuple:
+    def _close(payload: bytes | bytearray) -> tuple:
         if not payload:
             return (_CLOSE, 1005, "")
         if len(payload) < 2:

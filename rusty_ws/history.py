@@ -30,8 +30,8 @@ import collections
 import itertools
 import secrets
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from .protocol import Position
 

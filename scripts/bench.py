@@ -36,12 +36,13 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from benchlib.servers import COMPRESSING, SERVERS, ServerKind, RunningServer  # noqa: E402
+from benchlib.servers import COMPRESSING, SERVERS, RunningServer, ServerKind  # noqa: E402
 
 LOADGEN = os.path.join(HERE, "benchlib", "loadgen.py")
 ORDER = ["rusty_ws", "websockets", "flask-socketio", "per-send", "ceiling"]

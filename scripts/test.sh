@@ -33,4 +33,7 @@ fi
 (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
 
 scripts/setup-env.sh test
+echo "lint: ruff (scripts/ruff.toml) and mypy (setup.cfg)"
+.venv/bin/ruff check --config scripts/ruff.toml rusty_ws tests scripts
+.venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

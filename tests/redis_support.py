@@ -16,13 +16,14 @@ import shutil
 import subprocess
 import tempfile
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import redis
 
 from rusty_ws.brokers.redis import channel_name, encode_envelope
 from rusty_ws.protocol import Delivery, encode_publish
-from support import WAIT, Client, free_port  # noqa: F401 (free_port: imported from here by other tests)
+from support import WAIT, Client, free_port
 
 REDIS_SERVER = shutil.which("redis-server")
 

@@ -26,8 +26,9 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 import websocket
 from flask import Flask
@@ -249,7 +250,7 @@ class HubProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from rusty_ws.cli import main; main()", "serve", "--port", "0", *args],
             cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True, preexec_fn=limit_descriptors,
+            stderr=subprocess.PIPE, text=True, preexec_fn=limit_descriptors,  # noqa: PLW1509 - only setrlimit
         )
         self._reader = threading.Thread(target=self._read_log, name="test-hub-log", daemon=True)
         self._reader.start()
@@ -451,7 +452,7 @@ class Hooks:
         self.connected: queue.Queue = queue.Queue()
         self.disconnected: queue.Queue = queue.Queue()
         self.reconnecting: queue.Queue = queue.Queue()
-        client.on_connect = lambda c: self.connected.put(c)
+        client.on_connect = self.connected.put
         client.on_disconnect = lambda c, code, reason: self.disconnected.put((code, reason))
         client.on_reconnecting = lambda c, attempt, delay: self.reconnecting.put((attempt, delay))
 

@@ -15,7 +15,7 @@ import selectors
 import socket
 import struct
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 from support import WAIT
 
@@ -96,7 +96,7 @@ class TcpProxy:
         while not self._stopping.is_set():
             try:
                 client, _ = self.listener.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             with self._pipes_lock:  # held while connecting upstream, so hold() + cut() leave nothing open
                 if self._holding:

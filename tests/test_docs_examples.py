@@ -34,9 +34,10 @@ import sys
 import textwrap
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jwt
 import pytest

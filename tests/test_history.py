@@ -63,7 +63,7 @@ class TestOffsetsAndEpochs:
 
     def test_stored_bytes_are_what_encode_made(self) -> None:
         history, _ = make()
-        position, data = history.append(KEY, lambda p: b"<%d %s>" % (p.offset, p.epoch.encode()))
+        _position, data = history.append(KEY, lambda p: b"<%d %s>" % (p.offset, p.epoch.encode()))
         assert data == b"<1 p-1>"
         assert history.read(KEY).messages == [data]
 
@@ -98,7 +98,7 @@ class TestRetention:
         kept: dict[tuple[str, str], list[bytes]] = {}
         for round_ in range(200):
             key = (f"T{round_ % 7}", "s")
-            history.append(key, lambda p: message(p, size=round_ % 300))
+            history.append(key, lambda p, pad=round_ % 300: message(p, size=pad))
             clock.now += 0.4
         total = 0
         for topic in range(7):

@@ -8,13 +8,12 @@ import pytest
 
 from rusty_ws.exceptions import ProtocolError
 from rusty_ws.protocol import (
-    Ack,
-    encode_ack,
+    CLOSE_CODE_EXPLANATIONS,
     MAX_JSON_DEPTH,
     SERVER_PUBLISHER,
+    Ack,
     CloseCode,
     ClosePolicy,
-    CLOSE_CODE_EXPLANATIONS,
     Delivery,
     ErrorCode,
     Ping,
@@ -25,6 +24,7 @@ from rusty_ws.protocol import (
     Unsubscribe,
     close_policy,
     command_verb,
+    encode_ack,
     encode_error,
     encode_register_name,
     is_error_reply,

@@ -13,8 +13,8 @@ import socket
 import ssl
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from support import POLL, WAIT
 
@@ -47,7 +47,7 @@ class TlsProxy:
         while not self.stopping.is_set():
             try:
                 client, _ = self.listener.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             thread = threading.Thread(target=self._pump, args=(client,), name="test-tls-pump", daemon=True)
             self.threads.append(thread)

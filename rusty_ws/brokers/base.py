@@ -13,7 +13,8 @@ what this node needs.
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from ..history import Position
 from ..protocol import Delivery
@@ -65,13 +66,13 @@ class Broker(abc.ABC):
             and how many of this node's subscribers it was handed to).
         """
 
-    def interest_added(self, key: Key) -> None:
+    def interest_added(self, key: Key) -> None:  # noqa: B027 - optional: the in-memory broker needs nothing
         """(topic, session) got its first local subscriber."""
 
-    def interest_removed(self, key: Key) -> None:
+    def interest_removed(self, key: Key) -> None:  # noqa: B027 - optional, as above
         """(topic, session) lost its last local subscriber."""
 
-    def stop(self) -> None:
+    def stop(self) -> None:  # noqa: B027 - optional, as above
         """Stop carrying publishes and end any thread. Idempotent."""
 
     def status(self) -> dict[str, Any]:

@@ -45,7 +45,8 @@ import re
 import secrets
 import socket
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..exceptions import ProtocolError
 from ..protocol import Delivery, ErrorCode

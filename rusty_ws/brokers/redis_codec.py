@@ -69,7 +69,7 @@ def control_channel(prefix: str, node_id: str) -> bytes:
     ``{prefix}:node:{node_id}`` can never be a (topic, session) channel: those
     have digits where this has ``node``.
     """
-    return f"{prefix}:node:{node_id}".encode("utf-8")
+    return f"{prefix}:node:{node_id}".encode()
 
 
 def encode_envelope(node_id: str, delivery: Delivery) -> bytes:
@@ -105,6 +105,7 @@ def decode_envelope(data: bytes, key: Key, max_size: int | None = None) -> tuple
     topic, session_id = message.get("topic"), message.get("session_id")
     if (topic, session_id) != key:
         raise ValueError(f"a delivery for {(topic, session_id)!r} on the channel of {key!r}")
+    topic, session_id = key  # the same strings, now typed
     publisher_name, timestamp, user = (message.get(k) for k in ("publisher_name", "timestamp", "user"))
     if not isinstance(publisher_name, str) or not isinstance(timestamp, str):
         raise ValueError("'publisher_name' and 'timestamp' must be strings")

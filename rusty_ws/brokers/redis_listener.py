@@ -15,7 +15,8 @@ import itertools
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from .. import backoff
 from ..protocol import Delivery
@@ -55,7 +56,7 @@ class Listener:
         prefix: str,
         node_id: str,
         deliver: Deliver,
-        keys: Callable[[], list[Key]],
+        keys: Callable[..., list[Key]],
         subscribe_timeout: float,
         max_envelope_size: int | None = None,
         backoff_delays: Callable[[], Iterator[float]] = lambda: backoff.delays(initial=0.1, cap=5.0),
@@ -233,13 +234,13 @@ class Listener:
     def _dispatch(self, pubsub: Any, message: dict[str, Any]) -> None:
         kind, channel, data = message.get("type"), message.get("channel"), message.get("data")
         if kind == "pong":
-            self._on_pong(pubsub, data)
+            self._on_pong(pubsub, data or b"")
         elif kind != "message":
             return
         elif channel == self.control:
             self._reconcile(pubsub)
         else:
-            self._on_delivery(channel, data)
+            self._on_delivery(channel, data or b"")  # type: ignore[arg-type]  # a channel name here
 
     def _on_pong(self, pubsub: Any, data: bytes) -> None:
         if data == _READY:

@@ -35,13 +35,11 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import websocket
 
-from .connector import REFRESH_THRESHOLD, Connector
-from .deadline import Deadline
-from .dispatch import CallbackDispatcher, DeliveryCallback, MessageCallback
 from ..exceptions import ConnectFailed, ConnectionClosedError, ProtocolError, TokenInvalid
 from ..protocol import (
     MAX_PUBLISH_ID_LENGTH,
@@ -59,6 +57,9 @@ from ..protocol import (
     encode_unsubscribe,
     rfc3339_now,
 )
+from .connector import REFRESH_THRESHOLD, Connector
+from .deadline import Deadline
+from .dispatch import CallbackDispatcher, DeliveryCallback, MessageCallback
 from .publishing import OutgoingPublish, PublishFuture, PublishIds
 from .subscriptions import RecoveryFailure
 from .supervisor import State, Supervisor

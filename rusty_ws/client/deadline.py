@@ -8,7 +8,7 @@ by ``timeout``. After ``websockets:src/websockets/sync/utils.py`` (``Deadline``)
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["Deadline"]
 

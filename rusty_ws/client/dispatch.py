@@ -11,7 +11,8 @@ import collections
 import logging
 import queue
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..protocol import Delivery
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import secrets
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..protocol import Ack
 
@@ -44,7 +45,7 @@ class PublishFuture(concurrent.futures.Future):
 
     def add_done_callback(self, fn: Callable[["PublishFuture"], Any]) -> None:
         if self.done():
-            super().add_done_callback(fn)
+            super().add_done_callback(fn)  # type: ignore[arg-type]  # a PublishFuture is the Future
         else:
             super().add_done_callback(lambda future: self._run_callback(fn, future))
 

@@ -30,7 +30,8 @@ import enum
 import itertools
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import websocket
 

@@ -29,7 +29,8 @@ import functools
 import logging
 import socket
 import threading
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import websocket
 

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import enum
 import logging
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..auth import DemoUsers, SessionPolicy, TokenService, UsersFile, default_session_for, matches_any
 from ..config import Settings

@@ -44,7 +44,8 @@ import logging
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..auth import REDACTED, Claims, redact_tokens
 from ..exceptions import ProtocolError
@@ -55,7 +56,6 @@ from ..protocol import (
     PONG_REPLY,
     Auth,
     CloseCode,
-    Command,
     Delivery,
     ErrorCode,
     HistoryQuery,
@@ -356,7 +356,7 @@ class Connection(TokenLife):
             offset, epoch = (position.offset, position.epoch) if position else (None, None)
             self.hub.writer.send_to(self.outbox, text_frame(encode_ack(command.id, offset, epoch, delivered)))
 
-    _HANDLERS: dict[type, Callable[["Connection", Command], None]] = {
+    _HANDLERS: ClassVar[dict[type, Callable[[Any, Any], None]]] = {
         Ping: _on_ping,
         RegisterName: _on_register_name,
         RegisterSession: _on_register_session,
@@ -367,5 +367,5 @@ class Connection(TokenLife):
         HistoryQuery: _on_history,
         Auth: TokenLife._on_auth,
         Refresh: TokenLife._on_refresh,
-    }  # type: ignore[dict-item]
+    }
 

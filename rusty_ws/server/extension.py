@@ -34,11 +34,9 @@ from typing import Any
 
 from flask import Flask, current_app, has_app_context
 
-from . import cli, redaction
 from ..auth import CredentialChecker, SessionPolicy, TokenService, UsersFile
 from ..brokers import broker_from_url
 from ..config import Settings
-from .hub import Hub
 from ..exceptions import ConfigError, ProtocolError
 from ..protocol import (
     MAX_JSON_DEPTH,
@@ -50,7 +48,9 @@ from ..protocol import (
     nested_deeper_than,
     rfc3339_now,
 )
+from . import cli, redaction
 from .access import Access, TopicPermissions
+from .hub import Hub
 from .state import EXTENSION_KEY, State, state_of
 from .throttle import LoginThrottle
 from .views import make_blueprint, reader_thread_class

@@ -48,7 +48,6 @@ from .connection import Connection
 from .registry import Registry
 from .writer import Outbox, Writer
 
-
 __all__ = ["Hub", "PendingRequests"]
 
 logger = logging.getLogger("rusty_ws.server")
@@ -317,8 +316,10 @@ class Hub:
                 seen = self.publish_ids.claim(session_id, publish_id)
                 if seen is None:
                     break
-                if not self._ids_settled.wait_for(lambda seen=seen: seen.done or seen.failed,
-                                                  self.settings.close_timeout):
+                def settled(seen: Any = seen) -> bool:
+                    return bool(seen.done or seen.failed)
+
+                if not self._ids_settled.wait_for(settled, self.settings.close_timeout):
                     raise ProtocolError(ErrorCode.UNAVAILABLE, "a publish with this id is still in flight; retry")
                 if seen.done:  # a repeat: answered as the first one was, not delivered again
                     return Landed(seen.position, seen.delivered), True

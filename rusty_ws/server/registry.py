@@ -18,8 +18,8 @@ one exception).
 from __future__ import annotations
 
 import threading
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
-from typing import Hashable, Iterable
 
 from ..exceptions import ProtocolError
 from ..protocol import ErrorCode

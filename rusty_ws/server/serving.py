@@ -159,7 +159,7 @@ class HubRequestHandler(WSGIRequestHandler):
                 return
             self._pending = True
         rfile = self.rfile
-        head = _HeadReader(rfile, self.connection, server.max_head_size, server.head_timeout)
+        head = _HeadReader(rfile, self.connection, server.max_head_size, server.head_timeout)  # type: ignore[arg-type]
         self.rfile = head  # type: ignore[assignment]
         try:
             super().handle_one_request()

@@ -32,7 +32,8 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 __all__ = ["LoginThrottle", "client_address", "address_key"]
 

@@ -19,7 +19,7 @@ import itertools
 import logging
 import math
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["Timer", "Timers"]
 

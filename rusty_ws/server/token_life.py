@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from ..auth import Claims, redact_tokens
 from ..exceptions import AuthError, ProtocolError, TokenExpired
+from ..frames import text_frame
 from ..protocol import (
     CLOSE_CODE_EXPLANATIONS,
     Auth,
@@ -42,11 +43,11 @@ from ..protocol import (
     encode_authenticated,
     encode_refreshed,
 )
-from ..frames import text_frame
 
 if TYPE_CHECKING:
     from .hub import Hub
     from .timers import Timer
+    from .writer import Outbox
 
 __all__ = ["TokenLife"]
 
@@ -62,6 +63,14 @@ class TokenLife:
     session_id: str
     label: str
     _closing: bool
+
+    if TYPE_CHECKING:  # provided by Connection
+        outbox: "Outbox"
+
+        def close(self, code: int, reason: str = "") -> None: ...
+        def _reply_error(self, code: str, message: str, verb: str | None,
+                         publish_id: str | None = None) -> None: ...
+        def _who(self) -> str: ...
 
     def _start_token_life(self) -> None:
         """Arm the connection's deadline: its token's expiry, or under REQUIRE_AUTH the wait for ``auth:``."""

@@ -51,8 +51,9 @@ import os
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, has_request_context, jsonify, request
 from flask_sock import Sock

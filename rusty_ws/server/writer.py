@@ -48,7 +48,8 @@ import selectors
 import socket
 import threading
 import time
-from typing import Any, Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
+from typing import Any
 
 from ..frames import OP_PING, close_frame, encode_frame
 from ..protocol import CLOSE_CODE_EXPLANATIONS, CloseCode
@@ -354,7 +355,7 @@ class Writer:
         self._drain_jobs_locked()
         self._flush_queued_locked()
         if self._recheck_total is not None and self._queued_total > self._recheck_total:
-            self._over_budget_locked(self.max_total_queued_bytes)
+            self._over_budget_locked(self.max_total_queued_bytes)  # type: ignore[arg-type]  # set with _recheck_total
 
     def _drain_jobs_locked(self) -> None:
         assert self._flush_lock.locked(), "must hold _flush_lock"
@@ -405,10 +406,11 @@ class Writer:
     def _held_locked(self) -> tuple[int, dict[int, list[int]]]:
         """What the outboxes hold, each frame counted once, and per frame ``[holders, cost]``."""
         assert self._flush_lock.locked(), "must hold _flush_lock"
-        held, frames = 0, {}
+        held = 0
+        frames: dict[int, list[int]] = {}
         for box in self._boxes:
             for chunk in box.chunks:
-                data = chunk.obj if isinstance(chunk, memoryview) else chunk  # a view keeps all of it
+                data: Any = chunk.obj if isinstance(chunk, memoryview) else chunk  # a view keeps all of it
                 entry = frames.get(id(data))  # every one is alive while we look: ids are unique
                 if entry is None:
                     frames[id(data)] = [1, len(data) + ITEM_COST]

@@ -32,7 +32,7 @@ import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchlib.wire import COMPRESSED_TEXT, DEFLATE_TAIL, FrameReader, client_frame, handshake, pong_frame  # noqa: E402
+from benchlib.wire import COMPRESSED_TEXT, DEFLATE_TAIL, FrameReader, client_frame, handshake, pong_frame
 
 PAD = "x" * 80  # payloads are ~100 bytes: an 8-digit sequence number, a send time, padding
 

@@ -13,8 +13,8 @@ import json
 from playwright.sync_api import BrowserContext, expect
 
 from browser_support import PAGE_WAIT, RECONNECT_WAIT, HubPage, PageProblems
-from tcp_proxy import tcp_proxy
 from support import Client, running_server
+from tcp_proxy import tcp_proxy
 
 #: What Chromium logs about connections that were reset or refused on purpose.
 CUT_ERRORS = ("ERR_CONNECTION_REFUSED", "ERR_CONNECTION_RESET", "ERR_EMPTY_RESPONSE", "WebSocket connection to",
@@ -68,11 +68,11 @@ def test_a_cut_connection_recovers_1000_messages_and_the_page_marks_replayed_one
         publish_all(publisher, "Numbers", session, list(range(301, 601)))
         publish_all(publisher, "Blip", session, ["missed 1", "missed 2"])
         proxy.release()
-        publish_all(publisher, "Numbers", session, list(range(601, 1001)) + ["end"])
+        publish_all(publisher, "Numbers", session, [*list(range(601, 1001)), "end"])
 
         page.page.wait_for_function("() => window.numbers.at(-1) === 'end'", timeout=RECONNECT_WAIT)
         numbers = page.page.evaluate("window.numbers")
-        assert numbers == list(range(1, 1001)) + ["end"]  # all, in order, once each
+        assert numbers == [*range(1, 1001), "end"]  # all, in order, once each
         replayed = page.page.evaluate("window.replayed")
         assert replayed >= 300, replayed  # 301-600 at least came from the hub's history
         assert page.page.evaluate("window.failures") == []

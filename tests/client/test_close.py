@@ -44,7 +44,7 @@ class SilentPeer:
             while not self.stop.is_set():
                 try:
                     data = conn.recv(65536)
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 if not data:
                     return

@@ -84,7 +84,7 @@ def dead_server(listener: socket.socket, stop: threading.Event) -> None:
     while not stop.is_set():
         try:
             data = conn.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             continue
         if not data:
             break

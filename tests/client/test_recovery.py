@@ -61,7 +61,7 @@ def test_a_reset_subscriber_gets_all_1000_messages_in_order_once_while_they_are_
         finally:
             publisher.join(10 * WAIT)
         pub.publish("pub", "T", "end")
-        assert events.wait_payload("end") == list(range(1, 1001)) + ["end"]
+        assert events.wait_payload("end") == [*list(range(1, 1001)), "end"]
         proxy.wait_accepted(2)  # it did reconnect, by itself
         [since] = resumes  # and resumed from where it was
         assert since is not None and since.offset >= 200 and since.epoch == sub.position("T").epoch
@@ -85,7 +85,7 @@ def test_messages_published_while_the_subscriber_is_away_are_replayed_before_new
         proxy.release()
         events.wait_count("connect", 1)
         pub.publish("pub", "T", "live")
-        assert events.wait_payload("live") == list(range(1, 1001)) + ["live"]
+        assert events.wait_payload("live") == [*list(range(1, 1001)), "live"]
         assert events.entries("recovery_failed") == []
         assert sub.position("T") == Since(1001, acks[-1].epoch)
         [since] = resumes

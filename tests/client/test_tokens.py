@@ -9,8 +9,8 @@ import pytest
 
 from rusty_ws import TokenExpired, WsClient
 from rusty_ws.auth import TokenService
-from support import FAST_CLIENT, SECRET, WAIT, Hooks, RunningServer, messages, running_server
 from rusty_ws.server.state import state_of
+from support import FAST_CLIENT, SECRET, WAIT, Hooks, RunningServer, messages, running_server
 
 
 def counting(server: RunningServer, method: str) -> list:

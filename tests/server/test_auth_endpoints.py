@@ -17,7 +17,7 @@ from rusty_ws.protocol import (
     encode_subscribe,
     encode_unsubscribe,
 )
-from support import SECRET, WAIT, Client, RunningServer, error_of, hub_config, http, login, running_server
+from support import SECRET, WAIT, Client, RunningServer, error_of, http, hub_config, login, running_server
 
 
 def handshake_status(url: str, **kwargs) -> int:
@@ -43,7 +43,7 @@ class TestLogin:
 
     def test_lifetime_comes_from_jwt_expiration_seconds(self) -> None:
         with running_server(create_app_with({"JWT_EXPIRATION_SECONDS": 120})) as server:
-            status, _, body = http("POST", server.http_url + "/auth/token",
+            _status, _, body = http("POST", server.http_url + "/auth/token",
                                    {"username": "testuser", "password": "password"})
             assert body["expires_in"] == 120
 

@@ -10,8 +10,9 @@ per-topic permissions and ``RUSTY_WS_SERVER_ONLY_TOPICS``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -32,7 +33,7 @@ from rusty_ws.protocol import (
 )
 from rusty_ws.server.access import TopicAction
 from rusty_ws.server.state import state_of
-from support import Client, RunningServer, error_of, hub_config, http, login, running_server
+from support import Client, RunningServer, error_of, http, hub_config, login, running_server
 
 #: Cheap hashes: the tests check rules, not scrypt.
 FAST_HASH = "pbkdf2:sha256:1000"
@@ -132,7 +133,7 @@ class TestUsersFile:
     def test_a_token_connection_may_use_every_session_granted_to_its_user(self, server: RunningServer) -> None:
         token = login(server, "alice", "wonderland", "session-alice")
         with server.connect(token) as client:
-            for name, build in NAMING.items():
+            for build in NAMING.values():
                 allowed(client, build("team-7-blue"))
                 allowed(client, build("session-alice"))
                 refused(client, build("team-8"))
@@ -264,7 +265,7 @@ class TestAnonymous:
     @pytest.mark.parametrize("setting", ["public-*, lobby", '["public-*", "lobby"]', ["public-*", "lobby"]])
     def test_patterns_confine_them_default_included(self, setting: Any) -> None:
         with running_server(anonymous_sessions=setting) as server, server.connect() as client:
-            for name, build in NAMING.items():
+            for build in NAMING.values():
                 allowed(client, build("public-1"))
                 allowed(client, build("lobby"))
                 refused(client, build("private"))

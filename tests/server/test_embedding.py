@@ -16,8 +16,8 @@ from flask_sock import Sock
 from rusty_ws import PubSub, create_app
 from rusty_ws.cli import cli
 from rusty_ws.protocol import encode_publish, encode_subscribe
-from support import SECRET, WAIT, Client, hub_config, http, running_server
 from rusty_ws.server.state import state_of
+from support import SECRET, WAIT, Client, http, hub_config, running_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

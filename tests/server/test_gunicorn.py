@@ -17,20 +17,19 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from types import SimpleNamespace
-from typing import Iterator
 
 import pytest
 import websocket
 from gunicorn.config import KNOWN_SETTINGS
-
-from rusty_ws import create_app
-from rusty_ws import gunicorn_conf
-from redis_support import SENTINEL, RedisServer, free_port, publish_across_nodes, redis_server
-from rusty_ws.protocol import encode_register_name, encode_subscribe
-from support import MS, SECRET, WAIT, Client, http
 from test_seed_scenario import PUBLISHES, SESSION_OF, SUBSCRIPTIONS, check_deliveries
+
+from redis_support import SENTINEL, RedisServer, free_port, publish_across_nodes, redis_server
+from rusty_ws import create_app, gunicorn_conf
+from rusty_ws.protocol import encode_register_name, encode_subscribe
 from rusty_ws.server.state import state_of
+from support import MS, SECRET, WAIT, Client, http
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _SETTINGS = {setting.name for setting in KNOWN_SETTINGS}

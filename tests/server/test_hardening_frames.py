@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import zlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

@@ -18,7 +18,7 @@ import selectors
 import socket
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -26,7 +26,16 @@ from rusty_ws.config import Settings, config_from_environ
 from rusty_ws.protocol import encode_ping, encode_publish, encode_subscribe
 from rusty_ws.server.serving import LOG_EVERY
 from support import (
-    MS, WAIT, Client, HubProcess, RawSocket, client_frame, http, raw_http, read_response, running_server,
+    MS,
+    WAIT,
+    Client,
+    HubProcess,
+    RawSocket,
+    client_frame,
+    http,
+    raw_http,
+    read_response,
+    running_server,
 )
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()

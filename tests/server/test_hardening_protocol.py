@@ -12,12 +12,14 @@ import json
 import random
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import jwt
 import pytest
 import websocket
 
+from redis_support import SENTINEL, RedisServer, publish_sentinel, read_until_sentinel, redis_server
 from rusty_ws import create_app
 from rusty_ws.brokers.redis import RedisBroker, channel_name, encode_envelope
 from rusty_ws.config import Settings
@@ -26,13 +28,11 @@ from rusty_ws.protocol import (
     MAX_JSON_DEPTH,
     Delivery,
     encode_publish,
-    encode_register_name,
     encode_subscribe,
 )
 from rusty_ws.server.extension import PubSub
 from rusty_ws.server.registry import Registry
 from rusty_ws.server.state import state_of
-from redis_support import SENTINEL, RedisServer, publish_sentinel, read_until_sentinel, redis_server
 from support import MS, SECRET, WAIT, RunningServer, error_of, http, login, running_server
 
 

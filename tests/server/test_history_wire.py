@@ -97,7 +97,7 @@ class TestSubscribeJson:
 
     def test_a_smaller_history_than_the_gap_replays_what_remains(self) -> None:
         with running_server(history_size=10) as server, server.connect() as pub, server.connect() as sub:
-            _, reply = subscribe_json(sub, topic="Other")  # the stream of T starts with its first message
+            _, _reply = subscribe_json(sub, topic="Other")  # the stream of T starts with its first message
             publish_numbers(pub, 25)
             epoch = server.hub.history.top(("T", "s")).epoch
             replayed, again = subscribe_json(sub, since=Since(3, epoch))
@@ -117,7 +117,7 @@ class TestSubscribeJson:
     def test_a_replay_too_big_for_the_outbox_is_cut_short_not_a_slow_consumer(self) -> None:
         with running_server(history_size=100, max_queued_bytes=64 * 1024, max_message_size=32 * 1024) as server, \
                 server.connect() as pub, server.connect() as sub:
-            _, reply = subscribe_json(sub, topic="Other")
+            _, _reply = subscribe_json(sub, topic="Other")
             for n in range(30):
                 pub.send(encode_publish("T", {"n": n, "pad": "x" * 4000}, session_id="s"))
             pub.sync()
@@ -367,7 +367,7 @@ def test_publishes_racing_a_resume_land_exactly_once() -> None:
         for (index, replayed, reply), sub in zip(results, subscribers):
             live = []
             for _ in range(total):
-                if live and live[-1]["offset"] == total or reply.offset == total:
+                if (live and live[-1]["offset"] == total) or reply.offset == total:
                     break
                 live.append(sub.recv_json())
             seen = [m["offset"] for m in replayed] + [m["offset"] for m in live]

@@ -144,7 +144,7 @@ def test_clients_that_vanish_without_a_close_frame_leave_nothing(server: Running
             client.ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         client.ws.sock.close()
     server.wait_connections(0)
-    status, _, health = http("GET", server.http_url + "/healthz")
+    _status, _, health = http("GET", server.http_url + "/healthz")
     assert (health["connections"], health["sessions"], health["topics"], health["subscriptions"]) == (0, 0, 0, 0)
 
 

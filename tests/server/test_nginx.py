@@ -12,15 +12,15 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
+from test_seed_scenario import PUBLISHES, SESSION_OF, SUBSCRIPTIONS, check_deliveries
 
 from nginx_support import Nginx, http_conf
 from redis_support import SENTINEL, RedisServer, free_port, publish_across_nodes, redis_server
 from rusty_ws.protocol import encode_register_name, encode_subscribe
 from support import Client, http, running_server
-from test_seed_scenario import PUBLISHES, SESSION_OF, SUBSCRIPTIONS, check_deliveries
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

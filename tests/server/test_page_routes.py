@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from http.client import HTTPConnection
 import os
+from http.client import HTTPConnection
 from urllib.parse import urlsplit
 
 import pytest
@@ -11,7 +11,7 @@ import websocket
 from flask import Flask
 
 from rusty_ws import PubSub
-from support import WAIT, RunningServer, hub_config, http, running_server
+from support import WAIT, RunningServer, http, hub_config, running_server
 
 STATIC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "rusty_ws", "static")
 MODULES = ["rusty_ws.js", "client.js", "recovery.js", "replies.js", "jwt_utils.js", "transport.js", "protocol.js",
@@ -53,7 +53,7 @@ def test_page_at_the_root_with_a_strict_content_security_policy(server: RunningS
     assert "unsafe-inline" not in policy
 
 
-@pytest.mark.parametrize("name", MODULES + ["style.css"])
+@pytest.mark.parametrize("name", [*MODULES, "style.css"])
 def test_modules_are_served_at_rusty_ws(server: RunningServer, name: str) -> None:
     status, headers, _ = http("GET", f"{server.http_url}/rusty_ws/{name}")
     assert status == 200

@@ -15,19 +15,11 @@ import json
 import logging
 import signal
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
+from test_seed_scenario import EXPECTED, PUBLISHES, SESSION_OF, SUBSCRIPTIONS, check_deliveries
 
-from rusty_ws import create_app
-from rusty_ws.brokers.redis import RedisBroker, channel_name
-from rusty_ws.protocol import (
-    encode_publish,
-    encode_register_name,
-    encode_register_session,
-    encode_subscribe,
-    encode_unsubscribe,
-)
 from redis_support import (
     SENTINEL,
     RedisServer,
@@ -37,9 +29,17 @@ from redis_support import (
     read_until_sentinel,
     redis_server,
 )
-from support import MS, WAIT, Client, RunningServer, http, login, running_server
-from test_seed_scenario import EXPECTED, PUBLISHES, SESSION_OF, SUBSCRIPTIONS, check_deliveries
+from rusty_ws import create_app
+from rusty_ws.brokers.redis import RedisBroker, channel_name
+from rusty_ws.protocol import (
+    encode_publish,
+    encode_register_name,
+    encode_register_session,
+    encode_subscribe,
+    encode_unsubscribe,
+)
 from rusty_ws.server.state import state_of
+from support import MS, WAIT, Client, RunningServer, http, login, running_server
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from werkzeug.serving import make_server as werkzeug_server
 from rusty_ws import create_app
 from rusty_ws.protocol import encode_auth, encode_ping, encode_refresh
 from rusty_ws.server.redaction import TokenRedactor
-from support import POLL, WAIT, Client, error_of, hub_config, http, login, running_server
+from support import POLL, WAIT, Client, error_of, http, hub_config, login, running_server
 
 
 @pytest.fixture(autouse=True)

@@ -74,7 +74,7 @@ def test_slow_consumer_is_cut_off_and_others_go_on() -> None:
     fast_ours, fast_theirs = pair()
     slow, fast = writer.attach(slow_ours, "slow"), writer.attach(fast_ours, "fast")
     frame = text_frame(b"x" * 10_000)
-    for i in range(100):  # 1 MB to each; the slow one never reads
+    for _ in range(100):  # 1 MB to each; the slow one never reads
         writer.send(frame, [slow, fast])
         assert len(read_frames(fast_theirs, 1)) == 1
     assert slow.state is OutboxState.CLOSED
