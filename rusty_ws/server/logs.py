@@ -9,7 +9,7 @@ client side); werkzeug's access lines keep their logger, ``werkzeug``.
 
 ``AccessLogFilter`` sits on the ``werkzeug`` logger of the stand-alone hub
 (``create_app``, ``rusty-ws serve``). It masks tokens in request lines
-(``/ws?token=...``), and it moves to DEBUG, unless they failed (a status of
+(``/ws?token=[redacted]``, with ``auth.redact_tokens``), and it moves to DEBUG, unless they failed (a status of
 400 or more stays at INFO), the lines of what the hub's page polls or loads
 on every visit (``/healthz``, the JS modules and the stylesheet under
 ``/rusty_ws/``; the page asks for ``/healthz`` every 2 s, which filled the
@@ -24,6 +24,8 @@ import logging
 import re
 from typing import Any
 
+from ..auth import redact_tokens
+
 __all__ = ["LOG_FORMAT", "DATE_FORMAT", "LEVELS", "ACCESS_LOGGER", "AccessLogFilter", "configure_logging",
            "quiet_access_log", "mask_tokens", "without_colours"]
 
@@ -35,7 +37,6 @@ LEVELS = ("debug", "info", "warning", "error")
 
 #: The logger of the access lines: werkzeug's, as under ``flask run``.
 ACCESS_LOGGER = "werkzeug"
-_TOKEN = re.compile(r"((?:^|[?&])(?:access_)?token=)[^&\s\"']+", re.IGNORECASE)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # werkzeug colours request lines on a terminal
 #: Paths whose successful access lines go to DEBUG: the page's polling, its modules, the WebSocket.
 _QUIET = re.compile(r"(?:^|/)(?:healthz|ws|rusty_ws/[\w.-]+\.(?:js|css))$")
@@ -47,8 +48,8 @@ def without_colours(text: str) -> str:
 
 
 def mask_tokens(text: str) -> str:
-    """``text`` with the value of every ``token=`` query parameter replaced by ``***``."""
-    return _TOKEN.sub(r"\1***", text) if "token=" in text.lower() else text
+    """``text`` with every token in it replaced by ``[redacted]`` (``auth.redact_tokens``: one rule for every log)."""
+    return redact_tokens(text)
 
 
 class AccessLogFilter(logging.Filter):
