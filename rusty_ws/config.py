@@ -61,7 +61,12 @@ TRUSTED_PROXIES: str | list[str] = ()  # type: ignore[assignment]
 #: list; an empty list allows only the hub's own origin (and non-browser clients).
 CORS_ORIGINS: str | list[str] = "*"
 #: Serve the hub's web page at the hub's root (``<url_prefix>/``); the JS modules are always served.
-SERVE_PAGE = True
+#: None: in development mode only (the stand-alone hub sets True).
+SERVE_PAGE: bool | None = None
+#: Development mode: with no users file and no credential hook, the demo login testuser/password
+#: works and may have any session. None: for the stand-alone hub (``create_app`` sets True) and
+#: for an app in debug mode (``app.debug``), never for an embedding app in production.
+DEV_MODE: bool | None = None
 #: Largest incoming message, in bytes; bigger ones close the connection with 1009.
 MAX_MESSAGE_SIZE = 1024 * 1024
 #: Subscriptions one connection may hold.
@@ -149,6 +154,7 @@ DEFAULTS: dict[str, Any] = {
         TRUSTED_PROXIES=list(TRUSTED_PROXIES),
         CORS_ORIGINS=CORS_ORIGINS,
         SERVE_PAGE=SERVE_PAGE,
+        DEV_MODE=DEV_MODE,
         MAX_MESSAGE_SIZE=MAX_MESSAGE_SIZE,
         MAX_SUBSCRIPTIONS=MAX_SUBSCRIPTIONS,
         MAX_CONNECTIONS=MAX_CONNECTIONS,
@@ -379,7 +385,7 @@ class Settings:
     users_file: str | None
     require_auth: bool
     cors_origins: tuple[str, ...]
-    serve_page: bool
+    serve_page: bool | None
     max_message_size: int
     max_subscriptions: int
     max_connections: int
@@ -390,6 +396,7 @@ class Settings:
     broker_url: str
     switch_interval: float | None
     compression: int
+    dev_mode: bool | None = None
     jwt_max_lifetime: int = JWT_MAX_LIFETIME
     max_concurrent_logins: int = MAX_CONCURRENT_LOGINS
     login_queue_timeout: float = LOGIN_QUEUE_TIMEOUT
@@ -446,7 +453,8 @@ class Settings:
             users_file=check(_path, "USERS_FILE"),
             require_auth=check(_flag, "REQUIRE_AUTH"),
             cors_origins=origins,
-            serve_page=check(_flag, "SERVE_PAGE"),
+            serve_page=None if get("SERVE_PAGE") is None else check(_flag, "SERVE_PAGE"),
+            dev_mode=None if get("DEV_MODE") is None else check(_flag, "DEV_MODE"),
             max_message_size=check(_whole, "MAX_MESSAGE_SIZE"),
             max_subscriptions=check(_whole, "MAX_SUBSCRIPTIONS"),
             max_connections=check(_whole, "MAX_CONNECTIONS"),

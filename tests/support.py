@@ -86,8 +86,10 @@ class RunningServer:
 
 
 def hub_config(**overrides: Any) -> dict[str, Any]:
-    """Settings for a test hub: a known secret, then ``overrides`` (names without the prefix)."""
-    config: dict[str, Any] = {"RUSTY_WS_JWT_SECRET_KEY": SECRET}
+    """Settings for a test hub: a known secret, development mode (as the stand-alone hub has it,
+    also for the tests' embedding apps), then ``overrides`` (names without the prefix;
+    ``dev_mode=None`` for the embedding default)."""
+    config: dict[str, Any] = {"RUSTY_WS_JWT_SECRET_KEY": SECRET, "RUSTY_WS_DEV_MODE": True}
     config.update({f"RUSTY_WS_{key.upper()}": value for key, value in overrides.items()})
     return config
 

@@ -80,6 +80,7 @@ class Access:
         self.tokens = tokens
         self.users = users
         self.expiry_grace = settings.token_expiry_grace
+        self._dev_mode = bool(settings.dev_mode)  # resolved by init_app (None there means app.debug)
         self._pubsub = pubsub
         self._anonymous = settings.anonymous_sessions
         self._anonymous_anywhere = "*" in self._anonymous
@@ -92,8 +93,9 @@ class Access:
 
     @property
     def development_mode(self) -> bool:
-        """No users file and no credential hook: the demo login works, and its user may go anywhere."""
-        return self.users is None and self._hook("credential_checker") is None
+        """Allowed (``settings.dev_mode``), no users file and no credential hook: the demo login
+        works, and its user may go anywhere."""
+        return self._dev_mode and self.users is None and self._hook("credential_checker") is None
 
     # ------------------------------------------------------------------ sessions
 

@@ -31,6 +31,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # with CORS, at the same URL as in an embedding app.
     app = Flask("rusty_ws", static_folder=None)
     app.config["RUSTY_WS_SWITCH_INTERVAL"] = STANDALONE_SWITCH_INTERVAL
+    # The stand-alone hub is what a developer runs first: the page and, without a users file
+    # or a credential hook, the demo login. An embedding app gets neither unless it is in
+    # debug mode or asks (docs/embedding.md, "Development mode").
+    app.config["RUSTY_WS_SERVE_PAGE"] = True
+    app.config["RUSTY_WS_DEV_MODE"] = True
     app.config.update(config_from_environ(os.environ))
     app.config.from_prefixed_env()
     if config:

@@ -27,7 +27,9 @@ The app's settings (``RUSTY_WS_*``, see ``config.py``) are read once, in
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import secrets
 import sys
 from typing import Any
@@ -115,6 +117,12 @@ class PubSub:
 
     def _set_up(self, app: Flask, url_prefix: str | None) -> None:
         settings = Settings.from_config(app.config)
+        # Development mode and the page: as set, else only for an app in debug mode.
+        dev_mode = app.debug if settings.dev_mode is None else settings.dev_mode
+        settings = dataclasses.replace(
+            settings, dev_mode=dev_mode,
+            serve_page=dev_mode if settings.serve_page is None else settings.serve_page,
+        )
         users = _load_users(settings.users_file) if settings.users_file else None  # before any log line
         # The bound on what one publish may make each subscriber queue (docs/configuration.md).
         broker = broker_from_url(settings.broker_url, max_envelope_size=settings.max_queued_bytes)
@@ -131,21 +139,27 @@ class PubSub:
             else:
                 logger.warning(
                     "no JWT_SECRET_KEY set: generated a random one; tokens will not survive "
-                    "a restart nor work on another process"
+                    "a restart nor work on another process%s", _environment_hint()
                 )
         if "*" not in settings.allowed_hosts and app.config.get("RUSTY_WS_ALLOWED_HOSTS") is None:
             logger.info("RUSTY_WS_ALLOWED_HOSTS not set while origins are restricted: answering "
                         "only requests for %s", ", ".join(settings.allowed_hosts))
-        if users is None and self.credential_checker is None:
+        if users is None and self.credential_checker is None and dev_mode:
             logger.warning(
                 "DEVELOPMENT MODE: no users file and no credential hook; the demo login "
                 "testuser/password works and may have any session. Set RUSTY_WS_USERS_FILE for real users."
+            )
+        elif users is None and self.credential_checker is None:
+            logger.warning(
+                "no users file and no credential hook: every login to /auth/token is refused (the "
+                "demo login is for development mode: the stand-alone hub, app.debug, or "
+                "RUSTY_WS_DEV_MODE=1). Set RUSTY_WS_USERS_FILE or use @pubsub.check_credentials."
             )
         elif users is not None:
             logger.info("users file: %d users, %d of them admins", len(users), len(users.admins()))
         redaction.install()  # before the first request line is logged
         tokens = TokenService(secret, settings.jwt_expiration_seconds, max_lifetime=settings.jwt_max_lifetime)
-        access = Access(settings, tokens, users, self)
+        access = Access(settings, tokens, users, self)  # settings.dev_mode: resolved above
         state = State(
             pubsub=self,
             settings=settings,
@@ -285,3 +299,12 @@ def _load_users(path: str) -> UsersFile:
     except ValueError as exc:  # UsersFile.load's messages start with the path: said once, as the value
         problem = str(exc)
         raise ConfigError("RUSTY_WS_USERS_FILE", path, problem.removeprefix(f"{path}: ")) from None
+
+
+def _environment_hint() -> str:
+    """Why an embedded hub may miss a secret the environment has: it reads ``app.config``."""
+    found = [name for name in ("JWT_SECRET_KEY", "RUSTY_WS_JWT_SECRET_KEY") if os.environ.get(name)]
+    if not found:
+        return ""
+    return (f" ({found[0]} is set in the environment, but an embedded hub reads the app's config: "
+            f"app.config['{found[0]}'] = os.environ['{found[0]}'], or app.config.from_prefixed_env())")

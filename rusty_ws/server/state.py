@@ -42,8 +42,11 @@ class State:
     throttle: "LoginThrottle"
 
     def check_credentials(self, username: str, password: str) -> bool:
-        """The app's hook if it has one, else the users file, else the demo user."""
-        checker = self.pubsub.credential_checker or self.users or DemoUsers()
+        """The app's hook if it has one, else the users file, else in development mode the demo user."""
+        checker = self.pubsub.credential_checker or self.users or (DemoUsers() if self.access.development_mode
+                                                                     else None)
+        if checker is None:
+            return False
         try:
             return bool(checker(username, password))
         except Exception:

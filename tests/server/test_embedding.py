@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+from typing import Any
 
 import jwt
 import pytest
@@ -17,7 +19,7 @@ from rusty_ws import PubSub, create_app
 from rusty_ws.cli import cli
 from rusty_ws.protocol import encode_publish, encode_subscribe
 from rusty_ws.server.state import state_of
-from support import SECRET, WAIT, Client, http, hub_config, running_server
+from support import SECRET, WAIT, Client, RunningServer, http, hub_config, running_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -270,3 +272,50 @@ def test_only_the_stand_alone_hub_sets_the_gil_switch_interval(monkeypatch) -> N
     tuned.config.update(hub_config(switch_interval=0.01))
     PubSub(tuned).shutdown(tuned)
     assert calls == [0.05, 0.01]
+
+
+class TestDevelopmentModeWhenEmbedded:
+    """The demo login and the page are for the stand-alone hub and debug mode, not an embedding app in production."""
+
+    def embedded(self, debug: bool = False, **settings: Any) -> Flask:
+        app = Flask("shop")
+        app.debug = debug
+        app.config.update(hub_config(**{"dev_mode": None, **settings}))
+        PubSub(app, url_prefix="/realtime")
+        return app
+
+    def test_an_embedding_app_in_production_has_no_demo_login_and_no_page(self, caplog) -> None:
+        with caplog.at_level(logging.WARNING, "rusty_ws.server"):
+            app = self.embedded()
+        with running_server(app, prefix="/realtime") as server:
+            assert login_status(server) == 401
+            assert http("GET", server.http_url + "/")[0] == 404
+            assert http("GET", server.http_url + "/rusty_ws/rusty_ws.js")[0] == 200  # the modules stay
+        assert "every login to /auth/token is refused" in caplog.text and "DEVELOPMENT MODE" not in caplog.text
+
+    def test_debug_mode_or_the_setting_turns_development_mode_on(self) -> None:
+        for app in (self.embedded(debug=True), self.embedded(dev_mode=True)):
+            with running_server(app, prefix="/realtime") as server:
+                assert login_status(server) == 200
+                assert http("GET", server.http_url + "/")[0] == 200
+
+    def test_the_page_can_be_served_on_its_own(self) -> None:
+        with running_server(self.embedded(serve_page=True), prefix="/realtime") as server:
+            assert http("GET", server.http_url + "/")[0] == 200 and login_status(server) == 401
+
+    def test_the_stand_alone_hub_is_in_development_mode(self) -> None:
+        app = create_app({"RUSTY_WS_JWT_SECRET_KEY": SECRET})
+        with running_server(app) as server:
+            assert login_status(server) == 200 and http("GET", server.http_url + "/")[0] == 200
+
+    def test_a_secret_in_the_environment_only_is_pointed_at(self, caplog, monkeypatch) -> None:
+        monkeypatch.setenv("JWT_SECRET_KEY", "x" * 40)
+        app = Flask("shop")
+        with caplog.at_level(logging.WARNING, "rusty_ws.server"):
+            PubSub(app)
+        state_of(app).hub.shutdown(0)
+        assert "JWT_SECRET_KEY is set in the environment, but an embedded hub reads the app's config" in caplog.text
+
+
+def login_status(server: RunningServer) -> int:
+    return http("POST", server.http_url + "/auth/token", {"username": "testuser", "password": "password"})[0]
