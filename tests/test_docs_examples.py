@@ -181,6 +181,10 @@ EXAMPLES: dict[tuple[str, str], Skip | Run] = {
     ("docs/embedding.md", "import threading"): Run(
         why="goes on from a PubSub set up on one app",
         prelude="from flask import Flask\nfrom rusty_ws import PubSub\npubsub = PubSub(Flask(__name__))\n"),
+    ("docs/embedding.md", "@pubsub.session_policy"): Run(
+        why="goes on from a PubSub", prelude="from rusty_ws import PubSub\npubsub = PubSub()\n"),
+    ("docs/embedding.md", "from rusty_ws.server.access import TopicAction"): Run(
+        why="goes on from a PubSub", prelude="from rusty_ws import PubSub\npubsub = PubSub()\n"),
     ("docs/embedding.md", "@pubsub.check_credentials"): Run(
         why="goes on from a PubSub", prelude="from rusty_ws import PubSub\npubsub = PubSub()\n"),
     ("docs/embedding.md", "@app.post(\"/my-token\")"): Run(
