@@ -2,7 +2,12 @@
 
 One job: turn (URL, credentials, current token) into an open websocket-client
 socket, or into one clear exception. Keeps the token (logging in again or
-refreshing it when needed) so the client's reconnect loop stays short.
+refreshing it when needed) so the client's reconnect loop stays short, and
+says when the live connection's token is due for an in-band ``refresh:``
+(``seconds_until_refresh``) and gets the fresh one (``renewed``).
+
+The token goes in the ``Authorization: Bearer`` header, never in the URL
+(issue 13: URLs end up in access logs).
 """
 
 from __future__ import annotations
@@ -16,19 +21,21 @@ from typing import Any
 
 import websocket
 
-from ..exceptions import ConnectFailed, Forbidden, TokenExpired, TokenInvalid
-from .tokens import Credentials, fetch_token, refresh_token, refresh_url_for, seconds_left
+from ..exceptions import AuthError, ConnectFailed, Forbidden, TokenExpired, TokenInvalid
+from .tokens import Credentials, expiry, fetch_token, lifetime, refresh_token, refresh_url_for, seconds_left
 
 __all__ = ["Connector", "REFRESH_THRESHOLD"]
 
 logger = logging.getLogger("rusty_ws.client")
 
 #: Refresh a token when fewer seconds than this remain (the seed's threshold: 5 minutes).
+#: A live connection refreshes in-band at this threshold too, or at half the token's
+#: lifetime when that is shorter (a 3-second token is refreshed with 1.5 s left).
 REFRESH_THRESHOLD = 300.0
 
 
 class Connector:
-    """Opens sockets to ``ws_url``, with the current token in the query when there is one.
+    """Opens sockets to ``ws_url``, with the current token (if any) in the ``Authorization`` header.
 
     Args:
         ws_url: ``ws://`` or ``wss://`` URL of the hub's ``/ws``.
@@ -81,17 +88,58 @@ class Connector:
         else:
             self.refresh_if_needed(REFRESH_THRESHOLD / 10)
 
-    def open_socket(self) -> websocket.WebSocket:
-        """Open a socket, or raise ConnectFailed, TokenExpired, TokenInvalid or Forbidden."""
-        url = self.ws_url
+    def seconds_until_refresh(self) -> float | None:
+        """Seconds until the token is due for an in-band refresh (0: now); None without a readable token.
+
+        Due when fewer than ``REFRESH_THRESHOLD`` seconds remain, or half the token's
+        lifetime when that is shorter.
+        """
         token = self.token
-        if token:
-            parts = urllib.parse.urlsplit(url)
-            query = urllib.parse.urlencode([*urllib.parse.parse_qsl(parts.query), ("token", token)])
-            url = urllib.parse.urlunsplit(parts._replace(query=query))
+        if token is None:
+            return None
         try:
-            return websocket.create_connection(url, timeout=self.timeout, sslopt=self._sslopt or None,
-                                               enable_multithread=True)
+            left, life = seconds_left(token), lifetime(token)
+        except TokenInvalid:
+            return None
+        return max(0.0, left - min(REFRESH_THRESHOLD, life / 2))
+
+    def renewed(self) -> str:
+        """A fresh token for the live connection's in-band ``refresh:``; not stored (the caller does that
+        once the hub took it). Blocks for the HTTP round trips.
+
+        ``/auth/refresh`` first; when that fails, or the hub no longer extends the token
+        (its refresh chain ended: the new one expires no later), a new login with the
+        credentials, if there are any.
+
+        Raises:
+            AuthError, ConnectFailed: no fresh token could be had.
+        """
+        token = self.token
+        if token is None:
+            raise TokenInvalid("there is no token to refresh")
+        try:
+            fresh = self._fresh_token(token)
+        except (AuthError, ConnectFailed) as exc:
+            if self.credentials is None:
+                raise
+            logger.info("refreshing the token failed (%s); logging in again", exc)
+            return fetch_token(self.credentials, self.ssl_context(), self.timeout)
+        if expiry(fresh) <= expiry(token):
+            if self.credentials is None:
+                raise TokenExpired("the hub no longer extends this token (its refresh chain ended)")
+            return fetch_token(self.credentials, self.ssl_context(), self.timeout)
+        return fresh
+
+    def open_socket(self) -> websocket.WebSocket:
+        """Open a socket, or raise ConnectFailed, TokenExpired, TokenInvalid or Forbidden.
+
+        The token (if any) goes in the ``Authorization: Bearer`` header, not the URL.
+        """
+        token = self.token
+        header = [f"Authorization: Bearer {token}"] if token else None
+        try:
+            return websocket.create_connection(self.ws_url, timeout=self.timeout, sslopt=self._sslopt or None,
+                                               enable_multithread=True, header=header)
         except websocket.WebSocketBadStatusException as exc:
             message = _handshake_refusal(exc)
             if exc.status_code == 401:

@@ -7,7 +7,11 @@ socket, which
 - reads every frame, answers the server's pings, and pings after
   ``ping_interval`` seconds of silence (dropping the socket when ``ping_timeout``
   passes without an answer);
-- routes text frames: ``pong``, ``error:`` and the history replies
+- refreshes the token in-band before it expires (``refresh:{token}``, answered
+  by ``refreshed:``), on the same read-timeout timer as keepalive, so no thread
+  of its own; and after the hub's 4002 (token expired) gets a new token
+  (refresh, else log in again) and reconnects, when it holds credentials;
+- routes text frames: ``pong``, ``error:``, ``refreshed:`` and the history replies
   (``subscribed:``, ``history:``, ``ack:``) to the calls waiting on the
   client's wire (``wire.Wire``), deliveries to the dispatcher, less those
   seen already (``subscriptions.Subscriptions``);
@@ -30,6 +34,7 @@ import enum
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -50,14 +55,18 @@ from ..protocol import (
     ACK_PREFIX,
     HISTORY_PREFIX,
     PONG_REPLY,
+    REFRESHED_PREFIX,
     SUBSCRIBED_PREFIX,
     Ack,
+    CloseCode,
     ClosePolicy,
     Delivery,
     HistoryReply,
+    Refreshed,
     Since,
     Subscribed,
     close_policy,
+    encode_refresh,
     encode_register_name,
     encode_register_session,
     encode_subscribe,
@@ -69,6 +78,7 @@ from .connector import Connector
 from .deadline import Deadline
 from .dispatch import CallbackDispatcher
 from .subscriptions import Subscriptions, recovery_failure
+from .tokens import seconds_left
 from .wire import Call, Waiter, Wire, shut_down
 
 if TYPE_CHECKING:
@@ -123,6 +133,9 @@ class Supervisor:
         self._stop = threading.Event()
         # The reader thread, made and started by start() once open() has a registered socket.
         self.thread: threading.Thread | None = None
+        # When (time.monotonic()) the token is due for an in-band refresh; None: not armed
+        # (anonymous, or a refresh waiting for its answer). Read and written by the reader thread only.
+        self._refresh_at: float | None = None
 
     # ------------------------------------------------------------------ what the client asks
 
@@ -253,7 +266,12 @@ class Supervisor:
                 if self._stop.is_set() or not self._client.reconnect:
                     return
                 policy = close_policy(code)
-                if policy is ClosePolicy.DO_NOT_RECONNECT:
+                if code == CloseCode.TOKEN_EXPIRED and self._connector.credentials is not None:
+                    # Not with this token: _reconnect's ensure_usable_token() gets a new one
+                    # (a refresh while it is still valid, else a new login).
+                    logger.info("%s: the token expired on the hub (4002); reconnecting with a new one", name)
+                    policy = ClosePolicy.RECONNECT_NOW
+                elif policy is ClosePolicy.DO_NOT_RECONNECT:
                     logger.warning("%s: server closed with %d (%s): not reconnecting", name, code, reason)
                     return
                 next_ws = self._reconnect(policy)
@@ -267,36 +285,116 @@ class Supervisor:
             self._dispatch.stop()
 
     def _read_until_dropped(self, ws: websocket.WebSocket) -> tuple[int, str]:
-        """Read and handle frames until the connection ends; returns its close code and reason."""
+        """Read and handle frames until the connection ends; returns its close code and reason.
+
+        Between frames it keeps two deadlines on the socket's read timeout, so no
+        thread of their own: keepalive (ping after ``ping_interval`` of silence,
+        give up ``ping_timeout`` later) and the token's in-band refresh
+        (``_refresh_in_band``, due as ``Connector.seconds_until_refresh`` says).
+        """
         client = self._client
-        awaiting_pong = False
-        ws.settimeout(client.ping_interval or None)
+        keepalive = client.ping_interval or None
+        ping_at = None if keepalive is None else time.monotonic() + keepalive
+        pong_due: float | None = None  # set while a keepalive ping waits for any answer
+        self._schedule_refresh()
         while True:
+            now = time.monotonic()
+            if self._refresh_at is not None and now >= self._refresh_at:
+                self._refresh_in_band(ws)
+                continue
+            due = [t for t in (pong_due if pong_due is not None else ping_at, self._refresh_at) if t is not None]
+            ws.settimeout(max(0.001, min(due) - now) if due else None)
             try:
                 opcode, frame = ws.recv_data_frame(control_frame=True)
             except websocket.WebSocketTimeoutException:
-                if awaiting_pong:
+                now = time.monotonic()
+                if pong_due is not None and now >= pong_due:
                     logger.warning("%s: no answer to keepalive ping; reconnecting", client.name)
                     ws.abort()
                     return 1006, "keepalive timeout"
-                try:
-                    ws.ping()
-                except (websocket.WebSocketException, OSError):
-                    return 1006, "ping failed"
-                awaiting_pong = True
-                ws.settimeout(client.ping_timeout)
+                if pong_due is None and ping_at is not None and now >= ping_at:
+                    try:
+                        ws.ping()
+                    except (websocket.WebSocketException, OSError):
+                        return 1006, "ping failed"
+                    pong_due = now + client.ping_timeout
                 continue
             except (websocket.WebSocketException, OSError, ValueError) as exc:
                 return 1006, str(exc) or type(exc).__name__
-            if awaiting_pong:
-                awaiting_pong = False
-                ws.settimeout(client.ping_interval or None)
+            pong_due = None
+            if keepalive is not None:
+                ping_at = time.monotonic() + keepalive
             if opcode == websocket.ABNF.OPCODE_TEXT:
                 self._on_text(frame.data.decode("utf-8") if isinstance(frame.data, bytes) else frame.data)
             elif opcode == websocket.ABNF.OPCODE_CLOSE:
                 data = frame.data or b""
                 code = int.from_bytes(data[:2], "big") if len(data) >= 2 else 1005
                 return code, data[2:].decode("utf-8", "replace")
+
+    # ------------------------------------------------------------------ in-band token refresh (reader thread)
+
+    def _schedule_refresh(self, *, after_refresh: bool = False) -> None:
+        """Arm the in-band refresh for the connector's token (none for an anonymous client).
+
+        Not armed when, by this machine's clock, the token has expired already though
+        the hub took it, nor when a token just refreshed is due at once: then the
+        clocks of client and hub disagree, and refreshing would only loop. The hub's
+        4002 (and a reconnection with a new token) is the answer then.
+        """
+        delay = self._connector.seconds_until_refresh()
+        self._refresh_at = None
+        if delay is None:
+            return
+        if self._token_seconds_left() <= 0 or (after_refresh and delay <= 0):
+            logger.warning("%s: its token is %s by this machine's clock: the clocks of client and hub "
+                           "disagree; no in-band refresh on this connection", self._client.name,
+                           "expired" if self._token_seconds_left() <= 0 else "due for refresh at once")
+            return
+        self._refresh_at = time.monotonic() + delay
+
+    def _refresh_in_band(self, ws: websocket.WebSocket) -> None:
+        """The token is due: get a fresh one over HTTP and send ``refresh:{token}`` on ``ws``.
+
+        Runs on the reader thread, which reads nothing meanwhile (the socket buffers):
+        the HTTP round trips take at most the client's ``timeout`` each. ``refreshed:``
+        (``_refreshed``) makes the fresh token the connector's and arms the next
+        refresh; a refusal leaves the old token, and the hub's 4002 then leads to a
+        new token and a reconnection (``_run``). A failed HTTP refresh is tried again
+        halfway to the expiry, while more than a second is left.
+        """
+        self._refresh_at = None  # one refresh at a time: the answer arms the next
+        client, connector = self._client, self._connector
+        try:
+            fresh = connector.renewed()
+        except (AuthError, ConnectFailed, TokenInvalid) as exc:
+            left = self._token_seconds_left()
+            if left > 1.0:
+                self._refresh_at = time.monotonic() + left / 2
+            logger.warning("%s: cannot refresh its token (%s); %s", client.name, exc,
+                           "trying again later" if self._refresh_at else "the hub will close with 4002")
+            return
+        waiter = Waiter("refresh", Refreshed, lambda answered: self._refreshed(answered, fresh))
+        try:
+            self._wire.send(ws, [encode_refresh(fresh)], waiter)
+        except ConnectionClosedError:
+            pass  # the socket went: the reader sees it at its next read
+
+    def _refreshed(self, waiter: Waiter, fresh: str) -> None:
+        """The answer to ``refresh:`` (on the reader thread)."""
+        if waiter.error is not None:
+            logger.warning("%s: the hub refused the refreshed token (%s); it will close with 4002, "
+                           "and the client reconnects with a new token", self._client.name, waiter.error)
+            return
+        self._connector.token = fresh
+        self._schedule_refresh(after_refresh=True)
+        logger.info("%s refreshed its token in-band: %ds left", self._client.name, waiter.reply.expires_in)
+
+    def _token_seconds_left(self) -> float:
+        token = self._connector.token
+        try:
+            return seconds_left(token) if token else 0.0
+        except TokenInvalid:
+            return 0.0
 
     def _on_text(self, text: str) -> None:
         if text == PONG_REPLY:
@@ -407,4 +505,5 @@ class Supervisor:
 
 _REPLIES: tuple[tuple[str, Any], ...] = (
     (ACK_PREFIX, Ack), (SUBSCRIBED_PREFIX, Subscribed), (HISTORY_PREFIX, HistoryReply),
+    (REFRESHED_PREFIX, Refreshed),
 )

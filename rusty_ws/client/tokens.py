@@ -17,7 +17,7 @@ import jwt
 
 from ..exceptions import AuthError, BadCredentials, ConnectFailed, TokenExpired, TokenInvalid
 
-__all__ = ["Credentials", "fetch_token", "refresh_token", "refresh_url_for", "seconds_left"]
+__all__ = ["Credentials", "fetch_token", "refresh_token", "refresh_url_for", "seconds_left", "expiry", "lifetime"]
 
 
 @dataclass(frozen=True)
@@ -39,13 +39,32 @@ def refresh_url_for(auth_url: str) -> str:
     return f"{base}/refresh" if last == "token" else auth_url.rstrip("/") + "/refresh"
 
 
-def seconds_left(token: str, now: float | None = None) -> float:
-    """Seconds until ``token`` expires, read without checking the signature (the server checks it)."""
+def _claims(token: str) -> dict[str, Any]:
     try:
         claims = jwt.decode(token, options={"verify_signature": False})
-        return float(claims["exp"]) - (time.time() if now is None else now)
+        float(claims["exp"])
+        return claims
     except (jwt.InvalidTokenError, KeyError, TypeError, ValueError):
         raise TokenInvalid("the token cannot be read") from None
+
+
+def expiry(token: str) -> float:
+    """``token``'s ``exp`` (seconds since the epoch), read without checking the signature."""
+    return float(_claims(token)["exp"])
+
+
+def seconds_left(token: str, now: float | None = None) -> float:
+    """Seconds until ``token`` expires, read without checking the signature (the server checks it)."""
+    return expiry(token) - (time.time() if now is None else now)
+
+
+def lifetime(token: str, now: float | None = None) -> float:
+    """How long ``token`` was issued for: ``exp - iat`` (what is left when it has no readable ``iat``)."""
+    claims = _claims(token)
+    try:
+        return float(claims["exp"]) - float(claims["iat"])
+    except (KeyError, TypeError, ValueError):
+        return seconds_left(token, now)
 
 
 def _post(url: str, body: dict[str, Any] | None, headers: dict[str, str], context: ssl.SSLContext | None,

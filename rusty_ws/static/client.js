@@ -11,25 +11,36 @@
 // `since`, and the hub replays what was missed before its `subscribed:` reply. Publishes carry an
 // id and are sent again with it after a reconnection until acknowledged: the hub delivers an id once.
 //
+// Tokens (docs/protocol.md, "auth:{token}"): a client with a token opens the WebSocket without it
+// and sends `auth:{token}` as the very first frame, waiting for `authenticated:` before anything
+// else (`tokenInUrl: true` puts it in `?token=` instead, for hubs older than first-frame auth).
+// Whenever its JwtManager gets a fresh token (it refreshes before expiry), an open connection
+// sends `refresh:{token}` in-band and waits for `refreshed:`; no reconnection. After the hub's
+// 4002 (token expired) it gets a new token (a refresh, else a new login) and reconnects.
+//
 // Users import rusty_ws.js, which re-exports this class with the rest of the public API.
 
-import { ClosePolicy, backoffDelays, closePolicy } from "./backoff.js";
+import { CloseCode, ClosePolicy, backoffDelays, closePolicy } from "./backoff.js";
 import { AuthError, ConnectionClosedError, RustyWsError, ServerError } from "./errors.js";
 import { JwtManager } from "./jwt_utils.js";
 import {
   PING,
   ReplyKind,
+  authCommand,
   checkName,
   checkPublishId,
   checkSession,
   checkTopic,
   historyCommand,
   parseAck,
+  parseAuthenticated,
   parseDelivery,
   parseError,
   parseHistory,
+  parseRefreshed,
   parseSubscribed,
   publishCommand,
+  refreshCommand,
   registerNameCommand,
   registerSessionCommand,
   replyKind,
@@ -55,6 +66,8 @@ const PARSERS = {
   [ReplyKind.SUBSCRIBED]: parseSubscribed,
   [ReplyKind.HISTORY]: parseHistory,
   [ReplyKind.ACK]: parseAck,
+  [ReplyKind.AUTHENTICATED]: parseAuthenticated,
+  [ReplyKind.REFRESHED]: parseRefreshed,
 };
 
 /** A random string for the client's publish ids: unique per client, so ids never meet in a session. */
@@ -79,7 +92,10 @@ function randomHex(bytes) {
  * - "recovered" {topic, sessionId, count}: a resubscription got every missed message (`count` of them)
  * - "recoveryfailed" {topic, sessionId, reason, since, offset, epoch, count}: a resubscription could
  *   not get every missed message (`reason` is a RecoveryFailure); the subscription goes on from `offset`
- * - "error" {error}: an `error:` reply no call was waiting for, a handler that threw, a bad frame
+ * - "refreshed" {expiresIn}: the hub took the fresh token of an in-band `refresh:` (seconds left)
+ * - "error" {error}: an `error:` reply no call was waiting for, a handler that threw, a bad frame,
+ *   an in-band refresh the hub refused (the hub then closes with 4002, and the client reconnects
+ *   with a new token)
  */
 export class RustyWsClient extends EventTarget {
   /**
@@ -95,6 +111,8 @@ export class RustyWsClient extends EventTarget {
    * @param {{initial?: number, factor?: number, cap?: number, jitter?: number}} [options.backoff] reconnect delays in ms
    * @param {number} [options.timeout=10000] ms a call waits for the hub (and for a reconnection)
    * @param {number} [options.keepaliveInterval=20000] ms between keepalive pings; 0 turns them off
+   * @param {boolean} [options.tokenInUrl=false] send the token as `?token=` in the URL (for hubs older
+   *   than first-frame auth) instead of `auth:{token}` as the first frame; URLs end up in access logs
    */
   constructor(url, options = {}) {
     super();
@@ -110,6 +128,9 @@ export class RustyWsClient extends EventTarget {
     this._backoffOptions = options.backoff ?? {};
     this.timeout = options.timeout ?? 10_000;
     this.keepaliveInterval = options.keepaliveInterval ?? 20_000;
+    this.tokenInUrl = options.tokenInUrl ?? false;
+    this._connectionToken = null; // the token the live connection was opened or last refreshed with
+    this._onToken = () => this._refreshInBand(); // the JwtManager's "token" event
 
     this._state = State.IDLE;
     this._socket = null; // the live socket; frames and closes of any other are stale
@@ -170,6 +191,10 @@ export class RustyWsClient extends EventTarget {
       throw new RustyWsError("already_connected", `connect() while ${this._state}`);
     }
     this._closedByUser = false;
+    if (this._tokens !== null) {
+      this._tokens.removeEventListener("token", this._onToken);
+      this._tokens.addEventListener("token", this._onToken);
+    }
     this._setState(State.CONNECTING);
     let socket = null;
     try {
@@ -195,6 +220,7 @@ export class RustyWsClient extends EventTarget {
     this._closedByUser = true;
     clearTimeout(this._reconnectTimer);
     this._stopKeepalive();
+    this._tokens?.removeEventListener("token", this._onToken);
     if (this._ownsTokens) this._tokens.clearToken(); // stops its refresh timer; connect() logs in again
     const socket = this._socket;
     if (socket === null) {
@@ -527,7 +553,12 @@ export class RustyWsClient extends EventTarget {
     const state = this._state;
     this._connectionLost(socket, event.code ?? 1006, event.reason ?? "");
     if (state !== State.OPEN) return; // a failing (re)connection attempt handles its own failure
-    const policy = closePolicy(this._lastClose.code);
+    let policy = closePolicy(this._lastClose.code);
+    if (this._lastClose.code === CloseCode.TOKEN_EXPIRED && this._canRenewToken()) {
+      // Not with this token: the next attempt gets a new one (_usableToken: a new login, or a refresh).
+      this._tokenSuspect = true;
+      policy = ClosePolicy.RECONNECT_NOW;
+    }
     const willReconnect = this.reconnect && !this._closedByUser && policy !== ClosePolicy.DO_NOT_RECONNECT;
     this._emit("close", { ...this._lastClose, willReconnect });
     if (willReconnect) {
@@ -545,6 +576,7 @@ export class RustyWsClient extends EventTarget {
   _connectionLost(socket, code, reason) {
     if (socket !== this._socket) return;
     this._socket = null;
+    this._connectionToken = null;
     this._stopKeepalive();
     this._lastClose = { code, reason };
     this._positions.connectionLost();
@@ -595,7 +627,7 @@ export class RustyWsClient extends EventTarget {
     } catch (error) {
       this._drop(socket, error.closeCode ?? 1006, error.message);
       if (this._closedByUser) return;
-      if (error instanceof AuthError && error.status === 401) {
+      if (error instanceof AuthError && error.status === 401 && !(error.inBand && this._auth !== null)) {
         this._lastClose = { code: 4001, reason: error.message }; // the password stopped working
         this._emit("error", { error });
         this._setState(State.CLOSED);
@@ -614,16 +646,17 @@ export class RustyWsClient extends EventTarget {
     this._setState(State.OPEN);
     this._startKeepalive();
     this._emit("open", { reconnected });
+    this._refreshInBand(); // the JwtManager may have refreshed while this connection was registering
   }
 
   async _openSocket() {
     let url = this.url;
+    let token = null;
     if (this._tokens !== null) {
-      const token = await this._usableToken();
-      url = withToken(url, token);
+      token = await this._usableToken();
+      if (this.tokenInUrl) url = withToken(url, token);
       this._sessionId = this._explicitSession ?? this._tokens.getSessionId();
     }
-    this._sessionId ??= `session-${this.name}`;
     let socket;
     try {
       socket = await openWebSocket(this._WebSocket, url, this.timeout);
@@ -633,9 +666,102 @@ export class RustyWsClient extends EventTarget {
       if (this._tokens !== null) this._tokenSuspect = true;
       throw error;
     }
-    socket.addEventListener("message", (event) => this._onFrame(socket, event.data));
-    socket.addEventListener("close", (event) => this._onSocketClose(socket, event));
+    const listen = () => {
+      socket.addEventListener("message", (event) => this._onFrame(socket, event.data));
+      socket.addEventListener("close", (event) => this._onSocketClose(socket, event));
+    };
+    if (token !== null && !this.tokenInUrl) {
+      const reply = await this._authenticate(socket, token, listen);
+      this._sessionId = this._explicitSession ?? this._tokens.getSessionId() ?? reply.sid;
+    } else {
+      listen();
+    }
+    this._sessionId ??= `session-${this.name}`;
+    this._connectionToken = token;
     return socket;
+  }
+
+  /**
+   * Send `auth:{token}` as the first frame of `socket` and wait for the hub's first frame: resolves
+   * with the `authenticated:` reply, having called `listen()` before any later frame can arrive.
+   * A refusal (`error:`, then close 4001) rejects with an AuthError (status 401, `inBand` true).
+   */
+  _authenticate(socket, token, listen) {
+    return new Promise((resolve, reject) => {
+      const done = (error, reply) => {
+        clearTimeout(timer);
+        socket.removeEventListener("message", onMessage);
+        socket.removeEventListener("close", onClose);
+        if (error === null) {
+          listen(); // in the same event as the reply: no later frame can come before the listeners
+          resolve(reply);
+          return;
+        }
+        this._tokenSuspect = true;
+        try {
+          socket.close();
+        } catch {
+          // already closing
+        }
+        reject(error);
+      };
+      const onMessage = (event) => {
+        const text = typeof event.data === "string" ? event.data : "";
+        const reply = parseAuthenticated(text);
+        if (reply !== null) {
+          done(null, reply);
+          return;
+        }
+        const refusal = replyKind(text) === ReplyKind.ERROR ? parseError(text) : null;
+        const error = new AuthError(refusal?.code ?? "invalid_message",
+          refusal ? `the hub refused the token: ${refusal.message}` : `not an answer to auth: ${text.slice(0, 100)}`, 401);
+        error.inBand = true;
+        done(error);
+      };
+      const onClose = (event) => done(new ConnectionClosedError(event.code ?? 1006, event.reason || "closed during auth"));
+      const timer = setTimeout(() => done(new ConnectionClosedError(1006, `no answer to auth: within ${this.timeout} ms`)),
+        this.timeout);
+      socket.addEventListener("message", onMessage);
+      socket.addEventListener("close", onClose);
+      try {
+        socket.send(authCommand(token));
+      } catch (error) {
+        done(new ConnectionClosedError(1006, `send failed: ${error.message}`));
+      }
+    });
+  }
+
+  /**
+   * The JwtManager holds a token the live connection does not have yet (it refreshed it before
+   * expiry): send `refresh:{token}` and wait for `refreshed:`. A refusal is an "error" event; the
+   * hub then closes with 4002 when the old token expires, and the client reconnects with a new one.
+   */
+  _refreshInBand() {
+    const socket = this._socket;
+    const token = this._tokens?.getToken() ?? null;
+    if (socket === null || this._state !== State.OPEN || token === null || this._connectionToken === null
+        || token === this._connectionToken) {
+      return;
+    }
+    this._connectionToken = token; // one refresh per token, whatever the answer
+    const call = new Call("refresh", this.timeout);
+    try {
+      socket.send(refreshCommand(token));
+    } catch {
+      return; // the socket is going: its close event brings the reconnection, with this token
+    }
+    this._replies.expect(ReplyKind.REFRESHED, call);
+    call.promise.then(
+      (reply) => this._emit("refreshed", { expiresIn: reply.expires_in }),
+      (error) => {
+        if (!(error instanceof ConnectionClosedError)) this._emit("error", { error });
+      },
+    );
+  }
+
+  /** After a 4002: whether a new token can be had (a password to log in again, or a token to refresh). */
+  _canRenewToken() {
+    return this._tokens !== null && (this._auth !== null || this._tokens.getToken() !== null);
   }
 
   /** A token the hub should accept: the one held, refreshed if due, or a new login. */

@@ -205,6 +205,13 @@ export const jwtManager = new JwtManager();
 
 /**
  * Log in, then open a WebSocket with `?token=`; resolves once it is open (the seed's function).
+ *
+ * It keeps `?token=` (which ends up in access logs; the hub redacts it in its own) on purpose: the
+ * seed's pages get a raw socket back and `send` on it at once, as an authenticated connection.
+ * With first-frame auth they would have to send `auth:{token}` first and wait for `authenticated:`
+ * themselves, or their first commands would be refused (`auth:` is taken only as the first frame;
+ * with RUSTY_WS_REQUIRE_AUTH any other first frame closes with 4001). New code should use
+ * RustyWsClient, which sends `auth:{token}` as the first frame by default.
  * @param {string} wsUrl e.g. "ws://127.0.0.1:8081/ws"
  * @param {string} authUrl e.g. "http://127.0.0.1:8081/auth/token"
  * @param {string} username

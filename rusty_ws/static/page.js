@@ -204,7 +204,7 @@ function showLoginRequired() {
  */
 async function connectFailure(error, login) {
   if (error.code === "bad_credentials") return `Login refused: ${describeError(error)}`;
-  if (error.closeCode === UNAUTHORIZED) {
+  if (error.closeCode === UNAUTHORIZED || error.inBand) { // inBand: the hub refused the first-frame auth:
     return login ? `Connection refused: the hub did not accept the login (${describeError(error)})`
       : `Connection refused: ${LOGIN_REQUIRED}`;
   }

@@ -30,6 +30,8 @@ const ERROR_PREFIX = "error:";
 const SUBSCRIBED_PREFIX = "subscribed:";
 const HISTORY_PREFIX = "history:";
 const ACK_PREFIX = "ack:";
+const AUTHENTICATED_PREFIX = "authenticated:";
+const REFRESHED_PREFIX = "refreshed:";
 
 /** What a frame from the hub is (see replyKind). */
 export const ReplyKind = Object.freeze({
@@ -38,6 +40,8 @@ export const ReplyKind = Object.freeze({
   SUBSCRIBED: "subscribed",
   HISTORY: "history",
   ACK: "ack",
+  AUTHENTICATED: "authenticated",
+  REFRESHED: "refreshed",
   DELIVERY: "delivery",
 });
 
@@ -148,6 +152,23 @@ export function unsubscribeCommand(topic, sessionId) {
   return `unsubscribe:${checkTopic(topic)}|${checkSession(sessionId)}`;
 }
 
+function checkTokenText(token) {
+  if (typeof token !== "string" || token.trim() === "" || hasControlChars(token)) {
+    throw new RustyWsError("token_invalid", "a token is a non-empty string without control characters");
+  }
+  return token.trim();
+}
+
+/** The text of an `auth` command (encode_auth): a token, as the very first frame of a connection opened without one. */
+export function authCommand(token) {
+  return `auth:${checkTokenText(token)}`;
+}
+
+/** The text of a `refresh` command (encode_refresh): a fresh token of the same `sub` and `sid`, in-band. */
+export function refreshCommand(token) {
+  return `refresh:${checkTokenText(token)}`;
+}
+
 /**
  * The text of a `publish-json` command, in the seed's field order (then `id`, if the message has one).
  * @param {{publisher_name: string, topic: string, payload: *, timestamp: string, session_id: string, id?: string}} message
@@ -204,6 +225,8 @@ export function replyKind(text) {
   if (text.startsWith(SUBSCRIBED_PREFIX)) return ReplyKind.SUBSCRIBED;
   if (text.startsWith(HISTORY_PREFIX)) return ReplyKind.HISTORY;
   if (text.startsWith(ACK_PREFIX)) return ReplyKind.ACK;
+  if (text.startsWith(AUTHENTICATED_PREFIX)) return ReplyKind.AUTHENTICATED;
+  if (text.startsWith(REFRESHED_PREFIX)) return ReplyKind.REFRESHED;
   return ReplyKind.DELIVERY;
 }
 
@@ -263,6 +286,28 @@ export function parseAck(text) {
   if (body === null || typeof body.id !== "string") return null;
   const delivered = Number.isSafeInteger(body.delivered) && body.delivered >= 0 ? { delivered: body.delivered } : {};
   return { id: body.id, ...positionFields(body), ...delivered };
+}
+
+/**
+ * Parse an `authenticated:` reply (protocol.py's Authenticated): the connection acts as `sub`, from `sid`.
+ * @param {string} text
+ * @returns {?{sub: string, sid: string, expires_in: number}} null when it is not an `authenticated:` object
+ */
+export function parseAuthenticated(text) {
+  const body = replyBody(AUTHENTICATED_PREFIX, text);
+  if (body === null || !Number.isSafeInteger(body.expires_in)) return null;
+  return { sub: String(body.sub ?? ""), sid: String(body.sid ?? ""), expires_in: body.expires_in };
+}
+
+/**
+ * Parse a `refreshed:` reply (protocol.py's Refreshed): the connection's token was replaced.
+ * @param {string} text
+ * @returns {?{expires_in: number}} null when it is not a `refreshed:` object
+ */
+export function parseRefreshed(text) {
+  const body = replyBody(REFRESHED_PREFIX, text);
+  if (body === null || !Number.isSafeInteger(body.expires_in)) return null;
+  return { expires_in: body.expires_in };
 }
 
 /** True for an `error:` reply; a delivery is a JSON object and never starts so. */

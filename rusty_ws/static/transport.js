@@ -1,6 +1,8 @@
 // Opening a WebSocket to the hub, and the URLs around it: the JavaScript mirror of
 // rusty_ws/client/connector.py. It knows sockets and URLs, not the wire grammar and not tokens'
-// lifetimes: the token is just a query parameter here.
+// lifetimes: the token is just a query parameter here (withToken), for the seed's
+// createAuthenticatedWebSocket and RustyWsClient's `tokenInUrl`; RustyWsClient otherwise sends
+// it in its first frame (client.js).
 
 import { ConnectionClosedError, RustyWsError } from "./errors.js";
 

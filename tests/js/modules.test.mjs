@@ -27,10 +27,10 @@ const HOMES = {
   "backoff.js": ["CloseCode", "ClosePolicy", "backoffDelays", "closePolicy"],
   "protocol.js": [
     "MAX_EPOCH_LENGTH", "MAX_NAME_LENGTH", "MAX_OFFSET", "MAX_PUBLISH_ID_LENGTH", "MAX_SESSION_LENGTH",
-    "MAX_TOPIC_LENGTH", "PING", "PONG", "ReplyKind",
+    "MAX_TOPIC_LENGTH", "PING", "PONG", "ReplyKind", "authCommand",
     "checkLimit", "checkName", "checkPublishId", "checkSession", "checkSince", "checkTopic", "historyCommand",
-    "isErrorReply", "parseAck", "parseDelivery", "parseError", "parseHistory", "parseSubscribed", "positionOf",
-    "publishCommand", "registerNameCommand", "registerSessionCommand", "replyKind", "subscribeCommand",
+    "isErrorReply", "parseAck", "parseAuthenticated", "parseDelivery", "parseError", "parseHistory",
+    "parseRefreshed", "parseSubscribed", "positionOf", "publishCommand", "refreshCommand", "registerNameCommand", "registerSessionCommand", "replyKind", "subscribeCommand",
     "subscribeJsonCommand", "unsubscribeCommand",
   ],
   "recovery.js": ["RecoveryFailure"],

@@ -26,11 +26,13 @@ class ScriptedHub {
     this.answer = historyOff; // (socket, text, connection number) => void
     this._connected = [];
     this._awaited = []; // {accept, resolve}: tests waiting for a command
-    this.server.on("connection", (socket) => {
+    this.urls = []; // the request URL of each connection, in order
+    this.server.on("connection", (socket, request) => {
       if (this.refuse) {
         socket.terminate();
         return;
       }
+      this.urls.push(request.url);
       const number = this.sockets.push(socket);
       socket.on("message", (data) => {
         const text = data.toString();
@@ -107,6 +109,50 @@ async function client(options = {}) {
   clients.push(made);
   return made;
 }
+
+describe("first-frame auth, as the hub sees it", () => {
+  test("auth: is the first frame, no token in the URL; 4002 -> a new login -> auth: with the new token", async () => {
+    let logins = 0;
+    const fetch = async () => ({
+      ok: true, status: 200, json: async () => ({ token: `tok-${++logins}`, expires_in: 3600, session_id: "s" }),
+    });
+    hub.answer = (socket, text) => {
+      if (text.startsWith("auth:")) socket.send(`authenticated:${JSON.stringify({ sub: "u", sid: "s", expires_in: 3600 })}`);
+      else historyOff(socket, text);
+    };
+    const c = await client({ auth: { username: "u", password: "p", authUrl: "http://127.0.0.1:9/auth/token" }, fetch });
+    await c.subscribe("A");
+    assert.deepEqual(hub.commandsOf(1).slice(0, 4), ["auth:tok-1", "register-name:c", "register-session:s", "ping"]);
+    assert.equal(hub.urls[0], "/ws");
+    const closed = nextEvent(c, "close");
+    const reopened = nextEvent(c, "open");
+    hub.sockets[0].close(4002, "token expired: reconnect with a new token");
+    assert.deepEqual(await closed, { code: 4002, reason: "token expired: reconnect with a new token", willReconnect: true });
+    assert.deepEqual(await reopened, { reconnected: true });
+    assert.equal(logins, 2);
+    assert.deepEqual(hub.commandsOf(2), ["auth:tok-2", "register-name:c", "register-session:s", "ping",
+      'subscribe-json:{"topic":"A","session_id":"s"}']);
+    assert.equal(hub.urls[1], "/ws");
+  });
+
+  test("a new token from the JwtManager goes in-band as refresh:, answered by refreshed:", async () => {
+    let logins = 0;
+    const fetch = async () => ({
+      ok: true, status: 200, json: async () => ({ token: `tok-${++logins}`, expires_in: 3600, session_id: "s" }),
+    });
+    hub.answer = (socket, text) => {
+      if (text.startsWith("auth:")) socket.send(`authenticated:${JSON.stringify({ sub: "u", sid: "s", expires_in: 3600 })}`);
+      else if (text.startsWith("refresh:")) socket.send(`refreshed:${JSON.stringify({ expires_in: 3600 })}`);
+      else historyOff(socket, text);
+    };
+    const c = await client({ auth: { username: "u", password: "p", authUrl: "http://127.0.0.1:9/auth/token" }, fetch });
+    const refreshed = nextEvent(c, "refreshed");
+    await c._tokens.refreshToken(); // what its timer does before expiry
+    assert.deepEqual(await refreshed, { expiresIn: 3600 });
+    assert.deepEqual(hub.commandsOf(1).filter((text) => text.startsWith("refresh:")), ["refresh:tok-2"]);
+    assert.equal(hub.sockets.length, 1);
+  });
+});
 
 describe("close codes", () => {
   test("4200 (server restarting): reconnect at once, restore name, session and subscriptions", async () => {

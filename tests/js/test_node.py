@@ -55,11 +55,13 @@ def test_node_test_runner_against_the_hub(tmp_path: Path) -> None:
         "password_hash": generate_password_hash("password", method="pbkdf2:sha256:1000"), "sessions": ["js-mine"]}}))
     with running_server(max_subscriptions=8) as hub, running_server(jwt_expiration_seconds=4) as short, \
             running_server(users_file=str(users)) as policy, \
+            running_server(require_auth=True, jwt_expiration_seconds=4) as require_auth, \
             running_server(history_size=2000) as history, running_server(history_size=0) as no_history:
         result = run_node("--test", "--test-reporter=spec", *files, env={
             "RUSTY_WS_HTTP_URL": hub.http_url,
             "RUSTY_WS_SHORT_TOKEN_HTTP_URL": short.http_url,
             "RUSTY_WS_POLICY_HTTP_URL": policy.http_url,
+            "RUSTY_WS_REQUIRE_AUTH_HTTP_URL": require_auth.http_url,
             "RUSTY_WS_HISTORY_HTTP_URL": history.http_url,
             "RUSTY_WS_NO_HISTORY_HTTP_URL": no_history.http_url,
         })
