@@ -21,6 +21,7 @@ from werkzeug.serving import make_server as werkzeug_server
 from rusty_ws import create_app
 from rusty_ws.protocol import encode_auth, encode_ping, encode_refresh
 from rusty_ws.server.redaction import TokenRedactor
+from rusty_ws.server.state import state_of
 from support import POLL, WAIT, Client, error_of, http, hub_config, login, running_server
 
 
@@ -44,7 +45,7 @@ def test_werkzeugs_own_server_as_flask_run_uses_it(caplog: pytest.LogCaptureFixt
         assert http("POST", f"http://{base}/auth/refresh",
                     headers={"Authorization": f"Bearer {body['token']}"})[0] == 200
     finally:
-        app.extensions["rusty_ws"].hub.shutdown(WAIT)
+        state_of(app).hub.shutdown(WAIT)
         server.shutdown()
         thread.join(WAIT)
         server.server_close()
