@@ -14,7 +14,8 @@ __all__ = ["Broker", "MemoryBroker", "broker_from_url", "masked_url"]
 def broker_from_url(url: str, max_envelope_size: int | None = None) -> Broker:
     """The broker a ``RUSTY_WS_BROKER_URL`` names.
 
-    ``redis://`` (``rediss://``, ``unix://``) needs the ``redis`` extra.
+    ``redis://`` (``rediss://``, ``unix://``) and ``redis+cluster://`` (``rediss+cluster://``)
+    need the ``redis`` extra.
     ``max_envelope_size`` bounds what a distributed broker sends and accepts, in bytes.
 
     Raises:
@@ -36,6 +37,16 @@ def broker_from_url(url: str, max_envelope_size: int | None = None) -> Broker:
             raise ConfigError(setting, masked_url(url), problem.partition(" but ")[2] or problem) from None
         except ValueError as exc:
             raise ConfigError(setting, masked_url(url), f"is no Redis URL that works ({exc})") from None
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        from .redis_cluster import RedisClusterBroker  # lazily, as above
+
+        try:
+            return RedisClusterBroker(url, max_envelope_size=max_envelope_size)
+        except RuntimeError as exc:
+            problem = str(exc)
+            raise ConfigError(setting, masked_url(url), problem.partition(" but ")[2] or problem) from None
+        except ValueError as exc:
+            raise ConfigError(setting, masked_url(url), f"is no Redis Cluster URL that works ({exc})") from None
     raise ConfigError(setting, masked_url(url), "names no broker rusty_ws knows: "
                                                 "use memory:// or redis://host:port/db")
 

@@ -6,10 +6,12 @@ check these with literal values. ``docs/scaling.md`` explains the choices.
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from typing import NamedTuple
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from ..protocol import MAX_JSON_DEPTH, Delivery, dumps_utf8, loads_strict
 from .base import Key
+from .redis_slots import partition_of, partition_tags
 
 __all__ = [
     "DEFAULT_CHANNEL_PREFIX",
@@ -21,6 +23,11 @@ __all__ = [
     "encode_envelope",
     "decode_envelope",
     "split_url",
+    "session_tag",
+    "shard_channel_name",
+    "shard_control_channel",
+    "ClusterUrl",
+    "split_cluster_url",
 ]
 
 #: The first part of every channel name; ``?channel_prefix=`` in the URL changes it.
@@ -142,3 +149,82 @@ def split_url(url: str) -> tuple[str, str]:
     # Everything before the query as given: urlunsplit would turn unix:///path into unix:/path.
     head = url.split("#", 1)[0].split("?", 1)[0]
     return head + (f"?{rest}" if rest else "") + (f"#{parts.fragment}" if parts.fragment else ""), prefix
+
+
+# --------------------------------------------------------------------------- Redis Cluster
+
+
+def session_tag(prefix: str, session_id: str) -> str:
+    """The hash tag, braces included, of every channel and key of ``session_id``: ``{p17.3}``.
+
+    The session is hashed into one of ``redis_slots.PARTITIONS`` partitions, whose
+    tags were picked so their slots spread evenly over the slot space (see
+    ``redis_slots``). It depends on the session only, not the topic: a session's
+    publish ids and streams then share one slot. ``prefix`` does not change it
+    (deployments that share a cluster spread alike); it is taken so that every
+    caller names keys the same way.
+    """
+    return "{" + partition_tags()[partition_of(session_id)] + "}"
+
+
+def shard_channel_name(prefix: str, topic: str, session_id: str) -> bytes:
+    """The shard channel of (topic, session) on a cluster: ``{prefix}:{tag}:{len(topic)}:{topic}:{session}``.
+
+    ``channel_name`` with the session's tag after the prefix. The tag is the first
+    ``{`` of the name (a cluster prefix has none), so topics and sessions holding
+    braces cannot move the pair to another slot.
+    """
+    tag = session_tag(prefix, session_id).encode()
+    return b"%s:%s:%s" % (prefix.encode("utf-8"), tag, channel_name("", topic, session_id)[1:])
+
+
+def shard_control_channel(prefix: str, tag: str, node_id: str) -> bytes:
+    """A node's control channel on one master: ``{prefix}:{tag}:node:{node_id}``, ``tag`` in that master's slots."""
+    return f"{prefix}:{{{tag}}}:node:{node_id}".encode()
+
+
+class ClusterUrl(NamedTuple):
+    """What a ``redis+cluster://`` URL says."""
+
+    #: (host, port) of each node named: where to ask for the slot map first.
+    seeds: list[tuple[str, int]]
+    username: str | None
+    password: str | None
+    #: True for ``rediss+cluster://`` (TLS).
+    ssl: bool
+    channel_prefix: str
+
+
+def split_cluster_url(url: str) -> ClusterUrl:
+    """Parse ``redis+cluster://[user:password@]host:port[,host:port...][/][?channel_prefix=...]``.
+
+    Raises:
+        ValueError: not such a URL, no node, a bad port, another query option, or a
+            prefix that is empty or holds ``:``, ``{`` or ``}`` (braces would change the hash tag).
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("redis+cluster", "rediss+cluster"):
+        raise ValueError("a cluster URL starts with redis+cluster:// or rediss+cluster://")
+    rest, _, query = rest.split("#", 1)[0].partition("?")
+    hosts, _, path = rest.partition("/")
+    if path:
+        raise ValueError("a cluster has one database: nothing may follow the nodes but '/'")
+    userinfo, at, hosts = hosts.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username, password = (unquote(user) or None), (unquote(secret) if colon else None)
+    seeds = []
+    for item in hosts.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{item!r} is not host:port")
+        seeds.append((host.strip("[]"), int(port)))
+    prefix = DEFAULT_CHANNEL_PREFIX
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name != "channel_prefix":
+            raise ValueError(f"unknown option {name!r} (a cluster URL takes channel_prefix only)")
+        prefix = value
+    if not prefix or any(c in prefix for c in ":{}"):
+        raise ValueError("channel_prefix must be non-empty and without ':', '{' or '}'")
+    return ClusterUrl(seeds, username, password, scheme.lower() == "rediss+cluster", prefix)

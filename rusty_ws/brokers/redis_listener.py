@@ -48,6 +48,10 @@ class Listener:
     ``_batches``; other threads touch only what ``_lock`` guards.
     """
 
+    #: False for a listener that must see (un)subscribe replies, e.g. the ``sunsubscribe``
+    #: a cluster node pushes when a slot moves away (``redis_shard_listener.py``).
+    ignore_subscribe_messages = True
+
     def __init__(
         self,
         *,
@@ -178,7 +182,7 @@ class Listener:
         delays = self.backoff_delays()
         warned = False  # the first failure of an outage is a warning; its retries are debug
         while not self._stop.is_set():
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.client.pubsub(ignore_subscribe_messages=self.ignore_subscribe_messages)
             try:
                 self._subscribe_all(pubsub)
                 self._listen(pubsub)

@@ -1,0 +1,371 @@
+"""The Redis Cluster broker: publishes cross nodes through a cluster's sharded pub/sub (Redis 7).
+
+``RUSTY_WS_BROKER_URL=redis+cluster://host:port,host:port/?channel_prefix=...``
+(``rediss+cluster://`` for TLS). ``docs/scaling.md`` is the operator's view.
+
+Channels. Each (topic, session) is one shard channel (``shard_channel_name``)
+carrying its session's hash tag (``session_tag``), so a session's channels and
+keys share one slot, and the sessions spread over the masters in proportion to
+the slots each owns (``redis_slots``). A publish is one ``SPUBLISH`` to the
+master of its slot; Redis hands it to that shard's subscribers only.
+
+Threads. One ``ShardListener`` thread per master (``rusty_ws-redis-{node}-{host:port}``)
+owns that master's pub/sub connection: one connection per master, whatever the
+number of pairs. One supervisor thread (``rusty_ws-redis-cluster-{node}``) owns the
+slot map: it reads ``CLUSTER SLOTS`` every ``MAP_INTERVAL`` seconds, and at once
+when a listener or a publish reports trouble (a lost master, ``MOVED``, a pushed
+``sunsubscribe``); when the map changes it starts listeners for new masters,
+stops those of nodes that are masters no more, and has the others ``resync``.
+
+Publishing. As with one Redis: the envelope is made first, delivered here at
+once, then ``SPUBLISH``ed synchronously (one round trip on the publishing
+thread, so one connection's publishes reach every node in order) through a
+plain connection pool per master, without retries (a retry could deliver twice).
+A ``MOVED``/``ASK`` reply (never executed) is followed once to the node it names.
+While the slot's master is unreachable, or its listener not connected, the
+publish reaches this node only and is counted as that shard's ``unsent``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from .. import backoff
+from ..exceptions import ProtocolError
+from ..protocol import Delivery, ErrorCode
+from .base import Broker, Deliver, Key, Landed
+from .redis import START_TIMEOUT, SUBSCRIBE_TIMEOUT, _import_redis, new_node_id
+from .redis_codec import encode_envelope, shard_channel_name, split_cluster_url
+from .redis_shard_listener import ShardListener
+from .redis_slots import SlotMap, parse_cluster_slots, session_slot, tag_in
+
+__all__ = ["RedisClusterBroker"]
+
+logger = logging.getLogger("rusty_ws.server")
+
+#: Seconds between two reads of the slot map while all is well (resharding is noticed by then at the latest).
+MAP_INTERVAL = 5.0
+
+
+class _View(NamedTuple):
+    """What the publishing threads read: replaced whole by the supervisor, never changed in place."""
+
+    map: SlotMap | None
+    listeners: dict[str, ShardListener]  # master address -> its listener
+    clients: dict[str, Any]              # master address -> its publishing client (redis.Redis)
+
+
+class RedisClusterBroker(Broker):
+    """Carries publishes between nodes through a Redis Cluster's sharded pub/sub. Safe to call from any thread.
+
+    Args:
+        url: ``redis+cluster://[user:password@]host:port[,host:port...]/[?channel_prefix=...]``; the
+            nodes named are where the slot map is first asked for (one is enough, more survive its loss).
+        subscribe_timeout, start_timeout, max_envelope_size: as for ``RedisBroker``.
+
+    Raises:
+        RuntimeError: the ``redis`` package is not installed.
+        ValueError: the URL is not usable.
+    """
+
+    name = "redis-cluster"
+    distributed = True
+
+    def __init__(self, url: str, *, subscribe_timeout: float = SUBSCRIBE_TIMEOUT,
+                 start_timeout: float = START_TIMEOUT, max_envelope_size: int | None = None) -> None:
+        self._redis = _import_redis()
+        self._url = split_cluster_url(url)
+        self.channel_prefix = self._url.channel_prefix
+        self.subscribe_timeout = subscribe_timeout
+        self.start_timeout = start_timeout
+        self.max_envelope_size = max_envelope_size
+        self._errors = (self._redis.exceptions.RedisError, OSError)
+        self._deliver: Deliver | None = None
+        self._keys: Callable[..., list[Key]] | None = None
+        # _launch_lock guards node_id, _pid, _stopped and the start of the threads: once per process.
+        self._launch_lock = threading.Lock()
+        self._pid = 0
+        self._stopped = False
+        self.node_id: str | None = None
+        # _counts_lock guards _unsent and _retired (counts of stopped listeners). Never held across I/O.
+        self._counts_lock = threading.Lock()
+        self._unsent: dict[str, int] = {}
+        self._retired = {"dropped": 0, "reconnects": 0}
+        self._warned_unsent = False
+        self._view = _View(None, {}, {})
+        self._stop = threading.Event()
+        self._poke = threading.Event()  # set by anyone who saw trouble: the supervisor reads the map at once
+        self._supervisor: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"<RedisClusterBroker {self.node_id or 'not started'}>"
+
+    # ------------------------------------------------------------------ the Broker API
+
+    def start(self, deliver: Deliver, keys: Callable[[], list[Key]]) -> None:
+        """Read the slot map, connect to every master; blocks up to ``start_timeout`` per step."""
+        self._deliver, self._keys = deliver, keys
+        with self._launch_lock:
+            self._launch_locked()
+
+    def _launch_locked(self) -> None:
+        assert self._launch_lock.locked(), "must hold the launch lock"
+        self.node_id, self._pid = new_node_id(), os.getpid()
+        self._view = _View(None, {}, {})
+        self._stop = threading.Event()
+        self._refresh(self._read_map(quiet=False))
+        # Daemon, like the listeners: stop() joins it.
+        self._supervisor = threading.Thread(target=self._supervise, name=f"rusty_ws-redis-cluster-{self.node_id}",
+                                            daemon=True)
+        self._supervisor.start()
+
+    def _current(self) -> _View:
+        """The view of this process; a process forked after ``start`` (gunicorn --preload) starts its own."""
+        if self._deliver is None:
+            raise RuntimeError("the broker was not started")
+        if self._pid != os.getpid() and not self._stopped:
+            with self._launch_lock:
+                if self._pid != os.getpid() and not self._stopped:
+                    logger.info("process forked: starting this process's own Redis Cluster listeners")
+                    self._launch_locked()
+        return self._view
+
+    def publish(self, delivery: Delivery) -> Landed:
+        """Deliver here at once, then SPUBLISH to the slot's master (one round trip); see the module's docstring.
+
+        Raises:
+            ProtocolError: ``invalid_message``: the envelope would be larger than
+                ``max_envelope_size``, or the payload cannot be encoded.
+        """
+        view = self._current()
+        assert self._deliver is not None and self.node_id is not None
+        try:
+            envelope = encode_envelope(self.node_id, delivery)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"the payload is not JSON: {exc}") from None
+        if self.max_envelope_size is not None and len(envelope) > self.max_envelope_size:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE,
+                                f"the message would be {len(envelope)} bytes on Redis, more than the "
+                                f"{self.max_envelope_size} any node accepts")
+        landed = self._deliver(delivery)
+        self._forward(view, delivery, envelope)
+        return landed
+
+    def _forward(self, view: _View, delivery: Delivery, envelope: bytes) -> None:
+        address = view.map.owners[session_slot(delivery.session_id)] if view.map else ""
+        listener = view.listeners.get(address)
+        if listener is None or not listener.connected:
+            return self._count_unsent(address, "the slot's master is unreachable")
+        channel = shard_channel_name(self.channel_prefix, delivery.topic, delivery.session_id)
+        exceptions = self._redis.exceptions
+        try:
+            view.clients[address].execute_command("SPUBLISH", channel, envelope)
+            return None
+        except (exceptions.MovedError, exceptions.AskError) as exc:
+            # Not executed: safe to send once more, to the node named (if we know it as a master).
+            self._poke.set()
+            target = view.clients.get(f"{exc.host}:{exc.port}")
+            try:
+                if target is not None and isinstance(exc, exceptions.AskError):
+                    with target.pipeline(transaction=False) as pipe:
+                        pipe.execute_command("ASKING")
+                        pipe.execute_command("SPUBLISH", channel, envelope)
+                        pipe.execute()
+                    return None
+                if target is not None:
+                    target.execute_command("SPUBLISH", channel, envelope)
+                    return None
+                reason = f"{type(exc).__name__}: {exc}"
+            except self._errors as again:
+                reason = f"{type(again).__name__}: {again}"
+        except self._errors as exc:
+            self._poke.set()
+            reason = f"{type(exc).__name__}: {exc}"
+        return self._count_unsent(address, reason)
+
+    def _count_unsent(self, address: str, reason: str) -> None:
+        with self._counts_lock:
+            self._unsent[address] = self._unsent.get(address, 0) + 1
+            warn, self._warned_unsent = not self._warned_unsent, True
+        if warn:
+            logger.warning("publishes for %s reach this node's subscribers only (%s)", address or "an unserved slot", reason)
+
+    def interest_added(self, key: Key) -> None:
+        """SSUBSCRIBE to ``key``'s channel on its master; blocks until it confirms (while connected)."""
+        self._interest_changed(key)
+
+    def interest_removed(self, key: Key) -> None:
+        """SUNSUBSCRIBE from ``key``'s channel; blocks until its master confirms (while connected)."""
+        self._interest_changed(key)
+
+    def _interest_changed(self, key: Key) -> None:
+        view = self._current()
+        listener = view.listeners.get(view.map.owners[session_slot(key[1])]) if view.map else None
+        if listener is not None:
+            listener.interest_changed(key)
+        # else: no master serves the slot now; the listener the next map gives it reads the registry.
+
+    def wait_connected(self, connected: bool = True, timeout: float = 5.0) -> bool:
+        """Block until every master's listener is (or not every one is) connected; False if ``timeout`` passed."""
+        deadline = time.monotonic() + timeout
+        for _ in range(int(timeout / 0.02) + 2):
+            if self.status()["connected"] == connected:
+                return True
+            if time.monotonic() > deadline:
+                break
+            self._stop.wait(0.02)  # polls states that several threads own; bounded in count and time
+        return False
+
+    def status(self) -> dict[str, Any]:
+        """``/healthz``'s view: the totals of ``RedisBroker.status``, and the same counts per master (``shards``)."""
+        view = self._current()
+        with self._counts_lock:
+            unsent, retired = dict(self._unsent), dict(self._retired)
+        shards = {}
+        for address, listener in sorted(view.listeners.items()):
+            shard = listener.status()
+            shard["unsent"] = unsent.pop(address, 0)
+            shard["slots"] = view.map.slots_of(address) if view.map else 0
+            shards[address] = shard
+        covered = bool(view.map) and all(view.map.owners) if view.map else False
+        return {
+            "name": self.name,
+            "connected": covered and bool(shards) and all(shard["connected"] for shard in shards.values()),
+            "node": self.node_id,
+            "channels": sum(shard["channels"] for shard in shards.values()),
+            "unsent": sum(shard["unsent"] for shard in shards.values()) + sum(unsent.values()),
+            "dropped": retired["dropped"] + sum(shard["dropped"] for shard in shards.values()),
+            "reconnects": retired["reconnects"] + sum(shard["reconnects"] for shard in shards.values()),
+            "shards": shards,
+        }
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the supervisor and every listener, close the connections. Idempotent; blocks up to ``timeout`` each."""
+        with self._launch_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            ours = self._pid == os.getpid()
+        self._stop.set()
+        self._poke.set()
+        if not ours:
+            return
+        if self._supervisor is not None:
+            self._supervisor.join(timeout)
+        view, self._view = self._view, _View(self._view.map, {}, {})
+        for listener in view.listeners.values():
+            listener.stop(timeout)
+        for client in view.clients.values():
+            client.close()
+
+    # ------------------------------------------------------------------ the supervisor thread
+
+    def _supervise(self) -> None:
+        delays = None  # a backoff while something is wrong; MAP_INTERVAL while all is well
+        while not self._stop.is_set():
+            self._poke.wait(next(delays) if delays else MAP_INTERVAL)
+            self._poke.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self._refresh(self._read_map(quiet=delays is not None))
+            except Exception:
+                logger.exception("reading the Redis Cluster's slot map failed")
+            healthy = self.status()["connected"]
+            if healthy:
+                delays = None
+            elif delays is None:
+                delays = backoff.delays(initial=0.05, cap=1.0)
+        logger.debug("- %s stopped", threading.current_thread().name)
+
+    def _read_map(self, quiet: bool) -> SlotMap | None:
+        """CLUSTER SLOTS from the first node that answers: those of the last map, then the URL's."""
+        redis, url = self._redis, self._url
+        known = list(self._view.map.nodes) if self._view.map else []
+        candidates = list(dict.fromkeys(known + [f"{host}:{port}" for host, port in url.seeds]))
+        problems = []
+        for address in candidates:
+            host, _, port = address.rpartition(":")
+            client = redis.Redis(host=host, port=int(port), username=url.username, password=url.password,
+                                 ssl=url.ssl, socket_timeout=2.0, socket_connect_timeout=1.0,
+                                 retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0))
+            try:
+                found = parse_cluster_slots(client.execute_command("CLUSTER SLOTS"))
+                if found.masters:
+                    return found
+                problems.append(f"{address}: no slot served")
+            except (*self._errors, ValueError) as exc:
+                problems.append(f"{address}: {exc}")
+            finally:
+                client.close()
+        (logger.debug if quiet else logger.warning)("no Redis Cluster node gave its slot map (%s)", "; ".join(problems))
+        return None
+
+    def _refresh(self, new: SlotMap | None) -> None:
+        """Bring the listeners in line with ``new``: start, stop, resync. Only the supervisor (or ``start``) calls it."""
+        old = self._view
+        if new is None or new == old.map:
+            if new is not None:
+                for listener in old.listeners.values():
+                    listener.resync()  # trouble without a new map (a pushed sunsubscribe): check anyway
+            return
+        listeners, clients = dict(old.listeners), dict(old.clients)
+        gone = [address for address in listeners if address not in new.masters]
+        added = [address for address in sorted(new.masters) if address not in listeners]
+        for address in added:
+            listeners[address], clients[address] = self._listener_for(address)
+        retired = [(listeners.pop(address), clients.pop(address)) for address in gone]
+        # The new map is in place before any listener reads the registry against it.
+        self._view = _View(new, listeners, clients)
+        logger.info("Redis Cluster slot map: %d masters (%s)", len(new.masters), ", ".join(sorted(new.masters)))
+        for listener, client in retired:
+            listener.stop(self.start_timeout)
+            client.close()
+            with self._counts_lock:
+                for name in self._retired:
+                    self._retired[name] += listener.status()[name]
+        for address, listener in listeners.items():
+            if address in added:
+                listener.start(self.start_timeout)
+            else:
+                listener.resync()
+
+    def _listener_for(self, address: str) -> tuple[ShardListener, Any]:
+        assert self._deliver is not None and self._keys is not None and self.node_id is not None
+        redis, url = self._redis, self._url
+        host, _, port = address.rpartition(":")
+        client = redis.Redis(
+            host=host, port=int(port), username=url.username, password=url.password, ssl=url.ssl,
+            socket_timeout=5.0, socket_connect_timeout=2.0, socket_keepalive=True,
+            # No retries inside redis-py: a retried SPUBLISH could arrive twice; the listener reconnects itself.
+            retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
+            client_name=f"rusty_ws-{self.node_id}",
+        )
+
+        def owns(key: Key) -> bool:
+            current = self._view.map
+            return current is not None and current.owners[session_slot(key[1])] == address
+
+        def control_tag() -> str:
+            current = self._view.map
+            tag = tag_in(lambda slot: current is not None and current.owners[slot] == address)
+            if tag is None:
+                raise redis.exceptions.ConnectionError(f"{address} serves no slot now")
+            return tag
+
+        def on_trouble(reason: str) -> None:
+            logger.debug("- Redis Cluster trouble at %s: %s", address, reason)
+            self._poke.set()
+
+        listener = ShardListener(
+            address=address, owns=owns, control_tag=control_tag, on_trouble=on_trouble,
+            client=client, errors=self._errors, prefix=self.channel_prefix, node_id=self.node_id,
+            deliver=self._deliver, keys=self._keys, subscribe_timeout=self.subscribe_timeout,
+            max_envelope_size=self.max_envelope_size,
+        )
+        return listener, client

@@ -1,0 +1,170 @@
+"""One cluster master's listener thread: the ``Listener`` of ``redis_listener.py`` on sharded pub/sub.
+
+The cluster broker (``redis_cluster.py``) runs one of these per master, each
+with its own plain connection to that master, so a node holds one pub/sub
+connection per master whatever the number of pairs. The thread works as the
+single-Redis listener does (it alone owns the connection; interest marks,
+reconciling against the registry, PING barriers, keepalive, reconnect with
+backoff), with these differences:
+
+- ``SSUBSCRIBE``/``SUNSUBSCRIBE`` (``shard_channel_name``), only for the pairs
+  whose slot this master owns in the broker's current slot map (``owns``), one
+  command per slot (Redis refuses one that spans slots);
+- the control channel is a shard channel in one of this master's slots, and a
+  wake-up is an ``SPUBLISH`` to it on the same master;
+- a ``sunsubscribe`` the server pushes (its slot moved away: resharding or
+  failover), a ``MOVED`` reply, or a lost connection tells the broker to read
+  the slot map again (``on_trouble``); the broker then calls ``resync``, which
+  reconciles every pair (the registry's and this listener's) against the new map.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .base import Key
+from .redis_codec import shard_channel_name, shard_control_channel
+from .redis_listener import _BARRIER, _READY, SUBSCRIBE_CHUNK, Listener
+from .redis_slots import key_slot
+
+__all__ = ["ShardListener"]
+
+logger = logging.getLogger("rusty_ws.server")
+
+
+class ShardListener(Listener):
+    """The listener of one master. ``owns(key)`` says whether the current slot map puts ``key`` here."""
+
+    ignore_subscribe_messages = False  # the server's own sunsubscribe pushes matter
+
+    def __init__(self, *, address: str, owns: Callable[[Key], bool], control_tag: Callable[[], str],
+                 on_trouble: Callable[[str], None], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.address = address
+        self.owns = owns
+        self.control_tag = control_tag
+        self.on_trouble = on_trouble
+        self.control = b""  # chosen on each connection: a slot this master owns then
+        self._resync = False  # guarded by _lock: reconcile every pair at the next chance
+        self._thread.name = f"rusty_ws-redis-{self.node_id}-{address}"
+
+    # ------------------------------------------------------------------ any thread
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up and subscribed (read without the lock: one bool, for the publish path)."""
+        return self._connected
+
+    def resync(self) -> None:
+        """The slot map changed: reconcile every pair against it (soon, on the thread)."""
+        with self._lock:
+            self._resync = True
+        self._wake()
+
+    def _wake(self) -> bool:
+        if not self._connected or not self.control:
+            return False
+        try:
+            self.client.execute_command("SPUBLISH", self.control, b"")
+            return True
+        except self.errors:
+            return False
+
+    def status(self) -> dict[str, Any]:
+        found = super().status()
+        del found["node"]
+        return found
+
+    # ------------------------------------------------------------------ the thread
+
+    def _subscribe_all(self, pubsub: Any) -> None:
+        """SSUBSCRIBE the control channel and every registry pair this master owns; PING when sent."""
+        try:
+            with self._lock:
+                self._dirty.clear()  # the keys() read below sees every mark made so far
+                self._resync = False
+            self._channels = {shard_channel_name(self.prefix, *key): key for key in self.keys() if self.owns(key)}
+            self.control = shard_control_channel(self.prefix, self.control_tag(), self.node_id)
+            pubsub.ssubscribe(self.control)
+            self._send(pubsub.ssubscribe, self._channels)
+            pubsub.ping(_READY)  # its PONG says Redis has every subscription: then we are connected
+        except self.errors as exc:
+            self.on_trouble(f"{type(exc).__name__}: {exc}")
+            raise
+
+    def _listen(self, pubsub: Any) -> None:
+        try:
+            super()._listen(pubsub)
+        except self.errors as exc:
+            self.on_trouble(f"{type(exc).__name__}: {exc}")  # a dead master, or a MOVED: read the map again
+            raise
+
+    @staticmethod
+    def _send(command: Callable[..., Any], channels: Iterable[bytes]) -> None:
+        """One command per slot (and per ``SUBSCRIBE_CHUNK``): a cluster refuses one that spans slots."""
+        by_slot: dict[int, list[bytes]] = defaultdict(list)
+        for channel in channels:
+            by_slot[key_slot(channel)].append(channel)
+        for group in by_slot.values():
+            for start in range(0, len(group), SUBSCRIBE_CHUNK):
+                command(*group[start:start + SUBSCRIBE_CHUNK])
+
+    def _dispatch(self, pubsub: Any, message: dict[str, Any]) -> None:
+        kind, channel, data = message.get("type"), message.get("channel"), message.get("data")
+        if kind == "pong":
+            self._on_pong(pubsub, data or b"")
+        elif kind == "smessage":
+            if channel == self.control:
+                self._reconcile(pubsub)
+            else:
+                self._on_delivery(channel, data or b"")  # type: ignore[arg-type]  # a channel name here
+        elif kind == "sunsubscribe" and channel is not None:
+            self._on_sunsubscribe(channel)
+
+    def _on_sunsubscribe(self, channel: bytes) -> None:
+        """A reply to our SUNSUBSCRIBE, or a push: the server no longer serves this channel's slot."""
+        if channel == self.control:
+            raise self.errors[0](f"the slot of {channel!r} left {self.address}")  # reconnect, with a new control tag
+        key = self._channels.pop(channel, None)
+        if key is None:
+            return  # the reply to one we asked for
+        logger.info("%s stopped serving %r (its slot moved); reading the slot map again", self.address, channel[:200])
+        self.on_trouble(f"slot {key_slot(channel)} left {self.address}")
+
+    def _reconcile(self, pubsub: Any) -> None:
+        """Bring the marked pairs (every pair, after ``resync``) in line with the registry and the slot map."""
+        with self._lock:
+            resync, self._resync = self._resync, False
+            dirty, self._dirty = self._dirty, set()
+            waiters, self._waiters = self._waiters, []
+        if resync:
+            # Every pair: the registry's (read after the new map was in place) and the ones held here.
+            dirty |= set(self.keys()) | set(self._channels.values())
+        subscribe, unsubscribe = [], []
+        if dirty:
+            # Read after the marks were taken: at least as new as they are (see Listener._reconcile).
+            wanted = {key for key in self.keys(dirty) if self.owns(key)}
+            for key in dirty:
+                channel = shard_channel_name(self.prefix, *key)
+                if key in wanted and channel not in self._channels:
+                    self._channels[channel] = key
+                    subscribe.append(channel)
+                elif key not in wanted and channel in self._channels:
+                    del self._channels[channel]
+                    if self.owns(key):  # a slot that moved away: the server dropped it already (its push)
+                        unsubscribe.append(channel)
+            self._send(pubsub.ssubscribe, subscribe)
+            self._send(pubsub.sunsubscribe, unsubscribe)
+        if waiters:
+            batch = next(self._batch_ids)
+            self._batches[batch] = waiters
+            pubsub.ping(_BARRIER + b"%d" % batch)
+
+    def _set_connected(self, connected: bool) -> None:
+        super()._set_connected(connected)
+        if not connected:
+            self.control = b""  # no wake-ups through a connection being replaced
+

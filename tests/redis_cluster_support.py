@@ -1,0 +1,186 @@
+"""Test support for the Redis Cluster broker: a private cluster of redis-server processes on free ports.
+
+``RedisCluster(masters=3, replicas=1)`` starts six ``redis-server --cluster-enabled yes``
+processes on free loopback ports, each with its own directory and cluster config file,
+joins them with ``redis-cli --cluster create ... --cluster-replicas 1 --cluster-yes``
+and returns once every node reports ``cluster_state:ok`` and agrees on the slot map
+(bounded polling of what the nodes say, never a sleep). ``close`` kills every process
+it started and removes the directories, whatever state the test left them in.
+
+The node timeout is short (``NODE_TIMEOUT_MS``) so that a killed master is replaced by
+its replica within a few seconds, and ``cluster-require-full-coverage no`` keeps the
+other shards serving while one is down (docs/scaling.md says why operators want it too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+
+import redis
+
+from redis_support import RedisServer
+from support import POLL, WAIT, free_port
+
+REDIS_CLI = shutil.which("redis-cli")
+#: Milliseconds without an answer before the cluster takes a node for failed (Redis' default: 15000).
+NODE_TIMEOUT_MS = 1000
+
+
+class ClusterNode(RedisServer):
+    """One cluster-enabled redis-server (see ``RedisServer``)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        super().__init__(port)
+        # The cluster bus has its own free port: the default (port + 10000) may be taken, or past 65535.
+        self.bus_port = free_port()
+        self.extra_args = [
+            "--cluster-enabled", "yes", "--cluster-port", str(self.bus_port), "--cluster-config-file", f"{self.dir}/nodes.conf",
+            "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--cluster-require-full-coverage", "no",
+        ]
+
+    def start(self) -> None:
+        assert self.process is None, "already running"
+        from redis_support import REDIS_SERVER
+
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir, "--loglevel", "notice", *self.extra_args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        self._wait_for_line(b"Ready to accept connections")
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def info(self, section: str) -> dict[str, str]:
+        """``INFO``/``CLUSTER INFO`` as a dict (``section`` "cluster" runs CLUSTER INFO)."""
+        with contextlib.closing(self.client()) as client:
+            text = client.execute_command("CLUSTER INFO") if section == "cluster" else client.execute_command("INFO", section)
+        if isinstance(text, dict):
+            return {str(k): str(v) for k, v in text.items()}
+        text = text.decode() if isinstance(text, bytes) else str(text)
+        return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+    def role(self) -> str:
+        return self.info("replication")["role"]
+
+    def shard_channels(self) -> set[bytes]:
+        with contextlib.closing(self.client()) as client:
+            return set(client.execute_command("PUBSUB", "SHARDCHANNELS"))
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` (an observable: what the servers say) every ``POLL`` until true, at most ``timeout``."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / POLL) + 2):
+        try:
+            if condition():
+                return
+        except (redis.RedisError, OSError):
+            pass  # a node still starting or just killed: ask again
+        if time.monotonic() > deadline:
+            break
+        time.sleep(POLL)  # polling an observable, bounded in count and time: not a synchronisation by sleep
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class RedisCluster:
+    """``masters`` masters with ``replicas`` replicas each, on free loopback ports."""
+
+    def __init__(self, masters: int = 3, replicas: int = 0) -> None:
+        assert REDIS_CLI, "redis-cli is missing: scripts/test.sh installs it"
+        self.nodes = [ClusterNode(free_port()) for _ in range(masters * (1 + replicas))]
+        self.replicas = replicas
+
+    @property
+    def url(self) -> str:
+        """The broker URL naming every node as a seed."""
+        return "redis+cluster://" + ",".join(node.address for node in self.nodes) + "/"
+
+    def start(self) -> None:
+        try:
+            for node in self.nodes:
+                node.start()
+            subprocess.run(
+                [REDIS_CLI, "--cluster", "create", *(node.address for node in self.nodes),
+                 "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                check=True, capture_output=True, timeout=WAIT * 10,
+            )
+            self.wait_ok(WAIT * 10)
+        except BaseException:
+            self.close()
+            raise
+
+    def running(self) -> list[ClusterNode]:
+        return [node for node in self.nodes if node.process is not None]
+
+    def wait_ok(self, timeout: float) -> None:
+        """Until every running node says ``cluster_state:ok`` and they all see the same masters."""
+        def ok() -> bool:
+            running = self.running()
+            if not all(node.info("cluster")["cluster_state"] == "ok" for node in running):
+                return False
+            views = {tuple(sorted(self.slot_owners(node).items())) for node in running}
+            return len(views) == 1 and all(self.slot_owners(running[0]).values())
+        wait_for(ok, timeout, "cluster_state:ok on every node")
+
+    @staticmethod
+    def slot_owners(node: ClusterNode) -> dict[str, int]:
+        """Master address -> how many slots, as ``node`` sees it (CLUSTER SLOTS)."""
+        with contextlib.closing(node.client()) as client:
+            ranges = client.execute_command("CLUSTER SLOTS")
+        owners: dict[str, int] = {}
+        for entry in ranges:
+            if isinstance(entry, (list, tuple)):
+                start, end, master = entry[0], entry[1], entry[2]
+                address = f"{master[0].decode() if isinstance(master[0], bytes) else master[0]}:{master[1]}"
+            else:  # redis-py's parsed form: {(start, end): {"primary": (host, port), ...}}
+                raise AssertionError(f"unexpected CLUSTER SLOTS shape: {ranges!r}")
+            owners[address] = owners.get(address, 0) + end - start + 1
+        return owners
+
+    def masters(self) -> list[ClusterNode]:
+        return [node for node in self.running() if node.role() == "master"]
+
+    def node_at(self, address: str) -> ClusterNode:
+        [node] = [node for node in self.nodes if node.address == address]
+        return node
+
+    def master_of_slot(self, slot: int) -> ClusterNode:
+        with contextlib.closing(self.running()[0].client()) as client:
+            for entry in client.execute_command("CLUSTER SLOTS"):
+                if entry[0] <= slot <= entry[1]:
+                    host = entry[2][0].decode() if isinstance(entry[2][0], bytes) else entry[2][0]
+                    return self.node_at(f"{host}:{entry[2][1]}")
+        raise AssertionError(f"slot {slot} has no master")
+
+    def replica_of(self, master: ClusterNode) -> ClusterNode:
+        for node in self.running():
+            if node is not master and node.role() == "slave":
+                replication = node.info("replication")
+                if int(replication["master_port"]) == master.port:
+                    return node
+        raise AssertionError(f"{master.address} has no replica")
+
+    def client(self) -> redis.RedisCluster:
+        first = self.running()[0]
+        return redis.RedisCluster(host="127.0.0.1", port=first.port, socket_timeout=WAIT)
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+
+@contextlib.contextmanager
+def redis_cluster(masters: int = 3, replicas: int = 0) -> Iterator[RedisCluster]:
+    cluster = RedisCluster(masters, replicas)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
