@@ -15,15 +15,19 @@ other shards serving while one is down (docs/scaling.md says why operators want 
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import redis
 
-from redis_support import RedisServer
-from support import POLL, WAIT, free_port
+from redis_support import SENTINEL, RedisServer, read_until_sentinel
+from rusty_ws.brokers.redis_codec import encode_envelope, shard_channel_name
+from rusty_ws.protocol import Delivery, encode_publish
+from support import POLL, WAIT, Client, free_port
 
 REDIS_CLI = shutil.which("redis-cli")
 #: Milliseconds without an answer before the cluster takes a node for failed (Redis' default: 15000).
@@ -40,6 +44,8 @@ class ClusterNode(RedisServer):
         self.extra_args = [
             "--cluster-enabled", "yes", "--cluster-port", str(self.bus_port), "--cluster-config-file", f"{self.dir}/nodes.conf",
             "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--cluster-require-full-coverage", "no",
+            # A replica that never synced cannot take over: start its first sync at once (default: after 5s).
+            "--repl-diskless-sync-delay", "0",
         ]
 
     def start(self) -> None:
@@ -120,14 +126,16 @@ class RedisCluster:
         return [node for node in self.nodes if node.process is not None]
 
     def wait_ok(self, timeout: float) -> None:
-        """Until every running node says ``cluster_state:ok`` and they all see the same masters."""
+        """Until every running node says ``cluster_state:ok``, they all see the same masters, and replicas are in sync."""
         def ok() -> bool:
             running = self.running()
             if not all(node.info("cluster")["cluster_state"] == "ok" for node in running):
                 return False
             views = {tuple(sorted(self.slot_owners(node).items())) for node in running}
-            return len(views) == 1 and all(self.slot_owners(running[0]).values())
-        wait_for(ok, timeout, "cluster_state:ok on every node")
+            replicas_synced = all(node.info("replication").get("master_link_status") == "up"
+                                  for node in running if node.role() == "slave")
+            return len(views) == 1 and all(self.slot_owners(running[0]).values()) and replicas_synced
+        wait_for(ok, timeout, "cluster_state:ok on every node, every replica in sync")
 
     @staticmethod
     def slot_owners(node: ClusterNode) -> dict[str, int]:
@@ -184,3 +192,36 @@ def redis_cluster(masters: int = 3, replicas: int = 0) -> Iterator[RedisCluster]
         yield cluster
     finally:
         cluster.close()
+
+
+def spublish(cluster: RedisCluster, channel: bytes, data: bytes) -> int:
+    """SPUBLISH straight into the cluster (redis-py finds the channel's master); returns the receiver count."""
+    with contextlib.closing(cluster.client()) as client:
+        return int(client.spublish(channel, data))
+
+
+def publish_sentinel(cluster: RedisCluster, session: str, prefix: str = "rusty_ws") -> None:
+    """The sentinel of ``redis_support``, on a cluster: after everything the session's master took before it.
+
+    A session's channels all share one slot (its tag), so one master, and one
+    connection to each node: the sentinel comes after all of the session's messages.
+    """
+    sentinel = Delivery(publisher_name="test", topic=SENTINEL, payload="end",
+                        timestamp="2024-01-24T10:25:37Z", session_id=session)
+    spublish(cluster, shard_channel_name(prefix, SENTINEL, session), encode_envelope("test-sentinel", sentinel))
+
+
+def publish_across_nodes(cluster: RedisCluster, clients: dict[str, Client], publishes: list[tuple[str, str]],
+                         session_of: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
+    """``redis_support.publish_across_nodes`` on a cluster."""
+    received: dict[str, list[dict[str, Any]]] = {name: [] for name in clients}
+    for name, topic in publishes:
+        replies = clients[name].command(encode_publish(topic, f"{topic} from {name}", publisher_name=name,
+                                                       timestamp="2024-01-24T10:25:37Z",
+                                                       session_id=session_of[name]))
+        received[name] += [json.loads(reply) for reply in replies]
+    for session in sorted(set(session_of.values())):
+        publish_sentinel(cluster, session)
+    for name, client in clients.items():
+        received[name] += read_until_sentinel(client)
+    return received
