@@ -18,8 +18,6 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from test_seed_scenario import EXPECTED, PUBLISHES, SESSION_OF, SUBSCRIPTIONS, check_deliveries
-
 from redis_cluster_support import (
     RedisCluster,
     publish_across_nodes,
@@ -28,12 +26,14 @@ from redis_cluster_support import (
     spublish,
     wait_for,
 )
+from test_seed_scenario import EXPECTED, PUBLISHES, SESSION_OF, SUBSCRIPTIONS, check_deliveries
+
 from redis_support import SENTINEL, read_until_sentinel
 from rusty_ws.brokers.redis_cluster import RedisClusterBroker
 from rusty_ws.brokers.redis_codec import shard_channel_name
 from rusty_ws.brokers.redis_slots import session_slot
 from rusty_ws.protocol import encode_publish, encode_register_name, encode_register_session, encode_subscribe
-from support import WAIT, Client, RunningServer, http, running_server
+from support import WAIT, RunningServer, http, running_server
 
 
 @pytest.fixture(scope="module")
@@ -261,3 +261,39 @@ def test_a_master_killed_mid_run_is_replaced_and_the_hubs_carry_on(caplog: pytes
                                           lost[True], window, unsent)
         assert lost[True] >= unsent > 0  # the window did cost the victim's sessions, and the hub counted it
         assert subscriber.sync() == []
+
+
+def test_a_slot_moved_to_another_master_is_followed() -> None:
+    """Resharding: the old master pushes ``sunsubscribe``, the listener follows the slot to its new master."""
+    with redis_cluster(3) as cluster, nodes(2, cluster.url) as (a, b), \
+            a.connect() as subscriber, b.connect() as publisher:
+        session = "moving-session"
+        subscriber.command(encode_subscribe("T", session))
+        subscriber.command(encode_subscribe("T", "staying-session"))
+        publisher.command(encode_publish("T", "before", session_id=session))
+        assert subscriber.recv_json()["payload"] == "before"
+        slot = session_slot(session)
+        source = cluster.master_of_slot(slot)
+        [target, third] = [node for node in cluster.masters() if node is not source]
+        ids = {}
+        for node in (source, target, third):
+            with contextlib.closing(node.client()) as client:
+                ids[node.address] = client.execute_command("CLUSTER MYID").decode()
+        with contextlib.closing(target.client()) as to, contextlib.closing(source.client()) as from_, \
+                contextlib.closing(third.client()) as other:
+            to.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[source.address])
+            from_.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[target.address])
+            for client in (from_, to, other):
+                client.execute_command("CLUSTER SETSLOT", slot, "NODE", ids[target.address])
+        channel = shard_channel_name("rusty_ws", "T", session)
+        wait_for(lambda: channel in target.shard_channels() and channel not in source.shard_channels(),
+                 WAIT * 3, "hub a's subscription to follow the slot")
+        # Hub b may still hold the old map: its SPUBLISH gets MOVED and follows it, nothing is lost.
+        publisher.command(encode_publish("T", "after", session_id=session))
+        assert subscriber.recv_json()["payload"] == "after"
+        publisher.command(encode_publish("T", "unmoved", session_id="staying-session"))
+        assert subscriber.recv_json()["payload"] == "unmoved"
+        assert broker(b).status()["unsent"] == 0
+        owned = RedisCluster.slot_owners(target)[target.address]
+        wait_for(lambda: all(broker(n).status()["shards"][target.address]["slots"] == owned for n in (a, b)),
+                 WAIT, "both hubs' slot maps to show the move (a: the pushed sunsubscribe, b: the MOVED reply)")
