@@ -68,10 +68,11 @@ def test_configuration_names_every_broker_the_code_accepts() -> None:
 
     text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
     paragraph = text.split("**`RUSTY_WS_BROKER_URL`.**", 1)[1].split("\n#", 1)[0]
-    named = re.findall(r"`([a-z]+)://", paragraph)
-    assert set(named) == {"memory", "redis", "rediss", "unix"}, named
+    named = re.findall(r"`([a-z+]+)://", paragraph)
+    assert set(named) == {"memory", "redis", "rediss", "unix", "redis+cluster", "rediss+cluster"}, named
     for scheme in named:  # each is accepted (made, not started: nothing connects)
-        broker_from_url({"memory": "memory://", "unix": "unix:///run/redis.sock"}.get(scheme, f"{scheme}://h:1/0"))
+        broker_from_url({"memory": "memory://", "unix": "unix:///run/redis.sock", "redis+cluster": "redis+cluster://h:1,h:2/",
+                         "rediss+cluster": "rediss+cluster://h:1/"}.get(scheme, f"{scheme}://h:1/0"))
     with pytest.raises(ValueError, match="names no broker rusty_ws knows"):
         broker_from_url("carrier-pigeon://coop")
 
