@@ -50,6 +50,8 @@ logger = logging.getLogger("rusty_ws.server")
 
 #: Seconds between two reads of the slot map while all is well (resharding is noticed by then at the latest).
 MAP_INTERVAL = 5.0
+#: Fewest seconds between two reads, however often trouble is reported (a storm of MOVED replies).
+MAP_MIN_INTERVAL = 0.05
 
 
 class _View(NamedTuple):
@@ -268,12 +270,12 @@ class RedisClusterBroker(Broker):
     def _supervise(self) -> None:
         delays = None  # a backoff while something is wrong; MAP_INTERVAL while all is well
         while not self._stop.is_set():
-            self._poke.wait(next(delays) if delays else MAP_INTERVAL)
+            poked = self._poke.wait(next(delays) if delays else MAP_INTERVAL)
             self._poke.clear()
             if self._stop.is_set():
                 break
             try:
-                self._refresh(self._read_map(quiet=delays is not None))
+                self._refresh(self._read_map(quiet=delays is not None), trouble=poked)
             except Exception:
                 logger.exception("reading the Redis Cluster's slot map failed")
             healthy = self.status()["connected"]
@@ -281,6 +283,7 @@ class RedisClusterBroker(Broker):
                 delays = None
             elif delays is None:
                 delays = backoff.delays(initial=0.05, cap=1.0)
+            self._stop.wait(MAP_MIN_INTERVAL)
         logger.debug("- %s stopped", threading.current_thread().name)
 
     def _read_map(self, quiet: bool) -> SlotMap | None:
@@ -306,13 +309,17 @@ class RedisClusterBroker(Broker):
         (logger.debug if quiet else logger.warning)("no Redis Cluster node gave its slot map (%s)", "; ".join(problems))
         return None
 
-    def _refresh(self, new: SlotMap | None) -> None:
-        """Bring the listeners in line with ``new``: start, stop, resync. Only the supervisor (or ``start``) calls it."""
+    def _refresh(self, new: SlotMap | None, trouble: bool = False) -> None:
+        """Bring the listeners in line with ``new``: start, stop, resync. Only the supervisor (or ``start``) calls it.
+
+        ``trouble``: someone reported some; with the same map as before, the listeners
+        still reconcile (a pushed ``sunsubscribe`` may come before the node asked knows why).
+        """
         old = self._view
         if new is None or new == old.map:
-            if new is not None:
+            if new is not None and trouble:
                 for listener in old.listeners.values():
-                    listener.resync()  # trouble without a new map (a pushed sunsubscribe): check anyway
+                    listener.resync()
             return
         listeners, clients = dict(old.listeners), dict(old.clients)
         gone = [address for address in listeners if address not in new.masters]

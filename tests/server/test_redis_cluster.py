@@ -297,3 +297,25 @@ def test_a_slot_moved_to_another_master_is_followed() -> None:
         owned = RedisCluster.slot_owners(target)[target.address]
         wait_for(lambda: all(broker(n).status()["shards"][target.address]["slots"] == owned for n in (a, b)),
                  WAIT, "both hubs' slot maps to show the move (a: the pushed sunsubscribe, b: the MOVED reply)")
+
+
+def test_a_hub_starts_while_the_cluster_is_not_there_yet(caplog: pytest.LogCaptureFixture) -> None:
+    later = RedisCluster(3)  # its ports are chosen, nothing listens on them yet
+    try:
+        with running_server(broker_url=later.url) as node, node.connect() as sub, node.connect() as pub:
+            assert http("GET", node.http_url + "/healthz")[2]["broker"]["connected"] is False
+            sub.command(encode_subscribe("T", "s"))
+            sub.command(encode_subscribe(SENTINEL, "s"))
+            pub.command(encode_publish("T", "local", session_id="s"))
+            assert sub.recv_json()["payload"] == "local"  # local delivery does not wait for Redis
+            assert broker(node).status()["unsent"] == 1
+            later.start()
+            assert broker(node).wait_connected(True, WAIT * 3)
+            assert shard_channel_name("rusty_ws", "T", "s") in later.master_of_slot(session_slot("s")).shard_channels()
+            spublish(later, shard_channel_name("rusty_ws", "T", "s"), b"not an envelope")
+            publish_sentinel(later, "s")
+            assert read_until_sentinel(sub) == []  # the garbage was dropped
+            assert broker(node).status()["dropped"] == 1
+        assert "no Redis Cluster node gave its slot map" in caplog.text
+    finally:
+        later.close()
