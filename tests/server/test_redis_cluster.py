@@ -110,8 +110,9 @@ def test_many_pairs_spread_over_every_master_with_one_connection_each(cluster: R
         for i in range(900):
             publisher.send(encode_publish("T", i, session_id=sessions[i % 300]))
         assert publisher.sync() == []
-        for session in sessions:
-            publish_sentinel(cluster, session)
+        with contextlib.closing(cluster.client()) as client:
+            for session in sessions:
+                publish_sentinel(cluster, session, client=client)
         got: dict[str, list[int]] = {}
         ends = 0
         for _ in range(900 + 300):
@@ -241,8 +242,9 @@ def test_a_master_killed_mid_run_is_replaced_and_the_hubs_carry_on(caplog: pytes
         healed_at = number
         for _ in range(5):
             publish_round()
-        for session in sessions:
-            publish_sentinel(cluster, session)
+        with contextlib.closing(cluster.client()) as client:
+            for session in sessions:
+                publish_sentinel(cluster, session, client=client)
         reader.join(WAIT * 10)
         assert not reader.is_alive() and ends == [len(sessions)], "not every sentinel arrived"
 
