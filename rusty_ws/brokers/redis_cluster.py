@@ -287,9 +287,12 @@ class RedisClusterBroker(Broker):
         logger.debug("- %s stopped", threading.current_thread().name)
 
     def _read_map(self, quiet: bool) -> SlotMap | None:
-        """CLUSTER SLOTS from the first node that answers: those of the last map, then the URL's."""
+        """CLUSTER SLOTS from the first node that answers: those of the last map (connected masters first), then the URL's."""
         redis, url = self._redis, self._url
-        known = list(self._view.map.nodes) if self._view.map else []
+        view = self._view
+        known = list(view.map.nodes) if view.map else []
+        # Masters we are connected to first: a silent node (SIGSTOP, a partition) costs a timeout.
+        known.sort(key=lambda address: not (address in view.listeners and view.listeners[address].connected))
         candidates = list(dict.fromkeys(known + [f"{host}:{port}" for host, port in url.seeds]))
         problems = []
         for address in candidates:

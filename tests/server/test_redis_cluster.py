@@ -13,12 +13,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import signal
 import threading
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 from redis_cluster_support import (
+    ClusterNode,
     RedisCluster,
     publish_across_nodes,
     publish_sentinel,
@@ -32,8 +34,14 @@ from redis_support import SENTINEL, read_until_sentinel
 from rusty_ws.brokers.redis_cluster import RedisClusterBroker
 from rusty_ws.brokers.redis_codec import shard_channel_name
 from rusty_ws.brokers.redis_slots import session_slot
-from rusty_ws.protocol import encode_publish, encode_register_name, encode_register_session, encode_subscribe
-from support import WAIT, RunningServer, http, running_server
+from rusty_ws.protocol import (
+    encode_publish,
+    encode_register_name,
+    encode_register_session,
+    encode_subscribe,
+    encode_unsubscribe,
+)
+from support import MS, WAIT, RunningServer, http, running_server
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +100,7 @@ def test_many_pairs_spread_over_every_master_with_one_connection_each(cluster: R
             subscriber.send(encode_subscribe(SENTINEL, session))
         assert subscriber.sync() == []
         masters = cluster.masters()
-        per_master = {node.address: len([c for c in node.shard_channels() if c.startswith(b"rusty_ws:{")
-                                         and b":node:" not in c]) for node in masters}
+        per_master = {node.address: len(pairs(node)) for node in masters}
         assert sum(per_master.values()) == 600
         assert min(per_master.values()) >= 600 // 3 * 0.8, per_master  # within 20% of even
         health = http("GET", a.http_url + "/healthz")[2]["broker"]
@@ -125,6 +132,21 @@ def test_many_pairs_spread_over_every_master_with_one_connection_each(cluster: R
         assert got == {session: [i, i + 300, i + 600] for i, session in enumerate(sessions)}
         assert subscriber.sync() == []
         assert broker(b).status()["unsent"] == 0
+
+        # Unsubscribing (here: half the sessions, then the connection ending) takes them out of every master.
+        for session in sessions[:150]:
+            subscriber.send(encode_unsubscribe("T", session))
+        assert subscriber.sync() == []
+        assert sum(len(pairs(node)) for node in masters) == 450 and broker(a).status()["channels"] == 450
+        subscriber.close()
+        a.wait_connections(0)
+        assert [pairs(node) for node in masters] == [set(), set(), set()]
+        assert broker(a).status()["channels"] == 0
+
+
+def pairs(node: ClusterNode) -> set[bytes]:
+    """The pairs' shard channels some hub subscribes to on ``node`` (not the control channels)."""
+    return {channel for channel in node.shard_channels() if b":node:" not in channel}
 
 
 # --------------------------------------------------------------------------- hostile data
@@ -321,3 +343,34 @@ def test_a_hub_starts_while_the_cluster_is_not_there_yet(caplog: pytest.LogCaptu
         assert "no Redis Cluster node gave its slot map" in caplog.text
     finally:
         later.close()
+
+
+def test_a_master_that_stops_answering_is_noticed_and_rejoined(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGSTOP keeps the master's sockets open but silent: the listener's PING notices; SIGCONT brings it back."""
+    import rusty_ws.brokers.redis_listener as module
+
+    for name, value in dict(POLL_INTERVAL=50 * MS, KEEPALIVE_INTERVAL=200 * MS, KEEPALIVE_TIMEOUT=200 * MS).items():
+        monkeypatch.setattr(module, name, value)
+    with redis_cluster(3) as cluster, nodes(2, cluster.url) as (a, b), a.connect() as sub, b.connect() as pub:
+        stopped = cluster.master_of_slot(session_slot("s"))
+        others = [session for session in (f"o{i}" for i in range(50))
+                  if cluster.master_of_slot(session_slot(session)) is not stopped][:1]
+        for session in ("s", *others):
+            sub.command(encode_subscribe("T", session))
+        assert stopped.process is not None
+        stopped.process.send_signal(signal.SIGSTOP)
+        try:
+            assert broker(a).wait_connected(False, WAIT)
+            shard = http("GET", a.http_url + "/healthz")[2]["broker"]["shards"][stopped.address]
+            assert shard["connected"] is False
+            with a.connect() as local:  # the stopped shard's sessions still get local publishes
+                local.command(encode_publish("T", "local", session_id="s"))
+            assert sub.recv_json()["payload"] == "local"
+            pub.command(encode_publish("T", "other shard", session_id=others[0]))  # the other shards carry on
+            assert sub.recv_json()["payload"] == "other shard"
+        finally:
+            stopped.process.send_signal(signal.SIGCONT)
+        assert broker(a).wait_connected(True, WAIT * 5) and broker(b).wait_connected(True, WAIT * 5)
+        assert shard_channel_name("rusty_ws", "T", "s") in stopped.shard_channels()
+        pub.command(encode_publish("T", "back", session_id="s"))
+        assert sub.recv_json()["payload"] == "back"
