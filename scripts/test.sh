@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# redis-cli --cluster create: the Redis Cluster tests build their clusters with it (Debian: redis-tools).
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 # nginx: the scaling tests run docs/scaling.md's proxy configuration (in the foreground, as
 # the test user, on a free port); Debian's package is only the binary for them.
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
