@@ -284,7 +284,7 @@ def test_healthz_names_the_broker_and_its_state(redis: RedisServer) -> None:
         health = http("GET", node.http_url + "/healthz")[2]["broker"]
         assert health == {"name": "redis", "connected": True, "node": broker(node).node_id,
                           "channels": 0, "unsent": 0, "dropped": 0, "reconnects": 0,
-                          "sender": {"connected": True, "queued": 0, "sent": 0, "unsent": 0, "failed": 0,
+                          "sender": {"connected": True, "queued": 0, "sent": 0, "unsent": 0, "unanswered": 0, "failed": 0,
                                      "blocked": 0, "reconnects": 0}}
 
 
