@@ -36,6 +36,19 @@ def redis() -> Iterator[RedisServer]:
         yield server
 
 
+@pytest.fixture(params=["hiredis", "plain"])
+def packing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The sender's two ways to pack and parse: with hiredis, and without (pure Python)."""
+    import rusty_ws.brokers.redis_sender as module
+
+    if request.param == "plain":
+        monkeypatch.setattr(module, "_hiredis", None)
+        monkeypatch.setattr(module, "_pack", module._pack_plain)
+    else:
+        pytest.importorskip("hiredis", reason="the redis extra installs hiredis")
+    return str(request.param)
+
+
 class Replies:
     """Every reply the sender handed back, by command number, and on which thread."""
 
@@ -89,7 +102,17 @@ def stopped(server: RedisServer) -> contextlib.AbstractContextManager[None]:
 # --------------------------------------------------------------------------- the sender alone
 
 
-def test_commands_run_in_order_and_every_reply_comes_back_on_the_sender_thread(redis: RedisServer) -> None:
+def test_the_plain_packer_packs_as_hiredis_does() -> None:
+    hiredis = pytest.importorskip("hiredis")
+    from rusty_ws.brokers.redis_sender import _pack_plain
+
+    commands = [("PUBLISH", b"rusty_ws:1:T:s", b'{"a":"\xc3\xa9"}'), ("EVALSHA", "f" * 40, 2, "k\u00e9", b"", -7, 2.5),
+                ("PING",), ("SET", "k", b"\r\n\x00" * 100)]
+    assert _pack_plain(commands) == b"".join(hiredis.pack_command(command) for command in commands)
+
+
+def test_commands_run_in_order_and_every_reply_comes_back_on_the_sender_thread(redis: RedisServer,
+                                                                              packing: str) -> None:
     replies = Replies()
     with sender(redis) as out:
         for number in range(5000):
@@ -111,7 +134,7 @@ def test_commands_run_in_order_and_every_reply_comes_back_on_the_sender_thread(r
                                 "blocked": out.status()["blocked"], "reconnects": 0}
 
 
-def test_scripts_survive_a_redis_restart_and_a_script_flush(redis: RedisServer,
+def test_scripts_survive_a_redis_restart_and_a_script_flush(redis: RedisServer, packing: str,
                                                             caplog: pytest.LogCaptureFixture) -> None:
     source = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
     replies = Replies()
