@@ -26,6 +26,7 @@ from redis_support import (
     free_port,
     publish_across_nodes,
     publish_sentinel,
+    publishes_landed,
     read_until_sentinel,
     redis_server,
 )
@@ -179,6 +180,7 @@ def test_channel_prefix_keeps_deployments_apart(redis: RedisServer) -> None:
         listener.command(encode_subscribe("T", "s"))
         assert redis.channels("shop:[0-9]*") == {b"shop:1:T:s"}
         publish(publisher, "T", "s", "other deployment")
+        assert publishes_landed(publisher, "s") == []
         listener.command(encode_subscribe(SENTINEL, "s"))
         publish_sentinel(redis, "s", prefix="shop")
         assert read_until_sentinel(listener) == []
