@@ -404,23 +404,34 @@ class RedisSender:
                 last_write = time.monotonic()
                 continue
             commands = [item[0] for item in batch]
+            replies: list[Any] | None = None
             try:
                 replies = link.execute(commands)
                 self._retry_noscript(link, commands, replies)
             except BaseException as exc:
-                with self._lock:
-                    self._counts["unsent"] += len(batch)
-                    self._counts["unanswered"] += len(batch)  # written: Redis may have run them
-                    self._connected = False  # before anyone hears of the failure
-                    self._connected_changed.notify_all()
-                self._answer(batch, [ConnectionError(f"Redis connection lost: {exc}")] * len(batch))
+                lost = ConnectionError(f"Redis connection lost: {exc}")
+                # What Redis answered keeps its reply; the rest (all, or the NOSCRIPT retries) is lost.
+                replies = [lost] * len(batch) if replies is None else [
+                    lost if isinstance(reply, self._noscript) else reply for reply in replies]
+                self._count(replies, lost)
+                self._answer(batch, replies)
                 raise
             last_write = time.monotonic()
-            failed = sum(1 for reply in replies if isinstance(reply, BaseException))
-            with self._lock:
-                self._counts["sent"] += len(batch) - failed
-                self._counts["failed"] += failed
+            self._count(replies, None)
             self._answer(batch, replies)
+
+    def _count(self, replies: list[Any], lost: BaseException | None) -> None:
+        """Count a batch's replies; with ``lost``, its connection failed: mark it disconnected first."""
+        unanswered = sum(1 for reply in replies if reply is lost) if lost is not None else 0
+        failed = sum(1 for reply in replies if isinstance(reply, BaseException)) - unanswered
+        with self._lock:
+            self._counts["sent"] += len(replies) - failed - unanswered
+            self._counts["failed"] += failed
+            self._counts["unsent"] += unanswered
+            self._counts["unanswered"] += unanswered  # written: Redis may have run them
+            if lost is not None:
+                self._connected = False  # before anyone hears of the failure
+                self._connected_changed.notify_all()
 
     def _retry_noscript(self, link: Link, commands: list[tuple[Any, ...]], replies: list[Any]) -> None:
         """Load again the scripts of EVALSHAs refused with NOSCRIPT and run those once more, in order."""

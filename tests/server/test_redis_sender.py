@@ -165,6 +165,10 @@ def test_scripts_survive_a_redis_restart_and_a_script_flush(redis: RedisServer, 
         assert [replies.got[n] for n in range(base, base + 3)] == [11, 21, 31]
         assert replies.order[-3:] == [base, base + 1, base + 2]
         assert "Redis forgot 1 script(s)" in caplog.text
+        out.submit(("EVALSHA", "0" * 40, 0), replies.callback(base + 3))  # a script it never knew
+        assert replies.wait(base + 4)
+        assert isinstance(replies.got[base + 3], redis_py.exceptions.NoScriptError)
+        assert out.status()["failed"] == 1
 
 
 def test_a_stopped_redis_blocks_publishers_for_a_bounded_time_and_drops_nothing_silently(redis: RedisServer) -> None:
