@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from redis_support import SENTINEL, RedisServer, read_until_sentinel
+from redis_support import SENTINEL, RedisServer, publishes_landed, read_until_sentinel
 from rusty_ws.brokers.redis_codec import encode_envelope, shard_channel_name
 from rusty_ws.protocol import Delivery, encode_publish
 from support import POLL, WAIT, Client, free_port
@@ -210,7 +210,9 @@ def publish_sentinel(cluster: RedisCluster, session: str, prefix: str = "rusty_w
     """The sentinel of ``redis_support``, on a cluster: after everything the session's master took before it.
 
     A session's channels all share one slot (its tag), so one master, and one
-    connection to each node: the sentinel comes after all of the session's messages.
+    connection to each node: the sentinel comes after all of the session's messages
+    that master took, so the nodes' publishes must have landed first
+    (``publishes_landed`` in the session, or ``RedisClusterBroker.wait_sent``).
     """
     sentinel = Delivery(publisher_name="test", topic=SENTINEL, payload="end",
                         timestamp="2024-01-24T10:25:37Z", session_id=session)
@@ -226,6 +228,8 @@ def publish_across_nodes(cluster: RedisCluster, clients: dict[str, Client], publ
                                                        timestamp="2024-01-24T10:25:37Z",
                                                        session_id=session_of[name]))
         received[name] += [json.loads(reply) for reply in replies]
+    for name, client in clients.items():  # each client published in its own session: one slot, one sender
+        received[name] += [json.loads(reply) for reply in publishes_landed(client, session_of[name])]
     with contextlib.closing(cluster.client()) as client:
         for session in sorted(set(session_of.values())):
             publish_sentinel(cluster, session, client=client)

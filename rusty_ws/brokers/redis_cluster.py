@@ -11,21 +11,23 @@ master of its slot; Redis hands it to that shard's subscribers only.
 
 Threads. One ``ShardListener`` thread per master (``rusty_ws-redis-{node}-{host:port}``)
 owns that master's pub/sub connection: one connection per master, whatever the
-number of pairs. One supervisor thread (``rusty_ws-redis-cluster-{node}``) owns the
+number of pairs; one sender thread per master (``rusty_ws-redis-sender-{node}-{host:port}``)
+owns its publishing connection. One supervisor thread (``rusty_ws-redis-cluster-{node}``) owns the
 slot map: it reads ``CLUSTER SLOTS`` every ``MAP_INTERVAL`` seconds, and at once
 when a listener or a publish reports trouble (a lost master, ``MOVED``, a pushed
 ``sunsubscribe``); when the map changes it starts listeners for new masters,
 stops those of nodes that are masters no more, and has the others ``resync``.
 
 Publishing. As with one Redis: the envelope is made first, delivered here at
-once, then ``SPUBLISH``ed synchronously (one round trip on the publishing
-thread, so one connection's publishes reach every node in order) through a
-plain connection pool per master, without retries (a retry could deliver twice).
-A ``MOVED`` reply (never executed) is followed once to the node it names
-(Redis 7.0 answers no ``ASK`` to ``SPUBLISH``: the old master serves a
-migrating slot's channels until the slot has moved).
-While the slot's master is unreachable, or its listener not connected, the
-publish reaches this node only and is counted as that shard's ``unsent``.
+once, then an ``SPUBLISH`` is queued to the sender of the slot's master: one
+``RedisSender`` (``redis_sender.py``) per master, so the pipelines of each go
+to the right node, and a session's publishes (one slot, one master, one FIFO
+queue) reach every node in the order they were made. A ``MOVED`` reply (never
+executed) is followed once, synchronously from the sender's thread, to the
+master it names (Redis 7.0 answers no ``ASK`` to ``SPUBLISH``: the old master
+serves a migrating slot's channels until the slot has moved). While the slot's
+master is unreachable, or no master serves it, the publish reaches this node
+only and is counted as that shard's ``unsent``.
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ from typing import Any, NamedTuple
 from .. import backoff
 from ..exceptions import ProtocolError
 from ..protocol import Delivery, ErrorCode
-from .base import Broker, Deliver, Key, Landed
-from .redis import START_TIMEOUT, SUBSCRIBE_TIMEOUT, _import_redis, new_node_id
+from .base import Broker, Deliver, Key, Landed, OnLanded
+from .redis import SEND_QUEUE, SEND_QUEUE_BYTES, START_TIMEOUT, SUBSCRIBE_TIMEOUT, _import_redis, new_node_id
 from .redis_codec import encode_envelope, shard_channel_name, split_cluster_url
+from .redis_sender import RedisSender
 from .redis_shard_listener import ShardListener
 from .redis_slots import SlotMap, parse_cluster_slots, session_slot, tag_in
 
@@ -61,7 +64,8 @@ class _View(NamedTuple):
 
     map: SlotMap | None
     listeners: dict[str, ShardListener]  # master address -> its listener
-    clients: dict[str, Any]              # master address -> its publishing client (redis.Redis)
+    clients: dict[str, Any]              # master address -> its client (redis.Redis): wake-ups, redirects
+    senders: dict[str, RedisSender]      # master address -> its sender
 
 
 class RedisClusterBroker(Broker):
@@ -71,6 +75,7 @@ class RedisClusterBroker(Broker):
         url: ``redis+cluster://[user:password@]host:port[,host:port...]/[?channel_prefix=...]``; the
             nodes named are where the slot map is first asked for (one is enough, more survive its loss).
         subscribe_timeout, start_timeout, max_envelope_size: as for ``RedisBroker``.
+        send_queue, send_queue_bytes: as for ``RedisBroker``, for each master's sender.
 
     Raises:
         RuntimeError: the ``redis`` package is not installed.
@@ -81,9 +86,11 @@ class RedisClusterBroker(Broker):
     distributed = True
 
     def __init__(self, url: str, *, subscribe_timeout: float = SUBSCRIBE_TIMEOUT,
-                 start_timeout: float = START_TIMEOUT, max_envelope_size: int | None = None) -> None:
+                 start_timeout: float = START_TIMEOUT, max_envelope_size: int | None = None,
+                 send_queue: int = SEND_QUEUE, send_queue_bytes: int = SEND_QUEUE_BYTES) -> None:
         self._redis = _import_redis()
         self._url = split_cluster_url(url)
+        self.send_queue, self.send_queue_bytes = send_queue, send_queue_bytes
         self.channel_prefix = self._url.channel_prefix
         self.subscribe_timeout = subscribe_timeout
         self.start_timeout = start_timeout
@@ -96,12 +103,12 @@ class RedisClusterBroker(Broker):
         self._pid = 0
         self._stopped = False
         self.node_id: str | None = None
-        # _counts_lock guards _unsent and _retired (counts of stopped listeners). Never held across I/O.
+        # _counts_lock guards _unsent and _retired (counts of stopped listeners and senders). Never held across I/O.
         self._counts_lock = threading.Lock()
         self._unsent: dict[str, int] = {}
-        self._retired = {"dropped": 0, "reconnects": 0}
+        self._retired = {"dropped": 0, "reconnects": 0, "unsent": 0}
         self._warned_unsent = False
-        self._view = _View(None, {}, {})
+        self._view = _View(None, {}, {}, {})
         self._stop = threading.Event()
         self._poke = threading.Event()  # set by anyone who saw trouble: the supervisor reads the map at once
         self._supervisor: threading.Thread | None = None
@@ -120,7 +127,7 @@ class RedisClusterBroker(Broker):
     def _launch_locked(self) -> None:
         assert self._launch_lock.locked(), "must hold the launch lock"
         self.node_id, self._pid = new_node_id(), os.getpid()
-        self._view = _View(None, {}, {})
+        self._view = _View(None, {}, {}, {})
         self._stop = threading.Event()
         self._refresh(self._read_map(quiet=False))
         # Daemon, like the listeners: stop() joins it.
@@ -139,8 +146,14 @@ class RedisClusterBroker(Broker):
                     self._launch_locked()
         return self._view
 
-    def publish(self, delivery: Delivery) -> Landed:
-        """Deliver here at once, then SPUBLISH to the slot's master (one round trip); see the module's docstring.
+    def publish(self, delivery: Delivery, on_landed: OnLanded | None = None) -> Landed:
+        """Deliver here at once, then queue the SPUBLISH to the slot's master's sender; never waits for Redis.
+
+        Blocks only while that sender's queue is full (backpressure); see the module's docstring.
+
+        Args:
+            on_landed: called once the slot's master took the SPUBLISH (on its sender's
+                thread), with this node's ``Landed``, or with the exception if it could not.
 
         Raises:
             ProtocolError: ``invalid_message``: the envelope would be larger than
@@ -157,34 +170,54 @@ class RedisClusterBroker(Broker):
                                 f"the message would be {len(envelope)} bytes on Redis, more than the "
                                 f"{self.max_envelope_size} any node accepts")
         landed = self._deliver(delivery)
-        self._forward(view, delivery, envelope)
+        address = view.map.owners[session_slot(delivery.session_id)] if view.map else ""
+        sender = view.senders.get(address)
+        if sender is None:
+            self._count_unsent(address, "no master serves the slot")
+            if on_landed is not None:
+                on_landed(ConnectionError("no Redis Cluster master serves this session's slot"))
+            return landed
+        command = ("SPUBLISH", shard_channel_name(self.channel_prefix, delivery.topic, delivery.session_id), envelope)
+
+        def on_reply(reply: Any) -> None:  # on the sender's thread
+            moved = self._moved_to(reply)
+            if moved is not None:
+                reply = self._redirect(address, moved, command)
+            if on_landed is not None:
+                on_landed(reply if isinstance(reply, BaseException) else landed)
+            elif isinstance(reply, self._redis.exceptions.ResponseError):
+                logger.warning("Redis refused SPUBLISH: %s", reply)
+
+        sender.submit(command, on_reply)
         return landed
 
-    def _forward(self, view: _View, delivery: Delivery, envelope: bytes) -> None:
-        address = view.map.owners[session_slot(delivery.session_id)] if view.map else ""
-        listener = view.listeners.get(address)
-        if listener is None or not listener.connected:
-            return self._count_unsent(address, "the slot's master is unreachable")
-        channel = shard_channel_name(self.channel_prefix, delivery.topic, delivery.session_id)
-        try:
-            view.clients[address].execute_command("SPUBLISH", channel, envelope)
+    def _moved_to(self, reply: Any) -> str | None:
+        """The "host:port" of a MOVED reply (hiredis gives a plain ResponseError), else None."""
+        if not isinstance(reply, self._redis.exceptions.ResponseError):
             return None
-        except self._redis.exceptions.MovedError as exc:
-            # Not executed: safe to send once more, to the node named (if we know it as a master).
-            # (No ASK: during a slot's migration Redis 7.0 still takes SPUBLISH on the old master.)
-            self._poke.set()
-            target = view.clients.get(f"{exc.host}:{exc.port}")
+        words = str(reply).split()
+        if isinstance(reply, self._redis.exceptions.MovedError) and len(words) == 2:
+            return words[1]  # redis-py dropped the "MOVED" word
+        return words[2] if len(words) == 3 and words[0] == "MOVED" else None
+
+    def _redirect(self, address: str, target: str, command: tuple[Any, ...]) -> Any:
+        """Send once more, now, to the master a MOVED named (the reply was not executed); its reply or error.
+
+        On the sender thread of ``address``: a round trip there, only while a slot has
+        just moved (the supervisor is reading the new map meanwhile).
+        """
+        self._poke.set()
+        logger.info("a publish to %s was MOVED to %s (a slot moved): sending it there", address, target)
+        client = self._view.clients.get(target)
+        if client is None:
+            reason = f"MOVED to {target}, a master this node does not know yet"
+        else:
             try:
-                if target is not None:
-                    target.execute_command("SPUBLISH", channel, envelope)
-                    return None
+                return client.execute_command(*command)
+            except self._errors as exc:
                 reason = f"{type(exc).__name__}: {exc}"
-            except self._errors as again:
-                reason = f"{type(again).__name__}: {again}"
-        except self._errors as exc:
-            self._poke.set()
-            reason = f"{type(exc).__name__}: {exc}"
-        return self._count_unsent(address, reason)
+        self._count_unsent(address, reason)
+        return ConnectionError(reason)
 
     def _count_unsent(self, address: str, reason: str) -> None:
         with self._counts_lock:
@@ -209,7 +242,7 @@ class RedisClusterBroker(Broker):
         # else: no master serves the slot now; the listener the next map gives it reads the registry.
 
     def wait_connected(self, connected: bool = True, timeout: float = 5.0) -> bool:
-        """Block until every master's listener is (or not every one is) connected; False if ``timeout`` passed."""
+        """Block until every master's listener and sender are (or not all are) connected; False on timeout."""
         deadline = time.monotonic() + timeout
         for _ in range(int(timeout / 0.02) + 2):
             if self.status()["connected"] == connected:
@@ -219,16 +252,26 @@ class RedisClusterBroker(Broker):
             self._stop.wait(0.02)  # polls states that several threads own; bounded in count and time
         return False
 
+    def wait_sent(self, timeout: float = 5.0) -> bool:
+        """Block until every publish queued so far was answered by its master or failed; False on timeout."""
+        deadline = time.monotonic() + timeout
+        return all(sender.wait_drained(max(0.0, deadline - time.monotonic()))
+                   for sender in self._current().senders.values())
+
     def status(self) -> dict[str, Any]:
-        """``/healthz``'s view: the totals of ``RedisBroker.status``, and the same counts per master (``shards``)."""
+        """``/healthz``'s view: the totals of ``RedisBroker.status``, and per master (``shards``) its
+        listener's counts, ``unsent`` and ``slots``, and its sender's counts (``sender``)."""
         view = self._current()
         with self._counts_lock:
             unsent, retired = dict(self._unsent), dict(self._retired)
         shards = {}
         for address, listener in sorted(view.listeners.items()):
             shard = listener.status()
-            shard["unsent"] = unsent.pop(address, 0)
+            sender = view.senders[address].status()
+            shard["connected"] = shard["connected"] and sender["connected"]
+            shard["unsent"] = unsent.pop(address, 0) + sender["unsent"]
             shard["slots"] = view.map.slots_of(address) if view.map else 0
+            shard["sender"] = sender
             shards[address] = shard
         covered = view.map is not None and all(view.map.owners)
         return {
@@ -236,14 +279,15 @@ class RedisClusterBroker(Broker):
             "connected": covered and bool(shards) and all(shard["connected"] for shard in shards.values()),
             "node": self.node_id,
             "channels": sum(shard["channels"] for shard in shards.values()),
-            "unsent": sum(shard["unsent"] for shard in shards.values()) + sum(unsent.values()),
+            "unsent": retired["unsent"] + sum(shard["unsent"] for shard in shards.values()) + sum(unsent.values()),
             "dropped": retired["dropped"] + sum(shard["dropped"] for shard in shards.values()),
             "reconnects": retired["reconnects"] + sum(shard["reconnects"] for shard in shards.values()),
             "shards": shards,
         }
 
     def stop(self, timeout: float = 5.0) -> None:
-        """End the supervisor and every listener, close the connections. Idempotent; blocks up to ``timeout`` each."""
+        """End the supervisor, the senders (after sending what is queued) and the listeners; close the
+        connections. Idempotent; blocks up to about ``timeout`` for each thread."""
         with self._launch_lock:
             if self._stopped:
                 return
@@ -255,7 +299,9 @@ class RedisClusterBroker(Broker):
             return
         if self._supervisor is not None:
             self._supervisor.join(timeout)
-        view, self._view = self._view, _View(self._view.map, {}, {})
+        view, self._view = self._view, _View(self._view.map, {}, {}, {})
+        for sender in view.senders.values():
+            sender.stop(timeout)
         for listener in view.listeners.values():
             listener.stop(timeout)
         for client in view.clients.values():
@@ -322,38 +368,50 @@ class RedisClusterBroker(Broker):
                 for listener in old.listeners.values():
                     listener.resync()
             return
-        listeners, clients = dict(old.listeners), dict(old.clients)
+        listeners, clients, senders = dict(old.listeners), dict(old.clients), dict(old.senders)
         gone = [address for address in listeners if address not in new.masters]
         added = [address for address in sorted(new.masters) if address not in listeners]
         for address in added:
-            listeners[address], clients[address] = self._listener_for(address)
-        retired = [(listeners.pop(address), clients.pop(address)) for address in gone]
+            listeners[address], clients[address], senders[address] = self._shard_for(address)
+        retired = [(listeners.pop(address), clients.pop(address), senders.pop(address)) for address in gone]
         # The new map is in place before any listener reads the registry against it.
-        self._view = _View(new, listeners, clients)
+        self._view = _View(new, listeners, clients, senders)
         logger.info("Redis Cluster slot map: %d masters (%s)", len(new.masters), ", ".join(sorted(new.masters)))
-        for listener, client in retired:
+        for listener, client, sender in retired:
+            sender.stop(self.start_timeout)  # sends what waits if its node still answers, else fails it
             listener.stop(self.start_timeout)
             client.close()
+            counts = {**listener.status(), "unsent": sender.status()["unsent"]}
             with self._counts_lock:
                 for name in self._retired:
-                    self._retired[name] += listener.status()[name]
+                    self._retired[name] += counts[name]
         for address, listener in listeners.items():
             if address in added:
+                senders[address].start(self.start_timeout)
                 listener.start(self.start_timeout)
             else:
                 listener.resync()
 
-    def _listener_for(self, address: str) -> tuple[ShardListener, Any]:
+    def _shard_for(self, address: str) -> tuple[ShardListener, Any, RedisSender]:
+        """The listener, client and sender of the master at ``address`` (not started)."""
         assert self._deliver is not None and self._keys is not None and self.node_id is not None
         redis, url = self._redis, self._url
         host, _, port = address.rpartition(":")
-        client = redis.Redis(
-            host=host, port=int(port), username=url.username, password=url.password, ssl=url.ssl,
-            socket_timeout=5.0, socket_connect_timeout=2.0, socket_keepalive=True,
-            # No retries inside redis-py: a retried SPUBLISH could arrive twice; the listener reconnects itself.
-            retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
-            client_name=f"rusty_ws-{self.node_id}",
-        )
+        def client_named(name: str) -> Any:
+            return redis.Redis(
+                host=host, port=int(port), username=url.username, password=url.password, ssl=url.ssl,
+                socket_timeout=5.0, socket_connect_timeout=2.0, socket_keepalive=True,
+                # No retries inside redis-py: a retried SPUBLISH could arrive twice; the listener
+                # and the sender reconnect themselves.
+                retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
+                client_name=name,
+            )
+
+        client = client_named(f"rusty_ws-{self.node_id}")
+        # The sender makes its connection from this client's pool: to this master, and no other.
+        sender = RedisSender(client=client_named(f"rusty_ws-sender-{self.node_id}"), errors=self._errors,
+                             node_id=f"{self.node_id}-{address}", max_commands=self.send_queue,
+                             max_bytes=self.send_queue_bytes)
 
         def owns(key: Key) -> bool:
             current = self._view.map
@@ -376,4 +434,4 @@ class RedisClusterBroker(Broker):
             deliver=self._deliver, keys=self._keys, subscribe_timeout=self.subscribe_timeout,
             max_envelope_size=self.max_envelope_size,
         )
-        return listener, client
+        return listener, client, sender

@@ -19,7 +19,14 @@ import jwt
 import pytest
 import websocket
 
-from redis_support import SENTINEL, RedisServer, publish_sentinel, read_until_sentinel, redis_server
+from redis_support import (
+    SENTINEL,
+    RedisServer,
+    publish_sentinel,
+    publishes_landed,
+    read_until_sentinel,
+    redis_server,
+)
 from rusty_ws import create_app
 from rusty_ws.brokers.redis import RedisBroker, channel_name, encode_envelope
 from rusty_ws.config import Settings
@@ -127,6 +134,7 @@ class TestNestingDepth:
             for depth in (MAX_JSON_DEPTH, 965, 966):
                 assert error_of(here.command(publish_nested(depth)))["code"] == "invalid_json"
             assert here.command(publish_nested(MAX_JSON_DEPTH - 1))  # the deepest allowed, delivered here...
+            assert publishes_landed(here, "s") == []
             publish_sentinel(redis, "s")
             assert read_until_sentinel(here) == []
             [remote] = read_until_sentinel(there)  # ...and there, and nothing else anywhere
@@ -206,6 +214,7 @@ class TestRedisEnvelopeSize:
             text = '{"topic": "T", "session_id": "s", "id": "big", "payload": [' + ",".join(["1e15"] * 6000) + "]}"
             error = error_of(here.command("publish-json:" + text))
             assert (error["code"], error["id"]) == ("invalid_message", "big")
+            assert publishes_landed(here, "s") == []
             publish_sentinel(redis, "s")
             assert read_until_sentinel(here) == [] and read_until_sentinel(there) == []
 

@@ -26,6 +26,7 @@ from redis_support import (
     free_port,
     publish_across_nodes,
     publish_sentinel,
+    publishes_landed,
     read_until_sentinel,
     redis_server,
 )
@@ -67,7 +68,13 @@ def publish(client: Client, topic: str, session: str, payload: object) -> list[s
 
 
 def redis_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("rusty_ws-redis-")]
+    """The listener threads alive (each broker has one, and one sender: ``sender_threads``)."""
+    return [t.name for t in threading.enumerate()
+            if t.name.startswith("rusty_ws-redis-") and not t.name.startswith("rusty_ws-redis-sender-")]
+
+
+def sender_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("rusty_ws-redis-sender-")]
 
 
 # --------------------------------------------------------------------------- the seed's scenario
@@ -173,6 +180,7 @@ def test_channel_prefix_keeps_deployments_apart(redis: RedisServer) -> None:
         listener.command(encode_subscribe("T", "s"))
         assert redis.channels("shop:[0-9]*") == {b"shop:1:T:s"}
         publish(publisher, "T", "s", "other deployment")
+        assert publishes_landed(publisher, "s") == []
         listener.command(encode_subscribe(SENTINEL, "s"))
         publish_sentinel(redis, "s", prefix="shop")
         assert read_until_sentinel(listener) == []
@@ -199,7 +207,7 @@ def test_redis_outage_local_delivery_goes_on_and_remote_resumes(redis: RedisServ
             # Local delivery goes on; the other node cannot get it, and it is counted.
             publish(publisher, "T", "s", f"during-{round_}")
             assert near.recv_json()["payload"] == f"during-{round_}"
-            assert broker(a).status()["unsent"] == round_ + 1
+            assert broker(a).wait_sent(WAIT) and broker(a).status()["unsent"] == round_ + 1
             # Interest that changes during the outage is taken into account on reconnect.
             late.command(encode_subscribe(f"Late{round_}", "s"))
 
@@ -213,7 +221,7 @@ def test_redis_outage_local_delivery_goes_on_and_remote_resumes(redis: RedisServ
             assert far.recv_json()["payload"] == f"after-{round_}"
             publish(publisher, f"Late{round_}", "s", "late")
             assert late.recv_json()["payload"] == "late"
-            assert redis_threads() and len(redis_threads()) == 2
+            assert redis_threads() and len(redis_threads()) == 2 and len(sender_threads()) == 2
             assert broker(b).status()["reconnects"] == round_ + 1
         for client in (near, far, late):
             assert client.sync() == []
@@ -277,7 +285,9 @@ def test_healthz_names_the_broker_and_its_state(redis: RedisServer) -> None:
     with nodes(1, redis.url) as (node,):
         health = http("GET", node.http_url + "/healthz")[2]["broker"]
         assert health == {"name": "redis", "connected": True, "node": broker(node).node_id,
-                          "channels": 0, "unsent": 0, "dropped": 0, "reconnects": 0}
+                          "channels": 0, "unsent": 0, "dropped": 0, "reconnects": 0,
+                          "sender": {"connected": True, "queued": 0, "sent": 0, "unsent": 0, "unanswered": 0, "failed": 0,
+                                     "blocked": 0, "reconnects": 0}}
 
 
 def test_a_generated_secret_with_redis_is_an_error_in_the_log(
