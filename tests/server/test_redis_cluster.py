@@ -385,3 +385,28 @@ def test_a_master_that_stops_answering_is_noticed_and_rejoined(monkeypatch: pyte
         assert shard_channel_name("rusty_ws", "T", "s") in stopped.shard_channels()
         pub.command(encode_publish("T", "back", session_id="s"))
         assert sub.recv_json()["payload"] == "back"
+
+
+def test_acks_come_from_the_slot_s_master_and_a_dead_one_answers_unavailable() -> None:
+    with redis_cluster(3) as cluster, nodes(2, cluster.url) as (a, b), a.connect() as publisher, \
+            b.connect() as far:
+        by_master: dict[str, str] = {}
+        for session in (f"ack-{i}" for i in range(100)):
+            by_master.setdefault(master_of(cluster, session), session)
+        assert len(by_master) == 3
+        for session in by_master.values():
+            far.command(encode_subscribe("T", session))
+        for number, session in enumerate(by_master.values()):
+            [ack] = publisher.command(encode_publish("T", number, session_id=session, id=f"p-{number}"))
+            assert ack.startswith("ack:") and json.loads(ack[4:])["id"] == f"p-{number}"
+            assert far.recv_json()["payload"] == number  # acknowledged: its master took it
+        dead, alive, _ = by_master
+        cluster.node_at(dead).kill()
+        assert broker(a).wait_connected(False, WAIT)
+        [answer] = publisher.command(encode_publish("T", "lost", session_id=by_master[dead], id="p-dead"))
+        assert answer.startswith("error:") and json.loads(answer[6:])["code"] == "unavailable"
+        [ack] = publisher.command(encode_publish("T", "fine", session_id=by_master[alive], id="p-alive"))
+        assert ack.startswith("ack:")
+        assert far.recv_json()["payload"] == "fine"
+        shards = broker(a).status()["shards"]
+        assert shards[dead]["unsent"] >= 1 and shards[alive]["unsent"] == 0
