@@ -32,6 +32,7 @@ only and is counted as that shard's ``unsent``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -109,6 +110,9 @@ class RedisClusterBroker(Broker):
         self._retired = {"dropped": 0, "reconnects": 0, "unsent": 0}
         self._warned_unsent = False
         self._view = _View(None, {}, {}, {})
+        # Scripts every master's sender loads (now, and when a new master appears): sha1 -> source.
+        # Guarded by _counts_lock.
+        self._scripts: dict[str, str] = {}
         self._stop = threading.Event()
         self._poke = threading.Event()  # set by anyone who saw trouble: the supervisor reads the map at once
         self._supervisor: threading.Thread | None = None
@@ -252,6 +256,25 @@ class RedisClusterBroker(Broker):
             self._stop.wait(0.02)  # polls states that several threads own; bounded in count and time
         return False
 
+    def sender_for(self, session_id: str) -> RedisSender | None:
+        """The sender of the master that serves ``session_id``'s slot now (None: no master does).
+
+        For commands on a session's keys and channels (they share its slot): its
+        FIFO queue keeps them in order with the session's publishes.
+        """
+        view = self._current()
+        return view.senders.get(view.map.owners[session_slot(session_id)]) if view.map else None
+
+    def script_load(self, source: str) -> str:
+        """Make ``source`` known to every master, now and to each one that appears later; its SHA1 for EVALSHA."""
+        view = self._current()
+        sha = ""
+        with self._counts_lock:
+            self._scripts[hashlib.sha1(source.encode("utf-8")).hexdigest()] = source
+        for sender in view.senders.values():
+            sha = sender.script_load(source)
+        return sha or hashlib.sha1(source.encode("utf-8")).hexdigest()
+
     def wait_sent(self, timeout: float = 5.0) -> bool:
         """Block until every publish queued so far was answered by its master or failed; False on timeout."""
         deadline = time.monotonic() + timeout
@@ -371,8 +394,12 @@ class RedisClusterBroker(Broker):
         listeners, clients, senders = dict(old.listeners), dict(old.clients), dict(old.senders)
         gone = [address for address in listeners if address not in new.masters]
         added = [address for address in sorted(new.masters) if address not in listeners]
+        with self._counts_lock:
+            scripts = list(self._scripts.values())
         for address in added:
             listeners[address], clients[address], senders[address] = self._shard_for(address)
+            for source in scripts:
+                senders[address].script_load(source)  # queued: loaded once it connects
         retired = [(listeners.pop(address), clients.pop(address), senders.pop(address)) for address in gone]
         # The new map is in place before any listener reads the registry against it.
         self._view = _View(new, listeners, clients, senders)

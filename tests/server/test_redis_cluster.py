@@ -410,3 +410,40 @@ def test_acks_come_from_the_slot_s_master_and_a_dead_one_answers_unavailable() -
         assert far.recv_json()["payload"] == "fine"
         shards = broker(a).status()["shards"]
         assert shards[dead]["unsent"] >= 1 and shards[alive]["unsent"] == 0
+
+
+APPEND_AND_PUBLISH = """
+local offset = redis.call('INCR', KEYS[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100, offset .. '-1', 'd', ARGV[2])
+redis.call('SPUBLISH', ARGV[1], ARGV[2])
+return offset
+"""
+
+
+def test_a_script_on_a_session_s_keys_publishes_to_its_channel_on_every_master() -> None:
+    """What history on Redis will do on a cluster: keys and channel in the session's slot, one script."""
+    from rusty_ws.brokers.redis_codec import encode_envelope, session_tag
+    from rusty_ws.protocol import Delivery
+
+    with redis_cluster(3) as cluster, nodes(2, cluster.url) as (a, b), b.connect() as far:
+        by_master: dict[str, str] = {}
+        for session in (f"script-{i}" for i in range(100)):
+            by_master.setdefault(master_of(cluster, session), session)
+        sha = broker(a).script_load(APPEND_AND_PUBLISH)
+        replies: list[object] = []
+        for session in by_master.values():
+            far.command(encode_subscribe("T", session))
+        for session in by_master.values():
+            tag = session_tag("rusty_ws", session)
+            keys = (f"rusty_ws:{tag}:top", f"rusty_ws:{tag}:stream")
+            delivery = Delivery(publisher_name="script", topic="T", payload=session, timestamp="t", session_id=session)
+            sender = broker(a).sender_for(session)
+            assert sender is not None
+            sender.submit(("EVALSHA", sha, 2, *keys, shard_channel_name("rusty_ws", "T", session),
+                           encode_envelope("script-node", delivery)), replies.append)
+        assert broker(a).wait_sent(WAIT)
+        assert replies == [1, 1, 1], replies
+        assert sorted(far.recv_json()["payload"] for _ in by_master) == sorted(by_master.values())
+        for address, session in by_master.items():
+            with contextlib.closing(cluster.node_at(address).client()) as client:
+                assert client.xlen(f"rusty_ws:{session_tag('rusty_ws', session)}:stream") == 1
