@@ -45,10 +45,11 @@ from ..exceptions import ProtocolError
 from ..protocol import Delivery, ErrorCode
 from .base import Broker, Deliver, Key, Landed, OnLanded
 from .redis import SEND_QUEUE, SEND_QUEUE_BYTES, START_TIMEOUT, SUBSCRIBE_TIMEOUT, _import_redis, new_node_id
+from .redis_cluster_nodes import node_client, read_slot_map
 from .redis_codec import encode_envelope, shard_channel_name, split_cluster_url
 from .redis_sender import RedisSender
 from .redis_shard_listener import ShardListener
-from .redis_slots import SlotMap, parse_cluster_slots, session_slot, tag_in
+from .redis_slots import SlotMap, session_slot, tag_in
 
 __all__ = ["RedisClusterBroker"]
 
@@ -353,27 +354,15 @@ class RedisClusterBroker(Broker):
 
     def _read_map(self, quiet: bool) -> SlotMap | None:
         """CLUSTER SLOTS from the first node that answers: those of the last map (connected masters first), then the URL's."""
-        redis, url = self._redis, self._url
+        url = self._url
         view = self._view
         known = list(view.map.nodes) if view.map else []
         # Masters we are connected to first: a silent node (SIGSTOP, a partition) costs a timeout.
         known.sort(key=lambda address: not (address in view.listeners and view.listeners[address].connected))
         candidates = list(dict.fromkeys(known + [f"{host}:{port}" for host, port in url.seeds]))
-        problems = []
-        for address in candidates:
-            host, _, port = address.rpartition(":")
-            client = redis.Redis(host=host, port=int(port), username=url.username, password=url.password,
-                                 ssl=url.ssl, socket_timeout=2.0, socket_connect_timeout=1.0,
-                                 retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0))
-            try:
-                found = parse_cluster_slots(client.execute_command("CLUSTER SLOTS"))
-                if found.masters:
-                    return found
-                problems.append(f"{address}: no slot served")
-            except (*self._errors, ValueError) as exc:
-                problems.append(f"{address}: {exc}")
-            finally:
-                client.close()
+        found, problems = read_slot_map(self._redis, url, candidates, self._errors)
+        if found is not None:
+            return found
         (logger.debug if quiet else logger.warning)("no Redis Cluster node gave its slot map (%s)", "; ".join(problems))
         return None
 
@@ -422,17 +411,10 @@ class RedisClusterBroker(Broker):
     def _shard_for(self, address: str) -> tuple[ShardListener, Any, RedisSender]:
         """The listener, client and sender of the master at ``address`` (not started)."""
         assert self._deliver is not None and self._keys is not None and self.node_id is not None
-        redis, url = self._redis, self._url
-        host, _, port = address.rpartition(":")
+        redis = self._redis
+
         def client_named(name: str) -> Any:
-            return redis.Redis(
-                host=host, port=int(port), username=url.username, password=url.password, ssl=url.ssl,
-                socket_timeout=5.0, socket_connect_timeout=2.0, socket_keepalive=True,
-                # No retries inside redis-py: a retried SPUBLISH could arrive twice; the listener
-                # and the sender reconnect themselves.
-                retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
-                client_name=name,
-            )
+            return node_client(redis, self._url, address, name=name)
 
         client = client_named(f"rusty_ws-{self.node_id}")
         # The sender makes its connection from this client's pool: to this master, and no other.
