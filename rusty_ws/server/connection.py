@@ -2,7 +2,10 @@
 
 Each connection costs exactly one thread, the one the WSGI server gave its
 request. That thread reads the socket (blocking ``recv``, decoded by
-``frames.FrameParser``) and carries out commands in order.
+``frames.FrameParser``) and carries out commands in order. The commands of
+one read run together inside ``Writer.batch()`` and, when the hub says so,
+under ``Hub.commands_lock`` (its history lock, taken once for them all rather
+than once per publish: 1,000 publishing threads convoyed on it).
 
 Writes (replies, pongs, publishes, the close frame) all go through the hub's
 ``Writer``, which is flat-combining: whichever thread holds its
