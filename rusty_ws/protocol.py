@@ -437,6 +437,11 @@ def nested_deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
+#: One decoder for every command: ``json.loads`` with arguments builds a new one per call
+#: (~10% of a publish's parse). Decoding keeps no state in it, so threads share it.
+_STRICT_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
 def loads_strict(text: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """``json.loads`` that refuses NaN, Infinity, numbers that overflow to them, and deep nesting.
 
@@ -448,7 +453,7 @@ def loads_strict(text: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
         ValueError: the text is not JSON we could send on unchanged.
     """
     try:
-        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        value = _STRICT_DECODER.decode(text)
     except RecursionError:
         value, deep = None, True
     else:
@@ -728,8 +733,14 @@ def rfc3339_now(now: float | None = None) -> str:
     return f"{prefix}.{micros:06d}+00:00"
 
 
+#: One encoder for every delivery and reply: ``json.dumps`` with arguments builds a new one
+#: per call. Encoding keeps no state in it (each call has its own circular-reference marks).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_encode = _ENCODER.encode
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return _encode(value)
 
 
 #: A UTF-16 surrogate on its own: valid in a Python str and in JSON as an escape, never in UTF-8.
@@ -756,6 +767,30 @@ def dumps_utf8(value: Any) -> bytes:
         return _LONE_SURROGATE.sub(_surrogate_escape, text).encode("utf-8")
 
 
+#: The JSON text of a str, as the shared encoder writes it (C, ``ensure_ascii=False``).
+_json_str = json.encoder.encode_basestring
+
+
+def _encode_delivery(delivery: "Delivery") -> str | None:
+    """``_dumps(delivery.to_dict())`` for a delivery of str fields and a str payload; None for any other.
+
+    The same text, key for key (JSON encoding composes: an object's text is its
+    members' texts joined), without building the dict or running the encoder's
+    Python wrapper: ~40% of a publish's encoding.
+    """
+    name, topic, stamp, session, user = (delivery.publisher_name, delivery.topic, delivery.timestamp,
+                                         delivery.session_id, delivery.user)
+    if not (type(name) is str and type(topic) is str and type(stamp) is str and type(session) is str):
+        return None
+    text = (f'{{"publisher_name":{_json_str(name)},"topic":{_json_str(topic)},"payload":{_json_str(delivery.payload)},'
+            f'"timestamp":{_json_str(stamp)},"session_id":{_json_str(session)}')
+    if user is None:
+        return text + "}"
+    if type(user) is not str:
+        return None
+    return f'{text},"user":{_json_str(user)}}}'
+
+
 @dataclass(frozen=True)
 class Delivery:
     """One published message, as every subscriber receives it.
@@ -773,6 +808,15 @@ class Delivery:
     offset: int | None = None
     epoch: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __init__(self, publisher_name: str, topic: str, payload: Any, timestamp: str, session_id: str,
+                 user: str | None = None, offset: int | None = None, epoch: str | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
+        # The generated __init__ of a frozen dataclass sets each field with object.__setattr__:
+        # one publish builds a Delivery, and that was ~5% of its cost. Same fields, one update.
+        self.__dict__.update(publisher_name=publisher_name, topic=topic, payload=payload, timestamp=timestamp,
+                             session_id=session_id, user=user, offset=offset, epoch=epoch,
+                             extra={} if extra is None else extra)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object sent on the wire: the seed's fields in its order, then ours."""
@@ -796,6 +840,13 @@ class Delivery:
         Raises:
             ValueError, TypeError: the payload is not JSON (NaN, a set, an object...).
         """
+        if type(self.payload) is str and self.offset is None:  # the usual delivery: built without a dict
+            text = _encode_delivery(self)
+            if text is not None:
+                try:
+                    return text.encode("utf-8")
+                except UnicodeEncodeError:
+                    return _LONE_SURROGATE.sub(_surrogate_escape, text).encode("utf-8")
         return dumps_utf8(self.to_dict())
 
     @classmethod

@@ -24,6 +24,7 @@ from rusty_ws.protocol import (
     Unsubscribe,
     close_policy,
     command_verb,
+    dumps_utf8,
     encode_ack,
     encode_error,
     encode_register_name,
@@ -366,3 +367,33 @@ class TestTokenCommands:
         assert {code.value for code in ErrorCode} >= {
             "forbidden_topic", "token_invalid", "token_expired", "token_mismatch", "token_required",
             "not_authenticated", "already_authenticated", "auth_not_first"}
+
+
+class TestDeliveryEncoding:
+    """``Delivery.encode`` builds the usual delivery (str fields, str payload) without a dict: the same bytes."""
+
+    TEXTS = ("", "plain", 'q"uote \\ back/slash', "é ☃ 😀 \u2028\u2029", "\n\t\r\b\f\x00\x01\x1f\x7f",
+             "\ud800 lone high", "lone low \udfff", "x" * 5000)
+
+    @pytest.mark.parametrize("payload", TEXTS)
+    @pytest.mark.parametrize("user", [None, "alice", "é\ud801"])
+    def test_the_same_bytes_as_encoding_its_dict(self, payload: str, user: str | None) -> None:
+        for name in ("anonymous", 'n"ame\u00e9', "\udfff"):
+            delivery = Delivery(publisher_name=name, topic="t/é", payload=payload,
+                                timestamp="2024-01-24T10:25:37.123456+00:00", session_id="s\x7f", user=user)
+            encoded = delivery.encode()
+            assert encoded == dumps_utf8(delivery.to_dict())
+            assert json.loads(encoded)["payload"] == payload.encode("utf-8", "surrogatepass").decode(
+                "utf-8", "surrogatepass")
+
+    @pytest.mark.parametrize("payload", [1, 1.5, None, True, [1, "a"], {"a": {"b": "c"}}])
+    def test_other_payloads_and_positions_take_the_dict(self, payload: object) -> None:
+        delivery = Delivery("n", "t", payload, "ts", "s", user="u", offset=3, epoch="e1")
+        assert delivery.encode() == dumps_utf8(delivery.to_dict())
+        assert Delivery("n", "t", payload, "ts", "s").encode() == dumps_utf8(Delivery("n", "t", payload, "ts", "s").to_dict())
+
+    def test_a_payload_that_is_not_json_still_raises(self) -> None:
+        with pytest.raises(ValueError):
+            Delivery("n", "t", float("nan"), "ts", "s").encode()
+        with pytest.raises(TypeError):
+            Delivery("n", "t", {1, 2}, "ts", "s").encode()

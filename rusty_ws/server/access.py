@@ -92,6 +92,13 @@ class Access:
         return getattr(self._pubsub, name, None) if self._pubsub is not None else None
 
     @property
+    def has_hooks(self) -> bool:
+        """The app has a session-policy or permissions hook, which commands call (read at every call)."""
+        pubsub = self._pubsub
+        return pubsub is not None and (getattr(pubsub, "session_policy_hook", None) is not None
+                                       or getattr(pubsub, "permissions_hook", None) is not None)
+
+    @property
     def development_mode(self) -> bool:
         """Allowed (``settings.dev_mode``), no users file and no credential hook: the demo login
         works, and its user may go anywhere."""

@@ -2,7 +2,10 @@
 
 Each connection costs exactly one thread, the one the WSGI server gave its
 request. That thread reads the socket (blocking ``recv``, decoded by
-``frames.FrameParser``) and carries out commands in order.
+``frames.FrameParser``) and carries out commands in order. The commands of
+one read run together inside ``Writer.batch()`` and, when the hub says so,
+under ``Hub.commands_lock`` (its history lock, taken once for them all rather
+than once per publish: 1,000 publishing threads convoyed on it).
 
 Writes (replies, pongs, publishes, the close frame) all go through the hub's
 ``Writer``, which is flat-combining: whichever thread holds its
@@ -176,10 +179,10 @@ class Connection(TokenLife):
         self.hub.writer.close(self.outbox, code, reason)
 
     def _read_until_closed(self, read_ahead: bytes) -> None:
-        recv, parser, batch = self.sock.recv, self.parser, self.hub.writer.batch
+        recv, parser, batch, held = self.sock.recv, self.parser, self.hub.writer.batch, self.hub.commands_lock
         if read_ahead:  # before the loop, so the loop itself is unchanged
             logger.debug("< %s %d bytes came with the request head", self.label, len(read_ahead))
-            with batch():
+            with batch(), held():
                 for event in parser.feed(read_ahead):
                     if not self._on_event(event):
                         return
@@ -194,7 +197,9 @@ class Connection(TokenLife):
                 self._lost = "EOF"
                 return
             size = BUSY_RECV_BYTES if len(data) == size else IDLE_RECV_BYTES
-            with batch():  # what the commands of one read send leaves together, at its end
+            # What the commands of one read send leaves together, at its end, after the hub's
+            # lock for them (if any, Hub.commands_lock) is let go: never written under it.
+            with batch(), held():
                 for event in parser.feed(data):
                     if not self._on_event(event):
                         return

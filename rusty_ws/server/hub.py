@@ -18,6 +18,7 @@ connections (``_connections_lock``).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import secrets
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..auth import Claims, TokenService
-from ..brokers import Broker
+from ..brokers import Broker, MemoryBroker
 from ..brokers.base import Landed
 from ..config import Settings
 from ..exceptions import ProtocolError
@@ -57,6 +58,7 @@ logger = logging.getLogger("rusty_ws.server")
 Answer = Callable[["tuple[Landed, bool] | ProtocolError"], None]
 #: Seconds a caller of ``Hub.publish`` with an id and no ``answer`` waits for the broker.
 PUBLISH_ANSWER_TIMEOUT = 20.0
+_NO_HOLD = contextlib.nullcontext()  # commands_lock's "nothing": reusable, reentrant
 
 
 class PendingRequests:
@@ -140,7 +142,9 @@ class Hub:
         # its offset to queueing its frames, and a subscribe-json from subscribing to
         # queueing its replay and reply, so the two never interleave on a stream
         # (only queueing: frames are written after it is let go, see Writer.batch).
-        self._history_lock = threading.Lock()
+        # Reentrant: a connection may hold it across all the commands of one read
+        # (``commands_lock``), and the publishes among them take it again.
+        self._history_lock = threading.RLock()
         # Signalled when a pending publish id settles (a repeat waits for the first).
         self._ids_settled = threading.Condition(self._history_lock)
         self.history = History(
@@ -148,6 +152,8 @@ class Hub:
             is_subscribed=lambda key: bool(self.registry.subscribers(*key)),
         )
         self.publish_ids = IdempotencyTable(settings.idempotency_window, settings.idempotency_max_ids)
+        # Publishes are delivered on the publishing thread and take the history lock: see commands_lock.
+        self._hold_for_commands = self.history.enabled and isinstance(broker, MemoryBroker)
         broker.start(self.deliver_local, self.registry.keys)
 
     # ------------------------------------------------------------------ admission
@@ -172,6 +178,24 @@ class Hub:
 
     def next_id(self) -> int:
         return next(self._ids)
+
+    def commands_lock(self) -> contextlib.AbstractContextManager[Any]:
+        """What a connection holds while it carries out the commands of one read: the history lock, or nothing.
+
+        Each publish takes the history lock. With 1,000 connection threads that
+        lock forms a convoy: a thread woken on it holds it but must still wait
+        for the GIL, and every thread that reaches it meanwhile sleeps on it too
+        (1.5 to 2 context switches per message, docs/performance.md, "Many
+        sessions"). Held once for a read's commands, a burst of publishes takes
+        it once. Only when publishes are delivered on the publishing thread
+        (the in-process broker) with history on, and when the app has no
+        session-policy or permissions hook: those are the app's code, which must
+        never run under a lock of the hub's. Queued frames are written after it
+        is let go (the caller's ``Writer.batch`` encloses it).
+        """
+        if self._hold_for_commands and not self.access.has_hooks:
+            return self._history_lock
+        return _NO_HOLD
 
     def serve(self, sock: socket.socket, claims: Claims | None, remote: str = "?",
               deflate: bool = False, read_ahead: bytes = b"") -> None:

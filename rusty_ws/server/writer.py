@@ -48,7 +48,7 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from typing import Any
 
 from ..frames import OP_PING, close_frame, encode_frame
@@ -150,7 +150,8 @@ class Writer:
         # _flush_lock: held by the one thread that drains _jobs and writes. It owns the
         # outboxes, _boxes and _flush_list. Held only for non-blocking work, never while waiting.
         self._flush_lock = threading.Lock()
-        self._batching = threading.local()  # .active: this thread is inside batch()
+        self._batching = _BatchDepth()  # .depth: how many batch() blocks this thread is inside
+        self._batch = _Batch(self)
         # The writer thread waits in this selector for the wake-up socket and for
         # room in watched sockets; the _flush_lock holder registers the latter.
         self._selector = selectors.DefaultSelector()
@@ -205,23 +206,17 @@ class Writer:
         """Queue ``frame`` for one outbox (replies, pongs) and write it if nobody else is writing."""
         self._submit(self._send_one_locked, box, frame)
 
-    @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self) -> "_Batch":
         """Sends made by this thread inside the block are written together when it ends.
 
         A connection thread wraps the commands of one read in it, so a burst of
         publishes to the same subscribers is coalesced into one write per socket.
         The hub also queues under its history lock inside one, so that lock is
         never held while writing. Nested blocks write at the end of the outermost.
+        One object for every thread and block (a class, not a generator: it is
+        entered twice per publish); the depth is per thread.
         """
-        outer = not getattr(self._batching, "active", False)
-        self._batching.active = True
-        try:
-            yield
-        finally:
-            if outer:
-                self._batching.active = False
-                self.flush()
+        return self._batch
 
     def flush(self) -> None:
         """Do the queued work on this thread now, unless another thread is at it (it does ours too)."""
@@ -303,7 +298,7 @@ class Writer:
 
     def _submit(self, method: Callable[[Any, Any], None], a: Any, b: Any) -> None:
         self._jobs.append((method, a, b))
-        if not getattr(self._batching, "active", False):
+        if not self._batching.depth:
             self.flush()
 
     def _interrupt(self) -> None:
@@ -603,6 +598,29 @@ class Writer:
         self._selector.close()
         for sock in (self._wake_r, self._wake_w):
             sock.close()
+
+
+class _BatchDepth(threading.local):
+    depth = 0  # per thread: how many Writer.batch() blocks it is inside
+
+
+class _Batch:
+    """``Writer.batch()``'s block: counts this thread's depth, and flushes when the outermost ends."""
+
+    __slots__ = ("_writer", "_state")
+
+    def __init__(self, writer: Writer) -> None:
+        self._writer = writer
+        self._state = writer._batching
+
+    def __enter__(self) -> None:
+        self._state.depth += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        state = self._state
+        state.depth -= 1
+        if not state.depth:
+            self._writer.flush()
 
 
 def _shutdown(sock: socket.socket) -> None:

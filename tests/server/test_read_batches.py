@@ -1,0 +1,232 @@
+"""The commands of one read: carried out together under the hub's history lock, in order, as before.
+
+A connection holds ``Hub.commands_lock`` (the history lock) around all the
+commands of one ``recv`` (docs/performance.md, "Many sessions"). These tests
+send many frames in one write, so that one read brings them all, and check that
+nothing of what a command does changed: its replies and deliveries in order,
+bad frames among good ones, a connection failed half-way through a read (the
+lock is let go: the hub serves everyone else), publishes from the app and
+from other connections at once, and app hooks, which never run under it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from flask import Flask
+
+from rusty_ws import PubSub
+from rusty_ws.brokers import MemoryBroker
+from rusty_ws.protocol import encode_ping, encode_subscribe
+from rusty_ws.server.hub import Hub
+from rusty_ws.server.state import state_of
+from support import WAIT, Client, Frame, RawSocket, client_frame, hub_config, running_server
+
+
+def text(verb: str, body: object) -> bytes:
+    return client_frame(f"{verb}:{json.dumps(body)}".encode())
+
+
+def publish(topic: str, payload: object, **fields: object) -> bytes:
+    return text("publish-json", {"topic": topic, "payload": payload, "session_id": "s", **fields})
+
+
+def texts(frames: list[Frame]) -> list[str]:
+    return [frame.text() for frame in frames]
+
+
+def test_one_read_of_mixed_commands_answers_each_in_order() -> None:
+    with running_server() as server:
+        raw = RawSocket(server.port)
+        raw.send_frame(0x1, encode_subscribe("T", "s").encode())
+        assert raw.sync() == []
+        burst = b"".join([
+            publish("T", 1, id="a1"),
+            client_frame(encode_ping().encode()),
+            client_frame(b'publish-json:{"topic": "T", "payload": '),  # not JSON
+            publish("T", 2),
+            client_frame(b"no-such-command"),
+            client_frame(b"\x00\x01", opcode=0x2),  # binary: not a command
+            client_frame(b"are you there", opcode=0x9),  # a WebSocket ping
+            publish("T", 3, id="a3", publisher_name="server"),  # a name no client may use
+            publish("T", 4, id="a4"),
+        ])
+        raw.sock.sendall(burst)
+        before_pong = raw.sync()  # up to the burst's own ping's pong (the sync's own comes later)
+        got = [*before_pong, Frame(0x81, b"pong"), *raw.sync()]
+        kinds = []
+        for frame in got:
+            if frame.opcode == 0xA:
+                kinds.append(("pong-frame", frame.payload))
+                continue
+            reply = frame.text()
+            if reply == "pong":
+                kinds.append(("pong", None))
+            elif reply.startswith("ack:"):
+                kinds.append(("ack", json.loads(reply[4:])["id"]))
+            elif reply.startswith("error:"):
+                kinds.append(("error", json.loads(reply[6:])["code"]))
+            else:
+                kinds.append(("delivery", json.loads(reply)["payload"]))
+        assert kinds == [
+            ("delivery", 1), ("ack", "a1"), ("pong", None), ("error", "invalid_json"), ("delivery", 2),
+            ("error", "unknown_command"), ("error", "binary_not_supported"), ("pong-frame", b"are you there"),
+            ("error", "reserved_name"), ("delivery", 4), ("ack", "a4"),
+        ]
+        offsets = [json.loads(frame.text())["offset"] for frame in got
+                   if frame.opcode == 0x1 and frame.text().startswith("{")]
+        assert offsets == [1, 2, 3]  # the refused publish took no offset
+        raw.sock.close()
+
+
+def test_a_read_that_fails_the_connection_half_way_keeps_what_came_before_and_lets_the_lock_go() -> None:
+    with running_server(max_message_size=1024) as server:
+        with server.connect() as watcher:
+            watcher.command(encode_subscribe("T", "s"))
+            for ending, code in ((client_frame(b"x" * 2000), 1009),  # too big, from its header
+                                 (client_frame(b"late", opcode=0x3), 1002),  # a reserved opcode
+                                 (client_frame(b"\xff\xfe", opcode=0x1), 1007)):  # not UTF-8
+                raw = RawSocket(server.port)
+                raw.sock.sendall(publish("T", "before-1") + publish("T", "before-2") + ending + publish("T", "after"))
+                frames = []
+                for _ in range(10):
+                    frame = raw.recv_frame()
+                    if frame.opcode == 0x8:
+                        break
+                    frames.append(frame)
+                assert frame.close()[0] == code, frame
+                assert frames == []  # it had published, not subscribed
+                raw.sock.close()
+                assert [json.loads(m)["payload"] for m in watcher.sync()] == ["before-1", "before-2"]
+            # Nothing was left holding the history lock: a history query and a publish still answer.
+            with server.connect() as other:
+                other.send('history:{"topic": "T", "session_id": "s"}')
+                reply = other.recv()
+                assert reply.startswith("history:")
+                assert [m["payload"] for m in json.loads(reply[len("history:"):])["messages"]] == [
+                    "before-1", "before-2"] * 3
+                other.send('publish-json:{"topic": "T", "session_id": "s", "payload": "still here"}')
+                assert json.loads(watcher.recv())["payload"] == "still here"
+
+
+def test_bursts_from_many_connections_and_the_app_keep_every_stream_whole_and_in_order() -> None:
+    publishers, bursts, per_burst, from_app = 8, 20, 10, 200
+    with running_server() as server:
+        pubsub = state_of(server.app).pubsub
+        watchers = [server.connect() for _ in range(2)]
+        for watcher in watchers:
+            watcher.command('subscribe-json:{"topic": "T", "session_id": "s"}')
+        raws = [RawSocket(server.port) for _ in range(publishers)]
+
+        def connection(index: int) -> None:
+            for b in range(bursts):
+                raws[index].sock.sendall(b"".join(publish("T", f"{index}:{b * per_burst + i}")
+                                                  for i in range(per_burst)))
+
+        def app() -> None:
+            for i in range(from_app):
+                pubsub.publish("s", "T", f"app:{i}")
+
+        threads = [threading.Thread(target=connection, args=(i,)) for i in range(publishers)]
+        threads.append(threading.Thread(target=app))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT * 4)
+            assert not thread.is_alive()
+        total = publishers * bursts * per_burst + from_app
+        for watcher in watchers:
+            seen: dict[str, list[int]] = {}
+            offsets = []
+            for _ in range(total):
+                delivery = json.loads(watcher.recv())
+                who, number = delivery["payload"].split(":")
+                seen.setdefault(who, []).append(int(number))
+                offsets.append(delivery["offset"])
+            assert offsets == list(range(1, total + 1))
+            assert seen == {**{str(i): list(range(bursts * per_burst)) for i in range(publishers)},
+                            "app": list(range(from_app))}
+            assert watcher.sync() == []
+            watcher.close()
+        for raw in raws:
+            assert raw.sync() == []  # no error replies
+            raw.sock.close()
+
+
+def test_the_same_publish_id_from_two_connections_at_once_is_delivered_once() -> None:
+    ids = 50
+    with running_server() as server:
+        with server.connect() as watcher:
+            watcher.command(encode_subscribe("T", "s"))
+            raws = [RawSocket(server.port) for _ in range(2)]
+            burst = b"".join(publish("T", n, id=f"id-{n}") for n in range(ids))
+            threads = [threading.Thread(target=raw.sock.sendall, args=(burst,)) for raw in raws]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(WAIT)
+            acks = []
+            for raw in raws:
+                replies = texts(raw.sync())
+                acks.append([json.loads(reply[4:]) for reply in replies])
+                raw.sock.close()
+            assert [[ack["id"] for ack in answers] for answers in acks] == [[f"id-{n}" for n in range(ids)]] * 2
+            assert [ack["offset"] for ack in acks[0]] == [ack["offset"] for ack in acks[1]]  # one landing each
+            assert sorted(json.loads(m)["payload"] for m in watcher.sync()) == list(range(ids))
+
+
+def test_app_hooks_never_run_under_the_hubs_lock() -> None:
+    """A permissions hook that waits for another thread's publish would deadlock under the lock."""
+    app = Flask(__name__)
+    app.config.update(hub_config())
+    pubsub = PubSub(app)
+    waited: list[bool] = []
+
+    def permissions(username: str | None, session_id: str, topic: str, action: object) -> bool:
+        if topic == "audited":
+            other = threading.Thread(target=pubsub.publish, args=("s", "audit", f"{action} on {topic}"))
+            other.start()
+            other.join(WAIT)
+            waited.append(not other.is_alive())
+        return True
+
+    pubsub.permissions(permissions)
+    with running_server(app) as server:
+        hub = state_of(app).hub
+        assert hub.commands_lock() is not hub._history_lock
+        with server.connect() as watcher:
+            watcher.command(encode_subscribe("audit", "s"))
+            raw = RawSocket(server.port)
+            raw.sock.sendall(publish("audited", 1) + publish("audited", 2))
+            assert raw.sync() == []
+            assert waited == [True, True]
+            assert [json.loads(m)["payload"] for m in watcher.sync()] == ["publish on audited"] * 2
+            raw.sock.close()
+
+
+def test_the_lock_is_held_only_with_history_on_and_the_in_process_broker() -> None:
+    from rusty_ws.config import Settings
+
+    with_history = Hub(Settings.from_config(hub_config()), MemoryBroker())
+    without = Hub(Settings.from_config(hub_config(history_size=0)), MemoryBroker())
+    try:
+        assert with_history.commands_lock() is with_history._history_lock
+        assert without.commands_lock() is not without._history_lock
+        with without.commands_lock(), without.commands_lock():  # nothing held: reusable and reentrant
+            pass
+    finally:
+        with_history.shutdown(WAIT)
+        without.shutdown(WAIT)
+
+
+def test_a_client_in_another_read_is_served_while_one_floods() -> None:
+    with running_server() as server:
+        flood = RawSocket(server.port)
+        burst = b"".join(publish(f"t{i % 7}", "x" * 200) for i in range(300))
+        with Client(server.ws_url) as other:
+            for _ in range(10):
+                flood.sock.sendall(burst)
+                assert other.command(encode_ping()) == []  # answered between the flood's reads
+        assert flood.sync() == []
+        flood.sock.close()
