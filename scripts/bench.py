@@ -24,7 +24,7 @@ Usage:
   scripts/bench.py --only rusty_ws,websockets --scenarios fanout
   scripts/bench.py --replot bench-results/results.json   table and plot again
 
-Writes bench-results/results.json and, for the full run, a plot PNG. Exits
+Writes bench-results/results.json and, for the full run, plot PNGs (fanout.png, multinode.png). Exits
 non-zero if any rusty_ws run lost, reordered or crossed a message.
 """
 
@@ -190,6 +190,7 @@ def main() -> int:
         print_table(earlier)
         if "fanout" in earlier:
             plot(earlier, os.path.join(args.out, "fanout.png"))
+        multinode.plot(earlier, os.path.join(args.out, "multinode.png"))
         return 0
 
     quick = args.quick
@@ -287,6 +288,8 @@ def main() -> int:
     print_table(results)
     if not quick and "fanout" in results:
         plot(results, os.path.join(args.out, "fanout.png"))
+    if not quick:
+        multinode.plot(results, os.path.join(args.out, "multinode.png"))
     print(f"done in {results['seconds']:.0f}s; results in {args.out}/results.json")
     return 0 if ours_clean(results) else 1
 

@@ -189,3 +189,39 @@ def all_clean(results: dict[str, Any]) -> bool:
     rows += [row for key, row in results.get("xsessions", {}).items() if key != "pairs"]
     rows += list(results.get("xpublish", {}).values())
     return all(row.get("ok", True) for row in rows if isinstance(row, dict))
+
+
+def plot(results: dict[str, Any], path: str) -> bool:
+    """Fan-out on one node and across Redis by subscribers, and one publisher's rate per variant."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+        return False
+    if "xfanout" not in results and "xpublish" not in results:
+        return False
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    sizes = sorted(int(s) for s in results.get("xfanout", {}))
+    for name, label in (("single", "one node (in memory)"), ("cross", "publisher on node 1, subscribers on node 2")):
+        points = [(s, results["xfanout"][str(s)].get(name, {}).get("rate")) for s in sizes]
+        points = [(s, r) for s, r in points if r]
+        if points:
+            left.plot(*zip(*points), marker="o", label=label)
+    left.set_xscale("log")
+    left.set_xlabel("subscribers of one topic")
+    left.set_ylabel("deliveries per second")
+    left.set_title("Fan-out across two nodes on one Redis")
+    left.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=8)
+    by = results.get("xpublish", {})
+    names = [n for n in ("single", "sender", "sender-nohiredis", "sync-publish") if by.get(n, {}).get("rate")]
+    right.bar(range(len(names)), [by[n]["rate"] for n in names], color=["grey", "C0", "C1", "C3"][:len(names)])
+    right.set_xticks(range(len(names)), [n.replace("-", "\n") for n in names], fontsize=8)
+    right.set_ylabel("messages per second")
+    right.set_title("One publisher, through Redis")
+    right.grid(True, axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    return True
