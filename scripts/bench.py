@@ -24,7 +24,7 @@ Usage:
   scripts/bench.py --only rusty_ws,websockets --scenarios fanout
   scripts/bench.py --replot bench-results/results.json   table and plot again
 
-Writes bench-results/results.json and, for the full run, a plot PNG. Exits
+Writes bench-results/results.json and, for the full run, plot PNGs (fanout.png, multinode.png). Exits
 non-zero if any rusty_ws run lost, reordered or crossed a message.
 """
 
@@ -176,8 +176,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, one run each (< 2 minutes)")
     parser.add_argument("--only", default=",".join(ORDER), help="comma-separated servers")
-    parser.add_argument("--scenarios", default="loadgen,fanout,latency,sessions,capacity,compression,"
-                                                "xfanout,xsessions,xpublish")
+    parser.add_argument("--scenarios", default=None,
+                        help="comma-separated (default: all; with --quick, all but the multi-node ones, "
+                             "which tests/test_bench.py runs on their own)")
     parser.add_argument("--runs", type=int, default=None, help="runs per measurement (default 3, quick 1)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "bench-results"))
     parser.add_argument("--replot", metavar="RESULTS_JSON",
@@ -190,12 +191,14 @@ def main() -> int:
         print_table(earlier)
         if "fanout" in earlier:
             plot(earlier, os.path.join(args.out, "fanout.png"))
+        multinode.plot(earlier, os.path.join(args.out, "multinode.png"))
         return 0
 
     quick = args.quick
     runs = args.runs or (1 if quick else 3)
     servers = [SERVERS[name] for name in ORDER if name in args.only.split(",")]
-    scenarios = args.scenarios.split(",")
+    single = "loadgen,fanout,latency,sessions,capacity,compression"
+    scenarios = (args.scenarios or (single if quick else single + ",xfanout,xsessions,xpublish")).split(",")
     deadline = 20.0 if quick else 60.0
     sizes = [100] if quick else [10, 100, 1000]
     results: dict[str, Any] = {
@@ -287,6 +290,8 @@ def main() -> int:
     print_table(results)
     if not quick and "fanout" in results:
         plot(results, os.path.join(args.out, "fanout.png"))
+    if not quick:
+        multinode.plot(results, os.path.join(args.out, "multinode.png"))
     print(f"done in {results['seconds']:.0f}s; results in {args.out}/results.json")
     return 0 if ours_clean(results) else 1
 

@@ -34,10 +34,11 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from .. import backoff
+from .redis_link import ConnectionLink, Link
 
 __all__ = ["RedisSender", "Link", "ConnectionLink", "OnReply"]
 
@@ -53,107 +54,6 @@ REPLY_TIMEOUT = 5.0
 KEEPALIVE_INTERVAL = 5.0
 #: Most commands in one pipeline.
 MAX_BATCH = 5000
-
-
-class Link(Protocol):
-    """One connection the sender writes pipelines on (``RedisSender._open_link`` makes it)."""
-
-    def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Write ``commands`` at once, then read their replies, in order.
-
-        A command Redis refused has its error (a ``ResponseError``) as reply.
-        Raises one of the sender's ``errors`` when the connection broke.
-        """
-
-    def close(self) -> None:
-        """Close the connection; never raises."""
-
-
-class ConnectionLink:
-    """A ``Link`` on one redis-py ``Connection``, which made the connection (URL, TLS, auth, name).
-
-    Its pipelines skip redis-py's per-command layers, which cost more than Redis
-    itself (docs/performance.md): every command is packed into one buffer
-    (``hiredis.pack_command`` when hiredis is installed) and written at once;
-    the replies are parsed by a ``hiredis.Reader`` fed straight from the socket,
-    or without hiredis by the connection's own parser. The link owns the
-    connection: nothing else reads or writes it.
-    """
-
-    def __init__(self, connection: Any, exceptions: Any) -> None:
-        self.connection = connection
-        self.exceptions = exceptions
-        self._reader: Any = None
-        if _hiredis is not None:
-            self._reader = _hiredis.Reader(protocolError=exceptions.InvalidResponse,
-                                           replyError=exceptions.ResponseError)
-
-    def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        connection = self.connection
-        connection.send_packed_command([_pack(commands)], check_health=False)
-        if self._reader is not None:
-            return self._read_hiredis(len(commands))
-        refused = self.exceptions.ResponseError
-        replies: list[Any] = []
-        read = connection.read_response
-        for _ in range(len(commands)):
-            try:
-                replies.append(read())
-            except refused as exc:
-                replies.append(exc)
-        return replies
-
-    def _read_hiredis(self, count: int) -> list[Any]:
-        reader, sock = self._reader, self.connection._sock
-        refused, noscript = self.exceptions.ResponseError, self.exceptions.NoScriptError
-        replies: list[Any] = []
-        gets = reader.gets
-        while len(replies) < count:
-            reply = gets()
-            if reply is False:
-                data = sock.recv(65536)
-                if not data:
-                    raise self.exceptions.ConnectionError("Redis closed the connection")
-                reader.feed(data)
-                continue
-            if isinstance(reply, refused) and str(reply).startswith("NOSCRIPT"):
-                reply = noscript(str(reply))
-            replies.append(reply)
-        return replies
-
-    def close(self) -> None:
-        try:
-            self.connection.disconnect()
-        except Exception:
-            pass
-
-
-def _pack_plain(commands: Sequence[tuple[Any, ...]]) -> bytes:
-    """RESP for ``commands`` (bytes, str, int, float arguments), without hiredis."""
-    out: list[bytes] = []
-    add = out.append
-    for command in commands:
-        add(b"*%d\r\n" % len(command))
-        for arg in command:
-            if arg.__class__ is not bytes:
-                arg = arg.encode("utf-8") if isinstance(arg, str) else repr(arg).encode("ascii")
-            add(b"$%d\r\n" % len(arg))
-            add(arg)
-            add(b"\r\n")
-    return b"".join(out)
-
-
-def _pack_hiredis(commands: Sequence[tuple[Any, ...]]) -> bytes:
-    pack = _hiredis.pack_command
-    return b"".join([pack(command) for command in commands])
-
-
-_hiredis: Any
-try:
-    import hiredis as _hiredis
-except ImportError:  # optional: the sender is about 3x cheaper per command with it
-    _hiredis = None
-_pack = _pack_hiredis if _hiredis is not None else _pack_plain
 
 
 def _size(args: tuple[Any, ...]) -> int:
@@ -203,8 +103,8 @@ class RedisSender:
         self._exceptions = redis.exceptions
         self._response_error: type[Exception] = redis.exceptions.ResponseError
         self._noscript: type[Exception] = redis.exceptions.NoScriptError
-        # _lock guards _queue, _queued_bytes, _scripts, _connected, _stopped, _idle, _counts
-        # and _warned. Never held across I/O, nor while an on_reply runs.
+        # _lock guards _queue, _queued_bytes, _in_flight, _scripts, _connected, _stopped, _idle
+        # and _counts. Never held across I/O, nor while an on_reply runs.
         self._lock = threading.Lock()
         self._has_work = threading.Condition(self._lock)  # the thread waits on it for commands
         self._not_full = threading.Condition(self._lock)  # submit waits on it for room
@@ -218,7 +118,6 @@ class RedisSender:
         self._stopped = False
         self._idle = False  # the thread waits on _has_work: a submit must notify it
         self._counts = {"sent": 0, "unsent": 0, "unanswered": 0, "failed": 0, "blocked": 0, "reconnects": 0}
-        self._warned = False
         self._first_attempt = threading.Event()
         # Daemon: a hub nobody shut down must not keep the process alive; stop() joins it.
         self._thread = threading.Thread(target=self._run, name=f"rusty_ws-redis-sender-{node_id}", daemon=True)
@@ -243,9 +142,11 @@ class RedisSender:
         size = _size(args)
         with self._lock:
             if not self._stopped:
-                queue = self._queue
+                queue, waited = self._queue, False
                 while queue and (len(queue) >= self.max_commands or self._queued_bytes + size > self.max_bytes):
-                    self._counts["blocked"] += 1
+                    if not waited:
+                        self._counts["blocked"] += 1
+                        waited = True
                     self._not_full.wait()
                     if self._stopped:
                         break
@@ -327,7 +228,7 @@ class RedisSender:
                 link = self._open_link()
                 link.execute([("SCRIPT", "LOAD", source) for source in self._known_scripts()] or [("PING",)])
                 with self._lock:
-                    self._connected, self._warned = True, False
+                    self._connected = True
                     self._connected_changed.notify_all()
                     if ever_connected:
                         self._counts["reconnects"] += 1

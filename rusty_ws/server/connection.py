@@ -369,22 +369,28 @@ class Connection(TokenLife):
                 return
             with self._acks_changed:
                 self._acks_pending += 1
+            answer, answered = self._answerer(command.id)
             try:
-                self.hub.publish(delivery, command.id, self._answerer(command.id))
+                self.hub.publish(delivery, command.id, answer)
             except BaseException:
-                self._ack_sent()
+                if not answered():
+                    self._ack_sent()  # refused before it was delivered: no ack will come
                 raise
         except ProtocolError as exc:
             exc.publish_id = command.id
             raise
 
-    def _answerer(self, publish_id: str) -> Callable[[Any], None]:
-        """What answers one publish with an id: its ``ack:`` or ``error:``, after every earlier one's.
+    def _answerer(self, publish_id: str) -> tuple[Callable[[Any], None], Callable[[], bool]]:
+        """What answers one publish with an id (its ``ack:`` or ``error:``, after every earlier one's),
+        and whether it was called.
 
         Called on this thread (in-memory broker, a repeat) or on the broker's
         (Redis, once Redis took it): acks go out in the order of the publishes.
         """
+        called: list[bool] = []
+
         def answer(result: Any) -> None:
+            called.append(True)
             try:
                 if threading.get_ident() == self._reader:
                     self._await_acks(1)  # this thread: earlier acks still in flight go first
@@ -398,7 +404,7 @@ class Connection(TokenLife):
             finally:
                 self._ack_sent()
 
-        return answer
+        return answer, lambda: bool(called)
 
     def _ack_sent(self) -> None:
         with self._acks_changed:

@@ -3,8 +3,9 @@
   xfanout    1 publisher on node 1, S subscribers on node 2 (and on one node, in memory)
   xsessions  the sessions scenario with each pair's two clients on different nodes
   xpublish   one publisher's rate through Redis: node 1 publishes, 1 subscriber on node 2
-             counts; with the sender, without hiredis, and with a synchronous PUBLISH (as
-             before the sender), and on one node in memory
+             counts (and one on node 1: how fast node 1 took them, held by its sender's
+             bounded queue to what Redis took); with the sender, without hiredis, and with a
+             synchronous PUBLISH (as before the sender), and on one node in memory
 
 Every run also reads the Redis server's CPU time (``INFO cpu``) before and after:
 ``redis_us_per_message`` is Redis' CPU per message published.
@@ -33,11 +34,24 @@ def _nodes(kind: ServerKind, redis: RedisProcess | None, count: int) -> list[Run
 
 
 def fanout(kind: ServerKind, redis: RedisProcess | None, subscribers: int, messages: int,
-           deadline: float) -> dict[str, Any]:
-    """One publisher, ``subscribers`` of one topic: on node 2 with Redis, on the same node without."""
+           deadline: float, local_watcher: bool = False) -> dict[str, Any]:
+    """One publisher, ``subscribers`` of one topic: on node 2 with Redis, on the same node without.
+
+    With ``local_watcher``, one more subscriber on the publisher's node: its rate
+    (``rate_node1``) is how fast node 1 took the publishes, which its sender's bounded
+    queue holds to what Redis took (within one queue's worth); ``rate`` is node 2's.
+    """
     servers = _nodes(kind, redis, 2 if redis else 1)
     generators: list[Generator] = []
     try:
+        watcher = None
+        if local_watcher and redis:
+            watcher = Generator({"dialect": kind.dialect, "port": servers[0].port, "deadline": deadline,
+                                 "session": "s1", "topic": "T", "role": "subscribe", "connections": 1,
+                                 "expect": messages})
+            generators.append(watcher)
+            if not watcher.wait_ready():
+                raise RuntimeError(watcher.finish(deadline).get("failed") or "the watcher did not start")
         cpu = redis.cpu_seconds() if redis else 0.0
         node_cpu = [server.cpu_seconds() for server in servers]
         sent, got = start_one_topic(servers[-1], kind, min(4, subscribers),
@@ -51,6 +65,11 @@ def fanout(kind: ServerKind, redis: RedisProcess | None, subscribers: int, messa
                                        for server, before in zip(servers, node_cpu)]}
         if redis:
             row["redis_us_per_message"] = (redis.cpu_seconds() - cpu) * 1e6 / messages
+        if watcher is not None:
+            local = watcher.finish(deadline + 10)
+            local_elapsed = (local.get("last", 0.0) - sent.get("started", 0.0)) or float("nan")
+            row["rate_node1"] = local.get("delivered", 0) / local_elapsed
+            row["ok"] = row["ok"] and clean(local)
         return row
     finally:
         for generator in generators:
@@ -126,8 +145,9 @@ def run_all(scenarios: list[str], quick: bool, runs: int, deadline: float,
                         ("sync-publish", NODES["redis-sync"], redis)]
             for name, kind, broker in variants:
                 count = messages // 10 if name == "sync-publish" else messages  # ~5k/s: keep it short
-                rows = repeat(runs, lambda k=kind, b=broker, c=count: fanout(k, b, 1, c, deadline))
+                rows = repeat(runs, lambda k=kind, b=broker, c=count: fanout(k, b, 1, c, deadline, True))
                 results["xpublish"][name] = _summary(rows, median_of, count)
+                results["xpublish"][name]["rate_node1"] = median_of(rows, "rate_node1")
                 report("xpublish", "1 pub, 1 sub", name, rows, "rate", "messages/s")
     finally:
         redis.stop()
@@ -167,11 +187,12 @@ def print_tables(results: dict[str, Any], fmt: Any) -> None:
     if "xpublish" in results:
         by = results["xpublish"]
         base = by.get("sync-publish", {}).get("rate")
-        print(f"\n{'one publisher, msg/s':24}{'rate':>16}{'vs sync PUBLISH':>18}{'Redis us/msg':>14}"
-              f"{'node us/msg':>16}")
+        base1 = by.get("sync-publish", {}).get("rate_node1")
+        print(f"\n{'one publisher, msg/s':24}{'node 1 took':>14}{'vs sync':>9}{'node 2 got':>14}{'vs sync':>9}"
+              f"{'Redis us/msg':>14}{'node us/msg':>16}")
         for name, row in by.items():
-            print(f"{name:24}{fmt(row.get('rate')):>16}{ratio(row.get('rate'), base):>18}{_us(row):>14}"
-                  f"{_nodes_us(row):>16}")
+            print(f"{name:24}{fmt(row.get('rate_node1')):>14}{ratio(row.get('rate_node1'), base1):>9}"
+                  f"{fmt(row.get('rate')):>14}{ratio(row.get('rate'), base):>9}{_us(row):>14}{_nodes_us(row):>16}")
 
 
 def _nodes_us(row: dict) -> str:
@@ -189,3 +210,40 @@ def all_clean(results: dict[str, Any]) -> bool:
     rows += [row for key, row in results.get("xsessions", {}).items() if key != "pairs"]
     rows += list(results.get("xpublish", {}).values())
     return all(row.get("ok", True) for row in rows if isinstance(row, dict))
+
+
+def plot(results: dict[str, Any], path: str) -> bool:
+    """Fan-out on one node and across Redis by subscribers, and one publisher's rate per variant."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+        return False
+    if "xfanout" not in results and "xpublish" not in results:
+        return False
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    sizes = sorted(int(s) for s in results.get("xfanout", {}))
+    for name, label in (("single", "one node (in memory)"), ("cross", "publisher on node 1, subscribers on node 2")):
+        points = [(s, results["xfanout"][str(s)].get(name, {}).get("rate")) for s in sizes]
+        points = [(s, r) for s, r in points if r]
+        if points:
+            left.plot(*zip(*points), marker="o", label=label)
+    left.set_xscale("log")
+    left.set_xlabel("subscribers of one topic")
+    left.set_ylabel("deliveries per second")
+    left.set_title("Fan-out across two nodes on one Redis")
+    left.grid(True, which="both", alpha=0.3)
+    if sizes:
+        left.legend(fontsize=8)
+    by = results.get("xpublish", {})
+    names = [n for n in ("single", "sender", "sender-nohiredis", "sync-publish") if by.get(n, {}).get("rate")]
+    right.bar(range(len(names)), [by[n]["rate"] for n in names], color=["grey", "C0", "C1", "C3"][:len(names)])
+    right.set_xticks(range(len(names)), [n.replace("-", "\n") for n in names], fontsize=8)
+    right.set_ylabel("messages per second")
+    right.set_title("One publisher, through Redis")
+    right.grid(True, axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    return True

@@ -39,7 +39,7 @@ def redis() -> Iterator[RedisServer]:
 @pytest.fixture(params=["hiredis", "plain"])
 def packing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """The sender's two ways to pack and parse: with hiredis, and without (pure Python)."""
-    import rusty_ws.brokers.redis_sender as module
+    import rusty_ws.brokers.redis_link as module
 
     if request.param == "plain":
         monkeypatch.setattr(module, "_hiredis", None)
@@ -104,7 +104,7 @@ def stopped(server: RedisServer) -> contextlib.AbstractContextManager[None]:
 
 def test_the_plain_packer_packs_as_hiredis_does() -> None:
     hiredis = pytest.importorskip("hiredis")
-    from rusty_ws.brokers.redis_sender import _pack_plain
+    from rusty_ws.brokers.redis_link import _pack_plain
 
     commands = [("PUBLISH", b"rusty_ws:1:T:s", b'{"a":"\xc3\xa9"}'), ("EVALSHA", "f" * 40, 2, "k\u00e9", b"", -7, 2.5),
                 ("PING",), ("SET", "k", b"\r\n\x00" * 100)]

@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""What one publish through the Redis broker costs the node and Redis, in CPU, per message.
+
+Starts a private redis-server on a free loopback port, then, in one process
+per variant, publishes the benchmark's ~100-byte delivery N times through
+``RedisBroker.publish`` (no subscribers, no sockets but Redis'), and reports
+the process' CPU per publish and Redis' own (``INFO cpu``), best of 3:
+
+- sender: the broker as it is (the Redis sender, pipelined, with hiredis);
+- sender-nohiredis: the same with hiredis hidden (pure-Python packing and parsing);
+- sync: the broker as it was before the sender: one PUBLISH round trip per
+  publish on the publishing thread (``benchlib/run_rusty.py``'s ``sync-publish``).
+
+CPU per message is what to compare on a loaded machine; the wall-clock rate
+is shown too, but depends on what else runs.
+
+    .venv/bin/python scripts/redis_publish_cost.py [--publishes 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+VARIANTS = ("sender", "sender-nohiredis", "sync")
+
+
+def measure(url: str, variant: str, publishes: int) -> dict[str, float]:
+    """One variant, in this process: CPU and wall time per publish, best of 3 by CPU."""
+    if variant == "sender-nohiredis":
+        sys.modules["hiredis"] = None  # type: ignore[assignment]  # import hiredis now fails
+    sys.path.insert(0, os.path.join(HERE, "benchlib"))
+    import run_rusty
+
+    from rusty_ws.brokers.base import Landed
+    from rusty_ws.brokers.redis import RedisBroker
+    from rusty_ws.protocol import Delivery
+
+    if variant == "sync":
+        run_rusty.publish_synchronously()
+        publishes //= 5  # a round trip each: keep it short
+    broker = RedisBroker(url)
+    broker.start(lambda delivery: Landed(None, 0), lambda *among: [])
+    delivery = Delivery(publisher_name="bench", topic="T", payload="x" * 80, timestamp="2026-12-01T14:00:00Z",
+                        session_id="s1")
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    redis = _Info(port)
+    best: dict[str, float] = {}
+    for _ in range(3):
+        redis_before, cpu, wall = redis.cpu(), time.process_time(), time.perf_counter()
+        for _ in range(publishes):
+            broker.publish(delivery)
+        if variant != "sync":
+            assert broker.wait_sent(60)
+        row = {"node_us": (time.process_time() - cpu) * 1e6 / publishes,
+               "redis_us": (redis.cpu() - redis_before) * 1e6 / publishes,
+               "rate": publishes / (time.perf_counter() - wall)}
+        if not best or row["node_us"] < best["node_us"]:
+            best = row
+    assert broker.status()["unsent"] == 0
+    broker.stop()
+    return best
+
+
+class _Info:
+    def __init__(self, port: int) -> None:
+        import redis
+
+        self.client = redis.Redis(host="127.0.0.1", port=port)
+
+    def cpu(self) -> float:
+        info = self.client.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--publishes", type=int, default=100_000)
+    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # one child process
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(measure(args.url, args.variant, args.publishes)))
+        return
+    sys.path.insert(0, HERE)
+    from benchlib.redis_server import RedisProcess
+
+    redis = RedisProcess()
+    rows = {}
+    try:
+        for variant in VARIANTS:
+            out = subprocess.run([sys.executable, __file__, "--variant", variant, "--url", redis.url,
+                                  "--publishes", str(args.publishes)],
+                                 capture_output=True, text=True, timeout=600, check=True).stdout
+            rows[variant] = json.loads(out.strip().splitlines()[-1])
+    finally:
+        redis.stop()
+    print(f"{args.publishes} publishes of a ~100-byte delivery through RedisBroker.publish, best of 3 "
+          f"(load average {os.getloadavg()[0]:.1f})")
+    for variant, row in rows.items():
+        print(f"  {variant:18} node {row['node_us']:7.2f} us CPU/publish   Redis {row['redis_us']:6.2f} us CPU/publish"
+              f"   {row['rate']:>9,.0f} publishes/s wall")
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
