@@ -383,6 +383,10 @@ def serve(app: Flask, host: str = "127.0.0.1", port: int = 8081) -> None:
     freeze_startup_objects()
     websocket, page = _route(app, ".websocket") or "/ws", _route(app, ".page")
     logger.info("rusty_ws hub on ws://%s:%d%s", host, server.port, websocket)
+    state = state_of(app)
+    if state is not None:
+        logger.info("at most %d WebSocket connections at once (RUSTY_WS_MAX_CONNECTIONS)",
+                    state.settings.max_connections)
     if page is not None:
         logger.info("the hub's page: open http://%s:%d%s in a browser", _browsable(host), server.port, page)
     try:
