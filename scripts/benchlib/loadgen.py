@@ -9,7 +9,8 @@ stdin. Each opens its connections, sets them up (session, subscription), says
 - ``publish`` role: waits for ``go`` on stdin, publishes ``count`` messages
   (as fast as the server takes them, or at ``rate`` per second);
 - ``pairs`` role: connections in pairs sharing a session, each publishing
-  ``count`` messages to the other after ``go``.
+  ``count`` messages to the other after ``go``;
+- ``connect`` and ``storm`` roles: see ``loadgen_storm.py``.
 
 With ``"deflate": true`` in the spec, connections offer permessage-deflate and
 inflate what arrives compressed (publishes go out uncompressed).
@@ -352,7 +353,11 @@ class LoadGen:
 def main() -> None:
     gc.disable()  # a collector pause here would be charged to the server's latency
     spec = json.loads(sys.stdin.readline())
-    generator = LoadGen(spec)
+    if spec["role"] in ("connect", "storm"):
+        from benchlib.loadgen_storm import StormGen  # its roles, in a module of their own
+        generator: LoadGen = StormGen(spec)
+    else:
+        generator = LoadGen(spec)
     try:
         result = getattr(generator, "role_" + spec["role"])()
     except (TimeoutError, ConnectionError, OSError) as exc:
