@@ -369,6 +369,8 @@ def main() -> int:
         print_table(earlier)
         if "fanout" in earlier:
             plot(earlier, os.path.join(args.out, "fanout.png"))
+        if "capacity" in earlier:
+            plot_connections(earlier, os.path.join(args.out, "connections.png"))
         return 0
 
     quick = args.quick
@@ -463,6 +465,8 @@ def main() -> int:
     print_table(results)
     if not quick and "fanout" in results:
         plot(results, os.path.join(args.out, "fanout.png"))
+    if not quick and "capacity" in results:
+        plot_connections(results, os.path.join(args.out, "connections.png"))
     print(f"done in {results['seconds']:.0f}s; results in {args.out}/results.json")
     return 0 if ours_clean(results) else 1
 
@@ -617,6 +621,34 @@ def plot(results: dict, path: str) -> None:
     axes.set_title("Fan-out, 1 publisher, ~100-byte payloads (medians)")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def plot_connections(results: dict, path: str) -> None:
+    """Memory per idle connection and connect time against connections held, per server."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+        return
+    figure, (memory, connect) = plt.subplots(1, 2, figsize=(10, 4.2))
+    for name in ORDER:
+        rows = [r for r in results["capacity"].get(name, []) if r.get("ok")]
+        if rows:
+            sizes = [r["connections"] for r in rows]
+            memory.plot(sizes, [r["kib_per_connection"] for r in rows], marker="o", label=name)
+            connect.plot(sizes, [r["connect_s"] for r in rows], marker="o", label=name)
+    for axes, label in ((memory, "RSS growth per connection (KiB)"), (connect, "seconds to connect them all")):
+        axes.set_xscale("log")
+        axes.set_xlabel("idle subscribed connections held")
+        axes.set_ylabel(label)
+        axes.grid(True, which="both", alpha=0.3)
+    connect.set_yscale("log")
+    memory.legend()
+    figure.suptitle("Capacity: one process, every connection reached by one publish")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
