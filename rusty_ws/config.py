@@ -71,8 +71,12 @@ DEV_MODE: bool | None = None
 MAX_MESSAGE_SIZE = 1024 * 1024
 #: Subscriptions one connection may hold.
 MAX_SUBSCRIPTIONS = 1000
-#: Open WebSocket connections the hub accepts; more get HTTP 503.
-MAX_CONNECTIONS = 1000
+#: Open WebSocket connections the hub accepts; more get HTTP 503. None: for the stand-alone hub
+#: (``create_app`` outside gunicorn) what its file-descriptor limit allows (``server/limits.py``:
+#: the soft limit raised to the hard one, less a reserve); else MAX_CONNECTIONS_EMBEDDED.
+MAX_CONNECTIONS: int | None = None
+#: Not a setting: MAX_CONNECTIONS when it is None in an embedding app or under gunicorn.
+MAX_CONNECTIONS_EMBEDDED = 1000
 #: Bytes that may wait to be sent to one connection; past it the connection is closed (4100).
 MAX_QUEUED_BYTES = 4 * 1024 * 1024
 #: Seconds of silence from a client before the server pings it; 0 turns keepalive off.
@@ -468,7 +472,8 @@ class Settings:
             dev_mode=None if get("DEV_MODE") is None else check(_flag, "DEV_MODE"),
             max_message_size=check(_whole, "MAX_MESSAGE_SIZE"),
             max_subscriptions=check(_whole, "MAX_SUBSCRIPTIONS"),
-            max_connections=check(_whole, "MAX_CONNECTIONS"),
+            max_connections=MAX_CONNECTIONS_EMBEDDED if get("MAX_CONNECTIONS") is None else check(
+                _whole, "MAX_CONNECTIONS"),
             max_queued_bytes=check(_whole, "MAX_QUEUED_BYTES"),
             ping_interval=check(_positive, "PING_INTERVAL", allow_zero=True),
             ping_timeout=check(_positive, "PING_TIMEOUT"),

@@ -152,6 +152,107 @@ def run_capacity(kind: ServerKind, size: int, deadline: float) -> dict:
         server.stop()
 
 
+def run_connect(kind: ServerKind, size: int, deadline: float, parts: int = 4) -> dict:
+    """How long ``size`` clients (over ``parts`` processes, started first) take to connect and subscribe."""
+    server = RunningServer(kind)
+    generators: list[Generator] = []
+    try:
+        common = {"dialect": kind.dialect, "port": server.port, "deadline": deadline, "session": "s1",
+                  "topic": "T", "role": "connect", "batch": 500}
+        generators = [Generator({**common, "connections": n}) for n in split(size, parts)]
+        if not all(g.wait_ready() for g in generators):
+            return {"ok": False, "failed": merge([g.finish(5) for g in generators])["failed"] or "not ready"}
+        for generator in generators:
+            generator.go()
+        results = [g.finish(deadline + 10) for g in generators]
+        failed = "; ".join(r["failed"] for r in results if r.get("failed"))
+        connected = sum(r.get("connections", 0) for r in results)
+        if failed or connected != size:
+            return {"ok": False, "failed": failed or f"{connected}/{size} connected"}
+        elapsed = max(r["finished"] for r in results) - min(r["started"] for r in results)
+        return {"ok": True, "connections": size, "elapsed": elapsed, "rate": size / elapsed,
+                "failed": ""}
+    finally:
+        for generator in generators:
+            generator.finish(1)
+        server.stop()
+
+
+class HealthPoller:
+    """GET /healthz every ``every`` seconds on its own thread: each answer's latency, and the failures."""
+
+    def __init__(self, port: int, every: float = 0.05) -> None:
+        import threading
+        self.port, self.every = port, every
+        self.latencies: list[float] = []
+        self.failures = 0
+        self.stopping = threading.Event()  # set by stop(): ends the polling thread
+        self.thread = threading.Thread(target=self._poll, name="bench-healthz", daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        import urllib.request
+        while not self.stopping.wait(self.every):
+            started = time.monotonic()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=5) as answer:
+                    answer.read()
+                self.latencies.append(time.monotonic() - started)
+            except OSError:
+                self.failures += 1
+
+    def stop(self) -> dict:
+        self.stopping.set()
+        self.thread.join(10)
+        latencies = sorted(self.latencies)
+        return {"healthz_answers": len(latencies), "healthz_failures": self.failures,
+                "healthz_max_s": latencies[-1] if latencies else None,
+                "healthz_p99_s": latencies[int(len(latencies) * 0.99)] if latencies else None}
+
+
+def run_storm(kind: ServerKind, size: int, deadline: float, parts: int = 4) -> dict:
+    """``size`` subscribed clients; the server stopped (SIGTERM: rusty_ws closes with 4200) and started
+    again on the same port; the clients follow the reconnect policy (``benchlib/loadgen_storm.py``).
+
+    Measures from the stop to the last client subscribed again, the refusals, and for rusty_ws
+    how ``/healthz`` answered meanwhile (polled every 50 ms, on both servers' lives).
+    """
+    server = RunningServer(kind)
+    generators: list[Generator] = []
+    poller = None
+    try:
+        common = {"dialect": kind.dialect, "port": server.port, "deadline": deadline, "session": "s1",
+                  "topic": "T", "role": "storm", "batch": 250, "jitter": 1.0}
+        generators = [Generator({**common, "connections": n}) for n in split(size, parts)]
+        if not all(g.wait_ready() for g in generators):
+            return {"ok": False, "failed": merge([g.finish(5) for g in generators])["failed"] or "not ready"}
+        poller = HealthPoller(server.port) if kind.name == "rusty_ws" else None
+        stopped = time.monotonic()
+        server.stop()
+        down_s = time.monotonic() - stopped
+        server = RunningServer(kind, port=server.port)
+        restarted_s = time.monotonic() - stopped
+        results = [g.finish(deadline + 10) for g in generators]
+        health = poller.stop() if poller else {}
+        failed = "; ".join(r["failed"] for r in results if r.get("failed"))
+        back = sum(r.get("back", 0) for r in results)
+        row = {"connections": size, "stop_s": down_s, "restart_s": restarted_s, "back": back,
+               "refused_http": sum(r.get("refused_http", 0) for r in results),
+               "refused_tcp": sum(r.get("refused_tcp", 0) for r in results),
+               "attempts": sum(r.get("attempts", 0) for r in results), **health}
+        if failed or back != size:
+            return {**row, "ok": False, "failed": failed or f"{back}/{size} back"}
+        last_back = max(r["last_back"] for r in results)
+        return {**row, "ok": True, "failed": "", "all_back_s": last_back - stopped,
+                "after_restart_s": last_back - stopped - restarted_s}
+    finally:
+        if poller is not None:
+            poller.stop()
+        for generator in generators:
+            generator.finish(1)
+        server.stop()
+
+
 # ------------------------------------------------------------------ running and reporting
 
 
@@ -192,12 +293,14 @@ def main() -> int:
         if "fanout" in earlier:
             plot(earlier, os.path.join(args.out, "fanout.png"))
         multinode.plot(earlier, os.path.join(args.out, "multinode.png"))
+        if "capacity" in earlier:
+            plot_connections(earlier, os.path.join(args.out, "connections.png"))
         return 0
 
     quick = args.quick
     runs = args.runs or (1 if quick else 3)
     servers = [SERVERS[name] for name in ORDER if name in args.only.split(",")]
-    single = "loadgen,fanout,latency,sessions,capacity,compression"
+    single = "loadgen,fanout,latency,sessions,capacity,compression,connect,storm"
     scenarios = (args.scenarios or (single if quick else single + ",xfanout,xsessions,xpublish")).split(",")
     deadline = 20.0 if quick else 60.0
     sizes = [100] if quick else [10, 100, 1000]
@@ -250,8 +353,8 @@ def main() -> int:
         results["capacity"] = {}
         for kind in servers:
             rows = results["capacity"][kind.name] = []
-            for size in [1000] if quick else [1000, 5000, 10000]:
-                rows.append({"connections": size, **attempt(lambda: run_capacity(kind, size, deadline * 3))})
+            for size in [1000] if quick else [1000, 5000, 10000, 19000]:
+                rows.append({"connections": size, **attempt(lambda: run_capacity(kind, size, deadline * 5))})
                 row = rows[-1]
                 print(f"capacity  {kind.name:15} {row['connections']:>6} conns: " + (
                     f"connect {row['connect_s']:.1f}s, RSS {row['rss_kib'] / 1024:.0f} MiB "
@@ -282,6 +385,10 @@ def main() -> int:
         except RuntimeError as exc:  # no redis-server here: the other scenarios still count
             print(f"multi-node scenarios skipped: {exc}", flush=True)
             results["multinode_skipped"] = str(exc)
+    if "connect" in scenarios:
+        results["connect"] = connect_scenario(servers, 500 if quick else 10_000, runs, deadline * 3)
+    if "storm" in scenarios:
+        results["storm"] = storm_scenario(servers, 500 if quick else 10_000, runs, deadline * 3)
 
     results["seconds"] = time.monotonic() - started
     os.makedirs(args.out, exist_ok=True)
@@ -292,8 +399,44 @@ def main() -> int:
         plot(results, os.path.join(args.out, "fanout.png"))
     if not quick:
         multinode.plot(results, os.path.join(args.out, "multinode.png"))
+    if not quick and "capacity" in results:
+        plot_connections(results, os.path.join(args.out, "connections.png"))
     print(f"done in {results['seconds']:.0f}s; results in {args.out}/results.json")
     return 0 if ours_clean(results) else 1
+
+
+def connect_scenario(servers: list[ServerKind], size: int, runs: int, deadline: float) -> dict:
+    by_server = {}
+    for kind in servers:
+        if kind.dialect != "rusty":
+            continue  # the Engine.IO dialect has no connect role
+        rows = repeat(runs, lambda: run_connect(kind, size, deadline))
+        by_server[kind.name] = {"connections": size, "runs": rows, "elapsed": median_of(rows, "elapsed"),
+                                "rate": median_of(rows, "rate"), "ok": all(r.get("ok") for r in rows)}
+        report("connect", f"{size} clients", kind.name, rows, "elapsed", "s")
+    return by_server
+
+
+#: The storm scenario's servers: those that can be stopped and started again on one port by their script.
+STORM_SERVERS = ("rusty_ws", "websockets")
+
+
+def storm_scenario(servers: list[ServerKind], size: int, runs: int, deadline: float) -> dict:
+    by_server = {}
+    for kind in servers:
+        if kind.name not in STORM_SERVERS:
+            continue
+        rows = repeat(runs, lambda: run_storm(kind, size, deadline))
+        by_server[kind.name] = {"connections": size, "runs": rows, "ok": all(r.get("ok") for r in rows), **{
+            key: median_of(rows, key) for key in ("all_back_s", "after_restart_s", "restart_s", "refused_http",
+                                                   "refused_tcp", "healthz_max_s")}}
+        report("storm", f"{size} clients", kind.name, rows, "all_back_s", "s until all back")
+        for row in rows:
+            if row.get("ok"):
+                print(f"          restart {row['restart_s']:.1f}s, back {row['after_restart_s']:.1f}s after it; "
+                      f"refused: {row['refused_http']} HTTP, {row['refused_tcp']} TCP; /healthz max "
+                      f"{fmt(row.get('healthz_max_s'))}s, {row.get('healthz_failures', 0)} unanswered", flush=True)
+    return by_server
 
 
 def fmt(value: float | None) -> str:
@@ -329,6 +472,8 @@ def ours_clean(results: dict) -> bool:
     for size in results.get("compression", {}).values():
         fine &= size.get("rusty_ws", {}).get("ok", True)
     fine &= all(row.get("ok") for row in results.get("capacity", {}).get("rusty_ws", []))
+    for scenario in ("connect", "storm"):
+        fine &= results.get(scenario, {}).get("rusty_ws", {}).get("ok", True)
     return fine and multinode.all_clean(results)
 
 
@@ -361,6 +506,29 @@ def print_table(results: dict) -> None:
             rates = {n: by_server.get(n, {}).get("rate") for n in COMPRESSING}
             print(f"{'S=' + size:24}" + "".join(f"{fmt(rates[n]):>16}" for n in COMPRESSING))
             print(f"{'  ratio':24}" + "".join(f"{ratio(rates['rusty_ws'], rates[n]):>16}" for n in COMPRESSING))
+    print_connection_tables(results)
+
+
+def print_connection_tables(results: dict) -> None:
+    """The capacity, connect and storm rows (issue 15's scenarios)."""
+    if "capacity" in results:
+        print(f"\n{'capacity: KiB/conn':24}" + "".join(f"{n:>16}" for n in ORDER))
+        sizes = sorted({row["connections"] for rows in results["capacity"].values() for row in rows})
+        for size in sizes:
+            cells = []
+            for name in ORDER:
+                row = next((r for r in results["capacity"].get(name, []) if r["connections"] == size), None)
+                cells.append("-" if row is None else f"{row['kib_per_connection']:.1f}" if row.get("ok") else "FAILED")
+            print(f"{size:<24}" + "".join(f"{c:>16}" for c in cells))
+    if "connect" in results:
+        print(f"\n{'connect: seconds':24}" + "".join(f"{n:>16}" for n in ORDER))
+        elapsed = {n: results["connect"].get(n, {}).get("elapsed") for n in ORDER}
+        print(f"{'elapsed':24}" + "".join(f"{fmt(elapsed[n]):>16}" for n in ORDER))
+        print(f"{'  peer / rusty_ws':24}" + "".join(f"{ratio(elapsed[n], elapsed['rusty_ws']):>16}" for n in ORDER))
+    if "storm" in results:
+        print(f"\n{'storm':24}" + "".join(f"{n:>16}" for n in STORM_SERVERS))
+        for key in ("all_back_s", "restart_s", "after_restart_s", "refused_http", "refused_tcp", "healthz_max_s"):
+            print(f"{key:24}" + "".join(f"{fmt(results['storm'].get(n, {}).get(key)):>16}" for n in STORM_SERVERS))
 
 
 def plot(results: dict, path: str) -> None:
@@ -388,6 +556,34 @@ def plot(results: dict, path: str) -> None:
     axes.set_title("Fan-out, 1 publisher, ~100-byte payloads (medians)")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def plot_connections(results: dict, path: str) -> None:
+    """Memory per idle connection and connect time against connections held, per server."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+        return
+    figure, (memory, connect) = plt.subplots(1, 2, figsize=(10, 4.2))
+    for name in ORDER:
+        rows = [r for r in results["capacity"].get(name, []) if r.get("ok")]
+        if rows:
+            sizes = [r["connections"] for r in rows]
+            memory.plot(sizes, [r["kib_per_connection"] for r in rows], marker="o", label=name)
+            connect.plot(sizes, [r["connect_s"] for r in rows], marker="o", label=name)
+    for axes, label in ((memory, "RSS growth per connection (KiB)"), (connect, "seconds to connect them all")):
+        axes.set_xscale("log")
+        axes.set_xlabel("idle subscribed connections held")
+        axes.set_ylabel(label)
+        axes.grid(True, which="both", alpha=0.3)
+    connect.set_yscale("log")
+    memory.legend()
+    figure.suptitle("Capacity: one process, every connection reached by one publish")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 

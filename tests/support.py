@@ -235,17 +235,18 @@ class HubProcess:
     Memory (``VmRSS``), CPU time and descriptor limits are the process's, so
     they are read from ``/proc/<pid>``. ``settings`` are ``RUSTY_WS_*`` names
     without the prefix, passed as environment variables; ``nofile`` sets the
-    process's ``RLIMIT_NOFILE`` before it starts; ``args`` go to ``rusty-ws serve``
+    process's ``RLIMIT_NOFILE`` (soft and hard, or a (soft, hard) pair) before it starts; ``args`` go to ``rusty-ws serve``
     (e.g. ``["--log-level", "debug"]``). Its log is kept in ``lines``.
     """
 
-    def __init__(self, nofile: int | None = None, args: tuple[str, ...] = (), **settings: Any) -> None:
+    def __init__(self, nofile: int | tuple[int, int] | None = None, args: tuple[str, ...] = (),
+                 **settings: Any) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1", JWT_SECRET_KEY=SECRET)
         env.update({f"RUSTY_WS_{name.upper()}": json.dumps(value) for name, value in settings.items()})
 
         def limit_descriptors() -> None:  # runs in the child, before the hub starts
             if nofile is not None:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+                resource.setrlimit(resource.RLIMIT_NOFILE, nofile if isinstance(nofile, tuple) else (nofile, nofile))
 
         self.lines: list[str] = []
         self._lines_changed = threading.Condition()  # guards lines

@@ -29,6 +29,11 @@ def test_quick_benchmark_runs_and_rusty_ws_loses_nothing(tmp_path) -> None:
     assert results["sessions"]["rusty_ws"]["ok"]
     assert all(row["ok"] for row in results["capacity"]["rusty_ws"])
     assert results["compression"]["100"]["rusty_ws"]["ok"]  # every subscriber inflated every message
+    assert results["connect"]["rusty_ws"]["ok"] and results["connect"]["rusty_ws"]["connections"] == 500
+    storm = results["storm"]["rusty_ws"]
+    assert storm["ok"] and all(run["back"] == 500 for run in storm["runs"])  # every client dropped came back
+    assert all(run["healthz_answers"] > 0 for run in storm["runs"])
+    assert results["storm"]["websockets"]["ok"]
     for name in ("websockets", "flask-socketio", "ceiling", "per-send"):
         assert name in results["fanout"]["100"], f"peer {name} did not run"
 

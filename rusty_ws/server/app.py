@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -10,9 +11,12 @@ from flask import Flask
 
 from ..config import config_from_environ
 from .extension import PubSub
+from .limits import derive_max_connections
 from .logs import quiet_access_log
 
 __all__ = ["create_app", "STANDALONE_SWITCH_INTERVAL"]
+
+logger = logging.getLogger("rusty_ws.server")
 
 #: The stand-alone hub's GIL switch interval, in seconds (Python's default is 0.005).
 STANDALONE_SWITCH_INTERVAL = 0.05
@@ -24,7 +28,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     Settings come from, in rising order: environment variables (``RUSTY_WS_*``,
     ``JWT_SECRET_KEY``, ``JWT_EXPIRATION_SECONDS``, and Flask's ``FLASK_*``),
     then ``config``. The stand-alone hub owns its process, so it also sets the
-    GIL switch interval (``RUSTY_WS_SWITCH_INTERVAL``, 0.05 s here), and quiets the
+    GIL switch interval (``RUSTY_WS_SWITCH_INTERVAL``, 0.05 s here), derives
+    ``RUSTY_WS_MAX_CONNECTIONS`` from its file-descriptor limit when it is not set
+    (``limits.py``; not under gunicorn), and quiets the
     access log of what its page polls (``logs.AccessLogFilter``, which also masks tokens).
     """
     # No app-wide /static/: the hub's blueprint serves rusty_ws/static at /rusty_ws/,
@@ -40,6 +46,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.from_prefixed_env()
     if config:
         app.config.update(config)
+    said = derive_max_connections(app.config)  # unless set: what the descriptor limit allows (limits.py)
     PubSub(app)
+    for level, line in said:  # once the settings are checked: a bad one is the only line a command prints
+        logger.log(level, "%s", line)
     quiet_access_log()
     return app

@@ -55,7 +55,7 @@ from .access import Access, TopicPermissions
 from .hub import Hub
 from .state import EXTENSION_KEY, State, state_of
 from .throttle import LoginThrottle
-from .views import make_blueprint, reader_thread_class
+from .views import make_blueprint
 
 __all__ = ["PubSub"]
 
@@ -178,8 +178,6 @@ class PubSub:
             state.hub.shutdown(0)  # the broker may have started a thread already
             raise
         app.extensions[EXTENSION_KEY] = state
-        sock_options = app.config.setdefault("SOCK_SERVER_OPTIONS", {})
-        sock_options["thread_class"] = reader_thread_class(sock_options.get("thread_class"))
         app.cli.add_command(cli.group)
         self._apps.append(app)
         if settings.switch_interval is not None:

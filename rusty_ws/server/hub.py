@@ -226,7 +226,12 @@ class Hub:
         with self._connections_lock:
             self._connections.add(connection)
             self._compressing += connection.outbox.deflate
+            # Admitted before shutdown() began, upgraded after it took its list: it would be
+            # left open until shutdown's timeout, so it gets its 4200 here.
+            late = not self._accepting
         self.registry.enter_session(connection.session_id)  # counted by /healthz's "sessions"
+        if late:
+            connection.close(CloseCode.SERVER_RESTARTING, CLOSE_CODE_EXPLANATIONS[4200])
 
     def _discard(self, connection: "Connection") -> None:
         """Forget a connection that ended, every subscription it held, and its deadlines."""

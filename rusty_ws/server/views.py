@@ -5,13 +5,12 @@ The JavaScript modules in ``static/`` are served at ``<prefix>/rusty_ws/`` (not
 headers as the API, so pages on other origins can ``import`` them. The page
 is ``<prefix>/`` unless ``RUSTY_WS_SERVE_PAGE`` is off.
 
-The WebSocket route is flask-sock's, but a request reaches the upgrade only
-after ``_admit`` has checked it (the handshake's own headers, origin, token,
-connection limit), because flask-sock completes the handshake before its view
-runs. A refused request gets a JSON answer with 400, 401, 403, 426 or 503 and
-never becomes a WebSocket. wsproto, under simple-websocket, would take a key
-that is not base64 of 16 bytes and answer 101, and raise (a 500 and a
-traceback) for a missing or unknown version: ``_handshake_error`` sees them first.
+The WebSocket route is a werkzeug ``websocket`` rule whose view writes the 101
+itself (``_switching_protocols``), and only after ``_admit`` has checked the
+request (the handshake's own headers, origin, token, connection limit). A
+refused request gets a JSON answer with 400, 401, 403, 426 or 503 and never
+becomes a WebSocket; ``_handshake_error`` refuses a key that is not base64 of
+16 bytes and a missing or unknown version.
 Before that, ``_check_host`` refuses (403) any request of the hub's routes
 whose ``Host`` is not allowed (``RUSTY_WS_ALLOWED_HOSTS``, against DNS
 rebinding), and ``/auth/token`` runs at most ``RUSTY_WS_MAX_CONCURRENT_LOGINS``
@@ -30,20 +29,22 @@ the password. Without ``RUSTY_WS_REQUIRE_AUTH`` a handshake without a token
 is anonymous; with it, it is upgraded all the same, and the connection must
 send ``auth:{token}`` first (``connection.py``).
 
-simple-websocket starts a reader thread per connection; on our route it gets
-a stand-in (``_RequestThreadReads``) and the request thread reads instead,
-so a connection costs one thread. Other flask-sock routes of the app keep
-their usual reader thread.
+The route used to be flask-sock's: simple-websocket's handshake (wsproto over
+h11) cost ~0.1 ms and a ``Server`` object (with its Event, kept for the
+connection's life) per connection, for a 101 that is four header lines. The
+request thread reads the socket itself (``connection.py``): a connection costs
+one thread. Other flask-sock routes of an embedding app are left as they are.
 
-This leans on internals (simple-websocket's ``ws.thread``, ``ws.sock``,
-``ws.ws``, ``ws.connected``; the order in which flask-sock's route handshakes,
-calls the view and closes), so ``setup.cfg`` bounds both versions.
+What the view leans on: the raw socket in ``environ`` (``werkzeug.socket``,
+``gunicorn.socket``), what the server read past the head (``_read_ahead``),
+and how each server takes a response it must not write (``_AlreadyAnswered``).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import logging
 import math
@@ -55,19 +56,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Response, has_request_context, jsonify, request
-from flask_sock import Sock
+from flask import Blueprint, Response, jsonify, request
 
 from ..auth import Claims, default_session_for
 from ..exceptions import AuthError, ProtocolError, TokenInvalid
 from ..frames import ACCEPTED_DEFLATE, deflate_offer_to_accept
 from ..protocol import check_session, loads_strict
+from .serving import RELEASE_HEAD_KEY
 from .throttle import client_address
 
 if TYPE_CHECKING:
     from .extension import State
 
-__all__ = ["make_blueprint", "reader_thread_class", "MAX_AUTH_BODY"]
+__all__ = ["make_blueprint", "MAX_AUTH_BODY"]
 
 logger = logging.getLogger("rusty_ws.server")
 
@@ -94,28 +95,30 @@ class Admission:
     holds_slot: bool = True
 
 
-class _RequestThreadReads:
-    """Given to simple-websocket instead of a reader thread: our request thread reads."""
-
-    name = "rusty_ws-request-thread-reads"
-
-    def __init__(self, target: Callable[[], None] | None = None) -> None:
-        self.target = target
-
-    def start(self) -> None:
-        """Nothing to start: ``Connection.serve`` runs the read loop on the request thread."""
+#: RFC 6455 4.2.2: what the client's key is hashed with for ``Sec-WebSocket-Accept``.
+_WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
-def reader_thread_class(fallback: Callable[..., Any] | None) -> Callable[..., Any]:
-    """A ``thread_class`` for flask-sock's ``SOCK_SERVER_OPTIONS`` that is ours only on our route."""
-    fallback = fallback or threading.Thread
+def _switching_protocols(key: str, deflate: bool) -> bytes:
+    """The 101 answer to a handshake ``_handshake_error`` found sound (its key is 24 base64 characters)."""
+    accept = base64.b64encode(hashlib.sha1(key.strip().encode("ascii") + _WEBSOCKET_GUID).digest())
+    extensions = b"Sec-WebSocket-Extensions: %s\r\n" % ACCEPTED_DEFLATE.encode() if deflate else b""
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: %s\r\n%s\r\n" % (accept, extensions))
 
-    def make_reader(target: Callable[[], None], **kwargs: Any) -> Any:
-        if has_request_context() and ADMISSION_KEY in request.environ:
-            return _RequestThreadReads(target)
-        return fallback(target=target, **kwargs)
 
-    return make_reader
+class _AlreadyAnswered(Response):
+    """What the WebSocket view returns: the connection was answered (and closed) by hand.
+
+    As flask-sock's route does: werkzeug gets an empty response, whose writing
+    fails on the closed socket and is dropped; gunicorn is told by
+    StopIteration to write nothing and to close the connection itself.
+    """
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if "gunicorn.socket" in environ:
+            raise StopIteration()
+        return super().__call__(environ, start_response)
 
 
 def _error(status: int, code: str, message: str) -> tuple[Response, int]:
@@ -234,7 +237,6 @@ class _BadRequest(Exception):
 def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
     """The hub's routes, bound to ``state``."""
     bp = Blueprint(name, __name__, static_folder=STATIC_FOLDER, static_url_path="/rusty_ws")
-    sock = Sock()
     settings, hub = state.settings, state.hub
     # Bounds the password checks that run at once: a users-file check (scrypt) takes
     # ~32 MiB for its duration, so 64 logins at once would take 2 GiB.
@@ -309,28 +311,40 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
             response.headers["Access-Control-Max-Age"] = "600"
         return response
 
-    @sock.route("/ws", bp=bp, endpoint=_WS_ENDPOINT)
-    def websocket(ws: Any) -> None:
-        admission: Admission = request.environ[ADMISSION_KEY]
+    @bp.route("/ws", endpoint=_WS_ENDPOINT, websocket=True)
+    def websocket() -> Any:
+        # The 101 is written here, by hand: _admit has checked every header it depends on
+        # (_handshake_error), so what simple-websocket's handshake (wsproto over h11, ~0.1 ms
+        # and a Server object with its Event per connection) would add is the accept token.
+        environ = request.environ
+        admission: Admission = environ[ADMISSION_KEY]
+        raw = environ.get("werkzeug.socket") or environ.get("gunicorn.socket")
+        if not isinstance(raw, socket.socket):
+            logger.error("%s gives the view no socket to upgrade: serve the hub with werkzeug "
+                         "(rusty-ws serve, flask run) or gunicorn's gthread worker",
+                         environ.get("SERVER_SOFTWARE") or "this WSGI server")
+            return _error(501, "server_not_supported", "this WSGI server cannot upgrade to a WebSocket")
+        sock: socket.socket = raw
         try:
-            if not isinstance(ws.thread, _RequestThreadReads):
-                # Someone replaced SOCK_SERVER_OPTIONS after init_app: simple-websocket's own
-                # reader thread is reading this socket, and two readers would split the stream.
-                logger.error("SOCK_SERVER_OPTIONS['thread_class'] was replaced after init_app; refusing")
-                return
-            read_ahead = _read_ahead(request.environ, ws.sock)
+            try:
+                sock.sendall(_switching_protocols(environ["HTTP_SEC_WEBSOCKET_KEY"], admission.deflate))
+            except OSError:
+                return _AlreadyAnswered()  # the client went away before its 101
+            read_ahead = _read_ahead(environ, sock)
             if read_ahead is None:
-                _warn_unknown_server(request.environ)
-            ws.sock.settimeout(None)  # a blocking reader; writes use MSG_DONTWAIT
-            ws.ws = None  # wsproto's handshake state: never used again, ~3 KiB per connection
-            hub.serve(ws.sock, admission.claims, request.remote_addr or "?", deflate=admission.deflate,
+                _warn_unknown_server(environ)
+            release_head = environ.pop(RELEASE_HEAD_KEY, None)  # HubRequestHandler's (serving.py)
+            if release_head is not None:
+                release_head(environ)
+            sock.settimeout(None)  # a blocking reader; writes use MSG_DONTWAIT
+            hub.serve(sock, admission.claims, request.remote_addr or "?", deflate=admission.deflate,
                       read_ahead=read_ahead or b"")
         finally:
-            ws.connected = False  # flask-sock's ws.close() after us must not write again
-            # Under werkzeug, flask-sock lets the server write an HTTP response once this
-            # view returns: on a socket still open, that text would follow the close frame
-            # (browsers then report 1006). So the socket is closed here, on every path.
-            ws.sock.close()
+            # werkzeug writes nothing after a 101 it did not send itself (see _AlreadyAnswered),
+            # but the socket is closed here on every path all the same: text after the close
+            # frame would make browsers report 1006.
+            sock.close()
+        return _AlreadyAnswered()
 
     @bp.route("/auth/token", methods=["POST"])
     def issue_token() -> Any:

@@ -11,6 +11,7 @@ stdin. Each opens its connections, sets them up (session, subscription), says
 - ``pairs`` role: connections in pairs sharing a session, each publishing
   ``count`` messages to the other after ``go`` (with ``port_b``, the second of
   each pair connects to that server: the two clients on different nodes).
+- ``connect`` and ``storm`` roles: see ``loadgen_storm.py``.
 
 With ``"deflate": true`` in the spec, connections offer permessage-deflate and
 inflate what arrives compressed (publishes go out uncompressed).
@@ -358,7 +359,11 @@ class LoadGen:
 def main() -> None:
     gc.disable()  # a collector pause here would be charged to the server's latency
     spec = json.loads(sys.stdin.readline())
-    generator = LoadGen(spec)
+    if spec["role"] in ("connect", "storm"):
+        from benchlib.loadgen_storm import StormGen  # its roles, in a module of their own
+        generator: LoadGen = StormGen(spec)
+    else:
+        generator = LoadGen(spec)
     try:
         result = getattr(generator, "role_" + spec["role"])()
     except (TimeoutError, ConnectionError, OSError) as exc:

@@ -57,9 +57,10 @@ def free_port() -> int:
 class RunningServer:
     """One server process. ``stop()`` ends it (SIGTERM, then SIGKILL) and is idempotent."""
 
-    def __init__(self, kind: ServerKind, env: dict[str, str] | None = None) -> None:
+    def __init__(self, kind: ServerKind, env: dict[str, str] | None = None,
+                 port: int | None = None) -> None:
         self.kind = kind
-        self.port = free_port()
+        self.port = port or free_port()
         env = dict(os.environ, **(env or {}), PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
         env.pop("FLASK_RUN_FROM_CLI", None)  # set by Flask's CLI; it turns app.run() into a no-op
         # The log goes to a file: a pipe nobody reads would stall a chatty server.

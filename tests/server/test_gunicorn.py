@@ -40,7 +40,7 @@ GRACEFUL_TIMEOUT = 10_000 * MS
 class Gunicorn:
     """One gunicorn master and its workers, on a free loopback port; its log is kept in ``lines``."""
 
-    def __init__(self, redis_url: str, *, workers: int, threads: int, max_connections: int,
+    def __init__(self, redis_url: str, *, workers: int, threads: int, max_connections: int | None,
                  preload: bool = False) -> None:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="rusty_ws-gunicorn-")
@@ -52,8 +52,10 @@ class Gunicorn:
         if "control_socket" in _SETTINGS:  # newer gunicorns open one in $HOME unless told otherwise
             command += ["--control-socket", os.path.join(self.dir, "gunicorn.ctl")]
         command.append("rusty_ws:create_app()")
-        env = dict(os.environ, RUSTY_WS_BROKER_URL=redis_url, JWT_SECRET_KEY=SECRET,
-                   RUSTY_WS_MAX_CONNECTIONS=str(max_connections))
+        env = dict(os.environ, RUSTY_WS_BROKER_URL=redis_url, JWT_SECRET_KEY=SECRET)
+        env.pop("RUSTY_WS_MAX_CONNECTIONS", None)
+        if max_connections is not None:  # None: the default
+            env["RUSTY_WS_MAX_CONNECTIONS"] = str(max_connections)
         self.lines: list[str] = []
         self._lines_lock = threading.Lock()
         self._listening = threading.Event()
@@ -178,3 +180,15 @@ def test_worker_hook_reports_a_connection_limit_that_starves_http(
     finally:
         signal.signal(signal.SIGTERM, previous)
         state_of(app).hub.shutdown(WAIT)
+
+
+def test_under_gunicorn_the_default_is_not_derived_from_descriptors_and_the_threads_rule_stays() -> None:
+    """The stand-alone hub's derived default is for ``rusty-ws serve``; a gunicorn worker's threads bound it."""
+    with gunicorn("memory://", workers=1, threads=8, max_connections=None) as master:
+        with master.connect() as client:
+            assert client.command(encode_subscribe("T", "s")) == []
+            status, _, health = http("GET", f"http://127.0.0.1:{master.port}/healthz")
+            assert status == 200 and health["connections"] == 1
+        assert master.terminate() == 0
+    assert "RUSTY_WS_MAX_CONNECTIONS=1000 is not below --threads=8" in master.log, master.log
+    assert "derived from the file-descriptor limit" not in master.log and "raised the file-descriptor limit" not in master.log

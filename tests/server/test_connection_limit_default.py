@@ -1,0 +1,105 @@
+"""The stand-alone hub's connection limit: derived from its file-descriptor limit unless it is set.
+
+``rusty-ws serve`` raises its soft ``RLIMIT_NOFILE`` to the hard limit and
+accepts what that holds less a reserve (``rusty_ws/server/limits.py``); an
+explicit ``RUSTY_WS_MAX_CONNECTIONS`` wins. (Under gunicorn the rule stays:
+``test_gunicorn.py``.)
+"""
+
+from __future__ import annotations
+
+import resource
+
+import pytest
+import websocket
+from crowd import Crowd
+
+from rusty_ws import create_app
+from rusty_ws.config import MAX_CONNECTIONS_EMBEDDED, MAX_PENDING_REQUESTS
+from rusty_ws.server import limits
+from rusty_ws.server.state import state_of
+from support import WAIT, Client, HubProcess, http
+
+
+def soft_limit(pid: int) -> int:
+    with open(f"/proc/{pid}/limits") as handle:
+        line = next(line for line in handle if line.startswith("Max open files"))
+    return int(line.split()[3])
+
+
+def test_unset_the_limit_comes_from_the_descriptors_raised_to_the_hard_limit_and_logged() -> None:
+    with HubProcess(nofile=(300, 700)) as hub:
+        expected = limits.connections_for(700, MAX_PENDING_REQUESTS)
+        assert expected == 700 - limits.DESCRIPTOR_RESERVE - MAX_PENDING_REQUESTS
+        assert "raised the file-descriptor limit (RLIMIT_NOFILE) from 300 to its hard limit 700" in hub.wait_for_line(
+            "raised the file-descriptor limit")
+        assert (f"accepting up to {expected} WebSocket connections: RUSTY_WS_MAX_CONNECTIONS unset, derived from "
+                f"the file-descriptor limit 700") in hub.wait_for_line("accepting up to")
+        assert f"at most {expected} WebSocket connections at once" in hub.wait_for_line("at most")
+        assert soft_limit(hub.process.pid) == 700
+        with Client(f"ws://127.0.0.1:{hub.port}/ws") as client:
+            assert client.sync() == []
+
+
+def test_pending_requests_count_against_the_descriptors_and_a_small_limit_still_leaves_half() -> None:
+    with HubProcess(nofile=(700, 700), max_pending_requests=100) as hub:
+        assert f"at most {700 - limits.DESCRIPTOR_RESERVE - 100} WebSocket" in hub.wait_for_line("at most")
+        assert "raised the file-descriptor limit" not in hub.log  # already at the hard limit
+    with HubProcess(nofile=(200, 200)) as hub:
+        assert "at most 100 WebSocket" in hub.wait_for_line("at most")
+
+
+def test_an_explicit_setting_wins_and_the_limit_is_still_raised() -> None:
+    with HubProcess(nofile=(300, 700), max_connections=2) as hub:
+        assert "at most 2 WebSocket connections at once" in hub.wait_for_line("at most")
+        assert "derived from the file-descriptor limit" not in hub.log
+        assert soft_limit(hub.process.pid) == 700
+        with Client(f"ws://127.0.0.1:{hub.port}/ws") as one, Client(f"ws://127.0.0.1:{hub.port}/ws") as two:
+            assert one.sync() == two.sync() == []
+            with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+                websocket.create_connection(f"ws://127.0.0.1:{hub.port}/ws", timeout=WAIT)
+            assert refused.value.status_code == 503
+            assert http("GET", hub.http_url + "/healthz")[2]["connections"] == 2
+    with HubProcess(nofile=(300, 300), max_connections=5000) as hub:
+        assert "RUSTY_WS_MAX_CONNECTIONS=5000 is more than the file-descriptor limit 300" in hub.wait_for_line(
+            "is more than")
+
+
+def test_a_default_hub_accepts_more_connections_than_the_old_default_and_reaches_them_all() -> None:
+    count = MAX_CONNECTIONS_EMBEDDED + 100
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard >= 2 * count + 100, f"this test needs a hard descriptor limit of {2 * count + 100} (has {hard})"
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2 * count + 100), hard))  # this side holds them too
+    try:
+        with HubProcess() as hub:
+            crowd = Crowd(hub.port, count)
+            try:
+                assert {member.status for member in crowd.members} == {101}
+                assert http("GET", hub.http_url + "/healthz")[2]["connections"] == count
+                with Client(f"ws://127.0.0.1:{hub.port}/ws") as publisher:
+                    publisher.send('publish-json:{"topic": "T", "session_id": "s", "payload": 7}')
+                    crowd.wait_for(lambda text: '"payload":7' in text.replace(" ", ""), timeout=10 * WAIT)
+            finally:
+                crowd.close()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_an_embedding_app_keeps_the_fixed_default() -> None:
+    from flask import Flask
+
+    from rusty_ws import PubSub
+
+    app = Flask(__name__)
+    app.config["RUSTY_WS_JWT_SECRET_KEY"] = "k" * 32
+    PubSub(app)
+    try:
+        assert state_of(app).settings.max_connections == MAX_CONNECTIONS_EMBEDDED
+    finally:
+        state_of(app).hub.shutdown(WAIT)
+    standalone = create_app({"RUSTY_WS_JWT_SECRET_KEY": "k" * 32})
+    try:
+        assert state_of(standalone).settings.max_connections == limits.connections_for(
+            resource.getrlimit(resource.RLIMIT_NOFILE)[0], MAX_PENDING_REQUESTS)
+    finally:
+        state_of(standalone).hub.shutdown(WAIT)
