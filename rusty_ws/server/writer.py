@@ -48,7 +48,7 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from typing import Any
 
 from ..frames import OP_PING, close_frame, encode_frame
@@ -150,7 +150,8 @@ class Writer:
         # _flush_lock: held by the one thread that drains _jobs and writes. It owns the
         # outboxes, _boxes and _flush_list. Held only for non-blocking work, never while waiting.
         self._flush_lock = threading.Lock()
-        self._batching = threading.local()  # .active: this thread is inside batch()
+        self._batching = threading.local()  # .depth: how many batch() blocks this thread is inside
+        self._batch = _Batch(self)
         # The writer thread waits in this selector for the wake-up socket and for
         # room in watched sockets; the _flush_lock holder registers the latter.
         self._selector = selectors.DefaultSelector()
@@ -205,23 +206,21 @@ class Writer:
         """Queue ``frame`` for one outbox (replies, pongs) and write it if nobody else is writing."""
         self._submit(self._send_one_locked, box, frame)
 
-    @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self) -> "_Batch":
         """Sends made by this thread inside the block are written together when it ends.
 
         A connection thread wraps the commands of one read in it, so a burst of
         publishes to the same subscribers is coalesced into one write per socket.
         The hub also queues under its history lock inside one, so that lock is
         never held while writing. Nested blocks write at the end of the outermost.
+        Entered once per publish: a plain context manager, not a generator.
         """
-        outer = not getattr(self._batching, "active", False)
-        self._batching.active = True
-        try:
-            yield
-        finally:
-            if outer:
-                self._batching.active = False
-                self.flush()
+        return self._batch
+
+    @property
+    def batching(self) -> bool:
+        """The calling thread is inside ``batch()``: what it sends now is written at the block's end."""
+        return bool(getattr(self._batching, "depth", 0))
 
     def flush(self) -> None:
         """Do the queued work on this thread now, unless another thread is at it (it does ours too)."""
@@ -303,7 +302,7 @@ class Writer:
 
     def _submit(self, method: Callable[[Any, Any], None], a: Any, b: Any) -> None:
         self._jobs.append((method, a, b))
-        if not getattr(self._batching, "active", False):
+        if not getattr(self._batching, "depth", 0):
             self.flush()
 
     def _interrupt(self) -> None:
@@ -603,6 +602,30 @@ class Writer:
         self._selector.close()
         for sock in (self._wake_r, self._wake_w):
             sock.close()
+
+
+class _Batch:
+    """``Writer.batch()``: the calling thread's sends wait for the end of its outermost block.
+
+    One object per writer, shared by every thread: the depth is the thread's own
+    (``Writer._batching``), so blocks nest and threads never see each other's.
+    """
+
+    __slots__ = ("_writer", "_local")
+
+    def __init__(self, writer: Writer) -> None:
+        self._writer = writer
+        self._local = writer._batching
+
+    def __enter__(self) -> None:
+        local = self._local
+        local.depth = getattr(local, "depth", 0) + 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        local = self._local
+        local.depth -= 1
+        if not local.depth:
+            self._writer.flush()
 
 
 def _shutdown(sock: socket.socket) -> None:
