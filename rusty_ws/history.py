@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .protocol import Position
+from .protocol import Position, with_position
 
 __all__ = ["Key", "Position", "Replay", "History", "IdempotencyTable", "EPOCH_ALPHABET"]
 
@@ -41,7 +41,7 @@ __all__ = ["Key", "Position", "Replay", "History", "IdempotencyTable", "EPOCH_AL
 Key = tuple[str, str]
 #: The characters of the epochs this module makes: none needs escaping in JSON.
 EPOCH_ALPHABET = "0123456789abcdef-"
-#: Dead entries tolerated in the global order before it is compacted (see ``History._compact``).
+#: Dropped slots tolerated in the global order before it is compacted (see ``History._compact``).
 _COMPACT_AFTER = 1024
 
 
@@ -60,26 +60,24 @@ class Replay:
     recovered: bool
 
 
-class _Entry:
-    """One retained message; ``data`` is None once it was dropped (the global order skips it)."""
-
-    __slots__ = ("stream", "offset", "data", "at")
-
-    def __init__(self, stream: "_Stream", offset: int, data: bytes, at: float) -> None:
-        self.stream = stream
-        self.offset = offset
-        self.data: bytes | None = data
-        self.at = at
-
-
 class _Stream:
-    __slots__ = ("key", "epoch", "offset", "entries", "idle_since")
+    """One stream: its offsets, epoch and retained messages (no object per message).
+
+    ``datas[i]`` and ``ats[i]`` are the message at offset ``offset - len(datas) + 1 + i``
+    and when it was kept. ``skipped``: how many of this stream's first slots in the
+    history's global order name messages that were already dropped from here (see
+    ``History._order``).
+    """
+
+    __slots__ = ("key", "epoch", "offset", "datas", "ats", "skipped", "idle_since")
 
     def __init__(self, key: Key, epoch: str, now: float) -> None:
         self.key = key
         self.epoch = epoch
         self.offset = 0                  # the last offset given out
-        self.entries: collections.deque[_Entry] = collections.deque()
+        self.datas: collections.deque[bytes] = collections.deque()
+        self.ats: collections.deque[float] = collections.deque()
+        self.skipped = 0
         self.idle_since = now            # made, last message, or last subscriber gone
 
 
@@ -116,9 +114,13 @@ class History:
         # Streams that may have no subscribers, least recently active first: the ones that
         # may disappear. The sweep asks is_subscribed before it removes one.
         self._idle: collections.OrderedDict[Key, _Stream] = collections.OrderedDict()
-        # Every retained message in append order (so also in time order): the oldest first.
-        self._order: collections.deque[_Entry] = collections.deque()
-        self._dead = 0   # entries in _order that were dropped already
+        # Every retained message in append order (so also in time order), the oldest first,
+        # named by its stream: a stream's slots here are its messages in offset order, so
+        # the first slot of a stream names its oldest message, or one already dropped from
+        # the stream (the stream's first ``skipped`` slots are those). One reference per
+        # message and no object of its own: publishing allocates nothing here.
+        self._order: collections.deque[_Stream] = collections.deque()
+        self._dead = 0   # slots in _order whose message was dropped already (the sum of skipped)
         self._bytes = 0
         self._next_sweep = 0.0
 
@@ -159,23 +161,47 @@ class History:
             The message's position and its encoded bytes.
         """
         now = self._clock()
-        self._sweep(now)
+        if now >= self._next_sweep:
+            self._sweep(now)
         stream = self._stream(key, now)
-        stream.offset += 1
-        position = Position(stream.offset, stream.epoch)
+        position = Position(stream.offset + 1, stream.epoch)
         data = encode(position)
-        entry = _Entry(stream, stream.offset, data, now)
-        stream.entries.append(entry)
-        self._order.append(entry)
+        stream.offset += 1
+        self._keep(stream, data, now)
+        return position, data
+
+    def append_delivery(self, key: Key, encoded: bytes) -> tuple[Position, bytes]:
+        """``append`` for an encoded delivery (``Delivery.encode``): the hub's path, once per publish.
+
+        The kept (and returned) bytes are ``encoded`` with ``"offset"`` and ``"epoch"``
+        spliced in as its last keys (``protocol.with_position``).
+        """
+        now = self._clock()
+        if now >= self._next_sweep:
+            self._sweep(now)
+        stream = self._streams.get(key) or self._stream(key, now)
+        offset = stream.offset = stream.offset + 1
+        epoch = stream.epoch
+        data = with_position(encoded, offset, epoch)
+        # What _keep and _drop_first do, inlined: this runs once per publish, under the hub's lock.
+        datas = stream.datas
+        datas.append(data)
+        stream.ats.append(now)
+        self._order.append(stream)
         self._bytes += len(data)
         if key in self._idle:
             stream.idle_since = now
             self._idle.move_to_end(key)
-        while len(stream.entries) > self.size:
-            self._drop(stream.entries.popleft())
+        if len(datas) > self.size:
+            self._bytes -= len(datas.popleft())
+            stream.ats.popleft()
+            stream.skipped += 1
+            self._dead += 1
+            if self._dead > _COMPACT_AFTER and self._dead * 2 > len(self._order):
+                self._compact()
         while self._bytes > self.max_bytes and self._order:
             self._drop_oldest()
-        return position, data
+        return Position(offset, epoch), data
 
     def read(
         self,
@@ -201,23 +227,24 @@ class History:
         if stream is None:
             return Replay([], Position(0, ""), False)
         top = self._top(stream)
-        fresh = [entry for entry in stream.entries if entry.at + self.ttl > now]
+        first = stream.offset - len(stream.datas) + 1  # the oldest retained message's offset
+        ttl = self.ttl
+        fresh = [(offset, data) for offset, data, at in zip(itertools.count(first), stream.datas, stream.ats)
+                 if at + ttl > now]
         if since is None:
             chosen = fresh[-limit:] if limit else fresh
-            return Replay([entry.data for entry in chosen if entry.data is not None], top, True)
+            return Replay([data for _, data in chosen], top, True)
         if since.epoch != stream.epoch:
             return Replay([], top, False)
         if since.offset > stream.offset:
             raise ValueError(f"offset {since.offset} is past the stream's top {stream.offset}")
-        after = [entry for entry in fresh if entry.offset > since.offset]
-        recovered = since.offset == stream.offset or (bool(after) and after[0].offset == since.offset + 1)
+        after = [(offset, data) for offset, data in fresh if offset > since.offset]
+        recovered = since.offset == stream.offset or (bool(after) and after[0][0] == since.offset + 1)
         if limit is not None and len(after) > limit:
             after = after[:limit]
         messages: list[bytes] = []
         spent = 0
-        for entry in after:
-            data = entry.data
-            assert data is not None
+        for _, data in after:
             spent += len(data)
             if budget is not None and spent > budget:
                 recovered = False
@@ -250,29 +277,57 @@ class History:
     def _top(stream: _Stream) -> Position:
         return Position(stream.offset, stream.epoch)
 
-    def _drop(self, entry: _Entry) -> None:
-        """Forget a message still in its stream's deque (the caller removed it from there)."""
-        if entry.data is not None:
-            self._bytes -= len(entry.data)
-            entry.data = None
-            self._dead += 1
-            if self._dead > _COMPACT_AFTER and self._dead * 2 > len(self._order):
-                self._compact()
+    def _keep(self, stream: _Stream, data: bytes, now: float) -> None:
+        """Keep ``data`` as ``stream``'s newest message (its offset already taken), then enforce the bounds."""
+        stream.datas.append(data)
+        stream.ats.append(now)
+        self._order.append(stream)
+        self._bytes += len(data)
+        if stream.key in self._idle:
+            stream.idle_since = now
+            self._idle.move_to_end(stream.key)
+        if len(stream.datas) > self.size:
+            self._drop_first(stream)
+        while self._bytes > self.max_bytes and self._order:
+            self._drop_oldest()
+
+    def _drop_first(self, stream: _Stream) -> None:
+        """Drop ``stream``'s oldest message; its slot in the global order stays, to be skipped."""
+        self._bytes -= len(stream.datas.popleft())
+        stream.ats.popleft()
+        stream.skipped += 1
+        self._dead += 1
+        if self._dead > _COMPACT_AFTER and self._dead * 2 > len(self._order):
+            self._compact()
 
     def _drop_oldest(self) -> None:
-        """Drop the oldest retained message of all streams."""
-        entry = self._order.popleft()
-        if entry.data is None:
+        """Drop the oldest retained message of all streams (or pass a slot already dropped)."""
+        stream = self._order.popleft()
+        if stream.skipped:
+            stream.skipped -= 1
             self._dead -= 1
             return
-        popped = entry.stream.entries.popleft()
-        assert popped is entry, "a stream's oldest message is the oldest of it in the global order"
-        self._bytes -= len(entry.data)
-        entry.data = None
+        self._bytes -= len(stream.datas.popleft())
+        stream.ats.popleft()
+
+    def _oldest_expired(self, horizon: float) -> bool:
+        """The global order's first slot is dropped already or its message is older than ``horizon``."""
+        stream = self._order[0]
+        return bool(stream.skipped) or stream.ats[0] <= horizon
 
     def _compact(self) -> None:
-        """Rebuild the global order without dropped entries: amortised O(1) per drop."""
-        self._order = collections.deque(entry for entry in self._order if entry.data is not None)
+        """Rebuild the global order without the dropped slots: amortised O(1) per drop.
+
+        Each stream's dropped slots come first among its own, so the first ``skipped``
+        slots of each are the ones to leave out.
+        """
+        kept: collections.deque[_Stream] = collections.deque()
+        for stream in self._order:
+            if stream.skipped:
+                stream.skipped -= 1
+            else:
+                kept.append(stream)
+        self._order = kept
         self._dead = 0
 
     def _sweep(self, now: float, force: bool = False) -> None:
@@ -281,7 +336,7 @@ class History:
             return
         self._next_sweep = now + min(1.0, self.ttl / 10)
         horizon = now - self.ttl
-        while self._order and (self._order[0].data is None or self._order[0].at <= horizon):
+        while self._order and self._oldest_expired(horizon):
             self._drop_oldest()
         while self._idle:
             key, stream = next(iter(self._idle.items()))
@@ -291,9 +346,13 @@ class History:
             if self._is_subscribed(key):
                 continue  # back in _idle when its last subscriber goes
             del self._streams[key]
-            for entry in stream.entries:
-                self._drop(entry)
-            stream.entries.clear()
+            # Its messages' slots in the global order are skipped when reached.
+            stream.skipped += len(stream.datas)
+            self._dead += len(stream.datas)
+            for data in stream.datas:
+                self._bytes -= len(data)
+            stream.datas.clear()
+            stream.ats.clear()
 
 
 @dataclass

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from rusty_ws.history import History, IdempotencyTable, Position
+from rusty_ws.protocol import with_position
 
 KEY = ("T", "s")
 
@@ -141,6 +142,65 @@ class TestRetention:
         publish(history, 1)
         clock.now += 8  # 16 s since the stream was made, 8 s since its message
         assert history.top(KEY) == Position(1, "p-1")
+
+
+class TestAppendDelivery:
+    """``append_delivery``, the hub's path, against ``append`` and against a plain model of the bounds."""
+
+    def test_offset_and_epoch_are_the_last_keys_of_the_kept_bytes(self) -> None:
+        history, _ = make()
+        history.append_delivery(KEY, b'{"topic":"T","payload":1}')
+        position, data = history.append_delivery(KEY, b'{"topic":"T","payload":2}')
+        assert position == Position(2, "p-1")
+        assert data == b'{"topic":"T","payload":2,"offset":2,"epoch":"p-1"}'
+        assert list(json.loads(data)) == ["topic", "payload", "offset", "epoch"]
+        assert history.read(KEY, Position(1, "p-1")).messages == [data]
+
+    def test_it_keeps_what_append_keeps_and_what_a_plain_model_keeps(self) -> None:
+        """Per-stream size, the global byte bound and the dropped slots of the global order, step by step."""
+        fast, _ = make(size=5, max_bytes=3000)
+        slow, _ = make(size=5, max_bytes=3000)
+        model: dict[tuple[str, str], list[tuple[int, int, bytes]]] = {}  # key -> [(sequence, offset, data)]
+        tops: dict[tuple[str, str], int] = {}
+        for step in range(3000):
+            key = (f"T{(step * 7919) % 5 if step % 11 else 0}", "s")
+            encoded = b'{"n":%d,"pad":"%s"}' % (step, b"x" * ((step * 31) % 200))
+            position, data = fast.append_delivery(key, encoded)
+            assert slow.append(key, lambda p, encoded=encoded: with_position(encoded, p.offset, p.epoch)) == (position,
+                                                                                                              data)
+            tops[key] = tops.get(key, 0) + 1
+            assert position.offset == tops[key]
+            model.setdefault(key, []).append((step, position.offset, data))
+            if len(model[key]) > 5:
+                model[key].pop(0)
+            while sum(len(d) for entries in model.values() for _, _, d in entries) > 3000:
+                oldest = min((entries[0][0], k) for k, entries in model.items() if entries)[1]
+                model[oldest].pop(0)
+            if step % 97 == 0 or step > 2950:
+                for k, entries in model.items():
+                    expected = [d for _, _, d in entries]
+                    assert fast.read(k).messages == expected == slow.read(k).messages
+                    since = Position(entries[0][1] - 1, fast.top(k).epoch) if entries else None
+                    if since is not None:
+                        assert fast.read(k, since).recovered == slow.read(k, since).recovered
+                expected_bytes = sum(len(d) for entries in model.values() for _, _, d in entries)
+                assert fast.counts() == slow.counts() == {
+                    "history_streams": len(model), "history_messages": sum(len(e) for e in model.values()),
+                    "history_bytes": expected_bytes}
+        assert len(fast._order) < 3000  # dropped slots were compacted away
+
+    def test_a_stream_that_disappears_leaves_the_others_exact(self) -> None:
+        history, clock = make(size=3, ttl=10)
+        for _ in range(10):  # 7 dropped slots of A wait in the global order
+            history.append_delivery(("A", "s"), b'{"a":1}')
+        clock.now += 11  # A expires and disappears
+        history.append_delivery(("B", "s"), b'{"b":1}')
+        assert history.counts() == {"history_streams": 1, "history_messages": 1,
+                                    "history_bytes": len(b'{"b":1,"offset":1,"epoch":"p-2"}')}
+        for _ in range(5):
+            history.append_delivery(("B", "s"), b'{"b":1}')
+        assert [json.loads(d)["offset"] for d in history.read(("B", "s")).messages] == [4, 5, 6]
+        assert history.append_delivery(("A", "s"), b'{"a":1}')[0] == Position(1, "p-3")  # a new epoch
 
 
 class TestRead:

@@ -43,7 +43,6 @@ from ..protocol import (
     Since,
     encode_history_reply,
     encode_subscribed,
-    with_position,
 )
 from .access import Access
 from .connection import Connection
@@ -423,9 +422,12 @@ class Hub:
 
         With history on, the message first takes the next offset of its stream
         (this node's) and is kept there; the frame carries offset and epoch.
-        The frame goes to ``Writer.send``: the calling thread writes it unless another
-        thread holds the writer's ``_flush_lock`` (that one writes it too), after
-        the history lock is let go. Never blocks on a subscriber.
+        The frame goes to ``Writer.send`` under the history lock, inside a writer
+        batch, so it is written only after that lock is let go: at the end of the
+        calling thread's own batch (a publisher's, around the commands of one read)
+        or, for a thread outside one (a broker's listener), at the end of a batch
+        opened here. The calling thread writes it unless another thread holds the
+        writer's ``_flush_lock`` (that one writes it too). Never blocks on a subscriber.
 
         Returns:
             The message's position in its stream (None with history off), and how many
@@ -437,14 +439,19 @@ class Hub:
                 self._send_delivery(delivery.encode(), subscribers)
             return Landed(None, len(subscribers))
         encoded = delivery.encode()  # raises for a payload that is not JSON, before an offset is taken
-        key = (delivery.topic, delivery.session_id)
-        with self.writer.batch(), self._history_lock:
-            position, data = self.history.append(
-                key, lambda place: with_position(encoded, place.offset, place.epoch)
-            )
-            subscribers = self.registry.subscribers(*key)
-            if subscribers:
-                self._send_delivery(data, subscribers)
+        if self.writer.batching:  # the usual case: a publisher's thread, in the batch of the read that brought it
+            with self._history_lock:
+                return self._append_and_queue_locked(delivery, encoded)
+        with self.writer.batch(), self._history_lock:  # e.g. the broker's listener: the writing waits for the lock to go
+            return self._append_and_queue_locked(delivery, encoded)
+
+    def _append_and_queue_locked(self, delivery: Delivery, encoded: bytes) -> Landed:
+        """Give ``delivery`` its offset, keep it, queue its frame; with ``_history_lock`` held, inside a batch."""
+        assert self._history_lock._is_owned(), "must hold _history_lock"  # type: ignore[attr-defined]
+        position, data = self.history.append_delivery((delivery.topic, delivery.session_id), encoded)
+        subscribers = self.registry.subscribers(delivery.topic, delivery.session_id)
+        if subscribers:
+            self._send_delivery(data, subscribers)
         return Landed(position, len(subscribers))
 
     def _send_delivery(self, data: bytes, subscribers: tuple[Any, ...]) -> None:

@@ -218,6 +218,11 @@ class Writer:
         """
         return self._batch
 
+    @property
+    def batching(self) -> bool:
+        """The calling thread is inside ``batch()``: what it sends now is written at the block's end."""
+        return bool(self._batching.depth)
+
     def flush(self) -> None:
         """Do the queued work on this thread now, unless another thread is at it (it does ours too)."""
         jobs, lock = self._jobs, self._flush_lock

@@ -290,3 +290,25 @@ def test_a_frame_shared_by_many_outboxes_counts_once_in_the_total() -> None:
     for ours, theirs in pairs:
         ours.close()
         theirs.close()
+
+
+def test_batching_counts_nested_blocks_per_thread_and_ends_on_an_exception(writer: Writer) -> None:
+    ours, theirs = pair()
+    box = writer.attach(ours, "t")
+    seen_elsewhere: list[bool] = []
+    assert not writer.batching
+    with pytest.raises(RuntimeError), writer.batch():
+        with writer.batch():
+            assert writer.batching
+            writer.send(text_frame("queued in a batch"), [box])
+        assert writer.batching  # the inner block ended; the outer goes on
+        other = threading.Thread(target=lambda: seen_elsewhere.append(writer.batching))
+        other.start()
+        other.join(WAIT)
+        raise RuntimeError("the block fails")
+    assert seen_elsewhere == [False]  # another thread is never inside this thread's batch
+    assert not writer.batching
+    assert read_frames(theirs, 1) == [b"queued in a batch"]  # written when the failing block ended
+    writer.release(box, WAIT)
+    theirs.close()
+    ours.close()
