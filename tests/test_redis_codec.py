@@ -15,6 +15,9 @@ from rusty_ws.brokers.redis_codec import (
     decode_envelope,
     encode_envelope,
     key_of_channel,
+    pair_keys,
+    publish_id_key,
+    session_tag,
     split_url,
 )
 from rusty_ws.protocol import MAX_JSON_DEPTH, Delivery
@@ -26,10 +29,19 @@ AWKWARD = ["a", "a:b", ":", "::", "1:a", "a:1", "é", "日本", "\ud800", "x" * 
 class TestChannelNames:
     def test_readable(self) -> None:
         assert channel_name("rusty_ws", "DetectCustomerEvent", "session-A") == \
-            b"rusty_ws:19:DetectCustomerEvent:session-A"
+            b"rusty_ws:{156bfc78}:19:DetectCustomerEvent:session-A"
 
     def test_length_is_in_utf8_bytes(self) -> None:
-        assert channel_name("p", "é", "s") == "p:2:é:s".encode()
+        assert channel_name("p", "é", "s") == "p:{a0f1490a}:2:é:s".encode()
+
+    def test_the_tag_is_the_sessions_only(self) -> None:
+        keys = pair_keys("p", "T", "s")
+        assert keys == (b"p:{a0f1490a}:1:T:s", b"p:{a0f1490a}:s:1:T:s", b"p:{a0f1490a}:m:1:T:s")
+        assert session_tag("p", "s") == b"{a0f1490a}" == pair_keys("p", "Other", "s").meta.split(b":")[1]
+        assert publish_id_key("p", "s", "id:1") == b"p:{a0f1490a}:id:1:s:id:1"
+
+    def test_a_channel_with_another_sessions_tag_is_no_key(self) -> None:
+        assert key_of_channel("p", b"p:{00000000}:1:T:s") is None
 
     @pytest.mark.parametrize("topic,session", list(itertools.product(AWKWARD, repeat=2)))
     def test_round_trip(self, topic: str, session: str) -> None:

@@ -50,7 +50,7 @@ from typing import Any
 
 from ..exceptions import ProtocolError
 from ..protocol import Delivery, ErrorCode
-from .base import Broker, Deliver, Key, Landed
+from .base import Broker, Deliver, Key, Landed, SharedHistory
 from .redis_codec import (
     DEFAULT_CHANNEL_PREFIX,
     channel_name,
@@ -59,7 +59,9 @@ from .redis_codec import (
     key_of_channel,
     split_url,
 )
+from .redis_history import RedisHistory
 from .redis_listener import Listener
+from .redis_sender_standin import StandInSender
 
 __all__ = [
     "RedisBroker",
@@ -138,6 +140,8 @@ class RedisBroker(Broker):
         # _launch_lock guards _listener, _pid and _stopped: one listener per process, started once.
         self._launch_lock = threading.Lock()
         self._listener: Listener | None = None
+        self._sender: StandInSender | None = None
+        self._history: RedisHistory | None = None
         self._pid = 0
         self._stopped = False
 
@@ -181,7 +185,9 @@ class RedisBroker(Broker):
             subscribe_timeout=self.subscribe_timeout,
             max_envelope_size=self.max_envelope_size,
         )
+        self._sender = StandInSender(client=client, errors=(redis.exceptions.RedisError, OSError), node_id=node_id)
         self._listener, self._pid = listener, os.getpid()
+        self._sender.start(self.start_timeout)
         listener.start(self.start_timeout)
         return listener
 
@@ -226,6 +232,22 @@ class RedisBroker(Broker):
         listener.forward(delivery, envelope)
         return landed
 
+    def history_store(self, size: int, ttl: float, window: float) -> SharedHistory:
+        """History in Redis, shared by every node (``redis_history.py``)."""
+        def deliver(delivery: Delivery) -> Landed:
+            assert self._deliver is not None
+            return self._deliver(delivery)
+
+        self._history = RedisHistory(current=self._parts, deliver=deliver, prefix=self.channel_prefix,
+                                     size=size, ttl=ttl, window=window, max_envelope_size=self.max_envelope_size)
+        return self._history
+
+    def _parts(self) -> tuple[str, Any, Any, bool]:
+        """This process's node id, client, sender and whether its listener is connected (for the history)."""
+        listener = self._current()
+        assert self._sender is not None
+        return listener.node_id, listener.client, self._sender, listener.connected
+
     def interest_added(self, key: Key) -> None:
         """Subscribe to ``key``'s channel; blocks until Redis confirms (while connected)."""
         self._current().interest_changed(key)
@@ -240,7 +262,12 @@ class RedisBroker(Broker):
 
     def status(self) -> dict[str, Any]:
         """``/healthz``'s view: name, connected, node, channels, unsent and dropped counts."""
-        return {"name": self.name, **self._current().status()}
+        status = {"name": self.name, **self._current().status()}
+        if self._history is not None:
+            history = self._history.status()
+            status["unsent"] += history.pop("unsent")  # publishes Redis did not take, either way
+            status.update(history)
+        return status
 
     def stop(self, timeout: float = 5.0) -> None:
         """End the listener thread and close the connections. Idempotent; blocks up to ``timeout``."""
