@@ -244,3 +244,69 @@ def test_while_redis_is_down_local_delivery_goes_on_without_offsets_and_ids_are_
         after = ack_of(publisher, "T", "after", "d2")  # the refused id was never taken
         assert after.offset == 1 and after.epoch != before.epoch
         assert [recv_delivery(client)["payload"] for client in (near, far)] == ["after", "after"]
+
+
+def test_a_replay_too_big_for_the_outbox_is_cut_short_and_says_so(redis: RedisServer) -> None:
+    with nodes(2, redis.url, history_size=500, max_queued_bytes=64 * 1024,
+               max_message_size=32 * 1024) as (a, b), \
+            a.connect() as pub, b.connect() as sub:
+        epoch = ack_of(pub, "T", {"n": 1, "pad": "x" * 1000}, "big-1").epoch
+        for n in range(2, 201):
+            pub.send(encode_publish("T", {"n": n, "pad": "x" * 1000}, session_id="s"))
+        pub.sync()
+        replayed, reply = subscribe_json(sub, since=Since(0, epoch))
+        assert reply.recovered is False and reply.offset == 200
+        assert 10 < len(replayed) < 200
+        assert [m["offset"] for m in replayed] == list(range(1, len(replayed) + 1))  # the oldest first, no gap
+        ack_of(pub, "T", "live", "big-live")
+        assert recv_delivery(sub)["offset"] == 201  # and the connection goes on
+        assert sub.sync() == []
+
+
+def test_messages_older_than_the_ttl_are_never_replayed(redis: RedisServer) -> None:
+    """Entries written with an old Redis time (``t``), as a node would have written them long ago."""
+    keys = pair_keys("rusty_ws", "T", "s")
+    body = {"publisher_name": "p", "topic": "T", "timestamp": "t", "session_id": "s"}
+    with nodes(1, redis.url, history_ttl=60) as (node,), node.connect() as client, \
+            contextlib.closing(redis.client()) as raw:
+        seconds, micros = raw.time()
+        now_ms = seconds * 1000 + micros // 1000
+        raw.hset(keys.meta, mapping={"e": "abc123", "o": "3"})
+        for offset, added in ((1, now_ms - 61_000), (2, now_ms - 60_500), (3, now_ms)):
+            raw.xadd(keys.stream, {"d": json.dumps({**body, "payload": offset}), "t": str(added)}, id=f"{offset}-0")
+        replayed, reply = subscribe_json(client, since=Since(0, "abc123"))
+        assert [m["payload"] for m in replayed] == [3] and reply.recovered is False  # 1 and 2 expired: told
+        with node.connect() as other:
+            replayed, reply = subscribe_json(other, since=Since(2, "abc123"))
+            assert [m["payload"] for m in replayed] == [3] and reply.recovered is True
+        assert [m.payload for m in HistoryReply.parse(client.command(encode_history("T", "s"))[0]).messages] == [3]
+        ack = ack_of(client, "T", 4, "ttl-4")
+        assert (ack.offset, ack.epoch) == (4, "abc123")
+        assert 0 < raw.pttl(keys.stream) <= 60_000 and 0 < raw.pttl(keys.meta) <= 60_000
+        assert 0 < raw.pttl(publish_id_key("rusty_ws", "s", "ttl-4")) <= 300_000
+
+
+def test_session_rules_stay_in_front_of_the_redis_history(redis: RedisServer) -> None:
+    with nodes(2, redis.url, anonymous_sessions="public-*") as (a, b), a.connect() as writer, b.connect() as reader:
+        epoch = ack_of(writer, "T", 1, "s-1", session="public-1").epoch
+        for command in (encode_history("T", "private"), encode_subscribe_json("T", "private", Since(0, epoch)),
+                        encode_publish("T", "x", session_id="private", id="s-2")):
+            [reply] = reader.command(command)
+            assert json.loads(reply[len("error:"):])["code"] == "forbidden_session", command
+        reply = HistoryReply.parse(reader.command(encode_history("T", "public-1"))[0])
+        assert [m.payload for m in reply.messages] == [1]
+
+
+def test_a_gap_trimmed_from_the_stream_replays_what_remains_and_says_so(redis: RedisServer) -> None:
+    with nodes(2, redis.url, history_size=10) as (a, b), a.connect() as pub, b.connect() as sub:
+        epoch = ack_of(pub, "T", 1, "g-1").epoch
+        publish_numbers(pub, 29, start=2)
+        with contextlib.closing(redis.client()) as raw:
+            assert raw.xlen(pair_keys("rusty_ws", "T", "s").stream) == 10  # XADD MAXLEN
+        replayed, reply = subscribe_json(sub, since=Since(5, epoch))
+        assert [m["offset"] for m in replayed] == list(range(21, 31))
+        assert (reply.offset, reply.recovered) == (30, False)
+        replayed, reply = subscribe_json(sub, since=Since(25, epoch))  # again, on the same connection
+        assert [m["offset"] for m in replayed] == list(range(26, 31)) and reply.recovered is True
+        ack_of(pub, "T", 31, "g-31")
+        assert recv_delivery(sub)["offset"] == 31 and sub.sync() == []  # one delivery per publish
