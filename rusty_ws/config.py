@@ -83,6 +83,13 @@ PING_TIMEOUT = 20.0
 CLOSE_TIMEOUT = 2.0
 #: Where publishes go: "memory://" (this process only) or "redis://host:port/db" (docs/scaling.md).
 BROKER_URL = "memory://"
+#: Redis broker: publishes (and other commands) that may wait in a node's Redis sender at
+#: once; past it, publishers wait for room (backpressure). While Redis is unreachable the
+#: sender fails what waits at once (counted ``unsent``), so it never fills for an outage.
+REDIS_SEND_QUEUE = 10_000
+#: Redis broker: bytes that may wait in the sender at once (the same; one bigger publish
+#: alone is let in).
+REDIS_SEND_QUEUE_BYTES = 32 * 1024 * 1024
 #: sys.setswitchinterval() for the process, in seconds; None leaves it alone. The stand-alone
 #: hub (create_app) uses 0.05: with a thread per connection, the default 5 ms makes every
 #: thread waiting for the GIL wake 200 times a second (see docs/performance.md).
@@ -163,6 +170,8 @@ DEFAULTS: dict[str, Any] = {
         PING_TIMEOUT=PING_TIMEOUT,
         CLOSE_TIMEOUT=CLOSE_TIMEOUT,
         BROKER_URL=BROKER_URL,
+        REDIS_SEND_QUEUE=REDIS_SEND_QUEUE,
+        REDIS_SEND_QUEUE_BYTES=REDIS_SEND_QUEUE_BYTES,
         SWITCH_INTERVAL=SWITCH_INTERVAL,
         COMPRESSION=COMPRESSION,
         JWT_MAX_LIFETIME=JWT_MAX_LIFETIME,
@@ -420,6 +429,8 @@ class Settings:
     login_window: float = LOGIN_WINDOW
     login_max_tracked: int = LOGIN_MAX_TRACKED
     trusted_proxies: tuple[Any, ...] = ()
+    redis_send_queue: int = REDIS_SEND_QUEUE
+    redis_send_queue_bytes: int = REDIS_SEND_QUEUE_BYTES
 
     @classmethod
     def from_config(cls, config: MutableMapping[str, Any]) -> "Settings":
@@ -490,6 +501,8 @@ class Settings:
             login_window=check(_positive, "LOGIN_WINDOW", allow_zero=True),
             login_max_tracked=check(_whole, "LOGIN_MAX_TRACKED"),
             trusted_proxies=check(_networks, "TRUSTED_PROXIES"),
+            redis_send_queue=check(_whole, "REDIS_SEND_QUEUE"),
+            redis_send_queue_bytes=check(_whole, "REDIS_SEND_QUEUE_BYTES"),
         )
 
     def host_allowed(self, host: str | None) -> bool:

@@ -15,6 +15,8 @@ Scenarios (every run checks that nothing was lost, reordered or crossed sessions
   capacity   idle subscribed connections at 1,000 / 5,000 / 10,000, then one publish to all
   compression  fan-out again, every subscriber offering permessage-deflate as browsers do,
              to rusty_ws and websockets with compression on (RUSTY_WS_COMPRESSION=6)
+  xfanout, xsessions, xpublish  rusty_ws nodes on one private redis-server, beside one node
+             in the same run (benchlib/multinode.py); need redis-server and the redis extra
 
 Usage:
   scripts/bench.py            full run (medians of 3; takes a while)
@@ -33,7 +35,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -42,94 +43,14 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+from benchlib import multinode  # noqa: E402
+from benchlib.generators import Generator, clean, merge, split, start_one_topic  # noqa: E402
 from benchlib.servers import COMPRESSING, SERVERS, RunningServer, ServerKind  # noqa: E402
 
-LOADGEN = os.path.join(HERE, "benchlib", "loadgen.py")
 ORDER = ["rusty_ws", "websockets", "flask-socketio", "per-send", "ceiling"]
 
 
-# ------------------------------------------------------------------ load generators
-
-
-class Generator:
-    """A load-generator process fed one JSON spec."""
-
-    def __init__(self, spec: dict) -> None:
-        self.process = subprocess.Popen([sys.executable, LOADGEN], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        text=True)
-        self.process.stdin.write(json.dumps(spec) + "\n")
-        self.process.stdin.flush()
-        self.result: dict | None = None
-
-    def wait_ready(self) -> bool:
-        line = self.process.stdout.readline().strip()
-        if line == "ready":
-            return True
-        self.result = json.loads(line) if line.startswith("{") else {"failed": line or "exited"}
-        return False
-
-    def go(self) -> None:
-        self.process.stdin.write("go\n")
-        self.process.stdin.flush()
-
-    def finish(self, timeout: float) -> dict:
-        if self.result is None:
-            try:
-                out, _ = self.process.communicate(timeout=timeout)
-                self.result = json.loads(out.strip().splitlines()[-1])
-            except (subprocess.TimeoutExpired, ValueError, IndexError):
-                self.process.kill()
-                self.process.wait()
-                self.result = {"failed": "load generator did not finish"}
-        elif self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        return self.result
-
-
-def split(total: int, parts: int) -> list[int]:
-    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
-
-
-def merge(results: list[dict]) -> dict:
-    keys = ("delivered", "expected", "disorder", "foreign", "errors", "closed", "connections", "compressed")
-    merged = {key: sum(r.get(key, 0) for r in results) for key in keys}
-    firsts = [r["first"] for r in results if r.get("first")]
-    merged["first"] = min(firsts, default=0.0)
-    merged["last"] = max((r.get("last", 0.0) for r in results), default=0.0)
-    merged["failed"] = "; ".join(r["failed"] for r in results if r.get("failed"))
-    merged["latencies_us"] = [v for r in results for v in r.get("latencies_us", [])]
-    return merged
-
-
-def clean(result: dict) -> bool:
-    return (not result.get("failed") and result["delivered"] == result["expected"]
-            and not result["disorder"] and not result["foreign"] and not result["errors"])
-
-
 # ------------------------------------------------------------------ scenarios
-
-
-def start_one_topic(server: RunningServer, kind: ServerKind, parts: int, subscriber: dict, publisher: dict,
-                    deadline: float, generators: list[Generator]) -> tuple[dict, dict]:
-    """Subscribers of topic T in session s1 (``subscriber["connections"]`` of them, over
-    ``parts`` processes), then one publisher; go. Returns (publisher's result, subscribers' merged).
-
-    Raises RuntimeError (a failed run, see ``attempt``) when a generator does not get ready.
-    """
-    common = {"dialect": kind.dialect, "port": server.port, "deadline": deadline, "session": "s1", "topic": "T"}
-    subs = [Generator({**common, "role": "subscribe", **subscriber, "connections": n})
-            for n in split(subscriber["connections"], parts)]
-    generators += subs
-    if not all(g.wait_ready() for g in subs):
-        raise RuntimeError(merge([g.finish(deadline) for g in subs])["failed"] or "a subscriber did not start")
-    sender = Generator({**common, "role": "publish", **publisher})
-    generators.append(sender)
-    if not sender.wait_ready():
-        raise RuntimeError(sender.finish(deadline).get("failed") or "the publisher did not start")
-    sender.go()
-    sent = sender.finish(deadline + 10)
-    return sent, merge([g.finish(deadline + 10) for g in subs])
 
 
 def run_fanout(kind: ServerKind, subscribers: int, messages: int, deadline: float, blast: bool = False,
@@ -255,7 +176,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, one run each (< 2 minutes)")
     parser.add_argument("--only", default=",".join(ORDER), help="comma-separated servers")
-    parser.add_argument("--scenarios", default="loadgen,fanout,latency,sessions,capacity,compression")
+    parser.add_argument("--scenarios", default="loadgen,fanout,latency,sessions,capacity,compression,"
+                                                "xfanout,xsessions,xpublish")
     parser.add_argument("--runs", type=int, default=None, help="runs per measurement (default 3, quick 1)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "bench-results"))
     parser.add_argument("--replot", metavar="RESULTS_JSON",
@@ -350,6 +272,14 @@ def main() -> int:
                     "ok": all(r.get("ok") for r in rows)}
                 report("deflate", f"S={size}", name, rows, "rate", "deliveries/s")
 
+    across = [name for name in ("xfanout", "xsessions", "xpublish") if name in scenarios]
+    if across:
+        try:
+            results.update(multinode.run_all(across, quick, runs, deadline, repeat, median_of, report))
+        except RuntimeError as exc:  # no redis-server here: the other scenarios still count
+            print(f"multi-node scenarios skipped: {exc}", flush=True)
+            results["multinode_skipped"] = str(exc)
+
     results["seconds"] = time.monotonic() - started
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as handle:
@@ -394,7 +324,7 @@ def ours_clean(results: dict) -> bool:
     for size in results.get("compression", {}).values():
         fine &= size.get("rusty_ws", {}).get("ok", True)
     fine &= all(row.get("ok") for row in results.get("capacity", {}).get("rusty_ws", []))
-    return fine
+    return fine and multinode.all_clean(results)
 
 
 def ratio(ours: float | None, theirs: float | None) -> str:
@@ -419,6 +349,7 @@ def print_table(results: dict) -> None:
         rates = {n: results["sessions"].get(n, {}).get("rate") for n in ORDER}
         print(f"{'rate':24}" + "".join(f"{fmt(rates[n]):>16}" for n in ORDER))
         print(f"{'  ratio':24}" + "".join(f"{ratio(rates['rusty_ws'], rates[n]):>16}" for n in ORDER))
+    multinode.print_tables(results, fmt)
     if "compression" in results:
         print(f"\n{'deflate fan-out, del./s':24}" + "".join(f"{n:>16}" for n in COMPRESSING))
         for size, by_server in results["compression"].items():

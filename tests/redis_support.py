@@ -9,6 +9,7 @@ server's own log ("Ready to accept connections"), never waited for by sleeping.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import selectors
@@ -111,6 +112,24 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 SENTINEL = "Sentinel"
+BARRIER = "Barrier"
+_barriers = itertools.count(1)
+
+
+def publishes_landed(client: Client, session: str) -> list[str]:
+    """Return once Redis has taken every publish that ``client``'s node queued before this call.
+
+    Returns what else ``client`` received meanwhile (deliveries from other nodes).
+
+    A node's Redis sender is first in, first out, and a publish with an ``id`` is
+    acknowledged only once Redis replied to it: when this publish's ``ack:``
+    arrives, Redis has every PUBLISH its node queued before it. Works for nodes in
+    other processes too (gunicorn workers, behind nginx).
+    """
+    replies = client.command(encode_publish(BARRIER, "landed", session_id=session, id=f"barrier-{next(_barriers)}"))
+    acks = [reply for reply in replies if reply.startswith("ack:")]
+    assert len(acks) == 1, replies
+    return [reply for reply in replies if not reply.startswith("ack:")]
 
 
 def read_until_sentinel(client: Client, limit: int = 10_000) -> list[dict[str, Any]]:
@@ -134,7 +153,8 @@ def publish_sentinel(redis_server: RedisServer, session: str, prefix: str = "rus
 
     Not through a hub: a hub delivers to its own clients at once, which could
     overtake messages from other nodes still on their way to it through Redis.
-    Through Redis, every node gets the sentinel after everything Redis took before it.
+    Through Redis, every node gets the sentinel after everything Redis took before it,
+    so the nodes' publishes must have landed first (``publishes_landed``).
     """
     sentinel = Delivery(publisher_name="test", topic=SENTINEL, payload="end",
                         timestamp="2024-01-24T10:25:37Z", session_id=session)
@@ -147,7 +167,8 @@ def publish_across_nodes(redis_server: RedisServer, clients: dict[str, Client], 
     """Each (name, topic) publish goes out from that client; returns every client's deliveries.
 
     Replies to the publisher come with its ``pong``; the rest are read up to the
-    sentinels published into Redis after every real message.
+    sentinels published into Redis once every node's sender has handed Redis its
+    publishes (``publishes_landed``).
     """
     received: dict[str, list[dict[str, Any]]] = {name: [] for name in clients}
     for name, topic in publishes:
@@ -155,6 +176,8 @@ def publish_across_nodes(redis_server: RedisServer, clients: dict[str, Client], 
                                                        timestamp="2024-01-24T10:25:37Z",
                                                        session_id=session_of[name]))
         received[name] += [json.loads(reply) for reply in replies]
+    for name, client in clients.items():
+        received[name] += [json.loads(reply) for reply in publishes_landed(client, session_of[name])]
     for session in sorted(set(session_of.values())):
         publish_sentinel(redis_server, session)
     for name, client in clients.items():

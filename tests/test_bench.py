@@ -31,3 +31,19 @@ def test_quick_benchmark_runs_and_rusty_ws_loses_nothing(tmp_path) -> None:
     assert results["compression"]["100"]["rusty_ws"]["ok"]  # every subscriber inflated every message
     for name in ("websockets", "flask-socketio", "ceiling", "per-send"):
         assert name in results["fanout"]["100"], f"peer {name} did not run"
+
+
+def test_quick_multi_node_scenarios_run_and_lose_nothing(tmp_path) -> None:
+    """Two nodes on a private redis-server, beside one node: every delivery counted, in order."""
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "--quick", "--out", str(tmp_path),
+         "--scenarios", "xfanout,xsessions,xpublish"],
+        capture_output=True, text=True, timeout=300_000 * MS, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert "multinode_skipped" not in results
+    assert results["xfanout"]["100"]["cross"]["ok"] and results["xfanout"]["100"]["single"]["ok"]
+    assert results["xsessions"]["cross"]["ok"]
+    assert all(row["ok"] for row in results["xpublish"].values())
+    assert results["xpublish"]["sender"]["redis_us_per_message"] is not None

@@ -11,11 +11,13 @@ from .memory import MemoryBroker
 __all__ = ["Broker", "MemoryBroker", "broker_from_url", "masked_url"]
 
 
-def broker_from_url(url: str, max_envelope_size: int | None = None) -> Broker:
+def broker_from_url(url: str, max_envelope_size: int | None = None, *, send_queue: int | None = None,
+                    send_queue_bytes: int | None = None) -> Broker:
     """The broker a ``RUSTY_WS_BROKER_URL`` names.
 
     ``redis://`` (``rediss://``, ``unix://``) needs the ``redis`` extra.
-    ``max_envelope_size`` bounds what a distributed broker sends and accepts, in bytes.
+    ``max_envelope_size`` bounds what a distributed broker sends and accepts, in bytes;
+    ``send_queue``/``send_queue_bytes`` bound what its sender holds (None: the defaults).
 
     Raises:
         ConfigError: the URL's scheme is not one we know, Redis refuses the URL, or it
@@ -30,7 +32,9 @@ def broker_from_url(url: str, max_envelope_size: int | None = None) -> Broker:
         from .redis import RedisBroker  # lazily: the redis package is an extra
 
         try:
-            return RedisBroker(url, max_envelope_size=max_envelope_size)
+            queue_bounds = {name: value for name, value in (("send_queue", send_queue),
+                                                            ("send_queue_bytes", send_queue_bytes)) if value}
+            return RedisBroker(url, max_envelope_size=max_envelope_size, **queue_bounds)
         except RuntimeError as exc:  # the redis package is missing
             problem = str(exc)
             raise ConfigError(setting, masked_url(url), problem.partition(" but ")[2] or problem) from None

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from ..history import Position
 from ..protocol import Delivery
 
-__all__ = ["Broker", "Deliver", "Landed", "SharedHistory", "Stored", "Stamped", "HistoryUnavailable"]
+__all__ = ["Broker", "Deliver", "Landed", "OnLanded", "SharedHistory", "Stored", "Stamped", "HistoryUnavailable"]
 
 Key = tuple[str, str]
 
@@ -36,6 +36,9 @@ class Landed(NamedTuple):
 
 #: Called with each delivery for this node's subscribers; returns where it landed on this node.
 Deliver = Callable[[Delivery], Landed]
+#: Called once a publish was taken by the broker's road (what to acknowledge), or with the
+#: exception that kept it from every other node (then answer ``unavailable``).
+OnLanded = Callable[["Landed | BaseException"], None]
 
 
 class Stamped(NamedTuple):
@@ -116,8 +119,14 @@ class Broker(abc.ABC):
         """
 
     @abc.abstractmethod
-    def publish(self, delivery: Delivery) -> Landed:
+    def publish(self, delivery: Delivery, on_landed: OnLanded | None = None) -> Landed:
         """Carry ``delivery`` to every node's subscribers of its (topic, session).
+
+        Args:
+            on_landed: for an acknowledged publish: called once the road took it (the
+                in-memory broker: before ``publish`` returns; Redis: on its sender's
+                thread once Redis answered), with what to acknowledge, or with the
+                exception that kept it from the other nodes. Must not block.
 
         Returns:
             What ``deliver`` returned for this node (its position in this node's stream,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..protocol import Delivery
-from .base import Broker, Deliver, Key, Landed
+from .base import Broker, Deliver, Key, Landed, OnLanded
 
 __all__ = ["MemoryBroker"]
 
@@ -21,7 +21,10 @@ class MemoryBroker(Broker):
     def start(self, deliver: Deliver, keys: Callable[[], list[Key]]) -> None:
         self._deliver = deliver
 
-    def publish(self, delivery: Delivery) -> Landed:
+    def publish(self, delivery: Delivery, on_landed: OnLanded | None = None) -> Landed:
         if self._deliver is None:
             raise RuntimeError("the broker was not started")
-        return self._deliver(delivery)
+        landed = self._deliver(delivery)
+        if on_landed is not None:
+            on_landed(landed)  # this process is the whole road: landed already
+        return landed

@@ -15,14 +15,20 @@ any node.
 
 Publishing. ``publish`` wraps the delivery in an envelope that names this
 node, hands the delivery to this node's subscribers at once (local delivery
-does not depend on Redis), then PUBLISHes the envelope. The envelope comes
-first so that a delivery no node would take (larger than ``max_envelope_size``,
-which listeners also enforce) is refused before it reaches anyone. Every node's listener drops its own envelopes
-coming back, so each subscriber gets each message exactly once. A PUBLISH is a
-synchronous round trip on the publishing thread, so one connection's publishes
-reach Redis, and therefore every node, in the order it made them.
+does not depend on Redis), then queues a PUBLISH of the envelope to the node's
+sender (``redis_sender.py``), which pipelines whatever waits into one write on
+its own connection: the publisher never waits for a round trip. The envelope
+comes first so that a delivery no node would take (larger than
+``max_envelope_size``, which listeners also enforce) is refused before it
+reaches anyone. Every node's listener drops its own envelopes coming back, so
+each subscriber gets each message exactly once. The sender has one FIFO queue,
+one connection and one thread, so one connection's (one thread's) publishes
+reach Redis, and therefore every node, in the order it made them. An
+acknowledged publish (``on_landed``) is answered from the sender's thread once
+Redis replied to its PUBLISH.
 
-Threads. One listener thread per broker (``rusty_ws-redis-{node}``, in
+Threads. One sender thread per broker (``rusty_ws-redis-sender-{node}``)
+owns the publishing connection. One listener thread per broker (``rusty_ws-redis-{node}``, in
 ``redis_listener.py``) owns the subscriber connection: it is the only thread
 that reads or writes it. Other
 threads mark the (topic, session) pairs whose interest changed and wake it
@@ -33,8 +39,11 @@ connection, waits (``backoff.delays``), reconnects, and subscribes again to
 every pair the registry holds: it never relies on what the old connection had.
 
 Outage. While the listener is not connected the node is "disconnected"
-(``/healthz``): its publishes are delivered locally only and counted as
-``unsent``; publishes elsewhere do not reach it. Nothing is queued or replayed.
+(``/healthz``): publishes elsewhere do not reach it. While the sender is not
+connected, its publishes are delivered locally only and counted as ``unsent``:
+the sender fails what is queued at once (``sender.unsent`` in ``/healthz``),
+so its queue stays bounded and publishers are not held for the outage.
+Nothing is replayed.
 """
 
 from __future__ import annotations
@@ -45,12 +54,13 @@ import re
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from ..exceptions import ProtocolError
 from ..protocol import Delivery, ErrorCode
-from .base import Broker, Deliver, Key, Landed, SharedHistory
+from .base import Broker, Deliver, Key, Landed, OnLanded, SharedHistory
 from .redis_codec import (
     DEFAULT_CHANNEL_PREFIX,
     channel_name,
@@ -61,7 +71,7 @@ from .redis_codec import (
 )
 from .redis_history import RedisHistory
 from .redis_listener import Listener
-from .redis_sender_standin import StandInSender
+from .redis_sender import RedisSender
 
 __all__ = [
     "RedisBroker",
@@ -79,6 +89,9 @@ logger = logging.getLogger("rusty_ws.server")
 SUBSCRIBE_TIMEOUT = 2.0
 #: Seconds ``start`` waits for the first connection (so a fresh node is ready when it serves).
 START_TIMEOUT = 5.0
+#: Defaults of ``RUSTY_WS_REDIS_SEND_QUEUE`` and ``RUSTY_WS_REDIS_SEND_QUEUE_BYTES``.
+SEND_QUEUE = 10_000
+SEND_QUEUE_BYTES = 32 * 1024 * 1024
 
 
 # --------------------------------------------------------------------------- node ids
@@ -118,6 +131,8 @@ class RedisBroker(Broker):
         max_envelope_size: the largest envelope this node sends or accepts, in bytes (None:
             no limit). The hub gives ``RUSTY_WS_MAX_QUEUED_BYTES``, the bound on what one
             publish may make each subscriber queue: a forged giant envelope is dropped unread.
+        send_queue: commands the sender may hold waiting (past it, publishers wait for room).
+        send_queue_bytes: bytes the sender may hold waiting (the same).
 
     Raises:
         RuntimeError: the ``redis`` package is not installed.
@@ -128,19 +143,21 @@ class RedisBroker(Broker):
     distributed = True
 
     def __init__(self, url: str, *, subscribe_timeout: float = SUBSCRIBE_TIMEOUT,
-                 start_timeout: float = START_TIMEOUT, max_envelope_size: int | None = None) -> None:
+                 start_timeout: float = START_TIMEOUT, max_envelope_size: int | None = None,
+                 send_queue: int = SEND_QUEUE, send_queue_bytes: int = SEND_QUEUE_BYTES) -> None:
         self._redis = _import_redis()
         self._url, self.channel_prefix = split_url(url)
         self._redis.connection.ConnectionPool.from_url(self._url)  # raises ValueError early for a bad URL
         self.subscribe_timeout = subscribe_timeout
         self.start_timeout = start_timeout
         self.max_envelope_size = max_envelope_size
+        self.send_queue, self.send_queue_bytes = send_queue, send_queue_bytes
         self._deliver: Deliver | None = None
         self._keys: Callable[[], list[Key]] | None = None
-        # _launch_lock guards _listener, _pid and _stopped: one listener per process, started once.
+        # _launch_lock guards _listener, _sender, _pid and _stopped: one of each per process, started once.
         self._launch_lock = threading.Lock()
         self._listener: Listener | None = None
-        self._sender: StandInSender | None = None
+        self._sender: RedisSender | None = None
         self._history: RedisHistory | None = None
         self._pid = 0
         self._stopped = False
@@ -165,31 +182,36 @@ class RedisBroker(Broker):
         assert self._deliver is not None and self._keys is not None
         redis = self._redis
         node_id = new_node_id()
-        client = redis.Redis.from_url(
-            self._url,
-            socket_timeout=5.0,
-            socket_connect_timeout=2.0,
-            socket_keepalive=True,
-            # No retries inside redis-py: a retried PUBLISH could arrive twice, and
-            # the listener does its own reconnecting (with backoff).
-            retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
-            client_name=f"rusty_ws-{node_id}",
-        )
+        errors = (redis.exceptions.RedisError, OSError)
+        sender = RedisSender(client=self._client(f"rusty_ws-sender-{node_id}"), errors=errors, node_id=node_id,
+                             max_commands=self.send_queue, max_bytes=self.send_queue_bytes)
         listener = Listener(
-            client=client,
-            errors=(redis.exceptions.RedisError, OSError),
+            client=self._client(f"rusty_ws-{node_id}"),
+            errors=errors,
             prefix=self.channel_prefix,
             node_id=node_id,
-            deliver=self._deliver,
+            deliver=self._from_channel,
             keys=self._keys,
             subscribe_timeout=self.subscribe_timeout,
             max_envelope_size=self.max_envelope_size,
         )
-        self._sender = StandInSender(client=client, errors=(redis.exceptions.RedisError, OSError), node_id=node_id)
-        self._listener, self._pid = listener, os.getpid()
-        self._sender.start(self.start_timeout)
+        self._listener, self._sender, self._pid = listener, sender, os.getpid()
+        sender.start(self.start_timeout)
         listener.start(self.start_timeout)
         return listener
+
+    def _client(self, name: str) -> Any:
+        redis = self._redis
+        return redis.Redis.from_url(
+            self._url,
+            socket_timeout=5.0,
+            socket_connect_timeout=2.0,
+            socket_keepalive=True,
+            # No retries inside redis-py: a retried PUBLISH could arrive twice, and the
+            # listener and the sender do their own reconnecting (with backoff).
+            retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
+            client_name=name,
+        )
 
     def _current(self) -> "Listener":
         """This process's listener; a process forked after ``start`` (gunicorn --preload) gets its own."""
@@ -200,26 +222,38 @@ class RedisBroker(Broker):
             return listener
         with self._launch_lock:
             if self._pid != os.getpid() and not self._stopped:
-                # Threads do not survive fork(): the parent's listener is not ours, and
-                # neither is its node id (two workers must not drop each other's messages).
-                logger.info("process forked: starting this process's own Redis listener")
+                # Threads do not survive fork(): the parent's listener and sender are not
+                # ours, nor is its node id (two workers must not drop each other's messages).
+                logger.info("process forked: starting this process's own Redis listener and sender")
                 self._launch_locked()
             return self._listener  # type: ignore[return-value]
 
-    def publish(self, delivery: Delivery) -> Landed:
-        """Deliver here at once, then to the other nodes through Redis.
+    @property
+    def sender(self) -> RedisSender:
+        """This process's Redis sender: ``submit`` queues any command (scripts: ``script_load``)."""
+        self._current()
+        assert self._sender is not None
+        return self._sender
+
+    def publish(self, delivery: Delivery, on_landed: OnLanded | None = None) -> Landed:
+        """Deliver here at once, then queue the PUBLISH for the other nodes; never waits for Redis.
 
         The envelope is made first: a delivery that no node could take is
-        delivered nowhere, not here only. Blocks for one Redis round trip. Never
-        raises for Redis trouble: while Redis is unreachable the publish reaches
-        this node's subscribers only, and is counted as ``unsent`` in ``status()``.
+        delivered nowhere, not here only. Never raises for Redis trouble: while
+        Redis is unreachable the publish reaches this node's subscribers only, and
+        is counted as ``unsent`` in ``status()``. Blocks only while the sender's
+        queue is full (backpressure).
+
+        Args:
+            on_landed: called on the sender's thread once Redis took the PUBLISH, with
+                this node's ``Landed``, or with the exception if Redis could not be reached.
 
         Raises:
             ProtocolError: ``invalid_message``: the envelope would be larger than
                 ``max_envelope_size``, or the payload cannot be encoded.
         """
         listener = self._current()
-        assert self._deliver is not None
+        assert self._deliver is not None and self._sender is not None
         try:
             envelope = encode_envelope(listener.node_id, delivery)
         except (TypeError, ValueError, RecursionError) as exc:
@@ -229,7 +263,14 @@ class RedisBroker(Broker):
                                 f"the message would be {len(envelope)} bytes on Redis, more than the "
                                 f"{self.max_envelope_size} any node accepts")
         landed = self._deliver(delivery)
-        listener.forward(delivery, envelope)
+        command = ("PUBLISH", channel_name(self.channel_prefix, delivery.topic, delivery.session_id), envelope)
+        if on_landed is None:
+            self._sender.submit(command)
+        else:
+            def on_reply(reply: Any) -> None:
+                on_landed(reply if isinstance(reply, BaseException) else landed)
+
+            self._sender.submit(command, on_reply)
         return landed
 
     def history_store(self, size: int, ttl: float, window: float) -> SharedHistory:
@@ -241,6 +282,14 @@ class RedisBroker(Broker):
         self._history = RedisHistory(current=self._parts, deliver=deliver, prefix=self.channel_prefix,
                                      size=size, ttl=ttl, window=window, max_envelope_size=self.max_envelope_size)
         return self._history
+
+    def _from_channel(self, delivery: Delivery) -> Landed:
+        """What the listener delivers: not a publish of this node's already delivered here (history)."""
+        assert self._deliver is not None
+        history = self._history
+        if history is not None and not history.arrived(delivery):
+            return Landed(None, 0)
+        return self._deliver(delivery)
 
     def _parts(self) -> tuple[str, Any, Any, bool]:
         """This process's node id, client, sender and whether its listener is connected (for the history)."""
@@ -257,24 +306,48 @@ class RedisBroker(Broker):
         self._current().interest_changed(key)
 
     def wait_connected(self, connected: bool = True, timeout: float = 5.0) -> bool:
-        """Block until the listener is (or is not) connected; False if ``timeout`` passed first."""
-        return self._current().wait_connected(connected, timeout)
+        """Block until the listener and the sender are connected, or (False) until the listener is not.
+
+        A sender notices a Redis that went away only when it next writes (or PINGs
+        an idle connection), so ``connected=False`` waits for the listener alone.
+        False if ``timeout`` passed first.
+        """
+        listener = self._current()
+        if not connected:
+            return listener.wait_connected(False, timeout)
+        deadline = time.monotonic() + timeout
+        return listener.wait_connected(True, timeout) and self.sender.wait_connected(
+            True, max(0.0, deadline - time.monotonic()))
+
+    def wait_sent(self, timeout: float = 5.0) -> bool:
+        """Block until every publish queued so far was answered by Redis or failed; False on timeout."""
+        return self.sender.wait_drained(timeout)
 
     def status(self) -> dict[str, Any]:
-        """``/healthz``'s view: name, connected, node, channels, unsent and dropped counts."""
-        status = {"name": self.name, **self._current().status()}
+        """``/healthz``'s view: name, connected (the listener), node, channels, unsent, dropped, the sender's counts.
+
+        With history in Redis also ``history`` and its counts.
+        """
+        listener = self._current()
+        assert self._sender is not None
+        sender = self._sender.status()
+        status = {"name": self.name, **listener.status(), "unsent": sender["unsent"], "sender": sender}
+        status["connected"] = status["connected"] and sender["connected"]
         if self._history is not None:
-            history = self._history.status()
-            status["unsent"] += history.pop("unsent")  # publishes Redis did not take, either way
-            status.update(history)
+            status.update(self._history.status())
         return status
 
     def stop(self, timeout: float = 5.0) -> None:
-        """End the listener thread and close the connections. Idempotent; blocks up to ``timeout``."""
+        """Send what is queued, end the sender and listener threads, close the connections.
+
+        Idempotent; blocks up to about ``timeout`` for each thread.
+        """
         with self._launch_lock:
             if self._stopped:
                 return
             self._stopped = True
-            listener, ours = self._listener, self._pid == os.getpid()
+            listener, sender, ours = self._listener, self._sender, self._pid == os.getpid()
+        if sender is not None and ours:
+            sender.stop(timeout)
         if listener is not None and ours:
             listener.stop(timeout)

@@ -176,7 +176,11 @@ def decode_envelope(data: bytes, key: Key, max_size: int | None = None) -> tuple
     offset, epoch = envelope.get("offset"), envelope.get("epoch")
     if not _is_offset(offset) or not is_epoch(epoch):
         raise ValueError(f"a version-2 envelope needs an offset and an epoch, not {offset!r} and {epoch!r}")
-    return node, _delivery_of(message, key, offset, epoch)
+    delivery = _delivery_of(message, key, offset, epoch)
+    seq = envelope.get("seq")
+    if isinstance(seq, int) and not isinstance(seq, bool):  # the sending node's number for it
+        delivery.extra.update(node=node, seq=seq)
+    return node, delivery
 
 
 def _is_offset(value: Any) -> bool:

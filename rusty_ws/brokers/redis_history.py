@@ -26,6 +26,8 @@ is dropped and logged (``redis_codec.decode_stream_entry``).
 
 from __future__ import annotations
 
+import collections
+import itertools
 import logging
 import secrets
 import threading
@@ -69,7 +71,8 @@ local function now_ms()
 end
 """
 
-#: KEYS: meta, stream, [publish id key]. ARGV: epoch if new, channel, node id, size, ttl ms, window ms, delivery.
+#: KEYS: meta, stream, [publish id key].
+#: ARGV: epoch if new, channel, node id, size, ttl ms, window ms, delivery, the node's number for it.
 #: Returns {"new" | "repeat", "{offset}:{epoch}", reset (0/1)}.
 PUBLISH_SCRIPT = _PRELUDE + """
 if KEYS[3] then
@@ -89,8 +92,8 @@ redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 local position = offset .. ':' .. epoch
 if KEYS[3] then redis.call('SET', KEYS[3], position, 'PX', ARGV[6]) end
-redis.call('PUBLISH', ARGV[2], '{"v":2,"node":"' .. ARGV[3] .. '","offset":' .. offset .. ',"epoch":"' .. epoch
-           .. '","delivery":' .. ARGV[7] .. '}')
+redis.call('PUBLISH', ARGV[2], '{"v":2,"node":"' .. ARGV[3] .. '","seq":' .. ARGV[8] .. ',"offset":' .. offset
+           .. ',"epoch":"' .. epoch .. '","delivery":' .. ARGV[7] .. '}')
 return {'new', position, reset}
 """
 
@@ -109,6 +112,9 @@ end
 return {epoch, top, now_ms(), reset, entries}
 """
 
+#: Publishes of this node remembered while they may still come back from the channel.
+MAX_IN_FLIGHT = 100_000
+_SENT, _ARRIVED, _FELL_BACK = "sent", "arrived", "fell back"
 _NEW = b"new"
 _REPEAT = b"repeat"
 
@@ -134,9 +140,8 @@ class RedisHistory(SharedHistory):
     Args:
         current: returns this process's node id, a redis-py client (reads), sender
             (publishes) and whether its listener is connected: a process forked after
-            start gets its own. While the listener is not connected Redis counts as
-            unreachable: nothing is tried (no publisher waits on a dead Redis), and this
-            node could not receive its own deliveries back anyway.
+            start gets its own. While the listener is not connected a read is not
+            tried (the subscription it serves could not be confirmed).
         deliver: the hub's delivery to this node's subscribers (for a publish without
             id that Redis could not take: delivered here only, without offset).
         prefix: the key and channel prefix.
@@ -156,9 +161,13 @@ class RedisHistory(SharedHistory):
         # Per process's sender and client (a fork gets new ones): the publish script's sha, the read script.
         self._shas: dict[int, str] = {}
         self._readers: dict[int, Any] = {}
-        # _lock guards _counts and _warned. Never held across I/O.
+        # This node's publishes without id not settled yet (by number), and those delivered here
+        # because Redis did not take them, as far as the sender knew (Redis may have run them).
+        self._seqs = itertools.count(1)
+        self._in_flight: collections.OrderedDict[int, str] = collections.OrderedDict()
+        # _lock guards _counts, _warned and _in_flight. Never held across I/O.
         self._lock = threading.Lock()
-        self._counts = {"unsent": 0, "history_dropped": 0, "history_resets": 0}
+        self._counts = {"history_dropped": 0, "history_resets": 0}
         self._warned = False
 
     # ------------------------------------------------------------------ publishing
@@ -169,7 +178,7 @@ class RedisHistory(SharedHistory):
             encoded = delivery.encode()
         except (TypeError, ValueError, RecursionError) as exc:
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"the payload is not JSON: {exc}") from None
-        node_id, _, sender, connected = self._current()
+        node_id, _, sender, _ = self._current()
         envelope_size = len(encoded) + len(node_id) + 100
         if self.max_envelope_size is not None and envelope_size > self.max_envelope_size:
             raise ProtocolError(ErrorCode.INVALID_MESSAGE,
@@ -178,22 +187,55 @@ class RedisHistory(SharedHistory):
         keys = pair_keys(self.prefix, delivery.topic, delivery.session_id)
         id_keys = (publish_id_key(self.prefix, delivery.session_id, publish_id),) if publish_id is not None else ()
         sha = self._sha(sender)
+        seq = next(self._seqs)
         args = ("EVALSHA", sha, 2 + len(id_keys), keys.meta, keys.stream, *id_keys,
-                new_epoch(), keys.channel, node_id, self.size, self.ttl_ms, self.window_ms, encoded)
+                new_epoch(), keys.channel, node_id, self.size, self.ttl_ms, self.window_ms, encoded, seq)
+        if publish_id is None:
+            with self._lock:
+                self._in_flight[seq] = _SENT
 
-        def on_reply(reply: Any) -> None:  # on the sender's thread
+        def on_reply(reply: Any) -> None:  # on the sender's thread (which counts what it could not send)
             try:
                 result: Stamped | BaseException = self._stamped(reply, delivery)
+                self._settled(seq, publish_id, fell_back=False)
             except HistoryUnavailable as exc:
                 result = exc
-                self._unsent(delivery, exc, deliver_here=publish_id is None)
+                self._unsent(delivery, exc, deliver_here=self._settled(seq, publish_id, fell_back=True))
             if on_done is not None:
                 on_done(result)
 
-        if connected:
-            sender.submit(args, on_reply)
-        else:
-            on_reply(ConnectionError("Redis is unreachable"))
+        # Always through the sender, even while the listener is down: one FIFO, so what falls back
+        # to local delivery (Redis did not take it) is delivered here in the order it was made.
+        sender.submit(args, on_reply)
+
+    def _settled(self, seq: int, publish_id: str | None, fell_back: bool) -> bool:
+        """A publish was answered; with ``fell_back`` (Redis did not take it, as far as the sender
+        knows): whether to deliver it here, without offset (not if it came back from the channel
+        already: Redis ran it after all)."""
+        if publish_id is not None:
+            return False  # answered unavailable: delivered nowhere by us
+        with self._lock:
+            state = self._in_flight.pop(seq, None)
+            if not fell_back or state == _ARRIVED:
+                return False
+            self._in_flight[seq] = _FELL_BACK  # if it comes from the channel later, it is dropped there
+            while len(self._in_flight) > MAX_IN_FLIGHT:
+                self._in_flight.popitem(last=False)
+            return True
+
+    def arrived(self, delivery: Delivery) -> bool:
+        """The listener has ``delivery``: False for a publish of this node already delivered here."""
+        extra = delivery.extra
+        if not extra or extra.get("node") != self._current()[0]:
+            return True
+        with self._lock:
+            state = self._in_flight.get(extra["seq"])
+            if state == _SENT:
+                self._in_flight[extra["seq"]] = _ARRIVED
+            elif state == _FELL_BACK:
+                del self._in_flight[extra["seq"]]
+                return False
+        return True
 
     def _reader(self, client: Any) -> Any:
         """The read script for ``client`` (redis-py's ``Script``: EVALSHA, loading it on NOSCRIPT)."""
@@ -222,11 +264,11 @@ class RedisHistory(SharedHistory):
             raise HistoryUnavailable("Redis answered something no rusty_ws script returns") from None
         if reset:
             self._reset(delivery.topic, delivery.session_id)
+        self._warned = False  # Redis takes publishes again: warn at the next outage
         return stamped
 
     def _unsent(self, delivery: Delivery, exc: BaseException, deliver_here: bool) -> None:
         with self._lock:
-            self._counts["unsent"] += 1
             warn, self._warned = not self._warned, True
         if warn:
             logger.warning("Redis did not take a publish (%s): publishes without id reach this node's "

@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .. import backoff
-from ..protocol import Delivery
 from .base import Deliver, Key
 from .redis_codec import channel_name, control_channel, decode_envelope
 
@@ -79,8 +78,7 @@ class Listener:
         self._connected = False
         self._dirty: set[Key] = set()             # pairs whose interest changed since the last reconcile
         self._waiters: list[threading.Event] = []  # set once a reconcile that saw their marks is confirmed
-        self._counts = {"unsent": 0, "dropped": 0, "reconnects": 0}
-        self._warned_unsent = False
+        self._counts = {"dropped": 0, "reconnects": 0}  # unsent publishes: the sender counts them
         self._ever_connected = False
         self._stop = threading.Event()
         self._first_attempt = threading.Event()
@@ -110,22 +108,6 @@ class Listener:
             self.client.close()
         except self.errors:
             pass
-
-    def forward(self, delivery: Delivery, envelope: bytes) -> None:
-        """PUBLISH ``envelope`` (``delivery``'s) for the other nodes, or count it as unsent while disconnected."""
-        if self._connected:
-            try:
-                self.client.publish(channel_name(self.prefix, delivery.topic, delivery.session_id), envelope)
-                return
-            except self.errors as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-        else:
-            reason = "Redis is unreachable"
-        with self._lock:
-            self._counts["unsent"] += 1
-            warn, self._warned_unsent = not self._warned_unsent, True
-        if warn:
-            logger.warning("publishes reach this node's subscribers only (%s)", reason)
 
     def interest_changed(self, key: Key) -> None:
         """Mark ``key`` for the listener to reconcile; while connected, wait until Redis has it."""
@@ -166,9 +148,7 @@ class Listener:
     def _set_connected(self, connected: bool) -> None:
         with self._lock:
             self._connected = connected
-            if connected:
-                self._warned_unsent = False
-            else:
+            if not connected:
                 waiters, self._waiters = self._waiters, []
             self._connected_changed.notify_all()
         if not connected:

@@ -94,6 +94,8 @@ _CLOSE, _TOO_BIG, _FAILED = FrameEvent.CLOSE, FrameEvent.TOO_BIG, FrameEvent.FAI
 _SUBSCRIBE, _PUBLISH = TopicAction.SUBSCRIBE, TopicAction.PUBLISH
 #: Verbs whose argument is a token: logged as the verb alone.
 _TOKEN_VERBS = ("auth:", "refresh:")
+#: Seconds a reply waits for the acks of earlier publishes (the broker answers well within it).
+ACK_WAIT = 20.0
 
 
 class Connection(TokenLife):
@@ -132,6 +134,11 @@ class Connection(TokenLife):
         self._peer_close: tuple[int, str] | None = None  # the peer's close frame: code and reason
         self._peer_answered = False  # that close frame answered one of the hub's
         self._lost: str | None = None  # EOF or a reset, when the socket ended without a close frame
+        # Publishes with an id not answered yet. _acks_changed (its own lock) guards the count
+        # and is signalled as each ack goes out: replies after them wait (``_await_acks``).
+        self._acks_changed = threading.Condition(threading.Lock())
+        self._acks_pending = 0
+        self._reader = 0  # the ident of the thread running the command loop
         self._start_token_life()  # token_life.py: the expiry, or the wait for auth:
 
     def __repr__(self) -> str:
@@ -148,6 +155,7 @@ class Connection(TokenLife):
                 head (a client that did not wait for the 101); parsed before the socket is read.
         """
         thread = threading.current_thread()
+        self._reader = thread.ident or 0
         request_thread_name, thread.name = thread.name, f"rusty_ws-{self.label}"
         logger.info("%s connected from %s as %s in session %r", self.label, self.remote, self._who(),
                     self.session_id)
@@ -240,6 +248,8 @@ class Connection(TokenLife):
             return
         try:
             command = parse_command(text)
+            if self._acks_pending and type(command) in _REPLYING:
+                self._await_acks()  # its reply goes after the acks of earlier publishes
             self._HANDLERS[type(command)](self, command)
         except ProtocolError as exc:
             self._reply_error(exc.code, exc.message, command_verb(text), exc.publish_id)
@@ -251,6 +261,7 @@ class Connection(TokenLife):
         self._reply_error(ErrorCode.BINARY_NOT_SUPPORTED, "send commands as text frames", None)
 
     def _reply_error(self, code: str, message: str, verb: str | None, publish_id: str | None = None) -> None:
+        self._await_acks()
         message = redact_tokens(message)  # an unknown frame is echoed: never a token in it
         logger.debug("> %s error %s: %s", self.label, code, message)
         self.hub.writer.send_to(self.outbox, text_frame(encode_error(code, message, verb, publish_id)))
@@ -348,13 +359,59 @@ class Connection(TokenLife):
                 session_id=self._stream(command.topic, command.session_id, _PUBLISH),
                 user=user,
             )
-            (position, delivered), _ = self.hub.publish(delivery, command.id)
+            if command.id is None:
+                self.hub.publish(delivery)
+                return
+            with self._acks_changed:
+                self._acks_pending += 1
+            try:
+                self.hub.publish(delivery, command.id, self._answerer(command.id))
+            except BaseException:
+                self._ack_sent()
+                raise
         except ProtocolError as exc:
             exc.publish_id = command.id
             raise
-        if command.id is not None:
-            offset, epoch = (position.offset, position.epoch) if position else (None, None)
-            self.hub.writer.send_to(self.outbox, text_frame(encode_ack(command.id, offset, epoch, delivered)))
+
+    def _answerer(self, publish_id: str) -> Callable[[Any], None]:
+        """What answers one publish with an id: its ``ack:`` or ``error:``, after every earlier one's.
+
+        Called on this thread (in-memory broker, a repeat) or on the broker's
+        (Redis, once Redis took it): acks go out in the order of the publishes.
+        """
+        def answer(result: Any) -> None:
+            try:
+                if threading.get_ident() == self._reader:
+                    self._await_acks(1)  # this thread: earlier acks still in flight go first
+                if isinstance(result, ProtocolError):
+                    frame = text_frame(encode_error(result.code, result.message, "publish-json", publish_id))
+                else:
+                    (position, delivered), _ = result
+                    offset, epoch = (position.offset, position.epoch) if position else (None, None)
+                    frame = text_frame(encode_ack(publish_id, offset, epoch, delivered))
+                self.hub.writer.send_to(self.outbox, frame)
+            finally:
+                self._ack_sent()
+
+        return answer
+
+    def _ack_sent(self) -> None:
+        with self._acks_changed:
+            self._acks_pending -= 1
+            self._acks_changed.notify_all()
+
+    def _await_acks(self, leave: int = 0) -> None:
+        """Before a reply: wait until at most ``leave`` acks are in flight, so replies keep their order.
+
+        Blocks this connection's thread only (its client asked for the acks); the
+        broker answers every publish within its timeouts.
+        """
+        if self._acks_pending <= leave:  # the usual case: no lock
+            return
+        with self._acks_changed:
+            if not self._acks_changed.wait_for(lambda: self._acks_pending <= leave, ACK_WAIT):
+                logger.warning("%s: %d acks still in flight after %.0fs; replying anyway", self.label,
+                               self._acks_pending, ACK_WAIT)
 
     _HANDLERS: ClassVar[dict[type, Callable[[Any, Any], None]]] = {
         Ping: _on_ping,
@@ -369,3 +426,6 @@ class Connection(TokenLife):
         Refresh: TokenLife._on_refresh,
     }
 
+
+#: Commands answered with a reply of their own: it waits for the acks of earlier publishes.
+_REPLYING = (Ping, HistoryQuery, SubscribeJson, Auth, Refresh)

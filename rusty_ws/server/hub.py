@@ -24,6 +24,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..auth import Claims, TokenService
@@ -49,9 +50,14 @@ from .registry import Registry
 from .shared_streams import SharedStreams
 from .writer import Outbox, Writer
 
-__all__ = ["Hub", "PendingRequests"]
+__all__ = ["Hub", "PendingRequests", "Answer"]
 
 logger = logging.getLogger("rusty_ws.server")
+
+#: What ``Hub.publish`` calls for a publish with an id: ``(landed, repeat)``, or the error.
+Answer = Callable[["tuple[Landed, bool] | ProtocolError"], None]
+#: Seconds a caller of ``Hub.publish`` with an id and no ``answer`` waits for the broker.
+PUBLISH_ANSWER_TIMEOUT = 20.0
 
 
 class PendingRequests:
@@ -310,21 +316,36 @@ class Hub:
 
     # ------------------------------------------------------------------ publishing
 
-    def publish(self, delivery: Delivery, publish_id: str | None = None) -> tuple[Landed, bool]:
+    def publish(self, delivery: Delivery, publish_id: str | None = None,
+                answer: Answer | None = None) -> tuple[Landed, bool] | None:
         """Send ``delivery`` to every subscriber of its (topic, session), on every node.
 
         With ``publish_id``, a repeat of an id its session used within the
-        idempotency window is not delivered again.
+        idempotency window is not delivered again, and the publish is settled
+        (what an ``ack:`` tells) only once the broker's road took it: at once
+        with the in-memory broker, when Redis answered with the Redis broker.
+
+        Args:
+            answer: with ``publish_id``: called once with ``(landed, repeat)``, or with
+                the ``ProtocolError`` (``unavailable``) when the road could not take it;
+                on this thread (in-memory broker, a repeat) or the broker's (Redis).
+                Without it, a publish with an id waits here for its answer.
 
         Returns:
-            Where the message landed on this node (its place in this node's stream,
-            None with history off, and how many of this node's subscribers it was
-            handed to), and whether it was a repeat (then: where the first one landed).
+            Without ``answer``: where the message landed on this node (its place in this
+            node's stream, None with history off, and how many of this node's subscribers
+            it was handed to), and whether it was a repeat (then: where the first one
+            landed). With ``answer``: None.
+
+        Raises:
+            ProtocolError: the publish was refused before it was delivered anywhere.
         """
         if self.shared is not None:
-            return self.shared.publish(delivery, publish_id)
+            return self.shared.publish(delivery, publish_id, answer)
         if publish_id is None:
             return self.broker.publish(delivery), False
+        if answer is None:
+            return self._publish_and_wait(delivery, publish_id)
         session_id = delivery.session_id
         with self._history_lock:
             for _ in range(3):  # claimed, or answered as the first one; a failed first frees the id
@@ -337,20 +358,51 @@ class Hub:
                 if not self._ids_settled.wait_for(settled, self.settings.close_timeout):
                     raise ProtocolError(ErrorCode.UNAVAILABLE, "a publish with this id is still in flight; retry")
                 if seen.done:  # a repeat: answered as the first one was, not delivered again
-                    return Landed(seen.position, seen.delivered), True
+                    repeat = Landed(seen.position, seen.delivered)
+                    break
             else:
                 raise ProtocolError(ErrorCode.UNAVAILABLE, "publishes with this id keep failing; retry")
+        if seen is not None:
+            answer((repeat, True))
+            return None
+
+        def on_landed(landed: Landed | BaseException) -> None:
+            with self._history_lock:
+                if isinstance(landed, BaseException):
+                    self.publish_ids.release(session_id, publish_id)
+                else:
+                    self.publish_ids.settle(session_id, publish_id, landed.position, landed.delivered)
+                self._ids_settled.notify_all()
+            if isinstance(landed, BaseException):
+                answer(ProtocolError(ErrorCode.UNAVAILABLE, "the broker could not carry the publish to the "
+                                                            "other nodes; retry with the same id"))
+            else:
+                answer((landed, False))
+
         try:
-            landed = self.broker.publish(delivery)
+            self.broker.publish(delivery, on_landed)
         except BaseException:
             with self._history_lock:
                 self.publish_ids.release(session_id, publish_id)
                 self._ids_settled.notify_all()
             raise
-        with self._history_lock:
-            self.publish_ids.settle(session_id, publish_id, landed.position, landed.delivered)
-            self._ids_settled.notify_all()
-        return landed, False
+        return None
+
+    def _publish_and_wait(self, delivery: Delivery, publish_id: str) -> tuple[Landed, bool]:
+        """``publish`` with an id, for a caller that waits for the answer (not a connection's loop)."""
+        answered = threading.Event()
+        results: list[Any] = []
+
+        def keep(result: Any) -> None:
+            results.append(result)
+            answered.set()
+
+        self.publish(delivery, publish_id, keep)
+        if not answered.wait(PUBLISH_ANSWER_TIMEOUT):
+            raise ProtocolError(ErrorCode.UNAVAILABLE, "the broker did not answer in time; retry with the same id")
+        if isinstance(results[0], ProtocolError):
+            raise results[0]
+        return results[0]
 
     def deliver_local(self, delivery: Delivery) -> Landed:
         """Hand ``delivery`` to this process's subscribers: one frame, encoded once.

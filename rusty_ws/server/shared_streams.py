@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -69,29 +70,47 @@ class SharedStreams:
 
     # ------------------------------------------------------------------ publishing
 
-    def publish(self, delivery: Delivery, publish_id: str | None) -> tuple[Landed, bool]:
-        """``Hub.publish`` with the shared history: no id, queued; with an id, waits for Redis's answer.
+    def publish(self, delivery: Delivery, publish_id: str | None,
+                answer: Callable[[Any], None] | None = None) -> tuple[Landed, bool] | None:
+        """``Hub.publish`` with the shared history: queued to the broker's sender; never delivered here directly.
+
+        With an id, ``answer`` is called once Redis answered (on the sender's thread) with
+        ``(landed, repeat)`` or a ``ProtocolError`` (``unavailable``); without ``answer``
+        this waits for it and returns it. The position is Redis's.
 
         Raises:
-            ProtocolError: ``invalid_message`` (not sent), ``unavailable`` (Redis did not take it).
+            ProtocolError: ``invalid_message`` (not sent); without ``answer``, ``unavailable``.
         """
         if publish_id is None:
             self.store.publish(delivery, None, None)
             return Landed(None, None), False
-        answered = threading.Event()
-        results: list[Stamped | BaseException] = []
+        if answer is None:
+            return self._publish_and_wait(delivery, publish_id)
+        reply = answer
 
         def on_done(result: Stamped | BaseException) -> None:
+            if isinstance(result, BaseException):
+                reply(ProtocolError(ErrorCode.UNAVAILABLE, "Redis did not take the publish; retry with the same id"))
+            else:
+                reply((Landed(result.position, None), result.repeat))
+
+        self.store.publish(delivery, publish_id, on_done)
+        return None
+
+    def _publish_and_wait(self, delivery: Delivery, publish_id: str) -> tuple[Landed, bool]:
+        answered = threading.Event()
+        results: list[Any] = []
+
+        def keep(result: Any) -> None:
             results.append(result)
             answered.set()
 
-        self.store.publish(delivery, publish_id, on_done)
+        self.publish(delivery, publish_id, keep)
         if not answered.wait(ANSWER_TIMEOUT):
             raise ProtocolError(ErrorCode.UNAVAILABLE, "Redis did not answer in time; retry with the same id")
-        result = results[0]
-        if isinstance(result, BaseException):
-            raise ProtocolError(ErrorCode.UNAVAILABLE, "Redis did not take the publish; retry with the same id")
-        return Landed(result.position, None), result.repeat
+        if isinstance(results[0], ProtocolError):
+            raise results[0]
+        return results[0]
 
     def deliver(self, delivery: Delivery) -> Landed:
         """``Hub.deliver_local``: hand a delivery (with Redis's offset, or none) to this node's subscribers."""

@@ -9,7 +9,8 @@ stdin. Each opens its connections, sets them up (session, subscription), says
 - ``publish`` role: waits for ``go`` on stdin, publishes ``count`` messages
   (as fast as the server takes them, or at ``rate`` per second);
 - ``pairs`` role: connections in pairs sharing a session, each publishing
-  ``count`` messages to the other after ``go``.
+  ``count`` messages to the other after ``go`` (with ``port_b``, the second of
+  each pair connects to that server: the two clients on different nodes).
 
 With ``"deflate": true`` in the spec, connections offer permessage-deflate and
 inflate what arrives compressed (publishes go out uncompressed).
@@ -164,11 +165,12 @@ class LoadGen:
 
     # -------------------------------------------------------------- connecting
 
-    def open(self, session: str, topic: str | None, expect: int) -> Conn:
-        sock = socket.create_connection(("127.0.0.1", self.spec["port"]), timeout=30)
+    def open(self, session: str, topic: str | None, expect: int, port: int | None = None) -> Conn:
+        port = port or self.spec["port"]
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         deflate = self.spec.get("deflate", False)
-        sock.sendall(handshake("127.0.0.1", self.spec["port"], self.dialect.path, offer_deflate=deflate))
+        sock.sendall(handshake("127.0.0.1", port, self.dialect.path, offer_deflate=deflate))
         sock.setblocking(False)
         conn = Conn(sock, self.selector, session, topic, expect)
         if deflate:
@@ -178,12 +180,15 @@ class LoadGen:
         self.conns.append(conn)
         return conn
 
-    def connect_all(self, wanted: list[tuple[str, str | None, int]]) -> None:
-        """Open connections in batches, so a server's listen backlog is not flooded."""
+    def connect_all(self, wanted: list[tuple]) -> None:
+        """Open connections in batches, so a server's listen backlog is not flooded.
+
+        Each wanted connection is (session, topic, expect) or (session, topic, expect, port).
+        """
         batch = self.spec.get("batch", 200)
         for start in range(0, len(wanted), batch):
-            for session, topic, expect in wanted[start:start + batch]:
-                self.open(session, topic, expect)
+            for connection in wanted[start:start + batch]:
+                self.open(*connection)
             self.run_until(lambda: all(c.ready for c in self.conns), "connect")
 
     # -------------------------------------------------------------- the loop
@@ -310,9 +315,10 @@ class LoadGen:
         spec = self.spec
         count, first = spec["count"], spec["first_pair"]
         wanted = []
+        port_b = spec.get("port_b") or spec["port"]  # the multi-node scenario: b on another node
         for pair in range(first, first + spec["pairs"]):
             session = f"s{pair}"
-            wanted += [(session, f"to-a-{pair}", count), (session, f"to-b-{pair}", count)]
+            wanted += [(session, f"to-a-{pair}", count), (session, f"to-b-{pair}", count, port_b)]
         self.connect_all(wanted)
         self.wait_for_go()
         outgoing = []

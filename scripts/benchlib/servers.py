@@ -33,6 +33,14 @@ SERVERS = {
     "ceiling": ServerKind("ceiling", "rusty", "peer_ceiling.py", "coalesce"),
     "per-send": ServerKind("per-send", "rusty", "peer_ceiling.py", "per-send", load=0.2),
 }
+#: The multi-node scenarios' nodes (RUSTY_WS_BROKER_URL from the environment): with the
+#: sender, with the sender but without hiredis, and publishing as before the sender (a
+#: synchronous PUBLISH on the publisher's thread), for the ratios of one run.
+NODES = {
+    "redis": ServerKind("rusty_ws+redis", "rusty", "run_rusty.py"),
+    "redis-nohiredis": ServerKind("rusty_ws+redis, no hiredis", "rusty", "run_rusty.py", "nohiredis"),
+    "redis-sync": ServerKind("rusty_ws+redis, sync PUBLISH", "rusty", "run_rusty.py", "sync-publish"),
+}
 #: The compression scenario's servers: the same two with permessage-deflate on.
 COMPRESSING = {
     "rusty_ws": ServerKind("rusty_ws", "rusty", "run_rusty.py", "deflate"),
@@ -49,10 +57,10 @@ def free_port() -> int:
 class RunningServer:
     """One server process. ``stop()`` ends it (SIGTERM, then SIGKILL) and is idempotent."""
 
-    def __init__(self, kind: ServerKind) -> None:
+    def __init__(self, kind: ServerKind, env: dict[str, str] | None = None) -> None:
         self.kind = kind
         self.port = free_port()
-        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = dict(os.environ, **(env or {}), PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
         env.pop("FLASK_RUN_FROM_CLI", None)  # set by Flask's CLI; it turns app.run() into a no-op
         # The log goes to a file: a pipe nobody reads would stall a chatty server.
         self.log = tempfile.TemporaryFile()
@@ -84,6 +92,12 @@ class RunningServer:
                 if key in ("VmRSS", "Threads"):
                     values[key] = int(value.split()[0])
         return {"rss_kib": values.get("VmRSS", 0), "threads": values.get("Threads", 0)}
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the server process used so far, from /proc."""
+        with open(f"/proc/{self.process.pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def alive(self) -> bool:
         return self.process.poll() is None

@@ -55,7 +55,7 @@ def test_a_publish_whose_ack_is_lost_is_sent_again_and_delivered_once() -> None:
 
 def test_an_error_reply_raises_with_the_publish_id_and_is_not_retried(server: RunningServer,
                                                                        monkeypatch) -> None:
-    def refuse(delivery, publish_id=None):
+    def refuse(delivery, publish_id=None, answer=None):
         raise ProtocolError(ErrorCode.UNAVAILABLE, "the broker is down")
 
     with WsClient.connect_with_session("pub", "s", server.ws_url, **FAST) as client:
@@ -78,9 +78,9 @@ def test_a_publish_not_acknowledged_in_time_raises_and_the_wire_stays_in_step(se
     release = threading.Event()
     real = server.hub.publish
 
-    def stuck(delivery, publish_id=None):
+    def stuck(delivery, publish_id=None, answer=None):
         release.wait(WAIT)
-        return real(delivery, publish_id)
+        return real(delivery, publish_id, answer)
 
     with WsClient.connect_with_session("pub", "s", server.ws_url, timeout=300 * MS) as client:
         with monkeypatch.context() as patch:

@@ -14,7 +14,7 @@ import threading
 import pytest
 
 from redis_support import RedisServer, redis_server
-from rusty_ws import RecoveryFailure, WsClient
+from rusty_ws import RecoveryFailure, ServerError, WsClient
 from rusty_ws.protocol import Since
 from support import WAIT, ClientEvents, HubProcess, running_server
 from tcp_proxy import tcp_proxy
@@ -89,7 +89,15 @@ def test_redis_restarted_empty_is_a_new_epoch_and_the_client_is_told(redis: Redi
         redis.start()
         for node in (a, b):
             assert node.hub.broker.wait_connected(True, WAIT)
-        later = [pub.publish("pub", "T", n) for n in range(31, 36)]  # offsets 1..5 of a new epoch
+        # The sender learns that its old connection died when it next writes: the first publish
+        # may be answered unavailable; retried with the same id, it lands once.
+        try:
+            pub.publish("pub", "T", 31, publish_id="first-after")
+        except ServerError as exc:
+            assert exc.code == "unavailable"
+            assert b.hub.broker.wait_connected(True, WAIT)
+        later = [pub.publish("pub", "T", 31, publish_id="first-after")]  # acknowledged as the first, if it landed
+        later += [pub.publish("pub", "T", n) for n in range(32, 36)]  # offsets 1..5 of a new epoch
         assert [ack.offset for ack in later] == [1, 2, 3, 4, 5] and later[0].epoch != first[0].epoch
         proxy.target_port = b.port
         proxy.release()

@@ -248,12 +248,12 @@ def test_a_repeat_waits_for_the_first_and_takes_over_when_it_fails(server: Runni
     real_publish = server.hub.broker.publish
     entered, fail = threading.Event(), threading.Event()
 
-    def failing_once(delivery):
+    def failing_once(delivery, on_landed=None):
         if delivery.payload == "first":
             entered.set()
             assert fail.wait(WAIT)
             raise RuntimeError("the broker lost it")
-        return real_publish(delivery)
+        return real_publish(delivery, on_landed)
 
     server.hub.broker.publish = failing_once  # type: ignore[method-assign]
     with server.connect() as sub, server.connect() as first, server.connect() as repeat:

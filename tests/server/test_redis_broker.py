@@ -26,6 +26,7 @@ from redis_support import (
     free_port,
     publish_across_nodes,
     publish_sentinel,
+    publishes_landed,
     read_until_sentinel,
     redis_server,
 )
@@ -67,7 +68,13 @@ def publish(client: Client, topic: str, session: str, payload: object) -> list[s
 
 
 def redis_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("rusty_ws-redis-")]
+    """The listener threads alive (each broker has one, and one sender: ``sender_threads``)."""
+    return [t.name for t in threading.enumerate()
+            if t.name.startswith("rusty_ws-redis-") and not t.name.startswith("rusty_ws-redis-sender-")]
+
+
+def sender_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("rusty_ws-redis-sender-")]
 
 
 # --------------------------------------------------------------------------- the seed's scenario
@@ -174,6 +181,7 @@ def test_channel_prefix_keeps_deployments_apart(redis: RedisServer) -> None:
         assert redis.channels("shop:*") - {channel for channel in redis.channels("shop:node:*")} == \
             {channel_name("shop", "T", "s")}
         publish(publisher, "T", "s", "other deployment")
+        assert publishes_landed(publisher, "s") == []
         listener.command(encode_subscribe(SENTINEL, "s"))
         publish_sentinel(redis, "s", prefix="shop")
         assert read_until_sentinel(listener) == []
@@ -192,6 +200,8 @@ def test_redis_outage_local_delivery_goes_on_and_remote_resumes(redis: RedisServ
         assert len(redis_threads()) == 2
 
         for round_ in range(2):  # twice: nothing piles up from one outage to the next
+            # Answered first: with history in Redis the channel's copy can overtake the reply.
+            assert broker(a).wait_sent(WAIT)
             redis.kill()
             assert broker(a).wait_connected(False, WAIT) and broker(b).wait_connected(False, WAIT)
             health = http("GET", a.http_url + "/healthz")[2]["broker"]
@@ -200,7 +210,7 @@ def test_redis_outage_local_delivery_goes_on_and_remote_resumes(redis: RedisServ
             # Local delivery goes on; the other node cannot get it, and it is counted.
             publish(publisher, "T", "s", f"during-{round_}")
             assert near.recv_json()["payload"] == f"during-{round_}"
-            assert broker(a).status()["unsent"] == round_ + 1
+            assert broker(a).wait_sent(WAIT) and broker(a).status()["unsent"] == round_ + 1
             # Interest that changes during the outage is taken into account on reconnect.
             late.command(encode_subscribe(f"Late{round_}", "s"))
 
@@ -214,7 +224,7 @@ def test_redis_outage_local_delivery_goes_on_and_remote_resumes(redis: RedisServ
             assert far.recv_json()["payload"] == f"after-{round_}"
             publish(publisher, f"Late{round_}", "s", "late")
             assert late.recv_json()["payload"] == "late"
-            assert redis_threads() and len(redis_threads()) == 2
+            assert redis_threads() and len(redis_threads()) == 2 and len(sender_threads()) == 2
             assert broker(b).status()["reconnects"] == round_ + 1
         for client in (near, far, late):
             assert client.sync() == []
@@ -279,6 +289,8 @@ def test_healthz_names_the_broker_and_its_state(redis: RedisServer) -> None:
         health = http("GET", node.http_url + "/healthz")[2]["broker"]
         assert health == {"name": "redis", "connected": True, "node": broker(node).node_id,
                           "channels": 0, "unsent": 0, "dropped": 0, "reconnects": 0,
+                          "sender": {"connected": True, "queued": 0, "sent": 0, "unsent": 0, "unanswered": 0, "failed": 0,
+                                     "blocked": 0, "reconnects": 0},
                           "history": "redis", "history_dropped": 0, "history_resets": 0}
 
 
@@ -309,9 +321,13 @@ def test_a_redis_that_stops_answering_is_noticed_by_the_keepalive(
 ) -> None:
     """SIGSTOP keeps Redis' sockets open but silent: only the listener's own PING can tell."""
     import rusty_ws.brokers.redis_listener as module
+    import rusty_ws.brokers.redis_sender as sender_module
 
     for name, value in dict(POLL_INTERVAL=50 * MS, KEEPALIVE_INTERVAL=200 * MS, KEEPALIVE_TIMEOUT=200 * MS).items():
         monkeypatch.setattr(module, name, value)
+    # With history in Redis a publish is delivered here once Redis answered, or once the
+    # sender gave up on it (its reply timeout), in order.
+    monkeypatch.setattr(sender_module, "REPLY_TIMEOUT", 300 * MS)
     with nodes(1, redis.url) as (node,), node.connect() as client:
         client.command(encode_subscribe("T", "s"))
         assert redis.process is not None

@@ -1,0 +1,474 @@
+"""The Redis sender: one thread that writes a node's commands to Redis, pipelined, in order.
+
+``RedisBroker.publish`` (and the history scripts) hand commands to ``submit``,
+which only queues them; the thread ``rusty_ws-redis-sender-{node}`` takes
+everything waiting, writes it as one pipeline on its own connection, reads the
+replies, and calls each command's ``on_reply`` with its reply. So no publisher
+waits for a Redis round trip, and one node's commands reach Redis in the order
+they were submitted (one FIFO queue, one connection, one thread).
+
+The queue is bounded (``max_commands`` and ``max_bytes``): ``submit`` blocks
+while it is full, which slows publishers to what Redis takes; nothing is
+dropped. While Redis is unreachable (from a failed connection until the next
+one is up) the thread fails every queued command at once with ``on_reply(exc)``
+and counts it ``unsent``, so publishers are blocked at most while a connection
+attempt or a write times out (``connect_timeout``, ``reply_timeout``), never
+for the length of an outage. A command whose connection broke after it was
+written is failed too: Redis may or may not have run it.
+
+Scripts: ``script_load`` returns the script's SHA1 at once and queues a
+``SCRIPT LOAD``; every new connection loads every known script before any other
+command, so an ``EVALSHA`` after a Redis restart finds it. A ``NOSCRIPT`` reply
+anyway (``SCRIPT FLUSH`` on a live connection) loads the script again and runs
+the failed commands once more, in their order, before any reply is handed out.
+
+Threads and locks: the sender thread owns the connection (``_link``); ``_lock``
+guards the queue and the counts, and is never held across I/O nor while an
+``on_reply`` runs. ``_has_work`` and ``_not_full`` are conditions on it.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
+
+from .. import backoff
+
+__all__ = ["RedisSender", "Link", "ConnectionLink", "OnReply"]
+
+logger = logging.getLogger("rusty_ws.server")
+
+#: Called on the sender thread with a command's reply, or an exception instance.
+OnReply = Callable[[Any], None]
+#: Seconds the sender waits for a connection (and its handshake) to Redis.
+CONNECT_TIMEOUT = 2.0
+#: Seconds the sender waits for the replies to a pipeline before it takes Redis for gone.
+REPLY_TIMEOUT = 5.0
+#: Seconds of silence after which the sender PINGs an idle connection (finds a dead one early).
+KEEPALIVE_INTERVAL = 5.0
+#: Most commands in one pipeline.
+MAX_BATCH = 5000
+
+
+class Link(Protocol):
+    """One connection the sender writes pipelines on (``RedisSender._open_link`` makes it)."""
+
+    def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Write ``commands`` at once, then read their replies, in order.
+
+        A command Redis refused has its error (a ``ResponseError``) as reply.
+        Raises one of the sender's ``errors`` when the connection broke.
+        """
+
+    def close(self) -> None:
+        """Close the connection; never raises."""
+
+
+class ConnectionLink:
+    """A ``Link`` on one redis-py ``Connection``, which made the connection (URL, TLS, auth, name).
+
+    Its pipelines skip redis-py's per-command layers, which cost more than Redis
+    itself (docs/performance.md): every command is packed into one buffer
+    (``hiredis.pack_command`` when hiredis is installed) and written at once;
+    the replies are parsed by a ``hiredis.Reader`` fed straight from the socket,
+    or without hiredis by the connection's own parser. The link owns the
+    connection: nothing else reads or writes it.
+    """
+
+    def __init__(self, connection: Any, exceptions: Any) -> None:
+        self.connection = connection
+        self.exceptions = exceptions
+        self._reader: Any = None
+        if _hiredis is not None:
+            self._reader = _hiredis.Reader(protocolError=exceptions.InvalidResponse,
+                                           replyError=exceptions.ResponseError)
+
+    def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        connection = self.connection
+        connection.send_packed_command([_pack(commands)], check_health=False)
+        if self._reader is not None:
+            return self._read_hiredis(len(commands))
+        refused = self.exceptions.ResponseError
+        replies: list[Any] = []
+        read = connection.read_response
+        for _ in range(len(commands)):
+            try:
+                replies.append(read())
+            except refused as exc:
+                replies.append(exc)
+        return replies
+
+    def _read_hiredis(self, count: int) -> list[Any]:
+        reader, sock = self._reader, self.connection._sock
+        refused, noscript = self.exceptions.ResponseError, self.exceptions.NoScriptError
+        replies: list[Any] = []
+        gets = reader.gets
+        while len(replies) < count:
+            reply = gets()
+            if reply is False:
+                data = sock.recv(65536)
+                if not data:
+                    raise self.exceptions.ConnectionError("Redis closed the connection")
+                reader.feed(data)
+                continue
+            if isinstance(reply, refused) and str(reply).startswith("NOSCRIPT"):
+                reply = noscript(str(reply))
+            replies.append(reply)
+        return replies
+
+    def close(self) -> None:
+        try:
+            self.connection.disconnect()
+        except Exception:
+            pass
+
+
+def _pack_plain(commands: Sequence[tuple[Any, ...]]) -> bytes:
+    """RESP for ``commands`` (bytes, str, int, float arguments), without hiredis."""
+    out: list[bytes] = []
+    add = out.append
+    for command in commands:
+        add(b"*%d\r\n" % len(command))
+        for arg in command:
+            if arg.__class__ is not bytes:
+                arg = arg.encode("utf-8") if isinstance(arg, str) else repr(arg).encode("ascii")
+            add(b"$%d\r\n" % len(arg))
+            add(arg)
+            add(b"\r\n")
+    return b"".join(out)
+
+
+def _pack_hiredis(commands: Sequence[tuple[Any, ...]]) -> bytes:
+    pack = _hiredis.pack_command
+    return b"".join([pack(command) for command in commands])
+
+
+_hiredis: Any
+try:
+    import hiredis as _hiredis
+except ImportError:  # optional: the sender is about 3x cheaper per command with it
+    _hiredis = None
+_pack = _pack_hiredis if _hiredis is not None else _pack_plain
+
+
+def _size(args: tuple[Any, ...]) -> int:
+    """Bytes a command holds in the queue, near enough: its arguments plus 16 each."""
+    return sum(len(a) + 16 if isinstance(a, (bytes, str)) else 32 for a in args)
+
+
+class RedisSender:
+    """A node's writer to Redis: a bounded FIFO queue drained by one thread, as pipelines.
+
+    Args:
+        client: a ``redis.Redis``; the sender makes its own connection from its pool.
+        errors: the exceptions that mean the connection failed (redis' and ``OSError``).
+        node_id: names the thread and the log lines.
+        max_commands: most commands waiting at once (``RUSTY_WS_REDIS_SEND_QUEUE``).
+        max_bytes: most bytes waiting at once (``RUSTY_WS_REDIS_SEND_QUEUE_BYTES``); one
+            command bigger than this is let in alone.
+        reply_timeout: seconds a pipeline's replies may take before Redis is taken for gone
+            (None: ``REPLY_TIMEOUT``).
+        connect_timeout: seconds a connection attempt may take (None: ``CONNECT_TIMEOUT``).
+    """
+
+    def __init__(
+        self,
+        *,
+        client: Any,
+        errors: tuple[type[BaseException], ...],
+        node_id: str,
+        max_commands: int = 10_000,
+        max_bytes: int = 32 * 1024 * 1024,
+        reply_timeout: float | None = None,
+        connect_timeout: float | None = None,
+        backoff_delays: Callable[[], Iterator[float]] = lambda: backoff.delays(initial=0.1, cap=5.0),
+    ) -> None:
+        if max_commands < 1 or max_bytes < 1:
+            raise ValueError("the send queue needs room for at least one command")
+        self.client = client
+        self.errors = errors
+        self.node_id = node_id
+        self.max_commands = max_commands
+        self.max_bytes = max_bytes
+        self.reply_timeout = REPLY_TIMEOUT if reply_timeout is None else reply_timeout
+        self.connect_timeout = CONNECT_TIMEOUT if connect_timeout is None else connect_timeout
+        self.backoff_delays = backoff_delays
+        import redis.exceptions  # the broker imported it already: this is the redis extra
+
+        self._exceptions = redis.exceptions
+        self._response_error: type[Exception] = redis.exceptions.ResponseError
+        self._noscript: type[Exception] = redis.exceptions.NoScriptError
+        # _lock guards _queue, _queued_bytes, _scripts, _connected, _stopped, _idle, _counts
+        # and _warned. Never held across I/O, nor while an on_reply runs.
+        self._lock = threading.Lock()
+        self._has_work = threading.Condition(self._lock)  # the thread waits on it for commands
+        self._not_full = threading.Condition(self._lock)  # submit waits on it for room
+        self._answered = threading.Condition(self._lock)  # signalled after each batch is answered
+        self._connected_changed = threading.Condition(self._lock)  # signalled when _connected changes
+        self._in_flight = 0  # commands taken from the queue, not answered yet
+        self._queue: collections.deque[tuple[tuple[Any, ...], OnReply | None, int]] = collections.deque()
+        self._queued_bytes = 0
+        self._scripts: dict[str, str] = {}  # sha1 -> source, loaded on every new connection
+        self._connected = False
+        self._stopped = False
+        self._idle = False  # the thread waits on _has_work: a submit must notify it
+        self._counts = {"sent": 0, "unsent": 0, "unanswered": 0, "failed": 0, "blocked": 0, "reconnects": 0}
+        self._warned = False
+        self._first_attempt = threading.Event()
+        # Daemon: a hub nobody shut down must not keep the process alive; stop() joins it.
+        self._thread = threading.Thread(target=self._run, name=f"rusty_ws-redis-sender-{node_id}", daemon=True)
+
+    # ------------------------------------------------------------------ any thread
+
+    def start(self, timeout: float) -> None:
+        """Start the thread; wait (up to ``timeout``) for its first connection attempt to end."""
+        self._thread.start()
+        self._first_attempt.wait(timeout)
+
+    def submit(self, args: tuple[Any, ...], on_reply: OnReply | None = None) -> None:
+        """Queue one Redis command (``("PUBLISH", channel, data)``, ``("EVALSHA", sha, n, ...)``).
+
+        ``on_reply`` is called later on the sender thread with the command's reply,
+        or with an exception instance: Redis refused it (``ResponseError``) or could
+        not be reached (``ConnectionError``; counted ``unsent``). It must not block,
+        nor take a lock its caller may hold while it calls ``submit`` (a full queue
+        would then deadlock). Blocks only while the queue is full; after ``stop``,
+        fails the command at once, on the calling thread.
+        """
+        size = _size(args)
+        with self._lock:
+            if not self._stopped:
+                queue = self._queue
+                while queue and (len(queue) >= self.max_commands or self._queued_bytes + size > self.max_bytes):
+                    self._counts["blocked"] += 1
+                    self._not_full.wait()
+                    if self._stopped:
+                        break
+                else:
+                    queue.append((args, on_reply, size))
+                    self._queued_bytes += size
+                    if self._idle:
+                        self._has_work.notify()
+                    return
+            self._counts["unsent"] += 1
+        if on_reply is not None:
+            on_reply(ConnectionError("the Redis sender was stopped"))
+
+    def script_load(self, source: str) -> str:
+        """Make ``source`` known to Redis (now and after every reconnect); returns its SHA1 for EVALSHA.
+
+        Does not wait: the ``SCRIPT LOAD`` is queued ahead of any later ``EVALSHA``.
+        """
+        sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
+        with self._lock:
+            known = sha in self._scripts
+            self._scripts[sha] = source
+        if not known:
+            self.submit(("SCRIPT", "LOAD", source))
+        return sha
+
+    def stop(self, timeout: float) -> None:
+        """Send what is queued (while connected), end the thread, close the connection. Idempotent."""
+        with self._lock:
+            self._stopped = True
+            self._has_work.notify_all()
+            self._not_full.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                logger.error("%s did not stop within %.1fs", self._thread.name, timeout)
+
+    def wait_drained(self, timeout: float) -> bool:
+        """Block until every command submitted so far has been answered; False on timeout."""
+        with self._lock:
+            return self._answered.wait_for(lambda: not self._queue and not self._in_flight, timeout)
+
+    def wait_connected(self, connected: bool, timeout: float) -> bool:
+        """Block until the sender is (or is not) connected; False on timeout."""
+        with self._lock:
+            return self._connected_changed.wait_for(lambda: self._connected == connected, timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def status(self) -> dict[str, Any]:
+        """For ``/healthz``: connected; queued (waiting now); sent (answered by Redis); unsent (failed for
+        want of Redis), of which unanswered (written, then the connection failed before the reply:
+        Redis may have run them); failed (refused by Redis); blocked (submits that waited for
+        room); reconnects."""
+        with self._lock:
+            return {"connected": self._connected, "queued": len(self._queue), **self._counts}
+
+    # ------------------------------------------------------------------ the thread
+
+    def _open_link(self) -> Link:
+        """A new connection to write pipelines on: the one method to replace for another topology (Cluster)."""
+        connection = self.client.connection_pool.make_connection()
+        connection.socket_connect_timeout = connection.socket_timeout = self.connect_timeout
+        connection.connect()  # with its handshake (client name), within connect_timeout
+        connection.socket_timeout = self.reply_timeout  # from now on: for the pipelines' replies
+        sock = getattr(connection, "_sock", None)
+        if sock is not None:
+            sock.settimeout(self.reply_timeout)
+        return ConnectionLink(connection, self._exceptions)
+
+    def _run(self) -> None:
+        delays = self.backoff_delays()
+        ever_connected = warned = False
+        while True:
+            link: Link | None = None
+            try:
+                link = self._open_link()
+                link.execute([("SCRIPT", "LOAD", source) for source in self._known_scripts()] or [("PING",)])
+                with self._lock:
+                    self._connected, self._warned = True, False
+                    self._connected_changed.notify_all()
+                    if ever_connected:
+                        self._counts["reconnects"] += 1
+                ever_connected = True
+                delays = self.backoff_delays()  # a good connection starts the backoff over
+                logger.debug("- %s connected", threading.current_thread().name)
+                self._first_attempt.set()
+                self._pump(link)
+                return  # stopped
+            except self.errors as exc:
+                if not warned or self._connected:
+                    logger.warning("the Redis sender lost its connection or was refused (%s); "
+                                   "publishes reach this node's subscribers only until it is back", exc)
+                warned = True
+            except Exception:
+                logger.exception("the Redis sender failed; reconnecting")
+            finally:
+                with self._lock:
+                    self._connected = False
+                    self._connected_changed.notify_all()
+                if link is not None:
+                    link.close()
+            self._first_attempt.set()
+            if self._fail_queued_until(time.monotonic() + next(delays)):
+                return
+
+    def _known_scripts(self) -> list[str]:
+        with self._lock:
+            return list(self._scripts.values())
+
+    def _fail_queued_until(self, deadline: float) -> bool:
+        """Disconnected: fail every command queued until ``deadline``; True once stopped."""
+        failure = ConnectionError("Redis is unreachable")
+        while True:
+            with self._lock:
+                batch = self._take_locked(len(self._queue))
+                if not batch:
+                    left = deadline - time.monotonic()
+                    if self._stopped or left <= 0:
+                        return self._stopped
+                    self._idle = True
+                    self._has_work.wait(left)
+                    self._idle = False
+                    continue
+                self._counts["unsent"] += len(batch)
+            self._answer(batch, [failure] * len(batch))
+
+    def _take_locked(self, most: int) -> list[tuple[tuple[Any, ...], OnReply | None, int]]:
+        assert self._lock.locked(), "must hold the sender's lock"
+        queue = self._queue
+        batch = [queue.popleft() for _ in range(min(most, len(queue)))]
+        self._in_flight += len(batch)
+        if batch:
+            self._queued_bytes -= sum(item[2] for item in batch)
+            self._not_full.notify_all()
+        return batch
+
+    def _pump(self, link: Link) -> None:
+        """Connected: write what waits as one pipeline, read the replies, answer; until stopped."""
+        last_write = time.monotonic()
+        while True:
+            with self._lock:
+                while not self._queue and not self._stopped:
+                    self._idle = True
+                    self._has_work.wait(KEEPALIVE_INTERVAL)
+                    self._idle = False
+                    if not self._queue and time.monotonic() - last_write >= KEEPALIVE_INTERVAL:
+                        break
+                if not self._queue and self._stopped:
+                    return
+                batch = self._take_locked(MAX_BATCH)
+            if not batch:
+                link.execute([("PING",)])  # keepalive: raises if Redis went away while we were idle
+                last_write = time.monotonic()
+                continue
+            commands = [item[0] for item in batch]
+            replies: list[Any] | None = None
+            try:
+                replies = link.execute(commands)
+                self._retry_noscript(link, commands, replies)
+            except BaseException as exc:
+                lost = ConnectionError(f"Redis connection lost: {exc}")
+                # What Redis answered keeps its reply; the rest (all, or the NOSCRIPT retries) is lost.
+                replies = [lost] * len(batch) if replies is None else [
+                    lost if isinstance(reply, self._noscript) else reply for reply in replies]
+                self._count(replies, lost)
+                self._answer(batch, replies)
+                raise
+            last_write = time.monotonic()
+            self._count(replies, None)
+            self._answer(batch, replies)
+
+    def _count(self, replies: list[Any], lost: BaseException | None) -> None:
+        """Count a batch's replies; with ``lost``, its connection failed: mark it disconnected first."""
+        unanswered = sum(1 for reply in replies if reply is lost) if lost is not None else 0
+        failed = sum(1 for reply in replies if isinstance(reply, BaseException)) - unanswered
+        with self._lock:
+            self._counts["sent"] += len(replies) - failed - unanswered
+            self._counts["failed"] += failed
+            self._counts["unsent"] += unanswered
+            self._counts["unanswered"] += unanswered  # written: Redis may have run them
+            if lost is not None:
+                self._connected = False  # before anyone hears of the failure
+                self._connected_changed.notify_all()
+
+    def _retry_noscript(self, link: Link, commands: list[tuple[Any, ...]], replies: list[Any]) -> None:
+        """Load again the scripts of EVALSHAs refused with NOSCRIPT and run those once more, in order."""
+        again = [i for i, reply in enumerate(replies) if isinstance(reply, self._noscript)]
+        if not again:
+            return
+        with self._lock:
+            scripts = {sha: self._scripts.get(sha) for sha in {_sha_of(commands[i]) for i in again}}
+        again = [i for i in again if scripts.get(_sha_of(commands[i]))]
+        logger.info("Redis forgot %d script(s); loading them again", len(scripts))
+        loads = [("SCRIPT", "LOAD", source) for source in scripts.values() if source]
+        retried = link.execute([*loads, *(commands[i] for i in again)])[len(loads):]
+        for i, reply in zip(again, retried):
+            replies[i] = reply
+
+    def _answer(self, batch: list[tuple[tuple[Any, ...], OnReply | None, int]], replies: list[Any]) -> None:
+        try:
+            for (args, on_reply, _), reply in zip(batch, replies):
+                if on_reply is None:
+                    if isinstance(reply, self._response_error):
+                        logger.warning("Redis refused %s: %s", args[0], reply)
+                    continue
+                try:
+                    on_reply(reply)
+                except Exception:
+                    logger.exception("a Redis reply's callback failed (%s)", args[0])
+        finally:
+            with self._lock:
+                self._in_flight -= len(batch)
+                self._answered.notify_all()
+
+
+def _sha_of(command: tuple[Any, ...]) -> str:
+    name = command[0]
+    if isinstance(name, bytes):
+        name = name.decode()
+    if str(name).upper() != "EVALSHA" or len(command) < 2:
+        return ""
+    sha = command[1]
+    return sha.decode() if isinstance(sha, bytes) else str(sha)
