@@ -27,6 +27,13 @@ reach Redis, and therefore every node, in the order it made them. An
 acknowledged publish (``on_landed``) is answered from the sender's thread once
 Redis replied to its PUBLISH.
 
+History. With history on the hub does not call ``publish``: ``history_store``
+gives it a ``RedisHistory`` (``redis_history.py``), whose script numbers,
+keeps and PUBLISHes each message in Redis (a version-2 envelope, with offset
+and epoch, which every node's listener delivers, this node's too; through
+``_from_channel``, which drops a copy of this node's own publish already
+delivered here when Redis seemed unreachable).
+
 Threads. One sender thread per broker (``rusty_ws-redis-sender-{node}``)
 owns the publishing connection. One listener thread per broker (``rusty_ws-redis-{node}``, in
 ``redis_listener.py``) owns the subscriber connection: it is the only thread
