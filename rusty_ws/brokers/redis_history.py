@@ -44,7 +44,8 @@ __all__ = ["RedisHistory", "PUBLISH_SCRIPT", "READ_SCRIPT"]
 logger = logging.getLogger("rusty_ws.server")
 
 # KEYS[1] the meta hash, KEYS[2] the stream; ARGV[1] an epoch to use if a new one is needed.
-# Returns the epoch and 1 if it was made over data no node wrote (logged by the caller).
+# load() returns the epoch and 1 if it was made over data no node wrote (logged by the caller).
+# A stream key of another type is found by the XADD or XRANGE that fails on it (pcall).
 _PRELUDE = """
 local function fresh()
   redis.call('DEL', KEYS[1], KEYS[2])
@@ -52,16 +53,12 @@ local function fresh()
   return ARGV[1]
 end
 local function load()
-  local kind = redis.call('TYPE', KEYS[1])['ok']
-  local skind = redis.call('TYPE', KEYS[2])['ok']
-  if skind ~= 'none' and skind ~= 'stream' then return fresh(), 1 end
-  if kind == 'none' then return fresh(), 0 end
-  if kind == 'hash' then
-    local e = redis.call('HGET', KEYS[1], 'e')
-    local o = redis.call('HGET', KEYS[1], 'o')
-    if e and o and #e <= 64 and string.match(e, '^[0-9a-f]+$') and #o <= 15 and string.match(o, '^%d+$') then
-      return e, 0
-    end
+  local got = redis.pcall('HMGET', KEYS[1], 'e', 'o')
+  if got['err'] then return fresh(), 1 end  -- not a hash
+  local e, o = got[1], got[2]
+  if not e and not o then return fresh(), 0 end
+  if e and o and #e <= 64 and string.match(e, '^[0-9a-f]+$') and #o <= 15 and string.match(o, '^%d+$') then
+    return e, 0
   end
   return fresh(), 1
 end
@@ -102,14 +99,18 @@ return {'new', position, reset}
 READ_SCRIPT = _PRELUDE + """
 local epoch, reset = load()
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-local top = redis.call('HGET', KEYS[1], 'o')
 local entries = {}
 if ARGV[3] == 'last' then
-  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[6])
+  entries = redis.pcall('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[6])
 elseif ARGV[4] == epoch then
-  entries = redis.call('XRANGE', KEYS[2], '(' .. ARGV[5] .. '-0', '+', 'COUNT', ARGV[6])
+  entries = redis.pcall('XRANGE', KEYS[2], '(' .. ARGV[5] .. '-0', '+', 'COUNT', ARGV[6])
 end
-return {epoch, top, now_ms(), reset, entries}
+if entries['err'] then  -- the stream's key holds something else
+  epoch, reset = fresh(), 1
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  entries = {}
+end
+return {epoch, redis.call('HGET', KEYS[1], 'o'), now_ms(), reset, entries}
 """
 
 #: Publishes of this node remembered while they may still come back from the channel.

@@ -215,7 +215,12 @@ def test_forged_stream_entries_and_metadata_are_dropped_and_logged(redis: RedisS
         intruder.set(keys.meta, "a string where a hash belongs")
         _, subscribed = subscribe_json(client, since=Since(1, again.epoch))
         assert subscribed.recovered is False and subscribed.offset == 0 and subscribed.epoch != again.epoch
-        assert broker_of(node).status()["history_resets"] == 3
+        intruder.delete(keys.stream)
+        intruder.set(keys.stream, "a string where a stream belongs")
+        reply = HistoryReply.parse(client.command(encode_history("T", "s"))[0])
+        assert reply.messages == [] and reply.offset == 0 and reply.epoch != subscribed.epoch
+        assert intruder.type(keys.stream) == b"none" and 0 < intruder.pttl(keys.meta) <= 300_000
+        assert broker_of(node).status()["history_resets"] == 4
         assert client.sync() == []  # and the connection goes on
 
 
