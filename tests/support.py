@@ -242,7 +242,9 @@ class HubProcess:
     def __init__(self, nofile: int | tuple[int, int] | None = None, args: tuple[str, ...] = (),
                  **settings: Any) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1", JWT_SECRET_KEY=SECRET)
-        env.update({f"RUSTY_WS_{name.upper()}": json.dumps(value) for name, value in settings.items()})
+        # Strings as they are (as an operator writes them), everything else as JSON.
+        env.update({f"RUSTY_WS_{name.upper()}": value if isinstance(value, str) else json.dumps(value)
+                    for name, value in settings.items()})
 
         def limit_descriptors() -> None:  # runs in the child, before the hub starts
             if nofile is not None:

@@ -13,8 +13,12 @@ from rusty_ws.brokers.redis_codec import (
     channel_name,
     control_channel,
     decode_envelope,
+    decode_stream_entry,
     encode_envelope,
     key_of_channel,
+    pair_keys,
+    publish_id_key,
+    session_tag,
     split_url,
 )
 from rusty_ws.protocol import MAX_JSON_DEPTH, Delivery
@@ -26,10 +30,19 @@ AWKWARD = ["a", "a:b", ":", "::", "1:a", "a:1", "é", "日本", "\ud800", "x" * 
 class TestChannelNames:
     def test_readable(self) -> None:
         assert channel_name("rusty_ws", "DetectCustomerEvent", "session-A") == \
-            b"rusty_ws:19:DetectCustomerEvent:session-A"
+            b"rusty_ws:{p18.103}:19:DetectCustomerEvent:session-A"
 
     def test_length_is_in_utf8_bytes(self) -> None:
-        assert channel_name("p", "é", "s") == "p:2:é:s".encode()
+        assert channel_name("p", "é", "s") == "p:{p11.436}:2:é:s".encode()
+
+    def test_the_tag_is_the_sessions_only(self) -> None:
+        keys = pair_keys("p", "T", "s")
+        assert keys == (b"p:{p11.436}:1:T:s", b"p:{p11.436}:s:1:T:s", b"p:{p11.436}:m:1:T:s")
+        assert session_tag("p", "s").encode() == b"{p11.436}" == pair_keys("p", "Other", "s").meta.split(b":")[1]
+        assert publish_id_key("p", "s", "id:1") == b"p:{p11.436}:id:1:s:id:1"
+
+    def test_a_channel_with_another_sessions_tag_is_no_key(self) -> None:
+        assert key_of_channel("p", b"p:{00000000}:1:T:s") is None
 
     @pytest.mark.parametrize("topic,session", list(itertools.product(AWKWARD, repeat=2)))
     def test_round_trip(self, topic: str, session: str) -> None:
@@ -167,3 +180,43 @@ class TestEnvelopeLimits:
 
     def test_envelope_depth_is_one_more_than_a_command(self) -> None:
         assert MAX_ENVELOPE_DEPTH == MAX_JSON_DEPTH + 1
+
+
+class TestHistoryEnvelopes:
+    """Version 2: what the history script publishes, the delivery with its offset and epoch."""
+
+    KEY = ("T", "s")
+    BODY = b'{"publisher_name":"p","topic":"T","payload":1,"timestamp":"t","session_id":"s"}'
+
+    def test_a_version_2_envelope_carries_offset_epoch_and_the_nodes_number(self) -> None:
+        data = b'{"v":2,"node":"n1","seq":7,"offset":5,"epoch":"ab12","delivery":' + self.BODY + b"}"
+        node, delivery = decode_envelope(data, self.KEY)
+        assert node == "n1" and (delivery.offset, delivery.epoch) == (5, "ab12")
+        assert delivery.extra == {"node": "n1", "seq": 7}
+        assert delivery.encode().endswith(b',"offset":5,"epoch":"ab12"}')
+
+    @pytest.mark.parametrize("position", [
+        b'"offset":0,"epoch":"ab"', b'"offset":-1,"epoch":"ab"', b'"offset":"5","epoch":"ab"', b'"offset":true,"epoch":"ab"',
+        b'"offset":9007199254740992,"epoch":"ab"', b'"offset":5,"epoch":""', b'"offset":5,"epoch":"AB"',
+        b'"offset":5,"epoch":"a\\"b"', b'"offset":5', b'"epoch":"ab"', b'"offset":5,"epoch":"' + b"a" * 65 + b'"',
+    ])
+    def test_a_bad_position_is_no_envelope(self, position: bytes) -> None:
+        with pytest.raises(ValueError):
+            decode_envelope(b'{"v":2,"node":"n",' + position + b',"delivery":' + self.BODY + b"}", self.KEY)
+
+    def test_stream_entries(self) -> None:
+        delivery, added = decode_stream_entry([b"3-0", [b"d", self.BODY, b"t", b"1700000000000"]], self.KEY, "ab", 3)
+        assert (delivery.offset, delivery.epoch, delivery.payload, added) == (3, "ab", 1, 1700000000000)
+
+    @pytest.mark.parametrize("entry", [
+        [b"4-0", [b"d", BODY, b"t", b"1"]],           # past the top
+        [b"3-1", [b"d", BODY, b"t", b"1"]],           # not an id the script writes
+        [b"03-0", [b"d", BODY, b"t", b"1"]], [b"0-0", [b"d", BODY, b"t", b"1"]], [b"x-0", [b"d", BODY, b"t", b"1"]],
+        [b"3-0", [b"d", BODY]], [b"3-0", [b"t", b"1"]], [b"3-0", [b"d", BODY, b"t", b"soon"]],
+        [b"3-0", [b"d", b"\xff", b"t", b"1"]], [b"3-0", [b"d", b"[1]", b"t", b"1"]], [b"3-0", [b"d", BODY, b"t"]],
+        [b"3-0", [b"d", BODY.replace(b'"s"}', b'"other"}'), b"t", b"1"]],  # another pair's
+        "3-0", [b"3-0"], None,
+    ])
+    def test_bad_stream_entries_are_refused(self, entry: object) -> None:
+        with pytest.raises((ValueError, TypeError)):
+            decode_stream_entry(entry, self.KEY, "ab", 3)

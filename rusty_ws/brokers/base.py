@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from ..history import Position
 from ..protocol import Delivery
 
-__all__ = ["Broker", "Deliver", "Landed", "OnLanded"]
+__all__ = ["Broker", "Deliver", "Landed", "OnLanded", "SharedHistory", "Stored", "Stamped", "HistoryUnavailable"]
 
 Key = tuple[str, str]
 
@@ -39,6 +39,64 @@ Deliver = Callable[[Delivery], Landed]
 #: Called once a publish was taken by the broker's road (what to acknowledge), or with the
 #: exception that kept it from every other node (then answer ``unavailable``).
 OnLanded = Callable[["Landed | BaseException"], None]
+
+
+class Stamped(NamedTuple):
+    """Where a publish landed in a shared stream: its position, and whether its id was a repeat."""
+
+    #: The message's place (for a repeat: the first one's).
+    position: Position
+    #: The publish id was used in its session within the window: not delivered again.
+    repeat: bool
+
+
+class Stored(NamedTuple):
+    """What a shared stream held when it was read, in one atomic look."""
+
+    #: The stream's top offset and epoch (the boundary between replay and live).
+    top: Position
+    #: Its retained messages asked for (with their offsets and epoch), oldest first.
+    messages: list[Delivery]
+    #: With a position in the stream's epoch: no message after it was missing.
+    complete: bool
+
+
+class HistoryUnavailable(Exception):
+    """The shared history cannot be reached now (Redis is down)."""
+
+
+class SharedHistory(abc.ABC):
+    """History kept by the broker for every node (Redis), instead of the hub's in-memory ``History``.
+
+    With it, the broker (not the hub) gives each message its offset, and delivers it
+    to this node's subscribers too, with that offset, through ``deliver``; ``deliver``
+    then gets deliveries whose ``offset``/``epoch`` are set. Safe to call from any thread.
+    """
+
+    @abc.abstractmethod
+    def publish(self, delivery: Delivery, publish_id: str | None,
+                on_done: "Callable[[Stamped | BaseException], None] | None") -> None:
+        """Give ``delivery`` the next offset of its stream, keep it, and carry it to every node.
+
+        With ``publish_id``, a repeat of an id its session used within the idempotency
+        window is answered with the first one's position and not delivered. ``on_done`` is
+        called once (maybe on another thread) with where it landed, or with the exception
+        that kept it from the stream (``HistoryUnavailable``). Without ``publish_id``, a
+        publish the stream could not take is delivered to this node's subscribers, without offset.
+
+        Raises:
+            ProtocolError: ``invalid_message`` before anything was sent (not JSON, too large).
+        """
+
+    @abc.abstractmethod
+    def read(self, key: Key, since: Position | None, limit: int) -> Stored:
+        """The stream's top and messages: those after ``since`` (its epoch only), else the last ``limit``.
+
+        Makes the stream (its epoch) if it did not exist: a subscription starts it.
+
+        Raises:
+            HistoryUnavailable: Redis cannot be reached.
+        """
 
 
 class Broker(abc.ABC):
@@ -83,6 +141,14 @@ class Broker(abc.ABC):
 
     def stop(self) -> None:  # noqa: B027 - optional, as above
         """Stop carrying publishes and end any thread. Idempotent."""
+
+    def history_store(self, size: int, ttl: float, window: float) -> SharedHistory | None:
+        """The history every node shares, if this broker keeps one (Redis); None: the hub keeps its own.
+
+        Called once, before ``start``, with ``RUSTY_WS_HISTORY_SIZE`` (> 0), ``RUSTY_WS_HISTORY_TTL``
+        and ``RUSTY_WS_IDEMPOTENCY_WINDOW``.
+        """
+        return None
 
     def status(self) -> dict[str, Any]:
         """What ``/healthz`` reports about the broker."""

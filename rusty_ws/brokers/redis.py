@@ -27,6 +27,13 @@ reach Redis, and therefore every node, in the order it made them. An
 acknowledged publish (``on_landed``) is answered from the sender's thread once
 Redis replied to its PUBLISH.
 
+History. With history on the hub does not call ``publish``: ``history_store``
+gives it a ``RedisHistory`` (``redis_history.py``), whose script numbers,
+keeps and PUBLISHes each message in Redis (a version-2 envelope, with offset
+and epoch, which every node's listener delivers, this node's too; through
+``_from_channel``, which drops a copy of this node's own publish already
+delivered here when Redis seemed unreachable).
+
 Threads. One sender thread per broker (``rusty_ws-redis-sender-{node}``)
 owns the publishing connection. One listener thread per broker (``rusty_ws-redis-{node}``, in
 ``redis_listener.py``) owns the subscriber connection: it is the only thread
@@ -60,7 +67,7 @@ from typing import Any
 
 from ..exceptions import ProtocolError
 from ..protocol import Delivery, ErrorCode
-from .base import Broker, Deliver, Key, Landed, OnLanded
+from .base import Broker, Deliver, Key, Landed, OnLanded, SharedHistory
 from .redis_codec import (
     DEFAULT_CHANNEL_PREFIX,
     channel_name,
@@ -69,6 +76,7 @@ from .redis_codec import (
     key_of_channel,
     split_url,
 )
+from .redis_history import RedisHistory
 from .redis_listener import Listener
 from .redis_sender import RedisSender
 
@@ -157,6 +165,7 @@ class RedisBroker(Broker):
         self._launch_lock = threading.Lock()
         self._listener: Listener | None = None
         self._sender: RedisSender | None = None
+        self._history: RedisHistory | None = None
         self._pid = 0
         self._stopped = False
 
@@ -188,7 +197,7 @@ class RedisBroker(Broker):
             errors=errors,
             prefix=self.channel_prefix,
             node_id=node_id,
-            deliver=self._deliver,
+            deliver=self._from_channel,
             keys=self._keys,
             subscribe_timeout=self.subscribe_timeout,
             max_envelope_size=self.max_envelope_size,
@@ -271,6 +280,30 @@ class RedisBroker(Broker):
             self._sender.submit(command, on_reply)
         return landed
 
+    def history_store(self, size: int, ttl: float, window: float) -> SharedHistory:
+        """History in Redis, shared by every node (``redis_history.py``)."""
+        def deliver(delivery: Delivery) -> Landed:
+            assert self._deliver is not None
+            return self._deliver(delivery)
+
+        self._history = RedisHistory(current=self._parts, deliver=deliver, prefix=self.channel_prefix,
+                                     size=size, ttl=ttl, window=window, max_envelope_size=self.max_envelope_size)
+        return self._history
+
+    def _from_channel(self, delivery: Delivery) -> Landed:
+        """What the listener delivers: not a publish of this node's already delivered here (history)."""
+        assert self._deliver is not None
+        history = self._history
+        if history is not None and not history.arrived(delivery):
+            return Landed(None, 0)
+        return self._deliver(delivery)
+
+    def _parts(self) -> tuple[str, Any, Any, bool]:
+        """This process's node id, client, sender and whether its listener is connected (for the history)."""
+        listener = self._current()
+        assert self._sender is not None
+        return listener.node_id, listener.client, self._sender, listener.connected
+
     def interest_added(self, key: Key) -> None:
         """Subscribe to ``key``'s channel; blocks until Redis confirms (while connected)."""
         self._current().interest_changed(key)
@@ -298,12 +331,17 @@ class RedisBroker(Broker):
         return self.sender.wait_drained(timeout)
 
     def status(self) -> dict[str, Any]:
-        """``/healthz``'s view: name, connected (the listener), node, channels, unsent, dropped, the sender's counts."""
+        """``/healthz``'s view: name, connected (the listener), node, channels, unsent, dropped, the sender's counts.
+
+        With history in Redis also ``history`` and its counts.
+        """
         listener = self._current()
         assert self._sender is not None
         sender = self._sender.status()
         status = {"name": self.name, **listener.status(), "unsent": sender["unsent"], "sender": sender}
         status["connected"] = status["connected"] and sender["connected"]
+        if self._history is not None:
+            status.update(self._history.status())
         return status
 
     def stop(self, timeout: float = 5.0) -> None:

@@ -6,7 +6,8 @@ check these with literal values. ``docs/scaling.md`` explains the choices.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import re
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from ..protocol import MAX_JSON_DEPTH, Delivery, dumps_utf8, loads_strict
@@ -17,13 +18,19 @@ __all__ = [
     "DEFAULT_CHANNEL_PREFIX",
     "ENVELOPE_VERSION",
     "MAX_ENVELOPE_DEPTH",
+    "HISTORY_ENVELOPE_VERSION",
+    "PairKeys",
+    "session_tag",
+    "pair_keys",
+    "publish_id_key",
     "channel_name",
     "key_of_channel",
+    "decode_stream_entry",
+    "is_epoch",
     "control_channel",
     "encode_envelope",
     "decode_envelope",
     "split_url",
-    "session_tag",
     "shard_channel_name",
     "shard_control_channel",
     "ClusterUrl",
@@ -39,17 +46,55 @@ ENVELOPE_VERSION = 1
 MAX_ENVELOPE_DEPTH = MAX_JSON_DEPTH + 1
 
 
-def channel_name(prefix: str, topic: str, session_id: str) -> bytes:
-    """The Redis channel of (topic, session): ``{prefix}:{len(topic)}:{topic}:{session}``.
+#: Version of the envelopes the history script publishes: a delivery with its offset and epoch.
+HISTORY_ENVELOPE_VERSION = 2
+_EPOCH = re.compile(r"[0-9a-f]{1,64}")
+_ENTRY_ID = re.compile(rb"([1-9][0-9]{0,15})-0")
 
-    The topic's length (in UTF-8 bytes) says where the topic ends, so the name
-    is unambiguous for any topic and session, whatever characters they hold
-    (``:`` included). Lone surrogates are kept (``surrogatepass``) rather than
-    refused, so every string the hub accepts has exactly one channel.
+
+class PairKeys(NamedTuple):
+    """Where one (topic, session) pair lives in Redis; all three share its session's hash tag."""
+
+    #: The pub/sub channel its deliveries go out on.
+    channel: bytes
+    #: The Redis Stream of its retained messages (entry id ``{offset}-0``, fields ``d`` and ``t``).
+    stream: bytes
+    #: The hash beside it: ``e`` its epoch, ``o`` its top offset.
+    meta: bytes
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _pair_tail(topic: str, session_id: str) -> bytes:
+    topic_bytes = _utf8(topic)
+    return b"%d:%s:%s" % (len(topic_bytes), topic_bytes, _utf8(session_id))
+
+
+def pair_keys(prefix: str, topic: str, session_id: str) -> PairKeys:
+    """The channel, stream and meta key of (topic, session), one place for the key layout.
+
+    ``{prefix}:{tag}:{len(topic)}:{topic}:{session}`` is the channel; the stream and
+    the meta hash put ``s:`` and ``m:`` after the tag. The topic's length (in UTF-8
+    bytes) says where the topic ends, so the names are unambiguous for any topic and
+    session (``:`` included); lone surrogates are kept (``surrogatepass``).
     """
-    topic_bytes = topic.encode("utf-8", "surrogatepass")
-    session_bytes = session_id.encode("utf-8", "surrogatepass")
-    return b"%s:%d:%s:%s" % (prefix.encode("utf-8"), len(topic_bytes), topic_bytes, session_bytes)
+    head = b"%s:%s:" % (prefix.encode("utf-8"), session_tag(prefix, session_id).encode("ascii"))
+    tail = _pair_tail(topic, session_id)
+    return PairKeys(head + tail, head + b"s:" + tail, head + b"m:" + tail)
+
+
+def publish_id_key(prefix: str, session_id: str, publish_id: str) -> bytes:
+    """The key that remembers a publish id of a session: ``{prefix}:{tag}:id:{len}:{session}:{id}``."""
+    session_bytes = _utf8(session_id)
+    return b"%s:%s:id:%d:%s:%s" % (prefix.encode("utf-8"), session_tag(prefix, session_id).encode("ascii"),
+                                   len(session_bytes), session_bytes, _utf8(publish_id))
+
+
+def channel_name(prefix: str, topic: str, session_id: str) -> bytes:
+    """The Redis channel of (topic, session) (``pair_keys``'s ``channel``)."""
+    return pair_keys(prefix, topic, session_id).channel
 
 
 def key_of_channel(prefix: str, channel: bytes) -> Key | None:
@@ -57,17 +102,23 @@ def key_of_channel(prefix: str, channel: bytes) -> Key | None:
     head = prefix.encode("utf-8") + b":"
     if not channel.startswith(head):
         return None
-    length_text, colon, rest = channel[len(head):].partition(b":")
+    tag, colon, pair = channel[len(head):].partition(b":")
+    length_text, colon, rest = pair.partition(b":")
     if not colon or not length_text.isdigit() or length_text != b"%d" % int(length_text):
         return None
     length = int(length_text)
     if len(rest) < length + 1 or rest[length:length + 1] != b":":
         return None
     try:
-        return (rest[:length].decode("utf-8", "surrogatepass"),
-                rest[length + 1:].decode("utf-8", "surrogatepass"))
+        key = (rest[:length].decode("utf-8", "surrogatepass"), rest[length + 1:].decode("utf-8", "surrogatepass"))
     except UnicodeDecodeError:
         return None
+    return key if tag == session_tag(prefix, key[1]).encode("ascii") else None
+
+
+def is_epoch(value: Any) -> bool:
+    """Whether ``value`` is an epoch the Redis history makes (lower-case hex, 1 to 64 digits)."""
+    return isinstance(value, str) and _EPOCH.fullmatch(value) is not None
 
 
 def control_channel(prefix: str, node_id: str) -> bytes:
@@ -87,6 +138,9 @@ def encode_envelope(node_id: str, delivery: Delivery) -> bytes:
 def decode_envelope(data: bytes, key: Key, max_size: int | None = None) -> tuple[str, Delivery]:
     """The sending node and the delivery of an envelope read from ``key``'s channel.
 
+    Version 1 is what a node publishes without Redis history; version 2 is what the
+    history script publishes: the delivery with its ``offset`` and ``epoch``.
+
     Args:
         max_size: the largest envelope a node sends, in bytes (None: no limit). Checked
             first, before anything is decoded.
@@ -104,11 +158,67 @@ def decode_envelope(data: bytes, key: Key, max_size: int | None = None) -> tuple
         raise ValueError("not UTF-8") from None
     if not isinstance(envelope, dict):
         raise ValueError("not a JSON object")
-    if envelope.get("v") != ENVELOPE_VERSION:
-        raise ValueError(f"envelope version {envelope.get('v')!r}, expected {ENVELOPE_VERSION}")
+    version = envelope.get("v")
+    if version not in (ENVELOPE_VERSION, HISTORY_ENVELOPE_VERSION) or isinstance(version, bool):
+        raise ValueError(f"envelope version {version!r}, expected {ENVELOPE_VERSION} or {HISTORY_ENVELOPE_VERSION}")
     node, message = envelope.get("node"), envelope.get("delivery")
     if not isinstance(node, str) or not isinstance(message, dict):
         raise ValueError("an envelope needs a 'node' string and a 'delivery' object")
+    if version == ENVELOPE_VERSION:
+        return node, _delivery_of(message, key)
+    offset, epoch = envelope.get("offset"), envelope.get("epoch")
+    if not _is_offset(offset) or not is_epoch(epoch):
+        raise ValueError(f"a version-2 envelope needs an offset and an epoch, not {offset!r} and {epoch!r}")
+    delivery = _delivery_of(message, key, offset, epoch)
+    seq = envelope.get("seq")
+    if isinstance(seq, int) and not isinstance(seq, bool):  # the sending node's number for it
+        delivery.extra.update(node=node, seq=seq)
+    return node, delivery
+
+
+def _is_offset(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value < 2 ** 53
+
+
+def decode_stream_entry(entry: Any, key: Key, epoch: str, top: int, max_size: int | None = None) -> tuple[Delivery, int]:
+    """One entry read from a pair's stream (``[b"{offset}-0", [b"d", delivery, b"t", ms]]``).
+
+    Returns:
+        The delivery with its offset and ``epoch``, and the Redis time it was added (ms).
+
+    Raises:
+        ValueError: not an entry the history script writes for that pair: another id,
+            an offset past ``top``, missing fields, or a delivery for another pair.
+    """
+    if not isinstance(entry, (list, tuple)) or len(entry) != 2 or not isinstance(entry[0], bytes):
+        raise ValueError("not a stream entry")
+    match = _ENTRY_ID.fullmatch(entry[0])
+    if match is None or int(match.group(1)) > top:
+        raise ValueError(f"entry id {entry[0][:40]!r} is no offset up to the top {top}")
+    fields = entry[1]
+    if not isinstance(fields, (list, tuple)) or len(fields) % 2:
+        raise ValueError("the entry's fields are not pairs")
+    values = dict(zip(fields[::2], fields[1::2]))
+    data, added = values.get(b"d"), values.get(b"t")
+    if not isinstance(data, bytes) or not isinstance(added, bytes) or not added.isdigit() or len(added) > 16:
+        raise ValueError("the entry needs a 'd' delivery and a 't' time")
+    if max_size is not None and len(data) > max_size:
+        raise ValueError(f"{len(data)} bytes, more than the {max_size} a delivery may have")
+    try:
+        message = loads_strict(data.decode("utf-8"), MAX_ENVELOPE_DEPTH)
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8") from None
+    if not isinstance(message, dict):
+        raise ValueError("the delivery is not a JSON object")
+    return _delivery_of(message, key, int(match.group(1)), epoch), int(added)
+
+
+def _delivery_of(message: dict[str, Any], key: Key, offset: int | None = None, epoch: str | None = None) -> Delivery:
+    """The delivery of a decoded object, checked to be one a node sends for ``key``.
+
+    Raises:
+        ValueError: it is for another pair, or a field has the wrong type.
+    """
     topic, session_id = message.get("topic"), message.get("session_id")
     if (topic, session_id) != key:
         raise ValueError(f"a delivery for {(topic, session_id)!r} on the channel of {key!r}")
@@ -120,13 +230,15 @@ def decode_envelope(data: bytes, key: Key, max_size: int | None = None) -> tuple
         raise ValueError("'user' must be a string or absent")
     if "payload" not in message:
         raise ValueError("no 'payload'")
-    return node, Delivery(
+    return Delivery(
         publisher_name=publisher_name,
         topic=topic,
         payload=message["payload"],
         timestamp=timestamp,
         session_id=session_id,
         user=user,
+        offset=offset,
+        epoch=epoch,
     )
 
 
@@ -168,14 +280,12 @@ def session_tag(prefix: str, session_id: str) -> str:
 
 
 def shard_channel_name(prefix: str, topic: str, session_id: str) -> bytes:
-    """The shard channel of (topic, session) on a cluster: ``{prefix}:{tag}:{len(topic)}:{topic}:{session}``.
+    """The shard channel of (topic, session) on a cluster: ``channel_name``, whose tag is its session's.
 
-    ``channel_name`` with the session's tag after the prefix. The tag is the first
-    ``{`` of the name (a cluster prefix has none), so topics and sessions holding
-    braces cannot move the pair to another slot.
+    The tag is the first ``{`` of the name (a cluster prefix has none), so topics and
+    sessions holding braces cannot move the pair to another slot.
     """
-    tag = session_tag(prefix, session_id).encode()
-    return b"%s:%s:%s" % (prefix.encode("utf-8"), tag, channel_name("", topic, session_id)[1:])
+    return channel_name(prefix, topic, session_id)
 
 
 def shard_control_channel(prefix: str, tag: str, node_id: str) -> bytes:

@@ -125,6 +125,11 @@ class Listener:
             logger.warning("Redis did not confirm the (un)subscription of %r within %.1fs",
                            key, self.subscribe_timeout)
 
+    @property
+    def connected(self) -> bool:
+        """Whether the subscriber connection is up (a read of one bool: no lock)."""
+        return self._connected
+
     def wait_connected(self, connected: bool, timeout: float) -> bool:
         with self._lock:
             return self._connected_changed.wait_for(lambda: self._connected == connected, timeout)
@@ -282,8 +287,8 @@ class Listener:
             logger.warning("dropped a message on %r that is no rusty_ws envelope (%s): %r",
                            channel[:200], exc, shown)
             return
-        if node == self.node_id:
-            return  # ours: delivered locally when it was published
+        if node == self.node_id and delivery.offset is None:
+            return  # ours, without history: delivered locally when it was published (history: see redis_history.py)
         try:
             self.deliver(delivery)
         except Exception:

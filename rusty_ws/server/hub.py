@@ -47,6 +47,7 @@ from ..protocol import (
 from .access import Access
 from .connection import Connection
 from .registry import Registry
+from .shared_streams import SharedStreams
 from .writer import Outbox, Writer
 
 __all__ = ["Hub", "PendingRequests", "Answer"]
@@ -146,8 +147,12 @@ class Hub:
         self._history_lock = threading.RLock()
         # Signalled when a pending publish id settles (a repeat waits for the first).
         self._ids_settled = threading.Condition(self._history_lock)
+        # With a broker that keeps history for every node (Redis), the hub keeps none of its own.
+        store = broker.history_store(settings.history_size, settings.history_ttl,
+                                     settings.idempotency_window) if settings.history_size > 0 else None
+        self.shared = SharedStreams(self, store) if store is not None else None
         self.history = History(
-            settings.history_size, settings.history_ttl, settings.history_max_bytes,
+            0 if self.shared else settings.history_size, settings.history_ttl, settings.history_max_bytes,
             is_subscribed=lambda key: bool(self.registry.subscribers(*key)),
         )
         self.publish_ids = IdempotencyTable(settings.idempotency_window, settings.idempotency_max_ids)
@@ -235,6 +240,8 @@ class Hub:
     def _discard(self, connection: "Connection") -> None:
         """Forget a connection that ended, every subscription it held, and its deadlines."""
         connection.cancel_timers()
+        if self.shared is not None:
+            self.shared.forget(connection.outbox, self.registry.subscriptions_of(connection.outbox))
         for key in self.registry.remove(connection.outbox):
             self._interest_gone(key)
         with self._connections_lock:
@@ -267,6 +274,8 @@ class Hub:
             ProtocolError: ``invalid_since`` (the stream's epoch, an offset past its top),
                 ``too_many_subscriptions``.
         """
+        if self.shared is not None:
+            return self.shared.subscribe_json(outbox, topic, session_id, since)
         key = (topic, session_id)
         with self.writer.batch(), self._history_lock:
             if not self.history.enabled:
@@ -297,6 +306,8 @@ class Hub:
         Raises:
             ProtocolError: ``invalid_since`` (the stream's epoch, an offset past its top).
         """
+        if self.shared is not None:
+            return self.shared.history_of(topic, session_id, limit, since)
         if not self.history.enabled:
             return encode_history_reply(topic, session_id, None, None, [])
         limit = min(limit or self.history.size, self.history.size)
@@ -312,6 +323,8 @@ class Hub:
         return encode_history_reply(topic, session_id, replay.top.offset, replay.top.epoch, replay.messages)
 
     def unsubscribe(self, outbox: Outbox, topic: str, session_id: str) -> None:
+        if self.shared is not None:
+            self.shared.forget(outbox, [(topic, session_id)])
         if self.registry.unsubscribe(outbox, topic, session_id):
             self._interest_gone((topic, session_id))
 
@@ -355,6 +368,8 @@ class Hub:
         Raises:
             ProtocolError: the publish was refused before it was delivered anywhere.
         """
+        if self.shared is not None:
+            return self.shared.publish(delivery, publish_id, answer)
         if publish_id is None:
             return self.broker.publish(delivery), False
         if answer is None:
@@ -433,6 +448,8 @@ class Hub:
             The message's position in its stream (None with history off), and how many
             subscribers it was handed to.
         """
+        if self.shared is not None:  # history in the broker: the delivery carries its offset already
+            return self.shared.deliver(delivery)
         if not self.history.enabled:
             subscribers = self.registry.subscribers(delivery.topic, delivery.session_id)
             if subscribers:

@@ -1,0 +1,327 @@
+"""History in Redis: every (topic, session) stream shared by all nodes (``base.SharedHistory``).
+
+With the Redis broker and history on, a pair's stream is a Redis Stream
+(``pair_keys(...).stream``, entry ids ``{offset}-0``, fields ``d``: the
+delivery's JSON without position, ``t``: Redis's time in ms), capped at
+``RUSTY_WS_HISTORY_SIZE`` entries (``XADD MAXLEN``), with a hash beside it
+(``.meta``: ``e`` the epoch, ``o`` the top offset). Both are ``PEXPIRE``'d
+``RUSTY_WS_HISTORY_TTL`` after the pair's last publish or read; an entry older
+than the TTL is never replayed. A session's publish ids are string keys
+(``publish_id_key``) that expire after ``RUSTY_WS_IDEMPOTENCY_WINDOW``.
+
+One Lua script (``PUBLISH_SCRIPT``, run with ``EVALSHA`` through the node's
+sender) does atomically: the idempotency check; the epoch, made if missing (a
+Redis restarted empty or flushed gives a new one) or if the keys hold data no
+node wrote; ``HINCRBY`` of the offset; ``XADD``; ``PUBLISH`` of a version-2
+envelope (the delivery with its offset and epoch) on the pair's channel; and
+returns the position. Every node, this one included, delivers what comes on
+the channel: local subscribers see the offsets remote ones see (the listener
+keeps this node's own version-2 envelopes). ``READ_SCRIPT`` reads a stream's
+top and entries in one atomic look, for ``subscribe-json`` and ``history:``.
+
+Reads are a round trip on the caller's thread, through the broker's client
+pool. What Redis returns is checked like channel data: an entry no node wrote
+is dropped and logged (``redis_codec.decode_stream_entry``).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import secrets
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ..exceptions import ProtocolError
+from ..protocol import Delivery, ErrorCode, Position
+from .base import HistoryUnavailable, Key, SharedHistory, Stamped, Stored
+from .redis_codec import decode_stream_entry, is_epoch, pair_keys, publish_id_key
+
+__all__ = ["RedisHistory", "PUBLISH_SCRIPT", "READ_SCRIPT"]
+
+logger = logging.getLogger("rusty_ws.server")
+
+# KEYS[1] the meta hash, KEYS[2] the stream; ARGV[1] an epoch to use if a new one is needed.
+# load() returns the epoch and 1 if it was made over data no node wrote (logged by the caller).
+# A stream key of another type is found by the XADD or XRANGE that fails on it (pcall).
+_PRELUDE = """
+local function fresh()
+  redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', ARGV[1], 'o', '0')
+  return ARGV[1]
+end
+local function load()
+  local got = redis.pcall('HMGET', KEYS[1], 'e', 'o')
+  if got['err'] then return fresh(), 1 end  -- not a hash
+  local e, o = got[1], got[2]
+  if not e and not o then return fresh(), 0 end
+  if e and o and #e <= 64 and string.match(e, '^[0-9a-f]+$') and #o <= 15 and string.match(o, '^%d+$') then
+    return e, 0
+  end
+  return fresh(), 1
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+end
+"""
+
+#: KEYS: meta, stream, [publish id key].
+#: ARGV: epoch if new, channel, node id, size, ttl ms, window ms, delivery, the node's number for it.
+#: Returns {"new" | "repeat", "{offset}:{epoch}", reset (0/1)}.
+PUBLISH_SCRIPT = _PRELUDE + """
+if KEYS[3] then
+  local seen = redis.call('GET', KEYS[3])
+  if seen then return {'repeat', seen, 0} end
+end
+local epoch, reset = load()
+local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
+local ms = now_ms()
+local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', ARGV[4], offset .. '-0', 'd', ARGV[7], 't', ms)
+if type(added) == 'table' and added['err'] then  -- an entry no node wrote sits past our offset
+  epoch, reset = fresh(), 1
+  offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], offset .. '-0', 'd', ARGV[7], 't', ms)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+local position = offset .. ':' .. epoch
+if KEYS[3] then redis.call('SET', KEYS[3], position, 'PX', ARGV[6]) end
+redis.call('PUBLISH', ARGV[2], '{"v":2,"node":"' .. ARGV[3] .. '","seq":' .. ARGV[8] .. ',"offset":' .. offset
+           .. ',"epoch":"' .. epoch .. '","delivery":' .. ARGV[7] .. '}')
+return {'new', position, reset}
+"""
+
+#: KEYS: meta, stream. ARGV: epoch if new, ttl ms, "since" | "last", since's epoch, since's offset, count.
+#: Returns {epoch, top, now ms, reset, entries}.
+READ_SCRIPT = _PRELUDE + """
+local epoch, reset = load()
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local entries = {}
+if ARGV[3] == 'last' then
+  entries = redis.pcall('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[6])
+elseif ARGV[4] == epoch then
+  entries = redis.pcall('XRANGE', KEYS[2], '(' .. ARGV[5] .. '-0', '+', 'COUNT', ARGV[6])
+end
+if entries['err'] then  -- the stream's key holds something else
+  epoch, reset = fresh(), 1
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  entries = {}
+end
+return {epoch, redis.call('HGET', KEYS[1], 'o'), now_ms(), reset, entries}
+"""
+
+#: Publishes of this node remembered while they may still come back from the channel.
+MAX_IN_FLIGHT = 100_000
+_SENT, _ARRIVED, _FELL_BACK = "sent", "arrived", "fell back"
+_NEW = b"new"
+_REPEAT = b"repeat"
+
+
+def new_epoch() -> str:
+    """A fresh epoch: 16 random hex digits (``redis_codec.is_epoch``)."""
+    return secrets.token_hex(8)
+
+
+def _position(text: Any) -> Position:
+    """``b"{offset}:{epoch}"`` as the script stores it; ValueError for anything else."""
+    if not isinstance(text, bytes):
+        raise ValueError(f"no position: {text!r}")
+    offset, _, epoch = text.decode("ascii", "replace").partition(":")
+    if not offset.isdigit() or len(offset) > 15 or int(offset) < 1 or not is_epoch(epoch):
+        raise ValueError(f"no position: {text[:80]!r}")
+    return Position(int(offset), epoch)
+
+
+class RedisHistory(SharedHistory):
+    """The Redis broker's shared history (see the module's docstring).
+
+    Args:
+        current: returns this process's node id, a redis-py client (reads), sender
+            (publishes) and whether its listener is connected: a process forked after
+            start gets its own. While the listener is not connected a read is not
+            tried (the subscription it serves could not be confirmed).
+        deliver: the hub's delivery to this node's subscribers (for a publish without
+            id that Redis could not take: delivered here only, without offset).
+        prefix: the key and channel prefix.
+        size, ttl, window: ``RUSTY_WS_HISTORY_SIZE``, ``_HISTORY_TTL``, ``_IDEMPOTENCY_WINDOW``.
+        max_envelope_size: the largest envelope a node sends, in bytes (None: no limit).
+    """
+
+    def __init__(self, *, current: Callable[[], tuple[str, Any, Any, bool]], deliver: Callable[[Delivery], Any],
+                 prefix: str, size: int, ttl: float, window: float, max_envelope_size: int | None) -> None:
+        self._current = current
+        self._deliver = deliver
+        self.prefix = prefix
+        self.size = size
+        self.ttl_ms = max(1, int(ttl * 1000))
+        self.window_ms = max(1, int(window * 1000))
+        self.max_envelope_size = max_envelope_size
+        # Per process's sender and client (a fork gets new ones): the publish script's sha, the read script.
+        self._shas: dict[int, str] = {}
+        self._readers: dict[int, Any] = {}
+        # This node's publishes without id not settled yet (by number), and those delivered here
+        # because Redis did not take them, as far as the sender knew (Redis may have run them).
+        self._seqs = itertools.count(1)
+        self._in_flight: collections.OrderedDict[int, str] = collections.OrderedDict()
+        # _lock guards _counts, _warned and _in_flight. Never held across I/O.
+        self._lock = threading.Lock()
+        self._counts = {"history_dropped": 0, "history_resets": 0}
+        self._warned = False
+
+    # ------------------------------------------------------------------ publishing
+
+    def publish(self, delivery: Delivery, publish_id: str | None,
+                on_done: Callable[[Stamped | BaseException], None] | None) -> None:
+        try:
+            encoded = delivery.encode()
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"the payload is not JSON: {exc}") from None
+        node_id, _, sender, _ = self._current()
+        envelope_size = len(encoded) + len(node_id) + 100
+        if self.max_envelope_size is not None and envelope_size > self.max_envelope_size:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE,
+                                f"the message would be {envelope_size} bytes on Redis, more than the "
+                                f"{self.max_envelope_size} any node accepts")
+        keys = pair_keys(self.prefix, delivery.topic, delivery.session_id)
+        id_keys = (publish_id_key(self.prefix, delivery.session_id, publish_id),) if publish_id is not None else ()
+        sha = self._sha(sender)
+        seq = next(self._seqs)
+        args = ("EVALSHA", sha, 2 + len(id_keys), keys.meta, keys.stream, *id_keys,
+                new_epoch(), keys.channel, node_id, self.size, self.ttl_ms, self.window_ms, encoded, seq)
+        if publish_id is None:
+            with self._lock:
+                self._in_flight[seq] = _SENT
+
+        def on_reply(reply: Any) -> None:  # on the sender's thread (which counts what it could not send)
+            try:
+                result: Stamped | BaseException = self._stamped(reply, delivery)
+                self._settled(seq, publish_id, fell_back=False)
+            except HistoryUnavailable as exc:
+                result = exc
+                self._unsent(delivery, exc, deliver_here=self._settled(seq, publish_id, fell_back=True))
+            if on_done is not None:
+                on_done(result)
+
+        # Always through the sender, even while the listener is down: one FIFO, so what falls back
+        # to local delivery (Redis did not take it) is delivered here in the order it was made.
+        sender.submit(args, on_reply)
+
+    def _settled(self, seq: int, publish_id: str | None, fell_back: bool) -> bool:
+        """A publish was answered; with ``fell_back`` (Redis did not take it, as far as the sender
+        knows): whether to deliver it here, without offset (not if it came back from the channel
+        already: Redis ran it after all)."""
+        if publish_id is not None:
+            return False  # answered unavailable: delivered nowhere by us
+        with self._lock:
+            state = self._in_flight.pop(seq, None)
+            if not fell_back or state == _ARRIVED:
+                return False
+            self._in_flight[seq] = _FELL_BACK  # if it comes from the channel later, it is dropped there
+            while len(self._in_flight) > MAX_IN_FLIGHT:
+                self._in_flight.popitem(last=False)
+            return True
+
+    def arrived(self, delivery: Delivery) -> bool:
+        """The listener has ``delivery``: False for a publish of this node already delivered here."""
+        extra = delivery.extra
+        if not extra or extra.get("node") != self._current()[0]:
+            return True
+        with self._lock:
+            state = self._in_flight.get(extra["seq"])
+            if state == _SENT:
+                self._in_flight[extra["seq"]] = _ARRIVED
+            elif state == _FELL_BACK:
+                del self._in_flight[extra["seq"]]
+                return False
+        return True
+
+    def _reader(self, client: Any) -> Any:
+        """The read script for ``client`` (redis-py's ``Script``: EVALSHA, loading it on NOSCRIPT)."""
+        script = self._readers.get(id(client))
+        if script is None:
+            script = self._readers[id(client)] = client.register_script(READ_SCRIPT)
+        return script
+
+    def _sha(self, sender: Any) -> str:
+        sha = self._shas.get(id(sender))
+        if sha is None:
+            sha = self._shas[id(sender)] = sender.script_load(PUBLISH_SCRIPT)
+        return sha
+
+    def _stamped(self, reply: Any, delivery: Delivery) -> Stamped:
+        if isinstance(reply, BaseException):
+            raise HistoryUnavailable(f"{type(reply).__name__}: {reply}")
+        try:
+            kind, position, reset = reply
+            stamped = Stamped(_position(position), kind == _REPEAT)
+            if kind not in (_NEW, _REPEAT):
+                raise ValueError(f"kind {kind!r}")
+        except (TypeError, ValueError) as exc:
+            logger.warning("dropped what Redis answered to a publish on %s@%s (%s): %r",
+                           delivery.topic, delivery.session_id, exc, str(reply)[:200])
+            raise HistoryUnavailable("Redis answered something no rusty_ws script returns") from None
+        if reset:
+            self._reset(delivery.topic, delivery.session_id)
+        self._warned = False  # Redis takes publishes again: warn at the next outage
+        return stamped
+
+    def _unsent(self, delivery: Delivery, exc: BaseException, deliver_here: bool) -> None:
+        with self._lock:
+            warn, self._warned = not self._warned, True
+        if warn:
+            logger.warning("Redis did not take a publish (%s): publishes without id reach this node's "
+                           "subscribers only, without offset; those with an id are answered unavailable", exc)
+        if deliver_here:
+            try:
+                self._deliver(delivery)
+            except Exception:
+                logger.exception("delivering %s here failed", delivery)
+
+    def _reset(self, topic: str, session_id: str) -> None:
+        with self._lock:
+            self._counts["history_resets"] += 1
+        logger.warning("the Redis keys of %s@%s held data no rusty_ws node wrote: dropped, under a new epoch",
+                       topic[:200], session_id[:200])
+
+    # ------------------------------------------------------------------ reading
+
+    def read(self, key: Key, since: Position | None, limit: int) -> Stored:
+        _, client, _, connected = self._current()
+        if not connected:
+            raise HistoryUnavailable("Redis is unreachable")
+        keys = pair_keys(self.prefix, *key)
+        mode, since_epoch, since_offset = ("since", since.epoch, since.offset) if since else ("last", "", 0)
+        try:
+            reply = self._reader(client)(keys=[keys.meta, keys.stream],
+                                         args=[new_epoch(), self.ttl_ms, mode, since_epoch, since_offset, limit])
+            epoch_bytes, top_bytes, now_bytes, reset, entries = reply
+            epoch, top, now = epoch_bytes.decode("ascii"), int(top_bytes), int(now_bytes)
+        except Exception as exc:  # redis' errors, OSError, or an answer of another shape
+            raise HistoryUnavailable(f"{type(exc).__name__}: {exc}") from None
+        if reset:
+            self._reset(*key)
+        messages: list[Delivery] = []
+        for entry in entries:
+            try:
+                delivery, added = decode_stream_entry(entry, key, epoch, top, self.max_envelope_size)
+            except (ValueError, TypeError, AttributeError) as exc:
+                with self._lock:
+                    self._counts["history_dropped"] += 1
+                logger.warning("dropped an entry of the Redis stream of %r that no rusty_ws node wrote (%s): %r",
+                               key, exc, str(entry)[:100])
+                continue
+            if added + self.ttl_ms > now:  # older than the TTL: never replayed
+                messages.append(delivery)
+        if since is None:
+            messages.reverse()  # XREVRANGE: newest first
+            return Stored(Position(top, epoch), messages, True)
+        offsets = [delivery.offset for delivery in messages]
+        complete = since.epoch == epoch and offsets == list(range(since.offset + 1, top + 1))
+        return Stored(Position(top, epoch), messages, complete)
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {"history": "redis", **self._counts}

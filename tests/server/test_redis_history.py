@@ -1,0 +1,326 @@
+"""History and recovery in Redis: offsets, epochs and publish ids shared by every node (redis_history.py).
+
+Real hubs on their own loopback ports, one private redis-server; deliveries are
+counted by offset. Cross-node delivery is asynchronous, so a test waits for a
+known message (a numbered one, an ack), never for time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from test_history_wire import publish_numbers, subscribe_json
+
+from redis_support import RedisServer, redis_server
+from rusty_ws.brokers.redis_codec import pair_keys, publish_id_key, session_tag
+from rusty_ws.protocol import Ack, HistoryReply, Since, encode_history, encode_publish, encode_subscribe_json
+from support import WAIT, Client, RunningServer, running_server
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    with redis_server() as server:
+        yield server
+
+
+@contextlib.contextmanager
+def nodes(count: int, url: str, **overrides: object) -> Iterator[list[RunningServer]]:
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(running_server(broker_url=url, **overrides)) for _ in range(count)]
+
+
+def ack_of(client: Client, topic: str, payload: Any, publish_id: str, session: str = "s",
+           early: list[dict[str, Any]] | None = None) -> Ack:
+    """Publish with an id; return its ack. Deliveries to ``client`` that come first go to ``early``.
+
+    With Redis history a node's own subscribers get a publish back through Redis, so
+    it may reach them before or after the publisher's ack.
+    """
+    client.send(encode_publish(topic, payload, session_id=session, id=publish_id))
+    for _ in range(10_000):
+        text = client.recv()
+        if text.startswith("ack:"):
+            return Ack.parse(text)
+        assert text.startswith("{") and early is not None, text
+        early.append(json.loads(text))
+    raise AssertionError("no ack")
+
+
+def recv_delivery(client: Client) -> dict[str, Any]:
+    text = client.recv()
+    assert text.startswith("{"), text
+    return json.loads(text)
+
+
+def test_a_publish_takes_its_offset_in_redis_and_every_node_delivers_it_with_that_offset(redis: RedisServer) -> None:
+    with nodes(2, redis.url) as (a, b), a.connect() as near, b.connect() as far, a.connect() as publisher:
+        _, near_reply = subscribe_json(near)
+        _, far_reply = subscribe_json(far)
+        assert near_reply.epoch == far_reply.epoch and near_reply.offset == far_reply.offset == 0
+        ack = ack_of(publisher, "T", "hello", "p-1")
+        assert (ack.offset, ack.epoch) == (1, far_reply.epoch)
+        for client in (near, far):
+            message = recv_delivery(client)
+            assert (message["payload"], message["offset"], message["epoch"]) == ("hello", 1, ack.epoch)
+            assert list(message)[-2:] == ["offset", "epoch"]
+        with contextlib.closing(redis.client()) as raw:
+            keys = pair_keys("rusty_ws", "T", "s")
+            assert raw.hgetall(keys.meta) == {b"e": ack.epoch.encode(), b"o": b"1"}
+            assert raw.xlen(keys.stream) == 1
+            assert raw.exists(publish_id_key("rusty_ws", "s", "p-1")) == 1
+
+
+def test_a_client_recovers_on_another_node_from_its_position(redis: RedisServer) -> None:
+    with nodes(2, redis.url) as (a, b):
+        with a.connect() as first:
+            _, reply = subscribe_json(first)
+            seen: list[dict[str, Any]] = []
+            for n in range(1, 6):
+                ack_of(first, "T", n, f"id-{n}", early=seen)
+            seen += [recv_delivery(first) for _ in range(5 - len(seen))]
+            assert [m["offset"] for m in seen] == [1, 2, 3, 4, 5]
+        with a.connect() as publisher:
+            for n in range(6, 11):
+                ack_of(publisher, "T", n, f"id-{n}")
+        with b.connect() as again:
+            replayed, reply = subscribe_json(again, since=Since(3, seen[0]["epoch"]))
+            assert [m["payload"] for m in replayed] == [4, 5, 6, 7, 8, 9, 10]
+            assert [m["offset"] for m in replayed] == [4, 5, 6, 7, 8, 9, 10]
+            assert (reply.offset, reply.epoch, reply.recovered) == (10, seen[0]["epoch"], True)
+
+
+def test_keys_of_one_session_share_one_hash_tag() -> None:
+    tag = session_tag("rusty_ws", "s")
+    keys = pair_keys("rusty_ws", "T", "s")
+    for name in (*keys, *pair_keys("rusty_ws", "Other", "s"), publish_id_key("rusty_ws", "s", "x")):
+        assert name.split(b":")[1] == tag.encode()
+    assert session_tag("rusty_ws", "t") != tag
+
+
+def broker_of(node: RunningServer) -> Any:
+    return node.hub.broker
+
+
+def test_publishes_on_one_node_racing_a_resume_on_another_land_exactly_once(redis: RedisServer) -> None:
+    """Node A publishes 1..1500 while clients on node B subscribe-json with since: every offset once, in order."""
+    total = 1500
+    with nodes(2, redis.url, history_size=2000) as (a, b), a.connect() as pub:
+        epoch = ack_of(pub, "T", 1, "first").epoch
+        publish_numbers(pub, 9, start=2)
+        subscribers = [b.connect() for _ in range(4)]
+        started = threading.Event()
+
+        def publish_rest() -> None:
+            started.set()
+            publish_numbers(pub, total - 10, start=11)
+
+        thread = threading.Thread(target=publish_rest, name="test-publisher")
+        thread.start()
+        assert started.wait(WAIT)
+        try:
+            results = []
+            for index, sub in enumerate(subscribers):
+                replayed, reply = subscribe_json(sub, since=Since(index, epoch))
+                results.append((index, replayed, reply))
+        finally:
+            thread.join(10 * WAIT)
+        boundaries = set()
+        for (index, replayed, reply), sub in zip(results, subscribers):
+            live: list[dict[str, Any]] = []
+            for _ in range(total):
+                if (live and live[-1]["offset"] == total) or reply.offset == total:
+                    break
+                live.append(recv_delivery(sub))
+            seen = [m["offset"] for m in replayed] + [m["offset"] for m in live]
+            assert seen == list(range(index + 1, total + 1)), f"subscriber {index}: a gap or a repeat"
+            assert [m["payload"] for m in replayed + live] == seen
+            assert all(m["offset"] <= reply.offset for m in replayed) and all(m["offset"] > reply.offset for m in live)
+            assert reply.recovered is True and reply.epoch == epoch
+            boundaries.add(reply.offset)
+            assert sub.sync() == []  # nothing late, no repeat
+            sub.close()
+        assert any(10 < boundary < total for boundary in boundaries), "no subscribe raced the publishes"
+
+
+def test_a_retry_through_another_node_is_acknowledged_as_the_first_and_delivered_once(redis: RedisServer) -> None:
+    with nodes(3, redis.url) as (a, b, c), a.connect() as first, b.connect() as retry, c.connect() as sub:
+        subscribe_json(sub)
+        one = ack_of(first, "T", "once", "the-id")
+        again = ack_of(retry, "Other topic", "once again", "the-id")  # ids are per session, whatever the topic
+        assert (again.offset, again.epoch) == (one.offset, one.epoch) == (1, one.epoch)
+        after = ack_of(retry, "T", "after", "another-id")
+        assert after.offset == 2
+        got = [recv_delivery(sub), recv_delivery(sub)]
+        assert [(m["payload"], m["offset"]) for m in got] == [("once", 1), ("after", 2)]
+        assert sub.sync() == []
+        with b.connect() as other_session:  # another session's same id is another message
+            assert ack_of(other_session, "T", "elsewhere", "the-id", session="s2").offset == 1
+
+
+def test_history_reads_the_shared_stream_on_every_node(redis: RedisServer) -> None:
+    with nodes(2, redis.url) as (a, b), a.connect() as writer, b.connect() as reader:
+        epoch = ack_of(writer, "T", 1, "h1").epoch
+        publish_numbers(writer, 4, start=2)
+        reply = HistoryReply.parse(reader.command(encode_history("T", "s"))[0])
+        assert (reply.offset, reply.epoch) == (5, epoch)
+        assert [(m.payload, m.offset, m.epoch) for m in reply.messages] == [(n, n, epoch) for n in range(1, 6)]
+        last_two = HistoryReply.parse(reader.command(encode_history("T", "s", limit=2))[0])
+        assert [m.payload for m in last_two.messages] == [4, 5]
+        after_3 = HistoryReply.parse(reader.command(encode_history("T", "s", since=Since(3, epoch)))[0])
+        assert [m.payload for m in after_3.messages] == [4, 5]
+        elsewhere = HistoryReply.parse(reader.command(encode_history("T", "s", since=Since(3, "0abc")))[0])
+        assert elsewhere.messages == [] and elsewhere.epoch == epoch
+        error = json.loads(reader.command(encode_history("T", "s", since=Since(9, epoch)))[0][len("error:"):])
+        assert error["code"] == "invalid_since"
+        reader.send(encode_subscribe_json("T", "s", Since(9, epoch)))
+        assert json.loads(reader.recv()[len("error:"):])["code"] == "invalid_since"
+        assert broker_of(b).status()["channels"] == 0  # the refused subscription was undone
+        ack_of(writer, "T", 6, "h6")
+        assert reader.sync() == []
+
+
+def test_forged_stream_entries_and_metadata_are_dropped_and_logged(redis: RedisServer,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    keys = pair_keys("rusty_ws", "T", "s")
+    with nodes(1, redis.url) as (node,), node.connect() as client, contextlib.closing(redis.client()) as intruder:
+        epoch = ack_of(client, "T", 1, "f1").epoch
+        ack_of(client, "T", 2, "f2")
+        good = json.dumps({"publisher_name": "x", "topic": "T", "payload": "forged", "timestamp": "t", "session_id": "s"})
+        elsewhere = json.dumps({"publisher_name": "x", "topic": "T", "payload": "x", "timestamp": "t",
+                                "session_id": "other"})
+        intruder.xadd(keys.stream, {"d": b"\xff not json", "t": "1"}, id="2-1")
+        intruder.xadd(keys.stream, {"d": elsewhere, "t": "99999999999999"}, id="2-2")
+        intruder.xadd(keys.stream, {"x": "no d"}, id="2-3")
+        reply = HistoryReply.parse(client.command(encode_history("T", "s"))[0])
+        assert [(m.payload, m.offset) for m in reply.messages] == [(1, 1), (2, 2)] and reply.epoch == epoch
+        assert broker_of(node).status()["history_dropped"] == 3
+        assert caplog.text.count("dropped an entry of the Redis stream") == 3
+        assert ack_of(client, "T", 3, "f3").offset == 3  # past the forged ids: the stream goes on
+
+        intruder.xadd(keys.stream, {"d": good, "t": "99999999999999"}, id="999-0")  # past the top
+        assert [m.offset for m in HistoryReply.parse(client.command(encode_history("T", "s"))[0]).messages] == [1, 2, 3]
+        reset = ack_of(client, "T", 4, "f4")  # 4-0 cannot follow 999-0: the stream starts again, told
+        assert reset.offset == 1 and reset.epoch != epoch
+        assert "held data no rusty_ws node wrote" in caplog.text
+
+        intruder.hset(keys.meta, "o", "not a number")
+        again = ack_of(client, "T", 5, "f5")
+        assert again.offset == 1 and again.epoch not in (epoch, reset.epoch)
+        intruder.delete(keys.meta)
+        intruder.set(keys.meta, "a string where a hash belongs")
+        _, subscribed = subscribe_json(client, since=Since(1, again.epoch))
+        assert subscribed.recovered is False and subscribed.offset == 0 and subscribed.epoch != again.epoch
+        intruder.delete(keys.stream)
+        intruder.set(keys.stream, "a string where a stream belongs")
+        reply = HistoryReply.parse(client.command(encode_history("T", "s"))[0])
+        assert reply.messages == [] and reply.offset == 0 and reply.epoch != subscribed.epoch
+        assert intruder.type(keys.stream) == b"none" and 0 < intruder.pttl(keys.meta) <= 300_000
+        assert broker_of(node).status()["history_resets"] == 4
+        assert client.sync() == []  # and the connection goes on
+
+
+def test_while_redis_is_down_local_delivery_goes_on_without_offsets_and_ids_are_unavailable(redis: RedisServer) -> None:
+    with nodes(2, redis.url) as (a, b), a.connect() as publisher, a.connect() as near, b.connect() as far:
+        _, before = subscribe_json(near)
+        subscribe_json(far)
+        ack_of(publisher, "T", "before", "d1")
+        assert recv_delivery(near)["offset"] == recv_delivery(far)["offset"] == 1
+        redis.kill()
+        assert broker_of(a).wait_connected(False, WAIT) and broker_of(b).wait_connected(False, WAIT)
+        publisher.send(encode_publish("T", "with id", session_id="s", id="d2"))
+        error = json.loads(publisher.recv()[len("error:"):])
+        assert (error["code"], error["id"]) == ("unavailable", "d2")
+        publisher.send(encode_publish("T", "without id", session_id="s"))
+        during = recv_delivery(near)
+        assert during["payload"] == "without id" and "offset" not in during and "epoch" not in during
+        assert broker_of(a).status()["unsent"] == 2
+        error = json.loads(publisher.command(encode_history("T", "s"))[0][len("error:"):])
+        assert error["code"] == "unavailable"
+        with a.connect() as late:
+            replayed, reply = subscribe_json(late, since=Since(1, before.epoch))
+            assert replayed == [] and (reply.offset, reply.epoch, reply.recovered) == (None, None, False)
+        redis.start()  # empty: a new epoch
+        assert broker_of(a).wait_connected(True, WAIT) and broker_of(b).wait_connected(True, WAIT)
+        # The sender learns that its connection died only when it writes: the first try may be
+        # answered unavailable. A client retries with the same id; it lands once.
+        for _ in range(3):
+            publisher.send(encode_publish("T", "after", session_id="s", id="d2"))  # the refused id was never taken
+            answer = publisher.recv()
+            if answer.startswith("ack:"):
+                break
+            assert json.loads(answer[len("error:"):])["code"] == "unavailable"
+            assert broker_of(a).wait_connected(True, WAIT)  # the sender, reconnected this time
+        after = Ack.parse(answer)
+        assert after.offset == 1 and after.epoch != before.epoch
+        assert [recv_delivery(client)["payload"] for client in (near, far)] == ["after", "after"]
+
+
+def test_a_replay_too_big_for_the_outbox_is_cut_short_and_says_so(redis: RedisServer) -> None:
+    with nodes(2, redis.url, history_size=500, max_queued_bytes=64 * 1024,
+               max_message_size=32 * 1024) as (a, b), \
+            a.connect() as pub, b.connect() as sub:
+        epoch = ack_of(pub, "T", {"n": 1, "pad": "x" * 1000}, "big-1").epoch
+        for n in range(2, 201):
+            pub.send(encode_publish("T", {"n": n, "pad": "x" * 1000}, session_id="s"))
+        pub.sync()
+        replayed, reply = subscribe_json(sub, since=Since(0, epoch))
+        assert reply.recovered is False and reply.offset == 200
+        assert 10 < len(replayed) < 200
+        assert [m["offset"] for m in replayed] == list(range(1, len(replayed) + 1))  # the oldest first, no gap
+        ack_of(pub, "T", "live", "big-live")
+        assert recv_delivery(sub)["offset"] == 201  # and the connection goes on
+        assert sub.sync() == []
+
+
+def test_messages_older_than_the_ttl_are_never_replayed(redis: RedisServer) -> None:
+    """Entries written with an old Redis time (``t``), as a node would have written them long ago."""
+    keys = pair_keys("rusty_ws", "T", "s")
+    body = {"publisher_name": "p", "topic": "T", "timestamp": "t", "session_id": "s"}
+    with nodes(1, redis.url, history_ttl=60) as (node,), node.connect() as client, \
+            contextlib.closing(redis.client()) as raw:
+        seconds, micros = raw.time()
+        now_ms = seconds * 1000 + micros // 1000
+        raw.hset(keys.meta, mapping={"e": "abc123", "o": "3"})
+        for offset, added in ((1, now_ms - 61_000), (2, now_ms - 60_500), (3, now_ms)):
+            raw.xadd(keys.stream, {"d": json.dumps({**body, "payload": offset}), "t": str(added)}, id=f"{offset}-0")
+        replayed, reply = subscribe_json(client, since=Since(0, "abc123"))
+        assert [m["payload"] for m in replayed] == [3] and reply.recovered is False  # 1 and 2 expired: told
+        with node.connect() as other:
+            replayed, reply = subscribe_json(other, since=Since(2, "abc123"))
+            assert [m["payload"] for m in replayed] == [3] and reply.recovered is True
+        assert [m.payload for m in HistoryReply.parse(client.command(encode_history("T", "s"))[0]).messages] == [3]
+        ack = ack_of(client, "T", 4, "ttl-4", early=[])  # (subscribed: its delivery may come first)
+        assert (ack.offset, ack.epoch) == (4, "abc123")
+        assert 0 < raw.pttl(keys.stream) <= 60_000 and 0 < raw.pttl(keys.meta) <= 60_000
+        assert 0 < raw.pttl(publish_id_key("rusty_ws", "s", "ttl-4")) <= 300_000
+
+
+def test_session_rules_stay_in_front_of_the_redis_history(redis: RedisServer) -> None:
+    with nodes(2, redis.url, anonymous_sessions="public-*") as (a, b), a.connect() as writer, b.connect() as reader:
+        epoch = ack_of(writer, "T", 1, "s-1", session="public-1").epoch
+        for command in (encode_history("T", "private"), encode_subscribe_json("T", "private", Since(0, epoch)),
+                        encode_publish("T", "x", session_id="private", id="s-2")):
+            [reply] = reader.command(command)
+            assert json.loads(reply[len("error:"):])["code"] == "forbidden_session", command
+        reply = HistoryReply.parse(reader.command(encode_history("T", "public-1"))[0])
+        assert [m.payload for m in reply.messages] == [1]
+
+
+def test_a_gap_trimmed_from_the_stream_replays_what_remains_and_says_so(redis: RedisServer) -> None:
+    with nodes(2, redis.url, history_size=10) as (a, b), a.connect() as pub, b.connect() as sub:
+        epoch = ack_of(pub, "T", 1, "g-1").epoch
+        publish_numbers(pub, 29, start=2)
+        with contextlib.closing(redis.client()) as raw:
+            assert raw.xlen(pair_keys("rusty_ws", "T", "s").stream) == 10  # XADD MAXLEN
+        replayed, reply = subscribe_json(sub, since=Since(5, epoch))
+        assert [m["offset"] for m in replayed] == list(range(21, 31))
+        assert (reply.offset, reply.recovered) == (30, False)
+        replayed, reply = subscribe_json(sub, since=Since(25, epoch))  # again, on the same connection
+        assert [m["offset"] for m in replayed] == list(range(26, 31)) and reply.recovered is True
+        ack_of(pub, "T", 31, "g-31")
+        assert recv_delivery(sub)["offset"] == 31 and sub.sync() == []  # one delivery per publish
