@@ -16,13 +16,22 @@ from support import WAIT, FrameReader, hub_config
 class LockProbe:
     """A socket that records, on every send, whether the hub's history lock was held."""
 
-    def __init__(self, sock: socket.socket, lock: threading.Lock) -> None:
+    def __init__(self, sock: socket.socket, lock: "threading.RLock") -> None:
         self.sock, self.lock = sock, lock
         self.held_while_sending: list[bool] = []
 
     def send(self, data: bytes, flags: int = 0) -> int:
-        self.held_while_sending.append(self.lock.locked())
+        self.held_while_sending.append(self._held())
         return self.sock.send(data, flags)
+
+    def _held(self) -> bool:
+        """Held by this thread (the lock is reentrant) or by any other."""
+        if self.lock._is_owned():  # type: ignore[attr-defined]
+            return True
+        if self.lock.acquire(blocking=False):
+            self.lock.release()
+            return False
+        return True
 
     def __getattr__(self, name: str):
         return getattr(self.sock, name)
