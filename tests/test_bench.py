@@ -50,5 +50,6 @@ def test_quick_multi_node_scenarios_run_and_lose_nothing(tmp_path) -> None:
     assert "multinode_skipped" not in results
     assert results["xfanout"]["100"]["cross"]["ok"] and results["xfanout"]["100"]["single"]["ok"]
     assert results["xsessions"]["cross"]["ok"]
+    assert results["xfanout"]["100"]["cross-nohistory"]["ok"] and results["xsessions"]["cross-nohistory"]["ok"]
     assert all(row["ok"] for row in results["xpublish"].values())
     assert results["xpublish"]["sender"]["redis_us_per_message"] is not None

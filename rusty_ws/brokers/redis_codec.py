@@ -219,27 +219,19 @@ def _delivery_of(message: dict[str, Any], key: Key, offset: int | None = None, e
     Raises:
         ValueError: it is for another pair, or a field has the wrong type.
     """
-    topic, session_id = message.get("topic"), message.get("session_id")
-    if (topic, session_id) != key:
+    get = message.get  # every received message comes through here: plain lookups, positional arguments
+    topic, session_id = get("topic"), get("session_id")
+    if topic != key[0] or session_id != key[1]:
         raise ValueError(f"a delivery for {(topic, session_id)!r} on the channel of {key!r}")
     topic, session_id = key  # the same strings, now typed
-    publisher_name, timestamp, user = (message.get(k) for k in ("publisher_name", "timestamp", "user"))
+    publisher_name, timestamp, user = get("publisher_name"), get("timestamp"), get("user")
     if not isinstance(publisher_name, str) or not isinstance(timestamp, str):
         raise ValueError("'publisher_name' and 'timestamp' must be strings")
     if user is not None and not isinstance(user, str):
         raise ValueError("'user' must be a string or absent")
     if "payload" not in message:
         raise ValueError("no 'payload'")
-    return Delivery(
-        publisher_name=publisher_name,
-        topic=topic,
-        payload=message["payload"],
-        timestamp=timestamp,
-        session_id=session_id,
-        user=user,
-        offset=offset,
-        epoch=epoch,
-    )
+    return Delivery(publisher_name, topic, message["payload"], timestamp, session_id, user, offset, epoch)
 
 
 def split_url(url: str) -> tuple[str, str]:

@@ -21,6 +21,7 @@ from typing import Any
 from .. import backoff
 from .base import Deliver, Key
 from .redis_codec import channel_name, control_channel, decode_envelope
+from .redis_pushes import PushLink
 
 __all__ = ["Listener"]
 
@@ -43,13 +44,9 @@ _KEEPALIVE = b"rusty_ws-keepalive"
 class Listener:
     """The listener thread of one broker, in one process: the worker object with ``stop()``.
 
-    The thread owns the subscriber connection (``pubsub``), ``_channels`` and
-    ``_batches``; other threads touch only what ``_lock`` guards.
+    The thread owns the subscriber connection (a ``PushLink``, ``redis_pushes.py``),
+    ``_channels`` and ``_batches``; other threads touch only what ``_lock`` guards.
     """
-
-    #: False for a listener that must see (un)subscribe replies, e.g. the ``sunsubscribe``
-    #: a cluster node pushes when a slot moves away (``redis_shard_listener.py``).
-    ignore_subscribe_messages = True
 
     def __init__(
         self,
@@ -64,7 +61,10 @@ class Listener:
         max_envelope_size: int | None = None,
         backoff_delays: Callable[[], Iterator[float]] = lambda: backoff.delays(initial=0.1, cap=5.0),
     ) -> None:
+        import redis.exceptions  # the broker imported it already: this is the redis extra
+
         self.client = client
+        self.exceptions = redis.exceptions
         self.errors = errors
         self.prefix = prefix
         self.node_id = node_id
@@ -167,10 +167,10 @@ class Listener:
         delays = self.backoff_delays()
         warned = False  # the first failure of an outage is a warning; its retries are debug
         while not self._stop.is_set():
-            pubsub = self.client.pubsub(ignore_subscribe_messages=self.ignore_subscribe_messages)
+            link = PushLink(self.client, self.exceptions)  # connects on its first command
             try:
-                self._subscribe_all(pubsub)
-                self._listen(pubsub)
+                self._subscribe_all(link)
+                self._listen(link)
             except self.errors as exc:
                 if self._connected or not warned:
                     logger.warning("Redis connection lost or refused (%s); reconnecting with backoff", exc)
@@ -185,53 +185,53 @@ class Listener:
                 self._set_connected(False)
                 self._channels.clear()
                 self._first_attempt.set()
-                try:
-                    pubsub.close()
-                except Exception:
-                    pass
+                link.close()
             self._stop.wait(next(delays))
         logger.debug("- %s stopped", threading.current_thread().name)
 
-    def _subscribe_all(self, pubsub: Any) -> None:
+    def _subscribe_all(self, link: PushLink) -> None:
         """Subscribe to the control channel and every pair the registry holds; PING when sent."""
         with self._lock:
             self._dirty.clear()  # the keys() read below sees every mark made so far
         self._channels = {channel_name(self.prefix, *key): key for key in self.keys()}
-        pubsub.subscribe(self.control)
+        link.subscribe(self.control)
         channels = list(self._channels)
         for start in range(0, len(channels), SUBSCRIBE_CHUNK):
-            pubsub.subscribe(*channels[start:start + SUBSCRIBE_CHUNK])
-        pubsub.ping(_READY)  # its PONG says Redis has every subscription: then we are connected
+            link.subscribe(*channels[start:start + SUBSCRIBE_CHUNK])
+        link.ping(_READY)  # its PONG says Redis has every subscription: then we are connected
 
-    def _listen(self, pubsub: Any) -> None:
+    def _listen(self, link: PushLink) -> None:
+        """Read pushes until stopped; every push read in one go is handled before the duties below."""
         last_heard = time.monotonic()
         ping_sent_at = 0.0
+        dispatch = self._dispatch
         while not self._stop.is_set():
-            message = pubsub.get_message(timeout=POLL_INTERVAL)
+            pushes = link.read(POLL_INTERVAL)
             now = time.monotonic()
-            if message is not None:
+            if pushes:
                 last_heard, ping_sent_at = now, 0.0
-                self._dispatch(pubsub, message)
+                for push in pushes:
+                    dispatch(link, push)
             if self._connected and (self._dirty or self._waiters):
-                self._reconcile(pubsub)
+                self._reconcile(link)
             if ping_sent_at and now - ping_sent_at > KEEPALIVE_TIMEOUT:
                 raise self.errors[0](f"no PONG from Redis within {KEEPALIVE_TIMEOUT:.0f}s")
             if not ping_sent_at and now - last_heard > KEEPALIVE_INTERVAL:
-                pubsub.ping(_KEEPALIVE)
+                link.ping(_KEEPALIVE)
                 ping_sent_at = now
 
-    def _dispatch(self, pubsub: Any, message: dict[str, Any]) -> None:
-        kind, channel, data = message.get("type"), message.get("channel"), message.get("data")
-        if kind == "pong":
-            self._on_pong(pubsub, data or b"")
-        elif kind != "message":
-            return
-        elif channel == self.control:
-            self._reconcile(pubsub)
-        else:
-            self._on_delivery(channel, data or b"")  # type: ignore[arg-type]  # a channel name here
+    def _dispatch(self, link: PushLink, push: list[Any]) -> None:
+        """One push: ``[b"message", channel, data]``, ``[b"pong", data]``; (un)subscribe replies are ignored."""
+        kind = push[0]
+        if kind == b"message" and len(push) == 3:
+            if push[1] == self.control:
+                self._reconcile(link)
+            else:
+                self._on_delivery(push[1], push[2])
+        elif kind == b"pong" and len(push) == 2:
+            self._on_pong(link, push[1])
 
-    def _on_pong(self, pubsub: Any, data: bytes) -> None:
+    def _on_pong(self, link: PushLink, data: bytes) -> None:
         if data == _READY:
             with self._lock:
                 if self._ever_connected:
@@ -240,14 +240,14 @@ class Listener:
             logger.info("Redis connected (node %s, %d channels)", self.node_id, len(self._channels))
             self._set_connected(True)
             self._first_attempt.set()
-            self._reconcile(pubsub)  # pairs marked while we were connecting
+            self._reconcile(link)  # pairs marked while we were connecting
         elif data.startswith(_BARRIER):
             batch = int(data[len(_BARRIER):])
             for number in [n for n in self._batches if n <= batch]:  # PONGs come back in order
                 for done in self._batches.pop(number):
                     done.set()
 
-    def _reconcile(self, pubsub: Any) -> None:
+    def _reconcile(self, link: PushLink) -> None:
         """Bring the subscriptions of every marked pair in line with the registry; PING a barrier."""
         with self._lock:
             dirty, self._dirty = self._dirty, set()
@@ -266,13 +266,13 @@ class Listener:
                     del self._channels[channel]
                     unsubscribe.append(channel)
             if subscribe:
-                pubsub.subscribe(*subscribe)
+                link.subscribe(*subscribe)
             if unsubscribe:
-                pubsub.unsubscribe(*unsubscribe)
+                link.unsubscribe(*unsubscribe)
         if waiters:
             batch = next(self._batch_ids)
             self._batches[batch] = waiters
-            pubsub.ping(_BARRIER + b"%d" % batch)
+            link.ping(_BARRIER + b"%d" % batch)
 
     def _on_delivery(self, channel: bytes, data: Any) -> None:
         key = self._channels.get(channel)

@@ -28,6 +28,7 @@ from typing import Any
 from .base import Key
 from .redis_codec import shard_channel_name, shard_control_channel
 from .redis_listener import _BARRIER, _READY, SUBSCRIBE_CHUNK, Listener
+from .redis_pushes import PushLink
 from .redis_slots import key_slot
 
 __all__ = ["ShardListener"]
@@ -37,8 +38,6 @@ logger = logging.getLogger("rusty_ws.server")
 
 class ShardListener(Listener):
     """The listener of one master. ``owns(key)`` says whether the current slot map puts ``key`` here."""
-
-    ignore_subscribe_messages = False  # the server's own sunsubscribe pushes matter
 
     def __init__(self, *, address: str, owns: Callable[[Key], bool], control_tag: Callable[[], str],
                  on_trouble: Callable[[str], None], **kwargs: Any) -> None:
@@ -80,7 +79,7 @@ class ShardListener(Listener):
 
     # ------------------------------------------------------------------ the thread
 
-    def _subscribe_all(self, pubsub: Any) -> None:
+    def _subscribe_all(self, link: PushLink) -> None:
         """SSUBSCRIBE the control channel and every registry pair this master owns; PING when sent."""
         try:
             with self._lock:
@@ -88,16 +87,16 @@ class ShardListener(Listener):
                 self._resync = False
             self._channels = {shard_channel_name(self.prefix, *key): key for key in self.keys() if self.owns(key)}
             self.control = shard_control_channel(self.prefix, self.control_tag(), self.node_id)
-            pubsub.ssubscribe(self.control)
-            self._send(pubsub.ssubscribe, self._channels)
-            pubsub.ping(_READY)  # its PONG says Redis has every subscription: then we are connected
+            link.ssubscribe(self.control)
+            self._send(link.ssubscribe, self._channels)
+            link.ping(_READY)  # its PONG says Redis has every subscription: then we are connected
         except self.errors as exc:
             self.on_trouble(f"{type(exc).__name__}: {exc}")
             raise
 
-    def _listen(self, pubsub: Any) -> None:
+    def _listen(self, link: PushLink) -> None:
         try:
-            super()._listen(pubsub)
+            super()._listen(link)
         except self.errors as exc:
             self.on_trouble(f"{type(exc).__name__}: {exc}")  # a dead master, or a MOVED: read the map again
             raise
@@ -112,17 +111,18 @@ class ShardListener(Listener):
             for start in range(0, len(group), SUBSCRIBE_CHUNK):
                 command(*group[start:start + SUBSCRIBE_CHUNK])
 
-    def _dispatch(self, pubsub: Any, message: dict[str, Any]) -> None:
-        kind, channel, data = message.get("type"), message.get("channel"), message.get("data")
-        if kind == "pong":
-            self._on_pong(pubsub, data or b"")
-        elif kind == "smessage":
-            if channel == self.control:
-                self._reconcile(pubsub)
+    def _dispatch(self, link: PushLink, push: list[Any]) -> None:
+        """``[b"smessage", channel, data]``, ``[b"pong", data]``, and the ``sunsubscribe`` pushes."""
+        kind = push[0]
+        if kind == b"smessage" and len(push) == 3:
+            if push[1] == self.control:
+                self._reconcile(link)
             else:
-                self._on_delivery(channel, data or b"")  # type: ignore[arg-type]  # a channel name here
-        elif kind == "sunsubscribe" and channel is not None:
-            self._on_sunsubscribe(channel)
+                self._on_delivery(push[1], push[2])
+        elif kind == b"pong" and len(push) == 2:
+            self._on_pong(link, push[1])
+        elif kind == b"sunsubscribe" and len(push) == 3 and isinstance(push[1], bytes):
+            self._on_sunsubscribe(push[1])
 
     def _on_sunsubscribe(self, channel: bytes) -> None:
         """A reply to our SUNSUBSCRIBE, or a push: the server no longer serves this channel's slot."""
@@ -134,7 +134,7 @@ class ShardListener(Listener):
         logger.info("%s stopped serving %r (its slot moved); reading the slot map again", self.address, channel[:200])
         self.on_trouble(f"slot {key_slot(channel)} left {self.address}")
 
-    def _reconcile(self, pubsub: Any) -> None:
+    def _reconcile(self, link: PushLink) -> None:
         """Bring the marked pairs (every pair, after ``resync``) in line with the registry and the slot map."""
         with self._lock:
             resync, self._resync = self._resync, False
@@ -156,12 +156,12 @@ class ShardListener(Listener):
                     del self._channels[channel]
                     if self.owns(key):  # a slot that moved away: the server dropped it already (its push)
                         unsubscribe.append(channel)
-            self._send(pubsub.ssubscribe, subscribe)
-            self._send(pubsub.sunsubscribe, unsubscribe)
+            self._send(link.ssubscribe, subscribe)
+            self._send(link.sunsubscribe, unsubscribe)
         if waiters:
             batch = next(self._batch_ids)
             self._batches[batch] = waiters
-            pubsub.ping(_BARRIER + b"%d" % batch)
+            link.ping(_BARRIER + b"%d" % batch)
 
     def _set_connected(self, connected: bool) -> None:
         super()._set_connected(connected)

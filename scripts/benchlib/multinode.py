@@ -9,6 +9,10 @@
 
 Every run also reads the Redis server's CPU time (``INFO cpu``) before and after:
 ``redis_us_per_message`` is Redis' CPU per message published.
+
+Each scenario also runs its nodes with history off (``RUSTY_WS_HISTORY_SIZE=0`` on both:
+a plain PUBLISH instead of the history script), the variants named ``*-nohistory``, so one
+run gives the ratio of history on to off.
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ from .generators import Generator, clean, merge, split, start_one_topic
 from .redis_server import RedisProcess
 from .servers import NODES, SERVERS, RunningServer, ServerKind
 
+#: The nodes' environment with history off (the ``*-nohistory`` variants).
+NO_HISTORY = {"RUSTY_WS_HISTORY_SIZE": "0"}
 
-def _nodes(kind: ServerKind, redis: RedisProcess | None, count: int) -> list[RunningServer]:
-    env = {"RUSTY_WS_BROKER_URL": redis.url} if redis else {"RUSTY_WS_BROKER_URL": "memory://"}
+
+def _nodes(kind: ServerKind, redis: RedisProcess | None, count: int, env: dict[str, str] | None) -> list[RunningServer]:
+    env = {**(env or {}), "RUSTY_WS_BROKER_URL": redis.url if redis else "memory://"}
     started: list[RunningServer] = []
     try:
         for _ in range(count):
@@ -34,14 +41,14 @@ def _nodes(kind: ServerKind, redis: RedisProcess | None, count: int) -> list[Run
 
 
 def fanout(kind: ServerKind, redis: RedisProcess | None, subscribers: int, messages: int,
-           deadline: float, local_watcher: bool = False) -> dict[str, Any]:
+           deadline: float, local_watcher: bool = False, env: dict[str, str] | None = None) -> dict[str, Any]:
     """One publisher, ``subscribers`` of one topic: on node 2 with Redis, on the same node without.
 
     With ``local_watcher``, one more subscriber on the publisher's node: its rate
     (``rate_node1``) is how fast node 1 took the publishes, which its sender's bounded
     queue holds to what Redis took (within one queue's worth); ``rate`` is node 2's.
     """
-    servers = _nodes(kind, redis, 2 if redis else 1)
+    servers = _nodes(kind, redis, 2 if redis else 1, env)
     generators: list[Generator] = []
     try:
         watcher = None
@@ -79,9 +86,9 @@ def fanout(kind: ServerKind, redis: RedisProcess | None, subscribers: int, messa
 
 
 def sessions(kind: ServerKind, redis: RedisProcess | None, pairs: int, messages: int,
-             deadline: float) -> dict[str, Any]:
+             deadline: float, env: dict[str, str] | None = None) -> dict[str, Any]:
     """``pairs`` sessions of two clients publishing to each other: a on node 1, b on node 2 (with Redis)."""
-    servers = _nodes(kind, redis, 2 if redis else 1)
+    servers = _nodes(kind, redis, 2 if redis else 1, env)
     generators: list[Generator] = []
     try:
         first = 0
@@ -126,26 +133,31 @@ def run_all(scenarios: list[str], quick: bool, runs: int, deadline: float,
             results["xfanout"] = {}
             for size in [100] if quick else [10, 100, 1000]:
                 messages = max(10, (50_000 if quick else 500_000) // size)
-                for name, kind, broker in (("single", single, None), ("cross", NODES["redis"], redis)):
-                    rows = repeat(runs, lambda k=kind, b=broker, s=size, m=messages: fanout(k, b, s, m, deadline))
+                for name, kind, broker, env in (("single", single, None, None), ("cross", NODES["redis"], redis, None),
+                                                ("cross-nohistory", NODES["redis"], redis, NO_HISTORY)):
+                    rows = repeat(runs, lambda k=kind, b=broker, s=size, m=messages, e=env:
+                                  fanout(k, b, s, m, deadline, env=e))
                     results["xfanout"].setdefault(str(size), {})[name] = _summary(rows, median_of, messages)
                     report("xfanout", f"S={size}", name, rows, "rate", "deliveries/s")
         if "xsessions" in scenarios:
             pairs, messages = (100, 20) if quick else (500, 100)
             results["xsessions"] = {"pairs": pairs}
-            for name, kind, broker in (("single", single, None), ("cross", NODES["redis"], redis)):
-                rows = repeat(runs, lambda k=kind, b=broker: sessions(k, b, pairs, messages, deadline))
+            for name, kind, broker, env in (("single", single, None, None), ("cross", NODES["redis"], redis, None),
+                                            ("cross-nohistory", NODES["redis"], redis, NO_HISTORY)):
+                rows = repeat(runs, lambda k=kind, b=broker, e=env: sessions(k, b, pairs, messages, deadline, e))
                 results["xsessions"][name] = _summary(rows, median_of, messages)
                 report("xsessions", f"{pairs} pairs", name, rows, "rate", "deliveries/s")
         if "xpublish" in scenarios:
             messages = 20_000 if quick else 200_000
             results["xpublish"] = {}
-            variants = [("single", single, None), ("sender", NODES["redis"], redis),
-                        ("sender-nohiredis", NODES["redis-nohiredis"], redis),
-                        ("sync-publish", NODES["redis-sync"], redis)]
-            for name, kind, broker in variants:
+            # sync-publish is the publish of before the sender, with history off as it was then: the 10x baseline.
+            variants = [("single", single, None, None), ("sender", NODES["redis"], redis, None),
+                        ("sender-nohistory", NODES["redis"], redis, NO_HISTORY),
+                        ("sender-nohiredis", NODES["redis-nohiredis"], redis, None),
+                        ("sync-publish", NODES["redis-sync"], redis, NO_HISTORY)]
+            for name, kind, broker, env in variants:
                 count = messages // 10 if name == "sync-publish" else messages  # ~5k/s: keep it short
-                rows = repeat(runs, lambda k=kind, b=broker, c=count: fanout(k, b, 1, c, deadline, True))
+                rows = repeat(runs, lambda k=kind, b=broker, c=count, e=env: fanout(k, b, 1, c, deadline, True, e))
                 results["xpublish"][name] = _summary(rows, median_of, count)
                 results["xpublish"][name]["rate_node1"] = median_of(rows, "rate_node1")
                 report("xpublish", "1 pub, 1 sub", name, rows, "rate", "messages/s")
@@ -169,21 +181,22 @@ def ratio(ours: float | None, base: float | None) -> str:
 
 
 def print_tables(results: dict[str, Any], fmt: Any) -> None:
+    head = (f"{'one node':>16}{'across Redis':>16}{'ratio':>10}{'no history':>14}{'on/off':>9}{'Redis us/msg':>14}"
+            f"{'(no history)':>14}{'node us/msg: one node | 1/2':>30}")
+
+    def line(label: str, by: dict[str, Any]) -> str:
+        one, cross, off = by.get("single", {}), by.get("cross", {}), by.get("cross-nohistory", {})
+        return (f"{label:24}{fmt(one.get('rate')):>16}{fmt(cross.get('rate')):>16}"
+                f"{ratio(cross.get('rate'), one.get('rate')):>10}{fmt(off.get('rate')):>14}"
+                f"{ratio(cross.get('rate'), off.get('rate')):>9}{_us(cross):>14}{_us(off):>14}"
+                f"{_nodes_us(one) + ' | ' + _nodes_us(cross):>30}")
     if "xfanout" in results:
-        print(f"\n{'multi-node fan-out':24}{'one node':>16}{'across Redis':>16}{'ratio':>10}{'Redis us/msg':>14}"
-              f"{'node us/msg: one node | 1/2':>30}")
+        print(f"\n{'multi-node fan-out':24}{head}")
         for size, by in results["xfanout"].items():
-            one, cross = by.get("single", {}), by.get("cross", {})
-            print(f"{'S=' + size:24}{fmt(one.get('rate')):>16}{fmt(cross.get('rate')):>16}"
-                  f"{ratio(cross.get('rate'), one.get('rate')):>10}{_us(cross):>14}"
-                  f"{_nodes_us(one) + ' | ' + _nodes_us(cross):>30}")
+            print(line("S=" + size, by))
     if "xsessions" in results:
-        one, cross = results["xsessions"].get("single", {}), results["xsessions"].get("cross", {})
-        print(f"\n{'multi-node sessions':24}{'one node':>16}{'across Redis':>16}{'ratio':>10}{'Redis us/msg':>14}"
-              f"{'node us/msg: one node | 1/2':>30}")
-        print(f"{str(results['xsessions']['pairs']) + ' pairs':24}{fmt(one.get('rate')):>16}"
-              f"{fmt(cross.get('rate')):>16}{ratio(cross.get('rate'), one.get('rate')):>10}{_us(cross):>14}"
-              f"{_nodes_us(one) + ' | ' + _nodes_us(cross):>30}")
+        print(f"\n{'multi-node sessions':24}{head}")
+        print(line(str(results["xsessions"]["pairs"]) + " pairs", results["xsessions"]))
     if "xpublish" in results:
         by = results["xpublish"]
         base = by.get("sync-publish", {}).get("rate")
@@ -193,6 +206,9 @@ def print_tables(results: dict[str, Any], fmt: Any) -> None:
         for name, row in by.items():
             print(f"{name:24}{fmt(row.get('rate_node1')):>14}{ratio(row.get('rate_node1'), base1):>9}"
                   f"{fmt(row.get('rate')):>14}{ratio(row.get('rate'), base):>9}{_us(row):>14}{_nodes_us(row):>16}")
+        on, off = by.get("sender", {}), by.get("sender-nohistory", {})
+        print(f"{'history on/off':24}{ratio(on.get('rate_node1'), off.get('rate_node1')):>14}{'':>9}"
+              f"{ratio(on.get('rate'), off.get('rate')):>14}")
 
 
 def _nodes_us(row: dict) -> str:
@@ -225,7 +241,8 @@ def plot(results: dict[str, Any], path: str) -> bool:
         return False
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
     sizes = sorted(int(s) for s in results.get("xfanout", {}))
-    for name, label in (("single", "one node (in memory)"), ("cross", "publisher on node 1, subscribers on node 2")):
+    for name, label in (("single", "one node (in memory)"), ("cross", "publisher on node 1, subscribers on node 2"),
+                        ("cross-nohistory", "the same, history off")):
         points = [(s, results["xfanout"][str(s)].get(name, {}).get("rate")) for s in sizes]
         points = [(s, r) for s, r in points if r]
         if points:
@@ -238,8 +255,10 @@ def plot(results: dict[str, Any], path: str) -> bool:
     if sizes:
         left.legend(fontsize=8)
     by = results.get("xpublish", {})
-    names = [n for n in ("single", "sender", "sender-nohiredis", "sync-publish") if by.get(n, {}).get("rate")]
-    right.bar(range(len(names)), [by[n]["rate"] for n in names], color=["grey", "C0", "C1", "C3"][:len(names)])
+    names = [n for n in ("single", "sender", "sender-nohistory", "sender-nohiredis", "sync-publish")
+             if by.get(n, {}).get("rate")]
+    colours = {"single": "grey", "sender": "C0", "sender-nohistory": "C2", "sender-nohiredis": "C1", "sync-publish": "C3"}
+    right.bar(range(len(names)), [by[n]["rate"] for n in names], color=[colours[n] for n in names])
     right.set_xticks(range(len(names)), [n.replace("-", "\n") for n in names], fontsize=8)
     right.set_ylabel("messages per second")
     right.set_title("One publisher, through Redis")

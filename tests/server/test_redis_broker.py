@@ -120,6 +120,39 @@ def test_order_of_one_publisher_is_kept_on_every_node(redis: RedisServer) -> Non
         assert [read_until_sentinel(client) for client in (far, near)] == [[], []]  # and no duplicate
 
 
+@pytest.mark.parametrize("protocol", [3, 2], ids=["resp3", "resp2"])
+@pytest.mark.parametrize("parser", ["hiredis", "plain"])
+def test_the_listener_reads_pushes_in_either_protocol_with_or_without_hiredis(
+        redis: RedisServer, protocol: int, parser: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The listener's pushes (``redis_pushes.py``): messages in order, PONGs (connected, barriers), garbage dropped."""
+    import rusty_ws.brokers.redis_link as link_module
+
+    if parser == "plain":
+        monkeypatch.setattr(link_module, "_hiredis", None)
+        monkeypatch.setattr(link_module, "_pack", link_module._pack_plain)
+    else:
+        pytest.importorskip("hiredis", reason="the redis extra installs hiredis")
+    url = f"{redis.url}?protocol={protocol}"
+    with nodes(2, url) as (a, b), a.connect() as publisher, b.connect() as far:
+        assert broker(b).status()["connected"] is True  # the PONG of its first PING came back
+        for topic in ("Ordered", "Other", SENTINEL):
+            far.command(encode_subscribe(topic, "s"))  # each confirmed by a PING barrier's PONG
+        far.command(encode_unsubscribe("Other", "s"))
+        with redis.client() as intruder:
+            assert intruder.publish(channel_name("rusty_ws", "Ordered", "s"), b"not an envelope") == 1
+        for i in range(300):
+            publisher.send(encode_publish("Ordered", i, session_id="s"))
+            if i % 100 == 0:
+                publisher.send(encode_publish("Other", i, session_id="s"))  # unsubscribed: not delivered
+        publisher.sync()
+        assert [json.loads(far.recv())["payload"] for _ in range(300)] == list(range(300))
+        publish_sentinel(redis, "s")
+        assert read_until_sentinel(far) == []  # no duplicate, nothing of "Other"
+        assert broker(b).status()["dropped"] == 1 and caplog.text.count("no rusty_ws envelope") == 1
+        assert "did not confirm" not in caplog.text
+
+
 def test_server_side_publish_reaches_other_nodes(redis: RedisServer) -> None:
     with nodes(2, redis.url) as (a, b), b.connect() as client:
         client.command(encode_subscribe("OrderPlaced", "session-shop"))
