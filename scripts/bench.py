@@ -20,7 +20,7 @@ Scenarios (every run checks that nothing was lost, reordered or crossed sessions
 
 Usage:
   scripts/bench.py            full run (medians of 3; takes a while)
-  scripts/bench.py --quick    small sizes, one run each, under two minutes
+  scripts/bench.py --quick    small sizes, one run each, a few minutes
   scripts/bench.py --only rusty_ws,websockets --scenarios fanout
   scripts/bench.py --replot bench-results/results.json   table and plot again
 
@@ -275,7 +275,7 @@ def repeat(times: int, fn: Callable[[], dict]) -> list[dict]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small sizes, one run each (< 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="small sizes, one run each (a few minutes)")
     parser.add_argument("--only", default=",".join(ORDER), help="comma-separated servers")
     parser.add_argument("--scenarios", default=None,
                         help="comma-separated (default: all; with --quick, all but the multi-node ones, "
