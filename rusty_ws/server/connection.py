@@ -139,7 +139,10 @@ class Connection(TokenLife):
         self._lost: str | None = None  # EOF or a reset, when the socket ended without a close frame
         # Publishes with an id not answered yet. _acks_changed (its own lock) guards the count
         # and is signalled as each ack goes out: replies after them wait (``_await_acks``).
-        self._acks_changed = threading.Condition(threading.Lock())
+        # Made by this connection's thread at its first publish with an id, before any other
+        # thread can answer one: most connections never publish, and a Condition with its
+        # waiters' deque is ~1.1 KiB of an idle connection (docs/architecture.md).
+        self._acks_changed: threading.Condition | None = None
         self._acks_pending = 0
         self._reader = 0  # the ident of the thread running the command loop
         self._start_token_life()  # token_life.py: the expiry, or the wait for auth:
@@ -367,7 +370,10 @@ class Connection(TokenLife):
             if command.id is None:
                 self.hub.publish(delivery)
                 return
-            with self._acks_changed:
+            changed = self._acks_changed
+            if changed is None:  # the first publish with an id: no other thread has seen one yet
+                changed = self._acks_changed = threading.Condition(threading.Lock())
+            with changed:
                 self._acks_pending += 1
             answer, answered = self._answerer(command.id)
             try:
@@ -407,6 +413,7 @@ class Connection(TokenLife):
         return answer, lambda: bool(called)
 
     def _ack_sent(self) -> None:
+        assert self._acks_changed is not None  # made before the publish whose ack this is
         with self._acks_changed:
             self._acks_pending -= 1
             self._acks_changed.notify_all()
@@ -417,10 +424,11 @@ class Connection(TokenLife):
         Blocks this connection's thread only (its client asked for the acks); the
         broker answers every publish within its timeouts.
         """
-        if self._acks_pending <= leave:  # the usual case: no lock
+        changed = self._acks_changed
+        if self._acks_pending <= leave or changed is None:  # the usual case: no lock
             return
-        with self._acks_changed:
-            if not self._acks_changed.wait_for(lambda: self._acks_pending <= leave, ACK_WAIT):
+        with changed:
+            if not changed.wait_for(lambda: self._acks_pending <= leave, ACK_WAIT):
                 logger.warning("%s: %d acks still in flight after %.0fs; replying anyway", self.label,
                                self._acks_pending, ACK_WAIT)
 
