@@ -88,7 +88,7 @@ logger = logging.getLogger("rusty_ws.server")
 
 #: recv(n) allocates n bytes before it blocks, so an idle connection reads with a small
 #: buffer; a read that fills it means more is waiting, and the next read takes a big one.
-IDLE_RECV_BYTES = 1024
+IDLE_RECV_BYTES = 479
 BUSY_RECV_BYTES = 65536
 _PONG_REPLY_FRAME = text_frame(PONG_REPLY)  # the text reply to the ``ping`` command
 # _on_event runs per message: module globals, not ``FrameEvent.X`` lookups (~0.1 us each on 3.11).
@@ -99,6 +99,25 @@ _SUBSCRIBE, _PUBLISH = TopicAction.SUBSCRIBE, TopicAction.PUBLISH
 _TOKEN_VERBS = ("auth:", "refresh:")
 #: Seconds a reply waits for the acks of earlier publishes (the broker answers well within it).
 ACK_WAIT = 20.0
+
+
+#: Set once, never cleared: what every connection thread's ``Thread._started`` becomes (see below).
+_STARTED = threading.Event()
+_STARTED.set()
+
+
+def _share_started_event(thread: threading.Thread) -> None:
+    """Swap the thread's own ``_started`` Event, set for good once it runs, for one shared set Event.
+
+    ``Thread.start()`` waits on that Event and ``is_alive()`` reads it; nothing
+    clears it. Its Condition's waiters' deque makes it ~1 KiB, kept for the life
+    of a thread that lives as long as its WebSocket (docs/architecture.md,
+    "What a connection costs"). A private attribute of ``threading``: only
+    swapped when it is there and set, so another CPython just keeps its own.
+    """
+    started = getattr(thread, "_started", None)
+    if isinstance(started, threading.Event) and started is not _STARTED and started.is_set():
+        thread._started = _STARTED  # type: ignore[attr-defined]
 
 
 class Connection(TokenLife):
@@ -139,7 +158,10 @@ class Connection(TokenLife):
         self._lost: str | None = None  # EOF or a reset, when the socket ended without a close frame
         # Publishes with an id not answered yet. _acks_changed (its own lock) guards the count
         # and is signalled as each ack goes out: replies after them wait (``_await_acks``).
-        self._acks_changed = threading.Condition(threading.Lock())
+        # Made by this connection's thread at its first publish with an id, before any other
+        # thread can answer one: most connections never publish, and a Condition with its
+        # waiters' deque is ~1.1 KiB of an idle connection (docs/architecture.md).
+        self._acks_changed: threading.Condition | None = None
         self._acks_pending = 0
         self._reader = 0  # the ident of the thread running the command loop
         self._start_token_life()  # token_life.py: the expiry, or the wait for auth:
@@ -158,6 +180,7 @@ class Connection(TokenLife):
                 head (a client that did not wait for the 101); parsed before the socket is read.
         """
         thread = threading.current_thread()
+        _share_started_event(thread)
         self._reader = thread.ident or 0
         request_thread_name, thread.name = thread.name, f"rusty_ws-{self.label}"
         logger.info("%s connected from %s as %s in session %r", self.label, self.remote, self._who(),
@@ -367,7 +390,10 @@ class Connection(TokenLife):
             if command.id is None:
                 self.hub.publish(delivery)
                 return
-            with self._acks_changed:
+            changed = self._acks_changed
+            if changed is None:  # the first publish with an id: no other thread has seen one yet
+                changed = self._acks_changed = threading.Condition(threading.Lock())
+            with changed:
                 self._acks_pending += 1
             answer, answered = self._answerer(command.id)
             try:
@@ -407,6 +433,7 @@ class Connection(TokenLife):
         return answer, lambda: bool(called)
 
     def _ack_sent(self) -> None:
+        assert self._acks_changed is not None  # made before the publish whose ack this is
         with self._acks_changed:
             self._acks_pending -= 1
             self._acks_changed.notify_all()
@@ -417,10 +444,11 @@ class Connection(TokenLife):
         Blocks this connection's thread only (its client asked for the acks); the
         broker answers every publish within its timeouts.
         """
-        if self._acks_pending <= leave:  # the usual case: no lock
+        changed = self._acks_changed
+        if self._acks_pending <= leave or changed is None:  # the usual case: no lock
             return
-        with self._acks_changed:
-            if not self._acks_changed.wait_for(lambda: self._acks_pending <= leave, ACK_WAIT):
+        with changed:
+            if not changed.wait_for(lambda: self._acks_pending <= leave, ACK_WAIT):
                 logger.warning("%s: %d acks still in flight after %.0fs; replying anyway", self.label,
                                self._acks_pending, ACK_WAIT)
 

@@ -605,8 +605,37 @@ class Writer:
             sock.close()
 
 
-class _BatchDepth(threading.local):
-    depth = 0  # per thread: how many Writer.batch() blocks it is inside
+class _BatchDepth:
+    """How many ``Writer.batch()`` blocks each thread is inside, with an entry only while it is inside one.
+
+    Not a ``threading.local``: that keeps a dict for every thread that ever
+    batched, ~0.4 KiB for each idle connection's thread (docs/architecture.md).
+    Each thread reads and writes its own key only; a dict's get, set and del
+    are atomic under the GIL.
+    """
+
+    __slots__ = ("_depths",)
+
+    def __init__(self) -> None:
+        self._depths: dict[int, int] = {}
+
+    @property
+    def depth(self) -> int:
+        return self._depths.get(threading.get_ident(), 0)
+
+    def enter(self) -> None:
+        depths, key = self._depths, threading.get_ident()
+        depths[key] = depths.get(key, 0) + 1
+
+    def leave(self) -> bool:
+        """One block ended; True when it was this thread's outermost."""
+        depths, key = self._depths, threading.get_ident()
+        left = depths[key] - 1
+        if left:
+            depths[key] = left
+            return False
+        del depths[key]
+        return True
 
 
 class _Batch:
@@ -619,12 +648,10 @@ class _Batch:
         self._state = writer._batching
 
     def __enter__(self) -> None:
-        self._state.depth += 1
+        self._state.enter()
 
     def __exit__(self, *exc_info: object) -> None:
-        state = self._state
-        state.depth -= 1
-        if not state.depth:
+        if self._state.leave():
             self._writer.flush()
 
 
