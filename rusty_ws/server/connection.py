@@ -101,25 +101,6 @@ _TOKEN_VERBS = ("auth:", "refresh:")
 ACK_WAIT = 20.0
 
 
-#: Set once, never cleared: what every connection thread's ``Thread._started`` becomes (see below).
-_STARTED = threading.Event()
-_STARTED.set()
-
-
-def _share_started_event(thread: threading.Thread) -> None:
-    """Swap the thread's own ``_started`` Event, set for good once it runs, for one shared set Event.
-
-    ``Thread.start()`` waits on that Event and ``is_alive()`` reads it; nothing
-    clears it. Its Condition's waiters' deque makes it ~1 KiB, kept for the life
-    of a thread that lives as long as its WebSocket (docs/architecture.md,
-    "What a connection costs"). A private attribute of ``threading``: only
-    swapped when it is there and set, so another CPython just keeps its own.
-    """
-    started = getattr(thread, "_started", None)
-    if isinstance(started, threading.Event) and started is not _STARTED and started.is_set():
-        thread._started = _STARTED  # type: ignore[attr-defined]
-
-
 class Connection(TokenLife):
     """A client's WebSocket, from the upgrade to the last byte.
 
@@ -180,7 +161,6 @@ class Connection(TokenLife):
                 head (a client that did not wait for the 101); parsed before the socket is read.
         """
         thread = threading.current_thread()
-        _share_started_event(thread)
         self._reader = thread.ident or 0
         request_thread_name, thread.name = thread.name, f"rusty_ws-{self.label}"
         logger.info("%s connected from %s as %s in session %r", self.label, self.remote, self._who(),
