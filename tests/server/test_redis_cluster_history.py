@@ -184,8 +184,12 @@ def test_a_replica_that_took_over_without_the_last_writes_gives_a_new_epoch_neve
         acks = [publish_acked(publisher, session, n, f"f-{n}", seen) for n in range(1, 11)]
         wait_for(lambda: heir.info("replication")["master_repl_offset"] == victim.info("replication")["master_repl_offset"],
                  WAIT, "the replica has the first ten")
-        heir.process.send_signal(signal.SIGSTOP)  # the replica misses what comes now
+        # The replica misses what comes now: stopped, and its link cut by the master (what the master
+        # had sent would otherwise wait in the stopped replica's socket buffer, read after SIGCONT).
+        heir.process.send_signal(signal.SIGSTOP)
         try:
+            with contextlib.closing(victim.client()) as raw:
+                assert raw.execute_command("CLIENT", "KILL", "TYPE", "replica") == 1
             acks += [publish_acked(publisher, session, n, f"f-{n}", seen) for n in range(11, 16)]
             got = [recv_delivery(live) for _ in range(15)]  # hub a has them all before the master dies
             victim.kill()  # with five acknowledged writes its replica never got
