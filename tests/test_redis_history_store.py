@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from rusty_ws.brokers.redis_codec import decode_envelope
-from rusty_ws.brokers.redis_history import RedisHistory
+from rusty_ws.brokers.redis_history import RedisHistory, Route
 from rusty_ws.protocol import Delivery
 
 
@@ -30,7 +30,8 @@ class RecordingSender:
 
 def store() -> tuple[RedisHistory, RecordingSender, list[Delivery]]:
     sender, delivered = RecordingSender(), []
-    history = RedisHistory(current=lambda: ("node-1", None, sender, True), deliver=delivered.append,
+    history = RedisHistory(node_id=lambda: "node-1", route=lambda session_id: Route(None, sender.submit, True),
+                           deliver=delivered.append,
                            prefix="rusty_ws", size=10, ttl=60, window=60, max_envelope_size=None)
     return history, sender, delivered
 

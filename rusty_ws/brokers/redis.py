@@ -76,7 +76,7 @@ from .redis_codec import (
     key_of_channel,
     split_url,
 )
-from .redis_history import RedisHistory
+from .redis_history import RedisHistory, Route
 from .redis_listener import Listener
 from .redis_sender import RedisSender
 
@@ -203,6 +203,8 @@ class RedisBroker(Broker):
             max_envelope_size=self.max_envelope_size,
         )
         self._listener, self._sender, self._pid = listener, sender, os.getpid()
+        if self._history is not None:
+            sender.script_load(self._history.publish_script)  # queued ahead of any EVALSHA
         sender.start(self.start_timeout)
         listener.start(self.start_timeout)
         return listener
@@ -286,8 +288,9 @@ class RedisBroker(Broker):
             assert self._deliver is not None
             return self._deliver(delivery)
 
-        self._history = RedisHistory(current=self._parts, deliver=deliver, prefix=self.channel_prefix,
-                                     size=size, ttl=ttl, window=window, max_envelope_size=self.max_envelope_size)
+        self._history = RedisHistory(node_id=lambda: self._current().node_id, route=self._route, deliver=deliver,
+                                     prefix=self.channel_prefix, size=size, ttl=ttl, window=window,
+                                     max_envelope_size=self.max_envelope_size)
         return self._history
 
     def _from_channel(self, delivery: Delivery) -> Landed:
@@ -298,11 +301,11 @@ class RedisBroker(Broker):
             return Landed(None, 0)
         return self._deliver(delivery)
 
-    def _parts(self) -> tuple[str, Any, Any, bool]:
-        """This process's node id, client, sender and whether its listener is connected (for the history)."""
+    def _route(self, session_id: str) -> Route:
+        """Where the history's commands go (any session): this process's client, sender and listener's state."""
         listener = self._current()
         assert self._sender is not None
-        return listener.node_id, listener.client, self._sender, listener.connected
+        return Route(listener.client, self._sender.submit, listener.connected)
 
     def interest_added(self, key: Key) -> None:
         """Subscribe to ``key``'s channel; blocks until Redis confirms (while connected)."""

@@ -28,6 +28,11 @@ master it names (Redis 7.0 answers no ``ASK`` to ``SPUBLISH``: the old master
 serves a migrating slot's channels until the slot has moved). While the slot's
 master is unreachable, or no master serves it, the publish reaches this node
 only and is counted as that shard's ``unsent``.
+
+History. With history on, ``history_store`` gives the hub a ``RedisHistory``
+(``redis_history.py``) whose script runs on the session's master through its
+sender and ``SPUBLISH``es a version-2 envelope; every listener, this node's
+too, delivers those (``_from_channel``). Reads run on the session's master.
 """
 
 from __future__ import annotations
@@ -43,10 +48,11 @@ from typing import Any, NamedTuple
 from .. import backoff
 from ..exceptions import ProtocolError
 from ..protocol import Delivery, ErrorCode
-from .base import Broker, Deliver, Key, Landed, OnLanded
+from .base import Broker, Deliver, Key, Landed, OnLanded, SharedHistory
 from .redis import SEND_QUEUE, SEND_QUEUE_BYTES, START_TIMEOUT, SUBSCRIBE_TIMEOUT, _import_redis, new_node_id
 from .redis_cluster_nodes import node_client, read_slot_map
 from .redis_codec import encode_envelope, shard_channel_name, split_cluster_url
+from .redis_history import RedisHistory, Route
 from .redis_sender import RedisSender
 from .redis_shard_listener import ShardListener
 from .redis_slots import SlotMap, session_slot, tag_in
@@ -117,6 +123,7 @@ class RedisClusterBroker(Broker):
         self._stop = threading.Event()
         self._poke = threading.Event()  # set by anyone who saw trouble: the supervisor reads the map at once
         self._supervisor: threading.Thread | None = None
+        self._history: RedisHistory | None = None
 
     def __repr__(self) -> str:
         return f"<RedisClusterBroker {self.node_id or 'not started'}>"
@@ -218,11 +225,19 @@ class RedisClusterBroker(Broker):
             reason = f"MOVED to {target}, a master this node does not know yet"
         else:
             try:
-                return client.execute_command(*command)
+                return client.execute_command(*self._as_eval(command))
             except self._errors as exc:
                 reason = f"{type(exc).__name__}: {exc}"
         self._count_unsent(address, reason)
         return ConnectionError(reason)
+
+    def _as_eval(self, command: tuple[Any, ...]) -> tuple[Any, ...]:
+        """An ``EVALSHA`` of a known script as an ``EVAL`` (a master just given a slot may not have it yet)."""
+        if command[0] != "EVALSHA":
+            return command
+        with self._counts_lock:
+            source = self._scripts.get(command[1])
+        return command if source is None else ("EVAL", source, *command[2:])
 
     def _count_unsent(self, address: str, reason: str) -> None:
         with self._counts_lock:
@@ -230,6 +245,66 @@ class RedisClusterBroker(Broker):
             warn, self._warned_unsent = not self._warned_unsent, True
         if warn:
             logger.warning("publishes for %s reach this node's subscribers only (%s)", address or "an unserved slot", reason)
+
+    # ------------------------------------------------------------------ history in the cluster
+
+    def history_store(self, size: int, ttl: float, window: float) -> SharedHistory:
+        """History in the cluster, shared by every node: ``redis_history.py`` with ``SPUBLISH``.
+
+        A pair's stream, meta, publish ids and channel share its session's slot, so the
+        publish script runs on that slot's master (through its sender: one FIFO per
+        master keeps a session's publishes in order) and reads run there too. Every
+        master's sender loads the script (now, and each master that appears later).
+        """
+        def deliver(delivery: Delivery) -> Landed:
+            assert self._deliver is not None
+            return self._deliver(delivery)
+
+        history = RedisHistory(node_id=self._node, route=self._route, deliver=deliver, prefix=self.channel_prefix,
+                               size=size, ttl=ttl, window=window, max_envelope_size=self.max_envelope_size,
+                               publish_command="SPUBLISH")
+        with self._counts_lock:
+            self._scripts[history.publish_sha] = history.publish_script  # _refresh loads it on every master
+        self._history = history
+        return history
+
+    def _node(self) -> str:
+        """This process's node id (for the history's own-publish bookkeeping)."""
+        self._current()
+        assert self.node_id is not None
+        return self.node_id
+
+    def _route(self, session_id: str) -> Route:
+        """Where the history's commands for ``session_id`` go: its slot's master, now."""
+        view = self._current()
+        address = view.map.owners[session_slot(session_id)] if view.map else ""
+        sender, listener = view.senders.get(address), view.listeners.get(address)
+        client = view.clients.get(address)
+        if sender is None or listener is None:
+            def unserved(command: tuple[Any, ...], on_reply: Callable[[Any], None]) -> None:
+                self._count_unsent(address, "no master serves the slot")
+                on_reply(ConnectionError("no Redis Cluster master serves this session's slot"))
+
+            return Route(None, unserved, False)
+
+        def submit(command: tuple[Any, ...], on_reply: Callable[[Any], None]) -> None:
+            def replied(reply: Any) -> None:  # on the sender's thread
+                moved = self._moved_to(reply)
+                on_reply(reply if moved is None else self._redirect(address, moved, command))
+
+            sender.submit(command, replied)
+
+        return Route(client, submit, listener.connected)
+
+    def _from_channel(self, delivery: Delivery) -> Landed:
+        """What the listeners deliver: not a publish of this node's already delivered here (history)."""
+        assert self._deliver is not None
+        history = self._history
+        if history is not None and not history.arrived(delivery):
+            return Landed(None, 0)
+        return self._deliver(delivery)
+
+    # ------------------------------------------------------------------ interest
 
     def interest_added(self, key: Key) -> None:
         """SSUBSCRIBE to ``key``'s channel on its master; blocks until it confirms (while connected)."""
@@ -298,6 +373,7 @@ class RedisClusterBroker(Broker):
             shard["sender"] = sender
             shards[address] = shard
         covered = view.map is not None and all(view.map.owners)
+        history = self._history.status() if self._history is not None else {}
         return {
             "name": self.name,
             "connected": covered and bool(shards) and all(shard["connected"] for shard in shards.values()),
@@ -307,6 +383,7 @@ class RedisClusterBroker(Broker):
             "dropped": retired["dropped"] + sum(shard["dropped"] for shard in shards.values()),
             "reconnects": retired["reconnects"] + sum(shard["reconnects"] for shard in shards.values()),
             "shards": shards,
+            **history,
         }
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -440,7 +517,7 @@ class RedisClusterBroker(Broker):
         listener = ShardListener(
             address=address, owns=owns, control_tag=control_tag, on_trouble=on_trouble,
             client=client, errors=self._errors, prefix=self.channel_prefix, node_id=self.node_id,
-            deliver=self._deliver, keys=self._keys, subscribe_timeout=self.subscribe_timeout,
+            deliver=self._from_channel, keys=self._keys, subscribe_timeout=self.subscribe_timeout,
             max_envelope_size=self.max_envelope_size,
         )
         return listener, client, sender

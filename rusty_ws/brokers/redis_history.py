@@ -19,6 +19,12 @@ the channel: local subscribers see the offsets remote ones see (the listener
 keeps this node's own version-2 envelopes). ``READ_SCRIPT`` reads a stream's
 top and entries in one atomic look, for ``subscribe-json`` and ``history:``.
 
+On a Redis Cluster (``redis_cluster.py``) the same code runs with ``SPUBLISH``:
+a pair's keys and channel share its session's slot, so each command goes to
+that slot's master (``route``: its client and sender), and the scripts also
+give a pair a new epoch when its hash was written under another master (a
+replica that took over may lack the last writes: ``_GUARD``).
+
 Reads are a round trip on the caller's thread, through the broker's client
 pool. What Redis returns is checked like channel data: an entry no node wrote
 is dropped and logged (``redis_codec.decode_stream_entry``).
@@ -27,37 +33,49 @@ is dropped and logged (``redis_codec.decode_stream_entry``).
 from __future__ import annotations
 
 import collections
+import hashlib
 import itertools
 import logging
 import secrets
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..exceptions import ProtocolError
 from ..protocol import Delivery, ErrorCode, Position
 from .base import HistoryUnavailable, Key, SharedHistory, Stamped, Stored
 from .redis_codec import decode_stream_entry, is_epoch, pair_keys, publish_id_key
 
-__all__ = ["RedisHistory", "PUBLISH_SCRIPT", "READ_SCRIPT"]
+__all__ = ["RedisHistory", "Route", "PUBLISH_SCRIPT", "READ_SCRIPT", "CLUSTER_PUBLISH_SCRIPT", "CLUSTER_READ_SCRIPT"]
 
 logger = logging.getLogger("rusty_ws.server")
 
 # KEYS[1] the meta hash, KEYS[2] the stream; ARGV[1] an epoch to use if a new one is needed.
-# load() returns the epoch and 1 if it was made over data no node wrote (logged by the caller).
+# load() returns the epoch and 1 if it was made over data no node wrote (logged by the caller),
+# 2 if it was renewed because another master wrote the meta (a replica took over: see _GUARD).
 # A stream key of another type is found by the XADD or XRANGE that fails on it (pcall).
+# {guard} is empty on one Redis; on a cluster it is _GUARD.
 _PRELUDE = """
+{guard}
 local function fresh()
   redis.call('DEL', KEYS[1], KEYS[2])
   redis.call('HSET', KEYS[1], 'e', ARGV[1], 'o', '0')
+  if replid then redis.call('HSET', KEYS[1], 'r', replid()) end
   return ARGV[1]
 end
 local function load()
-  local got = redis.pcall('HMGET', KEYS[1], 'e', 'o')
+  local got = redis.pcall('HMGET', KEYS[1], 'e', 'o', 'r')
   if got['err'] then return fresh(), 1 end  -- not a hash
   local e, o = got[1], got[2]
   if not e and not o then return fresh(), 0 end
   if e and o and #e <= 64 and string.match(e, '^[0-9a-f]+$') and #o <= 15 and string.match(o, '^%d+$') then
+    if replid then
+      local mine = replid()
+      if got[3] ~= mine then  -- written under another master: it may hold writes this one never got
+        redis.call('HSET', KEYS[1], 'e', ARGV[1], 'r', mine)
+        return ARGV[1], 2
+      end
+    end
     return e, 0
   end
   return fresh(), 1
@@ -68,10 +86,31 @@ local function now_ms()
 end
 """
 
+# On a Redis Cluster (SPUBLISH): the meta remembers the replication id of the master that wrote it
+# (``r``). A replica promoted after its master died has a new replication id and may lack the last
+# writes its master acknowledged (replication is asynchronous): an offset it hands out again could
+# name another message than the one a client saw. So a stream first touched by a new master gets a
+# new epoch (its offsets and entries stay: what this master holds is a consistent prefix), and
+# clients positioned in the old epoch are told ``recovered: false``, never a silent gap.
+_GUARD = """
+local function replid()
+  return string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or ''
+end
+"""
+
+
+def _scripts(publish_command: str) -> tuple[str, str]:
+    """The publish and read scripts for ``PUBLISH`` (one Redis) or ``SPUBLISH`` (a cluster)."""
+    if publish_command not in ("PUBLISH", "SPUBLISH"):
+        raise ValueError(f"no publish command: {publish_command!r}")
+    prelude = _PRELUDE.replace("{guard}", _GUARD if publish_command == "SPUBLISH" else "local replid = nil")
+    return (prelude + _PUBLISH_BODY.replace("{publish}", publish_command), prelude + _READ_BODY)
+
+
 #: KEYS: meta, stream, [publish id key].
 #: ARGV: epoch if new, channel, node id, size, ttl ms, window ms, delivery, the node's number for it.
-#: Returns {"new" | "repeat", "{offset}:{epoch}", reset (0/1)}.
-PUBLISH_SCRIPT = _PRELUDE + """
+#: Returns {"new" | "repeat", "{offset}:{epoch}", reset (0, 1 or 2: see load())}.
+_PUBLISH_BODY = """
 if KEYS[3] then
   local seen = redis.call('GET', KEYS[3])
   if seen then return {'repeat', seen, 0} end
@@ -89,14 +128,14 @@ redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 local position = offset .. ':' .. epoch
 if KEYS[3] then redis.call('SET', KEYS[3], position, 'PX', ARGV[6]) end
-redis.call('PUBLISH', ARGV[2], '{"v":2,"node":"' .. ARGV[3] .. '","seq":' .. ARGV[8] .. ',"offset":' .. offset
+redis.call('{publish}', ARGV[2], '{"v":2,"node":"' .. ARGV[3] .. '","seq":' .. ARGV[8] .. ',"offset":' .. offset
            .. ',"epoch":"' .. epoch .. '","delivery":' .. ARGV[7] .. '}')
 return {'new', position, reset}
 """
 
 #: KEYS: meta, stream. ARGV: epoch if new, ttl ms, "since" | "last", since's epoch, since's offset, count.
 #: Returns {epoch, top, now ms, reset, entries}.
-READ_SCRIPT = _PRELUDE + """
+_READ_BODY = """
 local epoch, reset = load()
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 local entries = {}
@@ -112,6 +151,9 @@ if entries['err'] then  -- the stream's key holds something else
 end
 return {epoch, redis.call('HGET', KEYS[1], 'o'), now_ms(), reset, entries}
 """
+
+PUBLISH_SCRIPT, READ_SCRIPT = _scripts("PUBLISH")
+CLUSTER_PUBLISH_SCRIPT, CLUSTER_READ_SCRIPT = _scripts("SPUBLISH")
 
 #: Publishes of this node remembered while they may still come back from the channel.
 MAX_IN_FLIGHT = 100_000
@@ -135,33 +177,55 @@ def _position(text: Any) -> Position:
     return Position(int(offset), epoch)
 
 
+class Route(NamedTuple):
+    """Where the commands of one session go now (a broker's answer to ``route(session_id)``)."""
+
+    #: A redis-py client of the Redis that holds the session's keys (its master, on a cluster): reads.
+    client: Any
+    #: Queues a command there (``RedisSender.submit``: one FIFO per Redis, so a session's
+    #: publishes keep their order); calls ``on_reply`` with an exception if nothing serves the session.
+    submit: Callable[[tuple[Any, ...], Callable[[Any], None]], None]
+    #: Whether the listener that serves the session's channels is connected.
+    connected: bool
+
+
 class RedisHistory(SharedHistory):
-    """The Redis broker's shared history (see the module's docstring).
+    """The shared history of the Redis and Redis Cluster brokers (see the module's docstring).
+
+    The broker makes ``publish_script`` known to each Redis it sends to (``script_load``)
+    before its first ``EVALSHA`` of ``publish_sha``.
 
     Args:
-        current: returns this process's node id, a redis-py client (reads), sender
-            (publishes) and whether its listener is connected: a process forked after
-            start gets its own. While the listener is not connected a read is not
-            tried (the subscription it serves could not be confirmed).
+        node_id: returns this process's node id (a process forked after start gets its own).
+        route: where a session's commands go now (``Route``): this process's client and
+            sender of the Redis (the master) that holds the session's keys. While its
+            listener is not connected a read is not tried (the subscription it serves
+            could not be confirmed).
         deliver: the hub's delivery to this node's subscribers (for a publish without
             id that Redis could not take: delivered here only, without offset).
         prefix: the key and channel prefix.
         size, ttl, window: ``RUSTY_WS_HISTORY_SIZE``, ``_HISTORY_TTL``, ``_IDEMPOTENCY_WINDOW``.
         max_envelope_size: the largest envelope a node sends, in bytes (None: no limit).
+        publish_command: ``PUBLISH`` (one Redis) or ``SPUBLISH`` (a cluster: the scripts then
+            also renew the epoch of a stream a new master touches, see ``_GUARD``).
     """
 
-    def __init__(self, *, current: Callable[[], tuple[str, Any, Any, bool]], deliver: Callable[[Delivery], Any],
-                 prefix: str, size: int, ttl: float, window: float, max_envelope_size: int | None) -> None:
-        self._current = current
+    def __init__(self, *, node_id: Callable[[], str], route: Callable[[str], Route], deliver: Callable[[Delivery], Any],
+                 prefix: str, size: int, ttl: float, window: float, max_envelope_size: int | None,
+                 publish_command: str = "PUBLISH") -> None:
+        self._node_id = node_id
+        self._route = route
         self._deliver = deliver
+        self.publish_command = publish_command
+        self.publish_script, self.read_script = _scripts(publish_command)
+        self.publish_sha = hashlib.sha1(self.publish_script.encode("utf-8")).hexdigest()
         self.prefix = prefix
         self.size = size
         self.ttl_ms = max(1, int(ttl * 1000))
         self.window_ms = max(1, int(window * 1000))
         self.max_envelope_size = max_envelope_size
-        # Per process's sender and client (a fork gets new ones): the publish script's sha, the read script.
-        self._shas: dict[int, str] = {}
-        self._readers: dict[int, Any] = {}
+        # The read script (redis-py's Script: EVALSHA, loading it on NOSCRIPT), run with each read's client.
+        self._reader: Any = None
         # This node's publishes without id not settled yet (by number), and those delivered here
         # because Redis did not take them, as far as the sender knew (Redis may have run them).
         self._seqs = itertools.count(1)
@@ -169,6 +233,8 @@ class RedisHistory(SharedHistory):
         # _lock guards _counts, _warned and _in_flight. Never held across I/O.
         self._lock = threading.Lock()
         self._counts = {"history_dropped": 0, "history_resets": 0}
+        if publish_command == "SPUBLISH":
+            self._counts["history_renewed"] = 0  # streams a new master took over (see _GUARD)
         self._warned = False
 
     # ------------------------------------------------------------------ publishing
@@ -179,7 +245,7 @@ class RedisHistory(SharedHistory):
             encoded = delivery.encode()
         except (TypeError, ValueError, RecursionError) as exc:
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"the payload is not JSON: {exc}") from None
-        node_id, _, sender, _ = self._current()
+        node_id = self._node_id()
         envelope_size = len(encoded) + len(node_id) + 100
         if self.max_envelope_size is not None and envelope_size > self.max_envelope_size:
             raise ProtocolError(ErrorCode.INVALID_MESSAGE,
@@ -187,9 +253,8 @@ class RedisHistory(SharedHistory):
                                 f"{self.max_envelope_size} any node accepts")
         keys = pair_keys(self.prefix, delivery.topic, delivery.session_id)
         id_keys = (publish_id_key(self.prefix, delivery.session_id, publish_id),) if publish_id is not None else ()
-        sha = self._sha(sender)
         seq = next(self._seqs)
-        args = ("EVALSHA", sha, 2 + len(id_keys), keys.meta, keys.stream, *id_keys,
+        args = ("EVALSHA", self.publish_sha, 2 + len(id_keys), keys.meta, keys.stream, *id_keys,
                 new_epoch(), keys.channel, node_id, self.size, self.ttl_ms, self.window_ms, encoded, seq)
         if publish_id is None:
             with self._lock:
@@ -207,7 +272,7 @@ class RedisHistory(SharedHistory):
 
         # Always through the sender, even while the listener is down: one FIFO, so what falls back
         # to local delivery (Redis did not take it) is delivered here in the order it was made.
-        sender.submit(args, on_reply)
+        self._route(delivery.session_id).submit(args, on_reply)
 
     def _settled(self, seq: int, publish_id: str | None, fell_back: bool) -> bool:
         """A publish was answered; with ``fell_back`` (Redis did not take it, as far as the sender
@@ -227,7 +292,7 @@ class RedisHistory(SharedHistory):
     def arrived(self, delivery: Delivery) -> bool:
         """The listener has ``delivery``: False for a publish of this node already delivered here."""
         extra = delivery.extra
-        if not extra or extra.get("node") != self._current()[0]:
+        if not extra or extra.get("node") != self._node_id():
             return True
         with self._lock:
             state = self._in_flight.get(extra["seq"])
@@ -237,19 +302,6 @@ class RedisHistory(SharedHistory):
                 del self._in_flight[extra["seq"]]
                 return False
         return True
-
-    def _reader(self, client: Any) -> Any:
-        """The read script for ``client`` (redis-py's ``Script``: EVALSHA, loading it on NOSCRIPT)."""
-        script = self._readers.get(id(client))
-        if script is None:
-            script = self._readers[id(client)] = client.register_script(READ_SCRIPT)
-        return script
-
-    def _sha(self, sender: Any) -> str:
-        sha = self._shas.get(id(sender))
-        if sha is None:
-            sha = self._shas[id(sender)] = sender.script_load(PUBLISH_SCRIPT)
-        return sha
 
     def _stamped(self, reply: Any, delivery: Delivery) -> Stamped:
         if isinstance(reply, BaseException):
@@ -264,7 +316,7 @@ class RedisHistory(SharedHistory):
                            delivery.topic, delivery.session_id, exc, str(reply)[:200])
             raise HistoryUnavailable("Redis answered something no rusty_ws script returns") from None
         if reset:
-            self._reset(delivery.topic, delivery.session_id)
+            self._reset(delivery.topic, delivery.session_id, reset)
         self._warned = False  # Redis takes publishes again: warn at the next outage
         return stamped
 
@@ -280,7 +332,12 @@ class RedisHistory(SharedHistory):
             except Exception:
                 logger.exception("delivering %s here failed", delivery)
 
-    def _reset(self, topic: str, session_id: str) -> None:
+    def _reset(self, topic: str, session_id: str, why: int) -> None:
+        if why == 2:  # a cluster's master that did not write the stream: it may lack the last writes
+            with self._lock:
+                self._counts["history_renewed"] += 1
+            logger.info("%s@%s is served by a new Redis master (a failover?): a new epoch", topic[:200], session_id[:200])
+            return
         with self._lock:
             self._counts["history_resets"] += 1
         logger.warning("the Redis keys of %s@%s held data no rusty_ws node wrote: dropped, under a new epoch",
@@ -289,20 +346,22 @@ class RedisHistory(SharedHistory):
     # ------------------------------------------------------------------ reading
 
     def read(self, key: Key, since: Position | None, limit: int) -> Stored:
-        _, client, _, connected = self._current()
-        if not connected:
+        client, _, connected = self._route(key[1])
+        if not connected or client is None:
             raise HistoryUnavailable("Redis is unreachable")
         keys = pair_keys(self.prefix, *key)
         mode, since_epoch, since_offset = ("since", since.epoch, since.offset) if since else ("last", "", 0)
         try:
-            reply = self._reader(client)(keys=[keys.meta, keys.stream],
-                                         args=[new_epoch(), self.ttl_ms, mode, since_epoch, since_offset, limit])
+            if self._reader is None:
+                self._reader = client.register_script(self.read_script)
+            reply = self._reader(keys=[keys.meta, keys.stream],
+                                 args=[new_epoch(), self.ttl_ms, mode, since_epoch, since_offset, limit], client=client)
             epoch_bytes, top_bytes, now_bytes, reset, entries = reply
             epoch, top, now = epoch_bytes.decode("ascii"), int(top_bytes), int(now_bytes)
         except Exception as exc:  # redis' errors, OSError, or an answer of another shape
             raise HistoryUnavailable(f"{type(exc).__name__}: {exc}") from None
         if reset:
-            self._reset(*key)
+            self._reset(*key, int(reset))
         messages: list[Delivery] = []
         for entry in entries:
             try:

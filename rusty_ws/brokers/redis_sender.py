@@ -163,13 +163,14 @@ class RedisSender:
     def script_load(self, source: str) -> str:
         """Make ``source`` known to Redis (now and after every reconnect); returns its SHA1 for EVALSHA.
 
-        Does not wait: the ``SCRIPT LOAD`` is queued ahead of any later ``EVALSHA``.
+        Does not wait: the ``SCRIPT LOAD`` is queued ahead of any later ``EVALSHA``
+        (before ``start``, nothing is queued: every connection loads the known scripts first).
         """
         sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
         with self._lock:
             known = sha in self._scripts
             self._scripts[sha] = source
-        if not known:
+        if not known and self._thread.ident is not None:
             self.submit(("SCRIPT", "LOAD", source))
         return sha
 

@@ -1,6 +1,7 @@
 """WsClient recovery across nodes: the history lives in Redis, so any node can resume a client.
 
-Real hub processes (``HubProcess``) or in-process hubs, one private redis-server;
+Real hub processes (``HubProcess``) or in-process hubs, one private redis-server
+(or a private 3-master Redis Cluster, ``redis_cluster_support``);
 the subscriber goes through a TCP proxy that resets its connection (no close
 frame) and sends the next connection to another node.
 """
@@ -108,3 +109,52 @@ def test_redis_restarted_empty_is_a_new_epoch_and_the_client_is_told(redis: Redi
         payloads = events.wait_payload("end")
         assert payloads == [*range(1, 21), "end"]  # nothing duplicated; the gap was reported, not hidden
         assert sub.position("T") == Since(6, later[0].epoch)
+
+
+def test_on_a_cluster_reconnecting_to_the_other_hub_each_time_gets_every_message_in_order_once() -> None:
+    """The same on a 3-master Redis Cluster: the stream lives on the session's master, both hubs read it there."""
+    from redis_cluster_support import redis_cluster
+
+    count = 600
+    with contextlib.ExitStack() as stack:
+        cluster = stack.enter_context(redis_cluster(3))
+        hubs = [stack.enter_context(HubProcess(broker_url=cluster.url, history_size=count)) for _ in range(2)]
+        proxy = stack.enter_context(tcp_proxy(hubs[0].port))
+        sub = stack.enter_context(WsClient.connect_with_session("sub", "s", proxy.url, **FAST))
+        pub = stack.enter_context(WsClient.connect_with_session("pub", "s", f"ws://127.0.0.1:{hubs[1].port}/ws",
+                                                                timeout=WAIT))
+        events = ClientEvents(sub, "T")
+        sub.subscribe("sub", "T")
+        next_node = itertools.cycle([1, 0])
+        cuts = {100, 200, 300, 400, 500}
+        effective = []
+
+        def cut(delivery) -> None:  # on the subscriber's dispatcher thread
+            if delivery.payload in cuts:
+                proxy.target_port = hubs[next(next_node)].port  # the next connection lands on the other hub
+                if proxy.cut():
+                    effective.append(delivery.payload)
+
+        sub.on_delivery("T", cut)
+        acks = []
+
+        def publish_all() -> None:
+            for n in range(1, count + 1):
+                acks.append(pub.publish("pub", "T", n))
+
+        publisher = threading.Thread(target=publish_all, name="test-publisher")
+        publisher.start()
+        try:
+            events.wait_payload(count, timeout=20 * WAIT)
+        finally:
+            publisher.join(20 * WAIT)
+        pub.publish("pub", "T", "end")
+        assert events.wait_payload("end") == [*range(1, count + 1), "end"]
+        assert [ack.offset for ack in acks] == list(range(1, count + 1))
+        assert len({ack.epoch for ack in acks}) == 1
+        assert len(effective) >= 3
+        proxy.wait_accepted(1 + len(effective))
+        assert events.entries("recovery_failed") == []
+        offsets = [entry[1].offset for entry in events.log if entry[0] == "message"]
+        assert offsets == list(range(1, count + 2))
+        assert sub.position("T") == Since(count + 1, acks[0].epoch)

@@ -192,7 +192,8 @@ def test_healthz_shows_every_shard(cluster: RedisCluster) -> None:
         health = http("GET", node.http_url + "/healthz")[2]["broker"]
         shards = health.pop("shards")
         assert health == {"name": "redis-cluster", "connected": True, "node": broker(node).node_id,
-                          "channels": 0, "unsent": 0, "dropped": 0, "reconnects": 0}
+                          "channels": 0, "unsent": 0, "dropped": 0, "reconnects": 0,
+                          "history": "redis", "history_dropped": 0, "history_resets": 0, "history_renewed": 0}
         assert sorted(shards) == sorted(master.address for master in cluster.masters())
         assert sum(shard["slots"] for shard in shards.values()) == 16384
         idle_sender = {"connected": True, "queued": 0, "sent": 0, "unsent": 0, "unanswered": 0, "failed": 0,
@@ -319,6 +320,10 @@ def test_a_slot_moved_to_another_master_is_followed(monkeypatch: pytest.MonkeyPa
                 contextlib.closing(third.client()) as other:
             to.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[source.address])
             from_.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[target.address])
+            # The slot's keys (the pair's history, with history on) move first, as redis-cli --cluster reshard does.
+            keys = from_.execute_command("CLUSTER GETKEYSINSLOT", slot, 1000)
+            assert keys, "history on: the session's stream and hash live in its slot"
+            from_.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, int(WAIT * 1000), "KEYS", *keys)
             for client in (from_, to, other):
                 client.execute_command("CLUSTER SETSLOT", slot, "NODE", ids[target.address])
         channel = shard_channel_name("rusty_ws", "T", session)
@@ -378,7 +383,9 @@ def test_a_master_that_stops_answering_is_noticed_and_rejoined(monkeypatch: pyte
             assert shard["connected"] is False
             with a.connect() as local:  # the stopped shard's sessions still get local publishes
                 local.command(encode_publish("T", "local", session_id="s"))
-            assert sub.recv_json()["payload"] == "local"
+            # With history on (the default) the publish went to the silent master's sender first: it falls
+            # back to local delivery once the sender gives up on the reply (its socket timeout, 5 s).
+            assert json.loads(sub.recv(WAIT + 5.0))["payload"] == "local"
             pub.command(encode_publish("T", "other shard", session_id=others[0]))  # the other shards carry on
             assert sub.recv_json()["payload"] == "other shard"
         finally:
