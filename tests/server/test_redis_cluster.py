@@ -232,12 +232,15 @@ def test_a_master_killed_mid_run_is_replaced_and_the_hubs_carry_on(caplog: pytes
         got: dict[str, list[int]] = {session: [] for session in sessions}
         ends = [0]
         number = 0
+        arrived = threading.Condition()  # signalled for every message the reader takes
 
         def read() -> None:  # the subscriber reads all along: it must not become a slow consumer
             for _ in range(1_000_000):
                 message = json.loads(subscriber.recv(WAIT * 10))
                 if message["topic"] != SENTINEL:
-                    got[message["session_id"]].append(message["payload"])
+                    with arrived:
+                        got[message["session_id"]].append(message["payload"])
+                        arrived.notify_all()
                 else:
                     ends[0] += 1
                     if ends[0] == len(sessions):
@@ -257,6 +260,8 @@ def test_a_master_killed_mid_run_is_replaced_and_the_hubs_carry_on(caplog: pytes
         for _ in range(5):
             publish_round()
         assert broker(b).wait_sent(WAIT)  # everything before the kill has landed
+        with arrived:  # and reached the subscriber: only the failover window may lose anything
+            assert arrived.wait_for(lambda: all(len(got[s]) >= len(published[s]) for s in sessions), WAIT)
         victim.kill()  # SIGKILL: no goodbye to anyone
         killed_at = number
         # Publish on while the cluster notices, elects the replica, and both hubs follow it.
