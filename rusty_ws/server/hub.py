@@ -43,6 +43,7 @@ from ..protocol import (
     Since,
     encode_history_reply,
     encode_subscribed,
+    restart_reason,
 )
 from .access import Access
 from .connection import Connection
@@ -537,6 +538,8 @@ class Hub:
     def shutdown(self, timeout: float = 5.0) -> None:
         """Close every connection (4200, reconnect now), stop the broker and the writer.
 
+        With more connections than ``RUSTY_WS_RECONNECT_RATE``, the reason asks the
+        clients to reconnect within connections / rate seconds (``protocol.restart_reason``).
         Blocks until the connections have ended or ``timeout`` has passed. Idempotent.
         """
         with self._connections_lock:
@@ -545,9 +548,10 @@ class Hub:
         for connection in connections:
             connection.closing_by_hub()
         # One writer job for them all (10,000 closes one by one were 10,000 contended
-        # acquisitions of the writer's lock).
+        # acquisitions of the writer's lock), with a reason that asks the clients to spread
+        # their reconnections over connections / RUSTY_WS_RECONNECT_RATE seconds.
         self.writer.close_many([connection.outbox for connection in connections], CloseCode.SERVER_RESTARTING,
-                               CLOSE_CODE_EXPLANATIONS[4200])
+                               restart_reason(len(connections) / self.settings.reconnect_rate))
         deadline = time.monotonic() + timeout
         # Until every connection has ended: its closing handshake is done, it and its
         # subscriptions are forgotten. Not until every request thread has finished too

@@ -7,9 +7,9 @@ for every second of it. The bound here is the hub's own: no connection left
 open at its timeout, no outbox the writer failed to release in time (both are
 logged as warnings), and the process gone before the test's wait ends.
 
-While it shuts down, ``rusty-ws serve`` no longer accepts connections: the
-system refuses them, instead of the busy old process answering each with a
-thread and a 503.
+With more connections than ``RUSTY_WS_RECONNECT_RATE``, the 4200's reason asks
+the clients to spread their reconnections over connections / rate seconds
+(docs/protocol.md, "Reconnect storms").
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import signal
 import socket
 import time
 
+from rusty_ws.protocol import reconnect_window
 from support import WAIT, HubProcess, RawSocket, client_frame, parse_close
 
 CLIENTS = 300
@@ -84,6 +85,18 @@ def test_hundreds_of_connections_all_get_4200_and_the_hub_stops_within_its_bound
     assert set(closes.values()) == {(4200, "server restarting")}, set(closes.values())
     assert "not released within" not in log, log[-2000:]
     assert "still open after" not in log, log[-2000:]
+    for raw in clients:
+        raw.close()
+
+
+def test_more_connections_than_the_reconnect_rate_are_asked_to_spread_over_a_window() -> None:
+    # 300 connections at 100 handshakes per second: a 3-second window.
+    with HubProcess(max_connections=CLIENTS + 50, reconnect_rate=100) as hub:
+        clients = _connect(hub, CLIENTS)
+        closes = _close_frames_after_sigterm(hub, clients)
+        assert hub.process.wait(10 * WAIT) == 0
+    assert set(closes.values()) == {(4200, "server restarting; reconnect within 3.0 s")}, set(closes.values())
+    assert reconnect_window("server restarting; reconnect within 3.0 s") == 3.0
     for raw in clients:
         raw.close()
 
