@@ -178,10 +178,6 @@ class Connection(TokenLife):
         self._closing = True
         self.hub.writer.close(self.outbox, code, reason)
 
-    def closing_by_hub(self) -> None:
-        """The hub is about to queue this connection's close frame itself (``Writer.close_many``)."""
-        self._closing = True
-
     def _read_until_closed(self, read_ahead: bytes) -> None:
         recv, parser, batch, held = self.sock.recv, self.parser, self.hub.writer.batch, self.hub.commands_lock
         if read_ahead:  # before the loop, so the loop itself is unchanged

@@ -302,7 +302,7 @@ class HubServer(ThreadedWSGIServer):
         self._log_no_descriptors = _Throttle(LOG_EVERY)
         self._log_refused = _Throttle(LOG_EVERY)
 
-    def serve_forever(self, poll_interval: float = 0.5) -> None:
+    def serve_forever(self, poll_interval: float = 0.1) -> None:  # shutdown() waits up to this long
         self._stopping.clear()
         super().serve_forever(poll_interval)
 

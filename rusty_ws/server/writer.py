@@ -244,15 +244,6 @@ class Writer:
         """
         self._submit(self._close_locked, box, (code, reason, discard_pending))
 
-    def close_many(self, boxes: Collection[Outbox], code: int, reason: str = "") -> None:
-        """``close`` for every outbox in ``boxes``, as one job: one hold of ``_flush_lock`` for them all.
-
-        For ``Hub.shutdown``: 10,000 ``close`` calls from one thread were 10,000
-        acquisitions of the lock, each contended by the readers that their
-        clients' answers had woken meanwhile.
-        """
-        self._submit(self._close_many_locked, tuple(boxes), (code, reason))
-
     def release(self, box: Outbox, timeout: float) -> None:
         """The reader is done with ``box``: flush what fits, shut the socket down, forget it.
 
@@ -484,12 +475,6 @@ class Writer:
             self._forget_locked(box)
         else:
             self._queue_flush_locked(box)
-
-    def _close_many_locked(self, boxes: tuple[Outbox, ...], args: tuple[int, str]) -> None:
-        assert self._flush_lock.locked(), "must hold _flush_lock"
-        code, reason = args
-        for box in boxes:
-            self._close_locked(box, (code, reason, False))
 
     def _release_locked(self, box: Outbox, released: threading.Event) -> None:
         assert self._flush_lock.locked(), "must hold _flush_lock"

@@ -1,9 +1,9 @@
 """A hub with hundreds of connections shuts down within its own bound, and every client is told 4200.
 
-Before, ``Hub.shutdown`` closed its connections one by one (one contended hold
-of the writer's lock each) and thousands of them took 10 to 20 s, with "not
-released within" warnings from ``Writer.release``; the reconnect storm paid
-for every second of it. The bound here is the hub's own: no connection left
+Before, thousands of connections took 10 to 20 s to stop in a reconnect storm,
+with "not released within" warnings from ``Writer.release``: the old process
+kept accepting the reconnecting clients (a thread and a 503 each), and waited
+for every request thread's teardown; the storm paid for every second of it. The bound here is the hub's own: no connection left
 open at its timeout, no outbox the writer failed to release in time (both are
 logged as warnings), and the process gone before the test's wait ends.
 
