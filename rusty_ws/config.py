@@ -85,6 +85,10 @@ PING_INTERVAL = 20.0
 PING_TIMEOUT = 20.0
 #: Seconds to wait for the client's half of a closing handshake.
 CLOSE_TIMEOUT = 2.0
+#: WebSocket handshakes per second that a hub shutting down asks its clients to spread their
+#: reconnections to: the 4200 close reason names a window of (connections / this) seconds
+#: when that is more than the usual 1 s (docs/protocol.md, "Reconnect storms").
+RECONNECT_RATE = 1000
 #: Where publishes go: "memory://" (this process only) or "redis://host:port/db" (docs/scaling.md).
 BROKER_URL = "memory://"
 #: Redis broker: publishes (and other commands) that may wait in a node's Redis sender at
@@ -173,6 +177,7 @@ DEFAULTS: dict[str, Any] = {
         PING_INTERVAL=PING_INTERVAL,
         PING_TIMEOUT=PING_TIMEOUT,
         CLOSE_TIMEOUT=CLOSE_TIMEOUT,
+        RECONNECT_RATE=RECONNECT_RATE,
         BROKER_URL=BROKER_URL,
         REDIS_SEND_QUEUE=REDIS_SEND_QUEUE,
         REDIS_SEND_QUEUE_BYTES=REDIS_SEND_QUEUE_BYTES,
@@ -413,6 +418,7 @@ class Settings:
     jwt_max_lifetime: int = JWT_MAX_LIFETIME
     max_concurrent_logins: int = MAX_CONCURRENT_LOGINS
     login_queue_timeout: float = LOGIN_QUEUE_TIMEOUT
+    reconnect_rate: int = RECONNECT_RATE
     healthz: str = HEALTHZ
     allowed_hosts: tuple[str, ...] = ("*",)
     request_head_timeout: float = REQUEST_HEAD_TIMEOUT
@@ -478,6 +484,7 @@ class Settings:
             ping_interval=check(_positive, "PING_INTERVAL", allow_zero=True),
             ping_timeout=check(_positive, "PING_TIMEOUT"),
             close_timeout=check(_positive, "CLOSE_TIMEOUT"),
+            reconnect_rate=check(_whole, "RECONNECT_RATE"),
             broker_url=str(get("BROKER_URL") or BROKER_URL),
             switch_interval=None if get("SWITCH_INTERVAL") is None else check(_positive, "SWITCH_INTERVAL"),
             compression=check(_level, "COMPRESSION"),

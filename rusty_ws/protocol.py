@@ -46,6 +46,9 @@ __all__ = [
     "ClosePolicy",
     "CLOSE_CODE_EXPLANATIONS",
     "close_policy",
+    "RECONNECT_JITTER",
+    "restart_reason",
+    "reconnect_window",
     "Ping",
     "RegisterName",
     "RegisterSession",
@@ -226,6 +229,38 @@ def close_policy(code: int) -> ClosePolicy:
     if 4200 <= code <= 4299:
         return ClosePolicy.RECONNECT_NOW
     return _STANDARD_POLICIES.get(code, ClosePolicy.BACK_OFF)
+
+
+#: Seconds of random delay a client adds before it reconnects "now" (4200-4299, 1001, 1012)
+#: when the close reason names no window of its own.
+RECONNECT_JITTER = 1.0
+_WINDOW_WORDS = "; reconnect within "
+
+
+def restart_reason(window: float) -> str:
+    """The reason of a 4200 that asks clients to spread their reconnections over ``window`` seconds.
+
+    ``server restarting`` alone for a window of ``RECONNECT_JITTER`` or less (what every
+    client does anyway); else ``server restarting; reconnect within 6.5 s``, one decimal,
+    rounded up.
+    """
+    explanation = CLOSE_CODE_EXPLANATIONS[CloseCode.SERVER_RESTARTING]
+    if not window > RECONNECT_JITTER:
+        return explanation
+    return f"{explanation}{_WINDOW_WORDS}{math.ceil(min(window, 3600.0) * 10) / 10:.1f} s"
+
+
+def reconnect_window(reason: str) -> float:
+    """Seconds over which to spread a "reconnect now": the window a close reason names, else ``RECONNECT_JITTER``.
+
+    Reads what ``restart_reason`` writes; any other reason, a malformed or hostile one
+    included, gives ``RECONNECT_JITTER``. At most an hour.
+    """
+    _, found, rest = reason.partition(_WINDOW_WORDS)
+    number, _, unit = rest.partition(" ")
+    if not found or unit != "s" or not 0 < len(number) <= 8 or not (number.isascii() and number.replace(".", "", 1).isdigit()):
+        return RECONNECT_JITTER
+    return min(3600.0, max(RECONNECT_JITTER, float(number)))
 
 
 # --------------------------------------------------------------------------- commands

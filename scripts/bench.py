@@ -281,6 +281,8 @@ def main() -> int:
                         help="comma-separated (default: all; with --quick, all but the multi-node ones, "
                              "which tests/test_bench.py runs on their own)")
     parser.add_argument("--runs", type=int, default=None, help="runs per measurement (default 3, quick 1)")
+    parser.add_argument("--connections", type=int, default=None,
+                        help="clients in the connect and storm scenarios (default 10,000, quick 500)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "bench-results"))
     parser.add_argument("--replot", metavar="RESULTS_JSON",
                         help="print the table and draw the plot of an earlier run's results.json; run nothing")
@@ -385,10 +387,11 @@ def main() -> int:
         except RuntimeError as exc:  # no redis-server here: the other scenarios still count
             print(f"multi-node scenarios skipped: {exc}", flush=True)
             results["multinode_skipped"] = str(exc)
+    clients = args.connections or (500 if quick else 10_000)
     if "connect" in scenarios:
-        results["connect"] = connect_scenario(servers, 500 if quick else 10_000, runs, deadline * 3)
+        results["connect"] = connect_scenario(servers, clients, runs, deadline * 3)
     if "storm" in scenarios:
-        results["storm"] = storm_scenario(servers, 500 if quick else 10_000, runs, deadline * 3)
+        results["storm"] = storm_scenario(servers, clients, runs, deadline * 3)
 
     results["seconds"] = time.monotonic() - started
     os.makedirs(args.out, exist_ok=True)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from rusty_ws.client.supervisor import first_delay
 from rusty_ws.exceptions import ProtocolError
 from rusty_ws.protocol import (
     CLOSE_CODE_EXPLANATIONS,
@@ -33,6 +34,8 @@ from rusty_ws.protocol import (
     nested_deeper_than,
     parse_command,
     parse_error,
+    reconnect_window,
+    restart_reason,
 )
 
 
@@ -239,6 +242,35 @@ class TestCloseCodes:
 
     def test_every_code_is_explained(self) -> None:
         assert set(CLOSE_CODE_EXPLANATIONS) == {int(code) for code in CloseCode}
+
+
+class TestReconnectWindow:
+    def test_a_window_of_a_second_or_less_is_the_plain_reason(self) -> None:
+        assert restart_reason(0.3) == restart_reason(1.0) == "server restarting"
+
+    def test_a_longer_window_is_named_rounded_up_and_read_back(self) -> None:
+        assert restart_reason(6.44) == "server restarting; reconnect within 6.5 s"
+        assert restart_reason(10.0) == "server restarting; reconnect within 10.0 s"
+        assert reconnect_window(restart_reason(6.44)) == 6.5
+        assert reconnect_window(restart_reason(1e9)) == 3600.0  # at most an hour, both ways
+        assert len(restart_reason(1e9).encode()) <= 123  # fits a close frame
+
+    @pytest.mark.parametrize("reason", [
+        "", "server restarting", "; reconnect within s", "; reconnect within -5 s", "; reconnect within 1e9 s",
+        "; reconnect within 5 ms", "; reconnect within 5 s trailing", "; reconnect within \u0665 s",
+        "; reconnect within 123456789 s", "; reconnect within 0.2 s", "; reconnect within nan s",
+        "; reconnect within 1.2.3 s", "x" * 10_000,
+    ])
+    def test_malformed_and_hostile_reasons_give_the_usual_second(self, reason: str) -> None:
+        assert reconnect_window(reason) == 1.0
+
+    def test_the_first_delay_is_a_random_part_of_the_window(self) -> None:
+        named = "server restarting; reconnect within 6.5 s"
+        assert first_delay(named, 0.5, rng=lambda: 1.0) == 6.5
+        assert first_delay(named, 0.5, rng=lambda: 0.0) == 0.0
+        assert first_delay("server restarting", 0.5, rng=lambda: 1.0) == 1.0  # the documented second
+        assert first_delay("server restarting", 0.05, rng=lambda: 1.0) == 0.1  # twice a quick back-off's
+        assert first_delay("server restarting", 5.0, rng=lambda: 1.0) == 1.0
 
 
 class TestTimestamps:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -55,6 +56,7 @@ from ..protocol import (
     ACK_PREFIX,
     HISTORY_PREFIX,
     PONG_REPLY,
+    RECONNECT_JITTER,
     REFRESHED_PREFIX,
     SUBSCRIBED_PREFIX,
     Ack,
@@ -73,6 +75,7 @@ from ..protocol import (
     encode_subscribe_json,
     is_error_reply,
     parse_error,
+    reconnect_window,
 )
 from .connector import Connector
 from .deadline import Deadline
@@ -274,7 +277,7 @@ class Supervisor:
                 elif policy is ClosePolicy.DO_NOT_RECONNECT:
                     logger.warning("%s: server closed with %d (%s): not reconnecting", name, code, reason)
                     return
-                next_ws = self._reconnect(policy)
+                next_ws = self._reconnect(policy, reason)
                 if next_ws is None:
                     return
                 ws = next_ws
@@ -444,12 +447,19 @@ class Supervisor:
         logger.info("%s disconnected: %d %s", self._client.name, code, reason)
         self._emit(self._client.on_disconnect, code, reason)
 
-    def _reconnect(self, policy: ClosePolicy) -> websocket.WebSocket | None:
-        """Try until connected (returns the socket) or closed or refused for good (returns None)."""
+    def _reconnect(self, policy: ClosePolicy, reason: str = "") -> websocket.WebSocket | None:
+        """Try until connected (returns the socket) or closed or refused for good (returns None).
+
+        "Reconnect now" waits a random part of a window first (``first_delay``), so that
+        clients dropped together do not come back in the same instant.
+        """
         client, connector = self._client, self._connector
         delays: Iterator[float] = backoff.delays(client.backoff_initial, cap=client.backoff_cap)
         for attempt in itertools.count(1):
-            delay = 0.0 if attempt == 1 and policy is ClosePolicy.RECONNECT_NOW else next(delays)
+            if attempt == 1 and policy is ClosePolicy.RECONNECT_NOW:
+                delay = first_delay(reason, client.backoff_initial)
+            else:
+                delay = next(delays)
             self._emit(client.on_reconnecting, attempt, delay)
             if self._stop.wait(delay):
                 return None
@@ -501,6 +511,17 @@ class Supervisor:
         """Queue ``hook(client, *args)`` on the dispatcher thread (nothing when unset)."""
         if hook is not None:
             self._dispatch.call(hook, self._client, *args)
+
+
+def first_delay(reason: str, backoff_initial: float, rng: Callable[[], float] = random.random) -> float:
+    """Seconds to wait before reconnecting "now": a random part of the window the close reason names
+    (a hub shutting down with many connections: ``protocol.restart_reason``), else of
+    ``2 * backoff_initial``, at most ``RECONNECT_JITTER`` (1 s with the default backoff).
+    """
+    window = reconnect_window(reason)
+    if window <= RECONNECT_JITTER:
+        window = min(RECONNECT_JITTER, 2 * backoff_initial)
+    return window * rng()
 
 
 _REPLIES: tuple[tuple[str, Any], ...] = (

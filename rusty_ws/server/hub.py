@@ -43,6 +43,7 @@ from ..protocol import (
     Since,
     encode_history_reply,
     encode_subscribed,
+    restart_reason,
 )
 from .access import Access
 from .connection import Connection
@@ -128,12 +129,13 @@ class Hub:
         self.broker = broker
         #: Sockets of the hub's own server still waiting for their request head (``/healthz``).
         self.pending_requests = PendingRequests(settings.max_pending_requests)
-        # _connections_lock guards _connections, _slots_taken, _accepting and the
+        # _connections_lock guards _connections, _slots_taken, _slots_ended, _accepting and the
         # writes of _compressing (read without it: an int, and only a shortcut).
         self._connections_lock = threading.Lock()
         self._connections: set[Connection] = set()
         self._compressing = 0  # open connections that negotiated permessage-deflate
         self._slots_taken = 0
+        self._slots_ended = 0  # slots still taken by connections that have ended (their requests are ending)
         self._accepting = True
         # Signalled whenever a connection ends (shutdown and tests wait on it).
         self._connections_changed = threading.Condition(self._connections_lock)
@@ -170,10 +172,12 @@ class Hub:
             self._slots_taken += 1
             return True
 
-    def give_back_slot(self) -> None:
-        """Undo ``take_slot`` once the request that took it has ended."""
+    def give_back_slot(self, served: bool = False) -> None:
+        """Undo ``take_slot`` once the request that took it has ended; ``served``: its connection ran ``serve``."""
         with self._connections_lock:
             self._slots_taken -= 1
+            if served and self._slots_ended:  # 0: its Connection could not even be made (a stopped writer)
+                self._slots_ended -= 1
             self._connections_changed.notify_all()
 
     @property
@@ -249,6 +253,7 @@ class Hub:
             if present:
                 self._connections.remove(connection)
                 self._compressing -= connection.outbox.deflate
+                self._slots_ended += 1
             self._connections_changed.notify_all()
         if present:
             self.registry.leave_session(connection.session_id)
@@ -488,15 +493,20 @@ class Hub:
             subscribers = tuple(plain)
         self.writer.send(text_frame(data), subscribers)
 
-    def wait_connections(self, at_most: int, timeout: float) -> bool:
+    def wait_connections(self, at_most: int, timeout: float, *, slots: bool = True) -> bool:
         """Block until at most ``at_most`` connections are open and hold a slot; False on timeout.
 
         A connection leaves ``_connections`` before its request gives its slot
         back, so both are waited for: once this returns, that many can connect.
+        Without ``slots``, the slots of connections that have ended do not count:
+        their requests may still be ending (the WSGI server's and Flask's teardown,
+        which gives the slot back); those of requests still on their way to an
+        upgrade do.
         """
         with self._connections_lock:
             return self._connections_changed.wait_for(
-                lambda: len(self._connections) <= at_most and self._slots_taken <= at_most, timeout
+                lambda: len(self._connections) <= at_most
+                and self._slots_taken - (0 if slots else self._slots_ended) <= at_most, timeout
             )
 
     # ------------------------------------------------------------------ reporting and shutdown
@@ -528,15 +538,26 @@ class Hub:
     def shutdown(self, timeout: float = 5.0) -> None:
         """Close every connection (4200, reconnect now), stop the broker and the writer.
 
+        With more connections than ``RUSTY_WS_RECONNECT_RATE``, the reason asks the
+        clients to reconnect within connections / rate seconds (``protocol.restart_reason``).
         Blocks until the connections have ended or ``timeout`` has passed. Idempotent.
         """
         with self._connections_lock:
             self._accepting = False
             connections = list(self._connections)
+        # One by one, each written at once by whoever holds the writer's lock. Queued as one
+        # job instead (tried: Writer.close_many), the one thread holding that lock wrote them
+        # all, behind every reader their clients' answers woke, in the GIL's queue; with
+        # 5,000 connections the last were written 4 s later, after their close deadline.
+        reason = restart_reason(len(connections) / self.settings.reconnect_rate)
         for connection in connections:
-            connection.close(CloseCode.SERVER_RESTARTING, CLOSE_CODE_EXPLANATIONS[4200])
+            connection.close(CloseCode.SERVER_RESTARTING, reason)
         deadline = time.monotonic() + timeout
-        if not self.wait_connections(0, timeout):
+        # Until every connection has ended: its closing handshake is done, it and its
+        # subscriptions are forgotten. Not until every request thread has finished too
+        # (werkzeug's and Flask's teardown, ~0.3 ms of CPU each): with 10,000 of them that
+        # tail took 5-15 s on a loaded machine, and a restart waited for it for nothing.
+        if not self.wait_connections(0, timeout, slots=False):
             with self._connections_lock:
                 left = len(self._connections)
             logger.warning("%d connections still open after %.1fs; dropping them", left, timeout)

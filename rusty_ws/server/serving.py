@@ -302,7 +302,7 @@ class HubServer(ThreadedWSGIServer):
         self._log_no_descriptors = _Throttle(LOG_EVERY)
         self._log_refused = _Throttle(LOG_EVERY)
 
-    def serve_forever(self, poll_interval: float = 0.5) -> None:
+    def serve_forever(self, poll_interval: float = 0.1) -> None:  # shutdown() waits up to this long
         self._stopping.clear()
         super().serve_forever(poll_interval)
 
@@ -381,11 +381,18 @@ def freeze_startup_objects() -> int:
 
 
 def stop(app: Flask, server: HubServer, timeout: float = 5.0) -> None:
-    """Close the hub's connections (4200), then stop accepting. Call from another thread than serve_forever."""
+    """Stop accepting, then close the hub's connections (4200). Call from another thread than serve_forever.
+
+    The listening socket is closed first: in a restart every client told 4200 comes
+    back within a second or so, and while the old process was still shutting down its
+    accept loop gave each of them a thread and a 503 (``shutting_down``), CPU taken from
+    closing the connections; the kernel now refuses them at no cost, and they back off.
+    """
+    server.shutdown()  # the accept loop has ended when this returns
+    server.socket.close()
     state = state_of(app)
     if state is not None:
         state.hub.shutdown(timeout)
-    server.shutdown()
 
 
 def _route(app: Flask, endpoint_suffix: str) -> str | None:

@@ -93,6 +93,7 @@ class Admission:
     claims: Claims | None
     deflate: bool = False  # permessage-deflate was negotiated (RUSTY_WS_COMPRESSION)
     holds_slot: bool = True
+    served: bool = False  # the connection ran Hub.serve (which counted its end: Hub.give_back_slot)
 
 
 #: RFC 6455 4.2.2: what the client's key is hashed with for ``Sec-WebSocket-Accept``.
@@ -295,7 +296,7 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
     def _give_back_slot(_: BaseException | None) -> None:
         admission = request.environ.pop(ADMISSION_KEY, None)
         if admission is not None and admission.holds_slot:
-            hub.give_back_slot()
+            hub.give_back_slot(served=admission.served)
 
     @bp.after_request
     def _cors(response: Response) -> Response:
@@ -337,6 +338,7 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
             if release_head is not None:
                 release_head(environ)
             sock.settimeout(None)  # a blocking reader; writes use MSG_DONTWAIT
+            admission.served = True  # Hub.serve counts the connection's end, on every path
             hub.serve(sock, admission.claims, request.remote_addr or "?", deflate=admission.deflate,
                       read_ahead=read_ahead or b"")
         finally:

@@ -334,6 +334,9 @@ class Writer:
                         self._housekeeping_locked(now)
                         self._flush_queued_locked()  # the pings and closes it queued
                         next_tick = now + tick
+                # Jobs queued while this thread held the lock by threads that could not take it
+                # (their flush() gave up at once) would otherwise wait for the next tick.
+                self.flush()
                 self.timers.run_due(time.monotonic())  # outside the lock: they may close connections
         except Exception:
             logger.exception("%s crashed; dropping every connection it wrote for", self.name)

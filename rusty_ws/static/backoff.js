@@ -74,3 +74,37 @@ export function* backoffDelays({ initial = 500, factor = 2, cap = 30000, jitter 
     delay = Math.min(cap, delay * factor);
   }
 }
+
+/** Ms of random delay a client adds before it reconnects "now" when the close reason names no window. */
+export const RECONNECT_JITTER_MS = 1000;
+const WINDOW_WORDS = "; reconnect within ";
+
+/**
+ * Ms over which to spread a "reconnect now": the window a close reason names (a hub shutting down
+ * with many connections says "server restarting; reconnect within 6.5 s"), else RECONNECT_JITTER_MS.
+ * Any other reason, a malformed or hostile one included, gives RECONNECT_JITTER_MS. At most an hour.
+ * The mirror of protocol.py's reconnect_window.
+ * @param {string} reason
+ * @returns {number}
+ */
+export function reconnectWindow(reason) {
+  const at = typeof reason === "string" ? reason.indexOf(WINDOW_WORDS) : -1;
+  if (at < 0) return RECONNECT_JITTER_MS;
+  const match = /^(\d{1,8}(?:\.\d{0,7})?) s$/.exec(reason.slice(at + WINDOW_WORDS.length));
+  if (match === null || match[1].length > 8) return RECONNECT_JITTER_MS;
+  return Math.min(3600000, Math.max(RECONNECT_JITTER_MS, Number(match[1]) * 1000));
+}
+
+/**
+ * Ms to wait before reconnecting "now": a random part of the window the close reason names, else
+ * of twice the back-off's first delay, at most RECONNECT_JITTER_MS (1 s with the default back-off).
+ * @param {string} reason
+ * @param {number} [initial=500] the back-off's first delay in ms
+ * @param {() => number} [random=Math.random]
+ * @returns {number}
+ */
+export function firstDelay(reason, initial = 500, random = Math.random) {
+  let window = reconnectWindow(reason);
+  if (window <= RECONNECT_JITTER_MS) window = Math.min(RECONNECT_JITTER_MS, 2 * initial);
+  return window * random();
+}

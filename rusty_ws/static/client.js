@@ -20,7 +20,7 @@
 //
 // Users import rusty_ws.js, which re-exports this class with the rest of the public API.
 
-import { CloseCode, ClosePolicy, backoffDelays, closePolicy } from "./backoff.js";
+import { CloseCode, ClosePolicy, backoffDelays, closePolicy, firstDelay } from "./backoff.js";
 import { AuthError, ConnectionClosedError, RustyWsError, ServerError } from "./errors.js";
 import { JwtManager } from "./jwt_utils.js";
 import {
@@ -605,7 +605,11 @@ export class RustyWsClient extends EventTarget {
   _scheduleReconnect(policy) {
     this._delays ??= backoffDelays(this._backoffOptions);
     this._attempt += 1;
-    const delay = this._attempt === 1 && policy === ClosePolicy.RECONNECT_NOW ? 0 : this._delays.next().value;
+    // "Reconnect now" waits a random part of a window first, so that clients dropped together do
+    // not come back in the same instant (the window a 4200's reason names, or up to a second).
+    const delay = this._attempt === 1 && policy === ClosePolicy.RECONNECT_NOW
+      ? firstDelay(this._lastClose.reason, this._backoffOptions.initial ?? 500)
+      : this._delays.next().value;
     this._emit("reconnecting", { attempt: this._attempt, delay });
     this._reconnectTimer = setTimeout(() => this._tryReconnect(), delay);
   }

@@ -9,7 +9,9 @@
 import { RustyWsError, ServerError } from "./errors.js";
 
 export { ConnectionClosedError, RustyWsError, ServerError } from "./errors.js";
-export { CloseCode, ClosePolicy, backoffDelays, closePolicy } from "./backoff.js";
+export {
+  CloseCode, ClosePolicy, RECONNECT_JITTER_MS, backoffDelays, closePolicy, firstDelay, reconnectWindow,
+} from "./backoff.js";
 
 /** Longest topic, session id and client name, in characters (protocol.py's limits). */
 export const MAX_TOPIC_LENGTH = 256;

@@ -111,7 +111,7 @@ DIALECTS = {"rusty": Rusty(), "socketio": SocketIO()}
 class Conn:
     __slots__ = ("sock", "selector", "reader", "session", "topic", "ready", "upgraded", "head", "out", "count",
                  "expect", "last_seq", "disorder", "foreign", "errors", "session_marker", "first", "last",
-                 "closed", "inflater", "compressed")
+                 "closed", "inflater", "compressed", "close_reason")
 
     def __init__(self, sock: socket.socket, selector: selectors.BaseSelector, session: str, topic: str | None,
                  expect: int) -> None:
@@ -120,6 +120,7 @@ class Conn:
         self.reader = FrameReader()
         self.session, self.topic, self.expect = session, topic, expect
         self.ready = self.upgraded = self.closed = False
+        self.close_reason = ""  # the reason of the server's close frame, if one came
         self.head = b""
         self.out = b""
         self.count = self.disorder = self.foreign = self.errors = self.compressed = 0
@@ -245,6 +246,7 @@ class LoadGen:
                 conn.send(pong_frame(payload))
             elif opcode == 0x8:
                 conn.closed = True
+                conn.close_reason = payload[2:].decode("utf-8", "replace")
         conn.flush()
 
     def on_delivery(self, conn: Conn, body: bytes, now: float) -> None:

@@ -6,7 +6,8 @@
 - ``storm``: opens and subscribes its connections, says ``ready``, then
   follows the documented reconnect policy (docs/protocol.md, "Close codes")
   whenever the server drops one: a close or EOF, then reconnect after a random
-  delay of up to ``jitter`` seconds (1 s: "reconnect now"); a refused TCP
+  delay of up to ``jitter`` seconds (1 s: "reconnect now"), or up to the window
+  a 4200's reason names (``protocol.reconnect_window``); a refused TCP
   connection or an HTTP 503 backs off like ``rusty_ws/backoff.py`` (0.5 s doubling to
   30 s, half jittered). It ends once every connection was dropped and is subscribed
   again, and reports when the first was dropped and the last came back, with
@@ -31,6 +32,7 @@ from benchlib.wire import handshake
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from rusty_ws.backoff import delays  # the policy itself, not a copy
+from rusty_ws.protocol import RECONNECT_JITTER, reconnect_window
 
 
 class Client:
@@ -101,8 +103,9 @@ class StormGen(LoadGen):
             self.refused_http += 1
             self.drop(client, next(client.delays))
             return
-        if conn.closed:
-            self.drop(client, random.uniform(0, self.jitter))
+        if conn.closed:  # "reconnect now": within the window the close reason names, else within `jitter`
+            window = reconnect_window(conn.close_reason)
+            self.drop(client, random.uniform(0, window if window > RECONNECT_JITTER else self.jitter))
         elif conn.ready and not client.back and client.dropped:
             client.back = time.monotonic()
             client.delays = delays()  # a good connection: the back-off starts over

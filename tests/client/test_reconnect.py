@@ -22,7 +22,8 @@ def test_reconnects_after_a_restart_and_keeps_its_subscriptions() -> None:
         received = messages(client, "NetworkConnectedEvent")
         client.subscribe("Client1", "NetworkConnectedEvent")
     assert hooks.disconnected.get(timeout=WAIT) == (4200, "server restarting")
-    assert hooks.reconnecting.get(timeout=WAIT) == (1, 0.0)  # 4200 means: reconnect now
+    attempt, delay = hooks.reconnecting.get(timeout=WAIT)  # 4200 means: reconnect now, within a little jitter
+    assert attempt == 1 and 0.0 <= delay <= 2 * FAST_CLIENT["backoff_initial"]
     with running_server(port=port) as second:
         assert hooks.connected.get(timeout=WAIT) is client  # name, session, subscription restored
         assert client.is_connected()
@@ -33,6 +34,19 @@ def test_reconnects_after_a_restart_and_keeps_its_subscriptions() -> None:
         assert received.get(timeout=WAIT) == "and from me"
         client.close()
     assert hooks.disconnected.get(timeout=WAIT)[0] == 1000
+
+
+def test_a_restart_naming_a_window_spreads_the_first_attempt_over_it() -> None:
+    # Two connections at one handshake per second: the hub asks for a window of 2 s.
+    with running_server(reconnect_rate=1) as first:
+        clients = [WsClient.connect(f"c{index}", first.ws_url, **FAST_CLIENT) for index in range(2)]
+        hooks = [Hooks(client) for client in clients]
+    for hook in hooks:
+        assert hook.disconnected.get(timeout=WAIT) == (4200, "server restarting; reconnect within 2.0 s")
+        attempt, delay = hook.reconnecting.get(timeout=WAIT)
+        assert attempt == 1 and 0.0 <= delay <= 2.0  # not the quick back-off's 0.1 s bound: the hub's window
+    for client in clients:
+        client.close()
 
 
 def test_calls_during_an_outage_fail_clearly() -> None:

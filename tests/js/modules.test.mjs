@@ -24,7 +24,9 @@ const LAYERS = {
 /** Where each public name is defined: rusty_ws.js re-exports exactly these. */
 const HOMES = {
   "errors.js": ["AuthError", "ConnectionClosedError", "RustyWsError", "ServerError"],
-  "backoff.js": ["CloseCode", "ClosePolicy", "backoffDelays", "closePolicy"],
+  "backoff.js": [
+    "CloseCode", "ClosePolicy", "RECONNECT_JITTER_MS", "backoffDelays", "closePolicy", "firstDelay", "reconnectWindow",
+  ],
   "protocol.js": [
     "MAX_EPOCH_LENGTH", "MAX_NAME_LENGTH", "MAX_OFFSET", "MAX_PUBLISH_ID_LENGTH", "MAX_SESSION_LENGTH",
     "MAX_TOPIC_LENGTH", "PING", "PONG", "ReplyKind", "authCommand",

@@ -14,6 +14,7 @@ import {
   checkSession,
   checkTopic,
   closePolicy,
+  firstDelay,
   historyCommand,
   isErrorReply,
   parseAck,
@@ -23,6 +24,7 @@ import {
   parseSubscribed,
   positionOf,
   publishCommand,
+  reconnectWindow,
   registerNameCommand,
   registerSessionCommand,
   replyKind,
@@ -171,6 +173,32 @@ describe("close policy", () => {
     for (const code of [1000, 1006, 1011, 1013, 3000, 4300, 4999, 0]) {
       assert.equal(closePolicy(code), ClosePolicy.BACK_OFF, String(code));
     }
+  });
+});
+
+describe("reconnect window", () => {
+  test("a 4200's reason may name the window to spread a reconnection over", () => {
+    assert.equal(reconnectWindow("server restarting; reconnect within 6.5 s"), 6500);
+    assert.equal(reconnectWindow("server restarting; reconnect within 12 s"), 12000);
+    assert.equal(reconnectWindow("server restarting"), 1000);
+    assert.equal(reconnectWindow(""), 1000);
+  });
+
+  test("malformed, hostile and huge windows give the usual second, or an hour at most", () => {
+    for (const reason of ["; reconnect within s", "; reconnect within -5 s", "; reconnect within 1e9 s",
+      "; reconnect within 5 ms", "; reconnect within 5 s trailing", "; reconnect within ٥ s",
+      "; reconnect within 123456789 s", "; reconnect within 0.2 s", undefined]) {
+      assert.equal(reconnectWindow(reason), 1000, String(reason));
+    }
+    assert.equal(reconnectWindow("; reconnect within 99999999 s"), 3600000);
+  });
+
+  test("the first delay: a random part of the window, or of twice the back-off's first delay up to 1 s", () => {
+    assert.equal(firstDelay("server restarting; reconnect within 6.5 s", 500, () => 1), 6500);
+    assert.equal(firstDelay("server restarting; reconnect within 6.5 s", 500, () => 0), 0);
+    assert.equal(firstDelay("server restarting", 500, () => 1), 1000);
+    assert.equal(firstDelay("server restarting", 50, () => 1), 100);
+    assert.equal(firstDelay("server restarting", 5000, () => 1), 1000);
   });
 });
 

@@ -164,11 +164,24 @@ describe("close codes", () => {
     const closed = nextEvent(c, "close");
     hub.sockets[0].close(4200, "server restarting");
     assert.deepEqual(await closed, { code: 4200, reason: "server restarting", willReconnect: true });
-    assert.deepEqual(await reconnecting, { attempt: 1, delay: 0 });
+    const { attempt, delay } = await reconnecting; // up to twice the back-off's first delay, at most 1 s
+    assert.equal(attempt, 1);
+    assert.ok(delay >= 0 && delay <= Math.min(1000, 2 * FAST.backoff.initial), String(delay));
     assert.deepEqual(await reopened, { reconnected: true });
     assert.deepEqual(hub.commandsOf(2), ["register-name:c", "register-session:s", "ping",
       'subscribe-json:{"topic":"A","session_id":"s"}', 'subscribe-json:{"topic":"B","session_id":"s"}']);
     assert.equal(c.state, State.OPEN);
+  });
+
+  test("4200 naming a window: the first attempt waits a random part of it", async () => {
+    const c = await client();
+    const reconnecting = nextEvent(c, "reconnecting");
+    const reopened = nextEvent(c, "open");
+    hub.sockets[0].close(4200, "server restarting; reconnect within 1.5 s");
+    const { attempt, delay } = await reconnecting;
+    assert.equal(attempt, 1);
+    assert.ok(delay >= 0 && delay <= 1500, String(delay));
+    await reopened;
   });
 
   test("4100 (slow consumer): back off before the first attempt", async () => {

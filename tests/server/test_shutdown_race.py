@@ -28,9 +28,9 @@ def test_a_connection_upgraded_after_shutdown_took_its_list_is_told_4200_at_once
         shutdown_waits = threading.Event()
         real_wait = hub.wait_connections
 
-        def observed_wait(at_most: int, timeout: float) -> bool:  # shutdown() calls it after taking its list
+        def observed_wait(at_most: int, timeout: float, **options: bool) -> bool:  # shutdown() calls it after its list
             shutdown_waits.set()
-            return real_wait(at_most, timeout)
+            return real_wait(at_most, timeout, **options)
 
         hub.wait_connections = observed_wait  # type: ignore[method-assign]
         got: list[tuple[int, str]] = []

@@ -1,0 +1,125 @@
+"""A hub with hundreds of connections shuts down within its own bound, and every client is told 4200.
+
+Before, thousands of connections took 10 to 20 s to stop in a reconnect storm,
+with "not released within" warnings from ``Writer.release``: the old process
+kept accepting the reconnecting clients (a thread and a 503 each), and waited
+for every request thread's teardown; the storm paid for every second of it. The bound here is the hub's own: no connection left
+open at its timeout, no outbox the writer failed to release in time (both are
+logged as warnings), and the process gone before the test's wait ends.
+
+With more connections than ``RUSTY_WS_RECONNECT_RATE``, the 4200's reason asks
+the clients to spread their reconnections over connections / rate seconds
+(docs/protocol.md, "Reconnect storms").
+"""
+
+from __future__ import annotations
+
+import selectors
+import signal
+import socket
+import time
+
+from rusty_ws.protocol import reconnect_window
+from support import WAIT, HubProcess, RawSocket, client_frame, parse_close
+
+CLIENTS = 300
+
+
+def _connect(hub: HubProcess, count: int) -> list[RawSocket]:
+    clients = []
+    for _ in range(count):
+        raw = RawSocket(hub.port)
+        raw.send_frame(0x1, b"subscribe:T")
+        clients.append(raw)
+    for raw in clients:  # every subscription carried out: the hub holds them all
+        assert raw.sync() == []
+    return clients
+
+
+def _close_frames_after_sigterm(hub: HubProcess, clients: list[RawSocket]) -> dict[int, tuple[int, str] | None]:
+    """SIGTERM, then each client's close frame (answered, as a client does), or None for EOF without one."""
+    selector = selectors.DefaultSelector()
+    for index, raw in enumerate(clients):
+        raw.sock.setblocking(False)
+        selector.register(raw.sock, selectors.EVENT_READ, index)
+    buffers = [b""] * len(clients)
+    closes: dict[int, tuple[int, str] | None] = {}
+    hub.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10 * WAIT
+    while len(closes) < len(clients) and time.monotonic() < deadline:
+        for key, _ in selector.select(deadline - time.monotonic()):
+            index = key.data
+            try:
+                data = clients[index].sock.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except ConnectionResetError:
+                data = b""
+            buffers[index] += data
+            frame = buffers[index]
+            if len(frame) >= 2 and len(frame) >= 2 + (frame[1] & 0x7F):
+                assert frame[0] == 0x88, frame  # nothing but the close frame after the sync
+                payload = frame[2:2 + (frame[1] & 0x7F)]
+                closes[index] = parse_close(payload)
+                try:
+                    clients[index].sock.send(client_frame(payload, 0x8))
+                except OSError:
+                    pass  # the hub may have shut the socket already
+            elif not data:
+                closes[index] = None
+            else:
+                continue
+            selector.unregister(key.fileobj)
+    selector.close()
+    return closes
+
+
+def test_hundreds_of_connections_all_get_4200_and_the_hub_stops_within_its_bound() -> None:
+    with HubProcess(max_connections=CLIENTS + 50) as hub:
+        clients = _connect(hub, CLIENTS)
+        closes = _close_frames_after_sigterm(hub, clients)
+        assert hub.process.wait(10 * WAIT) == 0
+        hub._reader.join(WAIT)
+        log = hub.log
+    assert len(closes) == CLIENTS
+    assert set(closes.values()) == {(4200, "server restarting")}, set(closes.values())
+    assert "not released within" not in log, log[-2000:]
+    assert "still open after" not in log, log[-2000:]
+    for raw in clients:
+        raw.close()
+
+
+def test_more_connections_than_the_reconnect_rate_are_asked_to_spread_over_a_window() -> None:
+    # 300 connections at 100 handshakes per second: a 3-second window.
+    with HubProcess(max_connections=CLIENTS + 50, reconnect_rate=100) as hub:
+        clients = _connect(hub, CLIENTS)
+        closes = _close_frames_after_sigterm(hub, clients)
+        assert hub.process.wait(10 * WAIT) == 0
+    assert set(closes.values()) == {(4200, "server restarting; reconnect within 3.0 s")}, set(closes.values())
+    assert reconnect_window("server restarting; reconnect within 3.0 s") == 3.0
+    for raw in clients:
+        raw.close()
+
+
+def test_a_stopping_hub_refuses_new_connections_at_once_instead_of_answering_them() -> None:
+    # A client that does not answer its 4200 holds the old process in its shutdown (the close
+    # timeout is long); meanwhile a reconnecting client must be refused by the system, not given
+    # a thread and a 503 by a process that is busy closing thousands of connections.
+    with HubProcess(close_timeout=10 * WAIT) as hub:
+        silent = RawSocket(hub.port)
+        assert silent.sync() == []
+        hub.process.send_signal(signal.SIGTERM)
+        assert parse_close(silent.recv_frame(timeout=WAIT).payload) == (4200, "server restarting")
+        assert hub.process.poll() is None  # still waiting for our answer
+        try:
+            late = socket.create_connection(("127.0.0.1", hub.port), timeout=WAIT)
+        except ConnectionRefusedError:
+            late = None
+        if late is not None:  # accepted: what the hub answered it
+            late.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            answer = late.recv(100)
+            late.close()
+            raise AssertionError(f"a connection was accepted during the shutdown: {answer!r}")
+        silent.send_frame(0x8, b"\x10\x68")  # our answer (4200): the hub may go now
+        assert hub.process.wait(10 * WAIT) == 0
+        silent.close()
