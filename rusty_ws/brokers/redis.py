@@ -65,12 +65,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..exceptions import ProtocolError
-from ..protocol import Delivery, ErrorCode
+from ..protocol import Delivery
 from .base import Broker, Deliver, Key, Landed, OnLanded, SharedHistory
 from .redis_codec import (
     DEFAULT_CHANNEL_PREFIX,
     channel_name,
+    checked_envelope,
     decode_envelope,
     encode_envelope,
     key_of_channel,
@@ -263,14 +263,7 @@ class RedisBroker(Broker):
         """
         listener = self._current()
         assert self._deliver is not None and self._sender is not None
-        try:
-            envelope = encode_envelope(listener.node_id, delivery)
-        except (TypeError, ValueError, RecursionError) as exc:
-            raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"the payload is not JSON: {exc}") from None
-        if self.max_envelope_size is not None and len(envelope) > self.max_envelope_size:
-            raise ProtocolError(ErrorCode.INVALID_MESSAGE,
-                                f"the message would be {len(envelope)} bytes on Redis, more than the "
-                                f"{self.max_envelope_size} any node accepts")
+        envelope = checked_envelope(listener.node_id, delivery, self.max_envelope_size)
         landed = self._deliver(delivery)
         command = ("PUBLISH", channel_name(self.channel_prefix, delivery.topic, delivery.session_id), envelope)
         if on_landed is None:

@@ -46,12 +46,11 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .. import backoff
-from ..exceptions import ProtocolError
-from ..protocol import Delivery, ErrorCode
+from ..protocol import Delivery
 from .base import Broker, Deliver, Key, Landed, OnLanded, SharedHistory
 from .redis import SEND_QUEUE, SEND_QUEUE_BYTES, START_TIMEOUT, SUBSCRIBE_TIMEOUT, _import_redis, new_node_id
 from .redis_cluster_nodes import node_client, read_slot_map
-from .redis_codec import encode_envelope, shard_channel_name, split_cluster_url
+from .redis_codec import checked_envelope, shard_channel_name, split_cluster_url
 from .redis_history import RedisHistory, Route
 from .redis_sender import RedisSender
 from .redis_shard_listener import ShardListener
@@ -173,14 +172,7 @@ class RedisClusterBroker(Broker):
         """
         view = self._current()
         assert self._deliver is not None and self.node_id is not None
-        try:
-            envelope = encode_envelope(self.node_id, delivery)
-        except (TypeError, ValueError, RecursionError) as exc:
-            raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"the payload is not JSON: {exc}") from None
-        if self.max_envelope_size is not None and len(envelope) > self.max_envelope_size:
-            raise ProtocolError(ErrorCode.INVALID_MESSAGE,
-                                f"the message would be {len(envelope)} bytes on Redis, more than the "
-                                f"{self.max_envelope_size} any node accepts")
+        envelope = checked_envelope(self.node_id, delivery, self.max_envelope_size)
         landed = self._deliver(delivery)
         address = view.map.owners[session_slot(delivery.session_id)] if view.map else ""
         sender = view.senders.get(address)

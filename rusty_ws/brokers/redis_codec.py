@@ -10,7 +10,8 @@ import re
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
-from ..protocol import MAX_JSON_DEPTH, Delivery, dumps_utf8, loads_strict
+from ..exceptions import ProtocolError
+from ..protocol import MAX_JSON_DEPTH, Delivery, ErrorCode, dumps_utf8, loads_strict
 from .base import Key
 from .redis_slots import partition_of, partition_tags
 
@@ -29,6 +30,7 @@ __all__ = [
     "is_epoch",
     "control_channel",
     "encode_envelope",
+    "checked_envelope",
     "decode_envelope",
     "split_url",
     "shard_channel_name",
@@ -133,6 +135,24 @@ def control_channel(prefix: str, node_id: str) -> bytes:
 def encode_envelope(node_id: str, delivery: Delivery) -> bytes:
     """What a node PUBLISHes: the delivery, and which node sent it."""
     return dumps_utf8({"v": ENVELOPE_VERSION, "node": node_id, "delivery": delivery.to_dict()})
+
+
+def checked_envelope(node_id: str, delivery: Delivery, max_size: int | None) -> bytes:
+    """``encode_envelope``, refused before anyone gets it when no node would accept it.
+
+    Raises:
+        ProtocolError: ``invalid_message``: the payload cannot be encoded, or the
+            envelope would be larger than ``max_size`` (what every node's listener accepts).
+    """
+    try:
+        envelope = encode_envelope(node_id, delivery)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"the payload is not JSON: {exc}") from None
+    if max_size is not None and len(envelope) > max_size:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE,
+                            f"the message would be {len(envelope)} bytes on Redis, more than the "
+                            f"{max_size} any node accepts")
+    return envelope
 
 
 def decode_envelope(data: bytes, key: Key, max_size: int | None = None) -> tuple[str, Delivery]:
