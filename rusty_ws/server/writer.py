@@ -389,9 +389,10 @@ class Writer:
             if box.state is not _OPEN:
                 self._queued_total -= size
                 continue
-            box.chunks.append(frame)
-            box.size += size
-            if box.size > limit and len(box.chunks) > 1:  # a lone frame always goes in
+            chunks = box.chunks
+            chunks.append(frame)
+            box.size = held = box.size + size
+            if held > limit and len(chunks) > 1:  # a lone frame always goes in
                 self._overflow_locked(box)
             elif not box.queued and not box.watched:
                 box.queued = True
@@ -505,11 +506,20 @@ class Writer:
         while chunks:
             # Join at most WRITE_BYTES at a time: joining a whole backlog (megabytes) to
             # send what one socket takes made a lagging subscriber cost quadratic time.
-            count, size = 1, len(chunks[0])
-            while count < len(chunks) and size < WRITE_BYTES:
-                size += len(chunks[count])
-                count += 1
-            data = chunks[0] if count == 1 else b"".join(chunks[:count])
+            count = len(chunks)
+            if count == 1:
+                data = chunks[0]
+            elif box.size - count * ITEM_COST <= WRITE_BYTES:
+                # The usual case: box.size says all of it fits (its bytes plus ITEM_COST per frame),
+                # so no Python loop (and no int object) per frame queued.
+                data = b"".join(chunks)
+            else:
+                count, size = 1, len(chunks[0])
+                while count < len(chunks) and size < WRITE_BYTES:
+                    size += len(chunks[count])
+                    count += 1
+                data = b"".join(chunks[:count])
+            size = len(data)
             try:
                 sent = box.sock.send(data, _DONTWAIT)
             except BlockingIOError:

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from rusty_ws.frames import FrameEvent, FrameParser, encode_frame, text_frame
-from rusty_ws.server.writer import ITEM_COST, OutboxState, Writer
+from rusty_ws.server.writer import ITEM_COST, WRITE_BYTES, OutboxState, Writer
 from support import MS, WAIT, FrameReader
 
 #: How long a closing connection has to finish the close handshake.
@@ -67,6 +67,28 @@ def test_partial_writes_continue_where_they_stopped(writer: Writer) -> None:
     theirs.close()
     ours.close()
 
+
+
+def test_a_backlog_past_write_bytes_goes_out_in_order_and_its_count_returns_to_zero(writer: Writer) -> None:
+    """Many small frames, more than WRITE_BYTES, some written only in part: none lost, the bytes counted right."""
+    ours, theirs = pair(rcvbuf=4096)
+    box = writer.attach(ours, "t")
+    frames = [text_frame(f"{i}:".encode() + b"s" * (200 + i % 97)) for i in range(3000)]  # ~770 KB
+    assert sum(map(len, frames)) > 2 * WRITE_BYTES
+    with writer.batch():
+        for frame in frames:
+            writer.send(frame, [box])
+    with writer._flush_lock:  # whatever is still queued is counted as its bytes plus ITEM_COST each
+        assert box.chunks and box.size == sum(len(chunk) + ITEM_COST for chunk in box.chunks) == writer.queued_bytes
+    marker = text_frame(b"end")
+    writer.send(marker, [box])
+    received = read_frames(theirs, len(frames) + 1)
+    assert received == [f"{i}:".encode() + b"s" * (200 + i % 97) for i in range(3000)] + [b"end"]
+    with writer._flush_lock:  # the holder that wrote the marker has counted it out before letting go
+        assert box.chunks == [] and box.size == 0 and writer.queued_bytes == 0
+    writer.release(box, WAIT)
+    theirs.close()
+    ours.close()
 
 def test_slow_consumer_is_cut_off_and_others_go_on() -> None:
     writer = Writer(max_queued_bytes=100_000, close_timeout=CLOSE_TIMEOUT)
