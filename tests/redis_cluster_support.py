@@ -91,7 +91,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
             pass  # a node still starting or just killed: ask again
         if time.monotonic() > deadline:
             break
-        time.sleep(POLL)  # polling an observable, bounded in count and time: not a synchronisation by sleep
+        time.sleep(POLL)  # sleep-ok: Redis has no notification for cluster_state or slot maps; bounded polling of what the servers say
     raise AssertionError(f"timed out waiting for {what}")
 
 
