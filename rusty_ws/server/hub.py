@@ -46,6 +46,7 @@ from ..protocol import (
     restart_reason,
 )
 from .access import Access
+from .answers import wait_for_answer
 from .connection import Connection
 from .registry import Registry
 from .shared_streams import SharedStreams
@@ -423,19 +424,8 @@ class Hub:
 
     def _publish_and_wait(self, delivery: Delivery, publish_id: str) -> tuple[Landed, bool]:
         """``publish`` with an id, for a caller that waits for the answer (not a connection's loop)."""
-        answered = threading.Event()
-        results: list[Any] = []
-
-        def keep(result: Any) -> None:
-            results.append(result)
-            answered.set()
-
-        self.publish(delivery, publish_id, keep)
-        if not answered.wait(PUBLISH_ANSWER_TIMEOUT):
-            raise ProtocolError(ErrorCode.UNAVAILABLE, "the broker did not answer in time; retry with the same id")
-        if isinstance(results[0], ProtocolError):
-            raise results[0]
-        return results[0]
+        return wait_for_answer(lambda answer: self.publish(delivery, publish_id, answer), PUBLISH_ANSWER_TIMEOUT,
+                               "the broker did not answer in time; retry with the same id")
 
     def deliver_local(self, delivery: Delivery) -> Landed:
         """Hand ``delivery`` to this process's subscribers: one frame, encoded once.

@@ -38,6 +38,7 @@ from ..brokers.base import HistoryUnavailable, Landed, SharedHistory, Stamped, S
 from ..exceptions import ProtocolError
 from ..frames import text_frame
 from ..protocol import Delivery, ErrorCode, Position, Since, encode_history_reply, encode_subscribed
+from .answers import wait_for_answer
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -99,19 +100,8 @@ class SharedStreams:
         return None
 
     def _publish_and_wait(self, delivery: Delivery, publish_id: str) -> tuple[Landed, bool]:
-        answered = threading.Event()
-        results: list[Any] = []
-
-        def keep(result: Any) -> None:
-            results.append(result)
-            answered.set()
-
-        self.publish(delivery, publish_id, keep)
-        if not answered.wait(ANSWER_TIMEOUT):
-            raise ProtocolError(ErrorCode.UNAVAILABLE, "Redis did not answer in time; retry with the same id")
-        if isinstance(results[0], ProtocolError):
-            raise results[0]
-        return results[0]
+        return wait_for_answer(lambda answer: self.publish(delivery, publish_id, answer), ANSWER_TIMEOUT,
+                               "Redis did not answer in time; retry with the same id")
 
     def deliver(self, delivery: Delivery) -> Landed:
         """``Hub.deliver_local``: hand a delivery (with Redis's offset, or none) to this node's subscribers."""
