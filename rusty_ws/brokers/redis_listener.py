@@ -220,16 +220,24 @@ class Listener:
                 link.ping(_KEEPALIVE)
                 ping_sent_at = now
 
+    #: The push kind that carries a channel's message (``b"smessage"`` for sharded pub/sub).
+    message_kind = b"message"
+
     def _dispatch(self, link: PushLink, push: list[Any]) -> None:
-        """One push: ``[b"message", channel, data]``, ``[b"pong", data]``; (un)subscribe replies are ignored."""
+        """One push: ``[message_kind, channel, data]``, ``[b"pong", data]``; any other goes to ``_on_other_push``."""
         kind = push[0]
-        if kind == b"message" and len(push) == 3:
+        if kind == self.message_kind and len(push) == 3:
             if push[1] == self.control:
                 self._reconcile(link)
             else:
                 self._on_delivery(push[1], push[2])
         elif kind == b"pong" and len(push) == 2:
             self._on_pong(link, push[1])
+        else:
+            self._on_other_push(push)
+
+    def _on_other_push(self, push: list[Any]) -> None:
+        """A push neither a message nor a pong: here the (un)subscribe replies, which need nothing."""
 
     def _on_pong(self, link: PushLink, data: bytes) -> None:
         if data == _READY:

@@ -111,17 +111,11 @@ class ShardListener(Listener):
             for start in range(0, len(group), SUBSCRIBE_CHUNK):
                 command(*group[start:start + SUBSCRIBE_CHUNK])
 
-    def _dispatch(self, link: PushLink, push: list[Any]) -> None:
-        """``[b"smessage", channel, data]``, ``[b"pong", data]``, and the ``sunsubscribe`` pushes."""
-        kind = push[0]
-        if kind == b"smessage" and len(push) == 3:
-            if push[1] == self.control:
-                self._reconcile(link)
-            else:
-                self._on_delivery(push[1], push[2])
-        elif kind == b"pong" and len(push) == 2:
-            self._on_pong(link, push[1])
-        elif kind == b"sunsubscribe" and len(push) == 3 and isinstance(push[1], bytes):
+    message_kind = b"smessage"
+
+    def _on_other_push(self, push: list[Any]) -> None:
+        """The ``sunsubscribe`` pushes (replies, and slots that moved away); the rest need nothing."""
+        if push[0] == b"sunsubscribe" and len(push) == 3 and isinstance(push[1], bytes):
             self._on_sunsubscribe(push[1])
 
     def _on_sunsubscribe(self, channel: bytes) -> None:
