@@ -98,6 +98,9 @@ REDIS_SEND_QUEUE = 10_000
 #: Redis broker: bytes that may wait in the sender at once (the same; one bigger publish
 #: alone is let in).
 REDIS_SEND_QUEUE_BYTES = 32 * 1024 * 1024
+#: Redis Cluster broker: seconds a command the cluster cannot take yet (a master failing over,
+#: a slot migrating) is held to be sent again; 0 never sends one again (docs/scaling.md).
+BROKER_RETRY_TIMEOUT = 10.0
 #: sys.setswitchinterval() for the process, in seconds; None leaves it alone. The stand-alone
 #: hub (create_app) uses 0.05: with a thread per connection, the default 5 ms makes every
 #: thread waiting for the GIL wake 200 times a second (see docs/performance.md).
@@ -181,6 +184,7 @@ DEFAULTS: dict[str, Any] = {
         BROKER_URL=BROKER_URL,
         REDIS_SEND_QUEUE=REDIS_SEND_QUEUE,
         REDIS_SEND_QUEUE_BYTES=REDIS_SEND_QUEUE_BYTES,
+        BROKER_RETRY_TIMEOUT=BROKER_RETRY_TIMEOUT,
         SWITCH_INTERVAL=SWITCH_INTERVAL,
         COMPRESSION=COMPRESSION,
         JWT_MAX_LIFETIME=JWT_MAX_LIFETIME,
@@ -441,6 +445,7 @@ class Settings:
     trusted_proxies: tuple[Any, ...] = ()
     redis_send_queue: int = REDIS_SEND_QUEUE
     redis_send_queue_bytes: int = REDIS_SEND_QUEUE_BYTES
+    broker_retry_timeout: float = BROKER_RETRY_TIMEOUT
 
     @classmethod
     def from_config(cls, config: MutableMapping[str, Any]) -> "Settings":
@@ -515,6 +520,7 @@ class Settings:
             trusted_proxies=check(_networks, "TRUSTED_PROXIES"),
             redis_send_queue=check(_whole, "REDIS_SEND_QUEUE"),
             redis_send_queue_bytes=check(_whole, "REDIS_SEND_QUEUE_BYTES"),
+            broker_retry_timeout=check(_positive, "BROKER_RETRY_TIMEOUT", allow_zero=True),
         )
 
     def host_allowed(self, host: str | None) -> bool:

@@ -12,13 +12,14 @@ __all__ = ["Broker", "MemoryBroker", "broker_from_url", "masked_url"]
 
 
 def broker_from_url(url: str, max_envelope_size: int | None = None, *, send_queue: int | None = None,
-                    send_queue_bytes: int | None = None) -> Broker:
+                    send_queue_bytes: int | None = None, retry_timeout: float | None = None) -> Broker:
     """The broker a ``RUSTY_WS_BROKER_URL`` names.
 
     ``redis://`` (``rediss://``, ``unix://``) and ``redis+cluster://`` (``rediss+cluster://``)
     need the ``redis`` extra.
     ``max_envelope_size`` bounds what a distributed broker sends and accepts, in bytes;
-    ``send_queue``/``send_queue_bytes`` bound what its sender holds (None: the defaults).
+    ``send_queue``/``send_queue_bytes`` bound what its sender holds (None: the defaults);
+    ``retry_timeout`` is how long the cluster broker holds a command to send it again (None: its default).
 
     Raises:
         ConfigError: the URL's scheme is not one we know, Redis refuses the URL, or it
@@ -47,7 +48,8 @@ def broker_from_url(url: str, max_envelope_size: int | None = None, *, send_queu
         try:
             queue_bounds = {name: value for name, value in (("send_queue", send_queue),
                                                             ("send_queue_bytes", send_queue_bytes)) if value}
-            return RedisClusterBroker(url, max_envelope_size=max_envelope_size, **queue_bounds)
+            retry = {} if retry_timeout is None else {"retry_timeout": retry_timeout}
+            return RedisClusterBroker(url, max_envelope_size=max_envelope_size, **queue_bounds, **retry)
         except RuntimeError as exc:
             problem = str(exc)
             raise ConfigError(setting, masked_url(url), problem.partition(" but ")[2] or problem) from None

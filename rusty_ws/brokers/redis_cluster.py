@@ -50,6 +50,7 @@ from ..protocol import Delivery
 from .base import Broker, Deliver, Key, Landed, OnLanded, SharedHistory
 from .redis import SEND_QUEUE, SEND_QUEUE_BYTES, START_TIMEOUT, SUBSCRIBE_TIMEOUT, _import_redis, new_node_id
 from .redis_cluster_nodes import node_client, read_slot_map
+from .redis_cluster_retry import AGAIN_DELAY, Held, Kind, RetryQueue, classify
 from .redis_codec import checked_envelope, shard_channel_name, split_cluster_url
 from .redis_history import RedisHistory, Route
 from .redis_sender import RedisSender
@@ -64,6 +65,11 @@ logger = logging.getLogger("rusty_ws.server")
 MAP_INTERVAL = 5.0
 #: Fewest seconds between two reads, however often trouble is reported (a storm of MOVED replies).
 MAP_MIN_INTERVAL = 0.05
+#: Default of ``RUSTY_WS_BROKER_RETRY_TIMEOUT``: seconds a command the cluster could not take yet
+#: (a failover, a migrating slot) is held to be sent again; 0 sends nothing again.
+RETRY_TIMEOUT = 10.0
+#: Fewest seconds between two passes over the held commands (a TRYAGAIN storm during a migration).
+RETRY_POLL = 0.005
 
 
 class _View(NamedTuple):
@@ -82,7 +88,10 @@ class RedisClusterBroker(Broker):
         url: ``redis+cluster://[user:password@]host:port[,host:port...]/[?channel_prefix=...]``; the
             nodes named are where the slot map is first asked for (one is enough, more survive its loss).
         subscribe_timeout, start_timeout, max_envelope_size: as for ``RedisBroker``.
-        send_queue, send_queue_bytes: as for ``RedisBroker``, for each master's sender.
+        send_queue, send_queue_bytes: as for ``RedisBroker``, for each master's sender; ``send_queue``
+            also bounds the commands held for a retry.
+        retry_timeout: ``RUSTY_WS_BROKER_RETRY_TIMEOUT``: seconds a command is held to be sent again
+            (see "Retries" in the module's docstring); 0: never.
 
     Raises:
         RuntimeError: the ``redis`` package is not installed.
@@ -94,7 +103,8 @@ class RedisClusterBroker(Broker):
 
     def __init__(self, url: str, *, subscribe_timeout: float = SUBSCRIBE_TIMEOUT,
                  start_timeout: float = START_TIMEOUT, max_envelope_size: int | None = None,
-                 send_queue: int = SEND_QUEUE, send_queue_bytes: int = SEND_QUEUE_BYTES) -> None:
+                 send_queue: int = SEND_QUEUE, send_queue_bytes: int = SEND_QUEUE_BYTES,
+                 retry_timeout: float = RETRY_TIMEOUT) -> None:
         self._redis = _import_redis()
         self._url = split_cluster_url(url)
         self.send_queue, self.send_queue_bytes = send_queue, send_queue_bytes
@@ -120,7 +130,9 @@ class RedisClusterBroker(Broker):
         # Guarded by _counts_lock.
         self._scripts: dict[str, str] = {}
         self._stop = threading.Event()
-        self._poke = threading.Event()  # set by anyone who saw trouble: the supervisor reads the map at once
+        self._poke = threading.Event()  # wakes the supervisor: trouble (with _map_wanted), or retries due
+        self._map_wanted = False  # set before _poke by who saw trouble: read the map at once (one bool, no lock)
+        self._retries = RetryQueue(timeout=retry_timeout, limit=send_queue)
         self._supervisor: threading.Thread | None = None
         self._history: RedisHistory | None = None
 
@@ -184,9 +196,11 @@ class RedisClusterBroker(Broker):
         command = ("SPUBLISH", shard_channel_name(self.channel_prefix, delivery.topic, delivery.session_id), envelope)
 
         def on_reply(reply: Any) -> None:  # on the sender's thread
-            moved = self._moved_to(reply)
-            if moved is not None:
-                reply = self._redirect(address, moved, command)
+            kind, target = classify(reply, self._redis.exceptions)
+            if kind is Kind.MOVED:
+                reply = self._redirect(address, target, command)
+                if isinstance(reply, ConnectionError):
+                    self._count_unsent(address, str(reply))
             if on_landed is not None:
                 on_landed(reply if isinstance(reply, BaseException) else landed)
             elif isinstance(reply, self._redis.exceptions.ResponseError):
@@ -195,33 +209,42 @@ class RedisClusterBroker(Broker):
         sender.submit(command, on_reply)
         return landed
 
-    def _moved_to(self, reply: Any) -> str | None:
-        """The "host:port" of a MOVED reply (hiredis gives a plain ResponseError), else None."""
-        if not isinstance(reply, self._redis.exceptions.ResponseError):
-            return None
-        words = str(reply).split()
-        if isinstance(reply, self._redis.exceptions.MovedError) and len(words) == 2:
-            return words[1]  # redis-py dropped the "MOVED" word
-        return words[2] if len(words) == 3 and words[0] == "MOVED" else None
-
     def _redirect(self, address: str, target: str, command: tuple[Any, ...]) -> Any:
-        """Send once more, now, to the master a MOVED named (the reply was not executed); its reply or error.
+        """Send once more, now, to the master a MOVED named (the reply was not executed); its reply or a
+        ``ConnectionError``.
 
         On the sender thread of ``address``: a round trip there, only while a slot has
         just moved (the supervisor is reading the new map meanwhile).
         """
-        self._poke.set()
-        logger.info("a publish to %s was MOVED to %s (a slot moved): sending it there", address, target)
+        self._trouble()
+        logger.info("a command to %s was MOVED to %s (a slot moved): sending it there", address, target)
         client = self._view.clients.get(target)
         if client is None:
-            reason = f"MOVED to {target}, a master this node does not know yet"
-        else:
-            try:
-                return client.execute_command(*self._as_eval(command))
-            except self._errors as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-        self._count_unsent(address, reason)
-        return ConnectionError(reason)
+            return ConnectionError(f"MOVED to {target}, a master this node does not know yet")
+        try:
+            return client.execute_command(*self._as_eval(command))
+        except self._errors as exc:
+            return ConnectionError(f"{type(exc).__name__}: {exc}")
+
+    def _ask(self, address: str, target: str, command: tuple[Any, ...]) -> Any:
+        """``ASKING`` and the command, once, on the master an ASK named (a migrating slot whose keys went
+        there); its reply or a ``ConnectionError``. The slot map stays: the slot is still ``address``'s.
+
+        On the sender thread of ``address``, like ``_redirect``: one round trip, on one
+        connection (``ASKING`` holds for the next command of its connection only).
+        """
+        client = self._view.clients.get(target)
+        if client is None:
+            self._trouble()
+            return ConnectionError(f"ASK to {target}, a master this node does not know yet")
+        logger.debug("- a command to %s was ASKed to %s (a slot migrates): ASKING there", address, target)
+        try:
+            pipeline = client.pipeline(transaction=False)
+            pipeline.execute_command("ASKING")
+            pipeline.execute_command(*self._as_eval(command))
+            return pipeline.execute(raise_on_error=False)[1]
+        except self._errors as exc:
+            return ConnectionError(f"{type(exc).__name__}: {exc}")
 
     def _as_eval(self, command: tuple[Any, ...]) -> tuple[Any, ...]:
         """An ``EVALSHA`` of a known script as an ``EVAL`` (a master just given a slot may not have it yet)."""
@@ -267,26 +290,114 @@ class RedisClusterBroker(Broker):
         return self.node_id
 
     def _route(self, session_id: str) -> Route:
-        """Where the history's commands for ``session_id`` go: its slot's master, now."""
+        """Where the history's commands for ``session_id`` go: its slot's master, now (``_send``)."""
         view = self._current()
-        address = view.map.owners[session_slot(session_id)] if view.map else ""
-        sender, listener = view.senders.get(address), view.listeners.get(address)
-        client = view.clients.get(address)
-        if sender is None or listener is None:
-            def unserved(command: tuple[Any, ...], on_reply: Callable[[Any], None]) -> None:
-                self._count_unsent(address, "no master serves the slot")
-                on_reply(ConnectionError("no Redis Cluster master serves this session's slot"))
-
-            return Route(None, unserved, False)
+        slot = session_slot(session_id)
+        address = view.map.owners[slot] if view.map else ""
+        listener = view.listeners.get(address)
 
         def submit(command: tuple[Any, ...], on_reply: Callable[[Any], None]) -> None:
-            def replied(reply: Any) -> None:  # on the sender's thread
-                moved = self._moved_to(reply)
-                on_reply(reply if moved is None else self._redirect(address, moved, command))
+            self._send(slot, command, on_reply)
 
-            sender.submit(command, replied)
+        return Route(view.clients.get(address), submit, listener is not None and listener.connected)
 
-        return Route(client, submit, listener.connected)
+    # ------------------------------------------------------------------ retries
+
+    def _idempotent(self, command: tuple[Any, ...]) -> bool:
+        """Whether running ``command`` twice does what running it once does: the publish script with an id
+        (its first step is the id check; a second run is answered ``repeat`` with the first's position)."""
+        history = self._history
+        return (history is not None and len(command) > 3 and command[0] == "EVALSHA"
+                and command[1] == history.publish_sha and command[2] == 3)
+
+    def _send(self, slot: int, command: tuple[Any, ...], on_reply: Callable[[Any], None],
+              held: Held | None = None) -> None:
+        """Queue ``command`` to the sender of ``slot``'s master now; ``_settle`` takes its reply.
+
+        An idempotent command waits behind the slot's held ones, if there are any (order).
+        ``held``: the ``Held`` it is sent again from (by the supervisor).
+        """
+        idempotent = self._idempotent(command)
+        if held is None and idempotent and self._retries.hold_if_waiting(slot, command, on_reply, True):
+            return
+        view = self._view
+        address = view.map.owners[slot] if view.map else ""
+        sender = view.senders.get(address)
+        if sender is None:
+            self._settle(slot, address, command, on_reply, held, idempotent,
+                         ConnectionError("no Redis Cluster master serves this session's slot"), counted=False)
+            return
+
+        def replied(reply: Any) -> None:  # on the sender's thread
+            self._settle(slot, address, command, on_reply, held, idempotent, reply, counted=True)
+
+        sender.submit(command, replied)
+
+    def _settle(self, slot: int, address: str, command: tuple[Any, ...], on_reply: Callable[[Any], None],
+                held: Held | None, idempotent: bool, reply: Any, counted: bool) -> None:
+        """Follow a ``MOVED`` or ``ASK`` once; hold for a retry what the cluster could not take yet; else answer.
+
+        On the sender's thread (or the caller's when no sender serves the slot). Held:
+        ``TRYAGAIN``/``CLUSTERDOWN`` (never run), a redirection that fails again, and an
+        idempotent command whose connection failed or whose slot has no master now.
+        ``counted``: a sender counted ``reply`` as ``unsent`` already if it is a lost connection.
+        """
+        kind, target = classify(reply, self._redis.exceptions)
+        counted = counted and kind is Kind.LOST
+        if kind is Kind.MOVED:
+            reply = self._redirect(address, target, command)
+            kind, target = classify(reply, self._redis.exceptions)
+        elif kind is Kind.ASK:
+            reply = self._ask(address, target, command)
+            kind, target = classify(reply, self._redis.exceptions)
+        if kind in (Kind.MOVED, Kind.ASK):  # redirected twice: the map is read again, try once it is
+            self._trouble()
+            kind = Kind.AGAIN
+        if kind is not Kind.LOST:
+            counted = False
+        retry = kind is Kind.AGAIN or (kind is Kind.LOST and idempotent)
+        if retry and not self._stop.is_set() and self._retries.hold(
+                slot, held, command, on_reply, reply, idempotent, AGAIN_DELAY if kind is Kind.AGAIN else 0.0):
+            if kind is Kind.LOST:
+                self._trouble()  # a master lost: its replica may be master now
+        else:
+            if kind is not Kind.DONE and not isinstance(reply, ConnectionError):
+                reply = ConnectionError(f"the Redis Cluster could not take it: {reply}")
+            if kind is not Kind.DONE and not counted:
+                self._count_unsent(address, str(reply))
+            try:
+                on_reply(reply)
+            except Exception:
+                logger.exception("a Redis Cluster reply's callback failed (%s)", command[0])
+        if held is not None and self._retries.answered(slot):
+            self._poke.set()  # the slot's next wave may go
+
+    def _flush_retries(self) -> None:
+        """Send again what is held for the slots whose master is connected now; fail what waited too long.
+
+        On the supervisor's thread; ``submit`` may block while a sender's queue is full.
+        """
+        for held in self._retries.expire():
+            if classify(held.failure, self._redis.exceptions)[0] is not Kind.LOST:
+                self._count_unsent("", "held past RUSTY_WS_BROKER_RETRY_TIMEOUT")  # (a sender counted the rest)
+            try:
+                held.on_reply(held.failure)
+            except Exception:
+                logger.exception("a Redis Cluster reply's callback failed (%s)", held.command[0])
+        view = self._view
+        for slot in self._retries.slots():
+            address = view.map.owners[slot] if view.map else ""
+            sender, listener = view.senders.get(address), view.listeners.get(address)
+            # This node's listener too: its own subscribers must not miss what the retry publishes.
+            if sender is None or not sender.connected or listener is None or not listener.connected:
+                continue
+            for held in self._retries.take_wave(slot):
+                self._send(slot, held.command, held.on_reply, held)
+
+    def _trouble(self) -> None:
+        """Someone saw trouble: the supervisor reads the slot map at once."""
+        self._map_wanted = True
+        self._poke.set()
 
     def _from_channel(self, delivery: Delivery) -> Landed:
         """What the listeners deliver: not a publish of this node's already delivered here (history)."""
@@ -374,6 +485,7 @@ class RedisClusterBroker(Broker):
             "unsent": retired["unsent"] + sum(shard["unsent"] for shard in shards.values()) + sum(unsent.values()),
             "dropped": retired["dropped"] + sum(shard["dropped"] for shard in shards.values()),
             "reconnects": retired["reconnects"] + sum(shard["reconnects"] for shard in shards.values()),
+            **self._retries.status(),
             "shards": shards,
             **history,
         }
@@ -392,6 +504,8 @@ class RedisClusterBroker(Broker):
             return
         if self._supervisor is not None:
             self._supervisor.join(timeout)
+        for held in self._retries.drain():
+            held.on_reply(ConnectionError("the Redis Cluster broker stopped"))
         view, self._view = self._view, _View(self._view.map, {}, {}, {})
         for sender in view.senders.values():
             sender.stop(timeout)
@@ -404,21 +518,37 @@ class RedisClusterBroker(Broker):
 
     def _supervise(self) -> None:
         delays = None  # a backoff while something is wrong; MAP_INTERVAL while all is well
+        last_read = time.monotonic()
+        next_read = last_read + MAP_INTERVAL
         while not self._stop.is_set():
-            poked = self._poke.wait(next(delays) if delays else MAP_INTERVAL)
+            wait = next_read - time.monotonic()
+            due = self._retries.next_due()
+            if due is not None:
+                wait = min(wait, max(due, RETRY_POLL))
+            self._poke.wait(max(0.0, wait))
             self._poke.clear()
             if self._stop.is_set():
                 break
+            trouble, self._map_wanted = self._map_wanted, False
+            now = time.monotonic()
+            if trouble and now - last_read < MAP_MIN_INTERVAL:
+                next_read = min(next_read, last_read + MAP_MIN_INTERVAL)  # a storm of reports: one read
+                trouble = False
+            elif trouble or now >= next_read:
+                try:
+                    self._refresh(self._read_map(quiet=delays is not None), trouble=trouble)
+                except Exception:
+                    logger.exception("reading the Redis Cluster's slot map failed")
+                if self.status()["connected"]:
+                    delays = None
+                elif delays is None:
+                    delays = backoff.delays(initial=0.05, cap=1.0)
+                last_read = time.monotonic()
+                next_read = last_read + (next(delays) if delays else MAP_INTERVAL)
             try:
-                self._refresh(self._read_map(quiet=delays is not None), trouble=poked)
+                self._flush_retries()
             except Exception:
-                logger.exception("reading the Redis Cluster's slot map failed")
-            healthy = self.status()["connected"]
-            if healthy:
-                delays = None
-            elif delays is None:
-                delays = backoff.delays(initial=0.05, cap=1.0)
-            self._stop.wait(MAP_MIN_INTERVAL)
+                logger.exception("sending held Redis Cluster commands again failed")
         logger.debug("- %s stopped", threading.current_thread().name)
 
     def _read_map(self, quiet: bool) -> SlotMap | None:
@@ -504,7 +634,7 @@ class RedisClusterBroker(Broker):
 
         def on_trouble(reason: str) -> None:
             logger.debug("- Redis Cluster trouble at %s: %s", address, reason)
-            self._poke.set()
+            self._trouble()
 
         listener = ShardListener(
             address=address, owns=owns, control_tag=control_tag, on_trouble=on_trouble,

@@ -126,7 +126,8 @@ class PubSub:
         users = _load_users(settings.users_file) if settings.users_file else None  # before any log line
         # The bound on what one publish may make each subscriber queue (docs/configuration.md).
         broker = broker_from_url(settings.broker_url, max_envelope_size=settings.max_queued_bytes,
-                                 send_queue=settings.redis_send_queue, send_queue_bytes=settings.redis_send_queue_bytes)
+                                 send_queue=settings.redis_send_queue, send_queue_bytes=settings.redis_send_queue_bytes,
+                                 retry_timeout=settings.broker_retry_timeout)
         secret = settings.jwt_secret_key
         if not secret:
             secret = secrets.token_urlsafe(32)

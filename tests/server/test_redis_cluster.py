@@ -52,9 +52,9 @@ def cluster() -> Iterator[RedisCluster]:
 
 
 @contextlib.contextmanager
-def nodes(count: int, url: str) -> Iterator[list[RunningServer]]:
+def nodes(count: int, url: str, **overrides: object) -> Iterator[list[RunningServer]]:
     with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(running_server(broker_url=url)) for _ in range(count)]
+        yield [stack.enter_context(running_server(broker_url=url, **overrides)) for _ in range(count)]
 
 
 def broker(node: RunningServer) -> RedisClusterBroker:
@@ -193,7 +193,7 @@ def test_healthz_shows_every_shard(cluster: RedisCluster) -> None:
         shards = health.pop("shards")
         assert health == {"name": "redis-cluster", "connected": True, "node": broker(node).node_id,
                           "channels": 0, "unsent": 0, "dropped": 0, "reconnects": 0,
-                          "history": "redis", "history_dropped": 0, "history_resets": 0, "history_renewed": 0}
+                          "held": 0, "retried": 0, "retry_expired": 0, "history": "redis", "history_dropped": 0, "history_resets": 0, "history_renewed": 0}
         assert sorted(shards) == sorted(master.address for master in cluster.masters())
         assert sum(shard["slots"] for shard in shards.values()) == 16384
         idle_sender = {"connected": True, "queued": 0, "sent": 0, "unsent": 0, "unanswered": 0, "failed": 0,
@@ -402,8 +402,9 @@ def test_a_master_that_stops_answering_is_noticed_and_rejoined(monkeypatch: pyte
 
 
 def test_acks_come_from_the_slot_s_master_and_a_dead_one_answers_unavailable() -> None:
-    with redis_cluster(3) as cluster, nodes(2, cluster.url) as (a, b), a.connect() as publisher, \
-            b.connect() as far:
+    """No replica takes over: a publish with an id is held for RUSTY_WS_BROKER_RETRY_TIMEOUT, then answered."""
+    with redis_cluster(3) as cluster, nodes(2, cluster.url, broker_retry_timeout=500 * MS) as (a, b), \
+            a.connect() as publisher, b.connect() as far:
         by_master: dict[str, str] = {}
         for session in (f"ack-{i}" for i in range(100)):
             by_master.setdefault(master_of(cluster, session), session)
@@ -419,6 +420,8 @@ def test_acks_come_from_the_slot_s_master_and_a_dead_one_answers_unavailable() -
         assert broker(a).wait_connected(False, WAIT)
         [answer] = publisher.command(encode_publish("T", "lost", session_id=by_master[dead], id="p-dead"))
         assert answer.startswith("error:") and json.loads(answer[6:])["code"] == "unavailable"
+        status = broker(a).status()
+        assert status["retry_expired"] >= 1 and status["held"] == 0  # held, sent again in vain, then answered
         [ack] = publisher.command(encode_publish("T", "fine", session_id=by_master[alive], id="p-alive"))
         assert ack.startswith("ack:")
         assert far.recv_json()["payload"] == "fine"
