@@ -43,13 +43,13 @@ def broker_from_url(url: str, max_envelope_size: int | None = None, *, send_queu
         except ValueError as exc:
             raise ConfigError(setting, masked_url(url), f"is no Redis URL that works ({exc})") from None
     if scheme in ("redis+cluster", "rediss+cluster"):
-        from .redis_cluster import RedisClusterBroker  # lazily, as above
+        from .redis_cluster import RETRY_TIMEOUT, RedisClusterBroker  # lazily, as above
 
         try:
             queue_bounds = {name: value for name, value in (("send_queue", send_queue),
                                                             ("send_queue_bytes", send_queue_bytes)) if value}
-            retry = {} if retry_timeout is None else {"retry_timeout": retry_timeout}
-            return RedisClusterBroker(url, max_envelope_size=max_envelope_size, **queue_bounds, **retry)
+            return RedisClusterBroker(url, max_envelope_size=max_envelope_size, **queue_bounds,
+                                      retry_timeout=RETRY_TIMEOUT if retry_timeout is None else retry_timeout)
         except RuntimeError as exc:
             problem = str(exc)
             raise ConfigError(setting, masked_url(url), problem.partition(" but ")[2] or problem) from None

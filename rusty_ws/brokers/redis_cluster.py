@@ -49,6 +49,7 @@ from .. import backoff
 from ..protocol import Delivery
 from .base import Broker, Deliver, Key, Landed, OnLanded, SharedHistory
 from .redis import SEND_QUEUE, SEND_QUEUE_BYTES, START_TIMEOUT, SUBSCRIBE_TIMEOUT, _import_redis, new_node_id
+from .redis_cluster_gaps import GapFiller
 from .redis_cluster_nodes import node_client, read_slot_map
 from .redis_cluster_retry import AGAIN_DELAY, Held, Kind, RetryQueue, classify
 from .redis_codec import checked_envelope, shard_channel_name, split_cluster_url
@@ -135,6 +136,7 @@ class RedisClusterBroker(Broker):
         self._retries = RetryQueue(timeout=retry_timeout, limit=send_queue)
         self._supervisor: threading.Thread | None = None
         self._history: RedisHistory | None = None
+        self._gaps: GapFiller | None = None  # with history: fills what a slot's move kept off the channels
 
     def __repr__(self) -> str:
         return f"<RedisClusterBroker {self.node_id or 'not started'}>"
@@ -280,6 +282,7 @@ class RedisClusterBroker(Broker):
                                publish_command="SPUBLISH")
         with self._counts_lock:
             self._scripts[history.publish_sha] = history.publish_script  # _refresh loads it on every master
+        self._gaps = GapFiller(history.read)
         self._history = history
         return history
 
@@ -400,11 +403,18 @@ class RedisClusterBroker(Broker):
         self._poke.set()
 
     def _from_channel(self, delivery: Delivery) -> Landed:
-        """What the listeners deliver: not a publish of this node's already delivered here (history)."""
+        """What the listeners deliver: not a publish of this node's already delivered here (history), nor a
+        copy of one delivered; after a gap (a slot moved), what the stream holds in it first (``GapFiller``)."""
         assert self._deliver is not None
-        history = self._history
+        history, gaps = self._history, self._gaps
         if history is not None and not history.arrived(delivery):
             return Landed(None, 0)
+        if gaps is not None:
+            missing = gaps.before(delivery)
+            if missing is None:
+                return Landed(None, 0)
+            for message in missing:
+                self._deliver(message)
         return self._deliver(delivery)
 
     # ------------------------------------------------------------------ interest
@@ -416,6 +426,8 @@ class RedisClusterBroker(Broker):
     def interest_removed(self, key: Key) -> None:
         """SUNSUBSCRIBE from ``key``'s channel; blocks until its master confirms (while connected)."""
         self._interest_changed(key)
+        if self._gaps is not None:
+            self._gaps.forget(key)
 
     def _interest_changed(self, key: Key) -> None:
         view = self._current()
@@ -477,6 +489,8 @@ class RedisClusterBroker(Broker):
             shards[address] = shard
         covered = view.map is not None and all(view.map.owners)
         history = self._history.status() if self._history is not None else {}
+        if self._gaps is not None:
+            history.update(self._gaps.status())
         return {
             "name": self.name,
             "connected": covered and bool(shards) and all(shard["connected"] for shard in shards.values()),

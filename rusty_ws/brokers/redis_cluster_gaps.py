@@ -1,0 +1,111 @@
+"""Gaps in what a cluster's shard channels delivered, filled from the pair's stream: ``redis_cluster.py`` uses it.
+
+When a slot moves (a migration, a failover), a publish can run on the new master
+before this node's listener has subscribed there: Redis hands it to nobody here,
+although it is in the pair's stream with its offset. The next delivery of that
+pair then comes with an offset past the last one this node delivered. So, with
+history on, the cluster broker remembers per pair the last offset its listeners
+delivered, and ``before`` a delivery past a gap reads what is missing from the
+stream (one read of at most ``limit`` entries) to deliver it first, in order.
+It also drops a copy of one already delivered (the old master's, after the gap was
+filled from the new one's stream).
+
+Offsets go on across a migration (the keys move whole) even though the epoch is
+renewed (``redis_history._GUARD``), so a gap is also filled across that epoch
+change. After a failover the new master's offsets may go back (it lacked the last
+writes): nothing is filled then, the new epoch tells clients.
+
+Threads and locks: the listeners' threads call ``before`` (several listeners may
+deliver one pair around a move); ``_lock`` guards ``_last`` and the counts, and is
+never held across the read.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Callable
+from typing import NamedTuple
+
+from ..protocol import Delivery, Position
+from .base import Key, Stored
+
+__all__ = ["GapFiller"]
+
+logger = logging.getLogger("rusty_ws.server")
+
+#: Most entries read to fill one gap.
+FILL_LIMIT = 1000
+#: Most pairs remembered (the oldest forgotten past it: their next gap is not filled).
+MOST_PAIRS = 200_000
+
+
+class _Seen(NamedTuple):
+    epoch: str
+    offset: int
+    previous: str | None  # the epoch before, while copies from the old master may still come
+
+
+class GapFiller:
+    """The last offset delivered per pair, and what to deliver before a delivery past a gap."""
+
+    def __init__(self, read: Callable[[Key, Position, int], Stored], *, limit: int = FILL_LIMIT,
+                 most_pairs: int = MOST_PAIRS) -> None:
+        self.read = read
+        self.limit = limit
+        self.most_pairs = most_pairs
+        # _lock guards _last and _counts. Never held across the read.
+        self._lock = threading.Lock()
+        self._last: collections.OrderedDict[Key, _Seen] = collections.OrderedDict()
+        self._counts = {"gaps_filled": 0, "gap_duplicates": 0}
+
+    def before(self, delivery: Delivery) -> list[Delivery] | None:
+        """What to deliver before ``delivery`` (oldest first; usually nothing), or None: drop it, a copy.
+
+        Reads the pair's stream (a Redis round trip on the caller's thread) only past a gap.
+        """
+        offset, epoch = delivery.offset, delivery.epoch
+        if offset is None or epoch is None:
+            return []
+        key = (delivery.topic, delivery.session_id)
+        with self._lock:
+            seen = self._last.get(key)
+            gap_from = None
+            if seen is not None and epoch in (seen.epoch, seen.previous) and offset <= seen.offset:
+                self._counts["gap_duplicates"] += 1
+                return None  # delivered already (live, or from the stream)
+            if seen is not None and epoch == seen.previous:
+                return []  # the old master's, past what the new one gave: rare; not remembered
+            if seen is not None and offset > seen.offset + 1:
+                gap_from = seen.offset
+            previous = seen.epoch if seen is not None and seen.epoch != epoch else (seen.previous if seen else None)
+            self._last[key] = _Seen(epoch, offset, previous)
+            self._last.move_to_end(key)
+            while len(self._last) > self.most_pairs:
+                self._last.popitem(last=False)
+        if gap_from is None:
+            return []
+        try:
+            stored = self.read(key, Position(gap_from, epoch), min(self.limit, offset - gap_from - 1))
+        except Exception as exc:  # HistoryUnavailable, or anything a read may raise: the gap stays
+            logger.warning("could not fill a gap in %s@%s (offsets %d to %d): %s", key[0][:200], key[1][:200],
+                           gap_from + 1, offset - 1, exc)
+            return []
+        missing = [message for message in stored.messages
+                   if message.offset is not None and gap_from < message.offset < offset]
+        with self._lock:
+            self._counts["gaps_filled"] += len(missing)
+        logger.info("%s@%s: offsets %d to %d did not come on the channel (a slot moved?): %d delivered from the "
+                    "stream", key[0][:200], key[1][:200], gap_from + 1, offset - 1, len(missing))
+        return missing
+
+    def forget(self, key: Key) -> None:
+        """This node no longer delivers ``key`` (no subscriber left here)."""
+        with self._lock:
+            self._last.pop(key, None)
+
+    def status(self) -> dict[str, int]:
+        """For ``/healthz``: ``gaps_filled`` (deliveries taken from the stream), ``gap_duplicates`` (dropped)."""
+        with self._lock:
+            return dict(self._counts)
