@@ -47,66 +47,84 @@ class Clock:
         return self.now
 
 
-def test_a_slot_s_commands_wait_behind_its_held_ones_and_go_in_waves_in_order() -> None:
+def test_a_slot_s_commands_wait_behind_its_held_ones_and_go_in_waves_in_their_first_order() -> None:
     clock = Clock()
     queue = RetryQueue(timeout=5.0, limit=10, clock=clock)
-    answers: list[tuple[str, Any]] = []
-    reply_to = {name: (lambda reply, name=name: answers.append((name, reply))) for name in "abcdef"}
-    assert queue.hold_if_waiting(7, ("a",), reply_to["a"], True) is False  # nothing held: send it
-    assert queue.hold(7, None, ("a",), reply_to["a"], "lost", True)
-    assert queue.hold(7, None, ("b",), reply_to["b"], "lost", True)
-    assert queue.hold_if_waiting(7, ("c",), reply_to["c"], True)  # behind a and b
-    assert queue.hold_if_waiting(8, ("d",), reply_to["d"], True) is False  # another slot is not held
+    noop = lambda reply: None  # noqa: E731
+    a = queue.admit(7, "m1", ("a",), noop, True)  # nothing held: send it (counted as out at m1)
+    b = queue.admit(7, "m1", ("b",), noop, True)
+    assert a is not None and b is not None and a < b
+    assert queue.hold(7, a, None, ("a",), noop, "lost", True)  # a failed: held...
+    assert queue.settled(7) is False  # ...b is still out
+    assert queue.admit(7, "m1", ("c",), noop, True) is None  # c waits behind a
+    assert queue.admit(7, "m1", ("n",), noop, False) is not None  # no id: not held behind (at-most-once)
+    assert queue.admit(8, "m1", ("d",), noop, True) is not None  # another slot is not held
+    assert queue.take_wave(7) == []  # b and n are out: the wave waits
+    assert queue.hold(7, b, None, ("b",), noop, "lost", True)  # b failed too: its place is before c's
+    assert queue.settled(7) is False
+    assert queue.settled(7) is True  # n answered: nothing out, the slot is held: look at it
     assert queue.status() == {"held": 3, "retried": 0, "retry_expired": 0}
     wave = queue.take_wave(7)
     assert [held.command for held in wave] == [("a",), ("b",), ("c",)]
-    assert queue.take_wave(7) == []  # the wave is out: nothing more until it is answered
-    assert queue.hold_if_waiting(7, ("e",), reply_to["e"], True)  # still held: e waits for the next wave
-    # b fails again: back in its place, before e (held after it).
-    assert queue.answered(7) is False  # a answered
-    assert queue.hold(7, wave[1], ("b",), reply_to["b"], "lost again", True)
-    assert queue.answered(7) is False  # b held again
-    assert queue.answered(7) is True  # c answered: the next wave may go
+    for held in wave:
+        assert queue.admit(7, "m2", held.command, noop, True, held) == held.seq  # sent again, in place
+    assert queue.admit(7, "m2", ("e",), noop, True) is None  # still held: e waits for the next wave
+    assert queue.settled(7) is False  # a answered
+    assert queue.hold(7, wave[1].seq, wave[1], ("b",), noop, "lost again", True)  # b again: before e
+    assert queue.settled(7) is False
+    assert queue.settled(7) is True  # c answered
     assert [held.command for held in queue.take_wave(7)] == [("b",), ("e",)]
-    assert queue.answered(7) is False
-    assert queue.answered(7) is True  # the wave's last: look at the slot again...
-    assert queue.take_wave(7) == []  # ...empty and answered: no longer held
-    assert queue.slots() == []
-    assert queue.hold_if_waiting(7, ("f",), reply_to["f"], True) is False
+    assert queue.admit(7, "m2", ("b",), noop, True, wave[1]) is not None
+    assert queue.settled(7) is True
+    assert queue.take_wave(7) == []  # empty and nothing out: no longer held
+    assert queue.slots() == [] and queue.marked(7) is False
     assert queue.status() == {"held": 0, "retried": 5, "retry_expired": 0}
-    assert answers == []  # the queue never answers what it hands back
+
+
+def test_a_slot_that_moved_waits_for_the_old_master_s_answers() -> None:
+    queue = RetryQueue(timeout=5.0, limit=10, clock=Clock())
+    noop = lambda reply: None  # noqa: E731
+    first = queue.admit(3, "old", ("a",), noop, False)
+    assert first is not None
+    later = queue.admit(3, "new", ("b",), noop, False)  # the map moved the slot: a is still out at the old one
+    assert later is None and queue.marked(3)
+    assert queue.hold(3, first, None, ("a",), noop, "MOVED", False)  # a was MOVED: held, before b
+    assert queue.settled(3) is True
+    assert [held.command for held in queue.take_wave(3)] == [("a",), ("b",)]
+    off = RetryQueue(timeout=0.0, limit=10, clock=Clock())
+    assert off.admit(3, "old", ("a",), noop, True) is not None
+    assert off.admit(3, "new", ("b",), noop, True) is not None  # no retries: nothing is held
 
 
 def test_held_commands_expire_with_their_last_failure_and_keep_their_first_deadline() -> None:
     clock = Clock()
     queue = RetryQueue(timeout=2.0, limit=10, clock=clock)
     noop = lambda reply: None  # noqa: E731
-    assert queue.hold(1, None, ("a",), noop, "first", True, delay=0.5)
+    assert queue.hold(1, None, None, ("a",), noop, "first", True, delay=0.5)
     assert queue.next_due() == 0.5
     assert queue.take_wave(1) == []  # not before its delay
     clock.now += 0.5
     [a] = queue.take_wave(1)
     clock.now += 1.0
-    assert queue.hold(1, a, ("a",), noop, "second", True)  # sent again at +1.5: its deadline stays +2.0
-    queue.answered(1)
+    assert queue.hold(1, None, a, ("a",), noop, "second", True)  # sent again at +1.5: its deadline stays +2.0
     clock.now += 0.6
     [gone] = queue.expire()
     assert (gone.command, gone.failure) == (("a",), "second")
     assert queue.status() == {"held": 0, "retried": 1, "retry_expired": 1}
-    assert queue.hold(1, gone, ("a",), noop, "third", True) is False  # past its deadline: the caller fails it
+    assert queue.hold(1, None, gone, ("a",), noop, "third", True) is False  # past its deadline: the caller fails it
 
 
 def test_the_queue_is_bounded_and_a_zero_timeout_holds_nothing() -> None:
     queue = RetryQueue(timeout=5.0, limit=2, clock=Clock())
     failed: list[Any] = []
-    assert queue.hold(3, None, ("a",), failed.append, "x", True)
-    assert queue.hold(3, None, ("b",), failed.append, "x", True)
-    assert queue.hold(3, None, ("c",), failed.append, "x", True) is False  # full: the caller fails it
-    assert queue.hold_if_waiting(3, ("d",), failed.append, True)  # taken care of: failed at once
+    assert queue.hold(3, None, None, ("a",), failed.append, "x", True)
+    assert queue.hold(3, None, None, ("b",), failed.append, "x", True)
+    assert queue.hold(3, None, None, ("c",), failed.append, "x", True) is False  # full: the caller fails it
+    assert queue.admit(3, "m", ("d",), failed.append, True) is None  # taken care of: failed at once
     assert len(failed) == 1 and isinstance(failed[0], ConnectionError)
     assert [held.command for held in queue.drain()] == [("a",), ("b",)]
     assert queue.status()["held"] == 0 and queue.slots() == []
     off = RetryQueue(timeout=0.0, limit=2, clock=Clock())
-    assert off.hold(3, None, ("a",), failed.append, "x", True) is False
+    assert off.hold(3, None, None, ("a",), failed.append, "x", True) is False
     with pytest.raises(ValueError):
         RetryQueue(timeout=1.0, limit=0)

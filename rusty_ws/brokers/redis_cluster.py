@@ -317,37 +317,46 @@ class RedisClusterBroker(Broker):
               held: Held | None = None) -> None:
         """Queue ``command`` to the sender of ``slot``'s master now; ``_settle`` takes its reply.
 
-        An idempotent command waits behind the slot's held ones, if there are any (order).
+        It may be held instead (``RetryQueue.admit``): an idempotent command behind the slot's
+        held ones, any command while another master's sender still has commands of the slot.
         ``held``: the ``Held`` it is sent again from (by the supervisor).
         """
         idempotent = self._idempotent(command)
-        if held is None and idempotent and self._retries.hold_if_waiting(slot, command, on_reply, True):
-            return
         view = self._view
         address = view.map.owners[slot] if view.map else ""
         sender = view.senders.get(address)
+        seq = self._retries.admit(slot, address if sender is not None else "", command, on_reply, idempotent, held)
+        if seq is None:
+            return  # waits behind the slot's held commands, or the old master's answers
         if sender is None:
             self._settle(slot, address, command, on_reply, held, idempotent,
-                         ConnectionError("no Redis Cluster master serves this session's slot"), counted=False)
+                         ConnectionError("no Redis Cluster master serves this session's slot"), seq, counted=False)
             return
 
         def replied(reply: Any) -> None:  # on the sender's thread
-            self._settle(slot, address, command, on_reply, held, idempotent, reply, counted=True)
+            self._settle(slot, address, command, on_reply, held, idempotent, reply, seq, counted=True)
 
         sender.submit(command, replied)
 
     def _settle(self, slot: int, address: str, command: tuple[Any, ...], on_reply: Callable[[Any], None],
-                held: Held | None, idempotent: bool, reply: Any, counted: bool) -> None:
+                held: Held | None, idempotent: bool, reply: Any, seq: int, counted: bool) -> None:
         """Follow a ``MOVED`` or ``ASK`` once; hold for a retry what the cluster could not take yet; else answer.
 
         On the sender's thread (or the caller's when no sender serves the slot). Held:
         ``TRYAGAIN``/``CLUSTERDOWN`` (never run), a redirection that fails again, and an
         idempotent command whose connection failed or whose slot has no master now.
         ``counted``: a sender counted ``reply`` as ``unsent`` already if it is a lost connection.
+        ``seq``: its place among the slot's commands (``RetryQueue.admit``), kept if it is held.
         """
         kind, target = classify(reply, self._redis.exceptions)
         counted = counted and kind is Kind.LOST
-        if kind is Kind.MOVED:
+        if held is None and kind in (Kind.MOVED, Kind.ASK, Kind.AGAIN) and self._retries.marked(slot):
+            # Not run, and older commands of the slot wait for a retry: redirected now, this one could run
+            # before them (the slot finished moving in between). It waits behind them instead.
+            if kind is Kind.MOVED:
+                self._trouble()
+            kind = Kind.AGAIN
+        elif kind is Kind.MOVED:
             reply = self._redirect(address, target, command)
             kind, target = classify(reply, self._redis.exceptions)
         elif kind is Kind.ASK:
@@ -360,7 +369,7 @@ class RedisClusterBroker(Broker):
             counted = False
         retry = kind is Kind.AGAIN or (kind is Kind.LOST and idempotent)
         if retry and not self._stop.is_set() and self._retries.hold(
-                slot, held, command, on_reply, reply, idempotent, AGAIN_DELAY if kind is Kind.AGAIN else 0.0):
+                slot, seq, held, command, on_reply, reply, idempotent, AGAIN_DELAY if kind is Kind.AGAIN else 0.0):
             if kind is Kind.LOST:
                 self._trouble()  # a master lost: its replica may be master now
         else:
@@ -372,7 +381,7 @@ class RedisClusterBroker(Broker):
                 on_reply(reply)
             except Exception:
                 logger.exception("a Redis Cluster reply's callback failed (%s)", command[0])
-        if held is not None and self._retries.answered(slot):
+        if self._retries.settled(slot):
             self._poke.set()  # the slot's next wave may go
 
     def _flush_retries(self) -> None:

@@ -11,20 +11,24 @@ script with a publish id: its first step is the id check, so a second run is
 answered ``repeat`` with the first run's position). ``classify`` says which
 case a reply is.
 
-``RetryQueue`` holds the commands to send again, in order, per slot: once one
-command of a slot is held, later commands of that slot are held behind it
-(``hold_if_waiting``), so a session's commands reach its master in the order they
-were made. The broker's supervisor thread sends a slot's commands again (``take_wave``)
-when its master (in the current slot map) is connected, one wave at a time (the
-next once every command of the last one was answered), and fails what waited longer than
-``timeout`` (``RUSTY_WS_BROKER_RETRY_TIMEOUT``) with the failure it last had.
+``RetryQueue`` holds the commands to send again, in order, per slot (each keeps
+the place ``admit`` gave it when it was first sent): once one command of a slot
+is held, later idempotent commands of that slot are held behind it (``admit``),
+and so is any command of a slot that just moved while the old master's sender
+still has some of its commands (their ``MOVED`` replies are being followed), so
+a session's commands reach its master in the order they were made. The broker's
+supervisor thread sends a slot's commands again (``take_wave``) when its master
+(in the current slot map) is connected, one wave at a time (the next once every
+command of the slot that is out was answered), and fails what waited longer
+than ``timeout`` (``RUSTY_WS_BROKER_RETRY_TIMEOUT``) with the failure it last had.
 At most ``limit`` commands are held at once; past it a failure is handed back
 at once (the caller answers it, as without a retry).
 
-Threads and locks: ``_lock`` guards ``_held``, ``_in_flight``, ``_size`` and ``_counts``;
-never held across I/O nor while a callback runs. A slot stays marked held while
-a wave of its commands is out, until its list is empty and the wave answered,
-so no command overtakes one being sent again.
+Threads and locks: ``_lock`` guards ``_held``, ``_out`` (per slot, the master its
+commands went to and how many are not answered), ``_size``, ``_seqs`` and
+``_counts``; never held across I/O nor while a callback runs. A slot stays
+marked held while commands of it are out, until its list is empty and they
+are answered, so no command overtakes one being sent again.
 """
 
 from __future__ import annotations
@@ -98,41 +102,72 @@ class RetryQueue:
         self.limit = limit
         self.clock = clock
         # _lock guards _held (slot -> its commands by seq, oldest first; a slot is a key while marked held),
-        # _size, _seqs and _counts. Never held across I/O nor while a callback runs.
+        # _out, _size, _seqs and _counts. Never held across I/O nor while a callback runs.
         self._lock = threading.Lock()
         self._held: dict[int, list[Held]] = {}
         self._seqs = itertools.count()
-        self._in_flight: dict[int, int] = {}  # slot -> commands of its last wave not answered yet
+        self._out: dict[int, list[Any]] = {}  # slot -> [the master its commands went to last, how many are out]
         self._size = 0
         self._counts = {"retried": 0, "retry_expired": 0}
 
     # ------------------------------------------------------------------ the publishing threads
 
-    def hold_if_waiting(self, slot: int, command: tuple[Any, ...], on_reply: Callable[[Any], None],
-                        idempotent: bool) -> bool:
-        """Hold ``command`` behind its slot's held commands, if there are any (True); else False: send it."""
+    def admit(self, slot: int, address: str, command: tuple[Any, ...], on_reply: Callable[[Any], None],
+              idempotent: bool, held: Held | None = None) -> int | None:
+        """May ``command`` go to ``address``'s sender now? Its place (a ``seq`` for ``hold``, should it fail):
+        it is counted as out there until ``settled``.
+
+        None: it is held, behind what is held of its slot (an idempotent command), or
+        because another master's sender still has commands of the slot (the slot just
+        moved: it must not overtake them, whose MOVED replies are being followed). With no
+        room to hold it, ``on_reply`` is called at once with a failure (None too). A
+        command sent again (``held``) is always admitted, in its old place: ``take_wave`` checked.
+        """
         with self._lock:
-            waiting = self._held.get(slot)
-            if waiting is None:
-                return False
-            if self._size >= self.limit:
-                waiting = None  # full: fail it below, outside the lock
+            out = self._out.get(slot)
+            if held is None and self.timeout > 0 and (
+                    (idempotent and slot in self._held) or (out is not None and out[0] != address)):
+                if self._size >= self.limit:
+                    failed = True
+                else:
+                    now = self.clock()
+                    self._held.setdefault(slot, []).append(Held(
+                        command, on_reply, ConnectionError("held behind a retry"), now + self.timeout, now,
+                        idempotent, next(self._seqs)))
+                    self._size += 1
+                    return None
             else:
-                now = self.clock()
-                waiting.append(Held(command, on_reply, ConnectionError("held behind a retry"), now + self.timeout,
-                                    now, idempotent, next(self._seqs)))
-                self._size += 1
-                return True
-        on_reply(ConnectionError("too many Redis Cluster commands wait for a retry"))
-        return True
+                failed = False
+                if out is None:
+                    self._out[slot] = [address, 1]
+                else:
+                    out[0] = address
+                    out[1] += 1
+                return held.seq if held is not None else next(self._seqs)
+        if failed:
+            on_reply(ConnectionError("too many Redis Cluster commands wait for a retry"))
+        return None
+
+    def settled(self, slot: int) -> bool:
+        """A command ``admit``ted for ``slot`` was answered (or held again). True when it was the slot's last one
+        out and the slot is held: the supervisor should look at it (a next wave, or nothing left: unmark)."""
+        with self._lock:
+            out = self._out.get(slot)
+            if out is not None:
+                out[1] -= 1
+                if out[1] > 0:
+                    return False
+                del self._out[slot]
+            return slot in self._held
 
     # ------------------------------------------------------------------ the senders' threads
 
-    def hold(self, slot: int, held: Held | None, command: tuple[Any, ...], on_reply: Callable[[Any], None],
-             failure: Any, idempotent: bool, delay: float = 0.0) -> bool:
+    def hold(self, slot: int, seq: int | None, held: Held | None, command: tuple[Any, ...],
+             on_reply: Callable[[Any], None], failure: Any, idempotent: bool, delay: float = 0.0) -> bool:
         """Hold a command that failed with ``failure`` for a retry; False if it may not wait (the caller fails it).
 
-        ``held``: the ``Held`` it was sent from, if it was sent again already (keeps its deadline).
+        ``seq``: its place, from ``admit`` (None: after everything held now). ``held``: the
+        ``Held`` it was sent from, if it was sent again already (keeps its deadline).
         A command held past its deadline, or with no room left, is not held.
         """
         if self.timeout <= 0:
@@ -145,8 +180,9 @@ class RetryQueue:
             if self._size >= self.limit:
                 return False
             waiting = self._held.setdefault(slot, [])
-            # Sent again and failed again: back in its place, ahead of what was held after it.
-            seq = held.seq if held is not None else next(self._seqs)
+            # Back in its place, ahead of what was held after it (sent later than it).
+            if seq is None:
+                seq = held.seq if held is not None else next(self._seqs)
             entry = Held(command, on_reply, failure, deadline, now + delay, idempotent, seq)
             if waiting and waiting[-1].seq > seq:
                 waiting.insert(bisect.bisect([item.seq for item in waiting], seq), entry)
@@ -156,6 +192,11 @@ class RetryQueue:
         return True
 
     # ------------------------------------------------------------------ the supervisor thread
+
+    def marked(self, slot: int) -> bool:
+        """Whether ``slot`` has commands held (or a wave of them out): a later one must not overtake them."""
+        with self._lock:
+            return slot in self._held
 
     def slots(self) -> list[int]:
         """The slots marked held now."""
@@ -186,17 +227,17 @@ class RetryQueue:
         return gone
 
     def take_wave(self, slot: int) -> list[Held]:
-        """The commands of ``slot`` to send again now, in order (the caller sends them, then each is ``answered``).
+        """The commands of ``slot`` to send again now, in order (the caller ``_send``s each: ``admit`` counts it).
 
-        Empty while an earlier wave of the slot is not answered yet (a command that fails
-        again goes back to its place first), and before the first command's ``not_before``.
-        A slot whose list is empty and whose last wave was answered is no longer held:
+        Empty while commands of the slot are out (an earlier wave, or first tries: one that
+        fails again goes back to its place first), and before the first command's
+        ``not_before``. A slot whose list is empty with nothing out is no longer held:
         later commands are sent straight away.
         """
         now = self.clock()
         with self._lock:
             waiting = self._held.get(slot)
-            if waiting is None or self._in_flight.get(slot, 0):
+            if waiting is None or slot in self._out:
                 return []
             if not waiting:
                 del self._held[slot]
@@ -205,29 +246,15 @@ class RetryQueue:
             while due < len(waiting) and waiting[due].not_before <= now:
                 due += 1
             wave, self._held[slot] = waiting[:due], waiting[due:]
-            if wave:
-                self._in_flight[slot] = len(wave)
-                self._size -= len(wave)
-                self._counts["retried"] += len(wave)
+            self._size -= len(wave)
+            self._counts["retried"] += len(wave)
             return wave
-
-    def answered(self, slot: int) -> bool:
-        """One command of a wave of ``slot`` was answered (or held again); True when it was the wave's last and
-        the slot is still marked: the supervisor should look at it (a next wave, or nothing left: unmark)."""
-        with self._lock:
-            left = self._in_flight.get(slot, 0) - 1
-            if left > 0:
-                self._in_flight[slot] = left
-                return False
-            self._in_flight.pop(slot, None)
-            return slot in self._held
 
     def drain(self) -> list[Held]:
         """Take every held command (the broker stops: each is failed)."""
         with self._lock:
             gone = [held for waiting in self._held.values() for held in waiting]
             self._held.clear()
-            self._in_flight.clear()
             self._size = 0
         return gone
 
