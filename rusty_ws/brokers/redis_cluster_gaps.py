@@ -6,7 +6,7 @@ although it is in the pair's stream with its offset. The next delivery of that
 pair then comes with an offset past the last one this node delivered. So, with
 history on, the cluster broker remembers per pair the last offset its listeners
 delivered, and ``before`` a delivery past a gap reads what is missing from the
-stream (one read of at most ``limit`` entries) to deliver it first, in order.
+stream (reads of at most ``limit`` entries) to deliver it first, in order.
 It also drops a copy of one already delivered (the old master's, after the gap was
 filled from the new one's stream).
 
@@ -35,8 +35,10 @@ __all__ = ["GapFiller"]
 
 logger = logging.getLogger("rusty_ws.server")
 
-#: Most entries read to fill one gap.
+#: Most entries one read takes to fill a gap...
 FILL_LIMIT = 1000
+#: ...and most reads for one gap (the stream holds at most RUSTY_WS_HISTORY_SIZE entries anyway).
+MAX_READS = 100
 #: Most pairs remembered (the oldest forgotten past it: their next gap is not filled).
 MOST_PAIRS = 200_000
 
@@ -86,14 +88,23 @@ class GapFiller:
                 self._last.popitem(last=False)
         if gap_from is None:
             return []
-        try:
-            stored = self.read(key, Position(gap_from, epoch), min(self.limit, offset - gap_from - 1))
-        except Exception as exc:  # HistoryUnavailable, or anything a read may raise: the gap stays
-            logger.warning("could not fill a gap in %s@%s (offsets %d to %d): %s", key[0][:200], key[1][:200],
-                           gap_from + 1, offset - 1, exc)
-            return []
-        missing = [message for message in stored.messages
-                   if message.offset is not None and gap_from < message.offset < offset]
+        missing: list[Delivery] = []
+        after = gap_from
+        for _ in range(MAX_READS):  # in reads of ``limit`` entries, until the gap is closed or the stream ends
+            try:
+                stored = self.read(key, Position(after, epoch), min(self.limit, offset - after - 1))
+            except Exception as exc:  # HistoryUnavailable, or anything a read may raise: the rest of the gap stays
+                logger.warning("could not fill a gap in %s@%s (offsets %d to %d): %s", key[0][:200], key[1][:200],
+                               after + 1, offset - 1, exc)
+                break
+            found = [message for message in stored.messages
+                     if message.offset is not None and after < message.offset < offset]
+            if not found:
+                break
+            missing += found
+            after = found[-1].offset or after
+            if after >= offset - 1:
+                break
         with self._lock:
             self._counts["gaps_filled"] += len(missing)
         logger.info("%s@%s: offsets %d to %d did not come on the channel (a slot moved?): %d delivered from the "
