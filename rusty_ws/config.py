@@ -100,7 +100,7 @@ REDIS_SEND_QUEUE = 10_000
 REDIS_SEND_QUEUE_BYTES = 32 * 1024 * 1024
 #: Redis Cluster broker: seconds a command the cluster cannot take yet (a master failing over,
 #: a slot migrating) is held to be sent again; 0 never sends one again (docs/scaling.md).
-BROKER_RETRY_TIMEOUT = 10.0
+BROKER_RETRY_TIMEOUT = 5.0
 #: sys.setswitchinterval() for the process, in seconds; None leaves it alone. The stand-alone
 #: hub (create_app) uses 0.05: with a thread per connection, the default 5 ms makes every
 #: thread waiting for the GIL wake 200 times a second (see docs/performance.md).

@@ -76,6 +76,8 @@ def test_refuses_values_that_cannot_work(key: str, value: object) -> None:
     ("RUSTY_WS_MAX_SUBSCRIPTIONS", 0.5, "must be a whole number > 0"),
     ("RUSTY_WS_PING_TIMEOUT", "soon", "must be a number of seconds > 0"),
     ("RUSTY_WS_PING_INTERVAL", -1, "must be a number of seconds >= 0"),
+    ("RUSTY_WS_BROKER_RETRY_TIMEOUT", -1, "must be a number of seconds >= 0"),
+    ("RUSTY_WS_BROKER_RETRY_TIMEOUT", "later", "must be a number of seconds >= 0"),
     ("RUSTY_WS_HISTORY_SIZE", float("nan"), "must be a whole number >= 0"),
     ("RUSTY_WS_COMPRESSION", "fast", "must be a zlib level from 1 to 9, or 0 for off"),
     ("RUSTY_WS_HEALTHZ", "lots", "must be one of full, minimal, off"),

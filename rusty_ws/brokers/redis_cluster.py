@@ -29,6 +29,18 @@ serves a migrating slot's channels until the slot has moved). While the slot's
 master is unreachable, or no master serves it, the publish reaches this node
 only and is counted as that shard's ``unsent``.
 
+Retries (history on: the publish script, through ``_route``). ``_send`` and
+``_settle`` follow ``MOVED`` once and ``ASK`` once (``ASKING`` and the command on
+one connection, no change to the map), and hold in a ``RetryQueue``
+(``redis_cluster_retry.py``) what the cluster could not take yet: ``TRYAGAIN``,
+``CLUSTERDOWN``, a redirection that fails again, and, for a publish with an id
+only (its script checks the id first, so a second run is a repeat), a lost
+connection or a slot no master serves. The supervisor sends a slot's held
+commands again once its master is connected, in the order they were first
+sent, for at most ``retry_timeout`` seconds. A delivery past a gap in a pair's
+offsets (a slot moved before this node subscribed on its new master) first
+gets the gap from the stream (``GapFiller``, ``redis_cluster_gaps.py``).
+
 History. With history on, ``history_store`` gives the hub a ``RedisHistory``
 (``redis_history.py``) whose script runs on the session's master through its
 sender and ``SPUBLISH``es a version-2 envelope; every listener, this node's
@@ -68,7 +80,7 @@ MAP_INTERVAL = 5.0
 MAP_MIN_INTERVAL = 0.05
 #: Default of ``RUSTY_WS_BROKER_RETRY_TIMEOUT``: seconds a command the cluster could not take yet
 #: (a failover, a migrating slot) is held to be sent again; 0 sends nothing again.
-RETRY_TIMEOUT = 10.0
+RETRY_TIMEOUT = 5.0
 #: Fewest seconds between two passes over the held commands (a TRYAGAIN storm during a migration).
 RETRY_POLL = 0.005
 
