@@ -13,7 +13,10 @@ filled from the new one's stream).
 Offsets go on across a migration (the keys move whole) even though the epoch is
 renewed (``redis_history._GUARD``), so a gap is also filled across that epoch
 change. After a failover the new master's offsets may go back (it lacked the last
-writes): nothing is filled then, the new epoch tells clients.
+writes): nothing is filled then, the new epoch tells clients. A delivery that
+claims an offset its stream does not hold (no script published it: forged or
+garbled data on the channel) is not remembered, so it cannot make the pair's
+real deliveries look like copies.
 
 Threads and locks: the listeners' threads call ``before`` (several listeners may
 deliver one pair around a move); ``_lock`` guards ``_last`` and the counts, and is
@@ -46,7 +49,7 @@ MOST_PAIRS = 200_000
 class _Seen(NamedTuple):
     epoch: str
     offset: int
-    previous: str | None  # the epoch before, while copies from the old master may still come
+    previous: str | None  # the epoch before, confirmed by the stream: copies from the old master are dropped
 
 
 class GapFiller:
@@ -81,8 +84,9 @@ class GapFiller:
                 return []  # the old master's, past what the new one gave: rare; not remembered
             if seen is not None and offset > seen.offset + 1:
                 gap_from = seen.offset
-            previous = seen.epoch if seen is not None and seen.epoch != epoch else (seen.previous if seen else None)
-            self._last[key] = _Seen(epoch, offset, previous)
+            # A new epoch forgets the one before: it is kept (to drop the old master's copies) only once
+            # the stream confirmed the new one, below.
+            self._last[key] = _Seen(epoch, offset, seen.previous if seen is not None and seen.epoch == epoch else None)
             self._last.move_to_end(key)
             while len(self._last) > self.most_pairs:
                 self._last.popitem(last=False)
@@ -90,13 +94,23 @@ class GapFiller:
             return []
         missing: list[Delivery] = []
         after = gap_from
-        for _ in range(MAX_READS):  # in reads of ``limit`` entries, until the gap is closed or the stream ends
+        for attempt in range(MAX_READS):  # in reads of ``limit`` entries, until the gap is closed or the stream ends
             try:
                 stored = self.read(key, Position(after, epoch), min(self.limit, offset - after - 1))
             except Exception as exc:  # HistoryUnavailable, or anything a read may raise: the rest of the gap stays
                 logger.warning("could not fill a gap in %s@%s (offsets %d to %d): %s", key[0][:200], key[1][:200],
                                after + 1, offset - 1, exc)
                 break
+            if attempt == 0 and (stored.top.epoch != epoch or stored.top.offset < offset):
+                # The stream does not hold it: no node's script published it (forged, or garbled). Not
+                # remembered, so it cannot make the pair's next real deliveries look like copies.
+                self._unremember(key, delivery, seen)
+                logger.warning("a delivery on %s@%s claims offset %d of epoch %s, which its stream does not "
+                               "hold (top %d of %s): not taken as a gap", key[0][:200], key[1][:200], offset,
+                               epoch[:20], stored.top.offset, stored.top.epoch[:20])
+                return []
+            if attempt == 0 and seen is not None and seen.epoch != epoch:
+                self._confirm(key, delivery, seen.epoch)
             found = [message for message in stored.messages
                      if message.offset is not None and after < message.offset < offset]
             if not found:
@@ -110,6 +124,23 @@ class GapFiller:
         logger.info("%s@%s: offsets %d to %d did not come on the channel (a slot moved?): %d delivered from the "
                     "stream", key[0][:200], key[1][:200], gap_from + 1, offset - 1, len(missing))
         return missing
+
+    def _confirm(self, key: Key, delivery: Delivery, previous: str) -> None:
+        """The stream holds ``delivery``'s new epoch: from now on, copies in ``previous`` are dropped too."""
+        with self._lock:
+            now = self._last.get(key)
+            if now is not None and (now.epoch, now.offset) == (delivery.epoch, delivery.offset):
+                self._last[key] = now._replace(previous=previous)
+
+    def _unremember(self, key: Key, delivery: Delivery, seen: _Seen | None) -> None:
+        """Put back what was remembered of ``key`` before ``delivery``, unless a later one replaced it."""
+        with self._lock:
+            now = self._last.get(key)
+            if now is not None and (now.epoch, now.offset) == (delivery.epoch, delivery.offset):
+                if seen is None:
+                    del self._last[key]
+                else:
+                    self._last[key] = seen
 
     def forget(self, key: Key) -> None:
         """This node no longer delivers ``key`` (no subscriber left here)."""
