@@ -60,6 +60,7 @@ def test_a_slot_s_commands_wait_behind_its_held_ones_and_go_in_waves_in_their_fi
     assert queue.admit(7, "m1", ("n",), noop, False) is not None  # no id: not held behind (at-most-once)
     assert queue.admit(8, "m1", ("d",), noop, True) is not None  # another slot is not held
     assert queue.take_wave(7) == []  # b and n are out: the wave waits
+    assert queue.held_before(7, b) and not queue.held_before(7, a)  # a is held: b must not overtake it
     assert queue.hold(7, b, None, ("b",), noop, "lost", True)  # b failed too: its place is before c's
     assert queue.settled(7) is False
     assert queue.settled(7) is True  # n answered: nothing out, the slot is held: look at it

@@ -82,7 +82,9 @@ MAP_MIN_INTERVAL = 0.05
 #: (a failover, a migrating slot) is held to be sent again; 0 sends nothing again.
 RETRY_TIMEOUT = 5.0
 #: Fewest seconds between two passes over the held commands (a TRYAGAIN storm during a migration).
-RETRY_POLL = 0.005
+RETRY_POLL = 0.02
+#: Tries of a history read answered TRYAGAIN, AGAIN_DELAY apart, on the reader's thread (then: unavailable).
+READ_TRIES = 10
 
 
 class _View(NamedTuple):
@@ -92,6 +94,20 @@ class _View(NamedTuple):
     listeners: dict[str, ShardListener]  # master address -> its listener
     clients: dict[str, Any]              # master address -> its client (redis.Redis): wake-ups, redirects
     senders: dict[str, RedisSender]      # master address -> its sender
+
+
+class _Redirecting:
+    """The client a history read runs on (``Route.client``): the session's master, whose ``EVALSHA`` replies
+    of ``MOVED``, ``ASK`` and ``TRYAGAIN`` are followed (``RedisClusterBroker._read``); the rest is the client's."""
+
+    def __init__(self, broker: "RedisClusterBroker", address: str, client: Any) -> None:
+        self._broker, self._address, self._client = broker, address, client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
+        return self._broker._read(self._address, self._client, ("EVALSHA", sha, numkeys, *keys_and_args))
 
 
 class RedisClusterBroker(Broker):
@@ -294,6 +310,8 @@ class RedisClusterBroker(Broker):
                                publish_command="SPUBLISH")
         with self._counts_lock:
             self._scripts[history.publish_sha] = history.publish_script  # _refresh loads it on every master
+            # The read script too: a read ASKed to a master that never ran it goes as an EVAL (_as_eval).
+            self._scripts[hashlib.sha1(history.read_script.encode("utf-8")).hexdigest()] = history.read_script
         self._gaps = GapFiller(history.read)
         self._history = history
         return history
@@ -314,7 +332,36 @@ class RedisClusterBroker(Broker):
         def submit(command: tuple[Any, ...], on_reply: Callable[[Any], None]) -> None:
             self._send(slot, command, on_reply)
 
-        return Route(view.clients.get(address), submit, listener is not None and listener.connected)
+        client = view.clients.get(address)
+        reads = None if client is None else _Redirecting(self, address, client)
+        return Route(reads, submit, listener is not None and listener.connected)
+
+    def _read(self, address: str, client: Any, command: tuple[Any, ...]) -> Any:
+        """A history read on ``address``'s client (the caller's thread), following ``MOVED`` and ``ASK`` and
+        waiting out ``TRYAGAIN`` a few times (a migrating slot whose keys are split: ``READ_AGAIN``).
+
+        Raises what the last try raised (the history answers ``unavailable``).
+        """
+        exceptions = self._redis.exceptions
+        for attempt in range(READ_TRIES):
+            try:
+                reply = client.execute_command(*command)
+            except exceptions.ResponseError as exc:
+                reply = exc
+            kind, target = classify(reply, exceptions)
+            if kind is Kind.MOVED:
+                reply = self._redirect(address, target, command)
+            elif kind is Kind.ASK:
+                reply = self._ask(address, target, command)
+            kind, _ = classify(reply, exceptions)
+            if kind is Kind.DONE or attempt == READ_TRIES - 1:
+                break
+            if kind is Kind.LOST:
+                break
+            self._stop.wait(AGAIN_DELAY)  # TRYAGAIN: the slot's keys are moving (bounded: READ_TRIES)
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
 
     # ------------------------------------------------------------------ retries
 
@@ -362,9 +409,10 @@ class RedisClusterBroker(Broker):
         """
         kind, target = classify(reply, self._redis.exceptions)
         counted = counted and kind is Kind.LOST
-        if held is None and kind in (Kind.MOVED, Kind.ASK, Kind.AGAIN) and self._retries.marked(slot):
-            # Not run, and older commands of the slot wait for a retry: redirected now, this one could run
-            # before them (the slot finished moving in between). It waits behind them instead.
+        if kind in (Kind.MOVED, Kind.ASK, Kind.AGAIN) and self._retries.held_before(slot, seq):
+            # Not run, and older commands of the slot wait for a retry (held first now, or sent in the same
+            # wave and failed again): redirected now, this one could run before them (the slot finished
+            # moving in between). It waits behind them instead.
             if kind is Kind.MOVED:
                 self._trouble()
             kind = Kind.AGAIN

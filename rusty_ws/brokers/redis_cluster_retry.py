@@ -194,9 +194,15 @@ class RetryQueue:
     # ------------------------------------------------------------------ the supervisor thread
 
     def marked(self, slot: int) -> bool:
-        """Whether ``slot`` has commands held (or a wave of them out): a later one must not overtake them."""
+        """Whether ``slot`` has commands held (or commands of it out while some are held)."""
         with self._lock:
             return slot in self._held
+
+    def held_before(self, slot: int, seq: int) -> bool:
+        """Whether a command of ``slot`` older than ``seq`` is held now: the one at ``seq`` must not overtake it."""
+        with self._lock:
+            waiting = self._held.get(slot)
+            return waiting is not None and bool(waiting) and waiting[0].seq < seq
 
     def slots(self) -> list[int]:
         """The slots marked held now."""
