@@ -29,8 +29,8 @@ serves a migrating slot's channels until the slot has moved). While the slot's
 master is unreachable, or no master serves it, the publish reaches this node
 only and is counted as that shard's ``unsent``.
 
-Retries (history on: the publish script, through ``_route``). ``_send`` and
-``_settle`` follow ``MOVED`` once and ``ASK`` once (``ASKING`` and the command on
+Retries (history on: the publish script, through ``_route``). ``Router``
+(``redis_cluster_routes.py``) follows ``MOVED`` once and ``ASK`` once (``ASKING`` and the command on
 one connection, no change to the map), and hold in a ``RetryQueue``
 (``redis_cluster_retry.py``) what the cluster could not take yet: ``TRYAGAIN``,
 ``CLUSTERDOWN``, a redirection that fails again, and, for a publish with an id
@@ -55,7 +55,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from .. import backoff
 from ..protocol import Delivery
@@ -63,7 +63,8 @@ from .base import Broker, Deliver, Key, Landed, OnLanded, SharedHistory
 from .redis import SEND_QUEUE, SEND_QUEUE_BYTES, START_TIMEOUT, SUBSCRIBE_TIMEOUT, _import_redis, new_node_id
 from .redis_cluster_gaps import GapFiller
 from .redis_cluster_nodes import node_client, read_slot_map
-from .redis_cluster_retry import AGAIN_DELAY, Held, Kind, RetryQueue, classify
+from .redis_cluster_retry import Kind, RetryQueue, classify
+from .redis_cluster_routes import Redirecting, Router, View
 from .redis_codec import checked_envelope, shard_channel_name, split_cluster_url
 from .redis_history import RedisHistory, Route
 from .redis_sender import RedisSender
@@ -83,31 +84,6 @@ MAP_MIN_INTERVAL = 0.05
 RETRY_TIMEOUT = 5.0
 #: Fewest seconds between two passes over the held commands (a TRYAGAIN storm during a migration).
 RETRY_POLL = 0.02
-#: Tries of a history read answered TRYAGAIN, AGAIN_DELAY apart, on the reader's thread (then: unavailable).
-READ_TRIES = 10
-
-
-class _View(NamedTuple):
-    """What the publishing threads read: replaced whole by the supervisor, never changed in place."""
-
-    map: SlotMap | None
-    listeners: dict[str, ShardListener]  # master address -> its listener
-    clients: dict[str, Any]              # master address -> its client (redis.Redis): wake-ups, redirects
-    senders: dict[str, RedisSender]      # master address -> its sender
-
-
-class _Redirecting:
-    """The client a history read runs on (``Route.client``): the session's master, whose ``EVALSHA`` replies
-    of ``MOVED``, ``ASK`` and ``TRYAGAIN`` are followed (``RedisClusterBroker._read``); the rest is the client's."""
-
-    def __init__(self, broker: "RedisClusterBroker", address: str, client: Any) -> None:
-        self._broker, self._address, self._client = broker, address, client
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
-
-    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
-        return self._broker._read(self._address, self._client, ("EVALSHA", sha, numkeys, *keys_and_args))
 
 
 class RedisClusterBroker(Broker):
@@ -154,7 +130,7 @@ class RedisClusterBroker(Broker):
         self._unsent: dict[str, int] = {}
         self._retired = {"dropped": 0, "reconnects": 0, "unsent": 0}
         self._warned_unsent = False
-        self._view = _View(None, {}, {}, {})
+        self._view = View(None, {}, {}, {})
         # Scripts every master's sender loads (now, and when a new master appears): sha1 -> source.
         # Guarded by _counts_lock.
         self._scripts: dict[str, str] = {}
@@ -162,6 +138,10 @@ class RedisClusterBroker(Broker):
         self._poke = threading.Event()  # wakes the supervisor: trouble (with _map_wanted), or retries due
         self._map_wanted = False  # set before _poke by who saw trouble: read the map at once (one bool, no lock)
         self._retries = RetryQueue(timeout=retry_timeout, limit=send_queue)
+        self._router = Router(view=lambda: self._view, exceptions=self._redis.exceptions, errors=self._errors,
+                              retries=self._retries, idempotent=self._idempotent, as_eval=self._as_eval,
+                              trouble=self._trouble, wake=self._poke.set, count_unsent=self._count_unsent,
+                              stopped=self._stopping, pause=self._pause)
         self._supervisor: threading.Thread | None = None
         self._history: RedisHistory | None = None
         self._gaps: GapFiller | None = None  # with history: fills what a slot's move kept off the channels
@@ -180,7 +160,7 @@ class RedisClusterBroker(Broker):
     def _launch_locked(self) -> None:
         assert self._launch_lock.locked(), "must hold the launch lock"
         self.node_id, self._pid = new_node_id(), os.getpid()
-        self._view = _View(None, {}, {}, {})
+        self._view = View(None, {}, {}, {})
         self._stop = threading.Event()
         self._refresh(self._read_map(quiet=False))
         # Daemon, like the listeners: stop() joins it.
@@ -188,7 +168,7 @@ class RedisClusterBroker(Broker):
                                             daemon=True)
         self._supervisor.start()
 
-    def _current(self) -> _View:
+    def _current(self) -> View:
         """The view of this process; a process forked after ``start`` (gunicorn --preload) starts its own."""
         if self._deliver is None:
             raise RuntimeError("the broker was not started")
@@ -228,7 +208,7 @@ class RedisClusterBroker(Broker):
         def on_reply(reply: Any) -> None:  # on the sender's thread
             kind, target = classify(reply, self._redis.exceptions)
             if kind is Kind.MOVED:
-                reply = self._redirect(address, target, command)
+                reply = self._router.redirect(address, target, command)
                 if isinstance(reply, ConnectionError):
                     self._count_unsent(address, str(reply))
             if on_landed is not None:
@@ -238,43 +218,6 @@ class RedisClusterBroker(Broker):
 
         sender.submit(command, on_reply)
         return landed
-
-    def _redirect(self, address: str, target: str, command: tuple[Any, ...]) -> Any:
-        """Send once more, now, to the master a MOVED named (the reply was not executed); its reply or a
-        ``ConnectionError``.
-
-        On the sender thread of ``address``: a round trip there, only while a slot has
-        just moved (the supervisor is reading the new map meanwhile).
-        """
-        self._trouble()
-        logger.info("a command to %s was MOVED to %s (a slot moved): sending it there", address, target)
-        client = self._view.clients.get(target)
-        if client is None:
-            return ConnectionError(f"MOVED to {target}, a master this node does not know yet")
-        try:
-            return client.execute_command(*self._as_eval(command))
-        except self._errors as exc:
-            return ConnectionError(f"{type(exc).__name__}: {exc}")
-
-    def _ask(self, address: str, target: str, command: tuple[Any, ...]) -> Any:
-        """``ASKING`` and the command, once, on the master an ASK named (a migrating slot whose keys went
-        there); its reply or a ``ConnectionError``. The slot map stays: the slot is still ``address``'s.
-
-        On the sender thread of ``address``, like ``_redirect``: one round trip, on one
-        connection (``ASKING`` holds for the next command of its connection only).
-        """
-        client = self._view.clients.get(target)
-        if client is None:
-            self._trouble()
-            return ConnectionError(f"ASK to {target}, a master this node does not know yet")
-        logger.debug("- a command to %s was ASKed to %s (a slot migrates): ASKING there", address, target)
-        try:
-            pipeline = client.pipeline(transaction=False)
-            pipeline.execute_command("ASKING")
-            pipeline.execute_command(*self._as_eval(command))
-            return pipeline.execute(raise_on_error=False)[1]
-        except self._errors as exc:
-            return ConnectionError(f"{type(exc).__name__}: {exc}")
 
     def _as_eval(self, command: tuple[Any, ...]) -> tuple[Any, ...]:
         """An ``EVALSHA`` of a known script as an ``EVAL`` (a master just given a slot may not have it yet)."""
@@ -323,45 +266,18 @@ class RedisClusterBroker(Broker):
         return self.node_id
 
     def _route(self, session_id: str) -> Route:
-        """Where the history's commands for ``session_id`` go: its slot's master, now (``_send``)."""
+        """Where the history's commands for ``session_id`` go: its slot's master, now (``Router.send``)."""
         view = self._current()
         slot = session_slot(session_id)
         address = view.map.owners[slot] if view.map else ""
         listener = view.listeners.get(address)
 
         def submit(command: tuple[Any, ...], on_reply: Callable[[Any], None]) -> None:
-            self._send(slot, command, on_reply)
+            self._router.send(slot, command, on_reply)
 
         client = view.clients.get(address)
-        reads = None if client is None else _Redirecting(self, address, client)
+        reads = None if client is None else Redirecting(self._router, address, client)
         return Route(reads, submit, listener is not None and listener.connected)
-
-    def _read(self, address: str, client: Any, command: tuple[Any, ...]) -> Any:
-        """A history read on ``address``'s client (the caller's thread), following ``MOVED`` and ``ASK`` and
-        waiting out ``TRYAGAIN`` a few times (a migrating slot whose keys are split: ``READ_AGAIN``).
-
-        Raises what the last try raised (the history answers ``unavailable``).
-        """
-        exceptions = self._redis.exceptions
-        for attempt in range(READ_TRIES):
-            try:
-                reply = client.execute_command(*command)
-            except exceptions.ResponseError as exc:
-                reply = exc
-            kind, target = classify(reply, exceptions)
-            if kind is Kind.MOVED:
-                reply = self._redirect(address, target, command)
-            elif kind is Kind.ASK:
-                reply = self._ask(address, target, command)
-            kind, _ = classify(reply, exceptions)
-            if kind is Kind.DONE or attempt == READ_TRIES - 1:
-                break
-            if kind is Kind.LOST:
-                break
-            self._stop.wait(AGAIN_DELAY)  # TRYAGAIN: the slot's keys are moving (bounded: READ_TRIES)
-        if isinstance(reply, BaseException):
-            raise reply
-        return reply
 
     # ------------------------------------------------------------------ retries
 
@@ -372,99 +288,11 @@ class RedisClusterBroker(Broker):
         return (history is not None and len(command) > 3 and command[0] == "EVALSHA"
                 and command[1] == history.publish_sha and command[2] == 3)
 
-    def _send(self, slot: int, command: tuple[Any, ...], on_reply: Callable[[Any], None],
-              held: Held | None = None) -> None:
-        """Queue ``command`` to the sender of ``slot``'s master now; ``_settle`` takes its reply.
+    def _stopping(self) -> bool:
+        return self._stop.is_set()  # (the Event of this launch: _launch_locked makes a new one)
 
-        It may be held instead (``RetryQueue.admit``): an idempotent command behind the slot's
-        held ones, any command while another master's sender still has commands of the slot.
-        ``held``: the ``Held`` it is sent again from (by the supervisor).
-        """
-        idempotent = self._idempotent(command)
-        view = self._view
-        address = view.map.owners[slot] if view.map else ""
-        sender = view.senders.get(address)
-        seq = self._retries.admit(slot, address if sender is not None else "", command, on_reply, idempotent, held)
-        if seq is None:
-            return  # waits behind the slot's held commands, or the old master's answers
-        if sender is None:
-            self._settle(slot, address, command, on_reply, held, idempotent,
-                         ConnectionError("no Redis Cluster master serves this session's slot"), seq, counted=False)
-            return
-
-        def replied(reply: Any) -> None:  # on the sender's thread
-            self._settle(slot, address, command, on_reply, held, idempotent, reply, seq, counted=True)
-
-        sender.submit(command, replied)
-
-    def _settle(self, slot: int, address: str, command: tuple[Any, ...], on_reply: Callable[[Any], None],
-                held: Held | None, idempotent: bool, reply: Any, seq: int, counted: bool) -> None:
-        """Follow a ``MOVED`` or ``ASK`` once; hold for a retry what the cluster could not take yet; else answer.
-
-        On the sender's thread (or the caller's when no sender serves the slot). Held:
-        ``TRYAGAIN``/``CLUSTERDOWN`` (never run), a redirection that fails again, and an
-        idempotent command whose connection failed or whose slot has no master now.
-        ``counted``: a sender counted ``reply`` as ``unsent`` already if it is a lost connection.
-        ``seq``: its place among the slot's commands (``RetryQueue.admit``), kept if it is held.
-        """
-        kind, target = classify(reply, self._redis.exceptions)
-        counted = counted and kind is Kind.LOST
-        if kind in (Kind.MOVED, Kind.ASK, Kind.AGAIN) and self._retries.held_before(slot, seq):
-            # Not run, and older commands of the slot wait for a retry (held first now, or sent in the same
-            # wave and failed again): redirected now, this one could run before them (the slot finished
-            # moving in between). It waits behind them instead.
-            if kind is Kind.MOVED:
-                self._trouble()
-            kind = Kind.AGAIN
-        elif kind is Kind.MOVED:
-            reply = self._redirect(address, target, command)
-            kind, target = classify(reply, self._redis.exceptions)
-        elif kind is Kind.ASK:
-            reply = self._ask(address, target, command)
-            kind, target = classify(reply, self._redis.exceptions)
-        if kind in (Kind.MOVED, Kind.ASK):  # redirected twice: the map is read again, try once it is
-            self._trouble()
-            kind = Kind.AGAIN
-        if kind is not Kind.LOST:
-            counted = False
-        retry = kind is Kind.AGAIN or (kind is Kind.LOST and idempotent)
-        if retry and not self._stop.is_set() and self._retries.hold(
-                slot, seq, held, command, on_reply, reply, idempotent, AGAIN_DELAY if kind is Kind.AGAIN else 0.0):
-            if kind is Kind.LOST:
-                self._trouble()  # a master lost: its replica may be master now
-        else:
-            if kind is not Kind.DONE and not isinstance(reply, ConnectionError):
-                reply = ConnectionError(f"the Redis Cluster could not take it: {reply}")
-            if kind is not Kind.DONE and not counted:
-                self._count_unsent(address, str(reply))
-            try:
-                on_reply(reply)
-            except Exception:
-                logger.exception("a Redis Cluster reply's callback failed (%s)", command[0])
-        if self._retries.settled(slot):
-            self._poke.set()  # the slot's next wave may go
-
-    def _flush_retries(self) -> None:
-        """Send again what is held for the slots whose master is connected now; fail what waited too long.
-
-        On the supervisor's thread; ``submit`` may block while a sender's queue is full.
-        """
-        for held in self._retries.expire():
-            if classify(held.failure, self._redis.exceptions)[0] is not Kind.LOST:
-                self._count_unsent("", "held past RUSTY_WS_BROKER_RETRY_TIMEOUT")  # (a sender counted the rest)
-            try:
-                held.on_reply(held.failure)
-            except Exception:
-                logger.exception("a Redis Cluster reply's callback failed (%s)", held.command[0])
-        view = self._view
-        for slot in self._retries.slots():
-            address = view.map.owners[slot] if view.map else ""
-            sender, listener = view.senders.get(address), view.listeners.get(address)
-            # This node's listener too: its own subscribers must not miss what the retry publishes.
-            if sender is None or not sender.connected or listener is None or not listener.connected:
-                continue
-            for held in self._retries.take_wave(slot):
-                self._send(slot, held.command, held.on_reply, held)
+    def _pause(self, seconds: float) -> bool:
+        return self._stop.wait(seconds)
 
     def _trouble(self) -> None:
         """Someone saw trouble: the supervisor reads the slot map at once."""
@@ -589,7 +417,7 @@ class RedisClusterBroker(Broker):
             self._supervisor.join(timeout)
         for held in self._retries.drain():
             held.on_reply(ConnectionError("the Redis Cluster broker stopped"))
-        view, self._view = self._view, _View(self._view.map, {}, {}, {})
+        view, self._view = self._view, View(self._view.map, {}, {}, {})
         for sender in view.senders.values():
             sender.stop(timeout)
         for listener in view.listeners.values():
@@ -629,7 +457,7 @@ class RedisClusterBroker(Broker):
                 last_read = time.monotonic()
                 next_read = last_read + (next(delays) if delays else MAP_INTERVAL)
             try:
-                self._flush_retries()
+                self._router.flush()
             except Exception:
                 logger.exception("sending held Redis Cluster commands again failed")
         logger.debug("- %s stopped", threading.current_thread().name)
@@ -673,7 +501,7 @@ class RedisClusterBroker(Broker):
                 senders[address].script_load(source)  # queued: loaded once it connects
         retired = [(listeners.pop(address), clients.pop(address), senders.pop(address)) for address in gone]
         # The new map is in place before any listener reads the registry against it.
-        self._view = _View(new, listeners, clients, senders)
+        self._view = View(new, listeners, clients, senders)
         logger.info("Redis Cluster slot map: %d masters (%s)", len(new.masters), ", ".join(sorted(new.masters)))
         for listener, client, sender in retired:
             sender.stop(self.start_timeout)  # sends what waits if its node still answers, else fails it
