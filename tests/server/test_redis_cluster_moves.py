@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from redis_cluster_support import ClusterNode, RedisCluster, redis_cluster, wait_for
 from test_history_wire import subscribe_json
+from test_redis_history import ack_of
 
 from rusty_ws.brokers.redis_cluster import RedisClusterBroker
 from rusty_ws.brokers.redis_codec import shard_channel_name
@@ -322,3 +323,32 @@ def test_a_master_killed_mid_run_loses_no_publish_with_an_id() -> None:
         assert victim.address not in shards and shards[heir.address]["connected"] is True
         assert shards[heir.address]["slots"] == RedisCluster.slot_owners(heir)[heir.address]
 
+
+
+def test_a_forged_offset_on_a_shard_channel_does_not_silence_the_pair(caplog: pytest.LogCaptureFixture) -> None:
+    """A well-formed version-2 envelope with an offset no script gave: not taken for a gap, real ones go on."""
+    from redis_cluster_support import spublish
+
+    session = "forged"
+    with redis_cluster(3) as cluster, nodes(1, cluster.url) as (hub,), hub.connect() as live, \
+            hub.connect() as sending:
+        _, start = subscribe_json(live, session=session)
+        acks = [ack_of(sending, "T", n, f"f-{n}", session=session) for n in (1, 2)]
+        assert [recv_json_delivery(live)["payload"] for _ in acks] == [1, 2]
+        forged = json.dumps({"v": 2, "node": "intruder", "offset": 10 ** 12, "epoch": start.epoch, "delivery": {
+            "publisher_name": "x", "topic": "T", "payload": "forged", "timestamp": "t", "session_id": session}})
+        spublish(cluster, shard_channel_name("rusty_ws", "T", session), forged.encode())
+        assert recv_json_delivery(live)["payload"] == "forged"  # delivered, as any well-formed envelope is...
+        acks += [ack_of(sending, "T", n, f"f-{n}", session=session) for n in (3, 4)]
+        # ...but not remembered: the real offsets 3 and 4 are not taken for copies of it.
+        assert [(m["payload"], m["offset"]) for m in (recv_json_delivery(live), recv_json_delivery(live))] == \
+            [(3, 3), (4, 4)]
+        assert [ack.offset for ack in acks] == [1, 2, 3, 4]
+        assert "which its stream does not hold" in caplog.text
+        assert broker(hub).status()["gap_duplicates"] == 0
+
+
+def recv_json_delivery(client: Client) -> dict[str, Any]:
+    text = client.recv()
+    assert text.startswith("{"), text
+    return json.loads(text)
