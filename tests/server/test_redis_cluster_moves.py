@@ -27,7 +27,7 @@ from rusty_ws.brokers.redis_cluster import RedisClusterBroker
 from rusty_ws.brokers.redis_codec import shard_channel_name
 from rusty_ws.brokers.redis_slots import session_slot
 from rusty_ws.protocol import Ack, HistoryReply, Since, encode_history, encode_publish
-from support import WAIT, Client, RunningServer, running_server
+from support import WAIT, Client, RunningServer, http, running_server
 
 #: Enough history to hold every message of a run (the checks read the whole stream back).
 HISTORY = 50_000
@@ -139,6 +139,11 @@ class Reader:
         return self.got
 
 
+def shards_of(node: RunningServer) -> dict[str, Any]:
+    """The hub's ``/healthz`` view per master."""
+    return http("GET", node.http_url + "/healthz")[2]["broker"]["shards"]
+
+
 def node_ids(cluster: RedisCluster) -> dict[str, str]:
     ids = {}
     for node in cluster.masters():
@@ -155,7 +160,7 @@ def check_counted(acks: list[Ack], live: dict[str, list[dict[str, Any]]], expect
     ids = [ack.id for ack in acks]
     first = next((i for i, (got, want) in enumerate(zip(ids, (f"m-{n}" for n in range(1, expected + 1))))
                   if got != want), 0)
-    assert ids == [f"m-{n}" for n in range(1, expected + 1)], [(a.id, a.offset, a.epoch[:4]) for a in acks[first - 3:first + 12]]
+    assert ids == [f"m-{n}" for n in range(1, expected + 1)], [(a.id, a.offset) for a in acks[max(0, first - 3):first + 9]]
     assert [ack.offset for ack in acks] == list(range(1, expected + 1)), "an offset skipped or taken twice"
     epochs = [ack.epoch for ack in acks]
     assert len(set(epochs)) <= 2 and epochs == sorted(epochs, key=epochs.index), "epochs interleaved"
@@ -240,24 +245,21 @@ def test_a_slot_migrating_while_publishes_with_ids_flow_loses_nothing_and_double
             "migration: %d publishes with ids, %d sent again (held: TRYAGAIN/ASK), live deliveries missed %s, "
             "filled from the stream after a gap: %s", total, status["retried"], missed,
             {name: broker(n).status()["gaps_filled"] for name, n in (("far", a), ("near", b))})
-        assert status["retry_expired"] == 0 and status["held"] == 0
-        assert "ASK" not in "".join(publisher.errors)
+        assert status["retried"] > 0 and status["retry_expired"] == 0 and status["held"] == 0
         # /healthz: both hubs show the slot under its new master.
         owned = RedisCluster.slot_owners(target)
-        wait_for(lambda: all(broker(n).status()["shards"][target.address]["slots"] == owned[target.address]
-                             and broker(n).status()["shards"][source.address]["slots"] == owned[source.address]
+        wait_for(lambda: all(shards_of(n)[target.address]["slots"] == owned[target.address]
+                             and shards_of(n)[source.address]["slots"] == owned[source.address]
                              for n in (a, b)), WAIT, "both hubs' /healthz to show the slot's new master")
         # Recovery after the move: from a position in the new epoch, exactly what came after it.
         last = publisher.acks[-1]
         with a.connect() as late:
             replayed, reply = subscribe_json(late, session=session, since=Since(last.offset - 5, last.epoch))
             assert [m["payload"] for m in replayed] == list(range(total - 4, total + 1)) and reply.recovered is True
-        with b.connect() as old:  # from before the move, in the old epoch if the move renewed it: told, never a gap
+        assert last.epoch != far_start.epoch  # the keys' new master renewed the epoch (docs/scaling.md)
+        with b.connect() as old:  # from before the move, in the old epoch: told, never a gap
             replayed, reply = subscribe_json(old, session=session, since=Since(10, far_start.epoch))
-            if reply.epoch == far_start.epoch:
-                assert [m["payload"] for m in replayed] == list(range(11, total + 1)) and reply.recovered is True
-            else:
-                assert reply.recovered is False and replayed == []
+            assert reply.recovered is False and replayed == [] and reply.epoch == last.epoch
 
 
 def test_a_master_killed_mid_run_loses_no_publish_with_an_id() -> None:
@@ -318,11 +320,11 @@ def test_a_master_killed_mid_run_loses_no_publish_with_an_id() -> None:
         # What ran on the new master before a hub subscribed there came from the stream: nothing missed,
         # unless the new master reused offsets (it lacked writes: then the new epoch tells clients).
         assert lagged > 0 or missed == {"far": 0, "near": 0}, missed
-        # /healthz per shard: the new master, not the dead one.
-        shards = broker(a).status()["shards"]
-        assert victim.address not in shards and shards[heir.address]["connected"] is True
-        assert shards[heir.address]["slots"] == RedisCluster.slot_owners(heir)[heir.address]
-
+        # /healthz per shard, on both hubs: the new master, not the dead one.
+        for node in (a, b):
+            shards = shards_of(node)
+            assert victim.address not in shards and shards[heir.address]["connected"] is True
+            assert shards[heir.address]["slots"] == RedisCluster.slot_owners(heir)[heir.address]
 
 
 def test_a_forged_offset_on_a_shard_channel_does_not_silence_the_pair(caplog: pytest.LogCaptureFixture) -> None:
