@@ -29,7 +29,8 @@ serves a migrating slot's channels until the slot has moved). While the slot's
 master is unreachable, or no master serves it, the publish reaches this node
 only and is counted as that shard's ``unsent``.
 
-Retries (history on: the publish script, through ``_route``). ``Router``
+Retries (every command the publish path sends: the history's publish script
+through ``_route``, or the ``SPUBLISH`` with history off). ``Router``
 (``redis_cluster_routes.py``) follows ``MOVED`` once and ``ASK`` once (``ASKING`` and the command on
 one connection, no change to the map), and hold in a ``RetryQueue``
 (``redis_cluster_retry.py``) what the cluster could not take yet: ``TRYAGAIN``,
@@ -63,7 +64,7 @@ from .base import Broker, Deliver, Key, Landed, OnLanded, SharedHistory
 from .redis import SEND_QUEUE, SEND_QUEUE_BYTES, START_TIMEOUT, SUBSCRIBE_TIMEOUT, _import_redis, new_node_id
 from .redis_cluster_gaps import GapFiller
 from .redis_cluster_nodes import node_client, read_slot_map
-from .redis_cluster_retry import Kind, RetryQueue, classify
+from .redis_cluster_retry import RetryQueue
 from .redis_cluster_routes import Redirecting, Router, View
 from .redis_codec import checked_envelope, shard_channel_name, split_cluster_url
 from .redis_history import RedisHistory, Route
@@ -186,37 +187,28 @@ class RedisClusterBroker(Broker):
 
         Args:
             on_landed: called once the slot's master took the SPUBLISH (on its sender's
-                thread), with this node's ``Landed``, or with the exception if it could not.
+                thread), with this node's ``Landed``, or with the exception if it could not
+                (at once, on this thread, if no master serves the slot).
 
         Raises:
             ProtocolError: ``invalid_message``: the envelope would be larger than
                 ``max_envelope_size``, or the payload cannot be encoded.
         """
-        view = self._current()
+        self._current()
         assert self._deliver is not None and self.node_id is not None
         envelope = checked_envelope(self.node_id, delivery, self.max_envelope_size)
         landed = self._deliver(delivery)
-        address = view.map.owners[session_slot(delivery.session_id)] if view.map else ""
-        sender = view.senders.get(address)
-        if sender is None:
-            self._count_unsent(address, "no master serves the slot")
-            if on_landed is not None:
-                on_landed(ConnectionError("no Redis Cluster master serves this session's slot"))
-            return landed
         command = ("SPUBLISH", shard_channel_name(self.channel_prefix, delivery.topic, delivery.session_id), envelope)
 
-        def on_reply(reply: Any) -> None:  # on the sender's thread
-            kind, target = classify(reply, self._redis.exceptions)
-            if kind is Kind.MOVED:
-                reply = self._router.redirect(address, target, command)
-                if isinstance(reply, ConnectionError):
-                    self._count_unsent(address, str(reply))
+        def on_reply(reply: Any) -> None:  # on the sender's thread (or this one, if no master serves the slot)
             if on_landed is not None:
                 on_landed(reply if isinstance(reply, BaseException) else landed)
             elif isinstance(reply, self._redis.exceptions.ResponseError):
                 logger.warning("Redis refused SPUBLISH: %s", reply)
 
-        sender.submit(command, on_reply)
+        # Through the router: MOVED followed, TRYAGAIN/CLUSTERDOWN held; a lost connection is not sent
+        # again (an SPUBLISH is not idempotent): at-most-once, as Redis pub/sub is.
+        self._router.send(session_slot(delivery.session_id), command, on_reply)
         return landed
 
     def _as_eval(self, command: tuple[Any, ...]) -> tuple[Any, ...]:

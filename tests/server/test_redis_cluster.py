@@ -70,9 +70,11 @@ def master_of(cluster: RedisCluster, session: str) -> str:
 # --------------------------------------------------------------------------- the original protocol's scenario
 
 
-def test_seed_scenario_across_two_hubs_on_a_cluster(cluster: RedisCluster) -> None:
+@pytest.mark.parametrize("history_size", [100, 0], ids=["history on", "history off"])
+def test_seed_scenario_across_two_hubs_on_a_cluster(cluster: RedisCluster, history_size: int) -> None:
+    """With history on, the publish script; off, SPUBLISH straight (through the same router)."""
     assert master_of(cluster, "session-A") != master_of(cluster, "session-B"), "the two sessions share a master"
-    with nodes(2, cluster.url) as hubs:
+    with nodes(2, cluster.url, history_size=history_size) as hubs:
         clients = {}
         for i, (name, (session, topics)) in enumerate(SUBSCRIPTIONS.items()):
             client = clients[name] = hubs[i % 2].connect()
