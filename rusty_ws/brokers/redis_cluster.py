@@ -31,8 +31,8 @@ only and is counted as that shard's ``unsent``.
 
 Retries (every command the publish path sends: the history's publish script
 through ``_route``, or the ``SPUBLISH`` with history off). ``Router``
-(``redis_cluster_routes.py``) follows ``MOVED`` once and ``ASK`` once (``ASKING`` and the command on
-one connection, no change to the map), and hold in a ``RetryQueue``
+(``redis_cluster_routes.py``) follows ``MOVED`` once and ``ASK`` once (``ASKING``
+and the command on one connection, no change to the map), and holds in a ``RetryQueue``
 (``redis_cluster_retry.py``) what the cluster could not take yet: ``TRYAGAIN``,
 ``CLUSTERDOWN``, a redirection that fails again, and, for a publish with an id
 only (its script checks the id first, so a second run is a repeat), a lost
