@@ -99,7 +99,7 @@ class Router:
         """``ASKING`` and the command, once, on the master an ASK named (a migrating slot whose keys went
         there); its reply or a ``ConnectionError``. The slot map stays: the slot is still ``address``'s.
 
-        On the sender thread of ``address``, like ``_redirect``: one round trip, on one
+        On the sender thread of ``address``, like ``redirect``: one round trip, on one
         connection (``ASKING`` holds for the next command of its connection only).
         """
         client = self._view().clients.get(target)
@@ -222,8 +222,10 @@ class Router:
         for held in self.retries.expire():
             if classify(held.failure, self._exceptions)[0] is not Kind.LOST:
                 self._count_unsent("", "held past RUSTY_WS_BROKER_RETRY_TIMEOUT")  # (a sender counted the rest)
+            failure = held.failure if isinstance(held.failure, ConnectionError) else ConnectionError(
+                f"the Redis Cluster could not take it within RUSTY_WS_BROKER_RETRY_TIMEOUT: {held.failure}")
             try:
-                held.on_reply(held.failure)
+                held.on_reply(failure)
             except Exception:
                 logger.exception("a Redis Cluster reply's callback failed (%s)", held.command[0])
         view = self._view()
