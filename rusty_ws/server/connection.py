@@ -90,6 +90,8 @@ logger = logging.getLogger("rusty_ws.server")
 #: buffer; a read that fills it means more is waiting, and the next read takes a big one.
 IDLE_RECV_BYTES = 479
 BUSY_RECV_BYTES = 65536
+#: A read that does not wait (Linux, macOS): what else an idle read's burst brought.
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _PONG_REPLY_FRAME = text_frame(PONG_REPLY)  # the text reply to the ``ping`` command
 # _on_event runs per message: module globals, not ``FrameEvent.X`` lookups (~0.1 us each on 3.11).
 _TEXT, _BINARY, _PING, _PONG = FrameEvent.TEXT, FrameEvent.BINARY, FrameEvent.PING, FrameEvent.PONG
@@ -199,13 +201,32 @@ class Connection(TokenLife):
             if not data:
                 self._lost = "EOF"
                 return
-            size = BUSY_RECV_BYTES if len(data) == size else IDLE_RECV_BYTES
+            if len(data) < size:
+                size = IDLE_RECV_BYTES
+            elif size == IDLE_RECV_BYTES and _DONTWAIT:
+                # An idle read that filled its small buffer: take what else is waiting now,
+                # so a burst is carried out (and its sends written) as one batch, not two.
+                data, size = self._and_waiting(data)
+            else:
+                size = BUSY_RECV_BYTES
             # What the commands of one read send leaves together, at its end, after the hub's
             # lock for them (if any, Hub.commands_lock) is let go: never written under it.
             with batch(), held():
                 for event in parser.feed(data):
                     if not self._on_event(event):
                         return
+
+    def _and_waiting(self, data: bytes) -> tuple[bytes, int]:
+        """``data`` and what the socket holds beyond it now (one non-blocking read), and the next read's size.
+
+        A failed or empty read here says nothing yet: the next blocking ``recv``
+        reports the reset or the EOF, after ``data``'s commands.
+        """
+        try:
+            more = self.sock.recv(BUSY_RECV_BYTES, _DONTWAIT)
+        except OSError:  # BlockingIOError: nothing more yet; a reset: seen by the next read
+            return data, IDLE_RECV_BYTES
+        return data + more, BUSY_RECV_BYTES if len(more) == BUSY_RECV_BYTES else IDLE_RECV_BYTES
 
     def _on_event(self, event: tuple) -> bool:
         """Handle one parser event; False once the connection is done reading.
