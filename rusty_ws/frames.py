@@ -225,6 +225,11 @@ class FrameParser:
         buffer = self._buffer
         buffer += data
         events: list[tuple] = []
+        skipped = False  # an event is _SKIPPED: filtered out at the end
+        # Frames short enough for the common path below: one whole masked text frame
+        # (FIN, no RSV bit) outside a fragmented message is checked and decoded inline,
+        # the same checks and the same event as _check_header and _frame make of it.
+        short = min(_UNMASK_STEP, self.max_message_size)
         position, end = 0, len(buffer)
         while end - position >= 2:
             first, second = buffer[position], buffer[position + 1]
@@ -240,9 +245,24 @@ class FrameParser:
                 length = int.from_bytes(buffer[start:start + 8], "big")
                 start += 8
             frame_end = start + 4 + length
+            if first == 0x81 and second & 0x80 and length <= short and self._fragment_opcode is None:
+                if end < frame_end:
+                    break  # the rest of the frame has not arrived yet
+                mask = buffer[start:start + 4]
+                payload = buffer[start + 4:frame_end]
+                if mask != _ZERO_MASK and payload:
+                    payload = _unmask(payload, mask)  # type: ignore[arg-type]  # bytes-like is enough
+                position = frame_end
+                try:
+                    events.append((_TEXT, payload.decode("utf-8")))
+                except UnicodeDecodeError:
+                    events.append((_FAILED, 1007, "text message is not valid UTF-8"))
+                    break
+                continue
             error = self._check_header(first, second, length)
             if error is not None:
                 events.append(error)
+                skipped = skipped or error is _SKIPPED
                 if error[0] is _FAILED:
                     break
                 # TOO_BIG, or the rest of a message refused as too big: drop it unread.
@@ -278,7 +298,7 @@ class FrameParser:
                 last = max(index for index, event in enumerate(events) if event[0] is _PING)
                 events = [event for index, event in enumerate(events) if event[0] is not _PING or index == last]
             self._pings = 0
-        return [event for event in events if event is not _SKIPPED]
+        return [event for event in events if event is not _SKIPPED] if skipped else events
 
     def _check_header(self, first: int, second: int, length: int) -> tuple | None:
         """Refuse a frame from its header alone: before its payload is waited for."""
