@@ -135,7 +135,7 @@ _SKIPPED = ("skipped",)
 _VALID_CLOSE = set(range(1000, 1004)) | set(range(1007, 1012)) | set(range(3000, 5000))
 
 
-def _unmask(payload: bytes, mask: bytes) -> bytes:
+def _unmask(payload: bytes | bytearray, mask: bytes | bytearray) -> bytes | bytearray:
     if mask == _ZERO_MASK or not payload:
         return payload
     length = len(payload)
@@ -248,13 +248,13 @@ class FrameParser:
             if first == 0x81 and second & 0x80 and length <= short and self._fragment_opcode is None:
                 if end < frame_end:
                     break  # the rest of the frame has not arrived yet
-                mask = buffer[start:start + 4]
-                payload = buffer[start + 4:frame_end]
-                if mask != _ZERO_MASK and payload:
-                    payload = _unmask(payload, mask)  # type: ignore[arg-type]  # bytes-like is enough
+                key = buffer[start:start + 4]
+                text: bytes | bytearray = buffer[start + 4:frame_end]
+                if key != _ZERO_MASK and text:
+                    text = _unmask(text, key)
                 position = frame_end
                 try:
-                    events.append((_TEXT, payload.decode("utf-8")))
+                    events.append((_TEXT, text.decode("utf-8")))
                 except UnicodeDecodeError:
                     events.append((_FAILED, 1007, "text message is not valid UTF-8"))
                     break
@@ -281,7 +281,7 @@ class FrameParser:
                 position = frame_end
             else:
                 # A big frame: let go of its raw bytes before its payload is decoded.
-                payload = _unmask_large(buffer, start + 4, frame_end, mask)  # type: ignore[assignment]
+                payload = _unmask_large(buffer, start + 4, frame_end, mask)
                 del buffer[:frame_end]
                 event = self._frame(first & 0x80, first & 0x0F, payload, first & _RSV1, frame_end - position)
                 position, end = 0, len(buffer)

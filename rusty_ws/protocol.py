@@ -489,7 +489,7 @@ def nested_deeper_than(value: Any, limit: int) -> bool:
 _STRICT_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 #: Its scanner, called directly for a text with no whitespace around the value: ``decode``'s
 #: Python wrapper (two whitespace matches, ``raw_decode``) cost about as much as the scan.
-_scan_once = _STRICT_DECODER.scan_once
+_scan_once = _STRICT_DECODER.scan_once  # type: ignore[attr-defined]  # set in JSONDecoder.__init__, not typed
 
 
 def _decode(text: str) -> Any:
@@ -573,8 +573,8 @@ def _publish_fields(message: dict[str, Any], publish_id: str | None) -> Publish:
     # The usual publish (str fields, no publisher name) checked in one expression, once per
     # publish: it passes only what the checks below pass, with the same result.
     if (type(topic) is str and 0 < len(topic) <= MAX_TOPIC_LENGTH and _bad_key_char(topic) is None
-            and (session_id is None or type(session_id) is str and len(session_id) <= MAX_SESSION_LENGTH
-                 and _bad_key_char(session_id) is None)
+            and (session_id is None or (type(session_id) is str and len(session_id) <= MAX_SESSION_LENGTH
+                                        and _bad_key_char(session_id) is None))
             and (timestamp is None or type(timestamp) is str) and get("publisher_name") is None):
         return Publish(topic, get("payload"), session_id or None, None, timestamp, publish_id)
     topic = message.get("topic")
@@ -807,7 +807,7 @@ def rfc3339_now(now: float | None = None) -> str:
     if second != cached_second:  # formatting a datetime costs more than the rest of a publish
         prefix = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
         _second_cache = (second, prefix)
-    return "%s.%06d+00:00" % (prefix, micros)  # a little cheaper than the f-string's format spec
+    return f"{prefix}.{micros:06d}+00:00"
 
 
 #: One encoder for every delivery and reply: ``json.dumps`` with arguments builds a new one

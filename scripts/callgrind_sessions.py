@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import selectors
 import socket
 import subprocess
@@ -174,7 +173,7 @@ def clients_main(args: argparse.Namespace) -> None:
                 data = client.sock.recv(262144)
                 if not data:
                     raise SystemExit("the hub closed a connection")
-                for opcode, payload in client.reader.feed(data):
+                for _opcode, payload in client.reader.feed(data):
                     if payload == b"pong":
                         client.pong = True
                     elif payload.startswith(b"error:"):
