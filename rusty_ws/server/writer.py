@@ -151,8 +151,12 @@ class Writer:
         # _flush_lock: held by the one thread that drains _jobs and writes. It owns the
         # outboxes, _boxes and _flush_list. Held only for non-blocking work, never while waiting.
         self._flush_lock = threading.Lock()
-        self._batching = _BatchDepth()  # .depth: how many batch() blocks this thread is inside
-        self._inside_batch = self._batching.depths  # the idents of the threads inside one, for the checks below
+        # How many batch() blocks each thread is inside (thread ident -> depth), with an entry
+        # only while it is inside one, so ``in`` says whether it is. Not a threading.local:
+        # that keeps a dict for every thread that ever batched, ~0.4 KiB for each idle
+        # connection's thread (docs/architecture.md). Each thread reads and writes its own
+        # key only; a dict's get, set and del are atomic under the GIL.
+        self._inside_batch: dict[int, int] = {}
         self._batch = _Batch(self)
         # The writer thread waits in this selector for the wake-up socket and for
         # room in watched sockets; the _flush_lock holder registers the latter.
@@ -624,54 +628,26 @@ class Writer:
             sock.close()
 
 
-class _BatchDepth:
-    """How many ``Writer.batch()`` blocks each thread is inside, with an entry only while it is inside one.
-
-    Not a ``threading.local``: that keeps a dict for every thread that ever
-    batched, ~0.4 KiB for each idle connection's thread (docs/architecture.md).
-    Each thread reads and writes its own key only; a dict's get, set and del
-    are atomic under the GIL.
-    """
-
-    __slots__ = ("depths",)
-
-    def __init__(self) -> None:
-        #: thread ident -> its depth, only while it is inside a block (so ``in`` says whether it is).
-        self.depths: dict[int, int] = {}
-
-    @property
-    def depth(self) -> int:
-        return self.depths.get(threading.get_ident(), 0)
-
-    def enter(self) -> None:
-        depths, key = self.depths, threading.get_ident()
-        depths[key] = depths.get(key, 0) + 1
-
-    def leave(self) -> bool:
-        """One block ended; True when it was this thread's outermost."""
-        depths, key = self.depths, threading.get_ident()
-        left = depths[key] - 1
-        if left:
-            depths[key] = left
-            return False
-        del depths[key]
-        return True
-
-
 class _Batch:
     """``Writer.batch()``'s block: counts this thread's depth, and flushes when the outermost ends."""
 
-    __slots__ = ("_writer", "_state")
+    __slots__ = ("_writer", "_depths")
 
     def __init__(self, writer: Writer) -> None:
         self._writer = writer
-        self._state = writer._batching
+        self._depths = writer._inside_batch
 
     def __enter__(self) -> None:
-        self._state.enter()
+        depths, key = self._depths, _get_ident()
+        depths[key] = depths.get(key, 0) + 1
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._state.leave():
+        depths, key = self._depths, _get_ident()
+        left = depths[key] - 1
+        if left:
+            depths[key] = left
+        else:
+            del depths[key]
             self._writer.flush()
 
 
