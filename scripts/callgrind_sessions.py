@@ -80,6 +80,8 @@ def hub_main(args: argparse.Namespace) -> None:
     from rusty_ws.server.state import state_of
 
     logging.basicConfig(level=logging.WARNING)
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
     # The bench's app (scripts/benchlib/run_rusty.py), so the hooks and checks a publish
     # passes are the same, with keepalive off: no pings whose count depends on time.
     hub = state_of(create_app({
@@ -229,7 +231,8 @@ def measure_main(args: argparse.Namespace) -> None:
             out = os.path.join(tmp, f"callgrind.{rounds}")
             command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
                        os.path.abspath(__file__), "hub", "--pairs", str(args.pairs), "--rounds", str(rounds),
-                       "--batch", str(args.batch), "--history-size", str(args.history_size)]
+                       "--batch", str(args.batch), "--history-size", str(args.history_size),
+                       "--switch-interval", str(args.switch_interval)]
             run = subprocess.run(command, capture_output=True, text=True, check=False)
             lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
             if run.returncode or not lines:
@@ -243,7 +246,7 @@ def measure_main(args: argparse.Namespace) -> None:
     deliveries = results[1]["delivered"] - results[0]["delivered"]
     per = (totals[1] - totals[0]) / deliveries
     print(json.dumps({"pairs": args.pairs, "batch": args.batch, "rounds": [short, long_],
-                      "history_size": args.history_size, "totals": totals, "deliveries": deliveries,
+                      "history_size": args.history_size, "switch_interval": args.switch_interval, "totals": totals, "deliveries": deliveries,
                       "instructions_per_delivery": round(per)}))
 
 
@@ -255,6 +258,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="publish frames per write")
     parser.add_argument("--history-size", type=int, default=100, help="RUSTY_WS_HISTORY_SIZE (0: off)")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--switch-interval", type=float, default=0.0,
+                        help="the hub's sys.setswitchinterval (0: Python's 5 ms); see the docstring")
     parser.add_argument("--annotate", action="store_true")
     args = parser.parse_args()
     if args.role == "measure":
