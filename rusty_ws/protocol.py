@@ -890,12 +890,10 @@ class Delivery:
                  user: str | None = None, offset: int | None = None, epoch: str | None = None,
                  extra: dict[str, Any] | None = None) -> None:
         # The generated __init__ of a frozen dataclass sets each field with object.__setattr__:
-        # one publish builds a Delivery, and that was ~5% of its cost. Same fields, stored
-        # straight into __dict__ (no keyword dict for an update either).
-        fields = self.__dict__
-        fields["publisher_name"], fields["topic"], fields["payload"] = publisher_name, topic, payload
-        fields["timestamp"], fields["session_id"], fields["user"] = timestamp, session_id, user
-        fields["offset"], fields["epoch"], fields["extra"] = offset, epoch, {} if extra is None else extra
+        # one publish builds a Delivery, and that was ~5% of its cost. Same fields, one update.
+        self.__dict__.update(publisher_name=publisher_name, topic=topic, payload=payload, timestamp=timestamp,
+                             session_id=session_id, user=user, offset=offset, epoch=epoch,
+                             extra={} if extra is None else extra)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object sent on the wire: the seed's fields in its order, then ours."""
