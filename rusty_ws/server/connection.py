@@ -87,7 +87,8 @@ __all__ = ["Connection"]
 logger = logging.getLogger("rusty_ws.server")
 
 #: recv(n) allocates n bytes before it blocks, so an idle connection reads with a small
-#: buffer; a read that fills it means more is waiting, and the next read takes a big one.
+#: buffer; a read that fills it means more is waiting: a non-blocking read takes it at once
+#: (``_and_waiting``), and the next read is a big one if that one filled its buffer too.
 IDLE_RECV_BYTES = 479
 BUSY_RECV_BYTES = 65536
 #: A read that does not wait (Linux, macOS): what else an idle read's burst brought.
