@@ -246,7 +246,8 @@ def measure_main(args: argparse.Namespace) -> None:
     deliveries = results[1]["delivered"] - results[0]["delivered"]
     per = (totals[1] - totals[0]) / deliveries
     print(json.dumps({"pairs": args.pairs, "batch": args.batch, "rounds": [short, long_],
-                      "history_size": args.history_size, "switch_interval": args.switch_interval, "totals": totals, "deliveries": deliveries,
+                      "history_size": args.history_size, "switch_interval": args.switch_interval,
+                      "totals": totals, "deliveries": deliveries,
                       "instructions_per_delivery": round(per)}))
 
 
