@@ -30,7 +30,9 @@ which runs, for each round count::
 Without valgrind, ``hub`` alone reports the hub process's CPU time and the
 voluntary context switches of its threads per delivery, between ``go`` and
 the last delivery (a quick check; it depends on the load, instructions do not).
-``--history-size 0`` runs with history off. Add ``--annotate`` to ``measure``
+``--history-size 0`` runs with history off; ``--switch-interval`` sets the
+hub's ``sys.setswitchinterval`` (it did not move the count: 106,041 at
+Python's 5 ms against 105,924 at 1 s). Add ``--annotate`` to ``measure``
 to print ``callgrind_annotate``'s top functions of the longer run.
 """
 
