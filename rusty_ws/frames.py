@@ -135,7 +135,7 @@ _SKIPPED = ("skipped",)
 _VALID_CLOSE = set(range(1000, 1004)) | set(range(1007, 1012)) | set(range(3000, 5000))
 
 
-def _unmask(payload: bytes, mask: bytes) -> bytes:
+def _unmask(payload: bytes | bytearray, mask: bytes | bytearray) -> bytes | bytearray:
     if mask == _ZERO_MASK or not payload:
         return payload
     length = len(payload)
@@ -225,6 +225,11 @@ class FrameParser:
         buffer = self._buffer
         buffer += data
         events: list[tuple] = []
+        skipped = False  # an event is _SKIPPED: filtered out at the end
+        # Frames short enough for the common path below: one whole masked text frame
+        # (FIN, no RSV bit) outside a fragmented message is checked and decoded inline,
+        # the same checks and the same event as _check_header and _frame make of it.
+        short = min(_UNMASK_STEP, self.max_message_size)
         position, end = 0, len(buffer)
         while end - position >= 2:
             first, second = buffer[position], buffer[position + 1]
@@ -240,9 +245,24 @@ class FrameParser:
                 length = int.from_bytes(buffer[start:start + 8], "big")
                 start += 8
             frame_end = start + 4 + length
+            if first == 0x81 and second & 0x80 and length <= short and self._fragment_opcode is None:
+                if end < frame_end:
+                    break  # the rest of the frame has not arrived yet
+                key = buffer[start:start + 4]
+                text: bytes | bytearray = buffer[start + 4:frame_end]
+                if key != _ZERO_MASK and text:
+                    text = _unmask(text, key)
+                position = frame_end
+                try:
+                    events.append((_TEXT, text.decode("utf-8")))
+                except UnicodeDecodeError:
+                    events.append((_FAILED, 1007, "text message is not valid UTF-8"))
+                    break
+                continue
             error = self._check_header(first, second, length)
             if error is not None:
                 events.append(error)
+                skipped = skipped or error is _SKIPPED
                 if error[0] is _FAILED:
                     break
                 # TOO_BIG, or the rest of a message refused as too big: drop it unread.
@@ -261,7 +281,7 @@ class FrameParser:
                 position = frame_end
             else:
                 # A big frame: let go of its raw bytes before its payload is decoded.
-                payload = _unmask_large(buffer, start + 4, frame_end, mask)  # type: ignore[assignment]
+                payload = _unmask_large(buffer, start + 4, frame_end, mask)
                 del buffer[:frame_end]
                 event = self._frame(first & 0x80, first & 0x0F, payload, first & _RSV1, frame_end - position)
                 position, end = 0, len(buffer)
@@ -278,7 +298,7 @@ class FrameParser:
                 last = max(index for index, event in enumerate(events) if event[0] is _PING)
                 events = [event for index, event in enumerate(events) if event[0] is not _PING or index == last]
             self._pings = 0
-        return [event for event in events if event is not _SKIPPED]
+        return [event for event in events if event is not _SKIPPED] if skipped else events
 
     def _check_header(self, first: int, second: int, length: int) -> tuple | None:
         """Refuse a frame from its header alone: before its payload is waited for."""

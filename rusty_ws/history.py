@@ -310,11 +310,6 @@ class History:
         self._bytes -= len(stream.datas.popleft())
         stream.ats.popleft()
 
-    def _oldest_expired(self, horizon: float) -> bool:
-        """The global order's first slot is dropped already or its message is older than ``horizon``."""
-        stream = self._order[0]
-        return bool(stream.skipped) or stream.ats[0] <= horizon
-
     def _compact(self) -> None:
         """Rebuild the global order without the dropped slots: amortised O(1) per drop.
 
@@ -336,8 +331,21 @@ class History:
             return
         self._next_sweep = now + min(1.0, self.ttl / 10)
         horizon = now - self.ttl
-        while self._order and self._oldest_expired(horizon):
-            self._drop_oldest()
+        # The first slot of the order while it is dropped already or expired (_drop_oldest,
+        # inlined): with full streams every publish leaves one dropped slot, passed here.
+        order = self._order
+        while order:
+            stream = order[0]
+            if stream.skipped:
+                order.popleft()
+                stream.skipped -= 1
+                self._dead -= 1
+            elif stream.ats[0] <= horizon:
+                order.popleft()
+                self._bytes -= len(stream.datas.popleft())
+                stream.ats.popleft()
+            else:
+                break
         while self._idle:
             key, stream = next(iter(self._idle.items()))
             if stream.idle_since > horizon:

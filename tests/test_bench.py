@@ -52,3 +52,17 @@ def test_quick_multi_node_scenarios_run_and_lose_nothing(tmp_path) -> None:
     assert results["xfanout"]["100"]["cross-nohistory"]["ok"] and results["xsessions"]["cross-nohistory"]["ok"]
     assert all(row["ok"] for row in results["xpublish"].values())
     assert results["xpublish"]["sender"]["redis_us_per_message"] is not None
+
+
+def test_the_callgrind_driver_runs_natively_and_loses_nothing() -> None:
+    """scripts/callgrind_sessions.py's hub role, without valgrind: every delivery, in order, and its figures."""
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "callgrind_sessions.py"), "hub", "--pairs", "5",
+         "--rounds", "3"],
+        capture_output=True, text=True, timeout=120_000 * MS, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["ok"] and report["delivered"] == report["expected"] == 5 * 2 * 3 * 8
+    # os.times() ticks every 10 ms: a run this short may read 0 CPU, never less or missing.
+    assert report["cpu_us_per_delivery"] >= 0 and report["switches_per_delivery"] >= 0

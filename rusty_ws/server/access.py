@@ -60,6 +60,8 @@ class TopicAction(str, enum.Enum):
         return self.value
 
 
+_PUBLISH = TopicAction.PUBLISH  # read once per publish: a module global, not an enum class lookup
+
 #: ``permissions(username or None, session_id, topic, action) -> bool``.
 TopicPermissions = Callable[["str | None", str, str, TopicAction], bool]
 
@@ -108,7 +110,7 @@ class Access:
 
     def may_use_session(self, username: str | None, session_id: str) -> bool:
         """May ``username`` (None: an anonymous connection) use ``session_id``?"""
-        hook: SessionPolicy | None = self._hook("session_policy_hook")
+        hook: SessionPolicy | None = getattr(self._pubsub, "session_policy_hook", None)  # _hook, inlined
         if username is None:
             if not (self._anonymous_anywhere or matches_any(self._anonymous, session_id)):
                 return False
@@ -132,9 +134,10 @@ class Access:
     def topic_refusal(self, username: str | None, session_id: str, topic: str,
                       action: TopicAction) -> str | None:
         """Why ``username`` may not ``action`` ``topic`` in ``session_id`` (``forbidden_topic``), or None."""
-        if action is TopicAction.PUBLISH and self._server_only and matches_any(self._server_only, topic):
+        if action is _PUBLISH and self._server_only and matches_any(self._server_only, topic):
             return f"only the server publishes on topic {topic!r}"
-        hook: TopicPermissions | None = self._hook("permissions_hook")
+        # Once per publish: _hook inlined (getattr of None gives the default too).
+        hook: TopicPermissions | None = getattr(self._pubsub, "permissions_hook", None)
         if hook is not None and not _ask(hook, "permissions", username, session_id, topic, action):
             who = "anonymous connections" if username is None else f"user {username!r}"
             return f"{who} may not {action.value} on topic {topic!r} in session {session_id!r}"

@@ -87,9 +87,13 @@ __all__ = ["Connection"]
 logger = logging.getLogger("rusty_ws.server")
 
 #: recv(n) allocates n bytes before it blocks, so an idle connection reads with a small
-#: buffer; a read that fills it means more is waiting, and the next read takes a big one.
+#: buffer; a read that fills it means more is waiting: a non-blocking read takes it at once
+#: (``_and_waiting``), and the next read is a big one if that one filled its buffer too.
 IDLE_RECV_BYTES = 479
 BUSY_RECV_BYTES = 65536
+#: A read that does not wait (Linux, macOS): what else an idle read's burst brought.
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+_monotonic = time.monotonic
 _PONG_REPLY_FRAME = text_frame(PONG_REPLY)  # the text reply to the ``ping`` command
 # _on_event runs per message: module globals, not ``FrameEvent.X`` lookups (~0.1 us each on 3.11).
 _TEXT, _BINARY, _PING, _PONG = FrameEvent.TEXT, FrameEvent.BINARY, FrameEvent.PING, FrameEvent.PONG
@@ -186,9 +190,8 @@ class Connection(TokenLife):
         if read_ahead:  # before the loop, so the loop itself is unchanged
             logger.debug("< %s %d bytes came with the request head", self.label, len(read_ahead))
             with batch(), held():
-                for event in parser.feed(read_ahead):
-                    if not self._on_event(event):
-                        return
+                if not self._carry_out(parser.feed(read_ahead)):
+                    return
         size = IDLE_RECV_BYTES
         while True:
             try:
@@ -199,13 +202,48 @@ class Connection(TokenLife):
             if not data:
                 self._lost = "EOF"
                 return
-            size = BUSY_RECV_BYTES if len(data) == size else IDLE_RECV_BYTES
+            if len(data) < size:
+                size = IDLE_RECV_BYTES
+            elif size == IDLE_RECV_BYTES and _DONTWAIT:
+                # An idle read that filled its small buffer: take what else is waiting now,
+                # so a burst is carried out (and its sends written) as one batch, not two.
+                data, size = self._and_waiting(data)
+            else:
+                size = BUSY_RECV_BYTES
             # What the commands of one read send leaves together, at its end, after the hub's
             # lock for them (if any, Hub.commands_lock) is let go: never written under it.
             with batch(), held():
-                for event in parser.feed(data):
-                    if not self._on_event(event):
-                        return
+                if not self._carry_out(parser.feed(data)):
+                    return
+
+    def _and_waiting(self, data: bytes) -> tuple[bytes, int]:
+        """``data`` and what the socket holds beyond it now (one non-blocking read), and the next read's size.
+
+        A failed or empty read here says nothing yet: the next blocking ``recv``
+        reports the reset or the EOF, after ``data``'s commands.
+        """
+        try:
+            more = self.sock.recv(BUSY_RECV_BYTES, _DONTWAIT)
+        except OSError:  # BlockingIOError: nothing more yet; a reset: seen by the next read
+            return data, IDLE_RECV_BYTES
+        return data + more, BUSY_RECV_BYTES if len(more) == BUSY_RECV_BYTES else IDLE_RECV_BYTES
+
+    def _carry_out(self, events: list[tuple]) -> bool:
+        """Handle the events of one read, in order; False once the connection is done reading.
+
+        A text message (the usual event) is handled here rather than through
+        ``_on_event``, and whether to log commands is asked once per read.
+        """
+        outbox = self.outbox
+        command = self.handle_text if logger.isEnabledFor(logging.DEBUG) else self._command
+        for event in events:
+            if event[0] is _TEXT:
+                outbox.last_seen = _monotonic()
+                if not self._closing:
+                    command(event[1])
+            elif not self._on_event(event):
+                return False
+        return True
 
     def _on_event(self, event: tuple) -> bool:
         """Handle one parser event; False once the connection is done reading.
@@ -252,6 +290,10 @@ class Connection(TokenLife):
         if logger.isEnabledFor(logging.DEBUG):
             shown = text.partition(":")[0] + ":" + REDACTED if text.startswith(_TOKEN_VERBS) else text[:200]
             logger.debug("< %s %s", self.label, shown)
+        self._command(text)
+
+    def _command(self, text: str) -> None:
+        """``handle_text`` without its log line."""
         if self._fresh and self._first_message(text):
             return
         try:
@@ -316,17 +358,13 @@ class Connection(TokenLife):
             raise ProtocolError(ErrorCode.FORBIDDEN_SESSION, access.session_refusal(username, session_id))
         return session_id
 
-    def _allowed_topic(self, topic: str, session_id: str, action: TopicAction) -> None:
-        """Raises ``forbidden_topic`` when this connection may not ``action`` ``topic`` in ``session_id``."""
-        claims = self.claims
-        refusal = self.hub.access.topic_refusal(claims.sub if claims else None, session_id, topic, action)
-        if refusal is not None:
-            raise ProtocolError(ErrorCode.FORBIDDEN_TOPIC, refusal)
-
     def _stream(self, topic: str, session_id: str | None, action: TopicAction) -> str:
         """The session of a command on ``topic``, once both checks passed."""
         session_id = self._allowed_session(session_id)
-        self._allowed_topic(topic, session_id, action)
+        claims = self.claims  # _allowed_topic, inlined: once per publish
+        refusal = self.hub.access.topic_refusal(claims.sub if claims else None, session_id, topic, action)
+        if refusal is not None:
+            raise ProtocolError(ErrorCode.FORBIDDEN_TOPIC, refusal)
         return session_id
 
 
@@ -357,15 +395,16 @@ class Connection(TokenLife):
         self.hub.writer.send_to(self.outbox, text_frame(reply))
 
     def _on_publish(self, command: Publish) -> None:
-        user = self.claims.sub if self.claims else None
+        claims = self.claims
+        user = claims.sub if claims else None
         try:
-            delivery = Delivery(
-                publisher_name=command.publisher_name or self.name or user or "anonymous",
-                topic=command.topic,
-                payload=command.payload,
-                timestamp=command.timestamp or rfc3339_now(),
-                session_id=self._stream(command.topic, command.session_id, _PUBLISH),
-                user=user,
+            delivery = Delivery(  # positional, once per publish: publisher_name, topic, payload, timestamp, session_id
+                command.publisher_name or self.name or user or "anonymous",
+                command.topic,
+                command.payload,
+                command.timestamp or rfc3339_now(),
+                self._stream(command.topic, command.session_id, _PUBLISH),
+                user,
             )
             if command.id is None:
                 self.hub.publish(delivery)

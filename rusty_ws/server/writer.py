@@ -59,6 +59,7 @@ __all__ = ["Outbox", "OutboxState", "Writer"]
 
 logger = logging.getLogger("rusty_ws.server")
 
+_get_ident = threading.get_ident
 #: Non-blocking send on a blocking socket (Linux, macOS); the reader thread keeps its blocking recv.
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 #: Most bytes joined for one send: enough to fill a socket buffer, little to copy.
@@ -150,7 +151,12 @@ class Writer:
         # _flush_lock: held by the one thread that drains _jobs and writes. It owns the
         # outboxes, _boxes and _flush_list. Held only for non-blocking work, never while waiting.
         self._flush_lock = threading.Lock()
-        self._batching = _BatchDepth()  # .depth: how many batch() blocks this thread is inside
+        # How many batch() blocks each thread is inside (thread ident -> depth), with an entry
+        # only while it is inside one, so ``in`` says whether it is. Not a threading.local:
+        # that keeps a dict for every thread that ever batched, ~0.4 KiB for each idle
+        # connection's thread (docs/architecture.md). Each thread reads and writes its own
+        # key only; a dict's get, set and del are atomic under the GIL.
+        self._inside_batch: dict[int, int] = {}
         self._batch = _Batch(self)
         # The writer thread waits in this selector for the wake-up socket and for
         # room in watched sockets; the _flush_lock holder registers the latter.
@@ -197,10 +203,14 @@ class Writer:
         saturated) this publisher first helps drain them, which slows it down
         to what the hub delivers.
         """
-        if len(self._jobs) >= self.max_jobs:
+        jobs = self._jobs
+        if len(jobs) >= self.max_jobs:
             with self._flush_lock:
                 self._work_locked()
-        self._submit(self._send_many_locked, frame, targets)
+        # _submit, inlined: once per publish.
+        jobs.append((self._send_many_locked, frame, targets))
+        if _get_ident() not in self._inside_batch:
+            self.flush()
 
     def send_to(self, box: Outbox, frame: bytes) -> None:
         """Queue ``frame`` for one outbox (replies, pongs) and write it if nobody else is writing."""
@@ -221,7 +231,7 @@ class Writer:
     @property
     def batching(self) -> bool:
         """The calling thread is inside ``batch()``: what it sends now is written at the block's end."""
-        return bool(self._batching.depth)
+        return _get_ident() in self._inside_batch
 
     def flush(self) -> None:
         """Do the queued work on this thread now, unless another thread is at it (it does ours too)."""
@@ -303,7 +313,7 @@ class Writer:
 
     def _submit(self, method: Callable[[Any, Any], None], a: Any, b: Any) -> None:
         self._jobs.append((method, a, b))
-        if not self._batching.depth:
+        if _get_ident() not in self._inside_batch:
             self.flush()
 
     def _interrupt(self) -> None:
@@ -618,53 +628,26 @@ class Writer:
             sock.close()
 
 
-class _BatchDepth:
-    """How many ``Writer.batch()`` blocks each thread is inside, with an entry only while it is inside one.
-
-    Not a ``threading.local``: that keeps a dict for every thread that ever
-    batched, ~0.4 KiB for each idle connection's thread (docs/architecture.md).
-    Each thread reads and writes its own key only; a dict's get, set and del
-    are atomic under the GIL.
-    """
-
-    __slots__ = ("_depths",)
-
-    def __init__(self) -> None:
-        self._depths: dict[int, int] = {}
-
-    @property
-    def depth(self) -> int:
-        return self._depths.get(threading.get_ident(), 0)
-
-    def enter(self) -> None:
-        depths, key = self._depths, threading.get_ident()
-        depths[key] = depths.get(key, 0) + 1
-
-    def leave(self) -> bool:
-        """One block ended; True when it was this thread's outermost."""
-        depths, key = self._depths, threading.get_ident()
-        left = depths[key] - 1
-        if left:
-            depths[key] = left
-            return False
-        del depths[key]
-        return True
-
-
 class _Batch:
     """``Writer.batch()``'s block: counts this thread's depth, and flushes when the outermost ends."""
 
-    __slots__ = ("_writer", "_state")
+    __slots__ = ("_writer", "_depths")
 
     def __init__(self, writer: Writer) -> None:
         self._writer = writer
-        self._state = writer._batching
+        self._depths = writer._inside_batch
 
     def __enter__(self) -> None:
-        self._state.enter()
+        depths, key = self._depths, _get_ident()
+        depths[key] = depths.get(key, 0) + 1
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._state.leave():
+        depths, key = self._depths, _get_ident()
+        left = depths[key] - 1
+        if left:
+            depths[key] = left
+        else:
+            del depths[key]
             self._writer.flush()
 
 

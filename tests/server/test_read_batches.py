@@ -12,16 +12,17 @@ from other connections at once, and app hooks, which never run under it.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 
 from flask import Flask
 
-from rusty_ws import PubSub
+from rusty_ws import PubSub, create_app
 from rusty_ws.brokers import MemoryBroker
 from rusty_ws.protocol import encode_ping, encode_subscribe
 from rusty_ws.server.hub import Hub
 from rusty_ws.server.state import state_of
-from support import WAIT, Client, Frame, RawSocket, client_frame, hub_config, running_server
+from support import WAIT, Client, Frame, FrameReader, RawSocket, client_frame, hub_config, running_server
 
 
 def text(verb: str, body: object) -> bytes:
@@ -230,3 +231,70 @@ def test_a_client_in_another_read_is_served_while_one_floods() -> None:
                 assert other.command(encode_ping()) == []  # answered between the flood's reads
         assert flood.sync() == []
         flood.sock.close()
+
+
+class SendCounter:
+    """The hub's end of a socket, counting the writer's sends (everything else passes through)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.sends = 0
+
+    def send(self, data: bytes, flags: int = 0) -> int:
+        self.sends += 1
+        return self.sock.send(data, flags)
+
+    def __getattr__(self, name: str):
+        return getattr(self.sock, name)
+
+
+def _frames_until(reader: FrameReader, sock: socket.socket, count: int) -> list[Frame]:
+    frames: list[Frame] = []
+    for _ in range(1000):  # bounded: each recv brings at least a byte, WAIT each at most
+        if len(frames) >= count:
+            break
+        frames += reader.feed(sock.recv(65536))
+    return frames
+
+
+def test_a_burst_past_the_idle_read_is_carried_out_as_one_batch() -> None:
+    """An idle connection reads 479 bytes first; what else the burst brought joins that read.
+
+    So the burst's deliveries and its pong leave in one send, not one for the
+    first read's commands and one for the rest's.
+    """
+    hub = state_of(create_app(hub_config())).hub
+    ours, theirs = socket.socketpair()
+    theirs.settimeout(WAIT)
+    counter = SendCounter(ours)
+    serving = threading.Thread(target=hub.serve, args=(counter, None), daemon=True)
+    serving.start()
+    reader = FrameReader()
+    try:
+        theirs.sendall(client_frame(encode_subscribe("T", "s").encode()) + client_frame(encode_ping().encode()))
+        assert [frame.text() for frame in _frames_until(reader, theirs, 1)] == ["pong"]
+        before = counter.sends
+        burst = b"".join(publish("T", f"{n:03d}" + "x" * 60) for n in range(20)) + client_frame(b"ping")
+        assert 479 < len(burst) < 65536
+        theirs.sendall(burst)
+        got = [frame.text() for frame in _frames_until(reader, theirs, 21)]
+        assert [json.loads(text)["payload"][:3] for text in got[:20]] == [f"{n:03d}" for n in range(20)]
+        assert got[20:] == ["pong"]
+        assert counter.sends - before == 1
+    finally:
+        theirs.close()
+        serving.join(WAIT)
+        hub.shutdown(WAIT)
+        ours.close()
+
+
+def test_a_burst_and_its_end_in_one_write_are_all_carried_out_before_the_end() -> None:
+    """The non-blocking read after the idle one may bring the EOF too: the commands before it still run."""
+    with running_server() as server:
+        with server.connect() as watcher:
+            watcher.command(encode_subscribe("T", "s"))
+            raw = RawSocket(server.port)
+            raw.sock.sendall(b"".join(publish("T", n) for n in range(30)) + client_frame(b"\x03\xe8", opcode=0x8))
+            assert raw.recv_frame().close()[0] == 1000
+            raw.sock.close()
+            assert [json.loads(m)["payload"] for m in watcher.sync()] == list(range(30))
