@@ -62,6 +62,8 @@ _BUSY_RESPONSE = (
 )
 #: Where ``HubRequestHandler`` leaves, in the environ, a callable that frees the request head's buffers.
 RELEASE_HEAD_KEY = "rusty_ws.release_head"
+#: Set in the environ when the server read exactly the request head off the socket, nothing past it.
+HEAD_ONLY_KEY = "rusty_ws.head_only"
 _NO_HEADERS = email.message.Message()  # what a released handler's ``headers`` are: empty, shared
 _TIMEOUT_RESPONSE = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 
@@ -150,6 +152,9 @@ class HubRequestHandler(WSGIRequestHandler):
     def __init__(self, request: Any, client_address: Any, server: "HubServer") -> None:
         self._pending = True  # HubServer.process_request counted this socket when it accepted it
         self._head: _HeadReader | None = None  # while a request is read and served
+        self._fresh = True  # nothing read off the socket yet: the first head may be taken whole
+        self._whole = False  # this request's head was taken whole: nothing past it was read
+        self._reader: Any = None  # the socket's buffered reader, while rfile is the whole head's BytesIO
         try:
             super().__init__(request, client_address, server)  # setup, handle (every request), finish
         finally:
@@ -158,6 +163,12 @@ class HubRequestHandler(WSGIRequestHandler):
     def handle_one_request(self) -> None:
         """Read one request head within the bounds; werkzeug then serves the request (a WebSocket: all of it)."""
         server = self.server
+        if self._fresh:
+            self._fresh = False
+            whole = self._whole_head()
+            if whole is not None:
+                self._serve_whole(whole)
+                return
         if not self._pending:  # a kept-alive connection, waiting for its next request (werkzeug 3
             # answers every request with "Connection: close", but http.server would go on)
             if not server.pending.take():
@@ -188,16 +199,66 @@ class HubRequestHandler(WSGIRequestHandler):
             self._head = None
             self._head_done()
 
+    def _whole_head(self) -> bytes | None:
+        """The first request head, taken off the socket at once if all of it has arrived; else None.
+
+        The usual case: a client sends its head in one go, and by the time this
+        thread runs it is all there. One peek finds where it ends, one read takes
+        exactly that much, and http.server parses it from memory: no deadline to
+        keep, so no ``settimeout`` per line (each an ``ioctl`` that lets go of
+        the GIL) and no ``poll`` before each read. What follows the head (frames
+        sent before the 101, or a body) stays in the socket for its reader.
+
+        None, and the bounded reading of ``_HeadReader`` decides, for a head
+        not all there yet, larger than ``max_head_size``, or with a line ending
+        in a bare LF (where http.server's line rules, not ``\r\n\r\n``, say
+        where the head ends).
+        """
+        sock = self.connection
+        try:
+            peeked = sock.recv(self.server.max_head_size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except OSError:  # nothing there yet (EAGAIN), or a reset the slow path meets again
+            return None
+        end = peeked.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        size = end + 4
+        if peeked.count(b"\n", 0, size) != peeked.count(b"\r\n", 0, size):
+            return None
+        head = sock.recv(size, socket.MSG_WAITALL)  # there already: returns at once
+        if len(head) != size:  # only this thread reads the socket: cannot happen short of a reset
+            raise ConnectionResetError("the request head went away while it was read")
+        return head
+
+    def _serve_whole(self, head: bytes) -> None:
+        """Serve the request whose head ``_whole_head`` took: http.server reads it from memory."""
+        self._whole = True
+        self._reader, self.rfile = self.rfile, io.BytesIO(head)
+        try:
+            super().handle_one_request()  # http.server's, through parse_request below
+        finally:
+            if self._reader is not None:  # parse_request did not get to put it back
+                self.rfile, self._reader = self._reader, None
+            self._whole = False
+            self._head_done()
+
     def parse_request(self) -> bool:
-        ok = super().parse_request()  # reads the headers through the _HeadReader
+        ok = super().parse_request()  # reads the headers through the _HeadReader or the whole head
         if ok:
-            self.rfile = self.rfile.rfile  # type: ignore[attr-defined]  # werkzeug's environ gets the real one
+            # werkzeug's environ gets the socket's own reader (no other reference is kept: see
+            # _release_head).
+            if self._reader is not None:
+                self.rfile, self._reader = self._reader, None
+            else:
+                self.rfile = self.rfile.rfile  # type: ignore[attr-defined]
             self._head_done()
             # A WebSocket then blocks on its reads for as long as it lives (views.py clears
             # the timeout too); any other request keeps one per read and write, for its body
             # and its answer. werkzeug routes a request that would pass this test to WebSocket
             # routes only (any other route answers it 400), so no body or answer escapes it.
-            self.connection.settimeout(None if self._is_websocket_upgrade() else self.server.head_timeout)
+            timeout = None if self._is_websocket_upgrade() else self.server.head_timeout
+            if self.connection.gettimeout() != timeout:  # a whole head left it blocking: no ioctl
+                self.connection.settimeout(timeout)
         return ok
 
     def _is_websocket_upgrade(self) -> bool:
@@ -211,6 +272,8 @@ class HubRequestHandler(WSGIRequestHandler):
     def make_environ(self) -> dict[str, Any]:
         environ = super().make_environ()
         environ[RELEASE_HEAD_KEY] = self._release_head
+        if self._whole:
+            environ[HEAD_ONLY_KEY] = True
         return environ
 
     def _release_head(self, environ: dict[str, Any]) -> None:

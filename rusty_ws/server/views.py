@@ -62,7 +62,7 @@ from ..auth import Claims, default_session_for
 from ..exceptions import AuthError, ProtocolError, TokenInvalid
 from ..frames import ACCEPTED_DEFLATE, deflate_offer_to_accept
 from ..protocol import check_session, loads_strict
-from .serving import RELEASE_HEAD_KEY
+from .serving import HEAD_ONLY_KEY, RELEASE_HEAD_KEY
 from .throttle import client_address
 
 if TYPE_CHECKING:
@@ -331,13 +331,15 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
                 sock.sendall(_switching_protocols(environ["HTTP_SEC_WEBSOCKET_KEY"], admission.deflate))
             except OSError:
                 return _AlreadyAnswered()  # the client went away before its 101
-            read_ahead = _read_ahead(environ, sock)
+            # HubRequestHandler read exactly the head: what follows is in the socket, for Hub.serve.
+            read_ahead = b"" if environ.pop(HEAD_ONLY_KEY, False) else _read_ahead(environ, sock)
             if read_ahead is None:
                 _warn_unknown_server(environ)
             release_head = environ.pop(RELEASE_HEAD_KEY, None)  # HubRequestHandler's (serving.py)
             if release_head is not None:
                 release_head(environ)
-            sock.settimeout(None)  # a blocking reader; writes use MSG_DONTWAIT
+            if sock.gettimeout() is not None:  # (each settimeout is an ioctl, which lets go of the GIL)
+                sock.settimeout(None)  # a blocking reader; writes use MSG_DONTWAIT
             admission.served = True  # Hub.serve counts the connection's end, on every path
             hub.serve(sock, admission.claims, request.remote_addr or "?", deflate=admission.deflate,
                       read_ahead=read_ahead or b"")
