@@ -29,6 +29,7 @@ import errno
 import gc
 import io
 import logging
+import re
 import signal
 import socket
 import threading
@@ -62,6 +63,12 @@ _BUSY_RESPONSE = (
 )
 #: Where ``HubRequestHandler`` leaves, in the environ, a callable that frees the request head's buffers.
 RELEASE_HEAD_KEY = "rusty_ws.release_head"
+#: A plain header block (``HubRequestHandler._parse_plain``): at most 99 lines (http.client's limit
+#: counts the blank line too) of a name in email's header-name bytes, a colon, and a value of
+#: printable or Latin-1 bytes and tabs; then the blank line.
+_PLAIN_HEADERS = re.compile(rb"(?:[!-9;-~]+:[\t -~\x80-\xff]*\r\n){0,99}\r\n")
+_PLAIN_VERSIONS = frozenset({"HTTP/1.1", "HTTP/1.0"})
+_PLAIN_MAX = 65536  # http.client's longest line: a head past it is left to http.server's own checks
 #: Set in the environ when the server read exactly the request head off the socket, nothing past it.
 HEAD_ONLY_KEY = "rusty_ws.head_only"
 _NO_HEADERS = email.message.Message()  # what a released handler's ``headers`` are: empty, shared
@@ -89,11 +96,11 @@ class _HeadReader:
     further than the budget allows, so what a head can hold in memory is bounded.
     """
 
-    def __init__(self, rfile: BinaryIO, sock: socket.socket, budget: int, timeout: float) -> None:
+    def __init__(self, rfile: BinaryIO, sock: socket.socket, budget: int, deadline: float) -> None:
         self.rfile = rfile
         self.sock = sock
         self.left = budget
-        self.deadline = time.monotonic() + timeout
+        self.deadline = deadline  # time.monotonic() by which the whole head must be in
         self.lines = 0  # lines read: 0 while the request line is awaited
         self.started = False  # some byte of a head arrived
 
@@ -163,9 +170,15 @@ class HubRequestHandler(WSGIRequestHandler):
     def handle_one_request(self) -> None:
         """Read one request head within the bounds; werkzeug then serves the request (a WebSocket: all of it)."""
         server = self.server
+        deadline = time.monotonic() + server.head_timeout  # for the whole head, however it comes
         if self._fresh:
             self._fresh = False
-            whole = self._whole_head()
+            try:
+                whole = self._whole_head(deadline)
+            except _HeadTimedOut:
+                self._timed_out(started=False)
+                self._head_done()
+                return
             if whole is not None:
                 self._serve_whole(whole)
                 return
@@ -175,10 +188,11 @@ class HubRequestHandler(WSGIRequestHandler):
                 self.close_connection = True
                 return
             self._pending = True
+            deadline = time.monotonic() + server.head_timeout
         # No local keeps the buffered reader: a WebSocket's request lasts as long as it does,
         # and _release_head must be able to drop it (head.rfile is the one reference left).
         head = self._head = _HeadReader(self.rfile, self.connection, server.max_head_size,  # type: ignore[arg-type]
-                                        server.head_timeout)
+                                        deadline)
         self.rfile = head  # type: ignore[assignment]
         try:
             super().handle_one_request()
@@ -186,47 +200,70 @@ class HubRequestHandler(WSGIRequestHandler):
             self.rfile = head.rfile  # type: ignore[assignment]
             self._refuse_head(exc)
         except _HeadTimedOut:
-            self.close_connection = True
-            if head.started:  # some of a head came: say why we hang up (an idle socket just goes)
-                try:
-                    self.connection.send(_TIMEOUT_RESPONSE, socket.MSG_DONTWAIT)
-                except OSError:
-                    pass
-            logger.debug("! %s sent no whole request head within %.1fs; closed",
-                         self.client_address[0], server.head_timeout)
+            self._timed_out(head.started)
         finally:
             self.rfile = head.rfile  # type: ignore[assignment]
             self._head = None
             self._head_done()
 
-    def _whole_head(self) -> bytes | None:
-        """The first request head, taken off the socket at once if all of it has arrived; else None.
+    def _timed_out(self, started: bool) -> None:
+        self.close_connection = True
+        if started:  # some of a head came: say why we hang up (an idle socket just goes)
+            try:
+                self.connection.send(_TIMEOUT_RESPONSE, socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+        logger.debug("! %s sent no whole request head within %.1fs; closed",
+                     self.client_address[0], self.server.head_timeout)
 
-        The usual case: a client sends its head in one go, and by the time this
-        thread runs it is all there. One peek finds where it ends, one read takes
-        exactly that much, and http.server parses it from memory: no deadline to
-        keep, so no ``settimeout`` per line (each an ``ioctl`` that lets go of
+    def _whole_head(self, deadline: float) -> bytes | None:
+        """The first request head, taken off the socket at once if all of it came together; else None.
+
+        The usual case: a client sends its head in one write, and it arrives
+        whole. One peek finds where it ends, one read takes exactly that much,
+        and http.server parses it from memory: no deadline to keep while it is
+        parsed, so no ``settimeout`` per line (each an ``ioctl`` that lets go of
         the GIL) and no ``poll`` before each read. What follows the head (frames
         sent before the 101, or a body) stays in the socket for its reader.
+        Before anything has arrived this waits (within ``deadline``) for the
+        first bytes, which are then usually the whole head.
 
         None, and the bounded reading of ``_HeadReader`` decides, for a head
-        not all there yet, larger than ``max_head_size``, or with a line ending
-        in a bare LF (where http.server's line rules, not ``\r\n\r\n``, say
-        where the head ends).
+        that came in parts, one larger than ``max_head_size``, one with a line
+        ending in a bare LF (where http.server's line rules, not ``\r\n\r\n``,
+        say where the head ends), and at EOF or an error.
+
+        Raises:
+            _HeadTimedOut: not one byte came before ``deadline``.
         """
         sock = self.connection
-        try:
-            peeked = sock.recv(self.server.max_head_size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except OSError:  # nothing there yet (EAGAIN), or a reset the slow path meets again
+        size = self.server.max_head_size
+        flags = socket.MSG_PEEK | socket.MSG_DONTWAIT
+        for _ in range(2):  # before the first bytes, then once they came
+            try:
+                peeked = sock.recv(size, flags)
+            except BlockingIOError:  # nothing yet: wait for the first bytes (a timeout ioctl, once)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise _HeadTimedOut() from None
+                sock.settimeout(remaining)
+                flags = socket.MSG_PEEK
+                continue
+            except TimeoutError:
+                raise _HeadTimedOut() from None
+            except OSError:  # a reset: the bounded path meets it again and ends as it always did
+                return None
+            break
+        else:
             return None
         end = peeked.find(b"\r\n\r\n")
         if end < 0:
             return None
-        size = end + 4
-        if peeked.count(b"\n", 0, size) != peeked.count(b"\r\n", 0, size):
+        end += 4
+        if peeked.count(b"\n", 0, end) != peeked.count(b"\r\n", 0, end):
             return None
-        head = sock.recv(size, socket.MSG_WAITALL)  # there already: returns at once
-        if len(head) != size:  # only this thread reads the socket: cannot happen short of a reset
+        head = sock.recv(end, socket.MSG_WAITALL)  # there already: returns at once
+        if len(head) != end:  # only this thread reads the socket: cannot happen short of a reset
             raise ConnectionResetError("the request head went away while it was read")
         return head
 
@@ -234,6 +271,7 @@ class HubRequestHandler(WSGIRequestHandler):
         """Serve the request whose head ``_whole_head`` took: http.server reads it from memory."""
         self._whole = True
         self._reader, self.rfile = self.rfile, io.BytesIO(head)
+        del head  # the BytesIO holds it only until parse_request lets go of it, not for the request's life
         try:
             super().handle_one_request()  # http.server's, through parse_request below
         finally:
@@ -242,8 +280,52 @@ class HubRequestHandler(WSGIRequestHandler):
             self._whole = False
             self._head_done()
 
+    def _parse_plain(self) -> bool | None:
+        """``parse_request`` for a plain whole head, without email's parser; None: not plain.
+
+        http.server parses headers with ``email.feedparser`` (~60 us a request
+        here, the largest part of reading a head). A head whose request line is
+        three words and whose every header line is ``name:value`` on one line
+        (``_PLAIN_HEADERS``) means the same to both: the same names, values
+        with their leading blanks dropped, in order, duplicates kept. Anything
+        else (folded lines, a line that is no header, too many, odd bytes,
+        HTTP/0.9 or 2) is left to http.server, which parses it as it always did.
+        """
+        head = self.rfile.getvalue()  # type: ignore[attr-defined]  # the whole head's BytesIO
+        raw_line = self.raw_requestline
+        if len(head) > _PLAIN_MAX or not head.startswith(raw_line):
+            return None
+        requestline = raw_line.decode("iso-8859-1").rstrip("\r\n")
+        words = requestline.split(" ")
+        if len(words) != 3 or words[2] not in _PLAIN_VERSIONS or requestline.split() != words:
+            return None
+        block = head[len(raw_line):]
+        if _PLAIN_HEADERS.fullmatch(block) is None:
+            return None
+        command, path, version = words
+        self.command, self.request_version, self.requestline = command, version, requestline
+        self.close_connection = not (version == "HTTP/1.1" and self.protocol_version >= "HTTP/1.1")
+        self.path = "/" + path.lstrip("/") if path.startswith("//") else path  # as http.server does
+        headers = self.MessageClass()
+        for line in block.decode("iso-8859-1").split("\r\n")[:-2]:
+            name, _, value = line.partition(":")
+            headers[name] = value.lstrip(" \t")
+        self.headers = headers
+        # The rest of http.server's parse_request, on these headers:
+        connection = headers.get("Connection", "").lower()
+        if connection == "close":
+            self.close_connection = True
+        elif connection == "keep-alive" and self.protocol_version >= "HTTP/1.1":
+            self.close_connection = False
+        if (headers.get("Expect", "").lower() == "100-continue" and self.protocol_version >= "HTTP/1.1"
+                and version >= "HTTP/1.1"):
+            return self.handle_expect_100()
+        return True
+
     def parse_request(self) -> bool:
-        ok = super().parse_request()  # reads the headers through the _HeadReader or the whole head
+        plain = self._parse_plain() if self._whole else None
+        # Else http.server reads the headers through the _HeadReader or from the whole head.
+        ok = super().parse_request() if plain is None else plain
         if ok:
             # werkzeug's environ gets the socket's own reader (no other reference is kept: see
             # _release_head).

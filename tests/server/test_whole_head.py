@@ -182,3 +182,28 @@ def wait_hung_up(sock: socket.socket) -> bytes:
         if not chunk:
             return data
         data += chunk
+
+
+def test_a_head_sent_after_the_thread_started_waiting_is_still_taken_whole() -> None:
+    """The socket is accepted (and counted) before its client writes: the thread waits for the first bytes."""
+    with running_server(echo_app()) as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as sock:
+        assert server.hub.pending_requests.wait_for(1, WAIT)
+        sock.sendall(head(ODD_HEADS["duplicates"], "\r\n"))
+        status, _, body = read_response(sock)
+        assert status == 200 and json.loads(body)["whole"] is True
+        assert server.hub.pending_requests.wait_for(0, WAIT)
+
+
+def test_expect_100_continue_is_answered_on_the_plain_path() -> None:
+    """http.server's parse_request answers "Expect: 100-continue"; the plain parser must too."""
+    with running_server(echo_app()) as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as sock:
+        body = json.dumps({"username": "testuser", "password": "password"}).encode()
+        sock.sendall(b"POST /auth/token HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+        status, _, _ = read_response(sock)
+        assert status == 100
+        sock.sendall(body)
+        status, _, answer = read_response(sock)
+        assert status == 200 and "token" in json.loads(answer), answer
