@@ -56,7 +56,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Request, Response, jsonify, request
 
 from ..auth import Claims, default_session_for
 from ..exceptions import AuthError, ProtocolError, TokenInvalid
@@ -126,15 +126,15 @@ def _error(status: int, code: str, message: str) -> tuple[Response, int]:
     return jsonify({"error": message, "code": code}), status
 
 
-def _header_tokens(name: str) -> set[str]:
-    return {token.strip().lower() for token in request.headers.get(name, "").split(",")}
+def _header_tokens(headers: Any, name: str) -> set[str]:
+    return {token.strip().lower() for token in headers.get(name, "").split(",")}
 
 
-def _handshake_error() -> tuple[Response, int] | None:
+def _handshake_error(req: Request) -> tuple[Response, int] | None:
     """What makes this request no WebSocket opening handshake (RFC 6455 4.2.1), or None."""
-    headers = request.headers
-    if (request.method != "GET" or "websocket" not in _header_tokens("Upgrade")
-            or "upgrade" not in _header_tokens("Connection")):
+    headers = req.headers
+    if (req.method != "GET" or "websocket" not in _header_tokens(headers, "Upgrade")
+            or "upgrade" not in _header_tokens(headers, "Connection")):
         return _error(400, "bad_handshake", "a WebSocket handshake is a GET with 'Upgrade: websocket' "
                                             "and 'Connection: Upgrade'")
     version = headers.get("Sec-WebSocket-Version")
@@ -151,7 +151,7 @@ def _handshake_error() -> tuple[Response, int] | None:
         valid_key = False
     if not valid_key:
         return _error(400, "bad_handshake", "'Sec-WebSocket-Key' must be 16 bytes in base64")
-    if request.content_length or "Transfer-Encoding" in headers:
+    if req.content_length or "Transfer-Encoding" in headers:
         return _error(400, "bad_handshake", "a WebSocket handshake has no body")
     return None
 
@@ -242,6 +242,7 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
     # Bounds the password checks that run at once: a users-file check (scrypt) takes
     # ~32 MiB for its duration, so 64 logins at once would take 2 GiB.
     logins = threading.BoundedSemaphore(settings.max_concurrent_logins)
+    websocket_endpoint = f"{bp.name}.{_WS_ENDPOINT}"
 
     @bp.before_request
     def _check_host() -> Any:
@@ -254,24 +255,28 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
 
     @bp.before_request
     def _admit() -> Any:
-        if request.endpoint != f"{bp.name}.{_WS_ENDPOINT}":
+        # Every WebSocket passes here: the request itself, not the proxy (each proxy
+        # access is a context lookup), and no query-string parse when there is none.
+        req: Request = request._get_current_object()  # type: ignore[attr-defined]
+        if req.endpoint != websocket_endpoint:
             return None
-        refused = _handshake_error()
+        refused = _handshake_error(req)
         if refused is not None:
             return refused
-        if not settings.origin_allowed(request.headers.get("Origin"), request.host):
+        environ = req.environ
+        if not settings.origin_allowed(req.headers.get("Origin"), req.host):
             return _error(403, "forbidden_origin", "this origin may not open WebSockets here")
-        raw_socket = request.environ.get("werkzeug.socket") or request.environ.get("gunicorn.socket")
+        raw_socket = environ.get("werkzeug.socket") or environ.get("gunicorn.socket")
         if isinstance(raw_socket, ssl.SSLSocket):
             logger.error("a TLS WebSocket reached the hub: terminate TLS in a reverse proxy")
             return _error(501, "tls_not_supported", "terminate TLS in a reverse proxy")
-        token = request.args.get("token") or _bearer_token()
+        token = (req.args.get("token") if req.query_string else None) or _bearer_token()
         claims = None
         if token:
             try:
                 claims = state.tokens.verify(token)
             except AuthError as exc:
-                logger.info("refused a WebSocket from %s: %s", request.remote_addr, exc.code)
+                logger.info("refused a WebSocket from %s: %s", req.remote_addr, exc.code)
                 return _error(exc.status, exc.code, exc.message)
         # No token: anonymous, or under REQUIRE_AUTH upgraded to wait for auth:{token}.
         if not hub.take_slot():
@@ -285,11 +290,11 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
         # parameters it is offered. It sees an offer only when compression is on and
         # the client's offer allows our one answer, server_no_context_takeover: every
         # delivery is then compressed once for all compressing subscribers.
-        offer = request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
+        offer = environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
         deflate = bool(settings.compression) and deflate_offer_to_accept(offer)
         if deflate:
-            request.environ["HTTP_SEC_WEBSOCKET_EXTENSIONS"] = ACCEPTED_DEFLATE
-        request.environ[ADMISSION_KEY] = Admission(claims, deflate)
+            environ["HTTP_SEC_WEBSOCKET_EXTENSIONS"] = ACCEPTED_DEFLATE
+        environ[ADMISSION_KEY] = Admission(claims, deflate)
         return None
 
     @bp.teardown_request

@@ -205,5 +205,10 @@ def test_expect_100_continue_is_answered_on_the_plain_path() -> None:
         status, _, _ = read_response(sock)
         assert status == 100
         sock.sendall(body)
-        status, _, answer = read_response(sock)
+        # werkzeug's run_wsgi sends a 100 Continue of its own after http.server's (both paths, as
+        # before): read past any second one.
+        for _ in range(3):
+            status, _, answer = read_response(sock)
+            if status != 100:
+                break
         assert status == 200 and "token" in json.loads(answer), answer
