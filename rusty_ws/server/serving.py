@@ -140,6 +140,34 @@ class _HeadReader:
         return chunk
 
 
+class _Replay(io.RawIOBase):
+    """A socket's raw reader that first gives back bytes already taken off it (``_whole_head``'s)."""
+
+    def __init__(self, data: bytes, raw: Any) -> None:
+        super().__init__()
+        self.data = data
+        self.raw = raw  # the socket's SocketIO: its reference keeps the descriptor open (see _release_head)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.data
+        if not data:
+            return self.raw.readinto(buffer)
+        count = min(len(buffer), len(data))
+        buffer[:count] = data[:count]
+        self.data = data[count:]
+        return count
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
 class HubRequestHandler(WSGIRequestHandler):
     """werkzeug's handler with a smaller read buffer and a bounded request head. For ``HubServer`` only.
 
@@ -160,7 +188,8 @@ class HubRequestHandler(WSGIRequestHandler):
         self._pending = True  # HubServer.process_request counted this socket when it accepted it
         self._head: _HeadReader | None = None  # while a request is read and served
         self._fresh = True  # nothing read off the socket yet: the first head may be taken whole
-        self._whole = False  # this request's head was taken whole: nothing past it was read
+        self._whole = False  # this request's head was taken whole
+        self._ahead = False  # bytes past the head were taken too (the reader gives them first)
         self._reader: Any = None  # the socket's buffered reader, while rfile is the whole head's BytesIO
         try:
             super().__init__(request, client_address, server)  # setup, handle (every request), finish
@@ -220,34 +249,36 @@ class HubRequestHandler(WSGIRequestHandler):
         """The first request head, taken off the socket at once if all of it came together; else None.
 
         The usual case: a client sends its head in one write, and it arrives
-        whole. One peek finds where it ends, one read takes exactly that much,
-        and http.server parses it from memory: no deadline to keep while it is
+        whole. One read of up to ``max_head_size`` bytes takes it, and
+        http.server parses it from memory: no deadline to keep while it is
         parsed, so no ``settimeout`` per line (each an ``ioctl`` that lets go of
-        the GIL) and no ``poll`` before each read. What follows the head (frames
-        sent before the 101, or a body) stays in the socket for its reader.
-        Before anything has arrived this waits (within ``deadline``) for the
-        first bytes, which are then usually the whole head.
+        the GIL) and no ``poll`` before each read. Bytes the read took past the
+        head (frames sent before the 101, or a body) are given back to the
+        request's reader (``_give_back``), which returns them before it reads
+        the socket; usually there are none, and the view is told so
+        (``HEAD_ONLY_KEY``). Before anything has arrived this waits (within
+        ``deadline``) for the first bytes, which are then usually the whole head.
 
-        None, and the bounded reading of ``_HeadReader`` decides, for a head
-        that came in parts, one larger than ``max_head_size``, one with a line
-        ending in a bare LF (where http.server's line rules, not ``\r\n\r\n``,
-        say where the head ends), and at EOF or an error.
+        None, and the bounded reading of ``_HeadReader`` decides (from the bytes
+        given back, then the socket), for a head that came in parts, one larger
+        than ``max_head_size``, one with a line ending in a bare LF (where
+        http.server's line rules, not ``\r\n\r\n``, say where the head ends),
+        and at EOF or an error.
 
         Raises:
             _HeadTimedOut: not one byte came before ``deadline``.
         """
         sock = self.connection
-        size = self.server.max_head_size
-        flags = socket.MSG_PEEK | socket.MSG_DONTWAIT
+        flags: int = socket.MSG_DONTWAIT
         for _ in range(2):  # before the first bytes, then once they came
             try:
-                peeked = sock.recv(size, flags)
+                data = sock.recv(self.server.max_head_size, flags)
             except BlockingIOError:  # nothing yet: wait for the first bytes (a timeout ioctl, once)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise _HeadTimedOut() from None
                 sock.settimeout(remaining)
-                flags = socket.MSG_PEEK
+                flags = 0
                 continue
             except TimeoutError:
                 raise _HeadTimedOut() from None
@@ -256,16 +287,20 @@ class HubRequestHandler(WSGIRequestHandler):
             break
         else:
             return None
-        end = peeked.find(b"\r\n\r\n")
-        if end < 0:
+        end = data.find(b"\r\n\r\n") + 4
+        if end < 4 or data.count(b"\n", 0, end) != data.count(b"\r\n", 0, end):
+            self._give_back(data)  # the bounded path reads it first, then the socket
             return None
-        end += 4
-        if peeked.count(b"\n", 0, end) != peeked.count(b"\r\n", 0, end):
-            return None
-        head = sock.recv(end, socket.MSG_WAITALL)  # there already: returns at once
-        if len(head) != end:  # only this thread reads the socket: cannot happen short of a reset
-            raise ConnectionResetError("the request head went away while it was read")
-        return head
+        if len(data) > end:  # frames sent before the 101, or a body: read before the socket
+            self._give_back(data[end:])
+            return data[:end]
+        return data
+
+    def _give_back(self, data: bytes) -> None:
+        """Have the request's reader return ``data`` (taken off the socket already) before the socket."""
+        if data:
+            self._ahead = True
+            self.rfile = io.BufferedReader(_Replay(data, self.rfile.detach()), self.rbufsize)
 
     def _serve_whole(self, head: bytes) -> None:
         """Serve the request whose head ``_whole_head`` took: http.server reads it from memory."""
@@ -354,7 +389,7 @@ class HubRequestHandler(WSGIRequestHandler):
     def make_environ(self) -> dict[str, Any]:
         environ = super().make_environ()
         environ[RELEASE_HEAD_KEY] = self._release_head
-        if self._whole:
+        if self._whole and not self._ahead:
             environ[HEAD_ONLY_KEY] = True
         return environ
 

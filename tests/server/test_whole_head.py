@@ -212,3 +212,30 @@ def test_expect_100_continue_is_answered_on_the_plain_path() -> None:
             if status != 100:
                 break
         assert status == 200 and "token" in json.loads(answer), answer
+
+
+@pytest.mark.parametrize("ending", ["\r\n", "\n"], ids=["whole", "bounded"])
+def test_a_body_in_the_same_write_as_the_head_is_read_by_the_app(ending: str) -> None:
+    """What one read took past the head is given back to the request's reader, before the socket."""
+    with running_server(echo_app()) as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as sock:
+        body = json.dumps({"username": "testuser", "password": "password"}).encode()
+        lines = ["POST /auth/token HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json",
+                 f"Content-Length: {len(body)}"]
+        sock.sendall(head(lines, ending) + body)
+        status, _, answer = read_response(sock)
+        assert status == 200 and "token" in json.loads(answer), answer
+        assert server.hub.pending_requests.wait_for(0, WAIT)
+
+
+def test_a_body_larger_than_the_read_buffer_arrives_whole_and_in_order() -> None:
+    """Part of the body came with the head (given back), the rest from the socket."""
+    with running_server(echo_app()) as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as sock:
+        body = json.dumps({"username": "testuser", "password": "password", "pad": "x" * 20_000}).encode()
+        lines = ["POST /auth/token HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json",
+                 f"Content-Length: {len(body)}"]
+        sock.sendall(head(lines, "\r\n") + body[:3000])
+        sock.sendall(body[3000:])
+        status, _, answer = read_response(sock)
+        assert status == 200 and "token" in json.loads(answer), answer
