@@ -1,8 +1,9 @@
 """The request head taken whole (``HubRequestHandler._whole_head``), against a real hub.
 
-A head that has all arrived when its thread starts is peeked at, taken off
-the socket in one read and parsed from memory; anything else goes the bounded
-way of ``_HeadReader``. These tests send the same odd-but-legal heads both
+A head that has all arrived when its thread starts is taken off the socket
+in one read and parsed from memory (what the read took past it is given back
+to the request's reader); anything else goes the bounded way of
+``_HeadReader``. These tests send the same odd-but-legal heads both
 ways and check that Flask sees the same request: a head whose lines end in a
 bare LF always goes the bounded way (only ``\\r\\n\\r\\n`` ends a whole head),
 so each case runs deterministically through each path. An app route reports
