@@ -174,7 +174,9 @@ class HubRequestHandler(WSGIRequestHandler):
     The buffer lives as long as the request, which for a WebSocket is the whole
     connection, yet it only ever holds the HTTP request head: 2 KiB instead of 8.
 
-    The head is read through a ``_HeadReader`` (deadline and size), while the
+    A first head that arrives whole is taken in one read and parsed from memory
+    (``_whole_head``, ``_parse_plain``: the cheap path of every connection);
+    any other is read through a ``_HeadReader`` (deadline and size). Meanwhile the
     socket is counted in the server's ``pending``: ``HubServer`` counted it when
     it accepted it, and the handler gives the count back once the head is read
     (or the socket ends without one). A kept-alive connection waiting for its
