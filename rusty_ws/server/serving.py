@@ -272,23 +272,23 @@ class HubRequestHandler(WSGIRequestHandler):
         """
         sock = self.connection
         flags: int = socket.MSG_DONTWAIT
-        for _ in range(2):  # before the first bytes, then once they came
+        for _ in range(3):  # before the first bytes, then once they came (or the deadline did)
             try:
                 data = sock.recv(self.server.max_head_size, flags)
-            except BlockingIOError:  # nothing yet: wait for the first bytes (a timeout ioctl, once)
+            except (BlockingIOError, TimeoutError):  # nothing yet (a socket.setdefaulttimeout() may
+                # have given the socket a timeout of its own): wait for the first bytes, within the
+                # deadline (a timeout ioctl, once)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise _HeadTimedOut() from None
                 sock.settimeout(remaining)
                 flags = 0
                 continue
-            except TimeoutError:
-                raise _HeadTimedOut() from None
             except OSError:  # a reset: the bounded path meets it again and ends as it always did
                 return None
             break
         else:
-            return None
+            return None  # the bounded path finds the deadline passed
         end = data.find(b"\r\n\r\n") + 4
         if end < 4 or data.count(b"\n", 0, end) != data.count(b"\r\n", 0, end):
             self._give_back(data)  # the bounded path reads it first, then the socket

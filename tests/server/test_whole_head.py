@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import threading
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from flask import Flask, jsonify, request
 from rusty_ws import PubSub
 from rusty_ws.protocol import encode_ping, encode_subscribe
 from rusty_ws.server.serving import HEAD_ONLY_KEY
-from support import WAIT, client_frame, hub_config, raw_http, read_response, running_server
+from support import MS, WAIT, client_frame, hub_config, raw_http, read_response, running_server
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()
 
@@ -240,3 +241,19 @@ def test_a_body_larger_than_the_read_buffer_arrives_whole_and_in_order() -> None
         sock.sendall(body[3000:])
         status, _, answer = read_response(sock)
         assert status == 200 and "token" in json.loads(answer), answer
+
+
+def test_a_default_socket_timeout_does_not_cut_the_head_deadline_short() -> None:
+    """An embedding process's ``socket.setdefaulttimeout`` gives accepted sockets a timeout of their own."""
+    with running_server(echo_app(request_head_timeout=WAIT)) as server:
+        socket.setdefaulttimeout(100 * MS)  # process-wide: every socket made from now on
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as sock:
+                assert server.hub.pending_requests.wait_for(1, WAIT)
+                paced = threading.Event()  # never set: its wait outlasts the default timeout
+                paced.wait(300 * MS)
+                sock.sendall(head(ODD_HEADS["header-case"], "\r\n"))
+                status, _, body = read_response(sock)
+        finally:
+            socket.setdefaulttimeout(None)
+        assert status == 200 and json.loads(body)["whole"] is True, body
