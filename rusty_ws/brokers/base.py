@@ -142,11 +142,12 @@ class Broker(abc.ABC):
     def stop(self) -> None:  # noqa: B027 - optional, as above
         """Stop carrying publishes and end any thread. Idempotent."""
 
-    def history_store(self, size: int, ttl: float, window: float) -> SharedHistory | None:
+    def history_store(self, size: int, ttl: float, window: float,
+                      max_bytes: int | None = None) -> SharedHistory | None:
         """The history every node shares, if this broker keeps one (Redis); None: the hub keeps its own.
 
-        Called once, before ``start``, with ``RUSTY_WS_HISTORY_SIZE`` (> 0), ``RUSTY_WS_HISTORY_TTL``
-        and ``RUSTY_WS_IDEMPOTENCY_WINDOW``.
+        Called once, before ``start``, with ``RUSTY_WS_HISTORY_SIZE`` (> 0), ``RUSTY_WS_HISTORY_TTL``,
+        ``RUSTY_WS_IDEMPOTENCY_WINDOW`` and ``RUSTY_WS_HISTORY_MAX_BYTES``.
         """
         return None
 

@@ -275,7 +275,7 @@ class RedisBroker(Broker):
             self._sender.submit(command, on_reply)
         return landed
 
-    def history_store(self, size: int, ttl: float, window: float) -> SharedHistory:
+    def history_store(self, size: int, ttl: float, window: float, max_bytes: int | None = None) -> SharedHistory:
         """History in Redis, shared by every node (``redis_history.py``)."""
         def deliver(delivery: Delivery) -> Landed:
             assert self._deliver is not None
@@ -283,7 +283,7 @@ class RedisBroker(Broker):
 
         self._history = RedisHistory(node_id=lambda: self._current().node_id, route=self._route, deliver=deliver,
                                      prefix=self.channel_prefix, size=size, ttl=ttl, window=window,
-                                     max_envelope_size=self.max_envelope_size)
+                                     max_envelope_size=self.max_envelope_size, max_bytes=max_bytes)
         return self._history
 
     def _from_channel(self, delivery: Delivery) -> Landed:

@@ -240,7 +240,7 @@ class RedisClusterBroker(Broker):
 
     # ------------------------------------------------------------------ history in the cluster
 
-    def history_store(self, size: int, ttl: float, window: float) -> SharedHistory:
+    def history_store(self, size: int, ttl: float, window: float, max_bytes: int | None = None) -> SharedHistory:
         """History in the cluster, shared by every node: ``redis_history.py`` with ``SPUBLISH``.
 
         A pair's stream, meta, publish ids and channel share its session's slot, so the
@@ -254,7 +254,7 @@ class RedisClusterBroker(Broker):
 
         history = RedisHistory(node_id=self._node, route=self._route, deliver=deliver, prefix=self.channel_prefix,
                                size=size, ttl=ttl, window=window, max_envelope_size=self.max_envelope_size,
-                               publish_command="SPUBLISH")
+                               max_bytes=max_bytes, publish_command="SPUBLISH")
         with self._counts_lock:
             self._scripts[history.publish_sha] = history.publish_script  # _refresh loads it on every master
         self._history = history

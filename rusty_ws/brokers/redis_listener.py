@@ -20,7 +20,7 @@ from typing import Any
 
 from .. import backoff
 from .base import Deliver, Key
-from .redis_codec import channel_name, control_channel, decode_envelope
+from .redis_codec import channel_name, control_channel, decode_envelopes, own_envelope_prefix
 from .redis_pushes import PushLink
 
 __all__ = ["Listener"]
@@ -69,6 +69,7 @@ class Listener:
         self.prefix = prefix
         self.node_id = node_id
         self.control = control_channel(prefix, node_id)
+        self._own = own_envelope_prefix(node_id)  # this node's envelopes without history start so
         self.deliver = deliver
         self.keys = keys
         self.subscribe_timeout = subscribe_timeout
@@ -286,8 +287,10 @@ class Listener:
         key = self._channels.get(channel)
         if key is None:
             return  # a message sent before Redis had our UNSUBSCRIBE
+        if isinstance(data, bytes) and data.startswith(self._own):
+            return  # ours, without history: delivered here when it was published (not worth decoding)
         try:
-            node, delivery = decode_envelope(data, key, self.max_envelope_size)
+            node, deliveries = decode_envelopes(data, key, self.max_envelope_size)
         except (ValueError, TypeError, AttributeError) as exc:
             with self._lock:
                 self._counts["dropped"] += 1
@@ -295,9 +298,10 @@ class Listener:
             logger.warning("dropped a message on %r that is no rusty_ws envelope (%s): %r",
                            channel[:200], exc, shown)
             return
-        if node == self.node_id and delivery.offset is None:
-            return  # ours, without history: delivered locally when it was published (history: see redis_history.py)
-        try:
-            self.deliver(delivery)
-        except Exception:
-            logger.exception("delivering %s from node %s failed", delivery, node)
+        for delivery in deliveries:
+            if node == self.node_id and delivery.offset is None:
+                continue  # ours, without history (history: see redis_history.py)
+            try:
+                self.deliver(delivery)
+            except Exception:
+                logger.exception("delivering %s from node %s failed", delivery, node)

@@ -18,6 +18,7 @@ from test_history_wire import publish_numbers, subscribe_json
 
 from redis_support import RedisServer, redis_server
 from rusty_ws.brokers.redis_codec import pair_keys, publish_id_key, session_tag
+from rusty_ws.brokers.redis_history import META_TTL
 from rusty_ws.protocol import Ack, HistoryReply, Since, encode_history, encode_publish, encode_subscribe_json
 from support import WAIT, Client, RunningServer, running_server
 
@@ -70,7 +71,9 @@ def test_a_publish_takes_its_offset_in_redis_and_every_node_delivers_it_with_tha
             assert list(message)[-2:] == ["offset", "epoch"]
         with contextlib.closing(redis.client()) as raw:
             keys = pair_keys("rusty_ws", "T", "s")
-            assert raw.hgetall(keys.meta) == {b"e": ack.epoch.encode(), b"o": b"1"}
+            [(_, entry)] = raw.xrange(keys.stream)
+            # b: the stream's bytes of deliveries (an upper bound, exact here)
+            assert raw.hgetall(keys.meta) == {b"e": ack.epoch.encode(), b"o": b"1", b"b": b"%d" % len(entry[b"d"])}
             assert raw.xlen(keys.stream) == 1
             assert raw.exists(publish_id_key("rusty_ws", "s", "p-1")) == 1
 
@@ -219,7 +222,7 @@ def test_forged_stream_entries_and_metadata_are_dropped_and_logged(redis: RedisS
         intruder.set(keys.stream, "a string where a stream belongs")
         reply = HistoryReply.parse(client.command(encode_history("T", "s"))[0])
         assert reply.messages == [] and reply.offset == 0 and reply.epoch != subscribed.epoch
-        assert intruder.type(keys.stream) == b"none" and 0 < intruder.pttl(keys.meta) <= 300_000
+        assert intruder.type(keys.stream) == b"none" and 300_000 < intruder.pttl(keys.meta) <= META_TTL * 1000
         assert broker_of(node).status()["history_resets"] == 4
         assert client.sync() == []  # and the connection goes on
 
@@ -265,9 +268,10 @@ def test_a_replay_too_big_for_the_outbox_is_cut_short_and_says_so(redis: RedisSe
                max_message_size=32 * 1024) as (a, b), \
             a.connect() as pub, b.connect() as sub:
         epoch = ack_of(pub, "T", {"n": 1, "pad": "x" * 1000}, "big-1").epoch
-        for n in range(2, 201):
+        for n in range(2, 200):
             pub.send(encode_publish("T", {"n": n, "pad": "x" * 1000}, session_id="s"))
-        pub.sync()
+        # acked: Redis took it, and (one FIFO) every publish before it (a pong would not say so)
+        assert ack_of(pub, "T", {"n": 200, "pad": "x" * 1000}, "big-200").offset == 200
         replayed, reply = subscribe_json(sub, since=Since(0, epoch))
         assert reply.recovered is False and reply.offset == 200
         assert 10 < len(replayed) < 200
@@ -296,7 +300,8 @@ def test_messages_older_than_the_ttl_are_never_replayed(redis: RedisServer) -> N
         assert [m.payload for m in HistoryReply.parse(client.command(encode_history("T", "s"))[0]).messages] == [3]
         ack = ack_of(client, "T", 4, "ttl-4", early=[])  # (subscribed: its delivery may come first)
         assert (ack.offset, ack.epoch) == (4, "abc123")
-        assert 0 < raw.pttl(keys.stream) <= 60_000 and 0 < raw.pttl(keys.meta) <= 60_000
+        # the entries expire after the TTL, the epoch and top long after (META_TTL)
+        assert 0 < raw.pttl(keys.stream) <= 60_000 and 60_000 < raw.pttl(keys.meta) <= META_TTL * 1000
         assert 0 < raw.pttl(publish_id_key("rusty_ws", "s", "ttl-4")) <= 300_000
 
 
