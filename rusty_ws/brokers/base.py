@@ -13,6 +13,7 @@ what this node needs.
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -106,6 +107,10 @@ class Broker(abc.ABC):
     name = "broker"
     #: True when publishes cross processes: every node then needs the same JWT secret.
     distributed = False
+    #: Opens a block whose deliveries are written together when it ends (the hub sets its
+    #: ``Writer.batch`` here before ``start``): a listener that received many deliveries at
+    #: once hands them over inside one, so each subscriber gets them in one ``send``.
+    batch_deliveries: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
 
     @abc.abstractmethod
     def start(self, deliver: Deliver, keys: Callable[[], list[Key]]) -> None:

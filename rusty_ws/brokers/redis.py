@@ -201,6 +201,7 @@ class RedisBroker(Broker):
             keys=self._keys,
             subscribe_timeout=self.subscribe_timeout,
             max_envelope_size=self.max_envelope_size,
+            batch=self.batch_deliveries,  # set by the hub before start
         )
         self._listener, self._sender, self._pid = listener, sender, os.getpid()
         if self._history is not None:

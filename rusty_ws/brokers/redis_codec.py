@@ -245,7 +245,7 @@ def _batch_of(envelope: dict[str, Any], node: str, key: Key) -> list[Delivery]:
         if not isinstance(item, dict):
             raise ValueError("an item is not a JSON object")
         offset, seq, message = item.get("offset"), item.get("seq"), item.get("delivery")
-        if not _is_offset(offset) or offset <= last:
+        if not isinstance(offset, int) or not _is_offset(offset) or offset <= last:
             raise ValueError(f"an item's offset {offset!r} is not past the one before ({last})")
         if not isinstance(seq, int) or isinstance(seq, bool):
             raise ValueError(f"an item needs a 'seq' number, not {seq!r}")

@@ -11,6 +11,7 @@ registry and confirms with a PING barrier (see ``redis.py`` for the whole story)
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
@@ -60,6 +61,7 @@ class Listener:
         subscribe_timeout: float,
         max_envelope_size: int | None = None,
         backoff_delays: Callable[[], Iterator[float]] = lambda: backoff.delays(initial=0.1, cap=5.0),
+        batch: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
     ) -> None:
         import redis.exceptions  # the broker imported it already: this is the redis extra
 
@@ -76,6 +78,8 @@ class Listener:
         #: Larger envelopes are dropped unread (None: no limit); see ``RedisBroker``.
         self.max_envelope_size = max_envelope_size
         self.backoff_delays = backoff_delays
+        #: Opens the block the pushes of one read are handled in (``Broker.batch_deliveries``).
+        self.batch = batch
         # _lock guards _connected, _dirty, _waiters and _counts. Never held across I/O.
         self._lock = threading.Lock()
         # Signalled whenever _connected changes (wait_connected).
@@ -211,8 +215,9 @@ class Listener:
             now = time.monotonic()
             if pushes:
                 last_heard, ping_sent_at = now, 0.0
-                for push in pushes:
-                    dispatch(link, push)
+                with self.batch():  # what they deliver is written when all are handled
+                    for push in pushes:
+                        dispatch(link, push)
             if self._connected and (self._dirty or self._waiters):
                 self._reconcile(link)
             if ping_sent_at and now - ping_sent_at > KEEPALIVE_TIMEOUT:

@@ -70,7 +70,7 @@ MAX_MERGE = 200
 Merge = Callable[[list["Mergeable"]], tuple[tuple[Any, ...], Callable[[Any], list[Any]]]]
 
 
-class Mergeable(tuple):  # type: ignore[type-arg]
+class Mergeable(tuple):
     """A command (its arguments, as a tuple) that the sender may merge with its neighbours of one ``group``.
 
     It is a plain command tuple to anything else (a redirect resends it alone), and

@@ -161,6 +161,7 @@ class Hub:
         self.publish_ids = IdempotencyTable(settings.idempotency_window, settings.idempotency_max_ids)
         # Publishes are delivered on the publishing thread and take the history lock: see commands_lock.
         self._hold_for_commands = self.history.enabled and isinstance(broker, MemoryBroker)
+        broker.batch_deliveries = self.writer.batch  # what a listener received at once: one send per subscriber
         broker.start(self.deliver_local, self.registry.keys)
 
     # ------------------------------------------------------------------ admission
