@@ -329,3 +329,71 @@ def test_a_gap_trimmed_from_the_stream_replays_what_remains_and_says_so(redis: R
         assert [m["offset"] for m in replayed] == list(range(26, 31)) and reply.recovered is True
         ack_of(pub, "T", 31, "g-31")
         assert recv_delivery(sub)["offset"] == 31 and sub.sync() == []  # one delivery per publish
+
+
+def test_a_pair_idle_past_the_ttl_keeps_its_epoch_and_an_up_to_date_client_recovers(redis: RedisServer) -> None:
+    """The entries expire after the TTL; the epoch and top stay (META_TTL): nothing was missed, nothing is lost."""
+    keys = pair_keys("rusty_ws", "T", "s")
+    with contextlib.closing(redis.client()) as raw:
+        raw.config_set("notify-keyspace-events", "Ex")  # tell us when a key expires
+        expired = raw.pubsub()
+        expired.subscribe("__keyevent@0__:expired")
+        assert expired.get_message(timeout=WAIT)["type"] == "subscribe"
+        with nodes(1, redis.url, history_ttl=0.3) as (node,), node.connect() as watcher, node.connect() as publisher:
+            _, reply = subscribe_json(watcher)
+            ack = ack_of(publisher, "T", "before the quiet", "q-1")
+            assert recv_delivery(watcher)["offset"] == 1
+            for _ in range(100):  # the stream's expiry, as Redis announces it (bounded)
+                message = expired.get_message(timeout=WAIT)
+                assert message is not None, "the stream did not expire"
+                if message["type"] == "message" and message["data"] == keys.stream:
+                    break
+            assert raw.exists(keys.stream) == 0 and raw.hget(keys.meta, "e") == ack.epoch.encode()
+            with node.connect() as back:  # a client that saw offset 1 comes back: nothing to replay, and it knows
+                replayed, again = subscribe_json(back, since=Since(1, ack.epoch))
+                assert replayed == [] and (again.offset, again.epoch, again.recovered) == (1, ack.epoch, True)
+            with node.connect() as late:  # one that missed offset 1: it expired, and it is told so
+                replayed, again = subscribe_json(late, since=Since(0, ack.epoch))
+                assert replayed == [] and again.recovered is False and again.epoch == ack.epoch
+            assert ack_of(publisher, "T", "after", "q-2").offset == 2  # the stream goes on under its epoch
+            assert (recv_delivery(watcher)["offset"], reply.epoch) == (2, ack.epoch)
+        expired.close()
+
+
+def test_history_max_bytes_bounds_each_stream_in_redis(redis: RedisServer) -> None:
+    with nodes(1, redis.url, history_max_bytes=1000) as (node,), node.connect() as client:
+        for n in range(1, 20):
+            client.send(encode_publish("T", f"{n:02d}" + "x" * 200, session_id="s"))
+        assert ack_of(client, "T", "20" + "x" * 200, "last").offset == 20  # every one before it is in Redis
+        reply = HistoryReply.parse(client.command(encode_history("T", "s"))[0])
+        kept = [int(message.payload[:2]) for message in reply.messages]
+        assert reply.offset == 20 and 1 < len(kept) < 5 and kept == list(range(21 - len(kept), 21))
+
+
+def test_merged_publishes_of_two_nodes_keep_each_publishers_order_and_one_order_everywhere(redis: RedisServer) -> None:
+    count = 300
+    with nodes(2, redis.url) as (a, b), a.connect() as on_a, b.connect() as on_b, \
+            a.connect() as pa, b.connect() as pb, contextlib.closing(redis.client()) as raw:
+        for watcher in (on_a, on_b):
+            subscribe_json(watcher)
+        before = int(raw.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+        acks = {pa: 0, pb: 0}
+        for n in range(count):  # with an id every 7th: in the same runs as those without
+            for name, client in (("a", pa), ("b", pb)):
+                publish_id = f"{name}-{n}" if n % 7 == 0 or n == count - 1 else None
+                client.send(encode_publish("T", [name, n], session_id="s", id=publish_id))
+                acks[client] += publish_id is not None
+        for client, expected in acks.items():  # every ack: Redis took every publish (one FIFO per node)
+            offsets = [Ack.parse(client.recv()).offset for _ in range(expected)]
+            assert offsets == sorted(offsets) and len(set(offsets)) == expected
+        seen = []
+        for watcher in (on_a, on_b):
+            messages = [recv_delivery(watcher) for _ in range(2 * count)]
+            assert [m["offset"] for m in messages] == list(range(1, 2 * count + 1))
+            seen.append([tuple(m["payload"]) for m in messages])
+            for name in ("a", "b"):
+                assert [n for who, n in seen[-1] if who == name] == list(range(count))
+            assert watcher.sync() == []
+        assert seen[0] == seen[1]  # one order, the offsets', on every node
+        calls = int(raw.info("commandstats")["cmdstat_evalsha"]["calls"]) - before
+        assert calls < 2 * count  # merged (how much depends on timing; each node's sender had a queue)
