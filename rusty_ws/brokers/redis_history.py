@@ -44,7 +44,7 @@ from typing import Any, NamedTuple
 from ..exceptions import ProtocolError
 from ..protocol import Delivery, ErrorCode, Position
 from .base import HistoryUnavailable, Key, SharedHistory, Stamped, Stored
-from .redis_codec import decode_stream_entry, is_epoch, pair_keys, publish_id_key
+from .redis_codec import PairKeys, decode_stream_entry, is_epoch, pair_keys, publish_id_key
 from .redis_sender import Mergeable
 
 __all__ = ["RedisHistory", "Route", "PUBLISH_SCRIPT", "READ_SCRIPT", "CLUSTER_PUBLISH_SCRIPT", "CLUSTER_READ_SCRIPT"]
@@ -222,6 +222,8 @@ MERGE_BYTES = 256 * 1024
 #: digits), and of each item besides its delivery (with a number and an offset of up to 20 digits).
 _ENVELOPE_HEAD = 110
 _ITEM_HEAD = 70
+#: Pairs whose key names a node remembers (``RedisHistory._keys_of``).
+_KEYS_KEPT = 4096
 #: ``max bytes`` for the script when nothing bounds a stream's bytes.
 _UNBOUNDED = 2 ** 53
 _SENT, _ARRIVED, _FELL_BACK = "sent", "arrived", "fell back"
@@ -334,6 +336,7 @@ class RedisHistory(SharedHistory):
         self.max_bytes = _UNBOUNDED if max_bytes is None else max_bytes
         self.max_envelope_size = max_envelope_size
         self.merge_budget = min(MERGE_BYTES, max_envelope_size or MERGE_BYTES)
+        self._keys: dict[Key, PairKeys] = {}  # _keys_of's memory
         # The read script (redis-py's Script: EVALSHA, loading it on NOSCRIPT), run with each read's client.
         self._reader: Any = None
         # This node's publishes without id not settled yet (by number), and those delivered here
@@ -362,7 +365,7 @@ class RedisHistory(SharedHistory):
             raise ProtocolError(ErrorCode.INVALID_MESSAGE,
                                 f"the message would be {envelope_size} bytes on Redis, more than the "
                                 f"{self.max_envelope_size} any node accepts")
-        keys = pair_keys(self.prefix, delivery.topic, delivery.session_id)
+        keys = self._keys_of(delivery.topic, delivery.session_id)
         id_keys = (publish_id_key(self.prefix, delivery.session_id, publish_id),) if publish_id is not None else ()
         seq = next(self._seqs)
         args = ("EVALSHA", self.publish_sha, 2 + len(id_keys), keys.meta, keys.stream, *id_keys,
@@ -387,6 +390,16 @@ class RedisHistory(SharedHistory):
         # Always through the sender, even while the listener is down: one FIFO, so what falls back
         # to local delivery (Redis did not take it) is delivered here in the order it was made.
         self._route(delivery.session_id).submit(command, on_reply)
+
+    def _keys_of(self, topic: str, session_id: str) -> PairKeys:
+        """``pair_keys`` of a pair, remembered for the next publishes (up to ``_KEYS_KEPT`` pairs)."""
+        pair = (topic, session_id)
+        keys = self._keys.get(pair)
+        if keys is None:
+            if len(self._keys) >= _KEYS_KEPT:
+                self._keys.clear()  # a dict read and write are atomic under the GIL: no lock
+            keys = self._keys[pair] = pair_keys(self.prefix, topic, session_id)
+        return keys
 
     def _settled(self, seq: int, publish_id: str | None, fell_back: bool) -> bool:
         """A publish was answered; with ``fell_back`` (Redis did not take it, as far as the sender

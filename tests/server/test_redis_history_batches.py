@@ -263,3 +263,15 @@ def test_a_merge_stays_within_what_every_listener_accepts(redis: RedisServer) ->
             envelopes += 1
             offsets += [offset for offset, _, _ in items]
         assert offsets == list(range(1, 41)) and 1 < envelopes < 40
+
+
+@pytest.mark.parametrize("delivery", [
+    Delivery("p", "T", "text", "t", "s", None, 5, "ab12"),
+    Delivery("p", "T", "é \ud800 \"quoted\"", "t", "s", "alice", 9007199254740991, "0123456789abcdef"),
+    Delivery("p", "T", {"n": 1}, "t", "s", "bob", 3, "ab"),
+    Delivery("p", "T", "no position", "t", "s"),
+])
+def test_a_delivery_from_redis_is_encoded_as_delivery_encode_does(delivery: Delivery) -> None:
+    from rusty_ws.server.shared_streams import _encoded
+
+    assert _encoded(delivery) == delivery.encode()
