@@ -104,6 +104,12 @@ SEND_QUEUE_BYTES = 32 * 1024 * 1024
 # --------------------------------------------------------------------------- node ids
 
 
+#: This process's pid, kept up to date in a forked child (``os.register_at_fork``): the broker's
+#: check for a fork, on every publish, reads it instead of making a system call.
+_this_process = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _this_process.__setitem__(0, os.getpid()))
+
+
 def new_node_id() -> str:
     """A name for this node, unique per broker: ``{host}-{pid}-{random}``."""
     host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())[:40] or "host"
@@ -228,7 +234,7 @@ class RedisBroker(Broker):
         listener = self._listener
         if listener is None:
             raise RuntimeError("the broker was not started")
-        if self._pid == os.getpid() or self._stopped:
+        if self._pid == _this_process[0] or self._stopped:
             return listener
         with self._launch_lock:
             if self._pid != os.getpid() and not self._stopped:
