@@ -17,6 +17,7 @@ from rusty_ws.brokers.redis_codec import (
     decode_stream_entry,
     encode_envelope,
     key_of_channel,
+    merge_envelopes,
     own_envelope_prefix,
     pair_keys,
     publish_id_key,
@@ -246,9 +247,9 @@ class TestBatchEnvelopes:
             decode_envelopes(self.envelope([self.item(1, 1)], epoch=epoch), self.KEY)
 
     def test_an_unknown_version_is_refused_not_misread(self) -> None:
-        """A node of a later release publishes version 4: this one drops it (logged by the listener)."""
-        with pytest.raises(ValueError, match="envelope version 4"):
-            decode_envelopes(self.envelope([self.item(1, 1)], version=4), self.KEY)
+        """A node of a later release publishes version 5: this one drops it (logged by the listener)."""
+        with pytest.raises(ValueError, match="envelope version 5"):
+            decode_envelopes(self.envelope([self.item(1, 1)], version=5), self.KEY)
         with pytest.raises(ValueError, match="envelope version"):
             decode_envelopes(b'{"v":true,"node":"n1","delivery":' + self.body() + b"}", self.KEY)
 
@@ -307,3 +308,41 @@ class TestHistoryEnvelopes:
     def test_bad_stream_entries_are_refused(self, entry: object) -> None:
         with pytest.raises((ValueError, TypeError)):
             decode_stream_entry(entry, self.KEY, "ab", 3)
+
+
+class TestPlainBatchEnvelopes:
+    """Version 4: consecutive publishes of one pair without history, merged by the sender into one PUBLISH."""
+
+    KEY = ("T", "s")
+
+    def test_merged_envelopes_decode_to_their_deliveries_in_order(self) -> None:
+        sent = [Delivery("p", "T", n, "t", "s") for n in range(3)] + [Delivery("p", "T", {"é": [1]}, "t", "s", "u")]
+        merged = merge_envelopes("host-1-abc", [encode_envelope("host-1-abc", d) for d in sent])
+        assert merged.startswith(own_envelope_prefix("host-1-abc", 4))
+        assert decode_envelopes(merged, self.KEY) == ("host-1-abc", sent)
+        assert len(merged) <= 40 + len("host-1-abc") + sum(len(d.encode()) + 1 for d in sent)
+
+    def test_only_this_nodes_envelopes_merge(self) -> None:
+        with pytest.raises(ValueError):
+            merge_envelopes("a", [encode_envelope("b", Delivery("p", "T", 1, "t", "s"))])
+
+    @pytest.mark.parametrize("data", [
+        b'{"v":4,"node":"n","deliveries":[]}', b'{"v":4,"node":"n","deliveries":{}}', b'{"v":4,"node":"n"}',
+        b'{"v":4,"node":"n","deliveries":[1]}',
+        b'{"v":4,"node":"n","deliveries":[{"publisher_name":"p","topic":"T","payload":1,"timestamp":"t",'
+        b'"session_id":"other"}]}',
+    ])
+    def test_odd_ones_are_no_envelope(self, data: bytes) -> None:
+        with pytest.raises(ValueError):
+            decode_envelopes(data, self.KEY)
+
+    def test_deliveries_carry_the_deepest_publish_and_no_deeper(self) -> None:
+        payload: object = []
+        for _ in range(MAX_JSON_DEPTH - 2):
+            payload = [payload]
+        deepest = Delivery("p", "T", payload, "t", "s")
+        merged = merge_envelopes("n", [encode_envelope("n", deepest)] * 2)
+        assert decode_envelopes(merged, self.KEY)[1] == [deepest, deepest]
+        deeper = Delivery("p", "T", [payload], "t", "s")
+        with pytest.raises(ValueError, match="deeper than"):
+            decode_envelopes(merge_envelopes("n", [encode_envelope("n", deeper)]), self.KEY)

@@ -21,7 +21,9 @@ __all__ = [
     "MAX_ENVELOPE_DEPTH",
     "HISTORY_ENVELOPE_VERSION",
     "BATCH_ENVELOPE_VERSION",
+    "PLAIN_BATCH_ENVELOPE_VERSION",
     "own_envelope_prefix",
+    "merge_envelopes",
     "PairKeys",
     "session_tag",
     "pair_keys",
@@ -59,7 +61,10 @@ HISTORY_ENVELOPE_VERSION = 2
 BATCH_ENVELOPE_VERSION = 3
 #: Most items in one version-3 envelope (the script makes at most ``redis_sender.MAX_MERGE``).
 MAX_ENVELOPE_ITEMS = 10_000
-_VERSIONS = (ENVELOPE_VERSION, HISTORY_ENVELOPE_VERSION, BATCH_ENVELOPE_VERSION)
+#: Version of the envelope of several deliveries without history (``deliveries``): consecutive
+#: publishes of one pair that a node's sender merged into one PUBLISH (``merge_envelopes``).
+PLAIN_BATCH_ENVELOPE_VERSION = 4
+_VERSIONS = (ENVELOPE_VERSION, HISTORY_ENVELOPE_VERSION, BATCH_ENVELOPE_VERSION, PLAIN_BATCH_ENVELOPE_VERSION)
 _EPOCH = re.compile(r"[0-9a-f]{1,64}")
 _ENTRY_ID = re.compile(rb"([1-9][0-9]{0,15})-0")
 
@@ -165,10 +170,28 @@ def checked_envelope(node_id: str, delivery: Delivery, max_size: int | None) -> 
     return envelope
 
 
-def own_envelope_prefix(node_id: str) -> bytes:
-    """How every version-1 envelope of ``node_id`` starts (``encode_envelope``): the listener drops
-    its own before decoding them (it delivered them here when they were published)."""
-    return dumps_utf8({"v": ENVELOPE_VERSION, "node": node_id})[:-1] + b","
+def own_envelope_prefix(node_id: str, version: int = ENVELOPE_VERSION) -> bytes:
+    """How every envelope of ``node_id`` without history (version 1 or 4) starts: the listener
+    drops its own before decoding them (it delivered them here when they were published)."""
+    return dumps_utf8({"v": version, "node": node_id})[:-1] + b","
+
+
+def merge_envelopes(node_id: str, envelopes: list[bytes]) -> bytes:
+    """One version-4 envelope of the deliveries of ``envelopes`` (version 1, all of ``node_id``), in order.
+
+    The deliveries' bytes are cut out of their envelopes, not encoded again.
+
+    Raises:
+        ValueError: an envelope is not one ``encode_envelope`` made for ``node_id``.
+    """
+    head = own_envelope_prefix(node_id) + b'"delivery":'
+    deliveries = []
+    for envelope in envelopes:
+        if not envelope.startswith(head) or not envelope.endswith(b"}"):
+            raise ValueError("not an envelope of this node")
+        deliveries.append(envelope[len(head):-1])
+    return b"%s\"deliveries\":[%s]}" % (own_envelope_prefix(node_id, PLAIN_BATCH_ENVELOPE_VERSION),
+                                       b",".join(deliveries))
 
 
 def decode_envelope(data: bytes, key: Key, max_size: int | None = None) -> tuple[str, Delivery]:
@@ -182,7 +205,8 @@ def decode_envelope(data: bytes, key: Key, max_size: int | None = None) -> tuple
 def decode_envelopes(data: bytes, key: Key, max_size: int | None = None) -> tuple[str, list[Delivery]]:
     """The sending node and the deliveries of an envelope read from ``key``'s channel.
 
-    Version 1 is what a node publishes without Redis history (one delivery); version 2
+    Version 1 is what a node publishes without Redis history (one delivery), version 4
+    what its sender makes of several of one pair (``deliveries``); version 2
     what the history script of earlier releases published (one delivery with its
     ``offset`` and ``epoch``); version 3 what it publishes now: an ``epoch`` and
     ``items``, each a delivery with its ``offset`` and ``seq`` (the sending node's
@@ -216,6 +240,16 @@ def decode_envelopes(data: bytes, key: Key, max_size: int | None = None) -> tupl
         raise ValueError("an envelope needs a 'node' string")
     if version == BATCH_ENVELOPE_VERSION:
         return node, _batch_of(envelope, node, key)
+    if version == PLAIN_BATCH_ENVELOPE_VERSION:
+        messages = envelope.get("deliveries")
+        if not isinstance(messages, list) or not messages or len(messages) > MAX_ENVELOPE_ITEMS:
+            raise ValueError(f"a version-4 envelope needs from 1 to {MAX_ENVELOPE_ITEMS} deliveries")
+        if text.count("[") + text.count("{") > MAX_ENVELOPE_DEPTH + 1 and \
+                nested_deeper_than(envelope, MAX_ENVELOPE_DEPTH + 1):
+            raise ValueError(f"JSON nested deeper than {MAX_ENVELOPE_DEPTH + 1} levels")
+        if not all(isinstance(message, dict) for message in messages):
+            raise ValueError("a delivery is not a JSON object")
+        return node, [_delivery_of(message, key) for message in messages]
     if text.count("[") + text.count("{") > MAX_ENVELOPE_DEPTH and nested_deeper_than(envelope, MAX_ENVELOPE_DEPTH):
         raise ValueError(f"JSON nested deeper than {MAX_ENVELOPE_DEPTH} levels")
     message = envelope.get("delivery")

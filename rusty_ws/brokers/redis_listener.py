@@ -21,7 +21,13 @@ from typing import Any
 
 from .. import backoff
 from .base import Deliver, Key
-from .redis_codec import channel_name, control_channel, decode_envelopes, own_envelope_prefix
+from .redis_codec import (
+    PLAIN_BATCH_ENVELOPE_VERSION,
+    channel_name,
+    control_channel,
+    decode_envelopes,
+    own_envelope_prefix,
+)
 from .redis_pushes import PushLink
 
 __all__ = ["Listener"]
@@ -71,7 +77,8 @@ class Listener:
         self.prefix = prefix
         self.node_id = node_id
         self.control = control_channel(prefix, node_id)
-        self._own = own_envelope_prefix(node_id)  # this node's envelopes without history start so
+        # This node's envelopes without history start so (versions 1 and 4).
+        self._own = (own_envelope_prefix(node_id), own_envelope_prefix(node_id, PLAIN_BATCH_ENVELOPE_VERSION))
         self.deliver = deliver
         self.keys = keys
         self.subscribe_timeout = subscribe_timeout

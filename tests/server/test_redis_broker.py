@@ -300,7 +300,8 @@ GARBAGE = [
     + (_ITEM % (2, 2)).replace(b'"session_id":"s"', b'"session_id":"other"') + b"]}",
     b'{"v":3,"node":"n","epoch":"ab","items":[{"offset":1,"delivery":{}}]}',
     b'{"v":3,"node":"n","epoch":"AB","items":[' + _ITEM % (1, 1) + b"]}",
-    b'{"v":4,"node":"n","epoch":"ab","items":[' + _ITEM % (1, 1) + b"]}",
+    b'{"v":4,"node":"n","epoch":"ab","items":[' + _ITEM % (1, 1) + b"]}",  # version 4 has deliveries
+    b'{"v":5,"node":"n","epoch":"ab","items":[' + _ITEM % (1, 1) + b"]}",
 ]
 
 

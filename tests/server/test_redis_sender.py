@@ -437,3 +437,27 @@ def test_the_in_memory_broker_acks_at_once(caplog: pytest.LogCaptureFixture) -> 
     with running_server() as node, node.connect() as publisher:
         replies = publisher.command(encode_publish("T", 1, session_id="s", id="m-1"))
         assert [json.loads(r[4:])["id"] for r in replies] == ["m-1"]
+
+
+def test_without_history_a_pairs_publishes_go_as_few_publishes_and_arrive_once_in_order(redis: RedisServer) -> None:
+    count = 500
+    with nodes(2, redis.url, history_size=0) as (a, b), a.connect() as publisher, a.connect() as near, \
+            b.connect() as far:
+        for client in (far, near):
+            for topic in ("T", "U", SENTINEL):
+                client.send(encode_subscribe(topic, "s"))
+            client.sync()
+        before = calls(redis, "publish")
+        for number in range(count):  # runs of T, broken by a U now and then
+            publisher.send(encode_publish("U" if number % 50 == 49 else "T", number, session_id="s"))
+        publisher.sync()
+        assert broker(a).wait_sent(WAIT)
+        merged = calls(redis, "publish") - before
+        publish_sentinel(redis, "s")
+        for client in (far, near):  # near: delivered when published, its envelopes from Redis dropped
+            got: dict[str, list[int]] = {"T": [], "U": []}
+            for message in read_until_sentinel(client, 2 * count):
+                got[message["topic"]].append(message["payload"])
+            assert got == {"T": [n for n in range(count) if n % 50 != 49], "U": list(range(49, count, 50))}
+        assert 21 <= merged < count  # at least one per U and per run of T between them; fewer than one each
+        assert broker(a).status()["unsent"] == 0 and broker(b).status()["dropped"] == 0
