@@ -6,7 +6,9 @@ per variant, publishes the benchmark's ~100-byte delivery N times through
 ``RedisBroker.publish`` (no subscribers, no sockets but Redis'), and reports
 the process' CPU per publish and Redis' own (``INFO cpu``), best of 3:
 
-- sender: the broker as it is (the Redis sender, pipelined, with hiredis);
+- sender: the broker as it is (the Redis sender, pipelined, with hiredis; consecutive
+  PUBLISHes of the pair merged into one of a version-4 envelope);
+- sender-unmerged: the same, one PUBLISH per publish (as before merging);
 - sender-nohiredis: the same with hiredis hidden (pure-Python packing and parsing);
 - sync: the broker as it was before the sender: one PUBLISH round trip per
   publish on the publishing thread (``benchlib/run_rusty.py``'s ``sync-publish``);
@@ -31,7 +33,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-VARIANTS = ("sender", "sender-nohiredis", "sync", "history", "history-unmerged", "history-id", "history-id-unmerged")
+VARIANTS = ("sender", "sender-unmerged", "sender-nohiredis", "sync", "history", "history-unmerged", "history-id", "history-id-unmerged")
 
 
 def measure(url: str, variant: str, publishes: int) -> dict[str, float]:

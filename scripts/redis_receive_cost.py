@@ -14,7 +14,8 @@ With ``--envelope``: ``v1`` (history off, from another node: the default),
 ``own`` (history off, this node's own: dropped by their first bytes, unread),
 ``v2`` (one delivery with its offset, as the history script published before
 it merged publishes), ``v3`` (``--items`` deliveries with their offsets in one
-envelope, as it publishes now). The figure is per delivery, not per envelope.
+envelope, as it publishes now), ``v4`` (``--items`` deliveries without history in
+one envelope, as the sender merges them). The figure is per delivery, not per envelope.
 
     .venv/bin/python scripts/redis_receive_cost.py [--messages 100000] [--no-hiredis] [--envelope v3 --items 50]
 """
@@ -36,10 +37,12 @@ sys.path[:0] = [os.path.dirname(HERE), HERE]
 
 def envelope_of(kind: str, items: int, delivery: Any) -> tuple[bytes, int]:
     """The envelope to publish and how many deliveries the listener hands on for each."""
-    from rusty_ws.brokers.redis_codec import encode_envelope
+    from rusty_ws.brokers.redis_codec import encode_envelope, merge_envelopes
 
     if kind in ("v1", "own"):
         return encode_envelope("measured" if kind == "own" else "other", delivery), 0 if kind == "own" else 1
+    if kind == "v4":
+        return merge_envelopes("other", [encode_envelope("other", delivery)] * items), items
     body = delivery.encode()
     if kind == "v2":
         return b'{"v":2,"node":"other","seq":7,"offset":1,"epoch":"ab12cd34ef56ab78","delivery":%s}' % body, 1
@@ -103,7 +106,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--no-hiredis", action="store_true", help="hide hiredis (redis-py's own parser)")
-    parser.add_argument("--envelope", choices=("v1", "own", "v2", "v3"), default="v1")
+    parser.add_argument("--envelope", choices=("v1", "own", "v2", "v3", "v4"), default="v1")
     parser.add_argument("--items", type=int, default=50, help="deliveries per version-3 envelope")
     args = parser.parse_args()
     if args.no_hiredis:
@@ -117,7 +120,7 @@ def main() -> int:
         server.stop()
     print(f"listener CPU per received message: {min(rounds) * 1e6:.2f} us (rounds: "
           f"{', '.join(f'{r * 1e6:.2f}' for r in rounds)}; {'without' if args.no_hiredis else 'with'} hiredis; "
-          f"envelope {args.envelope}{f' of {args.items}' if args.envelope == 'v3' else ''}; "
+          f"envelope {args.envelope}{f' of {args.items}' if args.envelope in ('v3', 'v4') else ''}; "
           f"load average {os.getloadavg()[0]:.1f})")
     return 0
 

@@ -31,7 +31,7 @@ only and is counted as that shard's ``unsent``.
 
 History. With history on, ``history_store`` gives the hub a ``RedisHistory``
 (``redis_history.py``) whose script runs on the session's master through its
-sender and ``SPUBLISH``es a version-2 envelope; every listener, this node's
+sender and ``SPUBLISH``es a version-3 envelope; every listener, this node's
 too, delivers those (``_from_channel``). Reads run on the session's master.
 """
 

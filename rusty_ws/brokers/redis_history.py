@@ -3,21 +3,29 @@
 With the Redis broker and history on, a pair's stream is a Redis Stream
 (``pair_keys(...).stream``, entry ids ``{offset}-0``, fields ``d``: the
 delivery's JSON without position, ``t``: Redis's time in ms), capped at
-``RUSTY_WS_HISTORY_SIZE`` entries (``XADD MAXLEN``), with a hash beside it
-(``.meta``: ``e`` the epoch, ``o`` the top offset). Both are ``PEXPIRE``'d
-``RUSTY_WS_HISTORY_TTL`` after the pair's last publish or read; an entry older
-than the TTL is never replayed. A session's publish ids are string keys
-(``publish_id_key``) that expire after ``RUSTY_WS_IDEMPOTENCY_WINDOW``.
+``RUSTY_WS_HISTORY_SIZE`` entries and ``RUSTY_WS_HISTORY_MAX_BYTES`` of
+deliveries, with a hash beside it (``.meta``: ``e`` the epoch, ``o`` the top
+offset, ``b`` an upper bound of the stream's bytes). The stream is
+``PEXPIRE``'d ``RUSTY_WS_HISTORY_TTL`` after the pair's last publish (an entry
+older than the TTL is never replayed), the hash ``META_TTL`` after its last
+publish or read: a pair idle past the TTL keeps its epoch and top. A session's
+publish ids are string keys (``publish_id_key``) that expire after
+``RUSTY_WS_IDEMPOTENCY_WINDOW``.
 
 One Lua script (``PUBLISH_SCRIPT``, run with ``EVALSHA`` through the node's
-sender) does atomically: the idempotency check; the epoch, made if missing (a
-Redis restarted empty or flushed gives a new one) or if the keys hold data no
-node wrote; ``HINCRBY`` of the offset; ``XADD``; ``PUBLISH`` of a version-2
-envelope (the delivery with its offset and epoch) on the pair's channel; and
-returns the position. Every node, this one included, delivers what comes on
-the channel: local subscribers see the offsets remote ones see (the listener
-keeps this node's own version-2 envelopes). ``READ_SCRIPT`` reads a stream's
-top and entries in one atomic look, for ``subscribe-json`` and ``history:``.
+sender) takes n publishes of one pair, oldest first, and does atomically: the
+epoch, made if missing (a Redis restarted empty or flushed gives a new one) or
+if the keys hold data no node wrote; for each publish, its idempotency check
+(so a repeated id in one run is a repeat of the first), its offset and its
+``XADD``; the trimming; one ``PUBLISH`` of a version-3 envelope (the new
+deliveries with their offsets, under the epoch) on the pair's channel; and
+returns each one's position. A publish is one ``Mergeable`` command of n = 1:
+the sender merges the consecutive ones of a pair (``merge_publishes``) and
+hands each its own part of the reply. Every node, this one included, delivers
+what comes on the channel: local subscribers see the offsets remote ones see
+(the listener keeps this node's own version-3 envelopes). ``READ_SCRIPT``
+reads a stream's top and entries in one atomic look, for ``subscribe-json``
+and ``history:``.
 
 On a Redis Cluster (``redis_cluster.py``) the same code runs with ``SPUBLISH``:
 a pair's keys and channel share its session's slot, so each command goes to
