@@ -346,3 +346,13 @@ class TestPlainBatchEnvelopes:
         deeper = Delivery("p", "T", [payload], "t", "s")
         with pytest.raises(ValueError, match="deeper than"):
             decode_envelopes(merge_envelopes("n", [encode_envelope("n", deeper)]), self.KEY)
+
+
+@pytest.mark.parametrize("sent", [
+    Delivery("p", "T", "text", "t", "s"), Delivery("p é", "T\ud800", {"a": [1, None]}, "t", "s", "u"),
+    Delivery("p", "T", "\ud800 \"x\" \\", "t", "s", None, 3, "ab"),
+])
+def test_an_envelope_is_the_json_of_its_parts(sent: Delivery) -> None:
+    from rusty_ws.protocol import dumps_utf8
+
+    assert encode_envelope("n \"1\"", sent) == dumps_utf8({"v": 1, "node": "n \"1\"", "delivery": sent.to_dict()})
