@@ -74,21 +74,21 @@ local function fresh()
   return ARGV[1]
 end
 local function load()
-  local got = redis.pcall('HMGET', KEYS[1], 'e', 'o', 'r')
-  if got['err'] then return fresh(), 1, 0 end  -- not a hash
+  local got = redis.pcall('HMGET', KEYS[1], 'e', 'o', 'r', 'b')
+  if got['err'] then return fresh(), 1, 0, 0 end  -- not a hash
   local e, o = got[1], got[2]
-  if not e and not o then return fresh(), 0, 0 end
+  if not e and not o then return fresh(), 0, 0, 0 end
   if e and o and #e <= 64 and string.match(e, '^[0-9a-f]+$') and #o <= 15 and string.match(o, '^%d+$') then
     if replid then
       local mine = replid()
       if got[3] ~= mine then  -- written under another master: it may hold writes this one never got
         redis.call('HSET', KEYS[1], 'e', ARGV[1], 'r', mine)
-        return ARGV[1], 2, tonumber(o)
+        return ARGV[1], 2, tonumber(o), tonumber(got[4]) or 0
       end
     end
-    return e, 0, tonumber(o)
+    return e, 0, tonumber(o), tonumber(got[4]) or 0
   end
-  return fresh(), 1, 0
+  return fresh(), 1, 0, 0
 end
 local function now_ms()
   local t = redis.call('TIME')
@@ -123,15 +123,20 @@ def _scripts(publish_command: str) -> tuple[str, str]:
 #: Returns {reset (0, 1 or 2: see load()), then for each publish "new" | "repeat", "{offset}:{epoch}"}.
 #: Publishes the new ones (not the repeats) as one version-3 envelope, if any.
 #:
-#: The stream is trimmed to ``size`` entries (XTRIM MAXLEN) and to ``max bytes`` of deliveries
+#: The stream is trimmed to ``size`` entries (XADD MAXLEN, or one XTRIM after several) and to ``max bytes`` of deliveries
 #: (the newest kept first). The meta's ``b`` is an upper bound of the stream's bytes (what was
 #: added since the last exact count); only when it passes ``max bytes`` are the entries counted
 #: (XREVRANGE) and the oldest that do not fit dropped (XTRIM MINID), and ``b`` made exact.
 #: The meta outlives the entries (``meta ttl``): a pair idle past the TTL keeps its epoch and top.
 _PUBLISH_BODY = """
-local epoch, reset, top = load()
+local epoch, reset, top, b = load()
 local ms = now_ms()
 local n = tonumber(ARGV[9])
+local size, most = tonumber(ARGV[4]), tonumber(ARGV[8])
+local function append(offset, data)  -- one publish: trimmed as it is added; several: trimmed once, after
+  if n == 1 then return redis.pcall('XADD', KEYS[2], 'MAXLEN', size, offset .. '-0', 'd', data, 't', ms) end
+  return redis.pcall('XADD', KEYS[2], offset .. '-0', 'd', data, 't', ms)
+end
 local results = {reset}
 local items = {}
 local added = 0
@@ -147,12 +152,13 @@ for i = 1, n do
   else
     local data = ARGV[at + 1]
     local offset = top + 1
-    local ok = redis.pcall('XADD', KEYS[2], offset .. '-0', 'd', data, 't', ms)
+    local ok = append(offset, data)
     if type(ok) == 'table' and ok['err'] then  -- (only a first XADD can fail) an entry no node wrote sits past our top
       epoch, reset = fresh(), 1
       results[1] = 1
-      offset = 1
-      redis.call('XADD', KEYS[2], offset .. '-0', 'd', data, 't', ms)
+      offset, b = 1, 0
+      ok = append(offset, data)
+      if type(ok) == 'table' and ok['err'] then return redis.error_reply(ok['err']) end
     end
     top = offset
     added = added + 1
@@ -168,9 +174,8 @@ if added == 0 then  -- repeats only
   redis.call('PEXPIRE', KEYS[1], ARGV[6])
   return results
 end
-local size, most = tonumber(ARGV[4]), tonumber(ARGV[8])
-redis.call('XTRIM', KEYS[2], 'MAXLEN', size)
-local b = redis.call('HINCRBY', KEYS[1], 'b', bytes)
+if n > 1 then redis.call('XTRIM', KEYS[2], 'MAXLEN', size) end
+b = b + bytes
 if b > most then  -- maybe past the bound: count the entries, newest first, and drop the oldest that do not fit
   local kept, cut = 0, nil
   for _, entry in ipairs(redis.call('XREVRANGE', KEYS[2], '+', '-')) do
@@ -188,9 +193,9 @@ if b > most then  -- maybe past the bound: count the entries, newest first, and 
     local first = tonumber(string.match(cut, '^(%d+)')) + 1
     redis.call('XTRIM', KEYS[2], 'MINID', first .. '-0')
   end
-  redis.call('HSET', KEYS[1], 'b', kept)
+  b = kept
 end
-redis.call('HSET', KEYS[1], 'o', top)
+redis.call('HSET', KEYS[1], 'o', top, 'b', b)
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 redis.call('{publish}', ARGV[2], '{"v":3,"node":"' .. ARGV[3] .. '","epoch":"' .. epoch .. '","items":['
@@ -250,20 +255,23 @@ class _Epochs:
 
     Every publish needs one (used only if the pair's epoch must be made): one system
     call per publish cost ~1 µs of the publisher's thread, and more on a loaded
-    machine. ``_lock`` guards the pool; held for a pop (and a refill).
+    machine. No lock (every connection thread takes epochs, and a lock here was
+    contended: a holder descheduled mid-pop stalls the others): ``list.pop`` and
+    ``list.extend`` are atomic under the GIL, so each epoch is taken once, and two
+    threads that find the pool empty together both refill it, with distinct draws.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._pool: list[str] = []
 
     def take(self) -> str:
-        with self._lock:
-            pool = self._pool
-            if not pool:
+        pool = self._pool
+        while True:
+            try:
+                return pool.pop()
+            except IndexError:
                 digits = os.urandom(8 * 256).hex()
-                pool.extend(digits[i:i + 16] for i in range(0, len(digits), 16))
-            return pool.pop()
+                pool.extend([digits[i:i + 16] for i in range(0, len(digits), 16)])
 
 
 def _position(text: Any) -> Position:
