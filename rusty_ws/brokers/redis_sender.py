@@ -436,14 +436,20 @@ def _coalesce(batch: list[tuple[tuple[Any, ...], OnReply | None, int]]) -> tuple
                     break
                 room -= other.weight
                 j += 1
-        if j - i == 1:
-            commands.append(first)
-            spans.append((1, None))
-        else:
+        merged = None
+        if j - i > 1:
             assert isinstance(first, Mergeable)
-            command, split = first.merge([item[0] for item in batch[i:j]])  # type: ignore[misc]
-            commands.append(command)
-            spans.append((j - i, split))
+            try:
+                merged = first.merge([item[0] for item in batch[i:j]])  # type: ignore[misc]
+            except Exception:  # a bug, not Redis: send them one by one rather than lose them
+                logger.exception("merging %d commands failed; sending them one by one", j - i)
+        if merged is None:
+            for item in batch[i:j]:
+                commands.append(item[0])
+                spans.append((1, None))
+        else:
+            commands.append(merged[0])
+            spans.append((j - i, merged[1]))
         i = j
     return commands, spans
 

@@ -282,6 +282,20 @@ def test_neighbours_of_one_group_go_as_one_command_and_each_gets_its_own_reply(r
         assert out.status()["sent"] == len(plan) + 1  # every part counted, the PING too
 
 
+def test_a_merge_that_fails_sends_its_commands_one_by_one(redis: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    def broken(commands: list[Mergeable]) -> tuple[tuple[Any, ...], Any]:
+        raise ValueError("a bug in a merge")
+
+    replies = Replies()
+    with sender(redis) as out:
+        with held(out):
+            for number in range(3):
+                out.submit(Mergeable.of(("RPUSH", "a", number), group="a", merge=broken, weight=1, head=0,
+                                        budget=100), replies.callback(number))
+        assert replies.wait(3) and [replies.got[n] for n in range(3)] == [1, 2, 3]
+        assert "merging 3 commands failed" in caplog.text and out.status()["connected"] is True
+
+
 def test_a_merge_stops_at_its_budget_and_a_refused_merge_fails_every_part(redis: RedisServer) -> None:
     replies = Replies()
     with sender(redis) as out:
