@@ -151,8 +151,8 @@ class Hub:
         # Signalled when a pending publish id settles (a repeat waits for the first).
         self._ids_settled = threading.Condition(self._history_lock)
         # With a broker that keeps history for every node (Redis), the hub keeps none of its own.
-        store = broker.history_store(settings.history_size, settings.history_ttl,
-                                     settings.idempotency_window) if settings.history_size > 0 else None
+        store = broker.history_store(settings.history_size, settings.history_ttl, settings.idempotency_window,
+                                     settings.history_max_bytes) if settings.history_size > 0 else None
         self.shared = SharedStreams(self, store) if store is not None else None
         self.history = History(
             0 if self.shared else settings.history_size, settings.history_ttl, settings.history_max_bytes,
@@ -161,6 +161,7 @@ class Hub:
         self.publish_ids = IdempotencyTable(settings.idempotency_window, settings.idempotency_max_ids)
         # Publishes are delivered on the publishing thread and take the history lock: see commands_lock.
         self._hold_for_commands = self.history.enabled and isinstance(broker, MemoryBroker)
+        broker.batch_deliveries = self.writer.batch  # what a listener received at once: one send per subscriber
         broker.start(self.deliver_local, self.registry.keys)
 
     # ------------------------------------------------------------------ admission
