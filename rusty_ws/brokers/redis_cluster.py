@@ -67,7 +67,7 @@ from .redis_cluster_nodes import node_client, read_slot_map
 from .redis_cluster_retry import RetryQueue
 from .redis_cluster_routes import Redirecting, Router, View
 from .redis_codec import checked_envelope, shard_channel_name, split_cluster_url
-from .redis_history import RedisHistory, Route
+from .redis_history import RedisHistory, Route, replays_safely
 from .redis_sender import RedisSender
 from .redis_shard_listener import ShardListener
 from .redis_slots import SlotMap, session_slot, tag_in
@@ -274,11 +274,10 @@ class RedisClusterBroker(Broker):
     # ------------------------------------------------------------------ retries
 
     def _idempotent(self, command: tuple[Any, ...]) -> bool:
-        """Whether running ``command`` twice does what running it once does: the publish script with an id
-        (its first step is the id check; a second run is answered ``repeat`` with the first's position)."""
+        """Whether running ``command`` twice does what running it once does: the publish script, every
+        publish in it with an id (its first step is the id check; a second run is answered ``repeat``)."""
         history = self._history
-        return (history is not None and len(command) > 3 and command[0] == "EVALSHA"
-                and command[1] == history.publish_sha and command[2] == 3)
+        return history is not None and replays_safely(command, history.publish_sha)
 
     def _stopping(self) -> bool:
         return self._stop.is_set()  # (the Event of this launch: _launch_locked makes a new one)

@@ -289,6 +289,23 @@ def _position(text: Any) -> Position:
 _HEADER_ARGS = 8
 
 
+def replays_safely(command: tuple[Any, ...], publish_sha: str) -> bool:
+    """Whether ``command`` is a run of the publish script in which every publish carries an id.
+
+    Only then may it run twice: the script checks each id first and answers a
+    second run ``repeat`` with the first's position. The shape is the same alone
+    and merged (``merge_publishes``): one id key per publish with an id, and ``n``
+    after the header.
+    """
+    if len(command) < 4 or command[0] != "EVALSHA" or command[1] != publish_sha:
+        return False
+    numkeys = command[2]
+    at = 3 + numkeys + _HEADER_ARGS
+    if not isinstance(numkeys, int) or numkeys < 3 or len(command) <= at:
+        return False
+    return command[at] == numkeys - 2
+
+
 def merge_publishes(commands: list[Mergeable]) -> tuple[tuple[Any, ...], Callable[[Any], list[Any]]]:
     """One run of the publish script for the publishes of one pair (``RedisSender``'s merge), oldest first.
 

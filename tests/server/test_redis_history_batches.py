@@ -21,7 +21,7 @@ import redis as redis_py
 from redis_support import RedisServer, redis_server
 from rusty_ws.brokers.base import HistoryUnavailable, Stamped
 from rusty_ws.brokers.redis_codec import decode_envelopes, pair_keys, publish_id_key
-from rusty_ws.brokers.redis_history import RedisHistory, Route
+from rusty_ws.brokers.redis_history import RedisHistory, Route, merge_publishes, replays_safely
 from rusty_ws.brokers.redis_sender import RedisSender
 from rusty_ws.protocol import Delivery, Position
 from support import MS, WAIT
@@ -275,3 +275,24 @@ def test_a_delivery_from_redis_is_encoded_as_delivery_encode_does(delivery: Deli
     from rusty_ws.server.shared_streams import _encoded
 
     assert _encoded(delivery) == delivery.encode()
+
+
+def test_only_a_run_of_publishes_that_all_carry_an_id_may_be_sent_twice() -> None:
+    """The cluster's retry sends again only what the script's id checks make safe to run twice."""
+    submitted: list[Any] = []
+    history = RedisHistory(node_id=lambda: "node-1",
+                           route=lambda _: Route(None, lambda command, _: submitted.append(command), True),
+                           deliver=lambda _: None, prefix="rusty_ws", size=100, ttl=60, window=60,
+                           max_envelope_size=None)
+    for publish_id in ("a", None, "b"):
+        history.publish(Delivery("p", "T", {"n": 1}, "t", "s"), publish_id, lambda _: None)
+    with_a, without, with_b = submitted
+    sha = history.publish_sha
+    assert replays_safely(with_a, sha) and replays_safely(with_b, sha)
+    assert not replays_safely(without, sha)
+    assert not replays_safely(with_a, "another script")
+    both, _ = merge_publishes([with_a, with_b])
+    mixed, _ = merge_publishes([with_a, without, with_b])
+    assert replays_safely(both, sha)
+    assert not replays_safely(mixed, sha)  # its publish without an id would be delivered twice
+    assert not replays_safely(("EVALSHA", sha), sha) and not replays_safely(("PING",), sha)
