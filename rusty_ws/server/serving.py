@@ -29,12 +29,14 @@ import errno
 import gc
 import io
 import logging
+import os
 import signal
 import socket
+import sys
 import threading
 import time
 from http import HTTPStatus
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 from flask import Flask
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
@@ -44,7 +46,7 @@ from .hub import PendingRequests
 from .logs import ACCESS_LOGGER, without_colours
 from .state import state_of
 
-__all__ = ["HubServer", "HubRequestHandler", "freeze_startup_objects", "make_server", "serve"]
+__all__ = ["HubServer", "HubRequestHandler", "freeze_startup_objects", "exit_now", "make_server", "serve"]
 
 logger = logging.getLogger("rusty_ws.server")
 
@@ -380,19 +382,39 @@ def freeze_startup_objects() -> int:
     return frozen
 
 
-def stop(app: Flask, server: HubServer, timeout: float = 5.0) -> None:
+def stop(app: Flask, server: HubServer, timeout: float = 5.0, *, exiting: bool = False) -> None:
     """Stop accepting, then close the hub's connections (4200). Call from another thread than serve_forever.
 
     The listening socket is closed first: in a restart every client told 4200 comes
     back within a second or so, and while the old process was still shutting down its
     accept loop gave each of them a thread and a 503 (``shutting_down``), CPU taken from
     closing the connections; the kernel now refuses them at no cost, and they back off.
+    ``exiting``: the process ends right after (``Hub.shutdown``'s ``exiting``).
     """
     server.shutdown()  # the accept loop has ended when this returns
     server.socket.close()
     state = state_of(app)
     if state is not None:
-        state.hub.shutdown(timeout)
+        state.hub.shutdown(timeout, exiting=exiting)
+
+
+def exit_now(code: int = 0) -> NoReturn:
+    """End the process at once, after flushing the logs and the standard streams (``os._exit``).
+
+    For a process that is only a hub (``rusty-ws serve``), once its hub has shut
+    down: the interpreter's own exit with thousands of connection threads still
+    ending took seconds (measured: 2.4 s with 3,700 left of 10,000), during which
+    the port stayed unusable for the next process. Nothing is left to do: the
+    4200s are written and the broker stopped; the kernel closes the sockets.
+    Never for a hub embedded in someone's process: ``Hub.shutdown`` alone there.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def _route(app: Flask, endpoint_suffix: str) -> str | None:
@@ -409,14 +431,23 @@ def _browsable(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def serve(app: Flask, host: str = "127.0.0.1", port: int = 8081) -> None:
-    """Serve until SIGINT or SIGTERM, then shut down cleanly. Blocks; call from the main thread."""
+def serve(app: Flask, host: str = "127.0.0.1", port: int = 8081, *, exit_when_stopped: bool = False) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down cleanly. Blocks; call from the main thread.
+
+    ``exit_when_stopped``: the process is only this hub (``rusty-ws serve``): once the
+    connections are told 4200, it ends at once (``exit_now``) instead of returning.
+    """
     server = make_server(app, host, port)
+    stopper: list[threading.Thread] = []  # the shutdown's thread, once a signal came
 
     def on_signal(signum: int, _: Any) -> None:
         logger.info("%s: closing connections and stopping", signal.Signals(signum).name)
+        if stopper:  # a second signal: the first one's shutdown is under way
+            return
         # server.shutdown() waits for serve_forever, which runs on this very thread.
-        threading.Thread(target=stop, args=(app, server), name="rusty_ws-shutdown").start()
+        stopper.append(threading.Thread(target=stop, args=(app, server), kwargs={"exiting": exit_when_stopped},
+                                        name="rusty_ws-shutdown"))
+        stopper[0].start()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     freeze_startup_objects()
@@ -434,3 +465,6 @@ def serve(app: Flask, host: str = "127.0.0.1", port: int = 8081) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         server.server_close()
+    if exit_when_stopped and stopper:
+        stopper[0].join()
+        exit_now(0)
