@@ -130,6 +130,10 @@ MAX_REQUEST_HEAD_SIZE = 32 * 1024
 #: Sockets that may wait for their request head at once (each holds a thread); one more is
 #: answered 503 and closed at once, without a thread. Applied by the hub's own server.
 MAX_PENDING_REQUESTS = 256
+#: Requests the hub's own server works on at once past their head and short of an open
+#: WebSocket (upgrading, or a connection's thread ending); one more WebSocket handshake is
+#: answered 503 with Retry-After on the accept thread, without a thread. 0: no bound.
+MAX_HANDSHAKES = 64
 #: Messages kept per (topic, session) stream for recovery and ``history:``; 0 turns history
 #: off (deliveries then carry no offset/epoch). See docs/protocol.md, "History and recovery".
 HISTORY_SIZE = 100
@@ -191,6 +195,7 @@ DEFAULTS: dict[str, Any] = {
         REQUEST_HEAD_TIMEOUT=REQUEST_HEAD_TIMEOUT,
         MAX_REQUEST_HEAD_SIZE=MAX_REQUEST_HEAD_SIZE,
         MAX_PENDING_REQUESTS=MAX_PENDING_REQUESTS,
+        MAX_HANDSHAKES=MAX_HANDSHAKES,
         HISTORY_SIZE=HISTORY_SIZE,
         HISTORY_TTL=HISTORY_TTL,
         HISTORY_MAX_BYTES=HISTORY_MAX_BYTES,
@@ -424,6 +429,7 @@ class Settings:
     request_head_timeout: float = REQUEST_HEAD_TIMEOUT
     max_request_head_size: int = MAX_REQUEST_HEAD_SIZE
     max_pending_requests: int = MAX_PENDING_REQUESTS
+    max_handshakes: int = MAX_HANDSHAKES
     history_size: int = HISTORY_SIZE
     history_ttl: float = HISTORY_TTL
     history_max_bytes: int = HISTORY_MAX_BYTES
@@ -496,6 +502,7 @@ class Settings:
             request_head_timeout=check(_positive, "REQUEST_HEAD_TIMEOUT"),
             max_request_head_size=check(_whole, "MAX_REQUEST_HEAD_SIZE"),
             max_pending_requests=check(_whole, "MAX_PENDING_REQUESTS"),
+            max_handshakes=check(_count, "MAX_HANDSHAKES"),
             history_size=check(_count, "HISTORY_SIZE"),
             history_ttl=check(_positive, "HISTORY_TTL"),
             history_max_bytes=check(_whole, "HISTORY_MAX_BYTES"),

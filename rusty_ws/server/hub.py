@@ -57,7 +57,7 @@ __all__ = ["Hub", "PendingRequests", "Answer"]
 logger = logging.getLogger("rusty_ws.server")
 
 #: Seconds an exiting hub (``Hub.shutdown(exiting=True)``) waits for closing handshakes once every 4200 is written.
-EXIT_GRACE = 0.2
+EXIT_GRACE = 0.5
 #: Seconds between two looks at the writer's queue while an exiting hub waits for its close frames to go out.
 WRITTEN_POLL = 0.01
 

@@ -30,6 +30,7 @@ import gc
 import io
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -62,6 +63,19 @@ _BUSY_RESPONSE = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 5\r\n"
     b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
 )
+_PACED_BODY = (b'{"code": "server_busy", "error": "too many WebSocket handshakes at once; '
+               b'retry after the seconds Retry-After says"}')
+#: The head of the answer to a WebSocket handshake past RUSTY_WS_MAX_HANDSHAKES; ``%d``: Retry-After's seconds.
+_PACED_HEAD = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: %d\r\n"
+               b"Connection: close\r\nContent-Length: " + str(len(_PACED_BODY)).encode() + b"\r\n\r\n")
+#: Bytes of a request the accept thread looks at (without taking them) to tell ``/healthz`` from a handshake.
+PEEK_BYTES = 256
+#: Seconds the accept loop, when it paces, waits for a request's first bytes to tell ``/healthz`` from the rest.
+PEEK_WAIT = 0.05
+#: Handshakes per second ``_Pacer`` never guesses below, whatever it measured.
+MIN_PACED_RATE = 50
+#: The longest Retry-After ``_Pacer`` names, in seconds.
+MAX_RETRY_AFTER = 60
 #: Where ``HubRequestHandler`` leaves, in the environ, a callable that frees the request head's buffers.
 RELEASE_HEAD_KEY = "rusty_ws.release_head"
 _NO_HEADERS = email.message.Message()  # what a released handler's ``headers`` are: empty, shared
@@ -280,6 +294,50 @@ class _Throttle:
         return count
 
 
+class _Pacer:
+    """How long a WebSocket handshake turned away by the accept loop is asked to wait (``Retry-After``).
+
+    The hub takes about ``rate`` handshakes a second: at first a guess
+    (``RUSTY_WS_RECONNECT_RATE``), then what it admitted in the last whole second
+    during which it also turned some away (its capacity under load). The clients
+    turned away are sent back to the seconds ahead, at most ``rate`` to each, the
+    nearest with room first: each client is turned away about once, not every
+    time it tries, and the hub's accept thread is not kept busy refusing the same
+    clients. A client adds up to a second of its own jitter (docs/protocol.md,
+    "Reconnect storms"). Used by the accept thread only: no lock.
+    """
+
+    def __init__(self, rate: int) -> None:
+        self.rate = max(MIN_PACED_RATE, rate)
+        self._second = 0          # the whole second of monotonic time the counts below are for
+        self._admitted = 0        # handshakes admitted in that second
+        self._turned_away = False  # ... and whether any was turned away in it
+        self._told: dict[int, int] = {}  # second -> clients sent back to it
+
+    def admitted(self, now: float) -> None:
+        self._tick(now)
+        self._admitted += 1
+
+    def retry_after(self, now: float) -> int:
+        """Seconds (1 to ``MAX_RETRY_AFTER``) the next client turned away is asked to wait."""
+        self._tick(now)
+        self._turned_away = True
+        second, told = self._second, self._told
+        wait = next((n for n in range(1, MAX_RETRY_AFTER) if told.get(second + n, 0) < self.rate), MAX_RETRY_AFTER)
+        told[second + wait] = told.get(second + wait, 0) + 1
+        return wait
+
+    def _tick(self, now: float) -> None:
+        second = int(now)
+        if second == self._second:
+            return
+        if self._turned_away and second == self._second + 1:  # a whole second at capacity: measure it
+            self.rate = max(MIN_PACED_RATE, (self.rate + self._admitted) // 2)
+        self._second, self._admitted, self._turned_away = second, 0, False
+        for past in [key for key in self._told if key <= second]:
+            del self._told[past]
+
+
 class HubServer(ThreadedWSGIServer):
     """werkzeug's threaded server with a listen backlog fit for reconnect storms, guarded before the upgrade.
 
@@ -303,6 +361,17 @@ class HubServer(ThreadedWSGIServer):
         self._stopping = threading.Event()  # set by shutdown(): ends a wait of the accept loop at once
         self._log_no_descriptors = _Throttle(LOG_EVERY)
         self._log_refused = _Throttle(LOG_EVERY)
+        self._log_paced = _Throttle(LOG_EVERY)
+        self.max_handshakes = settings.max_handshakes if self._hub is not None else 0
+        self._pacer = _Pacer(settings.reconnect_rate)
+        healthz = next((rule.rule for rule in app.url_map.iter_rules() if rule.endpoint.endswith(".healthz")), None)
+        #: How a ``/healthz`` request starts, which pacing never turns away (None: the app has no such route).
+        self._healthz_line = f"GET {healthz}".encode() if healthz else None
+        # Request threads started (written by the accept thread only) and ended (by each
+        # thread as it ends, under _threads_lock: a += from many threads is not atomic).
+        self._threads_started = 0
+        self._threads_ended = 0
+        self._threads_lock = threading.Lock()
 
     def serve_forever(self, poll_interval: float = 0.1) -> None:  # shutdown() waits up to this long
         self._stopping.clear()
@@ -321,15 +390,80 @@ class HubServer(ThreadedWSGIServer):
             raise  # socketserver drops it; the loop selects again
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Start the socket's thread, or refuse it at once (503, no thread) when too many wait for a head."""
+        """Start the socket's thread, or refuse it at once (503, no thread): too many wait for a head,
+        or (a WebSocket handshake) too many handshakes are under way (``_paced``)."""
+        now = time.monotonic()
+        if self.max_handshakes and self.handshakes_in_flight() >= self.max_handshakes and self._paced(request, now):
+            return
         if not self.pending.take():
             self._refuse(request)
             return
+        self._threads_started += 1  # before the thread starts: it may end before start() returns
         try:
             super().process_request(request, client_address)
         except BaseException:
             self.pending.give_back()  # no thread: no handler to give it back
+            self._threads_started -= 1
             raise
+        if self.max_handshakes:
+            self._pacer.admitted(now)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._threads_lock:
+                self._threads_ended += 1
+
+    def handshakes_in_flight(self) -> int:
+        """Request threads past their head that are not an open WebSocket: upgrading, or ending.
+
+        What competes with the accept thread for the interpreter lock in a reconnect
+        storm: a thread waiting for its head sleeps (and is bounded by ``pending``),
+        an open idle connection sleeps, these run.
+        """
+        hub = self._hub
+        running = self._threads_started - self._threads_ended
+        return running - self.pending.count - (hub.open_count if hub is not None else 0)
+
+    def _paced(self, request: socket.socket, now: float) -> bool:
+        """Turn away a request that is not ``/healthz`` (503, ``Retry-After``), on this thread; False: let it in.
+
+        Looks at what has arrived of the request without taking it (``MSG_PEEK``):
+        ``/healthz`` is let in ahead of the handshakes, so a health check keeps
+        answering through a storm. In a storm the accept loop is behind and the
+        request is there; else it waits for it at most ``PEEK_WAIT``, and a request
+        whose first bytes have not come by then is let in (its thread waits for
+        them, bounded by ``RUSTY_WS_MAX_PENDING_REQUESTS``).
+        """
+        try:
+            start = request.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:  # in a storm the accept loop is behind and the bytes are there; else a moment
+            if not select.select([request], [], [], PEEK_WAIT)[0]:
+                return False
+            try:
+                start = request.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except OSError:
+                start = b""
+        except OSError:
+            start = b""
+        line = self._healthz_line
+        if line is not None and start.startswith(line) and start[len(line):len(line) + 1] in (b" ", b"?"):
+            return False
+        wait = self._pacer.retry_after(now)
+        try:
+            request.send(_PACED_HEAD % wait + _PACED_BODY, socket.MSG_DONTWAIT)
+        except OSError:
+            pass
+        self.shutdown_request(request)
+        paced = self._log_paced()
+        if paced:
+            logger.warning(
+                "refused a WebSocket handshake with 503, Retry-After %d (%d time(s) since this line last "
+                "showed): %d handshakes under way (RUSTY_WS_MAX_HANDSHAKES=%d), about %d admitted a second",
+                wait, paced, self.handshakes_in_flight(), self.max_handshakes, self._pacer.rate,
+            )
+        return True
 
     def _refuse(self, request: socket.socket) -> None:
         try:
