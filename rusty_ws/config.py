@@ -88,7 +88,7 @@ CLOSE_TIMEOUT = 2.0
 #: WebSocket handshakes per second that a hub shutting down asks its clients to spread their
 #: reconnections to: the 4200 close reason names a window of (connections / this) seconds
 #: when that is more than the usual 1 s (docs/protocol.md, "Reconnect storms").
-RECONNECT_RATE = 1000
+RECONNECT_RATE = 1500
 #: Where publishes go: "memory://" (this process only) or "redis://host:port/db" (docs/scaling.md).
 BROKER_URL = "memory://"
 #: Redis broker: publishes (and other commands) that may wait in a node's Redis sender at
@@ -130,10 +130,11 @@ MAX_REQUEST_HEAD_SIZE = 32 * 1024
 #: Sockets that may wait for their request head at once (each holds a thread); one more is
 #: answered 503 and closed at once, without a thread. Applied by the hub's own server.
 MAX_PENDING_REQUESTS = 256
-#: Requests the hub's own server works on at once past their head and short of an open
-#: WebSocket (upgrading, or a connection's thread ending); one more WebSocket handshake is
-#: answered 503 with Retry-After on the accept thread, without a thread. 0: no bound.
-MAX_HANDSHAKES = 64
+#: Requests that may wait in the hub's accept queue (Linux) or be under way (past their head,
+#: short of an open WebSocket) at once; past it the accept thread answers 503 with Retry-After,
+#: without a thread, to any request but /healthz (docs/protocol.md, "Reconnect storms").
+#: Applied by the hub's own server; 0: no bound.
+MAX_HANDSHAKES = 1024
 #: Messages kept per (topic, session) stream for recovery and ``history:``; 0 turns history
 #: off (deliveries then carry no offset/epoch). See docs/protocol.md, "History and recovery".
 HISTORY_SIZE = 100

@@ -72,6 +72,10 @@ _PACED_HEAD = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/j
 PEEK_BYTES = 256
 #: Seconds the accept loop, when it paces, waits for a request's first bytes to tell ``/healthz`` from the rest.
 PEEK_WAIT = 0.05
+#: ``TCP_INFO`` (Linux): for a listening socket, ``tcpi_unacked`` (a u32 at byte 24) is its accept queue's length.
+_TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)
+_TCP_INFO_BYTES = 104
+_TCPI_UNACKED = 24
 #: Handshakes per second ``_Pacer`` never guesses below, whatever it measured.
 MIN_PACED_RATE = 50
 #: The longest Retry-After ``_Pacer`` names, in seconds.
@@ -297,9 +301,13 @@ class _Throttle:
 class _Pacer:
     """How long a WebSocket handshake turned away by the accept loop is asked to wait (``Retry-After``).
 
-    The hub takes about ``rate`` handshakes a second: at first a guess
-    (``RUSTY_WS_RECONNECT_RATE``), then what it admitted in the last whole second
-    during which it also turned some away (its capacity under load). The clients
+    The hub takes about ``rate`` handshakes a second: what it admitted in the
+    last whole seconds during which it also turned some away (its capacity under
+    load), never less than ``RUSTY_WS_RECONNECT_RATE``, the rate the 4200's window
+    promised. Not less: on a machine short of CPU the measure fell to 60-200 a
+    second and sent clients up to a minute away (a storm of 10,000 then took 52-74 s
+    instead of ~20 s without pacing); a client sent back too early is only turned
+    away again, which costs the accept thread ~40 µs. The clients
     turned away are sent back to the seconds ahead, at most ``rate`` to each, the
     nearest with room first: each client is turned away about once, not every
     time it tries, and the hub's accept thread is not kept busy refusing the same
@@ -308,7 +316,8 @@ class _Pacer:
     """
 
     def __init__(self, rate: int) -> None:
-        self.rate = max(MIN_PACED_RATE, rate)
+        self.floor = max(MIN_PACED_RATE, rate)
+        self.rate = self.floor
         self._second = 0          # the whole second of monotonic time the counts below are for
         self._admitted = 0        # handshakes admitted in that second
         self._turned_away = False  # ... and whether any was turned away in it
@@ -332,7 +341,7 @@ class _Pacer:
         if second == self._second:
             return
         if self._turned_away and second == self._second + 1:  # a whole second at capacity: measure it
-            self.rate = max(MIN_PACED_RATE, (self.rate + self._admitted) // 2)
+            self.rate = max(self.floor, (self.rate + self._admitted) // 2)
         self._second, self._admitted, self._turned_away = second, 0, False
         for past in [key for key in self._told if key <= second]:
             del self._told[past]
@@ -372,6 +381,7 @@ class HubServer(ThreadedWSGIServer):
         self._threads_started = 0
         self._threads_ended = 0
         self._threads_lock = threading.Lock()
+        self._queue_visible = _TCP_INFO is not None  # accept_queue() can read the accept queue's length
 
     def serve_forever(self, poll_interval: float = 0.1) -> None:  # shutdown() waits up to this long
         self._stopping.clear()
@@ -391,9 +401,10 @@ class HubServer(ThreadedWSGIServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Start the socket's thread, or refuse it at once (503, no thread): too many wait for a head,
-        or (a WebSocket handshake) too many handshakes are under way (``_paced``)."""
+        or too many requests wait in the accept queue or are under way (``_paced``; never ``/healthz``)."""
         now = time.monotonic()
-        if self.max_handshakes and self.handshakes_in_flight() >= self.max_handshakes and self._paced(request, now):
+        if (self.max_handshakes and self.accept_queue() + self.handshakes_in_flight() >= self.max_handshakes
+                and self._paced(request, now)):
             return
         if not self.pending.take():
             self._refuse(request)
@@ -414,6 +425,24 @@ class HubServer(ThreadedWSGIServer):
         finally:
             with self._threads_lock:
                 self._threads_ended += 1
+
+    def accept_queue(self) -> int:
+        """Connections the system holds for this server's ``accept()`` now (0 where it cannot tell).
+
+        Linux gives it for a listening socket in ``TCP_INFO`` (``tcpi_unacked``):
+        what a request that arrives now waits behind. The accept loop serves them one
+        by one, each handshake about a millisecond of the interpreter's time, so a
+        queue of thousands (a reconnect storm fills the 4096 of the backlog) is
+        seconds for a `/healthz` at its end.
+        """
+        if not self._queue_visible:
+            return 0
+        try:
+            info = self.socket.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_BYTES)
+        except OSError:
+            self._queue_visible = False  # not Linux, or not TCP: the bound counts the handshakes under way
+            return 0
+        return int.from_bytes(info[_TCPI_UNACKED:_TCPI_UNACKED + 4], sys.byteorder)
 
     def handshakes_in_flight(self) -> int:
         """Request threads past their head that are not an open WebSocket: upgrading, or ending.
@@ -439,7 +468,9 @@ class HubServer(ThreadedWSGIServer):
         try:
             start = request.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except BlockingIOError:  # in a storm the accept loop is behind and the bytes are there; else a moment
-            if not select.select([request], [], [], PEEK_WAIT)[0]:
+            poller = select.poll()  # not select.select: descriptors past 1023 are the rule at 10,000 clients
+            poller.register(request, select.POLLIN)
+            if not poller.poll(PEEK_WAIT * 1000):
                 return False
             try:
                 start = request.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)

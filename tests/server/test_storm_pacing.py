@@ -21,7 +21,7 @@ import pytest
 from rusty_ws import WsClient
 from rusty_ws.config import Settings
 from rusty_ws.server.serving import MAX_RETRY_AFTER, MIN_PACED_RATE, _Pacer
-from support import FAST_CLIENT, WAIT, Hooks, RawSocket, http, raw_http, running_server
+from support import FAST_CLIENT, WAIT, Hooks, RawSocket, RunningServer, http, raw_http, running_server
 
 HANDSHAKE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
              b"Sec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\nSec-WebSocket-Version: 13\r\n\r\n")
@@ -36,36 +36,27 @@ def closing() -> Iterator[list[socket.socket]]:
         sock.close()
 
 
-def hold_a_request(port: int, server_pending: object, closing: list[socket.socket]) -> socket.socket:
-    """A request past its head whose body never comes: one request under way until the socket closes."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
-    closing.append(sock)
-    sock.sendall(b"POST /auth/token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: 100\r\n\r\n{")
-    return sock
+def hold_a_request(server: RunningServer, closing: list[socket.socket]) -> socket.socket:
+    """A request past its head whose body never comes: one request under way until the socket closes.
 
-
-def wait_head_read(port: int) -> dict:
-    """/healthz until no socket waits for its head (the held request's head has been read); its last answer.
-
-    The held socket was accepted before each /healthz (one accept thread, in order), so
-    ``pending_requests`` 0 means its head is read and its thread is past it.
+    The head comes in two parts, so that each step is seen: first the socket waits
+    for the rest of its head (``pending_requests`` 1), then its thread reads the body.
     """
-    for _ in range(100):
-        status, _, health = http("GET", f"http://127.0.0.1:{port}/healthz")
-        assert status == 200, health
-        if health["pending_requests"] == 0:
-            return health
-    raise AssertionError("the held request's head was never read")
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)
+    closing.append(sock)
+    sock.sendall(b"POST /auth/token HTTP/1.1\r\n")
+    assert server.hub.pending_requests.wait_for(1, WAIT)  # accepted, admitted, waiting for its head
+    sock.sendall(b"Host: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+    assert server.hub.pending_requests.wait_for(0, WAIT)  # its head is read: it waits for its body
+    assert server.server.handshakes_in_flight() >= 1
+    return sock
 
 
 class TestPacing:
     def test_past_the_bound_a_handshake_gets_503_with_retry_after_and_no_thread(
             self, closing: list[socket.socket]) -> None:
         with running_server(max_handshakes=1, request_head_timeout=10 * WAIT) as server:
-            hold_a_request(server.port, server.hub.pending_requests, closing)
-            wait_head_read(server.port)
-            assert server.server.handshakes_in_flight() >= 1  # (and the last /healthz's thread, perhaps still ending)
+            hold_a_request(server, closing)
             started = server.server._threads_started
             status, headers, body = raw_http(server.port, HANDSHAKE)
             assert status == 503 and b'"server_busy"' in body, body
@@ -76,8 +67,7 @@ class TestPacing:
 
     def test_healthz_is_answered_while_handshakes_are_turned_away(self, closing: list[socket.socket]) -> None:
         with running_server(max_handshakes=1, request_head_timeout=10 * WAIT) as server:
-            hold_a_request(server.port, server.hub.pending_requests, closing)
-            wait_head_read(server.port)
+            hold_a_request(server, closing)
             for _ in range(3):
                 assert raw_http(server.port, HANDSHAKE)[0] == 503
                 status, _, body = raw_http(server.port, HEALTHZ)
@@ -89,8 +79,7 @@ class TestPacing:
 
     def test_once_the_request_ends_handshakes_are_let_in_again(self, closing: list[socket.socket]) -> None:
         with running_server(max_handshakes=1, request_head_timeout=10 * WAIT) as server:
-            held = hold_a_request(server.port, server.hub.pending_requests, closing)
-            wait_head_read(server.port)
+            held = hold_a_request(server, closing)
             assert raw_http(server.port, HANDSHAKE)[0] == 503
             held.shutdown(socket.SHUT_WR)  # the body ends short: the server answers 400 and the thread ends
             assert held.recv(100).startswith(b"HTTP/1.1 400")
@@ -108,8 +97,7 @@ class TestPacing:
 
     def test_no_bound_no_pacing(self, closing: list[socket.socket]) -> None:
         with running_server(max_handshakes=0, request_head_timeout=10 * WAIT) as server:
-            hold_a_request(server.port, server.hub.pending_requests, closing)
-            wait_head_read(server.port)
+            hold_a_request(server, closing)
             raw = RawSocket(server.port)
             try:
                 assert raw.status == 101 and raw.sync() == []
@@ -120,8 +108,7 @@ class TestPacing:
                                                     caplog: pytest.LogCaptureFixture) -> None:
         caplog.set_level("WARNING", logger="rusty_ws.server")
         with running_server(max_handshakes=1, request_head_timeout=10 * WAIT) as server:
-            hold_a_request(server.port, server.hub.pending_requests, closing)
-            wait_head_read(server.port)
+            hold_a_request(server, closing)
             for _ in range(5):
                 assert raw_http(server.port, HANDSHAKE)[0] == 503
         lines = [r for r in caplog.records if "RUSTY_WS_MAX_HANDSHAKES" in r.getMessage()]
@@ -133,8 +120,7 @@ def test_wsclient_waits_what_retry_after_says(closing: list[socket.socket]) -> N
     with running_server(max_handshakes=1, request_head_timeout=10 * WAIT) as server:
         client = WsClient.connect("c", server.ws_url, **FAST_CLIENT)
         hooks = Hooks(client)
-        held = hold_a_request(server.port, server.hub.pending_requests, closing)
-        wait_head_read(server.port)
+        held = hold_a_request(server, closing)
         server.hub.connections()[0].close(4200, "server restarting")
         assert hooks.disconnected.get(timeout=WAIT)[0] == 4200
         attempt, delay = hooks.reconnecting.get(timeout=WAIT)
@@ -158,20 +144,20 @@ def test_the_turned_away_are_sent_to_the_seconds_ahead_at_most_rate_to_each() ->
     assert pacer.retry_after(101.2) == 3
 
 
-def test_the_rate_follows_what_a_busy_second_admitted() -> None:
-    pacer = _Pacer(1000)
-    for _ in range(200):
+def test_the_rate_follows_what_a_busy_second_admitted_never_below_the_promised_rate() -> None:
+    pacer = _Pacer(100)
+    for _ in range(500):
         pacer.admitted(7.1)
-    pacer.retry_after(7.5)  # a busy second: 200 admitted, some turned away
+    pacer.retry_after(7.5)  # a busy second: 500 admitted, some turned away
     pacer.admitted(8.0)  # the next second: the busy one is measured
-    assert pacer.rate == (1000 + 200) // 2
+    assert pacer.rate == (100 + 500) // 2
     pacer.admitted(9.5)  # a second with no one turned away leaves the rate as it is
     pacer.admitted(10.5)
-    assert pacer.rate == 600
-    for _ in range(40):  # never guessed below the floor
-        pacer.retry_after(float(20 + _))
-        pacer.admitted(20.5 + _)
-    assert pacer.rate >= MIN_PACED_RATE
+    assert pacer.rate == 300
+    for second in range(20, 40):  # busy seconds with few admitted: down to the floor, not below
+        pacer.retry_after(second + 0.5)
+        pacer.admitted(second + 0.6)
+    assert pacer.rate == 100
 
 
 def test_the_wait_never_passes_the_longest() -> None:
@@ -179,7 +165,7 @@ def test_the_wait_never_passes_the_longest() -> None:
     assert max(pacer.retry_after(3.0) for _ in range(MIN_PACED_RATE * (MAX_RETRY_AFTER + 5))) == MAX_RETRY_AFTER
 
 
-@pytest.mark.parametrize("value, expected", [(None, 64), (0, 0), ("16", 16)])
+@pytest.mark.parametrize("value, expected", [(None, 1024), (0, 0), ("16", 16)])
 def test_the_bound_is_a_setting(value: object, expected: int) -> None:
     config = {} if value is None else {"RUSTY_WS_MAX_HANDSHAKES": value}
     assert Settings.from_config(config).max_handshakes == expected
