@@ -18,10 +18,22 @@ from collections.abc import Iterator
 
 import pytest
 
-from rusty_ws import WsClient
+from rusty_ws import WsClient, create_app
 from rusty_ws.config import Settings
-from rusty_ws.server.serving import MAX_RETRY_AFTER, MIN_PACED_RATE, _Pacer
-from support import FAST_CLIENT, WAIT, Hooks, RawSocket, RunningServer, http, raw_http, running_server
+from rusty_ws.server.serving import MAX_RETRY_AFTER, MIN_PACED_RATE, _Pacer, make_server
+from rusty_ws.server.state import state_of
+from support import (
+    FAST_CLIENT,
+    WAIT,
+    Hooks,
+    RawSocket,
+    RunningServer,
+    http,
+    hub_config,
+    raw_http,
+    read_response,
+    running_server,
+)
 
 HANDSHAKE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
              b"Sec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\nSec-WebSocket-Version: 13\r\n\r\n")
@@ -175,3 +187,31 @@ def test_the_bound_is_a_setting(value: object, expected: int) -> None:
 def test_the_bound_refuses_values_that_cannot_work(value: object) -> None:
     with pytest.raises(ValueError, match="RUSTY_WS_MAX_HANDSHAKES"):
         Settings.from_config({"RUSTY_WS_MAX_HANDSHAKES": value})
+
+
+def test_a_long_accept_queue_is_paced_and_healthz_in_it_is_let_through() -> None:
+    """The accept queue counts (Linux ``TCP_INFO``): requests queued behind the one accepted now."""
+    app = create_app(hub_config(max_handshakes=3))
+    server = make_server(app, "127.0.0.1", 0)  # not serving: this test accepts, one request at a time
+    sockets = []
+    try:
+        for request in [HANDSHAKE, HANDSHAKE, HEALTHZ, HANDSHAKE, HANDSHAKE]:
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)
+            sock.sendall(request)
+            sockets.append(sock)
+        assert server.accept_queue() == 5
+        started = server._threads_started
+        server._handle_request_noblock()  # 4 behind it: paced
+        server._handle_request_noblock()  # 3 behind it: paced
+        server._handle_request_noblock()  # /healthz, 2 behind it: let in
+        server._handle_request_noblock()  # 1 behind it, and the /healthz under way (or ended): let in
+        assert server.accept_queue() == 1
+        statuses = [read_response(sock)[0] for sock in sockets[:4]]
+        assert statuses[:3] == [503, 503, 200], statuses
+        assert statuses[3] in (101, 503)  # 503 only while the /healthz's thread had not ended yet
+        assert server._threads_started == started + 2
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.server_close()  # never served: nothing for shutdown() to wait for
+        state_of(app).hub.shutdown(WAIT)
