@@ -130,11 +130,15 @@ MAX_REQUEST_HEAD_SIZE = 32 * 1024
 #: Sockets that may wait for their request head at once (each holds a thread); one more is
 #: answered 503 and closed at once, without a thread. Applied by the hub's own server.
 MAX_PENDING_REQUESTS = 256
-#: Requests that may wait in the hub's accept queue (Linux) or be under way (past their head,
-#: short of an open WebSocket) at once; past it the accept thread answers 503 with Retry-After,
-#: without a thread, to any request but /healthz (docs/protocol.md, "Reconnect storms").
-#: Applied by the hub's own server; 0: no bound.
-MAX_HANDSHAKES = 1024
+#: Requests the hub's own server may have under way at once (past their head, short of an open
+#: WebSocket: upgrading, or a connection's thread ending); past it the accept thread answers the
+#: next request but /healthz 503 with Retry-After, without a thread (docs/protocol.md,
+#: "Reconnect storms"). 0: no bound.
+MAX_HANDSHAKES = 64
+#: The same answer when more than this many connections wait in the accept queue (Linux's
+#: TCP_INFO), so that /healthz never waits behind more. 0 (the default): no bound; measured,
+#: it made reconnect storms longer (docs/performance.md, "Reconnect storm").
+MAX_ACCEPT_QUEUE = 0
 #: Messages kept per (topic, session) stream for recovery and ``history:``; 0 turns history
 #: off (deliveries then carry no offset/epoch). See docs/protocol.md, "History and recovery".
 HISTORY_SIZE = 100
@@ -197,6 +201,7 @@ DEFAULTS: dict[str, Any] = {
         MAX_REQUEST_HEAD_SIZE=MAX_REQUEST_HEAD_SIZE,
         MAX_PENDING_REQUESTS=MAX_PENDING_REQUESTS,
         MAX_HANDSHAKES=MAX_HANDSHAKES,
+        MAX_ACCEPT_QUEUE=MAX_ACCEPT_QUEUE,
         HISTORY_SIZE=HISTORY_SIZE,
         HISTORY_TTL=HISTORY_TTL,
         HISTORY_MAX_BYTES=HISTORY_MAX_BYTES,
@@ -431,6 +436,7 @@ class Settings:
     max_request_head_size: int = MAX_REQUEST_HEAD_SIZE
     max_pending_requests: int = MAX_PENDING_REQUESTS
     max_handshakes: int = MAX_HANDSHAKES
+    max_accept_queue: int = MAX_ACCEPT_QUEUE
     history_size: int = HISTORY_SIZE
     history_ttl: float = HISTORY_TTL
     history_max_bytes: int = HISTORY_MAX_BYTES
@@ -504,6 +510,7 @@ class Settings:
             max_request_head_size=check(_whole, "MAX_REQUEST_HEAD_SIZE"),
             max_pending_requests=check(_whole, "MAX_PENDING_REQUESTS"),
             max_handshakes=check(_count, "MAX_HANDSHAKES"),
+            max_accept_queue=check(_count, "MAX_ACCEPT_QUEUE"),
             history_size=check(_count, "HISTORY_SIZE"),
             history_ttl=check(_positive, "HISTORY_TTL"),
             history_max_bytes=check(_whole, "HISTORY_MAX_BYTES"),

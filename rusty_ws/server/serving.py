@@ -372,6 +372,7 @@ class HubServer(ThreadedWSGIServer):
         self._log_refused = _Throttle(LOG_EVERY)
         self._log_paced = _Throttle(LOG_EVERY)
         self.max_handshakes = settings.max_handshakes if self._hub is not None else 0
+        self.max_accept_queue = settings.max_accept_queue if self._hub is not None else 0
         self._pacer = _Pacer(settings.reconnect_rate)
         healthz = next((rule.rule for rule in app.url_map.iter_rules() if rule.endpoint.endswith(".healthz")), None)
         #: How a ``/healthz`` request starts, which pacing never turns away (None: the app has no such route).
@@ -401,10 +402,9 @@ class HubServer(ThreadedWSGIServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Start the socket's thread, or refuse it at once (503, no thread): too many wait for a head,
-        or too many requests wait in the accept queue or are under way (``_paced``; never ``/healthz``)."""
+        or too many requests are under way or in the accept queue (``_busy``, ``_paced``; never ``/healthz``)."""
         now = time.monotonic()
-        if (self.max_handshakes and self.accept_queue() + self.handshakes_in_flight() >= self.max_handshakes
-                and self._paced(request, now)):
+        if self._busy() and self._paced(request, now):
             return
         if not self.pending.take():
             self._refuse(request)
@@ -416,7 +416,7 @@ class HubServer(ThreadedWSGIServer):
             self.pending.give_back()  # no thread: no handler to give it back
             self._threads_started -= 1
             raise
-        if self.max_handshakes:
+        if self.max_handshakes or self.max_accept_queue:
             self._pacer.admitted(now)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
@@ -425,6 +425,11 @@ class HubServer(ThreadedWSGIServer):
         finally:
             with self._threads_lock:
                 self._threads_ended += 1
+
+    def _busy(self) -> bool:
+        """Too many requests under way (``RUSTY_WS_MAX_HANDSHAKES``) or queued (``RUSTY_WS_MAX_ACCEPT_QUEUE``)."""
+        return bool((self.max_handshakes and self.handshakes_in_flight() >= self.max_handshakes)
+                    or (self.max_accept_queue and self.accept_queue() >= self.max_accept_queue))
 
     def accept_queue(self) -> int:
         """Connections the system holds for this server's ``accept()`` now (0 where it cannot tell).
@@ -435,7 +440,7 @@ class HubServer(ThreadedWSGIServer):
         queue of thousands (a reconnect storm fills the 4096 of the backlog) is
         seconds for a `/healthz` at its end.
         """
-        if not self._queue_visible:
+        if not self._queue_visible or _TCP_INFO is None:
             return 0
         try:
             info = self.socket.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_BYTES)
@@ -490,9 +495,10 @@ class HubServer(ThreadedWSGIServer):
         paced = self._log_paced()
         if paced:
             logger.warning(
-                "refused a WebSocket handshake with 503, Retry-After %d (%d time(s) since this line last "
-                "showed): %d handshakes under way (RUSTY_WS_MAX_HANDSHAKES=%d), about %d admitted a second",
-                wait, paced, self.handshakes_in_flight(), self.max_handshakes, self._pacer.rate,
+                "refused a request with 503, Retry-After %d (%d time(s) since this line last showed): %d "
+                "under way (RUSTY_WS_MAX_HANDSHAKES=%d), %d in the accept queue (RUSTY_WS_MAX_ACCEPT_QUEUE=%d), "
+                "about %d admitted a second", wait, paced, self.handshakes_in_flight(), self.max_handshakes,
+                self.accept_queue(), self.max_accept_queue, self._pacer.rate,
             )
         return True
 
