@@ -592,6 +592,21 @@ def exit_now(code: int = 0) -> NoReturn:
     os._exit(code)
 
 
+def _stop_and_exit(app: Flask, server: HubServer) -> None:
+    """``stop`` for a process that is only this hub, then end it from this very thread (``exit_now``).
+
+    Not back on the main thread: with thousands of connection threads still
+    ending, every hand-off of the interpreter lock waits behind them (measured:
+    ~0.5 s between the last 4200 and the exit); this thread holds what it needs.
+    """
+    try:
+        stop(app, server, exiting=True)
+    except BaseException:
+        logger.exception("the shutdown failed; exiting all the same")
+        exit_now(1)
+    exit_now(0)
+
+
 def _route(app: Flask, endpoint_suffix: str) -> str | None:
     """The path of the app's first route whose endpoint ends with ``endpoint_suffix`` (the hub's blueprint's)."""
     return next((rule.rule for rule in app.url_map.iter_rules() if rule.endpoint.endswith(endpoint_suffix)), None)
@@ -620,7 +635,7 @@ def serve(app: Flask, host: str = "127.0.0.1", port: int = 8081, *, exit_when_st
         if stopper:  # a second signal: the first one's shutdown is under way
             return
         # server.shutdown() waits for serve_forever, which runs on this very thread.
-        stopper.append(threading.Thread(target=stop, args=(app, server), kwargs={"exiting": exit_when_stopped},
+        stopper.append(threading.Thread(target=_stop_and_exit if exit_when_stopped else stop, args=(app, server),
                                         name="rusty_ws-shutdown"))
         stopper[0].start()
 
