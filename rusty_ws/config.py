@@ -136,9 +136,10 @@ MAX_PENDING_REQUESTS = 256
 #: "Reconnect storms"). 0: no bound.
 MAX_HANDSHAKES = 64
 #: The same answer when more than this many connections wait in the accept queue (Linux's
-#: TCP_INFO), so that /healthz never waits behind more. 0 (the default): no bound; measured,
-#: it made reconnect storms longer (docs/performance.md, "Reconnect storm").
-MAX_ACCEPT_QUEUE = 0
+#: TCP_INFO): just short of the listen backlog (4096), past which the system drops new
+#: connections' SYNs and their clients retry 1, 3, 7, 15 s later (docs/performance.md,
+#: "Reconnect storm"). 0: no bound.
+MAX_ACCEPT_QUEUE = 3072
 #: Messages kept per (topic, session) stream for recovery and ``history:``; 0 turns history
 #: off (deliveries then carry no offset/epoch). See docs/protocol.md, "History and recovery".
 HISTORY_SIZE = 100

@@ -19,7 +19,7 @@ takes, unseen by ``RUSTY_WS_MAX_CONNECTIONS``. Here:
   the accept thread and closed, without a thread;
 - past ``RUSTY_WS_MAX_HANDSHAKES`` requests under way (past their head, not yet
   an open WebSocket), or ``RUSTY_WS_MAX_ACCEPT_QUEUE`` connections in the accept
-  queue (off by default), any request but ``/healthz`` is answered 503 with
+  queue, any request but ``/healthz`` is answered 503 with
   ``Retry-After`` on the accept thread, without a thread (``_Pacer`` says when);
 - when ``accept()`` fails for want of file descriptors, the accept loop logs
   one line (at most every ``LOG_EVERY`` seconds) and waits ``ACCEPT_BACKOFF``
