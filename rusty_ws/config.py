@@ -133,8 +133,10 @@ MAX_PENDING_REQUESTS = 256
 #: Requests the hub's own server may have under way at once (past their head, short of an open
 #: WebSocket: upgrading, or a connection's thread ending); past it the accept thread answers the
 #: next request but /healthz 503 with Retry-After, without a thread (docs/protocol.md,
-#: "Reconnect storms"). 0: no bound.
-MAX_HANDSHAKES = 64
+#: "Reconnect storms"). A safety net against thousands of handshake threads: the accept loop
+#: starts one at a time, so only a CPU-starved process ever has many; lower, a burst of new
+#: connections was refused (a 1,000-client connect at a load of thousands). 0: no bound.
+MAX_HANDSHAKES = 1024
 #: The same answer when more than this many connections wait in the accept queue (Linux's
 #: TCP_INFO): just short of the listen backlog (4096), past which the system drops new
 #: connections' SYNs and their clients retry 1, 3, 7, 15 s later (docs/performance.md,
