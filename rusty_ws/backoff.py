@@ -9,7 +9,10 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 
-__all__ = ["delays"]
+__all__ = ["delays", "retry_after", "MAX_RETRY_AFTER"]
+
+#: The longest wait a ``Retry-After`` is taken for (seconds); a longer one is not believed.
+MAX_RETRY_AFTER = 3600
 
 
 def delays(
@@ -32,3 +35,20 @@ def delays(
     while True:
         yield min(cap, delay) * (1 - jitter * rng())
         delay = min(cap, delay * factor)
+
+
+def retry_after(value: str | None, rng: Callable[[], float] = random.random) -> float | None:
+    """Seconds to wait after a 503 whose ``Retry-After`` is ``value``: that many, plus up to one more at random.
+
+    The hub paces a reconnect storm this way (docs/protocol.md, "Reconnect storms"):
+    it sends the clients it turns away to the seconds ahead, and the random part
+    spreads those sent to the same second over it. None (back off as usual) when
+    there is no header or it is not a whole number of seconds from 0 to
+    ``MAX_RETRY_AFTER`` (an HTTP date included: the hub never sends one).
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if not value.isascii() or not value.isdigit() or len(value) > 4 or int(value) > MAX_RETRY_AFTER:
+        return None
+    return int(value) + rng()

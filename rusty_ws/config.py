@@ -88,7 +88,7 @@ CLOSE_TIMEOUT = 2.0
 #: WebSocket handshakes per second that a hub shutting down asks its clients to spread their
 #: reconnections to: the 4200 close reason names a window of (connections / this) seconds
 #: when that is more than the usual 1 s (docs/protocol.md, "Reconnect storms").
-RECONNECT_RATE = 1000
+RECONNECT_RATE = 1500
 #: Where publishes go: "memory://" (this process only) or "redis://host:port/db" (docs/scaling.md).
 BROKER_URL = "memory://"
 #: Redis broker: publishes (and other commands) that may wait in a node's Redis sender at
@@ -133,6 +133,18 @@ MAX_REQUEST_HEAD_SIZE = 32 * 1024
 #: Sockets that may wait for their request head at once (each holds a thread); one more is
 #: answered 503 and closed at once, without a thread. Applied by the hub's own server.
 MAX_PENDING_REQUESTS = 256
+#: Requests the hub's own server may have under way at once (past their head, short of an open
+#: WebSocket: upgrading, or a connection's thread ending); past it the accept thread answers the
+#: next request but /healthz 503 with Retry-After, without a thread (docs/protocol.md,
+#: "Reconnect storms"). A safety net against thousands of handshake threads: the accept loop
+#: starts one at a time, so only a CPU-starved process ever has many; lower, a burst of new
+#: connections was refused (a 1,000-client connect at a load of thousands). 0: no bound.
+MAX_HANDSHAKES = 1024
+#: The same answer when more than this many connections wait in the accept queue (Linux's
+#: TCP_INFO): just short of the listen backlog (4096), past which the system drops new
+#: connections' SYNs and their clients retry 1, 3, 7, 15 s later (docs/performance.md,
+#: "Reconnect storm"). 0: no bound.
+MAX_ACCEPT_QUEUE = 3072
 #: Messages kept per (topic, session) stream for recovery and ``history:``; 0 turns history
 #: off (deliveries then carry no offset/epoch). See docs/protocol.md, "History and recovery".
 HISTORY_SIZE = 100
@@ -195,6 +207,8 @@ DEFAULTS: dict[str, Any] = {
         REQUEST_HEAD_TIMEOUT=REQUEST_HEAD_TIMEOUT,
         MAX_REQUEST_HEAD_SIZE=MAX_REQUEST_HEAD_SIZE,
         MAX_PENDING_REQUESTS=MAX_PENDING_REQUESTS,
+        MAX_HANDSHAKES=MAX_HANDSHAKES,
+        MAX_ACCEPT_QUEUE=MAX_ACCEPT_QUEUE,
         HISTORY_SIZE=HISTORY_SIZE,
         HISTORY_TTL=HISTORY_TTL,
         HISTORY_MAX_BYTES=HISTORY_MAX_BYTES,
@@ -428,6 +442,8 @@ class Settings:
     request_head_timeout: float = REQUEST_HEAD_TIMEOUT
     max_request_head_size: int = MAX_REQUEST_HEAD_SIZE
     max_pending_requests: int = MAX_PENDING_REQUESTS
+    max_handshakes: int = MAX_HANDSHAKES
+    max_accept_queue: int = MAX_ACCEPT_QUEUE
     history_size: int = HISTORY_SIZE
     history_ttl: float = HISTORY_TTL
     history_max_bytes: int = HISTORY_MAX_BYTES
@@ -501,6 +517,8 @@ class Settings:
             request_head_timeout=check(_positive, "REQUEST_HEAD_TIMEOUT"),
             max_request_head_size=check(_whole, "MAX_REQUEST_HEAD_SIZE"),
             max_pending_requests=check(_whole, "MAX_PENDING_REQUESTS"),
+            max_handshakes=check(_count, "MAX_HANDSHAKES"),
+            max_accept_queue=check(_count, "MAX_ACCEPT_QUEUE"),
             history_size=check(_count, "HISTORY_SIZE"),
             history_ttl=check(_positive, "HISTORY_TTL"),
             history_max_bytes=check(_whole, "HISTORY_MAX_BYTES"),

@@ -130,11 +130,14 @@ class ConnectFailed(RustyWsError):
 
     Attributes:
         status: the HTTP status the server answered the handshake with, if it answered.
+        retry_after: the answer's ``Retry-After`` header as it came (a hub pacing a
+            reconnect storm sends one with its 503), or None.
     """
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, retry_after: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
 
 
 class ConnectionClosed(RustyWsError):

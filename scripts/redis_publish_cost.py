@@ -6,10 +6,16 @@ per variant, publishes the benchmark's ~100-byte delivery N times through
 ``RedisBroker.publish`` (no subscribers, no sockets but Redis'), and reports
 the process' CPU per publish and Redis' own (``INFO cpu``), best of 3:
 
-- sender: the broker as it is (the Redis sender, pipelined, with hiredis);
+- sender: the broker as it is (the Redis sender, pipelined, with hiredis; consecutive
+  PUBLISHes of the pair merged into one of a version-4 envelope);
+- sender-unmerged: the same, one PUBLISH per publish (as before merging);
 - sender-nohiredis: the same with hiredis hidden (pure-Python packing and parsing);
 - sync: the broker as it was before the sender: one PUBLISH round trip per
-  publish on the publishing thread (``benchlib/run_rusty.py``'s ``sync-publish``).
+  publish on the publishing thread (``benchlib/run_rusty.py``'s ``sync-publish``);
+- history: history in Redis (``RedisHistory.publish``: the history script), the
+  sender merging consecutive publishes of the pair into one run of it;
+- history-unmerged: the same, one run of the script per publish (as before merging);
+- history-id, history-id-unmerged: the same, each publish with its own ``id``.
 
 CPU per message is what to compare on a loaded machine; the wall-clock rate
 is shown too, but depends on what else runs.
@@ -27,7 +33,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-VARIANTS = ("sender", "sender-nohiredis", "sync")
+VARIANTS = ("sender", "sender-unmerged", "sender-nohiredis", "sync", "history", "history-unmerged", "history-id", "history-id-unmerged")
 
 
 def measure(url: str, variant: str, publishes: int) -> dict[str, float]:
@@ -37,6 +43,7 @@ def measure(url: str, variant: str, publishes: int) -> dict[str, float]:
     sys.path.insert(0, os.path.join(HERE, "benchlib"))
     import run_rusty
 
+    from rusty_ws.brokers import redis_sender
     from rusty_ws.brokers.base import Landed
     from rusty_ws.brokers.redis import RedisBroker
     from rusty_ws.protocol import Delivery
@@ -44,8 +51,20 @@ def measure(url: str, variant: str, publishes: int) -> dict[str, float]:
     if variant == "sync":
         run_rusty.publish_synchronously()
         publishes //= 5  # a round trip each: keep it short
+    if variant.endswith("-unmerged"):
+        redis_sender.MAX_MERGE = 1
     broker = RedisBroker(url)
+    history = broker.history_store(100, 300.0, 300.0, 64 * 1024 * 1024) if variant.startswith("history") else None
     broker.start(lambda delivery: Landed(None, 0), lambda *among: [])
+    ids, tag = iter(range(10 ** 9)), os.urandom(4).hex()  # ids never seen before: no repeats
+    if history is None:
+        publish = broker.publish
+    elif variant.startswith("history-id"):
+        def publish(delivery: Delivery) -> None:
+            history.publish(delivery, f"{tag}-{next(ids)}", lambda result: None)
+    else:
+        def publish(delivery: Delivery) -> None:
+            history.publish(delivery, None, None)
     delivery = Delivery(publisher_name="bench", topic="T", payload="x" * 80, timestamp="2026-12-01T14:00:00Z",
                         session_id="s1")
     port = int(url.rsplit(":", 1)[1].split("/")[0])
@@ -54,7 +73,7 @@ def measure(url: str, variant: str, publishes: int) -> dict[str, float]:
     for _ in range(3):
         redis_before, cpu, wall = redis.cpu(), time.process_time(), time.perf_counter()
         for _ in range(publishes):
-            broker.publish(delivery)
+            publish(delivery)
         if variant != "sync":
             assert broker.wait_sent(60)
         row = {"node_us": (time.process_time() - cpu) * 1e6 / publishes,
@@ -81,6 +100,7 @@ class _Info:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--publishes", type=int, default=100_000)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # one child process
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -93,7 +113,7 @@ def main() -> None:
     redis = RedisProcess()
     rows = {}
     try:
-        for variant in VARIANTS:
+        for variant in args.variants.split(","):
             out = subprocess.run([sys.executable, __file__, "--variant", variant, "--url", redis.url,
                                   "--publishes", str(args.publishes)],
                                  capture_output=True, text=True, timeout=600, check=True).stdout

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from rusty_ws.backoff import delays
+from rusty_ws.backoff import MAX_RETRY_AFTER, delays, retry_after
 
 
 def test_first_delay_is_random_then_grows_to_the_cap() -> None:
@@ -29,3 +29,20 @@ def test_full_jitter_bounds() -> None:
 def test_bad_parameters(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         next(delays(**kwargs))
+
+
+@pytest.mark.parametrize("value, expected", [("0", 0.5), ("1", 1.5), (" 7 ", 7.5), ("3600", 3600.5)])
+def test_retry_after_waits_what_it_says_plus_up_to_a_second(value: str, expected: float) -> None:
+    assert retry_after(value, rng=lambda: 0.5) == expected
+
+
+@pytest.mark.parametrize("value", [
+    None, "", "-1", "1.5", "3601", "99999999", "soon", "Wed, 21 Oct 2026 07:28:00 GMT", "١", "1e3", "0x10",
+    "1 2", "9" * 10_000,
+])
+def test_retry_after_that_is_absent_or_not_a_small_whole_number_is_ignored(value: str | None) -> None:
+    assert retry_after(value) is None  # back off as usual
+
+
+def test_retry_after_is_at_most_the_longest() -> None:
+    assert retry_after(str(MAX_RETRY_AFTER), rng=lambda: 0.0) == MAX_RETRY_AFTER

@@ -13,9 +13,12 @@ from rusty_ws.brokers.redis_codec import (
     channel_name,
     control_channel,
     decode_envelope,
+    decode_envelopes,
     decode_stream_entry,
     encode_envelope,
     key_of_channel,
+    merge_envelopes,
+    own_envelope_prefix,
     pair_keys,
     publish_id_key,
     session_tag,
@@ -182,6 +185,91 @@ class TestEnvelopeLimits:
         assert MAX_ENVELOPE_DEPTH == MAX_JSON_DEPTH + 1
 
 
+class TestBatchEnvelopes:
+    """Version 3: what the history script publishes now, several deliveries of one pair with their offsets."""
+
+    KEY = ("T", "s")
+
+    @staticmethod
+    def body(payload: object = 1, session: str = "s") -> bytes:
+        return (b'{"publisher_name":"p","topic":"T","payload":%s,"timestamp":"t","session_id":"%s"}'
+                % (str(payload).encode(), session.encode()))
+
+    def envelope(self, items: list[bytes], epoch: bytes = b'"ab12"', version: int = 3) -> bytes:
+        return b'{"v":%d,"node":"n1","epoch":%s,"items":[%s]}' % (version, epoch, b",".join(items))
+
+    def item(self, seq: object, offset: object, body: bytes | None = None) -> bytes:
+        return b'{"seq":%s,"offset":%s,"delivery":%s}' % (str(seq).encode(), str(offset).encode(), body or self.body())
+
+    def test_each_item_is_a_delivery_with_its_offset_and_the_nodes_number(self) -> None:
+        data = self.envelope([self.item(7, 5, self.body(10)), self.item(9, 6, self.body(11))])
+        node, deliveries = decode_envelopes(data, self.KEY)
+        assert node == "n1"
+        assert [(d.payload, d.offset, d.epoch, d.extra) for d in deliveries] == [
+            (10, 5, "ab12", {"node": "n1", "seq": 7}), (11, 6, "ab12", {"node": "n1", "seq": 9})]
+        assert deliveries[1].encode().endswith(b',"offset":6,"epoch":"ab12"}')
+
+    def test_one_delivery_alone_is_what_decode_envelope_takes(self) -> None:
+        assert decode_envelope(self.envelope([self.item(1, 1)]), self.KEY)[1].offset == 1
+        with pytest.raises(ValueError, match="2 deliveries"):
+            decode_envelope(self.envelope([self.item(1, 1), self.item(2, 2)]), self.KEY)
+
+    def test_versions_1_and_2_still_decode_to_one_delivery(self) -> None:
+        sent = Delivery("p", "T", 1, "t", "s")
+        assert decode_envelopes(encode_envelope("n", sent), self.KEY) == ("n", [sent])
+        data = b'{"v":2,"node":"n1","seq":7,"offset":5,"epoch":"ab12","delivery":' + self.body() + b"}"
+        assert [d.offset for d in decode_envelopes(data, self.KEY)[1]] == [5]
+
+    @pytest.mark.parametrize("items", [
+        [],                                                  # nothing in it
+        [b"1"], [b"[]"], [b'{"seq":1,"offset":1}'],           # items that are no items
+        [b'{"offset":1,"delivery":%s}' % (b'{"publisher_name":"p","topic":"T","payload":1,"timestamp":"t",'
+                                          b'"session_id":"s"}')],  # no seq
+        [b'{"seq":true,"offset":1,"delivery":{}}'],
+        [b'{"seq":1,"offset":"1","delivery":{}}'],
+        [b'{"seq":1,"offset":true,"delivery":{}}'],
+        [b'{"seq":1,"offset":0,"delivery":{}}'],
+    ])
+    def test_odd_items_are_no_envelope(self, items: list[bytes]) -> None:
+        with pytest.raises(ValueError):
+            decode_envelopes(self.envelope(items), self.KEY)
+
+    def test_offsets_must_ascend_and_every_item_be_for_the_channels_pair(self) -> None:
+        for items in ([self.item(1, 2), self.item(2, 2)], [self.item(1, 3), self.item(2, 2)],
+                      [self.item(1, 1), self.item(2, 2, self.body(1, session="other"))],
+                      [self.item(1, 1), self.item(2, 2, self.body("1e999"))]):
+            with pytest.raises(ValueError):
+                decode_envelopes(self.envelope(items), self.KEY)
+
+    @pytest.mark.parametrize("epoch", [b'""', b'"AB"', b"5", b"null", b'"' + b"a" * 65 + b'"'])
+    def test_a_bad_epoch_is_no_envelope(self, epoch: bytes) -> None:
+        with pytest.raises(ValueError):
+            decode_envelopes(self.envelope([self.item(1, 1)], epoch=epoch), self.KEY)
+
+    def test_an_unknown_version_is_refused_not_misread(self) -> None:
+        """A node of a later release publishes version 5: this one drops it (logged by the listener)."""
+        with pytest.raises(ValueError, match="envelope version 5"):
+            decode_envelopes(self.envelope([self.item(1, 1)], version=5), self.KEY)
+        with pytest.raises(ValueError, match="envelope version"):
+            decode_envelopes(b'{"v":true,"node":"n1","delivery":' + self.body() + b"}", self.KEY)
+
+    def test_items_carry_the_deepest_publish_and_no_deeper(self) -> None:
+        payload: object = []
+        for _ in range(MAX_JSON_DEPTH - 2):
+            payload = [payload]
+        deepest = Delivery("p", "T", payload, "t", "s").encode()
+        assert decode_envelopes(self.envelope([self.item(1, 1, deepest)]), self.KEY)[1][0].payload == payload
+        deeper = Delivery("p", "T", [payload], "t", "s").encode()
+        with pytest.raises(ValueError, match="deeper than"):
+            decode_envelopes(self.envelope([self.item(1, 1, deeper)]), self.KEY)
+
+    def test_own_envelopes_are_known_by_their_first_bytes(self) -> None:
+        sent = Delivery("p", "T", 1, "t", "s")
+        assert encode_envelope("host-1-abc", sent).startswith(own_envelope_prefix("host-1-abc"))
+        assert not encode_envelope("host-1-abcd", sent).startswith(own_envelope_prefix("host-1-abc"))
+        assert not encode_envelope("host-1-ab", sent).startswith(own_envelope_prefix("host-1-abc"))
+
+
 class TestHistoryEnvelopes:
     """Version 2: what the history script publishes, the delivery with its offset and epoch."""
 
@@ -220,3 +308,51 @@ class TestHistoryEnvelopes:
     def test_bad_stream_entries_are_refused(self, entry: object) -> None:
         with pytest.raises((ValueError, TypeError)):
             decode_stream_entry(entry, self.KEY, "ab", 3)
+
+
+class TestPlainBatchEnvelopes:
+    """Version 4: consecutive publishes of one pair without history, merged by the sender into one PUBLISH."""
+
+    KEY = ("T", "s")
+
+    def test_merged_envelopes_decode_to_their_deliveries_in_order(self) -> None:
+        sent = [Delivery("p", "T", n, "t", "s") for n in range(3)] + [Delivery("p", "T", {"é": [1]}, "t", "s", "u")]
+        merged = merge_envelopes("host-1-abc", [encode_envelope("host-1-abc", d) for d in sent])
+        assert merged.startswith(own_envelope_prefix("host-1-abc", 4))
+        assert decode_envelopes(merged, self.KEY) == ("host-1-abc", sent)
+        assert len(merged) <= 40 + len("host-1-abc") + sum(len(d.encode()) + 1 for d in sent)
+
+    def test_only_this_nodes_envelopes_merge(self) -> None:
+        with pytest.raises(ValueError):
+            merge_envelopes("a", [encode_envelope("b", Delivery("p", "T", 1, "t", "s"))])
+
+    @pytest.mark.parametrize("data", [
+        b'{"v":4,"node":"n","deliveries":[]}', b'{"v":4,"node":"n","deliveries":{}}', b'{"v":4,"node":"n"}',
+        b'{"v":4,"node":"n","deliveries":[1]}',
+        b'{"v":4,"node":"n","deliveries":[{"publisher_name":"p","topic":"T","payload":1,"timestamp":"t",'
+        b'"session_id":"other"}]}',
+    ])
+    def test_odd_ones_are_no_envelope(self, data: bytes) -> None:
+        with pytest.raises(ValueError):
+            decode_envelopes(data, self.KEY)
+
+    def test_deliveries_carry_the_deepest_publish_and_no_deeper(self) -> None:
+        payload: object = []
+        for _ in range(MAX_JSON_DEPTH - 2):
+            payload = [payload]
+        deepest = Delivery("p", "T", payload, "t", "s")
+        merged = merge_envelopes("n", [encode_envelope("n", deepest)] * 2)
+        assert decode_envelopes(merged, self.KEY)[1] == [deepest, deepest]
+        deeper = Delivery("p", "T", [payload], "t", "s")
+        with pytest.raises(ValueError, match="deeper than"):
+            decode_envelopes(merge_envelopes("n", [encode_envelope("n", deeper)]), self.KEY)
+
+
+@pytest.mark.parametrize("sent", [
+    Delivery("p", "T", "text", "t", "s"), Delivery("p é", "T\ud800", {"a": [1, None]}, "t", "s", "u"),
+    Delivery("p", "T", "\ud800 \"x\" \\", "t", "s", None, 3, "ab"),
+])
+def test_an_envelope_is_the_json_of_its_parts(sent: Delivery) -> None:
+    from rusty_ws.protocol import dumps_utf8
+
+    assert encode_envelope("n \"1\"", sent) == dumps_utf8({"v": 1, "node": "n \"1\"", "delivery": sent.to_dict()})

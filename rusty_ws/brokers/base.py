@@ -13,6 +13,7 @@ what this node needs.
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -106,6 +107,10 @@ class Broker(abc.ABC):
     name = "broker"
     #: True when publishes cross processes: every node then needs the same JWT secret.
     distributed = False
+    #: Opens a block whose deliveries are written together when it ends (the hub sets its
+    #: ``Writer.batch`` here before ``start``): a listener that received many deliveries at
+    #: once hands them over inside one, so each subscriber gets them in one ``send``.
+    batch_deliveries: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
 
     @abc.abstractmethod
     def start(self, deliver: Deliver, keys: Callable[[], list[Key]]) -> None:
@@ -142,11 +147,12 @@ class Broker(abc.ABC):
     def stop(self) -> None:  # noqa: B027 - optional, as above
         """Stop carrying publishes and end any thread. Idempotent."""
 
-    def history_store(self, size: int, ttl: float, window: float) -> SharedHistory | None:
+    def history_store(self, size: int, ttl: float, window: float,
+                      max_bytes: int | None = None) -> SharedHistory | None:
         """The history every node shares, if this broker keeps one (Redis); None: the hub keeps its own.
 
-        Called once, before ``start``, with ``RUSTY_WS_HISTORY_SIZE`` (> 0), ``RUSTY_WS_HISTORY_TTL``
-        and ``RUSTY_WS_IDEMPOTENCY_WINDOW``.
+        Called once, before ``start``, with ``RUSTY_WS_HISTORY_SIZE`` (> 0), ``RUSTY_WS_HISTORY_TTL``,
+        ``RUSTY_WS_IDEMPOTENCY_WINDOW`` and ``RUSTY_WS_HISTORY_MAX_BYTES``.
         """
         return None
 

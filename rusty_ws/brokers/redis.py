@@ -29,7 +29,7 @@ Redis replied to its PUBLISH.
 
 History. With history on the hub does not call ``publish``: ``history_store``
 gives it a ``RedisHistory`` (``redis_history.py``), whose script numbers,
-keeps and PUBLISHes each message in Redis (a version-2 envelope, with offset
+keeps and PUBLISHes each message in Redis (a version-3 envelope, with offsets
 and epoch, which every node's listener delivers, this node's too; through
 ``_from_channel``, which drops a copy of this node's own publish already
 delivered here when Redis seemed unreachable).
@@ -74,11 +74,12 @@ from .redis_codec import (
     decode_envelope,
     encode_envelope,
     key_of_channel,
+    merge_envelopes,
     split_url,
 )
 from .redis_history import RedisHistory, Route
 from .redis_listener import Listener
-from .redis_sender import RedisSender
+from .redis_sender import Mergeable, RedisSender
 
 __all__ = [
     "RedisBroker",
@@ -99,9 +100,21 @@ START_TIMEOUT = 5.0
 #: Defaults of ``RUSTY_WS_REDIS_SEND_QUEUE`` and ``RUSTY_WS_REDIS_SEND_QUEUE_BYTES``.
 SEND_QUEUE = 10_000
 SEND_QUEUE_BYTES = 32 * 1024 * 1024
+#: Most bytes of envelopes merged into one PUBLISH (never more than ``max_envelope_size``).
+MERGE_BYTES = 256 * 1024
+#: Bytes of a version-4 envelope besides its deliveries (and a comma each) and the node's id
+#: (``{"v":4,"node":"","deliveries":[]}``: 34), and of a version 1 besides its delivery and the node's id.
+_ENVELOPE_HEAD = 40
+_ENVELOPE_FIXED = len(b'{"v":1,"node":"","delivery":}')
 
 
 # --------------------------------------------------------------------------- node ids
+
+
+#: This process's pid, kept up to date in a forked child (``os.register_at_fork``): the broker's
+#: check for a fork, on every publish, reads it instead of making a system call.
+_this_process = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _this_process.__setitem__(0, os.getpid()))
 
 
 def new_node_id() -> str:
@@ -201,6 +214,7 @@ class RedisBroker(Broker):
             keys=self._keys,
             subscribe_timeout=self.subscribe_timeout,
             max_envelope_size=self.max_envelope_size,
+            batch=self.batch_deliveries,  # set by the hub before start
         )
         self._listener, self._sender, self._pid = listener, sender, os.getpid()
         if self._history is not None:
@@ -227,7 +241,7 @@ class RedisBroker(Broker):
         listener = self._listener
         if listener is None:
             raise RuntimeError("the broker was not started")
-        if self._pid == os.getpid() or self._stopped:
+        if self._pid == _this_process[0] or self._stopped:
             return listener
         with self._launch_lock:
             if self._pid != os.getpid() and not self._stopped:
@@ -263,9 +277,15 @@ class RedisBroker(Broker):
         """
         listener = self._current()
         assert self._deliver is not None and self._sender is not None
-        envelope = checked_envelope(listener.node_id, delivery, self.max_envelope_size)
+        node_id = listener.node_id
+        envelope = checked_envelope(node_id, delivery, self.max_envelope_size)
         landed = self._deliver(delivery)
-        command = ("PUBLISH", channel_name(self.channel_prefix, delivery.topic, delivery.session_id), envelope)
+        channel = channel_name(self.channel_prefix, delivery.topic, delivery.session_id)
+        # Merged by the sender with the next publishes of the pair, as one PUBLISH of a version-4 envelope.
+        command = Mergeable.of(("PUBLISH", channel, envelope), group=channel, merge=self._merge,
+                               weight=len(envelope) - len(node_id) - _ENVELOPE_FIXED + 1,
+                               head=len(node_id) + _ENVELOPE_HEAD,
+                               budget=min(MERGE_BYTES, self.max_envelope_size or MERGE_BYTES))
         if on_landed is None:
             self._sender.submit(command)
         else:
@@ -275,7 +295,14 @@ class RedisBroker(Broker):
             self._sender.submit(command, on_reply)
         return landed
 
-    def history_store(self, size: int, ttl: float, window: float) -> SharedHistory:
+    def _merge(self, commands: list[Mergeable]) -> tuple[tuple[Any, ...], Callable[[Any], list[Any]]]:
+        """One PUBLISH of a version-4 envelope for consecutive PUBLISHes of one channel (``RedisSender``)."""
+        envelopes = [command[2] for command in commands]
+        node_id = self._current().node_id
+        count = len(commands)
+        return ("PUBLISH", commands[0][1], merge_envelopes(node_id, envelopes)), lambda reply: [reply] * count
+
+    def history_store(self, size: int, ttl: float, window: float, max_bytes: int | None = None) -> SharedHistory:
         """History in Redis, shared by every node (``redis_history.py``)."""
         def deliver(delivery: Delivery) -> Landed:
             assert self._deliver is not None
@@ -283,7 +310,7 @@ class RedisBroker(Broker):
 
         self._history = RedisHistory(node_id=lambda: self._current().node_id, route=self._route, deliver=deliver,
                                      prefix=self.channel_prefix, size=size, ttl=ttl, window=window,
-                                     max_envelope_size=self.max_envelope_size)
+                                     max_envelope_size=self.max_envelope_size, max_bytes=max_bytes)
         return self._history
 
     def _from_channel(self, delivery: Delivery) -> Landed:

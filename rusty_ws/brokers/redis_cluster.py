@@ -44,7 +44,7 @@ gets the gap from the stream (``GapFiller``, ``redis_cluster_gaps.py``).
 
 History. With history on, ``history_store`` gives the hub a ``RedisHistory``
 (``redis_history.py``) whose script runs on the session's master through its
-sender and ``SPUBLISH``es a version-2 envelope; every listener, this node's
+sender and ``SPUBLISH``es a version-3 envelope; every listener, this node's
 too, delivers those (``_from_channel``). Reads run on the session's master.
 """
 
@@ -67,7 +67,7 @@ from .redis_cluster_nodes import node_client, read_slot_map
 from .redis_cluster_retry import RetryQueue
 from .redis_cluster_routes import Redirecting, Router, View
 from .redis_codec import checked_envelope, shard_channel_name, split_cluster_url
-from .redis_history import RedisHistory, Route
+from .redis_history import RedisHistory, Route, replays_safely
 from .redis_sender import RedisSender
 from .redis_shard_listener import ShardListener
 from .redis_slots import SlotMap, session_slot, tag_in
@@ -228,7 +228,7 @@ class RedisClusterBroker(Broker):
 
     # ------------------------------------------------------------------ history in the cluster
 
-    def history_store(self, size: int, ttl: float, window: float) -> SharedHistory:
+    def history_store(self, size: int, ttl: float, window: float, max_bytes: int | None = None) -> SharedHistory:
         """History in the cluster, shared by every node: ``redis_history.py`` with ``SPUBLISH``.
 
         A pair's stream, meta, publish ids and channel share its session's slot, so the
@@ -242,7 +242,7 @@ class RedisClusterBroker(Broker):
 
         history = RedisHistory(node_id=self._node, route=self._route, deliver=deliver, prefix=self.channel_prefix,
                                size=size, ttl=ttl, window=window, max_envelope_size=self.max_envelope_size,
-                               publish_command="SPUBLISH")
+                               max_bytes=max_bytes, publish_command="SPUBLISH")
         with self._counts_lock:
             self._scripts[history.publish_sha] = history.publish_script  # _refresh loads it on every master
             # The read script too: a read ASKed to a master that never ran it goes as an EVAL (_as_eval).
@@ -274,11 +274,10 @@ class RedisClusterBroker(Broker):
     # ------------------------------------------------------------------ retries
 
     def _idempotent(self, command: tuple[Any, ...]) -> bool:
-        """Whether running ``command`` twice does what running it once does: the publish script with an id
-        (its first step is the id check; a second run is answered ``repeat`` with the first's position)."""
+        """Whether running ``command`` twice does what running it once does: the publish script, every
+        publish in it with an id (its first step is the id check; a second run is answered ``repeat``)."""
         history = self._history
-        return (history is not None and len(command) > 3 and command[0] == "EVALSHA"
-                and command[1] == history.publish_sha and command[2] == 3)
+        return history is not None and replays_safely(command, history.publish_sha)
 
     def _stopping(self) -> bool:
         return self._stop.is_set()  # (the Event of this launch: _launch_locked makes a new one)

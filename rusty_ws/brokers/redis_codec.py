@@ -6,12 +6,13 @@ check these with literal values. ``docs/scaling.md`` explains the choices.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from ..exceptions import ProtocolError
-from ..protocol import MAX_JSON_DEPTH, Delivery, ErrorCode, dumps_utf8, loads_strict
+from ..protocol import MAX_JSON_DEPTH, Delivery, ErrorCode, dumps_utf8, loads_strict, nested_deeper_than
 from .base import Key
 from .redis_slots import partition_of, partition_tags
 
@@ -20,6 +21,10 @@ __all__ = [
     "ENVELOPE_VERSION",
     "MAX_ENVELOPE_DEPTH",
     "HISTORY_ENVELOPE_VERSION",
+    "BATCH_ENVELOPE_VERSION",
+    "PLAIN_BATCH_ENVELOPE_VERSION",
+    "own_envelope_prefix",
+    "merge_envelopes",
     "PairKeys",
     "session_tag",
     "pair_keys",
@@ -32,6 +37,7 @@ __all__ = [
     "encode_envelope",
     "checked_envelope",
     "decode_envelope",
+    "decode_envelopes",
     "split_url",
     "shard_channel_name",
     "shard_control_channel",
@@ -48,8 +54,18 @@ ENVELOPE_VERSION = 1
 MAX_ENVELOPE_DEPTH = MAX_JSON_DEPTH + 1
 
 
-#: Version of the envelopes the history script publishes: a delivery with its offset and epoch.
+#: Version of the envelopes the history script published before it ran for several publishes at once:
+#: a delivery with its offset and epoch (still read, from nodes not upgraded yet).
 HISTORY_ENVELOPE_VERSION = 2
+#: Version of the envelopes the history script publishes: one epoch and a list of ``items``, each a
+#: delivery with its offset and the sending node's number for it (consecutive publishes of one pair).
+BATCH_ENVELOPE_VERSION = 3
+#: Most items in one version-3 envelope (the script makes at most ``redis_sender.MAX_MERGE``).
+MAX_ENVELOPE_ITEMS = 10_000
+#: Version of the envelope of several deliveries without history (``deliveries``): consecutive
+#: publishes of one pair that a node's sender merged into one PUBLISH (``merge_envelopes``).
+PLAIN_BATCH_ENVELOPE_VERSION = 4
+_VERSIONS = (ENVELOPE_VERSION, HISTORY_ENVELOPE_VERSION, BATCH_ENVELOPE_VERSION, PLAIN_BATCH_ENVELOPE_VERSION)
 _EPOCH = re.compile(r"[0-9a-f]{1,64}")
 _ENTRY_ID = re.compile(rb"([1-9][0-9]{0,15})-0")
 
@@ -133,8 +149,12 @@ def control_channel(prefix: str, node_id: str) -> bytes:
 
 
 def encode_envelope(node_id: str, delivery: Delivery) -> bytes:
-    """What a node PUBLISHes: the delivery, and which node sent it."""
-    return dumps_utf8({"v": ENVELOPE_VERSION, "node": node_id, "delivery": delivery.to_dict()})
+    """What a node PUBLISHes: the delivery, and which node sent it.
+
+    The bytes of ``dumps_utf8({"v": 1, "node": node_id, "delivery": delivery.to_dict()})``,
+    made from ``delivery.encode()`` (its fast path) and the node's prefix, remembered.
+    """
+    return b"%s\"delivery\":%s}" % (own_envelope_prefix(node_id), delivery.encode())
 
 
 def checked_envelope(node_id: str, delivery: Delivery, max_size: int | None) -> bytes:
@@ -155,11 +175,49 @@ def checked_envelope(node_id: str, delivery: Delivery, max_size: int | None) -> 
     return envelope
 
 
-def decode_envelope(data: bytes, key: Key, max_size: int | None = None) -> tuple[str, Delivery]:
-    """The sending node and the delivery of an envelope read from ``key``'s channel.
+@functools.lru_cache(maxsize=64)
+def own_envelope_prefix(node_id: str, version: int = ENVELOPE_VERSION) -> bytes:
+    """How every envelope of ``node_id`` without history (version 1 or 4) starts: the listener
+    drops its own before decoding them (it delivered them here when they were published)."""
+    return dumps_utf8({"v": version, "node": node_id})[:-1] + b","
 
-    Version 1 is what a node publishes without Redis history; version 2 is what the
-    history script publishes: the delivery with its ``offset`` and ``epoch``.
+
+def merge_envelopes(node_id: str, envelopes: list[bytes]) -> bytes:
+    """One version-4 envelope of the deliveries of ``envelopes`` (version 1, all of ``node_id``), in order.
+
+    The deliveries' bytes are cut out of their envelopes, not encoded again.
+
+    Raises:
+        ValueError: an envelope is not one ``encode_envelope`` made for ``node_id``.
+    """
+    head = own_envelope_prefix(node_id) + b'"delivery":'
+    deliveries = []
+    for envelope in envelopes:
+        if not envelope.startswith(head) or not envelope.endswith(b"}"):
+            raise ValueError("not an envelope of this node")
+        deliveries.append(envelope[len(head):-1])
+    return b"%s\"deliveries\":[%s]}" % (own_envelope_prefix(node_id, PLAIN_BATCH_ENVELOPE_VERSION),
+                                       b",".join(deliveries))
+
+
+def decode_envelope(data: bytes, key: Key, max_size: int | None = None) -> tuple[str, Delivery]:
+    """``decode_envelopes`` for an envelope of one delivery (ValueError for one of several)."""
+    node, deliveries = decode_envelopes(data, key, max_size)
+    if len(deliveries) != 1:
+        raise ValueError(f"an envelope of {len(deliveries)} deliveries, expected one")
+    return node, deliveries[0]
+
+
+def decode_envelopes(data: bytes, key: Key, max_size: int | None = None) -> tuple[str, list[Delivery]]:
+    """The sending node and the deliveries of an envelope read from ``key``'s channel.
+
+    Version 1 is what a node publishes without Redis history (one delivery), version 4
+    what its sender makes of several of one pair (``deliveries``); version 2
+    what the history script of earlier releases published (one delivery with its
+    ``offset`` and ``epoch``); version 3 what it publishes now: an ``epoch`` and
+    ``items``, each a delivery with its ``offset`` and ``seq`` (the sending node's
+    number for it), offsets ascending. A version this node does not know is refused:
+    a node of another release never has its envelopes misread, they are dropped and logged.
 
     Args:
         max_size: the largest envelope a node sends, in bytes (None: no limit). Checked
@@ -168,24 +226,43 @@ def decode_envelope(data: bytes, key: Key, max_size: int | None = None) -> tuple
     Raises:
         ValueError: ``data`` is not an envelope a rusty_ws node would send on that channel:
             larger than ``max_size``, not UTF-8 JSON, nested deeper than
-            ``MAX_ENVELOPE_DEPTH``, or not shaped like one.
+            ``MAX_ENVELOPE_DEPTH`` (one more for a version 3's items), or not shaped like one.
     """
     if max_size is not None and len(data) > max_size:
         raise ValueError(f"{len(data)} bytes, more than the {max_size} an envelope may have")
     try:
-        envelope = loads_strict(data.decode("utf-8"), MAX_ENVELOPE_DEPTH)
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError("not UTF-8") from None
+    # A version 3's deliveries sit two levels deeper (in an item of a list): the same limit for them.
+    envelope = loads_strict(text, MAX_ENVELOPE_DEPTH + 2)
     if not isinstance(envelope, dict):
         raise ValueError("not a JSON object")
     version = envelope.get("v")
-    if version not in (ENVELOPE_VERSION, HISTORY_ENVELOPE_VERSION) or isinstance(version, bool):
-        raise ValueError(f"envelope version {version!r}, expected {ENVELOPE_VERSION} or {HISTORY_ENVELOPE_VERSION}")
-    node, message = envelope.get("node"), envelope.get("delivery")
-    if not isinstance(node, str) or not isinstance(message, dict):
-        raise ValueError("an envelope needs a 'node' string and a 'delivery' object")
+    if version not in _VERSIONS or isinstance(version, bool):
+        raise ValueError(f"envelope version {version!r}, expected one of {_VERSIONS}")
+    node = envelope.get("node")
+    if not isinstance(node, str):
+        raise ValueError("an envelope needs a 'node' string")
+    if version == BATCH_ENVELOPE_VERSION:
+        return node, _batch_of(envelope, node, key)
+    if version == PLAIN_BATCH_ENVELOPE_VERSION:
+        messages = envelope.get("deliveries")
+        if not isinstance(messages, list) or not messages or len(messages) > MAX_ENVELOPE_ITEMS:
+            raise ValueError(f"a version-4 envelope needs from 1 to {MAX_ENVELOPE_ITEMS} deliveries")
+        if text.count("[") + text.count("{") > MAX_ENVELOPE_DEPTH + 1 and \
+                nested_deeper_than(envelope, MAX_ENVELOPE_DEPTH + 1):
+            raise ValueError(f"JSON nested deeper than {MAX_ENVELOPE_DEPTH + 1} levels")
+        if not all(isinstance(message, dict) for message in messages):
+            raise ValueError("a delivery is not a JSON object")
+        return node, [_delivery_of(message, key) for message in messages]
+    if text.count("[") + text.count("{") > MAX_ENVELOPE_DEPTH and nested_deeper_than(envelope, MAX_ENVELOPE_DEPTH):
+        raise ValueError(f"JSON nested deeper than {MAX_ENVELOPE_DEPTH} levels")
+    message = envelope.get("delivery")
+    if not isinstance(message, dict):
+        raise ValueError("an envelope needs a 'delivery' object")
     if version == ENVELOPE_VERSION:
-        return node, _delivery_of(message, key)
+        return node, [_delivery_of(message, key)]
     offset, epoch = envelope.get("offset"), envelope.get("epoch")
     if not _is_offset(offset) or not is_epoch(epoch):
         raise ValueError(f"a version-2 envelope needs an offset and an epoch, not {offset!r} and {epoch!r}")
@@ -193,7 +270,32 @@ def decode_envelope(data: bytes, key: Key, max_size: int | None = None) -> tuple
     seq = envelope.get("seq")
     if isinstance(seq, int) and not isinstance(seq, bool):  # the sending node's number for it
         delivery.extra.update(node=node, seq=seq)
-    return node, delivery
+    return node, [delivery]
+
+
+def _batch_of(envelope: dict[str, Any], node: str, key: Key) -> list[Delivery]:
+    """The deliveries of a version-3 envelope, each checked like a version 2's; offsets must ascend."""
+    epoch, items = envelope.get("epoch"), envelope.get("items")
+    if not is_epoch(epoch) or not isinstance(items, list) or not items or len(items) > MAX_ENVELOPE_ITEMS:
+        raise ValueError("a version-3 envelope needs an epoch and from 1 to "
+                         f"{MAX_ENVELOPE_ITEMS} items")
+    deliveries = []
+    last = 0
+    for item in items:
+        if not isinstance(item, dict):
+            raise ValueError("an item is not a JSON object")
+        offset, seq, message = item.get("offset"), item.get("seq"), item.get("delivery")
+        if not isinstance(offset, int) or not _is_offset(offset) or offset <= last:
+            raise ValueError(f"an item's offset {offset!r} is not past the one before ({last})")
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            raise ValueError(f"an item needs a 'seq' number, not {seq!r}")
+        if not isinstance(message, dict):
+            raise ValueError("an item needs a 'delivery' object")
+        last = offset
+        delivery = _delivery_of(message, key, offset, epoch)
+        delivery.extra.update(node=node, seq=seq)
+        deliveries.append(delivery)
+    return deliveries
 
 
 def _is_offset(value: Any) -> bool:

@@ -3,21 +3,29 @@
 With the Redis broker and history on, a pair's stream is a Redis Stream
 (``pair_keys(...).stream``, entry ids ``{offset}-0``, fields ``d``: the
 delivery's JSON without position, ``t``: Redis's time in ms), capped at
-``RUSTY_WS_HISTORY_SIZE`` entries (``XADD MAXLEN``), with a hash beside it
-(``.meta``: ``e`` the epoch, ``o`` the top offset). Both are ``PEXPIRE``'d
-``RUSTY_WS_HISTORY_TTL`` after the pair's last publish or read; an entry older
-than the TTL is never replayed. A session's publish ids are string keys
-(``publish_id_key``) that expire after ``RUSTY_WS_IDEMPOTENCY_WINDOW``.
+``RUSTY_WS_HISTORY_SIZE`` entries and ``RUSTY_WS_HISTORY_MAX_BYTES`` of
+deliveries, with a hash beside it (``.meta``: ``e`` the epoch, ``o`` the top
+offset, ``b`` an upper bound of the stream's bytes). The stream is
+``PEXPIRE``'d ``RUSTY_WS_HISTORY_TTL`` after the pair's last publish (an entry
+older than the TTL is never replayed), the hash ``META_TTL`` after its last
+publish or read: a pair idle past the TTL keeps its epoch and top. A session's
+publish ids are string keys (``publish_id_key``) that expire after
+``RUSTY_WS_IDEMPOTENCY_WINDOW``.
 
 One Lua script (``PUBLISH_SCRIPT``, run with ``EVALSHA`` through the node's
-sender) does atomically: the idempotency check; the epoch, made if missing (a
-Redis restarted empty or flushed gives a new one) or if the keys hold data no
-node wrote; ``HINCRBY`` of the offset; ``XADD``; ``PUBLISH`` of a version-2
-envelope (the delivery with its offset and epoch) on the pair's channel; and
-returns the position. Every node, this one included, delivers what comes on
-the channel: local subscribers see the offsets remote ones see (the listener
-keeps this node's own version-2 envelopes). ``READ_SCRIPT`` reads a stream's
-top and entries in one atomic look, for ``subscribe-json`` and ``history:``.
+sender) takes n publishes of one pair, oldest first, and does atomically: the
+epoch, made if missing (a Redis restarted empty or flushed gives a new one) or
+if the keys hold data no node wrote; for each publish, its idempotency check
+(so a repeated id in one run is a repeat of the first), its offset and its
+``XADD``; the trimming; one ``PUBLISH`` of a version-3 envelope (the new
+deliveries with their offsets, under the epoch) on the pair's channel; and
+returns each one's position. A publish is one ``Mergeable`` command of n = 1:
+the sender merges the consecutive ones of a pair (``merge_publishes``) and
+hands each its own part of the reply. Every node, this one included, delivers
+what comes on the channel: local subscribers see the offsets remote ones see
+(the listener keeps this node's own version-3 envelopes). ``READ_SCRIPT``
+reads a stream's top and entries in one atomic look, for ``subscribe-json``
+and ``history:``.
 
 On a Redis Cluster (``redis_cluster.py``) the same code runs with ``SPUBLISH``:
 a pair's keys and channel share its session's slot, so each command goes to
@@ -36,6 +44,7 @@ import collections
 import hashlib
 import itertools
 import logging
+import os
 import secrets
 import threading
 from collections.abc import Callable
@@ -44,7 +53,8 @@ from typing import Any, NamedTuple
 from ..exceptions import ProtocolError
 from ..protocol import Delivery, ErrorCode, Position
 from .base import HistoryUnavailable, Key, SharedHistory, Stamped, Stored
-from .redis_codec import decode_stream_entry, is_epoch, pair_keys, publish_id_key
+from .redis_codec import PairKeys, decode_stream_entry, is_epoch, pair_keys, publish_id_key
+from .redis_sender import Mergeable
 
 __all__ = ["RedisHistory", "Route", "PUBLISH_SCRIPT", "READ_SCRIPT", "CLUSTER_PUBLISH_SCRIPT", "CLUSTER_READ_SCRIPT"]
 
@@ -64,21 +74,21 @@ local function fresh()
   return ARGV[1]
 end
 local function load()
-  local got = redis.pcall('HMGET', KEYS[1], 'e', 'o', 'r')
-  if got['err'] then return fresh(), 1 end  -- not a hash
+  local got = redis.pcall('HMGET', KEYS[1], 'e', 'o', 'r', 'b')
+  if got['err'] then return fresh(), 1, 0, 0 end  -- not a hash
   local e, o = got[1], got[2]
-  if not e and not o then return fresh(), 0 end
+  if not e and not o then return fresh(), 0, 0, 0 end
   if e and o and #e <= 64 and string.match(e, '^[0-9a-f]+$') and #o <= 15 and string.match(o, '^%d+$') then
     if replid then
       local mine = replid()
       if got[3] ~= mine then  -- written under another master: it may hold writes this one never got
         redis.call('HSET', KEYS[1], 'e', ARGV[1], 'r', mine)
-        return ARGV[1], 2
+        return ARGV[1], 2, tonumber(o), tonumber(got[4]) or 0
       end
     end
-    return e, 0
+    return e, 0, tonumber(o), tonumber(got[4]) or 0
   end
-  return fresh(), 1
+  return fresh(), 1, 0, 0
 end
 local function now_ms()
   local t = redis.call('TIME')
@@ -107,33 +117,93 @@ def _scripts(publish_command: str) -> tuple[str, str]:
     return (prelude + _PUBLISH_BODY.replace("{publish}", publish_command), prelude + _READ_BODY)
 
 
-#: KEYS: meta, stream, [publish id key].
-#: ARGV: epoch if new, channel, node id, size, ttl ms, window ms, delivery, the node's number for it.
-#: Returns {"new" | "repeat", "{offset}:{epoch}", reset (0, 1 or 2: see load())}.
+#: KEYS: meta, stream, then the publish id keys of those publishes that have one.
+#: ARGV: epoch if new, channel, node id, size, ttl ms, meta ttl ms, window ms, max bytes, n; then for
+#: each of the n publishes, oldest first: its id key's index in KEYS (0: no id), delivery, the node's number.
+#: Returns {reset (0, 1 or 2: see load()), then for each publish "new" | "repeat", "{offset}:{epoch}"}.
+#: Publishes the new ones (not the repeats) as one version-3 envelope, if any.
+#:
+#: The stream is trimmed to ``size`` entries (XADD MAXLEN, or one XTRIM after several) and to ``max bytes`` of deliveries
+#: (the newest kept first). The meta's ``b`` is an upper bound of the stream's bytes (what was
+#: added since the last exact count); only when it passes ``max bytes`` are the entries counted
+#: (XREVRANGE) and the oldest that do not fit dropped (XTRIM MINID), and ``b`` made exact.
+#: The meta outlives the entries (``meta ttl``): a pair idle past the TTL keeps its epoch and top.
 _PUBLISH_BODY = """
-if KEYS[3] then
-  local seen = redis.call('GET', KEYS[3])
-  if seen then return {'repeat', seen, 0} end
-end
-local epoch, reset = load()
-local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
+local epoch, reset, top, b = load()
 local ms = now_ms()
-local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', ARGV[4], offset .. '-0', 'd', ARGV[7], 't', ms)
-if type(added) == 'table' and added['err'] then  -- an entry no node wrote sits past our offset
-  epoch, reset = fresh(), 1
-  offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], offset .. '-0', 'd', ARGV[7], 't', ms)
+local n = tonumber(ARGV[9])
+local size, most = tonumber(ARGV[4]), tonumber(ARGV[8])
+local function append(offset, data)  -- one publish: trimmed as it is added; several: trimmed once, after
+  if n == 1 then return redis.pcall('XADD', KEYS[2], 'MAXLEN', size, offset .. '-0', 'd', data, 't', ms) end
+  return redis.pcall('XADD', KEYS[2], offset .. '-0', 'd', data, 't', ms)
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
+local results = {reset}
+local items = {}
+local added = 0
+local bytes = 0
+for i = 1, n do
+  local at = 7 + 3 * i
+  local id = tonumber(ARGV[at])
+  local seen = false
+  if id > 0 then seen = redis.call('GET', KEYS[id]) end
+  if seen then
+    results[#results + 1] = 'repeat'
+    results[#results + 1] = seen
+  else
+    local data = ARGV[at + 1]
+    local offset = top + 1
+    local ok = append(offset, data)
+    if type(ok) == 'table' and ok['err'] then  -- (only a first XADD can fail) an entry no node wrote sits past our top
+      epoch, reset = fresh(), 1
+      results[1] = 1
+      offset, b = 1, 0
+      ok = append(offset, data)
+      if type(ok) == 'table' and ok['err'] then return redis.error_reply(ok['err']) end
+    end
+    top = offset
+    added = added + 1
+    bytes = bytes + #data
+    local position = offset .. ':' .. epoch
+    if id > 0 then redis.call('SET', KEYS[id], position, 'PX', ARGV[7]) end
+    results[#results + 1] = 'new'
+    results[#results + 1] = position
+    items[#items + 1] = '{"seq":' .. ARGV[at + 2] .. ',"offset":' .. offset .. ',"delivery":' .. data .. '}'
+  end
+end
+if added == 0 then  -- repeats only
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+  return results
+end
+if n > 1 then redis.call('XTRIM', KEYS[2], 'MAXLEN', size) end
+b = b + bytes
+if b > most then  -- maybe past the bound: count the entries, newest first, and drop the oldest that do not fit
+  local kept, cut = 0, nil
+  for _, entry in ipairs(redis.call('XREVRANGE', KEYS[2], '+', '-')) do
+    local fields, length = entry[2], 0
+    for j = 1, #fields - 1, 2 do
+      if fields[j] == 'd' then length = #fields[j + 1] end
+    end
+    if kept + length > most then
+      cut = entry[1]
+      break
+    end
+    kept = kept + length
+  end
+  if cut then
+    local first = tonumber(string.match(cut, '^(%d+)')) + 1
+    redis.call('XTRIM', KEYS[2], 'MINID', first .. '-0')
+  end
+  b = kept
+end
+redis.call('HSET', KEYS[1], 'o', top, 'b', b)
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
-local position = offset .. ':' .. epoch
-if KEYS[3] then redis.call('SET', KEYS[3], position, 'PX', ARGV[6]) end
-redis.call('{publish}', ARGV[2], '{"v":2,"node":"' .. ARGV[3] .. '","seq":' .. ARGV[8] .. ',"offset":' .. offset
-           .. ',"epoch":"' .. epoch .. '","delivery":' .. ARGV[7] .. '}')
-return {'new', position, reset}
+redis.call('{publish}', ARGV[2], '{"v":3,"node":"' .. ARGV[3] .. '","epoch":"' .. epoch .. '","items":['
+           .. table.concat(items, ',') .. ']}')
+return results
 """
 
-#: KEYS: meta, stream. ARGV: epoch if new, ttl ms, "since" | "last", since's epoch, since's offset, count.
+#: KEYS: meta, stream. ARGV: epoch if new, meta ttl ms, "since" | "last", since's epoch, since's offset, count.
 #: Returns {epoch, top, now ms, reset, entries}.
 _READ_BODY = """
 local epoch, reset = load()
@@ -157,6 +227,19 @@ CLUSTER_PUBLISH_SCRIPT, CLUSTER_READ_SCRIPT = _scripts("SPUBLISH")
 
 #: Publishes of this node remembered while they may still come back from the channel.
 MAX_IN_FLIGHT = 100_000
+#: Seconds a pair's epoch and top outlive its last publish or read (at least the TTL): a client
+#: that was up to date when the pair went quiet recovers (``recovered: true``, nothing to replay).
+META_TTL = 30 * 24 * 3600.0
+#: Most bytes of deliveries merged into one run of the publish script (and so one envelope).
+MERGE_BYTES = 256 * 1024
+#: Bytes of a version-3 envelope besides its items (with the node's id, and an epoch of up to 64
+#: digits), and of each item besides its delivery (with a number and an offset of up to 20 digits).
+_ENVELOPE_HEAD = 110
+_ITEM_HEAD = 70
+#: Pairs whose key names a node remembers (``RedisHistory._keys_of``).
+_KEYS_KEPT = 4096
+#: ``max bytes`` for the script when nothing bounds a stream's bytes.
+_UNBOUNDED = 2 ** 53
 _SENT, _ARRIVED, _FELL_BACK = "sent", "arrived", "fell back"
 _NEW = b"new"
 _REPEAT = b"repeat"
@@ -167,6 +250,30 @@ def new_epoch() -> str:
     return secrets.token_hex(8)
 
 
+class _Epochs:
+    """Fresh epochs for the publish script's ``epoch if new``, drawn 256 at a time from ``os.urandom``.
+
+    Every publish needs one (used only if the pair's epoch must be made): one system
+    call per publish cost ~1 µs of the publisher's thread, and more on a loaded
+    machine. No lock (every connection thread takes epochs, and a lock here was
+    contended: a holder descheduled mid-pop stalls the others): ``list.pop`` and
+    ``list.extend`` are atomic under the GIL, so each epoch is taken once, and two
+    threads that find the pool empty together both refill it, with distinct draws.
+    """
+
+    def __init__(self) -> None:
+        self._pool: list[str] = []
+
+    def take(self) -> str:
+        pool = self._pool
+        while True:
+            try:
+                return pool.pop()
+            except IndexError:
+                digits = os.urandom(8 * 256).hex()
+                pool.extend([digits[i:i + 16] for i in range(0, len(digits), 16)])
+
+
 def _position(text: Any) -> Position:
     """``b"{offset}:{epoch}"`` as the script stores it; ValueError for anything else."""
     if not isinstance(text, bytes):
@@ -175,6 +282,57 @@ def _position(text: Any) -> Position:
     if not offset.isdigit() or len(offset) > 15 or int(offset) < 1 or not is_epoch(epoch):
         raise ValueError(f"no position: {text[:80]!r}")
     return Position(int(offset), epoch)
+
+
+#: Where a publish command's arguments start (``("EVALSHA", sha, numkeys, *KEYS, *ARGV)``): ARGV[1..8],
+#: the same for every publish of a pair, then n, then three per publish.
+_HEADER_ARGS = 8
+
+
+def replays_safely(command: tuple[Any, ...], publish_sha: str) -> bool:
+    """Whether ``command`` is a run of the publish script in which every publish carries an id.
+
+    Only then may it run twice: the script checks each id first and answers a
+    second run ``repeat`` with the first's position. The shape is the same alone
+    and merged (``merge_publishes``): one id key per publish with an id, and ``n``
+    after the header.
+    """
+    if len(command) < 4 or command[0] != "EVALSHA" or command[1] != publish_sha:
+        return False
+    numkeys = command[2]
+    at = 3 + numkeys + _HEADER_ARGS
+    if not isinstance(numkeys, int) or numkeys < 3 or len(command) <= at:
+        return False
+    return command[at] == numkeys - 2
+
+
+def merge_publishes(commands: list[Mergeable]) -> tuple[tuple[Any, ...], Callable[[Any], list[Any]]]:
+    """One run of the publish script for the publishes of one pair (``RedisSender``'s merge), oldest first.
+
+    Each keeps its own id key (renumbered), delivery and number; the pair's arguments
+    are the first's. The reply is split into one per publish, shaped as the script's
+    reply to that publish alone (the reset flag given to the first only).
+    """
+    first = commands[0]
+    id_keys: list[Any] = []
+    tail: list[Any] = []
+    for command in commands:
+        if command[2] == 3:  # with an id key
+            id_keys.append(command[5])
+            tail += (2 + len(id_keys), command[-2], command[-1])
+        else:
+            tail += (0, command[-2], command[-1])
+    at = 3 + first[2]
+    merged = ("EVALSHA", first[1], 2 + len(id_keys), first[3], first[4], *id_keys,
+              *first[at:at + _HEADER_ARGS], len(commands), *tail)
+    count = len(commands)
+
+    def split(reply: Any) -> list[Any]:
+        if not isinstance(reply, list) or len(reply) != 1 + 2 * count:
+            return []  # each publish then gets the whole reply, and says what it is
+        return [[reply[0] if i == 0 else 0, reply[1 + 2 * i], reply[2 + 2 * i]] for i in range(count)]
+
+    return merged, split
 
 
 class Route(NamedTuple):
@@ -206,12 +364,18 @@ class RedisHistory(SharedHistory):
         prefix: the key and channel prefix.
         size, ttl, window: ``RUSTY_WS_HISTORY_SIZE``, ``_HISTORY_TTL``, ``_IDEMPOTENCY_WINDOW``.
         max_envelope_size: the largest envelope a node sends, in bytes (None: no limit).
+        max_bytes: ``RUSTY_WS_HISTORY_MAX_BYTES``: the most bytes of deliveries one stream keeps
+            (None: no bound but ``size``). Per stream, not over all of them as the in-memory
+            history does: see docs/scaling.md.
+        meta_ttl: seconds a pair's epoch and top are kept after its last publish or read
+            (None: ``META_TTL``; never less than ``ttl``).
         publish_command: ``PUBLISH`` (one Redis) or ``SPUBLISH`` (a cluster: the scripts then
             also renew the epoch of a stream a new master touches, see ``_GUARD``).
     """
 
     def __init__(self, *, node_id: Callable[[], str], route: Callable[[str], Route], deliver: Callable[[Delivery], Any],
                  prefix: str, size: int, ttl: float, window: float, max_envelope_size: int | None,
+                 max_bytes: int | None = None, meta_ttl: float | None = None,
                  publish_command: str = "PUBLISH") -> None:
         self._node_id = node_id
         self._route = route
@@ -223,7 +387,12 @@ class RedisHistory(SharedHistory):
         self.size = size
         self.ttl_ms = max(1, int(ttl * 1000))
         self.window_ms = max(1, int(window * 1000))
+        self.meta_ttl_ms = max(self.ttl_ms, int((META_TTL if meta_ttl is None else meta_ttl) * 1000))
+        self.max_bytes = _UNBOUNDED if max_bytes is None else max_bytes
         self.max_envelope_size = max_envelope_size
+        self.merge_budget = min(MERGE_BYTES, max_envelope_size or MERGE_BYTES)
+        self._keys: dict[Key, PairKeys] = {}  # _keys_of's memory
+        self._epochs = _Epochs()
         # The read script (redis-py's Script: EVALSHA, loading it on NOSCRIPT), run with each read's client.
         self._reader: Any = None
         # This node's publishes without id not settled yet (by number), and those delivered here
@@ -246,16 +415,20 @@ class RedisHistory(SharedHistory):
         except (TypeError, ValueError, RecursionError) as exc:
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"the payload is not JSON: {exc}") from None
         node_id = self._node_id()
-        envelope_size = len(encoded) + len(node_id) + 100
+        head, weight = len(node_id) + _ENVELOPE_HEAD, len(encoded) + _ITEM_HEAD
+        envelope_size = head + weight
         if self.max_envelope_size is not None and envelope_size > self.max_envelope_size:
             raise ProtocolError(ErrorCode.INVALID_MESSAGE,
                                 f"the message would be {envelope_size} bytes on Redis, more than the "
                                 f"{self.max_envelope_size} any node accepts")
-        keys = pair_keys(self.prefix, delivery.topic, delivery.session_id)
+        keys = self._keys_of(delivery.topic, delivery.session_id)
         id_keys = (publish_id_key(self.prefix, delivery.session_id, publish_id),) if publish_id is not None else ()
         seq = next(self._seqs)
         args = ("EVALSHA", self.publish_sha, 2 + len(id_keys), keys.meta, keys.stream, *id_keys,
-                new_epoch(), keys.channel, node_id, self.size, self.ttl_ms, self.window_ms, encoded, seq)
+                self._epochs.take(), keys.channel, node_id, self.size, self.ttl_ms, self.meta_ttl_ms, self.window_ms,
+                self.max_bytes, 1, 3 if id_keys else 0, encoded, seq)
+        command = Mergeable.of(args, group=keys.meta, merge=merge_publishes, weight=weight, head=head,
+                               budget=self.merge_budget)
         if publish_id is None:
             with self._lock:
                 self._in_flight[seq] = _SENT
@@ -272,7 +445,17 @@ class RedisHistory(SharedHistory):
 
         # Always through the sender, even while the listener is down: one FIFO, so what falls back
         # to local delivery (Redis did not take it) is delivered here in the order it was made.
-        self._route(delivery.session_id).submit(args, on_reply)
+        self._route(delivery.session_id).submit(command, on_reply)
+
+    def _keys_of(self, topic: str, session_id: str) -> PairKeys:
+        """``pair_keys`` of a pair, remembered for the next publishes (up to ``_KEYS_KEPT`` pairs)."""
+        pair = (topic, session_id)
+        keys = self._keys.get(pair)
+        if keys is None:
+            if len(self._keys) >= _KEYS_KEPT:
+                self._keys.clear()  # a dict read and write are atomic under the GIL: no lock
+            keys = self._keys[pair] = pair_keys(self.prefix, topic, session_id)
+        return keys
 
     def _settled(self, seq: int, publish_id: str | None, fell_back: bool) -> bool:
         """A publish was answered; with ``fell_back`` (Redis did not take it, as far as the sender
@@ -307,7 +490,7 @@ class RedisHistory(SharedHistory):
         if isinstance(reply, BaseException):
             raise HistoryUnavailable(f"{type(reply).__name__}: {reply}")
         try:
-            kind, position, reset = reply
+            reset, kind, position = reply
             stamped = Stamped(_position(position), kind == _REPEAT)
             if kind not in (_NEW, _REPEAT):
                 raise ValueError(f"kind {kind!r}")
@@ -355,7 +538,7 @@ class RedisHistory(SharedHistory):
             if self._reader is None:
                 self._reader = client.register_script(self.read_script)
             reply = self._reader(keys=[keys.meta, keys.stream],
-                                 args=[new_epoch(), self.ttl_ms, mode, since_epoch, since_offset, limit], client=client)
+                                 args=[new_epoch(), self.meta_ttl_ms, mode, since_epoch, since_offset, limit], client=client)
             epoch_bytes, top_bytes, now_bytes, reset, entries = reply
             epoch, top, now = epoch_bytes.decode("ascii"), int(top_bytes), int(now_bytes)
         except Exception as exc:  # redis' errors, OSError, or an answer of another shape

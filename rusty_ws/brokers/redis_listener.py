@@ -11,6 +11,7 @@ registry and confirms with a PING barrier (see ``redis.py`` for the whole story)
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
@@ -20,7 +21,13 @@ from typing import Any
 
 from .. import backoff
 from .base import Deliver, Key
-from .redis_codec import channel_name, control_channel, decode_envelope
+from .redis_codec import (
+    PLAIN_BATCH_ENVELOPE_VERSION,
+    channel_name,
+    control_channel,
+    decode_envelopes,
+    own_envelope_prefix,
+)
 from .redis_pushes import PushLink
 
 __all__ = ["Listener"]
@@ -60,6 +67,7 @@ class Listener:
         subscribe_timeout: float,
         max_envelope_size: int | None = None,
         backoff_delays: Callable[[], Iterator[float]] = lambda: backoff.delays(initial=0.1, cap=5.0),
+        batch: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
     ) -> None:
         import redis.exceptions  # the broker imported it already: this is the redis extra
 
@@ -69,12 +77,16 @@ class Listener:
         self.prefix = prefix
         self.node_id = node_id
         self.control = control_channel(prefix, node_id)
+        # This node's envelopes without history start so (versions 1 and 4).
+        self._own = (own_envelope_prefix(node_id), own_envelope_prefix(node_id, PLAIN_BATCH_ENVELOPE_VERSION))
         self.deliver = deliver
         self.keys = keys
         self.subscribe_timeout = subscribe_timeout
         #: Larger envelopes are dropped unread (None: no limit); see ``RedisBroker``.
         self.max_envelope_size = max_envelope_size
         self.backoff_delays = backoff_delays
+        #: Opens the block the pushes of one read are handled in (``Broker.batch_deliveries``).
+        self.batch = batch
         # _lock guards _connected, _dirty, _waiters and _counts. Never held across I/O.
         self._lock = threading.Lock()
         # Signalled whenever _connected changes (wait_connected).
@@ -210,8 +222,9 @@ class Listener:
             now = time.monotonic()
             if pushes:
                 last_heard, ping_sent_at = now, 0.0
-                for push in pushes:
-                    dispatch(link, push)
+                with self.batch():  # what they deliver is written when all are handled
+                    for push in pushes:
+                        dispatch(link, push)
             if self._connected and (self._dirty or self._waiters):
                 self._reconcile(link)
             if ping_sent_at and now - ping_sent_at > KEEPALIVE_TIMEOUT:
@@ -286,8 +299,10 @@ class Listener:
         key = self._channels.get(channel)
         if key is None:
             return  # a message sent before Redis had our UNSUBSCRIBE
+        if isinstance(data, bytes) and data.startswith(self._own):
+            return  # ours, without history: delivered here when it was published (not worth decoding)
         try:
-            node, delivery = decode_envelope(data, key, self.max_envelope_size)
+            node, deliveries = decode_envelopes(data, key, self.max_envelope_size)
         except (ValueError, TypeError, AttributeError) as exc:
             with self._lock:
                 self._counts["dropped"] += 1
@@ -295,9 +310,10 @@ class Listener:
             logger.warning("dropped a message on %r that is no rusty_ws envelope (%s): %r",
                            channel[:200], exc, shown)
             return
-        if node == self.node_id and delivery.offset is None:
-            return  # ours, without history: delivered locally when it was published (history: see redis_history.py)
-        try:
-            self.deliver(delivery)
-        except Exception:
-            logger.exception("delivering %s from node %s failed", delivery, node)
+        for delivery in deliveries:
+            if node == self.node_id and delivery.offset is None:
+                continue  # ours, without history (history: see redis_history.py)
+            try:
+                self.deliver(delivery)
+            except Exception:
+                logger.exception("delivering %s from node %s failed", delivery, node)

@@ -22,6 +22,14 @@ command, so an ``EVALSHA`` after a Redis restart finds it. A ``NOSCRIPT`` reply
 anyway (``SCRIPT FLUSH`` on a live connection) loads the script again and runs
 the failed commands once more, in their order, before any reply is handed out.
 
+Merging: a command submitted as a ``Mergeable`` (the history's publish script)
+is merged with the ``Mergeable`` commands right behind it in the queue that
+name the same ``group`` (one pair's publishes), as far as their weights fit
+its ``budget``: the thread sends the one command their ``merge`` makes, and
+hands each of them its own part of the reply (or the same error, if the merged
+command failed). The queue stays one FIFO: only neighbours are merged, so the
+order of everything else is untouched.
+
 Threads and locks: the sender thread owns the connection (``_link``); ``_lock``
 guards the queue and the counts, and is never held across I/O nor while an
 ``on_reply`` runs. ``_has_work`` and ``_not_full`` are conditions on it.
@@ -40,7 +48,7 @@ from typing import Any
 from .. import backoff
 from .redis_link import ConnectionLink, Link
 
-__all__ = ["RedisSender", "Link", "ConnectionLink", "OnReply"]
+__all__ = ["RedisSender", "Link", "ConnectionLink", "OnReply", "Mergeable", "Merge"]
 
 logger = logging.getLogger("rusty_ws.server")
 
@@ -54,6 +62,36 @@ REPLY_TIMEOUT = 5.0
 KEEPALIVE_INTERVAL = 5.0
 #: Most commands in one pipeline.
 MAX_BATCH = 5000
+#: Most commands merged into one (``Mergeable``).
+MAX_MERGE = 200
+
+#: Makes one command of several ``Mergeable`` ones of a group (oldest first), and the function
+#: that splits its reply into theirs (one each, in the same order).
+Merge = Callable[[list["Mergeable"]], tuple[tuple[Any, ...], Callable[[Any], list[Any]]]]
+
+
+class Mergeable(tuple):
+    """A command (its arguments, as a tuple) that the sender may merge with its neighbours of one ``group``.
+
+    It is a plain command tuple to anything else (a redirect resends it alone), and
+    alone it is sent as it is. The sender merges consecutive ones of an equal
+    ``group`` while ``head`` plus their ``weight`` stays within the first's ``budget``.
+    """
+
+    group: Any
+    merge: Merge
+    weight: int
+    head: int
+    budget: int
+
+    @classmethod
+    def of(cls, args: tuple[Any, ...], *, group: Any, merge: Merge, weight: int, head: int,
+           budget: int) -> "Mergeable":
+        command = cls(args)
+        command.group, command.merge, command.weight, command.head, command.budget = (
+            group, merge, weight, head, budget)
+        return command
+
 
 
 def _size(args: tuple[Any, ...]) -> int:
@@ -305,7 +343,7 @@ class RedisSender:
                 link.execute([("PING",)])  # keepalive: raises if Redis went away while we were idle
                 last_write = time.monotonic()
                 continue
-            commands = [item[0] for item in batch]
+            commands, spans = _coalesce(batch)
             replies: list[Any] | None = None
             try:
                 replies = link.execute(commands)
@@ -313,12 +351,14 @@ class RedisSender:
             except BaseException as exc:
                 lost = ConnectionError(f"Redis connection lost: {exc}")
                 # What Redis answered keeps its reply; the rest (all, or the NOSCRIPT retries) is lost.
-                replies = [lost] * len(batch) if replies is None else [
+                replies = [lost] * len(commands) if replies is None else [
                     lost if isinstance(reply, self._noscript) else reply for reply in replies]
+                replies = _split(spans, replies)
                 self._count(replies, lost)
                 self._answer(batch, replies)
                 raise
             last_write = time.monotonic()
+            replies = _split(spans, replies)
             self._count(replies, None)
             self._answer(batch, replies)
 
@@ -374,3 +414,61 @@ def _sha_of(command: tuple[Any, ...]) -> str:
         return ""
     sha = command[1]
     return sha.decode() if isinstance(sha, bytes) else str(sha)
+
+
+#: One command sent for ``count`` queued ones; ``split`` (None: one, sent as it was) splits its reply.
+_Span = tuple[int, Callable[[Any], list[Any]] | None]
+
+
+def _coalesce(batch: list[tuple[tuple[Any, ...], OnReply | None, int]]) -> tuple[list[tuple[Any, ...]], list[_Span]]:
+    """The commands to send for ``batch``: runs of ``Mergeable`` neighbours of one group merged (``Mergeable``)."""
+    commands: list[tuple[Any, ...]] = []
+    spans: list[_Span] = []
+    i, n = 0, len(batch)
+    while i < n:
+        first = batch[i][0]
+        j = i + 1
+        if isinstance(first, Mergeable):
+            group, room = first.group, first.budget - first.head - first.weight
+            while j < n and j - i < MAX_MERGE:
+                other = batch[j][0]
+                if not isinstance(other, Mergeable) or other.group != group or other.weight > room:
+                    break
+                room -= other.weight
+                j += 1
+        merged = None
+        if j - i > 1:
+            assert isinstance(first, Mergeable)
+            try:
+                merged = first.merge([item[0] for item in batch[i:j]])  # type: ignore[misc]
+            except Exception:  # a bug, not Redis: send them one by one rather than lose them
+                logger.exception("merging %d commands failed; sending them one by one", j - i)
+        if merged is None:
+            for item in batch[i:j]:
+                commands.append(item[0])
+                spans.append((1, None))
+        else:
+            commands.append(merged[0])
+            spans.append((j - i, merged[1]))
+        i = j
+    return commands, spans
+
+
+def _split(spans: list[_Span], replies: list[Any]) -> list[Any]:
+    """One reply per queued command: a merged command's error goes to each of its parts."""
+    if len(spans) == len(replies) and all(split is None for _, split in spans):
+        return replies
+    out: list[Any] = []
+    for (count, split), reply in zip(spans, replies):
+        if split is None:
+            out.append(reply)
+        elif isinstance(reply, BaseException):
+            out.extend([reply] * count)
+        else:
+            try:
+                parts = split(reply)
+            except Exception:
+                logger.exception("splitting the reply of a merged command failed")
+                parts = []
+            out.extend(parts if len(parts) == count else [reply] * count)  # each part checks what it got
+    return out

@@ -146,7 +146,9 @@ class Connector:
                 raise (TokenExpired if "token_expired" in message else TokenInvalid)(message) from None
             if exc.status_code == 403:
                 raise Forbidden(message) from None
-            raise ConnectFailed(message, status=exc.status_code) from None
+            headers = exc.resp_headers or {}
+            retry_after = next((str(value) for name, value in headers.items() if name.lower() == "retry-after"), None)
+            raise ConnectFailed(message, status=exc.status_code, retry_after=retry_after) from None
         except (websocket.WebSocketException, OSError, ValueError) as exc:
             raise ConnectFailed(f"cannot connect to {self.ws_url}: {exc}") from None
 

@@ -455,8 +455,11 @@ class Supervisor:
         """
         client, connector = self._client, self._connector
         delays: Iterator[float] = backoff.delays(client.backoff_initial, cap=client.backoff_cap)
+        asked: float | None = None  # what the last refusal's Retry-After asked for (a hub pacing a storm)
         for attempt in itertools.count(1):
-            if attempt == 1 and policy is ClosePolicy.RECONNECT_NOW:
+            if asked is not None:
+                delay, asked = asked, None
+            elif attempt == 1 and policy is ClosePolicy.RECONNECT_NOW:
                 delay = first_delay(reason, client.backoff_initial)
             else:
                 delay = next(delays)
@@ -473,7 +476,14 @@ class Supervisor:
                 logger.warning("%s: %s; logging in again", client.name, exc)
                 connector.token = None
                 continue
-            except (ConnectFailed, AuthError) as exc:
+            except ConnectFailed as exc:
+                # A 503 (or 429) with Retry-After: the hub says when (docs/protocol.md, "Reconnect storms");
+                # that wait replaces the back-off's next delay, which does not grow meanwhile.
+                asked = backoff.retry_after(exc.retry_after) if exc.status in (429, 503) else None
+                logger.info("%s: reconnect attempt %d failed: %s%s", client.name, attempt, exc,
+                            "" if asked is None else f"; retrying in {asked:.1f}s, as the hub asks")
+                continue
+            except AuthError as exc:
                 logger.info("%s: reconnect attempt %d failed: %s", client.name, attempt, exc)
                 continue
             if self._stop.is_set():

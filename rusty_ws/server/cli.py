@@ -61,7 +61,7 @@ def serve_command(host: str, port: int, log_level: str) -> None:
         click.get_current_context().ensure_object(ScriptInfo).load_app())
     with app.app_context():
         _state()
-    serve(app, host, port)
+    serve(app, host, port, exit_when_stopped=True)  # the process is only this hub: end it at once
 
 
 @group.command("token")

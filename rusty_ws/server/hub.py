@@ -56,6 +56,11 @@ __all__ = ["Hub", "PendingRequests", "Answer"]
 
 logger = logging.getLogger("rusty_ws.server")
 
+#: Seconds an exiting hub (``Hub.shutdown(exiting=True)``) waits for closing handshakes once every 4200 is written.
+EXIT_GRACE = 0.5
+#: Seconds between two looks at the writer's queue while an exiting hub waits for its close frames to go out.
+WRITTEN_POLL = 0.01
+
 #: What ``Hub.publish`` calls for a publish with an id: ``(landed, repeat)``, or the error.
 Answer = Callable[["tuple[Landed, bool] | ProtocolError"], None]
 #: Seconds a caller of ``Hub.publish`` with an id and no ``answer`` waits for the broker.
@@ -151,8 +156,8 @@ class Hub:
         # Signalled when a pending publish id settles (a repeat waits for the first).
         self._ids_settled = threading.Condition(self._history_lock)
         # With a broker that keeps history for every node (Redis), the hub keeps none of its own.
-        store = broker.history_store(settings.history_size, settings.history_ttl,
-                                     settings.idempotency_window) if settings.history_size > 0 else None
+        store = broker.history_store(settings.history_size, settings.history_ttl, settings.idempotency_window,
+                                     settings.history_max_bytes) if settings.history_size > 0 else None
         self.shared = SharedStreams(self, store) if store is not None else None
         self.history = History(
             0 if self.shared else settings.history_size, settings.history_ttl, settings.history_max_bytes,
@@ -161,6 +166,7 @@ class Hub:
         self.publish_ids = IdempotencyTable(settings.idempotency_window, settings.idempotency_max_ids)
         # Publishes are delivered on the publishing thread and take the history lock: see commands_lock.
         self._hold_for_commands = self.history.enabled and isinstance(broker, MemoryBroker)
+        broker.batch_deliveries = self.writer.batch  # what a listener received at once: one send per subscriber
         broker.start(self.deliver_local, self.registry.keys)
 
     # ------------------------------------------------------------------ admission
@@ -525,13 +531,28 @@ class Hub:
         with self._history_lock:
             return self.history.counts()
 
-    def shutdown(self, timeout: float = 5.0) -> None:
+    @property
+    def open_count(self) -> int:
+        """How many connections are open now (the accept loop's pacing reads it: ``serving.HubServer``)."""
+        return len(self._connections)  # a set's len is atomic under the GIL: no lock, the accept thread never waits
+
+    def shutdown(self, timeout: float = 5.0, *, exiting: bool = False) -> None:
         """Close every connection (4200, reconnect now), stop the broker and the writer.
 
         With more connections than ``RUSTY_WS_RECONNECT_RATE``, the reason asks the
         clients to reconnect within connections / rate seconds (``protocol.restart_reason``).
         Blocks until the connections have ended or ``timeout`` has passed. Idempotent.
+
+        ``exiting``: the process ends right after (``rusty-ws serve``, ``serving.serve``),
+        so only what a client sees matters: this waits until every close frame has been
+        written (at most ``timeout``) and then at most ``EXIT_GRACE`` more for the closing
+        handshakes, stops the broker, and leaves the writer and the connections' threads
+        to the process's exit, which closes every socket at once. With 10,000 connections
+        their threads' clean-up (unsubscribing, releasing, the request's teardown) took
+        several seconds of CPU that a process about to end has no use for, and the writer
+        and the clients' reconnections waited behind it.
         """
+        started = time.monotonic()
         with self._connections_lock:
             self._accepting = False
             connections = list(self._connections)
@@ -542,7 +563,16 @@ class Hub:
         reason = restart_reason(len(connections) / self.settings.reconnect_rate)
         for connection in connections:
             connection.close(CloseCode.SERVER_RESTARTING, reason)
-        deadline = time.monotonic() + timeout
+        deadline = started + timeout
+        if exiting:
+            written = self._wait_written(deadline)
+            ended = self.wait_connections(0, max(0.0, min(EXIT_GRACE, deadline - time.monotonic())), slots=False)
+            logger.info("told %d connections 4200 in %.2fs (%s); %s; exiting",
+                        len(connections), time.monotonic() - started,
+                        "every close frame written" if written else "some close frames not written in time",
+                        "every closing handshake done" if ended else f"{self.open_count} closing handshakes cut short")
+            self.broker.stop()
+            return
         # Until every connection has ended: its closing handshake is done, it and its
         # subscriptions are forgotten. Not until every request thread has finished too
         # (werkzeug's and Flask's teardown, ~0.3 ms of CPU each): with 10,000 of them that
@@ -553,3 +583,21 @@ class Hub:
             logger.warning("%d connections still open after %.1fs; dropping them", left, timeout)
         self.broker.stop()
         self.writer.stop(max(0.1, deadline - time.monotonic()))
+
+    def _wait_written(self, deadline: float) -> bool:
+        """Until the writer holds no queued bytes (every close frame is in the kernel) or ``deadline``.
+
+        Helps with the writing (``Writer.flush``) and waits on ``_connections_changed``
+        between looks, which every connection's end signals; a bounded look every
+        ``WRITTEN_POLL`` seconds covers the frames written with no connection ending.
+        """
+        writer = self.writer
+        while True:
+            writer.flush()
+            if writer.queued_bytes == 0:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            with self._connections_lock:
+                self._connections_changed.wait(min(WRITTEN_POLL, left))

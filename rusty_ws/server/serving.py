@@ -17,6 +17,10 @@ takes, unseen by ``RUSTY_WS_MAX_CONNECTIONS``. Here:
 - at most ``RUSTY_WS_MAX_PENDING_REQUESTS`` sockets wait for their head at
   once (``/healthz`` shows ``pending_requests``); one more is answered 503 on
   the accept thread and closed, without a thread;
+- past ``RUSTY_WS_MAX_HANDSHAKES`` requests under way (past their head, not yet
+  an open WebSocket), or ``RUSTY_WS_MAX_ACCEPT_QUEUE`` connections in the accept
+  queue, any request but ``/healthz`` is answered 503 with
+  ``Retry-After`` on the accept thread, without a thread (``_Pacer`` says when);
 - when ``accept()`` fails for want of file descriptors, the accept loop logs
   one line (at most every ``LOG_EVERY`` seconds) and waits ``ACCEPT_BACKOFF``
   instead of trying again at once, which spun a core.
@@ -29,13 +33,16 @@ import errno
 import gc
 import io
 import logging
+import os
 import re
+import select
 import signal
 import socket
+import sys
 import threading
 import time
 from http import HTTPStatus
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 from flask import Flask
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
@@ -45,7 +52,7 @@ from .hub import PendingRequests
 from .logs import ACCESS_LOGGER, without_colours
 from .state import state_of
 
-__all__ = ["HubServer", "HubRequestHandler", "freeze_startup_objects", "make_server", "serve"]
+__all__ = ["HubServer", "HubRequestHandler", "freeze_startup_objects", "exit_now", "make_server", "serve"]
 
 logger = logging.getLogger("rusty_ws.server")
 
@@ -61,6 +68,23 @@ _BUSY_RESPONSE = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 5\r\n"
     b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
 )
+_PACED_BODY = (b'{"code": "server_busy", "error": "too many WebSocket handshakes at once; '
+               b'retry after the seconds Retry-After says"}')
+#: The head of the answer to a WebSocket handshake past RUSTY_WS_MAX_HANDSHAKES; ``%d``: Retry-After's seconds.
+_PACED_HEAD = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: %d\r\n"
+               b"Connection: close\r\nContent-Length: " + str(len(_PACED_BODY)).encode() + b"\r\n\r\n")
+#: Bytes of a request the accept thread looks at (without taking them) to tell ``/healthz`` from a handshake.
+PEEK_BYTES = 256
+#: Seconds the accept loop, when it paces, waits for a request's first bytes to tell ``/healthz`` from the rest.
+PEEK_WAIT = 0.05
+#: ``TCP_INFO`` (Linux): for a listening socket, ``tcpi_unacked`` (a u32 at byte 24) is its accept queue's length.
+_TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)
+_TCP_INFO_BYTES = 104
+_TCPI_UNACKED = 24
+#: Handshakes per second ``_Pacer`` never guesses below, whatever it measured.
+MIN_PACED_RATE = 50
+#: The longest Retry-After ``_Pacer`` names, in seconds.
+MAX_RETRY_AFTER = 60
 #: Where ``HubRequestHandler`` leaves, in the environ, a callable that frees the request head's buffers.
 RELEASE_HEAD_KEY = "rusty_ws.release_head"
 #: A plain header block (``HubRequestHandler._parse_plain``): at most 99 lines (http.client's limit
@@ -460,6 +484,55 @@ class _Throttle:
         return count
 
 
+class _Pacer:
+    """How long a WebSocket handshake turned away by the accept loop is asked to wait (``Retry-After``).
+
+    The hub takes about ``rate`` handshakes a second: what it admitted in the
+    last whole seconds during which it also turned some away (its capacity under
+    load), never less than ``RUSTY_WS_RECONNECT_RATE``, the rate the 4200's window
+    promised. Not less: on a machine short of CPU the measure fell to 60-200 a
+    second and sent clients up to a minute away (a storm of 10,000 then took 52-74 s
+    instead of ~20 s without pacing); a client sent back too early is only turned
+    away again, which costs the accept thread ~40 µs. The clients
+    turned away are sent back to the seconds ahead, at most ``rate`` to each, the
+    nearest with room first: each client is turned away about once, not every
+    time it tries, and the hub's accept thread is not kept busy refusing the same
+    clients. A client adds up to a second of its own jitter (docs/protocol.md,
+    "Reconnect storms"). Used by the accept thread only: no lock.
+    """
+
+    def __init__(self, rate: int) -> None:
+        self.floor = max(MIN_PACED_RATE, rate)
+        self.rate = self.floor
+        self._second = 0          # the whole second of monotonic time the counts below are for
+        self._admitted = 0        # handshakes admitted in that second
+        self._turned_away = False  # ... and whether any was turned away in it
+        self._told: dict[int, int] = {}  # second -> clients sent back to it
+
+    def admitted(self, now: float) -> None:
+        self._tick(now)
+        self._admitted += 1
+
+    def retry_after(self, now: float) -> int:
+        """Seconds (1 to ``MAX_RETRY_AFTER``) the next client turned away is asked to wait."""
+        self._tick(now)
+        self._turned_away = True
+        second, told = self._second, self._told
+        wait = next((n for n in range(1, MAX_RETRY_AFTER) if told.get(second + n, 0) < self.rate), MAX_RETRY_AFTER)
+        told[second + wait] = told.get(second + wait, 0) + 1
+        return wait
+
+    def _tick(self, now: float) -> None:
+        second = int(now)
+        if second == self._second:
+            return
+        if self._turned_away and second == self._second + 1:  # a whole second at capacity: measure it
+            self.rate = max(self.floor, (self.rate + self._admitted) // 2)
+        self._second, self._admitted, self._turned_away = second, 0, False
+        for past in [key for key in self._told if key <= second]:
+            del self._told[past]
+
+
 class HubServer(ThreadedWSGIServer):
     """werkzeug's threaded server with a listen backlog fit for reconnect storms, guarded before the upgrade.
 
@@ -483,6 +556,19 @@ class HubServer(ThreadedWSGIServer):
         self._stopping = threading.Event()  # set by shutdown(): ends a wait of the accept loop at once
         self._log_no_descriptors = _Throttle(LOG_EVERY)
         self._log_refused = _Throttle(LOG_EVERY)
+        self._log_paced = _Throttle(LOG_EVERY)
+        self.max_handshakes = settings.max_handshakes if self._hub is not None else 0
+        self.max_accept_queue = settings.max_accept_queue if self._hub is not None else 0
+        self._pacer = _Pacer(settings.reconnect_rate)
+        healthz = next((rule.rule for rule in app.url_map.iter_rules() if rule.endpoint.endswith(".healthz")), None)
+        #: How a ``/healthz`` request starts, which pacing never turns away (None: the app has no such route).
+        self._healthz_line = f"GET {healthz}".encode() if healthz else None
+        # Request threads started (written by the accept thread only) and ended (by each
+        # thread as it ends, under _threads_lock: a += from many threads is not atomic).
+        self._threads_started = 0
+        self._threads_ended = 0
+        self._threads_lock = threading.Lock()
+        self._queue_visible = _TCP_INFO is not None  # accept_queue() can read the accept queue's length
 
     def serve_forever(self, poll_interval: float = 0.1) -> None:  # shutdown() waits up to this long
         self._stopping.clear()
@@ -501,15 +587,106 @@ class HubServer(ThreadedWSGIServer):
             raise  # socketserver drops it; the loop selects again
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Start the socket's thread, or refuse it at once (503, no thread) when too many wait for a head."""
+        """Start the socket's thread, or refuse it at once (503, no thread): too many wait for a head,
+        or too many requests are under way or in the accept queue (``_busy``, ``_paced``; never ``/healthz``)."""
+        now = time.monotonic()
+        if self._busy() and self._paced(request, now):
+            return
         if not self.pending.take():
             self._refuse(request)
             return
+        self._threads_started += 1  # before the thread starts: it may end before start() returns
         try:
             super().process_request(request, client_address)
         except BaseException:
             self.pending.give_back()  # no thread: no handler to give it back
+            self._threads_started -= 1
             raise
+        if self.max_handshakes or self.max_accept_queue:
+            self._pacer.admitted(now)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._threads_lock:
+                self._threads_ended += 1
+
+    def _busy(self) -> bool:
+        """Too many requests under way (``RUSTY_WS_MAX_HANDSHAKES``) or queued (``RUSTY_WS_MAX_ACCEPT_QUEUE``)."""
+        return bool((self.max_handshakes and self.handshakes_in_flight() >= self.max_handshakes)
+                    or (self.max_accept_queue and self.accept_queue() >= self.max_accept_queue))
+
+    def accept_queue(self) -> int:
+        """Connections the system holds for this server's ``accept()`` now (0 where it cannot tell).
+
+        Linux gives it for a listening socket in ``TCP_INFO`` (``tcpi_unacked``):
+        what a request that arrives now waits behind. The accept loop serves them one
+        by one, each handshake about a millisecond of the interpreter's time, so a
+        queue of thousands (a reconnect storm fills the 4096 of the backlog) is
+        seconds for a `/healthz` at its end.
+        """
+        if not self._queue_visible or _TCP_INFO is None:
+            return 0
+        try:
+            info = self.socket.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_BYTES)
+        except OSError:
+            self._queue_visible = False  # not Linux, or not TCP: the bound counts the handshakes under way
+            return 0
+        return int.from_bytes(info[_TCPI_UNACKED:_TCPI_UNACKED + 4], sys.byteorder)
+
+    def handshakes_in_flight(self) -> int:
+        """Request threads past their head that are not an open WebSocket: upgrading, or ending.
+
+        What competes with the accept thread for the interpreter lock in a reconnect
+        storm: a thread waiting for its head sleeps (and is bounded by ``pending``),
+        an open idle connection sleeps, these run.
+        """
+        hub = self._hub
+        running = self._threads_started - self._threads_ended
+        return running - self.pending.count - (hub.open_count if hub is not None else 0)
+
+    def _paced(self, request: socket.socket, now: float) -> bool:
+        """Turn away a request that is not ``/healthz`` (503, ``Retry-After``), on this thread; False: let it in.
+
+        Looks at what has arrived of the request without taking it (``MSG_PEEK``):
+        ``/healthz`` is let in ahead of the handshakes, so a health check keeps
+        answering through a storm. In a storm the accept loop is behind and the
+        request is there; else it waits for it at most ``PEEK_WAIT``, and a request
+        whose first bytes have not come by then is let in (its thread waits for
+        them, bounded by ``RUSTY_WS_MAX_PENDING_REQUESTS``).
+        """
+        try:
+            start = request.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:  # in a storm the accept loop is behind and the bytes are there; else a moment
+            poller = select.poll()  # not select.select: descriptors past 1023 are the rule at 10,000 clients
+            poller.register(request, select.POLLIN)
+            if not poller.poll(PEEK_WAIT * 1000):
+                return False
+            try:
+                start = request.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except OSError:
+                start = b""
+        except OSError:
+            start = b""
+        line = self._healthz_line
+        if line is not None and start.startswith(line) and start[len(line):len(line) + 1] in (b" ", b"?"):
+            return False
+        wait = self._pacer.retry_after(now)
+        try:
+            request.send(_PACED_HEAD % wait + _PACED_BODY, socket.MSG_DONTWAIT)
+        except OSError:
+            pass
+        self.shutdown_request(request)
+        paced = self._log_paced()
+        if paced:
+            logger.warning(
+                "refused a request with 503, Retry-After %d (%d time(s) since this line last showed): %d "
+                "under way (RUSTY_WS_MAX_HANDSHAKES=%d), %d in the accept queue (RUSTY_WS_MAX_ACCEPT_QUEUE=%d), "
+                "about %d admitted a second", wait, paced, self.handshakes_in_flight(), self.max_handshakes,
+                self.accept_queue(), self.max_accept_queue, self._pacer.rate,
+            )
+        return True
 
     def _refuse(self, request: socket.socket) -> None:
         try:
@@ -562,19 +739,54 @@ def freeze_startup_objects() -> int:
     return frozen
 
 
-def stop(app: Flask, server: HubServer, timeout: float = 5.0) -> None:
+def stop(app: Flask, server: HubServer, timeout: float = 5.0, *, exiting: bool = False) -> None:
     """Stop accepting, then close the hub's connections (4200). Call from another thread than serve_forever.
 
     The listening socket is closed first: in a restart every client told 4200 comes
     back within a second or so, and while the old process was still shutting down its
     accept loop gave each of them a thread and a 503 (``shutting_down``), CPU taken from
     closing the connections; the kernel now refuses them at no cost, and they back off.
+    ``exiting``: the process ends right after (``Hub.shutdown``'s ``exiting``).
     """
     server.shutdown()  # the accept loop has ended when this returns
     server.socket.close()
     state = state_of(app)
     if state is not None:
-        state.hub.shutdown(timeout)
+        state.hub.shutdown(timeout, exiting=exiting)
+
+
+def exit_now(code: int = 0) -> NoReturn:
+    """End the process at once, after flushing the logs and the standard streams (``os._exit``).
+
+    For a process that is only a hub (``rusty-ws serve``), once its hub has shut
+    down: the interpreter's own exit with thousands of connection threads still
+    ending took seconds (measured: 2.4 s with 3,700 left of 10,000), during which
+    the port stayed unusable for the next process. Nothing is left to do: the
+    4200s are written and the broker stopped; the kernel closes the sockets.
+    Never for a hub embedded in someone's process: ``Hub.shutdown`` alone there.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def _stop_and_exit(app: Flask, server: HubServer) -> None:
+    """``stop`` for a process that is only this hub, then end it from this very thread (``exit_now``).
+
+    Not back on the main thread: with thousands of connection threads still
+    ending, every hand-off of the interpreter lock waits behind them (measured:
+    ~0.5 s between the last 4200 and the exit); this thread holds what it needs.
+    """
+    try:
+        stop(app, server, exiting=True)
+    except BaseException:
+        logger.exception("the shutdown failed; exiting all the same")
+        exit_now(1)
+    exit_now(0)
 
 
 def _route(app: Flask, endpoint_suffix: str) -> str | None:
@@ -591,14 +803,23 @@ def _browsable(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def serve(app: Flask, host: str = "127.0.0.1", port: int = 8081) -> None:
-    """Serve until SIGINT or SIGTERM, then shut down cleanly. Blocks; call from the main thread."""
+def serve(app: Flask, host: str = "127.0.0.1", port: int = 8081, *, exit_when_stopped: bool = False) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down cleanly. Blocks; call from the main thread.
+
+    ``exit_when_stopped``: the process is only this hub (``rusty-ws serve``): once the
+    connections are told 4200, it ends at once (``exit_now``) instead of returning.
+    """
     server = make_server(app, host, port)
+    stopper: list[threading.Thread] = []  # the shutdown's thread, once a signal came
 
     def on_signal(signum: int, _: Any) -> None:
         logger.info("%s: closing connections and stopping", signal.Signals(signum).name)
+        if stopper:  # a second signal: the first one's shutdown is under way
+            return
         # server.shutdown() waits for serve_forever, which runs on this very thread.
-        threading.Thread(target=stop, args=(app, server), name="rusty_ws-shutdown").start()
+        stopper.append(threading.Thread(target=_stop_and_exit if exit_when_stopped else stop, args=(app, server),
+                                        name="rusty_ws-shutdown"))
+        stopper[0].start()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     freeze_startup_objects()
@@ -616,3 +837,6 @@ def serve(app: Flask, host: str = "127.0.0.1", port: int = 8081) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         server.server_close()
+    if exit_when_stopped and stopper:
+        stopper[0].join()
+        exit_now(0)

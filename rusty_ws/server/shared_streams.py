@@ -37,7 +37,15 @@ from typing import TYPE_CHECKING, Any
 from ..brokers.base import HistoryUnavailable, Landed, SharedHistory, Stamped, Stored
 from ..exceptions import ProtocolError
 from ..frames import text_frame
-from ..protocol import Delivery, ErrorCode, Position, Since, encode_history_reply, encode_subscribed
+from ..protocol import (
+    Delivery,
+    ErrorCode,
+    Position,
+    Since,
+    encode_history_reply,
+    encode_subscribed,
+    with_position,
+)
 from .answers import wait_for_answer
 
 if TYPE_CHECKING:
@@ -106,7 +114,7 @@ class SharedStreams:
     def deliver(self, delivery: Delivery) -> Landed:
         """``Hub.deliver_local``: hand a delivery (with Redis's offset, or none) to this node's subscribers."""
         key = (delivery.topic, delivery.session_id)
-        data = delivery.encode()
+        data = _encoded(delivery)
         hub = self.hub
         with hub.writer.batch(), self._lock:
             subscribers = hub.registry.subscribers(*key)
@@ -250,6 +258,17 @@ class SharedStreams:
             catching.pop(outbox, None)
             if not catching:
                 del self._catching[key]
+
+
+def _encoded(delivery: Delivery) -> bytes:
+    """``delivery.encode()``; with a str payload and a position, the same bytes in about half the time
+    (encoded without position on ``Delivery.encode``'s fast path, the position spliced in: an epoch
+    from Redis is checked to be hex, ``redis_codec.is_epoch``, which needs no escaping)."""
+    if delivery.offset is None or delivery.epoch is None or type(delivery.payload) is not str:
+        return delivery.encode()
+    bare = Delivery(delivery.publisher_name, delivery.topic, delivery.payload, delivery.timestamp,
+                    delivery.session_id, delivery.user)
+    return with_position(bare.encode(), delivery.offset, delivery.epoch)
 
 
 def _past(delivery: Delivery, floor: Position | None) -> bool:

@@ -108,3 +108,23 @@ export function firstDelay(reason, initial = 500, random = Math.random) {
   if (window <= RECONNECT_JITTER_MS) window = Math.min(RECONNECT_JITTER_MS, 2 * initial);
   return window * random();
 }
+
+/** The longest wait, in ms, a `Retry-After` is taken for; a longer one is not believed. */
+export const MAX_RETRY_AFTER_MS = 3600000;
+
+/**
+ * Ms to wait after a 503 whose `Retry-After` is `value`: that many seconds, plus up to one more at
+ * random (a hub pacing a reconnect storm sends the clients it turns away to the seconds ahead; the
+ * random part spreads those sent to the same second). `null` (back off as usual) when there is no
+ * header or it is not a whole number of seconds up to an hour (an HTTP date included). The mirror
+ * of backoff.py's retry_after.
+ * @param {string|null|undefined} value
+ * @param {() => number} [random=Math.random]
+ * @returns {number|null}
+ */
+export function retryAfterDelay(value, random = Math.random) {
+  if (typeof value !== "string") return null;
+  const text = value.trim();
+  if (!/^[0-9]{1,4}$/.test(text) || Number(text) * 1000 > MAX_RETRY_AFTER_MS) return null;
+  return (Number(text) + random()) * 1000;
+}

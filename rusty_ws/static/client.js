@@ -20,7 +20,7 @@
 //
 // Users import rusty_ws.js, which re-exports this class with the rest of the public API.
 
-import { CloseCode, ClosePolicy, backoffDelays, closePolicy, firstDelay } from "./backoff.js";
+import { CloseCode, ClosePolicy, backoffDelays, closePolicy, firstDelay, retryAfterDelay } from "./backoff.js";
 import { AuthError, ConnectionClosedError, RustyWsError, ServerError } from "./errors.js";
 import { JwtManager } from "./jwt_utils.js";
 import {
@@ -602,14 +602,18 @@ export class RustyWsClient extends EventTarget {
     }
   }
 
-  _scheduleReconnect(policy) {
+  _scheduleReconnect(policy, asked = null) {
     this._delays ??= backoffDelays(this._backoffOptions);
     this._attempt += 1;
     // "Reconnect now" waits a random part of a window first, so that clients dropped together do
     // not come back in the same instant (the window a 4200's reason names, or up to a second).
-    const delay = this._attempt === 1 && policy === ClosePolicy.RECONNECT_NOW
-      ? firstDelay(this._lastClose.reason, this._backoffOptions.initial ?? 500)
-      : this._delays.next().value;
+    // A refusal that said when to come back (503 with Retry-After, seen under Node's `ws` only)
+    // waits that instead of the back-off's next delay, which does not grow meanwhile.
+    let delay;
+    if (asked !== null) delay = asked;
+    else if (this._attempt === 1 && policy === ClosePolicy.RECONNECT_NOW) {
+      delay = firstDelay(this._lastClose.reason, this._backoffOptions.initial ?? 500);
+    } else delay = this._delays.next().value;
     this._emit("reconnecting", { attempt: this._attempt, delay });
     this._reconnectTimer = setTimeout(() => this._tryReconnect(), delay);
   }
@@ -637,7 +641,8 @@ export class RustyWsClient extends EventTarget {
         this._setState(State.CLOSED);
         return;
       }
-      this._scheduleReconnect(ClosePolicy.BACK_OFF);
+      const paced = error.status === 503 || error.status === 429;
+      this._scheduleReconnect(ClosePolicy.BACK_OFF, paced ? retryAfterDelay(error.retryAfter) : null);
       return;
     }
     this._opened(true);

@@ -10,7 +10,8 @@ import { RustyWsError, ServerError } from "./errors.js";
 
 export { ConnectionClosedError, RustyWsError, ServerError } from "./errors.js";
 export {
-  CloseCode, ClosePolicy, RECONNECT_JITTER_MS, backoffDelays, closePolicy, firstDelay, reconnectWindow,
+  CloseCode, ClosePolicy, MAX_RETRY_AFTER_MS, RECONNECT_JITTER_MS, backoffDelays, closePolicy, firstDelay,
+  reconnectWindow, retryAfterDelay,
 } from "./backoff.js";
 
 /** Longest topic, session id and client name, in characters (protocol.py's limits). */

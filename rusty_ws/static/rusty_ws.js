@@ -16,8 +16,9 @@
 //
 // This file only re-exports; each concern has its module, as on the Python side:
 //   errors.js     RustyWsError, ServerError, ConnectionClosedError, AuthError (exceptions.py)
-//   backoff.js    ClosePolicy, CloseCode, closePolicy, backoffDelays, firstDelay, reconnectWindow
-//                 (backoff.py, protocol.close_policy and reconnect_window, the supervisor's first_delay)
+//   backoff.js    ClosePolicy, CloseCode, closePolicy, backoffDelays, firstDelay, reconnectWindow,
+//                 retryAfterDelay (backoff.py, protocol.close_policy and reconnect_window, the
+//                 supervisor's first_delay)
 //   protocol.js   limits, checks, command builders, replies (protocol.py)
 //   transport.js  openWebSocket and the hub's URLs (client/connector.py)
 //   jwt_utils.js  JwtManager and the seed's jwtManager, createAuthenticatedWebSocket (client/tokens.py)

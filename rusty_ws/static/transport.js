@@ -68,8 +68,23 @@ export function openWebSocket(WebSocketImpl, url, timeout) {
     };
     const onOpen = () => done(null);
     // A refused handshake (bad token, wrong origin, hub down) shows as close code 1006:
-    // browsers hide the HTTP status from scripts.
-    const onClose = (event) => done(new ConnectionClosedError(event.code ?? 1006, event.reason || "could not connect"));
+    // browsers hide the HTTP status from scripts. Node's `ws` shows it ("unexpected-response"):
+    // a 503's Retry-After (a hub pacing a reconnect storm) then travels on the error.
+    let refusal = null;
+    const onClose = (event) => {
+      const error = new ConnectionClosedError(event.code ?? 1006, event.reason || refusal?.message || "could not connect");
+      if (refusal !== null) Object.assign(error, { status: refusal.status, retryAfter: refusal.retryAfter });
+      done(error);
+    };
+    if (typeof socket.on === "function") {
+      socket.on("unexpected-response", (request, response) => {
+        const retryAfter = response.headers?.["retry-after"];
+        refusal = { status: response.statusCode, retryAfter: typeof retryAfter === "string" ? retryAfter : null,
+                    message: `HTTP ${response.statusCode}` };
+        response.resume?.(); // the body is not read; ws leaves the request to us once we listen
+        socket.terminate(); // ends the handshake: a close event (1006) follows
+      });
+    }
     const timer = setTimeout(() => {
       done(new ConnectionClosedError(1006, `no connection within ${timeout} ms`));
       socket.close();

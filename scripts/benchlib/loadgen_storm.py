@@ -9,9 +9,10 @@
   delay of up to ``jitter`` seconds (1 s: "reconnect now"), or up to the window
   a 4200's reason names (``protocol.reconnect_window``); a refused TCP
   connection or an HTTP 503 backs off like ``rusty_ws/backoff.py`` (0.5 s doubling to
-  30 s, half jittered). It ends once every connection was dropped and is subscribed
-  again, and reports when the first was dropped and the last came back, with
-  the refusals counted.
+  30 s, half jittered), except that a 503 with ``Retry-After`` waits what it says
+  plus up to a second (``backoff.retry_after``), as ``WsClient`` does. It ends
+  once every connection was dropped and is subscribed again, and reports when
+  the first was dropped and the last came back, with the refusals counted.
 """
 
 from __future__ import annotations
@@ -31,8 +32,17 @@ from benchlib.loadgen import Conn, LoadGen
 from benchlib.wire import handshake
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from rusty_ws.backoff import delays  # the policy itself, not a copy
+from rusty_ws.backoff import delays, retry_after  # the policy itself, not a copy
 from rusty_ws.protocol import RECONNECT_JITTER, reconnect_window
+
+
+def header(head: bytes, name: bytes) -> str | None:
+    """The value of the header ``name`` (lower case) in an HTTP answer's head, or None."""
+    for line in head.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name:
+            return value.strip().decode("latin-1")
+    return None
 
 
 class Client:
@@ -99,9 +109,10 @@ class StormGen(LoadGen):
         conn = client.conn
         try:
             self.on_readable(conn)
-        except ConnectionError:  # the handshake was answered, but not with 101 (503: back off)
+        except ConnectionError:  # the handshake was answered, but not with 101 (503: Retry-After, else back off)
             self.refused_http += 1
-            self.drop(client, next(client.delays))
+            wait = retry_after(header(conn.head, b"retry-after"))
+            self.drop(client, next(client.delays) if wait is None else wait)
             return
         if conn.closed:  # "reconnect now": within the window the close reason names, else within `jitter`
             window = reconnect_window(conn.close_reason)

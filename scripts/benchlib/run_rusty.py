@@ -47,4 +47,4 @@ if __name__ == "__main__":
         "RUSTY_WS_COMPRESSION": 6 if MODE == "deflate" else 0,
     })
     print("ready", flush=True)
-    serve(app, "127.0.0.1", int(sys.argv[1]))
+    serve(app, "127.0.0.1", int(sys.argv[1]), exit_when_stopped=True)  # as `rusty-ws serve` does

@@ -25,7 +25,8 @@ const LAYERS = {
 const HOMES = {
   "errors.js": ["AuthError", "ConnectionClosedError", "RustyWsError", "ServerError"],
   "backoff.js": [
-    "CloseCode", "ClosePolicy", "RECONNECT_JITTER_MS", "backoffDelays", "closePolicy", "firstDelay", "reconnectWindow",
+    "CloseCode", "ClosePolicy", "MAX_RETRY_AFTER_MS", "RECONNECT_JITTER_MS", "backoffDelays", "closePolicy", "firstDelay",
+    "reconnectWindow", "retryAfterDelay",
   ],
   "protocol.js": [
     "MAX_EPOCH_LENGTH", "MAX_NAME_LENGTH", "MAX_OFFSET", "MAX_PUBLISH_ID_LENGTH", "MAX_SESSION_LENGTH",

@@ -26,6 +26,7 @@ import {
   publishCommand,
   reconnectWindow,
   registerNameCommand,
+  retryAfterDelay,
   registerSessionCommand,
   replyKind,
   subscribeCommand,
@@ -172,6 +173,22 @@ describe("close policy", () => {
     assert.equal(closePolicy(1008), ClosePolicy.DO_NOT_RECONNECT);
     for (const code of [1000, 1006, 1011, 1013, 3000, 4300, 4999, 0]) {
       assert.equal(closePolicy(code), ClosePolicy.BACK_OFF, String(code));
+    }
+  });
+});
+
+describe("Retry-After", () => {
+  test("a whole number of seconds, plus up to one more at random (backoff.py's retry_after)", () => {
+    assert.equal(retryAfterDelay("0", () => 0.5), 500);
+    assert.equal(retryAfterDelay("1", () => 0.5), 1500);
+    assert.equal(retryAfterDelay(" 7 ", () => 0.5), 7500);
+    assert.equal(retryAfterDelay("3600", () => 0), 3600000);
+  });
+
+  test("absent, malformed, hostile or huge: null (back off as usual)", () => {
+    for (const value of [null, undefined, "", "-1", "1.5", "3601", "99999999", "soon",
+      "Wed, 21 Oct 2026 07:28:00 GMT", "١", "1e3", "0x10", "1 2", "9".repeat(10000), 5]) {
+      assert.equal(retryAfterDelay(value), null, String(value));
     }
   });
 });

@@ -18,7 +18,16 @@ const FAST = { backoff: { initial: 20 * MS, cap: 80 * MS } };
 
 class ScriptedHub {
   constructor() {
-    this.server = new WebSocketServer({ host: "127.0.0.1", port: 0 });
+    this.busy = null; // a Retry-After value: refuse upgrades with 503 and it (a hub pacing a storm)
+    this.refused = 0; // upgrades refused with 503 so far
+    this.server = new WebSocketServer({
+      host: "127.0.0.1", port: 0,
+      verifyClient: (_, done) => {
+        if (this.busy === null) return done(true);
+        this.refused += 1;
+        return done(false, 503, "Service Unavailable", { "Retry-After": this.busy });
+      },
+    });
     this.sockets = [];
     this.commands = []; // [connection number, text]
     this.silent = false; // stop answering (a hub that hangs)
@@ -228,6 +237,42 @@ describe("close codes", () => {
     hub.refuse = false;
     await reopened;
     assert.equal(c.state, State.OPEN);
+  });
+
+  test("a 503 with Retry-After waits what it says (plus up to a second), not the back-off", async () => {
+    const c = await client();
+    hub.busy = "1";
+    const attempts = [];
+    const second = new Promise((resolve) => {
+      c.addEventListener("reconnecting", (event) => {
+        attempts.push(event.detail);
+        if (event.detail.attempt === 2) resolve();
+      });
+    });
+    hub.sockets[0].close(4200, "server restarting");
+    await within(second, WAIT, "a second attempt");
+    assert.equal(hub.refused, 1);
+    const [first, paced] = attempts;
+    assert.ok(first.delay <= 2 * FAST.backoff.initial, JSON.stringify(attempts)); // "reconnect now"
+    assert.ok(paced.delay >= 1000 && paced.delay <= 2000, JSON.stringify(attempts)); // the hub's 1 s, not 80 ms
+    const reopened = nextEvent(c, "open", () => true, 3 * WAIT);
+    hub.busy = null;
+    await reopened;
+    assert.equal(c.state, State.OPEN);
+  });
+
+  test("a 503 whose Retry-After is not a small whole number backs off as usual", async () => {
+    const c = await client();
+    hub.busy = "Wed, 21 Oct 2026 07:28:00 GMT";
+    const second = new Promise((resolve) => {
+      c.addEventListener("reconnecting", (event) => {
+        if (event.detail.attempt === 2) resolve(event.detail);
+      });
+    });
+    hub.sockets[0].close(4200, "server restarting");
+    const { delay } = await within(second, WAIT, "a second attempt");
+    assert.ok(delay <= FAST.backoff.cap, `${delay}`);
+    hub.busy = null;
   });
 
   test("calls made while reconnecting wait, then go out after the subscriptions are restored", async () => {

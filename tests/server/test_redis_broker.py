@@ -282,6 +282,7 @@ def test_a_node_starts_while_redis_is_down(caplog: pytest.LogCaptureFixture) -> 
 # --------------------------------------------------------------------------- hostile data
 
 
+_ITEM = b'{"seq":%d,"offset":%d,"delivery":{"publisher_name":"p","topic":"T","payload":1,"timestamp":"t","session_id":"s"}}'
 GARBAGE = [
     b"", b"not json", b"\xff\xfe\xfd", b"[1, 2]", b'{"v": 1}', b"[" * 50_000,
     b'{"v": 1, "node": "intruder", "delivery": {"topic": "T", "session_id": "other-session",'
@@ -291,6 +292,16 @@ GARBAGE = [
     b'{"v": 1, "node": "n", "delivery": {"topic": "T", "session_id": "s", "publisher_name": "p",'
     b' "timestamp": "t", "payload": 1e999}}',
     b"x" * 1_000_000,
+    # version 3 (the history script's batches), odd: no items, offsets not ascending, an item for
+    # another pair among good ones, an item without its number, a bad epoch; and a version to come
+    b'{"v":3,"node":"n","epoch":"ab","items":[]}',
+    b'{"v":3,"node":"n","epoch":"ab","items":[' + _ITEM % (1, 2) + b"," + _ITEM % (2, 1) + b"]}",
+    b'{"v":3,"node":"n","epoch":"ab","items":[' + _ITEM % (1, 1) + b","
+    + (_ITEM % (2, 2)).replace(b'"session_id":"s"', b'"session_id":"other"') + b"]}",
+    b'{"v":3,"node":"n","epoch":"ab","items":[{"offset":1,"delivery":{}}]}',
+    b'{"v":3,"node":"n","epoch":"AB","items":[' + _ITEM % (1, 1) + b"]}",
+    b'{"v":4,"node":"n","epoch":"ab","items":[' + _ITEM % (1, 1) + b"]}",  # version 4 has deliveries
+    b'{"v":5,"node":"n","epoch":"ab","items":[' + _ITEM % (1, 1) + b"]}",
 ]
 
 

@@ -18,6 +18,7 @@ from test_history_wire import publish_numbers, subscribe_json
 
 from redis_support import RedisServer, redis_server
 from rusty_ws.brokers.redis_codec import pair_keys, publish_id_key, session_tag
+from rusty_ws.brokers.redis_history import META_TTL
 from rusty_ws.protocol import Ack, HistoryReply, Since, encode_history, encode_publish, encode_subscribe_json
 from support import WAIT, Client, RunningServer, running_server
 
@@ -70,7 +71,9 @@ def test_a_publish_takes_its_offset_in_redis_and_every_node_delivers_it_with_tha
             assert list(message)[-2:] == ["offset", "epoch"]
         with contextlib.closing(redis.client()) as raw:
             keys = pair_keys("rusty_ws", "T", "s")
-            assert raw.hgetall(keys.meta) == {b"e": ack.epoch.encode(), b"o": b"1"}
+            [(_, entry)] = raw.xrange(keys.stream)
+            # b: the stream's bytes of deliveries (an upper bound, exact here)
+            assert raw.hgetall(keys.meta) == {b"e": ack.epoch.encode(), b"o": b"1", b"b": b"%d" % len(entry[b"d"])}
             assert raw.xlen(keys.stream) == 1
             assert raw.exists(publish_id_key("rusty_ws", "s", "p-1")) == 1
 
@@ -219,7 +222,7 @@ def test_forged_stream_entries_and_metadata_are_dropped_and_logged(redis: RedisS
         intruder.set(keys.stream, "a string where a stream belongs")
         reply = HistoryReply.parse(client.command(encode_history("T", "s"))[0])
         assert reply.messages == [] and reply.offset == 0 and reply.epoch != subscribed.epoch
-        assert intruder.type(keys.stream) == b"none" and 0 < intruder.pttl(keys.meta) <= 300_000
+        assert intruder.type(keys.stream) == b"none" and 300_000 < intruder.pttl(keys.meta) <= META_TTL * 1000
         assert broker_of(node).status()["history_resets"] == 4
         assert client.sync() == []  # and the connection goes on
 
@@ -265,9 +268,10 @@ def test_a_replay_too_big_for_the_outbox_is_cut_short_and_says_so(redis: RedisSe
                max_message_size=32 * 1024) as (a, b), \
             a.connect() as pub, b.connect() as sub:
         epoch = ack_of(pub, "T", {"n": 1, "pad": "x" * 1000}, "big-1").epoch
-        for n in range(2, 201):
+        for n in range(2, 200):
             pub.send(encode_publish("T", {"n": n, "pad": "x" * 1000}, session_id="s"))
-        pub.sync()
+        # acked: Redis took it, and (one FIFO) every publish before it (a pong would not say so)
+        assert ack_of(pub, "T", {"n": 200, "pad": "x" * 1000}, "big-200").offset == 200
         replayed, reply = subscribe_json(sub, since=Since(0, epoch))
         assert reply.recovered is False and reply.offset == 200
         assert 10 < len(replayed) < 200
@@ -296,7 +300,8 @@ def test_messages_older_than_the_ttl_are_never_replayed(redis: RedisServer) -> N
         assert [m.payload for m in HistoryReply.parse(client.command(encode_history("T", "s"))[0]).messages] == [3]
         ack = ack_of(client, "T", 4, "ttl-4", early=[])  # (subscribed: its delivery may come first)
         assert (ack.offset, ack.epoch) == (4, "abc123")
-        assert 0 < raw.pttl(keys.stream) <= 60_000 and 0 < raw.pttl(keys.meta) <= 60_000
+        # the entries expire after the TTL, the epoch and top long after (META_TTL)
+        assert 0 < raw.pttl(keys.stream) <= 60_000 and 60_000 < raw.pttl(keys.meta) <= META_TTL * 1000
         assert 0 < raw.pttl(publish_id_key("rusty_ws", "s", "ttl-4")) <= 300_000
 
 
@@ -324,3 +329,71 @@ def test_a_gap_trimmed_from_the_stream_replays_what_remains_and_says_so(redis: R
         assert [m["offset"] for m in replayed] == list(range(26, 31)) and reply.recovered is True
         ack_of(pub, "T", 31, "g-31")
         assert recv_delivery(sub)["offset"] == 31 and sub.sync() == []  # one delivery per publish
+
+
+def test_a_pair_idle_past_the_ttl_keeps_its_epoch_and_an_up_to_date_client_recovers(redis: RedisServer) -> None:
+    """The entries expire after the TTL; the epoch and top stay (META_TTL): nothing was missed, nothing is lost."""
+    keys = pair_keys("rusty_ws", "T", "s")
+    with contextlib.closing(redis.client()) as raw:
+        raw.config_set("notify-keyspace-events", "Ex")  # tell us when a key expires
+        expired = raw.pubsub()
+        expired.subscribe("__keyevent@0__:expired")
+        assert expired.get_message(timeout=WAIT)["type"] == "subscribe"
+        with nodes(1, redis.url, history_ttl=0.3) as (node,), node.connect() as watcher, node.connect() as publisher:
+            _, reply = subscribe_json(watcher)
+            ack = ack_of(publisher, "T", "before the quiet", "q-1")
+            assert recv_delivery(watcher)["offset"] == 1
+            for _ in range(100):  # the stream's expiry, as Redis announces it (bounded)
+                message = expired.get_message(timeout=WAIT)
+                assert message is not None, "the stream did not expire"
+                if message["type"] == "message" and message["data"] == keys.stream:
+                    break
+            assert raw.exists(keys.stream) == 0 and raw.hget(keys.meta, "e") == ack.epoch.encode()
+            with node.connect() as back:  # a client that saw offset 1 comes back: nothing to replay, and it knows
+                replayed, again = subscribe_json(back, since=Since(1, ack.epoch))
+                assert replayed == [] and (again.offset, again.epoch, again.recovered) == (1, ack.epoch, True)
+            with node.connect() as late:  # one that missed offset 1: it expired, and it is told so
+                replayed, again = subscribe_json(late, since=Since(0, ack.epoch))
+                assert replayed == [] and again.recovered is False and again.epoch == ack.epoch
+            assert ack_of(publisher, "T", "after", "q-2").offset == 2  # the stream goes on under its epoch
+            assert (recv_delivery(watcher)["offset"], reply.epoch) == (2, ack.epoch)
+        expired.close()
+
+
+def test_history_max_bytes_bounds_each_stream_in_redis(redis: RedisServer) -> None:
+    with nodes(1, redis.url, history_max_bytes=1000) as (node,), node.connect() as client:
+        for n in range(1, 20):
+            client.send(encode_publish("T", f"{n:02d}" + "x" * 200, session_id="s"))
+        assert ack_of(client, "T", "20" + "x" * 200, "last").offset == 20  # every one before it is in Redis
+        reply = HistoryReply.parse(client.command(encode_history("T", "s"))[0])
+        kept = [int(message.payload[:2]) for message in reply.messages]
+        assert reply.offset == 20 and 1 < len(kept) < 5 and kept == list(range(21 - len(kept), 21))
+
+
+def test_merged_publishes_of_two_nodes_keep_each_publishers_order_and_one_order_everywhere(redis: RedisServer) -> None:
+    count = 300
+    with nodes(2, redis.url) as (a, b), a.connect() as on_a, b.connect() as on_b, \
+            a.connect() as pa, b.connect() as pb, contextlib.closing(redis.client()) as raw:
+        for watcher in (on_a, on_b):
+            subscribe_json(watcher)
+        before = int(raw.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+        acks = {pa: 0, pb: 0}
+        for n in range(count):  # with an id every 7th: in the same runs as those without
+            for name, client in (("a", pa), ("b", pb)):
+                publish_id = f"{name}-{n}" if n % 7 == 0 or n == count - 1 else None
+                client.send(encode_publish("T", [name, n], session_id="s", id=publish_id))
+                acks[client] += publish_id is not None
+        for client, expected in acks.items():  # every ack: Redis took every publish (one FIFO per node)
+            offsets = [Ack.parse(client.recv()).offset for _ in range(expected)]
+            assert offsets == sorted(offsets) and len(set(offsets)) == expected
+        seen = []
+        for watcher in (on_a, on_b):
+            messages = [recv_delivery(watcher) for _ in range(2 * count)]
+            assert [m["offset"] for m in messages] == list(range(1, 2 * count + 1))
+            seen.append([tuple(m["payload"]) for m in messages])
+            for name in ("a", "b"):
+                assert [n for who, n in seen[-1] if who == name] == list(range(count))
+            assert watcher.sync() == []
+        assert seen[0] == seen[1]  # one order, the offsets', on every node
+        calls = int(raw.info("commandstats")["cmdstat_evalsha"]["calls"]) - before
+        assert calls < 2 * count  # merged (how much depends on timing; each node's sender had a queue)

@@ -22,7 +22,7 @@ import redis as redis_py
 
 from redis_support import SENTINEL, RedisServer, publish_sentinel, read_until_sentinel, redis_server
 from rusty_ws.brokers.redis import RedisBroker
-from rusty_ws.brokers.redis_sender import RedisSender
+from rusty_ws.brokers.redis_sender import Mergeable, RedisSender
 from rusty_ws.protocol import encode_publish, encode_subscribe
 from rusty_ws.server.state import state_of
 from support import MS, WAIT, Client, RunningServer, running_server
@@ -225,6 +225,94 @@ def test_stop_sends_what_is_queued_and_refuses_what_comes_after(redis: RedisServ
         assert out.status()["unsent"] == 1 and out.status()["sent"] == 100
 
 
+@contextlib.contextmanager
+def held(out: RedisSender) -> Iterator[None]:
+    """The sender's thread kept busy (in a reply's callback) inside the block: what is submitted
+    meanwhile waits in the queue, and leaves in one pipeline once the block ends."""
+    inside, release = threading.Event(), threading.Event()
+
+    def hold(_: Any) -> None:
+        inside.set()
+        assert release.wait(WAIT), "held too long"
+
+    out.submit(("PING",), hold)
+    assert inside.wait(WAIT)
+    try:
+        yield
+    finally:
+        release.set()
+
+
+def pushes(commands: list[Mergeable]) -> tuple[tuple[Any, ...], Any]:
+    """Merge RPUSHes to one list into one RPUSH; each part's reply is the length after its own value."""
+    values = [command[2] for command in commands]
+
+    def split(reply: Any) -> list[Any]:
+        return [reply - len(values) + i for i in range(1, len(values) + 1)]
+
+    return ("RPUSH", commands[0][1], *values), split
+
+
+def push(key: str, value: Any, weight: int = 1, budget: int = 1000) -> Mergeable:
+    return Mergeable.of(("RPUSH", key, value), group=key, merge=pushes, weight=weight, head=0, budget=budget)
+
+
+def calls(server: RedisServer, command: str) -> int:
+    with contextlib.closing(server.client()) as client:
+        return int(client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def test_neighbours_of_one_group_go_as_one_command_and_each_gets_its_own_reply(redis: RedisServer,
+                                                                               packing: str) -> None:
+    replies = Replies()
+    plan: list[Any] = [push("a", 1), push("a", 2), push("b", 3), push("a", 4), ("RPUSH", "a", 5),
+                       push("a", 6), push("a", 7), push("a", 8)]
+    with sender(redis) as out:
+        with held(out):
+            for number, command in enumerate(plan):
+                out.submit(command, replies.callback(number))
+        assert replies.wait(len(plan)) and out.wait_drained(WAIT)
+        assert replies.order == list(range(len(plan)))  # in the order submitted, merged or not
+        assert [replies.got[n] for n in range(len(plan))] == [1, 2, 1, 3, 4, 5, 6, 7]
+        with contextlib.closing(redis.client()) as check:
+            assert check.lrange("a", 0, -1) == [b"1", b"2", b"4", b"5", b"6", b"7", b"8"]
+            assert check.lrange("b", 0, -1) == [b"3"]
+        # [1, 2], [3], [4], 5 (not mergeable: it ends the run), [6, 7, 8]
+        assert calls(redis, "rpush") == 5
+        assert out.status()["sent"] == len(plan) + 1  # every part counted, the PING too
+
+
+def test_a_merge_that_fails_sends_its_commands_one_by_one(redis: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    def broken(commands: list[Mergeable]) -> tuple[tuple[Any, ...], Any]:
+        raise ValueError("a bug in a merge")
+
+    replies = Replies()
+    with sender(redis) as out:
+        with held(out):
+            for number in range(3):
+                out.submit(Mergeable.of(("RPUSH", "a", number), group="a", merge=broken, weight=1, head=0,
+                                        budget=100), replies.callback(number))
+        assert replies.wait(3) and [replies.got[n] for n in range(3)] == [1, 2, 3]
+        assert "merging 3 commands failed" in caplog.text and out.status()["connected"] is True
+
+
+def test_a_merge_stops_at_its_budget_and_a_refused_merge_fails_every_part(redis: RedisServer) -> None:
+    replies = Replies()
+    with sender(redis) as out:
+        with contextlib.closing(redis.client()) as setup:
+            setup.set("s", "a string, where the merged RPUSH wants a list")
+        with held(out):
+            for number in range(5):  # weights of 400 in a budget of 1000: two at a time
+                out.submit(push("a", number, weight=400), replies.callback(number))
+            for number in range(5, 8):
+                out.submit(push("s", number), replies.callback(number))
+        assert replies.wait(8) and out.wait_drained(WAIT)
+        assert [replies.got[n] for n in range(5)] == [1, 2, 3, 4, 5]
+        assert calls(redis, "rpush") == 4  # [0, 1], [2, 3], [4], and the refused [5, 6, 7]
+        assert all(isinstance(replies.got[n], redis_py.exceptions.ResponseError) for n in range(5, 8))
+        assert out.status()["failed"] == 3
+
+
 # --------------------------------------------------------------------------- through hubs
 
 
@@ -363,3 +451,27 @@ def test_the_in_memory_broker_acks_at_once(caplog: pytest.LogCaptureFixture) -> 
     with running_server() as node, node.connect() as publisher:
         replies = publisher.command(encode_publish("T", 1, session_id="s", id="m-1"))
         assert [json.loads(r[4:])["id"] for r in replies] == ["m-1"]
+
+
+def test_without_history_a_pairs_publishes_go_as_few_publishes_and_arrive_once_in_order(redis: RedisServer) -> None:
+    count = 500
+    with nodes(2, redis.url, history_size=0) as (a, b), a.connect() as publisher, a.connect() as near, \
+            b.connect() as far:
+        for client in (far, near):
+            for topic in ("T", "U", SENTINEL):
+                client.send(encode_subscribe(topic, "s"))
+            client.sync()
+        before = calls(redis, "publish")
+        for number in range(count):  # runs of T, broken by a U now and then
+            publisher.send(encode_publish("U" if number % 50 == 49 else "T", number, session_id="s"))
+        publisher.sync()
+        assert broker(a).wait_sent(WAIT)
+        merged = calls(redis, "publish") - before
+        publish_sentinel(redis, "s")
+        for client in (far, near):  # near: delivered when published, its envelopes from Redis dropped
+            got: dict[str, list[int]] = {"T": [], "U": []}
+            for message in read_until_sentinel(client, 2 * count):
+                got[message["topic"]].append(message["payload"])
+            assert got == {"T": [n for n in range(count) if n % 50 != 49], "U": list(range(49, count, 50))}
+        assert 20 <= merged < count  # at least one per U and per run of T before it; fewer than one each
+        assert broker(a).status()["unsent"] == 0 and broker(b).status()["dropped"] == 0

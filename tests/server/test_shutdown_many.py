@@ -123,3 +123,43 @@ def test_a_stopping_hub_refuses_new_connections_at_once_instead_of_answering_the
         silent.send_frame(0x8, b"\x10\x68")  # our answer (4200): the hub may go now
         assert hub.process.wait(10 * WAIT) == 0
         silent.close()
+
+
+def test_a_stand_alone_hub_exits_once_every_4200_is_written_not_after_every_closing_handshake() -> None:
+    # Clients that read their 4200 and never answer it, and a close timeout longer than the
+    # hub's shutdown bound (5 s): an embedded hub waits for them up to that bound. `rusty-ws
+    # serve` owns its process: once every close frame is written it waits EXIT_GRACE for the
+    # answers, stops the broker and ends the process at once (the kernel closes the sockets).
+    with HubProcess(max_connections=CLIENTS + 50, close_timeout=10 * WAIT) as hub:
+        clients = _connect(hub, CLIENTS)
+        selector = selectors.DefaultSelector()
+        for index, raw in enumerate(clients):
+            raw.sock.setblocking(False)
+            selector.register(raw.sock, selectors.EVENT_READ, index)
+        frames: dict[int, bytes] = {}
+        signalled = time.monotonic()
+        hub.process.send_signal(signal.SIGTERM)
+        deadline = signalled + 10 * WAIT
+        while len(frames) < CLIENTS and time.monotonic() < deadline:
+            for key, _ in selector.select(deadline - time.monotonic()):
+                try:
+                    data = key.fileobj.recv(4096)  # type: ignore[union-attr]
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except ConnectionResetError:
+                    data = b""
+                frames[key.data] = data
+                selector.unregister(key.fileobj)
+        selector.close()
+        assert hub.process.wait(10 * WAIT) == 0
+        exited = time.monotonic() - signalled
+        hub._reader.join(WAIT)
+        log = hub.log
+    assert len(frames) == CLIENTS
+    assert all(parse_close(frame[2:2 + (frame[1] & 0x7F)]) == (4200, "server restarting")
+               for frame in frames.values()), set(frames.values())
+    assert exited < 5.0, f"the hub took {exited:.1f}s to exit: it waited for the closing handshakes"
+    # The log was flushed before the process ended: its last line is there.
+    assert f"told {CLIENTS} connections 4200" in log and "closing handshakes cut short; exiting" in log, log[-2000:]
+    for raw in clients:
+        raw.close()

@@ -1,0 +1,220 @@
+"""A reconnect storm at the new hub: handshakes past RUSTY_WS_MAX_HANDSHAKES are paced, /healthz is not.
+
+Before, every reconnecting client got a thread at once, and with thousands of
+handshake threads fighting over the interpreter lock the hub's own `/healthz`
+took 3-4 s to answer. Now the accept thread answers a handshake past the bound
+with 503 and ``Retry-After`` (no thread), sends the clients it turns away to
+the seconds ahead, and lets `/healthz` through ahead of them.
+
+"A handshake under way" here is a request held past its head: a POST whose
+body never comes keeps its thread reading (``RUSTY_WS_REQUEST_HEAD_TIMEOUT``
+long), which is what a slow upgrade looks like to the accept loop.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from rusty_ws import WsClient, create_app
+from rusty_ws.config import Settings
+from rusty_ws.server.serving import MAX_RETRY_AFTER, MIN_PACED_RATE, _Pacer, make_server
+from rusty_ws.server.state import state_of
+from support import (
+    FAST_CLIENT,
+    WAIT,
+    Hooks,
+    RawSocket,
+    RunningServer,
+    http,
+    hub_config,
+    raw_http,
+    read_response,
+    running_server,
+)
+
+HANDSHAKE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+             b"Sec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+@pytest.fixture
+def closing() -> Iterator[list[socket.socket]]:
+    sockets: list[socket.socket] = []
+    yield sockets
+    for sock in sockets:
+        sock.close()
+
+
+def hold_a_request(server: RunningServer, closing: list[socket.socket]) -> socket.socket:
+    """A request past its head whose body never comes: one request under way until the socket closes.
+
+    The head comes in two parts, so that each step is seen: first the socket waits
+    for the rest of its head (``pending_requests`` 1), then its thread reads the body.
+    """
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)
+    closing.append(sock)
+    sock.sendall(b"POST /auth/token HTTP/1.1\r\n")
+    assert server.hub.pending_requests.wait_for(1, WAIT)  # accepted, admitted, waiting for its head
+    sock.sendall(b"Host: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+    assert server.hub.pending_requests.wait_for(0, WAIT)  # its head is read: it waits for its body
+    assert server.server.handshakes_in_flight() >= 1
+    return sock
+
+
+class TestPacing:
+    def test_past_the_bound_a_handshake_gets_503_with_retry_after_and_no_thread(
+            self, closing: list[socket.socket]) -> None:
+        with running_server(max_handshakes=1, request_head_timeout=10 * WAIT) as server:
+            hold_a_request(server, closing)
+            started = server.server._threads_started
+            status, headers, body = raw_http(server.port, HANDSHAKE)
+            assert status == 503 and b'"server_busy"' in body, body
+            assert 1 <= int(headers["retry-after"]) <= MAX_RETRY_AFTER
+            assert headers["connection"] == "close"
+            assert server.server._threads_started == started, "the refused handshake got a thread"
+            assert server.hub.counts()["connections"] == 0
+
+    def test_healthz_is_answered_while_handshakes_are_turned_away(self, closing: list[socket.socket]) -> None:
+        with running_server(max_handshakes=1, request_head_timeout=10 * WAIT) as server:
+            hold_a_request(server, closing)
+            for _ in range(3):
+                assert raw_http(server.port, HANDSHAKE)[0] == 503
+                status, _, body = raw_http(server.port, HEALTHZ)
+                assert status == 200 and b'"status": "ok"' in body.replace(b'":"', b'": "'), body
+                status, _, _ = raw_http(server.port, b"GET /healthz?probe=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert status == 200
+            # Only /healthz itself: a longer path that starts the same is paced like any other.
+            assert raw_http(server.port, b"GET /healthzz HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 503
+
+    def test_once_the_request_ends_handshakes_are_let_in_again(self, closing: list[socket.socket]) -> None:
+        with running_server(max_handshakes=1, request_head_timeout=10 * WAIT) as server:
+            held = hold_a_request(server, closing)
+            assert raw_http(server.port, HANDSHAKE)[0] == 503
+            held.shutdown(socket.SHUT_WR)  # the body ends short: the server answers 400 and the thread ends
+            assert held.recv(100).startswith(b"HTTP/1.1 400")
+            for _ in range(100):  # the thread's end is its own: each try is a whole handshake
+                raw = RawSocket(server.port) if server.server.handshakes_in_flight() == 0 else None
+                if raw is not None:
+                    break
+                http("GET", server.http_url + "/healthz")  # a round trip while the thread ends
+            else:
+                raise AssertionError("the ended request still counts as under way")
+            try:
+                assert raw.status == 101 and raw.sync() == []
+            finally:
+                raw.close()
+
+    def test_no_bound_no_pacing(self, closing: list[socket.socket]) -> None:
+        with running_server(max_handshakes=0, request_head_timeout=10 * WAIT) as server:
+            hold_a_request(server, closing)
+            raw = RawSocket(server.port)
+            try:
+                assert raw.status == 101 and raw.sync() == []
+            finally:
+                raw.close()
+
+    def test_the_turned_away_are_logged_in_one_line(self, closing: list[socket.socket],
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+        caplog.set_level("WARNING", logger="rusty_ws.server")
+        with running_server(max_handshakes=1, request_head_timeout=10 * WAIT) as server:
+            hold_a_request(server, closing)
+            for _ in range(5):
+                assert raw_http(server.port, HANDSHAKE)[0] == 503
+        lines = [r for r in caplog.records if "RUSTY_WS_MAX_ACCEPT_QUEUE" in r.getMessage()]
+        assert len(lines) == 1, [r.getMessage() for r in lines]
+
+
+def test_wsclient_waits_what_retry_after_says(closing: list[socket.socket]) -> None:
+    """A refused reconnection waits the hub's Retry-After (plus up to a second), not its quick back-off."""
+    with running_server(max_handshakes=1, request_head_timeout=10 * WAIT) as server:
+        client = WsClient.connect("c", server.ws_url, **FAST_CLIENT)
+        hooks = Hooks(client)
+        held = hold_a_request(server, closing)
+        server.hub.connections()[0].close(4200, "server restarting")
+        assert hooks.disconnected.get(timeout=WAIT)[0] == 4200
+        attempt, delay = hooks.reconnecting.get(timeout=WAIT)
+        assert attempt == 1 and delay <= 2 * FAST_CLIENT["backoff_initial"]  # "reconnect now"
+        attempt, delay = hooks.reconnecting.get(timeout=WAIT)  # that attempt was turned away: 503
+        assert attempt == 2 and 1.0 <= delay <= 2.0, delay  # Retry-After: 1, plus up to a second
+        assert FAST_CLIENT["backoff_cap"] < 1.0  # (the back-off alone would never wait that long)
+        held.close()  # the request under way ends: room for the client when it comes back
+        assert hooks.connected.get(timeout=3 * WAIT) is client
+        client.close()
+
+
+# --------------------------------------------------------------------------- the Retry-After schedule
+
+
+def test_the_turned_away_are_sent_to_the_seconds_ahead_at_most_rate_to_each() -> None:
+    pacer = _Pacer(MIN_PACED_RATE)
+    waits = [pacer.retry_after(100.5) for _ in range(3 * MIN_PACED_RATE)]
+    assert waits == [1] * MIN_PACED_RATE + [2] * MIN_PACED_RATE + [3] * MIN_PACED_RATE
+    # A second later the first of those seconds is now: the next go to the first second with room.
+    assert pacer.retry_after(101.2) == 3
+
+
+def test_the_rate_follows_what_a_busy_second_admitted_never_below_the_promised_rate() -> None:
+    pacer = _Pacer(100)
+    for _ in range(500):
+        pacer.admitted(7.1)
+    pacer.retry_after(7.5)  # a busy second: 500 admitted, some turned away
+    pacer.admitted(8.0)  # the next second: the busy one is measured
+    assert pacer.rate == (100 + 500) // 2
+    pacer.admitted(9.5)  # a second with no one turned away leaves the rate as it is
+    pacer.admitted(10.5)
+    assert pacer.rate == 300
+    for second in range(20, 40):  # busy seconds with few admitted: down to the floor, not below
+        pacer.retry_after(second + 0.5)
+        pacer.admitted(second + 0.6)
+    assert pacer.rate == 100
+
+
+def test_the_wait_never_passes_the_longest() -> None:
+    pacer = _Pacer(MIN_PACED_RATE)
+    assert max(pacer.retry_after(3.0) for _ in range(MIN_PACED_RATE * (MAX_RETRY_AFTER + 5))) == MAX_RETRY_AFTER
+
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("MAX_HANDSHAKES", None, 1024), ("MAX_HANDSHAKES", 0, 0), ("MAX_HANDSHAKES", "16", 16),
+    ("MAX_ACCEPT_QUEUE", None, 3072), ("MAX_ACCEPT_QUEUE", "512", 512),
+])
+def test_the_bounds_are_settings(name: str, value: object, expected: int) -> None:
+    config = {} if value is None else {f"RUSTY_WS_{name}": value}
+    assert getattr(Settings.from_config(config), name.lower()) == expected
+
+
+@pytest.mark.parametrize("name", ["MAX_HANDSHAKES", "MAX_ACCEPT_QUEUE"])
+@pytest.mark.parametrize("value", [-1, 1.5, "many"])
+def test_the_bounds_refuse_values_that_cannot_work(name: str, value: object) -> None:
+    with pytest.raises(ValueError, match=f"RUSTY_WS_{name}"):
+        Settings.from_config({f"RUSTY_WS_{name}": value})
+
+
+def test_a_long_accept_queue_is_paced_and_healthz_in_it_is_let_through() -> None:
+    """The accept queue counts (Linux ``TCP_INFO``): requests queued behind the one accepted now."""
+    app = create_app(hub_config(max_accept_queue=3))
+    server = make_server(app, "127.0.0.1", 0)  # not serving: this test accepts, one request at a time
+    sockets = []
+    try:
+        for request in [HANDSHAKE, HANDSHAKE, HEALTHZ, HANDSHAKE, HANDSHAKE]:
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)
+            sock.sendall(request)
+            sockets.append(sock)
+        assert server.accept_queue() == 5
+        started = server._threads_started
+        server._handle_request_noblock()  # 4 behind it: paced
+        server._handle_request_noblock()  # 3 behind it: paced
+        server._handle_request_noblock()  # /healthz, 2 behind it: let in
+        server._handle_request_noblock()  # 1 behind it: let in
+        assert server.accept_queue() == 1
+        statuses = [read_response(sock)[0] for sock in sockets[:4]]
+        assert statuses == [503, 503, 200, 101], statuses
+        assert server._threads_started == started + 2
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.server_close()  # never served: nothing for shutdown() to wait for
+        state_of(app).hub.shutdown(WAIT)
