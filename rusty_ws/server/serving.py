@@ -41,6 +41,7 @@ import socket
 import sys
 import threading
 import time
+from collections import deque
 from http import HTTPStatus
 from typing import Any, BinaryIO, NoReturn
 
@@ -85,6 +86,9 @@ _TCPI_UNACKED = 24
 MIN_PACED_RATE = 50
 #: The longest Retry-After ``_Pacer`` names, in seconds.
 MAX_RETRY_AFTER = 60
+#: Connections in the system's accept queue past which the accept loop takes all of them at once,
+#: so that a ``/healthz`` among them is served first rather than after every handshake ahead of it.
+DRAIN_FROM = 32
 #: Where ``HubRequestHandler`` leaves, in the environ, a callable that frees the request head's buffers.
 RELEASE_HEAD_KEY = "rusty_ws.release_head"
 #: A plain header block (``HubRequestHandler._parse_plain``): at most 99 lines (http.client's limit
@@ -569,6 +573,9 @@ class HubServer(ThreadedWSGIServer):
         self._threads_ended = 0
         self._threads_lock = threading.Lock()
         self._queue_visible = _TCP_INFO is not None  # accept_queue() can read the accept queue's length
+        #: Connections accepted in a drain (``get_request``) and not yet served, oldest first, ``/healthz``
+        #: ahead of them all; the accept thread's own (it alone reads and writes it; no lock).
+        self._taken: deque[tuple[socket.socket, Any]] = deque()
 
     def serve_forever(self, poll_interval: float = 0.1) -> None:  # shutdown() waits up to this long
         self._stopping.clear()
@@ -579,12 +586,67 @@ class HubServer(ThreadedWSGIServer):
         super().shutdown()
 
     def get_request(self) -> tuple[socket.socket, Any]:
+        """The next connection to serve: the one ``accept()`` gives, or, when a queue has built up, a
+        ``/healthz`` from anywhere in it first (``_drain``), then the others in the order they came."""
+        if not self._taken and (self._healthz_line is None or self.accept_queue() < DRAIN_FROM):
+            return self._accept()
+        self._drain()
+        if not self._taken:
+            raise BlockingIOError(errno.EAGAIN, "nothing to accept")  # socketserver drops it and selects again
+        return self._taken.popleft()
+
+    def _accept(self) -> tuple[socket.socket, Any]:
         try:
             return super().get_request()
         except OSError as exc:
             if exc.errno in _OUT_OF_RESOURCES:
                 self._accept_failed(exc)
             raise  # socketserver drops it; the loop selects again
+
+    def _drain(self) -> None:
+        """Accept every connection the system holds for us now, and put the ``/healthz`` ones first.
+
+        As many ``accept()`` calls as ``accept_queue()`` counts, so none blocks. A request
+        whose first bytes have not arrived yet is taken for a handshake (in a storm they
+        have: the connections waited in the queue).
+        """
+        taken, line = self._taken, self._healthz_line
+        health: list[tuple[socket.socket, Any]] = []
+        for _ in range(self.accept_queue()):
+            try:
+                request, address = self._accept()
+            except OSError:
+                break  # out of descriptors (logged, waited) or gone: serve what was taken
+            try:
+                start = request.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except OSError:
+                start = b""
+            if line is not None and start.startswith(line) and start[len(line):len(line) + 1] in (b" ", b"?"):
+                health.append((request, address))
+            else:
+                taken.append((request, address))
+        taken.extendleft(reversed(health))
+
+    def service_actions(self) -> None:
+        """Serve what a drain took, one by one, while nothing new waits in the system's queue
+        (then the loop accepts again, so a ``/healthz`` that just came goes ahead of what is left)."""
+        taken = self._taken
+        while taken and not self._stopping.is_set() and self.accept_queue() == 0:
+            request, address = taken.popleft()
+            if not self.verify_request(request, address):  # as socketserver serves what it accepts
+                self.shutdown_request(request)
+                continue
+            try:
+                self.process_request(request, address)
+            except Exception:
+                self.handle_error(request, address)
+                self.shutdown_request(request)
+        super().service_actions()
+
+    def server_close(self) -> None:
+        while self._taken:  # accepted in a drain, never served: closed as the listening socket is
+            self.shutdown_request(self._taken.popleft()[0])
+        super().server_close()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Start the socket's thread, or refuse it at once (503, no thread): too many wait for a head,
@@ -615,7 +677,7 @@ class HubServer(ThreadedWSGIServer):
     def _busy(self) -> bool:
         """Too many requests under way (``RUSTY_WS_MAX_HANDSHAKES``) or queued (``RUSTY_WS_MAX_ACCEPT_QUEUE``)."""
         return bool((self.max_handshakes and self.handshakes_in_flight() >= self.max_handshakes)
-                    or (self.max_accept_queue and self.accept_queue() >= self.max_accept_queue))
+                    or (self.max_accept_queue and self.waiting() >= self.max_accept_queue))
 
     def accept_queue(self) -> int:
         """Connections the system holds for this server's ``accept()`` now (0 where it cannot tell).
@@ -634,6 +696,10 @@ class HubServer(ThreadedWSGIServer):
             self._queue_visible = False  # not Linux, or not TCP: the bound counts the handshakes under way
             return 0
         return int.from_bytes(info[_TCPI_UNACKED:_TCPI_UNACKED + 4], sys.byteorder)
+
+    def waiting(self) -> int:
+        """Connections waiting for the accept loop: in the system's queue, and taken by a drain."""
+        return self.accept_queue() + len(self._taken)
 
     def handshakes_in_flight(self) -> int:
         """Request threads past their head that are not an open WebSocket: upgrading, or ending.
@@ -684,7 +750,7 @@ class HubServer(ThreadedWSGIServer):
                 "refused a request with 503, Retry-After %d (%d time(s) since this line last showed): %d "
                 "under way (RUSTY_WS_MAX_HANDSHAKES=%d), %d in the accept queue (RUSTY_WS_MAX_ACCEPT_QUEUE=%d), "
                 "about %d admitted a second", wait, paced, self.handshakes_in_flight(), self.max_handshakes,
-                self.accept_queue(), self.max_accept_queue, self._pacer.rate,
+                self.waiting(), self.max_accept_queue, self._pacer.rate,
             )
         return True
 

@@ -20,7 +20,7 @@ import pytest
 
 from rusty_ws import WsClient, create_app
 from rusty_ws.config import Settings
-from rusty_ws.server.serving import MAX_RETRY_AFTER, MIN_PACED_RATE, _Pacer, make_server
+from rusty_ws.server.serving import DRAIN_FROM, MAX_RETRY_AFTER, MIN_PACED_RATE, _Pacer, make_server
 from rusty_ws.server.state import state_of
 from support import (
     FAST_CLIENT,
@@ -217,4 +217,67 @@ def test_a_long_accept_queue_is_paced_and_healthz_in_it_is_let_through() -> None
         for sock in sockets:
             sock.close()
         server.server_close()  # never served: nothing for shutdown() to wait for
+        state_of(app).hub.shutdown(WAIT)
+
+
+def queue_up(port: int, requests: list[bytes]) -> list[socket.socket]:
+    sockets = []
+    for request in requests:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        sock.sendall(request)
+        sockets.append(sock)
+    return sockets
+
+
+def test_healthz_behind_a_long_accept_queue_is_served_before_the_handshakes_ahead_of_it() -> None:
+    """Past DRAIN_FROM queued, the accept loop takes the whole queue and serves ``/healthz`` first:
+    behind thousands of handshakes (a storm) it waited seconds, one handshake a millisecond."""
+    app = create_app(hub_config())
+    server = make_server(app, "127.0.0.1", 0)  # not serving: this test runs the accept loop's steps
+    ahead = DRAIN_FROM + 8
+    sockets = queue_up(server.port, [HANDSHAKE] * ahead + [HEALTHZ, HANDSHAKE])
+    try:
+        assert server.accept_queue() == ahead + 2
+        server._handle_request_noblock()  # one connection served: the /healthz at the queue's end
+        status, _, body = read_response(sockets[ahead])
+        assert status == 200 and b'"connections"' in body, body
+        assert server.accept_queue() == 0 and len(server._taken) == ahead + 1  # the rest, taken in order
+        assert server.waiting() == ahead + 1
+        for sock in sockets[:3]:  # none of those ahead was answered yet
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(1)
+            sock.setblocking(True)
+        server.service_actions()  # nothing new in the system's queue: the taken ones are served
+        assert not server._taken
+        statuses = [read_response(sock)[0] for sock in sockets[:ahead] + sockets[ahead + 1:]]
+        assert statuses == [101] * (ahead + 1), statuses
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.server_close()
+        state_of(app).hub.shutdown(WAIT)
+
+
+def test_a_short_queue_is_served_as_it_comes_and_what_a_drain_took_is_closed_with_the_server() -> None:
+    app = create_app(hub_config())
+    server = make_server(app, "127.0.0.1", 0)
+    sockets = queue_up(server.port, [HANDSHAKE, HEALTHZ])
+    try:
+        server._handle_request_noblock()  # below DRAIN_FROM: plain accept() order
+        assert read_response(sockets[0])[0] == 101 and not server._taken
+        server._handle_request_noblock()
+        assert read_response(sockets[1])[0] == 200
+        late = queue_up(server.port, [HANDSHAKE] * (DRAIN_FROM + 1) + [HEALTHZ])
+        sockets += late
+        server._handle_request_noblock()  # drains; serves the /healthz
+        assert read_response(late[-1])[0] == 200 and len(server._taken) == DRAIN_FROM + 1
+        server.server_close()  # never served: closed, not left open
+        assert not server._taken
+        for sock in late[:-1]:
+            assert sock.recv(1) == b""  # EOF: no answer, the socket closed
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.server_close()
         state_of(app).hub.shutdown(WAIT)
