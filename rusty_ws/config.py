@@ -137,9 +137,10 @@ MAX_PENDING_REQUESTS = 256
 #: WebSocket: upgrading, or a connection's thread ending); past it the accept thread answers the
 #: next request but /healthz 503 with Retry-After, without a thread (docs/protocol.md,
 #: "Reconnect storms"). A safety net against thousands of handshake threads: the accept loop
-#: starts one at a time, so only a CPU-starved process ever has many; lower, a burst of new
-#: connections was refused (a 1,000-client connect at a load of thousands). 0: no bound.
-MAX_HANDSHAKES = 1024
+#: starts one at a time, yet a burst of 2,000 new connections on a quiet machine had more than
+#: 1,024 under way (all past their head, waiting for the interpreter lock) and was refused; at
+#: 64 a 1,000-client connect at a load of thousands was. 0: no bound.
+MAX_HANDSHAKES = 4096
 #: The same answer when more than this many connections wait in the accept queue (Linux's
 #: TCP_INFO): just short of the listen backlog (4096), past which the system drops new
 #: connections' SYNs and their clients retry 1, 3, 7, 15 s later (docs/performance.md,
