@@ -4,6 +4,7 @@ and that no token reaches a log line."""
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +20,15 @@ def server() -> Iterator[RunningServer]:
     """A hub with default settings on a free loopback port."""
     with running_server() as running:
         yield running
+
+
+@pytest.fixture
+def closing() -> Iterator[list[socket.socket]]:
+    """A list of sockets that are all closed when the test ends."""
+    sockets: list[socket.socket] = []
+    yield sockets
+    for sock in sockets:
+        sock.close()
 
 
 @pytest.fixture(autouse=True)

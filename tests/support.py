@@ -715,3 +715,17 @@ class ClientEvents:
         self.wait(lambda: any(entry[0] == "message" and entry[1].payload == payload for entry in self.log),
                   f"payload {payload!r}", timeout)
         return self.payloads()
+
+
+def wait_hung_up(sock: socket.socket, timeout: float = WAIT) -> bytes:
+    """What the server sends until it ends the connection (EOF or reset)."""
+    sock.settimeout(timeout)
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk

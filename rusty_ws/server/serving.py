@@ -89,6 +89,8 @@ MAX_RETRY_AFTER = 60
 #: Connections in the system's accept queue past which the accept loop takes all of them at once,
 #: so that a ``/healthz`` among them is served first rather than after every handshake ahead of it.
 DRAIN_FROM = 32
+#: At most this many connections taken by drains and not yet served (each holds a descriptor).
+DRAIN_MAX = 4096
 #: Where ``HubRequestHandler`` leaves, in the environ, a callable that frees the request head's buffers.
 RELEASE_HEAD_KEY = "rusty_ws.release_head"
 #: A plain header block (``HubRequestHandler._parse_plain``): at most 99 lines (http.client's limit
@@ -576,6 +578,7 @@ class HubServer(ThreadedWSGIServer):
         #: Connections accepted in a drain (``get_request``) and not yet served, oldest first, ``/healthz``
         #: ahead of them all; the accept thread's own (it alone reads and writes it; no lock).
         self._taken: deque[tuple[socket.socket, Any]] = deque()
+        self._accept_blocked = False  # the last drain's accept() failed (out of descriptors): serve, don't drain
 
     def serve_forever(self, poll_interval: float = 0.1) -> None:  # shutdown() waits up to this long
         self._stopping.clear()
@@ -588,12 +591,16 @@ class HubServer(ThreadedWSGIServer):
     def get_request(self) -> tuple[socket.socket, Any]:
         """The next connection to serve: the one ``accept()`` gives, or, when a queue has built up, a
         ``/healthz`` from anywhere in it first (``_drain``), then the others in the order they came."""
-        if not self._taken and (self._healthz_line is None or self.accept_queue() < DRAIN_FROM):
-            return self._accept()
-        self._drain()
-        if not self._taken:
+        taken = self._taken
+        if not taken:
+            if self._healthz_line is None or self.accept_queue() < DRAIN_FROM:
+                return self._accept()
+            self._drain()
+        elif not self._accept_blocked:
+            self._drain()
+        if not taken:
             raise BlockingIOError(errno.EAGAIN, "nothing to accept")  # socketserver drops it and selects again
-        return self._taken.popleft()
+        return taken.popleft()
 
     def _accept(self) -> tuple[socket.socket, Any]:
         try:
@@ -606,32 +613,42 @@ class HubServer(ThreadedWSGIServer):
     def _drain(self) -> None:
         """Accept every connection the system holds for us now, and put the ``/healthz`` ones first.
 
-        As many ``accept()`` calls as ``accept_queue()`` counts, so none blocks. A request
-        whose first bytes have not arrived yet is taken for a handshake (in a storm they
-        have: the connections waited in the queue).
+        As many ``accept()`` calls as ``accept_queue()`` counts, so none blocks, and at
+        most ``DRAIN_MAX`` held. A request whose first bytes have not arrived yet is taken
+        for a handshake (in a storm they have: the connections waited in the queue). When
+        ``accept()`` fails (out of descriptors: logged, waited), what was taken is served
+        before the next drain, which would only fail again.
         """
-        taken, line = self._taken, self._healthz_line
+        taken = self._taken
         health: list[tuple[socket.socket, Any]] = []
-        for _ in range(self.accept_queue()):
+        self._accept_blocked = False
+        for _ in range(min(self.accept_queue(), DRAIN_MAX - len(taken))):
             try:
                 request, address = self._accept()
             except OSError:
-                break  # out of descriptors (logged, waited) or gone: serve what was taken
+                self._accept_blocked = True
+                break
             try:
                 start = request.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
             except OSError:
                 start = b""
-            if line is not None and start.startswith(line) and start[len(line):len(line) + 1] in (b" ", b"?"):
+            if self._asks_healthz(start):
                 health.append((request, address))
             else:
                 taken.append((request, address))
         taken.extendleft(reversed(health))
 
+    def _asks_healthz(self, start: bytes) -> bool:
+        """Whether a request's first bytes (peeked) are those of a ``GET /healthz``."""
+        line = self._healthz_line
+        return line is not None and start.startswith(line) and start[len(line):len(line) + 1] in (b" ", b"?")
+
     def service_actions(self) -> None:
         """Serve what a drain took, one by one, while nothing new waits in the system's queue
-        (then the loop accepts again, so a ``/healthz`` that just came goes ahead of what is left)."""
+        (then the loop accepts again, so a ``/healthz`` that just came goes ahead of what is left),
+        or while ``accept()`` cannot take what waits there."""
         taken = self._taken
-        while taken and not self._stopping.is_set() and self.accept_queue() == 0:
+        while taken and not self._stopping.is_set() and (self._accept_blocked or self.accept_queue() == 0):
             request, address = taken.popleft()
             if not self.verify_request(request, address):  # as socketserver serves what it accepts
                 self.shutdown_request(request)
@@ -735,8 +752,7 @@ class HubServer(ThreadedWSGIServer):
                 start = b""
         except OSError:
             start = b""
-        line = self._healthz_line
-        if line is not None and start.startswith(line) and start[len(line):len(line) + 1] in (b" ", b"?"):
+        if self._asks_healthz(start):
             return False
         wait = self._pacer.retry_after(now)
         try:

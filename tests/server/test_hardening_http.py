@@ -18,7 +18,6 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -36,6 +35,7 @@ from support import (
     raw_http,
     read_response,
     running_server,
+    wait_hung_up,
 )
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()
@@ -60,29 +60,6 @@ def idle_sockets(port: int, count: int) -> list[socket.socket]:
 def request_threads() -> int:
     """werkzeug's request threads alive in this process."""
     return sum("process_request_thread" in thread.name for thread in threading.enumerate())
-
-
-def wait_hung_up(sock: socket.socket, timeout: float = WAIT) -> bytes:
-    """What the server sends until it ends the connection (EOF or reset)."""
-    sock.settimeout(timeout)
-    data = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            return data
-        if not chunk:
-            return data
-        data += chunk
-
-
-@pytest.fixture
-def closing() -> Iterator[list[socket.socket]]:
-    """A list of sockets that are all closed when the test ends."""
-    sockets: list[socket.socket] = []
-    yield sockets
-    for sock in sockets:
-        sock.close()
 
 
 # --------------------------------------------------------------------------- finding 1: heads that never arrive

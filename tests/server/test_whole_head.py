@@ -24,7 +24,7 @@ from flask import Flask, jsonify, request
 from rusty_ws import PubSub
 from rusty_ws.protocol import encode_ping, encode_subscribe
 from rusty_ws.server.serving import HEAD_ONLY_KEY
-from support import MS, WAIT, client_frame, hub_config, raw_http, read_response, running_server
+from support import MS, WAIT, client_frame, hub_config, raw_http, read_response, running_server, wait_hung_up
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()
 
@@ -171,19 +171,6 @@ def test_a_malformed_whole_head_is_answered_as_before(request_bytes: bytes, answ
             assert answer in answers[0], answers[0]
             assert answers[0] == answers[1]
         assert server.hub.pending_requests.wait_for(0, WAIT)
-
-
-def wait_hung_up(sock: socket.socket) -> bytes:
-    """All the server sends until it ends the connection."""
-    data = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            return data
-        if not chunk:
-            return data
-        data += chunk
 
 
 def test_a_head_sent_after_the_thread_started_waiting_is_still_taken_whole() -> None:
