@@ -108,3 +108,34 @@ def test_pairs_are_remembered_apart_bounded_and_forgotten() -> None:
     assert gaps.before(message(5, topic="C")) is None
     gaps.forget(("C", "s"))
     assert gaps.before(message(5, topic="C")) == []
+
+
+class Flaky(Stream):
+    """A stream whose first ``failures`` reads fail: the new master not reached for reads yet."""
+
+    def __init__(self, epoch: str, top: int, failures: int) -> None:
+        super().__init__(epoch, top)
+        self.failures = failures
+
+    def read(self, key: Key, since: Position, limit: int) -> Stored:
+        self.down = len(self.reads) < self.failures
+        return super().read(key, since, limit)
+
+
+def test_a_read_that_fails_right_after_a_failover_is_tried_again_within_the_retry_time() -> None:
+    stream, waits = Flaky("e1", 6, failures=2), []
+    gaps = GapFiller(stream.read, retry_for=1.0, pause=lambda seconds: waits.append(seconds) is not None)
+    assert gaps.before(message(1)) == []
+    assert payloads(gaps.before(message(6))) == [2, 3, 4, 5]
+    assert len(stream.reads) == 3 and len(waits) == 2 and gaps.status()["gaps_filled"] == 4
+
+
+def test_without_retry_time_or_when_the_broker_stops_the_gap_stays(caplog: pytest.LogCaptureFixture) -> None:
+    for options in ({}, {"retry_for": 1.0, "pause": lambda _: True}):  # no retry; the broker stopping
+        stream = Flaky("e1", 6, failures=2)
+        gaps = GapFiller(stream.read, **options)
+        assert gaps.before(message(1)) == []
+        with caplog.at_level(logging.WARNING, "rusty_ws.server"):
+            assert gaps.before(message(6)) == []
+        assert len(stream.reads) == 1 and "could not fill a gap" in caplog.text
+        caplog.clear()

@@ -247,7 +247,7 @@ class RedisClusterBroker(Broker):
             self._scripts[history.publish_sha] = history.publish_script  # _refresh loads it on every master
             # The read script too: a read ASKed to a master that never ran it goes as an EVAL (_as_eval).
             self._scripts[hashlib.sha1(history.read_script.encode("utf-8")).hexdigest()] = history.read_script
-        self._gaps = GapFiller(history.read)
+        self._gaps = GapFiller(history.read, retry_for=self._retries.timeout, pause=self._pause)
         self._history = history
         return history
 

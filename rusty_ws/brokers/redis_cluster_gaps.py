@@ -18,6 +18,10 @@ claims an offset its stream does not hold (no script published it: forged or
 garbled data on the channel) is not remembered, so it cannot make the pair's
 real deliveries look like copies.
 
+A read that fails (right after a failover this node may reach the new master's
+channel before its reads) is tried again for up to ``retry_for`` seconds (the
+broker's ``RUSTY_WS_BROKER_RETRY_TIMEOUT``), that listener's deliveries waiting.
+
 Threads and locks: the listeners' threads call ``before`` (several listeners may
 deliver one pair around a move); ``_lock`` guards ``_last`` and the counts, and is
 never held across the read.
@@ -28,6 +32,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -44,6 +49,8 @@ FILL_LIMIT = 1000
 MAX_READS = 100
 #: Most pairs remembered (the oldest forgotten past it: their next gap is not filled).
 MOST_PAIRS = 200_000
+#: Seconds between two tries of a read the cluster could not answer yet (its new master not reached).
+READ_RETRY_PAUSE = 0.02
 
 
 class _Seen(NamedTuple):
@@ -56,10 +63,16 @@ class GapFiller:
     """The last offset delivered per pair, and what to deliver before a delivery past a gap."""
 
     def __init__(self, read: Callable[[Key, Position, int], Stored], *, limit: int = FILL_LIMIT,
-                 most_pairs: int = MOST_PAIRS) -> None:
+                 most_pairs: int = MOST_PAIRS, retry_for: float = 0.0,
+                 pause: Callable[[float], bool] | None = None) -> None:
+        """``retry_for``: seconds a read that failed (right after a failover the new master may not be
+        reached yet for reads, though its channel already delivers) is tried again, every
+        ``READ_RETRY_PAUSE``; ``pause(seconds)`` waits and says whether the broker is stopping."""
         self.read = read
         self.limit = limit
         self.most_pairs = most_pairs
+        self.retry_for = retry_for
+        self.pause = pause
         # _lock guards _last and _counts. Never held across the read.
         self._lock = threading.Lock()
         self._last: collections.OrderedDict[Key, _Seen] = collections.OrderedDict()
@@ -96,7 +109,7 @@ class GapFiller:
         after = gap_from
         for attempt in range(MAX_READS):  # in reads of ``limit`` entries, until the gap is closed or the stream ends
             try:
-                stored = self.read(key, Position(after, epoch), min(self.limit, offset - after - 1))
+                stored = self._read(key, Position(after, epoch), min(self.limit, offset - after - 1))
             except Exception as exc:  # HistoryUnavailable, or anything a read may raise: the rest of the gap stays
                 logger.warning("could not fill a gap in %s@%s (offsets %d to %d): %s", key[0][:200], key[1][:200],
                                after + 1, offset - 1, exc)
@@ -124,6 +137,17 @@ class GapFiller:
         logger.info("%s@%s: offsets %d to %d did not come on the channel (a slot moved?): %d delivered from the "
                     "stream", key[0][:200], key[1][:200], gap_from + 1, offset - 1, len(missing))
         return missing
+
+    def _read(self, key: Key, after: Position, limit: int) -> Stored:
+        """One read, tried again for up to ``retry_for`` seconds while it fails (the caller's thread waits)."""
+        deadline = time.monotonic() + self.retry_for
+        for _ in range(1 + int(self.retry_for / READ_RETRY_PAUSE)):
+            try:
+                return self.read(key, after, limit)
+            except Exception:
+                if self.pause is None or time.monotonic() >= deadline or self.pause(READ_RETRY_PAUSE):
+                    raise
+        return self.read(key, after, limit)
 
     def _confirm(self, key: Key, delivery: Delivery, previous: str) -> None:
         """The stream holds ``delivery``'s new epoch: from now on, copies in ``previous`` are dropped too."""
