@@ -227,10 +227,14 @@ class Hub:
         try:
             connection.serve(read_ahead)
         finally:
-            self._discard(connection)
-            self.writer.release(connection.outbox, self.settings.close_timeout + 1.0)
-            logger.info("%s disconnected after %.1fs: %s; %s", connection.label,
-                        time.monotonic() - connection.started, connection.describe(), connection.ending())
+            # Its line first: once it is forgotten, wait_connections() may return, and an exiting
+            # hub (shutdown(exiting=True)) ends the process before a later line could be written.
+            try:
+                logger.info("%s disconnected after %.1fs: %s; %s", connection.label,
+                            time.monotonic() - connection.started, connection.describe(), connection.ending())
+            finally:
+                self._discard(connection)
+                self.writer.release(connection.outbox, self.settings.close_timeout + 1.0)
 
     def connections(self) -> list["Connection"]:
         """A snapshot of the open connections (for reports, shutdown and tests)."""

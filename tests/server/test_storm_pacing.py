@@ -14,6 +14,7 @@ long), which is what a slow upgrade looks like to the accept loop.
 from __future__ import annotations
 
 import socket
+import threading
 
 import pytest
 
@@ -27,7 +28,6 @@ from support import (
     Hooks,
     RawSocket,
     RunningServer,
-    http,
     hub_config,
     raw_http,
     read_response,
@@ -86,13 +86,13 @@ class TestPacing:
             assert raw_http(server.port, HANDSHAKE)[0] == 503
             held.shutdown(socket.SHUT_WR)  # the body ends short: the server answers 400 and the thread ends
             assert held.recv(100).startswith(b"HTTP/1.1 400")
-            for _ in range(100):  # the thread's end is its own: each try is a whole handshake
-                raw = RawSocket(server.port) if server.server.handshakes_in_flight() == 0 else None
-                if raw is not None:
-                    break
-                http("GET", server.http_url + "/healthz")  # a round trip while the thread ends
-            else:
-                raise AssertionError("the ended request still counts as under way")
+            # Its thread ends on its own: wait for it (the only request thread left), not for a round
+            # trip, whose own thread would count as under way when the handshake below arrives.
+            for thread in [t for t in threading.enumerate() if "process_request_thread" in t.name]:
+                thread.join(WAIT)
+                assert not thread.is_alive(), "the ended request's thread is still running"
+            assert server.server.handshakes_in_flight() == 0, "the ended request still counts as under way"
+            raw = RawSocket(server.port)
             try:
                 assert raw.status == 101 and raw.sync() == []
             finally:
