@@ -729,3 +729,10 @@ def wait_hung_up(sock: socket.socket, timeout: float = WAIT) -> bytes:
         if not chunk:
             return data
         data += chunk
+
+
+@contextlib.contextmanager
+def nodes(count: int, url: str, **overrides: object) -> Iterator[list[RunningServer]]:
+    """``count`` hubs on their own ports, all on the broker at ``url`` (a Redis or a Redis Cluster)."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(running_server(broker_url=url, **overrides)) for _ in range(count)]

@@ -10,7 +10,6 @@ which it took the PUBLISHes), or for a known message.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import signal
@@ -40,20 +39,13 @@ from rusty_ws.protocol import (
     encode_unsubscribe,
 )
 from rusty_ws.server.state import state_of
-from support import MS, WAIT, Client, RunningServer, http, login, running_server
+from support import MS, WAIT, Client, RunningServer, http, login, nodes, running_server
 
 
 @pytest.fixture
 def redis() -> Iterator[RedisServer]:
     with redis_server() as server:
         yield server
-
-
-@contextlib.contextmanager
-def nodes(count: int, url: str, **overrides: object) -> Iterator[list[RunningServer]]:
-    """``count`` hubs on their own ports, all on the Redis at ``url``."""
-    with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(running_server(broker_url=url, **overrides)) for _ in range(count)]
 
 
 def broker(node: RunningServer) -> RedisBroker:

@@ -41,7 +41,7 @@ from rusty_ws.protocol import (
     encode_subscribe,
     encode_unsubscribe,
 )
-from support import MS, WAIT, RunningServer, http, running_server
+from support import MS, WAIT, RunningServer, http, nodes, running_server
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +49,6 @@ def cluster() -> Iterator[RedisCluster]:
     """Three masters, shared by the tests that change nothing but their own subscriptions."""
     with redis_cluster(3) as started:
         yield started
-
-
-@contextlib.contextmanager
-def nodes(count: int, url: str, **overrides: object) -> Iterator[list[RunningServer]]:
-    with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(running_server(broker_url=url, **overrides)) for _ in range(count)]
 
 
 def broker(node: RunningServer) -> RedisClusterBroker:

@@ -29,19 +29,13 @@ from rusty_ws.brokers.redis_cluster import RedisClusterBroker
 from rusty_ws.brokers.redis_codec import pair_keys, publish_id_key
 from rusty_ws.brokers.redis_slots import session_slot
 from rusty_ws.protocol import Ack, HistoryReply, Since, encode_history, encode_publish
-from support import WAIT, Client, RunningServer, running_server
+from support import WAIT, Client, RunningServer, nodes
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RedisCluster]:
     with redis_cluster(3) as started:
         yield started
-
-
-@contextlib.contextmanager
-def nodes(count: int, url: str, **overrides: object) -> Iterator[list[RunningServer]]:
-    with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(running_server(broker_url=url, **overrides)) for _ in range(count)]
 
 
 def broker(node: RunningServer) -> RedisClusterBroker:

@@ -15,7 +15,6 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,7 +26,8 @@ from rusty_ws.brokers.redis_cluster import RedisClusterBroker
 from rusty_ws.brokers.redis_codec import shard_channel_name
 from rusty_ws.brokers.redis_slots import session_slot
 from rusty_ws.protocol import Ack, HistoryReply, Since, encode_history, encode_publish
-from support import WAIT, Client, RunningServer, http, running_server
+from support import WAIT, Client, RunningServer, http
+from support import nodes as hubs_on
 
 #: Enough history to hold every message of a run (the checks read the whole stream back).
 HISTORY = 50_000
@@ -35,11 +35,8 @@ HISTORY = 50_000
 WINDOW = 2000
 
 
-@contextlib.contextmanager
-def nodes(count: int, url: str) -> Iterator[list[RunningServer]]:
-    with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(running_server(broker_url=url, history_size=HISTORY, broker_retry_timeout=WAIT * 3))
-               for _ in range(count)]
+def nodes(count: int, url: str) -> contextlib.AbstractContextManager[list[RunningServer]]:
+    return hubs_on(count, url, history_size=HISTORY, broker_retry_timeout=WAIT * 3)
 
 
 def broker(node: RunningServer) -> RedisClusterBroker:

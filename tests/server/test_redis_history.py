@@ -20,19 +20,13 @@ from redis_support import RedisServer, redis_server
 from rusty_ws.brokers.redis_codec import pair_keys, publish_id_key, session_tag
 from rusty_ws.brokers.redis_history import META_TTL
 from rusty_ws.protocol import Ack, HistoryReply, Since, encode_history, encode_publish, encode_subscribe_json
-from support import WAIT, Client, RunningServer, running_server
+from support import WAIT, Client, RunningServer, nodes
 
 
 @pytest.fixture
 def redis() -> Iterator[RedisServer]:
     with redis_server() as server:
         yield server
-
-
-@contextlib.contextmanager
-def nodes(count: int, url: str, **overrides: object) -> Iterator[list[RunningServer]]:
-    with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(running_server(broker_url=url, **overrides)) for _ in range(count)]
 
 
 def ack_of(client: Client, topic: str, payload: Any, publish_id: str, session: str = "s",

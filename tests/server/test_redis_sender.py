@@ -25,7 +25,7 @@ from rusty_ws.brokers.redis import RedisBroker
 from rusty_ws.brokers.redis_sender import Mergeable, RedisSender
 from rusty_ws.protocol import encode_publish, encode_subscribe
 from rusty_ws.server.state import state_of
-from support import MS, WAIT, Client, RunningServer, running_server
+from support import MS, WAIT, Client, RunningServer, nodes, running_server
 
 ERRORS = (redis_py.exceptions.RedisError, OSError)
 
@@ -314,12 +314,6 @@ def test_a_merge_stops_at_its_budget_and_a_refused_merge_fails_every_part(redis:
 
 
 # --------------------------------------------------------------------------- through hubs
-
-
-@contextlib.contextmanager
-def nodes(count: int, url: str, **overrides: object) -> Iterator[list[RunningServer]]:
-    with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(running_server(broker_url=url, **overrides)) for _ in range(count)]
 
 
 def broker(node: RunningServer) -> RedisBroker:
