@@ -104,17 +104,25 @@ def broker_of(node: RunningServer) -> Any:
 
 
 def test_publishes_on_one_node_racing_a_resume_on_another_land_exactly_once(redis: RedisServer) -> None:
-    """Node A publishes 1..1500 while clients on node B subscribe-json with since: every offset once, in order."""
-    total = 1500
-    with nodes(2, redis.url, history_size=2000) as (a, b), a.connect() as pub:
+    """Node A publishes from 1 on while clients on node B subscribe-json with since: every offset once, in order.
+
+    The publisher goes on, 100 at a time, until every subscriber is in (then 100 more), so the
+    subscribes race the publishes however fast the merged publishing path is."""
+    most = 40_000
+    with nodes(2, redis.url, history_size=most) as (a, b), a.connect() as pub:
         epoch = ack_of(pub, "T", 1, "first").epoch
         publish_numbers(pub, 9, start=2)
         subscribers = [b.connect() for _ in range(4)]
-        started = threading.Event()
+        started, subscribed = threading.Event(), threading.Event()
+        published = [10]
 
         def publish_rest() -> None:
             started.set()
-            publish_numbers(pub, total - 10, start=11)
+            for _ in range(most // 100 - 1):
+                publish_numbers(pub, 100, start=published[0] + 1)
+                published[0] += 100
+                if subscribed.is_set():
+                    break
 
         thread = threading.Thread(target=publish_rest, name="test-publisher")
         thread.start()
@@ -125,7 +133,9 @@ def test_publishes_on_one_node_racing_a_resume_on_another_land_exactly_once(redi
                 replayed, reply = subscribe_json(sub, since=Since(index, epoch))
                 results.append((index, replayed, reply))
         finally:
+            subscribed.set()
             thread.join(10 * WAIT)
+        total = published[0]
         boundaries = set()
         for (index, replayed, reply), sub in zip(results, subscribers):
             live: list[dict[str, Any]] = []
