@@ -223,6 +223,7 @@ class HubRequestHandler(WSGIRequestHandler):
         self._whole = False  # this request's head was taken whole
         self._ahead = False  # bytes past the head were taken too (the reader gives them first)
         self._reader: Any = None  # the socket's buffered reader, while rfile is the whole head's BytesIO
+        self._upgrading = False  # the request parsed last is a WebSocket handshake (_is_websocket_upgrade)
         try:
             super().__init__(request, client_address, server)  # setup, handle (every request), finish
         finally:
@@ -405,7 +406,8 @@ class HubRequestHandler(WSGIRequestHandler):
             # the timeout too); any other request keeps one per read and write, for its body
             # and its answer. werkzeug routes a request that would pass this test to WebSocket
             # routes only (any other route answers it 400), so no body or answer escapes it.
-            timeout = None if self._is_websocket_upgrade() else self.server.head_timeout
+            self._upgrading = self._is_websocket_upgrade()
+            timeout = None if self._upgrading else self.server.head_timeout
             if self.connection.gettimeout() != timeout:  # a whole head left it blocking: no ioctl
                 self.connection.settimeout(timeout)
         return ok
@@ -417,6 +419,22 @@ class HubRequestHandler(WSGIRequestHandler):
         return (self.command == "GET" and "upgrade" in connection
                 and headers.get("Upgrade", "").lower() == "websocket"
                 and "Content-Length" not in headers and "Transfer-Encoding" not in headers)
+
+    def run_wsgi(self) -> None:
+        """werkzeug's, but a WebSocket handshake goes to the hub's ``plain_upgrade`` first (``views.py``).
+
+        It serves a handshake that Flask's request would only have passed through
+        the hub's own hooks to its view, without that request (a third of a
+        connection's instructions); anything else it leaves to werkzeug and Flask.
+        """
+        plain_upgrade = self.server.plain_upgrade
+        if plain_upgrade is not None and self._upgrading:
+            self.environ = environ = self.make_environ()
+            if plain_upgrade(self.server.app, environ):
+                self.close_connection = True  # the view closed the socket
+                self.log_request(200)  # the access line werkzeug writes for the hub's view (logs.py)
+                return
+        super().run_wsgi()  # a new environ: plain_upgrade may have changed the first
 
     def make_environ(self) -> dict[str, Any]:
         environ = super().make_environ()
@@ -559,6 +577,8 @@ class HubServer(ThreadedWSGIServer):
         self.pending = state.hub.pending_requests if state is not None else PendingRequests(
             settings.max_pending_requests)
         self._hub = state.hub if state is not None else None
+        #: ``views.py``'s WebSocket handshake without Flask's request (``HubRequestHandler.run_wsgi``).
+        self.plain_upgrade = state.plain_upgrade if state is not None else None
         self._stopping = threading.Event()  # set by shutdown(): ends a wait of the accept loop at once
         self._log_no_descriptors = _Throttle(LOG_EVERY)
         self._log_refused = _Throttle(LOG_EVERY)

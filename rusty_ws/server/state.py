@@ -9,6 +9,7 @@ flask-sqlalchemy's ``cli.py`` reads ``current_app.extensions[...]``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,8 @@ class State:
     users: CredentialChecker | None
     access: "Access"
     throttle: "LoginThrottle"
+    #: ``views.make_blueprint``'s ``plain_upgrade(app, environ) -> bool``: a handshake served without Flask's request.
+    plain_upgrade: Callable[[Any, dict[str, Any]], bool] | None = None
 
     def check_credentials(self, username: str, password: str) -> bool:
         """The app's hook if it has one, else the users file, else in development mode the demo user."""

@@ -55,8 +55,24 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
-from flask import Blueprint, Request, Response, jsonify, request
+from flask import (
+    Blueprint,
+    Flask,
+    Request,
+    Response,
+    appcontext_popped,
+    appcontext_pushed,
+    appcontext_tearing_down,
+    got_request_exception,
+    jsonify,
+    request,
+    request_finished,
+    request_started,
+    request_tearing_down,
+)
+from werkzeug.wsgi import get_host
 
 from ..auth import Claims, default_session_for
 from ..exceptions import AuthError, ProtocolError, TokenInvalid
@@ -202,11 +218,39 @@ def _warn_unknown_server(environ: dict[str, Any]) -> None:
 
 
 def _bearer_token() -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
+    return _bearer_from(request.headers.get("Authorization"))
+
+
+def _bearer_from(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header's value, or None."""
+    scheme, _, token = (header or "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
     return None
+
+
+def _tokens(value: str | None) -> set[str]:
+    """A comma-separated header's tokens, lower case (``_header_tokens`` on an environ's value)."""
+    return {token.strip().lower() for token in (value or "").split(",")}
+
+
+def _query_token(query: str) -> str | None:
+    """``request.args.get("token")`` for the environ's ``QUERY_STRING``, as werkzeug parses it."""
+    for name, value in parse_qsl(query.encode("latin-1").decode(), keep_blank_values=True,
+                                 errors="werkzeug.url_quote"):
+        if name == "token":
+            return value
+    return None
+
+
+def _only(hooks: dict[Any, list[Any]], allowed: tuple[Callable[..., Any], ...]) -> bool:
+    """Every function registered in Flask's ``hooks`` (by blueprint or app-wide) is one of ``allowed``."""
+    return all(function in allowed for functions in hooks.values() for function in functions)
+
+
+#: Flask's signals of a request's life: ``plain_upgrade`` leaves the request out only when none has a receiver.
+_REQUEST_SIGNALS = (request_started, request_finished, request_tearing_down, got_request_exception,
+                    appcontext_tearing_down, appcontext_pushed, appcontext_popped)
 
 
 def _json_body() -> dict[str, Any]:
@@ -317,6 +361,30 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
             response.headers["Access-Control-Max-Age"] = "600"
         return response
 
+    def upgrade(environ: dict[str, Any], admission: Admission, sock: socket.socket, remote: str) -> None:
+        """Write the 101 and run the connection until it ends (the view's body, and ``plain_upgrade``'s)."""
+        try:
+            try:
+                sock.sendall(_switching_protocols(environ["HTTP_SEC_WEBSOCKET_KEY"], admission.deflate))
+            except OSError:
+                return  # the client went away before its 101
+            # HubRequestHandler read exactly the head: what follows is in the socket, for Hub.serve.
+            read_ahead = b"" if environ.pop(HEAD_ONLY_KEY, False) else _read_ahead(environ, sock)
+            if read_ahead is None:
+                _warn_unknown_server(environ)
+            release_head = environ.pop(RELEASE_HEAD_KEY, None)  # HubRequestHandler's (serving.py)
+            if release_head is not None:
+                release_head(environ)
+            if sock.gettimeout() is not None:  # (each settimeout is an ioctl, which lets go of the GIL)
+                sock.settimeout(None)  # a blocking reader; writes use MSG_DONTWAIT
+            admission.served = True  # Hub.serve counts the connection's end, on every path
+            hub.serve(sock, admission.claims, remote, deflate=admission.deflate, read_ahead=read_ahead or b"")
+        finally:
+            # werkzeug writes nothing after a 101 it did not send itself (see _AlreadyAnswered),
+            # but the socket is closed here on every path all the same: text after the close
+            # frame would make browsers report 1006.
+            sock.close()
+
     @bp.route("/ws", endpoint=_WS_ENDPOINT, websocket=True)
     def websocket() -> Any:
         # The 101 is written here, by hand: _admit has checked every header it depends on
@@ -330,30 +398,99 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
                          "(rusty-ws serve, flask run) or gunicorn's gthread worker",
                          environ.get("SERVER_SOFTWARE") or "this WSGI server")
             return _error(501, "server_not_supported", "this WSGI server cannot upgrade to a WebSocket")
-        sock: socket.socket = raw
-        try:
-            try:
-                sock.sendall(_switching_protocols(environ["HTTP_SEC_WEBSOCKET_KEY"], admission.deflate))
-            except OSError:
-                return _AlreadyAnswered()  # the client went away before its 101
-            # HubRequestHandler read exactly the head: what follows is in the socket, for Hub.serve.
-            read_ahead = b"" if environ.pop(HEAD_ONLY_KEY, False) else _read_ahead(environ, sock)
-            if read_ahead is None:
-                _warn_unknown_server(environ)
-            release_head = environ.pop(RELEASE_HEAD_KEY, None)  # HubRequestHandler's (serving.py)
-            if release_head is not None:
-                release_head(environ)
-            if sock.gettimeout() is not None:  # (each settimeout is an ioctl, which lets go of the GIL)
-                sock.settimeout(None)  # a blocking reader; writes use MSG_DONTWAIT
-            admission.served = True  # Hub.serve counts the connection's end, on every path
-            hub.serve(sock, admission.claims, request.remote_addr or "?", deflate=admission.deflate,
-                      read_ahead=read_ahead or b"")
-        finally:
-            # werkzeug writes nothing after a 101 it did not send itself (see _AlreadyAnswered),
-            # but the socket is closed here on every path all the same: text after the close
-            # frame would make browsers report 1006.
-            sock.close()
+        upgrade(environ, admission, raw, request.remote_addr or "?")
         return _AlreadyAnswered()
+
+    def plain_upgrade(app: Flask, environ: dict[str, Any]) -> bool:
+        """Serve a WebSocket handshake that the hub admits without Flask's request; False: not taken.
+
+        ``HubRequestHandler`` asks this first for every WebSocket handshake
+        (``HubServer``: the hub's own server). Flask's request (context, URL
+        adapter, hooks, the ``Request`` and its headers, the view call, the
+        response and teardown) was a third of a connection's instructions
+        (``scripts/callgrind_connect.py``). Taken here only when nothing but the
+        hub could see the difference (``_plain_app``: no hook, middleware,
+        signal receiver or topic/session hook of the app's own) and ``_admit``
+        would let it in (``_plain_admission``: the same checks, on the environ);
+        anything else, a refusal included, goes through Flask as before, which
+        answers it. The connection runs in an app context (``current_app``).
+        """
+        if not _plain_app(app, environ):
+            return False
+        admission = _plain_admission(environ)
+        if admission is None:
+            return False
+        try:
+            with app.app_context():
+                upgrade(environ, admission, environ["werkzeug.socket"], environ.get("REMOTE_ADDR") or "?")
+        except Exception:
+            logger.exception("the WebSocket from %s ended with an error", environ.get("REMOTE_ADDR"))
+        finally:  # _give_back_slot's part
+            hub.give_back_slot(served=admission.served)
+        return True
+
+    def _plain_app(app: Flask, environ: dict[str, Any]) -> bool:
+        """Would Flask's request for this environ run only the hub's code: its hooks, its view, its teardown?"""
+        route = plain_routes.get(id(app))
+        if route is None:
+            rules = [rule for rule in app.url_map.iter_rules() if app.view_functions.get(rule.endpoint) is websocket]
+            same = [other for other in app.url_map.iter_rules() if rules and other.rule == rules[0].rule]
+            plain = (len(rules) == 1 and len(same) == 1 and not rules[0].arguments and not rules[0].host
+                     and not rules[0].subdomain)
+            route = plain_routes[id(app)] = rules[0].rule if plain else ""
+        return bool(route) and environ.get("PATH_INFO") == route and not environ.get("SCRIPT_NAME") and (
+            type(app) is Flask and "wsgi_app" not in app.__dict__ and app.request_class is Request
+            and not app.url_map.host_matching and not app.subdomain_matching
+            and app.config.get("TRUSTED_HOSTS") is None
+            and _only(app.before_request_funcs, (_check_host, _admit))
+            and _only(app.teardown_request_funcs, (_give_back_slot,)) and _only(app.after_request_funcs, (_cors,))
+            and _only(app.url_value_preprocessors, ()) and not app.teardown_appcontext_funcs
+            and not any(signal.receivers for signal in _REQUEST_SIGNALS)
+            and not state.access.has_hooks
+        )
+
+    def _plain_admission(environ: dict[str, Any]) -> Admission | None:
+        """What ``_check_host`` and ``_admit`` would admit, from the environ alone, holding a slot; else None.
+
+        Conservative: anything ``_admit`` might refuse or that needs a closer look
+        (a body, a TLS socket, a token that does not verify, a full hub) is None,
+        and Flask's request then decides, with the answer and log line it gives.
+        """
+        if (environ.get("REQUEST_METHOD") != "GET" or "CONTENT_LENGTH" in environ
+                or "HTTP_TRANSFER_ENCODING" in environ
+                or "websocket" not in _tokens(environ.get("HTTP_UPGRADE"))
+                or "upgrade" not in _tokens(environ.get("HTTP_CONNECTION"))
+                or (environ.get("HTTP_SEC_WEBSOCKET_VERSION") or "").strip() != "13"):
+            return None
+        key = (environ.get("HTTP_SEC_WEBSOCKET_KEY") or "").strip()
+        try:
+            if len(key) != 24 or len(base64.b64decode(key, validate=True)) != 16:
+                return None
+        except (binascii.Error, ValueError):
+            return None
+        host = get_host(environ)
+        if not settings.host_allowed(host) or not settings.origin_allowed(environ.get("HTTP_ORIGIN"), host):
+            return None
+        if type(environ.get("werkzeug.socket")) is not socket.socket:  # TLS, or not werkzeug's
+            return None
+        claims = None
+        query = environ.get("QUERY_STRING")
+        try:
+            token = (_query_token(query) if query else None) or _bearer_from(environ.get("HTTP_AUTHORIZATION"))
+            if token:
+                claims = state.tokens.verify(token)
+        except (AuthError, UnicodeError, ValueError):
+            return None
+        if not hub.take_slot():
+            return None
+        offer = environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
+        deflate = bool(settings.compression) and deflate_offer_to_accept(offer)
+        if deflate:
+            environ["HTTP_SEC_WEBSOCKET_EXTENSIONS"] = ACCEPTED_DEFLATE
+        return Admission(claims, deflate)
+
+    plain_routes: dict[int, str] = {}  # id(app) -> the path of its one WebSocket rule, "" if none plain
+    state.plain_upgrade = plain_upgrade
 
     @bp.route("/auth/token", methods=["POST"])
     def issue_token() -> Any:

@@ -1,0 +1,394 @@
+"""The connect scenario as a load-independent measure: server CPU, context switches and instructions per connection.
+
+The wall-clock bench (``scripts/bench.py --scenarios connect``) moves by 2-3x
+with the machine's load. This driver runs the hub as ``rusty-ws serve`` does
+(``HubServer``, ``HubRequestHandler``, the bench's app: ``benchlib/run_rusty.py``)
+in one process, and the clients (the bench's own load generator,
+``benchlib/loadgen.py``, dialect ``rusty``: the handshake, then
+``register-session``, ``subscribe`` and ``ping``, ready at the ``pong``) in
+another that nothing traces. The driver itself (``measure``) sits between them:
+
+1. it starts the hub (under valgrind, strace or nothing) and the clients;
+2. marks the hub (``getrusage``: CPU seconds of all its threads, voluntary and
+   involuntary context switches), and with ``--tool callgrind`` zeroes its counters
+   (``callgrind_control --zero``);
+3. lets the clients connect ``N`` in batches of ``--batch`` (the bench: 500 per
+   generator, 4 generators), until every one has its ``pong``;
+4. marks the hub again (and dumps callgrind's counts: ``callgrind_control --dump``),
+   then closes the clients and stops the hub.
+
+So what is counted is exactly connecting and subscribing, not start-up nor the
+close. Two sizes (``--connections 200,600``): the difference over the difference
+of connections, so what a burst costs once cancels out::
+
+    nice -n 10 .venv/bin/python scripts/callgrind_connect.py measure --connections 500,1500
+    nice -n 10 .venv/bin/python scripts/callgrind_connect.py measure --connections 100,300 --tool callgrind
+    nice -n 10 .venv/bin/python scripts/callgrind_connect.py measure --connections 200,600 --tool strace
+
+``--batch 1``: one client at a time. ``--switch-interval`` sets the hub's
+``sys.setswitchinterval``. ``--annotate`` prints ``callgrind_annotate``'s top
+functions of the larger run's dump. ``--tool strace`` reports system calls per
+connection (``strace -c -f``, over the whole run: the difference of the two runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, ROOT)
+
+
+# --------------------------------------------------------------------------- the hub (traced)
+
+def hub_main(args: argparse.Namespace) -> None:
+    import logging
+
+    from rusty_ws import create_app
+    from rusty_ws.server.serving import freeze_startup_objects, make_server
+
+    logging.basicConfig(level=logging.WARNING)
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
+    app = create_app({  # the bench's app (benchlib/run_rusty.py)
+        "RUSTY_WS_JWT_SECRET_KEY": "benchmark-" + "x" * 32,
+        "RUSTY_WS_MAX_CONNECTIONS": 20_000,
+        "RUSTY_WS_MAX_SUBSCRIPTIONS": 100,
+        "RUSTY_WS_COMPRESSION": 0,
+    })
+    server = make_server(app, "127.0.0.1", 0)
+    freeze_startup_objects()  # as serve() does
+    profiles = _profile_threads(server) if args.profile else None
+    phases = _time_phases(app, server) if args.phases else None
+    loop = threading.Thread(target=_profiled(server.serve_forever, profiles), name="accept", daemon=True)
+    loop.start()
+    print(json.dumps({"port": server.port, "pid": os.getpid()}), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "mark":
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            print(json.dumps({"user": usage.ru_utime, "system": usage.ru_stime, "voluntary": usage.ru_nvcsw,
+                              "involuntary": usage.ru_nivcsw, "time": time.monotonic()}), flush=True)
+        elif line.strip() == "zero" and profiles is not None:
+            for profile in list(profiles):
+                profile.clear()
+        elif line.strip() == "profile" and profiles is not None:
+            _print_profile(profiles, args.profile)
+            print("{}", flush=True)
+        elif line.strip() == "phases" and phases is not None:
+            print(json.dumps(_phase_report(phases)), flush=True)
+        elif line.strip() == "stop":
+            break
+    server.shutdown()
+    server.server_close()
+    os._exit(0)  # as `rusty-ws serve` does (serving.exit_now): no wait for the connection threads
+
+
+def _profiled(target, profiles):  # type: ignore[no-untyped-def]
+    """``target`` run under a ``cProfile.Profile`` of its own thread (kept in ``profiles``), or as is."""
+    if profiles is None:
+        return target
+    import cProfile
+
+    def run(*args, **kwargs):  # type: ignore[no-untyped-def]
+        profile = cProfile.Profile(time.thread_time)  # CPU time: a thread waiting for the GIL is not charged
+        profiles.append(profile)
+        profile.enable()
+        try:
+            return target(*args, **kwargs)
+        finally:
+            profile.disable()
+    return run
+
+
+def _profile_threads(server):  # type: ignore[no-untyped-def]
+    """Profile every request thread (``--profile``): cProfile sees one thread each, so one per thread."""
+    profiles: list = []
+    thread_body = server.process_request_thread
+    server.process_request_thread = _profiled(thread_body, profiles)
+    return profiles
+
+
+def _print_profile(profiles, count: int) -> None:  # type: ignore[no-untyped-def]
+    import io
+    import pstats
+
+    # The connection threads block in recv: what their profiles hold is what they did until now.
+    stream = io.StringIO()
+    stats = pstats.Stats(profiles[0], stream=stream)
+    for profile in profiles[1:]:
+        stats.add(profile)
+    stats.sort_stats("tottime").print_stats(count)
+    stats.sort_stats("cumulative").print_stats(count)
+    sys.stderr.write(stream.getvalue())
+
+
+def _time_phases(app, server) -> dict:  # type: ignore[no-untyped-def]
+    """``--phases``: each request thread's CPU time (``time.thread_time``) at points of its handshake.
+
+    Wrapped here, not in the library: ``process_request_thread``'s start (what
+    the thread cost before its first line of Python), the handler's first
+    request (after ``setup``), ``make_environ`` (the head parsed) and
+    ``Hub.serve`` (the request dispatched, admitted, the 101 written). ``_phase_report`` adds each thread's whole CPU time from
+    ``/proc/self/task/<tid>/schedstat`` (nanoseconds): what came after the
+    last point (the connection, the first commands) and the kernel's share.
+    """
+    from rusty_ws.server.serving import HubRequestHandler
+    from rusty_ws.server.state import state_of
+
+    threads: dict[int, list[tuple[str, float]]] = {}
+    clock = time.thread_time
+
+    def mark(label: str) -> None:
+        threads.setdefault(threading.get_native_id(), []).append((label, clock()))
+
+    def wrap(owner, name: str, label: str, *, instance: bool = True) -> None:  # type: ignore[no-untyped-def]
+        inner = getattr(owner, name)
+
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            mark(label)
+            return inner(*args, **kwargs)
+        setattr(owner, name, wrapper)
+
+    wrap(server, "process_request_thread", "thread started")
+    wrap(HubRequestHandler, "handle_one_request", "handler set up")
+    wrap(HubRequestHandler, "make_environ", "head parsed")
+    wrap(state_of(app).hub, "serve", "request to the 101 (Flask or not)")
+    return {"threads": threads, "accept": [], "start": _task_times()}
+
+
+def _task_times() -> dict[int, int]:
+    """Every thread's CPU time so far, in nanoseconds (``schedstat``'s first field)."""
+    times = {}
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/schedstat") as stat:
+                times[int(task)] = int(stat.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return times
+
+
+def _phase_report(phases: dict) -> dict:
+    """Mean CPU microseconds per request thread in each phase, and what the other threads spent."""
+    now = _task_times()
+    threads = phases["threads"]
+    sums: dict[str, float] = {}
+    count = 0
+    for tid, points in list(threads.items()):
+        if tid not in now or len(points) < 4:
+            continue
+        count += 1
+        previous = 0.0
+        for label, at in points:
+            sums[label] = sums.get(label, 0.0) + (at - previous)
+            previous = at
+        sums["connection (after Hub.serve's start)"] = (
+            sums.get("connection (after Hub.serve's start)", 0.0) + now[tid] / 1e9 - previous)
+    others = sum(ns - phases["start"].get(tid, 0) for tid, ns in now.items() if tid not in threads)
+    report = {label: round(total * 1e6 / count, 1) for label, total in sums.items()} if count else {}
+    report["request threads"] = count
+    report["other threads (accept loop, writer, main): us per request thread"] = (
+        round(others / 1e3 / count, 1) if count else None)
+    return report
+
+
+# --------------------------------------------------------------------------- the clients (not traced)
+
+def clients_main(args: argparse.Namespace) -> None:
+    import gc
+
+    from benchlib.loadgen import LoadGen
+
+    gc.disable()
+    generator = LoadGen({"dialect": "rusty", "port": args.port, "deadline": 3600, "batch": args.batch})
+    print("ready", flush=True)
+    if sys.stdin.readline().strip() != "go":
+        return
+    started = time.monotonic()
+    generator.connect_all([("s1", "T", 0)] * args.connections)
+    report = generator.report()
+    print(json.dumps({"connections": report["connections"], "errors": report["errors"],
+                      "closed": report["closed"], "elapsed": time.monotonic() - started}), flush=True)
+    sys.stdin.readline()  # the hub is marked: now close
+
+
+# --------------------------------------------------------------------------- the driver
+
+def _line(process: subprocess.Popen) -> str:  # type: ignore[type-arg]
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line:
+        raise SystemExit(f"{process.args[:3]} ended early (exit {process.wait()})")
+    return line.strip()
+
+
+def _send(process: subprocess.Popen, text: str) -> None:  # type: ignore[type-arg]
+    assert process.stdin is not None
+    process.stdin.write(text + "\n")
+    process.stdin.flush()
+
+
+def _callgrind_control(option: str, pid: int) -> None:
+    subprocess.run(["callgrind_control", option, str(pid)], capture_output=True, check=True, timeout=600)
+
+
+def one_run(args: argparse.Namespace, connections: int, tmp: str) -> dict:
+    """One hub, ``connections`` clients: the hub's deltas over connecting them."""
+    hub_command = [sys.executable, os.path.abspath(__file__), "hub", "--switch-interval", str(args.switch_interval),
+                   "--profile", str(args.profile)] + (["--phases"] if args.phases else [])
+    out = os.path.join(tmp, f"{args.tool}.{connections}")
+    if args.tool == "callgrind":
+        hub_command = ["valgrind", "--tool=callgrind", "--max-threads=" + str(connections + 100),
+                       f"--callgrind-out-file={out}", *hub_command]
+    elif args.tool == "strace":
+        hub_command = ["strace", "-c", "-f", "-o", out, *hub_command]
+    hub = subprocess.Popen(hub_command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    clients = None
+    try:
+        started = json.loads(_line(hub))
+        clients = subprocess.Popen([sys.executable, os.path.abspath(__file__), "clients", "--port",
+                                    str(started["port"]), "--connections", str(connections), "--batch",
+                                    str(args.batch)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if _line(clients) != "ready":
+            raise SystemExit("the clients did not get ready")
+        if args.tool == "callgrind":
+            _callgrind_control("--zero", started["pid"])
+        if args.profile:
+            _send(hub, "zero")
+        _send(hub, "mark")
+        before = json.loads(_line(hub))
+        _send(clients, "go")
+        result = json.loads(_line(clients))
+        _send(hub, "mark")
+        after = json.loads(_line(hub))
+        if args.tool == "callgrind":
+            _callgrind_control("--dump", started["pid"])
+        if args.profile:
+            _send(hub, "profile")
+            _line(hub)
+        phases = None
+        if args.phases:
+            _send(hub, "phases")
+            phases = json.loads(_line(hub))
+        _send(clients, "close")
+        clients.wait(120)
+        _send(hub, "stop")
+        hub.wait(600)
+    finally:
+        for process in (clients, hub):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+    if result["connections"] != connections or result["errors"] or result["closed"]:
+        raise SystemExit(f"not every client connected and subscribed: {result}")
+    row = {"connections": connections, "client_elapsed": round(result["elapsed"], 3),
+           **{key: after[key] - before[key] for key in ("user", "system", "voluntary", "involuntary")}}
+    if args.tool == "callgrind":
+        dumps = sorted(glob.glob(out + ".*"), key=lambda path: int(path.rsplit(".", 1)[1]))
+        if not dumps:
+            raise SystemExit(f"callgrind wrote no dump beside {out}")
+        row["instructions"] = _callgrind_total(dumps[0])
+        row["dump"] = dumps[0]
+    elif args.tool == "strace":
+        row["syscalls"] = _strace_calls(out)
+    if phases is not None:
+        row["phases_us"] = phases
+    return row
+
+
+def _callgrind_total(path: str) -> int:
+    with open(path) as dump:
+        for line in dump:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise SystemExit(f"no total in {path}")
+
+
+def _strace_calls(path: str) -> dict[str, int]:
+    """``strace -c``'s table: calls per system call name."""
+    calls: dict[str, int] = {}
+    with open(path) as table:
+        for line in table:
+            fields = line.split()
+            if len(fields) >= 5 and fields[0][0].isdigit() and fields[-1] != "total":
+                calls[fields[-1]] = int(fields[3])
+    return calls
+
+
+def measure_main(args: argparse.Namespace) -> None:
+    sizes = [int(n) for n in args.connections.split(",")]
+    with tempfile.TemporaryDirectory(prefix="callgrind-connect-") as tmp:
+        rows = [one_run(args, n, tmp) for n in sizes]
+        if args.annotate and args.tool == "callgrind":
+            annotate = subprocess.run(["callgrind_annotate", "--inclusive=no", rows[-1]["dump"]],
+                                      capture_output=True, text=True, check=False)
+            print("\n".join(annotate.stdout.splitlines()[:70]))
+    for row in rows:
+        row.pop("dump", None)
+        n = row["connections"]
+        row["cpu_ms_per_connection"] = round((row["user"] + row["system"]) * 1000 / n, 3)
+        row["switches_per_connection"] = round((row["voluntary"] + row["involuntary"]) / n, 2)
+    summary: dict = {"tool": args.tool, "batch": args.batch, "switch_interval": args.switch_interval, "runs": rows}
+    if len(rows) == 2:
+        first, second = rows
+        extra = second["connections"] - first["connections"]
+
+        def per(key: str, scale: float = 1.0) -> float:
+            return round((second[key] - first[key]) * scale / extra, 3)
+
+        summary["per_connection"] = {
+            "cpu_ms": round(((second["user"] + second["system"]) - (first["user"] + first["system"])) * 1000 / extra, 3),
+            "user_ms": per("user", 1000), "system_ms": per("system", 1000),
+            "voluntary_switches": per("voluntary"), "involuntary_switches": per("involuntary"),
+        }
+        if args.tool == "callgrind":
+            summary["per_connection"]["instructions"] = round(per("instructions"))
+        if args.tool == "strace":
+            names = set(first["syscalls"]) | set(second["syscalls"])
+            calls = {name: round((second["syscalls"].get(name, 0) - first["syscalls"].get(name, 0)) / extra, 2)
+                     for name in names}
+            summary["per_connection"]["syscalls"] = round(sum(calls.values()), 2)
+            summary["per_connection"]["syscalls_by_name"] = dict(
+                sorted(((k, v) for k, v in calls.items() if abs(v) >= 0.05), key=lambda kv: -kv[1]))
+        for row in rows:
+            row.pop("syscalls", None)
+    print(json.dumps(summary))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("role", choices=("measure", "hub", "clients"))
+    parser.add_argument("--connections", default="500,1500", help="measure: one or two counts, 'SMALL,LARGE'")
+    parser.add_argument("--batch", type=int, default=500, help="clients connecting at once (1: one at a time)")
+    parser.add_argument("--tool", choices=("none", "callgrind", "strace"), default="none")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--switch-interval", type=float, default=0.0,
+                        help="the hub's sys.setswitchinterval (0: Python's 5 ms)")
+    parser.add_argument("--annotate", action="store_true")
+    parser.add_argument("--phases", action="store_true",
+                        help="report the request threads' CPU time in each phase of the handshake")
+    parser.add_argument("--profile", type=int, default=0,
+                        help="print cProfile's top N functions of the hub's threads (stderr; slows it)")
+    args = parser.parse_args()
+    if args.role == "measure":
+        measure_main(args)
+    elif args.role == "hub":
+        hub_main(args)
+    else:
+        args.connections = int(args.connections)
+        clients_main(args)
+
+
+if __name__ == "__main__":
+    main()
