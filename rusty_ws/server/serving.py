@@ -31,6 +31,7 @@ from __future__ import annotations
 import email.message
 import errno
 import gc
+import http.client
 import io
 import logging
 import os
@@ -103,6 +104,38 @@ _PLAIN_MAX = 65536  # http.client's longest line: a head past it is left to http
 HEAD_ONLY_KEY = "rusty_ws.head_only"
 _NO_HEADERS = email.message.Message()  # what a released handler's ``headers`` are: empty, shared
 _TIMEOUT_RESPONSE = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+
+class _PlainHeaders(http.client.HTTPMessage):
+    """The headers of a plain head (``_parse_plain``): an ``HTTPMessage`` read without email's policy.
+
+    ``email.message.Message`` passes every value it returns through its policy
+    (compat32: ``_sanitize_header``, which looks for surrogates), ~1 us a value;
+    werkzeug's environ reads every header once and the handler a few more. Values
+    decoded from Latin-1 hold no surrogates, so the policy returns them as they
+    are: these read the list directly, with the same answers.
+    """
+
+    def get(self, name: str, failobj: Any = None) -> Any:
+        name = name.lower()
+        for key, value in self._headers:  # type: ignore[attr-defined]
+            if key.lower() == name:
+                return value
+        return failobj
+
+    def __getitem__(self, name: str) -> Any:
+        return self.get(name)
+
+    def get_all(self, name: str, failobj: Any = None) -> Any:
+        name = name.lower()
+        values = [value for key, value in self._headers if key.lower() == name]  # type: ignore[attr-defined]
+        return values or failobj
+
+    def values(self) -> list[Any]:
+        return [value for _, value in self._headers]  # type: ignore[attr-defined]
+
+    def items(self) -> list[tuple[str, Any]]:
+        return list(self._headers)  # type: ignore[attr-defined]
 
 
 class _HeadTooLarge(Exception):
@@ -374,10 +407,12 @@ class HubRequestHandler(WSGIRequestHandler):
         self.command, self.request_version, self.requestline = command, version, requestline
         self.close_connection = not (version == "HTTP/1.1" and self.protocol_version >= "HTTP/1.1")
         self.path = "/" + path.lstrip("/") if path.startswith("//") else path  # as http.server does
-        headers = self.MessageClass()
+        headers = _PlainHeaders() if self.MessageClass is http.client.HTTPMessage else self.MessageClass()
+        fields = []
         for line in block.decode("iso-8859-1").split("\r\n")[:-2]:
             name, _, value = line.partition(":")
-            headers[name] = value.lstrip(" \t")
+            fields.append((name, value.lstrip(" \t")))
+        headers._headers = fields  # type: ignore[union-attr]  # what headers[name] = value appends (compat32)
         self.headers = headers
         # The rest of http.server's parse_request, on these headers:
         connection = headers.get("Connection", "").lower()

@@ -245,7 +245,11 @@ def _query_token(query: str) -> str | None:
 
 def _only(hooks: dict[Any, list[Any]], allowed: tuple[Callable[..., Any], ...]) -> bool:
     """Every function registered in Flask's ``hooks`` (by blueprint or app-wide) is one of ``allowed``."""
-    return all(function in allowed for functions in hooks.values() for function in functions)
+    for functions in hooks.values():
+        for function in functions:
+            if function not in allowed:
+                return False
+    return True
 
 
 #: Flask's signals of a request's life: ``plain_upgrade`` leaves the request out only when none has a receiver.
@@ -438,16 +442,18 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
             plain = (len(rules) == 1 and len(same) == 1 and not rules[0].arguments and not rules[0].host
                      and not rules[0].subdomain)
             route = plain_routes[id(app)] = rules[0].rule if plain else ""
-        return bool(route) and environ.get("PATH_INFO") == route and not environ.get("SCRIPT_NAME") and (
-            type(app) is Flask and "wsgi_app" not in app.__dict__ and app.request_class is Request
-            and not app.url_map.host_matching and not app.subdomain_matching
-            and app.config.get("TRUSTED_HOSTS") is None
-            and _only(app.before_request_funcs, (_check_host, _admit))
-            and _only(app.teardown_request_funcs, (_give_back_slot,)) and _only(app.after_request_funcs, (_cors,))
-            and _only(app.url_value_preprocessors, ()) and not app.teardown_appcontext_funcs
-            and not any(signal.receivers for signal in _REQUEST_SIGNALS)
-            and not state.access.has_hooks
-        )
+        if not route or environ.get("PATH_INFO") != route or environ.get("SCRIPT_NAME"):
+            return False
+        if (type(app) is not Flask or "wsgi_app" in app.__dict__ or app.request_class is not Request
+                or app.url_map.host_matching or app.subdomain_matching or app.config.get("TRUSTED_HOSTS") is not None
+                or app.teardown_appcontext_funcs or state.access.has_hooks):
+            return False
+        for signal in _REQUEST_SIGNALS:
+            if signal.receivers:
+                return False
+        return (_only(app.before_request_funcs, (_check_host, _admit))
+                and _only(app.teardown_request_funcs, (_give_back_slot,)) and _only(app.after_request_funcs, (_cors,))
+                and _only(app.url_value_preprocessors, ()))
 
     def _plain_admission(environ: dict[str, Any]) -> Admission | None:
         """What ``_check_host`` and ``_admit`` would admit, from the environ alone, holding a slot; else None.

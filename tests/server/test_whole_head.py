@@ -244,3 +244,28 @@ def test_a_default_socket_timeout_does_not_cut_the_head_deadline_short() -> None
         finally:
             socket.setdefaulttimeout(None)
         assert status == 200 and json.loads(body)["whole"] is True, body
+
+
+def test_plain_headers_answer_as_emails_parser_does() -> None:
+    """``_PlainHeaders`` reads its list without email's policy: the same answers as http.client's parse."""
+    import http.client
+    import io
+
+    from rusty_ws.server.serving import _PlainHeaders
+
+    block = (b"Host: a\r\nX-Dup: one\r\nx-dup:two\r\nX-Latin: caf\xe9\r\nX-Empty:\r\n"
+             b"X-Spaces: \t padded \r\n\r\n")
+    parsed = http.client.parse_headers(io.BytesIO(block))
+    plain = _PlainHeaders()
+    for line in block.decode("iso-8859-1").split("\r\n")[:-2]:
+        name, _, value = line.partition(":")
+        plain._headers.append((name, value.lstrip(" \t")))  # type: ignore[attr-defined]
+    assert plain.items() == parsed.items() and plain.values() == parsed.values()
+    assert plain.keys() == parsed.keys() and len(plain) == len(parsed)
+    for name in ("host", "X-DUP", "x-latin", "X-Empty", "X-Spaces", "missing"):
+        assert plain.get(name) == parsed.get(name), name
+        assert plain[name] == parsed[name], name
+        assert plain.get(name, "default") == parsed.get(name, "default"), name
+        assert plain.get_all(name) == parsed.get_all(name), name
+        assert plain.get_all(name, []) == parsed.get_all(name, []), name
+        assert (name in plain) == (name in parsed), name
