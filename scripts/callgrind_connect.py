@@ -10,7 +10,7 @@ another that nothing traces. The driver itself (``measure``) sits between them:
 
 1. it starts the hub (under valgrind, strace or nothing) and the clients;
 2. marks the hub (``getrusage``: CPU seconds of all its threads, voluntary and
-   involuntary context switches), and with ``--tool callgrind`` zeroes its counters
+   involuntary context switches; its RSS), and with ``--tool callgrind`` zeroes its counters
    (``callgrind_control --zero``);
 3. lets the clients connect ``N`` in batches of ``--batch`` (the bench: 500 per
    generator, 4 generators), until every one has its ``pong``;
@@ -77,8 +77,11 @@ def hub_main(args: argparse.Namespace) -> None:
     for line in sys.stdin:
         if line.strip() == "mark":
             usage = resource.getrusage(resource.RUSAGE_SELF)
+            with open("/proc/self/statm") as statm:
+                rss_kib = int(statm.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
             print(json.dumps({"user": usage.ru_utime, "system": usage.ru_stime, "voluntary": usage.ru_nvcsw,
-                              "involuntary": usage.ru_nivcsw, "time": time.monotonic()}), flush=True)
+                              "involuntary": usage.ru_nivcsw, "rss_kib": rss_kib, "time": time.monotonic()}),
+                  flush=True)
         elif line.strip() == "zero" and profiles is not None:
             for profile in list(profiles):
                 profile.clear()
@@ -195,11 +198,19 @@ def _phase_report(phases: dict) -> dict:
             previous = at
         sums["connection (after Hub.serve's start)"] = (
             sums.get("connection (after Hub.serve's start)", 0.0) + now[tid] / 1e9 - previous)
-    others = sum(ns - phases["start"].get(tid, 0) for tid, ns in now.items() if tid not in threads)
     report = {label: round(total * 1e6 / count, 1) for label, total in sums.items()} if count else {}
     report["request threads"] = count
-    report["other threads (accept loop, writer, main): us per request thread"] = (
-        round(others / 1e3 / count, 1) if count else None)
+    for tid, ns in now.items():  # the accept loop, the writer, the main thread: per request thread
+        if tid not in threads and count:
+            try:
+                with open(f"/proc/self/task/{tid}/comm") as comm:
+                    name = comm.read().strip()
+            except OSError:
+                name = str(tid)
+            key = f"thread {name!r} ({tid}), per request thread"
+            spent = round((ns - phases["start"].get(tid, 0)) / 1e3 / count, 1)
+            if spent:
+                report[key] = spent
     return report
 
 
@@ -293,7 +304,7 @@ def one_run(args: argparse.Namespace, connections: int, tmp: str) -> dict:
     if result["connections"] != connections or result["errors"] or result["closed"]:
         raise SystemExit(f"not every client connected and subscribed: {result}")
     row = {"connections": connections, "client_elapsed": round(result["elapsed"], 3),
-           **{key: after[key] - before[key] for key in ("user", "system", "voluntary", "involuntary")}}
+           **{key: after[key] - before[key] for key in ("user", "system", "voluntary", "involuntary", "rss_kib")}}
     if args.tool == "callgrind":
         dumps = sorted(glob.glob(out + ".*"), key=lambda path: int(path.rsplit(".", 1)[1]))
         if not dumps:
@@ -339,6 +350,7 @@ def measure_main(args: argparse.Namespace) -> None:
         n = row["connections"]
         row["cpu_ms_per_connection"] = round((row["user"] + row["system"]) * 1000 / n, 3)
         row["switches_per_connection"] = round((row["voluntary"] + row["involuntary"]) / n, 2)
+        row["rss_kib_per_connection"] = round(row["rss_kib"] / n, 1)
     summary: dict = {"tool": args.tool, "batch": args.batch, "switch_interval": args.switch_interval, "runs": rows}
     if len(rows) == 2:
         first, second = rows
@@ -351,6 +363,7 @@ def measure_main(args: argparse.Namespace) -> None:
             "cpu_ms": round(((second["user"] + second["system"]) - (first["user"] + first["system"])) * 1000 / extra, 3),
             "user_ms": per("user", 1000), "system_ms": per("system", 1000),
             "voluntary_switches": per("voluntary"), "involuntary_switches": per("involuntary"),
+            "rss_kib": per("rss_kib"),
         }
         if args.tool == "callgrind":
             summary["per_connection"]["instructions"] = round(per("instructions"))
