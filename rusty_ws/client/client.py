@@ -335,7 +335,9 @@ class WsClient:
             limit: at most this many messages (default and cap: the hub's history size).
             since: only messages after this position (``Since(offset, epoch)``), the
                 oldest first, so a caller can page forward; none if the epoch is not
-                the stream's. Without it: the last ``limit`` messages.
+                the stream's. Without it: the last ``limit`` messages. One reply holds
+                at most 3/4 of the hub's ``RUSTY_WS_MAX_QUEUED_BYTES``: fewer messages
+                than asked, the last below the reply's ``offset``, means page on.
 
         Returns:
             The ``history:`` reply: the stream's current ``offset``/``epoch`` and
