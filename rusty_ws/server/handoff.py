@@ -27,8 +27,13 @@ again then), so the session policy and the permissions hook still have
 
 from __future__ import annotations
 
+import ctypes
 import io
+import logging
+import os
 import socket
+import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -37,7 +42,9 @@ if TYPE_CHECKING:
     from ..auth import Claims
     from .hub import Hub
 
-__all__ = ["SERVE_AFTER_KEY", "Upgraded", "ClosedToHttp", "AfterTheView"]
+__all__ = ["SERVE_AFTER_KEY", "Upgraded", "ClosedToHttp", "AfterTheView", "release_stack_below"]
+
+logger = logging.getLogger("rusty_ws.server")
 
 #: Where ``HubRequestHandler`` leaves, in a WebSocket request's environ, the callable that takes an ``AfterTheView``.
 SERVE_AFTER_KEY = "rusty_ws.serve_after"
@@ -74,6 +81,7 @@ class AfterTheView:
     def run(self) -> None:
         """Serve the connection to its end, then close the socket and give the slot back."""
         hub, sock = self.hub, self.sock
+        release_stack_below()
         try:
             read_ahead, self.read_ahead = self.read_ahead, b""
             with self.app.app_context():
@@ -90,3 +98,75 @@ class AfterTheView:
             self.sock.close()
         finally:
             self.hub.give_back_slot(served=False)
+
+
+#: ``madvise``'s advice that drops pages (Linux): the next touch gets a zeroed page.
+_MADV_DONTNEED = 4
+#: Bytes below the stack pointer that ``release_stack_below`` leaves alone.
+_STACK_MARGIN = 1024
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _stack_releaser() -> Callable[[], None] | None:
+    """``release_stack_below`` for Linux with glibc (through ``ctypes``); None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        getattr_np, getstack = libc.pthread_getattr_np, libc.pthread_attr_getstack
+        destroy, self_id, read, madvise = libc.pthread_attr_destroy, libc.pthread_self, libc.read, libc.madvise
+    except (OSError, AttributeError):
+        return None
+    self_id.restype = ctypes.c_ulong
+    getattr_np.argtypes = [ctypes.c_ulong, ctypes.c_void_p]
+    read.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+    read.restype = ctypes.c_ssize_t
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+    def release() -> None:
+        attr = ctypes.create_string_buffer(128)  # a pthread_attr_t (56 bytes on x86-64, 64 on arm64)
+        if getattr_np(self_id(), attr) != 0:
+            return
+        low, size = ctypes.c_void_p(), ctypes.c_size_t()
+        getstack(attr, ctypes.byref(low), ctypes.byref(size))
+        destroy(attr)
+        if not low.value:
+            return
+        # The stack pointer of a call made from this very frame through ctypes, as madvise's will be:
+        # the kernel's record of the read syscall in progress ("nr args... sp pc").
+        buffer = ctypes.create_string_buffer(256)
+        fd = os.open("/proc/thread-self/syscall", os.O_RDONLY)
+        try:
+            count = read(fd, buffer, 255)
+        finally:
+            os.close(fd)
+        fields = buffer.raw[:max(count, 0)].split()
+        if len(fields) < 9:
+            return
+        sp = int(fields[7], 16)
+        top = (sp - _STACK_MARGIN) & ~(_PAGE - 1)
+        if low.value < top <= low.value + size.value:
+            madvise(low.value, top - low.value, _MADV_DONTNEED)
+
+    return release
+
+
+_release = _stack_releaser()
+
+
+def release_stack_below() -> None:
+    """Give the system back the pages of this thread's C stack below the current frame (Linux, glibc).
+
+    A connection's request (werkzeug, Flask, the view) runs deeper than its
+    command loop does from the top of the thread; the pages it touched stay
+    resident for the thread's life, one more page of 4 KiB than the idle loop
+    needs (docs/architecture.md, "What a connection costs"). Nothing below
+    the caller's frame is in use, so ``madvise(MADV_DONTNEED)`` drops them; a
+    later deeper call gets fresh zeroed pages. A no-op elsewhere or on failure.
+    """
+    # Under greenlets (gevent, eventlet) a suspended greenlet's frames may lie below this one.
+    if _release is not None and "greenlet" not in sys.modules:
+        try:
+            _release()
+        except (OSError, ValueError):
+            pass

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import queue
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +25,7 @@ from werkzeug.serving import make_server as werkzeug_make_server
 
 from rusty_ws import PubSub
 from rusty_ws.protocol import encode_ping, encode_subscribe
+from rusty_ws.server.handoff import release_stack_below
 from rusty_ws.server.state import state_of
 from support import POLL, WAIT, Client, RawSocket, client_frame, hub_config, running_server
 
@@ -154,3 +157,42 @@ def test_frames_sent_with_the_head_are_not_lost_to_the_hand_over() -> None:
             assert raw.sync() == []
         finally:
             raw.close()
+
+
+def _stack_pages_present() -> tuple[int, int]:
+    """This thread's C stack: pages present of its mapping, and its size in pages (Linux's /proc)."""
+    with open("/proc/thread-self/syscall", "rb") as record:  # "nr args... sp pc" of this very read
+        sp = int(record.read().split()[7], 16)
+    with open("/proc/self/maps") as maps:
+        low, high = next((a, b) for a, b in ((int(x, 16) for x in line.split()[0].split("-")) for line in maps)
+                         if a <= sp < b)
+    page = os.sysconf("SC_PAGE_SIZE")
+    with open("/proc/self/pagemap", "rb") as pagemap:
+        pagemap.seek(low // page * 8)
+        entries = pagemap.read((high - low) // page * 8)
+    present = sum(entries[i + 7] >> 7 for i in range(0, len(entries), 8))  # bit 63 of each entry
+    return present, (high - low) // page
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's madvise and /proc")
+def test_release_stack_below_gives_back_what_a_deeper_call_touched() -> None:
+    nested: Any = []
+    for _ in range(400):  # json's C encoder recurses once a level: ~100 KiB of C stack
+        nested = [nested]
+    expected = json.dumps(nested)
+    seen: dict[str, Any] = {}
+
+    def body() -> None:
+        json.dumps(nested)
+        seen["deep"] = _stack_pages_present()
+        release_stack_below()
+        seen["released"] = _stack_pages_present()
+        seen["again"] = json.dumps(nested)  # the pages come back, zeroed, as it needs them
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join(WAIT)
+    (deep, size), (released, _) = seen["deep"], seen["released"]
+    assert size > 64 and deep >= 8, seen  # an 8 MiB stack of which the encoder touched ~13 pages
+    assert released <= 4 < deep, seen  # the frames above this one fit in the top pages
+    assert seen["again"] == expected
