@@ -112,7 +112,7 @@ def _stack_releaser() -> Callable[[], None] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
+        libc = ctypes.CDLL(None)  # not use_errno: that keeps an errno object in every calling thread's dict
         getattr_np, getstack = libc.pthread_getattr_np, libc.pthread_attr_getstack
         destroy, self_id, read, madvise = libc.pthread_attr_destroy, libc.pthread_self, libc.read, libc.madvise
     except (OSError, AttributeError):
