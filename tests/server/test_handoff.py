@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import queue
 import sys
@@ -196,3 +197,22 @@ def test_release_stack_below_gives_back_what_a_deeper_call_touched() -> None:
     assert size > 64 and deep >= 8, seen  # an 8 MiB stack of which the encoder touched ~13 pages
     assert released <= 4 < deep, seen  # the frames above this one fit in the top pages
     assert seen["again"] == expected
+
+
+def test_a_connection_that_fails_after_the_hand_over_is_logged_closed_and_gives_its_slot_back(
+        caplog: pytest.LogCaptureFixture) -> None:
+    app, _ = embedding_app(max_connections=1)
+    with running_server(app) as server:
+        def broken_serve(*args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("the writer has been stopped")
+
+        server.hub.serve = broken_serve  # type: ignore[method-assign]
+        with caplog.at_level(logging.ERROR, logger="rusty_ws.server"):
+            raw = RawSocket(server.port)
+            try:
+                assert raw.status == 101
+                assert raw.read_until_eof() == b""  # closed, nothing written after the 101
+            finally:
+                raw.close()
+            assert server.hub.wait_connections(0, WAIT)  # the slot is back
+        assert any("failed" in record.getMessage() and record.exc_info for record in caplog.records)
