@@ -438,7 +438,11 @@ class HubRequestHandler(WSGIRequestHandler):
         self.log_request(101)  # the access line, at the upgrade (werkzeug will write none)
         self.close_connection = True
         self.wfile = ClosedToHttp()
-        self.rfile = io.BytesIO()  # werkzeug reads nothing more from the socket
+        # werkzeug reads nothing more from the socket. Its reader is closed here, as finish() would
+        # have: the environ refers to it too, and while it is open the socket's close() at the
+        # connection's end would leave the descriptor open (an app may keep the environ).
+        self.rfile.close()
+        self.rfile = io.BytesIO()
         self.server.serve_after(self.connection, later)
 
     def _release_head(self, environ: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ always did.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -216,3 +217,29 @@ def test_a_connection_that_fails_after_the_hand_over_is_logged_closed_and_gives_
                 raw.close()
             assert server.hub.wait_connections(0, WAIT)  # the slot is back
         assert any("failed" in record.getMessage() and record.exc_info for record in caplog.records)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+def test_a_handed_over_socket_is_closed_when_its_connection_ends_even_if_the_app_keeps_its_environ() -> None:
+    app, _ = embedding_app()
+    kept: list[dict[str, Any]] = []
+
+    @app.before_request
+    def keep() -> None:  # an app (a debug toolbar, a request log) may hold on to what it saw
+        kept.append(request.environ)
+
+    with running_server(app) as server:
+        with server.connect() as warm:  # the first connection opens what stays open (the writer's selector)
+            warm.sync()
+        server.wait_connections(0)
+        enabled = gc.isenabled()
+        gc.disable()  # and whatever the collector would free is not freed either
+        try:
+            before = len(os.listdir("/proc/self/fd"))
+            with server.connect() as client:
+                client.sync()
+            server.wait_connections(0)  # also waits for the slot, given back after the socket's close
+            assert len(os.listdir("/proc/self/fd")) == before
+        finally:
+            if enabled:
+                gc.enable()
