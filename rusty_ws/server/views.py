@@ -35,6 +35,12 @@ connection's life) per connection, for a 101 that is four header lines. The
 request thread reads the socket itself (``connection.py``): a connection costs
 one thread. Other flask-sock routes of an embedding app are left as they are.
 
+Under ``HubServer`` (``rusty-ws serve``) the view does not run the
+connection itself: it hands the upgraded socket to the server's handler
+(``handoff.SERVE_AFTER_KEY``) and returns, and the request thread runs the
+connection once the request has ended (``handoff.py``). Under ``flask run``
+and gunicorn it calls ``Hub.serve`` and returns when the connection ends.
+
 What the view leans on: the raw socket in ``environ`` (``werkzeug.socket``,
 ``gunicorn.socket``), what the server read past the head (``_read_ahead``),
 and how each server takes a response it must not write (``_AlreadyAnswered``).
