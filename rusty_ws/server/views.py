@@ -35,6 +35,12 @@ connection's life) per connection, for a 101 that is four header lines. The
 request thread reads the socket itself (``connection.py``): a connection costs
 one thread. Other flask-sock routes of an embedding app are left as they are.
 
+Under ``HubServer`` (``rusty-ws serve``) the view does not run the
+connection itself: it hands the upgraded socket to the server's handler
+(``handoff.SERVE_AFTER_KEY``) and returns, and the request thread runs the
+connection once the request has ended (``handoff.py``). Under ``flask run``
+and gunicorn it calls ``Hub.serve`` and returns when the connection ends.
+
 What the view leans on: the raw socket in ``environ`` (``werkzeug.socket``,
 ``gunicorn.socket``), what the server read past the head (``_read_ahead``),
 and how each server takes a response it must not write (``_AlreadyAnswered``).
@@ -56,12 +62,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Request, Response, jsonify, request
+from flask import Blueprint, Request, Response, current_app, jsonify, request
 
 from ..auth import Claims, default_session_for
 from ..exceptions import AuthError, ProtocolError, TokenInvalid
 from ..frames import ACCEPTED_DEFLATE, deflate_offer_to_accept
 from ..protocol import check_session, loads_strict
+from .handoff import SERVE_AFTER_KEY, AfterTheView, Upgraded
 from .serving import HEAD_ONLY_KEY, RELEASE_HEAD_KEY
 from .throttle import client_address
 
@@ -120,6 +127,17 @@ class _AlreadyAnswered(Response):
         if "gunicorn.socket" in environ:
             raise StopIteration()
         return super().__call__(environ, start_response)
+
+
+class _HandedOver(Response):
+    """What the WebSocket view returns under ``HubServer``: the socket is handed over (``handoff.py``).
+
+    Its call raises ``Upgraded``, which werkzeug takes for a client gone: it
+    writes no response and reads nothing more off the socket.
+    """
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        raise Upgraded("the socket was handed over as a WebSocket")
 
 
 def _error(status: int, code: str, message: str) -> tuple[Response, int]:
@@ -331,6 +349,9 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
                          environ.get("SERVER_SOFTWARE") or "this WSGI server")
             return _error(501, "server_not_supported", "this WSGI server cannot upgrade to a WebSocket")
         sock: socket.socket = raw
+        # HubServer's (serving.py): run the connection once this request has ended (handoff.py).
+        serve_after = environ.pop(SERVE_AFTER_KEY, None)
+        handed_over = False
         try:
             try:
                 sock.sendall(_switching_protocols(environ["HTTP_SEC_WEBSOCKET_KEY"], admission.deflate))
@@ -345,14 +366,21 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
                 release_head(environ)
             if sock.gettimeout() is not None:  # (each settimeout is an ioctl, which lets go of the GIL)
                 sock.settimeout(None)  # a blocking reader; writes use MSG_DONTWAIT
+            remote = request.remote_addr or "?"
+            if serve_after is not None:
+                # The slot goes with the socket: AfterTheView gives it back at the socket's end.
+                serve_after(AfterTheView(current_app._get_current_object(), hub,  # type: ignore[attr-defined]
+                                         sock, admission.claims, remote, admission.deflate, read_ahead or b""))
+                handed_over, admission.holds_slot = True, False
+                return _HandedOver()
             admission.served = True  # Hub.serve counts the connection's end, on every path
-            hub.serve(sock, admission.claims, request.remote_addr or "?", deflate=admission.deflate,
-                      read_ahead=read_ahead or b"")
+            hub.serve(sock, admission.claims, remote, deflate=admission.deflate, read_ahead=read_ahead or b"")
         finally:
             # werkzeug writes nothing after a 101 it did not send itself (see _AlreadyAnswered),
             # but the socket is closed here on every path all the same: text after the close
-            # frame would make browsers report 1006.
-            sock.close()
+            # frame would make browsers report 1006. A socket handed over is closed at its end.
+            if not handed_over:
+                sock.close()
         return _AlreadyAnswered()
 
     @bp.route("/auth/token", methods=["POST"])
