@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from .protocol import Position, with_position
 
-__all__ = ["Key", "Position", "Replay", "History", "IdempotencyTable", "EPOCH_ALPHABET"]
+__all__ = ["Key", "Position", "Replay", "History", "IdempotencyTable", "EPOCH_ALPHABET", "within_bytes"]
 
 #: (topic, session_id)
 Key = tuple[str, str]
@@ -361,6 +361,28 @@ class History:
                 self._bytes -= len(data)
             stream.datas.clear()
             stream.ats.clear()
+
+
+def within_bytes(messages: list[bytes], budget: int, *, newest: bool) -> list[bytes]:
+    """As many of ``messages`` (oldest first) as fit in ``budget`` encoded bytes, never none of many.
+
+    A ``history:`` reply is one frame: capped like this, it never holds more than a
+    connection may queue. ``newest``: keep the last ones (a read without ``since``),
+    else the first ones (a page forward from ``since``: the client asks again from
+    the last offset it got). The first message kept always goes in, whatever its size,
+    so a page always moves forward.
+    """
+    spent = 0
+    order = reversed(range(len(messages))) if newest else range(len(messages))
+    kept = 0
+    for index in order:
+        spent += len(messages[index]) + 1  # the comma that joins it
+        if spent > budget and kept:
+            break
+        kept += 1
+    if kept == len(messages):
+        return messages
+    return messages[len(messages) - kept:] if newest else messages[:kept]
 
 
 @dataclass

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rusty_ws.history import History, IdempotencyTable, Position
+from rusty_ws.history import History, IdempotencyTable, Position, within_bytes
 from rusty_ws.protocol import with_position
 
 KEY = ("T", "s")
@@ -280,3 +280,22 @@ class TestIdempotency:
         for name in "abcd":
             table.claim("s", name)
         assert len(table) == 3 and ("s", "a") not in list(table)
+
+
+MESSAGES = [b"a" * 9, b"b" * 9, b"c" * 9, b"d" * 9]  # 10 bytes each with its comma
+
+
+class TestWithinBytes:
+    def test_all_when_they_fit(self) -> None:
+        assert within_bytes(MESSAGES, 40, newest=True) == MESSAGES
+        assert within_bytes([], 0, newest=False) == []
+
+    def test_the_first_ones_for_a_page_forward(self) -> None:
+        assert within_bytes(MESSAGES, 25, newest=False) == MESSAGES[:2]
+
+    def test_the_last_ones_for_a_read_without_since(self) -> None:
+        assert within_bytes(MESSAGES, 39, newest=True) == MESSAGES[1:]
+
+    def test_one_message_bigger_than_the_budget_still_goes(self) -> None:
+        assert within_bytes(MESSAGES, 1, newest=False) == MESSAGES[:1]
+        assert within_bytes(MESSAGES, 1, newest=True) == MESSAGES[-1:]

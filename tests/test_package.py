@@ -40,6 +40,8 @@ NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "node_modules", "__pycache_
                                     "*.egg-info", ".pytest_cache", "test-output", "bench-results")
 BUILD_TIMEOUT = 300_000 * MS
 INSTALL_TIMEOUT = 300_000 * MS
+#: Folders under docs/, tests/ and scripts/ that the sdist leaves out (MANIFEST.in).
+NOT_IN_SDIST = {"node_modules", "__pycache__", ".pytest_cache", "test-output"}
 
 
 @dataclass
@@ -123,6 +125,19 @@ class TestDistributions:
             names = {member.name[len(top) + 1:] for member in sdist.getmembers() if member.isfile()}
         assert package_files() <= names
         assert {"setup.cfg", "setup.py", "README.md", "LICENSE", "PKG-INFO"} <= names
+
+    def test_sdist_holds_the_docs_tests_and_scripts(self, built: Built) -> None:
+        top = built.sdist.name[: -len(".tar.gz")]
+        with tarfile.open(built.sdist) as sdist:
+            names = {member.name[len(top) + 1:] for member in sdist.getmembers() if member.isfile()}
+        for folder in ("docs", "tests", "scripts"):
+            wanted = {path.relative_to(ROOT).as_posix() for path in (ROOT / folder).rglob("*")
+                      if path.is_file() and path.suffix != ".pyc"
+                      and not set(path.relative_to(ROOT).parts) & NOT_IN_SDIST}
+            assert wanted, folder
+            assert wanted <= names, f"{folder}: missing from the sdist: {sorted(wanted - names)[:5]}"
+        assert "CHANGELOG.md" in names
+        assert not any("node_modules" in name or "__pycache__" in name for name in names)
 
     def test_metadata(self, built: Built) -> None:
         with zipfile.ZipFile(built.wheel) as wheel:

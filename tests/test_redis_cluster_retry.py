@@ -57,29 +57,29 @@ def test_a_slot_s_commands_wait_behind_its_held_ones_and_go_in_waves_in_their_fi
     assert queue.hold(7, a, None, ("a",), noop, "lost", True)  # a failed: held...
     assert queue.settled(7) is False  # ...b is still out
     assert queue.admit(7, "m1", ("c",), noop, True) is None  # c waits behind a
-    assert queue.admit(7, "m1", ("n",), noop, False) is not None  # no id: not held behind (at-most-once)
+    assert queue.admit(7, "m1", ("n",), noop, False) is None  # no id: never sent yet, so it waits in its place too
     assert queue.admit(8, "m1", ("d",), noop, True) is not None  # another slot is not held
-    assert queue.take_wave(7) == []  # b and n are out: the wave waits
+    assert queue.take_wave(7) == []  # b is out: the wave waits
     assert queue.held_before(7, b) and not queue.held_before(7, a)  # a is held: b must not overtake it
     assert queue.hold(7, b, None, ("b",), noop, "lost", True)  # b failed too: its place is before c's
-    assert queue.settled(7) is False
-    assert queue.settled(7) is True  # n answered: nothing out, the slot is held: look at it
-    assert queue.status() == {"held": 3, "retried": 0, "retry_expired": 0}
+    assert queue.settled(7) is True  # b answered (held): nothing out, the slot is held: look at it
+    assert queue.status() == {"held": 4, "retried": 0, "retry_expired": 0}
     wave = queue.take_wave(7)
-    assert [held.command for held in wave] == [("a",), ("b",), ("c",)]
+    assert [held.command for held in wave] == [("a",), ("b",), ("c",), ("n",)]
     for held in wave:
-        assert queue.admit(7, "m2", held.command, noop, True, held) == held.seq  # sent again, in place
+        assert queue.admit(7, "m2", held.command, noop, held.idempotent, held) == held.seq  # sent again, in place
     assert queue.admit(7, "m2", ("e",), noop, True) is None  # still held: e waits for the next wave
     assert queue.settled(7) is False  # a answered
     assert queue.hold(7, wave[1].seq, wave[1], ("b",), noop, "lost again", True)  # b again: before e
-    assert queue.settled(7) is False
-    assert queue.settled(7) is True  # c answered
+    assert queue.settled(7) is False  # b held again
+    assert queue.settled(7) is False  # c answered
+    assert queue.settled(7) is True  # n answered
     assert [held.command for held in queue.take_wave(7)] == [("b",), ("e",)]
     assert queue.admit(7, "m2", ("b",), noop, True, wave[1]) is not None
     assert queue.settled(7) is True
     assert queue.take_wave(7) == []  # empty and nothing out: no longer held
     assert queue.slots() == [] and queue.marked(7) is False
-    assert queue.status() == {"held": 0, "retried": 5, "retry_expired": 0}
+    assert queue.status() == {"held": 0, "retried": 6, "retry_expired": 0}
 
 
 def test_a_slot_that_moved_waits_for_the_old_master_s_answers() -> None:

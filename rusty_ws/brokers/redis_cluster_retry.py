@@ -13,7 +13,8 @@ case a reply is.
 
 ``RetryQueue`` holds the commands to send again, in order, per slot (each keeps
 the place ``admit`` gave it when it was first sent): once one command of a slot
-is held, later idempotent commands of that slot are held behind it (``admit``),
+is held, every later command of that slot is held behind it (``admit``; one
+that was never sent runs at most once whatever its kind),
 and so is any command of a slot that just moved while the old master's sender
 still has some of its commands (their ``MOVED`` replies are being followed), so
 a session's commands reach its master in the order they were made. The broker's
@@ -117,7 +118,8 @@ class RetryQueue:
         """May ``command`` go to ``address``'s sender now? Its place (a ``seq`` for ``hold``, should it fail):
         it is counted as out there until ``settled``.
 
-        None: it is held, behind what is held of its slot (an idempotent command), or
+        None: it is held, behind what is held of its slot (never sent yet, so sending it
+        later is safe for any command: a publish without an id too keeps its place), or
         because another master's sender still has commands of the slot (the slot just
         moved: it must not overtake them, whose MOVED replies are being followed). With no
         room to hold it, ``on_reply`` is called at once with a failure (None too). A
@@ -126,7 +128,7 @@ class RetryQueue:
         with self._lock:
             out = self._out.get(slot)
             if held is None and self.timeout > 0 and (
-                    (idempotent and slot in self._held) or (out is not None and out[0] != address)):
+                    slot in self._held or (out is not None and out[0] != address)):
                 if self._size >= self.limit:
                     failed = True
                 else:

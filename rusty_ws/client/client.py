@@ -109,6 +109,9 @@ class WsClient:
             plain ``subscribe:`` (no recovery after a reconnect), publishes without ids
             (no acknowledgement, no retry; ``publish`` returns None), no
             ``publish_async`` or ``history``.
+        max_unacked: at most this many publishes awaiting their ack (kept to be sent
+            again after a reconnect); past it ``publish``/``publish_async`` wait up to
+            ``timeout`` for room, then raise ``TimeoutError``.
 
     Raises:
         ProtocolError: a name or session id the server would refuse (checked before any I/O).
@@ -129,6 +132,7 @@ class WsClient:
         backoff_initial: float = 0.5,
         backoff_cap: float = 30.0,
         seed_protocol: bool = False,
+        max_unacked: int = 10_000,
     ) -> None:
         self.name = check_name(client_name)
         self.session_id = check_session(session_id or f"session-{client_name}")
@@ -140,6 +144,8 @@ class WsClient:
         self.backoff_initial = backoff_initial
         self.backoff_cap = backoff_cap
         self.seed_protocol = seed_protocol
+        if not isinstance(max_unacked, int) or max_unacked < 1:
+            raise ValueError(f"max_unacked must be a whole number of at least 1, not {max_unacked!r}")
         self._connector = Connector(ws_url, credentials, sslopt, timeout)
         self._dispatch = CallbackDispatcher(client_name, put_timeout=timeout)
         # _hooks_lock guards the four on_* hooks: set by the user's threads, read by the
@@ -150,7 +156,7 @@ class WsClient:
         self._on_reconnecting: Callable[[WsClient, int, float], Any] | None = None
         self._on_recovery_failed: Callable[[WsClient, str, str, RecoveryFailure], Any] | None = None
         self._publish_ids = PublishIds()
-        self._wire = Wire()
+        self._wire = Wire(max_unacked)
         self._supervisor = Supervisor(self, self._wire, self._connector, self._dispatch)
 
     # ------------------------------------------------------------------ constructors
@@ -281,7 +287,7 @@ class WsClient:
             self._call([command], Waiter(f"publish {topic}"))
             return None
         item = self._outgoing(publisher_name, topic, payload, timestamp, publish_id)
-        self._wire.publish(item)
+        self._wire.publish(item, self.timeout)
         try:
             return item.future.result(self.timeout)
         except concurrent.futures.TimeoutError:
@@ -301,7 +307,8 @@ class WsClient:
         For scripts that publish many messages: the publishes go out at once, one
         after the other, and the hub handles them in that order (also across a
         reconnection: unacknowledged ones are sent again first, in order, with
-        their ids). Blocks only while the socket takes the frame. Between
+        their ids). Blocks only while the socket takes the frame, or while
+        ``max_unacked`` earlier publishes still wait for their ack. Between
         connections the message waits for the next one; the future has no
         deadline of its own (``future.result(timeout)`` sets one).
 
@@ -312,11 +319,13 @@ class WsClient:
         Raises:
             ProtocolError: a topic, publisher name or payload the server would refuse (nothing is sent).
             ConnectionClosedError: the client is closed.
+            TimeoutError: ``max_unacked`` publishes were still waiting for their ack after
+                ``timeout`` (nothing is sent).
         """
         if self.seed_protocol:
             raise RuntimeError("publish_async() needs rusty_ws's acknowledgements, and seed_protocol is on")
         item = self._outgoing(publisher_name, topic, payload, timestamp, publish_id)
-        self._wire.publish(item)
+        self._wire.publish(item, self.timeout)
         return item.future
 
     def history(self, topic: str, limit: int | None = None, since: Since | None = None) -> HistoryReply:
@@ -326,7 +335,9 @@ class WsClient:
             limit: at most this many messages (default and cap: the hub's history size).
             since: only messages after this position (``Since(offset, epoch)``), the
                 oldest first, so a caller can page forward; none if the epoch is not
-                the stream's. Without it: the last ``limit`` messages.
+                the stream's. Without it: the last ``limit`` messages. One reply holds
+                at most 3/4 of the hub's ``RUSTY_WS_MAX_QUEUED_BYTES``: fewer messages
+                than asked, the last below the reply's ``offset``, means page on.
 
         Returns:
             The ``history:`` reply: the stream's current ``offset``/``epoch`` and

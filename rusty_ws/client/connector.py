@@ -135,6 +135,9 @@ class Connector:
 
         The token (if any) goes in the ``Authorization: Bearer`` header, not the URL.
         """
+        problem = url_problem(self.ws_url)
+        if problem:
+            raise ConnectFailed(f"cannot connect to {self.ws_url}: {problem}")
         token = self.token
         header = [f"Authorization: Bearer {token}"] if token else None
         try:
@@ -148,7 +151,12 @@ class Connector:
                 raise Forbidden(message) from None
             headers = exc.resp_headers or {}
             retry_after = next((str(value) for name, value in headers.items() if name.lower() == "retry-after"), None)
+            if exc.status_code in (400, 404) and not _path_of(self.ws_url).endswith(HUB_PATH):
+                message += f" ({path_hint(self.ws_url)})"
             raise ConnectFailed(message, status=exc.status_code, retry_after=retry_after) from None
+        except ConnectionRefusedError as exc:
+            raise ConnectFailed(f"cannot connect to {self.ws_url}: {exc} (is the hub running, and listening on "
+                                "that host and port?)") from None
         except (websocket.WebSocketException, OSError, ValueError) as exc:
             raise ConnectFailed(f"cannot connect to {self.ws_url}: {exc}") from None
 
@@ -173,6 +181,34 @@ class Connector:
         parts = urllib.parse.urlsplit(self.ws_url)
         scheme = "https" if parts.scheme == "wss" else "http"
         return f"{scheme}://{parts.netloc}/auth/token"
+
+
+#: Where rusty_ws's hub answers WebSocket handshakes (``/ws``, as in the seed).
+HUB_PATH = "/ws"
+_SCHEMES = {"http": "ws", "https": "wss"}
+
+
+def url_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as a hub URL, said so that the fix is plain; None if nothing is."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme in ("ws", "wss") and parts.hostname:
+        return None
+    if parts.scheme in _SCHEMES and parts.netloc:
+        fixed = urllib.parse.urlunsplit((_SCHEMES[parts.scheme], *parts[1:]))
+        return f"a WebSocket URL starts with ws:// or wss://, not {parts.scheme}://: use {fixed}"
+    return "a hub URL is ws://host:port/ws (or wss:// with TLS), e.g. ws://127.0.0.1:8081/ws"
+
+
+def path_hint(url: str) -> str:
+    """The hint for a refused handshake on another path than the hub's."""
+    parts = urllib.parse.urlsplit(url)
+    fixed = urllib.parse.urlunsplit((parts.scheme, parts.netloc, HUB_PATH, parts.query, ""))
+    return (f"rusty_ws's hub answers WebSocket handshakes at {HUB_PATH} (under the app's url_prefix when "
+            f"embedded), not {parts.path or '/'}: try {fixed}")
+
+
+def _path_of(url: str) -> str:
+    return urllib.parse.urlsplit(url).path.rstrip("/") or "/"
 
 
 def _handshake_refusal(exc: websocket.WebSocketBadStatusException) -> str:

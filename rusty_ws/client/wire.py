@@ -108,7 +108,7 @@ Call = tuple[Sequence[str], Waiter]
 class Wire:
     """The live socket, the calls waiting for its answers, and the publishes not yet acknowledged."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_unacked: int = 10_000) -> None:
         # _wire_lock guards _ws (the live socket), _waiters, _publishes and _refusal: a
         # command (and its ping) is written and its Waiter queued as one step, so the n-th
         # answer is the n-th waiter's; a publish joins _publishes and goes on the live socket
@@ -119,6 +119,10 @@ class Wire:
         self._waiters: collections.deque[Waiter] = collections.deque()
         # Unacknowledged publishes, in first-send order (a dict as an ordered set).
         self._publishes: dict[OutgoingPublish, None] = {}
+        # At most max_unacked of them: past it publish() waits on _room (over _wire_lock),
+        # which every removal from _publishes, and the client's closing, notifies.
+        self.max_unacked = max_unacked
+        self._room = threading.Condition(self._wire_lock)
         # Set by close_publishes(): how the connection ended, what every later publish gets.
         self._refusal: ConnectionClosed | None = None
 
@@ -169,18 +173,31 @@ class Wire:
                 raise ConnectionClosedError(1006, f"send failed: {exc}") from None
             return True
 
-    def publish(self, item: OutgoingPublish) -> None:
+    def publish(self, item: OutgoingPublish, timeout: float) -> None:
         """Keep ``item`` until it is acknowledged, and send it now if a socket is live.
 
         Between connections it waits for the next socket. A socket that fails while
         sending is shut down (the reader then reconnects and sends ``item`` again).
+        With ``max_unacked`` publishes kept already, it first waits up to ``timeout``
+        for one of them to be answered (backpressure: a publisher outrunning its acks,
+        or one publishing while the hub is unreachable, is slowed, never dropped).
 
         Raises:
             ConnectionClosedError: the client is closed for good.
+            TimeoutError: still ``max_unacked`` publishes waiting after ``timeout``; ``item``
+                was not kept (nothing was sent).
         """
         with self._wire_lock:
+            if len(self._publishes) >= self.max_unacked and self._refusal is None:
+                self._room.wait_for(lambda: len(self._publishes) < self.max_unacked or self._refusal is not None,
+                                    timeout)
             if self._refusal is not None:
                 raise _copy(self._refusal)
+            if len(self._publishes) >= self.max_unacked:
+                raise TimeoutError(
+                    f"{item.label} not sent: {len(self._publishes)} publishes are still waiting for their "
+                    f"ack after {timeout}s (max_unacked={self.max_unacked}; the hub is slow or unreachable). "
+                    "Wait on earlier futures before publishing more, or raise max_unacked")
             self._publishes[item] = None
             ws = self._ws
             if ws is None:
@@ -298,6 +315,7 @@ class Wire:
             if item not in self._publishes:
                 return False
             del self._publishes[item]
+            self._room.notify()
             return True
 
     def close_publishes(self, error: ConnectionClosed) -> None:
@@ -305,6 +323,7 @@ class Wire:
         with self._wire_lock:
             self._refusal = self._refusal or error
             items, self._publishes = list(self._publishes), {}
+            self._room.notify_all()
         for item in items:
             item.future.set_exception(_copy(error))
 

@@ -34,7 +34,7 @@ from ..brokers.base import Landed
 from ..config import Settings
 from ..exceptions import ProtocolError
 from ..frames import deflate_text_frame, text_frame
-from ..history import History, IdempotencyTable
+from ..history import History, IdempotencyTable, within_bytes
 from ..protocol import (
     CLOSE_CODE_EXPLANATIONS,
     CloseCode,
@@ -336,7 +336,14 @@ class Hub:
                 )
             except ValueError as exc:
                 raise ProtocolError(ErrorCode.INVALID_SINCE, str(exc)) from None
-        return encode_history_reply(topic, session_id, replay.top.offset, replay.top.epoch, replay.messages)
+        messages = within_bytes(replay.messages, self.history_reply_budget, newest=since is None)
+        return encode_history_reply(topic, session_id, replay.top.offset, replay.top.epoch, messages)
+
+    @property
+    def history_reply_budget(self) -> int:
+        """Bytes of messages one ``history:`` reply may hold: three quarters of what a connection may queue."""
+        bound = self.settings.max_queued_bytes
+        return bound - bound // 4
 
     def unsubscribe(self, outbox: Outbox, topic: str, session_id: str) -> None:
         if self.shared is not None:

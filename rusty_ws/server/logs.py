@@ -13,9 +13,10 @@ client side); werkzeug's access lines keep their logger, ``werkzeug``.
 400 or more stays at INFO), the lines of what the hub's page polls or loads
 on every visit (``/healthz``, the JS modules and the stylesheet under
 ``/rusty_ws/``; the page asks for ``/healthz`` every 2 s, which filled the
-log with a line per open page every 2 s) and of ``/ws`` (written when a
-WebSocket ends, with the status 200: the connection's own lines, with who it
-was and how it ended, say more).
+log with a line per open page every 2 s) and of ``/ws`` (under ``HubServer``
+written at the upgrade, with the status 101; under ``flask run`` when the
+WebSocket ends, with 200: the connection's own lines, with who it was and how
+it ended, say more).
 """
 
 from __future__ import annotations

@@ -50,6 +50,7 @@ from flask import Flask
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
 from ..config import Settings
+from .handoff import SERVE_AFTER_KEY, AfterTheView, ClosedToHttp
 from .hub import PendingRequests
 from .logs import ACCESS_LOGGER, without_colours
 from .state import state_of
@@ -466,8 +467,7 @@ class HubRequestHandler(WSGIRequestHandler):
         if plain_upgrade is not None and self._upgrading:
             self.environ = environ = self.make_environ()
             if plain_upgrade(self.server.app, environ):
-                self.close_connection = True  # the view closed the socket
-                self.log_request(200)  # the access line werkzeug writes for the hub's view (logs.py)
+                self.close_connection = True  # handed over (_serve_after wrote the access line), or closed
                 return
         super().run_wsgi()  # a new environ: plain_upgrade may have changed the first
 
@@ -476,7 +476,26 @@ class HubRequestHandler(WSGIRequestHandler):
         environ[RELEASE_HEAD_KEY] = self._release_head
         if self._whole and not self._ahead:
             environ[HEAD_ONLY_KEY] = True
+        if self._upgrading:  # _is_websocket_upgrade(), as parse_request found it
+            environ[SERVE_AFTER_KEY] = self._serve_after  # the view pops it (handoff.py)
         return environ
+
+    def _serve_after(self, later: AfterTheView) -> None:
+        """Take over an upgraded socket from the view: the server runs ``later`` once this request has ended.
+
+        The request ends as soon as the view returns, and werkzeug writes nothing
+        more on the socket (``ClosedToHttp``) nor drains it (the view's response
+        raises ``handoff.Upgraded``, which werkzeug takes for a client gone).
+        """
+        self.log_request(101)  # the access line, at the upgrade (werkzeug will write none)
+        self.close_connection = True
+        self.wfile = ClosedToHttp()
+        # werkzeug reads nothing more from the socket. Its reader is closed here, as finish() would
+        # have: the environ refers to it too, and while it is open the socket's close() at the
+        # connection's end would leave the descriptor open (an app may keep the environ).
+        self.rfile.close()
+        self.rfile = io.BytesIO()
+        self.server.serve_after(self.connection, later)
 
     def _release_head(self, environ: dict[str, Any]) -> None:
         """Drop what only the request head needed, for a WebSocket's whole life (``views.py`` calls it).
@@ -634,6 +653,8 @@ class HubServer(ThreadedWSGIServer):
         #: ahead of them all; the accept thread's own (it alone reads and writes it; no lock).
         self._taken: deque[tuple[socket.socket, Any]] = deque()
         self._accept_blocked = False  # the last drain's accept() failed (out of descriptors): serve, don't drain
+        #: WebSockets handed over by their views, by socket, until their request thread runs them (``serve_after``).
+        self._after: dict[socket.socket, AfterTheView] = {}
 
     def serve_forever(self, poll_interval: float = 0.1) -> None:  # shutdown() waits up to this long
         self._stopping.clear()
@@ -740,11 +761,32 @@ class HubServer(ThreadedWSGIServer):
             self._pacer.admitted(now)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """socketserver's, and then the WebSocket the view handed over (``handoff.py``), if it did.
+
+        Its loop runs here, from the top of the thread's stack, once werkzeug's
+        handler, its environ and Flask's request context are gone.
+        """
         try:
-            super().process_request_thread(request, client_address)
+            try:
+                self.finish_request(request, client_address)
+            except Exception:  # as socketserver does; a socket handed over still gets its loop
+                self.handle_error(request, client_address)
+            except BaseException:
+                unserved = self._after.pop(request, None)
+                if unserved is not None:
+                    unserved.abandon()
+                raise
+            later = self._after.pop(request, None)
+            if later is not None:
+                later.run()
         finally:
+            self.shutdown_request(request)
             with self._threads_lock:
                 self._threads_ended += 1
+
+    def serve_after(self, request: socket.socket, later: AfterTheView) -> None:
+        """Have ``later`` run on this request's thread once its request has ended (``HubRequestHandler``)."""
+        self._after[request] = later  # this thread's own key, popped by it: a dict's item is atomic
 
     def _busy(self) -> bool:
         """Too many requests under way (``RUSTY_WS_MAX_HANDSHAKES``) or queued (``RUSTY_WS_MAX_ACCEPT_QUEUE``)."""

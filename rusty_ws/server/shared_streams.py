@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from ..brokers.base import HistoryUnavailable, Landed, SharedHistory, Stamped, Stored
 from ..exceptions import ProtocolError
 from ..frames import text_frame
+from ..history import within_bytes
 from ..protocol import (
     Delivery,
     ErrorCode,
@@ -241,8 +242,9 @@ class SharedStreams:
         top = stored.top
         if since is not None and since.epoch == top.epoch and since.offset > top.offset:
             raise ProtocolError(ErrorCode.INVALID_SINCE, f"offset {since.offset} is past this stream's {top.offset}")
-        return encode_history_reply(topic, session_id, top.offset, top.epoch,
-                                    [message.encode() for message in stored.messages])
+        messages = within_bytes([message.encode() for message in stored.messages], self.hub.history_reply_budget,
+                                newest=since is None)
+        return encode_history_reply(topic, session_id, top.offset, top.epoch, messages)
 
     def forget(self, outbox: "Outbox", keys: list[Key] | set[Key]) -> None:
         """``outbox`` left these pairs (unsubscribed or gone): drop what was kept for it."""

@@ -35,6 +35,12 @@ connection's life) per connection, for a 101 that is four header lines. The
 request thread reads the socket itself (``connection.py``): a connection costs
 one thread. Other flask-sock routes of an embedding app are left as they are.
 
+Under ``HubServer`` (``rusty-ws serve``) the view does not run the
+connection itself: it hands the upgraded socket to the server's handler
+(``handoff.SERVE_AFTER_KEY``) and returns, and the request thread runs the
+connection once the request has ended (``handoff.py``). Under ``flask run``
+and gunicorn it calls ``Hub.serve`` and returns when the connection ends.
+
 What the view leans on: the raw socket in ``environ`` (``werkzeug.socket``,
 ``gunicorn.socket``), what the server read past the head (``_read_ahead``),
 and how each server takes a response it must not write (``_AlreadyAnswered``).
@@ -65,6 +71,7 @@ from flask import (
     appcontext_popped,
     appcontext_pushed,
     appcontext_tearing_down,
+    current_app,
     got_request_exception,
     jsonify,
     request,
@@ -78,6 +85,7 @@ from ..auth import Claims, default_session_for
 from ..exceptions import AuthError, ProtocolError, TokenInvalid
 from ..frames import ACCEPTED_DEFLATE, deflate_offer_to_accept
 from ..protocol import check_session, loads_strict
+from .handoff import SERVE_AFTER_KEY, AfterTheView, Upgraded
 from .serving import HEAD_ONLY_KEY, RELEASE_HEAD_KEY
 from .throttle import client_address
 
@@ -136,6 +144,17 @@ class _AlreadyAnswered(Response):
         if "gunicorn.socket" in environ:
             raise StopIteration()
         return super().__call__(environ, start_response)
+
+
+class _HandedOver(Response):
+    """What the WebSocket view returns under ``HubServer``: the socket is handed over (``handoff.py``).
+
+    Its call raises ``Upgraded``, which werkzeug takes for a client gone: it
+    writes no response and reads nothing more off the socket.
+    """
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        raise Upgraded("the socket was handed over as a WebSocket")
 
 
 def _error(status: int, code: str, message: str) -> tuple[Response, int]:
@@ -365,13 +384,20 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
             response.headers["Access-Control-Max-Age"] = "600"
         return response
 
-    def upgrade(environ: dict[str, Any], admission: Admission, sock: socket.socket, remote: str) -> None:
-        """Write the 101 and run the connection until it ends (the view's body, and ``plain_upgrade``'s)."""
+    def upgrade(app: Flask, environ: dict[str, Any], admission: Admission, sock: socket.socket, remote: str) -> bool:
+        """Write the 101, then hand the socket over or run the connection (the view's body, and ``plain_upgrade``'s).
+
+        True: handed over to ``HubServer`` (``handoff.py``), which runs it once the
+        request has ended, and the admission's slot went with it.
+        """
+        # HubServer's (serving.py): run the connection once this request has ended (handoff.py).
+        serve_after = environ.pop(SERVE_AFTER_KEY, None)
+        handed_over = False
         try:
             try:
                 sock.sendall(_switching_protocols(environ["HTTP_SEC_WEBSOCKET_KEY"], admission.deflate))
             except OSError:
-                return  # the client went away before its 101
+                return False  # the client went away before its 101
             # HubRequestHandler read exactly the head: what follows is in the socket, for Hub.serve.
             read_ahead = b"" if environ.pop(HEAD_ONLY_KEY, False) else _read_ahead(environ, sock)
             if read_ahead is None:
@@ -381,13 +407,21 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
                 release_head(environ)
             if sock.gettimeout() is not None:  # (each settimeout is an ioctl, which lets go of the GIL)
                 sock.settimeout(None)  # a blocking reader; writes use MSG_DONTWAIT
+            if serve_after is not None:
+                # The slot goes with the socket: AfterTheView gives it back at the socket's end.
+                serve_after(AfterTheView(app, hub, sock, admission.claims, remote, admission.deflate,
+                                         read_ahead or b""))
+                handed_over, admission.holds_slot = True, False
+                return True
             admission.served = True  # Hub.serve counts the connection's end, on every path
             hub.serve(sock, admission.claims, remote, deflate=admission.deflate, read_ahead=read_ahead or b"")
         finally:
             # werkzeug writes nothing after a 101 it did not send itself (see _AlreadyAnswered),
             # but the socket is closed here on every path all the same: text after the close
-            # frame would make browsers report 1006.
-            sock.close()
+            # frame would make browsers report 1006. A socket handed over is closed at its end.
+            if not handed_over:
+                sock.close()
+        return False
 
     @bp.route("/ws", endpoint=_WS_ENDPOINT, websocket=True)
     def websocket() -> Any:
@@ -402,7 +436,9 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
                          "(rusty-ws serve, flask run) or gunicorn's gthread worker",
                          environ.get("SERVER_SOFTWARE") or "this WSGI server")
             return _error(501, "server_not_supported", "this WSGI server cannot upgrade to a WebSocket")
-        upgrade(environ, admission, raw, request.remote_addr or "?")
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        if upgrade(app, environ, admission, raw, request.remote_addr or "?"):
+            return _HandedOver()
         return _AlreadyAnswered()
 
     def plain_upgrade(app: Flask, environ: dict[str, Any]) -> bool:
@@ -413,24 +449,28 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
         adapter, hooks, the ``Request`` and its headers, the view call, the
         response and teardown) was a third of a connection's instructions
         (``scripts/callgrind_connect.py``). Taken here only when nothing but the
-        hub could see the difference (``_plain_app``: no hook, middleware,
-        signal receiver or topic/session hook of the app's own) and ``_admit``
+        hub could see the difference (``_plain_app``: no request hook, middleware
+        or signal receiver of the app's own) and ``_admit``
         would let it in (``_plain_admission``: the same checks, on the environ);
         anything else, a refusal included, goes through Flask as before, which
-        answers it. The connection runs in an app context (``current_app``).
+        answers it. Only under ``HubServer`` (``SERVE_AFTER_KEY``): the socket is
+        handed over as the view hands it (``handoff.py``), and its loop runs in an
+        app context of its own (``current_app``).
         """
-        if not _plain_app(app, environ):
+        if SERVE_AFTER_KEY not in environ or not _plain_app(app, environ):
             return False
         admission = _plain_admission(environ)
         if admission is None:
             return False
+        handed_over = False
         try:
-            with app.app_context():
-                upgrade(environ, admission, environ["werkzeug.socket"], environ.get("REMOTE_ADDR") or "?")
-        except Exception:
-            logger.exception("the WebSocket from %s ended with an error", environ.get("REMOTE_ADDR"))
-        finally:  # _give_back_slot's part
-            hub.give_back_slot(served=admission.served)
+            handed_over = upgrade(app, environ, admission, environ["werkzeug.socket"],
+                                  environ.get("REMOTE_ADDR") or "?")
+        except Exception:  # as Flask would have logged it from the view
+            logger.exception("the WebSocket from %s failed before its hand-over", environ.get("REMOTE_ADDR"))
+        finally:
+            if not handed_over:  # _give_back_slot's part; a socket handed over took its slot along
+                hub.give_back_slot(served=admission.served)
         return True
 
     def _plain_app(app: Flask, environ: dict[str, Any]) -> bool:
@@ -446,7 +486,7 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
             return False
         if (type(app) is not Flask or "wsgi_app" in app.__dict__ or app.request_class is not Request
                 or app.url_map.host_matching or app.subdomain_matching or app.config.get("TRUSTED_HOSTS") is not None
-                or app.teardown_appcontext_funcs or state.access.has_hooks):
+                or app.teardown_appcontext_funcs):
             return False
         for signal in _REQUEST_SIGNALS:
             if signal.receivers:

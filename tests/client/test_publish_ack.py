@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -164,6 +166,79 @@ class TestPublishAsync:
             with pytest.raises(ConnectionClosedError):
                 client.publish("pub", "T", "after close")
             assert server.hub.history.top(("T", "s")) is None  # nothing was published
+
+    def test_past_max_unacked_a_publish_waits_for_room_then_times_out(self) -> None:
+        with running_server() as server, tcp_proxy(server.port) as proxy, server.connect() as watcher:
+            watcher.command(encode_subscribe("T", "s"))
+            client = WsClient.connect_with_session("pub", "s", proxy.url, backoff_initial=0.05, backoff_cap=0.2,
+                                                   timeout=0.5, max_unacked=3)
+            with client:
+                events = ClientEvents(client)
+                proxy.hold()
+                proxy.cut()
+                events.wait_count("disconnect", 1)
+                kept = [client.publish_async("pub", "T", n) for n in (1, 2, 3)]  # wait for the connection
+                with pytest.raises(TimeoutError, match="max_unacked=3"):
+                    client.publish_async("pub", "T", "no room")  # waited its 0.5 s, then refused
+                blocked: list[Any] = []
+                publisher = threading.Thread(target=lambda: blocked.append(_publish_waiting(client, 4)))
+                client.timeout = WAIT  # the next wait for room outlasts the reconnection
+                publisher.start()
+                _wait_blocked_in(publisher, "wait_for")  # waiting for room, not yet published
+                proxy.release()
+                assert [future.result(WAIT).offset for future in kept] == [1, 2, 3]
+                publisher.join(WAIT)
+                assert [future.result(WAIT).offset for future in blocked] == [4]  # woken by an ack
+                assert [m["payload"] for m in payloads_until(watcher, 4)] == [1, 2, 3, 4]  # "no room" never went
+
+    def test_closing_wakes_a_publish_waiting_for_room(self) -> None:
+        with running_server() as server, tcp_proxy(server.port) as proxy:
+            client = WsClient.connect_with_session("pub", "s", proxy.url, **FAST, max_unacked=1)
+            events = ClientEvents(client)
+            proxy.hold()
+            proxy.cut()
+            events.wait_count("disconnect", 1)
+            first = client.publish_async("pub", "T", "kept")
+            outcome: list[BaseException] = []
+            waiting = threading.Thread(target=lambda: outcome.append(_raised(client.publish_async, "pub", "T", 2)))
+            waiting.start()
+            client.close()
+            waiting.join(WAIT)
+            assert not waiting.is_alive()
+            assert [type(error) for error in outcome] == [ConnectionClosedError]
+            with pytest.raises(ConnectionClosedError):
+                first.result(WAIT)
+
+    def test_max_unacked_must_be_at_least_one(self, server: RunningServer) -> None:
+        for bad in (0, -1, 1.5, "10"):
+            with pytest.raises(ValueError, match="max_unacked"):
+                WsClient("pub", server.ws_url, max_unacked=bad)  # type: ignore[arg-type]
+
+
+def _publish_waiting(client: WsClient, payload: Any) -> Any:
+    """publish_async from another thread (it blocks until there is room)."""
+    return client.publish_async("pub", "T", payload)
+
+
+def _wait_blocked_in(thread: threading.Thread, function: str) -> None:
+    """Until ``thread`` is inside ``function`` (seen in its stack), bounded by WAIT."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        frame = sys._current_frames().get(thread.ident or 0)
+        while frame is not None and frame.f_code.co_name != function:
+            frame = frame.f_back
+        if frame is not None:
+            return
+        time.sleep(0.005)  # sleep-ok: a thread waiting on a Condition gives no event; bounded polling of its stack
+    raise AssertionError(f"{thread.name} never waited in {function}")
+
+
+def _raised(call: Any, *args: Any) -> BaseException:
+    try:
+        call(*args)
+    except BaseException as error:  # the test looks at which
+        return error
+    raise AssertionError(f"{call} returned")
 
 
 class TestHistory:

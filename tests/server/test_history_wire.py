@@ -154,6 +154,27 @@ class TestHistoryCommand:
             replayed, reply = subscribe_json(client, topic="New", since=Since(0, empty.epoch))
             assert [m["payload"] for m in replayed] == [1, 2] and reply.recovered is True
 
+    def test_a_reply_is_capped_in_bytes_and_paging_reads_every_message_once(self) -> None:
+        # Each message ~4 KiB, 30 of them: 120 KiB, over the 48 KiB one reply may hold here.
+        with running_server(history_size=100, max_queued_bytes=64 * 1024, max_message_size=32 * 1024) as server, \
+                server.connect() as client:
+            for n in range(1, 31):
+                client.send(encode_publish("T", {"n": n, "pad": "x" * 4000}, session_id="s"))
+            last = HistoryReply.parse(client.command(encode_history("T", "s"))[0])
+            newest = [m.payload["n"] for m in last.messages]
+            assert 1 < len(newest) < 30 and newest == list(range(31 - len(newest), 31))  # the last ones
+            assert sum(len(json.dumps(m.payload)) for m in last.messages) <= 48 * 1024
+            pages, since = [], Since(0, last.epoch)
+            for _ in range(30):  # bounded: every page moves forward by at least one
+                page = HistoryReply.parse(client.command(encode_history("T", "s", since=since))[0])
+                if not page.messages:
+                    break
+                assert len(page.messages) < 30
+                pages += [m.payload["n"] for m in page.messages]
+                since = Since(page.messages[-1].offset, page.epoch)
+            assert pages == list(range(1, 31))
+            assert client.command("ping") == []  # pong: the connection was never a slow consumer
+
     def test_limit_is_capped_at_the_history_size(self) -> None:
         with running_server(history_size=4) as server, server.connect() as client:
             publish_numbers(client, 9)

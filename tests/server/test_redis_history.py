@@ -374,6 +374,20 @@ def test_history_max_bytes_bounds_each_stream_in_redis(redis: RedisServer) -> No
         assert reply.offset == 20 and 1 < len(kept) < 5 and kept == list(range(21 - len(kept), 21))
 
 
+def test_a_history_reply_from_redis_is_capped_in_bytes(redis: RedisServer) -> None:
+    with nodes(1, redis.url, max_queued_bytes=64 * 1024, max_message_size=32 * 1024) as (node,), \
+            node.connect() as client:
+        for n in range(1, 30):
+            client.send(encode_publish("T", f"{n:02d}" + "x" * 4000, session_id="s"))
+        assert ack_of(client, "T", "30" + "x" * 4000, "last").offset == 30
+        reply = HistoryReply.parse(client.command(encode_history("T", "s"))[0])
+        kept = [int(message.payload[:2]) for message in reply.messages]
+        assert 1 < len(kept) < 30 and kept == list(range(31 - len(kept), 31))
+        page = HistoryReply.parse(client.command(encode_history("T", "s", since=Since(0, reply.epoch)))[0])
+        first = [int(message.payload[:2]) for message in page.messages]
+        assert 1 < len(first) < 30 and first == list(range(1, len(first) + 1))
+
+
 def test_merged_publishes_of_two_nodes_keep_each_publishers_order_and_one_order_everywhere(redis: RedisServer) -> None:
     count = 300
     with nodes(2, redis.url) as (a, b), a.connect() as on_a, b.connect() as on_b, \

@@ -172,6 +172,6 @@ def test_a_token_in_an_access_line_is_masked() -> None:
         with Client(f"ws://127.0.0.1:{hub.port}/ws?token={token}") as client:
             client.sync()
         assert http("GET", f"{hub.http_url}/nowhere?token={token}")[0] == 404  # an error: at INFO
-        hub.wait_for_line('"GET /ws?token=[redacted] HTTP/1.1" 200')
+        hub.wait_for_line('"GET /ws?token=[redacted] HTTP/1.1" 101')
         assert 'INFO werkzeug: 127.0.0.1 "GET /nowhere?token=[redacted] HTTP/1.1" 404' in hub.wait_for_line("/nowhere")
     assert token not in hub.log
