@@ -180,7 +180,12 @@ class Hub:
             return True
 
     def give_back_slot(self, served: bool = False) -> None:
-        """Undo ``take_slot`` once the request that took it has ended; ``served``: its connection ran ``serve``."""
+        """Undo ``take_slot`` once its connection is over; ``served``: the connection ran ``serve``.
+
+        Who calls it: the request's teardown under ``flask run`` and gunicorn (the view
+        runs the connection); ``handoff.AfterTheView`` at the socket's end under
+        ``HubServer`` (the request ended at the handshake).
+        """
         with self._connections_lock:
             self._slots_taken -= 1
             if served and self._slots_ended:  # 0: its Connection could not even be made (a stopped writer)
@@ -506,9 +511,9 @@ class Hub:
         A connection leaves ``_connections`` before its request gives its slot
         back, so both are waited for: once this returns, that many can connect.
         Without ``slots``, the slots of connections that have ended do not count:
-        their requests may still be ending (the WSGI server's and Flask's teardown,
-        which gives the slot back); those of requests still on their way to an
-        upgrade do.
+        their threads may still be ending (the WSGI server's and Flask's teardown,
+        or ``AfterTheView``'s close, which gives the slot back); those of requests
+        still on their way to an upgrade do.
         """
         with self._connections_lock:
             return self._connections_changed.wait_for(
