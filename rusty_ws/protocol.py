@@ -553,6 +553,32 @@ def _publish_id(message: dict[str, Any]) -> str | None:
 
 
 def _parse_publish(argument: str) -> Publish:
+    # The usual publish in one function, once per publish: decoded by the scanner alone (no
+    # whitespace around it), str fields, no publisher name, only known keys. It passes only
+    # what the checks below pass, with the same result; anything else (every error too) is
+    # parsed again by them, so the errors are theirs.
+    try:
+        message, end = _scan_once(argument, 0)
+    except (ValueError, StopIteration, RecursionError):
+        end = -1
+    if end == len(argument) and type(message) is dict:
+        get = message.get
+        topic, session_id, payload = get("topic"), get("session_id"), get("payload")
+        timestamp, publish_id = get("timestamp"), get("id")
+        if (type(topic) is str and 0 < len(topic) <= MAX_TOPIC_LENGTH and "|" not in topic and topic.isprintable()
+                and (session_id is None or (type(session_id) is str and len(session_id) <= MAX_SESSION_LENGTH
+                                            and "|" not in session_id and session_id.isprintable()))
+                and (timestamp is None or type(timestamp) is str)
+                and (publish_id is None or (type(publish_id) is str
+                                            and 0 < len(publish_id) <= MAX_PUBLISH_ID_LENGTH))
+                # Only these keys (none null but the payload: a null one would not be counted here),
+                # so only the payload can nest: a scalar one cannot, a container is measured.
+                and len(message) == 1 + (session_id is not None) + ("payload" in message)
+                + (timestamp is not None) + (publish_id is not None)
+                and (type(payload) is not dict and type(payload) is not list
+                     or not (argument.count("[") + argument.count("{") > MAX_JSON_DEPTH
+                             and nested_deeper_than(payload, MAX_JSON_DEPTH - 1)))):
+            return Publish(topic, payload, session_id or None, None, timestamp, publish_id)
     message = _json_object("publish-json", argument)
     publish_id = _publish_id(message)
     try:
