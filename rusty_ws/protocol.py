@@ -575,7 +575,7 @@ def _parse_publish(argument: str) -> Publish:
                 # so only the payload can nest: a scalar one cannot, a container is measured.
                 and len(message) == 1 + (session_id is not None) + ("payload" in message)
                 + (timestamp is not None) + (publish_id is not None)
-                and (type(payload) is not dict and type(payload) is not list
+                and ((type(payload) is not dict and type(payload) is not list)
                      or not (argument.count("[") + argument.count("{") > MAX_JSON_DEPTH
                              and nested_deeper_than(payload, MAX_JSON_DEPTH - 1)))):
             return Publish(topic, payload, session_id or None, None, timestamp, publish_id)

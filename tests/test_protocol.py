@@ -8,7 +8,6 @@ from collections.abc import Callable
 import pytest
 
 from rusty_ws import protocol
-
 from rusty_ws.client.supervisor import first_delay
 from rusty_ws.exceptions import ProtocolError
 from rusty_ws.protocol import (
