@@ -234,11 +234,12 @@ class Connection(TokenLife):
         A text message (the usual event) is handled here rather than through
         ``_on_event``, and whether to log commands is asked once per read.
         """
-        outbox = self.outbox
         command = self.handle_text if logger.isEnabledFor(logging.DEBUG) else self._command
+        alive = False  # the read's messages arrived at once: one sign of life (``last_seen``) for them
         for event in events:
             if event[0] is _TEXT:
-                outbox.last_seen = _monotonic()
+                if not alive:
+                    self.outbox.last_seen, alive = _monotonic(), True
                 if not self._closing:
                     command(event[1])
             elif not self._on_event(event):
