@@ -91,6 +91,12 @@ logger = logging.getLogger("rusty_ws.server")
 #: (``_and_waiting``), and the next read is a big one if that one filled its buffer too.
 IDLE_RECV_BYTES = 479
 BUSY_RECV_BYTES = 65536
+#: The next read's buffer after a read that brought more than an idle read holds (a client that
+#: sends bursts, such as 8 publishes in one write): one ``recv`` for its next burst, not two
+#: (each a release of the GIL, and under load a hand-off). Back to ``IDLE_RECV_BYTES`` as soon
+#: as a read brings no more than that, so only a connection whose last read was a burst
+#: waits with it (idle subscribers never do: docs/architecture.md).
+WARM_RECV_BYTES = 4096
 #: A read that does not wait (Linux, macOS): what else an idle read's burst brought.
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _monotonic = time.monotonic
@@ -203,7 +209,7 @@ class Connection(TokenLife):
                 self._lost = "EOF"
                 return
             if len(data) < size:
-                size = IDLE_RECV_BYTES
+                size = WARM_RECV_BYTES if len(data) > IDLE_RECV_BYTES else IDLE_RECV_BYTES
             elif size == IDLE_RECV_BYTES and _DONTWAIT:
                 # An idle read that filled its small buffer: take what else is waiting now,
                 # so a burst is carried out (and its sends written) as one batch, not two.
@@ -226,7 +232,7 @@ class Connection(TokenLife):
             more = self.sock.recv(BUSY_RECV_BYTES, _DONTWAIT)
         except OSError:  # BlockingIOError: nothing more yet; a reset: seen by the next read
             return data, IDLE_RECV_BYTES
-        return data + more, BUSY_RECV_BYTES if len(more) == BUSY_RECV_BYTES else IDLE_RECV_BYTES
+        return data + more, BUSY_RECV_BYTES if len(more) == BUSY_RECV_BYTES else WARM_RECV_BYTES
 
     def _carry_out(self, events: list[tuple]) -> bool:
         """Handle the events of one read, in order; False once the connection is done reading.
