@@ -368,7 +368,7 @@ class Connection(TokenLife):
     def _stream(self, topic: str, session_id: str | None, action: TopicAction) -> str:
         """The session of a command on ``topic``, once both checks passed."""
         session_id = self._allowed_session(session_id)
-        claims = self.claims  # _allowed_topic, inlined: once per publish
+        claims = self.claims  # _allowed_topic, inlined
         refusal = self.hub.access.topic_refusal(claims.sub if claims else None, session_id, topic, action)
         if refusal is not None:
             raise ProtocolError(ErrorCode.FORBIDDEN_TOPIC, refusal)
@@ -404,13 +404,22 @@ class Connection(TokenLife):
     def _on_publish(self, command: Publish) -> None:
         claims = self.claims
         user = claims.sub if claims else None
+        topic = command.topic
         try:
+            # _stream(topic, command.session_id, _PUBLISH), inlined: once per publish.
+            session_id = command.session_id or self.session_id
+            access = self.hub.access
+            if (claims is None or session_id != claims.sid) and not access.may_use_session(user, session_id):
+                raise ProtocolError(ErrorCode.FORBIDDEN_SESSION, access.session_refusal(user, session_id))
+            refusal = access.topic_refusal(user, session_id, topic, _PUBLISH)
+            if refusal is not None:
+                raise ProtocolError(ErrorCode.FORBIDDEN_TOPIC, refusal)
             delivery = Delivery(  # positional, once per publish: publisher_name, topic, payload, timestamp, session_id
                 command.publisher_name or self.name or user or "anonymous",
-                command.topic,
+                topic,
                 command.payload,
                 command.timestamp or rfc3339_now(),
-                self._stream(command.topic, command.session_id, _PUBLISH),
+                session_id,
                 user,
             )
             if command.id is None:
