@@ -552,13 +552,14 @@ def _publish_id(message: dict[str, Any]) -> str | None:
     return publish_id
 
 
-def _parse_publish(argument: str) -> Publish:
+def _parse_publish(argument: str, start: int = 0) -> Publish:
+    """The publish in ``argument[start:]`` (``parse_command`` passes the whole text: no copy of it)."""
     # The usual publish in one function, once per publish: decoded by the scanner alone (no
     # whitespace around it), str fields, no publisher name, only known keys. It passes only
     # what the checks below pass, with the same result; anything else (every error too) is
     # parsed again by them, so the errors are theirs.
     try:
-        message, end = _scan_once(argument, 0)
+        message, end = _scan_once(argument, start)
     except (ValueError, StopIteration, RecursionError):
         end = -1
     if end == len(argument) and type(message) is dict:
@@ -576,9 +577,11 @@ def _parse_publish(argument: str) -> Publish:
                 and len(message) == 1 + (session_id is not None) + ("payload" in message)
                 + (timestamp is not None) + (publish_id is not None)
                 and ((type(payload) is not dict and type(payload) is not list)
-                     or not (argument.count("[") + argument.count("{") > MAX_JSON_DEPTH
+                     or not (argument.count("[", start) + argument.count("{", start) > MAX_JSON_DEPTH
                              and nested_deeper_than(payload, MAX_JSON_DEPTH - 1)))):
             return Publish(topic, payload, session_id or None, None, timestamp, publish_id)
+    if start:
+        argument = argument[start:]
     message = _json_object("publish-json", argument)
     publish_id = _publish_id(message)
     try:
@@ -669,16 +672,20 @@ def _parse_history(argument: str) -> HistoryQuery:
     return HistoryQuery(topic, session_id, limit, since)
 
 
+_PUBLISH_PREFIX = "publish-json:"
+_PUBLISH_START = len(_PUBLISH_PREFIX)
+
+
 def parse_command(text: str) -> Command:
     """Parse one client text frame.
 
     Raises:
         ProtocolError: the frame is not a command we know, or its argument is bad.
     """
+    if text.startswith(_PUBLISH_PREFIX):  # the usual command: its JSON read in place, no copy
+        return _parse_publish(text, _PUBLISH_START)
     verb, colon, argument = text.partition(":")
     if colon:  # never ``ping``, which has no colon
-        if verb == "publish-json":
-            return _parse_publish(argument)
         if verb == "subscribe":
             return Subscribe(*_parse_topic_and_session(argument))
         if verb == "unsubscribe":

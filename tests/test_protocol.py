@@ -203,7 +203,9 @@ class TestPublishFastPath:
         '{"topic":"T","id":"x","payload":NaN}', '{"topic":"T","id":"x","session_id":"a|b"}',
     ])
     def test_same_verdict_as_the_full_checks(self, body: str) -> None:
-        assert _outcome(protocol._parse_publish, body) == _outcome(_full_checks, body)
+        expected = _outcome(_full_checks, body)
+        assert _outcome(protocol._parse_publish, body) == expected
+        assert _outcome(lambda body: parse_command("publish-json:" + body), body) == expected  # type: ignore[arg-type, return-value]
 
     @pytest.mark.parametrize("body", [
         '{"topic":"T","session_id":"s","payload":"x","timestamp":"now","id":"a"}',
