@@ -345,6 +345,9 @@ class TestTimestamps:
         assert rfc3339_now(1706091937.5) == "2024-01-24T10:25:37.500000+00:00"
         assert rfc3339_now(1706091937.0) == "2024-01-24T10:25:37.000000+00:00"
         assert rfc3339_now(1706091938.999_999_9) == "2024-01-24T10:25:39.000000+00:00"  # rounds up a second
+        assert rfc3339_now(1706091937.000_012) == "2024-01-24T10:25:37.000012+00:00"
+        assert rfc3339_now(1706091937.012_345) == "2024-01-24T10:25:37.012345+00:00"
+        assert rfc3339_now(1706091937.999_999) == "2024-01-24T10:25:37.999999+00:00"
         parsed = datetime.fromisoformat(rfc3339_now())
         assert parsed.utcoffset().total_seconds() == 0
 
