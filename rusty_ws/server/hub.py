@@ -479,7 +479,7 @@ class Hub:
                     if self._compressing:
                         self._send_delivery(data, subscribers)
                     else:
-                        self.writer.send(text_frame(data), subscribers)
+                        self.writer.send(text_frame(data), subscribers)  # type: ignore[arg-type]  # outboxes
             return _landed(Landed, (position, len(subscribers)))
         with self.writer.batch(), self._history_lock:  # e.g. the broker's listener: the writing waits for the lock to go
             return self._append_and_queue_locked(delivery, encoded)
