@@ -15,7 +15,13 @@ the process' CPU per publish and Redis' own (``INFO cpu``), best of 3:
 - history: history in Redis (``RedisHistory.publish``: the history script), the
   sender merging consecutive publishes of the pair into one run of it;
 - history-unmerged: the same, one run of the script per publish (as before merging);
-- history-id, history-id-unmerged: the same, each publish with its own ``id``.
+- history-id, history-id-unmerged: the same, each publish with its own ``id``;
+- sender-subscribed, history-subscribed: the node's listener subscribed to the pair, as
+  when the node has a subscriber of it: with history, each publish comes back through the
+  channel and is delivered (to a callback that counts; the hub's delivery is not in it), the
+  publishing node reading only its envelope's header (``RedisHistory.take_own``); without
+  history, the node's own envelopes are dropped by their first bytes;
+- history-subscribed-decoded: the same, every envelope decoded whole (as before ``take_own``).
 
 CPU per message is what to compare on a loaded machine; the wall-clock rate
 is shown too, but depends on what else runs.
@@ -33,7 +39,8 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-VARIANTS = ("sender", "sender-unmerged", "sender-nohiredis", "sync", "history", "history-unmerged", "history-id", "history-id-unmerged")
+VARIANTS = ("sender", "sender-unmerged", "sender-nohiredis", "sync", "history", "history-unmerged", "history-id",
+            "history-id-unmerged", "sender-subscribed", "history-subscribed", "history-subscribed-decoded")
 
 
 def measure(url: str, variant: str, publishes: int) -> dict[str, float]:
@@ -53,9 +60,24 @@ def measure(url: str, variant: str, publishes: int) -> dict[str, float]:
         publishes //= 5  # a round trip each: keep it short
     if variant.endswith("-unmerged"):
         redis_sender.MAX_MERGE = 1
+    import threading
+
     broker = RedisBroker(url)
     history = broker.history_store(100, 300.0, 300.0, 64 * 1024 * 1024) if variant.startswith("history") else None
-    broker.start(lambda delivery: Landed(None, 0), lambda *among: [])
+    subscribed = "-subscribed" in variant
+    pairs = [("T", "s1")] if subscribed else []
+    arrived, all_in, expected = [0], threading.Event(), [0]
+
+    def deliver(delivery: Delivery) -> Landed:  # the listener's thread
+        arrived[0] += 1
+        if arrived[0] >= expected[0]:
+            all_in.set()
+        return Landed(None, 0)
+
+    broker.start(deliver, lambda among=None: [pair for pair in pairs if among is None or pair in among])
+    assert broker.wait_connected(True, 10)
+    if variant.endswith("-decoded"):
+        broker._current().take_own = None  # every envelope decoded, as before take_own
     ids, tag = iter(range(10 ** 9)), os.urandom(4).hex()  # ids never seen before: no repeats
     if history is None:
         publish = broker.publish
@@ -71,11 +93,15 @@ def measure(url: str, variant: str, publishes: int) -> dict[str, float]:
     redis = _Info(port)
     best: dict[str, float] = {}
     for _ in range(3):
+        all_in.clear()
+        expected[0] = arrived[0] + publishes
         redis_before, cpu, wall = redis.cpu(), time.process_time(), time.perf_counter()
         for _ in range(publishes):
             publish(delivery)
         if variant != "sync":
             assert broker.wait_sent(60)
+        if subscribed and history is not None:
+            assert all_in.wait(60), f"{arrived[0]} of {expected[0]} came back"
         row = {"node_us": (time.process_time() - cpu) * 1e6 / publishes,
                "redis_us": (redis.cpu() - redis_before) * 1e6 / publishes,
                "rate": publishes / (time.perf_counter() - wall)}

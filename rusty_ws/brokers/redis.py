@@ -215,7 +215,11 @@ class RedisBroker(Broker):
             subscribe_timeout=self.subscribe_timeout,
             max_envelope_size=self.max_envelope_size,
             batch=self.batch_deliveries,  # set by the hub before start
+            take_own=self._history.take_own if self._history is not None else None,
+            on_disconnect=self._history.forget_kept if self._history is not None else None,
         )
+        if self._history is not None:
+            self._history.forget_kept()  # a forked process: its parent's are not its own
         self._listener, self._sender, self._pid = listener, sender, os.getpid()
         if self._history is not None:
             sender.script_load(self._history.publish_script)  # queued ahead of any EVALSHA
@@ -310,7 +314,8 @@ class RedisBroker(Broker):
 
         self._history = RedisHistory(node_id=lambda: self._current().node_id, route=self._route, deliver=deliver,
                                      prefix=self.channel_prefix, size=size, ttl=ttl, window=window,
-                                     max_envelope_size=self.max_envelope_size, max_bytes=max_bytes)
+                                     max_envelope_size=self.max_envelope_size, max_bytes=max_bytes,
+                                     keeps=lambda channel: self._current().listens_to(channel))
         return self._history
 
     def _from_channel(self, delivery: Delivery) -> Landed:

@@ -52,8 +52,8 @@ from typing import Any, NamedTuple
 
 from ..exceptions import ProtocolError
 from ..protocol import Delivery, ErrorCode, Position
-from .base import HistoryUnavailable, Key, SharedHistory, Stamped, Stored
-from .redis_codec import PairKeys, decode_stream_entry, is_epoch, pair_keys, publish_id_key
+from .base import ENCODED, HistoryUnavailable, Key, SharedHistory, Stamped, Stored
+from .redis_codec import PairKeys, decode_stream_entry, is_epoch, own_run_header, pair_keys, publish_id_key
 from .redis_sender import Mergeable
 
 __all__ = ["RedisHistory", "Route", "PUBLISH_SCRIPT", "READ_SCRIPT", "CLUSTER_PUBLISH_SCRIPT", "CLUSTER_READ_SCRIPT"]
@@ -121,7 +121,7 @@ def _scripts(publish_command: str) -> tuple[str, str]:
 #: ARGV: epoch if new, channel, node id, size, ttl ms, meta ttl ms, window ms, max bytes, n; then for
 #: each of the n publishes, oldest first: its id key's index in KEYS (0: no id), delivery, the node's number.
 #: Returns {reset (0, 1 or 2: see load()), then for each publish "new" | "repeat", "{offset}:{epoch}"}.
-#: Publishes the new ones (not the repeats) as one version-3 envelope, if any.
+#: Publishes the new ones (not the repeats) as one version-5 envelope, if any (their offsets follow each other).
 #:
 #: The stream is trimmed to ``size`` entries (XADD MAXLEN, or one XTRIM after several) and to ``max bytes`` of deliveries
 #: (the newest kept first). The meta's ``b`` is an upper bound of the stream's bytes (what was
@@ -138,7 +138,8 @@ local function append(offset, data)  -- one publish: trimmed as it is added; sev
   return redis.pcall('XADD', KEYS[2], offset .. '-0', 'd', data, 't', ms)
 end
 local results = {reset}
-local items = {}
+local seqs, datas = {}, {}
+local first = nil
 local added = 0
 local bytes = 0
 for i = 1, n do
@@ -161,13 +162,15 @@ for i = 1, n do
       if type(ok) == 'table' and ok['err'] then return redis.error_reply(ok['err']) end
     end
     top = offset
+    if added == 0 then first = offset end
     added = added + 1
     bytes = bytes + #data
     local position = offset .. ':' .. epoch
     if id > 0 then redis.call('SET', KEYS[id], position, 'PX', ARGV[7]) end
     results[#results + 1] = 'new'
     results[#results + 1] = position
-    items[#items + 1] = '{"seq":' .. ARGV[at + 2] .. ',"offset":' .. offset .. ',"delivery":' .. data .. '}'
+    seqs[added] = ARGV[at + 2]
+    datas[added] = data
   end
 end
 if added == 0 then  -- repeats only
@@ -198,8 +201,8 @@ end
 redis.call('HSET', KEYS[1], 'o', top, 'b', b)
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
-redis.call('{publish}', ARGV[2], '{"v":3,"node":"' .. ARGV[3] .. '","epoch":"' .. epoch .. '","items":['
-           .. table.concat(items, ',') .. ']}')
+redis.call('{publish}', ARGV[2], '{"v":5,"node":"' .. ARGV[3] .. '","epoch":"' .. epoch .. '","first":' .. first
+           .. ',"seqs":[' .. table.concat(seqs, ',') .. '],"deliveries":[' .. table.concat(datas, ',') .. ']}')
 return results
 """
 
@@ -227,6 +230,11 @@ CLUSTER_PUBLISH_SCRIPT, CLUSTER_READ_SCRIPT = _scripts("SPUBLISH")
 
 #: Publishes of this node remembered while they may still come back from the channel.
 MAX_IN_FLIGHT = 100_000
+#: Most of this node's publishes kept, delivery and encoding, for when their envelope comes back
+#: (``take_own``), and most bytes of their encodings; past either, the oldest go (their envelope is
+#: then decoded, as another node's is).
+MAX_KEPT = 20_000
+MAX_KEPT_BYTES = 16 * 1024 * 1024
 #: Seconds a pair's epoch and top outlive its last publish or read (at least the TTL): a client
 #: that was up to date when the pair went quiet recovers (``recovered: true``, nothing to replay).
 META_TTL = 30 * 24 * 3600.0
@@ -371,13 +379,17 @@ class RedisHistory(SharedHistory):
             (None: ``META_TTL``; never less than ``ttl``).
         publish_command: ``PUBLISH`` (one Redis) or ``SPUBLISH`` (a cluster: the scripts then
             also renew the epoch of a stream a new master touches, see ``_GUARD``).
+        keeps: whether this node's listener is subscribed to a channel now: then a publish to it
+            is kept until its envelope comes back (``take_own``). None: nothing is kept, every
+            envelope is decoded.
     """
 
     def __init__(self, *, node_id: Callable[[], str], route: Callable[[str], Route], deliver: Callable[[Delivery], Any],
                  prefix: str, size: int, ttl: float, window: float, max_envelope_size: int | None,
                  max_bytes: int | None = None, meta_ttl: float | None = None,
-                 publish_command: str = "PUBLISH") -> None:
+                 publish_command: str = "PUBLISH", keeps: Callable[[bytes], bool] | None = None) -> None:
         self._node_id = node_id
+        self._keeps = keeps
         self._route = route
         self._deliver = deliver
         self.publish_command = publish_command
@@ -399,7 +411,11 @@ class RedisHistory(SharedHistory):
         # because Redis did not take them, as far as the sender knew (Redis may have run them).
         self._seqs = itertools.count(1)
         self._in_flight: collections.OrderedDict[int, str] = collections.OrderedDict()
-        # _lock guards _counts, _warned and _in_flight. Never held across I/O.
+        # This node's publishes to channels its listener is subscribed to, by number, until their
+        # envelope comes back: [delivery, its encoding, answered by Redis], oldest first.
+        self._kept: collections.OrderedDict[int, list[Any]] = collections.OrderedDict()
+        self._kept_bytes = 0
+        # _lock guards _counts, _warned, _in_flight, _kept and _kept_bytes. Never held across I/O.
         self._lock = threading.Lock()
         self._counts = {"history_dropped": 0, "history_resets": 0}
         if publish_command == "SPUBLISH":
@@ -429,16 +445,28 @@ class RedisHistory(SharedHistory):
                 self.max_bytes, 1, 3 if id_keys else 0, encoded, seq)
         command = Mergeable.of(args, group=keys.meta, merge=merge_publishes, weight=weight, head=head,
                                budget=self.merge_budget)
-        if publish_id is None:
+        kept = [delivery, encoded, False] if self._keeps is not None and self._keeps(keys.channel) else None
+        if publish_id is None or kept is not None:
             with self._lock:
-                self._in_flight[seq] = _SENT
+                if publish_id is None:
+                    self._in_flight[seq] = _SENT
+                if kept is not None:
+                    self._keep_locked(seq, kept)
 
         def on_reply(reply: Any) -> None:  # on the sender's thread (which counts what it could not send)
             try:
-                result: Stamped | BaseException = self._stamped(reply, delivery)
+                stamped = self._stamped(reply, delivery)
+                result: Stamped | BaseException = stamped
                 self._settled(seq, publish_id, fell_back=False)
+                if kept is not None:
+                    if stamped.repeat:
+                        self._unkeep(seq)  # not published: its envelope will not come
+                    else:
+                        kept[2] = True  # a list item: atomic under the GIL
             except HistoryUnavailable as exc:
                 result = exc
+                if kept is not None:
+                    self._unkeep(seq)
                 self._unsent(delivery, exc, deliver_here=self._settled(seq, publish_id, fell_back=True))
             if on_done is not None:
                 on_done(result)
@@ -472,10 +500,74 @@ class RedisHistory(SharedHistory):
                 self._in_flight.popitem(last=False)
             return True
 
+    def _keep_locked(self, seq: int, kept: list[Any]) -> None:
+        assert self._lock.locked(), "must hold the history's lock"
+        self._kept[seq] = kept
+        self._kept_bytes += len(kept[1])
+        while len(self._kept) > MAX_KEPT or self._kept_bytes > MAX_KEPT_BYTES:
+            self._kept_bytes -= len(self._kept.popitem(last=False)[1][1])
+
+    def _unkeep(self, seq: int) -> None:
+        with self._lock:
+            kept = self._kept.pop(seq, None)
+            if kept is not None:
+                self._kept_bytes -= len(kept[1])
+
+    def forget_kept(self) -> None:
+        """The listener's connection went (or this is a new process): what was kept may never come back."""
+        with self._lock:
+            self._kept.clear()
+            self._kept_bytes = 0
+
+    def take_own(self, key: Key, data: bytes, prefix: bytes) -> list[Delivery] | None:
+        """The deliveries of this node's own version-5 envelope ``data`` (starting with ``prefix``),
+        made from what was kept when they were published: only the header is read. None if any
+        of them was not kept (or the header is not the script's): then decode ``data`` whole.
+
+        Does what ``arrived`` does for each: a publish already delivered here is left out.
+        """
+        header = own_run_header(data, prefix)
+        if header is None:
+            return None
+        epoch, first, seqs = header
+        with self._lock:
+            kept = self._kept
+            entries = []
+            for seq in seqs:
+                entry = kept.pop(seq, None)
+                if entry is None:
+                    return None  # those taken are gone: the envelope's decoding serves them all
+                self._kept_bytes -= len(entry[1])
+                if entry[0].topic != key[0] or entry[0].session_id != key[1]:
+                    return None  # not what this node sent on that channel
+                entries.append(entry)
+            # Older ones Redis answered whose envelope did not come before this one: it will not
+            # (a channel's messages come in the order the scripts ran; a few at a time, bounded).
+            low = min(seqs)
+            for _ in range(16):
+                oldest = next(iter(kept), None)
+                if oldest is None or oldest >= low or not kept[oldest][2]:
+                    break
+                self._kept_bytes -= len(kept.pop(oldest)[1])
+            in_flight = self._in_flight
+            deliveries = []
+            for offset, (seq, (published, encoded, _)) in enumerate(zip(seqs, entries), first):
+                state = in_flight.get(seq)
+                if state == _SENT:
+                    in_flight[seq] = _ARRIVED
+                elif state == _FELL_BACK:
+                    del in_flight[seq]
+                    continue  # delivered here already, when Redis seemed not to take it
+                deliveries.append(Delivery(published.publisher_name, published.topic, published.payload,
+                                           published.timestamp, published.session_id, published.user,
+                                           offset, epoch, {ENCODED: encoded}))
+        return deliveries
+
     def arrived(self, delivery: Delivery) -> bool:
         """The listener has ``delivery``: False for a publish of this node already delivered here."""
         extra = delivery.extra
-        if not extra or extra.get("node") != self._node_id():
+        node = extra.get("node") if extra else None
+        if node is None or node != self._node_id():
             return True
         with self._lock:
             state = self._in_flight.get(extra["seq"])
