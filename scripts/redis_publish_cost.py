@@ -24,9 +24,13 @@ the process' CPU per publish and Redis' own (``INFO cpu``), best of 3:
 - history-subscribed-decoded: the same, every envelope decoded whole (as before ``take_own``).
 
 CPU per message is what to compare on a loaded machine; the wall-clock rate
-is shown too, but depends on what else runs.
+is shown too, but depends on what else runs. ``--callgrind SHORT,LONG`` counts
+instead the node process' instructions per publish under valgrind's callgrind
+(one round of SHORT and one of LONG publishes per variant, the difference of
+their totals over the difference of their publishes: the start and the end
+cancel out), which does not move with the load at all.
 
-    .venv/bin/python scripts/redis_publish_cost.py [--publishes 100000]
+    .venv/bin/python scripts/redis_publish_cost.py [--publishes 100000] [--callgrind 2000,6000]
 """
 
 from __future__ import annotations
@@ -43,8 +47,8 @@ VARIANTS = ("sender", "sender-unmerged", "sender-nohiredis", "sync", "history", 
             "history-id-unmerged", "sender-subscribed", "history-subscribed", "history-subscribed-decoded")
 
 
-def measure(url: str, variant: str, publishes: int) -> dict[str, float]:
-    """One variant, in this process: CPU and wall time per publish, best of 3 by CPU."""
+def measure(url: str, variant: str, publishes: int, rounds: int = 3) -> dict[str, float]:
+    """One variant, in this process: CPU and wall time per publish, best of ``rounds`` by CPU."""
     if variant == "sender-nohiredis":
         sys.modules["hiredis"] = None  # type: ignore[assignment]  # import hiredis now fails
     sys.path.insert(0, os.path.join(HERE, "benchlib"))
@@ -92,7 +96,7 @@ def measure(url: str, variant: str, publishes: int) -> dict[str, float]:
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     redis = _Info(port)
     best: dict[str, float] = {}
-    for _ in range(3):
+    for _ in range(rounds):
         all_in.clear()
         expected[0] = arrived[0] + publishes
         redis_before, cpu, wall = redis.cpu(), time.process_time(), time.perf_counter()
@@ -112,6 +116,48 @@ def measure(url: str, variant: str, publishes: int) -> dict[str, float]:
     return best
 
 
+def _callgrind_total(path: str) -> int:
+    with open(path) as out:
+        for line in out:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise SystemExit(f"no total in {path}")
+
+
+def callgrind_main(args: argparse.Namespace) -> None:
+    """Each variant under callgrind, one round of SHORT and one of LONG publishes: instructions per publish."""
+    import tempfile
+
+    sys.path.insert(0, HERE)
+    from benchlib.redis_server import RedisProcess
+
+    short, long_ = (int(n) for n in args.callgrind.split(","))
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="callgrind-publish-") as tmp:
+        for variant in args.variants.split(","):
+            totals, redis_us = [], []
+            for publishes in (short, long_):
+                redis = RedisProcess()  # a fresh one each: the same state for both lengths
+                out = os.path.join(tmp, f"callgrind.{variant}.{publishes}")
+                try:
+                    run = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                                          sys.executable, __file__, "--variant", variant, "--url", redis.url,
+                                          "--publishes", str(publishes), "--rounds", "1"],
+                                         capture_output=True, text=True, timeout=1800, check=False)
+                finally:
+                    redis.stop()
+                lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
+                if run.returncode or not lines:
+                    raise SystemExit(f"{variant} failed ({run.returncode}):\n{run.stdout}\n{run.stderr[-3000:]}")
+                totals.append(_callgrind_total(out))
+                redis_us.append(json.loads(lines[-1])["redis_us"])
+            rows[variant] = {"instructions_per_publish": round((totals[1] - totals[0]) / (long_ - short)),
+                             "redis_us": round(redis_us[1], 2)}
+            print(f"  {variant:28} node {rows[variant]['instructions_per_publish']:>9,} instructions/publish"
+                  f"   (Redis {rows[variant]['redis_us']:.2f} us CPU/publish, slowed by valgrind's pace)", flush=True)
+    print(json.dumps(rows))
+
+
 class _Info:
     def __init__(self, port: int) -> None:
         import redis
@@ -129,9 +175,14 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # one child process
     parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=3, help=argparse.SUPPRESS)
+    parser.add_argument("--callgrind", help="SHORT,LONG: instructions per publish under callgrind instead")
     args = parser.parse_args()
     if args.variant:
-        print(json.dumps(measure(args.url, args.variant, args.publishes)))
+        print(json.dumps(measure(args.url, args.variant, args.publishes, args.rounds)))
+        return
+    if args.callgrind:
+        callgrind_main(args)
         return
     sys.path.insert(0, HERE)
     from benchlib.redis_server import RedisProcess

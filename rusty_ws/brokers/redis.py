@@ -315,8 +315,14 @@ class RedisBroker(Broker):
         self._history = RedisHistory(node_id=lambda: self._current().node_id, route=self._route, deliver=deliver,
                                      prefix=self.channel_prefix, size=size, ttl=ttl, window=window,
                                      max_envelope_size=self.max_envelope_size, max_bytes=max_bytes,
-                                     keeps=lambda channel: self._current().listens_to(channel))
+                                     keeps=self._listens_to)
         return self._history
+
+    def _listens_to(self, channel: bytes) -> bool:
+        """Whether this process's listener is subscribed to ``channel`` (``RedisHistory``'s ``keeps``;
+        it asked for the node id first, which starts a forked process's own listener)."""
+        listener = self._listener
+        return listener is not None and self._pid == _this_process[0] and listener.listens_to(channel)
 
     def _from_channel(self, delivery: Delivery) -> Landed:
         """What the listener delivers: not a publish of this node's already delivered here (history)."""

@@ -282,12 +282,26 @@ class _Epochs:
                 pool.extend([digits[i:i + 16] for i in range(0, len(digits), 16)])
 
 
+#: Epochs of replies already checked (``_position``), as bytes and str; cleared when full.
+_CHECKED_EPOCHS: dict[bytes, str] = {}
+
+
 def _position(text: Any) -> Position:
-    """``b"{offset}:{epoch}"`` as the script stores it; ValueError for anything else."""
-    if not isinstance(text, bytes):
+    """``b"{offset}:{epoch}"`` as the script stores it; ValueError for anything else.
+
+    Every reply of a run carries the same epoch: it is checked once (``_CHECKED_EPOCHS``)."""
+    if type(text) is not bytes:
         raise ValueError(f"no position: {text!r}")
-    offset, _, epoch = text.decode("ascii", "replace").partition(":")
-    if not offset.isdigit() or len(offset) > 15 or int(offset) < 1 or not is_epoch(epoch):
+    offset, _, epoch_bytes = text.partition(b":")
+    epoch = _CHECKED_EPOCHS.get(epoch_bytes)
+    if epoch is None:
+        epoch = epoch_bytes.decode("ascii", "replace")
+        if not is_epoch(epoch):
+            raise ValueError(f"no position: {text[:80]!r}")
+        if len(_CHECKED_EPOCHS) >= 1024:
+            _CHECKED_EPOCHS.clear()  # a dict read and write are atomic under the GIL: no lock
+        _CHECKED_EPOCHS[epoch_bytes] = epoch
+    if not offset.isdigit() or len(offset) > 15 or offset[0] == 48:  # b"0"
         raise ValueError(f"no position: {text[:80]!r}")
     return Position(int(offset), epoch)
 
@@ -444,7 +458,7 @@ class RedisHistory(SharedHistory):
                 self._epochs.take(), keys.channel, node_id, self.size, self.ttl_ms, self.meta_ttl_ms, self.window_ms,
                 self.max_bytes, 1, 3 if id_keys else 0, encoded, seq)
         command = Mergeable.of(args, group=keys.meta, merge=merge_publishes, weight=weight, head=head,
-                               budget=self.merge_budget)
+                               budget=self.merge_budget, size=weight + 3 * len(keys.meta) + 320)
         kept = [delivery, encoded, False] if self._keeps is not None and self._keeps(keys.channel) else None
         if publish_id is None or kept is not None:
             with self._lock:
