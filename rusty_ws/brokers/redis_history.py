@@ -120,7 +120,8 @@ def _scripts(publish_command: str) -> tuple[str, str]:
 #: KEYS: meta, stream, then the publish id keys of those publishes that have one.
 #: ARGV: epoch if new, channel, node id, size, ttl ms, meta ttl ms, window ms, max bytes, n; then for
 #: each of the n publishes, oldest first: its id key's index in KEYS (0: no id), delivery, the node's number.
-#: Returns {reset (0, 1 or 2: see load()), then for each publish "new" | "repeat", "{offset}:{epoch}"}.
+#: Returns {reset (0, 1 or 2: see load()), the epoch, then for each publish: its offset (an integer) if new,
+#: or the position its id was first given ("{offset}:{epoch}", a string) if a repeat}.
 #: Publishes the new ones (not the repeats) as one version-5 envelope, if any (their offsets follow each other).
 #:
 #: The stream is trimmed to ``size`` entries (XADD MAXLEN, or one XTRIM after several) and to ``max bytes`` of deliveries
@@ -137,7 +138,7 @@ local function append(offset, data)  -- one publish: trimmed as it is added; sev
   if n == 1 then return redis.pcall('XADD', KEYS[2], 'MAXLEN', size, offset .. '-0', 'd', data, 't', ms) end
   return redis.pcall('XADD', KEYS[2], offset .. '-0', 'd', data, 't', ms)
 end
-local results = {reset}
+local results = {reset, epoch}
 local seqs, datas = {}, {}
 local first = nil
 local added = 0
@@ -148,7 +149,6 @@ for i = 1, n do
   local seen = false
   if id > 0 then seen = redis.call('GET', KEYS[id]) end
   if seen then
-    results[#results + 1] = 'repeat'
     results[#results + 1] = seen
   else
     local data = ARGV[at + 1]
@@ -156,7 +156,7 @@ for i = 1, n do
     local ok = append(offset, data)
     if type(ok) == 'table' and ok['err'] then  -- (only a first XADD can fail) an entry no node wrote sits past our top
       epoch, reset = fresh(), 1
-      results[1] = 1
+      results[1], results[2] = 1, epoch
       offset, b = 1, 0
       ok = append(offset, data)
       if type(ok) == 'table' and ok['err'] then return redis.error_reply(ok['err']) end
@@ -165,10 +165,8 @@ for i = 1, n do
     if added == 0 then first = offset end
     added = added + 1
     bytes = bytes + #data
-    local position = offset .. ':' .. epoch
-    if id > 0 then redis.call('SET', KEYS[id], position, 'PX', ARGV[7]) end
-    results[#results + 1] = 'new'
-    results[#results + 1] = position
+    if id > 0 then redis.call('SET', KEYS[id], offset .. ':' .. epoch, 'PX', ARGV[7]) end
+    results[#results + 1] = offset
     seqs[added] = ARGV[at + 2]
     datas[added] = data
   end
@@ -249,8 +247,6 @@ _KEYS_KEPT = 4096
 #: ``max bytes`` for the script when nothing bounds a stream's bytes.
 _UNBOUNDED = 2 ** 53
 _SENT, _ARRIVED, _FELL_BACK = "sent", "arrived", "fell back"
-_NEW = b"new"
-_REPEAT = b"repeat"
 
 
 def new_epoch() -> str:
@@ -286,24 +282,32 @@ class _Epochs:
 _CHECKED_EPOCHS: dict[bytes, str] = {}
 
 
-def _position(text: Any) -> Position:
-    """``b"{offset}:{epoch}"`` as the script stores it; ValueError for anything else.
+def _epoch(value: Any) -> str:
+    """An epoch as the scripts return it (bytes); ValueError for anything else.
 
-    Every reply of a run carries the same epoch: it is checked once (``_CHECKED_EPOCHS``)."""
-    if type(text) is not bytes:
-        raise ValueError(f"no position: {text!r}")
-    offset, _, epoch_bytes = text.partition(b":")
-    epoch = _CHECKED_EPOCHS.get(epoch_bytes)
+    Every publish of a run, and of the runs after it, has the same: each is checked once
+    (``_CHECKED_EPOCHS``)."""
+    epoch = _CHECKED_EPOCHS.get(value) if type(value) is bytes else None
     if epoch is None:
-        epoch = epoch_bytes.decode("ascii", "replace")
+        if type(value) is not bytes:
+            raise ValueError(f"no epoch: {value!r}")
+        epoch = value.decode("ascii", "replace")
         if not is_epoch(epoch):
-            raise ValueError(f"no position: {text[:80]!r}")
+            raise ValueError(f"no epoch: {value[:80]!r}")
         if len(_CHECKED_EPOCHS) >= 1024:
             _CHECKED_EPOCHS.clear()  # a dict read and write are atomic under the GIL: no lock
-        _CHECKED_EPOCHS[epoch_bytes] = epoch
+        _CHECKED_EPOCHS[value] = epoch
+    return epoch
+
+
+def _position(text: Any) -> Position:
+    """``b"{offset}:{epoch}"`` as the script stores it; ValueError for anything else."""
+    if type(text) is not bytes:
+        raise ValueError(f"no position: {text!r}")
+    offset, _, epoch = text.partition(b":")
     if not offset.isdigit() or len(offset) > 15 or offset[0] == 48:  # b"0"
         raise ValueError(f"no position: {text[:80]!r}")
-    return Position(int(offset), epoch)
+    return Position(int(offset), _epoch(epoch))
 
 
 #: Where a publish command's arguments start (``("EVALSHA", sha, numkeys, *KEYS, *ARGV)``): ARGV[1..8],
@@ -350,9 +354,10 @@ def merge_publishes(commands: list[Mergeable]) -> tuple[tuple[Any, ...], Callabl
     count = len(commands)
 
     def split(reply: Any) -> list[Any]:
-        if not isinstance(reply, list) or len(reply) != 1 + 2 * count:
+        if not isinstance(reply, list) or len(reply) != 2 + count:
             return []  # each publish then gets the whole reply, and says what it is
-        return [[reply[0] if i == 0 else 0, reply[1 + 2 * i], reply[2 + 2 * i]] for i in range(count)]
+        reset, epoch = reply[0], reply[1]
+        return [[reset if i == 0 else 0, epoch, reply[2 + i]] for i in range(count)]
 
     return merged, split
 
@@ -596,10 +601,13 @@ class RedisHistory(SharedHistory):
         if isinstance(reply, BaseException):
             raise HistoryUnavailable(f"{type(reply).__name__}: {reply}")
         try:
-            reset, kind, position = reply
-            stamped = Stamped(_position(position), kind == _REPEAT)
-            if kind not in (_NEW, _REPEAT):
-                raise ValueError(f"kind {kind!r}")
+            reset, epoch, got = reply
+            if type(got) is int:  # new: its offset, in the run's epoch
+                if not 1 <= got < 2 ** 53:
+                    raise ValueError(f"offset {got}")
+                stamped = Stamped(Position(got, _epoch(epoch)), False)
+            else:  # a repeat: the position its id was first given
+                stamped = Stamped(_position(got), True)
         except (TypeError, ValueError) as exc:
             logger.warning("dropped what Redis answered to a publish on %s@%s (%s): %r",
                            delivery.topic, delivery.session_id, exc, str(reply)[:200])
