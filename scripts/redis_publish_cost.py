@@ -99,6 +99,7 @@ def measure(url: str, variant: str, publishes: int, rounds: int = 3) -> dict[str
     for _ in range(rounds):
         all_in.clear()
         expected[0] = arrived[0] + publishes
+        threads_before = _thread_cpu()
         redis_before, cpu, wall = redis.cpu(), time.process_time(), time.perf_counter()
         for _ in range(publishes):
             publish(delivery)
@@ -106,7 +107,10 @@ def measure(url: str, variant: str, publishes: int, rounds: int = 3) -> dict[str
             assert broker.wait_sent(60)
         if subscribed and history is not None:
             assert all_in.wait(60), f"{arrived[0]} of {expected[0]} came back"
+        threads_after = _thread_cpu()
         row = {"node_us": (time.process_time() - cpu) * 1e6 / publishes,
+               "threads_us": {name: round((threads_after.get(name, 0.0) - spent) * 1e6 / publishes, 2)
+                              for name, spent in threads_before.items()},
                "redis_us": (redis.cpu() - redis_before) * 1e6 / publishes,
                "rate": publishes / (time.perf_counter() - wall)}
         if not best or row["node_us"] < best["node_us"]:
@@ -114,6 +118,26 @@ def measure(url: str, variant: str, publishes: int, rounds: int = 3) -> dict[str
     assert broker.status()["unsent"] == 0
     broker.stop()
     return best
+
+
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds of each thread of this process so far (user + system, /proc/self/task), by kind."""
+    import threading
+
+    names = {thread.native_id: thread.name for thread in threading.enumerate()}
+    spent: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as stat:
+                text = stat.read()
+        except OSError:
+            continue
+        name = names.get(int(tid), "")
+        kind = "sender" if "sender" in name else "listener" if name.startswith("rusty_ws-redis") else "publisher"
+        fields = text.rpartition(")")[2].split()
+        spent[kind] = spent.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return spent
 
 
 def _callgrind_total(path: str) -> int:
@@ -200,8 +224,9 @@ def main() -> None:
     print(f"{args.publishes} publishes of a ~100-byte delivery through RedisBroker.publish, best of 3 "
           f"(load average {os.getloadavg()[0]:.1f})")
     for variant, row in rows.items():
-        print(f"  {variant:18} node {row['node_us']:7.2f} us CPU/publish   Redis {row['redis_us']:6.2f} us CPU/publish"
-              f"   {row['rate']:>9,.0f} publishes/s wall")
+        threads = ", ".join(f"{name} {us:.1f}" for name, us in sorted(row.get("threads_us", {}).items()))
+        print(f"  {variant:18} node {row['node_us']:7.2f} us CPU/publish ({threads})   Redis {row['redis_us']:6.2f} us "
+              f"CPU/publish   {row['rate']:>9,.0f} publishes/s wall")
     print(json.dumps(rows))
 
 
