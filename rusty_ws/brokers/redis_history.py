@@ -473,6 +473,16 @@ class RedisHistory(SharedHistory):
                     self._keep_locked(seq, kept)
 
         def on_reply(reply: Any) -> None:  # on the sender's thread (which counts what it could not send)
+            if on_done is None and type(reply) is list and len(reply) == 3 and reply[0] == 0 \
+                    and type(reply[2]) is int:
+                # The usual answer to a publish without id: new, no reset. Nobody waits for its
+                # position (the listener delivers it with the channel's): settled, nothing parsed.
+                with self._lock:
+                    self._in_flight.pop(seq, None)
+                if kept is not None:
+                    kept[2] = True  # a list item: atomic under the GIL
+                self._warned = False
+                return
             try:
                 stamped = self._stamped(reply, delivery)
                 result: Stamped | BaseException = stamped
