@@ -11,7 +11,6 @@ import pytest
 from rusty_ws.brokers.redis_codec import (
     MAX_ENVELOPE_DEPTH,
     RUN_ENVELOPE_VERSION,
-    own_run_header,
     channel_name,
     control_channel,
     decode_envelope,
@@ -21,6 +20,7 @@ from rusty_ws.brokers.redis_codec import (
     key_of_channel,
     merge_envelopes,
     own_envelope_prefix,
+    own_run_header,
     pair_keys,
     publish_id_key,
     session_tag,

@@ -181,7 +181,7 @@ def test_a_repeat_or_a_failure_is_kept_no_longer() -> None:
     history, sender, _ = keeping()
     history.publish(DELIVERY, "id-1", lambda result: None)
     history.publish(DELIVERY, "id-2", lambda result: None)
-    (first, on_first), (second, on_second) = sender.commands
+    (_, on_first), (_, on_second) = sender.commands
     on_first([0, b"ab", b"3:ab"])  # a repeat: not published, its envelope never comes
     on_second(LOST)
     assert len(history._kept) == 0 and history._kept_bytes == 0
@@ -207,14 +207,15 @@ def test_answered_publishes_older_than_an_arriving_envelope_are_dropped() -> Non
     history, sender, _ = keeping()
     for _ in range(3):
         history.publish(DELIVERY, None, None)
-    (a, on_a), (b, on_b), (c, _) = sender.commands
+    (_, on_a), (b, _), (c, _) = sender.commands
     on_a([0, b"ab", 1])  # answered, but its envelope was lost (say an unsubscribe raced it)
     assert history.take_own(("T", "s"), own_envelope([b[-1]], first=2), PREFIX) is not None
     assert list(history._kept) == [c[-1]]  # a dropped; c, not answered yet, stays
 
 
 def test_a_lost_listener_connection_forgets_what_was_kept() -> None:
-    history, sender, _ = keeping()
+    history, _, _ = keeping()
     history.publish(DELIVERY, None, None)
+    assert len(history._kept) == 1
     history.forget_kept()
     assert len(history._kept) == 0 and history._kept_bytes == 0

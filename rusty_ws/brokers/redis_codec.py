@@ -62,7 +62,7 @@ HISTORY_ENVELOPE_VERSION = 2
 #: Version of the envelopes the history script published before version 5 (still read): one epoch and a
 #: list of ``items``, each a delivery with its offset and the sending node's number for it.
 BATCH_ENVELOPE_VERSION = 3
-#: Most items in one version-3 envelope (the script makes at most ``redis_sender.MAX_MERGE``).
+#: Most items (deliveries) in one version-3 (version-5) envelope (the script makes at most ``redis_sender.MAX_MERGE``).
 MAX_ENVELOPE_ITEMS = 10_000
 #: Version of the envelope of several deliveries without history (``deliveries``): consecutive
 #: publishes of one pair that a node's sender merged into one PUBLISH (``merge_envelopes``).
@@ -243,9 +243,11 @@ def decode_envelopes(data: bytes, key: Key, max_size: int | None = None) -> tupl
     Version 1 is what a node publishes without Redis history (one delivery), version 4
     what its sender makes of several of one pair (``deliveries``); version 2
     what the history script of earlier releases published (one delivery with its
-    ``offset`` and ``epoch``); version 3 what it publishes now: an ``epoch`` and
+    ``offset`` and ``epoch``); version 3 what it published before version 5: an ``epoch`` and
     ``items``, each a delivery with its ``offset`` and ``seq`` (the sending node's
-    number for it), offsets ascending. A version this node does not know is refused:
+    number for it), offsets ascending; version 5 what it publishes now: an ``epoch``, the
+    ``first`` offset, ``seqs`` and as many ``deliveries``, at offsets ``first``, ``first`` + 1, ...
+    (the sending node reads only the header of its own: ``own_run_header``). A version this node does not know is refused:
     a node of another release never has its envelopes misread, they are dropped and logged.
 
     Args:
@@ -255,7 +257,7 @@ def decode_envelopes(data: bytes, key: Key, max_size: int | None = None) -> tupl
     Raises:
         ValueError: ``data`` is not an envelope a rusty_ws node would send on that channel:
             larger than ``max_size``, not UTF-8 JSON, nested deeper than
-            ``MAX_ENVELOPE_DEPTH`` (one more for a version 3's items), or not shaped like one.
+            ``MAX_ENVELOPE_DEPTH`` (one more for the deliveries of versions 3 to 5), or not shaped like one.
     """
     if max_size is not None and len(data) > max_size:
         raise ValueError(f"{len(data)} bytes, more than the {max_size} an envelope may have")

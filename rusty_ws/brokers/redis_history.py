@@ -17,13 +17,14 @@ sender) takes n publishes of one pair, oldest first, and does atomically: the
 epoch, made if missing (a Redis restarted empty or flushed gives a new one) or
 if the keys hold data no node wrote; for each publish, its idempotency check
 (so a repeated id in one run is a repeat of the first), its offset and its
-``XADD``; the trimming; one ``PUBLISH`` of a version-3 envelope (the new
+``XADD``; the trimming; one ``PUBLISH`` of a version-5 envelope (the new
 deliveries with their offsets, under the epoch) on the pair's channel; and
-returns each one's position. A publish is one ``Mergeable`` command of n = 1:
+returns each one's offset (a repeat: its first position). A publish is one ``Mergeable`` command of n = 1:
 the sender merges the consecutive ones of a pair (``merge_publishes``) and
 hands each its own part of the reply. Every node, this one included, delivers
 what comes on the channel: local subscribers see the offsets remote ones see
-(the listener keeps this node's own version-3 envelopes). ``READ_SCRIPT``
+(the listener keeps this node's own version-5 envelopes, and reads only their header: their
+deliveries are made from what this node kept when it published them, ``take_own``). ``READ_SCRIPT``
 reads a stream's top and entries in one atomic look, for ``subscribe-json``
 and ``history:``.
 
@@ -238,7 +239,7 @@ MAX_KEPT_BYTES = 16 * 1024 * 1024
 META_TTL = 30 * 24 * 3600.0
 #: Most bytes of deliveries merged into one run of the publish script (and so one envelope).
 MERGE_BYTES = 256 * 1024
-#: Bytes of a version-3 envelope besides its items (with the node's id, and an epoch of up to 64
+#: Bytes of a version-5 envelope besides its deliveries (with the node's id, and an epoch of up to 64
 #: digits), and of each item besides its delivery (with a number and an offset of up to 20 digits).
 _ENVELOPE_HEAD = 110
 _ITEM_HEAD = 70
