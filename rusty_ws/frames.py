@@ -54,10 +54,21 @@ def encode_frame(opcode: int, payload: bytes, rsv: int = 0) -> bytes:
     return header + payload
 
 
+#: A text frame's header for each payload length under 126, and the 16-bit length's packing.
+_TEXT_HEADERS = tuple(struct.pack("!BB", _FIN | OP_TEXT, length) for length in range(126))
+_pack_text_header_16 = struct.Struct("!BBH").pack
+
+
 def text_frame(data: bytes | str) -> bytes:
     """A text frame; ``data`` is UTF-8 bytes or a str."""
     if isinstance(data, str):
         data = data.encode("utf-8")
+    # encode_frame(OP_TEXT, data), inlined: once per publish.
+    length = len(data)
+    if length < 126:
+        return _TEXT_HEADERS[length] + data
+    if length < 65536:
+        return _pack_text_header_16(_FIN | OP_TEXT, 126, length) + data
     return encode_frame(OP_TEXT, data)
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 
+from rusty_ws import protocol
 from rusty_ws.client.supervisor import first_delay
 from rusty_ws.exceptions import ProtocolError
 from rusty_ws.protocol import (
@@ -155,6 +157,67 @@ class TestPublish:
         assert caught.value.code == code
 
 
+def _full_checks(body: str) -> Publish:
+    """What ``publish-json:`` parses to through the full checks alone (no fast path)."""
+    message = protocol._json_object("publish-json", body)
+    publish_id = protocol._publish_id(message)
+    try:
+        return protocol._publish_fields(message, publish_id)
+    except ProtocolError as exc:
+        exc.publish_id = publish_id
+        raise
+
+
+def _outcome(parse: Callable[[str], Publish], body: str) -> tuple:
+    try:
+        command = parse(body)
+    except ProtocolError as exc:
+        return ("error", exc.code, exc.message, exc.publish_id)
+    return ("ok", command, type(command.payload))
+
+
+class TestPublishFastPath:
+    """``_parse_publish`` takes the usual publish in one function: the same verdict as the full checks."""
+
+    @pytest.mark.parametrize("body", [
+        '{"topic":"T","session_id":"s","payload":"x"}',
+        '{"topic":"T","session_id":"s","payload":"x","timestamp":"now","id":"a"}',
+        '{"topic":"T"}', '{"topic":"T","payload":null}', '{"topic":"T","session_id":""}',
+        '{"topic":"T","session_id":null}', '{"topic":"T","timestamp":null}', '{"topic":"T","id":null}',
+        '{"topic":"T","publisher_name":null}', '{"topic":"T","publisher_name":"me"}',
+        '{"topic":"T","publisher_name":"server"}', '{"topic":"T","user":"admin"}',
+        '{"topic":"T","other":[[[[1]]]]}', '{"topic":"T","topic":"U"}', '{"topic":"T","payload":1,"payload":"2"}',
+        '{"topic":"T","id":""}', '{"topic":"T","id":"' + "i" * 128 + '"}', '{"topic":"T","id":"' + "i" * 129 + '"}',
+        '{"topic":"T","id":5}', '{"topic":"T","timestamp":5}', '{"topic":"T","session_id":5}',
+        '{"topic":"' + "t" * 256 + '"}', '{"topic":"' + "t" * 257 + '"}',
+        '{"topic":"T","session_id":"' + "s" * 256 + '"}', '{"topic":"T","session_id":"' + "s" * 257 + '"}',
+        '{"topic":"a|b"}', '{"topic":"T","session_id":"a|b"}', '{"topic":"a\\u0007"}', '{"topic":"a\u0007"}',
+        '{"topic":"a\u007f"}', '{"topic":"\u00e9\u2028"}', '{"topic":"T","session_id":"\u0000"}',
+        '{"topic":"","payload":1}', '{"topic":null}', '{"topic":[]}', '{}', '[]', '"T"', '', ' {"topic":"T"}',
+        '{"topic":"T"} ', '{"topic":"T"}x', '{"topic":"T","payload":NaN}', '{"topic":"T","payload":1e400}',
+        '{"topic":"T","payload":{"a":[1,{"b":2}]}}', '{"topic":"T","payload":[1.5,"a",true]}',
+        '{"topic":"T","payload":' + "[" * 63 + "]" * 63 + "}", '{"topic":"T","payload":' + "[" * 64 + "]" * 64 + "}",
+        '{"topic":"T","payload":' + '{"a":' * 63 + "1" + "}" * 63 + "}",
+        '{"topic":"T","payload":' + '{"a":' * 64 + "1" + "}" * 64 + "}",
+        '{"topic":"T","payload":"' + "[" * 100 + '"}', '{"topic":"T","payload":' + "[" * 5000 + "]" * 5000 + "}",
+        '{"topic":"T","id":"x","payload":NaN}', '{"topic":"T","id":"x","session_id":"a|b"}',
+    ])
+    def test_same_verdict_as_the_full_checks(self, body: str) -> None:
+        expected = _outcome(_full_checks, body)
+        assert _outcome(protocol._parse_publish, body) == expected
+        assert _outcome(lambda body: parse_command("publish-json:" + body), body) == expected  # type: ignore[arg-type, return-value]
+
+    @pytest.mark.parametrize("body", [
+        '{"topic":"T","session_id":"s","payload":"x","timestamp":"now","id":"a"}',
+        '{"topic":"T","payload":{"a":[1,{"b":2}]}}', '{"topic":"T","payload":null}',
+    ])
+    def test_the_usual_publish_takes_the_fast_path(self, body: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        def full_checks(verb: str, argument: str) -> dict:
+            raise AssertionError("the full checks ran")
+        monkeypatch.setattr(protocol, "_json_object", full_checks)
+        assert isinstance(protocol._parse_publish(body), Publish)
+
+
 class TestDelivery:
     def test_seed_field_order_and_compact_json(self) -> None:
         delivery = Delivery("Client1", "T", "hi", "2024-01-24T10:25:37Z", "session-A")
@@ -282,6 +345,9 @@ class TestTimestamps:
         assert rfc3339_now(1706091937.5) == "2024-01-24T10:25:37.500000+00:00"
         assert rfc3339_now(1706091937.0) == "2024-01-24T10:25:37.000000+00:00"
         assert rfc3339_now(1706091938.999_999_9) == "2024-01-24T10:25:39.000000+00:00"  # rounds up a second
+        assert rfc3339_now(1706091937.000_012) == "2024-01-24T10:25:37.000012+00:00"
+        assert rfc3339_now(1706091937.012_345) == "2024-01-24T10:25:37.012345+00:00"
+        assert rfc3339_now(1706091937.999_999) == "2024-01-24T10:25:37.999999+00:00"
         parsed = datetime.fromisoformat(rfc3339_now())
         assert parsed.utcoffset().total_seconds() == 0
 

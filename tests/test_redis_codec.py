@@ -10,6 +10,7 @@ import pytest
 
 from rusty_ws.brokers.redis_codec import (
     MAX_ENVELOPE_DEPTH,
+    RUN_ENVELOPE_VERSION,
     channel_name,
     control_channel,
     decode_envelope,
@@ -19,6 +20,7 @@ from rusty_ws.brokers.redis_codec import (
     key_of_channel,
     merge_envelopes,
     own_envelope_prefix,
+    own_run_header,
     pair_keys,
     publish_id_key,
     session_tag,
@@ -247,9 +249,9 @@ class TestBatchEnvelopes:
             decode_envelopes(self.envelope([self.item(1, 1)], epoch=epoch), self.KEY)
 
     def test_an_unknown_version_is_refused_not_misread(self) -> None:
-        """A node of a later release publishes version 5: this one drops it (logged by the listener)."""
-        with pytest.raises(ValueError, match="envelope version 5"):
-            decode_envelopes(self.envelope([self.item(1, 1)], version=5), self.KEY)
+        """A node of a later release publishes version 6: this one drops it (logged by the listener)."""
+        with pytest.raises(ValueError, match="envelope version 6"):
+            decode_envelopes(self.envelope([self.item(1, 1)], version=6), self.KEY)
         with pytest.raises(ValueError, match="envelope version"):
             decode_envelopes(b'{"v":true,"node":"n1","delivery":' + self.body() + b"}", self.KEY)
 
@@ -268,6 +270,84 @@ class TestBatchEnvelopes:
         assert encode_envelope("host-1-abc", sent).startswith(own_envelope_prefix("host-1-abc"))
         assert not encode_envelope("host-1-abcd", sent).startswith(own_envelope_prefix("host-1-abc"))
         assert not encode_envelope("host-1-ab", sent).startswith(own_envelope_prefix("host-1-abc"))
+
+
+class TestRunEnvelopes:
+    """Version 5: one run of the history script, ``first`` offset and ``seqs`` before the deliveries."""
+
+    KEY = ("T", "s")
+    PREFIX = b'{"v":5,"node":"n1",'
+
+    body = staticmethod(TestBatchEnvelopes.body)
+
+    def envelope(self, seqs: bytes = b"7,9", bodies: list[bytes] | None = None, first: bytes = b"5",
+                 epoch: bytes = b'"ab12"') -> bytes:
+        bodies = [self.body(10), self.body(11)] if bodies is None else bodies
+        return b'{"v":5,"node":"n1","epoch":%s,"first":%s,"seqs":[%s],"deliveries":[%s]}' % (
+            epoch, first, seqs, b",".join(bodies))
+
+    def test_the_deliveries_take_offsets_from_first_and_their_seqs_in_order(self) -> None:
+        node, deliveries = decode_envelopes(self.envelope(), self.KEY)
+        assert node == "n1"
+        assert [(d.payload, d.offset, d.epoch, d.extra) for d in deliveries] == [
+            (10, 5, "ab12", {"node": "n1", "seq": 7}), (11, 6, "ab12", {"node": "n1", "seq": 9})]
+        assert own_envelope_prefix("n1", RUN_ENVELOPE_VERSION) == self.PREFIX
+
+    def test_the_header_is_read_without_the_deliveries(self) -> None:
+        assert own_run_header(self.envelope(), self.PREFIX) == ("ab12", 5, [7, 9])
+        # The deliveries are not looked at: the sending node kept them.
+        assert own_run_header(self.envelope(bodies=[b"not json", b"{"]), self.PREFIX) == ("ab12", 5, [7, 9])
+
+    @pytest.mark.parametrize("data", [
+        b'{"v":5,"node":"n1","epoch":"AB","first":1,"seqs":[1],"deliveries":[{}]}',      # epoch not lower hex
+        b'{"v":5,"node":"n1","epoch":"ab","first":0,"seqs":[1],"deliveries":[{}]}',      # offset 0
+        b'{"v":5,"node":"n1","epoch":"ab","first":01,"seqs":[1],"deliveries":[{}]}',     # leading zero
+        b'{"v":5,"node":"n1","epoch":"ab","first":1,"seqs":[],"deliveries":[{}]}',       # no seq
+        b'{"v":5,"node":"n1","epoch":"ab","first":1,"seqs":[1,,2],"deliveries":[{}]}',   # an empty seq
+        b'{"v":5,"node":"n1","epoch":"ab","first":1,"seqs":[1,],"deliveries":[{}]}',
+        b'{"v":5,"node":"n1","epoch":"ab","first":1,"seqs":[-1],"deliveries":[{}]}',
+        b'{"v":5,"node":"n1","epoch":"ab","first":9007199254740991,"seqs":[1,2],"deliveries":[{},{}]}',  # past 2**53
+        b'{"v":5,"node":"n1","epoch":"ab","first":1,"seqs":[1],"deliveries":[{}]',       # cut short
+        b'{"v":5,"node":"n1","first":1,"epoch":"ab","seqs":[1],"deliveries":[{}]}',      # another order
+        b'{"v":5,"node":"n1", "epoch":"ab","first":1,"seqs":[1],"deliveries":[{}]}',
+        b'{"v":5,"node":"n1",',
+        b"",
+    ])
+    def test_a_header_the_script_does_not_write_is_left_to_the_decoder(self, data: bytes) -> None:
+        assert own_run_header(data, self.PREFIX) is None
+
+    def test_a_header_of_too_many_seqs_is_left_to_the_decoder(self) -> None:
+        seqs = b",".join(b"%d" % n for n in range(1, 10_002))
+        assert own_run_header(self.envelope(seqs=seqs, bodies=[b"{}"]), self.PREFIX) is None
+
+    @pytest.mark.parametrize("data", [
+        b'{"v":5,"node":"n1","epoch":"ab12","first":5,"seqs":[7],"deliveries":[]}',
+        b'{"v":5,"node":"n1","epoch":"ab12","first":5,"seqs":[7,9],"deliveries":[%s]}' % TestBatchEnvelopes.body(),
+        b'{"v":5,"node":"n1","epoch":"ab12","first":5,"seqs":[true],"deliveries":[%s]}' % TestBatchEnvelopes.body(),
+        b'{"v":5,"node":"n1","epoch":"ab12","first":5,"seqs":["7"],"deliveries":[%s]}' % TestBatchEnvelopes.body(),
+        b'{"v":5,"node":"n1","epoch":"ab12","first":0,"seqs":[7],"deliveries":[%s]}' % TestBatchEnvelopes.body(),
+        b'{"v":5,"node":"n1","epoch":"ab12","first":true,"seqs":[7],"deliveries":[%s]}' % TestBatchEnvelopes.body(),
+        b'{"v":5,"node":"n1","epoch":"ab12","first":9007199254740991,"seqs":[7,8],"deliveries":[%s,%s]}' % (
+            TestBatchEnvelopes.body(), TestBatchEnvelopes.body()),
+        b'{"v":5,"node":"n1","epoch":"AB","first":5,"seqs":[7],"deliveries":[%s]}' % TestBatchEnvelopes.body(),
+        b'{"v":5,"node":"n1","epoch":"ab12","first":5,"seqs":[7],"deliveries":[1]}',
+        b'{"v":5,"node":"n1","epoch":"ab12","first":5,"seqs":[7],"deliveries":{}}',
+        b'{"v":5,"node":"n1","epoch":"ab12","first":5,"seqs":[7],"deliveries":[%s]}' % TestBatchEnvelopes.body(
+            session="other"),
+    ])
+    def test_odd_envelopes_are_no_envelope(self, data: bytes) -> None:
+        with pytest.raises(ValueError):
+            decode_envelopes(data, self.KEY)
+
+    def test_deliveries_carry_the_deepest_publish_and_no_deeper(self) -> None:
+        payload: object = []
+        for _ in range(MAX_JSON_DEPTH - 2):
+            payload = [payload]
+        deepest = Delivery("p", "T", payload, "t", "s").encode()
+        assert decode_envelopes(self.envelope(b"1", [deepest]), self.KEY)[1][0].payload == payload
+        deeper = Delivery("p", "T", [payload], "t", "s").encode()
+        with pytest.raises(ValueError, match="deeper than"):
+            decode_envelopes(self.envelope(b"1", [deeper]), self.KEY)
 
 
 class TestHistoryEnvelopes:

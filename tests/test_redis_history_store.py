@@ -91,3 +91,131 @@ def test_an_answer_of_another_shape_is_unavailable_and_logged(caplog: pytest.Log
     on_reply([b"new", b"not a position", 0])
     assert isinstance(answers[0], Exception) and "no rusty_ws script returns" in str(answers[0])
     assert "dropped what Redis answered" in caplog.text
+
+
+# --------------------------------------------------------------------------- this node's own envelopes (take_own)
+
+PREFIX = b'{"v":5,"node":"node-1",'
+
+
+def keeping(keeps: bool = True) -> tuple[RedisHistory, RecordingSender, list[Delivery]]:
+    sender, delivered = RecordingSender(), []
+    history = RedisHistory(node_id=lambda: "node-1", route=lambda session_id: Route(None, sender.submit, True),
+                           deliver=delivered.append, prefix="rusty_ws", size=10, ttl=60, window=60,
+                           max_envelope_size=None, keeps=lambda channel: keeps)
+    return history, sender, delivered
+
+
+def own_envelope(seqs: list[int], first: int = 1, bodies: bytes = b"{}", epoch: str = "ab") -> bytes:
+    """What the script publishes for this node's run (the deliveries are not read by take_own)."""
+    return b'{"v":5,"node":"node-1","epoch":"%s","first":%d,"seqs":[%s],"deliveries":[%s]}' % (
+        epoch.encode(), first, b",".join(b"%d" % seq for seq in seqs), bodies)
+
+
+def test_an_own_envelope_is_made_of_what_was_kept_with_its_offsets() -> None:
+    from rusty_ws.brokers.base import ENCODED
+    from rusty_ws.server.shared_streams import _encoded
+
+    history, sender, _ = keeping()
+    sent = [Delivery("p", "T", payload, "t", "s", user) for payload, user in (("one", None), ({"n": 2}, "alice"))]
+    for delivery in sent:
+        history.publish(delivery, None, None)
+    seqs = [args[-1] for args, _ in sender.commands]
+    got = history.take_own(("T", "s"), own_envelope(seqs, first=7, epoch="ab12"), PREFIX)
+    assert got is not None
+    assert [(d.payload, d.user, d.offset, d.epoch) for d in got] == [("one", None, 7, "ab12"), ({"n": 2}, "alice", 8, "ab12")]
+    for delivery in got:  # the hub's frame: the kept encoding with the position spliced in, as encode() makes it
+        assert ENCODED in delivery.extra and _encoded(delivery) == delivery.encode()
+    assert history.take_own(("T", "s"), own_envelope(seqs), PREFIX) is None  # taken once: a copy is decoded
+
+
+def test_what_was_not_kept_is_left_to_the_decoder() -> None:
+    history, sender, _ = keeping(keeps=False)  # the listener did not listen to the channel
+    history.publish(DELIVERY, None, None)
+    [(args, _)] = sender.commands
+    assert history.take_own(("T", "s"), own_envelope([args[-1]]), PREFIX) is None
+    assert history.arrived(published(args[-1])) is True  # ...which delivers it, once
+
+
+def test_an_envelope_naming_a_kept_publish_of_another_pair_is_left_to_the_decoder() -> None:
+    history, sender, _ = keeping()
+    history.publish(DELIVERY, None, None)
+    [(args, _)] = sender.commands
+    assert history.take_own(("T", "other"), own_envelope([args[-1]]), PREFIX) is None
+
+
+@pytest.mark.parametrize("data", [
+    b'{"v":5,"node":"node-1","epoch":"ab","first":1,"seqs":[1,1],"deliveries":[{},{}]}',  # a seq twice
+    b'{"v":5,"node":"node-1","epoch":"ab","first":1,"seqs":[1,99],"deliveries":[{},{}]}',  # one never sent
+    b'{"v":5,"node":"node-1","epoch":"AB","first":1,"seqs":[1],"deliveries":[{}]}',
+    b'{"v":5,"node":"node-1","epoch":"ab","first":1,"seqs":[1],"deliveries":[{}]',
+    b'{"v":5,"node":"node-1",' + b"x" * 100_000,
+])
+def test_a_header_that_does_not_match_what_was_kept_is_left_to_the_decoder(data: bytes) -> None:
+    history, _, _ = keeping()
+    history.publish(DELIVERY, None, None)  # seq 1
+    assert history.take_own(("T", "s"), data, PREFIX) is None
+
+
+def test_a_publish_delivered_here_for_want_of_redis_is_not_delivered_again_from_its_envelope() -> None:
+    history, sender, delivered = keeping()
+    history.publish(DELIVERY, None, None)
+    [(args, on_reply)] = sender.commands
+    on_reply(LOST)
+    assert delivered == [DELIVERY]  # local delivery, without offset; no longer kept
+    assert history.take_own(("T", "s"), own_envelope([args[-1]]), PREFIX) is None
+    assert history.arrived(published(args[-1])) is False  # the decoder's copy is dropped: once in all
+
+
+def test_an_envelope_first_then_a_failure_is_delivered_once() -> None:
+    history, sender, delivered = keeping()
+    history.publish(DELIVERY, None, None)
+    [(args, on_reply)] = sender.commands
+    got = history.take_own(("T", "s"), own_envelope([args[-1]]), PREFIX)
+    assert got is not None and len(got) == 1  # Redis ran it: delivered from the channel
+    on_reply(LOST)  # ...then the sender lost the connection before the reply
+    assert delivered == []
+
+
+def test_a_repeat_or_a_failure_is_kept_no_longer() -> None:
+    history, sender, _ = keeping()
+    history.publish(DELIVERY, "id-1", lambda result: None)
+    history.publish(DELIVERY, "id-2", lambda result: None)
+    (_, on_first), (_, on_second) = sender.commands
+    on_first([0, b"ab", b"3:ab"])  # a repeat: not published, its envelope never comes
+    on_second(LOST)
+    assert len(history._kept) == 0 and history._kept_bytes == 0
+
+
+def test_what_is_kept_is_bounded_in_count_and_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rusty_ws.brokers import redis_history
+
+    monkeypatch.setattr(redis_history, "MAX_KEPT", 5)
+    history, sender, _ = keeping()
+    for _ in range(8):
+        history.publish(DELIVERY, None, None)
+    seqs = [args[-1] for args, _ in sender.commands]
+    assert list(history._kept) == seqs[3:]  # the oldest went
+    assert history.take_own(("T", "s"), own_envelope(seqs[:1]), PREFIX) is None
+    monkeypatch.setattr(redis_history, "MAX_KEPT_BYTES", 3 * len(DELIVERY.encode()))
+    history.publish(DELIVERY, None, None)
+    assert len(history._kept) == 3 and history._kept_bytes == 3 * len(DELIVERY.encode())
+
+
+def test_answered_publishes_older_than_an_arriving_envelope_are_dropped() -> None:
+    """A channel's envelopes come in the order their scripts ran: an older answered one not back by now never will."""
+    history, sender, _ = keeping()
+    for _ in range(3):
+        history.publish(DELIVERY, None, None)
+    (_, on_a), (b, _), (c, _) = sender.commands
+    on_a([0, b"ab", 1])  # answered, but its envelope was lost (say an unsubscribe raced it)
+    assert history.take_own(("T", "s"), own_envelope([b[-1]], first=2), PREFIX) is not None
+    assert list(history._kept) == [c[-1]]  # a dropped; c, not answered yet, stays
+
+
+def test_a_lost_listener_connection_forgets_what_was_kept() -> None:
+    history, _, _ = keeping()
+    history.publish(DELIVERY, None, None)
+    assert len(history._kept) == 1
+    history.forget_kept()
+    assert len(history._kept) == 0 and history._kept_bytes == 0

@@ -20,9 +20,13 @@ from typing import Any, NamedTuple
 from ..history import Position
 from ..protocol import Delivery
 
-__all__ = ["Broker", "Deliver", "Landed", "OnLanded", "SharedHistory", "Stored", "Stamped", "HistoryUnavailable"]
+__all__ = ["ENCODED", "Broker", "Deliver", "Landed", "OnLanded", "SharedHistory", "Stored", "Stamped", "HistoryUnavailable"]
 
 Key = tuple[str, str]
+#: ``Delivery.extra`` key of a delivery's own encoding without position (``Delivery.encode`` of it
+#: without offset), when a ``SharedHistory`` has it: a node's own publish coming back from Redis.
+#: The hub splices the position in instead of encoding the delivery again.
+ENCODED = "encoded"
 
 
 class Landed(NamedTuple):

@@ -29,7 +29,7 @@ Redis replied to its PUBLISH.
 
 History. With history on the hub does not call ``publish``: ``history_store``
 gives it a ``RedisHistory`` (``redis_history.py``), whose script numbers,
-keeps and PUBLISHes each message in Redis (a version-3 envelope, with offsets
+keeps and PUBLISHes each message in Redis (a version-5 envelope, with offsets
 and epoch, which every node's listener delivers, this node's too; through
 ``_from_channel``, which drops a copy of this node's own publish already
 delivered here when Redis seemed unreachable).
@@ -215,7 +215,11 @@ class RedisBroker(Broker):
             subscribe_timeout=self.subscribe_timeout,
             max_envelope_size=self.max_envelope_size,
             batch=self.batch_deliveries,  # set by the hub before start
+            take_own=self._history.take_own if self._history is not None else None,
+            on_disconnect=self._history.forget_kept if self._history is not None else None,
         )
+        if self._history is not None:
+            self._history.forget_kept()  # a forked process: its parent's are not its own
         self._listener, self._sender, self._pid = listener, sender, os.getpid()
         if self._history is not None:
             sender.script_load(self._history.publish_script)  # queued ahead of any EVALSHA
@@ -310,8 +314,15 @@ class RedisBroker(Broker):
 
         self._history = RedisHistory(node_id=lambda: self._current().node_id, route=self._route, deliver=deliver,
                                      prefix=self.channel_prefix, size=size, ttl=ttl, window=window,
-                                     max_envelope_size=self.max_envelope_size, max_bytes=max_bytes)
+                                     max_envelope_size=self.max_envelope_size, max_bytes=max_bytes,
+                                     keeps=self._listens_to)
         return self._history
+
+    def _listens_to(self, channel: bytes) -> bool:
+        """Whether this process's listener is subscribed to ``channel`` (``RedisHistory``'s ``keeps``;
+        it asked for the node id first, which starts a forked process's own listener)."""
+        listener = self._listener
+        return listener is not None and self._pid == _this_process[0] and listener.listens_to(channel)
 
     def _from_channel(self, delivery: Delivery) -> Landed:
         """What the listener delivers: not a publish of this node's already delivered here (history)."""

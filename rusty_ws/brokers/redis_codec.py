@@ -23,7 +23,9 @@ __all__ = [
     "HISTORY_ENVELOPE_VERSION",
     "BATCH_ENVELOPE_VERSION",
     "PLAIN_BATCH_ENVELOPE_VERSION",
+    "RUN_ENVELOPE_VERSION",
     "own_envelope_prefix",
+    "own_run_header",
     "merge_envelopes",
     "PairKeys",
     "session_tag",
@@ -57,15 +59,25 @@ MAX_ENVELOPE_DEPTH = MAX_JSON_DEPTH + 1
 #: Version of the envelopes the history script published before it ran for several publishes at once:
 #: a delivery with its offset and epoch (still read, from nodes not upgraded yet).
 HISTORY_ENVELOPE_VERSION = 2
-#: Version of the envelopes the history script publishes: one epoch and a list of ``items``, each a
-#: delivery with its offset and the sending node's number for it (consecutive publishes of one pair).
+#: Version of the envelopes the history script published before version 5 (still read): one epoch and a
+#: list of ``items``, each a delivery with its offset and the sending node's number for it.
 BATCH_ENVELOPE_VERSION = 3
-#: Most items in one version-3 envelope (the script makes at most ``redis_sender.MAX_MERGE``).
+#: Most items (deliveries) in one version-3 (version-5) envelope (the script makes at most ``redis_sender.MAX_MERGE``).
 MAX_ENVELOPE_ITEMS = 10_000
 #: Version of the envelope of several deliveries without history (``deliveries``): consecutive
 #: publishes of one pair that a node's sender merged into one PUBLISH (``merge_envelopes``).
 PLAIN_BATCH_ENVELOPE_VERSION = 4
-_VERSIONS = (ENVELOPE_VERSION, HISTORY_ENVELOPE_VERSION, BATCH_ENVELOPE_VERSION, PLAIN_BATCH_ENVELOPE_VERSION)
+#: Version of the envelopes the history script publishes now, for one run of it (consecutive new
+#: publishes of one pair): ``{"v":5,"node":N,"epoch":E,"first":F,"seqs":[...],"deliveries":[...]}``, the
+#: deliveries at offsets F, F+1, ..., each with the sending node's number at the same index of ``seqs``.
+#: Everything but the deliveries comes first, so the sending node reads its own envelopes' header
+#: only (``own_run_header``): it kept what it sent.
+RUN_ENVELOPE_VERSION = 5
+_VERSIONS = (ENVELOPE_VERSION, HISTORY_ENVELOPE_VERSION, BATCH_ENVELOPE_VERSION, PLAIN_BATCH_ENVELOPE_VERSION,
+             RUN_ENVELOPE_VERSION)
+#: What follows ``own_envelope_prefix(node, RUN_ENVELOPE_VERSION)`` in a version-5 envelope, up to its deliveries.
+_RUN_HEADER = re.compile(rb'"epoch":"([0-9a-f]{1,64})","first":([1-9][0-9]{0,15}),"seqs":\[([0-9][0-9,]*)\],'
+                         rb'"deliveries":\[')
 _EPOCH = re.compile(r"[0-9a-f]{1,64}")
 _ENTRY_ID = re.compile(rb"([1-9][0-9]{0,15})-0")
 
@@ -182,6 +194,23 @@ def own_envelope_prefix(node_id: str, version: int = ENVELOPE_VERSION) -> bytes:
     return dumps_utf8({"v": version, "node": node_id})[:-1] + b","
 
 
+def own_run_header(data: bytes, prefix: bytes) -> tuple[str, int, list[int]] | None:
+    """The epoch, first offset and node's numbers of a version-5 envelope that starts with ``prefix``
+    (``own_envelope_prefix(node, RUN_ENVELOPE_VERSION)``), read without decoding its deliveries;
+    None if its header is not one the history script writes (then decode it whole)."""
+    match = _RUN_HEADER.match(data, len(prefix))
+    if match is None or not data.endswith(b"]}"):
+        return None
+    try:
+        seqs = [int(seq) for seq in match.group(3).split(b",")]
+    except ValueError:  # ",," or a trailing comma
+        return None
+    first = int(match.group(2))
+    if len(seqs) > MAX_ENVELOPE_ITEMS or first + len(seqs) > 2 ** 53:
+        return None
+    return match.group(1).decode("ascii"), first, seqs
+
+
 def merge_envelopes(node_id: str, envelopes: list[bytes]) -> bytes:
     """One version-4 envelope of the deliveries of ``envelopes`` (version 1, all of ``node_id``), in order.
 
@@ -214,9 +243,11 @@ def decode_envelopes(data: bytes, key: Key, max_size: int | None = None) -> tupl
     Version 1 is what a node publishes without Redis history (one delivery), version 4
     what its sender makes of several of one pair (``deliveries``); version 2
     what the history script of earlier releases published (one delivery with its
-    ``offset`` and ``epoch``); version 3 what it publishes now: an ``epoch`` and
+    ``offset`` and ``epoch``); version 3 what it published before version 5: an ``epoch`` and
     ``items``, each a delivery with its ``offset`` and ``seq`` (the sending node's
-    number for it), offsets ascending. A version this node does not know is refused:
+    number for it), offsets ascending; version 5 what it publishes now: an ``epoch``, the
+    ``first`` offset, ``seqs`` and as many ``deliveries``, at offsets ``first``, ``first`` + 1, ...
+    (the sending node reads only the header of its own: ``own_run_header``). A version this node does not know is refused:
     a node of another release never has its envelopes misread, they are dropped and logged.
 
     Args:
@@ -226,7 +257,7 @@ def decode_envelopes(data: bytes, key: Key, max_size: int | None = None) -> tupl
     Raises:
         ValueError: ``data`` is not an envelope a rusty_ws node would send on that channel:
             larger than ``max_size``, not UTF-8 JSON, nested deeper than
-            ``MAX_ENVELOPE_DEPTH`` (one more for a version 3's items), or not shaped like one.
+            ``MAX_ENVELOPE_DEPTH`` (one more for the deliveries of versions 3 to 5), or not shaped like one.
     """
     if max_size is not None and len(data) > max_size:
         raise ValueError(f"{len(data)} bytes, more than the {max_size} an envelope may have")
@@ -244,6 +275,8 @@ def decode_envelopes(data: bytes, key: Key, max_size: int | None = None) -> tupl
     node = envelope.get("node")
     if not isinstance(node, str):
         raise ValueError("an envelope needs a 'node' string")
+    if version == RUN_ENVELOPE_VERSION:
+        return node, _run_of(envelope, text, node, key)
     if version == BATCH_ENVELOPE_VERSION:
         return node, _batch_of(envelope, node, key)
     if version == PLAIN_BATCH_ENVELOPE_VERSION:
@@ -271,6 +304,32 @@ def decode_envelopes(data: bytes, key: Key, max_size: int | None = None) -> tupl
     if isinstance(seq, int) and not isinstance(seq, bool):  # the sending node's number for it
         delivery.extra.update(node=node, seq=seq)
     return node, [delivery]
+
+
+def _run_of(envelope: dict[str, Any], text: str, node: str, key: Key) -> list[Delivery]:
+    """The deliveries of a version-5 envelope: at offsets ``first``, ``first`` + 1, ..., each with its ``seq``."""
+    epoch, first, seqs, messages = (envelope.get("epoch"), envelope.get("first"), envelope.get("seqs"),
+                                    envelope.get("deliveries"))
+    if not is_epoch(epoch) or not isinstance(first, int) or not _is_offset(first) \
+            or not isinstance(messages, list) or not messages or len(messages) > MAX_ENVELOPE_ITEMS \
+            or not isinstance(seqs, list) or len(seqs) != len(messages):
+        raise ValueError("a version-5 envelope needs an epoch, a first offset, and from 1 to "
+                         f"{MAX_ENVELOPE_ITEMS} deliveries with as many seqs")
+    if not _is_offset(first + len(messages) - 1):
+        raise ValueError(f"offsets from {first} past the largest")
+    if not all(isinstance(seq, int) and not isinstance(seq, bool) for seq in seqs):
+        raise ValueError("a seq is not a number")
+    if text.count("[") + text.count("{") > MAX_ENVELOPE_DEPTH + 2 and \
+            nested_deeper_than(envelope, MAX_ENVELOPE_DEPTH + 1):
+        raise ValueError(f"JSON nested deeper than {MAX_ENVELOPE_DEPTH + 1} levels")
+    if not all(isinstance(message, dict) for message in messages):
+        raise ValueError("a delivery is not a JSON object")
+    deliveries = []
+    for offset, (seq, message) in enumerate(zip(seqs, messages), first):
+        delivery = _delivery_of(message, key, offset, epoch)
+        delivery.extra.update(node=node, seq=seq)
+        deliveries.append(delivery)
+    return deliveries
 
 
 def _batch_of(envelope: dict[str, Any], node: str, key: Key) -> list[Delivery]:

@@ -17,13 +17,14 @@ sender) takes n publishes of one pair, oldest first, and does atomically: the
 epoch, made if missing (a Redis restarted empty or flushed gives a new one) or
 if the keys hold data no node wrote; for each publish, its idempotency check
 (so a repeated id in one run is a repeat of the first), its offset and its
-``XADD``; the trimming; one ``PUBLISH`` of a version-3 envelope (the new
+``XADD``; the trimming; one ``PUBLISH`` of a version-5 envelope (the new
 deliveries with their offsets, under the epoch) on the pair's channel; and
-returns each one's position. A publish is one ``Mergeable`` command of n = 1:
+returns each one's offset (a repeat: its first position). A publish is one ``Mergeable`` command of n = 1:
 the sender merges the consecutive ones of a pair (``merge_publishes``) and
 hands each its own part of the reply. Every node, this one included, delivers
 what comes on the channel: local subscribers see the offsets remote ones see
-(the listener keeps this node's own version-3 envelopes). ``READ_SCRIPT``
+(the listener keeps this node's own version-5 envelopes, and reads only their header: their
+deliveries are made from what this node kept when it published them, ``take_own``). ``READ_SCRIPT``
 reads a stream's top and entries in one atomic look, for ``subscribe-json``
 and ``history:``.
 
@@ -52,8 +53,8 @@ from typing import Any, NamedTuple
 
 from ..exceptions import ProtocolError
 from ..protocol import Delivery, ErrorCode, Position
-from .base import HistoryUnavailable, Key, SharedHistory, Stamped, Stored
-from .redis_codec import PairKeys, decode_stream_entry, is_epoch, pair_keys, publish_id_key
+from .base import ENCODED, HistoryUnavailable, Key, SharedHistory, Stamped, Stored
+from .redis_codec import PairKeys, decode_stream_entry, is_epoch, own_run_header, pair_keys, publish_id_key
 from .redis_sender import Mergeable
 
 __all__ = ["RedisHistory", "Route", "PUBLISH_SCRIPT", "READ_SCRIPT", "CLUSTER_PUBLISH_SCRIPT", "CLUSTER_READ_SCRIPT"]
@@ -120,8 +121,9 @@ def _scripts(publish_command: str) -> tuple[str, str]:
 #: KEYS: meta, stream, then the publish id keys of those publishes that have one.
 #: ARGV: epoch if new, channel, node id, size, ttl ms, meta ttl ms, window ms, max bytes, n; then for
 #: each of the n publishes, oldest first: its id key's index in KEYS (0: no id), delivery, the node's number.
-#: Returns {reset (0, 1 or 2: see load()), then for each publish "new" | "repeat", "{offset}:{epoch}"}.
-#: Publishes the new ones (not the repeats) as one version-3 envelope, if any.
+#: Returns {reset (0, 1 or 2: see load()), the epoch, then for each publish: its offset (an integer) if new,
+#: or the position its id was first given ("{offset}:{epoch}", a string) if a repeat}.
+#: Publishes the new ones (not the repeats) as one version-5 envelope, if any (their offsets follow each other).
 #:
 #: The stream is trimmed to ``size`` entries (XADD MAXLEN, or one XTRIM after several) and to ``max bytes`` of deliveries
 #: (the newest kept first). The meta's ``b`` is an upper bound of the stream's bytes (what was
@@ -137,8 +139,9 @@ local function append(offset, data)  -- one publish: trimmed as it is added; sev
   if n == 1 then return redis.pcall('XADD', KEYS[2], 'MAXLEN', size, offset .. '-0', 'd', data, 't', ms) end
   return redis.pcall('XADD', KEYS[2], offset .. '-0', 'd', data, 't', ms)
 end
-local results = {reset}
-local items = {}
+local results = {reset, epoch}
+local seqs, datas = {}, {}
+local first = nil
 local added = 0
 local bytes = 0
 for i = 1, n do
@@ -147,7 +150,6 @@ for i = 1, n do
   local seen = false
   if id > 0 then seen = redis.call('GET', KEYS[id]) end
   if seen then
-    results[#results + 1] = 'repeat'
     results[#results + 1] = seen
   else
     local data = ARGV[at + 1]
@@ -155,19 +157,19 @@ for i = 1, n do
     local ok = append(offset, data)
     if type(ok) == 'table' and ok['err'] then  -- (only a first XADD can fail) an entry no node wrote sits past our top
       epoch, reset = fresh(), 1
-      results[1] = 1
+      results[1], results[2] = 1, epoch
       offset, b = 1, 0
       ok = append(offset, data)
       if type(ok) == 'table' and ok['err'] then return redis.error_reply(ok['err']) end
     end
     top = offset
+    if added == 0 then first = offset end
     added = added + 1
     bytes = bytes + #data
-    local position = offset .. ':' .. epoch
-    if id > 0 then redis.call('SET', KEYS[id], position, 'PX', ARGV[7]) end
-    results[#results + 1] = 'new'
-    results[#results + 1] = position
-    items[#items + 1] = '{"seq":' .. ARGV[at + 2] .. ',"offset":' .. offset .. ',"delivery":' .. data .. '}'
+    if id > 0 then redis.call('SET', KEYS[id], offset .. ':' .. epoch, 'PX', ARGV[7]) end
+    results[#results + 1] = offset
+    seqs[added] = ARGV[at + 2]
+    datas[added] = data
   end
 end
 if added == 0 then  -- repeats only
@@ -198,8 +200,8 @@ end
 redis.call('HSET', KEYS[1], 'o', top, 'b', b)
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
-redis.call('{publish}', ARGV[2], '{"v":3,"node":"' .. ARGV[3] .. '","epoch":"' .. epoch .. '","items":['
-           .. table.concat(items, ',') .. ']}')
+redis.call('{publish}', ARGV[2], '{"v":5,"node":"' .. ARGV[3] .. '","epoch":"' .. epoch .. '","first":' .. first
+           .. ',"seqs":[' .. table.concat(seqs, ',') .. '],"deliveries":[' .. table.concat(datas, ',') .. ']}')
 return results
 """
 
@@ -227,12 +229,17 @@ CLUSTER_PUBLISH_SCRIPT, CLUSTER_READ_SCRIPT = _scripts("SPUBLISH")
 
 #: Publishes of this node remembered while they may still come back from the channel.
 MAX_IN_FLIGHT = 100_000
+#: Most of this node's publishes kept, delivery and encoding, for when their envelope comes back
+#: (``take_own``), and most bytes of their encodings; past either, the oldest go (their envelope is
+#: then decoded, as another node's is).
+MAX_KEPT = 20_000
+MAX_KEPT_BYTES = 16 * 1024 * 1024
 #: Seconds a pair's epoch and top outlive its last publish or read (at least the TTL): a client
 #: that was up to date when the pair went quiet recovers (``recovered: true``, nothing to replay).
 META_TTL = 30 * 24 * 3600.0
 #: Most bytes of deliveries merged into one run of the publish script (and so one envelope).
 MERGE_BYTES = 256 * 1024
-#: Bytes of a version-3 envelope besides its items (with the node's id, and an epoch of up to 64
+#: Bytes of a version-5 envelope besides its deliveries (with the node's id, and an epoch of up to 64
 #: digits), and of each item besides its delivery (with a number and an offset of up to 20 digits).
 _ENVELOPE_HEAD = 110
 _ITEM_HEAD = 70
@@ -241,8 +248,6 @@ _KEYS_KEPT = 4096
 #: ``max bytes`` for the script when nothing bounds a stream's bytes.
 _UNBOUNDED = 2 ** 53
 _SENT, _ARRIVED, _FELL_BACK = "sent", "arrived", "fell back"
-_NEW = b"new"
-_REPEAT = b"repeat"
 
 
 def new_epoch() -> str:
@@ -274,14 +279,36 @@ class _Epochs:
                 pool.extend([digits[i:i + 16] for i in range(0, len(digits), 16)])
 
 
+#: Epochs of replies already checked (``_position``), as bytes and str; cleared when full.
+_CHECKED_EPOCHS: dict[bytes, str] = {}
+
+
+def _epoch(value: Any) -> str:
+    """An epoch as the scripts return it (bytes); ValueError for anything else.
+
+    Every publish of a run, and of the runs after it, has the same: each is checked once
+    (``_CHECKED_EPOCHS``)."""
+    epoch = _CHECKED_EPOCHS.get(value) if type(value) is bytes else None
+    if epoch is None:
+        if type(value) is not bytes:
+            raise ValueError(f"no epoch: {value!r}")
+        epoch = value.decode("ascii", "replace")
+        if not is_epoch(epoch):
+            raise ValueError(f"no epoch: {value[:80]!r}")
+        if len(_CHECKED_EPOCHS) >= 1024:
+            _CHECKED_EPOCHS.clear()  # a dict read and write are atomic under the GIL: no lock
+        _CHECKED_EPOCHS[value] = epoch
+    return epoch
+
+
 def _position(text: Any) -> Position:
     """``b"{offset}:{epoch}"`` as the script stores it; ValueError for anything else."""
-    if not isinstance(text, bytes):
+    if type(text) is not bytes:
         raise ValueError(f"no position: {text!r}")
-    offset, _, epoch = text.decode("ascii", "replace").partition(":")
-    if not offset.isdigit() or len(offset) > 15 or int(offset) < 1 or not is_epoch(epoch):
+    offset, _, epoch = text.partition(b":")
+    if not offset.isdigit() or len(offset) > 15 or offset[0] == 48:  # b"0"
         raise ValueError(f"no position: {text[:80]!r}")
-    return Position(int(offset), epoch)
+    return Position(int(offset), _epoch(epoch))
 
 
 #: Where a publish command's arguments start (``("EVALSHA", sha, numkeys, *KEYS, *ARGV)``): ARGV[1..8],
@@ -328,9 +355,10 @@ def merge_publishes(commands: list[Mergeable]) -> tuple[tuple[Any, ...], Callabl
     count = len(commands)
 
     def split(reply: Any) -> list[Any]:
-        if not isinstance(reply, list) or len(reply) != 1 + 2 * count:
+        if not isinstance(reply, list) or len(reply) != 2 + count:
             return []  # each publish then gets the whole reply, and says what it is
-        return [[reply[0] if i == 0 else 0, reply[1 + 2 * i], reply[2 + 2 * i]] for i in range(count)]
+        reset, epoch = reply[0], reply[1]
+        return [[reset if i == 0 else 0, epoch, reply[2 + i]] for i in range(count)]
 
     return merged, split
 
@@ -371,13 +399,17 @@ class RedisHistory(SharedHistory):
             (None: ``META_TTL``; never less than ``ttl``).
         publish_command: ``PUBLISH`` (one Redis) or ``SPUBLISH`` (a cluster: the scripts then
             also renew the epoch of a stream a new master touches, see ``_GUARD``).
+        keeps: whether this node's listener is subscribed to a channel now: then a publish to it
+            is kept until its envelope comes back (``take_own``). None: nothing is kept, every
+            envelope is decoded.
     """
 
     def __init__(self, *, node_id: Callable[[], str], route: Callable[[str], Route], deliver: Callable[[Delivery], Any],
                  prefix: str, size: int, ttl: float, window: float, max_envelope_size: int | None,
                  max_bytes: int | None = None, meta_ttl: float | None = None,
-                 publish_command: str = "PUBLISH") -> None:
+                 publish_command: str = "PUBLISH", keeps: Callable[[bytes], bool] | None = None) -> None:
         self._node_id = node_id
+        self._keeps = keeps
         self._route = route
         self._deliver = deliver
         self.publish_command = publish_command
@@ -399,7 +431,11 @@ class RedisHistory(SharedHistory):
         # because Redis did not take them, as far as the sender knew (Redis may have run them).
         self._seqs = itertools.count(1)
         self._in_flight: collections.OrderedDict[int, str] = collections.OrderedDict()
-        # _lock guards _counts, _warned and _in_flight. Never held across I/O.
+        # This node's publishes to channels its listener is subscribed to, by number, until their
+        # envelope comes back: [delivery, its encoding, answered by Redis], oldest first.
+        self._kept: collections.OrderedDict[int, list[Any]] = collections.OrderedDict()
+        self._kept_bytes = 0
+        # _lock guards _counts, _warned, _in_flight, _kept and _kept_bytes. Never held across I/O.
         self._lock = threading.Lock()
         self._counts = {"history_dropped": 0, "history_resets": 0}
         if publish_command == "SPUBLISH":
@@ -428,17 +464,39 @@ class RedisHistory(SharedHistory):
                 self._epochs.take(), keys.channel, node_id, self.size, self.ttl_ms, self.meta_ttl_ms, self.window_ms,
                 self.max_bytes, 1, 3 if id_keys else 0, encoded, seq)
         command = Mergeable.of(args, group=keys.meta, merge=merge_publishes, weight=weight, head=head,
-                               budget=self.merge_budget)
-        if publish_id is None:
+                               budget=self.merge_budget, size=weight + 3 * len(keys.meta) + 320)
+        kept = [delivery, encoded, False] if self._keeps is not None and self._keeps(keys.channel) else None
+        if publish_id is None or kept is not None:
             with self._lock:
-                self._in_flight[seq] = _SENT
+                if publish_id is None:
+                    self._in_flight[seq] = _SENT
+                if kept is not None:
+                    self._keep_locked(seq, kept)
 
         def on_reply(reply: Any) -> None:  # on the sender's thread (which counts what it could not send)
+            if on_done is None and type(reply) is list and len(reply) == 3 and reply[0] == 0 \
+                    and type(reply[2]) is int:
+                # The usual answer to a publish without id: new, no reset. Nobody waits for its
+                # position (the listener delivers it with the channel's): settled, nothing parsed.
+                with self._lock:
+                    self._in_flight.pop(seq, None)
+                if kept is not None:
+                    kept[2] = True  # a list item: atomic under the GIL
+                self._warned = False
+                return
             try:
-                result: Stamped | BaseException = self._stamped(reply, delivery)
+                stamped = self._stamped(reply, delivery)
+                result: Stamped | BaseException = stamped
                 self._settled(seq, publish_id, fell_back=False)
+                if kept is not None:
+                    if stamped.repeat:
+                        self._unkeep(seq)  # not published: its envelope will not come
+                    else:
+                        kept[2] = True  # a list item: atomic under the GIL
             except HistoryUnavailable as exc:
                 result = exc
+                if kept is not None:
+                    self._unkeep(seq)
                 self._unsent(delivery, exc, deliver_here=self._settled(seq, publish_id, fell_back=True))
             if on_done is not None:
                 on_done(result)
@@ -472,10 +530,74 @@ class RedisHistory(SharedHistory):
                 self._in_flight.popitem(last=False)
             return True
 
+    def _keep_locked(self, seq: int, kept: list[Any]) -> None:
+        assert self._lock.locked(), "must hold the history's lock"
+        self._kept[seq] = kept
+        self._kept_bytes += len(kept[1])
+        while len(self._kept) > MAX_KEPT or self._kept_bytes > MAX_KEPT_BYTES:
+            self._kept_bytes -= len(self._kept.popitem(last=False)[1][1])
+
+    def _unkeep(self, seq: int) -> None:
+        with self._lock:
+            kept = self._kept.pop(seq, None)
+            if kept is not None:
+                self._kept_bytes -= len(kept[1])
+
+    def forget_kept(self) -> None:
+        """The listener's connection went (or this is a new process): what was kept may never come back."""
+        with self._lock:
+            self._kept.clear()
+            self._kept_bytes = 0
+
+    def take_own(self, key: Key, data: bytes, prefix: bytes) -> list[Delivery] | None:
+        """The deliveries of this node's own version-5 envelope ``data`` (starting with ``prefix``),
+        made from what was kept when they were published: only the header is read. None if any
+        of them was not kept (or the header is not the script's): then decode ``data`` whole.
+
+        Does what ``arrived`` does for each: a publish already delivered here is left out.
+        """
+        header = own_run_header(data, prefix)
+        if header is None:
+            return None
+        epoch, first, seqs = header
+        with self._lock:
+            kept = self._kept
+            entries = []
+            for seq in seqs:
+                entry = kept.pop(seq, None)
+                if entry is None:
+                    return None  # those taken are gone: the envelope's decoding serves them all
+                self._kept_bytes -= len(entry[1])
+                if entry[0].topic != key[0] or entry[0].session_id != key[1]:
+                    return None  # not what this node sent on that channel
+                entries.append(entry)
+            # Older ones Redis answered whose envelope did not come before this one: it will not
+            # (a channel's messages come in the order the scripts ran; a few at a time, bounded).
+            low = min(seqs)
+            for _ in range(16):
+                oldest = next(iter(kept), None)
+                if oldest is None or oldest >= low or not kept[oldest][2]:
+                    break
+                self._kept_bytes -= len(kept.pop(oldest)[1])
+            in_flight = self._in_flight
+            deliveries = []
+            for offset, (seq, (published, encoded, _)) in enumerate(zip(seqs, entries), first):
+                state = in_flight.get(seq)
+                if state == _SENT:
+                    in_flight[seq] = _ARRIVED
+                elif state == _FELL_BACK:
+                    del in_flight[seq]
+                    continue  # delivered here already, when Redis seemed not to take it
+                deliveries.append(Delivery(published.publisher_name, published.topic, published.payload,
+                                           published.timestamp, published.session_id, published.user,
+                                           offset, epoch, {ENCODED: encoded}))
+        return deliveries
+
     def arrived(self, delivery: Delivery) -> bool:
         """The listener has ``delivery``: False for a publish of this node already delivered here."""
         extra = delivery.extra
-        if not extra or extra.get("node") != self._node_id():
+        node = extra.get("node") if extra else None
+        if node is None or node != self._node_id():
             return True
         with self._lock:
             state = self._in_flight.get(extra["seq"])
@@ -490,10 +612,13 @@ class RedisHistory(SharedHistory):
         if isinstance(reply, BaseException):
             raise HistoryUnavailable(f"{type(reply).__name__}: {reply}")
         try:
-            reset, kind, position = reply
-            stamped = Stamped(_position(position), kind == _REPEAT)
-            if kind not in (_NEW, _REPEAT):
-                raise ValueError(f"kind {kind!r}")
+            reset, epoch, got = reply
+            if type(got) is int:  # new: its offset, in the run's epoch
+                if not 1 <= got < 2 ** 53:
+                    raise ValueError(f"offset {got}")
+                stamped = Stamped(Position(got, _epoch(epoch)), False)
+            else:  # a repeat: the position its id was first given
+                stamped = Stamped(_position(got), True)
         except (TypeError, ValueError) as exc:
             logger.warning("dropped what Redis answered to a publish on %s@%s (%s): %r",
                            delivery.topic, delivery.session_id, exc, str(reply)[:200])

@@ -20,9 +20,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .. import backoff
+from ..protocol import Delivery
 from .base import Deliver, Key
 from .redis_codec import (
     PLAIN_BATCH_ENVELOPE_VERSION,
+    RUN_ENVELOPE_VERSION,
     channel_name,
     control_channel,
     decode_envelopes,
@@ -68,6 +70,8 @@ class Listener:
         max_envelope_size: int | None = None,
         backoff_delays: Callable[[], Iterator[float]] = lambda: backoff.delays(initial=0.1, cap=5.0),
         batch: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+        take_own: Callable[[Key, bytes, bytes], list[Delivery] | None] | None = None,
+        on_disconnect: Callable[[], None] | None = None,
     ) -> None:
         import redis.exceptions  # the broker imported it already: this is the redis extra
 
@@ -79,6 +83,12 @@ class Listener:
         self.control = control_channel(prefix, node_id)
         # This node's envelopes without history start so (versions 1 and 4).
         self._own = (own_envelope_prefix(node_id), own_envelope_prefix(node_id, PLAIN_BATCH_ENVELOPE_VERSION))
+        # ...and with history (version 5): their deliveries are taken from what the history kept.
+        self._own_run = own_envelope_prefix(node_id, RUN_ENVELOPE_VERSION)
+        #: ``RedisHistory.take_own`` (None: every history envelope is decoded).
+        self.take_own = take_own
+        #: Called when the connection is lost: what comes on it while it is down never arrives.
+        self.on_disconnect = on_disconnect
         self.deliver = deliver
         self.keys = keys
         self.subscribe_timeout = subscribe_timeout
@@ -137,6 +147,10 @@ class Listener:
             logger.warning("Redis did not confirm the (un)subscription of %r within %.1fs",
                            key, self.subscribe_timeout)
 
+    def listens_to(self, channel: bytes) -> bool:
+        """Whether the thread is subscribed to ``channel`` now, as far as it knows (a dict lookup: no lock)."""
+        return channel in self._channels
+
     @property
     def connected(self) -> bool:
         """Whether the subscriber connection is up (a read of one bool: no lock)."""
@@ -168,6 +182,8 @@ class Listener:
                 waiters, self._waiters = self._waiters, []
             self._connected_changed.notify_all()
         if not connected:
+            if self.on_disconnect is not None:
+                self.on_disconnect()
             for batch in [*self._batches.values(), waiters]:
                 for done in batch:
                     done.set()  # nobody waits for a confirmation that cannot come
@@ -299,8 +315,14 @@ class Listener:
         key = self._channels.get(channel)
         if key is None:
             return  # a message sent before Redis had our UNSUBSCRIBE
-        if isinstance(data, bytes) and data.startswith(self._own):
-            return  # ours, without history: delivered here when it was published (not worth decoding)
+        if isinstance(data, bytes):
+            if data.startswith(self._own):
+                return  # ours, without history: delivered here when it was published (not worth decoding)
+            if self.take_own is not None and data.startswith(self._own_run):
+                own = self.take_own(key, data, self._own_run)  # ours, with history: kept when published
+                if own is not None:
+                    self._deliver_all(self.node_id, own)
+                    return
         try:
             node, deliveries = decode_envelopes(data, key, self.max_envelope_size)
         except (ValueError, TypeError, AttributeError) as exc:
@@ -310,6 +332,9 @@ class Listener:
             logger.warning("dropped a message on %r that is no rusty_ws envelope (%s): %r",
                            channel[:200], exc, shown)
             return
+        self._deliver_all(node, deliveries)
+
+    def _deliver_all(self, node: str, deliveries: list[Delivery]) -> None:
         for delivery in deliveries:
             if node == self.node_id and delivery.offset is None:
                 continue  # ours, without history (history: see redis_history.py)

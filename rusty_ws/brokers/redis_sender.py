@@ -76,6 +76,8 @@ class Mergeable(tuple):
     It is a plain command tuple to anything else (a redirect resends it alone), and
     alone it is sent as it is. The sender merges consecutive ones of an equal
     ``group`` while ``head`` plus their ``weight`` stays within the first's ``budget``.
+    ``size`` is what it counts for in the queue's bytes (``_size``'s estimate, or the
+    caller's, who knows its arguments: one pass over them less per command).
     """
 
     group: Any
@@ -83,13 +85,15 @@ class Mergeable(tuple):
     weight: int
     head: int
     budget: int
+    size: int
 
     @classmethod
     def of(cls, args: tuple[Any, ...], *, group: Any, merge: Merge, weight: int, head: int,
-           budget: int) -> "Mergeable":
+           budget: int, size: int | None = None) -> "Mergeable":
         command = cls(args)
         command.group, command.merge, command.weight, command.head, command.budget = (
             group, merge, weight, head, budget)
+        command.size = _size(args) if size is None else size
         return command
 
 
@@ -177,7 +181,7 @@ class RedisSender:
         would then deadlock). Blocks only while the queue is full; after ``stop``,
         fails the command at once, on the calling thread.
         """
-        size = _size(args)
+        size = args.size if type(args) is Mergeable else _size(args)
         with self._lock:
             if not self._stopped:
                 queue, waited = self._queue, False

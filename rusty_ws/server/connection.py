@@ -91,6 +91,12 @@ logger = logging.getLogger("rusty_ws.server")
 #: (``_and_waiting``), and the next read is a big one if that one filled its buffer too.
 IDLE_RECV_BYTES = 479
 BUSY_RECV_BYTES = 65536
+#: The next read's buffer after a read that brought more than an idle read holds (a client that
+#: sends bursts, such as 8 publishes in one write): one ``recv`` for its next burst, not two
+#: (each a release of the GIL, and under load a hand-off). Back to ``IDLE_RECV_BYTES`` as soon
+#: as a read brings no more than that, so only a connection whose last read was a burst
+#: waits with it (idle subscribers never do: docs/architecture.md).
+WARM_RECV_BYTES = 4096
 #: A read that does not wait (Linux, macOS): what else an idle read's burst brought.
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _monotonic = time.monotonic
@@ -203,7 +209,7 @@ class Connection(TokenLife):
                 self._lost = "EOF"
                 return
             if len(data) < size:
-                size = IDLE_RECV_BYTES
+                size = WARM_RECV_BYTES if len(data) > IDLE_RECV_BYTES else IDLE_RECV_BYTES
             elif size == IDLE_RECV_BYTES and _DONTWAIT:
                 # An idle read that filled its small buffer: take what else is waiting now,
                 # so a burst is carried out (and its sends written) as one batch, not two.
@@ -226,7 +232,7 @@ class Connection(TokenLife):
             more = self.sock.recv(BUSY_RECV_BYTES, _DONTWAIT)
         except OSError:  # BlockingIOError: nothing more yet; a reset: seen by the next read
             return data, IDLE_RECV_BYTES
-        return data + more, BUSY_RECV_BYTES if len(more) == BUSY_RECV_BYTES else IDLE_RECV_BYTES
+        return data + more, BUSY_RECV_BYTES if len(more) == BUSY_RECV_BYTES else WARM_RECV_BYTES
 
     def _carry_out(self, events: list[tuple]) -> bool:
         """Handle the events of one read, in order; False once the connection is done reading.
@@ -234,11 +240,12 @@ class Connection(TokenLife):
         A text message (the usual event) is handled here rather than through
         ``_on_event``, and whether to log commands is asked once per read.
         """
-        outbox = self.outbox
         command = self.handle_text if logger.isEnabledFor(logging.DEBUG) else self._command
+        alive = False  # the read's messages arrived at once: one sign of life (``last_seen``) for them
         for event in events:
             if event[0] is _TEXT:
-                outbox.last_seen = _monotonic()
+                if not alive:
+                    self.outbox.last_seen, alive = _monotonic(), True
                 if not self._closing:
                     command(event[1])
             elif not self._on_event(event):
@@ -361,7 +368,7 @@ class Connection(TokenLife):
     def _stream(self, topic: str, session_id: str | None, action: TopicAction) -> str:
         """The session of a command on ``topic``, once both checks passed."""
         session_id = self._allowed_session(session_id)
-        claims = self.claims  # _allowed_topic, inlined: once per publish
+        claims = self.claims  # _allowed_topic, inlined
         refusal = self.hub.access.topic_refusal(claims.sub if claims else None, session_id, topic, action)
         if refusal is not None:
             raise ProtocolError(ErrorCode.FORBIDDEN_TOPIC, refusal)
@@ -397,13 +404,22 @@ class Connection(TokenLife):
     def _on_publish(self, command: Publish) -> None:
         claims = self.claims
         user = claims.sub if claims else None
+        topic = command.topic
         try:
+            # _stream(topic, command.session_id, _PUBLISH), inlined: once per publish.
+            session_id = command.session_id or self.session_id
+            access = self.hub.access
+            if (claims is None or session_id != claims.sid) and not access.may_use_session(user, session_id):
+                raise ProtocolError(ErrorCode.FORBIDDEN_SESSION, access.session_refusal(user, session_id))
+            refusal = access.topic_refusal(user, session_id, topic, _PUBLISH)
+            if refusal is not None:
+                raise ProtocolError(ErrorCode.FORBIDDEN_TOPIC, refusal)
             delivery = Delivery(  # positional, once per publish: publisher_name, topic, payload, timestamp, session_id
                 command.publisher_name or self.name or user or "anonymous",
-                command.topic,
+                topic,
                 command.payload,
                 command.timestamp or rfc3339_now(),
-                self._stream(command.topic, command.session_id, _PUBLISH),
+                session_id,
                 user,
             )
             if command.id is None:

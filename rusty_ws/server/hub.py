@@ -66,6 +66,9 @@ Answer = Callable[["tuple[Landed, bool] | ProtocolError"], None]
 #: Seconds a caller of ``Hub.publish`` with an id and no ``answer`` waits for the broker.
 PUBLISH_ANSWER_TIMEOUT = 20.0
 _NO_HOLD = contextlib.nullcontext()  # commands_lock's "nothing": reusable, reentrant
+#: ``Landed(position, delivered)`` without the named tuple's Python ``__new__``: once per publish.
+_landed = tuple.__new__
+_get_ident = threading.get_ident
 
 
 class PendingRequests:
@@ -164,6 +167,9 @@ class Hub:
             is_subscribed=lambda key: bool(self.registry.subscribers(*key)),
         )
         self.publish_ids = IdempotencyTable(settings.idempotency_window, settings.idempotency_max_ids)
+        self._history_on = self.history.enabled  # read once per publish: an attribute, not a property
+        # The in-process broker's publish (this very class, not a subclass) only calls deliver_local.
+        self._delivers_here = type(broker) is MemoryBroker
         # Publishes are delivered on the publishing thread and take the history lock: see commands_lock.
         self._hold_for_commands = self.history.enabled and isinstance(broker, MemoryBroker)
         broker.batch_deliveries = self.writer.batch  # what a listener received at once: one send per subscriber
@@ -180,7 +186,12 @@ class Hub:
             return True
 
     def give_back_slot(self, served: bool = False) -> None:
-        """Undo ``take_slot`` once the request that took it has ended; ``served``: its connection ran ``serve``."""
+        """Undo ``take_slot`` once its connection is over; ``served``: the connection ran ``serve``.
+
+        Who calls it: the request's teardown under ``flask run`` and gunicorn (the view
+        runs the connection); ``handoff.AfterTheView`` at the socket's end under
+        ``HubServer`` (the request ended at the handshake).
+        """
         with self._connections_lock:
             self._slots_taken -= 1
             if served and self._slots_ended:  # 0: its Connection could not even be made (a stopped writer)
@@ -394,6 +405,8 @@ class Hub:
         if self.shared is not None:
             return self.shared.publish(delivery, publish_id, answer)
         if publish_id is None:
+            if self._delivers_here:  # MemoryBroker.publish, inlined: it is deliver_local on this thread
+                return self.deliver_local(delivery), False
             return self.broker.publish(delivery), False
         if answer is None:
             return self._publish_and_wait(delivery, publish_id)
@@ -462,15 +475,24 @@ class Hub:
         """
         if self.shared is not None:  # history in the broker: the delivery carries its offset already
             return self.shared.deliver(delivery)
-        if not self.history.enabled:
+        if not self._history_on:
             subscribers = self.registry.subscribers(delivery.topic, delivery.session_id)
             if subscribers:
                 self._send_delivery(delivery.encode(), subscribers)
             return Landed(None, len(subscribers))
         encoded = delivery.encode()  # raises for a payload that is not JSON, before an offset is taken
-        if self.writer.batching:  # the usual case: a publisher's thread, in the batch of the read that brought it
+        if self.writer.batching_thread(_get_ident()):  # the usual case: a publisher's thread, in the batch of its read
+            # _append_and_queue_locked and _send_delivery's usual case, inlined: once per publish.
+            topic, session_id = delivery.topic, delivery.session_id
             with self._history_lock:
-                return self._append_and_queue_locked(delivery, encoded)
+                position, data = self.history.append_delivery((topic, session_id), encoded)
+                subscribers = self.registry.subscribers(topic, session_id)
+                if subscribers:
+                    if self._compressing:
+                        self._send_delivery(data, subscribers)
+                    else:
+                        self.writer.send(text_frame(data), subscribers)  # type: ignore[arg-type]  # outboxes
+            return _landed(Landed, (position, len(subscribers)))
         with self.writer.batch(), self._history_lock:  # e.g. the broker's listener: the writing waits for the lock to go
             return self._append_and_queue_locked(delivery, encoded)
 
@@ -506,9 +528,9 @@ class Hub:
         A connection leaves ``_connections`` before its request gives its slot
         back, so both are waited for: once this returns, that many can connect.
         Without ``slots``, the slots of connections that have ended do not count:
-        their requests may still be ending (the WSGI server's and Flask's teardown,
-        which gives the slot back); those of requests still on their way to an
-        upgrade do.
+        their threads may still be ending (the WSGI server's and Flask's teardown,
+        or ``AfterTheView``'s close, which gives the slot back); those of requests
+        still on their way to an upgrade do.
         """
         with self._connections_lock:
             return self._connections_changed.wait_for(

@@ -157,6 +157,9 @@ class Writer:
         # connection's thread (docs/architecture.md). Each thread reads and writes its own
         # key only; a dict's get, set and del are atomic under the GIL.
         self._inside_batch: dict[int, int] = {}
+        #: Whether the thread of this ident is inside ``batch()`` (``batching`` for a caller
+        #: that has the ident already: a C call, no property; once per publish in the hub).
+        self.batching_thread: Callable[[int], bool] = self._inside_batch.__contains__
         self._batch = _Batch(self)
         # The writer thread waits in this selector for the wake-up socket and for
         # room in watched sockets; the _flush_lock holder registers the latter.

@@ -298,3 +298,60 @@ def test_a_burst_and_its_end_in_one_write_are_all_carried_out_before_the_end() -
             assert raw.recv_frame().close()[0] == 1000
             raw.sock.close()
             assert [json.loads(m)["payload"] for m in watcher.sync()] == list(range(30))
+
+
+class RecvRecorder(SendCounter):
+    """The socket, with the buffer size of each blocking ``recv`` recorded (after it returned)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
+        self.reads: list[tuple[int, int]] = []  # (buffer size, bytes brought)
+        self.read = threading.Condition()
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        data = self.sock.recv(size, flags)
+        if not flags:
+            with self.read:
+                self.reads.append((size, len(data)))
+                self.read.notify_all()
+        return data
+
+
+def test_after_a_burst_the_next_burst_takes_one_read_and_a_small_read_goes_back_to_the_idle_buffer() -> None:
+    """A read that brought more than 479 bytes leaves a 4 KiB buffer for the next one; a small one, 479 again."""
+    from rusty_ws.server.connection import IDLE_RECV_BYTES, WARM_RECV_BYTES
+
+    hub = state_of(create_app(hub_config())).hub
+    ours, theirs = socket.socketpair()
+    theirs.settimeout(WAIT)
+    recorder = RecvRecorder(ours)
+    serving = threading.Thread(target=hub.serve, args=(recorder, None), daemon=True)
+    serving.start()
+    reader = FrameReader()
+
+    def burst(first: int) -> bytes:
+        return b"".join(publish("T", f"{n:03d}" + "x" * 100) for n in range(first, first + 8)) + client_frame(b"ping")
+
+    def exchange(data: bytes, replies: int) -> list[tuple[int, int]]:
+        with recorder.read:
+            before = len(recorder.reads)
+        theirs.sendall(data)
+        got = _frames_until(reader, theirs, replies)
+        assert len(got) == replies and got[-1].text() == "pong"
+        with recorder.read:  # the read that brought them returned before their replies went out
+            return recorder.reads[before:]
+
+    try:
+        hello = client_frame(encode_subscribe("T", "s").encode()) + client_frame(b"ping")
+        assert exchange(hello, 1) == [(IDLE_RECV_BYTES, len(hello))]
+        first = burst(0)
+        assert IDLE_RECV_BYTES < len(first) < WARM_RECV_BYTES
+        assert exchange(first, 9) == [(IDLE_RECV_BYTES, IDLE_RECV_BYTES)]  # and the rest without waiting
+        assert exchange(burst(8), 9) == [(WARM_RECV_BYTES, len(first))]  # the whole burst in one read
+        assert exchange(client_frame(b"ping"), 1) == [(WARM_RECV_BYTES, 10)]
+        assert exchange(client_frame(b"ping"), 1) == [(IDLE_RECV_BYTES, 10)]  # idle again after a small read
+    finally:
+        theirs.close()
+        serving.join(WAIT)
+        hub.shutdown(WAIT)
+        ours.close()

@@ -63,6 +63,8 @@ def test_a_publish_takes_its_offset_in_redis_and_every_node_delivers_it_with_tha
             message = recv_delivery(client)
             assert (message["payload"], message["offset"], message["epoch"]) == ("hello", 1, ack.epoch)
             assert list(message)[-2:] == ["offset", "epoch"]
+        # Node a delivered its own publish from what it kept (its envelope's header only): nothing left.
+        assert len(broker_of(a)._history._kept) == 0
         with contextlib.closing(redis.client()) as raw:
             keys = pair_keys("rusty_ws", "T", "s")
             [(_, entry)] = raw.xrange(keys.stream)
@@ -245,6 +247,7 @@ def test_while_redis_is_down_local_delivery_goes_on_without_offsets_and_ids_are_
         publisher.send(encode_publish("T", "without id", session_id="s"))
         during = recv_delivery(near)
         assert during["payload"] == "without id" and "offset" not in during and "epoch" not in during
+        assert len(broker_of(a)._history._kept) == 0  # forgotten with the connection, and nothing kept since
         assert broker_of(a).status()["unsent"] == 2
         error = json.loads(publisher.command(encode_history("T", "s"))[0][len("error:"):])
         assert error["code"] == "unavailable"

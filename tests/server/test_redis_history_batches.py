@@ -110,7 +110,7 @@ def listening(server: RedisServer, *topics: str) -> Iterator[Any]:
         assert message is not None and message["type"] == "message", message
         assert message["channel"] == pair_keys("rusty_ws", topic, "s").channel
         node, deliveries = decode_envelopes(message["data"], (topic, "s"))
-        assert node == "node-1" and message["data"].startswith(b'{"v":3,')
+        assert node == "node-1" and message["data"].startswith(b'{"v":5,')
         return [(d.offset or 0, d.payload, d.extra["seq"]) for d in deliveries]
 
     try:
