@@ -92,6 +92,8 @@ MAX_RETRY_AFTER = 60
 DRAIN_FROM = 32
 #: At most this many connections taken by drains and not yet served (each holds a descriptor).
 DRAIN_MAX = 4096
+#: Seconds the accept thread gives a ``/healthz`` it answers itself (``HubServer._answer_now``) to take the answer.
+ANSWER_NOW_TIMEOUT = 0.05
 #: Where ``HubRequestHandler`` leaves, in the environ, a callable that frees the request head's buffers.
 RELEASE_HEAD_KEY = "rusty_ws.release_head"
 #: A plain header block (``HubRequestHandler._parse_plain``): at most 99 lines (http.client's limit
@@ -579,6 +581,9 @@ class HubServer(ThreadedWSGIServer):
         #: Connections accepted in a drain (``get_request``) and not yet served, oldest first, ``/healthz``
         #: ahead of them all; the accept thread's own (it alone reads and writes it; no lock).
         self._taken: deque[tuple[socket.socket, Any]] = deque()
+        #: Connections a drain took before their first bytes came, and when: looked at again (``_sort_unread``)
+        #: until they tell ``/healthz`` from the rest or ``PEEK_WAIT`` has passed; the accept thread's own too.
+        self._unread: deque[tuple[socket.socket, Any, float]] = deque()
         self._accept_blocked = False  # the last drain's accept() failed (out of descriptors): serve, don't drain
 
     def serve_forever(self, poll_interval: float = 0.1) -> None:  # shutdown() waits up to this long
@@ -593,6 +598,8 @@ class HubServer(ThreadedWSGIServer):
         """The next connection to serve: the one ``accept()`` gives, or, when a queue has built up, a
         ``/healthz`` from anywhere in it first (``_drain``), then the others in the order they came."""
         taken = self._taken
+        if self._unread:
+            self._sort_unread(time.monotonic())
         if not taken:
             if self._healthz_line is None or self.accept_queue() < DRAIN_FROM:
                 return self._accept()
@@ -615,15 +622,24 @@ class HubServer(ThreadedWSGIServer):
         """Accept every connection the system holds for us now, and put the ``/healthz`` ones first.
 
         As many ``accept()`` calls as ``accept_queue()`` counts, so none blocks, and at
-        most ``DRAIN_MAX`` held. A request whose first bytes have not arrived yet is taken
-        for a handshake (in a storm they have: the connections waited in the queue). When
-        ``accept()`` fails (out of descriptors: logged, waited), what was taken is served
-        before the next drain, which would only fail again.
+        most ``DRAIN_MAX`` held. A request whose first bytes have not arrived yet waits
+        aside (``_unread``) until they tell what it is: taken for a handshake at once, a
+        ``/healthz`` that came a moment after its connection went behind every handshake
+        the drain held (seen in a storm: 2-3 s). Past ``RUSTY_WS_MAX_ACCEPT_QUEUE``
+        held, a handshake is turned away at once (503, ``Retry-After``), not held to be
+        turned away when its turn comes: held, they filled ``DRAIN_MAX`` and a
+        ``/healthz`` behind them waited in the system's queue, out of the drain's
+        sight, for seconds. When ``accept()`` fails (out of descriptors: logged,
+        waited), what was taken is served before the next drain, which would only
+        fail again.
         """
-        taken = self._taken
+        taken, unread = self._taken, self._unread
         health: list[tuple[socket.socket, Any]] = []
         self._accept_blocked = False
-        for _ in range(min(self.accept_queue(), DRAIN_MAX - len(taken))):
+        now = time.monotonic()
+        for _ in range(self.accept_queue()):
+            if len(taken) + len(unread) + len(health) >= DRAIN_MAX:
+                break
             try:
                 request, address = self._accept()
             except OSError:
@@ -631,12 +647,71 @@ class HubServer(ThreadedWSGIServer):
                 break
             try:
                 start = request.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                unread.append((request, address, now))
+                continue
             except OSError:
                 start = b""
-            if self._asks_healthz(start):
-                health.append((request, address))
+            self._sort(request, address, start, now, health)
+        taken.extendleft(reversed(health))
+
+    def _sort(self, request: socket.socket, address: Any, start: bytes, now: float,
+              health: list[tuple[socket.socket, Any]]) -> None:
+        """Where a drain puts a connection whose first bytes (``start``) came: a ``/healthz`` whose whole
+        head came is answered now (``_answer_now``), one in parts goes first (``health``); a handshake past
+        ``RUSTY_WS_MAX_ACCEPT_QUEUE`` held is turned away, any other waits its turn."""
+        if self._asks_healthz(start):
+            end = start.find(b"\r\n\r\n") + 4
+            if end == len(start) and end >= 4:  # the whole head and nothing past it (a GET has no body)
+                self._answer_now(request, address)
             else:
-                taken.append((request, address))
+                health.append((request, address))
+        elif self.max_accept_queue and len(self._taken) + len(self._unread) >= self.max_accept_queue:
+            self._turn_away(request, now)
+        else:
+            self._taken.append((request, address))
+
+    def _answer_now(self, request: socket.socket, address: Any) -> None:
+        """Serve a ``/healthz`` on the accept thread, through the app as any request, without a thread.
+
+        Behind a storm's queue, a request thread's own start (``Thread.start`` waits for it
+        to run) and every read and write of its request waited behind thousands of
+        handshake threads for the interpreter lock: 0.1-5 s (seen with 10,000 clients).
+        Here the accept thread, which holds it, serves it at once. Its whole head has come
+        and it has no body, so nothing is waited for; the answer (a few hundred bytes) goes
+        out with ``Connection: close``, and ``ANSWER_NOW_TIMEOUT`` bounds a peer that would not
+        take it.
+        """
+        if not self.pending.take():  # counted as every socket waiting for its head is; the handler gives it back
+            self._refuse(request)
+            return
+        try:
+            request.settimeout(ANSWER_NOW_TIMEOUT)
+            if self.verify_request(request, address):
+                self.finish_request(request, address)
+        except Exception:
+            self.handle_error(request, address)
+        finally:
+            self.shutdown_request(request)
+
+    def _sort_unread(self, now: float) -> None:
+        """Look again at what a drain took before its first bytes came: a ``/healthz`` goes first,
+        anything else (or nothing after ``PEEK_WAIT``: its thread waits for it) behind what was taken."""
+        unread, taken = self._unread, self._taken
+        health: list[tuple[socket.socket, Any]] = []
+        for _ in range(len(unread)):
+            request, address, since = unread.popleft()
+            try:
+                start = request.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                if now - since < PEEK_WAIT:
+                    unread.append((request, address, since))
+                else:
+                    taken.append((request, address))
+                continue
+            except OSError:
+                start = b""
+            self._sort(request, address, start, now, health)
         taken.extendleft(reversed(health))
 
     def _asks_healthz(self, start: bytes) -> bool:
@@ -649,7 +724,11 @@ class HubServer(ThreadedWSGIServer):
         (then the loop accepts again, so a ``/healthz`` that just came goes ahead of what is left),
         or while ``accept()`` cannot take what waits there."""
         taken = self._taken
+        if self._unread:
+            self._sort_unread(time.monotonic())
         while taken and not self._stopping.is_set() and (self._accept_blocked or self.accept_queue() == 0):
+            if self._unread:
+                self._sort_unread(time.monotonic())
             request, address = taken.popleft()
             if not self.verify_request(request, address):  # as socketserver serves what it accepts
                 self.shutdown_request(request)
@@ -664,6 +743,8 @@ class HubServer(ThreadedWSGIServer):
     def server_close(self) -> None:
         while self._taken:  # accepted in a drain, never served: closed as the listening socket is
             self.shutdown_request(self._taken.popleft()[0])
+        while self._unread:
+            self.shutdown_request(self._unread.popleft()[0])
         super().server_close()
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -717,7 +798,7 @@ class HubServer(ThreadedWSGIServer):
 
     def waiting(self) -> int:
         """Connections waiting for the accept loop: in the system's queue, and taken by a drain."""
-        return self.accept_queue() + len(self._taken)
+        return self.accept_queue() + len(self._taken) + len(self._unread)
 
     def handshakes_in_flight(self) -> int:
         """Request threads past their head that are not an open WebSocket: upgrading, or ending.
@@ -755,6 +836,11 @@ class HubServer(ThreadedWSGIServer):
             start = b""
         if self._asks_healthz(start):
             return False
+        self._turn_away(request, now)
+        return True
+
+    def _turn_away(self, request: socket.socket, now: float) -> None:
+        """Answer 503 with the ``Retry-After`` the pacer says and close, on this thread, without blocking."""
         wait = self._pacer.retry_after(now)
         try:
             request.send(_PACED_HEAD % wait + _PACED_BODY, socket.MSG_DONTWAIT)
@@ -769,7 +855,6 @@ class HubServer(ThreadedWSGIServer):
                 "about %d admitted a second", wait, paced, self.handshakes_in_flight(), self.max_handshakes,
                 self.waiting(), self.max_accept_queue, self._pacer.rate,
             )
-        return True
 
     def _refuse(self, request: socket.socket) -> None:
         try:
