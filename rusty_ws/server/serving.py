@@ -21,6 +21,9 @@ takes, unseen by ``RUSTY_WS_MAX_CONNECTIONS``. Here:
   an open WebSocket), or ``RUSTY_WS_MAX_ACCEPT_QUEUE`` connections in the accept
   queue, any request but ``/healthz`` is answered 503 with
   ``Retry-After`` on the accept thread, without a thread (``_Pacer`` says when);
+  a long queue is taken whole (``HubServer._drain``): what is taken counts
+  towards the queue's bound, a ``/healthz`` in it is answered first, on the
+  accept thread when its whole head came;
 - when ``accept()`` fails for want of file descriptors, the accept loop logs
   one line (at most every ``LOG_EVERY`` seconds) and waits ``ACCEPT_BACKOFF``
   instead of trying again at once, which spun a core.
