@@ -685,13 +685,15 @@ class HubServer(ThreadedWSGIServer):
         out with ``Connection: close``, and ``ANSWER_NOW_TIMEOUT`` bounds a peer that would not
         take it.
         """
+        if not self.verify_request(request, address):  # as socketserver serves what it accepts
+            self.shutdown_request(request)
+            return
         if not self.pending.take():  # counted as every socket waiting for its head is; the handler gives it back
             self._refuse(request)
             return
         try:
             request.settimeout(ANSWER_NOW_TIMEOUT)
-            if self.verify_request(request, address):
-                self.finish_request(request, address)
+            self.finish_request(request, address)
         except Exception:
             self.handle_error(request, address)
         finally:
