@@ -21,9 +21,8 @@ takes, unseen by ``RUSTY_WS_MAX_CONNECTIONS``. Here:
   an open WebSocket), or ``RUSTY_WS_MAX_ACCEPT_QUEUE`` connections in the accept
   queue, any request but ``/healthz`` is answered 503 with
   ``Retry-After`` on the accept thread, without a thread (``_Pacer`` says when);
-  a long queue is taken whole (``HubServer._drain``): what is taken counts
-  towards the queue's bound, a ``/healthz`` in it is answered first, on the
-  accept thread when its whole head came;
+  a long queue is taken whole (``HubServer._drain``), and a ``/healthz`` in it
+  is answered first, on the accept thread when its whole head came;
 - when ``accept()`` fails for want of file descriptors, the accept loop logs
   one line (at most every ``LOG_EVERY`` seconds) and waits ``ACCEPT_BACKOFF``
   instead of trying again at once, which spun a core.
@@ -584,9 +583,6 @@ class HubServer(ThreadedWSGIServer):
         #: Connections accepted in a drain (``get_request``) and not yet served, oldest first, ``/healthz``
         #: ahead of them all; the accept thread's own (it alone reads and writes it; no lock).
         self._taken: deque[tuple[socket.socket, Any]] = deque()
-        #: Connections a drain took before their first bytes came, and when: looked at again (``_sort_unread``)
-        #: until they tell ``/healthz`` from the rest or ``PEEK_WAIT`` has passed; the accept thread's own too.
-        self._unread: deque[tuple[socket.socket, Any, float]] = deque()
         self._accept_blocked = False  # the last drain's accept() failed (out of descriptors): serve, don't drain
 
     def serve_forever(self, poll_interval: float = 0.1) -> None:  # shutdown() waits up to this long
@@ -601,8 +597,6 @@ class HubServer(ThreadedWSGIServer):
         """The next connection to serve: the one ``accept()`` gives, or, when a queue has built up, a
         ``/healthz`` from anywhere in it first (``_drain``), then the others in the order they came."""
         taken = self._taken
-        if self._unread:
-            self._sort_unread(time.monotonic())
         if not taken:
             if self._healthz_line is None or self.accept_queue() < DRAIN_FROM:
                 return self._accept()
@@ -625,24 +619,17 @@ class HubServer(ThreadedWSGIServer):
         """Accept every connection the system holds for us now, and put the ``/healthz`` ones first.
 
         As many ``accept()`` calls as ``accept_queue()`` counts, so none blocks, and at
-        most ``DRAIN_MAX`` held. A request whose first bytes have not arrived yet waits
-        aside (``_unread``) until they tell what it is: taken for a handshake at once, a
-        ``/healthz`` that came a moment after its connection went behind every handshake
-        the drain held (seen in a storm: 2-3 s). Past ``RUSTY_WS_MAX_ACCEPT_QUEUE``
-        held, a handshake is turned away at once (503, ``Retry-After``), not held to be
-        turned away when its turn comes: held, they filled ``DRAIN_MAX`` and a
-        ``/healthz`` behind them waited in the system's queue, out of the drain's
-        sight, for seconds. When ``accept()`` fails (out of descriptors: logged,
-        waited), what was taken is served before the next drain, which would only
-        fail again.
+        most ``DRAIN_MAX`` held. A ``/healthz`` whose whole head has come is answered at
+        once, on this thread (``_answer_now``); one in parts goes first. A request whose
+        first bytes have not arrived yet is taken for a handshake (in a storm they have:
+        the connections waited in the queue). When ``accept()`` fails (out of
+        descriptors: logged, waited), what was taken is served before the next drain,
+        which would only fail again.
         """
-        taken, unread = self._taken, self._unread
+        taken = self._taken
         health: list[tuple[socket.socket, Any]] = []
         self._accept_blocked = False
-        now = time.monotonic()
-        for _ in range(self.accept_queue()):
-            if len(taken) + len(unread) + len(health) >= DRAIN_MAX:
-                break
+        for _ in range(min(self.accept_queue(), DRAIN_MAX - len(taken))):
             try:
                 request, address = self._accept()
             except OSError:
@@ -650,29 +637,15 @@ class HubServer(ThreadedWSGIServer):
                 break
             try:
                 start = request.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                unread.append((request, address, now))
-                continue
             except OSError:
                 start = b""
-            self._sort(request, address, start, now, health)
-        taken.extendleft(reversed(health))
-
-    def _sort(self, request: socket.socket, address: Any, start: bytes, now: float,
-              health: list[tuple[socket.socket, Any]]) -> None:
-        """Where a drain puts a connection whose first bytes (``start``) came: a ``/healthz`` whose whole
-        head came is answered now (``_answer_now``), one in parts goes first (``health``); a handshake past
-        ``RUSTY_WS_MAX_ACCEPT_QUEUE`` held is turned away, any other waits its turn."""
-        if self._asks_healthz(start):
-            end = start.find(b"\r\n\r\n") + 4
-            if end == len(start) and end >= 4:  # the whole head and nothing past it (a GET has no body)
+            if not self._asks_healthz(start):
+                taken.append((request, address))
+            elif start.find(b"\r\n\r\n") + 4 == len(start):  # the whole head and nothing past it (no body)
                 self._answer_now(request, address)
             else:
                 health.append((request, address))
-        elif self.max_accept_queue and len(self._taken) + len(self._unread) >= self.max_accept_queue:
-            self._turn_away(request, now)
-        else:
-            self._taken.append((request, address))
+        taken.extendleft(reversed(health))
 
     def _answer_now(self, request: socket.socket, address: Any) -> None:
         """Serve a ``/healthz`` on the accept thread, through the app as any request, without a thread.
@@ -699,26 +672,6 @@ class HubServer(ThreadedWSGIServer):
         finally:
             self.shutdown_request(request)
 
-    def _sort_unread(self, now: float) -> None:
-        """Look again at what a drain took before its first bytes came: a ``/healthz`` goes first,
-        anything else (or nothing after ``PEEK_WAIT``: its thread waits for it) behind what was taken."""
-        unread, taken = self._unread, self._taken
-        health: list[tuple[socket.socket, Any]] = []
-        for _ in range(len(unread)):
-            request, address, since = unread.popleft()
-            try:
-                start = request.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                if now - since < PEEK_WAIT:
-                    unread.append((request, address, since))
-                else:
-                    taken.append((request, address))
-                continue
-            except OSError:
-                start = b""
-            self._sort(request, address, start, now, health)
-        taken.extendleft(reversed(health))
-
     def _asks_healthz(self, start: bytes) -> bool:
         """Whether a request's first bytes (peeked) are those of a ``GET /healthz``."""
         line = self._healthz_line
@@ -729,11 +682,7 @@ class HubServer(ThreadedWSGIServer):
         (then the loop accepts again, so a ``/healthz`` that just came goes ahead of what is left),
         or while ``accept()`` cannot take what waits there."""
         taken = self._taken
-        if self._unread:
-            self._sort_unread(time.monotonic())
         while taken and not self._stopping.is_set() and (self._accept_blocked or self.accept_queue() == 0):
-            if self._unread:
-                self._sort_unread(time.monotonic())
             request, address = taken.popleft()
             if not self.verify_request(request, address):  # as socketserver serves what it accepts
                 self.shutdown_request(request)
@@ -748,8 +697,6 @@ class HubServer(ThreadedWSGIServer):
     def server_close(self) -> None:
         while self._taken:  # accepted in a drain, never served: closed as the listening socket is
             self.shutdown_request(self._taken.popleft()[0])
-        while self._unread:
-            self.shutdown_request(self._unread.popleft()[0])
         super().server_close()
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -803,7 +750,7 @@ class HubServer(ThreadedWSGIServer):
 
     def waiting(self) -> int:
         """Connections waiting for the accept loop: in the system's queue, and taken by a drain."""
-        return self.accept_queue() + len(self._taken) + len(self._unread)
+        return self.accept_queue() + len(self._taken)
 
     def handshakes_in_flight(self) -> int:
         """Request threads past their head that are not an open WebSocket: upgrading, or ending.

@@ -13,7 +13,6 @@ long), which is what a slow upgrade looks like to the accept loop.
 
 from __future__ import annotations
 
-import select
 import socket
 import threading
 
@@ -21,7 +20,7 @@ import pytest
 
 from rusty_ws import WsClient, create_app
 from rusty_ws.config import Settings
-from rusty_ws.server.serving import DRAIN_FROM, MAX_RETRY_AFTER, MIN_PACED_RATE, PEEK_WAIT, _Pacer, make_server
+from rusty_ws.server.serving import DRAIN_FROM, MAX_RETRY_AFTER, MIN_PACED_RATE, _Pacer, make_server
 from rusty_ws.server.state import state_of
 from support import (
     FAST_CLIENT,
@@ -274,90 +273,6 @@ def test_a_short_queue_is_served_as_it_comes_and_what_a_drain_took_is_closed_wit
         assert not server._taken
         for sock in late[1:-1]:
             assert sock.recv(1) == b""  # EOF: no answer, the socket closed
-    finally:
-        for sock in sockets:
-            sock.close()
-        server.server_close()
-        state_of(app).hub.shutdown(WAIT)
-
-
-def test_healthz_whose_bytes_come_after_a_drain_took_its_connection_still_goes_first() -> None:
-    """A drain can take a connection before its request arrives (a poller connects, then writes):
-    taken for a handshake, a ``/healthz`` went behind every one the drain held (2-3 s in a storm)."""
-    app = create_app(hub_config())
-    server = make_server(app, "127.0.0.1", 0)  # not serving: this test runs the accept loop's steps
-    ahead = DRAIN_FROM + 8
-    sockets = queue_up(server.port, [HANDSHAKE] * ahead)
-    late = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)  # nothing sent yet
-    sockets.append(late)
-    try:
-        assert server.accept_queue() == ahead + 1
-        server._handle_request_noblock()  # drains, serves the first handshake
-        assert read_response(sockets[0])[0] == 101
-        assert len(server._unread) == 1 and len(server._taken) == ahead - 1
-        late.sendall(HEALTHZ)
-        waiting = server._unread[0][0]
-        assert select.select([waiting], [], [], WAIT)[0], "the request never reached the server"
-        server._handle_request_noblock()  # looks again: the /healthz is answered, then one more handshake
-        status, _, body = read_response(late)
-        assert status == 200 and b'"connections"' in body, body
-        assert read_response(sockets[1])[0] == 101
-        assert not server._unread and len(server._taken) == ahead - 2
-        sockets[2].setblocking(False)
-        with pytest.raises(BlockingIOError):  # the handshakes ahead of it are still waiting
-            sockets[2].recv(1)
-    finally:
-        for sock in sockets:
-            sock.close()
-        server.server_close()
-        state_of(app).hub.shutdown(WAIT)
-
-
-def test_a_connection_whose_bytes_never_come_is_served_as_any_after_the_peek_wait() -> None:
-    app = create_app(hub_config())
-    server = make_server(app, "127.0.0.1", 0)
-    sockets = queue_up(server.port, [HANDSHAKE] * DRAIN_FROM)
-    silent = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)
-    sockets.append(silent)
-    try:
-        server._handle_request_noblock()
-        assert len(server._unread) == 1
-        since = server._unread[0][2]
-        server._sort_unread(since + PEEK_WAIT / 2)  # still within the wait: still aside
-        assert len(server._unread) == 1
-        server._sort_unread(since + PEEK_WAIT)  # then behind the others, as a handshake would be
-        assert not server._unread and server._taken[-1][0].getpeername() == silent.getsockname()
-        server.server_close()  # the silent one is closed with the others
-        assert silent.recv(1) == b""
-    finally:
-        for sock in sockets:
-            sock.close()
-        server.server_close()
-        state_of(app).hub.shutdown(WAIT)
-
-
-def test_past_the_accept_queue_bound_a_drain_turns_handshakes_away_at_once_and_serves_healthz() -> None:
-    """Held to be turned away when their turn came, thousands filled DRAIN_MAX in a storm and a
-    ``/healthz`` behind them waited in the system's queue, out of the drain's sight."""
-    bound = 10
-    app = create_app(hub_config(max_accept_queue=bound))
-    server = make_server(app, "127.0.0.1", 0)
-    count = DRAIN_FROM + 8
-    sockets = queue_up(server.port, [HANDSHAKE] * count + [HEALTHZ])
-    try:
-        started = server._threads_started
-        # Drains: `bound` held, the rest turned away, the /healthz answered; then the first held is served.
-        server._handle_request_noblock()
-        status, _, body = read_response(sockets[-1])
-        assert status == 200 and b'"connections"' in body, body
-        for sock in sockets[bound:count]:
-            status, headers, _ = read_response(sock)
-            assert status == 503 and 1 <= int(headers["retry-after"]) <= MAX_RETRY_AFTER
-        assert len(server._taken) == bound - 1
-        sockets[1].setblocking(False)
-        with pytest.raises(BlockingIOError):  # those held wait for their turn, unanswered
-            sockets[1].recv(1)
-        assert server._threads_started == started + 1  # the first held one's: none for the turned away
     finally:
         for sock in sockets:
             sock.close()
