@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -230,6 +231,7 @@ def run_storm(kind: ServerKind, size: int, deadline: float, parts: int = 4) -> d
         stopped = time.monotonic()
         server.stop()
         down_s = time.monotonic() - stopped
+        phases = re.search(r"stopped in (\S+)s: (.*)", server.final_log)  # rusty_ws's stop, from its own log
         server = RunningServer(kind, port=server.port)
         restarted_s = time.monotonic() - stopped
         results = [g.finish(deadline + 10) for g in generators]
@@ -239,7 +241,8 @@ def run_storm(kind: ServerKind, size: int, deadline: float, parts: int = 4) -> d
         row = {"connections": size, "stop_s": down_s, "restart_s": restarted_s, "back": back,
                "refused_http": sum(r.get("refused_http", 0) for r in results),
                "refused_tcp": sum(r.get("refused_tcp", 0) for r in results),
-               "attempts": sum(r.get("attempts", 0) for r in results), **health}
+               "attempts": sum(r.get("attempts", 0) for r in results), **health,
+               "stop_phases": phases.group(2) if phases else None}
         if failed or back != size:
             return {**row, "ok": False, "failed": failed or f"{back}/{size} back"}
         last_back = max(r["last_back"] for r in results)
@@ -438,7 +441,10 @@ def storm_scenario(servers: list[ServerKind], size: int, runs: int, deadline: fl
             if row.get("ok"):
                 print(f"          restart {row['restart_s']:.1f}s, back {row['after_restart_s']:.1f}s after it; "
                       f"refused: {row['refused_http']} HTTP, {row['refused_tcp']} TCP; /healthz max "
-                      f"{fmt(row.get('healthz_max_s'))}s, {row.get('healthz_failures', 0)} unanswered", flush=True)
+                      f"{fmt(row.get('healthz_max_s'))}s, {row.get('healthz_failures', 0)} unanswered; "
+                      f"stop {row['stop_s']:.2f}s", flush=True)
+            if row.get("stop_phases"):
+                print(f"          the old process's stop: {row['stop_phases']}", flush=True)
     return by_server
 
 

@@ -38,6 +38,7 @@ def publish_synchronously() -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("rusty_ws.server.stop").setLevel(logging.INFO)  # the stop's phases, one line
     if MODE == "sync-publish":
         publish_synchronously()
     app = create_app({

@@ -65,6 +65,7 @@ class RunningServer:
         env.pop("FLASK_RUN_FROM_CLI", None)  # set by Flask's CLI; it turns app.run() into a no-op
         # The log goes to a file: a pipe nobody reads would stall a chatty server.
         self.log = tempfile.TemporaryFile()
+        self.final_log = ""
         self.process = subprocess.Popen(kind.command(self.port), env=env, stdout=subprocess.DEVNULL, stderr=self.log)
         self._wait_listening(20.0)
 
@@ -111,4 +112,6 @@ class RunningServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+        if not self.log.closed:
+            self.final_log = self.log_tail()  # what the process said last (rusty_ws: its stop's phases)
         self.log.close()

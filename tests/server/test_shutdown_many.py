@@ -14,13 +14,17 @@ the clients to spread their reconnections over connections / rate seconds
 
 from __future__ import annotations
 
+import re
 import selectors
 import signal
 import socket
+import threading
 import time
 
+from rusty_ws import create_app
 from rusty_ws.protocol import reconnect_window
-from support import WAIT, HubProcess, RawSocket, client_frame, parse_close
+from rusty_ws.server.serving import make_server, stop
+from support import POLL, WAIT, HubProcess, RawSocket, client_frame, http, hub_config, parse_close, running_server
 
 CLIENTS = 300
 
@@ -85,8 +89,55 @@ def test_hundreds_of_connections_all_get_4200_and_the_hub_stops_within_its_bound
     assert set(closes.values()) == {(4200, "server restarting")}, set(closes.values())
     assert "not released within" not in log, log[-2000:]
     assert "still open after" not in log, log[-2000:]
+    # Every client answered: each connection's thread counted itself as it parked (Hub._park).
+    assert "every closing handshake done; exiting" in log, log[-2000:]
     for raw in clients:
         raw.close()
+
+
+def test_a_stand_alone_hubs_last_line_says_where_its_stop_went() -> None:
+    with HubProcess(max_connections=CLIENTS + 50) as hub:
+        clients = _connect(hub, CLIENTS)
+        _close_frames_after_sigterm(hub, clients)
+        assert hub.process.wait(10 * WAIT) == 0
+        hub._reader.join(WAIT)
+        line = hub.wait_for_line("stopped in ")
+    phases = re.findall(r"([a-z0-9 ]+) \+(\d+\.\d+)s", line.split("stopped in ", 1)[1])
+    assert [name.strip() for name, _ in phases] == [
+        "listener shut", "accept loop ended", "4200s queued", "4200s written", "closing handshakes",
+        "broker stopped", "exit"], line
+    times = [float(at) for _, at in phases]
+    assert times == sorted(times), line
+    assert re.search(r"\(CPU \d+\.\d+s, of which the stopping thread \d+\.\d+s; \d+ context switches\)", line), line
+    for raw in clients:
+        raw.close()
+
+
+def test_a_new_hub_binds_the_port_while_the_old_one_still_closes_its_connections() -> None:
+    # A restart: the old hub shuts its listening socket first, so the new process can bind the
+    # same port (SO_REUSEADDR) while the old one still holds connections waiting for their answer.
+    old_app = create_app(hub_config(close_timeout=10 * WAIT))
+    old = make_server(old_app, "127.0.0.1", 0)
+    serving = threading.Thread(target=old.serve_forever, kwargs={"poll_interval": POLL}, name="test-old", daemon=True)
+    serving.start()
+    silent = RawSocket(old.port)
+    assert silent.sync() == []
+    stopping = threading.Thread(target=stop, args=(old_app, old), kwargs={"timeout": 10 * WAIT}, name="test-stop")
+    stopping.start()
+    try:
+        assert parse_close(silent.recv_frame(timeout=WAIT).payload) == (4200, "server restarting")
+        assert stopping.is_alive()  # waiting for our answer, the connection still open
+        with running_server(port=old.port) as new:  # EADDRINUSE if the old one still listened
+            assert new.server.port == old.port
+            assert http("GET", f"http://127.0.0.1:{old.port}/healthz")[0] == 200
+            assert stopping.is_alive()
+    finally:
+        silent.send_frame(0x8, b"\x10\x68")  # our answer (4200): the old hub may go now
+        stopping.join(10 * WAIT)
+        serving.join(WAIT)
+        old.server_close()
+        silent.close()
+    assert not stopping.is_alive() and not serving.is_alive()
 
 
 def test_more_connections_than_the_reconnect_rate_are_asked_to_spread_over_a_window() -> None:

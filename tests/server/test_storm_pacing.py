@@ -229,20 +229,25 @@ def test_healthz_behind_a_long_accept_queue_is_served_before_the_handshakes_ahea
     sockets = queue_up(server.port, [HANDSHAKE] * ahead + [HEALTHZ, HANDSHAKE])
     try:
         assert server.accept_queue() == ahead + 2
-        server._handle_request_noblock()  # one connection served: the /healthz at the queue's end
+        started = server._threads_started
+        # One step: the drain answers the /healthz at the queue's end itself (no thread), then the
+        # first handshake is served.
+        server._handle_request_noblock()
         status, _, body = read_response(sockets[ahead])
         assert status == 200 and b'"connections"' in body, body
-        assert server.accept_queue() == 0 and len(server._taken) == ahead + 1  # the rest, taken in order
-        assert server.waiting() == ahead + 1
-        for sock in sockets[:3]:  # none of those ahead was answered yet
+        assert server._threads_started == started + 1  # the handshake's thread; none for the /healthz
+        assert read_response(sockets[0])[0] == 101
+        assert server.accept_queue() == 0 and len(server._taken) == ahead  # the rest, taken in order
+        assert server.waiting() == ahead
+        for sock in sockets[1:4]:  # none of the others ahead was answered yet
             sock.setblocking(False)
             with pytest.raises(BlockingIOError):
                 sock.recv(1)
             sock.setblocking(True)
         server.service_actions()  # nothing new in the system's queue: the taken ones are served
         assert not server._taken
-        statuses = [read_response(sock)[0] for sock in sockets[:ahead] + sockets[ahead + 1:]]
-        assert statuses == [101] * (ahead + 1), statuses
+        statuses = [read_response(sock)[0] for sock in sockets[1:ahead] + sockets[ahead + 1:]]
+        assert statuses == [101] * ahead, statuses
     finally:
         for sock in sockets:
             sock.close()
@@ -261,12 +266,39 @@ def test_a_short_queue_is_served_as_it_comes_and_what_a_drain_took_is_closed_wit
         assert read_response(sockets[1])[0] == 200
         late = queue_up(server.port, [HANDSHAKE] * (DRAIN_FROM + 1) + [HEALTHZ])
         sockets += late
-        server._handle_request_noblock()  # drains; serves the /healthz
-        assert read_response(late[-1])[0] == 200 and len(server._taken) == DRAIN_FROM + 1
+        server._handle_request_noblock()  # drains, answering the /healthz itself; serves the first handshake
+        assert read_response(late[-1])[0] == 200 and len(server._taken) == DRAIN_FROM
+        assert read_response(late[0])[0] == 101
         server.server_close()  # never served: closed, not left open
         assert not server._taken
-        for sock in late[:-1]:
+        for sock in late[1:-1]:
             assert sock.recv(1) == b""  # EOF: no answer, the socket closed
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.server_close()
+        state_of(app).hub.shutdown(WAIT)
+
+
+def test_the_healthz_a_drain_answers_itself_goes_through_the_app_as_any_request() -> None:
+    """Answered on the accept thread, a ``/healthz`` is still the app's: a Host the app does not
+    allow is refused (403) as on a request thread; one whose head came with bytes past it (a body)
+    is not answered there but put first, for a thread."""
+    app = create_app(hub_config(allowed_hosts="hub.example.com"))
+    server = make_server(app, "127.0.0.1", 0)
+    bad_host = b"GET /healthz HTTP/1.1\r\nHost: evil.example\r\n\r\n"
+    good = b"GET /healthz HTTP/1.1\r\nHost: hub.example.com\r\n\r\n"
+    with_body = b"GET /healthz HTTP/1.1\r\nHost: hub.example.com\r\nContent-Length: 2\r\n\r\n{}"
+    sockets = queue_up(server.port, [HANDSHAKE] * DRAIN_FROM + [bad_host, good, with_body])
+    try:
+        started = server._threads_started
+        server._handle_request_noblock()  # drains: the first two answered now, the third served first
+        assert read_response(sockets[DRAIN_FROM])[0] == 403
+        status, _, body = read_response(sockets[DRAIN_FROM + 1])
+        assert status == 200 and b'"connections"' in body, body
+        assert read_response(sockets[DRAIN_FROM + 2])[0] == 200
+        assert server._threads_started == started + 1  # the one with a body: a thread
+        assert len(server._taken) == DRAIN_FROM
     finally:
         for sock in sockets:
             sock.close()
