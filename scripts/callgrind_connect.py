@@ -49,6 +49,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
+from benchlib.callgrind import total_instructions  # noqa: E402
 
 # --------------------------------------------------------------------------- the hub (traced)
 
@@ -309,21 +310,13 @@ def one_run(args: argparse.Namespace, connections: int, tmp: str) -> dict:
         dumps = sorted(glob.glob(out + ".*"), key=lambda path: int(path.rsplit(".", 1)[1]))
         if not dumps:
             raise SystemExit(f"callgrind wrote no dump beside {out}")
-        row["instructions"] = _callgrind_total(dumps[0])
+        row["instructions"] = total_instructions(dumps[0])
         row["dump"] = dumps[0]
     elif args.tool == "strace":
         row["syscalls"] = _strace_calls(out)
     if phases is not None:
         row["phases_us"] = phases
     return row
-
-
-def _callgrind_total(path: str) -> int:
-    with open(path) as dump:
-        for line in dump:
-            if line.startswith(("summary:", "totals:")):
-                return int(line.split()[1])
-    raise SystemExit(f"no total in {path}")
 
 
 def _strace_calls(path: str) -> dict[str, int]:

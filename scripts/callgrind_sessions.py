@@ -54,6 +54,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
+from benchlib.callgrind import total_instructions  # noqa: E402
 from benchlib.wire import FrameReader, client_frame  # noqa: E402
 
 PAD = "x" * 80  # the bench's payload: an 8-digit sequence number, a time, padding (~100 bytes)
@@ -217,14 +218,6 @@ def clients_main(args: argparse.Namespace) -> None:
 
 # --------------------------------------------------------------------------- both runs under valgrind
 
-def _callgrind_total(path: str) -> int:
-    with open(path) as out:
-        for line in out:
-            if line.startswith(("summary:", "totals:")):
-                return int(line.split()[1])
-    raise SystemExit(f"no total in {path}")
-
-
 def measure_main(args: argparse.Namespace) -> None:
     short, long_ = (int(n) for n in args.rounds.split(","))
     totals, results = [], []
@@ -240,7 +233,7 @@ def measure_main(args: argparse.Namespace) -> None:
             if run.returncode or not lines:
                 raise SystemExit(f"run failed ({run.returncode}):\n{run.stdout}\n{run.stderr[-3000:]}")
             results.append(json.loads(lines[-1]))
-            totals.append(_callgrind_total(out))
+            totals.append(total_instructions(out))
             if args.annotate and rounds == long_:
                 annotate = subprocess.run(["callgrind_annotate", "--inclusive=no", out],
                                           capture_output=True, text=True, check=False)

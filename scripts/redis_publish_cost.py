@@ -140,19 +140,12 @@ def _thread_cpu() -> dict[str, float]:
     return spent
 
 
-def _callgrind_total(path: str) -> int:
-    with open(path) as out:
-        for line in out:
-            if line.startswith(("summary:", "totals:")):
-                return int(line.split()[1])
-    raise SystemExit(f"no total in {path}")
-
-
 def callgrind_main(args: argparse.Namespace) -> None:
     """Each variant under callgrind, one round of SHORT and one of LONG publishes: instructions per publish."""
     import tempfile
 
     sys.path.insert(0, HERE)
+    from benchlib.callgrind import total_instructions
     from benchlib.redis_server import RedisProcess
 
     short, long_ = (int(n) for n in args.callgrind.split(","))
@@ -173,7 +166,7 @@ def callgrind_main(args: argparse.Namespace) -> None:
                 lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
                 if run.returncode or not lines:
                     raise SystemExit(f"{variant} failed ({run.returncode}):\n{run.stdout}\n{run.stderr[-3000:]}")
-                totals.append(_callgrind_total(out))
+                totals.append(total_instructions(out))
                 redis_us.append(json.loads(lines[-1])["redis_us"])
             rows[variant] = {"instructions_per_publish": round((totals[1] - totals[0]) / (long_ - short)),
                              "redis_us": round(redis_us[1], 2)}
