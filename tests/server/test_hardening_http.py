@@ -153,10 +153,12 @@ def test_running_out_of_descriptors_is_logged_does_not_spin_and_passes() -> None
         try:
             line = hub.wait_for_line("accept() failed")
             assert "Too many open files" in line, line
-            before, window = hub.cpu_seconds(), 500 * MS
+            # A spinning loop burns the whole window; the work still under way on the sockets it took
+            # (their heads, their threads) is a few tens of ms, so a quarter tells the two apart.
+            before, window = hub.cpu_seconds(), 1000 * MS
             threading.Event().wait(window)  # a measurement window, not a synchronisation
             spent = hub.cpu_seconds() - before
-            assert spent < 0.1 * window, f"{spent:.2f}s of CPU in {window:.2f}s: the accept loop spins"
+            assert spent < 0.25 * window, f"{spent:.2f}s of CPU in {window:.2f}s: the accept loop spins"
 
             # The idle sockets time out and are closed; the rest of the backlog is served.
             selector = selectors.DefaultSelector()
