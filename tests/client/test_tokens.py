@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import queue
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jwt
 import pytest
@@ -14,17 +16,22 @@ from rusty_ws.server.state import state_of
 from support import FAST_CLIENT, SECRET, WAIT, Hooks, RunningServer, messages, running_server
 
 
-def counting(server: RunningServer, method: str) -> list:
-    """Count calls to the server's TokenService ``method``."""
+def recording(server: RunningServer, method: str, record: Callable[[tuple], Any]) -> None:
+    """Have ``record`` take the arguments of each call to the server's TokenService ``method``."""
     tokens = state_of(server.app).tokens
-    calls: list = []
     original = getattr(tokens, method)
 
     def wrapper(*args, **kwargs):
-        calls.append(args)
+        record(args)
         return original(*args, **kwargs)
 
     setattr(tokens, method, wrapper)
+
+
+def counting(server: RunningServer, method: str) -> list:
+    """Count calls to the server's TokenService ``method``."""
+    calls: list = []
+    recording(server, method, calls.append)
     return calls
 
 
@@ -92,15 +99,8 @@ def test_without_credentials_an_expired_token_cannot_be_renewed() -> None:
 
 def watching(server: RunningServer, method: str) -> queue.Queue:
     """Each call to the server's TokenService ``method``, its arguments put in a queue as it happens."""
-    tokens = state_of(server.app).tokens
     calls: queue.Queue = queue.Queue()
-    original = getattr(tokens, method)
-
-    def wrapper(*args, **kwargs):
-        calls.put(args)
-        return original(*args, **kwargs)
-
-    setattr(tokens, method, wrapper)
+    recording(server, method, calls.put)
     return calls
 
 
