@@ -35,6 +35,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 _SETTINGS = {setting.name for setting in KNOWN_SETTINGS}
 #: gunicorn's --graceful-timeout (whole seconds on its command line): far longer than a 4200 close takes.
 GRACEFUL_TIMEOUT = 10_000 * MS
+#: How long a master may take to listen: it imports gunicorn, Flask and the app first, which took
+#: more than 9 s (WAIT * 3) once on a loaded 2-core machine; only a master that never starts waits it out.
+START_WAIT = WAIT * 10
 
 
 class Gunicorn:
@@ -63,7 +66,7 @@ class Gunicorn:
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self._reader = threading.Thread(target=self._read_log, name="test-gunicorn-log", daemon=True)
         self._reader.start()
-        if not self._listening.wait(WAIT * 3):
+        if not self._listening.wait(START_WAIT):
             self.stop()
             raise AssertionError("gunicorn did not start:\n" + self.log)
 
