@@ -18,6 +18,7 @@ import contextlib
 import json
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -35,10 +36,18 @@ NODE_TIMEOUT_MS = 1000
 
 
 class ClusterNode(RedisServer):
-    """One cluster-enabled redis-server (see ``RedisServer``)."""
+    """One cluster-enabled redis-server (see ``RedisServer``).
 
-    def __init__(self, port: int | None = None) -> None:
+    ``keep_log``: after start, a thread (``test-redis-log-{port}``, ended by the process's end)
+    keeps its log lines with their arrival time (``time.time()``) in ``log``, for the
+    failover timeline (``failover_at``); without it the log is closed once the node is ready.
+    """
+
+    def __init__(self, port: int | None = None, keep_log: bool = False) -> None:
         super().__init__(port)
+        self.keep_log = keep_log
+        self.log: list[tuple[float, str]] = []
+        self._log_thread: threading.Thread | None = None
         # The cluster bus has its own free port: the default (port + 10000) may be taken, or past 65535.
         self.bus_port = free_port()
         self.extra_args = [
@@ -57,7 +66,40 @@ class ClusterNode(RedisServer):
              "--appendonly", "no", "--dir", self.dir, "--loglevel", "notice", *self.extra_args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
-        self._wait_for_line(b"Ready to accept connections")
+        if not self.keep_log:
+            self._wait_for_line(b"Ready to accept connections")
+            return
+        assert self.process.stdout is not None
+        ready = threading.Event()
+        # Daemon: it ends at the process's end (EOF on the pipe), which close() brings.
+        self._log_thread = threading.Thread(target=self._keep_lines, args=(self.process.stdout, ready),
+                                            name=f"test-redis-log-{self.port}", daemon=True)
+        self._log_thread.start()
+        if not ready.wait(WAIT):
+            self.kill()
+            raise AssertionError(f"redis-server did not get ready: {self.log[-5:]!r}")
+
+    def _keep_lines(self, stream: Any, ready: threading.Event) -> None:
+        for raw in iter(stream.readline, b""):  # bounded by the process's life: EOF when it ends
+            line = raw.decode("utf-8", "replace").rstrip()
+            self.log.append((time.time(), line))
+            if "Ready to accept connections" in line:
+                ready.set()
+        stream.close()
+
+    def logged_at(self, text: str) -> float | None:
+        """When (``time.time()``) the first log line containing ``text`` arrived (``keep_log`` only); None: none yet."""
+        return next((at for at, line in list(self.log) if text in line), None)
+
+    def kill(self) -> None:
+        process = self.process
+        if process is None or self._log_thread is None:
+            super().kill()
+            return
+        process.kill()
+        process.wait(WAIT)
+        self.process = None
+        self._log_thread.join(WAIT)  # EOF: every line read
 
     @property
     def address(self) -> str:
@@ -98,9 +140,9 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 class RedisCluster:
     """``masters`` masters with ``replicas`` replicas each, on free loopback ports."""
 
-    def __init__(self, masters: int = 3, replicas: int = 0) -> None:
+    def __init__(self, masters: int = 3, replicas: int = 0, keep_logs: bool = False) -> None:
         assert REDIS_CLI, "redis-cli is missing: scripts/test.sh installs it"
-        self.nodes = [ClusterNode(free_port()) for _ in range(masters * (1 + replicas))]
+        self.nodes = [ClusterNode(free_port(), keep_log=keep_logs) for _ in range(masters * (1 + replicas))]
         self.replicas = replicas
 
     @property
@@ -185,8 +227,8 @@ class RedisCluster:
 
 
 @contextlib.contextmanager
-def redis_cluster(masters: int = 3, replicas: int = 0) -> Iterator[RedisCluster]:
-    cluster = RedisCluster(masters, replicas)
+def redis_cluster(masters: int = 3, replicas: int = 0, keep_logs: bool = False) -> Iterator[RedisCluster]:
+    cluster = RedisCluster(masters, replicas, keep_logs)
     cluster.start()
     try:
         yield cluster

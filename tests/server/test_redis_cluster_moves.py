@@ -328,6 +328,72 @@ def test_a_master_killed_mid_run_loses_no_publish_with_an_id() -> None:
             assert shards[heir.address]["slots"] == RedisCluster.slot_owners(heir)[heir.address]
 
 
+def test_a_gap_met_while_a_listener_subscribes_is_filled_at_once(monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A delivery can come on a listener's new connection before the PONG that makes it connected (after a
+    failover the publishing hub sends its held publishes to the new master while this hub subscribes there).
+    A gap before it is read from the stream at once, on that listener's thread, which must not wait for the
+    PONG it has yet to read: waiting there stalled the listener for the whole retry timeout and lost the gap."""
+    from rusty_ws.brokers.redis_listener import _READY
+    from rusty_ws.brokers.redis_shard_listener import ShardListener
+
+    caplog.set_level(logging.INFO, "rusty_ws.server")
+    session = "subscribing"
+    with redis_cluster(3) as cluster, nodes(2, cluster.url) as (a, b), a.connect() as far, \
+            b.connect() as sending, b.connect() as meanwhile:
+        _, start = subscribe_json(far, session=session)
+        ack_of(sending, "T", 1, "g-1", session=session)
+        assert recv_json_delivery(far)["payload"] == 1
+        master = cluster.master_of_slot(session_slot(session))
+        channel = shard_channel_name("rusty_ws", "T", session)
+        node_a = broker(a).node_id
+        armed, hooked = threading.Event(), threading.Event()
+        original = ShardListener._subscribe_all
+
+        class Link:
+            """The listener's new connection, with a publish made between its SSUBSCRIBEs and its PING."""
+
+            def __init__(self, link: Any) -> None:
+                self.link = link
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self.link, name)
+
+            def ping(self, message: bytes) -> None:
+                if message == _READY:
+                    # Redis has the new subscription: offset 3 comes on this connection before the PONG.
+                    wait_for(lambda: channel in master.shard_channels(), WAIT, "the listener's SSUBSCRIBE")
+                    ack_of(meanwhile, "T", 3, "g-3", session=session)
+                    hooked.set()
+                self.link.ping(message)
+
+        def subscribe_all(listener: ShardListener, link: Any) -> None:
+            if armed.is_set() and listener.node_id == node_a and listener.address == master.address:
+                armed.clear()
+                ack_of(meanwhile, "T", 2, "g-2", session=session)  # nobody on hub a hears this one live
+                link = Link(link)
+            original(listener, link)
+
+        monkeypatch.setattr(ShardListener, "_subscribe_all", subscribe_all)
+        armed.set()
+        with contextlib.closing(master.client()) as client:  # hub a's pub/sub connection to the master drops
+            ours = [entry for entry in client.client_list()
+                    if entry["name"] == f"rusty_ws-{node_a}" and int(entry.get("ssub", 0))]
+            assert len(ours) == 1, ours
+            client.execute_command("CLIENT", "KILL", "ID", ours[0]["id"])
+        assert hooked.wait(WAIT), "hub a's listener did not subscribe again"
+        started = time.monotonic()
+        got = [recv_json_delivery(far) for _ in range(2)]
+        assert [(m["payload"], m["offset"], m["epoch"]) for m in got] == [(2, 2, start.epoch), (3, 3, start.epoch)]
+        assert broker(a).wait_connected(True, WAIT)
+        assert time.monotonic() - started < WAIT, "the gap waited"
+        assert broker(a).status()["gaps_filled"] == 1
+        assert "could not fill a gap" not in caplog.text
+        ack_of(sending, "T", 4, "g-4", session=session)
+        assert recv_json_delivery(far)["payload"] == 4
+        assert far.sync() == []
+
+
 def test_a_forged_offset_on_a_shard_channel_does_not_silence_the_pair(caplog: pytest.LogCaptureFixture) -> None:
     """A well-formed version-2 envelope with an offset no script gave: not taken for a gap, real ones go on."""
     from redis_cluster_support import spublish
