@@ -28,11 +28,16 @@ import redis
 from redis_support import SENTINEL, RedisServer, publishes_landed, read_until_sentinel
 from rusty_ws.brokers.redis_codec import encode_envelope, shard_channel_name
 from rusty_ws.protocol import Delivery, encode_publish
-from support import POLL, WAIT, Client, free_port
+from support import MS, POLL, WAIT, Client, free_port
 
 REDIS_CLI = shutil.which("redis-cli")
 #: Milliseconds without an answer before the cluster takes a node for failed (Redis' default: 15000).
 NODE_TIMEOUT_MS = 1000
+#: Seconds the hubs may take, after a replica won its election, to have it as a connected master: measured
+#: 0.1 to 0.4 s (scripts/cluster_failover.py, docs/scaling.md); the rest is the margin for a loaded machine.
+FOLLOW = 2000 * MS
+#: The log line of a replica that was promoted (Redis 7.0).
+PROMOTED = "Failover election won"
 
 
 class ClusterNode(RedisServer):
@@ -193,6 +198,20 @@ class RedisCluster:
                 raise AssertionError(f"unexpected CLUSTER SLOTS shape: {ranges!r}")
             owners[address] = owners.get(address, 0) + end - start + 1
         return owners
+
+    def wait_followed(self, heir: ClusterNode, followed: Callable[[], bool]) -> float:
+        """Until ``heir`` (a replica whose master was killed) took over and ``followed()`` says the hubs have it;
+        returns the seconds from its promotion (its log: ``keep_logs``) to then, checked against ``FOLLOW``.
+
+        The promotion is the cluster's own time (``NODE_TIMEOUT_MS``, then an election): up to ``WAIT * 6``.
+        """
+        wait_for(lambda: heir.logged_at(PROMOTED) is not None, WAIT * 6, "the replica to take over")
+        wait_for(followed, FOLLOW + WAIT, "the hubs to follow the new master")
+        promoted = heir.logged_at(PROMOTED)
+        assert promoted is not None
+        took = time.time() - promoted
+        assert took < FOLLOW, f"the hubs followed the new master {took:.2f} s after its promotion"
+        return took
 
     def masters(self) -> list[ClusterNode]:
         return [node for node in self.running() if node.role() == "master"]

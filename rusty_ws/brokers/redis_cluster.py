@@ -444,7 +444,7 @@ class RedisClusterBroker(Broker):
         lost_since: float | None = None  # when a read first found a master missing or not connected
         resync = False  # a slot moved: reconcile even if the map reads the same
         last_read = time.monotonic()
-        next_read = last_read + MAP_INTERVAL
+        next_read = last_read + (MAP_INTERVAL if self._whole() else 0.0)  # started without the whole cluster: now
         while not self._stop.is_set():
             wait = next_read - time.monotonic()
             due = self._retries.next_due()

@@ -15,11 +15,14 @@ import json
 import logging
 import signal
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 from redis_cluster_support import (
+    FOLLOW,
+    PROMOTED,
     ClusterNode,
     RedisCluster,
     publish_across_nodes,
@@ -215,7 +218,7 @@ def test_one_seed_is_enough_and_dead_seeds_are_skipped(cluster: RedisCluster) ->
 
 def test_a_master_killed_mid_run_is_replaced_and_the_hubs_carry_on(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "rusty_ws.server")
-    with redis_cluster(3, replicas=1) as cluster, nodes(2, cluster.url) as (a, b), \
+    with redis_cluster(3, replicas=1, keep_logs=True) as cluster, nodes(2, cluster.url) as (a, b), \
             a.connect() as subscriber, b.connect() as publisher:
         sessions = [f"s{i}" for i in range(30)]
         for session in sessions:
@@ -264,12 +267,14 @@ def test_a_master_killed_mid_run_is_replaced_and_the_hubs_carry_on(caplog: pytes
         # Publish on while the cluster notices, elects the replica, and both hubs follow it.
         for _ in range(2000):
             publish_round()
-            if heir.role() == "master" and all(broker(n).status()["connected"] and
-                                               heir.address in broker(n).status()["shards"] for n in (a, b)):
+            if heir.logged_at(PROMOTED) and all(broker(n).status()["connected"] and
+                                                heir.address in broker(n).status()["shards"] for n in (a, b)):
                 break
         else:
             raise AssertionError("the replica did not take over, or the hubs did not follow")
         healed_at = number
+        promoted = heir.logged_at(PROMOTED)
+        assert promoted is not None and time.time() - promoted < FOLLOW, "the hubs were slow to follow"
         for _ in range(5):
             publish_round()
         assert broker(b).wait_sent(WAIT)
