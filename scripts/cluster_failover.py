@@ -12,8 +12,9 @@ after the kill, from what each side says (no sleeps: it waits on the receipts, w
   its replica started its election and when it won it (the replica's log: the promotion);
 - each hub, from its log records (``rusty_ws.server`` at DEBUG): its first slot map with the
   replica as master, its listener and its sender connected to the replica;
-- the clients: the first ack in the new master's epoch (publisher, hub b), the first delivery in
-  that epoch on hub b's subscriber ("near") and on hub a's ("far").
+- the clients: the first answer the publisher (on hub b) got after the promotion, its first ack in the
+  new master's epoch, the first delivery in that epoch on hub b's subscriber ("near") and on hub
+  a's ("far").
 
 It prints one line per run, then the median, minimum and maximum of each, and the load. Every
 run also checks what the tests check: every publish acknowledged once, with consecutive offsets,
@@ -38,7 +39,7 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from redis_cluster_support import redis_cluster  # noqa: E402
+from redis_cluster_support import PROMOTED, redis_cluster  # noqa: E402
 
 from rusty_ws.brokers.redis_cluster import RedisClusterBroker  # noqa: E402
 from rusty_ws.brokers.redis_slots import session_slot  # noqa: E402
@@ -48,7 +49,7 @@ from support import Client, RunningServer, nodes  # noqa: E402
 SESSION = "failing-over"
 #: The columns of a run, in the order they happen.
 STEPS = ("marked_failed", "election_started", "promoted", "map_b", "map_a", "listener_b", "listener_a",
-         "sender_b", "sender_a", "ack_b", "near_b", "far_a")
+         "sender_b", "sender_a", "answer_b", "ack_b", "near_b", "far_a")
 
 
 class Records(logging.Handler):
@@ -185,13 +186,16 @@ def one_run(window: int, records: Records, dump: str | None) -> dict[str, Any]:
                                                               n.logged_at("FAIL message received")) if t),
                                  default=None),
             "election_started": heir.logged_at("Starting a failover election"),
-            "promoted": heir.logged_at("Failover election won"),
+            "promoted": heir.logged_at(PROMOTED),
             "map_b": records.first(killed, f"rusty_ws-redis-cluster-{node_b}", heir.address),
             "map_a": records.first(killed, f"rusty_ws-redis-cluster-{node_a}", heir.address),
             "listener_b": records.first(killed, f"rusty_ws-redis-{node_b}-{heir.address}", "Redis connected"),
             "listener_a": records.first(killed, f"rusty_ws-redis-{node_a}-{heir.address}", "Redis connected"),
             "sender_b": records.first(killed, f"rusty_ws-redis-sender-{node_b}-{heir.address}", "connected"),
             "sender_a": records.first(killed, f"rusty_ws-redis-sender-{node_a}-{heir.address}", "connected"),
+            # The first answer after the promotion (a held publish that ran on the old master and was
+            # replicated is answered "repeat" with its old position), then the first that ran on the new one.
+            "answer_b": next((at for at, _ in answers.got if at >= (heir.logged_at(PROMOTED) or killed)), None),
             "ack_b": first_in_epoch(answers.got, epoch, True),
             "near_b": first_in_epoch(near.got, epoch, False),
             "far_a": first_in_epoch(far.got, epoch, False),

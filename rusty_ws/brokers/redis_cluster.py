@@ -145,8 +145,11 @@ class RedisClusterBroker(Broker):
         self._scripts: dict[str, str] = {}
         self._stop = threading.Event()
         self._poke = threading.Event()  # wakes the supervisor: trouble (with _map_wanted), or retries due
-        self._map_wanted = False  # set before _poke by who saw trouble: read the map at once (one bool, no lock)
-        self._moved = False  # set with _map_wanted when a slot moved under a live master: reconcile (one bool)
+        # _trouble_lock guards _map_wanted (someone saw trouble: read the map soon) and _moved (a slot moved
+        # under a live master: reconcile even if the map reads the same). Held for a few assignments.
+        self._trouble_lock = threading.Lock()
+        self._map_wanted = False
+        self._moved = False
         self._maps = MapReader(self._redis, self._url, self._errors)  # start's, then the supervisor's only
         self._retries = RetryQueue(timeout=retry_timeout, limit=send_queue)
         self._router = Router(view=lambda: self._view, exceptions=self._redis.exceptions, errors=self._errors,
@@ -304,10 +307,11 @@ class RedisClusterBroker(Broker):
         """Someone saw trouble: the supervisor reads the slot map at once (``MAP_MIN_INTERVAL`` apart; while a
         master is known lost, on its schedule). ``moved``: a slot moved under a live master (``MOVED``, a
         pushed ``sunsubscribe``): the listeners reconcile even if the map reads the same."""
-        if moved:
-            self._moved = True
-        self._map_wanted = True
-        self._poke.set()
+        with self._trouble_lock:
+            self._moved = self._moved or moved
+            wake, self._map_wanted = not self._map_wanted, True
+        if wake:  # (one wake-up per read: the supervisor clears the flag when it reads, not when it waits)
+            self._poke.set()
 
     def _from_channel(self, delivery: Delivery) -> Landed:
         """What the listeners deliver: not a publish of this node's already delivered here (history), nor a
@@ -442,7 +446,7 @@ class RedisClusterBroker(Broker):
         the listeners in line (``_refresh``), sends held commands again (``Router.flush``)."""
         delays = None  # while no node gives the map: a backoff up to MAP_LOST_INTERVAL
         lost_since: float | None = None  # when a read first found a master missing or not connected
-        resync = False  # a slot moved: reconcile even if the map reads the same
+        resync = False  # a slot moved: reconcile even if the map reads the same (carried to a read that failed)
         last_read = time.monotonic()
         next_read = last_read + (MAP_INTERVAL if self._whole() else 0.0)  # started without the whole cluster: now
         while not self._stop.is_set():
@@ -454,23 +458,26 @@ class RedisClusterBroker(Broker):
             self._poke.clear()
             if self._stop.is_set():
                 break
-            trouble, self._map_wanted = self._map_wanted, False
-            moved, self._moved = self._moved, False
-            resync = resync or moved
+            with self._trouble_lock:
+                trouble, moved = self._map_wanted, self._moved
             now = time.monotonic()
             # While a master is known lost, a lost connection reported again changes nothing: the schedule
             # reads the map soon enough; a moved slot still gets its read within MAP_MIN_INTERVAL.
             least = MAP_MIN_INTERVAL if lost_since is None or moved else next_read - last_read
             if trouble and now - last_read < least:
-                next_read = min(next_read, last_read + least)  # a storm of reports: one read
+                next_read = min(next_read, last_read + least)  # a storm of reports: one read (flags kept)
             elif trouble or now >= next_read:
+                with self._trouble_lock:  # what is reported from now on comes after this read began
+                    resync = resync or self._moved
+                    self._map_wanted = self._moved = False
                 found = None
                 try:
                     found = self._read_map(quiet=lost_since is not None)
                     self._refresh(found, resync=resync)
                 except Exception:
                     logger.exception("reading the Redis Cluster's slot map failed")
-                resync = False
+                if found is not None:
+                    resync = False
                 last_read = time.monotonic()
                 whole = self._whole()
                 if whole and lost_since is not None:
