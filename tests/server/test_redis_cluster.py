@@ -403,6 +403,38 @@ def test_a_master_that_stops_answering_is_noticed_and_rejoined(monkeypatch: pyte
         assert sub.recv_json()["payload"] == "back"
 
 
+def test_while_a_master_is_lost_the_map_is_read_often_on_one_connection_however_much_fails() -> None:
+    """No replica takes over: the hub reads the slot map every ``MAP_FOLLOW_INTERVAL`` to see one promoted,
+    on a connection it keeps, and publishes failing meanwhile add no reads of their own (no spinning)."""
+    from rusty_ws.brokers.redis_cluster import MAP_FOLLOW_INTERVAL
+
+    def counts(nodes: list[ClusterNode]) -> tuple[int, int]:
+        """CLUSTER SLOTS answered, connections accepted: over ``nodes``."""
+        slots = connections = 0
+        for node in nodes:
+            with contextlib.closing(node.client()) as client:
+                slots += int(client.info("commandstats").get("cmdstat_cluster|slots", {}).get("calls", 0))
+                connections += int(client.info("stats")["total_connections_received"])
+        return slots, connections
+
+    with redis_cluster(3) as cluster, running_server(broker_url=cluster.url) as hub, hub.connect() as publisher:
+        dead = cluster.master_of_slot(session_slot("lost"))
+        dead.kill()
+        assert broker(hub).wait_connected(False, WAIT)
+        alive = cluster.running()
+        before, started = counts(alive), time.monotonic()
+        for number in range(300):  # each fails (no master): at most once, delivered here only
+            publisher.send(encode_publish("T", number, session_id="lost"))
+        assert publisher.sync() == []
+        threading.Event().wait(1.0)  # a measurement window, not a synchronisation
+        after, window = counts(alive), time.monotonic() - started
+        reads = after[0] - before[0]
+        assert reads <= window / MAP_FOLLOW_INTERVAL * 1.5 + 2, f"{reads} map reads in {window:.2f} s"
+        assert reads >= 1, "the hub stopped looking for a new master"
+        # counts() opens one connection per node; the hub's reads reuse one.
+        assert after[1] - before[1] <= len(alive) + 2, f"{after[1] - before[1]} connections: one per read?"
+
+
 @pytest.mark.parametrize("retry_timeout", [500 * MS, 0], ids=["held, then answered", "retries off"])
 def test_acks_come_from_the_slot_s_master_and_a_dead_one_answers_unavailable(retry_timeout: float) -> None:
     """No replica takes over: a publish with an id is held for RUSTY_WS_BROKER_RETRY_TIMEOUT, then answered."""
