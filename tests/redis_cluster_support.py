@@ -18,6 +18,7 @@ import contextlib
 import json
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -27,18 +28,33 @@ import redis
 from redis_support import SENTINEL, RedisServer, publishes_landed, read_until_sentinel
 from rusty_ws.brokers.redis_codec import encode_envelope, shard_channel_name
 from rusty_ws.protocol import Delivery, encode_publish
-from support import POLL, WAIT, Client, free_port
+from support import MS, POLL, WAIT, Client, free_port
 
 REDIS_CLI = shutil.which("redis-cli")
 #: Milliseconds without an answer before the cluster takes a node for failed (Redis' default: 15000).
 NODE_TIMEOUT_MS = 1000
+#: Seconds the hubs may take, after a replica won its election, to have it as a connected master: measured
+#: 0.1 to 0.4 s with a steady publisher, up to 1.6 s with 2,000 held publishes to send again and a far hub
+#: filling its gap first, both hubs in one process at load 26 (docs/scaling.md); the rest is the margin for
+#: a loaded machine. Before session 13 a far hub could wait for its own listener for the whole retry timeout.
+FOLLOW = 3000 * MS
+#: The log line of a replica that was promoted (Redis 7.0).
+PROMOTED = "Failover election won"
 
 
 class ClusterNode(RedisServer):
-    """One cluster-enabled redis-server (see ``RedisServer``)."""
+    """One cluster-enabled redis-server (see ``RedisServer``).
 
-    def __init__(self, port: int | None = None) -> None:
+    ``keep_log``: after start, a thread (``test-redis-log-{port}``, ended by the process's end)
+    keeps its log lines with their arrival time (``time.time()``) in ``log``, for the
+    failover timeline (``failover_at``); without it the log is closed once the node is ready.
+    """
+
+    def __init__(self, port: int | None = None, keep_log: bool = False) -> None:
         super().__init__(port)
+        self.keep_log = keep_log
+        self.log: list[tuple[float, str]] = []
+        self._log_thread: threading.Thread | None = None
         # The cluster bus has its own free port: the default (port + 10000) may be taken, or past 65535.
         self.bus_port = free_port()
         self.extra_args = [
@@ -57,7 +73,40 @@ class ClusterNode(RedisServer):
              "--appendonly", "no", "--dir", self.dir, "--loglevel", "notice", *self.extra_args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
-        self._wait_for_line(b"Ready to accept connections")
+        if not self.keep_log:
+            self._wait_for_line(b"Ready to accept connections")
+            return
+        assert self.process.stdout is not None
+        ready = threading.Event()
+        # Daemon: it ends at the process's end (EOF on the pipe), which close() brings.
+        self._log_thread = threading.Thread(target=self._keep_lines, args=(self.process.stdout, ready),
+                                            name=f"test-redis-log-{self.port}", daemon=True)
+        self._log_thread.start()
+        if not ready.wait(WAIT):
+            self.kill()
+            raise AssertionError(f"redis-server did not get ready: {self.log[-5:]!r}")
+
+    def _keep_lines(self, stream: Any, ready: threading.Event) -> None:
+        for raw in iter(stream.readline, b""):  # bounded by the process's life: EOF when it ends
+            line = raw.decode("utf-8", "replace").rstrip()
+            self.log.append((time.time(), line))
+            if "Ready to accept connections" in line:
+                ready.set()
+        stream.close()
+
+    def logged_at(self, text: str) -> float | None:
+        """When (``time.time()``) the first log line containing ``text`` arrived (``keep_log`` only); None: none yet."""
+        return next((at for at, line in list(self.log) if text in line), None)
+
+    def kill(self) -> None:
+        process = self.process
+        if process is None or self._log_thread is None:
+            super().kill()
+            return
+        process.kill()
+        process.wait(WAIT)
+        self.process = None
+        self._log_thread.join(WAIT)  # EOF: every line read
 
     @property
     def address(self) -> str:
@@ -98,9 +147,9 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 class RedisCluster:
     """``masters`` masters with ``replicas`` replicas each, on free loopback ports."""
 
-    def __init__(self, masters: int = 3, replicas: int = 0) -> None:
+    def __init__(self, masters: int = 3, replicas: int = 0, keep_logs: bool = False) -> None:
         assert REDIS_CLI, "redis-cli is missing: scripts/test.sh installs it"
-        self.nodes = [ClusterNode(free_port()) for _ in range(masters * (1 + replicas))]
+        self.nodes = [ClusterNode(free_port(), keep_log=keep_logs) for _ in range(masters * (1 + replicas))]
         self.replicas = replicas
 
     @property
@@ -152,6 +201,20 @@ class RedisCluster:
             owners[address] = owners.get(address, 0) + end - start + 1
         return owners
 
+    def wait_followed(self, heir: ClusterNode, followed: Callable[[], bool]) -> float:
+        """Until ``heir`` (a replica whose master was killed) took over and ``followed()`` says the hubs have it;
+        returns the seconds from its promotion (its log: ``keep_logs``) to then, checked against ``FOLLOW``.
+
+        The promotion is the cluster's own time (``NODE_TIMEOUT_MS``, then an election): up to ``WAIT * 6``.
+        """
+        wait_for(lambda: heir.logged_at(PROMOTED) is not None, WAIT * 6, "the replica to take over")
+        wait_for(followed, FOLLOW + WAIT, "the hubs to follow the new master")
+        promoted = heir.logged_at(PROMOTED)
+        assert promoted is not None
+        took = time.time() - promoted
+        assert took < FOLLOW, f"the hubs followed the new master {took:.2f} s after its promotion"
+        return took
+
     def masters(self) -> list[ClusterNode]:
         return [node for node in self.running() if node.role() == "master"]
 
@@ -185,8 +248,8 @@ class RedisCluster:
 
 
 @contextlib.contextmanager
-def redis_cluster(masters: int = 3, replicas: int = 0) -> Iterator[RedisCluster]:
-    cluster = RedisCluster(masters, replicas)
+def redis_cluster(masters: int = 3, replicas: int = 0, keep_logs: bool = False) -> Iterator[RedisCluster]:
+    cluster = RedisCluster(masters, replicas, keep_logs)
     cluster.start()
     try:
         yield cluster

@@ -87,6 +87,9 @@ class TestSlots:
         assert key_slot(tag_in(lambda slot: slot == 77).encode()) == 77  # type: ignore[union-attr]
         assert tag_in(lambda slot: 100 <= slot < 200) in partition_tags()
         assert tag_in(lambda slot: False, tries=1000) is None
+        asked = []  # a master with no slot (a dead one, once its replica took them): no search of a million names
+        assert tag_in(lambda slot: asked.append(slot) is not None) is None
+        assert len(asked) <= SLOTS + PARTITIONS
 
 
 class TestNames:

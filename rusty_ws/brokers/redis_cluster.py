@@ -63,7 +63,7 @@ from ..protocol import Delivery
 from .base import Broker, Deliver, Key, Landed, OnLanded, SharedHistory
 from .redis import SEND_QUEUE, SEND_QUEUE_BYTES, START_TIMEOUT, SUBSCRIBE_TIMEOUT, _import_redis, new_node_id
 from .redis_cluster_gaps import GapFiller
-from .redis_cluster_nodes import node_client, read_slot_map
+from .redis_cluster_nodes import MapReader, node_client
 from .redis_cluster_retry import RetryQueue
 from .redis_cluster_routes import Redirecting, Router, View
 from .redis_codec import checked_envelope, shard_channel_name, split_cluster_url
@@ -80,6 +80,14 @@ logger = logging.getLogger("rusty_ws.server")
 MAP_INTERVAL = 5.0
 #: Fewest seconds between two reads, however often trouble is reported (a storm of MOVED replies).
 MAP_MIN_INTERVAL = 0.05
+#: Seconds between two reads while a master is lost and another node answers: its replica's promotion is
+#: seen this soon. One CLUSTER SLOTS on a kept connection each (``MapReader``)...
+MAP_FOLLOW_INTERVAL = 0.1
+#: ...for this many seconds of one outage (a replica takes over within ``cluster-node-timeout``, 15 s by
+#: default, plus its election); past it (a shard with no replica left), every ``MAP_LOST_INTERVAL``.
+MAP_FOLLOW_FOR = 60.0
+#: Seconds between two reads past ``MAP_FOLLOW_FOR``, and the cap of the backoff while no node answers at all.
+MAP_LOST_INTERVAL = 1.0
 #: Default of ``RUSTY_WS_BROKER_RETRY_TIMEOUT``: seconds a command the cluster could not take yet
 #: (a failover, a migrating slot) is held to be sent again; 0 sends nothing again.
 RETRY_TIMEOUT = 5.0
@@ -137,7 +145,12 @@ class RedisClusterBroker(Broker):
         self._scripts: dict[str, str] = {}
         self._stop = threading.Event()
         self._poke = threading.Event()  # wakes the supervisor: trouble (with _map_wanted), or retries due
-        self._map_wanted = False  # set before _poke by who saw trouble: read the map at once (one bool, no lock)
+        # _trouble_lock guards _map_wanted (someone saw trouble: read the map soon) and _moved (a slot moved
+        # under a live master: reconcile even if the map reads the same). Held for a few assignments.
+        self._trouble_lock = threading.Lock()
+        self._map_wanted = False
+        self._moved = False
+        self._maps = MapReader(self._redis, self._url, self._errors)  # start's, then the supervisor's only
         self._retries = RetryQueue(timeout=retry_timeout, limit=send_queue)
         self._router = Router(view=lambda: self._view, exceptions=self._redis.exceptions, errors=self._errors,
                               retries=self._retries, idempotent=self._idempotent, as_eval=self._as_eval,
@@ -163,6 +176,7 @@ class RedisClusterBroker(Broker):
         self.node_id, self._pid = new_node_id(), os.getpid()
         self._view = View(None, {}, {}, {})
         self._stop = threading.Event()
+        self._maps = MapReader(self._redis, self._url, self._errors)  # (a forked process's own connection)
         self._refresh(self._read_map(quiet=False))
         # Daemon, like the listeners: stop() joins it.
         self._supervisor = threading.Thread(target=self._supervise, name=f"rusty_ws-redis-cluster-{self.node_id}",
@@ -269,7 +283,11 @@ class RedisClusterBroker(Broker):
 
         client = view.clients.get(address)
         reads = None if client is None else Redirecting(self._router, address, client)
-        return Route(reads, submit, listener is not None and listener.connected)
+        # A gap read runs on the listener's own thread, for a delivery its connection brought; it may come
+        # before the PONG that makes the listener connected (a slot's publishes arrive while it subscribes),
+        # and waiting for that PONG there would wait for itself (docs/scaling.md, "Failover and resharding").
+        live = listener is not None and (listener.connected or listener.delivering_here())
+        return Route(reads, submit, live)
 
     # ------------------------------------------------------------------ retries
 
@@ -285,10 +303,15 @@ class RedisClusterBroker(Broker):
     def _pause(self, seconds: float) -> bool:
         return self._stop.wait(seconds)
 
-    def _trouble(self) -> None:
-        """Someone saw trouble: the supervisor reads the slot map at once."""
-        self._map_wanted = True
-        self._poke.set()
+    def _trouble(self, *, moved: bool) -> None:
+        """Someone saw trouble: the supervisor reads the slot map at once (``MAP_MIN_INTERVAL`` apart; while a
+        master is known lost, on its schedule). ``moved``: a slot moved under a live master (``MOVED``, a
+        pushed ``sunsubscribe``): the listeners reconcile even if the map reads the same."""
+        with self._trouble_lock:
+            self._moved = self._moved or moved
+            wake, self._map_wanted = not self._map_wanted, True
+        if wake:  # (one wake-up per read: the supervisor clears the flag when it reads, not when it waits)
+            self._poke.set()
 
     def _from_channel(self, delivery: Delivery) -> Landed:
         """What the listeners deliver: not a publish of this node's already delivered here (history), nor a
@@ -419,9 +442,13 @@ class RedisClusterBroker(Broker):
     # ------------------------------------------------------------------ the supervisor thread
 
     def _supervise(self) -> None:
-        delays = None  # a backoff while something is wrong; MAP_INTERVAL while all is well
+        """The supervisor thread: reads the slot map (``_next_read``'s schedule, or at once on trouble), brings
+        the listeners in line (``_refresh``), sends held commands again (``Router.flush``)."""
+        delays = None  # while no node gives the map: a backoff up to MAP_LOST_INTERVAL
+        lost_since: float | None = None  # when a read first found a master missing or not connected
+        resync = False  # a slot moved: reconcile even if the map reads the same (carried to a read that failed)
         last_read = time.monotonic()
-        next_read = last_read + MAP_INTERVAL
+        next_read = last_read + (MAP_INTERVAL if self._whole() else 0.0)  # started without the whole cluster: now
         while not self._stop.is_set():
             wait = next_read - time.monotonic()
             due = self._retries.next_due()
@@ -431,27 +458,63 @@ class RedisClusterBroker(Broker):
             self._poke.clear()
             if self._stop.is_set():
                 break
-            trouble, self._map_wanted = self._map_wanted, False
+            with self._trouble_lock:
+                trouble, moved = self._map_wanted, self._moved
             now = time.monotonic()
-            if trouble and now - last_read < MAP_MIN_INTERVAL:
-                next_read = min(next_read, last_read + MAP_MIN_INTERVAL)  # a storm of reports: one read
-                trouble = False
+            # While a master is known lost, a lost connection reported again changes nothing: the schedule
+            # reads the map soon enough; a moved slot still gets its read within MAP_MIN_INTERVAL.
+            least = MAP_MIN_INTERVAL if lost_since is None or moved else next_read - last_read
+            if trouble and now - last_read < least:
+                next_read = min(next_read, last_read + least)  # a storm of reports: one read (flags kept)
             elif trouble or now >= next_read:
+                with self._trouble_lock:  # what is reported from now on comes after this read began
+                    resync = resync or self._moved
+                    self._map_wanted = self._moved = False
+                found = None
                 try:
-                    self._refresh(self._read_map(quiet=delays is not None), trouble=trouble)
+                    found = self._read_map(quiet=lost_since is not None)
+                    self._refresh(found, resync=resync)
                 except Exception:
                     logger.exception("reading the Redis Cluster's slot map failed")
-                if self.status()["connected"]:
+                if found is not None:
+                    resync = False
+                last_read = time.monotonic()
+                whole = self._whole()
+                if whole and lost_since is not None:
+                    logger.info("Redis Cluster: every slot's master connected again, %.2f s after one was "
+                                "found missing", last_read - lost_since)
+                elif not whole and lost_since is None:
+                    logger.info("Redis Cluster: a master is missing or not connected; reading the slot map "
+                                "every %.1f s (while a node answers) until it is back or replaced", MAP_FOLLOW_INTERVAL)
+                lost_since = None if whole else (last_read if lost_since is None else lost_since)
+                if whole or found is not None:
                     delays = None
                 elif delays is None:
-                    delays = backoff.delays(initial=0.05, cap=1.0)
-                last_read = time.monotonic()
-                next_read = last_read + (next(delays) if delays else MAP_INTERVAL)
+                    delays = backoff.delays(initial=0.05, cap=MAP_LOST_INTERVAL)
+                next_read = last_read + self._next_read(whole, lost_since, delays)
             try:
                 self._router.flush()
             except Exception:
                 logger.exception("sending held Redis Cluster commands again failed")
+        self._maps.close()
         logger.debug("- %s stopped", threading.current_thread().name)
+
+    @staticmethod
+    def _next_read(whole: bool, lost_since: float | None, delays: Any) -> float:
+        """Seconds until the next read: ``MAP_INTERVAL`` while all is well; while a master is lost and a node
+        answers, ``MAP_FOLLOW_INTERVAL`` (for ``MAP_FOLLOW_FOR``, then ``MAP_LOST_INTERVAL``); while no node
+        answers, the backoff ``delays``."""
+        if whole or lost_since is None:
+            return MAP_INTERVAL
+        if delays is not None:
+            return float(next(delays))
+        return MAP_FOLLOW_INTERVAL if time.monotonic() - lost_since < MAP_FOLLOW_FOR else MAP_LOST_INTERVAL
+
+    def _whole(self) -> bool:
+        """Whether every slot has a master whose listener and sender are connected (``status``'s ``connected``)."""
+        view = self._view
+        return view.map is not None and all(view.map.owners) and bool(view.listeners) and all(
+            listener.connected and view.senders[address].connected for address, listener in view.listeners.items())
 
     def _read_map(self, quiet: bool) -> SlotMap | None:
         """CLUSTER SLOTS from the first node that answers: those of the last map (connected masters first), then the URL's."""
@@ -461,23 +524,25 @@ class RedisClusterBroker(Broker):
         # Masters we are connected to first: a silent node (SIGSTOP, a partition) costs a timeout.
         known.sort(key=lambda address: not (address in view.listeners and view.listeners[address].connected))
         candidates = list(dict.fromkeys(known + [f"{host}:{port}" for host, port in url.seeds]))
-        found, problems = read_slot_map(self._redis, url, candidates, self._errors)
+        found, problems = self._maps.read(candidates)
         if found is not None:
             return found
         (logger.debug if quiet else logger.warning)("no Redis Cluster node gave its slot map (%s)", "; ".join(problems))
         return None
 
-    def _refresh(self, new: SlotMap | None, trouble: bool = False) -> None:
-        """Bring the listeners in line with ``new``: start, stop, resync. Only the supervisor (or ``start``) calls it.
+    def _refresh(self, new: SlotMap | None, resync: bool = False) -> None:
+        """Bring the listeners in line with ``new``: start, resync, stop. Only the supervisor (or ``start``) calls it.
 
-        ``trouble``: someone reported some; with the same map as before, the listeners
-        still reconcile (a pushed ``sunsubscribe`` may come before the node asked knows why).
+        ``resync``: a slot moved; with the same map as before, the listeners still reconcile
+        (a pushed ``sunsubscribe`` may come before the node asked knows why). The new
+        masters' senders and listeners start before the old ones are stopped: stopping one
+        whose node is gone may wait for a connection attempt to time out.
         """
         old = self._view
         if self._stop.is_set():
             return  # stop() takes the view as it is: start nothing it would not stop
         if new is None or new == old.map:
-            if new is not None and trouble:
+            if new is not None and resync:
                 for listener in old.listeners.values():
                     listener.resync()
             return
@@ -494,6 +559,12 @@ class RedisClusterBroker(Broker):
         # The new map is in place before any listener reads the registry against it.
         self._view = View(new, listeners, clients, senders)
         logger.info("Redis Cluster slot map: %d masters (%s)", len(new.masters), ", ".join(sorted(new.masters)))
+        for address, listener in listeners.items():
+            if address in added:
+                senders[address].start(self.start_timeout)
+                listener.start(self.start_timeout)
+            else:
+                listener.resync()
         for listener, client, sender in retired:
             sender.stop(self.start_timeout)  # sends what waits if its node still answers, else fails it
             listener.stop(self.start_timeout)
@@ -502,12 +573,6 @@ class RedisClusterBroker(Broker):
             with self._counts_lock:
                 for name in self._retired:
                     self._retired[name] += counts[name]
-        for address, listener in listeners.items():
-            if address in added:
-                senders[address].start(self.start_timeout)
-                listener.start(self.start_timeout)
-            else:
-                listener.resync()
 
     def _shard_for(self, address: str) -> tuple[ShardListener, Any, RedisSender]:
         """The listener, client and sender of the master at ``address`` (not started)."""
@@ -529,14 +594,16 @@ class RedisClusterBroker(Broker):
 
         def control_tag() -> str:
             current = self._view.map
-            tag = tag_in(lambda slot: current is not None and current.owners[slot] == address)
+            # (A dead master's, once the map gave its slots to its replica: no slot, no search.)
+            tag = None if current is None or address not in current.owners else tag_in(
+                lambda slot: current.owners[slot] == address)
             if tag is None:
                 raise redis.exceptions.ConnectionError(f"{address} serves no slot now")
             return tag
 
-        def on_trouble(reason: str) -> None:
+        def on_trouble(reason: str, moved: bool) -> None:
             logger.debug("- Redis Cluster trouble at %s: %s", address, reason)
-            self._trouble()
+            self._trouble(moved=moved)
 
         listener = ShardListener(
             address=address, owns=owns, control_tag=control_tag, on_trouble=on_trouble,

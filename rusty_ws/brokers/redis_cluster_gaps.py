@@ -18,9 +18,12 @@ claims an offset its stream does not hold (no script published it: forged or
 garbled data on the channel) is not remembered, so it cannot make the pair's
 real deliveries look like copies.
 
-A read that fails (right after a failover this node may reach the new master's
-channel before its reads) is tried again for up to ``retry_for`` seconds (the
-broker's ``RUSTY_WS_BROKER_RETRY_TIMEOUT``), that listener's deliveries waiting.
+A read that fails is tried again for up to ``retry_for`` seconds (the broker's
+``RUSTY_WS_BROKER_RETRY_TIMEOUT``), that listener's deliveries waiting. The
+listener's own state is not a reason to fail: a delivery can come on its new
+connection before the ``PONG`` that makes it connected, and the broker lets a
+read on the listener's own thread go then (``ShardListener.delivering_here``),
+where waiting for that ``PONG`` would wait for itself.
 
 Threads and locks: the listeners' threads call ``before`` (several listeners may
 deliver one pair around a move); ``_lock`` guards ``_last`` and the counts, and is
@@ -65,9 +68,8 @@ class GapFiller:
     def __init__(self, read: Callable[[Key, Position, int], Stored], *, limit: int = FILL_LIMIT,
                  most_pairs: int = MOST_PAIRS, retry_for: float = 0.0,
                  pause: Callable[[float], bool] | None = None) -> None:
-        """``retry_for``: seconds a read that failed (right after a failover the new master may not be
-        reached yet for reads, though its channel already delivers) is tried again, every
-        ``READ_RETRY_PAUSE``; ``pause(seconds)`` waits and says whether the broker is stopping."""
+        """``retry_for``: seconds a read that failed is tried again, every ``READ_RETRY_PAUSE``;
+        ``pause(seconds)`` waits and says whether the broker is stopping."""
         self.read = read
         self.limit = limit
         self.most_pairs = most_pairs

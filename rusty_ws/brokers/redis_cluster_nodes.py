@@ -1,6 +1,6 @@
 """Connections to single Redis Cluster nodes for ``redis_cluster.py``: a client per node, the slot map.
 
-No threads here and no state: the cluster broker's supervisor calls these.
+No threads here: the cluster broker's supervisor calls these (``MapReader`` keeps one connection).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 from .redis_codec import ClusterUrl
 from .redis_slots import SlotMap, parse_cluster_slots
 
-__all__ = ["node_client", "read_slot_map"]
+__all__ = ["node_client", "MapReader"]
 
 
 def node_client(redis: Any, url: ClusterUrl, address: str, *, name: str | None = None,
@@ -28,24 +28,45 @@ def node_client(redis: Any, url: ClusterUrl, address: str, *, name: str | None =
     )
 
 
-def read_slot_map(redis: Any, url: ClusterUrl, candidates: list[str],
-                  errors: tuple[type[BaseException], ...]) -> tuple[SlotMap | None, list[str]]:
-    """``CLUSTER SLOTS`` from the first of ``candidates`` that answers with a map that has a master.
+class MapReader:
+    """Reads ``CLUSTER SLOTS`` from the first node that answers, on a connection kept to the last one that did.
 
-    Returns:
-        The map (None if no node gave one), and what went wrong with each node asked before.
+    While a master is lost the broker's supervisor reads the map every few tenths of a
+    second to see its replica promoted: one round trip each, not a new connection each.
+    One thread only (the supervisor); ``close`` drops the kept connection.
     """
-    problems: list[str] = []
-    refused: tuple[type[BaseException], ...] = (*errors, ValueError)
-    for address in candidates:
-        client = node_client(redis, url, address, socket_timeout=2.0, connect_timeout=1.0)
-        try:
-            found = parse_cluster_slots(client.execute_command("CLUSTER SLOTS"))
-            if found.masters:
+
+    def __init__(self, redis: Any, url: ClusterUrl, errors: tuple[type[BaseException], ...]) -> None:
+        self._redis, self._url = redis, url
+        self._refused: tuple[type[BaseException], ...] = (*errors, ValueError)
+        self._kept: tuple[str, Any] | None = None  # (address, client) of the node that answered last
+
+    def read(self, candidates: list[str]) -> tuple[SlotMap | None, list[str]]:
+        """The map of the first of ``candidates`` that gives one with a master, and what went wrong before it."""
+        problems: list[str] = []
+        for address in candidates:
+            if self._kept is not None and self._kept[0] == address:
+                client = self._kept[1]
+            else:
+                client = node_client(self._redis, self._url, address, socket_timeout=2.0, connect_timeout=1.0)
+            try:
+                found = parse_cluster_slots(client.execute_command("CLUSTER SLOTS"))
+            except self._refused as exc:
+                problems.append(f"{address}: {exc}")
+                found = None
+            if found is not None and found.masters:
+                if self._kept is None or self._kept[1] is not client:
+                    self.close()
+                    self._kept = (address, client)
                 return found, problems
-            problems.append(f"{address}: no slot served")
-        except refused as exc:
-            problems.append(f"{address}: {exc}")
-        finally:
+            if found is not None:
+                problems.append(f"{address}: no slot served")
+            if self._kept is not None and self._kept[1] is client:
+                self._kept = None
             client.close()
-    return None, problems
+        return None, problems
+
+    def close(self) -> None:
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            kept[1].close()

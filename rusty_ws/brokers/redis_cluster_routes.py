@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from .redis_cluster_retry import AGAIN_DELAY, Held, Kind, RetryQueue, classify
 from .redis_sender import RedisSender
 from .redis_shard_listener import ShardListener
 from .redis_slots import SlotMap
 
-__all__ = ["View", "Router", "Redirecting", "READ_TRIES"]
+__all__ = ["View", "Router", "Redirecting", "Trouble", "READ_TRIES"]
 
 logger = logging.getLogger("rusty_ws.server")
 
@@ -39,6 +39,13 @@ class View(NamedTuple):
     listeners: dict[str, ShardListener]  # master address -> its listener
     clients: dict[str, Any]              # master address -> its client (redis.Redis): wake-ups, redirects
     senders: dict[str, RedisSender]      # master address -> its sender
+
+
+class Trouble(Protocol):
+    """Asks the broker's supervisor to read the slot map now. ``moved``: a slot moved under a live master
+    (a ``MOVED``): the listeners reconcile even if the map reads the same; else a master was lost."""
+
+    def __call__(self, *, moved: bool) -> None: ...
 
 
 class Redirecting:
@@ -64,14 +71,14 @@ class Router:
         retries: the broker's ``RetryQueue``.
         idempotent: whether a command may run twice (the publish script with an id).
         as_eval: a known script's ``EVALSHA`` as an ``EVAL`` (for a master that may lack it).
-        trouble: asks the supervisor to read the slot map now; wake: wakes it (a wave may go).
+        trouble: asks the supervisor to read the slot map now (``Trouble``); wake: wakes it (a wave may go).
         count_unsent: counts a command that reached no master, for ``/healthz``.
         stopped: whether the broker stops (nothing is held then); pause: waits (returns early on stop).
     """
 
     def __init__(self, *, view: Callable[[], View], exceptions: Any, errors: tuple[type[BaseException], ...],
                  retries: RetryQueue, idempotent: Callable[[tuple[Any, ...]], bool],
-                 as_eval: Callable[[tuple[Any, ...]], tuple[Any, ...]], trouble: Callable[[], None],
+                 as_eval: Callable[[tuple[Any, ...]], tuple[Any, ...]], trouble: Trouble,
                  wake: Callable[[], None], count_unsent: Callable[[str, str], None], stopped: Callable[[], bool],
                  pause: Callable[[float], Any]) -> None:
         self._view, self._exceptions, self._errors, self.retries = view, exceptions, errors, retries
@@ -85,7 +92,7 @@ class Router:
         On the sender thread of ``address``: a round trip there, only while a slot has
         just moved (the supervisor is reading the new map meanwhile).
         """
-        self._trouble()
+        self._trouble(moved=True)
         logger.info("a command to %s was MOVED to %s (a slot moved): sending it there", address, target)
         client = self._view().clients.get(target)
         if client is None:
@@ -104,7 +111,7 @@ class Router:
         """
         client = self._view().clients.get(target)
         if client is None:
-            self._trouble()
+            self._trouble(moved=True)
             return ConnectionError(f"ASK to {target}, a master this node does not know yet")
         logger.debug("- a command to %s was ASKed to %s (a slot migrates): ASKING there", address, target)
         try:
@@ -184,7 +191,7 @@ class Router:
             # wave and failed again): redirected now, this one could run before them (the slot finished
             # moving in between). It waits behind them instead.
             if kind is Kind.MOVED:
-                self._trouble()
+                self._trouble(moved=True)
             kind = Kind.AGAIN
         elif kind is Kind.MOVED:
             reply = self.redirect(address, target, command)
@@ -193,16 +200,15 @@ class Router:
             reply = self.ask(address, target, command)
             kind, target = classify(reply, self._exceptions)
         if kind in (Kind.MOVED, Kind.ASK):  # redirected twice: the map is read again, try once it is
-            self._trouble()
+            self._trouble(moved=True)
             kind = Kind.AGAIN
-        if kind is not Kind.LOST:
+        if kind is Kind.LOST:
+            self._trouble(moved=False)  # a master lost (or none serves the slot): its replica may be master now
+        else:
             counted = False
         retry = kind is Kind.AGAIN or (kind is Kind.LOST and idempotent)
-        if retry and not self._stopped() and self.retries.hold(
-                slot, seq, held, command, on_reply, reply, idempotent, AGAIN_DELAY if kind is Kind.AGAIN else 0.0):
-            if kind is Kind.LOST:
-                self._trouble()  # a master lost: its replica may be master now
-        else:
+        if not (retry and not self._stopped() and self.retries.hold(
+                slot, seq, held, command, on_reply, reply, idempotent, AGAIN_DELAY if kind is Kind.AGAIN else 0.0)):
             if kind is not Kind.DONE and not isinstance(reply, ConnectionError):
                 reply = ConnectionError(f"the Redis Cluster could not take it: {reply}")
             if kind is not Kind.DONE and not counted:

@@ -14,13 +14,15 @@ backoff), with these differences:
   wake-up is an ``SPUBLISH`` to it on the same master;
 - a ``sunsubscribe`` the server pushes (its slot moved away: resharding or
   failover), a ``MOVED`` reply, or a lost connection tells the broker to read
-  the slot map again (``on_trouble``); the broker then calls ``resync``, which
-  reconciles every pair (the registry's and this listener's) against the new map.
+  the slot map again (``on_trouble``; ``moved`` for the first two: a slot moved
+  under a live master); the broker then calls ``resync``, which reconciles every
+  pair (the registry's and this listener's) against the new map.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -40,7 +42,7 @@ class ShardListener(Listener):
     """The listener of one master. ``owns(key)`` says whether the current slot map puts ``key`` here."""
 
     def __init__(self, *, address: str, owns: Callable[[Key], bool], control_tag: Callable[[], str],
-                 on_trouble: Callable[[str], None], **kwargs: Any) -> None:
+                 on_trouble: Callable[[str, bool], None], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.address = address
         self.owns = owns
@@ -56,6 +58,12 @@ class ShardListener(Listener):
     def connected(self) -> bool:
         """Whether the connection is up and subscribed (read without the lock: one bool, for the publish path)."""
         return self._connected
+
+    def delivering_here(self) -> bool:
+        """Whether the caller is this listener's thread, which calls out only to deliver what its live
+        connection brought: a read it makes then (a gap, ``GapFiller``) must not wait for ``connected``,
+        which this same thread sets when the PONG behind those deliveries comes."""
+        return threading.current_thread() is self._thread
 
     def resync(self) -> None:
         """The slot map changed: reconcile every pair against it (soon, on the thread)."""
@@ -91,15 +99,19 @@ class ShardListener(Listener):
             self._send(link.ssubscribe, self._channels)
             link.ping(_READY)  # its PONG says Redis has every subscription: then we are connected
         except self.errors as exc:
-            self.on_trouble(f"{type(exc).__name__}: {exc}")
+            self._troubled(exc)
             raise
 
     def _listen(self, link: PushLink) -> None:
         try:
             super()._listen(link)
         except self.errors as exc:
-            self.on_trouble(f"{type(exc).__name__}: {exc}")  # a dead master, or a MOVED: read the map again
+            self._troubled(exc)  # a dead master, or a MOVED: read the map again
             raise
+
+    def _troubled(self, exc: BaseException) -> None:
+        """Tell the broker; a refusal (``MOVED`` to an ``SSUBSCRIBE``) says a slot moved, the rest a lost link."""
+        self.on_trouble(f"{type(exc).__name__}: {exc}", isinstance(exc, self.exceptions.ResponseError))
 
     @staticmethod
     def _send(command: Callable[..., Any], channels: Iterable[bytes]) -> None:
@@ -121,12 +133,13 @@ class ShardListener(Listener):
     def _on_sunsubscribe(self, channel: bytes) -> None:
         """A reply to our SUNSUBSCRIBE, or a push: the server no longer serves this channel's slot."""
         if channel == self.control:
+            self.on_trouble(f"the slot of the control channel left {self.address}", True)
             raise self.errors[0](f"the slot of {channel!r} left {self.address}")  # reconnect, with a new control tag
         key = self._channels.pop(channel, None)
         if key is None:
             return  # the reply to one we asked for
         logger.info("%s stopped serving %r (its slot moved); reading the slot map again", self.address, channel[:200])
-        self.on_trouble(f"slot {key_slot(channel)} left {self.address}")
+        self.on_trouble(f"slot {key_slot(channel)} left {self.address}", True)
 
     def _reconcile(self, link: PushLink) -> None:
         """Bring the marked pairs (every pair, after ``resync``) in line with the registry and the slot map."""

@@ -116,11 +116,15 @@ def session_slot(session_id: str) -> int:
 def tag_in(owns: Callable[[int], bool], tries: int = SLOTS * 64) -> str | None:
     """A tag whose slot ``owns``: a partition's tag if one qualifies, else the first ``c{n}`` that does.
 
-    None when none of ``tries`` candidates does (``owns`` holds no slot).
+    None at once when ``owns`` holds no slot (a dead master once the map gave its slots
+    to its replica: trying ``tries`` names would cost seconds of CPU), or when none of
+    ``tries`` candidates does (``owns`` holds very few).
     """
     for tag, slot in zip(partition_tags(), partition_slots()):
         if owns(slot):
             return tag
+    if not any(owns(slot) for slot in range(SLOTS)):
+        return None
     for number in range(tries):
         tag = f"c{number}"
         if owns(crc16(tag.encode()) % SLOTS):

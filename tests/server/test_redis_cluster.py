@@ -15,11 +15,14 @@ import json
 import logging
 import signal
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 from redis_cluster_support import (
+    FOLLOW,
+    PROMOTED,
     ClusterNode,
     RedisCluster,
     publish_across_nodes,
@@ -215,7 +218,7 @@ def test_one_seed_is_enough_and_dead_seeds_are_skipped(cluster: RedisCluster) ->
 
 def test_a_master_killed_mid_run_is_replaced_and_the_hubs_carry_on(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "rusty_ws.server")
-    with redis_cluster(3, replicas=1) as cluster, nodes(2, cluster.url) as (a, b), \
+    with redis_cluster(3, replicas=1, keep_logs=True) as cluster, nodes(2, cluster.url) as (a, b), \
             a.connect() as subscriber, b.connect() as publisher:
         sessions = [f"s{i}" for i in range(30)]
         for session in sessions:
@@ -264,12 +267,14 @@ def test_a_master_killed_mid_run_is_replaced_and_the_hubs_carry_on(caplog: pytes
         # Publish on while the cluster notices, elects the replica, and both hubs follow it.
         for _ in range(2000):
             publish_round()
-            if heir.role() == "master" and all(broker(n).status()["connected"] and
-                                               heir.address in broker(n).status()["shards"] for n in (a, b)):
+            if heir.logged_at(PROMOTED) and all(broker(n).status()["connected"] and
+                                                heir.address in broker(n).status()["shards"] for n in (a, b)):
                 break
         else:
             raise AssertionError("the replica did not take over, or the hubs did not follow")
         healed_at = number
+        promoted = heir.logged_at(PROMOTED)
+        assert promoted is not None and time.time() - promoted < FOLLOW, "the hubs were slow to follow"
         for _ in range(5):
             publish_round()
         assert broker(b).wait_sent(WAIT)
@@ -396,6 +401,38 @@ def test_a_master_that_stops_answering_is_noticed_and_rejoined(monkeypatch: pyte
         assert shard_channel_name("rusty_ws", "T", "s") in stopped.shard_channels()
         pub.command(encode_publish("T", "back", session_id="s"))
         assert sub.recv_json()["payload"] == "back"
+
+
+def test_while_a_master_is_lost_the_map_is_read_often_on_one_connection_however_much_fails() -> None:
+    """No replica takes over: the hub reads the slot map every ``MAP_FOLLOW_INTERVAL`` to see one promoted,
+    on a connection it keeps, and publishes failing meanwhile add no reads of their own (no spinning)."""
+    from rusty_ws.brokers.redis_cluster import MAP_FOLLOW_INTERVAL
+
+    def counts(nodes: list[ClusterNode]) -> tuple[int, int]:
+        """CLUSTER SLOTS answered, connections accepted: over ``nodes``."""
+        slots = connections = 0
+        for node in nodes:
+            with contextlib.closing(node.client()) as client:
+                slots += int(client.info("commandstats").get("cmdstat_cluster|slots", {}).get("calls", 0))
+                connections += int(client.info("stats")["total_connections_received"])
+        return slots, connections
+
+    with redis_cluster(3) as cluster, running_server(broker_url=cluster.url) as hub, hub.connect() as publisher:
+        dead = cluster.master_of_slot(session_slot("lost"))
+        dead.kill()
+        assert broker(hub).wait_connected(False, WAIT)
+        alive = cluster.running()
+        before, started = counts(alive), time.monotonic()
+        for number in range(300):  # each fails (no master): at most once, delivered here only
+            publisher.send(encode_publish("T", number, session_id="lost"))
+        assert publisher.sync() == []
+        threading.Event().wait(1.0)  # a measurement window, not a synchronisation
+        after, window = counts(alive), time.monotonic() - started
+        reads = after[0] - before[0]
+        assert reads <= window / MAP_FOLLOW_INTERVAL * 1.5 + 2, f"{reads} map reads in {window:.2f} s"
+        assert reads >= 1, "the hub stopped looking for a new master"
+        # counts() opens one connection per node; the hub's reads reuse one.
+        assert after[1] - before[1] <= len(alive) + 2, f"{after[1] - before[1]} connections: one per read?"
 
 
 @pytest.mark.parametrize("retry_timeout", [500 * MS, 0], ids=["held, then answered", "retries off"])

@@ -168,7 +168,7 @@ def test_a_replica_that_took_over_without_the_last_writes_gives_a_new_epoch_neve
     live subscribers go on in the new epoch with nothing delivered twice.
     """
     caplog.set_level(logging.INFO, "rusty_ws.server")
-    with redis_cluster(3, replicas=1) as cluster, nodes(2, cluster.url) as (a, b), \
+    with redis_cluster(3, replicas=1, keep_logs=True) as cluster, nodes(2, cluster.url) as (a, b), \
             a.connect() as live, b.connect() as publisher:
         session = "failover"
         victim = cluster.master_of_slot(session_slot(session))
@@ -190,9 +190,8 @@ def test_a_replica_that_took_over_without_the_last_writes_gives_a_new_epoch_neve
         finally:
             heir.process.send_signal(signal.SIGCONT)
         assert [ack.offset for ack in acks] == list(range(1, 16)) and {ack.epoch for ack in acks} == {first.epoch}
-        wait_for(lambda: heir.role() == "master", WAIT * 6, "the replica to take over")
-        wait_for(lambda: all(broker(n).status()["connected"] and heir.address in broker(n).status()["shards"]
-                             for n in (a, b)), WAIT * 4, "both hubs to follow the new master")
+        cluster.wait_followed(heir, lambda: all(broker(n).status()["connected"] and heir.address in
+                                                broker(n).status()["shards"] for n in (a, b)))
         after = [publish_acked(publisher, session, n, f"f-{n}", seen) for n in range(16, 21)]
         assert after[0].epoch != first.epoch, "the new master reused the old epoch: offsets 11.. name other messages"
         assert [ack.offset for ack in after] == list(range(11, 16))  # its stream ended at 10: a consistent prefix
