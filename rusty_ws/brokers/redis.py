@@ -211,6 +211,7 @@ class RedisBroker(Broker):
             prefix=self.channel_prefix,
             node_id=node_id,
             deliver=self._from_channel,
+            deliver_run=self.deliver_run,  # set by the hub before start (None: one by one)
             keys=self._keys,
             subscribe_timeout=self.subscribe_timeout,
             max_envelope_size=self.max_envelope_size,
