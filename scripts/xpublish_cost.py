@@ -133,8 +133,11 @@ def by_kind(before: dict[int, dict[str, Any]], after: dict[int, dict[str, Any]],
 
 
 def one_round(redis: Any, env: dict[str, str], messages: int, deadline: float,
-              spy_seconds: float = 0.0, syscalls: bool = False) -> dict[str, Any]:
-    from benchlib.generators import Generator, clean
+              spy_seconds: float = 0.0, syscalls: bool = False, pairs: int = 0) -> dict[str, Any]:
+    """One run of the shape in fresh nodes; with ``pairs``, ``bench.py``'s ``xsessions`` instead:
+    ``pairs`` sessions whose two clients are on different nodes, ``messages`` publishes each way
+    (per message then means per delivery, ``pairs`` * 2 * ``messages`` of them)."""
+    from benchlib.generators import Generator, clean, merge, split
     from benchlib.servers import RunningServer, ServerKind
 
     kind = ServerKind("rusty_ws+redis", "rusty", os.path.join("..", os.path.basename(__file__)), "node")
@@ -145,17 +148,30 @@ def one_round(redis: Any, env: dict[str, str], messages: int, deadline: float,
     spy = perf = None
     try:
         common = {"dialect": "rusty", "deadline": deadline, "session": "s1", "topic": "T"}
-        watcher = Generator({**common, "port": servers[0].port, "role": "subscribe", "connections": 1,
+        if pairs:
+            first = 0
+            for n in split(pairs, 2):
+                generators.append(Generator({"dialect": "rusty", "port": servers[0].port, "port_b": servers[1].port,
+                                             "deadline": deadline, "role": "pairs", "pairs": n, "first_pair": first,
+                                             "count": messages}))
+                first += n
+            if not all(g.wait_ready() for g in generators):
+                raise RuntimeError("a pair generator did not start")
+            subscribers, publishers = generators, generators
+            messages *= pairs * 2
+        else:
+            watcher = Generator({**common, "port": servers[0].port, "role": "subscribe", "connections": 1,
+                                 "expect": messages})
+            far = Generator({**common, "port": servers[1].port, "role": "subscribe", "connections": 1,
                              "expect": messages})
-        far = Generator({**common, "port": servers[1].port, "role": "subscribe", "connections": 1,
-                         "expect": messages})
-        generators += [watcher, far]
-        if not (watcher.wait_ready() and far.wait_ready()):
-            raise RuntimeError("a subscriber did not start")
-        publisher = Generator({**common, "port": servers[0].port, "role": "publish", "count": messages})
-        generators.append(publisher)
-        if not publisher.wait_ready():
-            raise RuntimeError("the publisher did not start")
+            generators += [watcher, far]
+            if not (watcher.wait_ready() and far.wait_ready()):
+                raise RuntimeError("a subscriber did not start")
+            publisher = Generator({**common, "port": servers[0].port, "role": "publish", "count": messages})
+            generators.append(publisher)
+            if not publisher.wait_ready():
+                raise RuntimeError("the publisher did not start")
+            subscribers, publishers = [watcher, far], [publisher]
         pid = servers[0].process.pid
         before = threads_of(pid, ended)
         node1, node2, redis_cpu, wall = servers[0].cpu_seconds(), servers[1].cpu_seconds(), redis.cpu_seconds(), time.monotonic()
@@ -163,12 +179,13 @@ def one_round(redis: Any, env: dict[str, str], messages: int, deadline: float,
             spy = _start_spy(pid, spy_seconds)
         if syscalls:
             perf = _start_perf(pid)
-        publisher.go()
-        sent = publisher.finish(deadline)
-        got = [watcher.finish(deadline), far.finish(deadline)]
+        for publisher in publishers:
+            publisher.go()
+        sent = merge([publisher.finish(deadline) for publisher in publishers])
+        got = [subscriber.finish(deadline) for subscriber in subscribers]
         after = threads_of(pid, ended)
         counted = _finish_perf(perf, messages) if perf is not None else None
-        row = {"ok": all(clean(g) for g in got) and not sent.get("failed"),
+        row = {"ok": all(clean(g) for g in got) and not sent.get("failed") and sent.get("errors", 0) == 0,
                "wall_s": round(time.monotonic() - wall, 2),
                "node1": by_kind(before, after, messages),
                "node1_process_us": round((servers[0].cpu_seconds() - node1) * 1e6 / messages, 2),
@@ -299,6 +316,8 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=50_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--variants", default="on,off", help="comma-separated, of: " + ", ".join(VARIANTS))
+    parser.add_argument("--sessions", type=int, default=0, metavar="PAIRS",
+                        help="xsessions' shape instead: PAIRS sessions split over the nodes, --messages each way")
     parser.add_argument("--py-spy", type=float, default=0.0, metavar="SECONDS",
                         help="also profile node 1 for SECONDS in each variant's last round")
     parser.add_argument("--py-spy-gil", action="store_true",
@@ -321,7 +340,8 @@ def main() -> None:
         for round_ in range(args.rounds):
             for name in names:  # interleaved: the load drifts alike for every variant
                 spy = args.py_spy if round_ == args.rounds - 1 else 0.0
-                row = one_round(redis, VARIANTS[name], args.messages, time.monotonic() + 300, spy, args.syscalls)
+                row = one_round(redis, VARIANTS[name], args.messages, time.monotonic() + 300, spy, args.syscalls,
+                                args.sessions)
                 row["load"] = round(os.getloadavg()[0], 1)
                 results[name].append(row)
                 parts = ", ".join(f"{kind} {spent['us']:.2f}" for kind, spent in row["node1"].items())
