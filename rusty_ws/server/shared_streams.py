@@ -19,7 +19,8 @@ from then on the channel's order (the script's order: offsets ascending) keeps
 the outbox in step. So a publish racing the subscribe lands exactly once.
 
 Threads and locks: ``_lock`` guards ``_catching`` and is held from looking up a
-delivery's subscribers to queueing its frames (on the Redis listener's thread;
+delivery's subscribers to queueing its frames, or an envelope's deliveries
+(``deliver_run``: one look-up and one hold for all of them; on the Redis listener's thread;
 on the Redis sender's for a publish Redis did not take, delivered here only), and
 by ``subscribe_json`` around the switch from buffer to floor; never across I/O
 (frames are written after it is let go: ``Writer.batch``, flat combining in
