@@ -115,6 +115,10 @@ class Broker(abc.ABC):
     #: ``Writer.batch`` here before ``start``): a listener that received many deliveries at
     #: once hands them over inside one, so each subscriber gets them in one ``send``.
     batch_deliveries: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+    #: Hands consecutive deliveries of one (topic, session), oldest first, to this node's
+    #: subscribers at once (the hub sets its ``Hub.deliver_run`` here before ``start``): what a
+    #: listener decoded from one envelope. None: the broker calls ``deliver`` for each.
+    deliver_run: Callable[[list[Delivery]], None] | None = None
 
     @abc.abstractmethod
     def start(self, deliver: Deliver, keys: Callable[[], list[Key]]) -> None:

@@ -30,7 +30,9 @@ Redis replied to its PUBLISH.
 History. With history on the hub does not call ``publish``: ``history_store``
 gives it a ``RedisHistory`` (``redis_history.py``), whose script numbers,
 keeps and PUBLISHes each message in Redis (a version-5 envelope, with offsets
-and epoch, which every node's listener delivers, this node's too; through
+and epoch, which every node's listener delivers, this node's too: an envelope's
+deliveries at once through the hub's ``deliver_run`` (``Broker.deliver_run``),
+except this node's own that ``take_own`` could not take, one by one through
 ``_from_channel``, which drops a copy of this node's own publish already
 delivered here when Redis seemed unreachable).
 
@@ -211,6 +213,7 @@ class RedisBroker(Broker):
             prefix=self.channel_prefix,
             node_id=node_id,
             deliver=self._from_channel,
+            deliver_run=self.deliver_run,  # set by the hub before start (None: one by one)
             keys=self._keys,
             subscribe_timeout=self.subscribe_timeout,
             max_envelope_size=self.max_envelope_size,

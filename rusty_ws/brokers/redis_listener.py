@@ -72,6 +72,7 @@ class Listener:
         batch: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
         take_own: Callable[[Key, bytes, bytes], list[Delivery] | None] | None = None,
         on_disconnect: Callable[[], None] | None = None,
+        deliver_run: Callable[[list[Delivery]], None] | None = None,
     ) -> None:
         import redis.exceptions  # the broker imported it already: this is the redis extra
 
@@ -90,6 +91,10 @@ class Listener:
         #: Called when the connection is lost: what comes on it while it is down never arrives.
         self.on_disconnect = on_disconnect
         self.deliver = deliver
+        #: Delivers an envelope's deliveries at once (``Broker.deliver_run``); None: ``deliver`` each.
+        #: Never given this node's own publishes that ``take_own`` did not take: those go through
+        #: ``deliver``, whose exactly-once check (``RedisHistory.arrived``) they need.
+        self.deliver_run = deliver_run
         self.keys = keys
         self.subscribe_timeout = subscribe_timeout
         #: Larger envelopes are dropped unread (None: no limit); see ``RedisBroker``.
@@ -321,7 +326,7 @@ class Listener:
             if self.take_own is not None and data.startswith(self._own_run):
                 own = self.take_own(key, data, self._own_run)  # ours, with history: kept when published
                 if own is not None:
-                    self._deliver_all(self.node_id, own)
+                    self._deliver_all(self.node_id, own, taken=True)
                     return
         try:
             node, deliveries = decode_envelopes(data, key, self.max_envelope_size)
@@ -334,7 +339,16 @@ class Listener:
             return
         self._deliver_all(node, deliveries)
 
-    def _deliver_all(self, node: str, deliveries: list[Delivery]) -> None:
+    def _deliver_all(self, node: str, deliveries: list[Delivery], taken: bool = False) -> None:
+        """Hand one envelope's deliveries over; ``taken``: this node's own, from ``take_own`` (already checked)."""
+        run = self.deliver_run
+        if run is not None and deliveries and (taken or node != self.node_id):
+            try:
+                run(deliveries)
+            except Exception:
+                logger.exception("delivering %d deliveries from node %s failed (the first: %s)",
+                                 len(deliveries), node, deliveries[0])
+            return
         for delivery in deliveries:
             if node == self.node_id and delivery.offset is None:
                 continue  # ours, without history (history: see redis_history.py)

@@ -192,6 +192,7 @@ class Hub:
         # Publishes are delivered on the publishing thread and take the history lock: see commands_lock.
         self._hold_for_commands = self.history.enabled and isinstance(broker, MemoryBroker)
         broker.batch_deliveries = self.writer.batch  # what a listener received at once: one send per subscriber
+        broker.deliver_run = self.deliver_run  # what one envelope brought: one road for all its deliveries
         broker.start(self.deliver_local, self.registry.keys)
 
     # ------------------------------------------------------------------ admission
@@ -535,6 +536,19 @@ class Hub:
             return _landed(Landed, (position, len(subscribers)))
         with self.writer.batch(), self._history_lock:  # e.g. the broker's listener: the writing waits for the lock to go
             return self._append_and_queue_locked(delivery, encoded)
+
+    def deliver_run(self, deliveries: list[Delivery]) -> None:
+        """``deliver_local`` for consecutive deliveries of one (topic, session), oldest first (``Broker.deliver_run``).
+
+        With the history in the broker (Redis), they are queued together
+        (``SharedStreams.deliver_run``: one look-up, one lock, one writer job);
+        otherwise each goes its own way. Nothing is returned: a listener has no use for it.
+        """
+        if self.shared is not None:
+            self.shared.deliver_run(deliveries)
+            return
+        for delivery in deliveries:
+            self.deliver_local(delivery)
 
     def _append_and_queue_locked(self, delivery: Delivery, encoded: bytes) -> Landed:
         """Give ``delivery`` its offset, keep it, queue its frame; with ``_history_lock`` held, inside a batch."""

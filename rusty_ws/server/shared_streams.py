@@ -19,7 +19,8 @@ from then on the channel's order (the script's order: offsets ascending) keeps
 the outbox in step. So a publish racing the subscribe lands exactly once.
 
 Threads and locks: ``_lock`` guards ``_catching`` and is held from looking up a
-delivery's subscribers to queueing its frames (on the Redis listener's thread;
+delivery's subscribers to queueing its frames, or an envelope's deliveries
+(``deliver_run``: one look-up and one hold for all of them; on the Redis listener's thread;
 on the Redis sender's for a publish Redis did not take, delivered here only), and
 by ``subscribe_json`` around the switch from buffer to floor; never across I/O
 (frames are written after it is let go: ``Writer.batch``, flat combining in
@@ -60,6 +61,10 @@ logger = logging.getLogger("rusty_ws.server")
 Key = tuple[str, str]
 #: Seconds a publish with an id waits for Redis's answer before it is answered ``unavailable``.
 ANSWER_TIMEOUT = 20.0
+#: Bytes of frames ``deliver_run`` joins into one writer job (an envelope's deliveries, up to
+#: ~256 KiB in all). The writer always takes a lone job whatever its size, so a job is kept
+#: small beside ``RUSTY_WS_MAX_QUEUED_BYTES``: the slow-consumer bound means what it says.
+RUN_JOB_BYTES = 64 * 1024
 
 
 @dataclass
@@ -119,28 +124,80 @@ class SharedStreams:
         hub = self.hub
         with hub.writer.batch(), self._lock:
             subscribers = hub.registry.subscribers(*key)
-            catching = self._catching.get(key)
-            if catching:
-                live = []
-                for box in subscribers:
-                    joining = catching.get(box)
-                    if joining is None:
-                        live.append(box)
-                    elif joining.buffer is not None:
-                        joining.buffer.append((delivery, data))
-                    elif not _past(delivery, joining.floor):
-                        continue  # in the replay already (or before its since)
-                    else:
-                        if delivery.offset is not None:
-                            del catching[box]  # in step from now on
-                        live.append(box)
-                if not catching:
-                    del self._catching[key]
-                subscribers = tuple(live)
+            if self._catching.get(key):
+                subscribers = self._joining_locked(key, delivery, data, subscribers)
             if subscribers:
                 hub._send_delivery(data, subscribers)
         position = Position(delivery.offset, delivery.epoch) if delivery.offset is not None and delivery.epoch else None
         return Landed(position, len(subscribers))
+
+    def deliver_run(self, deliveries: list[Delivery]) -> None:
+        """``Hub.deliver_run``: ``deliver`` for consecutive deliveries of one pair, oldest first (one envelope).
+
+        One look-up of the subscribers, one hold of ``_lock``, and their frames queued
+        together, in order, as one writer job per ``RUN_JOB_BYTES`` (not one per delivery):
+        what a listener's envelope brings costs its deliveries' encoding, not the road
+        each would take alone. Subscribers joining the pair (``_catching``) take the
+        deliveries one by one, as ``deliver`` does.
+        """
+        first = deliveries[0]
+        key = (first.topic, first.session_id)
+        hub = self.hub
+        with hub.writer.batch(), self._lock:
+            subscribers = hub.registry.subscribers(*key)
+            if self._catching.get(key):
+                for delivery in deliveries:
+                    data = _encoded(delivery)
+                    # The joining end (in step) as the run goes on: then to every subscriber.
+                    live = self._joining_locked(key, delivery, data, subscribers) if key in self._catching \
+                        else subscribers
+                    if live:
+                        hub._send_delivery(data, live)
+                return
+            if not subscribers:
+                return
+            if hub._compressing:  # a compressed frame for each delivery (no context takeover)
+                for delivery in deliveries:
+                    hub._send_delivery(_encoded(delivery), subscribers)
+                return
+            send = hub.writer.send
+            frames: list[bytes] = []
+            size = 0
+            for delivery in deliveries:
+                frame = text_frame(_encoded(delivery))
+                frames.append(frame)
+                size += len(frame)
+                if size >= RUN_JOB_BYTES:
+                    send(b"".join(frames), subscribers)  # type: ignore[arg-type]  # outboxes
+                    frames, size = [], 0
+            if frames:
+                send(frames[0] if len(frames) == 1 else b"".join(frames), subscribers)  # type: ignore[arg-type]
+
+    def _joining_locked(self, key: Key, delivery: Delivery, data: bytes,
+                        subscribers: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Of ``subscribers``, those to send ``delivery`` to now, given the outboxes joining ``key``.
+
+        A joining outbox still buffering keeps the delivery; one past its replay takes it
+        only above its floor, and is in step (no longer joining) from the first it takes.
+        """
+        assert self._lock.locked(), "must hold the shared streams' lock"
+        catching = self._catching[key]
+        live = []
+        for box in subscribers:
+            joining = catching.get(box)
+            if joining is None:
+                live.append(box)
+            elif joining.buffer is not None:
+                joining.buffer.append((delivery, data))
+            elif not _past(delivery, joining.floor):
+                continue  # in the replay already (or before its since)
+            else:
+                if delivery.offset is not None:
+                    del catching[box]  # in step from now on
+                live.append(box)
+        if not catching:
+            del self._catching[key]
+        return tuple(live)
 
     # ------------------------------------------------------------------ subscribing and reading
 

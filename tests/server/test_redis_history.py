@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 from test_history_wire import publish_numbers, subscribe_json
+from test_redis_history_batches import held
+from websockets.sync.client import connect
 
 from redis_support import RedisServer, redis_server
 from rusty_ws.brokers.redis_codec import pair_keys, publish_id_key, session_tag
@@ -105,13 +107,21 @@ def broker_of(node: RunningServer) -> Any:
     return node.hub.broker
 
 
-def test_publishes_on_one_node_racing_a_resume_on_another_land_exactly_once(redis: RedisServer) -> None:
-    """Node A publishes from 1 on while clients on node B subscribe-json with since: every offset once, in order.
+@pytest.mark.parametrize("where", ["another node", "the publishing node"])
+def test_publishes_on_one_node_racing_a_resume_on_another_land_exactly_once(redis: RedisServer, where: str) -> None:
+    """Node A publishes from 1 on while clients on node B (or on A) subscribe-json with since: every offset once,
+    in order.
 
     The publisher goes on, 100 at a time, until every subscriber is in (then 100 more), so the
-    subscribes race the publishes however fast the merged publishing path is."""
+    subscribes race the publishes however fast the merged publishing path is. On A, what comes
+    back is A's own envelopes, whose deliveries are made from what A kept (``take_own``); on B,
+    A's envelopes decoded: both handed to the hub a whole envelope at once (``deliver_run``)."""
     most = 40_000
-    with nodes(2, redis.url, history_size=most) as (a, b), a.connect() as pub:
+    # No keepalive: the subscribers are read one after another, each up to 40,000 deliveries, and on a
+    # loaded machine the last ones sat unread past a ping's deadline and were dropped (4102).
+    with nodes(2, redis.url, history_size=most, ping_interval=0) as (a, b), a.connect() as pub:
+        if where == "the publishing node":
+            b = a
         epoch = ack_of(pub, "T", 1, "first").epoch
         publish_numbers(pub, 9, start=2)
         subscribers = [b.connect() for _ in range(4)]
@@ -154,6 +164,47 @@ def test_publishes_on_one_node_racing_a_resume_on_another_land_exactly_once(redi
             assert sub.sync() == []  # nothing late, no repeat
             sub.close()
         assert any(10 < boundary < total for boundary in boundaries), "no subscribe raced the publishes"
+
+
+def publish_held(node: RunningServer, publisher: Client, numbers: range) -> None:
+    """Publish ``numbers`` while ``node``'s sender is held: they leave together, as runs of many."""
+    with held(node.hub.broker.sender):
+        for n in numbers:
+            publisher.send(encode_publish("T", {"n": n, "pad": "x" * 50}, session_id="s"))
+        assert publisher.sync() == []  # every one queued to the sender
+
+
+def test_an_envelopes_deliveries_reach_plain_and_compressing_subscribers_each_in_its_frame(redis: RedisServer) -> None:
+    """Publishes sent in one go leave as merged runs: every subscriber, on the publishing node (its own envelopes)
+    and on the other (decoded), gets each delivery as a frame of its own, offsets in order: plain ones (an
+    envelope's frames queued as one job), then with compressing ones beside them (a frame each)."""
+    count = 300
+    with nodes(2, redis.url, compression=6) as (a, b), a.connect() as near, b.connect() as far, \
+            a.connect() as publisher, contextlib.closing(redis.client()) as raw:
+        for client in (near, far):
+            subscribe_json(client)
+        before = int(raw.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+        publish_held(a, publisher, range(count))
+        for client in (near, far):
+            got = [recv_delivery(client) for _ in range(count)]
+            assert [(m["offset"], m["payload"]["n"]) for m in got] == [(n + 1, n) for n in range(count)]
+            assert client.sync() == []
+        calls = int(raw.info("commandstats")["cmdstat_evalsha"]["calls"]) - before
+        assert calls <= 3  # runs of up to 200: envelopes of many deliveries
+
+        with connect(a.ws_url, compression="deflate", open_timeout=WAIT) as near_deflate, \
+                connect(b.ws_url, compression="deflate", open_timeout=WAIT) as far_deflate:
+            for library in (near_deflate, far_deflate):
+                library.send(encode_subscribe_json("T", "s"))
+                assert library.recv(timeout=WAIT).startswith("subscribed:")
+            publish_held(a, publisher, range(count, 2 * count))
+            expected = [(n + 1, n) for n in range(count, 2 * count)]
+            for client in (near, far):
+                assert [(m["offset"], m["payload"]["n"]) for m in (recv_delivery(client) for _ in range(count))] \
+                    == expected
+            for library in (near_deflate, far_deflate):
+                got = [json.loads(library.recv(timeout=WAIT)) for _ in range(count)]
+                assert [(m["offset"], m["payload"]["n"]) for m in got] == expected
 
 
 def test_a_retry_through_another_node_is_acknowledged_as_the_first_and_delivered_once(redis: RedisServer) -> None:
