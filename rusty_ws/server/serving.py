@@ -109,6 +109,7 @@ _PLAIN_MAX = 65536  # http.client's longest line: a head past it is left to http
 #: Set in the environ when the server read exactly the request head off the socket, nothing past it.
 HEAD_ONLY_KEY = "rusty_ws.head_only"
 _NO_HEADERS = email.message.Message()  # what a released handler's ``headers`` are: empty, shared
+_access_log = logging.getLogger(ACCESS_LOGGER)  # werkzeug's, where HubRequestHandler.log writes
 _TIMEOUT_RESPONSE = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 
 
@@ -263,6 +264,7 @@ class HubRequestHandler(WSGIRequestHandler):
         self._ahead = False  # bytes past the head were taken too (the reader gives them first)
         self._reader: Any = None  # the socket's buffered reader, while rfile is the whole head's BytesIO
         self._upgrading = False  # the request parsed last is a WebSocket handshake (_is_websocket_upgrade)
+        self._plain = False  # the request parsed last was read by _parse_plain (its headers: name:value lines)
         try:
             super().__init__(request, client_address, server)  # setup, handle (every request), finish
         finally:
@@ -435,6 +437,7 @@ class HubRequestHandler(WSGIRequestHandler):
         plain = self._parse_plain() if self._whole else None
         # Else http.server reads the headers through the _HeadReader or from the whole head.
         ok = super().parse_request() if plain is None else plain
+        self._plain = plain is not None
         if ok:
             # werkzeug's environ gets the socket's own reader (no other reference is kept: see
             # _release_head).
@@ -470,11 +473,60 @@ class HubRequestHandler(WSGIRequestHandler):
         """
         plain_upgrade = self.server.plain_upgrade
         if plain_upgrade is not None and self._upgrading:
-            self.environ = environ = self.make_environ()
+            self.environ = environ = (self._plain_environ() if self._plain else None) or self.make_environ()
             if plain_upgrade(self.server.app, environ):
                 self.close_connection = True  # handed over (_serve_after wrote the access line), or closed
                 return
         super().run_wsgi()  # a new environ: plain_upgrade may have changed the first
+
+    def _plain_environ(self) -> dict[str, Any] | None:
+        """What ``plain_upgrade`` reads of werkzeug's environ, for a plain head and a plain path; else None.
+
+        werkzeug's ``make_environ`` (~77k instructions a connection) splits the URL,
+        unquotes and re-encodes its path, and adds a dozen keys nobody reads when
+        ``plain_upgrade`` takes the handshake; no app code sees this environ (it
+        is taken only where nothing but the hub's code runs, ``views._plain_app``),
+        and a handshake it does not take goes to Flask with werkzeug's own. The
+        keys it has hold what werkzeug's would: only for an ASCII path of one
+        leading slash with no percent sign and no fragment (``PATH_INFO`` is then
+        the path as it came), on a plain TCP socket; headers are turned into keys
+        exactly as werkzeug does (``_`` in a name dropped, repeats joined by a comma).
+        """
+        target = self.path
+        if (not target.startswith("/") or target.startswith("//") or "%" in target or "#" in target
+                or not target.isascii() or self.server.ssl_context is not None
+                or type(self.client_address) is not tuple):
+            return None
+        path, _, query = target.partition("?")
+        address = self.server.server_address
+        environ: dict[str, Any] = {
+            "wsgi.url_scheme": "http",
+            "wsgi.input": self.rfile,
+            "werkzeug.socket": self.connection,
+            "REQUEST_METHOD": self.command,
+            "SCRIPT_NAME": "",
+            "PATH_INFO": path,
+            "QUERY_STRING": query,
+            "REMOTE_ADDR": self.client_address[0],
+            "SERVER_NAME": address[0],
+            "SERVER_PORT": str(address[1]),
+            "SERVER_PROTOCOL": self.request_version,
+            RELEASE_HEAD_KEY: self._release_head,
+            SERVE_AFTER_KEY: self._serve_after,
+        }
+        if not self._ahead:  # _plain is set for a whole head only
+            environ[HEAD_ONLY_KEY] = True
+        for name, value in self.headers._headers:  # type: ignore[attr-defined]  # as werkzeug's loop
+            if "_" in name:
+                continue
+            key = name.upper().replace("-", "_")
+            value = value.replace("\r\n", "")
+            if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                key = "HTTP_" + key
+                if key in environ:
+                    value = f"{environ[key]},{value}"
+            environ[key] = value
+        return environ
 
     def make_environ(self) -> dict[str, Any]:
         environ = super().make_environ()
@@ -519,6 +571,15 @@ class HubRequestHandler(WSGIRequestHandler):
         if self._head is not None:
             self._head.rfile = raw  # type: ignore[assignment]
         self.headers = _NO_HEADERS
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """werkzeug's access line, only when its logger would take it (the bench and a quiet hub: not built).
+
+        werkzeug builds the line before the logger looks at its level: the path turned
+        into an IRI (three unquotes), colours, escapes; ~15k instructions a connection.
+        """
+        if _access_log.isEnabledFor(logging.INFO):
+            super().log_request(code, size)
 
     def log(self, type: str, message: str, *args: Any) -> None:
         """werkzeug's line, without its timestamp (the log's format has one, ``logs.LOG_FORMAT``) and colours."""
