@@ -68,6 +68,9 @@ def hub_main(args: argparse.Namespace) -> None:
     })
     if args.switch_interval:  # after create_app, which sets the stand-alone hub's (0.05 s)
         sys.setswitchinterval(args.switch_interval)
+    if args.no_stack_release:  # what release_stack_below costs, and what it gives back (RSS)
+        from rusty_ws.server import handoff
+        handoff._release = None
     server = make_server(app, "127.0.0.1", 0)
     freeze_startup_objects()  # as serve() does
     profiles = _profile_threads(server) if args.profile else None
@@ -258,7 +261,8 @@ def _callgrind_control(option: str, pid: int) -> None:
 def one_run(args: argparse.Namespace, connections: int, tmp: str) -> dict:
     """One hub, ``connections`` clients: the hub's deltas over connecting them."""
     hub_command = [sys.executable, os.path.abspath(__file__), "hub", "--switch-interval", str(args.switch_interval),
-                   "--profile", str(args.profile)] + (["--phases"] if args.phases else [])
+                   "--profile", str(args.profile)] + (["--phases"] if args.phases else []) + (
+                   ["--no-stack-release"] if args.no_stack_release else [])
     out = os.path.join(tmp, f"{args.tool}.{connections}")
     if args.tool == "callgrind":
         hub_command = ["valgrind", "--tool=callgrind", "--max-threads=" + str(connections + 100),
@@ -384,6 +388,8 @@ def main() -> None:
     parser.add_argument("--annotate", action="store_true")
     parser.add_argument("--phases", action="store_true",
                         help="report the request threads' CPU time in each phase of the handshake")
+    parser.add_argument("--no-stack-release", action="store_true",
+                        help="the hub without release_stack_below (handoff.py): its CPU against its memory")
     parser.add_argument("--profile", type=int, default=0,
                         help="print cProfile's top N functions of the hub's threads (stderr; slows it)")
     args = parser.parse_args()
