@@ -976,6 +976,7 @@ class HubServer(ThreadedWSGIServer):
         def hand_over(later: AfterTheView) -> None:  # upgrade() calls it once the 101 is written
             if _access_log.isEnabledFor(logging.INFO):
                 _log_upgrade(client_address[0], environ)
+            later.deep = False  # no deeper on the C stack than the loop: nothing to release (handoff.py)
             self.serve_after(request, later)
 
         environ[SERVE_AFTER_KEY] = hand_over
