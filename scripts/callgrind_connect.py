@@ -104,7 +104,7 @@ def hub_main(args: argparse.Namespace) -> None:
                 rss_kib = int(statm.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
             print(json.dumps({"user": usage.ru_utime, "system": usage.ru_stime, "voluntary": usage.ru_nvcsw,
                               "involuntary": usage.ru_nivcsw, "rss_kib": rss_kib, "time": time.monotonic(),
-                              **collections}),
+                              **collections, **_switches_by_thread()}),
                   flush=True)
         elif line.strip() == "zero" and profiles is not None:
             for profile in list(profiles):
@@ -119,6 +119,23 @@ def hub_main(args: argparse.Namespace) -> None:
     server.shutdown()
     server.server_close()
     os._exit(0)  # as `rusty-ws serve` does (serving.exit_now): no wait for the connection threads
+
+
+def _switches_by_thread() -> dict[str, int]:
+    """Context switches so far (``/proc/self/task/*/status``), summed by kind of thread: the accept loop,
+    the request threads (``rusty_ws-conn-*`` once connected), the rest."""
+    sums = {"switches_accept": 0, "switches_request_threads": 0, "switches_other": 0}
+    names = {thread.native_id: thread.name for thread in threading.enumerate()}
+    for task in os.listdir("/proc/self/task"):
+        name = names.get(int(task), "")
+        try:
+            with open(f"/proc/self/task/{task}/status") as status:
+                count = sum(int(line.split()[1]) for line in status if "ctxt_switches" in line)
+        except (OSError, ValueError, IndexError):
+            continue
+        kind = "accept" if name == "accept" else "request_threads" if name.startswith(("rusty_ws-conn", "Thread-")) else "other"
+        sums[f"switches_{kind}"] += count
+    return sums
 
 
 def _profiled(target, profiles):  # type: ignore[no-untyped-def]
@@ -332,7 +349,9 @@ def one_run(args: argparse.Namespace, connections: int, tmp: str) -> dict:
         raise SystemExit(f"not every client connected and subscribed: {result}")
     row = {"connections": connections, "client_elapsed": round(result["elapsed"], 3),
            **{key: after[key] - before[key] for key in ("user", "system", "voluntary", "involuntary", "rss_kib",
-                                                        "gen0", "gen1", "gen2", "gen0_s", "gen1_s", "gen2_s")}}
+                                                        "gen0", "gen1", "gen2", "gen0_s", "gen1_s", "gen2_s",
+                                                        "switches_accept", "switches_request_threads",
+                                                        "switches_other")}}
     if args.tool == "callgrind":
         dumps = sorted(glob.glob(out + ".*"), key=lambda path: int(path.rsplit(".", 1)[1]))
         if not dumps:
