@@ -71,7 +71,7 @@ def hub_main(args: argparse.Namespace) -> None:
         sys.setswitchinterval(args.switch_interval)
     if args.gc_threshold:  # "0": the collector off; "A,B,C": gc.set_threshold(A, B, C) (after the freeze below)
         thresholds = [int(n) for n in args.gc_threshold.split(",")]
-        gc_setting = (lambda: gc.disable()) if thresholds == [0] else (lambda: gc.set_threshold(*thresholds))
+        gc_setting = gc.disable if thresholds == [0] else (lambda: gc.set_threshold(*thresholds))
     else:
         gc_setting = None
     if args.no_stack_release:  # what release_stack_below costs, and what it gives back (RSS)

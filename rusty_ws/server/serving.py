@@ -46,7 +46,7 @@ import threading
 import time
 from collections import deque
 from http import HTTPStatus
-from typing import Any, BinaryIO, NoReturn
+from typing import Any, BinaryIO, NoReturn, cast
 
 from flask import Flask
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
@@ -433,11 +433,10 @@ class HubRequestHandler(WSGIRequestHandler):
         Raises:
             _HeadTimedOut: not one byte came before ``deadline``.
         """
-        data, self._taken = self._taken, b""  # what HubServer._upgrade_plainly read and left, if it did
-        if not data:
-            data = self._first_bytes(deadline)
-            if data is None:
-                return None
+        taken, self._taken = self._taken, b""  # what HubServer._upgrade_plainly read and left, if it did
+        data = taken or self._first_bytes(deadline)
+        if data is None:
+            return None
         end = data.find(b"\r\n\r\n") + 4
         if end < 4 or data.count(b"\n", 0, end) != data.count(b"\r\n", 0, end):
             self._give_back(data)  # the bounded path reads it first, then the socket
@@ -918,11 +917,12 @@ class HubServer(ThreadedWSGIServer):
         """
         try:
             try:
-                left = self._upgrade_plainly(request, client_address) if self.plain_upgrade is not None else None
-                if left is not False:
-                    taken, counted = left or (b"", True)
-                    self.RequestHandlerClass(request, client_address, self,  # type: ignore[call-arg]
-                                             taken=taken, counted=counted)  # socketserver's finish_request
+                left: tuple[bytes, bool] | None = (b"", True)
+                if self.plain_upgrade is not None:
+                    left = self._upgrade_plainly(request, client_address)
+                if left is not None:  # socketserver's finish_request, with what was read
+                    handler = cast("type[HubRequestHandler]", self.RequestHandlerClass)
+                    handler(request, client_address, self, taken=left[0], counted=left[1])
             except Exception:  # as socketserver does; a socket handed over still gets its loop
                 self.handle_error(request, client_address)
             except BaseException:
@@ -938,8 +938,8 @@ class HubServer(ThreadedWSGIServer):
             with self._threads_lock:
                 self._threads_ended += 1
 
-    def _upgrade_plainly(self, request: socket.socket, client_address: Any) -> tuple[bytes, bool] | bool:
-        """Serve a plain WebSocket handshake on this thread, without werkzeug's handler: False once served;
+    def _upgrade_plainly(self, request: socket.socket, client_address: Any) -> tuple[bytes, bool] | None:
+        """Serve a plain WebSocket handshake on this thread, without werkzeug's handler: None once served;
         else what the handler starts from (the bytes read off the socket, and whether the socket is still
         counted in ``pending``).
 
@@ -982,7 +982,7 @@ class HubServer(ThreadedWSGIServer):
         environ[SERVE_AFTER_KEY] = hand_over
         self.pending.give_back()  # the head is in (HubRequestHandler._head_done's moment)
         if self.plain_upgrade(self.app, environ):  # type: ignore[misc]
-            return False
+            return None
         return data, False
 
     def serve_after(self, request: socket.socket, later: AfterTheView) -> None:
