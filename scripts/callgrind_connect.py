@@ -34,6 +34,7 @@ connection (``strace -c -f``, over the whole run: the difference of the two runs
 from __future__ import annotations
 
 import argparse
+import gc
 import glob
 import json
 import os
@@ -68,8 +69,29 @@ def hub_main(args: argparse.Namespace) -> None:
     })
     if args.switch_interval:  # after create_app, which sets the stand-alone hub's (0.05 s)
         sys.setswitchinterval(args.switch_interval)
+    if args.gc_threshold:  # "0": the collector off; "A,B,C": gc.set_threshold(A, B, C) (after the freeze below)
+        thresholds = [int(n) for n in args.gc_threshold.split(",")]
+        gc_setting = gc.disable if thresholds == [0] else (lambda: gc.set_threshold(*thresholds))
+    else:
+        gc_setting = None
+    if args.no_stack_release:  # what release_stack_below costs, and what it gives back (RSS)
+        from rusty_ws.server import handoff
+        handoff._release = None
     server = make_server(app, "127.0.0.1", 0)
     freeze_startup_objects()  # as serve() does
+    if gc_setting is not None:
+        gc_setting()
+    # The collections so far, by generation, and their CPU seconds (gc.callbacks; the collecting thread's CPU).
+    collections = {"gen0": 0, "gen1": 0, "gen2": 0, "gen0_s": 0.0, "gen1_s": 0.0, "gen2_s": 0.0}
+    started_at = [0.0]
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            started_at[0] = time.thread_time()
+        else:
+            collections[f"gen{info['generation']}"] += 1
+            collections[f"gen{info['generation']}_s"] += time.thread_time() - started_at[0]
+    gc.callbacks.append(on_gc)
     profiles = _profile_threads(server) if args.profile else None
     phases = _time_phases(app, server) if args.phases else None
     loop = threading.Thread(target=_profiled(server.serve_forever, profiles), name="accept", daemon=True)
@@ -81,7 +103,8 @@ def hub_main(args: argparse.Namespace) -> None:
             with open("/proc/self/statm") as statm:
                 rss_kib = int(statm.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
             print(json.dumps({"user": usage.ru_utime, "system": usage.ru_stime, "voluntary": usage.ru_nvcsw,
-                              "involuntary": usage.ru_nivcsw, "rss_kib": rss_kib, "time": time.monotonic()}),
+                              "involuntary": usage.ru_nivcsw, "rss_kib": rss_kib, "time": time.monotonic(),
+                              **collections, **_switches_by_thread()}),
                   flush=True)
         elif line.strip() == "zero" and profiles is not None:
             for profile in list(profiles):
@@ -96,6 +119,23 @@ def hub_main(args: argparse.Namespace) -> None:
     server.shutdown()
     server.server_close()
     os._exit(0)  # as `rusty-ws serve` does (serving.exit_now): no wait for the connection threads
+
+
+def _switches_by_thread() -> dict[str, int]:
+    """Context switches so far (``/proc/self/task/*/status``), summed by kind of thread: the accept loop,
+    the request threads (``rusty_ws-conn-*`` once connected), the rest."""
+    sums = {"switches_accept": 0, "switches_request_threads": 0, "switches_other": 0}
+    names = {thread.native_id: thread.name for thread in threading.enumerate()}
+    for task in os.listdir("/proc/self/task"):
+        name = names.get(int(task), "")
+        try:
+            with open(f"/proc/self/task/{task}/status") as status:
+                count = sum(int(line.split()[1]) for line in status if "ctxt_switches" in line)
+        except (OSError, ValueError, IndexError):
+            continue
+        kind = "accept" if name == "accept" else "request_threads" if name.startswith(("rusty_ws-conn", "Thread-")) else "other"
+        sums[f"switches_{kind}"] += count
+    return sums
 
 
 def _profiled(target, profiles):  # type: ignore[no-untyped-def]
@@ -165,6 +205,7 @@ def _time_phases(app, server) -> dict:  # type: ignore[no-untyped-def]
         setattr(owner, name, wrapper)
 
     wrap(server, "process_request_thread", "thread started")
+    wrap(server, "_upgrade_plainly", "request thread's Python before the head read")
     wrap(HubRequestHandler, "handle_one_request", "handler set up")
     wrap(HubRequestHandler, "make_environ", "head parsed")
     wrap(state_of(app).hub, "serve", "request to the 101 (Flask or not)")
@@ -190,7 +231,7 @@ def _phase_report(phases: dict) -> dict:
     sums: dict[str, float] = {}
     count = 0
     for tid, points in list(threads.items()):
-        if tid not in now or len(points) < 4:
+        if tid not in now or len(points) < 3:
             continue
         count += 1
         previous = 0.0
@@ -258,7 +299,9 @@ def _callgrind_control(option: str, pid: int) -> None:
 def one_run(args: argparse.Namespace, connections: int, tmp: str) -> dict:
     """One hub, ``connections`` clients: the hub's deltas over connecting them."""
     hub_command = [sys.executable, os.path.abspath(__file__), "hub", "--switch-interval", str(args.switch_interval),
-                   "--profile", str(args.profile)] + (["--phases"] if args.phases else [])
+                   "--gc-threshold", args.gc_threshold,
+                   "--profile", str(args.profile)] + (["--phases"] if args.phases else []) + (
+                   ["--no-stack-release"] if args.no_stack_release else [])
     out = os.path.join(tmp, f"{args.tool}.{connections}")
     if args.tool == "callgrind":
         hub_command = ["valgrind", "--tool=callgrind", "--max-threads=" + str(connections + 100),
@@ -305,7 +348,10 @@ def one_run(args: argparse.Namespace, connections: int, tmp: str) -> dict:
     if result["connections"] != connections or result["errors"] or result["closed"]:
         raise SystemExit(f"not every client connected and subscribed: {result}")
     row = {"connections": connections, "client_elapsed": round(result["elapsed"], 3),
-           **{key: after[key] - before[key] for key in ("user", "system", "voluntary", "involuntary", "rss_kib")}}
+           **{key: after[key] - before[key] for key in ("user", "system", "voluntary", "involuntary", "rss_kib",
+                                                        "gen0", "gen1", "gen2", "gen0_s", "gen1_s", "gen2_s",
+                                                        "switches_accept", "switches_request_threads",
+                                                        "switches_other")}}
     if args.tool == "callgrind":
         dumps = sorted(glob.glob(out + ".*"), key=lambda path: int(path.rsplit(".", 1)[1]))
         if not dumps:
@@ -384,6 +430,10 @@ def main() -> None:
     parser.add_argument("--annotate", action="store_true")
     parser.add_argument("--phases", action="store_true",
                         help="report the request threads' CPU time in each phase of the handshake")
+    parser.add_argument("--gc-threshold", default="",
+                        help="the hub's collector: '0' off, or 'A,B,C' for gc.set_threshold (default: Python's)")
+    parser.add_argument("--no-stack-release", action="store_true",
+                        help="the hub without release_stack_below (handoff.py): its CPU against its memory")
     parser.add_argument("--profile", type=int, default=0,
                         help="print cProfile's top N functions of the hub's threads (stderr; slows it)")
     args = parser.parse_args()

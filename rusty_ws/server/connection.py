@@ -173,8 +173,9 @@ class Connection(TokenLife):
         thread = threading.current_thread()
         self._reader = thread.ident or 0
         request_thread_name, thread.name = thread.name, f"rusty_ws-{self.label}"
-        logger.info("%s connected from %s as %s in session %r", self.label, self.remote, self._who(),
-                    self.session_id)
+        if logger.isEnabledFor(logging.INFO):  # its arguments are built before logging looks at the level
+            logger.info("%s connected from %s as %s in session %r", self.label, self.remote, self._who(),
+                        self.session_id)
         try:
             self._read_until_closed(read_ahead)
         except Exception:
