@@ -383,7 +383,7 @@ def _run_parts(reply: Any, count: int) -> list[tuple[list[Any], int]] | None:
         return None
     reset, epoch, offset = reply[0], reply[1], reply[2]
     repeats = {reply[i]: reply[i + 1] for i in range(3, len(reply), 2)}
-    if type(offset) is not int or (offset == 0) != (len(repeats) == count):
+    if type(offset) is not int or not 0 <= offset <= 2 ** 53 - count or (offset == 0) != (len(repeats) == count):
         return None
     parts = []
     for i in range(1, count + 1):
@@ -600,33 +600,27 @@ class RedisHistory(SharedHistory):
         the others get their reply alone (``merge_publishes``), as if they had run alone.
         """
         count = len(commands)
-        parts: list[tuple[list[Any], int]] | None = None
-        if type(reply) is not list or len(reply) != 3:  # repeats among them, or not the script's answer
+        parts: list[tuple[list[Any], int]] | None = None  # None: all new, offsets first, first + 1, ...
+        if type(reply) is not list or len(reply) != 3 or reply[0] != 0 or type(reply[2]) is not int \
+                or not 1 <= reply[2] <= 2 ** 53 - count:
+            # Repeats among them, a reset, or not the script's answer: each as if it ran alone
+            # (none: each gets the whole reply, and says what is wrong with it).
             parts = _run_parts(reply, count)
-            if parts is None:
-                return []  # each gets the whole reply, and says what is wrong with it
-        if parts is None and (type(reply[2]) is not int or not 1 <= reply[2] <= 2 ** 53 - count):
-            return []  # offsets no script gives
-        if reply[0] != 0 or not 0 <= reply[2] <= 2 ** 53 - count:
-            # A reset (the first says so), repeats only, or offsets no script gives: each as if alone.
-            return [part for part, _ in parts] if parts is not None else \
-                [[reply[0] if i == 0 else 0, reply[1], reply[2] + i] for i in range(count)]
+            if parts is None or reply[0] != 0:
+                return [] if parts is None else [part for part, _ in parts]
         try:
-            epoch = _epoch(reply[1])
+            epoch: str | None = _epoch(reply[1])
         except ValueError:
-            epoch = None
+            epoch = None  # those that wait for their position are told, as alone
         out: list[Any] = []
         settled = []
-        offset = reply[2]
         for i, command in enumerate(commands):
-            if parts is not None:
-                part, offset = parts[i]
+            part, offset = (None, reply[2] + i) if parts is None else parts[i]
             if epoch is not None and offset and command[2] == 2:  # new, without id
                 settled.append(command[-1])
                 out.append((epoch, offset))
             else:
-                out.append(part if parts is not None else [0, reply[1], offset])
-            offset += 1
+                out.append(part if part is not None else [0, reply[1], offset])
         if settled:
             with self._lock:
                 in_flight, kept = self._in_flight, self._kept
