@@ -4,7 +4,9 @@
 Starts a private redis-server on a free loopback port, then, in one process
 per variant, publishes the benchmark's ~100-byte delivery N times through
 ``RedisBroker.publish`` (no subscribers, no sockets but Redis'), and reports
-the process' CPU per publish and Redis' own (``INFO cpu``), best of 3:
+the process' CPU per publish (and each thread's) and Redis' own (``INFO cpu``), and how many
+commands Redis ran per publish (runs of the history script, or history off, PUBLISHes: merging
+makes it less than 1), best of 3:
 
 - sender: the broker as it is (the Redis sender, pipelined, with hiredis; consecutive
   PUBLISHes of the pair merged into one of a version-4 envelope);
@@ -116,7 +118,7 @@ def measure(url: str, variant: str, publishes: int, rounds: int = 3) -> dict[str
                               for name, spent in threads_before.items()},
                "redis_us": (redis.cpu() - redis_before) * 1e6 / publishes,
                # Runs of the history script (history off: PUBLISHes) per publish: merging makes it < 1.
-               "redis_calls": (redis.calls() - calls_before) / publishes,
+               "redis_calls": _runs(calls_before, redis.calls()) / publishes,
                "rate": publishes / (time.perf_counter() - wall)}
         if not best or row["node_us"] < best["node_us"]:
             best = row
@@ -190,11 +192,16 @@ class _Info:
         info = self.client.info("cpu")
         return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
-    def calls(self) -> int:
-        """EVALSHAs Redis ran so far, or if none, PUBLISHes (``INFO commandstats``)."""
+    def calls(self) -> tuple[int, int]:
+        """EVALSHAs and PUBLISHes Redis ran so far (``INFO commandstats``; the script's PUBLISH counts too)."""
         stats = self.client.info("commandstats")
-        row = stats.get("cmdstat_evalsha") or stats.get("cmdstat_publish") or {"calls": 0}
-        return int(row["calls"])
+        return tuple(int(stats.get(name, {}).get("calls", 0)) for name in ("cmdstat_evalsha", "cmdstat_publish"))  # type: ignore[return-value]
+
+
+def _runs(before: tuple[int, int], after: tuple[int, int]) -> int:
+    """Runs of the history script between two ``calls()``, or with none, PUBLISHes (history off)."""
+    scripts, publishes = after[0] - before[0], after[1] - before[1]
+    return scripts if scripts else publishes
 
 
 def main() -> None:
