@@ -4,7 +4,9 @@
 Starts a private redis-server on a free loopback port, then, in one process
 per variant, publishes the benchmark's ~100-byte delivery N times through
 ``RedisBroker.publish`` (no subscribers, no sockets but Redis'), and reports
-the process' CPU per publish and Redis' own (``INFO cpu``), best of 3:
+the process' CPU per publish (and each thread's) and Redis' own (``INFO cpu``), and how many
+commands Redis ran per publish (runs of the history script, or history off, PUBLISHes: merging
+makes it less than 1), best of 3:
 
 - sender: the broker as it is (the Redis sender, pipelined, with hiredis; consecutive
   PUBLISHes of the pair merged into one of a version-4 envelope);
@@ -66,7 +68,9 @@ def measure(url: str, variant: str, publishes: int, rounds: int = 3) -> dict[str
         redis_sender.MAX_MERGE = 1
     import threading
 
-    broker = RedisBroker(url)
+    # Generous timeouts: under callgrind the process runs ~50x slower than its connect timeouts expect.
+    redis_sender.CONNECT_TIMEOUT = 60.0
+    broker = RedisBroker(url, start_timeout=60.0)
     history = broker.history_store(100, 300.0, 300.0, 64 * 1024 * 1024) if variant.startswith("history") else None
     subscribed = "-subscribed" in variant
     pairs = [("T", "s1")] if subscribed else []
@@ -79,7 +83,7 @@ def measure(url: str, variant: str, publishes: int, rounds: int = 3) -> dict[str
         return Landed(None, 0)
 
     broker.start(deliver, lambda among=None: [pair for pair in pairs if among is None or pair in among])
-    assert broker.wait_connected(True, 10)
+    assert broker.wait_connected(True, 120)
     if variant.endswith("-decoded"):
         broker._current().take_own = None  # every envelope decoded, as before take_own
     ids, tag = iter(range(10 ** 9)), os.urandom(4).hex()  # ids never seen before: no repeats
@@ -100,6 +104,7 @@ def measure(url: str, variant: str, publishes: int, rounds: int = 3) -> dict[str
         all_in.clear()
         expected[0] = arrived[0] + publishes
         threads_before = _thread_cpu()
+        calls_before = redis.calls()
         redis_before, cpu, wall = redis.cpu(), time.process_time(), time.perf_counter()
         for _ in range(publishes):
             publish(delivery)
@@ -112,6 +117,8 @@ def measure(url: str, variant: str, publishes: int, rounds: int = 3) -> dict[str
                "threads_us": {name: round((threads_after.get(name, 0.0) - spent) * 1e6 / publishes, 2)
                               for name, spent in threads_before.items()},
                "redis_us": (redis.cpu() - redis_before) * 1e6 / publishes,
+               # Runs of the history script (history off: PUBLISHes) per publish: merging makes it < 1.
+               "redis_calls": _runs(calls_before, redis.calls()) / publishes,
                "rate": publishes / (time.perf_counter() - wall)}
         if not best or row["node_us"] < best["node_us"]:
             best = row
@@ -185,6 +192,17 @@ class _Info:
         info = self.client.info("cpu")
         return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
+    def calls(self) -> tuple[int, int]:
+        """EVALSHAs and PUBLISHes Redis ran so far (``INFO commandstats``; the script's PUBLISH counts too)."""
+        stats = self.client.info("commandstats")
+        return tuple(int(stats.get(name, {}).get("calls", 0)) for name in ("cmdstat_evalsha", "cmdstat_publish"))  # type: ignore[return-value]
+
+
+def _runs(before: tuple[int, int], after: tuple[int, int]) -> int:
+    """Runs of the history script between two ``calls()``, or with none, PUBLISHes (history off)."""
+    scripts, publishes = after[0] - before[0], after[1] - before[1]
+    return scripts if scripts else publishes
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -219,7 +237,7 @@ def main() -> None:
     for variant, row in rows.items():
         threads = ", ".join(f"{name} {us:.1f}" for name, us in sorted(row.get("threads_us", {}).items()))
         print(f"  {variant:18} node {row['node_us']:7.2f} us CPU/publish ({threads})   Redis {row['redis_us']:6.2f} us "
-              f"CPU/publish   {row['rate']:>9,.0f} publishes/s wall")
+              f"CPU/publish ({row.get('redis_calls', 0):.3f} runs/publish)   {row['rate']:>9,.0f} publishes/s wall")
     print(json.dumps(rows))
 
 

@@ -93,6 +93,73 @@ def test_an_answer_of_another_shape_is_unavailable_and_logged(caplog: pytest.Log
     assert "dropped what Redis answered" in caplog.text
 
 
+# --------------------------------------------------------------------------- a merged run's reply
+
+def answer_as_the_sender_does(sender: RecordingSender, reply: Any) -> list[Any]:
+    """Merge what was submitted into one run (``_coalesce``), split ``reply`` (``_split``) and hand
+    each publish its part, as the sender's thread does; returns the parts."""
+    from rusty_ws.brokers.redis_sender import _coalesce, _split
+
+    batch = [(args, on_reply, 0) for args, on_reply in sender.commands]
+    commands, spans = _coalesce(batch)
+    assert len(commands) == 1  # one run of the script
+    parts = _split(spans, [reply])
+    for (_, on_reply, _), part in zip(batch, parts):
+        on_reply(part)
+    return parts
+
+
+def test_a_runs_publishes_without_id_are_settled_together_and_those_with_one_answered_each() -> None:
+    history, sender, delivered = keeping()
+    answers: list[Any] = []
+    history.publish(DELIVERY, None, None)
+    history.publish(DELIVERY, "id-1", answers.append)
+    history.publish(DELIVERY, None, answers.append)  # no id, but someone waits for its position
+    history.publish(DELIVERY, "id-2", answers.append)
+    merged = sender.commands[0][0].merge([args for args, _ in sender.commands])[0]
+    assert merged[2] == 4 and merged[3 + 4 + 3] == 4  # meta, stream, two id keys; n = 4 after the pair's three
+    # Redis' answer: new from offset 7 on, but the second publish's id was seen before (at 2).
+    parts = answer_as_the_sender_does(sender, [0, b"ab12", 7, 2, b"2:ab12"])
+    assert parts[0] == ("ab12", 7) and parts[2] == ("ab12", 8)  # settled with the run: only handed on
+    assert [(a.position.offset, a.position.epoch, a.repeat) for a in answers] == [(2, "ab12", True), (8, "ab12", False),
+                                                                                  (9, "ab12", False)]
+    assert len(history._in_flight) == 0 and delivered == []
+    assert all(entry[2] for entry in history._kept.values())  # answered: swept if their envelope never comes
+    assert len(history._kept) == 3  # the repeat's envelope never comes: not kept
+
+
+def test_a_runs_answer_of_another_shape_fails_each_of_its_publishes(caplog: pytest.LogCaptureFixture) -> None:
+    history, sender, delivered = store()
+    answers: list[Any] = []
+    history.publish(DELIVERY, None, None)
+    history.publish(DELIVERY, "id-1", answers.append)
+    for reply in ([0, b"ab", 7, 1], [1], "OK"):
+        answer_as_the_sender_does(sender, reply)
+        assert len(answers) == 1 and "no rusty_ws script returns" in str(answers.pop())
+        assert delivered == [DELIVERY]  # the one without id: here only, without offset
+        delivered.clear()
+        history._in_flight.clear()
+    assert "dropped what Redis answered" in caplog.text
+    # An epoch or offsets no script gives: the one waiting for its position is told; the other's
+    # position is not needed (the listener delivers it with the channel's), as when it runs alone.
+    for reply in ([0, b"not an epoch", 7], [0, b"ab", 0], [0, b"ab", -3]):
+        answer_as_the_sender_does(sender, reply)
+        assert len(answers) == 1 and "no rusty_ws script returns" in str(answers.pop()) and delivered == []
+
+
+def test_the_settings_are_in_the_script_and_each_configuration_has_its_own() -> None:
+    def history(**options: Any) -> RedisHistory:
+        return RedisHistory(node_id=lambda: "node-1", route=lambda _: Route(None, lambda *_: None, True),
+                            deliver=lambda _: None, prefix="rusty_ws", **{"size": 10, "ttl": 60, "window": 60,
+                                                                          "max_envelope_size": None, **options})
+    one, same, other = history(), history(), history(size=11)
+    assert one.publish_sha == same.publish_sha != other.publish_sha
+    assert "'MAXLEN', size" in one.publish_script and "local size, most = 10, 9007199254740992" in one.publish_script
+    assert "{" + "size}" not in other.publish_script and "ARGV[5]" not in one.publish_script
+    with pytest.raises(ValueError):
+        history(size=0)
+
+
 # --------------------------------------------------------------------------- this node's own envelopes (take_own)
 
 PREFIX = b'{"v":5,"node":"node-1",'
@@ -182,7 +249,7 @@ def test_a_repeat_or_a_failure_is_kept_no_longer() -> None:
     history.publish(DELIVERY, "id-1", lambda result: None)
     history.publish(DELIVERY, "id-2", lambda result: None)
     (_, on_first), (_, on_second) = sender.commands
-    on_first([0, b"ab", b"3:ab"])  # a repeat: not published, its envelope never comes
+    on_first([0, b"ab", 0, 1, b"3:ab"])  # a repeat: not published, its envelope never comes
     on_second(LOST)
     assert len(history._kept) == 0 and history._kept_bytes == 0
 

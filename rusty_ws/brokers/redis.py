@@ -318,7 +318,7 @@ class RedisBroker(Broker):
         self._history = RedisHistory(node_id=lambda: self._current().node_id, route=self._route, deliver=deliver,
                                      prefix=self.channel_prefix, size=size, ttl=ttl, window=window,
                                      max_envelope_size=self.max_envelope_size, max_bytes=max_bytes,
-                                     keeps=self._listens_to)
+                                     keeps=self._listens_to, submit_for=self._submit_for)
         return self._history
 
     def _listens_to(self, channel: bytes) -> bool:
@@ -334,6 +334,14 @@ class RedisBroker(Broker):
         if history is not None and not history.arrived(delivery):
             return Landed(None, 0)
         return self._deliver(delivery)
+
+    def _submit_for(self, session_id: str) -> Callable[[tuple[Any, ...], Callable[[Any], None]], None]:
+        """Where the history's publishes go (any session): ``_route``'s ``submit``, without the rest."""
+        if self._pid != _this_process[0]:
+            self._current()  # a forked process: its own sender
+        sender = self._sender
+        assert sender is not None
+        return sender.submit
 
     def _route(self, session_id: str) -> Route:
         """Where the history's commands go (any session): this process's client, sender and listener's state."""

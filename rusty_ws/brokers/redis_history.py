@@ -57,7 +57,7 @@ from .base import ENCODED, HistoryUnavailable, Key, SharedHistory, Stamped, Stor
 from .redis_codec import PairKeys, decode_stream_entry, is_epoch, own_run_header, pair_keys, publish_id_key
 from .redis_sender import Mergeable
 
-__all__ = ["RedisHistory", "Route", "PUBLISH_SCRIPT", "READ_SCRIPT", "CLUSTER_PUBLISH_SCRIPT", "CLUSTER_READ_SCRIPT"]
+__all__ = ["RedisHistory", "Route", "merge_publishes", "replays_safely"]
 
 logger = logging.getLogger("rusty_ws.server")
 
@@ -110,20 +110,31 @@ end
 """
 
 
-def _scripts(publish_command: str) -> tuple[str, str]:
-    """The publish and read scripts for ``PUBLISH`` (one Redis) or ``SPUBLISH`` (a cluster)."""
+def _scripts(publish_command: str, *, size: int, ttl_ms: int, meta_ttl_ms: int, window_ms: int,
+             max_bytes: int) -> tuple[str, str]:
+    """The publish and read scripts for ``PUBLISH`` (one Redis) or ``SPUBLISH`` (a cluster), the
+    publish script with the node's settings written in (integers: nothing else reaches the Lua)."""
     if publish_command not in ("PUBLISH", "SPUBLISH"):
         raise ValueError(f"no publish command: {publish_command!r}")
+    settings = {"size": size, "ttl_ms": ttl_ms, "meta_ttl_ms": meta_ttl_ms, "window_ms": window_ms, "max_bytes": max_bytes}
+    if not all(type(value) is int and 0 < value <= _UNBOUNDED for value in settings.values()):
+        raise ValueError(f"history settings out of range: {settings}")
+    body = _PUBLISH_BODY.replace("{publish}", publish_command)
+    for name, value in settings.items():
+        body = body.replace("{" + name + "}", str(value))
     prelude = _PRELUDE.replace("{guard}", _GUARD if publish_command == "SPUBLISH" else "local replid = nil")
-    return (prelude + _PUBLISH_BODY.replace("{publish}", publish_command), prelude + _READ_BODY)
+    return prelude + body, prelude + _READ_BODY
 
 
 #: KEYS: meta, stream, then the publish id keys of those publishes that have one.
-#: ARGV: epoch if new, channel, node id, size, ttl ms, meta ttl ms, window ms, max bytes, n; then for
-#: each of the n publishes, oldest first: its id key's index in KEYS (0: no id), delivery, the node's number.
-#: Returns {reset (0, 1 or 2: see load()), the epoch, then for each publish: its offset (an integer) if new,
-#: or the position its id was first given ("{offset}:{epoch}", a string) if a repeat}.
-#: Publishes the new ones (not the repeats) as one version-5 envelope, if any (their offsets follow each other).
+#: ARGV: epoch if new, channel, node id, n; then for each of the n publishes, oldest first: its id
+#: key's index in KEYS (0: no id), delivery, the node's number. The node's settings (size, ttl ms,
+#: meta ttl ms, window ms, max bytes) are written into the script itself (``publish_script``): one
+#: script, and SHA, per configuration, so a publish carries only its own arguments.
+#: Returns {reset (0, 1 or 2: see load()), the epoch, the offset of the first new publish (0: none),
+#: then for each repeat: its place among the n (1 for the first) and the position its id was first
+#: given ("{offset}:{epoch}", a string)}: the new ones' offsets follow each other from the first.
+#: Publishes the new ones (not the repeats) as one version-5 envelope, if any.
 #:
 #: The stream is trimmed to ``size`` entries (XADD MAXLEN, or one XTRIM after several) and to ``max bytes`` of deliveries
 #: (the newest kept first). The meta's ``b`` is an upper bound of the stream's bytes (what was
@@ -133,23 +144,24 @@ def _scripts(publish_command: str) -> tuple[str, str]:
 _PUBLISH_BODY = """
 local epoch, reset, top, b = load()
 local ms = now_ms()
-local n = tonumber(ARGV[9])
-local size, most = tonumber(ARGV[4]), tonumber(ARGV[8])
+local n = tonumber(ARGV[4])
+local size, most = {size}, {max_bytes}
 local function append(offset, data)  -- one publish: trimmed as it is added; several: trimmed once, after
   if n == 1 then return redis.pcall('XADD', KEYS[2], 'MAXLEN', size, offset .. '-0', 'd', data, 't', ms) end
   return redis.pcall('XADD', KEYS[2], offset .. '-0', 'd', data, 't', ms)
 end
-local results = {reset, epoch}
+local results = {reset, epoch, 0}
 local seqs, datas = {}, {}
 local first = nil
 local added = 0
 local bytes = 0
 for i = 1, n do
-  local at = 7 + 3 * i
+  local at = 2 + 3 * i
   local id = tonumber(ARGV[at])
   local seen = false
   if id > 0 then seen = redis.call('GET', KEYS[id]) end
   if seen then
+    results[#results + 1] = i
     results[#results + 1] = seen
   else
     local data = ARGV[at + 1]
@@ -163,17 +175,19 @@ for i = 1, n do
       if type(ok) == 'table' and ok['err'] then return redis.error_reply(ok['err']) end
     end
     top = offset
-    if added == 0 then first = offset end
+    if added == 0 then
+      first = offset
+      results[3] = offset
+    end
     added = added + 1
     bytes = bytes + #data
-    if id > 0 then redis.call('SET', KEYS[id], offset .. ':' .. epoch, 'PX', ARGV[7]) end
-    results[#results + 1] = offset
+    if id > 0 then redis.call('SET', KEYS[id], offset .. ':' .. epoch, 'PX', {window_ms}) end
     seqs[added] = ARGV[at + 2]
     datas[added] = data
   end
 end
 if added == 0 then  -- repeats only
-  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+  redis.call('PEXPIRE', KEYS[1], {meta_ttl_ms})
   return results
 end
 if n > 1 then redis.call('XTRIM', KEYS[2], 'MAXLEN', size) end
@@ -198,8 +212,8 @@ if b > most then  -- maybe past the bound: count the entries, newest first, and 
   b = kept
 end
 redis.call('HSET', KEYS[1], 'o', top, 'b', b)
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('PEXPIRE', KEYS[1], {meta_ttl_ms})
+redis.call('PEXPIRE', KEYS[2], {ttl_ms})
 redis.call('{publish}', ARGV[2], '{"v":5,"node":"' .. ARGV[3] .. '","epoch":"' .. epoch .. '","first":' .. first
            .. ',"seqs":[' .. table.concat(seqs, ',') .. '],"deliveries":[' .. table.concat(datas, ',') .. ']}')
 return results
@@ -224,8 +238,6 @@ end
 return {epoch, redis.call('HGET', KEYS[1], 'o'), now_ms(), reset, entries}
 """
 
-PUBLISH_SCRIPT, READ_SCRIPT = _scripts("PUBLISH")
-CLUSTER_PUBLISH_SCRIPT, CLUSTER_READ_SCRIPT = _scripts("SPUBLISH")
 
 #: Publishes of this node remembered while they may still come back from the channel.
 MAX_IN_FLIGHT = 100_000
@@ -311,9 +323,9 @@ def _position(text: Any) -> Position:
     return Position(int(offset), _epoch(epoch))
 
 
-#: Where a publish command's arguments start (``("EVALSHA", sha, numkeys, *KEYS, *ARGV)``): ARGV[1..8],
-#: the same for every publish of a pair, then n, then three per publish.
-_HEADER_ARGS = 8
+#: Where a publish command's arguments start (``("EVALSHA", sha, numkeys, *KEYS, *ARGV)``): ARGV[1..3]
+#: (epoch if new, channel, node id), the same for every publish of a pair, then n, then three per publish.
+_HEADER_ARGS = 3
 
 
 def replays_safely(command: tuple[Any, ...], publish_sha: str) -> bool:
@@ -334,11 +346,13 @@ def replays_safely(command: tuple[Any, ...], publish_sha: str) -> bool:
 
 
 def merge_publishes(commands: list[Mergeable]) -> tuple[tuple[Any, ...], Callable[[Any], list[Any]]]:
-    """One run of the publish script for the publishes of one pair (``RedisSender``'s merge), oldest first.
+    """One run of the publish script for the publishes of one pair, oldest first.
 
     Each keeps its own id key (renumbered), delivery and number; the pair's arguments
     are the first's. The reply is split into one per publish, shaped as the script's
     reply to that publish alone (the reset flag given to the first only).
+    ``RedisHistory`` merges with its own split (``_split_run``), which also settles the
+    run's publishes without id at once.
     """
     first = commands[0]
     id_keys: list[Any] = []
@@ -355,12 +369,62 @@ def merge_publishes(commands: list[Mergeable]) -> tuple[tuple[Any, ...], Callabl
     count = len(commands)
 
     def split(reply: Any) -> list[Any]:
-        if not isinstance(reply, list) or len(reply) != 2 + count:
-            return []  # each publish then gets the whole reply, and says what it is
-        reset, epoch = reply[0], reply[1]
-        return [[reset if i == 0 else 0, epoch, reply[2 + i]] for i in range(count)]
+        parts = _run_parts(reply, count)
+        return [] if parts is None else [part for part, _ in parts]
 
     return merged, split
+
+
+def _run_parts(reply: Any, count: int) -> list[tuple[list[Any], int]] | None:
+    """The script's reply to a run of ``count`` publishes, as each one's reply alone (the reset
+    flag given to the first only), with its offset (0 for a repeat); None if it is not the
+    script's (each publish then gets the whole reply, and says what it is)."""
+    if type(reply) is not list or len(reply) < 3 or len(reply) % 2 == 0:
+        return None
+    reset, epoch, offset = reply[0], reply[1], reply[2]
+    repeats = {reply[i]: reply[i + 1] for i in range(3, len(reply), 2)}
+    if type(offset) is not int or not 0 <= offset <= 2 ** 53 - count or (offset == 0) != (len(repeats) == count):
+        return None
+    parts = []
+    for i in range(1, count + 1):
+        first_reset = reset if i == 1 else 0
+        seen = repeats.get(i)
+        if seen is None:
+            parts.append(([first_reset, epoch, offset], offset))
+            offset += 1
+        else:
+            parts.append(([first_reset, epoch, 0, 1, seen], 0))
+    return parts
+
+
+class _Publish(Mergeable):
+    """One publish's run of the script (n = 1), as ``RedisHistory.publish`` hands it to the sender.
+
+    What the sender asks of a ``Mergeable`` is read off its arguments (properties), and
+    what is the same for every publish of a history (``merge``, ``budget``) is an
+    attribute of the history's own subclass (``RedisHistory._kind``): no attribute is
+    set per publish (each cost the publishing thread a dict, ~1 µs in all).
+    """
+
+    __slots__ = ()
+    #: Bytes a publish adds to the queue besides its delivery and three times its meta key (the other keys).
+    _QUEUED = _ITEM_HEAD + 320
+
+    @property
+    def group(self) -> Any:  # the pair's meta key
+        return self[3]
+
+    @property
+    def weight(self) -> int:  # type: ignore[override]
+        return len(self[-2]) + _ITEM_HEAD
+
+    @property
+    def head(self) -> int:  # type: ignore[override]  # the node id's length, and the envelope's own
+        return len(self[5 + self[2]]) + _ENVELOPE_HEAD
+
+    @property
+    def size(self) -> int:  # type: ignore[override]
+        return len(self[-2]) + 3 * len(self[3]) + self._QUEUED
 
 
 class Route(NamedTuple):
@@ -402,19 +466,23 @@ class RedisHistory(SharedHistory):
         keeps: whether this node's listener is subscribed to a channel now: then a publish to it
             is kept until its envelope comes back (``take_own``). None: nothing is kept, every
             envelope is decoded.
+        submit_for: ``route(session_id).submit`` by a shorter way, if the broker has one (one
+            Redis: this process's sender, whatever the session; a ``Route`` made per publish
+            cost the publishing thread ~2 µs).
     """
 
     def __init__(self, *, node_id: Callable[[], str], route: Callable[[str], Route], deliver: Callable[[Delivery], Any],
                  prefix: str, size: int, ttl: float, window: float, max_envelope_size: int | None,
                  max_bytes: int | None = None, meta_ttl: float | None = None,
-                 publish_command: str = "PUBLISH", keeps: Callable[[bytes], bool] | None = None) -> None:
+                 publish_command: str = "PUBLISH", keeps: Callable[[bytes], bool] | None = None,
+                 submit_for: Callable[[str], Callable[[tuple[Any, ...], Callable[[Any], None]], None]] | None = None,
+                 ) -> None:
         self._node_id = node_id
         self._keeps = keeps
         self._route = route
+        self._submit_for = submit_for if submit_for is not None else lambda session_id: route(session_id).submit
         self._deliver = deliver
         self.publish_command = publish_command
-        self.publish_script, self.read_script = _scripts(publish_command)
-        self.publish_sha = hashlib.sha1(self.publish_script.encode("utf-8")).hexdigest()
         self.prefix = prefix
         self.size = size
         self.ttl_ms = max(1, int(ttl * 1000))
@@ -423,6 +491,14 @@ class RedisHistory(SharedHistory):
         self.max_bytes = _UNBOUNDED if max_bytes is None else max_bytes
         self.max_envelope_size = max_envelope_size
         self.merge_budget = min(MERGE_BYTES, max_envelope_size or MERGE_BYTES)
+        # One script (and SHA) per configuration: the settings are in its text, not in each call.
+        self.publish_script, self.read_script = _scripts(
+            publish_command, size=size, ttl_ms=self.ttl_ms, meta_ttl_ms=self.meta_ttl_ms,
+            window_ms=self.window_ms, max_bytes=self.max_bytes)
+        self.publish_sha = hashlib.sha1(self.publish_script.encode("utf-8")).hexdigest()
+        # This history's publishes: ``_Publish`` with its merge (the sender's thread) and budget.
+        self._kind: type[_Publish] = type("_HistoryPublish", (_Publish,), {
+            "__slots__": (), "merge": self._merge, "budget": self.merge_budget})
         self._keys: dict[Key, PairKeys] = {}  # _keys_of's memory
         self._epochs = _Epochs()
         # The read script (redis-py's Script: EVALSHA, loading it on NOSCRIPT), run with each read's client.
@@ -458,13 +534,14 @@ class RedisHistory(SharedHistory):
                                 f"the message would be {envelope_size} bytes on Redis, more than the "
                                 f"{self.max_envelope_size} any node accepts")
         keys = self._keys_of(delivery.topic, delivery.session_id)
-        id_keys = (publish_id_key(self.prefix, delivery.session_id, publish_id),) if publish_id is not None else ()
         seq = next(self._seqs)
-        args = ("EVALSHA", self.publish_sha, 2 + len(id_keys), keys.meta, keys.stream, *id_keys,
-                self._epochs.take(), keys.channel, node_id, self.size, self.ttl_ms, self.meta_ttl_ms, self.window_ms,
-                self.max_bytes, 1, 3 if id_keys else 0, encoded, seq)
-        command = Mergeable.of(args, group=keys.meta, merge=merge_publishes, weight=weight, head=head,
-                               budget=self.merge_budget, size=weight + 3 * len(keys.meta) + 320)
+        if publish_id is None:
+            command = self._kind(("EVALSHA", self.publish_sha, 2, keys.meta, keys.stream,
+                                  self._epochs.take(), keys.channel, node_id, 1, 0, encoded, seq))
+        else:
+            command = self._kind(("EVALSHA", self.publish_sha, 3, keys.meta, keys.stream,
+                                  publish_id_key(self.prefix, delivery.session_id, publish_id),
+                                  self._epochs.take(), keys.channel, node_id, 1, 3, encoded, seq))
         kept = [delivery, encoded, False] if self._keeps is not None and self._keeps(keys.channel) else None
         if publish_id is None or kept is not None:
             with self._lock:
@@ -474,6 +551,10 @@ class RedisHistory(SharedHistory):
                     self._keep_locked(seq, kept)
 
         def on_reply(reply: Any) -> None:  # on the sender's thread (which counts what it could not send)
+            if type(reply) is tuple:  # settled with its run (``_split_run``): (epoch, offset)
+                if on_done is not None:
+                    on_done(Stamped(Position(reply[1], reply[0]), False))
+                return
             if on_done is None and type(reply) is list and len(reply) == 3 and reply[0] == 0 \
                     and type(reply[2]) is int:
                 # The usual answer to a publish without id: new, no reset. Nobody waits for its
@@ -503,7 +584,53 @@ class RedisHistory(SharedHistory):
 
         # Always through the sender, even while the listener is down: one FIFO, so what falls back
         # to local delivery (Redis did not take it) is delivered here in the order it was made.
-        self._route(delivery.session_id).submit(command, on_reply)
+        self._submit_for(delivery.session_id)(command, on_reply)
+
+    def _merge(self, commands: list[Mergeable]) -> tuple[tuple[Any, ...], Callable[[Any], list[Any]]]:
+        """``merge_publishes`` for the sender, with ``_split_run`` for its reply."""
+        merged, _ = merge_publishes(commands)
+        return merged, lambda reply: self._split_run(commands, reply)
+
+    def _split_run(self, commands: list[Mergeable], reply: Any) -> list[Any]:
+        """Each publish's part of a merged run's reply (on the sender's thread, before any ``on_reply``).
+
+        The run's new publishes without id are settled here, under one lock for all of
+        them (their number leaves ``_in_flight``, what was kept is marked answered), and
+        get ``(epoch, offset)`` as their part, which their ``on_reply`` only hands on;
+        the others get their reply alone (``merge_publishes``), as if they had run alone.
+        """
+        count = len(commands)
+        parts: list[tuple[list[Any], int]] | None = None  # None: all new, offsets first, first + 1, ...
+        if type(reply) is not list or len(reply) != 3 or reply[0] != 0 or type(reply[2]) is not int \
+                or not 1 <= reply[2] <= 2 ** 53 - count:
+            # Repeats among them, a reset, or not the script's answer: each as if it ran alone
+            # (none: each gets the whole reply, and says what is wrong with it).
+            parts = _run_parts(reply, count)
+            if parts is None or reply[0] != 0:
+                return [] if parts is None else [part for part, _ in parts]
+        try:
+            epoch: str | None = _epoch(reply[1])
+        except ValueError:
+            epoch = None  # those that wait for their position are told, as alone
+        out: list[Any] = []
+        settled = []
+        for i, command in enumerate(commands):
+            part, offset = (None, reply[2] + i) if parts is None else parts[i]
+            if epoch is not None and offset and command[2] == 2:  # new, without id
+                settled.append(command[-1])
+                out.append((epoch, offset))
+            else:
+                out.append(part if part is not None else [0, reply[1], offset])
+        if settled:
+            with self._lock:
+                in_flight, kept = self._in_flight, self._kept
+                for seq in settled:
+                    in_flight.pop(seq, None)
+                    entry = kept.get(seq)
+                    if entry is not None:
+                        entry[2] = True
+            self._warned = False
+        return out
 
     def _keys_of(self, topic: str, session_id: str) -> PairKeys:
         """``pair_keys`` of a pair, remembered for the next publishes (up to ``_KEYS_KEPT`` pairs)."""
@@ -612,12 +739,17 @@ class RedisHistory(SharedHistory):
         if isinstance(reply, BaseException):
             raise HistoryUnavailable(f"{type(reply).__name__}: {reply}")
         try:
-            reset, epoch, got = reply
-            if type(got) is int:  # new: its offset, in the run's epoch
-                if not 1 <= got < 2 ** 53:
-                    raise ValueError(f"offset {got}")
+            if type(reply) is not list:
+                raise TypeError(f"a {type(reply).__name__}")
+            if len(reply) == 3:  # new: its offset, in the run's epoch
+                reset, epoch, got = reply
+                if type(got) is not int or not 1 <= got < 2 ** 53:
+                    raise ValueError(f"offset {got!r}")
                 stamped = Stamped(Position(got, _epoch(epoch)), False)
             else:  # a repeat: the position its id was first given
+                reset, _, none, place, got = reply
+                if none != 0 or place != 1:
+                    raise ValueError("not the reply to one publish")
                 stamped = Stamped(_position(got), True)
         except (TypeError, ValueError) as exc:
             logger.warning("dropped what Redis answered to a publish on %s@%s (%s): %r",

@@ -181,7 +181,7 @@ class RedisSender:
         would then deadlock). Blocks only while the queue is full; after ``stop``,
         fails the command at once, on the calling thread.
         """
-        size = args.size if type(args) is Mergeable else _size(args)
+        size = args.size if isinstance(args, Mergeable) else _size(args)
         with self._lock:
             if not self._stopped:
                 queue, waited = self._queue, False
