@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from rusty_ws.brokers.redis_codec import decode_envelope
-from rusty_ws.brokers.redis_history import RedisHistory, Route
+from rusty_ws.brokers.redis_history import UNSENT_LOG_EVERY, RedisHistory, Route
+from rusty_ws.log_throttle import LogThrottle
 from rusty_ws.protocol import Delivery
 
 
@@ -286,3 +287,23 @@ def test_a_lost_listener_connection_forgets_what_was_kept() -> None:
     assert len(history._kept) == 1
     history.forget_kept()
     assert len(history._kept) == 0 and history._kept_bytes == 0
+
+
+def test_publishes_redis_did_not_take_are_logged_once_a_while_with_their_count(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A failover fails thousands of publishes while other shards take theirs: one line, not one each."""
+    history, sender, delivered = store()
+    clock = [0.0]
+    history._log_unsent = LogThrottle(UNSENT_LOG_EVERY, lambda: clock[0])
+    with caplog.at_level("WARNING", logger="rusty_ws.server"):
+        for _ in range(1000):
+            history.publish(DELIVERY, None, None)
+            sender.commands.pop()[1](LOST)
+        clock[0] += UNSENT_LOG_EVERY
+        history.publish(DELIVERY, None, None)
+        sender.commands.pop()[1](LOST)
+    lines = [r.getMessage() for r in caplog.records if "did not take" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("Redis did not take 1 publish(es)") and "reset" in lines[0]
+    assert lines[1].startswith("Redis did not take 1000 publish(es)")
+    assert len(delivered) == 1001  # each still delivered here, without offset

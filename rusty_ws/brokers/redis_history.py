@@ -52,6 +52,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ..exceptions import ProtocolError
+from ..log_throttle import LogThrottle
 from ..protocol import Delivery, ErrorCode, Position
 from .base import ENCODED, HistoryUnavailable, Key, SharedHistory, Stamped, Stored
 from .redis_codec import PairKeys, decode_stream_entry, is_epoch, own_run_header, pair_keys, publish_id_key
@@ -246,6 +247,8 @@ MAX_IN_FLIGHT = 100_000
 #: then decoded, as another node's is).
 MAX_KEPT = 20_000
 MAX_KEPT_BYTES = 16 * 1024 * 1024
+#: Seconds between two "Redis did not take" lines (each says how many failed since the one before).
+UNSENT_LOG_EVERY = 10.0
 #: Seconds a pair's epoch and top outlive its last publish or read (at least the TTL): a client
 #: that was up to date when the pair went quiet recovers (``recovered: true``, nothing to replay).
 META_TTL = 30 * 24 * 3600.0
@@ -511,12 +514,14 @@ class RedisHistory(SharedHistory):
         # envelope comes back: [delivery, its encoding, answered by Redis], oldest first.
         self._kept: collections.OrderedDict[int, list[Any]] = collections.OrderedDict()
         self._kept_bytes = 0
-        # _lock guards _counts, _warned, _in_flight, _kept and _kept_bytes. Never held across I/O.
+        # _lock guards _counts, _log_unsent, _in_flight, _kept and _kept_bytes. Never held across I/O.
         self._lock = threading.Lock()
         self._counts = {"history_dropped": 0, "history_resets": 0}
         if publish_command == "SPUBLISH":
             self._counts["history_renewed"] = 0  # streams a new master took over (see _GUARD)
-        self._warned = False
+        #: At most one "did not take" line every UNSENT_LOG_EVERY seconds, however many fail (a cluster's
+        #: failover fails thousands while the other shards take theirs).
+        self._log_unsent = LogThrottle(UNSENT_LOG_EVERY)
 
     # ------------------------------------------------------------------ publishing
 
@@ -563,7 +568,6 @@ class RedisHistory(SharedHistory):
                     self._in_flight.pop(seq, None)
                 if kept is not None:
                     kept[2] = True  # a list item: atomic under the GIL
-                self._warned = False
                 return
             try:
                 stamped = self._stamped(reply, delivery)
@@ -629,7 +633,6 @@ class RedisHistory(SharedHistory):
                     entry = kept.get(seq)
                     if entry is not None:
                         entry[2] = True
-            self._warned = False
         return out
 
     def _keys_of(self, topic: str, session_id: str) -> PairKeys:
@@ -757,15 +760,15 @@ class RedisHistory(SharedHistory):
             raise HistoryUnavailable("Redis answered something no rusty_ws script returns") from None
         if reset:
             self._reset(delivery.topic, delivery.session_id, reset)
-        self._warned = False  # Redis takes publishes again: warn at the next outage
         return stamped
 
     def _unsent(self, delivery: Delivery, exc: BaseException, deliver_here: bool) -> None:
         with self._lock:
-            warn, self._warned = not self._warned, True
-        if warn:
-            logger.warning("Redis did not take a publish (%s): publishes without id reach this node's "
-                           "subscribers only, without offset; those with an id are answered unavailable", exc)
+            unsent = self._log_unsent()
+        if unsent:
+            logger.warning("Redis did not take %d publish(es) since the last such line (last: %s): publishes "
+                           "without id reach this node's subscribers only, without offset; those with an id are "
+                           "answered unavailable", unsent, exc)
         if deliver_here:
             try:
                 self._deliver(delivery)
