@@ -54,6 +54,7 @@ from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 from ..config import Settings
 from .handoff import SERVE_AFTER_KEY, AfterTheView, ClosedToHttp
 from .hub import PendingRequests
+from .internal import internal_server
 from .logs import ACCESS_LOGGER, without_colours
 from .state import state_of
 from .stop_clock import StopClock
@@ -658,6 +659,7 @@ class HubServer(ThreadedWSGIServer):
         #: ahead of them all; the accept thread's own (it alone reads and writes it; no lock).
         self._taken: deque[tuple[socket.socket, Any]] = deque()
         self._accept_blocked = False  # the last drain's accept() failed (out of descriptors): serve, don't drain
+        self._judged = False  # the request being served was taken by a drain, which kept the queue's bound
         #: WebSockets handed over by their views, by socket, until their request thread runs them (``serve_after``).
         self._after: dict[socket.socket, AfterTheView] = {}
 
@@ -675,12 +677,14 @@ class HubServer(ThreadedWSGIServer):
         taken = self._taken
         if not taken:
             if self._healthz_line is None or self.accept_queue() < DRAIN_FROM:
+                self._judged = False
                 return self._accept()
             self._drain()
         elif not self._accept_blocked:
             self._drain()
         if not taken:
             raise BlockingIOError(errno.EAGAIN, "nothing to accept")  # socketserver drops it and selects again
+        self._judged = True  # the drain kept what it holds within RUSTY_WS_MAX_ACCEPT_QUEUE (_shed)
         return taken.popleft()
 
     def _accept(self) -> tuple[socket.socket, Any]:
@@ -722,6 +726,25 @@ class HubServer(ThreadedWSGIServer):
             else:
                 health.append((request, address))
         taken.extendleft(reversed(health))
+        self._shed(time.monotonic())
+
+    def _shed(self, now: float) -> None:
+        """Turn away (503, ``Retry-After``) the newest of what the drain holds past ``RUSTY_WS_MAX_ACCEPT_QUEUE``.
+
+        What waits (held here and still in the system's queue) stays within the bound,
+        and the oldest are served: the queue's bound is kept here, once, and not again
+        when a held request's turn comes (``_busy`` leaves it out for them). Judged at its
+        turn instead, every request was refused while arrivals kept the count past the
+        bound: on a loaded machine a storm's new hub turned away every handshake for
+        minutes and admitted none (session 13, docs/performance.md). ``/healthz`` ones
+        are at the front and never shed.
+        """
+        if not self.max_accept_queue:
+            return
+        taken = self._taken
+        room = max(0, self.max_accept_queue - self.accept_queue())
+        while len(taken) > room:
+            self._turn_away(taken.pop()[0], now)
 
     def _answer_now(self, request: socket.socket, address: Any) -> None:
         """Serve a ``/healthz`` on the accept thread, through the app as any request, without a thread.
@@ -763,6 +786,7 @@ class HubServer(ThreadedWSGIServer):
             if not self.verify_request(request, address):  # as socketserver serves what it accepts
                 self.shutdown_request(request)
                 continue
+            self._judged = True  # as get_request says for what a drain took
             try:
                 self.process_request(request, address)
             except Exception:
@@ -823,9 +847,11 @@ class HubServer(ThreadedWSGIServer):
         self._after[request] = later  # this thread's own key, popped by it: a dict's item is atomic
 
     def _busy(self) -> bool:
-        """Too many requests under way (``RUSTY_WS_MAX_HANDSHAKES``) or queued (``RUSTY_WS_MAX_ACCEPT_QUEUE``)."""
-        return bool((self.max_handshakes and self.handshakes_in_flight() >= self.max_handshakes)
-                    or (self.max_accept_queue and self.waiting() >= self.max_accept_queue))
+        """Too many requests under way (``RUSTY_WS_MAX_HANDSHAKES``) or queued (``RUSTY_WS_MAX_ACCEPT_QUEUE``;
+        not for a request a drain took: the drain kept the queue's bound, ``_shed``)."""
+        if self.max_handshakes and self.handshakes_in_flight() >= self.max_handshakes:
+            return True
+        return bool(self.max_accept_queue and not self._judged and self.waiting() >= self.max_accept_queue)
 
     def accept_queue(self) -> int:
         """Connections the system holds for this server's ``accept()`` now (0 where it cannot tell).
@@ -1053,12 +1079,19 @@ def serve(app: Flask, host: str = "127.0.0.1", port: int = 8081, *, exit_when_st
         logger.info("%s: closing connections and stopping", signal.Signals(signum).name)
         if stopper:  # a second signal: the first one's shutdown is under way
             return
+        if internal is not None:  # refused from now on, as the hub's port is; its thread ends by itself
+            internal.close(wait=False)
         # server.shutdown() waits for serve_forever, which runs on this very thread.
         stopper.append(threading.Thread(target=_stop_and_exit if exit_when_stopped else stop,
                                         args=(app, server), kwargs={"clock": clock},
                                         name="rusty_ws-shutdown"))
         stopper[0].start()
 
+    try:
+        internal = internal_server(app)  # RUSTY_WS_INTERNAL_PORT: /healthz on a socket and a thread of its own
+    except BaseException:  # its port taken, say: the hub does not start
+        server.server_close()
+        raise
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     freeze_startup_objects()
     websocket, page = _route(app, ".websocket") or "/ws", _route(app, ".page")
@@ -1069,12 +1102,17 @@ def serve(app: Flask, host: str = "127.0.0.1", port: int = 8081, *, exit_when_st
                     state.settings.max_connections)
     if page is not None:
         logger.info("the hub's page: open http://%s:%d%s in a browser", _browsable(host), server.port, page)
+    if internal is not None:
+        logger.info("internal port (RUSTY_WS_INTERNAL_PORT): %s on http://%s:%d", ", ".join(sorted(internal.paths))
+                    or "no route", _browsable(internal.host), internal.port)
     try:
         server.serve_forever()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         server.server_close()
+        if internal is not None:
+            internal.close()
     if exit_when_stopped and stopper:
         stopper[0].join()
         exit_now(0)
