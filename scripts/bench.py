@@ -252,6 +252,19 @@ def kernel_counters() -> dict[str, int]:
     return {name: int(values[name]) for name in LISTEN_COUNTERS if name in values}
 
 
+def time_wait_sockets() -> int | None:
+    """TCP sockets in TIME_WAIT on this machine now (/proc/net/tcp and tcp6, state 06), None where unreadable."""
+    count = 0
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as table:
+                next(table, None)
+                count += sum(1 for line in table if line.split(None, 4)[3:4] == ["06"])
+        except OSError:
+            return None
+    return count
+
+
 def run_storm(kind: ServerKind, size: int, deadline: float, parts: int = 4) -> dict:
     """``size`` subscribed clients; the server stopped (SIGTERM: rusty_ws closes with 4200) and started
     again on the same port; the clients follow the reconnect policy (``benchlib/loadgen_storm.py``).
@@ -260,6 +273,7 @@ def run_storm(kind: ServerKind, size: int, deadline: float, parts: int = 4) -> d
     how ``/healthz`` answered meanwhile (polled every 50 ms, on both servers' lives).
     """
     ours = kind.name == "rusty_ws"
+    time_wait = time_wait_sockets()  # what an earlier scenario left: reported with the run
     # rusty_ws answers /healthz on its port and on an internal port of its own (RUSTY_WS_INTERNAL_PORT), both polled.
     env = {"RUSTY_WS_INTERNAL_PORT": str(free_port())} if ours else {}
     server = RunningServer(kind, env=env)
@@ -290,7 +304,8 @@ def run_storm(kind: ServerKind, size: int, deadline: float, parts: int = 4) -> d
                "refused_http": sum(r.get("refused_http", 0) for r in results),
                "refused_tcp": sum(r.get("refused_tcp", 0) for r in results),
                "attempts": sum(r.get("attempts", 0) for r in results), **health,
-               "stop_phases": phases.group(2) if phases else None, "kernel": kernel}
+               "stop_phases": phases.group(2) if phases else None, "kernel": kernel,
+               "time_wait_at_start": time_wait, "load_at_start": os.getloadavg()[0]}
         if failed or back != size:
             return {**row, "ok": False, "failed": failed or f"{back}/{size} back"}
         last_back = max(r["last_back"] for r in results)
@@ -501,6 +516,9 @@ def storm_scenario(servers: list[ServerKind], size: int, runs: int, deadline: fl
                           f"took 0.9s or more: SYNs sent again), after connect max "
                           f"{fmt(row.get(f'{label}_answer_max_s'))}s; slowest (sent after the stop, connect, "
                           f"answer): {row.get(f'{label}_slowest')}", flush=True)
+            if row.get("time_wait_at_start") is not None:
+                print(f"          at its start: {row['time_wait_at_start']} sockets in TIME_WAIT, "
+                      f"load {row['load_at_start']:.1f}", flush=True)
             if row.get("kernel"):
                 print("          kernel (TcpExt, machine-wide): "
                       + ", ".join(f"{name} +{count}" for name, count in row["kernel"].items()), flush=True)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import logging
 import selectors
 import socket
@@ -288,9 +289,9 @@ class InternalServer:
         path, _, query = target.partition("?")
         path_info = unquote_to_bytes(path).decode("latin-1")
         if path_info not in self.paths:
-            body = ('{"code": "not_found", "error": "the internal port serves only %s"}'
-                    % ", ".join(sorted(self.paths))).encode()
-            answer = _answer("404 Not Found", body)
+            served = ", ".join(sorted(self.paths)) or "nothing"
+            answer = _answer("404 Not Found", json.dumps(
+                {"code": "not_found", "error": f"the internal port serves only {served}"}).encode())
         else:
             answer = self._call_app(method, path_info, query, version, headers, address)
         access_logger.debug('%s "%s" %s', address[0] if address else "-", lines[0], answer[9:12].decode())
@@ -345,10 +346,11 @@ class InternalServer:
 def internal_server(app: Flask) -> InternalServer | None:
     """The app's internal port as its settings say (started), or None when ``RUSTY_WS_INTERNAL_PORT`` is not set."""
     state = state_of(app)
-    if state is None or state.settings.internal_port is None:
+    port = state.settings.internal_port if state is not None else None
+    if state is None or port is None:
         return None
     settings = state.settings
-    server = InternalServer(app, settings.internal_host, settings.internal_port,
+    server = InternalServer(app, settings.internal_host, port,
                             max_head_size=settings.max_request_head_size, head_timeout=settings.request_head_timeout)
     if not server.paths:
         logger.warning("RUSTY_WS_INTERNAL_PORT is set but the app has no route to serve there "

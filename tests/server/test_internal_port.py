@@ -118,7 +118,7 @@ def test_past_its_sockets_one_more_gets_503_and_the_port_stays_up(closing: list[
             sock = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)
             sock.sendall(b"GET /healthz HTTP/1.1\r\n")
             closing.append(sock)
-        status, headers, body = raw_http(server.port, HEALTHZ)
+        status, _, body = raw_http(server.port, HEALTHZ)
         assert status == 503 and b"server_busy" in body
         for sock in closing:
             sock.sendall(b"Host: 127.0.0.1\r\n\r\n")  # their heads end: answered, their sockets given back
