@@ -97,6 +97,10 @@ MAX_RETRY_AFTER = 60
 DRAIN_FROM = 32
 #: At most this many connections taken by drains and not yet served (each holds a descriptor).
 DRAIN_MAX = 4096
+#: Seconds between two drains while what the last one took is being served: each drain accepts,
+#: peeks at and turns away every newcomer past the queue's bound, and one drain per request served
+#: (as it was) left a starved hub admitting one handshake a second while it refused hundreds.
+DRAIN_EVERY = 0.05
 #: Seconds the accept thread gives a ``/healthz`` it answers itself (``HubServer._answer_now``) to take the answer.
 ANSWER_NOW_TIMEOUT = 0.05
 #: Where ``HubRequestHandler`` leaves, in the environ, a callable that frees the request head's buffers.
@@ -660,6 +664,7 @@ class HubServer(ThreadedWSGIServer):
         self._taken: deque[tuple[socket.socket, Any]] = deque()
         self._accept_blocked = False  # the last drain's accept() failed (out of descriptors): serve, don't drain
         self._judged = False  # the request being served was taken by a drain, which kept the queue's bound
+        self._next_drain = 0.0  # monotonic time before which what a drain took is served without draining again
         #: WebSockets handed over by their views, by socket, until their request thread runs them (``serve_after``).
         self._after: dict[socket.socket, AfterTheView] = {}
 
@@ -673,14 +678,15 @@ class HubServer(ThreadedWSGIServer):
 
     def get_request(self) -> tuple[socket.socket, Any]:
         """The next connection to serve: the one ``accept()`` gives, or, when a queue has built up, a
-        ``/healthz`` from anywhere in it first (``_drain``), then the others in the order they came."""
+        ``/healthz`` from anywhere in it first (``_drain``, at most every ``DRAIN_EVERY`` while what it
+        took is served), then the others in the order they came."""
         taken = self._taken
         if not taken:
             if self._healthz_line is None or self.accept_queue() < DRAIN_FROM:
                 self._judged = False
                 return self._accept()
             self._drain()
-        elif not self._accept_blocked:
+        elif not self._accept_blocked and time.monotonic() >= self._next_drain:
             self._drain()
         if not taken:
             raise BlockingIOError(errno.EAGAIN, "nothing to accept")  # socketserver drops it and selects again
@@ -709,6 +715,7 @@ class HubServer(ThreadedWSGIServer):
         taken = self._taken
         health: list[tuple[socket.socket, Any]] = []
         self._accept_blocked = False
+        self._next_drain = time.monotonic() + DRAIN_EVERY
         for _ in range(min(self.accept_queue(), DRAIN_MAX - len(taken))):
             try:
                 request, address = self._accept()

@@ -336,3 +336,27 @@ def test_past_the_queue_bound_a_drain_turns_away_the_newest_and_serves_the_oldes
             sock.close()
         server.server_close()
         state_of(app).hub.shutdown(WAIT)
+
+
+def test_while_what_a_drain_took_is_served_the_next_drain_waits_its_interval() -> None:
+    """One drain per request served (accepting, peeking at and turning away every newcomer each time)
+    left a starved hub admitting one handshake a second; between drains it now serves what it holds."""
+    app = create_app(hub_config(max_accept_queue=DRAIN_FROM + 4))
+    server = make_server(app, "127.0.0.1", 0)  # not serving: this test runs the accept loop's steps
+    sockets = queue_up(server.port, [HANDSHAKE] * (DRAIN_FROM + 4))
+    try:
+        server._handle_request_noblock()  # drains all, serves the first
+        assert read_response(sockets[0])[0] == 101 and len(server._taken) == DRAIN_FROM + 3
+        sockets += queue_up(server.port, [HANDSHAKE] * 2)  # newcomers, while what it took waits
+        server._handle_request_noblock()  # within DRAIN_EVERY: no drain, the next held one is served
+        assert read_response(sockets[1])[0] == 101
+        assert server.accept_queue() == 2 and len(server._taken) == DRAIN_FROM + 2
+        server._next_drain = 0.0  # the interval has passed
+        server._handle_request_noblock()  # drains the two newcomers, serves the next held one
+        assert read_response(sockets[2])[0] == 101
+        assert server.accept_queue() == 0 and len(server._taken) == DRAIN_FROM + 3
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.server_close()
+        state_of(app).hub.shutdown(WAIT)
