@@ -21,8 +21,10 @@ takes, unseen by ``RUSTY_WS_MAX_CONNECTIONS``. Here:
   an open WebSocket), or ``RUSTY_WS_MAX_ACCEPT_QUEUE`` connections in the accept
   queue, any request but ``/healthz`` is answered 503 with
   ``Retry-After`` on the accept thread, without a thread (``_Pacer`` says when);
-  a long queue is taken whole (``HubServer._drain``), and a ``/healthz`` in it
-  is answered first, on the accept thread when its whole head came;
+  a long queue is taken whole (``HubServer._drain``, at most every ``DRAIN_EVERY``
+  while what it took is served; past ``RUSTY_WS_MAX_ACCEPT_QUEUE`` the newest taken
+  are turned away, ``_shed``), and a ``/healthz`` in it is answered first, on the
+  accept thread when its whole head came;
 - when ``accept()`` fails for want of file descriptors, the accept loop logs
   one line (at most every ``LOG_EVERY`` seconds) and waits ``ACCEPT_BACKOFF``
   instead of trying again at once, which spun a core.
@@ -97,7 +99,8 @@ MAX_RETRY_AFTER = 60
 DRAIN_FROM = 32
 #: At most this many connections taken by drains and not yet served (each holds a descriptor).
 DRAIN_MAX = 4096
-#: Seconds between two drains while what the last one took is being served: each drain accepts,
+#: Seconds between two drains while what the last one took is being served (or as long as the
+#: last drain took, if longer: at least half the accept thread's time serves): each drain accepts,
 #: peeks at and turns away every newcomer past the queue's bound, and one drain per request served
 #: (as it was) left a starved hub admitting one handshake a second while it refused hundreds.
 DRAIN_EVERY = 0.05
@@ -715,7 +718,7 @@ class HubServer(ThreadedWSGIServer):
         taken = self._taken
         health: list[tuple[socket.socket, Any]] = []
         self._accept_blocked = False
-        self._next_drain = time.monotonic() + DRAIN_EVERY
+        started = time.monotonic()
         for _ in range(min(self.accept_queue(), DRAIN_MAX - len(taken))):
             try:
                 request, address = self._accept()
@@ -733,7 +736,12 @@ class HubServer(ThreadedWSGIServer):
             else:
                 health.append((request, address))
         taken.extendleft(reversed(health))
-        self._shed(time.monotonic())
+        now = time.monotonic()
+        self._shed(now)
+        # Serve for at least as long as this drain took (starved, one took a second: drained
+        # again at once, nothing held was served), and at least DRAIN_EVERY.
+        ended = time.monotonic()
+        self._next_drain = ended + max(DRAIN_EVERY, ended - started)
 
     def _shed(self, now: float) -> None:
         """Turn away (503, ``Retry-After``) the newest of what the drain holds past ``RUSTY_WS_MAX_ACCEPT_QUEUE``.
