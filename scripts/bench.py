@@ -273,7 +273,7 @@ def run_storm(kind: ServerKind, size: int, deadline: float, parts: int = 4) -> d
     how ``/healthz`` answered meanwhile (polled every 50 ms, on both servers' lives).
     """
     ours = kind.name == "rusty_ws"
-    time_wait = time_wait_sockets()  # what an earlier scenario left: reported with the run
+    time_wait, load = time_wait_sockets(), os.getloadavg()[0]  # what an earlier scenario left, and the load
     # rusty_ws answers /healthz on its port and on an internal port of its own (RUSTY_WS_INTERNAL_PORT), both polled.
     env = {"RUSTY_WS_INTERNAL_PORT": str(free_port())} if ours else {}
     server = RunningServer(kind, env=env)
@@ -305,7 +305,7 @@ def run_storm(kind: ServerKind, size: int, deadline: float, parts: int = 4) -> d
                "refused_tcp": sum(r.get("refused_tcp", 0) for r in results),
                "attempts": sum(r.get("attempts", 0) for r in results), **health,
                "stop_phases": phases.group(2) if phases else None, "kernel": kernel,
-               "time_wait_at_start": time_wait, "load_at_start": os.getloadavg()[0]}
+               "time_wait_at_start": time_wait, "load_at_start": load}
         if failed or back != size:
             return {**row, "ok": False, "failed": failed or f"{back}/{size} back"}
         last_back = max(r["last_back"] for r in results)
