@@ -229,8 +229,8 @@ class InternalServer:
     def _expire(self, now: float) -> None:
         for peer in [peer for peer in self._peers.values() if peer.deadline <= now]:
             if peer.data and not peer.out:  # some of a head came: say why we hang up
-                self._send_and_close(peer.sock, _TIMEOUT)
                 self._forget(peer)
+                self._send_and_close(peer.sock, _TIMEOUT)
             else:
                 self._drop(peer)
 
