@@ -146,6 +146,14 @@ MAX_HANDSHAKES = 4096
 #: connections' SYNs and their clients retry 1, 3, 7, 15 s later (docs/performance.md,
 #: "Reconnect storm"). 0: no bound.
 MAX_ACCEPT_QUEUE = 3072
+#: The hub's internal port: its HTTP routes that must answer under load (``/healthz``), served
+#: by ``rusty-ws serve`` on a listening socket and a thread of their own, so that a health check
+#: does not wait in the accept queue behind a reconnect storm's handshakes
+#: (docs/configuration.md, "The internal port"). None: no internal port; 0: any free port (logged).
+INTERNAL_PORT: int | None = None
+#: The address the internal port listens on: loopback unless set (``0.0.0.0`` for a probe
+#: from outside the machine or the pod, as Kubernetes' are).
+INTERNAL_HOST = "127.0.0.1"
 #: Messages kept per (topic, session) stream for recovery and ``history:``; 0 turns history
 #: off (deliveries then carry no offset/epoch). See docs/protocol.md, "History and recovery".
 HISTORY_SIZE = 100
@@ -210,6 +218,8 @@ DEFAULTS: dict[str, Any] = {
         MAX_PENDING_REQUESTS=MAX_PENDING_REQUESTS,
         MAX_HANDSHAKES=MAX_HANDSHAKES,
         MAX_ACCEPT_QUEUE=MAX_ACCEPT_QUEUE,
+        INTERNAL_PORT=INTERNAL_PORT,
+        INTERNAL_HOST=INTERNAL_HOST,
         HISTORY_SIZE=HISTORY_SIZE,
         HISTORY_TTL=HISTORY_TTL,
         HISTORY_MAX_BYTES=HISTORY_MAX_BYTES,
@@ -228,7 +238,8 @@ ALIASES = {
 
 #: Kept as strings from the environment (pattern lists parse their own JSON: ``_patterns``).
 _STRING_KEYS = {PREFIX + name for name in ("JWT_SECRET_KEY", "USERS_FILE", "BROKER_URL", "ANONYMOUS_SESSIONS",
-                                           "SERVER_ONLY_TOPICS", "TRUSTED_PROXIES")}
+                                           "SERVER_ONLY_TOPICS", "TRUSTED_PROXIES",
+                                           "INTERNAL_HOST")}
 
 
 def _parse_env_value(value: str) -> Any:
@@ -286,6 +297,21 @@ def _whole(setting: str, value: Any) -> int:
 def _count(setting: str, value: Any) -> int:
     """A whole number, 0 allowed (0 turns the feature off)."""
     return int(_number(setting, value, allow_zero=True, whole=True))
+
+
+def _port(setting: str, value: Any) -> int:
+    """A TCP port, 0 (any free one) to 65535."""
+    number = int(_number(setting, value, allow_zero=True, whole=True))
+    if number > 65535:
+        raise ConfigError(setting, value, "must be a port, 0 to 65535")
+    return number
+
+
+def _address(setting: str, value: Any) -> str:
+    """An address to listen on: a non-empty string without blanks (an IP address or a host name)."""
+    if not isinstance(value, str) or not value.strip() or any(ch.isspace() for ch in value.strip()):
+        raise ConfigError(setting, value, "must be an address to listen on, such as 127.0.0.1 or 0.0.0.0")
+    return value.strip()
 
 
 def _level(setting: str, value: Any) -> int:
@@ -445,6 +471,8 @@ class Settings:
     max_pending_requests: int = MAX_PENDING_REQUESTS
     max_handshakes: int = MAX_HANDSHAKES
     max_accept_queue: int = MAX_ACCEPT_QUEUE
+    internal_port: int | None = INTERNAL_PORT
+    internal_host: str = INTERNAL_HOST
     history_size: int = HISTORY_SIZE
     history_ttl: float = HISTORY_TTL
     history_max_bytes: int = HISTORY_MAX_BYTES
@@ -520,6 +548,8 @@ class Settings:
             max_pending_requests=check(_whole, "MAX_PENDING_REQUESTS"),
             max_handshakes=check(_count, "MAX_HANDSHAKES"),
             max_accept_queue=check(_count, "MAX_ACCEPT_QUEUE"),
+            internal_port=None if get("INTERNAL_PORT") is None else check(_port, "INTERNAL_PORT"),
+            internal_host=check(_address, "INTERNAL_HOST"),
             history_size=check(_count, "HISTORY_SIZE"),
             history_ttl=check(_positive, "HISTORY_TTL"),
             history_max_bytes=check(_whole, "HISTORY_MAX_BYTES"),

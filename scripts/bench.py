@@ -46,7 +46,7 @@ sys.path.insert(0, HERE)
 
 from benchlib import multinode  # noqa: E402
 from benchlib.generators import Generator, clean, merge, split, start_one_topic  # noqa: E402
-from benchlib.servers import COMPRESSING, SERVERS, RunningServer, ServerKind  # noqa: E402
+from benchlib.servers import COMPRESSING, SERVERS, RunningServer, ServerKind, free_port  # noqa: E402
 
 ORDER = ["rusty_ws", "websockets", "flask-socketio", "per-send", "ceiling"]
 
@@ -180,35 +180,89 @@ def run_connect(kind: ServerKind, size: int, deadline: float, parts: int = 4) ->
 
 
 class HealthPoller:
-    """GET /healthz every ``every`` seconds on its own thread: each answer's latency, and the failures."""
+    """GET /healthz every ``every`` seconds on its own thread: each answer's latency, and the failures.
 
-    def __init__(self, port: int, every: float = 0.05) -> None:
+    Each request is timed in two parts: the TCP connect (``connect()`` returned), and from
+    there to the whole answer. A connect of about a second is a SYN the system dropped
+    (its accept queue was full) and the client sent again after its initial RTO; a slow
+    answer after a quick connect is a wait in the server (its accept queue or its own work).
+    ``label`` names the port in the report (the main port, or the hub's internal one).
+    """
+
+    def __init__(self, port: int, every: float = 0.05, label: str = "healthz") -> None:
         import threading
-        self.port, self.every = port, every
-        self.latencies: list[float] = []
+        self.port, self.every, self.label = port, every, label
+        self.samples: list[tuple[float, float, float]] = []  # (sent at, connect s, connect to answer s)
         self.failures = 0
         self.stopping = threading.Event()  # set by stop(): ends the polling thread
-        self.thread = threading.Thread(target=self._poll, name="bench-healthz", daemon=True)
+        self.thread = threading.Thread(target=self._poll, name=f"bench-{label}", daemon=True)
         self.thread.start()
 
     def _poll(self) -> None:
-        import urllib.request
+        import http.client
         while not self.stopping.wait(self.every):
             started = time.monotonic()
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=5) as answer:
-                    answer.read()
-                self.latencies.append(time.monotonic() - started)
-            except OSError:
+                connection.connect()
+                connected = time.monotonic()
+                connection.request("GET", "/healthz")
+                answer = connection.getresponse()
+                answer.read()
+                self.samples.append((started, connected - started, time.monotonic() - connected))
+            except OSError:  # (http.client.HTTPException is no OSError: a garbled answer is a defect to see)
                 self.failures += 1
+            finally:
+                connection.close()
 
-    def stop(self) -> dict:
+    def stop(self, since: float = 0.0) -> dict:
+        """The figures, under keys that start with ``label`` (``healthz_max_s``, ...); ``slowest``: the five
+        slowest as (sent, connect, then the answer) in seconds, sent counted from ``since`` (monotonic)."""
         self.stopping.set()
         self.thread.join(10)
-        latencies = sorted(self.latencies)
-        return {"healthz_answers": len(latencies), "healthz_failures": self.failures,
-                "healthz_max_s": latencies[-1] if latencies else None,
-                "healthz_p99_s": latencies[int(len(latencies) * 0.99)] if latencies else None}
+        latencies = sorted(c + a for _, c, a in self.samples)
+        connects = sorted(c for _, c, _ in self.samples)
+        label = self.label
+        return {f"{label}_answers": len(latencies), f"{label}_failures": self.failures,
+                f"{label}_max_s": latencies[-1] if latencies else None,
+                f"{label}_p99_s": latencies[int(len(latencies) * 0.99)] if latencies else None,
+                f"{label}_connect_max_s": connects[-1] if connects else None,
+                f"{label}_slow_connects": sum(c >= 0.9 for c in connects),  # SYNs sent again (initial RTO 1 s)
+                f"{label}_answer_max_s": max((a for _, _, a in self.samples), default=None),
+                f"{label}_slowest": [(round(t - since, 2), round(c, 3), round(a, 3)) for t, c, a in
+                                     sorted(self.samples, key=lambda s: -(s[1] + s[2]))[:5]]}
+
+
+#: The kernel's counters (/proc/net/netstat, TcpExt) a storm is read against: a full accept queue
+#: drops SYNs (ListenOverflows, ListenDrops; tcp_abort_on_overflow 0), which clients send again
+#: after their initial RTO (1 s), then 3, 7, 15 s after the first.
+LISTEN_COUNTERS = ("ListenOverflows", "ListenDrops", "TCPReqQFullDrop", "SyncookiesSent", "TCPTimeouts")
+
+
+def kernel_counters() -> dict[str, int]:
+    """``LISTEN_COUNTERS`` now, machine-wide (empty where /proc/net/netstat is not there)."""
+    try:
+        with open("/proc/net/netstat") as handle:
+            lines = [line.split() for line in handle if line.startswith("TcpExt:")]
+    except OSError:
+        return {}
+    if len(lines) < 2:
+        return {}
+    values = dict(zip(lines[0][1:], lines[1][1:]))
+    return {name: int(values[name]) for name in LISTEN_COUNTERS if name in values}
+
+
+def time_wait_sockets() -> int | None:
+    """TCP sockets in TIME_WAIT on this machine now (/proc/net/tcp and tcp6, state 06), None where unreadable."""
+    count = 0
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as table:
+                next(table, None)
+                count += sum(1 for line in table if line.split(None, 4)[3:4] == ["06"])
+        except OSError:
+            return None
+    return count
 
 
 def run_storm(kind: ServerKind, size: int, deadline: float, parts: int = 4) -> dict:
@@ -218,38 +272,47 @@ def run_storm(kind: ServerKind, size: int, deadline: float, parts: int = 4) -> d
     Measures from the stop to the last client subscribed again, the refusals, and for rusty_ws
     how ``/healthz`` answered meanwhile (polled every 50 ms, on both servers' lives).
     """
-    server = RunningServer(kind)
+    ours = kind.name == "rusty_ws"
+    time_wait, load = time_wait_sockets(), os.getloadavg()[0]  # what an earlier scenario left, and the load
+    # rusty_ws answers /healthz on its port and on an internal port of its own (RUSTY_WS_INTERNAL_PORT), both polled.
+    env = {"RUSTY_WS_INTERNAL_PORT": str(free_port())} if ours else {}
+    server = RunningServer(kind, env=env)
     generators: list[Generator] = []
-    poller = None
+    pollers: list[HealthPoller] = []
     try:
         common = {"dialect": kind.dialect, "port": server.port, "deadline": deadline, "session": "s1",
                   "topic": "T", "role": "storm", "batch": 250, "jitter": 1.0}
         generators = [Generator({**common, "connections": n}) for n in split(size, parts)]
         if not all(g.wait_ready() for g in generators):
             return {"ok": False, "failed": merge([g.finish(5) for g in generators])["failed"] or "not ready"}
-        poller = HealthPoller(server.port) if kind.name == "rusty_ws" else None
+        if ours:
+            pollers = [HealthPoller(server.port), HealthPoller(int(env["RUSTY_WS_INTERNAL_PORT"]), label="internal")]
+        before = kernel_counters()
         stopped = time.monotonic()
         server.stop()
         down_s = time.monotonic() - stopped
         phases = re.search(r"stopped in (\S+)s: (.*)", server.final_log)  # rusty_ws's stop, from its own log
-        server = RunningServer(kind, port=server.port)
+        server = RunningServer(kind, env=env, port=server.port)
         restarted_s = time.monotonic() - stopped
         results = [g.finish(deadline + 10) for g in generators]
-        health = poller.stop() if poller else {}
+        health = {key: value for poller in pollers for key, value in poller.stop(stopped).items()}
+        after = kernel_counters()
+        kernel = {name: after[name] - before.get(name, 0) for name in after}
         failed = "; ".join(r["failed"] for r in results if r.get("failed"))
         back = sum(r.get("back", 0) for r in results)
         row = {"connections": size, "stop_s": down_s, "restart_s": restarted_s, "back": back,
                "refused_http": sum(r.get("refused_http", 0) for r in results),
                "refused_tcp": sum(r.get("refused_tcp", 0) for r in results),
                "attempts": sum(r.get("attempts", 0) for r in results), **health,
-               "stop_phases": phases.group(2) if phases else None}
+               "stop_phases": phases.group(2) if phases else None, "kernel": kernel,
+               "time_wait_at_start": time_wait, "load_at_start": load}
         if failed or back != size:
             return {**row, "ok": False, "failed": failed or f"{back}/{size} back"}
         last_back = max(r["last_back"] for r in results)
         return {**row, "ok": True, "failed": "", "all_back_s": last_back - stopped,
                 "after_restart_s": last_back - stopped - restarted_s}
     finally:
-        if poller is not None:
+        for poller in pollers:
             poller.stop()
         for generator in generators:
             generator.finish(1)
@@ -435,7 +498,7 @@ def storm_scenario(servers: list[ServerKind], size: int, runs: int, deadline: fl
         rows = repeat(runs, lambda: run_storm(kind, size, deadline))
         by_server[kind.name] = {"connections": size, "runs": rows, "ok": all(r.get("ok") for r in rows), **{
             key: median_of(rows, key) for key in ("all_back_s", "after_restart_s", "restart_s", "refused_http",
-                                                   "refused_tcp", "healthz_max_s")}}
+                                                   "refused_tcp", "healthz_max_s", "internal_max_s")}}
         report("storm", f"{size} clients", kind.name, rows, "all_back_s", "s until all back")
         for row in rows:
             if row.get("ok"):
@@ -445,6 +508,20 @@ def storm_scenario(servers: list[ServerKind], size: int, runs: int, deadline: fl
                       f"stop {row['stop_s']:.2f}s", flush=True)
             if row.get("stop_phases"):
                 print(f"          the old process's stop: {row['stop_phases']}", flush=True)
+            for label, port in (("healthz", "its port"), ("internal", "the internal port")):
+                if row.get(f"{label}_answers"):
+                    print(f"          /healthz on {port}: {row[f'{label}_answers']} answers, "
+                          f"{row.get(f'{label}_failures', 0)} unanswered, max {fmt(row.get(f'{label}_max_s'))}s, "
+                          f"connect max {fmt(row.get(f'{label}_connect_max_s'))}s ({row.get(f'{label}_slow_connects')} "
+                          f"took 0.9s or more: SYNs sent again), after connect max "
+                          f"{fmt(row.get(f'{label}_answer_max_s'))}s; slowest (sent after the stop, connect, "
+                          f"answer): {row.get(f'{label}_slowest')}", flush=True)
+            if row.get("time_wait_at_start") is not None:
+                print(f"          at its start: {row['time_wait_at_start']} sockets in TIME_WAIT, "
+                      f"load {row['load_at_start']:.1f}", flush=True)
+            if row.get("kernel"):
+                print("          kernel (TcpExt, machine-wide): "
+                      + ", ".join(f"{name} +{count}" for name, count in row["kernel"].items()), flush=True)
     return by_server
 
 
@@ -536,7 +613,8 @@ def print_connection_tables(results: dict) -> None:
         print(f"{'  peer / rusty_ws':24}" + "".join(f"{ratio(elapsed[n], elapsed['rusty_ws']):>16}" for n in ORDER))
     if "storm" in results:
         print(f"\n{'storm':24}" + "".join(f"{n:>16}" for n in STORM_SERVERS))
-        for key in ("all_back_s", "restart_s", "after_restart_s", "refused_http", "refused_tcp", "healthz_max_s"):
+        for key in ("all_back_s", "restart_s", "after_restart_s", "refused_http", "refused_tcp", "healthz_max_s",
+                    "internal_max_s"):
             print(f"{key:24}" + "".join(f"{fmt(results['storm'].get(n, {}).get(key)):>16}" for n in STORM_SERVERS))
 
 

@@ -32,6 +32,7 @@ def test_quick_benchmark_runs_and_rusty_ws_loses_nothing(tmp_path) -> None:
     storm = results["storm"]["rusty_ws"]
     assert storm["ok"] and all(run["back"] == 500 for run in storm["runs"])  # every client dropped came back
     assert all(run["healthz_answers"] > 0 for run in storm["runs"])
+    assert all(run["internal_answers"] > 0 for run in storm["runs"])  # the hub's internal port, polled too
     assert "websockets" in results["storm"], "the peer's storm did not run"  # its outcome is measured, not asserted
     for name in ("websockets", "flask-socketio", "ceiling", "per-send"):
         assert name in results["fanout"]["100"], f"peer {name} did not run"

@@ -21,8 +21,10 @@ takes, unseen by ``RUSTY_WS_MAX_CONNECTIONS``. Here:
   an open WebSocket), or ``RUSTY_WS_MAX_ACCEPT_QUEUE`` connections in the accept
   queue, any request but ``/healthz`` is answered 503 with
   ``Retry-After`` on the accept thread, without a thread (``_Pacer`` says when);
-  a long queue is taken whole (``HubServer._drain``), and a ``/healthz`` in it
-  is answered first, on the accept thread when its whole head came;
+  a long queue is taken whole (``HubServer._drain``, at most every ``DRAIN_EVERY``
+  while what it took is served; past ``RUSTY_WS_MAX_ACCEPT_QUEUE`` the newest taken
+  are turned away, ``_shed``), and a ``/healthz`` in it is answered first, on the
+  accept thread when its whole head came;
 - when ``accept()`` fails for want of file descriptors, the accept loop logs
   one line (at most every ``LOG_EVERY`` seconds) and waits ``ACCEPT_BACKOFF``
   instead of trying again at once, which spun a core.
@@ -55,6 +57,7 @@ from werkzeug.urls import uri_to_iri
 from ..config import Settings
 from .handoff import SERVE_AFTER_KEY, AfterTheView, ClosedToHttp
 from .hub import PendingRequests
+from .internal import internal_server
 from .logs import ACCESS_LOGGER, without_colours
 from .state import state_of
 from .stop_clock import StopClock
@@ -97,6 +100,11 @@ MAX_RETRY_AFTER = 60
 DRAIN_FROM = 32
 #: At most this many connections taken by drains and not yet served (each holds a descriptor).
 DRAIN_MAX = 4096
+#: Seconds between two drains while what the last one took is being served (or as long as the
+#: last drain took, if longer: at least half the accept thread's time serves): each drain accepts,
+#: peeks at and turns away every newcomer past the queue's bound, and one drain per request served
+#: (as it was) left a starved hub admitting one handshake a second while it refused hundreds.
+DRAIN_EVERY = 0.05
 #: Seconds the accept thread gives a ``/healthz`` it answers itself (``HubServer._answer_now``) to take the answer.
 ANSWER_NOW_TIMEOUT = 0.05
 #: Where ``HubRequestHandler`` leaves, in the environ, a callable that frees the request head's buffers.
@@ -770,6 +778,8 @@ class HubServer(ThreadedWSGIServer):
         #: ahead of them all; the accept thread's own (it alone reads and writes it; no lock).
         self._taken: deque[tuple[socket.socket, Any]] = deque()
         self._accept_blocked = False  # the last drain's accept() failed (out of descriptors): serve, don't drain
+        self._judged = False  # the request being served was taken by a drain, which kept the queue's bound
+        self._next_drain = 0.0  # monotonic time before which what a drain took is served without draining again
         #: WebSockets handed over by their views, by socket, until their request thread runs them (``serve_after``).
         self._after: dict[socket.socket, AfterTheView] = {}
 
@@ -783,16 +793,19 @@ class HubServer(ThreadedWSGIServer):
 
     def get_request(self) -> tuple[socket.socket, Any]:
         """The next connection to serve: the one ``accept()`` gives, or, when a queue has built up, a
-        ``/healthz`` from anywhere in it first (``_drain``), then the others in the order they came."""
+        ``/healthz`` from anywhere in it first (``_drain``, at most every ``DRAIN_EVERY`` while what it
+        took is served), then the others in the order they came."""
         taken = self._taken
         if not taken:
             if self._healthz_line is None or self.accept_queue() < DRAIN_FROM:
+                self._judged = False
                 return self._accept()
             self._drain()
-        elif not self._accept_blocked:
+        elif not self._accept_blocked and time.monotonic() >= self._next_drain:
             self._drain()
         if not taken:
             raise BlockingIOError(errno.EAGAIN, "nothing to accept")  # socketserver drops it and selects again
+        self._judged = True  # the drain kept what it holds within RUSTY_WS_MAX_ACCEPT_QUEUE (_shed)
         return taken.popleft()
 
     def _accept(self) -> tuple[socket.socket, Any]:
@@ -817,6 +830,7 @@ class HubServer(ThreadedWSGIServer):
         taken = self._taken
         health: list[tuple[socket.socket, Any]] = []
         self._accept_blocked = False
+        started = time.monotonic()
         for _ in range(min(self.accept_queue(), DRAIN_MAX - len(taken))):
             try:
                 request, address = self._accept()
@@ -834,6 +848,30 @@ class HubServer(ThreadedWSGIServer):
             else:
                 health.append((request, address))
         taken.extendleft(reversed(health))
+        now = time.monotonic()
+        self._shed(now)
+        # Serve for at least as long as this drain took (starved, one took a second: drained
+        # again at once, nothing held was served), and at least DRAIN_EVERY.
+        ended = time.monotonic()
+        self._next_drain = ended + max(DRAIN_EVERY, ended - started)
+
+    def _shed(self, now: float) -> None:
+        """Turn away (503, ``Retry-After``) the newest of what the drain holds past ``RUSTY_WS_MAX_ACCEPT_QUEUE``.
+
+        What waits (held here and still in the system's queue) stays within the bound,
+        and the oldest are served: the queue's bound is kept here, once, and not again
+        when a held request's turn comes (``_busy`` leaves it out for them). Judged at its
+        turn instead, every request was refused while arrivals kept the count past the
+        bound: on a loaded machine a storm's new hub turned away every handshake for
+        minutes and admitted none (session 13, docs/performance.md). ``/healthz`` ones
+        are at the front and never shed.
+        """
+        if not self.max_accept_queue:
+            return
+        taken = self._taken
+        room = max(0, self.max_accept_queue - self.accept_queue())
+        while len(taken) > room:
+            self._turn_away(taken.pop()[0], now)
 
     def _answer_now(self, request: socket.socket, address: Any) -> None:
         """Serve a ``/healthz`` on the accept thread, through the app as any request, without a thread.
@@ -875,6 +913,7 @@ class HubServer(ThreadedWSGIServer):
             if not self.verify_request(request, address):  # as socketserver serves what it accepts
                 self.shutdown_request(request)
                 continue
+            self._judged = True  # as get_request says for what a drain took
             try:
                 self.process_request(request, address)
             except Exception:
@@ -990,9 +1029,11 @@ class HubServer(ThreadedWSGIServer):
         self._after[request] = later  # this thread's own key, popped by it: a dict's item is atomic
 
     def _busy(self) -> bool:
-        """Too many requests under way (``RUSTY_WS_MAX_HANDSHAKES``) or queued (``RUSTY_WS_MAX_ACCEPT_QUEUE``)."""
-        return bool((self.max_handshakes and self.handshakes_in_flight() >= self.max_handshakes)
-                    or (self.max_accept_queue and self.waiting() >= self.max_accept_queue))
+        """Too many requests under way (``RUSTY_WS_MAX_HANDSHAKES``) or queued (``RUSTY_WS_MAX_ACCEPT_QUEUE``;
+        not for a request a drain took: the drain kept the queue's bound, ``_shed``)."""
+        if self.max_handshakes and self.handshakes_in_flight() >= self.max_handshakes:
+            return True
+        return bool(self.max_accept_queue and not self._judged and self.waiting() >= self.max_accept_queue)
 
     def accept_queue(self) -> int:
         """Connections the system holds for this server's ``accept()`` now (0 where it cannot tell).
@@ -1236,12 +1277,19 @@ def serve(app: Flask, host: str = "127.0.0.1", port: int = 8081, *, exit_when_st
         logger.info("%s: closing connections and stopping", signal.Signals(signum).name)
         if stopper:  # a second signal: the first one's shutdown is under way
             return
+        if internal is not None:  # refused from now on, as the hub's port is; its thread ends by itself
+            internal.close(wait=False)
         # server.shutdown() waits for serve_forever, which runs on this very thread.
         stopper.append(threading.Thread(target=_stop_and_exit if exit_when_stopped else stop,
                                         args=(app, server), kwargs={"clock": clock},
                                         name="rusty_ws-shutdown"))
         stopper[0].start()
 
+    try:
+        internal = internal_server(app)  # RUSTY_WS_INTERNAL_PORT: /healthz on a socket and a thread of its own
+    except BaseException:  # its port taken, say: the hub does not start
+        server.server_close()
+        raise
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     freeze_startup_objects()
     websocket, page = _route(app, ".websocket") or "/ws", _route(app, ".page")
@@ -1252,12 +1300,17 @@ def serve(app: Flask, host: str = "127.0.0.1", port: int = 8081, *, exit_when_st
                     state.settings.max_connections)
     if page is not None:
         logger.info("the hub's page: open http://%s:%d%s in a browser", _browsable(host), server.port, page)
+    if internal is not None:
+        logger.info("internal port (RUSTY_WS_INTERNAL_PORT): %s on http://%s:%d", ", ".join(sorted(internal.paths))
+                    or "no route", _browsable(internal.host), internal.port)
     try:
         server.serve_forever()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         server.server_close()
+        if internal is not None:
+            internal.close()
     if exit_when_stopped and stopper:
         stopper[0].join()
         exit_now(0)

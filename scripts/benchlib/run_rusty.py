@@ -9,7 +9,10 @@ comes from ``RUSTY_WS_BROKER_URL`` in the environment (default: in memory).
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import os
+import signal
 import sys
 
 MODE = sys.argv[2] if len(sys.argv) > 2 else ""
@@ -37,6 +40,8 @@ def publish_synchronously() -> None:
 
 
 if __name__ == "__main__":
+    if os.environ.get("BENCH_STACKS"):  # a file: SIGUSR1 appends every thread's stack to it (a stalled run)
+        faulthandler.register(signal.SIGUSR1, open(os.environ["BENCH_STACKS"], "a"), all_threads=True)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("rusty_ws.server.stop").setLevel(logging.INFO)  # the stop's phases, one line
     if MODE == "sync-publish":

@@ -20,6 +20,7 @@ import pytest
 
 from rusty_ws import WsClient, create_app
 from rusty_ws.config import Settings
+from rusty_ws.server import serving
 from rusty_ws.server.serving import DRAIN_FROM, MAX_RETRY_AFTER, MIN_PACED_RATE, _Pacer, make_server
 from rusty_ws.server.state import state_of
 from support import (
@@ -299,6 +300,63 @@ def test_the_healthz_a_drain_answers_itself_goes_through_the_app_as_any_request(
         assert read_response(sockets[DRAIN_FROM + 2])[0] == 200
         assert server._threads_started == started + 1  # the one with a body: a thread
         assert len(server._taken) == DRAIN_FROM
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.server_close()
+        state_of(app).hub.shutdown(WAIT)
+
+
+def test_past_the_queue_bound_a_drain_turns_away_the_newest_and_serves_the_oldest() -> None:
+    """What a drain holds past RUSTY_WS_MAX_ACCEPT_QUEUE is shed from its end (503), and what it keeps
+    is served when its turn comes, not judged again against the queue behind it: judged at its turn,
+    every request was refused while arrivals kept the count past the bound (a storm's new hub, on a
+    loaded machine, admitted none for minutes)."""
+    bound = 5
+    app = create_app(hub_config(max_accept_queue=bound))
+    server = make_server(app, "127.0.0.1", 0)  # not serving: this test runs the accept loop's steps
+    queued = DRAIN_FROM + 8
+    sockets = queue_up(server.port, [HANDSHAKE] * queued + [HEALTHZ])
+    try:
+        assert server.accept_queue() == queued + 1
+        started = server._threads_started
+        server._handle_request_noblock()  # drains everything, answers the /healthz, sheds, serves the oldest
+        assert read_response(sockets[queued])[0] == 200
+        assert len(server._taken) == bound - 1 and server.accept_queue() == 0
+        assert read_response(sockets[0])[0] == 101
+        server.service_actions()  # the rest of what it kept
+        assert not server._taken
+        kept = [read_response(sock)[0] for sock in sockets[1:bound]]
+        assert kept == [101] * (bound - 1), kept
+        for sock in sockets[bound:queued]:
+            status, headers, _ = read_response(sock)
+            assert status == 503 and 1 <= int(headers["retry-after"]) <= MAX_RETRY_AFTER
+        assert server._threads_started == started + bound  # a thread each for the kept, none for the shed
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.server_close()
+        state_of(app).hub.shutdown(WAIT)
+
+
+def test_while_what_a_drain_took_is_served_the_next_drain_waits_its_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One drain per request served (accepting, peeking at and turning away every newcomer each time)
+    left a starved hub admitting one handshake a second; between drains it now serves what it holds."""
+    monkeypatch.setattr(serving, "DRAIN_EVERY", 10 * WAIT)  # the interval does not pass by itself here
+    app = create_app(hub_config(max_accept_queue=DRAIN_FROM + 4))
+    server = make_server(app, "127.0.0.1", 0)  # not serving: this test runs the accept loop's steps
+    sockets = queue_up(server.port, [HANDSHAKE] * (DRAIN_FROM + 4))
+    try:
+        server._handle_request_noblock()  # drains all, serves the first
+        assert read_response(sockets[0])[0] == 101 and len(server._taken) == DRAIN_FROM + 3
+        sockets += queue_up(server.port, [HANDSHAKE] * 2)  # newcomers, while what it took waits
+        server._handle_request_noblock()  # within DRAIN_EVERY: no drain, the next held one is served
+        assert read_response(sockets[1])[0] == 101
+        assert server.accept_queue() == 2 and len(server._taken) == DRAIN_FROM + 2
+        server._next_drain = 0.0  # the interval has passed
+        server._handle_request_noblock()  # drains the two newcomers, serves the next held one
+        assert read_response(sockets[2])[0] == 101
+        assert server.accept_queue() == 0 and len(server._taken) == DRAIN_FROM + 3
     finally:
         for sock in sockets:
             sock.close()
