@@ -55,6 +55,7 @@ from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 from werkzeug.urls import uri_to_iri
 
 from ..config import Settings
+from ..log_throttle import LogThrottle
 from .handoff import SERVE_AFTER_KEY, AfterTheView, ClosedToHttp
 from .hub import PendingRequests
 from .internal import internal_server
@@ -665,28 +666,6 @@ class HubRequestHandler(WSGIRequestHandler):
             pass
 
 
-class _Throttle:
-    """Lets a log line through at most once per ``seconds``, counting the occurrences it held back.
-
-    Used by the accept thread only, so it needs no lock.
-    """
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._next = 0.0
-        self._held = 0
-
-    def __call__(self) -> int:
-        """Count one occurrence; how many the line to log now stands for, or 0 to stay quiet."""
-        self._held += 1
-        now = time.monotonic()
-        if now < self._next:
-            return 0
-        self._next = now + self.seconds
-        count, self._held = self._held, 0
-        return count
-
-
 class _Pacer:
     """How long a WebSocket handshake turned away by the accept loop is asked to wait (``Retry-After``).
 
@@ -759,9 +738,10 @@ class HubServer(ThreadedWSGIServer):
         #: ``views.py``'s WebSocket handshake without Flask's request (``HubRequestHandler.run_wsgi``).
         self.plain_upgrade = state.plain_upgrade if state is not None else None
         self._stopping = threading.Event()  # set by shutdown(): ends a wait of the accept loop at once
-        self._log_no_descriptors = _Throttle(LOG_EVERY)
-        self._log_refused = _Throttle(LOG_EVERY)
-        self._log_paced = _Throttle(LOG_EVERY)
+        # The accept thread's own log throttles (it alone calls them: no lock).
+        self._log_no_descriptors = LogThrottle(LOG_EVERY)
+        self._log_refused = LogThrottle(LOG_EVERY)
+        self._log_paced = LogThrottle(LOG_EVERY)
         self.max_handshakes = settings.max_handshakes if self._hub is not None else 0
         self.max_accept_queue = settings.max_accept_queue if self._hub is not None else 0
         self._pacer = _Pacer(settings.reconnect_rate)
