@@ -139,8 +139,10 @@ MAX_PENDING_REQUESTS = 256
 #: "Reconnect storms"). A safety net against thousands of handshake threads: the accept loop
 #: starts one at a time, yet a burst of 2,000 new connections on a quiet machine had more than
 #: 1,024 under way (all past their head, waiting for the interpreter lock) and was refused; at
-#: 64 a 1,000-client connect at a load of thousands was. 0: no bound.
-MAX_HANDSHAKES = 4096
+#: 64 a 1,000-client connect at a load of thousands was; at 4096, once the plain handshake skipped
+#: werkzeug's handler (session 13), a 10,000-client connect had 4,110-4,992 under way (past their
+#: 101, waiting for the interpreter lock to reach their loop) and was refused. 0: no bound.
+MAX_HANDSHAKES = 8192
 #: The same answer when more than this many connections wait in the accept queue (Linux's
 #: TCP_INFO): just short of the listen backlog (4096), past which the system drops new
 #: connections' SYNs and their clients retry 1, 3, 7, 15 s later (docs/performance.md,

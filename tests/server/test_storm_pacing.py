@@ -170,7 +170,7 @@ def test_the_wait_never_passes_the_longest() -> None:
 
 
 @pytest.mark.parametrize("name, value, expected", [
-    ("MAX_HANDSHAKES", None, 4096), ("MAX_HANDSHAKES", 0, 0), ("MAX_HANDSHAKES", "16", 16),
+    ("MAX_HANDSHAKES", None, 8192), ("MAX_HANDSHAKES", 0, 0), ("MAX_HANDSHAKES", "16", 16),
     ("MAX_ACCEPT_QUEUE", None, 3072), ("MAX_ACCEPT_QUEUE", "512", 512),
 ])
 def test_the_bounds_are_settings(name: str, value: object, expected: int) -> None:
