@@ -138,6 +138,7 @@ def one_round(redis: Any, env: dict[str, str], messages: int, deadline: float,
     ``pairs`` sessions whose two clients are on different nodes, ``messages`` publishes each way
     (per message then means per delivery, ``pairs`` * 2 * ``messages`` of them)."""
     from benchlib.generators import Generator, clean, merge, split
+    from benchlib.multinode import shut_down
     from benchlib.servers import RunningServer, ServerKind
 
     kind = ServerKind("rusty_ws+redis", "rusty", os.path.join("..", os.path.basename(__file__)), "node")
@@ -198,10 +199,7 @@ def one_round(redis: Any, env: dict[str, str], messages: int, deadline: float,
             row["syscalls"] = counted
         return row
     finally:
-        for generator in generators:
-            generator.finish(1)
-        for server in servers:
-            server.stop()
+        shut_down(generators, servers)
         if os.path.exists(ended):
             os.unlink(ended)
         if perf is not None and perf[0].poll() is None:

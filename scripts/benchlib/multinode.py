@@ -40,6 +40,14 @@ def _nodes(kind: ServerKind, redis: RedisProcess | None, count: int, env: dict[s
     return started
 
 
+def shut_down(generators: list[Generator], servers: list[RunningServer]) -> None:
+    """A run's end, however it went: every load generator told to finish (briefly), every node stopped."""
+    for generator in generators:
+        generator.finish(1)
+    for server in servers:
+        server.stop()
+
+
 def fanout(kind: ServerKind, redis: RedisProcess | None, subscribers: int, messages: int,
            deadline: float, local_watcher: bool = False, env: dict[str, str] | None = None) -> dict[str, Any]:
     """One publisher, ``subscribers`` of one topic: on node 2 with Redis, on the same node without.
@@ -79,10 +87,7 @@ def fanout(kind: ServerKind, redis: RedisProcess | None, subscribers: int, messa
             row["ok"] = row["ok"] and clean(local)
         return row
     finally:
-        for generator in generators:
-            generator.finish(1)
-        for server in servers:
-            server.stop()
+        shut_down(generators, servers)
 
 
 def sessions(kind: ServerKind, redis: RedisProcess | None, pairs: int, messages: int,
@@ -115,10 +120,7 @@ def sessions(kind: ServerKind, redis: RedisProcess | None, pairs: int, messages:
             row["redis_us_per_message"] = (redis.cpu_seconds() - cpu) * 1e6 / (pairs * 2 * messages)
         return row
     finally:
-        for generator in generators:
-            generator.finish(1)
-        for server in servers:
-            server.stop()
+        shut_down(generators, servers)
 
 
 def run_all(scenarios: list[str], quick: bool, runs: int, deadline: float,
