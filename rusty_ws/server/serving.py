@@ -979,11 +979,11 @@ class HubServer(ThreadedWSGIServer):
         try:
             try:
                 left = self._left.pop(request, (b"", True))
-                loop = left is None
-                if loop:
+                if left is None:
+                    loop = True
                     with self._threads_lock:
                         self._loops_arrived += 1  # past its 101, and running: Hub.serve counts it open next
-                elif not left[0] and left[1] and self.plain_upgrade is not None:
+                elif not left[0] and left[1] and self.plain_upgrade is not None:  # nothing had come yet
                     left = self._upgrade_plainly(request, client_address)
                 if left is not None:  # socketserver's finish_request, with what was read
                     handler = cast("type[HubRequestHandler]", self.RequestHandlerClass)
