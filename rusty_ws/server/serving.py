@@ -922,11 +922,20 @@ class HubServer(ThreadedWSGIServer):
         refuse it at once (503, no thread): too many wait for a head, or too many requests are under way or
         in the accept queue (``_busy``, ``_paced``; never ``/healthz``).
 
-        A plain WebSocket handshake whose head has come whole is served on this
-        thread (``_upgrade_plainly``: the 101 written, the socket handed over), and
-        only then is the connection's thread started, for its command loop alone:
-        see ``_upgrade_here``. Anything else starts its thread as before, with
-        what was read.
+        A plain WebSocket handshake whose head has come whole (in a burst it has:
+        the connection waited in the accept queue) is served on this thread
+        (``_upgrade_plainly``: the 101 written, the socket handed over), and only
+        then is the connection's thread started, for its command loop alone.
+        Served on their own threads, thousands of handshakes of a burst waited
+        for the interpreter lock at once, each of their system calls (the head's
+        read, the 101's write) a hand-off of the lock to another of them; here
+        they run one after the other on the thread that holds it, and a new
+        thread starts with its 101 written (docs/performance.md, "Connect,
+        session 14"). Nothing here waits: the read does not, and the 101 (~130
+        bytes) fits in a new socket's empty send buffer. Anything else starts its
+        thread as before, with what was read: nothing had come yet (its thread
+        tries again, then the handler waits), a head in parts or not plain, or a
+        refusal, which Flask answers there.
         """
         now = time.monotonic()
         if self._busy() and self._paced(request, now):
@@ -1011,8 +1020,11 @@ class HubServer(ThreadedWSGIServer):
         else what the handler starts from (the bytes read off the socket, and whether the socket is still
         counted in ``pending``).
 
-        The usual connection: its head came whole, in one segment, before its thread
-        ran. One read without waiting takes it; a plain head (``_plain_head``) of a
+        Called by the accept thread (``process_request``), and by a request thread
+        whose head had not come when it was accepted. Never waits and never raises
+        past its head's parsing, so the accept loop may run it. The usual
+        connection: its head came whole, in one segment, before it was accepted.
+        One read without waiting takes it; a plain head (``_plain_head``) of a
         WebSocket handshake (``_asks_upgrade``) on a plain path goes to the hub's
         ``plain_upgrade`` with a small environ (``_upgrade_environ``), which answers
         101 and hands the socket over (``serve_after``) or leaves it. What is skipped
@@ -1023,8 +1035,8 @@ class HubServer(ThreadedWSGIServer):
         ``HubRequestHandler`` as before: nothing came yet (it waits, within the
         head's deadline), the head is in parts or has bytes past it, or is not plain.
         """
-        if request.gettimeout() is not None:  # a socket.setdefaulttimeout(): the handler's reads keep it
-            return b"", True
+        if request.gettimeout() is not None or self.ssl_context is not None:
+            return b"", True  # a socket.setdefaulttimeout(), which the handler's reads keep; TLS (no recv flags)
         try:
             data = request.recv(self.max_head_size, socket.MSG_DONTWAIT)
         except OSError:  # nothing yet (the handler waits for it), or a reset (the handler meets it again)
@@ -1037,7 +1049,7 @@ class HubServer(ThreadedWSGIServer):
             return data, True
         _, (command, target, version), fields = plain
         environ = _upgrade_environ(command, target, version, fields, request, client_address, self.server_address)
-        if environ is None or not _asks_upgrade(environ) or self.ssl_context is not None:
+        if environ is None or not _asks_upgrade(environ):
             return data, True
         environ[HEAD_ONLY_KEY] = True  # nothing past the head was read: the socket has the rest
 
