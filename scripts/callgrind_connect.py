@@ -78,8 +78,6 @@ def hub_main(args: argparse.Namespace) -> None:
         from rusty_ws.server import handoff
         handoff._release = None
     server = make_server(app, "127.0.0.1", 0)
-    if args.handshake_on_threads:  # as before session 14: every handshake on its connection's thread
-        server._upgrade_here = False
     freeze_startup_objects()  # as serve() does
     if gc_setting is not None:
         gc_setting()
@@ -303,8 +301,7 @@ def one_run(args: argparse.Namespace, connections: int, tmp: str) -> dict:
     hub_command = [sys.executable, os.path.abspath(__file__), "hub", "--switch-interval", str(args.switch_interval),
                    "--gc-threshold", args.gc_threshold,
                    "--profile", str(args.profile)] + (["--phases"] if args.phases else []) + (
-                   ["--no-stack-release"] if args.no_stack_release else []) + (
-                   ["--handshake-on-threads"] if args.handshake_on_threads else [])
+                   ["--no-stack-release"] if args.no_stack_release else [])
     out = os.path.join(tmp, f"{args.tool}.{connections}")
     if args.tool == "callgrind":
         hub_command = ["valgrind", "--tool=callgrind", "--max-threads=" + str(connections + 100),
@@ -437,8 +434,6 @@ def main() -> None:
                         help="the hub's collector: '0' off, or 'A,B,C' for gc.set_threshold (default: Python's)")
     parser.add_argument("--no-stack-release", action="store_true",
                         help="the hub without release_stack_below (handoff.py): its CPU against its memory")
-    parser.add_argument("--handshake-on-threads", action="store_true",
-                        help="every handshake on its connection's thread, as before session 14 (A/B)")
     parser.add_argument("--profile", type=int, default=0,
                         help="print cProfile's top N functions of the hub's threads (stderr; slows it)")
     args = parser.parse_args()

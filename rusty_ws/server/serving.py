@@ -723,9 +723,6 @@ class HubServer(ThreadedWSGIServer):
     """
 
     request_queue_size = 4096
-    #: Whether the accept thread serves a plain handshake itself (``process_request``); False: on its
-    #: connection's thread, as before (scripts/callgrind_connect.py and the bench compare the two).
-    _upgrade_here = True
 
     def __init__(self, host: str, port: int, app: Flask, handler: type[HubRequestHandler] | None = None,
                  **options: Any) -> None:
@@ -756,14 +753,6 @@ class HubServer(ThreadedWSGIServer):
         self._threads_started = 0
         self._threads_ended = 0
         self._threads_lock = threading.Lock()
-        #: Threads started for a connection whose handshake the accept thread served (written by it alone),
-        #: those of them running (past their start) and those ended (both under _threads_lock).
-        self._loops_started = 0
-        self._loops_arrived = 0
-        self._loops_ended = 0
-        #: What each socket's thread starts from, set by the accept thread before the start: the bytes read
-        #: and whether the socket is counted in ``pending``, or None once its handshake was served.
-        self._left: dict[socket.socket, tuple[bytes, bool] | None] = {}
         self._queue_visible = _TCP_INFO is not None  # accept_queue() can read the accept queue's length
         #: Connections accepted in a drain (``get_request``) and not yet served, oldest first, ``/healthz``
         #: ahead of them all; the accept thread's own (it alone reads and writes it; no lock).
@@ -918,57 +907,20 @@ class HubServer(ThreadedWSGIServer):
         super().server_close()
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Serve a plain handshake here and start its connection's thread, or start the socket's thread, or
-        refuse it at once (503, no thread): too many wait for a head, or too many requests are under way or
-        in the accept queue (``_busy``, ``_paced``; never ``/healthz``).
-
-        A plain WebSocket handshake whose head has come whole (in a burst it has:
-        the connection waited in the accept queue) is served on this thread
-        (``_upgrade_plainly``: the 101 written, the socket handed over), and only
-        then is the connection's thread started, for its command loop alone.
-        Served on their own threads, thousands of handshakes of a burst waited
-        for the interpreter lock at once, each of their system calls (the head's
-        read, the 101's write) a hand-off of the lock to another of them; here
-        they run one after the other on the thread that holds it, and a new
-        thread starts with its 101 written (docs/performance.md, "Connect,
-        session 14"). Nothing here waits: the read does not, and the 101 (~130
-        bytes) fits in a new socket's empty send buffer. Anything else starts its
-        thread as before, with what was read: nothing had come yet (its thread
-        tries again, then the handler waits), a head in parts or not plain, or a
-        refusal, which Flask answers there.
-        """
+        """Start the socket's thread, or refuse it at once (503, no thread): too many wait for a head,
+        or too many requests are under way or in the accept queue (``_busy``, ``_paced``; never ``/healthz``)."""
         now = time.monotonic()
         if self._busy() and self._paced(request, now):
             return
         if not self.pending.take():
             self._refuse(request)
             return
-        left: tuple[bytes, bool] | None = (b"", True)
-        if self.plain_upgrade is not None and self._upgrade_here:
-            try:
-                left = self._upgrade_plainly(request, client_address)
-            except Exception:
-                self.pending.give_back()  # as the handler would at the socket's end; socketserver closes it
-                raise
-            if left is None and request not in self._after:  # taken, and ended before its hand-over: closed
-                self.shutdown_request(request)
-                return
-        self._left[request] = left  # what the thread starts from (process_request_thread)
         self._threads_started += 1  # before the thread starts: it may end before start() returns
-        if left is None:
-            self._loops_started += 1
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._left.pop(request, None)
+            self.pending.give_back()  # no thread: no handler to give it back
             self._threads_started -= 1
-            if left is None:  # handed over: no thread will run it
-                self._loops_started -= 1
-                unserved = self._after.pop(request, None)
-                if unserved is not None:
-                    unserved.abandon()
-            elif left[1]:
-                self.pending.give_back()  # no thread: no handler to give it back
             raise
         if self.max_handshakes or self.max_accept_queue:
             self._pacer.admitted(now)
@@ -976,23 +928,16 @@ class HubServer(ThreadedWSGIServer):
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """socketserver's, and then the WebSocket the view handed over (``handoff.py``), if it did.
 
-        A socket whose handshake the accept thread served (``process_request``)
-        comes with nothing left to read: its thread runs the loop alone. Else a
-        plain WebSocket handshake is served here without werkzeug's handler
+        A plain WebSocket handshake is served here without werkzeug's handler
         (``_upgrade_plainly``); any other request, or one it leaves, goes to the
         handler, which starts from what was read. The WebSocket's loop runs here,
         from the top of the thread's stack, once the handler, its environ and
         Flask's request context are gone.
         """
-        loop = False
         try:
             try:
-                left = self._left.pop(request, (b"", True))
-                if left is None:
-                    loop = True
-                    with self._threads_lock:
-                        self._loops_arrived += 1  # past its 101, and running: Hub.serve counts it open next
-                elif not left[0] and left[1] and self.plain_upgrade is not None:  # nothing had come yet
+                left: tuple[bytes, bool] | None = (b"", True)
+                if self.plain_upgrade is not None:
                     left = self._upgrade_plainly(request, client_address)
                 if left is not None:  # socketserver's finish_request, with what was read
                     handler = cast("type[HubRequestHandler]", self.RequestHandlerClass)
@@ -1011,20 +956,14 @@ class HubServer(ThreadedWSGIServer):
             self.shutdown_request(request)
             with self._threads_lock:
                 self._threads_ended += 1
-                if loop:
-                    self._loops_arrived -= 1
-                    self._loops_ended += 1
 
     def _upgrade_plainly(self, request: socket.socket, client_address: Any) -> tuple[bytes, bool] | None:
         """Serve a plain WebSocket handshake on this thread, without werkzeug's handler: None once served;
         else what the handler starts from (the bytes read off the socket, and whether the socket is still
         counted in ``pending``).
 
-        Called by the accept thread (``process_request``), and by a request thread
-        whose head had not come when it was accepted. Never waits and never raises
-        past its head's parsing, so the accept loop may run it. The usual
-        connection: its head came whole, in one segment, before it was accepted.
-        One read without waiting takes it; a plain head (``_plain_head``) of a
+        The usual connection: its head came whole, in one segment, before its thread
+        ran. One read without waiting takes it; a plain head (``_plain_head``) of a
         WebSocket handshake (``_asks_upgrade``) on a plain path goes to the hub's
         ``plain_upgrade`` with a small environ (``_upgrade_environ``), which answers
         101 and hands the socket over (``serve_after``) or leaves it. What is skipped
@@ -1061,12 +1000,9 @@ class HubServer(ThreadedWSGIServer):
 
         environ[SERVE_AFTER_KEY] = hand_over
         self.pending.give_back()  # the head is in (HubRequestHandler._head_done's moment)
-        try:
-            if not self.plain_upgrade(self.app, environ):  # type: ignore[misc]
-                return data, False
-        except Exception:  # plain_upgrade logs what the upgrade meets itself: a guard, the socket is taken
-            self.handle_error(request, client_address)
-        return None  # served: handed over (serve_after), or closed
+        if self.plain_upgrade(self.app, environ):  # type: ignore[misc]
+            return None
+        return data, False
 
     def serve_after(self, request: socket.socket, later: AfterTheView) -> None:
         """Have ``later`` run on this request's thread once its request has ended (``HubRequestHandler``)."""
@@ -1106,16 +1042,11 @@ class HubServer(ThreadedWSGIServer):
 
         What competes with the accept thread for the interpreter lock in a reconnect
         storm: a thread waiting for its head sleeps (and is bounded by ``pending``),
-        an open idle connection sleeps, these run. A connection whose handshake the
-        accept thread served is done with it at its 101: its thread, started after
-        it, is not counted while it waits for the interpreter lock to reach its
-        loop (counted so, 4,110-4,992 of a 10,000-client connect were "under way"
-        and the rest refused).
+        an open idle connection sleeps, these run.
         """
         hub = self._hub
         running = self._threads_started - self._threads_ended
-        waiting_loops = self._loops_started - self._loops_ended - self._loops_arrived  # started, not yet run
-        return running - waiting_loops - self.pending.count - (hub.open_count if hub is not None else 0)
+        return running - self.pending.count - (hub.open_count if hub is not None else 0)
 
     def _paced(self, request: socket.socket, now: float) -> bool:
         """Turn away a request that is not ``/healthz`` (503, ``Retry-After``), on this thread; False: let it in.

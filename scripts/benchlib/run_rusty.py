@@ -46,9 +46,6 @@ if __name__ == "__main__":
     logging.getLogger("rusty_ws.server.stop").setLevel(logging.INFO)  # the stop's phases, one line
     if MODE == "sync-publish":
         publish_synchronously()
-    if os.environ.get("BENCH_HANDSHAKE_ON_THREADS"):  # every handshake on its connection's thread (A/B)
-        from rusty_ws.server.serving import HubServer
-        HubServer._upgrade_here = False
     app = create_app({
         "RUSTY_WS_JWT_SECRET_KEY": "benchmark-" + "x" * 32,
         "RUSTY_WS_MAX_CONNECTIONS": 20_000,

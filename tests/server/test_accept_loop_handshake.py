@@ -1,12 +1,10 @@
-"""A plain handshake served on the accept thread, its connection's thread started after the 101.
+"""The accept loop's side of a handshake, played on the test's thread (``get_request``, then ``process_request``).
 
-``HubServer.process_request`` serves a plain WebSocket handshake whose head has
-come whole itself (``_upgrade_plainly``), and starts the connection's thread for
-its command loop alone. These tests play the accept loop on the test's thread
-(``get_request`` then ``process_request``, as socketserver does), so that what has
-happened when it returns can be checked: the 101 is written by then, a thread that
-has not run yet is not counted under way, a thread that cannot start leaves
-nothing held, and a head that had not come yet still goes to its thread.
+As socketserver does, but with the accept loop stopped, so each socket's state
+when it is accepted is the test's choice: a head that has not come yet, a head in
+parts, bytes past the head, garbage. Each still reaches its thread and gets the
+answer it got before (``HubServer._upgrade_plainly`` takes only a whole plain
+head), and nothing stays counted in ``pending_requests``.
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ from __future__ import annotations
 import base64
 import select
 import socket
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -72,63 +69,18 @@ def accepted(server: HubServer, data: bytes) -> tuple[socket.socket, socket.sock
     return client, request, address
 
 
-def test_the_accept_thread_writes_the_101_before_the_connections_thread_runs(
-        idle_server: HubServer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_whole_plain_head_when_accepted_opens_and_gives_its_count_back(idle_server: HubServer) -> None:
     server = idle_server
     hub = state_of(server.app).hub
-    let_run = threading.Event()
-    thread_body = server.process_request_thread
-    threads: list[threading.Thread] = []
-
-    def held(request: socket.socket, address: Any) -> None:  # the loop's thread, not yet run
-        threads.append(threading.current_thread())
-        assert let_run.wait(WAIT)
-        thread_body(request, address)
-
-    monkeypatch.setattr(server, "process_request_thread", held)
     client, request, address = accepted(server, head(server.port))
     with client:
         server.process_request(request, address)
-        # Written on this thread, before it returned: already in the client's socket.
-        answer = client.recv(4096, socket.MSG_DONTWAIT)
-        assert answer.startswith(b"HTTP/1.1 101 "), answer
-        assert server.pending.count == 0
-        # Its thread started and has not run: done with its handshake, not "under way".
-        assert server.handshakes_in_flight() == 0
-        assert hub.counts()["connections"] == 0
-        let_run.set()
+        status, _, _ = read_response(client)
+        assert status == 101
         pong_after_ping(client)
         assert hub.counts()["connections"] == 1
-        assert server.handshakes_in_flight() == 0
-    threads[0].join(WAIT)  # ended: an ending thread is counted (it runs), like one upgrading
-    assert not threads[0].is_alive()
-    assert server.handshakes_in_flight() == 0
-
-
-def test_a_connection_whose_thread_cannot_start_is_closed_and_holds_nothing(
-        idle_server: HubServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    server = idle_server
-    hub = state_of(server.app).hub
-
-    def no_thread(self: threading.Thread) -> None:
-        raise RuntimeError("can't start new thread")
-
-    client, request, address = accepted(server, head(server.port))
-    with client:
-        monkeypatch.setattr(threading.Thread, "start", no_thread)
-        with pytest.raises(RuntimeError):
-            server.process_request(request, address)
-        monkeypatch.undo()
-        status, _, _ = read_response(client)
-        assert status == 101  # written before the thread was asked for
-        client.settimeout(WAIT)
-        assert client.recv(4096) == b""  # then closed: nothing will read it
-    assert server.pending.count == 0
-    assert server.handshakes_in_flight() == 0
-    assert hub.counts()["connections"] == 0
-    assert hub.take_slot()  # the slot went back: the hub is not full of ghosts
-    hub.give_back_slot()
-    assert not server._after  # nothing left for a thread that never ran
+        assert server.pending.count == 0
+    hub.wait_connections(0, WAIT)
 
 
 def test_a_head_that_had_not_come_when_accepted_goes_to_its_thread(idle_server: HubServer) -> None:
@@ -168,3 +120,16 @@ def test_what_the_accept_thread_does_not_serve_goes_to_the_handler_with_the_byte
             pass
         assert not answer.startswith(b"HTTP/1.1 101 "), answer
     assert server.pending.wait_for(0, WAIT)
+
+
+def test_under_tls_the_plain_handshake_reads_nothing_and_leaves_it_to_the_handler(idle_server: HubServer) -> None:
+    # An SSLSocket takes no recv flags (ValueError): the handler's TLS reads must get the bytes untouched.
+    server = idle_server
+    client, request, address = accepted(server, head(server.port))
+    with client, request:
+        server.ssl_context = object()  # type: ignore[assignment]  # what werkzeug sets for TLS
+        try:
+            assert server._upgrade_plainly(request, address) == (b"", True)
+        finally:
+            server.ssl_context = None
+        assert request.recv(4096, socket.MSG_PEEK) == head(server.port)  # still there, whole
