@@ -177,7 +177,7 @@ def one_round(redis: Any, env: dict[str, str], messages: int, deadline: float,
         before = threads_of(pid, ended)
         node1, node2, redis_cpu, wall = servers[0].cpu_seconds(), servers[1].cpu_seconds(), redis.cpu_seconds(), time.monotonic()
         if spy_seconds:
-            spy = _start_spy(pid, spy_seconds)
+            spy = _start_spy(servers[SPY_NODE[0] - 1].process.pid, spy_seconds)
         if syscalls:
             perf = _start_perf(pid)
         for publisher in publishers:
@@ -252,6 +252,8 @@ def _finish_perf(perf: tuple[subprocess.Popen, str], messages: int) -> dict[str,
     return {kind: row for kind, row in sorted(counts.items()) if row.get("all")}
 
 
+#: ``--py-spy-node``: the node py-spy samples (1, the publisher's, or 2, the far subscriber's).
+SPY_NODE: list[int] = [1]
 #: ``--py-spy-gil``: sample only the thread holding the GIL (what runs Python), not those waiting for it.
 SPY_GIL: list[str] = []
 
@@ -320,6 +322,8 @@ def main() -> None:
                         help="also profile node 1 for SECONDS in each variant's last round")
     parser.add_argument("--py-spy-gil", action="store_true",
                         help="with --py-spy: only the thread that holds the GIL (its samples add up to one core)")
+    parser.add_argument("--py-spy-node", type=int, choices=(1, 2), default=1,
+                        help="with --py-spy: the node to profile (2: the far subscriber's, its listener)")
     parser.add_argument("--syscalls", action="store_true",
                         help="also count node 1's system calls per thread (perf stat's tracepoints)")
     parser.add_argument("--json", help="write the rounds here")
@@ -331,6 +335,7 @@ def main() -> None:
 
     if args.py_spy_gil:
         SPY_GIL.append("--gil")
+    SPY_NODE[0] = args.py_spy_node
     names = args.variants.split(",")
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     redis = RedisProcess()

@@ -108,6 +108,8 @@ MERGE_BYTES = 256 * 1024
 #: (``{"v":4,"node":"","deliveries":[]}``: 34), and of a version 1 besides its delivery and the node's id.
 _ENVELOPE_HEAD = 40
 _ENVELOPE_FIXED = len(b'{"v":1,"node":"","delivery":}')
+#: What a PUBLISH counts for in the sender's queue besides its channel and envelope (``redis_sender._size``).
+_PUBLISH_SIZE = len("PUBLISH") + 3 * 16
 
 
 # --------------------------------------------------------------------------- node ids
@@ -289,10 +291,12 @@ class RedisBroker(Broker):
         landed = self._deliver(delivery)
         channel = channel_name(self.channel_prefix, delivery.topic, delivery.session_id)
         # Merged by the sender with the next publishes of the pair, as one PUBLISH of a version-4 envelope.
+        # Its size in the queue given (``_size``'s estimate, 16 a part): one pass over the parts less.
         command = Mergeable.of(("PUBLISH", channel, envelope), group=channel, merge=self._merge,
                                weight=len(envelope) - len(node_id) - _ENVELOPE_FIXED + 1,
                                head=len(node_id) + _ENVELOPE_HEAD,
-                               budget=min(MERGE_BYTES, self.max_envelope_size or MERGE_BYTES))
+                               budget=min(MERGE_BYTES, self.max_envelope_size or MERGE_BYTES),
+                               size=len(channel) + len(envelope) + _PUBLISH_SIZE)
         if on_landed is None:
             self._sender.submit(command)
         else:
