@@ -95,8 +95,10 @@ def measure(url: str, variant: str, publishes: int, rounds: int = 3) -> dict[str
     else:
         def publish(delivery: Delivery) -> None:
             history.publish(delivery, None, None)
-    delivery = Delivery(publisher_name="bench", topic="T", payload="x" * 80, timestamp="2026-12-01T14:00:00Z",
-                        session_id="s1")
+    # A new Delivery each publish, as a connection makes one per publish-json (its encoding is kept
+    # once made: publishing one object again and again would measure only the first's).
+    fields = {"publisher_name": "bench", "topic": "T", "payload": "x" * 80, "timestamp": "2026-12-01T14:00:00Z",
+              "session_id": "s1"}
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     redis = _Info(port)
     best: dict[str, float] = {}
@@ -107,7 +109,7 @@ def measure(url: str, variant: str, publishes: int, rounds: int = 3) -> dict[str
         calls_before = redis.calls()
         redis_before, cpu, wall = redis.cpu(), time.process_time(), time.perf_counter()
         for _ in range(publishes):
-            publish(delivery)
+            publish(Delivery(**fields))
         if variant != "sync":
             assert broker.wait_sent(60)
         if subscribed and history is not None:
