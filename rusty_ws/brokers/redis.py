@@ -144,7 +144,7 @@ class _PlainPublish(Mergeable):
 def _plain_kind(node_id: str, merge: Any, max_envelope_size: int | None) -> type[_PlainPublish]:
     """The ``_PlainPublish`` of one node: its id, merge and budget (``MERGE_BYTES``, within ``max_envelope_size``)."""
     return type("_NodePublish", (_PlainPublish,), {
-        "__slots__": (), "node_id": node_id, "merge": merge, "fixed": len(node_id) + _ENVELOPE_FIXED - 1,
+        "__slots__": (), "node_id": node_id, "merge": staticmethod(merge), "fixed": len(node_id) + _ENVELOPE_FIXED - 1,
         "head": len(node_id) + _ENVELOPE_HEAD, "budget": min(MERGE_BYTES, max_envelope_size or MERGE_BYTES)})
 
 

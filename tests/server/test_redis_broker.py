@@ -410,3 +410,30 @@ def test_racing_subscribes_and_unsubscribes_leave_redis_matching_the_registry(re
                 client.close()
         node.wait_connections(0)
         assert all(redis.numsub(channel_name("rusty_ws", topic, "s")) == 0 for topic in topics)
+
+
+def test_a_plain_publish_counts_as_mergeable_publishes_did() -> None:
+    # What the sender reads off a PUBLISH (_PlainPublish's properties, its node's class attributes)
+    # is what Mergeable.of was given before: the weights decide how many envelopes one PUBLISH merges.
+    from rusty_ws.brokers import redis as redis_broker
+    from rusty_ws.brokers.redis_codec import encode_envelope, merge_envelopes
+    from rusty_ws.brokers.redis_sender import Mergeable, _coalesce, _size
+    from rusty_ws.protocol import Delivery
+
+    node = "n-1a2b"
+    kind = redis_broker._plain_kind(node, lambda commands: (("PUBLISH", commands[0][1], merge_envelopes(
+        node, [c[2] for c in commands])), lambda reply: [reply] * len(commands)), 1000)
+    envelopes = [encode_envelope(node, Delivery("p", "t", "x" * n, "ts", "s")) for n in (1, 200, 300, 400)]
+    commands = [kind(("PUBLISH", b"ch", envelope)) for envelope in envelopes]
+    first = commands[0]
+    assert isinstance(first, Mergeable) and first == ("PUBLISH", b"ch", envelopes[0]) and first.group == b"ch"
+    assert first.weight == len(envelopes[0]) - len(node) - redis_broker._ENVELOPE_FIXED + 1
+    assert (first.head, first.budget) == (len(node) + redis_broker._ENVELOPE_HEAD, 1000)
+    assert first.size == _size(first) and not first.__dict__  # nothing set per publish
+    # The budget (1000 bytes) takes the first three; the fourth starts a PUBLISH of its own.
+    sent, spans = _coalesce([(command, None, command.size) for command in commands])
+    assert [count for count, _ in spans] == [3, 1]
+    assert json.loads(sent[0][2])["v"] == 4 and len(json.loads(sent[0][2])["deliveries"]) == 3
+    assert len(sent[0][2]) <= 1000 and sent[1] == commands[3]
+    # Another node id (a forked child's) is another kind: its envelopes' fixed part differs.
+    assert redis_broker._plain_kind("n-other-longer", None, None).budget == redis_broker.MERGE_BYTES
