@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 
@@ -9,6 +10,7 @@ import pytest
 
 from rusty_ws import create_app
 from rusty_ws.protocol import Delivery
+from rusty_ws.server.shared_streams import RUN_JOB_BYTES
 from rusty_ws.server.state import state_of
 from support import WAIT, FrameReader, hub_config
 
@@ -72,3 +74,52 @@ def test_offsets_go_on_and_nothing_is_written_under_the_history_lock(in_a_batch:
         hub.shutdown(WAIT)
         theirs.close()
         ours.close()
+
+
+class SendCounter:
+    """A socket that counts its sends (each writer job to it is at least one)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.sends = sock, 0
+
+    def send(self, data: bytes, flags: int = 0) -> int:
+        self.sends += 1
+        return self.sock.send(data, flags)
+
+    def __getattr__(self, name: str):
+        return getattr(self.sock, name)
+
+
+@pytest.mark.parametrize("count", [1, 3, 700], ids=["one", "a-few", "past-one-job"])
+def test_a_run_without_history_arrives_whole_in_order_in_few_writes(count: int) -> None:
+    # Hub.deliver_run with history off (what a version-4 envelope brings): one look-up, the frames
+    # joined (one writer job per RUN_JOB_BYTES), every delivery once, in order, none for another pair.
+    hub = state_of(create_app(hub_config(history_size=0))).hub
+    ours, theirs = socket.socketpair()
+    other_ours, other_theirs = socket.socketpair()
+    theirs.settimeout(WAIT)
+    counter = SendCounter(ours)
+    try:
+        box = hub.writer.attach(counter, "counter")  # type: ignore[arg-type]
+        hub.subscribe(box, "T", "s")
+        other = hub.writer.attach(other_ours, "other")  # type: ignore[arg-type]
+        hub.subscribe(other, "T", "other-session")
+        payload = "x" * 100
+        hub.deliver_run([Delivery("p", "T", f"{n}|{payload}", "2026-12-01T00:00:00Z", "s") for n in range(count)])
+        frames, reader = [], FrameReader()
+        for _ in range(10_000):
+            if len(frames) >= count:
+                break
+            frames += [frame.payload for frame in reader.feed(theirs.recv(65536))]
+        assert [json.loads(frame)["payload"].split("|")[0] for frame in frames] == [str(n) for n in range(count)]
+        assert all(json.loads(frame)["session_id"] == "s" and "offset" not in json.loads(frame) for frame in frames)
+        # 700 frames of ~190 bytes: three jobs of RUN_JOB_BYTES at most; a few: one write.
+        assert counter.sends <= (1 if count <= 3 else 1 + count * 200 // RUN_JOB_BYTES + 1)
+        other_theirs.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            other_theirs.recv(1)  # nothing for the other pair's subscriber
+        hub.deliver_run([Delivery("p", "T", "nobody", "ts", "no-subscriber")])  # no subscriber: nothing, no error
+    finally:
+        hub.shutdown(WAIT)
+        for sock in (theirs, ours, other_ours, other_theirs):
+            sock.close()
