@@ -119,6 +119,10 @@ class Broker(abc.ABC):
     #: subscribers at once (the hub sets its ``Hub.deliver_run`` here before ``start``): what a
     #: listener decoded from one envelope. None: the broker calls ``deliver`` for each.
     deliver_run: Callable[[list[Delivery]], None] | None = None
+    #: ``deliver`` for a publish this broker encoded already (``delivery.encode()``'s very bytes):
+    #: the hub sets its ``Hub.deliver_local`` here before ``start``, so a publish through Redis is
+    #: encoded once on the publisher's thread, for the envelope and the local frame. None: ``deliver``.
+    deliver_encoded: Callable[[Delivery, bytes], Landed] | None = None
 
     @abc.abstractmethod
     def start(self, deliver: Deliver, keys: Callable[[], list[Key]]) -> None:

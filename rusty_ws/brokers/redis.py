@@ -72,7 +72,7 @@ from .base import Broker, Deliver, Key, Landed, OnLanded, SharedHistory
 from .redis_codec import (
     DEFAULT_CHANNEL_PREFIX,
     channel_name,
-    checked_envelope,
+    checked_encoding,
     decode_envelope,
     encode_envelope,
     key_of_channel,
@@ -324,8 +324,10 @@ class RedisBroker(Broker):
         listener = self._current()
         assert self._deliver is not None and self._sender is not None
         node_id = listener.node_id
-        envelope = checked_envelope(node_id, delivery, self.max_envelope_size)
-        landed = self._deliver(delivery)
+        # Encoded once, for the envelope and the local frame (``deliver_encoded``, the hub's).
+        encoded, envelope = checked_encoding(node_id, delivery, self.max_envelope_size)
+        deliver_encoded = self.deliver_encoded
+        landed = self._deliver(delivery) if deliver_encoded is None else deliver_encoded(delivery, encoded)
         channel = channel_name(self.channel_prefix, delivery.topic, delivery.session_id)
         # Merged by the sender with the next publishes of the pair, as one PUBLISH of a version-4 envelope.
         kind = self._publish_kind

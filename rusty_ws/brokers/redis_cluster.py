@@ -66,7 +66,7 @@ from .redis_cluster_gaps import GapFiller
 from .redis_cluster_nodes import MapReader, node_client
 from .redis_cluster_retry import RetryQueue
 from .redis_cluster_routes import Redirecting, Router, View
-from .redis_codec import checked_envelope, shard_channel_name, split_cluster_url
+from .redis_codec import checked_encoding, shard_channel_name, split_cluster_url
 from .redis_history import RedisHistory, Route, replays_safely
 from .redis_sender import RedisSender
 from .redis_shard_listener import ShardListener
@@ -210,8 +210,10 @@ class RedisClusterBroker(Broker):
         """
         self._current()
         assert self._deliver is not None and self.node_id is not None
-        envelope = checked_envelope(self.node_id, delivery, self.max_envelope_size)
-        landed = self._deliver(delivery)
+        # Encoded once, for the envelope and the local frame (``deliver_encoded``, the hub's).
+        encoded, envelope = checked_encoding(self.node_id, delivery, self.max_envelope_size)
+        deliver_encoded = self.deliver_encoded
+        landed = self._deliver(delivery) if deliver_encoded is None else deliver_encoded(delivery, encoded)
         command = ("SPUBLISH", shard_channel_name(self.channel_prefix, delivery.topic, delivery.session_id), envelope)
 
         def on_reply(reply: Any) -> None:  # on the sender's thread (or this one, if no master serves the slot)

@@ -38,6 +38,7 @@ __all__ = [
     "control_channel",
     "encode_envelope",
     "checked_envelope",
+    "checked_encoding",
     "decode_envelope",
     "decode_envelopes",
     "split_url",
@@ -165,31 +166,39 @@ def control_channel(prefix: str, node_id: str) -> bytes:
     return f"{prefix}:node:{node_id}".encode()
 
 
-def encode_envelope(node_id: str, delivery: Delivery) -> bytes:
+def encode_envelope(node_id: str, delivery: Delivery, encoded: bytes | None = None) -> bytes:
     """What a node PUBLISHes: the delivery, and which node sent it.
 
     The bytes of ``dumps_utf8({"v": 1, "node": node_id, "delivery": delivery.to_dict()})``,
-    made from ``delivery.encode()`` (its fast path) and the node's prefix, remembered.
+    made from ``delivery.encode()`` (its fast path; ``encoded`` if the caller has it) and the
+    node's prefix, remembered.
     """
-    return b"%s\"delivery\":%s}" % (own_envelope_prefix(node_id), delivery.encode())
+    return b"%s\"delivery\":%s}" % (own_envelope_prefix(node_id), delivery.encode() if encoded is None else encoded)
 
 
 def checked_envelope(node_id: str, delivery: Delivery, max_size: int | None) -> bytes:
-    """``encode_envelope``, refused before anyone gets it when no node would accept it.
+    """``encode_envelope``, refused before anyone gets it when no node would accept it (``checked_encoding``)."""
+    return checked_encoding(node_id, delivery, max_size)[1]
+
+
+def checked_encoding(node_id: str, delivery: Delivery, max_size: int | None) -> tuple[bytes, bytes]:
+    """``delivery.encode()`` and its ``encode_envelope``, refused before anyone gets it when no node
+    would accept it: the publishing node frames the first for its own subscribers, not encoding it again.
 
     Raises:
         ProtocolError: ``invalid_message``: the payload cannot be encoded, or the
             envelope would be larger than ``max_size`` (what every node's listener accepts).
     """
     try:
-        envelope = encode_envelope(node_id, delivery)
+        encoded = delivery.encode()
     except (TypeError, ValueError, RecursionError) as exc:
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"the payload is not JSON: {exc}") from None
+    envelope = encode_envelope(node_id, delivery, encoded)
     if max_size is not None and len(envelope) > max_size:
         raise ProtocolError(ErrorCode.INVALID_MESSAGE,
                             f"the message would be {len(envelope)} bytes on Redis, more than the "
                             f"{max_size} any node accepts")
-    return envelope
+    return encoded, envelope
 
 
 @functools.lru_cache(maxsize=64)

@@ -193,6 +193,7 @@ class Hub:
         self._hold_for_commands = self.history.enabled and isinstance(broker, MemoryBroker)
         broker.batch_deliveries = self.writer.batch  # what a listener received at once: one send per subscriber
         broker.deliver_run = self.deliver_run  # what one envelope brought: one road for all its deliveries
+        broker.deliver_encoded = self.deliver_local  # a publish the broker encoded for its envelope: not again
         broker.start(self.deliver_local, self.registry.keys)
 
     # ------------------------------------------------------------------ admission
@@ -498,8 +499,9 @@ class Hub:
         return wait_for_answer(lambda answer: self.publish(delivery, publish_id, answer), PUBLISH_ANSWER_TIMEOUT,
                                "the broker did not answer in time; retry with the same id")
 
-    def deliver_local(self, delivery: Delivery) -> Landed:
-        """Hand ``delivery`` to this process's subscribers: one frame, encoded once.
+    def deliver_local(self, delivery: Delivery, encoded: bytes | None = None) -> Landed:
+        """Hand ``delivery`` to this process's subscribers: one frame, encoded once (``encoded``: its
+        ``delivery.encode()``, which the caller made already, as the Redis broker does for its envelope).
 
         With history on, the message first takes the next offset of its stream
         (this node's) and is kept there; the frame carries offset and epoch.
@@ -519,9 +521,10 @@ class Hub:
         if not self._history_on:
             subscribers = self.registry.subscribers(delivery.topic, delivery.session_id)
             if subscribers:
-                self._send_delivery(delivery.encode(), subscribers)
+                self._send_delivery(delivery.encode() if encoded is None else encoded, subscribers)
             return Landed(None, len(subscribers))
-        encoded = delivery.encode()  # raises for a payload that is not JSON, before an offset is taken
+        if encoded is None:
+            encoded = delivery.encode()  # raises for a payload that is not JSON, before an offset is taken
         if self.writer.batching_thread(_get_ident()):  # the usual case: a publisher's thread, in the batch of its read
             # _append_and_queue_locked and _send_delivery's usual case, inlined: once per publish.
             topic, session_id = delivery.topic, delivery.session_id

@@ -437,3 +437,34 @@ def test_a_plain_publish_counts_as_mergeable_publishes_did() -> None:
     assert len(sent[0][2]) <= 1000 and sent[1] == commands[3]
     # Another node id (a forked child's) is another kind: its envelopes' fixed part differs.
     assert redis_broker._plain_kind("n-other-longer", None, None).budget == redis_broker.MERGE_BYTES
+
+
+def test_a_publish_is_encoded_once_for_its_envelope_and_the_local_frame(redis: RedisServer) -> None:
+    # RedisBroker.publish hands the hub (Broker.deliver_encoded) the bytes it put in the envelope;
+    # a payload that is not JSON is refused before anything is delivered anywhere.
+    import redis as redis_py
+
+    from rusty_ws.brokers.base import Landed
+    from rusty_ws.exceptions import ProtocolError
+    from rusty_ws.protocol import Delivery
+
+    plain: list[Delivery] = []
+    encoded: list[tuple[Delivery, bytes]] = []
+    broker = RedisBroker(redis.url)
+    broker.deliver_encoded = lambda delivery, data: encoded.append((delivery, data)) or Landed(None, 1)
+    broker.start(lambda delivery: plain.append(delivery) or Landed(None, 0), lambda: [])
+    watcher = redis_py.Redis.from_url(redis.url).pubsub()
+    try:
+        watcher.subscribe(channel_name(broker.channel_prefix, "T", "s"))
+        assert watcher.get_message(timeout=WAIT)["type"] == "subscribe"
+        delivery = Delivery("p", "T", "caf\u00e9 \ud800", "2026-12-02T00:00:00Z", "s")
+        assert broker.publish(delivery) == Landed(None, 1)
+        assert not plain and encoded == [(delivery, delivery.encode())]
+        message = watcher.get_message(timeout=WAIT)
+        assert message is not None and message["data"].endswith(b'"delivery":' + delivery.encode() + b"}")
+        with pytest.raises(ProtocolError):
+            broker.publish(Delivery("p", "T", float("nan"), "ts", "s"))
+        assert len(encoded) == 1 and not plain
+    finally:
+        watcher.close()
+        broker.stop()
