@@ -18,7 +18,7 @@ and Redis' CPU (``INFO cpu``), all per publish. CPU time moves less with the
 load than rates do, but a loaded machine inflates it too: compare variants of
 the same run.
 
-``--py-spy SECONDS`` also samples node 1 with py-spy (``pip install py-spy``,
+``--py-spy SECONDS`` also samples node 1 (``--py-spy-node 2``: node 2, the far subscriber's) with py-spy (``pip install py-spy``,
 not a dependency of the project) for that long during each variant's last
 round and prints, per thread kind, the functions where most samples were
 (own time and with callees): a profile, proportions only.
