@@ -146,6 +146,10 @@ class Hub:
         self.broker = broker
         #: Sockets of the hub's own server still waiting for their request head (``/healthz``).
         self.pending_requests = PendingRequests(settings.max_pending_requests)
+        #: Handshakes a second the hub's own server finished while it had more waiting (its pacer's
+        #: measure, ``serving._Pacer``), None until measured. Written by the accept thread only (a
+        #: float: no lock); ``shutdown`` reads it for the 4200's window.
+        self.handshake_rate: float | None = None
         # _connections_lock guards _connections, _slots_taken, _slots_ended, _accepting and the
         # writes of _compressing (read without it: an int, and only a shortcut).
         self._connections_lock = threading.Lock()
@@ -623,11 +627,21 @@ class Hub:
         """How many connections are open now (the accept loop's pacing reads it: ``serving.HubServer``)."""
         return len(self._connections)  # a set's len is atomic under the GIL: no lock, the accept thread never waits
 
+    @property
+    def reconnect_rate(self) -> float:
+        """Handshakes a second the 4200's window spreads reconnections to: ``RUSTY_WS_RECONNECT_RATE``,
+        or what this hub's server measured when that is more (``handshake_rate``)."""
+        return max(float(self.settings.reconnect_rate), self.handshake_rate or 0.0)
+
     def shutdown(self, timeout: float = 5.0, *, exiting: bool = False, clock: StopClock | None = None) -> None:
         """Close every connection (4200, reconnect now), stop the broker and the writer.
 
         With more connections than ``RUSTY_WS_RECONNECT_RATE``, the reason asks the
-        clients to reconnect within connections / rate seconds (``protocol.restart_reason``).
+        clients to reconnect within connections / rate seconds (``protocol.restart_reason``),
+        the rate being the larger of that setting and what this hub's server measured
+        (``handshake_rate``): a window longer than the hub needs keeps the last client away
+        for nothing (on a quiet machine the 6.7 s window of 10,000 clients was the whole
+        storm), and one shorter than it needs is paced by the next hub's ``Retry-After``.
         Blocks until the connections have ended or ``timeout`` has passed. Idempotent.
 
         ``exiting``: the process ends right after (``rusty-ws serve``, ``serving.serve``),
@@ -652,7 +666,7 @@ class Hub:
                 self._exiting = True
         if exiting and not connections:
             self._all_ended.set()
-        reason = restart_reason(len(connections) / self.settings.reconnect_rate)
+        reason = restart_reason(len(connections) / self.reconnect_rate)
         if exiting:
             # Queued together and written at the batch's end by this thread, which holds the
             # writer's lock for all of them. Before the connections' threads parked (_park), a

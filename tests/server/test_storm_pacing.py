@@ -140,33 +140,120 @@ def test_wsclient_waits_what_retry_after_says(closing: list[socket.socket]) -> N
 # --------------------------------------------------------------------------- the Retry-After schedule
 
 
-def test_the_turned_away_are_sent_to_the_seconds_ahead_at_most_rate_to_each() -> None:
-    pacer = _Pacer(MIN_PACED_RATE)
-    waits = [pacer.retry_after(100.5) for _ in range(3 * MIN_PACED_RATE)]
-    assert waits == [1] * MIN_PACED_RATE + [2] * MIN_PACED_RATE + [3] * MIN_PACED_RATE
-    # A second later the first of those seconds is now: the next go to the first second with room.
-    assert pacer.retry_after(101.2) == 3
+class Load:
+    """What a pacer is told the hub has: (waiting, under way), set by the test."""
+
+    def __init__(self, waiting: int = 0, under_way: int = 0) -> None:
+        self.waiting, self.under_way = waiting, under_way
+        self.asked = 0
+
+    def __call__(self) -> tuple[int, int]:
+        self.asked += 1
+        return self.waiting, self.under_way
 
 
-def test_the_rate_follows_what_a_busy_second_admitted_never_below_the_promised_rate() -> None:
-    pacer = _Pacer(100)
-    for _ in range(500):
-        pacer.admitted(7.1)
-    pacer.retry_after(7.5)  # a busy second: 500 admitted, some turned away
-    pacer.admitted(8.0)  # the next second: the busy one is measured
-    assert pacer.rate == (100 + 500) // 2
-    pacer.admitted(9.5)  # a second with no one turned away leaves the rate as it is
-    pacer.admitted(10.5)
-    assert pacer.rate == 300
-    for second in range(20, 40):  # busy seconds with few admitted: down to the floor, not below
-        pacer.retry_after(second + 0.5)
-        pacer.admitted(second + 0.6)
-    assert pacer.rate == 100
+def test_the_turned_away_get_the_next_slots_at_the_rate_behind_what_waits() -> None:
+    pacer = _Pacer(100, Load())
+    # Nothing ahead: one slot every 1/100 s from now; Retry-After is each slot's distance rounded down
+    # (the client's own jitter of up to a second brings it within the second after its slot).
+    waits = [pacer.retry_after(100.5, 0) for _ in range(300)]
+    assert waits == [1] * 200 + [2] * 100, waits  # slots 0-0.99 s and 1-1.99 s ahead: at least 1
+    pacer = _Pacer(100, Load())
+    # 500 ahead (queued and under way) at 100 a second: the first slot is 5 s away, then one every 10 ms.
+    assert [pacer.retry_after(100.5, 500) for _ in range(200)] == [5] * 100 + [6] * 100
+    # Later clients go behind those told before, however little is queued by then...
+    assert pacer.retry_after(101.0, 0) == 6
+    # ...and behind the queue when it is longer than what was told.
+    assert pacer.retry_after(101.0, 2000) == 20
+
+
+def saturated_second(pacer: _Pacer, second: int, admitted: int) -> None:
+    """``admitted`` handshakes admitted within ``second`` (the first one as it begins)."""
+    pacer.admitted(second + 0.001)
+    for _ in range(admitted - 1):
+        pacer.admitted(second + 0.5)
+
+
+def test_the_rate_is_what_saturated_seconds_finished_not_a_floor() -> None:
+    load = Load(waiting=3000, under_way=10)
+    pacer = _Pacer(1500, load)
+    assert pacer.rate == 1500 and not pacer.measured  # the guess (RUSTY_WS_RECONNECT_RATE) until measured
+    saturated_second(pacer, 6, 53)  # the pacer's first second is not a whole one: it says nothing
+    saturated_second(pacer, 7, 410)
+    load.under_way = 20  # 410 admitted in second 7, 10 more under way: 400 finished
+    saturated_second(pacer, 8, 600)  # (second 7 measured as 8 begins)
+    assert pacer.measured and pacer.rate == (1500 + 400) / 2  # the guess counts as one second until it has three
+    saturated_second(pacer, 9, 500)
+    assert pacer.rate == (1500 + 400 + 600) / 3
+    saturated_second(pacer, 10, 10)
+    assert pacer.rate == (400 + 600 + 500) / 3  # three measures: the guess is gone, no floor at 1500
+    # A second that ends with nothing waiting was not saturated: it says nothing of the rate.
+    load.waiting = 0
+    saturated_second(pacer, 11, 10)
+    load.waiting = 3000
+    saturated_second(pacer, 12, 10)
+    assert pacer.rate == (400 + 600 + 500) / 3
+    # A saturated stretch of seconds with few finished: down to MIN_PACED_RATE, not below.
+    for second in range(13, 30):
+        saturated_second(pacer, second, 1)
+    assert pacer.rate == pytest.approx(MIN_PACED_RATE)
+    assert load.asked <= 30, "the load is read once a second, not per request"
+
+
+def test_one_slow_second_does_not_send_everyone_a_minute_away() -> None:
+    """A new hub's first whole second had a 0.4 s collection in it: 53 finished. The mean of three
+    keeps the rate where the next seconds put it, and those told meanwhile keep their places."""
+    load = Load(waiting=3000)
+    pacer = _Pacer(1500, load)
+    saturated_second(pacer, 0, 1)
+    saturated_second(pacer, 1, 53)
+    saturated_second(pacer, 2, 700)
+    assert pacer.rate == pytest.approx((1500 + 53) / 2)
+    waits = [pacer.retry_after(2.5, 0) for _ in range(700)]  # 700 told at ~777 a second: within a second
+    assert max(waits) == 1
+    saturated_second(pacer, 3, 700)  # second 2 measured: the rate is the mean of 1500, 53 and 700
+    assert pacer.rate == pytest.approx((1500 + 53 + 700) / 3)
+    # The tail was rescaled to the new rate: the next told goes behind the 700, not a minute away.
+    assert pacer.retry_after(3.001, 0) <= 2
+    # ...and one lower by far does not put the next ones past where that rate says.
+    assert pacer.retry_after(3.001, 3000) == int(3000 / pacer.rate)
+
+
+def test_the_measure_is_told_to_the_hub_for_its_4200_window() -> None:
+    measures: list[float] = []
+    pacer = _Pacer(100, Load(waiting=1), measures.append)
+    saturated_second(pacer, 0, 1)
+    saturated_second(pacer, 1, 300)
+    assert measures == []  # nothing measured yet
+    saturated_second(pacer, 2, 1)
+    assert measures == [(100 + 300) / 2]
+
+
+def test_a_measured_rate_spreads_the_turned_away_over_the_seconds_it_needs() -> None:
+    """400 a second measured, 2,000 turned away with nothing else ahead: 5 s of slots, 400 to each."""
+    pacer = _Pacer(400, Load(waiting=1))
+    saturated_second(pacer, 0, 1)
+    saturated_second(pacer, 1, 400)
+    saturated_second(pacer, 2, 1)
+    assert pacer.rate == 400
+    waits = [pacer.retry_after(2.0, 0) for _ in range(2000)]
+    assert [waits.count(n) for n in range(1, 6)] == [800, 400, 400, 400, 0]  # slots 0-2 s ahead all say 1
 
 
 def test_the_wait_never_passes_the_longest() -> None:
-    pacer = _Pacer(MIN_PACED_RATE)
-    assert max(pacer.retry_after(3.0) for _ in range(MIN_PACED_RATE * (MAX_RETRY_AFTER + 5))) == MAX_RETRY_AFTER
+    pacer = _Pacer(MIN_PACED_RATE, Load())
+    assert max(pacer.retry_after(3.0, 0) for _ in range(MIN_PACED_RATE * (MAX_RETRY_AFTER + 5))) == MAX_RETRY_AFTER
+    assert pacer.retry_after(3.0, 10**9) == MAX_RETRY_AFTER
+
+
+def test_the_pacing_log_says_each_busy_second(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG", logger="rusty_ws.server.pacing")
+    pacer = _Pacer(100, Load(waiting=7, under_way=3))
+    pacer.admitted(5.5)
+    pacer.retry_after(5.6, 10)
+    pacer.admitted(6.1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "rusty_ws.server.pacing"]
+    assert len(lines) == 1 and "1 admitted, 1 turned away; 7 waiting, 3 under way" in lines[0], lines
 
 
 @pytest.mark.parametrize("name, value, expected", [
