@@ -101,6 +101,11 @@ MIN_PACED_RATE = 50
 MAX_RETRY_AFTER = 60
 #: Saturated seconds whose mean is ``_Pacer``'s rate: one second alone (a collection in it) misled it.
 RATE_SAMPLES = 3
+#: Handshakes' worth of the hub's time one turned away takes (accept, peek, 503, shutdown, close on the
+#: accept thread, each letting go of the interpreter lock): 0.55-0.6 from the seconds of one storm with
+#: and without them (docs/performance.md, "Reconnect storm, session 14"); a little less, so as not to
+#: promise more room than there is.
+TURN_AWAY_COST = 0.5
 #: Connections in the system's accept queue past which the accept loop takes all of them at once,
 #: so that a ``/healthz`` among them is served first rather than after every handshake ahead of it.
 DRAIN_FROM = 32
@@ -679,7 +684,11 @@ class _Pacer:
     - **The rate** the hub gets through handshakes: over each whole second that
       began and ended with requests waiting (the hub saturated), the handshakes
       admitted less the growth of those under way, i.e. the handshakes it
-      finished; the mean of the last ``RATE_SAMPLES`` such seconds, the guess
+      finished, plus ``TURN_AWAY_COST`` for each it turned away (the time that
+      took is the hub's when those clients come back: measured without it, a
+      second spent turning 2,900 away said 143 a second, and the clients were sent
+      20-50 s away from a hub that then did 1,750); the mean of the last
+      ``RATE_SAMPLES`` such seconds, the guess
       (``RUSTY_WS_RECONNECT_RATE``) counting as one until they are measured. No
       floor but ``MIN_PACED_RATE``: a floor above what the hub sustains (1500 on
       a machine that took 400 a second) sent the turned-away back faster than
@@ -739,7 +748,9 @@ class _Pacer:
         waiting, under_way = self._load()
         if self._whole and self._saturated and waiting:
             finished = max(0, self._admitted - (under_way - self._under_way))
-            self._samples.append(max(float(MIN_PACED_RATE), finished / (second - self._second)))
+            # What turning away took is capacity the clients told to come back will find free.
+            capacity = finished + TURN_AWAY_COST * self._turned_away
+            self._samples.append(max(float(MIN_PACED_RATE), capacity / (second - self._second)))
             rate = sum(self._samples) / len(self._samples)
             if self._tail > now:  # the clients told so far keep their places: their distance, at the new rate
                 self._tail = now + (self._tail - now) * self.rate / rate

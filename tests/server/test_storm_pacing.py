@@ -21,7 +21,14 @@ import pytest
 from rusty_ws import WsClient, create_app
 from rusty_ws.config import Settings
 from rusty_ws.server import serving
-from rusty_ws.server.serving import DRAIN_FROM, MAX_RETRY_AFTER, MIN_PACED_RATE, _Pacer, make_server
+from rusty_ws.server.serving import (
+    DRAIN_FROM,
+    MAX_RETRY_AFTER,
+    MIN_PACED_RATE,
+    TURN_AWAY_COST,
+    _Pacer,
+    make_server,
+)
 from rusty_ws.server.state import state_of
 from support import (
     FAST_CLIENT,
@@ -211,12 +218,25 @@ def test_one_slow_second_does_not_send_everyone_a_minute_away() -> None:
     assert pacer.rate == pytest.approx((1500 + 53) / 2)
     waits = [pacer.retry_after(2.5, 0) for _ in range(700)]  # 700 told at ~777 a second: within a second
     assert max(waits) == 1
-    saturated_second(pacer, 3, 700)  # second 2 measured: the rate is the mean of 1500, 53 and 700
-    assert pacer.rate == pytest.approx((1500 + 53 + 700) / 3)
+    saturated_second(pacer, 3, 700)  # second 2 measured: 700 finished, 700 turned away at half a handshake each
+    assert pacer.rate == pytest.approx((1500 + 53 + 700 + TURN_AWAY_COST * 700) / 3)
     # The tail was rescaled to the new rate: the next told goes behind the 700, not a minute away.
     assert pacer.retry_after(3.001, 0) <= 2
     # ...and one lower by far does not put the next ones past where that rate says.
     assert pacer.retry_after(3.001, 3000) == int(3000 / pacer.rate)
+
+
+def test_a_second_spent_turning_clients_away_counts_their_cost_as_capacity() -> None:
+    """143 admitted and 2,909 turned away in one second, on a hub that did 1,750 a second once it no
+    longer turned anyone away: the turned-away's share of the second is counted, not lost."""
+    pacer = _Pacer(1000, Load(waiting=3000))
+    saturated_second(pacer, 0, 1)
+    saturated_second(pacer, 1, 143)
+    for _ in range(2909):
+        pacer.retry_after(1.5, 3000)
+    saturated_second(pacer, 2, 1)
+    assert pacer.rate == pytest.approx((1000 + 143 + TURN_AWAY_COST * 2909) / 2)
+    assert pacer.rate > 1000
 
 
 def test_the_measure_is_told_to_the_hub_for_its_4200_window() -> None:
@@ -447,5 +467,46 @@ def test_while_what_a_drain_took_is_served_the_next_drain_waits_its_interval(mon
     finally:
         for sock in sockets:
             sock.close()
+        server.server_close()
+        state_of(app).hub.shutdown(WAIT)
+
+
+# --------------------------------------------------------------------------- the 4200's window
+
+
+@pytest.mark.parametrize("measured, reason", [
+    (None, "server restarting; reconnect within 2.0 s"),  # 2 connections at the setting's 1 a second
+    (0.5, "server restarting; reconnect within 2.0 s"),   # a measure below the setting: the setting
+    (1.5, "server restarting; reconnect within 1.4 s"),   # above it: the measure (2 / 1.5, rounded up)
+    (4.0, "server restarting"),                           # a window under a second: the plain reason
+])
+def test_the_4200_window_uses_the_rate_the_hub_measured_when_it_is_higher(measured: float | None,
+                                                                           reason: str) -> None:
+    """On a quiet machine the window of RUSTY_WS_RECONNECT_RATE (6.7 s for 10,000) was the whole storm,
+    while the hub had measured 1,800 a second: the window now spreads the clients at that rate."""
+    with running_server(reconnect_rate=1) as server:
+        clients = [WsClient.connect(f"c{index}", server.ws_url, **FAST_CLIENT) for index in range(2)]
+        hooks = [Hooks(client) for client in clients]
+        server.hub.handshake_rate = measured
+        assert server.hub.reconnect_rate == max(1.0, measured or 0.0)
+    for hook in hooks:
+        assert hook.disconnected.get(timeout=WAIT) == (4200, reason)
+    for client in clients:
+        client.close()
+
+
+def test_the_servers_pacer_tells_the_hub_what_it_measured() -> None:
+    app = create_app(hub_config(reconnect_rate=1500))
+    server = make_server(app, "127.0.0.1", 0)  # not serving: the pacer is driven by hand
+    try:
+        pacer = server._pacer
+        pacer._load = Load(waiting=100)  # the hub saturated throughout
+        assert state_of(app).hub.handshake_rate is None
+        saturated_second(pacer, 0, 1)
+        saturated_second(pacer, 1, 2500)
+        saturated_second(pacer, 2, 1)
+        assert state_of(app).hub.handshake_rate == (1500 + 2500) / 2
+        assert state_of(app).hub.reconnect_rate == 2000
+    finally:
         server.server_close()
         state_of(app).hub.shutdown(WAIT)
