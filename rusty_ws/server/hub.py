@@ -61,6 +61,8 @@ logger = logging.getLogger("rusty_ws.server")
 EXIT_GRACE = 0.5
 #: Seconds between two looks at the writer's queue while an exiting hub waits for its close frames to go out.
 WRITTEN_POLL = 0.01
+#: The least share of ``RUSTY_WS_RECONNECT_RATE`` the 4200's window assumes, whatever the hub measured.
+WINDOW_RATE_SHARE = 0.25
 #: Seconds the thread of a connection that ended during an exiting hub's shutdown waits for the process
 #: to end (``Hub._park``) before it cleans up after all; the process ends within a second or two.
 PARK_TIMEOUT = 30.0
@@ -629,19 +631,24 @@ class Hub:
 
     @property
     def reconnect_rate(self) -> float:
-        """Handshakes a second the 4200's window spreads reconnections to: ``RUSTY_WS_RECONNECT_RATE``,
-        or what this hub's server measured when that is more (``handshake_rate``)."""
-        return max(float(self.settings.reconnect_rate), self.handshake_rate or 0.0)
+        """Handshakes a second the 4200's window spreads reconnections to: what this hub's server
+        measured (``handshake_rate``), else ``RUSTY_WS_RECONNECT_RATE``; never below a quarter of
+        that setting (``WINDOW_RATE_SHARE``), so a measure taken at a bad moment cannot keep the
+        clients away more than four times the window the setting names."""
+        setting = float(self.settings.reconnect_rate)
+        measured = self.handshake_rate
+        return setting if measured is None else max(setting * WINDOW_RATE_SHARE, measured)
 
     def shutdown(self, timeout: float = 5.0, *, exiting: bool = False, clock: StopClock | None = None) -> None:
         """Close every connection (4200, reconnect now), stop the broker and the writer.
 
-        With more connections than ``RUSTY_WS_RECONNECT_RATE``, the reason asks the
-        clients to reconnect within connections / rate seconds (``protocol.restart_reason``),
-        the rate being the larger of that setting and what this hub's server measured
-        (``handshake_rate``): a window longer than the hub needs keeps the last client away
-        for nothing (on a quiet machine the 6.7 s window of 10,000 clients was the whole
-        storm), and one shorter than it needs is paced by the next hub's ``Retry-After``.
+        With more connections than the hub takes in a second, the reason asks the clients
+        to reconnect within connections / rate seconds (``protocol.restart_reason``), the
+        rate being what this hub's server measured (``reconnect_rate``): a window longer than
+        the hub needs keeps the last client away for nothing (on a quiet machine the 6.7 s
+        window of 10,000 clients was the whole storm), and one shorter than it needs sends
+        the excess to the next hub's pacing, whose 503s cost it a third to a half of a
+        handshake each (docs/performance.md, "Reconnect storm, session 14").
         Blocks until the connections have ended or ``timeout`` has passed. Idempotent.
 
         ``exiting``: the process ends right after (``rusty-ws serve``, ``serving.serve``),
