@@ -647,8 +647,8 @@ class Hub:
         rate being what this hub's server measured (``reconnect_rate``): a window longer than
         the hub needs keeps the last client away for nothing (on a quiet machine the 6.7 s
         window of 10,000 clients was the whole storm), and one shorter than it needs sends
-        the excess to the next hub's pacing, whose 503s cost it a third to a half of a
-        handshake each (docs/performance.md, "Reconnect storm, session 14").
+        the excess to the next hub's pacing, whose 503s cost it a fifth of a handshake each
+        (docs/performance.md, "Reconnect storm, session 14").
         Blocks until the connections have ended or ``timeout`` has passed. Idempotent.
 
         ``exiting``: the process ends right after (``rusty-ws serve``, ``serving.serve``),

@@ -102,10 +102,11 @@ MAX_RETRY_AFTER = 60
 #: Saturated seconds whose mean is ``_Pacer``'s rate: one second alone (a collection in it) misled it.
 RATE_SAMPLES = 3
 #: Handshakes' worth of the hub's time one turned away takes (accept, peek, 503, shutdown, close on the
-#: accept thread, each letting go of the interpreter lock): 0.55-0.6 from the seconds of one storm with
-#: and without them (docs/performance.md, "Reconnect storm, session 14"); a little less, so as not to
-#: promise more room than there is.
-TURN_AWAY_COST = 0.5
+#: accept thread, each letting go of the interpreter lock): its CPU is 0.15 of a handshake's and its
+#: subscription's (60-65 against 400-435 µs, one at a time), and in storms a second's admissions fell by
+#: 0.21 for each turned away (least squares over 90 saturated seconds of 6 storms; docs/performance.md,
+#: "Reconnect storm, session 14").
+TURN_AWAY_COST = 0.2
 #: Connections in the system's accept queue past which the accept loop takes all of them at once,
 #: so that a ``/healthz`` among them is served first rather than after every handshake ahead of it.
 DRAIN_FROM = 32
@@ -685,9 +686,7 @@ class _Pacer:
       began and ended with requests waiting (the hub saturated), the handshakes
       admitted less the growth of those under way, i.e. the handshakes it
       finished, plus ``TURN_AWAY_COST`` for each it turned away (the time that
-      took is the hub's when those clients come back: measured without it, a
-      second spent turning 2,900 away said 143 a second, and the clients were sent
-      20-50 s away from a hub that then did 1,750); the mean of the last
+      took is the hub's when those clients come back); the mean of the last
       ``RATE_SAMPLES`` such seconds, the guess
       (``RUSTY_WS_RECONNECT_RATE``) counting as one until they are measured. No
       floor but ``MIN_PACED_RATE``: a floor above what the hub sustains (1500 on
