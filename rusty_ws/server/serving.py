@@ -99,7 +99,7 @@ _TCPI_UNACKED = 24
 MIN_PACED_RATE = 50
 #: The longest Retry-After ``_Pacer`` names, in seconds.
 MAX_RETRY_AFTER = 60
-#: Saturated seconds whose mean is ``_Pacer``'s rate: one second alone (a collection in it) misled it.
+#: Saturated seconds whose best is ``_Pacer``'s rate: one second alone (a collection in it) misled it.
 RATE_SAMPLES = 3
 #: Handshakes' worth of the hub's time one turned away takes (accept, peek, 503, shutdown, close on the
 #: accept thread, each letting go of the interpreter lock): its CPU is 0.15 of a handshake's and its
@@ -686,16 +686,20 @@ class _Pacer:
       began and ended with requests waiting (the hub saturated), the handshakes
       admitted less the growth of those under way, i.e. the handshakes it
       finished, plus ``TURN_AWAY_COST`` for each it turned away (the time that
-      took is the hub's when those clients come back); the mean of the last
-      ``RATE_SAMPLES`` such seconds, the guess
-      (``RUSTY_WS_RECONNECT_RATE``) counting as one until they are measured. No
-      floor but ``MIN_PACED_RATE``: a floor above what the hub sustains (1500 on
-      a machine that took 400 a second) sent the turned-away back faster than
-      they could be admitted, and each was turned away two or three times (21,000
-      503s for a storm of 10,000 clients, session 14). Not one second alone
-      either: the first second of a new hub, with a collection of 0.4 s in it,
-      measured 53 and sent 3,000 clients a minute away from a hub that then did
-      600-1,400 a second (docs/performance.md, "Reconnect storm, session 14").
+      took is the hub's when those clients come back); the best of the last
+      ``RATE_SAMPLES`` such seconds, the guess (``RUSTY_WS_RECONNECT_RATE``)
+      counting as one until they are measured. No fixed floor but
+      ``MIN_PACED_RATE``: a floor above what the hub sustains (1500 on a machine
+      that took 400 a second) sent the turned-away back faster than they could be
+      admitted, and each was turned away two or three times (21,000 503s for a
+      storm of 10,000 clients). The best, not one second alone nor the mean: a
+      client sent back too early costs the hub a fifth of a handshake to turn away
+      again, one sent too late keeps the storm going while the hub has room; the
+      first second of a new hub, with a collection of 0.4 s in it, measured 53 and
+      sent 3,000 clients a minute away from a hub that then did 600-1,400 a second,
+      and a mean over a starved stretch sent clients 20-27 s away from a hub that
+      did 700 a second two seconds later (docs/performance.md, "Reconnect storm,
+      session 14").
     - **The schedule**: a client turned away is given the next slot of a queue
       served at that rate, behind everything the hub already has to get through
       (the accept queue, what a drain holds, the handshakes under way) and behind
@@ -750,7 +754,7 @@ class _Pacer:
             # What turning away took is capacity the clients told to come back will find free.
             capacity = finished + TURN_AWAY_COST * self._turned_away
             self._samples.append(max(float(MIN_PACED_RATE), capacity / (second - self._second)))
-            rate = sum(self._samples) / len(self._samples)
+            rate = max(self._samples)
             if self._tail > now:  # the clients told so far keep their places: their distance, at the new rate
                 self._tail = now + (self._tail - now) * self.rate / rate
             self.rate, self.measured = rate, True

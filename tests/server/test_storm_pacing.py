@@ -189,17 +189,17 @@ def test_the_rate_is_what_saturated_seconds_finished_not_a_floor() -> None:
     saturated_second(pacer, 7, 410)
     load.under_way = 20  # 410 admitted in second 7, 10 more under way: 400 finished
     saturated_second(pacer, 8, 600)  # (second 7 measured as 8 begins)
-    assert pacer.measured and pacer.rate == (1500 + 400) / 2  # the guess counts as one second until it has three
+    assert pacer.measured and pacer.rate == 1500  # the guess counts as one second until there are three
     saturated_second(pacer, 9, 500)
-    assert pacer.rate == (1500 + 400 + 600) / 3
+    assert pacer.rate == 1500
     saturated_second(pacer, 10, 10)
-    assert pacer.rate == (400 + 600 + 500) / 3  # three measures: the guess is gone, no floor at 1500
+    assert pacer.rate == 600  # three measures (400, 600, 500): the best; no floor at 1500
     # A second that ends with nothing waiting was not saturated: it says nothing of the rate.
     load.waiting = 0
     saturated_second(pacer, 11, 10)
     load.waiting = 3000
     saturated_second(pacer, 12, 10)
-    assert pacer.rate == (400 + 600 + 500) / 3
+    assert pacer.rate == 600
     # A saturated stretch of seconds with few finished: down to MIN_PACED_RATE, not below.
     for second in range(13, 30):
         saturated_second(pacer, second, 1)
@@ -208,22 +208,39 @@ def test_the_rate_is_what_saturated_seconds_finished_not_a_floor() -> None:
 
 
 def test_one_slow_second_does_not_send_everyone_a_minute_away() -> None:
-    """A new hub's first whole second had a 0.4 s collection in it: 53 finished. The mean of three
-    keeps the rate where the next seconds put it, and those told meanwhile keep their places."""
+    """A new hub's first whole second had a 0.4 s collection in it: 53 finished. The best of three
+    keeps the rate where the seconds around it put it, and those told meanwhile keep their places."""
     load = Load(waiting=3000)
     pacer = _Pacer(1500, load)
     saturated_second(pacer, 0, 1)
-    saturated_second(pacer, 1, 53)
-    saturated_second(pacer, 2, 700)
-    assert pacer.rate == pytest.approx((1500 + 53) / 2)
-    waits = [pacer.retry_after(2.5, 0) for _ in range(700)]  # 700 told at ~777 a second: within a second
+    saturated_second(pacer, 1, 900)
+    saturated_second(pacer, 2, 53)
+    saturated_second(pacer, 3, 800)
+    saturated_second(pacer, 4, 700)
+    assert pacer.rate == 900  # 900, 53, 800 (the guess gone): not 53
+    saturated_second(pacer, 5, 1)
+    assert pacer.rate == 800  # 53, 800, 700
+    waits = [pacer.retry_after(5.5, 0) for _ in range(800)]  # 800 told at 800 a second: within a second
     assert max(waits) == 1
-    saturated_second(pacer, 3, 700)  # second 2 measured: 700 finished, 700 turned away at TURN_AWAY_COST each
-    assert pacer.rate == pytest.approx((1500 + 53 + 700 + TURN_AWAY_COST * 700) / 3)
-    # The tail was rescaled to the new rate: the next told goes behind the 700, not a minute away.
-    assert pacer.retry_after(3.001, 0) <= 2
-    # ...and one lower by far does not put the next ones past where that rate says.
-    assert pacer.retry_after(3.001, 3000) == int(3000 / pacer.rate)
+    saturated_second(pacer, 6, 1)  # second 5: 1 finished, 800 turned away
+    assert pacer.rate == 800
+    for second in range(7, 9):
+        saturated_second(pacer, second, 200)
+    assert pacer.rate == pytest.approx(max(200, 1 + TURN_AWAY_COST * 800))
+    # The 800 told at 5.5 had their slots by 6.5: at 8 the next goes behind what waits, at the new rate.
+    assert pacer.retry_after(8.001, 0) == 1
+    assert pacer.retry_after(8.001, 3000) == int(3000 / pacer.rate)
+
+
+def test_the_clients_told_keep_their_places_when_the_rate_changes() -> None:
+    load = Load(waiting=1)
+    pacer = _Pacer(100, load)
+    saturated_second(pacer, 0, 1)
+    assert [pacer.retry_after(0.5, 0) for _ in range(1000)][-1] == 9  # 1,000 told at 100 a second: 10 s of slots
+    saturated_second(pacer, 1, 1000)
+    saturated_second(pacer, 2, 1)  # measured: 1,000 a second; the slots left (8.5 s at 100) shrink to 0.85 s
+    assert pacer.rate == 1000
+    assert pacer.retry_after(2.001, 0) == 1 and pacer._tail == pytest.approx(2.001 + 0.85 + 0.001, abs=0.01)
 
 
 def test_a_second_spent_turning_clients_away_counts_their_cost_as_capacity() -> None:
@@ -235,8 +252,10 @@ def test_a_second_spent_turning_clients_away_counts_their_cost_as_capacity() -> 
     for _ in range(2909):
         pacer.retry_after(1.5, 3000)
     saturated_second(pacer, 2, 1)
-    assert pacer.rate == pytest.approx((1000 + 143 + TURN_AWAY_COST * 2909) / 2)
-    assert 0 < TURN_AWAY_COST < 1 and pacer.rate > (1000 + 143) / 2
+    saturated_second(pacer, 3, 1)
+    saturated_second(pacer, 4, 1)
+    assert pacer.rate == pytest.approx(143 + TURN_AWAY_COST * 2909)  # the best of three: this second
+    assert 0 < TURN_AWAY_COST < 1 and pacer.rate > 143
 
 
 def test_the_measure_is_told_to_the_hub_for_its_4200_window() -> None:
@@ -246,7 +265,7 @@ def test_the_measure_is_told_to_the_hub_for_its_4200_window() -> None:
     saturated_second(pacer, 1, 300)
     assert measures == []  # nothing measured yet
     saturated_second(pacer, 2, 1)
-    assert measures == [(100 + 300) / 2]
+    assert measures == [300]
 
 
 def test_a_measured_rate_spreads_the_turned_away_over_the_seconds_it_needs() -> None:
@@ -506,8 +525,8 @@ def test_the_servers_pacer_tells_the_hub_what_it_measured() -> None:
         saturated_second(pacer, 0, 1)
         saturated_second(pacer, 1, 2500)
         saturated_second(pacer, 2, 1)
-        assert state_of(app).hub.handshake_rate == (1500 + 2500) / 2
-        assert state_of(app).hub.reconnect_rate == 2000  # what the 4200's window will assume
+        assert state_of(app).hub.handshake_rate == 2500
+        assert state_of(app).hub.reconnect_rate == 2500  # what the 4200's window will assume
     finally:
         server.server_close()
         state_of(app).hub.shutdown(WAIT)
