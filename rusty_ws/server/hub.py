@@ -683,8 +683,8 @@ class Hub:
             # with 5,000 connections: the last written 4 s later, after their close deadline).
             # And their threads sleep through their clients' answers (quiet_exit.hold), which
             # this thread reads once the frames are out: each answer woke a thread that wanted
-            # the interpreter lock while the frames were still being written (2.5-10 s of it at
-            # a high load, 3 storms of 18).
+            # the interpreter lock while the frames were still being written (2.5-12 s of it at
+            # a high load, 7 stops of 30).
             held = quiet_exit.hold(connection.sock for connection in connections)
             with self.writer.batch():
                 for connection in connections:

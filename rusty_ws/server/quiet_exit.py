@@ -6,7 +6,7 @@ connection's thread, which wants the interpreter lock once (to park) while the
 stopping thread is still writing: every ``send`` lets go of the lock, and with
 10,000 threads woken the writing thread waited behind them at every frame. On a
 loaded machine each hand-off also waits for the system to run that thread:
-the 4200s took 2.5-10 s to go out in 3 of 18 benchmark storms (the stack dump
+the 4200s took 2.5-12 s to go out in 7 of 30 benchmark storms (the stack dump
 of one: the stopping thread in the writer, the others parked or in ``recv``;
 docs/performance.md, "Reconnect storm, session 14").
 
