@@ -169,6 +169,8 @@ class Hub:
         self._ended_exiting = itertools.count(1)
         self._exit_count = 0
         self._all_ended = threading.Event()
+        # Connections whose last line was written during an exiting shutdown, by whom (``_log_end``).
+        self._ends_logged: dict[int, int] = {}
         # Taken by shutdown(exiting=True) and never let go: what a parked thread waits on (one
         # futex wait, ~cheaper than an Event's Condition), at most PARK_TIMEOUT.
         self._parking_lock = threading.Lock()
@@ -268,14 +270,23 @@ class Hub:
             # Its line first: once it is forgotten, wait_connections() may return, and an exiting
             # hub (shutdown(exiting=True)) ends the process before a later line could be written.
             try:
-                if logger.isEnabledFor(logging.INFO):  # the line's parts cost ~10 µs; 10,000 end at once in a stop
-                    logger.info("%s disconnected after %.1fs: %s; %s", connection.label,
-                                time.monotonic() - connection.started, connection.describe(), connection.ending())
+                self._log_end(connection)
             finally:
                 if self._exiting:
                     self._park()
                 self._discard(connection)
                 self.writer.release(connection.outbox, self.settings.close_timeout + 1.0)
+
+    def _log_end(self, connection: "Connection") -> None:
+        """The connection's last line, once: by its thread, or, in an exiting hub whose threads sleep through
+        their clients' answers (``quiet_exit``), by the stopping thread, whichever comes first."""
+        if not logger.isEnabledFor(logging.INFO):  # the line's parts cost ~10 µs; 10,000 end at once in a stop
+            return
+        me = threading.get_ident()
+        if self._exiting and self._ends_logged.setdefault(id(connection), me) != me:  # setdefault: atomic
+            return
+        logger.info("%s disconnected after %.1fs: %s; %s", connection.label,
+                    time.monotonic() - connection.started, connection.describe(), connection.ending())
 
     def connections(self) -> list["Connection"]:
         """A snapshot of the open connections (for reports, shutdown and tests)."""
@@ -699,7 +710,10 @@ class Hub:
             written = self._wait_written(deadline)
             mark("4200s written")
             grace = time.monotonic() + max(0.0, min(EXIT_GRACE, deadline - time.monotonic()))
-            answered = quiet_exit.read_answers(held, grace)
+            answered, replied = quiet_exit.read_answers(held, grace)
+            for connection in connections:  # their threads slept through the answers: their lines, here
+                connection.answer_read = connection.sock in replied
+                self._log_end(connection)
             ended = self._all_ended.wait(max(0.0, grace - time.monotonic())) if len(held) < len(connections) \
                 else answered == len(held)
             mark("closing handshakes")
@@ -709,6 +723,8 @@ class Hub:
                         len(connections), time.monotonic() - started,
                         "every close frame written" if written else "some close frames not written in time",
                         "every closing handshake done" if ended else f"{left} closing handshakes cut short")
+            logger.info("of the answers, %d read by the stopping thread (%d held asleep); %d connections' threads "
+                        "woke (EOF, or more than quiet_exit.LOW_WATER bytes)", answered, len(held), woken)
             self.broker.stop()
             mark("broker stopped")
             return

@@ -53,18 +53,21 @@ def hold(sockets: Iterable[socket.socket]) -> list[socket.socket]:
     return held
 
 
-def read_answers(sockets: list[socket.socket], deadline: float) -> int:
+def read_answers(sockets: list[socket.socket], deadline: float) -> tuple[int, set[socket.socket]]:
     """Read, without blocking, what each held socket's client sent back, until every one has
-    answered (some bytes, EOF or an error) or ``deadline`` (monotonic); returns how many did.
+    answered (some bytes, EOF or an error) or ``deadline`` (monotonic).
 
-    What is read is not parsed: after the hub's close frame a client only answers it.
+    Returns how many answered, and the sockets whose clients sent bytes (their close answer:
+    after the hub's close frame a client only answers it; what is read is not parsed).
     """
     waiting = list(sockets)
+    replied: set[socket.socket] = set()
     while waiting:
         silent = []
         for sock in waiting:
             try:
-                sock.recv(LOW_WATER, _DONTWAIT)
+                if sock.recv(LOW_WATER, _DONTWAIT):
+                    replied.add(sock)
             except BlockingIOError:
                 silent.append(sock)
             except OSError:
@@ -73,4 +76,4 @@ def read_answers(sockets: list[socket.socket], deadline: float) -> int:
         if not waiting or time.monotonic() >= deadline:
             break
         time.sleep(min(READ_EVERY, max(0.0, deadline - time.monotonic())))  # polling: a poll() would honour the low-water mark too
-    return len(sockets) - len(waiting)
+    return len(sockets) - len(waiting), replied
