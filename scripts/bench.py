@@ -163,6 +163,7 @@ def run_connect(kind: ServerKind, size: int, deadline: float, parts: int = 4) ->
         generators = [Generator({**common, "connections": n}) for n in split(size, parts)]
         if not all(g.wait_ready() for g in generators):
             return {"ok": False, "failed": merge([g.finish(5) for g in generators])["failed"] or "not ready"}
+        cpu, switches = server.cpu_seconds(), server.context_switches()
         for generator in generators:
             generator.go()
         results = [g.finish(deadline + 10) for g in generators]
@@ -171,7 +172,10 @@ def run_connect(kind: ServerKind, size: int, deadline: float, parts: int = 4) ->
         if failed or connected != size:
             return {"ok": False, "failed": failed or f"{connected}/{size} connected"}
         elapsed = max(r["finished"] for r in results) - min(r["started"] for r in results)
+        # The server's own cost, which the machine's load moves far less than the wall clock.
         return {"ok": True, "connections": size, "elapsed": elapsed, "rate": size / elapsed,
+                "server_cpu_ms_per_connection": (server.cpu_seconds() - cpu) * 1000 / size,
+                "server_switches_per_connection": (server.context_switches() - switches) / size,
                 "failed": ""}
     finally:
         for generator in generators:
@@ -490,6 +494,8 @@ def connect_scenario(servers: list[ServerKind], size: int, runs: int, deadline: 
         by_server[kind.name] = {"connections": size, "runs": rows, "elapsed": median_of(rows, "elapsed"),
                                 "rate": median_of(rows, "rate"), "ok": all(r.get("ok") for r in rows)}
         report("connect", f"{size} clients", kind.name, rows, "elapsed", "s")
+        report("connect", "server CPU/conn", kind.name, rows, "server_cpu_ms_per_connection", "ms")
+        report("connect", "ctx switches/conn", kind.name, rows, "server_switches_per_connection", "")
     return by_server
 
 

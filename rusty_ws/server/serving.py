@@ -1033,8 +1033,8 @@ class HubServer(ThreadedWSGIServer):
         ``HubRequestHandler`` as before: nothing came yet (it waits, within the
         head's deadline), the head is in parts or has bytes past it, or is not plain.
         """
-        if request.gettimeout() is not None:  # a socket.setdefaulttimeout(): the handler's reads keep it
-            return b"", True
+        if request.gettimeout() is not None or self.ssl_context is not None:
+            return b"", True  # a socket.setdefaulttimeout(), which the handler's reads keep; TLS (no recv flags)
         try:
             data = request.recv(self.max_head_size, socket.MSG_DONTWAIT)
         except OSError:  # nothing yet (the handler waits for it), or a reset (the handler meets it again)
@@ -1047,7 +1047,7 @@ class HubServer(ThreadedWSGIServer):
             return data, True
         _, (command, target, version), fields = plain
         environ = _upgrade_environ(command, target, version, fields, request, client_address, self.server_address)
-        if environ is None or not _asks_upgrade(environ) or self.ssl_context is not None:
+        if environ is None or not _asks_upgrade(environ):
             return data, True
         environ[HEAD_ONLY_KEY] = True  # nothing past the head was read: the socket has the rest
 

@@ -109,6 +109,22 @@ class RunningServer:
             fields = stat.read().rpartition(")")[2].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def context_switches(self) -> int:
+        """Voluntary and involuntary context switches of the server's live threads so far (``/proc``).
+
+        A thread that ended took its count along: read it while the threads that matter live
+        (the connect scenario's connection threads do until the stop).
+        """
+        total = 0
+        base = f"/proc/{self.process.pid}/task"
+        for task in os.listdir(base):
+            try:
+                with open(f"{base}/{task}/status") as status:
+                    total += sum(int(line.split()[1]) for line in status if "ctxt_switches" in line)
+            except (OSError, ValueError, IndexError):
+                continue  # the thread ended meanwhile
+        return total
+
     def alive(self) -> bool:
         return self.process.poll() is None
 

@@ -57,7 +57,7 @@ def test_node_test_runner_against_the_hub(tmp_path: Path) -> None:
             running_server(users_file=str(users)) as policy, \
             running_server(require_auth=True, jwt_expiration_seconds=4) as require_auth, \
             running_server(history_size=2000) as history, running_server(history_size=0) as no_history:
-        result = run_node("--test", "--test-reporter=spec", *files, env={
+        result = run_node("--test", "--test-reporter=spec", f"--test-concurrency={len(files)}", *files, env={
             "RUSTY_WS_HTTP_URL": hub.http_url,
             "RUSTY_WS_SHORT_TOKEN_HTTP_URL": short.http_url,
             "RUSTY_WS_POLICY_HTTP_URL": policy.http_url,
