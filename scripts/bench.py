@@ -285,7 +285,7 @@ def run_storm(kind: ServerKind, size: int, deadline: float, parts: int = 4) -> d
     pollers: list[HealthPoller] = []
     try:
         common = {"dialect": kind.dialect, "port": server.port, "deadline": deadline, "session": "s1",
-                  "topic": "T", "role": "storm", "batch": 250, "jitter": 1.0}
+                  "topic": "T", "role": "storm", "batch": 250, "jitter": 1.0, "hold": True}
         generators = [Generator({**common, "connections": n}) for n in split(size, parts)]
         if not all(g.wait_ready() for g in generators):
             return {"ok": False, "failed": merge([g.finish(5) for g in generators])["failed"] or "not ready"}
@@ -298,7 +298,13 @@ def run_storm(kind: ServerKind, size: int, deadline: float, parts: int = 4) -> d
         phases = re.search(r"stopped in (\S+)s: (.*)", server.final_log)  # rusty_ws's stop, from its own log
         server = RunningServer(kind, env=env, port=server.port)
         restarted_s = time.monotonic() - stopped
-        results = [g.finish(deadline + 10) for g in generators]
+        # The new process's own start-up (benchlib/run_rusty.py): from its creation, wall and CPU seconds.
+        startup = re.search(r"start-up: (.*), then listening", server.log_head())
+        # Each generator reports once all its clients are back and holds its connections open: one that
+        # ended closed its 2,500 at once while the others were still coming back, and that mass close (every
+        # connection's thread waking to clean up), not the storm, was the slowest /healthz of a run (1.5-1.9 s,
+        # both ports, session 13). The pollers stop before any generator lets its connections go.
+        results = [g.read_result(max(1.0, deadline + 10 - (time.monotonic() - stopped))) for g in generators]
         health = {key: value for poller in pollers for key, value in poller.stop(stopped).items()}
         after = kernel_counters()
         kernel = {name: after[name] - before.get(name, 0) for name in after}
@@ -309,6 +315,7 @@ def run_storm(kind: ServerKind, size: int, deadline: float, parts: int = 4) -> d
                "refused_tcp": sum(r.get("refused_tcp", 0) for r in results),
                "attempts": sum(r.get("attempts", 0) for r in results), **health,
                "stop_phases": phases.group(2) if phases else None, "kernel": kernel,
+               "startup": startup.group(1) if startup else None, "spawn_to_listening_s": server.listening - server.spawned,
                "time_wait_at_start": time_wait, "load_at_start": load}
         if failed or back != size:
             return {**row, "ok": False, "failed": failed or f"{back}/{size} back"}
@@ -514,6 +521,9 @@ def storm_scenario(servers: list[ServerKind], size: int, runs: int, deadline: fl
                       f"stop {row['stop_s']:.2f}s", flush=True)
             if row.get("stop_phases"):
                 print(f"          the old process's stop: {row['stop_phases']}", flush=True)
+            if row.get("startup"):
+                print(f"          the new process: listening {row['spawn_to_listening_s']:.2f}s after it was started; "
+                      f"start-up from its creation (CPU): {row['startup']}", flush=True)
             for label, port in (("healthz", "its port"), ("internal", "the internal port")):
                 if row.get(f"{label}_answers"):
                     print(f"          /healthz on {port}: {row[f'{label}_answers']} answers, "

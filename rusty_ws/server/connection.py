@@ -146,6 +146,8 @@ class Connection(TokenLife):
         # How the connection ended, for the log (``ending``); written by the reading thread only.
         self._peer_close: tuple[int, str] | None = None  # the peer's close frame: code and reason
         self._peer_answered = False  # that close frame answered one of the hub's
+        #: An exiting hub read the client's answer to its close frame itself (``server/quiet_exit.py``).
+        self.answer_read = False
         self._lost: str | None = None  # EOF or a reset, when the socket ended without a close frame
         # Publishes with an id not answered yet. _acks_changed (its own lock) guards the count
         # and is signalled as each ack goes out: replies after them wait (``_await_acks``).
@@ -349,7 +351,7 @@ class Connection(TokenLife):
         if sent is not None:
             code, reason = sent
             ended = f"closed by the hub with {code} {reason}".rstrip()
-            if self._peer_close is None:
+            if self._peer_close is None and not self.answer_read:
                 ended += f"; the client did not answer ({self._lost or 'EOF'})"
             return ended
         return f"{self._lost or 'ended'} without a close frame"

@@ -45,6 +45,7 @@ from ..protocol import (
     encode_subscribed,
     restart_reason,
 )
+from . import quiet_exit
 from .access import Access
 from .answers import wait_for_answer
 from .connection import Connection
@@ -61,6 +62,8 @@ logger = logging.getLogger("rusty_ws.server")
 EXIT_GRACE = 0.5
 #: Seconds between two looks at the writer's queue while an exiting hub waits for its close frames to go out.
 WRITTEN_POLL = 0.01
+#: The least share of ``RUSTY_WS_RECONNECT_RATE`` the 4200's window assumes, whatever the hub measured.
+WINDOW_RATE_SHARE = 0.25
 #: Seconds the thread of a connection that ended during an exiting hub's shutdown waits for the process
 #: to end (``Hub._park``) before it cleans up after all; the process ends within a second or two.
 PARK_TIMEOUT = 30.0
@@ -146,6 +149,10 @@ class Hub:
         self.broker = broker
         #: Sockets of the hub's own server still waiting for their request head (``/healthz``).
         self.pending_requests = PendingRequests(settings.max_pending_requests)
+        #: Handshakes a second the hub's own server finished while it had more waiting (its pacer's
+        #: measure, ``serving._Pacer``), None until measured. Written by the accept thread only (a
+        #: float: no lock); ``shutdown`` reads it for the 4200's window.
+        self.handshake_rate: float | None = None
         # _connections_lock guards _connections, _slots_taken, _slots_ended, _accepting and the
         # writes of _compressing (read without it: an int, and only a shortcut).
         self._connections_lock = threading.Lock()
@@ -162,6 +169,8 @@ class Hub:
         self._ended_exiting = itertools.count(1)
         self._exit_count = 0
         self._all_ended = threading.Event()
+        # Connections whose last line was written during an exiting shutdown, by whom (``_log_end``).
+        self._ends_logged: dict[int, int] = {}
         # Taken by shutdown(exiting=True) and never let go: what a parked thread waits on (one
         # futex wait, ~cheaper than an Event's Condition), at most PARK_TIMEOUT.
         self._parking_lock = threading.Lock()
@@ -262,14 +271,23 @@ class Hub:
             # Its line first: once it is forgotten, wait_connections() may return, and an exiting
             # hub (shutdown(exiting=True)) ends the process before a later line could be written.
             try:
-                if logger.isEnabledFor(logging.INFO):  # the line's parts cost ~10 µs; 10,000 end at once in a stop
-                    logger.info("%s disconnected after %.1fs: %s; %s", connection.label,
-                                time.monotonic() - connection.started, connection.describe(), connection.ending())
+                self._log_end(connection)
             finally:
                 if self._exiting:
                     self._park()
                 self._discard(connection)
                 self.writer.release(connection.outbox, self.settings.close_timeout + 1.0)
+
+    def _log_end(self, connection: "Connection") -> None:
+        """The connection's last line, once: by its thread, or, in an exiting hub whose threads sleep through
+        their clients' answers (``quiet_exit``), by the stopping thread, whichever comes first."""
+        if not logger.isEnabledFor(logging.INFO):  # the line's parts cost ~10 µs; 10,000 end at once in a stop
+            return
+        me = threading.get_ident()
+        if self._exiting and self._ends_logged.setdefault(id(connection), me) != me:  # setdefault: atomic
+            return
+        logger.info("%s disconnected after %.1fs: %s; %s", connection.label,
+                    time.monotonic() - connection.started, connection.describe(), connection.ending())
 
     def connections(self) -> list["Connection"]:
         """A snapshot of the open connections (for reports, shutdown and tests)."""
@@ -650,11 +668,26 @@ class Hub:
         """How many connections are open now (the accept loop's pacing reads it: ``serving.HubServer``)."""
         return len(self._connections)  # a set's len is atomic under the GIL: no lock, the accept thread never waits
 
+    @property
+    def reconnect_rate(self) -> float:
+        """Handshakes a second the 4200's window spreads reconnections to: what this hub's server
+        measured (``handshake_rate``), else ``RUSTY_WS_RECONNECT_RATE``; never below a quarter of
+        that setting (``WINDOW_RATE_SHARE``), so a measure taken at a bad moment cannot keep the
+        clients away more than four times the window the setting names."""
+        setting = float(self.settings.reconnect_rate)
+        measured = self.handshake_rate
+        return setting if measured is None else max(setting * WINDOW_RATE_SHARE, measured)
+
     def shutdown(self, timeout: float = 5.0, *, exiting: bool = False, clock: StopClock | None = None) -> None:
         """Close every connection (4200, reconnect now), stop the broker and the writer.
 
-        With more connections than ``RUSTY_WS_RECONNECT_RATE``, the reason asks the
-        clients to reconnect within connections / rate seconds (``protocol.restart_reason``).
+        With more connections than the hub takes in a second, the reason asks the clients
+        to reconnect within connections / rate seconds (``protocol.restart_reason``), the
+        rate being what this hub's server measured (``reconnect_rate``): a window longer than
+        the hub needs keeps the last client away for nothing (on a quiet machine the 6.7 s
+        window of 10,000 clients was the whole storm), and one shorter than it needs sends
+        the excess to the next hub's pacing, whose 503s cost it a fifth of a handshake each
+        (docs/performance.md, "Reconnect storm, session 14").
         Blocks until the connections have ended or ``timeout`` has passed. Idempotent.
 
         ``exiting``: the process ends right after (``rusty-ws serve``, ``serving.serve``),
@@ -679,13 +712,18 @@ class Hub:
                 self._exiting = True
         if exiting and not connections:
             self._all_ended.set()
-        reason = restart_reason(len(connections) / self.settings.reconnect_rate)
+        reason = restart_reason(len(connections) / self.reconnect_rate)
         if exiting:
             # Queued together and written at the batch's end by this thread, which holds the
             # writer's lock for all of them. Before the connections' threads parked (_park), a
             # thread woken by its client's answer cleaned up for ~0.1 ms, and the writing
             # thread waited behind thousands of them for the interpreter at every send (tried
             # with 5,000 connections: the last written 4 s later, after their close deadline).
+            # And their threads sleep through their clients' answers (quiet_exit.hold), which
+            # this thread reads once the frames are out: each answer woke a thread that wanted
+            # the interpreter lock while the frames were still being written (2.5-12 s of it at
+            # a high load, 7 stops of 30).
+            held = quiet_exit.hold(connection.sock for connection in connections)
             with self.writer.batch():
                 for connection in connections:
                     connection.close(CloseCode.SERVER_RESTARTING, reason)
@@ -698,13 +736,22 @@ class Hub:
         if exiting:
             written = self._wait_written(deadline)
             mark("4200s written")
-            ended = self._all_ended.wait(max(0.0, min(EXIT_GRACE, deadline - time.monotonic())))
+            grace = time.monotonic() + max(0.0, min(EXIT_GRACE, deadline - time.monotonic()))
+            answered, replied = quiet_exit.read_answers(held, grace)
+            for connection in connections:  # their threads slept through the answers: their lines, here
+                connection.answer_read = connection.sock in replied
+                self._log_end(connection)
+            ended = self._all_ended.wait(max(0.0, grace - time.monotonic())) if len(held) < len(connections) \
+                else answered == len(held)
             mark("closing handshakes")
-            left = len(connections) - min(len(connections), next(self._ended_exiting) - 1)
+            woken = min(len(connections), next(self._ended_exiting) - 1)  # threads that woke and parked
+            left = len(connections) - max(woken, answered)
             logger.info("told %d connections 4200 in %.2fs (%s); %s; exiting",
                         len(connections), time.monotonic() - started,
                         "every close frame written" if written else "some close frames not written in time",
                         "every closing handshake done" if ended else f"{left} closing handshakes cut short")
+            logger.info("of the answers, %d read by the stopping thread (%d held asleep); %d connections' threads "
+                        "woke (EOF, or more than quiet_exit.LOW_WATER bytes)", answered, len(held), woken)
             self.broker.stop()
             mark("broker stopped")
             return

@@ -9,7 +9,9 @@ which say what the stop cost apart from the load of the machine it ran on
 (a loaded machine stretches the wall-clock figures, not these).
 
 The line goes to ``rusty_ws.server.stop``, a child of the hub's logger, at INFO:
-a process that logs the hub at WARNING (the benchmark's) can still show it.
+a process that logs the hub at WARNING (the benchmark's) can still show it. At
+DEBUG each mark is logged as it is taken too, so that a stop that never ends
+(killed by its supervisor) still says how far it got.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ class StopClock:
         """Note that ``phase`` has just ended (~5 µs: one ``getrusage``)."""
         cpu, switches = _usage()
         self._marks.append((phase, time.monotonic(), cpu, switches))
+        if len(self._marks) > 1 and logger.isEnabledFor(logging.DEBUG):  # as it happens: a stop cut short tells
+            logger.debug("stopping: %s +%.3fs (CPU %.2fs)", phase, self._marks[-1][1] - self._marks[0][1],
+                         cpu - self._marks[0][2])
         if self._thread_cpu is None and len(self._marks) > 1:  # the first is the signal's, on the main thread
             self._thread_cpu = time.thread_time()
         self._last_thread_cpu = time.thread_time()

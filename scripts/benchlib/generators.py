@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 
@@ -33,6 +34,14 @@ class Generator:
     def go(self) -> None:
         self.process.stdin.write("go\n")
         self.process.stdin.flush()
+
+    def read_result(self, timeout: float) -> dict:
+        """The result line of a generator that stays up after it (the storm's, ``hold``: its connections
+        stay open until ``finish``), or a failure once ``timeout`` has passed without one."""
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        line = self.process.stdout.readline().strip() if ready else ""
+        self.result = json.loads(line) if line.startswith("{") else {"failed": line or "load generator did not report"}
+        return self.result
 
     def finish(self, timeout: float) -> dict:
         if self.result is None:

@@ -12,13 +12,17 @@
   30 s, half jittered), except that a 503 with ``Retry-After`` waits what it says
   plus up to a second (``backoff.retry_after``), as ``WsClient`` does. It ends
   once every connection was dropped and is subscribed again, and reports when
-  the first was dropped and the last came back, with the refusals counted.
+  the first was dropped and the last came back, with the refusals counted;
+  with ``hold``, it reports and then keeps its connections open until its
+  standard input ends, so that the first to finish does not close thousands of
+  connections at once while the others are still coming back.
 """
 
 from __future__ import annotations
 
 import errno
 import heapq
+import json
 import os
 import random
 import selectors
@@ -98,10 +102,14 @@ class StormGen(LoadGen):
             waiting = sum(1 for c in self.clients if not c.back)
         report = self.report()
         dropped = [c.dropped for c in self.clients if c.dropped]
-        return {**report, "dropped": len(dropped), "back": sum(1 for c in self.clients if c.back),
-                "first_drop": min(dropped, default=0.0), "last_back": max(c.back for c in self.clients),
-                "refused_http": self.refused_http, "refused_tcp": self.refused_tcp,
-                "attempts": sum(c.attempts for c in self.clients)}
+        result = {**report, "dropped": len(dropped), "back": sum(1 for c in self.clients if c.back),
+                  "first_drop": min(dropped, default=0.0), "last_back": max(c.back for c in self.clients),
+                  "refused_http": self.refused_http, "refused_tcp": self.refused_tcp,
+                  "attempts": sum(c.attempts for c in self.clients)}
+        if spec.get("hold"):  # report now, and keep the connections open until stdin ends (``Generator.finish``)
+            print(json.dumps(result), flush=True)
+            sys.stdin.read()
+        return result
 
     # ---------------------------------------------------------------- one client
 

@@ -12,8 +12,25 @@ from __future__ import annotations
 import faulthandler
 import logging
 import os
+import resource
 import signal
 import sys
+import time
+
+
+def since_exec() -> float:
+    """Seconds since this process was created (its start time in /proc, on the boot clock)."""
+    with open("/proc/self/stat") as stat:
+        ticks = int(stat.read().rpartition(")")[2].split()[19])
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+
+
+def cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+STARTED = (since_exec(), cpu())  # the interpreter's own start, before any import of ours
 
 MODE = sys.argv[2] if len(sys.argv) > 2 else ""
 if MODE == "nohiredis":
@@ -21,6 +38,8 @@ if MODE == "nohiredis":
 
 from rusty_ws import create_app  # noqa: E402
 from rusty_ws.server.serving import serve  # noqa: E402
+
+IMPORTED = (since_exec(), cpu())
 
 
 def publish_synchronously() -> None:
@@ -39,11 +58,34 @@ def publish_synchronously() -> None:
     RedisBroker.publish = publish  # type: ignore[method-assign]
 
 
+def watch_collections(log: logging.Logger, longer_than: float = 0.02) -> None:
+    """Log each cyclic garbage collection that took longer than ``longer_than`` seconds (the interpreter
+    lock is held throughout: every thread, the internal port's too, waits for it)."""
+    import gc
+    started: list[float] = []
+
+    def callback(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[:] = [time.perf_counter()]
+        elif started and time.perf_counter() - started[0] > longer_than:
+            log.debug("collection of generation %d took %.3fs (%d collected)", info["generation"],
+                      time.perf_counter() - started[0], info["collected"])
+
+    gc.callbacks.append(callback)
+
+
 if __name__ == "__main__":
     if os.environ.get("BENCH_STACKS"):  # a file: SIGUSR1 appends every thread's stack to it (a stalled run)
         faulthandler.register(signal.SIGUSR1, open(os.environ["BENCH_STACKS"], "a"), all_threads=True)
     logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("rusty_ws.server.stop").setLevel(logging.INFO)  # the stop's phases, one line
+    # The stop's phases, one line; with BENCH_STACKS each as it ends too (a stop killed at 10 s says how far it got).
+    logging.getLogger("rusty_ws.server.stop").setLevel(logging.DEBUG if os.environ.get("BENCH_STACKS") else logging.INFO)
+    if os.environ.get("BENCH_PACING"):  # a file: the accept loop's pacing, one line a second (DEBUG)
+        pacing = logging.FileHandler(os.environ["BENCH_PACING"])
+        pacing.setFormatter(logging.Formatter("%(created).3f %(process)d %(message)s"))
+        logging.getLogger("rusty_ws.server.pacing").addHandler(pacing)
+        logging.getLogger("rusty_ws.server.pacing").setLevel(logging.DEBUG)
+        watch_collections(logging.getLogger("rusty_ws.server.pacing"))
     if MODE == "sync-publish":
         publish_synchronously()
     app = create_app({
@@ -52,5 +94,11 @@ if __name__ == "__main__":
         "RUSTY_WS_MAX_SUBSCRIPTIONS": 100,
         "RUSTY_WS_COMPRESSION": 6 if MODE == "deflate" else 0,
     })
+    made = (since_exec(), cpu())
+    # When the process got this far (from its creation; CPU seconds in brackets): the benchmark's storm
+    # reads it to tell the new process's start-up from the old one's exit.
+    logging.getLogger("bench").warning(
+        "start-up: interpreter %.3fs (%.3f), imports %.3fs (%.3f), app %.3fs (%.3f), then listening",
+        *STARTED, *IMPORTED, *made)
     print("ready", flush=True)
     serve(app, "127.0.0.1", int(sys.argv[1]), exit_when_stopped=True)  # as `rusty-ws serve` does

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -66,8 +67,15 @@ class RunningServer:
         # The log goes to a file: a pipe nobody reads would stall a chatty server.
         self.log = tempfile.TemporaryFile()
         self.final_log = ""
+        self.spawned = time.monotonic()
         self.process = subprocess.Popen(kind.command(self.port), env=env, stdout=subprocess.DEVNULL, stderr=self.log)
         self._wait_listening(20.0)
+        self.listening = time.monotonic()  # when a connect() first succeeded (polled every 20 ms)
+
+    def log_head(self, size: int = 4000) -> str:
+        """The start of what the process has logged so far (its start-up lines)."""
+        self.log.seek(0)
+        return self.log.read(size).decode("utf-8", "replace")
 
     def log_tail(self) -> str:
         self.log.seek(0)
@@ -126,6 +134,9 @@ class RunningServer:
             try:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
+                if os.environ.get("BENCH_STACKS"):  # run_rusty.py dumps every thread's stack there on SIGUSR1
+                    self.process.send_signal(signal.SIGUSR1)
+                    time.sleep(0.5)  # the dump is written by the process itself; nothing to wait on but time
                 self.process.kill()
                 self.process.wait(10)
         if not self.log.closed:

@@ -36,3 +36,22 @@ def test_the_line_goes_to_its_own_logger_at_info(caplog: pytest.LogCaptureFixtur
     [record] = [r for r in caplog.records if r.name == "rusty_ws.server.stop"]
     assert record.levelno == logging.INFO and record.getMessage().startswith("stopped in ")
     assert "exit +" in record.getMessage()
+
+
+def test_at_debug_each_phase_is_logged_as_it_ends(caplog: pytest.LogCaptureFixture) -> None:
+    """A stop killed by its supervisor (SIGKILL after 10 s, in a storm) never reaches its one line:
+    at DEBUG each mark says how far it got, as it is taken."""
+    with caplog.at_level(logging.DEBUG, logger="rusty_ws.server.stop"):
+        clock = StopClock()  # the signal's mark: not logged, it is the start
+        clock.mark("listener shut")
+        clock.mark("4200s queued")
+    lines = [r.getMessage() for r in caplog.records if r.name == "rusty_ws.server.stop"]
+    assert len(lines) == 2 and all(r.levelno == logging.DEBUG for r in caplog.records), lines
+    assert re.fullmatch(r"stopping: listener shut \+\d+\.\d{3}s \(CPU \d+\.\d\ds\)", lines[0]), lines
+    assert lines[1].startswith("stopping: 4200s queued +")
+
+
+def test_at_info_the_phases_are_not_logged_one_by_one(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="rusty_ws.server.stop"):
+        StopClock().mark("listener shut")
+    assert not [r for r in caplog.records if r.name == "rusty_ws.server.stop"]

@@ -21,7 +21,14 @@ import pytest
 from rusty_ws import WsClient, create_app
 from rusty_ws.config import Settings
 from rusty_ws.server import serving
-from rusty_ws.server.serving import DRAIN_FROM, MAX_RETRY_AFTER, MIN_PACED_RATE, _Pacer, make_server
+from rusty_ws.server.serving import (
+    DRAIN_FROM,
+    MAX_RETRY_AFTER,
+    MIN_PACED_RATE,
+    TURN_AWAY_COST,
+    _Pacer,
+    make_server,
+)
 from rusty_ws.server.state import state_of
 from support import (
     FAST_CLIENT,
@@ -140,33 +147,152 @@ def test_wsclient_waits_what_retry_after_says(closing: list[socket.socket]) -> N
 # --------------------------------------------------------------------------- the Retry-After schedule
 
 
-def test_the_turned_away_are_sent_to_the_seconds_ahead_at_most_rate_to_each() -> None:
-    pacer = _Pacer(MIN_PACED_RATE)
-    waits = [pacer.retry_after(100.5) for _ in range(3 * MIN_PACED_RATE)]
-    assert waits == [1] * MIN_PACED_RATE + [2] * MIN_PACED_RATE + [3] * MIN_PACED_RATE
-    # A second later the first of those seconds is now: the next go to the first second with room.
-    assert pacer.retry_after(101.2) == 3
+class Load:
+    """What a pacer is told the hub has: (waiting, under way), set by the test."""
+
+    def __init__(self, waiting: int = 0, under_way: int = 0) -> None:
+        self.waiting, self.under_way = waiting, under_way
+        self.asked = 0
+
+    def __call__(self) -> tuple[int, int]:
+        self.asked += 1
+        return self.waiting, self.under_way
 
 
-def test_the_rate_follows_what_a_busy_second_admitted_never_below_the_promised_rate() -> None:
-    pacer = _Pacer(100)
-    for _ in range(500):
-        pacer.admitted(7.1)
-    pacer.retry_after(7.5)  # a busy second: 500 admitted, some turned away
-    pacer.admitted(8.0)  # the next second: the busy one is measured
-    assert pacer.rate == (100 + 500) // 2
-    pacer.admitted(9.5)  # a second with no one turned away leaves the rate as it is
-    pacer.admitted(10.5)
-    assert pacer.rate == 300
-    for second in range(20, 40):  # busy seconds with few admitted: down to the floor, not below
-        pacer.retry_after(second + 0.5)
-        pacer.admitted(second + 0.6)
-    assert pacer.rate == 100
+def test_the_turned_away_get_the_next_slots_at_the_rate_behind_what_waits() -> None:
+    pacer = _Pacer(100, Load())
+    # Nothing ahead: one slot every 1/100 s from now; Retry-After is each slot's distance rounded down
+    # (the client's own jitter of up to a second brings it within the second after its slot).
+    waits = [pacer.retry_after(100.5, 0) for _ in range(300)]
+    assert waits == [1] * 200 + [2] * 100, waits  # slots 0-0.99 s and 1-1.99 s ahead: at least 1
+    pacer = _Pacer(100, Load())
+    # 500 ahead (queued and under way) at 100 a second: the first slot is 5 s away, then one every 10 ms.
+    assert [pacer.retry_after(100.5, 500) for _ in range(200)] == [5] * 100 + [6] * 100
+    # Later clients go behind those told before, however little is queued by then...
+    assert pacer.retry_after(101.0, 0) == 6
+    # ...and behind the queue when it is longer than what was told.
+    assert pacer.retry_after(101.0, 2000) == 20
+
+
+def saturated_second(pacer: _Pacer, second: int, admitted: int) -> None:
+    """``admitted`` handshakes admitted within ``second`` (the first one as it begins)."""
+    pacer.admitted(second + 0.001)
+    for _ in range(admitted - 1):
+        pacer.admitted(second + 0.5)
+
+
+def test_the_rate_is_what_saturated_seconds_finished_not_a_floor() -> None:
+    load = Load(waiting=3000, under_way=10)
+    pacer = _Pacer(1500, load)
+    assert pacer.rate == 1500 and not pacer.measured  # the guess (RUSTY_WS_RECONNECT_RATE) until measured
+    saturated_second(pacer, 6, 53)  # the pacer's first second is not a whole one: it says nothing
+    saturated_second(pacer, 7, 410)
+    load.under_way = 20  # 410 admitted in second 7, 10 more under way: 400 finished
+    saturated_second(pacer, 8, 600)  # (second 7 measured as 8 begins)
+    assert pacer.measured and pacer.rate == 1500  # the guess counts as one second until there are three
+    saturated_second(pacer, 9, 500)
+    assert pacer.rate == 1500
+    saturated_second(pacer, 10, 10)
+    assert pacer.rate == 600  # three measures (400, 600, 500): the best; no floor at 1500
+    # A second that ends with nothing waiting was not saturated: it says nothing of the rate.
+    load.waiting = 0
+    saturated_second(pacer, 11, 10)
+    load.waiting = 3000
+    saturated_second(pacer, 12, 10)
+    assert pacer.rate == 600
+    # A saturated stretch of seconds with few finished: down to MIN_PACED_RATE, not below.
+    for second in range(13, 30):
+        saturated_second(pacer, second, 1)
+    assert pacer.rate == pytest.approx(MIN_PACED_RATE)
+    assert load.asked <= 30, "the load is read once a second, not per request"
+
+
+def test_one_slow_second_does_not_send_everyone_a_minute_away() -> None:
+    """A new hub's first whole second had a 0.4 s collection in it: 53 finished. The best of three
+    keeps the rate where the seconds around it put it, and those told meanwhile keep their places."""
+    load = Load(waiting=3000)
+    pacer = _Pacer(1500, load)
+    saturated_second(pacer, 0, 1)
+    saturated_second(pacer, 1, 900)
+    saturated_second(pacer, 2, 53)
+    saturated_second(pacer, 3, 800)
+    saturated_second(pacer, 4, 700)
+    assert pacer.rate == 900  # 900, 53, 800 (the guess gone): not 53
+    saturated_second(pacer, 5, 1)
+    assert pacer.rate == 800  # 53, 800, 700
+    waits = [pacer.retry_after(5.5, 0) for _ in range(800)]  # 800 told at 800 a second: within a second
+    assert max(waits) == 1
+    saturated_second(pacer, 6, 1)  # second 5: 1 finished, 800 turned away
+    assert pacer.rate == 800
+    for second in range(7, 9):
+        saturated_second(pacer, second, 200)
+    assert pacer.rate == pytest.approx(max(200, 1 + TURN_AWAY_COST * 800))
+    # The 800 told at 5.5 had their slots by 6.5: at 8 the next goes behind what waits, at the new rate.
+    assert pacer.retry_after(8.001, 0) == 1
+    assert pacer.retry_after(8.001, 3000) == int(3000 / pacer.rate)
+
+
+def test_the_clients_told_keep_their_places_when_the_rate_changes() -> None:
+    load = Load(waiting=1)
+    pacer = _Pacer(100, load)
+    saturated_second(pacer, 0, 1)
+    assert [pacer.retry_after(0.5, 0) for _ in range(1000)][-1] == 9  # 1,000 told at 100 a second: 10 s of slots
+    saturated_second(pacer, 1, 1000)
+    saturated_second(pacer, 2, 1)  # measured: 1,000 a second; the slots left (8.5 s at 100) shrink to 0.85 s
+    assert pacer.rate == 1000
+    assert pacer.retry_after(2.001, 0) == 1 and pacer._tail == pytest.approx(2.001 + 0.85 + 0.001, abs=0.01)
+
+
+def test_a_second_spent_turning_clients_away_counts_their_cost_as_capacity() -> None:
+    """143 admitted and 2,909 turned away in one second, on a hub that did 1,750 a second once it no
+    longer turned anyone away: the turned-away's share of the second is counted as capacity."""
+    pacer = _Pacer(1000, Load(waiting=3000))
+    saturated_second(pacer, 0, 1)
+    saturated_second(pacer, 1, 143)
+    for _ in range(2909):
+        pacer.retry_after(1.5, 3000)
+    saturated_second(pacer, 2, 1)
+    saturated_second(pacer, 3, 1)
+    saturated_second(pacer, 4, 1)
+    assert pacer.rate == pytest.approx(143 + TURN_AWAY_COST * 2909)  # the best of three: this second
+    assert 0 < TURN_AWAY_COST < 1 and pacer.rate > 143
+
+
+def test_the_measure_is_told_to_the_hub_for_its_4200_window() -> None:
+    measures: list[float] = []
+    pacer = _Pacer(100, Load(waiting=1), measures.append)
+    saturated_second(pacer, 0, 1)
+    saturated_second(pacer, 1, 300)
+    assert measures == []  # nothing measured yet
+    saturated_second(pacer, 2, 1)
+    assert measures == [300]
+
+
+def test_a_measured_rate_spreads_the_turned_away_over_the_seconds_it_needs() -> None:
+    """400 a second measured, 2,000 turned away with nothing else ahead: 5 s of slots, 400 to each."""
+    pacer = _Pacer(400, Load(waiting=1))
+    saturated_second(pacer, 0, 1)
+    saturated_second(pacer, 1, 400)
+    saturated_second(pacer, 2, 1)
+    assert pacer.rate == 400
+    waits = [pacer.retry_after(2.0, 0) for _ in range(2000)]
+    assert [waits.count(n) for n in range(1, 6)] == [800, 400, 400, 400, 0]  # slots 0-2 s ahead all say 1
 
 
 def test_the_wait_never_passes_the_longest() -> None:
-    pacer = _Pacer(MIN_PACED_RATE)
-    assert max(pacer.retry_after(3.0) for _ in range(MIN_PACED_RATE * (MAX_RETRY_AFTER + 5))) == MAX_RETRY_AFTER
+    pacer = _Pacer(MIN_PACED_RATE, Load())
+    assert max(pacer.retry_after(3.0, 0) for _ in range(MIN_PACED_RATE * (MAX_RETRY_AFTER + 5))) == MAX_RETRY_AFTER
+    assert pacer.retry_after(3.0, 10**9) == MAX_RETRY_AFTER
+
+
+def test_the_pacing_log_says_each_busy_second(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG", logger="rusty_ws.server.pacing")
+    pacer = _Pacer(100, Load(waiting=7, under_way=3))
+    pacer.admitted(5.5)
+    pacer.retry_after(5.6, 10)
+    pacer.admitted(6.1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "rusty_ws.server.pacing"]
+    assert len(lines) == 1 and "1 admitted, 1 turned away; 7 waiting, 3 under way" in lines[0], lines
 
 
 @pytest.mark.parametrize("name, value, expected", [
@@ -360,5 +486,47 @@ def test_while_what_a_drain_took_is_served_the_next_drain_waits_its_interval(mon
     finally:
         for sock in sockets:
             sock.close()
+        server.server_close()
+        state_of(app).hub.shutdown(WAIT)
+
+
+# --------------------------------------------------------------------------- the 4200's window
+
+
+@pytest.mark.parametrize("measured, rate, reason", [
+    (None, 2.0, "server restarting; reconnect within 1.5 s"),  # 3 connections at the setting's 2 a second
+    (1.0, 1.0, "server restarting; reconnect within 3.0 s"),   # the measure, below the setting
+    (0.1, 0.5, "server restarting; reconnect within 6.0 s"),   # ... but never below a quarter of it
+    (2.5, 2.5, "server restarting; reconnect within 1.2 s"),   # above it: the measure (3 / 2.5)
+    (4.0, 4.0, "server restarting"),                           # a window under a second: the plain reason
+])
+def test_the_4200_window_uses_the_rate_the_hub_measured(measured: float | None, rate: float, reason: str) -> None:
+    """On a quiet machine the window of RUSTY_WS_RECONNECT_RATE (6.7 s for 10,000) was the whole storm,
+    while the hub had measured 1,800 a second; on a loaded one 10,000 came in 6.7 s to a hub doing
+    300-900, which turned away thousands at a fifth of a handshake each."""
+    with running_server(reconnect_rate=2) as server:
+        clients = [WsClient.connect(f"c{index}", server.ws_url, **FAST_CLIENT) for index in range(3)]
+        hooks = [Hooks(client) for client in clients]
+        server.hub.handshake_rate = measured
+        assert server.hub.reconnect_rate == rate
+    for hook in hooks:
+        assert hook.disconnected.get(timeout=WAIT) == (4200, reason)
+    for client in clients:
+        client.close()
+
+
+def test_the_servers_pacer_tells_the_hub_what_it_measured() -> None:
+    app = create_app(hub_config(reconnect_rate=1500))
+    server = make_server(app, "127.0.0.1", 0)  # not serving: the pacer is driven by hand
+    try:
+        pacer = server._pacer
+        pacer._load = Load(waiting=100)  # the hub saturated throughout
+        assert state_of(app).hub.handshake_rate is None
+        saturated_second(pacer, 0, 1)
+        saturated_second(pacer, 1, 2500)
+        saturated_second(pacer, 2, 1)
+        assert state_of(app).hub.handshake_rate == 2500
+        assert state_of(app).hub.reconnect_rate == 2500  # what the 4200's window will assume
+    finally:
         server.server_close()
         state_of(app).hub.shutdown(WAIT)
