@@ -119,6 +119,7 @@ def test_a_message_in_small_fragments_holds_about_its_own_size() -> None:
         raw.sync()
         before = peak_memory(pid)
         text = b"publish-json:" + b"x" * (MiB - 64)
+        raw.sock.settimeout(10 * WAIT)  # 131,000 frames to parse before the pong: slow on a busy machine
         raw.send_frame(0x1, text[:8], fin=False, mask=MASK)
         raw.sock.sendall(b"".join(client_frame(text[start:start + 8], opcode=0x0, fin=False, mask=MASK)
                                   for start in range(8, len(text), 8)))
