@@ -38,4 +38,6 @@ scripts/setup-env.sh test
 echo "lint: ruff (scripts/ruff.toml) and mypy (setup.cfg)"
 .venv/bin/ruff check --config scripts/ruff.toml rusty_ws tests scripts
 .venv/bin/mypy
-exec .venv/bin/python -m pytest "$@"
+# Two workers, a test file each at a time (module fixtures stay whole): -n 0 (or RUSTY_WS_TEST_WORKERS=0) runs
+# in this process, e.g. to debug with -s or --pdb. A later -n in "$@" wins.
+exec .venv/bin/python -m pytest -n "${RUSTY_WS_TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -72,3 +72,11 @@ def hidden_tokens(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPa
     records = [*caplog.get_records("setup"), *caplog.get_records("call"), *caplog.records]
     leaked = tokens_in(records, tokens)
     assert not leaked, f"tokens in log lines: {leaked[:3]}"
+
+
+def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str) -> str | None:
+    """Bytes that are not plain text (frames with a random mask) are named by their size, so that every
+    collection names the tests alike: pytest-xdist's workers must agree (duplicates get pytest's suffixes)."""
+    if isinstance(val, (bytes, bytearray)) and not all(32 <= b < 127 for b in val):
+        return f"{argname}-{len(val)}B"
+    return None
