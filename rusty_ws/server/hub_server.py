@@ -479,11 +479,7 @@ class HubServer(ThreadedWSGIServer):
 
         ``ahead``: what the hub has to get through before this client's turn (``_Pacer.retry_after``)."""
         wait = self._pacer.retry_after(now, ahead)
-        try:
-            request.send(_PACED_HEAD % wait + _PACED_BODY, socket.MSG_DONTWAIT)
-        except OSError:
-            pass
-        self.shutdown_request(request)
+        self._answer_and_close(request, _PACED_HEAD % wait + _PACED_BODY)
         paced = self._log_paced()
         if paced:
             logger.warning(
@@ -494,11 +490,7 @@ class HubServer(ThreadedWSGIServer):
             )
 
     def _refuse(self, request: socket.socket) -> None:
-        try:
-            request.send(_BUSY_RESPONSE, socket.MSG_DONTWAIT)
-        except OSError:
-            pass
-        self.shutdown_request(request)
+        self._answer_and_close(request, _BUSY_RESPONSE)
         refused = self._log_refused()
         if refused:
             logger.warning(
@@ -506,6 +498,15 @@ class HubServer(ThreadedWSGIServer):
                 "are waiting for their request head (RUSTY_WS_MAX_PENDING_REQUESTS=%d)",
                 refused, self.pending.count, self.pending.limit,
             )
+
+    def _answer_and_close(self, request: socket.socket, answer: bytes) -> None:
+        """Write a refusal, as much as the socket takes without blocking (all of it: a fresh socket's buffer
+        holds it), and close, on the accept thread."""
+        try:
+            request.send(answer, socket.MSG_DONTWAIT)
+        except OSError:
+            pass
+        self.shutdown_request(request)
 
     def _accept_failed(self, exc: OSError) -> None:
         """Say that accept() has run out of a resource (rate-limited), then wait a little instead of spinning."""
