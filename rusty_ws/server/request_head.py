@@ -10,8 +10,8 @@ byte budget (``RUSTY_WS_MAX_REQUEST_HEAD_SIZE``) of ``docs/security.md``,
 "Before the upgrade"; ``_Replay`` gives back what was read past a head.
 
 Used by ``request_handler`` (``HubRequestHandler``) and ``hub_server``
-(``HubServer._upgrade_plainly``); it does no I/O of its own but the reads of
-``_HeadReader`` on the socket it is given.
+(``HubServer._upgrade_plainly``); its only I/O is the reads ``_HeadReader`` and
+``_Replay`` make on what they are given.
 """
 
 from __future__ import annotations
