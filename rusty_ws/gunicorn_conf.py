@@ -40,7 +40,7 @@ logger = logging.getLogger("rusty_ws.server")
 
 def post_worker_init(worker: Any) -> None:
     """gunicorn hook: check the thread budget, close WebSockets with 4200 on SIGTERM, freeze start-up objects."""
-    from .server.serving import freeze_startup_objects  # imported here: this module loads without Flask
+    from .server.serve import freeze_startup_objects  # imported here: this module loads without Flask
 
     freeze_startup_objects()
     state = state_of(worker.wsgi)  # None when the app is wrapped (or not a rusty_ws hub)

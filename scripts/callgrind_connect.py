@@ -58,7 +58,8 @@ def hub_main(args: argparse.Namespace) -> None:
     import logging
 
     from rusty_ws import create_app
-    from rusty_ws.server.serving import freeze_startup_objects, make_server
+    from rusty_ws.server.hub_server import make_server
+    from rusty_ws.server.serve import freeze_startup_objects
 
     logging.basicConfig(level=logging.WARNING)
     app = create_app({  # the bench's app (benchlib/run_rusty.py)
@@ -118,7 +119,7 @@ def hub_main(args: argparse.Namespace) -> None:
             break
     server.shutdown()
     server.server_close()
-    os._exit(0)  # as `rusty-ws serve` does (serving.exit_now): no wait for the connection threads
+    os._exit(0)  # as `rusty-ws serve` does (serve.exit_now): no wait for the connection threads
 
 
 def _switches_by_thread() -> dict[str, int]:
@@ -187,7 +188,7 @@ def _time_phases(app, server) -> dict:  # type: ignore[no-untyped-def]
     ``/proc/self/task/<tid>/schedstat`` (nanoseconds): what came after the
     last point (the connection, the first commands) and the kernel's share.
     """
-    from rusty_ws.server.serving import HubRequestHandler
+    from rusty_ws.server.request_handler import HubRequestHandler
     from rusty_ws.server.state import state_of
 
     threads: dict[int, list[tuple[str, float]]] = {}

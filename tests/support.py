@@ -36,7 +36,8 @@ from flask import Flask
 from rusty_ws import WsClient, create_app
 from rusty_ws.protocol import encode_ping
 from rusty_ws.server.hub import Hub
-from rusty_ws.server.serving import HubServer, make_server, stop
+from rusty_ws.server.hub_server import HubServer, make_server
+from rusty_ws.server.serve import stop
 from rusty_ws.server.state import state_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -38,7 +38,7 @@ from rusty_ws.config import config_from_environ
 from rusty_ws.protocol import encode_ping, encode_publish, encode_subscribe
 from rusty_ws.server import limits
 from rusty_ws.server.cli import serve_command
-from rusty_ws.server.serving import stop
+from rusty_ws.server.serve import stop
 from rusty_ws.server.state import state_of
 from support import WAIT, free_port, running_server
 from tls_proxy import make_certificate

@@ -13,7 +13,11 @@
 - ``redaction``: the logging filter that keeps tokens out of log lines.
 - ``registry``: who is subscribed to what.
 - ``writer``: every write to the hub's sockets.
-- ``serving``: the threaded werkzeug server behind ``rusty-ws serve``, and its bounds before the upgrade.
+- ``hub_server``: the threaded werkzeug server behind ``rusty-ws serve``: its accept loop and bounds before the upgrade.
+- ``request_handler``: its request handler, on each request's thread; ``request_head``: reading a request head.
+- ``pacing``: the ``Retry-After`` of a WebSocket handshake the accept loop turns away.
+- ``serve``: the hub as a process: serve until a signal, stop (4200), exit.
+- ``serving``: the names these five replaced, for code that imports them from there.
 - ``cli``: the click commands of ``rusty-ws`` and ``flask rusty-ws``.
 
 Importing this package loads nothing; each module loads Flask only if it needs it.

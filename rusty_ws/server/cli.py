@@ -53,7 +53,7 @@ def _state() -> State:
               help="Least important log lines shown; debug adds the wire traffic and the polling's access lines.")
 def serve_command(host: str, port: int, log_level: str) -> None:
     """Run the hub until Ctrl-C or SIGTERM, then close connections cleanly."""
-    from .serving import serve
+    from .serve import serve
 
     # Before the app is made, so that what init_app logs has the same format.
     configure_logging(log_level)

@@ -4,7 +4,7 @@ Under ``flask run`` and gunicorn the view runs the connection (``Hub.serve``)
 itself, so the request lasts as long as the WebSocket: werkzeug's handler and
 environ, Flask's request context and 21 Python frames stay for the
 connection's life (docs/architecture.md, "What a connection costs"). Under
-``HubServer`` (``rusty-ws serve``, ``serving.serve``, ``make_server``) the
+``HubServer`` (``rusty-ws serve``, ``serve.serve``, ``hub_server.make_server``) the
 view hands the upgraded socket over instead (``SERVE_AFTER_KEY``) and
 returns; the request then ends at once (Flask's ``teardown_request`` and
 ``teardown_appcontext`` run, werkzeug's objects go), and the server's
@@ -28,7 +28,7 @@ The request also ran deeper on the thread's C stack than the loop does from
 the top of it: ``release_stack_below`` gives those pages back (one page of
 4 KiB a connection; Linux with glibc, a no-op elsewhere). Not after a
 handshake that ``HubServer`` served without werkzeug's handler
-(``serving.HubServer._upgrade_plainly``): that one stays above the loop's
+(``hub_server.HubServer._upgrade_plainly``): that one stays above the loop's
 deepest point (1.8 against 2.4 KiB below the thread's first frame, measured
 by painting the stack), so there is nothing to give back, and the release's
 ~39k instructions and three system calls are saved.

@@ -85,7 +85,7 @@ def _no_mark(phase: str) -> None:
 class PendingRequests:
     """Sockets accepted whose request head has not arrived yet: counted, and bounded.
 
-    The hub's own server (``serving.HubServer``) takes one when it accepts a
+    The hub's own server (``hub_server.HubServer``) takes one when it accepts a
     socket, on its accept thread, and its handler gives it back once the head
     is read, so a socket past the bound gets no thread at all. Other WSGI
     servers never take one, and ``/healthz`` then shows 0.
@@ -150,7 +150,7 @@ class Hub:
         #: Sockets of the hub's own server still waiting for their request head (``/healthz``).
         self.pending_requests = PendingRequests(settings.max_pending_requests)
         #: Handshakes a second the hub's own server finished while it had more waiting (its pacer's
-        #: measure, ``serving._Pacer``), None until measured. Written by the accept thread only (a
+        #: measure, ``pacing._Pacer``), None until measured. Written by the accept thread only (a
         #: float: no lock); ``shutdown`` reads it for the 4200's window.
         self.handshake_rate: float | None = None
         # _connections_lock guards _connections, _slots_taken, _slots_ended, _accepting and the
@@ -665,7 +665,7 @@ class Hub:
 
     @property
     def open_count(self) -> int:
-        """How many connections are open now (the accept loop's pacing reads it: ``serving.HubServer``)."""
+        """How many connections are open now (the accept loop's pacing reads it: ``hub_server.HubServer``)."""
         return len(self._connections)  # a set's len is atomic under the GIL: no lock, the accept thread never waits
 
     @property
@@ -690,7 +690,7 @@ class Hub:
         (docs/performance.md, "Reconnect storm, session 14").
         Blocks until the connections have ended or ``timeout`` has passed. Idempotent.
 
-        ``exiting``: the process ends right after (``rusty-ws serve``, ``serving.serve``),
+        ``exiting``: the process ends right after (``rusty-ws serve``, ``serve.serve``),
         so only what a client sees matters: this waits until every close frame has been
         written (at most ``timeout``) and then at most ``EXIT_GRACE`` more for the closing
         handshakes, stops the broker, and leaves the writer and the connections' threads

@@ -14,7 +14,7 @@ descriptors allow, less a reserve:
 
 The figure is never below ``MINIMUM_CONNECTIONS`` nor below half the limit, so
 a small limit still leaves a hub that works (past what the descriptors allow,
-``accept()`` fails and the hub logs it: see ``serving.py``).
+``accept()`` fails and the hub logs it: see ``hub_server.py``).
 
 Not derived: under gunicorn (its worker's ``--threads`` bound the connections,
 ``gunicorn_conf.py`` checks that rule) and in an embedding app (its server's

@@ -86,7 +86,7 @@ from ..exceptions import AuthError, ProtocolError, TokenInvalid
 from ..frames import ACCEPTED_DEFLATE, deflate_offer_to_accept
 from ..protocol import check_session, loads_strict
 from .handoff import SERVE_AFTER_KEY, AfterTheView, Upgraded
-from .serving import HEAD_ONLY_KEY, RELEASE_HEAD_KEY
+from .request_handler import HEAD_ONLY_KEY, RELEASE_HEAD_KEY
 from .throttle import client_address
 
 if TYPE_CHECKING:
@@ -390,7 +390,7 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
         True: handed over to ``HubServer`` (``handoff.py``), which runs it once the
         request has ended, and the admission's slot went with it.
         """
-        # HubServer's (serving.py): run the connection once this request has ended (handoff.py).
+        # HubServer's (hub_server.py): run the connection once this request has ended (handoff.py).
         serve_after = environ.pop(SERVE_AFTER_KEY, None)
         handed_over = False
         try:
@@ -402,7 +402,7 @@ def make_blueprint(state: "State", name: str = "rusty_ws") -> Blueprint:
             read_ahead = b"" if environ.pop(HEAD_ONLY_KEY, False) else _read_ahead(environ, sock)
             if read_ahead is None:
                 _warn_unknown_server(environ)
-            release_head = environ.pop(RELEASE_HEAD_KEY, None)  # HubRequestHandler's (serving.py)
+            release_head = environ.pop(RELEASE_HEAD_KEY, None)  # HubRequestHandler's (request_handler.py)
             if release_head is not None:
                 release_head(environ)
             if sock.gettimeout() is not None:  # (each settimeout is an ioctl, which lets go of the GIL)

@@ -37,7 +37,7 @@ if MODE == "nohiredis":
     sys.modules["hiredis"] = None  # type: ignore[assignment]  # import hiredis now fails
 
 from rusty_ws import create_app  # noqa: E402
-from rusty_ws.server.serving import serve  # noqa: E402
+from rusty_ws.server.serve import serve  # noqa: E402
 
 IMPORTED = (since_exec(), cpu())
 

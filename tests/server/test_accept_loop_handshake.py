@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from rusty_ws import create_app
-from rusty_ws.server.serving import HubServer, make_server
+from rusty_ws.server.hub_server import HubServer, make_server
 from rusty_ws.server.state import state_of
 from support import WAIT, hub_config, read_response
 

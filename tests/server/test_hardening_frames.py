@@ -40,7 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 HUB_PROCESS = """
 import json, sys
 from rusty_ws import create_app
-from rusty_ws.server.serving import make_server
+from rusty_ws.server.hub_server import make_server
 server = make_server(create_app(json.loads(sys.argv[1])), "127.0.0.1", 0)
 print(server.port, flush=True)
 server.serve_forever(poll_interval=0.05)

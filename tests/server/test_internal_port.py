@@ -18,8 +18,8 @@ import pytest
 
 from rusty_ws import create_app
 from rusty_ws.config import Settings
+from rusty_ws.server.hub_server import make_server
 from rusty_ws.server.internal import InternalServer, internal_server
-from rusty_ws.server.serving import make_server
 from rusty_ws.server.state import state_of
 from support import MS, WAIT, HubProcess, free_port, hub_config, raw_http, read_response, wait_hung_up
 

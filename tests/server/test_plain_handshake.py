@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 
 from rusty_ws.server import handoff
-from rusty_ws.server.serving import HubRequestHandler, HubServer
+from rusty_ws.server.hub_server import HubServer
+from rusty_ws.server.request_handler import HubRequestHandler
 from support import WAIT, raw_http, read_response, running_server
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()
@@ -205,7 +206,7 @@ def test_the_access_line_of_a_plain_upgrade_is_the_one_werkzeugs_handler_writes(
 
 _COLLECTOR = """
 import gc, json, sys
-from rusty_ws.server.serving import FULL_COLLECTION_THRESHOLD, freeze_startup_objects
+from rusty_ws.server.serve import FULL_COLLECTION_THRESHOLD, freeze_startup_objects
 if sys.argv[1] == "own":
     gc.set_threshold(700, 10, 7)
 freeze_startup_objects()

@@ -23,7 +23,8 @@ import time
 
 from rusty_ws import create_app
 from rusty_ws.protocol import reconnect_window
-from rusty_ws.server.serving import make_server, stop
+from rusty_ws.server.hub_server import make_server
+from rusty_ws.server.serve import stop
 from support import POLL, WAIT, HubProcess, RawSocket, client_frame, http, hub_config, parse_close, running_server
 
 CLIENTS = 300

@@ -20,15 +20,9 @@ import pytest
 
 from rusty_ws import WsClient, create_app
 from rusty_ws.config import Settings
-from rusty_ws.server import serving
-from rusty_ws.server.serving import (
-    DRAIN_FROM,
-    MAX_RETRY_AFTER,
-    MIN_PACED_RATE,
-    TURN_AWAY_COST,
-    _Pacer,
-    make_server,
-)
+from rusty_ws.server import hub_server
+from rusty_ws.server.hub_server import DRAIN_FROM, make_server
+from rusty_ws.server.pacing import MAX_RETRY_AFTER, MIN_PACED_RATE, TURN_AWAY_COST, _Pacer
 from rusty_ws.server.state import state_of
 from support import (
     FAST_CLIENT,
@@ -468,7 +462,7 @@ def test_past_the_queue_bound_a_drain_turns_away_the_newest_and_serves_the_oldes
 def test_while_what_a_drain_took_is_served_the_next_drain_waits_its_interval(monkeypatch: pytest.MonkeyPatch) -> None:
     """One drain per request served (accepting, peeking at and turning away every newcomer each time)
     left a starved hub admitting one handshake a second; between drains it now serves what it holds."""
-    monkeypatch.setattr(serving, "DRAIN_EVERY", 10 * WAIT)  # the interval does not pass by itself here
+    monkeypatch.setattr(hub_server, "DRAIN_EVERY", 10 * WAIT)  # the interval does not pass by itself here
     app = create_app(hub_config(max_accept_queue=DRAIN_FROM + 4))
     server = make_server(app, "127.0.0.1", 0)  # not serving: this test runs the accept loop's steps
     sockets = queue_up(server.port, [HANDSHAKE] * (DRAIN_FROM + 4))

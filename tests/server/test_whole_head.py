@@ -23,7 +23,7 @@ from flask import Flask, jsonify, request
 
 from rusty_ws import PubSub
 from rusty_ws.protocol import encode_ping, encode_subscribe
-from rusty_ws.server.serving import HEAD_ONLY_KEY
+from rusty_ws.server.request_handler import HEAD_ONLY_KEY
 from support import MS, WAIT, client_frame, hub_config, raw_http, read_response, running_server, wait_hung_up
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()
@@ -251,7 +251,7 @@ def test_plain_headers_answer_as_emails_parser_does() -> None:
     import http.client
     import io
 
-    from rusty_ws.server.serving import _PlainHeaders
+    from rusty_ws.server.request_head import _PlainHeaders
 
     block = (b"Host: a\r\nX-Dup: one\r\nx-dup:two\r\nX-Latin: caf\xe9\r\nX-Empty:\r\n"
              b"X-Spaces: \t padded \r\n\r\n")
