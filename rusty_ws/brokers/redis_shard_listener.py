@@ -44,10 +44,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .base import Key
+from .redis_cluster_retry import redirected_slot
 from .redis_codec import shard_channel_name, shard_control_channel
 from .redis_listener import _BARRIER, _READY, SUBSCRIBE_CHUNK, Listener
 from .redis_pushes import PushLink
-from .redis_slots import SLOTS, key_slot
+from .redis_slots import key_slot
 
 __all__ = ["ShardListener"]
 
@@ -64,22 +65,6 @@ class _Asked:
         self.subscribing = subscribing
         self.channels = channels
         self.answered = 0  # replies come channel by channel: how many did
-
-
-def refused_slot(exc: BaseException, exceptions: Any) -> int | None:
-    """The slot of a ``MOVED``/``ASK`` error reply (the command was not run), or None for any other.
-
-    hiredis gives a plain ``ResponseError`` with the whole text ("MOVED 1234 host:port");
-    redis-py's own parser a ``MovedError``/``AskError`` without the first word.
-    """
-    words = str(exc).split()
-    if isinstance(exc, (exceptions.MovedError, exceptions.AskError)) and len(words) == 2:
-        slot = words[0]
-    elif len(words) == 3 and words[0] in ("MOVED", "ASK"):
-        slot = words[1]
-    else:
-        return None
-    return int(slot) if slot.isdigit() and int(slot) < SLOTS else None
 
 
 class ShardListener(Listener):
@@ -205,7 +190,7 @@ class ShardListener(Listener):
         Raises:
             ``exc``: any other error reply, or the control channel's slot refused: reconnect.
         """
-        slot = refused_slot(exc, self.exceptions)
+        slot = redirected_slot(exc, self.exceptions)
         if slot is None or slot == key_slot(self.control):
             raise exc
         queue = self._asked.get(slot)
