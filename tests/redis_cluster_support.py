@@ -218,6 +218,26 @@ class RedisCluster:
     def masters(self) -> list[ClusterNode]:
         return [node for node in self.running() if node.role() == "master"]
 
+    def move_slot(self, slot: int, target: ClusterNode) -> None:
+        """Reshard ``slot`` to ``target`` as ``redis-cli --cluster reshard`` does: IMPORTING, MIGRATING, the
+        slot's keys MIGRATEd, then ``SETSLOT NODE`` on every master, the source first (it pushes ``sunsubscribe``
+        to its subscribers at once, while the target and the third master still give the old map)."""
+        source = self.master_of_slot(slot)
+        others = [node for node in self.masters() if node is not source and node is not target]
+        ids = {}
+        for node in (source, target, *others):
+            with contextlib.closing(node.client()) as client:
+                ids[node.address] = client.execute_command("CLUSTER MYID").decode()
+        with contextlib.closing(target.client()) as to, contextlib.closing(source.client()) as from_:
+            to.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[source.address])
+            from_.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[target.address])
+            keys = from_.execute_command("CLUSTER GETKEYSINSLOT", slot, 100_000)
+            if keys:
+                from_.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, int(WAIT * 1000), "KEYS", *keys)
+        for node in (source, target, *others):
+            with contextlib.closing(node.client()) as client:
+                client.execute_command("CLUSTER SETSLOT", slot, "NODE", ids[target.address])
+
     def node_at(self, address: str) -> ClusterNode:
         [node] = [node for node in self.nodes if node.address == address]
         return node

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis.exceptions as rex
 
-from rusty_ws.brokers.redis_cluster_retry import Kind, RetryQueue, classify
+from rusty_ws.brokers.redis_cluster_retry import Kind, RetryQueue, classify, redirected_slot
 
 
 @pytest.mark.parametrize(("reply", "expected"), [
@@ -37,6 +37,27 @@ from rusty_ws.brokers.redis_cluster_retry import Kind, RetryQueue, classify
 ])
 def test_replies_are_classified(reply: Any, expected: tuple[Kind, str]) -> None:
     assert classify(reply, rex) == expected
+
+
+@pytest.mark.parametrize(("reply", "expected"), [
+    (rex.ResponseError("MOVED 15652 127.0.0.1:7001"), 15652),
+    (rex.MovedError("0 127.0.0.1:7001"), 0),
+    (rex.ResponseError("ASK 16383 127.0.0.1:7002"), 16383),
+    (rex.AskError("12 127.0.0.1:7002"), 12),
+    # Not a redirection, or a hostile one: no slot (the listener reconnects, as for any other error).
+    (rex.ResponseError("CLUSTERDOWN The cluster is down"), None),
+    (rex.TryAgainError("Multiple keys request during rehashing of slot"), None),
+    (rex.ResponseError("MOVED 16384 127.0.0.1:7001"), None),
+    (rex.ResponseError("MOVED -1 127.0.0.1:7001"), None),
+    (rex.ResponseError("MOVED \u0661\u0662 127.0.0.1:7001"), None),  # Arabic-Indic digits: isdigit(), no slot
+    (rex.ResponseError("MOVED 1" + "0" * 5000 + " h:1"), None),
+    (rex.ResponseError("MOVED"), None),
+    (rex.ResponseError(""), None),
+    (b"MOVED 1 h:1", None),
+    (rex.ConnectionError("MOVED 1 h:1"), None),
+])
+def test_the_slot_of_a_refusal_is_read_from_either_parser_s_form(reply: Any, expected: int | None) -> None:
+    assert redirected_slot(reply, rex) == expected
 
 
 class Clock:

@@ -343,11 +343,15 @@ class RedisClusterBroker(Broker):
             self._gaps.forget(key)
 
     def _interest_changed(self, key: Key) -> None:
+        """The listener of the key's master in the map, and any other that still holds its channel (a slot that
+        moved: held until its old master pushes ``sunsubscribe``, ``redis_shard_listener.py``), reconcile it."""
         view = self._current()
-        listener = view.listeners.get(view.map.owners[session_slot(key[1])]) if view.map else None
-        if listener is not None:
-            listener.interest_changed(key)
-        # else: no master serves the slot now; the listener the next map gives it reads the registry.
+        owner = view.map.owners[session_slot(key[1])] if view.map else ""
+        channel = shard_channel_name(self.channel_prefix, *key)
+        for address, listener in view.listeners.items():
+            if address == owner or listener.listens_to(channel):
+                listener.interest_changed(key)
+        # No master serves the slot now: the listener the next map gives it reads the registry.
 
     def wait_connected(self, connected: bool = True, timeout: float = 5.0) -> bool:
         """Block until every master's listener and sender are (or not all are) connected; False on timeout."""

@@ -42,7 +42,9 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-__all__ = ["Kind", "classify", "RetryQueue", "Held"]
+from .redis_slots import SLOTS
+
+__all__ = ["Kind", "classify", "redirected_slot", "RetryQueue", "Held"]
 
 #: Seconds before a command answered ``TRYAGAIN`` is sent again (a slot's keys are moving: milliseconds).
 AGAIN_DELAY = 0.02
@@ -79,6 +81,23 @@ def classify(reply: Any, exceptions: Any) -> tuple[Kind, str]:
             words and words[0] in ("TRYAGAIN", "CLUSTERDOWN")):
         return Kind.AGAIN, ""
     return Kind.DONE, ""
+
+
+def redirected_slot(reply: Any, exceptions: Any) -> int | None:
+    """The slot a ``MOVED`` or ``ASK`` reply names (the command was not run), or None for any other reply.
+
+    For the shard listeners, whose ``SSUBSCRIBE`` a master refuses so; both parsers' forms, as ``classify``.
+    """
+    if not isinstance(reply, exceptions.ResponseError):
+        return None
+    words = str(reply).split()
+    if isinstance(reply, (exceptions.MovedError, exceptions.AskError)) and len(words) == 2:
+        slot = words[0]
+    elif len(words) == 3 and words[0] in ("MOVED", "ASK"):
+        slot = words[1]
+    else:
+        return None
+    return int(slot) if len(slot) <= 5 and slot.isascii() and slot.isdigit() and int(slot) < SLOTS else None
 
 
 class Held(NamedTuple):

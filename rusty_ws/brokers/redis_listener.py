@@ -30,7 +30,7 @@ from .redis_codec import (
     decode_envelopes,
     own_envelope_prefix,
 )
-from .redis_pushes import PushLink
+from .redis_pushes import ERROR, PushLink
 
 __all__ = ["Listener"]
 
@@ -258,7 +258,8 @@ class Listener:
     message_kind = b"message"
 
     def _dispatch(self, link: PushLink, push: list[Any]) -> None:
-        """One push: ``[message_kind, channel, data]``, ``[b"pong", data]``; any other goes to ``_on_other_push``."""
+        """One push: ``[message_kind, channel, data]``, ``[b"pong", data]``, an error reply (``[ERROR, exc]``:
+        ``_on_error_reply``); any other goes to ``_on_other_push``."""
         kind = push[0]
         if kind == self.message_kind and len(push) == 3:
             if push[1] == self.control:
@@ -267,8 +268,14 @@ class Listener:
                 self._on_delivery(push[1], push[2])
         elif kind == b"pong" and len(push) == 2:
             self._on_pong(link, push[1])
+        elif kind is ERROR:
+            self._on_error_reply(push[1])
         else:
             self._on_other_push(push)
+
+    def _on_error_reply(self, exc: BaseException) -> None:
+        """Redis refused a command: here the connection is given up (raised: reconnect, subscribe everything)."""
+        raise exc
 
     def _on_other_push(self, push: list[Any]) -> None:
         """A push neither a message nor a pong: here the (un)subscribe replies, which need nothing."""

@@ -11,6 +11,10 @@ parsed from it as a raw list (``[b"message", channel, data]``,
 connection speaks RESP3 (redis-py 8's default: pushes, and a PING's reply as a
 plain reply) or RESP2. Without hiredis the connection's own parser reads the
 pushes, one at a time.
+
+An error reply (a cluster's ``MOVED`` to an ``SSUBSCRIBE``) comes as
+``[ERROR, exception]``, in its place among the pushes: what came before it is
+still handled, and the listener decides whether it costs the connection.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ from typing import Any
 
 from . import redis_link  # its _hiredis and _pack, read when used (the tests switch hiredis off there)
 
-__all__ = ["PushLink"]
+__all__ = ["ERROR", "PushLink"]
+
+#: The kind of the push ``read`` makes of an error reply: ``[ERROR, exception]`` (no server push has a str kind).
+ERROR = "error"
 
 
 class PushLink:
@@ -82,10 +89,10 @@ class PushLink:
         """The pushes that arrived, waiting up to ``timeout`` seconds for the first; [] if none came.
 
         A reply that is no list (a PING's under RESP3, or once nothing is subscribed)
-        is given as ``[b"pong", data]``, as redis-py's ``PubSub`` does.
+        is given as ``[b"pong", data]``, as redis-py's ``PubSub`` does; an error reply
+        (``MOVED``, ...) as ``[ERROR, exception]``, in its place.
 
         Raises:
-            ResponseError: Redis answered a command with an error (``MOVED``, ...).
             ConnectionError, OSError: the connection broke.
         """
         if self._connection is None:
@@ -118,11 +125,17 @@ class PushLink:
         connection = self._connection
         if not connection.can_read(timeout=timeout):
             return []
-        # push_request: under RESP3, return a push rather than read on for a reply. Raises a ResponseError it read.
-        push = connection.read_response(disconnect_on_error=False, push_request=True)
+        # push_request: under RESP3, return a push rather than read on for a reply. Raises a ResponseError it
+        # read (whole: the connection stays in step).
+        try:
+            push = connection.read_response(disconnect_on_error=False, push_request=True)
+        except self.exceptions.ResponseError as exc:
+            return [[ERROR, exc]]
         return [push if isinstance(push, list) else self._odd(push)]
 
     def _odd(self, reply: Any) -> list[Any]:
+        if isinstance(reply, self.exceptions.ResponseError):  # hiredis gives an error reply as its instance
+            return [ERROR, reply]
         if isinstance(reply, BaseException):
             raise reply
         if isinstance(reply, bytes):

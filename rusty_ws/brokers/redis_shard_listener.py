@@ -17,17 +17,34 @@ backoff), with these differences:
   the slot map again (``on_trouble``; ``moved`` for the first two: a slot moved
   under a live master); the broker then calls ``resync``, which reconciles every
   pair (the registry's and this listener's) against the new map.
+
+The map can be wrong for a while after a move: ``SETSLOT NODE`` reaches the
+masters one by one and gossip does the rest, so the node the broker asks may
+still give the old owner, or already the new one that does not serve the slot
+yet. So ``_channels`` follows what this master said, never the map alone:
+
+- a pair the registry still wants stays subscribed here, whatever the map says,
+  until the master pushes its ``sunsubscribe`` (a map from a node not yet told of
+  the move would otherwise drop a subscription Redis still serves: what is
+  published there would be read and thrown away);
+- a ``MOVED`` (or ``ASK``) reply to an ``SSUBSCRIBE``/``SUNSUBSCRIBE`` refuses that
+  one command only: its channels are not subscribed here, the broker reads the
+  map again, and the connection stays (tearing it down lost what the master's
+  other pairs got meanwhile). The replies of each slot's commands are counted
+  (``_asked``) to tell which command a refusal answers. A refused control channel,
+  or any other error reply, still costs the connection (reconnect, new control).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from .base import Key
+from .redis_cluster_retry import redirected_slot
 from .redis_codec import shard_channel_name, shard_control_channel
 from .redis_listener import _BARRIER, _READY, SUBSCRIBE_CHUNK, Listener
 from .redis_pushes import PushLink
@@ -36,6 +53,18 @@ from .redis_slots import key_slot
 __all__ = ["ShardListener"]
 
 logger = logging.getLogger("rusty_ws.server")
+
+
+class _Asked:
+    """One ``SSUBSCRIBE`` or ``SUNSUBSCRIBE`` sent (one slot's channels), whose replies have not all come:
+    Redis answers each channel in order, or the whole command with one error."""
+
+    __slots__ = ("subscribing", "channels", "answered")
+
+    def __init__(self, subscribing: bool, channels: list[bytes]) -> None:
+        self.subscribing = subscribing
+        self.channels = channels
+        self.answered = 0  # replies come channel by channel: how many did
 
 
 class ShardListener(Listener):
@@ -50,6 +79,9 @@ class ShardListener(Listener):
         self.on_trouble = on_trouble
         self.control = b""  # chosen on each connection: a slot this master owns then
         self._resync = False  # guarded by _lock: reconcile every pair at the next chance
+        # Owned by the thread: per slot, the (un)subscribe commands sent on this connection whose replies
+        # have not all come, oldest first (``_on_error_reply`` tells which one a refusal answers).
+        self._asked: dict[int, deque[_Asked]] = {}
         self._thread.name = f"rusty_ws-redis-{self.node_id}-{address}"
 
     # ------------------------------------------------------------------ any thread
@@ -94,9 +126,10 @@ class ShardListener(Listener):
                 self._dirty.clear()  # the keys() read below sees every mark made so far
                 self._resync = False
             self._channels = {shard_channel_name(self.prefix, *key): key for key in self.keys() if self.owns(key)}
+            self._asked = {}
             self.control = shard_control_channel(self.prefix, self.control_tag(), self.node_id)
-            link.ssubscribe(self.control)
-            self._send(link.ssubscribe, self._channels)
+            self._send(link, True, [self.control])
+            self._send(link, True, self._channels)
             link.ping(_READY)  # its PONG says Redis has every subscription: then we are connected
         except self.errors as exc:
             self._troubled(exc)
@@ -113,31 +146,75 @@ class ShardListener(Listener):
         """Tell the broker; a refusal (``MOVED`` to an ``SSUBSCRIBE``) says a slot moved, the rest a lost link."""
         self.on_trouble(f"{type(exc).__name__}: {exc}", isinstance(exc, self.exceptions.ResponseError))
 
-    @staticmethod
-    def _send(command: Callable[..., Any], channels: Iterable[bytes]) -> None:
-        """One command per slot (and per ``SUBSCRIBE_CHUNK``): a cluster refuses one that spans slots."""
+    def _send(self, link: PushLink, subscribing: bool, channels: Iterable[bytes]) -> None:
+        """SSUBSCRIBE (or SUNSUBSCRIBE) ``channels``: one command per slot (and per ``SUBSCRIBE_CHUNK``), as a
+        cluster refuses one that spans slots; each noted in ``_asked`` until its replies have come."""
         by_slot: dict[int, list[bytes]] = defaultdict(list)
         for channel in channels:
             by_slot[key_slot(channel)].append(channel)
-        for group in by_slot.values():
+        command = link.ssubscribe if subscribing else link.sunsubscribe
+        for slot, group in by_slot.items():
             for start in range(0, len(group), SUBSCRIBE_CHUNK):
-                command(*group[start:start + SUBSCRIBE_CHUNK])
+                chunk = group[start:start + SUBSCRIBE_CHUNK]
+                self._asked.setdefault(slot, deque()).append(_Asked(subscribing, chunk))
+                command(*chunk)
+
+    def _answered(self, subscribing: bool, channel: bytes) -> bool:
+        """Whether this ``ssubscribe``/``sunsubscribe`` push is the next reply to the oldest command of its slot."""
+        slot = key_slot(channel)
+        queue = self._asked.get(slot)
+        if not queue:
+            return False
+        head = queue[0]
+        if head.subscribing != subscribing or head.channels[head.answered] != channel:
+            return False  # a push of the server's own (a slot that left)
+        head.answered += 1
+        if head.answered == len(head.channels):
+            queue.popleft()
+            if not queue:
+                del self._asked[slot]
+        return True
 
     message_kind = b"smessage"
 
     def _on_other_push(self, push: list[Any]) -> None:
-        """The ``sunsubscribe`` pushes (replies, and slots that moved away); the rest need nothing."""
-        if push[0] == b"sunsubscribe" and len(push) == 3 and isinstance(push[1], bytes):
-            self._on_sunsubscribe(push[1])
+        """The (s)subscribe replies (counted), and the ``sunsubscribe`` pushes of slots that moved away."""
+        kind = push[0]
+        if kind in (b"ssubscribe", b"sunsubscribe") and len(push) == 3 and isinstance(push[1], bytes):
+            if not self._answered(kind == b"ssubscribe", push[1]) and kind == b"sunsubscribe":
+                self._on_sunsubscribe(push[1])
+
+    def _on_error_reply(self, exc: BaseException) -> None:
+        """A refusal: a ``MOVED``/``ASK`` costs the refused command's channels only (see the module's docstring).
+
+        Raises:
+            ``exc``: any other error reply, or the control channel's slot refused: reconnect.
+        """
+        slot = redirected_slot(exc, self.exceptions)
+        if slot is None or slot == key_slot(self.control):
+            raise exc
+        queue = self._asked.get(slot)
+        head = queue.popleft() if queue else None
+        if queue is not None and not queue:
+            del self._asked[slot]
+        if head is None:  # (its replies were taken for pushes: rare) none of the slot's channels is served here
+            refused = [channel for channel in self._channels if key_slot(channel) == slot]
+        else:
+            refused = head.channels[head.answered:] if head.subscribing else []
+        for channel in refused:
+            self._channels.pop(channel, None)
+        logger.debug("- %s does not serve slot %d (%s): %d channel(s) not subscribed here; reading the slot map "
+                     "again", self.address, slot, exc, len(refused))
+        self.on_trouble(f"slot {slot} is not served by {self.address}: {exc}", True)
 
     def _on_sunsubscribe(self, channel: bytes) -> None:
-        """A reply to our SUNSUBSCRIBE, or a push: the server no longer serves this channel's slot."""
+        """A push: the server no longer serves this channel's slot (or a reply to a SUNSUBSCRIBE: ignored)."""
         if channel == self.control:
             self.on_trouble(f"the slot of the control channel left {self.address}", True)
             raise self.errors[0](f"the slot of {channel!r} left {self.address}")  # reconnect, with a new control tag
         key = self._channels.pop(channel, None)
         if key is None:
-            return  # the reply to one we asked for
+            return  # one we no longer hold (a SUNSUBSCRIBE of ours crossed the push)
         logger.info("%s stopped serving %r (its slot moved); reading the slot map again", self.address, channel[:200])
         self.on_trouble(f"slot {key_slot(channel)} left {self.address}", True)
 
@@ -153,18 +230,20 @@ class ShardListener(Listener):
         subscribe, unsubscribe = [], []
         if dirty:
             # Read after the marks were taken: at least as new as they are (see Listener._reconcile).
-            wanted = {key for key in self.keys(dirty) if self.owns(key)}
+            wanted = set(self.keys(dirty))
             for key in dirty:
                 channel = shard_channel_name(self.prefix, *key)
-                if key in wanted and channel not in self._channels:
-                    self._channels[channel] = key
-                    subscribe.append(channel)
-                elif key not in wanted and channel in self._channels:
+                if key in wanted:
+                    # Subscribed where the map says; one held here stays, wherever the map puts it now,
+                    # until this master pushes its sunsubscribe (the map may be a lagging node's).
+                    if channel not in self._channels and self.owns(key):
+                        self._channels[channel] = key
+                        subscribe.append(channel)
+                elif channel in self._channels:
                     del self._channels[channel]
-                    if self.owns(key):  # a slot that moved away: the server dropped it already (its push)
-                        unsubscribe.append(channel)
-            self._send(link.ssubscribe, subscribe)
-            self._send(link.sunsubscribe, unsubscribe)
+                    unsubscribe.append(channel)  # (its slot gone meanwhile: refused, nothing held: no matter)
+            self._send(link, True, subscribe)
+            self._send(link, False, unsubscribe)
         if waiters:
             batch = next(self._batch_ids)
             self._batches[batch] = waiters

@@ -17,6 +17,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from types import SimpleNamespace
 
@@ -69,6 +71,24 @@ class Gunicorn:
         if not self._listening.wait(START_WAIT):
             self.stop()
             raise AssertionError("gunicorn did not start:\n" + self.log)
+        self._wait_serving()
+
+    def _wait_serving(self) -> None:
+        """Until a worker answers a request. "Listening at:" is the master's bind; each worker loads the app
+        after it (Flask, the hub: 0.25 s here idle, 0.5 s sharing its core with a busy loop, past a client's
+        WAIT at a load average in the hundreds, where a first handshake timed out in 1 of 20 runs), and only
+        then accepts. A request sent meanwhile waits in
+        the listen backlog, so one request with a long timeout is the wait: no polling."""
+        url = f"http://127.0.0.1:{self.port}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=START_WAIT) as response:
+                response.read()
+        except urllib.error.HTTPError:
+            pass  # a worker answered (whatever it said: the test judges /healthz itself)
+        except OSError as exc:
+            self.stop()
+            raise AssertionError(f"no gunicorn worker answered {url} within {START_WAIT:.0f} s ({exc}):\n"
+                                 + self.log) from None
 
     def _read_log(self) -> None:
         assert self.process.stderr is not None

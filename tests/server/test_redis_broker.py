@@ -145,6 +145,42 @@ def test_the_listener_reads_pushes_in_either_protocol_with_or_without_hiredis(
         assert "did not confirm" not in caplog.text
 
 
+@pytest.mark.parametrize("protocol", [3, 2], ids=["resp3", "resp2"])
+@pytest.mark.parametrize("parser", ["hiredis", "plain"])
+def test_an_error_reply_is_a_push_in_its_place_and_the_link_stays_in_step(
+        redis: RedisServer, protocol: int, parser: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refusal (on a cluster: ``MOVED`` to an ``SSUBSCRIBE``) is one push ``[ERROR, exc]`` after what came
+    before it, not an exception that loses those; the replies after it are read as usual."""
+    import redis as redis_py
+
+    import rusty_ws.brokers.redis_link as link_module
+    from rusty_ws.brokers.redis_pushes import ERROR, PushLink
+
+    if parser == "plain":
+        monkeypatch.setattr(link_module, "_hiredis", None)
+        monkeypatch.setattr(link_module, "_pack", link_module._pack_plain)
+    else:
+        pytest.importorskip("hiredis", reason="the redis extra installs hiredis")
+    client = redis_py.Redis.from_url(f"{redis.url}?protocol={protocol}", socket_timeout=WAIT)
+    link = PushLink(client, redis_py.exceptions)
+    try:
+        link.subscribe(b"ch")
+        link.ping(b"before")
+        link.send(b"PING", b"one", b"too many")  # refused: wrong number of arguments
+        link.ping(b"after")
+        pushes: list[list[object]] = []
+        for _ in range(100):  # bounded: each read waits up to WAIT for what is not there yet
+            pushes += link.read(WAIT)
+            if len(pushes) >= 4:
+                break
+        assert [push[0] for push in pushes] == [b"subscribe", b"pong", ERROR, b"pong"], pushes
+        assert pushes[1][1] == b"before" and pushes[3][1] == b"after"
+        assert isinstance(pushes[2][1], redis_py.exceptions.ResponseError) and "arguments" in str(pushes[2][1])
+    finally:
+        link.close()
+        client.close()
+
+
 def test_server_side_publish_reaches_other_nodes(redis: RedisServer) -> None:
     with nodes(2, redis.url) as (a, b), b.connect() as client:
         client.command(encode_subscribe("OrderPlaced", "session-shop"))

@@ -25,7 +25,7 @@ from test_redis_history import ack_of
 from rusty_ws.brokers.redis_cluster import RedisClusterBroker
 from rusty_ws.brokers.redis_codec import shard_channel_name
 from rusty_ws.brokers.redis_slots import session_slot
-from rusty_ws.protocol import Ack, HistoryReply, Since, encode_history, encode_publish
+from rusty_ws.protocol import Ack, HistoryReply, Since, encode_history, encode_publish, encode_subscribe
 from support import WAIT, Client, RunningServer, http
 from support import nodes as hubs_on
 
@@ -426,3 +426,61 @@ def recv_json_delivery(client: Client) -> dict[str, Any]:
     text = client.recv()
     assert text.startswith("{"), text
     return json.loads(text)
+
+
+def test_a_stale_slot_map_after_a_move_costs_no_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Right after a move, a master not yet told of it (``SETSLOT NODE`` reaches the nodes one by one, or
+    gossip lags) answers ``CLUSTER SLOTS`` with the old map, and the hub may read it there. The listeners
+    acting on it must lose nothing: the old master's refuses the pair's ``SSUBSCRIBE`` with ``MOVED``, which
+    must not cost its connection (its other pairs' publishes meanwhile were lost), and the new master's
+    keeps the subscription Redis still serves it (what is published there was dropped unread)."""
+    import rusty_ws.brokers.redis_cluster as module
+    from rusty_ws.brokers.redis_slots import parse_cluster_slots
+
+    monkeypatch.setattr(module, "MAP_INTERVAL", 3600.0)  # the maps change on trouble only
+    moving, staying = "moving-session", "staying-session"
+    with redis_cluster(3) as cluster, hubs_on(2, cluster.url) as (a, b), a.connect() as subscriber, \
+            b.connect() as publisher:
+        source = cluster.master_of_slot(session_slot(moving))
+        assert cluster.master_of_slot(session_slot(staying)) is source, "both sessions on one master"
+        target = next(node for node in cluster.masters() if node is not source)
+        for session in (moving, staying):
+            subscriber.command(encode_subscribe("T", session))
+        with contextlib.closing(source.client()) as client:
+            old = parse_cluster_slots(client.execute_command("CLUSTER SLOTS"))
+        cluster.move_slot(session_slot(moving), target)
+        channel = shard_channel_name("rusty_ws", "T", moving)
+        wait_for(lambda: channel in target.shard_channels() and channel not in source.shard_channels(),
+                 WAIT * 3, "hub a's subscription to follow the slot")
+        wait_for(lambda: broker(a).status()["connected"], WAIT, "hub a's listeners to be connected")
+        reconnects = broker(a).status()["reconnects"]
+
+        # From now on hub a reads the old map (as from a lagging node), until released.
+        stale, reads = threading.Event(), []
+        real = broker(a)._read_map
+
+        def read_map(quiet: bool) -> Any:
+            if not stale.is_set():
+                return real(quiet)
+            reads.append(time.monotonic())
+            return old
+
+        monkeypatch.setattr(broker(a), "_read_map", read_map)
+        stale.set()
+        broker(a)._trouble(moved=True)  # what a pushed sunsubscribe does
+        # A second stale read: the first one's resync went through (the old master refused the SSUBSCRIBE).
+        wait_for(lambda: len(reads) >= 2, WAIT, "hub a to read the stale map twice")
+        for payload, session in (("after", moving), ("unmoved", staying)):
+            publisher.command(encode_publish("T", payload, session_id=session))
+            assert subscriber.recv_json()["payload"] == payload
+        assert broker(a).status()["reconnects"] == reconnects, "a refused SSUBSCRIBE cost a connection"
+        assert channel in target.shard_channels()
+
+        stale.clear()  # the lagging node learns: the next read gives the real map
+        broker(a)._trouble(moved=True)
+        owned = RedisCluster.slot_owners(target)[target.address]
+        wait_for(lambda: broker(a).status()["shards"][target.address]["slots"] == owned, WAIT, "hub a's map to heal")
+        publisher.command(encode_publish("T", "healed", session_id=moving))
+        assert subscriber.recv_json()["payload"] == "healed"
+        assert subscriber.sync() == []  # nothing twice
+        assert broker(a).status()["channels"] == 2
