@@ -495,6 +495,18 @@ def client_frame(payload: bytes, opcode: int = 0x1, fin: bool = True, mask: byte
     return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
+def subscribed_and_ponged(sock: socket.socket) -> None:
+    """The WebSocket on ``sock`` (past its 101) subscribes to ``T`` and pings: returns once the ``pong``
+    comes, with no ``error:`` before it (a raw socket's proof that its connection's loop runs)."""
+    sock.sendall(client_frame(b"subscribe:T") + client_frame(b"ping"))
+    got = b""
+    while b"pong" not in got:
+        chunk = sock.recv(4096)
+        assert chunk, got
+        got += chunk
+    assert b"error" not in got, got
+
+
 #: The RSV1 bit: set on the first frame of a message compressed with permessage-deflate.
 RSV1 = 0x40
 

@@ -20,7 +20,7 @@ import pytest
 from rusty_ws import create_app
 from rusty_ws.server.hub_server import HubServer, make_server
 from rusty_ws.server.state import state_of
-from support import WAIT, hub_config, read_response
+from support import WAIT, hub_config, read_response, subscribed_and_ponged
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()
 
@@ -28,21 +28,6 @@ KEY = base64.b64encode(b"0123456789abcdef").decode()
 def head(port: int) -> bytes:
     return (f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode("latin-1")
-
-
-def _masked(payload: bytes) -> bytes:
-    mask = b"\x01\x02\x03\x04"
-    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
-def pong_after_ping(sock: socket.socket) -> None:
-    sock.sendall(_masked(b"subscribe:T") + _masked(b"ping"))
-    got = b""
-    while b"pong" not in got:
-        chunk = sock.recv(4096)
-        assert chunk, got
-        got += chunk
-    assert b"error" not in got, got
 
 
 @pytest.fixture
@@ -77,7 +62,7 @@ def test_a_whole_plain_head_when_accepted_opens_and_gives_its_count_back(idle_se
         server.process_request(request, address)
         status, _, _ = read_response(client)
         assert status == 101
-        pong_after_ping(client)
+        subscribed_and_ponged(client)
         assert hub.counts()["connections"] == 1
         assert server.pending.count == 0
     hub.wait_connections(0, WAIT)
@@ -93,7 +78,7 @@ def test_a_head_that_had_not_come_when_accepted_goes_to_its_thread(idle_server: 
         client.sendall(head(server.port))
         status, _, _ = read_response(client)
         assert status == 101
-        pong_after_ping(client)
+        subscribed_and_ponged(client)
         assert hub.counts()["connections"] == 1
     hub.wait_connections(0, WAIT)
     assert hub.pending_requests.wait_for(0, WAIT)

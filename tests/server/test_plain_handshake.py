@@ -25,7 +25,7 @@ import pytest
 from rusty_ws.server import handoff
 from rusty_ws.server.hub_server import HubServer
 from rusty_ws.server.request_handler import HubRequestHandler
-from support import WAIT, raw_http, read_response, running_server
+from support import WAIT, raw_http, read_response, running_server, subscribed_and_ponged
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()
 
@@ -69,22 +69,6 @@ def head(port: int, path: str = "/ws", extra: str = "", version: str = "HTTP/1.1
             f"Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n").encode("latin-1")
 
 
-def subscribed(sock: socket.socket) -> None:
-    """The WebSocket on ``sock`` (past its 101) subscribes and pings, and the ``pong`` comes."""
-    sock.sendall(_masked(b"subscribe:T") + _masked(b"ping"))
-    got = b""
-    while b"pong" not in got:
-        chunk = sock.recv(4096)
-        assert chunk, got
-        got += chunk
-    assert b"error" not in got, got
-
-
-def _masked(payload: bytes) -> bytes:
-    mask = b"\x01\x02\x03\x04"
-    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
 def upgrade(port: int, data: bytes) -> tuple[int, socket.socket]:
     sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
     sock.sendall(data)
@@ -98,7 +82,7 @@ def test_a_plain_handshake_is_served_without_the_handler_and_other_requests_with
         status, sock = upgrade(server.port, head(server.port))
         try:
             assert status == 101
-            subscribed(sock)
+            subscribed_and_ponged(sock)
             assert handled == [] and released == []  # no handler, and no stack to give back
             assert server.hub.counts()["connections"] == 1
         finally:
@@ -124,7 +108,7 @@ def test_a_handshake_that_is_not_plain_goes_to_the_handler_and_still_opens(
         status, sock = upgrade(server.port, data)
         try:
             assert status == 101
-            subscribed(sock)
+            subscribed_and_ponged(sock)
             assert handled == [data]
             assert released == [1]  # through werkzeug's handler: deeper on the stack, given back
         finally:
@@ -139,7 +123,7 @@ def test_a_header_name_with_an_underscore_is_left_out_as_werkzeug_leaves_it_out(
         status, sock = upgrade(server.port, head(server.port, extra="Sec_WebSocket_Version: 8\r\n"))
         try:
             assert status == 101
-            subscribed(sock)
+            subscribed_and_ponged(sock)
             assert handled == []
         finally:
             sock.close()
