@@ -50,7 +50,7 @@ from .access import Access
 from .answers import wait_for_answer
 from .connection import Connection
 from .registry import Registry
-from .shared_streams import RUN_JOB_BYTES, SharedStreams
+from .shared_streams import SharedStreams, send_run
 from .stop_clock import StopClock
 from .writer import Outbox, Writer
 
@@ -565,7 +565,7 @@ class Hub:
         (``SharedStreams.deliver_run``: one look-up, one lock, one writer job); with
         history off (a version-4 envelope: a node's consecutive publishes of the pair),
         the same here: one look-up of the subscribers and their frames joined, one
-        writer job per ``RUN_JOB_BYTES``, so the receiving node pays a run's encoding,
+        writer job per ``RUN_JOB_BYTES`` (``send_run``), so the receiving node pays a run's encoding,
         not each delivery's road (a subscriber that joins or leaves meanwhile gets the
         whole run or none of it, as if it had come a moment earlier or later); with
         this node's own history (no broker history), each goes its own way, taking its
@@ -582,18 +582,7 @@ class Hub:
         subscribers = self.registry.subscribers(first.topic, first.session_id)
         if not subscribers:
             return
-        send = self.writer.send
-        frames: list[bytes] = []
-        size = 0
-        for delivery in deliveries:
-            frame = text_frame(delivery.encode())
-            frames.append(frame)
-            size += len(frame)
-            if size >= RUN_JOB_BYTES:
-                send(b"".join(frames), subscribers)  # type: ignore[arg-type]  # outboxes
-                frames, size = [], 0
-        if frames:
-            send(frames[0] if len(frames) == 1 else b"".join(frames), subscribers)  # type: ignore[arg-type]
+        send_run(self.writer.send, [delivery.encode() for delivery in deliveries], subscribers)
 
     def _append_and_queue_locked(self, delivery: Delivery, encoded: bytes) -> Landed:
         """Give ``delivery`` its offset, keep it, queue its frame; with ``_history_lock`` held, inside a batch."""

@@ -67,6 +67,22 @@ ANSWER_TIMEOUT = 20.0
 RUN_JOB_BYTES = 64 * 1024
 
 
+def send_run(send: Callable[[bytes, Any], Any], texts: list[bytes], subscribers: Any) -> None:
+    """Queue the text frames of ``texts`` to ``subscribers`` with ``send`` (the writer's), joined into one
+    job per ``RUN_JOB_BYTES``: a run of deliveries costs the writer a few jobs, not one per delivery."""
+    frames: list[bytes] = []
+    size = 0
+    for text in texts:
+        frame = text_frame(text)
+        frames.append(frame)
+        size += len(frame)
+        if size >= RUN_JOB_BYTES:
+            send(b"".join(frames), subscribers)
+            frames, size = [], 0
+    if frames:
+        send(frames[0] if len(frames) == 1 else b"".join(frames), subscribers)
+
+
 @dataclass
 class _CatchUp:
     """One outbox joining a pair: buffering live deliveries (``buffer``), then dropping those up to ``floor``."""
@@ -160,18 +176,7 @@ class SharedStreams:
                 for delivery in deliveries:
                     hub._send_delivery(_encoded(delivery), subscribers)
                 return
-            send = hub.writer.send
-            frames: list[bytes] = []
-            size = 0
-            for delivery in deliveries:
-                frame = text_frame(_encoded(delivery))
-                frames.append(frame)
-                size += len(frame)
-                if size >= RUN_JOB_BYTES:
-                    send(b"".join(frames), subscribers)  # type: ignore[arg-type]  # outboxes
-                    frames, size = [], 0
-            if frames:
-                send(frames[0] if len(frames) == 1 else b"".join(frames), subscribers)  # type: ignore[arg-type]
+            send_run(hub.writer.send, [_encoded(delivery) for delivery in deliveries], subscribers)
 
     def _joining_locked(self, key: Key, delivery: Delivery, data: bytes,
                         subscribers: tuple[Any, ...]) -> tuple[Any, ...]:
