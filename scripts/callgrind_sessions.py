@@ -32,7 +32,10 @@ voluntary context switches of its threads per delivery, between ``go`` and
 the last delivery (a quick check; it depends on the load, instructions do not).
 ``--history-size 0`` runs with history off; ``--switch-interval`` sets the
 hub's ``sys.setswitchinterval`` (it did not move the count: 106,041 at
-Python's 5 ms against 105,924 at 1 s). Add ``--annotate`` to ``measure``
+Python's 5 ms against 105,924 at 1 s). ``--gc SPEC`` sets the collector up as
+``rusty-ws serve`` would with SPEC as the host's thresholds (``benchlib/gc_setting.py``;
+``--gc ''``: Python's) and reports each generation's collections, their longest
+pause and the hub's RSS. Add ``--annotate`` to ``measure``
 to print ``callgrind_annotate``'s top functions of the longer run.
 """
 
@@ -98,6 +101,13 @@ def hub_main(args: argparse.Namespace) -> None:
     # The writer thread's housekeeping (closing deadlines, keepalive) runs every tick
     # (at most 1 s): pushed past the run, so its count does not depend on the run's length.
     hub.writer._tick_seconds = lambda: 3600.0  # type: ignore[method-assign]
+    pauses = None
+    if args.gc is not None:  # as `rusty-ws serve` sets it up: the host's setting, then freeze_startup_objects
+        from benchlib.gc_setting import PauseLog, apply
+        from rusty_ws.server.serve import freeze_startup_objects
+        apply(args.gc)
+        freeze_startup_objects()
+        pauses = PauseLog()
     listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
     port = listener.getsockname()[1]
     threads: list[threading.Thread] = []
@@ -133,7 +143,12 @@ def hub_main(args: argparse.Namespace) -> None:
         sock.close()
     delivered = result["delivered"]
     cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    with open("/proc/self/status") as status:
+        memory = {key: int(value.split()[0]) for key, _, value in (line.partition(":") for line in status)
+                  if key in ("VmRSS", "VmHWM")}
     result.update({
+        "rss_kib": memory.get("VmRSS"), "peak_rss_kib": memory.get("VmHWM"),
+        **({"gc": pauses.summary()} if pauses is not None else {}),
         "cpu_us_per_delivery": round(cpu * 1e6 / delivered, 2) if delivered else None,
         "switches_per_delivery": round((switches1 - switches0) / delivered, 3) if delivered else None,
     })
@@ -227,7 +242,7 @@ def measure_main(args: argparse.Namespace) -> None:
             command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
                        os.path.abspath(__file__), "hub", "--pairs", str(args.pairs), "--rounds", str(rounds),
                        "--batch", str(args.batch), "--history-size", str(args.history_size),
-                       "--switch-interval", str(args.switch_interval)]
+                       "--switch-interval", str(args.switch_interval)] + (["--gc", args.gc] if args.gc is not None else [])
             run = subprocess.run(command, capture_output=True, text=True, check=False)
             lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
             if run.returncode or not lines:
@@ -243,7 +258,8 @@ def measure_main(args: argparse.Namespace) -> None:
     print(json.dumps({"pairs": args.pairs, "batch": args.batch, "rounds": [short, long_],
                       "history_size": args.history_size, "switch_interval": args.switch_interval,
                       "totals": totals, "deliveries": deliveries,
-                      "instructions_per_delivery": round(per)}))
+                      "instructions_per_delivery": round(per), "gc_setting": args.gc,
+                      "long_run": {k: results[1].get(k) for k in ("rss_kib", "peak_rss_kib", "gc")}}))
 
 
 def main() -> None:
@@ -256,6 +272,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--switch-interval", type=float, default=0.0,
                         help="the hub's sys.setswitchinterval (0: Python's 5 ms); see the docstring")
+    parser.add_argument("--gc", metavar="SPEC",
+                        help="the hub's collector as under serve: SPEC ('' Python's, '0' off, 'A[,B[,C]]', "
+                             "benchlib/gc_setting.py) then freeze_startup_objects; reports each generation's pauses")
     parser.add_argument("--annotate", action="store_true")
     args = parser.parse_args()
     if args.role == "measure":

@@ -24,6 +24,10 @@ round and prints, per thread kind, the functions where most samples were
 (own time and with callees): a profile, proportions only.
 
     nice -n 10 .venv/bin/python scripts/xpublish_cost.py [--messages 50000] [--rounds 3] [--variants on,off]
+
+``--gc 700 20000 0`` runs each variant under each collector setting too (``0``
+off; ``benchlib/gc_setting.py``), interleaved; ``--no-gc`` is ``--gc 0``. Node 1's
+RSS at the end (and its peak) is printed with each round.
 """
 
 from __future__ import annotations
@@ -143,7 +147,9 @@ def one_round(redis: Any, env: dict[str, str], messages: int, deadline: float,
 
     kind = ServerKind("rusty_ws+redis", "rusty", os.path.join("..", os.path.basename(__file__)), "node")
     ended = tempfile.mktemp(prefix="xpublish-ended-")
-    servers = [RunningServer(kind, {**env, "RUSTY_WS_BROKER_URL": redis.url, "XPUBLISH_COST_ENDED": ended}),
+    pauses = tempfile.mktemp(prefix="xpublish-gc-")
+    servers = [RunningServer(kind, {**env, "RUSTY_WS_BROKER_URL": redis.url, "XPUBLISH_COST_ENDED": ended,
+                                    "BENCH_GC_PAUSES": pauses}),
                RunningServer(kind, {**env, "RUSTY_WS_BROKER_URL": redis.url})]
     generators: list[Generator] = []
     spy = perf = None
@@ -175,6 +181,7 @@ def one_round(redis: Any, env: dict[str, str], messages: int, deadline: float,
             subscribers, publishers = [watcher, far], [publisher]
         pid = servers[0].process.pid
         before = threads_of(pid, ended)
+        gc_before = _last_line(pauses)
         node1, node2, redis_cpu, wall = servers[0].cpu_seconds(), servers[1].cpu_seconds(), redis.cpu_seconds(), time.monotonic()
         if spy_seconds:
             spy = _start_spy(servers[SPY_NODE[0] - 1].process.pid, spy_seconds)
@@ -185,6 +192,7 @@ def one_round(redis: Any, env: dict[str, str], messages: int, deadline: float,
         sent = merge([publisher.finish(deadline) for publisher in publishers])
         got = [subscriber.finish(deadline) for subscriber in subscribers]
         after = threads_of(pid, ended)
+        gc_after = _last_line(pauses)
         counted = _finish_perf(perf, messages) if perf is not None else None
         row = {"ok": all(clean(g) for g in got) and not sent.get("failed") and sent.get("errors", 0) == 0,
                "wall_s": round(time.monotonic() - wall, 2),
@@ -193,6 +201,8 @@ def one_round(redis: Any, env: dict[str, str], messages: int, deadline: float,
                "node2_us": round((servers[1].cpu_seconds() - node2) * 1e6 / messages, 2),
                "redis_us": round((redis.cpu_seconds() - redis_cpu) * 1e6 / messages, 2)}
         row["node1_us"] = round(sum(r["us"] for r in row["node1"].values()), 2)
+        row["node1_rss_kib"], row["node1_peak_rss_kib"] = _rss_kib(pid)
+        row["node1_gc"] = _collections(gc_before, gc_after, messages)
         if spy is not None:
             row["spy"] = _finish_spy(spy)
         if counted is not None:
@@ -200,14 +210,62 @@ def one_round(redis: Any, env: dict[str, str], messages: int, deadline: float,
         return row
     finally:
         shut_down(generators, servers)
-        if os.path.exists(ended):
-            os.unlink(ended)
+        for path in (ended, pauses):
+            if os.path.exists(path):
+                os.unlink(path)
         if perf is not None and perf[0].poll() is None:
             perf[0].kill()
             perf[0].wait()
         if spy is not None and spy[0].poll() is None:
             spy[0].kill()
             spy[0].wait()
+
+
+def _last_line(path: str) -> dict[str, Any]:
+    """The collector's totals so far in node 1 (``benchlib/gc_setting.PauseLog``'s last line; none yet: {}),
+    with ``lines``: how many there are (one per collection)."""
+    if not os.path.exists(path):
+        return {"lines": 0}
+    with open(path) as lines:
+        rows = [line for line in lines if line.endswith("\n")]
+    return {**(json.loads(rows[-1]) if rows else {}), "lines": len(rows), "path": path}
+
+
+def _window(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each collection between two ``_last_line`` reads (its generation, wall and CPU ms, objects collected)."""
+    if not after.get("path"):
+        return []
+    with open(after["path"]) as lines:
+        rows = [line for line in lines if line.endswith("\n")][before["lines"]:after["lines"]]
+    return [json.loads(row)["last"] for row in rows]
+
+
+def _collections(before: dict[str, Any], after: dict[str, Any], messages: int) -> dict[str, Any]:
+    """Node 1's collections between two of its totals: count per generation, their CPU us per publish, longest."""
+    row: dict[str, Any] = {"threshold": after.get("threshold", before.get("threshold"))}
+    cpu = 0.0
+    for gen in ("gen0", "gen1", "gen2"):
+        b, a = before.get(gen, {}), after.get(gen, {})
+        row[gen] = a.get("count", 0) - b.get("count", 0)
+        cpu += a.get("cpu_s", 0.0) - b.get("cpu_s", 0.0)
+    for gen, label in ((0, "gen0"), (1, "gen1"), (2, "gen2")):
+        those = [c for c in _window(before, after) if c.get("gen") == gen]
+        row[f"{label}_max_cpu_ms"] = max((c["cpu_ms"] for c in those), default=0.0)
+        row[f"{label}_max_wall_ms"] = max((c["wall_ms"] for c in those), default=0.0)
+        row[f"{label}_collected"] = sum(c["collected"] for c in those)
+    row["cpu_us"] = round(cpu * 1e6 / messages, 3)
+    return row
+
+
+def _rss_kib(pid: int) -> tuple[int, int]:
+    """A process's resident memory now and at its highest (``VmRSS``, ``VmHWM``), KiB."""
+    values = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(value.split()[0])
+    return values.get("VmRSS", 0), values.get("VmHWM", 0)
 
 
 #: The system calls ``--syscalls`` counts per thread (``perf stat``'s tracepoints).
@@ -326,6 +384,10 @@ def main() -> None:
                         help="with --py-spy: the node to profile (2: the far subscriber's, its listener)")
     parser.add_argument("--syscalls", action="store_true",
                         help="also count node 1's system calls per thread (perf stat's tracepoints)")
+    parser.add_argument("--gc", nargs="+", default=[""], metavar="SPEC",
+                        help="the nodes' collector, each SPEC a variant of its own (interleaved): '0' off, 'A', "
+                             "'A,B' or 'A,B,C' for gc.set_threshold before serve()'s freeze (benchlib/gc_setting.py)")
+    parser.add_argument("--no-gc", action="store_true", help="the nodes' collector off (--gc 0)")
     parser.add_argument("--json", help="write the rounds here")
     if sys.argv[2:3] == ["node"]:  # a node: ``xpublish_cost.py PORT node`` (``ServerKind.command``)
         node_main(sys.argv[1])
@@ -336,28 +398,34 @@ def main() -> None:
     if args.py_spy_gil:
         SPY_GIL.append("--gil")
     SPY_NODE[0] = args.py_spy_node
-    names = args.variants.split(",")
+    settings = ["0"] if args.no_gc else args.gc
+    names = [f"{variant}@gc={gc}" if gc else variant for variant in args.variants.split(",") for gc in settings]
+    envs = {f"{variant}@gc={gc}" if gc else variant: {**VARIANTS[variant], "BENCH_GC_THRESHOLD": gc}
+            for variant in args.variants.split(",") for gc in settings}
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     redis = RedisProcess()
     try:
         for round_ in range(args.rounds):
             for name in names:  # interleaved: the load drifts alike for every variant
                 spy = args.py_spy if round_ == args.rounds - 1 else 0.0
-                row = one_round(redis, VARIANTS[name], args.messages, time.monotonic() + 300, spy, args.syscalls,
+                row = one_round(redis, envs[name], args.messages, time.monotonic() + 300, spy, args.syscalls,
                                 args.sessions)
                 row["load"] = round(os.getloadavg()[0], 1)
                 results[name].append(row)
                 parts = ", ".join(f"{kind} {spent['us']:.2f}" for kind, spent in row["node1"].items())
                 print(f"{name:4} round {round_ + 1}: node 1 {row['node1_us']:6.2f} us/publish "
                       f"({parts}; process {row['node1_process_us']:.2f}); node 2 {row['node2_us']:.2f}; "
-                      f"Redis {row['redis_us']:.2f}; {row['wall_s']} s; "
+                      f"Redis {row['redis_us']:.2f}; RSS {row['node1_rss_kib'] // 1024} MiB "
+                      f"(peak {row['node1_peak_rss_kib'] // 1024}); collections {row['node1_gc']}; {row['wall_s']} s; "
                       f"load {row['load']}{'' if row['ok'] else '; NOT CLEAN'}", flush=True)
     finally:
         redis.stop()
     print("\nbest round of each (by node 1's CPU): per publish, CPU us / voluntary / involuntary switches")
     for name, rows in results.items():
         best = min(rows, key=lambda r: r["node1_us"])
-        print(f"  {name}: node 1 {best['node1_us']:.2f} us, node 2 {best['node2_us']:.2f}, Redis {best['redis_us']:.2f}")
+        median = sorted(r["node1_us"] for r in rows)[len(rows) // 2]
+        print(f"  {name}: node 1 {best['node1_us']:.2f} us (median {median:.2f}), node 2 {best['node2_us']:.2f}, "
+              f"Redis {best['redis_us']:.2f}, RSS {best['node1_rss_kib']} KiB (peak {best['node1_peak_rss_kib']})")
         for kind, row in best["node1"].items():
             print(f"      {kind:12} {row['us']:7.2f} us  {row['vcs']:6.3f}  {row['ivcs']:6.3f}")
         for kind, calls in best.get("syscalls", {}).items():

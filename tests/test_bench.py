@@ -67,3 +67,28 @@ def test_the_callgrind_driver_runs_natively_and_loses_nothing() -> None:
     assert report["ok"] and report["delivered"] == report["expected"] == 5 * 2 * 3 * 8
     # os.times() ticks every 10 ms: a run this short may read 0 CPU, never less or missing.
     assert report["cpu_us_per_delivery"] >= 0 and report["switches_per_delivery"] >= 0
+
+
+def test_the_callgrind_driver_sets_the_collector_up_as_serve_does_and_reports_it() -> None:
+    """``--gc SPEC``: the host's thresholds first, then ``freeze_startup_objects`` (its full-collection threshold
+    unless SPEC gives a third); ``0`` turns the collector off; a malformed SPEC fails the run."""
+    def hub(spec: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, os.path.join(ROOT, "scripts", "callgrind_sessions.py"), "hub", "--pairs", "2",
+             "--rounds", "2", "--gc", spec],
+            capture_output=True, text=True, timeout=120_000 * MS, cwd=ROOT,
+        )
+
+    from rusty_ws.server.serve import FULL_COLLECTION_THRESHOLD
+    for spec, threshold, enabled in (("5000", [5000, 10, FULL_COLLECTION_THRESHOLD], True),
+                                     ("5000,20,7", [5000, 20, 7], True), ("0", None, False)):
+        result = hub(spec)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        report = json.loads(result.stdout.splitlines()[-1])
+        assert report["ok"] and report["peak_rss_kib"] >= report["rss_kib"] > 0
+        assert report["gc"]["enabled"] is enabled
+        if threshold is not None:
+            assert report["gc"]["threshold"] == threshold
+        else:
+            assert all(report["gc"][gen]["count"] == 0 for gen in ("gen0", "gen1", "gen2"))
+    assert hub("lots").returncode != 0

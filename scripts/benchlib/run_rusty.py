@@ -88,6 +88,11 @@ if __name__ == "__main__":
         watch_collections(logging.getLogger("rusty_ws.server.pacing"))
     if MODE == "sync-publish":
         publish_synchronously()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run as a script (or by runpy): benchlib's own
+    from gc_setting import PauseLog, apply
+    apply(os.environ.get("BENCH_GC_THRESHOLD", ""))  # before serve()'s freeze_startup_objects, as a host's would be
+    if os.environ.get("BENCH_GC_PAUSES"):
+        PauseLog(os.environ["BENCH_GC_PAUSES"])
     app = create_app({
         "RUSTY_WS_JWT_SECRET_KEY": "benchmark-" + "x" * 32,
         "RUSTY_WS_MAX_CONNECTIONS": 20_000,
