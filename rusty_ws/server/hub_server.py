@@ -22,7 +22,8 @@ request head as long as it takes, unseen by ``RUSTY_WS_MAX_CONNECTIONS``. Here:
   a long queue is taken whole (``HubServer._drain``, at most every ``DRAIN_EVERY``
   while what it took is served; past ``RUSTY_WS_MAX_ACCEPT_QUEUE`` the newest taken
   are turned away, ``_shed``), and a ``/healthz`` in it is answered first, on the
-  accept thread when its whole head came;
+  accept thread when its whole head came; one taken before its first bytes came is
+  watched, and answered first once they show it is a ``/healthz`` (``_look_again``);
 - when ``accept()`` fails for want of file descriptors, the accept loop logs
   one line (at most every ``LOG_EVERY`` seconds) and waits ``ACCEPT_BACKOFF``
   instead of trying again at once, which spun a core.
@@ -38,6 +39,7 @@ from __future__ import annotations
 import errno
 import logging
 import select
+import selectors
 import socket
 import sys
 import threading
@@ -98,6 +100,10 @@ DRAIN_MAX = 4096
 DRAIN_EVERY = 0.05
 #: Seconds the accept thread gives a ``/healthz`` it answers itself (``HubServer._answer_now``) to take the answer.
 ANSWER_NOW_TIMEOUT = 0.05
+#: Seconds between two looks (``HubServer._look_again``) at what a drain took before its first bytes came:
+#: each look is a system call that lets go of the interpreter lock, which, in a storm, the accept thread
+#: waits to get back; a look per request served would slow the serving down.
+LOOK_EVERY = 0.01
 
 
 class HubServer(ThreadedWSGIServer):
@@ -144,6 +150,10 @@ class HubServer(ThreadedWSGIServer):
         #: ahead of them all; the accept thread's own (it alone reads and writes it; no lock).
         self._taken: deque[tuple[socket.socket, Any]] = deque()
         self._accept_blocked = False  # the last drain's accept() failed (out of descriptors): serve, don't drain
+        #: Of ``_taken``, those whose first bytes had not come when the drain peeked (a client that
+        #: sends its request a moment after its connect): watched until they come (``_look_again``).
+        self._unseen = selectors.DefaultSelector()
+        self._next_look = 0.0  # monotonic time before which _look_again does not look
         self._judged = False  # the request being served was taken by a drain, which kept the queue's bound
         self._next_drain = 0.0  # monotonic time before which what a drain took is served without draining again
         #: WebSockets handed over by their views, by socket, until their request thread runs them (``serve_after``).
@@ -162,6 +172,7 @@ class HubServer(ThreadedWSGIServer):
         ``/healthz`` from anywhere in it first (``_drain``, at most every ``DRAIN_EVERY`` while what it
         took is served), then the others in the order they came."""
         taken = self._taken
+        self._look_again()
         if not taken:
             if self._healthz_line is None or self.accept_queue() < DRAIN_FROM:
                 self._judged = False
@@ -172,7 +183,7 @@ class HubServer(ThreadedWSGIServer):
         if not taken:
             raise BlockingIOError(errno.EAGAIN, "nothing to accept")  # socketserver drops it and selects again
         self._judged = True  # the drain kept what it holds within RUSTY_WS_MAX_ACCEPT_QUEUE (_shed)
-        return taken.popleft()
+        return self._leave(taken.popleft())
 
     def _accept(self) -> tuple[socket.socket, Any]:
         try:
@@ -188,8 +199,9 @@ class HubServer(ThreadedWSGIServer):
         As many ``accept()`` calls as ``accept_queue()`` counts, so none blocks, and at
         most ``DRAIN_MAX`` held. A ``/healthz`` whose whole head has come is answered at
         once, on this thread (``_answer_now``); one in parts goes first. A request whose
-        first bytes have not arrived yet is taken for a handshake (in a storm they have:
-        the connections waited in the queue). When ``accept()`` fails (out of
+        first bytes have not arrived yet is held in its place and watched (``_unseen``):
+        a ``/healthz`` whose client sent it a moment after its connect waited, taken for a
+        handshake, behind every one held (1.3 s, session 14, "/healthz in a storm"). When ``accept()`` fails (out of
         descriptors: logged, waited), what was taken is served before the next drain,
         which would only fail again.
         """
@@ -207,7 +219,10 @@ class HubServer(ThreadedWSGIServer):
                 start = request.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
             except OSError:
                 start = b""
-            if not self._asks_healthz(start):
+            if not start:  # nothing came yet (or EOF, or an error: the socket is readable, seen at once)
+                self._watch(request)
+                taken.append((request, address))
+            elif not self._asks_healthz(start):
                 taken.append((request, address))
             elif start.find(b"\r\n\r\n") + 4 == len(start):  # the whole head and nothing past it (no body)
                 self._answer_now(request, address)
@@ -240,7 +255,7 @@ class HubServer(ThreadedWSGIServer):
             return
         ahead = self.max_accept_queue + self.handshakes_in_flight()  # what it keeps, then the pacer's own tally
         while len(taken) > room:
-            self._turn_away(taken.pop()[0], now, ahead)
+            self._turn_away(self._leave(taken.pop())[0], now, ahead)
 
     def _answer_now(self, request: socket.socket, address: Any) -> None:
         """Serve a ``/healthz`` on the accept thread, through the app as any request, without a thread.
@@ -272,13 +287,71 @@ class HubServer(ThreadedWSGIServer):
         line = self._healthz_line
         return line is not None and start.startswith(line) and start[len(line):len(line) + 1] in (b" ", b"?")
 
+    def _watch(self, request: socket.socket) -> None:
+        try:
+            self._unseen.register(request, selectors.EVENT_READ)
+        except (OSError, ValueError):  # closed meanwhile (no descriptor): served as it is, in its place
+            pass
+
+    def _leave(self, item: tuple[socket.socket, Any]) -> tuple[socket.socket, Any]:
+        """``item``, out of ``_taken``: no longer watched (before it is served or closed, which frees its
+        descriptor for a new socket)."""
+        if self._unseen.get_map():
+            try:
+                self._unseen.unregister(item[0])
+            except (KeyError, ValueError):
+                pass
+        return item
+
+    def _look_again(self) -> None:
+        """Serve first a ``/healthz`` among what a drain took before its first bytes came, now that they have.
+
+        At most every ``LOOK_EVERY`` and only while some are watched: one ``select``
+        with no wait says which have bytes (or ended); each of those is no longer
+        watched, and is peeked at as the drain does. A ``/healthz`` whose whole head
+        came is answered now, on this thread (``_answer_now``), one in parts goes to
+        the front; anything else keeps its place.
+        """
+        unseen = self._unseen
+        if not unseen.get_map():
+            return
+        now = time.monotonic()
+        if now < self._next_look:
+            return
+        self._next_look = now + LOOK_EVERY
+        try:
+            ready = unseen.select(0)
+        except OSError:
+            return
+        for key, _ in ready:
+            request = cast("socket.socket", key.fileobj)
+            unseen.unregister(request)
+            try:
+                start = request.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except OSError:
+                continue
+            if not self._asks_healthz(start):
+                continue
+            place = next((i for i, item in enumerate(self._taken) if item[0] is request), None)
+            if place is None:
+                continue
+            item = self._taken[place]
+            del self._taken[place]
+            if start.find(b"\r\n\r\n") + 4 == len(start):  # as _drain: the whole head and nothing past it
+                self._answer_now(*item)
+            else:
+                self._taken.appendleft(item)
+
     def service_actions(self) -> None:
         """Serve what a drain took, one by one, while nothing new waits in the system's queue
         (then the loop accepts again, so a ``/healthz`` that just came goes ahead of what is left),
         or while ``accept()`` cannot take what waits there."""
         taken = self._taken
         while taken and not self._stopping.is_set() and (self._accept_blocked or self.accept_queue() == 0):
-            request, address = taken.popleft()
+            self._look_again()
+            if not taken:
+                break
+            request, address = self._leave(taken.popleft())
             if not self.verify_request(request, address):  # as socketserver serves what it accepts
                 self.shutdown_request(request)
                 continue
@@ -292,7 +365,8 @@ class HubServer(ThreadedWSGIServer):
 
     def server_close(self) -> None:
         while self._taken:  # accepted in a drain, never served: closed as the listening socket is
-            self.shutdown_request(self._taken.popleft()[0])
+            self.shutdown_request(self._leave(self._taken.popleft())[0])
+        self._unseen.close()
         super().server_close()
 
     def process_request(self, request: Any, client_address: Any) -> None:

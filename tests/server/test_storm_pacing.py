@@ -13,6 +13,7 @@ long), which is what a slow upgrade looks like to the accept loop.
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 
@@ -369,6 +370,74 @@ def test_healthz_behind_a_long_accept_queue_is_served_before_the_handshakes_ahea
         assert not server._taken
         statuses = [read_response(sock)[0] for sock in sockets[1:ahead] + sockets[ahead + 1:]]
         assert statuses == [101] * ahead, statuses
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.server_close()
+        state_of(app).hub.shutdown(WAIT)
+
+
+def test_a_healthz_a_drain_took_before_its_request_came_is_answered_before_the_handshakes_held() -> None:
+    """A client that connects, then sends ``GET /healthz`` a moment later: the drain took its socket
+    before anything came, and held it behind every handshake (1.3 s in a storm of 10,000, session 14).
+    Once its request comes, the next step answers it, ahead of all that is held."""
+    app = create_app(hub_config())
+    server = make_server(app, "127.0.0.1", 0)  # not serving: this test runs the accept loop's steps
+    ahead = DRAIN_FROM + 8
+    sockets = queue_up(server.port, [HANDSHAKE] * ahead)
+    silent = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)  # nothing sent yet
+    sockets += [silent, *queue_up(server.port, [HANDSHAKE])]
+    try:
+        assert server.accept_queue() == ahead + 2
+        server._handle_request_noblock()  # drains: the silent one held in its place, the first handshake served
+        assert read_response(sockets[0])[0] == 101
+        assert len(server._taken) == ahead + 1
+        held = server._taken[-2][0]  # the silent client's socket, as the server holds it
+        silent.sendall(HEALTHZ)
+        assert select.select([held], [], [], WAIT)[0], "the request never reached the server's socket"
+        server._next_look = 0.0  # LOOK_EVERY need not pass here
+        started = server._threads_started
+        server._handle_request_noblock()  # one step: the /healthz first, then one handshake
+        status, _, body = read_response(silent)
+        assert status == 200 and b'"connections"' in body, body
+        assert server._threads_started == started + 1  # one handshake's thread; none for the /healthz
+        assert len(server._taken) == ahead - 1  # every other one held is still there, in order
+        assert not server._unseen.get_map()  # nothing watched any more
+        assert read_response(sockets[1])[0] == 101
+        server.service_actions()
+        assert not server._taken
+        statuses = [read_response(sock)[0] for sock in sockets[2:ahead] + sockets[ahead + 1:]]
+        assert statuses == [101] * (ahead - 1), statuses
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.server_close()
+        state_of(app).hub.shutdown(WAIT)
+
+
+def test_a_socket_a_drain_took_silent_that_then_sends_a_handshake_or_closes_keeps_its_place() -> None:
+    """Watched sockets that turn out not to be a ``/healthz`` (a handshake, an EOF, garbage) are served
+    where they were, and a server closed with them watched closes them."""
+    app = create_app(hub_config())
+    server = make_server(app, "127.0.0.1", 0)
+    sockets = queue_up(server.port, [HANDSHAKE] * DRAIN_FROM)
+    silent = [socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) for _ in range(4)]
+    sockets += silent
+    try:
+        server._handle_request_noblock()  # drains all; serves the first handshake
+        assert len(server._taken) == DRAIN_FROM + 3 and len(server._unseen.get_map()) == 4
+        held = [item[0] for item in list(server._taken)[-4:]]
+        silent[0].sendall(HANDSHAKE)
+        silent[1].close()  # EOF
+        silent[2].sendall(b"GET /healthzzz HTTP/1.1\r\n\r\n")  # not /healthz
+        for sock in held[:3]:  # what each sent (or its EOF) has reached the server's socket
+            assert select.select([sock], [], [], WAIT)[0]
+        server._next_look = 0.0
+        server._handle_request_noblock()  # looks (none is /healthz: all keep their places), serves one
+        assert [item[0] for item in list(server._taken)[-4:]] == held
+        assert len(server._unseen.get_map()) == 1  # the one that sent nothing yet
+        server.server_close()  # the watched one is closed and no longer watched
+        assert not server._taken and silent[3].recv(1) == b""
     finally:
         for sock in sockets:
             sock.close()
