@@ -259,13 +259,9 @@ def _collections(before: dict[str, Any], after: dict[str, Any], messages: int) -
 
 def _rss_kib(pid: int) -> tuple[int, int]:
     """A process's resident memory now and at its highest (``VmRSS``, ``VmHWM``), KiB."""
-    values = {}
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = int(value.split()[0])
-    return values.get("VmRSS", 0), values.get("VmHWM", 0)
+    from benchlib.servers import proc_status
+    values = proc_status(pid, "VmRSS", "VmHWM")
+    return values["VmRSS"], values["VmHWM"]
 
 
 #: The system calls ``--syscalls`` counts per thread (``perf stat``'s tracepoints).

@@ -49,6 +49,17 @@ COMPRESSING = {
 }
 
 
+def proc_status(pid: int, *keys: str) -> dict[str, int]:
+    """The first number of each of ``keys`` in ``/proc/PID/status`` (``VmRSS``, ``VmHWM``: KiB), 0 if absent."""
+    values = dict.fromkeys(keys, 0)
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key in values:
+                values[key] = int(value.split()[0])
+    return values
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -95,13 +106,8 @@ class RunningServer:
 
     def stats(self) -> dict:
         """Resident memory (KiB) and thread count of the server process, from /proc."""
-        values = {}
-        with open(f"/proc/{self.process.pid}/status") as status:
-            for line in status:
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "Threads"):
-                    values[key] = int(value.split()[0])
-        return {"rss_kib": values.get("VmRSS", 0), "threads": values.get("Threads", 0)}
+        values = proc_status(self.process.pid, "VmRSS", "Threads")
+        return {"rss_kib": values["VmRSS"], "threads": values["Threads"]}
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) the server process used so far, from /proc."""

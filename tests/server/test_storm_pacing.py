@@ -13,16 +13,18 @@ long), which is what a slow upgrade looks like to the accept loop.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import threading
+from collections.abc import Iterator
 
 import pytest
 
 from rusty_ws import WsClient, create_app
 from rusty_ws.config import Settings
 from rusty_ws.server import hub_server
-from rusty_ws.server.hub_server import DRAIN_FROM, make_server
+from rusty_ws.server.hub_server import DRAIN_FROM, HubServer, make_server
 from rusty_ws.server.pacing import MAX_RETRY_AFTER, MIN_PACED_RATE, TURN_AWAY_COST, _Pacer
 from rusty_ws.server.state import state_of
 from support import (
@@ -306,12 +308,26 @@ def test_the_bounds_refuse_values_that_cannot_work(name: str, value: object) -> 
         Settings.from_config({f"RUSTY_WS_{name}": value})
 
 
+@contextlib.contextmanager
+def stepped_server(**settings: object) -> Iterator[tuple[HubServer, list[socket.socket]]]:
+    """A hub's server that does not serve (the test runs the accept loop's steps), and a list for the
+    test's client sockets; at the end the sockets and the server are closed (never served: nothing for
+    ``shutdown`` to wait for) and the hub is shut down."""
+    app = create_app(hub_config(**settings))
+    server = make_server(app, "127.0.0.1", 0)
+    sockets: list[socket.socket] = []
+    try:
+        yield server, sockets
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.server_close()
+        state_of(app).hub.shutdown(WAIT)
+
+
 def test_a_long_accept_queue_is_paced_and_healthz_in_it_is_let_through() -> None:
     """The accept queue counts (Linux ``TCP_INFO``): requests queued behind the one accepted now."""
-    app = create_app(hub_config(max_accept_queue=3))
-    server = make_server(app, "127.0.0.1", 0)  # not serving: this test accepts, one request at a time
-    sockets = []
-    try:
+    with stepped_server(max_accept_queue=3) as (server, sockets):  # this test accepts, one request at a time
         for request in [HANDSHAKE, HANDSHAKE, HEALTHZ, HANDSHAKE, HANDSHAKE]:
             sock = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)
             sock.sendall(request)
@@ -326,11 +342,6 @@ def test_a_long_accept_queue_is_paced_and_healthz_in_it_is_let_through() -> None
         statuses = [read_response(sock)[0] for sock in sockets[:4]]
         assert statuses == [503, 503, 200, 101], statuses
         assert server._threads_started == started + 2
-    finally:
-        for sock in sockets:
-            sock.close()
-        server.server_close()  # never served: nothing for shutdown() to wait for
-        state_of(app).hub.shutdown(WAIT)
 
 
 def queue_up(port: int, requests: list[bytes]) -> list[socket.socket]:
@@ -345,11 +356,9 @@ def queue_up(port: int, requests: list[bytes]) -> list[socket.socket]:
 def test_healthz_behind_a_long_accept_queue_is_served_before_the_handshakes_ahead_of_it() -> None:
     """Past DRAIN_FROM queued, the accept loop takes the whole queue and serves ``/healthz`` first:
     behind thousands of handshakes (a storm) it waited seconds, one handshake a millisecond."""
-    app = create_app(hub_config())
-    server = make_server(app, "127.0.0.1", 0)  # not serving: this test runs the accept loop's steps
-    ahead = DRAIN_FROM + 8
-    sockets = queue_up(server.port, [HANDSHAKE] * ahead + [HEALTHZ, HANDSHAKE])
-    try:
+    with stepped_server() as (server, sockets):
+        ahead = DRAIN_FROM + 8
+        sockets += queue_up(server.port, [HANDSHAKE] * ahead + [HEALTHZ, HANDSHAKE])
         assert server.accept_queue() == ahead + 2
         started = server._threads_started
         # One step: the drain answers the /healthz at the queue's end itself (no thread), then the
@@ -370,24 +379,17 @@ def test_healthz_behind_a_long_accept_queue_is_served_before_the_handshakes_ahea
         assert not server._taken
         statuses = [read_response(sock)[0] for sock in sockets[1:ahead] + sockets[ahead + 1:]]
         assert statuses == [101] * ahead, statuses
-    finally:
-        for sock in sockets:
-            sock.close()
-        server.server_close()
-        state_of(app).hub.shutdown(WAIT)
 
 
 def test_a_healthz_a_drain_took_before_its_request_came_is_answered_before_the_handshakes_held() -> None:
     """A client that connects, then sends ``GET /healthz`` a moment later: the drain took its socket
     before anything came, and held it behind every handshake (1.3 s in a storm of 10,000, session 14).
     Once its request comes, the next step answers it, ahead of all that is held."""
-    app = create_app(hub_config())
-    server = make_server(app, "127.0.0.1", 0)  # not serving: this test runs the accept loop's steps
-    ahead = DRAIN_FROM + 8
-    sockets = queue_up(server.port, [HANDSHAKE] * ahead)
-    silent = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)  # nothing sent yet
-    sockets += [silent, *queue_up(server.port, [HANDSHAKE])]
-    try:
+    with stepped_server() as (server, sockets):
+        ahead = DRAIN_FROM + 8
+        sockets += queue_up(server.port, [HANDSHAKE] * ahead)
+        silent = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)  # nothing sent yet
+        sockets += [silent, *queue_up(server.port, [HANDSHAKE])]
         assert server.accept_queue() == ahead + 2
         server._handle_request_noblock()  # drains: the silent one held in its place, the first handshake served
         assert read_response(sockets[0])[0] == 101
@@ -408,22 +410,15 @@ def test_a_healthz_a_drain_took_before_its_request_came_is_answered_before_the_h
         assert not server._taken
         statuses = [read_response(sock)[0] for sock in sockets[2:ahead] + sockets[ahead + 1:]]
         assert statuses == [101] * (ahead - 1), statuses
-    finally:
-        for sock in sockets:
-            sock.close()
-        server.server_close()
-        state_of(app).hub.shutdown(WAIT)
 
 
 def test_a_socket_a_drain_took_silent_that_then_sends_a_handshake_or_closes_keeps_its_place() -> None:
     """Watched sockets that turn out not to be a ``/healthz`` (a handshake, an EOF, garbage) are served
     where they were, and a server closed with them watched closes them."""
-    app = create_app(hub_config())
-    server = make_server(app, "127.0.0.1", 0)
-    sockets = queue_up(server.port, [HANDSHAKE] * DRAIN_FROM)
-    silent = [socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) for _ in range(4)]
-    sockets += silent
-    try:
+    with stepped_server() as (server, sockets):
+        sockets += queue_up(server.port, [HANDSHAKE] * DRAIN_FROM)
+        silent = [socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) for _ in range(4)]
+        sockets += silent
         server._handle_request_noblock()  # drains all; serves the first handshake
         assert len(server._taken) == DRAIN_FROM + 3 and len(server._unseen.get_map()) == 4
         held = [item[0] for item in list(server._taken)[-4:]]
@@ -438,18 +433,11 @@ def test_a_socket_a_drain_took_silent_that_then_sends_a_handshake_or_closes_keep
         assert len(server._unseen.get_map()) == 1  # the one that sent nothing yet
         server.server_close()  # the watched one is closed and no longer watched
         assert not server._taken and silent[3].recv(1) == b""
-    finally:
-        for sock in sockets:
-            sock.close()
-        server.server_close()
-        state_of(app).hub.shutdown(WAIT)
 
 
 def test_a_short_queue_is_served_as_it_comes_and_what_a_drain_took_is_closed_with_the_server() -> None:
-    app = create_app(hub_config())
-    server = make_server(app, "127.0.0.1", 0)
-    sockets = queue_up(server.port, [HANDSHAKE, HEALTHZ])
-    try:
+    with stepped_server() as (server, sockets):
+        sockets += queue_up(server.port, [HANDSHAKE, HEALTHZ])
         server._handle_request_noblock()  # below DRAIN_FROM: plain accept() order
         assert read_response(sockets[0])[0] == 101 and not server._taken
         server._handle_request_noblock()
@@ -463,24 +451,17 @@ def test_a_short_queue_is_served_as_it_comes_and_what_a_drain_took_is_closed_wit
         assert not server._taken
         for sock in late[1:-1]:
             assert sock.recv(1) == b""  # EOF: no answer, the socket closed
-    finally:
-        for sock in sockets:
-            sock.close()
-        server.server_close()
-        state_of(app).hub.shutdown(WAIT)
 
 
 def test_the_healthz_a_drain_answers_itself_goes_through_the_app_as_any_request() -> None:
     """Answered on the accept thread, a ``/healthz`` is still the app's: a Host the app does not
     allow is refused (403) as on a request thread; one whose head came with bytes past it (a body)
     is not answered there but put first, for a thread."""
-    app = create_app(hub_config(allowed_hosts="hub.example.com"))
-    server = make_server(app, "127.0.0.1", 0)
-    bad_host = b"GET /healthz HTTP/1.1\r\nHost: evil.example\r\n\r\n"
-    good = b"GET /healthz HTTP/1.1\r\nHost: hub.example.com\r\n\r\n"
-    with_body = b"GET /healthz HTTP/1.1\r\nHost: hub.example.com\r\nContent-Length: 2\r\n\r\n{}"
-    sockets = queue_up(server.port, [HANDSHAKE] * DRAIN_FROM + [bad_host, good, with_body])
-    try:
+    with stepped_server(allowed_hosts="hub.example.com") as (server, sockets):
+        bad_host = b"GET /healthz HTTP/1.1\r\nHost: evil.example\r\n\r\n"
+        good = b"GET /healthz HTTP/1.1\r\nHost: hub.example.com\r\n\r\n"
+        with_body = b"GET /healthz HTTP/1.1\r\nHost: hub.example.com\r\nContent-Length: 2\r\n\r\n{}"
+        sockets += queue_up(server.port, [HANDSHAKE] * DRAIN_FROM + [bad_host, good, with_body])
         started = server._threads_started
         server._handle_request_noblock()  # drains: the first two answered now, the third served first
         assert read_response(sockets[DRAIN_FROM])[0] == 403
@@ -489,11 +470,6 @@ def test_the_healthz_a_drain_answers_itself_goes_through_the_app_as_any_request(
         assert read_response(sockets[DRAIN_FROM + 2])[0] == 200
         assert server._threads_started == started + 1  # the one with a body: a thread
         assert len(server._taken) == DRAIN_FROM
-    finally:
-        for sock in sockets:
-            sock.close()
-        server.server_close()
-        state_of(app).hub.shutdown(WAIT)
 
 
 def test_past_the_queue_bound_a_drain_turns_away_the_newest_and_serves_the_oldest() -> None:
@@ -502,11 +478,9 @@ def test_past_the_queue_bound_a_drain_turns_away_the_newest_and_serves_the_oldes
     every request was refused while arrivals kept the count past the bound (a storm's new hub, on a
     loaded machine, admitted none for minutes)."""
     bound = 5
-    app = create_app(hub_config(max_accept_queue=bound))
-    server = make_server(app, "127.0.0.1", 0)  # not serving: this test runs the accept loop's steps
-    queued = DRAIN_FROM + 8
-    sockets = queue_up(server.port, [HANDSHAKE] * queued + [HEALTHZ])
-    try:
+    with stepped_server(max_accept_queue=bound) as (server, sockets):
+        queued = DRAIN_FROM + 8
+        sockets += queue_up(server.port, [HANDSHAKE] * queued + [HEALTHZ])
         assert server.accept_queue() == queued + 1
         started = server._threads_started
         server._handle_request_noblock()  # drains everything, answers the /healthz, sheds, serves the oldest
@@ -521,21 +495,14 @@ def test_past_the_queue_bound_a_drain_turns_away_the_newest_and_serves_the_oldes
             status, headers, _ = read_response(sock)
             assert status == 503 and 1 <= int(headers["retry-after"]) <= MAX_RETRY_AFTER
         assert server._threads_started == started + bound  # a thread each for the kept, none for the shed
-    finally:
-        for sock in sockets:
-            sock.close()
-        server.server_close()
-        state_of(app).hub.shutdown(WAIT)
 
 
 def test_while_what_a_drain_took_is_served_the_next_drain_waits_its_interval(monkeypatch: pytest.MonkeyPatch) -> None:
     """One drain per request served (accepting, peeking at and turning away every newcomer each time)
     left a starved hub admitting one handshake a second; between drains it now serves what it holds."""
     monkeypatch.setattr(hub_server, "DRAIN_EVERY", 10 * WAIT)  # the interval does not pass by itself here
-    app = create_app(hub_config(max_accept_queue=DRAIN_FROM + 4))
-    server = make_server(app, "127.0.0.1", 0)  # not serving: this test runs the accept loop's steps
-    sockets = queue_up(server.port, [HANDSHAKE] * (DRAIN_FROM + 4))
-    try:
+    with stepped_server(max_accept_queue=DRAIN_FROM + 4) as (server, sockets):
+        sockets += queue_up(server.port, [HANDSHAKE] * (DRAIN_FROM + 4))
         server._handle_request_noblock()  # drains all, serves the first
         assert read_response(sockets[0])[0] == 101 and len(server._taken) == DRAIN_FROM + 3
         sockets += queue_up(server.port, [HANDSHAKE] * 2)  # newcomers, while what it took waits
@@ -546,11 +513,6 @@ def test_while_what_a_drain_took_is_served_the_next_drain_waits_its_interval(mon
         server._handle_request_noblock()  # drains the two newcomers, serves the next held one
         assert read_response(sockets[2])[0] == 101
         assert server.accept_queue() == 0 and len(server._taken) == DRAIN_FROM + 3
-    finally:
-        for sock in sockets:
-            sock.close()
-        server.server_close()
-        state_of(app).hub.shutdown(WAIT)
 
 
 # --------------------------------------------------------------------------- the 4200's window
