@@ -362,28 +362,39 @@ class TestSessions:
 
 
 def test_publishes_racing_a_resume_land_exactly_once() -> None:
-    """Publishes race subscribe-json with since: replay + live is every offset once, in order."""
-    total = 1500
-    with running_server(history_size=2000) as server, server.connect() as pub:
+    """Publishes race subscribe-json with since: replay + live is every offset once, in order.
+
+    The publisher goes on, 100 at a time, until every subscriber is in (then 100 more), so the
+    subscribes race the publishes however the two threads are scheduled (a fixed 1,500 were all
+    published before the first subscribe once, on a busy machine)."""
+    most = 2000
+    with running_server(history_size=most) as server, server.connect() as pub:
         publish_numbers(pub, 10)
         epoch = server.hub.history.top(("T", "s")).epoch
         subscribers = [server.connect() for _ in range(4)]
-        started = threading.Event()
+        started, subscribed = threading.Event(), threading.Event()
+        published = [10]
 
         def publish_rest() -> None:
             started.set()
-            publish_numbers(pub, total - 10, start=11)
+            for _ in range(most // 100 - 1):
+                publish_numbers(pub, 100, start=published[0] + 1)
+                published[0] += 100
+                if subscribed.is_set():
+                    break
 
         thread = threading.Thread(target=publish_rest)
         thread.start()
-        started.wait(WAIT)
+        assert started.wait(WAIT)
         try:
             results = []
             for index, sub in enumerate(subscribers):
                 replayed, reply = subscribe_json(sub, since=Since(index, epoch))
                 results.append((index, replayed, reply))
         finally:
+            subscribed.set()
             thread.join(10 * WAIT)
+        total = published[0]
         boundaries = set()
         for (index, replayed, reply), sub in zip(results, subscribers):
             live = []
