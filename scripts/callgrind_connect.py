@@ -67,6 +67,7 @@ def hub_main(args: argparse.Namespace) -> None:
         "RUSTY_WS_MAX_CONNECTIONS": 20_000,
         "RUSTY_WS_MAX_SUBSCRIPTIONS": 100,
         "RUSTY_WS_COMPRESSION": 0,
+        **({"RUSTY_WS_PING_INTERVAL": args.ping_interval} if args.ping_interval >= 0 else {}),
     })
     if args.switch_interval:  # after create_app, which sets the stand-alone hub's (0.05 s)
         sys.setswitchinterval(args.switch_interval)
@@ -105,11 +106,16 @@ def hub_main(args: argparse.Namespace) -> None:
             usage = resource.getrusage(resource.RUSAGE_SELF)
             with open("/proc/self/statm") as statm:
                 rss_kib = int(statm.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
-            print(json.dumps({"user": usage.ru_utime, "system": usage.ru_stime, "voluntary": usage.ru_nvcsw,
-                              "involuntary": usage.ru_nivcsw, "minflt": usage.ru_minflt, "rss_kib": rss_kib,
-                              "time": time.monotonic(), "vmas": _mappings(), **collections,
-                              **_switches_by_thread(), **_cpu_by_thread()}),
-                  flush=True)
+            marked = {"user": usage.ru_utime, "system": usage.ru_stime, "voluntary": usage.ru_nvcsw,
+                      "involuntary": usage.ru_nivcsw, "minflt": usage.ru_minflt, "rss_kib": rss_kib,
+                      "time": time.monotonic(), "vmas": _mappings(), **collections,
+                      **_switches_by_thread(), **_cpu_by_thread()}
+            # What reading /proc for every thread just cost (~10-20 µs of system time each: 0.1 s and more
+            # at 10,000 threads) is the mark's own: a window starts from these (``_USAGE``), not from the above.
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            marked.update(user_end=usage.ru_utime, system_end=usage.ru_stime, voluntary_end=usage.ru_nvcsw,
+                          involuntary_end=usage.ru_nivcsw, minflt_end=usage.ru_minflt)
+            print(json.dumps(marked), flush=True)
         elif line.strip() == "zero" and profiles is not None:
             for profile in list(profiles):
                 profile.clear()
@@ -335,9 +341,17 @@ def _callgrind_control(option: str, pid: int) -> None:
     subprocess.run(["callgrind_control", option, str(pid)], capture_output=True, check=True, timeout=600)
 
 
-_DELTAS = ("user", "system", "voluntary", "involuntary", "minflt", "rss_kib", "vmas", "gen0", "gen1", "gen2",
+#: Counted from the end of the window's first mark (``*_end``) to the start of its second: a mark reads
+#: /proc for every thread, which costs more the more connections are held.
+_USAGE = ("user", "system", "voluntary", "involuntary", "minflt")
+_DELTAS = ("rss_kib", "vmas", "gen0", "gen1", "gen2",
            "gen0_s", "gen1_s", "gen2_s", "switches_accept", "switches_request_threads", "switches_other",
            "cpu_accept", "cpu_writer")
+
+
+def _deltas(before: dict, after: dict) -> dict:
+    return {**{key: after[key] - before.get(key + "_end", before[key]) for key in _USAGE},
+            **{key: after[key] - before[key] for key in _DELTAS}}
 
 
 def one_run(args: argparse.Namespace, connections: int, tmp: str) -> dict:
@@ -357,6 +371,7 @@ def windows_run(args: argparse.Namespace, targets: list[int], tmp: str) -> list[
     top = targets[-1]
     hub_command = [sys.executable, os.path.abspath(__file__), "hub", "--switch-interval", str(args.switch_interval),
                    "--gc-threshold", args.gc_threshold, "--stack-size", str(args.stack_size),
+                   "--ping-interval", str(args.ping_interval),
                    "--profile", str(args.profile)] + (["--phases"] if args.phases else []) + (
                    ["--no-stack-release"] if args.no_stack_release else [])
     out = os.path.join(tmp, f"{args.tool}.{top}")
@@ -377,13 +392,13 @@ def windows_run(args: argparse.Namespace, targets: list[int], tmp: str) -> list[
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         if _line(clients) != "ready":
             raise SystemExit("the clients did not get ready")
-        if args.tool == "callgrind":
-            _callgrind_control("--zero", started["pid"])
         if args.profile:
             _send(hub, "zero")
         for index, _ in enumerate(targets):
             _send(hub, "mark")
             before = json.loads(_line(hub))
+            if args.tool == "callgrind":  # after the mark, whose /proc reads grow with the threads held
+                _callgrind_control("--zero", started["pid"])
             perf = None
             if args.perf_dir:
                 perf = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-g", "-p", str(started["pid"]),
@@ -395,22 +410,24 @@ def windows_run(args: argparse.Namespace, targets: list[int], tmp: str) -> list[
             if perf is not None:
                 perf.send_signal(2)
                 perf.wait(120)
-            _send(hub, "mark")
-            after = json.loads(_line(hub))
             if args.tool == "callgrind":
                 _callgrind_control("--dump", started["pid"])
+            _send(hub, "mark")
+            after = json.loads(_line(hub))
             results.append((result, before, after))
         if args.close_window:  # the clients close every connection at once: what the hub spends on the ends
             _send(hub, "mark")
             before = json.loads(_line(hub))
+            if args.tool == "callgrind":
+                _callgrind_control("--zero", started["pid"])
             _send(clients, "close")
             clients.wait(120)
             _send(hub, "ended")
             ended = json.loads(_line(hub))
-            _send(hub, "mark")
-            after = json.loads(_line(hub))
             if args.tool == "callgrind":
                 _callgrind_control("--dump", started["pid"])
+            _send(hub, "mark")
+            after = json.loads(_line(hub))
             results.append(({"connections": targets[-1], "errors": 0, "closed": 0, "elapsed": after["time"] - before["time"],
                              "close": True, "threads_left": ended["threads"]}, before, after))
         if args.profile:
@@ -437,13 +454,13 @@ def windows_run(args: argparse.Namespace, targets: list[int], tmp: str) -> list[
         if result.get("close"):
             rows.append({"connections": held, "held_before": held, "closed_all": True,
                          "threads_left": result["threads_left"], "client_elapsed": round(result["elapsed"], 3),
-                         **{key: after[key] - before[key] for key in _DELTAS}})
+                         **_deltas(before, after)})
             continue
         target = targets[index]
         if result["connections"] != target or result["errors"] or result["closed"]:
             raise SystemExit(f"not every client connected and subscribed: {result}")
         row = {"connections": target - held, "held_before": held, "client_elapsed": round(result["elapsed"], 3),
-               **{key: after[key] - before[key] for key in _DELTAS}}
+               **_deltas(before, after)}
         held = target
         if args.tool == "callgrind":
             if len(dumps) <= index:
@@ -557,6 +574,8 @@ def main() -> None:
                         help="with --windows: one more window, every client closing at once, to the last thread's end")
     parser.add_argument("--perf-dir", default="",
                         help="with --windows: record each window with perf record (cpu-clock, -g) into this folder")
+    parser.add_argument("--ping-interval", type=float, default=-1,
+                        help="the hub's RUSTY_WS_PING_INTERVAL (-1: its default; 0: no pings, for a slow run under callgrind)")
     parser.add_argument("--stack-size", type=int, default=-1,
                         help="the hub's threading.stack_size() in KiB (-1: the hub's own default, 0: the system's)")
     parser.add_argument("--profile", type=int, default=0,
