@@ -76,6 +76,8 @@ def hub_main(args: argparse.Namespace) -> None:
         gc_setting = gc.disable if thresholds == [0] else (lambda: gc.set_threshold(*thresholds))
     else:
         gc_setting = None
+    if args.futex_slots >= 0:  # Linux 6.16+: the process's private futex hash (16 slots on 2 CPUs); 0: the global one
+        _set_futex_slots(args.futex_slots)
     if args.stack_size >= 0:  # KiB; 0: the system's (ulimit -s)
         threading.stack_size(args.stack_size * 1024)
     if args.no_stack_release:  # what release_stack_below costs, and what it gives back (RSS)
@@ -151,6 +153,18 @@ def _switches_by_thread() -> dict[str, int]:
         kind = "accept" if name == "accept" else "request_threads" if name.startswith(("rusty_ws-conn", "Thread-")) else "other"
         sums[f"switches_{kind}"] += count
     return sums
+
+
+def _set_futex_slots(slots: int) -> None:
+    """``prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_SET_SLOTS, slots)``, after a first thread (which sizes it)."""
+    import ctypes
+
+    started = threading.Thread(target=lambda: None)
+    started.start()
+    started.join()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(78, 1, slots, 0, 0) != 0:
+        raise SystemExit(f"prctl(PR_FUTEX_HASH) failed: errno {ctypes.get_errno()}")
 
 
 def _request_threads() -> int:
@@ -371,7 +385,7 @@ def windows_run(args: argparse.Namespace, targets: list[int], tmp: str) -> list[
     top = targets[-1]
     hub_command = [sys.executable, os.path.abspath(__file__), "hub", "--switch-interval", str(args.switch_interval),
                    "--gc-threshold", args.gc_threshold, "--stack-size", str(args.stack_size),
-                   "--ping-interval", str(args.ping_interval),
+                   "--ping-interval", str(args.ping_interval), "--futex-slots", str(args.futex_slots),
                    "--profile", str(args.profile)] + (["--phases"] if args.phases else []) + (
                    ["--no-stack-release"] if args.no_stack_release else [])
     out = os.path.join(tmp, f"{args.tool}.{top}")
@@ -576,6 +590,8 @@ def main() -> None:
                         help="with --windows: record each window with perf record (cpu-clock, -g) into this folder")
     parser.add_argument("--ping-interval", type=float, default=-1,
                         help="the hub's RUSTY_WS_PING_INTERVAL (-1: its default; 0: no pings, for a slow run under callgrind)")
+    parser.add_argument("--futex-slots", type=int, default=-1,
+                        help="the hub's private futex hash slots (Linux 6.16+; -1: the kernel's, 0: the global hash)")
     parser.add_argument("--stack-size", type=int, default=-1,
                         help="the hub's threading.stack_size() in KiB (-1: the hub's own default, 0: the system's)")
     parser.add_argument("--profile", type=int, default=0,
