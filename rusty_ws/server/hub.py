@@ -713,6 +713,7 @@ class Hub:
             # the interpreter lock while the frames were still being written (2.5-12 s of it at
             # a high load, 7 stops of 30).
             held = quiet_exit.hold(connection.sock for connection in connections)
+            mark("sockets held")
             with self.writer.batch():
                 for connection in connections:
                     connection.close(CloseCode.SERVER_RESTARTING, reason)

@@ -91,8 +91,19 @@ _TCPI_UNACKED = 24
 #: Connections in the system's accept queue past which the accept loop takes all of them at once,
 #: so that a ``/healthz`` among them is served first rather than after every handshake ahead of it.
 DRAIN_FROM = 32
-#: At most this many connections taken by drains and not yet served (each holds a descriptor).
-DRAIN_MAX = 4096
+#: At most this many connections taken by drains and not yet served (each holds a descriptor): above
+#: ``HOLD_MAX``, so that a drain can still take the system's queue (and turn its newest away) while it
+#: holds all it keeps, rather than leave it to fill the listen backlog, past which SYNs are dropped.
+DRAIN_MAX = 8192
+#: Seconds of handshakes, at the rate the pacer measured, that a drain keeps before it turns the newest away
+#: (``HubServer._hold``): a client held that long is served as soon as one told to come back would be, at no
+#: cost (a 503 costs a fifth of a handshake, and the client comes back to a full queue again), well within
+#: the clients' own handshake timeouts (10 s: ``WsClient``'s ``timeout``, ``RustyWsClient``'s). Held to
+#: RUSTY_WS_MAX_ACCEPT_QUEUE (3072) instead, a storm's new hub turned away 500-3,800 a second and admitted
+#: 800-1,000 a second doing it, against 1,400-1,900 without (docs/performance.md, "Reconnect storm, session 15").
+HOLD_SECONDS = 4.0
+#: The most a drain keeps, whatever the rate: descriptors, and the clients' wait.
+HOLD_MAX = 6144
 #: Seconds between two drains while what the last one took is being served (or as long as the
 #: last drain took, if longer: at least half the accept thread's time serves): each drain accepts,
 #: peeks at and turns away every newcomer past the queue's bound, and one drain per request served
@@ -245,17 +256,27 @@ class HubServer(ThreadedWSGIServer):
         turn instead, every request was refused while arrivals kept the count past the
         bound: on a loaded machine a storm's new hub turned away every handshake for
         minutes and admitted none (session 13, docs/performance.md). ``/healthz`` ones
-        are at the front and never shed.
+        are at the front and never shed. The bound is what the hub serves in ``HOLD_SECONDS``
+        (``_hold``), never less than ``RUSTY_WS_MAX_ACCEPT_QUEUE``.
         """
         if not self.max_accept_queue:
             return
         taken = self._taken
-        room = max(0, self.max_accept_queue - self.accept_queue())
+        hold = self._hold()
+        room = max(0, hold - self.accept_queue())
         if len(taken) <= room:
             return
-        ahead = self.max_accept_queue + self.handshakes_in_flight()  # what it keeps, then the pacer's own tally
+        ahead = hold + self.handshakes_in_flight()  # what it keeps, then the pacer's own tally
         while len(taken) > room:
-            self._turn_away(self._leave(taken.pop())[0], now, ahead)
+            self._turn_away(self._leave(taken.pop())[0], now, ahead, "shed")
+
+    def _hold(self) -> int:
+        """How many a drain keeps (held, and still in the system's queue): what the hub serves in
+        ``HOLD_SECONDS`` at the pacer's rate, at least ``RUSTY_WS_MAX_ACCEPT_QUEUE``, at most ``HOLD_MAX``.
+
+        A client turned away is told to come back when the hub has served what is ahead of it; one
+        held is served then anyway, without the 503's cost or the risk of meeting a full queue again."""
+        return max(self.max_accept_queue, min(HOLD_MAX, int(self._pacer.rate * HOLD_SECONDS)))
 
     def _answer_now(self, request: socket.socket, address: Any) -> None:
         """Serve a ``/healthz`` on the accept thread, through the app as any request, without a thread.
@@ -536,8 +557,14 @@ class HubServer(ThreadedWSGIServer):
             start = b""
         if self._asks_healthz(start):
             return False
-        self._turn_away(request, now, sum(self._load()))
+        self._turn_away(request, now, sum(self._load()), self._bound())
         return True
+
+    def _bound(self) -> str:
+        """Which bound ``_busy`` found passed, for the pacing log line."""
+        if self.max_handshakes and self.handshakes_in_flight() >= self.max_handshakes:
+            return "handshakes"
+        return "queue"
 
     def _note_rate(self, rate: float) -> None:
         """The pacer's new measure, for the hub's 4200 window (``Hub.reconnect_rate``)."""
@@ -548,11 +575,12 @@ class HubServer(ThreadedWSGIServer):
         """What the hub has ahead of a request that comes now: (waiting for the accept loop, under way)."""
         return self.waiting(), max(0, self.handshakes_in_flight())
 
-    def _turn_away(self, request: socket.socket, now: float, ahead: int) -> None:
+    def _turn_away(self, request: socket.socket, now: float, ahead: int, reason: str) -> None:
         """Answer 503 with the ``Retry-After`` the pacer says and close, on this thread, without blocking.
 
-        ``ahead``: what the hub has to get through before this client's turn (``_Pacer.retry_after``)."""
-        wait = self._pacer.retry_after(now, ahead)
+        ``ahead``: what the hub has to get through before this client's turn (``_Pacer.retry_after``);
+        ``reason``: the bound passed (the pacing log line)."""
+        wait = self._pacer.retry_after(now, ahead, reason)
         self._answer_and_close(request, _PACED_HEAD % wait + _PACED_BODY)
         paced = self._log_paced()
         if paced:
@@ -564,6 +592,7 @@ class HubServer(ThreadedWSGIServer):
             )
 
     def _refuse(self, request: socket.socket) -> None:
+        self._pacer.refused(time.monotonic())
         self._answer_and_close(request, _BUSY_RESPONSE)
         refused = self._log_refused()
         if refused:

@@ -135,7 +135,7 @@ def test_a_stand_alone_hubs_last_line_says_where_its_stop_went() -> None:
         line = hub.wait_for_line("stopped in ")
     phases = re.findall(r"([a-z0-9 ]+) \+(\d+\.\d+)s", line.split("stopped in ", 1)[1])
     assert [name.strip() for name, _ in phases] == [
-        "listener shut", "accept loop ended", "4200s queued", "4200s written", "closing handshakes",
+        "listener shut", "accept loop ended", "sockets held", "4200s queued", "4200s written", "closing handshakes",
         "broker stopped", "exit"], line
     times = [float(at) for _, at in phases]
     assert times == sorted(times), line

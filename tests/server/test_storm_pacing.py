@@ -287,9 +287,13 @@ def test_the_pacing_log_says_each_busy_second(caplog: pytest.LogCaptureFixture) 
     pacer = _Pacer(100, Load(waiting=7, under_way=3))
     pacer.admitted(5.5)
     pacer.retry_after(5.6, 10)
+    pacer.retry_after(5.6, 250, "shed")
+    pacer.refused(5.7)
     pacer.admitted(6.1)
     lines = [r.getMessage() for r in caplog.records if r.name == "rusty_ws.server.pacing"]
-    assert len(lines) == 1 and "1 admitted, 1 turned away; 7 waiting, 3 under way" in lines[0], lines
+    assert len(lines) == 1 and "1 admitted, 2 turned away; 7 waiting, 3 under way" in lines[0], lines
+    # Why each was turned away, what Retry-After each was given, and the refusals past the pending bound.
+    assert "turned away by handshakes x1, shed x1; Retry-After 1 x1, 2 x1; 1 refused (pending requests)" in lines[0]
 
 
 @pytest.mark.parametrize("name, value, expected", [
@@ -472,11 +476,13 @@ def test_the_healthz_a_drain_answers_itself_goes_through_the_app_as_any_request(
         assert len(server._taken) == DRAIN_FROM
 
 
-def test_past_the_queue_bound_a_drain_turns_away_the_newest_and_serves_the_oldest() -> None:
-    """What a drain holds past RUSTY_WS_MAX_ACCEPT_QUEUE is shed from its end (503), and what it keeps
-    is served when its turn comes, not judged again against the queue behind it: judged at its turn,
-    every request was refused while arrivals kept the count past the bound (a storm's new hub, on a
-    loaded machine, admitted none for minutes)."""
+def test_past_the_queue_bound_a_drain_turns_away_the_newest_and_serves_the_oldest(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a drain holds past its bound is shed from its end (503), and what it keeps is served when
+    its turn comes, not judged again against the queue behind it: judged at its turn, every request was
+    refused while arrivals kept the count past the bound (a storm's new hub, on a loaded machine,
+    admitted none for minutes). The bound here is RUSTY_WS_MAX_ACCEPT_QUEUE (no seconds held: below)."""
+    monkeypatch.setattr(hub_server, "HOLD_SECONDS", 0.0)
     bound = 5
     with stepped_server(max_accept_queue=bound) as (server, sockets):
         queued = DRAIN_FROM + 8
@@ -495,6 +501,33 @@ def test_past_the_queue_bound_a_drain_turns_away_the_newest_and_serves_the_oldes
             status, headers, _ = read_response(sock)
             assert status == 503 and 1 <= int(headers["retry-after"]) <= MAX_RETRY_AFTER
         assert server._threads_started == started + bound  # a thread each for the kept, none for the shed
+
+
+@pytest.mark.parametrize("rate, kept", [(1, 2 * DRAIN_FROM), (20, 80), (10**6, None)])
+def test_a_drain_keeps_what_the_hub_serves_in_the_seconds_it_holds(rate: float, kept: int | None,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drain keeps what the hub serves in HOLD_SECONDS at its rate, never less than
+    RUSTY_WS_MAX_ACCEPT_QUEUE, never more than HOLD_MAX: held to RUSTY_WS_MAX_ACCEPT_QUEUE alone, a storm's
+    new hub turned away thousands of clients it would have served within the Retry-After it gave them,
+    and admitted half what it did without turning any away (docs/performance.md, "Reconnect storm,
+    session 15")."""
+    monkeypatch.setattr(hub_server, "HOLD_SECONDS", 4.0)
+    monkeypatch.setattr(hub_server, "HOLD_MAX", 3 * DRAIN_FROM)
+    with stepped_server(max_accept_queue=2 * DRAIN_FROM) as (server, sockets):
+        server._pacer.rate = rate
+        keeps = kept if kept is not None else 3 * DRAIN_FROM  # a fast hub: HOLD_MAX
+        assert server._hold() == keeps
+        queued = 3 * DRAIN_FROM + 10
+        sockets += queue_up(server.port, [HANDSHAKE] * queued)
+        started = server._threads_started
+        server._handle_request_noblock()  # drains everything, sheds past the bound, serves the oldest
+        assert len(server._taken) == keeps - 1 and server.accept_queue() == 0
+        for sock in sockets[keeps:]:
+            status, headers, _ = read_response(sock)
+            assert status == 503 and int(headers["retry-after"]) >= 1
+        server.service_actions()
+        assert [read_response(sock)[0] for sock in sockets[:keeps]] == [101] * keeps
+        assert server._threads_started == started + keeps
 
 
 def test_while_what_a_drain_took_is_served_the_next_drain_waits_its_interval(monkeypatch: pytest.MonkeyPatch) -> None:
