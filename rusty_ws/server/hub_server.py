@@ -104,6 +104,10 @@ DRAIN_MAX = 8192
 HOLD_SECONDS = 4.0
 #: The most a drain keeps, whatever the rate: descriptors, and the clients' wait.
 HOLD_MAX = 6144
+#: Seconds of handshakes, at the rate measured since, that what earlier drains kept may amount to before
+#: its newest are turned away after all (the hold is sized from the guess until the rate is measured):
+#: short of the clients' handshake timeouts (10 s).
+HELD_LONGEST = 8.0
 #: Seconds between two drains while what the last one took is being served (or as long as the
 #: last drain took, if longer: at least half the accept thread's time serves): each drain accepts,
 #: peeks at and turns away every newcomer past the queue's bound, and one drain per request served
@@ -217,6 +221,7 @@ class HubServer(ThreadedWSGIServer):
         which would only fail again.
         """
         taken = self._taken
+        held = len(taken)  # what earlier drains kept: not turned away now unless it is past HELD_LONGEST
         health: list[tuple[socket.socket, Any]] = []
         self._accept_blocked = False
         started = time.monotonic()
@@ -241,14 +246,14 @@ class HubServer(ThreadedWSGIServer):
                 health.append((request, address))
         taken.extendleft(reversed(health))
         now = time.monotonic()
-        self._shed(now)
+        self._shed(now, held + len(health))
         # Serve for at least as long as this drain took (starved, one took a second: drained
         # again at once, nothing held was served), and at least DRAIN_EVERY.
         ended = time.monotonic()
         self._next_drain = ended + max(DRAIN_EVERY, ended - started)
 
-    def _shed(self, now: float) -> None:
-        """Turn away (503, ``Retry-After``) the newest of what the drain holds past ``RUSTY_WS_MAX_ACCEPT_QUEUE``.
+    def _shed(self, now: float, held: int = 0) -> None:
+        """Turn away (503, ``Retry-After``) the newest of what the drain holds past what it keeps (``_hold``).
 
         What waits (held here and still in the system's queue) stays within the bound,
         and the oldest are served: the queue's bound is kept here, once, and not again
@@ -258,15 +263,20 @@ class HubServer(ThreadedWSGIServer):
         minutes and admitted none (session 13, docs/performance.md). ``/healthz`` ones
         are at the front and never shed. The bound is what the hub serves in ``HOLD_SECONDS``
         (``_hold``), never less than ``RUSTY_WS_MAX_ACCEPT_QUEUE``.
+
+        ``held``: how many of ``_taken`` earlier drains kept (the oldest). They stay, even
+        if the bound has shrunk since (the rate measured lower than the guess), unless
+        they are more than the hub serves in ``HELD_LONGEST``: turned away now, a client
+        held for seconds already was sent 7-11 s further away while the hub then emptied
+        its queue and idled (3,111 of them in one second of a storm, session 15).
         """
         if not self.max_accept_queue:
             return
         taken = self._taken
-        hold = self._hold()
-        room = max(0, hold - self.accept_queue())
+        room = max(0, self._hold() - self.accept_queue(), min(held, int(self._pacer.rate * HELD_LONGEST)))
         if len(taken) <= room:
             return
-        ahead = hold + self.handshakes_in_flight()  # what it keeps, then the pacer's own tally
+        ahead = room + self.handshakes_in_flight()  # what it keeps, then the pacer's own tally
         while len(taken) > room:
             self._turn_away(self._leave(taken.pop())[0], now, ahead, "shed")
 

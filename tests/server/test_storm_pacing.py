@@ -514,6 +514,7 @@ def test_a_drain_keeps_what_the_hub_serves_in_the_seconds_it_holds(rate: float, 
     monkeypatch.setattr(hub_server, "HOLD_SECONDS", 4.0)
     monkeypatch.setattr(hub_server, "HOLD_MAX", 3 * DRAIN_FROM)
     with stepped_server(max_accept_queue=2 * DRAIN_FROM) as (server, sockets):
+        monkeypatch.setattr(server._pacer, "_tick", lambda now: None)  # the rate stays what the test sets
         server._pacer.rate = rate
         keeps = kept if kept is not None else 3 * DRAIN_FROM  # a fast hub: HOLD_MAX
         assert server._hold() == keeps
@@ -528,6 +529,40 @@ def test_a_drain_keeps_what_the_hub_serves_in_the_seconds_it_holds(rate: float, 
         server.service_actions()
         assert [read_response(sock)[0] for sock in sockets[:keeps]] == [101] * keeps
         assert server._threads_started == started + keeps
+
+
+def test_what_earlier_drains_kept_stays_when_the_rate_measured_shrinks_the_hold(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hold is sized from the guess until the rate is measured; a lower measure shrinks it, and
+    what earlier drains kept is not turned away for that (a storm's hub turned 3,111 held clients
+    away in one second, 7-11 s away, then emptied its queue and idled), unless it is more than the
+    hub serves in HELD_LONGEST. What comes after is held to the new bound."""
+    monkeypatch.setattr(hub_server, "HOLD_SECONDS", 1.0)
+    monkeypatch.setattr(hub_server, "DRAIN_EVERY", 0.0)
+    with stepped_server(max_accept_queue=DRAIN_FROM) as (server, sockets):
+        monkeypatch.setattr(server._pacer, "_tick", lambda now: None)  # the rate stays what the test sets
+        server._pacer.rate = 3 * DRAIN_FROM  # the guess: keeps 3 * DRAIN_FROM
+        first = queue_up(server.port, [HANDSHAKE] * (3 * DRAIN_FROM))
+        sockets += first
+        server._handle_request_noblock()  # drains all, keeps all, serves the oldest
+        assert len(server._taken) == 3 * DRAIN_FROM - 1
+        server._pacer.rate = DRAIN_FROM  # measured: the hold is now DRAIN_FROM
+        late = queue_up(server.port, [HANDSHAKE] * DRAIN_FROM)
+        sockets += late
+        server._next_drain = 0.0
+        server._handle_request_noblock()  # drains the late ones: they are turned away, the kept stay
+        assert len(server._taken) == 3 * DRAIN_FROM - 2
+        for sock in late:
+            assert read_response(sock)[0] == 503
+        # Past HELD_LONGEST of what the hub now serves, the newest of what was kept go too.
+        monkeypatch.setattr(hub_server, "HELD_LONGEST", 1.0)
+        sockets += queue_up(server.port, [HANDSHAKE])
+        server._next_drain = 0.0
+        server._handle_request_noblock()
+        assert len(server._taken) == DRAIN_FROM - 1
+        server.service_actions()
+        statuses = [read_response(sock)[0] for sock in first]
+        assert statuses == [101] * (DRAIN_FROM + 2) + [503] * (2 * DRAIN_FROM - 2), statuses
 
 
 def test_while_what_a_drain_took_is_served_the_next_drain_waits_its_interval(monkeypatch: pytest.MonkeyPatch) -> None:
