@@ -23,7 +23,6 @@ import itertools
 import logging
 import secrets
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -714,11 +713,6 @@ class Hub:
             # the interpreter lock while the frames were still being written (2.5-12 s of it at
             # a high load, 7 stops of 30).
             held = quiet_exit.hold(connection.sock for connection in connections)
-            # And the frames are written without letting go of the interpreter lock: a client that
-            # closes at once (EOF) wakes its thread whatever the low-water mark says, and the writing
-            # thread waited for the lock behind each of them (2 s for 10,000 on a quiet machine).
-            sys.setswitchinterval(quiet_exit.EXIT_SWITCH_INTERVAL)
-            self.writer.send_call = quiet_exit.send_holding
             mark("sockets held")
             with self.writer.batch():
                 for connection in connections:

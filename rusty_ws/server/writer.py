@@ -181,9 +181,6 @@ class Writer:
         self._ping_frame = encode_frame(OP_PING, b"")
         #: Deadlines this writer's thread runs (outside ``_flush_lock``), waking for the earliest.
         self.timers = Timers(wake=self._interrupt)
-        #: How ``_write_locked`` sends: ``socket.send``'s signature, (socket, data, flags) -> bytes sent.
-        #: An exiting hub sets ``quiet_exit.send_holding`` (``Hub.shutdown(exiting=True)``).
-        self.send_call: Callable[[socket.socket, bytes | memoryview, int], int] = socket.socket.send
 
     # ------------------------------------------------------------------ any thread
 
@@ -537,7 +534,7 @@ class Writer:
                 data = b"".join(chunks[:count])
             size = len(data)
             try:
-                sent = self.send_call(box.sock, data, _DONTWAIT)
+                sent = box.sock.send(data, _DONTWAIT)
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
