@@ -1,23 +1,38 @@
 """History in Redis: every (topic, session) stream shared by all nodes (``base.SharedHistory``).
 
 With the Redis broker and history on, a pair's stream is a Redis Stream
-(``pair_keys(...).stream``, entry ids ``{offset}-0``, fields ``d``: the
-delivery's JSON without position, ``t``: Redis's time in ms), capped at
-``RUSTY_WS_HISTORY_SIZE`` entries and ``RUSTY_WS_HISTORY_MAX_BYTES`` of
-deliveries, with a hash beside it (``.meta``: ``e`` the epoch, ``o`` the top
-offset, ``b`` an upper bound of the stream's bytes). The stream is
-``PEXPIRE``'d ``RUSTY_WS_HISTORY_TTL`` after the pair's last publish (an entry
-older than the TTL is never replayed), the hash ``META_TTL`` after its last
-publish or read: a pair idle past the TTL keeps its epoch and top. A session's
-publish ids are string keys (``publish_id_key``) that expire after
-``RUSTY_WS_IDEMPOTENCY_WINDOW``.
+(``pair_keys(...).stream``) of one entry per run of the publish script: its
+id ``{last}-0`` the run's last offset, its fields ``d``, the deliveries' JSON
+without position, and ``t``, Redis's time in ms. ``d`` is the delivery's JSON
+object for a run of one (the format of every entry before session 15), the
+JSON array of the run's k >= 2 deliveries, at offsets ``last - k + 1`` to
+``last``, for a run of several (``redis_codec.decode_stream_run``; the first
+byte tells them apart). A stream keeps the offsets from the floor ``top -
+RUSTY_WS_HISTORY_SIZE + 1`` (``XADD MINID`` drops the entries wholly below it;
+one across it stays whole and the readers drop what it holds below the floor)
+and ``RUSTY_WS_HISTORY_MAX_BYTES`` of deliveries (whole entries, newest
+first). Beside it, a hash (``.meta``: ``e`` the epoch, ``o`` the top offset,
+``b`` an upper bound of the stream's bytes).
+
+The stream is ``PEXPIRE``'d ``RUSTY_WS_HISTORY_TTL`` after the pair's last
+publish (an entry older than the TTL is never replayed), the hash ``META_TTL``
+after its last publish or read: a pair idle past the TTL keeps its epoch and
+top. A session's publish ids are string keys (``publish_id_key``) that expire
+after ``RUSTY_WS_IDEMPOTENCY_WINDOW``.
+
+Mixed versions (docs/scaling.md, "History and recovery in Redis"): a node of
+before session 15 reads an array entry as one no node wrote (dropped, logged,
+and the client told ``recovered: false``), never as other messages; its
+``XADD MAXLEN`` keeps more messages than the size, which the new readers'
+floor drops; its byte count reads ``d`` as the new script does.
 
 One Lua script (``PUBLISH_SCRIPT``, run with ``EVALSHA`` through the node's
 sender) takes n publishes of one pair, oldest first, and does atomically: the
 epoch, made if missing (a Redis restarted empty or flushed gives a new one) or
 if the keys hold data no node wrote; for each publish, its idempotency check
-(so a repeated id in one run is a repeat of the first), its offset and its
-``XADD``; the trimming; one ``PUBLISH`` of a version-5 envelope (the new
+(so a repeated id in one run is a repeat of the first) and its offset; one
+``XADD`` of the run's new publishes, trimming the stream; the byte bound; one
+``PUBLISH`` of a version-5 envelope (the new
 deliveries with their offsets, under the epoch) on the pair's channel; and
 returns each one's offset (a repeat: its first position). A publish is one ``Mergeable`` command of n = 1:
 the sender merges the consecutive ones of a pair (``merge_publishes``) and
@@ -36,7 +51,9 @@ replica that took over may lack the last writes: ``_GUARD``).
 
 Reads are a round trip on the caller's thread, through the broker's client
 pool. What Redis returns is checked like channel data: an entry no node wrote
-is dropped and logged (``redis_codec.decode_stream_entry``).
+(one whose deliveries would start below offset 1 or at an offset the entry
+before holds, bad JSON, another pair's) is dropped and logged
+(``redis_codec.decode_stream_run``, ``RedisHistory.read``).
 """
 
 from __future__ import annotations
@@ -120,6 +137,7 @@ def _scripts(publish_command: str, *, size: int, ttl_ms: int, meta_ttl_ms: int, 
     settings = {"size": size, "ttl_ms": ttl_ms, "meta_ttl_ms": meta_ttl_ms, "window_ms": window_ms, "max_bytes": max_bytes}
     if not all(type(value) is int and 0 < value <= _UNBOUNDED for value in settings.values()):
         raise ValueError(f"history settings out of range: {settings}")
+    settings["chunk"] = max(1, max_bytes // ENTRY_BYTES_SHARE)  # the most bytes of deliveries in one entry
     body = _PUBLISH_BODY.replace("{publish}", publish_command)
     for name, value in settings.items():
         body = body.replace("{" + name + "}", str(value))
@@ -152,8 +170,7 @@ _PUBLISH_BODY = """
 local epoch, reset, top, b = load()
 local ms = now_ms()
 local n = tonumber(ARGV[4])
-local size, most = {size}, {max_bytes}
-local chunk = math.max(1, math.floor(most / 8))
+local size, most, chunk = {size}, {max_bytes}, {chunk}
 local results = {reset, epoch, 0}
 local datas, seqs, ids = {}, {}, {}
 local repeats = {}  -- place, then the position first given (a string) or the new one it repeats (a number)
@@ -173,9 +190,11 @@ for i = 1, n do
     if id > 0 then given[KEYS[id]] = added end
   end
 end
+local whole = nil  -- the entry's d when it holds the whole run: the envelope's deliveries too
 local function store(base)  -- the run after offset base: its bytes stored, or the first XADD's error
   local floor = base + added - size + 1
-  local i, bytes = math.max(1, added - size + 1), 0
+  local i, bytes = 1, 0
+  if added > size then i = added - size + 1 end
   while i <= added do
     local j, length = i, #datas[i]
     while j < added and length + 1 + #datas[j + 1] <= chunk do
@@ -183,7 +202,10 @@ local function store(base)  -- the run after offset base: its bytes stored, or t
       length = length + 1 + #datas[j]
     end
     local d = datas[i]
-    if j > i then d = '[' .. table.concat(datas, ',', i, j) .. ']' end
+    if j > i then
+      d = '[' .. table.concat(datas, ',', i, j) .. ']'
+      if i == 1 and j == added then whole = d end
+    end
     local ok
     if floor > 1 then
       ok = redis.pcall('XADD', KEYS[2], 'MINID', floor, (base + j) .. '-0', 'd', d, 't', ms)
@@ -247,7 +269,8 @@ redis.call('HSET', KEYS[1], 'o', top, 'b', b)
 redis.call('PEXPIRE', KEYS[1], {meta_ttl_ms})
 redis.call('PEXPIRE', KEYS[2], {ttl_ms})
 redis.call('{publish}', ARGV[2], '{"v":5,"node":"' .. ARGV[3] .. '","epoch":"' .. epoch .. '","first":' .. first
-           .. ',"seqs":[' .. table.concat(seqs, ',') .. '],"deliveries":[' .. table.concat(datas, ',') .. ']}')
+           .. ',"seqs":[' .. table.concat(seqs, ',') .. '],"deliveries":' .. (whole or ('[' .. table.concat(datas, ',') .. ']'))
+           .. '}')
 return results
 """
 
@@ -291,6 +314,10 @@ return {epoch, redis.call('HGET', KEYS[1], 'o'), now_ms(), reset, entries}
 """
 
 
+#: An entry of the stream holds at most ``RUSTY_WS_HISTORY_MAX_BYTES`` / this many bytes of deliveries
+#: (a longer run is stored as several entries), so that the byte bound, which drops whole entries,
+#: keeps at least (this - 1) / this of it.
+ENTRY_BYTES_SHARE = 8
 #: Publishes of this node remembered while they may still come back from the channel.
 MAX_IN_FLIGHT = 100_000
 #: Most of this node's publishes kept, delivery and encoding, for when their envelope comes back
