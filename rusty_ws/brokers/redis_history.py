@@ -172,28 +172,39 @@ local ms = now_ms()
 local n = tonumber(ARGV[4])
 local size, most, chunk = {size}, {max_bytes}, {chunk}
 local results = {reset, epoch, 0}
-local datas, seqs, ids = {}, {}, {}
-local repeats = {}  -- place, then the position first given (a string) or the new one it repeats (a number)
-local given = {}  -- id key -> the new publish of this run that has it
+local datas, seqs = {}, {}
+local ids, given, repeats = nil, nil, nil  -- made only for publishes with an id (tables cost a run of one)
 local added = 0
 for i = 1, n do
   local at = 2 + 3 * i
   local id = tonumber(ARGV[at])
   local seen = false
-  if id > 0 then seen = given[KEYS[id]] or redis.call('GET', KEYS[id]) end
-  if seen then
+  if id > 0 then
+    given = given or {}  -- id key -> the new publish of this run that has it
+    seen = given[KEYS[id]] or redis.call('GET', KEYS[id])
+  end
+  if seen then  -- place, then the position first given (a string) or the new one it repeats (a number)
+    repeats = repeats or {}
     repeats[#repeats + 1] = i
     repeats[#repeats + 1] = seen
   else
     added = added + 1
-    datas[added], seqs[added], ids[added] = ARGV[at + 1], ARGV[at + 2], id
-    if id > 0 then given[KEYS[id]] = added end
+    datas[added], seqs[added] = ARGV[at + 1], ARGV[at + 2]
+    if id > 0 then
+      ids = ids or {}
+      ids[added] = id
+      given[KEYS[id]] = added
+    end
   end
 end
-local whole = nil  -- the entry's d when it holds the whole run: the envelope's deliveries too
-local function store(base)  -- the run after offset base: its bytes stored, or the first XADD's error
-  local floor = base + added - size + 1
-  local i, bytes = 1, 0
+-- The run's new publishes after offset top, in entries (the newest size, at most chunk bytes each).
+-- Only the first XADD can fail (an entry no node wrote sits past our top, or the key is no stream):
+-- then the pair starts again under a new epoch, and the run is stored once more from offset 1.
+local bytes, whole = 0, nil  -- whole: the entry's d when it holds the whole run (the envelope's deliveries too)
+for attempt = 1, 2 do
+  local failed = nil
+  local floor = top + added - size + 1
+  local i = 1
   if added > size then i = added - size + 1 end
   while i <= added do
     local j, length = i, #datas[i]
@@ -208,36 +219,36 @@ local function store(base)  -- the run after offset base: its bytes stored, or t
     end
     local ok
     if floor > 1 then
-      ok = redis.pcall('XADD', KEYS[2], 'MINID', floor, (base + j) .. '-0', 'd', d, 't', ms)
+      ok = redis.pcall('XADD', KEYS[2], 'MINID', floor, (top + j) .. '-0', 'd', d, 't', ms)
     else
-      ok = redis.pcall('XADD', KEYS[2], (base + j) .. '-0', 'd', d, 't', ms)
+      ok = redis.pcall('XADD', KEYS[2], (top + j) .. '-0', 'd', d, 't', ms)
     end
-    if type(ok) == 'table' and ok['err'] then return ok end
+    if type(ok) == 'table' and ok['err'] then
+      failed = ok
+      break
+    end
     bytes = bytes + #d
     i = j + 1
   end
-  return bytes
+  if added == 0 or not failed then break end
+  if attempt == 2 then return redis.error_reply(failed['err']) end
+  epoch, reset = fresh(), 1
+  results[1], results[2] = 1, epoch
+  top, b, bytes, whole = 0, 0, 0, nil
 end
-local bytes = 0
-if added > 0 then
-  bytes = store(top)
-  if type(bytes) == 'table' then  -- an entry no node wrote sits past our top (or the key is no stream)
-    epoch, reset = fresh(), 1
-    results[1], results[2] = 1, epoch
-    top, b = 0, 0
-    bytes = store(top)
-    if type(bytes) == 'table' then return redis.error_reply(bytes['err']) end
-  end
-  results[3] = top + 1
+if added > 0 then results[3] = top + 1 end
+if ids then
   for k = 1, added do
-    if ids[k] > 0 then redis.call('SET', KEYS[ids[k]], (top + k) .. ':' .. epoch, 'PX', {window_ms}) end
+    if ids[k] then redis.call('SET', KEYS[ids[k]], (top + k) .. ':' .. epoch, 'PX', {window_ms}) end
   end
 end
-for j = 1, #repeats, 2 do
-  local seen = repeats[j + 1]
-  if type(seen) == 'number' then seen = (top + seen) .. ':' .. epoch end
-  results[#results + 1] = repeats[j]
-  results[#results + 1] = seen
+if repeats then
+  for j = 1, #repeats, 2 do
+    local seen = repeats[j + 1]
+    if type(seen) == 'number' then seen = (top + seen) .. ':' .. epoch end
+    results[#results + 1] = repeats[j]
+    results[#results + 1] = seen
+  end
 end
 if added == 0 then  -- repeats only
   redis.call('PEXPIRE', KEYS[1], {meta_ttl_ms})
