@@ -155,8 +155,9 @@ def _scripts(publish_command: str, *, size: int, ttl_ms: int, meta_ttl_ms: int, 
 #: given ("{offset}:{epoch}", a string)}: the new ones' offsets follow each other from the first.
 #: Publishes the new ones (not the repeats) as one version-5 envelope, if any.
 #:
-#: The run's new publishes are one stream entry (see the module's docstring for the format): its id is the run's last offset, its ``d`` the delivery alone (a run of one) or the JSON
-#: array of the run's deliveries. Only the run's newest ``size`` are stored, and a run of more than
+#: The run's new publishes are one stream entry (see the module's docstring for the format): its
+#: id is the run's last offset, its ``d`` the delivery alone (a run of one) or the JSON array of
+#: the run's deliveries. Only the run's newest ``size`` are stored, and a run of more than
 #: ``max bytes`` / 8 bytes is cut into several entries (so that the byte bound, which drops whole
 #: entries, keeps at least 7/8 of it). The count bound drops the entries wholly below the floor
 #: ``top - size + 1`` (``XADD MINID``): an entry across the floor stays whole, and the readers
