@@ -155,7 +155,8 @@ def test_the_settings_are_in_the_script_and_each_configuration_has_its_own() -> 
                                                                           "max_envelope_size": None, **options})
     one, same, other = history(), history(), history(size=11)
     assert one.publish_sha == same.publish_sha != other.publish_sha
-    assert "'MAXLEN', size" in one.publish_script and "local size, most = 10, 9007199254740992" in one.publish_script
+    assert "'MINID', floor" in one.publish_script
+    assert "local size, most, chunk = 10, 9007199254740992, 1125899906842624" in one.publish_script
     assert "{" + "size}" not in other.publish_script and "ARGV[5]" not in one.publish_script
     with pytest.raises(ValueError):
         history(size=0)

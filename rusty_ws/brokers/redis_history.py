@@ -1,23 +1,38 @@
 """History in Redis: every (topic, session) stream shared by all nodes (``base.SharedHistory``).
 
 With the Redis broker and history on, a pair's stream is a Redis Stream
-(``pair_keys(...).stream``, entry ids ``{offset}-0``, fields ``d``: the
-delivery's JSON without position, ``t``: Redis's time in ms), capped at
-``RUSTY_WS_HISTORY_SIZE`` entries and ``RUSTY_WS_HISTORY_MAX_BYTES`` of
-deliveries, with a hash beside it (``.meta``: ``e`` the epoch, ``o`` the top
-offset, ``b`` an upper bound of the stream's bytes). The stream is
-``PEXPIRE``'d ``RUSTY_WS_HISTORY_TTL`` after the pair's last publish (an entry
-older than the TTL is never replayed), the hash ``META_TTL`` after its last
-publish or read: a pair idle past the TTL keeps its epoch and top. A session's
-publish ids are string keys (``publish_id_key``) that expire after
-``RUSTY_WS_IDEMPOTENCY_WINDOW``.
+(``pair_keys(...).stream``) of one entry per run of the publish script: its
+id ``{last}-0`` the run's last offset, its fields ``d``, the deliveries' JSON
+without position, and ``t``, Redis's time in ms. ``d`` is the delivery's JSON
+object for a run of one (the format of every entry before session 15), the
+JSON array of the run's k >= 2 deliveries, at offsets ``last - k + 1`` to
+``last``, for a run of several (``redis_codec.decode_stream_run``; the first
+byte tells them apart). A stream keeps the offsets from the floor ``top -
+RUSTY_WS_HISTORY_SIZE + 1`` (``XADD MINID`` drops the entries wholly below it;
+one across it stays whole and the readers drop what it holds below the floor)
+and ``RUSTY_WS_HISTORY_MAX_BYTES`` of deliveries (whole entries, newest
+first). Beside it, a hash (``.meta``: ``e`` the epoch, ``o`` the top offset,
+``b`` an upper bound of the stream's bytes).
+
+The stream is ``PEXPIRE``'d ``RUSTY_WS_HISTORY_TTL`` after the pair's last
+publish (an entry older than the TTL is never replayed), the hash ``META_TTL``
+after its last publish or read: a pair idle past the TTL keeps its epoch and
+top. A session's publish ids are string keys (``publish_id_key``) that expire
+after ``RUSTY_WS_IDEMPOTENCY_WINDOW``.
+
+Mixed versions (docs/scaling.md, "History and recovery in Redis"): a node of
+before session 15 reads an array entry as one no node wrote (dropped, logged,
+and the client told ``recovered: false``), never as other messages; its
+``XADD MAXLEN`` keeps more messages than the size, which the new readers'
+floor drops; its byte count reads ``d`` as the new script does.
 
 One Lua script (``PUBLISH_SCRIPT``, run with ``EVALSHA`` through the node's
 sender) takes n publishes of one pair, oldest first, and does atomically: the
 epoch, made if missing (a Redis restarted empty or flushed gives a new one) or
 if the keys hold data no node wrote; for each publish, its idempotency check
-(so a repeated id in one run is a repeat of the first), its offset and its
-``XADD``; the trimming; one ``PUBLISH`` of a version-5 envelope (the new
+(so a repeated id in one run is a repeat of the first) and its offset; one
+``XADD`` of the run's new publishes, trimming the stream; the byte bound; one
+``PUBLISH`` of a version-5 envelope (the new
 deliveries with their offsets, under the epoch) on the pair's channel; and
 returns each one's offset (a repeat: its first position). A publish is one ``Mergeable`` command of n = 1:
 the sender merges the consecutive ones of a pair (``merge_publishes``) and
@@ -36,7 +51,9 @@ replica that took over may lack the last writes: ``_GUARD``).
 
 Reads are a round trip on the caller's thread, through the broker's client
 pool. What Redis returns is checked like channel data: an entry no node wrote
-is dropped and logged (``redis_codec.decode_stream_entry``).
+(one whose deliveries would start below offset 1 or at an offset the entry
+before holds, bad JSON, another pair's) is dropped and logged
+(``redis_codec.decode_stream_run``, ``RedisHistory.read``).
 """
 
 from __future__ import annotations
@@ -55,7 +72,7 @@ from ..exceptions import ProtocolError
 from ..log_throttle import LogThrottle
 from ..protocol import Delivery, ErrorCode, Position
 from .base import ENCODED, HistoryUnavailable, Key, SharedHistory, Stamped, Stored
-from .redis_codec import PairKeys, decode_stream_entry, is_epoch, own_run_header, pair_keys, publish_id_key
+from .redis_codec import PairKeys, decode_stream_run, is_epoch, own_run_header, pair_keys, publish_id_key
 from .redis_sender import Mergeable
 
 __all__ = ["RedisHistory", "Route", "merge_publishes", "replays_safely"]
@@ -120,6 +137,7 @@ def _scripts(publish_command: str, *, size: int, ttl_ms: int, meta_ttl_ms: int, 
     settings = {"size": size, "ttl_ms": ttl_ms, "meta_ttl_ms": meta_ttl_ms, "window_ms": window_ms, "max_bytes": max_bytes}
     if not all(type(value) is int and 0 < value <= _UNBOUNDED for value in settings.values()):
         raise ValueError(f"history settings out of range: {settings}")
+    settings["chunk"] = max(1, max_bytes // ENTRY_BYTES_SHARE)  # the most bytes of deliveries in one entry
     body = _PUBLISH_BODY.replace("{publish}", publish_command)
     for name, value in settings.items():
         body = body.replace("{" + name + "}", str(value))
@@ -137,61 +155,107 @@ def _scripts(publish_command: str, *, size: int, ttl_ms: int, meta_ttl_ms: int, 
 #: given ("{offset}:{epoch}", a string)}: the new ones' offsets follow each other from the first.
 #: Publishes the new ones (not the repeats) as one version-5 envelope, if any.
 #:
-#: The stream is trimmed to ``size`` entries (XADD MAXLEN, or one XTRIM after several) and to ``max bytes`` of deliveries
-#: (the newest kept first). The meta's ``b`` is an upper bound of the stream's bytes (what was
-#: added since the last exact count); only when it passes ``max bytes`` are the entries counted
-#: (XREVRANGE) and the oldest that do not fit dropped (XTRIM MINID), and ``b`` made exact.
+#: The run's new publishes are one stream entry (see the module's docstring for the format): its
+#: id is the run's last offset, its ``d`` the delivery alone (a run of one) or the JSON array of
+#: the run's deliveries. Only the run's newest ``size`` are stored, and a run of more than
+#: ``max bytes`` / 8 bytes is cut into several entries (so that the byte bound, which drops whole
+#: entries, keeps at least 7/8 of it). The count bound drops the entries wholly below the floor
+#: ``top - size + 1`` (``XADD MINID``): an entry across the floor stays whole, and the readers
+#: (``READ_SCRIPT`` and ``RedisHistory.read``) drop what it holds below the floor.
+#: The byte bound: the meta's ``b`` is an upper bound of the stream's bytes (what was added since
+#: the last exact count); only when it passes ``max bytes`` are the entries counted (XREVRANGE) and
+#: the oldest that do not fit dropped (XTRIM MINID), and ``b`` made exact.
 #: The meta outlives the entries (``meta ttl``): a pair idle past the TTL keeps its epoch and top.
 _PUBLISH_BODY = """
 local epoch, reset, top, b = load()
 local ms = now_ms()
 local n = tonumber(ARGV[4])
-local size, most = {size}, {max_bytes}
-local function append(offset, data)  -- one publish: trimmed as it is added; several: trimmed once, after
-  if n == 1 then return redis.pcall('XADD', KEYS[2], 'MAXLEN', size, offset .. '-0', 'd', data, 't', ms) end
-  return redis.pcall('XADD', KEYS[2], offset .. '-0', 'd', data, 't', ms)
-end
+local size, most, chunk = {size}, {max_bytes}, {chunk}
 local results = {reset, epoch, 0}
-local seqs, datas = {}, {}
-local first = nil
+local datas, seqs = {}, {}
+local ids, given, repeats = nil, nil, nil  -- made only for publishes with an id (tables cost a run of one)
 local added = 0
-local bytes = 0
 for i = 1, n do
   local at = 2 + 3 * i
   local id = tonumber(ARGV[at])
   local seen = false
-  if id > 0 then seen = redis.call('GET', KEYS[id]) end
-  if seen then
-    results[#results + 1] = i
-    results[#results + 1] = seen
+  if id > 0 then
+    given = given or {}  -- id key -> the new publish of this run that has it
+    seen = given[KEYS[id]] or redis.call('GET', KEYS[id])
+  end
+  if seen then  -- place, then the position first given (a string) or the new one it repeats (a number)
+    repeats = repeats or {}
+    repeats[#repeats + 1] = i
+    repeats[#repeats + 1] = seen
   else
-    local data = ARGV[at + 1]
-    local offset = top + 1
-    local ok = append(offset, data)
-    if type(ok) == 'table' and ok['err'] then  -- (only a first XADD can fail) an entry no node wrote sits past our top
-      epoch, reset = fresh(), 1
-      results[1], results[2] = 1, epoch
-      offset, b = 1, 0
-      ok = append(offset, data)
-      if type(ok) == 'table' and ok['err'] then return redis.error_reply(ok['err']) end
-    end
-    top = offset
-    if added == 0 then
-      first = offset
-      results[3] = offset
-    end
     added = added + 1
-    bytes = bytes + #data
-    if id > 0 then redis.call('SET', KEYS[id], offset .. ':' .. epoch, 'PX', {window_ms}) end
-    seqs[added] = ARGV[at + 2]
-    datas[added] = data
+    datas[added], seqs[added] = ARGV[at + 1], ARGV[at + 2]
+    if id > 0 then
+      ids = ids or {}
+      ids[added] = id
+      given[KEYS[id]] = added
+    end
+  end
+end
+-- The run's new publishes after offset top, in entries (the newest size, at most chunk bytes each).
+-- Only the first XADD can fail (an entry no node wrote sits past our top, or the key is no stream):
+-- then the pair starts again under a new epoch, and the run is stored once more from offset 1.
+local bytes, whole = 0, nil  -- whole: the entry's d when it holds the whole run (the envelope's deliveries too)
+for attempt = 1, 2 do
+  local failed = nil
+  local floor = top + added - size + 1
+  local i = 1
+  if added > size then i = added - size + 1 end
+  while i <= added do
+    local j, length = i, #datas[i]
+    while j < added and length + 1 + #datas[j + 1] <= chunk do
+      j = j + 1
+      length = length + 1 + #datas[j]
+    end
+    local d = datas[i]
+    if j > i then
+      d = '[' .. table.concat(datas, ',', i, j) .. ']'
+      if i == 1 and j == added then whole = d end
+    end
+    local ok
+    if floor > 1 then
+      ok = redis.pcall('XADD', KEYS[2], 'MINID', floor, (top + j) .. '-0', 'd', d, 't', ms)
+    else
+      ok = redis.pcall('XADD', KEYS[2], (top + j) .. '-0', 'd', d, 't', ms)
+    end
+    if type(ok) == 'table' and ok['err'] then
+      failed = ok
+      break
+    end
+    bytes = bytes + #d
+    i = j + 1
+  end
+  if added == 0 or not failed then break end
+  if attempt == 2 then return redis.error_reply(failed['err']) end
+  epoch, reset = fresh(), 1
+  results[1], results[2] = 1, epoch
+  top, b, bytes, whole = 0, 0, 0, nil
+end
+if added > 0 then results[3] = top + 1 end
+if ids then
+  for k = 1, added do
+    if ids[k] then redis.call('SET', KEYS[ids[k]], (top + k) .. ':' .. epoch, 'PX', {window_ms}) end
+  end
+end
+if repeats then
+  for j = 1, #repeats, 2 do
+    local seen = repeats[j + 1]
+    if type(seen) == 'number' then seen = (top + seen) .. ':' .. epoch end
+    results[#results + 1] = repeats[j]
+    results[#results + 1] = seen
   end
 end
 if added == 0 then  -- repeats only
   redis.call('PEXPIRE', KEYS[1], {meta_ttl_ms})
   return results
 end
-if n > 1 then redis.call('XTRIM', KEYS[2], 'MAXLEN', size) end
+local first = top + 1
+top = top + added
 b = b + bytes
 if b > most then  -- maybe past the bound: count the entries, newest first, and drop the oldest that do not fit
   local kept, cut = 0, nil
@@ -207,8 +271,8 @@ if b > most then  -- maybe past the bound: count the entries, newest first, and 
     kept = kept + length
   end
   if cut then
-    local first = tonumber(string.match(cut, '^(%d+)')) + 1
-    redis.call('XTRIM', KEYS[2], 'MINID', first .. '-0')
+    local after = tonumber(string.match(cut, '^(%d+)')) + 1
+    redis.call('XTRIM', KEYS[2], 'MINID', after .. '-0')
   end
   b = kept
 end
@@ -216,20 +280,41 @@ redis.call('HSET', KEYS[1], 'o', top, 'b', b)
 redis.call('PEXPIRE', KEYS[1], {meta_ttl_ms})
 redis.call('PEXPIRE', KEYS[2], {ttl_ms})
 redis.call('{publish}', ARGV[2], '{"v":5,"node":"' .. ARGV[3] .. '","epoch":"' .. epoch .. '","first":' .. first
-           .. ',"seqs":[' .. table.concat(seqs, ',') .. '],"deliveries":[' .. table.concat(datas, ',') .. ']}')
+           .. ',"seqs":[' .. table.concat(seqs, ',') .. '],"deliveries":' .. (whole or ('[' .. table.concat(datas, ',') .. ']'))
+           .. '}')
 return results
 """
 
-#: KEYS: meta, stream. ARGV: epoch if new, meta ttl ms, "since" | "last", since's epoch, since's offset, count.
-#: Returns {epoch, top, now ms, reset, entries}.
+#: KEYS: meta, stream. ARGV: epoch if new, meta ttl ms, "since" | "last", since's epoch, since's offset,
+#: count, size (``RUSTY_WS_HISTORY_SIZE``).
+#: Returns {epoch, top, now ms, reset, entries}: the entries that hold the offsets after
+#: ``low = max(top - size, since's offset | top - count)`` up to ``low + count`` (none for a since
+#: in another epoch), oldest first; the first and the last may hold offsets outside of that, which
+#: the caller drops (``RedisHistory.read``).
 _READ_BODY = """
-local epoch, reset = load()
+local epoch, reset, top = load()
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-local entries = {}
+local count = tonumber(ARGV[6])
+local low = nil
 if ARGV[3] == 'last' then
-  entries = redis.pcall('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[6])
+  low = math.max(0, top - tonumber(ARGV[7]), top - count)
 elseif ARGV[4] == epoch then
-  entries = redis.pcall('XRANGE', KEYS[2], '(' .. ARGV[5] .. '-0', '+', 'COUNT', ARGV[6])
+  low = math.max(0, top - tonumber(ARGV[7]), tonumber(ARGV[5]))
+end
+local entries = {}
+if low and low < top then
+  local high = math.min(top, low + count)
+  entries = redis.pcall('XRANGE', KEYS[2], '(' .. low .. '-0', high)
+  if not entries['err'] then
+    local last = entries[#entries]
+    if not last or tonumber(string.match(last[1], '^(%d+)')) < high then  -- the entry that holds high
+      local more = redis.pcall('XRANGE', KEYS[2], high + 1, '+', 'COUNT', 1)
+      if more['err'] then entries = more elseif more[1] then entries[#entries + 1] = more[1] end
+    end
+  end
+elseif low then
+  local length = redis.pcall('XLEN', KEYS[2])  -- nothing to read: only whether the key is a stream
+  if type(length) == 'table' and length['err'] then entries = length end
 end
 if entries['err'] then  -- the stream's key holds something else
   epoch, reset = fresh(), 1
@@ -240,6 +325,10 @@ return {epoch, redis.call('HGET', KEYS[1], 'o'), now_ms(), reset, entries}
 """
 
 
+#: An entry of the stream holds at most ``RUSTY_WS_HISTORY_MAX_BYTES`` / this many bytes of deliveries
+#: (a longer run is stored as several entries), so that the byte bound, which drops whole entries,
+#: keeps at least (this - 1) / this of it.
+ENTRY_BYTES_SHARE = 8
 #: Publishes of this node remembered while they may still come back from the channel.
 MAX_IN_FLIGHT = 100_000
 #: Most of this node's publishes kept, delivery and encoding, for when their envelope comes back
@@ -789,36 +878,49 @@ class RedisHistory(SharedHistory):
     # ------------------------------------------------------------------ reading
 
     def read(self, key: Key, since: Position | None, limit: int) -> Stored:
+        """The stream's top and its messages after ``since`` (else its last ``limit``), at most ``limit``.
+
+        Never below the floor ``top - size + 1`` (an entry across it holds older ones, which are
+        dropped here): a client is never given more than ``RUSTY_WS_HISTORY_SIZE`` of history.
+        """
         client, _, connected = self._route(key[1])
         if not connected or client is None:
             raise HistoryUnavailable("Redis is unreachable")
         keys = pair_keys(self.prefix, *key)
+        limit = max(1, min(limit, self.size))
         mode, since_epoch, since_offset = ("since", since.epoch, since.offset) if since else ("last", "", 0)
         try:
             if self._reader is None:
                 self._reader = client.register_script(self.read_script)
             reply = self._reader(keys=[keys.meta, keys.stream],
-                                 args=[new_epoch(), self.meta_ttl_ms, mode, since_epoch, since_offset, limit], client=client)
+                                 args=[new_epoch(), self.meta_ttl_ms, mode, since_epoch, since_offset, limit, self.size],
+                                 client=client)
             epoch_bytes, top_bytes, now_bytes, reset, entries = reply
             epoch, top, now = epoch_bytes.decode("ascii"), int(top_bytes), int(now_bytes)
         except Exception as exc:  # redis' errors, OSError, or an answer of another shape
             raise HistoryUnavailable(f"{type(exc).__name__}: {exc}") from None
         if reset:
             self._reset(*key, int(reset))
+        # What the read script looked for (the same bounds): the offsets after ``low``, up to ``high``.
+        low = max(0, top - self.size, since_offset if since else top - limit)
+        high = min(top, low + limit)
         messages: list[Delivery] = []
+        last = 0  # the newest offset of the entries taken so far: an entry that goes back over it is forged
         for entry in entries:
             try:
-                delivery, added = decode_stream_entry(entry, key, epoch, top, self.max_envelope_size)
+                run, added = decode_stream_run(entry, key, epoch, top, self.max_envelope_size)
+                if run[0].offset <= last:  # type: ignore[operator]
+                    raise ValueError(f"offsets {run[0].offset} to {run[-1].offset} overlap the entry before")
             except (ValueError, TypeError, AttributeError) as exc:
                 with self._lock:
                     self._counts["history_dropped"] += 1
                 logger.warning("dropped an entry of the Redis stream of %r that no rusty_ws node wrote (%s): %r",
                                key, exc, str(entry)[:100])
                 continue
+            last = run[-1].offset  # type: ignore[assignment]
             if added + self.ttl_ms > now:  # older than the TTL: never replayed
-                messages.append(delivery)
+                messages += [delivery for delivery in run if low < delivery.offset <= high]  # type: ignore[operator]
         if since is None:
-            messages.reverse()  # XREVRANGE: newest first
             return Stored(Position(top, epoch), messages, True)
         offsets = [delivery.offset for delivery in messages]
         complete = since.epoch == epoch and offsets == list(range(since.offset + 1, top + 1))
