@@ -14,7 +14,7 @@ It also drops a copy of one already delivered (the old master's, after the gap w
 filled from the new one's stream).
 
 Offsets go on across a migration (the keys move whole) even though the epoch is
-renewed (``redis_history._GUARD``), so a gap is also filled across that epoch
+renewed (``redis_scripts._GUARD``), so a gap is also filled across that epoch
 change. After a failover the new master's offsets may go back (it lacked the last
 writes): nothing is filled then, the new epoch tells clients. A delivery that
 claims an offset its stream does not hold (no script published it: forged or

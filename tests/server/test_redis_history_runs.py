@@ -1,7 +1,7 @@
 """One stream entry per run of publishes: the stored format, the floors, and entries no node wrote.
 
 A run of the publish script stores its new publishes as one entry named after
-the run's last offset (``redis_history._PUBLISH_BODY``); the readers take the
+the run's last offset (``redis_scripts._PUBLISH_BODY``); the readers take the
 offsets inside an entry apart, never give a message below ``top - size + 1``
 nor one the byte bound dropped, and drop an entry that does not add up. Every
 message is counted by its offset. The harness (a ``RedisHistory`` on its own
