@@ -23,7 +23,7 @@ import pytest
 
 from rusty_ws import WsClient, create_app
 from rusty_ws.config import Settings
-from rusty_ws.server import hub_server
+from rusty_ws.server import accept_gate
 from rusty_ws.server.hub_server import DRAIN_FROM, HubServer, make_server
 from rusty_ws.server.pacing import MAX_RETRY_AFTER, MIN_PACED_RATE, TURN_AWAY_COST, _Pacer
 from rusty_ws.server.state import state_of
@@ -401,14 +401,14 @@ def test_a_healthz_a_drain_took_before_its_request_came_is_answered_before_the_h
         held = server._taken[-2][0]  # the silent client's socket, as the server holds it
         silent.sendall(HEALTHZ)
         assert select.select([held], [], [], WAIT)[0], "the request never reached the server's socket"
-        server._next_look = 0.0  # LOOK_EVERY need not pass here
+        server._healthz.next_look = 0.0  # LOOK_EVERY need not pass here
         started = server._threads_started
         server._handle_request_noblock()  # one step: the /healthz first, then one handshake
         status, _, body = read_response(silent)
         assert status == 200 and b'"connections"' in body, body
         assert server._threads_started == started + 1  # one handshake's thread; none for the /healthz
         assert len(server._taken) == ahead - 1  # every other one held is still there, in order
-        assert not server._unseen.get_map()  # nothing watched any more
+        assert not server._healthz.unseen.get_map()  # nothing watched any more
         assert read_response(sockets[1])[0] == 101
         server.service_actions()
         assert not server._taken
@@ -424,17 +424,17 @@ def test_a_socket_a_drain_took_silent_that_then_sends_a_handshake_or_closes_keep
         silent = [socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) for _ in range(4)]
         sockets += silent
         server._handle_request_noblock()  # drains all; serves the first handshake
-        assert len(server._taken) == DRAIN_FROM + 3 and len(server._unseen.get_map()) == 4
+        assert len(server._taken) == DRAIN_FROM + 3 and len(server._healthz.unseen.get_map()) == 4
         held = [item[0] for item in list(server._taken)[-4:]]
         silent[0].sendall(HANDSHAKE)
         silent[1].close()  # EOF
         silent[2].sendall(b"GET /healthzzz HTTP/1.1\r\n\r\n")  # not /healthz
         for sock in held[:3]:  # what each sent (or its EOF) has reached the server's socket
             assert select.select([sock], [], [], WAIT)[0]
-        server._next_look = 0.0
+        server._healthz.next_look = 0.0
         server._handle_request_noblock()  # looks (none is /healthz: all keep their places), serves one
         assert [item[0] for item in list(server._taken)[-4:]] == held
-        assert len(server._unseen.get_map()) == 1  # the one that sent nothing yet
+        assert len(server._healthz.unseen.get_map()) == 1  # the one that sent nothing yet
         server.server_close()  # the watched one is closed and no longer watched
         assert not server._taken and silent[3].recv(1) == b""
 
@@ -482,7 +482,7 @@ def test_past_the_queue_bound_a_drain_turns_away_the_newest_and_serves_the_oldes
     its turn comes, not judged again against the queue behind it: judged at its turn, every request was
     refused while arrivals kept the count past the bound (a storm's new hub, on a loaded machine,
     admitted none for minutes). The bound here is RUSTY_WS_MAX_ACCEPT_QUEUE (no seconds held: below)."""
-    monkeypatch.setattr(hub_server, "HOLD_SECONDS", 0.0)
+    monkeypatch.setattr(accept_gate, "HOLD_SECONDS", 0.0)
     bound = 5
     with stepped_server(max_accept_queue=bound) as (server, sockets):
         queued = DRAIN_FROM + 8
@@ -511,13 +511,13 @@ def test_a_drain_keeps_what_the_hub_serves_in_the_seconds_it_holds(rate: float, 
     new hub turned away thousands of clients it would have served within the Retry-After it gave them,
     and admitted half what it did without turning any away (docs/performance.md, "Reconnect storm,
     session 15")."""
-    monkeypatch.setattr(hub_server, "HOLD_SECONDS", 4.0)
-    monkeypatch.setattr(hub_server, "HOLD_MAX", 3 * DRAIN_FROM)
+    monkeypatch.setattr(accept_gate, "HOLD_SECONDS", 4.0)
+    monkeypatch.setattr(accept_gate, "HOLD_MAX", 3 * DRAIN_FROM)
     with stepped_server(max_accept_queue=2 * DRAIN_FROM) as (server, sockets):
         monkeypatch.setattr(server._pacer, "_tick", lambda now: None)  # the rate stays what the test sets
         server._pacer.rate = rate
         keeps = kept if kept is not None else 3 * DRAIN_FROM  # a fast hub: HOLD_MAX
-        assert server._hold() == keeps
+        assert server._gate.hold() == keeps
         queued = 3 * DRAIN_FROM + 10
         sockets += queue_up(server.port, [HANDSHAKE] * queued)
         started = server._threads_started
@@ -537,8 +537,8 @@ def test_what_earlier_drains_kept_stays_when_the_rate_measured_shrinks_the_hold(
     what earlier drains kept is not turned away for that (a storm's hub turned 3,111 held clients
     away in one second, 7-11 s away, then emptied its queue and idled), unless it is more than the
     hub serves in HELD_LONGEST. What comes after is held to the new bound."""
-    monkeypatch.setattr(hub_server, "HOLD_SECONDS", 1.0)
-    monkeypatch.setattr(hub_server, "DRAIN_EVERY", 0.0)
+    monkeypatch.setattr(accept_gate, "HOLD_SECONDS", 1.0)
+    monkeypatch.setattr(accept_gate, "DRAIN_EVERY", 0.0)
     with stepped_server(max_accept_queue=DRAIN_FROM) as (server, sockets):
         monkeypatch.setattr(server._pacer, "_tick", lambda now: None)  # the rate stays what the test sets
         server._pacer.rate = 3 * DRAIN_FROM  # the guess: keeps 3 * DRAIN_FROM
@@ -549,15 +549,15 @@ def test_what_earlier_drains_kept_stays_when_the_rate_measured_shrinks_the_hold(
         server._pacer.rate = DRAIN_FROM  # measured: the hold is now DRAIN_FROM
         late = queue_up(server.port, [HANDSHAKE] * DRAIN_FROM)
         sockets += late
-        server._next_drain = 0.0
+        server._gate.next_drain = 0.0
         server._handle_request_noblock()  # drains the late ones: they are turned away, the kept stay
         assert len(server._taken) == 3 * DRAIN_FROM - 2
         for sock in late:
             assert read_response(sock)[0] == 503
         # Past HELD_LONGEST of what the hub now serves, the newest of what was kept go too.
-        monkeypatch.setattr(hub_server, "HELD_LONGEST", 1.0)
+        monkeypatch.setattr(accept_gate, "HELD_LONGEST", 1.0)
         sockets += queue_up(server.port, [HANDSHAKE])
-        server._next_drain = 0.0
+        server._gate.next_drain = 0.0
         server._handle_request_noblock()
         assert len(server._taken) == DRAIN_FROM - 1
         server.service_actions()
@@ -568,7 +568,7 @@ def test_what_earlier_drains_kept_stays_when_the_rate_measured_shrinks_the_hold(
 def test_while_what_a_drain_took_is_served_the_next_drain_waits_its_interval(monkeypatch: pytest.MonkeyPatch) -> None:
     """One drain per request served (accepting, peeking at and turning away every newcomer each time)
     left a starved hub admitting one handshake a second; between drains it now serves what it holds."""
-    monkeypatch.setattr(hub_server, "DRAIN_EVERY", 10 * WAIT)  # the interval does not pass by itself here
+    monkeypatch.setattr(accept_gate, "DRAIN_EVERY", 10 * WAIT)  # the interval does not pass by itself here
     with stepped_server(max_accept_queue=DRAIN_FROM + 4) as (server, sockets):
         sockets += queue_up(server.port, [HANDSHAKE] * (DRAIN_FROM + 4))
         server._handle_request_noblock()  # drains all, serves the first
@@ -577,7 +577,7 @@ def test_while_what_a_drain_took_is_served_the_next_drain_waits_its_interval(mon
         server._handle_request_noblock()  # within DRAIN_EVERY: no drain, the next held one is served
         assert read_response(sockets[1])[0] == 101
         assert server.accept_queue() == 2 and len(server._taken) == DRAIN_FROM + 2
-        server._next_drain = 0.0  # the interval has passed
+        server._gate.next_drain = 0.0  # the interval has passed
         server._handle_request_noblock()  # drains the two newcomers, serves the next held one
         assert read_response(sockets[2])[0] == 101
         assert server.accept_queue() == 0 and len(server._taken) == DRAIN_FROM + 3
