@@ -92,3 +92,22 @@ def test_the_callgrind_driver_sets_the_collector_up_as_serve_does_and_reports_it
         else:
             assert all(report["gc"][gen]["count"] == 0 for gen in ("gen0", "gen1", "gen2"))
     assert hub("lots").returncode != 0
+
+
+def test_the_start_up_driver_reports_the_cpu_to_listening_and_no_stale_pyc_after_the_bench_compiled() -> None:
+    """scripts/startup_cost.py without valgrind, after what bench.py does first (``compile_rusty_ws``)."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    try:
+        from benchlib.servers import compile_rusty_ws
+    finally:
+        sys.path.pop(0)
+    assert compile_rusty_ws()
+    for entry in ("cli", "bench"):
+        result = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "scripts", "startup_cost.py"), "--entry", entry, "--runs", "1"],
+            capture_output=True, text=True, timeout=120_000 * MS, cwd=ROOT,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        report = json.loads(result.stdout.splitlines()[-1])
+        assert report["entry"] == entry and report["stale_pyc"] == 0
+        assert len(report["cpu_s"]) == 1 and report["cpu_s"][0] > 0  # a start-up never costs under a 10 ms tick
