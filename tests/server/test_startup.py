@@ -197,3 +197,20 @@ def test_the_serve_entry_with_no_broker_loads_no_redis_and_no_client() -> None:
                           capture_output=True, text=True, timeout=5 * WAIT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "[]"
+
+
+def test_the_hubs_commands_are_found_without_flasks_scan_for_plugin_commands() -> None:
+    """``rusty-ws serve`` skips the ``flask.commands`` entry points (every distribution's metadata); others do not."""
+    code = ("import importlib.metadata, click\n"
+            "scans = []\n"
+            "scan = importlib.metadata.entry_points\n"
+            "importlib.metadata.entry_points = lambda **kw: scans.append(kw) or scan(**kw)\n"
+            "from rusty_ws.cli import cli, group\n"
+            "ctx = click.Context(cli)\n"
+            "found = [cli.get_command(ctx, name) is group.commands[name] for name in ('serve', 'token', 'hash-password')]\n"
+            "print(found, scans)\n"
+            "print(cli.get_command(ctx, 'routes').name, scans)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                          capture_output=True, text=True, timeout=5 * WAIT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["[True, True, True] []", "routes [{'group': 'flask.commands'}]"]
