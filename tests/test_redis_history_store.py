@@ -181,7 +181,7 @@ def own_envelope(seqs: list[int], first: int = 1, bodies: bytes = b"{}", epoch: 
 
 
 def test_an_own_envelope_is_made_of_what_was_kept_with_its_offsets() -> None:
-    from rusty_ws.brokers.base import ENCODED
+    from rusty_ws.brokers.base import ENCODED, own_deliveries
     from rusty_ws.server.shared_streams import _encoded
 
     history, sender, _ = keeping()
@@ -189,12 +189,32 @@ def test_an_own_envelope_is_made_of_what_was_kept_with_its_offsets() -> None:
     for delivery in sent:
         history.publish(delivery, None, None)
     seqs = [args[-1] for args, _ in sender.commands]
-    got = history.take_own(("T", "s"), own_envelope(seqs, first=7, epoch="ab12"), PREFIX)
-    assert got is not None
+    run = history.take_own(("T", "s"), own_envelope(seqs, first=7, epoch="ab12"), PREFIX)
+    assert run is not None
+    key, epoch, first, published = run
+    assert (key, epoch, first) == (("T", "s"), "ab12", 7)
+    assert [(kept[0], kept[1]) for kept in published] == [(delivery, delivery.encode()) for delivery in sent]
+    got = own_deliveries(run)
     assert [(d.payload, d.user, d.offset, d.epoch) for d in got] == [("one", None, 7, "ab12"), ({"n": 2}, "alice", 8, "ab12")]
     for delivery in got:  # the hub's frame: the kept encoding with the position spliced in, as encode() makes it
         assert ENCODED in delivery.extra and _encoded(delivery) == delivery.encode()
     assert history.take_own(("T", "s"), own_envelope(seqs), PREFIX) is None  # taken once: a copy is decoded
+
+
+def test_a_publish_of_a_run_delivered_here_already_is_skipped_with_its_offset() -> None:
+    from rusty_ws.brokers import redis_history
+    from rusty_ws.brokers.base import own_deliveries
+
+    history, sender, _ = keeping()
+    for _ in range(3):
+        history.publish(DELIVERY, None, None)
+    seqs = [args[-1] for args, _ in sender.commands]
+    history._in_flight[seqs[1]] = redis_history._FELL_BACK  # delivered here when Redis seemed not to take it
+    run = history.take_own(("T", "s"), own_envelope(seqs, first=4), PREFIX)
+    assert run is not None and run[3][1] is None and None not in (run[3][0], run[3][2])
+    assert [d.offset for d in own_deliveries(run)] == [4, 6]
+    assert seqs[1] not in history._in_flight  # matched: forgotten
+    assert all(history._in_flight[seq] == redis_history._ARRIVED for seq in (seqs[0], seqs[2]))
 
 
 def test_what_was_not_kept_is_left_to_the_decoder() -> None:
@@ -240,7 +260,7 @@ def test_an_envelope_first_then_a_failure_is_delivered_once() -> None:
     history.publish(DELIVERY, None, None)
     [(args, on_reply)] = sender.commands
     got = history.take_own(("T", "s"), own_envelope([args[-1]]), PREFIX)
-    assert got is not None and len(got) == 1  # Redis ran it: delivered from the channel
+    assert got is not None and len(got[3]) == 1 and got[3][0] is not None  # Redis ran it: delivered from the channel
     on_reply(LOST)  # ...then the sender lost the connection before the reply
     assert delivered == []
 

@@ -54,7 +54,7 @@ from typing import Any, NamedTuple
 from ..exceptions import ProtocolError
 from ..log_throttle import LogThrottle
 from ..protocol import Delivery, ErrorCode, Position
-from .base import ENCODED, HistoryUnavailable, Key, SharedHistory, Stamped, Stored
+from .base import HistoryUnavailable, Key, OwnRun, SharedHistory, Stamped, Stored
 from .redis_codec import PairKeys, decode_stream_entry, is_epoch, own_run_header, pair_keys, publish_id_key
 from .redis_sender import Mergeable
 
@@ -679,49 +679,49 @@ class RedisHistory(SharedHistory):
             self._kept.clear()
             self._kept_bytes = 0
 
-    def take_own(self, key: Key, data: bytes, prefix: bytes) -> list[Delivery] | None:
-        """The deliveries of this node's own version-5 envelope ``data`` (starting with ``prefix``),
-        made from what was kept when they were published: only the header is read. None if any
-        of them was not kept (or the header is not the script's): then decode ``data`` whole.
+    def take_own(self, key: Key, data: bytes, prefix: bytes) -> OwnRun | None:
+        """This node's own version-5 envelope ``data`` (starting with ``prefix``) as the run of what was
+        kept when its publishes were made (``base.OwnRun``): only the header is read, and no
+        ``Delivery`` is made. None if any of them was not kept (or the header is not the script's):
+        then decode ``data`` whole.
 
-        Does what ``arrived`` does for each: a publish already delivered here is left out.
+        Does what ``arrived`` does for each: a publish already delivered here is None in the run.
         """
         header = own_run_header(data, prefix)
         if header is None:
             return None
         epoch, first, seqs = header
+        topic, session_id = key
         with self._lock:
             kept = self._kept
-            entries = []
+            entries: list[list[Any] | None] = []
             for seq in seqs:
                 entry = kept.pop(seq, None)
                 if entry is None:
                     return None  # those taken are gone: the envelope's decoding serves them all
                 self._kept_bytes -= len(entry[1])
-                if entry[0].topic != key[0] or entry[0].session_id != key[1]:
+                published = entry[0]
+                if published.topic != topic or published.session_id != session_id:
                     return None  # not what this node sent on that channel
                 entries.append(entry)
             # Older ones Redis answered whose envelope did not come before this one: it will not
             # (a channel's messages come in the order the scripts ran; a few at a time, bounded).
-            low = min(seqs)
+            low = seqs[0] if len(seqs) == 1 else min(seqs)
             for _ in range(16):
                 oldest = next(iter(kept), None)
                 if oldest is None or oldest >= low or not kept[oldest][2]:
                     break
                 self._kept_bytes -= len(kept.pop(oldest)[1])
             in_flight = self._in_flight
-            deliveries = []
-            for offset, (seq, (published, encoded, _)) in enumerate(zip(seqs, entries), first):
-                state = in_flight.get(seq)
-                if state == _SENT:
-                    in_flight[seq] = _ARRIVED
-                elif state == _FELL_BACK:
-                    del in_flight[seq]
-                    continue  # delivered here already, when Redis seemed not to take it
-                deliveries.append(Delivery(published.publisher_name, published.topic, published.payload,
-                                           published.timestamp, published.session_id, published.user,
-                                           offset, epoch, {ENCODED: encoded}))
-        return deliveries
+            if in_flight:
+                for i, seq in enumerate(seqs):
+                    state = in_flight.get(seq)
+                    if state == _SENT:
+                        in_flight[seq] = _ARRIVED
+                    elif state == _FELL_BACK:
+                        del in_flight[seq]
+                        entries[i] = None  # delivered here already, when Redis seemed not to take it
+        return key, epoch, first, entries
 
     def arrived(self, delivery: Delivery) -> bool:
         """The listener has ``delivery``: False for a publish of this node already delivered here."""
