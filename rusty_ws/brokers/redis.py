@@ -377,7 +377,7 @@ class RedisBroker(Broker):
             return Landed(None, 0)
         return self._deliver(delivery)
 
-    def _submit_for(self, session_id: str) -> Callable[[tuple[Any, ...], Callable[[Any], None]], None]:
+    def _submit_for(self, session_id: str) -> Callable[..., None]:
         """Where the history's publishes go (any session): ``_route``'s ``submit``, without the rest."""
         if self._pid != _this_process[0]:
             self._current()  # a forked process: its own sender
