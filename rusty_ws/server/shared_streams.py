@@ -67,6 +67,10 @@ ANSWER_TIMEOUT = 20.0
 RUN_JOB_BYTES = 64 * 1024
 
 
+#: ``publish``'s answer to a publish without id (one tuple for all: nothing is known yet, nothing changes it).
+_NOT_LANDED_YET = (Landed(None, None), False)
+
+
 def send_run(send: Callable[[bytes, Any], Any], texts: list[bytes], subscribers: Any) -> None:
     """Queue the text frames of ``texts`` to ``subscribers`` with ``send`` (the writer's), joined into one
     job per ``RUN_JOB_BYTES``: a run of deliveries costs the writer a few jobs, not one per delivery."""
@@ -115,7 +119,7 @@ class SharedStreams:
         """
         if publish_id is None:
             self.store.publish(delivery, None, None)
-            return Landed(None, None), False
+            return _NOT_LANDED_YET
         if answer is None:
             return self._publish_and_wait(delivery, publish_id)
         reply = answer
