@@ -368,14 +368,20 @@ def merge_publishes(commands: list[Mergeable]) -> tuple[tuple[Any, ...], Callabl
     run's publishes without id at once.
     """
     first = commands[0]
-    id_keys: list[Any] = []
-    tail: list[Any] = []
-    for command in commands:
-        if command[2] == 3:  # with an id key
-            id_keys.append(command[5])
-            tail += (2 + len(id_keys), command[-2], command[-1])
-        else:
-            tail += (0, command[-2], command[-1])
+    id_keys: list[Any] = [command[5] for command in commands if command[2] == 3]  # those with an id key
+    tail: list[Any]
+    if not id_keys:  # the usual run: (0, delivery, number) each, laid out by slices
+        tail = [0] * (3 * len(commands))
+        tail[1::3] = [command[-2] for command in commands]
+        tail[2::3] = [command[-1] for command in commands]
+    else:
+        tail, numbered = [], 0
+        for command in commands:
+            if command[2] == 3:
+                numbered += 1
+                tail += (2 + numbered, command[-2], command[-1])
+            else:
+                tail += (0, command[-2], command[-1])
     at = 3 + first[2]
     merged = ("EVALSHA", first[1], 2 + len(id_keys), first[3], first[4], *id_keys,
               *first[at:at + _HEADER_ARGS], len(commands), *tail)
@@ -684,16 +690,22 @@ class RedisHistory(SharedHistory):
             epoch: str | None = _epoch(reply[1])
         except ValueError:
             epoch = None  # those that wait for their position are told, as alone
-        out: list[Any] = []
-        settled = []
+        out: list[Any]
         bare = self._bare_kind
-        for i, command in enumerate(commands):
-            part, offset = (None, reply[2] + i) if parts is None else parts[i]
-            if epoch is not None and offset and command[2] == 2:  # new, without id
-                settled.append(command[-1])
-                out.append(SETTLED if type(command) is bare else (epoch, offset))
-            else:
-                out.append(part if part is not None else [0, reply[1], offset])
+        if parts is None and epoch is not None:  # the usual run: all new, offsets first, first + 1, ...
+            first = reply[2]
+            settled = [command[-1] for command in commands if command[2] == 2]
+            out = [SETTLED if type(command) is bare else (epoch, first + i) if command[2] == 2
+                   else [0, reply[1], first + i] for i, command in enumerate(commands)]
+        else:
+            out, settled = [], []
+            for i, command in enumerate(commands):
+                part, offset = (None, reply[2] + i) if parts is None else parts[i]
+                if epoch is not None and offset and command[2] == 2:  # new, without id
+                    settled.append(command[-1])
+                    out.append(SETTLED if type(command) is bare else (epoch, offset))
+                else:
+                    out.append(part if part is not None else [0, reply[1], offset])
         if settled:
             with self._lock:
                 in_flight, kept = self._in_flight, self._kept

@@ -385,7 +385,9 @@ class RedisSender:
     def _count(self, replies: list[Any], lost: BaseException | None) -> None:
         """Count a batch's replies; with ``lost``, its connection failed: mark it disconnected first."""
         unanswered = sum(1 for reply in replies if reply is lost) if lost is not None else 0
-        failed = sum(1 for reply in replies if isinstance(reply, BaseException)) - unanswered
+        # A run its split settled (SETTLED parts, identity first in list.count) holds no failure: not looked at again.
+        failed = 0 if replies.count(SETTLED) == len(replies) else \
+            sum(1 for reply in replies if isinstance(reply, BaseException)) - unanswered
         with self._lock:
             self._counts["sent"] += len(replies) - failed - unanswered
             self._counts["failed"] += failed

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..brokers.base import ENCODED, HistoryUnavailable, Landed, OwnRun, SharedHistory, Stamped, Stored, own_deliveries
 from ..exceptions import ProtocolError
-from ..frames import text_frame
+from ..frames import text_frame, text_frames
 from ..history import within_bytes
 from ..protocol import (
     Delivery,
@@ -76,8 +76,7 @@ def send_run(send: Callable[[bytes, Any], Any], texts: list[bytes], subscribers:
     job per ``RUN_JOB_BYTES``: a run of deliveries costs the writer a few jobs, not one per delivery."""
     frames: list[bytes] = []
     size = 0
-    for text in texts:
-        frame = text_frame(text)
+    for frame in text_frames(texts):
         frames.append(frame)
         size += len(frame)
         if size >= RUN_JOB_BYTES:
