@@ -357,11 +357,19 @@ class RedisBroker(Broker):
             assert self._deliver is not None
             return self._deliver(delivery)
 
-        self._history = RedisHistory(node_id=lambda: self._current().node_id, route=self._route, deliver=deliver,
+        self._history = RedisHistory(node_id=self._node_id_now, route=self._route, deliver=deliver,
                                      prefix=self.channel_prefix, size=size, ttl=ttl, window=window,
                                      max_envelope_size=self.max_envelope_size, max_bytes=max_bytes,
                                      keeps=self._listens_to, submit_for=self._submit_for)
         return self._history
+
+    def _node_id_now(self) -> str:
+        """This process's node id (``RedisHistory``'s ``node_id``, once per publish): ``_current()``'s,
+        read at once while the process is the one that started the listener."""
+        listener = self._listener
+        if listener is not None and self._pid == _this_process[0]:
+            return listener.node_id
+        return self._current().node_id
 
     def _listens_to(self, channel: bytes) -> bool:
         """Whether this process's listener is subscribed to ``channel`` (``RedisHistory``'s ``keeps``;
