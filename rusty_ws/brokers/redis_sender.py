@@ -46,6 +46,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
+import operator
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -109,6 +110,10 @@ class Mergeable(tuple):
         command.size = _size(args) if size is None else size
         return command
 
+
+
+#: A queued item's size (its third field), read in C: ``sum(map(_size_of, batch))``.
+_size_of = operator.itemgetter(2)
 
 
 def _size(args: tuple[Any, ...]) -> int:
@@ -341,7 +346,7 @@ class RedisSender:
         batch = [queue.popleft() for _ in range(min(most, len(queue)))]
         self._in_flight += len(batch)
         if batch:
-            self._queued_bytes -= sum(item[2] for item in batch)
+            self._queued_bytes -= sum(map(_size_of, batch))
             self._not_full.notify_all()
         return batch
 
@@ -458,9 +463,12 @@ def _coalesce(batch: list[tuple[tuple[Any, ...], OnReply | None, int]]) -> tuple
             group, room = first.group, first.budget - first.head - first.weight
             while j < n and j - i < MAX_MERGE:
                 other = batch[j][0]
-                if not isinstance(other, Mergeable) or other.group != group or other.weight > room:
+                if not isinstance(other, Mergeable) or other.group != group:
                     break
-                room -= other.weight
+                weight = other.weight  # a property: read once
+                if weight > room:
+                    break
+                room -= weight
                 j += 1
         merged = None
         if j - i > 1:
