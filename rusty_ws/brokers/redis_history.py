@@ -568,7 +568,9 @@ class RedisHistory(SharedHistory):
             raise ProtocolError(ErrorCode.INVALID_MESSAGE,
                                 f"the message would be {envelope_size} bytes on Redis, more than the "
                                 f"{self.max_envelope_size} any node accepts")
-        keys = self._keys_of(delivery.topic, delivery.session_id)
+        keys = self._keys.get((delivery.topic, delivery.session_id))  # _keys_of's usual case, inline
+        if keys is None:
+            keys = self._keys_of(delivery.topic, delivery.session_id)
         seq = next(self._seqs)
         bare = publish_id is None and on_done is None
         if publish_id is None:
