@@ -601,6 +601,14 @@ class RedisHistory(SharedHistory):
                 self._submit_for(delivery.session_id)(command, functools.partial(self._answer_bare, command))
             return
 
+        self._submit_for(delivery.session_id)(command, self._on_reply(delivery, publish_id, on_done, seq, kept))
+
+    def _on_reply(self, delivery: Delivery, publish_id: str | None,
+                  on_done: Callable[[Stamped | BaseException], None] | None, seq: int,
+                  kept: list[Any] | None) -> Callable[[Any], None]:
+        """The callback of a publish with an id, or one somebody waits for (a method of its own: ``publish``
+        then has no cell variables, whose cells Python would make on every call, bare publishes too)."""
+
         def on_reply(reply: Any) -> None:  # on the sender's thread (which counts what it could not send)
             if type(reply) is tuple:  # settled with its run (``_split_run``): (epoch, offset)
                 if on_done is not None:
@@ -632,7 +640,7 @@ class RedisHistory(SharedHistory):
             if on_done is not None:
                 on_done(result)
 
-        self._submit_for(delivery.session_id)(command, on_reply)
+        return on_reply
 
     def _answer_bare(self, command: tuple[Any, ...], reply: Any) -> None:
         """The reply to a publish without id that nobody waits for (``_bare_kind``'s ``answer``; on the
