@@ -59,9 +59,12 @@ before holds, bad JSON, another pair's) is dropped and logged
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import itertools
+import json
 import logging
+import operator
 import os
 import secrets
 import threading
@@ -71,10 +74,10 @@ from typing import Any, NamedTuple
 from ..exceptions import ProtocolError
 from ..log_throttle import LogThrottle
 from ..protocol import Delivery, ErrorCode, Position
-from .base import ENCODED, HistoryUnavailable, Key, SharedHistory, Stamped, Stored
+from .base import HistoryUnavailable, Key, OwnRun, SharedHistory, Stamped, Stored
 from .redis_codec import PairKeys, decode_stream_run, is_epoch, own_run_header, pair_keys, publish_id_key
 from .redis_scripts import UNBOUNDED, history_scripts
-from .redis_sender import Mergeable
+from .redis_sender import SETTLED, Mergeable
 
 __all__ = ["RedisHistory", "Route", "merge_publishes", "replays_safely"]
 
@@ -101,6 +104,13 @@ _ITEM_HEAD = 70
 #: Pairs whose key names a node remembers (``RedisHistory._keys_of``).
 _KEYS_KEPT = 4096
 _SENT, _ARRIVED, _FELL_BACK = "sent", "arrived", "fell back"
+
+
+def _decoded(encoded: bytes) -> Delivery:
+    """A publish again from its ``Delivery.encode`` (no position): for a fallback whose state was dropped."""
+    message = json.loads(encoded)
+    return Delivery(message["publisher_name"], message["topic"], message["payload"], message["timestamp"],
+                    message["session_id"], message.get("user"))
 
 
 def new_epoch() -> str:
@@ -196,14 +206,20 @@ def merge_publishes(commands: list[Mergeable]) -> tuple[tuple[Any, ...], Callabl
     run's publishes without id at once.
     """
     first = commands[0]
-    id_keys: list[Any] = []
-    tail: list[Any] = []
-    for command in commands:
-        if command[2] == 3:  # with an id key
-            id_keys.append(command[5])
-            tail += (2 + len(id_keys), command[-2], command[-1])
-        else:
-            tail += (0, command[-2], command[-1])
+    id_keys: list[Any] = [command[5] for command in commands if command[2] == 3]  # those with an id key
+    tail: list[Any]
+    if not id_keys:  # the usual run: (0, delivery, number) each, laid out by slices
+        tail = [0] * (3 * len(commands))
+        tail[1::3] = [command[-2] for command in commands]
+        tail[2::3] = [command[-1] for command in commands]
+    else:
+        tail, numbered = [], 0
+        for command in commands:
+            if command[2] == 3:
+                numbered += 1
+                tail += (2 + numbered, command[-2], command[-1])
+            else:
+                tail += (0, command[-2], command[-1])
     at = 3 + first[2]
     merged = ("EVALSHA", first[1], 2 + len(id_keys), first[3], first[4], *id_keys,
               *first[at:at + _HEADER_ARGS], len(commands), *tail)
@@ -251,9 +267,8 @@ class _Publish(Mergeable):
     #: Bytes a publish adds to the queue besides its delivery and three times its meta key (the other keys).
     _QUEUED = _ITEM_HEAD + 320
 
-    @property
-    def group(self) -> Any:  # the pair's meta key
-        return self[3]
+    #: The pair's meta key: read by a C getter (no Python frame per publish in the sender's merging).
+    group = property(operator.itemgetter(3))
 
     @property
     def weight(self) -> int:  # type: ignore[override]
@@ -309,19 +324,22 @@ class RedisHistory(SharedHistory):
             envelope is decoded.
         submit_for: ``route(session_id).submit`` by a shorter way, if the broker has one (one
             Redis: this process's sender, whatever the session; a ``Route`` made per publish
-            cost the publishing thread ~2 µs).
+            cost the publishing thread ~2 µs). It must take a ``Mergeable`` without ``on_reply``
+            and answer it through its ``answer`` (``RedisSender.submit``): a publish without id
+            that nobody waits for is submitted so, with no callback of its own.
     """
 
     def __init__(self, *, node_id: Callable[[], str], route: Callable[[str], Route], deliver: Callable[[Delivery], Any],
                  prefix: str, size: int, ttl: float, window: float, max_envelope_size: int | None,
                  max_bytes: int | None = None, meta_ttl: float | None = None,
                  publish_command: str = "PUBLISH", keeps: Callable[[bytes], bool] | None = None,
-                 submit_for: Callable[[str], Callable[[tuple[Any, ...], Callable[[Any], None]], None]] | None = None,
+                 submit_for: Callable[[str], Callable[..., None]] | None = None,
                  ) -> None:
         self._node_id = node_id
         self._keeps = keeps
         self._route = route
-        self._submit_for = submit_for if submit_for is not None else lambda session_id: route(session_id).submit
+        self._submit_for: Callable[[str], Callable[..., None]] = (
+            submit_for if submit_for is not None else lambda session_id: route(session_id).submit)
         self._deliver = deliver
         self.publish_command = publish_command
         self.prefix = prefix
@@ -340,14 +358,26 @@ class RedisHistory(SharedHistory):
         # This history's publishes: ``_Publish`` with its merge (the sender's thread) and budget.
         self._kind: type[_Publish] = type("_HistoryPublish", (_Publish,), {
             "__slots__": (), "merge": self._merge, "budget": self.merge_budget})
+        # ...and those without id that nobody waits for: no callback each, answered by their kind
+        # (``Mergeable.answer``) when their run did not settle them (``_split_run``).
+        history = self
+
+        def answer(command: tuple[Any, ...], reply: Any) -> None:
+            history._answer_bare(command, reply)
+
+        self._bare_kind: type[_Publish] = type("_BarePublish", (self._kind,), {"__slots__": (), "answer": answer})
+        # One Redis: the sender's submit, which answers a bare publish through its kind; a route that
+        # calls back for every command (a cluster's Router) gets the answer as its callback.
+        self._direct = submit_for is not None
         self._keys: dict[Key, PairKeys] = {}  # _keys_of's memory
         self._epochs = _Epochs()
         # The read script (redis-py's Script: EVALSHA, loading it on NOSCRIPT), run with each read's client.
         self._reader: Any = None
-        # This node's publishes without id not settled yet (by number), and those delivered here
-        # because Redis did not take them, as far as the sender knew (Redis may have run them).
+        # This node's publishes without id not settled yet (by number: _SENT, or for a bare one its
+        # Delivery; _ARRIVED once back from the channel first), and those delivered here because Redis
+        # did not take them, as far as the sender knew (_FELL_BACK: Redis may have run them). Compared by identity.
         self._seqs = itertools.count(1)
-        self._in_flight: collections.OrderedDict[int, str] = collections.OrderedDict()
+        self._in_flight: collections.OrderedDict[int, Any] = collections.OrderedDict()
         # This node's publishes to channels its listener is subscribed to, by number, until their
         # envelope comes back: [delivery, its encoding, answered by Redis], oldest first.
         self._kept: collections.OrderedDict[int, list[Any]] = collections.OrderedDict()
@@ -376,11 +406,15 @@ class RedisHistory(SharedHistory):
             raise ProtocolError(ErrorCode.INVALID_MESSAGE,
                                 f"the message would be {envelope_size} bytes on Redis, more than the "
                                 f"{self.max_envelope_size} any node accepts")
-        keys = self._keys_of(delivery.topic, delivery.session_id)
+        keys = self._keys.get((delivery.topic, delivery.session_id))  # _keys_of's usual case, inline
+        if keys is None:
+            keys = self._keys_of(delivery.topic, delivery.session_id)
         seq = next(self._seqs)
+        bare = publish_id is None and on_done is None
         if publish_id is None:
-            command = self._kind(("EVALSHA", self.publish_sha, 2, keys.meta, keys.stream,
-                                  self._epochs.take(), keys.channel, node_id, 1, 0, encoded, seq))
+            command = (self._bare_kind if bare else self._kind)((
+                "EVALSHA", self.publish_sha, 2, keys.meta, keys.stream,
+                self._epochs.take(), keys.channel, node_id, 1, 0, encoded, seq))
         else:
             command = self._kind(("EVALSHA", self.publish_sha, 3, keys.meta, keys.stream,
                                   publish_id_key(self.prefix, delivery.session_id, publish_id),
@@ -389,9 +423,29 @@ class RedisHistory(SharedHistory):
         if publish_id is None or kept is not None:
             with self._lock:
                 if publish_id is None:
-                    self._in_flight[seq] = _SENT
-                if kept is not None:
-                    self._keep_locked(seq, kept)
+                    # A bare publish's own delivery is its state until answered: its fallback needs it.
+                    self._in_flight[seq] = delivery if bare else _SENT
+                if kept is not None:  # bounded: the oldest go first
+                    self._kept[seq] = kept
+                    self._kept_bytes += len(encoded)
+                    if len(self._kept) > MAX_KEPT or self._kept_bytes > MAX_KEPT_BYTES:
+                        self._trim_kept_locked()
+        # Always through the sender, even while the listener is down: one FIFO, so what falls back
+        # to local delivery (Redis did not take it) is delivered here in the order it was made.
+        if bare:  # answered by its kind's answer (``_answer_bare``), if its run did not settle it
+            if self._direct:
+                self._submit_for(delivery.session_id)(command)
+            else:  # a route that calls back for every command (a cluster's): the answer itself
+                self._submit_for(delivery.session_id)(command, functools.partial(self._answer_bare, command))
+            return
+
+        self._submit_for(delivery.session_id)(command, self._on_reply(delivery, publish_id, on_done, seq, kept))
+
+    def _on_reply(self, delivery: Delivery, publish_id: str | None,
+                  on_done: Callable[[Stamped | BaseException], None] | None, seq: int,
+                  kept: list[Any] | None) -> Callable[[Any], None]:
+        """The callback of a publish with an id, or one somebody waits for (a method of its own: ``publish``
+        then has no cell variables, whose cells Python would make on every call, bare publishes too)."""
 
         def on_reply(reply: Any) -> None:  # on the sender's thread (which counts what it could not send)
             if type(reply) is tuple:  # settled with its run (``_split_run``): (epoch, offset)
@@ -424,9 +478,38 @@ class RedisHistory(SharedHistory):
             if on_done is not None:
                 on_done(result)
 
-        # Always through the sender, even while the listener is down: one FIFO, so what falls back
-        # to local delivery (Redis did not take it) is delivered here in the order it was made.
-        self._submit_for(delivery.session_id)(command, on_reply)
+        return on_reply
+
+    def _answer_bare(self, command: tuple[Any, ...], reply: Any) -> None:
+        """The reply to a publish without id that nobody waits for (``_bare_kind``'s ``answer``; on the
+        sender's thread): what its ``on_reply`` would do, its state read back by its number (``command[-1]``)."""
+        if reply is SETTLED:
+            return  # settled with its run (``_split_run``)
+        seq = command[-1]
+        if type(reply) is list and len(reply) == 3 and reply[0] == 0 and type(reply[2]) is int:
+            # The usual answer, alone: new, no reset. The listener delivers it with the channel's position.
+            with self._lock:
+                self._in_flight.pop(seq, None)
+                entry = self._kept.get(seq)
+                if entry is not None:
+                    entry[2] = True
+            return
+        with self._lock:
+            state = self._in_flight.get(seq)
+            entry = self._kept.get(seq)
+        delivery = state if type(state) is Delivery else entry[0] if entry is not None else None
+        if delivery is None:  # its number left _in_flight (past MAX_IN_FLIGHT): made again from its encoding
+            delivery = _decoded(command[-2])
+        try:
+            stamped = self._stamped(reply, delivery)
+            self._settled(seq, None, fell_back=False)
+            if stamped.repeat:
+                self._unkeep(seq)
+            elif entry is not None:
+                entry[2] = True  # a list item: atomic under the GIL
+        except HistoryUnavailable as exc:
+            self._unkeep(seq)
+            self._unsent(delivery, exc, deliver_here=self._settled(seq, None, fell_back=True))
 
     def _merge(self, commands: list[Mergeable]) -> tuple[tuple[Any, ...], Callable[[Any], list[Any]]]:
         """``merge_publishes`` for the sender, with ``_split_run`` for its reply."""
@@ -438,7 +521,8 @@ class RedisHistory(SharedHistory):
 
         The run's new publishes without id are settled here, under one lock for all of
         them (their number leaves ``_in_flight``, what was kept is marked answered), and
-        get ``(epoch, offset)`` as their part, which their ``on_reply`` only hands on;
+        get ``SETTLED`` as their part if nobody waits for them (the sender then calls
+        nothing), else ``(epoch, offset)``, which their ``on_reply`` only hands on;
         the others get their reply alone (``merge_publishes``), as if they had run alone.
         """
         count = len(commands)
@@ -454,15 +538,22 @@ class RedisHistory(SharedHistory):
             epoch: str | None = _epoch(reply[1])
         except ValueError:
             epoch = None  # those that wait for their position are told, as alone
-        out: list[Any] = []
-        settled = []
-        for i, command in enumerate(commands):
-            part, offset = (None, reply[2] + i) if parts is None else parts[i]
-            if epoch is not None and offset and command[2] == 2:  # new, without id
-                settled.append(command[-1])
-                out.append((epoch, offset))
-            else:
-                out.append(part if part is not None else [0, reply[1], offset])
+        out: list[Any]
+        bare = self._bare_kind
+        if parts is None and epoch is not None:  # the usual run: all new, offsets first, first + 1, ...
+            first = reply[2]
+            settled = [command[-1] for command in commands if command[2] == 2]
+            out = [SETTLED if type(command) is bare else (epoch, first + i) if command[2] == 2
+                   else [0, reply[1], first + i] for i, command in enumerate(commands)]
+        else:
+            out, settled = [], []
+            for i, command in enumerate(commands):
+                part, offset = (None, reply[2] + i) if parts is None else parts[i]
+                if epoch is not None and offset and command[2] == 2:  # new, without id
+                    settled.append(command[-1])
+                    out.append(SETTLED if type(command) is bare else (epoch, offset))
+                else:
+                    out.append(part if part is not None else [0, reply[1], offset])
         if settled:
             with self._lock:
                 in_flight, kept = self._in_flight, self._kept
@@ -491,17 +582,16 @@ class RedisHistory(SharedHistory):
             return False  # answered unavailable: delivered nowhere by us
         with self._lock:
             state = self._in_flight.pop(seq, None)
-            if not fell_back or state == _ARRIVED:
+            if not fell_back or state is _ARRIVED:
                 return False
             self._in_flight[seq] = _FELL_BACK  # if it comes from the channel later, it is dropped there
             while len(self._in_flight) > MAX_IN_FLIGHT:
                 self._in_flight.popitem(last=False)
             return True
 
-    def _keep_locked(self, seq: int, kept: list[Any]) -> None:
+    def _trim_kept_locked(self) -> None:
+        """Drop the oldest kept publishes past ``MAX_KEPT`` or ``MAX_KEPT_BYTES`` (their envelope is then decoded)."""
         assert self._lock.locked(), "must hold the history's lock"
-        self._kept[seq] = kept
-        self._kept_bytes += len(kept[1])
         while len(self._kept) > MAX_KEPT or self._kept_bytes > MAX_KEPT_BYTES:
             self._kept_bytes -= len(self._kept.popitem(last=False)[1][1])
 
@@ -517,49 +607,49 @@ class RedisHistory(SharedHistory):
             self._kept.clear()
             self._kept_bytes = 0
 
-    def take_own(self, key: Key, data: bytes, prefix: bytes) -> list[Delivery] | None:
-        """The deliveries of this node's own version-5 envelope ``data`` (starting with ``prefix``),
-        made from what was kept when they were published: only the header is read. None if any
-        of them was not kept (or the header is not the script's): then decode ``data`` whole.
+    def take_own(self, key: Key, data: bytes, prefix: bytes) -> OwnRun | None:
+        """This node's own version-5 envelope ``data`` (starting with ``prefix``) as the run of what was
+        kept when its publishes were made (``base.OwnRun``): only the header is read, and no
+        ``Delivery`` is made. None if any of them was not kept (or the header is not the script's):
+        then decode ``data`` whole.
 
-        Does what ``arrived`` does for each: a publish already delivered here is left out.
+        Does what ``arrived`` does for each: a publish already delivered here is None in the run.
         """
         header = own_run_header(data, prefix)
         if header is None:
             return None
         epoch, first, seqs = header
+        topic, session_id = key
         with self._lock:
             kept = self._kept
-            entries = []
+            entries: list[list[Any] | None] = []
             for seq in seqs:
                 entry = kept.pop(seq, None)
                 if entry is None:
                     return None  # those taken are gone: the envelope's decoding serves them all
                 self._kept_bytes -= len(entry[1])
-                if entry[0].topic != key[0] or entry[0].session_id != key[1]:
+                published = entry[0]
+                if published.topic != topic or published.session_id != session_id:
                     return None  # not what this node sent on that channel
                 entries.append(entry)
             # Older ones Redis answered whose envelope did not come before this one: it will not
             # (a channel's messages come in the order the scripts ran; a few at a time, bounded).
-            low = min(seqs)
+            low = seqs[0] if len(seqs) == 1 else min(seqs)
             for _ in range(16):
                 oldest = next(iter(kept), None)
                 if oldest is None or oldest >= low or not kept[oldest][2]:
                     break
                 self._kept_bytes -= len(kept.pop(oldest)[1])
             in_flight = self._in_flight
-            deliveries = []
-            for offset, (seq, (published, encoded, _)) in enumerate(zip(seqs, entries), first):
-                state = in_flight.get(seq)
-                if state == _SENT:
-                    in_flight[seq] = _ARRIVED
-                elif state == _FELL_BACK:
-                    del in_flight[seq]
-                    continue  # delivered here already, when Redis seemed not to take it
-                deliveries.append(Delivery(published.publisher_name, published.topic, published.payload,
-                                           published.timestamp, published.session_id, published.user,
-                                           offset, epoch, {ENCODED: encoded}))
-        return deliveries
+            if in_flight:
+                for i, seq in enumerate(seqs):
+                    state = in_flight.get(seq)
+                    if state is _FELL_BACK:
+                        del in_flight[seq]
+                        entries[i] = None  # delivered here already, when Redis seemed not to take it
+                    elif state is not None:  # sent (_SENT, or a bare publish's delivery), not answered yet
+                        in_flight[seq] = _ARRIVED
+        return key, epoch, first, entries
 
     def arrived(self, delivery: Delivery) -> bool:
         """The listener has ``delivery``: False for a publish of this node already delivered here."""
@@ -569,11 +659,11 @@ class RedisHistory(SharedHistory):
             return True
         with self._lock:
             state = self._in_flight.get(extra["seq"])
-            if state == _SENT:
-                self._in_flight[extra["seq"]] = _ARRIVED
-            elif state == _FELL_BACK:
+            if state is _FELL_BACK:
                 del self._in_flight[extra["seq"]]
                 return False
+            if state is not None and state is not _ARRIVED:  # sent (_SENT, or a bare publish's delivery)
+                self._in_flight[extra["seq"]] = _ARRIVED
         return True
 
     def _stamped(self, reply: Any, delivery: Delivery) -> Stamped:
