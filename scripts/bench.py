@@ -46,7 +46,7 @@ sys.path.insert(0, HERE)
 
 from benchlib import multinode  # noqa: E402
 from benchlib.generators import Generator, clean, merge, split, start_one_topic  # noqa: E402
-from benchlib.servers import COMPRESSING, SERVERS, RunningServer, ServerKind, free_port  # noqa: E402
+from benchlib.servers import COMPRESSING, SERVERS, RunningServer, ServerKind, compile_rusty_ws, free_port  # noqa: E402
 
 ORDER = ["rusty_ws", "websockets", "flask-socketio", "per-send", "ceiling"]
 
@@ -383,6 +383,7 @@ def main() -> int:
 
     quick = args.quick
     runs = args.runs or (1 if quick else 3)
+    compile_rusty_ws()  # every hub process this run starts reads them (the storm's new process above all)
     servers = [SERVERS[name] for name in ORDER if name in args.only.split(",")]
     single = "loadgen,fanout,latency,sessions,capacity,compression,connect,storm"
     scenarios = (args.scenarios or (single if quick else single + ",xfanout,xsessions,xpublish")).split(",")

@@ -33,3 +33,7 @@ if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
 fi
 extras=${1:-}
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras:+[$extras]}"
+# An editable install compiles nothing, and with PYTHONDONTWRITEBYTECODE set the interpreter writes no
+# .pyc either: every `rusty-ws serve` would compile its 42 modules from source, a third of its start-up
+# (docs/performance.md, "Start-up, session 15"). compileall writes the missing and stale ones only.
+.venv/bin/python -m compileall -q rusty_ws || true  # a syntax error shows here, and again where it is imported

@@ -88,8 +88,56 @@ def node_main(port: str) -> None:
 
     threading.Thread._bootstrap_inner = named  # type: ignore[attr-defined]
     prctl(15, b"main", 0, 0, 0)
+    runs_file = os.environ.get("XPUBLISH_COST_RUNS")
+    if runs_file:
+        _count_runs(runs_file)
     sys.argv = [os.path.join(HERE, "benchlib", "run_rusty.py"), port]
     runpy.run_path(sys.argv[0], run_name="__main__")
+
+
+def _count_runs(path: str) -> None:
+    """``--run-lengths``: how many publishes each command of the history script carries (the sender's
+    ``_coalesce``), as a histogram written to ``path`` every 0.2 s (the node is killed at the end)."""
+    import threading
+
+    from rusty_ws.brokers import redis_sender
+
+    lengths: collections.Counter = collections.Counter()
+    coalesce = redis_sender._coalesce
+
+    def counted(batch: Any) -> Any:
+        commands, spans = coalesce(batch)
+        for command, (count, _) in zip(commands, spans):
+            if command and command[0] == "EVALSHA":
+                lengths[count] += 1
+        return commands, spans
+
+    redis_sender._coalesce = counted  # type: ignore[assignment]
+
+    def write() -> None:
+        while True:
+            time.sleep(0.2)  # a snapshot for the driver, whenever it stops the node
+            with open(path + ".new", "w") as out:
+                json.dump(dict(lengths), out)
+            os.replace(path + ".new", path)
+
+    threading.Thread(target=write, name="run-lengths", daemon=True).start()
+
+
+def _run_lengths(paths: list[str]) -> dict[str, Any]:
+    """The histograms of ``_count_runs`` added up: runs by length, and each length's share of the publishes."""
+    lengths: collections.Counter = collections.Counter()
+    for path in paths:
+        if os.path.exists(path):
+            with open(path) as data:
+                lengths.update({int(k): v for k, v in json.load(data).items()})
+    runs = sum(lengths.values())
+    publishes = sum(k * v for k, v in lengths.items())
+    buckets = {"1": (1, 1), "2-4": (2, 4), "5-19": (5, 19), "20-99": (20, 99), "100-200": (100, 200)}
+    share = {name: round(sum(k * v for k, v in lengths.items() if lo <= k <= hi) / max(1, publishes), 3)
+             for name, (lo, hi) in buckets.items()}
+    return {"runs": runs, "publishes": publishes, "mean": round(publishes / max(1, runs), 2),
+            "share_of_publishes": share}
 
 
 # --------------------------------------------------------------------------- the driver
@@ -148,9 +196,11 @@ def one_round(redis: Any, env: dict[str, str], messages: int, deadline: float,
     kind = ServerKind("rusty_ws+redis", "rusty", os.path.join("..", os.path.basename(__file__)), "node")
     ended = tempfile.mktemp(prefix="xpublish-ended-")
     pauses = tempfile.mktemp(prefix="xpublish-gc-")
+    runs = [tempfile.mktemp(prefix="xpublish-runs-") for _ in range(2)] if RUN_LENGTHS else []
+    counting = [{"XPUBLISH_COST_RUNS": path} for path in runs] or [{}, {}]
     servers = [RunningServer(kind, {**env, "RUSTY_WS_BROKER_URL": redis.url, "XPUBLISH_COST_ENDED": ended,
-                                    "BENCH_GC_PAUSES": pauses}),
-               RunningServer(kind, {**env, "RUSTY_WS_BROKER_URL": redis.url})]
+                                    "BENCH_GC_PAUSES": pauses, **counting[0]}),
+               RunningServer(kind, {**env, "RUSTY_WS_BROKER_URL": redis.url, **counting[1]})]
     generators: list[Generator] = []
     spy = perf = None
     try:
@@ -207,10 +257,13 @@ def one_round(redis: Any, env: dict[str, str], messages: int, deadline: float,
             row["spy"] = _finish_spy(spy)
         if counted is not None:
             row["syscalls"] = counted
+        if runs:
+            time.sleep(0.5)  # the nodes' counters write every 0.2 s
+            row["run_lengths"] = _run_lengths(runs)
         return row
     finally:
         shut_down(generators, servers)
-        for path in (ended, pauses):
+        for path in (ended, pauses, *runs):
             if os.path.exists(path):
                 os.unlink(path)
         if perf is not None and perf[0].poll() is None:
@@ -306,6 +359,8 @@ def _finish_perf(perf: tuple[subprocess.Popen, str], messages: int) -> dict[str,
     return {kind: row for kind, row in sorted(counts.items()) if row.get("all")}
 
 
+#: ``--run-lengths``: count the publishes per run of the history script in both nodes.
+RUN_LENGTHS: list[bool] = []
 #: ``--py-spy-node``: the node py-spy samples (1, the publisher's, or 2, the far subscriber's).
 SPY_NODE: list[int] = [1]
 #: ``--py-spy-gil``: sample only the thread holding the GIL (what runs Python), not those waiting for it.
@@ -384,6 +439,9 @@ def main() -> None:
                         help="the nodes' collector, each SPEC a variant of its own (interleaved): '0' off, 'A', "
                              "'A,B' or 'A,B,C' for gc.set_threshold before serve()'s freeze (benchlib/gc_setting.py)")
     parser.add_argument("--no-gc", action="store_true", help="the nodes' collector off (--gc 0)")
+    parser.add_argument("--run-lengths", action="store_true",
+                        help="also count the publishes per run of the history script (the sender's merging), "
+                             "both nodes; it costs the nodes a little: not with CPU measurements")
     parser.add_argument("--json", help="write the rounds here")
     if sys.argv[2:3] == ["node"]:  # a node: ``xpublish_cost.py PORT node`` (``ServerKind.command``)
         node_main(sys.argv[1])
@@ -394,6 +452,8 @@ def main() -> None:
     if args.py_spy_gil:
         SPY_GIL.append("--gil")
     SPY_NODE[0] = args.py_spy_node
+    if args.run_lengths:
+        RUN_LENGTHS.append(True)
     settings = ["0"] if args.no_gc else args.gc
     names = [f"{variant}@gc={gc}" if gc else variant for variant in args.variants.split(",") for gc in settings]
     envs = {f"{variant}@gc={gc}" if gc else variant: {**VARIANTS[variant], "BENCH_GC_THRESHOLD": gc}
@@ -414,6 +474,8 @@ def main() -> None:
                       f"Redis {row['redis_us']:.2f}; RSS {row['node1_rss_kib'] // 1024} MiB "
                       f"(peak {row['node1_peak_rss_kib'] // 1024}); collections {row['node1_gc']}; {row['wall_s']} s; "
                       f"load {row['load']}{'' if row['ok'] else '; NOT CLEAN'}", flush=True)
+                if "run_lengths" in row:
+                    print(f"     run lengths: {row['run_lengths']}", flush=True)
     finally:
         redis.stop()
     print("\nbest round of each (by node 1's CPU): per publish, CPU us / voluntary / involuntary switches")

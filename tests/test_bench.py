@@ -109,3 +109,22 @@ def test_the_connect_driver_measures_windows_by_connections_held_and_the_close()
     assert windows[-1]["closed_all"] and windows[-1]["threads_left"] == 0
     for window in windows:
         assert window["user"] >= 0 and window["system"] >= 0 and window["gen0"] >= 0
+
+
+def test_the_start_up_driver_reports_the_cpu_to_listening_and_no_stale_pyc_after_the_bench_compiled() -> None:
+    """scripts/startup_cost.py without valgrind, after what bench.py does first (``compile_rusty_ws``)."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    try:
+        from benchlib.servers import compile_rusty_ws
+    finally:
+        sys.path.pop(0)
+    assert compile_rusty_ws()
+    for entry in ("cli", "bench"):
+        result = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "scripts", "startup_cost.py"), "--entry", entry, "--runs", "1"],
+            capture_output=True, text=True, timeout=120_000 * MS, cwd=ROOT,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        report = json.loads(result.stdout.splitlines()[-1])
+        assert report["entry"] == entry and report["stale_pyc"] == 0
+        assert len(report["cpu_s"]) == 1 and report["cpu_s"][0] > 0  # a start-up never costs under a 10 ms tick

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rusty_ws.frames import close_frame, encode_frame, text_frame
+from rusty_ws.frames import close_frame, encode_frame, text_frame, text_frames
 from support import decode_frame
 
 
@@ -12,6 +12,11 @@ from support import decode_frame
 def test_text_frame_lengths(size: int) -> None:
     frame = decode_frame(text_frame("x" * size))  # the decoder also insists on the shortest length form
     assert frame.first == 0x81 and frame.text() == "x" * size  # FIN, no RSV bit, text
+
+
+def test_text_frames_frame_a_run_as_text_frame_does_each() -> None:
+    texts = [b"x" * size for size in (0, 1, 125, 126, 65535, 65536, 200_000)] + ["é".encode() * 70]
+    assert text_frames(texts) == [text_frame(text) for text in texts] and text_frames([]) == []
 
 
 def test_text_frame_accepts_bytes_and_str_alike() -> None:

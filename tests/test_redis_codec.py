@@ -16,6 +16,7 @@ from rusty_ws.brokers.redis_codec import (
     decode_envelope,
     decode_envelopes,
     decode_stream_entry,
+    decode_stream_run,
     encode_envelope,
     key_of_channel,
     merge_envelopes,
@@ -388,6 +389,27 @@ class TestHistoryEnvelopes:
     def test_bad_stream_entries_are_refused(self, entry: object) -> None:
         with pytest.raises((ValueError, TypeError)):
             decode_stream_entry(entry, self.KEY, "ab", 3)
+
+
+    def test_a_run_entry_holds_its_deliveries_at_the_offsets_up_to_its_id(self) -> None:
+        bodies = [self.BODY.replace(b'"payload":1', b'"payload":%d' % n) for n in (5, 6, 7)]
+        run, added = decode_stream_run([b"7-0", [b"d", b"[" + b",".join(bodies) + b"]", b"t", b"9"]], self.KEY, "ab", 9)
+        assert [(d.offset, d.payload, d.epoch) for d in run] == [(5, 5, "ab"), (6, 6, "ab"), (7, 7, "ab")] and added == 9
+        [alone], _ = decode_stream_run([b"3-0", [b"d", self.BODY, b"t", b"1"]], self.KEY, "ab", 3)
+        assert alone.offset == 3  # the entries of before session 15, and a run of one now
+        with pytest.raises(ValueError):
+            decode_stream_entry([b"7-0", [b"d", b"[" + b",".join(bodies) + b"]", b"t", b"9"]], self.KEY, "ab", 9)
+
+    @pytest.mark.parametrize("data", [
+        b"[" + BODY + b"," + BODY + b"," + BODY + b"]",  # three deliveries under offset 2: one below 1
+        b"[" + BODY + b"]", b"[]",  # a run of one is the delivery alone
+        b"[" + BODY + b",1]", b"[" + BODY + b"," + BODY.replace(b'"s"}', b'"other"}') + b"]",
+        b"[" + BODY + b"," + BODY, b"[" * 100_000, b"[" + b"[" * 30 + BODY + b"]" * 30 + b"," + BODY + b"]",
+        b"[" + b",".join([BODY] * 20) + b"]",  # more bytes than max_size
+    ])
+    def test_bad_run_entries_are_refused(self, data: bytes) -> None:
+        with pytest.raises(ValueError):
+            decode_stream_run([b"2-0", [b"d", data, b"t", b"1"]], self.KEY, "ab", 2, max_size=1000)
 
 
 class TestPlainBatchEnvelopes:

@@ -14,6 +14,7 @@ import pytest
 
 from rusty_ws.brokers.redis_codec import decode_envelope
 from rusty_ws.brokers.redis_history import UNSENT_LOG_EVERY, RedisHistory, Route
+from rusty_ws.brokers.redis_sender import SETTLED
 from rusty_ws.log_throttle import LogThrottle
 from rusty_ws.protocol import Delivery
 
@@ -26,14 +27,20 @@ class RecordingSender:
         return "0" * 40
 
     def submit(self, args: tuple[Any, ...], on_reply: Any = None) -> None:
-        self.commands.append((args, on_reply))
+        """Records the command and what the sender would call with its reply: without ``on_reply``,
+        a ``Mergeable``'s ``answer`` (``RedisSender._answer``)."""
+        self.commands.append((args, args.answer if on_reply is None else on_reply))
 
 
-def store() -> tuple[RedisHistory, RecordingSender, list[Delivery]]:
+def store(direct: bool = True) -> tuple[RedisHistory, RecordingSender, list[Delivery]]:
+    """A history whose sender is ``RecordingSender``: given as ``submit_for`` (one Redis: a publish
+    without id that nobody waits for goes without callback) or, not ``direct``, only through the
+    route (a cluster's: a callback for every command)."""
     sender, delivered = RecordingSender(), []
     history = RedisHistory(node_id=lambda: "node-1", route=lambda session_id: Route(None, sender.submit, True),
                            deliver=delivered.append,
-                           prefix="rusty_ws", size=10, ttl=60, window=60, max_envelope_size=None)
+                           prefix="rusty_ws", size=10, ttl=60, window=60, max_envelope_size=None,
+                           submit_for=(lambda session_id: sender.submit) if direct else None)
     return history, sender, delivered
 
 
@@ -48,8 +55,9 @@ DELIVERY = Delivery(publisher_name="p", topic="T", payload=1, timestamp="t", ses
 LOST = ConnectionError("Redis connection lost: reset")
 
 
-def test_the_channels_copy_first_then_a_failure_is_not_delivered_again() -> None:
-    history, sender, delivered = store()
+@pytest.mark.parametrize("direct", [True, False], ids=["sender", "route"])
+def test_the_channels_copy_first_then_a_failure_is_not_delivered_again(direct: bool) -> None:
+    history, sender, delivered = store(direct)
     history.publish(DELIVERY, None, None)
     [(args, on_reply)] = sender.commands
     assert history.arrived(published(args[-1])) is True  # Redis ran it: delivered from the channel
@@ -57,14 +65,41 @@ def test_the_channels_copy_first_then_a_failure_is_not_delivered_again() -> None
     assert delivered == []
 
 
-def test_a_fallback_first_drops_the_channels_late_copy() -> None:
-    history, sender, delivered = store()
+@pytest.mark.parametrize("direct", [True, False], ids=["sender", "route"])
+def test_a_fallback_first_drops_the_channels_late_copy(direct: bool) -> None:
+    history, sender, delivered = store(direct)
     history.publish(DELIVERY, None, None)
     [(args, on_reply)] = sender.commands
     on_reply(LOST)
     assert delivered == [DELIVERY]  # local delivery goes on, without offset
     assert history.arrived(published(args[-1])) is False  # Redis ran it after all: not a second time
     assert history.arrived(published(args[-1])) is True  # forgotten once matched
+
+
+def test_a_publish_without_id_goes_without_callback_to_the_sender_and_with_one_through_a_route() -> None:
+    from rusty_ws.brokers.redis_sender import SETTLED
+
+    history, _, delivered = store(direct=True)
+    submitted: list[Any] = []
+    history._submit_for = lambda session_id: lambda *args: submitted.append(args)
+    history.publish(DELIVERY, None, None)
+    [(_,)] = submitted  # no on_reply: the sender calls the command's kind's answer
+    history, sender, delivered = store(direct=False)
+    history.publish(DELIVERY, None, None)
+    [(_, on_reply)] = sender.commands
+    assert on_reply is not None and on_reply(SETTLED) is None and len(history._in_flight) == 1  # settled by its run
+    on_reply([0, b"ab", 3])  # its reply alone
+    assert len(history._in_flight) == 0 and delivered == []
+
+
+def test_a_fallback_whose_state_was_dropped_is_made_again_from_its_encoding() -> None:
+    history, sender, delivered = store()
+    sent = Delivery("p", "T", {"n": [1, "é"]}, "t", "s", "alice")
+    history.publish(sent, None, None)
+    [(_, on_reply)] = sender.commands
+    history._in_flight.clear()  # as past MAX_IN_FLIGHT
+    on_reply(LOST)
+    assert delivered == [sent]
 
 
 def test_other_nodes_publishes_always_arrive() -> None:
@@ -121,7 +156,8 @@ def test_a_runs_publishes_without_id_are_settled_together_and_those_with_one_ans
     assert merged[2] == 4 and merged[3 + 4 + 3] == 4  # meta, stream, two id keys; n = 4 after the pair's three
     # Redis' answer: new from offset 7 on, but the second publish's id was seen before (at 2).
     parts = answer_as_the_sender_does(sender, [0, b"ab12", 7, 2, b"2:ab12"])
-    assert parts[0] == ("ab12", 7) and parts[2] == ("ab12", 8)  # settled with the run: only handed on
+    # Settled with the run: nothing to call for the first (nobody waits), the position handed on for the third.
+    assert parts[0] is SETTLED and parts[2] == ("ab12", 8)
     assert [(a.position.offset, a.position.epoch, a.repeat) for a in answers] == [(2, "ab12", True), (8, "ab12", False),
                                                                                   (9, "ab12", False)]
     assert len(history._in_flight) == 0 and delivered == []
@@ -155,7 +191,8 @@ def test_the_settings_are_in_the_script_and_each_configuration_has_its_own() -> 
                                                                           "max_envelope_size": None, **options})
     one, same, other = history(), history(), history(size=11)
     assert one.publish_sha == same.publish_sha != other.publish_sha
-    assert "'MAXLEN', size" in one.publish_script and "local size, most = 10, 9007199254740992" in one.publish_script
+    assert "'MINID', floor" in one.publish_script
+    assert "local size, most, chunk = 10, 9007199254740992, 1125899906842624" in one.publish_script
     assert "{" + "size}" not in other.publish_script and "ARGV[5]" not in one.publish_script
     with pytest.raises(ValueError):
         history(size=0)
@@ -166,11 +203,12 @@ def test_the_settings_are_in_the_script_and_each_configuration_has_its_own() -> 
 PREFIX = b'{"v":5,"node":"node-1",'
 
 
-def keeping(keeps: bool = True) -> tuple[RedisHistory, RecordingSender, list[Delivery]]:
+def keeping(keeps: bool = True, direct: bool = True) -> tuple[RedisHistory, RecordingSender, list[Delivery]]:
     sender, delivered = RecordingSender(), []
     history = RedisHistory(node_id=lambda: "node-1", route=lambda session_id: Route(None, sender.submit, True),
                            deliver=delivered.append, prefix="rusty_ws", size=10, ttl=60, window=60,
-                           max_envelope_size=None, keeps=lambda channel: keeps)
+                           max_envelope_size=None, keeps=lambda channel: keeps,
+                           submit_for=(lambda session_id: sender.submit) if direct else None)
     return history, sender, delivered
 
 
@@ -181,7 +219,7 @@ def own_envelope(seqs: list[int], first: int = 1, bodies: bytes = b"{}", epoch: 
 
 
 def test_an_own_envelope_is_made_of_what_was_kept_with_its_offsets() -> None:
-    from rusty_ws.brokers.base import ENCODED
+    from rusty_ws.brokers.base import ENCODED, own_deliveries
     from rusty_ws.server.shared_streams import _encoded
 
     history, sender, _ = keeping()
@@ -189,12 +227,32 @@ def test_an_own_envelope_is_made_of_what_was_kept_with_its_offsets() -> None:
     for delivery in sent:
         history.publish(delivery, None, None)
     seqs = [args[-1] for args, _ in sender.commands]
-    got = history.take_own(("T", "s"), own_envelope(seqs, first=7, epoch="ab12"), PREFIX)
-    assert got is not None
+    run = history.take_own(("T", "s"), own_envelope(seqs, first=7, epoch="ab12"), PREFIX)
+    assert run is not None
+    key, epoch, first, published = run
+    assert (key, epoch, first) == (("T", "s"), "ab12", 7)
+    assert [(kept[0], kept[1]) for kept in published] == [(delivery, delivery.encode()) for delivery in sent]
+    got = own_deliveries(run)
     assert [(d.payload, d.user, d.offset, d.epoch) for d in got] == [("one", None, 7, "ab12"), ({"n": 2}, "alice", 8, "ab12")]
     for delivery in got:  # the hub's frame: the kept encoding with the position spliced in, as encode() makes it
         assert ENCODED in delivery.extra and _encoded(delivery) == delivery.encode()
     assert history.take_own(("T", "s"), own_envelope(seqs), PREFIX) is None  # taken once: a copy is decoded
+
+
+def test_a_publish_of_a_run_delivered_here_already_is_skipped_with_its_offset() -> None:
+    from rusty_ws.brokers import redis_history
+    from rusty_ws.brokers.base import own_deliveries
+
+    history, sender, _ = keeping()
+    for _ in range(3):
+        history.publish(DELIVERY, None, None)
+    seqs = [args[-1] for args, _ in sender.commands]
+    history._in_flight[seqs[1]] = redis_history._FELL_BACK  # delivered here when Redis seemed not to take it
+    run = history.take_own(("T", "s"), own_envelope(seqs, first=4), PREFIX)
+    assert run is not None and run[3][1] is None and None not in (run[3][0], run[3][2])
+    assert [d.offset for d in own_deliveries(run)] == [4, 6]
+    assert seqs[1] not in history._in_flight  # matched: forgotten
+    assert all(history._in_flight[seq] == redis_history._ARRIVED for seq in (seqs[0], seqs[2]))
 
 
 def test_what_was_not_kept_is_left_to_the_decoder() -> None:
@@ -240,7 +298,7 @@ def test_an_envelope_first_then_a_failure_is_delivered_once() -> None:
     history.publish(DELIVERY, None, None)
     [(args, on_reply)] = sender.commands
     got = history.take_own(("T", "s"), own_envelope([args[-1]]), PREFIX)
-    assert got is not None and len(got) == 1  # Redis ran it: delivered from the channel
+    assert got is not None and len(got[3]) == 1 and got[3][0] is not None  # Redis ran it: delivered from the channel
     on_reply(LOST)  # ...then the sender lost the connection before the reply
     assert delivered == []
 

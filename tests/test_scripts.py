@@ -103,10 +103,13 @@ class TestStandInVenv:
         assert (venv / "calls").read_text().splitlines() == [
             "python -m pip --version",
             "python -m pip install --quiet --disable-pip-version-check -e .",
+            "python -m compileall -q rusty_ws",  # the .pyc an editable install never writes
             "rusty-ws serve --host 127.0.0.1 --port 8081 --port 9000",
         ]
 
     def test_setup_env_passes_the_extras(self, repo: Path, venv: Path) -> None:
         assert run(repo, "setup-env.sh", "test,bench").returncode == 0
-        assert (venv / "calls").read_text().splitlines()[-1] == \
-            "python -m pip install --quiet --disable-pip-version-check -e .[test,bench]"
+        assert (venv / "calls").read_text().splitlines()[-2:] == [
+            "python -m pip install --quiet --disable-pip-version-check -e .[test,bench]",
+            "python -m compileall -q rusty_ws",
+        ]

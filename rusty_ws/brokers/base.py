@@ -20,13 +20,27 @@ from typing import Any, NamedTuple
 from ..history import Position
 from ..protocol import Delivery
 
-__all__ = ["ENCODED", "Broker", "Deliver", "Landed", "OnLanded", "SharedHistory", "Stored", "Stamped", "HistoryUnavailable"]
+__all__ = ["ENCODED", "Broker", "Deliver", "Landed", "OnLanded", "OwnRun", "SharedHistory", "Stored", "Stamped",
+           "HistoryUnavailable", "own_deliveries"]
 
 Key = tuple[str, str]
 #: ``Delivery.extra`` key of a delivery's own encoding without position (``Delivery.encode`` of it
 #: without offset), when a ``SharedHistory`` has it: a node's own publish coming back from Redis.
 #: The hub splices the position in instead of encoding the delivery again.
 ENCODED = "encoded"
+#: A run of this node's own publishes back from a shared history (``Broker.deliver_own``), as kept
+#: when they were published: its (topic, session), the run's epoch, its first offset, and for each
+#: offset from the first on, the publish (``[delivery, encoding, ...]``: the ``Delivery`` without
+#: position and its ``Delivery.encode``) or None for one delivered here already (its offset is skipped).
+OwnRun = tuple[Key, str, int, list[Any]]
+
+
+def own_deliveries(run: OwnRun) -> list[Delivery]:
+    """The deliveries of ``run``, each with its offset and epoch and its encoding (``extra[ENCODED]``)."""
+    _, epoch, first, published = run
+    return [Delivery(kept[0].publisher_name, kept[0].topic, kept[0].payload, kept[0].timestamp,
+                     kept[0].session_id, kept[0].user, offset, epoch, {ENCODED: kept[1]})
+            for offset, kept in enumerate(published, first) if kept is not None]
 
 
 class Landed(NamedTuple):
@@ -123,6 +137,11 @@ class Broker(abc.ABC):
     #: the hub sets its ``Hub.deliver_local`` here before ``start``, so a publish through Redis is
     #: encoded once on the publisher's thread, for the envelope and the local frame. None: ``deliver``.
     deliver_encoded: Callable[[Delivery, bytes], Landed] | None = None
+    #: Hands a run of this node's own publishes back from its shared history to this node's
+    #: subscribers (the hub sets its ``Hub.deliver_own`` here before ``start``): their frames are
+    #: made from the encodings kept at publish time, without a ``Delivery`` each. None: ``deliver_run``
+    #: of ``own_deliveries``.
+    deliver_own: Callable[[OwnRun], None] | None = None
 
     @abc.abstractmethod
     def start(self, deliver: Deliver, keys: Callable[[], list[Key]]) -> None:

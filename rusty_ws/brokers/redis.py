@@ -253,6 +253,7 @@ class RedisBroker(Broker):
             node_id=node_id,
             deliver=self._from_channel,
             deliver_run=self.deliver_run,  # set by the hub before start (None: one by one)
+            deliver_own=self.deliver_own,  # set by the hub before start (None: through deliver_run)
             keys=self._keys,
             subscribe_timeout=self.subscribe_timeout,
             max_envelope_size=self.max_envelope_size,
@@ -356,11 +357,19 @@ class RedisBroker(Broker):
             assert self._deliver is not None
             return self._deliver(delivery)
 
-        self._history = RedisHistory(node_id=lambda: self._current().node_id, route=self._route, deliver=deliver,
+        self._history = RedisHistory(node_id=self._node_id_now, route=self._route, deliver=deliver,
                                      prefix=self.channel_prefix, size=size, ttl=ttl, window=window,
                                      max_envelope_size=self.max_envelope_size, max_bytes=max_bytes,
                                      keeps=self._listens_to, submit_for=self._submit_for)
         return self._history
+
+    def _node_id_now(self) -> str:
+        """This process's node id (``RedisHistory``'s ``node_id``, once per publish): ``_current()``'s,
+        read at once while the process is the one that started the listener."""
+        listener = self._listener
+        if listener is not None and self._pid == _this_process[0]:
+            return listener.node_id
+        return self._current().node_id
 
     def _listens_to(self, channel: bytes) -> bool:
         """Whether this process's listener is subscribed to ``channel`` (``RedisHistory``'s ``keeps``;
@@ -376,7 +385,7 @@ class RedisBroker(Broker):
             return Landed(None, 0)
         return self._deliver(delivery)
 
-    def _submit_for(self, session_id: str) -> Callable[[tuple[Any, ...], Callable[[Any], None]], None]:
+    def _submit_for(self, session_id: str) -> Callable[..., None]:
         """Where the history's publishes go (any session): ``_route``'s ``submit``, without the rest."""
         if self._pid != _this_process[0]:
             self._current()  # a forked process: its own sender

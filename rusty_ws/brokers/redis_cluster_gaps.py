@@ -6,12 +6,15 @@ although it is in the pair's stream with its offset. The next delivery of that
 pair then comes with an offset past the last one this node delivered. So, with
 history on, the cluster broker remembers per pair the last offset its listeners
 delivered, and ``before`` a delivery past a gap reads what is missing from the
-stream (reads of at most ``limit`` entries) to deliver it first, in order.
+stream (reads of at most ``limit`` messages, through ``RedisHistory.read``, which
+takes a stream entry that holds a run of several apart and never gives one below
+the floor ``top - RUSTY_WS_HISTORY_SIZE + 1``: a gap wider than the history is
+filled from the floor on) to deliver it first, in order.
 It also drops a copy of one already delivered (the old master's, after the gap was
 filled from the new one's stream).
 
 Offsets go on across a migration (the keys move whole) even though the epoch is
-renewed (``redis_history._GUARD``), so a gap is also filled across that epoch
+renewed (``redis_scripts._GUARD``), so a gap is also filled across that epoch
 change. After a failover the new master's offsets may go back (it lacked the last
 writes): nothing is filled then, the new epoch tells clients. A delivery that
 claims an offset its stream does not hold (no script published it: forged or
@@ -46,9 +49,9 @@ __all__ = ["GapFiller"]
 
 logger = logging.getLogger("rusty_ws.server")
 
-#: Most entries one read takes to fill a gap...
+#: Most messages one read takes to fill a gap...
 FILL_LIMIT = 1000
-#: ...and most reads for one gap (the stream holds at most RUSTY_WS_HISTORY_SIZE entries anyway).
+#: ...and most reads for one gap (a read gives at most RUSTY_WS_HISTORY_SIZE messages anyway).
 MAX_READS = 100
 #: Most pairs remembered (the oldest forgotten past it: their next gap is not filled).
 MOST_PAIRS = 200_000
@@ -109,7 +112,7 @@ class GapFiller:
             return []
         missing: list[Delivery] = []
         after = gap_from
-        for attempt in range(MAX_READS):  # in reads of ``limit`` entries, until the gap is closed or the stream ends
+        for attempt in range(MAX_READS):  # in reads of ``limit`` messages, until the gap is closed or the stream ends
             try:
                 stored = self._read(key, Position(after, epoch), min(self.limit, offset - after - 1))
             except Exception as exc:  # HistoryUnavailable, or anything a read may raise: the rest of the gap stays

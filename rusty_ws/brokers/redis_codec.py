@@ -34,6 +34,7 @@ __all__ = [
     "channel_name",
     "key_of_channel",
     "decode_stream_entry",
+    "decode_stream_run",
     "is_epoch",
     "control_channel",
     "encode_envelope",
@@ -376,20 +377,43 @@ def _is_offset(value: Any) -> bool:
 
 
 def decode_stream_entry(entry: Any, key: Key, epoch: str, top: int, max_size: int | None = None) -> tuple[Delivery, int]:
-    """One entry read from a pair's stream (``[b"{offset}-0", [b"d", delivery, b"t", ms]]``).
+    """One entry of a single delivery read from a pair's stream (``[b"{offset}-0", [b"d", delivery, b"t", ms]]``).
 
     Returns:
         The delivery with its offset and ``epoch``, and the Redis time it was added (ms).
 
     Raises:
-        ValueError: not an entry the history script writes for that pair: another id,
-            an offset past ``top``, missing fields, or a delivery for another pair.
+        ValueError: not such an entry of that pair (``decode_stream_run``), or an entry of several.
+    """
+    run, added = decode_stream_run(entry, key, epoch, top, max_size)
+    if len(run) != 1:
+        raise ValueError(f"an entry of {len(run)} deliveries, not one")
+    return run[0], added
+
+
+def decode_stream_run(entry: Any, key: Key, epoch: str, top: int, max_size: int | None = None) -> tuple[list[Delivery], int]:
+    """One entry read from a pair's stream: one delivery, or the run of k that one script run stored.
+
+    ``[b"{last}-0", [b"d", data, b"t", ms]]``, ``data`` a delivery's JSON object (at offset
+    ``last``: what every version of the script writes for a run of one), or a JSON array of
+    k >= 2 deliveries at offsets ``last - k + 1`` to ``last`` (what the script writes since
+    session 15 for a run of several). Readers of both tell the two apart by the first byte;
+    an older node drops an array as an entry no node wrote, never misreads it.
+
+    Returns:
+        The deliveries with their offsets and ``epoch``, oldest first, and the Redis time they were added (ms).
+
+    Raises:
+        ValueError: not an entry the history script writes for that pair: another id, an
+            offset past ``top`` or below 1, missing fields, more than ``max_size`` bytes, an
+            empty array, or a delivery for another pair.
     """
     if not isinstance(entry, (list, tuple)) or len(entry) != 2 or not isinstance(entry[0], bytes):
         raise ValueError("not a stream entry")
     match = _ENTRY_ID.fullmatch(entry[0])
     if match is None or int(match.group(1)) > top:
         raise ValueError(f"entry id {entry[0][:40]!r} is no offset up to the top {top}")
+    last = int(match.group(1))
     fields = entry[1]
     if not isinstance(fields, (list, tuple)) or len(fields) % 2:
         raise ValueError("the entry's fields are not pairs")
@@ -398,14 +422,27 @@ def decode_stream_entry(entry: Any, key: Key, epoch: str, top: int, max_size: in
     if not isinstance(data, bytes) or not isinstance(added, bytes) or not added.isdigit() or len(added) > 16:
         raise ValueError("the entry needs a 'd' delivery and a 't' time")
     if max_size is not None and len(data) > max_size:
-        raise ValueError(f"{len(data)} bytes, more than the {max_size} a delivery may have")
+        raise ValueError(f"{len(data)} bytes, more than the {max_size} an entry may have")
+    run = data[:1] == b"["
     try:
-        message = loads_strict(data.decode("utf-8"), MAX_ENVELOPE_DEPTH)
+        message = loads_strict(data.decode("utf-8"), MAX_ENVELOPE_DEPTH + run)
     except UnicodeDecodeError:
         raise ValueError("not UTF-8") from None
-    if not isinstance(message, dict):
-        raise ValueError("the delivery is not a JSON object")
-    return _delivery_of(message, key, int(match.group(1)), epoch), int(added)
+    if not run:
+        if not isinstance(message, dict):
+            raise ValueError("the delivery is not a JSON object")
+        return [_delivery_of(message, key, last, epoch)], int(added)
+    if not isinstance(message, list) or len(message) < 2:
+        raise ValueError("a run entry must hold at least two deliveries")
+    first = last - len(message) + 1
+    if first < 1:
+        raise ValueError(f"{len(message)} deliveries, more than the offsets up to its id {last}")
+    deliveries = []
+    for offset, item in enumerate(message, first):
+        if not isinstance(item, dict):
+            raise ValueError("a delivery of the run is not a JSON object")
+        deliveries.append(_delivery_of(item, key, offset, epoch))
+    return deliveries, int(added)
 
 
 def _delivery_of(message: dict[str, Any], key: Key, offset: int | None = None, epoch: str | None = None) -> Delivery:

@@ -1,30 +1,45 @@
 """History in Redis: every (topic, session) stream shared by all nodes (``base.SharedHistory``).
 
 With the Redis broker and history on, a pair's stream is a Redis Stream
-(``pair_keys(...).stream``, entry ids ``{offset}-0``, fields ``d``: the
-delivery's JSON without position, ``t``: Redis's time in ms), capped at
-``RUSTY_WS_HISTORY_SIZE`` entries and ``RUSTY_WS_HISTORY_MAX_BYTES`` of
-deliveries, with a hash beside it (``.meta``: ``e`` the epoch, ``o`` the top
-offset, ``b`` an upper bound of the stream's bytes). The stream is
-``PEXPIRE``'d ``RUSTY_WS_HISTORY_TTL`` after the pair's last publish (an entry
-older than the TTL is never replayed), the hash ``META_TTL`` after its last
-publish or read: a pair idle past the TTL keeps its epoch and top. A session's
-publish ids are string keys (``publish_id_key``) that expire after
-``RUSTY_WS_IDEMPOTENCY_WINDOW``.
+(``pair_keys(...).stream``) of one entry per run of the publish script: its
+id ``{last}-0`` the run's last offset, its fields ``d``, the deliveries' JSON
+without position, and ``t``, Redis's time in ms. ``d`` is the delivery's JSON
+object for a run of one (the format of every entry before session 15), the
+JSON array of the run's k >= 2 deliveries, at offsets ``last - k + 1`` to
+``last``, for a run of several (``redis_codec.decode_stream_run``; the first
+byte tells them apart). A stream keeps the offsets from the floor ``top -
+RUSTY_WS_HISTORY_SIZE + 1`` (``XADD MINID`` drops the entries wholly below it;
+one across it stays whole and the readers drop what it holds below the floor)
+and ``RUSTY_WS_HISTORY_MAX_BYTES`` of deliveries (whole entries, newest
+first). Beside it, a hash (``.meta``: ``e`` the epoch, ``o`` the top offset,
+``b`` an upper bound of the stream's bytes).
 
-One Lua script (``PUBLISH_SCRIPT``, run with ``EVALSHA`` through the node's
+The stream is ``PEXPIRE``'d ``RUSTY_WS_HISTORY_TTL`` after the pair's last
+publish (an entry older than the TTL is never replayed), the hash ``META_TTL``
+after its last publish or read: a pair idle past the TTL keeps its epoch and
+top. A session's publish ids are string keys (``publish_id_key``) that expire
+after ``RUSTY_WS_IDEMPOTENCY_WINDOW``.
+
+Mixed versions (docs/scaling.md, "History and recovery in Redis"): a node of
+before session 15 reads an array entry as one no node wrote (dropped, logged,
+and the client told ``recovered: false``), never as other messages; its
+``XADD MAXLEN`` keeps more messages than the size, which the new readers'
+floor drops; its byte count reads ``d`` as the new script does.
+
+One Lua script (``redis_scripts``: the publish script, run with ``EVALSHA`` through the node's
 sender) takes n publishes of one pair, oldest first, and does atomically: the
 epoch, made if missing (a Redis restarted empty or flushed gives a new one) or
 if the keys hold data no node wrote; for each publish, its idempotency check
-(so a repeated id in one run is a repeat of the first), its offset and its
-``XADD``; the trimming; one ``PUBLISH`` of a version-5 envelope (the new
+(so a repeated id in one run is a repeat of the first) and its offset; one
+``XADD`` of the run's new publishes, trimming the stream; the byte bound; one
+``PUBLISH`` of a version-5 envelope (the new
 deliveries with their offsets, under the epoch) on the pair's channel; and
 returns each one's offset (a repeat: its first position). A publish is one ``Mergeable`` command of n = 1:
 the sender merges the consecutive ones of a pair (``merge_publishes``) and
 hands each its own part of the reply. Every node, this one included, delivers
 what comes on the channel: local subscribers see the offsets remote ones see
 (the listener keeps this node's own version-5 envelopes, and reads only their header: their
-deliveries are made from what this node kept when it published them, ``take_own``). ``READ_SCRIPT``
+deliveries are made from what this node kept when it published them, ``take_own``). The read script
 reads a stream's top and entries in one atomic look, for ``subscribe-json``
 and ``history:``.
 
@@ -32,19 +47,24 @@ On a Redis Cluster (``redis_cluster.py``) the same code runs with ``SPUBLISH``:
 a pair's keys and channel share its session's slot, so each command goes to
 that slot's master (``route``: its client and sender), and the scripts also
 give a pair a new epoch when its hash was written under another master (a
-replica that took over may lack the last writes: ``_GUARD``).
+replica that took over may lack the last writes: ``redis_scripts._GUARD``).
 
 Reads are a round trip on the caller's thread, through the broker's client
 pool. What Redis returns is checked like channel data: an entry no node wrote
-is dropped and logged (``redis_codec.decode_stream_entry``).
+(one whose deliveries would start below offset 1 or at an offset the entry
+before holds, bad JSON, another pair's) is dropped and logged
+(``redis_codec.decode_stream_run``, ``RedisHistory.read``).
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import itertools
+import json
 import logging
+import operator
 import os
 import secrets
 import threading
@@ -54,191 +74,14 @@ from typing import Any, NamedTuple
 from ..exceptions import ProtocolError
 from ..log_throttle import LogThrottle
 from ..protocol import Delivery, ErrorCode, Position
-from .base import ENCODED, HistoryUnavailable, Key, SharedHistory, Stamped, Stored
-from .redis_codec import PairKeys, decode_stream_entry, is_epoch, own_run_header, pair_keys, publish_id_key
-from .redis_sender import Mergeable
+from .base import HistoryUnavailable, Key, OwnRun, SharedHistory, Stamped, Stored
+from .redis_codec import PairKeys, decode_stream_run, is_epoch, own_run_header, pair_keys, publish_id_key
+from .redis_scripts import UNBOUNDED, history_scripts
+from .redis_sender import SETTLED, Mergeable
 
 __all__ = ["RedisHistory", "Route", "merge_publishes", "replays_safely"]
 
 logger = logging.getLogger("rusty_ws.server")
-
-# KEYS[1] the meta hash, KEYS[2] the stream; ARGV[1] an epoch to use if a new one is needed.
-# load() returns the epoch and 1 if it was made over data no node wrote (logged by the caller),
-# 2 if it was renewed because another master wrote the meta (a replica took over: see _GUARD).
-# A stream key of another type is found by the XADD or XRANGE that fails on it (pcall).
-# {guard} is empty on one Redis; on a cluster it is _GUARD.
-_PRELUDE = """
-{guard}
-local function fresh()
-  redis.call('DEL', KEYS[1], KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', ARGV[1], 'o', '0')
-  if replid then redis.call('HSET', KEYS[1], 'r', replid()) end
-  return ARGV[1]
-end
-local function load()
-  local got = redis.pcall('HMGET', KEYS[1], 'e', 'o', 'r', 'b')
-  if got['err'] then return fresh(), 1, 0, 0 end  -- not a hash
-  local e, o = got[1], got[2]
-  if not e and not o then return fresh(), 0, 0, 0 end
-  if e and o and #e <= 64 and string.match(e, '^[0-9a-f]+$') and #o <= 15 and string.match(o, '^%d+$') then
-    if replid then
-      local mine = replid()
-      if got[3] ~= mine then  -- written under another master: it may hold writes this one never got
-        redis.call('HSET', KEYS[1], 'e', ARGV[1], 'r', mine)
-        return ARGV[1], 2, tonumber(o), tonumber(got[4]) or 0
-      end
-    end
-    return e, 0, tonumber(o), tonumber(got[4]) or 0
-  end
-  return fresh(), 1, 0, 0
-end
-local function now_ms()
-  local t = redis.call('TIME')
-  return string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-end
-"""
-
-# On a Redis Cluster (SPUBLISH): the meta remembers the replication id of the master that wrote it
-# (``r``). A replica promoted after its master died has a new replication id and may lack the last
-# writes its master acknowledged (replication is asynchronous): an offset it hands out again could
-# name another message than the one a client saw. So a stream first touched by a new master gets a
-# new epoch (its offsets and entries stay: what this master holds is a consistent prefix), and
-# clients positioned in the old epoch are told ``recovered: false``, never a silent gap.
-_GUARD = """
-local function replid()
-  return string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or ''
-end
-"""
-
-
-def _scripts(publish_command: str, *, size: int, ttl_ms: int, meta_ttl_ms: int, window_ms: int,
-             max_bytes: int) -> tuple[str, str]:
-    """The publish and read scripts for ``PUBLISH`` (one Redis) or ``SPUBLISH`` (a cluster), the
-    publish script with the node's settings written in (integers: nothing else reaches the Lua)."""
-    if publish_command not in ("PUBLISH", "SPUBLISH"):
-        raise ValueError(f"no publish command: {publish_command!r}")
-    settings = {"size": size, "ttl_ms": ttl_ms, "meta_ttl_ms": meta_ttl_ms, "window_ms": window_ms, "max_bytes": max_bytes}
-    if not all(type(value) is int and 0 < value <= _UNBOUNDED for value in settings.values()):
-        raise ValueError(f"history settings out of range: {settings}")
-    body = _PUBLISH_BODY.replace("{publish}", publish_command)
-    for name, value in settings.items():
-        body = body.replace("{" + name + "}", str(value))
-    prelude = _PRELUDE.replace("{guard}", _GUARD if publish_command == "SPUBLISH" else "local replid = nil")
-    return prelude + body, prelude + _READ_BODY
-
-
-#: KEYS: meta, stream, then the publish id keys of those publishes that have one.
-#: ARGV: epoch if new, channel, node id, n; then for each of the n publishes, oldest first: its id
-#: key's index in KEYS (0: no id), delivery, the node's number. The node's settings (size, ttl ms,
-#: meta ttl ms, window ms, max bytes) are written into the script itself (``publish_script``): one
-#: script, and SHA, per configuration, so a publish carries only its own arguments.
-#: Returns {reset (0, 1 or 2: see load()), the epoch, the offset of the first new publish (0: none),
-#: then for each repeat: its place among the n (1 for the first) and the position its id was first
-#: given ("{offset}:{epoch}", a string)}: the new ones' offsets follow each other from the first.
-#: Publishes the new ones (not the repeats) as one version-5 envelope, if any.
-#:
-#: The stream is trimmed to ``size`` entries (XADD MAXLEN, or one XTRIM after several) and to ``max bytes`` of deliveries
-#: (the newest kept first). The meta's ``b`` is an upper bound of the stream's bytes (what was
-#: added since the last exact count); only when it passes ``max bytes`` are the entries counted
-#: (XREVRANGE) and the oldest that do not fit dropped (XTRIM MINID), and ``b`` made exact.
-#: The meta outlives the entries (``meta ttl``): a pair idle past the TTL keeps its epoch and top.
-_PUBLISH_BODY = """
-local epoch, reset, top, b = load()
-local ms = now_ms()
-local n = tonumber(ARGV[4])
-local size, most = {size}, {max_bytes}
-local function append(offset, data)  -- one publish: trimmed as it is added; several: trimmed once, after
-  if n == 1 then return redis.pcall('XADD', KEYS[2], 'MAXLEN', size, offset .. '-0', 'd', data, 't', ms) end
-  return redis.pcall('XADD', KEYS[2], offset .. '-0', 'd', data, 't', ms)
-end
-local results = {reset, epoch, 0}
-local seqs, datas = {}, {}
-local first = nil
-local added = 0
-local bytes = 0
-for i = 1, n do
-  local at = 2 + 3 * i
-  local id = tonumber(ARGV[at])
-  local seen = false
-  if id > 0 then seen = redis.call('GET', KEYS[id]) end
-  if seen then
-    results[#results + 1] = i
-    results[#results + 1] = seen
-  else
-    local data = ARGV[at + 1]
-    local offset = top + 1
-    local ok = append(offset, data)
-    if type(ok) == 'table' and ok['err'] then  -- (only a first XADD can fail) an entry no node wrote sits past our top
-      epoch, reset = fresh(), 1
-      results[1], results[2] = 1, epoch
-      offset, b = 1, 0
-      ok = append(offset, data)
-      if type(ok) == 'table' and ok['err'] then return redis.error_reply(ok['err']) end
-    end
-    top = offset
-    if added == 0 then
-      first = offset
-      results[3] = offset
-    end
-    added = added + 1
-    bytes = bytes + #data
-    if id > 0 then redis.call('SET', KEYS[id], offset .. ':' .. epoch, 'PX', {window_ms}) end
-    seqs[added] = ARGV[at + 2]
-    datas[added] = data
-  end
-end
-if added == 0 then  -- repeats only
-  redis.call('PEXPIRE', KEYS[1], {meta_ttl_ms})
-  return results
-end
-if n > 1 then redis.call('XTRIM', KEYS[2], 'MAXLEN', size) end
-b = b + bytes
-if b > most then  -- maybe past the bound: count the entries, newest first, and drop the oldest that do not fit
-  local kept, cut = 0, nil
-  for _, entry in ipairs(redis.call('XREVRANGE', KEYS[2], '+', '-')) do
-    local fields, length = entry[2], 0
-    for j = 1, #fields - 1, 2 do
-      if fields[j] == 'd' then length = #fields[j + 1] end
-    end
-    if kept + length > most then
-      cut = entry[1]
-      break
-    end
-    kept = kept + length
-  end
-  if cut then
-    local first = tonumber(string.match(cut, '^(%d+)')) + 1
-    redis.call('XTRIM', KEYS[2], 'MINID', first .. '-0')
-  end
-  b = kept
-end
-redis.call('HSET', KEYS[1], 'o', top, 'b', b)
-redis.call('PEXPIRE', KEYS[1], {meta_ttl_ms})
-redis.call('PEXPIRE', KEYS[2], {ttl_ms})
-redis.call('{publish}', ARGV[2], '{"v":5,"node":"' .. ARGV[3] .. '","epoch":"' .. epoch .. '","first":' .. first
-           .. ',"seqs":[' .. table.concat(seqs, ',') .. '],"deliveries":[' .. table.concat(datas, ',') .. ']}')
-return results
-"""
-
-#: KEYS: meta, stream. ARGV: epoch if new, meta ttl ms, "since" | "last", since's epoch, since's offset, count.
-#: Returns {epoch, top, now ms, reset, entries}.
-_READ_BODY = """
-local epoch, reset = load()
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-local entries = {}
-if ARGV[3] == 'last' then
-  entries = redis.pcall('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[6])
-elseif ARGV[4] == epoch then
-  entries = redis.pcall('XRANGE', KEYS[2], '(' .. ARGV[5] .. '-0', '+', 'COUNT', ARGV[6])
-end
-if entries['err'] then  -- the stream's key holds something else
-  epoch, reset = fresh(), 1
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  entries = {}
-end
-return {epoch, redis.call('HGET', KEYS[1], 'o'), now_ms(), reset, entries}
-"""
-
 
 #: Publishes of this node remembered while they may still come back from the channel.
 MAX_IN_FLIGHT = 100_000
@@ -260,9 +103,14 @@ _ENVELOPE_HEAD = 110
 _ITEM_HEAD = 70
 #: Pairs whose key names a node remembers (``RedisHistory._keys_of``).
 _KEYS_KEPT = 4096
-#: ``max bytes`` for the script when nothing bounds a stream's bytes.
-_UNBOUNDED = 2 ** 53
 _SENT, _ARRIVED, _FELL_BACK = "sent", "arrived", "fell back"
+
+
+def _decoded(encoded: bytes) -> Delivery:
+    """A publish again from its ``Delivery.encode`` (no position): for a fallback whose state was dropped."""
+    message = json.loads(encoded)
+    return Delivery(message["publisher_name"], message["topic"], message["payload"], message["timestamp"],
+                    message["session_id"], message.get("user"))
 
 
 def new_epoch() -> str:
@@ -358,14 +206,20 @@ def merge_publishes(commands: list[Mergeable]) -> tuple[tuple[Any, ...], Callabl
     run's publishes without id at once.
     """
     first = commands[0]
-    id_keys: list[Any] = []
-    tail: list[Any] = []
-    for command in commands:
-        if command[2] == 3:  # with an id key
-            id_keys.append(command[5])
-            tail += (2 + len(id_keys), command[-2], command[-1])
-        else:
-            tail += (0, command[-2], command[-1])
+    id_keys: list[Any] = [command[5] for command in commands if command[2] == 3]  # those with an id key
+    tail: list[Any]
+    if not id_keys:  # the usual run: (0, delivery, number) each, laid out by slices
+        tail = [0] * (3 * len(commands))
+        tail[1::3] = [command[-2] for command in commands]
+        tail[2::3] = [command[-1] for command in commands]
+    else:
+        tail, numbered = [], 0
+        for command in commands:
+            if command[2] == 3:
+                numbered += 1
+                tail += (2 + numbered, command[-2], command[-1])
+            else:
+                tail += (0, command[-2], command[-1])
     at = 3 + first[2]
     merged = ("EVALSHA", first[1], 2 + len(id_keys), first[3], first[4], *id_keys,
               *first[at:at + _HEADER_ARGS], len(commands), *tail)
@@ -413,9 +267,8 @@ class _Publish(Mergeable):
     #: Bytes a publish adds to the queue besides its delivery and three times its meta key (the other keys).
     _QUEUED = _ITEM_HEAD + 320
 
-    @property
-    def group(self) -> Any:  # the pair's meta key
-        return self[3]
+    #: The pair's meta key: read by a C getter (no Python frame per publish in the sender's merging).
+    group = property(operator.itemgetter(3))
 
     @property
     def weight(self) -> int:  # type: ignore[override]
@@ -465,25 +318,28 @@ class RedisHistory(SharedHistory):
         meta_ttl: seconds a pair's epoch and top are kept after its last publish or read
             (None: ``META_TTL``; never less than ``ttl``).
         publish_command: ``PUBLISH`` (one Redis) or ``SPUBLISH`` (a cluster: the scripts then
-            also renew the epoch of a stream a new master touches, see ``_GUARD``).
+            also renew the epoch of a stream a new master touches, see ``redis_scripts._GUARD``).
         keeps: whether this node's listener is subscribed to a channel now: then a publish to it
             is kept until its envelope comes back (``take_own``). None: nothing is kept, every
             envelope is decoded.
         submit_for: ``route(session_id).submit`` by a shorter way, if the broker has one (one
             Redis: this process's sender, whatever the session; a ``Route`` made per publish
-            cost the publishing thread ~2 µs).
+            cost the publishing thread ~2 µs). It must take a ``Mergeable`` without ``on_reply``
+            and answer it through its ``answer`` (``RedisSender.submit``): a publish without id
+            that nobody waits for is submitted so, with no callback of its own.
     """
 
     def __init__(self, *, node_id: Callable[[], str], route: Callable[[str], Route], deliver: Callable[[Delivery], Any],
                  prefix: str, size: int, ttl: float, window: float, max_envelope_size: int | None,
                  max_bytes: int | None = None, meta_ttl: float | None = None,
                  publish_command: str = "PUBLISH", keeps: Callable[[bytes], bool] | None = None,
-                 submit_for: Callable[[str], Callable[[tuple[Any, ...], Callable[[Any], None]], None]] | None = None,
+                 submit_for: Callable[[str], Callable[..., None]] | None = None,
                  ) -> None:
         self._node_id = node_id
         self._keeps = keeps
         self._route = route
-        self._submit_for = submit_for if submit_for is not None else lambda session_id: route(session_id).submit
+        self._submit_for: Callable[[str], Callable[..., None]] = (
+            submit_for if submit_for is not None else lambda session_id: route(session_id).submit)
         self._deliver = deliver
         self.publish_command = publish_command
         self.prefix = prefix
@@ -491,25 +347,37 @@ class RedisHistory(SharedHistory):
         self.ttl_ms = max(1, int(ttl * 1000))
         self.window_ms = max(1, int(window * 1000))
         self.meta_ttl_ms = max(self.ttl_ms, int((META_TTL if meta_ttl is None else meta_ttl) * 1000))
-        self.max_bytes = _UNBOUNDED if max_bytes is None else max_bytes
+        self.max_bytes = UNBOUNDED if max_bytes is None else max_bytes
         self.max_envelope_size = max_envelope_size
         self.merge_budget = min(MERGE_BYTES, max_envelope_size or MERGE_BYTES)
         # One script (and SHA) per configuration: the settings are in its text, not in each call.
-        self.publish_script, self.read_script = _scripts(
+        self.publish_script, self.read_script = history_scripts(
             publish_command, size=size, ttl_ms=self.ttl_ms, meta_ttl_ms=self.meta_ttl_ms,
             window_ms=self.window_ms, max_bytes=self.max_bytes)
         self.publish_sha = hashlib.sha1(self.publish_script.encode("utf-8")).hexdigest()
         # This history's publishes: ``_Publish`` with its merge (the sender's thread) and budget.
         self._kind: type[_Publish] = type("_HistoryPublish", (_Publish,), {
             "__slots__": (), "merge": self._merge, "budget": self.merge_budget})
+        # ...and those without id that nobody waits for: no callback each, answered by their kind
+        # (``Mergeable.answer``) when their run did not settle them (``_split_run``).
+        history = self
+
+        def answer(command: tuple[Any, ...], reply: Any) -> None:
+            history._answer_bare(command, reply)
+
+        self._bare_kind: type[_Publish] = type("_BarePublish", (self._kind,), {"__slots__": (), "answer": answer})
+        # One Redis: the sender's submit, which answers a bare publish through its kind; a route that
+        # calls back for every command (a cluster's Router) gets the answer as its callback.
+        self._direct = submit_for is not None
         self._keys: dict[Key, PairKeys] = {}  # _keys_of's memory
         self._epochs = _Epochs()
         # The read script (redis-py's Script: EVALSHA, loading it on NOSCRIPT), run with each read's client.
         self._reader: Any = None
-        # This node's publishes without id not settled yet (by number), and those delivered here
-        # because Redis did not take them, as far as the sender knew (Redis may have run them).
+        # This node's publishes without id not settled yet (by number: _SENT, or for a bare one its
+        # Delivery; _ARRIVED once back from the channel first), and those delivered here because Redis
+        # did not take them, as far as the sender knew (_FELL_BACK: Redis may have run them). Compared by identity.
         self._seqs = itertools.count(1)
-        self._in_flight: collections.OrderedDict[int, str] = collections.OrderedDict()
+        self._in_flight: collections.OrderedDict[int, Any] = collections.OrderedDict()
         # This node's publishes to channels its listener is subscribed to, by number, until their
         # envelope comes back: [delivery, its encoding, answered by Redis], oldest first.
         self._kept: collections.OrderedDict[int, list[Any]] = collections.OrderedDict()
@@ -518,7 +386,7 @@ class RedisHistory(SharedHistory):
         self._lock = threading.Lock()
         self._counts = {"history_dropped": 0, "history_resets": 0}
         if publish_command == "SPUBLISH":
-            self._counts["history_renewed"] = 0  # streams a new master took over (see _GUARD)
+            self._counts["history_renewed"] = 0  # streams a new master took over (see redis_scripts._GUARD)
         #: At most one "did not take" line every UNSENT_LOG_EVERY seconds, however many fail (a cluster's
         #: failover fails thousands while the other shards take theirs).
         self._log_unsent = LogThrottle(UNSENT_LOG_EVERY)
@@ -538,11 +406,15 @@ class RedisHistory(SharedHistory):
             raise ProtocolError(ErrorCode.INVALID_MESSAGE,
                                 f"the message would be {envelope_size} bytes on Redis, more than the "
                                 f"{self.max_envelope_size} any node accepts")
-        keys = self._keys_of(delivery.topic, delivery.session_id)
+        keys = self._keys.get((delivery.topic, delivery.session_id))  # _keys_of's usual case, inline
+        if keys is None:
+            keys = self._keys_of(delivery.topic, delivery.session_id)
         seq = next(self._seqs)
+        bare = publish_id is None and on_done is None
         if publish_id is None:
-            command = self._kind(("EVALSHA", self.publish_sha, 2, keys.meta, keys.stream,
-                                  self._epochs.take(), keys.channel, node_id, 1, 0, encoded, seq))
+            command = (self._bare_kind if bare else self._kind)((
+                "EVALSHA", self.publish_sha, 2, keys.meta, keys.stream,
+                self._epochs.take(), keys.channel, node_id, 1, 0, encoded, seq))
         else:
             command = self._kind(("EVALSHA", self.publish_sha, 3, keys.meta, keys.stream,
                                   publish_id_key(self.prefix, delivery.session_id, publish_id),
@@ -551,9 +423,29 @@ class RedisHistory(SharedHistory):
         if publish_id is None or kept is not None:
             with self._lock:
                 if publish_id is None:
-                    self._in_flight[seq] = _SENT
-                if kept is not None:
-                    self._keep_locked(seq, kept)
+                    # A bare publish's own delivery is its state until answered: its fallback needs it.
+                    self._in_flight[seq] = delivery if bare else _SENT
+                if kept is not None:  # bounded: the oldest go first
+                    self._kept[seq] = kept
+                    self._kept_bytes += len(encoded)
+                    if len(self._kept) > MAX_KEPT or self._kept_bytes > MAX_KEPT_BYTES:
+                        self._trim_kept_locked()
+        # Always through the sender, even while the listener is down: one FIFO, so what falls back
+        # to local delivery (Redis did not take it) is delivered here in the order it was made.
+        if bare:  # answered by its kind's answer (``_answer_bare``), if its run did not settle it
+            if self._direct:
+                self._submit_for(delivery.session_id)(command)
+            else:  # a route that calls back for every command (a cluster's): the answer itself
+                self._submit_for(delivery.session_id)(command, functools.partial(self._answer_bare, command))
+            return
+
+        self._submit_for(delivery.session_id)(command, self._on_reply(delivery, publish_id, on_done, seq, kept))
+
+    def _on_reply(self, delivery: Delivery, publish_id: str | None,
+                  on_done: Callable[[Stamped | BaseException], None] | None, seq: int,
+                  kept: list[Any] | None) -> Callable[[Any], None]:
+        """The callback of a publish with an id, or one somebody waits for (a method of its own: ``publish``
+        then has no cell variables, whose cells Python would make on every call, bare publishes too)."""
 
         def on_reply(reply: Any) -> None:  # on the sender's thread (which counts what it could not send)
             if type(reply) is tuple:  # settled with its run (``_split_run``): (epoch, offset)
@@ -586,9 +478,38 @@ class RedisHistory(SharedHistory):
             if on_done is not None:
                 on_done(result)
 
-        # Always through the sender, even while the listener is down: one FIFO, so what falls back
-        # to local delivery (Redis did not take it) is delivered here in the order it was made.
-        self._submit_for(delivery.session_id)(command, on_reply)
+        return on_reply
+
+    def _answer_bare(self, command: tuple[Any, ...], reply: Any) -> None:
+        """The reply to a publish without id that nobody waits for (``_bare_kind``'s ``answer``; on the
+        sender's thread): what its ``on_reply`` would do, its state read back by its number (``command[-1]``)."""
+        if reply is SETTLED:
+            return  # settled with its run (``_split_run``)
+        seq = command[-1]
+        if type(reply) is list and len(reply) == 3 and reply[0] == 0 and type(reply[2]) is int:
+            # The usual answer, alone: new, no reset. The listener delivers it with the channel's position.
+            with self._lock:
+                self._in_flight.pop(seq, None)
+                entry = self._kept.get(seq)
+                if entry is not None:
+                    entry[2] = True
+            return
+        with self._lock:
+            state = self._in_flight.get(seq)
+            entry = self._kept.get(seq)
+        delivery = state if type(state) is Delivery else entry[0] if entry is not None else None
+        if delivery is None:  # its number left _in_flight (past MAX_IN_FLIGHT): made again from its encoding
+            delivery = _decoded(command[-2])
+        try:
+            stamped = self._stamped(reply, delivery)
+            self._settled(seq, None, fell_back=False)
+            if stamped.repeat:
+                self._unkeep(seq)
+            elif entry is not None:
+                entry[2] = True  # a list item: atomic under the GIL
+        except HistoryUnavailable as exc:
+            self._unkeep(seq)
+            self._unsent(delivery, exc, deliver_here=self._settled(seq, None, fell_back=True))
 
     def _merge(self, commands: list[Mergeable]) -> tuple[tuple[Any, ...], Callable[[Any], list[Any]]]:
         """``merge_publishes`` for the sender, with ``_split_run`` for its reply."""
@@ -600,7 +521,8 @@ class RedisHistory(SharedHistory):
 
         The run's new publishes without id are settled here, under one lock for all of
         them (their number leaves ``_in_flight``, what was kept is marked answered), and
-        get ``(epoch, offset)`` as their part, which their ``on_reply`` only hands on;
+        get ``SETTLED`` as their part if nobody waits for them (the sender then calls
+        nothing), else ``(epoch, offset)``, which their ``on_reply`` only hands on;
         the others get their reply alone (``merge_publishes``), as if they had run alone.
         """
         count = len(commands)
@@ -616,15 +538,22 @@ class RedisHistory(SharedHistory):
             epoch: str | None = _epoch(reply[1])
         except ValueError:
             epoch = None  # those that wait for their position are told, as alone
-        out: list[Any] = []
-        settled = []
-        for i, command in enumerate(commands):
-            part, offset = (None, reply[2] + i) if parts is None else parts[i]
-            if epoch is not None and offset and command[2] == 2:  # new, without id
-                settled.append(command[-1])
-                out.append((epoch, offset))
-            else:
-                out.append(part if part is not None else [0, reply[1], offset])
+        out: list[Any]
+        bare = self._bare_kind
+        if parts is None and epoch is not None:  # the usual run: all new, offsets first, first + 1, ...
+            first = reply[2]
+            settled = [command[-1] for command in commands if command[2] == 2]
+            out = [SETTLED if type(command) is bare else (epoch, first + i) if command[2] == 2
+                   else [0, reply[1], first + i] for i, command in enumerate(commands)]
+        else:
+            out, settled = [], []
+            for i, command in enumerate(commands):
+                part, offset = (None, reply[2] + i) if parts is None else parts[i]
+                if epoch is not None and offset and command[2] == 2:  # new, without id
+                    settled.append(command[-1])
+                    out.append(SETTLED if type(command) is bare else (epoch, offset))
+                else:
+                    out.append(part if part is not None else [0, reply[1], offset])
         if settled:
             with self._lock:
                 in_flight, kept = self._in_flight, self._kept
@@ -653,17 +582,16 @@ class RedisHistory(SharedHistory):
             return False  # answered unavailable: delivered nowhere by us
         with self._lock:
             state = self._in_flight.pop(seq, None)
-            if not fell_back or state == _ARRIVED:
+            if not fell_back or state is _ARRIVED:
                 return False
             self._in_flight[seq] = _FELL_BACK  # if it comes from the channel later, it is dropped there
             while len(self._in_flight) > MAX_IN_FLIGHT:
                 self._in_flight.popitem(last=False)
             return True
 
-    def _keep_locked(self, seq: int, kept: list[Any]) -> None:
+    def _trim_kept_locked(self) -> None:
+        """Drop the oldest kept publishes past ``MAX_KEPT`` or ``MAX_KEPT_BYTES`` (their envelope is then decoded)."""
         assert self._lock.locked(), "must hold the history's lock"
-        self._kept[seq] = kept
-        self._kept_bytes += len(kept[1])
         while len(self._kept) > MAX_KEPT or self._kept_bytes > MAX_KEPT_BYTES:
             self._kept_bytes -= len(self._kept.popitem(last=False)[1][1])
 
@@ -679,49 +607,49 @@ class RedisHistory(SharedHistory):
             self._kept.clear()
             self._kept_bytes = 0
 
-    def take_own(self, key: Key, data: bytes, prefix: bytes) -> list[Delivery] | None:
-        """The deliveries of this node's own version-5 envelope ``data`` (starting with ``prefix``),
-        made from what was kept when they were published: only the header is read. None if any
-        of them was not kept (or the header is not the script's): then decode ``data`` whole.
+    def take_own(self, key: Key, data: bytes, prefix: bytes) -> OwnRun | None:
+        """This node's own version-5 envelope ``data`` (starting with ``prefix``) as the run of what was
+        kept when its publishes were made (``base.OwnRun``): only the header is read, and no
+        ``Delivery`` is made. None if any of them was not kept (or the header is not the script's):
+        then decode ``data`` whole.
 
-        Does what ``arrived`` does for each: a publish already delivered here is left out.
+        Does what ``arrived`` does for each: a publish already delivered here is None in the run.
         """
         header = own_run_header(data, prefix)
         if header is None:
             return None
         epoch, first, seqs = header
+        topic, session_id = key
         with self._lock:
             kept = self._kept
-            entries = []
+            entries: list[list[Any] | None] = []
             for seq in seqs:
                 entry = kept.pop(seq, None)
                 if entry is None:
                     return None  # those taken are gone: the envelope's decoding serves them all
                 self._kept_bytes -= len(entry[1])
-                if entry[0].topic != key[0] or entry[0].session_id != key[1]:
+                published = entry[0]
+                if published.topic != topic or published.session_id != session_id:
                     return None  # not what this node sent on that channel
                 entries.append(entry)
             # Older ones Redis answered whose envelope did not come before this one: it will not
             # (a channel's messages come in the order the scripts ran; a few at a time, bounded).
-            low = min(seqs)
+            low = seqs[0] if len(seqs) == 1 else min(seqs)
             for _ in range(16):
                 oldest = next(iter(kept), None)
                 if oldest is None or oldest >= low or not kept[oldest][2]:
                     break
                 self._kept_bytes -= len(kept.pop(oldest)[1])
             in_flight = self._in_flight
-            deliveries = []
-            for offset, (seq, (published, encoded, _)) in enumerate(zip(seqs, entries), first):
-                state = in_flight.get(seq)
-                if state == _SENT:
-                    in_flight[seq] = _ARRIVED
-                elif state == _FELL_BACK:
-                    del in_flight[seq]
-                    continue  # delivered here already, when Redis seemed not to take it
-                deliveries.append(Delivery(published.publisher_name, published.topic, published.payload,
-                                           published.timestamp, published.session_id, published.user,
-                                           offset, epoch, {ENCODED: encoded}))
-        return deliveries
+            if in_flight:
+                for i, seq in enumerate(seqs):
+                    state = in_flight.get(seq)
+                    if state is _FELL_BACK:
+                        del in_flight[seq]
+                        entries[i] = None  # delivered here already, when Redis seemed not to take it
+                    elif state is not None:  # sent (_SENT, or a bare publish's delivery), not answered yet
+                        in_flight[seq] = _ARRIVED
+        return key, epoch, first, entries
 
     def arrived(self, delivery: Delivery) -> bool:
         """The listener has ``delivery``: False for a publish of this node already delivered here."""
@@ -731,11 +659,11 @@ class RedisHistory(SharedHistory):
             return True
         with self._lock:
             state = self._in_flight.get(extra["seq"])
-            if state == _SENT:
-                self._in_flight[extra["seq"]] = _ARRIVED
-            elif state == _FELL_BACK:
+            if state is _FELL_BACK:
                 del self._in_flight[extra["seq"]]
                 return False
+            if state is not None and state is not _ARRIVED:  # sent (_SENT, or a bare publish's delivery)
+                self._in_flight[extra["seq"]] = _ARRIVED
         return True
 
     def _stamped(self, reply: Any, delivery: Delivery) -> Stamped:
@@ -789,36 +717,49 @@ class RedisHistory(SharedHistory):
     # ------------------------------------------------------------------ reading
 
     def read(self, key: Key, since: Position | None, limit: int) -> Stored:
+        """The stream's top and its messages after ``since`` (else its last ``limit``), at most ``limit``.
+
+        Never below the floor ``top - size + 1`` (an entry across it holds older ones, which are
+        dropped here): a client is never given more than ``RUSTY_WS_HISTORY_SIZE`` of history.
+        """
         client, _, connected = self._route(key[1])
         if not connected or client is None:
             raise HistoryUnavailable("Redis is unreachable")
         keys = pair_keys(self.prefix, *key)
+        limit = max(1, min(limit, self.size))
         mode, since_epoch, since_offset = ("since", since.epoch, since.offset) if since else ("last", "", 0)
         try:
             if self._reader is None:
                 self._reader = client.register_script(self.read_script)
             reply = self._reader(keys=[keys.meta, keys.stream],
-                                 args=[new_epoch(), self.meta_ttl_ms, mode, since_epoch, since_offset, limit], client=client)
+                                 args=[new_epoch(), self.meta_ttl_ms, mode, since_epoch, since_offset, limit, self.size],
+                                 client=client)
             epoch_bytes, top_bytes, now_bytes, reset, entries = reply
             epoch, top, now = epoch_bytes.decode("ascii"), int(top_bytes), int(now_bytes)
         except Exception as exc:  # redis' errors, OSError, or an answer of another shape
             raise HistoryUnavailable(f"{type(exc).__name__}: {exc}") from None
         if reset:
             self._reset(*key, int(reset))
+        # What the read script looked for (the same bounds): the offsets after ``low``, up to ``high``.
+        low = max(0, top - self.size, since_offset if since else top - limit)
+        high = min(top, low + limit)
         messages: list[Delivery] = []
+        last = 0  # the newest offset of the entries taken so far: an entry that goes back over it is forged
         for entry in entries:
             try:
-                delivery, added = decode_stream_entry(entry, key, epoch, top, self.max_envelope_size)
+                run, added = decode_stream_run(entry, key, epoch, top, self.max_envelope_size)
+                if run[0].offset <= last:  # type: ignore[operator]
+                    raise ValueError(f"offsets {run[0].offset} to {run[-1].offset} overlap the entry before")
             except (ValueError, TypeError, AttributeError) as exc:
                 with self._lock:
                     self._counts["history_dropped"] += 1
                 logger.warning("dropped an entry of the Redis stream of %r that no rusty_ws node wrote (%s): %r",
                                key, exc, str(entry)[:100])
                 continue
+            last = run[-1].offset  # type: ignore[assignment]
             if added + self.ttl_ms > now:  # older than the TTL: never replayed
-                messages.append(delivery)
+                messages += [delivery for delivery in run if low < delivery.offset <= high]  # type: ignore[operator]
         if since is None:
-            messages.reverse()  # XREVRANGE: newest first
             return Stored(Position(top, epoch), messages, True)
         offsets = [delivery.offset for delivery in messages]
         complete = since.epoch == epoch and offsets == list(range(since.offset + 1, top + 1))

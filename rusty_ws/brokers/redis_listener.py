@@ -21,7 +21,7 @@ from typing import Any
 
 from .. import backoff
 from ..protocol import Delivery
-from .base import Deliver, Key
+from .base import Deliver, Key, OwnRun, own_deliveries
 from .redis_codec import (
     PLAIN_BATCH_ENVELOPE_VERSION,
     RUN_ENVELOPE_VERSION,
@@ -70,9 +70,10 @@ class Listener:
         max_envelope_size: int | None = None,
         backoff_delays: Callable[[], Iterator[float]] = lambda: backoff.delays(initial=0.1, cap=5.0),
         batch: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
-        take_own: Callable[[Key, bytes, bytes], list[Delivery] | None] | None = None,
+        take_own: Callable[[Key, bytes, bytes], OwnRun | None] | None = None,
         on_disconnect: Callable[[], None] | None = None,
         deliver_run: Callable[[list[Delivery]], None] | None = None,
+        deliver_own: Callable[[OwnRun], None] | None = None,
     ) -> None:
         import redis.exceptions  # the broker imported it already: this is the redis extra
 
@@ -95,6 +96,9 @@ class Listener:
         #: Never given this node's own publishes that ``take_own`` did not take: those go through
         #: ``deliver``, whose exactly-once check (``RedisHistory.arrived``) they need.
         self.deliver_run = deliver_run
+        #: Delivers a run of this node's own publishes that ``take_own`` took (``Broker.deliver_own``);
+        #: None: ``deliver_run`` (or ``deliver`` each) of its ``own_deliveries``.
+        self.deliver_own = deliver_own
         self.keys = keys
         self.subscribe_timeout = subscribe_timeout
         #: Larger envelopes are dropped unread (None: no limit); see ``RedisBroker``.
@@ -333,7 +337,7 @@ class Listener:
             if self.take_own is not None and data.startswith(self._own_run):
                 own = self.take_own(key, data, self._own_run)  # ours, with history: kept when published
                 if own is not None:
-                    self._deliver_all(self.node_id, own, taken=True)
+                    self._deliver_own(own)
                     return
         try:
             node, deliveries = decode_envelopes(data, key, self.max_envelope_size)
@@ -345,6 +349,17 @@ class Listener:
                            channel[:200], exc, shown)
             return
         self._deliver_all(node, deliveries)
+
+    def _deliver_own(self, run: OwnRun) -> None:
+        """Hand over a run of this node's own publishes that ``take_own`` took (already checked)."""
+        deliver_own = self.deliver_own
+        if deliver_own is None:
+            self._deliver_all(self.node_id, own_deliveries(run), taken=True)
+            return
+        try:
+            deliver_own(run)
+        except Exception:
+            logger.exception("delivering %d of this node's own publishes on %r failed", len(run[3]), run[0])
 
     def _deliver_all(self, node: str, deliveries: list[Delivery], taken: bool = False) -> None:
         """Hand one envelope's deliveries over; ``taken``: this node's own, from ``take_own`` (already checked)."""

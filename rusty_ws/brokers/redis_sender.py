@@ -30,6 +30,12 @@ hands each of them its own part of the reply (or the same error, if the merged
 command failed). The queue stays one FIFO: only neighbours are merged, so the
 order of everything else is untouched.
 
+Answers without a callback: a ``Mergeable`` submitted without ``on_reply`` whose kind has an
+``answer`` method is answered through it (a history's publish without id, ``redis_history.py``):
+with each failure, and with each reply its merge's split did not settle already (a part
+``SETTLED``: nothing is called for it). No closure is made per publish, and none is called
+for a run settled as a whole.
+
 Threads and locks: the sender thread owns the connection (``_link``); ``_lock``
 guards the queue and the counts, and is never held across I/O nor while an
 ``on_reply`` runs. ``_has_work`` and ``_not_full`` are conditions on it.
@@ -40,6 +46,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
+import operator
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -48,7 +55,7 @@ from typing import Any
 from .. import backoff
 from .redis_link import ConnectionLink, Link
 
-__all__ = ["RedisSender", "Link", "ConnectionLink", "OnReply", "Mergeable", "Merge"]
+__all__ = ["SETTLED", "ConnectionLink", "Link", "Merge", "Mergeable", "OnReply", "RedisSender"]
 
 logger = logging.getLogger("rusty_ws.server")
 
@@ -64,6 +71,10 @@ KEEPALIVE_INTERVAL = 5.0
 MAX_BATCH = 5000
 #: Most commands merged into one (``Mergeable``).
 MAX_MERGE = 200
+
+#: The part of a merged reply (``Merge``'s split) for a command the split settled itself: the
+#: sender calls nothing for it when it was submitted without ``on_reply`` (``Mergeable.answer``).
+SETTLED: Any = type("Settled", (), {"__slots__": (), "__repr__": lambda self: "SETTLED"})()
 
 #: Makes one command of several ``Mergeable`` ones of a group (oldest first), and the function
 #: that splits its reply into theirs (one each, in the same order).
@@ -86,6 +97,9 @@ class Mergeable(tuple):
     head: int
     budget: int
     size: int
+    #: Called with the command's reply (or failure) when it was submitted without ``on_reply``,
+    #: unless its merge's split settled it (``SETTLED``); None: nothing is called (a method of its kind).
+    answer: Callable[[Any], None] | None = None
 
     @classmethod
     def of(cls, args: tuple[Any, ...], *, group: Any, merge: Merge, weight: int, head: int,
@@ -96,6 +110,10 @@ class Mergeable(tuple):
         command.size = _size(args) if size is None else size
         return command
 
+
+
+#: A queued item's size (its third field), read in C: ``sum(map(_size_of, batch))``.
+_size_of = operator.itemgetter(2)
 
 
 def _size(args: tuple[Any, ...]) -> int:
@@ -178,7 +196,8 @@ class RedisSender:
         or with an exception instance: Redis refused it (``ResponseError``) or could
         not be reached (``ConnectionError``; counted ``unsent``). It must not block,
         nor take a lock its caller may hold while it calls ``submit`` (a full queue
-        would then deadlock). Blocks only while the queue is full; after ``stop``,
+        would then deadlock). Without ``on_reply``, a ``Mergeable``'s ``answer`` is called
+        so (see the module's docstring). Blocks only while the queue is full; after ``stop``,
         fails the command at once, on the calling thread.
         """
         size = args.size if isinstance(args, Mergeable) else _size(args)
@@ -199,6 +218,8 @@ class RedisSender:
                         self._has_work.notify()
                     return
             self._counts["unsent"] += 1
+        if on_reply is None and isinstance(args, Mergeable):
+            on_reply = args.answer
         if on_reply is not None:
             on_reply(ConnectionError("the Redis sender was stopped"))
 
@@ -325,7 +346,7 @@ class RedisSender:
         batch = [queue.popleft() for _ in range(min(most, len(queue)))]
         self._in_flight += len(batch)
         if batch:
-            self._queued_bytes -= sum(item[2] for item in batch)
+            self._queued_bytes -= sum(map(_size_of, batch))
             self._not_full.notify_all()
         return batch
 
@@ -369,7 +390,9 @@ class RedisSender:
     def _count(self, replies: list[Any], lost: BaseException | None) -> None:
         """Count a batch's replies; with ``lost``, its connection failed: mark it disconnected first."""
         unanswered = sum(1 for reply in replies if reply is lost) if lost is not None else 0
-        failed = sum(1 for reply in replies if isinstance(reply, BaseException)) - unanswered
+        # A run its split settled (SETTLED parts, identity first in list.count) holds no failure: not looked at again.
+        failed = 0 if replies.count(SETTLED) == len(replies) else \
+            sum(1 for reply in replies if isinstance(reply, BaseException)) - unanswered
         with self._lock:
             self._counts["sent"] += len(replies) - failed - unanswered
             self._counts["failed"] += failed
@@ -397,9 +420,13 @@ class RedisSender:
         try:
             for (args, on_reply, _), reply in zip(batch, replies):
                 if on_reply is None:
-                    if isinstance(reply, self._response_error):
-                        logger.warning("Redis refused %s: %s", args[0], reply)
-                    continue
+                    if reply is SETTLED:
+                        continue  # its merge's split settled it
+                    on_reply = args.answer if isinstance(args, Mergeable) else None
+                    if on_reply is None:
+                        if isinstance(reply, self._response_error):
+                            logger.warning("Redis refused %s: %s", args[0], reply)
+                        continue
                 try:
                     on_reply(reply)
                 except Exception:
@@ -436,9 +463,12 @@ def _coalesce(batch: list[tuple[tuple[Any, ...], OnReply | None, int]]) -> tuple
             group, room = first.group, first.budget - first.head - first.weight
             while j < n and j - i < MAX_MERGE:
                 other = batch[j][0]
-                if not isinstance(other, Mergeable) or other.group != group or other.weight > room:
+                if not isinstance(other, Mergeable) or other.group != group:
                     break
-                room -= other.weight
+                weight = other.weight  # a property: read once
+                if weight > room:
+                    break
+                room -= weight
                 j += 1
         merged = None
         if j - i > 1:

@@ -14,6 +14,8 @@
 - ``registry``: who is subscribed to what.
 - ``writer``: every write to the hub's sockets.
 - ``hub_server``: the threaded werkzeug server behind ``rusty-ws serve``: its accept loop and bounds before the upgrade.
+- ``accept_gate``: its accept thread's admission of new sockets (drains, shedding, pacing, the 503s);
+  ``healthz_watch``: the ``/healthz`` ones among what a drain took, served first.
 - ``request_handler``: its request handler, on each request's thread; ``request_head``: reading a request head.
 - ``pacing``: the ``Retry-After`` of a WebSocket handshake the accept loop turns away.
 - ``serve``: the hub as a process: serve until a signal, stop (4200), exit.

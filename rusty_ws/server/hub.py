@@ -203,6 +203,8 @@ class Hub:
         broker.batch_deliveries = self.writer.batch  # what a listener received at once: one send per subscriber
         broker.deliver_run = self.deliver_run  # what one envelope brought: one road for all its deliveries
         broker.deliver_encoded = self.deliver_local  # a publish the broker encoded for its envelope: not again
+        # This node's own publishes back from the shared history: framed from what was kept, no Delivery each.
+        broker.deliver_own = self.shared.deliver_own if self.shared is not None else None
         broker.start(self.deliver_local, self.registry.keys)
 
     # ------------------------------------------------------------------ admission
@@ -713,6 +715,7 @@ class Hub:
             # the interpreter lock while the frames were still being written (2.5-12 s of it at
             # a high load, 7 stops of 30).
             held = quiet_exit.hold(connection.sock for connection in connections)
+            mark("sockets held")
             with self.writer.batch():
                 for connection in connections:
                     connection.close(CloseCode.SERVER_RESTARTING, reason)

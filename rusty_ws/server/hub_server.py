@@ -19,91 +19,62 @@ request head as long as it takes, unseen by ``RUSTY_WS_MAX_CONNECTIONS``. Here:
   an open WebSocket), or ``RUSTY_WS_MAX_ACCEPT_QUEUE`` connections in the accept
   queue, any request but ``/healthz`` is answered 503 with
   ``Retry-After`` on the accept thread, without a thread (``pacing._Pacer`` says when);
-  a long queue is taken whole (``HubServer._drain``, at most every ``DRAIN_EVERY``
-  while what it took is served; past ``RUSTY_WS_MAX_ACCEPT_QUEUE`` the newest taken
-  are turned away, ``_shed``), and a ``/healthz`` in it is answered first, on the
-  accept thread when its whole head came; one taken before its first bytes came is
-  watched, and answered first once they show it is a ``/healthz`` (``_look_again``);
+  a long queue (``DRAIN_FROM``) is taken whole (``AcceptGate.drain``, at most every
+  ``DRAIN_EVERY`` while what it took is served; past ``RUSTY_WS_MAX_ACCEPT_QUEUE`` the
+  newest taken are turned away, ``AcceptGate._shed``), and a ``/healthz`` in it is
+  answered first, on the accept thread when its whole head came; one taken before its
+  first bytes came is watched, and answered first once they show it is a ``/healthz``
+  (``HealthzWatch.look_again``);
 - when ``accept()`` fails for want of file descriptors, the accept loop logs
   one line (at most every ``LOG_EVERY`` seconds) and waits ``ACCEPT_BACKOFF``
   instead of trying again at once, which spun a core.
 
-This module is the accept loop's: admission, shedding and draining run on its
-one thread. Each request's thread runs ``HubRequestHandler``, or, for a plain
-handshake, ``HubServer._upgrade_plainly``; the process around the server
-(signals, the stop, the exit) is ``serve.py``'s.
+This module is the server itself: socketserver's hooks on the accept loop's
+one thread (``get_request``, ``service_actions``, ``process_request``), the
+measures its admission goes by (``accept_queue``, ``waiting``,
+``handshakes_in_flight``) and each request's thread. The accept thread's
+admission of new sockets (drains, shedding, pacing, refusals) is its
+``AcceptGate`` (``accept_gate.py``), and the ``/healthz`` ones among what a
+drain took are the gate's ``HealthzWatch`` (``healthz_watch.py``); both run on
+the accept thread only. Each request's thread runs ``HubRequestHandler``, or,
+for a plain handshake, ``HubServer._upgrade_plainly``; the process around the
+server (signals, the stop, the exit) is ``serve.py``'s.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import select
-import selectors
 import socket
 import sys
 import threading
 import time
-from collections import deque
+from collections.abc import Callable
 from typing import Any, cast
 
 from flask import Flask
 from werkzeug.serving import ThreadedWSGIServer
 
 from ..config import Settings
-from ..log_throttle import LogThrottle
+from .accept_gate import AcceptGate
 from .handoff import SERVE_AFTER_KEY, AfterTheView
 from .hub import PendingRequests
-from .pacing import _Pacer
 from .request_handler import HEAD_ONLY_KEY, HubRequestHandler, _access_log, _log_upgrade
 from .request_head import _asks_upgrade, _plain_head, _upgrade_environ
 from .state import state_of
 
 __all__ = ["HubServer", "make_server"]
 
-logger = logging.getLogger("rusty_ws.server")
-
-#: Seconds the accept loop waits after ``accept()`` failed for want of descriptors or memory.
-ACCEPT_BACKOFF = 0.1
-#: Seconds between two log lines about the same trouble on the accept thread.
-LOG_EVERY = 10.0
 #: ``accept()`` errors that mean "out of a resource": the socket stays readable, so trying again at once spins.
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-_BUSY_BODY = b'{"code": "server_busy", "error": "too many connections are waiting for their request head"}'
-#: The answer, written without blocking by the accept thread, to a socket past RUSTY_WS_MAX_PENDING_REQUESTS.
-_BUSY_RESPONSE = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 5\r\n"
-    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
-)
-_PACED_BODY = (b'{"code": "server_busy", "error": "too many WebSocket handshakes at once; '
-               b'retry after the seconds Retry-After says"}')
-#: The head of the answer to a WebSocket handshake past RUSTY_WS_MAX_HANDSHAKES; ``%d``: Retry-After's seconds.
-_PACED_HEAD = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: %d\r\n"
-               b"Connection: close\r\nContent-Length: " + str(len(_PACED_BODY)).encode() + b"\r\n\r\n")
-#: Bytes of a request the accept thread looks at (without taking them) to tell ``/healthz`` from a handshake.
-PEEK_BYTES = 256
-#: Seconds the accept loop, when it paces, waits for a request's first bytes to tell ``/healthz`` from the rest.
-PEEK_WAIT = 0.05
 #: ``TCP_INFO`` (Linux): for a listening socket, ``tcpi_unacked`` (a u32 at byte 24) is its accept queue's length.
 _TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)
 _TCP_INFO_BYTES = 104
 _TCPI_UNACKED = 24
-#: Connections in the system's accept queue past which the accept loop takes all of them at once,
-#: so that a ``/healthz`` among them is served first rather than after every handshake ahead of it.
+#: Connections in the system's accept queue past which the accept loop takes all of them at once
+#: (``AcceptGate.drain``), so that a ``/healthz`` among them is served first rather than after every
+#: handshake ahead of it.
 DRAIN_FROM = 32
-#: At most this many connections taken by drains and not yet served (each holds a descriptor).
-DRAIN_MAX = 4096
-#: Seconds between two drains while what the last one took is being served (or as long as the
-#: last drain took, if longer: at least half the accept thread's time serves): each drain accepts,
-#: peeks at and turns away every newcomer past the queue's bound, and one drain per request served
-#: (as it was) left a starved hub admitting one handshake a second while it refused hundreds.
-DRAIN_EVERY = 0.05
-#: Seconds the accept thread gives a ``/healthz`` it answers itself (``HubServer._answer_now``) to take the answer.
-ANSWER_NOW_TIMEOUT = 0.05
-#: Seconds between two looks (``HubServer._look_again``) at what a drain took before its first bytes came:
-#: each look is a system call that lets go of the interpreter lock, which, in a storm, the accept thread
-#: waits to get back; a look per request served would slow the serving down.
-LOOK_EVERY = 0.01
 
 
 class HubServer(ThreadedWSGIServer):
@@ -129,16 +100,11 @@ class HubServer(ThreadedWSGIServer):
         #: ``views.py``'s WebSocket handshake without Flask's request (``HubRequestHandler.run_wsgi``).
         self.plain_upgrade = state.plain_upgrade if state is not None else None
         self._stopping = threading.Event()  # set by shutdown(): ends a wait of the accept loop at once
-        # The accept thread's own log throttles (it alone calls them: no lock).
-        self._log_no_descriptors = LogThrottle(LOG_EVERY)
-        self._log_refused = LogThrottle(LOG_EVERY)
-        self._log_paced = LogThrottle(LOG_EVERY)
         self.max_handshakes = settings.max_handshakes if self._hub is not None else 0
         self.max_accept_queue = settings.max_accept_queue if self._hub is not None else 0
-        self._pacer = _Pacer(settings.reconnect_rate, self._load,
-                             None if self._hub is None else self._note_rate)
         healthz = next((rule.rule for rule in app.url_map.iter_rules() if rule.endpoint.endswith(".healthz")), None)
-        #: How a ``/healthz`` request starts, which pacing never turns away (None: the app has no such route).
+        #: How a ``/healthz`` request starts, which pacing never turns away (None: the app has no such route,
+        #: and the accept queue is never drained).
         self._healthz_line = f"GET {healthz}".encode() if healthz else None
         # Request threads started (written by the accept thread only) and ended (by each
         # thread as it ends, under _threads_lock: a += from many threads is not atomic).
@@ -146,18 +112,21 @@ class HubServer(ThreadedWSGIServer):
         self._threads_ended = 0
         self._threads_lock = threading.Lock()
         self._queue_visible = _TCP_INFO is not None  # accept_queue() can read the accept queue's length
-        #: Connections accepted in a drain (``get_request``) and not yet served, oldest first, ``/healthz``
-        #: ahead of them all; the accept thread's own (it alone reads and writes it; no lock).
-        self._taken: deque[tuple[socket.socket, Any]] = deque()
-        self._accept_blocked = False  # the last drain's accept() failed (out of descriptors): serve, don't drain
-        #: Of ``_taken``, those whose first bytes had not come when the drain peeked (a client that
-        #: sends its request a moment after its connect): watched until they come (``_look_again``).
-        self._unseen = selectors.DefaultSelector()
-        self._next_look = 0.0  # monotonic time before which _look_again does not look
         self._judged = False  # the request being served was taken by a drain, which kept the queue's bound
-        self._next_drain = 0.0  # monotonic time before which what a drain took is served without draining again
         #: WebSockets handed over by their views, by socket, until their request thread runs them (``serve_after``).
         self._after: dict[socket.socket, AfterTheView] = {}
+        #: The accept thread's admission of new sockets (``accept_gate.py``): called on that thread only.
+        self._gate = gate = AcceptGate(self, settings.reconnect_rate, self._healthz_line, self._stopping)
+        #: The ``/healthz`` ones among what the gate's drains took (``healthz_watch.py``): the accept thread's.
+        self._healthz = gate.healthz
+        # The gate's own, under the names the accept loop has always used: bound once here, so each
+        # accepted socket costs no lookup or call more than when they were this class's.
+        self._taken = gate.taken  # what drains took and the accept loop has not served (the gate's deque)
+        self._pacer = gate.pacer
+        self._paced: Callable[[socket.socket, float], bool] = gate.paced
+        self._refuse: Callable[[socket.socket], None] = gate.refuse
+        self._look_again: Callable[[], None] = self._healthz.look_again
+        self._leave: Callable[[tuple[socket.socket, Any]], tuple[socket.socket, Any]] = self._healthz.leave
 
     def serve_forever(self, poll_interval: float = 0.1) -> None:  # shutdown() waits up to this long
         self._stopping.clear()
@@ -169,20 +138,20 @@ class HubServer(ThreadedWSGIServer):
 
     def get_request(self) -> tuple[socket.socket, Any]:
         """The next connection to serve: the one ``accept()`` gives, or, when a queue has built up, a
-        ``/healthz`` from anywhere in it first (``_drain``, at most every ``DRAIN_EVERY`` while what it
-        took is served), then the others in the order they came."""
+        ``/healthz`` from anywhere in it first (``AcceptGate.drain``, at most every ``DRAIN_EVERY`` while
+        what it took is served), then the others in the order they came."""
         taken = self._taken
         self._look_again()
         if not taken:
             if self._healthz_line is None or self.accept_queue() < DRAIN_FROM:
                 self._judged = False
                 return self._accept()
-            self._drain()
-        elif not self._accept_blocked and time.monotonic() >= self._next_drain:
-            self._drain()
+            self._gate.drain()
+        elif not self._gate.blocked and time.monotonic() >= self._gate.next_drain:
+            self._gate.drain()
         if not taken:
             raise BlockingIOError(errno.EAGAIN, "nothing to accept")  # socketserver drops it and selects again
-        self._judged = True  # the drain kept what it holds within RUSTY_WS_MAX_ACCEPT_QUEUE (_shed)
+        self._judged = True  # the drain kept what it holds within RUSTY_WS_MAX_ACCEPT_QUEUE (AcceptGate._shed)
         return self._leave(taken.popleft())
 
     def _accept(self) -> tuple[socket.socket, Any]:
@@ -190,164 +159,15 @@ class HubServer(ThreadedWSGIServer):
             return super().get_request()
         except OSError as exc:
             if exc.errno in _OUT_OF_RESOURCES:
-                self._accept_failed(exc)
+                self._gate.accept_failed(exc)
             raise  # socketserver drops it; the loop selects again
-
-    def _drain(self) -> None:
-        """Accept every connection the system holds for us now, and put the ``/healthz`` ones first.
-
-        As many ``accept()`` calls as ``accept_queue()`` counts, so none blocks, and at
-        most ``DRAIN_MAX`` held. A ``/healthz`` whose whole head has come is answered at
-        once, on this thread (``_answer_now``); one in parts goes first. A request whose
-        first bytes have not arrived yet is held in its place and watched (``_unseen``):
-        a ``/healthz`` whose client sent it a moment after its connect waited, taken for a
-        handshake, behind every one held (1.3 s, session 14, "/healthz in a storm"). When ``accept()`` fails (out of
-        descriptors: logged, waited), what was taken is served before the next drain,
-        which would only fail again.
-        """
-        taken = self._taken
-        health: list[tuple[socket.socket, Any]] = []
-        self._accept_blocked = False
-        started = time.monotonic()
-        for _ in range(min(self.accept_queue(), DRAIN_MAX - len(taken))):
-            try:
-                request, address = self._accept()
-            except OSError:
-                self._accept_blocked = True
-                break
-            try:
-                start = request.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-            except OSError:
-                start = b""
-            if not start:  # nothing came yet (or EOF, or an error: the socket is readable, seen at once)
-                self._watch(request)
-                taken.append((request, address))
-            elif not self._asks_healthz(start):
-                taken.append((request, address))
-            elif start.find(b"\r\n\r\n") + 4 == len(start):  # the whole head and nothing past it (no body)
-                self._answer_now(request, address)
-            else:
-                health.append((request, address))
-        taken.extendleft(reversed(health))
-        now = time.monotonic()
-        self._shed(now)
-        # Serve for at least as long as this drain took (starved, one took a second: drained
-        # again at once, nothing held was served), and at least DRAIN_EVERY.
-        ended = time.monotonic()
-        self._next_drain = ended + max(DRAIN_EVERY, ended - started)
-
-    def _shed(self, now: float) -> None:
-        """Turn away (503, ``Retry-After``) the newest of what the drain holds past ``RUSTY_WS_MAX_ACCEPT_QUEUE``.
-
-        What waits (held here and still in the system's queue) stays within the bound,
-        and the oldest are served: the queue's bound is kept here, once, and not again
-        when a held request's turn comes (``_busy`` leaves it out for them). Judged at its
-        turn instead, every request was refused while arrivals kept the count past the
-        bound: on a loaded machine a storm's new hub turned away every handshake for
-        minutes and admitted none (session 13, docs/performance.md). ``/healthz`` ones
-        are at the front and never shed.
-        """
-        if not self.max_accept_queue:
-            return
-        taken = self._taken
-        room = max(0, self.max_accept_queue - self.accept_queue())
-        if len(taken) <= room:
-            return
-        ahead = self.max_accept_queue + self.handshakes_in_flight()  # what it keeps, then the pacer's own tally
-        while len(taken) > room:
-            self._turn_away(self._leave(taken.pop())[0], now, ahead)
-
-    def _answer_now(self, request: socket.socket, address: Any) -> None:
-        """Serve a ``/healthz`` on the accept thread, through the app as any request, without a thread.
-
-        Behind a storm's queue, a request thread's own start (``Thread.start`` waits for it
-        to run) and every read and write of its request waited behind thousands of
-        handshake threads for the interpreter lock: 0.1-5 s (seen with 10,000 clients).
-        Here the accept thread, which holds it, serves it at once. Its whole head has come
-        and it has no body, so nothing is waited for; the answer (a few hundred bytes) goes
-        out with ``Connection: close``, and ``ANSWER_NOW_TIMEOUT`` bounds a peer that would not
-        take it.
-        """
-        if not self.verify_request(request, address):  # as socketserver serves what it accepts
-            self.shutdown_request(request)
-            return
-        if not self.pending.take():  # counted as every socket waiting for its head is; the handler gives it back
-            self._refuse(request)
-            return
-        try:
-            request.settimeout(ANSWER_NOW_TIMEOUT)
-            self.finish_request(request, address)
-        except Exception:
-            self.handle_error(request, address)
-        finally:
-            self.shutdown_request(request)
-
-    def _asks_healthz(self, start: bytes) -> bool:
-        """Whether a request's first bytes (peeked) are those of a ``GET /healthz``."""
-        line = self._healthz_line
-        return line is not None and start.startswith(line) and start[len(line):len(line) + 1] in (b" ", b"?")
-
-    def _watch(self, request: socket.socket) -> None:
-        try:
-            self._unseen.register(request, selectors.EVENT_READ)
-        except (OSError, ValueError):  # closed meanwhile (no descriptor): served as it is, in its place
-            pass
-
-    def _leave(self, item: tuple[socket.socket, Any]) -> tuple[socket.socket, Any]:
-        """``item``, out of ``_taken``: no longer watched (before it is served or closed, which frees its
-        descriptor for a new socket)."""
-        if self._unseen.get_map():
-            try:
-                self._unseen.unregister(item[0])
-            except (KeyError, ValueError):
-                pass
-        return item
-
-    def _look_again(self) -> None:
-        """Serve first a ``/healthz`` among what a drain took before its first bytes came, now that they have.
-
-        At most every ``LOOK_EVERY`` and only while some are watched: one ``select``
-        with no wait says which have bytes (or ended); each of those is no longer
-        watched, and is peeked at as the drain does. A ``/healthz`` whose whole head
-        came is answered now, on this thread (``_answer_now``), one in parts goes to
-        the front; anything else keeps its place.
-        """
-        unseen = self._unseen
-        if not unseen.get_map():
-            return
-        now = time.monotonic()
-        if now < self._next_look:
-            return
-        self._next_look = now + LOOK_EVERY
-        try:
-            ready = unseen.select(0)
-        except OSError:
-            return
-        for key, _ in ready:
-            request = cast("socket.socket", key.fileobj)
-            unseen.unregister(request)
-            try:
-                start = request.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-            except OSError:
-                continue
-            if not self._asks_healthz(start):
-                continue
-            place = next((i for i, item in enumerate(self._taken) if item[0] is request), None)
-            if place is None:
-                continue
-            item = self._taken[place]
-            del self._taken[place]
-            if start.find(b"\r\n\r\n") + 4 == len(start):  # as _drain: the whole head and nothing past it
-                self._answer_now(*item)
-            else:
-                self._taken.appendleft(item)
 
     def service_actions(self) -> None:
         """Serve what a drain took, one by one, while nothing new waits in the system's queue
         (then the loop accepts again, so a ``/healthz`` that just came goes ahead of what is left),
         or while ``accept()`` cannot take what waits there."""
-        taken = self._taken
-        while taken and not self._stopping.is_set() and (self._accept_blocked or self.accept_queue() == 0):
+        taken, gate = self._taken, self._gate
+        while taken and not self._stopping.is_set() and (gate.blocked or self.accept_queue() == 0):
             self._look_again()
             if not taken:
                 break
@@ -366,7 +186,7 @@ class HubServer(ThreadedWSGIServer):
     def server_close(self) -> None:
         while self._taken:  # accepted in a drain, never served: closed as the listening socket is
             self.shutdown_request(self._leave(self._taken.popleft())[0])
-        self._unseen.close()
+        self._healthz.close()
         super().server_close()
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -473,7 +293,7 @@ class HubServer(ThreadedWSGIServer):
 
     def _busy(self) -> bool:
         """Too many requests under way (``RUSTY_WS_MAX_HANDSHAKES``) or queued (``RUSTY_WS_MAX_ACCEPT_QUEUE``;
-        not for a request a drain took: the drain kept the queue's bound, ``_shed``)."""
+        not for a request a drain took: the drain kept the queue's bound, ``AcceptGate._shed``)."""
         if self.max_handshakes and self.handshakes_in_flight() >= self.max_handshakes:
             return True
         return bool(self.max_accept_queue and not self._judged and self.waiting() >= self.max_accept_queue)
@@ -510,91 +330,6 @@ class HubServer(ThreadedWSGIServer):
         hub = self._hub
         running = self._threads_started - self._threads_ended
         return running - self.pending.count - (hub.open_count if hub is not None else 0)
-
-    def _paced(self, request: socket.socket, now: float) -> bool:
-        """Turn away a request that is not ``/healthz`` (503, ``Retry-After``), on this thread; False: let it in.
-
-        Looks at what has arrived of the request without taking it (``MSG_PEEK``):
-        ``/healthz`` is let in ahead of the handshakes, so a health check keeps
-        answering through a storm. In a storm the accept loop is behind and the
-        request is there; else it waits for it at most ``PEEK_WAIT``, and a request
-        whose first bytes have not come by then is let in (its thread waits for
-        them, bounded by ``RUSTY_WS_MAX_PENDING_REQUESTS``).
-        """
-        try:
-            start = request.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:  # in a storm the accept loop is behind and the bytes are there; else a moment
-            poller = select.poll()  # not select.select: descriptors past 1023 are the rule at 10,000 clients
-            poller.register(request, select.POLLIN)
-            if not poller.poll(PEEK_WAIT * 1000):
-                return False
-            try:
-                start = request.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-            except OSError:
-                start = b""
-        except OSError:
-            start = b""
-        if self._asks_healthz(start):
-            return False
-        self._turn_away(request, now, sum(self._load()))
-        return True
-
-    def _note_rate(self, rate: float) -> None:
-        """The pacer's new measure, for the hub's 4200 window (``Hub.reconnect_rate``)."""
-        if self._hub is not None:
-            self._hub.handshake_rate = rate
-
-    def _load(self) -> tuple[int, int]:
-        """What the hub has ahead of a request that comes now: (waiting for the accept loop, under way)."""
-        return self.waiting(), max(0, self.handshakes_in_flight())
-
-    def _turn_away(self, request: socket.socket, now: float, ahead: int) -> None:
-        """Answer 503 with the ``Retry-After`` the pacer says and close, on this thread, without blocking.
-
-        ``ahead``: what the hub has to get through before this client's turn (``_Pacer.retry_after``)."""
-        wait = self._pacer.retry_after(now, ahead)
-        self._answer_and_close(request, _PACED_HEAD % wait + _PACED_BODY)
-        paced = self._log_paced()
-        if paced:
-            logger.warning(
-                "refused a request with 503, Retry-After %d (%d time(s) since this line last showed): %d "
-                "under way (RUSTY_WS_MAX_HANDSHAKES=%d), %d in the accept queue (RUSTY_WS_MAX_ACCEPT_QUEUE=%d), "
-                "about %d handshakes done a second", wait, paced, self.handshakes_in_flight(), self.max_handshakes,
-                self.waiting(), self.max_accept_queue, self._pacer.rate,
-            )
-
-    def _refuse(self, request: socket.socket) -> None:
-        self._answer_and_close(request, _BUSY_RESPONSE)
-        refused = self._log_refused()
-        if refused:
-            logger.warning(
-                "refused a connection with 503 (%d time(s) since this line last showed): %d sockets "
-                "are waiting for their request head (RUSTY_WS_MAX_PENDING_REQUESTS=%d)",
-                refused, self.pending.count, self.pending.limit,
-            )
-
-    def _answer_and_close(self, request: socket.socket, answer: bytes) -> None:
-        """Write a refusal, as much as the socket takes without blocking (all of it: a fresh socket's buffer
-        holds it), and close, on the accept thread."""
-        try:
-            request.send(answer, socket.MSG_DONTWAIT)
-        except OSError:
-            pass
-        self.shutdown_request(request)
-
-    def _accept_failed(self, exc: OSError) -> None:
-        """Say that accept() has run out of a resource (rate-limited), then wait a little instead of spinning."""
-        failures = self._log_no_descriptors()
-        if failures:
-            connections = len(self._hub.connections()) if self._hub is not None else 0
-            logger.error(
-                "accept() failed: %s (%d time(s) since this line last showed); new connections wait "
-                "in the backlog meanwhile (%d sockets waiting for their request head, %d WebSockets "
-                "open). Raise the limit (ulimit -n) or lower RUSTY_WS_MAX_PENDING_REQUESTS and "
-                "RUSTY_WS_MAX_CONNECTIONS",
-                exc.strerror or exc, failures, self.pending.count, connections,
-            )
-        self._stopping.wait(ACCEPT_BACKOFF)
 
 
 def make_server(app: Flask, host: str = "127.0.0.1", port: int = 8081) -> HubServer:

@@ -78,6 +78,9 @@ class _Pacer:
         self._whole = False      # ... and whether they run from its start (not from the pacer's first call)
         self._admitted = 0       # handshakes admitted since then
         self._turned_away = 0    # ... and turned away (for the log line)
+        self._reasons: dict[str, int] = {}  # ... of those, by the bound that turned them away (the log line)
+        self._waits: dict[int, int] = {}    # ... and by the Retry-After they were given (the log line)
+        self._refused = 0        # ... and refused past RUSTY_WS_MAX_PENDING_REQUESTS (no Retry-After of ours)
         self._saturated = False  # requests were waiting when that second began
         self._under_way = 0      # ... and this many handshakes were under way
         self._tail = 0.0         # monotonic time by which every client told so far has had its slot
@@ -86,16 +89,24 @@ class _Pacer:
         self._tick(now)
         self._admitted += 1
 
-    def retry_after(self, now: float, ahead: int) -> int:
+    def refused(self, now: float) -> None:
+        """A socket refused past ``RUSTY_WS_MAX_PENDING_REQUESTS`` (counted for the log line only)."""
+        self._tick(now)
+        self._refused += 1
+
+    def retry_after(self, now: float, ahead: int, reason: str = "handshakes") -> int:
         """Seconds (1 to ``MAX_RETRY_AFTER``) the next client turned away is asked to wait.
 
         ``ahead``: what the hub has to get through before that client's turn (waiting
-        in its queues and under way)."""
+        in its queues and under way); ``reason``: the bound that turned it away (the log line)."""
         self._tick(now)
         self._turned_away += 1
         slot = max(self._tail, now + ahead / self.rate)
         self._tail = slot + 1.0 / self.rate
-        return min(MAX_RETRY_AFTER, max(1, int(slot - now + 1e-6)))  # (slots add up 1/rate at a time)
+        wait = min(MAX_RETRY_AFTER, max(1, int(slot - now + 1e-6)))  # (slots add up 1/rate at a time)
+        self._reasons[reason] = self._reasons.get(reason, 0) + 1
+        self._waits[wait] = self._waits.get(wait, 0) + 1
+        return wait
 
     def _tick(self, now: float) -> None:
         second = int(now)
@@ -113,11 +124,19 @@ class _Pacer:
             self.rate, self.measured = rate, True
             if self._on_measure is not None:
                 self._on_measure(rate)
-        if (self._admitted or self._turned_away) and pacing_logger.isEnabledFor(logging.DEBUG):
+        if (self._admitted or self._turned_away or self._refused) and pacing_logger.isEnabledFor(logging.DEBUG):
             pacing_logger.debug(
                 "second %d: %d admitted, %d turned away; %d waiting, %d under way; %.0f a second%s; "
-                "the last told %.1fs ahead", self._second, self._admitted, self._turned_away, waiting, under_way,
-                self.rate, "" if self.measured else " (RUSTY_WS_RECONNECT_RATE)", max(0.0, self._tail - now))
+                "the last told %.1fs ahead; turned away by %s; Retry-After %s; %d refused (pending requests)",
+                self._second, self._admitted, self._turned_away, waiting, under_way,
+                self.rate, "" if self.measured else " (RUSTY_WS_RECONNECT_RATE)", max(0.0, self._tail - now),
+                _counts(self._reasons), _counts(self._waits), self._refused)
         self._whole = self._second >= 0
-        self._second, self._admitted, self._turned_away = second, 0, 0
+        self._second, self._admitted, self._turned_away, self._refused = second, 0, 0, 0
+        self._reasons, self._waits = {}, {}
         self._saturated, self._under_way = waiting > 0, under_way
+
+
+def _counts(counts: dict) -> str:
+    """``{key: count}`` as ``key x count, ...`` in the keys' order, for the pacing log line ("-": none)."""
+    return ", ".join(f"{key} x{count}" for key, count in sorted(counts.items())) or "-"

@@ -35,9 +35,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..brokers.base import ENCODED, HistoryUnavailable, Landed, SharedHistory, Stamped, Stored
+from ..brokers.base import ENCODED, HistoryUnavailable, Landed, OwnRun, SharedHistory, Stamped, Stored, own_deliveries
 from ..exceptions import ProtocolError
-from ..frames import text_frame
+from ..frames import text_frame, text_frames
 from ..history import within_bytes
 from ..protocol import (
     Delivery,
@@ -67,13 +67,16 @@ ANSWER_TIMEOUT = 20.0
 RUN_JOB_BYTES = 64 * 1024
 
 
+#: ``publish``'s answer to a publish without id (one tuple for all: nothing is known yet, nothing changes it).
+_NOT_LANDED_YET = (Landed(None, None), False)
+
+
 def send_run(send: Callable[[bytes, Any], Any], texts: list[bytes], subscribers: Any) -> None:
     """Queue the text frames of ``texts`` to ``subscribers`` with ``send`` (the writer's), joined into one
     job per ``RUN_JOB_BYTES``: a run of deliveries costs the writer a few jobs, not one per delivery."""
     frames: list[bytes] = []
     size = 0
-    for text in texts:
-        frame = text_frame(text)
+    for frame in text_frames(texts):
         frames.append(frame)
         size += len(frame)
         if size >= RUN_JOB_BYTES:
@@ -115,7 +118,7 @@ class SharedStreams:
         """
         if publish_id is None:
             self.store.publish(delivery, None, None)
-            return Landed(None, None), False
+            return _NOT_LANDED_YET
         if answer is None:
             return self._publish_and_wait(delivery, publish_id)
         reply = answer
@@ -146,6 +149,31 @@ class SharedStreams:
                 hub._send_delivery(data, subscribers)
         position = Position(delivery.offset, delivery.epoch) if delivery.offset is not None and delivery.epoch else None
         return Landed(position, len(subscribers))
+
+    def deliver_own(self, run: OwnRun) -> None:
+        """``Broker.deliver_own``: ``deliver_run`` for a run of this node's own publishes back from Redis.
+
+        The usual case (no subscriber joining the pair, none compressing) frames each
+        from the encoding kept when it was published, with the run's position spliced in
+        (``with_position``'s bytes): no ``Delivery`` is made. Otherwise ``deliver_run``'s road.
+        """
+        key, epoch, first, published = run
+        hub = self.hub
+        if not self._catching.get(key) and not hub._compressing:  # (reads of a dict and an int: checked again below)
+            # with_position(kept[1], offset, epoch), the epoch's part made once for the run (the
+            # script's, checked to be hex by own_run_header: nothing to escape).
+            tail = b',"epoch":"%s"}' % epoch.encode("ascii")
+            texts = [b'%s,"offset":%d%s' % (kept[1][:-1], offset, tail)
+                     for offset, kept in enumerate(published, first) if kept is not None]
+            with hub.writer.batch(), self._lock:
+                if not self._catching.get(key) and not hub._compressing:
+                    subscribers = hub.registry.subscribers(*key)
+                    if subscribers and texts:
+                        send_run(hub.writer.send, texts, subscribers)
+                    return
+        deliveries = own_deliveries(run)
+        if deliveries:
+            self.deliver_run(deliveries)
 
     def deliver_run(self, deliveries: list[Delivery]) -> None:
         """``Hub.deliver_run``: ``deliver`` for consecutive deliveries of one pair, oldest first (one envelope).

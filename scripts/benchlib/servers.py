@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import compileall
 import os
 import signal
 import socket
@@ -13,6 +14,18 @@ from dataclasses import dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+def compile_rusty_ws() -> bool:
+    """Write rusty_ws's missing or stale ``.pyc`` files, once, before any hub process starts.
+
+    The package is installed editable, so nothing compiled it at install time, and
+    with ``PYTHONDONTWRITEBYTECODE`` set (as on the bench machine) the interpreter
+    never writes them: every new hub compiled the 42 rusty_ws modules it loads
+    from source, a third of its start-up's instructions (docs/performance.md, "Start-up, session 15").
+    ``compileall`` writes them whatever that variable says, and skips the fresh ones.
+    """
+    return bool(compileall.compile_dir(os.path.join(ROOT, "rusty_ws"), quiet=1))
 
 
 @dataclass(frozen=True)

@@ -123,3 +123,39 @@ def test_a_run_without_history_arrives_whole_in_order_in_few_writes(count: int) 
         hub.shutdown(WAIT)
         for sock in (theirs, ours, other_ours, other_theirs):
             sock.close()
+
+
+def test_a_run_of_this_nodes_own_publishes_is_framed_from_what_was_kept_as_deliveries_would_be() -> None:
+    # SharedStreams.deliver_own (Redis history: this node's own envelope back, RedisHistory.take_own):
+    # the kept encodings with the run's position spliced in, byte for byte what Delivery.encode() of
+    # each with its offset gives; a publish delivered here already (None) keeps its offset skipped;
+    # an outbox joining the pair buffers them as deliver_run does.
+    from rusty_ws.brokers.base import own_deliveries
+    from rusty_ws.server.shared_streams import SharedStreams, _CatchUp
+
+    hub = state_of(create_app(hub_config(history_size=0))).hub
+    streams = SharedStreams(hub, store=None)  # type: ignore[arg-type]  # deliver_own never reads the store
+    ours, theirs = socket.socketpair()
+    theirs.settimeout(WAIT)
+    try:
+        box = hub.writer.attach(ours, "watcher")
+        hub.subscribe(box, "T", "s")
+        sent = [Delivery("p", "T", payload, "2026-12-01T00:00:00Z", "s", user)
+                for payload, user in (("one", None), ({"n": 2, "é": [1.5]}, "alice"), ("three", None))]
+        run = (("T", "s"), "ab12", 41, [[sent[0], sent[0].encode(), True], None, [sent[2], sent[2].encode(), False]])
+        streams.deliver_own(run)
+        expected = [delivery.encode() for delivery in own_deliveries(run)]
+        assert [json.loads(text)["offset"] for text in expected] == [41, 43]
+        frames, reader = [], FrameReader()
+        for _ in range(100):
+            if len(frames) >= 2:
+                break
+            frames += [frame.payload for frame in reader.feed(theirs.recv(65536))]
+        assert frames == expected
+        streams._catching[("T", "s")] = {box: _CatchUp()}  # joining: still buffering its replay's live part
+        streams.deliver_own(run)
+        assert [(d.offset, data) for d, data in streams._catching[("T", "s")][box].buffer or []] == \
+            [(41, expected[0]), (43, expected[1])]
+    finally:
+        hub.shutdown(WAIT)
+        theirs.close()

@@ -23,7 +23,7 @@ import pytest
 
 from rusty_ws.config import Settings, config_from_environ
 from rusty_ws.protocol import encode_ping, encode_publish, encode_subscribe
-from rusty_ws.server.hub_server import LOG_EVERY
+from rusty_ws.server.accept_gate import LOG_EVERY
 from support import (
     MS,
     WAIT,

@@ -176,12 +176,13 @@ def check_counted(acks: list[Ack], live: dict[str, list[dict[str, Any]]], expect
 
 
 def stream_payloads(node: ClusterNode, session: str) -> list[tuple[int, int]]:
-    """(offset, payload) of every entry of the pair's stream, read on ``node``."""
-    from rusty_ws.brokers.redis_codec import pair_keys
+    """(offset, payload) of every message of the pair's stream (an entry may hold a run of several), read on ``node``."""
+    from rusty_ws.brokers.redis_codec import decode_stream_run, pair_keys
 
     with contextlib.closing(node.client()) as client:
         entries = client.xrange(pair_keys("rusty_ws", "T", session).stream)
-    return [(int(entry_id.split(b"-")[0]), json.loads(fields[b"d"])["payload"]) for entry_id, fields in entries]
+    return [(d.offset or 0, d.payload) for entry_id, fields in entries
+            for d in decode_stream_run([entry_id, [b"d", fields[b"d"], b"t", fields[b"t"]]], ("T", session), "0", 2 ** 53)[0]]
 
 
 def test_a_slot_migrating_while_publishes_with_ids_flow_loses_nothing_and_doubles_nothing(

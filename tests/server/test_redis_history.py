@@ -286,6 +286,32 @@ def test_forged_stream_entries_and_metadata_are_dropped_and_logged(redis: RedisS
         assert client.sync() == []  # and the connection goes on
 
 
+def test_forged_run_entries_are_dropped_and_logged_and_the_hub_goes_on(redis: RedisServer,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Entries of several deliveries (session 15's format) that no node wrote: none is replayed, each is counted."""
+    keys = pair_keys("rusty_ws", "T", "s")
+    with nodes(1, redis.url) as (node,), node.connect() as client, contextlib.closing(redis.client()) as intruder:
+        epoch = ack_of(client, "T", 1, "r1").epoch
+        ack_of(client, "T", 2, "r2")
+        one = json.dumps({"publisher_name": "x", "topic": "T", "payload": "forged", "timestamp": "t", "session_id": "s"})
+        forged = {"3-0": f"[{one},{one},{one},{one}]",  # 0 to 3: offsets below 1
+                  "4-0": f"[{one},{one},{one}]",  # 2 to 4: over entry 2
+                  "5-0": f"[{one},", "6-0": f"[{one}]", "7-0": "[" + ",".join([one] * 20_000) + "]"}  # huge
+        for entry_id, data in forged.items():
+            intruder.xadd(keys.stream, {"d": data, "t": "99999999999999"}, id=entry_id)
+        intruder.hset(keys.meta, "o", 7)
+        reply = HistoryReply.parse(client.command(encode_history("T", "s"))[0])
+        assert [(m.payload, m.offset) for m in reply.messages] == [(1, 1), (2, 2)] and reply.epoch == epoch
+        replayed, subscribed = subscribe_json(client, since=Since(0, epoch))
+        assert [m["offset"] for m in replayed] == [1, 2] and subscribed.recovered is False
+        assert broker_of(node).status()["history_dropped"] == 2 * len(forged)  # read twice
+        assert caplog.text.count("dropped an entry of the Redis stream") == 2 * len(forged)
+        early: list[dict[str, Any]] = []
+        assert ack_of(client, "T", 8, "r8", early=early).offset == 8  # the stream goes on, and so does the hub
+        # The delivery comes back through Redis: before the ack, or after it (and maybe after a pong).
+        assert [m["offset"] for m in early or [recv_delivery(client)]] == [8] and client.sync() == []
+
+
 def test_while_redis_is_down_local_delivery_goes_on_without_offsets_and_ids_are_unavailable(redis: RedisServer) -> None:
     with nodes(2, redis.url) as (a, b), a.connect() as publisher, a.connect() as near, b.connect() as far:
         _, before = subscribe_json(near)
@@ -381,7 +407,8 @@ def test_a_gap_trimmed_from_the_stream_replays_what_remains_and_says_so(redis: R
         epoch = ack_of(pub, "T", 1, "g-1").epoch
         publish_numbers(pub, 29, start=2)
         with contextlib.closing(redis.client()) as raw:
-            assert raw.xlen(pair_keys("rusty_ws", "T", "s").stream) == 10  # XADD MAXLEN
+            ids = [int(entry_id.split(b"-")[0]) for entry_id, _ in raw.xrange(pair_keys("rusty_ws", "T", "s").stream)]
+            assert ids and min(ids) >= 21 and ids[-1] == 30  # XADD MINID: entries wholly below the floor 21 go
         replayed, reply = subscribe_json(sub, since=Since(5, epoch))
         assert [m["offset"] for m in replayed] == list(range(21, 31))
         assert (reply.offset, reply.recovered) == (30, False)

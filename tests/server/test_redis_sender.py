@@ -22,7 +22,7 @@ import redis as redis_py
 
 from redis_support import SENTINEL, RedisServer, publish_sentinel, read_until_sentinel, redis_server
 from rusty_ws.brokers.redis import RedisBroker
-from rusty_ws.brokers.redis_sender import Mergeable, RedisSender
+from rusty_ws.brokers.redis_sender import SETTLED, Mergeable, RedisSender
 from rusty_ws.protocol import encode_publish, encode_subscribe
 from rusty_ws.server.state import state_of
 from support import MS, WAIT, Client, RunningServer, nodes, running_server
@@ -311,6 +311,46 @@ def test_a_merge_stops_at_its_budget_and_a_refused_merge_fails_every_part(redis:
         assert calls(redis, "rpush") == 4  # [0, 1], [2, 3], [4], and the refused [5, 6, 7]
         assert all(isinstance(replies.got[n], redis_py.exceptions.ResponseError) for n in range(5, 8))
         assert out.status()["failed"] == 3
+
+
+def test_a_mergeable_without_callback_is_answered_by_its_kind_unless_its_split_settled_it(redis: RedisServer) -> None:
+    """``Mergeable.answer`` (a history's publishes without id): nothing is called for a part its merge's split
+    gave as ``SETTLED``; the kind's ``answer`` gets every other reply, a refusal, and a submit after stop."""
+    answered: list[tuple[Any, Any]] = []
+    split_calls: list[int] = []
+
+    def settling(commands: list[Mergeable]) -> tuple[tuple[Any, ...], Any]:
+        values = [command[2] for command in commands]
+
+        def split(reply: Any) -> list[Any]:
+            split_calls.append(len(values))
+            return [SETTLED if value % 2 == 0 else reply for value in values]  # odd ones: answered
+
+        return ("RPUSH", commands[0][1], *values), split
+
+    class Answered(Mergeable):
+        group = property(lambda self: self[1])
+        weight, head, budget, size = 1, 0, 1000, 64
+        merge = staticmethod(settling)
+
+        def answer(self, reply: Any) -> None:  # type: ignore[override]
+            answered.append((self[2], reply))
+
+    with sender(redis) as out:
+        with held(out):
+            for value in range(4):
+                out.submit(Answered(("RPUSH", "a", value)))
+            out.submit(Answered(("RPUSH", "alone", 9)))  # alone: its reply as it came
+        with contextlib.closing(redis.client()) as setup:
+            setup.set("s", "a string, where RPUSH wants a list")
+        out.submit(Answered(("RPUSH", "s", 11)))
+        assert out.wait_drained(WAIT)
+        assert split_calls == [4]
+        assert answered[:2] == [(1, 4), (3, 4)] and answered[2] == (9, 1)
+        assert answered[3][0] == 11 and isinstance(answered[3][1], redis_py.exceptions.ResponseError)
+        out.stop(WAIT)
+        out.submit(Answered(("RPUSH", "a", 13)))  # answered at once, on this thread
+        assert answered[4][0] == 13 and isinstance(answered[4][1], ConnectionError) and len(answered) == 5
 
 
 # --------------------------------------------------------------------------- through hubs

@@ -175,3 +175,42 @@ def test_a_token_in_an_access_line_is_masked() -> None:
         hub.wait_for_line('"GET /ws?token=[redacted] HTTP/1.1" 101')
         assert 'INFO werkzeug: 127.0.0.1 "GET /nowhere?token=[redacted] HTTP/1.1" 404' in hub.wait_for_line("/nowhere")
     assert token not in hub.log
+
+
+#: What the serve entry (``rusty-ws serve``, ``flask --app rusty_ws run``) must not load before its first request
+#: with no broker URL set: the Redis client and its parser, the Redis broker and cluster modules, and the client
+#: package (docs/performance.md, "Start-up, session 15").
+NOT_AT_START = ("redis", "hiredis", "rusty_ws.brokers.redis", "rusty_ws.client")  # brokers.redis*: the cluster too
+
+
+def test_the_serve_entry_with_no_broker_loads_no_redis_and_no_client() -> None:
+    code = ("import sys\n"
+            "import rusty_ws.cli\n"
+            "import rusty_ws.server.serve\n"
+            "from rusty_ws.server.app import create_app\n"
+            "from rusty_ws.server.hub_server import make_server\n"
+            "app = create_app()\n"
+            "make_server(app, '127.0.0.1', 0).server_close()\n"
+            f"print(sorted(name for name in sys.modules if name.startswith({NOT_AT_START!r})))\n")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RUSTY_WS_")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(env, PYTHONPATH=ROOT, JWT_SECRET_KEY=SECRET),
+                          capture_output=True, text=True, timeout=5 * WAIT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"
+
+
+def test_the_hubs_commands_are_found_without_flasks_scan_for_plugin_commands() -> None:
+    """``rusty-ws serve`` skips the ``flask.commands`` entry points (every distribution's metadata); others do not."""
+    code = ("import importlib.metadata, click\n"
+            "scans = []\n"
+            "scan = importlib.metadata.entry_points\n"
+            "importlib.metadata.entry_points = lambda **kw: scans.append(kw) or scan(**kw)\n"
+            "from rusty_ws.cli import cli, group\n"
+            "ctx = click.Context(cli)\n"
+            "found = [cli.get_command(ctx, name) is group.commands[name] for name in ('serve', 'token', 'hash-password')]\n"
+            "print(found, scans)\n"
+            "print(cli.get_command(ctx, 'routes').name, scans)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                          capture_output=True, text=True, timeout=5 * WAIT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["[True, True, True] []", "routes [{'group': 'flask.commands'}]"]

@@ -23,7 +23,7 @@ import pytest
 
 from rusty_ws import WsClient, create_app
 from rusty_ws.config import Settings
-from rusty_ws.server import hub_server
+from rusty_ws.server import accept_gate
 from rusty_ws.server.hub_server import DRAIN_FROM, HubServer, make_server
 from rusty_ws.server.pacing import MAX_RETRY_AFTER, MIN_PACED_RATE, TURN_AWAY_COST, _Pacer
 from rusty_ws.server.state import state_of
@@ -287,9 +287,13 @@ def test_the_pacing_log_says_each_busy_second(caplog: pytest.LogCaptureFixture) 
     pacer = _Pacer(100, Load(waiting=7, under_way=3))
     pacer.admitted(5.5)
     pacer.retry_after(5.6, 10)
+    pacer.retry_after(5.6, 250, "shed")
+    pacer.refused(5.7)
     pacer.admitted(6.1)
     lines = [r.getMessage() for r in caplog.records if r.name == "rusty_ws.server.pacing"]
-    assert len(lines) == 1 and "1 admitted, 1 turned away; 7 waiting, 3 under way" in lines[0], lines
+    assert len(lines) == 1 and "1 admitted, 2 turned away; 7 waiting, 3 under way" in lines[0], lines
+    # Why each was turned away, what Retry-After each was given, and the refusals past the pending bound.
+    assert "turned away by handshakes x1, shed x1; Retry-After 1 x1, 2 x1; 1 refused (pending requests)" in lines[0]
 
 
 @pytest.mark.parametrize("name, value, expected", [
@@ -397,14 +401,14 @@ def test_a_healthz_a_drain_took_before_its_request_came_is_answered_before_the_h
         held = server._taken[-2][0]  # the silent client's socket, as the server holds it
         silent.sendall(HEALTHZ)
         assert select.select([held], [], [], WAIT)[0], "the request never reached the server's socket"
-        server._next_look = 0.0  # LOOK_EVERY need not pass here
+        server._healthz.next_look = 0.0  # LOOK_EVERY need not pass here
         started = server._threads_started
         server._handle_request_noblock()  # one step: the /healthz first, then one handshake
         status, _, body = read_response(silent)
         assert status == 200 and b'"connections"' in body, body
         assert server._threads_started == started + 1  # one handshake's thread; none for the /healthz
         assert len(server._taken) == ahead - 1  # every other one held is still there, in order
-        assert not server._unseen.get_map()  # nothing watched any more
+        assert not server._healthz.unseen.get_map()  # nothing watched any more
         assert read_response(sockets[1])[0] == 101
         server.service_actions()
         assert not server._taken
@@ -420,17 +424,17 @@ def test_a_socket_a_drain_took_silent_that_then_sends_a_handshake_or_closes_keep
         silent = [socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) for _ in range(4)]
         sockets += silent
         server._handle_request_noblock()  # drains all; serves the first handshake
-        assert len(server._taken) == DRAIN_FROM + 3 and len(server._unseen.get_map()) == 4
+        assert len(server._taken) == DRAIN_FROM + 3 and len(server._healthz.unseen.get_map()) == 4
         held = [item[0] for item in list(server._taken)[-4:]]
         silent[0].sendall(HANDSHAKE)
         silent[1].close()  # EOF
         silent[2].sendall(b"GET /healthzzz HTTP/1.1\r\n\r\n")  # not /healthz
         for sock in held[:3]:  # what each sent (or its EOF) has reached the server's socket
             assert select.select([sock], [], [], WAIT)[0]
-        server._next_look = 0.0
+        server._healthz.next_look = 0.0
         server._handle_request_noblock()  # looks (none is /healthz: all keep their places), serves one
         assert [item[0] for item in list(server._taken)[-4:]] == held
-        assert len(server._unseen.get_map()) == 1  # the one that sent nothing yet
+        assert len(server._healthz.unseen.get_map()) == 1  # the one that sent nothing yet
         server.server_close()  # the watched one is closed and no longer watched
         assert not server._taken and silent[3].recv(1) == b""
 
@@ -472,11 +476,13 @@ def test_the_healthz_a_drain_answers_itself_goes_through_the_app_as_any_request(
         assert len(server._taken) == DRAIN_FROM
 
 
-def test_past_the_queue_bound_a_drain_turns_away_the_newest_and_serves_the_oldest() -> None:
-    """What a drain holds past RUSTY_WS_MAX_ACCEPT_QUEUE is shed from its end (503), and what it keeps
-    is served when its turn comes, not judged again against the queue behind it: judged at its turn,
-    every request was refused while arrivals kept the count past the bound (a storm's new hub, on a
-    loaded machine, admitted none for minutes)."""
+def test_past_the_queue_bound_a_drain_turns_away_the_newest_and_serves_the_oldest(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a drain holds past its bound is shed from its end (503), and what it keeps is served when
+    its turn comes, not judged again against the queue behind it: judged at its turn, every request was
+    refused while arrivals kept the count past the bound (a storm's new hub, on a loaded machine,
+    admitted none for minutes). The bound here is RUSTY_WS_MAX_ACCEPT_QUEUE (no seconds held: below)."""
+    monkeypatch.setattr(accept_gate, "HOLD_SECONDS", 0.0)
     bound = 5
     with stepped_server(max_accept_queue=bound) as (server, sockets):
         queued = DRAIN_FROM + 8
@@ -497,10 +503,72 @@ def test_past_the_queue_bound_a_drain_turns_away_the_newest_and_serves_the_oldes
         assert server._threads_started == started + bound  # a thread each for the kept, none for the shed
 
 
+@pytest.mark.parametrize("rate, kept", [(1, 2 * DRAIN_FROM), (20, 80), (10**6, None)])
+def test_a_drain_keeps_what_the_hub_serves_in_the_seconds_it_holds(rate: float, kept: int | None,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drain keeps what the hub serves in HOLD_SECONDS at its rate, never less than
+    RUSTY_WS_MAX_ACCEPT_QUEUE, never more than HOLD_MAX: held to RUSTY_WS_MAX_ACCEPT_QUEUE alone, a storm's
+    new hub turned away thousands of clients it would have served within the Retry-After it gave them,
+    and admitted half what it did without turning any away (docs/performance.md, "Reconnect storm,
+    session 15")."""
+    monkeypatch.setattr(accept_gate, "HOLD_SECONDS", 4.0)
+    monkeypatch.setattr(accept_gate, "HOLD_MAX", 3 * DRAIN_FROM)
+    with stepped_server(max_accept_queue=2 * DRAIN_FROM) as (server, sockets):
+        monkeypatch.setattr(server._pacer, "_tick", lambda now: None)  # the rate stays what the test sets
+        server._pacer.rate = rate
+        keeps = kept if kept is not None else 3 * DRAIN_FROM  # a fast hub: HOLD_MAX
+        assert server._gate.hold() == keeps
+        queued = 3 * DRAIN_FROM + 10
+        sockets += queue_up(server.port, [HANDSHAKE] * queued)
+        started = server._threads_started
+        server._handle_request_noblock()  # drains everything, sheds past the bound, serves the oldest
+        assert len(server._taken) == keeps - 1 and server.accept_queue() == 0
+        for sock in sockets[keeps:]:
+            status, headers, _ = read_response(sock)
+            assert status == 503 and int(headers["retry-after"]) >= 1
+        server.service_actions()
+        assert [read_response(sock)[0] for sock in sockets[:keeps]] == [101] * keeps
+        assert server._threads_started == started + keeps
+
+
+def test_what_earlier_drains_kept_stays_when_the_rate_measured_shrinks_the_hold(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hold is sized from the guess until the rate is measured; a lower measure shrinks it, and
+    what earlier drains kept is not turned away for that (a storm's hub turned 3,111 held clients
+    away in one second, 7-11 s away, then emptied its queue and idled), unless it is more than the
+    hub serves in HELD_LONGEST. What comes after is held to the new bound."""
+    monkeypatch.setattr(accept_gate, "HOLD_SECONDS", 1.0)
+    monkeypatch.setattr(accept_gate, "DRAIN_EVERY", 0.0)
+    with stepped_server(max_accept_queue=DRAIN_FROM) as (server, sockets):
+        monkeypatch.setattr(server._pacer, "_tick", lambda now: None)  # the rate stays what the test sets
+        server._pacer.rate = 3 * DRAIN_FROM  # the guess: keeps 3 * DRAIN_FROM
+        first = queue_up(server.port, [HANDSHAKE] * (3 * DRAIN_FROM))
+        sockets += first
+        server._handle_request_noblock()  # drains all, keeps all, serves the oldest
+        assert len(server._taken) == 3 * DRAIN_FROM - 1
+        server._pacer.rate = DRAIN_FROM  # measured: the hold is now DRAIN_FROM
+        late = queue_up(server.port, [HANDSHAKE] * DRAIN_FROM)
+        sockets += late
+        server._gate.next_drain = 0.0
+        server._handle_request_noblock()  # drains the late ones: they are turned away, the kept stay
+        assert len(server._taken) == 3 * DRAIN_FROM - 2
+        for sock in late:
+            assert read_response(sock)[0] == 503
+        # Past HELD_LONGEST of what the hub now serves, the newest of what was kept go too.
+        monkeypatch.setattr(accept_gate, "HELD_LONGEST", 1.0)
+        sockets += queue_up(server.port, [HANDSHAKE])
+        server._gate.next_drain = 0.0
+        server._handle_request_noblock()
+        assert len(server._taken) == DRAIN_FROM - 1
+        server.service_actions()
+        statuses = [read_response(sock)[0] for sock in first]
+        assert statuses == [101] * (DRAIN_FROM + 2) + [503] * (2 * DRAIN_FROM - 2), statuses
+
+
 def test_while_what_a_drain_took_is_served_the_next_drain_waits_its_interval(monkeypatch: pytest.MonkeyPatch) -> None:
     """One drain per request served (accepting, peeking at and turning away every newcomer each time)
     left a starved hub admitting one handshake a second; between drains it now serves what it holds."""
-    monkeypatch.setattr(hub_server, "DRAIN_EVERY", 10 * WAIT)  # the interval does not pass by itself here
+    monkeypatch.setattr(accept_gate, "DRAIN_EVERY", 10 * WAIT)  # the interval does not pass by itself here
     with stepped_server(max_accept_queue=DRAIN_FROM + 4) as (server, sockets):
         sockets += queue_up(server.port, [HANDSHAKE] * (DRAIN_FROM + 4))
         server._handle_request_noblock()  # drains all, serves the first
@@ -509,7 +577,7 @@ def test_while_what_a_drain_took_is_served_the_next_drain_waits_its_interval(mon
         server._handle_request_noblock()  # within DRAIN_EVERY: no drain, the next held one is served
         assert read_response(sockets[1])[0] == 101
         assert server.accept_queue() == 2 and len(server._taken) == DRAIN_FROM + 2
-        server._next_drain = 0.0  # the interval has passed
+        server._gate.next_drain = 0.0  # the interval has passed
         server._handle_request_noblock()  # drains the two newcomers, serves the next held one
         assert read_response(sockets[2])[0] == 101
         assert server.accept_queue() == 0 and len(server._taken) == DRAIN_FROM + 3
