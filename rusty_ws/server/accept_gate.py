@@ -227,7 +227,8 @@ class AcceptGate:
         return "queue"
 
     def _note_rate(self, rate: float) -> None:
-        """The pacer's new measure, for the hub's 4200 window (``Hub.reconnect_rate``)."""
+        """The pacer's new window rate (the median of its saturated seconds), for the hub's 4200 window
+        (``Hub.reconnect_rate``)."""
         hub = self._server._hub
         if hub is not None:
             hub.handshake_rate = rate

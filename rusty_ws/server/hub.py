@@ -149,8 +149,8 @@ class Hub:
         self.broker = broker
         #: Sockets of the hub's own server still waiting for their request head (``/healthz``).
         self.pending_requests = PendingRequests(settings.max_pending_requests)
-        #: Handshakes a second the hub's own server finished while it had more waiting (its pacer's
-        #: measure, ``pacing._Pacer``), None until measured. Written by the accept thread only (a
+        #: Handshakes a second the hub's own server finished while it had more waiting: the median
+        #: of its pacer's saturated seconds (``pacing._Pacer.window_rate``), None until measured. Written by the accept thread only (a
         #: float: no lock); ``shutdown`` reads it for the 4200's window.
         self.handshake_rate: float | None = None
         # _connections_lock guards _connections, _slots_taken, _slots_ended, _accepting and the
@@ -738,8 +738,8 @@ class Hub:
             mark("closing handshakes")
             woken = min(len(connections), next(self._ended_exiting) - 1)  # threads that woke and parked
             left = len(connections) - max(woken, answered)
-            logger.info("told %d connections 4200 in %.2fs (%s); %s; exiting",
-                        len(connections), time.monotonic() - started,
+            logger.info("told %d connections 4200 (%r, at %.0f a second) in %.2fs (%s); %s; exiting",
+                        len(connections), reason, self.reconnect_rate, time.monotonic() - started,
                         "every close frame written" if written else "some close frames not written in time",
                         "every closing handshake done" if ended else f"{left} closing handshakes cut short")
             logger.info("of the answers, %d read by the stopping thread (%d held asleep); %d connections' threads "

@@ -10,6 +10,7 @@ docs/performance.md, "Reconnect storm, session 14".
 from __future__ import annotations
 
 import logging
+import statistics
 from collections import deque
 from collections.abc import Callable
 
@@ -28,6 +29,8 @@ RATE_SAMPLES = 3
 #: 0.21 for each turned away (least squares over 90 saturated seconds of 6 storms; docs/performance.md,
 #: "Reconnect storm, session 14").
 TURN_AWAY_COST = 0.2
+#: Saturated seconds whose median is the rate told to the hub for its 4200's window (``on_measure``).
+WINDOW_SAMPLES = 30
 
 
 class _Pacer:
@@ -63,8 +66,17 @@ class _Pacer:
       not before (turned away again) and not long after (the hub idle meanwhile).
 
     Used by the accept thread only: no lock. ``load`` says ``(waiting, under way)``
-    now; it is called at most once a second. ``on_measure`` is given each new rate
-    (the hub keeps it for its 4200's window: ``Hub.reconnect_rate``).
+    now; it is called at most once a second. ``on_measure`` is given, at each new
+    measure, the median of the last ``WINDOW_SAMPLES`` saturated seconds (the guess not
+    among them): the hub keeps it for its 4200's window (``Hub.reconnect_rate``). Not the
+    best of three as for ``Retry-After``: the window's rate is what the next hub will do,
+    in a storm and from a cold start, and a second better than most was not that. A
+    hub's best second during the clients' first connect (2,467 a second at a quiet
+    moment) made a 4.1 s window for a new hub that did 900-1,000 while 10,000 came:
+    its queue passed what it holds and it turned thousands away, at a fifth of a
+    handshake each, with 4-7 s waits (docs/performance.md, "Reconnect storm, the first
+    run, session 15"). A window too short costs that; one a little long costs its
+    excess for the last client only.
     """
 
     def __init__(self, guess: int, load: Callable[[], tuple[int, int]],
@@ -72,6 +84,7 @@ class _Pacer:
         self.rate = float(max(MIN_PACED_RATE, guess))
         self.measured = False    # whether ``rate`` is a measure yet, not the guess
         self._samples: deque[float] = deque([self.rate], maxlen=RATE_SAMPLES)
+        self._window_samples: deque[float] = deque(maxlen=WINDOW_SAMPLES)  # measured seconds only, no guess
         self._load = load
         self._on_measure = on_measure  # told each new measure (the hub's ``handshake_rate``)
         self._second = -1        # the whole second of monotonic time the counts below run from (-1: none yet)
@@ -84,6 +97,12 @@ class _Pacer:
         self._saturated = False  # requests were waiting when that second began
         self._under_way = 0      # ... and this many handshakes were under way
         self._tail = 0.0         # monotonic time by which every client told so far has had its slot
+
+    @property
+    def window_rate(self) -> float | None:
+        """The median of the saturated seconds measured (the last ``WINDOW_SAMPLES``), None before any:
+        what the hub's 4200 window assumes the next hub will do (``on_measure``)."""
+        return statistics.median(self._window_samples) if self._window_samples else None
 
     def admitted(self, now: float) -> None:
         self._tick(now)
@@ -117,19 +136,24 @@ class _Pacer:
             finished = max(0, self._admitted - (under_way - self._under_way))
             # What turning away took is capacity the clients told to come back will find free.
             capacity = finished + TURN_AWAY_COST * self._turned_away
-            self._samples.append(max(float(MIN_PACED_RATE), capacity / (second - self._second)))
+            sample = max(float(MIN_PACED_RATE), capacity / (second - self._second))
+            self._samples.append(sample)
+            self._window_samples.append(sample)
             rate = max(self._samples)
             if self._tail > now:  # the clients told so far keep their places: their distance, at the new rate
                 self._tail = now + (self._tail - now) * self.rate / rate
             self.rate, self.measured = rate, True
             if self._on_measure is not None:
-                self._on_measure(rate)
+                self._on_measure(statistics.median(self._window_samples))
         if (self._admitted or self._turned_away or self._refused) and pacing_logger.isEnabledFor(logging.DEBUG):
             pacing_logger.debug(
-                "second %d: %d admitted, %d turned away; %d waiting, %d under way; %.0f a second%s; "
-                "the last told %.1fs ahead; turned away by %s; Retry-After %s; %d refused (pending requests)",
+                "second %d: %d admitted, %d turned away; %d waiting, %d under way; %.0f a second%s "
+                "(the 4200 window's %s); the last told %.1fs ahead; turned away by %s; Retry-After %s; "
+                "%d refused (pending requests)",
                 self._second, self._admitted, self._turned_away, waiting, under_way,
-                self.rate, "" if self.measured else " (RUSTY_WS_RECONNECT_RATE)", max(0.0, self._tail - now),
+                self.rate, "" if self.measured else " (RUSTY_WS_RECONNECT_RATE)",
+                "-" if not self._window_samples else f"{statistics.median(self._window_samples):.0f}",
+                max(0.0, self._tail - now),
                 _counts(self._reasons), _counts(self._waits), self._refused)
         self._whole = self._second >= 0
         self._second, self._admitted, self._turned_away, self._refused = second, 0, 0, 0

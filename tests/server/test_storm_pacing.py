@@ -25,7 +25,7 @@ from rusty_ws import WsClient, create_app
 from rusty_ws.config import Settings
 from rusty_ws.server import accept_gate
 from rusty_ws.server.hub_server import DRAIN_FROM, HubServer, make_server
-from rusty_ws.server.pacing import MAX_RETRY_AFTER, MIN_PACED_RATE, TURN_AWAY_COST, _Pacer
+from rusty_ws.server.pacing import MAX_RETRY_AFTER, MIN_PACED_RATE, TURN_AWAY_COST, WINDOW_SAMPLES, _Pacer
 from rusty_ws.server.state import state_of
 from support import (
     FAST_CLIENT,
@@ -263,6 +263,27 @@ def test_the_measure_is_told_to_the_hub_for_its_4200_window() -> None:
     assert measures == []  # nothing measured yet
     saturated_second(pacer, 2, 1)
     assert measures == [300]
+
+
+def test_the_4200_window_is_told_the_median_of_the_saturated_seconds_not_their_best() -> None:
+    """A hub's best second while its clients first connected (2,467 at a quiet moment) made a 4.1 s window
+    for 10,000 to a new hub that did 900-1,000 in the storm: the window takes the median of the seconds
+    measured, while Retry-After keeps the best of the last three."""
+    measures: list[float] = []
+    pacer = _Pacer(1500, Load(waiting=800), measures.append)
+    assert pacer.window_rate is None
+    saturated_second(pacer, 0, 1)
+    for second, admitted in enumerate([900, 2400, 1000, 950, 1100, 2000, 1, 1], start=1):
+        saturated_second(pacer, second, admitted)
+    # Seconds 1-7 measured (the last one's first handshake only began second 8): 900, 2400, 1000, 950, 1100,
+    # 2000, then MIN_PACED_RATE for second 7.
+    assert pacer.rate == 2000  # Retry-After: the best of the last three (1100, 2000, 50)
+    assert measures[:3] == [900, (900 + 2400) / 2, 1000]
+    assert measures[-1] == pacer.window_rate == 1000  # median of 50, 900, 950, 1000, 1100, 2000, 2400
+    # Bounded: only the last WINDOW_SAMPLES seconds count.
+    for second in range(9, 9 + WINDOW_SAMPLES + 1):
+        saturated_second(pacer, second, 600)
+    assert pacer.window_rate == 600
 
 
 def test_a_measured_rate_spreads_the_turned_away_over_the_seconds_it_needs() -> None:
