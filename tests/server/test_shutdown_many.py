@@ -20,6 +20,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
 from rusty_ws import create_app
 from rusty_ws.protocol import reconnect_window
@@ -217,25 +218,11 @@ def test_a_stand_alone_hub_exits_once_every_4200_is_written_not_after_every_clos
     # answers, stops the broker and ends the process at once (the kernel closes the sockets).
     with HubProcess(max_connections=CLIENTS + 50, close_timeout=10 * WAIT) as hub:
         clients = _connect(hub, CLIENTS)
-        selector = selectors.DefaultSelector()
-        for index, raw in enumerate(clients):
-            raw.sock.setblocking(False)
-            selector.register(raw.sock, selectors.EVENT_READ, index)
         frames: dict[int, bytes] = {}
         signalled = time.monotonic()
         hub.process.send_signal(signal.SIGTERM)
-        deadline = signalled + 10 * WAIT
-        while len(frames) < CLIENTS and time.monotonic() < deadline:
-            for key, _ in selector.select(deadline - time.monotonic()):
-                try:
-                    data = key.fileobj.recv(4096)  # type: ignore[union-attr]
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except ConnectionResetError:
-                    data = b""
-                frames[key.data] = data
-                selector.unregister(key.fileobj)
-        selector.close()
+        for index, _, data in _first_reads(clients, signalled + 10 * WAIT):
+            frames[index] = data
         assert hub.process.wait(10 * WAIT) == 0
         exited = time.monotonic() - signalled
         hub._reader.join(WAIT)
@@ -253,26 +240,34 @@ def test_a_stand_alone_hub_exits_once_every_4200_is_written_not_after_every_clos
 def _close_at_once_after_sigterm(hub: HubProcess, clients: list[RawSocket]) -> int:
     """SIGTERM, then each client closes its socket as soon as its 4200 has come (as the storm's load
     generator does: it reconnects on a new socket); how many got a close frame."""
-    selector = selectors.DefaultSelector()
-    for raw in clients:
-        raw.sock.setblocking(False)
-        selector.register(raw.sock, selectors.EVENT_READ, raw)
     told = 0
     hub.process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 10 * WAIT
-    while selector.get_map() and time.monotonic() < deadline:
-        for key, _ in selector.select(deadline - time.monotonic()):
-            try:
-                data = key.fileobj.recv(4096)  # type: ignore[union-attr]
-            except (BlockingIOError, InterruptedError):
-                continue
-            except ConnectionResetError:
-                data = b""
-            told += data[:1] == b"\x88"
-            selector.unregister(key.fileobj)
-            key.data.close()  # EOF for the hub: it wakes the connection's thread whatever SO_RCVLOWAT says
-    selector.close()
+    for _, raw, data in _first_reads(clients, time.monotonic() + 10 * WAIT):
+        told += data[:1] == b"\x88"
+        raw.close()  # EOF for the hub: it wakes the connection's thread whatever SO_RCVLOWAT says
     return told
+
+
+def _first_reads(clients: list[RawSocket], deadline: float) -> Iterator[tuple[int, RawSocket, bytes]]:
+    """Each client's first read (its index, itself, what came: b"" if reset), as they come, until
+    every client has read once or ``deadline`` (monotonic) has passed."""
+    selector = selectors.DefaultSelector()
+    try:
+        for index, raw in enumerate(clients):
+            raw.sock.setblocking(False)
+            selector.register(raw.sock, selectors.EVENT_READ, (index, raw))
+        while selector.get_map() and time.monotonic() < deadline:
+            for key, _ in selector.select(deadline - time.monotonic()):
+                try:
+                    data = key.fileobj.recv(4096)  # type: ignore[union-attr]
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except ConnectionResetError:
+                    data = b""
+                selector.unregister(key.fileobj)
+                yield key.data[0], key.data[1], data
+    finally:
+        selector.close()
 
 
 def test_clients_that_close_at_once_do_not_hold_the_writing_of_the_4200s_up() -> None:
