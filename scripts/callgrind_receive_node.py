@@ -75,7 +75,7 @@ def run(variant: str, deliveries: int, run_length: int) -> None:
 
     broker = StandIn()
     hub = Hub(Settings.from_config({"RUSTY_WS_JWT_SECRET_KEY": "x" * 40, "RUSTY_WS_DEV_MODE": True,
-                                    "RUSTY_WS_HISTORY_SIZE": 100}), broker)
+                                    "RUSTY_WS_HISTORY_SIZE": 100 if history_on else 0}), broker)
 
     def from_channel(delivery: Any) -> Any:  # RedisBroker._from_channel
         history = broker.history
