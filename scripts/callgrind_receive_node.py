@@ -41,8 +41,13 @@ def run(variant: str, deliveries: int, run_length: int) -> None:
     import redis
 
     from rusty_ws.brokers.base import Broker
-    from rusty_ws.brokers.redis_codec import RUN_ENVELOPE_VERSION, channel_name, merge_envelopes, \
-        encode_envelope, own_envelope_prefix
+    from rusty_ws.brokers.redis_codec import (
+        RUN_ENVELOPE_VERSION,
+        channel_name,
+        encode_envelope,
+        merge_envelopes,
+        own_envelope_prefix,
+    )
     from rusty_ws.brokers.redis_history import RedisHistory, Route
     from rusty_ws.brokers.redis_listener import Listener
     from rusty_ws.config import Settings
