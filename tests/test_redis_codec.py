@@ -542,3 +542,21 @@ class TestRemoteRuns:
             decode_received(self.envelope([deeper]), self.KEY, None, "this-node")
         with pytest.raises(ValueError):
             decode_received(self.envelope([TestBatchEnvelopes.body()] * 3), self.KEY, 100, "this-node")  # max_size
+
+    def test_the_depth_is_checked_once_and_brackets_in_strings_do_not_refuse(self) -> None:
+        # As many brackets as the envelope's own arrays and objects: no walk (nothing else can nest);
+        # brackets inside strings: walked, and fine; a deep field anywhere: refused, in versions 4 and 5.
+        deep = "[" * (MAX_ENVELOPE_DEPTH + 1) + "]" * (MAX_ENVELOPE_DEPTH + 1)
+        bracketed = Delivery("p", "T", "[{" * 200, "t", "s").encode()
+        for node_id in ("this-node", None):
+            got = decode_received(self.envelope([bracketed] * 3), self.KEY, None, node_id)[1]
+            assert len(got.encodings if isinstance(got, RemoteRun) else got) == 3
+            with pytest.raises(ValueError, match="deeper than"):
+                decode_received(self.envelope([TestBatchEnvelopes.body()] * 3)[:-1] + b',"x":%s}' % deep.encode(),
+                                self.KEY, None, node_id)
+        plain = merge_envelopes("n1", [encode_envelope("n1", Delivery("p", "T", "[{" * 200, "t", "s"))] * 3)
+        assert len(decode_envelopes(plain, self.KEY)[1]) == 3
+        with pytest.raises(ValueError, match="deeper than"):
+            decode_envelopes(plain[:-1] + b',"x":%s}' % deep.encode(), self.KEY)
+        with pytest.raises(ValueError, match="deeper than"):
+            decode_envelopes(b'{"v":3,"node":"n1","epoch":"ab","items":[],"x":[%s]}' % deep.encode(), self.KEY)

@@ -327,8 +327,10 @@ def _decoded(data: bytes, key: Key, max_size: int | None,
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError("not UTF-8") from None
-    # A version 3's deliveries sit two levels deeper (in an item of a list): the same limit for them.
-    envelope = loads_strict(text, MAX_ENVELOPE_DEPTH + 2)
+    # The depth is checked for each version below, once (an envelope of many deliveries has more
+    # brackets than any limit, and a walk of it costs about as much as its decoding).
+    envelope = loads_strict(text, MAX_ENVELOPE_DEPTH + 2, walk=False)
+    brackets = text.count("[") + text.count("{")  # at least one per array or object
     if not isinstance(envelope, dict):
         raise ValueError("not a JSON object")
     version = envelope.get("v")
@@ -339,21 +341,25 @@ def _decoded(data: bytes, key: Key, max_size: int | None,
         raise ValueError("an envelope needs a 'node' string")
     if version == RUN_ENVELOPE_VERSION:
         if node_id is not None and node != node_id:
-            return node, _remote_run_of(envelope, text, key)
-        return node, _run_of(envelope, text, node, key)
+            return node, _remote_run_of(envelope, brackets, key)
+        return node, _run_of(envelope, brackets, node, key)
     if version == BATCH_ENVELOPE_VERSION:
+        # A version 3's deliveries sit two levels deeper (in an item of a list): the same limit for them.
+        if brackets > MAX_ENVELOPE_DEPTH + 2 and nested_deeper_than(envelope, MAX_ENVELOPE_DEPTH + 2):
+            raise ValueError(f"JSON nested deeper than {MAX_ENVELOPE_DEPTH + 2} levels")
         return node, _batch_of(envelope, node, key)
     if version == PLAIN_BATCH_ENVELOPE_VERSION:
         messages = envelope.get("deliveries")
         if not isinstance(messages, list) or not messages or len(messages) > MAX_ENVELOPE_ITEMS:
             raise ValueError(f"a version-4 envelope needs from 1 to {MAX_ENVELOPE_ITEMS} deliveries")
-        if text.count("[") + text.count("{") > MAX_ENVELOPE_DEPTH + 1 and \
+        if not all(type(message) is dict for message in messages):
+            raise ValueError("a delivery is not a JSON object")
+        # The envelope, its list and one object each: as many brackets as that, nothing nests (see _run_checked).
+        if brackets > MAX_ENVELOPE_DEPTH + 1 and brackets != 2 + len(messages) and \
                 nested_deeper_than(envelope, MAX_ENVELOPE_DEPTH + 1):
             raise ValueError(f"JSON nested deeper than {MAX_ENVELOPE_DEPTH + 1} levels")
-        if not all(isinstance(message, dict) for message in messages):
-            raise ValueError("a delivery is not a JSON object")
         return node, [_delivery_of(message, key) for message in messages]
-    if text.count("[") + text.count("{") > MAX_ENVELOPE_DEPTH and nested_deeper_than(envelope, MAX_ENVELOPE_DEPTH):
+    if brackets > MAX_ENVELOPE_DEPTH and nested_deeper_than(envelope, MAX_ENVELOPE_DEPTH):
         raise ValueError(f"JSON nested deeper than {MAX_ENVELOPE_DEPTH} levels")
     message = envelope.get("delivery")
     if not isinstance(message, dict):
@@ -370,9 +376,9 @@ def _decoded(data: bytes, key: Key, max_size: int | None,
     return node, [delivery]
 
 
-def _run_of(envelope: dict[str, Any], text: str, node: str, key: Key) -> list[Delivery]:
+def _run_of(envelope: dict[str, Any], brackets: int, node: str, key: Key) -> list[Delivery]:
     """The deliveries of a version-5 envelope: at offsets ``first``, ``first`` + 1, ..., each with its ``seq``."""
-    epoch, first, seqs, messages = _run_checked(envelope, text)
+    epoch, first, seqs, messages = _run_checked(envelope, brackets)
     deliveries = []
     for offset, (seq, message) in enumerate(zip(seqs, messages), first):
         delivery = _delivery_of(message, key, offset, epoch)
@@ -381,10 +387,10 @@ def _run_of(envelope: dict[str, Any], text: str, node: str, key: Key) -> list[De
     return deliveries
 
 
-def _remote_run_of(envelope: dict[str, Any], text: str, key: Key) -> RemoteRun:
+def _remote_run_of(envelope: dict[str, Any], brackets: int, key: Key) -> RemoteRun:
     """Another node's version-5 envelope as a ``RemoteRun``: checked as ``_run_of`` checks it, each delivery
     encoded from its object (``seqs`` are the sending node's own business: not kept)."""
-    epoch, first, _, messages = _run_checked(envelope, text)
+    epoch, first, _, messages = _run_checked(envelope, brackets)
     topic, session_id = key
     # Delivery.encode's fast-path text, the pair's two fields encoded once for the run.
     pair = f'"topic":{_json_str(topic)},'
@@ -407,8 +413,12 @@ def _remote_run_of(envelope: dict[str, Any], text: str, key: Key) -> RemoteRun:
     return RemoteRun(key, epoch, first, encodings, messages)
 
 
-def _run_checked(envelope: dict[str, Any], text: str) -> tuple[str, int, list[Any], list[dict[str, Any]]]:
+def _run_checked(envelope: dict[str, Any], brackets: int) -> tuple[str, int, list[Any], list[dict[str, Any]]]:
     """A version-5 envelope's epoch, first offset, seqs and delivery objects, checked (not the deliveries' fields).
+
+    ``brackets``: how many ``[`` and ``{`` its text holds. The envelope, its two lists and one
+    object per delivery are that many arrays and objects already: then nothing else nests (each
+    array or object has its opening bracket), and the envelope is 3 deep without a walk of it.
 
     Raises:
         ValueError: not a version-5 envelope the history script writes.
@@ -422,13 +432,13 @@ def _run_checked(envelope: dict[str, Any], text: str) -> tuple[str, int, list[An
                          f"{MAX_ENVELOPE_ITEMS} deliveries with as many seqs")
     if not _is_offset(first + len(messages) - 1):
         raise ValueError(f"offsets from {first} past the largest")
-    if not all(isinstance(seq, int) and not isinstance(seq, bool) for seq in seqs):
+    if not all(type(seq) is int for seq in seqs):  # (JSON's true is a bool, not an int)
         raise ValueError("a seq is not a number")
-    if text.count("[") + text.count("{") > MAX_ENVELOPE_DEPTH + 2 and \
+    if not all(type(message) is dict for message in messages):
+        raise ValueError("a delivery is not a JSON object")
+    if brackets > MAX_ENVELOPE_DEPTH + 2 and brackets != 3 + len(messages) and \
             nested_deeper_than(envelope, MAX_ENVELOPE_DEPTH + 1):
         raise ValueError(f"JSON nested deeper than {MAX_ENVELOPE_DEPTH + 1} levels")
-    if not all(isinstance(message, dict) for message in messages):
-        raise ValueError("a delivery is not a JSON object")
     return epoch, first, seqs, messages  # type: ignore[return-value]  # the epoch is a str: is_epoch
 
 
