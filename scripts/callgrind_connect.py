@@ -67,6 +67,7 @@ def hub_main(args: argparse.Namespace) -> None:
         "RUSTY_WS_MAX_CONNECTIONS": 20_000,
         "RUSTY_WS_MAX_SUBSCRIPTIONS": 100,
         "RUSTY_WS_COMPRESSION": 0,
+        **({"RUSTY_WS_PING_INTERVAL": args.ping_interval} if args.ping_interval >= 0 else {}),
     })
     if args.switch_interval:  # after create_app, which sets the stand-alone hub's (0.05 s)
         sys.setswitchinterval(args.switch_interval)
@@ -75,6 +76,10 @@ def hub_main(args: argparse.Namespace) -> None:
         gc_setting = gc.disable if thresholds == [0] else (lambda: gc.set_threshold(*thresholds))
     else:
         gc_setting = None
+    if args.futex_slots >= 0:  # Linux 6.16+: the process's private futex hash (16 slots on 2 CPUs); 0: the global one
+        _set_futex_slots(args.futex_slots)
+    if args.stack_size >= 0:  # KiB; 0: the system's (ulimit -s)
+        threading.stack_size(args.stack_size * 1024)
     if args.no_stack_release:  # what release_stack_below costs, and what it gives back (RSS)
         from rusty_ws.server import handoff
         handoff._release = None
@@ -103,10 +108,16 @@ def hub_main(args: argparse.Namespace) -> None:
             usage = resource.getrusage(resource.RUSAGE_SELF)
             with open("/proc/self/statm") as statm:
                 rss_kib = int(statm.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
-            print(json.dumps({"user": usage.ru_utime, "system": usage.ru_stime, "voluntary": usage.ru_nvcsw,
-                              "involuntary": usage.ru_nivcsw, "rss_kib": rss_kib, "time": time.monotonic(),
-                              **collections, **_switches_by_thread()}),
-                  flush=True)
+            marked = {"user": usage.ru_utime, "system": usage.ru_stime, "voluntary": usage.ru_nvcsw,
+                      "involuntary": usage.ru_nivcsw, "minflt": usage.ru_minflt, "rss_kib": rss_kib,
+                      "time": time.monotonic(), "vmas": _mappings(), **collections,
+                      **_switches_by_thread(), **_cpu_by_thread()}
+            # What reading /proc for every thread just cost (~10-20 µs of system time each: 0.1 s and more
+            # at 10,000 threads) is the mark's own: a window starts from these (``_USAGE``), not from the above.
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            marked.update(user_end=usage.ru_utime, system_end=usage.ru_stime, voluntary_end=usage.ru_nvcsw,
+                          involuntary_end=usage.ru_nivcsw, minflt_end=usage.ru_minflt)
+            print(json.dumps(marked), flush=True)
         elif line.strip() == "zero" and profiles is not None:
             for profile in list(profiles):
                 profile.clear()
@@ -115,6 +126,11 @@ def hub_main(args: argparse.Namespace) -> None:
             print("{}", flush=True)
         elif line.strip() == "phases" and phases is not None:
             print(json.dumps(_phase_report(phases)), flush=True)
+        elif line.strip() == "ended":  # wait (bounded) until every request thread has ended
+            deadline = time.monotonic() + 600
+            while _request_threads() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            print(json.dumps({"threads": _request_threads()}), flush=True)
         elif line.strip() == "stop":
             break
     server.shutdown()
@@ -136,6 +152,45 @@ def _switches_by_thread() -> dict[str, int]:
             continue
         kind = "accept" if name == "accept" else "request_threads" if name.startswith(("rusty_ws-conn", "Thread-")) else "other"
         sums[f"switches_{kind}"] += count
+    return sums
+
+
+def _set_futex_slots(slots: int) -> None:
+    """``prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_SET_SLOTS, slots)``, after a first thread (which sizes it)."""
+    import ctypes
+
+    started = threading.Thread(target=lambda: None)
+    started.start()
+    started.join()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(78, 1, slots, 0, 0) != 0:
+        raise SystemExit(f"prctl(PR_FUTEX_HASH) failed: errno {ctypes.get_errno()}")
+
+
+def _request_threads() -> int:
+    """Request threads alive: werkzeug's ``Thread-N``, or ``rusty_ws-conn-N`` while a connection runs."""
+    return sum(thread.name.startswith(("Thread-", "rusty_ws-conn")) for thread in threading.enumerate())
+
+
+def _mappings() -> int:
+    """The process's memory mappings now (``/proc/self/maps``' lines): two per connection thread's stack."""
+    with open("/proc/self/maps", "rb") as maps:
+        return maps.read().count(b"\n")
+
+
+def _cpu_by_thread() -> dict[str, float]:
+    """CPU seconds so far (``schedstat``) of the accept loop and of the hub's writer thread, by name."""
+    names = {thread.native_id: thread.name for thread in threading.enumerate()}
+    sums = {"cpu_accept": 0.0, "cpu_writer": 0.0}
+    for tid, name in names.items():
+        kind = "accept" if name == "accept" else "writer" if name == "rusty_ws-writer" else None
+        if kind is None:
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as stat:
+                sums[f"cpu_{kind}"] += int(stat.read().split()[0]) / 1e9
+        except (OSError, ValueError, IndexError):
+            pass
     return sums
 
 
@@ -260,20 +315,23 @@ def _phase_report(phases: dict) -> dict:
 # --------------------------------------------------------------------------- the clients (not traced)
 
 def clients_main(args: argparse.Namespace) -> None:
+    """Connect up to each of ``--connections``' counts in turn (``A,B,...``), each after a ``go``."""
     import gc
 
     from benchlib.loadgen import LoadGen
 
     gc.disable()
+    targets = [int(n) for n in args.connections.split(",")]
     generator = LoadGen({"dialect": "rusty", "port": args.port, "deadline": 3600, "batch": args.batch})
     print("ready", flush=True)
-    if sys.stdin.readline().strip() != "go":
-        return
-    started = time.monotonic()
-    generator.connect_all([("s1", "T", 0)] * args.connections)
-    report = generator.report()
-    print(json.dumps({"connections": report["connections"], "errors": report["errors"],
-                      "closed": report["closed"], "elapsed": time.monotonic() - started}), flush=True)
+    for target in targets:
+        if sys.stdin.readline().strip() != "go":
+            return
+        started = time.monotonic()
+        generator.connect_all([("s1", "T", 0)] * (target - len(generator.conns)))
+        report = generator.report()
+        print(json.dumps({"connections": report["connections"], "errors": report["errors"],
+                          "closed": report["closed"], "elapsed": time.monotonic() - started}), flush=True)
     sys.stdin.readline()  # the hub is marked: now close
 
 
@@ -297,48 +355,104 @@ def _callgrind_control(option: str, pid: int) -> None:
     subprocess.run(["callgrind_control", option, str(pid)], capture_output=True, check=True, timeout=600)
 
 
+#: Counted from the end of the window's first mark (``*_end``) to the start of its second: a mark reads
+#: /proc for every thread, which costs more the more connections are held.
+_USAGE = ("user", "system", "voluntary", "involuntary", "minflt")
+_DELTAS = ("rss_kib", "vmas", "gen0", "gen1", "gen2",
+           "gen0_s", "gen1_s", "gen2_s", "switches_accept", "switches_request_threads", "switches_other",
+           "cpu_accept", "cpu_writer")
+
+
+def _deltas(before: dict, after: dict) -> dict:
+    return {**{key: after[key] - before.get(key + "_end", before[key]) for key in _USAGE},
+            **{key: after[key] - before[key] for key in _DELTAS}}
+
+
 def one_run(args: argparse.Namespace, connections: int, tmp: str) -> dict:
     """One hub, ``connections`` clients: the hub's deltas over connecting them."""
+    return windows_run(args, [connections], tmp)[0]
+
+
+def windows_run(args: argparse.Namespace, targets: list[int], tmp: str) -> list[dict]:
+    """One hub, its clients connected up to each of ``targets`` in turn: the hub's deltas over each window.
+
+    A window is from one count of connections held to the next (``--windows 2000,4000``:
+    0 to 2,000, then 2,000 to 4,000), so what a connection costs can be read against
+    how many are already held. With ``--tool callgrind`` each window is one dump
+    (``callgrind_control --dump`` counts since the last); with ``--perf-dir`` each
+    window is recorded by ``perf record`` (cpu-clock, call graphs) into a file of its own.
+    """
+    top = targets[-1]
     hub_command = [sys.executable, os.path.abspath(__file__), "hub", "--switch-interval", str(args.switch_interval),
-                   "--gc-threshold", args.gc_threshold,
+                   "--gc-threshold", args.gc_threshold, "--stack-size", str(args.stack_size),
+                   "--ping-interval", str(args.ping_interval), "--futex-slots", str(args.futex_slots),
                    "--profile", str(args.profile)] + (["--phases"] if args.phases else []) + (
                    ["--no-stack-release"] if args.no_stack_release else [])
-    out = os.path.join(tmp, f"{args.tool}.{connections}")
+    out = os.path.join(tmp, f"{args.tool}.{top}")
     if args.tool == "callgrind":
-        hub_command = ["valgrind", "--tool=callgrind", "--max-threads=" + str(connections + 100),
+        hub_command = ["valgrind", "--tool=callgrind", "--max-threads=" + str(top + 100),
                        f"--callgrind-out-file={out}", *hub_command]
     elif args.tool == "strace":
         hub_command = ["strace", "-c", "-f", "-o", out, *hub_command]
     hub = subprocess.Popen(hub_command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     clients = None
+    results: list[tuple[dict, dict, dict]] = []
+    phases = None
     try:
         started = json.loads(_line(hub))
         clients = subprocess.Popen([sys.executable, os.path.abspath(__file__), "clients", "--port",
-                                    str(started["port"]), "--connections", str(connections), "--batch",
-                                    str(args.batch)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                    str(started["port"]), "--connections", ",".join(map(str, targets)),
+                                    "--batch", str(args.batch)],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         if _line(clients) != "ready":
             raise SystemExit("the clients did not get ready")
-        if args.tool == "callgrind":
-            _callgrind_control("--zero", started["pid"])
         if args.profile:
             _send(hub, "zero")
-        _send(hub, "mark")
-        before = json.loads(_line(hub))
-        _send(clients, "go")
-        result = json.loads(_line(clients))
-        _send(hub, "mark")
-        after = json.loads(_line(hub))
-        if args.tool == "callgrind":
-            _callgrind_control("--dump", started["pid"])
+        for index, _ in enumerate(targets):
+            _send(hub, "mark")
+            before = json.loads(_line(hub))
+            if args.tool == "callgrind":  # after the mark, whose /proc reads grow with the threads held
+                _callgrind_control("--zero", started["pid"])
+            perf = None
+            if args.perf_dir:
+                perf = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-g", "-p", str(started["pid"]),
+                                         "-o", os.path.join(args.perf_dir, f"window{index}.data")],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(0.5)  # perf attaches to every thread before the window opens
+            _send(clients, "go")
+            result = json.loads(_line(clients))
+            if perf is not None:
+                perf.send_signal(2)
+                perf.wait(120)
+            if args.tool == "callgrind":
+                _callgrind_control("--dump", started["pid"])
+            _send(hub, "mark")
+            after = json.loads(_line(hub))
+            results.append((result, before, after))
+        if args.close_window:  # the clients close every connection at once: what the hub spends on the ends
+            _send(hub, "mark")
+            before = json.loads(_line(hub))
+            if args.tool == "callgrind":
+                _callgrind_control("--zero", started["pid"])
+            _send(clients, "close")
+            clients.wait(120)
+            _send(hub, "ended")
+            ended = json.loads(_line(hub))
+            if args.tool == "callgrind":
+                _callgrind_control("--dump", started["pid"])
+            _send(hub, "mark")
+            after = json.loads(_line(hub))
+            results.append(({"connections": targets[-1], "errors": 0, "closed": 0, "elapsed": after["time"] - before["time"],
+                             "close": True, "threads_left": ended["threads"]}, before, after))
         if args.profile:
             _send(hub, "profile")
             _line(hub)
-        phases = None
         if args.phases:
             _send(hub, "phases")
             phases = json.loads(_line(hub))
-        _send(clients, "close")
-        clients.wait(120)
+        if not args.close_window:
+            _send(clients, "close")
+            clients.wait(120)
         _send(hub, "stop")
         hub.wait(600)
     finally:
@@ -346,24 +460,33 @@ def one_run(args: argparse.Namespace, connections: int, tmp: str) -> dict:
             if process is not None and process.poll() is None:
                 process.kill()
                 process.wait()
-    if result["connections"] != connections or result["errors"] or result["closed"]:
-        raise SystemExit(f"not every client connected and subscribed: {result}")
-    row = {"connections": connections, "client_elapsed": round(result["elapsed"], 3),
-           **{key: after[key] - before[key] for key in ("user", "system", "voluntary", "involuntary", "rss_kib",
-                                                        "gen0", "gen1", "gen2", "gen0_s", "gen1_s", "gen2_s",
-                                                        "switches_accept", "switches_request_threads",
-                                                        "switches_other")}}
-    if args.tool == "callgrind":
-        dumps = sorted(glob.glob(out + ".*"), key=lambda path: int(path.rsplit(".", 1)[1]))
-        if not dumps:
-            raise SystemExit(f"callgrind wrote no dump beside {out}")
-        row["instructions"] = total_instructions(dumps[0])
-        row["dump"] = dumps[0]
-    elif args.tool == "strace":
-        row["syscalls"] = _strace_calls(out)
+    rows = []
+    held = 0
+    dumps = sorted(glob.glob(out + ".*"), key=lambda path: int(path.rsplit(".", 1)[1])) \
+        if args.tool == "callgrind" else []
+    for index, (result, before, after) in enumerate(results):
+        if result.get("close"):
+            rows.append({"connections": held, "held_before": held, "closed_all": True,
+                         "threads_left": result["threads_left"], "client_elapsed": round(result["elapsed"], 3),
+                         **_deltas(before, after)})
+            continue
+        target = targets[index]
+        if result["connections"] != target or result["errors"] or result["closed"]:
+            raise SystemExit(f"not every client connected and subscribed: {result}")
+        row = {"connections": target - held, "held_before": held, "client_elapsed": round(result["elapsed"], 3),
+               **_deltas(before, after)}
+        held = target
+        if args.tool == "callgrind":
+            if len(dumps) <= index:
+                raise SystemExit(f"callgrind wrote no dump {index} beside {out}")
+            row["instructions"] = total_instructions(dumps[index])
+            row["dump"] = dumps[index]
+        rows.append(row)
+    if args.tool == "strace":
+        rows[-1]["syscalls"] = _strace_calls(out)
     if phases is not None:
-        row["phases_us"] = phases
-    return row
+        rows[-1]["phases_us"] = phases
+    return rows
 
 
 def _strace_calls(path: str) -> dict[str, int]:
@@ -378,6 +501,9 @@ def _strace_calls(path: str) -> dict[str, int]:
 
 
 def measure_main(args: argparse.Namespace) -> None:
+    if args.windows:
+        windows_main(args)
+        return
     sizes = [int(n) for n in args.connections.split(",")]
     with tempfile.TemporaryDirectory(prefix="callgrind-connect-") as tmp:
         rows = [one_run(args, n, tmp) for n in sizes]
@@ -419,6 +545,27 @@ def measure_main(args: argparse.Namespace) -> None:
     print(json.dumps(summary))
 
 
+def windows_main(args: argparse.Namespace) -> None:
+    """``--windows``: one hub, and what each window of connections cost it, by connections held before it."""
+    targets = [int(n) for n in args.windows.split(",")]
+    with tempfile.TemporaryDirectory(prefix="callgrind-connect-") as tmp:
+        rows = windows_run(args, targets, tmp)
+    for row in rows:
+        row.pop("dump", None)
+        n = row["connections"]
+        row["cpu_ms_per_connection"] = round((row["user"] + row["system"]) * 1000 / n, 3)
+        row["user_ms"] = round(row["user"] * 1000 / n, 3)
+        row["system_ms"] = round(row["system"] * 1000 / n, 3)
+        row["gc_ms"] = round((row["gen0_s"] + row["gen1_s"] + row["gen2_s"]) * 1000 / n, 3)
+        row["accept_ms"] = round(row["cpu_accept"] * 1000 / n, 3)
+        row["switches_per_connection"] = round((row["voluntary"] + row["involuntary"]) / n, 2)
+        row["minflt_per_connection"] = round(row["minflt"] / n, 2)
+        if "instructions" in row:
+            row["instructions_per_connection"] = round(row["instructions"] / n)
+    print(json.dumps({"tool": args.tool, "batch": args.batch, "gc_threshold": args.gc_threshold,
+                      "stack_size": args.stack_size, "load": os.getloadavg(), "windows": rows}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("role", choices=("measure", "hub", "clients"))
@@ -435,6 +582,18 @@ def main() -> None:
                         help="the hub's collector: '0' off, or 'A,B,C' for gc.set_threshold (default: Python's)")
     parser.add_argument("--no-stack-release", action="store_true",
                         help="the hub without release_stack_below (handoff.py): its CPU against its memory")
+    parser.add_argument("--windows", default="",
+                        help="measure: one hub, connected up to each count in turn ('2000,4000,...'): each window's cost")
+    parser.add_argument("--close-window", action="store_true",
+                        help="with --windows: one more window, every client closing at once, to the last thread's end")
+    parser.add_argument("--perf-dir", default="",
+                        help="with --windows: record each window with perf record (cpu-clock, -g) into this folder")
+    parser.add_argument("--ping-interval", type=float, default=-1,
+                        help="the hub's RUSTY_WS_PING_INTERVAL (-1: its default; 0: no pings, for a slow run under callgrind)")
+    parser.add_argument("--futex-slots", type=int, default=-1,
+                        help="the hub's private futex hash slots (Linux 6.16+; -1: the kernel's, 0: the global hash)")
+    parser.add_argument("--stack-size", type=int, default=-1,
+                        help="the hub's threading.stack_size() in KiB (-1: the hub's own default, 0: the system's)")
     parser.add_argument("--profile", type=int, default=0,
                         help="print cProfile's top N functions of the hub's threads (stderr; slows it)")
     args = parser.parse_args()
@@ -443,7 +602,6 @@ def main() -> None:
     elif args.role == "hub":
         hub_main(args)
     else:
-        args.connections = int(args.connections)
         clients_main(args)
 
 

@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import queue
+import random
 import resource
 import signal
 import socket
@@ -359,8 +360,36 @@ def error_of(replies: list[str]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- servers in their own processes
 
 
+#: Ports ``free_port`` picks from: below the kernel's ephemeral range, where no connection's own
+#: end lands (a bench or test with thousands of clients uses up that range's ports as it connects).
+_LISTEN_PORTS = (10_000, 32_768)
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as handle:
+            return int(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return _LISTEN_PORTS[1]
+
+
 def free_port() -> int:
-    """A loopback port that was free a moment ago (the caller binds it soon after)."""
+    """A loopback port that was free a moment ago (the caller binds it soon after).
+
+    Taken at random below the ephemeral range: a port the kernel hands out (``bind`` to 0)
+    is one it may hand the next moment to a connection's own end, and then the server
+    that meant to listen on it finds it in use (seen while another process held 10,000
+    client connections). Falls back to the kernel's choice if none is free there.
+    """
+    low, high = _LISTEN_PORTS[0], min(_LISTEN_PORTS[1], _ephemeral_low())
+    for _ in range(100 if high - low >= 1000 else 0):
+        port = random.randrange(low, high)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]

@@ -94,6 +94,23 @@ def test_the_callgrind_driver_sets_the_collector_up_as_serve_does_and_reports_it
     assert hub("lots").returncode != 0
 
 
+def test_the_connect_driver_measures_windows_by_connections_held_and_the_close() -> None:
+    """scripts/callgrind_connect.py ``--windows``: one hub, each window's connections counted once, every
+    client in and subscribed, then the close window (every request thread ended)."""
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "callgrind_connect.py"), "measure", "--windows", "20,50",
+         "--batch", "10", "--ping-interval", "0", "--close-window"],
+        capture_output=True, text=True, timeout=120_000 * MS, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    windows = report["windows"]
+    assert [(w["held_before"], w["connections"]) for w in windows] == [(0, 20), (20, 30), (50, 50)]
+    assert windows[-1]["closed_all"] and windows[-1]["threads_left"] == 0
+    for window in windows:
+        assert window["user"] >= 0 and window["system"] >= 0 and window["gen0"] >= 0
+
+
 def test_the_start_up_driver_reports_the_cpu_to_listening_and_no_stale_pyc_after_the_bench_compiled() -> None:
     """scripts/startup_cost.py without valgrind, after what bench.py does first (``compile_rusty_ws``)."""
     sys.path.insert(0, os.path.join(ROOT, "scripts"))

@@ -189,9 +189,10 @@ class LoadGen:
         """
         batch = self.spec.get("batch", 200)
         for start in range(0, len(wanted), batch):
-            for connection in wanted[start:start + batch]:
-                self.open(*connection)
-            self.run_until(lambda: all(c.ready for c in self.conns), "connect")
+            opened = [self.open(*connection) for connection in wanted[start:start + batch]]
+            # The batch's own, not every connection's: the earlier batches are ready, and a walk over
+            # all of them at each select made the generator's CPU grow with the connections it held.
+            self.run_until(lambda opened=opened: all(c.ready for c in opened), "connect")
 
     # -------------------------------------------------------------- the loop
 

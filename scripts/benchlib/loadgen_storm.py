@@ -2,7 +2,8 @@
 
 - ``connect``: says ``ready`` first, waits for ``go``, then opens and subscribes
   its connections (in batches of ``batch``) and reports when it started and
-  finished, so that several processes measure one window.
+  finished, so that several processes measure one window; with ``hold``, as
+  ``storm`` below.
 - ``storm``: opens and subscribes its connections, says ``ready``, then
   follows the documented reconnect policy (docs/protocol.md, "Close codes")
   whenever the server drops one: a close or EOF, then reconnect after a random
@@ -69,7 +70,11 @@ class StormGen(LoadGen):
             raise SystemExit("expected go")
         started = time.monotonic()
         self.connect_all([(spec["session"], spec["topic"], 0)] * spec["connections"])
-        return {**self.report(), "started": started, "finished": time.monotonic()}
+        result = {**self.report(), "started": started, "finished": time.monotonic()}
+        if spec.get("hold"):  # report now, and keep the connections open until stdin ends (``Generator.finish``)
+            print(json.dumps(result), flush=True)
+            sys.stdin.read()
+        return result
 
     def role_storm(self) -> dict:
         spec = self.spec
