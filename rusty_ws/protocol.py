@@ -501,12 +501,14 @@ def _decode(text: str) -> Any:
     return value if end == len(text) else _STRICT_DECODER.decode(text)
 
 
-def loads_strict(text: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+def loads_strict(text: str, max_depth: int = MAX_JSON_DEPTH, walk: bool = True) -> Any:
     """``json.loads`` that refuses NaN, Infinity, numbers that overflow to them, and deep nesting.
 
     Args:
         max_depth: the deepest nesting of arrays and objects allowed, the outer one
             being level 1 (``MAX_JSON_DEPTH``).
+        walk: False: nesting too deep for the decoder (``RecursionError``) is still refused, but
+            ``max_depth`` is left to the caller, who knows the value's shape (``redis_codec``'s envelopes).
 
     Raises:
         ValueError: the text is not JSON we could send on unchanged.
@@ -518,7 +520,7 @@ def loads_strict(text: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     else:
         # Counting brackets costs next to nothing and settles almost every message:
         # fewer openings than the limit cannot nest deeper than it.
-        deep = text.count("[") + text.count("{") > max_depth and nested_deeper_than(value, max_depth)
+        deep = walk and text.count("[") + text.count("{") > max_depth and nested_deeper_than(value, max_depth)
     if deep:
         raise ValueError(f"JSON nested deeper than {max_depth} levels")
     return value

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import itertools
+import json
 import subprocess
 import sys
+from typing import ClassVar
 
 import pytest
 
+from rusty_ws.brokers.base import ENCODED
 from rusty_ws.brokers.redis_codec import (
     MAX_ENVELOPE_DEPTH,
     RUN_ENVELOPE_VERSION,
+    RemoteRun,
     channel_name,
     control_channel,
     decode_envelope,
     decode_envelopes,
+    decode_received,
     decode_stream_entry,
     decode_stream_run,
     encode_envelope,
@@ -24,6 +29,7 @@ from rusty_ws.brokers.redis_codec import (
     own_run_header,
     pair_keys,
     publish_id_key,
+    remote_deliveries,
     session_tag,
     split_url,
 )
@@ -321,7 +327,7 @@ class TestRunEnvelopes:
         seqs = b",".join(b"%d" % n for n in range(1, 10_002))
         assert own_run_header(self.envelope(seqs=seqs, bodies=[b"{}"]), self.PREFIX) is None
 
-    @pytest.mark.parametrize("data", [
+    ODD: ClassVar[list[bytes]] = [
         b'{"v":5,"node":"n1","epoch":"ab12","first":5,"seqs":[7],"deliveries":[]}',
         b'{"v":5,"node":"n1","epoch":"ab12","first":5,"seqs":[7,9],"deliveries":[%s]}' % TestBatchEnvelopes.body(),
         b'{"v":5,"node":"n1","epoch":"ab12","first":5,"seqs":[true],"deliveries":[%s]}' % TestBatchEnvelopes.body(),
@@ -335,7 +341,9 @@ class TestRunEnvelopes:
         b'{"v":5,"node":"n1","epoch":"ab12","first":5,"seqs":[7],"deliveries":{}}',
         b'{"v":5,"node":"n1","epoch":"ab12","first":5,"seqs":[7],"deliveries":[%s]}' % TestBatchEnvelopes.body(
             session="other"),
-    ])
+    ]
+
+    @pytest.mark.parametrize("data", ODD)
     def test_odd_envelopes_are_no_envelope(self, data: bytes) -> None:
         with pytest.raises(ValueError):
             decode_envelopes(data, self.KEY)
@@ -458,3 +466,97 @@ def test_an_envelope_is_the_json_of_its_parts(sent: Delivery) -> None:
     from rusty_ws.protocol import dumps_utf8
 
     assert encode_envelope("n \"1\"", sent) == dumps_utf8({"v": 1, "node": "n \"1\"", "delivery": sent.to_dict()})
+
+
+class TestRemoteRuns:
+    """Another node's version-5 envelope as a ``RemoteRun`` (``decode_received``): the same checks as
+    ``decode_envelopes``, and each encoding byte for byte ``Delivery.encode()`` of what it decodes."""
+
+    KEY = ("T", "s")
+
+    @staticmethod
+    def envelope(bodies: list[bytes], node: bytes = b"n1", first: int = 5) -> bytes:
+        seqs = b",".join(b"%d" % n for n in range(len(bodies)))
+        return b'{"v":5,"node":"%s","epoch":"ab12","first":%d,"seqs":[%s],"deliveries":[%s]}' % (
+            node, first, seqs, b",".join(bodies))
+
+    @pytest.mark.parametrize("key", [("T", "s"), *((text, "s") for text in AWKWARD), *(("T", text) for text in AWKWARD)])
+    def test_each_encoding_is_what_the_decoded_delivery_encodes_to(self, key: tuple[str, str]) -> None:
+        topic, session = key
+        bodies = [Delivery(name, topic, payload, stamp, session, user).encode()
+                  for name, payload, stamp, user in [
+                      ("p", "plain", "t", None), ("é\ud800", "日本\ud800", "t\"", "alice"), ("p", {"n": [1.5, None]}, "t", None),
+                      ("p", None, "t", "bob"), ("p", 7, "t", None), *((text, text, text, text) for text in AWKWARD)]]
+        bodies.append(b'{"publisher_name":"p","topic":%s,"session_id":%s,"timestamp":"t","payload":"x","more":[1]}' % (
+            json.dumps(topic).encode(), json.dumps(session).encode()))  # a field no node sends: not passed on
+        data = self.envelope(bodies)
+        node, run = decode_received(data, key, None, "this-node")
+        assert node == "n1" and isinstance(run, RemoteRun)
+        _, expected = decode_envelopes(data, key)
+        assert (run.key, run.epoch, run.first) == (key, "ab12", 5)
+        assert run.encodings == [Delivery(d.publisher_name, d.topic, d.payload, d.timestamp, d.session_id,
+                                          d.user).encode() for d in expected]
+        made = remote_deliveries(run)
+        assert made == expected  # the fields, offsets and epochs (extra is not compared)
+        assert [d.extra[ENCODED] for d in made] == run.encodings
+        assert [d.encode() for d in made] == [d.encode() for d in expected]
+
+    def test_this_nodes_own_and_other_versions_are_decoded_as_before(self) -> None:
+        own = self.envelope([TestBatchEnvelopes.body()], node=b"this-node")
+        node, deliveries = decode_received(own, self.KEY, None, "this-node")
+        assert node == "this-node" and isinstance(deliveries, list) and deliveries[0].extra == {"node": "this-node",
+                                                                                              "seq": 0}
+        assert decode_received(self.envelope([TestBatchEnvelopes.body()]), self.KEY, None, None)[1] == \
+            decode_envelopes(self.envelope([TestBatchEnvelopes.body()]), self.KEY)[1]  # no node id: deliveries
+        plain = merge_envelopes("n1", [encode_envelope("n1", Delivery("p", "T", 1, "t", "s"))])
+        assert isinstance(decode_received(plain, self.KEY, None, "this-node")[1], list)
+
+    @pytest.mark.parametrize("body", [
+        b'{"publisher_name":"p","topic":"T","session_id":"other","timestamp":"t","payload":"x"}',  # another pair
+        b'{"publisher_name":"p","topic":"U","session_id":"s","timestamp":"t","payload":"x"}',
+        b'{"publisher_name":"p","session_id":"s","timestamp":"t","payload":"x"}',  # no topic
+        b'{"publisher_name":5,"topic":"T","session_id":"s","timestamp":"t","payload":"x"}',
+        b'{"publisher_name":"p","topic":"T","session_id":"s","timestamp":null,"payload":"x"}',
+        b'{"publisher_name":"p","topic":"T","session_id":"s","timestamp":"t","payload":"x","user":["a"]}',
+        b'{"publisher_name":"p","topic":"T","session_id":"s","timestamp":"t"}',  # no payload
+        b'{"publisher_name":"p","topic":"T","session_id":"s","timestamp":"t","payload":1e999}',
+        b'{"publisher_name":"p","topic":"T","session_id":"s","timestamp":"t","payload":NaN}',
+        b"[1]", b"1", b'"x"', b"null", b"{", b"",
+    ])
+    def test_one_bad_delivery_among_good_ones_refuses_the_envelope(self, body: bytes) -> None:
+        data = self.envelope([TestBatchEnvelopes.body(), body, TestBatchEnvelopes.body()])
+        with pytest.raises(ValueError):
+            decode_envelopes(data, self.KEY)
+        with pytest.raises(ValueError):
+            decode_received(data, self.KEY, None, "this-node")
+
+    def test_odd_envelopes_are_refused_as_decode_envelopes_refuses_them(self) -> None:
+        for data in TestRunEnvelopes.ODD:
+            with pytest.raises(ValueError):
+                decode_received(data, self.KEY, None, "this-node")
+        deep: object = []
+        for _ in range(MAX_JSON_DEPTH):
+            deep = [deep]
+        deeper = Delivery("p", "T", deep, "t", "s").encode()
+        with pytest.raises(ValueError, match="deeper than"):
+            decode_received(self.envelope([deeper]), self.KEY, None, "this-node")
+        with pytest.raises(ValueError):
+            decode_received(self.envelope([TestBatchEnvelopes.body()] * 3), self.KEY, 100, "this-node")  # max_size
+
+    def test_the_depth_is_checked_once_and_brackets_in_strings_do_not_refuse(self) -> None:
+        # As many brackets as the envelope's own arrays and objects: no walk (nothing else can nest);
+        # brackets inside strings: walked, and fine; a deep field anywhere: refused, in versions 4 and 5.
+        deep = "[" * (MAX_ENVELOPE_DEPTH + 1) + "]" * (MAX_ENVELOPE_DEPTH + 1)
+        bracketed = Delivery("p", "T", "[{" * 200, "t", "s").encode()
+        for node_id in ("this-node", None):
+            got = decode_received(self.envelope([bracketed] * 3), self.KEY, None, node_id)[1]
+            assert len(got.encodings if isinstance(got, RemoteRun) else got) == 3
+            with pytest.raises(ValueError, match="deeper than"):
+                decode_received(self.envelope([TestBatchEnvelopes.body()] * 3)[:-1] + b',"x":%s}' % deep.encode(),
+                                self.KEY, None, node_id)
+        plain = merge_envelopes("n1", [encode_envelope("n1", Delivery("p", "T", "[{" * 200, "t", "s"))] * 3)
+        assert len(decode_envelopes(plain, self.KEY)[1]) == 3
+        with pytest.raises(ValueError, match="deeper than"):
+            decode_envelopes(plain[:-1] + b',"x":%s}' % deep.encode(), self.KEY)
+        with pytest.raises(ValueError, match="deeper than"):
+            decode_envelopes(b'{"v":3,"node":"n1","epoch":"ab","items":[],"x":[%s]}' % deep.encode(), self.KEY)

@@ -142,6 +142,11 @@ class Broker(abc.ABC):
     #: made from the encodings kept at publish time, without a ``Delivery`` each. None: ``deliver_run``
     #: of ``own_deliveries``.
     deliver_own: Callable[[OwnRun], None] | None = None
+    #: Hands another node's run from the shared history (``redis_codec.RemoteRun``: a version-5
+    #: envelope, checked, its deliveries encoded) to this node's subscribers (the hub sets its
+    #: ``SharedStreams.deliver_remote`` here before ``start``), without a ``Delivery`` each.
+    #: None: ``deliver_run`` of the decoded deliveries.
+    deliver_remote: Callable[[Any], None] | None = None
 
     @abc.abstractmethod
     def start(self, deliver: Deliver, keys: Callable[[], list[Key]]) -> None:

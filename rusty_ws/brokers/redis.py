@@ -254,6 +254,7 @@ class RedisBroker(Broker):
             deliver=self._from_channel,
             deliver_run=self.deliver_run,  # set by the hub before start (None: one by one)
             deliver_own=self.deliver_own,  # set by the hub before start (None: through deliver_run)
+            deliver_remote=self.deliver_remote,  # set by the hub before start (None: through deliver_run)
             keys=self._keys,
             subscribe_timeout=self.subscribe_timeout,
             max_envelope_size=self.max_envelope_size,

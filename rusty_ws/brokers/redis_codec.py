@@ -7,13 +7,14 @@ check these with literal values. ``docs/scaling.md`` explains the choices.
 from __future__ import annotations
 
 import functools
+import json
 import re
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from ..exceptions import ProtocolError
 from ..protocol import MAX_JSON_DEPTH, Delivery, ErrorCode, dumps_utf8, loads_strict, nested_deeper_than
-from .base import Key
+from .base import ENCODED, Key
 from .redis_slots import partition_of, partition_tags
 
 __all__ = [
@@ -42,6 +43,9 @@ __all__ = [
     "checked_encoding",
     "decode_envelope",
     "decode_envelopes",
+    "decode_received",
+    "RemoteRun",
+    "remote_deliveries",
     "split_url",
     "shard_channel_name",
     "shard_control_channel",
@@ -81,6 +85,7 @@ _VERSIONS = (ENVELOPE_VERSION, HISTORY_ENVELOPE_VERSION, BATCH_ENVELOPE_VERSION,
 _RUN_HEADER = re.compile(rb'"epoch":"([0-9a-f]{1,64})","first":([1-9][0-9]{0,15}),"seqs":\[([0-9][0-9,]*)\],'
                          rb'"deliveries":\[')
 _EPOCH = re.compile(r"[0-9a-f]{1,64}")
+_json_str = json.encoder.encode_basestring  # as protocol.Delivery.encode encodes a str field
 _ENTRY_ID = re.compile(rb"([1-9][0-9]{0,15})-0")
 
 
@@ -274,14 +279,58 @@ def decode_envelopes(data: bytes, key: Key, max_size: int | None = None) -> tupl
             larger than ``max_size``, not UTF-8 JSON, nested deeper than
             ``MAX_ENVELOPE_DEPTH`` (one more for the deliveries of versions 3 to 5), or not shaped like one.
     """
+    return _decoded(data, key, max_size, None)  # type: ignore[return-value]  # no node_id: never a RemoteRun
+
+
+class RemoteRun(NamedTuple):
+    """Another node's version-5 envelope, checked, its deliveries encoded for framing (``Broker.deliver_remote``).
+
+    No ``Delivery`` is made for them: each delivery's encoding (``Delivery.encode``'s very
+    bytes of what ``decode_envelopes`` would make of it) is made from the decoded object
+    directly, and the hub splices each offset in. ``remote_deliveries`` makes the
+    ``Delivery`` objects when a road needs them (a subscriber joining the pair).
+    """
+
+    key: Key
+    epoch: str
+    #: The offset of the first delivery; the others follow at +1, +2, ...
+    first: int
+    #: Each delivery's encoding without position, oldest first.
+    encodings: list[bytes]
+    #: The decoded delivery objects, checked (``remote_deliveries`` reads them).
+    messages: list[dict[str, Any]]
+
+
+def remote_deliveries(run: RemoteRun) -> list[Delivery]:
+    """The deliveries of ``run``, each with its offset and epoch and its encoding (``extra[ENCODED]``)."""
+    key, epoch = run.key, run.epoch
+    return [Delivery(*_fields_of(message, key), offset, epoch, {ENCODED: encoded})
+            for offset, (message, encoded) in enumerate(zip(run.messages, run.encodings), run.first)]
+
+
+def decode_received(data: bytes, key: Key, max_size: int | None,
+                    node_id: str | None) -> tuple[str, list[Delivery] | RemoteRun]:
+    """``decode_envelopes``, but another node's version-5 envelope (its ``node`` not ``node_id``) comes as a
+    ``RemoteRun``, checked as ``decode_envelopes`` checks it, without a ``Delivery`` each.
+
+    Raises:
+        ValueError: as ``decode_envelopes``.
+    """
+    return _decoded(data, key, max_size, node_id)
+
+
+def _decoded(data: bytes, key: Key, max_size: int | None,
+             node_id: str | None) -> tuple[str, list[Delivery] | RemoteRun]:
     if max_size is not None and len(data) > max_size:
         raise ValueError(f"{len(data)} bytes, more than the {max_size} an envelope may have")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError("not UTF-8") from None
-    # A version 3's deliveries sit two levels deeper (in an item of a list): the same limit for them.
-    envelope = loads_strict(text, MAX_ENVELOPE_DEPTH + 2)
+    # The depth is checked for each version below, once (an envelope of many deliveries has more
+    # brackets than any limit, and a walk of it costs about as much as its decoding).
+    envelope = loads_strict(text, MAX_ENVELOPE_DEPTH + 2, walk=False)
+    brackets = text.count("[") + text.count("{")  # at least one per array or object
     if not isinstance(envelope, dict):
         raise ValueError("not a JSON object")
     version = envelope.get("v")
@@ -291,20 +340,26 @@ def decode_envelopes(data: bytes, key: Key, max_size: int | None = None) -> tupl
     if not isinstance(node, str):
         raise ValueError("an envelope needs a 'node' string")
     if version == RUN_ENVELOPE_VERSION:
-        return node, _run_of(envelope, text, node, key)
+        if node_id is not None and node != node_id:
+            return node, _remote_run_of(envelope, brackets, key)
+        return node, _run_of(envelope, brackets, node, key)
     if version == BATCH_ENVELOPE_VERSION:
+        # A version 3's deliveries sit two levels deeper (in an item of a list): the same limit for them.
+        if brackets > MAX_ENVELOPE_DEPTH + 2 and nested_deeper_than(envelope, MAX_ENVELOPE_DEPTH + 2):
+            raise ValueError(f"JSON nested deeper than {MAX_ENVELOPE_DEPTH + 2} levels")
         return node, _batch_of(envelope, node, key)
     if version == PLAIN_BATCH_ENVELOPE_VERSION:
         messages = envelope.get("deliveries")
         if not isinstance(messages, list) or not messages or len(messages) > MAX_ENVELOPE_ITEMS:
             raise ValueError(f"a version-4 envelope needs from 1 to {MAX_ENVELOPE_ITEMS} deliveries")
-        if text.count("[") + text.count("{") > MAX_ENVELOPE_DEPTH + 1 and \
+        if not all(type(message) is dict for message in messages):
+            raise ValueError("a delivery is not a JSON object")
+        # The envelope, its list and one object each: as many brackets as that, nothing nests (see _run_checked).
+        if brackets > MAX_ENVELOPE_DEPTH + 1 and brackets != 2 + len(messages) and \
                 nested_deeper_than(envelope, MAX_ENVELOPE_DEPTH + 1):
             raise ValueError(f"JSON nested deeper than {MAX_ENVELOPE_DEPTH + 1} levels")
-        if not all(isinstance(message, dict) for message in messages):
-            raise ValueError("a delivery is not a JSON object")
         return node, [_delivery_of(message, key) for message in messages]
-    if text.count("[") + text.count("{") > MAX_ENVELOPE_DEPTH and nested_deeper_than(envelope, MAX_ENVELOPE_DEPTH):
+    if brackets > MAX_ENVELOPE_DEPTH and nested_deeper_than(envelope, MAX_ENVELOPE_DEPTH):
         raise ValueError(f"JSON nested deeper than {MAX_ENVELOPE_DEPTH} levels")
     message = envelope.get("delivery")
     if not isinstance(message, dict):
@@ -321,8 +376,53 @@ def decode_envelopes(data: bytes, key: Key, max_size: int | None = None) -> tupl
     return node, [delivery]
 
 
-def _run_of(envelope: dict[str, Any], text: str, node: str, key: Key) -> list[Delivery]:
+def _run_of(envelope: dict[str, Any], brackets: int, node: str, key: Key) -> list[Delivery]:
     """The deliveries of a version-5 envelope: at offsets ``first``, ``first`` + 1, ..., each with its ``seq``."""
+    epoch, first, seqs, messages = _run_checked(envelope, brackets)
+    deliveries = []
+    for offset, (seq, message) in enumerate(zip(seqs, messages), first):
+        delivery = _delivery_of(message, key, offset, epoch)
+        delivery.extra.update(node=node, seq=seq)
+        deliveries.append(delivery)
+    return deliveries
+
+
+def _remote_run_of(envelope: dict[str, Any], brackets: int, key: Key) -> RemoteRun:
+    """Another node's version-5 envelope as a ``RemoteRun``: checked as ``_run_of`` checks it, each delivery
+    encoded from its object (``seqs`` are the sending node's own business: not kept)."""
+    epoch, first, _, messages = _run_checked(envelope, brackets)
+    topic, session_id = key
+    # Delivery.encode's fast-path text, the pair's two fields encoded once for the run.
+    pair = f'"topic":{_json_str(topic)},'
+    session = f',"session_id":{_json_str(session_id)}'
+    encodings = []
+    for message in messages:
+        get = message.get  # the checks of _delivery_of, inline (a delivery's work is this loop)
+        name, payload, stamp, user = get("publisher_name"), get("payload"), get("timestamp"), get("user")
+        if get("topic") != topic or get("session_id") != session_id or type(name) is not str \
+                or type(stamp) is not str or type(payload) is not str or (user is not None and type(user) is not str):
+            encodings.append(_delivery_of(message, key).encode())  # raises for a bad one; a payload not a str
+            continue
+        encoding = (f'{{"publisher_name":{_json_str(name)},{pair}"payload":{_json_str(payload)},'
+                    f'"timestamp":{_json_str(stamp)}{session}'
+                    + ("}" if user is None else f',"user":{_json_str(user)}}}'))
+        try:
+            encodings.append(encoding.encode("utf-8"))
+        except UnicodeEncodeError:  # a lone surrogate: Delivery.encode escapes it
+            encodings.append(_delivery_of(message, key).encode())
+    return RemoteRun(key, epoch, first, encodings, messages)
+
+
+def _run_checked(envelope: dict[str, Any], brackets: int) -> tuple[str, int, list[Any], list[dict[str, Any]]]:
+    """A version-5 envelope's epoch, first offset, seqs and delivery objects, checked (not the deliveries' fields).
+
+    ``brackets``: how many ``[`` and ``{`` its text holds. The envelope, its two lists and one
+    object per delivery are that many arrays and objects already: then nothing else nests (each
+    array or object has its opening bracket), and the envelope is 3 deep without a walk of it.
+
+    Raises:
+        ValueError: not a version-5 envelope the history script writes.
+    """
     epoch, first, seqs, messages = (envelope.get("epoch"), envelope.get("first"), envelope.get("seqs"),
                                     envelope.get("deliveries"))
     if not is_epoch(epoch) or not isinstance(first, int) or not _is_offset(first) \
@@ -332,19 +432,14 @@ def _run_of(envelope: dict[str, Any], text: str, node: str, key: Key) -> list[De
                          f"{MAX_ENVELOPE_ITEMS} deliveries with as many seqs")
     if not _is_offset(first + len(messages) - 1):
         raise ValueError(f"offsets from {first} past the largest")
-    if not all(isinstance(seq, int) and not isinstance(seq, bool) for seq in seqs):
+    if not all(type(seq) is int for seq in seqs):  # (JSON's true is a bool, not an int)
         raise ValueError("a seq is not a number")
-    if text.count("[") + text.count("{") > MAX_ENVELOPE_DEPTH + 2 and \
+    if not all(type(message) is dict for message in messages):
+        raise ValueError("a delivery is not a JSON object")
+    if brackets > MAX_ENVELOPE_DEPTH + 2 and brackets != 3 + len(messages) and \
             nested_deeper_than(envelope, MAX_ENVELOPE_DEPTH + 1):
         raise ValueError(f"JSON nested deeper than {MAX_ENVELOPE_DEPTH + 1} levels")
-    if not all(isinstance(message, dict) for message in messages):
-        raise ValueError("a delivery is not a JSON object")
-    deliveries = []
-    for offset, (seq, message) in enumerate(zip(seqs, messages), first):
-        delivery = _delivery_of(message, key, offset, epoch)
-        delivery.extra.update(node=node, seq=seq)
-        deliveries.append(delivery)
-    return deliveries
+    return epoch, first, seqs, messages  # type: ignore[return-value]  # the epoch is a str: is_epoch
 
 
 def _batch_of(envelope: dict[str, Any], node: str, key: Key) -> list[Delivery]:
@@ -451,6 +546,15 @@ def _delivery_of(message: dict[str, Any], key: Key, offset: int | None = None, e
     Raises:
         ValueError: it is for another pair, or a field has the wrong type.
     """
+    return Delivery(*_fields_of(message, key), offset, epoch)
+
+
+def _fields_of(message: dict[str, Any], key: Key) -> tuple[str, str, Any, str, str, str | None]:
+    """``Delivery``'s first six fields of a decoded object, checked (``_delivery_of``).
+
+    Raises:
+        ValueError: it is for another pair, or a field has the wrong type.
+    """
     get = message.get  # every received message comes through here: plain lookups, positional arguments
     topic, session_id = get("topic"), get("session_id")
     if topic != key[0] or session_id != key[1]:
@@ -463,7 +567,7 @@ def _delivery_of(message: dict[str, Any], key: Key, offset: int | None = None, e
         raise ValueError("'user' must be a string or absent")
     if "payload" not in message:
         raise ValueError("no 'payload'")
-    return Delivery(publisher_name, topic, message["payload"], timestamp, session_id, user, offset, epoch)
+    return publisher_name, topic, message["payload"], timestamp, session_id, user
 
 
 def split_url(url: str) -> tuple[str, str]:

@@ -25,9 +25,10 @@ from .base import Deliver, Key, OwnRun, own_deliveries
 from .redis_codec import (
     PLAIN_BATCH_ENVELOPE_VERSION,
     RUN_ENVELOPE_VERSION,
+    RemoteRun,
     channel_name,
     control_channel,
-    decode_envelopes,
+    decode_received,
     own_envelope_prefix,
 )
 from .redis_pushes import ERROR, PushLink
@@ -74,6 +75,7 @@ class Listener:
         on_disconnect: Callable[[], None] | None = None,
         deliver_run: Callable[[list[Delivery]], None] | None = None,
         deliver_own: Callable[[OwnRun], None] | None = None,
+        deliver_remote: Callable[[RemoteRun], None] | None = None,
     ) -> None:
         import redis.exceptions  # the broker imported it already: this is the redis extra
 
@@ -99,6 +101,9 @@ class Listener:
         #: Delivers a run of this node's own publishes that ``take_own`` took (``Broker.deliver_own``);
         #: None: ``deliver_run`` (or ``deliver`` each) of its ``own_deliveries``.
         self.deliver_own = deliver_own
+        #: Delivers another node's version-5 envelope, checked and encoded (``Broker.deliver_remote``);
+        #: None: ``deliver_run`` (or ``deliver`` each) of its decoded deliveries.
+        self.deliver_remote = deliver_remote
         self.keys = keys
         self.subscribe_timeout = subscribe_timeout
         #: Larger envelopes are dropped unread (None: no limit); see ``RedisBroker``.
@@ -340,7 +345,8 @@ class Listener:
                     self._deliver_own(own)
                     return
         try:
-            node, deliveries = decode_envelopes(data, key, self.max_envelope_size)
+            node, deliveries = decode_received(data, key, self.max_envelope_size,
+                                               self.node_id if self.deliver_remote is not None else None)
         except (ValueError, TypeError, AttributeError) as exc:
             with self._lock:
                 self._counts["dropped"] += 1
@@ -348,7 +354,19 @@ class Listener:
             logger.warning("dropped a message on %r that is no rusty_ws envelope (%s): %r",
                            channel[:200], exc, shown)
             return
-        self._deliver_all(node, deliveries)
+        if type(deliveries) is RemoteRun:  # another node's run with history
+            self._deliver_remote(deliveries)
+            return
+        self._deliver_all(node, deliveries)  # type: ignore[arg-type]  # a list of deliveries
+
+    def _deliver_remote(self, run: RemoteRun) -> None:
+        """Hand over another node's run (checked by ``decode_received``)."""
+        assert self.deliver_remote is not None
+        try:
+            self.deliver_remote(run)
+        except Exception:
+            logger.exception("delivering %d deliveries of another node on %s@%s failed", len(run.encodings),
+                             run.key[0][:200], run.key[1][:200])
 
     def _deliver_own(self, run: OwnRun) -> None:
         """Hand over a run of this node's own publishes that ``take_own`` took (already checked)."""

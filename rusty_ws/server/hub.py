@@ -205,6 +205,8 @@ class Hub:
         broker.deliver_encoded = self.deliver_local  # a publish the broker encoded for its envelope: not again
         # This node's own publishes back from the shared history: framed from what was kept, no Delivery each.
         broker.deliver_own = self.shared.deliver_own if self.shared is not None else None
+        # Another node's runs from the shared history: framed from the checked envelope, no Delivery each.
+        broker.deliver_remote = self.shared.deliver_remote if self.shared is not None else None
         broker.start(self.deliver_local, self.registry.keys)
 
     # ------------------------------------------------------------------ admission

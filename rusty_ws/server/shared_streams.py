@@ -20,7 +20,8 @@ the outbox in step. So a publish racing the subscribe lands exactly once.
 
 Threads and locks: ``_lock`` guards ``_catching`` and is held from looking up a
 delivery's subscribers to queueing its frames, or an envelope's deliveries
-(``deliver_run``: one look-up and one hold for all of them; on the Redis listener's thread;
+(``deliver_run``, ``deliver_own``, ``deliver_remote``: one look-up and one hold for all of them;
+on the Redis listener's thread;
 on the Redis sender's for a publish Redis did not take, delivered here only), and
 by ``subscribe_json`` around the switch from buffer to floor; never across I/O
 (frames are written after it is let go: ``Writer.batch``, flat combining in
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..brokers.base import ENCODED, HistoryUnavailable, Landed, OwnRun, SharedHistory, Stamped, Stored, own_deliveries
+from ..brokers.redis_codec import RemoteRun, remote_deliveries
 from ..exceptions import ProtocolError
 from ..frames import text_frame, text_frames
 from ..history import within_bytes
@@ -155,25 +157,43 @@ class SharedStreams:
 
         The usual case (no subscriber joining the pair, none compressing) frames each
         from the encoding kept when it was published, with the run's position spliced in
-        (``with_position``'s bytes): no ``Delivery`` is made. Otherwise ``deliver_run``'s road.
+        (``_framed_run``): no ``Delivery`` is made. Otherwise ``deliver_run``'s road.
         """
         key, epoch, first, published = run
-        hub = self.hub
-        if not self._catching.get(key) and not hub._compressing:  # (reads of a dict and an int: checked again below)
-            # with_position(kept[1], offset, epoch), the epoch's part made once for the run (the
-            # script's, checked to be hex by own_run_header: nothing to escape).
-            tail = b',"epoch":"%s"}' % epoch.encode("ascii")
-            texts = [b'%s,"offset":%d%s' % (kept[1][:-1], offset, tail)
-                     for offset, kept in enumerate(published, first) if kept is not None]
-            with hub.writer.batch(), self._lock:
-                if not self._catching.get(key) and not hub._compressing:
-                    subscribers = hub.registry.subscribers(*key)
-                    if subscribers and texts:
-                        send_run(hub.writer.send, texts, subscribers)
-                    return
+        if self._framed_run(key, epoch, [(offset, kept[1]) for offset, kept in enumerate(published, first)
+                                         if kept is not None]):
+            return
         deliveries = own_deliveries(run)
         if deliveries:
             self.deliver_run(deliveries)
+
+    def deliver_remote(self, run: RemoteRun) -> None:
+        """``Broker.deliver_remote``: ``deliver_run`` for another node's run from Redis (a version-5 envelope).
+
+        As ``deliver_own``: usually framed from the encodings the listener made of the
+        checked envelope, the position spliced in, no ``Delivery`` each; a subscriber
+        joining the pair, or one compressing, takes ``deliver_run``'s road.
+        """
+        if not self._framed_run(run.key, run.epoch, list(enumerate(run.encodings, run.first))):
+            self.deliver_run(remote_deliveries(run))
+
+    def _framed_run(self, key: Key, epoch: str, encodings: list[tuple[int, bytes]]) -> bool:
+        """Queue each (offset, encoding without position) of ``key``'s run to its subscribers, the position
+        spliced in (``with_position``'s bytes, the epoch's part made once); False (nothing done) while an
+        outbox is joining the pair or one compresses: then the caller takes ``deliver_run``'s road."""
+        hub = self.hub
+        if self._catching.get(key) or hub._compressing:  # (reads of a dict and an int: checked again below)
+            return False
+        # The epoch is the script's, checked to be hex (own_run_header, redis_codec): nothing to escape.
+        tail = b',"epoch":"%s"}' % epoch.encode("ascii")
+        texts = [b'%s,"offset":%d%s' % (encoded[:-1], offset, tail) for offset, encoded in encodings]
+        with hub.writer.batch(), self._lock:
+            if self._catching.get(key) or hub._compressing:
+                return False
+            subscribers = hub.registry.subscribers(*key)
+            if subscribers and texts:
+                send_run(hub.writer.send, texts, subscribers)
+        return True
 
     def deliver_run(self, deliveries: list[Delivery]) -> None:
         """``Hub.deliver_run``: ``deliver`` for consecutive deliveries of one pair, oldest first (one envelope).

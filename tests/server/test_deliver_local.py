@@ -159,3 +159,52 @@ def test_a_run_of_this_nodes_own_publishes_is_framed_from_what_was_kept_as_deliv
     finally:
         hub.shutdown(WAIT)
         theirs.close()
+
+
+def test_another_nodes_run_is_framed_from_its_encodings_as_deliveries_would_be() -> None:
+    # SharedStreams.deliver_remote (Redis history: another node's version-5 envelope, decode_received):
+    # the encodings with each offset spliced in, byte for byte Delivery.encode() of the decoded
+    # deliveries; an outbox joining the pair mid-run buffers them with their offsets (deliver_run's road),
+    # and once past its floor takes each exactly once.
+    from rusty_ws.brokers.redis_codec import decode_envelopes, decode_received
+    from rusty_ws.history import Position
+    from rusty_ws.server.shared_streams import SharedStreams, _CatchUp
+
+    hub = state_of(create_app(hub_config(history_size=0))).hub
+    streams = SharedStreams(hub, store=None)  # type: ignore[arg-type]  # deliver_remote never reads the store
+    ours, theirs = socket.socketpair()
+    theirs.settimeout(WAIT)
+
+    def received(count: int) -> list[bytes]:
+        frames, reader = [], FrameReader()
+        for _ in range(100):
+            if len(frames) >= count:
+                break
+            frames += [frame.payload for frame in reader.feed(theirs.recv(65536))]
+        return frames
+
+    try:
+        box = hub.writer.attach(ours, "watcher")
+        hub.subscribe(box, "T", "s")
+        sent = [Delivery("p", "T", payload, "2026-12-01T00:00:00Z", "s", user)
+                for payload, user in (("one", None), ({"n": 2, "é": [1.5]}, "alice"), ("three\ud800", None))]
+        data = b'{"v":5,"node":"other","epoch":"ab12","first":41,"seqs":[1,2,3],"deliveries":[%s]}' % (
+            b",".join(delivery.encode() for delivery in sent))
+        _, run = decode_received(data, ("T", "s"), None, "this-node")
+        expected = [delivery.encode() for delivery in decode_envelopes(data, ("T", "s"))[1]]
+        assert [json.loads(text)["offset"] for text in expected] == [41, 42, 43]
+        streams.deliver_remote(run)  # type: ignore[arg-type]  # a RemoteRun
+        assert received(3) == expected
+        # Joining: still buffering its replay's live part, then past a floor of 41: 42 and 43 only.
+        streams._catching[("T", "s")] = {box: _CatchUp()}
+        streams.deliver_remote(run)  # type: ignore[arg-type]
+        assert [(d.offset, text) for d, text in streams._catching[("T", "s")][box].buffer or []] == \
+            list(zip([41, 42, 43], expected))
+        streams._catching[("T", "s")] = {box: _CatchUp(buffer=None, floor=Position(41, "ab12"))}
+        streams.deliver_remote(run)  # type: ignore[arg-type]
+        assert received(2) == expected[1:] and ("T", "s") not in streams._catching  # in step from 42 on
+        streams.deliver_remote(run)  # type: ignore[arg-type]  # in step: the framed road again
+        assert received(3) == expected
+    finally:
+        hub.shutdown(WAIT)
+        theirs.close()

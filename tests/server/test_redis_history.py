@@ -498,3 +498,41 @@ def test_merged_publishes_of_two_nodes_keep_each_publishers_order_and_one_order_
         assert seen[0] == seen[1]  # one order, the offsets', on every node
         calls = int(raw.info("commandstats")["cmdstat_evalsha"]["calls"]) - before
         assert calls < 2 * count  # merged (how much depends on timing; each node's sender had a queue)
+
+
+def test_another_nodes_run_envelopes_are_checked_and_bad_ones_dropped_and_logged(redis: RedisServer,
+                                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """Version-5 envelopes of another node (the remote road, ``redis_codec.decode_received``): a good one is
+    delivered with its offsets; a malformed or hostile one is dropped whole, counted and logged, and the hub goes on."""
+    channel = pair_keys("rusty_ws", "T", "s").channel
+    good = json.dumps({"publisher_name": "x", "topic": "T", "payload": "far", "timestamp": "t", "session_id": "s"})
+
+    def run(*bodies: str, epoch: str = "ab12", first: int = 40) -> str:
+        return json.dumps({"v": 5, "node": "elsewhere", "epoch": epoch, "first": first,
+                           "seqs": list(range(len(bodies))), "deliveries": [json.loads(body) for body in bodies]})
+
+    other_pair = good.replace('"session_id": "s"', '"session_id": "other"')
+    hostile = [
+        run(good, other_pair),  # a delivery of another pair among good ones
+        run(good, good.replace('"publisher_name": "x"', '"publisher_name": 5')),
+        run(good, good.replace('"payload": "far", ', "")),  # no payload
+        run(good, good.replace('"timestamp": "t"', '"timestamp": "t", "user": {"a": 1}')),
+        run(good).replace('"far"', '1e999'), run(good, epoch="AB12"), run(good, first=0),
+        run(good).replace('"seqs": [0]', '"seqs": [true]'), run(good).replace('"seqs": [0]', '"seqs": []'),
+        run(good).replace('"deliveries": [', '"deliveries": [1, '), run(good)[:-2],
+        run(good).replace('"far"', "[" * 200 + "]" * 200),  # nested deeper than any publish
+        run(*[good] * 3, first=2 ** 53 - 2),  # offsets past the largest
+    ]
+    with nodes(1, redis.url) as (node,), node.connect() as client, contextlib.closing(redis.client()) as intruder:
+        subscribe_json(client)
+        for data in hostile:
+            assert intruder.publish(channel, data) == 1
+        assert intruder.publish(channel, run(good, good, first=40)) == 1
+        assert [(m["payload"], m["offset"], m["epoch"]) for m in (recv_delivery(client), recv_delivery(client))] == \
+            [("far", 40, "ab12"), ("far", 41, "ab12")]
+        assert broker_of(node).status()["dropped"] == len(hostile)
+        assert caplog.text.count("no rusty_ws envelope") == len(hostile)
+        assert broker_of(node)._listener.deliver_remote is not None  # the road taken
+        early: list[dict[str, Any]] = []
+        ack_of(client, "T", "still here", "r1", early=early)  # the listener and the hub go on
+        assert [m["payload"] for m in early or [recv_delivery(client)]] == ["still here"]
