@@ -18,7 +18,7 @@ import pytest
 
 from redis_support import RedisServer, redis_server
 from rusty_ws.brokers.redis_codec import pair_keys
-from rusty_ws.brokers.redis_history import RedisHistory, Route, _Publish, merge_publishes
+from rusty_ws.brokers.redis_history import RedisHistory, Route, _Publish, merge_publishes, replays_safely
 from rusty_ws.brokers.redis_scripts import ENTRY_BYTES_SHARE
 from rusty_ws.protocol import Position
 from support import WAIT
@@ -159,6 +159,7 @@ def test_the_cuts_follow_the_scripts_own() -> None:
     assert [joined[a - 1:b] for _, a, b in zip(cuts[::3], cuts[1::3], cuts[2::3])] == datas[2:]
     fits, _ = merge_publishes(_commands(history, "s", datas[:2], 1), size=3, chunk=history._chunk)
     assert fits[8:] == (-2, b"[" + b",".join(datas[:2]) + b"]", "1,2")  # one entry: no cuts
+    assert not replays_safely(fits, history.publish_sha) and not replays_safely(merged, history.publish_sha)
 
 
 def test_a_run_with_ids_keeps_the_per_publish_form() -> None:
