@@ -120,13 +120,16 @@ def run(stages: str, publishes: int, run_length: int) -> None:
         commands, spans = _coalesce(batch)
         redis_link._pack(commands)
         replies, envelopes = [], []
-        for command in commands:  # the script's usual reply, and the envelope it publishes
-            count = command[3 + command[2] + 3]
-            tail = command[3 + command[2] + 4:]
+        at = 0
+        for count, _ in spans:  # the script's usual reply, and the envelope it publishes
+            # Made from the queued publishes, not the command: the same work whatever form the
+            # tree sends a merged run in (per publish, or joined).
+            run = [item[0] for item in batch[at:at + count]]
+            at += count
             replies.append([0, b"ab12cd34ab12cd34", top + 1])
             envelopes.append(b'%s"epoch":"ab12cd34ab12cd34","first":%d,"seqs":[%s],"deliveries":[%s]}' % (
-                prefix, top + 1, b",".join(b"%d" % tail[i + 2] for i in range(0, len(tail), 3)),
-                b",".join(tail[i + 1] for i in range(0, len(tail), 3))))
+                prefix, top + 1, b",".join([b"%d" % publish[-1] for publish in run]),
+                b",".join([publish[-2] for publish in run])))
             top += count
         sender._answer(batch, _split(spans, replies))
         if "l" in stages:

@@ -4,8 +4,9 @@
 Starts a private redis-server on a free loopback port and sends it, pipelined
 (``PIPELINE`` commands per round trip), runs of the real publish script
 (``redis_history.RedisHistory.publish_script``, this tree's or the one on
-``PYTHONPATH``) of n publishes each, n from ``--runs``, each publish the
-benchmark's ~100-byte delivery without id, on ``--pairs`` pairs in turn; then
+``PYTHONPATH``) of n publishes each, merged as the node's sender merges them
+(``RedisHistory._merge``), n from ``--runs``, each publish the benchmark's
+~100-byte delivery without id, on ``--pairs`` pairs in turn; then
 reports Redis' CPU per message (``INFO cpu``, user + system) and the stream's
 entries and bytes (``XLEN``, ``MEMORY USAGE``) for each n. Nobody subscribes
 to the channels (the ``PUBLISH`` of the envelope is the same either way).
@@ -137,12 +138,13 @@ def send_runs(conn: _Conn, history: Any, run: int, messages: int, pairs: int, fi
     runs = messages // run
     for i in range(runs):
         k = keys[i % pairs]
-        tail: list[Any] = []
+        publishes = []
         for _ in range(run):
-            tail += (0, DELIVERY, seq)
+            publishes.append(history._kind(("EVALSHA", history.publish_sha, 2, k.meta, k.stream, "0123456789abcdef",
+                                            k.channel, "bench-node", 1, 0, DELIVERY, seq)))
             seq += 1
-        batch.append(_packed("EVALSHA", history.publish_sha, 2, k.meta, k.stream, "0123456789abcdef", k.channel,
-                             "bench-node", run, *tail))
+        # As the node's sender sends the run (its merge: the tree's form of a merged run).
+        batch.append(_packed(*(history._merge(publishes)[0] if run > 1 else publishes[0])))
         if len(batch) * run >= PIPELINE * 5 or len(batch) >= PIPELINE:
             conn.pipeline(batch)
             batch = []

@@ -193,7 +193,10 @@ def test_the_settings_are_in_the_script_and_each_configuration_has_its_own() -> 
     assert one.publish_sha == same.publish_sha != other.publish_sha
     assert "'MINID', floor" in one.publish_script
     assert "local size, most, chunk = 10, 9007199254740992, 1125899906842624" in one.publish_script
-    assert "{" + "size}" not in other.publish_script and "ARGV[5]" not in one.publish_script
+    assert "{" + "size}" not in other.publish_script
+    # ARGV[5] only as the joined form's deliveries (n < 0): no setting is an argument
+    publish_body = one.publish_script[one.publish_script.index("local epoch, reset, top, b = load()"):]
+    assert publish_body.count("ARGV[5]") == 1 and "joined = -n, 0, ARGV[5]" in publish_body
     with pytest.raises(ValueError):
         history(size=0)
 

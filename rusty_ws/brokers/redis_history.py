@@ -76,7 +76,7 @@ from ..log_throttle import LogThrottle
 from ..protocol import Delivery, ErrorCode, Position
 from .base import HistoryUnavailable, Key, OwnRun, SharedHistory, Stamped, Stored
 from .redis_codec import PairKeys, decode_stream_run, is_epoch, own_run_header, pair_keys, publish_id_key
-from .redis_scripts import UNBOUNDED, history_scripts
+from .redis_scripts import ENTRY_BYTES_SHARE, UNBOUNDED, history_scripts
 from .redis_sender import SETTLED, Mergeable
 
 __all__ = ["RedisHistory", "Route", "merge_publishes", "replays_safely"]
@@ -196,40 +196,75 @@ def replays_safely(command: tuple[Any, ...], publish_sha: str) -> bool:
     return command[at] == numkeys - 2
 
 
-def merge_publishes(commands: list[Mergeable]) -> tuple[tuple[Any, ...], Callable[[Any], list[Any]]]:
+def merge_publishes(commands: list[Mergeable], *, size: int = UNBOUNDED, chunk: int = UNBOUNDED,
+                    ) -> tuple[tuple[Any, ...], Callable[[Any], list[Any]]]:
     """One run of the publish script for the publishes of one pair, oldest first.
 
-    Each keeps its own id key (renumbered), delivery and number; the pair's arguments
-    are the first's. The reply is split into one per publish, shaped as the script's
-    reply to that publish alone (the reset flag given to the first only).
+    A run of several whose publishes have no id (the usual one) is sent in the script's
+    joined form: its deliveries as one JSON array, its numbers as one string, and the
+    cuts of its entries if it needs more than one (``_entry_cuts``, with the history's
+    ``size`` and ``chunk``, max bytes / ``ENTRY_BYTES_SHARE``). Redis then reads three
+    arguments per run rather than three per publish, and stores the array as the entry
+    without building it again (docs/performance.md, "a run's deliveries as one argument").
+    Otherwise each keeps its own id key (renumbered), delivery and number; the pair's
+    arguments are the first's. The reply is split into one per publish, shaped as the
+    script's reply to that publish alone (the reset flag given to the first only).
     ``RedisHistory`` merges with its own split (``_split_run``), which also settles the
     run's publishes without id at once.
     """
     first = commands[0]
     id_keys: list[Any] = [command[5] for command in commands if command[2] == 3]  # those with an id key
     tail: list[Any]
-    if not id_keys:  # the usual run: (0, delivery, number) each, laid out by slices
-        tail = [0] * (3 * len(commands))
-        tail[1::3] = [command[-2] for command in commands]
-        tail[2::3] = [command[-1] for command in commands]
-    else:
-        tail, numbered = [], 0
-        for command in commands:
-            if command[2] == 3:
-                numbered += 1
-                tail += (2 + numbered, command[-2], command[-1])
-            else:
-                tail += (0, command[-2], command[-1])
-    at = 3 + first[2]
-    merged = ("EVALSHA", first[1], 2 + len(id_keys), first[3], first[4], *id_keys,
-              *first[at:at + _HEADER_ARGS], len(commands), *tail)
     count = len(commands)
+    at = 3 + first[2]
+    if not id_keys and count > 1:  # the usual run: joined
+        datas = [command[-2] for command in commands]
+        joined = b"[" + b",".join(datas) + b"]"
+        seqs = ",".join([str(command[-1]) for command in commands])
+        cuts = _entry_cuts(datas, size, chunk) if count > size or len(joined) - 2 > chunk else ()
+        merged = ("EVALSHA", first[1], 2, first[3], first[4], *first[at:at + _HEADER_ARGS], -count,
+                  joined, seqs, *cuts)
+    else:
+        if not id_keys:  # a run of one
+            tail = [0] * (3 * count)
+            tail[1::3] = [command[-2] for command in commands]
+            tail[2::3] = [command[-1] for command in commands]
+        else:
+            tail, numbered = [], 0
+            for command in commands:
+                if command[2] == 3:
+                    numbered += 1
+                    tail += (2 + numbered, command[-2], command[-1])
+                else:
+                    tail += (0, command[-2], command[-1])
+        merged = ("EVALSHA", first[1], 2 + len(id_keys), first[3], first[4], *id_keys,
+                  *first[at:at + _HEADER_ARGS], count, *tail)
 
     def split(reply: Any) -> list[Any]:
         parts = _run_parts(reply, count)
         return [] if parts is None else [part for part, _ in parts]
 
     return merged, split
+
+
+def _entry_cuts(datas: list[bytes], size: int, chunk: int) -> list[int]:
+    """The entries a joined run of ``datas`` is stored as, for the script: three numbers each, oldest
+    first: its last place in the run (1 for the first), the first and the last byte (Lua's, from 1)
+    of its deliveries in the joined array. The cut the script makes of the per-publish form: only the
+    newest ``size``, each entry as many deliveries as fit in ``chunk`` bytes (commas counted, at least one)."""
+    count = len(datas)
+    i = max(0, count - size)
+    at = 2 + sum(map(len, datas[:i])) + i  # the first byte of delivery i in b"[d1,d2,...]"
+    cuts: list[int] = []
+    while i < count:
+        j, length = i, len(datas[i])
+        while j + 1 < count and length + 1 + len(datas[j + 1]) <= chunk:
+            j += 1
+            length += 1 + len(datas[j])
+        cuts += (j + 1, at, at + length - 1)
+        at += length + 1
+        i = j + 1
+    return cuts
 
 
 def _run_parts(reply: Any, count: int) -> list[tuple[list[Any], int]] | None:
@@ -350,6 +385,7 @@ class RedisHistory(SharedHistory):
         self.max_bytes = UNBOUNDED if max_bytes is None else max_bytes
         self.max_envelope_size = max_envelope_size
         self.merge_budget = min(MERGE_BYTES, max_envelope_size or MERGE_BYTES)
+        self._chunk = max(1, self.max_bytes // ENTRY_BYTES_SHARE)  # the most bytes of deliveries in one entry
         # One script (and SHA) per configuration: the settings are in its text, not in each call.
         self.publish_script, self.read_script = history_scripts(
             publish_command, size=size, ttl_ms=self.ttl_ms, meta_ttl_ms=self.meta_ttl_ms,
@@ -513,7 +549,7 @@ class RedisHistory(SharedHistory):
 
     def _merge(self, commands: list[Mergeable]) -> tuple[tuple[Any, ...], Callable[[Any], list[Any]]]:
         """``merge_publishes`` for the sender, with ``_split_run`` for its reply."""
-        merged, _ = merge_publishes(commands)
+        merged, _ = merge_publishes(commands, size=self.size, chunk=self._chunk)
         return merged, lambda reply: self._split_run(commands, reply)
 
     def _split_run(self, commands: list[Mergeable], reply: Any) -> list[Any]:

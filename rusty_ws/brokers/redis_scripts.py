@@ -88,6 +88,12 @@ def history_scripts(publish_command: str, *, size: int, ttl_ms: int, meta_ttl_ms
 #: key's index in KEYS (0: no id), delivery, the node's number. The node's settings (size, ttl ms,
 #: meta ttl ms, window ms, max bytes) are written into the script itself (``publish_script``): one
 #: script, and SHA, per configuration, so a publish carries only its own arguments.
+#: The joined form, for a merged run whose publishes have no id (``redis_history.merge_publishes``):
+#: n is minus the run's length k, ARGV[5] the JSON array of its k deliveries (the envelope's
+#: ``deliveries`` and, when the run is one entry, that entry's ``d``: no copy, no loop), ARGV[6]
+#: the node's numbers joined by commas; and, when the run is cut into entries (more than size, or
+#: more than max bytes / 8 bytes), three per entry, oldest first: its last place among the k, the
+#: first and last byte of its deliveries in ARGV[5] (the cut the loop over the per-publish form makes).
 #: Returns {reset (0, 1 or 2: see load()), the epoch, the offset of the first new publish (0: none),
 #: then for each repeat: its place among the n (1 for the first) and the position its id was first
 #: given ("{offset}:{epoch}", a string)}: the new ones' offsets follow each other from the first.
@@ -113,6 +119,11 @@ local results = {reset, epoch, 0}
 local datas, seqs = {}, {}
 local ids, given, repeats = nil, nil, nil  -- made only for publishes with an id (tables cost a run of one)
 local added = 0
+local joined, cuts = nil, nil  -- the joined form (n < 0): the run's deliveries as one array, its entries' cuts
+if n < 0 then
+  added, n, joined = -n, 0, ARGV[5]
+  if #ARGV > 6 then cuts = 7 end
+end
 for i = 1, n do
   local at = 2 + 3 * i
   local id = tonumber(ARGV[at])
@@ -144,16 +155,35 @@ for attempt = 1, 2 do
   local floor = top + added - size + 1
   local i = 1
   if added > size then i = added - size + 1 end
-  while i <= added do
-    local j, length = i, #datas[i]
-    while j < added and length + 1 + #datas[j + 1] <= chunk do
-      j = j + 1
-      length = length + 1 + #datas[j]
+  if joined and not cuts then  -- one entry, the whole run: the argument itself
+    i = added + 1
+    local ok
+    if floor > 1 then
+      ok = redis.pcall('XADD', KEYS[2], 'MINID', floor, (top + added) .. '-0', 'd', joined, 't', ms)
+    else
+      ok = redis.pcall('XADD', KEYS[2], (top + added) .. '-0', 'd', joined, 't', ms)
     end
-    local d = datas[i]
-    if j > i then
-      d = '[' .. table.concat(datas, ',', i, j) .. ']'
-      if i == 1 and j == added then whole = d end
+    if type(ok) == 'table' and ok['err'] then failed = ok else bytes = #joined end
+  end
+  local cut = cuts
+  while i <= added do
+    local j, length, d
+    if cut then  -- the node's cut (ARGV: last place, from, to in the joined array), as the loop below cuts
+      j = tonumber(ARGV[cut])
+      d = string.sub(joined, tonumber(ARGV[cut + 1]), tonumber(ARGV[cut + 2]))
+      if j > i then d = '[' .. d .. ']' end
+      cut = cut + 3
+    else
+      j, length = i, #datas[i]
+      while j < added and length + 1 + #datas[j + 1] <= chunk do
+        j = j + 1
+        length = length + 1 + #datas[j]
+      end
+      d = datas[i]
+      if j > i then
+        d = '[' .. table.concat(datas, ',', i, j) .. ']'
+        if i == 1 and j == added then whole = d end
+      end
     end
     local ok
     if floor > 1 then
@@ -218,7 +248,8 @@ redis.call('HSET', KEYS[1], 'o', top, 'b', b)
 redis.call('PEXPIRE', KEYS[1], {meta_ttl_ms})
 redis.call('PEXPIRE', KEYS[2], {ttl_ms})
 redis.call('{publish}', ARGV[2], '{"v":5,"node":"' .. ARGV[3] .. '","epoch":"' .. epoch .. '","first":' .. first
-           .. ',"seqs":[' .. table.concat(seqs, ',') .. '],"deliveries":' .. (whole or ('[' .. table.concat(datas, ',') .. ']'))
+           .. ',"seqs":[' .. (joined and ARGV[6] or table.concat(seqs, ',')) .. '],"deliveries":'
+           .. (joined or whole or ('[' .. table.concat(datas, ',') .. ']'))
            .. '}')
 return results
 """
