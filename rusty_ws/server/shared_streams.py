@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..brokers.base import ENCODED, HistoryUnavailable, Landed, OwnRun, SharedHistory, Stamped, Stored, own_deliveries
-from ..brokers.redis_codec import RemoteRun, remote_deliveries
 from ..exceptions import ProtocolError
 from ..frames import text_frame, text_frames
 from ..history import within_bytes
@@ -53,6 +52,7 @@ from ..protocol import (
 from .answers import wait_for_answer
 
 if TYPE_CHECKING:
+    from ..brokers.redis_codec import RemoteRun  # (only a Redis broker's listener calls deliver_remote)
     from .hub import Hub
     from .writer import Outbox
 
@@ -175,6 +175,7 @@ class SharedStreams:
         joining the pair, or one compressing, takes ``deliver_run``'s road.
         """
         if not self._framed_run(run.key, run.epoch, list(enumerate(run.encodings, run.first))):
+            from ..brokers.redis_codec import remote_deliveries  # a hub without Redis never loads the codec
             self.deliver_run(remote_deliveries(run))
 
     def _framed_run(self, key: Key, epoch: str, encodings: list[tuple[int, bytes]]) -> bool:
