@@ -34,9 +34,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import subprocess
 import sys
-import tempfile
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -51,6 +49,7 @@ def run(stages: str, publishes: int, run_length: int) -> None:
     """One child: ``publishes`` publishes through the stages named (``p``, ``ps`` or ``psl``)."""
     import redis
 
+    from benchlib.callgrind import drain
     from rusty_ws.brokers import redis_link
     from rusty_ws.brokers.base import Broker
     from rusty_ws.brokers.redis_codec import RUN_ENVELOPE_VERSION, channel_name, own_envelope_prefix
@@ -136,33 +135,18 @@ def run(stages: str, publishes: int, run_length: int) -> None:
             with listener.batch():
                 for envelope in envelopes:
                     listener._on_delivery(channel, envelope)
-            while True:
-                try:
-                    received += len(theirs.recv(1 << 20))
-                except BlockingIOError:
-                    break
+            received += drain(theirs)
     if "l" in stages and received < publishes * 100:  # ~230 bytes a frame
         raise SystemExit(f"the watcher got {received} bytes for {publishes} deliveries")
     os._exit(0)  # the hub's threads are daemons: nothing to wait for
 
 
 def measure(args: argparse.Namespace) -> None:
-    from benchlib.callgrind import total_instructions
+    from benchlib.callgrind import instructions_per_unit
 
-    short, long_ = args.short, args.long
-    with tempfile.TemporaryDirectory(prefix="callgrind-history-node-") as tmp:
-        for stages in args.stages.split(","):
-            totals = []
-            for publishes in (short, long_):
-                out = os.path.join(tmp, f"callgrind.{stages}.{publishes}")
-                done = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
-                                       __file__, "run", stages, str(publishes), str(args.run)],
-                                      capture_output=True, text=True, timeout=1800, check=False)
-                if done.returncode:
-                    raise SystemExit(f"{stages} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-                totals.append(total_instructions(out))
-            print(f"  {stages:4} runs of {args.run}: {round((totals[1] - totals[0]) / (long_ - short)):>8,} "
-                  f"instructions/publish", flush=True)
+    for stages in args.stages.split(","):
+        per = instructions_per_unit(__file__, stages, (args.short, args.long), args.run)
+        print(f"  {stages:4} runs of {args.run}: {per:>8,} instructions/publish", flush=True)
 
 
 def main() -> None:

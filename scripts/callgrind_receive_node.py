@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import subprocess
 import sys
-import tempfile
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -40,6 +38,7 @@ def run(variant: str, deliveries: int, run_length: int) -> None:
     """One child: ``deliveries`` deliveries from another node, ``run_length`` to an envelope."""
     import redis
 
+    from benchlib.callgrind import drain
     from rusty_ws.brokers.base import Broker
     from rusty_ws.brokers.redis_codec import (
         RUN_ENVELOPE_VERSION,
@@ -114,33 +113,18 @@ def run(variant: str, deliveries: int, run_length: int) -> None:
         top += run_length
         with listener.batch():
             listener._on_delivery(channel, envelope)
-        while True:
-            try:
-                received += len(theirs.recv(1 << 20))
-            except BlockingIOError:
-                break
+        received += drain(theirs)
     if received < deliveries * 100:  # ~200 bytes a frame
         raise SystemExit(f"the watcher got {received} bytes for {deliveries} deliveries")
     os._exit(0)  # the hub's threads are daemons: nothing to wait for
 
 
 def measure(args: argparse.Namespace) -> None:
-    from benchlib.callgrind import total_instructions
+    from benchlib.callgrind import instructions_per_unit
 
-    short, long_ = args.short, args.long
-    with tempfile.TemporaryDirectory(prefix="callgrind-receive-node-") as tmp:
-        for variant in args.variants.split(","):
-            totals = []
-            for deliveries in (short, long_):
-                out = os.path.join(tmp, f"callgrind.{variant}.{deliveries}")
-                done = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
-                                       __file__, "run", variant, str(deliveries), str(args.run)],
-                                      capture_output=True, text=True, timeout=1800, check=False)
-                if done.returncode:
-                    raise SystemExit(f"{variant} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-                totals.append(total_instructions(out))
-            print(f"  history {variant:3} runs of {args.run}: {round((totals[1] - totals[0]) / (long_ - short)):>8,} "
-                  f"instructions/delivery", flush=True)
+    for variant in args.variants.split(","):
+        per = instructions_per_unit(__file__, variant, (args.short, args.long), args.run)
+        print(f"  history {variant:3} runs of {args.run}: {per:>8,} instructions/delivery", flush=True)
 
 
 def main() -> None:

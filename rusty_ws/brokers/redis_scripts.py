@@ -150,6 +150,13 @@ end
 -- Only the first XADD can fail (an entry no node wrote sits past our top, or the key is no stream):
 -- then the pair starts again under a new epoch, and the run is stored once more from offset 1.
 local bytes, whole = 0, nil  -- whole: the entry's d when it holds the whole run (the envelope's deliveries too)
+-- One entry, id offset-0; with MINID once entries below floor are to go (the pair's newest size kept).
+local function xadd(floor, offset, d)
+  if floor > 1 then
+    return redis.pcall('XADD', KEYS[2], 'MINID', floor, offset .. '-0', 'd', d, 't', ms)
+  end
+  return redis.pcall('XADD', KEYS[2], offset .. '-0', 'd', d, 't', ms)
+end
 for attempt = 1, 2 do
   local failed = nil
   local floor = top + added - size + 1
@@ -157,12 +164,7 @@ for attempt = 1, 2 do
   if added > size then i = added - size + 1 end
   if joined and not cuts then  -- one entry, the whole run: the argument itself
     i = added + 1
-    local ok
-    if floor > 1 then
-      ok = redis.pcall('XADD', KEYS[2], 'MINID', floor, (top + added) .. '-0', 'd', joined, 't', ms)
-    else
-      ok = redis.pcall('XADD', KEYS[2], (top + added) .. '-0', 'd', joined, 't', ms)
-    end
+    local ok = xadd(floor, top + added, joined)
     if type(ok) == 'table' and ok['err'] then failed = ok else bytes = #joined end
   end
   local cut = cuts
@@ -185,12 +187,7 @@ for attempt = 1, 2 do
         if i == 1 and j == added then whole = d end
       end
     end
-    local ok
-    if floor > 1 then
-      ok = redis.pcall('XADD', KEYS[2], 'MINID', floor, (top + j) .. '-0', 'd', d, 't', ms)
-    else
-      ok = redis.pcall('XADD', KEYS[2], (top + j) .. '-0', 'd', d, 't', ms)
-    end
+    local ok = xadd(floor, top + j, d)
     if type(ok) == 'table' and ok['err'] then
       failed = ok
       break

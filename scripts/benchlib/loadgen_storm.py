@@ -9,7 +9,8 @@
   whenever the server drops one: a close or EOF, then reconnect after a random
   delay of up to ``jitter`` seconds (1 s: "reconnect now"), or up to the window
   a 4200's reason names (``protocol.reconnect_window``); a refused TCP
-  connection or an HTTP 503 backs off like ``rusty_ws/backoff.py`` (0.5 s doubling to
+  connection, one reset before its handshake was answered (counted with the
+  refused) or an HTTP 503 backs off like ``rusty_ws/backoff.py`` (0.5 s doubling to
   30 s, half jittered), except that a 503 with ``Retry-After`` waits what it says
   plus up to a second (``backoff.retry_after``), as ``WsClient`` does. It ends
   once every connection was dropped and is subscribed again, and reports when
@@ -39,6 +40,8 @@ from benchlib.wire import handshake
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from rusty_ws.backoff import delays, retry_after  # the policy itself, not a copy
 from rusty_ws.protocol import RECONNECT_JITTER, reconnect_window
+
+RESET = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)  # the peer dropped the TCP connection
 
 
 def header(head: bytes, name: bytes) -> str | None:
@@ -100,10 +103,13 @@ class StormGen(LoadGen):
                 if key.data is None:  # a connect() under way
                     self.connected(client)
                     continue
-                if mask & selectors.EVENT_WRITE:
-                    client.conn.flush()
-                if mask & selectors.EVENT_READ:
-                    self.read(client)
+                try:
+                    if mask & selectors.EVENT_WRITE:
+                        client.conn.flush()
+                    if mask & selectors.EVENT_READ:
+                        self.read(client)
+                except RESET:
+                    self.reset(client)
             waiting = sum(1 for c in self.clients if not c.back)
         report = self.report()
         dropped = [c.dropped for c in self.clients if c.dropped]
@@ -122,6 +128,8 @@ class StormGen(LoadGen):
         conn = client.conn
         try:
             self.on_readable(conn)
+        except RESET:
+            raise
         except ConnectionError:  # the handshake was answered, but not with 101 (503: Retry-After, else back off)
             self.refused_http += 1
             wait = retry_after(header(conn.head, b"retry-after"))
@@ -133,6 +141,18 @@ class StormGen(LoadGen):
         elif conn.ready and not client.back and client.dropped:
             client.back = time.monotonic()
             client.delays = delays()  # a good connection: the back-off starts over
+
+    def reset(self, client: Client) -> None:
+        """The server reset the connection (a stopping server's backlog, or one it could not take).
+
+        Before the handshake was answered it is a refusal like a refused SYN (counted with them, and
+        backed off); after it, a drop like a close.
+        """
+        if client.conn.upgraded:
+            self.drop(client, random.uniform(0, self.jitter))
+            return
+        self.refused_tcp += 1
+        self.drop(client, next(client.delays))
 
     def drop(self, client: Client, delay: float) -> None:
         now = time.monotonic()
@@ -182,4 +202,7 @@ class StormGen(LoadGen):
         client.conn = conn
         self.conns[client.index] = conn
         self.selector.register(sock, selectors.EVENT_READ, conn)
-        conn.send(handshake("127.0.0.1", self.spec["port"], self.dialect.path))
+        try:
+            conn.send(handshake("127.0.0.1", self.spec["port"], self.dialect.path))
+        except RESET:
+            self.reset(client)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -125,40 +128,55 @@ def test_a_run_without_history_arrives_whole_in_order_in_few_writes(count: int) 
             sock.close()
 
 
+@contextlib.contextmanager
+def _watched_streams() -> Iterator[tuple[Any, Any, socket.socket]]:
+    """A hub's ``SharedStreams`` without a store, one watcher of ("T", "s") on a socketpair:
+    (streams, the watcher's outbox, the socket its frames arrive on)."""
+    from rusty_ws.server.shared_streams import SharedStreams
+
+    hub = state_of(create_app(hub_config(history_size=0))).hub
+    streams = SharedStreams(hub, store=None)  # type: ignore[arg-type]  # the framed roads never read the store
+    ours, theirs = socket.socketpair()
+    theirs.settimeout(WAIT)
+    try:
+        box = hub.writer.attach(ours, "watcher")
+        hub.subscribe(box, "T", "s")
+        yield streams, box, theirs
+    finally:
+        hub.shutdown(WAIT)
+        theirs.close()
+
+
+def _received(sock: socket.socket, count: int) -> list[bytes]:
+    """The payloads of the next ``count`` frames on ``sock`` (fewer if 100 reads do not bring them)."""
+    frames, reader = [], FrameReader()
+    for _ in range(100):
+        if len(frames) >= count:
+            break
+        frames += [frame.payload for frame in reader.feed(sock.recv(65536))]
+    return frames
+
+
 def test_a_run_of_this_nodes_own_publishes_is_framed_from_what_was_kept_as_deliveries_would_be() -> None:
     # SharedStreams.deliver_own (Redis history: this node's own envelope back, RedisHistory.take_own):
     # the kept encodings with the run's position spliced in, byte for byte what Delivery.encode() of
     # each with its offset gives; a publish delivered here already (None) keeps its offset skipped;
     # an outbox joining the pair buffers them as deliver_run does.
     from rusty_ws.brokers.base import own_deliveries
-    from rusty_ws.server.shared_streams import SharedStreams, _CatchUp
+    from rusty_ws.server.shared_streams import _CatchUp
 
-    hub = state_of(create_app(hub_config(history_size=0))).hub
-    streams = SharedStreams(hub, store=None)  # type: ignore[arg-type]  # deliver_own never reads the store
-    ours, theirs = socket.socketpair()
-    theirs.settimeout(WAIT)
-    try:
-        box = hub.writer.attach(ours, "watcher")
-        hub.subscribe(box, "T", "s")
+    with _watched_streams() as (streams, box, theirs):
         sent = [Delivery("p", "T", payload, "2026-12-01T00:00:00Z", "s", user)
                 for payload, user in (("one", None), ({"n": 2, "é": [1.5]}, "alice"), ("three", None))]
         run = (("T", "s"), "ab12", 41, [[sent[0], sent[0].encode(), True], None, [sent[2], sent[2].encode(), False]])
         streams.deliver_own(run)
         expected = [delivery.encode() for delivery in own_deliveries(run)]
         assert [json.loads(text)["offset"] for text in expected] == [41, 43]
-        frames, reader = [], FrameReader()
-        for _ in range(100):
-            if len(frames) >= 2:
-                break
-            frames += [frame.payload for frame in reader.feed(theirs.recv(65536))]
-        assert frames == expected
+        assert _received(theirs, 2) == expected
         streams._catching[("T", "s")] = {box: _CatchUp()}  # joining: still buffering its replay's live part
         streams.deliver_own(run)
         assert [(d.offset, data) for d, data in streams._catching[("T", "s")][box].buffer or []] == \
             [(41, expected[0]), (43, expected[1])]
-    finally:
-        hub.shutdown(WAIT)
-        theirs.close()
 
 
 def test_another_nodes_run_is_framed_from_its_encodings_as_deliveries_would_be() -> None:
@@ -168,24 +186,9 @@ def test_another_nodes_run_is_framed_from_its_encodings_as_deliveries_would_be()
     # and once past its floor takes each exactly once.
     from rusty_ws.brokers.redis_codec import decode_envelopes, decode_received
     from rusty_ws.history import Position
-    from rusty_ws.server.shared_streams import SharedStreams, _CatchUp
+    from rusty_ws.server.shared_streams import _CatchUp
 
-    hub = state_of(create_app(hub_config(history_size=0))).hub
-    streams = SharedStreams(hub, store=None)  # type: ignore[arg-type]  # deliver_remote never reads the store
-    ours, theirs = socket.socketpair()
-    theirs.settimeout(WAIT)
-
-    def received(count: int) -> list[bytes]:
-        frames, reader = [], FrameReader()
-        for _ in range(100):
-            if len(frames) >= count:
-                break
-            frames += [frame.payload for frame in reader.feed(theirs.recv(65536))]
-        return frames
-
-    try:
-        box = hub.writer.attach(ours, "watcher")
-        hub.subscribe(box, "T", "s")
+    with _watched_streams() as (streams, box, theirs):
         sent = [Delivery("p", "T", payload, "2026-12-01T00:00:00Z", "s", user)
                 for payload, user in (("one", None), ({"n": 2, "é": [1.5]}, "alice"), ("three\ud800", None))]
         data = b'{"v":5,"node":"other","epoch":"ab12","first":41,"seqs":[1,2,3],"deliveries":[%s]}' % (
@@ -194,7 +197,7 @@ def test_another_nodes_run_is_framed_from_its_encodings_as_deliveries_would_be()
         expected = [delivery.encode() for delivery in decode_envelopes(data, ("T", "s"))[1]]
         assert [json.loads(text)["offset"] for text in expected] == [41, 42, 43]
         streams.deliver_remote(run)  # type: ignore[arg-type]  # a RemoteRun
-        assert received(3) == expected
+        assert _received(theirs, 3) == expected
         # Joining: still buffering its replay's live part, then past a floor of 41: 42 and 43 only.
         streams._catching[("T", "s")] = {box: _CatchUp()}
         streams.deliver_remote(run)  # type: ignore[arg-type]
@@ -202,9 +205,6 @@ def test_another_nodes_run_is_framed_from_its_encodings_as_deliveries_would_be()
             list(zip([41, 42, 43], expected))
         streams._catching[("T", "s")] = {box: _CatchUp(buffer=None, floor=Position(41, "ab12"))}
         streams.deliver_remote(run)  # type: ignore[arg-type]
-        assert received(2) == expected[1:] and ("T", "s") not in streams._catching  # in step from 42 on
+        assert _received(theirs, 2) == expected[1:] and ("T", "s") not in streams._catching  # in step from 42 on
         streams.deliver_remote(run)  # type: ignore[arg-type]  # in step: the framed road again
-        assert received(3) == expected
-    finally:
-        hub.shutdown(WAIT)
-        theirs.close()
+        assert _received(theirs, 3) == expected

@@ -20,7 +20,8 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from rusty_ws import create_app
 from rusty_ws.protocol import reconnect_window
@@ -80,12 +81,20 @@ def _close_frames_after_sigterm(hub: HubProcess, clients: list[RawSocket]) -> di
     return closes
 
 
+def _stopped(hub: HubProcess, after_sigterm: Callable[[HubProcess, list[RawSocket]], Any] = _close_frames_after_sigterm
+             ) -> tuple[list[RawSocket], Any, str]:
+    """CLIENTS connected and subscribed, then SIGTERM by ``after_sigterm`` (which reads what the clients
+    get), the process's exit awaited: (the clients, what ``after_sigterm`` returned, the "stopped in" line)."""
+    clients = _connect(hub, CLIENTS)
+    got = after_sigterm(hub, clients)
+    assert hub.process.wait(10 * WAIT) == 0
+    hub._reader.join(WAIT)
+    return clients, got, hub.wait_for_line("stopped in ")
+
+
 def test_hundreds_of_connections_all_get_4200_and_the_hub_stops_within_its_bound() -> None:
     with HubProcess(max_connections=CLIENTS + 50) as hub:
-        clients = _connect(hub, CLIENTS)
-        closes = _close_frames_after_sigterm(hub, clients)
-        assert hub.process.wait(10 * WAIT) == 0
-        hub._reader.join(WAIT)
+        clients, closes, _ = _stopped(hub)
         log = hub.log
     assert len(closes) == CLIENTS
     assert set(closes.values()) == {(4200, "server restarting")}, set(closes.values())
@@ -102,11 +111,7 @@ def test_the_answers_to_the_4200s_are_read_and_the_connections_end_cleanly_not_r
     (SO_RCVLOWAT) and reads the answers itself: an answer left unread when the process ends makes
     the system reset the connection (RST), and a client could lose what it had not read yet."""
     with HubProcess(max_connections=CLIENTS + 50) as hub:
-        clients = _connect(hub, CLIENTS)
-        closes = _close_frames_after_sigterm(hub, clients)
-        assert hub.process.wait(10 * WAIT) == 0
-        hub._reader.join(WAIT)
-        line = hub.wait_for_line("stopped in ")
+        clients, closes, line = _stopped(hub)
         log = hub.log
     assert set(closes.values()) == {(4200, "server restarting")}, set(closes.values())
     ends = []
@@ -129,11 +134,7 @@ def test_the_answers_to_the_4200s_are_read_and_the_connections_end_cleanly_not_r
 
 def test_a_stand_alone_hubs_last_line_says_where_its_stop_went() -> None:
     with HubProcess(max_connections=CLIENTS + 50) as hub:
-        clients = _connect(hub, CLIENTS)
-        _close_frames_after_sigterm(hub, clients)
-        assert hub.process.wait(10 * WAIT) == 0
-        hub._reader.join(WAIT)
-        line = hub.wait_for_line("stopped in ")
+        clients, _, line = _stopped(hub)
     phases = re.findall(r"([a-z0-9 ]+) \+(\d+\.\d+)s", line.split("stopped in ", 1)[1])
     assert [name.strip() for name, _ in phases] == [
         "listener shut", "accept loop ended", "sockets held", "4200s queued", "4200s written", "closing handshakes",
@@ -277,10 +278,6 @@ def test_clients_that_close_at_once_do_not_hold_the_writing_of_the_4200s_up() ->
     bound (with 10,000 such clients on a quiet machine the frames took 2 s: docs/performance.md,
     "Reconnect storm, session 15")."""
     with HubProcess(max_connections=CLIENTS + 50) as hub:
-        clients = _connect(hub, CLIENTS)
-        told = _close_at_once_after_sigterm(hub, clients)
-        assert hub.process.wait(10 * WAIT) == 0
-        hub._reader.join(WAIT)
-        line = hub.wait_for_line("stopped in ")
+        _, told, line = _stopped(hub, _close_at_once_after_sigterm)
     assert told == CLIENTS
     assert "4200s written" in line, line
