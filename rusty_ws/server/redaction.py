@@ -26,8 +26,10 @@ from ..auth import REDACTED, redact_tokens
 
 __all__ = ["TokenRedactor", "REDACTED", "redact_tokens", "install", "LOGGERS"]
 
-#: The loggers ``install`` filters.
-LOGGERS = ("werkzeug", "gunicorn.access", "gunicorn.error", "rusty_ws.server")
+#: The loggers ``install`` filters. Each by name: a logger's filters do not see its children's records
+#: (logging runs only the handlers of the parents), so a child logger of the hub's is named here too.
+LOGGERS = ("werkzeug", "gunicorn.access", "gunicorn.error", "rusty_ws.server", "rusty_ws.server.pacing",
+           "rusty_ws.server.stop")
 
 
 def _redacted(value: Any) -> Any:

@@ -126,3 +126,25 @@ class TestRedactor:
             for name in ("werkzeug", "gunicorn.access", "gunicorn.error", "rusty_ws.server"):
                 assert any(isinstance(f, TokenRedactor) for f in logging.getLogger(name).filters), name
             assert sum(isinstance(f, TokenRedactor) for f in logging.getLogger("werkzeug").filters) == 1
+
+
+def test_every_logger_of_the_hub_blanks_tokens_as_its_parent_does(caplog: pytest.LogCaptureFixture) -> None:
+    # logging runs a logger's own filters only, not its parents': a child logger of "rusty_ws.server"
+    # (the storm's pacing line, the stop's) is filtered only if install() names it.
+    import pathlib
+    import re
+
+    import rusty_ws
+    from rusty_ws.server import redaction
+
+    redaction.install()
+    package = pathlib.Path(rusty_ws.__file__).parent
+    names = {name for path in package.rglob("*.py")
+             for name in re.findall(r'getLogger\("(rusty_ws\.server[\w.]*)"\)', path.read_text())}
+    assert {"rusty_ws.server", "rusty_ws.server.pacing", "rusty_ws.server.stop"} <= names, names
+    token = jwt.encode({"sub": "alice", "sid": "s"}, "k" * 32, algorithm="HS256")
+    for name in sorted(names):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger=name):
+            logging.getLogger(name).info("a line with %s", token)
+        assert caplog.records and token not in caplog.text, (name, caplog.text)
