@@ -490,8 +490,8 @@ class RedisHistory(SharedHistory):
                 return
             if on_done is None and type(reply) is list and len(reply) == 3 and reply[0] == 0 \
                     and type(reply[2]) is int:
-                # The usual answer to a publish without id: new, no reset. Nobody waits for its
-                # position (the listener delivers it with the channel's): settled, nothing parsed.
+                # New, no reset, and nobody waits for its position (a publish with an id given no
+                # on_done; one without either is bare: _answer_bare): settled, nothing parsed.
                 with self._lock:
                     self._in_flight.pop(seq, None)
                 if kept is not None:
