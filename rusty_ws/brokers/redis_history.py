@@ -518,7 +518,9 @@ class RedisHistory(SharedHistory):
 
     def _answer_bare(self, command: tuple[Any, ...], reply: Any) -> None:
         """The reply to a publish without id that nobody waits for (``_bare_kind``'s ``answer``; on the
-        sender's thread): what its ``on_reply`` would do, its state read back by its number (``command[-1]``)."""
+        sender's thread, or the publishing one when the sender was stopped, or a cluster's supervisor
+        for one held past its retry timeout): what its ``on_reply`` would do, its state read back by
+        its number (``command[-1]``)."""
         if reply is SETTLED:
             return  # settled with its run (``_split_run``)
         seq = command[-1]
