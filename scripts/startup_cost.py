@@ -45,6 +45,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 from benchlib.callgrind import total_instructions  # noqa: E402
+from benchlib.processes import end  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
 LISTEN_TIMEOUT = 600.0  # seconds; under callgrind the start-up is ~50 times slower
@@ -99,13 +100,7 @@ def process_cpu(pid: int) -> float:
 
 
 def stop(process: subprocess.Popen) -> None:  # type: ignore[type-arg]
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    end(process, signal.SIGTERM, 60)
 
 
 def run_plain(entry: str, flags: list[str]) -> dict:

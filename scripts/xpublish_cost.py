@@ -333,13 +333,10 @@ def _finish_perf(perf: tuple[subprocess.Popen, str], messages: int) -> dict[str,
     """System calls per message, by thread kind (``comm-tid`` in perf's lines) and call."""
     import signal
 
+    from benchlib.processes import end
+
     process, out = perf
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    end(process, signal.SIGINT, 30)
     counts: dict[str, dict[str, float]] = {}
     if not os.path.exists(out):
         return counts
@@ -378,12 +375,10 @@ def _start_spy(pid: int, seconds: float) -> tuple[subprocess.Popen, str]:
 
 def _finish_spy(spy: tuple[subprocess.Popen, str]) -> dict[str, Any]:
     """The raw (collapsed) stacks by thread: the top functions by own and inclusive samples."""
+    from benchlib.processes import end
+
     process, out = spy
-    try:
-        process.wait(120)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    end(process, None, 120)
     if not os.path.exists(out):
         return {"failed": "py-spy wrote nothing"}
     own: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)

@@ -138,7 +138,7 @@ class Broker(abc.ABC):
     #: encoded once on the publisher's thread, for the envelope and the local frame. None: ``deliver``.
     deliver_encoded: Callable[[Delivery, bytes], Landed] | None = None
     #: Hands a run of this node's own publishes back from its shared history to this node's
-    #: subscribers (the hub sets its ``Hub.deliver_own`` here before ``start``): their frames are
+    #: subscribers (the hub sets its ``SharedStreams.deliver_own`` here before ``start``): their frames are
     #: made from the encodings kept at publish time, without a ``Delivery`` each. None: ``deliver_run``
     #: of ``own_deliveries``.
     deliver_own: Callable[[OwnRun], None] | None = None

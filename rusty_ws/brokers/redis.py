@@ -31,8 +31,10 @@ History. With history on the hub does not call ``publish``: ``history_store``
 gives it a ``RedisHistory`` (``redis_history.py``), whose script numbers,
 keeps and PUBLISHes each message in Redis (a version-5 envelope, with offsets
 and epoch, which every node's listener delivers, this node's too: an envelope's
-deliveries at once through the hub's ``deliver_run`` (``Broker.deliver_run``),
-except this node's own that ``take_own`` could not take, one by one through
+deliveries at once, framed without a ``Delivery`` each: this node's own run that
+``take_own`` took through ``SharedStreams.deliver_own`` (``Broker.deliver_own``),
+another node's through ``SharedStreams.deliver_remote`` (``Broker.deliver_remote``);
+this node's own that ``take_own`` could not take one by one through
 ``_from_channel``, which drops a copy of this node's own publish already
 delivered here when Redis seemed unreachable).
 

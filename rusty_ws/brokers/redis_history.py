@@ -38,8 +38,8 @@ returns each one's offset (a repeat: its first position). A publish is one ``Mer
 the sender merges the consecutive ones of a pair (``merge_publishes``) and
 hands each its own part of the reply. Every node, this one included, delivers
 what comes on the channel: local subscribers see the offsets remote ones see
-(the listener keeps this node's own version-5 envelopes, and reads only their header: their
-deliveries are made from what this node kept when it published them, ``take_own``). The read script
+(of this node's own version-5 envelopes the listener reads only the header: their deliveries
+are framed from what this node kept when it published them, ``take_own``). The read script
 reads a stream's top and entries in one atomic look, for ``subscribe-json``
 and ``history:``.
 
@@ -490,8 +490,8 @@ class RedisHistory(SharedHistory):
                 return
             if on_done is None and type(reply) is list and len(reply) == 3 and reply[0] == 0 \
                     and type(reply[2]) is int:
-                # The usual answer to a publish without id: new, no reset. Nobody waits for its
-                # position (the listener delivers it with the channel's): settled, nothing parsed.
+                # New, no reset, and nobody waits for its position (a publish with an id given no
+                # on_done; one without either is bare: _answer_bare): settled, nothing parsed.
                 with self._lock:
                     self._in_flight.pop(seq, None)
                 if kept is not None:
@@ -518,7 +518,9 @@ class RedisHistory(SharedHistory):
 
     def _answer_bare(self, command: tuple[Any, ...], reply: Any) -> None:
         """The reply to a publish without id that nobody waits for (``_bare_kind``'s ``answer``; on the
-        sender's thread): what its ``on_reply`` would do, its state read back by its number (``command[-1]``)."""
+        sender's thread, or the publishing one when the sender was stopped, or a cluster's supervisor
+        for one held past its retry timeout): what its ``on_reply`` would do, its state read back by
+        its number (``command[-1]``)."""
         if reply is SETTLED:
             return  # settled with its run (``_split_run``)
         seq = command[-1]
@@ -668,8 +670,10 @@ class RedisHistory(SharedHistory):
                 if published.topic != topic or published.session_id != session_id:
                     return None  # not what this node sent on that channel
                 entries.append(entry)
-            # Older ones Redis answered whose envelope did not come before this one: it will not
-            # (a channel's messages come in the order the scripts ran; a few at a time, bounded).
+            # Older ones Redis answered whose envelope did not come before this one: it will seldom come
+            # (a channel's messages come in the order the scripts ran, and numbers are taken in nearly that
+            # order: two threads may queue theirs the other way round, and such a late envelope is then
+            # decoded whole); a few at a time, bounded.
             low = seqs[0] if len(seqs) == 1 else min(seqs)
             for _ in range(16):
                 oldest = next(iter(kept), None)

@@ -104,8 +104,8 @@ def history_scripts(publish_command: str, *, size: int, ttl_ms: int, meta_ttl_ms
 #: the run's deliveries. Only the run's newest ``size`` are stored, and a run of more than
 #: ``max bytes`` / 8 bytes is cut into several entries (so that the byte bound, which drops whole
 #: entries, keeps at least 7/8 of it). The count bound drops the entries wholly below the floor
-#: ``top - size + 1`` (``XADD MINID``): an entry across the floor stays whole, and the readers
-#: (``READ_SCRIPT`` and ``RedisHistory.read``) drop what it holds below the floor.
+#: ``top - size + 1`` (``XADD MINID``): an entry across the floor stays whole; the read script
+#: (``_READ_BODY``) returns it whole too, and ``RedisHistory.read`` drops what it holds below the floor.
 #: The byte bound: the meta's ``b`` is an upper bound of the stream's bytes (what was added since
 #: the last exact count); only when it passes ``max bytes`` are the entries counted (XREVRANGE) and
 #: the oldest that do not fit dropped (XTRIM MINID), and ``b`` made exact.
