@@ -203,6 +203,37 @@ class History:
             self._drop_oldest()
         return Position(offset, epoch), data
 
+    def append_run(self, key: Key, encoded: list[bytes]) -> list[bytes]:
+        """``append_delivery`` for each of ``encoded`` in turn (consecutive offsets of ``key``'s stream),
+        at one reading of the clock: a run of one publisher's deliveries (``Hub.publish_run``).
+
+        Returns:
+            The kept bytes of each, as ``append_delivery`` returns them.
+        """
+        now = self._clock()
+        streams, order, idle, size, kept = self._streams, self._order, self._idle, self.size, []
+        for text in encoded:  # append_delivery's steps, in its order, at the same now
+            if now >= self._next_sweep:
+                self._sweep(now)
+            stream = streams.get(key) or self._stream(key, now)
+            offset = stream.offset = stream.offset + 1
+            data = with_position(text, offset, stream.epoch)
+            kept.append(data)
+            datas = stream.datas
+            datas.append(data)
+            stream.ats.append(now)
+            order.append(stream)
+            self._bytes += len(data)
+            if key in idle:
+                stream.idle_since = now
+                idle.move_to_end(key)
+            if len(datas) > size:
+                self._drop_first(stream)
+                order = self._order  # _drop_first may have compacted it into a new deque
+            while self._bytes > self.max_bytes and order:
+                self._drop_oldest()
+        return kept
+
     def read(
         self,
         key: Key,
