@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import ClassVar
 
 import pytest
 
@@ -239,7 +240,7 @@ class TestPublishFastPath:
 class TestEncodeRun:
     """``encode_run``: a run of one publisher's deliveries to one stream, byte for byte ``Delivery.encode``."""
 
-    PAYLOADS = ["hi", "", "caf\u00e9 \u2028 \U0001f600", 'quote " and \\ and \n', "\ud800", "\udfff x", 1, -2.5,
+    PAYLOADS: ClassVar[list[object]] = ["hi", "", "caf\u00e9 \u2028 \U0001f600", 'quote " and \\ and \n', "\ud800", "\udfff x", 1, -2.5,
                 None, True, {"a": [1, {"b": "\ud800"}]}, [], [1.5, "a"]]
 
     @pytest.mark.parametrize("name, topic, session, user", [
