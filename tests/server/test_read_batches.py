@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+from typing import Any
 
 from flask import Flask
 
@@ -408,8 +409,17 @@ def test_the_publishes_of_one_read_go_to_the_hub_as_one_run_with_one_timestamp()
     runs: list[int] = []
     one_by_one: list[object] = []
     publish_run, single = hub.publish_run, hub.publish
-    hub.publish_run = lambda *args: (runs.append(len(args[-1])), publish_run(*args))  # type: ignore[method-assign]
-    hub.publish = lambda *args: (one_by_one.append(args), single(*args))[1]  # type: ignore[method-assign]
+
+    def counted_run(*args: Any) -> None:
+        runs.append(len(args[-1]))
+        publish_run(*args)
+
+    def counted_publish(*args: Any) -> Any:
+        one_by_one.append(args)
+        return single(*args)
+
+    hub.publish_run = counted_run  # type: ignore[method-assign]
+    hub.publish = counted_publish  # type: ignore[method-assign]
     ours, theirs = socket.socketpair()
     theirs.settimeout(WAIT)
     serving = threading.Thread(target=hub.serve, args=(ours, None), daemon=True)
