@@ -210,27 +210,38 @@ class History:
         Returns:
             The kept bytes of each, as ``append_delivery`` returns them.
         """
+        if not encoded:
+            return []
         now = self._clock()
-        streams, order, idle, size, kept = self._streams, self._order, self._idle, self.size, []
-        for text in encoded:  # append_delivery's steps, in its order, at the same now
-            if now >= self._next_sweep:
-                self._sweep(now)
-            stream = streams.get(key) or self._stream(key, now)
-            offset = stream.offset = stream.offset + 1
-            data = with_position(text, offset, stream.epoch)
-            kept.append(data)
-            datas = stream.datas
+        # append_delivery's steps once for the run, as they come out for its first message: at
+        # the same now a sweep runs once (the next is at least ttl/10 later), and it never removes
+        # the stream once a message marked it active at now (ttl is positive: config.py).
+        if now >= self._next_sweep:
+            self._sweep(now)
+        stream = self._streams.get(key) or self._stream(key, now)
+        if key in self._idle:
+            stream.idle_since = now
+            self._idle.move_to_end(key)
+        # with_position of each, its epoch written once (the hub's own: no "%" in it, but kept literal).
+        spliced = b'%%s,"offset":%%d,"epoch":"%s"}' % stream.epoch.encode("ascii").replace(b"%", b"%%")
+        first = stream.offset + 1
+        kept = [spliced % (text[:-1], offset) for offset, text in zip(range(first, first + len(encoded)), encoded)]
+        stream.offset += len(kept)
+        # Then, per message, what _keep and _drop_first do (inlined as in append_delivery).
+        datas, ats, size = stream.datas, stream.ats, self.size
+        for data in kept:
             datas.append(data)
-            stream.ats.append(now)
-            order.append(stream)
+            ats.append(now)
+            self._order.append(stream)
             self._bytes += len(data)
-            if key in idle:
-                stream.idle_since = now
-                idle.move_to_end(key)
             if len(datas) > size:
-                self._drop_first(stream)
-                order = self._order  # _drop_first may have compacted it into a new deque
-            while self._bytes > self.max_bytes and order:
+                self._bytes -= len(datas.popleft())
+                ats.popleft()
+                stream.skipped += 1
+                self._dead += 1
+                if self._dead > _COMPACT_AFTER and self._dead * 2 > len(self._order):
+                    self._compact()
+            while self._bytes > self.max_bytes and self._order:
                 self._drop_oldest()
         return kept
 
