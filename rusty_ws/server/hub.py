@@ -544,13 +544,14 @@ class Hub:
             return
         encoded = encode_run(publisher_name, topic, session_id, user, items, stamp)
         writer = self.writer
+        batch = _NO_HOLD if writer.batching_thread(_get_ident()) else writer.batch()  # a connection's: in its batch
         if not self._history_on:
             subscribers = self.registry.subscribers(topic, session_id)
             if subscribers:
-                with writer.batch():
+                with batch:
                     send_run(writer.send, encoded, subscribers)
             return
-        with writer.batch(), self._history_lock:  # the writing waits for the batch's end, after the lock
+        with batch, self._history_lock:  # the writing waits for the batch's end, after the lock
             kept = self.history.append_run((topic, session_id), encoded)
             subscribers = self.registry.subscribers(topic, session_id)
             if subscribers:
