@@ -203,14 +203,19 @@ class History:
             self._drop_oldest()
         return Position(offset, epoch), data
 
-    def append_run(self, key: Key, encoded: list[bytes]) -> list[bytes]:
-        """``append_delivery`` for each of ``encoded`` in turn (consecutive offsets of ``key``'s stream),
+    def append_run(self, key: Key, count: int, encode: Callable[[int, str], list[bytes]]) -> list[bytes]:
+        """``append_delivery`` of ``count`` messages in turn (consecutive offsets of ``key``'s stream),
         at one reading of the clock: a run of one publisher's deliveries (``Hub.publish_run``).
 
+        Args:
+            encode: given the run's first offset and the stream's epoch, the ``count`` messages'
+                bytes to keep, each with its own position (what ``append_delivery`` keeps of an
+                encoded delivery: ``protocol.with_position``); called once.
+
         Returns:
-            The kept bytes of each, as ``append_delivery`` returns them.
+            What ``encode`` returned, now kept.
         """
-        if not encoded:
+        if not count:
             return []
         now = self._clock()
         # append_delivery's steps once for the run, as they come out for its first message: at
@@ -222,11 +227,9 @@ class History:
         if key in self._idle:
             stream.idle_since = now
             self._idle.move_to_end(key)
-        # with_position of each, its epoch written once (the hub's own: no "%" in it, but kept literal).
-        spliced = b'%%s,"offset":%%d,"epoch":"%s"}' % stream.epoch.encode("ascii").replace(b"%", b"%%")
-        first = stream.offset + 1
-        kept = [spliced % (text[:-1], offset) for offset, text in zip(range(first, first + len(encoded)), encoded)]
-        stream.offset += len(kept)
+        kept = encode(stream.offset + 1, stream.epoch)
+        assert len(kept) == count, "encode must give one message per offset"
+        stream.offset += count
         # Then, per message, what _keep and _drop_first do (inlined as in append_delivery).
         datas, ats, size = stream.datas, stream.ats, self.size
         for data in kept:

@@ -1013,34 +1013,67 @@ class Delivery:
 
 
 def encode_run(publisher_name: str, topic: str, session_id: str, user: str | None,
-               items: list[tuple[Any, str | None]], default_timestamp: str) -> list[bytes]:
+               items: list[tuple[Any, str | None]], default_timestamp: str,
+               first_offset: int | None = None, epoch: str = "") -> list[bytes]:
     """``Delivery(publisher_name, topic, payload, timestamp or default_timestamp, session_id, user).encode()``
     for each ``(payload, timestamp)`` of ``items``, byte for byte: a run of one publisher's deliveries
     to one stream (``Hub.publish_run``), the text they share written once.
+
+    Args:
+        first_offset: with history on, the first one's offset (the next ones' follow): each is
+            then ``with_position`` of its encoding, at its offset, in ``epoch``.
 
     Raises:
         ValueError, TypeError: a payload is not JSON (as ``Delivery.encode``).
     """
     if not (type(publisher_name) is str and type(topic) is str and type(session_id) is str
             and (user is None or type(user) is str) and type(default_timestamp) is str):
-        return [Delivery(publisher_name, topic, payload, stamp or default_timestamp, session_id, user).encode()
-                for payload, stamp in items]
-    # Delivery.encode's usual text, its fields before the payload and after the timestamp once.
+        return _encode_run_slowly(publisher_name, topic, session_id, user, items, default_timestamp,
+                                  first_offset, epoch)
+    # Delivery.encode's usual text, its fields before the payload and after the timestamp once,
+    # and with_position's splice (the epoch is one of the hub's own: written as it is).
     head = f'{{"publisher_name":{_json_str(publisher_name)},"topic":{_json_str(topic)},"payload":'
-    tail = f',"session_id":{_json_str(session_id)}' + ("}" if user is None else f',"user":{_json_str(user)}}}')
-    encoded = []
+    tail = f',"session_id":{_json_str(session_id)}' + ("" if user is None else f',"user":{_json_str(user)}')
     default = _json_str(default_timestamp)
-    for payload, stamp in items:
+    encoded = []
+    if first_offset is None:
+        tail += "}"
+        for payload, stamp in items:
+            if type(payload) is str and (not stamp or type(stamp) is str):
+                text = f'{head}{_json_str(payload)},"timestamp":{_json_str(stamp) if stamp else default}{tail}'
+                try:
+                    encoded.append(text.encode("utf-8"))
+                except UnicodeEncodeError:
+                    encoded.append(_LONE_SURROGATE.sub(_surrogate_escape, text).encode("utf-8"))
+            else:
+                encoded.append(Delivery(publisher_name, topic, payload, stamp or default_timestamp, session_id,
+                                        user).encode())
+        return encoded
+    tail += ',"offset":'
+    ending = f',"epoch":"{epoch}"}}'
+    for offset, (payload, stamp) in enumerate(items, first_offset):
         if type(payload) is str and (not stamp or type(stamp) is str):
-            text = f'{head}{_json_str(payload)},"timestamp":{_json_str(stamp) if stamp else default}{tail}'
+            text = (f'{head}{_json_str(payload)},"timestamp":{_json_str(stamp) if stamp else default}'
+                    f'{tail}{offset}{ending}')
             try:
                 encoded.append(text.encode("utf-8"))
             except UnicodeEncodeError:
                 encoded.append(_LONE_SURROGATE.sub(_surrogate_escape, text).encode("utf-8"))
         else:
-            encoded.append(Delivery(publisher_name, topic, payload, stamp or default_timestamp, session_id,
-                                    user).encode())
+            encoded.append(with_position(Delivery(publisher_name, topic, payload, stamp or default_timestamp,
+                                                  session_id, user).encode(), offset, epoch))
     return encoded
+
+
+def _encode_run_slowly(publisher_name: str, topic: str, session_id: str, user: str | None,
+                       items: list[tuple[Any, str | None]], default_timestamp: str,
+                       first_offset: int | None, epoch: str) -> list[bytes]:
+    """``encode_run`` one ``Delivery.encode`` at a time (fields that are not all str)."""
+    encoded = [Delivery(publisher_name, topic, payload, stamp or default_timestamp, session_id, user).encode()
+               for payload, stamp in items]
+    if first_offset is None:
+        return encoded
+    return [with_position(text, offset, epoch) for offset, text in enumerate(encoded, first_offset)]
 
 
 def with_position(encoded: bytes, offset: int, epoch: str) -> bytes:

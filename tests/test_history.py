@@ -218,7 +218,8 @@ class TestAppendRun:
             length = 1 + (round_ * 13) % 9
             encoded = [b'{"n":%d,"pad":"%s"}' % (step + i, b"x" * (((step + i) * 31) % 90)) for i in range(length)]
             step += length
-            kept = runs.append_run(key, encoded)
+            kept = runs.append_run(key, len(encoded), lambda first, epoch, encoded=encoded: [
+                with_position(text, offset, epoch) for offset, text in enumerate(encoded, first)])
             assert kept == [ones.append_delivery(key, text)[1] for text in encoded]
             assert runs.top(key) == ones.top(key)
             assert runs.counts() == ones.counts()
@@ -232,7 +233,7 @@ class TestAppendRun:
 
     def test_an_empty_run_changes_nothing(self) -> None:
         history, _ = make()
-        assert history.append_run(KEY, []) == []
+        assert history.append_run(KEY, 0, lambda first, epoch: []) == []
         assert history.top(KEY) is None
 
 

@@ -40,6 +40,7 @@ from rusty_ws.protocol import (
     parse_error,
     reconnect_window,
     restart_reason,
+    with_position,
 )
 
 
@@ -251,6 +252,8 @@ class TestEncodeRun:
         default = "2026-12-02T18:00:00.000001+00:00"
         expected = [Delivery(name, topic, payload, stamp or default, session, user).encode() for payload, stamp in items]
         assert encode_run(name, topic, session, user, items, default) == expected
+        assert encode_run(name, topic, session, user, items, default, 41, "e0-1") == [
+            with_position(text, offset, "e0-1") for offset, text in enumerate(expected, 41)]
 
     def test_a_payload_that_is_not_json_is_refused_as_by_delivery_encode(self) -> None:
         with pytest.raises(ValueError):

@@ -542,17 +542,21 @@ class Hub:
             for payload, timestamp in items:
                 self.publish(Delivery(publisher_name, topic, payload, timestamp or stamp, session_id, user))
             return
-        encoded = encode_run(publisher_name, topic, session_id, user, items, stamp)
         writer = self.writer
         batch = _NO_HOLD if writer.batching_thread(_get_ident()) else writer.batch()  # a connection's: in its batch
         if not self._history_on:
+            encoded = encode_run(publisher_name, topic, session_id, user, items, stamp)
             subscribers = self.registry.subscribers(topic, session_id)
             if subscribers:
                 with batch:
                     send_run(writer.send, encoded, subscribers)
             return
+
+        def encode(first_offset: int, epoch: str) -> list[bytes]:  # each with its position, as history keeps it
+            return encode_run(publisher_name, topic, session_id, user, items, stamp, first_offset, epoch)
+
         with batch, self._history_lock:  # the writing waits for the batch's end, after the lock
-            kept = self.history.append_run((topic, session_id), encoded)
+            kept = self.history.append_run((topic, session_id), len(items), encode)
             subscribers = self.registry.subscribers(topic, session_id)
             if subscribers:
                 send_run(writer.send, kept, subscribers)
