@@ -203,6 +203,51 @@ class History:
             self._drop_oldest()
         return Position(offset, epoch), data
 
+    def append_run(self, key: Key, count: int, encode: Callable[[int, str], list[bytes]]) -> list[bytes]:
+        """``append_delivery`` of ``count`` messages in turn (consecutive offsets of ``key``'s stream),
+        at one reading of the clock: a run of one publisher's deliveries (``Hub.publish_run``).
+
+        Args:
+            encode: given the run's first offset and the stream's epoch, the ``count`` messages'
+                bytes to keep, each with its own position (what ``append_delivery`` keeps of an
+                encoded delivery: ``protocol.with_position``); called once.
+
+        Returns:
+            What ``encode`` returned, now kept.
+        """
+        if not count:
+            return []
+        now = self._clock()
+        # append_delivery's steps once for the run, as they come out for its first message: at
+        # the same now a sweep runs once (the next is at least ttl/10 later), and it never removes
+        # the stream once a message marked it active at now (ttl is positive: config.py).
+        if now >= self._next_sweep:
+            self._sweep(now)
+        stream = self._streams.get(key) or self._stream(key, now)
+        if key in self._idle:
+            stream.idle_since = now
+            self._idle.move_to_end(key)
+        kept = encode(stream.offset + 1, stream.epoch)
+        assert len(kept) == count, "encode must give one message per offset"
+        stream.offset += count
+        # Then, per message, what _keep and _drop_first do (inlined as in append_delivery).
+        datas, ats, size = stream.datas, stream.ats, self.size
+        for data in kept:
+            datas.append(data)
+            ats.append(now)
+            self._order.append(stream)
+            self._bytes += len(data)
+            if len(datas) > size:
+                self._bytes -= len(datas.popleft())
+                ats.popleft()
+                stream.skipped += 1
+                self._dead += 1
+                if self._dead > _COMPACT_AFTER and self._dead * 2 > len(self._order):
+                    self._compact()
+            while self._bytes > self.max_bytes and self._order:
+                self._drop_oldest()
+        return kept
+
     def read(
         self,
         key: Key,

@@ -85,6 +85,10 @@ __all__ = [
     "HistoryReply",
     "Ack",
     "Delivery",
+    "encode_run",
+    "usual_publish",
+    "PUBLISH_PREFIX",
+    "PUBLISH_START",
     "encode_error",
     "parse_error",
     "is_error_reply",
@@ -554,12 +558,18 @@ def _publish_id(message: dict[str, Any]) -> str | None:
     return publish_id
 
 
-def _parse_publish(argument: str, start: int = 0) -> Publish:
-    """The publish in ``argument[start:]`` (``parse_command`` passes the whole text: no copy of it)."""
-    # The usual publish in one function, once per publish: decoded by the scanner alone (no
-    # whitespace around it), str fields, no publisher name, only known keys. It passes only
-    # what the checks below pass, with the same result; anything else (every error too) is
-    # parsed again by them, so the errors are theirs.
+def usual_publish(argument: str, start: int = 0) -> tuple[str, Any, str | None, str | None, str | None] | None:
+    """The fields of the usual publish in ``argument[start:]``, or None for anything else.
+
+    The usual publish: the JSON object alone (no whitespace around it), str fields,
+    no publisher name, only known keys. Its fields are ``(topic, payload,
+    session_id or None, timestamp, id)``, exactly those of the ``Publish`` that
+    ``parse_command`` makes of it; None means "not this shape", valid or not
+    (``parse_command`` then decides, with its own errors). ``Connection`` reads a
+    read's publishes with it (``Hub.publish_run``), ``_parse_publish`` every other.
+    """
+    # Once per publish: decoded by the scanner alone. It passes only what the full checks
+    # (_publish_fields) pass, with the same result.
     try:
         message, end = _scan_once(argument, start)
     except (ValueError, StopIteration, RecursionError):
@@ -581,7 +591,16 @@ def _parse_publish(argument: str, start: int = 0) -> Publish:
                 and ((type(payload) is not dict and type(payload) is not list)
                      or not (argument.count("[", start) + argument.count("{", start) > MAX_JSON_DEPTH
                              and nested_deeper_than(payload, MAX_JSON_DEPTH - 1)))):
-            return Publish(topic, payload, session_id or None, None, timestamp, publish_id)
+            return topic, payload, session_id or None, timestamp, publish_id
+    return None
+
+
+def _parse_publish(argument: str, start: int = 0) -> Publish:
+    """The publish in ``argument[start:]`` (``parse_command`` passes the whole text: no copy of it)."""
+    usual = usual_publish(argument, start)
+    if usual is not None:
+        return Publish(usual[0], usual[1], usual[2], None, usual[3], usual[4])
+    # Anything else (every error too) through the full checks, so the errors are theirs.
     if start:
         argument = argument[start:]
     message = _json_object("publish-json", argument)
@@ -674,8 +693,9 @@ def _parse_history(argument: str) -> HistoryQuery:
     return HistoryQuery(topic, session_id, limit, since)
 
 
-_PUBLISH_PREFIX = "publish-json:"
-_PUBLISH_START = len(_PUBLISH_PREFIX)
+#: What every ``publish-json`` command starts with; its JSON (``usual_publish``) starts at ``PUBLISH_START``.
+PUBLISH_PREFIX = _PUBLISH_PREFIX = "publish-json:"
+PUBLISH_START = _PUBLISH_START = len(_PUBLISH_PREFIX)
 
 
 def parse_command(text: str) -> Command:
@@ -990,6 +1010,70 @@ class Delivery:
     def __str__(self) -> str:
         who = self.publisher_name + (f" ({self.user})" if self.user else "")
         return f"{self.topic}@{self.session_id} from {who}: {self.payload!r}"
+
+
+def encode_run(publisher_name: str, topic: str, session_id: str, user: str | None,
+               items: list[tuple[Any, str | None]], default_timestamp: str,
+               first_offset: int | None = None, epoch: str = "") -> list[bytes]:
+    """``Delivery(publisher_name, topic, payload, timestamp or default_timestamp, session_id, user).encode()``
+    for each ``(payload, timestamp)`` of ``items``, byte for byte: a run of one publisher's deliveries
+    to one stream (``Hub.publish_run``), the text they share written once.
+
+    Args:
+        first_offset: with history on, the first one's offset (the next ones' follow): each is
+            then ``with_position`` of its encoding, at its offset, in ``epoch``.
+
+    Raises:
+        ValueError, TypeError: a payload is not JSON (as ``Delivery.encode``).
+    """
+    if not (type(publisher_name) is str and type(topic) is str and type(session_id) is str
+            and (user is None or type(user) is str) and type(default_timestamp) is str):
+        return _encode_run_slowly(publisher_name, topic, session_id, user, items, default_timestamp,
+                                  first_offset, epoch)
+    # Delivery.encode's usual text, its fields before the payload and after the timestamp once,
+    # and with_position's splice (the epoch is one of the hub's own: written as it is).
+    head = f'{{"publisher_name":{_json_str(publisher_name)},"topic":{_json_str(topic)},"payload":'
+    tail = f',"session_id":{_json_str(session_id)}' + ("" if user is None else f',"user":{_json_str(user)}')
+    default = _json_str(default_timestamp)
+    encoded = []
+    if first_offset is None:
+        tail += "}"
+        for payload, stamp in items:
+            if type(payload) is str and (not stamp or type(stamp) is str):
+                text = f'{head}{_json_str(payload)},"timestamp":{_json_str(stamp) if stamp else default}{tail}'
+                try:
+                    encoded.append(text.encode("utf-8"))
+                except UnicodeEncodeError:
+                    encoded.append(_LONE_SURROGATE.sub(_surrogate_escape, text).encode("utf-8"))
+            else:
+                encoded.append(Delivery(publisher_name, topic, payload, stamp or default_timestamp, session_id,
+                                        user).encode())
+        return encoded
+    tail += ',"offset":'
+    ending = f',"epoch":"{epoch}"}}'
+    for offset, (payload, stamp) in enumerate(items, first_offset):
+        if type(payload) is str and (not stamp or type(stamp) is str):
+            text = (f'{head}{_json_str(payload)},"timestamp":{_json_str(stamp) if stamp else default}'
+                    f'{tail}{offset}{ending}')
+            try:
+                encoded.append(text.encode("utf-8"))
+            except UnicodeEncodeError:
+                encoded.append(_LONE_SURROGATE.sub(_surrogate_escape, text).encode("utf-8"))
+        else:
+            encoded.append(with_position(Delivery(publisher_name, topic, payload, stamp or default_timestamp,
+                                                  session_id, user).encode(), offset, epoch))
+    return encoded
+
+
+def _encode_run_slowly(publisher_name: str, topic: str, session_id: str, user: str | None,
+                       items: list[tuple[Any, str | None]], default_timestamp: str,
+                       first_offset: int | None, epoch: str) -> list[bytes]:
+    """``encode_run`` one ``Delivery.encode`` at a time (fields that are not all str)."""
+    encoded = [Delivery(publisher_name, topic, payload, stamp or default_timestamp, session_id, user).encode()
+               for payload, stamp in items]
+    if first_offset is None:
+        return encoded
+    return [with_position(text, offset, epoch) for offset, text in enumerate(encoded, first_offset)]
 
 
 def with_position(encoded: bytes, offset: int, epoch: str) -> bytes:

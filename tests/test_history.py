@@ -203,6 +203,40 @@ class TestAppendDelivery:
         assert history.append_delivery(("A", "s"), b'{"a":1}')[0] == Position(1, "p-3")  # a new epoch
 
 
+class TestAppendRun:
+    """``append_run``, the hub's path for a run of one stream: exactly ``append_delivery`` of each in turn
+    at one reading of the clock (the ttl is positive, as config.py checks)."""
+
+    @pytest.mark.parametrize("size, ttl, max_bytes", [(100, 300.0, 1 << 30), (5, 300.0, 3000), (3, 1.0, 1 << 30),
+                                                     (1, 300.0, 150)])
+    def test_it_keeps_and_returns_what_append_delivery_does(self, size: int, ttl: float, max_bytes: int) -> None:
+        runs, run_clock = make(size=size, ttl=ttl, max_bytes=max_bytes)
+        ones, ones_clock = make(size=size, ttl=ttl, max_bytes=max_bytes)
+        step = 0
+        for round_ in range(200):
+            key = (f"T{(round_ * 7919) % 4 if round_ % 5 else 0}", "s")
+            length = 1 + (round_ * 13) % 9
+            encoded = [b'{"n":%d,"pad":"%s"}' % (step + i, b"x" * (((step + i) * 31) % 90)) for i in range(length)]
+            step += length
+            kept = runs.append_run(key, len(encoded), lambda first, epoch, encoded=encoded: [
+                with_position(text, offset, epoch) for offset, text in enumerate(encoded, first)])
+            assert kept == [ones.append_delivery(key, text)[1] for text in encoded]
+            assert runs.top(key) == ones.top(key)
+            assert runs.counts() == ones.counts()
+            for k in {key, ("T0", "s"), ("T1", "s")}:
+                assert runs.read(k).messages == ones.read(k).messages
+            run_clock.now += 0.25  # with a ttl of 1 s, messages expire as the runs go on
+            ones_clock.now += 0.25
+            if round_ % 17 == 16:  # some streams expire and come back under a new epoch
+                run_clock.now += 400
+                ones_clock.now += 400
+
+    def test_an_empty_run_changes_nothing(self) -> None:
+        history, _ = make()
+        assert history.append_run(KEY, 0, lambda first, epoch: []) == []
+        assert history.top(KEY) is None
+
+
 class TestRead:
     def test_since_in_the_same_epoch_replays_what_followed(self) -> None:
         history, _ = make()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import ClassVar
 
 import pytest
 
@@ -31,6 +32,7 @@ from rusty_ws.protocol import (
     encode_ack,
     encode_error,
     encode_register_name,
+    encode_run,
     is_error_reply,
     loads_strict,
     nested_deeper_than,
@@ -38,6 +40,7 @@ from rusty_ws.protocol import (
     parse_error,
     reconnect_window,
     restart_reason,
+    with_position,
 )
 
 
@@ -207,6 +210,23 @@ class TestPublishFastPath:
         assert _outcome(protocol._parse_publish, body) == expected
         assert _outcome(lambda body: parse_command("publish-json:" + body), body) == expected  # type: ignore[arg-type, return-value]
 
+    @pytest.mark.parametrize("body, usual", [
+        ('{"topic":"T","session_id":"s","payload":"x"}', True), ('{"topic":"T","session_id":"","timestamp":""}', True),
+        ('{"topic":"T","session_id":"s","payload":"x","timestamp":"now","id":"a"}', True), ('{"topic":"T"}', True),
+        ('{"topic":"T","payload":{"a":[1,{"b":2}]}}', True), ('{"topic":"T","publisher_name":"me"}', False),
+        (' {"topic":"T"}', False), ('{"topic":"T","payload":NaN}', False), ('{"topic":"a|b"}', False),
+        ('{"topic":"T","id":""}', False), ('[]', False), ('', False),
+    ])
+    def test_usual_publish_gives_the_fields_of_the_publish_or_none(self, body: str, usual: bool) -> None:
+        """What a connection's run reads (``usual_publish``) is what ``parse_command`` makes of it, when it reads it."""
+        fields = protocol.usual_publish("publish-json:" + body, protocol.PUBLISH_START)
+        assert fields == protocol.usual_publish(body)
+        assert (fields is not None) == usual
+        if fields is not None:
+            publish = parse_command("publish-json:" + body)
+            assert isinstance(publish, Publish) and publish.publisher_name is None
+            assert fields == (publish.topic, publish.payload, publish.session_id, publish.timestamp, publish.id)
+
     @pytest.mark.parametrize("body", [
         '{"topic":"T","session_id":"s","payload":"x","timestamp":"now","id":"a"}',
         '{"topic":"T","payload":{"a":[1,{"b":2}]}}', '{"topic":"T","payload":null}',
@@ -216,6 +236,28 @@ class TestPublishFastPath:
             raise AssertionError("the full checks ran")
         monkeypatch.setattr(protocol, "_json_object", full_checks)
         assert isinstance(protocol._parse_publish(body), Publish)
+
+
+class TestEncodeRun:
+    """``encode_run``: a run of one publisher's deliveries to one stream, byte for byte ``Delivery.encode``."""
+
+    PAYLOADS: ClassVar[list[object]] = ["hi", "", "caf\u00e9 \u2028 \U0001f600", 'quote " and \\ and \n', "\ud800", "\udfff x", 1, -2.5,
+                None, True, {"a": [1, {"b": "\ud800"}]}, [], [1.5, "a"]]
+
+    @pytest.mark.parametrize("name, topic, session, user", [
+        ("anonymous", "T", "s", None), ("a \"name\"", "t\u00e9", "s\u2028", "alice"), ("p", "T", "default", "\ud800"),
+    ])
+    def test_each_is_what_delivery_encode_gives(self, name: str, topic: str, session: str, user: str | None) -> None:
+        items = [(payload, stamp) for payload in self.PAYLOADS for stamp in (None, "", "2024-01-24T10:25:37Z", "\ud800")]
+        default = "2026-12-02T18:00:00.000001+00:00"
+        expected = [Delivery(name, topic, payload, stamp or default, session, user).encode() for payload, stamp in items]
+        assert encode_run(name, topic, session, user, items, default) == expected
+        assert encode_run(name, topic, session, user, items, default, 41, "e0-1") == [
+            with_position(text, offset, "e0-1") for offset, text in enumerate(expected, 41)]
+
+    def test_a_payload_that_is_not_json_is_refused_as_by_delivery_encode(self) -> None:
+        with pytest.raises(ValueError):
+            encode_run("p", "T", "s", None, [("ok", None), (float("nan"), None)], "t")
 
 
 class TestDelivery:

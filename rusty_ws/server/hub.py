@@ -42,8 +42,10 @@ from ..protocol import (
     ErrorCode,
     Since,
     encode_history_reply,
+    encode_run,
     encode_subscribed,
     restart_reason,
+    rfc3339_now,
 )
 from . import quiet_exit
 from .access import Access
@@ -198,6 +200,8 @@ class Hub:
         self._history_on = self.history.enabled  # read once per publish: an attribute, not a property
         # The in-process broker's publish (this very class, not a subclass) only calls deliver_local.
         self._delivers_here = type(broker) is MemoryBroker
+        #: ``publish_run`` delivers a run itself (no broker between it and the subscribers, no shared history).
+        self.takes_runs = self.shared is None and self._delivers_here
         # Publishes are delivered on the publishing thread and take the history lock: see commands_lock.
         self._hold_for_commands = self.history.enabled and isinstance(broker, MemoryBroker)
         broker.batch_deliveries = self.writer.batch  # what a listener received at once: one send per subscriber
@@ -515,6 +519,47 @@ class Hub:
                 self._ids_settled.notify_all()
             raise
         return None
+
+    def publish_run(self, publisher_name: str, topic: str, session_id: str, user: str | None,
+                    items: list[tuple[Any, str | None]]) -> None:
+        """``publish`` (no id) of ``Delivery(publisher_name, topic, payload, timestamp, session_id, user)``
+        for each ``(payload, timestamp)`` of ``items``, in order: the publishes of one read of a
+        connection, all to one stream (``Connection._carry_out_runs``).
+
+        One timestamp for those without one (they arrived together), one encoding of
+        the fields they share (``encode_run``), consecutive offsets taken at once
+        (``History.append_run``) under the history lock, one look-up of the
+        subscribers and their frames joined into one writer job per ``RUN_JOB_BYTES``
+        (``send_run``): what each publish cost on its own road, once per run. Every
+        delivery is the very bytes ``publish`` would have sent and kept. The frames
+        are written at the end of the caller's writer batch (or of one opened here).
+        When the hub does not take runs (``takes_runs``: a broker between, or shared
+        history) or a subscriber may need compressed frames, each goes through
+        ``publish``, as before.
+        """
+        stamp = rfc3339_now()
+        if not self.takes_runs or self._compressing:
+            for payload, timestamp in items:
+                self.publish(Delivery(publisher_name, topic, payload, timestamp or stamp, session_id, user))
+            return
+        writer = self.writer
+        batch = _NO_HOLD if writer.batching_thread(_get_ident()) else writer.batch()  # a connection's: in its batch
+        if not self._history_on:
+            encoded = encode_run(publisher_name, topic, session_id, user, items, stamp)
+            subscribers = self.registry.subscribers(topic, session_id)
+            if subscribers:
+                with batch:
+                    send_run(writer.send, encoded, subscribers)
+            return
+
+        def encode(first_offset: int, epoch: str) -> list[bytes]:  # each with its position, as history keeps it
+            return encode_run(publisher_name, topic, session_id, user, items, stamp, first_offset, epoch)
+
+        with batch, self._history_lock:  # the writing waits for the batch's end, after the lock
+            kept = self.history.append_run((topic, session_id), len(items), encode)
+            subscribers = self.registry.subscribers(topic, session_id)
+            if subscribers:
+                send_run(writer.send, kept, subscribers)
 
     def _publish_and_wait(self, delivery: Delivery, publish_id: str) -> tuple[Landed, bool]:
         """``publish`` with an id, for a caller that waits for the answer (not a connection's loop)."""

@@ -76,9 +76,13 @@ _NOT_LANDED_YET = (Landed(None, None), False)
 def send_run(send: Callable[[bytes, Any], Any], texts: list[bytes], subscribers: Any) -> None:
     """Queue the text frames of ``texts`` to ``subscribers`` with ``send`` (the writer's), joined into one
     job per ``RUN_JOB_BYTES``: a run of deliveries costs the writer a few jobs, not one per delivery."""
+    framed = text_frames(texts)
+    if len(framed) == 1 or sum(map(len, framed)) < RUN_JOB_BYTES:  # the usual run: one job, no loop per frame
+        send(framed[0] if len(framed) == 1 else b"".join(framed), subscribers)
+        return
     frames: list[bytes] = []
     size = 0
-    for frame in text_frames(texts):
+    for frame in framed:
         frames.append(frame)
         size += len(frame)
         if size >= RUN_JOB_BYTES:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+from typing import Any
 
 from flask import Flask
 
@@ -355,3 +356,119 @@ def test_after_a_burst_the_next_burst_takes_one_read_and_a_small_read_goes_back_
         serving.join(WAIT)
         hub.shutdown(WAIT)
         ours.close()
+
+
+def _kinds(frames: list[Frame]) -> list[tuple[str, object]]:
+    """Each frame as (kind, what): a delivery's (topic, payload, offset), a reply's code or id."""
+    kinds: list[tuple[str, object]] = []
+    for frame in frames:
+        reply = frame.text()
+        if reply == "pong":
+            kinds.append(("pong", None))
+        elif reply.startswith("ack:"):
+            kinds.append(("ack", json.loads(reply[4:])["id"]))
+        elif reply.startswith("error:"):
+            kinds.append(("error", json.loads(reply[6:])["code"]))
+        else:
+            delivery = json.loads(reply)
+            kinds.append(("delivery", (delivery["topic"], delivery["payload"], delivery.get("offset"))))
+    return kinds
+
+
+def test_a_reads_publishes_to_several_streams_keep_the_order_of_the_commands_between_them() -> None:
+    """Consecutive publishes to one stream go to the hub as one run (``Hub.publish_run``); every other
+    command, and a publish to another stream, ends the run first."""
+    with running_server(server_only_topics=["locked"]) as server:
+        raw = RawSocket(server.port)
+        for topic in ("T", "U", "locked"):
+            raw.send_frame(0x1, encode_subscribe(topic, "s").encode())
+        assert raw.sync() == []
+        raw.sock.sendall(b"".join([
+            publish("T", 1), publish("T", 2), publish("U", 3), publish("T", 4),
+            client_frame(encode_ping().encode()),
+            publish("T", 5), publish("locked", 6), publish("T", 7),  # refused: its error between 5 and 7
+            publish("T", 8, id="a8"), publish("T", 9), publish("T", 10, timestamp="given"),
+            client_frame(b'publish-json:{"topic":"T","session_id":"other","payload":11}'),  # another stream
+            publish("T", 12),
+        ]))
+        before_pong = raw.sync()
+        got = [*before_pong, Frame(0x81, b"pong"), *raw.sync()]
+        assert _kinds(got) == [
+            ("delivery", ("T", 1, 1)), ("delivery", ("T", 2, 2)), ("delivery", ("U", 3, 1)),
+            ("delivery", ("T", 4, 3)), ("pong", None), ("delivery", ("T", 5, 4)), ("error", "forbidden_topic"),
+            ("delivery", ("T", 7, 5)), ("delivery", ("T", 8, 6)), ("ack", "a8"), ("delivery", ("T", 9, 7)),
+            ("delivery", ("T", 10, 8)), ("delivery", ("T", 12, 9)),  # not subscribed to T in "other"
+        ]
+        assert json.loads(got[-2].text())["timestamp"] == "given"
+        raw.sock.close()
+
+
+def test_the_publishes_of_one_read_go_to_the_hub_as_one_run_with_one_timestamp() -> None:
+    """What a run costs is what it saves: one call for the read's publishes to a stream, one clock reading."""
+    hub = state_of(create_app(hub_config())).hub
+    runs: list[int] = []
+    one_by_one: list[object] = []
+    publish_run, single = hub.publish_run, hub.publish
+
+    def counted_run(*args: Any) -> None:
+        runs.append(len(args[-1]))
+        publish_run(*args)
+
+    def counted_publish(*args: Any) -> Any:
+        one_by_one.append(args)
+        return single(*args)
+
+    hub.publish_run = counted_run  # type: ignore[method-assign]
+    hub.publish = counted_publish  # type: ignore[method-assign]
+    ours, theirs = socket.socketpair()
+    theirs.settimeout(WAIT)
+    serving = threading.Thread(target=hub.serve, args=(ours, None), daemon=True)
+    serving.start()
+    reader = FrameReader()
+    try:
+        theirs.sendall(client_frame(encode_subscribe("T", "s").encode()) + client_frame(encode_ping().encode()))
+        assert [frame.text() for frame in _frames_until(reader, theirs, 1)] == ["pong"]
+        burst = b"".join(publish("T", n) for n in range(3)) + publish("T", 3, timestamp="mine")
+        assert len(burst) < 479  # one idle read brings it all
+        theirs.sendall(burst)
+        got = [json.loads(frame.text()) for frame in _frames_until(reader, theirs, 4)]
+        assert [delivery["payload"] for delivery in got] == [0, 1, 2, 3]
+        assert runs == [4] and one_by_one == []
+        assert len({delivery["timestamp"] for delivery in got[:3]}) == 1  # they arrived together
+        assert got[0]["timestamp"].endswith("+00:00") and got[3]["timestamp"] == "mine"
+    finally:
+        theirs.close()
+        serving.join(WAIT)
+        hub.shutdown(WAIT)
+        ours.close()
+
+
+def test_with_history_off_bursts_from_many_connections_keep_each_stream_in_order() -> None:
+    publishers, bursts, per_burst = 6, 10, 12
+    with running_server(history_size=0) as server:
+        with server.connect() as watcher:
+            watcher.command(encode_subscribe("T", "s"))
+            raws = [RawSocket(server.port) for _ in range(publishers)]
+
+            def connection(index: int) -> None:
+                for b in range(bursts):
+                    raws[index].sock.sendall(b"".join(publish("T", f"{index}:{b * per_burst + i}")
+                                                      for i in range(per_burst)))
+
+            threads = [threading.Thread(target=connection, args=(i,)) for i in range(publishers)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(WAIT * 4)
+                assert not thread.is_alive()
+            seen: dict[str, list[int]] = {}
+            for _ in range(publishers * bursts * per_burst):
+                delivery = json.loads(watcher.recv())
+                assert "offset" not in delivery
+                who, number = delivery["payload"].split(":")
+                seen.setdefault(who, []).append(int(number))
+            assert seen == {str(i): list(range(bursts * per_burst)) for i in range(publishers)}
+            assert watcher.sync() == []
+            for raw in raws:
+                assert raw.sync() == []
+                raw.sock.close()
