@@ -415,7 +415,8 @@ def windows_run(args: argparse.Namespace, targets: list[int], tmp: str) -> list[
                 _callgrind_control("--zero", started["pid"])
             perf = None
             if args.perf_dir:
-                perf = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-g", "-p", str(started["pid"]),
+                perf = subprocess.Popen(["perf", "record", "-q", "-e", args.perf_event, *args.perf_graph.split(),
+                                         "-p", str(started["pid"]),
                                          "-o", os.path.join(args.perf_dir, f"window{index}.data")],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(0.5)  # perf attaches to every thread before the window opens
@@ -588,6 +589,10 @@ def main() -> None:
                         help="with --windows: one more window, every client closing at once, to the last thread's end")
     parser.add_argument("--perf-dir", default="",
                         help="with --windows: record each window with perf record (cpu-clock, -g) into this folder")
+    parser.add_argument("--perf-event", default="cpu-clock",
+                        help="with --perf-dir: the event perf records (sched:sched_switch: where the threads block)")
+    parser.add_argument("--perf-graph", default="-g",
+                        help="with --perf-dir: perf's call-graph arguments ('--call-graph dwarf,8192' for the interpreter's C stack)")
     parser.add_argument("--ping-interval", type=float, default=-1,
                         help="the hub's RUSTY_WS_PING_INTERVAL (-1: its default; 0: no pings, for a slow run under callgrind)")
     parser.add_argument("--futex-slots", type=int, default=-1,

@@ -61,6 +61,7 @@ from .handoff import SERVE_AFTER_KEY, AfterTheView
 from .hub import PendingRequests
 from .request_handler import HEAD_ONLY_KEY, HubRequestHandler, _access_log, _log_upgrade
 from .request_head import _asks_upgrade, _plain_head, _upgrade_environ
+from .request_threads import RequestThread, StartWindow
 from .state import state_of
 
 __all__ = ["HubServer", "make_server"]
@@ -111,6 +112,8 @@ class HubServer(ThreadedWSGIServer):
         self._threads_started = 0
         self._threads_ended = 0
         self._threads_lock = threading.Lock()
+        #: The request threads started and not yet run (``request_threads.py``): the accept thread's.
+        self._start_window = StartWindow()
         self._queue_visible = _TCP_INFO is not None  # accept_queue() can read the accept queue's length
         self._judged = False  # the request being served was taken by a drain, which kept the queue's bound
         #: WebSockets handed over by their views, by socket, until their request thread runs them (``serve_after``).
@@ -200,13 +203,23 @@ class HubServer(ThreadedWSGIServer):
             return
         self._threads_started += 1  # before the thread starts: it may end before start() returns
         try:
-            super().process_request(request, client_address)
+            self._start_thread(request, client_address)
         except BaseException:
             self.pending.give_back()  # no thread: no handler to give it back
             self._threads_started -= 1
             raise
         if self.max_handshakes or self.max_accept_queue:
             self._pacer.admitted(now)
+
+    def _start_thread(self, request: Any, client_address: Any) -> None:
+        """socketserver's ``ThreadingMixIn.process_request``, without ``Thread.start``'s wait for each thread
+        to run: at most ``START_AHEAD`` started and not yet running (``request_threads.py``)."""
+        if not self.daemon_threads:  # socketserver keeps such threads to join them at server_close: its way
+            super().process_request(request, client_address)
+            return
+        thread = RequestThread(target=self.process_request_thread, args=(request, client_address), daemon=True)
+        thread.start()
+        self._start_window.started(thread)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """socketserver's, and then the WebSocket the view handed over (``handoff.py``), if it did.
