@@ -27,8 +27,10 @@ is merged with the ``Mergeable`` commands right behind it in the queue that
 name the same ``group`` (one pair's publishes), as far as their weights fit
 its ``budget``: the thread sends the one command their ``merge`` makes, and
 hands each of them its own part of the reply (or the same error, if the merged
-command failed). The queue stays one FIFO: only neighbours are merged, so the
-order of everything else is untouched.
+command failed). A kind with ``merge_alone`` has its ``merge`` called for a
+run of one too, before it is written (the history keeps each run it sends
+there). The queue stays one FIFO: only neighbours are merged, so the order of
+everything else is untouched.
 
 Answers without a callback: a ``Mergeable`` submitted without ``on_reply`` whose kind has an
 ``answer`` method is answered through it (a history's publish without id, ``redis_history.py``):
@@ -100,6 +102,9 @@ class Mergeable(tuple):
     #: Called with the command's reply (or failure) when it was submitted without ``on_reply``,
     #: unless its merge's split settled it (``SETTLED``); None: nothing is called (a method of its kind).
     answer: Callable[[Any], None] | None = None
+    #: Whether ``merge`` is called for a run of one too (alone, it is otherwise sent as it is): a
+    #: history registers there every run it sends, before it is written (``redis_history``).
+    merge_alone = False
 
     @classmethod
     def of(cls, args: tuple[Any, ...], *, group: Any, merge: Merge, weight: int, head: int,
@@ -471,7 +476,7 @@ def _coalesce(batch: list[tuple[tuple[Any, ...], OnReply | None, int]]) -> tuple
                 room -= weight
                 j += 1
         merged = None
-        if j - i > 1:
+        if j - i > 1 or (isinstance(first, Mergeable) and first.merge_alone):
             assert isinstance(first, Mergeable)
             try:
                 merged = first.merge([item[0] for item in batch[i:j]])  # type: ignore[misc]
