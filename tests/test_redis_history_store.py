@@ -60,6 +60,7 @@ LOST = ConnectionError("Redis connection lost: reset")
 def test_the_channels_copy_first_then_a_failure_is_not_delivered_again(direct: bool) -> None:
     history, sender, delivered = store(direct)
     history.publish(DELIVERY, None, None)
+    written(sender)  # in flight (with one Redis: from the sender's merge, before the write)
     [(args, on_reply)] = sender.commands
     assert history.arrived(published(args[-1])) is True  # Redis ran it: delivered from the channel
     on_reply(LOST)  # ...and then the sender lost the connection before the reply
@@ -70,6 +71,7 @@ def test_the_channels_copy_first_then_a_failure_is_not_delivered_again(direct: b
 def test_a_fallback_first_drops_the_channels_late_copy(direct: bool) -> None:
     history, sender, delivered = store(direct)
     history.publish(DELIVERY, None, None)
+    written(sender)
     [(args, on_reply)] = sender.commands
     on_reply(LOST)
     assert delivered == [DELIVERY]  # local delivery goes on, without offset
@@ -91,6 +93,21 @@ def test_a_publish_without_id_goes_without_callback_to_the_sender_and_with_one_t
     assert on_reply is not None and on_reply(SETTLED) is None and len(history._in_flight) == 1  # settled by its run
     on_reply([0, b"ab", 3])  # its reply alone
     assert len(history._in_flight) == 0 and delivered == []
+
+
+def test_a_bare_publish_to_one_redis_is_in_flight_from_its_runs_merge_not_from_when_it_is_made() -> None:
+    history, sender, delivered = store()
+    sent = Delivery("p", "T", {"n": [1, "é"]}, "t", "s", "alice")
+    history.publish(sent, None, None)
+    assert not history._in_flight  # nothing on the publishing thread, no lock taken
+    written(sender)
+    [(args, on_reply)] = sender.commands
+    assert list(history._in_flight) == [args[-1]]
+    on_reply(LOST)
+    assert delivered == [sent]  # made again from its encoding
+    history.publish(sent, None, None)  # failed before any write (a stopped sender, Redis unreachable)
+    sender.commands.pop()[1](LOST)
+    assert delivered == [sent, sent]
 
 
 def test_a_fallback_whose_state_was_dropped_is_made_again_from_its_encoding() -> None:

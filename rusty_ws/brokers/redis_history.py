@@ -418,9 +418,12 @@ class RedisHistory(SharedHistory):
         self._epochs = _Epochs()
         # The read script (redis-py's Script: EVALSHA, loading it on NOSCRIPT), run with each read's client.
         self._reader: Any = None
-        # This node's publishes without id not settled yet (by number: _SENT, or for a bare one its
-        # Delivery; _ARRIVED once back from the channel first), and those delivered here because Redis
-        # did not take them, as far as the sender knew (_FELL_BACK: Redis may have run them). Compared by identity.
+        # This node's publishes without id not settled yet (by number: _SENT, or for a bare one through
+        # a route its Delivery; _ARRIVED once back from the channel first), and those delivered here
+        # because Redis did not take them, as far as the sender knew (_FELL_BACK: Redis may have run
+        # them). Compared by identity. A bare publish to one Redis is in it from its run's merge on
+        # (``_merge``, on the sender's thread, before it is written), as _SENT: its fallback is made
+        # again from its encoding (``_decoded``).
         self._seqs = itertools.count(1)
         self._in_flight: collections.OrderedDict[int, Any] = collections.OrderedDict()
         # This node's publishes to channels its listener is subscribed to, by number, until their
@@ -472,9 +475,12 @@ class RedisHistory(SharedHistory):
             command = self._kind(("EVALSHA", self.publish_sha, 3, keys.meta, keys.stream,
                                   publish_id_key(self.prefix, delivery.session_id, publish_id),
                                   self._epochs.take(), keys.channel, node_id, 1, 3, encoded, seq))
-        # A bare publish to one Redis is kept with its run, when the sender merges it (``_merge``).
-        kept = [delivery, encoded, False] if self._keeps is not None and not (bare and self._direct) \
-            and self._keeps(keys.channel) else None
+        # A bare publish to one Redis is in flight, and kept with its run, from when the sender merges
+        # it (``_merge``, before it is written): nothing of it is kept here, and no lock taken.
+        if bare and self._direct:
+            self._submit_for(delivery.session_id)(command)  # answered by its kind's answer (``_answer_bare``)
+            return
+        kept = [delivery, encoded, False] if self._keeps is not None and self._keeps(keys.channel) else None
         if publish_id is None or kept is not None:
             with self._lock:
                 if publish_id is None:
@@ -487,11 +493,8 @@ class RedisHistory(SharedHistory):
                         self._trim_kept_locked()
         # Always through the sender, even while the listener is down: one FIFO, so what falls back
         # to local delivery (Redis did not take it) is delivered here in the order it was made.
-        if bare:  # answered by its kind's answer (``_answer_bare``), if its run did not settle it
-            if self._direct:
-                self._submit_for(delivery.session_id)(command)
-            else:  # a route that calls back for every command (a cluster's): the answer itself
-                self._submit_for(delivery.session_id)(command, functools.partial(self._answer_bare, command))
+        if bare:  # a route that calls back for every command (a cluster's): its kind's answer, as the callback
+            self._submit_for(delivery.session_id)(command, functools.partial(self._answer_bare, command))
             return
 
         self._submit_for(delivery.session_id)(command, self._on_reply(delivery, publish_id, on_done, seq, kept))
@@ -577,19 +580,28 @@ class RedisHistory(SharedHistory):
         """``merge_publishes`` for the sender (a run of one: the command as it is), with ``_split_run``
         for its reply; on the sender's thread, before the run is written.
 
-        A run of bare publishes to one Redis (no id, nobody waiting: each submitted without callback)
-        to a channel the listener is subscribed to is kept here, whole, until its envelope comes back
+        The bare publishes of a run to one Redis (no id, nobody waiting: each submitted without
+        callback) go in flight here (``_in_flight``, as ``_SENT``). A run of only those, to a channel
+        the listener is subscribed to, is kept here, whole, until its envelope comes back
         (``take_own``): one entry per run, not one per publish on the publishing thread. A run that
         mixes them with others is not kept: its envelope is decoded, as another node's is.
         """
         count = len(commands)
-        merged = commands[0] if count == 1 else merge_publishes(commands, size=self.size, chunk=self._chunk)[0]
-        run: list[Any] | None = None
         bare = self._bare_kind
         first = commands[0]
-        if self._direct and self._keeps is not None and type(first) is bare \
-                and (count == 1 or all([type(command) is bare for command in commands])) \
-                and self._keeps(first[6]):  # ARGV[2], the pair's channel
+        whole = False  # a run of bare publishes only
+        if self._direct:
+            # Its bare publishes are in flight from now on (before the run is written, so that an
+            # envelope that comes back before a failure is known to have arrived: ``_settled``).
+            whole = type(first) is bare and (count == 1 or all([type(command) is bare for command in commands]))
+            seqs = [command[-1] for command in commands] if whole else \
+                [command[-1] for command in commands if type(command) is bare]
+            if seqs:
+                with self._lock:
+                    self._in_flight.update(dict.fromkeys(seqs, _SENT))
+        merged = commands[0] if count == 1 else merge_publishes(commands, size=self.size, chunk=self._chunk)[0]
+        run: list[Any] | None = None
+        if whole and self._keeps is not None and self._keeps(first[6]):  # ARGV[2], the pair's channel
             # The numbers as the script spells them in the envelope: the joined form's argument.
             text = merged[10] if count > 1 else b"%d" % first[-1]
             nbytes = sum(map(len, [command[-2] for command in commands]))
