@@ -110,6 +110,21 @@ def test_a_bare_publish_to_one_redis_is_in_flight_from_its_runs_merge_not_from_w
     assert delivered == [sent, sent]
 
 
+def test_what_is_in_flight_is_bounded_the_oldest_going_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rusty_ws.brokers import redis_history
+
+    monkeypatch.setattr(redis_history, "MAX_IN_FLIGHT", 32)
+    history, sender, delivered = store()
+    for _ in range(100):  # each delivered here for want of Redis, remembered as such
+        history.publish(DELIVERY, None, None)
+        written(sender)
+        sender.commands[-1][1](LOST)
+    seqs = [args[-1] for args, _ in sender.commands]
+    assert len(delivered) == 100 and 30 <= len(history._in_flight) <= 32
+    assert list(history._in_flight) == seqs[-len(history._in_flight):]  # the newest stay
+    assert history.arrived(published(seqs[-1])) is False and history.arrived(published(seqs[0])) is True
+
+
 def test_a_fallback_whose_state_was_dropped_is_made_again_from_its_encoding() -> None:
     history, sender, delivered = store()
     sent = Delivery("p", "T", {"n": [1, "é"]}, "t", "s", "alice")

@@ -425,7 +425,9 @@ class RedisHistory(SharedHistory):
         # (``_merge``, on the sender's thread, before it is written), as _SENT: its fallback is made
         # again from its encoding (``_decoded``).
         self._seqs = itertools.count(1)
-        self._in_flight: collections.OrderedDict[int, Any] = collections.OrderedDict()
+        # A dict (insertion order: oldest first), not an OrderedDict: a publish's way in and out of it
+        # cost ~0.35 µs more in one (``update`` and ``pop``); its rare trim is done in bulk (``_settled``).
+        self._in_flight: dict[int, Any] = {}
         # This node's publishes to channels its listener is subscribed to, by number, until their
         # envelope comes back: [delivery, its encoding, answered by Redis], oldest first; those
         # with an id or somebody waiting, and a cluster's (a route's: ``_direct`` False).
@@ -686,9 +688,11 @@ class RedisHistory(SharedHistory):
             state = self._in_flight.pop(seq, None)
             if not fell_back or state is _ARRIVED:
                 return False
-            self._in_flight[seq] = _FELL_BACK  # if it comes from the channel later, it is dropped there
-            while len(self._in_flight) > MAX_IN_FLIGHT:
-                self._in_flight.popitem(last=False)
+            in_flight = self._in_flight
+            in_flight[seq] = _FELL_BACK  # if it comes from the channel later, it is dropped there
+            if len(in_flight) > MAX_IN_FLIGHT:  # the oldest go, a sixteenth at a time (one pass from the front)
+                for oldest in list(itertools.islice(in_flight, len(in_flight) - MAX_IN_FLIGHT + MAX_IN_FLIGHT // 16)):
+                    del in_flight[oldest]
             return True
 
     def _trim_kept_locked(self) -> None:
