@@ -27,9 +27,10 @@ class RecordingSender:
     def script_load(self, source: str) -> str:
         return "0" * 40
 
-    def submit(self, args: tuple[Any, ...], on_reply: Any = None) -> None:
+    def submit(self, args: tuple[Any, ...], on_reply: Any = None, size: int | None = None) -> None:
         """Records the command and what the sender would call with its reply: without ``on_reply``,
         a ``Mergeable``'s ``answer`` (``RedisSender._answer``)."""
+        assert size is None or size == args.size  # what the sender would have read
         self.commands.append((args, args.answer if on_reply is None else on_reply))
 
 
@@ -86,7 +87,8 @@ def test_a_publish_without_id_goes_without_callback_to_the_sender_and_with_one_t
     submitted: list[Any] = []
     history._submit_for = lambda session_id: lambda *args: submitted.append(args)
     history.publish(DELIVERY, None, None)
-    [(_,)] = submitted  # no on_reply: the sender calls the command's kind's answer
+    [(command, on_reply, size)] = submitted  # no on_reply: the sender calls the command's kind's answer
+    assert on_reply is None and size == command.size  # its size given: no property read in the sender's submit
     history, sender, delivered = store(direct=False)
     history.publish(DELIVERY, None, None)
     [(_, on_reply)] = sender.commands

@@ -109,6 +109,9 @@ MERGE_BYTES = 256 * 1024
 #: digits), and of each item besides its delivery (with a number and an offset of up to 20 digits).
 _ENVELOPE_HEAD = 110
 _ITEM_HEAD = 70
+#: Bytes a publish adds to the sender's queue besides its item in the envelope and three times its meta
+#: key (its other keys): ``_Publish.size``.
+_OTHER_ARGS = 320
 #: Pairs whose key names a node remembers (``RedisHistory._keys_of``).
 _KEYS_KEPT = 4096
 _SENT, _ARRIVED, _FELL_BACK = "sent", "arrived", "fell back"
@@ -308,7 +311,7 @@ class _Publish(Mergeable):
 
     __slots__ = ()
     #: Bytes a publish adds to the queue besides its delivery and three times its meta key (the other keys).
-    _QUEUED = _ITEM_HEAD + 320
+    _QUEUED = _ITEM_HEAD + _OTHER_ARGS
 
     #: The pair's meta key: read by a C getter (no Python frame per publish in the sender's merging).
     group = property(operator.itemgetter(3))
@@ -368,8 +371,9 @@ class RedisHistory(SharedHistory):
         submit_for: ``route(session_id).submit`` by a shorter way, if the broker has one (one
             Redis: this process's sender, whatever the session; a ``Route`` made per publish
             cost the publishing thread ~2 µs). It must take a ``Mergeable`` without ``on_reply``
-            and answer it through its ``answer`` (``RedisSender.submit``): a publish without id
-            that nobody waits for is submitted so, with no callback of its own.
+            and answer it through its ``answer``, and the command's queued size as a third
+            argument (``RedisSender.submit``): a publish without id that nobody waits for is
+            submitted so, with no callback of its own.
     """
 
     def __init__(self, *, node_id: Callable[[], str], route: Callable[[str], Route], deliver: Callable[[Delivery], Any],
@@ -479,8 +483,8 @@ class RedisHistory(SharedHistory):
                                   self._epochs.take(), keys.channel, node_id, 1, 3, encoded, seq))
         # A bare publish to one Redis is in flight, and kept with its run, from when the sender merges
         # it (``_merge``, before it is written): nothing of it is kept here, and no lock taken.
-        if bare and self._direct:
-            self._submit_for(delivery.session_id)(command)  # answered by its kind's answer (``_answer_bare``)
+        if bare and self._direct:  # answered by its kind's answer (``_answer_bare``); its size as ``size`` gives it
+            self._submit_for(delivery.session_id)(command, None, weight + 3 * len(keys.meta) + _OTHER_ARGS)
             return
         kept = [delivery, encoded, False] if self._keeps is not None and self._keeps(keys.channel) else None
         if publish_id is None or kept is not None:
