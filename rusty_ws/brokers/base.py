@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import json
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -30,17 +31,23 @@ Key = tuple[str, str]
 ENCODED = "encoded"
 #: A run of this node's own publishes back from a shared history (``Broker.deliver_own``), as kept
 #: when they were published: its (topic, session), the run's epoch, its first offset, and for each
-#: offset from the first on, the publish (``[delivery, encoding, ...]``: the ``Delivery`` without
-#: position and its ``Delivery.encode``) or None for one delivered here already (its offset is skipped).
+#: offset from the first on, the publish's encoding (``Delivery.encode`` of it without position) or
+#: None for one delivered here already (its offset is skipped).
 OwnRun = tuple[Key, str, int, list[Any]]
 
 
 def own_deliveries(run: OwnRun) -> list[Delivery]:
-    """The deliveries of ``run``, each with its offset and epoch and its encoding (``extra[ENCODED]``)."""
+    """The deliveries of ``run``, each with its offset and epoch and its encoding (``extra[ENCODED]``):
+    made again from the encodings (the road of a run a subscriber joins, not the usual one)."""
     _, epoch, first, published = run
-    return [Delivery(kept[0].publisher_name, kept[0].topic, kept[0].payload, kept[0].timestamp,
-                     kept[0].session_id, kept[0].user, offset, epoch, {ENCODED: kept[1]})
-            for offset, kept in enumerate(published, first) if kept is not None]
+    deliveries = []
+    for offset, encoded in enumerate(published, first):
+        if encoded is not None:
+            message = json.loads(encoded)
+            deliveries.append(Delivery(message["publisher_name"], message["topic"], message["payload"],
+                                       message["timestamp"], message["session_id"], message.get("user"),
+                                       offset, epoch, {ENCODED: encoded}))
+    return deliveries
 
 
 class Landed(NamedTuple):

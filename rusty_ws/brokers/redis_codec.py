@@ -27,6 +27,7 @@ __all__ = [
     "RUN_ENVELOPE_VERSION",
     "own_envelope_prefix",
     "own_run_header",
+    "own_run_header_text",
     "merge_envelopes",
     "PairKeys",
     "session_tag",
@@ -214,6 +215,15 @@ def own_envelope_prefix(node_id: str, version: int = ENVELOPE_VERSION) -> bytes:
     return dumps_utf8({"v": version, "node": node_id})[:-1] + b","
 
 
+def own_run_header_text(data: bytes, prefix: bytes) -> tuple[str, int, bytes] | None:
+    """``own_run_header`` with the node's numbers as the envelope spells them (``b"7,8,9"``), not
+    parsed: what this node sent for a run it kept whole is compared with them as they are."""
+    match = _RUN_HEADER.match(data, len(prefix))
+    if match is None or not data.endswith(b"]}"):
+        return None
+    return match.group(1).decode("ascii"), int(match.group(2)), match.group(3)
+
+
 def own_run_header(data: bytes, prefix: bytes) -> tuple[str, int, list[int]] | None:
     """The epoch, first offset and node's numbers of a version-5 envelope that starts with ``prefix``
     (``own_envelope_prefix(node, RUN_ENVELOPE_VERSION)``), read without decoding its deliveries;
@@ -222,7 +232,7 @@ def own_run_header(data: bytes, prefix: bytes) -> tuple[str, int, list[int]] | N
     if match is None or not data.endswith(b"]}"):
         return None
     try:
-        seqs = [int(seq) for seq in match.group(3).split(b",")]
+        seqs = list(map(int, match.group(3).split(b",")))
     except ValueError:  # ",," or a trailing comma
         return None
     first = int(match.group(2))

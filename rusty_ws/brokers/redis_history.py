@@ -75,7 +75,15 @@ from ..exceptions import ProtocolError
 from ..log_throttle import LogThrottle
 from ..protocol import Delivery, ErrorCode, Position
 from .base import HistoryUnavailable, Key, OwnRun, SharedHistory, Stamped, Stored
-from .redis_codec import PairKeys, decode_stream_run, is_epoch, own_run_header, pair_keys, publish_id_key
+from .redis_codec import (
+    MAX_ENVELOPE_ITEMS,
+    PairKeys,
+    decode_stream_run,
+    is_epoch,
+    own_run_header_text,
+    pair_keys,
+    publish_id_key,
+)
 from .redis_scripts import ENTRY_BYTES_SHARE, UNBOUNDED, history_scripts
 from .redis_sender import SETTLED, Mergeable
 
@@ -101,6 +109,9 @@ MERGE_BYTES = 256 * 1024
 #: digits), and of each item besides its delivery (with a number and an offset of up to 20 digits).
 _ENVELOPE_HEAD = 110
 _ITEM_HEAD = 70
+#: Bytes a publish adds to the sender's queue besides its item in the envelope and three times its meta
+#: key (its other keys): ``_Publish.size``.
+_OTHER_ARGS = 320
 #: Pairs whose key names a node remembers (``RedisHistory._keys_of``).
 _KEYS_KEPT = 4096
 _SENT, _ARRIVED, _FELL_BACK = "sent", "arrived", "fell back"
@@ -220,7 +231,7 @@ def merge_publishes(commands: list[Mergeable], *, size: int = UNBOUNDED, chunk: 
     if not id_keys and count > 1:  # the usual run: joined
         datas = [command[-2] for command in commands]
         joined = b"[" + b",".join(datas) + b"]"
-        seqs = ",".join([str(command[-1]) for command in commands])
+        seqs = b",".join([b"%d" % command[-1] for command in commands])  # as the envelope spells them
         cuts = _entry_cuts(datas, size, chunk) if count > size or len(joined) - 2 > chunk else ()
         merged = ("EVALSHA", first[1], 2, first[3], first[4], *first[at:at + _HEADER_ARGS], -count,
                   joined, seqs, *cuts)
@@ -300,7 +311,7 @@ class _Publish(Mergeable):
 
     __slots__ = ()
     #: Bytes a publish adds to the queue besides its delivery and three times its meta key (the other keys).
-    _QUEUED = _ITEM_HEAD + 320
+    _QUEUED = _ITEM_HEAD + _OTHER_ARGS
 
     #: The pair's meta key: read by a C getter (no Python frame per publish in the sender's merging).
     group = property(operator.itemgetter(3))
@@ -360,8 +371,9 @@ class RedisHistory(SharedHistory):
         submit_for: ``route(session_id).submit`` by a shorter way, if the broker has one (one
             Redis: this process's sender, whatever the session; a ``Route`` made per publish
             cost the publishing thread ~2 µs). It must take a ``Mergeable`` without ``on_reply``
-            and answer it through its ``answer`` (``RedisSender.submit``): a publish without id
-            that nobody waits for is submitted so, with no callback of its own.
+            and answer it through its ``answer``, and the command's queued size as a third
+            argument (``RedisSender.submit``): a publish without id that nobody waits for is
+            submitted so, with no callback of its own.
     """
 
     def __init__(self, *, node_id: Callable[[], str], route: Callable[[str], Route], deliver: Callable[[Delivery], Any],
@@ -392,8 +404,9 @@ class RedisHistory(SharedHistory):
             window_ms=self.window_ms, max_bytes=self.max_bytes)
         self.publish_sha = hashlib.sha1(self.publish_script.encode("utf-8")).hexdigest()
         # This history's publishes: ``_Publish`` with its merge (the sender's thread) and budget.
+        # ``merge_alone``: a run of one is registered too (``_merge``), before the sender writes it.
         self._kind: type[_Publish] = type("_HistoryPublish", (_Publish,), {
-            "__slots__": (), "merge": self._merge, "budget": self.merge_budget})
+            "__slots__": (), "merge": self._merge, "budget": self.merge_budget, "merge_alone": True})
         # ...and those without id that nobody waits for: no callback each, answered by their kind
         # (``Mergeable.answer``) when their run did not settle them (``_split_run``).
         history = self
@@ -409,16 +422,29 @@ class RedisHistory(SharedHistory):
         self._epochs = _Epochs()
         # The read script (redis-py's Script: EVALSHA, loading it on NOSCRIPT), run with each read's client.
         self._reader: Any = None
-        # This node's publishes without id not settled yet (by number: _SENT, or for a bare one its
-        # Delivery; _ARRIVED once back from the channel first), and those delivered here because Redis
-        # did not take them, as far as the sender knew (_FELL_BACK: Redis may have run them). Compared by identity.
+        # This node's publishes without id not settled yet (by number: _SENT, or for a bare one through
+        # a route its Delivery; _ARRIVED once back from the channel first), and those delivered here
+        # because Redis did not take them, as far as the sender knew (_FELL_BACK: Redis may have run
+        # them). Compared by identity. A bare publish to one Redis is in it from its run's merge on
+        # (``_merge``, on the sender's thread, before it is written), as _SENT: its fallback is made
+        # again from its encoding (``_decoded``).
         self._seqs = itertools.count(1)
-        self._in_flight: collections.OrderedDict[int, Any] = collections.OrderedDict()
+        # A dict (insertion order: oldest first), not an OrderedDict: a publish's way in and out of it
+        # cost ~0.35 µs more in one (``update`` and ``pop``); its rare trim is done in bulk (``_settled``).
+        self._in_flight: dict[int, Any] = {}
         # This node's publishes to channels its listener is subscribed to, by number, until their
-        # envelope comes back: [delivery, its encoding, answered by Redis], oldest first.
+        # envelope comes back: [delivery, its encoding, answered by Redis], oldest first; those
+        # with an id or somebody waiting, and a cluster's (a route's: ``_direct`` False).
         self._kept: collections.OrderedDict[int, list[Any]] = collections.OrderedDict()
-        self._kept_bytes = 0
-        # _lock guards _counts, _log_unsent, _in_flight, _kept and _kept_bytes. Never held across I/O.
+        # ...and the runs of bare publishes (no id, nobody waiting) the sender sends to one Redis, kept
+        # whole when it merges them (``_merge``, before they are written), by their first number:
+        # [their commands, answered by Redis, their encodings' bytes, their numbers as the envelope
+        # spells them], oldest first. Nothing is kept per publish on the publishing thread.
+        self._kept_runs: collections.OrderedDict[int, list[Any]] = collections.OrderedDict()
+        self._kept_run_publishes = 0  # publishes in _kept_runs
+        self._kept_bytes = 0  # of both
+        # _lock guards _counts, _log_unsent, _in_flight, _kept, _kept_runs, _kept_run_publishes and
+        # _kept_bytes. Never held across I/O.
         self._lock = threading.Lock()
         self._counts = {"history_dropped": 0, "history_resets": 0}
         if publish_command == "SPUBLISH":
@@ -455,6 +481,11 @@ class RedisHistory(SharedHistory):
             command = self._kind(("EVALSHA", self.publish_sha, 3, keys.meta, keys.stream,
                                   publish_id_key(self.prefix, delivery.session_id, publish_id),
                                   self._epochs.take(), keys.channel, node_id, 1, 3, encoded, seq))
+        # A bare publish to one Redis is in flight, and kept with its run, from when the sender merges
+        # it (``_merge``, before it is written): nothing of it is kept here, and no lock taken.
+        if bare and self._direct:  # answered by its kind's answer (``_answer_bare``); its size as ``size`` gives it
+            self._submit_for(delivery.session_id)(command, None, weight + 3 * len(keys.meta) + _OTHER_ARGS)
+            return
         kept = [delivery, encoded, False] if self._keeps is not None and self._keeps(keys.channel) else None
         if publish_id is None or kept is not None:
             with self._lock:
@@ -464,15 +495,12 @@ class RedisHistory(SharedHistory):
                 if kept is not None:  # bounded: the oldest go first
                     self._kept[seq] = kept
                     self._kept_bytes += len(encoded)
-                    if len(self._kept) > MAX_KEPT or self._kept_bytes > MAX_KEPT_BYTES:
+                    if len(self._kept) + self._kept_run_publishes > MAX_KEPT or self._kept_bytes > MAX_KEPT_BYTES:
                         self._trim_kept_locked()
         # Always through the sender, even while the listener is down: one FIFO, so what falls back
         # to local delivery (Redis did not take it) is delivered here in the order it was made.
-        if bare:  # answered by its kind's answer (``_answer_bare``), if its run did not settle it
-            if self._direct:
-                self._submit_for(delivery.session_id)(command)
-            else:  # a route that calls back for every command (a cluster's): the answer itself
-                self._submit_for(delivery.session_id)(command, functools.partial(self._answer_bare, command))
+        if bare:  # a route that calls back for every command (a cluster's): its kind's answer, as the callback
+            self._submit_for(delivery.session_id)(command, functools.partial(self._answer_bare, command))
             return
 
         self._submit_for(delivery.session_id)(command, self._on_reply(delivery, publish_id, on_done, seq, kept))
@@ -531,6 +559,9 @@ class RedisHistory(SharedHistory):
                 entry = self._kept.get(seq)
                 if entry is not None:
                     entry[2] = True
+                run = self._kept_runs.get(seq)
+                if run is not None:  # its run's first: they all had the same answer
+                    run[1] = True
             return
         with self._lock:
             state = self._in_flight.get(seq)
@@ -543,18 +574,55 @@ class RedisHistory(SharedHistory):
             self._settled(seq, None, fell_back=False)
             if stamped.repeat:
                 self._unkeep(seq)
-            elif entry is not None:
-                entry[2] = True  # a list item: atomic under the GIL
+            else:
+                if entry is not None:
+                    entry[2] = True  # a list item: atomic under the GIL
+                run = self._kept_runs.get(seq)
+                if run is not None:  # its run's first: they all had the same answer
+                    run[1] = True
         except HistoryUnavailable as exc:
             self._unkeep(seq)
             self._unsent(delivery, exc, deliver_here=self._settled(seq, None, fell_back=True))
 
     def _merge(self, commands: list[Mergeable]) -> tuple[tuple[Any, ...], Callable[[Any], list[Any]]]:
-        """``merge_publishes`` for the sender, with ``_split_run`` for its reply."""
-        merged, _ = merge_publishes(commands, size=self.size, chunk=self._chunk)
-        return merged, lambda reply: self._split_run(commands, reply)
+        """``merge_publishes`` for the sender (a run of one: the command as it is), with ``_split_run``
+        for its reply; on the sender's thread, before the run is written.
 
-    def _split_run(self, commands: list[Mergeable], reply: Any) -> list[Any]:
+        The bare publishes of a run to one Redis (no id, nobody waiting: each submitted without
+        callback) go in flight here (``_in_flight``, as ``_SENT``). A run of only those, to a channel
+        the listener is subscribed to, is kept here, whole, until its envelope comes back
+        (``take_own``): one entry per run, not one per publish on the publishing thread. A run that
+        mixes them with others is not kept: its envelope is decoded, as another node's is.
+        """
+        count = len(commands)
+        bare = self._bare_kind
+        first = commands[0]
+        whole = False  # a run of bare publishes only
+        if self._direct:
+            # Its bare publishes are in flight from now on (before the run is written, so that an
+            # envelope that comes back before a failure is known to have arrived: ``_settled``).
+            whole = type(first) is bare and (count == 1 or all([type(command) is bare for command in commands]))
+            seqs = [command[-1] for command in commands] if whole else \
+                [command[-1] for command in commands if type(command) is bare]
+            if seqs:
+                with self._lock:
+                    self._in_flight.update(dict.fromkeys(seqs, _SENT))
+        merged = commands[0] if count == 1 else merge_publishes(commands, size=self.size, chunk=self._chunk)[0]
+        run: list[Any] | None = None
+        if whole and self._keeps is not None and self._keeps(first[6]):  # ARGV[2], the pair's channel
+            # The numbers as the script spells them in the envelope: the joined form's argument.
+            text = merged[10] if count > 1 else b"%d" % first[-1]
+            nbytes = sum(map(len, [command[-2] for command in commands]))
+            run = [commands, False, nbytes, text]
+            with self._lock:
+                self._kept_runs[first[-1]] = run
+                self._kept_run_publishes += count
+                self._kept_bytes += nbytes
+                if len(self._kept) + self._kept_run_publishes > MAX_KEPT or self._kept_bytes > MAX_KEPT_BYTES:
+                    self._trim_kept_locked()
+        return merged, lambda reply: self._split_run(commands, reply, run)
+
+    def _split_run(self, commands: list[Mergeable], reply: Any, run: list[Any] | None = None) -> list[Any]:
         """Each publish's part of a merged run's reply (on the sender's thread, before any ``on_reply``).
 
         The run's new publishes without id are settled here, under one lock for all of
@@ -597,9 +665,13 @@ class RedisHistory(SharedHistory):
                 in_flight, kept = self._in_flight, self._kept
                 for seq in settled:
                     in_flight.pop(seq, None)
-                    entry = kept.get(seq)
-                    if entry is not None:
-                        entry[2] = True
+                if run is not None:
+                    run[1] = True  # answered: swept if its envelope never comes
+                elif kept:
+                    for seq in settled:
+                        entry = kept.get(seq)
+                        if entry is not None:
+                            entry[2] = True
         return out
 
     def _keys_of(self, topic: str, session_id: str) -> PairKeys:
@@ -622,27 +694,45 @@ class RedisHistory(SharedHistory):
             state = self._in_flight.pop(seq, None)
             if not fell_back or state is _ARRIVED:
                 return False
-            self._in_flight[seq] = _FELL_BACK  # if it comes from the channel later, it is dropped there
-            while len(self._in_flight) > MAX_IN_FLIGHT:
-                self._in_flight.popitem(last=False)
+            in_flight = self._in_flight
+            in_flight[seq] = _FELL_BACK  # if it comes from the channel later, it is dropped there
+            if len(in_flight) > MAX_IN_FLIGHT:  # the oldest go, a sixteenth at a time (one pass from the front)
+                for oldest in list(itertools.islice(in_flight, len(in_flight) - MAX_IN_FLIGHT + MAX_IN_FLIGHT // 16)):
+                    del in_flight[oldest]
             return True
 
     def _trim_kept_locked(self) -> None:
-        """Drop the oldest kept publishes past ``MAX_KEPT`` or ``MAX_KEPT_BYTES`` (their envelope is then decoded)."""
+        """Drop the oldest kept runs, then publishes, past ``MAX_KEPT`` or ``MAX_KEPT_BYTES`` (their
+        envelope is then decoded)."""
         assert self._lock.locked(), "must hold the history's lock"
+        runs = self._kept_runs
+        while runs and (len(self._kept) + self._kept_run_publishes > MAX_KEPT or self._kept_bytes > MAX_KEPT_BYTES):
+            self._drop_run_locked(runs.popitem(last=False)[1])
         while len(self._kept) > MAX_KEPT or self._kept_bytes > MAX_KEPT_BYTES:
             self._kept_bytes -= len(self._kept.popitem(last=False)[1][1])
 
+    def _drop_run_locked(self, run: list[Any]) -> None:
+        """Count out a kept run that left ``_kept_runs``."""
+        self._kept_run_publishes -= len(run[0])
+        self._kept_bytes -= run[2]
+
     def _unkeep(self, seq: int) -> None:
+        """Not published after all (a repeat, a failure): its envelope will not come. For a bare
+        publish, its whole run (the first of a run is answered first, and all of a run alike)."""
         with self._lock:
             kept = self._kept.pop(seq, None)
             if kept is not None:
                 self._kept_bytes -= len(kept[1])
+            run = self._kept_runs.pop(seq, None)
+            if run is not None:
+                self._drop_run_locked(run)
 
     def forget_kept(self) -> None:
         """The listener's connection went (or this is a new process): what was kept may never come back."""
         with self._lock:
             self._kept.clear()
+            self._kept_runs.clear()
+            self._kept_run_publishes = 0
             self._kept_bytes = 0
 
     def take_own(self, key: Key, data: bytes, prefix: bytes) -> OwnRun | None:
@@ -651,13 +741,20 @@ class RedisHistory(SharedHistory):
         ``Delivery`` is made. None if any of them was not kept (or the header is not the script's):
         then decode ``data`` whole.
 
+        A run kept whole (``_merge``) is found by its first number and matched by its numbers as the
+        envelope spells them (no number parsed but the first); others publish by publish.
         Does what ``arrived`` does for each: a publish already delivered here is None in the run.
         """
-        header = own_run_header(data, prefix)
+        header = own_run_header_text(data, prefix)
         if header is None:
             return None
-        epoch, first, seqs = header
-        topic, session_id = key
+        epoch, first, text = header
+        comma = text.find(b",")
+        try:
+            first_seq = int(text if comma < 0 else text[:comma])
+        except ValueError:
+            return None
+        encodings: list[Any]
         with self._lock:
             kept = self._kept
             entries: list[list[Any] | None] = []
@@ -680,16 +777,60 @@ class RedisHistory(SharedHistory):
                 if oldest is None or oldest >= low or not kept[oldest][2]:
                     break
                 self._kept_bytes -= len(kept.pop(oldest)[1])
+
+            runs = self._kept_runs
+            run = runs.pop(first_seq, None) if runs else None
+            if run is not None:
+                self._drop_run_locked(run)
+                commands = run[0]
+                if run[3] != text or first + len(commands) > 2 ** 53 \
+                        or commands[0][6] != self._keys_of(*key).channel:
+                    return None  # not what this node sent on that channel: decoded, as another node's
+                # Older runs Redis answered whose envelope did not come before this one: it will not
+                # (the listener's messages come in the order the scripts ran; a few at a time, bounded).
+                for _ in range(16):
+                    oldest = next(iter(runs), None)
+                    if oldest is None or oldest >= first_seq or not runs[oldest][1]:
+                        break
+                    self._drop_run_locked(runs.pop(oldest))
+                encodings = [command[-2] for command in commands]
+                seqs = [command[-1] for command in commands]
+            else:
+                try:
+                    seqs = list(map(int, text.split(b",")))
+                except ValueError:  # ",," or a trailing comma
+                    return None
+                if len(seqs) > MAX_ENVELOPE_ITEMS or first + len(seqs) > 2 ** 53:
+                    return None
+                kept = self._kept
+                topic, session_id = key
+                encodings = []
+                for seq in seqs:
+                    entry = kept.pop(seq, None)
+                    if entry is None:
+                        return None  # those taken are gone: the envelope's decoding serves them all
+                    self._kept_bytes -= len(entry[1])
+                    published = entry[0]
+                    if published.topic != topic or published.session_id != session_id:
+                        return None  # not what this node sent on that channel
+                    encodings.append(entry[1])
+                # Older ones Redis answered whose envelope did not come before this one: it will not.
+                low = seqs[0] if len(seqs) == 1 else min(seqs)
+                for _ in range(16):
+                    oldest = next(iter(kept), None)
+                    if oldest is None or oldest >= low or not kept[oldest][2]:
+                        break
+                    self._kept_bytes -= len(kept.pop(oldest)[1])
             in_flight = self._in_flight
             if in_flight:
                 for i, seq in enumerate(seqs):
                     state = in_flight.get(seq)
                     if state is _FELL_BACK:
                         del in_flight[seq]
-                        entries[i] = None  # delivered here already, when Redis seemed not to take it
+                        encodings[i] = None  # delivered here already, when Redis seemed not to take it
                     elif state is not None:  # sent (_SENT, or a bare publish's delivery), not answered yet
                         in_flight[seq] = _ARRIVED
-        return key, epoch, first, entries
+        return key, epoch, first, encodings
 
     def arrived(self, delivery: Delivery) -> bool:
         """The listener has ``delivery``: False for a publish of this node already delivered here."""

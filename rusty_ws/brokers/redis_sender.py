@@ -27,8 +27,10 @@ is merged with the ``Mergeable`` commands right behind it in the queue that
 name the same ``group`` (one pair's publishes), as far as their weights fit
 its ``budget``: the thread sends the one command their ``merge`` makes, and
 hands each of them its own part of the reply (or the same error, if the merged
-command failed). The queue stays one FIFO: only neighbours are merged, so the
-order of everything else is untouched.
+command failed). A kind with ``merge_alone`` has its ``merge`` called for a
+run of one too, before it is written (the history keeps each run it sends
+there). The queue stays one FIFO: only neighbours are merged, so the order of
+everything else is untouched.
 
 Answers without a callback: a ``Mergeable`` submitted without ``on_reply`` whose kind has an
 ``answer`` method is answered through it (a history's publish without id, ``redis_history.py``):
@@ -88,7 +90,9 @@ class Mergeable(tuple):
     alone it is sent as it is. The sender merges consecutive ones of an equal
     ``group`` while ``head`` plus their ``weight`` stays within the first's ``budget``.
     ``size`` is what it counts for in the queue's bytes (``_size``'s estimate, or the
-    caller's, who knows its arguments: one pass over them less per command).
+    caller's, who knows its arguments: one pass over them less per command); it is at
+    least its ``weight`` (``of`` makes it so), so a run whose sizes fit the budget is
+    merged without reading each one's weight (``_coalesce``).
     """
 
     group: Any
@@ -100,6 +104,9 @@ class Mergeable(tuple):
     #: Called with the command's reply (or failure) when it was submitted without ``on_reply``,
     #: unless its merge's split settled it (``SETTLED``); None: nothing is called (a method of its kind).
     answer: Callable[[Any], None] | None = None
+    #: Whether ``merge`` is called for a run of one too (alone, it is otherwise sent as it is): a
+    #: history registers there every run it sends, before it is written (``redis_history``).
+    merge_alone = False
 
     @classmethod
     def of(cls, args: tuple[Any, ...], *, group: Any, merge: Merge, weight: int, head: int,
@@ -107,7 +114,7 @@ class Mergeable(tuple):
         command = cls(args)
         command.group, command.merge, command.weight, command.head, command.budget = (
             group, merge, weight, head, budget)
-        command.size = _size(args) if size is None else size
+        command.size = max(weight, _size(args) if size is None else size)
         return command
 
 
@@ -189,7 +196,7 @@ class RedisSender:
         self._thread.start()
         self._first_attempt.wait(timeout)
 
-    def submit(self, args: tuple[Any, ...], on_reply: OnReply | None = None) -> None:
+    def submit(self, args: tuple[Any, ...], on_reply: OnReply | None = None, size: int | None = None) -> None:
         """Queue one Redis command (``("PUBLISH", channel, data)``, ``("EVALSHA", sha, n, ...)``).
 
         ``on_reply`` is called later on the sender thread with the command's reply,
@@ -198,9 +205,12 @@ class RedisSender:
         nor take a lock its caller may hold while it calls ``submit`` (a full queue
         would then deadlock). Without ``on_reply``, a ``Mergeable``'s ``answer`` is called
         so (see the module's docstring). Blocks only while the queue is full; after ``stop``,
-        fails the command at once, on the calling thread.
+        fails the command at once, on the calling thread. ``size``: what the command counts
+        for in the queue's bytes, if the caller knows it (None: its ``size``, or ``_size``'s
+        estimate); for a ``Mergeable``, at least its ``weight``.
         """
-        size = args.size if isinstance(args, Mergeable) else _size(args)
+        if size is None:
+            size = args.size if isinstance(args, Mergeable) else _size(args)
         with self._lock:
             if not self._stopped:
                 queue, waited = self._queue, False
@@ -465,13 +475,20 @@ def _coalesce(batch: list[tuple[tuple[Any, ...], OnReply | None, int]]) -> tuple
                 other = batch[j][0]
                 if not isinstance(other, Mergeable) or other.group != group:
                     break
-                weight = other.weight  # a property: read once
-                if weight > room:
-                    break
-                room -= weight
                 j += 1
+            # Within the budget: all of them if their queued sizes fit (each at least its weight:
+            # one sum in C, no weight read), else as far as their weights do, one by one.
+            if j - i > 1 and sum(map(_size_of, batch[i + 1:j])) > room:
+                k = i + 1
+                while k < j:
+                    weight = batch[k][0].weight  # type: ignore[attr-defined]  # a Mergeable (scanned above)
+                    if weight > room:
+                        break
+                    room -= weight
+                    k += 1
+                j = k
         merged = None
-        if j - i > 1:
+        if j - i > 1 or (isinstance(first, Mergeable) and first.merge_alone):
             assert isinstance(first, Mergeable)
             try:
                 merged = first.merge([item[0] for item in batch[i:j]])  # type: ignore[misc]

@@ -159,13 +159,16 @@ class SharedStreams:
     def deliver_own(self, run: OwnRun) -> None:
         """``Broker.deliver_own``: ``deliver_run`` for a run of this node's own publishes back from Redis.
 
-        The usual case (no subscriber joining the pair, none compressing) frames each
-        from the encoding kept when it was published, with the run's position spliced in
-        (``_framed_run``): no ``Delivery`` is made. Otherwise ``deliver_run``'s road.
+        The usual case (no subscriber joining the pair) frames each from the encoding kept
+        when it was published, with the run's position spliced in (``_framed_run``): no
+        ``Delivery`` is made. Otherwise ``deliver_run``'s road (``own_deliveries``).
         """
         key, epoch, first, published = run
-        if self._framed_run(key, epoch, [(offset, kept[1]) for offset, kept in enumerate(published, first)
-                                         if kept is not None]):
+        if None not in published:  # the usual run: every publish still to deliver here
+            encodings = list(enumerate(published, first))
+        else:
+            encodings = [(offset, encoded) for offset, encoded in enumerate(published, first) if encoded is not None]
+        if self._framed_run(key, epoch, encodings):
             return
         deliveries = own_deliveries(run)
         if deliveries:
@@ -176,7 +179,7 @@ class SharedStreams:
 
         As ``deliver_own``: usually framed from the encodings the listener made of the
         checked envelope, the position spliced in, no ``Delivery`` each; a subscriber
-        joining the pair, or one compressing, takes ``deliver_run``'s road.
+        joining the pair takes ``deliver_run``'s road.
         """
         if not self._framed_run(run.key, run.epoch, list(enumerate(run.encodings, run.first))):
             from ..brokers.redis_codec import remote_deliveries  # a hub without Redis never loads the codec
@@ -185,19 +188,24 @@ class SharedStreams:
     def _framed_run(self, key: Key, epoch: str, encodings: list[tuple[int, bytes]]) -> bool:
         """Queue each (offset, encoding without position) of ``key``'s run to its subscribers, the position
         spliced in (``with_position``'s bytes, the epoch's part made once); False (nothing done) while an
-        outbox is joining the pair or one compresses: then the caller takes ``deliver_run``'s road."""
+        outbox is joining the pair: then the caller takes ``deliver_run``'s road. With an outbox that
+        compresses, each delivery is sent as ``deliver_run`` sends it then (``Hub._send_delivery``)."""
         hub = self.hub
-        if self._catching.get(key) or hub._compressing:  # (reads of a dict and an int: checked again below)
+        if self._catching.get(key):  # (a read of a dict: checked again below)
             return False
         # The epoch is the script's, checked to be hex (own_run_header, redis_codec): nothing to escape.
         tail = b',"epoch":"%s"}' % epoch.encode("ascii")
         texts = [b'%s,"offset":%d%s' % (encoded[:-1], offset, tail) for offset, encoded in encodings]
         with hub.writer.batch(), self._lock:
-            if self._catching.get(key) or hub._compressing:
+            if self._catching.get(key):
                 return False
             subscribers = hub.registry.subscribers(*key)
             if subscribers and texts:
-                send_run(hub.writer.send, texts, subscribers)
+                if hub._compressing:  # a compressed frame for each delivery (no context takeover)
+                    for text in texts:
+                        hub._send_delivery(text, subscribers)
+                else:
+                    send_run(hub.writer.send, texts, subscribers)
         return True
 
     def deliver_run(self, deliveries: list[Delivery]) -> None:

@@ -168,7 +168,7 @@ def test_a_run_of_this_nodes_own_publishes_is_framed_from_what_was_kept_as_deliv
     with _watched_streams() as (streams, box, theirs):
         sent = [Delivery("p", "T", payload, "2026-12-01T00:00:00Z", "s", user)
                 for payload, user in (("one", None), ({"n": 2, "é": [1.5]}, "alice"), ("three", None))]
-        run = (("T", "s"), "ab12", 41, [[sent[0], sent[0].encode(), True], None, [sent[2], sent[2].encode(), False]])
+        run = (("T", "s"), "ab12", 41, [sent[0].encode(), None, sent[2].encode()])
         streams.deliver_own(run)
         expected = [delivery.encode() for delivery in own_deliveries(run)]
         assert [json.loads(text)["offset"] for text in expected] == [41, 43]

@@ -153,12 +153,12 @@ def test_the_cuts_follow_the_scripts_own() -> None:
     datas = [b"a" * 10, b"b" * 10, b"c" * 10, b"d" * 30, b"e" * 4]
     merged, _ = merge_publishes(_commands(history, "s", datas, 1), size=3, chunk=history._chunk)
     joined = merged[9]
-    assert joined == b"[" + b",".join(datas) + b"]" and merged[10] == "1,2,3,4,5"
+    assert joined == b"[" + b",".join(datas) + b"]" and merged[10] == b"1,2,3,4,5"
     cuts = merged[11:]
     assert cuts == (3, 24, 33, 4, 35, 64, 5, 66, 69)  # c alone (c,d > 25 bytes), d alone, e
     assert [joined[a - 1:b] for _, a, b in zip(cuts[::3], cuts[1::3], cuts[2::3])] == datas[2:]
     fits, _ = merge_publishes(_commands(history, "s", datas[:2], 1), size=3, chunk=history._chunk)
-    assert fits[8:] == (-2, b"[" + b",".join(datas[:2]) + b"]", "1,2")  # one entry: no cuts
+    assert fits[8:] == (-2, b"[" + b",".join(datas[:2]) + b"]", b"1,2")  # one entry: no cuts
     assert not replays_safely(fits, history.publish_sha) and not replays_safely(merged, history.publish_sha)
 
 

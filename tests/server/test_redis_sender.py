@@ -509,3 +509,30 @@ def test_without_history_a_pairs_publishes_go_as_few_publishes_and_arrive_once_i
             assert got == {"T": [n for n in range(count) if n % 50 != 49], "U": list(range(49, count, 50))}
         assert 20 <= merged < count  # at least one per U and per run of T before it; fewer than one each
         assert broker(a).status()["unsent"] == 0 and broker(b).status()["dropped"] == 0
+
+
+def test_a_run_within_the_budget_by_its_queued_sizes_is_merged_without_reading_weights() -> None:
+    """``_coalesce``: a ``Mergeable``'s size is at least its weight, so sizes that fit the budget settle it in one
+    sum; past that, the weights decide, one by one (here they fit where the sizes do not)."""
+    from rusty_ws.brokers.redis_sender import _coalesce
+
+    class Counted(Mergeable):
+        __slots__ = ()
+        group, head, budget, merge = "a", 0, 1000, staticmethod(pushes)
+
+        @property
+        def weight(self) -> int:  # type: ignore[override]
+            reads.append(self[2])
+            return 100
+
+    reads: list[int] = []
+
+    def batch(size: int) -> list[tuple[tuple[Any, ...], Any, int]]:
+        return [(Counted(("RPUSH", "a", number)), None, size) for number in range(5)]
+
+    commands, spans = _coalesce(batch(200))  # 4 x 200 within the 900 left after the first
+    assert commands == [("RPUSH", "a", 0, 1, 2, 3, 4)] and [count for count, _ in spans] == [5]
+    assert reads == [0]  # the first's only (the room left after it)
+    commands, _ = _coalesce(batch(300))  # 4 x 300 > 900: by the weights, 4 x 100
+    assert commands == [("RPUSH", "a", 0, 1, 2, 3, 4)] and reads == [0, 0, 1, 2, 3, 4]
+    assert Mergeable.of(("RPUSH", "a", 1), group="a", merge=pushes, weight=500, head=0, budget=1000).size == 500
