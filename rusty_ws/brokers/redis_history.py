@@ -756,28 +756,6 @@ class RedisHistory(SharedHistory):
             return None
         encodings: list[Any]
         with self._lock:
-            kept = self._kept
-            entries: list[list[Any] | None] = []
-            for seq in seqs:
-                entry = kept.pop(seq, None)
-                if entry is None:
-                    return None  # those taken are gone: the envelope's decoding serves them all
-                self._kept_bytes -= len(entry[1])
-                published = entry[0]
-                if published.topic != topic or published.session_id != session_id:
-                    return None  # not what this node sent on that channel
-                entries.append(entry)
-            # Older ones Redis answered whose envelope did not come before this one: it will seldom come
-            # (a channel's messages come in the order the scripts ran, and numbers are taken in nearly that
-            # order: two threads may queue theirs the other way round, and such a late envelope is then
-            # decoded whole); a few at a time, bounded.
-            low = seqs[0] if len(seqs) == 1 else min(seqs)
-            for _ in range(16):
-                oldest = next(iter(kept), None)
-                if oldest is None or oldest >= low or not kept[oldest][2]:
-                    break
-                self._kept_bytes -= len(kept.pop(oldest)[1])
-
             runs = self._kept_runs
             run = runs.pop(first_seq, None) if runs else None
             if run is not None:
@@ -786,8 +764,9 @@ class RedisHistory(SharedHistory):
                 if run[3] != text or first + len(commands) > 2 ** 53 \
                         or commands[0][6] != self._keys_of(*key).channel:
                     return None  # not what this node sent on that channel: decoded, as another node's
-                # Older runs Redis answered whose envelope did not come before this one: it will not
-                # (the listener's messages come in the order the scripts ran; a few at a time, bounded).
+                # Older runs Redis answered whose envelope did not come before this one: it seldom will
+                # (the listener's messages come in the order the scripts ran; a late one is decoded whole);
+                # a few at a time, bounded.
                 for _ in range(16):
                     oldest = next(iter(runs), None)
                     if oldest is None or oldest >= first_seq or not runs[oldest][1]:
@@ -814,7 +793,10 @@ class RedisHistory(SharedHistory):
                     if published.topic != topic or published.session_id != session_id:
                         return None  # not what this node sent on that channel
                     encodings.append(entry[1])
-                # Older ones Redis answered whose envelope did not come before this one: it will not.
+                # Older ones Redis answered whose envelope did not come before this one: it will seldom
+                # come (a channel's messages come in the order the scripts ran, and numbers are taken in
+                # nearly that order: two threads may queue theirs the other way round, and such a late
+                # envelope is then decoded whole); a few at a time, bounded.
                 low = seqs[0] if len(seqs) == 1 else min(seqs)
                 for _ in range(16):
                     oldest = next(iter(kept), None)
