@@ -277,8 +277,9 @@ class FrameParser:
                     break  # the rest of the frame has not arrived yet
                 key = buffer[start:start + 4]
                 text: bytes | bytearray = buffer[start + 4:frame_end]
-                if key != _ZERO_MASK and text:
-                    text = _unmask(text, key)
+                if length and key != _ZERO_MASK:  # _unmask, inlined: once per message
+                    text = (int.from_bytes(text, "big")
+                            ^ int.from_bytes((key * (length // 4 + 1))[:length], "big")).to_bytes(length, "big")
                 position = frame_end
                 try:
                     events.append((_TEXT, text.decode("utf-8")))
