@@ -230,7 +230,7 @@ class History:
         kept = encode(stream.offset + 1, stream.epoch)
         assert len(kept) == count, "encode must give one message per offset"
         stream.offset += count
-        # Then, per message, what _keep and _drop_first do (inlined as in append_delivery).
+        # Then, per message, what _keep does (its idle mark done once above).
         datas, ats, size = stream.datas, stream.ats, self.size
         for data in kept:
             datas.append(data)
@@ -238,12 +238,7 @@ class History:
             self._order.append(stream)
             self._bytes += len(data)
             if len(datas) > size:
-                self._bytes -= len(datas.popleft())
-                ats.popleft()
-                stream.skipped += 1
-                self._dead += 1
-                if self._dead > _COMPACT_AFTER and self._dead * 2 > len(self._order):
-                    self._compact()
+                self._drop_first(stream)
             while self._bytes > self.max_bytes and self._order:
                 self._drop_oldest()
         return kept

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask
@@ -57,20 +58,7 @@ def test_one_read_of_mixed_commands_answers_each_in_order() -> None:
         raw.sock.sendall(burst)
         before_pong = raw.sync()  # up to the burst's own ping's pong (the sync's own comes later)
         got = [*before_pong, Frame(0x81, b"pong"), *raw.sync()]
-        kinds = []
-        for frame in got:
-            if frame.opcode == 0xA:
-                kinds.append(("pong-frame", frame.payload))
-                continue
-            reply = frame.text()
-            if reply == "pong":
-                kinds.append(("pong", None))
-            elif reply.startswith("ack:"):
-                kinds.append(("ack", json.loads(reply[4:])["id"]))
-            elif reply.startswith("error:"):
-                kinds.append(("error", json.loads(reply[6:])["code"]))
-            else:
-                kinds.append(("delivery", json.loads(reply)["payload"]))
+        kinds = _kinds(got, lambda delivery: delivery["payload"])
         assert kinds == [
             ("delivery", 1), ("ack", "a1"), ("pong", None), ("error", "invalid_json"), ("delivery", 2),
             ("error", "unknown_command"), ("error", "binary_not_supported"), ("pong-frame", b"are you there"),
@@ -358,10 +346,15 @@ def test_after_a_burst_the_next_burst_takes_one_read_and_a_small_read_goes_back_
         ours.close()
 
 
-def _kinds(frames: list[Frame]) -> list[tuple[str, object]]:
-    """Each frame as (kind, what): a delivery's (topic, payload, offset), a reply's code or id."""
+def _kinds(frames: list[Frame], what: Callable[[dict], object] = lambda delivery: (
+        delivery["topic"], delivery["payload"], delivery.get("offset"))) -> list[tuple[str, object]]:
+    """Each frame as (kind, what): a delivery's ``what`` (its topic, payload and offset unless told),
+    a reply's code or id, a pong frame's payload."""
     kinds: list[tuple[str, object]] = []
     for frame in frames:
+        if frame.opcode == 0xA:
+            kinds.append(("pong-frame", frame.payload))
+            continue
         reply = frame.text()
         if reply == "pong":
             kinds.append(("pong", None))
@@ -370,8 +363,7 @@ def _kinds(frames: list[Frame]) -> list[tuple[str, object]]:
         elif reply.startswith("error:"):
             kinds.append(("error", json.loads(reply[6:])["code"]))
         else:
-            delivery = json.loads(reply)
-            kinds.append(("delivery", (delivery["topic"], delivery["payload"], delivery.get("offset"))))
+            kinds.append(("delivery", what(json.loads(reply))))
     return kinds
 
 
