@@ -896,7 +896,11 @@ def dumps_utf8(value: Any) -> bytes:
     non-ASCII text up to three times bigger). Surrogates only ever appear inside
     JSON strings, so escaping them in the encoded text is exact.
     """
-    text = _dumps(value)
+    return _utf8(_dumps(value))
+
+
+def _utf8(text: str) -> bytes:
+    """JSON ``text`` as UTF-8, a lone surrogate (only ever inside a string) as its ``\\uXXXX`` escape."""
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
@@ -968,10 +972,7 @@ class Delivery:
             text = (f'{{"publisher_name":{_json_str(name)},"topic":{_json_str(topic)},"payload":{_json_str(payload)},'
                     f'"timestamp":{_json_str(stamp)},"session_id":{_json_str(session)}'
                     + ("}" if user is None else f',"user":{_json_str(user)}}}'))
-            try:
-                return text.encode("utf-8")
-            except UnicodeEncodeError:
-                return _LONE_SURROGATE.sub(_surrogate_escape, text).encode("utf-8")
+            return _utf8(text)
         return dumps_utf8(self.to_dict())
 
     @classmethod
@@ -1040,11 +1041,8 @@ def encode_run(publisher_name: str, topic: str, session_id: str, user: str | Non
         tail += "}"
         for payload, stamp in items:
             if type(payload) is str and (not stamp or type(stamp) is str):
-                text = f'{head}{_json_str(payload)},"timestamp":{_json_str(stamp) if stamp else default}{tail}'
-                try:
-                    encoded.append(text.encode("utf-8"))
-                except UnicodeEncodeError:
-                    encoded.append(_LONE_SURROGATE.sub(_surrogate_escape, text).encode("utf-8"))
+                encoded.append(_utf8(
+                    f'{head}{_json_str(payload)},"timestamp":{_json_str(stamp) if stamp else default}{tail}'))
             else:
                 encoded.append(Delivery(publisher_name, topic, payload, stamp or default_timestamp, session_id,
                                         user).encode())
@@ -1053,12 +1051,8 @@ def encode_run(publisher_name: str, topic: str, session_id: str, user: str | Non
     ending = f',"epoch":"{epoch}"}}'
     for offset, (payload, stamp) in enumerate(items, first_offset):
         if type(payload) is str and (not stamp or type(stamp) is str):
-            text = (f'{head}{_json_str(payload)},"timestamp":{_json_str(stamp) if stamp else default}'
-                    f'{tail}{offset}{ending}')
-            try:
-                encoded.append(text.encode("utf-8"))
-            except UnicodeEncodeError:
-                encoded.append(_LONE_SURROGATE.sub(_surrogate_escape, text).encode("utf-8"))
+            encoded.append(_utf8(
+                f'{head}{_json_str(payload)},"timestamp":{_json_str(stamp) if stamp else default}{tail}{offset}{ending}'))
         else:
             encoded.append(with_position(Delivery(publisher_name, topic, payload, stamp or default_timestamp,
                                                   session_id, user).encode(), offset, epoch))
