@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -361,40 +362,63 @@ class TestSessions:
             assert [m.payload for m in HistoryReply.parse(reader.command(encode_history("T"))[0]).messages] == [10]
 
 
-def test_publishes_racing_a_resume_land_exactly_once() -> None:
-    """Publishes race subscribe-json with since: replay + live is every offset once, in order.
+class RacingPublisher:
+    """Publishes 100 numbers at a time on its own thread while subscribers come in.
 
-    The publisher goes on, 100 at a time, until every subscriber is in (then 100 more), so the
-    subscribes race the publishes however the two threads are scheduled (a fixed 1,500 were all
-    published before the first subscribe once, on a busy machine)."""
+    ``start()`` returns once the first batch is in the stream, and ``stop()`` returns after one more
+    batch, so a subscribe made between the two lands strictly between offset 10 and the last offset
+    however the threads are scheduled (on two busy workers, every subscribe once came before the
+    publisher's first batch, and once after its last). ``publish_batch(first)`` publishes
+    ``first .. first + 99`` and returns when they are in the stream."""
+
+    def __init__(self, publish_batch: Callable[[int], None], most: int) -> None:
+        self.published = 10
+        self._publish_batch, self._batches = publish_batch, most // 100 - 2
+        self._started, self._stopping = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._run, name="test-racing-publisher")
+
+    def start(self) -> None:
+        self._thread.start()
+        assert self._started.wait(WAIT), "the first batch did not land"
+
+    def stop(self) -> int:
+        """Publish one batch more, wait for the thread; return the last number published."""
+        self._stopping.set()
+        self._thread.join(10 * WAIT)
+        assert not self._thread.is_alive(), "the publisher did not finish"
+        return self.published
+
+    def _batch(self) -> None:
+        self._publish_batch(self.published + 1)
+        self.published += 100
+
+    def _run(self) -> None:
+        self._batch()
+        self._started.set()
+        for _ in range(self._batches):
+            if self._stopping.is_set():
+                break
+            self._batch()
+        self._stopping.wait(10 * WAIT)
+        self._batch()
+
+
+def test_publishes_racing_a_resume_land_exactly_once() -> None:
+    """Publishes race subscribe-json with since: replay + live is every offset once, in order."""
     most = 2000
     with running_server(history_size=most) as server, server.connect() as pub:
         publish_numbers(pub, 10)
         epoch = server.hub.history.top(("T", "s")).epoch
         subscribers = [server.connect() for _ in range(4)]
-        started, subscribed = threading.Event(), threading.Event()
-        published = [10]
-
-        def publish_rest() -> None:
-            started.set()
-            for _ in range(most // 100 - 1):
-                publish_numbers(pub, 100, start=published[0] + 1)
-                published[0] += 100
-                if subscribed.is_set():
-                    break
-
-        thread = threading.Thread(target=publish_rest)
-        thread.start()
-        assert started.wait(WAIT)
+        publisher = RacingPublisher(lambda first: publish_numbers(pub, 100, start=first), most)
+        publisher.start()
         try:
             results = []
             for index, sub in enumerate(subscribers):
                 replayed, reply = subscribe_json(sub, since=Since(index, epoch))
                 results.append((index, replayed, reply))
         finally:
-            subscribed.set()
-            thread.join(10 * WAIT)
-        total = published[0]
+            total = publisher.stop()
         boundaries = set()
         for (index, replayed, reply), sub in zip(results, subscribers):
             live = []

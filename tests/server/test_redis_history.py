@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_history_wire import publish_numbers, subscribe_json
+from test_history_wire import RacingPublisher, publish_numbers, subscribe_json
 from test_redis_history_batches import held
 from websockets.sync.client import connect
 
@@ -112,7 +111,7 @@ def test_publishes_on_one_node_racing_a_resume_on_another_land_exactly_once(redi
     """Node A publishes from 1 on while clients on node B (or on A) subscribe-json with since: every offset once,
     in order.
 
-    The publisher goes on, 100 at a time, until every subscriber is in (then 100 more), so the
+    The publisher (``RacingPublisher``) goes on, 100 at a time, until every subscriber is in (then 100 more), so the
     subscribes race the publishes however fast the merged publishing path is. On A, what comes
     back is A's own envelopes, whose deliveries are made from what A kept (``take_own``); on B,
     A's envelopes decoded: both handed to the hub a whole envelope at once (``deliver_run``)."""
@@ -127,29 +126,20 @@ def test_publishes_on_one_node_racing_a_resume_on_another_land_exactly_once(redi
         epoch = ack_of(pub, "T", 1, "first").epoch
         publish_numbers(pub, 9, start=2)
         subscribers = [b.connect() for _ in range(4)]
-        started, subscribed = threading.Event(), threading.Event()
-        published = [10]
 
-        def publish_rest() -> None:
-            started.set()
-            for _ in range(most // 100 - 1):
-                publish_numbers(pub, 100, start=published[0] + 1)
-                published[0] += 100
-                if subscribed.is_set():
-                    break
+        def publish_batch(first: int) -> None:  # the ack says Redis holds the batch's last
+            publish_numbers(pub, 99, start=first)
+            assert ack_of(pub, "T", first + 99, f"batch-{first}").offset == first + 99
 
-        thread = threading.Thread(target=publish_rest, name="test-publisher")
-        thread.start()
-        assert started.wait(WAIT)
+        publisher = RacingPublisher(publish_batch, most)
+        publisher.start()
         try:
             results = []
             for index, sub in enumerate(subscribers):
                 replayed, reply = subscribe_json(sub, since=Since(index, epoch))
                 results.append((index, replayed, reply))
         finally:
-            subscribed.set()
-            thread.join(10 * WAIT)
-        total = published[0]
+            total = publisher.stop()
         boundaries = set()
         for (index, replayed, reply), sub in zip(results, subscribers):
             live: list[dict[str, Any]] = []
