@@ -560,7 +560,7 @@ def describe(row: dict) -> str:
     if row.get("failed"):
         return str(row["failed"])[:80]
     return (f"{row.get('delivered')}/{row.get('expected')} delivered, {row.get('disorder')} out of order, "
-            f"{row.get('foreign')} foreign")
+            f"{row.get('foreign')} foreign, {row.get('closed', 0)} closed {row.get('close_codes', [])}")
 
 
 def strip_samples(results: Any) -> Any:

@@ -111,7 +111,7 @@ DIALECTS = {"rusty": Rusty(), "socketio": SocketIO()}
 class Conn:
     __slots__ = ("sock", "selector", "reader", "session", "topic", "ready", "upgraded", "head", "out", "count",
                  "expect", "last_seq", "disorder", "foreign", "errors", "session_marker", "first", "last",
-                 "closed", "inflater", "compressed", "close_reason")
+                 "closed", "inflater", "compressed", "close_reason", "close_code")
 
     def __init__(self, sock: socket.socket, selector: selectors.BaseSelector, session: str, topic: str | None,
                  expect: int) -> None:
@@ -121,6 +121,7 @@ class Conn:
         self.session, self.topic, self.expect = session, topic, expect
         self.ready = self.upgraded = self.closed = False
         self.close_reason = ""  # the reason of the server's close frame, if one came
+        self.close_code = 0  # its code (1005 for none), 0 while no close frame came
         self.head = b""
         self.out = b""
         self.count = self.disorder = self.foreign = self.errors = self.compressed = 0
@@ -248,6 +249,7 @@ class LoadGen:
             elif opcode == 0x8:
                 conn.closed = True
                 conn.close_reason = payload[2:].decode("utf-8", "replace")
+                conn.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
         conn.flush()
 
     def on_delivery(self, conn: Conn, body: bytes, now: float) -> None:
@@ -352,6 +354,7 @@ class LoadGen:
             "foreign": sum(c.foreign for c in conns),
             "errors": sum(c.errors for c in conns),
             "closed": sum(1 for c in conns if c.closed),
+            "close_codes": sorted({f"{c.close_code} {c.close_reason}"[:60] for c in conns if c.close_code}),
             "compressed": sum(c.compressed for c in conns),
             "first": min((c.first for c in received), default=0.0),
             "last": max((c.last for c in received), default=0.0),
