@@ -300,7 +300,8 @@ def run_storm(kind: ServerKind, size: int, deadline: float, parts: int = 4) -> d
         stopped = time.monotonic()
         server.stop()
         down_s = time.monotonic() - stopped
-        phases = re.search(r"stopped in (\S+)s: (.*)", server.final_log)  # rusty_ws's stop, from its own log
+        server_log = server.final_log
+        phases = re.search(r"stopped in (\S+)s: (.*)", server_log)  # rusty_ws's stop, from its own log
         server = RunningServer(kind, env=env, port=server.port)
         restarted_s = time.monotonic() - stopped
         # The new process's own start-up (benchlib/run_rusty.py): from its creation, wall and CPU seconds.
@@ -320,8 +321,11 @@ def run_storm(kind: ServerKind, size: int, deadline: float, parts: int = 4) -> d
                "refused_tcp": sum(r.get("refused_tcp", 0) for r in results),
                "attempts": sum(r.get("attempts", 0) for r in results), **health,
                "stop_phases": phases.group(2) if phases else None, "kernel": kernel,
+               # How many 4200s went out, and how many connections' threads woke meanwhile (rusty_ws's own lines).
+               "stop_lines": re.findall(r"(told \d+ connections 4200.*|of the answers, .*)", server_log),
                "startup": startup.group(1) if startup else None, "spawn_to_listening_s": server.listening - server.spawned,
-               "time_wait_at_start": time_wait, "load_at_start": load}
+               "time_wait_at_start": time_wait, "load_at_start": load,
+               "stopped_at": stopped}  # time.monotonic(): to find the stop in a trace taken beside (perf -k CLOCK_MONOTONIC)
         if failed or back != size:
             return {**row, "ok": False, "failed": failed or f"{back}/{size} back"}
         last_back = max(r["last_back"] for r in results)
@@ -527,6 +531,8 @@ def storm_scenario(servers: list[ServerKind], size: int, runs: int, deadline: fl
                       f"stop {row['stop_s']:.2f}s", flush=True)
             if row.get("stop_phases"):
                 print(f"          the old process's stop: {row['stop_phases']}", flush=True)
+            for line in row.get("stop_lines", []):
+                print(f"          {line}", flush=True)
             if row.get("startup"):
                 print(f"          the new process: listening {row['spawn_to_listening_s']:.2f}s after it was started; "
                       f"start-up from its creation (CPU): {row['startup']}", flush=True)

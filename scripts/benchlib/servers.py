@@ -101,9 +101,9 @@ class RunningServer:
         self.log.seek(0)
         return self.log.read(size).decode("utf-8", "replace")
 
-    def log_tail(self) -> str:
+    def log_tail(self, size: int = 2000) -> str:
         self.log.seek(0)
-        return self.log.read().decode("utf-8", "replace")[-2000:]
+        return self.log.read().decode("utf-8", "replace")[-size:]
 
     def _wait_listening(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -159,5 +159,5 @@ class RunningServer:
                 self.process.kill()
                 self.process.wait(10)
         if not self.log.closed:
-            self.final_log = self.log_tail()  # what the process said last (rusty_ws: its stop's phases)
+            self.final_log = self.log_tail(8000)  # what the process said last (rusty_ws: its stop's phases)
         self.log.close()
