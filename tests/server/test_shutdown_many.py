@@ -14,10 +14,12 @@ the clients to spread their reconnections over connections / rate seconds
 
 from __future__ import annotations
 
+import gc
 import re
 import selectors
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -281,3 +283,37 @@ def test_clients_that_close_at_once_do_not_hold_the_writing_of_the_4200s_up() ->
         _, told, line = _stopped(hub, _close_at_once_after_sigterm)
     assert told == CLIENTS
     assert "4200s written" in line, line
+
+
+def test_a_process_stopping_to_exit_lengthens_its_switch_interval_and_stops_its_collector(
+        monkeypatch: Any) -> None:
+    """Before its 4200s: every connection's thread then waits for the interpreter lock once, and at
+    the usual interval their timed waits flooded the lock's mutex (docs/performance.md, "Reconnect
+    storm, session 17"). The process ends; here ``exit_now`` is caught and both are put back."""
+    from rusty_ws.server import serve as serve_module
+    from rusty_ws.server.stop_clock import StopClock
+
+    seen: dict[str, Any] = {}
+
+    class Exited(Exception):
+        pass
+
+    def fake_stop(*args: Any, **kwargs: Any) -> None:
+        seen.update(interval=sys.getswitchinterval(), collecting=gc.isenabled(), exiting=kwargs.get("exiting"))
+
+    def fake_exit(code: int) -> None:
+        raise Exited(code)
+
+    monkeypatch.setattr(serve_module, "stop", fake_stop)
+    monkeypatch.setattr(serve_module, "exit_now", fake_exit)
+    interval, collecting = sys.getswitchinterval(), gc.isenabled()
+    try:
+        try:
+            serve_module._stop_and_exit(None, None, clock=StopClock())  # type: ignore[arg-type]
+        except Exited as exc:
+            assert exc.args == (0,)
+    finally:
+        sys.setswitchinterval(interval)
+        if collecting:
+            gc.enable()
+    assert seen == {"interval": serve_module.EXIT_SWITCH_INTERVAL, "collecting": False, "exiting": True}
