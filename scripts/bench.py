@@ -10,9 +10,12 @@ delivery. Load comes from separate load-generator processes
 
 Scenarios (every run checks that nothing was lost, reordered or crossed sessions):
   fanout     1 publisher, S subscribers of one topic in one session
-  latency    100 subscribers, a fixed publish rate: p50, p99, max
+  latency    100 subscribers, a fixed publish rate of 500/s and of 2,000/s: p50, p99, max
   sessions   500 sessions of 2 clients publishing to each other
-  capacity   idle subscribed connections at 1,000 / 5,000 / 10,000, then one publish to all
+  capacity   idle subscribed connections at 1,000 / 5,000 / 10,000 / 19,000, then one publish to all
+  connect    10,000 clients connecting, 500 at a time from four generators: seconds, server CPU and switches
+  storm      10,000 subscribed clients; the server restarted (rusty_ws: 4200 with its window): until all
+             are back, the refusals, /healthz on both ports meanwhile (rusty_ws and websockets)
   compression  fan-out again, every subscriber offering permessage-deflate as browsers do,
              to rusty_ws and websockets with compression on (RUSTY_WS_COMPRESSION=6)
   xfanout, xsessions, xpublish  rusty_ws nodes on one private redis-server, beside one node
@@ -24,7 +27,8 @@ Usage:
   scripts/bench.py --only rusty_ws,websockets --scenarios fanout
   scripts/bench.py --replot bench-results/results.json   table and plot again
 
-Writes bench-results/results.json and, for the full run, plot PNGs (fanout.png, multinode.png). Exits
+Writes bench-results/results.json and, for the full run, plot PNGs (fanout.png, multinode.png,
+connections.png, storm.png). Exits
 non-zero if any rusty_ws run lost, reordered or crossed a message.
 """
 
@@ -49,6 +53,8 @@ from benchlib.generators import Generator, clean, merge, split, start_one_topic 
 from benchlib.servers import COMPRESSING, SERVERS, RunningServer, ServerKind, compile_rusty_ws, free_port  # noqa: E402
 
 ORDER = ["rusty_ws", "websockets", "flask-socketio", "per-send", "ceiling"]
+#: The latency scenario's results, by publish rate (issue 15: neither may get worse).
+LATENCY_RATES = {"latency": 500, "latency_2000": 2000}
 
 
 # ------------------------------------------------------------------ scenarios
@@ -383,6 +389,8 @@ def main() -> int:
         multinode.plot(earlier, os.path.join(args.out, "multinode.png"))
         if "capacity" in earlier:
             plot_connections(earlier, os.path.join(args.out, "connections.png"))
+        if "storm" in earlier:
+            plot_storm(earlier, os.path.join(args.out, "storm.png"))
         return 0
 
     quick = args.quick
@@ -420,14 +428,15 @@ def main() -> int:
                 report("fanout", f"S={size}", kind.name, rows, "rate", "deliveries/s")
 
     if "latency" in scenarios:
-        results["latency"] = {}
         seconds = 2.0 if quick else 10.0
-        for kind in servers:
-            rows = repeat(runs, lambda: run_latency(kind, 100, 500, seconds, deadline))
-            results["latency"][kind.name] = {
-                key: median_of(rows, key) for key in ("p50_ms", "p99_ms", "max_ms")}
-            results["latency"][kind.name].update(runs=rows, ok=all(r.get("ok") for r in rows))
-            report("latency", "100 subs @ 500/s", kind.name, rows, "p99_ms", "ms p99")
+        for key, rate in LATENCY_RATES.items():
+            results[key] = {}
+            for kind in servers:
+                rows = repeat(runs, lambda: run_latency(kind, 100, rate, seconds, deadline))
+                results[key][kind.name] = {
+                    stat: median_of(rows, stat) for stat in ("p50_ms", "p99_ms", "max_ms")}
+                results[key][kind.name].update(runs=rows, ok=all(r.get("ok") for r in rows))
+                report("latency", f"100 subs @ {rate}/s", kind.name, rows, "p99_ms", "ms p99")
 
     if "sessions" in scenarios:
         results["sessions"] = {}
@@ -491,6 +500,8 @@ def main() -> int:
         multinode.plot(results, os.path.join(args.out, "multinode.png"))
     if not quick and "capacity" in results:
         plot_connections(results, os.path.join(args.out, "connections.png"))
+    if not quick and "storm" in results:
+        plot_storm(results, os.path.join(args.out, "storm.png"))
     print(f"done in {results['seconds']:.0f}s; results in {args.out}/results.json")
     return 0 if ours_clean(results) else 1
 
@@ -581,7 +592,7 @@ def ours_clean(results: dict) -> bool:
     fine = True
     for size in results.get("fanout", {}).values():
         fine &= size.get("rusty_ws", {}).get("ok", True)
-    for scenario in ("latency", "sessions"):
+    for scenario in (*LATENCY_RATES, "sessions"):
         fine &= results.get(scenario, {}).get("rusty_ws", {}).get("ok", True)
     for size in results.get("compression", {}).values():
         fine &= size.get("rusty_ws", {}).get("ok", True)
@@ -604,10 +615,11 @@ def print_table(results: dict) -> None:
             print(f"{'S=' + size:24}" + "".join(f"{c:>16}" for c in cells))
             ours = by_server.get("rusty_ws", {}).get("rate")
             print(f"{'  ratio':24}" + "".join(f"{ratio(ours, by_server.get(n, {}).get('rate')):>16}" for n in ORDER))
-    if "latency" in results:
-        print(f"\n{'latency @500/s, 100 subs':24}" + "".join(f"{n:>16}" for n in ORDER))
-        for key in ("p50_ms", "p99_ms", "max_ms"):
-            print(f"{key:24}" + "".join(f"{fmt(results['latency'].get(n, {}).get(key)):>16}" for n in ORDER))
+    for scenario, rate in LATENCY_RATES.items():
+        if scenario in results:
+            print(f"\n{f'latency @{rate}/s, 100 subs':24}" + "".join(f"{n:>16}" for n in ORDER))
+            for key in ("p50_ms", "p99_ms", "max_ms"):
+                print(f"{key:24}" + "".join(f"{fmt(results[scenario].get(n, {}).get(key)):>16}" for n in ORDER))
     if "sessions" in results:
         print(f"\n{'sessions deliveries/s':24}" + "".join(f"{n:>16}" for n in ORDER))
         rates = {n: results["sessions"].get(n, {}).get("rate") for n in ORDER}
@@ -671,6 +683,48 @@ def plot(results: dict, path: str) -> None:
     axes.set_title("Fan-out, 1 publisher, ~100-byte payloads (medians)")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def plot_storm(results: dict, path: str) -> None:
+    """Each reconnect-storm run as a bar: the old server's stop, the new one's start, the clients' return;
+    beside it, rusty_ws's slowest /healthz answer of the run on each port (the target: under 1 s)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+        return
+    figure, (times, health) = plt.subplots(1, 2, figsize=(10, 4.2), gridspec_kw={"width_ratios": [3, 1]})
+    labels, health_labels = [], []
+    for name in STORM_SERVERS:
+        for index, row in enumerate(results["storm"].get(name, {}).get("runs", [])):
+            if not row.get("ok"):
+                continue
+            x = len(labels)
+            labels.append(f"{name}\nrun {index + 1}")
+            stop, start = row["stop_s"], row["restart_s"] - row["stop_s"]
+            times.bar(x, stop, color="C3", label="stop (4200s out)" if x == 0 else None)
+            times.bar(x, start, bottom=stop, color="C1", label="new process listening" if x == 0 else None)
+            times.bar(x, row["after_restart_s"], bottom=row["restart_s"], color="C0",
+                      label="clients back" if x == 0 else None)
+            if row.get("healthz_max_s") is not None:
+                y = len(health_labels)
+                health_labels.append(f"{name} {index + 1}")
+                health.bar(y - 0.2, row["healthz_max_s"], width=0.4, color="C2", label="hub's port" if y == 0 else None)
+                health.bar(y + 0.2, row.get("internal_max_s") or 0, width=0.4, color="C4",
+                           label="internal port" if y == 0 else None)
+    times.axhline(10, color="grey", linestyle="--", linewidth=1, label="target: all back in 10 s")
+    times.set_xticks(range(len(labels)), labels, fontsize=8)
+    times.set_ylabel("seconds from the stop")
+    times.legend(fontsize=8)
+    health.set_xticks(range(len(health_labels)), health_labels, fontsize=8)
+    health.set_ylabel("slowest /healthz answer (s)")
+    health.legend(fontsize=8)
+    figure.suptitle(f"Reconnect storm: {results['storm'].get('rusty_ws', {}).get('connections', '?')} subscribed "
+                    "clients, the server restarted")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 

@@ -24,7 +24,7 @@ def test_quick_benchmark_runs_and_rusty_ws_loses_nothing(tmp_path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["fanout"]["100"]["rusty_ws"]["ok"]
-    assert results["latency"]["rusty_ws"]["ok"]
+    assert results["latency"]["rusty_ws"]["ok"] and results["latency_2000"]["rusty_ws"]["ok"]
     assert results["sessions"]["rusty_ws"]["ok"]
     assert all(row["ok"] for row in results["capacity"]["rusty_ws"])
     assert results["compression"]["100"]["rusty_ws"]["ok"]  # every subscriber inflated every message
