@@ -87,6 +87,29 @@ class RunningServer:
         )
 
 
+@contextlib.contextmanager
+def dropped_as_seen() -> Iterator[list[Any]]:
+    """Every delivery a WsClient of this process drops as seen already (``Subscriptions.admit`` said
+    False), while the block runs: a test of "once" must check it stays empty, or a hub that sent a
+    message twice would pass, its repeat hidden by the client."""
+    from rusty_ws.client.subscriptions import Subscriptions
+
+    dropped: list[Any] = []
+    admit = Subscriptions.admit
+
+    def counting(self: Subscriptions, delivery: Any) -> bool:
+        if admit(self, delivery):
+            return True
+        dropped.append(delivery)
+        return False
+
+    Subscriptions.admit = counting  # type: ignore[method-assign]
+    try:
+        yield dropped
+    finally:
+        Subscriptions.admit = admit  # type: ignore[method-assign]
+
+
 def hub_config(**overrides: Any) -> dict[str, Any]:
     """Settings for a test hub: a known secret, development mode (as the stand-alone hub has it,
     also for the tests' embedding apps), then ``overrides`` (names without the prefix;

@@ -13,7 +13,7 @@ import pytest
 from rusty_ws import RecoveryFailure, ServerError, WsClient
 from rusty_ws.client.wire import Waiter
 from rusty_ws.protocol import Since, Subscribed, encode_subscribe_json
-from support import WAIT, ClientEvents, RunningServer, running_server
+from support import WAIT, ClientEvents, RunningServer, dropped_as_seen, running_server
 from tcp_proxy import tcp_proxy
 
 FAST = {"backoff_initial": 0.05, "backoff_cap": 0.2, "timeout": WAIT}
@@ -34,7 +34,7 @@ def record_resumes(server: RunningServer) -> list[Since | None]:
 
 def test_a_reset_subscriber_gets_all_1000_messages_in_order_once_while_they_are_published() -> None:
     """The subscriber's connection is reset at message 200 of 1,000 published one after the other."""
-    with running_server(history_size=2000) as server, tcp_proxy(server.port) as proxy, \
+    with dropped_as_seen() as repeats, running_server(history_size=2000) as server, tcp_proxy(server.port) as proxy, \
             WsClient.connect_with_session("sub", "s", proxy.url, **FAST) as sub, \
             WsClient.connect_with_session("pub", "s", server.ws_url, timeout=WAIT) as pub:
         events = ClientEvents(sub, "T")
@@ -67,6 +67,7 @@ def test_a_reset_subscriber_gets_all_1000_messages_in_order_once_while_they_are_
         assert since is not None and since.offset >= 200 and since.epoch == sub.position("T").epoch
         assert events.entries("recovery_failed") == []
         assert payloads[:1000] == list(range(1, 1001))
+        assert repeats == []  # the hub replayed from where the client was, not before
 
 
 def test_messages_published_while_the_subscriber_is_away_are_replayed_before_new_ones() -> None:

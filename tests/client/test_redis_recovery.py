@@ -17,7 +17,7 @@ import pytest
 from redis_support import RedisServer, redis_server
 from rusty_ws import RecoveryFailure, ServerError, WsClient
 from rusty_ws.protocol import Since
-from support import WAIT, ClientEvents, HubProcess, running_server
+from support import WAIT, ClientEvents, HubProcess, dropped_as_seen, running_server
 from tcp_proxy import tcp_proxy
 
 FAST = {"backoff_initial": 0.05, "backoff_cap": 0.2, "timeout": WAIT}
@@ -31,6 +31,7 @@ def redis() -> contextlib.AbstractContextManager[RedisServer]:  # type: ignore[m
 
 def test_reconnecting_to_another_node_each_time_gets_all_1000_messages_in_order_once(redis: RedisServer) -> None:
     with contextlib.ExitStack() as stack:
+        repeats = stack.enter_context(dropped_as_seen())
         hubs = [stack.enter_context(HubProcess(broker_url=redis.url, history_size=2000)) for _ in range(3)]
         proxy = stack.enter_context(tcp_proxy(hubs[0].port))
         sub = stack.enter_context(WsClient.connect_with_session("sub", "s", proxy.url, **FAST))
@@ -71,6 +72,7 @@ def test_reconnecting_to_another_node_each_time_gets_all_1000_messages_in_order_
         offsets = [entry[1].offset for entry in events.log if entry[0] == "message"]
         assert offsets == list(range(1, 1002))
         assert sub.position("T") == Since(1001, acks[0].epoch)
+        assert repeats == []  # no hub sent one twice (the client would have hidden it)
 
 
 def test_redis_restarted_empty_is_a_new_epoch_and_the_client_is_told(redis: RedisServer) -> None:
@@ -117,6 +119,7 @@ def test_on_a_cluster_reconnecting_to_the_other_hub_each_time_gets_every_message
 
     count = 600
     with contextlib.ExitStack() as stack:
+        repeats = stack.enter_context(dropped_as_seen())
         cluster = stack.enter_context(redis_cluster(3))
         hubs = [stack.enter_context(HubProcess(broker_url=cluster.url, history_size=count)) for _ in range(2)]
         proxy = stack.enter_context(tcp_proxy(hubs[0].port))
@@ -158,3 +161,4 @@ def test_on_a_cluster_reconnecting_to_the_other_hub_each_time_gets_every_message
         offsets = [entry[1].offset for entry in events.log if entry[0] == "message"]
         assert offsets == list(range(1, count + 2))
         assert sub.position("T") == Since(count + 1, acks[0].epoch)
+        assert repeats == []
