@@ -789,11 +789,11 @@ class Hub:
             woken = min(len(connections), next(self._ended_exiting) - 1)  # threads that woke and parked
             left = len(connections) - max(woken, answered)
             stop_logger.info("told %d connections 4200 (%r, at %.0f a second) in %.2fs (%s); %s; exiting",
-                        len(connections), reason, self.reconnect_rate, time.monotonic() - started,
-                        "every close frame written" if written else "some close frames not written in time",
-                        "every closing handshake done" if ended else f"{left} closing handshakes cut short")
-            stop_logger.info("of the answers, %d read by the stopping thread (%d held asleep); %d connections' threads "
-                        "woke (EOF, or more than quiet_exit.LOW_WATER bytes)", answered, len(held), woken)
+                             len(connections), reason, self.reconnect_rate, time.monotonic() - started,
+                             "every close frame written" if written else "some close frames not written in time",
+                             "every closing handshake done" if ended else f"{left} closing handshakes cut short")
+            stop_logger.info("of the answers, %d read by the stopping thread (%d held asleep); %d connections' "
+                             "threads woke (EOF, or more than quiet_exit.LOW_WATER bytes)", answered, len(held), woken)
             self.broker.stop()
             mark("broker stopped")
             return

@@ -129,9 +129,10 @@ def _stop_and_exit(app: Flask, server: HubServer, *, clock: StopClock) -> None:
     # they all take one mutex to do so. Every connection's thread wakes at its client's EOF after
     # the 4200 and waits for the lock once (to park): at 10,000 of them and 0.05 s, 200,000
     # wake-ups a second on that mutex (perf: 71% of the process's CPU in futex_wake and its spin
-    # lock), and the stopping thread, which needs the same mutex at each send, took 10 s or more
-    # for its 4200s in 1 stop of 6 (2 s in another) instead of 0.5 s. A process about to end has
-    # no thread that must be asked to let go of the lock: each send lets it go anyway.
+    # lock), and the stopping thread, which needs the same mutex at each send, took 9.5 s or more
+    # for its 4200s in 3 stops of 24 instead of 0.5 s (none of 20 since; docs/performance.md,
+    # "Reconnect storm, session 17"). A process about to end has no thread that must be asked to
+    # let go of the lock: each send lets it go anyway.
     sys.setswitchinterval(EXIT_SWITCH_INTERVAL)
     try:
         stop(app, server, exiting=True, clock=clock)
