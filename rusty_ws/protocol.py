@@ -258,11 +258,14 @@ def reconnect_window(reason: str) -> float:
     """Seconds over which to spread a "reconnect now": the window a close reason names, else ``RECONNECT_JITTER``.
 
     Reads what ``restart_reason`` writes; any other reason, a malformed or hostile one
-    included, gives ``RECONNECT_JITTER``. At most an hour.
+    included (or the words after another close's explanation), gives ``RECONNECT_JITTER``.
+    At most an hour.
     """
-    _, found, rest = reason.partition(_WINDOW_WORDS)
+    explanation, found, rest = reason.partition(_WINDOW_WORDS)
     number, _, unit = rest.partition(" ")
-    if not found or unit != "s" or not 0 < len(number) <= 8 or not (number.isascii() and number.replace(".", "", 1).isdigit()):
+    if not found or explanation != CLOSE_CODE_EXPLANATIONS[CloseCode.SERVER_RESTARTING] or unit != "s":
+        return RECONNECT_JITTER
+    if not 0 < len(number) <= 8 or not (number.isascii() and number.replace(".", "", 1).isdigit()):
         return RECONNECT_JITTER
     return min(3600.0, max(RECONNECT_JITTER, float(number)))
 

@@ -77,20 +77,20 @@ export function* backoffDelays({ initial = 500, factor = 2, cap = 30000, jitter 
 
 /** Ms of random delay a client adds before it reconnects "now" when the close reason names no window. */
 export const RECONNECT_JITTER_MS = 1000;
-const WINDOW_WORDS = "; reconnect within ";
+const WINDOW_WORDS = "server restarting; reconnect within "; // a 4200's explanation, and the window
 
 /**
  * Ms over which to spread a "reconnect now": the window a close reason names (a hub shutting down
  * with many connections says "server restarting; reconnect within 6.5 s"), else RECONNECT_JITTER_MS.
- * Any other reason, a malformed or hostile one included, gives RECONNECT_JITTER_MS. At most an hour.
+ * Any other reason, a malformed or hostile one included (or the words after another close's
+ * explanation), gives RECONNECT_JITTER_MS. At most an hour.
  * The mirror of protocol.py's reconnect_window.
  * @param {string} reason
  * @returns {number}
  */
 export function reconnectWindow(reason) {
-  const at = typeof reason === "string" ? reason.indexOf(WINDOW_WORDS) : -1;
-  if (at < 0) return RECONNECT_JITTER_MS;
-  const match = /^(\d{1,8}(?:\.\d{0,7})?) s$/.exec(reason.slice(at + WINDOW_WORDS.length));
+  if (typeof reason !== "string" || !reason.startsWith(WINDOW_WORDS)) return RECONNECT_JITTER_MS;
+  const match = /^(\d{1,8}(?:\.\d{0,7})?) s$/.exec(reason.slice(WINDOW_WORDS.length));
   if (match === null || match[1].length > 8) return RECONNECT_JITTER_MS;
   return Math.min(3600000, Math.max(RECONNECT_JITTER_MS, Number(match[1]) * 1000));
 }

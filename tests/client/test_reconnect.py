@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import queue
 import socket
 import threading
+import time
 
 import pytest
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 
 from rusty_ws import ConnectionClosed, WsClient
+from rusty_ws.client import supervisor
 from rusty_ws.protocol import CloseCode, encode_ping, encode_publish
 from support import FAST_CLIENT, MS, POLL, WAIT, Hooks, messages, running_server
 
@@ -36,17 +40,32 @@ def test_reconnects_after_a_restart_and_keeps_its_subscriptions() -> None:
     assert hooks.disconnected.get(timeout=WAIT)[0] == 1000
 
 
-def test_a_restart_naming_a_window_spreads_the_first_attempt_over_it() -> None:
-    # Two connections at one handshake per second: the hub asks for a window of 2 s.
+@pytest.mark.parametrize("share", [1.0, 0.0], ids=["top", "bottom"])
+def test_a_restart_naming_a_window_spreads_the_first_attempt_over_it(monkeypatch: pytest.MonkeyPatch,
+                                                                     share: float) -> None:
+    # The client's random draw pinned to the top or the bottom of its range: the wait is then exact.
+    monkeypatch.setattr(supervisor, "first_delay", functools.partial(supervisor.first_delay, rng=lambda: share))
+    window = 2.0  # two connections at one handshake per second
     with running_server(reconnect_rate=1) as first:
         clients = [WsClient.connect(f"c{index}", first.ws_url, **FAST_CLIENT) for index in range(2)]
-        hooks = [Hooks(client) for client in clients]
-    for hook in hooks:
-        assert hook.disconnected.get(timeout=WAIT) == (4200, "server restarting; reconnect within 2.0 s")
-        attempt, delay = hook.reconnecting.get(timeout=WAIT)
-        assert attempt == 1 and 0.0 <= delay <= 2.0  # not the quick back-off's 0.1 s bound: the hub's window
-    for client in clients:
-        client.close()
+        timed: list[queue.Queue] = [queue.Queue() for _ in clients]  # each hook's arguments, and when it ran
+        for client, to in zip(clients, timed):
+            client.on_disconnect = lambda c, code, reason, to=to: to.put((code, reason, time.monotonic()))
+            client.on_reconnecting = lambda c, attempt, delay, to=to: to.put((attempt, delay, time.monotonic()))
+        stopping = time.monotonic()  # before the 4200s: no client starts its wait earlier
+    try:
+        for events in timed:
+            code, reason, dropped = events.get(timeout=WAIT)
+            assert (code, reason) == (4200, f"server restarting; reconnect within {window} s")
+            attempt, delay, _ = events.get(timeout=WAIT)
+            assert attempt == 1 and delay == share * window  # the hub's window, not the quick back-off's 0.1 s
+            # The first attempt (refused: no hub on the port) comes after that wait, and soon after it.
+            attempt, _, announced = events.get(timeout=window + WAIT)
+            assert attempt == 2 and announced - stopping >= share * window
+            assert announced - dropped <= share * window + 500 * MS
+    finally:
+        for client in clients:
+            client.close()
 
 
 def test_calls_during_an_outage_fail_clearly() -> None:

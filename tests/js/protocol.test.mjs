@@ -202,12 +202,19 @@ describe("reconnect window", () => {
   });
 
   test("malformed, hostile and huge windows give the usual second, or an hour at most", () => {
-    for (const reason of ["; reconnect within s", "; reconnect within -5 s", "; reconnect within 1e9 s",
-      "; reconnect within 5 ms", "; reconnect within 5 s trailing", "; reconnect within ٥ s",
-      "; reconnect within 123456789 s", "; reconnect within 0.2 s", undefined]) {
-      assert.equal(reconnectWindow(reason), 1000, String(reason));
+    for (const window of ["s", "-5 s", "1e9 s", "5 ms", "5 s trailing", "٥ s", "123456789 s", "0.2 s", "nan s",
+      "1.2.3 s", "5 s; reconnect within 9 s"]) {
+      assert.equal(reconnectWindow(`server restarting; reconnect within ${window}`), 1000, window);
     }
-    assert.equal(reconnectWindow("; reconnect within 99999999 s"), 3600000);
+    assert.equal(reconnectWindow(undefined), 1000);
+    assert.equal(reconnectWindow("server restarting; reconnect within 99999999 s"), 3600000);
+  });
+
+  test("only a restart names a window: the reason is 'server restarting' alone or with it", () => {
+    for (const reason of ["; reconnect within 5 s", "going away; reconnect within 5 s",
+      "Server restarting; reconnect within 5 s", " server restarting; reconnect within 5 s"]) {
+      assert.equal(reconnectWindow(reason), 1000, reason);
+    }
   });
 
   test("the first delay: a random part of the window, or of twice the back-off's first delay up to 1 s", () => {

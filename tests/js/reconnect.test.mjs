@@ -182,16 +182,24 @@ describe("close codes", () => {
     assert.equal(c.state, State.OPEN);
   });
 
-  test("4200 naming a window: the first attempt waits a random part of it", async () => {
-    const c = await client();
-    const reconnecting = nextEvent(c, "reconnecting");
-    const reopened = nextEvent(c, "open");
-    hub.sockets[0].close(4200, "server restarting; reconnect within 1.5 s");
-    const { attempt, delay } = await reconnecting;
-    assert.equal(attempt, 1);
-    assert.ok(delay >= 0 && delay <= 1500, String(delay));
-    await reopened;
-  });
+  for (const [share, end] of [[1, "top"], [0, "bottom"]]) {
+    test(`4200 naming a window: the first attempt waits a random part of it (the ${end} of it)`, async (t) => {
+      const c = await client();
+      const reconnecting = nextEvent(c, "reconnecting");
+      const reopened = nextEvent(c, "open");
+      let announced = null; // when the client said it would wait, and started to
+      c.addEventListener("reconnecting", () => { announced ??= performance.now(); });
+      const attempted = hub.connection(1).then(() => performance.now());
+      t.mock.method(Math, "random", () => share); // the client's random draw, pinned: the wait is exact
+      hub.sockets[0].close(4200, "server restarting; reconnect within 1.5 s");
+      const { attempt, delay } = await reconnecting;
+      assert.equal(attempt, 1);
+      assert.equal(delay, share * 1500); // the hub's window, not twice the quick back-off's first delay
+      const waited = (await attempted) - announced;
+      assert.ok(waited >= delay - 2 && waited <= delay + 500 * MS, String(waited)); // (timers have ms steps)
+      await reopened;
+    });
+  }
 
   test("4100 (slow consumer): back off before the first attempt", async () => {
     const c = await client();
@@ -239,25 +247,28 @@ describe("close codes", () => {
     assert.equal(c.state, State.OPEN);
   });
 
-  test("a 503 with Retry-After waits what it says (plus up to a second), not the back-off", async () => {
+  test("a 503 with Retry-After waits what it says (plus up to a second), not the back-off", async (t) => {
     const c = await client();
     hub.busy = "1";
     const attempts = [];
     const second = new Promise((resolve) => {
       c.addEventListener("reconnecting", (event) => {
-        attempts.push(event.detail);
+        attempts.push({ ...event.detail, at: performance.now() });
         if (event.detail.attempt === 2) resolve();
       });
     });
+    t.mock.method(Math, "random", () => 0.5); // the client's random draws, pinned: the waits are exact
     hub.sockets[0].close(4200, "server restarting");
     await within(second, WAIT, "a second attempt");
+    const attempted = hub.connection(1).then(() => performance.now());
     assert.equal(hub.refused, 1);
     const [first, paced] = attempts;
-    assert.ok(first.delay <= 2 * FAST.backoff.initial, JSON.stringify(attempts)); // "reconnect now"
-    assert.ok(paced.delay >= 1000 && paced.delay <= 2000, JSON.stringify(attempts)); // the hub's 1 s, not 80 ms
+    assert.equal(first.delay, 0.5 * 2 * FAST.backoff.initial, JSON.stringify(attempts)); // "reconnect now"
+    assert.equal(paced.delay, 1500, JSON.stringify(attempts)); // the hub's 1 s and half of one more, not the back-off
     const reopened = nextEvent(c, "open", () => true, 3 * WAIT);
     hub.busy = null;
     await reopened;
+    assert.ok((await attempted) - paced.at >= paced.delay - 2, JSON.stringify(attempts)); // (timers have ms steps)
     assert.equal(c.state, State.OPEN);
   });
 

@@ -14,6 +14,7 @@ long), which is what a slow upgrade looks like to the accept loop.
 from __future__ import annotations
 
 import contextlib
+import functools
 import select
 import socket
 import threading
@@ -21,7 +22,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from rusty_ws import WsClient, create_app
+from rusty_ws import WsClient, backoff, create_app
 from rusty_ws.config import Settings
 from rusty_ws.server import accept_gate
 from rusty_ws.server.hub_server import DRAIN_FROM, HubServer, make_server
@@ -123,8 +124,10 @@ class TestPacing:
         assert len(lines) == 1, [r.getMessage() for r in lines]
 
 
-def test_wsclient_waits_what_retry_after_says(closing: list[socket.socket]) -> None:
+def test_wsclient_waits_what_retry_after_says(closing: list[socket.socket], monkeypatch: pytest.MonkeyPatch) -> None:
     """A refused reconnection waits the hub's Retry-After (plus up to a second), not its quick back-off."""
+    # The client's random part of that second pinned to a half: the wait is then exact.
+    monkeypatch.setattr(backoff, "retry_after", functools.partial(backoff.retry_after, rng=lambda: 0.5))
     with running_server(max_handshakes=1, request_head_timeout=10 * WAIT) as server:
         client = WsClient.connect("c", server.ws_url, **FAST_CLIENT)
         hooks = Hooks(client)
@@ -134,7 +137,7 @@ def test_wsclient_waits_what_retry_after_says(closing: list[socket.socket]) -> N
         attempt, delay = hooks.reconnecting.get(timeout=WAIT)
         assert attempt == 1 and delay <= 2 * FAST_CLIENT["backoff_initial"]  # "reconnect now"
         attempt, delay = hooks.reconnecting.get(timeout=WAIT)  # that attempt was turned away: 503
-        assert attempt == 2 and 1.0 <= delay <= 2.0, delay  # Retry-After: 1, plus up to a second
+        assert attempt == 2 and delay == 1.5, delay  # Retry-After: 1, plus half of one more second
         assert FAST_CLIENT["backoff_cap"] < 1.0  # (the back-off alone would never wait that long)
         held.close()  # the request under way ends: room for the client when it comes back
         assert hooks.connected.get(timeout=3 * WAIT) is client
