@@ -8,6 +8,7 @@ explicit ``RUSTY_WS_MAX_CONNECTIONS`` wins. (Under gunicorn the rule stays:
 
 from __future__ import annotations
 
+import logging
 import resource
 
 import pytest
@@ -103,3 +104,46 @@ def test_an_embedding_app_keeps_the_fixed_default() -> None:
             resource.getrlimit(resource.RLIMIT_NOFILE)[0], MAX_PENDING_REQUESTS)
     finally:
         state_of(standalone).hub.shutdown(WAIT)
+
+
+class FakeRlimit:
+    """``resource``'s NOFILE calls against a pretend (soft, hard) pair: what ``setrlimit`` was asked is kept."""
+
+    def __init__(self, soft: int, hard: int) -> None:
+        self.limits = (soft, hard)
+        self.asked: list[tuple[int, int]] = []
+
+    def getrlimit(self, which: int) -> tuple[int, int]:
+        assert which == resource.RLIMIT_NOFILE
+        return self.limits
+
+    def setrlimit(self, which: int, limits: tuple[int, int]) -> None:
+        assert which == resource.RLIMIT_NOFILE
+        self.asked.append(limits)
+        self.limits = limits
+
+
+def test_an_unlimited_hard_limit_raises_the_soft_one_to_the_kernels_ceiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeRlimit(1024, resource.RLIM_INFINITY)
+    monkeypatch.setattr(limits.resource, "getrlimit", fake.getrlimit)
+    monkeypatch.setattr(limits.resource, "setrlimit", fake.setrlimit)
+    monkeypatch.setattr(limits, "_nr_open", lambda: 1048576)
+    said: list[tuple[int, str]] = []
+    assert limits.raise_descriptor_limit(said) == 1048576
+    assert fake.asked == [(1048576, resource.RLIM_INFINITY)]  # the hard limit is left unlimited
+    assert said == [(logging.INFO, "raised the file-descriptor limit (RLIMIT_NOFILE) from 1024 to its hard limit 1048576")]
+    said.clear()
+    assert limits.raise_descriptor_limit(said) == 1048576 and said == [] and len(fake.asked) == 1  # already there
+    fake.limits = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+    assert limits.raise_descriptor_limit(said) == 1048576 and said == [] and len(fake.asked) == 1  # nothing to raise
+
+
+def test_the_kernels_ceiling_is_read_from_proc_and_guessed_without_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    with open("/proc/sys/fs/nr_open", encoding="ascii") as handle:
+        assert limits._nr_open() == int(handle.read())
+
+    def no_proc(*args: object, **kwargs: object) -> None:
+        raise FileNotFoundError("no /proc")
+
+    monkeypatch.setattr(limits, "open", no_proc, raising=False)  # the module's open only
+    assert limits._nr_open() == 1 << 20
