@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import resource
+import shutil
+import subprocess
 
 import pytest
 import websocket
@@ -18,8 +20,9 @@ from crowd import Crowd
 from rusty_ws import create_app
 from rusty_ws.config import MAX_CONNECTIONS_EMBEDDED, MAX_PENDING_REQUESTS
 from rusty_ws.server import limits
+from rusty_ws.server.hub_server import make_server
 from rusty_ws.server.state import state_of
-from support import WAIT, Client, HubProcess, http
+from support import WAIT, Client, HubProcess, http, hub_config
 
 
 def soft_limit(pid: int) -> int:
@@ -147,3 +150,29 @@ def test_the_kernels_ceiling_is_read_from_proc_and_guessed_without_it(monkeypatc
 
     monkeypatch.setattr(limits, "open", no_proc, raising=False)  # the module's open only
     assert limits._nr_open() == 1 << 20
+
+
+#: The listen backlog ``HubServer`` asks for (``request_queue_size``; docs/configuration.md, "The other defaults").
+LISTEN_BACKLOG = 4096
+
+
+def test_the_listen_backlog_is_what_the_kernel_reports_for_the_listening_socket() -> None:
+    """``ss`` shows a listening socket's backlog as its Send-Q: the hub's 4096, capped by ``net.core.somaxconn``."""
+    ss = shutil.which("ss")
+    if ss is None:
+        pytest.skip("needs ss (iproute2): the backlog is not in /proc/net/tcp")
+    with open("/proc/sys/net/core/somaxconn", encoding="ascii") as handle:
+        somaxconn = int(handle.read())
+    app = create_app(hub_config())
+    server = make_server(app, "127.0.0.1", 0)
+    try:
+        port = server.server_address[1]
+        listed = subprocess.run([ss, "-H", "-l", "-n", "-t", f"sport = :{port}"], capture_output=True, text=True,
+                                timeout=WAIT)
+        assert listed.returncode == 0, listed.stderr
+        rows = [line.split() for line in listed.stdout.splitlines() if line.strip()]
+        assert len(rows) == 1 and rows[0][0] == "LISTEN", listed.stdout
+        assert int(rows[0][2]) == min(LISTEN_BACKLOG, somaxconn), listed.stdout  # Send-Q: the backlog
+    finally:
+        server.server_close()
+        state_of(app).hub.shutdown(WAIT)
