@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import logging
 import resource
+import selectors
 import shutil
+import signal
+import socket
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 import websocket
-from crowd import Crowd
+from crowd import Crowd, handshake
 
 from rusty_ws import create_app
 from rusty_ws.config import MAX_CONNECTIONS_EMBEDDED, MAX_PENDING_REQUESTS
 from rusty_ws.server import limits
+from rusty_ws.server.accept_gate import PEEK_WAIT
 from rusty_ws.server.hub_server import make_server
 from rusty_ws.server.state import state_of
 from support import WAIT, Client, HubProcess, http, hub_config
@@ -141,14 +147,11 @@ def test_an_unlimited_hard_limit_raises_the_soft_one_to_the_kernels_ceiling(monk
     assert limits.raise_descriptor_limit(said) == 1048576 and said == [] and len(fake.asked) == 1  # nothing to raise
 
 
-def test_the_kernels_ceiling_is_read_from_proc_and_guessed_without_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_kernels_ceiling_is_read_from_proc_and_guessed_without_it(monkeypatch: pytest.MonkeyPatch,
+                                                                      tmp_path: Path) -> None:
     with open("/proc/sys/fs/nr_open", encoding="ascii") as handle:
         assert limits._nr_open() == int(handle.read())
-
-    def no_proc(*args: object, **kwargs: object) -> None:
-        raise FileNotFoundError("no /proc")
-
-    monkeypatch.setattr(limits, "open", no_proc, raising=False)  # the module's open only
+    monkeypatch.setattr(limits, "NR_OPEN_PATH", str(tmp_path / "missing"))
     assert limits._nr_open() == 1 << 20
 
 
@@ -176,3 +179,85 @@ def test_the_listen_backlog_is_what_the_kernel_reports_for_the_listening_socket(
     finally:
         server.server_close()
         state_of(app).hub.shutdown(WAIT)
+
+
+def answers_of(sockets: list[socket.socket], timeout: float) -> list[int | None]:
+    """Each socket's HTTP status (None: closed without one), reading all of them on one selector until ``timeout``."""
+    heads = {sock: b"" for sock in sockets}
+    answers: dict[socket.socket, int | None] = {}
+    with selectors.DefaultSelector() as selector:
+        for sock in sockets:
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        while len(answers) < len(sockets) and time.monotonic() < deadline:  # bounded by the deadline
+            for key, _ in selector.select(deadline - time.monotonic()):
+                sock = key.fileobj
+                try:
+                    chunk = sock.recv(4096)
+                except ConnectionError:
+                    chunk = b""
+                heads[sock] += chunk
+                if b"\r\n" in heads[sock] or not chunk:
+                    line = heads[sock].split(b"\r\n", 1)[0].split()
+                    answers[sock] = int(line[1]) if len(line) > 1 and b"\r\n" in heads[sock] else None
+                    selector.unregister(sock)
+    assert len(answers) == len(sockets), f"{len(sockets) - len(answers)} sockets got no answer in {timeout} s"
+    return [answers[sock] for sock in sockets]
+
+
+def test_a_drain_leaves_the_descriptor_reserve_free_and_every_client_gets_an_answer() -> None:
+    """A storm's queue taken whole by a hub with few descriptors: it holds no more than the reserve leaves.
+
+    The hub is stopped (SIGSTOP) while 300 handshakes wait in its accept queue, more than
+    its 200 descriptors; on SIGCONT the accept thread drains the queue (``AcceptGate.drain``).
+    Every client gets 101 (at most the derived limit) or 503, and accept() never fails for
+    want of descriptors: the drain left ``DESCRIPTOR_RESERVE`` free (before, it took sockets
+    until accept() failed with EMFILE, leaving nothing for Redis or anything else the process opens).
+    """
+    with HubProcess(nofile=(200, 200), max_pending_requests=16) as hub:
+        fits = limits.connections_for(200, 16)
+        assert f"at most {fits} WebSocket" in hub.wait_for_line("at most")
+        hub.process.send_signal(signal.SIGSTOP)
+        sockets: list[socket.socket] = []
+        try:
+            for _ in range(300):
+                sock = socket.create_connection(("127.0.0.1", hub.port), timeout=WAIT)  # the kernel accepts it
+                sockets.append(sock)
+                sock.sendall(handshake(hub.port))
+        finally:
+            hub.process.send_signal(signal.SIGCONT)
+        try:
+            answers = answers_of(sockets, 10 * WAIT)
+            assert set(answers) <= {101, 503}, answers
+            assert 0 < answers.count(101) <= fits  # how many got in before 503 server_busy is the scheduler's
+            assert "accept() failed" not in hub.log, hub.log
+            assert http("GET", hub.http_url + "/healthz")[2]["connections"] <= fits
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+def test_idle_sockets_past_the_descriptors_room_are_turned_away_and_accept_never_fails() -> None:
+    """Sockets that send nothing, more than a 128-descriptor hub has room for past its reserve.
+
+    Each one the hub takes on holds a descriptor until its head's timeout; past its room
+    (``AcceptGate.room``) one is turned away (503) once ``PEEK_WAIT`` shows nothing came,
+    instead of being let in to wait (which ran the process out of descriptors: accept()
+    failed with EMFILE). Every socket is closed within the head's timeout and the pacing's
+    waits, and the hub serves afterwards.
+    """
+    timeout = 2.0
+    with HubProcess(nofile=128, request_head_timeout=timeout, max_pending_requests=1000) as hub:
+        sockets = [socket.create_connection(("127.0.0.1", hub.port), timeout=WAIT) for _ in range(100)]
+        try:
+            answers = answers_of(sockets, timeout + 100 * PEEK_WAIT + 2 * WAIT)
+            assert 503 in answers and None in answers, answers  # turned away; and taken on, closed at the timeout
+            assert "refused a request with 503" in hub.wait_for_line("refused a request with 503")
+            assert "accept() failed" not in hub.log, hub.log
+            assert http("GET", hub.http_url + "/healthz")[2]["status"] == "ok"
+            with Client(f"ws://127.0.0.1:{hub.port}/ws") as client:
+                assert client.sync() == []
+        finally:
+            for sock in sockets:
+                sock.close()
