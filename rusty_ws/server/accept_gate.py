@@ -9,8 +9,9 @@ server's own (``hub_server.py``: the socketserver hooks, the request threads):
 - the shedding (``_shed``, ``hold``): past what the hub serves in
   ``HOLD_SECONDS`` (at least ``RUSTY_WS_MAX_ACCEPT_QUEUE``), the newest taken
   are turned away;
-- the pacing (``paced``): past ``RUSTY_WS_MAX_HANDSHAKES`` under way or
-  ``RUSTY_WS_MAX_ACCEPT_QUEUE`` queued (``HubServer._busy``), any request but
+- the pacing (``paced``): past ``RUSTY_WS_MAX_HANDSHAKES`` under way,
+  ``RUSTY_WS_MAX_ACCEPT_QUEUE`` queued, or the descriptors the reserve leaves
+  (``room``; ``HubServer._busy``), any request but
   ``/healthz`` is answered 503 with the ``Retry-After`` ``pacing._Pacer`` says;
 - the refusal (``refuse``) past ``RUSTY_WS_MAX_PENDING_REQUESTS``, and the
   wait after ``accept()`` ran out of descriptors (``accept_failed``).
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..log_throttle import LogThrottle
 from .healthz_watch import PEEK_BYTES, HealthzWatch
+from .limits import DESCRIPTOR_RESERVE, descriptor_limit
 from .pacing import _Pacer
 
 if TYPE_CHECKING:  # the server owns the gate: no import cycle at run time
@@ -94,6 +96,8 @@ class AcceptGate:
                  stopping: threading.Event) -> None:
         self._server = server
         self._stopping = stopping
+        #: The descriptor limit when the server was made (``create_app`` raised it before; None: no limit).
+        self._descriptors = descriptor_limit()
         # The accept thread's own log throttles (it alone calls them: no lock).
         self._log_no_descriptors = LogThrottle(LOG_EVERY)
         self._log_refused = LogThrottle(LOG_EVERY)
@@ -125,7 +129,9 @@ class AcceptGate:
         health: list[tuple[socket.socket, Any]] = []
         self.blocked = False
         started = time.monotonic()
-        for _ in range(min(server.accept_queue(), DRAIN_MAX - len(taken))):
+        count = min(server.accept_queue(), DRAIN_MAX - len(taken))
+        room = self.room()
+        for _ in range(count if room is None else min(count, room)):
             try:
                 request, address = server._accept()
             except OSError:
@@ -151,6 +157,29 @@ class AcceptGate:
         # again at once, nothing held was served), and at least DRAIN_EVERY.
         ended = time.monotonic()
         self.next_drain = ended + max(DRAIN_EVERY, ended - started)
+
+    def room(self) -> int | None:
+        """How many more sockets the hub may take on (None: no descriptor limit): the limit less
+        ``DESCRIPTOR_RESERVE``, every request thread's socket (and a handshake's selector), and what
+        drains hold. A drain takes no more; at none, a request is paced (``HubServer._busy``).
+
+        The reserve (``limits.py``) is for what the process opens besides its clients'
+        sockets: Redis, the internal port, files. A drain that took a storm's queue whole
+        took descriptors until ``accept()`` failed with EMFILE, and so did the handshakes
+        let in one by one after it (each refused 503 ``server_full`` by a full hub, a thread
+        and two descriptors for a moment): for that moment nothing else in the process could
+        open one (300 clients at a 200-descriptor hub, tests/server/test_connection_limit_default.py)."""
+        if self._descriptors is None:
+            return None
+        server = self._server
+        # A handshake counts twice: werkzeug's handler opens a selector (an epoll descriptor) after each response.
+        return (self._descriptors - DESCRIPTOR_RESERVE - server.request_threads() - server.handshakes_in_flight()
+                - len(self.taken))
+
+    def full(self) -> bool:
+        """No descriptor left for a drain to take (``room``)."""
+        room = self.room()
+        return room is not None and room <= 0
 
     def _shed(self, now: float, held: int = 0) -> None:
         """Turn away (503, ``Retry-After``) the newest of what the drain holds past what it keeps (``hold``).
@@ -199,7 +228,9 @@ class AcceptGate:
         answering through a storm. In a storm the accept loop is behind and the
         request is there; else it waits for it at most ``PEEK_WAIT``, and a request
         whose first bytes have not come by then is let in (its thread waits for
-        them, bounded by ``RUSTY_WS_MAX_PENDING_REQUESTS``).
+        them, bounded by ``RUSTY_WS_MAX_PENDING_REQUESTS``), unless no descriptor is
+        left past the reserve (``room``): idle sockets let in 20 a second still ran the
+        process out of them, each holding one until its head's timeout.
         """
         try:
             start = request.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
@@ -207,7 +238,9 @@ class AcceptGate:
             poller = select.poll()  # not select.select: descriptors past 1023 are the rule at 10,000 clients
             poller.register(request, select.POLLIN)
             if not poller.poll(PEEK_WAIT * 1000):
-                return False
+                if not self.full():
+                    return False
+                start = b""  # nothing came, and no descriptor is left for its thread to wait with: turned away
             try:
                 start = request.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
             except OSError:
@@ -224,7 +257,7 @@ class AcceptGate:
         server = self._server
         if server.max_handshakes and server.handshakes_in_flight() >= server.max_handshakes:
             return "handshakes"
-        return "queue"
+        return "descriptors" if self.full() else "queue"
 
     def _note_rate(self, rate: float) -> None:
         """The pacer's new window rate (the median of its saturated seconds), for the hub's 4200 window

@@ -10,9 +10,10 @@ from typing import Any
 from flask import Flask
 
 from ..config import config_from_environ
+from . import limits
 from .extension import PubSub
 from .limits import derive_max_connections
-from .logs import quiet_access_log
+from .logs import log_start_up, quiet_access_log
 
 __all__ = ["create_app", "STANDALONE_SWITCH_INTERVAL"]
 
@@ -48,7 +49,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.config.update(config)
     said = derive_max_connections(app.config)  # unless set: what the descriptor limit allows (limits.py)
     PubSub(app)
-    for level, line in said:  # once the settings are checked: a bad one is the only line a command prints
-        logger.log(level, "%s", line)
+    log_start_up(logger, said, limits.__file__)  # once the settings are checked: a bad one is all a command prints
     quiet_access_log()
     return app

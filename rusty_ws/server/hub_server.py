@@ -16,8 +16,9 @@ request head as long as it takes, unseen by ``RUSTY_WS_MAX_CONNECTIONS``. Here:
   once (``/healthz`` shows ``pending_requests``); one more is answered 503 on
   the accept thread and closed, without a thread;
 - past ``RUSTY_WS_MAX_HANDSHAKES`` requests under way (past their head, not yet
-  an open WebSocket), or ``RUSTY_WS_MAX_ACCEPT_QUEUE`` connections in the accept
-  queue, any request but ``/healthz`` is answered 503 with
+  an open WebSocket), ``RUSTY_WS_MAX_ACCEPT_QUEUE`` connections in the accept
+  queue, or the descriptors the limit leaves past its reserve (``AcceptGate.room``:
+  a drain takes no more than that either), any request but ``/healthz`` is answered 503 with
   ``Retry-After`` on the accept thread, without a thread (``pacing._Pacer`` says when);
   a long queue (``DRAIN_FROM``) is taken whole (``AcceptGate.drain``, at most every
   ``DRAIN_EVERY`` while what it took is served; past ``RUSTY_WS_MAX_ACCEPT_QUEUE`` the
@@ -146,7 +147,8 @@ class HubServer(ThreadedWSGIServer):
         taken = self._taken
         self._look_again()
         if not taken:
-            if self._healthz_line is None or self.accept_queue() < DRAIN_FROM:
+            # Short queue, or no descriptors left past the reserve (AcceptGate.room): one socket at a time.
+            if self._healthz_line is None or self.accept_queue() < DRAIN_FROM or self._gate.full():
                 self._judged = False
                 return self._accept()
             self._gate.drain()
@@ -306,10 +308,13 @@ class HubServer(ThreadedWSGIServer):
 
     def _busy(self) -> bool:
         """Too many requests under way (``RUSTY_WS_MAX_HANDSHAKES``) or queued (``RUSTY_WS_MAX_ACCEPT_QUEUE``;
-        not for a request a drain took: the drain kept the queue's bound, ``AcceptGate._shed``)."""
+        not for a request a drain took: the drain kept the queue's bound, ``AcceptGate._shed``), or no
+        descriptor left past the reserve (``AcceptGate.room``)."""
         if self.max_handshakes and self.handshakes_in_flight() >= self.max_handshakes:
             return True
-        return bool(self.max_accept_queue and not self._judged and self.waiting() >= self.max_accept_queue)
+        if self.max_accept_queue and not self._judged and self.waiting() >= self.max_accept_queue:
+            return True
+        return self._gate.full()
 
     def accept_queue(self) -> int:
         """Connections the system holds for this server's ``accept()`` now (0 where it cannot tell).
@@ -343,6 +348,11 @@ class HubServer(ThreadedWSGIServer):
         hub = self._hub
         running = self._threads_started - self._threads_ended
         return running - self.pending.count - (hub.open_count if hub is not None else 0)
+
+    def request_threads(self) -> int:
+        """Request threads started and not ended: each holds its socket (waiting for its head, upgrading,
+        an open WebSocket, or ending)."""
+        return self._threads_started - self._threads_ended
 
 
 def make_server(app: Flask, host: str = "127.0.0.1", port: int = 8081) -> HubServer:

@@ -12,6 +12,14 @@ descriptors allow, less a reserve:
 - ``RUSTY_WS_MAX_PENDING_REQUESTS``: each socket waiting for its request head
   holds a descriptor too.
 
+Not reserved: what ``HubServer``'s accept gate holds in a storm (up to
+``DRAIN_MAX``) and the handshakes under way (up to ``RUSTY_WS_MAX_HANDSHAKES``).
+Thousands at once, but each for a moment (a 101 or a 503); reserved, they would
+take a storm's worth of descriptors from the connections for good. Instead a
+drain takes no more than the limit leaves past ``DESCRIPTOR_RESERVE`` and every
+request thread's socket (``AcceptGate.room``), so the reserve stays free for
+Redis and the rest; past that the accept loop takes one socket at a time.
+
 The figure is never below ``MINIMUM_CONNECTIONS`` nor below half the limit, so
 a small limit still leaves a hub that works (past what the descriptors allow,
 ``accept()`` fails and the hub logs it: see ``hub_server.py``).
@@ -36,8 +44,8 @@ try:
 except ImportError:  # not a POSIX system
     resource = None  # type: ignore[assignment]
 
-__all__ = ["DESCRIPTOR_RESERVE", "MINIMUM_CONNECTIONS", "raise_descriptor_limit", "connections_for",
-           "derive_max_connections"]
+__all__ = ["DESCRIPTOR_RESERVE", "MINIMUM_CONNECTIONS", "raise_descriptor_limit", "descriptor_limit",
+           "connections_for", "derive_max_connections"]
 
 logger = logging.getLogger("rusty_ws.server")
 
@@ -69,6 +77,14 @@ def raise_descriptor_limit(said: list[tuple[int, str]] | None = None) -> int | N
     return target
 
 
+def descriptor_limit() -> int | None:
+    """The process's soft ``RLIMIT_NOFILE`` now (None: unlimited, or not POSIX)."""
+    if resource is None:
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
 class _LogNow(list[tuple[int, str]]):
     """A ``said`` list that logs at once."""
 
@@ -76,9 +92,13 @@ class _LogNow(list[tuple[int, str]]):
         logger.log(*item)
 
 
+#: Where Linux says the most descriptors a process may have (what an unlimited hard limit means).
+NR_OPEN_PATH = "/proc/sys/fs/nr_open"
+
+
 def _nr_open() -> int:
     try:
-        with open("/proc/sys/fs/nr_open", encoding="ascii") as handle:
+        with open(NR_OPEN_PATH, encoding="ascii") as handle:
             return int(handle.read())
     except (OSError, ValueError):
         return 1 << 20

@@ -28,7 +28,7 @@ from typing import Any
 from ..auth import redact_tokens
 
 __all__ = ["LOG_FORMAT", "DATE_FORMAT", "LEVELS", "ACCESS_LOGGER", "AccessLogFilter", "configure_logging",
-           "quiet_access_log", "mask_tokens", "without_colours"]
+           "quiet_access_log", "mask_tokens", "without_colours", "log_start_up"]
 
 #: The format of ``rusty-ws serve``: timestamp, level as a word, logger name, message.
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -104,3 +104,27 @@ def configure_logging(level: str = "info") -> None:
         if access.level == logging.NOTSET:
             access.setLevel(number)
     quiet_access_log()
+
+
+def log_start_up(logger: logging.Logger, said: list[tuple[int, str]], source: str = __file__) -> None:
+    """Log the start-up lines ``said`` (level, line), heard even where nothing set up logging.
+
+    ``source``: the file that said them (Flask's format names its module).
+    Under ``flask --app rusty_ws run`` (or any host that configured no logging)
+    no handler sees ``logger``, and Python drops what is below WARNING: the
+    derived connection limit went unseen. There the lines at INFO and above go
+    to Flask's own ``default_handler`` (what ``app.logger`` writes through when
+    nothing is configured: stderr, Flask's format), and to it only, so nothing
+    is said twice; werkzeug's server does the same for its own lines. Where a
+    handler exists (``rusty-ws serve``'s, an app's own), they are logged as any other line.
+    """
+    from flask.logging import default_handler
+
+    unheard = not logger.hasHandlers()
+    for level, line in said:
+        if unheard and level >= logging.INFO:
+            record = logger.makeRecord(logger.name, level, source, 0, "%s", (line,), None)
+            if logger.filter(record):  # the logger's own filters (the token filter) still apply
+                default_handler.handle(record)
+        else:
+            logger.log(level, "%s", line)

@@ -9,6 +9,7 @@ messages across nodes, publishers going on while Redis is stopped, and the
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -202,6 +203,85 @@ def test_a_stopped_redis_blocks_publishers_for_a_bounded_time_and_drops_nothing_
         assert out.wait_connected(True, 10 * WAIT)
         out.submit(("PUBLISH", "ch", b"after"), replies.callback(submitted))
         assert replies.wait(submitted + 1) and replies.got[submitted] == 0  # nobody subscribed, but sent
+
+
+class WatchedQueue(collections.deque):
+    """A sender's queue that records, at each command queued, how many commands and bytes wait with it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.peaks: list[tuple[int, int]] = []  # (commands, bytes) right after each append; under the sender's lock
+
+    def append(self, item: tuple[Any, ...]) -> None:
+        super().append(item)
+        self.peaks.append((len(self), sum(size for _, _, size in self)))
+
+
+def watched(out: RedisSender) -> WatchedQueue:
+    """``out``'s queue, watched (before anything is submitted: the sender appends to ``_queue`` only)."""
+    assert not out._queue
+    queue = out._queue = WatchedQueue()
+    return queue
+
+
+def test_a_small_command_bound_slows_publishers_and_every_command_lands_in_each_threads_order(
+        redis: RedisServer) -> None:
+    """Redis up, room for 5 commands, 5,000 submits from 4 threads: publishers wait, nothing is lost or reordered."""
+    threads, each = 4, 1250
+    with sender(redis, max_commands=5) as out:
+        queue = watched(out)
+
+        def publisher(name: str) -> None:
+            for number in range(each):
+                out.submit(("RPUSH", name, number))
+
+        publishers = [threading.Thread(target=publisher, args=(f"t{n}",), name=f"test-publisher-{n}")
+                      for n in range(threads)]
+        for thread in publishers:
+            thread.start()
+        for thread in publishers:
+            thread.join(10 * WAIT)
+        assert not any(thread.is_alive() for thread in publishers)
+        assert out.wait_drained(WAIT)
+        status = out.status()
+        assert status["blocked"] > 0, status  # the bound was reached: publishers waited for room
+        assert (status["sent"], status["unsent"], status["failed"], status["queued"]) == (threads * each, 0, 0, 0)
+        assert len(queue.peaks) == threads * each and max(commands for commands, _ in queue.peaks) <= 5
+        with redis.client() as check:
+            for n in range(threads):
+                assert check.lrange(f"t{n}", 0, -1) == [b"%d" % number for number in range(each)]
+
+
+def test_a_stopped_redis_never_lets_the_queued_bytes_pass_their_bound(redis: RedisServer) -> None:
+    """A 1,000-byte bound, Redis SIGSTOPped, 3 publishers: what waits is never more than the bound, but for
+    one command bigger than it, which waits alone (``submit``: it is let in when nothing else waits)."""
+    bound, threads, each = 1000, 3, 100
+    replies = Replies()
+    with sender(redis, max_bytes=bound, reply_timeout=300 * MS, connect_timeout=300 * MS) as out:
+        queue = watched(out)
+        out.submit(("PING",), replies.callback(0))
+        assert replies.wait(1)
+        with stopped(redis):
+            def publisher(first: int) -> None:
+                for number in range(first, first + each):
+                    payload = b"x" * (3 * bound if number % 25 == 0 else 100)  # some bigger than the bound
+                    out.submit(("PUBLISH", "ch", payload), replies.callback(number))
+
+            publishers = [threading.Thread(target=publisher, args=(1 + n * each,), name=f"test-publisher-{n}")
+                          for n in range(threads)]
+            for thread in publishers:
+                thread.start()
+            for thread in publishers:
+                thread.join(30 * WAIT)  # blocked at most a timeout at a time, never for the outage
+            assert not any(thread.is_alive() for thread in publishers)
+            assert replies.wait(1 + threads * each, WAIT)
+        over = [(commands, size) for commands, size in queue.peaks if size > bound and commands > 1]
+        assert not over, over
+        assert any(size > bound for _, size in queue.peaks)  # a big one did go in, alone
+        assert max(size for commands, size in queue.peaks if commands > 1) > bound - 200  # the bound was reached
+        status = out.status()
+        assert status["blocked"] > 0 and status["unsent"] > 0, status
+        assert status["sent"] + status["unsent"] + status["failed"] == 1 + threads * each
 
 
 def test_a_command_bigger_than_the_byte_bound_goes_alone(redis: RedisServer) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -13,7 +14,9 @@ import pytest
 from flask import Flask
 
 from rusty_ws import ConfigError, PubSub, create_app
+from rusty_ws.config import MAX_PENDING_REQUESTS
 from rusty_ws.protocol import encode_register_name, encode_register_session
+from rusty_ws.server import limits
 from support import ROOT, SECRET, WAIT, Client, HubProcess, http, hub_config
 
 SERVE = [sys.executable, "-c", "from rusty_ws.cli import main; main()", "serve", "--port", "0"]
@@ -82,6 +85,46 @@ def test_the_command_line_names_a_users_files_typo_in_one_line(command: list[str
     status, output = run_to_the_end(command, RUSTY_WS_USERS_FILE=str(users_file))
     assert (status, output) == (1, f"Error: RUSTY_WS_USERS_FILE={str(users_file)!r}: not valid JSON at line 2, "
                                    "column 1: Expecting property name enclosed in double quotes\n")
+
+
+def flask_run_log_until_ready(nofile: tuple[int, int]) -> list[str]:
+    """``flask --app rusty_ws run`` with no logging configured and ``RLIMIT_NOFILE`` at ``nofile``: its output
+    until werkzeug says where it runs (bounded); the process is stopped."""
+    env = dict(os.environ, PYTHONPATH=ROOT, JWT_SECRET_KEY=SECRET, PYTHONUNBUFFERED="1")
+    env.pop("RUSTY_WS_MAX_CONNECTIONS", None)
+    process = subprocess.Popen(FLASK_RUN, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile))  # noqa: PLW1509
+    seen: list[str] = []
+    try:
+        for _ in range(200):  # the process writes a line at least when it is ready, or ends
+            line = process.stdout.readline()
+            seen.append(line)
+            if "Running on" in line or (not line and process.poll() is not None):
+                break
+    finally:
+        process.terminate()
+        process.wait(WAIT)
+        process.stdout.close()
+    assert any("Running on" in line for line in seen), "".join(seen)
+    return seen
+
+
+def test_flask_run_says_the_derived_connection_limit_once_though_nothing_configured_logging() -> None:
+    seen = flask_run_log_until_ready((300, 700))
+    expected = limits.connections_for(700, MAX_PENDING_REQUESTS)
+    for said in ("raised the file-descriptor limit (RLIMIT_NOFILE) from 300 to its hard limit 700",
+                 f"accepting up to {expected} WebSocket connections: RUSTY_WS_MAX_CONNECTIONS unset"):
+        lines = [line for line in seen if said in line]
+        assert len(lines) == 1, "".join(seen)
+        assert lines[0].startswith("[") and "] INFO in limits: " in lines[0]  # Flask's default_handler's format
+
+
+def test_where_logging_is_configured_the_derived_limit_is_logged_once_in_its_format() -> None:
+    with HubProcess(nofile=(300, 700)) as hub:
+        hub.wait_for_line("rusty_ws hub on")
+        lines = [line for line in hub.lines if "accepting up to" in line]
+    assert len(lines) == 1 and LOG_LINE.match(lines[0].rstrip("\n")).group(1, 2) == ("INFO", "rusty_ws.server")
 
 
 # --------------------------------------------------------------------------- the log of rusty-ws serve
