@@ -193,8 +193,6 @@ def _position(text: Any) -> Position:
 #: (epoch if new, channel, node id, the Redis' run_id), the same for every publish of a pair, then n,
 #: then three per publish.
 _HEADER_ARGS = 4
-#: The run_id's place among them (``RUN_ID_AT + numkeys`` in the command).
-_RUN_ID_AT = 3 + _HEADER_ARGS - 1
 
 
 def replays_safely(command: tuple[Any, ...], publish_sha: str) -> bool:
@@ -631,13 +629,15 @@ class RedisHistory(SharedHistory):
                     self._in_flight.update(dict.fromkeys(seqs, _SENT))
         if count > 1:
             merged = merge_publishes(commands, size=self.size, chunk=self._chunk, run_id=run_id)[0]
+            if self._direct:  # one Redis: the one the next publishes go to
+                self._run_id = run_id  # a str attribute: atomic under the GIL
         else:
             merged = first
-            at = _RUN_ID_AT + first[2]
-            if first[at] != run_id:  # made before the sender's connection read it (or on a cluster: '')
-                merged = (*first[:at], run_id, *first[at + 1:])
-        if self._direct and self._run_id != run_id:  # one Redis: the one the next publishes go to
-            self._run_id = run_id  # a str attribute: atomic under the GIL
+            if first[-5] != run_id:  # (a publish alone ends with its run_id, n, and its three)
+                # Made before the sender's connection read it (or on a cluster: '').
+                merged = (*first[:-5], run_id, *first[-4:])
+                if self._direct:
+                    self._run_id = run_id
         run: list[Any] | None = None
         if whole and self._keeps is not None and self._keeps(first[6]):  # ARGV[2], the pair's channel
             # The numbers as the script spells them in the envelope: the joined form's argument.
