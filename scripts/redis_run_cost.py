@@ -39,6 +39,8 @@ sys.path.insert(0, HERE)
 DELIVERY = (b'{"publisher_name":"bench","topic":"T","payload":{"n":12345,"text":"xxxxxxxxxxxxxxxx"},'
             b'"timestamp":"2026-12-02T06:00:00.000Z","session_id":"s1"}')
 PIPELINE = 50
+#: The run_id the node's sender would give (``INFO server``'s, 40 hex digits): any one, the same every time.
+RUN_ID = "5e" * 20
 
 
 def _packed(*args: Any) -> bytes:
@@ -141,10 +143,10 @@ def send_runs(conn: _Conn, history: Any, run: int, messages: int, pairs: int, fi
         publishes = []
         for _ in range(run):
             publishes.append(history._kind(("EVALSHA", history.publish_sha, 2, k.meta, k.stream, "0123456789abcdef",
-                                            k.channel, "bench-node", 1, 0, DELIVERY, seq)))
+                                            k.channel, "bench-node", RUN_ID, 1, 0, DELIVERY, seq)))
             seq += 1
         # As the node's sender sends the run (its merge: the tree's form of a merged run).
-        batch.append(_packed(*(history._merge(publishes)[0] if run > 1 else publishes[0])))
+        batch.append(_packed(*(history._merge(publishes, RUN_ID)[0] if run > 1 else publishes[0])))
         if len(batch) * run >= PIPELINE * 5 or len(batch) >= PIPELINE:
             conn.pipeline(batch)
             batch = []

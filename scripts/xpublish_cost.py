@@ -105,8 +105,8 @@ def _count_runs(path: str) -> None:
     lengths: collections.Counter = collections.Counter()
     coalesce = redis_sender._coalesce
 
-    def counted(batch: Any) -> Any:
-        commands, spans = coalesce(batch)
+    def counted(batch: Any, *run_id: Any) -> Any:  # (the run_id of the sender's Redis, in trees that give it)
+        commands, spans = coalesce(batch, *run_id)
         for command, (count, _) in zip(commands, spans):
             if command and command[0] == "EVALSHA":
                 lengths[count] += 1

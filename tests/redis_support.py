@@ -82,6 +82,11 @@ class RedisServer:
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=WAIT)
 
+    def run_id(self) -> str:
+        """The running server's ``run_id`` (``INFO server``: new at every start), as the history's meta keeps it."""
+        with contextlib.closing(self.client()) as client:
+            return str(client.info("server")["run_id"])
+
     def numsub(self, channel: bytes) -> int:
         with contextlib.closing(self.client()) as client:
             return dict(client.pubsub_numsub(channel))[channel]

@@ -189,7 +189,7 @@ def test_a_runs_publishes_without_id_are_settled_together_and_those_with_one_ans
     history.publish(DELIVERY, "id-2", answers.append)
     seqs = [args[-1] for args, _ in sender.commands]
     merged = sender.commands[0][0].merge([args for args, _ in sender.commands])[0]
-    assert merged[2] == 4 and merged[3 + 4 + 3] == 4  # meta, stream, two id keys; n = 4 after the pair's three
+    assert merged[2] == 4 and merged[3 + 4 + 4] == 4  # meta, stream, two id keys; n = 4 after the pair's four
     # Redis' answer: new from offset 7 on, but the second publish's id was seen before (at 2).
     parts = answer_as_the_sender_does(sender, [0, b"ab12", 7, 2, b"2:ab12"])
     # Settled with the run: nothing to call for the first (nobody waits), the position handed on for the third.
@@ -232,9 +232,9 @@ def test_the_settings_are_in_the_script_and_each_configuration_has_its_own() -> 
     assert "'MINID', floor" in one.publish_script
     assert "local size, most, chunk = 10, 9007199254740992, 1125899906842624" in one.publish_script
     assert "{" + "size}" not in other.publish_script
-    # ARGV[5] only as the joined form's deliveries (n < 0): no setting is an argument
-    publish_body = one.publish_script[one.publish_script.index("local epoch, reset, top, b = load()"):]
-    assert publish_body.count("ARGV[5]") == 1 and "joined = -n, 0, ARGV[5]" in publish_body
+    # ARGV[6] only as the joined form's deliveries (n < 0): no setting is an argument
+    publish_body = one.publish_script[one.publish_script.index("local epoch, reset, top, b = load(run)"):]
+    assert publish_body.count("ARGV[6]") == 1 and "joined = -n, 0, ARGV[6]" in publish_body
     with pytest.raises(ValueError):
         history(size=0)
 

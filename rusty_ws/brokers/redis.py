@@ -347,8 +347,9 @@ class RedisBroker(Broker):
             self._sender.submit(command, on_reply)
         return landed
 
-    def _merge(self, commands: list[Mergeable]) -> tuple[tuple[Any, ...], Callable[[Any], list[Any]]]:
-        """One PUBLISH of a version-4 envelope for consecutive PUBLISHes of one channel (``RedisSender``)."""
+    def _merge(self, commands: list[Mergeable], run_id: str = "") -> tuple[tuple[Any, ...], Callable[[Any], list[Any]]]:
+        """One PUBLISH of a version-4 envelope for consecutive PUBLISHes of one channel (``RedisSender``;
+        ``run_id``, the Redis', is of no use to a PUBLISH)."""
         envelopes = [command[2] for command in commands]
         node_id = self._current().node_id
         count = len(commands)

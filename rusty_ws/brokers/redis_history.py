@@ -12,7 +12,8 @@ RUSTY_WS_HISTORY_SIZE + 1`` (``XADD MINID`` drops the entries wholly below it;
 one across it stays whole and the readers drop what it holds below the floor)
 and ``RUSTY_WS_HISTORY_MAX_BYTES`` of deliveries (whole entries, newest
 first). Beside it, a hash (``.meta``: ``e`` the epoch, ``o`` the top offset,
-``b`` an upper bound of the stream's bytes).
+``b`` an upper bound of the stream's bytes, ``i`` the ``run_id`` of the Redis
+process that wrote it; on a cluster ``r`` too, its master's replication id).
 
 The stream is ``PEXPIRE``'d ``RUSTY_WS_HISTORY_TTL`` after the pair's last
 publish (an entry older than the TTL is never replayed), the hash ``META_TTL``
@@ -29,7 +30,10 @@ floor drops; its byte count reads ``d`` as the new script does.
 One Lua script (``redis_scripts``: the publish script, run with ``EVALSHA`` through the node's
 sender) takes n publishes of one pair, oldest first, and does atomically: the
 epoch, made if missing (a Redis restarted empty or flushed gives a new one) or
-if the keys hold data no node wrote; for each publish, its idempotency check
+if the keys hold data no node wrote, and renewed if the hash was written
+before this Redis started (``i``: a Redis restored from older RDB or AOF files
+would otherwise hand out offsets clients saw already; ``redis_scripts``, run
+ids); for each publish, its idempotency check
 (so a repeated id in one run is a repeat of the first) and its offset; one
 ``XADD`` of the run's new publishes, trimming the stream; the byte bound; one
 ``PUBLISH`` of a version-5 envelope (the new
@@ -185,9 +189,10 @@ def _position(text: Any) -> Position:
     return Position(int(offset), _epoch(epoch))
 
 
-#: Where a publish command's arguments start (``("EVALSHA", sha, numkeys, *KEYS, *ARGV)``): ARGV[1..3]
-#: (epoch if new, channel, node id), the same for every publish of a pair, then n, then three per publish.
-_HEADER_ARGS = 3
+#: Where a publish command's arguments start (``("EVALSHA", sha, numkeys, *KEYS, *ARGV)``): ARGV[1..4]
+#: (epoch if new, channel, node id, the Redis' run_id), the same for every publish of a pair, then n,
+#: then three per publish.
+_HEADER_ARGS = 4
 
 
 def replays_safely(command: tuple[Any, ...], publish_sha: str) -> bool:
@@ -208,7 +213,7 @@ def replays_safely(command: tuple[Any, ...], publish_sha: str) -> bool:
 
 
 def merge_publishes(commands: list[Mergeable], *, size: int = UNBOUNDED, chunk: int = UNBOUNDED,
-                    ) -> tuple[tuple[Any, ...], Callable[[Any], list[Any]]]:
+                    run_id: str | None = None) -> tuple[tuple[Any, ...], Callable[[Any], list[Any]]]:
     """One run of the publish script for the publishes of one pair, oldest first.
 
     A run of several whose publishes have no id (the usual one) is sent in the script's
@@ -218,7 +223,8 @@ def merge_publishes(commands: list[Mergeable], *, size: int = UNBOUNDED, chunk: 
     arguments per run rather than three per publish, and stores the array as the entry
     without building it again (docs/performance.md, "a run's deliveries as one argument").
     Otherwise each keeps its own id key (renumbered), delivery and number; the pair's
-    arguments are the first's. The reply is split into one per publish, shaped as the
+    arguments are the first's, with ``run_id`` (the Redis' that runs it: ``redis_scripts``) if
+    given. The reply is split into one per publish, shaped as the
     script's reply to that publish alone (the reset flag given to the first only).
     ``RedisHistory`` merges with its own split (``_split_run``), which also settles the
     run's publishes without id at once.
@@ -228,13 +234,15 @@ def merge_publishes(commands: list[Mergeable], *, size: int = UNBOUNDED, chunk: 
     tail: list[Any]
     count = len(commands)
     at = 3 + first[2]
+    header = first[at:at + _HEADER_ARGS]
+    if run_id is not None:
+        header = (*header[:-1], run_id)
     if not id_keys and count > 1:  # the usual run: joined
         datas = [command[-2] for command in commands]
         joined = b"[" + b",".join(datas) + b"]"
         seqs = b",".join([b"%d" % command[-1] for command in commands])  # as the envelope spells them
         cuts = _entry_cuts(datas, size, chunk) if count > size or len(joined) - 2 > chunk else ()
-        merged = ("EVALSHA", first[1], 2, first[3], first[4], *first[at:at + _HEADER_ARGS], -count,
-                  joined, seqs, *cuts)
+        merged = ("EVALSHA", first[1], 2, first[3], first[4], *header, -count, joined, seqs, *cuts)
     else:
         if not id_keys:  # a run of one
             tail = [0] * (3 * count)
@@ -248,8 +256,7 @@ def merge_publishes(commands: list[Mergeable], *, size: int = UNBOUNDED, chunk: 
                     tail += (2 + numbered, command[-2], command[-1])
                 else:
                     tail += (0, command[-2], command[-1])
-        merged = ("EVALSHA", first[1], 2 + len(id_keys), first[3], first[4], *id_keys,
-                  *first[at:at + _HEADER_ARGS], count, *tail)
+        merged = ("EVALSHA", first[1], 2 + len(id_keys), first[3], first[4], *id_keys, *header, count, *tail)
 
     def split(reply: Any) -> list[Any]:
         parts = _run_parts(reply, count)
@@ -419,6 +426,10 @@ class RedisHistory(SharedHistory):
         # calls back for every command (a cluster's Router) gets the answer as its callback.
         self._direct = submit_for is not None
         self._keys: dict[Key, PairKeys] = {}  # _keys_of's memory
+        # The run_id the publishes are made with (``_merge`` puts in the sender's own): on one Redis the
+        # last the sender gave; on a cluster always '' (each master has its own, and a publish redirected
+        # to another master as it was made has the script ask INFO).
+        self._run_id = ""
         self._epochs = _Epochs()
         # The read script (redis-py's Script: EVALSHA, loading it on NOSCRIPT), run with each read's client.
         self._reader: Any = None
@@ -446,12 +457,14 @@ class RedisHistory(SharedHistory):
         # _lock guards _counts, _log_unsent, _in_flight, _kept, _kept_runs, _kept_run_publishes and
         # _kept_bytes. Never held across I/O.
         self._lock = threading.Lock()
-        self._counts = {"history_dropped": 0, "history_resets": 0}
+        self._counts = {"history_dropped": 0, "history_resets": 0, "history_restarted": 0}
         if publish_command == "SPUBLISH":
             self._counts["history_renewed"] = 0  # streams a new master took over (see redis_scripts._GUARD)
         #: At most one "did not take" line every UNSENT_LOG_EVERY seconds, however many fail (a cluster's
         #: failover fails thousands while the other shards take theirs).
         self._log_unsent = LogThrottle(UNSENT_LOG_EVERY)
+        #: ...and one "Redis restarted" line (every pair's first publish or read after it renews its epoch).
+        self._log_restarted = LogThrottle(UNSENT_LOG_EVERY)
 
     # ------------------------------------------------------------------ publishing
 
@@ -473,14 +486,15 @@ class RedisHistory(SharedHistory):
             keys = self._keys_of(delivery.topic, delivery.session_id)
         seq = next(self._seqs)
         bare = publish_id is None and on_done is None
+        # The run_id: the last one the sender gave (``_merge`` puts in the one its connection read).
         if publish_id is None:
             command = (self._bare_kind if bare else self._kind)((
                 "EVALSHA", self.publish_sha, 2, keys.meta, keys.stream,
-                self._epochs.take(), keys.channel, node_id, 1, 0, encoded, seq))
+                self._epochs.take(), keys.channel, node_id, self._run_id, 1, 0, encoded, seq))
         else:
             command = self._kind(("EVALSHA", self.publish_sha, 3, keys.meta, keys.stream,
                                   publish_id_key(self.prefix, delivery.session_id, publish_id),
-                                  self._epochs.take(), keys.channel, node_id, 1, 3, encoded, seq))
+                                  self._epochs.take(), keys.channel, node_id, self._run_id, 1, 3, encoded, seq))
         # A bare publish to one Redis is in flight, and kept with its run, from when the sender merges
         # it (``_merge``, before it is written): nothing of it is kept here, and no lock taken.
         if bare and self._direct:  # answered by its kind's answer (``_answer_bare``); its size as ``size`` gives it
@@ -584,9 +598,15 @@ class RedisHistory(SharedHistory):
             self._unkeep(seq)
             self._unsent(delivery, exc, deliver_here=self._settled(seq, None, fell_back=True))
 
-    def _merge(self, commands: list[Mergeable]) -> tuple[tuple[Any, ...], Callable[[Any], list[Any]]]:
+    def _merge(self, commands: list[Mergeable], run_id: str = "",
+               ) -> tuple[tuple[Any, ...], Callable[[Any], list[Any]]]:
         """``merge_publishes`` for the sender (a run of one: the command as it is), with ``_split_run``
         for its reply; on the sender's thread, before the run is written.
+
+        ``run_id`` is that of the Redis the sender's connection reaches (``redis_scripts``, run ids):
+        what the run carries, whatever its publishes were given when they were made (a publish
+        queued before a restart of Redis and written after it must not carry the old one). One
+        Redis: the publishes made from now on take it (``_run_id``), so a run of one is seldom copied.
 
         The bare publishes of a run to one Redis (no id, nobody waiting: each submitted without
         callback) go in flight here (``_in_flight``, as ``_SENT``). A run of only those, to a channel
@@ -607,11 +627,21 @@ class RedisHistory(SharedHistory):
             if seqs:
                 with self._lock:
                     self._in_flight.update(dict.fromkeys(seqs, _SENT))
-        merged = commands[0] if count == 1 else merge_publishes(commands, size=self.size, chunk=self._chunk)[0]
+        if count > 1:
+            merged = merge_publishes(commands, size=self.size, chunk=self._chunk, run_id=run_id)[0]
+            if self._direct:  # one Redis: the one the next publishes go to
+                self._run_id = run_id  # a str attribute: atomic under the GIL
+        else:
+            merged = first
+            if first[-5] != run_id:  # (a publish alone ends with its run_id, n, and its three)
+                # Made before the sender's connection read it (or on a cluster: '').
+                merged = (*first[:-5], run_id, *first[-4:])
+                if self._direct:
+                    self._run_id = run_id
         run: list[Any] | None = None
         if whole and self._keeps is not None and self._keeps(first[6]):  # ARGV[2], the pair's channel
             # The numbers as the script spells them in the envelope: the joined form's argument.
-            text = merged[10] if count > 1 else b"%d" % first[-1]
+            text = merged[11] if count > 1 else b"%d" % first[-1]
             nbytes = sum(map(len, [command[-2] for command in commands]))
             run = [commands, False, nbytes, text]
             with self._lock:
@@ -867,6 +897,15 @@ class RedisHistory(SharedHistory):
                 logger.exception("delivering %s here failed", delivery)
 
     def _reset(self, topic: str, session_id: str, why: int) -> None:
+        if why == 3:  # Redis started again since the pair's meta was written (redis_scripts, run ids)
+            with self._lock:
+                self._counts["history_restarted"] += 1
+                renewed = self._log_restarted()
+            if renewed:
+                logger.info("Redis restarted since the keys of %d pair(s) were written (last: %s@%s): what it "
+                            "restored from its files may be older than what clients saw, so each gets a new epoch",
+                            renewed, topic[:200], session_id[:200])
+            return
         if why == 2:  # a cluster's master that did not write the stream: it may lack the last writes
             with self._lock:
                 self._counts["history_renewed"] += 1
@@ -895,7 +934,8 @@ class RedisHistory(SharedHistory):
             if self._reader is None:
                 self._reader = client.register_script(self.read_script)
             reply = self._reader(keys=[keys.meta, keys.stream],
-                                 args=[new_epoch(), self.meta_ttl_ms, mode, since_epoch, since_offset, limit, self.size],
+                                 args=[new_epoch(), self.meta_ttl_ms, mode, since_epoch, since_offset, limit, self.size,
+                                       ""],  # the run_id: the script asks INFO (this pool's connection may be new)
                                  client=client)
             epoch_bytes, top_bytes, now_bytes, reset, entries = reply
             epoch, top, now = epoch_bytes.decode("ascii"), int(top_bytes), int(now_bytes)

@@ -18,40 +18,60 @@ UNBOUNDED = 2 ** 53
 
 
 # KEYS[1] the meta hash, KEYS[2] the stream; ARGV[1] an epoch to use if a new one is needed.
-# load() returns the epoch and 1 if it was made over data no node wrote (logged by the caller),
-# 2 if it was renewed because another master wrote the meta (a replica took over: see _GUARD).
+# load(run) returns the epoch and 1 if it was made over data no node wrote (logged by the caller),
+# 2 if it was renewed because another master wrote the meta (a replica took over: see _GUARD),
+# 3 if it was renewed because this Redis started after the meta was written (see the note on run ids below).
 # A stream key of another type is found by the XADD or XRANGE that fails on it (pcall).
 # {guard} is empty on one Redis; on a cluster it is _GUARD.
 _PRELUDE = """
 {guard}
-local function fresh()
+local function incarnation(given)
+  if given ~= '' then return given end
+  return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
+end
+local function fresh(run)
   redis.call('DEL', KEYS[1], KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', ARGV[1], 'o', '0')
+  redis.call('HSET', KEYS[1], 'e', ARGV[1], 'o', '0', 'i', run)
   if replid then redis.call('HSET', KEYS[1], 'r', replid()) end
   return ARGV[1]
 end
-local function load()
-  local got = redis.pcall('HMGET', KEYS[1], 'e', 'o', 'r', 'b')
-  if got['err'] then return fresh(), 1, 0, 0 end  -- not a hash
+local function load(run)
+  local got = redis.pcall('HMGET', KEYS[1], 'e', 'o', 'r', 'b', 'i')
+  if got['err'] then return fresh(run), 1, 0, 0 end  -- not a hash
   local e, o = got[1], got[2]
-  if not e and not o then return fresh(), 0, 0, 0 end
+  if not e and not o then return fresh(run), 0, 0, 0 end
   if e and o and #e <= 64 and string.match(e, '^[0-9a-f]+$') and #o <= 15 and string.match(o, '^%d+$') then
     if replid then
       local mine = replid()
       if got[3] ~= mine then  -- written under another master: it may hold writes this one never got
-        redis.call('HSET', KEYS[1], 'e', ARGV[1], 'r', mine)
+        redis.call('HSET', KEYS[1], 'e', ARGV[1], 'r', mine, 'i', run)
         return ARGV[1], 2, tonumber(o), tonumber(got[4]) or 0
       end
     end
+    if got[5] ~= run then  -- written before this Redis started: restored from its files, maybe older ones
+      redis.call('HSET', KEYS[1], 'e', ARGV[1], 'i', run)
+      return ARGV[1], 3, tonumber(o), tonumber(got[4]) or 0
+    end
     return e, 0, tonumber(o), tonumber(got[4]) or 0
   end
-  return fresh(), 1, 0, 0
+  return fresh(run), 1, 0, 0
 end
 local function now_ms()
   local t = redis.call('TIME')
   return string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 end
 """
+
+# Run ids, on every Redis (one, or each master of a cluster): the meta remembers the ``run_id`` of the Redis
+# process that wrote it (``i``; ``INFO server``, new at every start of redis-server). A Redis that
+# starts again from its RDB or AOF file restores the meta as it was when the file was written: an
+# older snapshot holds a lower top than the offsets clients have seen, which new publishes would
+# hand out again with other messages. So a meta written by another run of Redis gets a new epoch
+# (its offsets and entries stay: the file holds a consistent prefix), and clients positioned in the
+# old epoch are told ``recovered: false``. A restart from files that lost nothing renews the epochs
+# too: Redis cannot tell the two apart. The publish script is given the run_id by the node's sender,
+# which reads it on each new connection (``redis_sender.RedisSender``), so a publish costs one more
+# field read and one comparison; a script given '' (a read, a redirected publish) asks INFO itself.
 
 # On a Redis Cluster (SPUBLISH): the meta remembers the replication id of the master that wrote it
 # (``r``). A replica promoted after its master died has a new replication id and may lack the last
@@ -84,17 +104,18 @@ def history_scripts(publish_command: str, *, size: int, ttl_ms: int, meta_ttl_ms
 
 
 #: KEYS: meta, stream, then the publish id keys of those publishes that have one.
-#: ARGV: epoch if new, channel, node id, n; then for each of the n publishes, oldest first: its id
-#: key's index in KEYS (0: no id), delivery, the node's number. The node's settings (size, ttl ms,
+#: ARGV: epoch if new, channel, node id, the run_id of the Redis it runs on ('': the script asks
+#: INFO), n; then for each of the n publishes, oldest first: its id key's index in KEYS (0: no id),
+#: delivery, the node's number. The node's settings (size, ttl ms,
 #: meta ttl ms, window ms, max bytes) are written into the script itself (``publish_script``): one
 #: script, and SHA, per configuration, so a publish carries only its own arguments.
 #: The joined form, for a merged run whose publishes have no id (``redis_history.merge_publishes``):
-#: n is minus the run's length k, ARGV[5] the JSON array of its k deliveries (the envelope's
-#: ``deliveries`` and, when the run is one entry, that entry's ``d``: no copy, no loop), ARGV[6]
+#: n is minus the run's length k, ARGV[6] the JSON array of its k deliveries (the envelope's
+#: ``deliveries`` and, when the run is one entry, that entry's ``d``: no copy, no loop), ARGV[7]
 #: the node's numbers joined by commas; and, when the run is cut into entries (more than size, or
 #: more than max bytes / 8 bytes), three per entry, oldest first: its last place among the k, the
-#: first and last byte of its deliveries in ARGV[5] (the cut the loop over the per-publish form makes).
-#: Returns {reset (0, 1 or 2: see load()), the epoch, the offset of the first new publish (0: none),
+#: first and last byte of its deliveries in ARGV[6] (the cut the loop over the per-publish form makes).
+#: Returns {reset (0 to 3: see load()), the epoch, the offset of the first new publish (0: none),
 #: then for each repeat: its place among the n (1 for the first) and the position its id was first
 #: given ("{offset}:{epoch}", a string)}: the new ones' offsets follow each other from the first.
 #: Publishes the new ones (not the repeats) as one version-5 envelope, if any.
@@ -111,9 +132,10 @@ def history_scripts(publish_command: str, *, size: int, ttl_ms: int, meta_ttl_ms
 #: the oldest that do not fit dropped (XTRIM MINID), and ``b`` made exact.
 #: The meta outlives the entries (``meta ttl``): a pair idle past the TTL keeps its epoch and top.
 _PUBLISH_BODY = """
-local epoch, reset, top, b = load()
+local run = incarnation(ARGV[4])
+local epoch, reset, top, b = load(run)
 local ms = now_ms()
-local n = tonumber(ARGV[4])
+local n = tonumber(ARGV[5])
 local size, most, chunk = {size}, {max_bytes}, {chunk}
 local results = {reset, epoch, 0}
 local datas, seqs = {}, {}
@@ -121,11 +143,11 @@ local ids, given, repeats = nil, nil, nil  -- made only for publishes with an id
 local added = 0
 local joined, cuts = nil, nil  -- the joined form (n < 0): the run's deliveries as one array, its entries' cuts
 if n < 0 then
-  added, n, joined = -n, 0, ARGV[5]
-  if #ARGV > 6 then cuts = 7 end
+  added, n, joined = -n, 0, ARGV[6]
+  if #ARGV > 7 then cuts = 8 end
 end
 for i = 1, n do
-  local at = 2 + 3 * i
+  local at = 3 + 3 * i
   local id = tonumber(ARGV[at])
   local seen = false
   if id > 0 then
@@ -197,7 +219,7 @@ for attempt = 1, 2 do
   end
   if added == 0 or not failed then break end
   if attempt == 2 then return redis.error_reply(failed['err']) end
-  epoch, reset = fresh(), 1
+  epoch, reset = fresh(run), 1
   results[1], results[2] = 1, epoch
   top, b, bytes, whole = 0, 0, 0, nil
 end
@@ -245,20 +267,23 @@ redis.call('HSET', KEYS[1], 'o', top, 'b', b)
 redis.call('PEXPIRE', KEYS[1], {meta_ttl_ms})
 redis.call('PEXPIRE', KEYS[2], {ttl_ms})
 redis.call('{publish}', ARGV[2], '{"v":5,"node":"' .. ARGV[3] .. '","epoch":"' .. epoch .. '","first":' .. first
-           .. ',"seqs":[' .. (joined and ARGV[6] or table.concat(seqs, ',')) .. '],"deliveries":'
+           .. ',"seqs":[' .. (joined and ARGV[7] or table.concat(seqs, ',')) .. '],"deliveries":'
            .. (joined or whole or ('[' .. table.concat(datas, ',') .. ']'))
            .. '}')
 return results
 """
 
 #: KEYS: meta, stream. ARGV: epoch if new, meta ttl ms, "since" | "last", since's epoch, since's offset,
-#: count, size (``RUSTY_WS_HISTORY_SIZE``).
+#: count, size (``RUSTY_WS_HISTORY_SIZE``), the run_id of the Redis it runs on ('': the script asks
+#: INFO: a read goes through any connection of the client's pool, whose Redis may have restarted
+#: since the node last learnt its run_id).
 #: Returns {epoch, top, now ms, reset, entries}: the entries that hold the offsets after
 #: ``low = max(top - size, since's offset | top - count)`` up to ``low + count`` (none for a since
 #: in another epoch), oldest first; the first and the last may hold offsets outside of that, which
 #: the caller drops (``RedisHistory.read``).
 _READ_BODY = """
-local epoch, reset, top = load()
+local run = incarnation(ARGV[8])
+local epoch, reset, top = load(run)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 local count = tonumber(ARGV[6])
 local low = nil
@@ -283,7 +308,7 @@ elseif low then
   if type(length) == 'table' and length['err'] then entries = length end
 end
 if entries['err'] then  -- the stream's key holds something else
-  epoch, reset = fresh(), 1
+  epoch, reset = fresh(run), 1
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   entries = {}
 end

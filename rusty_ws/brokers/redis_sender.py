@@ -18,18 +18,23 @@ written is failed too: Redis may or may not have run it.
 
 Scripts: ``script_load`` returns the script's SHA1 at once and queues a
 ``SCRIPT LOAD``; every new connection loads every known script before any other
-command, so an ``EVALSHA`` after a Redis restart finds it. A ``NOSCRIPT`` reply
+command, so an ``EVALSHA`` after a Redis restart finds it. In the same first
+write it asks ``INFO server`` for the ``run_id`` of the Redis it reached (new at
+every start of redis-server), which each merge of the connection's commands is
+given: the history's publish script compares it with the one that wrote a
+pair's keys (``redis_scripts``: a Redis restored from older files). A ``NOSCRIPT`` reply
 anyway (``SCRIPT FLUSH`` on a live connection) loads the script again and runs
 the failed commands once more, in their order, before any reply is handed out.
 
 Merging: a command submitted as a ``Mergeable`` (the history's publish script)
 is merged with the ``Mergeable`` commands right behind it in the queue that
 name the same ``group`` (one pair's publishes), as far as their weights fit
-its ``budget``: the thread sends the one command their ``merge`` makes, and
-hands each of them its own part of the reply (or the same error, if the merged
-command failed). A kind with ``merge_alone`` has its ``merge`` called for a
-run of one too, before it is written (the history keeps each run it sends
-there). The queue stays one FIFO: only neighbours are merged, so the order of
+its ``budget``: the thread sends the one command their ``merge`` makes (given
+the ``run_id`` of the Redis the connection reaches), and hands each of them its
+own part of the reply (or the same error, if the merged command failed). A kind
+with ``merge_alone`` has its ``merge`` called for a run of one too, before it is
+written (the history keeps each run it sends there, and puts the run_id in).
+The queue stays one FIFO: only neighbours are merged, so the order of
 everything else is untouched.
 
 Answers without a callback: a ``Mergeable`` submitted without ``on_reply`` whose kind has an
@@ -49,6 +54,7 @@ import collections
 import hashlib
 import logging
 import operator
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -78,9 +84,10 @@ MAX_MERGE = 200
 #: sender calls nothing for it when it was submitted without ``on_reply`` (``Mergeable.answer``).
 SETTLED: Any = type("Settled", (), {"__slots__": (), "__repr__": lambda self: "SETTLED"})()
 
-#: Makes one command of several ``Mergeable`` ones of a group (oldest first), and the function
-#: that splits its reply into theirs (one each, in the same order).
-Merge = Callable[[list["Mergeable"]], tuple[tuple[Any, ...], Callable[[Any], list[Any]]]]
+#: Makes one command of several ``Mergeable`` ones of a group (oldest first), to be written on a
+#: connection to the Redis of the given ``run_id`` ('' if it is not known), and the function that
+#: splits its reply into theirs (one each, in the same order).
+Merge = Callable[[list["Mergeable"], str], tuple[tuple[Any, ...], Callable[[Any], list[Any]]]]
 
 
 class Mergeable(tuple):
@@ -182,6 +189,7 @@ class RedisSender:
         self._queued_bytes = 0
         self._scripts: dict[str, str] = {}  # sha1 -> source, loaded on every new connection
         self._connected = False
+        self._run_id = ""  # of the Redis the connection reaches ('': not known); the thread's only
         self._stopped = False
         self._idle = False  # the thread waits on _has_work: a submit must notify it
         self._counts = {"sent": 0, "unsent": 0, "unanswered": 0, "failed": 0, "blocked": 0, "reconnects": 0}
@@ -300,7 +308,8 @@ class RedisSender:
             link: Link | None = None
             try:
                 link = self._open_link()
-                link.execute([("SCRIPT", "LOAD", source) for source in self._known_scripts()] or [("PING",)])
+                replies = link.execute([("INFO", "server"), *(("SCRIPT", "LOAD", source) for source in self._known_scripts())])
+                self._run_id = _run_id_of(replies[0])
                 with self._lock:
                     self._connected = True
                     self._connected_changed.notify_all()
@@ -378,7 +387,7 @@ class RedisSender:
                 link.execute([("PING",)])  # keepalive: raises if Redis went away while we were idle
                 last_write = time.monotonic()
                 continue
-            commands, spans = _coalesce(batch)
+            commands, spans = _coalesce(batch, self._run_id)
             replies: list[Any] | None = None
             try:
                 replies = link.execute(commands)
@@ -447,6 +456,19 @@ class RedisSender:
                 self._answered.notify_all()
 
 
+def _run_id_of(info: Any) -> str:
+    """The ``run_id`` in ``INFO server``'s reply; '' (logged) if there is none (INFO refused or renamed:
+    the history's scripts then ask INFO themselves, and fail as this did)."""
+    if isinstance(info, str):
+        info = info.encode("utf-8", "replace")
+    found = re.search(rb"^run_id:([0-9a-f]{40})\r?$", info, re.MULTILINE) if isinstance(info, bytes) else None
+    if found is None:
+        logger.warning("Redis gave no run_id in INFO server (%s): a Redis restored from older files is not "
+                       "told apart by this connection", str(info)[:200])
+        return ""
+    return found.group(1).decode("ascii")
+
+
 def _sha_of(command: tuple[Any, ...]) -> str:
     name = command[0]
     if isinstance(name, bytes):
@@ -461,8 +483,10 @@ def _sha_of(command: tuple[Any, ...]) -> str:
 _Span = tuple[int, Callable[[Any], list[Any]] | None]
 
 
-def _coalesce(batch: list[tuple[tuple[Any, ...], OnReply | None, int]]) -> tuple[list[tuple[Any, ...]], list[_Span]]:
-    """The commands to send for ``batch``: runs of ``Mergeable`` neighbours of one group merged (``Mergeable``)."""
+def _coalesce(batch: list[tuple[tuple[Any, ...], OnReply | None, int]], run_id: str = "",
+              ) -> tuple[list[tuple[Any, ...]], list[_Span]]:
+    """The commands to send for ``batch`` to the Redis of ``run_id``: runs of ``Mergeable`` neighbours of
+    one group merged (``Mergeable``)."""
     commands: list[tuple[Any, ...]] = []
     spans: list[_Span] = []
     i, n = 0, len(batch)
@@ -491,7 +515,7 @@ def _coalesce(batch: list[tuple[tuple[Any, ...], OnReply | None, int]]) -> tuple
         if j - i > 1 or (isinstance(first, Mergeable) and first.merge_alone):
             assert isinstance(first, Mergeable)
             try:
-                merged = first.merge([item[0] for item in batch[i:j]])  # type: ignore[misc]
+                merged = first.merge([item[0] for item in batch[i:j]], run_id)  # type: ignore[misc]
             except Exception:  # a bug, not Redis: send them one by one rather than lose them
                 logger.exception("merging %d commands failed; sending them one by one", j - i)
         if merged is None:

@@ -363,7 +363,8 @@ def test_healthz_names_the_broker_and_its_state(redis: RedisServer) -> None:
                           "channels": 0, "unsent": 0, "dropped": 0, "reconnects": 0,
                           "sender": {"connected": True, "queued": 0, "sent": 0, "unsent": 0, "unanswered": 0, "failed": 0,
                                      "blocked": 0, "reconnects": 0},
-                          "history": "redis", "history_dropped": 0, "history_resets": 0}
+                          "history": "redis", "history_dropped": 0, "history_resets": 0,
+                          "history_restarted": 0}
 
 
 def test_a_generated_secret_with_redis_is_an_error_in_the_log(
@@ -457,7 +458,7 @@ def test_a_plain_publish_counts_as_mergeable_publishes_did() -> None:
     from rusty_ws.protocol import Delivery
 
     node = "n-1a2b"
-    kind = redis_broker._plain_kind(node, lambda commands: (("PUBLISH", commands[0][1], merge_envelopes(
+    kind = redis_broker._plain_kind(node, lambda commands, run_id: (("PUBLISH", commands[0][1], merge_envelopes(
         node, [c[2] for c in commands])), lambda reply: [reply] * len(commands)), 1000)
     envelopes = [encode_envelope(node, Delivery("p", "t", "x" * n, "ts", "s")) for n in (1, 200, 300, 400)]
     commands = [kind(("PUBLISH", b"ch", envelope)) for envelope in envelopes]

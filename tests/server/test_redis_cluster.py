@@ -193,7 +193,8 @@ def test_healthz_shows_every_shard(cluster: RedisCluster) -> None:
         assert health == {"name": "redis-cluster", "connected": True, "node": broker(node).node_id,
                           "channels": 0, "unsent": 0, "dropped": 0, "reconnects": 0,
                           "held": 0, "retried": 0, "retry_expired": 0, "history": "redis", "history_dropped": 0,
-                          "history_resets": 0, "history_renewed": 0, "gaps_filled": 0, "gap_duplicates": 0}
+                          "history_resets": 0, "history_restarted": 0, "history_renewed": 0, "gaps_filled": 0,
+                          "gap_duplicates": 0}
         assert sorted(shards) == sorted(master.address for master in cluster.masters())
         assert sum(shard["slots"] for shard in shards.values()) == 16384
         idle_sender = {"connected": True, "queued": 0, "sent": 0, "unsent": 0, "unanswered": 0, "failed": 0,

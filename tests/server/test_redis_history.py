@@ -70,7 +70,9 @@ def test_a_publish_takes_its_offset_in_redis_and_every_node_delivers_it_with_tha
             keys = pair_keys("rusty_ws", "T", "s")
             [(_, entry)] = raw.xrange(keys.stream)
             # b: the stream's bytes of deliveries (an upper bound, exact here)
-            assert raw.hgetall(keys.meta) == {b"e": ack.epoch.encode(), b"o": b"1", b"b": b"%d" % len(entry[b"d"])}
+            # i: the run_id of the Redis that wrote it (a Redis restored from older files has another)
+            assert raw.hgetall(keys.meta) == {b"e": ack.epoch.encode(), b"o": b"1", b"b": b"%d" % len(entry[b"d"]),
+                                              b"i": redis.run_id().encode()}
             assert raw.xlen(keys.stream) == 1
             assert raw.exists(publish_id_key("rusty_ws", "s", "p-1")) == 1
 
@@ -365,7 +367,7 @@ def test_messages_older_than_the_ttl_are_never_replayed(redis: RedisServer) -> N
             contextlib.closing(redis.client()) as raw:
         seconds, micros = raw.time()
         now_ms = seconds * 1000 + micros // 1000
-        raw.hset(keys.meta, mapping={"e": "abc123", "o": "3"})
+        raw.hset(keys.meta, mapping={"e": "abc123", "o": "3", "i": redis.run_id()})  # written by this Redis
         for offset, added in ((1, now_ms - 61_000), (2, now_ms - 60_500), (3, now_ms)):
             raw.xadd(keys.stream, {"d": json.dumps({**body, "payload": offset}), "t": str(added)}, id=f"{offset}-0")
         replayed, reply = subscribe_json(client, since=Since(0, "abc123"))

@@ -51,9 +51,9 @@ def _commands(history: RedisHistory, session: str, datas: list[bytes], first_seq
         if ids and i in ids:
             id_key = f"rusty_ws:id:{session}:{ids[i]}"
             args: tuple[Any, ...] = ("EVALSHA", history.publish_sha, 3, keys.meta, keys.stream, id_key, EPOCH,
-                                     keys.channel, "node-1", 1, 3, data, first_seq + i)
+                                     keys.channel, "node-1", "", 1, 3, data, first_seq + i)
         else:
-            args = ("EVALSHA", history.publish_sha, 2, keys.meta, keys.stream, EPOCH, keys.channel, "node-1",
+            args = ("EVALSHA", history.publish_sha, 2, keys.meta, keys.stream, EPOCH, keys.channel, "node-1", "",
                     1, 0, data, first_seq + i)
         commands.append(history._kind(args))
     return commands
@@ -65,7 +65,7 @@ def _per_publish(commands: list[_Publish]) -> tuple[Any, ...]:
     tail: list[Any] = []
     for command in commands:
         tail += (0, command[-2], command[-1])
-    return (*first[:8], len(commands), *tail)
+    return (*first[:9], len(commands), *tail)
 
 
 class Pairs:
@@ -87,7 +87,7 @@ class Pairs:
         joined, _ = merge_publishes(_commands(self.history, self.sessions[1], datas, self.seq),
                                     size=self.history.size, chunk=self.history._chunk)
         if len(datas) > 1:
-            assert joined[8] == -len(datas) and len(joined) <= 11 + 3 * len(datas)  # the joined form
+            assert joined[9] == -len(datas) and len(joined) <= 12 + 3 * len(datas)  # the joined form
         self.seq += len(datas)
         replies = [self.client.evalsha(command[1], command[2], *command[3:]) for command in (per, joined)]
         assert replies[0] == replies[1]
@@ -152,13 +152,13 @@ def test_the_cuts_follow_the_scripts_own() -> None:
     history = _history(3, 8 * 25)
     datas = [b"a" * 10, b"b" * 10, b"c" * 10, b"d" * 30, b"e" * 4]
     merged, _ = merge_publishes(_commands(history, "s", datas, 1), size=3, chunk=history._chunk)
-    joined = merged[9]
-    assert joined == b"[" + b",".join(datas) + b"]" and merged[10] == b"1,2,3,4,5"
-    cuts = merged[11:]
+    joined = merged[10]
+    assert joined == b"[" + b",".join(datas) + b"]" and merged[11] == b"1,2,3,4,5"
+    cuts = merged[12:]
     assert cuts == (3, 24, 33, 4, 35, 64, 5, 66, 69)  # c alone (c,d > 25 bytes), d alone, e
     assert [joined[a - 1:b] for _, a, b in zip(cuts[::3], cuts[1::3], cuts[2::3])] == datas[2:]
     fits, _ = merge_publishes(_commands(history, "s", datas[:2], 1), size=3, chunk=history._chunk)
-    assert fits[8:] == (-2, b"[" + b",".join(datas[:2]) + b"]", b"1,2")  # one entry: no cuts
+    assert fits[9:] == (-2, b"[" + b",".join(datas[:2]) + b"]", b"1,2")  # one entry: no cuts
     assert not replays_safely(fits, history.publish_sha) and not replays_safely(merged, history.publish_sha)
 
 
@@ -166,7 +166,7 @@ def test_a_run_with_ids_keeps_the_per_publish_form() -> None:
     history = _history(100, None)
     datas = [_delivery(i, 10) for i in range(4)]
     merged, _ = merge_publishes(_commands(history, "s", datas, 1, ids={1: "x"}), size=100, chunk=10 ** 9)
-    assert merged[2] == 3 and merged[9] == 4 and merged[10:] == (0, datas[0], 1, 3, datas[1], 2, 0, datas[2], 3,
+    assert merged[2] == 3 and merged[10] == 4 and merged[11:] == (0, datas[0], 1, 3, datas[1], 2, 0, datas[2], 3,
                                                                 0, datas[3], 4)
 
 

@@ -172,6 +172,40 @@ def test_scripts_survive_a_redis_restart_and_a_script_flush(redis: RedisServer, 
         assert out.status()["failed"] == 1
 
 
+def test_each_connection_merges_what_it_writes_with_the_run_id_of_the_redis_it_reached(redis: RedisServer) -> None:
+    """``INFO server`` in a new connection's first write: a command queued before Redis restarted and
+    written after it is merged with the new Redis' run_id (the history's scripts compare it)."""
+    given: list[str] = []
+
+    def recording(commands: list[Mergeable], run_id: str) -> tuple[tuple[Any, ...], Any]:
+        given.append(run_id)
+        return pushes(commands, run_id)
+
+    def push(value: int) -> Mergeable:
+        return Mergeable.of(("RPUSH", "a", value), group="a", merge=recording, weight=1, head=0, budget=100)
+
+    replies = Replies()
+    with sender(redis) as out:
+        first = redis.run_id()
+        with held(out):
+            out.submit(push(1), replies.callback(1))
+            out.submit(push(2), replies.callback(2))
+        assert replies.wait(2) and given == [first]
+        redis.kill()
+        redis.start()
+        number = 3
+        for _ in range(3):  # the first write after the restart may find the old connection dead
+            with held(out):
+                out.submit(push(number), replies.callback(number))
+                out.submit(push(number + 1), replies.callback(number + 1))
+            assert replies.wait(number + 1)
+            if not isinstance(replies.got[number], ConnectionError):
+                break
+            number += 2
+            assert out.wait_connected(True, WAIT)
+        assert replies.got[number + 1] == 2 and given[-1] == redis.run_id() != first
+
+
 def test_a_stopped_redis_blocks_publishers_for_a_bounded_time_and_drops_nothing_silently(redis: RedisServer) -> None:
     """Tiny bounds and a SIGSTOPped Redis: the queue never passes its bound, every command is answered."""
     replies = Replies()
@@ -323,7 +357,7 @@ def held(out: RedisSender) -> Iterator[None]:
         release.set()
 
 
-def pushes(commands: list[Mergeable]) -> tuple[tuple[Any, ...], Any]:
+def pushes(commands: list[Mergeable], run_id: str = "") -> tuple[tuple[Any, ...], Any]:
     """Merge RPUSHes to one list into one RPUSH; each part's reply is the length after its own value."""
     values = [command[2] for command in commands]
 
@@ -363,7 +397,7 @@ def test_neighbours_of_one_group_go_as_one_command_and_each_gets_its_own_reply(r
 
 
 def test_a_merge_that_fails_sends_its_commands_one_by_one(redis: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
-    def broken(commands: list[Mergeable]) -> tuple[tuple[Any, ...], Any]:
+    def broken(commands: list[Mergeable], run_id: str) -> tuple[tuple[Any, ...], Any]:
         raise ValueError("a bug in a merge")
 
     replies = Replies()
@@ -399,7 +433,7 @@ def test_a_mergeable_without_callback_is_answered_by_its_kind_unless_its_split_s
     answered: list[tuple[Any, Any]] = []
     split_calls: list[int] = []
 
-    def settling(commands: list[Mergeable]) -> tuple[tuple[Any, ...], Any]:
+    def settling(commands: list[Mergeable], run_id: str) -> tuple[tuple[Any, ...], Any]:
         values = [command[2] for command in commands]
 
         def split(reply: Any) -> list[Any]:
