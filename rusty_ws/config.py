@@ -102,8 +102,9 @@ REDIS_SEND_QUEUE_BYTES = 32 * 1024 * 1024
 #: a slot migrating) is held to be sent again; 0 never sends one again (docs/scaling.md).
 BROKER_RETRY_TIMEOUT = 5.0
 #: sys.setswitchinterval() for the process, in seconds; None leaves it alone. The stand-alone
-#: hub (create_app) uses 0.05: with a thread per connection, the default 5 ms makes every
-#: thread waiting for the GIL wake 200 times a second (see docs/performance.md).
+#: hub (create_app) uses 0.5: with a thread per connection, the default 5 ms makes every
+#: thread waiting for the GIL wake 200 times a second, and thousands of threads woken at once
+#: (a mass disconnect) flooded the GIL's mutex even at 0.05 (see docs/performance.md).
 SWITCH_INTERVAL: float | None = None
 #: zlib level (1-9) of permessage-deflate for clients that offer it; 0 never compresses.
 #: Off by default: it costs CPU per delivery and helps only large, compressible messages

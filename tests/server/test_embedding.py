@@ -18,6 +18,7 @@ from flask_sock import Sock
 from rusty_ws import PubSub, create_app
 from rusty_ws.cli import cli
 from rusty_ws.protocol import encode_publish, encode_subscribe
+from rusty_ws.server.app import STANDALONE_SWITCH_INTERVAL
 from rusty_ws.server.state import state_of
 from support import SECRET, WAIT, Client, RunningServer, http, hub_config, running_server
 
@@ -267,11 +268,11 @@ def test_only_the_stand_alone_hub_sets_the_gil_switch_interval(monkeypatch) -> N
     PubSub(embedded).shutdown(embedded)
     assert calls == []  # a process-wide setting: an embedding app keeps its own
     state_of(create_app(hub_config())).hub.shutdown()
-    assert calls == [0.05]
+    assert calls == [STANDALONE_SWITCH_INTERVAL] and STANDALONE_SWITCH_INTERVAL == 0.5
     tuned = Flask("tuned")
     tuned.config.update(hub_config(switch_interval=0.01))
     PubSub(tuned).shutdown(tuned)
-    assert calls == [0.05, 0.01]
+    assert calls == [STANDALONE_SWITCH_INTERVAL, 0.01]
 
 
 class TestDevelopmentModeWhenEmbedded:
