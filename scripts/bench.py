@@ -50,6 +50,7 @@ sys.path.insert(0, HERE)
 
 from benchlib import multinode  # noqa: E402
 from benchlib.generators import Generator, clean, merge, split, start_one_topic  # noqa: E402
+from benchlib.plotting import pyplot  # noqa: E402
 from benchlib.servers import COMPRESSING, SERVERS, RunningServer, ServerKind, compile_rusty_ws, free_port  # noqa: E402
 
 ORDER = ["rusty_ws", "websockets", "flask-socketio", "per-send", "ceiling"]
@@ -659,12 +660,8 @@ def print_connection_tables(results: dict) -> None:
 
 
 def plot(results: dict, path: str) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot")
+    plt = pyplot()
+    if plt is None:
         return
     figure, axes = plt.subplots(figsize=(7, 4.5))
     sizes = sorted(int(s) for s in results["fanout"])
@@ -690,12 +687,8 @@ def plot(results: dict, path: str) -> None:
 def plot_storm(results: dict, path: str) -> None:
     """Each reconnect-storm run as a bar: the old server's stop, the new one's start, the clients' return;
     beside it, rusty_ws's slowest /healthz answer of the run on each port (the target: under 1 s)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot")
+    plt = pyplot()
+    if plt is None:
         return
     figure, (times, health) = plt.subplots(1, 2, figsize=(10, 4.2), gridspec_kw={"width_ratios": [3, 1]})
     labels, health_labels = [], []
@@ -731,12 +724,8 @@ def plot_storm(results: dict, path: str) -> None:
 
 def plot_connections(results: dict, path: str) -> None:
     """Memory per idle connection and connect time against connections held, per server."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot")
+    plt = pyplot()
+    if plt is None:
         return
     figure, (memory, connect) = plt.subplots(1, 2, figsize=(10, 4.2))
     for name in ORDER:

@@ -629,15 +629,12 @@ class RedisHistory(SharedHistory):
                     self._in_flight.update(dict.fromkeys(seqs, _SENT))
         if count > 1:
             merged = merge_publishes(commands, size=self.size, chunk=self._chunk, run_id=run_id)[0]
-            if self._direct:  # one Redis: the one the next publishes go to
-                self._run_id = run_id  # a str attribute: atomic under the GIL
+        elif first[-5] != run_id:  # (a publish alone ends with its run_id, n, and its three)
+            merged = (*first[:-5], run_id, *first[-4:])  # made before the sender's connection read it
         else:
             merged = first
-            if first[-5] != run_id:  # (a publish alone ends with its run_id, n, and its three)
-                # Made before the sender's connection read it (or on a cluster: '').
-                merged = (*first[:-5], run_id, *first[-4:])
-                if self._direct:
-                    self._run_id = run_id
+        if self._direct:  # one Redis: the run_id the next publishes are made with (a str: atomic under the GIL)
+            self._run_id = run_id
         run: list[Any] | None = None
         if whole and self._keeps is not None and self._keeps(first[6]):  # ARGV[2], the pair's channel
             # The numbers as the script spells them in the envelope: the joined form's argument.

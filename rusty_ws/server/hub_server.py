@@ -346,8 +346,7 @@ class HubServer(ThreadedWSGIServer):
         an open idle connection sleeps, these run.
         """
         hub = self._hub
-        running = self._threads_started - self._threads_ended
-        return running - self.pending.count - (hub.open_count if hub is not None else 0)
+        return self.request_threads() - self.pending.count - (hub.open_count if hub is not None else 0)
 
     def request_threads(self) -> int:
         """Request threads started and not ended: each holds its socket (waiting for its head, upgrading,

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from .generators import Generator, clean, merge, split, start_one_topic
+from .plotting import pyplot
 from .redis_server import RedisProcess
 from .servers import NODES, SERVERS, RunningServer, ServerKind
 
@@ -232,12 +233,8 @@ def all_clean(results: dict[str, Any]) -> bool:
 
 def plot(results: dict[str, Any], path: str) -> bool:
     """Fan-out on one node and across Redis by subscribers, and one publisher's rate per variant."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot")
+    plt = pyplot()
+    if plt is None:
         return False
     if "xfanout" not in results and "xpublish" not in results:
         return False
